@@ -1,0 +1,230 @@
+/*
+ * splitserve.h — the one public header of splitserve: a remote tensor-compute server that
+ * speaks gRPC (splitlearn.comm.ComputeService + grpc.health.v1.Health), and its client.
+ *
+ * Threads (see DESIGN.md): a server runs one libuv loop thread (all I/O, HTTP/2, gRPC
+ * framing, protobuf, routing, admission, timers) and a fixed pool of W compute workers,
+ * each using T BLAS threads. Nothing else, whatever the load.
+ *
+ * Conventions: functions return 0 on success or a negative SS_E* code (ss_strerror()).
+ * Ownership is stated on each prototype: "borrowed" (caller keeps it, must outlive the
+ * call), "takes ownership", or "caller frees".
+ */
+#ifndef SPLITSERVE_H
+#define SPLITSERVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SS_VERSION "0.1.0"
+
+#if defined(__GNUC__)
+#define SS_API __attribute__((visibility("default")))
+#else
+#define SS_API
+#endif
+
+/* ---------------------------------------------------------------- errors ---- */
+
+enum {
+  SS_OK = 0,
+  SS_EINVAL = -1,        /* invalid argument */
+  SS_ENOMEM = -2,        /* out of memory */
+  SS_EIO = -3,           /* I/O or system call failed */
+  SS_ENOTFOUND = -4,     /* no such model / file / id */
+  SS_ERANGE = -5,        /* value out of range (overflow, too large) */
+  SS_EUNSUPPORTED = -6,  /* not implemented / unsupported */
+  SS_EBUSY = -7,         /* queue full, resource exhausted */
+  SS_ETIMEDOUT = -8,     /* deadline exceeded */
+  SS_ECANCELLED = -9,    /* cancelled by the peer or by shutdown */
+  SS_EPROTO = -10,       /* protocol error (HTTP/2, gRPC framing, protobuf) */
+  SS_ECLOSED = -11,      /* connection closed / server draining */
+  SS_EPRECONDITION = -12 /* state does not allow the operation */
+};
+
+/* A static string describing err (never NULL). */
+SS_API const char *ss_strerror(int err);
+
+/* gRPC status codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html). */
+typedef enum {
+  SS_GRPC_OK = 0,
+  SS_GRPC_CANCELLED = 1,
+  SS_GRPC_UNKNOWN = 2,
+  SS_GRPC_INVALID_ARGUMENT = 3,
+  SS_GRPC_DEADLINE_EXCEEDED = 4,
+  SS_GRPC_NOT_FOUND = 5,
+  SS_GRPC_ALREADY_EXISTS = 6,
+  SS_GRPC_PERMISSION_DENIED = 7,
+  SS_GRPC_RESOURCE_EXHAUSTED = 8,
+  SS_GRPC_FAILED_PRECONDITION = 9,
+  SS_GRPC_ABORTED = 10,
+  SS_GRPC_OUT_OF_RANGE = 11,
+  SS_GRPC_UNIMPLEMENTED = 12,
+  SS_GRPC_INTERNAL = 13,
+  SS_GRPC_UNAVAILABLE = 14,
+  SS_GRPC_DATA_LOSS = 15,
+  SS_GRPC_UNAUTHENTICATED = 16
+} ss_grpc_code;
+
+/* The one table from SS_E* codes to gRPC status codes. */
+SS_API ss_grpc_code ss_error_to_grpc(int err);
+/* "OK", "INVALID_ARGUMENT", ...; "UNKNOWN_CODE" outside 0..16. */
+SS_API const char *ss_grpc_code_name(int code);
+
+/* ---------------------------------------------------------------- tensors --- */
+
+typedef enum { SS_DTYPE_F32 = 0, SS_DTYPE_F16 = 1, SS_DTYPE_BF16 = 2 } ss_dtype;
+
+#define SS_MAX_DIMS 8
+
+/* ---------------------------------------------------------------- server ---- */
+
+typedef struct ss_server ss_server;
+
+typedef struct ss_server_config {
+  const char *listen_host;    /* borrowed; default "127.0.0.1" */
+  int listen_port;            /* default 50051; 0 picks a free port */
+  int workers;                /* compute workers; -1 = online cores; 0 = inline on the loop */
+  int intra_op_threads;       /* BLAS threads per worker (default 1) */
+  int oversubscribe;          /* allow workers x intra_op_threads > cores */
+  int max_inflight;           /* per-model concurrent executions; 0 = unlimited */
+  int max_queue;              /* per-model wait queue bound; -1 = unlimited */
+  size_t max_message_bytes;   /* largest request message accepted (default 100 MiB) */
+  double drain_timeout_s;     /* graceful drain limit on stop (default 5) */
+  const char *const *models;  /* borrowed; "ID=KIND[,key=value...]"; first = default */
+  size_t n_models;            /* 0: the embedded default model set */
+  int log_level;              /* 0 error, 1 warn, 2 info (default), 3 debug */
+  int handle_signals;         /* install SIGINT/SIGTERM handlers on the loop (daemon) */
+} ss_server_config;
+
+/* Fill cfg with the defaults above. */
+SS_API void ss_server_config_init(ss_server_config *cfg);
+
+/* Create a server: loads models, binds the listener (so ss_server_port() is valid after),
+ * starts the workers. cfg is borrowed for the call only. On failure returns <0 and writes
+ * a human message into err (may be NULL). *out: caller frees with ss_server_free(). */
+SS_API int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_t errlen);
+
+/* The bound port (useful with listen_port 0). Any thread after ss_server_new(). */
+SS_API int ss_server_port(const ss_server *s);
+
+/* Run the loop on the calling thread until stopped and drained. Returns 0. */
+SS_API int ss_server_run(ss_server *s);
+
+/* Ask the server to drain and stop. Callable from any thread and from a signal handler.
+ * A second call while draining stops at once (in-flight calls get UNAVAILABLE). */
+SS_API void ss_server_stop(ss_server *s);
+
+/* Counters for the exit summary; valid after ss_server_run() returns. */
+typedef struct ss_server_stats {
+  uint64_t served;    /* calls answered with OK */
+  uint64_t failed;    /* calls answered with an error status other than those below */
+  uint64_t rejected;  /* refused by admission (RESOURCE_EXHAUSTED) or while draining */
+  uint64_t cancelled; /* cancelled by the client or past their deadline */
+} ss_server_stats;
+SS_API void ss_server_get_stats(const ss_server *s, ss_server_stats *out);
+
+/* Free a server that is not running. NULL is fine. */
+SS_API void ss_server_free(ss_server *s);
+
+/* ---------------------------------------------------------------- client ---- */
+
+/*
+ * The client speaks gRPC over one HTTP/2 connection (h2c, prior knowledge).
+ *
+ * Asynchronous API: an ss_aclient lives on a caller-owned libuv loop (passed as void* so
+ * this header does not need uv.h) and keeps any number of calls in flight on one
+ * connection; callbacks run on that loop's thread. Blocking API: ss_client wraps an
+ * ss_aclient with a private loop; one call at a time per ss_client.
+ */
+
+typedef struct ss_aclient ss_aclient;
+
+/* The outcome of one call, valid only during the callback. */
+typedef struct ss_call_result {
+  int grpc_status;         /* ss_grpc_code; or SS_GRPC_UNAVAILABLE on connection loss */
+  const char *message;     /* grpc-message, percent-decoded ("" if none); borrowed */
+  const uint8_t *body;     /* the response message (protobuf bytes, no 5-byte prefix) */
+  size_t body_len;
+  double latency_s;        /* from the call's start to its trailers */
+} ss_call_result;
+
+typedef void (*ss_call_cb)(void *user, const ss_call_result *result);
+
+/* Connect to host:port (numeric IPv4/IPv6 address, or "localhost") on uv_loop (a uv_loop_t*,
+ * borrowed; must outlive the client). Connecting proceeds asynchronously; calls made before it
+ * completes are queued. *out: free with ss_aclient_close(). */
+SS_API int ss_aclient_new(void *uv_loop, const char *host, int port, ss_aclient **out);
+
+/* Start a unary call of method path (e.g. "/splitlearn.comm.ComputeService/Compute") with a
+ * serialized request message (borrowed; copied before return). timeout_s <= 0: no deadline
+ * sent. cb fires exactly once, on the loop thread (also on failure, and on close). */
+SS_API int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len,
+                           double timeout_s, ss_call_cb cb, void *user);
+
+/* Calls started and not yet completed. */
+SS_API size_t ss_aclient_inflight(const ss_aclient *c);
+
+/* Close: pending calls complete with UNAVAILABLE "client closed"; memory is freed once the
+ * loop has closed the handle (run the loop once more). */
+SS_API void ss_aclient_close(ss_aclient *c);
+
+/* Blocking client. */
+typedef struct ss_client ss_client;
+
+/* Connect (blocking, up to timeout_s). *out: caller frees with ss_client_close(). */
+SS_API int ss_client_connect(const char *host, int port, double timeout_s, ss_client **out);
+SS_API void ss_client_close(ss_client *c);
+
+/* A tensor handed to or returned by the client. */
+typedef struct ss_tensor_buf {
+  ss_dtype dtype;
+  int ndim;
+  int64_t shape[SS_MAX_DIMS];
+  void *data;    /* row-major little-endian bytes */
+  size_t nbytes;
+} ss_tensor_buf;
+
+typedef struct ss_compute_opts {
+  const char *model_id;        /* NULL or "": the server's default model */
+  const char *const *metadata; /* borrowed; alternating keys and values */
+  size_t n_metadata;           /* number of key/value pairs */
+  int32_t request_id;          /* sent when has_request_id */
+  int has_request_id;
+  double timeout_s;            /* <= 0: none */
+} ss_compute_opts;
+
+typedef struct ss_compute_reply {
+  int grpc_status;
+  char message[512];
+  ss_tensor_buf output;        /* output.data: caller frees with free() */
+  float compute_time_ms;
+  int has_compute_time;
+  int32_t request_id;
+  int has_request_id;
+  double latency_s;
+} ss_compute_reply;
+
+/* Compute: input borrowed. Returns 0 when a status was received (see reply->grpc_status),
+ * <0 on a local error. On OK, reply->output.data is malloc'd: caller frees. */
+SS_API int ss_client_compute(ss_client *c, const ss_tensor_buf *input, const ss_compute_opts *opts,
+                             ss_compute_reply *reply);
+
+/* HealthCheck: writes status ("ok") and version into the buffers. Returns 0 or <0;
+ * *grpc_status receives the call's status. */
+SS_API int ss_client_health(ss_client *c, double timeout_s, int *grpc_status, char *status,
+                            size_t status_len, char *version, size_t version_len);
+
+/* GetServiceInfo: calls fn(key, value, user) for service_name, version, device,
+ * uptime_seconds, total_requests and every custom_info entry. */
+SS_API int ss_client_info(ss_client *c, double timeout_s, int *grpc_status,
+                          void (*fn)(const char *key, const char *value, void *user), void *user);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SPLITSERVE_H */

@@ -1,0 +1,24 @@
+/*
+ * meta.h — request metadata (the ComputeRequest `metadata` map), as a borrowed key/value view,
+ * with typed getters that produce user-facing error messages.
+ * Thread: any; pure.
+ */
+#ifndef SS_CORE_META_H
+#define SS_CORE_META_H
+
+#include <stddef.h>
+
+typedef struct ss_meta {
+  const char *const *keys;   /* borrowed */
+  const char *const *values; /* borrowed */
+  size_t n;
+} ss_meta;
+
+/* Value for key, or NULL. */
+const char *ss_meta_get(const ss_meta *m, const char *key);
+/* Parse key as a finite double in [lo, hi]; absent -> *out = def. Returns 0 or SS_EINVAL with
+ * a message like "metadata 'ms' must be a number in [0, 60000], got 'abc'". */
+int ss_meta_double(const ss_meta *m, const char *key, double def, double lo, double hi, double *out,
+                   char *err, size_t errlen);
+
+#endif

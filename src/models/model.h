@@ -1,0 +1,79 @@
+/*
+ * model.h — the compute-model interface and the registry of model kinds.
+ *
+ * A model is created once at start-up (ss_model_create, on the main thread before the loop
+ * runs), is immutable afterwards and is shared by all workers: forward() must be reentrant
+ * (no per-call state in the model; scratch memory is allocated per call or lives on the stack).
+ *
+ * Threads: check() runs on the loop thread and must be cheap (shape checks only);
+ * forward() runs on a worker thread (or inline on the loop with --workers 0), or, for
+ * SS_EXEC_INLINE models, on the loop thread.
+ */
+#ifndef SS_MODELS_MODEL_H
+#define SS_MODELS_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/meta.h"
+#include "core/tensor.h"
+
+typedef enum {
+  SS_EXEC_WORKER = 0, /* forward() on a worker thread (blocking compute) */
+  SS_EXEC_INLINE = 1, /* trivial: answered on the loop thread (identity) */
+  SS_EXEC_TIMER = 2   /* waits on a loop timer, never occupies a worker (sleep) */
+} ss_exec_kind;
+
+typedef struct ss_model ss_model;
+
+typedef struct ss_model_ops {
+  /* Validate an input tensor (dtype already resolved; data may be any dtype) and metadata;
+   * write the output shape. Returns 0, or SS_EINVAL with a message naming the problem, e.g.
+   * "model 'mlp' expects last dimension 768, got 512". Loop thread. */
+  int (*check)(const ss_model *m, const ss_tensor *in, const ss_meta *meta, int64_t *out_shape,
+               int *out_ndim, char *err, size_t errlen);
+  /* Compute out = f(in). in and out are float32 (the service converts f16/bf16 around it);
+   * out->data is preallocated with the shape check() gave. Not used when echo is set.
+   * Returns 0 or <0 with a message. Worker thread. */
+  int (*forward)(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
+                 char *err, size_t errlen);
+  /* Free impl. */
+  void (*destroy)(ss_model *m);
+} ss_model_ops;
+
+struct ss_model {
+  char *id;                 /* owned */
+  const char *kind;         /* static: "identity", "mlp", ... */
+  const ss_model_ops *ops;
+  void *impl;
+  ss_exec_kind exec;
+  int echo;                 /* output is the input, byte for byte (identity, sleep, spin) */
+  int64_t n_params;         /* parameter count (0 for built-ins) */
+  size_t weight_bytes;      /* bytes of weights resident */
+  char describe[160];       /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
+};
+
+/* Parse a model spec "ID=KIND[,key=value...]" and create the model.
+ * Known kinds: identity, scale, sleep, spin, mlp. mlp keys: weights=PATH (safetensors);
+ * without weights: the embedded default (768->768->768, deterministic seeded weights).
+ * *out: caller frees with ss_model_free(). On error returns <0 and writes a message. */
+int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen);
+
+/* Create a model of a kind with an id and key=value params (params borrowed, n pairs as
+ * alternating key,value strings). Same contract as ss_model_create. */
+int ss_model_create_kind(const char *id, const char *kind, const char *const *params, size_t n,
+                         ss_model **out, char *err, size_t errlen);
+
+void ss_model_free(ss_model *m);
+
+/* Kind constructors (one per file in src/models/). */
+int ss_model_identity_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
+int ss_model_scale_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
+int ss_model_sleep_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
+int ss_model_spin_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
+int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
+
+/* sleep: the wait for a request, in ms, from metadata "ms" (default 100, range 0..600000). */
+int ss_model_sleep_ms(const ss_meta *meta, double *ms, char *err, size_t errlen);
+
+#endif

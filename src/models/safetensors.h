@@ -1,0 +1,47 @@
+/*
+ * safetensors.h — read-only, mmapped safetensors files
+ * (https://huggingface.co/docs/safetensors: u64 LE header length N, N bytes of JSON header
+ * {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}},
+ * then the byte buffer; offsets are relative to the buffer start).
+ *
+ * Every header field is checked against the file: a truncated file, a header length past the
+ * end, offsets outside the buffer or overlapping/inconsistent with shape x dtype size, unknown
+ * dtypes and non-object JSON are all rejected with a message naming the tensor and the numbers.
+ * Thread: open on any thread; the returned views are immutable and shareable across threads.
+ */
+#ifndef SS_MODELS_SAFETENSORS_H
+#define SS_MODELS_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "splitserve.h"
+
+typedef struct ss_st_tensor {
+  char *name;                 /* owned by the file object */
+  ss_dtype dtype;             /* F32, F16, BF16 (other dtypes are refused at open) */
+  int ndim;
+  int64_t shape[SS_MAX_DIMS];
+  size_t numel;
+  const void *data;           /* points into the mmap; valid until ss_st_close() */
+  size_t nbytes;
+} ss_st_tensor;
+
+typedef struct ss_st_file ss_st_file;
+
+/* Open and validate path. *out: caller frees with ss_st_close(). Returns 0 or <0 + message. */
+int ss_st_open(const char *path, ss_st_file **out, char *err, size_t errlen);
+/* Parse from memory (borrowed; must outlive the object) — used by tests and ss_st_open. */
+int ss_st_parse(const void *buf, size_t len, ss_st_file **out, char *err, size_t errlen);
+size_t ss_st_count(const ss_st_file *f);
+const ss_st_tensor *ss_st_at(const ss_st_file *f, size_t i);
+/* Tensor by name, or NULL. */
+const ss_st_tensor *ss_st_find(const ss_st_file *f, const char *name);
+void ss_st_close(ss_st_file *f);
+
+/* Write a safetensors file (F32 tensors only) — used by tests and, later, checkpoints.
+ * names/shapes/data borrowed. Returns 0 or <0. */
+int ss_st_write_f32(const char *path, size_t n, const char *const *names, const int64_t *const *shapes,
+                    const int *ndims, const float *const *data, char *err, size_t errlen);
+
+#endif
