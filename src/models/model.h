@@ -33,8 +33,11 @@ typedef struct ss_model_ops {
   int (*check)(const ss_model *m, const ss_tensor *in, const ss_meta *meta, int64_t *out_shape,
                int *out_ndim, char *err, size_t errlen);
   /* Compute out = f(in). in and out are float32 (the service converts f16/bf16 around it);
-   * out->data is preallocated with the shape check() gave. Not used when echo is set.
-   * Returns 0 or <0 with a message. Worker thread. */
+   * out->data is preallocated with the shape check() gave. Worker thread.
+   * Echo models (echo = 1): the service still calls forward() when exec == SS_EXEC_WORKER
+   * (spin burns its CPU time here) and then replies with the input; forward() must then not
+   * touch out (out->data may be NULL). INLINE and TIMER models are never forwarded.
+   * Returns 0 or <0 with a message. */
   int (*forward)(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
                  char *err, size_t errlen);
   /* Free impl. */

@@ -1,0 +1,523 @@
+#!/usr/bin/python3
+"""peer_server.py — the Python servers a user would pick instead of splitserve.
+
+Implements the same splitlearn.comm.ComputeService contract as splitserve (Compute,
+ComputeBackward -> UNIMPLEMENTED, HealthCheck, GetServiceInfo, StreamMonitoring) and
+grpc.health.v1.Health/Check, with the same built-in models chosen by model_id:
+
+  identity   out = in
+  scale      out = in * metadata "factor" (default 1)
+  sleep      wait metadata "ms" milliseconds (default 100), out = in
+  spin       busy-loop metadata "ms" milliseconds (default 10), out = in
+  mlp        torch.nn.Sequential(Linear(768,768), ReLU, Linear(768,768)); weights from
+             --weights FILE.safetensors (keys "[prefix.]<idx>.weight|bias"), else the same
+             deterministic seeded weights as splitserve's embedded default (splitmix64, seed 42)
+
+in the two architectures of the seed documents:
+
+  --mode sync  grpc.server(futures.ThreadPoolExecutor(max_workers=10)): each RPC runs on a
+               pool thread, compute included (time.sleep for "sleep").
+  --mode aio   grpc.aio server on one asyncio loop: "sleep" is asyncio.sleep, blocking compute
+               goes to loop.run_in_executor (a ThreadPoolExecutor of --workers threads).
+
+Messages come from protoc --python_out (CMake writes them into build/py; --py-dir overrides);
+handlers are registered with grpc's generic handler API (no grpc_tools needed).
+Prints "listening on HOST:PORT" to stderr when ready. Run with Debian's /usr/bin/python3.
+"""
+import argparse
+import asyncio
+import json
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+from concurrent import futures
+
+import numpy as np
+
+VERSION = "0.1.0"
+SERVICE = "splitlearn.comm.ComputeService"
+MAX_MSG = 100 * 1024 * 1024
+
+
+# ------------------------------------------------------------------ tensors --------
+
+def dtype_of(metadata):
+    """Wire dtype from request metadata: float32 (default), float16, bfloat16."""
+    d = metadata.get("dtype", "float32").lower()
+    if d in ("float32", "fp32", "f32"):
+        return "float32"
+    if d in ("float16", "fp16", "f16", "half"):
+        return "float16"
+    if d in ("bfloat16", "bf16"):
+        return "bfloat16"
+    raise ValueError(f"metadata 'dtype' must be float32, float16 or bfloat16, got '{d}'")
+
+
+ESIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def decode_tensor(data, shape, dt):
+    """Wire bytes -> float32 numpy array of shape (validated like splitserve)."""
+    if not (1 <= len(shape) <= 8) or any(s < 0 for s in shape):
+        raise ValueError(f"shape {list(shape)} must have 1..8 non-negative dims")
+    numel = int(np.prod(shape, dtype=np.int64))
+    need = numel * ESIZE[dt]
+    if len(data) != need:
+        raise ValueError(f"data has {len(data)} bytes but shape {list(shape)} x {dt} "
+                         f"needs {need}")
+    if dt == "float32":
+        a = np.frombuffer(data, dtype="<f4")
+    elif dt == "float16":
+        a = np.frombuffer(data, dtype="<f2").astype(np.float32)
+    else:
+        a = (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    return a.reshape(shape)
+
+
+def encode_tensor(a, dt):
+    """float32 array -> wire bytes in dtype dt (bfloat16: round to nearest even)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if dt == "float32":
+        return a.astype("<f4", copy=False).tobytes()
+    if dt == "float16":
+        return a.astype("<f2").tobytes()
+    u = a.view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(a)
+    if nan.any():
+        r[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return r.astype("<u2").tobytes()
+
+
+# ------------------------------------------------------------------ models ---------
+
+def meta_ms(metadata, default, hi=600000.0):
+    v = metadata.get("ms")
+    if v is None:
+        return default
+    try:
+        ms = float(v)
+    except ValueError:
+        ms = float("nan")
+    if not (0.0 <= ms <= hi):
+        raise ValueError(f"metadata 'ms' must be a number in [0, {hi:g}], got '{v}'")
+    return ms
+
+
+def spin(ms):
+    end = time.perf_counter() + ms / 1e3
+    x = 0
+    while time.perf_counter() < end:
+        x += 1
+    return x
+
+
+def splitmix_uniform(n, seed=42):
+    """The first n values of splitserve's splitmix64 stream, as u in [0, 1) (float64)."""
+    c = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + c * np.arange(1, n + 1, dtype=np.uint64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(40)).astype(np.float64) * 2.0 ** -24
+
+
+def default_mlp_state():
+    """State dict equal to splitserve's embedded default mlp (768 -> 768 -> 768, relu)."""
+    widths = [768, 768, 768]
+    sizes = []
+    for i in range(2):
+        sizes += [widths[i] * widths[i + 1], widths[i + 1]]
+    u = splitmix_uniform(sum(sizes))
+    state, off = {}, 0
+    for i in range(2):
+        fan_in, out = widths[i], widths[i + 1]
+        bound = 1.0 / np.sqrt(fan_in)
+        w = ((2.0 * u[off:off + fan_in * out] - 1.0) * bound).astype(np.float32)
+        off += fan_in * out
+        b = ((2.0 * u[off:off + out] - 1.0) * bound).astype(np.float32)
+        off += out
+        state[f"{2 * i}.weight"] = w.reshape(out, fan_in)
+        state[f"{2 * i}.bias"] = b
+    return state
+
+
+def load_safetensors(path):
+    """Parse a .safetensors file by hand: u64 header length, JSON header, raw data."""
+    st_dtypes = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "bf16"}
+    with open(path, "rb") as f:
+        raw = f.read()
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + hlen])
+    base = 8 + hlen
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dt = info["dtype"]
+        if dt not in st_dtypes:
+            raise ValueError(f"{path}: tensor '{name}' has unsupported dtype {dt}")
+        b, e = info["data_offsets"]
+        buf = raw[base + b:base + e]
+        if dt == "BF16":
+            a = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(buf, dtype=st_dtypes[dt]).astype(np.float32)
+        out[name] = a.reshape(info["shape"])
+    return out
+
+
+def build_mlp(weights_path):
+    import torch
+    if weights_path:
+        tensors = load_safetensors(weights_path)
+        layers = {}
+        for name, a in tensors.items():
+            parts = name.split(".")
+            if len(parts) < 2 or parts[-1] not in ("weight", "bias") or not parts[-2].isdigit():
+                raise ValueError(f"{weights_path}: tensor '{name}' is not [prefix.]<idx>.weight|bias")
+            layers.setdefault(int(parts[-2]), {})[parts[-1]] = a
+        state = {}
+        for new_idx, idx in enumerate(sorted(layers)):
+            state[f"{2 * new_idx}.weight"] = layers[idx]["weight"]
+            if "bias" in layers[idx]:
+                state[f"{2 * new_idx}.bias"] = layers[idx]["bias"]
+    else:
+        state = default_mlp_state()
+    n = len([k for k in state if k.endswith(".weight")])
+    mods = []
+    for i in range(n):
+        w = state[f"{2 * i}.weight"]
+        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=f"{2 * i}.bias" in state)
+        mods.append(lin)
+        if i + 1 < n:
+            mods.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*mods)
+    with torch.no_grad():
+        for i in range(n):
+            model[2 * i].weight.copy_(torch.from_numpy(np.array(state[f"{2 * i}.weight"])))
+            if f"{2 * i}.bias" in state:
+                model[2 * i].bias.copy_(torch.from_numpy(np.array(state[f"{2 * i}.bias"])))
+    model.eval()
+    in_width = state["0.weight"].shape[1]
+
+    def forward(x):
+        if x.shape[-1] != in_width:
+            raise ValueError(f"model 'mlp' expects last dimension {in_width}, got {x.shape[-1]}")
+        with torch.no_grad():
+            return model(torch.from_numpy(np.array(x, dtype=np.float32))).numpy()
+    return forward
+
+
+class Models:
+    """model_id -> compute. run() is blocking; kind() says how the aio server schedules it."""
+
+    def __init__(self, weights):
+        self.mlp = build_mlp(weights)
+        self.ids = ["identity", "scale", "sleep", "spin", "mlp"]
+
+    def check(self, model_id, metadata):
+        mid = model_id or "identity"
+        if mid not in self.ids:
+            raise LookupError(f"unknown model '{mid}' (have: {', '.join(self.ids)})")
+        if mid == "scale":
+            v = metadata.get("factor", "1")
+            try:
+                f = float(v)
+            except ValueError:
+                f = float("nan")
+            if not np.isfinite(f):
+                raise ValueError(f"metadata 'factor' must be a finite number, got '{v}'")
+        if mid == "sleep":
+            meta_ms(metadata, 100.0)
+        if mid == "spin":
+            meta_ms(metadata, 10.0)
+        return mid
+
+    def run(self, mid, x, metadata):
+        if mid == "identity":
+            return x
+        if mid == "scale":
+            return x * np.float32(float(metadata.get("factor", "1")))
+        if mid == "sleep":
+            time.sleep(meta_ms(metadata, 100.0) / 1e3)
+            return x
+        if mid == "spin":
+            spin(meta_ms(metadata, 10.0))
+            return x
+        return self.mlp(x)
+
+
+# ------------------------------------------------------------------ monitoring -----
+
+class Monitor:
+    def __init__(self):
+        self.last_wall = time.monotonic()
+        self.last_cpu = sum(os.times()[:2])
+        self.lock = threading.Lock()
+
+    def snapshot(self, pb):
+        with self.lock:
+            now, cpu = time.monotonic(), sum(os.times()[:2])
+            dt = now - self.last_wall
+            pct = 100.0 * (cpu - self.last_cpu) / dt if dt > 0 else 0.0
+            self.last_wall, self.last_cpu = now, cpu
+        rss_mb, total_mb = 0.0, 0.0
+        try:
+            with open("/proc/self/statm") as f:
+                rss_mb = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+            total_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        except (OSError, ValueError):
+            pass
+        return pb.MonitoringSnapshot(
+            timestamp=time.time(), cpu_percent=pct, memory_mb=rss_mb,
+            memory_percent=100.0 * rss_mb / total_mb if total_mb else 0.0, gpu_available=False)
+
+
+# ------------------------------------------------------------------ service --------
+
+class Service:
+    """The RPC logic shared by both modes; each mode wraps it in its own handlers."""
+
+    def __init__(self, args, pb, hpb):
+        self.args, self.pb, self.hpb = args, pb, hpb
+        self.models = Models(args.weights)
+        self.monitor = Monitor()
+        self.start = time.time()
+        self.total = 0
+        self.count_lock = threading.Lock()
+
+    def count(self):
+        with self.count_lock:
+            self.total += 1
+
+    def prepare(self, req):
+        """Validate a ComputeRequest -> (model id, float32 input, metadata, dtype)."""
+        md = dict(req.metadata)
+        mid = self.models.check(req.model_id, md)
+        dt = dtype_of(md)
+        return mid, decode_tensor(req.data, list(req.shape), dt), md, dt
+
+    def reply(self, req, out, dt, t0):
+        r = self.pb.ComputeResponse(data=encode_tensor(out, dt), shape=list(out.shape),
+                                    compute_time_ms=(time.perf_counter() - t0) * 1e3)
+        if req.HasField("request_id"):
+            r.request_id = req.request_id
+        if req.HasField("forward_id"):
+            r.forward_id = req.forward_id
+        return r
+
+    def health(self):
+        return self.pb.HealthResponse(status="ok", message=f"peer-{self.args.mode} serving",
+                                      version=VERSION, uptime_seconds=time.time() - self.start)
+
+    def info(self):
+        import torch
+        r = self.pb.ServiceInfoResponse(
+            service_name=f"splitserve-peer-{self.args.mode}", version=VERSION, device="cpu",
+            uptime_seconds=time.time() - self.start, total_requests=self.total)
+        r.custom_info["mode"] = self.args.mode
+        r.custom_info["workers"] = str(self.args.workers)
+        r.custom_info["torch_threads"] = str(torch.get_num_threads())
+        r.custom_info["models"] = ",".join(self.models.ids)
+        r.custom_info["threads"] = str(threading.active_count())
+        r.custom_info["python"] = sys.version.split()[0]
+        return r
+
+    def interval(self, req):
+        v = req.sampling_interval if req.HasField("sampling_interval") else 1.0
+        return min(5.0, max(0.1, v))
+
+    def grpc_health(self, req):
+        H = self.hpb.HealthCheckResponse
+        if req.service in ("", SERVICE):
+            return H(status=H.SERVING)
+        return None
+
+
+def error_code(grpc, e):
+    if isinstance(e, LookupError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(e, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def handlers(grpc, svc, mode):
+    pb, hpb = svc.pb, svc.hpb
+    uu = grpc.unary_unary_rpc_method_handler
+    us = grpc.unary_stream_rpc_method_handler
+
+    def ser(msg):
+        return msg.SerializeToString()
+
+    if mode == "sync":
+        def compute(req, ctx):
+            svc.count()
+            t0 = time.perf_counter()
+            try:
+                mid, x, md, dt = svc.prepare(req)
+                out = svc.models.run(mid, x, md)
+            except Exception as e:  # noqa: BLE001 - every failure becomes a status
+                ctx.abort(error_code(grpc, e), str(e))
+            return svc.reply(req, out, dt, t0)
+
+        def backward(req, ctx):
+            svc.count()
+            ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "ComputeBackward is not implemented")
+
+        def health(req, ctx):
+            svc.count()
+            return svc.health()
+
+        def info(req, ctx):
+            svc.count()
+            return svc.info()
+
+        def monitoring(req, ctx):
+            iv = svc.interval(req)
+            while ctx.is_active():
+                yield pb.MonitoringSnapshotResponse(snapshot=svc.monitor.snapshot(pb))
+                time.sleep(iv)
+
+        def check(req, ctx):
+            r = svc.grpc_health(req)
+            if r is None:
+                ctx.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{req.service}'")
+            return r
+    else:
+        pool = futures.ThreadPoolExecutor(max_workers=svc.args.workers)
+
+        async def compute(req, ctx):
+            svc.count()
+            t0 = time.perf_counter()
+            try:
+                mid, x, md, dt = svc.prepare(req)
+                if mid == "sleep":
+                    await asyncio.sleep(meta_ms(md, 100.0) / 1e3)
+                    out = x
+                elif mid == "identity":
+                    out = x
+                else:
+                    loop = asyncio.get_running_loop()
+                    out = await loop.run_in_executor(pool, svc.models.run, mid, x, md)
+            except Exception as e:  # noqa: BLE001
+                await ctx.abort(error_code(grpc, e), str(e))
+            return svc.reply(req, out, dt, t0)
+
+        async def backward(req, ctx):
+            svc.count()
+            await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "ComputeBackward is not implemented")
+
+        async def health(req, ctx):
+            svc.count()
+            return svc.health()
+
+        async def info(req, ctx):
+            svc.count()
+            return svc.info()
+
+        async def monitoring(req, ctx):
+            iv = svc.interval(req)
+            while True:
+                yield pb.MonitoringSnapshotResponse(snapshot=svc.monitor.snapshot(pb))
+                await asyncio.sleep(iv)
+
+        async def check(req, ctx):
+            r = svc.grpc_health(req)
+            if r is None:
+                await ctx.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{req.service}'")
+            return r
+
+    compute_svc = grpc.method_handlers_generic_handler(SERVICE, {
+        "Compute": uu(compute, request_deserializer=pb.ComputeRequest.FromString,
+                      response_serializer=ser),
+        "ComputeBackward": uu(backward, request_deserializer=pb.BackwardRequest.FromString,
+                              response_serializer=ser),
+        "HealthCheck": uu(health, request_deserializer=pb.HealthRequest.FromString,
+                          response_serializer=ser),
+        "GetServiceInfo": uu(info, request_deserializer=pb.ServiceInfoRequest.FromString,
+                             response_serializer=ser),
+        "StreamMonitoring": us(monitoring,
+                               request_deserializer=pb.MonitoringStreamRequest.FromString,
+                               response_serializer=ser),
+    })
+    health_svc = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": uu(check, request_deserializer=hpb.HealthCheckRequest.FromString,
+                    response_serializer=ser),
+    })
+    return [compute_svc, health_svc]
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["sync", "aio"], default="sync")
+    ap.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any)")
+    ap.add_argument("--workers", type=int, default=10,
+                    help="sync: gRPC thread pool size; aio: run_in_executor pool size (default 10)")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch.set_num_threads (default: torch's own choice)")
+    ap.add_argument("--weights", help="mlp weights (.safetensors)")
+    ap.add_argument("--py-dir", default=os.environ.get(
+        "SS_PY_DIR", os.path.join(here, "..", "..", "build", "py")),
+        help="directory with compute_service_pb2.py and health_pb2.py (default: build/py)")
+    args = ap.parse_args()
+
+    sys.path.insert(0, os.path.abspath(args.py_dir))
+    import grpc
+    import compute_service_pb2 as pb
+    import health_pb2 as hpb
+    import torch
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+
+    svc = Service(args, pb, hpb)
+    opts = [("grpc.max_receive_message_length", MAX_MSG),
+            ("grpc.max_send_message_length", MAX_MSG)]
+
+    if args.mode == "sync":
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers), options=opts,
+                             handlers=handlers(grpc, svc, "sync"))
+        port = server.add_insecure_port(args.listen)
+        if port == 0:
+            sys.exit(f"cannot listen on {args.listen}")
+        server.start()
+        host = args.listen.rsplit(":", 1)[0]
+        print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+        done = threading.Event()
+
+        def stop(signum, frame):
+            done.set()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while not done.wait(0.5):
+            pass
+        server.stop(grace=2).wait()
+        print(f"stopped; {svc.total} requests", file=sys.stderr, flush=True)
+    else:
+        async def serve():
+            server = grpc.aio.server(options=opts, handlers=handlers(grpc, svc, "aio"))
+            port = server.add_insecure_port(args.listen)
+            if port == 0:
+                sys.exit(f"cannot listen on {args.listen}")
+            await server.start()
+            host = args.listen.rsplit(":", 1)[0]
+            print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for s in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(s, stop.set)
+            await stop.wait()
+            await server.stop(grace=2)
+            print(f"stopped; {svc.total} requests", file=sys.stderr, flush=True)
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

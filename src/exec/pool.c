@@ -1,0 +1,165 @@
+/*
+ * pool.c — worker pool: see pool.h. One mutex + condvar guards the job FIFO; one mutex guards
+ * the completion list. Workers set their OpenMP/BLAS thread count once at start.
+ */
+#include "exec/pool.h"
+
+#include <omp.h>
+#include <stdlib.h>
+
+#include "core/log.h"
+#include "splitserve.h"
+
+struct ss_pool {
+  uv_loop_t *loop;
+  int nworkers;
+  int intra_op;
+  uv_thread_t *threads;
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  ss_job *head, *tail; /* FIFO of queued jobs */
+  size_t queued;
+  int stopping;
+  uv_mutex_t done_mu;
+  ss_job *done_head, *done_tail;
+  uv_async_t async;
+};
+
+static void complete(ss_pool *p, ss_job *job) {
+  job->next = NULL;
+  uv_mutex_lock(&p->done_mu);
+  if (p->done_tail) p->done_tail->next = job;
+  else p->done_head = job;
+  p->done_tail = job;
+  uv_mutex_unlock(&p->done_mu);
+  uv_async_send(&p->async);
+}
+
+static void worker_main(void *arg) {
+  ss_pool *p = arg;
+  omp_set_num_threads(p->intra_op);
+  for (;;) {
+    uv_mutex_lock(&p->mu);
+    while (!p->head && !p->stopping) uv_cond_wait(&p->cv, &p->mu);
+    ss_job *job = p->head;
+    if (!job) { /* stopping and empty */
+      uv_mutex_unlock(&p->mu);
+      return;
+    }
+    p->head = job->next;
+    if (!p->head) p->tail = NULL;
+    p->queued--;
+    uv_mutex_unlock(&p->mu);
+    job->ran = 0;
+    if (!atomic_load(&job->cancelled)) {
+      job->run(job);
+      job->ran = 1;
+    }
+    complete(p, job);
+  }
+}
+
+/* Loop thread: take the whole completion list at once and run done() in order. */
+static void on_async(uv_async_t *h) {
+  ss_pool *p = h->data;
+  uv_mutex_lock(&p->done_mu);
+  ss_job *job = p->done_head;
+  p->done_head = p->done_tail = NULL;
+  uv_mutex_unlock(&p->done_mu);
+  while (job) {
+    ss_job *next = job->next;
+    job->done(job);
+    job = next;
+  }
+}
+
+static void on_closed(uv_handle_t *h) { free(h->data); }
+
+int ss_pool_new(uv_loop_t *loop, int workers, int intra_op, ss_pool **out) {
+  ss_pool *p = calloc(1, sizeof *p);
+  if (!p) return SS_ENOMEM;
+  p->loop = loop;
+  p->nworkers = workers;
+  p->intra_op = intra_op > 0 ? intra_op : 1;
+  uv_mutex_init(&p->mu);
+  uv_mutex_init(&p->done_mu);
+  uv_cond_init(&p->cv);
+  uv_async_init(loop, &p->async, on_async);
+  p->async.data = p;
+  if (workers > 0) {
+    p->threads = calloc((size_t)workers, sizeof *p->threads);
+    if (!p->threads) {
+      ss_pool_free(p);
+      return SS_ENOMEM;
+    }
+    for (int i = 0; i < workers; i++) {
+      if (uv_thread_create(&p->threads[i], worker_main, p) != 0) {
+        SS_LOGE("pool: cannot start worker %d", i);
+        p->nworkers = i;
+        ss_pool_free(p);
+        return SS_EIO;
+      }
+    }
+  } else {
+    omp_set_num_threads(p->intra_op); /* inline compute uses the loop thread's team */
+  }
+  *out = p;
+  return 0;
+}
+
+void ss_pool_submit(ss_pool *p, ss_job *job) {
+  job->next = NULL;
+  if (p->nworkers == 0) {
+    /* Inline: the loop thread computes now (blocking the loop, as the seeds' sync server
+     * does); done() still runs from the completion callback, never re-entrantly. */
+    job->ran = 0;
+    if (!atomic_load(&job->cancelled)) {
+      job->run(job);
+      job->ran = 1;
+    }
+    complete(p, job);
+    return;
+  }
+  uv_mutex_lock(&p->mu);
+  if (p->tail) p->tail->next = job;
+  else p->head = job;
+  p->tail = job;
+  p->queued++;
+  uv_cond_signal(&p->cv);
+  uv_mutex_unlock(&p->mu);
+}
+
+size_t ss_pool_queued(const ss_pool *p) {
+  uv_mutex_lock((uv_mutex_t *)&p->mu);
+  size_t n = p->queued;
+  uv_mutex_unlock((uv_mutex_t *)&p->mu);
+  return n;
+}
+
+int ss_pool_workers(const ss_pool *p) { return p->nworkers; }
+
+void ss_pool_free(ss_pool *p) {
+  if (!p) return;
+  uv_mutex_lock(&p->mu);
+  p->stopping = 1;
+  /* Jobs nobody took: cancel them; workers finish what they run and exit. */
+  ss_job *left = p->head;
+  p->head = p->tail = NULL;
+  p->queued = 0;
+  uv_cond_broadcast(&p->cv);
+  uv_mutex_unlock(&p->mu);
+  for (int i = 0; i < p->nworkers; i++) uv_thread_join(&p->threads[i]);
+  on_async(&p->async); /* completions that raced with the stop */
+  while (left) {
+    ss_job *next = left->next;
+    atomic_store(&left->cancelled, 1);
+    left->ran = 0;
+    left->done(left);
+    left = next;
+  }
+  free(p->threads);
+  uv_mutex_destroy(&p->mu);
+  uv_mutex_destroy(&p->done_mu);
+  uv_cond_destroy(&p->cv);
+  uv_close((uv_handle_t *)&p->async, on_closed); /* p is freed once the loop closed it */
+}

@@ -1,0 +1,381 @@
+/*
+ * mlp.c — the "mlp" model kind: a PyTorch nn.Sequential(Linear, act, Linear, ..., Linear)
+ * run with OpenBLAS sgemm. The trunk of a split-learning model in its simplest form.
+ *
+ * Weights: spec param weights=PATH, a safetensors file with keys "<idx>.weight" [out,in] and
+ * optional "<idx>.bias" [out], all under one common prefix ("", "model.", "layers.", ...),
+ * as written by torch's state_dict() of a Sequential. Layers are ordered by numeric index; the
+ * activation (param activation=relu|gelu, default relu; gelu is the exact erf form, like
+ * torch.nn.GELU()) sits between consecutive Linear layers, not after the last. F32 tensors are
+ * used in place from the mmap when 4-byte aligned (else copied); F16/BF16 are converted to f32
+ * at load. Without weights=: the embedded default 768->768->768 (see default_weights()).
+ *
+ * Thread: created on the main thread, then immutable and shared by all workers; check() on
+ * the loop thread; forward() on a worker, reentrant (its two ping-pong scratch buffers are
+ * malloc'd per call). Y = X W^T + b per layer: sgemm(RowMajor, NoTrans, Trans).
+ */
+#include <cblas.h>
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/model.h"
+#include "models/safetensors.h"
+
+typedef struct mlp_layer {
+  int in, out;
+  const float *w; /* [out][in] row-major; into the mmap or w_own */
+  const float *b; /* [out] or NULL */
+  float *w_own, *b_own;
+} mlp_layer;
+
+typedef struct mlp {
+  int n;
+  mlp_layer *l;
+  int gelu;         /* 0: relu, 1: exact GELU */
+  ss_st_file *st;   /* keeps the mmap alive while layers point into it */
+} mlp;
+
+static void mlp_free(mlp *p) {
+  if (p == NULL) return;
+  for (int i = 0; i < p->n; i++) {
+    free(p->l[i].w_own);
+    free(p->l[i].b_own);
+  }
+  free(p->l);
+  ss_st_close(p->st);
+  free(p);
+}
+
+/* ------------------------------------------------------------- default model ---- */
+
+static uint64_t splitmix64(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/*
+ * The embedded default: 768 -> 768 -> 768, relu, deterministic weights a test can rebuild:
+ *   state = 42 (uint64); next(): state += 0x9E3779B97F4A7C15; z = state;
+ *     z = (z ^ z>>30) * 0xBF58476D1CE4E5B9; z = (z ^ z>>27) * 0x94D049BB133111EB; z ^ z>>31
+ *   u = (next() >> 40) / 2^24 in [0,1);  value = float32((2u - 1) / sqrt(in)) computed in double
+ * i.e. U(-1/sqrt(in), 1/sqrt(in)) like torch.nn.Linear's init. One stream for the whole model,
+ * in this order: layer 0 weight [out][in] row-major, layer 0 bias [out], layer 1 weight, bias.
+ */
+static int default_weights(mlp *p) {
+  static const int widths[] = {768, 768, 768};
+  uint64_t state = 42;
+  p->n = 2;
+  p->l = calloc((size_t)p->n, sizeof *p->l);
+  if (p->l == NULL) return SS_ENOMEM;
+  for (int i = 0; i < p->n; i++) {
+    mlp_layer *L = &p->l[i];
+    double bound;
+    size_t nw;
+    L->in = widths[i];
+    L->out = widths[i + 1];
+    nw = (size_t)L->in * (size_t)L->out;
+    bound = 1.0 / sqrt((double)L->in);
+    L->w_own = malloc(nw * sizeof(float));
+    L->b_own = malloc((size_t)L->out * sizeof(float));
+    if (L->w_own == NULL || L->b_own == NULL) return SS_ENOMEM;
+    for (size_t k = 0; k < nw; k++) {
+      double u = (double)(splitmix64(&state) >> 40) * 0x1p-24;
+      L->w_own[k] = (float)((2.0 * u - 1.0) * bound);
+    }
+    for (int k = 0; k < L->out; k++) {
+      double u = (double)(splitmix64(&state) >> 40) * 0x1p-24;
+      L->b_own[k] = (float)((2.0 * u - 1.0) * bound);
+    }
+    L->w = L->w_own;
+    L->b = L->b_own;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------- file loading ---- */
+
+typedef struct layer_ref {
+  unsigned long idx;
+  const ss_st_tensor *w, *b;
+} layer_ref;
+
+static int ref_cmp(const void *a, const void *b) {
+  const layer_ref *x = a, *y = b;
+  return x->idx < y->idx ? -1 : x->idx > y->idx ? 1 : 0;
+}
+
+/* Split "model.2.weight" into prefix "model." (length), index 2 and kind (0 weight, 1 bias).
+ * Returns -1 when the name does not have that form. */
+static int split_name(const char *name, size_t *prefix_len, unsigned long *idx, int *is_bias) {
+  size_t len = strlen(name), stem, dot;
+  if (len > 7 && strcmp(name + len - 7, ".weight") == 0) {
+    stem = len - 7;
+    *is_bias = 0;
+  } else if (len > 5 && strcmp(name + len - 5, ".bias") == 0) {
+    stem = len - 5;
+    *is_bias = 1;
+  } else {
+    return -1;
+  }
+  dot = stem;
+  while (dot > 0 && name[dot - 1] != '.') dot--;
+  if (dot == stem || stem - dot > 9) return -1;
+  *idx = 0;
+  for (size_t i = dot; i < stem; i++) {
+    if (!isdigit((unsigned char)name[i])) return -1;
+    *idx = *idx * 10 + (unsigned long)(name[i] - '0');
+  }
+  *prefix_len = dot;
+  return 0;
+}
+
+/* A float32 view of t: in place when possible, else a converted copy put into *own. */
+static int tensor_f32(const ss_st_tensor *t, const float **view, float **own) {
+  *own = NULL;
+  if (t->dtype == SS_DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
+    *view = t->data;
+    return 0;
+  }
+  *own = malloc(t->numel ? t->numel * sizeof(float) : 1);
+  if (*own == NULL) return SS_ENOMEM;
+  ss_to_f32(t->dtype, t->data, *own, t->numel);
+  *view = *own;
+  return 0;
+}
+
+static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
+  size_t n, nref = 0, plen = 0;
+  const char *prefix = NULL;
+  layer_ref *refs;
+  int rc;
+
+  rc = ss_st_open(path, &p->st, err, errlen);
+  if (rc != 0) return rc;
+  n = ss_st_count(p->st);
+  if (n == 0) {
+    snprintf(err, errlen, "weights %s: no tensors", path);
+    return SS_EINVAL;
+  }
+  refs = calloc(n, sizeof *refs);
+  if (refs == NULL) {
+    snprintf(err, errlen, "weights %s: out of memory", path);
+    return SS_ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const ss_st_tensor *t = ss_st_at(p->st, i);
+    size_t pl;
+    unsigned long idx;
+    int is_bias;
+    layer_ref *r = NULL;
+    if (split_name(t->name, &pl, &idx, &is_bias) != 0) {
+      snprintf(err, errlen, "weights %s: tensor '%s' is not named [prefix.]<index>.weight or "
+               "[prefix.]<index>.bias (an nn.Sequential of Linear layers)", path, t->name);
+      rc = SS_EINVAL;
+      goto done;
+    }
+    if (prefix == NULL) {
+      prefix = t->name;
+      plen = pl;
+    } else if (pl != plen || strncmp(prefix, t->name, pl) != 0) {
+      snprintf(err, errlen, "weights %s: tensors '%s' and '%s' have different prefixes", path,
+               prefix, t->name);
+      rc = SS_EINVAL;
+      goto done;
+    }
+    for (size_t j = 0; j < nref; j++)
+      if (refs[j].idx == idx) r = &refs[j];
+    if (r == NULL) {
+      r = &refs[nref++];
+      r->idx = idx;
+    }
+    if (is_bias) r->b = t;
+    else r->w = t;
+  }
+  qsort(refs, nref, sizeof *refs, ref_cmp);
+  p->l = calloc(nref, sizeof *p->l);
+  if (p->l == NULL) {
+    rc = SS_ENOMEM;
+    goto done;
+  }
+  for (size_t i = 0; i < nref; i++) {
+    const ss_st_tensor *w = refs[i].w, *b = refs[i].b;
+    mlp_layer *L = &p->l[i];
+    p->n = (int)i + 1;
+    if (w == NULL) {
+      snprintf(err, errlen, "weights %s: '%s' has no matching weight tensor", path, b->name);
+      rc = SS_EINVAL;
+      goto done;
+    }
+    if (w->ndim != 2 || w->shape[0] <= 0 || w->shape[1] <= 0 || w->shape[0] > INT_MAX ||
+        w->shape[1] > INT_MAX) {
+      char sbuf[160];
+      snprintf(err, errlen, "weights %s: '%s' has shape %s; expected [out, in] with positive "
+               "widths", path, w->name, ss_shape_str(w->shape, w->ndim, sbuf, sizeof sbuf));
+      rc = SS_EINVAL;
+      goto done;
+    }
+    L->out = (int)w->shape[0];
+    L->in = (int)w->shape[1];
+    if (b != NULL && (b->ndim != 1 || b->shape[0] != w->shape[0])) {
+      char sbuf[160];
+      snprintf(err, errlen, "weights %s: '%s' has shape %s; expected [%d] to match '%s'", path,
+               b->name, ss_shape_str(b->shape, b->ndim, sbuf, sizeof sbuf), L->out, w->name);
+      rc = SS_EINVAL;
+      goto done;
+    }
+    if (i > 0 && p->l[i - 1].out != L->in) {
+      snprintf(err, errlen, "weights %s: '%s' outputs width %d but '%s' expects input width %d",
+               path, refs[i - 1].w->name, p->l[i - 1].out, w->name, L->in);
+      rc = SS_EINVAL;
+      goto done;
+    }
+    if ((rc = tensor_f32(w, &L->w, &L->w_own)) != 0) goto done;
+    if (b != NULL && (rc = tensor_f32(b, &L->b, &L->b_own)) != 0) goto done;
+  }
+done:
+  if (rc == SS_ENOMEM) snprintf(err, errlen, "weights %s: out of memory", path);
+  free(refs);
+  return rc;
+}
+
+/* ------------------------------------------------------------- model ops ---- */
+
+static int mlp_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta,
+                     int64_t *out_shape, int *out_ndim, char *err, size_t errlen) {
+  const mlp *p = m->impl;
+  int64_t last = in->ndim > 0 ? in->shape[in->ndim - 1] : 0;
+  (void)meta;
+  if (in->ndim < 1 || last != p->l[0].in) {
+    snprintf(err, errlen, "model '%s' expects last dimension %d, got %lld", m->id, p->l[0].in,
+             (long long)last);
+    return SS_EINVAL;
+  }
+  memcpy(out_shape, in->shape, sizeof(int64_t) * (size_t)in->ndim);
+  out_shape[in->ndim - 1] = p->l[p->n - 1].out;
+  *out_ndim = in->ndim;
+  return 0;
+}
+
+static void bias_act(float *y, size_t rows, int out, const float *b, int act, int gelu) {
+  for (size_t r = 0; r < rows; r++) {
+    float *row = y + r * (size_t)out;
+    if (b != NULL)
+      for (int j = 0; j < out; j++) row[j] += b[j];
+    if (!act) continue;
+    if (gelu) {
+      for (int j = 0; j < out; j++)
+        row[j] = 0.5f * row[j] * (1.0f + erff(row[j] * 0.70710678118654752f));
+    } else {
+      for (int j = 0; j < out; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+    }
+  }
+}
+
+static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
+                       char *err, size_t errlen) {
+  const mlp *p = m->impl;
+  size_t rows = in->numel / (size_t)p->l[0].in, maxw = 0, cells;
+  float *buf[2] = {NULL, NULL};
+  (void)meta;
+  if (rows == 0) return 0;
+  if (rows > INT_MAX) {
+    snprintf(err, errlen, "model '%s': %zu rows is too many for one call", m->id, rows);
+    return SS_ERANGE;
+  }
+  for (int i = 0; i + 1 < p->n; i++)
+    if ((size_t)p->l[i].out > maxw) maxw = (size_t)p->l[i].out;
+  if (maxw > 0) {
+    if (__builtin_mul_overflow(rows, maxw * sizeof(float), &cells) ||
+        (buf[0] = malloc(cells)) == NULL || (buf[1] = malloc(cells)) == NULL) {
+      free(buf[0]);
+      snprintf(err, errlen, "model '%s': out of memory for %zu x %zu activations", m->id, rows,
+               maxw);
+      return SS_ENOMEM;
+    }
+  }
+  for (int i = 0; i < p->n; i++) {
+    const mlp_layer *L = &p->l[i];
+    const float *x = i == 0 ? (const float *)in->data : buf[(i - 1) & 1];
+    float *y = i == p->n - 1 ? (float *)out->data : buf[i & 1];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, L->out, L->in, 1.0f, x, L->in,
+                L->w, L->in, 0.0f, y, L->out);
+    bias_act(y, rows, L->out, L->b, i < p->n - 1, p->gelu);
+  }
+  free(buf[0]);
+  free(buf[1]);
+  return 0;
+}
+
+static void mlp_destroy(ss_model *m) {
+  mlp_free(m->impl);
+  m->impl = NULL;
+}
+
+static const ss_model_ops mlp_ops = {mlp_check, mlp_forward, mlp_destroy};
+
+int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err,
+                     size_t errlen) {
+  const char *weights = NULL, *act = "relu", *src, *dt = "f32";
+  char widths[72];
+  size_t pos;
+  mlp *p;
+  int rc;
+
+  for (size_t i = 0; i < n; i++) {
+    if (strcmp(params[2 * i], "weights") == 0) weights = params[2 * i + 1];
+    else if (strcmp(params[2 * i], "activation") == 0) act = params[2 * i + 1];
+    else {
+      snprintf(err, errlen, "model '%s': unknown parameter '%s' for kind 'mlp' (known: weights, "
+               "activation)", m->id, params[2 * i]);
+      return SS_EINVAL;
+    }
+  }
+  if (strcmp(act, "relu") != 0 && strcmp(act, "gelu") != 0) {
+    snprintf(err, errlen, "model '%s': activation must be relu or gelu, got '%s'", m->id, act);
+    return SS_EINVAL;
+  }
+  if ((p = calloc(1, sizeof *p)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  p->gelu = strcmp(act, "gelu") == 0;
+  if (weights != NULL && weights[0] != '\0') {
+    rc = load_file(p, weights, err, errlen);
+  } else {
+    rc = default_weights(p);
+    if (rc != 0) snprintf(err, errlen, "model '%s': out of memory", m->id);
+  }
+  if (rc != 0) {
+    mlp_free(p);
+    return rc;
+  }
+  m->kind = "mlp";
+  m->ops = &mlp_ops;
+  m->impl = p;
+  m->exec = SS_EXEC_WORKER;
+  m->echo = 0;
+  m->n_params = 0;
+  for (int i = 0; i < p->n; i++)
+    m->n_params += (int64_t)p->l[i].in * p->l[i].out + (p->l[i].b ? p->l[i].out : 0);
+  m->weight_bytes = (size_t)m->n_params * sizeof(float);
+  pos = (size_t)snprintf(widths, sizeof widths, "%d", p->l[0].in);
+  for (int i = 0; i < p->n && pos < sizeof widths; i++)
+    pos += (size_t)snprintf(widths + pos, sizeof widths - pos, "->%d", p->l[i].out);
+  if (weights != NULL && weights[0] != '\0') {
+    const ss_st_tensor *t0 = ss_st_at(p->st, 0);
+    src = strrchr(weights, '/') ? strrchr(weights, '/') + 1 : weights;
+    if (t0->dtype == SS_DTYPE_F16) dt = "f16->f32";
+    else if (t0->dtype == SS_DTYPE_BF16) dt = "bf16->f32";
+  } else {
+    src = "embedded";
+  }
+  snprintf(m->describe, sizeof m->describe, "mlp %s %s (%s, %.48s)", widths,
+           p->gelu ? "gelu" : "relu", dt, src);
+  return 0;
+}

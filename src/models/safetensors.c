@@ -1,0 +1,380 @@
+/*
+ * safetensors.c — open, validate and view safetensors files; write simple F32 files.
+ *
+ * Layout: [u64 LE N][N bytes JSON header][byte buffer]. The file is mmapped read-only and
+ * every tensor's data pointer points into the mapping (no copy); ss_st_close() unmaps.
+ * Validation trusts nothing in the header: N against the file size, JSON shape and types,
+ * dtype (F32/F16/BF16 only), dims (0..INT64 non-negative, count overflow-checked), offsets
+ * inside the buffer, end - begin == numel x dtype size, and no two tensors overlapping.
+ * "__metadata__" is ignored. Thread: any; the opened object is immutable and shareable.
+ */
+#include "models/safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/tensor.h"
+
+struct ss_st_file {
+  void *map;            /* mmap base (NULL when parsed from a borrowed buffer) */
+  size_t map_len;
+  size_t n;
+  ss_st_tensor *t;      /* n tensors, in header order */
+};
+
+/* The byte range of a tensor inside the buffer, for the overlap check. */
+typedef struct st_range {
+  uint64_t begin, end;
+  const char *name;
+} st_range;
+
+static int range_cmp(const void *a, const void *b) {
+  const st_range *x = a, *y = b;
+  return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : 0;
+}
+
+static void st_free(ss_st_file *f) {
+  if (f == NULL) return;
+  for (size_t i = 0; i < f->n; i++) free(f->t[i].name);
+  free(f->t);
+  if (f->map != NULL) munmap(f->map, f->map_len);
+  free(f);
+}
+
+static int parse_dtype(const char *s, ss_dtype *dt) {
+  if (strcmp(s, "F32") == 0) *dt = SS_DTYPE_F32;
+  else if (strcmp(s, "F16") == 0) *dt = SS_DTYPE_F16;
+  else if (strcmp(s, "BF16") == 0) *dt = SS_DTYPE_BF16;
+  else return -1;
+  return 0;
+}
+
+/* Validate one header entry and fill *t (name not set). bufsize: bytes after the header. */
+static int parse_entry(const char *name, json_t *v, const uint8_t *base, uint64_t bufsize,
+                       ss_st_tensor *t, st_range *r, char *err, size_t errlen) {
+  json_t *jd, *js, *jo, *jb, *je;
+  const char *dts;
+  uint64_t numel = 1, nbytes, begin, end;
+  size_t i, ndim;
+
+  if (!json_is_object(v)) {
+    snprintf(err, errlen, "tensor '%s': header entry is not a JSON object", name);
+    return SS_EINVAL;
+  }
+  jd = json_object_get(v, "dtype");
+  js = json_object_get(v, "shape");
+  jo = json_object_get(v, "data_offsets");
+  if (!json_is_string(jd)) {
+    snprintf(err, errlen, "tensor '%s': missing or non-string \"dtype\"", name);
+    return SS_EINVAL;
+  }
+  dts = json_string_value(jd);
+  if (parse_dtype(dts, &t->dtype) != 0) {
+    snprintf(err, errlen, "tensor '%s' has dtype %.32s; only F32, F16 and BF16 are supported",
+             name, dts);
+    return SS_EUNSUPPORTED;
+  }
+  if (!json_is_array(js)) {
+    snprintf(err, errlen, "tensor '%s': missing or non-array \"shape\"", name);
+    return SS_EINVAL;
+  }
+  ndim = json_array_size(js);
+  if (ndim > SS_MAX_DIMS) {
+    snprintf(err, errlen, "tensor '%s': shape has %zu dimensions; at most %d supported", name,
+             ndim, SS_MAX_DIMS);
+    return SS_EUNSUPPORTED;
+  }
+  t->ndim = (int)ndim;
+  for (i = 0; i < ndim; i++) {
+    json_t *d = json_array_get(js, i);
+    json_int_t dv;
+    if (!json_is_integer(d)) {
+      snprintf(err, errlen, "tensor '%s': shape[%zu] is not an integer", name, i);
+      return SS_EINVAL;
+    }
+    dv = json_integer_value(d);
+    if (dv < 0) {
+      snprintf(err, errlen, "tensor '%s': shape[%zu] is negative (%lld)", name, i, (long long)dv);
+      return SS_EINVAL;
+    }
+    t->shape[i] = (int64_t)dv;
+    if (__builtin_mul_overflow(numel, (uint64_t)dv, &numel)) {
+      snprintf(err, errlen, "tensor '%s': element count of its shape overflows", name);
+      return SS_ERANGE;
+    }
+  }
+  if (__builtin_mul_overflow(numel, (uint64_t)ss_dtype_size(t->dtype), &nbytes)) {
+    snprintf(err, errlen, "tensor '%s': byte size of its shape overflows", name);
+    return SS_ERANGE;
+  }
+  if (!json_is_array(jo) || json_array_size(jo) != 2 || !json_is_integer(jb = json_array_get(jo, 0)) ||
+      !json_is_integer(je = json_array_get(jo, 1))) {
+    snprintf(err, errlen, "tensor '%s': \"data_offsets\" must be [begin, end] integers", name);
+    return SS_EINVAL;
+  }
+  if (json_integer_value(jb) < 0 || json_integer_value(je) < 0) {
+    snprintf(err, errlen, "tensor '%s': data_offsets [%lld, %lld] are negative", name,
+             (long long)json_integer_value(jb), (long long)json_integer_value(je));
+    return SS_EINVAL;
+  }
+  begin = (uint64_t)json_integer_value(jb);
+  end = (uint64_t)json_integer_value(je);
+  if (begin > end || end > bufsize) {
+    snprintf(err, errlen,
+             "tensor '%s': data_offsets [%llu, %llu] are outside the data buffer of %llu bytes",
+             name, (unsigned long long)begin, (unsigned long long)end,
+             (unsigned long long)bufsize);
+    return SS_EINVAL;
+  }
+  if (end - begin != nbytes) {
+    char sbuf[160];
+    snprintf(err, errlen,
+             "tensor '%s': data_offsets [%llu, %llu] span %llu bytes but shape %s x %s needs %llu",
+             name, (unsigned long long)begin, (unsigned long long)end,
+             (unsigned long long)(end - begin), ss_shape_str(t->shape, t->ndim, sbuf, sizeof sbuf),
+             dts, (unsigned long long)nbytes);
+    return SS_EINVAL;
+  }
+  t->numel = (size_t)numel;
+  t->nbytes = (size_t)nbytes;
+  t->data = base + begin;
+  r->begin = begin;
+  r->end = end;
+  return 0;
+}
+
+int ss_st_parse(const void *buf, size_t len, ss_st_file **out, char *err, size_t errlen) {
+  const uint8_t *p = buf;
+  uint64_t hlen = 0;
+  json_t *root;
+  json_error_t jerr;
+  const char *key;
+  json_t *val;
+  ss_st_file *f;
+  st_range *ranges = NULL;
+  size_t cap, nr = 0;
+  int rc = 0;
+
+  *out = NULL;
+  if (len < 8) {
+    snprintf(err, errlen, "file is %zu bytes, too short for the 8-byte header length", len);
+    return SS_EINVAL;
+  }
+  for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | p[i];
+  if (hlen > (uint64_t)(len - 8)) {
+    snprintf(err, errlen,
+             "header length %llu runs past the end of the file (%zu bytes; at most %zu available)",
+             (unsigned long long)hlen, len, len - 8);
+    return SS_EINVAL;
+  }
+  if (hlen < 2) {
+    snprintf(err, errlen, "header length %llu is too small for a JSON object",
+             (unsigned long long)hlen);
+    return SS_EINVAL;
+  }
+  root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+  if (root == NULL) {
+    snprintf(err, errlen, "header is not valid JSON: %s (line %d, column %d)", jerr.text,
+             jerr.line, jerr.column);
+    return SS_EINVAL;
+  }
+  if (!json_is_object(root)) {
+    json_decref(root);
+    snprintf(err, errlen, "header is not a JSON object");
+    return SS_EINVAL;
+  }
+  f = calloc(1, sizeof *f);
+  cap = json_object_size(root);
+  if (f == NULL || (cap && ((f->t = calloc(cap, sizeof *f->t)) == NULL ||
+                            (ranges = calloc(cap, sizeof *ranges)) == NULL))) {
+    rc = SS_ENOMEM;
+    snprintf(err, errlen, "out of memory reading the header");
+    goto done;
+  }
+  json_object_foreach(root, key, val) {
+    ss_st_tensor *t;
+    if (strcmp(key, "__metadata__") == 0) continue;
+    t = &f->t[f->n];
+    rc = parse_entry(key, val, p + 8 + hlen, (uint64_t)(len - 8) - hlen, t, &ranges[nr], err,
+                     errlen);
+    if (rc != 0) goto done;
+    if ((t->name = strdup(key)) == NULL) {
+      rc = SS_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto done;
+    }
+    ranges[nr++].name = t->name;
+    f->n++;
+  }
+  /* No two non-empty tensors may share bytes. */
+  if (nr > 1) qsort(ranges, nr, sizeof *ranges, range_cmp);
+  for (size_t i = 1; i < nr; i++) {
+    for (size_t j = i; j-- > 0;) { /* nearest previous non-empty range */
+      if (ranges[j].end == ranges[j].begin) continue;
+      if (ranges[i].end > ranges[i].begin && ranges[i].begin < ranges[j].end) {
+        snprintf(err, errlen, "tensors '%s' [%llu, %llu] and '%s' [%llu, %llu] overlap",
+                 ranges[j].name, (unsigned long long)ranges[j].begin,
+                 (unsigned long long)ranges[j].end, ranges[i].name,
+                 (unsigned long long)ranges[i].begin, (unsigned long long)ranges[i].end);
+        rc = SS_EINVAL;
+        goto done;
+      }
+      break;
+    }
+  }
+done:
+  free(ranges);
+  json_decref(root);
+  if (rc != 0) {
+    st_free(f);
+    return rc;
+  }
+  *out = f;
+  return 0;
+}
+
+int ss_st_open(const char *path, ss_st_file **out, char *err, size_t errlen) {
+  struct stat st;
+  void *map;
+  char msg[400];
+  int fd, rc;
+
+  *out = NULL;
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    rc = errno == ENOENT ? SS_ENOTFOUND : SS_EIO;
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return rc;
+  }
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "%s: not a regular file", path);
+    close(fd);
+    return SS_EIO;
+  }
+  if (st.st_size < 8) {
+    snprintf(err, errlen, "%s: file is %lld bytes, too short for the 8-byte header length", path,
+             (long long)st.st_size);
+    close(fd);
+    return SS_EINVAL;
+  }
+  map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (map == MAP_FAILED) {
+    snprintf(err, errlen, "%s: mmap: %s", path, strerror(errno));
+    return SS_EIO;
+  }
+  rc = ss_st_parse(map, (size_t)st.st_size, out, msg, sizeof msg);
+  if (rc != 0) {
+    munmap(map, (size_t)st.st_size);
+    snprintf(err, errlen, "%s: %s", path, msg);
+    return rc;
+  }
+  (*out)->map = map;
+  (*out)->map_len = (size_t)st.st_size;
+  return 0;
+}
+
+size_t ss_st_count(const ss_st_file *f) { return f ? f->n : 0; }
+
+const ss_st_tensor *ss_st_at(const ss_st_file *f, size_t i) {
+  return f && i < f->n ? &f->t[i] : NULL;
+}
+
+const ss_st_tensor *ss_st_find(const ss_st_file *f, const char *name) {
+  if (f == NULL || name == NULL) return NULL;
+  for (size_t i = 0; i < f->n; i++)
+    if (strcmp(f->t[i].name, name) == 0) return &f->t[i];
+  return NULL;
+}
+
+void ss_st_close(ss_st_file *f) { st_free(f); }
+
+int ss_st_write_f32(const char *path, size_t n, const char *const *names, const int64_t *const *shapes,
+                    const int *ndims, const float *const *data, char *err, size_t errlen) {
+  json_t *root = json_object();
+  char *hdr = NULL;
+  size_t *nbytes = NULL, hlen, padded;
+  uint64_t off = 0;
+  uint8_t lenbuf[8];
+  FILE *fp = NULL;
+  int rc = 0;
+
+  if (root == NULL || (n && (nbytes = calloc(n, sizeof *nbytes)) == NULL)) {
+    rc = SS_ENOMEM;
+    snprintf(err, errlen, "out of memory");
+    goto done;
+  }
+  for (size_t i = 0; i < n; i++) {
+    json_t *e = json_object(), *shape = json_array();
+    size_t numel = 1;
+    if (e == NULL || shape == NULL) {
+      json_decref(e);
+      json_decref(shape);
+      rc = SS_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto done;
+    }
+    if (ndims[i] < 0 || ndims[i] > SS_MAX_DIMS) {
+      json_decref(e);
+      json_decref(shape);
+      rc = SS_EINVAL;
+      snprintf(err, errlen, "tensor '%s': ndim %d out of range", names[i], ndims[i]);
+      goto done;
+    }
+    for (int d = 0; d < ndims[i]; d++) {
+      if (shapes[i][d] < 0 || __builtin_mul_overflow(numel, (size_t)shapes[i][d], &numel)) {
+        json_decref(e);
+        json_decref(shape);
+        rc = SS_EINVAL;
+        snprintf(err, errlen, "tensor '%s': invalid shape", names[i]);
+        goto done;
+      }
+      json_array_append_new(shape, json_integer((json_int_t)shapes[i][d]));
+    }
+    nbytes[i] = numel * sizeof(float);
+    json_object_set_new(e, "dtype", json_string("F32"));
+    json_object_set_new(e, "shape", shape);
+    json_object_set_new(e, "data_offsets",
+                        json_pack("[I,I]", (json_int_t)off, (json_int_t)(off + nbytes[i])));
+    off += nbytes[i];
+    if (json_object_set_new(root, names[i], e) != 0) {
+      rc = SS_EINVAL;
+      snprintf(err, errlen, "tensor '%s': bad or duplicate name", names[i]);
+      goto done;
+    }
+  }
+  hdr = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  if (hdr == NULL) {
+    rc = SS_ENOMEM;
+    snprintf(err, errlen, "out of memory");
+    goto done;
+  }
+  hlen = strlen(hdr);
+  padded = (hlen + 7) & ~(size_t)7; /* data buffer starts 8-byte aligned */
+  for (int i = 0; i < 8; i++) lenbuf[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+  fp = fopen(path, "wb");
+  if (fp == NULL) {
+    rc = SS_EIO;
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    goto done;
+  }
+  if (fwrite(lenbuf, 1, 8, fp) != 8 || fwrite(hdr, 1, hlen, fp) != hlen) rc = SS_EIO;
+  for (size_t i = hlen; rc == 0 && i < padded; i++)
+    if (fputc(' ', fp) == EOF) rc = SS_EIO;
+  for (size_t i = 0; rc == 0 && i < n; i++)
+    if (nbytes[i] && fwrite(data[i], 1, nbytes[i], fp) != nbytes[i]) rc = SS_EIO;
+  if (fclose(fp) != 0) rc = SS_EIO;
+  if (rc != 0) snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+done:
+  free(hdr);
+  free(nbytes);
+  json_decref(root);
+  return rc;
+}

@@ -1,0 +1,252 @@
+/*
+ * call.c — one gRPC call: composing its response (HEADERS, length-prefixed messages, trailers
+ * with grpc-status / percent-encoded grpc-message, or a trailers-only answer for errors),
+ * its deadline, its reference count and its end.
+ *
+ * Thread: loop thread only.
+ *
+ * Copies of tensor bytes on the way out: none here. ss_call_reply() packs the small protobuf
+ * part into call->out and appends the tensor bytes as a borrowed tail; the data provider in
+ * conn.c copies both straight into the connection's write buffer (NGHTTP2_DATA_FLAG_NO_COPY),
+ * which is the one copy the codec forces before write(2).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "net/server_int.h"
+
+static int out_reserve(ss_call *call, size_t more) {
+  if (call->out_off == call->out_len) call->out_off = call->out_len = 0; /* all sent: rewind */
+  if (call->out_len + more <= call->out_cap) return 0;
+  size_t cap = call->out_cap ? call->out_cap : 256;
+  while (cap < call->out_len + more) cap *= 2;
+  uint8_t *p = realloc(call->out, cap);
+  if (!p) return SS_ENOMEM;
+  call->out = p;
+  call->out_cap = cap;
+  return 0;
+}
+
+static size_t varint_len(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+static size_t varint_put(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
+static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                            uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
+
+static void submit_trailers(ss_call *call) {
+  char code[12];
+  snprintf(code, sizeof code, "%d", call->status);
+  char msg[1024];
+  size_t mlen = 0;
+  if (call->status_msg && *call->status_msg)
+    mlen = ss_pct_encode(call->status_msg, strlen(call->status_msg), msg, sizeof msg);
+  nghttp2_nv nv[2] = {
+      {(uint8_t *)"grpc-status", (uint8_t *)code, 11, strlen(code), NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"grpc-message", (uint8_t *)msg, 12, mlen, NGHTTP2_NV_FLAG_NONE},
+  };
+  nghttp2_submit_trailer(call->conn->h2, call->stream_id, nv, mlen ? 2 : 1);
+}
+
+static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                            uint32_t *data_flags, nghttp2_data_source *source, void *user_data) {
+  (void)session, (void)stream_id, (void)buf, (void)user_data;
+  ss_call *call = source->ptr;
+  size_t avail = (call->out_len - call->out_off) + (call->tail_len - call->tail_off);
+  if (avail == 0 && !call->finished) {
+    call->deferred = 1;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  size_t n = avail < length ? avail : length;
+  if (n > 0) *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (n == avail && call->finished) {
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    submit_trailers(call);
+  }
+  return (ssize_t)n;
+}
+
+/* Called by conn.c's send_data callback: copy n bytes of pending output to dst. */
+void ss_call_take_output(ss_call *call, uint8_t *dst, size_t n) {
+  size_t a = call->out_len - call->out_off;
+  if (a > n) a = n;
+  memcpy(dst, call->out + call->out_off, a);
+  call->out_off += a;
+  n -= a;
+  if (n) {
+    memcpy(dst + a, call->tail + call->tail_off, n);
+    call->tail_off += n;
+  }
+}
+
+static void kick(ss_call *call) {
+  if (!call->conn) return;
+  if (!call->headers_submitted) {
+    nghttp2_nv hdr[] = {
+        {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"grpc-accept-encoding", (uint8_t *)"identity", 20, 8, NGHTTP2_NV_FLAG_NONE},
+    };
+    nghttp2_data_provider prd;
+    prd.source.ptr = call;
+    prd.read_callback = data_read_cb;
+    call->headers_submitted = 1;
+    int rv = nghttp2_submit_response(call->conn->h2, call->stream_id, hdr, 3, &prd);
+    if (rv != 0) SS_LOGW("stream %d: submit_response: %s", call->stream_id, nghttp2_strerror(rv));
+  } else if (call->deferred) {
+    call->deferred = 0;
+    nghttp2_session_resume_data(call->conn->h2, call->stream_id);
+  }
+  ss_conn_mark_dirty(call->conn);
+}
+
+static void count_status(ss_server *s, int code) {
+  switch (code) {
+  case SS_GRPC_OK: s->stats.served++; break;
+  case SS_GRPC_RESOURCE_EXHAUSTED:
+  case SS_GRPC_UNAVAILABLE: s->stats.rejected++; break;
+  case SS_GRPC_DEADLINE_EXCEEDED:
+  case SS_GRPC_CANCELLED: s->stats.cancelled++; break;
+  default: s->stats.failed++; break;
+  }
+}
+
+static void set_status(ss_call *call, int code, const char *msg) {
+  call->state = SS_CALL_DONE;
+  call->finished = 1;
+  call->status = code;
+  free(call->status_msg);
+  call->status_msg = msg && *msg ? strdup(msg) : NULL;
+  ss_tq_cancel(&call->srv->tq, &call->deadline);
+  count_status(call->srv, code);
+  ss_server_call_settled(call->srv, call);
+}
+
+void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field, const void *tail,
+                   size_t tail_len, void *tail_owner) {
+  if (call->state == SS_CALL_DONE) {
+    free(tail_owner);
+    return;
+  }
+  size_t packed = protobuf_c_message_get_packed_size(msg);
+  size_t extra = tail ? varint_len((uint64_t)tail_field << 3 | 2) + varint_len(tail_len) : 0;
+  size_t total = packed + extra + (tail ? tail_len : 0);
+  if (total > UINT32_MAX || out_reserve(call, 5 + packed + extra) != 0) {
+    free(tail_owner);
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "response of %zu bytes cannot be sent", total);
+    return;
+  }
+  uint8_t *p = call->out + call->out_len;
+  ss_msg_prefix(p, (uint32_t)total);
+  protobuf_c_message_pack(msg, p + 5);
+  size_t n = 5 + packed;
+  if (tail) {
+    n += varint_put(p + n, (uint64_t)tail_field << 3 | 2);
+    n += varint_put(p + n, tail_len);
+    call->tail = tail;
+    call->tail_len = tail_len;
+    call->tail_off = 0;
+  }
+  call->out_len += n;
+  free(call->tail_owner);
+  call->tail_owner = tail_owner;
+  set_status(call, SS_GRPC_OK, NULL);
+  kick(call);
+}
+
+void ss_call_send(ss_call *call, const ProtobufCMessage *msg) {
+  if (call->state == SS_CALL_DONE || !call->conn) return;
+  size_t packed = protobuf_c_message_get_packed_size(msg);
+  if (out_reserve(call, 5 + packed) != 0) return;
+  uint8_t *p = call->out + call->out_len;
+  ss_msg_prefix(p, (uint32_t)packed);
+  protobuf_c_message_pack(msg, p + 5);
+  call->out_len += 5 + packed;
+  kick(call);
+}
+
+void ss_call_end(ss_call *call, int code, const char *msg) {
+  if (call->state == SS_CALL_DONE) return;
+  set_status(call, code, msg);
+  if (!call->headers_submitted && code != SS_GRPC_OK) {
+    ss_call_fail(call, code, "%s", msg ? msg : "");
+    return;
+  }
+  kick(call);
+}
+
+void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (call->state != SS_CALL_DONE) set_status(call, code, msg);
+  else if (call->headers_submitted) return;
+  if (!call->conn) return;
+  SS_LOGD("stream %d: %s: %s", call->stream_id, ss_grpc_code_name(code), msg);
+  if (call->headers_submitted) { /* messages went out already: status in the trailers */
+    kick(call);
+    return;
+  }
+  /* Trailers-only response: one HEADERS frame with END_STREAM. */
+  char codestr[12], enc[1024];
+  snprintf(codestr, sizeof codestr, "%d", code);
+  size_t elen = ss_pct_encode(msg, strlen(msg), enc, sizeof enc);
+  nghttp2_nv nv[] = {
+      {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"grpc-status", (uint8_t *)codestr, 11, strlen(codestr), NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"grpc-message", (uint8_t *)enc, 12, elen, NGHTTP2_NV_FLAG_NONE},
+  };
+  call->headers_submitted = 1;
+  nghttp2_submit_response(call->conn->h2, call->stream_id, nv, elen ? 4 : 3, NULL);
+  ss_conn_mark_dirty(call->conn);
+}
+
+static void on_deadline(ss_tq_entry *e) {
+  ss_call *call = (ss_call *)((char *)e - offsetof(ss_call, deadline));
+  if (call->state == SS_CALL_DONE) return;
+  if (call->svc_cancel) call->svc_cancel(call);
+  ss_call_fail(call, SS_GRPC_DEADLINE_EXCEEDED, "deadline of %.3f s exceeded",
+               (double)call->timeout_ns / 1e9);
+}
+
+void ss_call_arm_deadline(ss_call *call) {
+  if (call->timeout_ns <= 0) return;
+  ss_tq_arm(&call->srv->tq, &call->deadline, call->start_ns + (uint64_t)call->timeout_ns, on_deadline);
+}
+
+void ss_call_ref(ss_call *call) { call->refs++; }
+
+void ss_call_unref(ss_call *call) {
+  if (--call->refs > 0) return;
+  ss_tq_cancel(&call->srv->tq, &call->deadline);
+  if (call->svc_free) call->svc_free(call);
+  ss_msg_reader_free(&call->reader);
+  free(call->req);
+  free(call->out);
+  free(call->tail_owner);
+  free(call->status_msg);
+  free(call->bad_path);
+  free(call->encoding);
+  free(call);
+}

@@ -1,0 +1,958 @@
+/*
+ * client.c — the gRPC client: one HTTP/2 cleartext connection (prior knowledge) carrying any
+ * number of concurrent unary calls, plus a blocking wrapper and the ComputeService helpers.
+ *
+ * Thread: everything runs on the libuv loop the caller owns (ss_aclient) or on the private loop
+ * of an ss_client, driven by the calling thread inside ss_client_* calls. No locks, no threads.
+ *
+ * Wire path of a call: ss_aclient_call() copies "5-byte prefix + message" into the call and
+ * submits HEADERS + a data provider to nghttp2 at once (even before the TCP connect finishes:
+ * nghttp2 just queues). The provider hands DATA with NGHTTP2_DATA_FLAG_NO_COPY, and
+ * send_data_callback copies the payload straight into the write buffer (one copy).
+ *
+ * Writes are batched: anything that makes nghttp2 want to write only starts a uv_prepare
+ * handle; its callback (once per loop iteration, just before the loop polls) runs
+ * nghttp2_session_send(), which appends every pending frame into one buffer, and issues a
+ * single uv_write. While that write is in flight nothing else is written; its completion
+ * flushes again. The buffer is capped (SS_CLIENT_WBUF_CAP) so a huge tensor goes out in slices.
+ *
+ * Responses: DATA goes through an ss_msg_reader; the status comes from the trailers
+ * (grpc-status, grpc-message percent-decoded) or from the headers of a trailers-only
+ * response; an HTTP status other than 200 without grpc-status maps per the gRPC spec
+ * (doc/http-grpc-status-mapping.md). A call completes in on_stream_close, on its local
+ * deadline (RST_STREAM CANCEL: the stream is unfinished), on connection loss (UNAVAILABLE)
+ * or on ss_aclient_close(). Finished streams are never reset.
+ *
+ * Lifetimes: a call struct lives until nghttp2 closes its stream (nghttp2 may still read its
+ * body) or the session is deleted, even after its callback fired ("done"). The client itself
+ * is freed when its three handles (tcp, prepare, timer) have closed; nghttp2 callbacks that
+ * run after ss_aclient_close() (same mem_recv) see c->closing and do nothing harmful.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nghttp2/nghttp2.h>
+#include <uv.h>
+
+#include "compute_service.pb-c.h"
+#include "core/tensor.h"
+#include "net/grpc_frame.h"
+#include "splitserve.h"
+
+#define SS_CLIENT_WINDOW (16 << 20)         /* per-stream receive window */
+#define SS_CLIENT_CONN_WINDOW (64 << 20)    /* connection receive window */
+#define SS_CLIENT_WBUF_CAP (4u << 20)       /* bytes gathered per uv_write (soft cap) */
+#define SS_CLIENT_MAX_RESPONSE (1u << 30)   /* largest response message accepted */
+#define SS_CLIENT_READ_BUF (256 << 10)
+
+enum { ST_CONNECTING, ST_CONNECTED, ST_FAILED };
+
+typedef struct ss_call ss_call;
+struct ss_call {
+  ss_call *prev, *next; /* in c->calls (all structs alive, done or not) */
+  ss_aclient *c;
+  int32_t stream_id;
+  uint8_t *req; /* prefix + message (owned) */
+  size_t req_len, req_sent;
+  uint64_t start_ns, deadline_ns; /* deadline 0: none */
+  ss_call_cb cb;
+  void *user;
+  ss_msg_reader reader;
+  uint8_t *resp; /* first response message (owned) */
+  size_t resp_len;
+  int have_resp;
+  int http_status;
+  int grpc_status; /* -1: not received */
+  char *message;   /* decoded grpc-message (owned) or NULL */
+  int local_status; /* -1, or a status decided locally (too large, bad framing) */
+  char local_msg[160];
+  int done;          /* callback fired */
+  int stream_closed; /* nghttp2 no longer references this struct */
+};
+
+struct ss_aclient {
+  uv_loop_t *loop;
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
+  uv_prepare_t flush;
+  uv_timer_t timer;
+  uv_write_t wreq;
+  nghttp2_session *ng;
+  int state;
+  int closing;
+  int open_handles;
+  int writing;
+  int goaway;
+  uint8_t *wbuf;
+  size_t wlen, wcap;
+  uint8_t *rbuf;
+  ss_call *calls;
+  size_t inflight;
+  uint64_t timer_due_ns; /* 0: timer not armed */
+  char authority[300];
+  char fail_msg[256];
+  ss_client *owner; /* non-NULL for the blocking wrapper */
+};
+
+/* ------------------------------------------------------------------ helpers ---- */
+
+static void on_prepare(uv_prepare_t *h);
+static void on_timer(uv_timer_t *t);
+
+static void schedule_flush(ss_aclient *c) {
+  if (!c->closing && c->state != ST_FAILED) uv_prepare_start(&c->flush, on_prepare);
+}
+
+static void call_unlink(ss_aclient *c, ss_call *k) {
+  if (k->prev) k->prev->next = k->next;
+  else c->calls = k->next;
+  if (k->next) k->next->prev = k->prev;
+  k->prev = k->next = NULL;
+}
+
+static void call_free(ss_call *k) {
+  ss_msg_reader_free(&k->reader);
+  free(k->req);
+  free(k->resp);
+  free(k->message);
+  free(k);
+}
+
+/* Fire the callback once with the given status; the struct stays until the stream closes. */
+static void call_complete(ss_call *k, int status, const char *msg) {
+  ss_aclient *c = k->c;
+  if (k->done) return;
+  k->done = 1;
+  c->inflight--;
+  ss_call_result r;
+  r.grpc_status = status;
+  r.message = msg ? msg : "";
+  r.body = status == SS_GRPC_OK ? k->resp : NULL;
+  r.body_len = status == SS_GRPC_OK ? k->resp_len : 0;
+  r.latency_s = (double)(uv_hrtime() - k->start_ns) / 1e9;
+  if (status == SS_GRPC_OK && !k->have_resp) {
+    r.grpc_status = SS_GRPC_INTERNAL;
+    r.message = "server returned OK without a response message";
+  }
+  k->cb(k->user, &r);
+}
+
+/* Complete every call not yet done (connection loss or close). Safe against callbacks that
+ * start calls (refused: the client is failed/closing) or close the client. */
+static void fail_all(ss_aclient *c, int status, const char *msg) {
+  for (;;) {
+    ss_call *k = c->calls;
+    while (k && k->done) k = k->next;
+    if (!k) break;
+    call_complete(k, status, msg);
+  }
+}
+
+static int map_http_status(int http) {
+  switch (http) {
+  case 400: return SS_GRPC_INTERNAL;
+  case 401: return SS_GRPC_UNAUTHENTICATED;
+  case 403: return SS_GRPC_PERMISSION_DENIED;
+  case 404: return SS_GRPC_UNIMPLEMENTED;
+  case 429:
+  case 502:
+  case 503:
+  case 504: return SS_GRPC_UNAVAILABLE;
+  default: return SS_GRPC_UNKNOWN;
+  }
+}
+
+static void conn_fail(ss_aclient *c, const char *fmt, const char *detail) {
+  if (c->state == ST_FAILED) return;
+  c->state = ST_FAILED;
+  snprintf(c->fail_msg, sizeof c->fail_msg, fmt, c->authority, detail ? detail : "");
+  uv_prepare_stop(&c->flush);
+  uv_timer_stop(&c->timer);
+  if (!uv_is_closing((uv_handle_t *)&c->tcp)) uv_read_stop((uv_stream_t *)&c->tcp);
+  fail_all(c, SS_GRPC_UNAVAILABLE, c->fail_msg);
+}
+
+/* ------------------------------------------------------------------ writing ---- */
+
+static int wbuf_reserve(ss_aclient *c, size_t more) {
+  if (c->wlen + more <= c->wcap) return 0;
+  size_t cap = c->wcap ? c->wcap : 64 << 10;
+  while (cap < c->wlen + more) cap *= 2;
+  uint8_t *b = realloc(c->wbuf, cap);
+  if (!b) return -1;
+  c->wbuf = b;
+  c->wcap = cap;
+  return 0;
+}
+
+static ssize_t on_send(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *u) {
+  (void)s;
+  (void)flags;
+  ss_aclient *c = u;
+  if (c->wlen > 0 && c->wlen + len > SS_CLIENT_WBUF_CAP) return NGHTTP2_ERR_WOULDBLOCK;
+  if (wbuf_reserve(c, len)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  memcpy(c->wbuf + c->wlen, data, len);
+  c->wlen += len;
+  return (ssize_t)len;
+}
+
+static int on_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd,
+                        size_t length, nghttp2_data_source *source, void *u) {
+  (void)s;
+  ss_aclient *c = u;
+  ss_call *k = source->ptr;
+  size_t pad = frame->data.padlen;
+  size_t need = 9 + length + pad;
+  if (c->wlen > 0 && c->wlen + need > SS_CLIENT_WBUF_CAP) return NGHTTP2_ERR_WOULDBLOCK;
+  if (wbuf_reserve(c, need)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  uint8_t *p = c->wbuf + c->wlen;
+  memcpy(p, framehd, 9);
+  p += 9;
+  if (pad > 0) *p++ = (uint8_t)(pad - 1);
+  memcpy(p, k->req + k->req_sent, length);
+  p += length;
+  if (pad > 1) {
+    memset(p, 0, pad - 1);
+    p += pad - 1;
+  }
+  k->req_sent += length;
+  c->wlen = (size_t)(p - c->wbuf);
+  return 0;
+}
+
+static ssize_t on_data_read(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length,
+                            uint32_t *data_flags, nghttp2_data_source *source, void *u) {
+  (void)s;
+  (void)stream_id;
+  (void)buf;
+  (void)u;
+  ss_call *k = source->ptr;
+  size_t left = k->req_len - k->req_sent;
+  size_t n = left < length ? left : length;
+  *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (n == left) *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+  return (ssize_t)n;
+}
+
+static ssize_t on_read_length(nghttp2_session *s, uint8_t type, int32_t stream_id,
+                              int32_t conn_window, int32_t stream_window, uint32_t max_frame,
+                              void *u) {
+  (void)s;
+  (void)type;
+  (void)stream_id;
+  (void)u;
+  int64_t n = max_frame;
+  if (conn_window < n) n = conn_window;
+  if (stream_window < n) n = stream_window;
+  return (ssize_t)(n > 0 ? n : 1);
+}
+
+static void on_write(uv_write_t *req, int status);
+
+static void do_flush(ss_aclient *c) {
+  if (c->state != ST_CONNECTED || c->writing || c->closing) return;
+  int rv = nghttp2_session_send(c->ng);
+  if (rv != 0) {
+    conn_fail(c, "connection to %s failed: HTTP/2 error: %s", nghttp2_strerror(rv));
+    return;
+  }
+  if (c->wlen > 0) {
+    uv_buf_t b = uv_buf_init((char *)c->wbuf, (unsigned)c->wlen);
+    c->writing = 1;
+    rv = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rv < 0) {
+      c->writing = 0;
+      conn_fail(c, "connection to %s failed: write: %s", uv_strerror(rv));
+    }
+  } else if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
+    conn_fail(c, "connection to %s closed by the server%s", "");
+  }
+}
+
+static void on_write(uv_write_t *req, int status) {
+  ss_aclient *c = req->data;
+  c->writing = 0;
+  c->wlen = 0;
+  if (c->closing) return;
+  if (status < 0) {
+    conn_fail(c, "connection to %s failed: write: %s", uv_strerror(status));
+    return;
+  }
+  do_flush(c);
+}
+
+static void on_prepare(uv_prepare_t *h) {
+  ss_aclient *c = h->data;
+  uv_prepare_stop(h);
+  do_flush(c);
+}
+
+/* ------------------------------------------------------------------ reading ---- */
+
+static ss_call *stream_call(nghttp2_session *s, int32_t id) {
+  return nghttp2_session_get_stream_user_data(s, id);
+}
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *u) {
+  (void)flags;
+  (void)u;
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  ss_call *k = stream_call(s, frame->hd.stream_id);
+  if (!k) return 0;
+  if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
+    int v = 0;
+    for (size_t i = 0; i < valuelen && i < 4; i++) v = v * 10 + (value[i] - '0');
+    k->http_status = v;
+  } else if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0) {
+    int v = 0, ok = valuelen > 0 && valuelen < 4;
+    for (size_t i = 0; ok && i < valuelen; i++) {
+      if (value[i] < '0' || value[i] > '9') ok = 0;
+      else v = v * 10 + (value[i] - '0');
+    }
+    k->grpc_status = ok ? v : SS_GRPC_UNKNOWN;
+  } else if (namelen == 12 && memcmp(name, "grpc-message", 12) == 0) {
+    free(k->message);
+    k->message = malloc(valuelen + 1);
+    if (k->message) ss_pct_decode((const char *)value, valuelen, k->message, valuelen + 1);
+  }
+  return 0;
+}
+
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                         size_t len, void *u) {
+  (void)flags;
+  (void)u;
+  ss_call *k = stream_call(s, stream_id);
+  if (!k || k->done || k->local_status >= 0) return 0;
+  while (len > 0) {
+    size_t used = 0;
+    int rc = ss_msg_reader_feed(&k->reader, data, len, &used);
+    data += used;
+    len -= used;
+    if (rc == SS_MSG_COMPLETE) {
+      uint8_t *msg;
+      size_t mlen;
+      int comp;
+      ss_msg_reader_take(&k->reader, &msg, &mlen, &comp);
+      if (comp) {
+        free(msg);
+        k->local_status = SS_GRPC_INTERNAL;
+        snprintf(k->local_msg, sizeof k->local_msg,
+                 "compressed response message but no grpc-encoding was negotiated");
+      } else if (k->have_resp) {
+        free(msg);
+        k->local_status = SS_GRPC_INTERNAL;
+        snprintf(k->local_msg, sizeof k->local_msg, "more than one response message for a unary call");
+      } else {
+        k->resp = msg;
+        k->resp_len = mlen;
+        k->have_resp = 1;
+      }
+    } else if (rc == SS_MSG_TOO_LARGE) {
+      k->local_status = SS_GRPC_RESOURCE_EXHAUSTED;
+      snprintf(k->local_msg, sizeof k->local_msg,
+               "response message of %zu bytes exceeds the client limit of %u bytes", k->reader.len,
+               SS_CLIENT_MAX_RESPONSE);
+    } else if (rc == SS_MSG_NOMEM) {
+      k->local_status = SS_GRPC_RESOURCE_EXHAUSTED;
+      snprintf(k->local_msg, sizeof k->local_msg, "out of memory for a %zu-byte response",
+               k->reader.len);
+    }
+    if (k->local_status >= 0) {
+      /* The stream is unfinished: resetting it is the right thing here. */
+      nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_CANCEL);
+      call_complete(k, k->local_status, k->local_msg);
+      break;
+    }
+  }
+  return 0;
+}
+
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u) {
+  (void)s;
+  ss_aclient *c = u;
+  if (frame->hd.type == NGHTTP2_GOAWAY) c->goaway = 1;
+  return 0;
+}
+
+static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error_code, void *u) {
+  ss_aclient *c = u;
+  ss_call *k = stream_call(s, stream_id);
+  if (!k) return 0;
+  if (!k->done && !c->closing && c->state != ST_FAILED) {
+    char msg[200];
+    if (k->local_status >= 0) {
+      call_complete(k, k->local_status, k->local_msg);
+    } else if (k->grpc_status >= 0) {
+      call_complete(k, k->grpc_status, k->message ? k->message : "");
+    } else if (k->http_status != 0 && k->http_status != 200) {
+      snprintf(msg, sizeof msg, "HTTP status %d without grpc-status", k->http_status);
+      call_complete(k, map_http_status(k->http_status), msg);
+    } else if (error_code != NGHTTP2_NO_ERROR) {
+      int st = error_code == NGHTTP2_REFUSED_STREAM ? SS_GRPC_UNAVAILABLE
+               : error_code == NGHTTP2_CANCEL       ? SS_GRPC_CANCELLED
+               : error_code == NGHTTP2_ENHANCE_YOUR_CALM ? SS_GRPC_RESOURCE_EXHAUSTED
+                                                    : SS_GRPC_INTERNAL;
+      snprintf(msg, sizeof msg, "stream reset by the server: %s",
+               nghttp2_http2_strerror(error_code));
+      call_complete(k, st, msg);
+    } else if (!ss_msg_reader_idle(&k->reader)) {
+      call_complete(k, SS_GRPC_INTERNAL, "stream ended inside a response message");
+    } else {
+      call_complete(k, SS_GRPC_UNKNOWN, "stream ended without grpc-status");
+    }
+  }
+  k->stream_closed = 1;
+  nghttp2_session_set_stream_user_data(s, stream_id, NULL);
+  if (!c->closing) {
+    call_unlink(c, k);
+    call_free(k);
+  }
+  return 0;
+}
+
+static int on_frame_not_send(nghttp2_session *s, const nghttp2_frame *frame, int err, void *u) {
+  (void)s;
+  ss_aclient *c = u;
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  for (ss_call *k = c->calls; k; k = k->next) {
+    if (k->stream_id == frame->hd.stream_id && !k->done) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "request not sent: %s%s", nghttp2_strerror(err),
+               c->goaway ? " (server is going away)" : "");
+      call_complete(k, SS_GRPC_UNAVAILABLE, msg);
+      break;
+    }
+  }
+  return 0;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  ss_aclient *c = h->data;
+  *buf = uv_buf_init((char *)c->rbuf, SS_CLIENT_READ_BUF);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  ss_aclient *c = st->data;
+  if (c->closing || c->state == ST_FAILED) return;
+  if (nread < 0) {
+    conn_fail(c, "connection to %s lost: %s",
+              nread == UV_EOF ? "closed by the server" : uv_strerror((int)nread));
+    return;
+  }
+  if (nread == 0) return;
+  ssize_t rv = nghttp2_session_mem_recv(c->ng, (const uint8_t *)buf->base, (size_t)nread);
+  if (c->closing) return;
+  if (rv < 0) {
+    conn_fail(c, "connection to %s failed: HTTP/2 error: %s", nghttp2_strerror((int)rv));
+    return;
+  }
+  schedule_flush(c);
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  ss_aclient *c = req->data;
+  if (c->closing || status == UV_ECANCELED) return;
+  if (status < 0) {
+    conn_fail(c, "cannot connect to %s: %s", uv_strerror(status));
+    return;
+  }
+  c->state = ST_CONNECTED;
+  uv_tcp_nodelay(&c->tcp, 1);
+  int rv = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (rv < 0) {
+    conn_fail(c, "connection to %s failed: read: %s", uv_strerror(rv));
+    return;
+  }
+  schedule_flush(c);
+}
+
+/* ------------------------------------------------------------------ deadlines -- */
+
+static void arm_timer(ss_aclient *c, uint64_t due_ns) {
+  uint64_t now = uv_hrtime();
+  uint64_t ms = due_ns > now ? (due_ns - now + 999999) / 1000000 : 0;
+  c->timer_due_ns = due_ns;
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static void on_timer(uv_timer_t *t) {
+  ss_aclient *c = t->data;
+  c->timer_due_ns = 0;
+  if (c->closing || c->state == ST_FAILED) return;
+  uint64_t now = uv_hrtime(), next = 0;
+  int again = 1;
+  while (again) { /* restart the scan after a callback: it may have changed the list */
+    again = 0;
+    for (ss_call *k = c->calls; k; k = k->next) {
+      if (k->done || k->deadline_ns == 0) continue;
+      if (k->deadline_ns <= now) {
+        if (!k->stream_closed)
+          nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, k->stream_id, NGHTTP2_CANCEL);
+        call_complete(k, SS_GRPC_DEADLINE_EXCEEDED, "deadline exceeded (client side)");
+        if (c->closing || c->state == ST_FAILED) return;
+        again = 1;
+        break;
+      }
+    }
+  }
+  for (ss_call *k = c->calls; k; k = k->next)
+    if (!k->done && k->deadline_ns && (next == 0 || k->deadline_ns < next)) next = k->deadline_ns;
+  if (next) arm_timer(c, next);
+  schedule_flush(c);
+}
+
+/* ------------------------------------------------------------------ public ----- */
+
+static void on_handle_closed(uv_handle_t *h) {
+  ss_aclient *c = h->data;
+  if (--c->open_handles > 0) return;
+  nghttp2_session_del(c->ng);
+  while (c->calls) {
+    ss_call *k = c->calls;
+    call_unlink(c, k);
+    call_free(k);
+  }
+  free(c->wbuf);
+  free(c->rbuf);
+  free(c);
+}
+
+int ss_aclient_new(void *uv_loop, const char *host, int port, ss_aclient **out) {
+  *out = NULL;
+  if (!uv_loop || !host || port <= 0 || port > 65535) return SS_EINVAL;
+  struct sockaddr_storage addr;
+  char h[256];
+  size_t hl = strlen(host);
+  if (hl >= sizeof h) return SS_EINVAL;
+  if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+    memcpy(h, host + 1, hl - 2);
+    h[hl - 2] = '\0';
+  } else {
+    memcpy(h, host, hl + 1);
+  }
+  if (strcmp(h, "localhost") == 0) strcpy(h, "127.0.0.1");
+  if (uv_ip4_addr(h, port, (struct sockaddr_in *)&addr) != 0 &&
+      uv_ip6_addr(h, port, (struct sockaddr_in6 *)&addr) != 0)
+    return SS_EINVAL;
+
+  ss_aclient *c = calloc(1, sizeof *c);
+  if (!c) return SS_ENOMEM;
+  c->rbuf = malloc(SS_CLIENT_READ_BUF);
+  if (!c->rbuf) {
+    free(c);
+    return SS_ENOMEM;
+  }
+  c->loop = uv_loop;
+  if (strchr(h, ':')) snprintf(c->authority, sizeof c->authority, "[%s]:%d", h, port);
+  else snprintf(c->authority, sizeof c->authority, "%s:%d", h, port);
+
+  nghttp2_session_callbacks *cbs;
+  if (nghttp2_session_callbacks_new(&cbs) != 0) {
+    free(c->rbuf);
+    free(c);
+    return SS_ENOMEM;
+  }
+  nghttp2_session_callbacks_set_send_callback(cbs, on_send);
+  nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
+  nghttp2_session_callbacks_set_data_source_read_length_callback(cbs, on_read_length);
+  nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
+  int rv = nghttp2_session_client_new(&c->ng, cbs, c);
+  nghttp2_session_callbacks_del(cbs);
+  if (rv != 0) {
+    free(c->rbuf);
+    free(c);
+    return SS_ENOMEM;
+  }
+  nghttp2_settings_entry iv[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1000},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, SS_CLIENT_WINDOW},
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+  };
+  nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
+  nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, SS_CLIENT_CONN_WINDOW);
+
+  uv_tcp_init(c->loop, &c->tcp);
+  uv_prepare_init(c->loop, &c->flush);
+  uv_timer_init(c->loop, &c->timer);
+  c->tcp.data = c->flush.data = c->timer.data = c->connect_req.data = c->wreq.data = c;
+  c->open_handles = 3;
+  c->state = ST_CONNECTING;
+  rv = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&addr, on_connect);
+  if (rv < 0) conn_fail(c, "cannot connect to %s: %s", uv_strerror(rv));
+  *out = c;
+  return 0;
+}
+
+int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len, double timeout_s,
+                    ss_call_cb cb, void *user) {
+  if (!c || !path || path[0] != '/' || !cb || (len > 0 && !msg)) return SS_EINVAL;
+  if (len > UINT32_MAX) return SS_ERANGE;
+  if (c->closing || c->state == ST_FAILED || c->goaway) return SS_ECLOSED;
+  ss_call *k = calloc(1, sizeof *k);
+  if (!k) return SS_ENOMEM;
+  k->req = malloc(len + 5);
+  if (!k->req) {
+    free(k);
+    return SS_ENOMEM;
+  }
+  ss_msg_prefix(k->req, (uint32_t)len);
+  if (len) memcpy(k->req + 5, msg, len);
+  k->req_len = len + 5;
+  k->c = c;
+  k->cb = cb;
+  k->user = user;
+  k->grpc_status = -1;
+  k->local_status = -1;
+  k->start_ns = uv_hrtime();
+  ss_msg_reader_init(&k->reader, SS_CLIENT_MAX_RESPONSE);
+
+  char tmo[16];
+  nghttp2_nv nv[8];
+  size_t n = 0;
+#define SS_NV(N, V, VL)                                                                       \
+  nv[n].name = (uint8_t *)(N), nv[n].namelen = sizeof(N) - 1, nv[n].value = (uint8_t *)(V), \
+  nv[n].valuelen = (VL), nv[n].flags = NGHTTP2_NV_FLAG_NONE, n++
+  SS_NV(":method", "POST", 4);
+  SS_NV(":scheme", "http", 4);
+  SS_NV(":path", path, strlen(path));
+  SS_NV(":authority", c->authority, strlen(c->authority));
+  SS_NV("content-type", "application/grpc", 16);
+  SS_NV("te", "trailers", 8);
+  SS_NV("user-agent", "splitserve-client/" SS_VERSION, sizeof("splitserve-client/" SS_VERSION) - 1);
+  if (timeout_s > 0) {
+    double ns = ceil(timeout_s * 1e9);
+    int64_t ins = ns > 9.2e18 ? INT64_MAX : (int64_t)ns;
+    ss_grpc_timeout_format(ins, tmo);
+    SS_NV("grpc-timeout", tmo, strlen(tmo));
+    k->deadline_ns = k->start_ns + (uint64_t)ins;
+  }
+#undef SS_NV
+  nghttp2_data_provider prd;
+  prd.source.ptr = k;
+  prd.read_callback = on_data_read;
+  int32_t id = nghttp2_submit_request(c->ng, NULL, nv, n, &prd, k);
+  if (id < 0) {
+    call_free(k);
+    return id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE ? SS_ECLOSED : SS_EIO;
+  }
+  k->stream_id = id;
+  k->next = c->calls;
+  if (c->calls) c->calls->prev = k;
+  c->calls = k;
+  c->inflight++;
+  if (k->deadline_ns && (c->timer_due_ns == 0 || k->deadline_ns < c->timer_due_ns))
+    arm_timer(c, k->deadline_ns);
+  schedule_flush(c);
+  return 0;
+}
+
+size_t ss_aclient_inflight(const ss_aclient *c) { return c ? c->inflight : 0; }
+
+void ss_aclient_close(ss_aclient *c) {
+  if (!c || c->closing) return;
+  /* Complete pending calls first (their callbacks may still look at the client). */
+  if (c->state != ST_FAILED) fail_all(c, SS_GRPC_UNAVAILABLE, "client closed");
+  if (c->closing) return; /* a callback closed us already */
+  c->closing = 1;
+  uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+  uv_close((uv_handle_t *)&c->flush, on_handle_closed);
+  uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+/* ================================================================== blocking ==== */
+
+struct ss_client {
+  uv_loop_t loop;
+  ss_aclient *ac;
+};
+
+typedef struct sync_result {
+  int done;
+  int status;
+  char message[512];
+  uint8_t *body;
+  size_t body_len;
+  double latency_s;
+  int nomem;
+} sync_result;
+
+static void on_sync_done(void *user, const ss_call_result *r) {
+  sync_result *s = user;
+  s->done = 1;
+  s->status = r->grpc_status;
+  snprintf(s->message, sizeof s->message, "%s", r->message ? r->message : "");
+  s->latency_s = r->latency_s;
+  if (r->body_len > 0) {
+    s->body = malloc(r->body_len);
+    if (s->body) {
+      memcpy(s->body, r->body, r->body_len);
+      s->body_len = r->body_len;
+    } else {
+      s->nomem = 1;
+    }
+  }
+}
+
+static void on_connect_timeout(uv_timer_t *t) { *(int *)t->data = 1; }
+
+int ss_client_connect(const char *host, int port, double timeout_s, ss_client **out) {
+  *out = NULL;
+  ss_client *c = calloc(1, sizeof *c);
+  if (!c) return SS_ENOMEM;
+  if (uv_loop_init(&c->loop) != 0) {
+    free(c);
+    return SS_EIO;
+  }
+  int rv = ss_aclient_new(&c->loop, host, port, &c->ac);
+  if (rv < 0) {
+    uv_loop_close(&c->loop);
+    free(c);
+    return rv;
+  }
+  c->ac->owner = c;
+  uv_timer_t t;
+  int timed_out = 0;
+  uv_timer_init(&c->loop, &t);
+  t.data = &timed_out;
+  if (timeout_s > 0) uv_timer_start(&t, on_connect_timeout, (uint64_t)ceil(timeout_s * 1000), 0);
+  while (c->ac->state == ST_CONNECTING && !timed_out) uv_run(&c->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(&c->loop, UV_RUN_NOWAIT);
+  if (c->ac->state != ST_CONNECTED) {
+    rv = c->ac->state == ST_FAILED ? SS_EIO : SS_ETIMEDOUT;
+    ss_client_close(c);
+    return rv;
+  }
+  *out = c;
+  return 0;
+}
+
+void ss_client_close(ss_client *c) {
+  if (!c) return;
+  ss_aclient_close(c->ac);
+  uv_run(&c->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&c->loop);
+  free(c);
+}
+
+/* Run one unary call to completion. On return 0, *res holds the outcome (res->body: free). */
+static int sync_call(ss_client *c, const char *path, const void *msg, size_t len, double timeout_s,
+                     sync_result *res) {
+  memset(res, 0, sizeof *res);
+  int rv = ss_aclient_call(c->ac, path, msg, len, timeout_s, on_sync_done, res);
+  if (rv < 0) {
+    if (rv != SS_ECLOSED) return rv;
+    res->done = 1; /* the connection is gone: report it like the async path would */
+    res->status = SS_GRPC_UNAVAILABLE;
+    snprintf(res->message, sizeof res->message, "%s",
+             c->ac->fail_msg[0] ? c->ac->fail_msg : "connection closed");
+    return 0;
+  }
+  while (!res->done) uv_run(&c->loop, UV_RUN_ONCE);
+  if (res->nomem) return SS_ENOMEM;
+  return 0;
+}
+
+int ss_client_compute(ss_client *c, const ss_tensor_buf *input, const ss_compute_opts *opts,
+                      ss_compute_reply *reply) {
+  memset(reply, 0, sizeof *reply);
+  if (!c || !input || input->ndim < 1 || input->ndim > SS_MAX_DIMS) return SS_EINVAL;
+  ss_compute_opts none = {0};
+  if (!opts) opts = &none;
+
+  Splitlearn__Comm__ComputeRequest req = SPLITLEARN__COMM__COMPUTE_REQUEST__INIT;
+  int32_t shape[SS_MAX_DIMS];
+  for (int i = 0; i < input->ndim; i++) {
+    if (input->shape[i] < 0 || input->shape[i] > INT32_MAX) return SS_ERANGE;
+    shape[i] = (int32_t)input->shape[i];
+  }
+  req.data.data = input->data;
+  req.data.len = input->nbytes;
+  /* Presence flags exist only when the generator gives the field one (proto2-style output). */
+  const ProtobufCFieldDescriptor *fd =
+      protobuf_c_message_descriptor_get_field_by_name(&splitlearn__comm__compute_request__descriptor,
+                                                      "data");
+  if (fd && fd->quantifier_offset && fd->label == PROTOBUF_C_LABEL_OPTIONAL)
+    *(protobuf_c_boolean *)((char *)&req + fd->quantifier_offset) = 1;
+  req.n_shape = (size_t)input->ndim;
+  req.shape = shape;
+  if (opts->has_request_id) {
+    req.has_request_id = 1;
+    req.request_id = opts->request_id;
+  }
+  req.model_id = (char *)(opts->model_id ? opts->model_id : "");
+
+  size_t nmeta = opts->n_metadata;
+  int add_dtype = input->dtype != SS_DTYPE_F32;
+  for (size_t i = 0; i < nmeta; i++)
+    if (strcmp(opts->metadata[2 * i], "dtype") == 0) add_dtype = 0;
+  size_t ntot = nmeta + (size_t)add_dtype;
+  Splitlearn__Comm__ComputeRequest__MetadataEntry *ents = NULL, **eptr = NULL;
+  if (ntot > 0) {
+    ents = calloc(ntot, sizeof *ents);
+    eptr = calloc(ntot, sizeof *eptr);
+    if (!ents || !eptr) {
+      free(ents);
+      free(eptr);
+      return SS_ENOMEM;
+    }
+    for (size_t i = 0; i < ntot; i++) {
+      Splitlearn__Comm__ComputeRequest__MetadataEntry init =
+          SPLITLEARN__COMM__COMPUTE_REQUEST__METADATA_ENTRY__INIT;
+      ents[i] = init;
+      if (i < nmeta) {
+        ents[i].key = (char *)opts->metadata[2 * i];
+        ents[i].value = (char *)opts->metadata[2 * i + 1];
+      } else {
+        ents[i].key = (char *)"dtype";
+        ents[i].value = (char *)ss_dtype_name(input->dtype);
+      }
+      eptr[i] = &ents[i];
+    }
+  }
+  req.n_metadata = ntot;
+  req.metadata = eptr;
+
+  size_t plen = splitlearn__comm__compute_request__get_packed_size(&req);
+  uint8_t *pb = malloc(plen ? plen : 1);
+  if (!pb) {
+    free(ents);
+    free(eptr);
+    return SS_ENOMEM;
+  }
+  splitlearn__comm__compute_request__pack(&req, pb);
+  free(ents);
+  free(eptr);
+
+  sync_result res;
+  int rv = sync_call(c, "/splitlearn.comm.ComputeService/Compute", pb, plen, opts->timeout_s, &res);
+  free(pb);
+  if (rv < 0) {
+    free(res.body);
+    return rv;
+  }
+  reply->grpc_status = res.status;
+  reply->latency_s = res.latency_s;
+  snprintf(reply->message, sizeof reply->message, "%s", res.message);
+  if (res.status != SS_GRPC_OK) {
+    free(res.body);
+    return 0;
+  }
+  Splitlearn__Comm__ComputeResponse *resp =
+      splitlearn__comm__compute_response__unpack(NULL, res.body_len, res.body);
+  free(res.body);
+  if (!resp) {
+    reply->grpc_status = SS_GRPC_INTERNAL;
+    snprintf(reply->message, sizeof reply->message, "cannot decode ComputeResponse");
+    return 0;
+  }
+  reply->output.dtype = input->dtype;
+  if (resp->n_shape > SS_MAX_DIMS) {
+    reply->grpc_status = SS_GRPC_INTERNAL;
+    snprintf(reply->message, sizeof reply->message, "response shape has %zu dims (max %d)",
+             resp->n_shape, SS_MAX_DIMS);
+    splitlearn__comm__compute_response__free_unpacked(resp, NULL);
+    return 0;
+  }
+  reply->output.ndim = (int)resp->n_shape;
+  for (size_t i = 0; i < resp->n_shape; i++) reply->output.shape[i] = resp->shape[i];
+  reply->output.nbytes = resp->data.len;
+  reply->output.data = malloc(resp->data.len ? resp->data.len : 1);
+  if (!reply->output.data) {
+    splitlearn__comm__compute_response__free_unpacked(resp, NULL);
+    return SS_ENOMEM;
+  }
+  if (resp->data.len) memcpy(reply->output.data, resp->data.data, resp->data.len);
+  reply->compute_time_ms = resp->compute_time_ms;
+  reply->has_compute_time = resp->has_compute_time_ms;
+  reply->request_id = resp->request_id;
+  reply->has_request_id = resp->has_request_id;
+  splitlearn__comm__compute_response__free_unpacked(resp, NULL);
+  return 0;
+}
+
+int ss_client_health(ss_client *c, double timeout_s, int *grpc_status, char *status,
+                     size_t status_len, char *version, size_t version_len) {
+  if (!c || !grpc_status) return SS_EINVAL;
+  if (status && status_len) status[0] = '\0';
+  if (version && version_len) version[0] = '\0';
+  Splitlearn__Comm__HealthRequest req = SPLITLEARN__COMM__HEALTH_REQUEST__INIT;
+  uint8_t pb[16];
+  size_t plen = splitlearn__comm__health_request__pack(&req, pb);
+  sync_result res;
+  int rv = sync_call(c, "/splitlearn.comm.ComputeService/HealthCheck", pb, plen, timeout_s, &res);
+  if (rv < 0) {
+    free(res.body);
+    return rv;
+  }
+  *grpc_status = res.status;
+  if (res.status != SS_GRPC_OK) {
+    if (status && status_len) snprintf(status, status_len, "%s", res.message);
+    free(res.body);
+    return 0;
+  }
+  Splitlearn__Comm__HealthResponse *h =
+      splitlearn__comm__health_response__unpack(NULL, res.body_len, res.body);
+  free(res.body);
+  if (!h) {
+    *grpc_status = SS_GRPC_INTERNAL;
+    return 0;
+  }
+  if (status && status_len) snprintf(status, status_len, "%s", h->status ? h->status : "");
+  if (version && version_len) snprintf(version, version_len, "%s", h->version ? h->version : "");
+  splitlearn__comm__health_response__free_unpacked(h, NULL);
+  return 0;
+}
+
+int ss_client_info(ss_client *c, double timeout_s, int *grpc_status,
+                   void (*fn)(const char *key, const char *value, void *user), void *user) {
+  if (!c || !grpc_status || !fn) return SS_EINVAL;
+  Splitlearn__Comm__ServiceInfoRequest req = SPLITLEARN__COMM__SERVICE_INFO_REQUEST__INIT;
+  uint8_t pb[16];
+  size_t plen = splitlearn__comm__service_info_request__pack(&req, pb);
+  sync_result res;
+  int rv =
+      sync_call(c, "/splitlearn.comm.ComputeService/GetServiceInfo", pb, plen, timeout_s, &res);
+  if (rv < 0) {
+    free(res.body);
+    return rv;
+  }
+  *grpc_status = res.status;
+  if (res.status != SS_GRPC_OK) {
+    free(res.body);
+    return 0;
+  }
+  Splitlearn__Comm__ServiceInfoResponse *r =
+      splitlearn__comm__service_info_response__unpack(NULL, res.body_len, res.body);
+  free(res.body);
+  if (!r) {
+    *grpc_status = SS_GRPC_INTERNAL;
+    return 0;
+  }
+  char num[64];
+  fn("service_name", r->service_name ? r->service_name : "", user);
+  fn("version", r->version ? r->version : "", user);
+  fn("device", r->device ? r->device : "", user);
+  if (r->has_uptime_seconds) {
+    snprintf(num, sizeof num, "%.3f", (double)r->uptime_seconds);
+    fn("uptime_seconds", num, user);
+  }
+  snprintf(num, sizeof num, "%lld", (long long)r->total_requests);
+  fn("total_requests", num, user);
+  for (size_t i = 0; i < r->n_custom_info; i++)
+    fn(r->custom_info[i]->key ? r->custom_info[i]->key : "",
+       r->custom_info[i]->value ? r->custom_info[i]->value : "", user);
+  splitlearn__comm__service_info_response__free_unpacked(r, NULL);
+  return 0;
+}

@@ -1,0 +1,211 @@
+/*
+ * server_int.h — the server's private structures, shared by src/net (connections, calls,
+ * lifecycle) and src/service (the RPC handlers). Nothing here is public.
+ *
+ * Thread: everything in this header is owned by and touched only on the loop thread, except
+ * the fields marked (atomic) and what a worker job reads from its own call (see compute.c).
+ *
+ * Object lives:
+ *   ss_server  — ss_server_new .. ss_server_free.
+ *   ss_conn    — accept .. both the socket is closed and its nghttp2 session deleted.
+ *   ss_call    — one gRPC call (one HTTP/2 stream). Reference-counted: the stream holds one
+ *                reference until nghttp2 closes it (or the connection dies); a worker job holds
+ *                one while it runs. The call's response goes out only while call->conn != NULL.
+ */
+#ifndef SS_NET_SERVER_INT_H
+#define SS_NET_SERVER_INT_H
+
+#include <nghttp2/nghttp2.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "exec/admission.h"
+#include "exec/pool.h"
+#include "models/model.h"
+#include "net/grpc_frame.h"
+#include "net/timerq.h"
+#include "splitserve.h"
+
+typedef struct ss_conn ss_conn;
+typedef struct ss_call ss_call;
+typedef struct ss_server ss_server;
+
+/* A served model: the model plus its admission state. */
+typedef struct ss_served_model {
+  ss_model *model;
+  ss_admit admit;
+  uint64_t calls, errors;
+} ss_served_model;
+
+/* One RPC method: path, streaming flag, handler (loop thread, request message complete). */
+typedef struct ss_method {
+  const char *path;
+  int server_streaming;
+  void (*handler)(ss_call *call);
+} ss_method;
+
+/* A resource-usage snapshot, sampled on a loop timer (not per request). */
+typedef struct ss_monitor {
+  double timestamp;      /* unix seconds */
+  float cpu_percent;     /* process CPU over the last interval, 100 = one core */
+  float memory_mb;       /* RSS */
+  float memory_percent;  /* RSS / MemTotal */
+  uint64_t last_cpu_ticks;
+  uint64_t last_ns;
+  double mem_total_mb;
+} ss_monitor;
+
+typedef enum {
+  SS_CALL_RECV = 0,   /* headers seen, request message arriving */
+  SS_CALL_ACTIVE,     /* handler running / waiting / computing */
+  SS_CALL_DONE        /* status decided, trailers queued or sent */
+} ss_call_state;
+
+struct ss_call {
+  ss_server *srv;
+  ss_conn *conn;              /* NULL once the stream is closed */
+  int32_t stream_id;
+  int refs;
+  ss_call_state state;
+  const ss_method *method;
+  int is_drain_exempt;        /* streaming calls do not hold the drain open */
+  ss_call *conn_prev, *conn_next; /* the connection's calls */
+  ss_call *live_prev, *live_next; /* the server's calls that still owe an answer */
+  int live;
+
+  /* request */
+  ss_msg_reader reader;
+  uint8_t *req;               /* the request message (owned; tensor views point into it) */
+  size_t req_len;
+  int nmsgs;
+  int refused;                /* answered before the request was complete: discard its data */
+  char *bad_path;             /* :path that routed nowhere (for the UNIMPLEMENTED message) */
+  char *encoding;             /* grpc-encoding when not identity */
+  int64_t timeout_ns;         /* from grpc-timeout; 0 = none */
+  uint64_t start_ns;
+  ss_tq_entry deadline;
+
+  /* response: out[] bytes first, then the borrowed tail (tensor bytes), then trailers */
+  int headers_submitted;
+  int deferred;               /* the data provider returned DEFERRED */
+  uint8_t *out;
+  size_t out_len, out_cap, out_off;
+  const uint8_t *tail;
+  size_t tail_len, tail_off;
+  void *tail_owner;           /* freed with free() when the call dies (may be NULL) */
+  int finished;               /* status set: send trailers after the data */
+  int status;
+  char *status_msg;
+
+  /* handler state */
+  void *svc;
+  void (*svc_cancel)(ss_call *call); /* the client went away or the deadline passed */
+  void (*svc_free)(ss_call *call);
+};
+
+struct ss_conn {
+  ss_server *srv;
+  uv_tcp_t tcp;
+  nghttp2_session *h2;
+  ss_conn *prev, *next;       /* server's connection list */
+  ss_conn *dirty_next;        /* on the flush list */
+  int dirty;
+  int closing;
+  ss_call *calls;             /* calls whose stream is open */
+  uint8_t *wbuf;              /* bytes being gathered for the next write */
+  size_t wlen, wcap;
+  uint8_t *inflight_buf;      /* bytes handed to uv_write (the previous wbuf, swapped) */
+  size_t inflight_cap;
+  uv_write_t wreq;
+  int writing;
+  char rbuf[65536];
+  int goaway_sent;
+};
+
+struct ss_server {
+  ss_server_config cfg;
+  char *listen_host;
+  int port;
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  int listener_open;
+  uv_check_t flush_check;     /* writes are gathered and flushed once per loop iteration */
+  uv_idle_t flush_idle;       /* active while connections are dirty: the poll must not block */
+  int handles_closed;
+  uv_async_t stop_async;
+  uv_signal_t sigint, sigterm;
+  uv_timer_t monitor_timer;
+  uv_timer_t drain_timer;
+  ss_timerq tq;
+  ss_pool *pool;
+  nghttp2_session_callbacks *h2cb;
+  nghttp2_option *h2opt;
+
+  ss_served_model *models;    /* models[0] is the default */
+  size_t nmodels;
+
+  ss_conn *conns;
+  size_t nconns;
+  ss_conn *dirty;
+  ss_call *live;              /* calls owing an answer (drain waits for these) */
+  size_t nlive;
+  ss_call *streams;           /* streaming calls (Watch, StreamMonitoring) — list via live_* */
+
+  ss_monitor mon;
+  uint64_t start_ns;
+  atomic_int stop_requests;   /* (atomic) ss_server_stop calls */
+  int draining;
+  int stopped;
+  uint64_t total_requests;
+  ss_server_stats stats;
+  int ncpu;
+};
+
+/* ---- calls (net/call.c) — loop thread ---- */
+
+/* Finish a unary call with a response message: packs msg after the 5-byte prefix; when tail
+ * is non-NULL, it is appended as protobuf field `tail_field` (bytes) without copying (the
+ * bytes must stay valid until the call is freed; tail_owner, if non-NULL, is freed then).
+ * msg must not itself set that field. Status OK. */
+void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field,
+                   const void *tail, size_t tail_len, void *tail_owner);
+/* Queue one message on a server-streaming call (not finished). */
+void ss_call_send(ss_call *call, const ProtobufCMessage *msg);
+/* Finish with a status (trailers-only when nothing was sent yet). fmt: the grpc-message. */
+void ss_call_fail(ss_call *call, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Finish a streaming call with OK or a status after its messages. */
+void ss_call_end(ss_call *call, int code, const char *msg);
+void ss_call_ref(ss_call *call);
+void ss_call_unref(ss_call *call);
+/* Arm the call's deadline (from grpc-timeout) if any. */
+void ss_call_arm_deadline(ss_call *call);
+
+/* ---- connections (net/conn.c) ---- */
+void ss_conn_accept(ss_server *s);
+void ss_conn_mark_dirty(ss_conn *c);
+void ss_conn_flush_all(ss_server *s);
+void ss_conn_goaway(ss_conn *c);
+void ss_conn_close(ss_conn *c);
+int ss_conn_callbacks_new(nghttp2_session_callbacks **out);
+
+/* ---- services (src/service) ---- */
+const ss_method *ss_route(const char *path, size_t len);
+/* Drain started: health watchers get NOT_SERVING. */
+void ss_service_on_drain(ss_server *s);
+/* Streaming calls still open: end them (server is stopping). */
+void ss_service_end_streams(ss_server *s);
+/* Sample the monitor (loop timer). */
+void ss_monitor_sample(ss_monitor *m);
+/* Live thread count of this process (from /proc/self/status), or -1. */
+int ss_thread_count(void);
+ss_served_model *ss_server_find_model(ss_server *s, const char *id);
+
+/* ---- server (net/server.c) ---- */
+/* A call has its answer (or lost its client): drop it from the drain set. */
+void ss_server_call_settled(ss_server *s, ss_call *call);
+uint64_t ss_now_ns(void);
+/* Make sure the flush runs this iteration (poll does not block while output is pending). */
+void ss_server_wake_flush(ss_server *s);
+
+#endif

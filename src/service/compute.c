@@ -1,0 +1,453 @@
+/*
+ * compute.c — ComputeService.Compute and ComputeBackward.
+ *
+ * A Compute call's way (loop thread unless said otherwise):
+ *   1. the request message is split: the `data` field (the tensor, usually almost all the
+ *      bytes) stays where it is in the call's request buffer and becomes a borrowed view; the
+ *      few remaining bytes are unpacked by protobuf-c. (protobuf-c would copy `data`: this
+ *      saves that copy.)
+ *   2. validation: model (by model_id; empty = default), dtype (metadata "dtype"), shape vs
+ *      byte length, the model's own check (widths); each failure is INVALID_ARGUMENT or
+ *      NOT_FOUND with a message naming the field, the expected and the received value.
+ *   3. by the model's exec kind: INLINE (identity) answers now; TIMER (sleep) passes per-model
+ *      admission then waits on the loop's timer queue; WORKER passes admission, then a job runs
+ *      forward() on a worker thread and its completion comes back to the loop.
+ *   4. the reply carries the output tensor as a borrowed tail (no copy): for echo models that
+ *      is the request's own data view; otherwise the worker's output buffer.
+ * Copies of tensor bytes: HTTP/2 frames -> request buffer (conn.c, forced by the codec);
+ * request -> aligned f32 (worker, only when a computing model gets misaligned or non-f32
+ * input); output -> write buffer (conn.c, forced). Echo models: frames -> buffer -> socket.
+ *
+ * Cancellation and deadlines: svc_cancel removes a waiting call from its admission queue, stops
+ * a sleep, or flags a queued job so the worker skips it; a result that arrives after the call
+ * was answered is dropped. The admission slot is always returned exactly once.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compute_service.pb-c.h"
+#include "core/log.h"
+#include "service/handlers.h"
+
+typedef struct compute_state {
+  ss_job job;                 /* first: the pool hands us back the job pointer */
+  ss_waiter waiter;
+  ss_tq_entry wake;
+  ss_call *call;
+  ss_served_model *sm;
+  Splitlearn__Comm__ComputeRequest *req;
+  ss_tensor in;               /* view into call->req (the data field) */
+  const char **keys, **vals;
+  ss_meta meta;
+  int64_t out_shape[SS_MAX_DIMS];
+  int out_ndim;
+  int holds_slot;             /* owns an admission slot */
+  int on_worker;              /* job submitted, done() not yet run */
+  /* written by the worker, read by the loop in done() */
+  void *out_data;
+  size_t out_nbytes;
+  double compute_ms;
+  int rc;
+  char err[256];
+} compute_state;
+
+/* ----------------------------------------------------------- wire helpers --- */
+
+static int read_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v) {
+  uint64_t r = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (*pos >= len) return -1;
+    uint8_t b = p[(*pos)++];
+    r |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) {
+      *v = r;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* Find top-level length-delimited field `field` (last occurrence wins, as protobuf says) and
+ * copy every other field into a new buffer *rest (caller frees). Returns 0 or -1 (bad wire). */
+static int split_field(const uint8_t *msg, size_t len, uint32_t field, const uint8_t **val,
+                       size_t *vlen, uint8_t **rest, size_t *rest_len) {
+  *val = NULL;
+  *vlen = 0;
+  size_t skipped = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    size_t pos = 0, out = 0;
+    while (pos < len) {
+      size_t start = pos;
+      uint64_t tag, n;
+      if (read_varint(msg, len, &pos, &tag) != 0) return -1;
+      uint32_t wt = (uint32_t)(tag & 7);
+      uint64_t fn = tag >> 3;
+      if (fn == 0) return -1;
+      switch (wt) {
+      case 0: if (read_varint(msg, len, &pos, &n) != 0) return -1; break;
+      case 1: if (len - pos < 8) return -1; pos += 8; break;
+      case 5: if (len - pos < 4) return -1; pos += 4; break;
+      case 2:
+        if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return -1;
+        if (fn == field) {
+          if (pass == 0) {
+            skipped += pos + n - start;
+            *val = msg + pos;
+            *vlen = (size_t)n;
+          }
+          pos += (size_t)n;
+          continue;
+        }
+        pos += (size_t)n;
+        break;
+      default: return -1; /* groups are not used by these messages */
+      }
+      if (pass == 1) {
+        memcpy(*rest + out, msg + start, pos - start);
+        out += pos - start;
+      }
+    }
+    if (pass == 0) {
+      *rest_len = len - skipped;
+      *rest = malloc(*rest_len ? *rest_len : 1);
+      if (!*rest) return -1;
+    }
+  }
+  return 0;
+}
+
+static void fill_snapshot_msg(ss_server *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
+  splitlearn__comm__monitoring_snapshot__init(snap);
+  ss_fill_snapshot(s, snap);
+}
+
+/* --------------------------------------------------------------- answers --- */
+
+static void send_reply(compute_state *st, const void *data, size_t nbytes, void *owner) {
+  ss_call *call = st->call;
+  Splitlearn__Comm__ComputeResponse resp = SPLITLEARN__COMM__COMPUTE_RESPONSE__INIT;
+  int32_t shape[SS_MAX_DIMS];
+  for (int i = 0; i < st->out_ndim; i++) shape[i] = (int32_t)st->out_shape[i];
+  resp.n_shape = (size_t)st->out_ndim;
+  resp.shape = shape;
+  if (st->req->has_request_id) {
+    resp.has_request_id = 1;
+    resp.request_id = st->req->request_id;
+  }
+  resp.has_compute_time_ms = 1;
+  resp.compute_time_ms = (float)st->compute_ms;
+  Splitlearn__Comm__MonitoringSnapshot snap;
+  fill_snapshot_msg(call->srv, &snap);
+  resp.monitoring_data = &snap;
+  if (st->req->forward_id) resp.forward_id = st->req->forward_id;
+  ss_call_reply(call, &resp.base, 1, data, nbytes, owner);
+}
+
+static void release_slot(compute_state *st);
+
+static void reply_echo(compute_state *st) {
+  send_reply(st, st->in.data, st->in.nbytes, NULL);
+}
+
+/* ----------------------------------------------------------- the worker --- */
+
+static void job_run(ss_job *job) {
+  compute_state *st = (compute_state *)job;
+  const ss_model *m = st->sm->model;
+  uint64_t t0 = uv_hrtime();
+  st->rc = 0;
+  if (m->echo) { /* spin: burn the CPU, then the reply is the input */
+    st->rc = m->ops->forward(m, &st->in, NULL, &st->meta, st->err, sizeof st->err);
+    st->compute_ms = (double)(uv_hrtime() - t0) / 1e6;
+    return;
+  }
+  ss_tensor in = st->in, out = {0};
+  float *in32 = NULL;
+  if (in.dtype != SS_DTYPE_F32) {
+    in32 = malloc(in.numel * sizeof(float));
+    if (!in32) goto nomem;
+    ss_to_f32(in.dtype, in.data, in32, in.numel);
+    in.data = in32;
+    in.dtype = SS_DTYPE_F32;
+    in.nbytes = in.numel * sizeof(float);
+  } else if ((uintptr_t)in.data % sizeof(float) != 0) {
+    /* The protobuf field landed at an odd offset: move it to the (malloc-aligned) start of the
+     * request buffer, which nothing else reads any more. */
+    memmove(st->call->req, in.data, in.nbytes);
+    in.data = st->call->req;
+  }
+  out.dtype = SS_DTYPE_F32;
+  out.ndim = st->out_ndim;
+  out.numel = 1;
+  for (int i = 0; i < out.ndim; i++) {
+    out.shape[i] = st->out_shape[i];
+    out.numel *= (size_t)out.shape[i];
+  }
+  out.nbytes = out.numel * sizeof(float);
+  out.data = malloc(out.nbytes ? out.nbytes : 1);
+  if (!out.data) goto nomem;
+  st->rc = m->ops->forward(m, &in, &out, &st->meta, st->err, sizeof st->err);
+  free(in32);
+  in32 = NULL;
+  if (st->rc == 0 && st->in.dtype != SS_DTYPE_F32) {
+    size_t nb = out.numel * ss_dtype_size(st->in.dtype);
+    void *conv = malloc(nb ? nb : 1);
+    if (!conv) {
+      free(out.data);
+      goto nomem;
+    }
+    ss_from_f32(st->in.dtype, out.data, conv, out.numel);
+    free(out.data);
+    out.data = conv;
+    out.nbytes = nb;
+  }
+  if (st->rc == 0) {
+    st->out_data = out.data;
+    st->out_nbytes = out.nbytes;
+  } else {
+    free(out.data);
+  }
+  st->compute_ms = (double)(uv_hrtime() - t0) / 1e6;
+  return;
+nomem:
+  free(in32);
+  st->rc = SS_ENOMEM;
+  snprintf(st->err, sizeof st->err, "out of memory for a %zu-element tensor", st->in.numel);
+}
+
+/* Loop thread: the worker finished (or skipped) the job. */
+static void job_done(ss_job *job) {
+  compute_state *st = (compute_state *)job;
+  ss_call *call = st->call;
+  st->on_worker = 0;
+  release_slot(st);
+  if (call->state != SS_CALL_DONE) {
+    if (!job->ran) {
+      ss_call_fail(call, SS_GRPC_CANCELLED, "call cancelled before it was computed");
+    } else if (st->rc != 0) {
+      int code = st->rc == SS_EINVAL ? SS_GRPC_INVALID_ARGUMENT : (int)ss_error_to_grpc(st->rc);
+      ss_call_fail(call, code, "model '%s': %s", st->sm->model->id,
+                   st->err[0] ? st->err : ss_strerror(st->rc));
+    } else if (st->sm->model->echo) {
+      reply_echo(st);
+    } else {
+      void *data = st->out_data;
+      st->out_data = NULL; /* the call owns it now */
+      send_reply(st, data, st->out_nbytes, data);
+    }
+  }
+  ss_call_unref(call); /* the job's reference */
+}
+
+static void on_wake(ss_tq_entry *e) {
+  compute_state *st = (compute_state *)((char *)e - offsetof(compute_state, wake));
+  release_slot(st);
+  if (st->call->state != SS_CALL_DONE) reply_echo(st);
+}
+
+/* Admitted: run it. */
+static void start(compute_state *st) {
+  ss_call *call = st->call;
+  ss_server *s = call->srv;
+  const ss_model *m = st->sm->model;
+  st->holds_slot = 1;
+  if (m->exec == SS_EXEC_TIMER) {
+    double ms = 100;
+    ss_model_sleep_ms(&st->meta, &ms, st->err, sizeof st->err);
+    st->compute_ms = ms;
+    ss_tq_arm(&s->tq, &st->wake, uv_hrtime() + (uint64_t)(ms * 1e6), on_wake);
+    return;
+  }
+  st->on_worker = 1;
+  ss_call_ref(call);
+  st->job.run = job_run;
+  st->job.done = job_done;
+  atomic_store(&st->job.cancelled, 0);
+  ss_pool_submit(s->pool, &st->job);
+}
+
+static void release_slot(compute_state *st) {
+  if (!st->holds_slot) return;
+  st->holds_slot = 0;
+  ss_waiter *w = ss_admit_leave(&st->sm->admit);
+  if (w) start((compute_state *)((char *)w - offsetof(compute_state, waiter)));
+}
+
+static void compute_cancel(ss_call *call) {
+  compute_state *st = call->svc;
+  if (!st) return;
+  ss_admit_remove(&st->sm->admit, &st->waiter);
+  if (ss_tq_armed(&st->wake)) {
+    ss_tq_cancel(&call->srv->tq, &st->wake);
+    release_slot(st);
+  }
+  if (st->on_worker) atomic_store(&st->job.cancelled, 1);
+}
+
+static void compute_free(ss_call *call) {
+  compute_state *st = call->svc;
+  if (!st) return;
+  if (st->req) splitlearn__comm__compute_request__free_unpacked(st->req, NULL);
+  free(st->keys);
+  free(st->vals);
+  free(st->out_data);
+  free(st);
+  call->svc = NULL;
+}
+
+/* ---------------------------------------------------------------- handler --- */
+
+static void list_models(ss_server *s, char *buf, size_t len) {
+  size_t off = 0;
+  buf[0] = 0;
+  for (size_t i = 0; i < s->nmodels && off + 1 < len; i++) {
+    int n = snprintf(buf + off, len - off, "%s%s", i ? ", " : "", s->models[i].model->id);
+    if (n < 0) break;
+    off += (size_t)n;
+  }
+}
+
+void ss_h_compute(ss_call *call) {
+  ss_server *s = call->srv;
+  compute_state *st = calloc(1, sizeof *st);
+  if (!st) {
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  st->call = call;
+  call->svc = st;
+  call->svc_cancel = compute_cancel;
+  call->svc_free = compute_free;
+
+  const uint8_t *data;
+  size_t dlen, rest_len;
+  uint8_t *rest = NULL;
+  if (split_field(call->req, call->req_len, 1, &data, &dlen, &rest, &rest_len) == 0)
+    st->req = splitlearn__comm__compute_request__unpack(NULL, rest_len, rest);
+  free(rest);
+  if (!st->req) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "request (%zu bytes) is not a valid splitlearn.comm.ComputeRequest protobuf",
+                 call->req_len);
+    return;
+  }
+  Splitlearn__Comm__ComputeRequest *req = st->req;
+
+  /* metadata */
+  size_t nm = req->n_metadata;
+  st->keys = calloc(nm + 1, sizeof *st->keys);
+  st->vals = calloc(nm + 1, sizeof *st->vals);
+  if (!st->keys || !st->vals) {
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  for (size_t i = 0; i < nm; i++) {
+    st->keys[i] = req->metadata[i]->key;
+    st->vals[i] = req->metadata[i]->value;
+  }
+  st->meta = (ss_meta){st->keys, st->vals, nm};
+
+  /* model */
+  st->sm = ss_server_find_model(s, req->model_id);
+  if (!st->sm) {
+    char known[512];
+    list_models(s, known, sizeof known);
+    ss_call_fail(call, SS_GRPC_NOT_FOUND, "unknown model_id '%s'; this server has: %s",
+                 req->model_id, known);
+    return;
+  }
+  const ss_model *m = st->sm->model;
+  st->sm->calls++;
+
+  /* dtype and tensor */
+  ss_dtype dt = SS_DTYPE_F32;
+  const char *dts = ss_meta_get(&st->meta, "dtype");
+  if (dts && ss_dtype_parse(dts, &dt) != 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "metadata dtype '%s' is not supported; use float32, float16 or bfloat16", dts);
+    return;
+  }
+  char err[512];
+  int rv = ss_tensor_from_wire("data", req->shape, req->n_shape, data, dlen, dt, &st->in, err,
+                               sizeof err);
+  if (rv != 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
+    return;
+  }
+  if (req->n_past_key_values > 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "model '%s' (kind %s) keeps no KV cache: past_key_values must be empty, got %zu "
+                 "entries",
+                 m->id, m->kind, req->n_past_key_values);
+    return;
+  }
+  if (req->has_training_mode && req->training_mode) {
+    ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
+                 "training_mode=true: model '%s' (kind %s) has no backward pass in this version",
+                 m->id, m->kind);
+    return;
+  }
+  rv = m->ops->check(m, &st->in, &st->meta, st->out_shape, &st->out_ndim, err, sizeof err);
+  if (rv != 0) {
+    ss_call_fail(call, rv == SS_EINVAL ? SS_GRPC_INVALID_ARGUMENT : (int)ss_error_to_grpc(rv), "%s",
+                 err);
+    return;
+  }
+  if (m->exec == SS_EXEC_TIMER) {
+    double ms;
+    if (ss_model_sleep_ms(&st->meta, &ms, err, sizeof err) != 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
+      return;
+    }
+  }
+  if (m->exec == SS_EXEC_INLINE) {
+    reply_echo(st);
+    return;
+  }
+  switch (ss_admit_enter(&st->sm->admit, &st->waiter)) {
+  case SS_ADMIT_RUN: start(st); break;
+  case SS_ADMIT_QUEUED: break;
+  default:
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                 "model '%s' is at capacity: %d running, %zu queued (--max-inflight %d, "
+                 "--max-queue %d); retry later",
+                 m->id, st->sm->admit.inflight, st->sm->admit.waiting, st->sm->admit.limit,
+                 st->sm->admit.max_queue);
+  }
+}
+
+void ss_h_backward(ss_call *call) {
+  ss_server *s = call->srv;
+  const uint8_t *data;
+  size_t dlen, rest_len;
+  uint8_t *rest = NULL;
+  Splitlearn__Comm__BackwardRequest *req = NULL;
+  if (split_field(call->req, call->req_len, 1, &data, &dlen, &rest, &rest_len) == 0)
+    req = splitlearn__comm__backward_request__unpack(NULL, rest_len, rest);
+  free(rest);
+  if (!req) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "request (%zu bytes) is not a valid splitlearn.comm.BackwardRequest protobuf",
+                 call->req_len);
+    return;
+  }
+  ss_served_model *sm = ss_server_find_model(s, req->model_id);
+  if (!sm) {
+    char known[512];
+    list_models(s, known, sizeof known);
+    ss_call_fail(call, SS_GRPC_NOT_FOUND, "unknown model_id '%s'; this server has: %s",
+                 req->model_id, known);
+  } else if (!req->forward_id || !*req->forward_id) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "forward_id is empty: ComputeBackward needs the forward_id of a Compute call made "
+                 "with training_mode=true");
+  } else {
+    ss_call_fail(call, SS_GRPC_NOT_FOUND,
+                 "unknown forward_id '%s': no training forward pass is cached for model '%s' "
+                 "(kind %s has no backward pass in this version)",
+                 req->forward_id, sm->model->id, sm->model->kind);
+  }
+  splitlearn__comm__backward_request__free_unpacked(req, NULL);
+}

@@ -1,0 +1,283 @@
+/*
+ * info.c — the handlers that never compute: ComputeService.HealthCheck, GetServiceInfo,
+ * StreamMonitoring, and the standard grpc.health.v1.Health Check and Watch.
+ *
+ * Thread: loop thread only; each answers at once (streams send from the timer queue).
+ * Streaming calls (StreamMonitoring, Watch) do not hold a drain open: on drain, Watch streams
+ * are sent NOT_SERVING, and every stream ends with OK once the unary calls are done.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compute_service.pb-c.h"
+#include "core/log.h"
+#include "health.pb-c.h"
+#include "service/handlers.h"
+
+static double uptime_s(ss_server *s) { return (double)(uv_hrtime() - s->start_ns) / 1e9; }
+
+void ss_fill_snapshot(ss_server *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
+  snap->has_timestamp = snap->has_cpu_percent = snap->has_memory_mb = 1;
+  snap->has_memory_percent = snap->has_gpu_available = 1;
+  snap->timestamp = s->mon.timestamp;
+  snap->cpu_percent = s->mon.cpu_percent;
+  snap->memory_mb = s->mon.memory_mb;
+  snap->memory_percent = s->mon.memory_percent;
+  snap->gpu_available = 0;
+}
+
+/* Unpack an empty-bodied request only to check it is valid protobuf. */
+static int check_wire(ss_call *call, const ProtobufCMessageDescriptor *d) {
+  ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, call->req_len, call->req);
+  if (!m) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "request (%zu bytes) is not a valid %s protobuf",
+                 call->req_len, d->name);
+    return -1;
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+  return 0;
+}
+
+void ss_h_health_check(ss_call *call) {
+  if (check_wire(call, &splitlearn__comm__health_request__descriptor) != 0) return;
+  ss_server *s = call->srv;
+  Splitlearn__Comm__HealthResponse r = SPLITLEARN__COMM__HEALTH_RESPONSE__INIT;
+  r.status = s->draining ? "unhealthy" : "ok";
+  r.message = s->draining ? "draining: shutting down" : "serving";
+  r.version = SS_VERSION;
+  r.has_uptime_seconds = 1;
+  r.uptime_seconds = (float)uptime_s(s);
+  ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
+}
+
+typedef struct kvlist {
+  Splitlearn__Comm__ServiceInfoResponse__CustomInfoEntry e[64];
+  Splitlearn__Comm__ServiceInfoResponse__CustomInfoEntry *p[64];
+  char val[64][256];
+  size_t n;
+} kvlist;
+
+static void kv(kvlist *l, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void kv(kvlist *l, const char *key, const char *fmt, ...) {
+  if (l->n >= 64) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(l->val[l->n], sizeof l->val[l->n], fmt, ap);
+  va_end(ap);
+  splitlearn__comm__service_info_response__custom_info_entry__init(&l->e[l->n]);
+  l->e[l->n].key = (char *)key;
+  l->e[l->n].value = l->val[l->n];
+  l->p[l->n] = &l->e[l->n];
+  l->n++;
+}
+
+void ss_h_service_info(ss_call *call) {
+  if (check_wire(call, &splitlearn__comm__service_info_request__descriptor) != 0) return;
+  ss_server *s = call->srv;
+  kvlist *l = calloc(1, sizeof *l);
+  char *keys = calloc(s->nmodels, 64);
+  if (!l || !keys) {
+    free(l);
+    free(keys);
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  size_t waiting = 0;
+  int inflight = 0;
+  char models[256] = "";
+  size_t off = 0;
+  for (size_t i = 0; i < s->nmodels; i++) {
+    waiting += s->models[i].admit.waiting;
+    inflight += s->models[i].admit.inflight;
+    int n = snprintf(models + off, sizeof models - off, "%s%s", i ? "," : "", s->models[i].model->id);
+    if (n > 0 && (size_t)n < sizeof models - off) off += (size_t)n;
+  }
+  kv(l, "threads", "%d", ss_thread_count());
+  kv(l, "workers", "%d", s->cfg.workers);
+  kv(l, "intra_op_threads", "%d", s->cfg.intra_op_threads);
+  kv(l, "thread_budget", "%d", 1 + (s->cfg.workers > 0 ? s->cfg.workers : 0) * s->cfg.intra_op_threads);
+  kv(l, "cores", "%d", s->ncpu);
+  kv(l, "models", "%s", models);
+  kv(l, "default_model", "%s", s->models[0].model->id);
+  kv(l, "queue_depth", "%zu", waiting);
+  kv(l, "pool_queued", "%zu", ss_pool_queued(s->pool));
+  kv(l, "inflight", "%d", inflight);
+  kv(l, "connections", "%zu", s->nconns);
+  kv(l, "max_inflight", "%d", s->cfg.max_inflight);
+  kv(l, "max_queue", "%d", s->cfg.max_queue);
+  kv(l, "max_message_bytes", "%zu", s->cfg.max_message_bytes);
+  kv(l, "drain_timeout_s", "%.1f", s->cfg.drain_timeout_s);
+  kv(l, "served", "%llu", (unsigned long long)s->stats.served);
+  kv(l, "rejected", "%llu", (unsigned long long)s->stats.rejected);
+  kv(l, "cancelled", "%llu", (unsigned long long)s->stats.cancelled);
+  kv(l, "failed", "%llu", (unsigned long long)s->stats.failed);
+  kv(l, "blas", "openblas (openmp), %d thread(s) per worker", s->cfg.intra_op_threads);
+  for (size_t i = 0; i < s->nmodels && l->n < 64; i++) {
+    const ss_served_model *sm = &s->models[i];
+    snprintf(keys + 64 * i, 64, "model.%s", sm->model->id);
+    kv(l, keys + 64 * i, "%s; params=%lld; weight_bytes=%zu; inflight=%d; queued=%zu; limit=%d",
+       sm->model->describe, (long long)sm->model->n_params, sm->model->weight_bytes,
+       sm->admit.inflight, sm->admit.waiting, sm->admit.limit);
+  }
+  Splitlearn__Comm__ServiceInfoResponse r = SPLITLEARN__COMM__SERVICE_INFO_RESPONSE__INIT;
+  r.service_name = "splitserve";
+  r.version = SS_VERSION;
+  r.device = "cpu";
+  r.has_uptime_seconds = 1;
+  r.uptime_seconds = (float)uptime_s(s);
+  r.has_total_requests = 1;
+  r.total_requests = (int64_t)s->total_requests;
+  r.n_custom_info = l->n;
+  r.custom_info = l->p;
+  ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
+  free(keys);
+  free(l);
+}
+
+/* ------------------------------------------------------------ streaming --- */
+
+typedef struct stream_state {
+  ss_tq_entry tick;
+  ss_call *call;
+  double interval_s;
+  int watch;          /* grpc.health.v1 Watch (else StreamMonitoring) */
+  int last_status;
+} stream_state;
+
+static void stream_cancel(ss_call *call) {
+  stream_state *st = call->svc;
+  if (st) ss_tq_cancel(&call->srv->tq, &st->tick);
+}
+
+static void stream_free(ss_call *call) {
+  stream_cancel(call);
+  free(call->svc);
+  call->svc = NULL;
+}
+
+static void monitoring_tick(ss_tq_entry *e) {
+  stream_state *st = (stream_state *)e;
+  ss_call *call = st->call;
+  if (call->state == SS_CALL_DONE || !call->conn) return;
+  Splitlearn__Comm__MonitoringSnapshot snap;
+  splitlearn__comm__monitoring_snapshot__init(&snap);
+  ss_monitor_sample(&call->srv->mon); /* fresh numbers at the client's own interval */
+  ss_fill_snapshot(call->srv, &snap);
+  Splitlearn__Comm__MonitoringSnapshotResponse r = SPLITLEARN__COMM__MONITORING_SNAPSHOT_RESPONSE__INIT;
+  r.snapshot = &snap;
+  ss_call_send(call, &r.base);
+  ss_tq_arm(&call->srv->tq, &st->tick, uv_hrtime() + (uint64_t)(st->interval_s * 1e9), monitoring_tick);
+}
+
+static stream_state *stream_new(ss_call *call) {
+  stream_state *st = calloc(1, sizeof *st);
+  if (!st) {
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  st->call = call;
+  call->svc = st;
+  call->svc_cancel = stream_cancel;
+  call->svc_free = stream_free;
+  return st;
+}
+
+void ss_h_stream_monitoring(ss_call *call) {
+  Splitlearn__Comm__MonitoringStreamRequest *req =
+      splitlearn__comm__monitoring_stream_request__unpack(NULL, call->req_len, call->req);
+  if (!req) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "request is not a valid splitlearn.comm.MonitoringStreamRequest protobuf");
+    return;
+  }
+  double iv = req->has_sampling_interval ? req->sampling_interval : 1.0;
+  splitlearn__comm__monitoring_stream_request__free_unpacked(req, NULL);
+  if (!(iv >= 0.1)) iv = 0.1; /* also catches NaN */
+  if (iv > 5.0) iv = 5.0;
+  stream_state *st = stream_new(call);
+  if (!st) return;
+  st->interval_s = iv;
+  monitoring_tick(&st->tick);
+}
+
+static int health_status(ss_server *s) {
+  return s->draining ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                     : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+}
+
+/* Known service names: "" (the whole server) and the two services it serves. */
+static int known_service(const char *name) {
+  return !name || !*name || strcmp(name, "splitlearn.comm.ComputeService") == 0 ||
+         strcmp(name, "grpc.health.v1.Health") == 0;
+}
+
+static Grpc__Health__V1__HealthCheckRequest *health_req(ss_call *call) {
+  Grpc__Health__V1__HealthCheckRequest *req =
+      grpc__health__v1__health_check_request__unpack(NULL, call->req_len, call->req);
+  if (!req)
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "request is not a valid grpc.health.v1.HealthCheckRequest protobuf");
+  return req;
+}
+
+void ss_h_grpc_health_check(ss_call *call) {
+  Grpc__Health__V1__HealthCheckRequest *req = health_req(call);
+  if (!req) return;
+  if (!known_service(req->service)) {
+    ss_call_fail(call, SS_GRPC_NOT_FOUND,
+                 "unknown service '%s' (known: '', splitlearn.comm.ComputeService, "
+                 "grpc.health.v1.Health)",
+                 req->service);
+  } else {
+    Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    r.has_status = 1;
+    r.status = health_status(call->srv);
+    ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
+  }
+  grpc__health__v1__health_check_request__free_unpacked(req, NULL);
+}
+
+static void watch_send(ss_call *call, int status) {
+  Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  r.has_status = 1;
+  r.status = status;
+  ss_call_send(call, &r.base);
+}
+
+void ss_h_grpc_health_watch(ss_call *call) {
+  Grpc__Health__V1__HealthCheckRequest *req = health_req(call);
+  if (!req) return;
+  int known = known_service(req->service);
+  grpc__health__v1__health_check_request__free_unpacked(req, NULL);
+  stream_state *st = stream_new(call);
+  if (!st) return;
+  st->watch = 1;
+  /* The Watch contract: an unknown service is reported as SERVICE_UNKNOWN, not an error. */
+  st->last_status = known ? health_status(call->srv)
+                          : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+  watch_send(call, st->last_status);
+}
+
+void ss_service_on_drain(ss_server *s) {
+  for (ss_call *c = s->live; c; c = c->live_next) {
+    stream_state *st = c->svc;
+    if (c->is_drain_exempt && st && st->watch &&
+        st->last_status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING) {
+      st->last_status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+      watch_send(c, st->last_status);
+    }
+  }
+}
+
+void ss_service_end_streams(ss_server *s) {
+  ss_call *c = s->live;
+  while (c) {
+    ss_call *next = c->live_next;
+    if (c->is_drain_exempt) {
+      if (c->svc_cancel) c->svc_cancel(c);
+      ss_call_end(c, SS_GRPC_OK, NULL); /* settles c: unlinks it from the live list */
+    }
+    c = next;
+  }
+}

@@ -1,0 +1,149 @@
+/*
+ * splitserve — the daemon: parses flags, builds an ss_server, runs its loop on the main
+ * thread until SIGINT/SIGTERM drains it, then prints a one-line summary and exits 0.
+ * A second signal during the drain stops at once (exit 1).
+ *
+ * Thread: main thread = the server's loop thread. The server adds W worker threads (x T BLAS).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "splitserve.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: splitserve [flags]\n"
+          "  --listen HOST:PORT        address to serve on (default 127.0.0.1:50051; port 0 picks one)\n"
+          "  --workers N               compute worker threads (default: online cores; 0 = compute\n"
+          "                            inline on the I/O loop, the seeds' sync baseline)\n"
+          "  --intra-op-threads T      BLAS threads per worker (default 1)\n"
+          "  --oversubscribe           allow workers x intra-op-threads > cores\n"
+          "  --max-inflight N          per-model concurrent executions (default 0 = unlimited;\n"
+          "                            worker models never exceed the worker count)\n"
+          "  --max-queue N             per-model bounded wait queue; beyond it RESOURCE_EXHAUSTED\n"
+          "                            at once (default 10000)\n"
+          "  --max-message-bytes N     largest request message (default 104857600)\n"
+          "  --drain-timeout S         graceful drain limit on SIGINT/SIGTERM (default 5)\n"
+          "  --model ID=KIND[,k=v...]  serve a model (repeatable; the first is the default).\n"
+          "                            kinds: identity, scale, sleep, spin, mlp (weights=FILE.safetensors,\n"
+          "                            activation=relu|gelu). Built-ins mlp (embedded 768->768->768),\n"
+          "                            identity, scale, sleep, spin are always present.\n"
+          "  --log-level L             error|warn|info|debug (default info)\n"
+          "  --help                    this text\n");
+}
+
+static int parse_int(const char *flag, const char *v, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long x = strtol(v, &end, 10);
+  if (errno || end == v || *end || x < lo || x > hi) {
+    fprintf(stderr, "splitserve: %s expects an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, v);
+    return -1;
+  }
+  *out = x;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  ss_server_config cfg;
+  ss_server_config_init(&cfg);
+  cfg.handle_signals = 1;
+  const char **models = calloc((size_t)argc, sizeof *models);
+  size_t nmodels = 0;
+  char host[256] = "127.0.0.1";
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      return 0;
+    }
+    if (strcmp(a, "--oversubscribe") == 0) {
+      cfg.oversubscribe = 1;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      fprintf(stderr, "splitserve: unknown flag or missing value: %s\n", a);
+      usage(stderr);
+      return 2;
+    }
+    const char *v = argv[++i];
+    long x;
+    if (strcmp(a, "--listen") == 0) {
+      const char *colon = strrchr(v, ':');
+      if (!colon || colon == v || parse_int("--listen port", colon + 1, 0, 65535, &x) != 0) {
+        fprintf(stderr, "splitserve: --listen expects HOST:PORT, got '%s'\n", v);
+        return 2;
+      }
+      size_t hl = (size_t)(colon - v);
+      if (hl >= sizeof host) hl = sizeof host - 1;
+      memcpy(host, v, hl);
+      host[hl] = 0;
+      if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') { /* [::1]:50051 */
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = 0;
+      }
+      cfg.listen_port = (int)x;
+    } else if (strcmp(a, "--workers") == 0) {
+      if (parse_int(a, v, 0, 1024, &x) != 0) return 2;
+      cfg.workers = (int)x;
+    } else if (strcmp(a, "--intra-op-threads") == 0) {
+      if (parse_int(a, v, 1, 1024, &x) != 0) return 2;
+      cfg.intra_op_threads = (int)x;
+    } else if (strcmp(a, "--max-inflight") == 0) {
+      if (parse_int(a, v, 0, INT_MAX, &x) != 0) return 2;
+      cfg.max_inflight = (int)x;
+    } else if (strcmp(a, "--max-queue") == 0) {
+      if (parse_int(a, v, 0, INT_MAX, &x) != 0) return 2;
+      cfg.max_queue = (int)x;
+    } else if (strcmp(a, "--max-message-bytes") == 0) {
+      if (parse_int(a, v, 16, 2147483647L, &x) != 0) return 2;
+      cfg.max_message_bytes = (size_t)x;
+    } else if (strcmp(a, "--drain-timeout") == 0) {
+      char *end;
+      double d = strtod(v, &end);
+      if (end == v || *end || !(d >= 0 && d <= 3600)) {
+        fprintf(stderr, "splitserve: --drain-timeout expects seconds in [0, 3600], got '%s'\n", v);
+        return 2;
+      }
+      cfg.drain_timeout_s = d;
+    } else if (strcmp(a, "--model") == 0) {
+      models[nmodels++] = v;
+    } else if (strcmp(a, "--log-level") == 0) {
+      int l = ss_log_parse_level(v);
+      if (l < 0) {
+        fprintf(stderr, "splitserve: --log-level expects error|warn|info|debug, got '%s'\n", v);
+        return 2;
+      }
+      cfg.log_level = l;
+    } else {
+      fprintf(stderr, "splitserve: unknown flag %s\n", a);
+      usage(stderr);
+      return 2;
+    }
+  }
+  cfg.listen_host = host;
+  cfg.models = models;
+  cfg.n_models = nmodels;
+
+  ss_server *s;
+  char err[1024];
+  int rv = ss_server_new(&cfg, &s, err, sizeof err);
+  if (rv != 0) {
+    fprintf(stderr, "splitserve: %s\n", err);
+    free(models);
+    return 1;
+  }
+  ss_server_run(s);
+  ss_server_stats st;
+  ss_server_get_stats(s, &st);
+  fprintf(stderr, "splitserve: stopped: served %llu, rejected %llu, cancelled %llu, failed %llu\n",
+          (unsigned long long)st.served, (unsigned long long)st.rejected,
+          (unsigned long long)st.cancelled, (unsigned long long)st.failed);
+  ss_server_free(s);
+  free(models);
+  return 0;
+}
