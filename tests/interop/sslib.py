@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import signal as _signal
 import struct
 import subprocess
 import sys
@@ -179,7 +180,7 @@ class Server:
         v = self.status_field(key)
         return int(v.split()[0]) if v else 0
 
-    def signal(self, sig=signal.SIGTERM):
+    def signal(self, sig=_signal.SIGTERM):
         self.proc.send_signal(sig)
 
     def wait(self, timeout):
@@ -199,7 +200,7 @@ class Server:
             while self._eof < 2 and time.monotonic() < deadline:
                 self._cond.wait(0.05)
 
-    def stop(self, timeout=10.0, sig=signal.SIGTERM):
+    def stop(self, timeout=10.0, sig=_signal.SIGTERM):
         """SIGTERM and wait; returns (rc, log). Kills it if it does not exit in time."""
         if self.proc.poll() is None:
             self.signal(sig)
@@ -207,7 +208,7 @@ class Server:
         if rc is None:
             self.kill()
             raise AssertionError("splitserve did not exit within %.1fs of %s:\n%s"
-                                 % (T(timeout), signal.Signals(sig).name, tail(self.log)))
+                                 % (T(timeout), _signal.Signals(sig).name, tail(self.log)))
         return rc, self.log
 
     def stop_ok(self, timeout=10.0):

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Run every test: the normal build's ctest suite (unit + interop), then the same suite built
+# with ASan+UBSan (leaks fail the daemon's exit code, so start/serve/drain is leak-checked).
+# Prints ctest's summaries and a closing "N passed, M failed" line; exit 1 on any failure.
+# usage: run_tests.sh BUILD_DIR ASAN_BUILD_DIR JOBS "EXTRA_CMAKE_FLAGS"
+set -uo pipefail
+BUILD=${1:-build}
+ASAN=${2:-build-asan}
+JOBS=${3:-2}
+FLAGS=${4:-}
+total_pass=0
+total_fail=0
+
+run_suite() { # name dir
+  local name=$1 dir=$2 log
+  log=$(mktemp)
+  echo "=== $name: ctest in $dir"
+  (cd "$dir" && ctest --output-on-failure -j "$JOBS" --timeout 600) 2>&1 | tee "$log"
+  local line ran failed
+  line=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$log" | tail -1)
+  if [ -z "$line" ]; then
+    echo "$name: ctest printed no summary"; total_fail=$((total_fail + 1)); rm -f "$log"; return
+  fi
+  failed=$(echo "$line" | sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/')
+  ran=$(echo "$line" | sed -E 's/.* tests failed out of ([0-9]+).*/\1/')
+  total_pass=$((total_pass + ran - failed))
+  total_fail=$((total_fail + failed))
+  rm -f "$log"
+}
+
+run_suite "normal build" "$BUILD"
+
+echo "=== ASan+UBSan build in $ASAN"
+# shellcheck disable=SC2086
+if cmake -S . -B "$ASAN" -DCMAKE_BUILD_TYPE=Debug -DSS_SANITIZE=ON $FLAGS >/dev/null &&
+   cmake --build "$ASAN" -j "$JOBS"; then
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+  run_suite "ASan+UBSan build" "$ASAN"
+else
+  echo "ASan build failed"; total_fail=$((total_fail + 1))
+fi
+
+echo "${total_pass} passed, ${total_fail} failed"
+[ "$total_fail" -eq 0 ]

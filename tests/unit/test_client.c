@@ -1,0 +1,334 @@
+/*
+ * test_client.c — the async gRPC client against an in-process fake HTTP/2 server on the same
+ * libuv loop (nghttp2 server session; no real gRPC server needed): echo with many concurrent
+ * streams, a trailers-only error with a percent-encoded grpc-message, an HTTP 503 without
+ * grpc-status, two messages on a unary call, connection refused, connection loss, and
+ * ss_aclient_close() with calls pending.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nghttp2/nghttp2.h>
+#include <uv.h>
+
+#include "check.h"
+#include "net/grpc_frame.h"
+#include "splitserve.h"
+
+/* ------------------------------------------------------------------ fake server -- */
+
+typedef struct fake_stream {
+  int32_t id;
+  char path[64];
+  uint8_t *body;
+  size_t len, cap, sent;
+  struct fake_stream *next;
+} fake_stream;
+
+typedef struct fake {
+  uv_tcp_t listener, conn;
+  int have_conn;
+  int mode; /* 0: serve; 1: accept then close at once; 2: accept and never answer */
+  nghttp2_session *ng;
+  fake_stream *streams;
+  uint8_t rbuf[65536];
+} fake;
+
+static fake_stream *fs_get(fake *f, int32_t id) {
+  for (fake_stream *s = f->streams; s; s = s->next)
+    if (s->id == id) return s;
+  fake_stream *s = calloc(1, sizeof *s);
+  s->id = id;
+  s->next = f->streams;
+  f->streams = s;
+  return s;
+}
+
+static void on_fake_written(uv_write_t *w, int status) {
+  (void)status;
+  free(w->data);
+  free(w);
+}
+
+static void fake_flush(fake *f) {
+  for (;;) {
+    const uint8_t *p;
+    ssize_t n = nghttp2_session_mem_send(f->ng, &p);
+    if (n <= 0) break;
+    uv_write_t *w = malloc(sizeof *w);
+    w->data = malloc((size_t)n);
+    memcpy(w->data, p, (size_t)n);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    uv_write(w, (uv_stream_t *)&f->conn, &b, 1, on_fake_written);
+  }
+}
+
+static ssize_t fake_read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
+                              uint32_t *flags, nghttp2_data_source *src, void *u) {
+  (void)u;
+  fake_stream *st = src->ptr;
+  size_t n = st->len - st->sent < length ? st->len - st->sent : length;
+  memcpy(buf, st->body + st->sent, n);
+  st->sent += n;
+  if (st->sent == st->len) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    nghttp2_nv tr[] = {{(uint8_t *)"grpc-status", (uint8_t *)"0", 11, 1, 0}};
+    nghttp2_submit_trailer(s, id, tr, 1);
+  }
+  return (ssize_t)n;
+}
+
+#define NV(N, V) {(uint8_t *)(N), (uint8_t *)(V), sizeof(N) - 1, sizeof(V) - 1, 0}
+
+static void fake_respond(fake *f, fake_stream *st) {
+  if (strcmp(st->path, "/t/echo") == 0 || strcmp(st->path, "/t/two") == 0) {
+    if (strcmp(st->path, "/t/two") == 0) { /* duplicate the message */
+      st->body = realloc(st->body, st->len * 2);
+      memcpy(st->body + st->len, st->body, st->len);
+      st->len *= 2;
+    }
+    nghttp2_nv h[] = {NV(":status", "200"), NV("content-type", "application/grpc")};
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = fake_read_body};
+    nghttp2_submit_response(f->ng, st->id, h, 2, &prd);
+  } else if (strcmp(st->path, "/t/err") == 0) {
+    nghttp2_nv h[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
+                      NV("grpc-status", "5"), NV("grpc-message", "no such thing: 100%25 %C3%A9")};
+    nghttp2_submit_response(f->ng, st->id, h, 4, NULL);
+  } else {
+    nghttp2_nv h[] = {NV(":status", "503")};
+    nghttp2_submit_response(f->ng, st->id, h, 1, NULL);
+  }
+}
+
+static int fake_on_header(nghttp2_session *s, const nghttp2_frame *fr, const uint8_t *name,
+                          size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                          void *u) {
+  (void)s, (void)flags;
+  if (fr->hd.type != NGHTTP2_HEADERS) return 0;
+  fake_stream *st = fs_get(u, fr->hd.stream_id);
+  if (namelen == 5 && memcmp(name, ":path", 5) == 0 && valuelen < sizeof st->path) {
+    memcpy(st->path, value, valuelen);
+    st->path[valuelen] = '\0';
+  }
+  return 0;
+}
+
+static int fake_on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
+                        size_t len, void *u) {
+  (void)s, (void)flags;
+  fake_stream *st = fs_get(u, id);
+  if (st->len + len > st->cap) {
+    st->cap = (st->len + len) * 2;
+    st->body = realloc(st->body, st->cap);
+  }
+  memcpy(st->body + st->len, data, len);
+  st->len += len;
+  return 0;
+}
+
+static int fake_on_frame(nghttp2_session *s, const nghttp2_frame *fr, void *u) {
+  (void)s;
+  if ((fr->hd.type == NGHTTP2_DATA || fr->hd.type == NGHTTP2_HEADERS) &&
+      (fr->hd.flags & NGHTTP2_FLAG_END_STREAM))
+    fake_respond(u, fs_get(u, fr->hd.stream_id));
+  return 0;
+}
+
+static void fake_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b) {
+  (void)sz;
+  fake *f = h->data;
+  *b = uv_buf_init((char *)f->rbuf, sizeof f->rbuf);
+}
+
+static void fake_on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
+  fake *f = st->data;
+  if (n < 0) {
+    uv_read_stop(st);
+    return;
+  }
+  if (f->mode == 2) return;
+  nghttp2_session_mem_recv(f->ng, (const uint8_t *)b->base, (size_t)n);
+  fake_flush(f);
+}
+
+static void fake_on_conn(uv_stream_t *l, int status) {
+  fake *f = l->data;
+  if (status < 0) return;
+  uv_tcp_init(l->loop, &f->conn);
+  f->conn.data = f;
+  uv_accept(l, (uv_stream_t *)&f->conn);
+  f->have_conn = 1;
+  if (f->mode == 1) {
+    uv_close((uv_handle_t *)&f->conn, NULL);
+    f->have_conn = 0;
+    return;
+  }
+  nghttp2_session_callbacks *cb;
+  nghttp2_session_callbacks_new(&cb);
+  nghttp2_session_callbacks_set_on_header_callback(cb, fake_on_header);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, fake_on_data);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cb, fake_on_frame);
+  nghttp2_session_server_new(&f->ng, cb, f);
+  nghttp2_session_callbacks_del(cb);
+  nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100}};
+  nghttp2_submit_settings(f->ng, NGHTTP2_FLAG_NONE, iv, 1);
+  uv_read_start((uv_stream_t *)&f->conn, fake_alloc, fake_on_read);
+  fake_flush(f);
+}
+
+static int fake_start(uv_loop_t *loop, fake *f, int mode) {
+  memset(f, 0, sizeof *f);
+  f->mode = mode;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_init(loop, &f->listener);
+  f->listener.data = f;
+  uv_tcp_bind(&f->listener, (struct sockaddr *)&a, 0);
+  uv_listen((uv_stream_t *)&f->listener, 16, fake_on_conn);
+  struct sockaddr_in got;
+  int len = sizeof got;
+  uv_tcp_getsockname(&f->listener, (struct sockaddr *)&got, &len);
+  return ntohs(got.sin_port);
+}
+
+static void fake_stop(fake *f) {
+  uv_close((uv_handle_t *)&f->listener, NULL);
+  if (f->have_conn) uv_close((uv_handle_t *)&f->conn, NULL);
+  nghttp2_session_del(f->ng);
+  while (f->streams) {
+    fake_stream *s = f->streams;
+    f->streams = s->next;
+    free(s->body);
+    free(s);
+  }
+}
+
+/* ------------------------------------------------------------------ tests -------- */
+
+typedef struct outcome {
+  int fired;
+  int status;
+  char msg[256];
+  size_t body_len;
+  int body_ok;
+  const uint8_t *expect;
+} outcome;
+
+static int pending;
+static ss_aclient *close_when_done;
+
+static void on_done(void *u, const ss_call_result *r) {
+  outcome *o = u;
+  o->fired++;
+  o->status = r->grpc_status;
+  snprintf(o->msg, sizeof o->msg, "%s", r->message);
+  o->body_len = r->body_len;
+  o->body_ok = o->expect && r->body && memcmp(r->body, o->expect, r->body_len) == 0;
+  if (--pending == 0 && close_when_done) ss_aclient_close(close_when_done);
+}
+
+static void test_served(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fake f;
+  int port = fake_start(&loop, &f, 0);
+  ss_aclient *c;
+  CHECK_EQ_INT(ss_aclient_new(&loop, "localhost", port, &c), 0);
+  enum { N = 300 };
+  static outcome o[N + 3];
+  memset(o, 0, sizeof o);
+  size_t big = 200000; /* crosses frames and flushes */
+  uint8_t *msg = malloc(big);
+  for (size_t i = 0; i < big; i++) msg[i] = (uint8_t)(i * 7);
+  for (int i = 0; i < N; i++) {
+    size_t len = i % 10 == 0 ? big : (size_t)i; /* includes one empty message */
+    o[i].expect = msg;
+    CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", msg, len, 10.0, on_done, &o[i]), 0);
+  }
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/err", "x", 1, 0, on_done, &o[N]), 0);
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/503", "x", 1, 0, on_done, &o[N + 1]), 0);
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/two", "ab", 2, 0, on_done, &o[N + 2]), 0);
+  CHECK_EQ_INT(ss_aclient_inflight(c), N + 3);
+  pending = N + 3;
+  close_when_done = c; /* closing from inside the last callback must be safe */
+  while (pending > 0) uv_run(&loop, UV_RUN_ONCE);
+  int bad = 0;
+  for (int i = 0; i < N; i++) {
+    size_t len = i % 10 == 0 ? big : (size_t)i;
+    if (o[i].fired != 1 || o[i].status != 0 || o[i].body_len != len || (len && !o[i].body_ok))
+      bad++;
+  }
+  CHECK_EQ_INT(bad, 0);
+  CHECK_EQ_INT(o[N].status, SS_GRPC_NOT_FOUND);
+  CHECK(strcmp(o[N].msg, "no such thing: 100% \xc3\xa9") == 0);
+  CHECK_EQ_INT(o[N + 1].status, SS_GRPC_UNAVAILABLE);
+  CHECK_CONTAINS(o[N + 1].msg, "503");
+  CHECK_EQ_INT(o[N + 2].status, SS_GRPC_INTERNAL);
+  CHECK_CONTAINS(o[N + 2].msg, "more than one");
+  close_when_done = NULL;
+  fake_stop(&f);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+  free(msg);
+}
+
+static void test_failures(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  outcome o[3];
+  memset(o, 0, sizeof o);
+
+  /* Refused: a port that was just closed. */
+  fake f;
+  int port = fake_start(&loop, &f, 0);
+  uv_close((uv_handle_t *)&f.listener, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ss_aclient *c;
+  CHECK_EQ_INT(ss_aclient_new(&loop, "127.0.0.1", port, &c), 0);
+  pending = 1;
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "x", 1, 0, on_done, &o[0]), 0);
+  while (!o[0].fired) uv_run(&loop, UV_RUN_ONCE);
+  CHECK_EQ_INT(o[0].status, SS_GRPC_UNAVAILABLE);
+  CHECK_CONTAINS(o[0].msg, "cannot connect");
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "x", 1, 0, on_done, &o[0]), SS_ECLOSED);
+  ss_aclient_close(c);
+  uv_run(&loop, UV_RUN_DEFAULT);
+
+  /* Connection lost: the server accepts and closes. */
+  port = fake_start(&loop, &f, 1);
+  CHECK_EQ_INT(ss_aclient_new(&loop, "127.0.0.1", port, &c), 0);
+  pending = 1;
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "x", 1, 0, on_done, &o[1]), 0);
+  while (!o[1].fired) uv_run(&loop, UV_RUN_ONCE);
+  CHECK_EQ_INT(o[1].status, SS_GRPC_UNAVAILABLE);
+  CHECK_CONTAINS(o[1].msg, "127.0.0.1");
+  ss_aclient_close(c);
+  fake_stop(&f);
+  uv_run(&loop, UV_RUN_DEFAULT);
+
+  /* Close with a call pending on a server that never answers. */
+  port = fake_start(&loop, &f, 2);
+  CHECK_EQ_INT(ss_aclient_new(&loop, "127.0.0.1", port, &c), 0);
+  pending = 1;
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "x", 1, 0, on_done, &o[2]), 0);
+  for (int i = 0; i < 20; i++) uv_run(&loop, UV_RUN_NOWAIT);
+  CHECK_EQ_INT(o[2].fired, 0);
+  ss_aclient_close(c);
+  CHECK_EQ_INT(o[2].fired, 1);
+  CHECK_EQ_INT(o[2].status, SS_GRPC_UNAVAILABLE);
+  CHECK_CONTAINS(o[2].msg, "client closed");
+  fake_stop(&f);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+
+  /* Bad arguments. */
+  CHECK_EQ_INT(ss_aclient_new(&loop, "not-an-address", 1, &c), SS_EINVAL);
+  CHECK_EQ_INT(ss_aclient_new(&loop, "127.0.0.1", 0, &c), SS_EINVAL);
+}
+
+int main(void) {
+  test_served();
+  test_failures();
+  TEST_MAIN_END();
+}
