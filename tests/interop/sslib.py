@@ -523,7 +523,11 @@ def main(namespace, default_timeout=110.0):
                 raise
             failed += 1
             dt = time.perf_counter() - t0
-            print("FAIL %s (%.2fs): %s: %s" % (name, dt, type(e).__name__, e), flush=True)
+            if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
+                what = "gRPC %s: %s" % (e.code().name, e.details())
+            else:
+                what = "%s: %s" % (type(e).__name__, e)
+            print("FAIL %s (%.2fs): %s" % (name, dt, what), flush=True)
             traceback.print_exc(file=sys.stdout)
             involved = _ALL_SERVERS[before:] + [s for s in _LIVE_SERVERS
                                                 if s not in _ALL_SERVERS[before:]]

@@ -158,6 +158,7 @@ static void fake_on_conn(uv_stream_t *l, int status) {
   uv_tcp_init(l->loop, &f->conn);
   f->conn.data = f;
   uv_accept(l, (uv_stream_t *)&f->conn);
+  uv_tcp_nodelay(&f->conn, 1);
   f->have_conn = 1;
   if (f->mode == 1) {
     uv_close((uv_handle_t *)&f->conn, NULL);
