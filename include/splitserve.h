@@ -112,7 +112,9 @@ SS_API int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err
 /* The bound port (useful with listen_port 0). Any thread after ss_server_new(). */
 SS_API int ss_server_port(const ss_server *s);
 
-/* Run the loop on the calling thread until stopped and drained. Returns 0. */
+/* Run the loop on the calling thread until stopped and drained. Returns 0, or SS_EBUSY when
+ * the drain timed out (or a second stop came) while workers were still computing: their results
+ * are dropped, and ss_server_free() waits for them to finish (a daemon may exit instead). */
 SS_API int ss_server_run(ss_server *s);
 
 /* Ask the server to drain and stop. Callable from any thread and from a signal handler.

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "splitserve.h"
@@ -137,12 +138,16 @@ int main(int argc, char **argv) {
     free(models);
     return 1;
   }
-  ss_server_run(s);
+  int busy = ss_server_run(s) == SS_EBUSY;
   ss_server_stats st;
   ss_server_get_stats(s, &st);
   fprintf(stderr, "splitserve: stopped: served %llu, rejected %llu, cancelled %llu, failed %llu\n",
           (unsigned long long)st.served, (unsigned long long)st.rejected,
           (unsigned long long)st.cancelled, (unsigned long long)st.failed);
+  if (busy) { /* every call was answered; do not wait for abandoned computations */
+    fflush(stderr);
+    _exit(0);
+  }
   ss_server_free(s);
   free(models);
   return 0;

@@ -19,20 +19,25 @@ struct ss_pool {
   uv_cond_t cv;
   ss_job *head, *tail; /* FIFO of queued jobs */
   size_t queued;
+  int busy;            /* workers inside run() (guarded by mu) */
   int stopping;
   uv_mutex_t done_mu;
   ss_job *done_head, *done_tail;
+  int detached;        /* async handle closed: completions are dropped (guarded by done_mu) */
+  int shut;            /* ss_pool_shutdown ran */
   uv_async_t async;
 };
 
 static void complete(ss_pool *p, ss_job *job) {
   job->next = NULL;
   uv_mutex_lock(&p->done_mu);
-  if (p->done_tail) p->done_tail->next = job;
-  else p->done_head = job;
-  p->done_tail = job;
+  if (!p->detached) {
+    if (p->done_tail) p->done_tail->next = job;
+    else p->done_head = job;
+    p->done_tail = job;
+    uv_async_send(&p->async); /* under the lock: the handle cannot be closing */
+  }
   uv_mutex_unlock(&p->done_mu);
-  uv_async_send(&p->async);
 }
 
 static void worker_main(void *arg) {
@@ -49,6 +54,7 @@ static void worker_main(void *arg) {
     p->head = job->next;
     if (!p->head) p->tail = NULL;
     p->queued--;
+    p->busy++;
     uv_mutex_unlock(&p->mu);
     job->ran = 0;
     if (!atomic_load(&job->cancelled)) {
@@ -56,6 +62,9 @@ static void worker_main(void *arg) {
       job->ran = 1;
     }
     complete(p, job);
+    uv_mutex_lock(&p->mu);
+    p->busy--;
+    uv_mutex_unlock(&p->mu);
   }
 }
 
@@ -72,8 +81,6 @@ static void on_async(uv_async_t *h) {
     job = next;
   }
 }
-
-static void on_closed(uv_handle_t *h) { free(h->data); }
 
 int ss_pool_new(uv_loop_t *loop, int workers, int intra_op, ss_pool **out) {
   ss_pool *p = calloc(1, sizeof *p);
@@ -138,18 +145,17 @@ size_t ss_pool_queued(const ss_pool *p) {
 
 int ss_pool_workers(const ss_pool *p) { return p->nworkers; }
 
-void ss_pool_free(ss_pool *p) {
-  if (!p) return;
+int ss_pool_shutdown(ss_pool *p) {
+  if (!p || p->shut) return 0;
+  p->shut = 1;
   uv_mutex_lock(&p->mu);
   p->stopping = 1;
-  /* Jobs nobody took: cancel them; workers finish what they run and exit. */
-  ss_job *left = p->head;
+  ss_job *left = p->head; /* jobs nobody took: cancelled, done() now */
   p->head = p->tail = NULL;
   p->queued = 0;
+  int busy = p->busy;
   uv_cond_broadcast(&p->cv);
   uv_mutex_unlock(&p->mu);
-  for (int i = 0; i < p->nworkers; i++) uv_thread_join(&p->threads[i]);
-  on_async(&p->async); /* completions that raced with the stop */
   while (left) {
     ss_job *next = left->next;
     atomic_store(&left->cancelled, 1);
@@ -157,9 +163,28 @@ void ss_pool_free(ss_pool *p) {
     left->done(left);
     left = next;
   }
+  if (!busy) { /* nothing running: join now and deliver the last completions */
+    for (int i = 0; i < p->nworkers; i++) uv_thread_join(&p->threads[i]);
+    p->nworkers = 0;
+    on_async(&p->async);
+  }
+  uv_mutex_lock(&p->done_mu);
+  p->detached = 1;
+  uv_mutex_unlock(&p->done_mu);
+  uv_close((uv_handle_t *)&p->async, NULL);
+  return busy;
+}
+
+void ss_pool_free(ss_pool *p) {
+  if (!p) return;
+  if (!p->shut) {
+    ss_pool_shutdown(p);
+    uv_run(p->loop, UV_RUN_NOWAIT); /* let the async handle close */
+  }
+  for (int i = 0; i < p->nworkers; i++) uv_thread_join(&p->threads[i]);
   free(p->threads);
   uv_mutex_destroy(&p->mu);
   uv_mutex_destroy(&p->done_mu);
   uv_cond_destroy(&p->cv);
-  uv_close((uv_handle_t *)&p->async, on_closed); /* p is freed once the loop closed it */
+  free(p);
 }

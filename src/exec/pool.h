@@ -35,9 +35,13 @@ void ss_pool_submit(ss_pool *p, ss_job *job);
 /* Jobs queued and not yet taken by a worker. */
 size_t ss_pool_queued(const ss_pool *p);
 int ss_pool_workers(const ss_pool *p);
-/* Stop the workers after the jobs they are running, join them, and run done() for jobs still
- * queued (marked cancelled). Loop thread; the loop must still be able to close the async handle
- * (call before the final uv_run that closes handles). */
+/* Stop taking jobs (loop thread): queued jobs get done() now, marked cancelled; idle workers
+ * exit; the completion handle is closed (uv_close) so the loop can end. Returns the number of
+ * workers still inside run() — their results are dropped, and ss_pool_free() will wait for
+ * them; 0 when everything has stopped and been joined. */
+int ss_pool_shutdown(ss_pool *p);
+/* Join every worker (waits for running jobs) and free the pool. Calls ss_pool_shutdown first if
+ * it was not called (then runs the loop once, non-blocking, to close the handle). NULL is fine. */
 void ss_pool_free(ss_pool *p);
 
 #endif

@@ -214,11 +214,12 @@ void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
   nghttp2_nv nv[] = {
       {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"grpc-accept-encoding", (uint8_t *)"identity", 20, 8, NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"grpc-status", (uint8_t *)codestr, 11, strlen(codestr), NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"grpc-message", (uint8_t *)enc, 12, elen, NGHTTP2_NV_FLAG_NONE},
   };
   call->headers_submitted = 1;
-  nghttp2_submit_response(call->conn->h2, call->stream_id, nv, elen ? 4 : 3, NULL);
+  nghttp2_submit_response(call->conn->h2, call->stream_id, nv, elen ? 5 : 4, NULL);
   ss_conn_mark_dirty(call->conn);
 }
 

@@ -129,6 +129,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
       call->bad_path = strndup((const char *)value, valuelen > 200 ? 200 : valuelen);
     }
   } else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
+    call->have_ctype = 1;
     /* application/grpc, application/grpc+proto, application/grpc;charset=... */
     int ok = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
              (valuelen == 16 || value[16] == '+' || value[16] == ';');
@@ -165,7 +166,7 @@ static void refuse_http(ss_call *call, const char *status, const char *text) {
 static void headers_done(ss_conn *c, ss_call *call) {
   ss_server *s = c->srv;
   s->total_requests++;
-  if (call->refused == 415) {
+  if (call->refused == 415 || !call->have_ctype) {
     refuse_http(call, "415", "unsupported content-type");
     return;
   }

@@ -161,8 +161,7 @@ static void close_handles(ss_server *s) {
     uv_close((uv_handle_t *)&s->sigterm, on_close_noop);
   }
   ss_tq_close(&s->tq);
-  ss_pool_free(s->pool);
-  s->pool = NULL;
+  s->pool_busy = ss_pool_shutdown(s->pool);
 }
 
 /* Once per loop iteration, after I/O: gather and write every dirty connection's frames. */
@@ -384,6 +383,11 @@ int ss_server_run(ss_server *s) {
   fflush(stderr);
   handle_stop(s); /* a stop that came before run */
   uv_run(&s->loop, UV_RUN_DEFAULT);
+  if (s->pool_busy) {
+    SS_LOGW("%d worker(s) still computing abandoned calls; ss_server_free waits for them",
+            s->pool_busy);
+    return SS_EBUSY;
+  }
   return 0;
 }
 
@@ -399,6 +403,7 @@ void ss_server_free(ss_server *s) {
     uv_close((uv_handle_t *)&s->listener, NULL);
   }
   uv_run(&s->loop, UV_RUN_DEFAULT);
+  ss_pool_free(s->pool);
   uv_loop_close(&s->loop);
   for (size_t i = 0; i < s->nmodels; i++) ss_model_free(s->models[i].model);
   free(s->models);

@@ -80,6 +80,7 @@ struct ss_call {
   size_t req_len;
   int nmsgs;
   int refused;                /* answered before the request was complete: discard its data */
+  int have_ctype;              /* a content-type header was sent */
   char *bad_path;             /* :path that routed nowhere (for the UNIMPLEMENTED message) */
   char *encoding;             /* grpc-encoding when not identity */
   int64_t timeout_ns;         /* from grpc-timeout; 0 = none */
@@ -139,6 +140,7 @@ struct ss_server {
   uv_timer_t drain_timer;
   ss_timerq tq;
   ss_pool *pool;
+  int pool_busy;              /* workers still computing when the loop ended (abandoned calls) */
   nghttp2_session_callbacks *h2cb;
   nghttp2_option *h2opt;
 

@@ -500,7 +500,8 @@ class H2Conn:
         while not st.done:
             try:
                 self.process_one(deadline)
-            except ConnectionClosed:
+            except (ConnectionClosed, BrokenPipeError, ConnectionResetError):
+                self.eof = True
                 break
         return st
 
@@ -510,7 +511,8 @@ class H2Conn:
         try:
             while True:
                 self.process_one(deadline)
-        except ConnectionClosed:
+        except (ConnectionClosed, BrokenPipeError, ConnectionResetError):
+            self.eof = True
             return True
         except TimeoutError:
             return False

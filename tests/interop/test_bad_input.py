@@ -208,6 +208,7 @@ def test_compressed_gzip():
         lambda: C.compute(make_req(x, model="identity"), timeout=T(5),
                           compression=grpc.Compression.Gzip),
         SC.UNIMPLEMENTED, "gzip")
+    print("    gzip: UNIMPLEMENTED %r" % details)
     assert_alive(C)
 
 
@@ -218,7 +219,11 @@ def test_compressed_unknown_encoding_raw():
                               extra=[("grpc-encoding", "x-snappy-ish")], wait_s=T(5))
         assert st.grpc_status == 12, "unsupported grpc-encoding: expected 12, got %r" % st
         assert "x-snappy-ish" in st.grpc_message, st.grpc_message
-        print("    grpc-accept-encoding in the answer: %r" % st.header("grpc-accept-encoding"))
+        # gRPC compression spec: the UNIMPLEMENTED answer carries grpc-accept-encoding, the
+        # algorithms the server does accept.
+        accept = st.header("grpc-accept-encoding")
+        assert accept is not None and "x-snappy-ish" not in accept, \
+            "UNIMPLEMENTED for an unsupported encoding without grpc-accept-encoding: %r" % st
         # The compressed flag without any grpc-encoding is a protocol error, not a crash.
         st = h2raw.grpc_unary(c, sslib.SVC + "Compute", body, wait_s=T(5))
         assert st.grpc_status in (3, 12, 13), "compressed flag, no encoding: %r" % st
@@ -235,7 +240,7 @@ def test_compressed_unknown_encoding_raw():
 def test_wrong_content_type():
     good = h2raw.grpc_frame(make_req(np.ones(3, np.float32), model="identity").SerializeToString())
     with h2raw.H2Conn("127.0.0.1", S.port) as c:
-        for ct in ("text/plain", "application/json", None):
+        for ct in ("text/plain", "application/json", "application/octet-stream"):
             st = h2raw.grpc_unary(c, sslib.SVC + "Compute", good, content_type=ct, wait_s=T(5))
             assert st.http_status == 415, "content-type %r: expected HTTP 415, got %r" % (ct, st)
         # application/grpc+proto is gRPC.
@@ -246,6 +251,16 @@ def test_wrong_content_type():
         assert len(msgs) == 1
         r = pb.ComputeResponse.FromString(msgs[0][1])
         np.testing.assert_array_equal(result(r), np.ones(3, np.float32))
+    assert_alive(C)
+
+
+def test_missing_content_type():
+    """No content-type at all does not begin with application/grpc either: HTTP 415 (the gRPC
+    spec's SHOULD; grpc-go answers a missing content-type this way)."""
+    good = h2raw.grpc_frame(make_req(np.ones(3, np.float32), model="identity").SerializeToString())
+    with h2raw.H2Conn("127.0.0.1", S.port) as c:
+        st = h2raw.grpc_unary(c, sslib.SVC + "Compute", good, content_type=None, wait_s=T(5))
+        assert st.http_status == 415, "no content-type: expected HTTP 415, got %r" % st
     assert_alive(C)
 
 
