@@ -53,7 +53,7 @@ int main(int argc, char **argv) {
   ss_server_config cfg;
   ss_server_config_init(&cfg);
   cfg.handle_signals = 1;
-  const char **models = calloc((size_t)argc, sizeof *models);
+  const char *models[256];
   size_t nmodels = 0;
   char host[256] = "127.0.0.1";
   for (int i = 1; i < argc; i++) {
@@ -112,6 +112,10 @@ int main(int argc, char **argv) {
       }
       cfg.drain_timeout_s = d;
     } else if (strcmp(a, "--model") == 0) {
+      if (nmodels == sizeof models / sizeof models[0]) {
+        fprintf(stderr, "splitserve: at most %zu --model flags\n", nmodels);
+        return 2;
+      }
       models[nmodels++] = v;
     } else if (strcmp(a, "--log-level") == 0) {
       int l = ss_log_parse_level(v);
@@ -135,7 +139,6 @@ int main(int argc, char **argv) {
   int rv = ss_server_new(&cfg, &s, err, sizeof err);
   if (rv != 0) {
     fprintf(stderr, "splitserve: %s\n", err);
-    free(models);
     return 1;
   }
   int busy = ss_server_run(s) == SS_EBUSY;
@@ -149,6 +152,5 @@ int main(int argc, char **argv) {
     _exit(0);
   }
   ss_server_free(s);
-  free(models);
   return 0;
 }

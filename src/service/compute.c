@@ -165,6 +165,12 @@ static void job_run(ss_job *job) {
   }
   ss_tensor in = st->in, out = {0};
   float *in32 = NULL;
+  if ((uintptr_t)in.data % ss_dtype_size(in.dtype) != 0) {
+    /* The protobuf field landed at an odd offset: move it to the (malloc-aligned) start of the
+     * request buffer, which nothing else reads any more. */
+    memmove(st->call->req, in.data, in.nbytes);
+    in.data = st->call->req;
+  }
   if (in.dtype != SS_DTYPE_F32) {
     in32 = malloc(in.numel * sizeof(float));
     if (!in32) goto nomem;
@@ -172,11 +178,6 @@ static void job_run(ss_job *job) {
     in.data = in32;
     in.dtype = SS_DTYPE_F32;
     in.nbytes = in.numel * sizeof(float);
-  } else if ((uintptr_t)in.data % sizeof(float) != 0) {
-    /* The protobuf field landed at an odd offset: move it to the (malloc-aligned) start of the
-     * request buffer, which nothing else reads any more. */
-    memmove(st->call->req, in.data, in.nbytes);
-    in.data = st->call->req;
   }
   out.dtype = SS_DTYPE_F32;
   out.ndim = st->out_ndim;
