@@ -52,9 +52,20 @@ static size_t varint_put(uint8_t *p, uint64_t v) {
 static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
                             uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
 
+static void status_str(int code, char out[4]) { /* 0..99: no printf on the hot path */
+  if (code >= 10) {
+    out[0] = (char)('0' + code / 10 % 10);
+    out[1] = (char)('0' + code % 10);
+    out[2] = 0;
+  } else {
+    out[0] = (char)('0' + (code < 0 ? 2 : code));
+    out[1] = 0;
+  }
+}
+
 static void submit_trailers(ss_call *call) {
-  char code[12];
-  snprintf(code, sizeof code, "%d", call->status);
+  char code[4];
+  status_str(call->status, code);
   char msg[1024];
   size_t mlen = 0;
   if (call->status_msg && *call->status_msg)
@@ -208,8 +219,8 @@ void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
     return;
   }
   /* Trailers-only response: one HEADERS frame with END_STREAM. */
-  char codestr[12], enc[1024];
-  snprintf(codestr, sizeof codestr, "%d", code);
+  char codestr[4], enc[1024];
+  status_str(code, codestr);
   size_t elen = ss_pct_encode(msg, strlen(msg), enc, sizeof enc);
   nghttp2_nv nv[] = {
       {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
@@ -238,16 +249,49 @@ void ss_call_arm_deadline(ss_call *call) {
 
 void ss_call_ref(ss_call *call) { call->refs++; }
 
+ss_call *ss_call_new(ss_server *s) {
+  ss_call *call = s->free_calls;
+  if (!call) return calloc(1, sizeof *call);
+  s->free_calls = call->conn_next;
+  s->nfree_calls--;
+  /* Keep the output buffer; zero the rest (only the header, not the handler space). */
+  uint8_t *out = call->out;
+  size_t cap = call->out_cap;
+  memset(call, 0, offsetof(ss_call, svc_space));
+  memset((char *)call + offsetof(ss_call, svc_space) + SS_SVC_SPACE, 0,
+         sizeof *call - offsetof(ss_call, svc_space) - SS_SVC_SPACE);
+  call->out = out;
+  call->out_cap = cap;
+  return call;
+}
+
+void ss_call_cache_free(ss_server *s) {
+  while (s->free_calls) {
+    ss_call *next = s->free_calls->conn_next;
+    free(s->free_calls->out);
+    free(s->free_calls);
+    s->free_calls = next;
+  }
+  s->nfree_calls = 0;
+}
+
 void ss_call_unref(ss_call *call) {
   if (--call->refs > 0) return;
-  ss_tq_cancel(&call->srv->tq, &call->deadline);
+  ss_server *s = call->srv;
+  ss_tq_cancel(&s->tq, &call->deadline);
   if (call->svc_free) call->svc_free(call);
   ss_msg_reader_free(&call->reader);
   free(call->req);
-  free(call->out);
   free(call->tail_owner);
   free(call->status_msg);
   free(call->bad_path);
   free(call->encoding);
+  if (s->nfree_calls < SS_CALL_CACHE && call->out_cap <= 65536) {
+    call->conn_next = s->free_calls;
+    s->free_calls = call;
+    s->nfree_calls++;
+    return;
+  }
+  free(call->out);
   free(call);
 }

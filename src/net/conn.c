@@ -93,7 +93,7 @@ static void call_unlink(ss_conn *c, ss_call *call) {
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
   ss_conn *c = user_data;
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
-  ss_call *call = calloc(1, sizeof *call);
+  ss_call *call = ss_call_new(c->srv);
   if (!call) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   call->srv = c->srv;
   call->conn = c;

@@ -404,6 +404,7 @@ void ss_server_free(ss_server *s) {
   }
   uv_run(&s->loop, UV_RUN_DEFAULT);
   ss_pool_free(s->pool);
+  ss_call_cache_free(s);
   uv_loop_close(&s->loop);
   for (size_t i = 0; i < s->nmodels; i++) ss_model_free(s->models[i].model);
   free(s->models);

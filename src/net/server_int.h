@@ -29,6 +29,9 @@
 
 typedef struct ss_conn ss_conn;
 typedef struct ss_call ss_call;
+
+#define SS_SVC_SPACE 3072      /* bytes of per-call handler state kept inside the call */
+#define SS_CALL_CACHE 1024     /* finished calls kept for reuse */
 typedef struct ss_server ss_server;
 
 /* A served model: the model plus its admission state. */
@@ -99,7 +102,8 @@ struct ss_call {
   int status;
   char *status_msg;
 
-  /* handler state */
+  /* handler state: svc usually points into svc_space (no malloc per call) */
+  _Alignas(16) unsigned char svc_space[SS_SVC_SPACE];
   void *svc;
   void (*svc_cancel)(ss_call *call); /* the client went away or the deadline passed */
   void (*svc_free)(ss_call *call);
@@ -152,7 +156,8 @@ struct ss_server {
   ss_conn *dirty;
   ss_call *live;              /* calls owing an answer (drain waits for these) */
   size_t nlive;
-  ss_call *streams;           /* streaming calls (Watch, StreamMonitoring) — list via live_* */
+  ss_call *free_calls;        /* recycled call objects (linked through conn_next) */
+  size_t nfree_calls;
 
   ss_monitor mon;
   uint64_t start_ns;
@@ -178,6 +183,10 @@ void ss_call_send(ss_call *call, const ProtobufCMessage *msg);
 void ss_call_fail(ss_call *call, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Finish a streaming call with OK or a status after its messages. */
 void ss_call_end(ss_call *call, int code, const char *msg);
+/* A zeroed call (recycled when possible). NULL when out of memory. */
+ss_call *ss_call_new(ss_server *s);
+/* Free the recycled calls (server teardown). */
+void ss_call_cache_free(ss_server *s);
 void ss_call_ref(ss_call *call);
 void ss_call_unref(ss_call *call);
 /* Arm the call's deadline (from grpc-timeout) if any. */

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "compute_service.pb-c.h"
+#include "core/arena.h"
 #include "core/log.h"
 #include "service/handlers.h"
 
@@ -51,7 +52,12 @@ typedef struct compute_state {
   double compute_ms;
   int rc;
   char err[256];
+  ss_arena arena;             /* the decoded request lives here */
+  ProtobufCAllocator pballoc;
+  _Alignas(16) char arena_buf[1536];
 } compute_state;
+
+_Static_assert(sizeof(compute_state) <= SS_SVC_SPACE, "compute_state must fit in the call");
 
 /* ----------------------------------------------------------- wire helpers --- */
 
@@ -72,7 +78,7 @@ static int read_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v) {
 /* Find top-level length-delimited field `field` (last occurrence wins, as protobuf says) and
  * copy every other field into a new buffer *rest (caller frees). Returns 0 or -1 (bad wire). */
 static int split_field(const uint8_t *msg, size_t len, uint32_t field, const uint8_t **val,
-                       size_t *vlen, uint8_t **rest, size_t *rest_len) {
+                       size_t *vlen, ss_arena *arena, uint8_t **rest, size_t *rest_len) {
   *val = NULL;
   *vlen = 0;
   size_t skipped = 0;
@@ -111,7 +117,7 @@ static int split_field(const uint8_t *msg, size_t len, uint32_t field, const uin
     }
     if (pass == 0) {
       *rest_len = len - skipped;
-      *rest = malloc(*rest_len ? *rest_len : 1);
+      *rest = ss_arena_alloc(arena, *rest_len ? *rest_len : 1);
       if (!*rest) return -1;
     }
   }
@@ -290,11 +296,8 @@ static void compute_cancel(ss_call *call) {
 static void compute_free(ss_call *call) {
   compute_state *st = call->svc;
   if (!st) return;
-  if (st->req) splitlearn__comm__compute_request__free_unpacked(st->req, NULL);
-  free(st->keys);
-  free(st->vals);
   free(st->out_data);
-  free(st);
+  ss_arena_release(&st->arena); /* the unpacked request, metadata views */
   call->svc = NULL;
 }
 
@@ -312,22 +315,20 @@ static void list_models(ss_server *s, char *buf, size_t len) {
 
 void ss_h_compute(ss_call *call) {
   ss_server *s = call->srv;
-  compute_state *st = calloc(1, sizeof *st);
-  if (!st) {
-    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
-    return;
-  }
+  compute_state *st = (compute_state *)call->svc_space;
+  memset(st, 0, offsetof(compute_state, arena_buf));
   st->call = call;
   call->svc = st;
   call->svc_cancel = compute_cancel;
   call->svc_free = compute_free;
+  ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  st->pballoc = (ProtobufCAllocator){ss_arena_pb_alloc, ss_arena_pb_free, &st->arena};
 
   const uint8_t *data;
   size_t dlen, rest_len;
   uint8_t *rest = NULL;
-  if (split_field(call->req, call->req_len, 1, &data, &dlen, &rest, &rest_len) == 0)
-    st->req = splitlearn__comm__compute_request__unpack(NULL, rest_len, rest);
-  free(rest);
+  if (split_field(call->req, call->req_len, 1, &data, &dlen, &st->arena, &rest, &rest_len) == 0)
+    st->req = splitlearn__comm__compute_request__unpack(&st->pballoc, rest_len, rest);
   if (!st->req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request (%zu bytes) is not a valid splitlearn.comm.ComputeRequest protobuf",
@@ -338,8 +339,8 @@ void ss_h_compute(ss_call *call) {
 
   /* metadata */
   size_t nm = req->n_metadata;
-  st->keys = calloc(nm + 1, sizeof *st->keys);
-  st->vals = calloc(nm + 1, sizeof *st->vals);
+  st->keys = ss_arena_alloc(&st->arena, (nm + 1) * sizeof *st->keys);
+  st->vals = ss_arena_alloc(&st->arena, (nm + 1) * sizeof *st->vals);
   if (!st->keys || !st->vals) {
     ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
@@ -425,9 +426,11 @@ void ss_h_backward(ss_call *call) {
   size_t dlen, rest_len;
   uint8_t *rest = NULL;
   Splitlearn__Comm__BackwardRequest *req = NULL;
-  if (split_field(call->req, call->req_len, 1, &data, &dlen, &rest, &rest_len) == 0)
+  ss_arena arena;
+  ss_arena_init(&arena, NULL, 0);
+  if (split_field(call->req, call->req_len, 1, &data, &dlen, &arena, &rest, &rest_len) == 0)
     req = splitlearn__comm__backward_request__unpack(NULL, rest_len, rest);
-  free(rest);
+  ss_arena_release(&arena);
   if (!req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request (%zu bytes) is not a valid splitlearn.comm.BackwardRequest protobuf",

@@ -167,10 +167,17 @@ def test_spin():
 
 
 def test_dtype_float16():
-    x = (sslib.rng(3).standard_normal((3, 7)) * 10).astype(np.float16)
+    # (10, 20): 400 bytes, so the data field's length takes two varint bytes and the tensor
+    # bytes sit at an odd offset in the message (alignment must not matter).
+    for shape in ((3, 7), (10, 20)):
+        _dtype_float16(shape)
+
+
+def _dtype_float16(shape):
+    x = (sslib.rng(3).standard_normal(shape) * 10).astype(np.float16)
     raw = x.astype("<f2").tobytes()
     r = C.compute(make_req(shape=x.shape, data=raw, model="identity", dtype="float16"), timeout=T(5))
-    assert r.data == raw and list(r.shape) == [3, 7], "identity float16 did not echo the bytes"
+    assert r.data == raw and list(r.shape) == list(shape), "identity float16 did not echo the bytes"
     r = C.compute(make_req(shape=x.shape, data=raw, model="scale", dtype="float16", factor="2.5"),
                   timeout=T(5))
     assert len(r.data) == x.size * 2, "scale float16 reply is %d bytes, expected %d" % (len(r.data), x.size * 2)
@@ -180,7 +187,12 @@ def test_dtype_float16():
 
 
 def test_dtype_bfloat16():
-    x32 = (sslib.rng(4).standard_normal((5, 3)) * 10).astype(np.float32)
+    for shape in ((5, 3), (20, 10)):
+        _dtype_bfloat16(shape)
+
+
+def _dtype_bfloat16(shape):
+    x32 = (sslib.rng(4).standard_normal(shape) * 10).astype(np.float32)
     raw = sslib.encode(x32, "bfloat16")
     xb = sslib.decode(raw, x32.shape, "bfloat16")
     r = C.compute(make_req(shape=x32.shape, data=raw, model="identity", dtype="bfloat16"), timeout=T(5))
