@@ -89,9 +89,9 @@ class Server:
     """A splitserve daemon on 127.0.0.1:<free port>; its stdout+stderr are drained by a thread
     into self.log (so the pipe never fills and the log is there for failure reports)."""
 
-    def __init__(self, *args, start_timeout=10.0, env=None, expect_start=True):
+    def __init__(self, *args, start_timeout=10.0, env=None, expect_start=True, prefix=()):
         self.args = [str(a) for a in args]
-        self.cmd = [binary(), "--listen", "127.0.0.1:0"] + self.args
+        self.cmd = list(prefix) + [binary(), "--listen", "127.0.0.1:0"] + self.args
         self._lines = []
         self._cond = threading.Condition()
         self._eof = 0
