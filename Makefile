@@ -9,7 +9,7 @@ ifeq ($(CI),true)
 CMAKE_FLAGS += -DSS_WERROR=ON
 endif
 
-.PHONY: all deps build run test test-fast test-asan clean format
+.PHONY: all deps build run test test-fast test-asan bench clean format
 
 all: build
 
@@ -35,6 +35,11 @@ test-asan: deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSS_SANITIZE=ON $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
 	@cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The side-by-side benchmark (bounded, ~10 minutes on 2 cores): bench/results/latest.{md,csv,png}.
+bench: build
+	@SS_DEPS_BENCH=1 bash scripts/deps.sh
+	@bash bench/run_bench.sh
 
 format:
 	@clang-format -i include/*.h src/*/*.[ch] tools/*.c tests/unit/*.c

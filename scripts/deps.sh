@@ -11,6 +11,7 @@ PKGS=(
   valgrind
 )
 if [ "${SS_DEPS_TORCH:-1}" = 1 ]; then PKGS+=(python3-torch); fi
+if [ "${SS_DEPS_BENCH:-0}" = 1 ]; then PKGS+=(python3-matplotlib linux-perf); fi
 
 missing=()
 for p in "${PKGS[@]}"; do
