@@ -33,6 +33,9 @@ static void usage(FILE *f) {
           "                            kinds: identity, scale, sleep, spin, mlp (weights=FILE.safetensors,\n"
           "                            activation=relu|gelu). Built-ins mlp (embedded 768->768->768),\n"
           "                            identity, scale, sleep, spin are always present.\n"
+          "  --session-memory-mb N     total KV-cache memory of server-side decode sessions\n"
+          "                            (metadata session=ID; default 1024); LRU eviction beyond it\n"
+          "  --session-ttl S           idle decode sessions are evicted after S seconds (default 600)\n"
           "  --log-level L             error|warn|info|debug (default info)\n"
           "  --help                    this text\n");
 }
@@ -111,6 +114,12 @@ int main(int argc, char **argv) {
         return 2;
       }
       cfg.drain_timeout_s = d;
+    } else if (strcmp(a, "--session-memory-mb") == 0) {
+      if (parse_int(a, v, 1, 1L << 30, &x) != 0) return 2;
+      cfg.session_max_bytes = (size_t)x << 20;
+    } else if (strcmp(a, "--session-ttl") == 0) {
+      if (parse_int(a, v, 1, 86400 * 7, &x) != 0) return 2;
+      cfg.session_ttl_s = (double)x;
     } else if (strcmp(a, "--model") == 0) {
       if (nmodels == sizeof models / sizeof models[0]) {
         fprintf(stderr, "splitserve: at most %zu --model flags\n", nmodels);

@@ -25,7 +25,8 @@ static int identity_forward(const ss_model *m, const ss_tensor *in, ss_tensor *o
 
 static void identity_destroy(ss_model *m) { (void)m; }
 
-static const ss_model_ops identity_ops = {identity_check, identity_forward, identity_destroy};
+static const ss_model_ops identity_ops = {
+    .check = identity_check, .forward = identity_forward, .destroy = identity_destroy};
 
 int ss_model_identity_new(ss_model *m, const char *const *params, size_t n, char *err,
                           size_t errlen) {

@@ -317,7 +317,8 @@ static void mlp_destroy(ss_model *m) {
   m->impl = NULL;
 }
 
-static const ss_model_ops mlp_ops = {mlp_check, mlp_forward, mlp_destroy};
+static const ss_model_ops mlp_ops = {
+    .check = mlp_check, .forward = mlp_forward, .destroy = mlp_destroy};
 
 int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err,
                      size_t errlen) {

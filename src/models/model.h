@@ -26,6 +26,22 @@ typedef enum {
 
 typedef struct ss_model ss_model;
 
+/* One layer's attention cache: key and value, float32 [batch, heads, len, head_dim]. */
+typedef struct ss_kv_layer {
+  ss_tensor key, value;
+} ss_kv_layer;
+
+/* KV-cache input/output of one forward call (models with n_kv_layers > 0).
+ * past: n_layers entries (borrowed, float32, already validated by check_kv) or NULL for no past.
+ * present: when want_present, the model fills n_layers entries with past+new keys/values; their
+ * data is malloc'd by the model and owned by the caller afterwards (free() each key/value data). */
+typedef struct ss_kv_io {
+  int n_layers;
+  const ss_kv_layer *past;
+  int want_present;
+  ss_kv_layer *present;
+} ss_kv_io;
+
 typedef struct ss_model_ops {
   /* Validate an input tensor (dtype already resolved; data may be any dtype) and metadata;
    * write the output shape. Returns 0, or SS_EINVAL with a message naming the problem, e.g.
@@ -42,6 +58,15 @@ typedef struct ss_model_ops {
                  char *err, size_t errlen);
   /* Free impl. */
   void (*destroy)(ss_model *m);
+  /* Models with a KV cache only (else NULL). Loop thread: validate the past entries against the
+   * input (count == n_kv_layers, shapes [batch, heads, past, head_dim] equal for all layers and
+   * key/value, batch matching the input, past + seq <= the model's max positions); n_past == 0
+   * means no past. Message names the entry, expected vs got. */
+  int (*check_kv)(const ss_model *m, const ss_tensor *in, const ss_kv_layer *past, int n_past,
+                  char *err, size_t errlen);
+  /* Worker thread: like forward, with the cache (see ss_kv_io). */
+  int (*forward_kv)(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
+                    const ss_meta *meta, char *err, size_t errlen);
 } ss_model_ops;
 
 struct ss_model {
@@ -51,6 +76,7 @@ struct ss_model {
   void *impl;
   ss_exec_kind exec;
   int echo;                 /* output is the input, byte for byte (identity, sleep, spin) */
+  int n_kv_layers;          /* > 0: the model keeps an attention cache of this many layers */
   int64_t n_params;         /* parameter count (0 for built-ins) */
   size_t weight_bytes;      /* bytes of weights resident */
   char describe[160];       /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
@@ -75,6 +101,7 @@ int ss_model_scale_new(ss_model *m, const char *const *params, size_t n, char *e
 int ss_model_sleep_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 int ss_model_spin_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
+int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 
 /* sleep: the wait for a request, in ms, from metadata "ms" (default 100, range 0..600000). */
 int ss_model_sleep_ms(const ss_meta *meta, double *ms, char *err, size_t errlen);

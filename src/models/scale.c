@@ -38,7 +38,8 @@ static int scale_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
 
 static void scale_destroy(ss_model *m) { (void)m; }
 
-static const ss_model_ops scale_ops = {scale_check, scale_forward, scale_destroy};
+static const ss_model_ops scale_ops = {
+    .check = scale_check, .forward = scale_forward, .destroy = scale_destroy};
 
 int ss_model_scale_new(ss_model *m, const char *const *params, size_t n, char *err,
                        size_t errlen) {

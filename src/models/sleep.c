@@ -32,7 +32,8 @@ static int sleep_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
 
 static void sleep_destroy(ss_model *m) { (void)m; }
 
-static const ss_model_ops sleep_ops = {sleep_check, sleep_forward, sleep_destroy};
+static const ss_model_ops sleep_ops = {
+    .check = sleep_check, .forward = sleep_forward, .destroy = sleep_destroy};
 
 int ss_model_sleep_new(ss_model *m, const char *const *params, size_t n, char *err,
                        size_t errlen) {

@@ -45,7 +45,8 @@ static int spin_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
 
 static void spin_destroy(ss_model *m) { (void)m; }
 
-static const ss_model_ops spin_ops = {spin_check, spin_forward, spin_destroy};
+static const ss_model_ops spin_ops = {
+    .check = spin_check, .forward = spin_forward, .destroy = spin_destroy};
 
 int ss_model_spin_new(ss_model *m, const char *const *params, size_t n, char *err,
                       size_t errlen) {

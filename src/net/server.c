@@ -24,6 +24,7 @@
 
 #include "core/log.h"
 #include "net/server_int.h"
+#include "service/sessions.h"
 
 uint64_t ss_now_ns(void) { return uv_hrtime(); }
 
@@ -37,6 +38,8 @@ void ss_server_config_init(ss_server_config *cfg) {
   cfg->max_queue = 10000;
   cfg->max_message_bytes = 104857600;
   cfg->drain_timeout_s = 5.0;
+  cfg->session_max_bytes = (size_t)1 << 30;
+  cfg->session_ttl_s = 600.0;
   cfg->log_level = SS_LOG_INFO;
 }
 
@@ -191,6 +194,7 @@ void ss_server_wake_flush(ss_server *s) { uv_idle_start(&s->flush_idle, on_idle)
 static void on_monitor(uv_timer_t *t) {
   ss_server *s = t->data;
   ss_monitor_sample(&s->mon);
+  ss_sessions_sweep(s->sessions);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -346,6 +350,7 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
     nghttp2_option_set_max_deflate_dynamic_table_size(s->h2opt, 4096);
   }
   char e[512] = "";
+  if (rv == 0) rv = ss_sessions_new(s->cfg.session_max_bytes, s->cfg.session_ttl_s, &s->sessions);
   if (rv == 0) rv = load_models(s, e, sizeof e);
   if (rv == 0) rv = bind_listener(s, e, sizeof e);
   if (rv == 0) {
@@ -405,6 +410,7 @@ void ss_server_free(ss_server *s) {
   uv_run(&s->loop, UV_RUN_DEFAULT);
   ss_pool_free(s->pool);
   ss_call_cache_free(s);
+  ss_sessions_free(s->sessions);
   uv_loop_close(&s->loop);
   for (size_t i = 0; i < s->nmodels; i++) ss_model_free(s->models[i].model);
   free(s->models);

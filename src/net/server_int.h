@@ -148,6 +148,7 @@ struct ss_server {
   nghttp2_session_callbacks *h2cb;
   nghttp2_option *h2opt;
 
+  struct ss_sessions *sessions; /* server-side decode sessions (service/sessions.c) */
   ss_served_model *models;    /* models[0] is the default */
   size_t nmodels;
 

@@ -31,6 +31,7 @@
 #include "core/arena.h"
 #include "core/log.h"
 #include "service/handlers.h"
+#include "service/sessions.h"
 
 typedef struct compute_state {
   ss_job job;                 /* first: the pool hands us back the job pointer */
@@ -45,6 +46,13 @@ typedef struct compute_state {
   int64_t out_shape[SS_MAX_DIMS];
   int out_ndim;
   int holds_slot;             /* owns an admission slot */
+  /* KV cache (models with n_kv_layers > 0) */
+  ss_kv_layer *past;          /* request's past (views into the arena) or the session's */
+  int n_past;
+  ss_kv_layer *present;       /* filled by the worker when want_present (owned) */
+  int want_present;
+  ss_session *session;        /* busy while this call runs */
+  int session_end;
   int on_worker;              /* job submitted, done() not yet run */
   /* written by the worker, read by the loop in done() */
   void *out_data;
@@ -148,10 +156,41 @@ static void send_reply(compute_state *st, const void *data, size_t nbytes, void 
   fill_snapshot_msg(call->srv, &snap);
   resp.monitoring_data = &snap;
   if (st->req->forward_id) resp.forward_id = st->req->forward_id;
+  /* The client-side cache goes back in the response (copied into the message: one copy). */
+  Splitlearn__Comm__KVCacheEntry *ents = NULL, **eptr = NULL;
+  int32_t *shapes = NULL;
+  int nl = st->sm->model->n_kv_layers;
+  if (st->present && !st->session && nl > 0) {
+    ents = ss_arena_alloc(&st->arena, (size_t)nl * sizeof *ents);
+    eptr = ss_arena_alloc(&st->arena, (size_t)nl * sizeof *eptr);
+    shapes = ss_arena_alloc(&st->arena, (size_t)nl * 8 * sizeof *shapes);
+    if (ents && eptr && shapes) {
+      for (int l = 0; l < nl; l++) {
+        Splitlearn__Comm__KVCacheEntry *e = &ents[l];
+        splitlearn__comm__kvcache_entry__init(e);
+        const ss_kv_layer *p = &st->present[l];
+        int32_t *ks = shapes + 8 * l, *vs = ks + 4;
+        for (int d = 0; d < 4; d++) {
+          ks[d] = (int32_t)p->key.shape[d];
+          vs[d] = (int32_t)p->value.shape[d];
+        }
+        e->has_key_data = e->has_value_data = 1;
+        e->key_data = (ProtobufCBinaryData){p->key.nbytes, p->key.data};
+        e->value_data = (ProtobufCBinaryData){p->value.nbytes, p->value.data};
+        e->n_key_shape = e->n_value_shape = 4;
+        e->key_shape = ks;
+        e->value_shape = vs;
+        eptr[l] = e;
+      }
+      resp.n_present_key_values = (size_t)nl;
+      resp.present_key_values = eptr;
+    }
+  }
   ss_call_reply(call, &resp.base, 1, data, nbytes, owner);
 }
 
 static void release_slot(compute_state *st);
+static void present_free(compute_state *st);
 
 static void reply_echo(compute_state *st) {
   send_reply(st, st->in.data, st->in.nbytes, NULL);
@@ -195,7 +234,12 @@ static void job_run(ss_job *job) {
   out.nbytes = out.numel * sizeof(float);
   out.data = malloc(out.nbytes ? out.nbytes : 1);
   if (!out.data) goto nomem;
-  st->rc = m->ops->forward(m, &in, &out, &st->meta, st->err, sizeof st->err);
+  if (m->n_kv_layers > 0) {
+    ss_kv_io kv = {m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present};
+    st->rc = m->ops->forward_kv(m, &in, &out, &kv, &st->meta, st->err, sizeof st->err);
+  } else {
+    st->rc = m->ops->forward(m, &in, &out, &st->meta, st->err, sizeof st->err);
+  }
   free(in32);
   in32 = NULL;
   if (st->rc == 0 && st->in.dtype != SS_DTYPE_F32) {
@@ -230,6 +274,14 @@ static void job_done(ss_job *job) {
   ss_call *call = st->call;
   st->on_worker = 0;
   release_slot(st);
+  if (st->session) { /* the new cache becomes the session's, even if the client went away */
+    int ok = job->ran && st->rc == 0;
+    ss_session_release(call->srv->sessions, st->session, ok ? st->present : NULL,
+                       st->sm->model->n_kv_layers, st->session_end);
+    if (ok) st->present = NULL;
+    else present_free(st);
+    st->session = NULL;
+  }
   if (call->state != SS_CALL_DONE) {
     if (!job->ran) {
       ss_call_fail(call, SS_GRPC_CANCELLED, "call cancelled before it was computed");
@@ -245,7 +297,14 @@ static void job_done(ss_job *job) {
       send_reply(st, data, st->out_nbytes, data);
     }
   }
+  present_free(st); /* packed into the response (or unused) */
   ss_call_unref(call); /* the job's reference */
+}
+
+static void present_free(compute_state *st) {
+  if (!st->present) return;
+  ss_kv_free(st->present, st->sm->model->n_kv_layers);
+  st->present = NULL;
 }
 
 static void on_wake(ss_tq_entry *e) {
@@ -296,9 +355,100 @@ static void compute_cancel(ss_call *call) {
 static void compute_free(ss_call *call) {
   compute_state *st = call->svc;
   if (!st) return;
+  if (st->session) { /* never started: give the session back unchanged */
+    ss_session_release(call->srv->sessions, st->session, NULL, 0, 0);
+    st->session = NULL;
+  }
+  present_free(st);
   free(st->out_data);
   ss_arena_release(&st->arena); /* the unpacked request, metadata views */
   call->svc = NULL;
+}
+
+/* ------------------------------------------------------------- KV cache --- */
+
+/* Validate and attach the cache: the request's past_key_values (client-side cache) or a
+ * server-side session (metadata session=ID; session_end=1 frees it after this call).
+ * Answers the call on failure and returns -1. */
+static int setup_kv(compute_state *st, char *err, size_t errlen) {
+  ss_call *call = st->call;
+  const ss_model *m = st->sm->model;
+  Splitlearn__Comm__ComputeRequest *req = st->req;
+  const char *sid = ss_meta_get(&st->meta, "session");
+  const char *end = ss_meta_get(&st->meta, "session_end");
+  st->session_end = end && strcmp(end, "0") != 0 && strcmp(end, "false") != 0;
+  if (sid && !*sid) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "metadata session is empty: give a session id");
+    return -1;
+  }
+  if (sid && req->n_past_key_values > 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "metadata session='%s' keeps the cache on the server: past_key_values must be "
+                 "empty, got %zu entries", sid, req->n_past_key_values);
+    return -1;
+  }
+  int n = (int)req->n_past_key_values;
+  if (n > 0) {
+    st->past = ss_arena_alloc(&st->arena, (size_t)n * sizeof *st->past);
+    if (!st->past) {
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+      return -1;
+    }
+    for (int i = 0; i < n; i++) {
+      Splitlearn__Comm__KVCacheEntry *e = req->past_key_values[i];
+      char what[64];
+      snprintf(what, sizeof what, "past_key_values[%d].key_data", i);
+      int rv = ss_tensor_from_wire(what, e->key_shape, e->n_key_shape, e->key_data.data,
+                                   e->key_data.len, SS_DTYPE_F32, &st->past[i].key, err, errlen);
+      if (rv == 0) {
+        snprintf(what, sizeof what, "past_key_values[%d].value_data", i);
+        rv = ss_tensor_from_wire(what, e->value_shape, e->n_value_shape, e->value_data.data,
+                                 e->value_data.len, SS_DTYPE_F32, &st->past[i].value, err, errlen);
+      }
+      if (rv != 0) {
+        ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s (KV caches are float32)", err);
+        return -1;
+      }
+    }
+    st->n_past = n;
+  }
+  if (sid) {
+    const char *why = NULL;
+    switch (ss_session_acquire(call->srv->sessions, m->id, sid, &st->session, &why)) {
+    case SS_SESSION_OK: break;
+    case SS_SESSION_EVICTED:
+      ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
+                   "session '%s' of model '%s' was evicted (%s: %s); its KV cache is gone — start "
+                   "it again with the full prefix",
+                   sid, m->id, why,
+                   strcmp(why, "ttl") == 0 ? "idle longer than --session-ttl"
+                                           : "over --session-memory-mb, least recently used first");
+      return -1;
+    case SS_SESSION_BUSY:
+      ss_call_fail(call, SS_GRPC_ABORTED,
+                   "session '%s' of model '%s' is busy with another call; send decode steps of one "
+                   "session one at a time", sid, m->id);
+      return -1;
+    default: ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory"); return -1;
+    }
+    st->past = st->session->past;
+    st->n_past = st->session->past ? st->session->n_layers : 0;
+  }
+  int rv = m->ops->check_kv(m, &st->in, st->past, st->n_past, err, errlen);
+  if (rv != 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s%s%s", err, sid ? " (session " : "",
+                 sid ? "cache)" : "");
+    return -1;
+  }
+  st->want_present = (req->has_use_cache && req->use_cache) || st->session != NULL;
+  if (st->want_present) {
+    st->present = calloc((size_t)m->n_kv_layers, sizeof *st->present);
+    if (!st->present) {
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+      return -1;
+    }
+  }
+  return 0;
 }
 
 /* ---------------------------------------------------------------- handler --- */
@@ -378,12 +528,20 @@ void ss_h_compute(ss_call *call) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
   }
-  if (req->n_past_key_values > 0) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
-                 "model '%s' (kind %s) keeps no KV cache: past_key_values must be empty, got %zu "
-                 "entries",
-                 m->id, m->kind, req->n_past_key_values);
-    return;
+  if (m->n_kv_layers == 0) {
+    if (req->n_past_key_values > 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                   "model '%s' (kind %s) keeps no KV cache: past_key_values must be empty, got %zu "
+                   "entries",
+                   m->id, m->kind, req->n_past_key_values);
+      return;
+    }
+    if (ss_meta_get(&st->meta, "session")) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                   "metadata session: model '%s' (kind %s) keeps no KV cache, so it has no decode "
+                   "sessions", m->id, m->kind);
+      return;
+    }
   }
   if (req->has_training_mode && req->training_mode) {
     ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
@@ -397,6 +555,7 @@ void ss_h_compute(ss_call *call) {
                  err);
     return;
   }
+  if (m->n_kv_layers > 0 && setup_kv(st, err, sizeof err) != 0) return;
   if (m->exec == SS_EXEC_TIMER) {
     double ms;
     if (ss_model_sleep_ms(&st->meta, &ms, err, sizeof err) != 0) {

@@ -1,0 +1,60 @@
+/*
+ * sessions.h — server-side decode sessions: the KV cache of a decoding client kept on the
+ * server between calls (metadata `session=ID`), so each decode step sends only the new token's
+ * hidden state instead of the whole cache.
+ *
+ * Bounds: an idle TTL, and a total byte budget across all sessions; over the budget the least
+ * recently used idle sessions are evicted. Evicted ids are remembered (a bounded ring) so that a
+ * client coming back to one gets FAILED_PRECONDITION saying it was evicted, rather than silently
+ * starting over with an empty cache. A session used by a call in flight is "busy" and is never
+ * evicted; a second concurrent call on it is refused (ABORTED).
+ *
+ * Thread: loop thread only. A worker reads a busy session's cache (immutable while busy).
+ */
+#ifndef SS_SERVICE_SESSIONS_H
+#define SS_SERVICE_SESSIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "models/model.h"
+
+typedef struct ss_session {
+  char *key;                 /* "model\x1fid" */
+  const char *id;            /* points into key */
+  ss_kv_layer *past;         /* n_layers entries, owned (data malloc'd), or NULL when empty */
+  int n_layers;
+  int64_t past_len;
+  size_t bytes;
+  uint64_t last_used_ns;
+  int busy;
+  struct ss_session *hnext;            /* hash chain */
+  struct ss_session *lru_prev, *lru_next;
+} ss_session;
+
+typedef struct ss_sessions ss_sessions;
+
+int ss_sessions_new(size_t max_bytes, double ttl_s, ss_sessions **out);
+void ss_sessions_free(ss_sessions *s);
+
+enum { SS_SESSION_OK = 0, SS_SESSION_EVICTED = 1, SS_SESSION_BUSY = 2, SS_SESSION_NOMEM = 3 };
+
+/* Find or create the session (model, id) and mark it busy. *out is set on SS_SESSION_OK.
+ * SS_SESSION_EVICTED: the id was evicted earlier (why: "ttl" or "memory"). */
+int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_session **out,
+                       const char **why);
+/* The call finished: when present != NULL it becomes the session's cache (ownership taken;
+ * the old cache is freed); the session is no longer busy. end: free the session now. */
+void ss_session_release(ss_sessions *s, ss_session *sess, ss_kv_layer *present, int n_layers,
+                        int end);
+/* Free a session by id, if idle (session_end without compute). Returns 1 if it existed. */
+int ss_session_end(ss_sessions *s, const char *model, const char *id);
+/* Evict sessions idle past the TTL (call from a periodic timer). */
+void ss_sessions_sweep(ss_sessions *s);
+/* Totals for GetServiceInfo. */
+void ss_sessions_stats(const ss_sessions *s, size_t *count, size_t *bytes, uint64_t *evicted);
+
+/* Free the data of n cache layers and the array itself. */
+void ss_kv_free(ss_kv_layer *kv, int n);
+
+#endif
