@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "health.pb-c.h"
 #include "service/handlers.h"
+#include "service/sessions.h"
 
 static double uptime_s(ss_server *s) { return (double)(uv_hrtime() - s->start_ns) / 1e9; }
 
@@ -113,6 +114,12 @@ void ss_h_service_info(ss_call *call) {
   kv(l, "cancelled", "%llu", (unsigned long long)s->stats.cancelled);
   kv(l, "failed", "%llu", (unsigned long long)s->stats.failed);
   kv(l, "blas", "openblas (openmp), %d thread(s) per worker", s->cfg.intra_op_threads);
+  size_t nsess, sess_bytes;
+  uint64_t sess_evicted;
+  ss_sessions_stats(s->sessions, &nsess, &sess_bytes, &sess_evicted);
+  kv(l, "sessions", "%zu", nsess);
+  kv(l, "session_bytes", "%zu", sess_bytes);
+  kv(l, "sessions_evicted", "%llu", (unsigned long long)sess_evicted);
   for (size_t i = 0; i < s->nmodels && l->n < 64; i++) {
     const ss_served_model *sm = &s->models[i];
     snprintf(keys + 64 * i, 64, "model.%s", sm->model->id);
