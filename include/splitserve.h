@@ -97,6 +97,9 @@ typedef struct ss_server_config {
   double drain_timeout_s;     /* graceful drain limit on stop (default 5) */
   const char *const *models;  /* borrowed; "ID=KIND[,key=value...]"; first = default */
   size_t n_models;            /* 0: the embedded default model set */
+  const int *model_max_inflight; /* borrowed, n_models entries or NULL; -1 = max_inflight */
+  const int *model_max_queue;    /* borrowed, n_models entries or NULL; -1 = max_queue */
+  const char *config_path;    /* borrowed; YAML file re-read on SIGHUP (models and their limits) */
   size_t session_max_bytes;   /* decode sessions (metadata session=ID): total KV bytes (1 GiB) */
   double session_ttl_s;       /* idle sessions are evicted after this (default 600) */
   int log_level;              /* 0 error, 1 warn, 2 info (default), 3 debug */

@@ -127,6 +127,7 @@ struct bench {
   int phase;
   int level_done;
   int interrupted;
+  int in_send;
   long n_level;
   double rate;
   uint64_t inflight, peak_inflight;
@@ -409,7 +410,9 @@ static int open_pick_conn(bench *b) {
 
 /* Send everything due up to now (open loop). */
 static void open_send_due(bench *b, uint64_t now) {
-  if (b->phase == PH_DRAIN || b->phase == PH_IDLE) return;
+  /* not re-entered: a dropped connection completes calls (on_done) from inside issue() */
+  if (b->phase == PH_DRAIN || b->phase == PH_IDLE || b->in_send) return;
+  b->in_send = 1;
   double el = (double)(now - b->t_level0) / 1e9;
   uint64_t due = (uint64_t)(el * b->rate) + 1;
   if (due > b->due_total) b->due_total = due;
@@ -423,6 +426,7 @@ static void open_send_due(bench *b, uint64_t now) {
   }
   uint64_t backlog = b->due_total - b->sent;
   if (b->phase == PH_MEASURE && backlog > b->backlog_max) b->backlog_max = backlog;
+  b->in_send = 0;
 }
 
 static void on_done(void *user, const ss_call_result *r) {
@@ -434,6 +438,8 @@ static void on_done(void *user, const ss_call_result *r) {
   if (b->phase == PH_MEASURE) account(b, s, r, now);
   if (b->open) {
     slot_release(b, s);
+    if (b->sent < b->due_total || b->inflight + 1 >= (uint64_t)b->max_inflight)
+      open_send_due(b, now); /* a freed slot or a due call: send without waiting for the tick */
   } else if (b->phase == PH_WARMUP || b->phase == PH_MEASURE) {
     s->t0 = now;
     /* UNAVAILABLE (connection lost or refused): retry on the next tick, not in a hot loop */
@@ -541,6 +547,7 @@ static void start_measure(bench *b) {
   b->cli_cpu0 = self_cpu_s();
   b->t_meas0 = uv_hrtime();
   b->last_ok = 0;
+  b->last_progress_ns = b->t_meas0;
 }
 
 static void on_phase(uv_timer_t *t) {
@@ -802,7 +809,10 @@ static void usage(FILE *f) {
     "report:\n"
     "  --server-pid P          sample the server's threads and CPU time from /proc/P\n"
     "  --label NAME            label for the report, CSV and JSON rows\n"
-    "  --csv FILE              append one row per level (header when the file is new)\n"
+    "  --csv FILE              append one row per level (header when the file is new):\n"
+    "                          label,concurrency,requests,errors,qps,mean_ms,p50_ms,p90_ms,\n"
+    "                          p99_ms,max_ms,threads,cpu_s_per_1k (open loop: concurrency =\n"
+    "                          peak in flight; threads/cpu empty without --server-pid)\n"
     "  --json FILE             append one JSON object per level (JSON Lines)\n"
     "  --no-progress           no progress line (default: shown when stderr is a terminal)\n"
     "  --fail-on-error         exit 1 when any call failed\n"

@@ -23,6 +23,7 @@ typedef struct kind_entry {
 
 static const char *const no_keys[] = {NULL};
 static const char *const mlp_keys[] = {"weights", "activation", NULL};
+static const char *const gpt2_keys[] = {"weights", "config", "layers", NULL};
 
 static const kind_entry kinds[] = {
     {"identity", ss_model_identity_new, no_keys},
@@ -30,6 +31,7 @@ static const kind_entry kinds[] = {
     {"sleep", ss_model_sleep_new, no_keys},
     {"spin", ss_model_spin_new, no_keys},
     {"mlp", ss_model_mlp_new, mlp_keys},
+    {"gpt2", ss_model_gpt2_new, gpt2_keys},
 };
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 

@@ -47,13 +47,6 @@ int ss_server_port(const ss_server *s) { return s->port; }
 
 void ss_server_get_stats(const ss_server *s, ss_server_stats *out) { *out = s->stats; }
 
-ss_served_model *ss_server_find_model(ss_server *s, const char *id) {
-  if (!id || !*id) return &s->models[0];
-  for (size_t i = 0; i < s->nmodels; i++)
-    if (strcmp(s->models[i].model->id, id) == 0) return &s->models[i];
-  return NULL;
-}
-
 /* ------------------------------------------------------------------ drain --- */
 
 static void close_handles(ss_server *s);
@@ -141,6 +134,17 @@ void ss_server_stop(ss_server *s) {
 
 static void on_stop_async(uv_async_t *h) { handle_stop(h->data); }
 
+static void on_sighup(uv_signal_t *h, int signum) {
+  (void)signum;
+  ss_server *s = h->data;
+  if (!s->cfg.config_path) {
+    SS_LOGW("SIGHUP: no --config file to reload; ignored");
+    return;
+  }
+  if (s->draining) return;
+  ss_models_reload(s);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   ss_server *s = h->data;
   SS_LOGI("signal %d (%s)", signum, signum == SIGINT ? "SIGINT" : "SIGTERM");
@@ -162,6 +166,7 @@ static void close_handles(ss_server *s) {
   if (s->cfg.handle_signals) {
     uv_close((uv_handle_t *)&s->sigint, on_close_noop);
     uv_close((uv_handle_t *)&s->sigterm, on_close_noop);
+    uv_close((uv_handle_t *)&s->sighup, on_close_noop);
   }
   ss_tq_close(&s->tq);
   s->pool_busy = ss_pool_shutdown(s->pool);
@@ -218,58 +223,6 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
     va_end(ap);
   }
   return code;
-}
-
-static int add_model(ss_server *s, ss_model *m) {
-  ss_served_model *sm = realloc(s->models, (s->nmodels + 1) * sizeof *sm);
-  if (!sm) return SS_ENOMEM;
-  s->models = sm;
-  ss_served_model *x = &s->models[s->nmodels++];
-  memset(x, 0, sizeof *x);
-  x->model = m;
-  int limit = s->cfg.max_inflight;
-  if (m->exec == SS_EXEC_WORKER) {
-    /* A worker model cannot run more at once than there are workers (1 when inline). */
-    int w = s->cfg.workers > 0 ? s->cfg.workers : 1;
-    if (limit <= 0 || limit > w) limit = w;
-  }
-  ss_admit_init(&x->admit, m->exec == SS_EXEC_INLINE ? 0 : limit, s->cfg.max_queue);
-  return 0;
-}
-
-static int load_models(ss_server *s, char *err, size_t errlen) {
-  for (size_t i = 0; i < s->cfg.n_models; i++) {
-    ss_model *m;
-    char e[512];
-    int rv = ss_model_create(s->cfg.models[i], &m, e, sizeof e);
-    if (rv != 0) return fail(err, errlen, rv, "--model %s: %s", s->cfg.models[i], e);
-    if (ss_server_find_model(s, m->id) && s->nmodels > 0) {
-      ss_model_free(m);
-      return fail(err, errlen, SS_EINVAL, "--model %s: model id '%s' given twice", s->cfg.models[i],
-                  m->id);
-    }
-    if (add_model(s, m) != 0) {
-      ss_model_free(m);
-      return fail(err, errlen, SS_ENOMEM, "out of memory");
-    }
-  }
-  /* Built-ins are always present (a user model may take one of their ids). */
-  static const char *const builtin[] = {"mlp=mlp", "identity=identity", "scale=scale",
-                                        "sleep=sleep", "spin=spin"};
-  for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++) {
-    char id[16];
-    snprintf(id, sizeof id, "%.*s", (int)(strchr(builtin[i], '=') - builtin[i]), builtin[i]);
-    if (s->nmodels > 0 && ss_server_find_model(s, id)) continue;
-    ss_model *m;
-    char e[512];
-    int rv = ss_model_create(builtin[i], &m, e, sizeof e);
-    if (rv != 0) return fail(err, errlen, rv, "built-in model %s: %s", id, e);
-    if (add_model(s, m) != 0) {
-      ss_model_free(m);
-      return fail(err, errlen, SS_ENOMEM, "out of memory");
-    }
-  }
-  return 0;
 }
 
 static void raise_nofile(void) {
@@ -342,7 +295,8 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
   if (s->cfg.handle_signals) {
     uv_signal_init(&s->loop, &s->sigint);
     uv_signal_init(&s->loop, &s->sigterm);
-    s->sigint.data = s->sigterm.data = s;
+    uv_signal_init(&s->loop, &s->sighup);
+    s->sigint.data = s->sigterm.data = s->sighup.data = s;
   }
   int rv = ss_conn_callbacks_new(&s->h2cb);
   if (rv == 0 && nghttp2_option_new(&s->h2opt) == 0) {
@@ -351,7 +305,7 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
   }
   char e[512] = "";
   if (rv == 0) rv = ss_sessions_new(s->cfg.session_max_bytes, s->cfg.session_ttl_s, &s->sessions);
-  if (rv == 0) rv = load_models(s, e, sizeof e);
+  if (rv == 0) rv = ss_models_load(s, e, sizeof e);
   if (rv == 0) rv = bind_listener(s, e, sizeof e);
   if (rv == 0) {
     openblas_set_num_threads(s->cfg.intra_op_threads);
@@ -377,13 +331,14 @@ int ss_server_run(ss_server *s) {
   if (s->cfg.handle_signals) {
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s->sighup, on_sighup, SIGHUP);
   }
   SS_LOGI("splitserve %s: %d workers x %d intra-op threads, %zu models (default '%s'), "
           "threads now %d",
-          SS_VERSION, s->cfg.workers, s->cfg.intra_op_threads, s->nmodels, s->models[0].model->id,
+          SS_VERSION, s->cfg.workers, s->cfg.intra_op_threads, s->nmodels, s->models[0]->model->id,
           ss_thread_count());
   for (size_t i = 0; i < s->nmodels; i++)
-    SS_LOGI("model %-10s %s", s->models[i].model->id, s->models[i].model->describe);
+    SS_LOGI("model %-10s %s", s->models[i]->model->id, s->models[i]->model->describe);
   fprintf(stderr, "listening on %s:%d\n", s->listen_host, s->port);
   fflush(stderr);
   handle_stop(s); /* a stop that came before run */
@@ -412,8 +367,7 @@ void ss_server_free(ss_server *s) {
   ss_call_cache_free(s);
   ss_sessions_free(s->sessions);
   uv_loop_close(&s->loop);
-  for (size_t i = 0; i < s->nmodels; i++) ss_model_free(s->models[i].model);
-  free(s->models);
+  ss_models_free(s);
   if (s->h2cb) nghttp2_session_callbacks_del(s->h2cb);
   if (s->h2opt) nghttp2_option_del(s->h2opt);
   free(s->listen_host);

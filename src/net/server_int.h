@@ -34,11 +34,16 @@ typedef struct ss_call ss_call;
 #define SS_CALL_CACHE 1024     /* finished calls kept for reuse */
 typedef struct ss_server ss_server;
 
-/* A served model: the model plus its admission state. */
+/* A served model: the model plus its admission state. Calls hold a reference (refs) while they
+ * use it; a model removed by a reload is "retired" (no new calls) and freed at refs == 0. */
 typedef struct ss_served_model {
   ss_model *model;
+  char *spec;                 /* the spec it was built from (reload keeps unchanged ones) */
+  int conf_inflight, conf_queue; /* per-model limits as configured (-1 = server default) */
   ss_admit admit;
   uint64_t calls, errors;
+  int refs;
+  int retired;
 } ss_served_model;
 
 /* One RPC method: path, streaming flag, handler (loop thread, request message complete). */
@@ -149,8 +154,10 @@ struct ss_server {
   nghttp2_option *h2opt;
 
   struct ss_sessions *sessions; /* server-side decode sessions (service/sessions.c) */
-  ss_served_model *models;    /* models[0] is the default */
+  ss_served_model **models;   /* models[0] is the default (service/models.c) */
   size_t nmodels;
+  int reloading;              /* a SIGHUP reload job is running */
+  uv_signal_t sighup;
 
   ss_conn *conns;
   size_t nconns;
@@ -211,7 +218,15 @@ void ss_service_end_streams(ss_server *s);
 void ss_monitor_sample(ss_monitor *m);
 /* Live thread count of this process (from /proc/self/status), or -1. */
 int ss_thread_count(void);
+/* ---- the served model set (service/models.c) — loop thread ---- */
 ss_served_model *ss_server_find_model(ss_server *s, const char *id);
+/* Load the models of cfg (+ built-ins) at start-up (main thread, before the loop runs). */
+int ss_models_load(ss_server *s, char *err, size_t errlen);
+/* Re-read cfg.config_path on a worker and swap the model set on the loop (SIGHUP). */
+void ss_models_reload(ss_server *s);
+/* A call stops using sm (frees a retired model at its last reference). */
+void ss_served_unref(ss_served_model *sm);
+void ss_models_free(ss_server *s);
 
 /* ---- server (net/server.c) ---- */
 /* A call has its answer (or lost its client): drop it from the drain set. */

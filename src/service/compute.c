@@ -362,6 +362,7 @@ static void compute_free(ss_call *call) {
   present_free(st);
   free(st->out_data);
   ss_arena_release(&st->arena); /* the unpacked request, metadata views */
+  if (st->sm) ss_served_unref(st->sm);
   call->svc = NULL;
 }
 
@@ -457,7 +458,7 @@ static void list_models(ss_server *s, char *buf, size_t len) {
   size_t off = 0;
   buf[0] = 0;
   for (size_t i = 0; i < s->nmodels && off + 1 < len; i++) {
-    int n = snprintf(buf + off, len - off, "%s%s", i ? ", " : "", s->models[i].model->id);
+    int n = snprintf(buf + off, len - off, "%s%s", i ? ", " : "", s->models[i]->model->id);
     if (n < 0) break;
     off += (size_t)n;
   }
@@ -512,6 +513,7 @@ void ss_h_compute(ss_call *call) {
   }
   const ss_model *m = st->sm->model;
   st->sm->calls++;
+  st->sm->refs++; /* released in compute_free */
 
   /* dtype and tensor */
   ss_dtype dt = SS_DTYPE_F32;

@@ -89,9 +89,9 @@ void ss_h_service_info(ss_call *call) {
   char models[256] = "";
   size_t off = 0;
   for (size_t i = 0; i < s->nmodels; i++) {
-    waiting += s->models[i].admit.waiting;
-    inflight += s->models[i].admit.inflight;
-    int n = snprintf(models + off, sizeof models - off, "%s%s", i ? "," : "", s->models[i].model->id);
+    waiting += s->models[i]->admit.waiting;
+    inflight += s->models[i]->admit.inflight;
+    int n = snprintf(models + off, sizeof models - off, "%s%s", i ? "," : "", s->models[i]->model->id);
     if (n > 0 && (size_t)n < sizeof models - off) off += (size_t)n;
   }
   kv(l, "threads", "%d", ss_thread_count());
@@ -100,7 +100,7 @@ void ss_h_service_info(ss_call *call) {
   kv(l, "thread_budget", "%d", 1 + (s->cfg.workers > 0 ? s->cfg.workers : 0) * s->cfg.intra_op_threads);
   kv(l, "cores", "%d", s->ncpu);
   kv(l, "models", "%s", models);
-  kv(l, "default_model", "%s", s->models[0].model->id);
+  kv(l, "default_model", "%s", s->models[0]->model->id);
   kv(l, "queue_depth", "%zu", waiting);
   kv(l, "pool_queued", "%zu", ss_pool_queued(s->pool));
   kv(l, "inflight", "%d", inflight);
@@ -121,7 +121,7 @@ void ss_h_service_info(ss_call *call) {
   kv(l, "session_bytes", "%zu", sess_bytes);
   kv(l, "sessions_evicted", "%llu", (unsigned long long)sess_evicted);
   for (size_t i = 0; i < s->nmodels && l->n < 64; i++) {
-    const ss_served_model *sm = &s->models[i];
+    const ss_served_model *sm = s->models[i];
     snprintf(keys + 64 * i, 64, "model.%s", sm->model->id);
     kv(l, keys + 64 * i, "%s; params=%lld; weight_bytes=%zu; inflight=%d; queued=%zu; limit=%d",
        sm->model->describe, (long long)sm->model->n_params, sm->model->weight_bytes,

@@ -1,0 +1,510 @@
+/*
+ * config.c — the YAML configuration file, parsed with libyaml's document API.
+ *
+ * Thread: any thread; pure parsing. yaml_parser_load() builds the node tree of the first
+ * document; we walk it once, converting each known key into its typed field and setting its
+ * has_ flag. A second document in the same file is an error (a stray "---" is almost always
+ * a mistake). Node marks give 1-based line and column for every message:
+ *
+ *   server.yaml:4:10: workers: expected an integer in [0, 1024], got 'abc'
+ *
+ * Invariants: on any error the partially filled ss_file_config stays consistent (every
+ * pointer is NULL or owned, n_models counts only initialised entries), so ss_config_free()
+ * is always safe. Scalars holding NUL bytes (YAML "\0" escapes) are refused.
+ */
+#include "core/config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <yaml.h>
+
+#include "core/log.h"
+#include "splitserve.h"
+
+#define SS_CONFIG_MAX_FILE (16u << 20) /* a config larger than this is surely not one */
+
+typedef struct walk {
+  const char *name; /* file name for messages */
+  yaml_document_t *doc;
+  char *err;
+  size_t errlen;
+} walk;
+
+static const char *const top_keys[] = {
+    "listen",      "workers",           "intra_op_threads", "oversubscribe",
+    "max_inflight", "max_queue",        "max_message_bytes", "drain_timeout",
+    "session_memory_mb", "session_ttl", "log_level",        "models",
+    NULL};
+
+__attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t *n,
+                                                      const char *fmt, ...) {
+  char msg[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (w->err && w->errlen) {
+    if (n)
+      snprintf(w->err, w->errlen, "%s:%zu:%zu: %s", w->name, n->start_mark.line + 1,
+               n->start_mark.column + 1, msg);
+    else
+      snprintf(w->err, w->errlen, "%s: %s", w->name, msg);
+  }
+  return SS_EINVAL;
+}
+
+static const char *node_kind(const yaml_node_t *n) {
+  switch (n->type) {
+  case YAML_MAPPING_NODE: return "a mapping";
+  case YAML_SEQUENCE_NODE: return "a sequence";
+  default: return "a scalar";
+  }
+}
+
+/* The scalar's text (NUL-terminated by libyaml), or NULL when n is not a usable scalar. */
+static const char *scalar(const yaml_node_t *n) {
+  if (n->type != YAML_SCALAR_NODE) return NULL;
+  const char *s = (const char *)n->data.scalar.value;
+  if (strlen(s) != n->data.scalar.length) return NULL; /* embedded NUL */
+  return s;
+}
+
+/* "got 'text'" or "got a mapping" for messages. */
+static void describe_got(const yaml_node_t *n, char *buf, size_t len) {
+  const char *s = scalar(n);
+  if (s)
+    snprintf(buf, len, "'%.80s%s'", s, strlen(s) > 80 ? "..." : "");
+  else if (n->type == YAML_SCALAR_NODE)
+    snprintf(buf, len, "a string with a NUL byte");
+  else
+    snprintf(buf, len, "%s", node_kind(n));
+}
+
+static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
+  if (!s || !(s[0] == '-' || s[0] == '+' || (s[0] >= '0' && s[0] <= '9'))) return -1;
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || end == s || *end || v < lo || v > hi) return -1;
+  *out = v;
+  return 0;
+}
+
+static int get_ll(walk *w, const char *key, const yaml_node_t *n, long long lo, long long hi,
+                  long long *out) {
+  if (parse_ll(scalar(n), lo, hi, out) == 0) return 0;
+  char got[100];
+  describe_got(n, got, sizeof got);
+  return fail(w, n, "%s: expected an integer in [%lld, %lld], got %s", key, lo, hi, got);
+}
+
+static int get_int(walk *w, const char *key, const yaml_node_t *n, int lo, int hi, int *out) {
+  long long v;
+  int rc = get_ll(w, key, n, lo, hi, &v);
+  if (rc == 0) *out = (int)v;
+  return rc;
+}
+
+static int get_seconds(walk *w, const char *key, const yaml_node_t *n, double lo, double hi,
+                       double *out) {
+  const char *s = scalar(n);
+  if (s && (s[0] == '.' || s[0] == '+' || s[0] == '-' || (s[0] >= '0' && s[0] <= '9'))) {
+    char *end;
+    errno = 0;
+    double d = strtod(s, &end);
+    if (!errno && end != s && !*end && d >= lo && d <= hi) {
+      *out = d;
+      return 0;
+    }
+  }
+  char got[100];
+  describe_got(n, got, sizeof got);
+  return fail(w, n, "%s: expected seconds in [%g, %g], got %s", key, lo, hi, got);
+}
+
+static int get_bool(walk *w, const char *key, const yaml_node_t *n, int *out) {
+  static const char *const yes[] = {"true", "yes", "on", "1", NULL};
+  static const char *const no[] = {"false", "no", "off", "0", NULL};
+  const char *s = scalar(n);
+  if (s) {
+    for (int i = 0; yes[i]; i++)
+      if (strcasecmp(s, yes[i]) == 0) return *out = 1, 0;
+    for (int i = 0; no[i]; i++)
+      if (strcasecmp(s, no[i]) == 0) return *out = 0, 0;
+  }
+  char got[100];
+  describe_got(n, got, sizeof got);
+  return fail(w, n, "%s: expected a boolean (true/false/yes/no/1/0), got %s", key, got);
+}
+
+static int get_str(walk *w, const char *key, const yaml_node_t *n, char **out) {
+  const char *s = scalar(n);
+  if (!s || !s[0]) {
+    char got[100];
+    describe_got(n, got, sizeof got);
+    return fail(w, n, "%s: expected a non-empty string, got %s", key, got);
+  }
+  free(*out);
+  *out = strdup(s);
+  return *out ? 0 : SS_ENOMEM;
+}
+
+/* listen: "HOST:PORT", "[V6]:PORT". */
+static int get_listen(walk *w, const yaml_node_t *n, ss_file_config *c) {
+  const char *s = scalar(n);
+  const char *hb = NULL, *he = NULL, *port = NULL;
+  if (s && s[0] == '[') {
+    const char *rb = strchr(s, ']');
+    if (rb && rb > s + 1 && rb[1] == ':') hb = s + 1, he = rb, port = rb + 2;
+  } else if (s) {
+    const char *colon = strrchr(s, ':');
+    if (colon && colon > s && memchr(s, ':', (size_t)(colon - s)) == NULL)
+      hb = s, he = colon, port = colon + 1;
+  }
+  long long p;
+  if (!hb || parse_ll(port, 0, 65535, &p) != 0 || port[0] == '+' || port[0] == '-') {
+    char got[100];
+    describe_got(n, got, sizeof got);
+    return fail(w, n,
+                "listen: expected HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:50051, port in "
+                "[0, 65535]), got %s",
+                got);
+  }
+  free(c->listen_host);
+  c->listen_host = strndup(hb, (size_t)(he - hb));
+  if (!c->listen_host) return SS_ENOMEM;
+  c->listen_port = (int)p;
+  c->has_listen = 1;
+  return 0;
+}
+
+static int valid_chars(const char *s, const char *extra) {
+  if (!s || !*s) return 0;
+  for (; *s; s++) {
+    char ch = *s;
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+          ch == '_' || (extra && strchr(extra, ch))))
+      return 0;
+  }
+  return 1;
+}
+
+/* A growing string for the spec. */
+typedef struct sbuf {
+  char *p;
+  size_t len, cap;
+} sbuf;
+
+static int sbuf_add(sbuf *b, const char *s) {
+  size_t n = strlen(s);
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + n + 1) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) return SS_ENOMEM;
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, s, n + 1);
+  b->len += n;
+  return 0;
+}
+
+static int parse_model(walk *w, int idx, const yaml_node_t *mn, ss_model_conf *m,
+                       const ss_model_conf *prev, size_t n_prev) {
+  char key[160];
+  const yaml_node_t *id_node = NULL;
+  if (mn->type != YAML_MAPPING_NODE)
+    return fail(w, mn, "models[%d]: expected a mapping (id, kind, ...), got %s", idx,
+                node_kind(mn));
+  /* pass 1: the reserved keys, and shape checks for all keys */
+  for (yaml_node_pair_t *p = mn->data.mapping.pairs.start; p < mn->data.mapping.pairs.top;
+       p++) {
+    yaml_node_t *k = yaml_document_get_node(w->doc, p->key);
+    yaml_node_t *v = yaml_document_get_node(w->doc, p->value);
+    const char *ks = scalar(k);
+    if (!valid_chars(ks, NULL))
+      return fail(w, k, "models[%d]: expected a key of [A-Za-z0-9_], got %s", idx,
+                  ks ? ks : node_kind(k));
+    for (yaml_node_pair_t *q = mn->data.mapping.pairs.start; q < p; q++)
+      if (strcmp(scalar(yaml_document_get_node(w->doc, q->key)), ks) == 0)
+        return fail(w, k, "models[%d]: duplicate key '%s'", idx, ks);
+    snprintf(key, sizeof key, "models[%d].%s", idx, ks);
+    int rc = 0;
+    if (strcmp(ks, "id") == 0) {
+      if ((rc = get_str(w, key, v, &m->id)) != 0) return rc;
+      if (!valid_chars(m->id, ".-"))
+        return fail(w, v, "%s: expected [A-Za-z0-9_.-]+, got '%.80s'", key, m->id);
+      id_node = v;
+    } else if (strcmp(ks, "kind") == 0) {
+      if ((rc = get_str(w, key, v, &m->kind)) != 0) return rc;
+      if (!valid_chars(m->kind, NULL))
+        return fail(w, v, "%s: expected a model kind (identity, scale, sleep, spin, mlp, gpt2), "
+                          "got '%.80s'", key, m->kind);
+    } else if (strcmp(ks, "max_inflight") == 0) {
+      rc = get_int(w, key, v, 0, INT_MAX, &m->max_inflight);
+    } else if (strcmp(ks, "max_queue") == 0) {
+      rc = get_int(w, key, v, 0, INT_MAX, &m->max_queue);
+    } else {
+      const char *vs = scalar(v);
+      if (!vs || !vs[0]) {
+        char got[100];
+        describe_got(v, got, sizeof got);
+        return fail(w, v, "%s: expected a non-empty scalar value, got %s", key, got);
+      }
+      if (strpbrk(vs, ",="))
+        return fail(w, v, "%s: value must not contain ',' or '=' (it goes into the model spec "
+                          "\"ID=KIND,key=value\"), got '%.80s'", key, vs);
+    }
+    if (rc) return rc;
+  }
+  if (!m->id) return fail(w, mn, "models[%d]: missing required key 'id'", idx);
+  if (!m->kind)
+    return fail(w, mn, "models[%d] (id '%s'): missing required key 'kind'", idx, m->id);
+  for (size_t j = 0; j < n_prev; j++)
+    if (strcmp(prev[j].id, m->id) == 0)
+      return fail(w, id_node, "models[%d].id: duplicate model id '%s' (also models[%zu])", idx,
+                  m->id, j);
+  /* pass 2: the spec, "ID=KIND" then the other keys in file order */
+  sbuf b = {0};
+  int rc = sbuf_add(&b, m->id);
+  if (!rc) rc = sbuf_add(&b, "=");
+  if (!rc) rc = sbuf_add(&b, m->kind);
+  for (yaml_node_pair_t *p = mn->data.mapping.pairs.start;
+       !rc && p < mn->data.mapping.pairs.top; p++) {
+    const char *ks = scalar(yaml_document_get_node(w->doc, p->key));
+    if (!strcmp(ks, "id") || !strcmp(ks, "kind") || !strcmp(ks, "max_inflight") ||
+        !strcmp(ks, "max_queue"))
+      continue;
+    rc = sbuf_add(&b, ",");
+    if (!rc) rc = sbuf_add(&b, ks);
+    if (!rc) rc = sbuf_add(&b, "=");
+    if (!rc) rc = sbuf_add(&b, scalar(yaml_document_get_node(w->doc, p->value)));
+  }
+  if (rc) {
+    free(b.p);
+    return rc;
+  }
+  m->spec = b.p;
+  return 0;
+}
+
+static int parse_models(walk *w, const yaml_node_t *n, ss_file_config *c) {
+  if (n->type != YAML_SEQUENCE_NODE) {
+    char got[100];
+    describe_got(n, got, sizeof got);
+    return fail(w, n, "models: expected a sequence of mappings (- id: ..., kind: ...), got %s",
+                got);
+  }
+  size_t count = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+  if (count == 0) return 0;
+  c->models = calloc(count, sizeof *c->models);
+  if (!c->models) return SS_ENOMEM;
+  for (size_t i = 0; i < count; i++) {
+    ss_model_conf *m = &c->models[c->n_models++];
+    m->max_inflight = -1;
+    m->max_queue = -1;
+    yaml_node_t *mn = yaml_document_get_node(w->doc, n->data.sequence.items.start[i]);
+    int rc = parse_model(w, (int)i, mn, m, c->models, i);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
+  if (root->type == YAML_SCALAR_NODE && root->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+    const char *s = scalar(root);
+    if (s && (!s[0] || !strcmp(s, "~") || !strcmp(s, "null"))) return 0; /* empty document */
+  }
+  if (root->type != YAML_MAPPING_NODE) {
+    char got[100];
+    describe_got(root, got, sizeof got);
+    return fail(w, root, "expected a mapping of settings (listen:, workers:, models:, ...) at "
+                         "the top level, got %s", got);
+  }
+  for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
+       p++) {
+    yaml_node_t *k = yaml_document_get_node(w->doc, p->key);
+    yaml_node_t *v = yaml_document_get_node(w->doc, p->value);
+    const char *ks = scalar(k);
+    if (!ks) return fail(w, k, "expected a key, got %s", node_kind(k));
+    for (yaml_node_pair_t *q = root->data.mapping.pairs.start; q < p; q++) {
+      const char *qs = scalar(yaml_document_get_node(w->doc, q->key));
+      if (qs && strcmp(qs, ks) == 0) return fail(w, k, "duplicate key '%.80s'", ks);
+    }
+    int rc;
+    if (!strcmp(ks, "listen")) {
+      rc = get_listen(w, v, c);
+    } else if (!strcmp(ks, "workers")) {
+      rc = get_int(w, ks, v, 0, 1024, &c->workers);
+      c->has_workers = !rc;
+    } else if (!strcmp(ks, "intra_op_threads")) {
+      rc = get_int(w, ks, v, 1, 1024, &c->intra_op_threads);
+      c->has_intra_op_threads = !rc;
+    } else if (!strcmp(ks, "oversubscribe")) {
+      rc = get_bool(w, ks, v, &c->oversubscribe);
+      c->has_oversubscribe = !rc;
+    } else if (!strcmp(ks, "max_inflight")) {
+      rc = get_int(w, ks, v, 0, INT_MAX, &c->max_inflight);
+      c->has_max_inflight = !rc;
+    } else if (!strcmp(ks, "max_queue")) {
+      rc = get_int(w, ks, v, 0, INT_MAX, &c->max_queue);
+      c->has_max_queue = !rc;
+    } else if (!strcmp(ks, "max_message_bytes")) {
+      rc = get_ll(w, ks, v, 16, 2147483647LL, &c->max_message_bytes);
+      c->has_max_message_bytes = !rc;
+    } else if (!strcmp(ks, "drain_timeout")) {
+      rc = get_seconds(w, ks, v, 0, 3600, &c->drain_timeout_s);
+      c->has_drain_timeout = !rc;
+    } else if (!strcmp(ks, "session_memory_mb")) {
+      rc = get_ll(w, ks, v, 1, 1LL << 30, &c->session_memory_mb);
+      c->has_session_memory_mb = !rc;
+    } else if (!strcmp(ks, "session_ttl")) {
+      rc = get_seconds(w, ks, v, 1, 86400.0 * 7, &c->session_ttl_s);
+      c->has_session_ttl = !rc;
+    } else if (!strcmp(ks, "log_level")) {
+      const char *s = scalar(v);
+      if (!s || ss_log_parse_level(s) < 0) {
+        char got[100];
+        describe_got(v, got, sizeof got);
+        return fail(w, v, "log_level: expected one of error, warn, info, debug, got %s", got);
+      }
+      rc = get_str(w, ks, v, &c->log_level);
+      c->has_log_level = !rc;
+    } else if (!strcmp(ks, "models")) {
+      rc = parse_models(w, v, c);
+    } else {
+      char list[300];
+      size_t pos = 0;
+      list[0] = 0;
+      for (int i = 0; top_keys[i] && pos < sizeof list; i++) {
+        int n = snprintf(list + pos, sizeof list - pos, "%s%s", i ? ", " : "", top_keys[i]);
+        if (n < 0) break;
+        pos += (size_t)n;
+      }
+      return fail(w, k, "unknown key '%.80s' (known keys: %s)", ks, list);
+    }
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int syntax_error(walk *w, const yaml_parser_t *parser) {
+  if (parser->error == YAML_MEMORY_ERROR) {
+    snprintf(w->err, w->errlen, "%s: out of memory while parsing YAML", w->name);
+    return SS_ENOMEM;
+  }
+  const yaml_mark_t *m = &parser->problem_mark;
+  char ctx[200] = "";
+  if (parser->context)
+    snprintf(ctx, sizeof ctx, " (%s at line %zu, column %zu)", parser->context,
+             parser->context_mark.line + 1, parser->context_mark.column + 1);
+  snprintf(w->err, w->errlen, "%s:%zu:%zu: YAML syntax error: %s%s", w->name, m->line + 1,
+           m->column + 1, parser->problem ? parser->problem : "malformed document", ctx);
+  return SS_EINVAL;
+}
+
+int ss_config_parse(const char *name, const char *text, size_t len, ss_file_config *out,
+                    char *err, size_t errlen) {
+  char dummy[1];
+  walk w = {name ? name : "<config>", NULL, err ? err : dummy, err ? errlen : sizeof dummy};
+  yaml_parser_t parser;
+  yaml_document_t doc, extra;
+  int rc = 0;
+
+  memset(out, 0, sizeof *out);
+  if (w.errlen) w.err[0] = '\0';
+  if (!text) {
+    if (len) return fail(&w, NULL, "no text");
+    text = "";
+  }
+  if (!yaml_parser_initialize(&parser)) return SS_ENOMEM;
+  yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+  if (!yaml_parser_load(&parser, &doc)) {
+    rc = syntax_error(&w, &parser);
+    yaml_parser_delete(&parser);
+    return rc;
+  }
+  w.doc = &doc;
+  yaml_node_t *root = yaml_document_get_root_node(&doc);
+  if (root) rc = parse_top(&w, root, out);
+  if (rc == 0 && root) {
+    /* a second document: refuse rather than silently ignore it */
+    if (!yaml_parser_load(&parser, &extra)) {
+      rc = syntax_error(&w, &parser);
+    } else {
+      yaml_node_t *r2 = yaml_document_get_root_node(&extra);
+      if (r2) {
+        w.doc = &extra;
+        rc = fail(&w, r2, "expected a single YAML document, found a second one");
+      }
+      yaml_document_delete(&extra);
+    }
+  }
+  yaml_document_delete(&doc);
+  yaml_parser_delete(&parser);
+  return rc;
+}
+
+int ss_config_load(const char *path, ss_file_config *out, char *err, size_t errlen) {
+  char dummy[1];
+  if (!err) err = dummy, errlen = sizeof dummy;
+  memset(out, 0, sizeof *out);
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    return SS_EIO;
+  }
+  size_t cap = 4096, len = 0;
+  char *buf = malloc(cap);
+  int rc = buf ? 0 : SS_ENOMEM;
+  while (rc == 0) {
+    if (len == cap) {
+      if (cap >= SS_CONFIG_MAX_FILE) {
+        snprintf(err, errlen, "%s: file larger than %u bytes; not a config file", path,
+                 SS_CONFIG_MAX_FILE);
+        rc = SS_EINVAL;
+        break;
+      }
+      char *nb = realloc(buf, cap * 2);
+      if (!nb) {
+        rc = SS_ENOMEM;
+        break;
+      }
+      buf = nb;
+      cap *= 2;
+    }
+    size_t got = fread(buf + len, 1, cap - len, f);
+    len += got;
+    if (got == 0) {
+      if (ferror(f)) {
+        snprintf(err, errlen, "%s: read error: %s", path, strerror(errno));
+        rc = SS_EIO;
+      }
+      break;
+    }
+  }
+  fclose(f);
+  if (rc == 0) rc = ss_config_parse(path, buf, len, out, err, errlen);
+  free(buf);
+  return rc;
+}
+
+void ss_config_free(ss_file_config *c) {
+  if (!c) return;
+  free(c->listen_host);
+  free(c->log_level);
+  for (size_t i = 0; i < c->n_models; i++) {
+    free(c->models[i].id);
+    free(c->models[i].kind);
+    free(c->models[i].spec);
+  }
+  free(c->models);
+  memset(c, 0, sizeof *c);
+}

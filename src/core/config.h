@@ -1,0 +1,54 @@
+/*
+ * config.h — the server's YAML configuration file (`splitserve --config server.yaml`):
+ * listen address, worker/thread counts, limits, session settings, log level and a list of
+ * models, parsed into plain C values with the "has_" flag of each key telling whether the
+ * file set it (so command-line flags and built-in defaults can fill in the rest).
+ *
+ * Thread: any thread; pure parsing (no global state, nothing started, no model loaded).
+ * The whole file is read and walked as a libyaml document tree; every error is reported as
+ * "PATH:LINE:COL: message" naming the key and what was expected vs what the file holds.
+ *
+ * Models: each entry of `models:` is a mapping with the required keys `id` and `kind`, the
+ * optional admission limits `max_inflight` / `max_queue`, and any other scalar keys
+ * (weights, config, layers, activation, ...), which are joined into the model spec string
+ * "ID=KIND[,key=value...]" in file order, ready for ss_model_create() (which validates the
+ * keys each kind accepts). Values containing ',' or '=' are refused here, since they would
+ * break that spec string.
+ */
+#ifndef SS_CORE_CONFIG_H
+#define SS_CORE_CONFIG_H
+
+#include <stddef.h>
+
+typedef struct ss_model_conf {
+  char *id;            /* required, [A-Za-z0-9_.-]+, unique */
+  char *kind;          /* required: identity|scale|sleep|spin|mlp|gpt2 (not validated here beyond non-empty) */
+  char *spec;          /* "ID=KIND[,key=value...]" built from the other keys (weights, config, layers, activation, any other scalar key except id/kind/max_inflight/max_queue), ready for ss_model_create() */
+  int max_inflight;    /* -1 = not set (server default) */
+  int max_queue;       /* -1 = not set */
+} ss_model_conf;
+
+typedef struct ss_file_config {
+  char *listen_host; int listen_port; int has_listen;      /* listen: "HOST:PORT" ([v6]:port ok) */
+  int workers, has_workers;
+  int intra_op_threads, has_intra_op_threads;
+  int oversubscribe, has_oversubscribe;                       /* bool: true/false/yes/no/1/0 */
+  int max_inflight, has_max_inflight;
+  int max_queue, has_max_queue;
+  long long max_message_bytes; int has_max_message_bytes;
+  double drain_timeout_s; int has_drain_timeout;              /* key drain_timeout (seconds) */
+  long long session_memory_mb; int has_session_memory_mb;
+  double session_ttl_s; int has_session_ttl;                  /* key session_ttl */
+  char *log_level; int has_log_level;
+  ss_model_conf *models; size_t n_models;                     /* key models: a sequence of mappings */
+} ss_file_config;
+
+/* Parse a YAML file. On error returns <0 (SS_EINVAL, SS_EIO) and writes "PATH:LINE:COL: message" naming the key and what was expected vs got. *out is zeroed first; free with ss_config_free (also after an error). */
+int ss_config_load(const char *path, ss_file_config *out, char *err, size_t errlen);
+
+/* Same from a string (name used in messages). */
+int ss_config_parse(const char *name, const char *text, size_t len, ss_file_config *out, char *err, size_t errlen);
+
+void ss_config_free(ss_file_config *c);
+
+#endif

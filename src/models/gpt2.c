@@ -1,0 +1,700 @@
+/*
+ * gpt2.c — the "gpt2" model kind: the trunk of a split GPT-2, i.e. transformer blocks [a, b) of
+ * a Hugging Face GPT-2 checkpoint, with an attention (KV) cache. Input and output are hidden
+ * states [batch, seq, n_embd] float32; the client's bottom has already added the positions.
+ *
+ * Spec: ID=gpt2,weights=model.safetensors[,config=config.json][,layers=A:B]
+ *   config defaults to config.json next to the weights; layers to 0:n_layer ("A:" and ":B" too).
+ *
+ * Weights: keys h.{i}.ln_1.{weight,bias}, h.{i}.attn.c_attn.{weight,bias},
+ * h.{i}.attn.c_proj.{weight,bias}, h.{i}.ln_2.{weight,bias}, h.{i}.mlp.c_fc.{weight,bias},
+ * h.{i}.mlp.c_proj.{weight,bias}, optionally under "transformer."; F32/F16/BF16. Linear layers
+ * are HF Conv1D: W is [in, out] and y = x W + b, i.e. sgemm(RowMajor, NoTrans, NoTrans).
+ * Only the trunk's tensors are touched. F32 tensors are used in place from the mmap (one copy in
+ * the page cache, shared by every worker) when 4-byte aligned, else copied once at load;
+ * F16/BF16 are converted to f32 once at load.
+ *
+ * Block (HF GPT2Block, eval mode):  h = x + c_proj(attn(ln_1(x)));  y = h + mlp(ln_2(h))
+ *   attn: q,k,v = split(ln_1(x) c_attn); per head softmax(q k^T / sqrt(d) + causal) v
+ *   mlp:  c_proj(gelu_new(c_fc(.))),  gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
+ * The residual stream lives in out->data; c_proj results are added to it with sgemm beta = 1.
+ *
+ * KV cache: past[l].key/value [batch, heads, P, head_dim] (layer a + l). Keys/values of the
+ * whole window [0, P + seq) are assembled per layer in one buffer K/V [batch, heads, P+seq, d];
+ * when the caller wants the present cache that buffer *is* present[l] (malloc'd here, owned by
+ * the caller), else it is scratch. A new token at absolute position P + i attends to keys
+ * 0..P+i.
+ *
+ * Thread: created on the main thread, then immutable and shared by all workers; check() and
+ * check_kv() on the loop thread; forward()/forward_kv() on workers, reentrant (all scratch is
+ * malloc'd per call).
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/model.h"
+#include "models/safetensors.h"
+
+enum {
+  T_LN1_W,
+  T_LN1_B,
+  T_ATTN_W,
+  T_ATTN_B,
+  T_APROJ_W,
+  T_APROJ_B,
+  T_LN2_W,
+  T_LN2_B,
+  T_FC_W,
+  T_FC_B,
+  T_MPROJ_W,
+  T_MPROJ_B,
+  T_PER_LAYER
+};
+
+static const char *const tensor_suffix[T_PER_LAYER] = {
+    "ln_1.weight",        "ln_1.bias",        "attn.c_attn.weight", "attn.c_attn.bias",
+    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",        "ln_2.bias",
+    "mlp.c_fc.weight",    "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias"};
+
+typedef struct gpt2_block {
+  const float *t[T_PER_LAYER]; /* float32 views: into the mmap or into own[] */
+  float *own[T_PER_LAYER];     /* converted / realigned copies (NULL when mmapped) */
+  float attn_scale;            /* 1/sqrt(head_dim) (and / (layer+1) when configured) */
+} gpt2_block;
+
+typedef struct gpt2 {
+  int n_embd, n_head, head_dim, n_inner, n_layer, n_pos;
+  int a, b; /* trunk layers [a, b) */
+  float eps;
+  gpt2_block *blk; /* b - a blocks */
+  ss_st_file *st;  /* keeps the mmap alive */
+} gpt2;
+
+static void gpt2_free(gpt2 *p) {
+  if (p == NULL) return;
+  if (p->blk != NULL)
+    for (int l = 0; l < p->b - p->a; l++)
+      for (int k = 0; k < T_PER_LAYER; k++) free(p->blk[l].own[k]);
+  free(p->blk);
+  ss_st_close(p->st);
+  free(p);
+}
+
+/* ------------------------------------------------------------- config.json ---- */
+
+/* A positive integer field; *found = 0 when absent (or null). */
+static int cfg_int(json_t *root, const char *key, const char *path, int *out, int *found, char *err,
+                   size_t errlen) {
+  json_t *v = json_object_get(root, key);
+  *found = 0;
+  if (v == NULL || json_is_null(v)) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > INT_MAX / 8) {
+    snprintf(err, errlen, "config %.200s: '%s' must be a positive integer", path, key);
+    return SS_EINVAL;
+  }
+  *out = (int)json_integer_value(v);
+  *found = 1;
+  return 0;
+}
+
+static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale_by_layer,
+                       char *err, size_t errlen) {
+  json_error_t je;
+  json_t *root = json_load_file(path, 0, &je), *v;
+  int found, rc = SS_EINVAL;
+  static const char *const required[] = {"n_embd", "n_head", "n_layer"};
+  int *req_out[] = {&p->n_embd, &p->n_head, &p->n_layer};
+
+  if (root == NULL) {
+    snprintf(err, errlen, "config %.200s: %s (line %d)", path, je.text, je.line);
+    return errno == ENOENT ? SS_ENOTFOUND : SS_EINVAL;
+  }
+  if (!json_is_object(root)) {
+    snprintf(err, errlen, "config %.200s: not a JSON object", path);
+    goto done;
+  }
+  for (int i = 0; i < 3; i++) {
+    if (cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0) goto done;
+    if (!found) {
+      snprintf(err, errlen, "config %.200s: missing '%s'", path, required[i]);
+      goto done;
+    }
+  }
+  if (p->n_embd % p->n_head != 0) {
+    snprintf(err, errlen, "config %.200s: n_embd %d is not a multiple of n_head %d", path,
+             p->n_embd, p->n_head);
+    goto done;
+  }
+  p->head_dim = p->n_embd / p->n_head;
+  p->n_pos = 1024;
+  if (cfg_int(root, "n_positions", path, &p->n_pos, &found, err, errlen) != 0) goto done;
+  if (!found && cfg_int(root, "n_ctx", path, &p->n_pos, &found, err, errlen) != 0) goto done;
+  p->n_inner = 4 * p->n_embd;
+  if (cfg_int(root, "n_inner", path, &p->n_inner, &found, err, errlen) != 0) goto done;
+  p->eps = 1e-5f;
+  v = json_object_get(root, "layer_norm_epsilon");
+  if (v != NULL && !json_is_null(v)) {
+    if (!json_is_number(v) || !(json_number_value(v) > 0.0) || json_number_value(v) >= 1.0) {
+      snprintf(err, errlen, "config %.200s: 'layer_norm_epsilon' must be a number in (0, 1)", path);
+      goto done;
+    }
+    p->eps = (float)json_number_value(v);
+  }
+  v = json_object_get(root, "activation_function");
+  if (v != NULL && !json_is_null(v)) {
+    const char *act = json_is_string(v) ? json_string_value(v) : "";
+    /* gelu_pytorch_tanh is the same tanh approximation under another name. */
+    if (strcmp(act, "gelu_new") != 0 && strcmp(act, "gelu_pytorch_tanh") != 0) {
+      snprintf(err, errlen,
+               "config %.200s: activation_function '%s' is not supported (the gpt2 "
+               "kind implements gelu_new only)",
+               path, json_is_string(v) ? act : "(not a string)");
+      goto done;
+    }
+  }
+  *scale_weights = 1;
+  *scale_by_layer = 0;
+  v = json_object_get(root, "scale_attn_weights");
+  if (v != NULL && json_is_boolean(v)) *scale_weights = json_is_true(v);
+  v = json_object_get(root, "scale_attn_by_inverse_layer_idx");
+  if (v != NULL && json_is_boolean(v)) *scale_by_layer = json_is_true(v);
+  rc = 0;
+done:
+  json_decref(root);
+  return rc;
+}
+
+/* "A:B", "A:", ":B" or "" (all). */
+static int parse_layers(const char *s, int n_layer, int *a, int *b, char *err, size_t errlen) {
+  const char *colon = strchr(s, ':');
+  char *end;
+  long la = 0, lb = n_layer;
+  if (colon == NULL) {
+    snprintf(err, errlen, "layers '%s' must look like A:B (transformer blocks A..B-1)", s);
+    return SS_EINVAL;
+  }
+  if (colon != s) {
+    errno = 0;
+    la = strtol(s, &end, 10);
+    if (end != colon || errno != 0) {
+      snprintf(err, errlen, "layers '%s' must look like A:B with integers A, B", s);
+      return SS_EINVAL;
+    }
+  }
+  if (colon[1] != '\0') {
+    errno = 0;
+    lb = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || errno != 0) {
+      snprintf(err, errlen, "layers '%s' must look like A:B with integers A, B", s);
+      return SS_EINVAL;
+    }
+  }
+  if (la < 0 || lb > n_layer || la >= lb) {
+    snprintf(err, errlen,
+             "layers %ld:%ld outside 0:%d or empty (the checkpoint has %d layers; "
+             "need 0 <= A < B <= %d)",
+             la, lb, n_layer, n_layer, n_layer);
+    return SS_ERANGE;
+  }
+  *a = (int)la;
+  *b = (int)lb;
+  return 0;
+}
+
+/* ------------------------------------------------------------- weights ---- */
+
+static int tensor_f32(const ss_st_tensor *t, const float **view, float **own) {
+  *own = NULL;
+  if (t->dtype == SS_DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
+    *view = t->data;
+    return 0;
+  }
+  *own = malloc(t->numel ? t->numel * sizeof(float) : 1);
+  if (*own == NULL) return SS_ENOMEM;
+  ss_to_f32(t->dtype, t->data, *own, t->numel);
+  *view = *own;
+  return 0;
+}
+
+static void expected_shape(const gpt2 *p, int k, int64_t *shape, int *ndim) {
+  int64_t E = p->n_embd, NI = p->n_inner;
+  *ndim = 1;
+  switch (k) {
+    case T_ATTN_W:
+      *ndim = 2;
+      shape[0] = E;
+      shape[1] = 3 * E;
+      break;
+    case T_ATTN_B: shape[0] = 3 * E; break;
+    case T_APROJ_W:
+      *ndim = 2;
+      shape[0] = E;
+      shape[1] = E;
+      break;
+    case T_FC_W:
+      *ndim = 2;
+      shape[0] = E;
+      shape[1] = NI;
+      break;
+    case T_FC_B: shape[0] = NI; break;
+    case T_MPROJ_W:
+      *ndim = 2;
+      shape[0] = NI;
+      shape[1] = E;
+      break;
+    default: shape[0] = E; break; /* ln_*, c_proj biases */
+  }
+}
+
+/* Looks up every trunk tensor in the opened p->st, checks names and shapes, makes the f32 views.
+ * *kind_out: "f32 mmap", "f32 copied", "f16->f32", "bf16->f32" or "mixed". */
+static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_t *n_params,
+                        char *err, size_t errlen) {
+  const char *prefix = "";
+  char name[256], missing[400];
+  size_t mpos = 0;
+  int n_missing = 0, L = p->b - p->a;
+  unsigned dts = 0, copied = 0;
+  const ss_st_tensor **found;
+
+  for (size_t i = 0; i < ss_st_count(p->st); i++)
+    if (strncmp(ss_st_at(p->st, i)->name, "transformer.h.", 14) == 0) prefix = "transformer.";
+  found = calloc((size_t)L * T_PER_LAYER, sizeof *found);
+  p->blk = calloc((size_t)L, sizeof *p->blk);
+  if (found == NULL || p->blk == NULL) {
+    free(found);
+    snprintf(err, errlen, "weights %.200s: out of memory", path);
+    return SS_ENOMEM;
+  }
+  missing[0] = '\0';
+  for (int l = 0; l < L; l++) {
+    for (int k = 0; k < T_PER_LAYER; k++) {
+      snprintf(name, sizeof name, "%sh.%d.%s", prefix, p->a + l, tensor_suffix[k]);
+      found[l * T_PER_LAYER + k] = ss_st_find(p->st, name);
+      if (found[l * T_PER_LAYER + k] == NULL) {
+        if (n_missing++ < 6 && mpos < sizeof missing) {
+          int w = snprintf(missing + mpos, sizeof missing - mpos, "%s%s", mpos ? ", " : "", name);
+          if (w > 0) mpos += (size_t)w;
+        }
+      }
+    }
+  }
+  if (n_missing > 0) {
+    if (n_missing > 6)
+      snprintf(err, errlen, "weights %.200s: %d tensors of layers %d:%d missing: %s, ... (%d more)",
+               path, n_missing, p->a, p->b, missing, n_missing - 6);
+    else
+      snprintf(err, errlen, "weights %.200s: %d tensor%s of layers %d:%d missing: %s", path,
+               n_missing, n_missing == 1 ? "" : "s", p->a, p->b, missing);
+    free(found);
+    return SS_EINVAL;
+  }
+  *n_params = 0;
+  for (int l = 0; l < L; l++) {
+    for (int k = 0; k < T_PER_LAYER; k++) {
+      const ss_st_tensor *t = found[l * T_PER_LAYER + k];
+      int64_t shape[2];
+      int ndim, ok;
+      expected_shape(p, k, shape, &ndim);
+      ok = t->ndim == ndim;
+      for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
+      if (!ok) {
+        char got[128], want[128];
+        snprintf(err, errlen,
+                 "weights %.200s: '%s' has shape %s, expected %s (n_embd %d, n_inner "
+                 "%d from the config)",
+                 path, t->name, ss_shape_str(t->shape, t->ndim, got, sizeof got),
+                 ss_shape_str(shape, ndim, want, sizeof want), p->n_embd, p->n_inner);
+        free(found);
+        return SS_EINVAL;
+      }
+      if (tensor_f32(t, &p->blk[l].t[k], &p->blk[l].own[k]) != 0) {
+        snprintf(err, errlen, "weights %.200s: out of memory", path);
+        free(found);
+        return SS_ENOMEM;
+      }
+      dts |= 1u << t->dtype;
+      if (t->dtype == SS_DTYPE_F32 && p->blk[l].own[k] != NULL) copied = 1;
+      *n_params += (int64_t)t->numel;
+    }
+  }
+  free(found);
+  if (dts == 1u << SS_DTYPE_F32)
+    *kind_out = copied ? "f32 copied" : "f32 mmap";
+  else if (dts == 1u << SS_DTYPE_F16)
+    *kind_out = "f16->f32";
+  else if (dts == 1u << SS_DTYPE_BF16)
+    *kind_out = "bf16->f32";
+  else
+    *kind_out = "mixed->f32";
+  return 0;
+}
+
+/* ------------------------------------------------------------- checks ---- */
+
+static int gpt2_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta,
+                      int64_t *out_shape, int *out_ndim, char *err, size_t errlen) {
+  const gpt2 *p = m->impl;
+  char sbuf[128];
+  (void)meta;
+  if (in->ndim != 3) {
+    snprintf(err, errlen, "model '%s' expects hidden states [batch, seq, %d] (3 dims), got %s",
+             m->id, p->n_embd, ss_shape_str(in->shape, in->ndim, sbuf, sizeof sbuf));
+    return SS_EINVAL;
+  }
+  if (in->shape[2] != p->n_embd) {
+    snprintf(err, errlen, "model '%s' expects hidden size %d, got %lld", m->id, p->n_embd,
+             (long long)in->shape[2]);
+    return SS_EINVAL;
+  }
+  if (in->shape[0] < 1 || in->shape[1] < 1) {
+    snprintf(err, errlen, "model '%s' expects batch >= 1 and seq >= 1, got %s", m->id,
+             ss_shape_str(in->shape, in->ndim, sbuf, sizeof sbuf));
+    return SS_EINVAL;
+  }
+  if (in->shape[1] > p->n_pos) {
+    snprintf(err, errlen, "model '%s': seq %lld exceeds n_positions %d", m->id,
+             (long long)in->shape[1], p->n_pos);
+    return SS_EINVAL;
+  }
+  if (in->shape[0] * in->shape[1] > INT_MAX / 4) {
+    snprintf(err, errlen, "model '%s': batch x seq %lld is too large for one call", m->id,
+             (long long)(in->shape[0] * in->shape[1]));
+    return SS_EINVAL;
+  }
+  memcpy(out_shape, in->shape, 3 * sizeof(int64_t));
+  *out_ndim = 3;
+  return 0;
+}
+
+static int gpt2_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_layer *past,
+                         int n_past, char *err, size_t errlen) {
+  const gpt2 *p = m->impl;
+  char got[128], want[128];
+  int64_t ref[4];
+  if (n_past == 0) return 0;
+  if (n_past != m->n_kv_layers) {
+    snprintf(err, errlen,
+             "model '%s' expects %d past_key_values entries (one per trunk layer "
+             "%d:%d), got %d",
+             m->id, m->n_kv_layers, p->a, p->b, n_past);
+    return SS_EINVAL;
+  }
+  for (int i = 0; i < n_past; i++) {
+    for (int f = 0; f < 2; f++) {
+      const ss_tensor *t = f ? &past[i].value : &past[i].key;
+      const char *fname = f ? "value" : "key";
+      if (t->dtype != SS_DTYPE_F32) {
+        snprintf(err, errlen, "past_key_values[%d].%s must be float32, got %s", i, fname,
+                 ss_dtype_name(t->dtype));
+        return SS_EINVAL;
+      }
+      if (i == 0 && f == 0) {
+        int64_t want_shape[4] = {in->ndim == 3 ? in->shape[0] : 1, p->n_head,
+                                 t->ndim == 4 ? t->shape[2] : 0, p->head_dim};
+        int ok = t->ndim == 4;
+        for (int d = 0; ok && d < 4; d++) ok = t->shape[d] == want_shape[d] && t->shape[d] >= 0;
+        if (!ok) {
+          snprintf(err, errlen,
+                   "past_key_values[0].key_shape is %s, expected [%lld,%d,past_len,"
+                   "%d] ([batch, n_head, past_len, head_dim])",
+                   ss_shape_str(t->shape, t->ndim, got, sizeof got), (long long)want_shape[0],
+                   p->n_head, p->head_dim);
+          return SS_EINVAL;
+        }
+        memcpy(ref, t->shape, sizeof ref);
+        continue;
+      }
+      {
+        int ok = t->ndim == 4;
+        for (int d = 0; ok && d < 4; d++) ok = t->shape[d] == ref[d];
+        if (!ok) {
+          snprintf(err, errlen,
+                   "past_key_values[%d].%s_shape is %s, expected %s like "
+                   "past_key_values[0].key_shape",
+                   i, fname, ss_shape_str(t->shape, t->ndim, got, sizeof got),
+                   ss_shape_str(ref, 4, want, sizeof want));
+          return SS_EINVAL;
+        }
+      }
+    }
+  }
+  if (in->ndim == 3 && ref[2] + in->shape[1] > p->n_pos) {
+    snprintf(err, errlen, "model '%s': past_len %lld + seq %lld exceeds n_positions %d", m->id,
+             (long long)ref[2], (long long)in->shape[1], p->n_pos);
+    return SS_EINVAL;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------- forward ---- */
+
+static void layer_norm(const float *x, float *y, size_t rows, int n, const float *g, const float *b,
+                       float eps) {
+  for (size_t r = 0; r < rows; r++) {
+    const float *xr = x + r * (size_t)n;
+    float *yr = y + r * (size_t)n;
+    double mean = 0.0, var = 0.0;
+    float inv, mf;
+    for (int j = 0; j < n; j++) mean += xr[j];
+    mean /= n;
+    for (int j = 0; j < n; j++) {
+      double d = xr[j] - mean;
+      var += d * d;
+    }
+    var /= n;
+    inv = (float)(1.0 / sqrt(var + (double)eps));
+    mf = (float)mean;
+    for (int j = 0; j < n; j++) yr[j] = (xr[j] - mf) * inv * g[j] + b[j];
+  }
+}
+
+/* y[r][:] = bias (so that a following sgemm with beta = 1 adds x W on top) or += bias. */
+static void add_rows(float *y, size_t rows, int n, const float *bias) {
+  for (size_t r = 0; r < rows; r++) {
+    float *yr = y + r * (size_t)n;
+    for (int j = 0; j < n; j++) yr[j] += bias[j];
+  }
+}
+
+static void fill_rows(float *y, size_t rows, int n, const float *bias) {
+  for (size_t r = 0; r < rows; r++) memcpy(y + r * (size_t)n, bias, (size_t)n * sizeof(float));
+}
+
+static void gelu_new(float *x, size_t n) {
+  const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i];
+    x[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+  }
+}
+
+/* Causal softmax of one (batch, head) score block [S, T] in place; query i sees keys 0..P+i. */
+static void causal_softmax(float *s, int S, int T, int P, float scale) {
+  for (int i = 0; i < S; i++) {
+    float *row = s + (size_t)i * (size_t)T, mx = -INFINITY, sum = 0.0f, inv;
+    int n = P + i + 1;
+    for (int j = 0; j < n; j++) {
+      row[j] *= scale;
+      if (row[j] > mx) mx = row[j];
+    }
+    for (int j = 0; j < n; j++) {
+      row[j] = expf(row[j] - mx);
+      sum += row[j];
+    }
+    inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) row[j] *= inv;
+    for (int j = n; j < T; j++) row[j] = 0.0f;
+  }
+}
+
+static void free_present(ss_kv_io *kv, int n) {
+  for (int l = 0; l < n; l++) {
+    free(kv->present[l].key.data);
+    free(kv->present[l].value.data);
+    memset(&kv->present[l], 0, sizeof kv->present[l]);
+  }
+}
+
+static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
+                           const ss_meta *meta, char *err, size_t errlen) {
+  const gpt2 *p = m->impl;
+  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner;
+  const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
+  const int want_present = kv != NULL && kv->want_present;
+  const ss_kv_layer *past = kv != NULL && kv->n_layers > 0 ? kv->past : NULL;
+  const int P = past != NULL ? (int)past[0].key.shape[2] : 0, T = P + S;
+  const size_t rows = (size_t)B * (size_t)S, kvn = (size_t)B * H * (size_t)T * D;
+  float *h = out->data, *scratch, *ln, *qkv, *att, *fc, *sc, *Ks = NULL, *Vs = NULL;
+  size_t need;
+  (void)meta;
+
+  if (past != NULL && kv->n_layers != L) {
+    snprintf(err, errlen, "model '%s': %d past_key_values entries, expected %d", m->id,
+             kv->n_layers, L);
+    return SS_EINVAL;
+  }
+  if (want_present && (kv->present == NULL || kv->n_layers != L)) {
+    snprintf(err, errlen, "model '%s': present cache needs %d entries", m->id, L);
+    return SS_EINVAL;
+  }
+  /* ln [rows,E] + qkv [rows,3E] + att [rows,E] + fc [rows,I] + scores [S,T] (+ K,V scratch) */
+  need = rows * (5 * (size_t)E + (size_t)NI) + (size_t)S * (size_t)T + (want_present ? 0 : 2 * kvn);
+  if ((scratch = malloc(need * sizeof(float))) == NULL) {
+    snprintf(err, errlen, "model '%s': out of memory for %zu MiB of activations", m->id,
+             need * sizeof(float) >> 20);
+    return SS_ENOMEM;
+  }
+  ln = scratch;
+  qkv = ln + rows * (size_t)E;
+  att = qkv + rows * 3 * (size_t)E;
+  fc = att + rows * (size_t)E;
+  sc = fc + rows * (size_t)NI;
+  if (!want_present) {
+    Ks = sc + (size_t)S * (size_t)T;
+    Vs = Ks + kvn;
+  } else {
+    memset(kv->present, 0, (size_t)L * sizeof *kv->present);
+  }
+  if ((void *)h != in->data) memmove(h, in->data, rows * (size_t)E * sizeof(float));
+
+  for (int l = 0; l < L; l++) {
+    const gpt2_block *bk = &p->blk[l];
+    float *K = Ks, *V = Vs;
+    if (want_present) {
+      ss_kv_layer *pr = &kv->present[l];
+      K = malloc(kvn * sizeof(float));
+      V = malloc(kvn * sizeof(float));
+      pr->key.data = K;
+      pr->value.data = V;
+      if (K == NULL || V == NULL) {
+        free_present(kv, l + 1);
+        free(scratch);
+        snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
+        return SS_ENOMEM;
+      }
+      for (int f = 0; f < 2; f++) {
+        ss_tensor *t = f ? &pr->value : &pr->key;
+        t->dtype = SS_DTYPE_F32;
+        t->ndim = 4;
+        t->shape[0] = B;
+        t->shape[1] = H;
+        t->shape[2] = T;
+        t->shape[3] = D;
+        t->numel = kvn;
+        t->nbytes = kvn * sizeof(float);
+      }
+    }
+    /* attention */
+    layer_norm(h, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], p->eps);
+    fill_rows(qkv, rows, 3 * E, bk->t[T_ATTN_B]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, 3 * E, E, 1.0f, ln, E,
+                bk->t[T_ATTN_W], 3 * E, 1.0f, qkv, 3 * E);
+    for (int bi = 0; bi < B; bi++) {
+      for (int hi = 0; hi < H; hi++) {
+        size_t bh = (size_t)bi * H + (size_t)hi, pbytes = (size_t)P * D * sizeof(float);
+        float *Kb = K + bh * (size_t)T * D, *Vb = V + bh * (size_t)T * D;
+        if (P > 0) { /* past data may be unaligned (wire bytes): memcpy only */
+          memcpy(Kb, (const char *)past[l].key.data + bh * pbytes, pbytes);
+          memcpy(Vb, (const char *)past[l].value.data + bh * pbytes, pbytes);
+        }
+        for (int i = 0; i < S; i++) {
+          const float *row = qkv + ((size_t)bi * S + i) * 3 * (size_t)E + (size_t)hi * D;
+          memcpy(Kb + (size_t)(P + i) * D, row + E, (size_t)D * sizeof(float));
+          memcpy(Vb + (size_t)(P + i) * D, row + 2 * E, (size_t)D * sizeof(float));
+        }
+        /* scores [S,T] = Q [S,D] (row stride 3E) K^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, T, D, 1.0f,
+                    qkv + (size_t)bi * S * 3 * (size_t)E + (size_t)hi * D, 3 * E, Kb, D, 0.0f, sc,
+                    T);
+        causal_softmax(sc, S, T, P, bk->attn_scale);
+        /* att[:, head] [S,D] (row stride E) = P [S,T] V [T,D] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, T, 1.0f, sc, T, Vb, D, 0.0f,
+                    att + (size_t)bi * S * (size_t)E + (size_t)hi * D, E);
+      }
+    }
+    add_rows(h, rows, E, bk->t[T_APROJ_B]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, E, 1.0f, att, E,
+                bk->t[T_APROJ_W], E, 1.0f, h, E);
+    /* mlp */
+    layer_norm(h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], p->eps);
+    fill_rows(fc, rows, NI, bk->t[T_FC_B]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, NI, E, 1.0f, ln, E,
+                bk->t[T_FC_W], NI, 1.0f, fc, NI);
+    gelu_new(fc, rows * (size_t)NI);
+    add_rows(h, rows, E, bk->t[T_MPROJ_B]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, NI, 1.0f, fc, NI,
+                bk->t[T_MPROJ_W], E, 1.0f, h, E);
+  }
+  free(scratch);
+  return 0;
+}
+
+static int gpt2_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
+                        char *err, size_t errlen) {
+  return gpt2_forward_kv(m, in, out, NULL, meta, err, errlen);
+}
+
+static void gpt2_destroy(ss_model *m) {
+  gpt2_free(m->impl);
+  m->impl = NULL;
+}
+
+static const ss_model_ops gpt2_ops = {gpt2_check, gpt2_forward, gpt2_destroy, gpt2_check_kv,
+                                      gpt2_forward_kv};
+
+/* ------------------------------------------------------------- constructor ---- */
+
+int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
+  const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
+  char cfg_buf[4096], msg[1024];
+  int scale_weights, scale_by_layer, rc;
+  int64_t n_params = 0;
+  gpt2 *p;
+
+  for (size_t i = 0; i < n; i++) {
+    const char *k = params[2 * i], *v = params[2 * i + 1];
+    if (strcmp(k, "weights") == 0)
+      weights = v;
+    else if (strcmp(k, "config") == 0)
+      config = v;
+    else if (strcmp(k, "layers") == 0)
+      layers = v;
+    else {
+      snprintf(err, errlen,
+               "model '%s': unknown parameter '%s' for kind 'gpt2' (known: weights, "
+               "config, layers)",
+               m->id, k);
+      return SS_EINVAL;
+    }
+  }
+  if (weights == NULL || weights[0] == '\0') {
+    snprintf(err, errlen,
+             "model '%s': kind 'gpt2' needs weights=PATH (a Hugging Face GPT-2 "
+             "model.safetensors)",
+             m->id);
+    return SS_EINVAL;
+  }
+  if (config == NULL || config[0] == '\0') {
+    const char *slash = strrchr(weights, '/');
+    int dl = slash ? (int)(slash - weights) + 1 : 0;
+    snprintf(cfg_buf, sizeof cfg_buf, "%.*sconfig.json", dl, weights);
+    config = cfg_buf;
+  }
+  if ((p = calloc(1, sizeof *p)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  rc = ss_st_open(weights, &p->st, msg, sizeof msg);
+  if (rc == 0) rc = load_config(p, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
+  if (rc == 0) rc = parse_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
+  if (rc == 0) rc = load_weights(p, weights, &dt, &n_params, msg, sizeof msg);
+  if (rc != 0) {
+    snprintf(err, errlen, "model '%s': %s", m->id, msg);
+    gpt2_free(p);
+    return rc;
+  }
+  for (int l = 0; l < p->b - p->a; l++) {
+    double s = scale_weights ? 1.0 / sqrt((double)p->head_dim) : 1.0;
+    if (scale_by_layer) s /= (double)(p->a + l + 1);
+    p->blk[l].attn_scale = (float)s;
+  }
+  m->kind = "gpt2";
+  m->ops = &gpt2_ops;
+  m->impl = p;
+  m->exec = SS_EXEC_WORKER;
+  m->echo = 0;
+  m->n_kv_layers = p->b - p->a;
+  m->n_params = n_params;
+  m->weight_bytes = (size_t)n_params * sizeof(float);
+  snprintf(m->describe, sizeof m->describe,
+           "gpt2 layers %d:%d of %d (n_embd %d, %d heads), %.1fM params, %s", p->a, p->b,
+           p->n_layer, p->n_embd, p->n_head, (double)n_params / 1e6, dt);
+  return 0;
+}

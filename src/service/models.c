@@ -1,0 +1,310 @@
+/*
+ * models.c — the served model set: loading at start-up, lookup by model_id, per-model admission
+ * limits, and the SIGHUP reload of a --config file.
+ *
+ * Threads: lookup and the swap run on the loop thread. A reload parses the file and loads the
+ * new models on a worker thread (a pool job: loading mmaps and converts weights and must never
+ * stall the loop); the job only reads its own copy of the current specs. Back on the loop the
+ * new set replaces the old one at once: unchanged models (same spec) are kept with their queues,
+ * new ones appear, removed ones are retired — no new calls reach them and they are freed when
+ * their last in-flight call ends. A config that does not parse or whose models fail to load is
+ * refused with a log line, and the old set keeps serving.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "net/server_int.h"
+
+static const char *const builtin_specs[] = {"mlp=mlp", "identity=identity", "scale=scale",
+                                            "sleep=sleep", "spin=spin"};
+#define N_BUILTIN (sizeof builtin_specs / sizeof builtin_specs[0])
+
+ss_served_model *ss_server_find_model(ss_server *s, const char *id) {
+  if (!id || !*id) return s->nmodels ? s->models[0] : NULL;
+  for (size_t i = 0; i < s->nmodels; i++)
+    if (strcmp(s->models[i]->model->id, id) == 0) return s->models[i];
+  return NULL;
+}
+
+static void apply_limits(ss_server *s, ss_served_model *sm) {
+  const ss_model *m = sm->model;
+  int limit = sm->conf_inflight >= 0 ? sm->conf_inflight : s->cfg.max_inflight;
+  int queue = sm->conf_queue >= 0 ? sm->conf_queue : s->cfg.max_queue;
+  if (m->exec == SS_EXEC_WORKER) {
+    /* A worker model cannot run more at once than there are workers (1 when inline). */
+    int w = s->cfg.workers > 0 ? s->cfg.workers : 1;
+    if (limit <= 0 || limit > w) limit = w;
+  }
+  if (m->exec == SS_EXEC_INLINE) limit = 0;
+  sm->admit.limit = limit;
+  sm->admit.max_queue = queue;
+}
+
+static ss_served_model *served_new(ss_server *s, ss_model *m, const char *spec, int inflight,
+                                   int queue) {
+  ss_served_model *sm = calloc(1, sizeof *sm);
+  if (!sm) return NULL;
+  sm->spec = strdup(spec);
+  if (!sm->spec) {
+    free(sm);
+    return NULL;
+  }
+  sm->model = m;
+  sm->conf_inflight = inflight;
+  sm->conf_queue = queue;
+  ss_admit_init(&sm->admit, 0, 0);
+  apply_limits(s, sm);
+  return sm;
+}
+
+static void served_free(ss_served_model *sm) {
+  ss_model_free(sm->model);
+  free(sm->spec);
+  free(sm);
+}
+
+void ss_served_unref(ss_served_model *sm) {
+  if (--sm->refs == 0 && sm->retired) {
+    SS_LOGI("model '%s' unloaded (retired by a reload, last call finished)", sm->model->id);
+    served_free(sm);
+  }
+}
+
+static void retire(ss_served_model *sm) {
+  sm->retired = 1;
+  if (sm->refs == 0) {
+    SS_LOGI("model '%s' unloaded", sm->model->id);
+    served_free(sm);
+  } else {
+    SS_LOGI("model '%s' retired: unloads after its %d in-flight call(s)", sm->model->id, sm->refs);
+  }
+}
+
+void ss_models_free(ss_server *s) {
+  for (size_t i = 0; i < s->nmodels; i++) served_free(s->models[i]);
+  free(s->models);
+  s->models = NULL;
+  s->nmodels = 0;
+}
+
+/* ------------------------------------------------------------- building --- */
+
+/* A model set under construction: specs, limits, and the models loaded for them. */
+typedef struct build_entry {
+  char *spec;
+  int inflight, queue;
+  ss_model *model;   /* loaded here, or NULL when an existing model with this spec is kept */
+} build_entry;
+
+typedef struct build {
+  build_entry *v;
+  size_t n;
+} build;
+
+static int build_add(build *b, const char *spec, int inflight, int queue) {
+  build_entry *v = realloc(b->v, (b->n + 1) * sizeof *v);
+  if (!v) return SS_ENOMEM;
+  b->v = v;
+  v[b->n] = (build_entry){strdup(spec), inflight, queue, NULL};
+  if (!v[b->n].spec) return SS_ENOMEM;
+  b->n++;
+  return 0;
+}
+
+static void build_free(build *b) {
+  for (size_t i = 0; i < b->n; i++) {
+    free(b->v[i].spec);
+    ss_model_free(b->v[i].model);
+  }
+  free(b->v);
+  b->v = NULL;
+  b->n = 0;
+}
+
+static int spec_in(const char *spec, char *const *keep, size_t nkeep) {
+  for (size_t i = 0; i < nkeep; i++)
+    if (strcmp(spec, keep[i]) == 0) return 1;
+  return 0;
+}
+
+/* Load every entry whose spec is not in keep[]; add the built-ins whose ids are free.
+ * Any thread (it touches only b). */
+static int build_load(build *b, char *const *keep, size_t nkeep, char *err, size_t errlen) {
+  size_t nuser = b->n;
+  for (size_t i = 0; i < nuser; i++) {
+    if (spec_in(b->v[i].spec, keep, nkeep)) continue;
+    char e[512];
+    int rv = ss_model_create(b->v[i].spec, &b->v[i].model, e, sizeof e);
+    if (rv != 0) {
+      snprintf(err, errlen, "model %s: %s", b->v[i].spec, e);
+      return rv;
+    }
+  }
+  for (size_t i = 0; i < nuser; i++) { /* ids are unique */
+    const char *a = b->v[i].spec;
+    size_t la = strcspn(a, "=");
+    for (size_t j = 0; j < i; j++)
+      if (strcspn(b->v[j].spec, "=") == la && strncmp(b->v[j].spec, a, la) == 0) {
+        snprintf(err, errlen, "model id '%.*s' given twice", (int)la, a);
+        return SS_EINVAL;
+      }
+  }
+  for (size_t k = 0; k < N_BUILTIN; k++) {
+    size_t li = strcspn(builtin_specs[k], "=");
+    int taken = 0;
+    for (size_t i = 0; i < nuser; i++)
+      if (strcspn(b->v[i].spec, "=") == li && strncmp(b->v[i].spec, builtin_specs[k], li) == 0)
+        taken = 1;
+    if (taken) continue;
+    if (build_add(b, builtin_specs[k], -1, -1) != 0) return SS_ENOMEM;
+    if (spec_in(builtin_specs[k], keep, nkeep)) continue;
+    char e[512];
+    int rv = ss_model_create(builtin_specs[k], &b->v[b->n - 1].model, e, sizeof e);
+    if (rv != 0) {
+      snprintf(err, errlen, "built-in model %s: %s", builtin_specs[k], e);
+      return rv;
+    }
+  }
+  return 0;
+}
+
+/* Loop thread: make b the served set, keeping existing models whose spec is unchanged. */
+static int build_commit(ss_server *s, build *b) {
+  ss_served_model **v = calloc(b->n ? b->n : 1, sizeof *v);
+  if (!v) return SS_ENOMEM;
+  for (size_t i = 0; i < b->n; i++) {
+    build_entry *e = &b->v[i];
+    ss_served_model *sm = NULL;
+    if (!e->model) {
+      for (size_t j = 0; j < s->nmodels; j++)
+        if (s->models[j] && strcmp(s->models[j]->spec, e->spec) == 0) {
+          sm = s->models[j];
+          s->models[j] = NULL; /* taken over */
+          sm->conf_inflight = e->inflight;
+          sm->conf_queue = e->queue;
+          apply_limits(s, sm);
+          break;
+        }
+    } else {
+      sm = served_new(s, e->model, e->spec, e->inflight, e->queue);
+      if (sm) e->model = NULL;
+    }
+    if (!sm) { /* out of memory: undo the take-overs */
+      for (size_t j = 0; j < i; j++)
+        if (v[j] && !b->v[j].model) {
+          for (size_t k = 0; k < s->nmodels; k++)
+            if (!s->models[k]) {
+              s->models[k] = v[j];
+              break;
+            }
+        }
+      free(v);
+      return SS_ENOMEM;
+    }
+    v[i] = sm;
+  }
+  for (size_t j = 0; j < s->nmodels; j++)
+    if (s->models[j]) retire(s->models[j]);
+  free(s->models);
+  s->models = v;
+  s->nmodels = b->n;
+  return 0;
+}
+
+int ss_models_load(ss_server *s, char *err, size_t errlen) {
+  build b = {0};
+  int rv = 0;
+  for (size_t i = 0; i < s->cfg.n_models && rv == 0; i++)
+    rv = build_add(&b, s->cfg.models[i],
+                   s->cfg.model_max_inflight ? s->cfg.model_max_inflight[i] : -1,
+                   s->cfg.model_max_queue ? s->cfg.model_max_queue[i] : -1);
+  if (rv == 0) rv = build_load(&b, NULL, 0, err, errlen);
+  else snprintf(err, errlen, "out of memory");
+  if (rv == 0 && build_commit(s, &b) != 0) {
+    rv = SS_ENOMEM;
+    snprintf(err, errlen, "out of memory");
+  }
+  build_free(&b);
+  return rv;
+}
+
+/* -------------------------------------------------------------- reload --- */
+
+typedef struct reload_job {
+  ss_job job;
+  ss_server *srv;
+  char *path;
+  char **keep;      /* specs of the current set (a copy: the worker never reads the server) */
+  size_t nkeep;
+  build b;
+  int rc;
+  char err[1024];
+} reload_job;
+
+static void reload_run(ss_job *job) {
+  reload_job *r = (reload_job *)job;
+  ss_file_config fc;
+  r->rc = ss_config_load(r->path, &fc, r->err, sizeof r->err);
+  for (size_t i = 0; r->rc == 0 && i < fc.n_models; i++)
+    if (build_add(&r->b, fc.models[i].spec, fc.models[i].max_inflight, fc.models[i].max_queue) != 0) {
+      r->rc = SS_ENOMEM;
+      snprintf(r->err, sizeof r->err, "out of memory");
+    }
+  ss_config_free(&fc);
+  if (r->rc == 0) r->rc = build_load(&r->b, r->keep, r->nkeep, r->err, sizeof r->err);
+}
+
+static void reload_done(ss_job *job) {
+  reload_job *r = (reload_job *)job;
+  ss_server *s = r->srv;
+  s->reloading = 0;
+  if (!job->ran) {
+    SS_LOGW("config reload of %s cancelled (shutting down)", r->path);
+  } else if (r->rc != 0) {
+    SS_LOGE("config reload of %s refused: %s; still serving the previous models", r->path, r->err);
+  } else if (build_commit(s, &r->b) != 0) {
+    SS_LOGE("config reload of %s refused: out of memory; still serving the previous models", r->path);
+  } else {
+    SS_LOGI("config reloaded from %s: %zu models (default '%s')", r->path, s->nmodels,
+            s->models[0]->model->id);
+    for (size_t i = 0; i < s->nmodels; i++)
+      SS_LOGI("model %-10s %s", s->models[i]->model->id, s->models[i]->model->describe);
+  }
+  build_free(&r->b);
+  for (size_t i = 0; i < r->nkeep; i++) free(r->keep[i]);
+  free(r->keep);
+  free(r->path);
+  free(r);
+}
+
+void ss_models_reload(ss_server *s) {
+  if (s->reloading) {
+    SS_LOGW("SIGHUP: a reload is already running; ignored");
+    return;
+  }
+  reload_job *r = calloc(1, sizeof *r);
+  if (r) r->path = strdup(s->cfg.config_path);
+  if (r) r->keep = calloc(s->nmodels ? s->nmodels : 1, sizeof *r->keep);
+  if (!r || !r->path || !r->keep) {
+    if (r) {
+      free(r->path);
+      free(r->keep);
+    }
+    free(r);
+    SS_LOGE("SIGHUP: out of memory; reload skipped");
+    return;
+  }
+  for (size_t i = 0; i < s->nmodels; i++) {
+    r->keep[r->nkeep] = strdup(s->models[i]->spec);
+    if (r->keep[r->nkeep]) r->nkeep++; /* a spec missing here is merely loaded again */
+  }
+  r->srv = s;
+  r->job.run = reload_run;
+  r->job.done = reload_done;
+  s->reloading = 1;
+  SS_LOGI("SIGHUP: reloading %s on a worker", r->path);
+  ss_pool_submit(s->pool, &r->job);
+}

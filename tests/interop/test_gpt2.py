@@ -1,0 +1,225 @@
+"""The gpt2 trunk model against an independent PyTorch GPT-2 block (tests/interop/gpt2_ref.py)
+with random weights written here in Hugging Face layout (with and without the `transformer.`
+prefix, F32 and F16 storage): prefill, decode steps with the client-side cache
+(past_key_values / present_key_values), and the refusals (bad hidden width, seq beyond
+n_positions, cache entries of the wrong count or shape, bad checkpoints at start-up)."""
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+import gpt2_ref
+import sslib
+from sslib import SC, T, make_req, result, expect_error, assert_alive
+
+TOL = 1e-4
+TMP = None
+S = None
+C = None
+CFG = gpt2_ref.Config(n_embd=64, n_head=4, n_layer=4, n_positions=48)
+MODELS = {}  # model id -> (Trunk reference, a, b)
+
+
+def setup():
+    global TMP, S, C
+    TMP = tempfile.mkdtemp(prefix="ss-gpt2-")
+    args = []
+    weights = gpt2_ref.random_weights(CFG, seed=7)
+    for mid, storage, prefix, layers in (("t", "F32", "", (1, 3)),
+                                         ("tf16", "F16", "transformer.", (0, 4)),
+                                         ("tp", "F32", "transformer.", (2, 4))):
+        wpath, cpath, stored = gpt2_ref.write_checkpoint(TMP, mid, CFG, storage=storage,
+                                                         prefix=prefix, weights=weights)
+        MODELS[mid] = (gpt2_ref.Trunk(CFG, stored, *layers), layers)
+        args += ["--model", "%s=gpt2,weights=%s,config=%s,layers=%d:%d" % ((mid, wpath, cpath)
+                                                                           + layers)]
+    S = sslib.Server("--workers", "2", *args)
+    C = sslib.connect(S)
+
+
+def teardown():
+    C.close()
+    S.stop_ok()
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def _kv_entries(presents):
+    out = []
+    for k, v in presents:
+        e = sslib.pb.KVCacheEntry()
+        k = np.ascontiguousarray(k, np.float32)
+        v = np.ascontiguousarray(v, np.float32)
+        e.key_data, e.value_data = k.tobytes(), v.tobytes()
+        e.key_shape.extend(k.shape)
+        e.value_shape.extend(v.shape)
+        out.append(e)
+    return out
+
+
+def _presents(resp):
+    out = []
+    for e in resp.present_key_values:
+        k = np.frombuffer(e.key_data, np.float32).reshape(tuple(e.key_shape))
+        v = np.frombuffer(e.value_data, np.float32).reshape(tuple(e.value_shape))
+        out.append((k, v))
+    return out
+
+
+def _call(model, x, past=None, use_cache=None, **meta):
+    req = make_req(x, model=model, **meta)
+    if past is not None:
+        req.past_key_values.extend(_kv_entries(past))
+    if use_cache is not None:
+        req.use_cache = use_cache
+    return C.compute(req, timeout=T(20))
+
+
+def _close(got, ref, what, tol=TOL):
+    assert got.shape == ref.shape, "%s: shape %s, expected %s" % (what, got.shape, ref.shape)
+    err = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
+    assert err <= tol, "%s: max abs err %.3g > %.1g (max |ref| %.3g)" % (
+        what, err, tol, float(np.max(np.abs(ref))))
+    return err
+
+
+def _x(batch, seq, seed):
+    return np.random.default_rng(seed).standard_normal((batch, seq, CFG.n_embd)).astype(np.float32)
+
+
+def test_describe_in_info():
+    info = C.info(sslib.pb.ServiceInfoRequest(), timeout=T(5))
+    blob = " ".join("%s=%s" % kv for kv in info.custom_info.items())
+    assert "gpt2" in blob, blob
+
+
+def test_prefill():
+    worst = 0.0
+    for mid, (ref, _) in MODELS.items():
+        for batch in (1, 2):
+            for seq in (1, 2, 5, 17, 40, CFG.n_positions):
+                x = _x(batch, seq, seed=seq * 10 + batch)
+                r = _call(mid, x)
+                assert len(r.present_key_values) == 0, "no use_cache: no present expected"
+                y, _ = ref(x)
+                worst = max(worst, _close(result(r).reshape(y.shape), y,
+                                          "%s batch %d seq %d" % (mid, batch, seq)))
+    print("  prefill max abs err %.3g" % worst)
+
+
+def test_prefill_presents():
+    for mid, (ref, (a, b)) in MODELS.items():
+        x = _x(2, 9, seed=3)
+        r = _call(mid, x, use_cache=True)
+        y, pres = ref(x)
+        _close(result(r).reshape(y.shape), y, mid)
+        got = _presents(r)
+        assert len(got) == b - a, (len(got), b - a)
+        for i, ((k, v), (rk, rv)) in enumerate(zip(got, pres)):
+            assert k.shape == (2, CFG.n_head, 9, CFG.head_dim), k.shape
+            _close(k, rk, "%s present[%d].key" % (mid, i))
+            _close(v, rv, "%s present[%d].value" % (mid, i))
+
+
+def test_decode_client_cache():
+    """Prefill 6 tokens with use_cache, then one token per step with the previous present as
+    past: every step's output equals the reference prefill of the whole sequence."""
+    for mid, (ref, _) in MODELS.items():
+        for batch in (1, 2):
+            total, first = 14, 6
+            x = _x(batch, total, seed=40 + batch)
+            y_full, _ = ref(x)
+            r = _call(mid, x[:, :first], use_cache=True)
+            _close(result(r).reshape(batch, first, -1), y_full[:, :first], mid + " prefill")
+            past = _presents(r)
+            for t in range(first, total):
+                r = _call(mid, x[:, t:t + 1], past=past, use_cache=True)
+                _close(result(r).reshape(batch, 1, -1), y_full[:, t:t + 1],
+                       "%s batch %d decode step at position %d" % (mid, batch, t))
+                past = _presents(r)
+                assert all(k.shape[2] == t + 1 and v.shape[2] == t + 1 for k, v in past)
+            # a chunk with past and no use_cache: no present in the reply
+            r = _call(mid, x[:, :3], use_cache=True)
+            r2 = _call(mid, x[:, 3:10], past=_presents(r))
+            _close(result(r2).reshape(batch, 7, -1), y_full[:, 3:10], mid + " chunked")
+            assert len(r2.present_key_values) == 0
+
+
+def test_decode_up_to_n_positions():
+    ref, _ = MODELS["t"]
+    x = _x(1, CFG.n_positions, seed=99)
+    y_full, _ = ref(x)
+    r = _call("t", x[:, :CFG.n_positions - 1], use_cache=True)
+    r = _call("t", x[:, -1:], past=_presents(r), use_cache=True)
+    _close(result(r).reshape(1, 1, -1), y_full[:, -1:], "last position")
+    expect_error(lambda: _call("t", x[:, -1:], past=_presents(r)), SC.INVALID_ARGUMENT,
+                 "exceeds n_positions 48")
+
+
+def test_bad_input():
+    expect_error(lambda: _call("t", np.zeros((1, 4, 32), np.float32)), SC.INVALID_ARGUMENT,
+                 "hidden size 64, got 32")
+    expect_error(lambda: _call("t", np.zeros((4, 64), np.float32)), SC.INVALID_ARGUMENT,
+                 "3 dims")
+    expect_error(lambda: _call("t", np.zeros((1, 49, 64), np.float32)), SC.INVALID_ARGUMENT,
+                 "seq 49 exceeds n_positions 48")
+    x = _x(2, 5, seed=1)
+    r = _call("t", x, use_cache=True)
+    past = _presents(r)  # 2 layers, [2, 4, 5, 16]
+    expect_error(lambda: _call("t", x[:, :1], past=past[:1]), SC.INVALID_ARGUMENT,
+                 "2 past_key_values entries", "got 1")
+    expect_error(lambda: _call("t", x[:, :1], past=past * 2), SC.INVALID_ARGUMENT,
+                 "got 4")
+    bad = [past[0], (past[1][0], past[1][1][:, :, :4])]
+    expect_error(lambda: _call("t", x[:, :1], past=bad), SC.INVALID_ARGUMENT,
+                 "past_key_values[1].value_shape is [2,4,4,16], expected [2,4,5,16]")
+    bad = [(past[0][0][:, :3], past[0][1][:, :3]), past[1]]
+    expect_error(lambda: _call("t", x[:, :1], past=bad), SC.INVALID_ARGUMENT,
+                 "past_key_values[0].key_shape")
+    # batch of the cache != batch of the input
+    expect_error(lambda: _call("t", x[:1, :1], past=past), SC.INVALID_ARGUMENT,
+                 "past_key_values[0].key_shape is [2,4,5,16], expected [1,4,past_len,16]")
+    # bytes that disagree with the shape
+    req = make_req(x[:, :1], model="t")
+    req.past_key_values.extend(_kv_entries(past))
+    req.past_key_values[1].key_data = req.past_key_values[1].key_data[:-4]
+    expect_error(lambda: C.compute(req, timeout=T(5)), SC.INVALID_ARGUMENT,
+                 "past_key_values[1].key")
+    assert_alive(C)
+
+
+def _refused(spec, *want):
+    rc, out = sslib.run_cli("--listen", "127.0.0.1:0", "--model", spec)
+    assert rc != 0, "splitserve --model %s started:\n%s" % (spec, out)
+    assert rc > 0, "splitserve --model %s crashed (signal %d):\n%s" % (spec, -rc, out)
+    assert "listening on" not in out
+    sslib.check_no_sanitizer_report(out)
+    for w in want:
+        assert w.lower() in out.lower(), "refusal of --model %s does not name %r:\n%s" % (
+            spec, w, out)
+
+
+def test_startup_refusals():
+    w, c, _ = gpt2_ref.write_checkpoint(TMP, "ok", CFG, seed=1)
+    _refused("x=gpt2,weights=%s,config=%s,layers=2:5" % (w, c), "layers 2:5 outside 0:4")
+    _refused("x=gpt2,weights=%s,config=%s,layers=3:3" % (w, c), "empty")
+    w2, c2, _ = gpt2_ref.write_checkpoint(TMP, "miss", CFG, seed=1,
+                                          skip=("h.2.attn.c_proj.weight", "h.3.ln_2.bias"))
+    _refused("x=gpt2,weights=%s,config=%s,layers=1:4" % (w2, c2), "2 tensors", "missing",
+             "h.2.attn.c_proj.weight", "h.3.ln_2.bias")
+    w3, c3, _ = gpt2_ref.write_checkpoint(
+        TMP, "shape", CFG, seed=1, prefix="transformer.",
+        reshape={"h.1.mlp.c_fc.weight": np.zeros((64, 100), np.float32)})
+    _refused("x=gpt2,weights=%s,config=%s" % (w3, c3), "transformer.h.1.mlp.c_fc.weight",
+             "[64,100]", "[64,256]")
+    _, c4, _ = gpt2_ref.write_checkpoint(TMP, "relu", CFG, seed=1,
+                                         config_override={"activation_function": "relu"})
+    _refused("x=gpt2,weights=%s,config=%s" % (w, c4), "activation_function 'relu'")
+    _, c5, _ = gpt2_ref.write_checkpoint(TMP, "nohead", CFG, seed=1,
+                                         config_override={"n_head": ...})
+    _refused("x=gpt2,weights=%s,config=%s" % (w, c5), "missing 'n_head'")
+    _refused("x=gpt2,weights=%s" % os.path.join(TMP, "nope.safetensors"), "nope.safetensors")
+
+
+if __name__ == "__main__":
+    sslib.main(globals())
