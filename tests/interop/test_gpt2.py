@@ -145,6 +145,37 @@ def test_decode_client_cache():
             assert len(r2.present_key_values) == 0
 
 
+def test_decode_server_session():
+    """metadata session=ID keeps the cache on the server: prefill, then one token per call,
+    equal to the reference prefill; no cache on the wire; session_end=1 frees it."""
+    for mid, (ref, _) in MODELS.items():
+        for batch in (1, 2):
+            sid = "%s-%d" % (mid, batch)
+            total, first = 12, 5
+            x = _x(batch, total, seed=70 + batch)
+            y_full, _ = ref(x)
+            r = _call(mid, x[:, :first], session=sid)
+            assert len(r.present_key_values) == 0
+            _close(result(r).reshape(batch, first, -1), y_full[:, :first], mid + " session prefill")
+            for t in range(first, total):
+                meta = {"session_end": 1} if t == total - 1 else {}
+                r = _call(mid, x[:, t:t + 1], session=sid, **meta)
+                assert len(r.present_key_values) == 0
+                _close(result(r).reshape(batch, 1, -1), y_full[:, t:t + 1],
+                       "%s batch %d session step at position %d" % (mid, batch, t))
+            # ended: the same id starts from an empty cache
+            r = _call(mid, x[:, :1], session=sid, session_end=1)
+            _close(result(r).reshape(batch, 1, -1), y_full[:, :1], mid + " session restarted")
+    x = _x(1, 3, seed=5)
+    r = _call("t", x, use_cache=True)
+    expect_error(lambda: _call("t", x[:, :1], past=_presents(r), session="s"),
+                 SC.INVALID_ARGUMENT, "past_key_values must be empty")
+    _call("t", np.zeros((1, 47, 64), np.float32), session="s3")
+    expect_error(lambda: _call("t", np.zeros((1, 2, 64), np.float32), session="s3"),
+                 SC.INVALID_ARGUMENT, "past_len 47 + seq 2 exceeds n_positions 48", "session")
+    _call("t", np.zeros((1, 1, 64), np.float32), session="s3", session_end=1)
+
+
 def test_decode_up_to_n_positions():
     ref, _ = MODELS["t"]
     x = _x(1, CFG.n_positions, seed=99)
