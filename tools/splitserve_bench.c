@@ -721,8 +721,14 @@ static void write_csv(bench *b, const level_result *r) {
   char thr[32] = "", cpu[32] = "";
   if (r->threads >= 0) snprintf(thr, sizeof thr, "%d", r->threads);
   if (r->srv_cpu_per_1k >= 0) snprintf(cpu, sizeof cpu, "%.5f", r->srv_cpu_per_1k);
-  fprintf(f, "%s,%ld,%llu,%llu,%.2f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s\n", b->label ? b->label : "",
-          r->concurrency, (unsigned long long)(r->ok + r->errors), (unsigned long long)r->errors,
+  /* The label is quoted (RFC 4180): it may hold commas. */
+  fputc('"', f);
+  for (const char *p = b->label ? b->label : ""; *p; p++) {
+    if (*p == '"') fputc('"', f);
+    fputc(*p, f);
+  }
+  fputc('"', f);
+  fprintf(f, ",%ld,%llu,%llu,%.2f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s\n", r->concurrency, (unsigned long long)(r->ok + r->errors), (unsigned long long)r->errors,
           r->qps, r->mean_ms, r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms, thr, cpu);
   fclose(f);
 }
