@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "core/meta.h"
 #include "core/tensor.h"
 
@@ -42,6 +44,15 @@ typedef struct ss_kv_io {
   ss_kv_layer *present;
 } ss_kv_io;
 
+/* Optimizer settings for one step (training models). */
+typedef enum { SS_OPT_SGD = 0, SS_OPT_ADAMW = 1 } ss_opt_kind;
+typedef struct ss_optim {
+  ss_opt_kind kind;   /* from the model spec: optimizer=sgd|adamw (default sgd) */
+  float lr;           /* the request's learning_rate (> 0, finite) */
+  float beta1, beta2, eps, weight_decay; /* spec keys beta1, beta2, eps, weight_decay
+                                          * (AdamW defaults 0.9, 0.999, 1e-8, 0.01; SGD: 0) */
+} ss_optim;
+
 typedef struct ss_model_ops {
   /* Validate an input tensor (dtype already resolved; data may be any dtype) and metadata;
    * write the output shape. Returns 0, or SS_EINVAL with a message naming the problem, e.g.
@@ -67,6 +78,28 @@ typedef struct ss_model_ops {
   /* Worker thread: like forward, with the cache (see ss_kv_io). */
   int (*forward_kv)(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
                     const ss_meta *meta, char *err, size_t errlen);
+
+  /* ---- training (models that can learn; all NULL otherwise) ----
+   * Locking is the caller's (the service): forward, forward_train and backward run under the
+   * model's read lock (m->lock), step under its write lock, so a forward sees either the old or
+   * the new weights, never a torn mix. backward calls of one model may run concurrently: the
+   * model serializes its own gradient accumulation (a mutex inside impl). */
+  /* Worker: forward that also keeps what backward needs in *saved (model-owned record, freed
+   * with free_saved); *saved_bytes = its memory. Same shapes as forward. */
+  int (*forward_train)(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
+                       size_t *saved_bytes, char *err, size_t errlen);
+  /* Worker: grad_in (preallocated, the input's shape, f32) = dL/d(input) given grad_out
+   * (dL/d(output), the output's shape); adds dL/d(weights) into the model's gradient buffers. */
+  int (*backward)(ss_model *m, const void *saved, const ss_tensor *grad_out, ss_tensor *grad_in,
+                  char *err, size_t errlen);
+  /* Worker, write lock held: apply the optimizer to the accumulated gradients (as summed by the
+   * backward calls since the last step), then zero them. Weights that are still read-only mmap
+   * views are copied to owned memory on the first step (copy on first write). */
+  int (*step)(ss_model *m, const ss_optim *opt, char *err, size_t errlen);
+  void (*free_saved)(const ss_model *m, void *saved);
+  /* Any thread, read lock held: write the current weights as safetensors with the same keys
+   * (and dtype F32) the model was loaded from, atomically: PATH.tmp, fsync, rename. */
+  int (*save)(const ss_model *m, const char *path, char *err, size_t errlen);
 } ss_model_ops;
 
 struct ss_model {
@@ -77,6 +110,9 @@ struct ss_model {
   ss_exec_kind exec;
   int echo;                 /* output is the input, byte for byte (identity, sleep, spin) */
   int n_kv_layers;          /* > 0: the model keeps an attention cache of this many layers */
+  ss_optim optim;           /* training: optimizer from the spec (lr filled per request) */
+  char *save_path;          /* spec key save=PATH: checkpoint written on drain and SIGUSR1 */
+  uv_rwlock_t lock;         /* weights: forward/backward read, step writes (workers only) */
   int64_t n_params;         /* parameter count (0 for built-ins) */
   size_t weight_bytes;      /* bytes of weights resident */
   char describe[160];       /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
