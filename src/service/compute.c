@@ -419,11 +419,9 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
     case SS_SESSION_OK: break;
     case SS_SESSION_EVICTED:
       ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
-                   "session '%s' of model '%s' was evicted (%s: %s); its KV cache is gone — start "
-                   "it again with the full prefix",
-                   sid, m->id, why,
-                   strcmp(why, "ttl") == 0 ? "idle longer than --session-ttl"
-                                           : "over --session-memory-mb, least recently used first");
+                   "session '%s' of model '%s' was %s (--session-ttl / --session-memory-mb); its "
+                   "KV cache is gone: start it again with the full prefix",
+                   sid, m->id, why);
       return -1;
     case SS_SESSION_BUSY:
       ss_call_fail(call, SS_GRPC_ABORTED,

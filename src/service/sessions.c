@@ -1,32 +1,49 @@
 /*
- * sessions.c — see sessions.h. A chained hash table keyed by "model\x1fid", an LRU list
- * (most recent at the head), and a ring of recently evicted keys. Loop thread only.
+ * sessions.c — see sessions.h: decode sessions on top of the keyed cache (core/kcache.c),
+ * keyed "model\x1fid". Loop thread only.
  */
 #include "service/sessions.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <uv.h>
-
-#include "core/log.h"
-
-#define SS_EVICTED_RING 4096
 
 struct ss_sessions {
-  ss_session **buckets;
-  size_t nbuckets, count, bytes, max_bytes;
-  uint64_t ttl_ns;
-  ss_session *lru_head, *lru_tail;
-  char *evicted[SS_EVICTED_RING]; /* keys, each ending with a reason byte after the NUL */
-  size_t evicted_pos;
-  uint64_t n_evicted;
+  ss_kcache *cache;
 };
 
-static uint64_t hash(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  while (*s) h = (h ^ (uint8_t)*s++) * 1099511628211ull;
-  return h;
+void ss_kv_free(ss_kv_layer *kv, int n) {
+  if (!kv) return;
+  for (int i = 0; i < n; i++) {
+    free(kv[i].key.data);
+    free(kv[i].value.data);
+  }
+  free(kv);
+}
+
+static void session_free(void *v, void *user) {
+  (void)user;
+  ss_session *x = v;
+  ss_kv_free(x->past, x->n_layers);
+  free(x);
+}
+
+int ss_sessions_new(size_t max_bytes, double ttl_s, ss_sessions **out) {
+  ss_sessions *s = calloc(1, sizeof *s);
+  if (!s) return SS_ENOMEM;
+  int rv = ss_kcache_new(max_bytes, ttl_s, session_free, NULL, &s->cache);
+  if (rv != 0) {
+    free(s);
+    return rv;
+  }
+  *out = s;
+  return 0;
+}
+
+void ss_sessions_free(ss_sessions *s) {
+  if (!s) return;
+  ss_kcache_free(s->cache);
+  free(s);
 }
 
 static char *make_key(const char *model, const char *id) {
@@ -39,133 +56,31 @@ static char *make_key(const char *model, const char *id) {
   return k;
 }
 
-void ss_kv_free(ss_kv_layer *kv, int n) {
-  if (!kv) return;
-  for (int i = 0; i < n; i++) {
-    free(kv[i].key.data);
-    free(kv[i].value.data);
-  }
-  free(kv);
-}
-
-int ss_sessions_new(size_t max_bytes, double ttl_s, ss_sessions **out) {
-  ss_sessions *s = calloc(1, sizeof *s);
-  if (!s) return SS_ENOMEM;
-  s->nbuckets = 1024;
-  s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
-  if (!s->buckets) {
-    free(s);
-    return SS_ENOMEM;
-  }
-  s->max_bytes = max_bytes;
-  s->ttl_ns = (uint64_t)(ttl_s * 1e9);
-  *out = s;
-  return 0;
-}
-
-static void lru_unlink(ss_sessions *s, ss_session *x) {
-  if (x->lru_prev) x->lru_prev->lru_next = x->lru_next;
-  else s->lru_head = x->lru_next;
-  if (x->lru_next) x->lru_next->lru_prev = x->lru_prev;
-  else s->lru_tail = x->lru_prev;
-  x->lru_prev = x->lru_next = NULL;
-}
-
-static void lru_push_front(ss_sessions *s, ss_session *x) {
-  x->lru_prev = NULL;
-  x->lru_next = s->lru_head;
-  if (s->lru_head) s->lru_head->lru_prev = x;
-  else s->lru_tail = x;
-  s->lru_head = x;
-}
-
-static void destroy(ss_sessions *s, ss_session *x, const char *evict_reason) {
-  ss_session **pp = &s->buckets[hash(x->key) % s->nbuckets];
-  while (*pp && *pp != x) pp = &(*pp)->hnext;
-  if (*pp) *pp = x->hnext;
-  lru_unlink(s, x);
-  s->count--;
-  s->bytes -= x->bytes;
-  ss_kv_free(x->past, x->n_layers);
-  if (evict_reason) {
-    size_t kl = strlen(x->key);
-    char *rec = malloc(kl + 2 + strlen(evict_reason) + 1);
-    if (rec) {
-      memcpy(rec, x->key, kl + 1);
-      strcpy(rec + kl + 1, evict_reason);
-      free(s->evicted[s->evicted_pos]);
-      s->evicted[s->evicted_pos] = rec;
-      s->evicted_pos = (s->evicted_pos + 1) % SS_EVICTED_RING;
-    }
-    s->n_evicted++;
-    SS_LOGD("session '%s' evicted (%s)", x->id, evict_reason);
-  }
-  free(x->key);
-  free(x);
-}
-
-void ss_sessions_free(ss_sessions *s) {
-  if (!s) return;
-  while (s->lru_head) destroy(s, s->lru_head, NULL);
-  for (size_t i = 0; i < SS_EVICTED_RING; i++) free(s->evicted[i]);
-  free(s->buckets);
-  free(s);
-}
-
-static ss_session *find(ss_sessions *s, const char *key) {
-  for (ss_session *x = s->buckets[hash(key) % s->nbuckets]; x; x = x->hnext)
-    if (strcmp(x->key, key) == 0) return x;
-  return NULL;
-}
-
-static const char *was_evicted(ss_sessions *s, const char *key) {
-  for (size_t i = 0; i < SS_EVICTED_RING; i++)
-    if (s->evicted[i] && strcmp(s->evicted[i], key) == 0) return s->evicted[i] + strlen(key) + 1;
-  return NULL;
-}
-
-static void forget_evicted(ss_sessions *s, const char *key) {
-  for (size_t i = 0; i < SS_EVICTED_RING; i++)
-    if (s->evicted[i] && strcmp(s->evicted[i], key) == 0) {
-      free(s->evicted[i]);
-      s->evicted[i] = NULL;
-    }
-}
-
 int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_session **out,
                        const char **why) {
   char *key = make_key(model, id);
   if (!key) return SS_SESSION_NOMEM;
-  ss_session *x = find(s, key);
-  if (x) {
+  const char *gone = NULL;
+  ss_kentry *e = ss_kcache_get(s->cache, key, 1, &gone);
+  if (!e && gone && strncmp(gone, "evicted", 7) == 0) {
+    *why = gone;
+    ss_kcache_forget(s->cache, key); /* reported once: the client may start over */
     free(key);
-    if (x->busy) return SS_SESSION_BUSY;
-  } else {
-    const char *r = was_evicted(s, key);
-    if (r) {
-      *why = r;
-      forget_evicted(s, key); /* reported once: the client may start the session over */
-      free(key);
-      return SS_SESSION_EVICTED;
-    }
-    x = calloc(1, sizeof *x);
-    if (!x) {
+    return SS_SESSION_EVICTED;
+  }
+  if (!e) {
+    ss_session *x = calloc(1, sizeof *x);
+    e = x ? ss_kcache_put(s->cache, key, x, 0) : NULL;
+    if (!e) {
       free(key);
       return SS_SESSION_NOMEM;
     }
-    x->key = key;
-    x->id = key + strlen(model) + 1;
-    ss_session **b = &s->buckets[hash(key) % s->nbuckets];
-    x->hnext = *b;
-    *b = x;
-    s->count++;
-    lru_push_front(s, x);
+    x->entry = e;
   }
-  x->busy = 1;
-  x->last_used_ns = uv_hrtime();
-  lru_unlink(s, x);
-  lru_push_front(s, x);
-  *out = x;
+  free(key);
+  if (e->busy) return SS_SESSION_BUSY;
+  e->busy = 1;
+  *out = e->value;
   return SS_SESSION_OK;
 }
 
@@ -175,56 +90,34 @@ static size_t kv_bytes(const ss_kv_layer *kv, int n) {
   return b;
 }
 
-static void enforce_budget(ss_sessions *s) {
-  ss_session *x = s->lru_tail;
-  while (s->bytes > s->max_bytes && x) {
-    ss_session *prev = x->lru_prev;
-    if (!x->busy) destroy(s, x, "memory");
-    x = prev;
-  }
-}
-
 void ss_session_release(ss_sessions *s, ss_session *x, ss_kv_layer *present, int n_layers, int end) {
-  x->busy = 0;
-  x->last_used_ns = uv_hrtime();
+  ss_kentry *e = x->entry;
+  e->busy = 0;
+  if (end) {
+    if (present) ss_kv_free(present, n_layers);
+    ss_kcache_remove(s->cache, e, "ended", 0);
+    return;
+  }
   if (present) {
-    s->bytes -= x->bytes;
     ss_kv_free(x->past, x->n_layers);
     x->past = present;
     x->n_layers = n_layers;
-    x->past_len = n_layers > 0 ? present[0].key.shape[2] : 0;
-    x->bytes = kv_bytes(present, n_layers);
-    s->bytes += x->bytes;
+    ss_kcache_resize(s->cache, e, kv_bytes(present, n_layers));
   }
-  if (end) {
-    destroy(s, x, NULL);
-    return;
-  }
-  enforce_budget(s);
 }
 
 int ss_session_end(ss_sessions *s, const char *model, const char *id) {
   char *key = make_key(model, id);
   if (!key) return 0;
-  ss_session *x = find(s, key);
+  ss_kentry *e = ss_kcache_get(s->cache, key, 0, NULL);
   free(key);
-  if (!x || x->busy) return 0;
-  destroy(s, x, NULL);
+  if (!e || e->busy) return 0;
+  ss_kcache_remove(s->cache, e, "ended", 0);
   return 1;
 }
 
-void ss_sessions_sweep(ss_sessions *s) {
-  uint64_t now = uv_hrtime();
-  ss_session *x = s->lru_tail;
-  while (x && now - x->last_used_ns > s->ttl_ns) {
-    ss_session *prev = x->lru_prev;
-    if (!x->busy) destroy(s, x, "ttl");
-    x = prev;
-  }
-}
+void ss_sessions_sweep(ss_sessions *s) { ss_kcache_sweep(s->cache); }
 
 void ss_sessions_stats(const ss_sessions *s, size_t *count, size_t *bytes, uint64_t *evicted) {
-  *count = s->count;
-  *bytes = s->bytes;
-  *evicted = s->n_evicted;
+  ss_kcache_stats(s->cache, count, bytes, evicted);
 }

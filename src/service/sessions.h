@@ -17,19 +17,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/kcache.h"
 #include "models/model.h"
 
 typedef struct ss_session {
-  char *key;                 /* "model\x1fid" */
-  const char *id;            /* points into key */
   ss_kv_layer *past;         /* n_layers entries, owned (data malloc'd), or NULL when empty */
   int n_layers;
-  int64_t past_len;
-  size_t bytes;
-  uint64_t last_used_ns;
-  int busy;
-  struct ss_session *hnext;            /* hash chain */
-  struct ss_session *lru_prev, *lru_next;
+  struct ss_kentry *entry;   /* its slot in the cache (core/kcache.h) */
 } ss_session;
 
 typedef struct ss_sessions ss_sessions;
@@ -40,7 +34,8 @@ void ss_sessions_free(ss_sessions *s);
 enum { SS_SESSION_OK = 0, SS_SESSION_EVICTED = 1, SS_SESSION_BUSY = 2, SS_SESSION_NOMEM = 3 };
 
 /* Find or create the session (model, id) and mark it busy. *out is set on SS_SESSION_OK.
- * SS_SESSION_EVICTED: the id was evicted earlier (why: "ttl" or "memory"). */
+ * SS_SESSION_EVICTED: the id was evicted earlier; *why says why (reported once: a later call
+ * with the same id starts a new session). */
 int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_session **out,
                        const char **why);
 /* The call finished: when present != NULL it becomes the session's cache (ownership taken;

@@ -1,0 +1,53 @@
+/*
+ * kcache.h — a string-keyed cache of owned values with byte accounting, an idle TTL, a total
+ * byte budget (least recently used idle entries are evicted first), "busy" pinning (a pinned
+ * entry is never evicted), and a bounded memory of removed keys with the reason they went
+ * ("evicted: ttl", "used by a backward call", ...) so a client asking for one gets a precise
+ * answer instead of a bare "not found".
+ *
+ * Used for server-side decode sessions (KV caches) and the training activation cache.
+ * Thread: loop thread only (no locks). Values are freed through the free callback.
+ */
+#ifndef SS_CORE_KCACHE_H
+#define SS_CORE_KCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ss_kentry {
+  char *key;
+  void *value;           /* owned; freed with the cache's free_value */
+  size_t bytes;
+  uint64_t last_used_ns;
+  int busy;              /* pinned: in use by a call */
+  struct ss_kentry *hnext, *prev, *next; /* hash chain; LRU list (head = most recent) */
+} ss_kentry;
+
+typedef struct ss_kcache ss_kcache;
+
+/* max_bytes: budget (0 = unlimited); ttl_s: idle time limit (<= 0: none); free_value(value, user)
+ * frees a value. *out: free with ss_kcache_free. */
+int ss_kcache_new(size_t max_bytes, double ttl_s, void (*free_value)(void *value, void *user),
+                  void *user, ss_kcache **out);
+void ss_kcache_free(ss_kcache *c);
+
+/* The entry for key, or NULL. When NULL and the key was removed recently, *why (if why != NULL)
+ * is the reason given then (borrowed, valid until the next call); else *why = NULL. touch:
+ * count as a use (LRU, TTL). */
+ss_kentry *ss_kcache_get(ss_kcache *c, const char *key, int touch, const char **why);
+/* Insert a new entry (key copied; value owned from now on, also on failure). Returns the entry
+ * or NULL (out of memory, or the key exists). Enforces the budget afterwards (the new entry is
+ * the most recent, so it is evicted last). */
+ss_kentry *ss_kcache_put(ss_kcache *c, const char *key, void *value, size_t bytes);
+/* The value's size changed (e.g. a session's cache grew): re-account, enforce the budget. */
+void ss_kcache_resize(ss_kcache *c, ss_kentry *e, size_t bytes);
+/* Remove e. reason != NULL: remember the key with this reason; take: return the value instead
+ * of freeing it. */
+void *ss_kcache_remove(ss_kcache *c, ss_kentry *e, const char *reason, int take);
+/* Forget the remembered reasons for key (it may be reused with a fresh meaning). */
+void ss_kcache_forget(ss_kcache *c, const char *key);
+/* Evict idle entries past the TTL (periodic timer). */
+void ss_kcache_sweep(ss_kcache *c);
+void ss_kcache_stats(const ss_kcache *c, size_t *count, size_t *bytes, uint64_t *evicted);
+
+#endif

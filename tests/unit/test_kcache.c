@@ -1,0 +1,79 @@
+/*
+ * test_kcache.c — the keyed cache: put/get, byte budget with LRU eviction (busy entries pinned,
+ * the newest kept), remembered reasons, forget, resize, TTL sweep, and that every value is freed
+ * exactly once.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "check.h"
+#include "core/kcache.h"
+
+static int freed;
+static void free_val(void *v, void *user) {
+  (void)user;
+  freed++;
+  free(v);
+}
+
+int main(void) {
+  ss_kcache *c;
+  CHECK_EQ_INT(ss_kcache_new(300, 0.05, free_val, NULL, &c), 0);
+  ss_kentry *a = ss_kcache_put(c, "a", malloc(1), 100);
+  ss_kentry *b = ss_kcache_put(c, "b", malloc(1), 100);
+  CHECK(a && b);
+  CHECK(ss_kcache_put(c, "a", malloc(1), 1) == NULL); /* duplicate: refused, value freed */
+  CHECK_EQ_INT(freed, 1);
+  a->busy = 1;
+  CHECK(ss_kcache_get(c, "b", 1, NULL) == b);     /* b is now the most recent */
+  ss_kcache_put(c, "c", malloc(1), 150);          /* 350 > 300: evict LRU idle: b (a is busy) */
+  const char *why = NULL;
+  CHECK(ss_kcache_get(c, "b", 0, &why) == NULL);
+  CHECK_CONTAINS(why, "memory budget");
+  CHECK(ss_kcache_get(c, "a", 0, NULL) == a);
+  size_t n, bytes;
+  uint64_t ev;
+  ss_kcache_stats(c, &n, &bytes, &ev);
+  CHECK_EQ_INT(n, 2);
+  CHECK_EQ_INT(bytes, 250);
+  CHECK_EQ_INT(ev, 1);
+  ss_kcache_forget(c, "b");
+  CHECK(ss_kcache_get(c, "b", 0, &why) == NULL && why == NULL);
+  /* take: the value comes back instead of being freed */
+  void *v = ss_kcache_remove(c, ss_kcache_get(c, "c", 0, NULL), "used", 1);
+  CHECK(v != NULL);
+  free(v);
+  CHECK(ss_kcache_get(c, "c", 0, &why) == NULL);
+  CHECK_CONTAINS(why, "used");
+  /* resize past the budget evicts others, never the resized newest */
+  ss_kentry *d = ss_kcache_put(c, "d", malloc(1), 10);
+  a->busy = 0;
+  ss_kcache_resize(c, d, 290);
+  CHECK(ss_kcache_get(c, "a", 0, NULL) == NULL); /* a (older, idle) evicted */
+  CHECK(ss_kcache_get(c, "d", 0, NULL) == d);
+  /* TTL */
+  uv_sleep(80);
+  ss_kcache_sweep(c);
+  CHECK(ss_kcache_get(c, "d", 0, &why) == NULL);
+  CHECK_CONTAINS(why, "time-to-live");
+  /* many keys: the table grows and everything stays reachable */
+  ss_kcache *big;
+  CHECK_EQ_INT(ss_kcache_new(0, 0, free_val, NULL, &big), 0);
+  char key[32];
+  for (int i = 0; i < 5000; i++) {
+    snprintf(key, sizeof key, "k%d", i);
+    ss_kcache_put(big, key, malloc(1), 1);
+  }
+  int found = 0;
+  for (int i = 0; i < 5000; i++) {
+    snprintf(key, sizeof key, "k%d", i);
+    found += ss_kcache_get(big, key, 0, NULL) != NULL;
+  }
+  CHECK_EQ_INT(found, 5000);
+  int before = freed;
+  ss_kcache_free(big);
+  CHECK_EQ_INT(freed - before, 5000);
+  ss_kcache_free(c);
+  TEST_MAIN_END();
+}
