@@ -102,6 +102,9 @@ typedef struct ss_server_config {
   const char *config_path;    /* borrowed; YAML file re-read on SIGHUP (models and their limits) */
   size_t session_max_bytes;   /* decode sessions (metadata session=ID): total KV bytes (1 GiB) */
   double session_ttl_s;       /* idle sessions are evicted after this (default 600) */
+  size_t activation_max_bytes; /* training: activation cache budget (default 2 GiB) */
+  double activation_ttl_s;    /* training forwards without a backward expire (default 300) */
+  const char *save_weights;   /* borrowed; checkpoint path for the default model (drain, SIGUSR1) */
   int log_level;              /* 0 error, 1 warn, 2 info (default), 3 debug */
   int handle_signals;         /* install SIGINT/SIGTERM handlers on the loop (daemon) */
 } ss_server_config;

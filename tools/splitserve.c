@@ -38,6 +38,11 @@ static void usage(FILE *f) {
           "  --session-memory-mb N     total KV-cache memory of server-side decode sessions\n"
           "                            (metadata session=ID; default 1024); LRU eviction beyond it\n"
           "  --session-ttl S           idle decode sessions are evicted after S seconds (default 600)\n"
+"  --activation-memory-mb N  training: memory for activations awaiting their backward call\n"
+          "                            (default 2048); oldest evicted beyond it\n"
+          "  --activation-ttl S        training: a forward without backward expires after S s (300)\n"
+          "  --save-weights PATH       checkpoint of the default model (safetensors), written\n"
+          "                            atomically on drain and on SIGUSR1 (per model: save=PATH)\n"
           "  --config FILE             YAML settings and models (examples/server.yaml); flags given on\n"
           "                            the command line override its settings; SIGHUP re-reads its\n"
           "                            models and limits without a restart\n"
@@ -97,6 +102,9 @@ int main(int argc, char **argv) {
     if (fc.has_drain_timeout) cfg.drain_timeout_s = fc.drain_timeout_s;
     if (fc.has_session_memory_mb) cfg.session_max_bytes = (size_t)fc.session_memory_mb << 20;
     if (fc.has_session_ttl) cfg.session_ttl_s = fc.session_ttl_s;
+    if (fc.has_activation_memory_mb) cfg.activation_max_bytes = (size_t)fc.activation_memory_mb << 20;
+    if (fc.has_activation_ttl) cfg.activation_ttl_s = fc.activation_ttl_s;
+    if (fc.has_save_weights) cfg.save_weights = fc.save_weights;
     if (fc.has_log_level) {
       int l = ss_log_parse_level(fc.log_level);
       if (l < 0) {
@@ -183,6 +191,14 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--session-ttl") == 0) {
       if (parse_int(a, v, 1, 86400 * 7, &x) != 0) goto out;
       cfg.session_ttl_s = (double)x;
+    } else if (strcmp(a, "--activation-memory-mb") == 0) {
+      if (parse_int(a, v, 1, 1L << 30, &x) != 0) goto out;
+      cfg.activation_max_bytes = (size_t)x << 20;
+    } else if (strcmp(a, "--activation-ttl") == 0) {
+      if (parse_int(a, v, 1, 86400 * 7, &x) != 0) goto out;
+      cfg.activation_ttl_s = (double)x;
+    } else if (strcmp(a, "--save-weights") == 0) {
+      cfg.save_weights = v;
     } else if (strcmp(a, "--config") == 0) {
       /* applied above */
     } else if (strcmp(a, "--model") == 0) {

@@ -40,6 +40,7 @@ static const char *const top_keys[] = {
     "listen",      "workers",           "intra_op_threads", "oversubscribe",
     "max_inflight", "max_queue",        "max_message_bytes", "drain_timeout",
     "session_memory_mb", "session_ttl", "log_level",        "models",
+    "activation_memory_mb", "activation_ttl", "save_weights",
     NULL};
 
 __attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t *n,
@@ -368,6 +369,15 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
     } else if (!strcmp(ks, "session_ttl")) {
       rc = get_seconds(w, ks, v, 1, 86400.0 * 7, &c->session_ttl_s);
       c->has_session_ttl = !rc;
+    } else if (!strcmp(ks, "activation_memory_mb")) {
+      rc = get_ll(w, ks, v, 1, 1LL << 30, &c->activation_memory_mb);
+      c->has_activation_memory_mb = !rc;
+    } else if (!strcmp(ks, "activation_ttl")) {
+      rc = get_seconds(w, ks, v, 1, 86400.0 * 7, &c->activation_ttl_s);
+      c->has_activation_ttl = !rc;
+    } else if (!strcmp(ks, "save_weights")) {
+      rc = get_str(w, ks, v, &c->save_weights);
+      c->has_save_weights = !rc;
     } else if (!strcmp(ks, "log_level")) {
       const char *s = scalar(v);
       if (!s || ss_log_parse_level(s) < 0) {
@@ -500,6 +510,7 @@ void ss_config_free(ss_file_config *c) {
   if (!c) return;
   free(c->listen_host);
   free(c->log_level);
+  free(c->save_weights);
   for (size_t i = 0; i < c->n_models; i++) {
     free(c->models[i].id);
     free(c->models[i].kind);

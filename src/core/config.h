@@ -39,6 +39,9 @@ typedef struct ss_file_config {
   double drain_timeout_s; int has_drain_timeout;              /* key drain_timeout (seconds) */
   long long session_memory_mb; int has_session_memory_mb;
   double session_ttl_s; int has_session_ttl;                  /* key session_ttl */
+  long long activation_memory_mb; int has_activation_memory_mb;
+  double activation_ttl_s; int has_activation_ttl;             /* key activation_ttl */
+  char *save_weights; int has_save_weights;                    /* default model checkpoint */
   char *log_level; int has_log_level;
   ss_model_conf *models; size_t n_models;                     /* key models: a sequence of mappings */
 } ss_file_config;

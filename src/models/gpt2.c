@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "models/model.h"
+#include "models/optim.h"
 #include "models/safetensors.h"
 
 enum {
@@ -74,6 +75,12 @@ typedef struct gpt2 {
   float eps;
   gpt2_block *blk; /* b - a blocks */
   ss_st_file *st;  /* keeps the mmap alive */
+  const char *prefix; /* static: "" or "transformer." as in the loaded file (save writes it back) */
+  /* training: one param per tensor (layer-major, T_PER_LAYER each), gradients summed under gmu
+   * by concurrent backward calls; optimizer steps taken so far. */
+  ss_param *prm;
+  uv_mutex_t gmu;
+  int64_t t;
 } gpt2;
 
 static void gpt2_free(gpt2 *p) {
@@ -81,6 +88,11 @@ static void gpt2_free(gpt2 *p) {
   if (p->blk != NULL)
     for (int l = 0; l < p->b - p->a; l++)
       for (int k = 0; k < T_PER_LAYER; k++) free(p->blk[l].own[k]);
+  if (p->prm != NULL) {
+    for (int i = 0; i < (p->b - p->a) * T_PER_LAYER; i++) ss_param_free_state(&p->prm[i]);
+    uv_mutex_destroy(&p->gmu);
+    free(p->prm);
+  }
   free(p->blk);
   ss_st_close(p->st);
   free(p);
@@ -265,6 +277,7 @@ static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_
 
   for (size_t i = 0; i < ss_st_count(p->st); i++)
     if (strncmp(ss_st_at(p->st, i)->name, "transformer.h.", 14) == 0) prefix = "transformer.";
+  p->prefix = prefix;
   found = calloc((size_t)L * T_PER_LAYER, sizeof *found);
   p->blk = calloc((size_t)L, sizeof *p->blk);
   if (found == NULL || p->blk == NULL) {
@@ -435,8 +448,9 @@ static int gpt2_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_lay
 
 /* ------------------------------------------------------------- forward ---- */
 
+/* mean_out, rstd_out: per-row statistics for backward (training), or NULL. */
 static void layer_norm(const float *x, float *y, size_t rows, int n, const float *g, const float *b,
-                       float eps) {
+                       float eps, float *mean_out, float *rstd_out) {
   for (size_t r = 0; r < rows; r++) {
     const float *xr = x + r * (size_t)n;
     float *yr = y + r * (size_t)n;
@@ -451,6 +465,10 @@ static void layer_norm(const float *x, float *y, size_t rows, int n, const float
     var /= n;
     inv = (float)(1.0 / sqrt(var + (double)eps));
     mf = (float)mean;
+    if (mean_out != NULL) {
+      mean_out[r] = mf;
+      rstd_out[r] = inv;
+    }
     for (int j = 0; j < n; j++) yr[j] = (xr[j] - mf) * inv * g[j] + b[j];
   }
 }
@@ -572,7 +590,7 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
       }
     }
     /* attention */
-    layer_norm(h, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], p->eps);
+    layer_norm(h, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], p->eps, NULL, NULL);
     fill_rows(qkv, rows, 3 * E, bk->t[T_ATTN_B]);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, 3 * E, E, 1.0f, ln, E,
                 bk->t[T_ATTN_W], 3 * E, 1.0f, qkv, 3 * E);
@@ -603,7 +621,7 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, E, 1.0f, att, E,
                 bk->t[T_APROJ_W], E, 1.0f, h, E);
     /* mlp */
-    layer_norm(h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], p->eps);
+    layer_norm(h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], p->eps, NULL, NULL);
     fill_rows(fc, rows, NI, bk->t[T_FC_B]);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, NI, E, 1.0f, ln, E,
                 bk->t[T_FC_W], NI, 1.0f, fc, NI);
@@ -621,13 +639,390 @@ static int gpt2_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, 
   return gpt2_forward_kv(m, in, out, NULL, meta, err, errlen);
 }
 
+/* ------------------------------------------------------------- training ---- */
+
+/*
+ * Training (no KV cache: a training forward always starts at position 0). Per block l,
+ * forward_train keeps what backward needs, in one allocation (see saved_layer):
+ *   x      [BT, E]     the block's input (the residual stream)
+ *   h      [BT, E]     the residual after attention (ln_2's input)
+ *   qkv    [BT, 3E]    ln_1(x) c_attn + b
+ *   atty   [BT, E]     attention output before c_proj (heads side by side)
+ *   fc     [BT, I]     c_fc output before gelu_new
+ *   probs  [B, H, S, S] softmax probabilities (zero above the diagonal)
+ *   mean1, rstd1, mean2, rstd2 [BT]  LayerNorm statistics
+ * ln_1(x), ln_2(h) and gelu_new(fc) are recomputed in backward from these (cheap, O(BT x E)).
+ *
+ * Backward of one block, dres = dL/dy on entry (kept in grad_in's buffer, updated in place):
+ *   y = h + gelu(fc) Wp + bp      dWp += gelu(fc)^T dres, dbp += sum dres, dg = dres Wp^T
+ *                                 dfc = dg * gelu_new'(fc)
+ *   fc = ln_2(h) Wf + bf          dWf += ln_2^T dfc, dbf += sum dfc, dln = dfc Wf^T
+ *   ln_2                          dres += LN'(dln) (and dgain, dbias): now dres = dL/dh
+ *   h = x + atty Wa + ba          dWa += atty^T dres, dba += sum dres, datty = dres Wa^T
+ *   attention, per (batch, head): dV = P^T dA, dP = dA V^T, dS = P * (dP - rowsum(P * dP)),
+ *                                 dQ = scale dS K, dK = scale dS^T Q
+ *   qkv = ln_1(x) Wqkv + bqkv     dWqkv += ln_1^T dqkv, dbqkv += sum dqkv, dln = dqkv Wqkv^T
+ *   ln_1                          dres += LN'(dln): now dres = dL/dx, the previous block's dL/dy
+ * Weight gradients are added into the model's buffers under gmu (one short critical section
+ * per tensor), so concurrent backward calls sum their gradients.
+ */
+typedef struct gpt2_saved {
+  int B, S;
+  size_t per_layer; /* floats per layer */
+  float *buf;       /* L x per_layer */
+} gpt2_saved;
+
+typedef struct layer_saved {
+  float *x, *h, *qkv, *atty, *fc, *probs, *mean1, *rstd1, *mean2, *rstd2;
+} layer_saved;
+
+static size_t saved_per_layer(const gpt2 *p, int B, int S) {
+  size_t rows = (size_t)B * (size_t)S;
+  return rows * (6 * (size_t)p->n_embd + (size_t)p->n_inner + 4) +
+         (size_t)B * (size_t)p->n_head * (size_t)S * (size_t)S;
+}
+
+static void saved_layer(const gpt2 *p, const gpt2_saved *sv, int l, layer_saved *o) {
+  size_t rows = (size_t)sv->B * (size_t)sv->S, E = (size_t)p->n_embd;
+  float *q = sv->buf + (size_t)l * sv->per_layer;
+  o->x = q;
+  o->h = o->x + rows * E;
+  o->qkv = o->h + rows * E;
+  o->atty = o->qkv + rows * 3 * E;
+  o->fc = o->atty + rows * E;
+  o->mean1 = o->fc + rows * (size_t)p->n_inner;
+  o->rstd1 = o->mean1 + rows;
+  o->mean2 = o->rstd1 + rows;
+  o->rstd2 = o->mean2 + rows;
+  o->probs = o->rstd2 + rows;
+}
+
+/* y = LayerNorm(x) from saved statistics (the forward's exact values). */
+static void layer_norm_apply(const float *x, float *y, size_t rows, int n, const float *g,
+                             const float *b, const float *mean, const float *rstd) {
+  for (size_t r = 0; r < rows; r++) {
+    const float *xr = x + r * (size_t)n;
+    float *yr = y + r * (size_t)n;
+    for (int j = 0; j < n; j++) yr[j] = (xr[j] - mean[r]) * rstd[r] * g[j] + b[j];
+  }
+}
+
+/* dx += dL/dx of y = LayerNorm(x) given dy; dg += sum dy * xhat; db += sum dy. */
+static void layer_norm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
+                                const float *mean, const float *rstd, const float *g, size_t rows,
+                                int n) {
+  for (size_t r = 0; r < rows; r++) {
+    const float *dyr = dy + r * (size_t)n, *xr = x + r * (size_t)n;
+    float *dxr = dx + r * (size_t)n;
+    double dnorm_mean = 0.0, dnorm_norm_mean = 0.0;
+    float a, c;
+    for (int j = 0; j < n; j++) {
+      float xhat = (xr[j] - mean[r]) * rstd[r], dnorm = dyr[j] * g[j];
+      dnorm_mean += dnorm;
+      dnorm_norm_mean += (double)dnorm * xhat;
+    }
+    a = (float)(dnorm_mean / n);
+    c = (float)(dnorm_norm_mean / n);
+    for (int j = 0; j < n; j++) {
+      float xhat = (xr[j] - mean[r]) * rstd[r], dnorm = dyr[j] * g[j];
+      db[j] += dyr[j];
+      dg[j] += dyr[j] * xhat;
+      dxr[j] += (dnorm - a - xhat * c) * rstd[r];
+    }
+  }
+}
+
+/* x[i] *= gelu_new'(pre[i]). */
+static void gelu_new_backward(float *dx, const float *pre, size_t n) {
+  const float c = 0.7978845608028654f, k = 0.044715f;
+  for (size_t i = 0; i < n; i++) {
+    float v = pre[i], t = tanhf(c * (v + k * v * v * v));
+    dx[i] *= 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * c * (1.0f + 3.0f * k * v * v);
+  }
+}
+
+/* Conv1D y = x W + b (x [rows, in], W [in, out]) backward: dW += x^T dy and db += sum dy under
+ * gmu; dx = dy W^T (overwritten) when dx is not NULL. */
+static void conv1d_backward(gpt2 *p, float *dx, float *dW, float *db, const float *dy,
+                            const float *x, const float *W, int rows, int in, int out) {
+  uv_mutex_lock(&p->gmu);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, rows, 1.0f, x, in, dy, out, 1.0f,
+              dW, out);
+  for (int r = 0; r < rows; r++)
+    for (int j = 0; j < out; j++) db[j] += dy[(size_t)r * (size_t)out + (size_t)j];
+  uv_mutex_unlock(&p->gmu);
+  if (dx != NULL)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, in, out, 1.0f, dy, out, W, out,
+                0.0f, dx, in);
+}
+
+static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
+                              size_t *saved_bytes, char *err, size_t errlen) {
+  const gpt2 *p = m->impl;
+  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner;
+  const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
+  const size_t rows = (size_t)B * (size_t)S;
+  size_t per = saved_per_layer(p, B, S), total;
+  gpt2_saved *sv;
+  float *ln = NULL, *fcg = NULL;
+
+  *saved = NULL;
+  *saved_bytes = 0;
+  sv = NULL;
+  if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
+      (sv = malloc(sizeof *sv + total)) == NULL || (ln = malloc(rows * (size_t)E * 4)) == NULL ||
+      (fcg = malloc(rows * (size_t)NI * 4)) == NULL) {
+    free(sv);
+    free(ln);
+    snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
+             total >> 20);
+    return SS_ENOMEM;
+  }
+  sv->B = B;
+  sv->S = S;
+  sv->per_layer = per;
+  sv->buf = (float *)(sv + 1);
+  {
+    layer_saved s0;
+    saved_layer(p, sv, 0, &s0);
+    memcpy(s0.x, in->data, rows * (size_t)E * sizeof(float));
+  }
+  for (int l = 0; l < L; l++) {
+    const gpt2_block *bk = &p->blk[l];
+    layer_saved ls, next;
+    float *y;
+    saved_layer(p, sv, l, &ls);
+    if (l + 1 < L) {
+      saved_layer(p, sv, l + 1, &next);
+      y = next.x;
+    } else {
+      y = out->data;
+    }
+    /* attention */
+    layer_norm(ls.x, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], p->eps, ls.mean1, ls.rstd1);
+    fill_rows(ls.qkv, rows, 3 * E, bk->t[T_ATTN_B]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, 3 * E, E, 1.0f, ln, E,
+                bk->t[T_ATTN_W], 3 * E, 1.0f, ls.qkv, 3 * E);
+    for (int bi = 0; bi < B; bi++) {
+      for (int hi = 0; hi < H; hi++) {
+        const float *Q = ls.qkv + (size_t)bi * S * 3 * (size_t)E + (size_t)hi * D;
+        float *Pr = ls.probs + ((size_t)bi * H + (size_t)hi) * (size_t)S * S;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, 1.0f, Q, 3 * E, Q + E,
+                    3 * E, 0.0f, Pr, S);
+        causal_softmax(Pr, S, S, 0, bk->attn_scale);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, Pr, S, Q + 2 * E,
+                    3 * E, 0.0f, ls.atty + (size_t)bi * S * (size_t)E + (size_t)hi * D, E);
+      }
+    }
+    memcpy(ls.h, ls.x, rows * (size_t)E * sizeof(float));
+    add_rows(ls.h, rows, E, bk->t[T_APROJ_B]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, E, 1.0f, ls.atty, E,
+                bk->t[T_APROJ_W], E, 1.0f, ls.h, E);
+    /* mlp */
+    layer_norm(ls.h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], p->eps, ls.mean2, ls.rstd2);
+    fill_rows(ls.fc, rows, NI, bk->t[T_FC_B]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, NI, E, 1.0f, ln, E,
+                bk->t[T_FC_W], NI, 1.0f, ls.fc, NI);
+    memcpy(fcg, ls.fc, rows * (size_t)NI * sizeof(float));
+    gelu_new(fcg, rows * (size_t)NI);
+    memcpy(y, ls.h, rows * (size_t)E * sizeof(float));
+    add_rows(y, rows, E, bk->t[T_MPROJ_B]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, NI, 1.0f, fcg, NI,
+                bk->t[T_MPROJ_W], E, 1.0f, y, E);
+  }
+  free(ln);
+  free(fcg);
+  *saved = sv;
+  *saved_bytes = sizeof *sv + total;
+  return 0;
+}
+
+static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_out,
+                         ss_tensor *grad_in, char *err, size_t errlen) {
+  gpt2 *p = m->impl;
+  const gpt2_saved *sv = saved;
+  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner;
+  const int B = sv->B, S = sv->S, L = p->b - p->a, R = B * S;
+  const size_t rows = (size_t)R;
+  float *dres = grad_in->data, *scratch, *ln, *dln, *datty, *dqkv, *fcg, *dfc, *dP;
+  size_t need;
+  int rc = 0;
+
+  if (grad_out->numel != rows * (size_t)E || grad_in->numel != rows * (size_t)E) {
+    snprintf(err, errlen, "model '%s': backward got grad_output of %zu values and grad_input of "
+             "%zu, expected %zu for [%d, %d, %d]", m->id, grad_out->numel, grad_in->numel,
+             rows * (size_t)E, B, S, E);
+    return SS_EINVAL;
+  }
+  uv_mutex_lock(&p->gmu);
+  for (int i = 0; i < L * T_PER_LAYER && rc == 0; i++) rc = ss_param_grad(&p->prm[i]);
+  uv_mutex_unlock(&p->gmu);
+  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc [R,I]; dP [S,S] */
+  need = rows * (6 * (size_t)E + 2 * (size_t)NI) + (size_t)S * (size_t)S;
+  if (rc != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
+    snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
+    return SS_ENOMEM;
+  }
+  ln = scratch;
+  dln = ln + rows * (size_t)E;
+  datty = dln + rows * (size_t)E;
+  dqkv = datty + rows * (size_t)E;
+  fcg = dqkv + rows * 3 * (size_t)E;
+  dfc = fcg + rows * (size_t)NI;
+  dP = dfc + rows * (size_t)NI;
+  memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
+
+  for (int l = L - 1; l >= 0; l--) {
+    const gpt2_block *bk = &p->blk[l];
+    ss_param *g = &p->prm[l * T_PER_LAYER];
+    layer_saved ls;
+    saved_layer(p, sv, l, &ls);
+    /* mlp: y = h + gelu(fc) Wp + bp */
+    memcpy(fcg, ls.fc, rows * (size_t)NI * sizeof(float));
+    gelu_new(fcg, rows * (size_t)NI);
+    conv1d_backward(p, dfc, g[T_MPROJ_W].grad, g[T_MPROJ_B].grad, dres, fcg, bk->t[T_MPROJ_W], R,
+                    NI, E);
+    gelu_new_backward(dfc, ls.fc, rows * (size_t)NI);
+    layer_norm_apply(ls.h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], ls.mean2, ls.rstd2);
+    conv1d_backward(p, dln, g[T_FC_W].grad, g[T_FC_B].grad, dfc, ln, bk->t[T_FC_W], R, E, NI);
+    uv_mutex_lock(&p->gmu);
+    layer_norm_backward(dres, g[T_LN2_W].grad, g[T_LN2_B].grad, dln, ls.h, ls.mean2, ls.rstd2,
+                        bk->t[T_LN2_W], rows, E);
+    uv_mutex_unlock(&p->gmu);
+    /* attention: h = x + atty Wa + ba */
+    conv1d_backward(p, datty, g[T_APROJ_W].grad, g[T_APROJ_B].grad, dres, ls.atty,
+                    bk->t[T_APROJ_W], R, E, E);
+    for (int bi = 0; bi < B; bi++) {
+      for (int hi = 0; hi < H; hi++) {
+        size_t off = (size_t)bi * S * 3 * (size_t)E + (size_t)hi * D;
+        const float *Q = ls.qkv + off, *K = Q + E, *V = Q + 2 * E;
+        const float *Pr = ls.probs + ((size_t)bi * H + (size_t)hi) * (size_t)S * S;
+        const float *dA = datty + (size_t)bi * S * (size_t)E + (size_t)hi * D;
+        float *dQ = dqkv + off, *dK = dQ + E, *dV = dQ + 2 * E;
+        const float scale = bk->attn_scale;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, S, 1.0f, Pr, S, dA, E, 0.0f,
+                    dV, 3 * E);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, 1.0f, dA, E, V, 3 * E, 0.0f,
+                    dP, S);
+        for (int i = 0; i < S; i++) { /* softmax backward, row i sees keys 0..i */
+          const float *pr = Pr + (size_t)i * S;
+          float *dr = dP + (size_t)i * S, dot = 0.0f;
+          for (int j = 0; j <= i; j++) dot += pr[j] * dr[j];
+          for (int j = 0; j <= i; j++) dr[j] = scale * pr[j] * (dr[j] - dot);
+          for (int j = i + 1; j < S; j++) dr[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, dP, S, K, 3 * E,
+                    0.0f, dQ, 3 * E);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, S, 1.0f, dP, S, Q, 3 * E, 0.0f,
+                    dK, 3 * E);
+      }
+    }
+    layer_norm_apply(ls.x, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], ls.mean1, ls.rstd1);
+    conv1d_backward(p, dln, g[T_ATTN_W].grad, g[T_ATTN_B].grad, dqkv, ln, bk->t[T_ATTN_W], R, E,
+                    3 * E);
+    uv_mutex_lock(&p->gmu);
+    layer_norm_backward(dres, g[T_LN1_W].grad, g[T_LN1_B].grad, dln, ls.x, ls.mean1, ls.rstd1,
+                        bk->t[T_LN1_W], rows, E);
+    uv_mutex_unlock(&p->gmu);
+  }
+  free(scratch);
+  return 0;
+}
+
+static int gpt2_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
+  gpt2 *p = m->impl;
+  if (p->prm[0].grad == NULL) return 0; /* no backward yet: nothing to apply */
+  p->t++;
+  for (int i = 0; i < (p->b - p->a) * T_PER_LAYER; i++) {
+    if (ss_param_step(&p->prm[i], opt, p->t) != 0) {
+      snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
+      return SS_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+static void gpt2_free_saved(const ss_model *m, void *saved) {
+  (void)m;
+  free(saved);
+}
+
+/* The trunk's tensors under their original names ("[transformer.]h.{i}.<suffix>"), F32. */
+static int gpt2_save(const ss_model *m, const char *path, char *err, size_t errlen) {
+  const gpt2 *p = m->impl;
+  size_t n = (size_t)(p->b - p->a) * T_PER_LAYER;
+  char (*names)[80] = malloc(n * sizeof *names);
+  const char **np = malloc(n * sizeof *np);
+  int64_t (*shapes)[2] = malloc(n * sizeof *shapes);
+  const int64_t **sp = malloc(n * sizeof *sp);
+  int *ndims = malloc(n * sizeof *ndims);
+  const float **data = malloc(n * sizeof *data);
+  int rc;
+
+  if (names == NULL || np == NULL || shapes == NULL || sp == NULL || ndims == NULL ||
+      data == NULL) {
+    snprintf(err, errlen, "out of memory");
+    rc = SS_ENOMEM;
+  } else {
+    for (int l = 0; l < p->b - p->a; l++) {
+      for (int k = 0; k < T_PER_LAYER; k++) {
+        size_t i = (size_t)l * T_PER_LAYER + (size_t)k;
+        snprintf(names[i], sizeof names[i], "%sh.%d.%s", p->prefix, p->a + l, tensor_suffix[k]);
+        np[i] = names[i];
+        expected_shape(p, k, shapes[i], &ndims[i]);
+        sp[i] = shapes[i];
+        data[i] = p->blk[l].t[k];
+      }
+    }
+    rc = ss_st_write_f32_atomic(path, n, np, sp, ndims, data, err, errlen);
+  }
+  free(names);
+  free(np);
+  free(shapes);
+  free(sp);
+  free(ndims);
+  free(data);
+  return rc;
+}
+
+/* The trainable parameters (pointing at the blocks' tensor pointers) and the gradient mutex. */
+static int gpt2_params(gpt2 *p) {
+  int L = p->b - p->a;
+  if ((p->prm = calloc((size_t)L * T_PER_LAYER, sizeof *p->prm)) == NULL) return SS_ENOMEM;
+  if (uv_mutex_init(&p->gmu) != 0) {
+    free(p->prm);
+    p->prm = NULL;
+    return SS_ENOMEM;
+  }
+  for (int l = 0; l < L; l++) {
+    for (int k = 0; k < T_PER_LAYER; k++) {
+      ss_param *q = &p->prm[l * T_PER_LAYER + k];
+      int64_t shape[2];
+      int ndim;
+      expected_shape(p, k, shape, &ndim);
+      q->view = &p->blk[l].t[k];
+      q->own = &p->blk[l].own[k];
+      q->numel = (size_t)shape[0] * (ndim == 2 ? (size_t)shape[1] : 1);
+    }
+  }
+  return 0;
+}
+
 static void gpt2_destroy(ss_model *m) {
   gpt2_free(m->impl);
   m->impl = NULL;
 }
 
-static const ss_model_ops gpt2_ops = {gpt2_check, gpt2_forward, gpt2_destroy, gpt2_check_kv,
-                                      gpt2_forward_kv};
+static const ss_model_ops gpt2_ops = {.check = gpt2_check,
+                                      .forward = gpt2_forward,
+                                      .destroy = gpt2_destroy,
+                                      .check_kv = gpt2_check_kv,
+                                      .forward_kv = gpt2_forward_kv,
+                                      .forward_train = gpt2_forward_train,
+                                      .backward = gpt2_backward,
+                                      .step = gpt2_step,
+                                      .free_saved = gpt2_free_saved,
+                                      .save = gpt2_save};
 
 /* ------------------------------------------------------------- constructor ---- */
 
@@ -675,6 +1070,10 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
   if (rc == 0) rc = load_config(p, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
   if (rc == 0) rc = parse_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
   if (rc == 0) rc = load_weights(p, weights, &dt, &n_params, msg, sizeof msg);
+  if (rc == 0 && gpt2_params(p) != 0) {
+    snprintf(msg, sizeof msg, "out of memory");
+    rc = SS_ENOMEM;
+  }
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     gpt2_free(p);

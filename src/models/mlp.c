@@ -23,10 +23,12 @@
 #include <string.h>
 
 #include "models/model.h"
+#include "models/optim.h"
 #include "models/safetensors.h"
 
 typedef struct mlp_layer {
   int in, out;
+  unsigned long idx; /* index in the Sequential: the key is "<prefix><idx>.weight" */
   const float *w; /* [out][in] row-major; into the mmap or w_own */
   const float *b; /* [out] or NULL */
   float *w_own, *b_own;
@@ -37,6 +39,12 @@ typedef struct mlp {
   mlp_layer *l;
   int gelu;         /* 0: relu, 1: exact GELU */
   ss_st_file *st;   /* keeps the mmap alive while layers point into it */
+  char *prefix;     /* key prefix of the loaded file ("" for the embedded default) */
+  /* training: 2 params per layer (weight, bias; a bias-less layer's bias param has numel 0),
+   * their gradients summed under gmu by concurrent backward calls; steps taken so far. */
+  ss_param *prm;
+  uv_mutex_t gmu;
+  int64_t t;
 } mlp;
 
 static void mlp_free(mlp *p) {
@@ -45,6 +53,12 @@ static void mlp_free(mlp *p) {
     free(p->l[i].w_own);
     free(p->l[i].b_own);
   }
+  if (p->prm != NULL) {
+    for (int i = 0; i < 2 * p->n; i++) ss_param_free_state(&p->prm[i]);
+    uv_mutex_destroy(&p->gmu);
+  }
+  free(p->prm);
+  free(p->prefix);
   free(p->l);
   ss_st_close(p->st);
   free(p);
@@ -79,6 +93,7 @@ static int default_weights(mlp *p) {
     size_t nw;
     L->in = widths[i];
     L->out = widths[i + 1];
+    L->idx = 2 * (unsigned long)i; /* Sequential(Linear, ReLU, Linear): 0, 2 */
     nw = (size_t)L->in * (size_t)L->out;
     bound = 1.0 / sqrt((double)L->in);
     L->w_own = malloc(nw * sizeof(float));
@@ -198,6 +213,10 @@ static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
     else r->w = t;
   }
   qsort(refs, nref, sizeof *refs, ref_cmp);
+  if ((p->prefix = strndup(prefix, plen)) == NULL) {
+    rc = SS_ENOMEM;
+    goto done;
+  }
   p->l = calloc(nref, sizeof *p->l);
   if (p->l == NULL) {
     rc = SS_ENOMEM;
@@ -222,6 +241,7 @@ static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
     }
     L->out = (int)w->shape[0];
     L->in = (int)w->shape[1];
+    L->idx = refs[i].idx;
     if (b != NULL && (b->ndim != 1 || b->shape[0] != w->shape[0])) {
       char sbuf[160];
       snprintf(err, errlen, "weights %s: '%s' has shape %s; expected [%d] to match '%s'", path,
@@ -312,13 +332,273 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
   return 0;
 }
 
+/* ------------------------------------------------------------- training ---- */
+
+/*
+ * Training. forward_train keeps, per call, the input X0 and the pre-activations Z_i of every
+ * hidden layer (i < n-1); the activations A_i = act(Z_i), the inputs of the next layer, are
+ * recomputed in backward (cheaper than keeping them). Backward, last layer first, with dY the
+ * gradient of the layer's output:
+ *   dW += dY^T X   (sgemm Trans, NoTrans into the gradient buffer, beta 1, under gmu)
+ *   db += sum over rows of dY
+ *   dX  = dY W     (sgemm NoTrans, NoTrans); below a hidden layer dZ = dX * act'(Z)
+ * ReLU' is 1 where Z > 0 (0 at 0, like torch); GELU' = Phi(z) + z phi(z) (exact erf form).
+ */
+typedef struct mlp_saved {
+  size_t rows;
+  float *x; /* [rows, in of layer 0] */
+  float *z; /* Z_0 [rows, out_0], Z_1 [rows, out_1], ... for the n-1 hidden layers */
+} mlp_saved;
+
+static void act_inplace(float *y, size_t cells, int gelu) {
+  if (gelu) {
+    for (size_t k = 0; k < cells; k++)
+      y[k] = 0.5f * y[k] * (1.0f + erff(y[k] * 0.70710678118654752f));
+  } else {
+    for (size_t k = 0; k < cells; k++) y[k] = y[k] > 0.0f ? y[k] : 0.0f;
+  }
+}
+
+/* dx[k] *= act'(z[k]). */
+static void act_backward(float *dx, const float *z, size_t cells, int gelu) {
+  if (gelu) {
+    for (size_t k = 0; k < cells; k++) {
+      float cdf = 0.5f * (1.0f + erff(z[k] * 0.70710678118654752f));
+      float pdf = expf(-0.5f * z[k] * z[k]) * 0.39894228040143268f;
+      dx[k] *= cdf + z[k] * pdf;
+    }
+  } else {
+    for (size_t k = 0; k < cells; k++) dx[k] = z[k] > 0.0f ? dx[k] : 0.0f;
+  }
+}
+
+static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
+                             size_t *saved_bytes, char *err, size_t errlen) {
+  const mlp *p = m->impl;
+  size_t rows = in->numel / (size_t)p->l[0].in, cells = (size_t)p->l[0].in, maxw = 0, bytes;
+  mlp_saved *sv;
+  float *a = NULL, *z;
+
+  *saved = NULL;
+  *saved_bytes = 0;
+  if (rows > INT_MAX / 4) {
+    snprintf(err, errlen, "model '%s': %zu rows is too many for one call", m->id, rows);
+    return SS_ERANGE;
+  }
+  for (int i = 0; i + 1 < p->n; i++) {
+    cells += (size_t)p->l[i].out;
+    if ((size_t)p->l[i].out > maxw) maxw = (size_t)p->l[i].out;
+  }
+  sv = NULL;
+  if (__builtin_mul_overflow(rows, cells * sizeof(float), &bytes) ||
+      (sv = malloc(sizeof *sv + bytes)) == NULL ||
+      (maxw > 0 && rows > 0 && (a = malloc(rows * maxw * sizeof(float))) == NULL)) {
+    free(sv);
+    snprintf(err, errlen, "model '%s': out of memory for %zu x %zu saved activations", m->id,
+             rows, cells);
+    return SS_ENOMEM;
+  }
+  sv->rows = rows;
+  sv->x = (float *)(sv + 1);
+  sv->z = sv->x + rows * (size_t)p->l[0].in;
+  memcpy(sv->x, in->data, rows * (size_t)p->l[0].in * sizeof(float));
+  z = sv->z;
+  for (int i = 0; i < p->n && rows > 0; i++) {
+    const mlp_layer *L = &p->l[i];
+    const float *x = i == 0 ? sv->x : a;
+    float *y = i == p->n - 1 ? (float *)out->data : z;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, L->out, L->in, 1.0f, x, L->in,
+                L->w, L->in, 0.0f, y, L->out);
+    bias_act(y, rows, L->out, L->b, 0, p->gelu);
+    if (i < p->n - 1) {
+      memcpy(a, z, rows * (size_t)L->out * sizeof(float));
+      act_inplace(a, rows * (size_t)L->out, p->gelu);
+      z += rows * (size_t)L->out;
+    }
+  }
+  free(a);
+  *saved = sv;
+  *saved_bytes = sizeof *sv + bytes;
+  return 0;
+}
+
+/* Allocate every gradient buffer (zeroed) on the first backward. Caller holds gmu. */
+static int mlp_grads(mlp *p) {
+  for (int i = 0; i < 2 * p->n; i++)
+    if (ss_param_grad(&p->prm[i]) != 0) return SS_ENOMEM;
+  return 0;
+}
+
+static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_out,
+                        ss_tensor *grad_in, char *err, size_t errlen) {
+  mlp *p = m->impl;
+  const mlp_saved *sv = saved;
+  size_t rows = sv->rows, maxw = (size_t)p->l[0].in;
+  const float *z;
+  float *dy, *dx, *a, *tmp;
+  int rc;
+
+  if (grad_out->numel != rows * (size_t)p->l[p->n - 1].out ||
+      grad_in->numel != rows * (size_t)p->l[0].in) {
+    snprintf(err, errlen, "model '%s': backward got grad_output of %zu values and grad_input of "
+             "%zu, expected %zu and %zu", m->id, grad_out->numel, grad_in->numel,
+             rows * (size_t)p->l[p->n - 1].out, rows * (size_t)p->l[0].in);
+    return SS_EINVAL;
+  }
+  uv_mutex_lock(&p->gmu);
+  rc = mlp_grads(p);
+  uv_mutex_unlock(&p->gmu);
+  if (rc != 0) {
+    snprintf(err, errlen, "model '%s': out of memory for gradients", m->id);
+    return rc;
+  }
+  if (rows == 0) return 0;
+  for (int i = 0; i < p->n; i++)
+    if ((size_t)p->l[i].out > maxw) maxw = (size_t)p->l[i].out;
+  dy = malloc(rows * maxw * sizeof(float));
+  dx = malloc(rows * maxw * sizeof(float));
+  a = malloc(rows * maxw * sizeof(float));
+  if (dy == NULL || dx == NULL || a == NULL) {
+    free(dy);
+    free(dx);
+    free(a);
+    snprintf(err, errlen, "model '%s': out of memory for backward (%zu x %zu)", m->id, rows, maxw);
+    return SS_ENOMEM;
+  }
+  memcpy(dy, grad_out->data, grad_out->numel * sizeof(float));
+  /* z: the pre-activation feeding layer i (Z_{i-1}), walked from the end. */
+  z = sv->z;
+  for (int i = 0; i + 2 < p->n; i++) z += rows * (size_t)p->l[i].out;
+  for (int i = p->n - 1; i >= 0; i--) {
+    const mlp_layer *L = &p->l[i];
+    const float *x = sv->x;
+    float *dst = i == 0 ? (float *)grad_in->data : dx;
+    size_t in_cells = rows * (size_t)L->in;
+    if (i > 0) {
+      memcpy(a, z, in_cells * sizeof(float));
+      act_inplace(a, in_cells, p->gelu);
+      x = a;
+    }
+    uv_mutex_lock(&p->gmu);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L->out, L->in, (int)rows, 1.0f, dy,
+                L->out, x, L->in, 1.0f, p->prm[2 * i].grad, L->in);
+    if (L->b != NULL) {
+      float *gb = p->prm[2 * i + 1].grad;
+      for (size_t r = 0; r < rows; r++)
+        for (int j = 0; j < L->out; j++) gb[j] += dy[r * (size_t)L->out + (size_t)j];
+    }
+    uv_mutex_unlock(&p->gmu);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, L->in, L->out, 1.0f, dy,
+                L->out, L->w, L->in, 0.0f, dst, L->in);
+    if (i > 0) {
+      act_backward(dx, z, in_cells, p->gelu);
+      tmp = dy;
+      dy = dx;
+      dx = tmp;
+      if (i >= 2) z -= rows * (size_t)p->l[i - 2].out;
+    }
+  }
+  free(dy);
+  free(dx);
+  free(a);
+  return 0;
+}
+
+static int mlp_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
+  mlp *p = m->impl;
+  if (p->prm[0].grad == NULL) return 0; /* no backward yet: nothing to apply */
+  p->t++;
+  for (int i = 0; i < 2 * p->n; i++) {
+    if (p->prm[i].numel == 0) continue;
+    if (ss_param_step(&p->prm[i], opt, p->t) != 0) {
+      snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
+      return SS_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+static void mlp_free_saved(const ss_model *m, void *saved) {
+  (void)m;
+  free(saved);
+}
+
+static int mlp_save(const ss_model *m, const char *path, char *err, size_t errlen) {
+  const mlp *p = m->impl;
+  size_t n = 0, cap = 2 * (size_t)p->n, plen = strlen(p->prefix) + 32;
+  const char **names = calloc(cap, sizeof *names);
+  char *namebuf = malloc(cap * plen);
+  int64_t *shapes = malloc(cap * 2 * sizeof *shapes);
+  const int64_t **shp = calloc(cap, sizeof *shp);
+  int *ndims = calloc(cap, sizeof *ndims);
+  const float **data = calloc(cap, sizeof *data);
+  int rc;
+
+  if (names == NULL || namebuf == NULL || shapes == NULL || shp == NULL || ndims == NULL ||
+      data == NULL) {
+    snprintf(err, errlen, "out of memory");
+    rc = SS_ENOMEM;
+    goto done;
+  }
+  for (int i = 0; i < p->n; i++) {
+    const mlp_layer *L = &p->l[i];
+    for (int b = 0; b < 2; b++) {
+      char *name = namebuf + n * plen;
+      if (b && L->b == NULL) continue;
+      snprintf(name, plen, "%s%lu.%s", p->prefix, L->idx, b ? "bias" : "weight");
+      names[n] = name;
+      shapes[2 * n] = L->out;
+      shapes[2 * n + 1] = L->in;
+      shp[n] = &shapes[2 * n];
+      ndims[n] = b ? 1 : 2;
+      data[n] = b ? L->b : L->w;
+      n++;
+    }
+  }
+  rc = ss_st_write_f32_atomic(path, n, names, shp, ndims, data, err, errlen);
+done:
+  free(names);
+  free(namebuf);
+  free(shapes);
+  free(shp);
+  free(ndims);
+  free(data);
+  return rc;
+}
+
 static void mlp_destroy(ss_model *m) {
   mlp_free(m->impl);
   m->impl = NULL;
 }
 
-static const ss_model_ops mlp_ops = {
-    .check = mlp_check, .forward = mlp_forward, .destroy = mlp_destroy};
+static const ss_model_ops mlp_ops = {.check = mlp_check,
+                                     .forward = mlp_forward,
+                                     .destroy = mlp_destroy,
+                                     .forward_train = mlp_forward_train,
+                                     .backward = mlp_backward,
+                                     .step = mlp_step,
+                                     .free_saved = mlp_free_saved,
+                                     .save = mlp_save};
+
+/* The trainable parameters (views of the layers' pointers) and the gradient mutex. */
+static int mlp_params(mlp *p) {
+  if ((p->prm = calloc(2 * (size_t)p->n, sizeof *p->prm)) == NULL) return SS_ENOMEM;
+  if (uv_mutex_init(&p->gmu) != 0) {
+    free(p->prm);
+    p->prm = NULL;
+    return SS_ENOMEM;
+  }
+  for (int i = 0; i < p->n; i++) {
+    mlp_layer *L = &p->l[i];
+    p->prm[2 * i].view = &L->w;
+    p->prm[2 * i].own = &L->w_own;
+    p->prm[2 * i].numel = (size_t)L->in * (size_t)L->out;
+    p->prm[2 * i + 1].view = &L->b;
+    p->prm[2 * i + 1].own = &L->b_own;
+    p->prm[2 * i + 1].numel = L->b != NULL ? (size_t)L->out : 0;
+  }
+  return 0;
+}
 
 int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err,
                      size_t errlen) {
@@ -350,8 +630,10 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
     rc = load_file(p, weights, err, errlen);
   } else {
     rc = default_weights(p);
+    if (rc == 0 && (p->prefix = strdup("")) == NULL) rc = SS_ENOMEM;
     if (rc != 0) snprintf(err, errlen, "model '%s': out of memory", m->id);
   }
+  if (rc == 0 && (rc = mlp_params(p)) != 0) snprintf(err, errlen, "out of memory");
   if (rc != 0) {
     mlp_free(p);
     return rc;

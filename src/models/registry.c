@@ -5,7 +5,15 @@
  * afterwards). The table below is the only place that knows every kind: its constructor and
  * the spec keys it accepts, so an unknown kind or key is refused here with a message listing
  * what is allowed, before any constructor runs.
+ *
+ * Kinds that can train (mlp, gpt2) also take the training keys, parsed here into m->optim and
+ * m->save_path and left out of what their constructor sees: optimizer=sgd|adamw (default sgd),
+ * beta1, beta2, eps (adamw only), weight_decay (SGD: added to the gradient, default 0; AdamW:
+ * decoupled, default 0.01), save=PATH (checkpoint on drain and SIGUSR1). Every model gets its
+ * weights lock (m->lock) here and loses it in ss_model_free.
  */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,19 +27,27 @@ typedef struct kind_entry {
   const char *name;
   kind_ctor ctor;
   const char *const *keys; /* NULL-terminated list of accepted spec keys */
+  int trains;              /* accepts the training keys (train_keys) */
 } kind_entry;
 
 static const char *const no_keys[] = {NULL};
-static const char *const mlp_keys[] = {"weights", "activation", NULL};
-static const char *const gpt2_keys[] = {"weights", "config", "layers", NULL};
+static const char *const mlp_keys[] = {"weights", "activation", "optimizer", "beta1", "beta2",
+                                       "eps", "weight_decay", "save", NULL};
+static const char *const gpt2_keys[] = {"weights", "config", "layers", "optimizer", "beta1",
+                                        "beta2", "eps", "weight_decay", "save", NULL};
+
+/* The training keys, accepted by every kind that can train, parsed here (parse_training) and
+ * never passed to the kind's constructor. */
+static const char *const train_keys[] = {"optimizer", "beta1", "beta2", "eps", "weight_decay",
+                                         "save", NULL};
 
 static const kind_entry kinds[] = {
-    {"identity", ss_model_identity_new, no_keys},
-    {"scale", ss_model_scale_new, no_keys},
-    {"sleep", ss_model_sleep_new, no_keys},
-    {"spin", ss_model_spin_new, no_keys},
-    {"mlp", ss_model_mlp_new, mlp_keys},
-    {"gpt2", ss_model_gpt2_new, gpt2_keys},
+    {"identity", ss_model_identity_new, no_keys, 0},
+    {"scale", ss_model_scale_new, no_keys, 0},
+    {"sleep", ss_model_sleep_new, no_keys, 0},
+    {"spin", ss_model_spin_new, no_keys, 0},
+    {"mlp", ss_model_mlp_new, mlp_keys, 1},
+    {"gpt2", ss_model_gpt2_new, gpt2_keys, 1},
 };
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
@@ -46,11 +62,97 @@ static void join_names(const char *const *names, size_t n, int null_terminated, 
   }
 }
 
+static int is_train_key(const char *key) {
+  for (size_t i = 0; train_keys[i] != NULL; i++)
+    if (strcmp(key, train_keys[i]) == 0) return 1;
+  return 0;
+}
+
+/* A finite float spec value in [lo, hi] (hi_open: < hi). */
+static int parse_real(const char *id, const char *key, const char *v, double lo, double hi,
+                      int hi_open, const char *range, float *out, char *err, size_t errlen) {
+  char *end;
+  double d;
+  errno = 0;
+  d = strtod(v, &end);
+  if (v[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(d) || d < lo || d > hi ||
+      (hi_open && d >= hi)) {
+    snprintf(err, errlen, "model '%s': %s must be a number %s, got '%s'", id, key, range, v);
+    return SS_EINVAL;
+  }
+  *out = (float)d;
+  return 0;
+}
+
+/* The training keys of a spec into m->optim and m->save_path (defaults: SGD without weight
+ * decay; AdamW betas 0.9, 0.999, eps 1e-8, weight_decay 0.01). */
+static int parse_training(ss_model *m, const char *const *params, size_t n, char *err,
+                          size_t errlen) {
+  const char *opt = "sgd", *save = NULL, *adam_only = NULL;
+  int rc = 0;
+  ss_optim *o = &m->optim;
+
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(params[2 * i], "optimizer") == 0) opt = params[2 * i + 1];
+  if (strcmp(opt, "sgd") == 0) {
+    o->kind = SS_OPT_SGD;
+  } else if (strcmp(opt, "adamw") == 0) {
+    o->kind = SS_OPT_ADAMW;
+  } else {
+    snprintf(err, errlen, "model '%s': optimizer must be sgd or adamw, got '%s'", m->id, opt);
+    return SS_EINVAL;
+  }
+  o->lr = 0.0f;
+  o->beta1 = 0.9f;
+  o->beta2 = 0.999f;
+  o->eps = 1e-8f;
+  o->weight_decay = o->kind == SS_OPT_ADAMW ? 0.01f : 0.0f;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    const char *k = params[2 * i], *v = params[2 * i + 1];
+    if (strcmp(k, "beta1") == 0) {
+      adam_only = k;
+      rc = parse_real(m->id, k, v, 0.0, 1.0, 1, "in [0, 1)", &o->beta1, err, errlen);
+    } else if (strcmp(k, "beta2") == 0) {
+      adam_only = k;
+      rc = parse_real(m->id, k, v, 0.0, 1.0, 1, "in [0, 1)", &o->beta2, err, errlen);
+    } else if (strcmp(k, "eps") == 0) {
+      adam_only = k;
+      rc = parse_real(m->id, k, v, 0.0, 1.0, 0, "in [0, 1]", &o->eps, err, errlen);
+      if (rc == 0 && !(o->eps > 0.0f)) {
+        snprintf(err, errlen, "model '%s': eps must be a number in (0, 1], got '%s'", m->id, v);
+        rc = SS_EINVAL;
+      }
+    } else if (strcmp(k, "weight_decay") == 0) {
+      rc = parse_real(m->id, k, v, 0.0, 1e6, 0, ">= 0", &o->weight_decay, err, errlen);
+    } else if (strcmp(k, "save") == 0) {
+      save = v;
+      if (v[0] == '\0') {
+        snprintf(err, errlen, "model '%s': save must be a file path, got ''", m->id);
+        rc = SS_EINVAL;
+      }
+    }
+  }
+  if (rc != 0) return rc;
+  if (adam_only != NULL && o->kind != SS_OPT_ADAMW) {
+    snprintf(err, errlen, "model '%s': %s applies to optimizer=adamw only (optimizer is %s)",
+             m->id, adam_only, opt);
+    return SS_EINVAL;
+  }
+  if (save != NULL && (m->save_path = strdup(save)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  return 0;
+}
+
 int ss_model_create_kind(const char *id, const char *kind, const char *const *params, size_t n,
                          ss_model **out, char *err, size_t errlen) {
   const kind_entry *k = NULL;
   ss_model *m;
   char list[200];
+  const char *const *ctor_params;
+  const char **own_params = NULL;
+  size_t ctor_n;
   int rc;
 
   *out = NULL;
@@ -97,10 +199,40 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
+  if (uv_rwlock_init(&m->lock) != 0) {
+    free(m->id);
+    free(m);
+    snprintf(err, errlen, "model '%s': cannot create its weights lock", id);
+    return SS_ENOMEM;
+  }
   m->kind = k->name;
-  rc = k->ctor(m, params, n, err, errlen);
+  rc = 0;
+  ctor_params = params;
+  ctor_n = n;
+  if (k->trains) {
+    /* Training keys are the registry's; the constructor sees the rest. */
+    rc = parse_training(m, params, n, err, errlen);
+    if (rc == 0 && n > 0 && (own_params = malloc(2 * n * sizeof *own_params)) == NULL) {
+      snprintf(err, errlen, "out of memory");
+      rc = SS_ENOMEM;
+    }
+    if (rc == 0) {
+      ctor_n = 0;
+      for (size_t i = 0; i < n; i++) {
+        if (is_train_key(params[2 * i])) continue;
+        own_params[2 * ctor_n] = params[2 * i];
+        own_params[2 * ctor_n + 1] = params[2 * i + 1];
+        ctor_n++;
+      }
+      ctor_params = own_params;
+    }
+  }
+  if (rc == 0) {
+    rc = k->ctor(m, ctor_params, ctor_n, err, errlen);
+    if (rc != 0) m->ops = NULL; /* a failed constructor has freed its own impl */
+  }
+  free(own_params);
   if (rc != 0) {
-    m->ops = NULL; /* a failed constructor has freed its own impl */
     ss_model_free(m);
     return rc;
   }
@@ -158,6 +290,8 @@ int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen) 
 void ss_model_free(ss_model *m) {
   if (m == NULL) return;
   if (m->ops != NULL && m->ops->destroy != NULL) m->ops->destroy(m);
+  uv_rwlock_destroy(&m->lock);
+  free(m->save_path);
   free(m->id);
   free(m);
 }

@@ -296,8 +296,10 @@ const ss_st_tensor *ss_st_find(const ss_st_file *f, const char *name) {
 
 void ss_st_close(ss_st_file *f) { st_free(f); }
 
-int ss_st_write_f32(const char *path, size_t n, const char *const *names, const int64_t *const *shapes,
-                    const int *ndims, const float *const *data, char *err, size_t errlen) {
+/* Write the file at path; sync: fsync it before closing (for the atomic variant). */
+static int st_write(const char *path, size_t n, const char *const *names,
+                    const int64_t *const *shapes, const int *ndims, const float *const *data,
+                    int sync, char *err, size_t errlen) {
   json_t *root = json_object();
   char *hdr = NULL;
   size_t *nbytes = NULL, hlen, padded;
@@ -370,6 +372,7 @@ int ss_st_write_f32(const char *path, size_t n, const char *const *names, const 
     if (fputc(' ', fp) == EOF) rc = SS_EIO;
   for (size_t i = 0; rc == 0 && i < n; i++)
     if (nbytes[i] && fwrite(data[i], 1, nbytes[i], fp) != nbytes[i]) rc = SS_EIO;
+  if (rc == 0 && sync && (fflush(fp) != 0 || fsync(fileno(fp)) != 0)) rc = SS_EIO;
   if (fclose(fp) != 0) rc = SS_EIO;
   if (rc != 0) snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
 done:
@@ -377,4 +380,53 @@ done:
   free(nbytes);
   json_decref(root);
   return rc;
+}
+
+int ss_st_write_f32(const char *path, size_t n, const char *const *names, const int64_t *const *shapes,
+                    const int *ndims, const float *const *data, char *err, size_t errlen) {
+  return st_write(path, n, names, shapes, ndims, data, 0, err, errlen);
+}
+
+int ss_st_write_f32_atomic(const char *path, size_t n, const char *const *names,
+                           const int64_t *const *shapes, const int *ndims,
+                           const float *const *data, char *err, size_t errlen) {
+  size_t len = strlen(path);
+  char *tmp = malloc(len + 5), *dir;
+  const char *slash;
+  int rc, fd;
+
+  if (tmp == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  memcpy(tmp, path, len);
+  memcpy(tmp + len, ".tmp", 5);
+  rc = st_write(tmp, n, names, shapes, ndims, data, 1, err, errlen);
+  if (rc == 0 && rename(tmp, path) != 0) {
+    snprintf(err, errlen, "rename %s -> %s: %s", tmp, path, strerror(errno));
+    rc = SS_EIO;
+  }
+  if (rc != 0) {
+    unlink(tmp);
+    free(tmp);
+    return rc;
+  }
+  /* Make the rename itself durable: fsync the directory (best effort). */
+  slash = strrchr(path, '/');
+  dir = tmp; /* reuse: len + 5 bytes is enough for the directory part */
+  if (slash == NULL) {
+    memcpy(dir, ".", 2);
+  } else if (slash == path) {
+    memcpy(dir, "/", 2);
+  } else {
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+  }
+  fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    (void)fsync(fd);
+    close(fd);
+  }
+  free(tmp);
+  return 0;
 }

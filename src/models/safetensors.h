@@ -44,4 +44,12 @@ void ss_st_close(ss_st_file *f);
 int ss_st_write_f32(const char *path, size_t n, const char *const *names, const int64_t *const *shapes,
                     const int *ndims, const float *const *data, char *err, size_t errlen);
 
+/* The same, atomically (checkpoints): writes PATH.tmp, fsyncs it, renames it over path and
+ * fsyncs the directory, so a reader sees the old file or the new one, never a torn one. On
+ * error PATH.tmp is removed and path is untouched. Not safe for two concurrent writers of the
+ * same path (they share PATH.tmp): the caller serializes them. */
+int ss_st_write_f32_atomic(const char *path, size_t n, const char *const *names,
+                           const int64_t *const *shapes, const int *ndims,
+                           const float *const *data, char *err, size_t errlen);
+
 #endif

@@ -40,6 +40,8 @@ void ss_server_config_init(ss_server_config *cfg) {
   cfg->drain_timeout_s = 5.0;
   cfg->session_max_bytes = (size_t)1 << 30;
   cfg->session_ttl_s = 600.0;
+  cfg->activation_max_bytes = (size_t)2 << 30;
+  cfg->activation_ttl_s = 300.0;
   cfg->log_level = SS_LOG_INFO;
 }
 
@@ -62,6 +64,7 @@ static void finish_drain(ss_server *s) {
   if (s->stopped) return;
   s->stopped = 1;
   uv_timer_stop(&s->drain_timer);
+  if (atomic_load(&s->stop_requests) < 2) ss_models_save_all(s, "drain");
   ss_service_end_streams(s);
   for (ss_conn *c = s->conns; c; c = c->next) {
     ss_conn_goaway(c);
@@ -134,6 +137,11 @@ void ss_server_stop(ss_server *s) {
 
 static void on_stop_async(uv_async_t *h) { handle_stop(h->data); }
 
+static void on_sigusr1(uv_signal_t *h, int signum) {
+  (void)signum;
+  ss_models_save_all(h->data, "SIGUSR1");
+}
+
 static void on_sighup(uv_signal_t *h, int signum) {
   (void)signum;
   ss_server *s = h->data;
@@ -167,6 +175,7 @@ static void close_handles(ss_server *s) {
     uv_close((uv_handle_t *)&s->sigint, on_close_noop);
     uv_close((uv_handle_t *)&s->sigterm, on_close_noop);
     uv_close((uv_handle_t *)&s->sighup, on_close_noop);
+    uv_close((uv_handle_t *)&s->sigusr1, on_close_noop);
   }
   ss_tq_close(&s->tq);
   s->pool_busy = ss_pool_shutdown(s->pool);
@@ -176,7 +185,7 @@ static void close_handles(ss_server *s) {
 static void on_flush_check(uv_check_t *h) {
   ss_server *s = h->data;
   ss_conn_flush_all(s);
-  if (s->stopped && !s->handles_closed) {
+  if (s->stopped && !s->handles_closed && !s->saving) {
     /* Close connections whose output is fully written. */
     ss_conn *c = s->conns;
     while (c) {
@@ -200,6 +209,7 @@ static void on_monitor(uv_timer_t *t) {
   ss_server *s = t->data;
   ss_monitor_sample(&s->mon);
   ss_sessions_sweep(s->sessions);
+  ss_train_sweep(s);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -296,7 +306,8 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
     uv_signal_init(&s->loop, &s->sigint);
     uv_signal_init(&s->loop, &s->sigterm);
     uv_signal_init(&s->loop, &s->sighup);
-    s->sigint.data = s->sigterm.data = s->sighup.data = s;
+    uv_signal_init(&s->loop, &s->sigusr1);
+    s->sigint.data = s->sigterm.data = s->sighup.data = s->sigusr1.data = s;
   }
   int rv = ss_conn_callbacks_new(&s->h2cb);
   if (rv == 0 && nghttp2_option_new(&s->h2opt) == 0) {
@@ -305,6 +316,7 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
   }
   char e[512] = "";
   if (rv == 0) rv = ss_sessions_new(s->cfg.session_max_bytes, s->cfg.session_ttl_s, &s->sessions);
+  if (rv == 0) rv = ss_train_init(s);
   if (rv == 0) rv = ss_models_load(s, e, sizeof e);
   if (rv == 0) rv = bind_listener(s, e, sizeof e);
   if (rv == 0) {
@@ -332,6 +344,7 @@ int ss_server_run(ss_server *s) {
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_signal_start(&s->sighup, on_sighup, SIGHUP);
+    uv_signal_start(&s->sigusr1, on_sigusr1, SIGUSR1);
   }
   SS_LOGI("splitserve %s: %d workers x %d intra-op threads, %zu models (default '%s'), "
           "threads now %d",
@@ -365,6 +378,7 @@ void ss_server_free(ss_server *s) {
   uv_run(&s->loop, UV_RUN_DEFAULT);
   ss_pool_free(s->pool);
   ss_call_cache_free(s);
+  if (s->acts) ss_train_free(s);
   ss_sessions_free(s->sessions);
   uv_loop_close(&s->loop);
   ss_models_free(s);

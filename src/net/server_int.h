@@ -41,6 +41,8 @@ typedef struct ss_served_model {
   char *spec;                 /* the spec it was built from (reload keeps unchanged ones) */
   int conf_inflight, conf_queue; /* per-model limits as configured (-1 = server default) */
   ss_admit admit;
+  ss_admit train_admit;       /* backward calls: one at a time, arrival order (service/train.c) */
+  int accum;                  /* backward calls since the last optimizer step */
   uint64_t calls, errors;
   int refs;
   int retired;
@@ -154,6 +156,10 @@ struct ss_server {
   nghttp2_option *h2opt;
 
   struct ss_sessions *sessions; /* server-side decode sessions (service/sessions.c) */
+  struct ss_kcache *acts;     /* training forwards awaiting backward (service/train.c) */
+  uint64_t forward_seq;
+  int saving;                 /* checkpoint jobs running */
+  uv_signal_t sigusr1;
   ss_served_model **models;   /* models[0] is the default (service/models.c) */
   size_t nmodels;
   int reloading;              /* a SIGHUP reload job is running */
@@ -227,6 +233,18 @@ void ss_models_reload(ss_server *s);
 /* A call stops using sm (frees a retired model at its last reference). */
 void ss_served_unref(ss_served_model *sm);
 void ss_models_free(ss_server *s);
+/* Write every model with a save path (spec save=PATH, --save-weights) on a worker. */
+void ss_models_save_all(ss_server *s, const char *why);
+/* ---- training (service/train.c) — loop thread ---- */
+int ss_train_init(ss_server *s);
+void ss_train_free(ss_server *s);
+void ss_train_sweep(ss_server *s);
+int ss_train_forward_id(ss_server *s, const char *client_id, char *out, size_t outlen, char *err,
+                        size_t errlen);
+int ss_train_store(ss_server *s, const char *forward_id, ss_served_model *sm, void *saved,
+                   size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim);
+/* "mlp, identity, ..." into buf (for NOT_FOUND messages). */
+void ss_models_list(ss_server *s, char *buf, size_t len);
 
 /* ---- server (net/server.c) ---- */
 /* A call has its answer (or lost its client): drop it from the drain set. */

@@ -32,6 +32,7 @@
 #include "core/log.h"
 #include "service/handlers.h"
 #include "service/sessions.h"
+#include "service/wire.h"
 
 typedef struct compute_state {
   ss_job job;                 /* first: the pool hands us back the job pointer */
@@ -53,6 +54,11 @@ typedef struct compute_state {
   int want_present;
   ss_session *session;        /* busy while this call runs */
   int session_end;
+  /* training forward (training_mode=true) */
+  int training;
+  void *saved;                /* the model's record for backward (worker -> cache) */
+  size_t saved_bytes;
+  char forward_id[128];
   int on_worker;              /* job submitted, done() not yet run */
   /* written by the worker, read by the loop in done() */
   void *out_data;
@@ -66,71 +72,6 @@ typedef struct compute_state {
 } compute_state;
 
 _Static_assert(sizeof(compute_state) <= SS_SVC_SPACE, "compute_state must fit in the call");
-
-/* ----------------------------------------------------------- wire helpers --- */
-
-static int read_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v) {
-  uint64_t r = 0;
-  for (int shift = 0; shift < 64; shift += 7) {
-    if (*pos >= len) return -1;
-    uint8_t b = p[(*pos)++];
-    r |= (uint64_t)(b & 0x7f) << shift;
-    if (!(b & 0x80)) {
-      *v = r;
-      return 0;
-    }
-  }
-  return -1;
-}
-
-/* Find top-level length-delimited field `field` (last occurrence wins, as protobuf says) and
- * copy every other field into a new buffer *rest (caller frees). Returns 0 or -1 (bad wire). */
-static int split_field(const uint8_t *msg, size_t len, uint32_t field, const uint8_t **val,
-                       size_t *vlen, ss_arena *arena, uint8_t **rest, size_t *rest_len) {
-  *val = NULL;
-  *vlen = 0;
-  size_t skipped = 0;
-  for (int pass = 0; pass < 2; pass++) {
-    size_t pos = 0, out = 0;
-    while (pos < len) {
-      size_t start = pos;
-      uint64_t tag, n;
-      if (read_varint(msg, len, &pos, &tag) != 0) return -1;
-      uint32_t wt = (uint32_t)(tag & 7);
-      uint64_t fn = tag >> 3;
-      if (fn == 0) return -1;
-      switch (wt) {
-      case 0: if (read_varint(msg, len, &pos, &n) != 0) return -1; break;
-      case 1: if (len - pos < 8) return -1; pos += 8; break;
-      case 5: if (len - pos < 4) return -1; pos += 4; break;
-      case 2:
-        if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return -1;
-        if (fn == field) {
-          if (pass == 0) {
-            skipped += pos + n - start;
-            *val = msg + pos;
-            *vlen = (size_t)n;
-          }
-          pos += (size_t)n;
-          continue;
-        }
-        pos += (size_t)n;
-        break;
-      default: return -1; /* groups are not used by these messages */
-      }
-      if (pass == 1) {
-        memcpy(*rest + out, msg + start, pos - start);
-        out += pos - start;
-      }
-    }
-    if (pass == 0) {
-      *rest_len = len - skipped;
-      *rest = ss_arena_alloc(arena, *rest_len ? *rest_len : 1);
-      if (!*rest) return -1;
-    }
-  }
-  return 0;
-}
 
 static void fill_snapshot_msg(ss_server *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
   splitlearn__comm__monitoring_snapshot__init(snap);
@@ -155,7 +96,8 @@ static void send_reply(compute_state *st, const void *data, size_t nbytes, void 
   Splitlearn__Comm__MonitoringSnapshot snap;
   fill_snapshot_msg(call->srv, &snap);
   resp.monitoring_data = &snap;
-  if (st->req->forward_id) resp.forward_id = st->req->forward_id;
+  if (st->training) resp.forward_id = st->forward_id;
+  else if (st->req->forward_id) resp.forward_id = st->req->forward_id;
   /* The client-side cache goes back in the response (copied into the message: one copy). */
   Splitlearn__Comm__KVCacheEntry *ents = NULL, **eptr = NULL;
   int32_t *shapes = NULL;
@@ -234,12 +176,17 @@ static void job_run(ss_job *job) {
   out.nbytes = out.numel * sizeof(float);
   out.data = malloc(out.nbytes ? out.nbytes : 1);
   if (!out.data) goto nomem;
-  if (m->n_kv_layers > 0) {
+  uv_rwlock_rdlock(&((ss_model *)m)->lock); /* a training step may not run meanwhile */
+  if (st->training) {
+    st->rc = m->ops->forward_train(m, &in, &out, &st->saved, &st->saved_bytes, st->err,
+                                   sizeof st->err);
+  } else if (m->n_kv_layers > 0) {
     ss_kv_io kv = {m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present};
     st->rc = m->ops->forward_kv(m, &in, &out, &kv, &st->meta, st->err, sizeof st->err);
   } else {
     st->rc = m->ops->forward(m, &in, &out, &st->meta, st->err, sizeof st->err);
   }
+  uv_rwlock_rdunlock(&((ss_model *)m)->lock);
   free(in32);
   in32 = NULL;
   if (st->rc == 0 && st->in.dtype != SS_DTYPE_F32) {
@@ -281,6 +228,16 @@ static void job_done(ss_job *job) {
     if (ok) st->present = NULL;
     else present_free(st);
     st->session = NULL;
+  }
+  if (st->saved) { /* keep what backward needs, even if the client went away meanwhile */
+    void *saved = st->saved;
+    st->saved = NULL;
+    if (ss_train_store(call->srv, st->forward_id, st->sm, saved, st->saved_bytes, &st->in,
+                       st->out_shape, st->out_ndim) != 0 && call->state != SS_CALL_DONE) {
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                   "cannot keep the activations of forward '%s' (%zu bytes)", st->forward_id,
+                   st->saved_bytes);
+    }
   }
   if (call->state != SS_CALL_DONE) {
     if (!job->ran) {
@@ -360,6 +317,7 @@ static void compute_free(ss_call *call) {
     st->session = NULL;
   }
   present_free(st);
+  if (st->saved) st->sm->model->ops->free_saved(st->sm->model, st->saved);
   free(st->out_data);
   ss_arena_release(&st->arena); /* the unpacked request, metadata views */
   if (st->sm) ss_served_unref(st->sm);
@@ -452,16 +410,6 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
 
 /* ---------------------------------------------------------------- handler --- */
 
-static void list_models(ss_server *s, char *buf, size_t len) {
-  size_t off = 0;
-  buf[0] = 0;
-  for (size_t i = 0; i < s->nmodels && off + 1 < len; i++) {
-    int n = snprintf(buf + off, len - off, "%s%s", i ? ", " : "", s->models[i]->model->id);
-    if (n < 0) break;
-    off += (size_t)n;
-  }
-}
-
 void ss_h_compute(ss_call *call) {
   ss_server *s = call->srv;
   compute_state *st = (compute_state *)call->svc_space;
@@ -476,7 +424,7 @@ void ss_h_compute(ss_call *call) {
   const uint8_t *data;
   size_t dlen, rest_len;
   uint8_t *rest = NULL;
-  if (split_field(call->req, call->req_len, 1, &data, &dlen, &st->arena, &rest, &rest_len) == 0)
+  if (ss_split_field(call->req, call->req_len, 1, &data, &dlen, &st->arena, &rest, &rest_len) == 0)
     st->req = splitlearn__comm__compute_request__unpack(&st->pballoc, rest_len, rest);
   if (!st->req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
@@ -504,7 +452,7 @@ void ss_h_compute(ss_call *call) {
   st->sm = ss_server_find_model(s, req->model_id);
   if (!st->sm) {
     char known[512];
-    list_models(s, known, sizeof known);
+    ss_models_list(s, known, sizeof known);
     ss_call_fail(call, SS_GRPC_NOT_FOUND, "unknown model_id '%s'; this server has: %s",
                  req->model_id, known);
     return;
@@ -544,10 +492,25 @@ void ss_h_compute(ss_call *call) {
     }
   }
   if (req->has_training_mode && req->training_mode) {
-    ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
-                 "training_mode=true: model '%s' (kind %s) has no backward pass in this version",
-                 m->id, m->kind);
-    return;
+    if (!m->ops->forward_train) {
+      ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
+                   "training_mode=true: model '%s' (kind %s) has no backward pass; models that "
+                   "train: mlp, gpt2", m->id, m->kind);
+      return;
+    }
+    if (req->n_past_key_values > 0 || ss_meta_get(&st->meta, "session") ||
+        (req->has_use_cache && req->use_cache)) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                   "training_mode=true runs the full sequence: past_key_values, use_cache and "
+                   "metadata session are for inference only");
+      return;
+    }
+    if (ss_train_forward_id(s, req->forward_id, st->forward_id, sizeof st->forward_id, err,
+                            sizeof err) != 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
+      return;
+    }
+    st->training = 1;
   }
   rv = m->ops->check(m, &st->in, &st->meta, st->out_shape, &st->out_ndim, err, sizeof err);
   if (rv != 0) {
@@ -555,7 +518,7 @@ void ss_h_compute(ss_call *call) {
                  err);
     return;
   }
-  if (m->n_kv_layers > 0 && setup_kv(st, err, sizeof err) != 0) return;
+  if (m->n_kv_layers > 0 && !st->training && setup_kv(st, err, sizeof err) != 0) return;
   if (m->exec == SS_EXEC_TIMER) {
     double ms;
     if (ss_model_sleep_ms(&st->meta, &ms, err, sizeof err) != 0) {
@@ -577,40 +540,4 @@ void ss_h_compute(ss_call *call) {
                  m->id, st->sm->admit.inflight, st->sm->admit.waiting, st->sm->admit.limit,
                  st->sm->admit.max_queue);
   }
-}
-
-void ss_h_backward(ss_call *call) {
-  ss_server *s = call->srv;
-  const uint8_t *data;
-  size_t dlen, rest_len;
-  uint8_t *rest = NULL;
-  Splitlearn__Comm__BackwardRequest *req = NULL;
-  ss_arena arena;
-  ss_arena_init(&arena, NULL, 0);
-  if (split_field(call->req, call->req_len, 1, &data, &dlen, &arena, &rest, &rest_len) == 0)
-    req = splitlearn__comm__backward_request__unpack(NULL, rest_len, rest);
-  ss_arena_release(&arena);
-  if (!req) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
-                 "request (%zu bytes) is not a valid splitlearn.comm.BackwardRequest protobuf",
-                 call->req_len);
-    return;
-  }
-  ss_served_model *sm = ss_server_find_model(s, req->model_id);
-  if (!sm) {
-    char known[512];
-    list_models(s, known, sizeof known);
-    ss_call_fail(call, SS_GRPC_NOT_FOUND, "unknown model_id '%s'; this server has: %s",
-                 req->model_id, known);
-  } else if (!req->forward_id || !*req->forward_id) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
-                 "forward_id is empty: ComputeBackward needs the forward_id of a Compute call made "
-                 "with training_mode=true");
-  } else {
-    ss_call_fail(call, SS_GRPC_NOT_FOUND,
-                 "unknown forward_id '%s': no training forward pass is cached for model '%s' "
-                 "(kind %s has no backward pass in this version)",
-                 req->forward_id, sm->model->id, sm->model->kind);
-  }
-  splitlearn__comm__backward_request__free_unpacked(req, NULL);
 }

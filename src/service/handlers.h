@@ -8,7 +8,7 @@
 #include "net/server_int.h"
 
 void ss_h_compute(ss_call *call);          /* compute.c */
-void ss_h_backward(ss_call *call);         /* compute.c */
+void ss_h_backward(ss_call *call);         /* train.c */
 void ss_h_health_check(ss_call *call);     /* info.c: ComputeService.HealthCheck */
 void ss_h_service_info(ss_call *call);     /* info.c */
 void ss_h_stream_monitoring(ss_call *call);/* info.c */

@@ -29,6 +29,16 @@ ss_served_model *ss_server_find_model(ss_server *s, const char *id) {
   return NULL;
 }
 
+void ss_models_list(ss_server *s, char *buf, size_t len) {
+  size_t off = 0;
+  buf[0] = 0;
+  for (size_t i = 0; i < s->nmodels && off + 1 < len; i++) {
+    int n = snprintf(buf + off, len - off, "%s%s", i ? ", " : "", s->models[i]->model->id);
+    if (n < 0) break;
+    off += (size_t)n;
+  }
+}
+
 static void apply_limits(ss_server *s, ss_served_model *sm) {
   const ss_model *m = sm->model;
   int limit = sm->conf_inflight >= 0 ? sm->conf_inflight : s->cfg.max_inflight;
@@ -56,6 +66,7 @@ static ss_served_model *served_new(ss_server *s, ss_model *m, const char *spec, 
   sm->conf_inflight = inflight;
   sm->conf_queue = queue;
   ss_admit_init(&sm->admit, 0, 0);
+  ss_admit_init(&sm->train_admit, 1, s->cfg.max_queue);
   apply_limits(s, sm);
   return sm;
 }
@@ -228,7 +239,70 @@ int ss_models_load(ss_server *s, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
   }
   build_free(&b);
+  if (rv == 0 && s->cfg.save_weights) { /* --save-weights: the default model's checkpoint */
+    ss_model *m = s->models[0]->model;
+    if (!m->ops->save) {
+      snprintf(err, errlen, "--save-weights: the default model '%s' (kind %s) has no weights to save",
+               m->id, m->kind);
+      return SS_EINVAL;
+    }
+    if (!m->save_path && !(m->save_path = strdup(s->cfg.save_weights))) return SS_ENOMEM;
+  }
   return rv;
+}
+
+/* ---------------------------------------------------------- checkpoints --- */
+
+typedef struct save_job {
+  ss_job job;
+  ss_server *srv;
+  ss_served_model *sm;      /* holds a reference */
+  const char *why;
+  int rc;
+  double ms;
+  char err[512];
+} save_job;
+
+static void save_run(ss_job *job) {
+  save_job *j = (save_job *)job;
+  ss_model *m = j->sm->model;
+  uint64_t t0 = uv_hrtime();
+  uv_rwlock_rdlock(&m->lock); /* a consistent version: no step runs meanwhile */
+  j->rc = m->ops->save(m, m->save_path, j->err, sizeof j->err);
+  uv_rwlock_rdunlock(&m->lock);
+  j->ms = (double)(uv_hrtime() - t0) / 1e6;
+}
+
+static void save_done(ss_job *job) {
+  save_job *j = (save_job *)job;
+  const ss_model *m = j->sm->model;
+  if (!job->ran) SS_LOGW("checkpoint of model '%s' cancelled", m->id);
+  else if (j->rc != 0) SS_LOGE("checkpoint of model '%s' to %s failed: %s", m->id, m->save_path, j->err);
+  else SS_LOGI("checkpoint (%s): model '%s' written to %s in %.1f ms", j->why, m->id, m->save_path, j->ms);
+  j->srv->saving--;
+  ss_served_unref(j->sm);
+  if (j->srv->saving == 0 && j->srv->stopped) ss_server_wake_flush(j->srv); /* may close now */
+  free(j);
+}
+
+void ss_models_save_all(ss_server *s, const char *why) {
+  for (size_t i = 0; i < s->nmodels; i++) {
+    ss_served_model *sm = s->models[i];
+    if (!sm->model->save_path || !sm->model->ops->save) continue;
+    save_job *j = calloc(1, sizeof *j);
+    if (!j) {
+      SS_LOGE("checkpoint of model '%s': out of memory", sm->model->id);
+      continue;
+    }
+    j->srv = s;
+    j->sm = sm;
+    sm->refs++;
+    j->why = why;
+    j->job.run = save_run;
+    j->job.done = save_done;
+    s->saving++;
+    ss_pool_submit(s->pool, &j->job);
+  }
 }
 
 /* -------------------------------------------------------------- reload --- */

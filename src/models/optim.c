@@ -1,0 +1,66 @@
+/*
+ * optim.c — SGD and AdamW over one parameter array (see optim.h for the formulas), and copy on
+ * first write. The arithmetic is float32 like torch's CPU kernels, with the per-step scalars
+ * (bias corrections, step size) computed in double. Thread: the caller's (write lock held).
+ */
+#include "models/optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+float *ss_param_writable(ss_param *p) {
+  float *own;
+  if (*p->own != NULL) return *p->own;
+  own = malloc(p->numel ? p->numel * sizeof(float) : 1);
+  if (own == NULL) return NULL;
+  if (p->numel) memcpy(own, *p->view, p->numel * sizeof(float));
+  *p->own = own;
+  *p->view = own;
+  return own;
+}
+
+int ss_param_grad(ss_param *p) {
+  if (p->grad != NULL) return 0;
+  p->grad = calloc(p->numel ? p->numel : 1, sizeof(float));
+  return p->grad != NULL ? 0 : SS_ENOMEM;
+}
+
+int ss_param_step(ss_param *p, const ss_optim *opt, int64_t t) {
+  const float lr = opt->lr, wd = opt->weight_decay;
+  float *w, *g = p->grad;
+  size_t n = p->numel;
+
+  if (g == NULL) return 0;
+  if ((w = ss_param_writable(p)) == NULL) return SS_ENOMEM;
+  if (opt->kind == SS_OPT_ADAMW) {
+    const float b1 = opt->beta1, b2 = opt->beta2, eps = opt->eps;
+    double bc1 = 1.0 - pow((double)b1, (double)t), bc2 = 1.0 - pow((double)b2, (double)t);
+    float step_size = (float)((double)lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float decay = 1.0f - lr * wd;
+    if (p->m == NULL) p->m = calloc(n ? n : 1, sizeof(float));
+    if (p->v == NULL) p->v = calloc(n ? n : 1, sizeof(float));
+    if (p->m == NULL || p->v == NULL) return SS_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+      float gi = g[i], mi, vi;
+      w[i] *= decay;
+      mi = p->m[i] = b1 * p->m[i] + (1.0f - b1) * gi;
+      vi = p->v[i] = b2 * p->v[i] + (1.0f - b2) * gi * gi;
+      w[i] -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    }
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      float gi = wd != 0.0f ? g[i] + wd * w[i] : g[i];
+      w[i] -= lr * gi;
+    }
+  }
+  memset(g, 0, n * sizeof(float));
+  return 0;
+}
+
+void ss_param_free_state(ss_param *p) {
+  free(p->grad);
+  free(p->m);
+  free(p->v);
+  p->grad = p->m = p->v = NULL;
+}

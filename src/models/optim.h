@@ -1,0 +1,47 @@
+/*
+ * optim.h — the parameter update shared by the trainable models (mlp, gpt2): SGD and AdamW
+ * over one float array with its gradient and state, and copy on first write of weights that
+ * are still read-only views (into the safetensors mmap).
+ *
+ * Semantics follow torch.optim (1.13, defaults: no momentum, no amsgrad, not maximize):
+ *   SGD:   g' = g + wd * p  (when wd != 0);   p -= lr * g'
+ *   AdamW: p *= 1 - lr * wd  (decoupled);  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+ *          p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)     (t = 1, 2, ...)
+ *
+ * Thread: the caller's; the models call these from step() under the model's write lock, so
+ * nothing here locks.
+ */
+#ifndef SS_MODELS_OPTIM_H
+#define SS_MODELS_OPTIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "models/model.h"
+
+/* One trainable array: its values (a view, or its own copy once written), its accumulated
+ * gradient and its AdamW moments. grad, m and v are allocated lazily (NULL until needed). */
+typedef struct ss_param {
+  const float **view; /* borrowed: the model's pointer to the current values */
+  float **own;        /* borrowed: the model's pointer to its owned copy (NULL: still a view) */
+  size_t numel;
+  float *grad;        /* owned: summed gradient since the last step (NULL: none yet) */
+  float *m, *v;       /* owned: AdamW first/second moments (NULL until the first AdamW step) */
+} ss_param;
+
+/* Make *p->view writable: when it is still a view (p->own NULL), malloc a copy, point both at it.
+ * Returns the writable array, or NULL when out of memory (the view is left as it was). */
+float *ss_param_writable(ss_param *p);
+
+/* Allocate p->grad (zeroed) when absent. Returns 0 or SS_ENOMEM. */
+int ss_param_grad(ss_param *p);
+
+/* Apply one optimizer update to p with its accumulated gradient (p->grad; a NULL grad is a
+ * parameter that saw no backward: left untouched, like torch with grad None), then zero the
+ * gradient. t: the 1-based step number (AdamW bias correction). Returns 0 or SS_ENOMEM. */
+int ss_param_step(ss_param *p, const ss_optim *opt, int64_t t);
+
+/* Free grad, m and v (not the values: they belong to the model). */
+void ss_param_free_state(ss_param *p);
+
+#endif

@@ -1,0 +1,335 @@
+/*
+ * train.c — split training on the server: the activation cache of training forwards
+ * (forward_id -> what backward needs), ComputeBackward, gradient accumulation and optimizer
+ * steps, and the ids' bookkeeping.
+ *
+ * Semantics (documented for clients in the README):
+ *  - Compute with training_mode=true runs forward_train and keeps its record under forward_id
+ *    (the client's, or a fresh one returned in the response). Records live in a keyed cache with
+ *    a TTL and a byte budget (oldest idle first); a backward for an evicted, used or unknown id
+ *    gets NOT_FOUND saying which.
+ *  - ComputeBackward consumes the record (a second backward for the same id: NOT_FOUND, "already
+ *    used"), returns grad_input and adds the weight gradients to the model's accumulators.
+ *  - Backward calls of one model run one at a time in arrival order (a FIFO admission of
+ *    limit 1), so several clients training one model see their gradients accumulate in the order
+ *    the server received their backward calls. With learning_rate set, every accumulation_step-th
+ *    backward call (counted per model, default 1) applies an optimizer step right after its own
+ *    backward, to the sum of the gradients accumulated since the previous step.
+ *  - Weights: forwards and backwards hold the model's read lock on the worker; a step takes the
+ *    write lock, so a racing forward sees the old or the new weights, never a mix. No lock is
+ *    ever taken on the loop thread.
+ *
+ * Thread: handlers and the cache on the loop thread; the job's run() on a worker.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compute_service.pb-c.h"
+#include "core/arena.h"
+#include "core/kcache.h"
+#include "core/log.h"
+#include "service/handlers.h"
+#include "service/wire.h"
+
+/* One training forward's record. */
+typedef struct act_rec {
+  ss_served_model *sm;      /* holds a reference */
+  void *saved;              /* the model's record (free_saved) */
+  int64_t in_shape[SS_MAX_DIMS], out_shape[SS_MAX_DIMS];
+  int in_ndim, out_ndim;
+  size_t in_numel;
+} act_rec;
+
+static void act_free(void *v, void *user) {
+  (void)user;
+  act_rec *r = v;
+  if (r->saved) r->sm->model->ops->free_saved(r->sm->model, r->saved);
+  ss_served_unref(r->sm);
+  free(r);
+}
+
+int ss_train_init(ss_server *s) {
+  return ss_kcache_new(s->cfg.activation_max_bytes, s->cfg.activation_ttl_s, act_free, NULL,
+                       &s->acts);
+}
+
+void ss_train_free(ss_server *s) {
+  ss_kcache_free(s->acts);
+  s->acts = NULL;
+}
+
+void ss_train_sweep(ss_server *s) { ss_kcache_sweep(s->acts); }
+
+int ss_train_forward_id(ss_server *s, const char *client_id, char *out, size_t outlen, char *err,
+                        size_t errlen) {
+  if (client_id && *client_id) {
+    if (strlen(client_id) >= outlen) {
+      snprintf(err, errlen, "forward_id is %zu bytes long; at most %zu", strlen(client_id),
+               outlen - 1);
+      return SS_EINVAL;
+    }
+    if (ss_kcache_get(s->acts, client_id, 0, NULL)) {
+      snprintf(err, errlen,
+               "forward_id '%s' already holds a training forward that has not had its backward "
+               "call; use a new id per forward", client_id);
+      return SS_EINVAL;
+    }
+    ss_kcache_forget(s->acts, client_id); /* reused after its backward: a fresh meaning */
+    snprintf(out, outlen, "%s", client_id);
+    return 0;
+  }
+  s->forward_seq++;
+  snprintf(out, outlen, "fwd-%llx-%llu", (unsigned long long)(s->start_ns & 0xffffffffffull),
+           (unsigned long long)s->forward_seq);
+  return 0;
+}
+
+int ss_train_store(ss_server *s, const char *forward_id, ss_served_model *sm, void *saved,
+                   size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim) {
+  act_rec *r = calloc(1, sizeof *r);
+  if (!r) {
+    sm->model->ops->free_saved(sm->model, saved);
+    return SS_ENOMEM;
+  }
+  r->sm = sm;
+  sm->refs++;
+  r->saved = saved;
+  r->in_ndim = in->ndim;
+  r->in_numel = in->numel;
+  memcpy(r->in_shape, in->shape, sizeof r->in_shape);
+  r->out_ndim = out_ndim;
+  memcpy(r->out_shape, out_shape, (size_t)out_ndim * sizeof *out_shape);
+  return ss_kcache_put(s->acts, forward_id, r, saved_bytes + sizeof *r) ? 0 : SS_ENOMEM;
+}
+
+/* ------------------------------------------------------------- backward --- */
+
+typedef struct backward_state {
+  ss_job job;               /* first: the pool hands the job pointer back */
+  ss_waiter waiter;
+  ss_call *call;
+  act_rec *rec;             /* taken out of the cache: owned */
+  Splitlearn__Comm__BackwardRequest *req;
+  ss_tensor grad_out;       /* view into call->req */
+  ss_optim opt;
+  int do_step;
+  int holds_slot;
+  int on_worker;
+  /* worker results */
+  float *grad_in;
+  double ms;
+  int rc;
+  char err[256];
+  ss_arena arena;
+  ProtobufCAllocator pballoc;
+  _Alignas(16) char arena_buf[1024];
+} backward_state;
+
+_Static_assert(sizeof(backward_state) <= SS_SVC_SPACE, "backward_state must fit in the call");
+
+static void bw_run(ss_job *job) {
+  backward_state *st = (backward_state *)job;
+  ss_model *m = st->rec->sm->model;
+  uint64_t t0 = uv_hrtime();
+  ss_tensor go = st->grad_out, gi = {0};
+  if ((uintptr_t)go.data % sizeof(float) != 0) { /* see compute.c: realign in place */
+    memmove(st->call->req, go.data, go.nbytes);
+    go.data = st->call->req;
+  }
+  gi.dtype = SS_DTYPE_F32;
+  gi.ndim = st->rec->in_ndim;
+  memcpy(gi.shape, st->rec->in_shape, sizeof gi.shape);
+  gi.numel = st->rec->in_numel;
+  gi.nbytes = gi.numel * sizeof(float);
+  st->grad_in = malloc(gi.nbytes ? gi.nbytes : 1);
+  if (!st->grad_in) {
+    st->rc = SS_ENOMEM;
+    snprintf(st->err, sizeof st->err, "out of memory for grad_input");
+    return;
+  }
+  gi.data = st->grad_in;
+  uv_rwlock_rdlock(&m->lock);
+  st->rc = m->ops->backward(m, st->rec->saved, &go, &gi, st->err, sizeof st->err);
+  uv_rwlock_rdunlock(&m->lock);
+  if (st->rc == 0 && st->do_step) {
+    uv_rwlock_wrlock(&m->lock);
+    st->rc = m->ops->step(m, &st->opt, st->err, sizeof st->err);
+    uv_rwlock_wrunlock(&m->lock);
+  }
+  st->ms = (double)(uv_hrtime() - t0) / 1e6;
+}
+
+static void bw_start(backward_state *st);
+
+static void bw_release(backward_state *st) {
+  if (!st->holds_slot) return;
+  st->holds_slot = 0;
+  ss_waiter *w = ss_admit_leave(&st->rec->sm->train_admit);
+  if (w) {
+    backward_state *next = (backward_state *)((char *)w - offsetof(backward_state, waiter));
+    bw_start(next);
+  }
+}
+
+static void bw_done(ss_job *job) {
+  backward_state *st = (backward_state *)job;
+  ss_call *call = st->call;
+  st->on_worker = 0;
+  bw_release(st);
+  if (call->state != SS_CALL_DONE) {
+    if (!job->ran) {
+      ss_call_fail(call, SS_GRPC_CANCELLED, "backward call cancelled before it ran");
+    } else if (st->rc != 0) {
+      ss_call_fail(call, st->rc == SS_EINVAL ? SS_GRPC_INVALID_ARGUMENT : (int)ss_error_to_grpc(st->rc),
+                   "model '%s' backward: %s", st->rec->sm->model->id,
+                   st->err[0] ? st->err : ss_strerror(st->rc));
+    } else {
+      Splitlearn__Comm__BackwardResponse r = SPLITLEARN__COMM__BACKWARD_RESPONSE__INIT;
+      int32_t shape[SS_MAX_DIMS];
+      for (int i = 0; i < st->rec->in_ndim; i++) shape[i] = (int32_t)st->rec->in_shape[i];
+      r.n_grad_input_shape = (size_t)st->rec->in_ndim;
+      r.grad_input_shape = shape;
+      r.forward_id = st->req->forward_id;
+      r.has_backward_time_ms = 1;
+      r.backward_time_ms = (float)st->ms;
+      Splitlearn__Comm__MonitoringSnapshot snap;
+      splitlearn__comm__monitoring_snapshot__init(&snap);
+      ss_fill_snapshot(call->srv, &snap);
+      r.monitoring_data = &snap;
+      float *gi = st->grad_in;
+      st->grad_in = NULL; /* the call owns it now */
+      ss_call_reply(call, &r.base, 1, gi, st->rec->in_numel * sizeof(float), gi);
+    }
+  }
+  ss_call_unref(call);
+}
+
+/* Admitted (this model's backward calls run one at a time, in arrival order). */
+static void bw_start(backward_state *st) {
+  ss_served_model *sm = st->rec->sm;
+  st->holds_slot = 1;
+  Splitlearn__Comm__BackwardRequest *req = st->req;
+  /* Step decisions are made here, in execution order = arrival order. */
+  sm->accum++;
+  int every = req->has_accumulation_step ? req->accumulation_step : 1;
+  if (req->has_learning_rate && sm->accum >= every) {
+    st->do_step = 1;
+    sm->accum = 0;
+    st->opt = sm->model->optim;
+    st->opt.lr = req->learning_rate;
+  }
+  st->on_worker = 1;
+  ss_call_ref(st->call);
+  st->job.run = bw_run;
+  st->job.done = bw_done;
+  atomic_store(&st->job.cancelled, 0);
+  ss_pool_submit(st->call->srv->pool, &st->job);
+}
+
+static void bw_cancel(ss_call *call) {
+  backward_state *st = call->svc;
+  if (!st || !st->rec) return;
+  ss_admit_remove(&st->rec->sm->train_admit, &st->waiter);
+  if (st->on_worker) atomic_store(&st->job.cancelled, 1);
+}
+
+static void bw_free(ss_call *call) {
+  backward_state *st = call->svc;
+  if (!st) return;
+  if (st->rec) act_free(st->rec, NULL);
+  free(st->grad_in);
+  ss_arena_release(&st->arena);
+  call->svc = NULL;
+}
+
+void ss_h_backward(ss_call *call) {
+  ss_server *s = call->srv;
+  backward_state *st = (backward_state *)call->svc_space;
+  memset(st, 0, offsetof(backward_state, arena_buf));
+  st->call = call;
+  call->svc = st;
+  call->svc_cancel = bw_cancel;
+  call->svc_free = bw_free;
+  ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  st->pballoc = (ProtobufCAllocator){ss_arena_pb_alloc, ss_arena_pb_free, &st->arena};
+  const uint8_t *data;
+  size_t dlen, rest_len;
+  uint8_t *rest;
+  if (ss_split_field(call->req, call->req_len, 1, &data, &dlen, &st->arena, &rest, &rest_len) == 0)
+    st->req = splitlearn__comm__backward_request__unpack(&st->pballoc, rest_len, rest);
+  if (!st->req) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "request (%zu bytes) is not a valid splitlearn.comm.BackwardRequest protobuf",
+                 call->req_len);
+    return;
+  }
+  Splitlearn__Comm__BackwardRequest *req = st->req;
+  if (req->model_id && *req->model_id && !ss_server_find_model(s, req->model_id)) {
+    char known[512];
+    ss_models_list(s, known, sizeof known);
+    ss_call_fail(call, SS_GRPC_NOT_FOUND, "unknown model_id '%s'; this server has: %s",
+                 req->model_id, known);
+    return;
+  }
+  if (req->has_learning_rate && !(req->learning_rate > 0.0f && isfinite(req->learning_rate))) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "learning_rate must be a finite number > 0, got %g", (double)req->learning_rate);
+    return;
+  }
+  if (req->has_accumulation_step && req->accumulation_step < 1) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "accumulation_step must be >= 1, got %d",
+                 req->accumulation_step);
+    return;
+  }
+  if (!req->forward_id || !*req->forward_id) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "forward_id is empty: ComputeBackward needs the forward_id of a Compute call made "
+                 "with training_mode=true");
+    return;
+  }
+  const char *why = NULL;
+  ss_kentry *e = ss_kcache_get(s->acts, req->forward_id, 0, &why);
+  if (!e) {
+    ss_call_fail(call, SS_GRPC_NOT_FOUND, "forward_id '%s': %s", req->forward_id,
+                 why ? why
+                     : "unknown: no Compute with training_mode=true produced it on this server");
+    return;
+  }
+  act_rec *rec = e->value;
+  const ss_model *m = rec->sm->model;
+  if (req->model_id && *req->model_id && strcmp(req->model_id, m->id) != 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "model_id '%s' does not match forward_id '%s', which ran on model '%s'",
+                 req->model_id, req->forward_id, m->id);
+    return;
+  }
+  char err[512];
+  if (ss_tensor_from_wire("grad_output_data", req->grad_output_shape, req->n_grad_output_shape,
+                          data, dlen, SS_DTYPE_F32, &st->grad_out, err, sizeof err) != 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s (gradients are float32)", err);
+    return;
+  }
+  int same = st->grad_out.ndim == rec->out_ndim;
+  for (int i = 0; same && i < rec->out_ndim; i++) same = st->grad_out.shape[i] == rec->out_shape[i];
+  if (!same) {
+    char got[96], want[96];
+    ss_shape_str(st->grad_out.shape, st->grad_out.ndim, got, sizeof got);
+    ss_shape_str(rec->out_shape, rec->out_ndim, want, sizeof want);
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "grad_output_shape %s does not match the output shape %s of forward '%s'", got,
+                 want, req->forward_id);
+    return;
+  }
+  /* Consume the record: a second backward for this id is told it was used. */
+  st->rec = ss_kcache_remove(s->acts, e, "already used by an earlier ComputeBackward call", 1);
+  switch (ss_admit_enter(&st->rec->sm->train_admit, &st->waiter)) {
+  case SS_ADMIT_RUN: bw_start(st); break;
+  case SS_ADMIT_QUEUED: break;
+  default:
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                 "model '%s' has %zu backward calls queued (--max-queue); retry later", m->id,
+                 st->rec->sm->train_admit.waiting);
+  }
+}
