@@ -253,12 +253,11 @@ void ss_h_backward(ss_call *call) {
   call->svc_cancel = bw_cancel;
   call->svc_free = bw_free;
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
-  st->pballoc = (ProtobufCAllocator){ss_arena_pb_alloc, ss_arena_pb_free, &st->arena};
   const uint8_t *data;
-  size_t dlen, rest_len;
-  uint8_t *rest;
-  if (ss_split_field(call->req, call->req_len, 1, &data, &dlen, &st->arena, &rest, &rest_len) == 0)
-    st->req = splitlearn__comm__backward_request__unpack(&st->pballoc, rest_len, rest);
+  size_t dlen;
+  st->req = (Splitlearn__Comm__BackwardRequest *)ss_decode_tensor_request(
+      &splitlearn__comm__backward_request__descriptor, call->req, call->req_len, &st->arena,
+      &st->pballoc, &data, &dlen);
   if (!st->req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request (%zu bytes) is not a valid splitlearn.comm.BackwardRequest protobuf",

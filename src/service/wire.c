@@ -70,3 +70,13 @@ int ss_split_field(const uint8_t *msg, size_t len, uint32_t field, const uint8_t
   return 0;
 }
 
+
+ProtobufCMessage *ss_decode_tensor_request(const ProtobufCMessageDescriptor *d, const uint8_t *msg,
+                                           size_t len, ss_arena *arena, ProtobufCAllocator *alloc,
+                                           const uint8_t **data, size_t *dlen) {
+  uint8_t *rest;
+  size_t rest_len;
+  *alloc = (ProtobufCAllocator){ss_arena_pb_alloc, ss_arena_pb_free, arena};
+  if (ss_split_field(msg, len, 1, data, dlen, arena, &rest, &rest_len) != 0) return NULL;
+  return protobuf_c_message_unpack(d, alloc, rest_len, rest);
+}
