@@ -4,7 +4,8 @@
  *
  * Thread: loop thread only.
  *
- * Reading: libuv reads into the connection's fixed 64 KiB buffer; nghttp2_session_mem_recv
+ * Reading: libuv reads into the server's one 64 KiB buffer (shared: reads are processed one at
+ * a time and consumed at once, so an idle connection holds no buffer); nghttp2_session_mem_recv
  * parses it and calls back: request headers are checked as they come (:method, :path routed,
  * content-type, grpc-timeout, grpc-encoding), DATA chunks feed the call's message reader
  * (the one copy of request bytes the codec forces: frames -> one contiguous message), and
@@ -25,6 +26,7 @@
 #include "net/server_int.h"
 
 #define SS_WBUF_HIGH (1u << 20)
+#define SS_WBUF_KEEP (256u << 10) /* larger write buffers are freed once written */
 
 void ss_call_take_output(ss_call *call, uint8_t *dst, size_t n); /* call.c */
 
@@ -34,7 +36,7 @@ static ss_call *stream_call(ss_conn *c, int32_t stream_id) {
 
 static int wbuf_reserve(ss_conn *c, size_t more) {
   if (c->wlen + more <= c->wcap) return 0;
-  size_t cap = c->wcap ? c->wcap : 65536;
+  size_t cap = c->wcap ? c->wcap : 4096; /* idle connections stay small */
   while (cap < c->wlen + more) cap *= 2;
   uint8_t *p = realloc(c->wbuf, cap);
   if (!p) return SS_ENOMEM;
@@ -375,6 +377,11 @@ static void on_write(uv_write_t *req, int status) {
     ss_conn_close(c);
     return;
   }
+  if (c->inflight_cap > SS_WBUF_KEEP) { /* a burst's big buffer is not kept per connection */
+    free(c->inflight_buf);
+    c->inflight_buf = NULL;
+    c->inflight_cap = 0;
+  }
   ss_conn_mark_dirty(c);
 }
 
@@ -430,7 +437,7 @@ void ss_conn_flush_all(ss_server *s) {
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   ss_conn *c = h->data;
-  *buf = uv_buf_init(c->rbuf, sizeof c->rbuf);
+  *buf = uv_buf_init(c->srv->rbuf, sizeof c->srv->rbuf);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {

@@ -131,7 +131,6 @@ struct ss_conn {
   size_t inflight_cap;
   uv_write_t wreq;
   int writing;
-  char rbuf[65536];
   int goaway_sent;
 };
 
@@ -173,6 +172,9 @@ struct ss_server {
   ss_call *free_calls;        /* recycled call objects (linked through conn_next) */
   size_t nfree_calls;
 
+  /* One read buffer for every connection: the loop reads one socket at a time and nghttp2
+   * consumes each read completely before the next, so 10k idle connections cost no buffers. */
+  char rbuf[65536];
   ss_monitor mon;
   uint64_t start_ns;
   atomic_int stop_requests;   /* (atomic) ss_server_stop calls */
