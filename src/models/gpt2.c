@@ -25,9 +25,12 @@
  * the caller), else it is scratch. A new token at absolute position P + i attends to keys
  * 0..P+i.
  *
- * Thread: created on the main thread, then immutable and shared by all workers; check() and
- * check_kv() on the loop thread; forward()/forward_kv() on workers, reentrant (all scratch is
- * malloc'd per call).
+ * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
+ * loop thread; forward()/forward_kv() on workers, reentrant (all scratch is malloc'd per call).
+ * Training (see "training" below): forward_train/backward under the model's read lock (backward
+ * calls serialize only their gradient sums, on gmu); step() under the write lock is the only
+ * writer of weights, copying mmap views on first write; save() writes the trunk's layers only,
+ * under their original names.
  */
 #include <cblas.h>
 #include <errno.h>
@@ -73,8 +76,8 @@ typedef struct gpt2 {
   int n_embd, n_head, head_dim, n_inner, n_layer, n_pos;
   int a, b; /* trunk layers [a, b) */
   float eps;
-  gpt2_block *blk; /* b - a blocks */
-  ss_st_file *st;  /* keeps the mmap alive */
+  gpt2_block *blk;    /* b - a blocks */
+  ss_st_file *st;     /* keeps the mmap alive */
   const char *prefix; /* static: "" or "transformer." as in the loaded file (save writes it back) */
   /* training: one param per tensor (layer-major, T_PER_LAYER each), gradients summed under gmu
    * by concurrent backward calls; optimizer steps taken so far. */
@@ -665,6 +668,11 @@ static int gpt2_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, 
  *   ln_1                          dres += LN'(dln): now dres = dL/dx, the previous block's dL/dy
  * Weight gradients are added into the model's buffers under gmu (one short critical section
  * per tensor), so concurrent backward calls sum their gradients.
+ *
+ * The key part of c_attn's bias, bqkv[E, 2E), gets no gradient: adding a constant to every key
+ * shifts each query's scores by the same q.b, which softmax ignores, so its gradient is exactly
+ * zero (sum over keys of dK = sum_i q_i sum_j dS_ij = 0). Float rounding would leave ~1e-8 there,
+ * and AdamW, which divides by sqrt(v), would turn that noise into steps of size lr.
  */
 typedef struct gpt2_saved {
   int B, S;
@@ -742,18 +750,21 @@ static void gelu_new_backward(float *dx, const float *pre, size_t n) {
 }
 
 /* Conv1D y = x W + b (x [rows, in], W [in, out]) backward: dW += x^T dy and db += sum dy under
- * gmu; dx = dy W^T (overwritten) when dx is not NULL. */
+ * gmu, except db[zlo, zhi), whose true gradient is zero (see gpt2_backward); dx = dy W^T
+ * (overwritten) when dx is not NULL. */
 static void conv1d_backward(gpt2 *p, float *dx, float *dW, float *db, const float *dy,
-                            const float *x, const float *W, int rows, int in, int out) {
+                            const float *x, const float *W, int rows, int in, int out, int zlo,
+                            int zhi) {
   uv_mutex_lock(&p->gmu);
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, rows, 1.0f, x, in, dy, out, 1.0f,
               dW, out);
   for (int r = 0; r < rows; r++)
-    for (int j = 0; j < out; j++) db[j] += dy[(size_t)r * (size_t)out + (size_t)j];
+    for (int j = 0; j < out; j++)
+      if (j < zlo || j >= zhi) db[j] += dy[(size_t)r * (size_t)out + (size_t)j];
   uv_mutex_unlock(&p->gmu);
   if (dx != NULL)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, in, out, 1.0f, dy, out, W, out,
-                0.0f, dx, in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, in, out, 1.0f, dy, out, W, out, 0.0f,
+                dx, in);
 }
 
 static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
@@ -807,8 +818,8 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
       for (int hi = 0; hi < H; hi++) {
         const float *Q = ls.qkv + (size_t)bi * S * 3 * (size_t)E + (size_t)hi * D;
         float *Pr = ls.probs + ((size_t)bi * H + (size_t)hi) * (size_t)S * S;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, 1.0f, Q, 3 * E, Q + E,
-                    3 * E, 0.0f, Pr, S);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, 1.0f, Q, 3 * E, Q + E, 3 * E,
+                    0.0f, Pr, S);
         causal_softmax(Pr, S, S, 0, bk->attn_scale);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, Pr, S, Q + 2 * E,
                     3 * E, 0.0f, ls.atty + (size_t)bi * S * (size_t)E + (size_t)hi * D, E);
@@ -849,9 +860,10 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
   int rc = 0;
 
   if (grad_out->numel != rows * (size_t)E || grad_in->numel != rows * (size_t)E) {
-    snprintf(err, errlen, "model '%s': backward got grad_output of %zu values and grad_input of "
-             "%zu, expected %zu for [%d, %d, %d]", m->id, grad_out->numel, grad_in->numel,
-             rows * (size_t)E, B, S, E);
+    snprintf(err, errlen,
+             "model '%s': backward got grad_output of %zu values and grad_input of "
+             "%zu, expected %zu for [%d, %d, %d]",
+             m->id, grad_out->numel, grad_in->numel, rows * (size_t)E, B, S, E);
     return SS_EINVAL;
   }
   uv_mutex_lock(&p->gmu);
@@ -881,17 +893,17 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
     memcpy(fcg, ls.fc, rows * (size_t)NI * sizeof(float));
     gelu_new(fcg, rows * (size_t)NI);
     conv1d_backward(p, dfc, g[T_MPROJ_W].grad, g[T_MPROJ_B].grad, dres, fcg, bk->t[T_MPROJ_W], R,
-                    NI, E);
+                    NI, E, 0, 0);
     gelu_new_backward(dfc, ls.fc, rows * (size_t)NI);
     layer_norm_apply(ls.h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], ls.mean2, ls.rstd2);
-    conv1d_backward(p, dln, g[T_FC_W].grad, g[T_FC_B].grad, dfc, ln, bk->t[T_FC_W], R, E, NI);
+    conv1d_backward(p, dln, g[T_FC_W].grad, g[T_FC_B].grad, dfc, ln, bk->t[T_FC_W], R, E, NI, 0, 0);
     uv_mutex_lock(&p->gmu);
     layer_norm_backward(dres, g[T_LN2_W].grad, g[T_LN2_B].grad, dln, ls.h, ls.mean2, ls.rstd2,
                         bk->t[T_LN2_W], rows, E);
     uv_mutex_unlock(&p->gmu);
     /* attention: h = x + atty Wa + ba */
-    conv1d_backward(p, datty, g[T_APROJ_W].grad, g[T_APROJ_B].grad, dres, ls.atty,
-                    bk->t[T_APROJ_W], R, E, E);
+    conv1d_backward(p, datty, g[T_APROJ_W].grad, g[T_APROJ_B].grad, dres, ls.atty, bk->t[T_APROJ_W],
+                    R, E, E, 0, 0);
     for (int bi = 0; bi < B; bi++) {
       for (int hi = 0; hi < H; hi++) {
         size_t off = (size_t)bi * S * 3 * (size_t)E + (size_t)hi * D;
@@ -900,8 +912,8 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
         const float *dA = datty + (size_t)bi * S * (size_t)E + (size_t)hi * D;
         float *dQ = dqkv + off, *dK = dQ + E, *dV = dQ + 2 * E;
         const float scale = bk->attn_scale;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, S, 1.0f, Pr, S, dA, E, 0.0f,
-                    dV, 3 * E);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, S, 1.0f, Pr, S, dA, E, 0.0f, dV,
+                    3 * E);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, 1.0f, dA, E, V, 3 * E, 0.0f,
                     dP, S);
         for (int i = 0; i < S; i++) { /* softmax backward, row i sees keys 0..i */
@@ -911,15 +923,15 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
           for (int j = 0; j <= i; j++) dr[j] = scale * pr[j] * (dr[j] - dot);
           for (int j = i + 1; j < S; j++) dr[j] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, dP, S, K, 3 * E,
-                    0.0f, dQ, 3 * E);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, dP, S, K, 3 * E, 0.0f,
+                    dQ, 3 * E);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, S, 1.0f, dP, S, Q, 3 * E, 0.0f,
                     dK, 3 * E);
       }
     }
     layer_norm_apply(ls.x, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], ls.mean1, ls.rstd1);
     conv1d_backward(p, dln, g[T_ATTN_W].grad, g[T_ATTN_B].grad, dqkv, ln, bk->t[T_ATTN_W], R, E,
-                    3 * E);
+                    3 * E, E, 2 * E);
     uv_mutex_lock(&p->gmu);
     layer_norm_backward(dres, g[T_LN1_W].grad, g[T_LN1_B].grad, dln, ls.x, ls.mean1, ls.rstd1,
                         bk->t[T_LN1_W], rows, E);
@@ -951,9 +963,9 @@ static void gpt2_free_saved(const ss_model *m, void *saved) {
 static int gpt2_save(const ss_model *m, const char *path, char *err, size_t errlen) {
   const gpt2 *p = m->impl;
   size_t n = (size_t)(p->b - p->a) * T_PER_LAYER;
-  char (*names)[80] = malloc(n * sizeof *names);
+  char(*names)[80] = malloc(n * sizeof *names);
   const char **np = malloc(n * sizeof *np);
-  int64_t (*shapes)[2] = malloc(n * sizeof *shapes);
+  int64_t(*shapes)[2] = malloc(n * sizeof *shapes);
   const int64_t **sp = malloc(n * sizeof *sp);
   int *ndims = malloc(n * sizeof *ndims);
   const float **data = malloc(n * sizeof *data);

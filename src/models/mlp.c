@@ -10,9 +10,14 @@
  * used in place from the mmap when 4-byte aligned (else copied); F16/BF16 are converted to f32
  * at load. Without weights=: the embedded default 768->768->768 (see default_weights()).
  *
- * Thread: created on the main thread, then immutable and shared by all workers; check() on
- * the loop thread; forward() on a worker, reentrant (its two ping-pong scratch buffers are
- * malloc'd per call). Y = X W^T + b per layer: sgemm(RowMajor, NoTrans, Trans).
+ * Thread: created on the main thread, then shared by all workers; check() on the loop thread;
+ * forward() on a worker, reentrant (its two ping-pong scratch buffers are malloc'd per call).
+ * Y = X W^T + b per layer: sgemm(RowMajor, NoTrans, Trans).
+ *
+ * Training (see "training" below): forward_train/backward on workers under the model's read
+ * lock (backwards serialize only their gradient sums, on gmu); step() under the write lock is the
+ * only writer of weights, copying mmap views on first write (ss_param_writable); save() under the
+ * read lock writes "<prefix><idx>.weight"/".bias" as loaded (the embedded default: 0.*, 2.*).
  */
 #include <cblas.h>
 #include <ctype.h>
@@ -29,17 +34,17 @@
 typedef struct mlp_layer {
   int in, out;
   unsigned long idx; /* index in the Sequential: the key is "<prefix><idx>.weight" */
-  const float *w; /* [out][in] row-major; into the mmap or w_own */
-  const float *b; /* [out] or NULL */
+  const float *w;    /* [out][in] row-major; into the mmap or w_own */
+  const float *b;    /* [out] or NULL */
   float *w_own, *b_own;
 } mlp_layer;
 
 typedef struct mlp {
   int n;
   mlp_layer *l;
-  int gelu;         /* 0: relu, 1: exact GELU */
-  ss_st_file *st;   /* keeps the mmap alive while layers point into it */
-  char *prefix;     /* key prefix of the loaded file ("" for the embedded default) */
+  int gelu;       /* 0: relu, 1: exact GELU */
+  ss_st_file *st; /* keeps the mmap alive while layers point into it */
+  char *prefix;   /* key prefix of the loaded file ("" for the embedded default) */
   /* training: 2 params per layer (weight, bias; a bias-less layer's bias param has numel 0),
    * their gradients summed under gmu by concurrent backward calls; steps taken so far. */
   ss_param *prm;
@@ -189,8 +194,10 @@ static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
     int is_bias;
     layer_ref *r = NULL;
     if (split_name(t->name, &pl, &idx, &is_bias) != 0) {
-      snprintf(err, errlen, "weights %s: tensor '%s' is not named [prefix.]<index>.weight or "
-               "[prefix.]<index>.bias (an nn.Sequential of Linear layers)", path, t->name);
+      snprintf(err, errlen,
+               "weights %s: tensor '%s' is not named [prefix.]<index>.weight or "
+               "[prefix.]<index>.bias (an nn.Sequential of Linear layers)",
+               path, t->name);
       rc = SS_EINVAL;
       goto done;
     }
@@ -209,8 +216,10 @@ static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
       r = &refs[nref++];
       r->idx = idx;
     }
-    if (is_bias) r->b = t;
-    else r->w = t;
+    if (is_bias)
+      r->b = t;
+    else
+      r->w = t;
   }
   qsort(refs, nref, sizeof *refs, ref_cmp);
   if ((p->prefix = strndup(prefix, plen)) == NULL) {
@@ -234,8 +243,10 @@ static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
     if (w->ndim != 2 || w->shape[0] <= 0 || w->shape[1] <= 0 || w->shape[0] > INT_MAX ||
         w->shape[1] > INT_MAX) {
       char sbuf[160];
-      snprintf(err, errlen, "weights %s: '%s' has shape %s; expected [out, in] with positive "
-               "widths", path, w->name, ss_shape_str(w->shape, w->ndim, sbuf, sizeof sbuf));
+      snprintf(err, errlen,
+               "weights %s: '%s' has shape %s; expected [out, in] with positive "
+               "widths",
+               path, w->name, ss_shape_str(w->shape, w->ndim, sbuf, sizeof sbuf));
       rc = SS_EINVAL;
       goto done;
     }
@@ -394,8 +405,8 @@ static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *
       (sv = malloc(sizeof *sv + bytes)) == NULL ||
       (maxw > 0 && rows > 0 && (a = malloc(rows * maxw * sizeof(float))) == NULL)) {
     free(sv);
-    snprintf(err, errlen, "model '%s': out of memory for %zu x %zu saved activations", m->id,
-             rows, cells);
+    snprintf(err, errlen, "model '%s': out of memory for %zu x %zu saved activations", m->id, rows,
+             cells);
     return SS_ENOMEM;
   }
   sv->rows = rows;
@@ -440,9 +451,11 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
 
   if (grad_out->numel != rows * (size_t)p->l[p->n - 1].out ||
       grad_in->numel != rows * (size_t)p->l[0].in) {
-    snprintf(err, errlen, "model '%s': backward got grad_output of %zu values and grad_input of "
-             "%zu, expected %zu and %zu", m->id, grad_out->numel, grad_in->numel,
-             rows * (size_t)p->l[p->n - 1].out, rows * (size_t)p->l[0].in);
+    snprintf(err, errlen,
+             "model '%s': backward got grad_output of %zu values and grad_input of "
+             "%zu, expected %zu and %zu",
+             m->id, grad_out->numel, grad_in->numel, rows * (size_t)p->l[p->n - 1].out,
+             rows * (size_t)p->l[0].in);
     return SS_EINVAL;
   }
   uv_mutex_lock(&p->gmu);
@@ -480,8 +493,8 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
       x = a;
     }
     uv_mutex_lock(&p->gmu);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L->out, L->in, (int)rows, 1.0f, dy,
-                L->out, x, L->in, 1.0f, p->prm[2 * i].grad, L->in);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L->out, L->in, (int)rows, 1.0f, dy, L->out,
+                x, L->in, 1.0f, p->prm[2 * i].grad, L->in);
     if (L->b != NULL) {
       float *gb = p->prm[2 * i + 1].grad;
       for (size_t r = 0; r < rows; r++)
@@ -600,8 +613,7 @@ static int mlp_params(mlp *p) {
   return 0;
 }
 
-int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err,
-                     size_t errlen) {
+int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
   const char *weights = NULL, *act = "relu", *src, *dt = "f32";
   char widths[72];
   size_t pos;
@@ -609,11 +621,15 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
   int rc;
 
   for (size_t i = 0; i < n; i++) {
-    if (strcmp(params[2 * i], "weights") == 0) weights = params[2 * i + 1];
-    else if (strcmp(params[2 * i], "activation") == 0) act = params[2 * i + 1];
+    if (strcmp(params[2 * i], "weights") == 0)
+      weights = params[2 * i + 1];
+    else if (strcmp(params[2 * i], "activation") == 0)
+      act = params[2 * i + 1];
     else {
-      snprintf(err, errlen, "model '%s': unknown parameter '%s' for kind 'mlp' (known: weights, "
-               "activation)", m->id, params[2 * i]);
+      snprintf(err, errlen,
+               "model '%s': unknown parameter '%s' for kind 'mlp' (known: weights, "
+               "activation)",
+               m->id, params[2 * i]);
       return SS_EINVAL;
     }
   }
@@ -653,8 +669,10 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
   if (weights != NULL && weights[0] != '\0') {
     const ss_st_tensor *t0 = ss_st_at(p->st, 0);
     src = strrchr(weights, '/') ? strrchr(weights, '/') + 1 : weights;
-    if (t0->dtype == SS_DTYPE_F16) dt = "f16->f32";
-    else if (t0->dtype == SS_DTYPE_BF16) dt = "bf16->f32";
+    if (t0->dtype == SS_DTYPE_F16)
+      dt = "f16->f32";
+    else if (t0->dtype == SS_DTYPE_BF16)
+      dt = "bf16->f32";
   } else {
     src = "embedded";
   }

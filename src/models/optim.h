@@ -25,8 +25,8 @@ typedef struct ss_param {
   const float **view; /* borrowed: the model's pointer to the current values */
   float **own;        /* borrowed: the model's pointer to its owned copy (NULL: still a view) */
   size_t numel;
-  float *grad;        /* owned: summed gradient since the last step (NULL: none yet) */
-  float *m, *v;       /* owned: AdamW first/second moments (NULL until the first AdamW step) */
+  float *grad;  /* owned: summed gradient since the last step (NULL: none yet) */
+  float *m, *v; /* owned: AdamW first/second moments (NULL until the first AdamW step) */
 } ss_param;
 
 /* Make *p->view writable: when it is still a view (p->own NULL), malloc a copy, point both at it.

@@ -31,23 +31,20 @@ typedef struct kind_entry {
 } kind_entry;
 
 static const char *const no_keys[] = {NULL};
-static const char *const mlp_keys[] = {"weights", "activation", "optimizer", "beta1", "beta2",
-                                       "eps", "weight_decay", "save", NULL};
-static const char *const gpt2_keys[] = {"weights", "config", "layers", "optimizer", "beta1",
-                                        "beta2", "eps", "weight_decay", "save", NULL};
+static const char *const mlp_keys[] = {"weights", "activation",   "optimizer", "beta1", "beta2",
+                                       "eps",     "weight_decay", "save",      NULL};
+static const char *const gpt2_keys[] = {"weights", "config", "layers",       "optimizer", "beta1",
+                                        "beta2",   "eps",    "weight_decay", "save",      NULL};
 
 /* The training keys, accepted by every kind that can train, parsed here (parse_training) and
  * never passed to the kind's constructor. */
-static const char *const train_keys[] = {"optimizer", "beta1", "beta2", "eps", "weight_decay",
-                                         "save", NULL};
+static const char *const train_keys[] = {"optimizer",    "beta1", "beta2", "eps",
+                                         "weight_decay", "save",  NULL};
 
 static const kind_entry kinds[] = {
-    {"identity", ss_model_identity_new, no_keys, 0},
-    {"scale", ss_model_scale_new, no_keys, 0},
-    {"sleep", ss_model_sleep_new, no_keys, 0},
-    {"spin", ss_model_spin_new, no_keys, 0},
-    {"mlp", ss_model_mlp_new, mlp_keys, 1},
-    {"gpt2", ss_model_gpt2_new, gpt2_keys, 1},
+    {"identity", ss_model_identity_new, no_keys, 0}, {"scale", ss_model_scale_new, no_keys, 0},
+    {"sleep", ss_model_sleep_new, no_keys, 0},       {"spin", ss_model_spin_new, no_keys, 0},
+    {"mlp", ss_model_mlp_new, mlp_keys, 1},          {"gpt2", ss_model_gpt2_new, gpt2_keys, 1},
 };
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
@@ -134,8 +131,8 @@ static int parse_training(ss_model *m, const char *const *params, size_t n, char
   }
   if (rc != 0) return rc;
   if (adam_only != NULL && o->kind != SS_OPT_ADAMW) {
-    snprintf(err, errlen, "model '%s': %s applies to optimizer=adamw only (optimizer is %s)",
-             m->id, adam_only, opt);
+    snprintf(err, errlen, "model '%s': %s applies to optimizer=adamw only (optimizer is %s)", m->id,
+             adam_only, opt);
     return SS_EINVAL;
   }
   if (save != NULL && (m->save_path = strdup(save)) == NULL) {
@@ -166,8 +163,8 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
     const char *names[N_KINDS];
     for (size_t i = 0; i < N_KINDS; i++) names[i] = kinds[i].name;
     join_names(names, N_KINDS, 0, list, sizeof list);
-    snprintf(err, errlen, "model '%s': unknown kind '%s' (known kinds: %s)", id,
-             kind ? kind : "", list);
+    snprintf(err, errlen, "model '%s': unknown kind '%s' (known kinds: %s)", id, kind ? kind : "",
+             list);
     return SS_EINVAL;
   }
   for (size_t i = 0; i < n; i++) {

@@ -23,10 +23,10 @@
 #include "core/tensor.h"
 
 struct ss_st_file {
-  void *map;            /* mmap base (NULL when parsed from a borrowed buffer) */
+  void *map; /* mmap base (NULL when parsed from a borrowed buffer) */
   size_t map_len;
   size_t n;
-  ss_st_tensor *t;      /* n tensors, in header order */
+  ss_st_tensor *t; /* n tensors, in header order */
 };
 
 /* The byte range of a tensor inside the buffer, for the overlap check. */
@@ -49,10 +49,14 @@ static void st_free(ss_st_file *f) {
 }
 
 static int parse_dtype(const char *s, ss_dtype *dt) {
-  if (strcmp(s, "F32") == 0) *dt = SS_DTYPE_F32;
-  else if (strcmp(s, "F16") == 0) *dt = SS_DTYPE_F16;
-  else if (strcmp(s, "BF16") == 0) *dt = SS_DTYPE_BF16;
-  else return -1;
+  if (strcmp(s, "F32") == 0)
+    *dt = SS_DTYPE_F32;
+  else if (strcmp(s, "F16") == 0)
+    *dt = SS_DTYPE_F16;
+  else if (strcmp(s, "BF16") == 0)
+    *dt = SS_DTYPE_BF16;
+  else
+    return -1;
   return 0;
 }
 
@@ -77,8 +81,8 @@ static int parse_entry(const char *name, json_t *v, const uint8_t *base, uint64_
   }
   dts = json_string_value(jd);
   if (parse_dtype(dts, &t->dtype) != 0) {
-    snprintf(err, errlen, "tensor '%s' has dtype %.32s; only F32, F16 and BF16 are supported",
-             name, dts);
+    snprintf(err, errlen, "tensor '%s' has dtype %.32s; only F32, F16 and BF16 are supported", name,
+             dts);
     return SS_EUNSUPPORTED;
   }
   if (!json_is_array(js)) {
@@ -87,8 +91,8 @@ static int parse_entry(const char *name, json_t *v, const uint8_t *base, uint64_
   }
   ndim = json_array_size(js);
   if (ndim > SS_MAX_DIMS) {
-    snprintf(err, errlen, "tensor '%s': shape has %zu dimensions; at most %d supported", name,
-             ndim, SS_MAX_DIMS);
+    snprintf(err, errlen, "tensor '%s': shape has %zu dimensions; at most %d supported", name, ndim,
+             SS_MAX_DIMS);
     return SS_EUNSUPPORTED;
   }
   t->ndim = (int)ndim;
@@ -114,7 +118,8 @@ static int parse_entry(const char *name, json_t *v, const uint8_t *base, uint64_
     snprintf(err, errlen, "tensor '%s': byte size of its shape overflows", name);
     return SS_ERANGE;
   }
-  if (!json_is_array(jo) || json_array_size(jo) != 2 || !json_is_integer(jb = json_array_get(jo, 0)) ||
+  if (!json_is_array(jo) || json_array_size(jo) != 2 ||
+      !json_is_integer(jb = json_array_get(jo, 0)) ||
       !json_is_integer(je = json_array_get(jo, 1))) {
     snprintf(err, errlen, "tensor '%s': \"data_offsets\" must be [begin, end] integers", name);
     return SS_EINVAL;
@@ -129,8 +134,7 @@ static int parse_entry(const char *name, json_t *v, const uint8_t *base, uint64_
   if (begin > end || end > bufsize) {
     snprintf(err, errlen,
              "tensor '%s': data_offsets [%llu, %llu] are outside the data buffer of %llu bytes",
-             name, (unsigned long long)begin, (unsigned long long)end,
-             (unsigned long long)bufsize);
+             name, (unsigned long long)begin, (unsigned long long)end, (unsigned long long)bufsize);
     return SS_EINVAL;
   }
   if (end - begin != nbytes) {
@@ -181,8 +185,8 @@ int ss_st_parse(const void *buf, size_t len, ss_st_file **out, char *err, size_t
   }
   root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
   if (root == NULL) {
-    snprintf(err, errlen, "header is not valid JSON: %s (line %d, column %d)", jerr.text,
-             jerr.line, jerr.column);
+    snprintf(err, errlen, "header is not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
+             jerr.column);
     return SS_EINVAL;
   }
   if (!json_is_object(root)) {
@@ -382,14 +386,15 @@ done:
   return rc;
 }
 
-int ss_st_write_f32(const char *path, size_t n, const char *const *names, const int64_t *const *shapes,
-                    const int *ndims, const float *const *data, char *err, size_t errlen) {
+int ss_st_write_f32(const char *path, size_t n, const char *const *names,
+                    const int64_t *const *shapes, const int *ndims, const float *const *data,
+                    char *err, size_t errlen) {
   return st_write(path, n, names, shapes, ndims, data, 0, err, errlen);
 }
 
 int ss_st_write_f32_atomic(const char *path, size_t n, const char *const *names,
-                           const int64_t *const *shapes, const int *ndims,
-                           const float *const *data, char *err, size_t errlen) {
+                           const int64_t *const *shapes, const int *ndims, const float *const *data,
+                           char *err, size_t errlen) {
   size_t len = strlen(path);
   char *tmp = malloc(len + 5), *dir;
   const char *slash;

@@ -18,12 +18,12 @@
 #include "splitserve.h"
 
 typedef struct ss_st_tensor {
-  char *name;                 /* owned by the file object */
-  ss_dtype dtype;             /* F32, F16, BF16 (other dtypes are refused at open) */
+  char *name;     /* owned by the file object */
+  ss_dtype dtype; /* F32, F16, BF16 (other dtypes are refused at open) */
   int ndim;
   int64_t shape[SS_MAX_DIMS];
   size_t numel;
-  const void *data;           /* points into the mmap; valid until ss_st_close() */
+  const void *data; /* points into the mmap; valid until ss_st_close() */
   size_t nbytes;
 } ss_st_tensor;
 
@@ -41,15 +41,16 @@ void ss_st_close(ss_st_file *f);
 
 /* Write a safetensors file (F32 tensors only) — used by tests and, later, checkpoints.
  * names/shapes/data borrowed. Returns 0 or <0. */
-int ss_st_write_f32(const char *path, size_t n, const char *const *names, const int64_t *const *shapes,
-                    const int *ndims, const float *const *data, char *err, size_t errlen);
+int ss_st_write_f32(const char *path, size_t n, const char *const *names,
+                    const int64_t *const *shapes, const int *ndims, const float *const *data,
+                    char *err, size_t errlen);
 
 /* The same, atomically (checkpoints): writes PATH.tmp, fsyncs it, renames it over path and
  * fsyncs the directory, so a reader sees the old file or the new one, never a torn one. On
  * error PATH.tmp is removed and path is untouched. Not safe for two concurrent writers of the
  * same path (they share PATH.tmp): the caller serializes them. */
 int ss_st_write_f32_atomic(const char *path, size_t n, const char *const *names,
-                           const int64_t *const *shapes, const int *ndims,
-                           const float *const *data, char *err, size_t errlen);
+                           const int64_t *const *shapes, const int *ndims, const float *const *data,
+                           char *err, size_t errlen);
 
 #endif

@@ -563,8 +563,8 @@ static void write_gpt2(void) {
 static void test_gpt2(void) {
   char spec[400], err[300], p1[160], p2[160], name[64];
   ss_model *m, *m2;
-  static float x[GB * GS * E], R[GB * GS * E], y[GB * GS * E], yref[GB * GS * E],
-      gin[GB * GS * E], w1[E * NI], g[E * NI];
+  static float x[GB * GS * E], R[GB * GS * E], y[GB * GS * E], yref[GB * GS * E], gin[GB * GS * E],
+      w1[E * NI], g[E * NI];
   static double ngin[GB * GS * E], num[E * NI];
   const int64_t sh[3] = {GB, GS, E};
   size_t len0, len1;
@@ -638,6 +638,63 @@ static void test_gpt2(void) {
   ss_model_free(m);
 }
 
+/* Concurrent backward calls (4 threads, as the service's workers do under the read lock) sum
+ * their gradients: the step then equals 4 x one call's gradient. */
+typedef struct worker_arg {
+  ss_model *m;
+  float *x, *R;
+  int rc;
+} worker_arg;
+
+static void worker(void *arg) {
+  worker_arg *a = arg;
+  const int64_t sh[3] = {GB, GS, E};
+  float *y = malloc(GB * GS * E * sizeof(float)), *gin = malloc(GB * GS * E * sizeof(float));
+  a->rc = 0;
+  for (int i = 0; i < 3 && a->rc == 0; i++) a->rc = train_call(a->m, a->x, 3, sh, sh, y, a->R, gin);
+  free(y);
+  free(gin);
+}
+
+static void test_gpt2_concurrent(void) {
+  char spec[400], err[300], p1[160], p4[160], name[64];
+  static float x[GB * GS * E], R[GB * GS * E], w0[E * NI], a[E * NI], b[E * NI];
+  ss_model *m;
+  uv_thread_t th[4];
+  worker_arg args[4];
+  for (int k = 0; k < GB * GS * E; k++) x[k] = (float)drand(), R[k] = (float)drand();
+  snprintf(spec, sizeof spec, "t=gpt2,weights=%s,config=%s,layers=1:3", gpath, cfgpath);
+  snprintf(p1, sizeof p1, "%s/c1.safetensors", dir);
+  snprintf(p4, sizeof p4, "%s/c4.safetensors", dir);
+  for (int run = 0; run < 2; run++) {
+    int n = run ? 4 : 1;
+    if (create(spec, &m, err, sizeof err) != 0) return;
+    for (int i = 0; i < n; i++) {
+      args[i].m = m, args[i].x = x, args[i].R = R;
+      CHECK_EQ_INT(uv_thread_create(&th[i], worker, &args[i]), 0);
+    }
+    for (int i = 0; i < n; i++) {
+      uv_thread_join(&th[i]);
+      CHECK_EQ_INT(args[i].rc, 0);
+    }
+    CHECK_EQ_INT(step_save(m, SS_OPT_SGD, 1.0f, run ? p4 : p1), 0);
+    ss_model_free(m);
+  }
+  for (int k = 0; k < NT; k++) {
+    size_t n = tnumel(k);
+    double want[E * NI];
+    snprintf(name, sizeof name, "transformer.h.1.%s", suffix[k]);
+    for (size_t j = 0; j < n; j++) w0[j] = (float)GW[1][k][j];
+    CHECK_EQ_INT(read_tensor(p1, name, a, n), 0);
+    CHECK_EQ_INT(read_tensor(p4, name, b, n), 0);
+    for (size_t j = 0; j < n; j++) {
+      want[j] = 4.0 * ((double)w0[j] - a[j]);
+      b[j] = w0[j] - b[j];
+    }
+    CHECK(rel_err(b, want, n, 1e-3) < 1e-5);
+  }
+}
+
 /* ================================================================ spec keys ==== */
 
 static void test_spec(void) {
@@ -658,8 +715,8 @@ static void test_spec(void) {
     CHECK_CONTAINS(m->save_path, "/ck.safetensors");
     ss_model_free(m);
   }
-  CHECK_EQ_INT(create("a=mlp,optimizer=adamw,beta1=0.5,beta2=0.9,eps=1e-6,weight_decay=0", &m,
-                      err, sizeof err),
+  CHECK_EQ_INT(create("a=mlp,optimizer=adamw,beta1=0.5,beta2=0.9,eps=1e-6,weight_decay=0", &m, err,
+                      sizeof err),
                0);
   if (m) {
     CHECK(m->optim.beta1 == 0.5f && m->optim.beta2 == 0.9f && m->optim.eps == 1e-6f &&
@@ -713,6 +770,7 @@ int main(void) {
   test_mlp_grads(1);
   test_mlp_accumulate_save();
   test_gpt2();
+  test_gpt2_concurrent();
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
   TEST_MAIN_END();
