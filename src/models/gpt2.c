@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/linear.h"
 #include "models/model.h"
 #include "models/optim.h"
 #include "models/safetensors.h"
@@ -595,8 +596,7 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
     /* attention */
     layer_norm(h, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], p->eps, NULL, NULL);
     fill_rows(qkv, rows, 3 * E, bk->t[T_ATTN_B]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, 3 * E, E, 1.0f, ln, E,
-                bk->t[T_ATTN_W], 3 * E, 1.0f, qkv, 3 * E);
+    ss_linear_xw(ln, rows, (size_t)E, bk->t[T_ATTN_W], NULL, 3 * (size_t)E, qkv, 1);
     for (int bi = 0; bi < B; bi++) {
       for (int hi = 0; hi < H; hi++) {
         size_t bh = (size_t)bi * H + (size_t)hi, pbytes = (size_t)P * D * sizeof(float);
@@ -620,18 +620,14 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
                     att + (size_t)bi * S * (size_t)E + (size_t)hi * D, E);
       }
     }
-    add_rows(h, rows, E, bk->t[T_APROJ_B]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, E, 1.0f, att, E,
-                bk->t[T_APROJ_W], E, 1.0f, h, E);
+    /* Projections through ss_linear_xw: sgemm, or for a decode step's few rows a kernel that
+     * streams the weights once instead of packing them (models/linear.h). */
+    ss_linear_xw(att, rows, (size_t)E, bk->t[T_APROJ_W], bk->t[T_APROJ_B], (size_t)E, h, 1);
     /* mlp */
     layer_norm(h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], p->eps, NULL, NULL);
-    fill_rows(fc, rows, NI, bk->t[T_FC_B]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, NI, E, 1.0f, ln, E,
-                bk->t[T_FC_W], NI, 1.0f, fc, NI);
+    ss_linear_xw(ln, rows, (size_t)E, bk->t[T_FC_W], bk->t[T_FC_B], (size_t)NI, fc, 0);
     gelu_new(fc, rows * (size_t)NI);
-    add_rows(h, rows, E, bk->t[T_MPROJ_B]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, NI, 1.0f, fc, NI,
-                bk->t[T_MPROJ_W], E, 1.0f, h, E);
+    ss_linear_xw(fc, rows, (size_t)NI, bk->t[T_MPROJ_W], bk->t[T_MPROJ_B], (size_t)E, h, 1);
   }
   free(scratch);
   return 0;

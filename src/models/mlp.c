@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/linear.h"
 #include "models/model.h"
 #include "models/optim.h"
 #include "models/safetensors.h"
@@ -334,8 +335,7 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
     const mlp_layer *L = &p->l[i];
     const float *x = i == 0 ? (const float *)in->data : buf[(i - 1) & 1];
     float *y = i == p->n - 1 ? (float *)out->data : buf[i & 1];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, L->out, L->in, 1.0f, x, L->in,
-                L->w, L->in, 0.0f, y, L->out);
+    ss_linear_xwt(x, rows, (size_t)L->in, L->w, NULL, (size_t)L->out, y, 0);
     bias_act(y, rows, L->out, L->b, i < p->n - 1, p->gelu);
   }
   free(buf[0]);
