@@ -26,8 +26,19 @@
  * name (plus BAD_SHAPE / BAD_RESPONSE for an OK reply that fails the check) and never enters
  * the latency numbers. Then the loop drains the calls still in flight before the next level.
  *
+ * KV cache (--past N --kv-layers L --kv-heads H --kv-head-dim D [--use-cache]): every request
+ * carries L random float32 past_key_values entries [batch, H, N, D] (the client-side cache of
+ * the wire contract, as a decoding client at a fixed past length sends it); with --use-cache the
+ * response carries present_key_values (ignored by the shape check, counted in the bytes).
+ * Server-side sessions (--session-decode P [--session-reset N], closed loop only): each slot owns
+ * a session (metadata session=ID): a prefill call [batch, P, width] first, then one-token steps
+ * (--shape [batch, 1, width]); the N-th step also sends session_end=1 and the slot starts over
+ * with a new id. Steps are the measured calls (histogram, QPS); prefills are counted apart.
+ * Bytes per call: request and response message sizes (no 5-byte prefix, no HTTP/2 framing) of
+ * the OK calls in the window; with sessions, all bytes (prefills included) per step.
+ *
  * Costs per call, on the generator's side: the request is encoded once (prefix excluded) and
- * borrowed by every call; the response check is a zero-allocation protobuf walk (fields 1 and
+ * borrowed by every call (sessions: the per-slot session metadata is appended to a copy); the response check is a zero-allocation protobuf walk (fields 1 and
  * 2 only); the slot structs are preallocated. The only per-call allocations are ss_aclient's.
  */
 #include <errno.h>
@@ -69,7 +80,13 @@ typedef struct slot {
   uint64_t t0;            /* send time (closed) or intended send time (open), ns */
   int conn;
   int busy;
+  int kind;             /* the call in flight: CK_PLAIN, CK_PREFILL, CK_STEP */
+  long sess_step;       /* sessions: 0 = next call is the prefill, then 1..N steps */
+  uint64_t sess_id;
+  size_t sent_len;      /* request message bytes of the call in flight */
 } slot;
+
+enum { CK_PLAIN, CK_PREFILL, CK_STEP };
 
 typedef struct level_result {
   int open;
@@ -85,6 +102,11 @@ typedef struct level_result {
   double cli_cpu_s;
   uint64_t backlog_max, backlog_end, sent;
   int saturated;
+  double req_bytes, resp_bytes; /* mean message sizes of the counted calls (sessions: steps) */
+  double bytes_per_call;        /* (sent + received) / counted calls; sessions: all bytes / steps */
+  uint64_t prefills;            /* sessions: prefill calls completed OK in the window */
+  double prefill_bytes;         /* sessions: mean sent + received bytes of a prefill call */
+  double prefill_mean_ms;
 } level_result;
 
 struct bench {
@@ -112,6 +134,17 @@ struct bench {
   uint8_t *req;
   size_t req_len;
   size_t expect_bytes;
+  /* KV cache and sessions */
+  long kv_past, sess_prefill, sess_reset;
+  int kv_layers, kv_heads, kv_head_dim, use_cache;
+  uint8_t *req_prefill; /* sessions: the prefill request, without the session metadata */
+  size_t req_prefill_len, prefill_expect_bytes;
+  int64_t prefill_shape[SS_MAX_DIMS];
+  uint8_t *scratch;
+  size_t scratch_cap;
+  uint64_t sess_gen;
+  uint64_t bytes_sent, bytes_recv, n_steps;               /* counted calls (sessions: steps) */
+  uint64_t pf_bytes_sent, pf_bytes_recv, n_prefills, prefill_ns; /* sessions: prefills */
   /* connections */
   ss_aclient **conns;
   int n_conns, cap_conns, use_conns; /* open, allocated, used by this level */
@@ -241,7 +274,8 @@ static int pb_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v) {
 /* Walk a ComputeResponse without allocating: returns 0 when its shape (field 2, packed or not)
  * equals the expected one and its data (field 1) has the expected size; ST_BAD_SHAPE when
  * they differ; ST_BAD_RESPONSE when the bytes are not a valid message. */
-static int check_response(const bench *b, const uint8_t *p, size_t len) {
+static int check_response_as(const int64_t *expect, int expect_ndim, size_t expect_bytes,
+                             const uint8_t *p, size_t len) {
   const uint8_t *end = p + len;
   int nd = 0, shape_ok = 1;
   uint64_t data_len = 0;
@@ -251,7 +285,7 @@ static int check_response(const bench *b, const uint8_t *p, size_t len) {
     uint32_t field = (uint32_t)(key >> 3), wt = (uint32_t)(key & 7);
     if (field == 2 && wt == 0) { /* unpacked int32 */
       if (pb_varint(&p, end, &v)) return ST_BAD_RESPONSE;
-      if (nd >= b->expect_ndim || (int32_t)v != b->expect[nd]) shape_ok = 0;
+      if (nd >= expect_ndim || (int32_t)v != expect[nd]) shape_ok = 0;
       nd++;
       continue;
     }
@@ -276,7 +310,7 @@ static int check_response(const bench *b, const uint8_t *p, size_t len) {
         while (q < qe) {
           uint64_t d;
           if (pb_varint(&q, qe, &d)) return ST_BAD_RESPONSE;
-          if (nd >= b->expect_ndim || (int32_t)d != b->expect[nd]) shape_ok = 0;
+          if (nd >= expect_ndim || (int32_t)d != expect[nd]) shape_ok = 0;
           nd++;
         }
       }
@@ -285,8 +319,17 @@ static int check_response(const bench *b, const uint8_t *p, size_t len) {
     default: return ST_BAD_RESPONSE;
     }
   }
-  if (!shape_ok || nd != b->expect_ndim || data_len != b->expect_bytes) return ST_BAD_SHAPE;
+  if (!shape_ok || nd != expect_ndim || data_len != expect_bytes) return ST_BAD_SHAPE;
   return 0;
+}
+
+/* Fields other than 1 and 2 (present_key_values, monitoring data, ...) are skipped. */
+static int check_response(const bench *b, const uint8_t *p, size_t len) {
+  return check_response_as(b->expect, b->expect_ndim, b->expect_bytes, p, len);
+}
+
+static int check_prefill_response(const bench *b, const uint8_t *p, size_t len) {
+  return check_response_as(b->prefill_shape, b->expect_ndim, b->prefill_expect_bytes, p, len);
 }
 
 /* ------------------------------------------------------------ connections ------ */
@@ -322,11 +365,57 @@ static void conn_drop(bench *b, int i) {
 static void on_done(void *user, const ss_call_result *r);
 static void level_maybe_finished(bench *b);
 
+/* Append a ComputeRequest.metadata map entry (field 4: {1: key, 2: value}) at p. */
+static size_t put_meta(uint8_t *p, const char *k, const char *v) {
+  size_t kl = strlen(k), vl = strlen(v); /* both < 128: one-byte lengths */
+  p[0] = 0x22;
+  p[1] = (uint8_t)(2 + kl + 2 + vl);
+  p[2] = 0x0a;
+  p[3] = (uint8_t)kl;
+  memcpy(p + 4, k, kl);
+  p[4 + kl] = 0x12;
+  p[5 + kl] = (uint8_t)vl;
+  memcpy(p + 6 + kl, v, vl);
+  return 6 + kl + vl;
+}
+
+/* The request of slot s's next call. Sessions: prefill or step, plus metadata session=ID (and
+ * session_end=1 on the last step), appended to a copy of the encoded message (a protobuf
+ * message's fields may come in any order; map entries are repeated fields). */
+static const uint8_t *slot_request(bench *b, slot *s, size_t *len) {
+  if (b->sess_prefill <= 0) {
+    s->kind = CK_PLAIN;
+    *len = b->req_len;
+    return b->req;
+  }
+  if (s->sess_step == 0) s->sess_id = ++b->sess_gen;
+  const uint8_t *base = s->sess_step == 0 ? b->req_prefill : b->req;
+  size_t blen = s->sess_step == 0 ? b->req_prefill_len : b->req_len;
+  s->kind = s->sess_step == 0 ? CK_PREFILL : CK_STEP;
+  size_t need = blen + 128;
+  if (need > b->scratch_cap) {
+    free(b->scratch);
+    b->scratch = malloc(need);
+    if (!b->scratch) die("out of memory");
+    b->scratch_cap = need;
+  }
+  memcpy(b->scratch, base, blen);
+  char id[64];
+  snprintf(id, sizeof id, "bench-%ld-%llu", (long)getpid(), (unsigned long long)s->sess_id);
+  size_t n = blen + put_meta(b->scratch + blen, "session", id);
+  if (s->sess_step >= b->sess_reset) n += put_meta(b->scratch + n, "session_end", "1");
+  *len = n;
+  return b->scratch;
+}
+
 /* Start the call of slot s on its connection. Returns 0, or <0 (slot not in flight). */
 static int issue(bench *b, slot *s) {
+  size_t mlen;
+  const uint8_t *msg = slot_request(b, s, &mlen);
+  s->sent_len = mlen;
   for (int attempt = 0; attempt < 2; attempt++) {
     ss_aclient *c = conn_get(b, s->conn);
-    int rv = ss_aclient_call(c, COMPUTE_PATH, b->req, b->req_len, b->timeout_s, on_done, s);
+    int rv = ss_aclient_call(c, COMPUTE_PATH, msg, mlen, b->timeout_s, on_done, s);
     if (rv == 0) {
       s->busy = 1;
       b->inflight++;
@@ -346,10 +435,22 @@ static int issue(bench *b, slot *s) {
 static void account(bench *b, slot *s, const ss_call_result *r, uint64_t now) {
   int kind;
   if (r->grpc_status == SS_GRPC_OK) {
-    kind = check_response(b, r->body, r->body_len);
+    kind = s->kind == CK_PREFILL ? check_prefill_response(b, r->body, r->body_len)
+                                 : check_response(b, r->body, r->body_len);
     if (kind == 0) {
+      uint64_t dt = now > s->t0 ? now - s->t0 : 0;
+      if (s->kind == CK_PREFILL) { /* counted apart: the steps are what is measured */
+        b->pf_bytes_sent += s->sent_len;
+        b->pf_bytes_recv += r->body_len;
+        b->n_prefills++;
+        b->prefill_ns += dt;
+        return;
+      }
+      b->bytes_sent += s->sent_len;
+      b->bytes_recv += r->body_len;
+      b->n_steps++;
       b->ok++;
-      ss_hist_record(&b->hist, now > s->t0 ? now - s->t0 : 0);
+      ss_hist_record(&b->hist, dt);
       return;
     }
   } else {
@@ -436,6 +537,10 @@ static void on_done(void *user, const ss_call_result *r) {
   b->inflight--;
   s->busy = 0;
   if (b->phase == PH_MEASURE) account(b, s, r, now);
+  if (b->sess_prefill > 0) { /* next step of this session, or a new one after the end / a failure */
+    if (r->grpc_status == SS_GRPC_OK && s->sess_step < b->sess_reset) s->sess_step++;
+    else s->sess_step = 0;
+  }
   if (b->open) {
     slot_release(b, s);
     if (b->sent < b->due_total || b->inflight + 1 >= (uint64_t)b->max_inflight)
@@ -538,6 +643,8 @@ static void start_drain(bench *b) {
 static void start_measure(bench *b) {
   b->phase = PH_MEASURE;
   b->ok = 0;
+  b->bytes_sent = b->bytes_recv = b->n_steps = 0;
+  b->pf_bytes_sent = b->pf_bytes_recv = b->n_prefills = b->prefill_ns = 0;
   memset(b->errs, 0, sizeof b->errs);
   memset(b->errmsg, 0, sizeof b->errmsg);
   ss_hist_reset(&b->hist);
@@ -659,6 +766,17 @@ static void run_level(bench *b, int li, level_result *res) {
       res->srv_cpu_per_1k = n ? res->srv_cpu_s / (double)n * 1000 : 0;
     }
   }
+  res->prefills = b->n_prefills;
+  res->prefill_bytes =
+      b->n_prefills ? (double)(b->pf_bytes_sent + b->pf_bytes_recv) / (double)b->n_prefills : 0;
+  res->prefill_mean_ms = b->n_prefills ? (double)b->prefill_ns / (double)b->n_prefills / 1e6 : 0;
+  if (b->n_steps) { /* per counted call; with sessions the prefills' bytes are spread over the steps */
+    double n = (double)b->n_steps;
+    res->req_bytes = (double)b->bytes_sent / n;
+    res->resp_bytes = (double)b->bytes_recv / n;
+    res->bytes_per_call =
+        (double)(b->bytes_sent + b->bytes_recv + b->pf_bytes_sent + b->pf_bytes_recv) / n;
+  }
   res->sent = b->sent;
   res->backlog_max = b->backlog_max;
   res->backlog_end = b->due_total - b->sent;
@@ -689,6 +807,16 @@ static void print_level(bench *b, const level_result *r) {
     if (r->errs[k] && b->errmsg[k][0]) printf("  first %s: %s\n", errkind_name(k), b->errmsg[k]);
   printf("  latency ms: mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", r->mean_ms,
          r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms);
+  if (b->sess_prefill > 0) {
+    printf("  session steps (the calls above): request %.0f B, response %.0f B (mean); "
+           "prefills (counted apart) %llu, mean %.3f ms, %.0f B each\n",
+           r->req_bytes, r->resp_bytes, (unsigned long long)r->prefills, r->prefill_mean_ms,
+           r->prefill_bytes);
+    printf("  bytes per step (sent + received, prefills included): %.0f\n", r->bytes_per_call);
+  } else {
+    printf("  bytes per call: request %.0f, response %.0f (mean), sent + received %.0f\n",
+           r->req_bytes, r->resp_bytes, r->bytes_per_call);
+  }
   if (r->threads >= 0 || r->srv_cpu_s >= 0)
     printf("  server: threads %d (max sampled), cpu %.3f s = %.4f s per 1000 requests (%.1f us/req)\n",
            r->threads, r->srv_cpu_s, r->srv_cpu_per_1k, r->srv_cpu_per_1k * 1000);
@@ -717,7 +845,7 @@ static void write_csv(bench *b, const level_result *r) {
   fseek(f, 0, SEEK_END);
   if (ftell(f) == 0)
     fprintf(f, "label,concurrency,requests,errors,qps,mean_ms,p50_ms,p90_ms,p99_ms,max_ms,threads,"
-               "cpu_s_per_1k\n");
+               "cpu_s_per_1k,bytes_per_call\n");
   char thr[32] = "", cpu[32] = "";
   if (r->threads >= 0) snprintf(thr, sizeof thr, "%d", r->threads);
   if (r->srv_cpu_per_1k >= 0) snprintf(cpu, sizeof cpu, "%.5f", r->srv_cpu_per_1k);
@@ -728,8 +856,9 @@ static void write_csv(bench *b, const level_result *r) {
     fputc(*p, f);
   }
   fputc('"', f);
-  fprintf(f, ",%ld,%llu,%llu,%.2f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s\n", r->concurrency, (unsigned long long)(r->ok + r->errors), (unsigned long long)r->errors,
-          r->qps, r->mean_ms, r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms, thr, cpu);
+  fprintf(f, ",%ld,%llu,%llu,%.2f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s,%.0f\n", r->concurrency,
+          (unsigned long long)(r->ok + r->errors), (unsigned long long)r->errors, r->qps,
+          r->mean_ms, r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms, thr, cpu, r->bytes_per_call);
   fclose(f);
 }
 
@@ -776,6 +905,17 @@ static void write_json(bench *b, const level_result *r) {
   if (r->srv_cpu_s >= 0)
     fprintf(f, ",\"server_cpu_s\":%.4f,\"server_cpu_s_per_1k\":%.5f", r->srv_cpu_s, r->srv_cpu_per_1k);
   fprintf(f, ",\"client_cpu_s\":%.4f", r->cli_cpu_s);
+  fprintf(f, ",\"request_bytes\":%.1f,\"response_bytes_mean\":%.1f,\"bytes_per_call\":%.1f",
+          r->req_bytes, r->resp_bytes, r->bytes_per_call);
+  if (b->kv_past > 0)
+    fprintf(f, ",\"past\":%ld,\"kv_layers\":%d,\"kv_heads\":%d,\"kv_head_dim\":%d", b->kv_past,
+            b->kv_layers, b->kv_heads, b->kv_head_dim);
+  if (b->use_cache) fprintf(f, ",\"use_cache\":true");
+  if (b->sess_prefill > 0)
+    fprintf(f, ",\"session_prefill\":%ld,\"session_reset\":%ld,\"prefills\":%llu,"
+               "\"prefill_mean_ms\":%.4f,\"prefill_bytes\":%.1f",
+            b->sess_prefill, b->sess_reset, (unsigned long long)r->prefills, r->prefill_mean_ms,
+            r->prefill_bytes);
   if (r->open)
     fprintf(f, ",\"backlog_max\":%llu,\"backlog_end\":%llu,\"saturated\":%s",
             (unsigned long long)r->backlog_max, (unsigned long long)r->backlog_end,
@@ -800,6 +940,19 @@ static void usage(FILE *f) {
     "  --metadata K=V          request metadata (repeatable), e.g. ms=100\n"
     "  --expect-shape 1,10     expected output shape (default: the input shape)\n"
     "  --timeout S             per-call deadline sent as grpc-timeout (default none)\n"
+    "KV cache (wire contract: past_key_values / use_cache / present_key_values):\n"
+    "  --past N                attach random float32 past_key_values [batch, H, N, D] x L to\n"
+    "                          every request (batch = --shape[0])\n"
+    "  --kv-layers L           cache entries (default 8: the GPT-2 trunk 2..10)\n"
+    "  --kv-heads H            heads (default 12)\n"
+    "  --kv-head-dim D         head size (default 64)\n"
+    "  --use-cache             use_cache=true: the response carries present_key_values (not\n"
+    "                          shape-checked, counted in the response bytes)\n"
+    "  --session-decode P      server-side decode sessions (closed loop): each slot sends a\n"
+    "                          prefill [batch, P, width] with metadata session=ID, then one-token\n"
+    "                          steps (--shape must be [batch, 1, width]); steps are measured,\n"
+    "                          prefills counted apart; bytes per step include the prefills\n"
+    "  --session-reset N       steps per session; the N-th sends session_end=1 (default 128)\n"
     "load:\n"
     "  --concurrency LIST      closed loop: calls in flight per level, e.g. 1,2,4,...,512,4096\n"
     "                          ('...' continues the ratio of the two numbers before it)\n"
@@ -817,8 +970,10 @@ static void usage(FILE *f) {
     "  --label NAME            label for the report, CSV and JSON rows\n"
     "  --csv FILE              append one row per level (header when the file is new):\n"
     "                          label,concurrency,requests,errors,qps,mean_ms,p50_ms,p90_ms,\n"
-    "                          p99_ms,max_ms,threads,cpu_s_per_1k (open loop: concurrency =\n"
-    "                          peak in flight; threads/cpu empty without --server-pid)\n"
+    "                          p99_ms,max_ms,threads,cpu_s_per_1k,bytes_per_call (open loop:\n"
+    "                          concurrency = peak in flight; threads/cpu empty without\n"
+    "                          --server-pid; bytes_per_call = request + response message bytes,\n"
+    "                          with sessions all bytes per step)\n"
     "  --json FILE             append one JSON object per level (JSON Lines)\n"
     "  --no-progress           no progress line (default: shown when stderr is a terminal)\n"
     "  --fail-on-error         exit 1 when any call failed\n"
@@ -983,6 +1138,26 @@ static void parse_args(bench *b, int argc, char **argv) {
     } else if (!strcmp(a, "--json")) {
       NEEDV();
       b->json_path = v;
+    } else if (!strcmp(a, "--past")) {
+      NEEDV();
+      b->kv_past = (long)parse_pos(a, v, 0);
+    } else if (!strcmp(a, "--kv-layers")) {
+      NEEDV();
+      b->kv_layers = (int)parse_pos(a, v, 0);
+    } else if (!strcmp(a, "--kv-heads")) {
+      NEEDV();
+      b->kv_heads = (int)parse_pos(a, v, 0);
+    } else if (!strcmp(a, "--kv-head-dim")) {
+      NEEDV();
+      b->kv_head_dim = (int)parse_pos(a, v, 0);
+    } else if (!strcmp(a, "--use-cache")) {
+      b->use_cache = 1;
+    } else if (!strcmp(a, "--session-decode")) {
+      NEEDV();
+      b->sess_prefill = (long)parse_pos(a, v, 0);
+    } else if (!strcmp(a, "--session-reset")) {
+      NEEDV();
+      b->sess_reset = (long)parse_pos(a, v, 0);
     } else if (!strcmp(a, "--no-progress")) {
       b->progress = 0;
     } else if (!strcmp(a, "--progress")) {
@@ -1010,39 +1185,57 @@ static void parse_args(bench *b, int argc, char **argv) {
     memcpy(b->expect, b->shape, sizeof b->shape);
     b->expect_ndim = b->ndim;
   }
+  if (b->kv_layers == 0) b->kv_layers = 8;
+  if (b->kv_heads == 0) b->kv_heads = 12;
+  if (b->kv_head_dim == 0) b->kv_head_dim = 64;
+  if (b->sess_reset == 0) b->sess_reset = 128;
+  if (b->kv_past > 0 && b->kv_past > INT32_MAX) die("--past too large");
+  if (b->sess_prefill > 0) {
+    if (rate) die("--session-decode needs the closed loop (--concurrency), not --rate");
+    if (b->kv_past > 0) die("--session-decode keeps the cache on the server: no --past");
+    if (b->ndim < 2 || b->shape[1] != 1 || b->expect_ndim < 2)
+      die("--session-decode: --shape must be [batch, 1, width] (one token per step)");
+    if (b->sess_prefill > INT32_MAX) die("--session-decode too large");
+    for (size_t i = 0; i < b->n_meta; i++)
+      if (!strcmp(b->meta[2 * i], "session") || !strcmp(b->meta[2 * i], "session_end"))
+        die("--session-decode sets metadata session itself");
+  }
   if (b->server_pid > 0 && proc_threads(b->server_pid) < 0)
     die("--server-pid %d: cannot read /proc/%d/status", b->server_pid, b->server_pid);
 }
 
-/* Encode the ComputeRequest once: pseudo-random input in [-1, 1) of the given shape/dtype. */
-static void build_request(bench *b) {
+/* Pseudo-random values in [-1, 1) (xorshift64, continuing from *x). */
+static void fill_random(float *f, size_t n, uint64_t *x) {
+  for (size_t i = 0; i < n; i++) {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    f[i] = (float)((double)(*x >> 11) / 9007199254740992.0 * 2 - 1);
+  }
+}
+
+/* Encode a ComputeRequest: pseudo-random input of shape (ndim dims) in b->dtype, the metadata,
+ * and (with --past) the random past_key_values and use_cache. Returns the malloc'd message. */
+static uint8_t *encode_request(bench *b, const int64_t *shp, int ndim, int with_past, size_t *len) {
   size_t numel = 1;
-  for (int i = 0; i < b->ndim; i++) numel *= (size_t)b->shape[i];
+  for (int i = 0; i < ndim; i++) numel *= (size_t)shp[i];
   size_t es = ss_dtype_size(b->dtype);
   size_t nbytes = numel * es;
   float *f = malloc((numel ? numel : 1) * sizeof *f);
   void *data = malloc(nbytes ? nbytes : 1);
   if (!f || !data) die("out of memory for a %zu-element input", numel);
   uint64_t x = 0x9E3779B97F4A7C15ull;
-  for (size_t i = 0; i < numel; i++) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    f[i] = (float)((double)(x >> 11) / 9007199254740992.0 * 2 - 1);
-  }
+  fill_random(f, numel, &x);
   ss_from_f32(b->dtype, f, data, numel);
   free(f);
-  size_t out_numel = 1;
-  for (int i = 0; i < b->expect_ndim; i++) out_numel *= (size_t)b->expect[i];
-  b->expect_bytes = out_numel * es;
 
   Splitlearn__Comm__ComputeRequest req = SPLITLEARN__COMM__COMPUTE_REQUEST__INIT;
   int32_t shape[SS_MAX_DIMS];
-  for (int i = 0; i < b->ndim; i++) shape[i] = (int32_t)b->shape[i];
+  for (int i = 0; i < ndim; i++) shape[i] = (int32_t)shp[i];
   req.has_data = 1;
   req.data.data = data;
   req.data.len = nbytes;
-  req.n_shape = (size_t)b->ndim;
+  req.n_shape = (size_t)ndim;
   req.shape = shape;
   req.model_id = (char *)(b->model ? b->model : "");
   int add_dtype = b->dtype != SS_DTYPE_F32;
@@ -1060,11 +1253,70 @@ static void build_request(bench *b) {
   }
   req.n_metadata = nm;
   req.metadata = eptr;
-  b->req_len = splitlearn__comm__compute_request__get_packed_size(&req);
-  b->req = malloc(b->req_len ? b->req_len : 1);
-  if (!b->req) die("out of memory");
-  splitlearn__comm__compute_request__pack(&req, b->req);
+  if (b->use_cache) {
+    req.has_use_cache = 1;
+    req.use_cache = 1;
+  }
+  /* past_key_values: L entries [batch, H, past, D] float32, keys and values random (one buffer
+   * per layer and kind: the sizes are what matters, not the values) */
+  Splitlearn__Comm__KVCacheEntry *kv = NULL, **kvp = NULL;
+  float **kvbuf = NULL;
+  int32_t kshape[4] = {(int32_t)shp[0], b->kv_heads, (int32_t)b->kv_past, b->kv_head_dim};
+  int L = with_past && b->kv_past > 0 ? b->kv_layers : 0;
+  if (L > 0) {
+    size_t kn = (size_t)shp[0] * (size_t)b->kv_heads * (size_t)b->kv_past * (size_t)b->kv_head_dim;
+    kv = calloc((size_t)L, sizeof *kv);
+    kvp = calloc((size_t)L, sizeof *kvp);
+    kvbuf = calloc(2 * (size_t)L, sizeof *kvbuf);
+    if (!kv || !kvp || !kvbuf) die("out of memory");
+    for (int l = 0; l < L; l++) {
+      splitlearn__comm__kvcache_entry__init(&kv[l]);
+      for (int j = 0; j < 2; j++) {
+        kvbuf[2 * l + j] = malloc((kn ? kn : 1) * sizeof(float));
+        if (!kvbuf[2 * l + j]) die("out of memory for a %zu-element cache", kn);
+        fill_random(kvbuf[2 * l + j], kn, &x);
+      }
+      kv[l].has_key_data = kv[l].has_value_data = 1;
+      kv[l].key_data = (ProtobufCBinaryData){kn * sizeof(float), (uint8_t *)kvbuf[2 * l]};
+      kv[l].value_data = (ProtobufCBinaryData){kn * sizeof(float), (uint8_t *)kvbuf[2 * l + 1]};
+      kv[l].n_key_shape = kv[l].n_value_shape = 4;
+      kv[l].key_shape = kv[l].value_shape = kshape;
+      kvp[l] = &kv[l];
+    }
+    req.n_past_key_values = (size_t)L;
+    req.past_key_values = kvp;
+  }
+  *len = splitlearn__comm__compute_request__get_packed_size(&req);
+  uint8_t *msg = malloc(*len ? *len : 1);
+  if (!msg) die("out of memory");
+  splitlearn__comm__compute_request__pack(&req, msg);
   free(data);
+  for (int i = 0; i < 2 * L; i++) free(kvbuf[i]);
+  free(kvbuf);
+  free(kvp);
+  free(kv);
+  return msg;
+}
+
+/* Encode the request(s) once: the one every call borrows (sessions: the step) and, with
+ * --session-decode, the prefill [batch, P, width...]. */
+static void build_request(bench *b) {
+  size_t es = ss_dtype_size(b->dtype);
+  size_t out_numel = 1;
+  for (int i = 0; i < b->expect_ndim; i++) out_numel *= (size_t)b->expect[i];
+  b->expect_bytes = out_numel * es;
+  b->req = encode_request(b, b->shape, b->ndim, 1, &b->req_len);
+  if (b->sess_prefill > 0) {
+    int64_t ps[SS_MAX_DIMS];
+    memcpy(ps, b->shape, sizeof ps);
+    ps[1] = b->sess_prefill;
+    memcpy(b->prefill_shape, b->expect, sizeof b->prefill_shape);
+    b->prefill_shape[1] = b->sess_prefill;
+    size_t pn = 1;
+    for (int i = 0; i < b->expect_ndim; i++) pn *= (size_t)b->prefill_shape[i];
+    b->prefill_expect_bytes = pn * es;
+    b->req_prefill = encode_request(b, ps, b->ndim, 0, &b->req_prefill_len);
+  }
 }
 
 /* ------------------------------------------------------------------ probe ------ */
@@ -1193,6 +1445,8 @@ int main(int argc, char **argv) {
   free(b->closed_slots);
   free(b->conns);
   free(b->req);
+  free(b->req_prefill);
+  free(b->scratch);
   ss_hist_free(&b->hist);
   for (size_t i = 0; i < b->n_meta; i++) free((void *)b->meta[2 * i]);
   if (b->interrupted) return 130;

@@ -12,6 +12,12 @@ grpc.health.v1.Health/Check, with the same built-in models chosen by model_id:
   mlp        torch.nn.Sequential(Linear(768,768), ReLU, Linear(768,768)); weights from
              --weights FILE.safetensors (keys "[prefix.]<idx>.weight|bias"), else the same
              deterministic seeded weights as splitserve's embedded default (splitmix64, seed 42)
+  trunk      (with --gpt2-weights W --gpt2-config C --gpt2-layers A:B) GPT-2 blocks [A, B) of a
+             Hugging Face checkpoint: the HF GPT2Block in eval mode written with torch ops
+             (Conv1D y = x @ W + b, LayerNorm with the config's eps, causal attention over
+             past + new, gelu_new), hidden states [batch, seq, n_embd] in and out; KV cache as
+             the wire contract has it: past_key_values (one entry per trunk layer, float32
+             [batch, heads, past, head_dim]) and use_cache=true -> present_key_values
 
 in the two architectures of the seed documents:
 
@@ -27,6 +33,7 @@ Prints "listening on HOST:PORT" to stderr when ready. Run with Debian's /usr/bin
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import struct
@@ -213,12 +220,159 @@ def build_mlp(weights_path):
     return forward
 
 
+# ------------------------------------------------------------------ gpt2 trunk -----
+
+def read_safetensors_subset(path, want):
+    """{name: float32 array} for the names in want (others are not read). Hand-parsed."""
+    st_dtypes = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
+    out = {}
+    with open(path, "rb") as f:
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(hlen))
+        base = 8 + hlen
+        for name in want:
+            info = header.get(name)
+            if info is None:
+                continue
+            b, e = info["data_offsets"]
+            f.seek(base + b)
+            buf = f.read(e - b)
+            dt = info["dtype"]
+            if dt == "BF16":
+                a = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+            elif dt in st_dtypes:
+                a = np.frombuffer(buf, dtype=st_dtypes[dt]).astype(np.float32)
+            else:
+                raise ValueError(f"{path}: tensor '{name}' has unsupported dtype {dt}")
+            out[name] = a.reshape(info["shape"])
+    return out
+
+
+GPT2_SUFFIXES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                 "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                 "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+
+
+class Gpt2Trunk:
+    """GPT-2 blocks [a, b) (HF GPT2Block, eval mode) in float32 torch ops, with a KV cache."""
+
+    def __init__(self, weights, config, layers):
+        import torch
+        import torch.nn.functional as F
+        self.torch, self.F = torch, F
+        with open(config) as f:
+            cfg = json.load(f)
+        self.E = int(cfg["n_embd"])
+        self.H = int(cfg["n_head"])
+        self.D = self.E // self.H
+        self.n_positions = int(cfg.get("n_positions", cfg.get("n_ctx", 1024)))
+        self.eps = float(cfg.get("layer_norm_epsilon", 1e-5))
+        n_layer = int(cfg["n_layer"])
+        act = cfg.get("activation_function", "gelu_new")
+        if act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+            self.act = lambda t: F.gelu(t, approximate="tanh")  # == HF NewGELU's formula
+        elif act == "gelu":
+            self.act = F.gelu
+        elif act == "relu":
+            self.act = F.relu
+        else:
+            raise ValueError(f"{config}: activation_function '{act}' is not supported")
+        a, _, b = layers.partition(":")
+        a = int(a) if a else 0
+        b = int(b) if b else n_layer
+        if not (0 <= a < b <= n_layer):
+            raise ValueError(f"--gpt2-layers {layers}: need 0 <= a < b <= n_layer ({n_layer})")
+        self.a, self.b = a, b
+        with open(weights, "rb") as f:
+            (hlen,) = struct.unpack("<Q", f.read(8))
+            names = json.loads(f.read(hlen)).keys()
+        prefix = "transformer." if any(k.startswith("transformer.h.") for k in names) else ""
+        want = [f"{prefix}h.{i}.{s}" for i in range(a, b) for s in GPT2_SUFFIXES]
+        got = read_safetensors_subset(weights, want)
+        missing = [k for k in want if k not in got]
+        if missing:
+            raise ValueError(f"{weights}: missing tensors: {', '.join(missing[:6])}"
+                             + (" ..." if len(missing) > 6 else ""))
+        self.blocks = []
+        for i in range(a, b):
+            self.blocks.append({s: torch.from_numpy(np.array(got[f"{prefix}h.{i}.{s}"]))
+                                for s in GPT2_SUFFIXES})
+        self.n_params = sum(t.numel() for blk in self.blocks for t in blk.values())
+
+    def check(self, x_shape, past, use_cache):
+        if len(x_shape) != 3 or x_shape[2] != self.E:
+            raise ValueError(f"model 'trunk' expects [batch, seq, {self.E}], got {list(x_shape)}")
+        L = self.b - self.a
+        if past and len(past) != L:
+            raise ValueError(f"model 'trunk' expects {L} past_key_values entries, got {len(past)}")
+        plen = 0
+        for i, e in enumerate(past):
+            want = [x_shape[0], self.H, None, self.D]
+            for nm, shp in (("key", list(e.key_shape)), ("value", list(e.value_shape))):
+                if len(shp) != 4 or shp[0] != want[0] or shp[1] != self.H or shp[3] != self.D:
+                    raise ValueError(f"past_key_values[{i}].{nm}_shape is {shp}, expected "
+                                     f"[{x_shape[0]},{self.H},past,{self.D}]")
+                if i == 0 and nm == "key":
+                    plen = shp[2]
+                if shp[2] != plen:
+                    raise ValueError(f"past_key_values[{i}].{nm}_shape {shp}: past length differs")
+        if plen + x_shape[1] > self.n_positions:
+            raise ValueError(f"past {plen} + seq {x_shape[1]} exceeds n_positions {self.n_positions}")
+
+    def _block(self, p, x, past_k, past_v):
+        torch, F = self.torch, self.F
+        B, S, E = x.shape
+        H, D = self.H, self.D
+        h = F.layer_norm(x, (E,), p["ln_1.weight"], p["ln_1.bias"], self.eps)
+        qkv = torch.addmm(p["attn.c_attn.bias"], h.view(-1, E), p["attn.c_attn.weight"])
+        q, k, v = qkv.view(B, S, 3, H, D).permute(2, 0, 3, 1, 4)  # each [B, H, S, D]
+        if past_k is not None:
+            k = torch.cat([past_k, k], dim=2)
+            v = torch.cat([past_v, v], dim=2)
+        T = k.shape[2]
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(D))
+        if S > 1:
+            causal = torch.ones(S, T, dtype=torch.bool).tril(diagonal=T - S)
+            scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1)
+        a = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(B * S, E)
+        x = torch.addmm(p["attn.c_proj.bias"], a, p["attn.c_proj.weight"]).view(B, S, E).add_(x)
+        h = F.layer_norm(x, (E,), p["ln_2.weight"], p["ln_2.bias"], self.eps)
+        m = self.act(torch.addmm(p["mlp.c_fc.bias"], h.view(-1, E), p["mlp.c_fc.weight"]))
+        x = torch.addmm(p["mlp.c_proj.bias"], m, p["mlp.c_proj.weight"]).view(B, S, E).add_(x)
+        return x, k, v
+
+    def forward(self, x, past, use_cache):
+        """x: float32 numpy [B, S, E]; past: list of KVCacheEntry (wire). Returns
+        (y numpy, [(key bytes, key shape, value bytes, value shape)] or None)."""
+        torch = self.torch
+        presents = [] if use_cache else None
+        with torch.no_grad():
+            h = torch.from_numpy(np.array(x, dtype=np.float32))
+            for i, p in enumerate(self.blocks):
+                pk = pv = None
+                if past:
+                    e = past[i]
+                    pk = torch.from_numpy(np.frombuffer(e.key_data, "<f4").reshape(
+                        list(e.key_shape)).copy())
+                    pv = torch.from_numpy(np.frombuffer(e.value_data, "<f4").reshape(
+                        list(e.value_shape)).copy())
+                h, k, v = self._block(p, h, pk, pv)
+                if presents is not None:
+                    presents.append((k.contiguous().numpy().tobytes(), list(k.shape),
+                                     v.contiguous().numpy().tobytes(), list(v.shape)))
+            return h.numpy(), presents
+
+
 class Models:
     """model_id -> compute. run() is blocking; kind() says how the aio server schedules it."""
 
-    def __init__(self, weights):
+    def __init__(self, weights, gpt2=None):
         self.mlp = build_mlp(weights)
         self.ids = ["identity", "scale", "sleep", "spin", "mlp"]
+        self.trunk = gpt2
+        if gpt2 is not None:
+            self.ids.append("trunk")
 
     def check(self, model_id, metadata):
         mid = model_id or "identity"
@@ -250,6 +404,17 @@ class Models:
             spin(meta_ms(metadata, 10.0))
             return x
         return self.mlp(x)
+
+    def run_req(self, mid, x, metadata, req):
+        """run() plus the KV cache: returns (output, presents or None)."""
+        if mid == "trunk":
+            past = list(req.past_key_values)
+            use_cache = req.HasField("use_cache") and req.use_cache
+            self.trunk.check(x.shape, past, use_cache)
+            return self.trunk.forward(x, past, use_cache)
+        if len(req.past_key_values) > 0:
+            raise ValueError(f"model '{mid}' keeps no KV cache: past_key_values must be empty")
+        return self.run(mid, x, metadata), None
 
 
 # ------------------------------------------------------------------ monitoring -----
@@ -285,7 +450,12 @@ class Service:
 
     def __init__(self, args, pb, hpb):
         self.args, self.pb, self.hpb = args, pb, hpb
-        self.models = Models(args.weights)
+        gpt2 = None
+        if args.gpt2_weights:
+            gpt2 = Gpt2Trunk(args.gpt2_weights, args.gpt2_config, args.gpt2_layers)
+            print(f"peer: trunk = gpt2 layers {gpt2.a}:{gpt2.b}, {gpt2.n_params} parameters",
+                  file=sys.stderr, flush=True)
+        self.models = Models(args.weights, gpt2)
         self.monitor = Monitor()
         self.start = time.time()
         self.total = 0
@@ -302,9 +472,11 @@ class Service:
         dt = dtype_of(md)
         return mid, decode_tensor(req.data, list(req.shape), dt), md, dt
 
-    def reply(self, req, out, dt, t0):
+    def reply(self, req, out, dt, t0, presents=None):
         r = self.pb.ComputeResponse(data=encode_tensor(out, dt), shape=list(out.shape),
                                     compute_time_ms=(time.perf_counter() - t0) * 1e3)
+        for kd, ks, vd, vs in presents or ():
+            r.present_key_values.add(key_data=kd, key_shape=ks, value_data=vd, value_shape=vs)
         if req.HasField("request_id"):
             r.request_id = req.request_id
         if req.HasField("forward_id"):
@@ -361,10 +533,10 @@ def handlers(grpc, svc, mode):
             t0 = time.perf_counter()
             try:
                 mid, x, md, dt = svc.prepare(req)
-                out = svc.models.run(mid, x, md)
+                out, presents = svc.models.run_req(mid, x, md, req)
             except Exception as e:  # noqa: BLE001 - every failure becomes a status
                 ctx.abort(error_code(grpc, e), str(e))
-            return svc.reply(req, out, dt, t0)
+            return svc.reply(req, out, dt, t0, presents)
 
         def backward(req, ctx):
             svc.count()
@@ -397,6 +569,7 @@ def handlers(grpc, svc, mode):
             t0 = time.perf_counter()
             try:
                 mid, x, md, dt = svc.prepare(req)
+                presents = None
                 if mid == "sleep":
                     await asyncio.sleep(meta_ms(md, 100.0) / 1e3)
                     out = x
@@ -404,10 +577,11 @@ def handlers(grpc, svc, mode):
                     out = x
                 else:
                     loop = asyncio.get_running_loop()
-                    out = await loop.run_in_executor(pool, svc.models.run, mid, x, md)
+                    out, presents = await loop.run_in_executor(pool, svc.models.run_req,
+                                                               mid, x, md, req)
             except Exception as e:  # noqa: BLE001
                 await ctx.abort(error_code(grpc, e), str(e))
-            return svc.reply(req, out, dt, t0)
+            return svc.reply(req, out, dt, t0, presents)
 
         async def backward(req, ctx):
             svc.count()
@@ -464,10 +638,17 @@ def main():
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch.set_num_threads (default: torch's own choice)")
     ap.add_argument("--weights", help="mlp weights (.safetensors)")
+    ap.add_argument("--gpt2-weights", help="serve model id 'trunk': a Hugging Face GPT-2 "
+                    "checkpoint (.safetensors, keys [transformer.]h.{i}.*)")
+    ap.add_argument("--gpt2-config", help="its config.json (default: config.json beside it)")
+    ap.add_argument("--gpt2-layers", default="", help="trunk layers A:B (default: all)")
     ap.add_argument("--py-dir", default=os.environ.get(
         "SS_PY_DIR", os.path.join(here, "..", "..", "build", "py")),
         help="directory with compute_service_pb2.py and health_pb2.py (default: build/py)")
     args = ap.parse_args()
+    if args.gpt2_weights and not args.gpt2_config:
+        args.gpt2_config = os.path.join(os.path.dirname(os.path.abspath(args.gpt2_weights)),
+                                        "config.json")
 
     sys.path.insert(0, os.path.abspath(args.py_dir))
     import grpc
