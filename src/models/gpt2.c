@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "models/linear.h"
+#include "models/vmath.h"
 #include "models/model.h"
 #include "models/optim.h"
 #include "models/safetensors.h"
@@ -455,6 +456,8 @@ static int gpt2_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_lay
 /* mean_out, rstd_out: per-row statistics for backward (training), or NULL. */
 static void layer_norm(const float *x, float *y, size_t rows, int n, const float *g, const float *b,
                        float eps, float *mean_out, float *rstd_out) {
+  /* Rows are independent: split over the worker's intra-op threads for a prefill. */
+#pragma omp parallel for schedule(static) if (rows >= 32)
   for (size_t r = 0; r < rows; r++) {
     const float *xr = x + r * (size_t)n;
     float *yr = y + r * (size_t)n;
@@ -489,14 +492,6 @@ static void fill_rows(float *y, size_t rows, int n, const float *bias) {
   for (size_t r = 0; r < rows; r++) memcpy(y + r * (size_t)n, bias, (size_t)n * sizeof(float));
 }
 
-static void gelu_new(float *x, size_t n) {
-  const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-  for (size_t i = 0; i < n; i++) {
-    float v = x[i];
-    x[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
-  }
-}
-
 /* Causal softmax of one (batch, head) score block [S, T] in place; query i sees keys 0..P+i. */
 static void causal_softmax(float *s, int S, int T, int P, float scale) {
   for (int i = 0; i < S; i++) {
@@ -506,10 +501,9 @@ static void causal_softmax(float *s, int S, int T, int P, float scale) {
       row[j] *= scale;
       if (row[j] > mx) mx = row[j];
     }
-    for (int j = 0; j < n; j++) {
-      row[j] = expf(row[j] - mx);
-      sum += row[j];
-    }
+    for (int j = 0; j < n; j++) row[j] -= mx;
+    ss_vexp(row, row, (size_t)n);
+    for (int j = 0; j < n; j++) sum += row[j];
     inv = 1.0f / sum;
     for (int j = 0; j < n; j++) row[j] *= inv;
     for (int j = n; j < T; j++) row[j] = 0.0f;
@@ -626,7 +620,7 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
     /* mlp */
     layer_norm(h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], p->eps, NULL, NULL);
     ss_linear_xw(ln, rows, (size_t)E, bk->t[T_FC_W], bk->t[T_FC_B], (size_t)NI, fc, 0);
-    gelu_new(fc, rows * (size_t)NI);
+    ss_gelu_new(fc, rows * (size_t)NI);
     ss_linear_xw(fc, rows, (size_t)NI, bk->t[T_MPROJ_W], bk->t[T_MPROJ_B], (size_t)E, h, 1);
   }
   free(scratch);
@@ -831,7 +825,7 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, NI, E, 1.0f, ln, E,
                 bk->t[T_FC_W], NI, 1.0f, ls.fc, NI);
     memcpy(fcg, ls.fc, rows * (size_t)NI * sizeof(float));
-    gelu_new(fcg, rows * (size_t)NI);
+    ss_gelu_new(fcg, rows * (size_t)NI);
     memcpy(y, ls.h, rows * (size_t)E * sizeof(float));
     add_rows(y, rows, E, bk->t[T_MPROJ_B]);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, NI, 1.0f, fcg, NI,
@@ -887,7 +881,7 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
     saved_layer(p, sv, l, &ls);
     /* mlp: y = h + gelu(fc) Wp + bp */
     memcpy(fcg, ls.fc, rows * (size_t)NI * sizeof(float));
-    gelu_new(fcg, rows * (size_t)NI);
+    ss_gelu_new(fcg, rows * (size_t)NI);
     conv1d_backward(p, dfc, g[T_MPROJ_W].grad, g[T_MPROJ_B].grad, dres, fcg, bk->t[T_MPROJ_W], R,
                     NI, E, 0, 0);
     gelu_new_backward(dfc, ls.fc, rows * (size_t)NI);

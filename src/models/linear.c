@@ -63,7 +63,10 @@ void ss_linear_xwt(const float *X, size_t rows, size_t in, const float *W, const
     int r = (int)(rows - r0 < 4 ? rows - r0 : 4);
     const float *x[4];
     for (int k = 0; k < 4; k++) x[k] = X + (r0 + (size_t)(k < r ? k : 0)) * in;
-    for (size_t o = 0; o < out; o += 2) {
+    long npairs = (long)((out + 1) / 2);
+#pragma omp parallel for schedule(static) if (npairs > 8 && in * out >= (1u << 18))
+    for (long pi = 0; pi < npairs; pi++) {
+      size_t o = (size_t)pi * 2;
       int two = o + 1 < out;
       float d0[4], d1[4];
       dot_block(x, r, W + o * in, two ? W + (o + 1) * in : NULL, in, d0, d1);
@@ -126,7 +129,11 @@ void ss_linear_xw(const float *X, size_t rows, size_t in, const float *W, const 
       x[k] = X + row * in;
       y[k] = Y + row * out;
     }
-    for (size_t j0 = 0; j0 < jmain; j0 += 16) axpy_block(x, r, W, in, out, j0, y);
+    /* Column strips are independent: the worker's intra-op threads split them (a decode step
+     * then streams the weights from every core it was given, as sgemm would). */
+    long nstrips = (long)(jmain / 16);
+#pragma omp parallel for schedule(static) if (nstrips > 8 && in * out >= (1u << 18))
+    for (long k = 0; k < nstrips; k++) axpy_block(x, r, W, in, out, (size_t)k * 16, y);
     for (size_t j = jmain; j < out; j++) /* the last out % 16 columns */
       for (int k = 0; k < r; k++) {
         float acc = 0.0f;

@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "health.pb-c.h"
 #include "service/handlers.h"
+#include "core/kcache.h"
 #include "service/sessions.h"
 
 static double uptime_s(ss_server *s) { return (double)(uv_hrtime() - s->start_ns) / 1e9; }
@@ -120,6 +121,12 @@ void ss_h_service_info(ss_call *call) {
   kv(l, "sessions", "%zu", nsess);
   kv(l, "session_bytes", "%zu", sess_bytes);
   kv(l, "sessions_evicted", "%llu", (unsigned long long)sess_evicted);
+  size_t nact, act_bytes;
+  uint64_t act_evicted;
+  ss_kcache_stats(s->acts, &nact, &act_bytes, &act_evicted);
+  kv(l, "activations", "%zu", nact);         /* training forwards awaiting their backward */
+  kv(l, "activation_bytes", "%zu", act_bytes);
+  kv(l, "activations_evicted", "%llu", (unsigned long long)act_evicted);
   for (size_t i = 0; i < s->nmodels && l->n < 64; i++) {
     const ss_served_model *sm = s->models[i];
     snprintf(keys + 64 * i, 64, "model.%s", sm->model->id);
