@@ -11,6 +11,7 @@
 #include "models/safetensors.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -29,6 +30,68 @@ struct ss_st_file {
   ss_st_tensor *t; /* n tensors, in header order */
 };
 
+/*
+ * Mappings are shared per file: two models loaded from one checkpoint (two trunks, or a model and
+ * its reload) map it once, so resident memory counts the weights once. This table is the one
+ * piece of process-wide state here, like the page cache it mirrors; it is guarded by a mutex
+ * (models are loaded on the main thread and, on SIGHUP, on a worker). A file is the same file
+ * when device, inode, size and modification time all match; checkpoints are written to a new
+ * inode (rename), so a rewritten file is mapped afresh.
+ */
+typedef struct shared_map {
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+  void *map;
+  int refs;
+  struct shared_map *next;
+} shared_map;
+
+static pthread_mutex_t maps_mu = PTHREAD_MUTEX_INITIALIZER;
+static shared_map *maps;
+
+static void *map_acquire(int fd, const struct stat *st) {
+  void *map = NULL;
+  pthread_mutex_lock(&maps_mu);
+  for (shared_map *m = maps; m; m = m->next)
+    if (m->dev == st->st_dev && m->ino == st->st_ino && m->size == st->st_size &&
+        m->mtime.tv_sec == st->st_mtim.tv_sec && m->mtime.tv_nsec == st->st_mtim.tv_nsec) {
+      m->refs++;
+      map = m->map;
+      break;
+    }
+  if (!map) {
+    shared_map *m = calloc(1, sizeof *m);
+    void *p = m ? mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    if (p != MAP_FAILED) {
+      *m = (shared_map){st->st_dev, st->st_ino, st->st_size, st->st_mtim, p, 1, maps};
+      maps = m;
+      map = p;
+    } else {
+      free(m);
+    }
+  }
+  pthread_mutex_unlock(&maps_mu);
+  return map;
+}
+
+static void map_release(void *map) {
+  pthread_mutex_lock(&maps_mu);
+  for (shared_map **pp = &maps; *pp; pp = &(*pp)->next)
+    if ((*pp)->map == map) {
+      shared_map *m = *pp;
+      if (--m->refs == 0) {
+        *pp = m->next;
+        munmap(m->map, (size_t)m->size);
+        free(m);
+      }
+      break;
+    }
+  pthread_mutex_unlock(&maps_mu);
+}
+
+
 /* The byte range of a tensor inside the buffer, for the overlap check. */
 typedef struct st_range {
   uint64_t begin, end;
@@ -44,7 +107,7 @@ static void st_free(ss_st_file *f) {
   if (f == NULL) return;
   for (size_t i = 0; i < f->n; i++) free(f->t[i].name);
   free(f->t);
-  if (f->map != NULL) munmap(f->map, f->map_len);
+  if (f->map != NULL) map_release(f->map);
   free(f);
 }
 
@@ -268,15 +331,15 @@ int ss_st_open(const char *path, ss_st_file **out, char *err, size_t errlen) {
     close(fd);
     return SS_EINVAL;
   }
-  map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  map = map_acquire(fd, &st);
   close(fd);
-  if (map == MAP_FAILED) {
+  if (map == NULL) {
     snprintf(err, errlen, "%s: mmap: %s", path, strerror(errno));
     return SS_EIO;
   }
   rc = ss_st_parse(map, (size_t)st.st_size, out, msg, sizeof msg);
   if (rc != 0) {
-    munmap(map, (size_t)st.st_size);
+    map_release(map);
     snprintf(err, errlen, "%s: %s", path, msg);
     return rc;
   }
