@@ -2,8 +2,8 @@
 """peer_server.py — the Python servers a user would pick instead of splitserve.
 
 Implements the same splitlearn.comm.ComputeService contract as splitserve (Compute,
-ComputeBackward -> UNIMPLEMENTED, HealthCheck, GetServiceInfo, StreamMonitoring) and
-grpc.health.v1.Health/Check, with the same built-in models chosen by model_id:
+ComputeBackward, HealthCheck, GetServiceInfo, StreamMonitoring) and grpc.health.v1.Health/Check,
+with the same built-in models chosen by model_id:
 
   identity   out = in
   scale      out = in * metadata "factor" (default 1)
@@ -18,6 +18,15 @@ grpc.health.v1.Health/Check, with the same built-in models chosen by model_id:
              past + new, gelu_new), hidden states [batch, seq, n_embd] in and out; KV cache as
              the wire contract has it: past_key_values (one entry per trunk layer, float32
              [batch, heads, past, head_dim]) and use_cache=true -> present_key_values
+
+Split training (mlp and trunk, as splitserve does it, with torch autograd): Compute with
+training_mode=true runs the forward with autograd (input and parameters require grad) and keeps
+(input, output) under forward_id (the request's, or a fresh one returned in the response);
+ComputeBackward does output.backward(grad_output), returns input.grad, and with learning_rate
+steps a torch optimizer (--optimizer sgd|adamw, --weight-decay) after every accumulation_step-th
+backward call of that model (the gradients in between are summed). Training calls of a model run
+under one lock per model (inference calls take none). Unknown or used forward_id: NOT_FOUND;
+other models: UNIMPLEMENTED; at most --max-pending forwards are kept (oldest dropped).
 
 in the two architectures of the seed documents:
 
@@ -217,6 +226,8 @@ def build_mlp(weights_path):
             raise ValueError(f"model 'mlp' expects last dimension {in_width}, got {x.shape[-1]}")
         with torch.no_grad():
             return model(torch.from_numpy(np.array(x, dtype=np.float32))).numpy()
+    forward.module = model
+    forward.in_width = in_width
     return forward
 
 
@@ -295,8 +306,10 @@ class Gpt2Trunk:
                              + (" ..." if len(missing) > 6 else ""))
         self.blocks = []
         for i in range(a, b):
+            # leaf tensors that require grad (for training); the inference path runs under
+            # no_grad, so it does not pay for it
             self.blocks.append({s: torch.from_numpy(np.array(got[f"{prefix}h.{i}.{s}"]))
-                                for s in GPT2_SUFFIXES})
+                                .requires_grad_(True) for s in GPT2_SUFFIXES})
         self.n_params = sum(t.numel() for blk in self.blocks for t in blk.values())
 
     def check(self, x_shape, past, use_cache):
@@ -363,16 +376,130 @@ class Gpt2Trunk:
                                      v.contiguous().numpy().tobytes(), list(v.shape)))
             return h.numpy(), presents
 
+    def parameters(self):
+        return [t for blk in self.blocks for t in blk.values()]
+
+    def forward_train(self, x):
+        """Autograd forward (no KV cache): (input leaf tensor, output tensor)."""
+        torch = self.torch
+        with torch.enable_grad():
+            xin = torch.from_numpy(np.array(x, dtype=np.float32)).requires_grad_(True)
+            h = xin
+            for p in self.blocks:
+                h, _, _ = self._block(p, h, None, None)
+        return xin, h
+
+
+class Trainer:
+    """Split training of one model: pending forwards and a torch optimizer."""
+
+    def __init__(self, name, params, forward_train, optimizer, weight_decay):
+        import torch
+        self.torch, self.name, self.params = torch, name, list(params)
+        self.forward_train = forward_train
+        self.kind = optimizer
+        if optimizer == "adamw":
+            wd = 0.01 if weight_decay is None else weight_decay
+            self.opt = torch.optim.AdamW(self.params, lr=1e-3, weight_decay=wd)
+        else:
+            self.opt = torch.optim.SGD(self.params, lr=1e-3, weight_decay=weight_decay or 0.0)
+        self.lock = threading.Lock()
+        self.backwards = 0  # backward calls with a learning_rate since the last step
+
 
 class Models:
     """model_id -> compute. run() is blocking; kind() says how the aio server schedules it."""
 
-    def __init__(self, weights, gpt2=None):
+    def __init__(self, weights, gpt2=None, optimizer="sgd", weight_decay=None, max_pending=64):
         self.mlp = build_mlp(weights)
         self.ids = ["identity", "scale", "sleep", "spin", "mlp"]
         self.trunk = gpt2
         if gpt2 is not None:
             self.ids.append("trunk")
+        mlp_mod = self.mlp.module
+
+        def mlp_train(x):
+            import torch
+            if x.shape[-1] != self.mlp.in_width:
+                raise ValueError(f"model 'mlp' expects last dimension {self.mlp.in_width}, "
+                                 f"got {x.shape[-1]}")
+            with torch.enable_grad():
+                xin = torch.from_numpy(np.array(x, dtype=np.float32)).requires_grad_(True)
+                return xin, mlp_mod(xin)
+        self.trainers = {"mlp": Trainer("mlp", mlp_mod.parameters(), mlp_train, optimizer,
+                                        weight_decay)}
+        if gpt2 is not None:
+            self.trainers["trunk"] = Trainer("trunk", gpt2.parameters(), gpt2.forward_train,
+                                             optimizer, weight_decay)
+        self.pending = {}  # forward_id -> (model id, input leaf, output), insertion-ordered
+        self.pending_lock = threading.Lock()
+        self.max_pending = max_pending
+        self.next_id = 0
+
+    def forward_train(self, mid, x, req):
+        """Compute with training_mode=true -> (output numpy, forward_id)."""
+        tr = self.trainers.get(mid)
+        if tr is None:
+            raise NotImplementedError(f"model '{mid}' has no backward: training_mode needs "
+                                      f"one of {', '.join(self.trainers)}")
+        if len(req.past_key_values) > 0 or (req.HasField("use_cache") and req.use_cache):
+            raise ValueError("training_mode=true takes no past_key_values / use_cache")
+        if mid == "trunk":
+            self.trunk.check(x.shape, [], False)
+        with tr.lock:
+            xin, out = tr.forward_train(x)
+        with self.pending_lock:
+            if req.HasField("forward_id") and req.forward_id:
+                fid = req.forward_id
+            else:
+                self.next_id += 1
+                fid = f"peer-{os.getpid()}-{self.next_id}"
+            self.pending.pop(fid, None)
+            self.pending[fid] = (mid, xin, out)
+            while len(self.pending) > self.max_pending:
+                self.pending.pop(next(iter(self.pending)))
+        return out.detach().numpy(), fid
+
+    def backward(self, req):
+        """ComputeBackward -> (grad_input numpy, forward_id)."""
+        torch = self.trainers["mlp"].torch
+        if req.HasField("model_id") and req.model_id and req.model_id not in self.trainers:
+            if req.model_id not in self.ids:
+                raise LookupError(f"unknown model '{req.model_id}'")
+            raise NotImplementedError(f"model '{req.model_id}' has no backward")
+        lr = req.learning_rate if req.HasField("learning_rate") else None
+        if lr is not None and not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"learning_rate must be > 0 and finite, got {lr}")
+        acc = req.accumulation_step if req.HasField("accumulation_step") else 1
+        if acc < 1:
+            raise ValueError(f"accumulation_step must be >= 1, got {acc}")
+        with self.pending_lock:  # a refused request leaves the forward pending
+            entry = self.pending.get(req.forward_id)
+            if entry is None:
+                raise LookupError(f"forward_id '{req.forward_id}' is unknown, expired or "
+                                  "already used")
+            mid, xin, out = entry
+            if req.HasField("model_id") and req.model_id and req.model_id != mid:
+                raise ValueError(f"forward_id '{req.forward_id}' belongs to model '{mid}', "
+                                 f"not '{req.model_id}'")
+            shape = list(req.grad_output_shape)
+            if shape != list(out.shape):
+                raise ValueError(f"grad_output_shape {shape} does not match the forward's "
+                                 f"output shape {list(out.shape)}")
+            g = torch.from_numpy(decode_tensor(req.grad_output_data, shape, "float32").copy())
+            del self.pending[req.forward_id]
+        tr = self.trainers[mid]
+        with tr.lock:
+            out.backward(g)
+            if lr is not None:
+                tr.backwards += 1
+                if tr.backwards >= acc:
+                    for grp in tr.opt.param_groups:
+                        grp["lr"] = lr
+                    tr.opt.step()
+                    tr.opt.zero_grad(set_to_none=True)
+                    tr.backwards = 0
+        return xin.grad.numpy(), req.forward_id
 
     def check(self, model_id, metadata):
         mid = model_id or "identity"
@@ -407,6 +534,8 @@ class Models:
 
     def run_req(self, mid, x, metadata, req):
         """run() plus the KV cache: returns (output, presents or None)."""
+        if req.HasField("training_mode") and req.training_mode:
+            return self.forward_train(mid, x, req)
         if mid == "trunk":
             past = list(req.past_key_values)
             use_cache = req.HasField("use_cache") and req.use_cache
@@ -455,7 +584,8 @@ class Service:
             gpt2 = Gpt2Trunk(args.gpt2_weights, args.gpt2_config, args.gpt2_layers)
             print(f"peer: trunk = gpt2 layers {gpt2.a}:{gpt2.b}, {gpt2.n_params} parameters",
                   file=sys.stderr, flush=True)
-        self.models = Models(args.weights, gpt2)
+        self.models = Models(args.weights, gpt2, args.optimizer, args.weight_decay,
+                             args.max_pending)
         self.monitor = Monitor()
         self.start = time.time()
         self.total = 0
@@ -473,15 +603,27 @@ class Service:
         return mid, decode_tensor(req.data, list(req.shape), dt), md, dt
 
     def reply(self, req, out, dt, t0, presents=None):
+        fid = None
+        if isinstance(presents, str):  # a training forward: run_req returned its forward_id
+            fid, presents = presents, None
         r = self.pb.ComputeResponse(data=encode_tensor(out, dt), shape=list(out.shape),
                                     compute_time_ms=(time.perf_counter() - t0) * 1e3)
         for kd, ks, vd, vs in presents or ():
             r.present_key_values.add(key_data=kd, key_shape=ks, value_data=vd, value_shape=vs)
         if req.HasField("request_id"):
             r.request_id = req.request_id
-        if req.HasField("forward_id"):
+        if fid is not None:
+            r.forward_id = fid
+        elif req.HasField("forward_id"):
             r.forward_id = req.forward_id
         return r
+
+    def backward(self, req):
+        t0 = time.perf_counter()
+        gin, fid = self.models.backward(req)
+        return self.pb.BackwardResponse(grad_input_data=encode_tensor(gin, "float32"),
+                                        grad_input_shape=list(gin.shape), forward_id=fid,
+                                        backward_time_ms=(time.perf_counter() - t0) * 1e3)
 
     def health(self):
         return self.pb.HealthResponse(status="ok", message=f"peer-{self.args.mode} serving",
@@ -496,6 +638,9 @@ class Service:
         r.custom_info["workers"] = str(self.args.workers)
         r.custom_info["torch_threads"] = str(torch.get_num_threads())
         r.custom_info["models"] = ",".join(self.models.ids)
+        r.custom_info["optimizer"] = self.args.optimizer
+        with self.models.pending_lock:
+            r.custom_info["activations"] = str(len(self.models.pending))
         r.custom_info["threads"] = str(threading.active_count())
         r.custom_info["python"] = sys.version.split()[0]
         return r
@@ -512,6 +657,8 @@ class Service:
 
 
 def error_code(grpc, e):
+    if isinstance(e, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
     if isinstance(e, LookupError):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(e, ValueError):
@@ -540,7 +687,10 @@ def handlers(grpc, svc, mode):
 
         def backward(req, ctx):
             svc.count()
-            ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "ComputeBackward is not implemented")
+            try:
+                return svc.backward(req)
+            except Exception as e:  # noqa: BLE001
+                ctx.abort(error_code(grpc, e), str(e))
 
         def health(req, ctx):
             svc.count()
@@ -570,10 +720,11 @@ def handlers(grpc, svc, mode):
             try:
                 mid, x, md, dt = svc.prepare(req)
                 presents = None
-                if mid == "sleep":
+                training = req.HasField("training_mode") and req.training_mode
+                if mid == "sleep" and not training:
                     await asyncio.sleep(meta_ms(md, 100.0) / 1e3)
                     out = x
-                elif mid == "identity":
+                elif mid == "identity" and not training:
                     out = x
                 else:
                     loop = asyncio.get_running_loop()
@@ -585,7 +736,11 @@ def handlers(grpc, svc, mode):
 
         async def backward(req, ctx):
             svc.count()
-            await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "ComputeBackward is not implemented")
+            try:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(pool, svc.backward, req)
+            except Exception as e:  # noqa: BLE001
+                await ctx.abort(error_code(grpc, e), str(e))
 
         async def health(req, ctx):
             svc.count()
@@ -642,6 +797,13 @@ def main():
                     "checkpoint (.safetensors, keys [transformer.]h.{i}.*)")
     ap.add_argument("--gpt2-config", help="its config.json (default: config.json beside it)")
     ap.add_argument("--gpt2-layers", default="", help="trunk layers A:B (default: all)")
+    ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                    help="split training: optimizer of ComputeBackward with learning_rate "
+                    "(adamw: betas 0.9/0.999, eps 1e-8 as torch.optim.AdamW)")
+    ap.add_argument("--weight-decay", type=float, default=None,
+                    help="optimizer weight decay (default 0 for sgd, 0.01 for adamw)")
+    ap.add_argument("--max-pending", type=int, default=64,
+                    help="training forwards kept for their backward (oldest dropped; default 64)")
     ap.add_argument("--py-dir", default=os.environ.get(
         "SS_PY_DIR", os.path.join(here, "..", "..", "build", "py")),
         help="directory with compute_service_pb2.py and health_pb2.py (default: build/py)")
