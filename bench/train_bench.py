@@ -192,6 +192,8 @@ def run(name, proc, args, x, g):
            "step_p50_ms": float(np.median(ms)), "step_mean_ms": float(ms.mean()),
            "step_min_ms": float(ms.min()), "step_max_ms": float(ms.max()),
            "fwd_p50_ms": float(np.median(fwd_t) * 1e3), "bwd_p50_ms": float(np.median(bwd_t) * 1e3),
+           "steps_ms": [round(v, 1) for v in ms.tolist()],
+           "fwd_ms": [round(v * 1e3, 1) for v in fwd_t], "bwd_ms": [round(v * 1e3, 1) for v in bwd_t],
            "memory": mem}
     print(f"--- {name}: step p50 {res['step_p50_ms']:.1f} ms, mean {res['step_mean_ms']:.1f} ms "
           f"(min {res['step_min_ms']:.1f}, max {res['step_max_ms']:.1f}); forward call p50 "

@@ -27,6 +27,8 @@ steps a torch optimizer (--optimizer sgd|adamw, --weight-decay) after every accu
 backward call of that model (the gradients in between are summed). Training calls of a model run
 under one lock per model (inference calls take none). Unknown or used forward_id: NOT_FOUND;
 other models: UNIMPLEMENTED; at most --max-pending forwards are kept (oldest dropped).
+GetServiceInfo custom_info "activations" / "activation_bytes": pending forwards and the bytes
+autograd saved for them (saved_tensors_hooks; parameters excluded, each storage counted once).
 
 in the two architectures of the seed documents:
 
@@ -405,6 +407,26 @@ class Trainer:
             self.opt = torch.optim.SGD(self.params, lr=1e-3, weight_decay=weight_decay or 0.0)
         self.lock = threading.Lock()
         self.backwards = 0  # backward calls with a learning_rate since the last step
+        self.param_storages = {p.storage().data_ptr() for p in self.params}
+
+    def run_forward(self, x):
+        """forward_train(x) -> (input, output, bytes of the tensors autograd saved for the
+        backward, parameters excluded, each storage once, input and output included)."""
+        saved = {}
+
+        def pack(t):
+            try:
+                st = t.storage()
+                if st.data_ptr() not in self.param_storages:
+                    saved[st.data_ptr()] = st.nbytes()
+            except Exception:  # noqa: BLE001 - accounting only
+                pass
+            return t
+        with self.torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            xin, out = self.forward_train(x)
+        for t in (xin, out):
+            saved[t.storage().data_ptr()] = t.storage().nbytes()
+        return xin, out, sum(saved.values())
 
 
 class Models:
@@ -431,7 +453,7 @@ class Models:
         if gpt2 is not None:
             self.trainers["trunk"] = Trainer("trunk", gpt2.parameters(), gpt2.forward_train,
                                              optimizer, weight_decay)
-        self.pending = {}  # forward_id -> (model id, input leaf, output), insertion-ordered
+        self.pending = {}  # forward_id -> (model id, input leaf, output, saved bytes), in order
         self.pending_lock = threading.Lock()
         self.max_pending = max_pending
         self.next_id = 0
@@ -447,7 +469,7 @@ class Models:
         if mid == "trunk":
             self.trunk.check(x.shape, [], False)
         with tr.lock:
-            xin, out = tr.forward_train(x)
+            xin, out, nbytes = tr.run_forward(x)
         with self.pending_lock:
             if req.HasField("forward_id") and req.forward_id:
                 fid = req.forward_id
@@ -455,7 +477,7 @@ class Models:
                 self.next_id += 1
                 fid = f"peer-{os.getpid()}-{self.next_id}"
             self.pending.pop(fid, None)
-            self.pending[fid] = (mid, xin, out)
+            self.pending[fid] = (mid, xin, out, nbytes)
             while len(self.pending) > self.max_pending:
                 self.pending.pop(next(iter(self.pending)))
         return out.detach().numpy(), fid
@@ -478,7 +500,7 @@ class Models:
             if entry is None:
                 raise LookupError(f"forward_id '{req.forward_id}' is unknown, expired or "
                                   "already used")
-            mid, xin, out = entry
+            mid, xin, out, _ = entry
             if req.HasField("model_id") and req.model_id and req.model_id != mid:
                 raise ValueError(f"forward_id '{req.forward_id}' belongs to model '{mid}', "
                                  f"not '{req.model_id}'")
@@ -641,6 +663,7 @@ class Service:
         r.custom_info["optimizer"] = self.args.optimizer
         with self.models.pending_lock:
             r.custom_info["activations"] = str(len(self.models.pending))
+            r.custom_info["activation_bytes"] = str(sum(e[3] for e in self.models.pending.values()))
         r.custom_info["threads"] = str(threading.active_count())
         r.custom_info["python"] = sys.version.split()[0]
         return r
