@@ -730,15 +730,6 @@ static void layer_norm_backward(float *dx, float *dg, float *db, const float *dy
   }
 }
 
-/* x[i] *= gelu_new'(pre[i]). */
-static void gelu_new_backward(float *dx, const float *pre, size_t n) {
-  const float c = 0.7978845608028654f, k = 0.044715f;
-  for (size_t i = 0; i < n; i++) {
-    float v = pre[i], t = tanhf(c * (v + k * v * v * v));
-    dx[i] *= 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * c * (1.0f + 3.0f * k * v * v);
-  }
-}
-
 /* Conv1D y = x W + b (x [rows, in], W [in, out]) backward: dW += x^T dy and db += sum dy under
  * gmu, except db[zlo, zhi), whose true gradient is zero (see gpt2_backward); dx = dy W^T
  * (overwritten) when dx is not NULL. */
@@ -884,7 +875,7 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
     ss_gelu_new(fcg, rows * (size_t)NI);
     conv1d_backward(p, dfc, g[T_MPROJ_W].grad, g[T_MPROJ_B].grad, dres, fcg, bk->t[T_MPROJ_W], R,
                     NI, E, 0, 0);
-    gelu_new_backward(dfc, ls.fc, rows * (size_t)NI);
+    ss_gelu_new_backward(dfc, ls.fc, rows * (size_t)NI);
     layer_norm_apply(ls.h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], ls.mean2, ls.rstd2);
     conv1d_backward(p, dln, g[T_FC_W].grad, g[T_FC_B].grad, dfc, ln, bk->t[T_FC_W], R, E, NI, 0, 0);
     uv_mutex_lock(&p->gmu);

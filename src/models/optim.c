@@ -41,20 +41,26 @@ int ss_param_step(ss_param *p, const ss_optim *opt, int64_t t) {
     if (p->m == NULL) p->m = calloc(n ? n : 1, sizeof(float));
     if (p->v == NULL) p->v = calloc(n ? n : 1, sizeof(float));
     if (p->m == NULL || p->v == NULL) return SS_ENOMEM;
+    float *m = p->m, *v = p->v;
+    /* One pass per parameter, split over the worker's intra-op threads; the gradient is
+     * cleared in the same pass. */
+#pragma omp parallel for schedule(static) if (n >= 65536)
     for (size_t i = 0; i < n; i++) {
       float gi = g[i], mi, vi;
       w[i] *= decay;
-      mi = p->m[i] = b1 * p->m[i] + (1.0f - b1) * gi;
-      vi = p->v[i] = b2 * p->v[i] + (1.0f - b2) * gi * gi;
+      mi = m[i] = b1 * m[i] + (1.0f - b1) * gi;
+      vi = v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
       w[i] -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+      g[i] = 0.0f;
     }
   } else {
+#pragma omp parallel for schedule(static) if (n >= 65536)
     for (size_t i = 0; i < n; i++) {
       float gi = wd != 0.0f ? g[i] + wd * w[i] : g[i];
       w[i] -= lr * gi;
+      g[i] = 0.0f;
     }
   }
-  memset(g, 0, n * sizeof(float));
   return 0;
 }
 

@@ -100,3 +100,32 @@ void ss_gelu_new(float *x, size_t n) {
 }
 
 void ss_vexp(const float *x, float *y, size_t n) { exp_span(x, y, n); }
+
+SS_CLONES static void gelu_back_span(float *dx, const float *pre, size_t n) {
+  const float c = 0.7978845608028654f, k = 0.044715f;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8 v, d;
+    memcpy(&v, pre + i, sizeof v);
+    memcpy(&d, dx + i, sizeof d);
+    v8 u = c * (v + k * v * v * v);
+    v8 e = VEXP(u + u);
+    v8 t = 1.0f - 2.0f / (1.0f + e);
+    d *= 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * c * (1.0f + 3.0f * k * v * v);
+    memcpy(dx + i, &d, sizeof d);
+  }
+  for (; i < n; i++) {
+    float v = pre[i], t = tanhf(c * (v + k * v * v * v));
+    dx[i] *= 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * c * (1.0f + 3.0f * k * v * v);
+  }
+}
+
+void ss_gelu_new_backward(float *dx, const float *pre, size_t n) {
+  size_t chunk = 8192;
+  long nchunks = (long)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+  for (long k = 0; k < nchunks; k++) {
+    size_t a = (size_t)k * chunk, len = n - a < chunk ? n - a : chunk;
+    gelu_back_span(dx + a, pre + a, len);
+  }
+}

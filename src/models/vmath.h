@@ -15,6 +15,8 @@
 
 /* x[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in place. */
 void ss_gelu_new(float *x, size_t n);
+/* dx[i] *= gelu_new'(pre[i]) (backward of ss_gelu_new). */
+void ss_gelu_new_backward(float *dx, const float *pre, size_t n);
 /* y[i] = exp(x[i]) (y may equal x). */
 void ss_vexp(const float *x, float *y, size_t n);
 

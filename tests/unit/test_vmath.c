@@ -31,6 +31,19 @@ int main(void) {
   printf("worst exp relative error %.3g, worst gelu_new error %.3g\n", worst_exp, worst_gelu);
   CHECK(worst_exp < 4e-7);
   CHECK(worst_gelu < 1e-6);
+  /* backward: dx *= d gelu_new / dx, against the derivative in double */
+  double worst_back = 0;
+  for (size_t i = 0; i < n; i++) y[i] = 1.0f;
+  ss_gelu_new_backward(y, x, n);
+  for (size_t i = 0; i < n; i++) {
+    double v = x[i], c = 0.7978845608028654, k = 0.044715;
+    double th = tanh(c * (v + k * v * v * v));
+    double ref = 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * c * (1 + 3 * k * v * v);
+    double err = fabs((double)y[i] - ref) / (1.0 + fabs(ref));
+    if (err > worst_back) worst_back = err;
+  }
+  printf("worst gelu_new backward error %.3g\n", worst_back);
+  CHECK(worst_back < 5e-6);
   float small[5] = {-1.0f, 0.0f, 1.0f, 2.0f, 3.0f}; /* all scalar tail */
   ss_gelu_new(small, 5);
   CHECK(fabsf(small[1]) == 0.0f);
