@@ -226,18 +226,6 @@ static int parse_layers(const char *s, int n_layer, int *a, int *b, char *err, s
 
 /* ------------------------------------------------------------- weights ---- */
 
-static int tensor_f32(const ss_st_tensor *t, const float **view, float **own) {
-  *own = NULL;
-  if (t->dtype == SS_DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
-    *view = t->data;
-    return 0;
-  }
-  *own = malloc(t->numel ? t->numel * sizeof(float) : 1);
-  if (*own == NULL) return SS_ENOMEM;
-  ss_to_f32(t->dtype, t->data, *own, t->numel);
-  *view = *own;
-  return 0;
-}
 
 static void expected_shape(const gpt2 *p, int k, int64_t *shape, int *ndim) {
   int64_t E = p->n_embd, NI = p->n_inner;
@@ -332,7 +320,7 @@ static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_
         free(found);
         return SS_EINVAL;
       }
-      if (tensor_f32(t, &p->blk[l].t[k], &p->blk[l].own[k]) != 0) {
+      if (ss_st_f32(t, &p->blk[l].t[k], &p->blk[l].own[k]) != 0) {
         snprintf(err, errlen, "weights %.200s: out of memory", path);
         free(found);
         return SS_ENOMEM;

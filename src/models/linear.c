@@ -5,17 +5,12 @@
  * to float rounding (~1e-6 relative), not bit for bit.
  */
 #include "models/linear.h"
+#include "models/simd.h"
 
 #include <cblas.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SS_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define SS_CLONES
-#endif
 
-typedef float v8 __attribute__((vector_size(32)));
 
 /* Macros, not functions: a vector-typed parameter or return value would change the ABI of the
  * baseline clone (-Wpsabi). */

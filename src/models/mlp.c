@@ -156,19 +156,6 @@ static int split_name(const char *name, size_t *prefix_len, unsigned long *idx, 
   return 0;
 }
 
-/* A float32 view of t: in place when possible, else a converted copy put into *own. */
-static int tensor_f32(const ss_st_tensor *t, const float **view, float **own) {
-  *own = NULL;
-  if (t->dtype == SS_DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
-    *view = t->data;
-    return 0;
-  }
-  *own = malloc(t->numel ? t->numel * sizeof(float) : 1);
-  if (*own == NULL) return SS_ENOMEM;
-  ss_to_f32(t->dtype, t->data, *own, t->numel);
-  *view = *own;
-  return 0;
-}
 
 static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
   size_t n, nref = 0, plen = 0;
@@ -267,8 +254,8 @@ static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
       rc = SS_EINVAL;
       goto done;
     }
-    if ((rc = tensor_f32(w, &L->w, &L->w_own)) != 0) goto done;
-    if (b != NULL && (rc = tensor_f32(b, &L->b, &L->b_own)) != 0) goto done;
+    if ((rc = ss_st_f32(w, &L->w, &L->w_own)) != 0) goto done;
+    if (b != NULL && (rc = ss_st_f32(b, &L->b, &L->b_own)) != 0) goto done;
   }
 done:
   if (rc == SS_ENOMEM) snprintf(err, errlen, "weights %s: out of memory", path);

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -496,5 +497,18 @@ int ss_st_write_f32_atomic(const char *path, size_t n, const char *const *names,
     close(fd);
   }
   free(tmp);
+  return 0;
+}
+
+int ss_st_f32(const ss_st_tensor *t, const float **view, float **own) {
+  *own = NULL;
+  if (t->dtype == SS_DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
+    *view = t->data;
+    return 0;
+  }
+  *own = malloc(t->numel ? t->numel * sizeof(float) : 1);
+  if (*own == NULL) return SS_ENOMEM;
+  ss_to_f32(t->dtype, t->data, *own, t->numel);
+  *view = *own;
   return 0;
 }

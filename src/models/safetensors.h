@@ -39,6 +39,10 @@ const ss_st_tensor *ss_st_at(const ss_st_file *f, size_t i);
 const ss_st_tensor *ss_st_find(const ss_st_file *f, const char *name);
 void ss_st_close(ss_st_file *f);
 
+/* A float32 view of t's data: the mmapped bytes themselves when t is F32 and 4-byte aligned
+ * (*own = NULL), else a converted copy in *own (caller frees). Returns 0 or SS_ENOMEM. */
+int ss_st_f32(const ss_st_tensor *t, const float **view, float **own);
+
 /* Write a safetensors file (F32 tensors only) — used by tests and, later, checkpoints.
  * names/shapes/data borrowed. Returns 0 or <0. */
 int ss_st_write_f32(const char *path, size_t n, const char *const *names,

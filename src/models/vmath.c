@@ -3,19 +3,13 @@
  * in two parts for exactness), e^r by a degree-6 polynomial, 2^k built in the exponent bits.
  */
 #include "models/vmath.h"
+#include "models/simd.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SS_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define SS_CLONES
-#endif
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
 
 #define PAR_MIN 32768 /* below this, one thread: fork/join would cost more than it saves */
 
