@@ -8,7 +8,8 @@
 
 #include <stdint.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
+/* (not under TSan: its runtime is not ready when the loader runs ifunc resolvers) */
 #define SS_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SS_CLONES

@@ -73,7 +73,7 @@ def _die_with_parent():
 _LIVE_SERVERS = []
 _ALL_SERVERS = []
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
-SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:|"
+SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|WARNING: ThreadSanitizer|runtime error:|"
                           r"SUMMARY: UndefinedBehaviorSanitizer")
 
 
