@@ -8,6 +8,7 @@
 #include "models/simd.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <string.h>
 
 
@@ -78,23 +79,29 @@ void ss_linear_xwt(const float *X, size_t rows, size_t in, const float *W, const
   }
 }
 
-/* Up to 4 rows of Y[:, j0..j0+16) += X rows . W[:, j0..j0+16): 8 accumulators in registers,
- * W read once (a 64-byte strip per weight row). */
-SS_CLONES static void axpy_block(const float *const x[4], int r, const float *W, size_t in,
-                                 size_t out, size_t j0, float *const y[4]) {
-  v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
-  const float *x0 = x[0], *x1 = x[r > 1 ? 1 : 0], *x2 = x[r > 2 ? 2 : 0], *x3 = x[r > 3 ? 3 : 0];
-  const float *w = W + j0;
-  for (size_t i = 0; i < in; i++, w += out) {
-    v8 p = ld8(w), q = ld8(w + 8);
-    v8 s0 = splat(x0[i]), s1 = splat(x1[i]), s2 = splat(x2[i]), s3 = splat(x3[i]);
-    a0 += s0 * p, a1 += s1 * p, a2 += s2 * p, a3 += s3 * p;
-    c0 += s0 * q, c1 += s1 * q, c2 += s2 * q, c3 += s3 * q;
-  }
-  v8 a[4] = {a0, a1, a2, a3}, c[4] = {c0, c1, c2, c3};
-  for (int k = 0; k < r; k++) {
-    st8(y[k] + j0, ld8(y[k] + j0) + a[k]);
-    st8(y[k] + j0 + 8, ld8(y[k] + j0 + 8) + c[k]);
+/* Up to 4 rows of Y[:, j0..j1) += X rows . W[:, j0..j1), streaming W row by row: each weight
+ * row's slice is read sequentially (prefetch-friendly, one TLB page after another) while the
+ * outputs stay in L1/L2. For a decode step this beats column strips, whose row stride touches a
+ * new page per weight row. */
+SS_CLONES static void stream_rows(const float *const x[4], int r, const float *W, size_t in,
+                                  size_t out, size_t j0, size_t j1, float *const y[4]) {
+  size_t jv = j0 + (j1 - j0) / 8 * 8;
+  for (size_t i = 0; i < in; i++) {
+    const float *w = W + i * out;
+    if (r == 1) {
+      v8 s = splat(x[0][i]);
+      float *y0 = y[0];
+      for (size_t j = j0; j < jv; j += 8) st8(y0 + j, ld8(y0 + j) + s * ld8(w + j));
+    } else {
+      v8 s[4];
+      for (int k = 0; k < r; k++) s[k] = splat(x[k][i]);
+      for (size_t j = j0; j < jv; j += 8) {
+        v8 p = ld8(w + j);
+        for (int k = 0; k < r; k++) st8(y[k] + j, ld8(y[k] + j) + s[k] * p);
+      }
+    }
+    for (size_t j = jv; j < j1; j++)
+      for (int k = 0; k < r; k++) y[k][j] += x[k][i] * w[j];
   }
 }
 
@@ -114,7 +121,6 @@ void ss_linear_xw(const float *X, size_t rows, size_t in, const float *W, const 
                 (int)in, W, (int)out, 1.0f, Y, (int)out);
     return;
   }
-  size_t jmain = out / 16 * 16;
   for (size_t r0 = 0; r0 < rows; r0 += 4) {
     int r = (int)(rows - r0 < 4 ? rows - r0 : 4);
     const float *x[4];
@@ -124,16 +130,13 @@ void ss_linear_xw(const float *X, size_t rows, size_t in, const float *W, const 
       x[k] = X + row * in;
       y[k] = Y + row * out;
     }
-    /* Column strips are independent: the worker's intra-op threads split them (a decode step
-     * then streams the weights from every core it was given, as sgemm would). */
-    long nstrips = (long)(jmain / 16);
-#pragma omp parallel for schedule(static) if (nstrips > 8 && in * out >= (1u << 18))
-    for (long k = 0; k < nstrips; k++) axpy_block(x, r, W, in, out, (size_t)k * 16, y);
-    for (size_t j = jmain; j < out; j++) /* the last out % 16 columns */
-      for (int k = 0; k < r; k++) {
-        float acc = 0.0f;
-        for (size_t i = 0; i < in; i++) acc += x[k][i] * W[i * out + j];
-        y[k][j] += acc;
-      }
+    /* The worker's intra-op threads take contiguous column ranges (multiples of 16 floats). */
+#pragma omp parallel if (in * out >= (1u << 18))
+    {
+      size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+      size_t per = (out / nt + 15) / 16 * 16;
+      size_t j0 = t * per, j1 = t + 1 == nt ? out : (t + 1) * per;
+      if (j0 < out) stream_rows(x, r, W, in, out, j0, j1 < out ? j1 : out, y);
+    }
   }
 }

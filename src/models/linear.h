@@ -6,8 +6,9 @@
  * (copies) the whole weight matrix for a product that reads each weight once; these kernels
  * stream the weights once, in place, with register-blocked AVX2/FMA loops (chosen at run time by
  * target_clones; a portable version otherwise). Measured on this 2-core EPYC (tests' sizes,
- * one thread): 1 row x 768x768: 124 us vs sgemm 238 us; 1 x 768x2304: 464 vs 677 us; at 10 rows
- * they are even and past 10 sgemm wins, hence the threshold. More rows: OpenBLAS sgemm.
+ * one thread): 1 row x 768x768 (Linear): 108 us vs sgemm 219 us; 1 x 768x2304 (Conv1D, weights
+ * streamed row by row): 150 vs 520 us; at 10 rows they are even and past 10 sgemm wins, hence the
+ * threshold. More rows: OpenBLAS sgemm. A GPT-2 trunk decode step (8 blocks) went 29 -> 15 ms.
  *
  * Thread: pure functions; any thread (reentrant, no allocation).
  */
