@@ -52,6 +52,8 @@ typedef struct compute_state {
   int n_past;
   ss_kv_layer *present;       /* filled by the worker when want_present (owned) */
   int want_present;
+  ss_wire_view *kv_wire;      /* past_key_values, left in the request buffer (not copied) */
+  size_t n_kv_wire;
   ss_session *session;        /* busy while this call runs */
   int session_end;
   /* training forward (training_mode=true) */
@@ -340,13 +342,13 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "metadata session is empty: give a session id");
     return -1;
   }
-  if (sid && req->n_past_key_values > 0) {
+  if (sid && st->n_kv_wire > 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "metadata session='%s' keeps the cache on the server: past_key_values must be "
-                 "empty, got %zu entries", sid, req->n_past_key_values);
+                 "empty, got %zu entries", sid, st->n_kv_wire);
     return -1;
   }
-  int n = (int)req->n_past_key_values;
+  int n = (int)st->n_kv_wire;
   if (n > 0) {
     st->past = ss_arena_alloc(&st->arena, (size_t)n * sizeof *st->past);
     if (!st->past) {
@@ -354,15 +356,27 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
       return -1;
     }
     for (int i = 0; i < n; i++) {
-      Splitlearn__Comm__KVCacheEntry *e = req->past_key_values[i];
+      ss_wire_kv e;
       char what[64];
+      if (ss_parse_kv_entry(st->kv_wire[i].p, st->kv_wire[i].len, &e) != 0) {
+        ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                     "past_key_values[%d] is not a valid KVCacheEntry protobuf", i);
+        return -1;
+      }
+      if (e.n_key_shape > SS_WIRE_MAX_DIMS || e.n_value_shape > SS_WIRE_MAX_DIMS) {
+        ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                     "past_key_values[%d] has a shape of %zu dims; at most %d", i,
+                     e.n_key_shape > e.n_value_shape ? e.n_key_shape : e.n_value_shape,
+                     SS_WIRE_MAX_DIMS);
+        return -1;
+      }
       snprintf(what, sizeof what, "past_key_values[%d].key_data", i);
-      int rv = ss_tensor_from_wire(what, e->key_shape, e->n_key_shape, e->key_data.data,
-                                   e->key_data.len, SS_DTYPE_F32, &st->past[i].key, err, errlen);
+      int rv = ss_tensor_from_wire(what, e.key_shape, e.n_key_shape, e.key.p, e.key.len,
+                                   SS_DTYPE_F32, &st->past[i].key, err, errlen);
       if (rv == 0) {
         snprintf(what, sizeof what, "past_key_values[%d].value_data", i);
-        rv = ss_tensor_from_wire(what, e->value_shape, e->n_value_shape, e->value_data.data,
-                                 e->value_data.len, SS_DTYPE_F32, &st->past[i].value, err, errlen);
+        rv = ss_tensor_from_wire(what, e.value_shape, e.n_value_shape, e.value.p, e.value.len,
+                                 SS_DTYPE_F32, &st->past[i].value, err, errlen);
       }
       if (rv != 0) {
         ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s (KV caches are float32)", err);
@@ -423,7 +437,7 @@ void ss_h_compute(ss_call *call) {
   size_t dlen;
   st->req = (Splitlearn__Comm__ComputeRequest *)ss_decode_tensor_request(
       &splitlearn__comm__compute_request__descriptor, call->req, call->req_len, &st->arena,
-      &st->pballoc, &data, &dlen);
+      &st->pballoc, &data, &dlen, 8, &st->kv_wire, &st->n_kv_wire);
   if (!st->req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request (%zu bytes) is not a valid splitlearn.comm.ComputeRequest protobuf",
@@ -475,11 +489,11 @@ void ss_h_compute(ss_call *call) {
     return;
   }
   if (m->n_kv_layers == 0) {
-    if (req->n_past_key_values > 0) {
+    if (st->n_kv_wire > 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "model '%s' (kind %s) keeps no KV cache: past_key_values must be empty, got %zu "
                    "entries",
-                   m->id, m->kind, req->n_past_key_values);
+                   m->id, m->kind, st->n_kv_wire);
       return;
     }
     if (ss_meta_get(&st->meta, "session")) {
@@ -496,7 +510,7 @@ void ss_h_compute(ss_call *call) {
                    "train: mlp, gpt2", m->id, m->kind);
       return;
     }
-    if (req->n_past_key_values > 0 || ss_meta_get(&st->meta, "session") ||
+    if (st->n_kv_wire > 0 || ss_meta_get(&st->meta, "session") ||
         (req->has_use_cache && req->use_cache)) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "training_mode=true runs the full sequence: past_key_values, use_cache and "

@@ -257,7 +257,7 @@ void ss_h_backward(ss_call *call) {
   size_t dlen;
   st->req = (Splitlearn__Comm__BackwardRequest *)ss_decode_tensor_request(
       &splitlearn__comm__backward_request__descriptor, call->req, call->req_len, &st->arena,
-      &st->pballoc, &data, &dlen);
+      &st->pballoc, &data, &dlen, 0, NULL, NULL);
   if (!st->req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request (%zu bytes) is not a valid splitlearn.comm.BackwardRequest protobuf",

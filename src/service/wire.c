@@ -21,62 +21,143 @@ static int read_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v) {
   return -1;
 }
 
-/* Find top-level length-delimited field `field` (last occurrence wins, as protobuf says) and
- * copy every other field into a new buffer *rest (caller frees). Returns 0 or -1 (bad wire). */
+/* One pass over the top-level fields: the last `field` occurrence becomes *val; every
+ * `rep_field` occurrence is appended to reps (when reps != NULL; reps_cap entries at most);
+ * everything else is copied to rest (when rest != NULL). Returns the bytes skipped, or -1. */
+static long scan(const uint8_t *msg, size_t len, uint32_t field, uint32_t rep_field,
+                 const uint8_t **val, size_t *vlen, ss_wire_view *reps, size_t reps_cap,
+                 size_t *nreps, uint8_t *rest) {
+  size_t pos = 0, out = 0, skipped = 0;
+  while (pos < len) {
+    size_t start = pos;
+    uint64_t tag, n;
+    if (read_varint(msg, len, &pos, &tag) != 0) return -1;
+    uint32_t wt = (uint32_t)(tag & 7);
+    uint64_t fn = tag >> 3;
+    if (fn == 0) return -1;
+    switch (wt) {
+    case 0: if (read_varint(msg, len, &pos, &n) != 0) return -1; break;
+    case 1: if (len - pos < 8) return -1; pos += 8; break;
+    case 5: if (len - pos < 4) return -1; pos += 4; break;
+    case 2:
+      if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return -1;
+      if (fn == field || (rep_field && fn == rep_field)) {
+        if (fn == field) {
+          *val = msg + pos;
+          *vlen = (size_t)n;
+        } else {
+          if (reps && *nreps < reps_cap) reps[*nreps] = (ss_wire_view){msg + pos, (size_t)n};
+          (*nreps)++;
+        }
+        skipped += pos + n - start;
+        pos += (size_t)n;
+        continue;
+      }
+      pos += (size_t)n;
+      break;
+    default: return -1; /* groups are not used by these messages */
+    }
+    if (rest) memcpy(rest + out, msg + start, pos - start);
+    out += pos - start;
+  }
+  return (long)skipped;
+}
+
 int ss_split_field(const uint8_t *msg, size_t len, uint32_t field, const uint8_t **val,
-                       size_t *vlen, ss_arena *arena, uint8_t **rest, size_t *rest_len) {
+                   size_t *vlen, ss_arena *arena, uint8_t **rest, size_t *rest_len) {
+  size_t nreps = 0;
   *val = NULL;
   *vlen = 0;
-  size_t skipped = 0;
-  for (int pass = 0; pass < 2; pass++) {
-    size_t pos = 0, out = 0;
-    while (pos < len) {
-      size_t start = pos;
-      uint64_t tag, n;
-      if (read_varint(msg, len, &pos, &tag) != 0) return -1;
-      uint32_t wt = (uint32_t)(tag & 7);
-      uint64_t fn = tag >> 3;
-      if (fn == 0) return -1;
-      switch (wt) {
-      case 0: if (read_varint(msg, len, &pos, &n) != 0) return -1; break;
-      case 1: if (len - pos < 8) return -1; pos += 8; break;
-      case 5: if (len - pos < 4) return -1; pos += 4; break;
-      case 2:
-        if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return -1;
-        if (fn == field) {
-          if (pass == 0) {
-            skipped += pos + n - start;
-            *val = msg + pos;
-            *vlen = (size_t)n;
-          }
-          pos += (size_t)n;
-          continue;
-        }
-        pos += (size_t)n;
-        break;
-      default: return -1; /* groups are not used by these messages */
-      }
-      if (pass == 1) {
-        memcpy(*rest + out, msg + start, pos - start);
-        out += pos - start;
-      }
+  long skipped = scan(msg, len, field, 0, val, vlen, NULL, 0, &nreps, NULL);
+  if (skipped < 0) return -1;
+  *rest_len = len - (size_t)skipped;
+  *rest = ss_arena_alloc(arena, *rest_len ? *rest_len : 1);
+  if (!*rest) return -1;
+  scan(msg, len, field, 0, val, vlen, NULL, 0, &nreps, *rest);
+  return 0;
+}
+
+int ss_split_fields(const uint8_t *msg, size_t len, uint32_t field, uint32_t rep_field,
+                    const uint8_t **val, size_t *vlen, ss_wire_view **reps, size_t *nreps,
+                    ss_arena *arena, uint8_t **rest, size_t *rest_len) {
+  *val = NULL;
+  *vlen = 0;
+  *nreps = 0;
+  *reps = NULL;
+  long skipped = scan(msg, len, field, rep_field, val, vlen, NULL, 0, nreps, NULL);
+  if (skipped < 0) return -1;
+  size_t cap = *nreps;
+  if (cap && !(*reps = ss_arena_alloc(arena, cap * sizeof **reps))) return -1;
+  *rest_len = len - (size_t)skipped;
+  *rest = ss_arena_alloc(arena, *rest_len ? *rest_len : 1);
+  if (!*rest) return -1;
+  *nreps = 0;
+  scan(msg, len, field, rep_field, val, vlen, *reps, cap, nreps, *rest);
+  return 0;
+}
+
+/* Repeated int32 as packed (wire type 2) or not (wire type 0), appended to shape[] (at most
+ * SS_WIRE_MAX_DIMS; more dims are counted so the caller can refuse them). */
+static int read_int32s(const uint8_t *p, size_t len, size_t *pos, uint32_t wt, int32_t *shape,
+                       size_t *n) {
+  uint64_t v;
+  if (wt == 0) {
+    if (read_varint(p, len, pos, &v) != 0) return -1;
+    if (*n < SS_WIRE_MAX_DIMS) shape[*n] = (int32_t)(int64_t)v;
+    (*n)++;
+    return 0;
+  }
+  uint64_t blen;
+  if (read_varint(p, len, pos, &blen) != 0 || blen > len - *pos) return -1;
+  size_t end = *pos + (size_t)blen;
+  while (*pos < end) {
+    if (read_varint(p, end, pos, &v) != 0) return -1;
+    if (*n < SS_WIRE_MAX_DIMS) shape[*n] = (int32_t)(int64_t)v;
+    (*n)++;
+  }
+  return 0;
+}
+
+int ss_parse_kv_entry(const uint8_t *p, size_t len, ss_wire_kv *kv) {
+  memset(kv, 0, sizeof *kv);
+  size_t pos = 0;
+  while (pos < len) {
+    uint64_t tag, n;
+    if (read_varint(p, len, &pos, &tag) != 0) return -1;
+    uint32_t wt = (uint32_t)(tag & 7);
+    uint64_t fn = tag >> 3;
+    if ((fn == 2 || fn == 4) && (wt == 0 || wt == 2)) {
+      if (read_int32s(p, len, &pos, wt, fn == 2 ? kv->key_shape : kv->value_shape,
+                      fn == 2 ? &kv->n_key_shape : &kv->n_value_shape) != 0)
+        return -1;
+      continue;
     }
-    if (pass == 0) {
-      *rest_len = len - skipped;
-      *rest = ss_arena_alloc(arena, *rest_len ? *rest_len : 1);
-      if (!*rest) return -1;
+    switch (wt) {
+    case 0: if (read_varint(p, len, &pos, &n) != 0) return -1; break;
+    case 1: if (len - pos < 8) return -1; pos += 8; break;
+    case 5: if (len - pos < 4) return -1; pos += 4; break;
+    case 2:
+      if (read_varint(p, len, &pos, &n) != 0 || n > len - pos) return -1;
+      if (fn == 1) kv->key = (ss_wire_view){p + pos, (size_t)n};
+      if (fn == 3) kv->value = (ss_wire_view){p + pos, (size_t)n};
+      pos += (size_t)n;
+      break;
+    default: return -1;
     }
   }
   return 0;
 }
 
-
 ProtobufCMessage *ss_decode_tensor_request(const ProtobufCMessageDescriptor *d, const uint8_t *msg,
                                            size_t len, ss_arena *arena, ProtobufCAllocator *alloc,
-                                           const uint8_t **data, size_t *dlen) {
+                                           const uint8_t **data, size_t *dlen, uint32_t rep_field,
+                                           ss_wire_view **reps, size_t *nreps) {
   uint8_t *rest;
-  size_t rest_len;
+  size_t rest_len, none = 0;
+  ss_wire_view *unused;
   *alloc = (ProtobufCAllocator){ss_arena_pb_alloc, ss_arena_pb_free, arena};
-  if (ss_split_field(msg, len, 1, data, dlen, arena, &rest, &rest_len) != 0) return NULL;
+  if (ss_split_fields(msg, len, 1, rep_field, data, dlen, reps ? reps : &unused,
+                      nreps ? nreps : &none, arena, &rest, &rest_len) != 0)
+    return NULL;
   return protobuf_c_message_unpack(d, alloc, rest_len, rest);
 }

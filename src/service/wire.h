@@ -11,6 +11,32 @@
 
 #include "core/arena.h"
 
+/* A borrowed byte range inside a request message. */
+typedef struct ss_wire_view {
+  const uint8_t *p;
+  size_t len;
+} ss_wire_view;
+
+#define SS_WIRE_MAX_DIMS 8
+
+/* A KVCacheEntry read in place: key/value bytes stay in the message. n_*_shape may exceed
+ * SS_WIRE_MAX_DIMS (only the first ones are stored): the caller refuses such shapes. */
+typedef struct ss_wire_kv {
+  ss_wire_view key, value;
+  int32_t key_shape[SS_WIRE_MAX_DIMS], value_shape[SS_WIRE_MAX_DIMS];
+  size_t n_key_shape, n_value_shape;
+} ss_wire_kv;
+
+/* Parse one KVCacheEntry (fields 1 key_data, 2 key_shape, 3 value_data, 4 value_shape;
+ * packed or unpacked shapes; unknown fields skipped). Returns 0 or -1 (bad wire). */
+int ss_parse_kv_entry(const uint8_t *p, size_t len, ss_wire_kv *kv);
+
+/* Like ss_split_field, and also every occurrence of length-delimited rep_field as a view
+ * (*reps from the arena, *nreps of them; 0 = none). */
+int ss_split_fields(const uint8_t *msg, size_t len, uint32_t field, uint32_t rep_field,
+                    const uint8_t **val, size_t *vlen, ss_wire_view **reps, size_t *nreps,
+                    ss_arena *arena, uint8_t **rest, size_t *rest_len);
+
 /* Find top-level length-delimited field `field` of msg (the last occurrence wins, as protobuf
  * says) and return it as a view (*val, *vlen; NULL/0 when absent); copy every other field into
  * *rest (allocated from arena, *rest_len bytes). Returns 0, or -1 for malformed wire data. */
@@ -19,9 +45,12 @@ int ss_split_field(const uint8_t *msg, size_t len, uint32_t field, const uint8_t
 
 /* Decode a request message whose field 1 is the tensor bytes: those stay in msg as a borrowed
  * view (*data, *dlen) and protobuf-c unpacks only the rest, into the arena (alloc is filled in
- * and must live as long as the message). Returns the message, or NULL for bad wire data. */
+ * and must live as long as the message). rep_field != 0: that repeated message field (the KV
+ * cache) is also left in place, as views (*reps, *nreps), never copied. Returns the message, or
+ * NULL for bad wire data. */
 ProtobufCMessage *ss_decode_tensor_request(const ProtobufCMessageDescriptor *d, const uint8_t *msg,
                                            size_t len, ss_arena *arena, ProtobufCAllocator *alloc,
-                                           const uint8_t **data, size_t *dlen);
+                                           const uint8_t **data, size_t *dlen, uint32_t rep_field,
+                                           ss_wire_view **reps, size_t *nreps);
 
 #endif
