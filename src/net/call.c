@@ -30,15 +30,6 @@ static int out_reserve(ss_call *call, size_t more) {
   return 0;
 }
 
-static size_t varint_len(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    n++;
-  }
-  return n;
-}
-
 static size_t varint_put(uint8_t *p, uint64_t v) {
   size_t n = 0;
   while (v >= 0x80) {
@@ -81,7 +72,7 @@ static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
                             uint32_t *data_flags, nghttp2_data_source *source, void *user_data) {
   (void)session, (void)stream_id, (void)buf, (void)user_data;
   ss_call *call = source->ptr;
-  size_t avail = (call->out_len - call->out_off) + (call->tail_len - call->tail_off);
+  size_t avail = (call->out_len - call->out_off) + call->segs_left;
   if (avail == 0 && !call->finished) {
     call->deferred = 1;
     return NGHTTP2_ERR_DEFERRED;
@@ -102,9 +93,20 @@ void ss_call_take_output(ss_call *call, uint8_t *dst, size_t n) {
   memcpy(dst, call->out + call->out_off, a);
   call->out_off += a;
   n -= a;
-  if (n) {
-    memcpy(dst + a, call->tail + call->tail_off, n);
-    call->tail_off += n;
+  dst += a;
+  while (n > 0 && call->seg_i < call->nsegs) {
+    const ss_seg *s = &call->segs[call->seg_i];
+    size_t k = s->len - call->seg_off;
+    if (k > n) k = n;
+    memcpy(dst, s->p + call->seg_off, k);
+    dst += k;
+    n -= k;
+    call->seg_off += k;
+    call->segs_left -= k;
+    if (call->seg_off == s->len) {
+      call->seg_i++;
+      call->seg_off = 0;
+    }
   }
 }
 
@@ -151,36 +153,52 @@ static void set_status(ss_call *call, int code, const char *msg) {
   ss_server_call_settled(call->srv, call);
 }
 
-void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field, const void *tail,
-                   size_t tail_len, void *tail_owner) {
+size_t ss_pb_varint(uint8_t *buf, uint64_t v) { return varint_put(buf, v); }
+
+size_t ss_pb_field_header(uint8_t *buf, uint32_t field, size_t len) {
+  size_t n = varint_put(buf, (uint64_t)field << 3 | 2);
+  return n + varint_put(buf + n, len);
+}
+
+void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
+                        size_t nsegs, void *owner) {
   if (call->state == SS_CALL_DONE) {
-    free(tail_owner);
+    free(owner);
     return;
   }
-  size_t packed = protobuf_c_message_get_packed_size(msg);
-  size_t extra = tail ? varint_len((uint64_t)tail_field << 3 | 2) + varint_len(tail_len) : 0;
-  size_t total = packed + extra + (tail ? tail_len : 0);
-  if (total > UINT32_MAX || out_reserve(call, 5 + packed + extra) != 0) {
-    free(tail_owner);
+  size_t packed = protobuf_c_message_get_packed_size(msg), extra = 0;
+  for (size_t i = 0; i < nsegs; i++) extra += segs[i].len;
+  size_t total = packed + extra;
+  if (total > UINT32_MAX || out_reserve(call, 5 + packed) != 0) {
+    free(owner);
     ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "response of %zu bytes cannot be sent", total);
     return;
   }
   uint8_t *p = call->out + call->out_len;
   ss_msg_prefix(p, (uint32_t)total);
   protobuf_c_message_pack(msg, p + 5);
-  size_t n = 5 + packed;
-  if (tail) {
-    n += varint_put(p + n, (uint64_t)tail_field << 3 | 2);
-    n += varint_put(p + n, tail_len);
-    call->tail = tail;
-    call->tail_len = tail_len;
-    call->tail_off = 0;
-  }
-  call->out_len += n;
+  call->out_len += 5 + packed;
+  call->segs = segs;
+  call->nsegs = nsegs;
+  call->seg_i = call->seg_off = 0;
+  call->segs_left = extra;
   free(call->tail_owner);
-  call->tail_owner = tail_owner;
+  call->tail_owner = owner;
   set_status(call, SS_GRPC_OK, NULL);
   kick(call);
+}
+
+void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field, const void *tail,
+                   size_t tail_len, void *tail_owner) {
+  if (!tail) {
+    ss_call_reply_segs(call, msg, NULL, 0, tail_owner);
+    return;
+  }
+  /* The bytes field's tag and length go in the call's small header store; the data is borrowed. */
+  call->seg_hdr_len = ss_pb_field_header(call->seg_hdr, tail_field, tail_len);
+  call->seg2[0] = (ss_seg){call->seg_hdr, call->seg_hdr_len};
+  call->seg2[1] = (ss_seg){tail, tail_len};
+  ss_call_reply_segs(call, msg, call->seg2, 2, tail_owner);
 }
 
 void ss_call_send(ss_call *call, const ProtobufCMessage *msg) {

@@ -30,6 +30,12 @@
 typedef struct ss_conn ss_conn;
 typedef struct ss_call ss_call;
 
+/* A borrowed run of response bytes (see ss_call_reply_segs). */
+typedef struct ss_seg {
+  const uint8_t *p;
+  size_t len;
+} ss_seg;
+
 #define SS_SVC_SPACE 3072      /* bytes of per-call handler state kept inside the call */
 #define SS_CALL_CACHE 1024     /* finished calls kept for reuse */
 typedef struct ss_server ss_server;
@@ -102,8 +108,11 @@ struct ss_call {
   int deferred;               /* the data provider returned DEFERRED */
   uint8_t *out;
   size_t out_len, out_cap, out_off;
-  const uint8_t *tail;
-  size_t tail_len, tail_off;
+  const ss_seg *segs;         /* borrowed runs sent after out[] (tensor bytes, KV caches) */
+  size_t nsegs, seg_i, seg_off, segs_left;
+  ss_seg seg2[2];             /* storage for the one-tail case: field header + data */
+  uint8_t seg_hdr[16];
+  size_t seg_hdr_len;
   void *tail_owner;           /* freed with free() when the call dies (may be NULL) */
   int finished;               /* status set: send trailers after the data */
   int status;
@@ -193,6 +202,18 @@ struct ss_server {
  * msg must not itself set that field. Status OK. */
 void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field,
                    const void *tail, size_t tail_len, void *tail_owner);
+/* The general form: msg packed, then segs[] sent verbatim after it — together they must be
+ * the encoding of further fields of the same message (e.g. a bytes field as a tag+length segment
+ * and a data segment). segs and the bytes they point to are borrowed until the call is freed
+ * (owner, if non-NULL, is freed with free() then). No byte of a segment is copied before the
+ * connection's write buffer. Status OK. */
+void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
+                        size_t nsegs, void *owner);
+/* Append the protobuf encoding of a length-delimited field header (tag + length) to buf;
+ * returns bytes written (<= 15). */
+size_t ss_pb_field_header(uint8_t *buf, uint32_t field, size_t len);
+/* Append varint v; returns bytes written (<= 10). */
+size_t ss_pb_varint(uint8_t *buf, uint64_t v);
 /* Queue one message on a server-streaming call (not finished). */
 void ss_call_send(ss_call *call, const ProtobufCMessage *msg);
 /* Finish with a status (trailers-only when nothing was sent yet). fmt: the grpc-message. */

@@ -56,6 +56,7 @@ typedef struct compute_state {
   size_t n_kv_wire;
   ss_session *session;        /* busy while this call runs */
   int session_end;
+  int present_in_reply;       /* the reply's segments point into present: keep it until free */
   /* training forward (training_mode=true) */
   int training;
   void *saved;                /* the model's record for backward (worker -> cache) */
@@ -100,35 +101,55 @@ static void send_reply(compute_state *st, const void *data, size_t nbytes, void 
   resp.monitoring_data = &snap;
   if (st->training) resp.forward_id = st->forward_id;
   else if (st->req->forward_id) resp.forward_id = st->req->forward_id;
-  /* The client-side cache goes back in the response (copied into the message: one copy). */
-  Splitlearn__Comm__KVCacheEntry *ents = NULL, **eptr = NULL;
-  int32_t *shapes = NULL;
+  /* The client-side cache goes back in the response without being copied: each entry is sent
+   * as hand-encoded KVCacheEntry headers (arena) between borrowed segments of the present
+   * buffers, which live until the call is freed (compute_free). Then field 1, the output. */
   int nl = st->sm->model->n_kv_layers;
   if (st->present && !st->session && nl > 0) {
-    ents = ss_arena_alloc(&st->arena, (size_t)nl * sizeof *ents);
-    eptr = ss_arena_alloc(&st->arena, (size_t)nl * sizeof *eptr);
-    shapes = ss_arena_alloc(&st->arena, (size_t)nl * 8 * sizeof *shapes);
-    if (ents && eptr && shapes) {
-      for (int l = 0; l < nl; l++) {
-        Splitlearn__Comm__KVCacheEntry *e = &ents[l];
-        splitlearn__comm__kvcache_entry__init(e);
-        const ss_kv_layer *p = &st->present[l];
-        int32_t *ks = shapes + 8 * l, *vs = ks + 4;
-        for (int d = 0; d < 4; d++) {
-          ks[d] = (int32_t)p->key.shape[d];
-          vs[d] = (int32_t)p->value.shape[d];
-        }
-        e->has_key_data = e->has_value_data = 1;
-        e->key_data = (ProtobufCBinaryData){p->key.nbytes, p->key.data};
-        e->value_data = (ProtobufCBinaryData){p->value.nbytes, p->value.data};
-        e->n_key_shape = e->n_value_shape = 4;
-        e->key_shape = ks;
-        e->value_shape = vs;
-        eptr[l] = e;
-      }
-      resp.n_present_key_values = (size_t)nl;
-      resp.present_key_values = eptr;
+    size_t nsegs = (size_t)nl * 5 + 2;
+    ss_seg *segs = ss_arena_alloc(&st->arena, nsegs * sizeof *segs);
+    uint8_t *hdr = ss_arena_alloc(&st->arena, (size_t)nl * 128 + 16);
+    if (!segs || !hdr) {
+      free(owner);
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+      return;
     }
+    size_t k = 0;
+    for (int l = 0; l < nl; l++) {
+      const ss_kv_layer *p = &st->present[l];
+      uint8_t shp[2][48];
+      size_t shl[2] = {0, 0};
+      for (int d = 0; d < 4; d++) {
+        shl[0] += ss_pb_varint(shp[0] + shl[0], (uint64_t)p->key.shape[d]);
+        shl[1] += ss_pb_varint(shp[1] + shl[1], (uint64_t)p->value.shape[d]);
+      }
+      uint8_t tmp[16];
+      size_t entry = ss_pb_field_header(tmp, 1, p->key.nbytes) + p->key.nbytes +
+                     ss_pb_field_header(tmp, 2, shl[0]) + shl[0] +
+                     ss_pb_field_header(tmp, 3, p->value.nbytes) + p->value.nbytes +
+                     ss_pb_field_header(tmp, 4, shl[1]) + shl[1];
+      uint8_t *h = hdr + (size_t)l * 128, *q = h;
+      q += ss_pb_field_header(q, 7, entry);          /* present_key_values[l] */
+      q += ss_pb_field_header(q, 1, p->key.nbytes);  /* key_data */
+      segs[k++] = (ss_seg){h, (size_t)(q - h)};
+      segs[k++] = (ss_seg){p->key.data, p->key.nbytes};
+      h = q;
+      q += ss_pb_field_header(q, 2, shl[0]);         /* key_shape, packed */
+      memcpy(q, shp[0], shl[0]), q += shl[0];
+      q += ss_pb_field_header(q, 3, p->value.nbytes); /* value_data */
+      segs[k++] = (ss_seg){h, (size_t)(q - h)};
+      segs[k++] = (ss_seg){p->value.data, p->value.nbytes};
+      h = q;
+      q += ss_pb_field_header(q, 4, shl[1]);         /* value_shape, packed */
+      memcpy(q, shp[1], shl[1]), q += shl[1];
+      segs[k++] = (ss_seg){h, (size_t)(q - h)};
+    }
+    uint8_t *d = hdr + (size_t)nl * 128;
+    segs[k++] = (ss_seg){d, ss_pb_field_header(d, 1, nbytes)}; /* data */
+    segs[k++] = (ss_seg){data, nbytes};
+    st->present_in_reply = 1;
+    ss_call_reply_segs(call, &resp.base, segs, k, owner);
+    return;
   }
   ss_call_reply(call, &resp.base, 1, data, nbytes, owner);
 }
@@ -256,7 +277,7 @@ static void job_done(ss_job *job) {
       send_reply(st, data, st->out_nbytes, data);
     }
   }
-  present_free(st); /* packed into the response (or unused) */
+  if (!st->present_in_reply) present_free(st); /* else sent from these buffers: compute_free */
   ss_call_unref(call); /* the job's reference */
 }
 
