@@ -64,7 +64,7 @@ bench() { # label levels args...
 }
 
 SS="$BIN/splitserve --listen 127.0.0.1:0 --log-level warn"
-PEER="$PY bench/peers/peer_server.py --listen 127.0.0.1:0 --py-dir build/py --torch-threads 1"
+PEER="$PY bench/peers/peer_server.py --listen 127.0.0.1:0 --py-dir build/py"
 
 echo "=== 1. the seeds' table (handler waits 100 ms)"
 start ss-sync $SS --workers 0
@@ -79,10 +79,10 @@ stop
 start ss-unbounded $SS --workers 2
 bench "splitserve unbounded (sleep 100ms)" "$levels_seed" --model sleep --metadata ms=100 --shape 1
 stop
-start peer-aio $PEER --mode aio
+start peer-aio $PEER --mode aio --torch-threads 1
 bench "grpc.aio peer (sleep 100ms)" "$levels_seed" --model sleep --metadata ms=100 --shape 1
 stop
-start peer-sync $PEER --mode sync
+start peer-sync $PEER --mode sync --torch-threads 1
 bench "grpc sync peer, 10 threads (sleep 100ms)" "${levels_seed%,4096}" --model sleep --metadata ms=100 --shape 1
 stop
 
@@ -92,7 +92,7 @@ for shape in 1 1,10,768; do
   bench "splitserve identity [$shape]" "$levels_rpc" --model identity --shape "$shape"
   stop
   for mode in aio sync; do
-    start "peer-$mode" $PEER --mode "$mode"
+    start "peer-$mode" $PEER --mode "$mode" --torch-threads 1
     bench "grpc $mode peer identity [$shape]" "$levels_rpc" --model identity --shape "$shape"
     stop
   done
@@ -103,8 +103,18 @@ start ss $SS --workers 2 --intra-op-threads 1
 bench "splitserve mlp" "$levels_mlp" --model mlp --shape 1,10,768
 stop
 for mode in aio sync; do
-  start "peer-$mode" $PEER --mode "$mode" --workers 2
+  start "peer-$mode" $PEER --mode "$mode" --workers 2 --torch-threads 1
   bench "grpc $mode peer mlp (torch)" "$levels_mlp" --model mlp --shape 1,10,768
+  stop
+done
+
+echo "=== 3b. mlp latency at 1 in flight, 2 BLAS threads for the one call on both sides"
+start ss $SS --workers 1 --intra-op-threads 2
+bench "splitserve mlp, 1 worker x 2 threads" 1 --model mlp --shape 1,10,768
+stop
+for mode in aio sync; do
+  start "peer-$mode" $PEER --mode "$mode" --workers 1 --torch-threads 2
+  bench "grpc $mode peer mlp (torch), 2 threads" 1 --model mlp --shape 1,10,768
   stop
 done
 
