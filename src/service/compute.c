@@ -407,8 +407,8 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
     st->n_past = n;
   }
   if (sid) {
-    const char *why = NULL;
-    switch (ss_session_acquire(call->srv->sessions, m->id, sid, &st->session, &why)) {
+    char why[128] = "";
+    switch (ss_session_acquire(call->srv->sessions, m->id, sid, &st->session, why, sizeof why)) {
     case SS_SESSION_OK: break;
     case SS_SESSION_EVICTED:
       ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,

@@ -57,13 +57,13 @@ static char *make_key(const char *model, const char *id) {
 }
 
 int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_session **out,
-                       const char **why) {
+                       char *why, size_t whylen) {
   char *key = make_key(model, id);
   if (!key) return SS_SESSION_NOMEM;
   const char *gone = NULL;
   ss_kentry *e = ss_kcache_get(s->cache, key, 1, &gone);
   if (!e && gone && strncmp(gone, "evicted", 7) == 0) {
-    *why = gone;
+    snprintf(why, whylen, "%s", gone); /* copied: forgetting frees the record */
     ss_kcache_forget(s->cache, key); /* reported once: the client may start over */
     free(key);
     return SS_SESSION_EVICTED;

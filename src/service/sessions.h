@@ -34,10 +34,10 @@ void ss_sessions_free(ss_sessions *s);
 enum { SS_SESSION_OK = 0, SS_SESSION_EVICTED = 1, SS_SESSION_BUSY = 2, SS_SESSION_NOMEM = 3 };
 
 /* Find or create the session (model, id) and mark it busy. *out is set on SS_SESSION_OK.
- * SS_SESSION_EVICTED: the id was evicted earlier; *why says why (reported once: a later call
- * with the same id starts a new session). */
+ * SS_SESSION_EVICTED: the id was evicted earlier; why[whylen] receives the reason (reported
+ * once: a later call with the same id starts a new session). */
 int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_session **out,
-                       const char **why);
+                       char *why, size_t whylen);
 /* The call finished: when present != NULL it becomes the session's cache (ownership taken;
  * the old cache is freed); the session is no longer busy. end: free the session now. */
 void ss_session_release(ss_sessions *s, ss_session *sess, ss_kv_layer *present, int n_layers,

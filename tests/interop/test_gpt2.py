@@ -5,6 +5,7 @@ prefix, F32 and F16 storage): prefill, decode steps with the client-side cache
 n_positions, cache entries of the wrong count or shape, bad checkpoints at start-up)."""
 import os
 import shutil
+import time
 import tempfile
 
 import numpy as np
@@ -174,6 +175,40 @@ def test_decode_server_session():
     expect_error(lambda: _call("t", np.zeros((1, 2, 64), np.float32), session="s3"),
                  SC.INVALID_ARGUMENT, "past_len 47 + seq 2 exceeds n_positions 48", "session")
     _call("t", np.zeros((1, 1, 64), np.float32), session="s3", session_end=1)
+
+
+def test_session_eviction():
+    """Sessions past --session-ttl, or pushed out by --session-memory-mb (least recently used
+    first), answer FAILED_PRECONDITION saying they were evicted and why; the id then starts over."""
+    wpath = os.path.join(TMP, "t.safetensors")
+    cpath = os.path.join(TMP, "t.json")
+    if not (os.path.exists(wpath) and os.path.exists(cpath)):
+        wpath, cpath, _ = gpt2_ref.write_checkpoint(TMP, "t", CFG, storage="F32", prefix="",
+                                                    weights=gpt2_ref.random_weights(CFG, seed=7))
+    srv = sslib.Server("--workers", "1", "--session-ttl", "1", "--session-memory-mb", "1",
+                       "--model", "t=gpt2,weights=%s,config=%s,layers=1:3" % (wpath, cpath))
+    c = sslib.connect(srv)
+    try:
+        def call(x, **meta):
+            return c.compute(make_req(x, model="t", **meta), timeout=T(10))
+        x = _x(1, 40, 3)
+        # memory: 40 tokens x 2 layers x (K + V) x 64 floats = 40 KiB per session; 30 > 1 MiB
+        for k in range(30):
+            call(x, session="m%d" % k)
+        expect_error(lambda: call(x[:, :1], session="m0"), SC.FAILED_PRECONDITION,
+                     "session 'm0'", "evicted", "memory budget")
+        call(x[:, :1], session="m0")  # reported once: the id starts a new session
+        info = dict(c.info(sslib.pb.ServiceInfoRequest(), timeout=T(5)).custom_info)
+        assert int(info["session_bytes"]) <= 1 << 20, info
+        assert int(info["sessions_evicted"]) >= 1, info
+        # time-to-live
+        call(x[:, :4], session="idle")
+        time.sleep(T(2.6))
+        expect_error(lambda: call(x[:, :1], session="idle"), SC.FAILED_PRECONDITION,
+                     "session 'idle'", "evicted", "time-to-live")
+    finally:
+        c.close()
+        srv.stop_ok()
 
 
 def test_decode_up_to_n_positions():
