@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "net/h2mem.h"
 #include "net/server_int.h"
 
 #define SS_WBUF_HIGH (1u << 20)
@@ -377,7 +378,9 @@ static void on_write(uv_write_t *req, int status) {
     ss_conn_close(c);
     return;
   }
-  if (c->inflight_cap > SS_WBUF_KEEP) { /* a burst's big buffer is not kept per connection */
+  if (c->inflight_cap > SS_WBUF_KEEP || (c->wlen == 0 && !nghttp2_session_want_write(c->h2))) {
+    /* A burst's big buffer is not kept, and an idle connection keeps no write buffer at all
+     * (10k idle connections would otherwise hold 2 x 4 KiB each). */
     free(c->inflight_buf);
     c->inflight_buf = NULL;
     c->inflight_cap = 0;
@@ -478,7 +481,7 @@ void ss_conn_accept(ss_server *s) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  if (nghttp2_session_server_new2(&c->h2, s->h2cb, c, s->h2opt) != 0) {
+  if (nghttp2_session_server_new3(&c->h2, s->h2cb, c, s->h2opt, ss_h2mem()) != 0) {
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     return;
   }
