@@ -30,29 +30,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   levels_seed="1,64,512,4096"; levels_sync="1,8"; levels_rpc="1,64"; levels_mlp="1,16"
 fi
 
-start() { # name cmd... ; sets SRV_PID and PORT
-  local name=$1; shift
-  local log="$LOGDIR/$name.log"
-  "$@" > "$log" 2>&1 &
-  SRV_PID=$!
-  for _ in $(seq 1 300); do
-    if grep -qE "listening on [0-9.]+:[0-9]+" "$log"; then
-      PORT=$(grep -oE "listening on [0-9.]+:[0-9]+" "$log" | head -1 | sed 's/.*://')
-      return 0
-    fi
-    if ! kill -0 "$SRV_PID" 2>/dev/null; then echo "$name failed to start:"; cat "$log"; exit 1; fi
-    sleep 0.1
-  done
-  echo "$name did not start"; cat "$log"; exit 1
-}
-
-stop() {
-  if [ -n "$SRV_PID" ]; then
-    kill -TERM "$SRV_PID" 2>/dev/null || true
-    wait "$SRV_PID" 2>/dev/null || true
-    SRV_PID=""
-  fi
-}
+. bench/lib.sh  # (the script has cd-ed to the repository root)
 trap 'stop; rm -rf "$LOGDIR"' EXIT
 
 bench() { # label levels args...

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "gpt2_block_ref.h"
 #include "models/model.h"
 #include "models/safetensors.h"
 
@@ -107,71 +108,17 @@ static int create(const char *spec, ss_model **m, char *err, size_t errlen) {
 
 /* ---------------------------------------------------------------- naive reference ---- */
 
-static void ref_ln(const double *x, double *y, const float *g, const float *b) {
-  double mean = 0, var = 0;
-  for (int j = 0; j < E; j++) mean += x[j];
-  mean /= E;
-  for (int j = 0; j < E; j++) var += (x[j] - mean) * (x[j] - mean);
-  var /= E;
-  for (int j = 0; j < E; j++) y[j] = (x[j] - mean) / sqrt(var + 1e-5) * g[j] + b[j];
-}
-
-/* Blocks [a,b) over x [S][E] (one sequence, no past), in place. */
+/* Blocks [a,b) over x [S][E] (one sequence, no past), in place (gpt2_block_ref.h). */
 static void ref_forward(double *x, int S, int a, int b) {
-  double *ln = malloc(sizeof(double) * (size_t)S * E),
-         *qkv = malloc(sizeof(double) * (size_t)S * 3 * E);
-  double *att = malloc(sizeof(double) * (size_t)S * E), *fc = malloc(sizeof(double) * NI);
-  double sc[NPOS];
+  static double wd[NT][E * NI];
   for (int l = a; l < b; l++) {
-    float(*w)[E * NI] = W[l];
-    for (int i = 0; i < S; i++) ref_ln(x + i * E, ln + i * E, w[0], w[1]);
-    for (int i = 0; i < S; i++)
-      for (int o = 0; o < 3 * E; o++) {
-        double s = w[3][o];
-        for (int j = 0; j < E; j++) s += ln[i * E + j] * w[2][j * 3 * E + o];
-        qkv[i * 3 * E + o] = s;
-      }
-    for (int h = 0; h < NH; h++)
-      for (int i = 0; i < S; i++) {
-        double mx = -1e300, sum = 0;
-        for (int j = 0; j <= i; j++) {
-          double s = 0;
-          for (int d = 0; d < HD; d++)
-            s += qkv[i * 3 * E + h * HD + d] * qkv[j * 3 * E + E + h * HD + d];
-          sc[j] = s / sqrt((double)HD);
-          if (sc[j] > mx) mx = sc[j];
-        }
-        for (int j = 0; j <= i; j++) sum += (sc[j] = exp(sc[j] - mx));
-        for (int d = 0; d < HD; d++) {
-          double s = 0;
-          for (int j = 0; j <= i; j++) s += sc[j] / sum * qkv[j * 3 * E + 2 * E + h * HD + d];
-          att[i * E + h * HD + d] = s;
-        }
-      }
-    for (int i = 0; i < S; i++)
-      for (int o = 0; o < E; o++) {
-        double s = w[5][o];
-        for (int j = 0; j < E; j++) s += att[i * E + j] * w[4][j * E + o];
-        x[i * E + o] += s;
-      }
-    for (int i = 0; i < S; i++) {
-      ref_ln(x + i * E, ln, w[6], w[7]);
-      for (int o = 0; o < NI; o++) {
-        double s = w[9][o];
-        for (int j = 0; j < E; j++) s += ln[j] * w[8][j * NI + o];
-        fc[o] = 0.5 * s * (1 + tanh(sqrt(2 / M_PI) * (s + 0.044715 * s * s * s)));
-      }
-      for (int o = 0; o < E; o++) {
-        double s = w[11][o];
-        for (int j = 0; j < NI; j++) s += fc[j] * w[10][j * E + o];
-        x[i * E + o] += s;
-      }
+    const double *w[NT];
+    for (int k = 0; k < NT; k++) {
+      for (int i = 0; i < E * NI; i++) wd[k][i] = W[l][k][i];
+      w[k] = wd[k];
     }
+    ref_gpt2_block(x, S, E, NH, NI, w);
   }
-  free(ln);
-  free(qkv);
-  free(att);
-  free(fc);
 }
 
 /* ---------------------------------------------------------------- helpers ---- */

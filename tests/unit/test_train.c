@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "gpt2_block_ref.h"
 #include "models/model.h"
 #include "models/optim.h"
 #include "models/safetensors.h"
@@ -458,63 +459,12 @@ static size_t tnumel(int k) {
   return (size_t)tshape[k][0] * (size_t)(tndim[k] == 2 ? tshape[k][1] : 1);
 }
 
-static void ref_ln(const double *x, double *y, const double *g, const double *b) {
-  double mean = 0, var = 0;
-  for (int j = 0; j < E; j++) mean += x[j];
-  mean /= E;
-  for (int j = 0; j < E; j++) var += (x[j] - mean) * (x[j] - mean);
-  var /= E;
-  for (int j = 0; j < E; j++) y[j] = (x[j] - mean) / sqrt(var + 1e-5) * g[j] + b[j];
-}
-
-/* Layers 1..2 over one sequence x [GS][E], in place. */
+/* Layers 1..2 over one sequence x [GS][E], in place (gpt2_block_ref.h). */
 static void ref_seq(double *x) {
-  double ln[GS * E], qkv[GS * 3 * E], att[GS * E], fc[NI], sc[GS];
   for (int l = 1; l < NL; l++) {
-    double(*w)[E * NI] = GW[l];
-    for (int i = 0; i < GS; i++) ref_ln(x + i * E, ln + i * E, w[0], w[1]);
-    for (int i = 0; i < GS; i++)
-      for (int o = 0; o < 3 * E; o++) {
-        double s = w[3][o];
-        for (int j = 0; j < E; j++) s += ln[i * E + j] * w[2][j * 3 * E + o];
-        qkv[i * 3 * E + o] = s;
-      }
-    for (int h = 0; h < NH; h++)
-      for (int i = 0; i < GS; i++) {
-        double mx = -1e300, sum = 0;
-        for (int j = 0; j <= i; j++) {
-          double s = 0;
-          for (int d = 0; d < HD; d++)
-            s += qkv[i * 3 * E + h * HD + d] * qkv[j * 3 * E + E + h * HD + d];
-          sc[j] = s / sqrt((double)HD);
-          if (sc[j] > mx) mx = sc[j];
-        }
-        for (int j = 0; j <= i; j++) sum += (sc[j] = exp(sc[j] - mx));
-        for (int d = 0; d < HD; d++) {
-          double s = 0;
-          for (int j = 0; j <= i; j++) s += sc[j] / sum * qkv[j * 3 * E + 2 * E + h * HD + d];
-          att[i * E + h * HD + d] = s;
-        }
-      }
-    for (int i = 0; i < GS; i++)
-      for (int o = 0; o < E; o++) {
-        double s = w[5][o];
-        for (int j = 0; j < E; j++) s += att[i * E + j] * w[4][j * E + o];
-        x[i * E + o] += s;
-      }
-    for (int i = 0; i < GS; i++) {
-      ref_ln(x + i * E, ln, w[6], w[7]);
-      for (int o = 0; o < NI; o++) {
-        double s = w[9][o];
-        for (int j = 0; j < E; j++) s += ln[j] * w[8][j * NI + o];
-        fc[o] = 0.5 * s * (1 + tanh(sqrt(2 / M_PI) * (s + 0.044715 * s * s * s)));
-      }
-      for (int o = 0; o < E; o++) {
-        double s = w[11][o];
-        for (int j = 0; j < NI; j++) s += fc[j] * w[10][j * E + o];
-        x[i * E + o] += s;
-      }
-    }
+    const double *w[NT];
+    for (int k = 0; k < NT; k++) w[k] = GW[l][k];
+    ref_gpt2_block(x, GS, E, NH, NI, w);
   }
 }
 
