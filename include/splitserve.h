@@ -113,7 +113,8 @@ typedef struct ss_server_config {
 SS_API void ss_server_config_init(ss_server_config *cfg);
 
 /* Create a server: loads models, binds the listener (so ss_server_port() is valid after),
- * starts the workers. cfg is borrowed for the call only. On failure returns <0 and writes
+ * starts the workers. SIGPIPE is set to ignored if it was at its default (a client that
+ * disconnects mid-write must not kill the process). cfg is borrowed for the call only. On failure returns <0 and writes
  * a human message into err (may be NULL). *out: caller frees with ss_server_free(). */
 SS_API int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_t errlen);
 

@@ -1068,6 +1068,7 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
   m->kind = "gpt2";
   m->ops = &gpt2_ops;
   m->impl = p;
+  m->weights = p->st;
   m->exec = SS_EXEC_WORKER;
   m->echo = 0;
   m->n_kv_layers = p->b - p->a;

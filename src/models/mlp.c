@@ -644,6 +644,7 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
   m->kind = "mlp";
   m->ops = &mlp_ops;
   m->impl = p;
+  m->weights = p->st;
   m->exec = SS_EXEC_WORKER;
   m->echo = 0;
   m->n_params = 0;

@@ -115,6 +115,8 @@ struct ss_model {
   uv_rwlock_t lock;         /* weights: forward/backward read, step writes (workers only) */
   int64_t n_params;         /* parameter count (0 for built-ins) */
   size_t weight_bytes;      /* bytes of weights resident */
+  const struct ss_st_file *weights; /* the mapped weights file, or NULL; the service calls
+                                     * ss_st_check() on it after each forward (in-place changes) */
   char describe[160];       /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
 };
 

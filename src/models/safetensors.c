@@ -12,6 +12,8 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdint.h>
@@ -27,6 +29,11 @@
 struct ss_st_file {
   void *map; /* mmap base (NULL when parsed from a borrowed buffer) */
   size_t map_len;
+  char *path; /* the file it was opened from (NULL when parsed from memory) */
+  dev_t dev;  /* its identity when opened (ss_st_changed_on_disk) */
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
   size_t n;
   ss_st_tensor *t; /* n tensors, in header order */
 };
@@ -38,6 +45,20 @@ struct ss_st_file {
  * (models are loaded on the main thread and, on SIGHUP, on a worker). A file is the same file
  * when device, inode, size and modification time all match; checkpoints are written to a new
  * inode (rename), so a rewritten file is mapped afresh.
+ *
+ * In-place changes. A mapped file that is truncated or rewritten in place (`cp new model.st`
+ * truncates first) would raise SIGBUS on the next read of a page past the new end, killing the
+ * process. splitserve guards against that instead of copying the weights:
+ *   - every mapping is registered in a fixed, lock-free table of address ranges (guard[]);
+ *   - a SIGBUS handler whose fault address lies in a registered range maps a zero page over the
+ *     faulting page (MAP_FIXED anonymous, so the read completes and reads zeros), marks the
+ *     mapping damaged and returns; a fault anywhere else restores the previous handler, so the
+ *     process dies as it would have;
+ *   - the file descriptor stays open, and ss_st_check() (called after every forward) fails when
+ *     the mapping was damaged or when fstat shows a new size or mtime on the same inode;
+ *     the service then fails the call with FAILED_PRECONDITION and the model keeps refusing
+ *     until it is reloaded. Replacing the file by rename leaves the mapped inode intact (calls
+ *     go on with the old weights) and SIGHUP loads the new one.
  */
 typedef struct shared_map {
   dev_t dev;
@@ -45,31 +66,96 @@ typedef struct shared_map {
   off_t size;
   struct timespec mtime;
   void *map;
+  int fd;         /* kept open: fstat tells an in-place change from a rename */
+  int slot;       /* index in guard[], or -1 when the table was full (no SIGBUS guard) */
   int refs;
   struct shared_map *next;
 } shared_map;
 
+#define SS_GUARD_SLOTS 256
+typedef struct guard_slot {
+  _Atomic uintptr_t base; /* 0 = free */
+  _Atomic size_t len;
+  atomic_int damaged;
+} guard_slot;
+static guard_slot guard[SS_GUARD_SLOTS];
+static struct sigaction prev_bus;
+static int guard_installed; /* under maps_mu */
+
 static pthread_mutex_t maps_mu = PTHREAD_MUTEX_INITIALIZER;
 static shared_map *maps;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uctx) {
+  uintptr_t a = (uintptr_t)si->si_addr;
+  for (int i = 0; i < SS_GUARD_SLOTS; i++) {
+    uintptr_t b = atomic_load(&guard[i].base);
+    if (b && a >= b && a < b + atomic_load(&guard[i].len)) {
+      long pg = sysconf(_SC_PAGESIZE);
+      uintptr_t page = a & ~((uintptr_t)pg - 1);
+      void *p = mmap((void *)page, (size_t)pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                     -1, 0);
+      atomic_store(&guard[i].damaged, 1);
+      if (p != MAP_FAILED) return; /* the read is retried and sees zeros */
+      break;
+    }
+  }
+  /* Not ours: the previous disposition decides (the default kills the process). */
+  if (prev_bus.sa_flags & SA_SIGINFO) {
+    if (prev_bus.sa_sigaction) {
+      prev_bus.sa_sigaction(sig, si, uctx);
+      return;
+    }
+  } else if (prev_bus.sa_handler != SIG_DFL && prev_bus.sa_handler != SIG_IGN) {
+    prev_bus.sa_handler(sig);
+    return;
+  }
+  sigaction(SIGBUS, &prev_bus, NULL); /* returning re-faults into the old disposition */
+}
+
+static void guard_install_locked(void) {
+  if (guard_installed) return;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_sigbus;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGBUS, &sa, &prev_bus) == 0) guard_installed = 1;
+}
+
+static int guard_add(void *base, size_t len) {
+  for (int i = 0; i < SS_GUARD_SLOTS; i++)
+    if (atomic_load(&guard[i].base) == 0) {
+      atomic_store(&guard[i].damaged, 0);
+      atomic_store(&guard[i].len, len);
+      atomic_store(&guard[i].base, (uintptr_t)base);
+      return i;
+    }
+  return -1;
+}
 
 static void *map_acquire(int fd, const struct stat *st) {
   void *map = NULL;
   pthread_mutex_lock(&maps_mu);
   for (shared_map *m = maps; m; m = m->next)
     if (m->dev == st->st_dev && m->ino == st->st_ino && m->size == st->st_size &&
-        m->mtime.tv_sec == st->st_mtim.tv_sec && m->mtime.tv_nsec == st->st_mtim.tv_nsec) {
+        m->mtime.tv_sec == st->st_mtim.tv_sec && m->mtime.tv_nsec == st->st_mtim.tv_nsec &&
+        (m->slot < 0 || !atomic_load(&guard[m->slot].damaged))) {
       m->refs++;
       map = m->map;
       break;
     }
   if (!map) {
     shared_map *m = calloc(1, sizeof *m);
-    void *p = m ? mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    int dfd = m ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    void *p = dfd >= 0 ? mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
     if (p != MAP_FAILED) {
-      *m = (shared_map){st->st_dev, st->st_ino, st->st_size, st->st_mtim, p, 1, maps};
+      guard_install_locked();
+      *m = (shared_map){st->st_dev, st->st_ino, st->st_size, st->st_mtim, p, dfd,
+                        guard_add(p, (size_t)st->st_size), 1, maps};
       maps = m;
       map = p;
     } else {
+      if (dfd >= 0) close(dfd);
       free(m);
     }
   }
@@ -84,7 +170,9 @@ static void map_release(void *map) {
       shared_map *m = *pp;
       if (--m->refs == 0) {
         *pp = m->next;
+        if (m->slot >= 0) atomic_store(&guard[m->slot].base, 0);
         munmap(m->map, (size_t)m->size);
+        close(m->fd);
         free(m);
       }
       break;
@@ -92,6 +180,40 @@ static void map_release(void *map) {
   pthread_mutex_unlock(&maps_mu);
 }
 
+int ss_st_check(const ss_st_file *f, char *err, size_t errlen) {
+  if (f == NULL || f->map == NULL) return 0;
+  int rc = 0;
+  pthread_mutex_lock(&maps_mu);
+  for (shared_map *m = maps; m; m = m->next) {
+    if (m->map != f->map) continue;
+    struct stat st;
+    if (m->slot >= 0 && atomic_load(&guard[m->slot].damaged)) {
+      snprintf(err, errlen, "weights file %s was truncated while being served (a read past its "
+               "new end faulted); replace weights files by rename, then send SIGHUP", f->path);
+      rc = SS_EPRECONDITION;
+    } else if (fstat(m->fd, &st) == 0 &&
+               (st.st_size != m->size || st.st_mtim.tv_sec != m->mtime.tv_sec ||
+                st.st_mtim.tv_nsec != m->mtime.tv_nsec)) {
+      snprintf(err, errlen, "weights file %s was changed in place while being served (size %lld "
+               "-> %lld bytes); replace weights files by rename, then send SIGHUP", f->path,
+               (long long)m->size, (long long)st.st_size);
+      rc = SS_EPRECONDITION;
+    }
+    break;
+  }
+  pthread_mutex_unlock(&maps_mu);
+  return rc;
+}
+
+int ss_st_changed_on_disk(const ss_st_file *f) {
+  if (f == NULL || f->map == NULL || f->path == NULL) return 0;
+  char e[8];
+  if (ss_st_check(f, e, sizeof e) != 0) return 1;
+  struct stat st;
+  if (stat(f->path, &st) != 0) return 0; /* gone: keep what is mapped */
+  return st.st_dev != f->dev || st.st_ino != f->ino || st.st_size != f->size ||
+         st.st_mtim.tv_sec != f->mtime.tv_sec || st.st_mtim.tv_nsec != f->mtime.tv_nsec;
+}
 
 /* The byte range of a tensor inside the buffer, for the overlap check. */
 typedef struct st_range {
@@ -108,6 +230,7 @@ static void st_free(ss_st_file *f) {
   if (f == NULL) return;
   for (size_t i = 0; i < f->n; i++) free(f->t[i].name);
   free(f->t);
+  free(f->path);
   if (f->map != NULL) map_release(f->map);
   free(f);
 }
@@ -315,7 +438,7 @@ int ss_st_open(const char *path, ss_st_file **out, char *err, size_t errlen) {
   int fd, rc;
 
   *out = NULL;
-  fd = open(path, O_RDONLY | O_CLOEXEC);
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block start-up */
   if (fd < 0) {
     rc = errno == ENOENT ? SS_ENOTFOUND : SS_EIO;
     snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -346,6 +469,11 @@ int ss_st_open(const char *path, ss_st_file **out, char *err, size_t errlen) {
   }
   (*out)->map = map;
   (*out)->map_len = (size_t)st.st_size;
+  (*out)->path = strdup(path);
+  (*out)->dev = st.st_dev;
+  (*out)->ino = st.st_ino;
+  (*out)->size = st.st_size;
+  (*out)->mtime = st.st_mtim;
   return 0;
 }
 

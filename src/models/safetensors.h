@@ -39,6 +39,15 @@ const ss_st_tensor *ss_st_at(const ss_st_file *f, size_t i);
 const ss_st_tensor *ss_st_find(const ss_st_file *f, const char *name);
 void ss_st_close(ss_st_file *f);
 
+/* Are f's mapped bytes still the file's? Fails (SS_EPRECONDITION, message naming the file) when
+ * the file was truncated under the mapping (a read faulted: see the SIGBUS guard in
+ * safetensors.c) or rewritten in place (same inode, new size or mtime). Any thread; cheap
+ * (one fstat): called after every forward of a model that reads mapped weights. */
+int ss_st_check(const ss_st_file *f, char *err, size_t errlen);
+/* Does the path f was opened from now name other bytes (renamed-over, changed in place or
+ * damaged)? Used by a reload to load such a model afresh even when its spec is unchanged. */
+int ss_st_changed_on_disk(const ss_st_file *f);
+
 /* A float32 view of t's data: the mmapped bytes themselves when t is F32 and 4-byte aligned
  * (*own = NULL), else a converted copy in *own (caller frees). Returns 0 or SS_ENOMEM. */
 int ss_st_f32(const ss_st_tensor *t, const float **view, float **own);

@@ -14,6 +14,7 @@
  */
 #include <cblas.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,6 +272,13 @@ static int bind_listener(ss_server *s, char *err, size_t errlen) {
 }
 
 int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_t errlen) {
+  /* A peer that closes its socket while we write must cost an EPIPE, not the process: libuv
+   * writes sockets with write(2)/writev(2), which raise SIGPIPE. Ignored process-wide (only
+   * when still at its default, so an embedding application's own handler stays). */
+  struct sigaction pipe_sa;
+  if (sigaction(SIGPIPE, NULL, &pipe_sa) == 0 && !(pipe_sa.sa_flags & SA_SIGINFO) &&
+      pipe_sa.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
   ss_server *s = calloc(1, sizeof *s);
   if (!s) return fail(err, errlen, SS_ENOMEM, "out of memory");
   s->cfg = *cfg;

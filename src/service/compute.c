@@ -30,6 +30,7 @@
 #include "compute_service.pb-c.h"
 #include "core/arena.h"
 #include "core/log.h"
+#include "models/safetensors.h"
 #include "service/handlers.h"
 #include "service/sessions.h"
 #include "service/wire.h"
@@ -210,6 +211,8 @@ static void job_run(ss_job *job) {
     st->rc = m->ops->forward(m, &in, &out, &st->meta, st->err, sizeof st->err);
   }
   uv_rwlock_rdunlock(&((ss_model *)m)->lock);
+  if (st->rc == 0 && m->weights && ss_st_check(m->weights, st->err, sizeof st->err) != 0)
+    st->rc = SS_EPRECONDITION; /* the weights file changed under the mapping: result is void */
   free(in32);
   in32 = NULL;
   if (st->rc == 0 && st->in.dtype != SS_DTYPE_F32) {

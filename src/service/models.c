@@ -16,6 +16,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "models/safetensors.h"
 #include "net/server_int.h"
 
 static const char *const builtin_specs[] = {"mlp=mlp", "identity=identity", "scale=scale",
@@ -372,6 +373,11 @@ void ss_models_reload(ss_server *s) {
     return;
   }
   for (size_t i = 0; i < s->nmodels; i++) {
+    const ss_model *m = s->models[i]->model;
+    if (m->weights && ss_st_changed_on_disk(m->weights)) {
+      SS_LOGI("SIGHUP: model '%s': its weights file changed on disk; loading it again", m->id);
+      continue; /* not kept: loaded afresh from the new file */
+    }
     r->keep[r->nkeep] = strdup(s->models[i]->spec);
     if (r->keep[r->nkeep]) r->nkeep++; /* a spec missing here is merely loaded again */
   }

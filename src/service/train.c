@@ -30,6 +30,7 @@
 #include "core/arena.h"
 #include "core/kcache.h"
 #include "core/log.h"
+#include "models/safetensors.h"
 #include "service/handlers.h"
 #include "service/wire.h"
 
@@ -152,6 +153,8 @@ static void bw_run(ss_job *job) {
   gi.data = st->grad_in;
   uv_rwlock_rdlock(&m->lock);
   st->rc = m->ops->backward(m, st->rec->saved, &go, &gi, st->err, sizeof st->err);
+  if (st->rc == 0 && m->weights && ss_st_check(m->weights, st->err, sizeof st->err) != 0)
+    st->rc = SS_EPRECONDITION;
   uv_rwlock_rdunlock(&m->lock);
   if (st->rc == 0 && st->do_step) {
     uv_rwlock_wrlock(&m->lock);
