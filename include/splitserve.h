@@ -81,6 +81,18 @@ typedef enum { SS_DTYPE_F32 = 0, SS_DTYPE_F16 = 1, SS_DTYPE_BF16 = 2 } ss_dtype;
 
 #define SS_MAX_DIMS 8
 
+/* Bytes per element (4 or 2). */
+SS_API size_t ss_dtype_size(ss_dtype dt);
+/* "float32", "float16", "bfloat16". */
+SS_API const char *ss_dtype_name(ss_dtype dt);
+/* Parse a dtype name (float32/f32/fp32, float16/f16/half, bfloat16/bf16); 0 or SS_EINVAL. */
+SS_API int ss_dtype_parse(const char *s, ss_dtype *out);
+/* "[1,10,768]" into buf; returns buf. */
+SS_API char *ss_shape_str(const int64_t *shape, int ndim, char *buf, size_t buflen);
+/* Convert n elements of dtype dt to float32 and back (row-major, little-endian). */
+SS_API void ss_to_f32(ss_dtype dt, const void *in, float *out, size_t n);
+SS_API void ss_from_f32(ss_dtype dt, const float *in, void *out, size_t n);
+
 /* ---------------------------------------------------------------- server ---- */
 
 typedef struct ss_server ss_server;
@@ -112,6 +124,18 @@ typedef struct ss_server_config {
 /* Fill cfg with the defaults above. */
 SS_API void ss_server_config_init(ss_server_config *cfg);
 
+/* A YAML server configuration file (--config; examples/server.yaml), as loaded. */
+typedef struct ss_config_file ss_config_file;
+/* Read path into cfg: every key the file sets overrides cfg's value, its models become
+ * cfg->models (with their limits), cfg->config_path = path (SIGHUP re-reads it). The strings
+ * cfg now points to live in *out: free it with ss_config_file_free after the server is freed.
+ * On error returns <0 with "PATH:LINE:COL: message" in err; cfg is then untouched. */
+SS_API int ss_server_config_load(ss_server_config *cfg, const char *path, ss_config_file **out,
+                                 char *err, size_t errlen);
+SS_API void ss_config_file_free(ss_config_file *f);
+/* "error", "warn", "info", "debug" -> 0..3; -1 otherwise. */
+SS_API int ss_log_parse_level(const char *s);
+
 /* Create a server: loads models, binds the listener (so ss_server_port() is valid after),
  * starts the workers. SIGPIPE is set to ignored if it was at its default (a client that
  * disconnects mid-write must not kill the process). cfg is borrowed for the call only. On failure returns <0 and writes
@@ -136,6 +160,7 @@ typedef struct ss_server_stats {
   uint64_t failed;    /* calls answered with an error status other than those below */
   uint64_t rejected;  /* refused by admission (RESOURCE_EXHAUSTED) or while draining */
   uint64_t cancelled; /* cancelled by the client or past their deadline */
+  int checkpoint_failed; /* a checkpoint (drain, SIGUSR1) could not be written */
 } ss_server_stats;
 SS_API void ss_server_get_stats(const ss_server *s, ss_server_stats *out);
 
@@ -190,6 +215,22 @@ typedef struct ss_client ss_client;
 /* Connect (blocking, up to timeout_s). *out: caller frees with ss_client_close(). */
 SS_API int ss_client_connect(const char *host, int port, double timeout_s, ss_client **out);
 SS_API void ss_client_close(ss_client *c);
+
+/* The outcome of a blocking unary call. body: the response message (no prefix), malloc'd:
+ * caller frees (NULL when empty). */
+typedef struct ss_unary_result {
+  int grpc_status;
+  char message[512];
+  uint8_t *body;
+  size_t body_len;
+  double latency_s;
+} ss_unary_result;
+
+/* Run one unary call of method path with a serialized request (borrowed) to completion on the
+ * client's private loop. Returns 0 when a status was received (also a connection loss:
+ * UNAVAILABLE) and fills *out, or <0 on a local error. */
+SS_API int ss_client_unary(ss_client *c, const char *path, const void *msg, size_t len,
+                           double timeout_s, ss_unary_result *out);
 
 /* A tensor handed to or returned by the client. */
 typedef struct ss_tensor_buf {

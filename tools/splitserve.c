@@ -13,8 +13,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/config.h"
-#include "core/log.h"
 #include "splitserve.h"
 
 static void usage(FILE *f) {
@@ -81,56 +79,16 @@ int main(int argc, char **argv) {
   int model_inflight[256], model_queue[256];
   size_t nmodels = 0;
   char host[256] = "127.0.0.1";
-  ss_file_config fc;
-  memset(&fc, 0, sizeof fc);
+  ss_config_file *fc = NULL;
   const char *config_path = NULL;
   for (int i = 1; i + 1 < argc; i++)
     if (strcmp(argv[i], "--config") == 0) config_path = argv[i + 1];
   if (config_path) {
     char cerr[1024];
-    if (ss_config_load(config_path, &fc, cerr, sizeof cerr) != 0) {
+    if (ss_server_config_load(&cfg, config_path, &fc, cerr, sizeof cerr) != 0) {
       fprintf(stderr, "splitserve: --config: %s\n", cerr);
-      ss_config_free(&fc);
       return 2;
     }
-    if (fc.has_listen) {
-      snprintf(host, sizeof host, "%s", fc.listen_host);
-      cfg.listen_port = fc.listen_port;
-    }
-    if (fc.has_workers) cfg.workers = fc.workers;
-    if (fc.has_intra_op_threads) cfg.intra_op_threads = fc.intra_op_threads;
-    if (fc.has_oversubscribe) cfg.oversubscribe = fc.oversubscribe;
-    if (fc.has_max_inflight) cfg.max_inflight = fc.max_inflight;
-    if (fc.has_max_queue) cfg.max_queue = fc.max_queue;
-    if (fc.has_max_message_bytes) cfg.max_message_bytes = (size_t)fc.max_message_bytes;
-    if (fc.has_drain_timeout) cfg.drain_timeout_s = fc.drain_timeout_s;
-    if (fc.has_session_memory_mb) cfg.session_max_bytes = (size_t)fc.session_memory_mb << 20;
-    if (fc.has_session_ttl) cfg.session_ttl_s = fc.session_ttl_s;
-    if (fc.has_activation_memory_mb) cfg.activation_max_bytes = (size_t)fc.activation_memory_mb << 20;
-    if (fc.has_activation_ttl) cfg.activation_ttl_s = fc.activation_ttl_s;
-    if (fc.has_save_weights) cfg.save_weights = fc.save_weights;
-    if (fc.has_log_level) {
-      int l = ss_log_parse_level(fc.log_level);
-      if (l < 0) {
-        fprintf(stderr, "splitserve: %s: log_level expects error|warn|info|debug, got '%s'\n",
-                config_path, fc.log_level);
-        ss_config_free(&fc);
-        return 2;
-      }
-      cfg.log_level = l;
-    }
-    if (fc.n_models > sizeof models / sizeof models[0]) {
-      fprintf(stderr, "splitserve: %s: at most %zu models\n", config_path, sizeof models / sizeof models[0]);
-      ss_config_free(&fc);
-      return 2;
-    }
-    for (size_t k = 0; k < fc.n_models; k++) {
-      models[nmodels] = fc.models[k].spec;
-      model_inflight[nmodels] = fc.models[k].max_inflight;
-      model_queue[nmodels] = fc.models[k].max_queue;
-      nmodels++;
-    }
-    cfg.config_path = config_path;
   }
   int rc = 2;
   for (int i = 1; i < argc; i++) {
@@ -166,6 +124,7 @@ int main(int argc, char **argv) {
         host[hl - 2] = 0;
       }
       cfg.listen_port = (int)x;
+      cfg.listen_host = host;
     } else if (strcmp(a, "--workers") == 0) {
       if (parse_int(a, v, 0, 1024, &x) != 0) goto out;
       cfg.workers = (int)x;
@@ -230,11 +189,12 @@ int main(int argc, char **argv) {
       goto out;
     }
   }
-  cfg.listen_host = host;
-  cfg.models = models;
-  cfg.n_models = nmodels;
-  cfg.model_max_inflight = model_inflight;
-  cfg.model_max_queue = model_queue;
+  if (!config_path) { /* with --config the file lists the models (--model is refused above) */
+    cfg.models = models;
+    cfg.n_models = nmodels;
+    cfg.model_max_inflight = model_inflight;
+    cfg.model_max_queue = model_queue;
+  }
 
   ss_server *s;
   char err[1024];
@@ -250,13 +210,16 @@ int main(int argc, char **argv) {
   fprintf(stderr, "splitserve: stopped: served %llu, rejected %llu, cancelled %llu, failed %llu\n",
           (unsigned long long)st.served, (unsigned long long)st.rejected,
           (unsigned long long)st.cancelled, (unsigned long long)st.failed);
+  int ckpt_failed = st.checkpoint_failed;
+  if (ckpt_failed)
+    fprintf(stderr, "splitserve: a checkpoint could not be written (see the log); exit status 1\n");
   if (busy) { /* every call was answered; do not wait for abandoned computations */
     fflush(stderr);
-    _exit(0);
+    _exit(ckpt_failed ? 1 : 0);
   }
   ss_server_free(s);
-  rc = 0;
+  rc = ckpt_failed ? 1 : 0;
 out:
-  ss_config_free(&fc);
+  ss_config_file_free(fc);
   return rc;
 }

@@ -55,8 +55,8 @@
 #include <uv.h>
 
 #include "compute_service.pb-c.h"
-#include "core/hist.h"
-#include "core/tensor.h"
+#include "hist.h"
+#include "splitserve.h"
 #include "splitserve.h"
 
 #define MAX_META 64

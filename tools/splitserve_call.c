@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/tensor.h"
+#include "splitserve.h"
 #include "splitserve.h"
 
 #define MAX_META 64

@@ -519,3 +519,21 @@ void ss_config_free(ss_file_config *c) {
   free(c->models);
   memset(c, 0, sizeof *c);
 }
+
+/* The public defaults (include/splitserve.h). */
+void ss_server_config_init(ss_server_config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->listen_host = "127.0.0.1";
+  cfg->listen_port = 50051;
+  cfg->workers = -1;
+  cfg->intra_op_threads = 1;
+  cfg->max_inflight = 0;
+  cfg->max_queue = 10000;
+  cfg->max_message_bytes = 104857600;
+  cfg->drain_timeout_s = 5.0;
+  cfg->session_max_bytes = (size_t)1 << 30;
+  cfg->session_ttl_s = 600.0;
+  cfg->activation_max_bytes = (size_t)2 << 30;
+  cfg->activation_ttl_s = 300.0;
+  cfg->log_level = SS_LOG_INFO;
+}

@@ -6,12 +6,13 @@
 #ifndef SS_CORE_LOG_H
 #define SS_CORE_LOG_H
 
+#include "splitserve.h"
+
 enum { SS_LOG_ERROR = 0, SS_LOG_WARN = 1, SS_LOG_INFO = 2, SS_LOG_DEBUG = 3 };
 
 void ss_log_set_level(int level);
 int ss_log_level(void);
-/* Parse "error|warn|info|debug" -> level; returns -1 when unknown. */
-int ss_log_parse_level(const char *s);
+/* ss_log_parse_level: public, in splitserve.h. */
 void ss_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define SS_LOGE(...) ss_log(SS_LOG_ERROR, __VA_ARGS__)

@@ -22,13 +22,7 @@ typedef struct ss_tensor {
   size_t nbytes;
 } ss_tensor;
 
-/* Bytes per element: 4, 2, 2. */
-size_t ss_dtype_size(ss_dtype dt);
-/* "float32", "float16", "bfloat16". */
-const char *ss_dtype_name(ss_dtype dt);
-/* Parse a dtype name: float32|fp32|f32, float16|fp16|f16|half, bfloat16|bf16.
- * Returns 0 or SS_EINVAL. */
-int ss_dtype_parse(const char *s, ss_dtype *out);
+/* Dtype names and sizes, ss_shape_str, ss_to_f32 / ss_from_f32: public, in splitserve.h. */
 
 /*
  * Validate a tensor received on the wire and fill *out (data points at `data`, borrowed).
@@ -40,19 +34,11 @@ int ss_dtype_parse(const char *s, ss_dtype *out);
 int ss_tensor_from_wire(const char *what, const int32_t *shape, size_t ndim, const void *data,
                         size_t data_len, ss_dtype dt, ss_tensor *out, char *err, size_t errlen);
 
-/* Format a shape as "[1,10,768]" into buf (always NUL-terminated). Returns buf. */
-char *ss_shape_str(const int64_t *shape, int ndim, char *buf, size_t buflen);
-
 /* Element conversions (little-endian host assumed). n elements each. in and out must not
  * overlap. F32 -> F16/BF16 round to nearest even; NaN stays NaN, overflow becomes inf. */
 void ss_f16_to_f32(const uint16_t *in, float *out, size_t n);
 void ss_f32_to_f16(const float *in, uint16_t *out, size_t n);
 void ss_bf16_to_f32(const uint16_t *in, float *out, size_t n);
 void ss_f32_to_bf16(const float *in, uint16_t *out, size_t n);
-
-/* Convert n elements of dtype dt at in to float32 at out (dt == F32: memcpy). */
-void ss_to_f32(ss_dtype dt, const void *in, float *out, size_t n);
-/* Convert n float32 elements at in to dtype dt at out (dt == F32: memcpy). */
-void ss_from_f32(ss_dtype dt, const float *in, void *out, size_t n);
 
 #endif

@@ -133,6 +133,10 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
 
 void ss_model_free(ss_model *m);
 
+/* Size the compute engine's intra-op team of the calling thread (each worker calls it once at
+ * start; the loop thread too, for --workers 0). */
+void ss_compute_thread_init(int intra_op_threads);
+
 /* Kind constructors (one per file in src/models/). */
 int ss_model_identity_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 int ss_model_scale_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);

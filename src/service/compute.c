@@ -31,18 +31,22 @@
 #include "core/arena.h"
 #include "core/log.h"
 #include "models/safetensors.h"
-#include "service/handlers.h"
+#include "core/macros.h"
+#include "service/service_int.h"
 #include "service/sessions.h"
 #include "service/wire.h"
 
 typedef struct compute_state {
-  ss_job job;                 /* first: the pool hands us back the job pointer */
+  ss_job job;                 /* the pool hands back &job */
+  ss_service *svc;
+  uint8_t *reqbuf;            /* the call's request message (owned by the call) */
+  size_t reqlen;
   ss_waiter waiter;
   ss_tq_entry wake;
   ss_call *call;
   ss_served_model *sm;
   Splitlearn__Comm__ComputeRequest *req;
-  ss_tensor in;               /* view into call->req (the data field) */
+  ss_tensor in;               /* view into reqbuf (the data field) */
   const char **keys, **vals;
   ss_meta meta;
   int64_t out_shape[SS_MAX_DIMS];
@@ -75,9 +79,9 @@ typedef struct compute_state {
   _Alignas(16) char arena_buf[1536];
 } compute_state;
 
-_Static_assert(sizeof(compute_state) <= SS_SVC_SPACE, "compute_state must fit in the call");
+const size_t ss_compute_state_size = sizeof(compute_state);
 
-static void fill_snapshot_msg(ss_server *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
+static void fill_snapshot_msg(const ss_service *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
   splitlearn__comm__monitoring_snapshot__init(snap);
   ss_fill_snapshot(s, snap);
 }
@@ -98,7 +102,7 @@ static void send_reply(compute_state *st, const void *data, size_t nbytes, void 
   resp.has_compute_time_ms = 1;
   resp.compute_time_ms = (float)st->compute_ms;
   Splitlearn__Comm__MonitoringSnapshot snap;
-  fill_snapshot_msg(call->srv, &snap);
+  fill_snapshot_msg(st->svc, &snap);
   resp.monitoring_data = &snap;
   if (st->training) resp.forward_id = st->forward_id;
   else if (st->req->forward_id) resp.forward_id = st->req->forward_id;
@@ -165,7 +169,7 @@ static void reply_echo(compute_state *st) {
 /* ----------------------------------------------------------- the worker --- */
 
 static void job_run(ss_job *job) {
-  compute_state *st = (compute_state *)job;
+  compute_state *st = ss_container_of(job, compute_state, job);
   const ss_model *m = st->sm->model;
   uint64_t t0 = uv_hrtime();
   st->rc = 0;
@@ -179,8 +183,8 @@ static void job_run(ss_job *job) {
   if ((uintptr_t)in.data % ss_dtype_size(in.dtype) != 0) {
     /* The protobuf field landed at an odd offset: move it to the (malloc-aligned) start of the
      * request buffer, which nothing else reads any more. */
-    memmove(st->call->req, in.data, in.nbytes);
-    in.data = st->call->req;
+    memmove(st->reqbuf, in.data, in.nbytes);
+    in.data = st->reqbuf;
   }
   if (in.dtype != SS_DTYPE_F32) {
     in32 = malloc(in.numel * sizeof(float));
@@ -243,13 +247,13 @@ nomem:
 
 /* Loop thread: the worker finished (or skipped) the job. */
 static void job_done(ss_job *job) {
-  compute_state *st = (compute_state *)job;
+  compute_state *st = ss_container_of(job, compute_state, job);
   ss_call *call = st->call;
   st->on_worker = 0;
   release_slot(st);
   if (st->session) { /* the new cache becomes the session's, even if the client went away */
     int ok = job->ran && st->rc == 0;
-    ss_session_release(call->srv->sessions, st->session, ok ? st->present : NULL,
+    ss_session_release(st->svc->sessions, st->session, ok ? st->present : NULL,
                        st->sm->model->n_kv_layers, st->session_end);
     if (ok) st->present = NULL;
     else present_free(st);
@@ -258,14 +262,14 @@ static void job_done(ss_job *job) {
   if (st->saved) { /* keep what backward needs, even if the client went away meanwhile */
     void *saved = st->saved;
     st->saved = NULL;
-    if (ss_train_store(call->srv, st->forward_id, st->sm, saved, st->saved_bytes, &st->in,
-                       st->out_shape, st->out_ndim) != 0 && call->state != SS_CALL_DONE) {
+    if (ss_train_store(st->svc, st->forward_id, st->sm, saved, st->saved_bytes, &st->in,
+                       st->out_shape, st->out_ndim) != 0 && !ss_call_answered(call)) {
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
                    "cannot keep the activations of forward '%s' (%zu bytes)", st->forward_id,
                    st->saved_bytes);
     }
   }
-  if (call->state != SS_CALL_DONE) {
+  if (!ss_call_answered(call)) {
     if (!job->ran) {
       ss_call_fail(call, SS_GRPC_CANCELLED, "call cancelled before it was computed");
     } else if (st->rc != 0) {
@@ -291,15 +295,14 @@ static void present_free(compute_state *st) {
 }
 
 static void on_wake(ss_tq_entry *e) {
-  compute_state *st = (compute_state *)((char *)e - offsetof(compute_state, wake));
+  compute_state *st = ss_container_of(e, compute_state, wake);
   release_slot(st);
-  if (st->call->state != SS_CALL_DONE) reply_echo(st);
+  if (!ss_call_answered(st->call)) reply_echo(st);
 }
 
 /* Admitted: run it. */
 static void start(compute_state *st) {
-  ss_call *call = st->call;
-  ss_server *s = call->srv;
+  ss_service *s = st->svc;
   const ss_model *m = st->sm->model;
   st->holds_slot = 1;
   if (m->exec == SS_EXEC_TIMER) {
@@ -310,7 +313,7 @@ static void start(compute_state *st) {
     return;
   }
   st->on_worker = 1;
-  ss_call_ref(call);
+  ss_call_ref(st->call);
   st->job.run = job_run;
   st->job.done = job_done;
   atomic_store(&st->job.cancelled, 0);
@@ -321,25 +324,23 @@ static void release_slot(compute_state *st) {
   if (!st->holds_slot) return;
   st->holds_slot = 0;
   ss_waiter *w = ss_admit_leave(&st->sm->admit);
-  if (w) start((compute_state *)((char *)w - offsetof(compute_state, waiter)));
+  if (w) start(ss_container_of(w, compute_state, waiter));
 }
 
 static void compute_cancel(ss_call *call) {
-  compute_state *st = call->svc;
-  if (!st) return;
+  compute_state *st = ss_call_state(call);
   ss_admit_remove(&st->sm->admit, &st->waiter);
   if (ss_tq_armed(&st->wake)) {
-    ss_tq_cancel(&call->srv->tq, &st->wake);
+    ss_tq_cancel(&st->svc->tq, &st->wake);
     release_slot(st);
   }
   if (st->on_worker) atomic_store(&st->job.cancelled, 1);
 }
 
 static void compute_free(ss_call *call) {
-  compute_state *st = call->svc;
-  if (!st) return;
+  compute_state *st = ss_call_state(call);
   if (st->session) { /* never started: give the session back unchanged */
-    ss_session_release(call->srv->sessions, st->session, NULL, 0, 0);
+    ss_session_release(st->svc->sessions, st->session, NULL, 0, 0);
     st->session = NULL;
   }
   present_free(st);
@@ -347,7 +348,6 @@ static void compute_free(ss_call *call) {
   free(st->out_data);
   ss_arena_release(&st->arena); /* the unpacked request, metadata views */
   if (st->sm) ss_served_unref(st->sm);
-  call->svc = NULL;
 }
 
 /* ------------------------------------------------------------- KV cache --- */
@@ -411,7 +411,7 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
   }
   if (sid) {
     char why[128] = "";
-    switch (ss_session_acquire(call->srv->sessions, m->id, sid, &st->session, why, sizeof why)) {
+    switch (ss_session_acquire(st->svc->sessions, m->id, sid, &st->session, why, sizeof why)) {
     case SS_SESSION_OK: break;
     case SS_SESSION_EVICTED:
       ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
@@ -448,24 +448,24 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
 
 /* ---------------------------------------------------------------- handler --- */
 
-void ss_h_compute(ss_call *call) {
-  ss_server *s = call->srv;
-  compute_state *st = (compute_state *)call->svc_space;
+void ss_h_compute(ss_call *call, void *app) {
+  ss_service *s = app;
+  compute_state *st = ss_call_state(call);
   memset(st, 0, offsetof(compute_state, arena_buf));
   st->call = call;
-  call->svc = st;
-  call->svc_cancel = compute_cancel;
-  call->svc_free = compute_free;
+  st->svc = s;
+  st->reqbuf = ss_call_request(call, &st->reqlen);
+  ss_call_set_hooks(call, compute_cancel, compute_free);
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
   const uint8_t *data;
   size_t dlen;
   st->req = (Splitlearn__Comm__ComputeRequest *)ss_decode_tensor_request(
-      &splitlearn__comm__compute_request__descriptor, call->req, call->req_len, &st->arena,
+      &splitlearn__comm__compute_request__descriptor, st->reqbuf, st->reqlen, &st->arena,
       &st->pballoc, &data, &dlen, 8, &st->kv_wire, &st->n_kv_wire);
   if (!st->req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request (%zu bytes) is not a valid splitlearn.comm.ComputeRequest protobuf",
-                 call->req_len);
+                 st->reqlen);
     return;
   }
   Splitlearn__Comm__ComputeRequest *req = st->req;
@@ -485,7 +485,7 @@ void ss_h_compute(ss_call *call) {
   st->meta = (ss_meta){st->keys, st->vals, nm};
 
   /* model */
-  st->sm = ss_server_find_model(s, req->model_id);
+  st->sm = ss_service_find_model(s, req->model_id);
   if (!st->sm) {
     char known[512];
     ss_models_list(s, known, sizeof known);
@@ -495,7 +495,7 @@ void ss_h_compute(ss_call *call) {
   }
   const ss_model *m = st->sm->model;
   st->sm->calls++;
-  st->sm->refs++; /* released in compute_free */
+  ss_served_ref(st->sm); /* released in compute_free */
 
   /* dtype and tensor */
   ss_dtype dt = SS_DTYPE_F32;

@@ -6,20 +6,22 @@
  * Streaming calls (StreamMonitoring, Watch) do not hold a drain open: on drain, Watch streams
  * are sent NOT_SERVING, and every stream ends with OK once the unary calls are done.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "compute_service.pb-c.h"
+#include "core/macros.h"
 #include "core/log.h"
 #include "health.pb-c.h"
-#include "service/handlers.h"
 #include "core/kcache.h"
+#include "service/service_int.h"
 #include "service/sessions.h"
 
-static double uptime_s(ss_server *s) { return (double)(uv_hrtime() - s->start_ns) / 1e9; }
+static double uptime_s(const ss_service *s) { return (double)(uv_hrtime() - s->start_ns) / 1e9; }
 
-void ss_fill_snapshot(ss_server *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
+void ss_fill_snapshot(const ss_service *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
   snap->has_timestamp = snap->has_cpu_percent = snap->has_memory_mb = 1;
   snap->has_memory_percent = snap->has_gpu_available = 1;
   snap->timestamp = s->mon.timestamp;
@@ -31,19 +33,21 @@ void ss_fill_snapshot(ss_server *s, Splitlearn__Comm__MonitoringSnapshot *snap) 
 
 /* Unpack an empty-bodied request only to check it is valid protobuf. */
 static int check_wire(ss_call *call, const ProtobufCMessageDescriptor *d) {
-  ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, call->req_len, call->req);
+  size_t len;
+  const uint8_t *req = ss_call_request(call, &len);
+  ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, req);
   if (!m) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "request (%zu bytes) is not a valid %s protobuf",
-                 call->req_len, d->name);
+                 len, d->name);
     return -1;
   }
   protobuf_c_message_free_unpacked(m, NULL);
   return 0;
 }
 
-void ss_h_health_check(ss_call *call) {
+void ss_h_health_check(ss_call *call, void *app) {
   if (check_wire(call, &splitlearn__comm__health_request__descriptor) != 0) return;
-  ss_server *s = call->srv;
+  const ss_service *s = app;
   Splitlearn__Comm__HealthResponse r = SPLITLEARN__COMM__HEALTH_RESPONSE__INIT;
   r.status = s->draining ? "unhealthy" : "ok";
   r.message = s->draining ? "draining: shutting down" : "serving";
@@ -74,9 +78,11 @@ static void kv(kvlist *l, const char *key, const char *fmt, ...) {
   l->n++;
 }
 
-void ss_h_service_info(ss_call *call) {
+void ss_h_service_info(ss_call *call, void *app) {
   if (check_wire(call, &splitlearn__comm__service_info_request__descriptor) != 0) return;
-  ss_server *s = call->srv;
+  const ss_service *s = app;
+  ss_grpc_stats gs = {0};
+  if (s->grpc) ss_grpc_server_stats(s->grpc, &gs);
   kvlist *l = calloc(1, sizeof *l);
   char *keys = calloc(s->nmodels, 64);
   if (!l || !keys) {
@@ -105,15 +111,15 @@ void ss_h_service_info(ss_call *call) {
   kv(l, "queue_depth", "%zu", waiting);
   kv(l, "pool_queued", "%zu", ss_pool_queued(s->pool));
   kv(l, "inflight", "%d", inflight);
-  kv(l, "connections", "%zu", s->nconns);
+  kv(l, "connections", "%zu", gs.connections);
   kv(l, "max_inflight", "%d", s->cfg.max_inflight);
   kv(l, "max_queue", "%d", s->cfg.max_queue);
   kv(l, "max_message_bytes", "%zu", s->cfg.max_message_bytes);
   kv(l, "drain_timeout_s", "%.1f", s->cfg.drain_timeout_s);
-  kv(l, "served", "%llu", (unsigned long long)s->stats.served);
-  kv(l, "rejected", "%llu", (unsigned long long)s->stats.rejected);
-  kv(l, "cancelled", "%llu", (unsigned long long)s->stats.cancelled);
-  kv(l, "failed", "%llu", (unsigned long long)s->stats.failed);
+  kv(l, "served", "%llu", (unsigned long long)gs.served);
+  kv(l, "rejected", "%llu", (unsigned long long)gs.rejected);
+  kv(l, "cancelled", "%llu", (unsigned long long)gs.cancelled);
+  kv(l, "failed", "%llu", (unsigned long long)gs.failed);
   kv(l, "blas", "openblas (openmp), %d thread(s) per worker", s->cfg.intra_op_threads);
   size_t nsess, sess_bytes;
   uint64_t sess_evicted;
@@ -141,7 +147,7 @@ void ss_h_service_info(ss_call *call) {
   r.has_uptime_seconds = 1;
   r.uptime_seconds = (float)uptime_s(s);
   r.has_total_requests = 1;
-  r.total_requests = (int64_t)s->total_requests;
+  r.total_requests = (int64_t)gs.requests;
   r.n_custom_info = l->n;
   r.custom_info = l->p;
   ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
@@ -151,55 +157,63 @@ void ss_h_service_info(ss_call *call) {
 
 /* ------------------------------------------------------------ streaming --- */
 
-typedef struct stream_state {
+/* A streaming call's state, inside the call. Watch streams are also on the service's list, so
+ * the drain can tell them NOT_SERVING. */
+struct ss_watch {
   ss_tq_entry tick;
   ss_call *call;
+  ss_service *svc;
   double interval_s;
   int watch;          /* grpc.health.v1 Watch (else StreamMonitoring) */
   int last_status;
-} stream_state;
+  ss_watch *prev, *next; /* the service's Watch streams */
+};
+typedef ss_watch stream_state;
+const size_t ss_stream_state_size = sizeof(stream_state);
 
 static void stream_cancel(ss_call *call) {
-  stream_state *st = call->svc;
-  if (st) ss_tq_cancel(&call->srv->tq, &st->tick);
+  stream_state *st = ss_call_state(call);
+  ss_tq_cancel(&st->svc->tq, &st->tick);
 }
 
 static void stream_free(ss_call *call) {
-  stream_cancel(call);
-  free(call->svc);
-  call->svc = NULL;
+  stream_state *st = ss_call_state(call);
+  ss_tq_cancel(&st->svc->tq, &st->tick);
+  if (st->watch) { /* off the service's list */
+    if (st->prev) st->prev->next = st->next;
+    else st->svc->watches = st->next;
+    if (st->next) st->next->prev = st->prev;
+  }
 }
 
 static void monitoring_tick(ss_tq_entry *e) {
-  stream_state *st = (stream_state *)e;
+  stream_state *st = ss_container_of(e, stream_state, tick);
   ss_call *call = st->call;
-  if (call->state == SS_CALL_DONE || !call->conn) return;
+  if (ss_call_answered(call)) return;
   Splitlearn__Comm__MonitoringSnapshot snap;
   splitlearn__comm__monitoring_snapshot__init(&snap);
-  ss_monitor_sample(&call->srv->mon); /* fresh numbers at the client's own interval */
-  ss_fill_snapshot(call->srv, &snap);
+  ss_monitor_sample(&st->svc->mon); /* fresh numbers at the client's own interval */
+  ss_fill_snapshot(st->svc, &snap);
   Splitlearn__Comm__MonitoringSnapshotResponse r = SPLITLEARN__COMM__MONITORING_SNAPSHOT_RESPONSE__INIT;
   r.snapshot = &snap;
   ss_call_send(call, &r.base);
-  ss_tq_arm(&call->srv->tq, &st->tick, uv_hrtime() + (uint64_t)(st->interval_s * 1e9), monitoring_tick);
+  ss_tq_arm(&st->svc->tq, &st->tick, uv_hrtime() + (uint64_t)(st->interval_s * 1e9), monitoring_tick);
 }
 
-static stream_state *stream_new(ss_call *call) {
-  stream_state *st = calloc(1, sizeof *st);
-  if (!st) {
-    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
-    return NULL;
-  }
+static stream_state *stream_new(ss_call *call, ss_service *svc) {
+  stream_state *st = ss_call_state(call);
+  memset(st, 0, sizeof *st);
   st->call = call;
-  call->svc = st;
-  call->svc_cancel = stream_cancel;
-  call->svc_free = stream_free;
+  st->svc = svc;
+  ss_call_set_hooks(call, stream_cancel, stream_free);
   return st;
 }
 
-void ss_h_stream_monitoring(ss_call *call) {
+void ss_h_stream_monitoring(ss_call *call, void *app) {
+  size_t len;
+  const uint8_t *buf = ss_call_request(call, &len);
   Splitlearn__Comm__MonitoringStreamRequest *req =
-      splitlearn__comm__monitoring_stream_request__unpack(NULL, call->req_len, call->req);
+      splitlearn__comm__monitoring_stream_request__unpack(NULL, len, buf);
   if (!req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request is not a valid splitlearn.comm.MonitoringStreamRequest protobuf");
@@ -209,13 +223,12 @@ void ss_h_stream_monitoring(ss_call *call) {
   splitlearn__comm__monitoring_stream_request__free_unpacked(req, NULL);
   if (!(iv >= 0.1)) iv = 0.1; /* also catches NaN */
   if (iv > 5.0) iv = 5.0;
-  stream_state *st = stream_new(call);
-  if (!st) return;
+  stream_state *st = stream_new(call, app);
   st->interval_s = iv;
   monitoring_tick(&st->tick);
 }
 
-static int health_status(ss_server *s) {
+static int health_status(const ss_service *s) {
   return s->draining ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 }
@@ -227,15 +240,17 @@ static int known_service(const char *name) {
 }
 
 static Grpc__Health__V1__HealthCheckRequest *health_req(ss_call *call) {
+  size_t len;
+  const uint8_t *buf = ss_call_request(call, &len);
   Grpc__Health__V1__HealthCheckRequest *req =
-      grpc__health__v1__health_check_request__unpack(NULL, call->req_len, call->req);
+      grpc__health__v1__health_check_request__unpack(NULL, len, buf);
   if (!req)
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request is not a valid grpc.health.v1.HealthCheckRequest protobuf");
   return req;
 }
 
-void ss_h_grpc_health_check(ss_call *call) {
+void ss_h_grpc_health_check(ss_call *call, void *app) {
   Grpc__Health__V1__HealthCheckRequest *req = health_req(call);
   if (!req) return;
   if (!known_service(req->service)) {
@@ -246,7 +261,7 @@ void ss_h_grpc_health_check(ss_call *call) {
   } else {
     Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     r.has_status = 1;
-    r.status = health_status(call->srv);
+    r.status = health_status(app);
     ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
   }
   grpc__health__v1__health_check_request__free_unpacked(req, NULL);
@@ -259,39 +274,29 @@ static void watch_send(ss_call *call, int status) {
   ss_call_send(call, &r.base);
 }
 
-void ss_h_grpc_health_watch(ss_call *call) {
+void ss_h_grpc_health_watch(ss_call *call, void *app) {
+  ss_service *svc = app;
   Grpc__Health__V1__HealthCheckRequest *req = health_req(call);
   if (!req) return;
   int known = known_service(req->service);
   grpc__health__v1__health_check_request__free_unpacked(req, NULL);
-  stream_state *st = stream_new(call);
-  if (!st) return;
+  stream_state *st = stream_new(call, svc);
   st->watch = 1;
+  st->next = svc->watches;
+  if (svc->watches) svc->watches->prev = st;
+  svc->watches = st;
   /* The Watch contract: an unknown service is reported as SERVICE_UNKNOWN, not an error. */
-  st->last_status = known ? health_status(call->srv)
+  st->last_status = known ? health_status(svc)
                           : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
   watch_send(call, st->last_status);
 }
 
-void ss_service_on_drain(ss_server *s) {
-  for (ss_call *c = s->live; c; c = c->live_next) {
-    stream_state *st = c->svc;
-    if (c->is_drain_exempt && st && st->watch &&
-        st->last_status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING) {
-      st->last_status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
-      watch_send(c, st->last_status);
+void ss_info_on_drain(ss_service *s) {
+  for (ss_watch *w = s->watches; w; w = w->next) {
+    if (!ss_call_answered(w->call) &&
+        w->last_status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING) {
+      w->last_status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+      watch_send(w->call, w->last_status);
     }
-  }
-}
-
-void ss_service_end_streams(ss_server *s) {
-  ss_call *c = s->live;
-  while (c) {
-    ss_call *next = c->live_next;
-    if (c->is_drain_exempt) {
-      if (c->svc_cancel) c->svc_cancel(c);
-      ss_call_end(c, SS_GRPC_OK, NULL); /* settles c: unlinks it from the live list */
-    }
-    c = next;
   }
 }

@@ -10,6 +10,7 @@
  * their last in-flight call ends. A config that does not parse or whose models fail to load is
  * refused with a log line, and the old set keeps serving.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,20 +18,21 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "models/safetensors.h"
-#include "net/server_int.h"
+#include "core/macros.h"
+#include "service/service_int.h"
 
 static const char *const builtin_specs[] = {"mlp=mlp", "identity=identity", "scale=scale",
                                             "sleep=sleep", "spin=spin"};
 #define N_BUILTIN (sizeof builtin_specs / sizeof builtin_specs[0])
 
-ss_served_model *ss_server_find_model(ss_server *s, const char *id) {
+ss_served_model *ss_service_find_model(ss_service *s, const char *id) {
   if (!id || !*id) return s->nmodels ? s->models[0] : NULL;
   for (size_t i = 0; i < s->nmodels; i++)
     if (strcmp(s->models[i]->model->id, id) == 0) return s->models[i];
   return NULL;
 }
 
-void ss_models_list(ss_server *s, char *buf, size_t len) {
+void ss_models_list(const ss_service *s, char *buf, size_t len) {
   size_t off = 0;
   buf[0] = 0;
   for (size_t i = 0; i < s->nmodels && off + 1 < len; i++) {
@@ -40,7 +42,7 @@ void ss_models_list(ss_server *s, char *buf, size_t len) {
   }
 }
 
-static void apply_limits(ss_server *s, ss_served_model *sm) {
+static void apply_limits(ss_service *s, ss_served_model *sm) {
   const ss_model *m = sm->model;
   int limit = sm->conf_inflight >= 0 ? sm->conf_inflight : s->cfg.max_inflight;
   int queue = sm->conf_queue >= 0 ? sm->conf_queue : s->cfg.max_queue;
@@ -54,7 +56,7 @@ static void apply_limits(ss_server *s, ss_served_model *sm) {
   sm->admit.max_queue = queue;
 }
 
-static ss_served_model *served_new(ss_server *s, ss_model *m, const char *spec, int inflight,
+static ss_served_model *served_new(ss_service *s, ss_model *m, const char *spec, int inflight,
                                    int queue) {
   ss_served_model *sm = calloc(1, sizeof *sm);
   if (!sm) return NULL;
@@ -78,7 +80,13 @@ static void served_free(ss_served_model *sm) {
   free(sm);
 }
 
+void ss_served_ref(ss_served_model *sm) {
+  assert(sm->refs >= 0);
+  sm->refs++;
+}
+
 void ss_served_unref(ss_served_model *sm) {
+  assert(sm->refs > 0);
   if (--sm->refs == 0 && sm->retired) {
     SS_LOGI("model '%s' unloaded (retired by a reload, last call finished)", sm->model->id);
     served_free(sm);
@@ -95,7 +103,7 @@ static void retire(ss_served_model *sm) {
   }
 }
 
-void ss_models_free(ss_server *s) {
+void ss_models_free(ss_service *s) {
   for (size_t i = 0; i < s->nmodels; i++) served_free(s->models[i]);
   free(s->models);
   s->models = NULL;
@@ -184,7 +192,7 @@ static int build_load(build *b, char *const *keep, size_t nkeep, char *err, size
 }
 
 /* Loop thread: make b the served set, keeping existing models whose spec is unchanged. */
-static int build_commit(ss_server *s, build *b) {
+static int build_commit(ss_service *s, build *b) {
   ss_served_model **v = calloc(b->n ? b->n : 1, sizeof *v);
   if (!v) return SS_ENOMEM;
   for (size_t i = 0; i < b->n; i++) {
@@ -226,7 +234,7 @@ static int build_commit(ss_server *s, build *b) {
   return 0;
 }
 
-int ss_models_load(ss_server *s, char *err, size_t errlen) {
+int ss_models_load(ss_service *s, char *err, size_t errlen) {
   build b = {0};
   int rv = 0;
   for (size_t i = 0; i < s->cfg.n_models && rv == 0; i++)
@@ -256,7 +264,7 @@ int ss_models_load(ss_server *s, char *err, size_t errlen) {
 
 typedef struct save_job {
   ss_job job;
-  ss_server *srv;
+  ss_service *srv;
   ss_served_model *sm;      /* holds a reference */
   const char *why;
   int rc;
@@ -265,7 +273,7 @@ typedef struct save_job {
 } save_job;
 
 static void save_run(ss_job *job) {
-  save_job *j = (save_job *)job;
+  save_job *j = ss_container_of(job, save_job, job);
   ss_model *m = j->sm->model;
   uint64_t t0 = uv_hrtime();
   uv_rwlock_rdlock(&m->lock); /* a consistent version: no step runs meanwhile */
@@ -275,18 +283,20 @@ static void save_run(ss_job *job) {
 }
 
 static void save_done(ss_job *job) {
-  save_job *j = (save_job *)job;
+  save_job *j = ss_container_of(job, save_job, job);
   const ss_model *m = j->sm->model;
   if (!job->ran) SS_LOGW("checkpoint of model '%s' cancelled", m->id);
-  else if (j->rc != 0) SS_LOGE("checkpoint of model '%s' to %s failed: %s", m->id, m->save_path, j->err);
+  else if (j->rc != 0) {
+    SS_LOGE("checkpoint of model '%s' to %s failed: %s", m->id, m->save_path, j->err);
+    j->srv->save_failed = 1;
+  }
   else SS_LOGI("checkpoint (%s): model '%s' written to %s in %.1f ms", j->why, m->id, m->save_path, j->ms);
   j->srv->saving--;
-  ss_served_unref(j->sm);
-  if (j->srv->saving == 0 && j->srv->stopped) ss_server_wake_flush(j->srv); /* may close now */
+  ss_served_unref(j->sm); /* the transport's flush check sees saving == 0 (busy hook) */
   free(j);
 }
 
-void ss_models_save_all(ss_server *s, const char *why) {
+void ss_models_save_all(ss_service *s, const char *why) {
   for (size_t i = 0; i < s->nmodels; i++) {
     ss_served_model *sm = s->models[i];
     if (!sm->model->save_path || !sm->model->ops->save) continue;
@@ -297,7 +307,7 @@ void ss_models_save_all(ss_server *s, const char *why) {
     }
     j->srv = s;
     j->sm = sm;
-    sm->refs++;
+    ss_served_ref(sm);
     j->why = why;
     j->job.run = save_run;
     j->job.done = save_done;
@@ -310,7 +320,7 @@ void ss_models_save_all(ss_server *s, const char *why) {
 
 typedef struct reload_job {
   ss_job job;
-  ss_server *srv;
+  ss_service *srv;
   char *path;
   char **keep;      /* specs of the current set (a copy: the worker never reads the server) */
   size_t nkeep;
@@ -320,7 +330,7 @@ typedef struct reload_job {
 } reload_job;
 
 static void reload_run(ss_job *job) {
-  reload_job *r = (reload_job *)job;
+  reload_job *r = ss_container_of(job, reload_job, job);
   ss_file_config fc;
   r->rc = ss_config_load(r->path, &fc, r->err, sizeof r->err);
   for (size_t i = 0; r->rc == 0 && i < fc.n_models; i++)
@@ -333,8 +343,8 @@ static void reload_run(ss_job *job) {
 }
 
 static void reload_done(ss_job *job) {
-  reload_job *r = (reload_job *)job;
-  ss_server *s = r->srv;
+  reload_job *r = ss_container_of(job, reload_job, job);
+  ss_service *s = r->srv;
   s->reloading = 0;
   if (!job->ran) {
     SS_LOGW("config reload of %s cancelled (shutting down)", r->path);
@@ -353,11 +363,16 @@ static void reload_done(ss_job *job) {
   free(r->keep);
   free(r->path);
   free(r);
+  if (s->reload_again && !s->draining) { /* a SIGHUP came meanwhile: the file may differ again */
+    s->reload_again = 0;
+    ss_models_reload(s);
+  }
 }
 
-void ss_models_reload(ss_server *s) {
+void ss_models_reload(ss_service *s) {
   if (s->reloading) {
-    SS_LOGW("SIGHUP: a reload is already running; ignored");
+    SS_LOGI("SIGHUP: a reload is running; another one follows it");
+    s->reload_again = 1;
     return;
   }
   reload_job *r = calloc(1, sizeof *r);

@@ -12,7 +12,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include "net/server_int.h"
+#include "service/service_int.h"
 
 static int read_file(const char *path, char *buf, size_t len) {
   FILE *f = fopen(path, "r");

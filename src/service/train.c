@@ -31,7 +31,8 @@
 #include "core/kcache.h"
 #include "core/log.h"
 #include "models/safetensors.h"
-#include "service/handlers.h"
+#include "core/macros.h"
+#include "service/service_int.h"
 #include "service/wire.h"
 
 /* One training forward's record. */
@@ -51,19 +52,19 @@ static void act_free(void *v, void *user) {
   free(r);
 }
 
-int ss_train_init(ss_server *s) {
+int ss_train_init(ss_service *s) {
   return ss_kcache_new(s->cfg.activation_max_bytes, s->cfg.activation_ttl_s, act_free, NULL,
                        &s->acts);
 }
 
-void ss_train_free(ss_server *s) {
+void ss_train_free(ss_service *s) {
   ss_kcache_free(s->acts);
   s->acts = NULL;
 }
 
-void ss_train_sweep(ss_server *s) { ss_kcache_sweep(s->acts); }
+void ss_train_sweep(ss_service *s) { ss_kcache_sweep(s->acts); }
 
-int ss_train_forward_id(ss_server *s, const char *client_id, char *out, size_t outlen, char *err,
+int ss_train_forward_id(ss_service *s, const char *client_id, char *out, size_t outlen, char *err,
                         size_t errlen) {
   if (client_id && *client_id) {
     if (strlen(client_id) >= outlen) {
@@ -87,7 +88,7 @@ int ss_train_forward_id(ss_server *s, const char *client_id, char *out, size_t o
   return 0;
 }
 
-int ss_train_store(ss_server *s, const char *forward_id, ss_served_model *sm, void *saved,
+int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, void *saved,
                    size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim) {
   act_rec *r = calloc(1, sizeof *r);
   if (!r) {
@@ -95,7 +96,7 @@ int ss_train_store(ss_server *s, const char *forward_id, ss_served_model *sm, vo
     return SS_ENOMEM;
   }
   r->sm = sm;
-  sm->refs++;
+  ss_served_ref(sm);
   r->saved = saved;
   r->in_ndim = in->ndim;
   r->in_numel = in->numel;
@@ -108,12 +109,15 @@ int ss_train_store(ss_server *s, const char *forward_id, ss_served_model *sm, vo
 /* ------------------------------------------------------------- backward --- */
 
 typedef struct backward_state {
-  ss_job job;               /* first: the pool hands the job pointer back */
+  ss_job job;               /* the pool hands back &job */
+  ss_service *svc;
+  uint8_t *reqbuf;          /* the call's request message (owned by the call) */
+  size_t reqlen;
   ss_waiter waiter;
   ss_call *call;
   act_rec *rec;             /* taken out of the cache: owned */
   Splitlearn__Comm__BackwardRequest *req;
-  ss_tensor grad_out;       /* view into call->req */
+  ss_tensor grad_out;       /* view into reqbuf */
   ss_optim opt;
   int do_step;
   int holds_slot;
@@ -128,16 +132,16 @@ typedef struct backward_state {
   _Alignas(16) char arena_buf[1024];
 } backward_state;
 
-_Static_assert(sizeof(backward_state) <= SS_SVC_SPACE, "backward_state must fit in the call");
+const size_t ss_backward_state_size = sizeof(backward_state);
 
 static void bw_run(ss_job *job) {
-  backward_state *st = (backward_state *)job;
+  backward_state *st = ss_container_of(job, backward_state, job);
   ss_model *m = st->rec->sm->model;
   uint64_t t0 = uv_hrtime();
   ss_tensor go = st->grad_out, gi = {0};
   if ((uintptr_t)go.data % sizeof(float) != 0) { /* see compute.c: realign in place */
-    memmove(st->call->req, go.data, go.nbytes);
-    go.data = st->call->req;
+    memmove(st->reqbuf, go.data, go.nbytes);
+    go.data = st->reqbuf;
   }
   gi.dtype = SS_DTYPE_F32;
   gi.ndim = st->rec->in_ndim;
@@ -171,17 +175,16 @@ static void bw_release(backward_state *st) {
   st->holds_slot = 0;
   ss_waiter *w = ss_admit_leave(&st->rec->sm->train_admit);
   if (w) {
-    backward_state *next = (backward_state *)((char *)w - offsetof(backward_state, waiter));
-    bw_start(next);
+    bw_start(ss_container_of(w, backward_state, waiter));
   }
 }
 
 static void bw_done(ss_job *job) {
-  backward_state *st = (backward_state *)job;
+  backward_state *st = ss_container_of(job, backward_state, job);
   ss_call *call = st->call;
   st->on_worker = 0;
   bw_release(st);
-  if (call->state != SS_CALL_DONE) {
+  if (!ss_call_answered(call)) {
     if (!job->ran) {
       ss_call_fail(call, SS_GRPC_CANCELLED, "backward call cancelled before it ran");
     } else if (st->rc != 0) {
@@ -199,7 +202,7 @@ static void bw_done(ss_job *job) {
       r.backward_time_ms = (float)st->ms;
       Splitlearn__Comm__MonitoringSnapshot snap;
       splitlearn__comm__monitoring_snapshot__init(&snap);
-      ss_fill_snapshot(call->srv, &snap);
+      ss_fill_snapshot(st->svc, &snap);
       r.monitoring_data = &snap;
       float *gi = st->grad_in;
       st->grad_in = NULL; /* the call owns it now */
@@ -228,47 +231,45 @@ static void bw_start(backward_state *st) {
   st->job.run = bw_run;
   st->job.done = bw_done;
   atomic_store(&st->job.cancelled, 0);
-  ss_pool_submit(st->call->srv->pool, &st->job);
+  ss_pool_submit(st->svc->pool, &st->job);
 }
 
 static void bw_cancel(ss_call *call) {
-  backward_state *st = call->svc;
-  if (!st || !st->rec) return;
+  backward_state *st = ss_call_state(call);
+  if (!st->rec) return;
   ss_admit_remove(&st->rec->sm->train_admit, &st->waiter);
   if (st->on_worker) atomic_store(&st->job.cancelled, 1);
 }
 
 static void bw_free(ss_call *call) {
-  backward_state *st = call->svc;
-  if (!st) return;
+  backward_state *st = ss_call_state(call);
   if (st->rec) act_free(st->rec, NULL);
   free(st->grad_in);
   ss_arena_release(&st->arena);
-  call->svc = NULL;
 }
 
-void ss_h_backward(ss_call *call) {
-  ss_server *s = call->srv;
-  backward_state *st = (backward_state *)call->svc_space;
+void ss_h_backward(ss_call *call, void *app) {
+  ss_service *s = app;
+  backward_state *st = ss_call_state(call);
   memset(st, 0, offsetof(backward_state, arena_buf));
   st->call = call;
-  call->svc = st;
-  call->svc_cancel = bw_cancel;
-  call->svc_free = bw_free;
+  st->svc = s;
+  st->reqbuf = ss_call_request(call, &st->reqlen);
+  ss_call_set_hooks(call, bw_cancel, bw_free);
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
   const uint8_t *data;
   size_t dlen;
   st->req = (Splitlearn__Comm__BackwardRequest *)ss_decode_tensor_request(
-      &splitlearn__comm__backward_request__descriptor, call->req, call->req_len, &st->arena,
+      &splitlearn__comm__backward_request__descriptor, st->reqbuf, st->reqlen, &st->arena,
       &st->pballoc, &data, &dlen, 0, NULL, NULL);
   if (!st->req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request (%zu bytes) is not a valid splitlearn.comm.BackwardRequest protobuf",
-                 call->req_len);
+                 st->reqlen);
     return;
   }
   Splitlearn__Comm__BackwardRequest *req = st->req;
-  if (req->model_id && *req->model_id && !ss_server_find_model(s, req->model_id)) {
+  if (req->model_id && *req->model_id && !ss_service_find_model(s, req->model_id)) {
     char known[512];
     ss_models_list(s, known, sizeof known);
     ss_call_fail(call, SS_GRPC_NOT_FOUND, "unknown model_id '%s'; this server has: %s",

@@ -161,3 +161,18 @@ ProtobufCMessage *ss_decode_tensor_request(const ProtobufCMessageDescriptor *d, 
     return NULL;
   return protobuf_c_message_unpack(d, alloc, rest_len, rest);
 }
+
+size_t ss_pb_varint(uint8_t *buf, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    buf[n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  buf[n++] = (uint8_t)v;
+  return n;
+}
+
+size_t ss_pb_field_header(uint8_t *buf, uint32_t field, size_t len) {
+  size_t n = ss_pb_varint(buf, (uint64_t)field << 3 | 2);
+  return n + ss_pb_varint(buf + n, len);
+}

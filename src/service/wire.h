@@ -53,4 +53,10 @@ ProtobufCMessage *ss_decode_tensor_request(const ProtobufCMessageDescriptor *d, 
                                            const uint8_t **data, size_t *dlen, uint32_t rep_field,
                                            ss_wire_view **reps, size_t *nreps);
 
+/* Append varint v to buf; returns bytes written (<= 10). */
+size_t ss_pb_varint(uint8_t *buf, uint64_t v);
+/* Append the header (tag + length) of length-delimited field `field` to buf; returns bytes
+ * written (<= 15). */
+size_t ss_pb_field_header(uint8_t *buf, uint32_t field, size_t len);
+
 #endif

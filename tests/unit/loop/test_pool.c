@@ -7,9 +7,9 @@
 #include <uv.h>
 
 #include "check.h"
-#include "exec/admission.h"
-#include "exec/pool.h"
-#include "net/timerq.h"
+#include "loop/admission.h"
+#include "loop/pool.h"
+#include "loop/timerq.h"
 
 typedef struct tjob {
   ss_job job;
@@ -38,7 +38,7 @@ static void test_pool(int workers, int ncancel) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   ss_pool *p;
-  CHECK_EQ_INT(ss_pool_new(&loop, workers, 1, &p), 0);
+  CHECK_EQ_INT(ss_pool_new(&loop, workers, NULL, NULL, &p), 0);
   enum { N = 200 };
   tjob *jobs = calloc(N, sizeof *jobs);
   done_total = 0;

@@ -15,8 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <assert.h>
+
 #include "core/log.h"
-#include "net/server_int.h"
+#include "core/macros.h"
+#include "grpc/grpc_int.h"
 
 static int out_reserve(ss_call *call, size_t more) {
   if (call->out_off == call->out_len) call->out_off = call->out_len = 0; /* all sent: rewind */
@@ -86,7 +89,6 @@ static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
   return (ssize_t)n;
 }
 
-/* Called by conn.c's send_data callback: copy n bytes of pending output to dst. */
 void ss_call_take_output(ss_call *call, uint8_t *dst, size_t n) {
   size_t a = call->out_len - call->out_off;
   if (a > n) a = n;
@@ -131,7 +133,7 @@ static void kick(ss_call *call) {
   ss_conn_mark_dirty(call->conn);
 }
 
-static void count_status(ss_server *s, int code) {
+static void count_status(ss_grpc_server *s, int code) {
   switch (code) {
   case SS_GRPC_OK: s->stats.served++; break;
   case SS_GRPC_RESOURCE_EXHAUSTED:
@@ -150,12 +152,10 @@ static void set_status(ss_call *call, int code, const char *msg) {
   call->status_msg = msg && *msg ? strdup(msg) : NULL;
   ss_tq_cancel(&call->srv->tq, &call->deadline);
   count_status(call->srv, code);
-  ss_server_call_settled(call->srv, call);
+  ss_grpc_call_settled(call->srv, call);
 }
 
-size_t ss_pb_varint(uint8_t *buf, uint64_t v) { return varint_put(buf, v); }
-
-size_t ss_pb_field_header(uint8_t *buf, uint32_t field, size_t len) {
+static size_t field_header(uint8_t *buf, uint32_t field, size_t len) {
   size_t n = varint_put(buf, (uint64_t)field << 3 | 2);
   return n + varint_put(buf + n, len);
 }
@@ -195,7 +195,7 @@ void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_fie
     return;
   }
   /* The bytes field's tag and length go in the call's small header store; the data is borrowed. */
-  call->seg_hdr_len = ss_pb_field_header(call->seg_hdr, tail_field, tail_len);
+  call->seg_hdr_len = field_header(call->seg_hdr, tail_field, tail_len);
   call->seg2[0] = (ss_seg){call->seg_hdr, call->seg_hdr_len};
   call->seg2[1] = (ss_seg){tail, tail_len};
   ss_call_reply_segs(call, msg, call->seg2, 2, tail_owner);
@@ -253,9 +253,9 @@ void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
 }
 
 static void on_deadline(ss_tq_entry *e) {
-  ss_call *call = (ss_call *)((char *)e - offsetof(ss_call, deadline));
+  ss_call *call = ss_container_of(e, ss_call, deadline);
   if (call->state == SS_CALL_DONE) return;
-  if (call->svc_cancel) call->svc_cancel(call);
+  if (call->on_cancel) call->on_cancel(call);
   ss_call_fail(call, SS_GRPC_DEADLINE_EXCEEDED, "deadline of %.3f s exceeded",
                (double)call->timeout_ns / 1e9);
 }
@@ -265,25 +265,58 @@ void ss_call_arm_deadline(ss_call *call) {
   ss_tq_arm(&call->srv->tq, &call->deadline, call->start_ns + (uint64_t)call->timeout_ns, on_deadline);
 }
 
-void ss_call_ref(ss_call *call) { call->refs++; }
+void ss_call_abandon(ss_call *call) {
+  if (call->state == SS_CALL_DONE) return;
+  call->state = SS_CALL_DONE;
+  call->finished = 1;
+  ss_tq_cancel(&call->srv->tq, &call->deadline);
+  if (call->on_cancel) call->on_cancel(call);
+  call->srv->stats.cancelled++;
+  ss_grpc_call_settled(call->srv, call);
+}
 
-ss_call *ss_call_new(ss_server *s) {
+/* ------------------------------------------------------------ accessors --- */
+
+uint8_t *ss_call_request(ss_call *call, size_t *len) {
+  *len = call->req_len;
+  return call->req;
+}
+
+void *ss_call_state(ss_call *call) { return call->hstate; }
+
+void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *call), void (*release)(ss_call *call)) {
+  call->on_cancel = cancel;
+  call->on_release = release;
+}
+
+int ss_call_answered(const ss_call *call) { return call->state == SS_CALL_DONE; }
+
+uint64_t ss_call_start_ns(const ss_call *call) { return call->start_ns; }
+
+ss_grpc_server *ss_call_server(ss_call *call) { return call->srv; }
+
+/* ------------------------------------------------------------ lifetime --- */
+
+void ss_call_ref(ss_call *call) {
+  assert(call->refs > 0);
+  call->refs++;
+}
+
+ss_call *ss_call_new(ss_grpc_server *s) {
   ss_call *call = s->free_calls;
-  if (!call) return calloc(1, sizeof *call);
+  if (!call) return calloc(1, sizeof *call + s->state_size);
   s->free_calls = call->conn_next;
   s->nfree_calls--;
-  /* Keep the output buffer; zero the rest (only the header, not the handler space). */
+  /* Keep the output buffer; zero the header (not the handler state: handlers set it up). */
   uint8_t *out = call->out;
   size_t cap = call->out_cap;
-  memset(call, 0, offsetof(ss_call, svc_space));
-  memset((char *)call + offsetof(ss_call, svc_space) + SS_SVC_SPACE, 0,
-         sizeof *call - offsetof(ss_call, svc_space) - SS_SVC_SPACE);
+  memset(call, 0, offsetof(ss_call, hstate));
   call->out = out;
   call->out_cap = cap;
   return call;
 }
 
-void ss_call_cache_free(ss_server *s) {
+void ss_call_cache_free(ss_grpc_server *s) {
   while (s->free_calls) {
     ss_call *next = s->free_calls->conn_next;
     free(s->free_calls->out);
@@ -294,10 +327,11 @@ void ss_call_cache_free(ss_server *s) {
 }
 
 void ss_call_unref(ss_call *call) {
+  assert(call->refs > 0);
   if (--call->refs > 0) return;
-  ss_server *s = call->srv;
+  ss_grpc_server *s = call->srv;
   ss_tq_cancel(&s->tq, &call->deadline);
-  if (call->svc_free) call->svc_free(call);
+  if (call->on_release) call->on_release(call);
   ss_msg_reader_free(&call->reader);
   free(call->req);
   free(call->tail_owner);

@@ -13,7 +13,7 @@
 #include <uv.h>
 
 #include "check.h"
-#include "net/grpc_frame.h"
+#include "grpc/grpc_frame.h"
 #include "splitserve.h"
 
 /* ------------------------------------------------------------------ fake server -- */

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "net/grpc_frame.h"
+#include "grpc/grpc_frame.h"
 #include "splitserve.h"
 
 /* Build a stream of n messages; message i has length lens[i] and bytes (i*31 + j) & 0xff. */

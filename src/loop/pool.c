@@ -1,10 +1,10 @@
 /*
  * pool.c — worker pool: see pool.h. One mutex + condvar guards the job FIFO; one mutex guards
- * the completion list. Workers set their OpenMP/BLAS thread count once at start.
+ * the completion list. Each worker runs the owner's thread_init once at start (the compute engine
+ * sizes its intra-op team there: the pool itself knows nothing of BLAS or OpenMP).
  */
-#include "exec/pool.h"
+#include "loop/pool.h"
 
-#include <omp.h>
 #include <stdlib.h>
 
 #include "core/log.h"
@@ -13,7 +13,8 @@
 struct ss_pool {
   uv_loop_t *loop;
   int nworkers;
-  int intra_op;
+  void (*thread_init)(void *arg);
+  void *thread_arg;
   uv_thread_t *threads;
   uv_mutex_t mu;
   uv_cond_t cv;
@@ -49,7 +50,7 @@ static void complete(ss_pool *p, ss_job *job) {
 
 static void worker_main(void *arg) {
   ss_pool *p = arg;
-  omp_set_num_threads(p->intra_op);
+  if (p->thread_init) p->thread_init(p->thread_arg);
   for (;;) {
     uint64_t t0 = uv_hrtime();
     while (atomic_load_explicit(&p->pending, memory_order_acquire) == 0 &&
@@ -98,12 +99,14 @@ static void on_async(uv_async_t *h) {
   }
 }
 
-int ss_pool_new(uv_loop_t *loop, int workers, int intra_op, ss_pool **out) {
+int ss_pool_new(uv_loop_t *loop, int workers, void (*thread_init)(void *arg), void *arg,
+                ss_pool **out) {
   ss_pool *p = calloc(1, sizeof *p);
   if (!p) return SS_ENOMEM;
   p->loop = loop;
   p->nworkers = workers;
-  p->intra_op = intra_op > 0 ? intra_op : 1;
+  p->thread_init = thread_init;
+  p->thread_arg = arg;
   uv_mutex_init(&p->mu);
   uv_mutex_init(&p->done_mu);
   uv_cond_init(&p->cv);
@@ -124,7 +127,7 @@ int ss_pool_new(uv_loop_t *loop, int workers, int intra_op, ss_pool **out) {
       }
     }
   } else {
-    omp_set_num_threads(p->intra_op); /* inline compute uses the loop thread's team */
+    if (thread_init) thread_init(arg); /* inline compute runs on the loop thread */
   }
   *out = p;
   return 0;

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "core/hist.h"
+#include "hist.h"
 #include "splitserve.h"
 
 static int cmp_u64(const void *a, const void *b) {

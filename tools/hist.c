@@ -2,7 +2,7 @@
  * hist.c — the log-linear histogram of hist.h. See the header for the bucket layout.
  * Thread: caller's; no locks. Allocation: once, in ss_hist_init.
  */
-#include "core/hist.h"
+#include "hist.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -8,7 +8,7 @@
  * us allocate more than max_len per stream.
  * Thread: pure data structures and functions; used on the loop thread.
  */
-#include "net/grpc_frame.h"
+#include "grpc/grpc_frame.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * h2mem.c — see h2mem.h. Every block carries a 16-byte header (its size and whether it was
  * mmapped) so free and realloc know where it came from.
  */
-#include "net/h2mem.h"
+#include "grpc/h2mem.h"
 
 #include <stdint.h>
 #include <stdlib.h>

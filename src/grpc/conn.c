@@ -23,13 +23,11 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "net/h2mem.h"
-#include "net/server_int.h"
+#include "grpc/h2mem.h"
+#include "grpc/grpc_int.h"
 
 #define SS_WBUF_HIGH (1u << 20)
 #define SS_WBUF_KEEP (256u << 10) /* larger write buffers are freed once written */
-
-void ss_call_take_output(ss_call *call, uint8_t *dst, size_t n); /* call.c */
 
 static ss_call *stream_call(ss_conn *c, int32_t stream_id) {
   return nghttp2_session_get_stream_user_data(c->h2, stream_id);
@@ -102,7 +100,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
   call->conn = c;
   call->stream_id = frame->hd.stream_id;
   call->refs = 1; /* the stream's reference */
-  call->start_ns = ss_now_ns();
+  call->start_ns = uv_hrtime();
   call->status = -1;
   ss_msg_reader_init(&call->reader, c->srv->cfg.max_message_bytes);
   call_link(c, call);
@@ -126,7 +124,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
   ss_call *call = stream_call(c, frame->hd.stream_id);
   if (!call) return 0;
   if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
-    call->method = ss_route((const char *)value, valuelen);
+    call->method = ss_grpc_route(c->srv, (const char *)value, valuelen);
     if (!call->method) {
       free(call->bad_path);
       call->bad_path = strndup((const char *)value, valuelen > 200 ? 200 : valuelen);
@@ -165,10 +163,43 @@ static void refuse_http(ss_call *call, const char *status, const char *text) {
   ss_conn_mark_dirty(call->conn);
 }
 
+/* Length of "/pkg.Service" in method i's path, or 0 when an earlier method has the same service. */
+static size_t new_service(const ss_grpc_server *s, size_t i) {
+  const char *p = s->methods[i].path;
+  size_t pl = (size_t)(strrchr(p, '/') - p);
+  for (size_t j = 0; j < i; j++)
+    if (strncmp(s->methods[j].path, p, pl + 1) == 0) return 0;
+  return pl;
+}
+
+/* The services of the method table as "/pkg.A/<any> and /pkg.B/<any>", in table order. */
+static const char *services_list(const ss_grpc_server *s, char *buf, size_t len) {
+  size_t off = 0, nsvc = 0, total = 0;
+  for (size_t i = 0; i < s->nmethods; i++) total += new_service(s, i) > 0;
+  buf[0] = 0;
+  for (size_t i = 0; i < s->nmethods; i++) {
+    size_t pl = new_service(s, i);
+    if (pl == 0) continue;
+    nsvc++;
+    const char *sep = nsvc == 1 ? "" : nsvc == total ? " and " : ", ";
+    int n = snprintf(buf + off, len - off, "%s%.*s/*", sep, (int)pl, s->methods[i].path);
+    if (n < 0 || (size_t)n >= len - off) break;
+    off += (size_t)n;
+  }
+  return buf;
+}
+
+const ss_method *ss_grpc_route(const ss_grpc_server *s, const char *path, size_t len) {
+  for (size_t i = 0; i < s->nmethods; i++)
+    if (strlen(s->methods[i].path) == len && memcmp(s->methods[i].path, path, len) == 0)
+      return &s->methods[i];
+  return NULL;
+}
+
 /* Request headers complete: route, refuse early what cannot be served. */
 static void headers_done(ss_conn *c, ss_call *call) {
-  ss_server *s = c->srv;
-  s->total_requests++;
+  ss_grpc_server *s = c->srv;
+  s->stats.requests++;
   if (call->refused == 415 || !call->have_ctype) {
     refuse_http(call, "415", "unsupported content-type");
     return;
@@ -185,10 +216,10 @@ static void headers_done(ss_conn *c, ss_call *call) {
     return;
   }
   if (!call->method) {
+    char known[256];
     call->refused = 1;
-    ss_call_fail(call, SS_GRPC_UNIMPLEMENTED, "unknown method %s (this server implements "
-                 "/splitlearn.comm.ComputeService/* and /grpc.health.v1.Health/*)",
-                 call->bad_path ? call->bad_path : "(no :path)");
+    ss_call_fail(call, SS_GRPC_UNIMPLEMENTED, "unknown method %s (this server implements %s)",
+                 call->bad_path ? call->bad_path : "(no :path)", services_list(s, known, sizeof known));
     return;
   }
   if (s->draining) {
@@ -217,7 +248,7 @@ static void dispatch(ss_call *call) {
     return;
   }
   ss_call_arm_deadline(call);
-  call->method->handler(call);
+  call->method->handler(call, call->srv->method_app);
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
@@ -296,14 +327,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
 static void stream_gone(ss_conn *c, ss_call *call) {
   call_unlink(c, call);
   call->conn = NULL;
-  if (call->state != SS_CALL_DONE) {
-    call->state = SS_CALL_DONE;
-    call->finished = 1;
-    ss_tq_cancel(&c->srv->tq, &call->deadline);
-    if (call->svc_cancel) call->svc_cancel(call);
-    c->srv->stats.cancelled++;
-    ss_server_call_settled(c->srv, call);
-  }
+  ss_call_abandon(call);
   ss_call_unref(call);
 }
 
@@ -345,7 +369,7 @@ static void on_closed(uv_handle_t *h) {
 void ss_conn_close(ss_conn *c) {
   if (c->closing) return;
   c->closing = 1;
-  ss_server *s = c->srv;
+  ss_grpc_server *s = c->srv;
   /* nghttp2_session_del does not report stream closes: settle the calls ourselves. */
   while (c->calls) {
     ss_call *call = c->calls;
@@ -425,10 +449,10 @@ void ss_conn_mark_dirty(ss_conn *c) {
   c->dirty = 1;
   c->dirty_next = c->srv->dirty;
   c->srv->dirty = c;
-  ss_server_wake_flush(c->srv);
+  ss_grpc_wake_flush(c->srv);
 }
 
-void ss_conn_flush_all(ss_server *s) {
+void ss_conn_flush_all(ss_grpc_server *s) {
   while (s->dirty) {
     ss_conn *c = s->dirty;
     s->dirty = c->dirty_next;
@@ -470,11 +494,11 @@ void ss_conn_goaway(ss_conn *c) {
   ss_conn_mark_dirty(c);
 }
 
-void ss_conn_accept(ss_server *s) {
+void ss_conn_accept(ss_grpc_server *s) {
   ss_conn *c = calloc(1, sizeof *c);
   if (!c) return;
   c->srv = s;
-  uv_tcp_init(&s->loop, &c->tcp);
+  uv_tcp_init(s->loop, &c->tcp);
   c->tcp.data = c;
   if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) != 0) {
     uv_close((uv_handle_t *)&c->tcp, on_closed);

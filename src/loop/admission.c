@@ -1,7 +1,7 @@
 /*
  * admission.c — see admission.h. O(1) enter, leave and remove. Loop thread only.
  */
-#include "exec/admission.h"
+#include "loop/admission.h"
 
 #include <stddef.h>
 

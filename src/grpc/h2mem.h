@@ -5,8 +5,8 @@
  * Smaller blocks come from malloc. Measured with bench/idle_conns.py (10000 idle connections).
  * Thread: any (stateless; the loop thread in practice).
  */
-#ifndef SS_NET_H2MEM_H
-#define SS_NET_H2MEM_H
+#ifndef SS_GRPC_H2MEM_H
+#define SS_GRPC_H2MEM_H
 
 #include <nghttp2/nghttp2.h>
 

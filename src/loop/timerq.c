@@ -2,7 +2,7 @@
  * timerq.c — see timerq.h. Heap operations are O(log n); the single uv timer is re-armed to
  * the earliest deadline whenever the top changes. Loop thread only.
  */
-#include "net/timerq.h"
+#include "loop/timerq.h"
 
 #include <stdlib.h>
 

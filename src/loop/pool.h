@@ -11,8 +11,8 @@
  * Cancellation: the loop sets job->cancelled (atomic); a worker that picks up a cancelled job
  * does not run it, and done() still fires exactly once so the owner can release its state.
  */
-#ifndef SS_EXEC_POOL_H
-#define SS_EXEC_POOL_H
+#ifndef SS_LOOP_POOL_H
+#define SS_LOOP_POOL_H
 
 #include <stdatomic.h>
 #include <uv.h>
@@ -28,8 +28,11 @@ struct ss_job {
 
 typedef struct ss_pool ss_pool;
 
-/* Start `workers` threads, each with `intra_op` BLAS threads. *out: free with ss_pool_free. */
-int ss_pool_new(uv_loop_t *loop, int workers, int intra_op, ss_pool **out);
+/* Start `workers` threads. Each runs thread_init(arg) first (the compute engine sizes its
+ * intra-op team there); with workers == 0 the loop thread runs it. thread_init may be NULL.
+ * *out: free with ss_pool_free. */
+int ss_pool_new(uv_loop_t *loop, int workers, void (*thread_init)(void *arg), void *arg,
+                ss_pool **out);
 /* Queue a job (loop thread). The job memory is borrowed until done() runs. */
 void ss_pool_submit(ss_pool *p, ss_job *job);
 /* Jobs queued and not yet taken by a worker. */

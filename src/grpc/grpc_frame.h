@@ -7,8 +7,8 @@
  * the announced length *before* buffering the body.
  * Thread: pure data structures, used on the loop thread (server and client).
  */
-#ifndef SS_NET_GRPC_FRAME_H
-#define SS_NET_GRPC_FRAME_H
+#ifndef SS_GRPC_FRAME_H
+#define SS_GRPC_FRAME_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -6,8 +6,8 @@
  *
  * Thread: loop thread only.
  */
-#ifndef SS_NET_TIMERQ_H
-#define SS_NET_TIMERQ_H
+#ifndef SS_LOOP_TIMERQ_H
+#define SS_LOOP_TIMERQ_H
 
 #include <stddef.h>
 #include <stdint.h>

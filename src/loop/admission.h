@@ -5,8 +5,8 @@
  *
  * Thread: loop thread only (no locks). Waiters are intrusive nodes owned by the caller.
  */
-#ifndef SS_EXEC_ADMISSION_H
-#define SS_EXEC_ADMISSION_H
+#ifndef SS_LOOP_ADMISSION_H
+#define SS_LOOP_ADMISSION_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,0 +1,269 @@
+/*
+ * server.c — the gRPC server's life: the listener, the per-iteration write flush, the call
+ * deadlines' timer queue, and graceful drain. It serves a method table (grpc.h) and holds no
+ * application state.
+ *
+ * Thread: the loop thread (ss_grpc_server_new binds on the calling thread before the loop runs).
+ *
+ * Drain (ss_grpc_server_drain): the listener closes, every connection gets GOAWAY (new streams
+ * are refused: UNAVAILABLE to clients), hooks.drain_started runs, in-flight unary calls run to
+ * completion up to the drain timeout; then hooks.drained runs, streaming calls end with OK, the
+ * last bytes are flushed, connections close (once hooks.busy says so) and hooks.closed runs.
+ * A second drain call with now != 0, or the drain timeout, answers what is left with UNAVAILABLE.
+ */
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "grpc/grpc_int.h"
+#include "grpc/h2mem.h"
+
+int ss_grpc_server_port(const ss_grpc_server *g) { return g->port; }
+const char *ss_grpc_server_host(const ss_grpc_server *g) { return g->host; }
+
+void ss_grpc_server_stats(const ss_grpc_server *g, ss_grpc_stats *out) {
+  *out = g->stats;
+  out->connections = g->nconns;
+  out->live = g->nlive;
+}
+
+/* ------------------------------------------------------------------ drain --- */
+
+static int drained(ss_grpc_server *s) {
+  for (ss_call *c = s->live; c; c = c->live_next)
+    if (!c->is_drain_exempt) return 0;
+  return 1;
+}
+
+/* End the streaming calls (the server is stopping): their handlers are told, then OK. */
+static void end_streams(ss_grpc_server *s) {
+  ss_call *c = s->live;
+  while (c) {
+    ss_call *next = c->live_next;
+    if (c->is_drain_exempt) {
+      if (c->on_cancel) c->on_cancel(c);
+      ss_call_end(c, SS_GRPC_OK, NULL); /* settles c: unlinks it from the live list */
+    }
+    c = next;
+  }
+}
+
+/* All unary calls are answered (or the drain gave up): end streams, flush, close. */
+static void finish_drain(ss_grpc_server *s, int graceful) {
+  if (s->stopped) return;
+  s->stopped = 1;
+  uv_timer_stop(&s->drain_timer);
+  if (s->hooks.drained) s->hooks.drained(s->hooks.app, graceful);
+  end_streams(s);
+  for (ss_conn *c = s->conns; c; c = c->next) {
+    ss_conn_goaway(c);
+    ss_conn_mark_dirty(c);
+  }
+  ss_grpc_wake_flush(s); /* the flush check closes connections once their bytes are written */
+}
+
+static void abandon_live(ss_grpc_server *s, const char *why) {
+  while (s->live) {
+    ss_call *call = s->live;
+    if (call->on_cancel) call->on_cancel(call);
+    if (call->state != SS_CALL_DONE) ss_call_fail(call, SS_GRPC_UNAVAILABLE, "%s", why);
+    if (s->live == call) ss_grpc_call_settled(s, call); /* not answerable: drop it */
+  }
+}
+
+void ss_grpc_call_settled(ss_grpc_server *s, ss_call *call) {
+  if (!call->live) return;
+  call->live = 0;
+  if (call->live_prev) call->live_prev->live_next = call->live_next;
+  else s->live = call->live_next;
+  if (call->live_next) call->live_next->live_prev = call->live_prev;
+  call->live_prev = call->live_next = NULL;
+  assert(s->nlive > 0);
+  s->nlive--;
+  if (s->draining && !s->stopped && drained(s)) finish_drain(s, 1);
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+  ss_grpc_server *s = t->data;
+  SS_LOGW("drain timeout (%.1f s): answering %zu unfinished calls with UNAVAILABLE",
+          s->cfg.drain_timeout_s, s->nlive);
+  char why[128];
+  snprintf(why, sizeof why, "server shutting down: drain timeout of %.1f s exceeded",
+           s->cfg.drain_timeout_s);
+  abandon_live(s, why);
+  finish_drain(s, 0);
+}
+
+void ss_grpc_server_drain(ss_grpc_server *s, int now) {
+  if (!s->draining) {
+    s->draining = 1;
+    SS_LOGI("draining: %zu calls in flight, %zu connections (timeout %.1f s)", s->nlive, s->nconns,
+            s->cfg.drain_timeout_s);
+    if (s->listener_open) {
+      s->listener_open = 0;
+      uv_close((uv_handle_t *)&s->listener, NULL);
+    }
+    if (s->hooks.drain_started) s->hooks.drain_started(s->hooks.app);
+    for (ss_conn *c = s->conns; c; c = c->next) ss_conn_goaway(c);
+    uv_timer_start(&s->drain_timer, on_drain_timeout, (uint64_t)(s->cfg.drain_timeout_s * 1000.0), 0);
+    if (drained(s)) finish_drain(s, 1);
+  }
+  if (now && !s->stopped) {
+    SS_LOGW("second stop request: stopping now");
+    abandon_live(s, "server stopped");
+    finish_drain(s, 0);
+  }
+}
+
+/* ------------------------------------------------------------- loop glue --- */
+
+static void on_close_noop(uv_handle_t *h) { (void)h; }
+
+static void close_handles(ss_grpc_server *s) {
+  if (!s->handles_open) return;
+  s->handles_open = 0;
+  uv_check_stop(&s->flush_check);
+  uv_close((uv_handle_t *)&s->flush_check, on_close_noop);
+  uv_close((uv_handle_t *)&s->flush_idle, on_close_noop);
+  uv_close((uv_handle_t *)&s->drain_timer, on_close_noop);
+  ss_tq_close(&s->tq);
+}
+
+/* Once per loop iteration, after I/O: gather and write every dirty connection's frames. */
+static void on_flush_check(uv_check_t *h) {
+  ss_grpc_server *s = h->data;
+  ss_conn_flush_all(s);
+  if (s->stopped && !s->closed_told && !(s->hooks.busy && s->hooks.busy(s->hooks.app))) {
+    /* Close connections whose output is fully written. */
+    ss_conn *c = s->conns;
+    while (c) {
+      ss_conn *next = c->next;
+      if (!c->writing && c->wlen == 0 && !nghttp2_session_want_write(c->h2)) ss_conn_close(c);
+      c = next;
+    }
+    if (!s->conns) {
+      s->closed_told = 1;
+      close_handles(s);
+      if (s->hooks.closed) s->hooks.closed(s->hooks.app);
+      return;
+    }
+  }
+  if (!s->dirty) uv_idle_stop(&s->flush_idle);
+}
+
+static void on_idle(uv_idle_t *h) { (void)h; }
+
+void ss_grpc_wake_flush(ss_grpc_server *s) {
+  if (s->handles_open) uv_idle_start(&s->flush_idle, on_idle);
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  ss_grpc_server *s = server->data;
+  if (status < 0) {
+    SS_LOGW("accept: %s", uv_strerror(status));
+    return;
+  }
+  ss_conn_accept(s);
+}
+
+/* ------------------------------------------------------------- lifecycle --- */
+
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return code;
+}
+
+static int bind_listener(ss_grpc_server *s, const char *host, char *err, size_t errlen) {
+  if (!host || !*host) host = "127.0.0.1";
+  if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  if (uv_ip4_addr(host, s->cfg.port, (struct sockaddr_in *)&ss) != 0 &&
+      uv_ip6_addr(host, s->cfg.port, (struct sockaddr_in6 *)&ss) != 0)
+    return fail(err, errlen, SS_EINVAL, "--listen: '%s' is not a numeric IPv4/IPv6 address", host);
+  uv_tcp_init(s->loop, &s->listener);
+  s->listener.data = s;
+  s->listener_open = 1;
+  int rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
+  if (rv == 0) rv = uv_listen((uv_stream_t *)&s->listener, 4096, on_connection);
+  if (rv != 0)
+    return fail(err, errlen, SS_EIO, "cannot listen on %s:%d: %s", host, s->cfg.port,
+                uv_strerror(rv));
+  struct sockaddr_storage bound;
+  int len = sizeof bound;
+  rv = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len);
+  if (rv != 0) return fail(err, errlen, SS_EIO, "getsockname: %s", uv_strerror(rv));
+  s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                               : ((struct sockaddr_in *)&bound)->sin_port);
+  s->host = strdup(host);
+  if (!s->host) return fail(err, errlen, SS_ENOMEM, "out of memory");
+  return 0;
+}
+
+int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_method *methods,
+                       size_t n, void *method_app, const ss_grpc_hooks *hooks,
+                       ss_grpc_server **out, char *err, size_t errlen) {
+  *out = NULL;
+  ss_grpc_server *s = calloc(1, sizeof *s);
+  if (!s) return fail(err, errlen, SS_ENOMEM, "out of memory");
+  s->cfg = *cfg;
+  s->cfg.host = NULL; /* borrowed for this call only; s->host is our copy */
+  if (s->cfg.max_message_bytes == 0) s->cfg.max_message_bytes = 104857600;
+  s->loop = loop;
+  s->methods = methods;
+  s->nmethods = n;
+  s->method_app = method_app;
+  for (size_t i = 0; i < n; i++)
+    if (methods[i].state_size > s->state_size) s->state_size = methods[i].state_size;
+  s->state_size = (s->state_size + 15) & ~(size_t)15;
+  if (hooks) s->hooks = *hooks;
+  uv_check_init(loop, &s->flush_check);
+  s->flush_check.data = s;
+  uv_idle_init(loop, &s->flush_idle);
+  uv_timer_init(loop, &s->drain_timer);
+  s->drain_timer.data = s;
+  ss_tq_init(loop, &s->tq);
+  s->handles_open = 1;
+  int rv = ss_conn_callbacks_new(&s->h2cb);
+  if (rv == 0 && nghttp2_option_new(&s->h2opt) == 0) {
+    /* Clients must not be able to grow our memory through HPACK or pending frames. */
+    nghttp2_option_set_max_deflate_dynamic_table_size(s->h2opt, 4096);
+  } else if (rv == 0) {
+    rv = fail(err, errlen, SS_ENOMEM, "out of memory");
+  }
+  if (rv == 0) rv = bind_listener(s, cfg->host, err, errlen);
+  if (rv != 0) {
+    ss_grpc_server_free(s);
+    return rv;
+  }
+  uv_check_start(&s->flush_check, on_flush_check);
+  *out = s;
+  return 0;
+}
+
+void ss_grpc_server_free(ss_grpc_server *s) {
+  if (!s) return;
+  while (s->conns) ss_conn_close(s->conns);
+  if (s->listener_open) {
+    s->listener_open = 0;
+    uv_close((uv_handle_t *)&s->listener, NULL);
+  }
+  close_handles(s);
+  /* Closing handles finish on the owner's loop: run it until they have. */
+  uv_run(s->loop, UV_RUN_NOWAIT);
+  ss_call_cache_free(s);
+  if (s->h2cb) nghttp2_session_callbacks_del(s->h2cb);
+  if (s->h2opt) nghttp2_option_del(s->h2opt);
+  free(s->host);
+  free(s);
+}

@@ -1,0 +1,120 @@
+/*
+ * service_int.h — the service's private structures, shared by the files of src/service:
+ * the service object, the served model set, and the RPC handlers behind the method table.
+ *
+ * Thread: loop thread, except what a worker job reads from its own call's state.
+ *
+ * Lifetimes: a served model is reference-counted (ss_served_ref/unref): the model set holds one
+ * reference, every call that uses it one more; a model removed by a reload is retired (no new
+ * calls) and freed with its last reference.
+ */
+#ifndef SS_SERVICE_SERVICE_INT_H
+#define SS_SERVICE_SERVICE_INT_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "grpc/grpc.h"
+#include "loop/admission.h"
+#include "loop/pool.h"
+#include "loop/timerq.h"
+#include "models/model.h"
+#include "service/service.h"
+#include "splitserve.h"
+
+/* A served model: the model plus its admission state. */
+typedef struct ss_served_model {
+  ss_model *model;
+  char *spec;                    /* the spec it was built from (reload keeps unchanged ones) */
+  int conf_inflight, conf_queue; /* per-model limits as configured (-1 = server default) */
+  ss_admit admit;
+  ss_admit train_admit;          /* backward calls: one at a time, arrival order (train.c) */
+  int accum;                     /* backward calls since the last optimizer step */
+  uint64_t calls, errors;
+  int refs;
+  int retired;
+} ss_served_model;
+
+/* A resource-usage snapshot, sampled on a timer (not per request). */
+typedef struct ss_monitor {
+  double timestamp;      /* unix seconds */
+  float cpu_percent;     /* process CPU over the last interval, 100 = one core */
+  float memory_mb;       /* RSS */
+  float memory_percent;  /* RSS / MemTotal */
+  uint64_t last_cpu_ticks;
+  uint64_t last_ns;
+  double mem_total_mb;
+} ss_monitor;
+
+/* A health Watch stream (info.c): told when the drain starts. */
+typedef struct ss_watch ss_watch;
+
+struct ss_service {
+  ss_server_config cfg;
+  uv_loop_t *loop;
+  ss_pool *pool;
+  ss_grpc_server *grpc;        /* counters for GetServiceInfo (set by ss_service_attach) */
+  ss_timerq tq;                /* sleep waits and monitoring streams */
+  uv_timer_t monitor_timer;
+  int handles_open;
+  ss_monitor mon;
+  uint64_t start_ns;
+  int ncpu;
+  int draining;
+
+  struct ss_sessions *sessions; /* server-side decode sessions (sessions.c) */
+  struct ss_kcache *acts;      /* training forwards awaiting backward (train.c) */
+  uint64_t forward_seq;
+  int saving;                  /* checkpoint jobs running */
+  int save_failed;             /* a checkpoint failed */
+  ss_served_model **models;    /* models[0] is the default (models.c) */
+  size_t nmodels;
+  int reloading;               /* a SIGHUP reload job is running */
+  int reload_again;            /* a SIGHUP came during the reload: run another after it */
+  ss_watch *watches;           /* open health Watch streams */
+};
+
+/* ---- handlers (loop thread, request message complete) ---- */
+void ss_h_compute(ss_call *call, void *app);          /* compute.c */
+void ss_h_backward(ss_call *call, void *app);         /* train.c */
+void ss_h_health_check(ss_call *call, void *app);     /* info.c: ComputeService.HealthCheck */
+void ss_h_service_info(ss_call *call, void *app);     /* info.c */
+void ss_h_stream_monitoring(ss_call *call, void *app);/* info.c */
+void ss_h_grpc_health_check(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Check */
+void ss_h_grpc_health_watch(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Watch */
+extern const size_t ss_compute_state_size, ss_backward_state_size, ss_stream_state_size;
+
+/* Fill a MonitoringSnapshot from the last sample. */
+struct Splitlearn__Comm__MonitoringSnapshot;
+void ss_fill_snapshot(const ss_service *s, struct Splitlearn__Comm__MonitoringSnapshot *snap);
+/* Drain started: health watchers get NOT_SERVING (info.c). */
+void ss_info_on_drain(ss_service *s);
+
+/* ---- monitor (monitor.c) ---- */
+void ss_monitor_sample(ss_monitor *m);
+/* Live thread count of this process (from /proc/self/status), or -1. */
+int ss_thread_count(void);
+
+/* ---- the served model set (models.c) ---- */
+ss_served_model *ss_service_find_model(ss_service *s, const char *id);
+/* Load the models of cfg (+ built-ins) at start-up (before the loop runs). */
+int ss_models_load(ss_service *s, char *err, size_t errlen);
+void ss_models_reload(ss_service *s);
+void ss_served_ref(ss_served_model *sm);
+/* A user stops using sm (frees a retired model at its last reference). */
+void ss_served_unref(ss_served_model *sm);
+void ss_models_free(ss_service *s);
+void ss_models_save_all(ss_service *s, const char *why);
+/* "mlp, identity, ..." into buf (for NOT_FOUND messages). */
+void ss_models_list(const ss_service *s, char *buf, size_t len);
+
+/* ---- training (train.c) ---- */
+int ss_train_init(ss_service *s);
+void ss_train_free(ss_service *s);
+void ss_train_sweep(ss_service *s);
+int ss_train_forward_id(ss_service *s, const char *client_id, char *out, size_t outlen, char *err,
+                        size_t errlen);
+int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, void *saved,
+                   size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim);
+
+#endif

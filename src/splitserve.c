@@ -1,0 +1,305 @@
+/*
+ * splitserve.c — the composition root: the public ss_server_* API (include/splitserve.h) built
+ * from one libuv loop, the worker pool, the compute service and the gRPC server, and the
+ * signals routed between them:
+ *
+ *     SIGINT / SIGTERM / ss_server_stop -> ss_grpc_server_drain (a second one: now)
+ *     SIGHUP                            -> ss_service_reload  (re-read --config)
+ *     SIGUSR1                           -> ss_service_save_all (checkpoints)
+ *     transport closed every connection -> service timers, signals, pool closed: the loop ends
+ *
+ * Threads: ss_server_new / _run / _free on the thread that runs the loop; ss_server_stop from
+ * any thread or a signal handler (an atomic counter + uv_async_send, which is async-signal-safe).
+ * Workers belong to the pool; the compute engine sizes each worker's intra-op team when it
+ * starts (ss_compute_thread_init). The process has 1 + W x T threads.
+ */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "grpc/grpc.h"
+#include "loop/pool.h"
+#include "models/model.h"
+#include "service/service.h"
+#include "splitserve.h"
+
+struct ss_server {
+  ss_server_config cfg;
+  uv_loop_t loop;
+  uv_async_t stop_async;
+  uv_signal_t sigint, sigterm, sighup, sigusr1;
+  int handles_open;
+  ss_pool *pool;
+  int pool_busy;              /* workers still computing when the loop ended (abandoned calls) */
+  ss_service *svc;
+  ss_grpc_server *grpc;
+  atomic_int stop_requests;   /* ss_server_stop calls and signals */
+  int ncpu;
+  ss_server_stats stats;      /* filled when the loop ends */
+};
+
+/* ------------------------------------------------------------------ config file --- */
+
+struct ss_config_file {
+  ss_file_config fc;
+  const char **models;
+  int *inflight, *queue;
+};
+
+void ss_config_file_free(ss_config_file *f) {
+  if (!f) return;
+  ss_config_free(&f->fc);
+  free(f->models);
+  free(f->inflight);
+  free(f->queue);
+  free(f);
+}
+
+int ss_server_config_load(ss_server_config *cfg, const char *path, ss_config_file **out, char *err,
+                          size_t errlen) {
+  *out = NULL;
+  ss_config_file *f = calloc(1, sizeof *f);
+  if (!f) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  int rv = ss_config_load(path, &f->fc, err, errlen);
+  const ss_file_config *fc = &f->fc;
+  int level = SS_LOG_INFO;
+  if (rv == 0 && fc->has_log_level && (level = ss_log_parse_level(fc->log_level)) < 0) {
+    snprintf(err, errlen, "%s: log_level expects error|warn|info|debug, got '%s'", path,
+             fc->log_level);
+    rv = SS_EINVAL;
+  }
+  size_t n = fc->n_models;
+  if (rv == 0) {
+    f->models = calloc(n ? n : 1, sizeof *f->models);
+    f->inflight = calloc(n ? n : 1, sizeof *f->inflight);
+    f->queue = calloc(n ? n : 1, sizeof *f->queue);
+    if (!f->models || !f->inflight || !f->queue) {
+      snprintf(err, errlen, "out of memory");
+      rv = SS_ENOMEM;
+    }
+  }
+  if (rv != 0) {
+    ss_config_file_free(f);
+    return rv;
+  }
+  if (fc->has_listen) {
+    cfg->listen_host = fc->listen_host;
+    cfg->listen_port = fc->listen_port;
+  }
+  if (fc->has_workers) cfg->workers = fc->workers;
+  if (fc->has_intra_op_threads) cfg->intra_op_threads = fc->intra_op_threads;
+  if (fc->has_oversubscribe) cfg->oversubscribe = fc->oversubscribe;
+  if (fc->has_max_inflight) cfg->max_inflight = fc->max_inflight;
+  if (fc->has_max_queue) cfg->max_queue = fc->max_queue;
+  if (fc->has_max_message_bytes) cfg->max_message_bytes = (size_t)fc->max_message_bytes;
+  if (fc->has_drain_timeout) cfg->drain_timeout_s = fc->drain_timeout_s;
+  if (fc->has_session_memory_mb) cfg->session_max_bytes = (size_t)fc->session_memory_mb << 20;
+  if (fc->has_session_ttl) cfg->session_ttl_s = fc->session_ttl_s;
+  if (fc->has_activation_memory_mb) cfg->activation_max_bytes = (size_t)fc->activation_memory_mb << 20;
+  if (fc->has_activation_ttl) cfg->activation_ttl_s = fc->activation_ttl_s;
+  if (fc->has_save_weights) cfg->save_weights = fc->save_weights;
+  if (fc->has_log_level) cfg->log_level = level;
+  for (size_t k = 0; k < n; k++) {
+    f->models[k] = fc->models[k].spec;
+    f->inflight[k] = fc->models[k].max_inflight;
+    f->queue[k] = fc->models[k].max_queue;
+  }
+  cfg->models = f->models;
+  cfg->n_models = n;
+  cfg->model_max_inflight = f->inflight;
+  cfg->model_max_queue = f->queue;
+  cfg->config_path = path;
+  *out = f;
+  return 0;
+}
+
+int ss_server_port(const ss_server *s) { return ss_grpc_server_port(s->grpc); }
+
+void ss_server_get_stats(const ss_server *s, ss_server_stats *out) { *out = s->stats; }
+
+/* ------------------------------------------------------------------ signals --- */
+
+static void handle_stop(ss_server *s) {
+  int n = atomic_load(&s->stop_requests);
+  if (n > 0) ss_grpc_server_drain(s->grpc, n >= 2);
+}
+
+void ss_server_stop(ss_server *s) {
+  atomic_fetch_add(&s->stop_requests, 1);
+  uv_async_send(&s->stop_async);
+}
+
+static void on_stop_async(uv_async_t *h) { handle_stop(h->data); }
+
+static void on_signal(uv_signal_t *h, int signum) {
+  ss_server *s = h->data;
+  switch (signum) {
+  case SIGHUP: ss_service_reload(s->svc); break;
+  case SIGUSR1: ss_service_save_all(s->svc, "SIGUSR1"); break;
+  default:
+    SS_LOGI("signal %d (%s)", signum, signum == SIGINT ? "SIGINT" : "SIGTERM");
+    atomic_fetch_add(&s->stop_requests, 1);
+    handle_stop(s);
+  }
+}
+
+/* ------------------------------------------------------------------ closing --- */
+
+static void close_handles(ss_server *s) {
+  if (!s->handles_open) return;
+  s->handles_open = 0;
+  uv_close((uv_handle_t *)&s->stop_async, NULL);
+  if (s->cfg.handle_signals) {
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->sighup, NULL);
+    uv_close((uv_handle_t *)&s->sigusr1, NULL);
+  }
+  if (s->svc) ss_service_close(s->svc);
+  if (s->pool) s->pool_busy = ss_pool_shutdown(s->pool);
+}
+
+/* The transport's hooks, routed to the service; the last one is ours. */
+static void on_drain_started(void *app) { ss_service_drain_started(((ss_server *)app)->svc); }
+static void on_drained(void *app, int graceful) {
+  ss_service_drained(((ss_server *)app)->svc, graceful);
+}
+static int on_busy(void *app) { return ss_service_busy(((ss_server *)app)->svc); }
+/* The transport closed its last connection: nothing else keeps the loop alive. */
+static void on_transport_closed(void *app) { close_handles(app); }
+
+/* ------------------------------------------------------------------ lifecycle --- */
+
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rlim_t old = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+    SS_LOGI("raised RLIMIT_NOFILE from %llu to %llu (connections are file descriptors)",
+            (unsigned long long)old, (unsigned long long)rl.rlim_cur);
+}
+
+static int check_threads(ss_server *s, char *err, size_t errlen) {
+  int w = s->cfg.workers > 0 ? s->cfg.workers : 1;
+  if ((long)w * s->cfg.intra_op_threads > s->ncpu && !s->cfg.oversubscribe) {
+    snprintf(err, errlen,
+             "--workers %d x --intra-op-threads %d = %d compute threads exceeds the %d online "
+             "cores; lower them or pass --oversubscribe",
+             w, s->cfg.intra_op_threads, w * s->cfg.intra_op_threads, s->ncpu);
+    return SS_EINVAL;
+  }
+  return 0;
+}
+
+static void thread_init(void *arg) { ss_compute_thread_init(*(int *)arg); }
+
+int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_t errlen) {
+  char e[1024] = "";
+  *out = NULL;
+  /* A peer that closes its socket while we write must cost an EPIPE, not the process: libuv
+   * writes sockets with write(2)/writev(2), which raise SIGPIPE. Ignored process-wide (only
+   * when still at its default, so an embedding application's own handler stays). */
+  struct sigaction pipe_sa;
+  if (sigaction(SIGPIPE, NULL, &pipe_sa) == 0 && !(pipe_sa.sa_flags & SA_SIGINFO) &&
+      pipe_sa.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
+  ss_server *s = calloc(1, sizeof *s);
+  if (!s) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  s->cfg = *cfg;
+  ss_log_set_level(cfg->log_level);
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  s->ncpu = ncpu > 0 ? (int)ncpu : 1;
+  if (s->cfg.workers < 0) s->cfg.workers = s->ncpu;
+  if (s->cfg.intra_op_threads < 1) s->cfg.intra_op_threads = 1;
+  if (s->cfg.max_message_bytes == 0) s->cfg.max_message_bytes = 104857600;
+  int rv = check_threads(s, e, sizeof e);
+  if (rv != 0) {
+    snprintf(err, errlen, "%s", e);
+    free(s);
+    return rv;
+  }
+  uv_loop_init(&s->loop);
+  uv_async_init(&s->loop, &s->stop_async, on_stop_async);
+  s->stop_async.data = s;
+  if (s->cfg.handle_signals) {
+    uv_signal_init(&s->loop, &s->sigint);
+    uv_signal_init(&s->loop, &s->sigterm);
+    uv_signal_init(&s->loop, &s->sighup);
+    uv_signal_init(&s->loop, &s->sigusr1);
+    s->sigint.data = s->sigterm.data = s->sighup.data = s->sigusr1.data = s;
+  }
+  s->handles_open = 1;
+  ss_compute_thread_init(s->cfg.intra_op_threads); /* this thread: loads, --workers 0 */
+  rv = ss_pool_new(&s->loop, s->cfg.workers, thread_init, &s->cfg.intra_op_threads, &s->pool);
+  if (rv != 0) snprintf(e, sizeof e, "cannot start %d workers", s->cfg.workers);
+  if (rv == 0) rv = ss_service_new(&s->loop, s->pool, &s->cfg, &s->svc, e, sizeof e);
+  if (rv == 0) {
+    size_t nm;
+    const ss_method *methods = ss_service_methods(&nm);
+    ss_grpc_hooks hooks = {s, on_drain_started, on_drained, on_busy, on_transport_closed};
+    ss_grpc_config gc = {s->cfg.listen_host, s->cfg.listen_port, s->cfg.max_message_bytes,
+                         s->cfg.drain_timeout_s};
+    rv = ss_grpc_server_new(&s->loop, &gc, methods, nm, s->svc, &hooks, &s->grpc, e, sizeof e);
+  }
+  if (rv != 0) {
+    snprintf(err, errlen, "%s", e);
+    ss_server_free(s);
+    return rv;
+  }
+  ss_service_attach(s->svc, s->grpc);
+  raise_nofile();
+  *out = s;
+  return 0;
+}
+
+int ss_server_run(ss_server *s) {
+  if (s->cfg.handle_signals) {
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s->sighup, on_signal, SIGHUP);
+    uv_signal_start(&s->sigusr1, on_signal, SIGUSR1);
+  }
+  ss_service_log_start(s->svc);
+  fprintf(stderr, "listening on %s:%d\n", ss_grpc_server_host(s->grpc), ss_grpc_server_port(s->grpc));
+  fflush(stderr);
+  handle_stop(s); /* a stop that came before run */
+  uv_run(&s->loop, UV_RUN_DEFAULT);
+  ss_grpc_stats gs;
+  ss_grpc_server_stats(s->grpc, &gs);
+  s->stats.served = gs.served;
+  s->stats.failed = gs.failed;
+  s->stats.rejected = gs.rejected;
+  s->stats.cancelled = gs.cancelled;
+  s->stats.checkpoint_failed = ss_service_save_failed(s->svc);
+  if (s->pool_busy) {
+    SS_LOGW("%d worker(s) still computing abandoned calls; ss_server_free waits for them",
+            s->pool_busy);
+    return SS_EBUSY;
+  }
+  return 0;
+}
+
+void ss_server_free(ss_server *s) {
+  if (!s) return;
+  close_handles(s);
+  if (s->grpc) ss_grpc_server_free(s->grpc); /* closes connections and its handles */
+  uv_run(&s->loop, UV_RUN_DEFAULT);
+  ss_pool_free(s->pool);        /* joins the workers */
+  ss_service_free(s->svc);
+  if (uv_loop_close(&s->loop) != 0) SS_LOGW("loop closed with handles still open");
+  free(s);
+}
