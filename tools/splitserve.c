@@ -20,7 +20,7 @@ static void usage(FILE *f) {
           "usage: splitserve [flags]\n"
           "  --listen HOST:PORT        address to serve on (default 127.0.0.1:50051; port 0 picks one)\n"
           "  --workers N               compute worker threads (default: online cores; 0 = compute\n"
-          "                            inline on the I/O loop, the seeds' sync baseline)\n"
+          "                            inline on the I/O loop: one call at a time, a baseline)\n"
           "  --intra-op-threads T      BLAS threads per worker (default 1)\n"
           "  --oversubscribe           allow workers x intra-op-threads > cores\n"
           "  --max-inflight N          per-model concurrent executions (default 0 = unlimited;\n"

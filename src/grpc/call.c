@@ -57,7 +57,7 @@ static void status_str(int code, char out[4]) { /* 0..99: no printf on the hot p
   }
 }
 
-static void submit_trailers(ss_call *call) {
+static int submit_trailers(ss_call *call) {
   char code[4];
   status_str(call->status, code);
   char msg[1024];
@@ -68,7 +68,9 @@ static void submit_trailers(ss_call *call) {
       {(uint8_t *)"grpc-status", (uint8_t *)code, 11, strlen(code), NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"grpc-message", (uint8_t *)msg, 12, mlen, NGHTTP2_NV_FLAG_NONE},
   };
-  nghttp2_submit_trailer(call->conn->h2, call->stream_id, nv, mlen ? 2 : 1);
+  int rv = nghttp2_submit_trailer(call->conn->h2, call->stream_id, nv, mlen ? 2 : 1);
+  if (rv != 0) SS_LOGW("stream %d: trailers: %s", call->stream_id, nghttp2_strerror(rv));
+  return rv;
 }
 
 static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
@@ -84,7 +86,7 @@ static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
   if (n > 0) *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
   if (n == avail && call->finished) {
     *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
-    submit_trailers(call);
+    if (submit_trailers(call) != 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets it */
   }
   return (ssize_t)n;
 }
@@ -128,7 +130,8 @@ static void kick(ss_call *call) {
     if (rv != 0) SS_LOGW("stream %d: submit_response: %s", call->stream_id, nghttp2_strerror(rv));
   } else if (call->deferred) {
     call->deferred = 0;
-    nghttp2_session_resume_data(call->conn->h2, call->stream_id);
+    int rv = nghttp2_session_resume_data(call->conn->h2, call->stream_id);
+    if (rv != 0) SS_LOGD("stream %d: resume: %s", call->stream_id, nghttp2_strerror(rv));
   }
   ss_conn_mark_dirty(call->conn);
 }
@@ -248,7 +251,13 @@ void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
       {(uint8_t *)"grpc-message", (uint8_t *)enc, 12, elen, NGHTTP2_NV_FLAG_NONE},
   };
   call->headers_submitted = 1;
-  nghttp2_submit_response(call->conn->h2, call->stream_id, nv, elen ? 5 : 4, NULL);
+  int rv = nghttp2_submit_response(call->conn->h2, call->stream_id, nv, elen ? 5 : 4, NULL);
+  if (rv != 0) {
+    SS_LOGW("stream %d: submit_response: %s", call->stream_id, nghttp2_strerror(rv));
+    rv = nghttp2_submit_rst_stream(call->conn->h2, NGHTTP2_FLAG_NONE, call->stream_id,
+                                   NGHTTP2_INTERNAL_ERROR);
+    if (rv != 0) SS_LOGW("stream %d: rst_stream: %s", call->stream_id, nghttp2_strerror(rv));
+  }
   ss_conn_mark_dirty(call->conn);
 }
 
@@ -262,7 +271,9 @@ static void on_deadline(ss_tq_entry *e) {
 
 void ss_call_arm_deadline(ss_call *call) {
   if (call->timeout_ns <= 0) return;
-  ss_tq_arm(&call->srv->tq, &call->deadline, call->start_ns + (uint64_t)call->timeout_ns, on_deadline);
+  if (ss_tq_arm(&call->srv->tq, &call->deadline, call->start_ns + (uint64_t)call->timeout_ns,
+                on_deadline) != 0)
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for the call's deadline");
 }
 
 void ss_call_abandon(ss_call *call) {

@@ -158,7 +158,8 @@ static void refuse_http(ss_call *call, const char *status, const char *text) {
   call->state = SS_CALL_DONE;
   call->finished = 1;
   (void)text;
-  nghttp2_submit_response(call->conn->h2, call->stream_id, nv, 2, NULL);
+  int rv = nghttp2_submit_response(call->conn->h2, call->stream_id, nv, 2, NULL);
+  if (rv != 0) SS_LOGW("stream %d: submit_response: %s", call->stream_id, nghttp2_strerror(rv));
   call->srv->stats.failed++;
   ss_conn_mark_dirty(call->conn);
 }
@@ -319,7 +320,9 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
   ss_call *call = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
   if (call && call->refused && call->state != SS_CALL_ACTIVE &&
       !nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id))
-    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+    if (nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_NO_ERROR) != 0)
+      SS_LOGD("stream %d: cannot reset the refused upload", frame->hd.stream_id);
   return 0;
 }
 
@@ -489,8 +492,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 void ss_conn_goaway(ss_conn *c) {
   if (c->closing || c->goaway_sent) return;
   c->goaway_sent = 1;
-  nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->h2),
-                        NGHTTP2_NO_ERROR, NULL, 0);
+  int rv = nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
+                                 nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
+                                 NULL, 0);
+  if (rv != 0) SS_LOGD("goaway: %s", nghttp2_strerror(rv));
   ss_conn_mark_dirty(c);
 }
 
@@ -504,7 +509,7 @@ void ss_conn_accept(ss_grpc_server *s) {
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     return;
   }
-  uv_tcp_nodelay(&c->tcp, 1);
+  if (uv_tcp_nodelay(&c->tcp, 1) != 0) SS_LOGD("TCP_NODELAY refused");
   if (nghttp2_session_server_new3(&c->h2, s->h2cb, c, s->h2opt, ss_h2mem()) != 0) {
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     return;
@@ -515,13 +520,20 @@ void ss_conn_accept(ss_grpc_server *s) {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 8u << 20},
       {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, 1u << 16},
   };
-  nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 3);
-  nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 64 << 20);
+  if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 3) != 0 ||
+      nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 64 << 20) != 0) {
+    nghttp2_session_del(c->h2);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+    return;
+  }
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
   s->nconns++;
   if (s->draining) ss_conn_goaway(c);
-  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+    ss_conn_close(c);
+    return;
+  }
   ss_conn_mark_dirty(c);
 }

@@ -1,6 +1,6 @@
 /*
- * admission.h — per-model admission control: a limit on concurrent executions (the seeds'
- * POOL_SIZE semaphore) and a bounded FIFO of waiting calls. Beyond the bound a call is refused
+ * admission.h — per-model admission control: a limit on concurrent executions (a semaphore,
+ * as Python servers use) and a bounded FIFO of waiting calls. Beyond the bound a call is refused
  * at once (the caller answers RESOURCE_EXHAUSTED): nothing ever queues without limit.
  *
  * Thread: loop thread only (no locks). Waiters are intrusive nodes owned by the caller.

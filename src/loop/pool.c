@@ -136,7 +136,7 @@ int ss_pool_new(uv_loop_t *loop, int workers, void (*thread_init)(void *arg), vo
 void ss_pool_submit(ss_pool *p, ss_job *job) {
   job->next = NULL;
   if (p->nworkers == 0) {
-    /* Inline: the loop thread computes now (blocking the loop, as the seeds' sync server
+    /* Inline: the loop thread computes now (blocking the loop, as a one-thread sync server
      * does); done() still runs from the completion callback, never re-entrantly. */
     job->ran = 0;
     if (!atomic_load(&job->cancelled)) {

@@ -4,7 +4,7 @@
  * W worker threads (uv_thread_t, created once, never more) take jobs from one FIFO and run
  * them; finished jobs go to a completion list that the loop thread drains in one uv_async
  * callback (uv_async_send coalesces, so the callback always takes the whole list).
- * With W == 0 jobs run inline on the loop thread at submit time (the seeds' sync baseline).
+ * With W == 0 jobs run inline on the loop thread at submit time (a one-call-at-a-time baseline).
  *
  * Threads: ss_pool_new/submit/free on the loop thread; job->run on a worker (or the loop
  * when W == 0); job->done always on the loop thread.

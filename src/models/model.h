@@ -121,7 +121,7 @@ struct ss_model {
 };
 
 /* Parse a model spec "ID=KIND[,key=value...]" and create the model.
- * Known kinds: identity, scale, sleep, spin, mlp. mlp keys: weights=PATH (safetensors);
+ * Known kinds: identity, scale, sleep, spin, mlp, gpt2 (registry.c). mlp keys: weights=PATH (safetensors);
  * without weights: the embedded default (768->768->768, deterministic seeded weights).
  * *out: caller frees with ss_model_free(). On error returns <0 and writes a message. */
 int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen);

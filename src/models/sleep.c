@@ -1,7 +1,7 @@
 /*
  * sleep.c — the "sleep" model kind: wait metadata "ms" milliseconds (default 100, 0..600000),
  * then echo the input. The wait is a loop timer (SS_EXEC_TIMER): it never occupies a worker,
- * so it models I/O-bound work (the seeds' asyncio case).
+ * so it models I/O-bound work (what an asyncio server does with asyncio.sleep).
  * Thread: check() and ss_model_sleep_ms() on the loop thread; forward() is never needed.
  */
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /*
  * spin.c — the "spin" model kind: burn CPU for metadata "ms" milliseconds (default 10,
  * 0..600000), measured with CLOCK_MONOTONIC, then the service echoes the input. A real busy
- * loop, not a sleep: it models CPU-bound work that holds a worker (the seeds' sync case).
+ * loop, not a sleep: it models CPU-bound work that holds a worker (what a thread-pool server does with blocking work).
  * Thread: check() on the loop thread; forward() on a worker (never writes out: echo).
  */
 #include <stdio.h>

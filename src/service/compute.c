@@ -1,5 +1,5 @@
 /*
- * compute.c — ComputeService.Compute and ComputeBackward.
+ * compute.c — ComputeService.Compute (ComputeBackward is in train.c).
  *
  * A Compute call's way (loop thread unless said otherwise):
  *   1. the request message is split: the `data` field (the tensor, usually almost all the
@@ -309,7 +309,10 @@ static void start(compute_state *st) {
     double ms = 100;
     ss_model_sleep_ms(&st->meta, &ms, st->err, sizeof st->err);
     st->compute_ms = ms;
-    ss_tq_arm(&s->tq, &st->wake, uv_hrtime() + (uint64_t)(ms * 1e6), on_wake);
+    if (ss_tq_arm(&s->tq, &st->wake, uv_hrtime() + (uint64_t)(ms * 1e6), on_wake) != 0) {
+      release_slot(st);
+      ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for a timer");
+    }
     return;
   }
   st->on_worker = 1;

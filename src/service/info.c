@@ -197,7 +197,9 @@ static void monitoring_tick(ss_tq_entry *e) {
   Splitlearn__Comm__MonitoringSnapshotResponse r = SPLITLEARN__COMM__MONITORING_SNAPSHOT_RESPONSE__INIT;
   r.snapshot = &snap;
   ss_call_send(call, &r.base);
-  ss_tq_arm(&st->svc->tq, &st->tick, uv_hrtime() + (uint64_t)(st->interval_s * 1e9), monitoring_tick);
+  if (ss_tq_arm(&st->svc->tq, &st->tick, uv_hrtime() + (uint64_t)(st->interval_s * 1e9),
+                monitoring_tick) != 0)
+    ss_call_end(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for the stream's timer");
 }
 
 static stream_state *stream_new(ss_call *call, ss_service *svc) {
