@@ -118,6 +118,8 @@ typedef struct ss_server_config {
   double activation_ttl_s;    /* training forwards without a backward expire (default 300) */
   const char *save_weights;   /* borrowed; checkpoint path for the default model (drain, SIGUSR1) */
   int log_level;              /* 0 error, 1 warn, 2 info (default), 3 debug */
+  const char *metrics_host;   /* borrowed; Prometheus /metrics over HTTP/1.1 (NULL: 127.0.0.1) */
+  int metrics_port;           /* -1 (default): no metrics endpoint; 0 picks a free port */
   int handle_signals;         /* install SIGINT/SIGTERM handlers on the loop (daemon) */
 } ss_server_config;
 

@@ -25,6 +25,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "grpc/grpc.h"
+#include "http/metrics_http.h"
 #include "loop/pool.h"
 #include "models/model.h"
 #include "service/service.h"
@@ -40,6 +41,7 @@ struct ss_server {
   int pool_busy;              /* workers still computing when the loop ended (abandoned calls) */
   ss_service *svc;
   ss_grpc_server *grpc;
+  ss_metrics_http *metrics;   /* NULL unless --metrics-listen */
   atomic_int stop_requests;   /* ss_server_stop calls and signals */
   int ncpu;
   ss_server_stats stats;      /* filled when the loop ends */
@@ -109,6 +111,10 @@ int ss_server_config_load(ss_server_config *cfg, const char *path, ss_config_fil
   if (fc->has_activation_ttl) cfg->activation_ttl_s = fc->activation_ttl_s;
   if (fc->has_save_weights) cfg->save_weights = fc->save_weights;
   if (fc->has_log_level) cfg->log_level = level;
+  if (fc->has_metrics_listen) {
+    cfg->metrics_host = fc->metrics_host;
+    cfg->metrics_port = fc->metrics_port;
+  }
   for (size_t k = 0; k < n; k++) {
     f->models[k] = fc->models[k].spec;
     f->inflight[k] = fc->models[k].max_inflight;
@@ -166,8 +172,12 @@ static void close_handles(ss_server *s) {
     uv_close((uv_handle_t *)&s->sigusr1, NULL);
   }
   if (s->svc) ss_service_close(s->svc);
+  if (s->metrics) ss_metrics_http_close(s->metrics);
   if (s->pool) s->pool_busy = ss_pool_shutdown(s->pool);
 }
+
+/* A Prometheus scrape: the service's metrics (they include the transport's counters). */
+static void render_metrics(void *app, ss_strbuf *out) { ss_service_metrics(((ss_server *)app)->svc, out); }
 
 /* The transport's hooks, routed to the service; the last one is ours. */
 static void on_drain_started(void *app) { ss_service_drain_started(((ss_server *)app)->svc); }
@@ -255,6 +265,9 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
                          s->cfg.drain_timeout_s};
     rv = ss_grpc_server_new(&s->loop, &gc, methods, nm, s->svc, &hooks, &s->grpc, e, sizeof e);
   }
+  if (rv == 0 && s->cfg.metrics_port >= 0)
+    rv = ss_metrics_http_new(&s->loop, s->cfg.metrics_host, s->cfg.metrics_port, render_metrics, s,
+                             &s->metrics, e, sizeof e);
   if (rv != 0) {
     snprintf(err, errlen, "%s", e);
     ss_server_free(s);
@@ -274,6 +287,9 @@ int ss_server_run(ss_server *s) {
     uv_signal_start(&s->sigusr1, on_signal, SIGUSR1);
   }
   ss_service_log_start(s->svc);
+  if (s->metrics)
+    fprintf(stderr, "metrics on http://%s:%d/metrics\n",
+            s->cfg.metrics_host ? s->cfg.metrics_host : "127.0.0.1", ss_metrics_http_port(s->metrics));
   fprintf(stderr, "listening on %s:%d\n", ss_grpc_server_host(s->grpc), ss_grpc_server_port(s->grpc));
   fflush(stderr);
   handle_stop(s); /* a stop that came before run */
@@ -300,6 +316,7 @@ void ss_server_free(ss_server *s) {
   uv_run(&s->loop, UV_RUN_DEFAULT);
   ss_pool_free(s->pool);        /* joins the workers */
   ss_service_free(s->svc);
+  ss_metrics_http_free(s->metrics);
   if (uv_loop_close(&s->loop) != 0) SS_LOGW("loop closed with handles still open");
   free(s);
 }

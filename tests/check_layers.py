@@ -23,10 +23,11 @@ ALLOWED = {
     "loop": {"core"},
     "grpc": {"core", "loop"},
     "client": {"core", "grpc"},
+    "http": {"core"},
     "models": {"core"},
     "models/nn": {"core", "models"},
     "service": {"core", "loop", "grpc", "models"},
-    ".": {"core", "loop", "grpc", "models", "service"},
+    ".": {"core", "loop", "grpc", "http", "models", "service"},
 }
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

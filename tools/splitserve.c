@@ -49,7 +49,31 @@ static void usage(FILE *f) {
           "                            the command line override its settings; SIGHUP re-reads its\n"
           "                            models and limits without a restart\n"
           "  --log-level L             error|warn|info|debug (default info)\n"
+          "  --metrics-listen HOST:PORT  Prometheus metrics at http://HOST:PORT/metrics (default off;\n"
+          "                            port 0 picks one; config key metrics_listen)\n"
           "  --help                    this text\n");
+}
+
+static int parse_int(const char *flag, const char *v, long lo, long hi, long *out);
+
+/* "HOST:PORT" or "[V6]:PORT" into host[hostlen] and *port. */
+static int parse_hostport(const char *flag, const char *v, char *host, size_t hostlen, int *port) {
+  const char *colon = strrchr(v, ':');
+  long x;
+  if (!colon || colon == v || parse_int(flag, colon + 1, 0, 65535, &x) != 0) {
+    fprintf(stderr, "splitserve: %s expects HOST:PORT, got '%s'\n", flag, v);
+    return -1;
+  }
+  size_t hl = (size_t)(colon - v);
+  if (hl >= hostlen) hl = hostlen - 1;
+  memcpy(host, v, hl);
+  host[hl] = 0;
+  if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') { /* [::1]:50051 */
+    memmove(host, host + 1, hl - 2);
+    host[hl - 2] = 0;
+  }
+  *port = (int)x;
+  return 0;
 }
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, long *out) {
@@ -78,7 +102,7 @@ int main(int argc, char **argv) {
   const char *models[256];
   int model_inflight[256], model_queue[256];
   size_t nmodels = 0;
-  char host[256] = "127.0.0.1";
+  char host[256] = "127.0.0.1", mhost[256] = "127.0.0.1";
   ss_config_file *fc = NULL;
   const char *config_path = NULL;
   for (int i = 1; i + 1 < argc; i++)
@@ -110,21 +134,11 @@ int main(int argc, char **argv) {
     const char *v = argv[++i];
     long x;
     if (strcmp(a, "--listen") == 0) {
-      const char *colon = strrchr(v, ':');
-      if (!colon || colon == v || parse_int("--listen port", colon + 1, 0, 65535, &x) != 0) {
-        fprintf(stderr, "splitserve: --listen expects HOST:PORT, got '%s'\n", v);
-        goto out;
-      }
-      size_t hl = (size_t)(colon - v);
-      if (hl >= sizeof host) hl = sizeof host - 1;
-      memcpy(host, v, hl);
-      host[hl] = 0;
-      if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') { /* [::1]:50051 */
-        memmove(host, host + 1, hl - 2);
-        host[hl - 2] = 0;
-      }
-      cfg.listen_port = (int)x;
+      if (parse_hostport(a, v, host, sizeof host, &cfg.listen_port) != 0) goto out;
       cfg.listen_host = host;
+    } else if (strcmp(a, "--metrics-listen") == 0) {
+      if (parse_hostport(a, v, mhost, sizeof mhost, &cfg.metrics_port) != 0) goto out;
+      cfg.metrics_host = mhost;
     } else if (strcmp(a, "--workers") == 0) {
       if (parse_int(a, v, 0, 1024, &x) != 0) goto out;
       cfg.workers = (int)x;

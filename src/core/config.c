@@ -40,7 +40,7 @@ static const char *const top_keys[] = {
     "listen",      "workers",           "intra_op_threads", "oversubscribe",
     "max_inflight", "max_queue",        "max_message_bytes", "drain_timeout",
     "session_memory_mb", "session_ttl", "log_level",        "models",
-    "activation_memory_mb", "activation_ttl", "save_weights",
+    "activation_memory_mb", "activation_ttl", "save_weights", "metrics_listen",
     NULL};
 
 __attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t *n,
@@ -156,8 +156,9 @@ static int get_str(walk *w, const char *key, const yaml_node_t *n, char **out) {
   return *out ? 0 : SS_ENOMEM;
 }
 
-/* listen: "HOST:PORT", "[V6]:PORT". */
-static int get_listen(walk *w, const yaml_node_t *n, ss_file_config *c) {
+/* key: "HOST:PORT", "[V6]:PORT" (listen, metrics_listen). */
+static int get_hostport(walk *w, const yaml_node_t *n, const char *key, char **host, int *port_out,
+                        int *has) {
   const char *s = scalar(n);
   const char *hb = NULL, *he = NULL, *port = NULL;
   if (s && s[0] == '[') {
@@ -173,15 +174,15 @@ static int get_listen(walk *w, const yaml_node_t *n, ss_file_config *c) {
     char got[100];
     describe_got(n, got, sizeof got);
     return fail(w, n,
-                "listen: expected HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:50051, port in "
+                "%s: expected HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:50051, port in "
                 "[0, 65535]), got %s",
-                got);
+                key, got);
   }
-  free(c->listen_host);
-  c->listen_host = strndup(hb, (size_t)(he - hb));
-  if (!c->listen_host) return SS_ENOMEM;
-  c->listen_port = (int)p;
-  c->has_listen = 1;
+  free(*host);
+  *host = strndup(hb, (size_t)(he - hb));
+  if (!*host) return SS_ENOMEM;
+  *port_out = (int)p;
+  *has = 1;
   return 0;
 }
 
@@ -341,7 +342,9 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
     }
     int rc;
     if (!strcmp(ks, "listen")) {
-      rc = get_listen(w, v, c);
+      rc = get_hostport(w, v, ks, &c->listen_host, &c->listen_port, &c->has_listen);
+    } else if (!strcmp(ks, "metrics_listen")) {
+      rc = get_hostport(w, v, ks, &c->metrics_host, &c->metrics_port, &c->has_metrics_listen);
     } else if (!strcmp(ks, "workers")) {
       rc = get_int(w, ks, v, 0, 1024, &c->workers);
       c->has_workers = !rc;
@@ -509,6 +512,7 @@ int ss_config_load(const char *path, ss_file_config *out, char *err, size_t errl
 void ss_config_free(ss_file_config *c) {
   if (!c) return;
   free(c->listen_host);
+  free(c->metrics_host);
   free(c->log_level);
   free(c->save_weights);
   for (size_t i = 0; i < c->n_models; i++) {
@@ -525,6 +529,7 @@ void ss_server_config_init(ss_server_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->listen_host = "127.0.0.1";
   cfg->listen_port = 50051;
+  cfg->metrics_port = -1;
   cfg->workers = -1;
   cfg->intra_op_threads = 1;
   cfg->max_inflight = 0;

@@ -302,6 +302,11 @@ void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *call), void (*rele
 
 int ss_call_answered(const ss_call *call) { return call->state == SS_CALL_DONE; }
 
+int ss_call_status(const ss_call *call) {
+  if (call->state != SS_CALL_DONE) return -1;
+  return call->status >= 0 ? call->status : SS_GRPC_CANCELLED;
+}
+
 uint64_t ss_call_start_ns(const ss_call *call) { return call->start_ns; }
 
 ss_grpc_server *ss_call_server(ss_call *call) { return call->srv; }

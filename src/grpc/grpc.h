@@ -107,6 +107,9 @@ void *ss_call_state(ss_call *call);
 void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *call), void (*release)(ss_call *call));
 /* Nonzero once a status is decided or the client went away (further answers are ignored). */
 int ss_call_answered(const ss_call *call);
+/* The status the call ended with (a gRPC code), CANCELLED when its client went away first, or
+ * -1 while it is still open. */
+int ss_call_status(const ss_call *call);
 /* uv_hrtime() when the call's headers arrived. */
 uint64_t ss_call_start_ns(const ss_call *call);
 /* The server the call belongs to (for counters). */

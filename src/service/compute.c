@@ -68,6 +68,7 @@ typedef struct compute_state {
   size_t saved_bytes;
   char forward_id[128];
   int on_worker;              /* job submitted, done() not yet run */
+  uint64_t t_admitted, t_run; /* admission, worker start (uv_hrtime; 0 = never) */
   /* written by the worker, read by the loop in done() */
   void *out_data;
   size_t out_nbytes;
@@ -172,6 +173,7 @@ static void job_run(ss_job *job) {
   compute_state *st = ss_container_of(job, compute_state, job);
   const ss_model *m = st->sm->model;
   uint64_t t0 = uv_hrtime();
+  st->t_run = t0;
   st->rc = 0;
   if (m->echo) { /* spin: burn the CPU, then the reply is the input */
     st->rc = m->ops->forward(m, &st->in, NULL, &st->meta, st->err, sizeof st->err);
@@ -342,6 +344,11 @@ static void compute_cancel(ss_call *call) {
 
 static void compute_free(ss_call *call) {
   compute_state *st = ss_call_state(call);
+  uint64_t now = uv_hrtime();
+  double queue_s = st->t_run && st->t_admitted ? (double)(st->t_run - st->t_admitted) / 1e9 : -1;
+  ss_metrics_observe(st->svc, st->sm ? st->sm->model->id : "", "Compute", ss_call_status(call),
+                     queue_s, st->t_run ? st->compute_ms / 1e3 : -1,
+                     (double)(now - ss_call_start_ns(call)) / 1e9);
   if (st->session) { /* never started: give the session back unchanged */
     ss_session_release(st->svc->sessions, st->session, NULL, 0, 0);
     st->session = NULL;
@@ -569,6 +576,7 @@ void ss_h_compute(ss_call *call, void *app) {
     reply_echo(st);
     return;
   }
+  st->t_admitted = uv_hrtime();
   switch (ss_admit_enter(&st->sm->admit, &st->waiter)) {
   case SS_ADMIT_RUN: start(st); break;
   case SS_ADMIT_QUEUED: break;

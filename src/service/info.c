@@ -31,6 +31,26 @@ void ss_fill_snapshot(const ss_service *s, Splitlearn__Comm__MonitoringSnapshot 
   snap->gpu_available = 0;
 }
 
+/* The unary info handlers keep only what their metrics need. */
+typedef struct info_state {
+  ss_service *svc;
+  const char *method;
+} info_state;
+const size_t ss_info_state_size = sizeof(info_state);
+
+static void info_release(ss_call *call) {
+  info_state *st = ss_call_state(call);
+  ss_metrics_observe(st->svc, "", st->method, ss_call_status(call), -1, -1,
+                     (double)(uv_hrtime() - ss_call_start_ns(call)) / 1e9);
+}
+
+static void info_begin(ss_call *call, void *app, const char *method) {
+  info_state *st = ss_call_state(call);
+  st->svc = app;
+  st->method = method;
+  ss_call_set_hooks(call, NULL, info_release);
+}
+
 /* Unpack an empty-bodied request only to check it is valid protobuf. */
 static int check_wire(ss_call *call, const ProtobufCMessageDescriptor *d) {
   size_t len;
@@ -46,6 +66,7 @@ static int check_wire(ss_call *call, const ProtobufCMessageDescriptor *d) {
 }
 
 void ss_h_health_check(ss_call *call, void *app) {
+  info_begin(call, app, "HealthCheck");
   if (check_wire(call, &splitlearn__comm__health_request__descriptor) != 0) return;
   const ss_service *s = app;
   Splitlearn__Comm__HealthResponse r = SPLITLEARN__COMM__HEALTH_RESPONSE__INIT;
@@ -79,6 +100,7 @@ static void kv(kvlist *l, const char *key, const char *fmt, ...) {
 }
 
 void ss_h_service_info(ss_call *call, void *app) {
+  info_begin(call, app, "GetServiceInfo");
   if (check_wire(call, &splitlearn__comm__service_info_request__descriptor) != 0) return;
   const ss_service *s = app;
   ss_grpc_stats gs = {0};
@@ -178,6 +200,9 @@ static void stream_cancel(ss_call *call) {
 
 static void stream_free(ss_call *call) {
   stream_state *st = ss_call_state(call);
+  ss_metrics_observe(st->svc, "", st->watch ? "grpc.health.v1.Health/Watch" : "StreamMonitoring",
+                     ss_call_status(call), -1, -1,
+                     (double)(uv_hrtime() - ss_call_start_ns(call)) / 1e9);
   ss_tq_cancel(&st->svc->tq, &st->tick);
   if (st->watch) { /* off the service's list */
     if (st->prev) st->prev->next = st->next;
@@ -253,6 +278,7 @@ static Grpc__Health__V1__HealthCheckRequest *health_req(ss_call *call) {
 }
 
 void ss_h_grpc_health_check(ss_call *call, void *app) {
+  info_begin(call, app, "grpc.health.v1.Health/Check");
   Grpc__Health__V1__HealthCheckRequest *req = health_req(call);
   if (!req) return;
   if (!known_service(req->service)) {

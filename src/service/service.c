@@ -37,7 +37,10 @@ const ss_method *ss_service_methods(size_t *n) {
   /* State sizes live with their handlers' files; filled in once (constant afterwards). */
   methods[0].state_size = ss_compute_state_size;
   methods[1].state_size = ss_backward_state_size;
+  methods[2].state_size = ss_info_state_size;
+  methods[3].state_size = ss_info_state_size;
   methods[4].state_size = ss_stream_state_size;
+  methods[5].state_size = ss_info_state_size;
   methods[6].state_size = ss_stream_state_size;
   *n = N_METHODS;
   return methods;
@@ -141,5 +144,6 @@ void ss_service_free(ss_service *s) {
   if (s->acts) ss_train_free(s);
   ss_sessions_free(s->sessions);
   ss_models_free(s);
+  ss_metrics_free(s);
   free(s);
 }

@@ -41,6 +41,9 @@ void ss_service_reload(ss_service *svc);
 void ss_service_save_all(ss_service *svc, const char *why);
 /* Nonzero when a checkpoint failed since start (the daemon's exit status says so). */
 int ss_service_save_failed(const ss_service *svc);
+/* Append the Prometheus text exposition of the service's metrics to out (metrics.c). */
+struct ss_strbuf;
+void ss_service_metrics(ss_service *svc, struct ss_strbuf *out);
 /* Stop the service's timers (the loop may end). */
 void ss_service_close(ss_service *svc);
 void ss_service_free(ss_service *svc);

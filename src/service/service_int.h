@@ -19,6 +19,7 @@
 #include "loop/pool.h"
 #include "loop/timerq.h"
 #include "models/model.h"
+#include "service/metrics.h"
 #include "service/service.h"
 #include "splitserve.h"
 
@@ -72,6 +73,7 @@ struct ss_service {
   int reloading;               /* a SIGHUP reload job is running */
   int reload_again;            /* a SIGHUP came during the reload: run another after it */
   ss_watch *watches;           /* open health Watch streams */
+  struct ss_series *series;    /* request metrics (metrics.c) */
 };
 
 /* ---- handlers (loop thread, request message complete) ---- */
@@ -82,7 +84,8 @@ void ss_h_service_info(ss_call *call, void *app);     /* info.c */
 void ss_h_stream_monitoring(ss_call *call, void *app);/* info.c */
 void ss_h_grpc_health_check(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Check */
 void ss_h_grpc_health_watch(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Watch */
-extern const size_t ss_compute_state_size, ss_backward_state_size, ss_stream_state_size;
+extern const size_t ss_compute_state_size, ss_backward_state_size, ss_stream_state_size,
+    ss_info_state_size;
 
 /* Fill a MonitoringSnapshot from the last sample. */
 struct Splitlearn__Comm__MonitoringSnapshot;

@@ -243,6 +243,9 @@ static void bw_cancel(ss_call *call) {
 
 static void bw_free(ss_call *call) {
   backward_state *st = ss_call_state(call);
+  ss_metrics_observe(st->svc, st->rec ? st->rec->sm->model->id : "", "ComputeBackward",
+                     ss_call_status(call), -1, st->ms > 0 ? st->ms / 1e3 : -1,
+                     (double)(uv_hrtime() - ss_call_start_ns(call)) / 1e9);
   if (st->rec) act_free(st->rec, NULL);
   free(st->grad_in);
   ss_arena_release(&st->arena);

@@ -52,6 +52,7 @@ void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *), void (*release)
   call->on_release = release;
 }
 int ss_call_answered(const ss_call *call) { return call->res->answered; }
+int ss_call_status(const ss_call *call) { return call->res->answered ? call->res->status : -1; }
 uint64_t ss_call_start_ns(const ss_call *call) { return call->start_ns; }
 ss_grpc_server *ss_call_server(ss_call *call) {
   (void)call;
