@@ -8,7 +8,7 @@ PKGS=(
   libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
   libopenblas-openmp-dev libopenblas0-pthread libjansson-dev libyaml-dev libhttp-parser-dev
   protobuf-compiler python3-grpcio python3-protobuf python3-numpy
-  valgrind prometheus
+  valgrind prometheus nginx-light yamllint python3-kubernetes python3-yaml
 )
 if [ "${SS_DEPS_TORCH:-1}" = 1 ]; then PKGS+=(python3-torch); fi
 if [ "${SS_DEPS_BENCH:-0}" = 1 ]; then PKGS+=(python3-matplotlib linux-perf); fi
