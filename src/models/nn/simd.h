@@ -3,8 +3,8 @@
  * target_clones attribute that builds an AVX2+FMA version next to the baseline one (the loader
  * picks per CPU). Used by linear.c and vmath.c. Thread: n/a (types and macros).
  */
-#ifndef SS_MODELS_SIMD_H
-#define SS_MODELS_SIMD_H
+#ifndef SS_MODELS_NN_SIMD_H
+#define SS_MODELS_NN_SIMD_H
 
 #include <stdint.h>
 

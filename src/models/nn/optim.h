@@ -11,8 +11,8 @@
  * Thread: the caller's; the models call these from step() under the model's write lock, so
  * nothing here locks.
  */
-#ifndef SS_MODELS_OPTIM_H
-#define SS_MODELS_OPTIM_H
+#ifndef SS_MODELS_NN_OPTIM_H
+#define SS_MODELS_NN_OPTIM_H
 
 #include <stddef.h>
 #include <stdint.h>
