@@ -2,7 +2,7 @@
  * test_nn.c — the op library in src/models/nn/: every op's backward against central finite
  * differences of its forward (loss = sum(out * R) for a random R, so dL/dout = R): linear (both
  * weight layouts), layernorm, rmsnorm (w and 1 + w), gelu (tanh and erf), relu, silu, attention
- * with grouped heads; rmsnorm and silu against values computed by hand; attention with grouped
+ * with grouped heads, rope; rmsnorm, silu and rope against values computed by hand; attention with grouped
  * heads against the same attention with the kv heads repeated; attention with a past (KV cache)
  * against one call over the whole sequence. Single-threaded.
  */
@@ -17,6 +17,7 @@
 #include "models/nn/linear.h"
 #include "models/nn/relu.h"
 #include "models/nn/rmsnorm.h"
+#include "models/nn/rope.h"
 #include "models/nn/silu.h"
 
 static unsigned rs = 7;
@@ -279,6 +280,36 @@ static void test_attention_past(void) {
   free(K2), free(V2);
 }
 
+/* ------------------------------------------------------------ rope ---- */
+
+typedef struct rope_ctx {
+  float *x, *y, *R;
+} rope_ctx;
+
+enum { RB = 2, RT = 3, RNH = 2, RHS = 6, RLD = RNH * RHS + 1 };
+
+static double rope_loss(void *c_) {
+  rope_ctx *c = c_;
+  memcpy(c->y, c->x, (size_t)(RB * RT * RLD) * sizeof(float));
+  ss_rope_forward(c->y, RLD, RB, RT, RNH, RHS, 4, 100.0f);
+  return dot(c->y, c->R, (size_t)(RB * RT * RLD));
+}
+
+static void test_rope(void) {
+  size_t n = (size_t)(RB * RT * RLD);
+  rope_ctx c = {rnd(n), rnd(n), rnd(n)};
+  float *d = malloc(n * sizeof *d), v[4] = {1, 2, 0, 0};
+  for (int r = 0; r < RB * RT; r++) c.R[r * RLD + RLD - 1] = 0.0f; /* the padding column */
+  memcpy(d, c.R, n * sizeof *d);
+  ss_rope_backward(d, RLD, RB, RT, RNH, RHS, 4, 100.0f);
+  check_grad("rope", c.x, d, n, rope_loss, &c);
+  /* by hand: HS 4, position 1, base 100: theta = 1, 0.1; (x0, x2) turns by 1 rad, (x1, x3) by 0.1 */
+  ss_rope_forward(v, 4, 1, 1, 1, 4, 1, 100.0f);
+  CHECK(fabsf(v[0] - 0.54030231f) < 1e-6f && fabsf(v[2] - 0.84147098f) < 1e-6f);
+  CHECK(fabsf(v[1] - 1.99000833f) < 1e-6f && fabsf(v[3] - 0.19966683f) < 1e-6f);
+  free(c.x), free(c.y), free(c.R), free(d);
+}
+
 int main(void) {
   test_linear(SS_W_OUT_IN, 3);
   test_linear(SS_W_IN_OUT, 3);
@@ -298,5 +329,6 @@ int main(void) {
   test_attention_grad(1);
   test_attention_gqa();
   test_attention_past();
+  test_rope();
   TEST_MAIN_END();
 }
