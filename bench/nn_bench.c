@@ -11,7 +11,7 @@
  *     bench/nn_bench.c build/libsplitserve.a -o build/nn_bench \
  *     -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp \
  *     -lopenblas $(pkg-config --libs libuv libnghttp2 libprotobuf-c jansson yaml-0.1) -lm -lpthread
- *   build/nn_bench [THREADS] [REPS]
+ *   build/nn_bench [THREADS] [REPS]      (env NN_BENCH_CPU=1: thread CPU time, see now_ms)
  */
 #include <math.h>
 #include <omp.h>
@@ -29,9 +29,13 @@
 #define NL 8
 #define NI (4 * E)
 
+/* NN_BENCH_CPU=1: the calling thread's CPU time instead of wall time (steadier on a loaded
+ * machine; meaningful with THREADS 1 only, where BLAS runs on the calling thread). */
+static clockid_t clk = CLOCK_MONOTONIC;
+
 static double now_ms(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(clk, &ts);
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
@@ -109,6 +113,8 @@ int main(int argc, char **argv) {
   struct stat st;
   double *t = malloc((size_t)reps * sizeof *t);
 
+  if (getenv("NN_BENCH_CPU") != NULL && atoi(getenv("NN_BENCH_CPU")) == 1)
+    clk = CLOCK_THREAD_CPUTIME_ID;
   omp_set_num_threads(threads);
   mkdir("bench/.cache", 0755);
   mkdir(dir, 0755);
