@@ -24,10 +24,10 @@ ALLOWED = {
     "grpc": {"core", "loop"},
     "client": {"core", "grpc"},
     "http": {"core"},
-    "models": {"core"},
-    "models/nn": {"core", "models"},
-    "service": {"core", "loop", "grpc", "models"},
-    ".": {"core", "loop", "grpc", "http", "models", "service"},
+    "models": {"core", "models/nn"},
+    "models/nn": {"core"},
+    "service": {"core", "loop", "grpc", "models", "models/nn"},
+    ".": {"core", "loop", "grpc", "http", "models", "models/nn", "service"},
 }
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

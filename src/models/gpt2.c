@@ -9,7 +9,7 @@
  * Weights: keys h.{i}.ln_1.{weight,bias}, h.{i}.attn.c_attn.{weight,bias},
  * h.{i}.attn.c_proj.{weight,bias}, h.{i}.ln_2.{weight,bias}, h.{i}.mlp.c_fc.{weight,bias},
  * h.{i}.mlp.c_proj.{weight,bias}, optionally under "transformer."; F32/F16/BF16. Linear layers
- * are HF Conv1D: W is [in, out] and y = x W + b, i.e. sgemm(RowMajor, NoTrans, NoTrans).
+ * are HF Conv1D: W is [in, out] and y = x W + b (nn/linear.h, SS_W_IN_OUT).
  * Only the trunk's tensors are touched. F32 tensors are used in place from the mmap (one copy in
  * the page cache, shared by every worker) when 4-byte aligned, else copied once at load;
  * F16/BF16 are converted to f32 once at load.
@@ -17,7 +17,9 @@
  * Block (HF GPT2Block, eval mode):  h = x + c_proj(attn(ln_1(x)));  y = h + mlp(ln_2(h))
  *   attn: q,k,v = split(ln_1(x) c_attn); per head softmax(q k^T / sqrt(d) + causal) v
  *   mlp:  c_proj(gelu_new(c_fc(.))),  gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
- * The residual stream lives in out->data; c_proj results are added to it with sgemm beta = 1.
+ * It is written once (block_forward / block_backward) on the op library in nn/, and serves
+ * inference with or without a cache, decode steps and training. In inference the residual
+ * stream lives in out->data; c_proj results are added to it (linear forward, accumulate).
  *
  * KV cache: past[l].key/value [batch, heads, P, head_dim] (layer a + l). Keys/values of the
  * whole window [0, P + seq) are assembled per layer in one buffer K/V [batch, heads, P+seq, d];
@@ -28,11 +30,10 @@
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
  * loop thread; forward()/forward_kv() on workers, reentrant (all scratch is malloc'd per call).
  * Training (see "training" below): forward_train/backward under the model's read lock (backward
- * calls serialize only their gradient sums, on gmu); step() under the write lock is the only
+ * calls serialize only their gradient sums, on the params mutex: models/params.h); step() under the write lock is the only
  * writer of weights, copying mmap views on first write; save() writes the trunk's layers only,
  * under their original names.
  */
-#include <cblas.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -41,10 +42,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "models/linear.h"
-#include "models/vmath.h"
 #include "models/model.h"
-#include "models/optim.h"
+#include "models/nn/attention.h"
+#include "models/nn/gelu.h"
+#include "models/nn/layernorm.h"
+#include "models/nn/linear.h"
+#include "models/params.h"
 #include "models/safetensors.h"
 
 enum {
@@ -81,11 +84,8 @@ typedef struct gpt2 {
   gpt2_block *blk;    /* b - a blocks */
   ss_st_file *st;     /* keeps the mmap alive */
   const char *prefix; /* static: "" or "transformer." as in the loaded file (save writes it back) */
-  /* training: one param per tensor (layer-major, T_PER_LAYER each), gradients summed under gmu
-   * by concurrent backward calls; optimizer steps taken so far. */
-  ss_param *prm;
-  uv_mutex_t gmu;
-  int64_t t;
+  /* training: one param per tensor (layer-major, T_PER_LAYER each; see gpt2_params) */
+  ss_params prm;
 } gpt2;
 
 static void gpt2_free(gpt2 *p) {
@@ -93,11 +93,7 @@ static void gpt2_free(gpt2 *p) {
   if (p->blk != NULL)
     for (int l = 0; l < p->b - p->a; l++)
       for (int k = 0; k < T_PER_LAYER; k++) free(p->blk[l].own[k]);
-  if (p->prm != NULL) {
-    for (int i = 0; i < (p->b - p->a) * T_PER_LAYER; i++) ss_param_free_state(&p->prm[i]);
-    uv_mutex_destroy(&p->gmu);
-    free(p->prm);
-  }
+  ss_params_free(&p->prm);
   free(p->blk);
   ss_st_close(p->st);
   free(p);
@@ -439,64 +435,119 @@ static int gpt2_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_lay
   return 0;
 }
 
-/* ------------------------------------------------------------- forward ---- */
+/* ------------------------------------------------------------- the block ---- */
 
-/* mean_out, rstd_out: per-row statistics for backward (training), or NULL. */
-static void layer_norm(const float *x, float *y, size_t rows, int n, const float *g, const float *b,
-                       float eps, float *mean_out, float *rstd_out) {
-  /* Rows are independent: split over the worker's intra-op threads for a prefill. */
-#pragma omp parallel for schedule(static) if (rows >= 32)
-  for (size_t r = 0; r < rows; r++) {
-    const float *xr = x + r * (size_t)n;
-    float *yr = y + r * (size_t)n;
-    double mean = 0.0, var = 0.0;
-    float inv, mf;
-    for (int j = 0; j < n; j++) mean += xr[j];
-    mean /= n;
-    for (int j = 0; j < n; j++) {
-      double d = xr[j] - mean;
-      var += d * d;
-    }
-    var /= n;
-    inv = (float)(1.0 / sqrt(var + (double)eps));
-    mf = (float)mean;
-    if (mean_out != NULL) {
-      mean_out[r] = mf;
-      rstd_out[r] = inv;
-    }
-    for (int j = 0; j < n; j++) yr[j] = (xr[j] - mf) * inv * g[j] + b[j];
+/*
+ * One transformer block, written once (HF GPT2Block, eval mode), on the nn/ ops:
+ *   h = x + c_proj(attn(ln_1(x)));  y = h + c_proj(gelu_new(c_fc(ln_2(h))))
+ * Where its activations live is the caller's choice (block_acts): inference keeps one residual
+ * stream updated in place (x == h == y) and reuses scratch for everything else; training points
+ * x, h, qkv, atty, fc, att and the LayerNorm statistics into the layer's saved record (y is the
+ * next layer's x) and reuses scratch for ln, fcg, K, V (recomputed in backward).
+ */
+typedef struct block_acts {
+  float *x, *h, *y;       /* [BT, E] block input, residual after attention, output (may alias) */
+  float *ln;              /* [BT, E] ln_1(x), then ln_2(h) */
+  float *mean1, *rstd1, *mean2, *rstd2; /* [BT] LayerNorm statistics, or NULL */
+  float *qkv;             /* [BT, 3E] ln_1(x) c_attn + b */
+  float *atty;            /* [BT, E] attention output, heads side by side */
+  float *att;             /* probabilities: [B, H, T, P+T] when att_all, else [T, P+T] */
+  int att_all;
+  float *K, *V;           /* [B, H, P+T, D] past + new keys/values */
+  float *fc, *fcg;        /* [BT, I] c_fc output, and gelu_new of it (may alias fc) */
+} block_acts;
+
+static ss_attn_dims attn_dims(const gpt2 *p, const gpt2_block *bk, int B, int T, int P) {
+  ss_attn_dims d = {B, T, P, p->n_head, p->n_head, p->head_dim, bk->attn_scale};
+  return d;
+}
+
+/* past_k, past_v: this layer's past [B, H, P, D] (wire bytes) or NULL when P == 0. */
+static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts *a, int B, int T,
+                          int P, const void *past_k, const void *past_v) {
+  const int E = p->n_embd, NI = p->n_inner, BT = B * T;
+  const size_t cells = (size_t)BT * (size_t)E;
+  const float *const *w = bk->t;
+  ss_attn_dims d = attn_dims(p, bk, B, T, P);
+  /* attention */
+  ss_layernorm_forward(a->ln, a->mean1, a->rstd1, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
+  ss_linear_forward(a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT, 0);
+  ss_attention_forward(a->atty, E, a->att, a->att_all, a->K, a->V, a->qkv, 3 * E, a->qkv + E,
+                       a->qkv + 2 * E, 3 * E, past_k, past_v, &d);
+  if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
+  ss_linear_forward(a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
+  /* mlp */
+  ss_layernorm_forward(a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
+  ss_linear_forward(a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
+  ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
+  if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
+  ss_linear_forward(a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
+}
+
+/* Backward scratch of one call: ln, dln, datty [BT, E]; dqkv [BT, 3E]; dfc [BT, I]; datt [T, T]
+ * (fcg of the saved acts is scratch too). */
+typedef struct block_grads {
+  float *dln, *datty, *dqkv, *dfc, *datt;
+} block_grads;
+
+/*
+ * Backward of block_forward (no past), a: the saved acts (x, h, qkv, atty, fc, att, statistics;
+ * ln and fcg scratch, refilled here). dres = dL/dy on entry, dL/dx on return (updated in place):
+ *   y = h + gelu(fc) Wp + bp      dWp += gelu(fc)^T dres, dbp += sum dres, dg = dres Wp^T
+ *                                 dfc = dg * gelu_new'(fc)
+ *   fc = ln_2(h) Wf + bf          dWf += ln_2^T dfc, dbf += sum dfc, dln = dfc Wf^T
+ *   ln_2                          dres += LN'(dln) (and dgain, dbias): now dres = dL/dh
+ *   h = x + atty Wa + ba          dWa += atty^T dres, dba += sum dres, datty = dres Wa^T
+ *   attention                     dqkv (nn/attention.h)
+ *   qkv = ln_1(x) Wqkv + bqkv     dWqkv += ln_1^T dqkv, dbqkv += sum dqkv, dln = dqkv Wqkv^T
+ *   ln_1                          dres += LN'(dln): now dres = dL/dx, the previous block's dL/dy
+ * Weight gradients go into the model's buffers under the params mutex (one short critical
+ * section per tensor), so concurrent backward calls sum their gradients.
+ *
+ * The key part of c_attn's bias, bqkv[E, 2E), gets no gradient: adding a constant to every key
+ * shifts each query's scores by the same q.b, which softmax ignores, so its gradient is exactly
+ * zero (sum over keys of dK = sum_i q_i sum_j dS_ij = 0). Float rounding would leave ~1e-8 there,
+ * and AdamW, which divides by sqrt(v), would turn that noise into steps of size lr.
+ */
+static void block_backward(gpt2 *p, int l, const block_acts *a, const block_grads *g, float *dres,
+                           int B, int T) {
+  const gpt2_block *bk = &p->blk[l];
+  const float *const *w = bk->t;
+  const int E = p->n_embd, NI = p->n_inner, BT = B * T, i0 = l * T_PER_LAYER;
+  ss_params *s = &p->prm;
+  ss_attn_dims d = attn_dims(p, bk, B, T, 0);
+  /* mlp */
+  ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
+  ss_params_linear_backward(s, i0 + T_MPROJ_W, i0 + T_MPROJ_B, g->dfc, dres, a->fcg, w[T_MPROJ_W],
+                            BT, NI, E, SS_W_IN_OUT);
+  ss_gelu_tanh_backward(g->dfc, a->fc, (size_t)BT * (size_t)NI);
+  ss_layernorm_forward(a->ln, NULL, NULL, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
+  ss_params_linear_backward(s, i0 + T_FC_W, i0 + T_FC_B, g->dln, g->dfc, a->ln, w[T_FC_W], BT, E,
+                            NI, SS_W_IN_OUT);
+  ss_params_lock(s);
+  ss_layernorm_backward(dres, ss_params_grad(s, i0 + T_LN2_W), ss_params_grad(s, i0 + T_LN2_B),
+                        g->dln, a->h, w[T_LN2_W], a->mean2, a->rstd2, BT, E);
+  ss_params_unlock(s);
+  /* attention */
+  ss_params_linear_backward(s, i0 + T_APROJ_W, i0 + T_APROJ_B, g->datty, dres, a->atty,
+                            w[T_APROJ_W], BT, E, E, SS_W_IN_OUT);
+  ss_attention_backward(g->dqkv, g->dqkv + E, g->dqkv + 2 * E, g->datt, g->datty, E, a->att,
+                        a->qkv, 3 * E, a->qkv + E, a->qkv + 2 * E, 3 * E, &d);
+  ss_layernorm_forward(a->ln, NULL, NULL, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
+  ss_params_linear_backward(s, i0 + T_ATTN_W, -1, g->dln, g->dqkv, a->ln, w[T_ATTN_W], BT, E,
+                            3 * E, SS_W_IN_OUT);
+  ss_params_lock(s);
+  {
+    float *db = ss_params_grad(s, i0 + T_ATTN_B);
+    ss_bias_backward(db, g->dqkv, 3 * E, BT, E);                      /* query part */
+    ss_bias_backward(db + 2 * E, g->dqkv + 2 * E, 3 * E, BT, E);      /* value part */
   }
+  ss_layernorm_backward(dres, ss_params_grad(s, i0 + T_LN1_W), ss_params_grad(s, i0 + T_LN1_B),
+                        g->dln, a->x, w[T_LN1_W], a->mean1, a->rstd1, BT, E);
+  ss_params_unlock(s);
 }
 
-/* y[r][:] = bias (so that a following sgemm with beta = 1 adds x W on top) or += bias. */
-static void add_rows(float *y, size_t rows, int n, const float *bias) {
-  for (size_t r = 0; r < rows; r++) {
-    float *yr = y + r * (size_t)n;
-    for (int j = 0; j < n; j++) yr[j] += bias[j];
-  }
-}
-
-static void fill_rows(float *y, size_t rows, int n, const float *bias) {
-  for (size_t r = 0; r < rows; r++) memcpy(y + r * (size_t)n, bias, (size_t)n * sizeof(float));
-}
-
-/* Causal softmax of one (batch, head) score block [S, T] in place; query i sees keys 0..P+i. */
-static void causal_softmax(float *s, int S, int T, int P, float scale) {
-  for (int i = 0; i < S; i++) {
-    float *row = s + (size_t)i * (size_t)T, mx = -INFINITY, sum = 0.0f, inv;
-    int n = P + i + 1;
-    for (int j = 0; j < n; j++) {
-      row[j] *= scale;
-      if (row[j] > mx) mx = row[j];
-    }
-    for (int j = 0; j < n; j++) row[j] -= mx;
-    ss_vexp(row, row, (size_t)n);
-    for (int j = 0; j < n; j++) sum += row[j];
-    inv = 1.0f / sum;
-    for (int j = 0; j < n; j++) row[j] *= inv;
-    for (int j = n; j < T; j++) row[j] = 0.0f;
-  }
-}
+/* ------------------------------------------------------------- inference ---- */
 
 static void free_present(ss_kv_io *kv, int n) {
   for (int l = 0; l < n; l++) {
@@ -504,6 +555,26 @@ static void free_present(ss_kv_io *kv, int n) {
     free(kv->present[l].value.data);
     memset(&kv->present[l], 0, sizeof kv->present[l]);
   }
+}
+
+/* present[l] = freshly malloc'd key/value [B, H, T, D] (the caller owns them). 0 or SS_ENOMEM. */
+static int alloc_present(ss_kv_layer *pr, int B, int H, int T, int D) {
+  size_t kvn = (size_t)B * (size_t)H * (size_t)T * (size_t)D;
+  pr->key.data = malloc(kvn * sizeof(float));
+  pr->value.data = malloc(kvn * sizeof(float));
+  if (pr->key.data == NULL || pr->value.data == NULL) return SS_ENOMEM;
+  for (int f = 0; f < 2; f++) {
+    ss_tensor *t = f ? &pr->value : &pr->key;
+    t->dtype = SS_DTYPE_F32;
+    t->ndim = 4;
+    t->shape[0] = B;
+    t->shape[1] = H;
+    t->shape[2] = T;
+    t->shape[3] = D;
+    t->numel = kvn;
+    t->nbytes = kvn * sizeof(float);
+  }
+  return 0;
 }
 
 static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
@@ -515,7 +586,8 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
   const ss_kv_layer *past = kv != NULL && kv->n_layers > 0 ? kv->past : NULL;
   const int P = past != NULL ? (int)past[0].key.shape[2] : 0, T = P + S;
   const size_t rows = (size_t)B * (size_t)S, kvn = (size_t)B * H * (size_t)T * D;
-  float *h = out->data, *scratch, *ln, *qkv, *att, *fc, *sc, *Ks = NULL, *Vs = NULL;
+  float *scratch;
+  block_acts a;
   size_t need;
   (void)meta;
 
@@ -535,81 +607,34 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
              need * sizeof(float) >> 20);
     return SS_ENOMEM;
   }
-  ln = scratch;
-  qkv = ln + rows * (size_t)E;
-  att = qkv + rows * 3 * (size_t)E;
-  fc = att + rows * (size_t)E;
-  sc = fc + rows * (size_t)NI;
+  memset(&a, 0, sizeof a);
+  a.x = a.h = a.y = out->data; /* the residual stream, updated in place */
+  a.ln = scratch;
+  a.qkv = a.ln + rows * (size_t)E;
+  a.atty = a.qkv + rows * 3 * (size_t)E;
+  a.fc = a.fcg = a.atty + rows * (size_t)E;
+  a.att = a.fc + rows * (size_t)NI;
   if (!want_present) {
-    Ks = sc + (size_t)S * (size_t)T;
-    Vs = Ks + kvn;
+    a.K = a.att + (size_t)S * (size_t)T;
+    a.V = a.K + kvn;
   } else {
     memset(kv->present, 0, (size_t)L * sizeof *kv->present);
   }
-  if ((void *)h != in->data) memmove(h, in->data, rows * (size_t)E * sizeof(float));
+  if ((void *)a.x != in->data) memmove(a.x, in->data, rows * (size_t)E * sizeof(float));
 
   for (int l = 0; l < L; l++) {
-    const gpt2_block *bk = &p->blk[l];
-    float *K = Ks, *V = Vs;
     if (want_present) {
-      ss_kv_layer *pr = &kv->present[l];
-      K = malloc(kvn * sizeof(float));
-      V = malloc(kvn * sizeof(float));
-      pr->key.data = K;
-      pr->value.data = V;
-      if (K == NULL || V == NULL) {
+      if (alloc_present(&kv->present[l], B, H, T, D) != 0) {
         free_present(kv, l + 1);
         free(scratch);
         snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
         return SS_ENOMEM;
       }
-      for (int f = 0; f < 2; f++) {
-        ss_tensor *t = f ? &pr->value : &pr->key;
-        t->dtype = SS_DTYPE_F32;
-        t->ndim = 4;
-        t->shape[0] = B;
-        t->shape[1] = H;
-        t->shape[2] = T;
-        t->shape[3] = D;
-        t->numel = kvn;
-        t->nbytes = kvn * sizeof(float);
-      }
+      a.K = kv->present[l].key.data;
+      a.V = kv->present[l].value.data;
     }
-    /* attention */
-    layer_norm(h, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], p->eps, NULL, NULL);
-    fill_rows(qkv, rows, 3 * E, bk->t[T_ATTN_B]);
-    ss_linear_xw(ln, rows, (size_t)E, bk->t[T_ATTN_W], NULL, 3 * (size_t)E, qkv, 1);
-    for (int bi = 0; bi < B; bi++) {
-      for (int hi = 0; hi < H; hi++) {
-        size_t bh = (size_t)bi * H + (size_t)hi, pbytes = (size_t)P * D * sizeof(float);
-        float *Kb = K + bh * (size_t)T * D, *Vb = V + bh * (size_t)T * D;
-        if (P > 0) { /* past data may be unaligned (wire bytes): memcpy only */
-          memcpy(Kb, (const char *)past[l].key.data + bh * pbytes, pbytes);
-          memcpy(Vb, (const char *)past[l].value.data + bh * pbytes, pbytes);
-        }
-        for (int i = 0; i < S; i++) {
-          const float *row = qkv + ((size_t)bi * S + i) * 3 * (size_t)E + (size_t)hi * D;
-          memcpy(Kb + (size_t)(P + i) * D, row + E, (size_t)D * sizeof(float));
-          memcpy(Vb + (size_t)(P + i) * D, row + 2 * E, (size_t)D * sizeof(float));
-        }
-        /* scores [S,T] = Q [S,D] (row stride 3E) K^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, T, D, 1.0f,
-                    qkv + (size_t)bi * S * 3 * (size_t)E + (size_t)hi * D, 3 * E, Kb, D, 0.0f, sc,
-                    T);
-        causal_softmax(sc, S, T, P, bk->attn_scale);
-        /* att[:, head] [S,D] (row stride E) = P [S,T] V [T,D] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, T, 1.0f, sc, T, Vb, D, 0.0f,
-                    att + (size_t)bi * S * (size_t)E + (size_t)hi * D, E);
-      }
-    }
-    /* Projections through ss_linear_xw: sgemm, or for a decode step's few rows a kernel that
-     * streams the weights once instead of packing them (models/linear.h). */
-    ss_linear_xw(att, rows, (size_t)E, bk->t[T_APROJ_W], bk->t[T_APROJ_B], (size_t)E, h, 1);
-    /* mlp */
-    layer_norm(h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], p->eps, NULL, NULL);
-    ss_linear_xw(ln, rows, (size_t)E, bk->t[T_FC_W], bk->t[T_FC_B], (size_t)NI, fc, 0);
-    ss_gelu_new(fc, rows * (size_t)NI);
-    ss_linear_xw(fc, rows, (size_t)NI, bk->t[T_MPROJ_W], bk->t[T_MPROJ_B], (size_t)E, h, 1);
+    block_forward(p, &p->blk[l], &a, B, S, P, P > 0 ? past[l].key.data : NULL,
+                  P > 0 ? past[l].value.data : NULL);
   }
   free(scratch);
   return 0;
@@ -630,27 +655,9 @@ static int gpt2_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, 
  *   qkv    [BT, 3E]    ln_1(x) c_attn + b
  *   atty   [BT, E]     attention output before c_proj (heads side by side)
  *   fc     [BT, I]     c_fc output before gelu_new
- *   probs  [B, H, S, S] softmax probabilities (zero above the diagonal)
+ *   att    [B, H, S, S] softmax probabilities (zero above the diagonal)
  *   mean1, rstd1, mean2, rstd2 [BT]  LayerNorm statistics
  * ln_1(x), ln_2(h) and gelu_new(fc) are recomputed in backward from these (cheap, O(BT x E)).
- *
- * Backward of one block, dres = dL/dy on entry (kept in grad_in's buffer, updated in place):
- *   y = h + gelu(fc) Wp + bp      dWp += gelu(fc)^T dres, dbp += sum dres, dg = dres Wp^T
- *                                 dfc = dg * gelu_new'(fc)
- *   fc = ln_2(h) Wf + bf          dWf += ln_2^T dfc, dbf += sum dfc, dln = dfc Wf^T
- *   ln_2                          dres += LN'(dln) (and dgain, dbias): now dres = dL/dh
- *   h = x + atty Wa + ba          dWa += atty^T dres, dba += sum dres, datty = dres Wa^T
- *   attention, per (batch, head): dV = P^T dA, dP = dA V^T, dS = P * (dP - rowsum(P * dP)),
- *                                 dQ = scale dS K, dK = scale dS^T Q
- *   qkv = ln_1(x) Wqkv + bqkv     dWqkv += ln_1^T dqkv, dbqkv += sum dqkv, dln = dqkv Wqkv^T
- *   ln_1                          dres += LN'(dln): now dres = dL/dx, the previous block's dL/dy
- * Weight gradients are added into the model's buffers under gmu (one short critical section
- * per tensor), so concurrent backward calls sum their gradients.
- *
- * The key part of c_attn's bias, bqkv[E, 2E), gets no gradient: adding a constant to every key
- * shifts each query's scores by the same q.b, which softmax ignores, so its gradient is exactly
- * zero (sum over keys of dK = sum_i q_i sum_j dS_ij = 0). Float rounding would leave ~1e-8 there,
- * and AdamW, which divides by sqrt(v), would turn that noise into steps of size lr.
  */
 typedef struct gpt2_saved {
   int B, S;
@@ -658,102 +665,48 @@ typedef struct gpt2_saved {
   float *buf;       /* L x per_layer */
 } gpt2_saved;
 
-typedef struct layer_saved {
-  float *x, *h, *qkv, *atty, *fc, *probs, *mean1, *rstd1, *mean2, *rstd2;
-} layer_saved;
-
 static size_t saved_per_layer(const gpt2 *p, int B, int S) {
   size_t rows = (size_t)B * (size_t)S;
   return rows * (6 * (size_t)p->n_embd + (size_t)p->n_inner + 4) +
          (size_t)B * (size_t)p->n_head * (size_t)S * (size_t)S;
 }
 
-static void saved_layer(const gpt2 *p, const gpt2_saved *sv, int l, layer_saved *o) {
+/* Point a's saved fields at layer l's record (y: the next layer's x, or out for the last). */
+static void saved_layer(const gpt2 *p, const gpt2_saved *sv, int l, float *out, block_acts *a) {
   size_t rows = (size_t)sv->B * (size_t)sv->S, E = (size_t)p->n_embd;
   float *q = sv->buf + (size_t)l * sv->per_layer;
-  o->x = q;
-  o->h = o->x + rows * E;
-  o->qkv = o->h + rows * E;
-  o->atty = o->qkv + rows * 3 * E;
-  o->fc = o->atty + rows * E;
-  o->mean1 = o->fc + rows * (size_t)p->n_inner;
-  o->rstd1 = o->mean1 + rows;
-  o->mean2 = o->rstd1 + rows;
-  o->rstd2 = o->mean2 + rows;
-  o->probs = o->rstd2 + rows;
-}
-
-/* y = LayerNorm(x) from saved statistics (the forward's exact values). */
-static void layer_norm_apply(const float *x, float *y, size_t rows, int n, const float *g,
-                             const float *b, const float *mean, const float *rstd) {
-  for (size_t r = 0; r < rows; r++) {
-    const float *xr = x + r * (size_t)n;
-    float *yr = y + r * (size_t)n;
-    for (int j = 0; j < n; j++) yr[j] = (xr[j] - mean[r]) * rstd[r] * g[j] + b[j];
-  }
-}
-
-/* dx += dL/dx of y = LayerNorm(x) given dy; dg += sum dy * xhat; db += sum dy. */
-static void layer_norm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
-                                const float *mean, const float *rstd, const float *g, size_t rows,
-                                int n) {
-  for (size_t r = 0; r < rows; r++) {
-    const float *dyr = dy + r * (size_t)n, *xr = x + r * (size_t)n;
-    float *dxr = dx + r * (size_t)n;
-    double dnorm_mean = 0.0, dnorm_norm_mean = 0.0;
-    float a, c;
-    for (int j = 0; j < n; j++) {
-      float xhat = (xr[j] - mean[r]) * rstd[r], dnorm = dyr[j] * g[j];
-      dnorm_mean += dnorm;
-      dnorm_norm_mean += (double)dnorm * xhat;
-    }
-    a = (float)(dnorm_mean / n);
-    c = (float)(dnorm_norm_mean / n);
-    for (int j = 0; j < n; j++) {
-      float xhat = (xr[j] - mean[r]) * rstd[r], dnorm = dyr[j] * g[j];
-      db[j] += dyr[j];
-      dg[j] += dyr[j] * xhat;
-      dxr[j] += (dnorm - a - xhat * c) * rstd[r];
-    }
-  }
-}
-
-/* Conv1D y = x W + b (x [rows, in], W [in, out]) backward: dW += x^T dy and db += sum dy under
- * gmu, except db[zlo, zhi), whose true gradient is zero (see gpt2_backward); dx = dy W^T
- * (overwritten) when dx is not NULL. */
-static void conv1d_backward(gpt2 *p, float *dx, float *dW, float *db, const float *dy,
-                            const float *x, const float *W, int rows, int in, int out, int zlo,
-                            int zhi) {
-  uv_mutex_lock(&p->gmu);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, rows, 1.0f, x, in, dy, out, 1.0f,
-              dW, out);
-  for (int r = 0; r < rows; r++)
-    for (int j = 0; j < out; j++)
-      if (j < zlo || j >= zhi) db[j] += dy[(size_t)r * (size_t)out + (size_t)j];
-  uv_mutex_unlock(&p->gmu);
-  if (dx != NULL)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, in, out, 1.0f, dy, out, W, out, 0.0f,
-                dx, in);
+  a->x = q;
+  a->h = a->x + rows * E;
+  a->qkv = a->h + rows * E;
+  a->atty = a->qkv + rows * 3 * E;
+  a->fc = a->atty + rows * E;
+  a->mean1 = a->fc + rows * (size_t)p->n_inner;
+  a->rstd1 = a->mean1 + rows;
+  a->mean2 = a->rstd1 + rows;
+  a->rstd2 = a->mean2 + rows;
+  a->att = a->rstd2 + rows;
+  a->att_all = 1;
+  a->y = l + 1 < p->b - p->a ? q + sv->per_layer : out;
 }
 
 static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
                               size_t *saved_bytes, char *err, size_t errlen) {
   const gpt2 *p = m->impl;
-  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner;
+  const int E = p->n_embd, NI = p->n_inner;
   const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
   const size_t rows = (size_t)B * (size_t)S;
   size_t per = saved_per_layer(p, B, S), total;
-  gpt2_saved *sv;
-  float *ln = NULL, *fcg = NULL;
+  gpt2_saved *sv = NULL;
+  float *scratch = NULL;
+  block_acts a;
 
   *saved = NULL;
   *saved_bytes = 0;
-  sv = NULL;
+  /* scratch: ln [BT, E], fcg [BT, I], K and V [B, H, S, D] */
   if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
-      (sv = malloc(sizeof *sv + total)) == NULL || (ln = malloc(rows * (size_t)E * 4)) == NULL ||
-      (fcg = malloc(rows * (size_t)NI * 4)) == NULL) {
+      (sv = malloc(sizeof *sv + total)) == NULL ||
+      (scratch = malloc(rows * (3 * (size_t)E + (size_t)NI) * sizeof(float))) == NULL) {
     free(sv);
-    free(ln);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
              total >> 20);
     return SS_ENOMEM;
@@ -762,56 +715,16 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
   sv->S = S;
   sv->per_layer = per;
   sv->buf = (float *)(sv + 1);
-  {
-    layer_saved s0;
-    saved_layer(p, sv, 0, &s0);
-    memcpy(s0.x, in->data, rows * (size_t)E * sizeof(float));
-  }
+  a.ln = scratch;
+  a.fcg = a.ln + rows * (size_t)E;
+  a.K = a.fcg + rows * (size_t)NI;
+  a.V = a.K + rows * (size_t)E;
+  memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
   for (int l = 0; l < L; l++) {
-    const gpt2_block *bk = &p->blk[l];
-    layer_saved ls, next;
-    float *y;
-    saved_layer(p, sv, l, &ls);
-    if (l + 1 < L) {
-      saved_layer(p, sv, l + 1, &next);
-      y = next.x;
-    } else {
-      y = out->data;
-    }
-    /* attention */
-    layer_norm(ls.x, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], p->eps, ls.mean1, ls.rstd1);
-    fill_rows(ls.qkv, rows, 3 * E, bk->t[T_ATTN_B]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, 3 * E, E, 1.0f, ln, E,
-                bk->t[T_ATTN_W], 3 * E, 1.0f, ls.qkv, 3 * E);
-    for (int bi = 0; bi < B; bi++) {
-      for (int hi = 0; hi < H; hi++) {
-        const float *Q = ls.qkv + (size_t)bi * S * 3 * (size_t)E + (size_t)hi * D;
-        float *Pr = ls.probs + ((size_t)bi * H + (size_t)hi) * (size_t)S * S;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, 1.0f, Q, 3 * E, Q + E, 3 * E,
-                    0.0f, Pr, S);
-        causal_softmax(Pr, S, S, 0, bk->attn_scale);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, Pr, S, Q + 2 * E,
-                    3 * E, 0.0f, ls.atty + (size_t)bi * S * (size_t)E + (size_t)hi * D, E);
-      }
-    }
-    memcpy(ls.h, ls.x, rows * (size_t)E * sizeof(float));
-    add_rows(ls.h, rows, E, bk->t[T_APROJ_B]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, E, 1.0f, ls.atty, E,
-                bk->t[T_APROJ_W], E, 1.0f, ls.h, E);
-    /* mlp */
-    layer_norm(ls.h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], p->eps, ls.mean2, ls.rstd2);
-    fill_rows(ls.fc, rows, NI, bk->t[T_FC_B]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, NI, E, 1.0f, ln, E,
-                bk->t[T_FC_W], NI, 1.0f, ls.fc, NI);
-    memcpy(fcg, ls.fc, rows * (size_t)NI * sizeof(float));
-    ss_gelu_new(fcg, rows * (size_t)NI);
-    memcpy(y, ls.h, rows * (size_t)E * sizeof(float));
-    add_rows(y, rows, E, bk->t[T_MPROJ_B]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, E, NI, 1.0f, fcg, NI,
-                bk->t[T_MPROJ_W], E, 1.0f, y, E);
+    saved_layer(p, sv, l, out->data, &a);
+    block_forward(p, &p->blk[l], &a, B, S, 0, NULL, NULL);
   }
-  free(ln);
-  free(fcg);
+  free(scratch);
   *saved = sv;
   *saved_bytes = sizeof *sv + total;
   return 0;
@@ -821,12 +734,13 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
                          ss_tensor *grad_in, char *err, size_t errlen) {
   gpt2 *p = m->impl;
   const gpt2_saved *sv = saved;
-  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner;
-  const int B = sv->B, S = sv->S, L = p->b - p->a, R = B * S;
-  const size_t rows = (size_t)R;
-  float *dres = grad_in->data, *scratch, *ln, *dln, *datty, *dqkv, *fcg, *dfc, *dP;
+  const int E = p->n_embd, NI = p->n_inner;
+  const int B = sv->B, S = sv->S, L = p->b - p->a;
+  const size_t rows = (size_t)B * (size_t)S;
+  float *dres = grad_in->data, *scratch = NULL;
+  block_acts a;
+  block_grads g;
   size_t need;
-  int rc = 0;
 
   if (grad_out->numel != rows * (size_t)E || grad_in->numel != rows * (size_t)E) {
     snprintf(err, errlen,
@@ -835,76 +749,23 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
              m->id, grad_out->numel, grad_in->numel, rows * (size_t)E, B, S, E);
     return SS_EINVAL;
   }
-  uv_mutex_lock(&p->gmu);
-  for (int i = 0; i < L * T_PER_LAYER && rc == 0; i++) rc = ss_param_grad(&p->prm[i]);
-  uv_mutex_unlock(&p->gmu);
-  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc [R,I]; dP [S,S] */
+  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc [R,I]; datt [S,S] */
   need = rows * (6 * (size_t)E + 2 * (size_t)NI) + (size_t)S * (size_t)S;
-  if (rc != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
+  if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
     return SS_ENOMEM;
   }
-  ln = scratch;
-  dln = ln + rows * (size_t)E;
-  datty = dln + rows * (size_t)E;
-  dqkv = datty + rows * (size_t)E;
-  fcg = dqkv + rows * 3 * (size_t)E;
-  dfc = fcg + rows * (size_t)NI;
-  dP = dfc + rows * (size_t)NI;
+  a.ln = scratch;
+  g.dln = a.ln + rows * (size_t)E;
+  g.datty = g.dln + rows * (size_t)E;
+  g.dqkv = g.datty + rows * (size_t)E;
+  a.fcg = g.dqkv + rows * 3 * (size_t)E;
+  g.dfc = a.fcg + rows * (size_t)NI;
+  g.datt = g.dfc + rows * (size_t)NI;
   memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
-
   for (int l = L - 1; l >= 0; l--) {
-    const gpt2_block *bk = &p->blk[l];
-    ss_param *g = &p->prm[l * T_PER_LAYER];
-    layer_saved ls;
-    saved_layer(p, sv, l, &ls);
-    /* mlp: y = h + gelu(fc) Wp + bp */
-    memcpy(fcg, ls.fc, rows * (size_t)NI * sizeof(float));
-    ss_gelu_new(fcg, rows * (size_t)NI);
-    conv1d_backward(p, dfc, g[T_MPROJ_W].grad, g[T_MPROJ_B].grad, dres, fcg, bk->t[T_MPROJ_W], R,
-                    NI, E, 0, 0);
-    ss_gelu_new_backward(dfc, ls.fc, rows * (size_t)NI);
-    layer_norm_apply(ls.h, ln, rows, E, bk->t[T_LN2_W], bk->t[T_LN2_B], ls.mean2, ls.rstd2);
-    conv1d_backward(p, dln, g[T_FC_W].grad, g[T_FC_B].grad, dfc, ln, bk->t[T_FC_W], R, E, NI, 0, 0);
-    uv_mutex_lock(&p->gmu);
-    layer_norm_backward(dres, g[T_LN2_W].grad, g[T_LN2_B].grad, dln, ls.h, ls.mean2, ls.rstd2,
-                        bk->t[T_LN2_W], rows, E);
-    uv_mutex_unlock(&p->gmu);
-    /* attention: h = x + atty Wa + ba */
-    conv1d_backward(p, datty, g[T_APROJ_W].grad, g[T_APROJ_B].grad, dres, ls.atty, bk->t[T_APROJ_W],
-                    R, E, E, 0, 0);
-    for (int bi = 0; bi < B; bi++) {
-      for (int hi = 0; hi < H; hi++) {
-        size_t off = (size_t)bi * S * 3 * (size_t)E + (size_t)hi * D;
-        const float *Q = ls.qkv + off, *K = Q + E, *V = Q + 2 * E;
-        const float *Pr = ls.probs + ((size_t)bi * H + (size_t)hi) * (size_t)S * S;
-        const float *dA = datty + (size_t)bi * S * (size_t)E + (size_t)hi * D;
-        float *dQ = dqkv + off, *dK = dQ + E, *dV = dQ + 2 * E;
-        const float scale = bk->attn_scale;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, S, 1.0f, Pr, S, dA, E, 0.0f, dV,
-                    3 * E);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, 1.0f, dA, E, V, 3 * E, 0.0f,
-                    dP, S);
-        for (int i = 0; i < S; i++) { /* softmax backward, row i sees keys 0..i */
-          const float *pr = Pr + (size_t)i * S;
-          float *dr = dP + (size_t)i * S, dot = 0.0f;
-          for (int j = 0; j <= i; j++) dot += pr[j] * dr[j];
-          for (int j = 0; j <= i; j++) dr[j] = scale * pr[j] * (dr[j] - dot);
-          for (int j = i + 1; j < S; j++) dr[j] = 0.0f;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, dP, S, K, 3 * E, 0.0f,
-                    dQ, 3 * E);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, S, 1.0f, dP, S, Q, 3 * E, 0.0f,
-                    dK, 3 * E);
-      }
-    }
-    layer_norm_apply(ls.x, ln, rows, E, bk->t[T_LN1_W], bk->t[T_LN1_B], ls.mean1, ls.rstd1);
-    conv1d_backward(p, dln, g[T_ATTN_W].grad, g[T_ATTN_B].grad, dqkv, ln, bk->t[T_ATTN_W], R, E,
-                    3 * E, E, 2 * E);
-    uv_mutex_lock(&p->gmu);
-    layer_norm_backward(dres, g[T_LN1_W].grad, g[T_LN1_B].grad, dln, ls.x, ls.mean1, ls.rstd1,
-                        bk->t[T_LN1_W], rows, E);
-    uv_mutex_unlock(&p->gmu);
+    saved_layer(p, sv, l, NULL, &a);
+    block_backward(p, l, &a, &g, dres, B, S);
   }
   free(scratch);
   return 0;
@@ -912,13 +773,9 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
 
 static int gpt2_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
   gpt2 *p = m->impl;
-  if (p->prm[0].grad == NULL) return 0; /* no backward yet: nothing to apply */
-  p->t++;
-  for (int i = 0; i < (p->b - p->a) * T_PER_LAYER; i++) {
-    if (ss_param_step(&p->prm[i], opt, p->t) != 0) {
-      snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
-      return SS_ENOMEM;
-    }
+  if (ss_params_step(&p->prm, opt) != 0) {
+    snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
+    return SS_ENOMEM;
   }
   return 0;
 }
@@ -931,59 +788,23 @@ static void gpt2_free_saved(const ss_model *m, void *saved) {
 /* The trunk's tensors under their original names ("[transformer.]h.{i}.<suffix>"), F32. */
 static int gpt2_save(const ss_model *m, const char *path, char *err, size_t errlen) {
   const gpt2 *p = m->impl;
-  size_t n = (size_t)(p->b - p->a) * T_PER_LAYER;
-  char(*names)[80] = malloc(n * sizeof *names);
-  const char **np = malloc(n * sizeof *np);
-  int64_t(*shapes)[2] = malloc(n * sizeof *shapes);
-  const int64_t **sp = malloc(n * sizeof *sp);
-  int *ndims = malloc(n * sizeof *ndims);
-  const float **data = malloc(n * sizeof *data);
-  int rc;
-
-  if (names == NULL || np == NULL || shapes == NULL || sp == NULL || ndims == NULL ||
-      data == NULL) {
-    snprintf(err, errlen, "out of memory");
-    rc = SS_ENOMEM;
-  } else {
-    for (int l = 0; l < p->b - p->a; l++) {
-      for (int k = 0; k < T_PER_LAYER; k++) {
-        size_t i = (size_t)l * T_PER_LAYER + (size_t)k;
-        snprintf(names[i], sizeof names[i], "%sh.%d.%s", p->prefix, p->a + l, tensor_suffix[k]);
-        np[i] = names[i];
-        expected_shape(p, k, shapes[i], &ndims[i]);
-        sp[i] = shapes[i];
-        data[i] = p->blk[l].t[k];
-      }
-    }
-    rc = ss_st_write_f32_atomic(path, n, np, sp, ndims, data, err, errlen);
-  }
-  free(names);
-  free(np);
-  free(shapes);
-  free(sp);
-  free(ndims);
-  free(data);
-  return rc;
+  return ss_params_save(&p->prm, path, err, errlen);
 }
 
-/* The trainable parameters (pointing at the blocks' tensor pointers) and the gradient mutex. */
+/* The trainable parameters, layer-major (index l * T_PER_LAYER + k), pointing at the blocks'
+ * tensor pointers, under their original names. */
 static int gpt2_params(gpt2 *p) {
   int L = p->b - p->a;
-  if ((p->prm = calloc((size_t)L * T_PER_LAYER, sizeof *p->prm)) == NULL) return SS_ENOMEM;
-  if (uv_mutex_init(&p->gmu) != 0) {
-    free(p->prm);
-    p->prm = NULL;
-    return SS_ENOMEM;
-  }
+  char name[256];
+  if (ss_params_init(&p->prm, (size_t)L * T_PER_LAYER) != 0) return SS_ENOMEM;
   for (int l = 0; l < L; l++) {
     for (int k = 0; k < T_PER_LAYER; k++) {
-      ss_param *q = &p->prm[l * T_PER_LAYER + k];
       int64_t shape[2];
       int ndim;
       expected_shape(p, k, shape, &ndim);
-      q->view = &p->blk[l].t[k];
-      q->own = &p->blk[l].own[k];
-      q->numel = (size_t)shape[0] * (ndim == 2 ? (size_t)shape[1] : 1);
+      snprintf(name, sizeof name, "%sh.%d.%s", p->prefix, p->a + l, tensor_suffix[k]);
+      if (ss_params_add(&p->prm, name, shape, ndim, &p->blk[l].t[k], &p->blk[l].own[k]) < 0)
+        return SS_ENOMEM;
     }
   }
   return 0;

@@ -1,6 +1,7 @@
 /*
  * mlp.c — the "mlp" model kind: a PyTorch nn.Sequential(Linear, act, Linear, ..., Linear)
- * run with OpenBLAS sgemm. The trunk of a split-learning model in its simplest form.
+ * on the op library in nn/ (linear, relu, gelu). The trunk of a split-learning model in its
+ * simplest form.
  *
  * Weights: spec param weights=PATH, a safetensors file with keys "<idx>.weight" [out,in] and
  * optional "<idx>.bias" [out], all under one common prefix ("", "model.", "layers.", ...),
@@ -12,14 +13,13 @@
  *
  * Thread: created on the main thread, then shared by all workers; check() on the loop thread;
  * forward() on a worker, reentrant (its two ping-pong scratch buffers are malloc'd per call).
- * Y = X W^T + b per layer: sgemm(RowMajor, NoTrans, Trans).
+ * Y = X W^T + b per layer (nn/linear.h, SS_W_OUT_IN).
  *
  * Training (see "training" below): forward_train/backward on workers under the model's read
- * lock (backwards serialize only their gradient sums, on gmu); step() under the write lock is the
+ * lock (backwards serialize only their gradient sums: models/params.h); step() under the write lock is the
  * only writer of weights, copying mmap views on first write (ss_param_writable); save() under the
  * read lock writes "<prefix><idx>.weight"/".bias" as loaded (the embedded default: 0.*, 2.*).
  */
-#include <cblas.h>
 #include <ctype.h>
 #include <limits.h>
 #include <math.h>
@@ -27,9 +27,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "models/linear.h"
 #include "models/model.h"
-#include "models/optim.h"
+#include "models/nn/gelu.h"
+#include "models/nn/linear.h"
+#include "models/nn/relu.h"
+#include "models/params.h"
 #include "models/safetensors.h"
 
 typedef struct mlp_layer {
@@ -38,6 +40,7 @@ typedef struct mlp_layer {
   const float *w;    /* [out][in] row-major; into the mmap or w_own */
   const float *b;    /* [out] or NULL */
   float *w_own, *b_own;
+  int pw, pb;        /* parameter indices of w and b (pb -1: no bias) */
 } mlp_layer;
 
 typedef struct mlp {
@@ -46,11 +49,8 @@ typedef struct mlp {
   int gelu;       /* 0: relu, 1: exact GELU */
   ss_st_file *st; /* keeps the mmap alive while layers point into it */
   char *prefix;   /* key prefix of the loaded file ("" for the embedded default) */
-  /* training: 2 params per layer (weight, bias; a bias-less layer's bias param has numel 0),
-   * their gradients summed under gmu by concurrent backward calls; steps taken so far. */
-  ss_param *prm;
-  uv_mutex_t gmu;
-  int64_t t;
+  /* training: weight and bias (when present) of each layer, in order (see mlp_params) */
+  ss_params prm;
 } mlp;
 
 static void mlp_free(mlp *p) {
@@ -59,11 +59,7 @@ static void mlp_free(mlp *p) {
     free(p->l[i].w_own);
     free(p->l[i].b_own);
   }
-  if (p->prm != NULL) {
-    for (int i = 0; i < 2 * p->n; i++) ss_param_free_state(&p->prm[i]);
-    uv_mutex_destroy(&p->gmu);
-  }
-  free(p->prm);
+  ss_params_free(&p->prm);
   free(p->prefix);
   free(p->l);
   ss_st_close(p->st);
@@ -281,19 +277,19 @@ static int mlp_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta
   return 0;
 }
 
-static void bias_act(float *y, size_t rows, int out, const float *b, int act, int gelu) {
-  for (size_t r = 0; r < rows; r++) {
-    float *row = y + r * (size_t)out;
-    if (b != NULL)
-      for (int j = 0; j < out; j++) row[j] += b[j];
-    if (!act) continue;
-    if (gelu) {
-      for (int j = 0; j < out; j++)
-        row[j] = 0.5f * row[j] * (1.0f + erff(row[j] * 0.70710678118654752f));
-    } else {
-      for (int j = 0; j < out; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
-    }
-  }
+/* The hidden activation, forward (in place) and backward (d *= act'(z)). */
+static void act_forward(const mlp *p, float *y, size_t n) {
+  if (p->gelu)
+    ss_gelu_erf_forward(y, y, n);
+  else
+    ss_relu_forward(y, y, n);
+}
+
+static void act_backward(const mlp *p, float *d, const float *z, size_t n) {
+  if (p->gelu)
+    ss_gelu_erf_backward(d, z, n);
+  else
+    ss_relu_backward(d, z, n);
 }
 
 static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
@@ -322,8 +318,8 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
     const mlp_layer *L = &p->l[i];
     const float *x = i == 0 ? (const float *)in->data : buf[(i - 1) & 1];
     float *y = i == p->n - 1 ? (float *)out->data : buf[i & 1];
-    ss_linear_xwt(x, rows, (size_t)L->in, L->w, NULL, (size_t)L->out, y, 0);
-    bias_act(y, rows, L->out, L->b, i < p->n - 1, p->gelu);
+    ss_linear_forward(y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
+    if (i < p->n - 1) act_forward(p, y, rows * (size_t)L->out);
   }
   free(buf[0]);
   free(buf[1]);
@@ -337,9 +333,8 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
  * hidden layer (i < n-1); the activations A_i = act(Z_i), the inputs of the next layer, are
  * recomputed in backward (cheaper than keeping them). Backward, last layer first, with dY the
  * gradient of the layer's output:
- *   dW += dY^T X   (sgemm Trans, NoTrans into the gradient buffer, beta 1, under gmu)
- *   db += sum over rows of dY
- *   dX  = dY W     (sgemm NoTrans, NoTrans); below a hidden layer dZ = dX * act'(Z)
+ *   dW += dY^T X,  db += sum over rows of dY   (into the gradient buffers, under the params mutex)
+ *   dX  = dY W;    below a hidden layer dZ = dX * act'(Z)        (nn/linear.h backward)
  * ReLU' is 1 where Z > 0 (0 at 0, like torch); GELU' = Phi(z) + z phi(z) (exact erf form).
  */
 typedef struct mlp_saved {
@@ -347,28 +342,6 @@ typedef struct mlp_saved {
   float *x; /* [rows, in of layer 0] */
   float *z; /* Z_0 [rows, out_0], Z_1 [rows, out_1], ... for the n-1 hidden layers */
 } mlp_saved;
-
-static void act_inplace(float *y, size_t cells, int gelu) {
-  if (gelu) {
-    for (size_t k = 0; k < cells; k++)
-      y[k] = 0.5f * y[k] * (1.0f + erff(y[k] * 0.70710678118654752f));
-  } else {
-    for (size_t k = 0; k < cells; k++) y[k] = y[k] > 0.0f ? y[k] : 0.0f;
-  }
-}
-
-/* dx[k] *= act'(z[k]). */
-static void act_backward(float *dx, const float *z, size_t cells, int gelu) {
-  if (gelu) {
-    for (size_t k = 0; k < cells; k++) {
-      float cdf = 0.5f * (1.0f + erff(z[k] * 0.70710678118654752f));
-      float pdf = expf(-0.5f * z[k] * z[k]) * 0.39894228040143268f;
-      dx[k] *= cdf + z[k] * pdf;
-    }
-  } else {
-    for (size_t k = 0; k < cells; k++) dx[k] = z[k] > 0.0f ? dx[k] : 0.0f;
-  }
-}
 
 static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
                              size_t *saved_bytes, char *err, size_t errlen) {
@@ -405,25 +378,16 @@ static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *
     const mlp_layer *L = &p->l[i];
     const float *x = i == 0 ? sv->x : a;
     float *y = i == p->n - 1 ? (float *)out->data : z;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, L->out, L->in, 1.0f, x, L->in,
-                L->w, L->in, 0.0f, y, L->out);
-    bias_act(y, rows, L->out, L->b, 0, p->gelu);
+    ss_linear_forward(y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
     if (i < p->n - 1) {
       memcpy(a, z, rows * (size_t)L->out * sizeof(float));
-      act_inplace(a, rows * (size_t)L->out, p->gelu);
+      act_forward(p, a, rows * (size_t)L->out);
       z += rows * (size_t)L->out;
     }
   }
   free(a);
   *saved = sv;
   *saved_bytes = sizeof *sv + bytes;
-  return 0;
-}
-
-/* Allocate every gradient buffer (zeroed) on the first backward. Caller holds gmu. */
-static int mlp_grads(mlp *p) {
-  for (int i = 0; i < 2 * p->n; i++)
-    if (ss_param_grad(&p->prm[i]) != 0) return SS_ENOMEM;
   return 0;
 }
 
@@ -434,7 +398,6 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
   size_t rows = sv->rows, maxw = (size_t)p->l[0].in;
   const float *z;
   float *dy, *dx, *a, *tmp;
-  int rc;
 
   if (grad_out->numel != rows * (size_t)p->l[p->n - 1].out ||
       grad_in->numel != rows * (size_t)p->l[0].in) {
@@ -445,12 +408,9 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
              rows * (size_t)p->l[0].in);
     return SS_EINVAL;
   }
-  uv_mutex_lock(&p->gmu);
-  rc = mlp_grads(p);
-  uv_mutex_unlock(&p->gmu);
-  if (rc != 0) {
+  if (ss_params_grads(&p->prm) != 0) {
     snprintf(err, errlen, "model '%s': out of memory for gradients", m->id);
-    return rc;
+    return SS_ENOMEM;
   }
   if (rows == 0) return 0;
   for (int i = 0; i < p->n; i++)
@@ -476,22 +436,13 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
     size_t in_cells = rows * (size_t)L->in;
     if (i > 0) {
       memcpy(a, z, in_cells * sizeof(float));
-      act_inplace(a, in_cells, p->gelu);
+      act_forward(p, a, in_cells);
       x = a;
     }
-    uv_mutex_lock(&p->gmu);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L->out, L->in, (int)rows, 1.0f, dy, L->out,
-                x, L->in, 1.0f, p->prm[2 * i].grad, L->in);
-    if (L->b != NULL) {
-      float *gb = p->prm[2 * i + 1].grad;
-      for (size_t r = 0; r < rows; r++)
-        for (int j = 0; j < L->out; j++) gb[j] += dy[r * (size_t)L->out + (size_t)j];
-    }
-    uv_mutex_unlock(&p->gmu);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, L->in, L->out, 1.0f, dy,
-                L->out, L->w, L->in, 0.0f, dst, L->in);
+    ss_params_linear_backward(&p->prm, L->pw, L->pb, dst, dy, x, L->w, (int)rows, L->in, L->out,
+                              SS_W_OUT_IN);
     if (i > 0) {
-      act_backward(dx, z, in_cells, p->gelu);
+      act_backward(p, dx, z, in_cells);
       tmp = dy;
       dy = dx;
       dx = tmp;
@@ -506,14 +457,9 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
 
 static int mlp_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
   mlp *p = m->impl;
-  if (p->prm[0].grad == NULL) return 0; /* no backward yet: nothing to apply */
-  p->t++;
-  for (int i = 0; i < 2 * p->n; i++) {
-    if (p->prm[i].numel == 0) continue;
-    if (ss_param_step(&p->prm[i], opt, p->t) != 0) {
-      snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
-      return SS_ENOMEM;
-    }
+  if (ss_params_step(&p->prm, opt) != 0) {
+    snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
+    return SS_ENOMEM;
   }
   return 0;
 }
@@ -523,47 +469,10 @@ static void mlp_free_saved(const ss_model *m, void *saved) {
   free(saved);
 }
 
+/* "<prefix><idx>.weight" / ".bias" as loaded (the embedded default: 0.*, 2.*). */
 static int mlp_save(const ss_model *m, const char *path, char *err, size_t errlen) {
   const mlp *p = m->impl;
-  size_t n = 0, cap = 2 * (size_t)p->n, plen = strlen(p->prefix) + 32;
-  const char **names = calloc(cap, sizeof *names);
-  char *namebuf = malloc(cap * plen);
-  int64_t *shapes = malloc(cap * 2 * sizeof *shapes);
-  const int64_t **shp = calloc(cap, sizeof *shp);
-  int *ndims = calloc(cap, sizeof *ndims);
-  const float **data = calloc(cap, sizeof *data);
-  int rc;
-
-  if (names == NULL || namebuf == NULL || shapes == NULL || shp == NULL || ndims == NULL ||
-      data == NULL) {
-    snprintf(err, errlen, "out of memory");
-    rc = SS_ENOMEM;
-    goto done;
-  }
-  for (int i = 0; i < p->n; i++) {
-    const mlp_layer *L = &p->l[i];
-    for (int b = 0; b < 2; b++) {
-      char *name = namebuf + n * plen;
-      if (b && L->b == NULL) continue;
-      snprintf(name, plen, "%s%lu.%s", p->prefix, L->idx, b ? "bias" : "weight");
-      names[n] = name;
-      shapes[2 * n] = L->out;
-      shapes[2 * n + 1] = L->in;
-      shp[n] = &shapes[2 * n];
-      ndims[n] = b ? 1 : 2;
-      data[n] = b ? L->b : L->w;
-      n++;
-    }
-  }
-  rc = ss_st_write_f32_atomic(path, n, names, shp, ndims, data, err, errlen);
-done:
-  free(names);
-  free(namebuf);
-  free(shapes);
-  free(shp);
-  free(ndims);
-  free(data);
-  return rc;
+  return ss_params_save(&p->prm, path, err, errlen);
 }
 
 static void mlp_destroy(ss_model *m) {
@@ -580,24 +489,25 @@ static const ss_model_ops mlp_ops = {.check = mlp_check,
                                      .free_saved = mlp_free_saved,
                                      .save = mlp_save};
 
-/* The trainable parameters (views of the layers' pointers) and the gradient mutex. */
+/* The trainable parameters: each layer's weight [out, in] then its bias [out] when it has one,
+ * under the names they were loaded with. */
 static int mlp_params(mlp *p) {
-  if ((p->prm = calloc(2 * (size_t)p->n, sizeof *p->prm)) == NULL) return SS_ENOMEM;
-  if (uv_mutex_init(&p->gmu) != 0) {
-    free(p->prm);
-    p->prm = NULL;
-    return SS_ENOMEM;
-  }
-  for (int i = 0; i < p->n; i++) {
+  size_t len = strlen(p->prefix) + 32;
+  char *name = malloc(len);
+  int rc = ss_params_init(&p->prm, 2 * (size_t)p->n);
+  if (name == NULL) rc = SS_ENOMEM;
+  for (int i = 0; i < p->n && rc == 0; i++) {
     mlp_layer *L = &p->l[i];
-    p->prm[2 * i].view = &L->w;
-    p->prm[2 * i].own = &L->w_own;
-    p->prm[2 * i].numel = (size_t)L->in * (size_t)L->out;
-    p->prm[2 * i + 1].view = &L->b;
-    p->prm[2 * i + 1].own = &L->b_own;
-    p->prm[2 * i + 1].numel = L->b != NULL ? (size_t)L->out : 0;
+    int64_t shape[2] = {L->out, L->in};
+    snprintf(name, len, "%s%lu.weight", p->prefix, L->idx);
+    if ((L->pw = ss_params_add(&p->prm, name, shape, 2, &L->w, &L->w_own)) < 0) rc = SS_ENOMEM;
+    L->pb = -1;
+    if (rc != 0 || L->b == NULL) continue;
+    snprintf(name, len, "%s%lu.bias", p->prefix, L->idx);
+    if ((L->pb = ss_params_add(&p->prm, name, shape, 1, &L->b, &L->b_own)) < 0) rc = SS_ENOMEM;
   }
-  return 0;
+  free(name);
+  return rc;
 }
 
 int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {

@@ -19,6 +19,7 @@
 
 #include "core/meta.h"
 #include "core/tensor.h"
+#include "models/nn/optim.h"
 
 typedef enum {
   SS_EXEC_WORKER = 0, /* forward() on a worker thread (blocking compute) */
@@ -44,14 +45,7 @@ typedef struct ss_kv_io {
   ss_kv_layer *present;
 } ss_kv_io;
 
-/* Optimizer settings for one step (training models). */
-typedef enum { SS_OPT_SGD = 0, SS_OPT_ADAMW = 1 } ss_opt_kind;
-typedef struct ss_optim {
-  ss_opt_kind kind;   /* from the model spec: optimizer=sgd|adamw (default sgd) */
-  float lr;           /* the request's learning_rate (> 0, finite) */
-  float beta1, beta2, eps, weight_decay; /* spec keys beta1, beta2, eps, weight_decay
-                                          * (AdamW defaults 0.9, 0.999, 1e-8, 0.01; SGD: 0) */
-} ss_optim;
+/* Optimizer settings (ss_optim): models/nn/optim.h. */
 
 typedef struct ss_model_ops {
   /* Validate an input tensor (dtype already resolved; data may be any dtype) and metadata;

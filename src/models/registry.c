@@ -14,8 +14,6 @@
  */
 #include <errno.h>
 #include <math.h>
-#include <cblas.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -295,8 +293,3 @@ void ss_model_free(ss_model *m) {
   free(m);
 }
 
-void ss_compute_thread_init(int intra_op_threads) {
-  int n = intra_op_threads > 0 ? intra_op_threads : 1;
-  openblas_set_num_threads(n); /* OpenBLAS (OpenMP flavour) follows the OpenMP team size */
-  omp_set_num_threads(n);
-}

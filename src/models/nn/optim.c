@@ -3,7 +3,7 @@
  * first write. The arithmetic is float32 like torch's CPU kernels, with the per-step scalars
  * (bias corrections, step size) computed in double. Thread: the caller's (write lock held).
  */
-#include "models/optim.h"
+#include "models/nn/optim.h"
 
 #include <math.h>
 #include <stdlib.h>

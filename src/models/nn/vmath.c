@@ -2,8 +2,8 @@
  * vmath.c — see vmath.h. exp(x) = 2^k e^r with k = round(x / ln 2), r = x - k ln 2 (ln 2 split
  * in two parts for exactness), e^r by a degree-6 polynomial, 2^k built in the exponent bits.
  */
-#include "models/vmath.h"
-#include "models/simd.h"
+#include "models/nn/vmath.h"
+#include "models/nn/simd.h"
 
 #include <math.h>
 #include <stdint.h>

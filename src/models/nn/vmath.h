@@ -8,8 +8,8 @@
  * for |x| < 10 (relative error of tanh near 0 is bounded by the 1 - 2/(1+e^2u) form).
  * Thread: pure functions, any thread.
  */
-#ifndef SS_MODELS_VMATH_H
-#define SS_MODELS_VMATH_H
+#ifndef SS_MODELS_NN_VMATH_H
+#define SS_MODELS_NN_VMATH_H
 
 #include <stddef.h>
 

@@ -22,7 +22,7 @@
 #include "check.h"
 #include "gpt2_block_ref.h"
 #include "models/model.h"
-#include "models/optim.h"
+#include "models/nn/optim.h"
 #include "models/safetensors.h"
 
 static char dir[64];

@@ -1,17 +1,16 @@
 /*
- * linear.c — see linear.h. Small-row kernels use GCC vector extensions (8 floats); with
- * target_clones the compiler builds an AVX2+FMA version and a baseline one, and the loader
- * picks the right one for the CPU (ifunc). Accumulation order differs from BLAS: results agree
- * to float rounding (~1e-6 relative), not bit for bit.
+ * matmul.c — see matmul.h. The only file that calls BLAS. Few-row kernels use GCC vector
+ * extensions (8 floats); with target_clones the compiler builds an AVX2+FMA version and a
+ * baseline one, and the loader picks the right one for the CPU (ifunc). Thread: the calling
+ * worker's; large few-row products split their columns over its OpenMP team (intra-op threads).
  */
-#include "models/linear.h"
-#include "models/simd.h"
+#include "models/nn/matmul.h"
+#include "models/nn/simd.h"
 
 #include <cblas.h>
 #include <omp.h>
+#include <stddef.h>
 #include <string.h>
-
-
 
 /* Macros, not functions: a vector-typed parameter or return value would change the ABI of the
  * baseline clone (-Wpsabi). */
@@ -43,51 +42,15 @@ SS_CLONES static void dot_block(const float *const x[4], int r, const float *w0,
   memcpy(out1, s + 4, 4 * sizeof(float));
 }
 
-void ss_linear_xwt(const float *X, size_t rows, size_t in, const float *W, const float *b,
-                   size_t out, float *Y, int accumulate) {
-  if (rows > SS_SMALL_ROWS) {
-    if (b && !accumulate)
-      for (size_t r = 0; r < rows; r++) memcpy(Y + r * out, b, out * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)in, 1.0f, X,
-                (int)in, W, (int)in, (b || accumulate) ? 1.0f : 0.0f, Y, (int)out);
-    if (b && accumulate)
-      for (size_t r = 0; r < rows; r++)
-        for (size_t o = 0; o < out; o++) Y[r * out + o] += b[o];
-    return;
-  }
-  for (size_t r0 = 0; r0 < rows; r0 += 4) {
-    int r = (int)(rows - r0 < 4 ? rows - r0 : 4);
-    const float *x[4];
-    for (int k = 0; k < 4; k++) x[k] = X + (r0 + (size_t)(k < r ? k : 0)) * in;
-    long npairs = (long)((out + 1) / 2);
-#pragma omp parallel for schedule(static) if (npairs > 8 && in * out >= (1u << 18))
-    for (long pi = 0; pi < npairs; pi++) {
-      size_t o = (size_t)pi * 2;
-      int two = o + 1 < out;
-      float d0[4], d1[4];
-      dot_block(x, r, W + o * in, two ? W + (o + 1) * in : NULL, in, d0, d1);
-      for (int k = 0; k < r; k++) {
-        float *y = Y + (r0 + (size_t)k) * out + o;
-        float v0 = d0[k] + (b ? b[o] : 0.0f);
-        y[0] = accumulate ? y[0] + v0 : v0;
-        if (two) {
-          float v1 = d1[k] + (b ? b[o + 1] : 0.0f);
-          y[1] = accumulate ? y[1] + v1 : v1;
-        }
-      }
-    }
-  }
-}
-
 /* Up to 4 rows of Y[:, j0..j1) += X rows . W[:, j0..j1), streaming W row by row: each weight
  * row's slice is read sequentially (prefetch-friendly, one TLB page after another) while the
  * outputs stay in L1/L2. For a decode step this beats column strips, whose row stride touches a
  * new page per weight row. */
 SS_CLONES static void stream_rows(const float *const x[4], int r, const float *W, size_t in,
-                                  size_t out, size_t j0, size_t j1, float *const y[4]) {
+                                  size_t ldw, size_t j0, size_t j1, float *const y[4]) {
   size_t jv = j0 + (j1 - j0) / 8 * 8;
   for (size_t i = 0; i < in; i++) {
-    const float *w = W + i * out;
+    const float *w = W + i * ldw;
     if (r == 1) {
       v8 s = splat(x[0][i]);
       float *y0 = y[0];
@@ -105,30 +68,43 @@ SS_CLONES static void stream_rows(const float *const x[4], int r, const float *W
   }
 }
 
-void ss_linear_xw(const float *X, size_t rows, size_t in, const float *W, const float *b,
-                  size_t out, float *Y, int accumulate) {
-  if (!accumulate) {
-    for (size_t r = 0; r < rows; r++) {
-      if (b) memcpy(Y + r * out, b, out * sizeof(float));
-      else memset(Y + r * out, 0, out * sizeof(float));
+
+/* C[rows, out] (=|+=) X[rows, in] W[out, in]^T: two W rows at a time against up to 4 X rows. */
+static void few_rows_bt(const float *X, size_t ldx, size_t rows, size_t in, const float *W,
+                        size_t ldw, size_t out, float *Y, size_t ldy, int accumulate) {
+  for (size_t r0 = 0; r0 < rows; r0 += 4) {
+    int r = (int)(rows - r0 < 4 ? rows - r0 : 4);
+    const float *x[4];
+    for (int k = 0; k < 4; k++) x[k] = X + (r0 + (size_t)(k < r ? k : 0)) * ldx;
+    long npairs = (long)((out + 1) / 2);
+#pragma omp parallel for schedule(static) if (npairs > 8 && in * out >= (1u << 18))
+    for (long pi = 0; pi < npairs; pi++) {
+      size_t o = (size_t)pi * 2;
+      int two = o + 1 < out;
+      float d0[4], d1[4];
+      dot_block(x, r, W + o * ldw, two ? W + (o + 1) * ldw : NULL, in, d0, d1);
+      for (int k = 0; k < r; k++) {
+        float *y = Y + (r0 + (size_t)k) * ldy + o;
+        y[0] = accumulate ? y[0] + d0[k] : d0[k];
+        if (two) y[1] = accumulate ? y[1] + d1[k] : d1[k];
+      }
     }
-  } else if (b) {
-    for (size_t r = 0; r < rows; r++)
-      for (size_t o = 0; o < out; o++) Y[r * out + o] += b[o];
   }
-  if (rows > SS_SMALL_ROWS) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)out, (int)in, 1.0f, X,
-                (int)in, W, (int)out, 1.0f, Y, (int)out);
-    return;
-  }
+}
+
+/* C[rows, out] (=|+=) X[rows, in] W[in, out], streaming W row by row. */
+static void few_rows_b(const float *X, size_t ldx, size_t rows, size_t in, const float *W,
+                       size_t ldw, size_t out, float *Y, size_t ldy, int accumulate) {
+  if (!accumulate)
+    for (size_t r = 0; r < rows; r++) memset(Y + r * ldy, 0, out * sizeof(float));
   for (size_t r0 = 0; r0 < rows; r0 += 4) {
     int r = (int)(rows - r0 < 4 ? rows - r0 : 4);
     const float *x[4];
     float *y[4];
     for (int k = 0; k < 4; k++) {
       size_t row = r0 + (size_t)(k < r ? k : 0);
-      x[k] = X + row * in;
-      y[k] = Y + row * out;
+      x[k] = X + row * ldx;
+      y[k] = Y + row * ldy;
     }
     /* The worker's intra-op threads take contiguous column ranges (multiples of 16 floats). */
 #pragma omp parallel if (in * out >= (1u << 18))
@@ -136,7 +112,31 @@ void ss_linear_xw(const float *X, size_t rows, size_t in, const float *W, const 
       size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
       size_t per = (out / nt + 15) / 16 * 16;
       size_t j0 = t * per, j1 = t + 1 == nt ? out : (t + 1) * per;
-      if (j0 < out) stream_rows(x, r, W, in, out, j0, j1 < out ? j1 : out, y);
+      if (j0 < out) stream_rows(x, r, W, in, ldw, j0, j1 < out ? j1 : out, y);
     }
   }
+}
+
+void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (ta == SS_MM_N && M <= SS_SMALL_ROWS && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
+    if (tb == SS_MM_T)
+      few_rows_bt(A, (size_t)lda, (size_t)M, (size_t)K, B, (size_t)ldb, (size_t)N, C, (size_t)ldc,
+                  beta != 0.0f);
+    else
+      few_rows_b(A, (size_t)lda, (size_t)M, (size_t)K, B, (size_t)ldb, (size_t)N, C, (size_t)ldc,
+                 beta != 0.0f);
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, ta == SS_MM_T ? CblasTrans : CblasNoTrans,
+              tb == SS_MM_T ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
+              ldc);
+}
+
+/* The engine's threads: each worker's OpenMP team (OpenBLAS, OpenMP flavour, follows it). */
+void ss_compute_thread_init(int intra_op_threads) {
+  int n = intra_op_threads > 0 ? intra_op_threads : 1;
+  openblas_set_num_threads(n);
+  omp_set_num_threads(n);
 }

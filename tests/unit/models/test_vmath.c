@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "models/vmath.h"
+#include "models/nn/vmath.h"
 
 int main(void) {
   size_t n = 200003; /* not a multiple of 8, and large enough to take the threaded path */

@@ -1,10 +1,10 @@
 /*
  * simd.h — what the vectorized model kernels share: an 8-float GCC vector type and the
  * target_clones attribute that builds an AVX2+FMA version next to the baseline one (the loader
- * picks per CPU). Used by linear.c and vmath.c. Thread: n/a (types and macros).
+ * picks per CPU). Used by matmul.c and vmath.c. Thread: n/a (types and macros).
  */
-#ifndef SS_MODELS_SIMD_H
-#define SS_MODELS_SIMD_H
+#ifndef SS_MODELS_NN_SIMD_H
+#define SS_MODELS_NN_SIMD_H
 
 #include <stdint.h>
 

@@ -11,13 +11,22 @@
  * Thread: the caller's; the models call these from step() under the model's write lock, so
  * nothing here locks.
  */
-#ifndef SS_MODELS_OPTIM_H
-#define SS_MODELS_OPTIM_H
+#ifndef SS_MODELS_NN_OPTIM_H
+#define SS_MODELS_NN_OPTIM_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "models/model.h"
+#include "splitserve.h"
+
+/* Optimizer settings for one step (training models). */
+typedef enum { SS_OPT_SGD = 0, SS_OPT_ADAMW = 1 } ss_opt_kind;
+typedef struct ss_optim {
+  ss_opt_kind kind;   /* from the model spec: optimizer=sgd|adamw (default sgd) */
+  float lr;           /* the request's learning_rate (> 0, finite) */
+  float beta1, beta2, eps, weight_decay; /* spec keys beta1, beta2, eps, weight_decay
+                                          * (AdamW defaults 0.9, 0.999, 1e-8, 0.01; SGD: 0) */
+} ss_optim;
 
 /* One trainable array: its values (a view, or its own copy once written), its accumulated
  * gradient and its AdamW moments. grad, m and v are allocated lazily (NULL until needed). */

@@ -1,0 +1,103 @@
+/*
+ * attention.c — see attention.h. Per (batch, head) two products through ss_matmul (scores and
+ * att v; a decode step's single query row takes its few-row kernels) around a causal softmax
+ * (vectorized exp, nn/vmath.h). Backward, per (batch, head):
+ *   dv_g += att^T dout,  datt = dout v_g^T,  ds = scale * att * (datt - rowsum(att * datt)),
+ *   dq = ds k_g,  dk_g += ds^T q      (g: the head's kv group; the first head of a group
+ *   overwrites dk_g, dv_g, the others add)
+ * Thread: the caller's worker thread; reentrant.
+ */
+#include "models/nn/attention.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "models/nn/matmul.h"
+#include "models/nn/vmath.h"
+
+/* Causal softmax of one (batch, head) score block [T, Tk] in place; query i sees keys 0..P+i;
+ * the masked part is set to 0. */
+static void causal_softmax(float *s, int T, int Tk, int P, float scale) {
+  for (int i = 0; i < T; i++) {
+    float *row = s + (size_t)i * (size_t)Tk, mx = -INFINITY, sum = 0.0f, inv;
+    int n = P + i + 1;
+    for (int j = 0; j < n; j++) {
+      row[j] *= scale;
+      if (row[j] > mx) mx = row[j];
+    }
+    for (int j = 0; j < n; j++) row[j] -= mx;
+    ss_vexp(row, row, (size_t)n);
+    for (int j = 0; j < n; j++) sum += row[j];
+    inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) row[j] *= inv;
+    for (int j = n; j < Tk; j++) row[j] = 0.0f;
+  }
+}
+
+void ss_attention_forward(float *out, int ldo, float *att, int att_all, float *K, float *V,
+                          const float *q, int ldq, const float *k, const float *v, int ldkv,
+                          const void *past_k, const void *past_v, const ss_attn_dims *d) {
+  const int T = d->T, P = d->P, Tk = P + T, HS = d->HS, grp = d->NH / d->NKV;
+  const size_t hs = (size_t)HS, pbytes = (size_t)P * hs * sizeof(float);
+  for (int b = 0; b < d->B; b++) {
+    const size_t row0 = (size_t)b * (size_t)T;
+    for (int g = 0; g < d->NKV; g++) { /* assemble the window of kv head g */
+      size_t bg = (size_t)b * (size_t)d->NKV + (size_t)g;
+      float *Kg = K + bg * (size_t)Tk * hs, *Vg = V + bg * (size_t)Tk * hs;
+      if (P > 0) { /* past data may be unaligned (wire bytes): memcpy only */
+        memcpy(Kg, (const char *)past_k + bg * pbytes, pbytes);
+        memcpy(Vg, (const char *)past_v + bg * pbytes, pbytes);
+      }
+      for (int i = 0; i < T; i++) {
+        size_t src = (row0 + (size_t)i) * (size_t)ldkv + (size_t)g * hs;
+        memcpy(Kg + (size_t)(P + i) * hs, k + src, hs * sizeof(float));
+        memcpy(Vg + (size_t)(P + i) * hs, v + src, hs * sizeof(float));
+      }
+    }
+    for (int h = 0; h < d->NH; h++) {
+      size_t bh = (size_t)b * (size_t)d->NH + (size_t)h;
+      size_t bg = (size_t)b * (size_t)d->NKV + (size_t)(h / grp);
+      const float *Kg = K + bg * (size_t)Tk * hs, *Vg = V + bg * (size_t)Tk * hs;
+      float *A = att_all ? att + bh * (size_t)T * (size_t)Tk : att;
+      /* scores [T, Tk] = q_h [T, HS] K_g^T */
+      ss_matmul(SS_MM_N, SS_MM_T, T, Tk, HS, 1.0f, q + row0 * (size_t)ldq + (size_t)h * hs, ldq,
+                Kg, HS, 0.0f, A, Tk);
+      causal_softmax(A, T, Tk, P, d->scale);
+      /* out_h [T, HS] = att [T, Tk] V_g [Tk, HS] */
+      ss_matmul(SS_MM_N, SS_MM_N, T, HS, Tk, 1.0f, A, Tk, Vg, HS, 0.0f,
+                out + row0 * (size_t)ldo + (size_t)h * hs, ldo);
+    }
+  }
+}
+
+void ss_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                           int ldo, const float *att, const float *q, int ldq, const float *k,
+                           const float *v, int ldkv, const ss_attn_dims *d) {
+  const int T = d->T, HS = d->HS, grp = d->NH / d->NKV;
+  const size_t hs = (size_t)HS, t = (size_t)T;
+  float *dS = scratch;
+  for (int b = 0; b < d->B; b++) {
+    const size_t row0 = (size_t)b * t;
+    for (int h = 0; h < d->NH; h++) {
+      const size_t bh = (size_t)b * (size_t)d->NH + (size_t)h, g = (size_t)(h / grp);
+      const float *A = att + bh * t * t, *dA = dout + row0 * (size_t)ldo + (size_t)h * hs;
+      const float *Q = q + row0 * (size_t)ldq + (size_t)h * hs;
+      const float *Kg = k + row0 * (size_t)ldkv + g * hs, *Vg = v + row0 * (size_t)ldkv + g * hs;
+      float *dQ = dq + row0 * (size_t)ldq + (size_t)h * hs;
+      float *dK = dk + row0 * (size_t)ldkv + g * hs, *dV = dv + row0 * (size_t)ldkv + g * hs;
+      const float beta = h % grp == 0 ? 0.0f : 1.0f;
+      ss_matmul(SS_MM_T, SS_MM_N, T, HS, T, 1.0f, A, T, dA, ldo, beta, dV, ldkv);
+      ss_matmul(SS_MM_N, SS_MM_T, T, T, HS, 1.0f, dA, ldo, Vg, ldkv, 0.0f, dS, T);
+      for (size_t i = 0; i < t; i++) { /* softmax backward, row i sees keys 0..i */
+        const float *pr = A + i * t;
+        float *dr = dS + i * t, dot = 0.0f;
+        for (size_t j = 0; j <= i; j++) dot += pr[j] * dr[j];
+        for (size_t j = 0; j <= i; j++) dr[j] = d->scale * pr[j] * (dr[j] - dot);
+        for (size_t j = i + 1; j < t; j++) dr[j] = 0.0f;
+      }
+      ss_matmul(SS_MM_N, SS_MM_N, T, HS, T, 1.0f, dS, T, Kg, ldkv, 0.0f, dQ, ldq);
+      ss_matmul(SS_MM_T, SS_MM_N, T, HS, T, 1.0f, dS, T, Q, ldq, beta, dK, ldkv);
+    }
+  }
+}

@@ -1,0 +1,42 @@
+/*
+ * attention.h — causal multi-head self-attention with a KV cache and grouped heads, as a
+ * forward/backward pair. NH query heads share NKV key/value heads (NKV divides NH; query head h
+ * reads kv head h / (NH / NKV)); GPT-2 has NKV == NH. Head size HS. Queries of this call sit at
+ * absolute positions P .. P+T-1 after P cached ones; query t sees keys 0 .. P+t:
+ *   att = softmax(scale * q k^T + causal mask),  out = att v   (per batch, per head)
+ *
+ * Layouts (row-major float32; a "row" is one token; strides in floats):
+ *   q    [B, T, NH*HS]   row stride ldq      k, v [B, T, NKV*HS]  row stride ldkv
+ *   out  [B, T, NH*HS]   row stride ldo      (heads side by side, as the projections want)
+ *   K, V [B, NKV, P+T, HS]  the whole window: the past, then this call's keys/values (the
+ *                           model's present cache, or scratch)
+ * so a fused qkv buffer [B, T, (NH + 2 NKV) HS] is q = qkv, k = qkv + NH*HS, v = k + NKV*HS.
+ *
+ * Thread: any (worker threads); reentrant, no allocation, no global mutable state.
+ */
+#ifndef SS_MODELS_NN_ATTENTION_H
+#define SS_MODELS_NN_ATTENTION_H
+
+typedef struct ss_attn_dims {
+  int B, T, P;      /* batch, new tokens, cached (past) tokens */
+  int NH, NKV, HS;  /* query heads, key/value heads, head size */
+  float scale;      /* multiplies q.k (1/sqrt(HS) usually) */
+} ss_attn_dims;
+
+/* Forward. past_k, past_v: [B, NKV, P, HS] float32 bytes (borrowed; may be unaligned, e.g. wire
+ * bytes), or NULL when P == 0; they and k, v are copied into K, V (written, see above).
+ * att: the probabilities; att_all: att is [B, NH, T, P+T] and keeps them all (for backward),
+ * else att is scratch of [T, P+T] reused per head. out written. */
+void ss_attention_forward(float *out, int ldo, float *att, int att_all, float *K, float *V,
+                          const float *q, int ldq, const float *k, const float *v, int ldkv,
+                          const void *past_k, const void *past_v, const ss_attn_dims *d);
+
+/* Backward, no past (P == 0), given dout [B, T, NH*HS] (row stride ldo), the forward's att
+ * [B, NH, T, T] (att_all) and its q, k, v: dq (stride ldq), dk, dv (stride ldkv) overwritten
+ * with dL/dq, dL/dk, dL/dv (layouts as q, k, v; they may share one fused buffer like q, k, v).
+ * scratch: [T, T]. */
+void ss_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                           int ldo, const float *att, const float *q, int ldq, const float *k,
+                           const float *v, int ldkv, const ss_attn_dims *d);
+
+#endif

@@ -1,0 +1,43 @@
+/*
+ * rmsnorm.c — see rmsnorm.h. With r = rstd, g the effective gain and y_j = x_j r g_j:
+ *   dL/dx_k = r g_k dy_k - (r^3 / C) x_k sum_j dy_j g_j x_j,   dL/dw_j = dy_j x_j r.
+ * Sums in double. Thread: the caller's worker thread (and its OpenMP team for the forward).
+ */
+#include "models/nn/rmsnorm.h"
+
+#include <math.h>
+#include <stddef.h>
+
+void ss_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int BT, int C,
+                        float eps, int one_plus) {
+  const size_t n = (size_t)C;
+  const float add = one_plus ? 1.0f : 0.0f;
+#pragma omp parallel for schedule(static) if (BT >= 32)
+  for (int r = 0; r < BT; r++) {
+    const float *xr = x + (size_t)r * n;
+    float *yr = out + (size_t)r * n;
+    double ss = 0.0;
+    float inv;
+    for (size_t j = 0; j < n; j++) ss += (double)xr[j] * xr[j];
+    inv = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    if (rstd != NULL) rstd[r] = inv;
+    for (size_t j = 0; j < n; j++) yr[j] = xr[j] * inv * (add + w[j]);
+  }
+}
+
+void ss_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                         const float *rstd, int BT, int C, int one_plus) {
+  const size_t n = (size_t)C;
+  const float add = one_plus ? 1.0f : 0.0f;
+  for (size_t r = 0; r < (size_t)BT; r++) {
+    const float *dyr = dout + r * n, *xr = x + r * n;
+    float *dxr = dx + r * n, inv = rstd[r], c;
+    double dot = 0.0;
+    for (size_t j = 0; j < n; j++) dot += (double)dyr[j] * (add + w[j]) * xr[j];
+    c = (float)(dot * (double)inv * inv * inv / (double)n);
+    for (size_t j = 0; j < n; j++) {
+      dxr[j] += inv * (add + w[j]) * dyr[j] - c * xr[j];
+      dw[j] += dyr[j] * xr[j] * inv;
+    }
+  }
+}

@@ -1,0 +1,37 @@
+/*
+ * rope.c — see rope.h. Angles in double (positions up to ~1e5 keep float-accurate sin/cos);
+ * each (position, pair) angle is computed once and applied to every batch row and head.
+ * Thread: the caller's worker thread; reentrant.
+ */
+#include "models/nn/rope.h"
+
+#include <math.h>
+#include <stddef.h>
+
+/* sign +1: forward rotation, -1: inverse. */
+static void rotate(float *x, int ld, int B, int T, int NH, int HS, int pos0, float base,
+                   double sign) {
+  const int half = HS / 2;
+  for (int t = 0; t < T; t++) {
+    for (int i = 0; i < half; i++) {
+      double ang = (double)(pos0 + t) * pow((double)base, -2.0 * i / (double)HS);
+      float c = (float)cos(ang), s = (float)(sign * sin(ang));
+      for (int b = 0; b < B; b++) {
+        float *row = x + ((size_t)b * (size_t)T + (size_t)t) * (size_t)ld;
+        for (int h = 0; h < NH; h++) {
+          float *v = row + (size_t)h * (size_t)HS, a0 = v[i], a1 = v[i + half];
+          v[i] = a0 * c - a1 * s;
+          v[i + half] = a1 * c + a0 * s;
+        }
+      }
+    }
+  }
+}
+
+void ss_rope_forward(float *x, int ld, int B, int T, int NH, int HS, int pos0, float base) {
+  rotate(x, ld, B, T, NH, HS, pos0, base, 1.0);
+}
+
+void ss_rope_backward(float *d, int ld, int B, int T, int NH, int HS, int pos0, float base) {
+  rotate(d, ld, B, T, NH, HS, pos0, base, -1.0);
+}

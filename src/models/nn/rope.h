@@ -1,0 +1,20 @@
+/*
+ * rope.h — rotary position embedding (Llama family), Hugging Face "rotate_half" convention (the
+ * two halves of a head are the pairs, not interleaved lanes), as a forward/backward pair, in
+ * place. For a head vector x of size HS at absolute position p, i < HS/2:
+ *   c = cos(p theta_i), s = sin(p theta_i), theta_i = base^(-2i / HS)
+ *   x'[i] = x[i] c - x[i + HS/2] s,   x'[i + HS/2] = x[i + HS/2] c + x[i] s
+ * The backward is the inverse rotation (the transpose): angle -p theta_i.
+ *
+ * Thread: any (worker threads); reentrant, no allocation, no global mutable state.
+ */
+#ifndef SS_MODELS_NN_ROPE_H
+#define SS_MODELS_NN_ROPE_H
+
+/* x [B, T, NH, HS] (row stride ld per token; heads side by side), rotated in place; token t is at
+ * position pos0 + t. HS even. */
+void ss_rope_forward(float *x, int ld, int B, int T, int NH, int HS, int pos0, float base);
+/* d holds dL/dx' on entry, dL/dx on return; same arguments as the forward. */
+void ss_rope_backward(float *d, int ld, int B, int T, int NH, int HS, int pos0, float base);
+
+#endif

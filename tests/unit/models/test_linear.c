@@ -1,0 +1,108 @@
+/*
+ * test_linear.c — nn/matmul.h and nn/linear.h's forward against a double-precision reference, on
+ * both sides of the small-rows threshold (few-row kernels vs sgemm), odd sizes (tails), with and
+ * without bias, overwrite and accumulate, both weight layouts; ss_matmul with every transpose,
+ * leading dimensions wider than the rows, alpha and beta.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "check.h"
+#include "models/nn/linear.h"
+#include "models/nn/matmul.h"
+
+static float frand(unsigned *s) {
+  *s = *s * 1103515245u + 12345u;
+  return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static int close_all(const float *a, const double *ref, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (fabs((double)a[i] - ref[i]) > 1e-4 * (1.0 + fabs(ref[i]))) {
+      fprintf(stderr, "  at %zu: %g vs %g\n", i, (double)a[i], ref[i]);
+      return 0;
+    }
+  return 1;
+}
+
+static void one(size_t rows, size_t in, size_t out, int bias, int acc, int conv1d) {
+  unsigned s = (unsigned)(rows * 131 + in * 7 + out + (size_t)bias * 3 + (size_t)acc);
+  float *X = malloc(rows * in * sizeof *X), *W = malloc(in * out * sizeof *W);
+  float *b = malloc(out * sizeof *b), *Y = malloc(rows * out * sizeof *Y);
+  double *R = malloc(rows * out * sizeof *R);
+  for (size_t i = 0; i < rows * in; i++) X[i] = frand(&s);
+  for (size_t i = 0; i < in * out; i++) W[i] = frand(&s);
+  for (size_t i = 0; i < out; i++) b[i] = frand(&s);
+  for (size_t i = 0; i < rows * out; i++) Y[i] = acc ? frand(&s) : 1e30f;
+  for (size_t r = 0; r < rows; r++)
+    for (size_t o = 0; o < out; o++) {
+      double d = acc ? (double)Y[r * out + o] : 0.0;
+      if (bias) d += b[o];
+      for (size_t i = 0; i < in; i++)
+        d += (double)X[r * in + i] * (conv1d ? W[i * out + o] : W[o * in + i]);
+      R[r * out + o] = d;
+    }
+  ss_linear_forward(Y, X, W, bias ? b : NULL, (int)rows, (int)in, (int)out,
+                    conv1d ? SS_W_IN_OUT : SS_W_OUT_IN, acc);
+  int ok = close_all(Y, R, rows * out);
+  if (!ok)
+    fprintf(stderr, "rows %zu in %zu out %zu bias %d acc %d conv1d %d\n", rows, in, out, bias, acc,
+            conv1d);
+  CHECK(ok);
+  free(X), free(W), free(b), free(Y), free(R);
+}
+
+/* C (ldc) = alpha op(A) op(B) + beta C with padded leading dimensions. */
+static void mm(int ta, int tb, int M, int N, int K, float alpha, float beta) {
+  unsigned s = (unsigned)(M * 977 + N * 31 + K * 7 + ta * 2 + tb);
+  int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
+  size_t na = (size_t)(ta ? K : M) * (size_t)lda, nb = (size_t)(tb ? N : K) * (size_t)ldb;
+  float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B);
+  float *C = malloc((size_t)M * (size_t)ldc * sizeof *C);
+  double *R = malloc((size_t)M * (size_t)N * sizeof *R);
+  float *Cpad = malloc((size_t)M * (size_t)ldc * sizeof *Cpad);
+  int ok = 1;
+  for (size_t i = 0; i < na; i++) A[i] = frand(&s);
+  for (size_t i = 0; i < nb; i++) B[i] = frand(&s);
+  for (size_t i = 0; i < (size_t)M * (size_t)ldc; i++) Cpad[i] = C[i] = frand(&s);
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) {
+      double d = 0;
+      for (int k = 0; k < K; k++) {
+        double a = ta ? A[k * lda + i] : A[i * lda + k], b = tb ? B[j * ldb + k] : B[k * ldb + j];
+        d += a * b;
+      }
+      R[i * N + j] = alpha * d + (beta != 0.0f ? beta * (double)C[i * ldc + j] : 0.0);
+    }
+  ss_matmul(ta ? SS_MM_T : SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, alpha, A, lda, B, ldb, beta,
+            C, ldc);
+  for (int i = 0; i < M && ok; i++) {
+    for (int j = 0; j < N && ok; j++) {
+      double r = R[i * N + j];
+      ok = fabs((double)C[i * ldc + j] - r) <= 1e-4 * (1.0 + fabs(r));
+    }
+    for (int j = N; j < ldc && ok; j++) ok = C[i * ldc + j] == Cpad[i * ldc + j]; /* padding */
+  }
+  if (!ok)
+    fprintf(stderr, "matmul ta %d tb %d M %d N %d K %d alpha %g beta %g\n", ta, tb, M, N, K,
+            (double)alpha, (double)beta);
+  CHECK(ok);
+  free(A), free(B), free(C), free(R), free(Cpad);
+}
+
+int main(void) {
+  int ms[] = {1, 3, 4, 5, 17}, nk[][2] = {{13, 7}, {64, 48}, {9, 33}, {1, 1}};
+  float ab[][2] = {{1, 0}, {1, 1}, {0.5f, 0}, {2, -0.25f}};
+  for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+    for (size_t d = 0; d < sizeof nk / sizeof nk[0]; d++)
+      for (size_t a = 0; a < sizeof ab / sizeof ab[0]; a++)
+        for (int t = 0; t < 4; t++) mm(t >> 1, t & 1, ms[i], nk[d][0], nk[d][1], ab[a][0], ab[a][1]);
+  size_t rows[] = {1, 2, 3, 4, 5, 10, 16, 17, 33};
+  size_t dims[][2] = {{768, 768}, {13, 7}, {64, 48}, {9, 33}, {1, 1}, {100, 17}};
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
+      for (int bias = 0; bias < 2; bias++)
+        for (int acc = 0; acc < 2; acc++)
+          for (int conv = 0; conv < 2; conv++) one(rows[i], dims[d][0], dims[d][1], bias, acc, conv);
+  TEST_MAIN_END();
+}
