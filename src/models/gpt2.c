@@ -551,6 +551,11 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
   for (int l = 0; l < L; l++) {
     const gpt2_block *bk = &p->blk[l];
     float *K = Ks, *V = Vs;
+    if (ss_meta_cancelled(meta)) { /* nobody waits for the result (hardening: cancel check) */
+      if (want_present) free_present(kv, l);
+      free(scratch);
+      return SS_ECANCELLED;
+    }
     if (want_present) {
       ss_kv_layer *pr = &kv->present[l];
       K = malloc(kvn * sizeof(float));

@@ -321,13 +321,14 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
   for (int i = 0; i < p->n; i++) {
     const mlp_layer *L = &p->l[i];
     const float *x = i == 0 ? (const float *)in->data : buf[(i - 1) & 1];
+    if (ss_meta_cancelled(meta)) break; /* nobody waits for the result: stop (checked below) */
     float *y = i == p->n - 1 ? (float *)out->data : buf[i & 1];
     ss_linear_xwt(x, rows, (size_t)L->in, L->w, NULL, (size_t)L->out, y, 0);
     bias_act(y, rows, L->out, L->b, i < p->n - 1, p->gelu);
   }
   free(buf[0]);
   free(buf[1]);
-  return 0;
+  return ss_meta_cancelled(meta) ? SS_ECANCELLED : 0;
 }
 
 /* ------------------------------------------------------------- training ---- */

@@ -369,6 +369,12 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "metadata session is empty: give a session id");
     return -1;
   }
+  if (sid && strlen(sid) > st->svc->cfg.max_session_id_bytes) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "metadata session is %zu bytes long; session ids are at most %zu bytes "
+                 "(--max-session-id-bytes)", strlen(sid), st->svc->cfg.max_session_id_bytes);
+    return -1;
+  }
   if (sid && st->n_kv_wire > 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "metadata session='%s' keeps the cache on the server: past_key_values must be "
@@ -460,6 +466,20 @@ void ss_h_compute(ss_call *call, void *app) {
   st->reqbuf = ss_call_request(call, &st->reqlen);
   ss_call_set_hooks(call, compute_cancel, compute_free);
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  {
+    /* Before protobuf-c allocates anything: metadata entry count and sizes; no NUL in ids. */
+    static const uint32_t str_fields[] = {5, 6};
+    static const char *const str_names[] = {"model_id", "forward_id"};
+    ss_wire_limits lim = {4, (size_t)s->cfg.max_metadata_entries, s->cfg.max_metadata_key_bytes,
+                          s->cfg.max_metadata_value_bytes, str_fields, str_names, 2};
+    char why[256];
+    int rv = ss_wire_check(st->reqbuf, st->reqlen, &lim, why, sizeof why);
+    if (rv != 0) {
+      ss_call_fail(call, rv == SS_EBUSY ? SS_GRPC_RESOURCE_EXHAUSTED : SS_GRPC_INVALID_ARGUMENT,
+                   "%s", why);
+      return;
+    }
+  }
   const uint8_t *data;
   size_t dlen;
   st->req = (Splitlearn__Comm__ComputeRequest *)ss_decode_tensor_request(
@@ -485,10 +505,17 @@ void ss_h_compute(ss_call *call, void *app) {
     st->keys[i] = req->metadata[i]->key;
     st->vals[i] = req->metadata[i]->value;
   }
-  st->meta = (ss_meta){st->keys, st->vals, nm};
+  st->meta = (ss_meta){st->keys, st->vals, nm, &st->job.cancelled}; /* models poll it */
 
   /* model */
   st->sm = ss_service_find_model(s, req->model_id);
+  if (!st->sm && ss_models_test_disabled(s, req->model_id)) {
+    ss_call_fail(call, SS_GRPC_NOT_FOUND,
+                 "model '%s' exists but is disabled: it is a test model; start the server with "
+                 "--enable-test-models (config enable_test_models: true) to serve it",
+                 req->model_id);
+    return;
+  }
   if (!st->sm) {
     char known[512];
     ss_models_list(s, known, sizeof known);

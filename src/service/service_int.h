@@ -105,6 +105,9 @@ void ss_served_ref(ss_served_model *sm);
 void ss_served_unref(ss_served_model *sm);
 void ss_models_free(ss_service *s);
 void ss_models_save_all(ss_service *s, const char *why);
+/* 1 when id names a built-in test model (scale, sleep, spin) that is off because the server
+ * runs without --enable-test-models (for the NOT_FOUND message). */
+int ss_models_test_disabled(const ss_service *s, const char *id);
 /* "mlp, identity, ..." into buf (for NOT_FOUND messages). */
 void ss_models_list(const ss_service *s, char *buf, size_t len);
 

@@ -257,6 +257,16 @@ void ss_h_backward(ss_call *call, void *app) {
   st->reqbuf = ss_call_request(call, &st->reqlen);
   ss_call_set_hooks(call, bw_cancel, bw_free);
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  {
+    static const uint32_t str_fields[] = {3, 4};
+    static const char *const str_names[] = {"forward_id", "model_id"};
+    ss_wire_limits lim = {0, 0, 0, 0, str_fields, str_names, 2};
+    char why[256];
+    if (ss_wire_check(st->reqbuf, st->reqlen, &lim, why, sizeof why) != 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", why);
+      return;
+    }
+  }
   const uint8_t *data;
   size_t dlen;
   st->req = (Splitlearn__Comm__BackwardRequest *)ss_decode_tensor_request(

@@ -225,6 +225,7 @@ int main(void) {
   ss_server_config_init(&cfg);
   cfg.workers = 1;
   cfg.log_level = 1;
+  cfg.enable_test_models = 1; /* sleep, spin */
   char err[512];
   int rv = ss_service_new(&loop, pool, &cfg, &svc, err, sizeof err);
   CHECK_EQ_INT(rv, 0);
