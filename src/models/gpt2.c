@@ -40,7 +40,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "core/config.h"
 #include "models/linear.h"
 #include "models/vmath.h"
 #include "models/model.h"
@@ -123,7 +125,12 @@ static int cfg_int(json_t *root, const char *key, const char *path, int *out, in
 static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale_by_layer,
                        char *err, size_t errlen) {
   json_error_t je;
-  json_t *root = json_load_file(path, 0, &je), *v;
+  char *text = NULL; /* hardening: a regular file of at most 1 MiB (a FIFO would hang start-up) */
+  size_t tlen = 0;
+  int frc = ss_read_small_file(path, SS_CONFIG_MAX_BYTES, &text, &tlen, err, errlen);
+  if (frc != 0) return frc == SS_EIO && access(path, F_OK) != 0 ? SS_ENOTFOUND : frc;
+  json_t *root = json_loadb(text, tlen, 0, &je), *v;
+  free(text);
   int found, rc = SS_EINVAL;
   static const char *const required[] = {"n_embd", "n_head", "n_layer"};
   int *req_out[] = {&p->n_embd, &p->n_head, &p->n_layer};
@@ -918,14 +925,9 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
 static int gpt2_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
   gpt2 *p = m->impl;
   if (p->prm[0].grad == NULL) return 0; /* no backward yet: nothing to apply */
-  p->t++;
-  for (int i = 0; i < (p->b - p->a) * T_PER_LAYER; i++) {
-    if (ss_param_step(&p->prm[i], opt, p->t) != 0) {
-      snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
-      return SS_ENOMEM;
-    }
-  }
-  return 0;
+  /* all or nothing: refused (weights untouched) when a weight would become NaN/Inf */
+  return ss_params_step(p->prm, (size_t)(p->b - p->a) * T_PER_LAYER, opt, &p->t, m->id, err,
+                        errlen);
 }
 
 static void gpt2_free_saved(const ss_model *m, void *saved) {
@@ -999,7 +1001,18 @@ static void gpt2_destroy(ss_model *m) {
   m->impl = NULL;
 }
 
+static size_t gpt2_train_bytes(const ss_model *m, const ss_tensor *in) {
+  const gpt2 *p = m->impl;
+  size_t total;
+  if (in->ndim != 3 || in->shape[0] > INT_MAX || in->shape[1] > INT_MAX) return SIZE_MAX;
+  if (__builtin_mul_overflow(saved_per_layer(p, (int)in->shape[0], (int)in->shape[1]),
+                             (size_t)(p->b - p->a) * sizeof(float), &total))
+    return SIZE_MAX;
+  return sizeof(gpt2_saved) + total;
+}
+
 static const ss_model_ops gpt2_ops = {.check = gpt2_check,
+                                      .train_bytes = gpt2_train_bytes,
                                       .forward = gpt2_forward,
                                       .destroy = gpt2_destroy,
                                       .check_kv = gpt2_check_kv,

@@ -508,15 +508,8 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
 static int mlp_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
   mlp *p = m->impl;
   if (p->prm[0].grad == NULL) return 0; /* no backward yet: nothing to apply */
-  p->t++;
-  for (int i = 0; i < 2 * p->n; i++) {
-    if (p->prm[i].numel == 0) continue;
-    if (ss_param_step(&p->prm[i], opt, p->t) != 0) {
-      snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
-      return SS_ENOMEM;
-    }
-  }
-  return 0;
+  /* all or nothing: refused (weights untouched) when a weight would become NaN/Inf */
+  return ss_params_step(p->prm, 2 * (size_t)p->n, opt, &p->t, m->id, err, errlen);
 }
 
 static void mlp_free_saved(const ss_model *m, void *saved) {
@@ -572,7 +565,17 @@ static void mlp_destroy(ss_model *m) {
   m->impl = NULL;
 }
 
+/* What forward_train keeps: X0 and the hidden Z_i (saturating on overflow). */
+static size_t mlp_train_bytes(const ss_model *m, const ss_tensor *in) {
+  const mlp *p = m->impl;
+  size_t rows = in->numel / (size_t)p->l[0].in, cells = (size_t)p->l[0].in, bytes;
+  for (int i = 0; i + 1 < p->n; i++) cells += (size_t)p->l[i].out;
+  if (__builtin_mul_overflow(rows, cells * sizeof(float), &bytes)) return SIZE_MAX;
+  return sizeof(mlp_saved) + bytes;
+}
+
 static const ss_model_ops mlp_ops = {.check = mlp_check,
+                                     .train_bytes = mlp_train_bytes,
                                      .forward = mlp_forward,
                                      .destroy = mlp_destroy,
                                      .forward_train = mlp_forward_train,

@@ -584,6 +584,20 @@ void ss_h_compute(ss_call *call, void *app) {
                  err);
     return;
   }
+  if (st->training) {
+    /* A NaN in a training input poisons every weight at the next step: refuse it here. */
+    if (ss_tensor_check_finite("data", &st->in, err, sizeof err) != 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
+      return;
+    }
+    /* Over the activation budget on its own: refused before the worker allocates anything. */
+    if (m->ops->train_bytes &&
+        ss_train_check_budget(s, st->forward_id, m->ops->train_bytes(m, &st->in), err,
+                              sizeof err) != 0) {
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "%s", err);
+      return;
+    }
+  }
   if (m->n_kv_layers > 0 && !st->training && setup_kv(st, err, sizeof err) != 0) return;
   if (m->exec == SS_EXEC_TIMER) {
     double ms;

@@ -117,6 +117,11 @@ void ss_train_free(ss_service *s);
 void ss_train_sweep(ss_service *s);
 int ss_train_forward_id(ss_service *s, const char *client_id, char *out, size_t outlen, char *err,
                         size_t errlen);
+/* Would a training forward keeping saved_bytes (its model's estimate, ops->train_bytes) fit in
+ * the activation budget on its own, counting the record and its id? 0, or SS_EBUSY with a
+ * message naming the sizes and --activation-memory-mb. */
+int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_bytes, char *err,
+                          size_t errlen);
 int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, void *saved,
                    size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim);
 
