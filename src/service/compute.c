@@ -369,12 +369,6 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "metadata session is empty: give a session id");
     return -1;
   }
-  if (sid && strlen(sid) > st->svc->cfg.max_session_id_bytes) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
-                 "metadata session is %zu bytes long; session ids are at most %zu bytes "
-                 "(--max-session-id-bytes)", strlen(sid), st->svc->cfg.max_session_id_bytes);
-    return -1;
-  }
   if (sid && st->n_kv_wire > 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "metadata session='%s' keeps the cache on the server: past_key_values must be "
@@ -506,6 +500,13 @@ void ss_h_compute(ss_call *call, void *app) {
     st->vals[i] = req->metadata[i]->value;
   }
   st->meta = (ss_meta){st->keys, st->vals, nm, &st->job.cancelled}; /* models poll it */
+  const char *sid = ss_meta_get(&st->meta, "session");
+  if (sid && strlen(sid) > s->cfg.max_session_id_bytes) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "metadata session is %zu bytes long; session ids are at most %zu bytes "
+                 "(--max-session-id-bytes)", strlen(sid), s->cfg.max_session_id_bytes);
+    return;
+  }
 
   /* model */
   st->sm = ss_service_find_model(s, req->model_id);
