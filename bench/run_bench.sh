@@ -41,7 +41,7 @@ bench() { # label levels args...
     grep -E "concurrent\. Latency|threads|error" || true
 }
 
-SS="$BIN/splitserve --listen 127.0.0.1:0 --log-level warn"
+SS="$BIN/splitserve --listen 127.0.0.1:0 --log-level warn --enable-test-models"
 PEER="$PY bench/peers/peer_server.py --listen 127.0.0.1:0 --py-dir build/py"
 
 echo "=== 1. the seeds' table (handler waits 100 ms)"

@@ -117,6 +117,11 @@ typedef struct ss_server_config {
   size_t activation_max_bytes; /* training: activation cache budget (default 2 GiB) */
   double activation_ttl_s;    /* training forwards without a backward expire (default 300) */
   const char *save_weights;   /* borrowed; checkpoint path for the default model (drain, SIGUSR1) */
+  int enable_test_models;     /* serve the test-only kinds scale, sleep, spin (default 0) */
+  int max_metadata_entries;   /* ComputeRequest metadata: entries per request (default 64) */
+  size_t max_metadata_key_bytes;   /* bytes per metadata key (default 256) */
+  size_t max_metadata_value_bytes; /* bytes per metadata value (default 4096) */
+  size_t max_session_id_bytes;     /* metadata session=ID length (default 256) */
   int log_level;              /* 0 error, 1 warn, 2 info (default), 3 debug */
   const char *metrics_host;   /* borrowed; Prometheus /metrics over HTTP/1.1 (NULL: 127.0.0.1) */
   int metrics_port;           /* -1 (default): no metrics endpoint; 0 picks a free port */

@@ -110,6 +110,13 @@ int ss_server_config_load(ss_server_config *cfg, const char *path, ss_config_fil
   if (fc->has_activation_memory_mb) cfg->activation_max_bytes = (size_t)fc->activation_memory_mb << 20;
   if (fc->has_activation_ttl) cfg->activation_ttl_s = fc->activation_ttl_s;
   if (fc->has_save_weights) cfg->save_weights = fc->save_weights;
+  if (fc->has_enable_test_models) cfg->enable_test_models = fc->enable_test_models;
+  if (fc->has_max_metadata_entries) cfg->max_metadata_entries = fc->max_metadata_entries;
+  if (fc->has_max_metadata_key_bytes)
+    cfg->max_metadata_key_bytes = (size_t)fc->max_metadata_key_bytes;
+  if (fc->has_max_metadata_value_bytes)
+    cfg->max_metadata_value_bytes = (size_t)fc->max_metadata_value_bytes;
+  if (fc->has_max_session_id_bytes) cfg->max_session_id_bytes = (size_t)fc->max_session_id_bytes;
   if (fc->has_log_level) cfg->log_level = level;
   if (fc->has_metrics_listen) {
     cfg->metrics_host = fc->metrics_host;

@@ -35,8 +35,8 @@ static void usage(FILE *f) {
           "                              gpt2  weights=FILE.safetensors, config=config.json, layers=A:B\n"
           "                            mlp and gpt2 also take training keys: optimizer=sgd|adamw,\n"
           "                            beta1, beta2, eps, weight_decay, save=PATH (checkpoint).\n"
-          "                            Built-ins mlp (embedded 768->768->768), identity, scale,\n"
-          "                            sleep, spin are always present.\n"
+          "                            Built-ins mlp (embedded 768->768->768) and identity are\n"
+          "                            always present; scale, sleep, spin with --enable-test-models.\n"
           "  --session-memory-mb N     total KV-cache memory of server-side decode sessions\n"
           "                            (metadata session=ID; default 1024); LRU eviction beyond it\n"
           "  --session-ttl S           idle decode sessions are evicted after S seconds (default 600)\n"
@@ -48,6 +48,14 @@ static void usage(FILE *f) {
           "  --config FILE             YAML settings and models (examples/server.yaml); flags given on\n"
           "                            the command line override its settings; SIGHUP re-reads its\n"
           "                            models and limits without a restart\n"
+          "  --enable-test-models      serve the test-only kinds scale, sleep, spin (off by\n"
+          "                            default: they burn CPU or hold timers on request)\n"
+          "  --max-metadata-entries N  metadata entries per request (default 64); checked on the\n"
+          "                            wire before decoding, beyond it RESOURCE_EXHAUSTED\n"
+          "  --max-metadata-key-bytes N    bytes of one metadata key (default 256)\n"
+          "  --max-metadata-value-bytes N  bytes of one metadata value (default 4096)\n"
+          "  --max-session-id-bytes N  length of a decode session id, metadata session=ID\n"
+          "                            (default 256; longer: INVALID_ARGUMENT)\n"
           "  --log-level L             error|warn|info|debug (default info)\n"
           "  --metrics-listen HOST:PORT  Prometheus metrics at http://HOST:PORT/metrics (default off;\n"
           "                            port 0 picks one; config key metrics_listen)\n"
@@ -126,6 +134,10 @@ int main(int argc, char **argv) {
       cfg.oversubscribe = 1;
       continue;
     }
+    if (strcmp(a, "--enable-test-models") == 0) {
+      cfg.enable_test_models = 1;
+      continue;
+    }
     if (i + 1 >= argc) {
       fprintf(stderr, "splitserve: unknown flag or missing value: %s\n", a);
       usage(stderr);
@@ -174,6 +186,18 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--activation-ttl") == 0) {
       if (parse_int(a, v, 1, 86400 * 7, &x) != 0) goto out;
       cfg.activation_ttl_s = (double)x;
+    } else if (strcmp(a, "--max-metadata-entries") == 0) {
+      if (parse_int(a, v, 0, 1L << 20, &x) != 0) goto out;
+      cfg.max_metadata_entries = (int)x;
+    } else if (strcmp(a, "--max-metadata-key-bytes") == 0) {
+      if (parse_int(a, v, 1, 1L << 24, &x) != 0) goto out;
+      cfg.max_metadata_key_bytes = (size_t)x;
+    } else if (strcmp(a, "--max-metadata-value-bytes") == 0) {
+      if (parse_int(a, v, 1, 1L << 24, &x) != 0) goto out;
+      cfg.max_metadata_value_bytes = (size_t)x;
+    } else if (strcmp(a, "--max-session-id-bytes") == 0) {
+      if (parse_int(a, v, 1, 1L << 16, &x) != 0) goto out;
+      cfg.max_session_id_bytes = (size_t)x;
     } else if (strcmp(a, "--save-weights") == 0) {
       cfg.save_weights = v;
     } else if (strcmp(a, "--config") == 0) {

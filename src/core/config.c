@@ -27,7 +27,10 @@
 #include "core/log.h"
 #include "splitserve.h"
 
-#define SS_CONFIG_MAX_FILE (16u << 20) /* a config larger than this is surely not one */
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 
 typedef struct walk {
   const char *name; /* file name for messages */
@@ -40,7 +43,10 @@ static const char *const top_keys[] = {
     "listen",      "workers",           "intra_op_threads", "oversubscribe",
     "max_inflight", "max_queue",        "max_message_bytes", "drain_timeout",
     "session_memory_mb", "session_ttl", "log_level",        "models",
-    "activation_memory_mb", "activation_ttl", "save_weights", "metrics_listen",
+    "activation_memory_mb", "activation_ttl", "save_weights", "enable_test_models",
+    "metrics_listen",
+    "max_metadata_entries", "max_metadata_key_bytes", "max_metadata_value_bytes",
+    "max_session_id_bytes",
     NULL};
 
 __attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t *n,
@@ -381,6 +387,21 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
     } else if (!strcmp(ks, "save_weights")) {
       rc = get_str(w, ks, v, &c->save_weights);
       c->has_save_weights = !rc;
+    } else if (!strcmp(ks, "enable_test_models")) {
+      rc = get_bool(w, ks, v, &c->enable_test_models);
+      c->has_enable_test_models = !rc;
+    } else if (!strcmp(ks, "max_metadata_entries")) {
+      rc = get_int(w, ks, v, 0, 1 << 20, &c->max_metadata_entries);
+      c->has_max_metadata_entries = !rc;
+    } else if (!strcmp(ks, "max_metadata_key_bytes")) {
+      rc = get_ll(w, ks, v, 1, 1 << 24, &c->max_metadata_key_bytes);
+      c->has_max_metadata_key_bytes = !rc;
+    } else if (!strcmp(ks, "max_metadata_value_bytes")) {
+      rc = get_ll(w, ks, v, 1, 1 << 24, &c->max_metadata_value_bytes);
+      c->has_max_metadata_value_bytes = !rc;
+    } else if (!strcmp(ks, "max_session_id_bytes")) {
+      rc = get_ll(w, ks, v, 1, 1 << 16, &c->max_session_id_bytes);
+      c->has_max_session_id_bytes = !rc;
     } else if (!strcmp(ks, "log_level")) {
       const char *s = scalar(v);
       if (!s || ss_log_parse_level(s) < 0) {
@@ -423,6 +444,39 @@ static int syntax_error(walk *w, const yaml_parser_t *parser) {
   return SS_EINVAL;
 }
 
+/* A first pass over the event stream (linear time, no tree built): refuse nesting deeper than
+ * SS_CONFIG_MAX_DEPTH before yaml_parser_load builds the document, whose cost grows
+ * quadratically with the depth (200 KB of "[[[[..." took 5 s). Syntax errors are left to the
+ * real parse, which reports them with their position. */
+static int check_depth(walk *w, const char *text, size_t len) {
+  yaml_parser_t parser;
+  yaml_event_t ev;
+  int depth = 0, rc = 0, done = 0;
+  if (!yaml_parser_initialize(&parser)) return SS_ENOMEM;
+  yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+  while (!done && rc == 0) {
+    if (!yaml_parser_parse(&parser, &ev)) break;
+    switch (ev.type) {
+    case YAML_SEQUENCE_START_EVENT:
+    case YAML_MAPPING_START_EVENT:
+      if (++depth > SS_CONFIG_MAX_DEPTH) {
+        snprintf(w->err, w->errlen, "%s:%zu:%zu: nesting deeper than %d levels; a splitserve "
+                 "config needs 4", w->name, ev.start_mark.line + 1, ev.start_mark.column + 1,
+                 SS_CONFIG_MAX_DEPTH);
+        rc = SS_EINVAL;
+      }
+      break;
+    case YAML_SEQUENCE_END_EVENT:
+    case YAML_MAPPING_END_EVENT: depth--; break;
+    case YAML_STREAM_END_EVENT: done = 1; break;
+    default: break;
+    }
+    yaml_event_delete(&ev);
+  }
+  yaml_parser_delete(&parser);
+  return rc;
+}
+
 int ss_config_parse(const char *name, const char *text, size_t len, ss_file_config *out,
                     char *err, size_t errlen) {
   char dummy[1];
@@ -437,6 +491,10 @@ int ss_config_parse(const char *name, const char *text, size_t len, ss_file_conf
     if (len) return fail(&w, NULL, "no text");
     text = "";
   }
+  if (len > SS_CONFIG_MAX_BYTES)
+    return fail(&w, NULL, "%zu bytes is over the limit of %u bytes for a config file", len,
+                SS_CONFIG_MAX_BYTES);
+  if ((rc = check_depth(&w, text, len)) != 0) return rc;
   if (!yaml_parser_initialize(&parser)) return SS_ENOMEM;
   yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
   if (!yaml_parser_load(&parser, &doc)) {
@@ -469,44 +527,76 @@ int ss_config_load(const char *path, ss_file_config *out, char *err, size_t errl
   char dummy[1];
   if (!err) err = dummy, errlen = sizeof dummy;
   memset(out, 0, sizeof *out);
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-    return SS_EIO;
-  }
-  size_t cap = 4096, len = 0;
-  char *buf = malloc(cap);
-  int rc = buf ? 0 : SS_ENOMEM;
-  while (rc == 0) {
-    if (len == cap) {
-      if (cap >= SS_CONFIG_MAX_FILE) {
-        snprintf(err, errlen, "%s: file larger than %u bytes; not a config file", path,
-                 SS_CONFIG_MAX_FILE);
-        rc = SS_EINVAL;
-        break;
-      }
-      char *nb = realloc(buf, cap * 2);
-      if (!nb) {
-        rc = SS_ENOMEM;
-        break;
-      }
-      buf = nb;
-      cap *= 2;
-    }
-    size_t got = fread(buf + len, 1, cap - len, f);
-    len += got;
-    if (got == 0) {
-      if (ferror(f)) {
-        snprintf(err, errlen, "%s: read error: %s", path, strerror(errno));
-        rc = SS_EIO;
-      }
-      break;
-    }
-  }
-  fclose(f);
+  size_t len = 0;
+  char *buf = NULL;
+  int rc = ss_read_small_file(path, SS_CONFIG_MAX_BYTES, &buf, &len, err, errlen);
   if (rc == 0) rc = ss_config_parse(path, buf, len, out, err, errlen);
   free(buf);
   return rc;
+}
+
+int ss_check_small_file(const char *path, int fd, size_t max_bytes, size_t *size, char *err,
+                        size_t errlen) {
+  struct stat sb;
+  if (fstat(fd, &sb) != 0) {
+    snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+    return SS_EIO;
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    snprintf(err, errlen, "%s: not a regular file (%s); give the path of a file", path,
+             S_ISFIFO(sb.st_mode) ? "a FIFO" : S_ISDIR(sb.st_mode) ? "a directory"
+             : S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode) ? "a device" : "a special file");
+    return SS_EINVAL;
+  }
+  if ((uint64_t)sb.st_size > max_bytes) {
+    snprintf(err, errlen, "%s: %lld bytes is over the limit of %zu bytes for this file", path,
+             (long long)sb.st_size, max_bytes);
+    return SS_EINVAL;
+  }
+  if (size) *size = (size_t)sb.st_size;
+  return 0;
+}
+
+int ss_read_small_file(const char *path, size_t max_bytes, char **out, size_t *outlen, char *err,
+                       size_t errlen) {
+  *out = NULL;
+  *outlen = 0;
+  /* O_NONBLOCK: opening a FIFO with no writer would block start-up forever. */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    return SS_EIO;
+  }
+  size_t size;
+  int rc = ss_check_small_file(path, fd, max_bytes, &size, err, errlen);
+  char *buf = rc == 0 ? malloc(size + 1) : NULL;
+  if (rc == 0 && !buf) rc = SS_ENOMEM;
+  size_t len = 0;
+  while (rc == 0) {
+    if (len > size) { /* grew since fstat: read one byte past, so this is a real over-size */
+      snprintf(err, errlen, "%s: the file grew while being read", path);
+      rc = SS_EINVAL;
+      break;
+    }
+    ssize_t got = read(fd, buf + len, size + 1 - len);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) {
+      snprintf(err, errlen, "%s: read error: %s", path, strerror(errno));
+      rc = SS_EIO;
+      break;
+    }
+    if (got == 0) break;
+    len += (size_t)got;
+  }
+  close(fd);
+  if (rc != 0) {
+    free(buf);
+    return rc;
+  }
+  buf[len] = 0;
+  *out = buf;
+  *outlen = len;
+  return 0;
 }
 
 void ss_config_free(ss_file_config *c) {
@@ -540,5 +630,10 @@ void ss_server_config_init(ss_server_config *cfg) {
   cfg->session_ttl_s = 600.0;
   cfg->activation_max_bytes = (size_t)2 << 30;
   cfg->activation_ttl_s = 300.0;
+  cfg->enable_test_models = 0;
+  cfg->max_metadata_entries = 64;
+  cfg->max_metadata_key_bytes = 256;
+  cfg->max_metadata_value_bytes = 4096;
+  cfg->max_session_id_bytes = 256;
   cfg->log_level = SS_LOG_INFO;
 }

@@ -43,9 +43,30 @@ typedef struct ss_file_config {
   long long activation_memory_mb; int has_activation_memory_mb;
   double activation_ttl_s; int has_activation_ttl;             /* key activation_ttl */
   char *save_weights; int has_save_weights;                    /* default model checkpoint */
+  int enable_test_models, has_enable_test_models;            /* bool */
+  int max_metadata_entries, has_max_metadata_entries;
+  long long max_metadata_key_bytes; int has_max_metadata_key_bytes;
+  long long max_metadata_value_bytes; int has_max_metadata_value_bytes;
+  long long max_session_id_bytes; int has_max_session_id_bytes;
   char *log_level; int has_log_level;
   ss_model_conf *models; size_t n_models;                     /* key models: a sequence of mappings */
 } ss_file_config;
+
+/* Bounds on a config file (refused beyond them, before the YAML tree is built): its size, and
+ * how deeply mappings and sequences nest (a real config nests 4 deep; libyaml's document
+ * loader takes time quadratic in the depth). */
+#define SS_CONFIG_MAX_BYTES (1u << 20)
+#define SS_CONFIG_MAX_DEPTH 32
+
+/* Check an open file: a regular file (not a FIFO, device or directory) of at most max_bytes;
+ * *size (may be NULL) = its size. 0 or SS_EINVAL / SS_EIO with "PATH: message" in err. */
+int ss_check_small_file(const char *path, int fd, size_t max_bytes, size_t *size, char *err,
+                        size_t errlen);
+/* Read a whole regular file of at most max_bytes (opened with O_NONBLOCK, so a FIFO never hangs
+ * the caller; checked with ss_check_small_file). *out: malloc'd, NUL-terminated, caller frees.
+ * 0 or <0 with "PATH: message" in err. */
+int ss_read_small_file(const char *path, size_t max_bytes, char **out, size_t *outlen, char *err,
+                       size_t errlen);
 
 /* Parse a YAML file. On error returns <0 (SS_EINVAL, SS_EIO) and writes "PATH:LINE:COL: message" naming the key and what was expected vs got. *out is zeroed first; free with ss_config_free (also after an error). */
 int ss_config_load(const char *path, ss_file_config *out, char *err, size_t errlen);

@@ -1,6 +1,8 @@
 /*
  * kcache.c — see kcache.h. A chained hash table (FNV-1a, grows x2 past load 1), an LRU list,
- * and a ring of recently removed keys with reasons. Loop thread only.
+ * and a ring of recently removed keys with reasons. Every byte the cache keeps is counted:
+ * entries (the caller's bytes + the entry struct + its key) and the remembered keys with their
+ * reasons (at most a quarter of the budget; the oldest are forgotten first). Loop thread only.
  */
 #include "core/kcache.h"
 
@@ -20,7 +22,8 @@ struct ss_kcache {
   void (*free_value)(void *, void *);
   void *user;
   char *gone[SS_GONE_RING]; /* "key\0reason" */
-  size_t gone_pos;
+  size_t gone_bytes[SS_GONE_RING]; /* each record's bytes, counted in bytes */
+  size_t gone_pos, gone_total;
   uint64_t n_evicted;
 };
 
@@ -64,16 +67,34 @@ static void lru_front(ss_kcache *c, ss_kentry *e) {
   c->head = e;
 }
 
+static void gone_drop(ss_kcache *c, size_t i) {
+  free(c->gone[i]);
+  c->gone[i] = NULL;
+  c->bytes -= c->gone_bytes[i];
+  c->gone_total -= c->gone_bytes[i];
+  c->gone_bytes[i] = 0;
+}
+
 static void remember(ss_kcache *c, const char *key, const char *reason) {
   size_t kl = strlen(key), rl = strlen(reason);
   char *rec = malloc(kl + rl + 2);
   if (!rec) return;
   memcpy(rec, key, kl + 1);
   memcpy(rec + kl + 1, reason, rl + 1);
-  free(c->gone[c->gone_pos]);
+  gone_drop(c, c->gone_pos);
   c->gone[c->gone_pos] = rec;
+  c->gone_bytes[c->gone_pos] = kl + rl + 2;
+  c->bytes += kl + rl + 2;
+  c->gone_total += kl + rl + 2;
   c->gone_pos = (c->gone_pos + 1) % SS_GONE_RING;
+  /* The remembered keys may use at most a quarter of the budget: oldest forgotten first. */
+  for (size_t k = 0; k < SS_GONE_RING && c->max_bytes && c->gone_total > c->max_bytes / 4; k++) {
+    size_t i = (c->gone_pos + k) % SS_GONE_RING; /* the slot written longest ago */
+    if (c->gone[i]) gone_drop(c, i);
+  }
 }
+
+size_t ss_kcache_overhead(const char *key) { return sizeof(ss_kentry) + strlen(key) + 1; }
 
 void *ss_kcache_remove(ss_kcache *c, ss_kentry *e, const char *reason, int take) {
   ss_kentry **pp = &c->buckets[hash(e->key) % c->nbuckets];
@@ -96,7 +117,7 @@ void *ss_kcache_remove(ss_kcache *c, ss_kentry *e, const char *reason, int take)
 void ss_kcache_free(ss_kcache *c) {
   if (!c) return;
   while (c->head) ss_kcache_remove(c, c->head, NULL, 0);
-  for (size_t i = 0; i < SS_GONE_RING; i++) free(c->gone[i]);
+  for (size_t i = 0; i < SS_GONE_RING; i++) gone_drop(c, i);
   free(c->buckets);
   free(c);
 }
@@ -118,6 +139,7 @@ ss_kentry *ss_kcache_get(ss_kcache *c, const char *key, int touch, const char **
   return NULL;
 }
 
+/* Over the budget: evict idle entries, least recently used first, the newest last. */
 static void enforce_budget(ss_kcache *c) {
   ss_kentry *e = c->tail;
   while (c->max_bytes && c->bytes > c->max_bytes && e) {
@@ -150,7 +172,9 @@ static void grow(ss_kcache *c) {
 }
 
 ss_kentry *ss_kcache_put(ss_kcache *c, const char *key, void *value, size_t bytes) {
-  ss_kentry *e = ss_kcache_get(c, key, 0, NULL) ? NULL : calloc(1, sizeof *e);
+  bytes += ss_kcache_overhead(key);
+  int too_big = c->max_bytes && bytes > c->max_bytes; /* the newest is bound by it too */
+  ss_kentry *e = too_big || ss_kcache_get(c, key, 0, NULL) ? NULL : calloc(1, sizeof *e);
   if (e) e->key = strdup(key);
   if (!e || !e->key) {
     free(e);
@@ -171,18 +195,22 @@ ss_kentry *ss_kcache_put(ss_kcache *c, const char *key, void *value, size_t byte
   return e;
 }
 
-void ss_kcache_resize(ss_kcache *c, ss_kentry *e, size_t bytes) {
+int ss_kcache_resize(ss_kcache *c, ss_kentry *e, size_t bytes) {
+  bytes += ss_kcache_overhead(e->key);
   c->bytes = c->bytes - e->bytes + bytes;
   e->bytes = bytes;
+  if (c->max_bytes && bytes > c->max_bytes && !e->busy) {
+    c->n_evicted++;
+    ss_kcache_remove(c, e, "evicted: larger than the whole memory budget on its own", 0);
+    return 1;
+  }
   enforce_budget(c);
+  return 0;
 }
 
 void ss_kcache_forget(ss_kcache *c, const char *key) {
   for (size_t i = 0; i < SS_GONE_RING; i++)
-    if (c->gone[i] && strcmp(c->gone[i], key) == 0) {
-      free(c->gone[i]);
-      c->gone[i] = NULL;
-    }
+    if (c->gone[i] && strcmp(c->gone[i], key) == 0) gone_drop(c, i);
 }
 
 void ss_kcache_sweep(ss_kcache *c) {

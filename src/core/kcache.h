@@ -35,12 +35,18 @@ void ss_kcache_free(ss_kcache *c);
  * is the reason given then (borrowed, valid until the next call); else *why = NULL. touch:
  * count as a use (LRU, TTL). */
 ss_kentry *ss_kcache_get(ss_kcache *c, const char *key, int touch, const char **why);
-/* Insert a new entry (key copied; value owned from now on, also on failure). Returns the entry
- * or NULL (out of memory, or the key exists). Enforces the budget afterwards (the new entry is
- * the most recent, so it is evicted last). */
+/* Bytes the cache adds to an entry's own: the entry struct and its key copy. The budget and the
+ * stats count them, and the remembered keys of removed entries with their reasons, too (those
+ * are kept within a quarter of the budget, oldest forgotten first). */
+size_t ss_kcache_overhead(const char *key);
+/* Insert a new entry (key copied; value owned from now on, also on failure). bytes: the value's
+ * memory (the cache adds ss_kcache_overhead). Returns the entry or NULL (out of memory, the key
+ * exists, or the entry alone is larger than the whole budget). Enforces the budget afterwards
+ * (the new entry is the most recent, so it is evicted last). */
 ss_kentry *ss_kcache_put(ss_kcache *c, const char *key, void *value, size_t bytes);
-/* The value's size changed (e.g. a session's cache grew): re-account, enforce the budget. */
-void ss_kcache_resize(ss_kcache *c, ss_kentry *e, size_t bytes);
+/* The value's size changed (e.g. a session's cache grew): re-account, enforce the budget.
+ * Returns 1 when e itself went (idle and alone larger than the budget: e is freed), else 0. */
+int ss_kcache_resize(ss_kcache *c, ss_kentry *e, size_t bytes);
 /* Remove e. reason != NULL: remember the key with this reason; take: return the value instead
  * of freeing it. */
 void *ss_kcache_remove(ss_kcache *c, ss_kentry *e, const char *reason, int take);

@@ -224,3 +224,46 @@ void ss_from_f32(ss_dtype dt, const float *in, void *out, size_t n) {
     break;
   }
 }
+
+int ss_tensor_check_finite(const char *what, const ss_tensor *t, char *err, size_t errlen) {
+  const uint8_t *p = t->data;
+  size_t i, n = t->numel;
+  int kind = 0; /* 1 NaN, 2 +Inf, 3 -Inf */
+  if (t->dtype == SS_DTYPE_F32) {
+    for (i = 0; i < n; i++) {
+      uint32_t u;
+      memcpy(&u, p + 4 * i, 4);
+      if ((u & 0x7f800000u) == 0x7f800000u) {
+        kind = (u & 0x007fffffu) ? 1 : (u >> 31) ? 3 : 2;
+        break;
+      }
+    }
+  } else { /* f16: exponent 0x7c00, mantissa 0x03ff; bf16: exponent 0x7f80, mantissa 0x007f */
+    uint16_t em = t->dtype == SS_DTYPE_F16 ? 0x7c00 : 0x7f80;
+    uint16_t mm = t->dtype == SS_DTYPE_F16 ? 0x03ff : 0x007f;
+    for (i = 0; i < n; i++) {
+      uint16_t u;
+      memcpy(&u, p + 2 * i, 2);
+      if ((u & em) == em) {
+        kind = (u & mm) ? 1 : (u >> 15) ? 3 : 2;
+        break;
+      }
+    }
+  }
+  if (!kind) return 0;
+  char coords[160];
+  size_t off = 0, rest = i;
+  int64_t idx[SS_MAX_DIMS];
+  for (int d = t->ndim - 1; d >= 0; d--) {
+    idx[d] = t->shape[d] > 0 ? (int64_t)(rest % (size_t)t->shape[d]) : 0;
+    rest = t->shape[d] > 0 ? rest / (size_t)t->shape[d] : 0;
+  }
+  coords[off++] = '[';
+  for (int d = 0; d < t->ndim && off + 24 < sizeof coords; d++)
+    off += (size_t)snprintf(coords + off, sizeof coords - off, "%s%lld", d ? "," : "",
+                            (long long)idx[d]);
+  snprintf(coords + off, sizeof coords - off, "]");
+  snprintf(err, errlen, "%s[%zu] (coordinates %s) is %s; training inputs and gradients must be "
+           "finite", what, i, coords, kind == 1 ? "NaN" : kind == 2 ? "+Inf" : "-Inf");
+  return SS_EINVAL;
+}

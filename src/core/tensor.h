@@ -36,6 +36,11 @@ int ss_tensor_from_wire(const char *what, const int32_t *shape, size_t ndim, con
 
 /* Element conversions (little-endian host assumed). n elements each. in and out must not
  * overlap. F32 -> F16/BF16 round to nearest even; NaN stays NaN, overflow becomes inf. */
+/* Scan t (any dtype; data may be unaligned) for NaN or +-Inf. Returns 0 when every element is
+ * finite; else SS_EINVAL with a message naming the first bad element by flat index and
+ * coordinates: "grad_output_data[37] (coordinates [0,0,37]) is NaN; ..." (what = the field). */
+int ss_tensor_check_finite(const char *what, const ss_tensor *t, char *err, size_t errlen);
+
 void ss_f16_to_f32(const uint16_t *in, float *out, size_t n);
 void ss_f32_to_f16(const float *in, uint16_t *out, size_t n);
 void ss_bf16_to_f32(const uint16_t *in, float *out, size_t n);

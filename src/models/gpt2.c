@@ -41,7 +41,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "core/config.h"
 #include "models/model.h"
 #include "models/nn/attention.h"
 #include "models/nn/gelu.h"
@@ -119,7 +121,12 @@ static int cfg_int(json_t *root, const char *key, const char *path, int *out, in
 static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale_by_layer,
                        char *err, size_t errlen) {
   json_error_t je;
-  json_t *root = json_load_file(path, 0, &je), *v;
+  char *text = NULL; /* hardening: a regular file of at most 1 MiB (a FIFO would hang start-up) */
+  size_t tlen = 0;
+  int frc = ss_read_small_file(path, SS_CONFIG_MAX_BYTES, &text, &tlen, err, errlen);
+  if (frc != 0) return frc == SS_EIO && access(path, F_OK) != 0 ? SS_ENOTFOUND : frc;
+  json_t *root = json_loadb(text, tlen, 0, &je), *v;
+  free(text);
   int found, rc = SS_EINVAL;
   static const char *const required[] = {"n_embd", "n_head", "n_layer"};
   int *req_out[] = {&p->n_embd, &p->n_head, &p->n_layer};
@@ -623,6 +630,11 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
   if ((void *)a.x != in->data) memmove(a.x, in->data, rows * (size_t)E * sizeof(float));
 
   for (int l = 0; l < L; l++) {
+    if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
+      if (want_present) free_present(kv, l);
+      free(scratch);
+      return SS_ECANCELLED;
+    }
     if (want_present) {
       if (alloc_present(&kv->present[l], B, H, T, D) != 0) {
         free_present(kv, l + 1);
@@ -773,11 +785,7 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
 
 static int gpt2_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
   gpt2 *p = m->impl;
-  if (ss_params_step(&p->prm, opt) != 0) {
-    snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
-    return SS_ENOMEM;
-  }
-  return 0;
+  return ss_params_step(&p->prm, opt, m->id, err, errlen); /* all or nothing (nn/optim.c) */
 }
 
 static void gpt2_free_saved(const ss_model *m, void *saved) {
@@ -815,7 +823,18 @@ static void gpt2_destroy(ss_model *m) {
   m->impl = NULL;
 }
 
+static size_t gpt2_train_bytes(const ss_model *m, const ss_tensor *in) {
+  const gpt2 *p = m->impl;
+  size_t total;
+  if (in->ndim != 3 || in->shape[0] > INT_MAX || in->shape[1] > INT_MAX) return SIZE_MAX;
+  if (__builtin_mul_overflow(saved_per_layer(p, (int)in->shape[0], (int)in->shape[1]),
+                             (size_t)(p->b - p->a) * sizeof(float), &total))
+    return SIZE_MAX;
+  return sizeof(gpt2_saved) + total;
+}
+
 static const ss_model_ops gpt2_ops = {.check = gpt2_check,
+                                      .train_bytes = gpt2_train_bytes,
                                       .forward = gpt2_forward,
                                       .destroy = gpt2_destroy,
                                       .check_kv = gpt2_check_kv,

@@ -317,13 +317,14 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
   for (int i = 0; i < p->n; i++) {
     const mlp_layer *L = &p->l[i];
     const float *x = i == 0 ? (const float *)in->data : buf[(i - 1) & 1];
+    if (ss_meta_cancelled(meta)) break; /* nobody waits for the result: stop (checked below) */
     float *y = i == p->n - 1 ? (float *)out->data : buf[i & 1];
     ss_linear_forward(y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
     if (i < p->n - 1) act_forward(p, y, rows * (size_t)L->out);
   }
   free(buf[0]);
   free(buf[1]);
-  return 0;
+  return ss_meta_cancelled(meta) ? SS_ECANCELLED : 0;
 }
 
 /* ------------------------------------------------------------- training ---- */
@@ -457,11 +458,7 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
 
 static int mlp_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
   mlp *p = m->impl;
-  if (ss_params_step(&p->prm, opt) != 0) {
-    snprintf(err, errlen, "model '%s': out of memory for the optimizer step", m->id);
-    return SS_ENOMEM;
-  }
-  return 0;
+  return ss_params_step(&p->prm, opt, m->id, err, errlen); /* all or nothing (nn/optim.c) */
 }
 
 static void mlp_free_saved(const ss_model *m, void *saved) {
@@ -480,7 +477,17 @@ static void mlp_destroy(ss_model *m) {
   m->impl = NULL;
 }
 
+/* What forward_train keeps: X0 and the hidden Z_i (saturating on overflow). */
+static size_t mlp_train_bytes(const ss_model *m, const ss_tensor *in) {
+  const mlp *p = m->impl;
+  size_t rows = in->numel / (size_t)p->l[0].in, cells = (size_t)p->l[0].in, bytes;
+  for (int i = 0; i + 1 < p->n; i++) cells += (size_t)p->l[i].out;
+  if (__builtin_mul_overflow(rows, cells * sizeof(float), &bytes)) return SIZE_MAX;
+  return sizeof(mlp_saved) + bytes;
+}
+
 static const ss_model_ops mlp_ops = {.check = mlp_check,
+                                     .train_bytes = mlp_train_bytes,
                                      .forward = mlp_forward,
                                      .destroy = mlp_destroy,
                                      .forward_train = mlp_forward_train,

@@ -91,6 +91,10 @@ typedef struct ss_model_ops {
    * views are copied to owned memory on the first step (copy on first write). */
   int (*step)(ss_model *m, const ss_optim *opt, char *err, size_t errlen);
   void (*free_saved)(const ss_model *m, void *saved);
+  /* Optional (NULL: unknown). Loop thread, shapes only: the bytes forward_train would keep in
+   * its record for this input (what *saved_bytes will say), so the service can refuse a request
+   * over the activation budget before anything is allocated. */
+  size_t (*train_bytes)(const ss_model *m, const ss_tensor *in);
   /* Any thread, read lock held: write the current weights as safetensors with the same keys
    * (and dtype F32) the model was loaded from, atomically: PATH.tmp, fsync, rename. */
   int (*save)(const ss_model *m, const char *path, char *err, size_t errlen);

@@ -61,12 +61,10 @@ void ss_params_linear_backward(ss_params *s, int iw, int ib, float *dx, const fl
   if (dx != NULL) ss_linear_backward(dx, NULL, NULL, dy, x, W, BT, C, OC, layout);
 }
 
-int ss_params_step(ss_params *s, const ss_optim *opt) {
+int ss_params_step(ss_params *s, const ss_optim *opt, const char *model_id, char *err,
+                   size_t errlen) {
   if (s->n == 0 || s->p[0].grad == NULL) return 0; /* no backward yet: nothing to apply */
-  s->t++;
-  for (size_t i = 0; i < s->n; i++)
-    if (ss_param_step(&s->p[i], opt, s->t) != 0) return SS_ENOMEM;
-  return 0;
+  return ss_param_array_step(s->p, s->n, opt, &s->t, model_id, err, errlen);
 }
 
 int ss_params_save(const ss_params *s, const char *path, char *err, size_t errlen) {

@@ -49,8 +49,11 @@ void ss_params_linear_backward(ss_params *s, int iw, int ib, float *dx, const fl
                                const float *x, const float *W, int BT, int C, int OC,
                                ss_w_layout layout);
 /* One optimizer step over every parameter with a gradient, then zero the gradients; nothing
- * when no backward ran since the set was made. Returns 0 or SS_ENOMEM. */
-int ss_params_step(ss_params *s, const ss_optim *opt);
+ * when no backward ran since the set was made. All or nothing (ss_param_array_step): a step that
+ * would make a weight NaN/Inf is refused with SS_EINVAL and leaves every weight as it was.
+ * model_id: for messages. Returns 0, SS_EINVAL or SS_ENOMEM with a message in err. */
+int ss_params_step(ss_params *s, const ss_optim *opt, const char *model_id, char *err,
+                   size_t errlen);
 /* Write all parameters as F32 safetensors under their names, atomically (see safetensors.h). */
 int ss_params_save(const ss_params *s, const char *path, char *err, size_t errlen);
 /* Free names, gradients and optimizer state (not the values: they belong to the model). */

@@ -2,6 +2,8 @@
  * spin.c — the "spin" model kind: burn CPU for metadata "ms" milliseconds (default 10,
  * 0..600000), measured with CLOCK_MONOTONIC, then the service echoes the input. A real busy
  * loop, not a sleep: it models CPU-bound work that holds a worker (what a thread-pool server does with blocking work).
+ * The busy loop polls the call's cancel flag (ss_meta_cancelled) every ~1000 iterations: a call whose
+ * deadline passed or whose client went away stops within microseconds and frees its worker.
  * Thread: check() on the loop thread; forward() on a worker (never writes out: echo).
  */
 #include <stdio.h>
@@ -9,6 +11,7 @@
 #include <time.h>
 
 #include "models/model.h"
+#include "splitserve.h"
 
 static int spin_ms(const ss_meta *meta, double *ms, char *err, size_t errlen) {
   return ss_meta_double(meta, "ms", 10.0, 0.0, 600000.0, ms, err, errlen);
@@ -39,6 +42,10 @@ static int spin_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
   deadline = now_ms() + ms;
   while (now_ms() < deadline) {
     for (int i = 0; i < 1000; i++) acc = acc * 0.999999 + 1.0;
+    if (ss_meta_cancelled(meta)) { /* nobody waits for it: free the worker */
+      snprintf(err, errlen, "cancelled after %.0f of %.0f ms", ms - (deadline - now_ms()), ms);
+      return SS_ECANCELLED;
+    }
   }
   return 0;
 }

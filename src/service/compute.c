@@ -467,6 +467,20 @@ void ss_h_compute(ss_call *call, void *app) {
   st->reqbuf = ss_call_request(call, &st->reqlen);
   ss_call_set_hooks(call, compute_cancel, compute_free);
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  {
+    /* Before protobuf-c allocates anything: metadata entry count and sizes; no NUL in ids. */
+    static const uint32_t str_fields[] = {5, 6};
+    static const char *const str_names[] = {"model_id", "forward_id"};
+    ss_wire_limits lim = {4, (size_t)s->cfg.max_metadata_entries, s->cfg.max_metadata_key_bytes,
+                          s->cfg.max_metadata_value_bytes, str_fields, str_names, 2};
+    char why[256];
+    int rv = ss_wire_check(st->reqbuf, st->reqlen, &lim, why, sizeof why);
+    if (rv != 0) {
+      ss_call_fail(call, rv == SS_EBUSY ? SS_GRPC_RESOURCE_EXHAUSTED : SS_GRPC_INVALID_ARGUMENT,
+                   "%s", why);
+      return;
+    }
+  }
   const uint8_t *data;
   size_t dlen;
   st->req = (Splitlearn__Comm__ComputeRequest *)ss_decode_tensor_request(
@@ -492,10 +506,24 @@ void ss_h_compute(ss_call *call, void *app) {
     st->keys[i] = req->metadata[i]->key;
     st->vals[i] = req->metadata[i]->value;
   }
-  st->meta = (ss_meta){st->keys, st->vals, nm};
+  st->meta = (ss_meta){st->keys, st->vals, nm, &st->job.cancelled}; /* models poll it */
+  const char *sid = ss_meta_get(&st->meta, "session");
+  if (sid && strlen(sid) > s->cfg.max_session_id_bytes) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "metadata session is %zu bytes long; session ids are at most %zu bytes "
+                 "(--max-session-id-bytes)", strlen(sid), s->cfg.max_session_id_bytes);
+    return;
+  }
 
   /* model */
   st->sm = ss_service_find_model(s, req->model_id);
+  if (!st->sm && ss_models_test_disabled(s, req->model_id)) {
+    ss_call_fail(call, SS_GRPC_NOT_FOUND,
+                 "model '%s' exists but is disabled: it is a test model; start the server with "
+                 "--enable-test-models (config enable_test_models: true) to serve it",
+                 req->model_id);
+    return;
+  }
   if (!st->sm) {
     char known[512];
     ss_models_list(s, known, sizeof known);
@@ -563,6 +591,20 @@ void ss_h_compute(ss_call *call, void *app) {
     ss_call_fail(call, rv == SS_EINVAL ? SS_GRPC_INVALID_ARGUMENT : (int)ss_error_to_grpc(rv), "%s",
                  err);
     return;
+  }
+  if (st->training) {
+    /* A NaN in a training input poisons every weight at the next step: refuse it here. */
+    if (ss_tensor_check_finite("data", &st->in, err, sizeof err) != 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
+      return;
+    }
+    /* Over the activation budget on its own: refused before the worker allocates anything. */
+    if (m->ops->train_bytes &&
+        ss_train_check_budget(s, st->forward_id, m->ops->train_bytes(m, &st->in), err,
+                              sizeof err) != 0) {
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "%s", err);
+      return;
+    }
   }
   if (m->n_kv_layers > 0 && !st->training && setup_kv(st, err, sizeof err) != 0) return;
   if (m->exec == SS_EXEC_TIMER) {

@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "health.pb-c.h"
 #include "core/kcache.h"
+#include "core/config.h"
 #include "service/service_int.h"
 #include "service/sessions.h"
 
@@ -78,16 +79,18 @@ void ss_h_health_check(ss_call *call, void *app) {
   ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
 }
 
+#define SS_INFO_MAX 96
+
 typedef struct kvlist {
-  Splitlearn__Comm__ServiceInfoResponse__CustomInfoEntry e[64];
-  Splitlearn__Comm__ServiceInfoResponse__CustomInfoEntry *p[64];
-  char val[64][256];
+  Splitlearn__Comm__ServiceInfoResponse__CustomInfoEntry e[SS_INFO_MAX];
+  Splitlearn__Comm__ServiceInfoResponse__CustomInfoEntry *p[SS_INFO_MAX];
+  char val[SS_INFO_MAX][256];
   size_t n;
 } kvlist;
 
 static void kv(kvlist *l, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void kv(kvlist *l, const char *key, const char *fmt, ...) {
-  if (l->n >= 64) return;
+  if (l->n >= SS_INFO_MAX) return;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(l->val[l->n], sizeof l->val[l->n], fmt, ap);
@@ -138,6 +141,16 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "max_queue", "%d", s->cfg.max_queue);
   kv(l, "max_message_bytes", "%zu", s->cfg.max_message_bytes);
   kv(l, "drain_timeout_s", "%.1f", s->cfg.drain_timeout_s);
+  /* hardening limits */
+  kv(l, "enable_test_models", "%d", s->cfg.enable_test_models);
+  kv(l, "max_metadata_entries", "%d", s->cfg.max_metadata_entries);
+  kv(l, "max_metadata_key_bytes", "%zu", s->cfg.max_metadata_key_bytes);
+  kv(l, "max_metadata_value_bytes", "%zu", s->cfg.max_metadata_value_bytes);
+  kv(l, "max_session_id_bytes", "%zu", s->cfg.max_session_id_bytes);
+  kv(l, "session_memory_bytes", "%zu", s->cfg.session_max_bytes);
+  kv(l, "activation_memory_bytes", "%zu", s->cfg.activation_max_bytes);
+  kv(l, "config_max_bytes", "%u", SS_CONFIG_MAX_BYTES);
+  kv(l, "config_max_depth", "%d", SS_CONFIG_MAX_DEPTH);
   kv(l, "served", "%llu", (unsigned long long)gs.served);
   kv(l, "rejected", "%llu", (unsigned long long)gs.rejected);
   kv(l, "cancelled", "%llu", (unsigned long long)gs.cancelled);
@@ -155,7 +168,7 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "activations", "%zu", nact);         /* training forwards awaiting their backward */
   kv(l, "activation_bytes", "%zu", act_bytes);
   kv(l, "activations_evicted", "%llu", (unsigned long long)act_evicted);
-  for (size_t i = 0; i < s->nmodels && l->n < 64; i++) {
+  for (size_t i = 0; i < s->nmodels && l->n < SS_INFO_MAX; i++) {
     const ss_served_model *sm = s->models[i];
     snprintf(keys + 64 * i, 64, "model.%s", sm->model->id);
     kv(l, keys + 64 * i, "%s; params=%lld; weight_bytes=%zu; inflight=%d; queued=%zu; limit=%d",

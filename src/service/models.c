@@ -24,6 +24,24 @@
 static const char *const builtin_specs[] = {"mlp=mlp", "identity=identity", "scale=scale",
                                             "sleep=sleep", "spin=spin"};
 #define N_BUILTIN (sizeof builtin_specs / sizeof builtin_specs[0])
+#define N_BUILTIN_ALWAYS 2 /* mlp, identity; the rest are test models (--enable-test-models) */
+
+/* The kinds that exist for tests and benchmarks only: they burn CPU, hold timers or scale
+ * tensors on request, so a production server does not offer them unless asked to. */
+static int test_kind(const char *kind, size_t len) {
+  static const char *const kinds[] = {"scale", "sleep", "spin"};
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+    if (strlen(kinds[i]) == len && strncmp(kinds[i], kind, len) == 0) return 1;
+  return 0;
+}
+
+int ss_models_test_disabled(const ss_service *s, const char *id) {
+  if (s->cfg.enable_test_models || !id) return 0;
+  for (size_t k = N_BUILTIN_ALWAYS; k < N_BUILTIN; k++)
+    if (strncmp(builtin_specs[k], id, strlen(id)) == 0 && builtin_specs[k][strlen(id)] == '=')
+      return 1;
+  return 0;
+}
 
 ss_served_model *ss_service_find_model(ss_service *s, const char *id) {
   if (!id || !*id) return s->nmodels ? s->models[0] : NULL;
@@ -152,9 +170,18 @@ static int spec_in(const char *spec, char *const *keep, size_t nkeep) {
 
 /* Load every entry whose spec is not in keep[]; add the built-ins whose ids are free.
  * Any thread (it touches only b). */
-static int build_load(build *b, char *const *keep, size_t nkeep, char *err, size_t errlen) {
+static int build_load(build *b, char *const *keep, size_t nkeep, int test_models, char *err,
+                      size_t errlen) {
   size_t nuser = b->n;
   for (size_t i = 0; i < nuser; i++) {
+    const char *kind = b->v[i].spec + strcspn(b->v[i].spec, "=");
+    if (*kind) kind++;
+    if (!test_models && test_kind(kind, strcspn(kind, ","))) {
+      snprintf(err, errlen, "model %s: kind '%.*s' is a test model, disabled by default; start "
+                            "the server with --enable-test-models (config enable_test_models: "
+                            "true) to serve it", b->v[i].spec, (int)strcspn(kind, ","), kind);
+      return SS_EINVAL;
+    }
     if (spec_in(b->v[i].spec, keep, nkeep)) continue;
     char e[512];
     int rv = ss_model_create(b->v[i].spec, &b->v[i].model, e, sizeof e);
@@ -172,7 +199,7 @@ static int build_load(build *b, char *const *keep, size_t nkeep, char *err, size
         return SS_EINVAL;
       }
   }
-  for (size_t k = 0; k < N_BUILTIN; k++) {
+  for (size_t k = 0; k < (test_models ? N_BUILTIN : N_BUILTIN_ALWAYS); k++) {
     size_t li = strcspn(builtin_specs[k], "=");
     int taken = 0;
     for (size_t i = 0; i < nuser; i++)
@@ -241,7 +268,7 @@ int ss_models_load(ss_service *s, char *err, size_t errlen) {
     rv = build_add(&b, s->cfg.models[i],
                    s->cfg.model_max_inflight ? s->cfg.model_max_inflight[i] : -1,
                    s->cfg.model_max_queue ? s->cfg.model_max_queue[i] : -1);
-  if (rv == 0) rv = build_load(&b, NULL, 0, err, errlen);
+  if (rv == 0) rv = build_load(&b, NULL, 0, s->cfg.enable_test_models, err, errlen);
   else snprintf(err, errlen, "out of memory");
   if (rv == 0 && build_commit(s, &b) != 0) {
     rv = SS_ENOMEM;
@@ -324,6 +351,7 @@ typedef struct reload_job {
   char *path;
   char **keep;      /* specs of the current set (a copy: the worker never reads the server) */
   size_t nkeep;
+  int test_models;  /* --enable-test-models as at start-up (a reload does not change it) */
   build b;
   int rc;
   char err[1024];
@@ -339,7 +367,7 @@ static void reload_run(ss_job *job) {
       snprintf(r->err, sizeof r->err, "out of memory");
     }
   ss_config_free(&fc);
-  if (r->rc == 0) r->rc = build_load(&r->b, r->keep, r->nkeep, r->err, sizeof r->err);
+  if (r->rc == 0) r->rc = build_load(&r->b, r->keep, r->nkeep, r->test_models, r->err, sizeof r->err);
 }
 
 static void reload_done(ss_job *job) {
@@ -377,6 +405,7 @@ void ss_models_reload(ss_service *s) {
   }
   reload_job *r = calloc(1, sizeof *r);
   if (r) r->path = strdup(s->cfg.config_path);
+  if (r) r->test_models = s->cfg.enable_test_models;
   if (r) r->keep = calloc(s->nmodels ? s->nmodels : 1, sizeof *r->keep);
   if (!r || !r->path || !r->keep) {
     if (r) {

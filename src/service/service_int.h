@@ -108,6 +108,9 @@ void ss_served_ref(ss_served_model *sm);
 void ss_served_unref(ss_served_model *sm);
 void ss_models_free(ss_service *s);
 void ss_models_save_all(ss_service *s, const char *why);
+/* 1 when id names a built-in test model (scale, sleep, spin) that is off because the server
+ * runs without --enable-test-models (for the NOT_FOUND message). */
+int ss_models_test_disabled(const ss_service *s, const char *id);
 /* "mlp, identity, ..." into buf (for NOT_FOUND messages). */
 void ss_models_list(const ss_service *s, char *buf, size_t len);
 
@@ -117,6 +120,11 @@ void ss_train_free(ss_service *s);
 void ss_train_sweep(ss_service *s);
 int ss_train_forward_id(ss_service *s, const char *client_id, char *out, size_t outlen, char *err,
                         size_t errlen);
+/* Would a training forward keeping saved_bytes (its model's estimate, ops->train_bytes) fit in
+ * the activation budget on its own, counting the record and its id? 0, or SS_EBUSY with a
+ * message naming the sizes and --activation-memory-mb. */
+int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_bytes, char *err,
+                          size_t errlen);
 int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, void *saved,
                    size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim);
 

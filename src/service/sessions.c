@@ -70,7 +70,7 @@ int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_ses
   }
   if (!e) {
     ss_session *x = calloc(1, sizeof *x);
-    e = x ? ss_kcache_put(s->cache, key, x, 0) : NULL;
+    e = x ? ss_kcache_put(s->cache, key, x, sizeof *x) : NULL;
     if (!e) {
       free(key);
       return SS_SESSION_NOMEM;
@@ -84,8 +84,10 @@ int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_ses
   return SS_SESSION_OK;
 }
 
+/* Everything a session keeps: its struct, the layer array and the key/value tensors (the key
+ * string and the cache entry are counted by the cache). */
 static size_t kv_bytes(const ss_kv_layer *kv, int n) {
-  size_t b = 0;
+  size_t b = sizeof(ss_session) + (kv ? (size_t)n * sizeof *kv : 0);
   for (int i = 0; kv && i < n; i++) b += kv[i].key.nbytes + kv[i].value.nbytes;
   return b;
 }
@@ -102,7 +104,7 @@ void ss_session_release(ss_sessions *s, ss_session *x, ss_kv_layer *present, int
     ss_kv_free(x->past, x->n_layers);
     x->past = present;
     x->n_layers = n_layers;
-    ss_kcache_resize(s->cache, e, kv_bytes(present, n_layers));
+    ss_kcache_resize(s->cache, e, kv_bytes(present, n_layers)); /* may evict x (over budget) */
   }
 }
 

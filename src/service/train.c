@@ -88,6 +88,20 @@ int ss_train_forward_id(ss_service *s, const char *client_id, char *out, size_t 
   return 0;
 }
 
+int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_bytes, char *err,
+                          size_t errlen) {
+  size_t budget = s->cfg.activation_max_bytes, need = saved_bytes;
+  if (__builtin_add_overflow(need, sizeof(act_rec) + ss_kcache_overhead(forward_id), &need))
+    need = SIZE_MAX;
+  if (budget == 0 || need <= budget) return 0;
+  snprintf(err, errlen,
+           "training forward '%s' would keep %zu bytes (%.1f MiB) of activations until its "
+           "backward call; the whole activation budget is %zu bytes (--activation-memory-mb %zu): "
+           "send smaller batches", forward_id, need, (double)need / 1048576.0, budget,
+           budget >> 20);
+  return SS_EBUSY;
+}
+
 int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, void *saved,
                    size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim) {
   act_rec *r = calloc(1, sizeof *r);
@@ -260,6 +274,16 @@ void ss_h_backward(ss_call *call, void *app) {
   st->reqbuf = ss_call_request(call, &st->reqlen);
   ss_call_set_hooks(call, bw_cancel, bw_free);
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  {
+    static const uint32_t str_fields[] = {3, 4};
+    static const char *const str_names[] = {"forward_id", "model_id"};
+    ss_wire_limits lim = {0, 0, 0, 0, str_fields, str_names, 2};
+    char why[256];
+    if (ss_wire_check(st->reqbuf, st->reqlen, &lim, why, sizeof why) != 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", why);
+      return;
+    }
+  }
   const uint8_t *data;
   size_t dlen;
   st->req = (Splitlearn__Comm__BackwardRequest *)ss_decode_tensor_request(
@@ -326,6 +350,12 @@ void ss_h_backward(ss_call *call, void *app) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "grad_output_shape %s does not match the output shape %s of forward '%s'", got,
                  want, req->forward_id);
+    return;
+  }
+  /* NaN/Inf in the gradient would poison the weights: refused, and the record is kept (the
+   * client may send a corrected gradient for the same forward_id). */
+  if (ss_tensor_check_finite("grad_output_data", &st->grad_out, err, sizeof err) != 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
   }
   /* Consume the record: a second backward for this id is told it was used. */

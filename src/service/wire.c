@@ -5,7 +5,10 @@
  */
 #include "service/wire.h"
 
+#include <stdio.h>
 #include <string.h>
+
+#include "splitserve.h"
 
 static int read_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v) {
   uint64_t r = 0;
@@ -160,6 +163,85 @@ ProtobufCMessage *ss_decode_tensor_request(const ProtobufCMessageDescriptor *d, 
                       nreps ? nreps : &none, arena, &rest, &rest_len) != 0)
     return NULL;
   return protobuf_c_message_unpack(d, alloc, rest_len, rest);
+}
+
+/* A map entry (field 1 key, field 2 value): sizes and NUL bytes. */
+static int check_entry(const uint8_t *p, size_t len, size_t idx, const ss_wire_limits *lim,
+                       char *err, size_t errlen) {
+  size_t pos = 0;
+  while (pos < len) {
+    uint64_t tag, n;
+    if (read_varint(p, len, &pos, &tag) != 0) return 0;
+    uint32_t wt = (uint32_t)(tag & 7);
+    uint64_t fn = tag >> 3;
+    switch (wt) {
+    case 0: if (read_varint(p, len, &pos, &n) != 0) return 0; break;
+    case 1: if (len - pos < 8) return 0; pos += 8; break;
+    case 5: if (len - pos < 4) return 0; pos += 4; break;
+    case 2:
+      if (read_varint(p, len, &pos, &n) != 0 || n > len - pos) return 0;
+      if (fn == 1 || fn == 2) {
+        size_t max = fn == 1 ? lim->max_key : lim->max_value;
+        const char *what = fn == 1 ? "key" : "value";
+        if (n > max) {
+          snprintf(err, errlen,
+                   "metadata entry %zu: %s of %llu bytes is over the limit of %zu bytes "
+                   "(--max-metadata-%s-bytes)", idx, what, (unsigned long long)n, max, what);
+          return SS_EBUSY;
+        }
+        if (memchr(p + pos, 0, (size_t)n)) {
+          snprintf(err, errlen, "metadata entry %zu: the %s holds a NUL byte at offset %zu; "
+                   "metadata keys and values are text without NUL", idx, what,
+                   (size_t)((const uint8_t *)memchr(p + pos, 0, (size_t)n) - (p + pos)));
+          return SS_EINVAL;
+        }
+      }
+      pos += (size_t)n;
+      break;
+    default: return 0;
+    }
+  }
+  return 0;
+}
+
+int ss_wire_check(const uint8_t *msg, size_t len, const ss_wire_limits *lim, char *err,
+                  size_t errlen) {
+  size_t pos = 0, entries = 0;
+  while (pos < len) {
+    uint64_t tag, n;
+    if (read_varint(msg, len, &pos, &tag) != 0) return 0;
+    uint32_t wt = (uint32_t)(tag & 7);
+    uint64_t fn = tag >> 3;
+    switch (wt) {
+    case 0: if (read_varint(msg, len, &pos, &n) != 0) return 0; break;
+    case 1: if (len - pos < 8) return 0; pos += 8; break;
+    case 5: if (len - pos < 4) return 0; pos += 4; break;
+    case 2:
+      if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return 0;
+      if (lim->meta_field && fn == lim->meta_field) {
+        if (++entries > lim->max_entries) {
+          snprintf(err, errlen, "metadata has more than %zu entries (--max-metadata-entries)",
+                   lim->max_entries);
+          return SS_EBUSY;
+        }
+        int rv = check_entry(msg + pos, (size_t)n, entries - 1, lim, err, errlen);
+        if (rv != 0) return rv;
+      }
+      for (size_t i = 0; i < lim->n_str_fields; i++) {
+        const uint8_t *z;
+        if (fn == lim->str_fields[i] && (z = memchr(msg + pos, 0, (size_t)n)) != NULL) {
+          snprintf(err, errlen, "%s holds a NUL byte at offset %zu ('%.*s\\0...'); ids are text "
+                   "without NUL", lim->str_names[i], (size_t)(z - (msg + pos)),
+                   (int)((z - (msg + pos)) > 64 ? 64 : (z - (msg + pos))), (const char *)(msg + pos));
+          return SS_EINVAL;
+        }
+      }
+      pos += (size_t)n;
+      break;
+    default: return 0;
+    }
+  }
+  return 0;
 }
 
 size_t ss_pb_varint(uint8_t *buf, uint64_t v) {

@@ -53,6 +53,26 @@ ProtobufCMessage *ss_decode_tensor_request(const ProtobufCMessageDescriptor *d, 
                                            const uint8_t **data, size_t *dlen, uint32_t rep_field,
                                            ss_wire_view **reps, size_t *nreps);
 
+/* Limits checked on the raw request bytes before protobuf-c unpacks anything (the unpacker
+ * allocates per map entry and per string, so a message of 100 MB of empty metadata entries would
+ * cost gigabytes and seconds of loop time before any check could run). */
+typedef struct ss_wire_limits {
+  uint32_t meta_field;        /* the map<string,string> field (0: the message has none) */
+  size_t max_entries;         /* occurrences of meta_field (each one an entry) */
+  size_t max_key, max_value;  /* bytes of one entry's key (its field 1) / value (field 2) */
+  const uint32_t *str_fields; /* top-level string fields that must not hold a NUL byte */
+  const char *const *str_names; /* their names, for messages */
+  size_t n_str_fields;
+} ss_wire_limits;
+
+/* One pass over the top-level fields of msg (tensor bytes are skipped by length, never read).
+ * Returns 0; SS_EBUSY when a metadata limit is exceeded (the message names the limit and the
+ * flag that sets it: RESOURCE_EXHAUSTED); SS_EINVAL for a NUL byte in a metadata key/value or
+ * in one of str_fields (C strings would silently end there: "identity\0x" would route to
+ * identity). Malformed wire data returns 0: the decoder reports it. */
+int ss_wire_check(const uint8_t *msg, size_t len, const ss_wire_limits *lim, char *err,
+                  size_t errlen);
+
 /* Append varint v to buf; returns bytes written (<= 10). */
 size_t ss_pb_varint(uint8_t *buf, uint64_t v);
 /* Append the header (tag + length) of length-delimited field `field` to buf; returns bytes

@@ -89,9 +89,13 @@ class Server:
     """A splitserve daemon on 127.0.0.1:<free port>; its stdout+stderr are drained by a thread
     into self.log (so the pipe never fills and the log is there for failure reports)."""
 
-    def __init__(self, *args, start_timeout=10.0, env=None, expect_start=True, prefix=()):
+    def __init__(self, *args, start_timeout=10.0, env=None, expect_start=True, prefix=(),
+                 test_models=True):
         self.args = [str(a) for a in args]
-        self.cmd = list(prefix) + [binary(), "--listen", "127.0.0.1:0"] + self.args
+        # The test-only kinds (scale, sleep, spin) are off by default in the daemon; the tests
+        # use them, so they are on here unless a test asks for the default (test_models=False).
+        extra = ["--enable-test-models"] if test_models else []
+        self.cmd = list(prefix) + [binary(), "--listen", "127.0.0.1:0"] + extra + self.args
         self._lines = []
         self._cond = threading.Condition()
         self._eof = 0

@@ -6,6 +6,8 @@
 #include "models/nn/optim.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,6 +61,60 @@ int ss_param_step(ss_param *p, const ss_optim *opt, int64_t t) {
       float gi = wd != 0.0f ? g[i] + wd * w[i] : g[i];
       w[i] -= lr * gi;
       g[i] = 0.0f;
+    }
+  }
+  return 0;
+}
+
+/* Would the step write a non-finite value into p? Reads only. Returns the first bad element's
+ * index, or SIZE_MAX. Mirrors ss_param_step's arithmetic exactly (same float operations). */
+static size_t first_nonfinite(const ss_param *p, const ss_optim *opt, int64_t t) {
+  const float lr = opt->lr, wd = opt->weight_decay;
+  const float *w = *p->view, *g = p->grad;
+  size_t n = p->numel, bad = SIZE_MAX;
+  if (g == NULL || n == 0) return SIZE_MAX;
+  if (opt->kind == SS_OPT_ADAMW) {
+    const float b1 = opt->beta1, b2 = opt->beta2, eps = opt->eps;
+    double bc1 = 1.0 - pow((double)b1, (double)t), bc2 = 1.0 - pow((double)b2, (double)t);
+    float step_size = (float)((double)lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float decay = 1.0f - lr * wd;
+    for (size_t i = 0; i < n && bad == SIZE_MAX; i++) {
+      float gi = g[i], mo = p->m ? p->m[i] : 0.0f, vo = p->v ? p->v[i] : 0.0f;
+      float wi = w[i] * decay;
+      float mi = b1 * mo + (1.0f - b1) * gi;
+      float vi = b2 * vo + (1.0f - b2) * gi * gi;
+      wi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+      if (!isfinite(wi) || !isfinite(mi) || !isfinite(vi)) bad = i;
+    }
+  } else {
+    for (size_t i = 0; i < n && bad == SIZE_MAX; i++) {
+      float gi = wd != 0.0f ? g[i] + wd * w[i] : g[i];
+      if (!isfinite(w[i] - lr * gi)) bad = i;
+    }
+  }
+  return bad;
+}
+
+int ss_param_array_step(ss_param *prm, size_t n, const ss_optim *opt, int64_t *t, const char *model_id,
+                   char *err, size_t errlen) {
+  for (size_t k = 0; k < n; k++) {
+    size_t bad = first_nonfinite(&prm[k], opt, *t + 1);
+    if (bad == SIZE_MAX) continue;
+    snprintf(err, errlen,
+             "model '%s': optimizer step refused: parameter %zu element %zu would become NaN or "
+             "infinite (gradient %g, learning rate %g); the weights are unchanged and the "
+             "accumulated gradients were dropped", model_id, k, bad,
+             (double)prm[k].grad[bad], (double)opt->lr);
+    for (size_t j = 0; j < n; j++)
+      if (prm[j].grad) memset(prm[j].grad, 0, prm[j].numel * sizeof(float));
+    return SS_EINVAL;
+  }
+  ++*t;
+  for (size_t k = 0; k < n; k++) {
+    if (prm[k].numel == 0) continue;
+    if (ss_param_step(&prm[k], opt, *t) != 0) {
+      snprintf(err, errlen, "model '%s': out of memory for the optimizer step", model_id);
+      return SS_ENOMEM;
     }
   }
   return 0;

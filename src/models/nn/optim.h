@@ -50,6 +50,16 @@ int ss_param_grad(ss_param *p);
  * gradient. t: the 1-based step number (AdamW bias correction). Returns 0 or SS_ENOMEM. */
 int ss_param_step(ss_param *p, const ss_optim *opt, int64_t t);
 
+/* One optimizer step over a model's n parameters, all or nothing: first every new value is
+ * computed without writing anything (weights, moments); if one would be NaN or +-Inf the step
+ * is refused: weights, moments and the step count stay exactly as they were, the accumulated
+ * gradients are dropped (zeroed: the bad batch is discarded, the next backward starts clean)
+ * and SS_EINVAL comes back with a message naming the parameter and element. Otherwise ++*t and
+ * every parameter is updated (ss_param_step). Parameters with numel 0 or no gradient are skipped.
+ * model_id: for messages. Returns 0, SS_EINVAL or SS_ENOMEM (then some may be updated). */
+int ss_param_array_step(ss_param *prm, size_t n, const ss_optim *opt, int64_t *t, const char *model_id,
+                   char *err, size_t errlen);
+
 /* Free grad, m and v (not the values: they belong to the model). */
 void ss_param_free_state(ss_param *p);
 

@@ -19,7 +19,11 @@ static void free_val(void *v, void *user) {
 
 int main(void) {
   ss_kcache *c;
-  CHECK_EQ_INT(ss_kcache_new(300, 0.05, free_val, NULL, &c), 0);
+  /* Every key here is one letter: the cache adds O bytes per entry (struct + key), and a
+   * remembered key costs G ("b\0" + the reason). */
+  const size_t O = ss_kcache_overhead("a");
+  const size_t G = 2 + strlen("evicted: over the memory budget, least recently used first") + 1;
+  CHECK_EQ_INT(ss_kcache_new(300 + 2 * O + G, 0.05, free_val, NULL, &c), 0);
   ss_kentry *a = ss_kcache_put(c, "a", malloc(1), 100);
   ss_kentry *b = ss_kcache_put(c, "b", malloc(1), 100);
   CHECK(a && b);
@@ -36,7 +40,7 @@ int main(void) {
   uint64_t ev;
   ss_kcache_stats(c, &n, &bytes, &ev);
   CHECK_EQ_INT(n, 2);
-  CHECK_EQ_INT(bytes, 250);
+  CHECK_EQ_INT(bytes, 250 + 2 * O + G); /* a, c and the memory of b's eviction */
   CHECK_EQ_INT(ev, 1);
   ss_kcache_forget(c, "b");
   CHECK(ss_kcache_get(c, "b", 0, &why) == NULL && why == NULL);
@@ -52,6 +56,37 @@ int main(void) {
   ss_kcache_resize(c, d, 290);
   CHECK(ss_kcache_get(c, "a", 0, NULL) == NULL); /* a (older, idle) evicted */
   CHECK(ss_kcache_get(c, "d", 0, NULL) == d);
+  /* the newest is bound by the budget too: alone larger than it, it goes (resize) or is refused
+   * (put, value freed) */
+  CHECK_EQ_INT(ss_kcache_resize(c, d, 10000), 1);
+  CHECK(ss_kcache_get(c, "d", 0, &why) == NULL);
+  CHECK_CONTAINS(why, "larger than the whole memory budget");
+  int f0 = freed;
+  CHECK(ss_kcache_put(c, "e", malloc(1), 10000) == NULL);
+  CHECK_EQ_INT(freed - f0, 1);
+  d = ss_kcache_put(c, "d", malloc(1), 10);
+  CHECK(d != NULL);
+  /* remembered keys count, within a quarter of the budget (oldest forgotten first) */
+  ss_kcache *small;
+  CHECK_EQ_INT(ss_kcache_new(4000, 0, free_val, NULL, &small), 0);
+  char big_key[200];
+  memset(big_key, 'k', sizeof big_key - 1);
+  big_key[sizeof big_key - 1] = 0;
+  ss_kcache_put(small, "x", malloc(1), 100);
+  ss_kcache_remove(small, ss_kcache_put(small, big_key, malloc(1), 10), "ended", 0);
+  ss_kcache_stats(small, &n, &bytes, &ev);
+  CHECK_EQ_INT(bytes, 100 + O + sizeof big_key + strlen("ended") + 1);
+  for (int i = 0; i < 10; i++) { /* 10 x 206 > 1000: the first ones are forgotten */
+    big_key[0] = (char)('a' + i);
+    ss_kcache_remove(small, ss_kcache_put(small, big_key, malloc(1), 10), "ended", 0);
+  }
+  ss_kcache_stats(small, &n, &bytes, &ev);
+  CHECK(bytes <= 100 + O + 1000);
+  CHECK(ss_kcache_get(small, big_key, 0, &why) == NULL && why != NULL); /* the newest is kept */
+  big_key[0] = 'k';
+  CHECK(ss_kcache_get(small, big_key, 0, &why) == NULL && why == NULL); /* the oldest went */
+  CHECK(ss_kcache_get(small, "x", 0, NULL) != NULL);
+  ss_kcache_free(small);
   /* TTL */
   uv_sleep(80);
   ss_kcache_sweep(c);

@@ -264,7 +264,7 @@ static void test_bf16(void) {
 static void test_meta(void) {
   const char *keys[] = {"ms", "factor", "bad", "inf", "big"};
   const char *vals[] = {"250", " 2.5 ", "abc", "inf", "1e400"};
-  ss_meta m = {keys, vals, 5};
+  ss_meta m = {keys, vals, 5, NULL};
   char err[200];
   double v;
   CHECK(ss_meta_get(&m, "ms") == vals[0]);

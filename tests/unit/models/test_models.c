@@ -78,7 +78,7 @@ static void test_builtins(void) {
   int64_t oshape[SS_MAX_DIMS];
   int ondim;
   const char *k1[] = {"factor"}, *v1[] = {"3"}, *vb[] = {"abc"};
-  ss_meta meta = {k1, v1, 1}, bad = {k1, vb, 1}, none = {NULL, NULL, 0};
+  ss_meta meta = {k1, v1, 1, NULL}, bad = {k1, vb, 1, NULL}, none = {NULL, NULL, 0, NULL};
 
   CHECK_EQ_INT(create("sc=scale", &m, err, sizeof err), 0);
   if (m) {
@@ -99,7 +99,7 @@ static void test_builtins(void) {
   CHECK_EQ_INT(create("sl=sleep", &m, err, sizeof err), 0);
   if (m) {
     const char *km[] = {"ms"}, *vm[] = {"25"}, *vx[] = {"700000"};
-    ss_meta mm = {km, vm, 1}, mx = {km, vx, 1};
+    ss_meta mm = {km, vm, 1, NULL}, mx = {km, vx, 1, NULL};
     double ms;
     CHECK_EQ_INT(m->exec, SS_EXEC_TIMER);
     CHECK_EQ_INT(m->echo, 1);
@@ -115,7 +115,7 @@ static void test_builtins(void) {
   CHECK_EQ_INT(create("sp=spin", &m, err, sizeof err), 0);
   if (m) {
     const char *km[] = {"ms"}, *vm[] = {"30"};
-    ss_meta mm = {km, vm, 1};
+    ss_meta mm = {km, vm, 1, NULL};
     ss_tensor nodata = out;
     struct timespec t0, t1;
     double el;
@@ -212,7 +212,7 @@ static void test_mlp_file(void) {
       const float *Ws[L] = {W[0], W[1], W[2]};
       ss_tensor in = {SS_DTYPE_F32, 3, {2, 3, 4}, 24, x, sizeof x};
       ss_tensor out = {SS_DTYPE_F32, 0, {0}, 18, y, sizeof y};
-      ss_meta none = {NULL, NULL, 0};
+      ss_meta none = {NULL, NULL, 0, NULL};
       for (int i = 0; i < 24; i++) x[i] = frand(&seed) * 2.0f;
       CHECK_EQ_INT(m->ops->check(m, &in, &none, out.shape, &out.ndim, err, sizeof err), 0);
       CHECK_EQ_INT(out.ndim, 3);
@@ -278,7 +278,7 @@ static void test_mlp_converted(void) {
   const float *Ws[1] = {wf}, *Bs[1] = {bf};
   int widths[2] = {2, 3};
   float x[4] = {1.0f, 2.0f, -3.0f, 0.5f}, y[6], ref[6];
-  ss_meta none = {NULL, NULL, 0};
+  ss_meta none = {NULL, NULL, 0, NULL};
   ss_tensor in = {SS_DTYPE_F32, 2, {2, 2}, 4, x, sizeof x};
   ss_tensor out = {SS_DTYPE_F32, 2, {2, 3}, 6, y, sizeof y};
   naive_mlp(1, widths, Ws, Bs, 0, x, 2, ref);
@@ -338,7 +338,7 @@ static uint64_t sm64(uint64_t *s) {
 static void test_mlp_default(void) {
   char err[300];
   ss_model *m;
-  ss_meta none = {NULL, NULL, 0};
+  ss_meta none = {NULL, NULL, 0, NULL};
   int64_t oshape[SS_MAX_DIMS];
   int ondim;
 

@@ -151,6 +151,35 @@ static void test_bad_inputs(void) {
   fake_call_close(c);
 }
 
+/* Hardening: limits checked on the wire before decoding, NUL bytes in ids. */
+static void test_wire_limits(void) {
+  const ss_method *m = method("/Compute");
+  fake_result r;
+  /* 65 empty metadata entries (field 4, length 0) after a model_id */
+  uint8_t body[256];
+  size_t n = 0;
+  body[n++] = 0x2a; /* field 5 (model_id), length-delimited */
+  body[n++] = 8;
+  memcpy(body + n, "identity", 8), n += 8;
+  for (int i = 0; i < 65; i++) body[n++] = 0x22, body[n++] = 0;
+  ss_call *c = fake_call_new(m, body, n, &r);
+  m->handler(c, svc);
+  CHECK_EQ_INT(r.status, SS_GRPC_RESOURCE_EXHAUSTED);
+  CHECK_CONTAINS(r.message, "--max-metadata-entries");
+  fake_call_close(c);
+  /* model_id "identity\0x" must not route to identity */
+  n = 0;
+  body[n++] = 0x2a;
+  body[n++] = 10;
+  memcpy(body + n, "identity\0x", 10), n += 10;
+  c = fake_call_new(m, body, n, &r);
+  m->handler(c, svc);
+  CHECK_EQ_INT(r.status, SS_GRPC_INVALID_ARGUMENT);
+  CHECK_CONTAINS(r.message, "model_id holds a NUL byte at offset 8");
+  fake_call_close(c);
+  CHECK_EQ_INT(fake_calls_alive(), 0);
+}
+
 static void test_health(void) {
   Splitlearn__Comm__HealthRequest req = SPLITLEARN__COMM__HEALTH_REQUEST__INIT;
   uint8_t b[8];
@@ -225,6 +254,7 @@ int main(void) {
   ss_server_config_init(&cfg);
   cfg.workers = 1;
   cfg.log_level = 1;
+  cfg.enable_test_models = 1; /* sleep, spin */
   char err[512];
   int rv = ss_service_new(&loop, pool, &cfg, &svc, err, sizeof err);
   CHECK_EQ_INT(rv, 0);
@@ -235,6 +265,7 @@ int main(void) {
   methods = ss_service_methods(&nmethods);
   test_identity_and_mlp();
   test_bad_inputs();
+  test_wire_limits();
   test_health();
   test_cancel();
   test_watch_on_drain();
