@@ -110,6 +110,8 @@ struct ss_model {
   int n_kv_layers;          /* > 0: the model keeps an attention cache of this many layers */
   ss_optim optim;           /* training: optimizer from the spec (lr filled per request) */
   char *save_path;          /* spec key save=PATH: checkpoint written on drain and SIGUSR1 */
+  int max_batch_rows;       /* spec key: stack concurrent calls up to this many rows (0 = off) */
+  int batch_delay_us;       /* spec key: how long a batch waits for company (default 0) */
   uv_rwlock_t lock;         /* weights: forward/backward read, step writes (workers only) */
   int64_t n_params;         /* parameter count (0 for built-ins) */
   size_t weight_bytes;      /* bytes of weights resident */

@@ -31,15 +31,18 @@ typedef struct kind_entry {
 } kind_entry;
 
 static const char *const no_keys[] = {NULL};
-static const char *const mlp_keys[] = {"weights", "activation",   "optimizer", "beta1", "beta2",
-                                       "eps",     "weight_decay", "save",      NULL};
-static const char *const gpt2_keys[] = {"weights", "config", "layers",       "optimizer", "beta1",
-                                        "beta2",   "eps",    "weight_decay", "save",      NULL};
+static const char *const mlp_keys[] = {"weights",        "activation",    "optimizer", "beta1",
+                                       "beta2",          "eps",           "weight_decay", "save",
+                                       "max_batch_rows", "batch_delay_us", NULL};
+static const char *const gpt2_keys[] = {"weights",        "config",         "layers", "optimizer",
+                                        "beta1",          "beta2",          "eps",    "weight_decay",
+                                        "save",           "max_batch_rows", "batch_delay_us", NULL};
 
-/* The training keys, accepted by every kind that can train, parsed here (parse_training) and
- * never passed to the kind's constructor. */
-static const char *const train_keys[] = {"optimizer",    "beta1", "beta2", "eps",
-                                         "weight_decay", "save",  NULL};
+/* The training and batching keys, accepted by every kind that can train, parsed here
+ * (parse_training) and never passed to the kind's constructor. */
+static const char *const train_keys[] = {"optimizer", "beta1", "beta2",          "eps",
+                                         "weight_decay", "save", "max_batch_rows", "batch_delay_us",
+                                         NULL};
 
 static const kind_entry kinds[] = {
     {"identity", ss_model_identity_new, no_keys, 0}, {"scale", ss_model_scale_new, no_keys, 0},
@@ -121,6 +124,18 @@ static int parse_training(ss_model *m, const char *const *params, size_t n, char
       }
     } else if (strcmp(k, "weight_decay") == 0) {
       rc = parse_real(m->id, k, v, 0.0, 1e6, 0, ">= 0", &o->weight_decay, err, errlen);
+    } else if (strcmp(k, "max_batch_rows") == 0 || strcmp(k, "batch_delay_us") == 0) {
+      char *end;
+      errno = 0;
+      long x = strtol(v, &end, 10);
+      long hi = strcmp(k, "max_batch_rows") == 0 ? 1 << 20 : 1000000;
+      if (!*v || *end || errno || x < 0 || x > hi) {
+        snprintf(err, errlen, "model '%s': %s must be an integer in [0, %ld], got '%s'", m->id, k,
+                 hi, v);
+        return SS_EINVAL;
+      }
+      if (k[0] == 'm') m->max_batch_rows = (int)x;
+      else m->batch_delay_us = (int)x;
     } else if (strcmp(k, "save") == 0) {
       save = v;
       if (v[0] == '\0') {

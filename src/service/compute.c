@@ -32,53 +32,8 @@
 #include "core/log.h"
 #include "models/safetensors.h"
 #include "core/macros.h"
-#include "service/service_int.h"
-#include "service/sessions.h"
-#include "service/wire.h"
+#include "service/compute_int.h"
 
-typedef struct compute_state {
-  ss_job job;                 /* the pool hands back &job */
-  ss_service *svc;
-  uint8_t *reqbuf;            /* the call's request message (owned by the call) */
-  size_t reqlen;
-  ss_waiter waiter;
-  ss_tq_entry wake;
-  ss_call *call;
-  ss_served_model *sm;
-  Splitlearn__Comm__ComputeRequest *req;
-  ss_tensor in;               /* view into reqbuf (the data field) */
-  const char **keys, **vals;
-  ss_meta meta;
-  int64_t out_shape[SS_MAX_DIMS];
-  int out_ndim;
-  int holds_slot;             /* owns an admission slot */
-  /* KV cache (models with n_kv_layers > 0) */
-  ss_kv_layer *past;          /* request's past (views into the arena) or the session's */
-  int n_past;
-  ss_kv_layer *present;       /* filled by the worker when want_present (owned) */
-  int want_present;
-  ss_wire_view *kv_wire;      /* past_key_values, left in the request buffer (not copied) */
-  size_t n_kv_wire;
-  ss_session *session;        /* busy while this call runs */
-  int session_end;
-  int present_in_reply;       /* the reply's segments point into present: keep it until free */
-  /* training forward (training_mode=true) */
-  int training;
-  void *saved;                /* the model's record for backward (worker -> cache) */
-  size_t saved_bytes;
-  char forward_id[128];
-  int on_worker;              /* job submitted, done() not yet run */
-  uint64_t t_admitted, t_run; /* admission, worker start (uv_hrtime; 0 = never) */
-  /* written by the worker, read by the loop in done() */
-  void *out_data;
-  size_t out_nbytes;
-  double compute_ms;
-  int rc;
-  char err[256];
-  ss_arena arena;             /* the decoded request lives here */
-  ProtobufCAllocator pballoc;
-  _Alignas(16) char arena_buf[1536];
-} compute_state;
 
 const size_t ss_compute_state_size = sizeof(compute_state);
 
@@ -250,11 +205,15 @@ nomem:
 /* Loop thread: the worker finished (or skipped) the job. */
 static void job_done(ss_job *job) {
   compute_state *st = ss_container_of(job, compute_state, job);
-  ss_call *call = st->call;
   st->on_worker = 0;
   release_slot(st);
+  ss_compute_finish(st, job->ran);
+}
+
+void ss_compute_finish(compute_state *st, int ran) {
+  ss_call *call = st->call;
   if (st->session) { /* the new cache becomes the session's, even if the client went away */
-    int ok = job->ran && st->rc == 0;
+    int ok = ran && st->rc == 0;
     ss_session_release(st->svc->sessions, st->session, ok ? st->present : NULL,
                        st->sm->model->n_kv_layers, st->session_end);
     if (ok) st->present = NULL;
@@ -272,7 +231,7 @@ static void job_done(ss_job *job) {
     }
   }
   if (!ss_call_answered(call)) {
-    if (!job->ran) {
+    if (!ran) {
       ss_call_fail(call, SS_GRPC_CANCELLED, "call cancelled before it was computed");
     } else if (st->rc != 0) {
       int code = st->rc == SS_EINVAL ? SS_GRPC_INVALID_ARGUMENT : (int)ss_error_to_grpc(st->rc);
@@ -334,6 +293,10 @@ static void release_slot(compute_state *st) {
 
 static void compute_cancel(ss_call *call) {
   compute_state *st = ss_call_state(call);
+  if (st->batch) {
+    ss_batch_cancel(st);
+    return;
+  }
   ss_admit_remove(&st->sm->admit, &st->waiter);
   if (ss_tq_armed(&st->wake)) {
     ss_tq_cancel(&st->svc->tq, &st->wake);
@@ -619,6 +582,10 @@ void ss_h_compute(ss_call *call, void *app) {
     return;
   }
   st->t_admitted = uv_hrtime();
+  if (ss_batch_wants(st)) {
+    ss_batch_add(st);
+    return;
+  }
   switch (ss_admit_enter(&st->sm->admit, &st->waiter)) {
   case SS_ADMIT_RUN: start(st); break;
   case SS_ADMIT_QUEUED: break;

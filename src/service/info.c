@@ -171,9 +171,13 @@ void ss_h_service_info(ss_call *call, void *app) {
   for (size_t i = 0; i < s->nmodels && l->n < SS_INFO_MAX; i++) {
     const ss_served_model *sm = s->models[i];
     snprintf(keys + 64 * i, 64, "model.%s", sm->model->id);
-    kv(l, keys + 64 * i, "%s; params=%lld; weight_bytes=%zu; inflight=%d; queued=%zu; limit=%d",
+    kv(l, keys + 64 * i,
+       "%s; params=%lld; weight_bytes=%zu; inflight=%d; queued=%zu; limit=%d; max_batch_rows=%d; "
+       "batch_delay_us=%d; batches=%llu; batched_calls=%llu",
        sm->model->describe, (long long)sm->model->n_params, sm->model->weight_bytes,
-       sm->admit.inflight, sm->admit.waiting, sm->admit.limit);
+       sm->admit.inflight, sm->admit.waiting, sm->admit.limit, sm->model->max_batch_rows,
+       sm->model->batch_delay_us, (unsigned long long)sm->batches,
+       (unsigned long long)sm->batched_calls);
   }
   Splitlearn__Comm__ServiceInfoResponse r = SPLITLEARN__COMM__SERVICE_INFO_RESPONSE__INIT;
   r.service_name = "splitserve";

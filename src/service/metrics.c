@@ -109,6 +109,19 @@ void ss_service_metrics(ss_service *s, ss_strbuf *b) {
   for (size_t i = 0; i < s->nmodels; i++)
     ss_strbuf_printf(b, "splitserve_queue_depth{model=\"%s\"} %zu\n", s->models[i]->model->id,
                      s->models[i]->admit.waiting);
+  ss_strbuf_printf(b, "# HELP splitserve_batches_total Batches computed (dynamic batching), by model.\n"
+                      "# TYPE splitserve_batches_total counter\n");
+  for (size_t i = 0; i < s->nmodels; i++)
+    if (s->models[i]->model->max_batch_rows > 0)
+      ss_strbuf_printf(b, "splitserve_batches_total{model=\"%s\"} %llu\n", s->models[i]->model->id,
+                       (unsigned long long)s->models[i]->batches);
+  ss_strbuf_printf(b, "# HELP splitserve_batched_calls_total Calls computed in those batches "
+                      "(their ratio is the mean batch size).\n"
+                      "# TYPE splitserve_batched_calls_total counter\n");
+  for (size_t i = 0; i < s->nmodels; i++)
+    if (s->models[i]->model->max_batch_rows > 0)
+      ss_strbuf_printf(b, "splitserve_batched_calls_total{model=\"%s\"} %llu\n",
+                       s->models[i]->model->id, (unsigned long long)s->models[i]->batched_calls);
   size_t n, bytes;
   uint64_t evicted;
   ss_sessions_stats(s->sessions, &n, &bytes, &evicted);

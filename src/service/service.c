@@ -135,6 +135,7 @@ int ss_service_save_failed(const ss_service *s) { return s->save_failed; }
 void ss_service_close(ss_service *s) {
   if (!s->handles_open) return;
   s->handles_open = 0;
+  ss_batch_flush_all(s);
   uv_close((uv_handle_t *)&s->monitor_timer, NULL);
   ss_tq_close(&s->tq);
 }

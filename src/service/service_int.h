@@ -34,6 +34,8 @@ typedef struct ss_served_model {
   uint64_t calls, errors;
   int refs;
   int retired;
+  struct ss_batch *open_batch;   /* dynamic batching: the batch taking calls (batch.c) */
+  uint64_t batches, batched_calls;
 } ss_served_model;
 
 /* A resource-usage snapshot, sampled on a timer (not per request). */
@@ -113,6 +115,10 @@ void ss_models_save_all(ss_service *s, const char *why);
 int ss_models_test_disabled(const ss_service *s, const char *id);
 /* "mlp, identity, ..." into buf (for NOT_FOUND messages). */
 void ss_models_list(const ss_service *s, char *buf, size_t len);
+
+/* ---- dynamic batching (batch.c) ---- */
+/* Close every open batch (the service is stopping: their timers will not fire). */
+void ss_batch_flush_all(ss_service *s);
 
 /* ---- training (train.c) ---- */
 int ss_train_init(ss_service *s);

@@ -1,0 +1,283 @@
+/*
+ * batch.c — dynamic batching: concurrent Compute calls of one model whose shapes match except
+ * the first dimension are stacked into one forward (one GEMM per layer instead of one per call),
+ * up to the model's max_batch_rows rows (tokens: numel / last dimension), waiting at most
+ * batch_delay_us for company.
+ *
+ * A batch is the unit of admission and of work: the model's open batch collects calls; when it
+ * is full, when a call with other trailing dims arrives, or when its delay expires, it enters
+ * the model's admission (one slot for the whole batch) and one worker job computes it. Each call
+ * keeps its own deadline and cancellation: a call whose client leaves is skipped (if it leaves
+ * before the compute) or its result dropped (after); the others are unaffected. Each call's
+ * result equals what it gets alone, up to float rounding: the same layers run over the same
+ * rows, only more rows per GEMM (tests/interop/test_batching.py checks this).
+ *
+ * Thread: loop thread, except batch_run (a worker).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/macros.h"
+#include "models/safetensors.h"
+#include "service/compute_int.h"
+
+typedef struct ss_batch {
+  ss_job job;                 /* the pool hands back &job */
+  ss_waiter waiter;           /* admission of the whole batch */
+  ss_tq_entry timer;          /* batch_delay_us */
+  ss_service *svc;
+  ss_served_model *sm;        /* holds a reference */
+  int holds_slot;
+  int submitted;              /* left the open state (admission or worker) */
+  compute_state **m;          /* members, each holding a call reference */
+  int n, cap;
+  size_t rows;                /* sum of the members' rows */
+  int64_t trail[SS_MAX_DIMS]; /* the dims after the first, shared by every member */
+  int ndim;
+  /* worker results */
+  double compute_ms;
+  int rc;
+  char err[256];
+} ss_batch;
+
+static size_t call_rows(const compute_state *st) {
+  int64_t last = st->in.shape[st->in.ndim - 1];
+  return last > 0 ? st->in.numel / (size_t)last : 0;
+}
+
+int ss_batch_wants(const compute_state *st) {
+  const ss_model *m = st->sm->model;
+  return m->max_batch_rows > 0 && m->exec == SS_EXEC_WORKER && !m->echo && !st->training &&
+         st->n_past == 0 && !st->want_present && !st->session && st->in.ndim >= 2;
+}
+
+static int same_trail(const ss_batch *b, const compute_state *st) {
+  if (st->in.ndim != b->ndim) return 0;
+  for (int i = 1; i < b->ndim; i++)
+    if (st->in.shape[i] != b->trail[i]) return 0;
+  return 1;
+}
+
+/* ----------------------------------------------------------- the worker --- */
+
+static void batch_run(ss_job *job) {
+  ss_batch *b = ss_container_of(job, ss_batch, job);
+  const ss_model *m = b->sm->model;
+  uint64_t t0 = uv_hrtime();
+  size_t rows = 0;
+  int64_t first = 0;
+  for (int i = 0; i < b->n; i++) { /* who is still waiting: decided once, here */
+    compute_state *st = b->m[i];
+    st->in_batch_skip = atomic_load(&st->batch_cancelled);
+    if (st->in_batch_skip) continue;
+    rows += call_rows(st);
+    first += st->in.shape[0];
+  }
+  b->rc = 0;
+  if (rows == 0) return; /* everybody left */
+  size_t width = (size_t)b->trail[b->ndim - 1], in_cells = rows * width;
+  int64_t out_last = b->m[0]->out_shape[b->m[0]->out_ndim - 1];
+  size_t out_cells = rows * (size_t)out_last;
+  float *x = malloc(in_cells * sizeof(float)), *y = malloc(out_cells * sizeof(float));
+  if (!x || !y) {
+    free(x);
+    free(y);
+    b->rc = SS_ENOMEM;
+    snprintf(b->err, sizeof b->err, "out of memory for a batch of %zu rows", rows);
+    return;
+  }
+  size_t off = 0;
+  for (int i = 0; i < b->n; i++) { /* stack the inputs (any wire dtype -> f32) */
+    compute_state *st = b->m[i];
+    if (st->in_batch_skip) continue;
+    ss_to_f32(st->in.dtype, st->in.data, x + off, st->in.numel);
+    off += st->in.numel;
+  }
+  ss_tensor in = {SS_DTYPE_F32, b->ndim, {0}, in_cells, x, in_cells * sizeof(float)};
+  ss_tensor out = {SS_DTYPE_F32, b->m[0]->out_ndim, {0}, out_cells, y, out_cells * sizeof(float)};
+  memcpy(in.shape, b->trail, sizeof in.shape);
+  in.shape[0] = first;
+  memcpy(out.shape, b->m[0]->out_shape, sizeof out.shape);
+  out.shape[0] = first;
+  ss_meta none = {0};
+  uv_rwlock_rdlock(&((ss_model *)m)->lock);
+  if (m->n_kv_layers > 0) {
+    ss_kv_io kv = {m->n_kv_layers, NULL, 0, NULL};
+    b->rc = m->ops->forward_kv(m, &in, &out, &kv, &none, b->err, sizeof b->err);
+  } else {
+    b->rc = m->ops->forward(m, &in, &out, &none, b->err, sizeof b->err);
+  }
+  uv_rwlock_rdunlock(&((ss_model *)m)->lock);
+  if (b->rc == 0 && m->weights && ss_st_check(m->weights, b->err, sizeof b->err) != 0)
+    b->rc = SS_EPRECONDITION;
+  off = 0;
+  for (int i = 0; i < b->n && b->rc == 0; i++) { /* split the outputs (f32 -> the call's dtype) */
+    compute_state *st = b->m[i];
+    if (st->in_batch_skip) continue;
+    size_t cells = call_rows(st) * (size_t)out_last, nb = cells * ss_dtype_size(st->in.dtype);
+    st->out_data = malloc(nb ? nb : 1);
+    if (!st->out_data) {
+      st->rc = SS_ENOMEM;
+      snprintf(st->err, sizeof st->err, "out of memory for a %zu-element output", cells);
+    } else {
+      ss_from_f32(st->in.dtype, y + off, st->out_data, cells);
+      st->out_nbytes = nb;
+    }
+    off += cells;
+  }
+  free(x);
+  free(y);
+  b->compute_ms = (double)(uv_hrtime() - t0) / 1e6;
+}
+
+/* ------------------------------------------------------------- the loop --- */
+
+static void batch_start(ss_batch *b);
+
+static void batch_free(ss_batch *b) {
+  ss_served_unref(b->sm);
+  free(b->m);
+  free(b);
+}
+
+/* Loop thread: the batch computed (or was skipped): answer every member. */
+static void batch_done(ss_job *job) {
+  ss_batch *b = ss_container_of(job, ss_batch, job);
+  if (b->holds_slot) {
+    b->holds_slot = 0;
+    ss_waiter *w = ss_admit_leave(&b->sm->admit);
+    if (w) batch_start(ss_container_of(w, ss_batch, waiter));
+  }
+  int ran = job->ran;
+  for (int i = 0; i < b->n; i++) {
+    compute_state *st = b->m[i];
+    st->batch = NULL;
+    st->on_worker = 0;
+    st->compute_ms = b->compute_ms;
+    if (ran && st->rc == 0 && b->rc != 0) {
+      st->rc = b->rc;
+      snprintf(st->err, sizeof st->err, "%s", b->err);
+    }
+    if (ran) st->t_run = st->t_run ? st->t_run : uv_hrtime();
+    ss_compute_finish(st, ran && !st->in_batch_skip); /* drops the member's reference */
+  }
+  b->sm->batches++;
+  b->sm->batched_calls += (uint64_t)b->n;
+  batch_free(b);
+}
+
+/* Admitted: one worker computes the whole batch. */
+static void batch_start(ss_batch *b) {
+  b->holds_slot = 1;
+  uint64_t now = uv_hrtime();
+  for (int i = 0; i < b->n; i++) b->m[i]->t_run = now;
+  b->job.run = batch_run;
+  b->job.done = batch_done;
+  atomic_store(&b->job.cancelled, 0);
+  ss_pool_submit(b->svc->pool, &b->job);
+}
+
+/* The open batch stops taking calls and asks for admission. */
+static void batch_close(ss_batch *b) {
+  ss_served_model *sm = b->sm;
+  if (sm->open_batch == b) sm->open_batch = NULL;
+  ss_tq_cancel(&b->svc->tq, &b->timer);
+  b->submitted = 1;
+  switch (ss_admit_enter(&sm->admit, &b->waiter)) {
+  case SS_ADMIT_RUN: batch_start(b); break;
+  case SS_ADMIT_QUEUED: break;
+  default:
+    for (int i = 0; i < b->n; i++) {
+      compute_state *st = b->m[i];
+      st->batch = NULL;
+      if (!ss_call_answered(st->call))
+        ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED,
+                     "model '%s' is at capacity: %d running, %zu queued (--max-inflight %d, "
+                     "--max-queue %d); retry later",
+                     sm->model->id, sm->admit.inflight, sm->admit.waiting, sm->admit.limit,
+                     sm->admit.max_queue);
+      ss_call_unref(st->call);
+    }
+    batch_free(b);
+  }
+}
+
+static void on_delay(ss_tq_entry *e) { batch_close(ss_container_of(e, ss_batch, timer)); }
+
+static ss_batch *batch_open(compute_state *st) {
+  ss_batch *b = calloc(1, sizeof *b);
+  int cap = 8;
+  if (b) b->m = calloc((size_t)cap, sizeof *b->m);
+  if (!b || !b->m) {
+    free(b);
+    return NULL;
+  }
+  b->cap = cap;
+  b->svc = st->svc;
+  b->sm = st->sm;
+  ss_served_ref(b->sm);
+  b->ndim = st->in.ndim;
+  memcpy(b->trail, st->in.shape, sizeof b->trail);
+  b->sm->open_batch = b;
+  /* A zero delay still batches the calls that arrived in the same loop iteration (one read of
+   * a connection carries many requests): the timer fires on the next iteration. */
+  if (ss_tq_arm(&st->svc->tq, &b->timer,
+                uv_hrtime() + (uint64_t)st->sm->model->batch_delay_us * 1000u, on_delay) != 0) {
+    b->sm->open_batch = NULL;
+    batch_free(b);
+    return NULL;
+  }
+  return b;
+}
+
+static int batch_push(ss_batch *b, compute_state *st) {
+  if (b->n == b->cap) {
+    compute_state **m = realloc(b->m, (size_t)b->cap * 2 * sizeof *m);
+    if (!m) return SS_ENOMEM;
+    b->m = m;
+    b->cap *= 2;
+  }
+  b->m[b->n++] = st;
+  b->rows += call_rows(st);
+  st->batch = b;
+  st->on_worker = 1;
+  ss_call_ref(st->call);
+  return 0;
+}
+
+void ss_batch_add(compute_state *st) {
+  ss_served_model *sm = st->sm;
+  size_t max = (size_t)sm->model->max_batch_rows, rows = call_rows(st);
+  ss_batch *b = sm->open_batch;
+  if (b && (!same_trail(b, st) || b->rows + rows > max)) {
+    batch_close(b); /* it will not take this call: send it on its way */
+    b = NULL;
+  }
+  if (!b) b = batch_open(st);
+  if (!b || batch_push(b, st) != 0) {
+    ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for a batch");
+    return;
+  }
+  if (b->rows >= max) batch_close(b); /* full: go now; else the delay timer closes it */
+}
+
+void ss_batch_cancel(compute_state *st) {
+  ss_batch *b = st->batch;
+  atomic_store(&st->batch_cancelled, 1);
+  if (!b->submitted) return;
+  /* Queued for admission with nobody left in it: leave the queue and answer nobody. */
+  int live = 0;
+  for (int i = 0; i < b->n; i++) live += !atomic_load(&b->m[i]->batch_cancelled);
+  if (!live && b->waiter.queued) {
+    ss_admit_remove(&b->sm->admit, &b->waiter);
+    b->job.ran = 0;
+    batch_done(&b->job);
+  }
+}
+
+void ss_batch_flush_all(ss_service *s) {
+  for (size_t i = 0; i < s->nmodels; i++)
+    if (s->models[i]->open_batch) batch_close(s->models[i]->open_batch);
+}

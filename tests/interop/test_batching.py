@@ -1,0 +1,125 @@
+"""Dynamic batching (model keys max_batch_rows, batch_delay_us): concurrent Compute calls of one
+model are stacked into one forward, and every call gets the result it gets alone (up to float
+rounding), keeps its own dtype, deadline and cancellation. mlp and gpt2 prefill."""
+import shutil
+import tempfile
+import time
+
+import grpc
+import numpy as np
+
+import gpt2_ref
+import sslib
+from sslib import SC, T, make_req, result
+
+TMP = None
+S = None
+C = None
+CFG = gpt2_ref.Config(n_embd=64, n_head=4, n_layer=2, n_positions=32)
+
+
+def setup():
+    global TMP, S, C
+    TMP = tempfile.mkdtemp(prefix="ss-batch-")
+    wpath, cpath, _ = gpt2_ref.write_checkpoint(TMP, "g", CFG, seed=3)
+    gspec = "weights=%s,config=%s,layers=0:2" % (wpath, cpath)
+    # Same weights with and without batching: "alone" is the reference for "batched".
+    S = sslib.Server("--workers", "1",
+                     "--model", "mlp=mlp",
+                     "--model", "mb=mlp,max_batch_rows=64,batch_delay_us=20000",
+                     "--model", "g=gpt2," + gspec,
+                     "--model", "gb=gpt2,%s,max_batch_rows=64,batch_delay_us=20000" % gspec)
+    C = sslib.connect(S)
+
+
+def teardown():
+    if C:
+        C.close()
+    if S:
+        S.stop_ok()
+    if TMP:
+        shutil.rmtree(TMP, ignore_errors=True)
+
+
+def _info():
+    return dict(C.info(sslib.pb.ServiceInfoRequest(), timeout=T(5)).custom_info)
+
+
+def _batched_calls(model):
+    desc = _info()["model." + model]
+    kv = dict(p.split("=", 1) for p in desc.split("; ") if "=" in p)
+    return int(kv["batches"]), int(kv["batched_calls"])
+
+
+def test_mlp_many_concurrent_calls_equal_alone():
+    rng = np.random.default_rng(1)
+    shapes = [(1, 10, 768), (2, 10, 768), (1, 3, 768), (3, 768), (1, 10, 768)]
+    xs = [rng.standard_normal(shapes[i % len(shapes)]).astype(np.float32) for i in range(40)]
+    alone = [result(C.compute(make_req(x, model="mlp"), timeout=T(10))) for x in xs]
+    b0, c0 = _batched_calls("mb")
+    futs = [C.compute.future(make_req(x, model="mb"), timeout=T(20)) for x in xs]
+    got = [result(f.result()) for f in futs]
+    for i, (a, g) in enumerate(zip(alone, got)):
+        assert g.shape == a.shape, (i, g.shape, a.shape)
+        np.testing.assert_allclose(g, a, rtol=1e-5, atol=1e-5, err_msg="call %d" % i)
+    b1, c1 = _batched_calls("mb")
+    assert c1 - c0 == 40, (c0, c1)
+    assert b1 - b0 < 40, "no call was batched with another (%d batches for 40 calls)" % (b1 - b0)
+
+
+def test_dtypes_in_one_batch():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 4, 768)).astype(np.float32)
+    f16 = C.compute.future(make_req(x, model="mb", dtype="float16"), timeout=T(10))
+    f32 = C.compute.future(make_req(x, model="mb"), timeout=T(10))
+    r16, r32 = f16.result(), f32.result()
+    a16 = result(C.compute(make_req(x, model="mlp", dtype="float16"), timeout=T(10)), "float16")
+    np.testing.assert_allclose(result(r16, "float16"), a16, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(result(r32), result(C.compute(make_req(x, model="mlp"), timeout=T(10))),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_deadline_and_cancel_inside_a_batch():
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1, 10, 768)).astype(np.float32) for _ in range(6)]
+    # One call with a deadline shorter than the batch delay, one cancelled by its client.
+    short = C.compute.future(make_req(xs[0], model="mb"), timeout=0.005)
+    gone = C.compute.future(make_req(xs[1], model="mb"), timeout=T(10))
+    others = [C.compute.future(make_req(x, model="mb"), timeout=T(10)) for x in xs[2:]]
+    gone.cancel()
+    try:
+        short.result()
+        raise AssertionError("the 5 ms deadline should have expired inside a 20 ms batch delay")
+    except grpc.RpcError as e:
+        assert e.code() == SC.DEADLINE_EXCEEDED, e
+    for x, f in zip(xs[2:], others):
+        np.testing.assert_allclose(result(f.result()),
+                                   result(C.compute(make_req(x, model="mlp"), timeout=T(10))),
+                                   rtol=1e-5, atol=1e-5)
+    sslib.assert_alive(C)
+
+
+def test_gpt2_prefill_batches_equal_alone():
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((1, 12, CFG.n_embd)).astype(np.float32) for _ in range(8)]
+    alone = [result(C.compute(make_req(x, model="g"), timeout=T(10))) for x in xs]
+    b0, c0 = _batched_calls("gb")
+    futs = [C.compute.future(make_req(x, model="gb"), timeout=T(20)) for x in xs]
+    for i, (a, f) in enumerate(zip(alone, futs)):
+        np.testing.assert_allclose(result(f.result()), a, rtol=1e-5, atol=1e-5, err_msg="call %d" % i)
+    b1, c1 = _batched_calls("gb")
+    assert c1 - c0 == 8 and b1 - b0 < 8, (b0, b1, c0, c1)
+    # Calls with a cache or a session never batch: they still work next to batched ones.
+    r = C.compute(make_req(xs[0], model="gb", session="s1"), timeout=T(10))
+    np.testing.assert_allclose(result(r), alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_batching_keys_refused():
+    for spec, want in (("x=mlp,max_batch_rows=-1", "max_batch_rows"),
+                       ("x=mlp,batch_delay_us=abc", "batch_delay_us")):
+        rc, out = sslib.run_cli("--model", spec)
+        assert rc != 0 and want in out, (spec, rc, out)
+
+
+if __name__ == "__main__":
+    sslib.main(globals())
