@@ -125,6 +125,8 @@ typedef struct ss_server_config {
   int log_level;              /* 0 error, 1 warn, 2 info (default), 3 debug */
   const char *metrics_host;   /* borrowed; Prometheus /metrics over HTTP/1.1 (NULL: 127.0.0.1) */
   int metrics_port;           /* -1 (default): no metrics endpoint; 0 picks a free port */
+  int wire_dtype;             /* tensors without metadata dtype: -1 (default) float32, else ss_dtype */
+  int wire_codec;             /* tensors without metadata codec: -1/0 (default) raw, 1 zlib */
   int handle_signals;         /* install SIGINT/SIGTERM handlers on the loop (daemon) */
 } ss_server_config;
 

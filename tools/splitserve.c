@@ -57,6 +57,10 @@ static void usage(FILE *f) {
           "  --max-session-id-bytes N  length of a decode session id, metadata session=ID\n"
           "                            (default 256; longer: INVALID_ARGUMENT)\n"
           "  --log-level L             error|warn|info|debug (default info)\n"
+          "  --wire-dtype D            float32|float16|bfloat16: how tensors travel when a request's\n"
+          "                            metadata names no dtype (default float32; model key wire_dtype)\n"
+          "  --wire-codec C            none|zlib: whether they are zlib-compressed when the metadata\n"
+          "                            names no codec (default none; model key wire_codec)\n"
           "  --metrics-listen HOST:PORT  Prometheus metrics at http://HOST:PORT/metrics (default off;\n"
           "                            port 0 picks one; config key metrics_listen)\n"
           "  --help                    this text\n");
@@ -148,6 +152,19 @@ int main(int argc, char **argv) {
     if (strcmp(a, "--listen") == 0) {
       if (parse_hostport(a, v, host, sizeof host, &cfg.listen_port) != 0) goto out;
       cfg.listen_host = host;
+    } else if (strcmp(a, "--wire-dtype") == 0) {
+      ss_dtype dt;
+      if (ss_dtype_parse(v, &dt) != 0) {
+        fprintf(stderr, "splitserve: --wire-dtype expects float32|float16|bfloat16, got '%s'\n", v);
+        goto out;
+      }
+      cfg.wire_dtype = (int)dt;
+    } else if (strcmp(a, "--wire-codec") == 0) {
+      if (strcmp(v, "zlib") != 0 && strcmp(v, "none") != 0) {
+        fprintf(stderr, "splitserve: --wire-codec expects none|zlib, got '%s'\n", v);
+        goto out;
+      }
+      cfg.wire_codec = strcmp(v, "zlib") == 0;
     } else if (strcmp(a, "--metrics-listen") == 0) {
       if (parse_hostport(a, v, mhost, sizeof mhost, &cfg.metrics_port) != 0) goto out;
       cfg.metrics_host = mhost;

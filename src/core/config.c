@@ -620,6 +620,8 @@ void ss_server_config_init(ss_server_config *cfg) {
   cfg->listen_host = "127.0.0.1";
   cfg->listen_port = 50051;
   cfg->metrics_port = -1;
+  cfg->wire_dtype = -1;
+  cfg->wire_codec = -1;
   cfg->workers = -1;
   cfg->intra_op_threads = 1;
   cfg->max_inflight = 0;

@@ -75,8 +75,9 @@ static void wire_shape_str(const int32_t *shape, size_t ndim, char *buf, size_t 
   }
 }
 
-int ss_tensor_from_wire(const char *what, const int32_t *shape, size_t ndim, const void *data,
-                        size_t data_len, ss_dtype dt, ss_tensor *out, char *err, size_t errlen) {
+static int from_wire(const char *what, const int32_t *shape, size_t ndim, const void *data,
+                     size_t data_len, int check_len, ss_dtype dt, ss_tensor *out, char *err,
+                     size_t errlen) {
   char sbuf[160];
   uint64_t numel = 1, nbytes;
   const size_t esize = ss_dtype_size(dt);
@@ -111,7 +112,7 @@ int ss_tensor_from_wire(const char *what, const int32_t *shape, size_t ndim, con
              ss_dtype_name(dt));
     return SS_ERANGE;
   }
-  if ((uint64_t)data_len != nbytes) {
+  if (check_len && (uint64_t)data_len != nbytes) {
     snprintf(err, errlen, "%s has %zu bytes but shape %s x %s needs %llu", what, data_len, sbuf,
              ss_dtype_name(dt), (unsigned long long)nbytes);
     return SS_EINVAL;
@@ -126,6 +127,16 @@ int ss_tensor_from_wire(const char *what, const int32_t *shape, size_t ndim, con
     out->nbytes = (size_t)nbytes;
   }
   return 0;
+}
+
+int ss_tensor_from_wire(const char *what, const int32_t *shape, size_t ndim, const void *data,
+                        size_t data_len, ss_dtype dt, ss_tensor *out, char *err, size_t errlen) {
+  return from_wire(what, shape, ndim, data, data_len, 1, dt, out, err, errlen);
+}
+
+int ss_tensor_shape_from_wire(const char *what, const int32_t *shape, size_t ndim, ss_dtype dt,
+                              ss_tensor *out, char *err, size_t errlen) {
+  return from_wire(what, shape, ndim, NULL, 0, 0, dt, out, err, errlen);
 }
 
 /* ------------------------------------------------------------ conversions ---- */

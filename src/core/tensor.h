@@ -22,6 +22,11 @@ typedef struct ss_tensor {
   size_t nbytes;
 } ss_tensor;
 
+/* The shape checks of ss_tensor_from_wire without the byte count (compressed payloads): fills
+ * *out with data NULL and nbytes = the decoded size numel x dtype size. */
+int ss_tensor_shape_from_wire(const char *what, const int32_t *shape, size_t ndim, ss_dtype dt,
+                              ss_tensor *out, char *err, size_t errlen);
+
 /* Dtype names and sizes, ss_shape_str, ss_to_f32 / ss_from_f32: public, in splitserve.h. */
 
 /*

@@ -33,16 +33,19 @@ typedef struct kind_entry {
 static const char *const no_keys[] = {NULL};
 static const char *const mlp_keys[] = {"weights",        "activation",    "optimizer", "beta1",
                                        "beta2",          "eps",           "weight_decay", "save",
-                                       "max_batch_rows", "batch_delay_us", NULL};
+                                       "max_batch_rows", "batch_delay_us", "wire_dtype",
+                                       "wire_codec",     NULL};
 static const char *const gpt2_keys[] = {"weights",        "config",         "layers", "optimizer",
                                         "beta1",          "beta2",          "eps",    "weight_decay",
-                                        "save",           "max_batch_rows", "batch_delay_us", NULL};
+                                        "save",           "max_batch_rows", "batch_delay_us",
+                                        "wire_dtype",     "wire_codec",     NULL};
 
 /* The training and batching keys, accepted by every kind that can train, parsed here
  * (parse_training) and never passed to the kind's constructor. */
-static const char *const train_keys[] = {"optimizer", "beta1", "beta2",          "eps",
-                                         "weight_decay", "save", "max_batch_rows", "batch_delay_us",
-                                         NULL};
+static const char *const train_keys[] = {"optimizer",    "beta1",      "beta2",
+                                         "eps",          "weight_decay", "save",
+                                         "max_batch_rows", "batch_delay_us", "wire_dtype",
+                                         "wire_codec",   NULL};
 
 static const kind_entry kinds[] = {
     {"identity", ss_model_identity_new, no_keys, 0}, {"scale", ss_model_scale_new, no_keys, 0},
@@ -136,6 +139,20 @@ static int parse_training(ss_model *m, const char *const *params, size_t n, char
       }
       if (k[0] == 'm') m->max_batch_rows = (int)x;
       else m->batch_delay_us = (int)x;
+    } else if (strcmp(k, "wire_dtype") == 0) {
+      ss_dtype dt;
+      if (ss_dtype_parse(v, &dt) != 0) {
+        snprintf(err, errlen, "model '%s': wire_dtype must be float32, float16 or bfloat16, got '%s'",
+                 m->id, v);
+        return SS_EINVAL;
+      }
+      m->wire_dtype = (int)dt;
+    } else if (strcmp(k, "wire_codec") == 0) {
+      if (strcmp(v, "zlib") != 0 && strcmp(v, "none") != 0) {
+        snprintf(err, errlen, "model '%s': wire_codec must be none or zlib, got '%s'", m->id, v);
+        return SS_EINVAL;
+      }
+      m->wire_codec = strcmp(v, "zlib") == 0;
     } else if (strcmp(k, "save") == 0) {
       save = v;
       if (v[0] == '\0') {
@@ -218,6 +235,7 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
     return SS_ENOMEM;
   }
   m->kind = k->name;
+  m->wire_dtype = m->wire_codec = -1; /* unset: the server's defaults apply */
   rc = 0;
   ctor_params = params;
   ctor_n = n;

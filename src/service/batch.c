@@ -50,7 +50,8 @@ static size_t call_rows(const compute_state *st) {
 int ss_batch_wants(const compute_state *st) {
   const ss_model *m = st->sm->model;
   return m->max_batch_rows > 0 && m->exec == SS_EXEC_WORKER && !m->echo && !st->training &&
-         st->n_past == 0 && !st->want_present && !st->session && st->in.ndim >= 2;
+         st->n_past == 0 && !st->want_present && !st->session && st->in.ndim >= 2 &&
+         !st->enc.zlib;
 }
 
 static int same_trail(const ss_batch *b, const compute_state *st) {

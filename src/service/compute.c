@@ -119,7 +119,8 @@ static void release_slot(compute_state *st);
 static void present_free(compute_state *st);
 
 static void reply_echo(compute_state *st) {
-  send_reply(st, st->in.data, st->in.nbytes, NULL);
+  if (st->zdata) send_reply(st, st->zdata, st->zlen, NULL); /* echo the payload as it came */
+  else send_reply(st, st->in.data, st->in.nbytes, NULL);
 }
 
 /* ----------------------------------------------------------- the worker --- */
@@ -134,6 +135,15 @@ static void job_run(ss_job *job) {
     st->rc = m->ops->forward(m, &st->in, NULL, &st->meta, st->err, sizeof st->err);
     st->compute_ms = (double)(uv_hrtime() - t0) / 1e6;
     return;
+  }
+  if (st->zdata) { /* wire codec zlib: inflate to exactly the size the shape says */
+    st->rc = ss_codec_inflate("data", st->zdata, st->zlen, st->in.nbytes, &st->zbuf, st->err,
+                              sizeof st->err);
+    if (st->rc == 0) st->in.data = st->zbuf;
+    if (st->rc == 0 && st->training &&
+        ss_tensor_check_finite("data", &st->in, st->err, sizeof st->err) != 0)
+      st->rc = SS_EINVAL;
+    if (st->rc != 0) return;
   }
   ss_tensor in = st->in, out = {0};
   float *in32 = NULL;
@@ -188,6 +198,17 @@ static void job_run(ss_job *job) {
     out.data = conv;
     out.nbytes = nb;
   }
+  if (st->rc == 0 && st->enc.zlib) { /* the reply travels as it came: zlib */
+    void *z;
+    size_t zn;
+    if (ss_codec_deflate(out.data, out.nbytes, &z, &zn) != 0) {
+      free(out.data);
+      goto nomem;
+    }
+    free(out.data);
+    out.data = z;
+    out.nbytes = zn;
+  }
   if (st->rc == 0) {
     st->out_data = out.data;
     st->out_nbytes = out.nbytes;
@@ -224,7 +245,7 @@ void ss_compute_finish(compute_state *st, int ran) {
     void *saved = st->saved;
     st->saved = NULL;
     if (ss_train_store(st->svc, st->forward_id, st->sm, saved, st->saved_bytes, &st->in,
-                       st->out_shape, st->out_ndim) != 0 && !ss_call_answered(call)) {
+                       st->out_shape, st->out_ndim, &st->enc) != 0 && !ss_call_answered(call)) {
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
                    "cannot keep the activations of forward '%s' (%zu bytes)", st->forward_id,
                    st->saved_bytes);
@@ -319,6 +340,7 @@ static void compute_free(ss_call *call) {
   present_free(st);
   if (st->saved) st->sm->model->ops->free_saved(st->sm->model, st->saved);
   free(st->out_data);
+  free(st->zbuf);
   ss_arena_release(&st->arena); /* the unpacked request, metadata views */
   if (st->sm) ss_served_unref(st->sm);
 }
@@ -498,17 +520,28 @@ void ss_h_compute(ss_call *call, void *app) {
   st->sm->calls++;
   ss_served_ref(st->sm); /* released in compute_free */
 
-  /* dtype and tensor */
-  ss_dtype dt = SS_DTYPE_F32;
-  const char *dts = ss_meta_get(&st->meta, "dtype");
-  if (dts && ss_dtype_parse(dts, &dt) != 0) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
-                 "metadata dtype '%s' is not supported; use float32, float16 or bfloat16", dts);
+  /* encoding (metadata dtype/codec, else the model's wire keys, else the server's) and tensor */
+  char err[512];
+  if (ss_wire_enc_resolve(s, m, &st->meta, &st->enc, err, sizeof err) != 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
   }
-  char err[512];
-  int rv = ss_tensor_from_wire("data", req->shape, req->n_shape, data, dlen, dt, &st->in, err,
-                               sizeof err);
+  int rv;
+  if (st->enc.zlib) {
+    rv = ss_tensor_shape_from_wire("data", req->shape, req->n_shape, st->enc.dtype, &st->in, err,
+                                   sizeof err);
+    if (rv == 0 && st->in.nbytes > s->cfg.max_message_bytes) {
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                   "data inflates to %zu bytes (shape x dtype), over the limit of %zu bytes "
+                   "(--max-message-bytes)", st->in.nbytes, s->cfg.max_message_bytes);
+      return;
+    }
+    st->zdata = data;
+    st->zlen = dlen;
+  } else {
+    rv = ss_tensor_from_wire("data", req->shape, req->n_shape, data, dlen, st->enc.dtype, &st->in,
+                             err, sizeof err);
+  }
   if (rv != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
@@ -556,8 +589,9 @@ void ss_h_compute(ss_call *call, void *app) {
     return;
   }
   if (st->training) {
-    /* A NaN in a training input poisons every weight at the next step: refuse it here. */
-    if (ss_tensor_check_finite("data", &st->in, err, sizeof err) != 0) {
+    /* A NaN in a training input poisons every weight at the next step: refuse it here (a zlib
+     * payload is checked on the worker once inflated). */
+    if (!st->zdata && ss_tensor_check_finite("data", &st->in, err, sizeof err) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
       return;
     }

@@ -9,6 +9,7 @@
 
 #include "compute_service.pb-c.h"
 #include "core/arena.h"
+#include "service/codec.h"
 #include "service/service_int.h"
 #include "service/sessions.h"
 #include "service/wire.h"
@@ -47,6 +48,11 @@ typedef struct compute_state {
   int on_worker;              /* job submitted, done() not yet run */
   uint64_t t_admitted, t_run; /* admission, worker start (uv_hrtime; 0 = never) */
   /* dynamic batching (batch.c): the batch this call rides in, and whether it left it */
+  /* wire encoding (codec.h): a zlib payload stays compressed until the worker inflates it */
+  ss_wire_enc enc;
+  const uint8_t *zdata;       /* the compressed data field (view into reqbuf), or NULL */
+  size_t zlen;
+  void *zbuf;                 /* the inflated tensor (worker; freed with the call) */
   struct ss_batch *batch;
   atomic_int batch_cancelled; /* set by the loop when the client left */
   int in_batch_skip;          /* the worker's snapshot of it (read by the loop after done) */

@@ -131,7 +131,10 @@ int ss_train_forward_id(ss_service *s, const char *client_id, char *out, size_t 
  * message naming the sizes and --activation-memory-mb. */
 int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_bytes, char *err,
                           size_t errlen);
+struct ss_wire_enc;
+/* enc: how the forward's tensors travelled; its gradients travel the same way. */
 int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, void *saved,
-                   size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim);
+                   size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim,
+                   const struct ss_wire_enc *enc);
 
 #endif

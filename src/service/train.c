@@ -33,6 +33,7 @@
 #include "models/safetensors.h"
 #include "core/macros.h"
 #include "service/service_int.h"
+#include "service/codec.h"
 #include "service/wire.h"
 
 /* One training forward's record. */
@@ -42,6 +43,7 @@ typedef struct act_rec {
   int64_t in_shape[SS_MAX_DIMS], out_shape[SS_MAX_DIMS];
   int in_ndim, out_ndim;
   size_t in_numel;
+  ss_wire_enc enc;          /* the forward's wire encoding: the gradients use it too */
 } act_rec;
 
 static void act_free(void *v, void *user) {
@@ -103,7 +105,8 @@ int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_by
 }
 
 int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, void *saved,
-                   size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim) {
+                   size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim,
+                   const ss_wire_enc *enc) {
   act_rec *r = calloc(1, sizeof *r);
   if (!r) {
     sm->model->ops->free_saved(sm->model, saved);
@@ -114,6 +117,7 @@ int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, v
   r->saved = saved;
   r->in_ndim = in->ndim;
   r->in_numel = in->numel;
+  r->enc = *enc;
   memcpy(r->in_shape, in->shape, sizeof r->in_shape);
   r->out_ndim = out_ndim;
   memcpy(r->out_shape, out_shape, (size_t)out_ndim * sizeof *out_shape);
@@ -131,7 +135,12 @@ typedef struct backward_state {
   ss_call *call;
   act_rec *rec;             /* taken out of the cache: owned */
   Splitlearn__Comm__BackwardRequest *req;
-  ss_tensor grad_out;       /* view into reqbuf */
+  ss_tensor grad_out;       /* view into reqbuf (zlib: data NULL until the worker inflates) */
+  const uint8_t *zdata;     /* grad_output as it came when the forward's codec is zlib */
+  size_t zlen;
+  void *gbuf;               /* inflated / converted grad_output (worker) */
+  void *reply;              /* grad_input as it travels (converted, compressed), owned */
+  size_t reply_len;
   ss_optim opt;
   int do_step;
   int holds_slot;
@@ -153,7 +162,34 @@ static void bw_run(ss_job *job) {
   ss_model *m = st->rec->sm->model;
   uint64_t t0 = uv_hrtime();
   ss_tensor go = st->grad_out, gi = {0};
-  if ((uintptr_t)go.data % sizeof(float) != 0) { /* see compute.c: realign in place */
+  const ss_wire_enc *enc = &st->rec->enc;
+  if (st->zdata) {
+    st->rc = ss_codec_inflate("grad_output_data", st->zdata, st->zlen, go.nbytes, &st->gbuf,
+                              st->err, sizeof st->err);
+    if (st->rc != 0) return;
+    go.data = st->gbuf;
+  }
+  if (st->zdata) {
+    /* Checked here, once inflated (raw payloads are checked on the loop). */
+    if (ss_tensor_check_finite("grad_output_data", &go, st->err, sizeof st->err) != 0) {
+      st->rc = SS_EINVAL;
+      return;
+    }
+  }
+  if (enc->dtype != SS_DTYPE_F32) {
+    float *f = malloc(go.numel * sizeof(float) + 1);
+    if (!f) {
+      st->rc = SS_ENOMEM;
+      snprintf(st->err, sizeof st->err, "out of memory for grad_output");
+      return;
+    }
+    ss_to_f32(go.dtype, go.data, f, go.numel);
+    free(st->gbuf);
+    st->gbuf = f;
+    go.data = f;
+    go.dtype = SS_DTYPE_F32;
+    go.nbytes = go.numel * sizeof(float);
+  } else if ((uintptr_t)go.data % sizeof(float) != 0) { /* see compute.c: realign in place */
     memmove(st->reqbuf, go.data, go.nbytes);
     go.data = st->reqbuf;
   }
@@ -178,6 +214,34 @@ static void bw_run(ss_job *job) {
     uv_rwlock_wrlock(&m->lock);
     st->rc = m->ops->step(m, &st->opt, st->err, sizeof st->err);
     uv_rwlock_wrunlock(&m->lock);
+  }
+  if (st->rc == 0) { /* grad_input travels as the forward's tensors did */
+    size_t n = gi.numel, nb = n * ss_dtype_size(enc->dtype);
+    void *out = st->grad_in;
+    if (enc->dtype != SS_DTYPE_F32) {
+      out = malloc(nb + 1);
+      if (out) ss_from_f32(enc->dtype, st->grad_in, out, n);
+    }
+    if (out && enc->zlib) {
+      void *z;
+      size_t zn;
+      if (ss_codec_deflate(out, nb, &z, &zn) == 0) {
+        if (out != st->grad_in) free(out);
+        out = z;
+        nb = zn;
+      } else {
+        if (out != st->grad_in) free(out);
+        out = NULL;
+      }
+    }
+    if (!out) {
+      st->rc = SS_ENOMEM;
+      snprintf(st->err, sizeof st->err, "out of memory for grad_input");
+    } else {
+      if (out == st->grad_in) st->grad_in = NULL;
+      st->reply = out;
+      st->reply_len = nb;
+    }
   }
   st->ms = (double)(uv_hrtime() - t0) / 1e6;
 }
@@ -218,9 +282,9 @@ static void bw_done(ss_job *job) {
       splitlearn__comm__monitoring_snapshot__init(&snap);
       ss_fill_snapshot(st->svc, &snap);
       r.monitoring_data = &snap;
-      float *gi = st->grad_in;
-      st->grad_in = NULL; /* the call owns it now */
-      ss_call_reply(call, &r.base, 1, gi, st->rec->in_numel * sizeof(float), gi);
+      void *gi = st->reply;
+      st->reply = NULL; /* the call owns it now */
+      ss_call_reply(call, &r.base, 1, gi, st->reply_len, gi);
     }
   }
   ss_call_unref(call);
@@ -262,6 +326,8 @@ static void bw_free(ss_call *call) {
                      (double)(uv_hrtime() - ss_call_start_ns(call)) / 1e9);
   if (st->rec) act_free(st->rec, NULL);
   free(st->grad_in);
+  free(st->gbuf);
+  free(st->reply);
   ss_arena_release(&st->arena);
 }
 
@@ -336,10 +402,21 @@ void ss_h_backward(ss_call *call, void *app) {
     return;
   }
   char err[512];
-  if (ss_tensor_from_wire("grad_output_data", req->grad_output_shape, req->n_grad_output_shape,
-                          data, dlen, SS_DTYPE_F32, &st->grad_out, err, sizeof err) != 0) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s (gradients are float32)", err);
+  const ss_wire_enc *enc = &rec->enc; /* gradients travel as their forward's tensors did */
+  int wrv = enc->zlib ? ss_tensor_shape_from_wire("grad_output_data", req->grad_output_shape,
+                                                  req->n_grad_output_shape, enc->dtype,
+                                                  &st->grad_out, err, sizeof err)
+                      : ss_tensor_from_wire("grad_output_data", req->grad_output_shape,
+                                            req->n_grad_output_shape, data, dlen, enc->dtype,
+                                            &st->grad_out, err, sizeof err);
+  if (wrv != 0) {
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s (gradients travel as the forward's tensors: %s%s)",
+                 err, ss_dtype_name(enc->dtype), enc->zlib ? ", zlib" : "");
     return;
+  }
+  if (enc->zlib) {
+    st->zdata = data;
+    st->zlen = dlen;
   }
   int same = st->grad_out.ndim == rec->out_ndim;
   for (int i = 0; same && i < rec->out_ndim; i++) same = st->grad_out.shape[i] == rec->out_shape[i];
@@ -354,7 +431,8 @@ void ss_h_backward(ss_call *call, void *app) {
   }
   /* NaN/Inf in the gradient would poison the weights: refused, and the record is kept (the
    * client may send a corrected gradient for the same forward_id). */
-  if (ss_tensor_check_finite("grad_output_data", &st->grad_out, err, sizeof err) != 0) {
+  if (!enc->zlib &&
+      ss_tensor_check_finite("grad_output_data", &st->grad_out, err, sizeof err) != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
   }

@@ -234,6 +234,14 @@ class Server:
             _LIVE_SERVERS.remove(self)
 
 
+def shutdown(client=None, server=None):
+    """Teardown helper: close the client, then drain the server (exit 0, no sanitizer report)."""
+    if client is not None:
+        client.close()
+    if server is not None:
+        server.stop_ok()
+
+
 def check_no_sanitizer_report(log):
     m = SANITIZER_RE.search(log)
     assert not m, "sanitizer report in the server log:\n%s" % tail(log, 80)

@@ -33,10 +33,7 @@ def setup():
 
 
 def teardown():
-    if C:
-        C.close()
-    if S:
-        S.stop_ok()
+    sslib.shutdown(C, S)
     if TMP:
         shutil.rmtree(TMP, ignore_errors=True)
 

@@ -33,10 +33,7 @@ def setup():
 
 
 def teardown():
-    if C:
-        C.close()
-    if S:
-        S.stop_ok()
+    sslib.shutdown(C, S)
 
 
 def scrape(path="/metrics", method="GET"):
