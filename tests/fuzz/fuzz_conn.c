@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -162,7 +163,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   setsockopt(c.fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
   /* Blocking connect: the kernel completes it from the listen backlog; accept happens in the
    * loop below. */
-  CHECK_FUZZ(connect(c.fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+  int rc = connect(c.fd, (struct sockaddr *)&sa, sizeof sa);
+  while (rc != 0 && (errno == EINTR || errno == EALREADY)) { /* libFuzzer's SIGALRM */
+    struct pollfd pfd = {c.fd, POLLOUT, 0};
+    poll(&pfd, 1, 100);
+    rc = connect(c.fd, (struct sockaddr *)&sa, sizeof sa);
+    if (rc != 0 && errno == EISCONN) rc = 0;
+  }
+  if (rc != 0) {
+    fprintf(stderr, "fuzz_conn: connect: %s\n", strerror(errno));
+    abort();
+  }
   size_t blen;
   uint8_t *bytes = client_bytes(data, size, &blen);
   size_t off = 0;
