@@ -9,7 +9,7 @@ ifeq ($(CI),true)
 CMAKE_FLAGS += -DSS_WERROR=ON
 endif
 
-.PHONY: all deps build run test test-fast test-asan test-tsan bench clean format
+.PHONY: all deps build run test test-fast test-asan test-tsan bench fuzz clean format
 
 all: build
 
@@ -49,8 +49,21 @@ test-tsan: deps
 	@cmake --build build-tsan -j $(JOBS)
 	@cd build-tsan && TSAN_OPTIONS="report_signal_unsafe=0" ctest --output-on-failure -j $(JOBS)
 
+# libFuzzer harnesses (tests/fuzz; clang): build into $(FUZZ_BUILD) and run each for FUZZ_SECONDS
+# (FUZZ=name runs one), then print its executions and coverage. Not part of `make test` (there,
+# ctest fuzz.<name> only replays the seed corpora). New inputs go to $(FUZZ_BUILD)/fuzz-work/,
+# crashes to $(FUZZ_BUILD)/fuzz-work/<name>/artifacts/.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ         ?=
+fuzz:
+	@SS_DEPS_FUZZ=1 bash scripts/deps.sh
+	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSS_FUZZ=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_all -- --no-print-directory
+	@bash scripts/run_fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ)
+
 format:
-	@clang-format -i include/*.h src/*/*.[ch] tools/*.c tests/unit/*.c
+	@clang-format -i include/*.h src/*/*.[ch] tools/*.c tests/unit/*.c tests/fuzz/*.[ch]
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -12,6 +12,8 @@ PKGS=(
 )
 if [ "${SS_DEPS_TORCH:-1}" = 1 ]; then PKGS+=(python3-torch); fi
 if [ "${SS_DEPS_BENCH:-0}" = 1 ]; then PKGS+=(python3-matplotlib linux-perf); fi
+# make fuzz: clang with libFuzzer and the sanitizer runtimes, and clang's OpenMP (libomp).
+if [ "${SS_DEPS_FUZZ:-0}" = 1 ]; then PKGS+=(clang libclang-rt-dev libomp-dev); fi
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -636,7 +636,22 @@ int ss_st_f32(const ss_st_tensor *t, const float **view, float **own) {
   }
   *own = malloc(t->numel ? t->numel * sizeof(float) : 1);
   if (*own == NULL) return SS_ENOMEM;
-  ss_to_f32(t->dtype, t->data, *own, t->numel);
+  const void *src = t->data;
+  void *tmp = NULL;
+  if ((uintptr_t)src % ss_dtype_size(t->dtype) != 0) {
+    /* data_offsets need not be aligned: an F16/BF16 tensor at an odd offset is converted from
+     * an aligned copy (reading it as uint16_t in place is undefined behaviour). */
+    tmp = malloc(t->nbytes ? t->nbytes : 1);
+    if (tmp == NULL) {
+      free(*own);
+      *own = NULL;
+      return SS_ENOMEM;
+    }
+    memcpy(tmp, src, t->nbytes);
+    src = tmp;
+  }
+  ss_to_f32(t->dtype, src, *own, t->numel);
+  free(tmp);
   *view = *own;
   return 0;
 }
