@@ -215,6 +215,15 @@ void ss_f32_to_bf16(const float *in, uint16_t *out, size_t n) {
 }
 
 void ss_to_f32(ss_dtype dt, const void *in, float *out, size_t n) {
+  if (dt != SS_DTYPE_F32 && ((uintptr_t)in & 1u)) { /* wire bytes at an odd offset */
+    const unsigned char *b = in;
+    for (size_t i = 0; i < n; i++) {
+      uint16_t u;
+      memcpy(&u, b + 2 * i, 2);
+      out[i] = dt == SS_DTYPE_F16 ? half_to_float(u) : bits_f32((uint32_t)u << 16);
+    }
+    return;
+  }
   switch (dt) {
   case SS_DTYPE_F16: ss_f16_to_f32((const uint16_t *)in, out, n); break;
   case SS_DTYPE_BF16: ss_bf16_to_f32((const uint16_t *)in, out, n); break;
@@ -226,6 +235,14 @@ void ss_to_f32(ss_dtype dt, const void *in, float *out, size_t n) {
 }
 
 void ss_from_f32(ss_dtype dt, const float *in, void *out, size_t n) {
+  if (dt != SS_DTYPE_F32 && ((uintptr_t)out & 1u)) {
+    unsigned char *b = out;
+    for (size_t i = 0; i < n; i++) {
+      uint16_t u = dt == SS_DTYPE_F16 ? float_to_half(in[i]) : float_to_bf16(in[i]);
+      memcpy(b + 2 * i, &u, 2);
+    }
+    return;
+  }
   switch (dt) {
   case SS_DTYPE_F16: ss_f32_to_f16(in, (uint16_t *)out, n); break;
   case SS_DTYPE_BF16: ss_f32_to_bf16(in, (uint16_t *)out, n); break;

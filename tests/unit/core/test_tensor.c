@@ -308,7 +308,23 @@ static void test_errors_and_log(void) {
   SS_LOGI("test_tensor: a log line with a trailing newline is still one line\n");
 }
 
+/* Wire bytes may sit at an odd offset in a request: conversions must not assume alignment. */
+static void test_unaligned_conversions(void) {
+  float src[5] = {1.0f, -2.5f, 0.333f, 65504.0f, -0.0f}, back[5], ref[5];
+  for (int dt = SS_DTYPE_F16; dt <= SS_DTYPE_BF16; dt++) {
+    _Alignas(8) unsigned char buf[16];
+    ss_from_f32((ss_dtype)dt, src, buf + 1, 5); /* odd address */
+    ss_to_f32((ss_dtype)dt, buf + 1, back, 5);
+    uint16_t aligned[5];
+    ss_from_f32((ss_dtype)dt, src, aligned, 5);
+    ss_to_f32((ss_dtype)dt, aligned, ref, 5);
+    CHECK(memcmp(buf + 1, aligned, sizeof aligned) == 0);
+    CHECK(memcmp(back, ref, sizeof ref) == 0);
+  }
+}
+
 int main(void) {
+  test_unaligned_conversions();
   test_validation();
   test_names();
   test_f16();
