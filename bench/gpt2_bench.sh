@@ -11,7 +11,8 @@
 #      model.safetensors (F32, every key of a real HF file but the attn.bias mask buffers:
 #      wte, wpe, h.0..11.*, ln_f; HF init: N(0, 0.02) weights, zero biases, unit LayerNorms)
 #      and config.json;
-#   2. OpenBLAS sgemm's own peak (bench/sgemm_peak.c, OMP_NUM_THREADS=1 and 2);
+#   2. OpenBLAS sgemm's own peak (bench/sgemm_peak.c, OMP_NUM_THREADS=1 and 2), and the
+#      engine's own (bench/mm_probe.c: oneDNN, few-row kernels, OpenBLAS side by side);
 #   3. servers: splitserve --workers 1 --intra-op-threads 2, splitserve --workers 2
 #      --intra-op-threads 1, and the peer: --mode aio --torch-threads 2 (OMP_NUM_THREADS=2)
 #      with --workers 2 (run_in_executor pool: 2 calls x 2 threads at concurrency 2) and with
@@ -103,6 +104,10 @@ for t in 1 2; do
   echo "--- OMP_NUM_THREADS=$t"
   OMP_NUM_THREADS=$t "$CACHE/sgemm_peak" | tee "$LOGDIR/sgemm$t.txt"
 done
+
+echo "=== the matmul engine (oneDNN) next to OpenBLAS on the same shapes (bench/mm_probe.c, ~15 s)"
+cmake --build "$ROOT/build" --target mm_probe > /dev/null
+"$BIN/mm_probe" 0.1 | tee "$LOGDIR/mm_probe.txt"
 
 # ---------------------------------------------------------------- servers ----------
 . bench/lib.sh  # (the script has cd-ed to the repository root)

@@ -11,6 +11,11 @@
  * beta1, beta2, eps (adamw only), weight_decay (SGD: added to the gradient, default 0; AdamW:
  * decoupled, default 0.01), save=PATH (checkpoint on drain and SIGUSR1). Every model gets its
  * weights lock (m->lock) here and loses it in ss_model_free.
+ *
+ * The same kinds take compute=fp32|bf16 (the dtype of their GEMMs; default fp32), also parsed
+ * here and kept from the constructor. bf16 is refused at start-up: on a CPU without native bf16
+ * products (avx512_bf16 / AMX) with a message naming what is missing, and elsewhere because the
+ * bf16 path is not built yet (never a silent fp32 run of a bf16 request).
  */
 #include <errno.h>
 #include <math.h>
@@ -19,6 +24,7 @@
 #include <string.h>
 
 #include "models/model.h"
+#include "models/nn/matmul.h"
 
 typedef int (*kind_ctor)(ss_model *m, const char *const *params, size_t n, char *err,
                          size_t errlen);
@@ -34,18 +40,18 @@ static const char *const no_keys[] = {NULL};
 static const char *const mlp_keys[] = {"weights",        "activation",    "optimizer", "beta1",
                                        "beta2",          "eps",           "weight_decay", "save",
                                        "max_batch_rows", "batch_delay_us", "wire_dtype",
-                                       "wire_codec",     NULL};
+                                       "wire_codec",     "compute",       NULL};
 static const char *const gpt2_keys[] = {"weights",        "config",         "layers", "optimizer",
                                         "beta1",          "beta2",          "eps",    "weight_decay",
                                         "save",           "max_batch_rows", "batch_delay_us",
-                                        "wire_dtype",     "wire_codec",     NULL};
+                                        "wire_dtype",     "wire_codec",     "compute", NULL};
 
-/* The training and batching keys, accepted by every kind that can train, parsed here
- * (parse_training) and never passed to the kind's constructor. */
+/* The training, batching, wire and compute keys, accepted by every kind that can train, parsed
+ * here (parse_training, parse_compute) and never passed to the kind's constructor. */
 static const char *const train_keys[] = {"optimizer",    "beta1",      "beta2",
                                          "eps",          "weight_decay", "save",
                                          "max_batch_rows", "batch_delay_us", "wire_dtype",
-                                         "wire_codec",   NULL};
+                                         "wire_codec",   "compute",    NULL};
 
 static const kind_entry kinds[] = {
     {"identity", ss_model_identity_new, no_keys, 0}, {"scale", ss_model_scale_new, no_keys, 0},
@@ -84,6 +90,26 @@ static int parse_real(const char *id, const char *key, const char *v, double lo,
     return SS_EINVAL;
   }
   *out = (float)d;
+  return 0;
+}
+
+/* compute=fp32|bf16 (see the top comment): 0 for fp32 or no key. */
+static int parse_compute(const ss_model *m, const char *const *params, size_t n, char *err,
+                         size_t errlen) {
+  for (size_t i = 0; i < n; i++) {
+    const char *v = params[2 * i + 1];
+    char why[160];
+    if (strcmp(params[2 * i], "compute") != 0 || strcmp(v, "fp32") == 0) continue;
+    if (strcmp(v, "bf16") != 0) {
+      snprintf(err, errlen, "model '%s': compute must be fp32 or bf16, got '%s'", m->id, v);
+      return SS_EINVAL;
+    }
+    if (ss_matmul_bf16_check(why, sizeof why) != 0)
+      snprintf(err, errlen, "model '%s': %s", m->id, why);
+    else
+      snprintf(err, errlen, "model '%s': compute=bf16 is not built yet (fp32 only)", m->id);
+    return SS_EINVAL;
+  }
   return 0;
 }
 
@@ -241,7 +267,8 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
   ctor_n = n;
   if (k->trains) {
     /* Training keys are the registry's; the constructor sees the rest. */
-    rc = parse_training(m, params, n, err, errlen);
+    rc = parse_compute(m, params, n, err, errlen);
+    if (rc == 0) rc = parse_training(m, params, n, err, errlen);
     if (rc == 0 && n > 0 && (own_params = malloc(2 * n * sizeof *own_params)) == NULL) {
       snprintf(err, errlen, "out of memory");
       rc = SS_ENOMEM;

@@ -17,6 +17,7 @@
 #include "health.pb-c.h"
 #include "core/kcache.h"
 #include "core/config.h"
+#include "models/nn/matmul.h"
 #include "service/service_int.h"
 #include "service/sessions.h"
 
@@ -155,7 +156,7 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "rejected", "%llu", (unsigned long long)gs.rejected);
   kv(l, "cancelled", "%llu", (unsigned long long)gs.cancelled);
   kv(l, "failed", "%llu", (unsigned long long)gs.failed);
-  kv(l, "blas", "openblas (openmp), %d thread(s) per worker", s->cfg.intra_op_threads);
+  kv(l, "blas", "%s, %d thread(s) per worker", ss_matmul_engine_info(), s->cfg.intra_op_threads);
   size_t nsess, sess_bytes;
   uint64_t sess_evicted;
   ss_sessions_stats(s->sessions, &nsess, &sess_bytes, &sess_evicted);

@@ -1,16 +1,44 @@
 /*
- * matmul.c — see matmul.h. The only file that calls BLAS. Few-row kernels use GCC vector
- * extensions (8 floats); with target_clones the compiler builds an AVX2+FMA version and a
- * baseline one, and the loader picks the right one for the CPU (ifunc). Thread: the calling
- * worker's; large few-row products split their columns over its OpenMP team (intra-op threads).
+ * matmul.c — see matmul.h. The engine is oneDNN's matmul primitive (C API); this file is the
+ * only one that names it.
+ *
+ * Primitives. A oneDNN primitive is made for one problem: (transposes, M, N, K, lda, ldb, ldc,
+ * alpha, beta, intra-op threads). Making one (dispatch, and on some CPUs JIT code generation)
+ * costs far more than a small product, so they are made once and kept in a process-wide table
+ * (open addressing, SS_MM_CACHE slots, one mutex held only for the look-up or the insert; a
+ * primitive is immutable and oneDNN executes one concurrently from any number of threads, each
+ * on its own stream). Entries are never evicted (a worker may be running one); once the table is
+ * 3/4 full, a new problem gets a primitive made, run and destroyed for that call only (counted;
+ * oneDNN's own primitive cache still spares most of the cost). alpha maps to the primitive's
+ * output scale, beta to a sum post-op (beta 0: C is not read).
+ *
+ * Threads. Debian's libdnnl is the OpenMP build (libgomp): a product runs on the calling thread's
+ * OpenMP team, sized by omp_set_num_threads in ss_compute_thread_init, so the process keeps
+ * exactly 1 + W x T threads. Streams are per thread (oneDNN streams are not thread-safe), made on
+ * a thread's first product and destroyed when it exits (a pthread key's destructor).
+ *
+ * Few rows. For a few rows (M <= SS_SMALL_ROWS, op(A) = A, alpha 1, beta 0 or 1: a decode
+ * step's token) hand-written kernels stream B once in place where they measured faster than
+ * oneDNN's gemm (bench/mm_probe.c; see matmul.h). They use GCC vector extensions (8 floats);
+ * with target_clones the compiler builds an AVX2+FMA version and a baseline one, and the loader
+ * picks the right one for the CPU (ifunc). Large few-row products split their columns over the
+ * calling worker's OpenMP team.
+ *
+ * Thread: any (worker threads, the loop thread with --workers 0); the engine state below is the
+ * one process-wide object of the models library (made once, guarded by pthread_once + a mutex).
  */
 #include "models/nn/matmul.h"
 #include "models/nn/simd.h"
 
-#include <cblas.h>
+#include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+
+#include "core/log.h"
 
 /* Macros, not functions: a vector-typed parameter or return value would change the ABI of the
  * baseline clone (-Wpsabi). */
@@ -117,26 +145,281 @@ static void few_rows_b(const float *X, size_t ldx, size_t rows, size_t in, const
   }
 }
 
+
+/* ------------------------------------------------------------------ the oneDNN engine */
+
+#define SS_MM_CACHE 1024 /* slots (a power of two); filled to 3/4 at most */
+
+typedef struct mm_key {
+  int ta, tb, M, N, K, lda, ldb, ldc, nthr;
+  uint32_t alpha, beta; /* bit patterns */
+} mm_key;
+
+typedef struct mm_slot {
+  mm_key key;
+  dnnl_primitive_t prim; /* NULL: empty slot */
+} mm_slot;
+
+static struct {
+  pthread_once_t once;
+  dnnl_engine_t engine; /* NULL: oneDNN unusable (portable loops run instead) */
+  pthread_key_t stream_key;
+  pthread_mutex_t mu;
+  mm_slot slot[SS_MM_CACHE];
+  size_t used;
+  unsigned long long uncached;
+  int isa;
+  char info[160];
+} eng = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER};
+
+static const char *isa_name(int isa) {
+  switch (isa) {
+  case dnnl_cpu_isa_sse41: return "sse41";
+  case dnnl_cpu_isa_avx: return "avx";
+  case dnnl_cpu_isa_avx2: return "avx2";
+  case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+  case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
+  case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
+  case dnnl_cpu_isa_avx512_core: return "avx512_core";
+  case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+  case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+  case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+  default: return "generic";
+  }
+}
+
+static void stream_free(void *p) { dnnl_stream_destroy((dnnl_stream_t)p); }
+
+/* The calling thread's stream, made on first use; NULL if oneDNN refused. */
+static dnnl_stream_t thread_stream(void) {
+  dnnl_stream_t s = pthread_getspecific(eng.stream_key);
+  if (s == NULL && dnnl_stream_create(&s, eng.engine, dnnl_stream_default_flags) == dnnl_success)
+    pthread_setspecific(eng.stream_key, s);
+  return s;
+}
+
+static int desc_init(dnnl_memory_desc_t *md, int rows, int cols, int trans, int ld) {
+  dnnl_dims_t dims = {rows, cols}, strides = {trans ? 1 : ld, trans ? ld : 1};
+  return dnnl_memory_desc_init_by_strides(md, 2, dims, dnnl_f32, strides) == dnnl_success ? 0 : -1;
+}
+
+/* A primitive for the problem k, or NULL (oneDNN has no implementation for it). *impl, when not
+ * NULL, gets the implementation's name (e.g. "gemm:jit", "brg:avx512_core"). */
+static dnnl_primitive_t make_prim(const mm_key *k, char *impl, size_t implen) {
+  dnnl_memory_desc_t a, b, c;
+  dnnl_matmul_desc_t md;
+  dnnl_primitive_attr_t attr = NULL;
+  dnnl_post_ops_t po = NULL;
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_primitive_t prim = NULL;
+  float alpha, beta;
+  memcpy(&alpha, &k->alpha, sizeof alpha);
+  memcpy(&beta, &k->beta, sizeof beta);
+  if (desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb) ||
+      desc_init(&c, k->M, k->N, 0, k->ldc) ||
+      dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) != dnnl_success ||
+      dnnl_primitive_attr_create(&attr) != dnnl_success)
+    goto out;
+  if (alpha != 1.0f && dnnl_primitive_attr_set_output_scales(attr, 1, 0, &alpha) != dnnl_success)
+    goto out;
+  if (beta != 0.0f) {
+    if (dnnl_post_ops_create(&po) != dnnl_success || dnnl_post_ops_append_sum(po, beta) ||
+        dnnl_primitive_attr_set_post_ops(attr, po) != dnnl_success)
+      goto out;
+  }
+  if (dnnl_primitive_desc_create(&pd, &md, attr, eng.engine, NULL) != dnnl_success) goto out;
+  if (impl != NULL) {
+    const char *s = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &s) == dnnl_success && s)
+      snprintf(impl, implen, "%s", s);
+  }
+  if (dnnl_primitive_create(&prim, pd) != dnnl_success) prim = NULL;
+out:
+  if (pd) dnnl_primitive_desc_destroy(pd);
+  if (po) dnnl_post_ops_destroy(po);
+  if (attr) dnnl_primitive_attr_destroy(attr);
+  return prim;
+}
+
+/* Once per process: the engine, and what it runs on this CPU (logged; a generic kernel loudly). */
+static void engine_init(void) {
+  char impl[64] = "none";
+  eng.isa = (int)dnnl_get_effective_cpu_isa();
+  if (pthread_key_create(&eng.stream_key, stream_free) != 0 ||
+      dnnl_engine_create(&eng.engine, dnnl_cpu, 0) != dnnl_success) {
+    eng.engine = NULL;
+    snprintf(eng.info, sizeof eng.info, "portable loops (oneDNN engine unavailable)");
+    SS_LOGW("matmul: oneDNN engine unavailable; running portable loops (slow)");
+    return;
+  }
+  /* A GPT-2 prefill product stands for all: which implementation does oneDNN pick here? */
+  mm_key k = {0, 0, 128, 768, 768, 768, 768, 768, 1, 0x3f800000u, 0};
+  dnnl_primitive_t p = make_prim(&k, impl, sizeof impl);
+  if (p) dnnl_primitive_destroy(p);
+  const dnnl_version_t *v = dnnl_version();
+  snprintf(eng.info, sizeof eng.info, "onednn %d.%d.%d %s, isa %s", v->major, v->minor, v->patch,
+           impl, isa_name(eng.isa));
+  int generic = strstr(impl, "ref") != NULL || p == NULL;
+  int no_brg = eng.isa >= dnnl_cpu_isa_avx512_core && eng.isa != dnnl_cpu_isa_avx2_vnni &&
+               strstr(impl, "brg") == NULL;
+  if (generic || no_brg)
+    SS_LOGW("matmul: oneDNN runs a %s kernel (%s) on this CPU (isa %s): expect slow products",
+            generic ? "generic reference" : "non-brgemm", impl, isa_name(eng.isa));
+  else
+    SS_LOGI("matmul engine: %s", eng.info);
+}
+
+const char *ss_matmul_engine_info(void) {
+  pthread_once(&eng.once, engine_init);
+  return eng.info;
+}
+
+int ss_matmul_bf16_check(char *err, size_t errlen) {
+  pthread_once(&eng.once, engine_init);
+  if (eng.engine != NULL && eng.isa >= dnnl_cpu_isa_avx512_core_bf16 &&
+      eng.isa != dnnl_cpu_isa_avx2_vnni)
+    return 0;
+  snprintf(err, errlen, "compute=bf16 needs avx512_bf16 or amx_bf16 (this CPU has %s)",
+           isa_name(eng.isa));
+  return -1;
+}
+
+static size_t key_hash(const mm_key *k) {
+  uint64_t h = 1469598103934665603ull;
+  const unsigned char *p = (const unsigned char *)k;
+  for (size_t i = 0; i < sizeof *k; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return (size_t)(h ^ (h >> 29));
+}
+
+/* The cached primitive for k (made on a miss). *owned = 1: not cached, the caller destroys it. */
+static dnnl_primitive_t get_prim(const mm_key *k, int *owned) {
+  size_t i = key_hash(k) & (SS_MM_CACHE - 1);
+  dnnl_primitive_t p;
+  *owned = 0;
+  pthread_mutex_lock(&eng.mu);
+  for (; eng.slot[i].prim != NULL; i = (i + 1) & (SS_MM_CACHE - 1))
+    if (memcmp(&eng.slot[i].key, k, sizeof *k) == 0) {
+      p = eng.slot[i].prim;
+      pthread_mutex_unlock(&eng.mu);
+      return p;
+    }
+  pthread_mutex_unlock(&eng.mu);
+  /* Made outside the lock (it may JIT); a racing thread may make the same one: first wins. */
+  if ((p = make_prim(k, NULL, 0)) == NULL) return NULL;
+  pthread_mutex_lock(&eng.mu);
+  for (i = key_hash(k) & (SS_MM_CACHE - 1); eng.slot[i].prim != NULL;
+       i = (i + 1) & (SS_MM_CACHE - 1))
+    if (memcmp(&eng.slot[i].key, k, sizeof *k) == 0) break;
+  if (eng.slot[i].prim != NULL) { /* lost the race */
+    dnnl_primitive_destroy(p);
+    p = eng.slot[i].prim;
+  } else if (eng.used + 1 > SS_MM_CACHE / 4 * 3) {
+    eng.uncached++;
+    *owned = 1;
+  } else {
+    eng.slot[i].key = *k;
+    eng.slot[i].prim = p;
+    eng.used++;
+  }
+  pthread_mutex_unlock(&eng.mu);
+  return p;
+}
+
+/* C = alpha op(A) op(B) + beta C on oneDNN; -1 if it cannot (the caller falls back). */
+static int engine_matmul(const mm_key *k, const float *A, const float *B, float *C) {
+  dnnl_memory_desc_t a, b, c;
+  dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
+  dnnl_stream_t s;
+  int owned, rc = -1;
+  pthread_once(&eng.once, engine_init);
+  if (eng.engine == NULL || (s = thread_stream()) == NULL) return -1;
+  dnnl_primitive_t p = get_prim(k, &owned);
+  if (p == NULL) return -1;
+  if (desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb) ||
+      desc_init(&c, k->M, k->N, 0, k->ldc) ||
+      dnnl_memory_create(&ma, &a, eng.engine, (void *)(uintptr_t)A) != dnnl_success ||
+      dnnl_memory_create(&mb, &b, eng.engine, (void *)(uintptr_t)B) != dnnl_success ||
+      dnnl_memory_create(&mc, &c, eng.engine, C) != dnnl_success)
+    goto out;
+  dnnl_exec_arg_t args[3] = {
+      {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+  if (dnnl_primitive_execute(p, s, 3, args) == dnnl_success && dnnl_stream_wait(s) == dnnl_success)
+    rc = 0;
+out:
+  if (ma) dnnl_memory_destroy(ma);
+  if (mb) dnnl_memory_destroy(mb);
+  if (mc) dnnl_memory_destroy(mc);
+  if (owned) dnnl_primitive_destroy(p);
+  return rc;
+}
+
+/* The portable fallback (oneDNN refused the problem): plain loops, same contract. */
+static void loops_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha,
+                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                         int ldc) {
+  for (size_t i = 0; i < (size_t)M; i++)
+    for (size_t j = 0; j < (size_t)N; j++) {
+      float s = 0.0f;
+      for (size_t p = 0; p < (size_t)K; p++)
+        s += (ta ? A[p * (size_t)lda + i] : A[i * (size_t)lda + p]) *
+             (tb ? B[j * (size_t)ldb + p] : B[p * (size_t)ldb + j]);
+      float *c = C + i * (size_t)ldc + j;
+      *c = alpha * s + (beta == 0.0f ? 0.0f : beta * *c);
+    }
+}
+
+int ss__matmul_engine(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                      int ldc) {
+  mm_key k;
+  memset(&k, 0, sizeof k); /* the key is hashed and compared as bytes */
+  k.ta = ta == SS_MM_T, k.tb = tb == SS_MM_T, k.M = M, k.N = N, k.K = K;
+  k.lda = lda, k.ldb = ldb, k.ldc = ldc, k.nthr = omp_get_max_threads();
+  memcpy(&k.alpha, &alpha, sizeof alpha);
+  memcpy(&k.beta, &beta, sizeof beta);
+  return engine_matmul(&k, A, B, C);
+}
+
+void ss__matmul_few_rows(ss_mm_trans tb, int M, int N, int K, const float *A, int lda,
+                         const float *B, int ldb, float beta, float *C, int ldc) {
+  if (tb == SS_MM_T)
+    few_rows_bt(A, (size_t)lda, (size_t)M, (size_t)K, B, (size_t)ldb, (size_t)N, C, (size_t)ldc,
+                beta != 0.0f);
+  else
+    few_rows_b(A, (size_t)lda, (size_t)M, (size_t)K, B, (size_t)ldb, (size_t)N, C, (size_t)ldc,
+               beta != 0.0f);
+}
+
+/* Where the hand-written kernels measured faster than oneDNN's gemm (bench/mm_probe.c, one and
+ * two threads, 768x768 and 768x2304; table in matmul.h). */
+static int prefer_few_rows(ss_mm_trans tb, int M, int N, int K) {
+  (void)N, (void)K;
+  return tb == SS_MM_T && M >= 2;
+}
+
 void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  if (ta == SS_MM_N && M <= SS_SMALL_ROWS && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
-    if (tb == SS_MM_T)
-      few_rows_bt(A, (size_t)lda, (size_t)M, (size_t)K, B, (size_t)ldb, (size_t)N, C, (size_t)ldc,
-                  beta != 0.0f);
-    else
-      few_rows_b(A, (size_t)lda, (size_t)M, (size_t)K, B, (size_t)ldb, (size_t)N, C, (size_t)ldc,
-                 beta != 0.0f);
+  if (K <= 0) { /* an empty sum: C = beta C (beta 0: C is not read) */
+    for (size_t i = 0; i < (size_t)M; i++)
+      for (size_t j = 0; j < (size_t)N; j++) {
+        float *c = C + i * (size_t)ldc + j;
+        *c = beta == 0.0f ? 0.0f : beta * *c;
+      }
     return;
   }
-  cblas_sgemm(CblasRowMajor, ta == SS_MM_T ? CblasTrans : CblasNoTrans,
-              tb == SS_MM_T ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
-              ldc);
+  if (ta == SS_MM_N && M <= SS_SMALL_ROWS && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) &&
+      prefer_few_rows(tb, M, N, K)) {
+    ss__matmul_few_rows(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  if (ss__matmul_engine(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) != 0)
+    loops_matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* The engine's threads: each worker's OpenMP team (OpenBLAS, OpenMP flavour, follows it). */
+/* The engine's threads: each worker's OpenMP team (oneDNN's OpenMP build follows it). */
 void ss_compute_thread_init(int intra_op_threads) {
   int n = intra_op_threads > 0 ? intra_op_threads : 1;
-  openblas_set_num_threads(n);
   omp_set_num_threads(n);
+  (void)ss_matmul_engine_info(); /* made (and logged) at start-up, not on the first request */
 }

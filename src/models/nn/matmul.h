@@ -1,27 +1,26 @@
 /*
  * matmul.h — THE matrix product of the models: every product in inference, training and the
- * decode kernels goes through ss_matmul (no other file calls BLAS). Engine-neutral contract
- * (row-major float32, optional transposes, alpha/beta, leading dimensions), so that an engine
- * (oneDNN) can be swapped in here alone.
+ * decode kernels goes through ss_matmul (no other file names the engine). Engine-neutral
+ * contract (row-major float32, optional transposes, alpha/beta, leading dimensions).
  *
  *   C[M,N] = alpha * op(A) op(B) + beta * C      op(A) [M,K], op(B) [K,N]
  *   op(X) = X (SS_MM_N) or X^T (SS_MM_T); lda/ldb/ldc: row strides in floats of A, B, C as
  *   stored; beta == 0: C is not read (may hold garbage or NaN).
  *
- * Inside: OpenBLAS sgemm (OpenMP flavour: the calling worker's team of intra-op threads), or, for
- * few rows (M <= SS_SMALL_ROWS, op(A) = A, alpha 1, beta 0 or 1: a decode step's token), hand-
- * written kernels that stream B once in place. sgemm first packs (copies) the whole B for a
- * product that reads each weight once; the kernels use register-blocked AVX2/FMA loops (chosen at
- * run time by target_clones; a portable version otherwise). Measured on this 2-core EPYC (one
- * thread): 1 row x 768x768 (B^T): 108 us vs sgemm 219 us; 1 x 768x2304 (B, streamed row by row):
- * 150 vs 520 us; at 10 rows they are even and past 10 sgemm wins, hence the threshold. A GPT-2
- * trunk decode step (8 blocks) went 29 -> 15 ms. Few-row results agree with sgemm to float
- * rounding (~1e-6 relative), not bit for bit.
+ * Inside: oneDNN's matmul primitive (the OpenMP build: the calling worker's team of intra-op
+ * threads), one primitive per problem, made once and cached (matmul.c). For few rows
+ * (M <= SS_SMALL_ROWS, op(A) = A, alpha 1, beta 0 or 1: a decode step's tokens) hand-written
+ * kernels that stream B once in place run where they measured faster than oneDNN: on this 2-core
+ * EPYC (AVX2, oneDNN picks "gemm:jit") that is B^T at 2..4 rows; at 1 row oneDNN's gemv wins.
+ * Few-row results agree with oneDNN to float rounding (~1e-6 relative), not bit for bit.
  *
- * Thread: any (worker threads); reentrant, no allocation, no global mutable state.
+ * Thread: any (worker threads); reentrant. The primitive cache is the one process-wide object
+ * (thread-safe; made on first use, or at ss_compute_thread_init).
  */
 #ifndef SS_MODELS_NN_MATMUL_H
 #define SS_MODELS_NN_MATMUL_H
+
+#include <stddef.h>
 
 #define SS_SMALL_ROWS 4
 
@@ -32,7 +31,25 @@ typedef enum { SS_MM_N = 0, SS_MM_T = 1 } ss_mm_trans;
 void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
-/* Size the calling thread's intra-op team (declared for the server in models/model.h). */
+/* Size the calling thread's intra-op team (declared for the server in models/model.h); also
+ * starts the engine (once per process) and logs what it runs on this CPU. */
 void ss_compute_thread_init(int intra_op_threads);
+
+/* What the engine runs here, e.g. "onednn 2.6.3 gemm:jit, isa avx2" (static string; starts the
+ * engine on first call). For GetServiceInfo and the start-up log. */
+const char *ss_matmul_engine_info(void);
+
+/* 0 if this CPU runs bf16 products natively (avx512_core_bf16 or AMX); else -1 and a message
+ * naming what is missing, e.g. "compute=bf16 needs avx512_bf16 or amx_bf16 (this CPU has avx2)". */
+int ss_matmul_bf16_check(char *err, size_t errlen);
+
+/* Internals for bench/mm_probe.c and the tests: the oneDNN path alone (0, or -1 if oneDNN
+ * refused the problem), and the few-row kernels alone (op(A) = A, alpha 1, beta 0 or 1,
+ * M <= SS_SMALL_ROWS not required). */
+int ss__matmul_engine(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                      int ldc);
+void ss__matmul_few_rows(ss_mm_trans tb, int M, int N, int K, const float *A, int lda,
+                         const float *B, int ldb, float beta, float *C, int ldc);
 
 #endif

@@ -13,6 +13,7 @@
 
 #include "check.h"
 #include "models/model.h"
+#include "models/nn/matmul.h"
 #include "models/safetensors.h"
 
 static char dir[64];
@@ -42,6 +43,26 @@ static void test_specs(void) {
   CHECK_EQ_INT(create("x=mlp,bar=1", &m, err, sizeof err), SS_EINVAL);
   CHECK_CONTAINS(err, "unknown parameter 'bar' for kind 'mlp'");
   CHECK_CONTAINS(err, "weights, activation");
+  /* compute=: fp32 runs; bf16 is refused at start-up, naming the missing instruction set on a
+   * CPU without native bf16 products (this project's test machine: avx2). */
+  CHECK_EQ_INT(create("x=mlp,compute=fp16", &m, err, sizeof err), SS_EINVAL);
+  CHECK_CONTAINS(err, "compute must be fp32 or bf16, got 'fp16'");
+  CHECK_EQ_INT(create("x=mlp,compute=bf16", &m, err, sizeof err), SS_EINVAL);
+  CHECK(m == NULL);
+  {
+    char why[160];
+    if (ss_matmul_bf16_check(why, sizeof why) != 0) {
+      CHECK_CONTAINS(err, "compute=bf16 needs avx512_bf16 or amx_bf16 (this CPU has ");
+      CHECK_CONTAINS(err, why);
+    } else {
+      CHECK_CONTAINS(err, "compute=bf16 is not built yet");
+    }
+  }
+  CHECK_EQ_INT(create("x=gpt2,compute=bf16", &m, err, sizeof err), SS_EINVAL);
+  CHECK_CONTAINS(err, "compute=bf16");
+  CHECK_EQ_INT(create("x=mlp,compute=fp32", &m, err, sizeof err), 0);
+  ss_model_free(m);
+  m = NULL;
   CHECK_EQ_INT(create("x=mlp,weights", &m, err, sizeof err), SS_EINVAL);
   CHECK_CONTAINS(err, "'weights' must be key=value");
   CHECK_EQ_INT(create("x=mlp,activation=tanh", &m, err, sizeof err), SS_EINVAL);

@@ -1,0 +1,152 @@
+/*
+ * mm_probe.c — the matmul engine's own throughput (src/models/nn/matmul.c) on the shapes the
+ * models run, next to OpenBLAS sgemm on the same shapes (loaded with dlopen, if present, so the
+ * build needs no OpenBLAS), and the few-row table that sets where the hand-written decode
+ * kernels beat oneDNN.
+ *
+ * Part 1 (GFLOP/s, median of alternating runs): ss_matmul as the models call it, oneDNN alone,
+ * OpenBLAS, for mlp 10x768x768 (x W^T, nn.Linear), GPT-2 prefill 128x768x{2304,768,3072} and
+ * 128x3072x768 (x W, Conv1D) and decode 1x768x2304, on 1 and 2 threads (the calling thread's
+ * OpenMP team, like a worker's intra-op threads). Counts 2 M N K flops.
+ * Part 2 (microseconds, medians): M = 1, 4, 10, 128 rows on 768x768 and 768x2304, B as stored
+ * ([K,N], "B") and transposed ([N,K], "B^T"), oneDNN vs the few-row kernels vs OpenBLAS.
+ *
+ *   cmake --build build --target mm_probe && build/bin/mm_probe [SECONDS_PER_CELL]
+ * Thread: main only. Runs alternate engine by engine, so a loaded machine hits them alike.
+ */
+#include <dlfcn.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "models/nn/matmul.h"
+
+typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *,
+                         int, float, float *, int);
+typedef void (*setthr_fn)(int);
+static sgemm_fn oblas_sgemm;
+static setthr_fn oblas_threads;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static float *randv(size_t n) {
+  float *p = malloc(n * sizeof(float));
+  unsigned x = 12345u;
+  if (!p) exit(1);
+  for (size_t i = 0; i < n; i++) {
+    x = x * 1664525u + 1013904223u;
+    p[i] = (float)(x >> 8) / 16777216.0f - 0.5f;
+  }
+  return p;
+}
+
+enum { E_SS, E_DNNL, E_HAND, E_OBLAS, NE };
+static const char *const ename[NE] = {"ss_matmul", "onednn", "few-rows", "openblas"};
+
+static void run1(int e, int tb, int M, int N, int K, const float *A, const float *B, float *C) {
+  int ldb = tb ? K : N;
+  switch (e) {
+  case E_SS: ss_matmul(SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, 1.0f, A, K, B, ldb, 0.0f, C, N); break;
+  case E_DNNL:
+    if (ss__matmul_engine(SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, 1.0f, A, K, B, ldb, 0.0f, C, N))
+      fprintf(stderr, "oneDNN refused %dx%dx%d\n", M, K, N);
+    break;
+  case E_HAND: ss__matmul_few_rows(tb ? SS_MM_T : SS_MM_N, M, N, K, A, K, B, ldb, 0.0f, C, N); break;
+  case E_OBLAS: oblas_sgemm(101, 111, tb ? 112 : 111, M, N, K, 1.0f, A, K, B, ldb, 0.0f, C, N); break;
+  }
+}
+
+/* Median seconds per call of each engine in mask, alternating, ~secs per engine. */
+static void measure(unsigned mask, int tb, int M, int N, int K, double secs, double med[NE]) {
+  enum { MAXR = 2001 };
+  static double t[NE][MAXR];
+  float *A = randv((size_t)M * K), *B = randv((size_t)K * N), *C = randv((size_t)M * N);
+  int r = 0;
+  for (int e = 0; e < NE; e++)
+    if (mask >> e & 1) run1(e, tb, M, N, K, A, B, C), run1(e, tb, M, N, K, A, B, C);
+  double t_end = now_s() + secs * __builtin_popcount(mask);
+  while (r < MAXR && (r < 7 || now_s() < t_end)) {
+    for (int e = 0; e < NE; e++) {
+      if (!(mask >> e & 1)) continue;
+      double t0 = now_s();
+      run1(e, tb, M, N, K, A, B, C);
+      t[e][r] = now_s() - t0;
+    }
+    r++;
+  }
+  for (int e = 0; e < NE; e++) {
+    med[e] = 0.0;
+    if (!(mask >> e & 1)) continue;
+    qsort(t[e], (size_t)r, sizeof(double), cmp_d);
+    med[e] = t[e][r / 2];
+  }
+  free(A), free(B), free(C);
+}
+
+static void set_threads(int n) {
+  omp_set_num_threads(n);
+  if (oblas_threads) oblas_threads(n);
+}
+
+int main(int argc, char **argv) {
+  double secs = argc > 1 ? atof(argv[1]) : 0.15;
+  void *h = dlopen("/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", RTLD_NOW);
+  if (h) {
+    oblas_sgemm = (sgemm_fn)dlsym(h, "cblas_sgemm");
+    oblas_threads = (setthr_fn)dlsym(h, "openblas_set_num_threads");
+  }
+  unsigned all = 1u << E_SS | 1u << E_DNNL | (oblas_sgemm ? 1u << E_OBLAS : 0);
+  printf("engine: %s\nopenblas (openmp): %s\n", ss_matmul_engine_info(),
+         oblas_sgemm ? "loaded" : "not found, left out");
+
+  static const struct { const char *name; int M, K, N, tb; } shapes[] = {
+      {"mlp", 10, 768, 768, 1},          {"gpt2.c_attn", 128, 768, 2304, 0},
+      {"gpt2.attn.c_proj", 128, 768, 768, 0}, {"gpt2.mlp.c_fc", 128, 768, 3072, 0},
+      {"gpt2.mlp.c_proj", 128, 3072, 768, 0}, {"decode.c_attn", 1, 768, 2304, 0}};
+  printf("\n== GFLOP/s (median; x: ss_matmul / openblas)\n%-18s %4s %5s %5s %3s %10s %10s %10s %7s\n",
+         "shape", "M", "K", "N", "thr", ename[E_SS], ename[E_DNNL], ename[E_OBLAS], "x");
+  for (int thr = 1; thr <= 2; thr++) {
+    set_threads(thr);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+      double med[NE], f = 2.0 * shapes[s].M * shapes[s].K * shapes[s].N / 1e9;
+      measure(all, shapes[s].tb, shapes[s].M, shapes[s].N, shapes[s].K, secs, med);
+      printf("%-18s %4d %5d %5d %3d %10.1f %10.1f %10.1f %7.2f\n", shapes[s].name, shapes[s].M,
+             shapes[s].K, shapes[s].N, thr, f / med[E_SS], f / med[E_DNNL],
+             med[E_OBLAS] > 0 ? f / med[E_OBLAS] : 0.0,
+             med[E_OBLAS] > 0 ? med[E_OBLAS] / med[E_SS] : 0.0);
+      fflush(stdout);
+    }
+  }
+
+  static const int rows[] = {1, 4, 10, 128}, kn[][2] = {{768, 768}, {768, 2304}};
+  printf("\n== few rows: microseconds per product (median)\n%-5s %4s %5s %5s %3s %9s %9s %9s  %s\n",
+         "B", "M", "K", "N", "thr", ename[E_DNNL], ename[E_HAND], ename[E_OBLAS], "fastest");
+  for (int thr = 1; thr <= 2; thr++) {
+    set_threads(thr);
+    for (int tb = 0; tb < 2; tb++)
+      for (size_t s = 0; s < 2; s++)
+        for (size_t r = 0; r < 4; r++) {
+          double med[NE];
+          int M = rows[r], K = kn[s][0], N = kn[s][1];
+          measure((all & ~(1u << E_SS)) | 1u << E_HAND, tb, M, N, K, secs / 2, med);
+          int best = E_DNNL;
+          for (int e = E_HAND; e < NE; e++)
+            if (med[e] > 0 && med[e] < med[best]) best = e;
+          printf("%-5s %4d %5d %5d %3d %9.1f %9.1f %9.1f  %s\n", tb ? "B^T" : "B", M, K, N, thr,
+                 med[E_DNNL] * 1e6, med[E_HAND] * 1e6, med[E_OBLAS] * 1e6, ename[best]);
+          fflush(stdout);
+        }
+  }
+  return 0;
+}
