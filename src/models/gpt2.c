@@ -469,18 +469,30 @@ static ss_attn_dims attn_dims(const gpt2 *p, const gpt2_block *bk, int B, int T,
   return d;
 }
 
-/* past_k, past_v: this layer's past [B, H, P, D] (wire bytes) or NULL when P == 0. */
-static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts *a, int B, int T,
-                          int P, const void *past_k, const void *past_v) {
-  const int E = p->n_embd, NI = p->n_inner, BT = B * T;
+/* The sequences whose rows a block call stacks: usually one ([B, T] rows after P cached ones);
+ * a batched decode step stacks several, each with its own past (attention stays per sequence,
+ * everything else runs over all rows at once). K, V: that sequence's window [B, H, P+T, D]. */
+typedef struct seq_attn {
+  int row0, B, T, P;
+  const void *past_k, *past_v; /* this layer's past [B, H, P, D] (wire bytes) or NULL when P == 0 */
+  float *K, *V;
+} seq_attn;
+
+static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts *a, int BT,
+                          const seq_attn *seqs, int nseq) {
+  const int E = p->n_embd, NI = p->n_inner;
   const size_t cells = (size_t)BT * (size_t)E;
   const float *const *w = bk->t;
-  ss_attn_dims d = attn_dims(p, bk, B, T, P);
   /* attention */
   ss_layernorm_forward(a->ln, a->mean1, a->rstd1, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
   ss_linear_forward(a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT, 0);
-  ss_attention_forward(a->atty, E, a->att, a->att_all, a->K, a->V, a->qkv, 3 * E, a->qkv + E,
-                       a->qkv + 2 * E, 3 * E, past_k, past_v, &d);
+  for (int i = 0; i < nseq; i++) {
+    const seq_attn *s = &seqs[i];
+    ss_attn_dims d = attn_dims(p, bk, s->B, s->T, s->P);
+    const float *qkv = a->qkv + (size_t)s->row0 * 3 * (size_t)E;
+    ss_attention_forward(a->atty + (size_t)s->row0 * (size_t)E, E, a->att, a->att_all, s->K, s->V,
+                         qkv, 3 * E, qkv + E, qkv + 2 * E, 3 * E, s->past_k, s->past_v, &d);
+  }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
   ss_linear_forward(a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
   /* mlp */
@@ -645,11 +657,89 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
       a.K = kv->present[l].key.data;
       a.V = kv->present[l].value.data;
     }
-    block_forward(p, &p->blk[l], &a, B, S, P, P > 0 ? past[l].key.data : NULL,
-                  P > 0 ? past[l].value.data : NULL);
+    seq_attn s = {0, B, S, P, P > 0 ? past[l].key.data : NULL, P > 0 ? past[l].value.data : NULL,
+                  a.K, a.V};
+    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
   free(scratch);
   return 0;
+}
+
+/* n one-token decode steps of different sequences (each [1, 1, E] with its own past, of any
+ * length), one batch through the dense layers: each layer's GEMMs see n rows instead of 1, while
+ * attention runs per sequence over its own window. Each step's result equals forward_kv alone. */
+static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, ss_tensor *out,
+                                 ss_kv_io *kv, char *err, size_t errlen) {
+  const gpt2 *p = m->impl;
+  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner, L = p->b - p->a;
+  size_t maxT = 1, kvscratch = 0;
+  for (int i = 0; i < n; i++) {
+    if (in[i].ndim != 3 || in[i].shape[0] != 1 || in[i].shape[1] != 1) {
+      snprintf(err, errlen, "model '%s': a batched decode step is one token [1,1,%d]", m->id, E);
+      return SS_EINVAL;
+    }
+    size_t T = 1 + (kv[i].past ? (size_t)kv[i].past[0].key.shape[2] : 0);
+    if (T > maxT) maxT = T;
+    if (!kv[i].want_present) kvscratch += 2 * (size_t)H * T * (size_t)D;
+  }
+  const size_t rows = (size_t)n;
+  /* ln, qkv (3), atty [rows, E]; fc [rows, I]; scores [1, maxT]; x [rows, E]; K/V scratch */
+  size_t need = rows * (6 * (size_t)E + (size_t)NI) + maxT + kvscratch;
+  float *scratch = malloc(need * sizeof(float));
+  seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
+  if (!scratch || !seqs) {
+    free(scratch);
+    free(seqs);
+    snprintf(err, errlen, "model '%s': out of memory for a batched decode step", m->id);
+    return SS_ENOMEM;
+  }
+  block_acts a;
+  memset(&a, 0, sizeof a);
+  a.ln = scratch;
+  a.qkv = a.ln + rows * (size_t)E;
+  a.atty = a.qkv + rows * 3 * (size_t)E;
+  a.fc = a.fcg = a.atty + rows * (size_t)E;
+  a.att = a.fc + rows * (size_t)NI;
+  a.x = a.h = a.y = a.att + maxT;
+  float *kvs = a.x + rows * (size_t)E;
+  for (int i = 0; i < n; i++) {
+    memcpy(a.x + (size_t)i * (size_t)E, in[i].data, (size_t)E * sizeof(float));
+    if (kv[i].want_present) memset(kv[i].present, 0, (size_t)L * sizeof *kv[i].present);
+  }
+  int rc = 0;
+  for (int l = 0; l < L && rc == 0; l++) {
+    float *sk = kvs;
+    for (int i = 0; i < n; i++) {
+      int P = kv[i].past ? (int)kv[i].past[0].key.shape[2] : 0;
+      seq_attn *s = &seqs[i];
+      *s = (seq_attn){i, 1, 1, P, P ? kv[i].past[l].key.data : NULL,
+                      P ? kv[i].past[l].value.data : NULL, NULL, NULL};
+      if (kv[i].want_present) {
+        if (alloc_present(&kv[i].present[l], 1, H, P + 1, D) != 0) {
+          rc = SS_ENOMEM;
+          break;
+        }
+        s->K = kv[i].present[l].key.data;
+        s->V = kv[i].present[l].value.data;
+      } else {
+        s->K = sk;
+        s->V = sk + (size_t)H * (size_t)(P + 1) * (size_t)D;
+        sk = s->V + (size_t)H * (size_t)(P + 1) * (size_t)D;
+      }
+    }
+    if (rc == 0) block_forward(p, &p->blk[l], &a, n, seqs, n);
+  }
+  if (rc != 0) {
+    for (int i = 0; i < n; i++)
+      if (kv[i].want_present) free_present(&kv[i], L);
+    snprintf(err, errlen, "model '%s': out of memory for the present caches", m->id);
+  } else {
+    for (int i = 0; i < n; i++)
+      memcpy(out[i].data, a.x + (size_t)i * (size_t)E, (size_t)E * sizeof(float));
+  }
+  free(seqs);
+  free(scratch);
+  return rc;
 }
 
 static int gpt2_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
@@ -734,7 +824,8 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
   memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
   for (int l = 0; l < L; l++) {
     saved_layer(p, sv, l, out->data, &a);
-    block_forward(p, &p->blk[l], &a, B, S, 0, NULL, NULL);
+    seq_attn s = {0, B, S, 0, NULL, NULL, a.K, a.V};
+    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
   free(scratch);
   *saved = sv;
@@ -838,6 +929,7 @@ static const ss_model_ops gpt2_ops = {.check = gpt2_check,
                                       .forward = gpt2_forward,
                                       .destroy = gpt2_destroy,
                                       .check_kv = gpt2_check_kv,
+                                      .forward_kv_batch = gpt2_forward_kv_batch,
                                       .forward_kv = gpt2_forward_kv,
                                       .forward_train = gpt2_forward_train,
                                       .backward = gpt2_backward,

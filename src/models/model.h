@@ -72,6 +72,12 @@ typedef struct ss_model_ops {
   /* Worker thread: like forward, with the cache (see ss_kv_io). */
   int (*forward_kv)(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
                     const ss_meta *meta, char *err, size_t errlen);
+  /* Worker thread, optional (NULL: the kind cannot): n one-token decode steps of different
+   * sequences, in[i] [1,1,hidden] float32 with its own cache kv[i] (pasts of any lengths, each
+   * validated by check_kv), as one batch: the dense layers see n rows, attention stays per
+   * sequence. Each out[i] and present equal what forward_kv gives that step alone. */
+  int (*forward_kv_batch)(const ss_model *m, int n, const ss_tensor *in, ss_tensor *out,
+                          ss_kv_io *kv, char *err, size_t errlen);
 
   /* ---- training (models that can learn; all NULL otherwise) ----
    * Locking is the caller's (the service): forward, forward_train and backward run under the

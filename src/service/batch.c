@@ -36,6 +36,7 @@ typedef struct ss_batch {
   size_t rows;                /* sum of the members' rows */
   int64_t trail[SS_MAX_DIMS]; /* the dims after the first, shared by every member */
   int ndim;
+  int decode;                 /* one-token steps with caches: forward_kv_batch (else stacked) */
   /* worker results */
   double compute_ms;
   int rc;
@@ -47,21 +48,80 @@ static size_t call_rows(const compute_state *st) {
   return last > 0 ? st->in.numel / (size_t)last : 0;
 }
 
+/* A one-token step of a sequence with a cache (client-side or a session): batched across
+ * sequences through forward_kv_batch, each with its own past. */
+static int is_decode(const compute_state *st) {
+  const ss_model *m = st->sm->model;
+  return m->ops->forward_kv_batch && st->in.ndim == 3 && st->in.shape[0] == 1 &&
+         st->in.shape[1] == 1 && (st->n_past > 0 || st->want_present || st->session);
+}
+
 int ss_batch_wants(const compute_state *st) {
   const ss_model *m = st->sm->model;
-  return m->max_batch_rows > 0 && m->exec == SS_EXEC_WORKER && !m->echo && !st->training &&
-         st->n_past == 0 && !st->want_present && !st->session && st->in.ndim >= 2 &&
-         !st->enc.zlib;
+  if (m->max_batch_rows <= 0 || m->exec != SS_EXEC_WORKER || m->echo || st->training ||
+      st->enc.zlib)
+    return 0;
+  return is_decode(st) ||
+         (st->n_past == 0 && !st->want_present && !st->session && st->in.ndim >= 2);
 }
 
 static int same_trail(const ss_batch *b, const compute_state *st) {
-  if (st->in.ndim != b->ndim) return 0;
+  if (st->in.ndim != b->ndim || is_decode(st) != b->decode) return 0;
   for (int i = 1; i < b->ndim; i++)
     if (st->in.shape[i] != b->trail[i]) return 0;
   return 1;
 }
 
 /* ----------------------------------------------------------- the worker --- */
+
+/* Worker: the decode steps of the batch through forward_kv_batch (each with its own cache). */
+static void batch_run_decode(ss_batch *b, int nlive) {
+  const ss_model *m = b->sm->model;
+  size_t E = (size_t)b->trail[2];
+  ss_tensor *in = calloc((size_t)nlive, sizeof *in), *out = calloc((size_t)nlive, sizeof *out);
+  ss_kv_io *kv = calloc((size_t)nlive, sizeof *kv);
+  float *buf = malloc(2 * (size_t)nlive * E * sizeof(float));
+  compute_state **who = calloc((size_t)nlive, sizeof *who);
+  if (!in || !out || !kv || !buf || !who) {
+    b->rc = SS_ENOMEM;
+    snprintf(b->err, sizeof b->err, "out of memory for a batch of %d decode steps", nlive);
+    goto done;
+  }
+  int k = 0;
+  for (int i = 0; i < b->n; i++) {
+    compute_state *st = b->m[i];
+    if (st->in_batch_skip) continue;
+    float *x = buf + (size_t)k * E, *y = buf + ((size_t)nlive + (size_t)k) * E;
+    ss_to_f32(st->in.dtype, st->in.data, x, E);
+    in[k] = (ss_tensor){SS_DTYPE_F32, 3, {1, 1, (int64_t)E}, E, x, E * sizeof(float)};
+    out[k] = (ss_tensor){SS_DTYPE_F32, 3, {1, 1, (int64_t)E}, E, y, E * sizeof(float)};
+    kv[k] = (ss_kv_io){m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present};
+    who[k++] = st;
+  }
+  uv_rwlock_rdlock(&((ss_model *)m)->lock);
+  b->rc = m->ops->forward_kv_batch(m, nlive, in, out, kv, b->err, sizeof b->err);
+  uv_rwlock_rdunlock(&((ss_model *)m)->lock);
+  if (b->rc == 0 && m->weights && ss_st_check(m->weights, b->err, sizeof b->err) != 0)
+    b->rc = SS_EPRECONDITION;
+  for (int j = 0; j < nlive && b->rc == 0; j++) { /* each step's output in its own dtype */
+    compute_state *st = who[j];
+    size_t nb = E * ss_dtype_size(st->in.dtype);
+    st->out_data = malloc(nb);
+    if (!st->out_data) {
+      st->rc = SS_ENOMEM;
+      snprintf(st->err, sizeof st->err, "out of memory for a %zu-element output", E);
+      continue;
+    }
+    ss_from_f32(st->in.dtype, out[j].data, st->out_data, E);
+    st->out_nbytes = nb;
+  }
+done:
+  free(in);
+  free(out);
+  free(kv);
+  free(buf);
+  free(who);
+}
 
 static void batch_run(ss_job *job) {
   ss_batch *b = ss_container_of(job, ss_batch, job);
@@ -78,6 +138,13 @@ static void batch_run(ss_job *job) {
   }
   b->rc = 0;
   if (rows == 0) return; /* everybody left */
+  if (b->decode) {
+    int nlive = 0;
+    for (int i = 0; i < b->n; i++) nlive += !b->m[i]->in_batch_skip;
+    batch_run_decode(b, nlive);
+    b->compute_ms = (double)(uv_hrtime() - t0) / 1e6;
+    return;
+  }
   size_t width = (size_t)b->trail[b->ndim - 1], in_cells = rows * width;
   int64_t out_last = b->m[0]->out_shape[b->m[0]->out_ndim - 1];
   size_t out_cells = rows * (size_t)out_last;
@@ -220,6 +287,7 @@ static ss_batch *batch_open(compute_state *st) {
   b->sm = st->sm;
   ss_served_ref(b->sm);
   b->ndim = st->in.ndim;
+  b->decode = is_decode(st);
   memcpy(b->trail, st->in.shape, sizeof b->trail);
   b->sm->open_batch = b;
   /* A zero delay still batches the calls that arrived in the same loop iteration (one read of

@@ -111,6 +111,60 @@ def test_gpt2_prefill_batches_equal_alone():
     np.testing.assert_allclose(result(r), alone[0], rtol=1e-5, atol=1e-5)
 
 
+def _kv(resp):
+    return list(resp.present_key_values)
+
+
+def test_gpt2_decode_steps_batch_across_sessions():
+    """8 sessions with different prefix lengths decode one token each, concurrently: the steps go
+    through the dense layers as batches (forward_kv_batch), attention per session, and every step
+    equals the same step on the unbatched twin."""
+    rng = np.random.default_rng(5)
+    n = 8
+    prefixes = [rng.standard_normal((1, 2 + i, CFG.n_embd)).astype(np.float32) for i in range(n)]
+    for i, x in enumerate(prefixes):  # same prefixes on both models
+        C.compute(make_req(x, model="gb", session="b%d" % i), timeout=T(10))
+        C.compute(make_req(x, model="g", session="a%d" % i), timeout=T(10))
+    b0, c0 = _batched_calls("gb")
+    for step in range(3):
+        toks = [rng.standard_normal((1, 1, CFG.n_embd)).astype(np.float32) for _ in range(n)]
+        futs = [C.compute.future(make_req(t, model="gb", session="b%d" % i), timeout=T(20))
+                for i, t in enumerate(toks)]
+        alone = [result(C.compute(make_req(t, model="g", session="a%d" % i), timeout=T(10)))
+                 for i, t in enumerate(toks)]
+        for i, f in enumerate(futs):
+            np.testing.assert_allclose(result(f.result()), alone[i], rtol=1e-5, atol=1e-5,
+                                       err_msg="step %d session %d" % (step, i))
+    b1, c1 = _batched_calls("gb")
+    assert c1 - c0 == 3 * n and b1 - b0 < 3 * n, (b0, b1, c0, c1)
+    # Client-side caches of different lengths batch too, and their presents are right.
+    outs = []
+    for i in range(3):
+        q = make_req(prefixes[i], model="g")
+        q.use_cache = True
+        r = C.compute(q, timeout=T(10))
+        assert len(r.present_key_values) == CFG.n_layer and r.present_key_values[0].key_shape[2] == 2 + i
+        outs.append(r)
+    tok = rng.standard_normal((1, 1, CFG.n_embd)).astype(np.float32)
+    reqs = []
+    for r in outs:
+        q = make_req(tok, model="gb")
+        q.use_cache = True
+        q.past_key_values.extend(_kv(r))
+        reqs.append(q)
+    futs = [C.compute.future(q, timeout=T(20)) for q in reqs]
+    for q, f in zip(reqs, futs):
+        q.model_id = "g"
+        want = C.compute(q, timeout=T(10))
+        got = f.result()
+        np.testing.assert_allclose(result(got), result(want), rtol=1e-5, atol=1e-5)
+        assert len(got.present_key_values) == len(want.present_key_values)
+        for a, b in zip(got.present_key_values, want.present_key_values):
+            np.testing.assert_allclose(np.frombuffer(a.key_data, np.float32),
+                                       np.frombuffer(b.key_data, np.float32), rtol=1e-5, atol=1e-5)
+            assert list(a.key_shape) == list(b.key_shape)
+
+
 def test_bad_batching_keys_refused():
     for spec, want in (("x=mlp,max_batch_rows=-1", "max_batch_rows"),
                        ("x=mlp,batch_delay_us=abc", "batch_delay_us")):
