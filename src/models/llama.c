@@ -933,6 +933,38 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
   proj_forward(p, &bk->pr[P_DOWN], a->y, a->mm, BT, 1, a->lt);
 }
 
+/*
+ * The gradient of k_proj's bias (Qwen2, attention_bias), given dk' = dL/d(rotated keys) of one
+ * call (positions 0..T-1), added into db [NKV*D]. Mathematically db = sum_t R_t^T dk'_t, and
+ * sum_t dk'_t = 0 exactly (per head, a constant added to every key shifts each query's scores
+ * by the same amount, which softmax ignores), so db = sum_t (R_t^T - I) dk'_t. Summing that form
+ * keeps only the part the rotation makes (small on the slow rotary frequencies) instead of a
+ * difference of large terms, whose float32 rounding AdamW, dividing by sqrt(v), would turn into
+ * steps of size lr. cos - 1 is computed as -2 sin^2(a/2) (no cancellation).
+ */
+static int kbias_backward(const llama *p, float *db, const float *dk, int B, int T) {
+  const int D = p->D, half = D / 2, KV = p->NKV * D;
+  double *acc = calloc((size_t)KV, sizeof *acc);
+  if (acc == NULL) return SS_ENOMEM;
+  for (int t = 0; t < T; t++) {
+    for (int i = 0; i < half; i++) {
+      double ang = (double)t * p->inv_freq[i], sh = sin(0.5 * ang);
+      double cm1 = -2.0 * sh * sh, sn = sin(ang);
+      for (int b = 0; b < B; b++) {
+        const float *row = dk + ((size_t)b * (size_t)T + (size_t)t) * (size_t)KV;
+        for (int h = 0; h < p->NKV; h++) {
+          double d0 = row[h * D + i], d1 = row[h * D + i + half];
+          acc[h * D + i] += cm1 * d0 + sn * d1;
+          acc[h * D + i + half] += cm1 * d1 - sn * d0;
+        }
+      }
+    }
+  }
+  for (int j = 0; j < KV; j++) db[j] += (float)acc[j];
+  free(acc);
+  return 0;
+}
+
 /* Backward scratch of one call. */
 typedef struct block_grads {
   float *dln, *datty, *dq, *dk, *dv; /* [BT, E], [BT, Q], [BT, Q], [BT, KV], [BT, KV] */
@@ -950,12 +982,15 @@ typedef struct block_grads {
  *   mm = act(g) * u            du = dmm * act(g),  dg = dmm * u * act'(g)
  *   g, u = n2 Wg^T, n2 Wu^T    dn2 = dg Wg + du Wu;  RMSNorm': dres += d(h)
  *   h = x + atty Wo^T          datty = dres Wo
- *   attention, rope            dq, dk, dv (nn/attention.h), rotated back (nn/rope.h)
+ *   attention, rope            dq, dk, dv (nn/attention.h), rotated back (nn/rope.h); k_proj's
+ *                              bias from the rotated dk (kbias_backward)
  *   q, k, v = n1 W^T + b       dn1 = dq Wq + dk Wk + dv Wv;  RMSNorm': dres += d(x)
  */
-static void block_backward(llama *p, int l, const block_acts *a, const block_grads *g,
-                           float *dres, int B, int T) {
+static int block_backward(llama *p, int l, const block_acts *a, const block_grads *g,
+                          float *dres, int B, int T) {
   const lblock *bk = &p->blk[l];
+  proj pk = bk->pr[P_K];
+  int rc = 0;
   const int E = p->E, Q = p->NH * p->D, KV = p->NKV * p->D, BT = B * T;
   const size_t ni = (size_t)BT * (size_t)p->I;
   ss_params *s = &p->prm;
@@ -981,16 +1016,23 @@ static void block_backward(llama *p, int l, const block_acts *a, const block_gra
   proj_backward(p, &bk->pr[P_O], g->datty, 0, dres, a->atty, BT, a->lt, g->dlt);
   ss_attention_backward(g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k, a->v,
                         KV, &d);
+  if (pk.ib >= 0) { /* k_proj's bias from the rotated-key gradient (kbias_backward) */
+    ss_params_lock(s);
+    rc = kbias_backward(p, ss_params_grad(s, pk.ib), g->dk, B, T);
+    ss_params_unlock(s);
+    pk.ib = -1;
+  }
   ss_rope_backward_freq(g->dq, Q, B, T, p->NH, p->D, 0, p->inv_freq);
   ss_rope_backward_freq(g->dk, KV, B, T, p->NKV, p->D, 0, p->inv_freq);
   ss_rmsnorm_forward(a->ln, NULL, a->x, bk->ln1, BT, E, p->eps, p->one_plus);
   proj_backward(p, &bk->pr[P_Q], g->dln, 0, g->dq, a->ln, BT, a->lt, g->dlt);
-  proj_backward(p, &bk->pr[P_K], g->dln, 1, g->dk, a->ln, BT, a->lt, g->dlt);
+  proj_backward(p, &pk, g->dln, 1, g->dk, a->ln, BT, a->lt, g->dlt);
   proj_backward(p, &bk->pr[P_V], g->dln, 1, g->dv, a->ln, BT, a->lt, g->dlt);
   ss_params_lock(s);
   ss_rmsnorm_backward(dres, bk->iln1 >= 0 ? ss_params_grad(s, bk->iln1) : g->dw_sink, g->dln,
                       a->x, bk->ln1, a->rstd1, BT, E, p->one_plus);
   ss_params_unlock(s);
+  return rc;
 }
 
 /* ------------------------------------------------------------- inference ---- */
@@ -1235,7 +1277,11 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
     float *lt = a.lt, *mm = a.mm, *ln = a.ln;
     saved_layer(p, sv, l, NULL, &a);
     a.lt = lt, a.mm = mm, a.ln = ln;
-    block_backward(p, l, &a, &g, dres, B, S);
+    if (block_backward(p, l, &a, &g, dres, B, S) != 0) {
+      free(scratch);
+      snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
+      return SS_ENOMEM;
+    }
   }
   free(scratch);
   return 0;
