@@ -12,7 +12,9 @@ with the same built-in models chosen by model_id:
   mlp        torch.nn.Sequential(Linear(768,768), ReLU, Linear(768,768)); weights from
              --weights FILE.safetensors (keys "[prefix.]<idx>.weight|bias"), else the same
              deterministic seeded weights as splitserve's embedded default (splitmix64, seed 42)
-  trunk      (with --gpt2-weights W --gpt2-config C --gpt2-layers A:B) GPT-2 blocks [A, B) of a
+  trunk      (with --llama-weights W --llama-config C --llama-layers A:B: Llama/Qwen2 decoder
+             layers [A, B), class LlamaTrunk; or:)
+             (with --gpt2-weights W --gpt2-config C --gpt2-layers A:B) GPT-2 blocks [A, B) of a
              Hugging Face checkpoint: the HF GPT2Block in eval mode written with torch ops
              (Conv1D y = x @ W + b, LayerNorm with the config's eps, causal attention over
              past + new, gelu_new), hidden states [batch, seq, n_embd] in and out; KV cache as
@@ -392,6 +394,112 @@ class Gpt2Trunk:
         return xin, h
 
 
+class LlamaTrunk:
+    """Llama-family decoder layers [a, b) (HF LlamaDecoderLayer, eval mode; model_type llama,
+    qwen2, mistral without sliding window, plain rotary embedding) in float32 torch ops, with a
+    KV cache [batch, kv_heads, past, head_dim]; the same interface as Gpt2Trunk."""
+
+    SUFFIXES = ("input_layernorm.weight", "post_attention_layernorm.weight",
+                "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                "mlp.down_proj.weight")
+
+    def __init__(self, weights, config, layers):
+        import torch
+        import torch.nn.functional as F
+        self.torch, self.F = torch, F
+        with open(config) as f:
+            cfg = json.load(f)
+        self.E, self.H = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        self.KV = int(cfg.get("num_key_value_heads") or self.H)
+        self.D = int(cfg.get("head_dim") or self.E // self.H)
+        self.n_positions = int(cfg.get("max_position_embeddings", 2048))
+        self.eps = float(cfg.get("rms_norm_eps", 1e-6))
+        theta = float(cfg.get("rope_theta", 10000.0))
+        self.qkv_bias = cfg.get("model_type") == "qwen2" or bool(cfg.get("attention_bias"))
+        n_layer = int(cfg["num_hidden_layers"])
+        a, _, b = layers.partition(":")
+        a = int(a) if a else 0
+        b = int(b) if b else n_layer
+        if not (0 <= a < b <= n_layer):
+            raise ValueError(f"--llama-layers {layers}: need 0 <= a < b <= n_layer ({n_layer})")
+        self.a, self.b = a, b
+        self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.D, 2, dtype=torch.float32) / self.D))
+        with open(weights, "rb") as f:
+            (hlen,) = struct.unpack("<Q", f.read(8))
+            names = json.loads(f.read(hlen)).keys()
+        prefix = "model." if any(k.startswith("model.layers.") for k in names) else ""
+        sufs = list(self.SUFFIXES)
+        if self.qkv_bias:
+            sufs += ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"]
+        want = [f"{prefix}layers.{i}.{s}" for i in range(a, b) for s in sufs]
+        got = read_safetensors_subset(weights, want)
+        missing = [k for k in want if k not in got]
+        if missing:
+            raise ValueError(f"{weights}: missing tensors: {', '.join(missing[:6])}")
+        self.blocks = [{s: torch.from_numpy(np.array(got[f"{prefix}layers.{i}.{s}"]))
+                        .requires_grad_(True) for s in sufs} for i in range(a, b)]
+        self.n_params = sum(t.numel() for blk in self.blocks for t in blk.values())
+
+    def check(self, x_shape, past, use_cache):
+        if len(x_shape) != 3 or x_shape[2] != self.E:
+            raise ValueError(f"model 'trunk' expects [batch, seq, {self.E}], got {list(x_shape)}")
+        L = self.b - self.a
+        if past and len(past) != L:
+            raise ValueError(f"model 'trunk' expects {L} past_key_values entries, got {len(past)}")
+        plen = list(past[0].key_shape)[2] if past else 0
+        for i, e in enumerate(past):
+            for nm, shp in (("key", list(e.key_shape)), ("value", list(e.value_shape))):
+                if shp != [x_shape[0], self.KV, plen, self.D]:
+                    raise ValueError(f"past_key_values[{i}].{nm}_shape is {shp}, expected "
+                                     f"[{x_shape[0]},{self.KV},{plen},{self.D}]")
+        if plen + x_shape[1] > self.n_positions:
+            raise ValueError(f"past {plen} + seq {x_shape[1]} exceeds {self.n_positions}")
+
+    def _rms(self, x, w):
+        return x * self.torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+
+    def _block(self, p, x, past_k, past_v):
+        torch, F = self.torch, self.F
+        B, S, E = x.shape
+        H, KV, D = self.H, self.KV, self.D
+        P = past_k.shape[2] if past_k is not None else 0
+        h = self._rms(x, p["input_layernorm.weight"])
+        q = F.linear(h, p["self_attn.q_proj.weight"], p.get("self_attn.q_proj.bias"))
+        k = F.linear(h, p["self_attn.k_proj.weight"], p.get("self_attn.k_proj.bias"))
+        v = F.linear(h, p["self_attn.v_proj.weight"], p.get("self_attn.v_proj.bias"))
+        q = q.view(B, S, H, D).transpose(1, 2)
+        k = k.view(B, S, KV, D).transpose(1, 2)
+        v = v.view(B, S, KV, D).transpose(1, 2)
+        freqs = torch.outer(torch.arange(P, P + S, dtype=torch.float32), self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+
+        def rot(t):
+            return torch.cat((-t[..., D // 2:], t[..., :D // 2]), dim=-1)
+        q = q * cos + rot(q) * sin
+        k = k * cos + rot(k) * sin
+        if past_k is not None:
+            k = torch.cat([past_k, k], dim=2)
+            v = torch.cat([past_v, v], dim=2)
+        T = k.shape[2]
+        kk = k.repeat_interleave(H // KV, dim=1)
+        vv = v.repeat_interleave(H // KV, dim=1)
+        scores = torch.matmul(q, kk.transpose(-1, -2)) * (1.0 / math.sqrt(D))
+        if S > 1:
+            causal = torch.ones(S, T, dtype=torch.bool).tril(diagonal=T - S)
+            scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+        a = torch.matmul(torch.softmax(scores, dim=-1), vv).transpose(1, 2).reshape(B, S, H * D)
+        x = F.linear(a, p["self_attn.o_proj.weight"]) + x
+        h = self._rms(x, p["post_attention_layernorm.weight"])
+        m = F.silu(F.linear(h, p["mlp.gate_proj.weight"])) * F.linear(h, p["mlp.up_proj.weight"])
+        return F.linear(m, p["mlp.down_proj.weight"]) + x, k, v
+
+    forward = Gpt2Trunk.forward
+    parameters = Gpt2Trunk.parameters
+    forward_train = Gpt2Trunk.forward_train
+
+
 class Trainer:
     """Split training of one model: pending forwards and a torch optimizer."""
 
@@ -605,6 +713,10 @@ class Service:
         if args.gpt2_weights:
             gpt2 = Gpt2Trunk(args.gpt2_weights, args.gpt2_config, args.gpt2_layers)
             print(f"peer: trunk = gpt2 layers {gpt2.a}:{gpt2.b}, {gpt2.n_params} parameters",
+                  file=sys.stderr, flush=True)
+        elif args.llama_weights:
+            gpt2 = LlamaTrunk(args.llama_weights, args.llama_config, args.llama_layers)
+            print(f"peer: trunk = llama layers {gpt2.a}:{gpt2.b}, {gpt2.n_params} parameters",
                   file=sys.stderr, flush=True)
         self.models = Models(args.weights, gpt2, args.optimizer, args.weight_decay,
                              args.max_pending)
@@ -820,6 +932,10 @@ def main():
                     "checkpoint (.safetensors, keys [transformer.]h.{i}.*)")
     ap.add_argument("--gpt2-config", help="its config.json (default: config.json beside it)")
     ap.add_argument("--gpt2-layers", default="", help="trunk layers A:B (default: all)")
+    ap.add_argument("--llama-weights", help="serve model id 'trunk': a Llama-family (llama, "
+                    "qwen2) model.safetensors (keys [model.]layers.{i}.*; single file)")
+    ap.add_argument("--llama-config", help="its config.json (default: config.json beside it)")
+    ap.add_argument("--llama-layers", default="", help="trunk layers A:B (default: all)")
     ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
                     help="split training: optimizer of ComputeBackward with learning_rate "
                     "(adamw: betas 0.9/0.999, eps 1e-8 as torch.optim.AdamW)")
@@ -831,6 +947,9 @@ def main():
         "SS_PY_DIR", os.path.join(here, "..", "..", "build", "py")),
         help="directory with compute_service_pb2.py and health_pb2.py (default: build/py)")
     args = ap.parse_args()
+    if args.llama_weights and not args.llama_config:
+        args.llama_config = os.path.join(os.path.dirname(os.path.abspath(args.llama_weights)),
+                                         "config.json")
     if args.gpt2_weights and not args.gpt2_config:
         args.gpt2_config = os.path.join(os.path.dirname(os.path.abspath(args.gpt2_weights)),
                                         "config.json")

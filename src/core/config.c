@@ -253,7 +253,7 @@ static int parse_model(walk *w, int idx, const yaml_node_t *mn, ss_model_conf *m
     } else if (strcmp(ks, "kind") == 0) {
       if ((rc = get_str(w, key, v, &m->kind)) != 0) return rc;
       if (!valid_chars(m->kind, NULL))
-        return fail(w, v, "%s: expected a model kind (identity, scale, sleep, spin, mlp, gpt2), "
+        return fail(w, v, "%s: expected a model kind (identity, scale, sleep, spin, mlp, gpt2, llama), "
                           "got '%.80s'", key, m->kind);
     } else if (strcmp(ks, "max_inflight") == 0) {
       rc = get_int(w, key, v, 0, INT_MAX, &m->max_inflight);
@@ -261,6 +261,18 @@ static int parse_model(walk *w, int idx, const yaml_node_t *mn, ss_model_conf *m
       rc = get_int(w, key, v, 0, INT_MAX, &m->max_queue);
     } else {
       const char *vs = scalar(v);
+      if (v && v->type == YAML_SEQUENCE_NODE) { /* a list (lora_targets: [q_proj, v_proj]) */
+        yaml_node_item_t *it = v->data.sequence.items.start;
+        if (it == v->data.sequence.items.top)
+          return fail(w, v, "%s: expected a non-empty list", key);
+        for (; it < v->data.sequence.items.top; it++) {
+          yaml_node_t *e = yaml_document_get_node(w->doc, *it);
+          const char *es = scalar(e);
+          if (!es || !es[0] || strpbrk(es, ",="))
+            return fail(w, e, "%s: list items must be non-empty scalars without ',' or '='", key);
+        }
+        continue;
+      }
       if (!vs || !vs[0]) {
         char got[100];
         describe_got(v, got, sizeof got);
@@ -293,7 +305,16 @@ static int parse_model(walk *w, int idx, const yaml_node_t *mn, ss_model_conf *m
     rc = sbuf_add(&b, ",");
     if (!rc) rc = sbuf_add(&b, ks);
     if (!rc) rc = sbuf_add(&b, "=");
-    if (!rc) rc = sbuf_add(&b, scalar(yaml_document_get_node(w->doc, p->value)));
+    yaml_node_t *val = yaml_document_get_node(w->doc, p->value);
+    if (!rc && val->type == YAML_SEQUENCE_NODE) { /* a list: "key=a,b" (registry.c) */
+      for (yaml_node_item_t *it = val->data.sequence.items.start;
+           !rc && it < val->data.sequence.items.top; it++) {
+        if (it != val->data.sequence.items.start) rc = sbuf_add(&b, ",");
+        if (!rc) rc = sbuf_add(&b, scalar(yaml_document_get_node(w->doc, *it)));
+      }
+    } else if (!rc) {
+      rc = sbuf_add(&b, scalar(val));
+    }
   }
   if (rc) {
     free(b.p);

@@ -987,6 +987,7 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
     snprintf(msg, sizeof msg, "out of memory");
     rc = SS_ENOMEM;
   }
+  if (rc == 0) rc = ss_params_restore(&p->prm, p->st, msg, sizeof msg); /* a checkpoint's */
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     gpt2_free(p);

@@ -177,6 +177,8 @@ static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
     unsigned long idx;
     int is_bias;
     layer_ref *r = NULL;
+    if (strncmp(t->name, SS_PARAMS_OPTIM_PREFIX, strlen(SS_PARAMS_OPTIM_PREFIX)) == 0)
+      continue; /* optimizer state of a checkpoint (params.h) */
     if (split_name(t->name, &pl, &idx, &is_bias) != 0) {
       snprintf(err, errlen,
                "weights %s: tensor '%s' is not named [prefix.]<index>.weight or "
@@ -204,6 +206,11 @@ static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
       r->b = t;
     else
       r->w = t;
+  }
+  if (nref == 0) {
+    snprintf(err, errlen, "weights %s: no layer tensors (only optimizer state)", path);
+    rc = SS_EINVAL;
+    goto done;
   }
   qsort(refs, nref, sizeof *refs, ref_cmp);
   if ((p->prefix = strndup(prefix, plen)) == NULL) {
@@ -519,7 +526,7 @@ static int mlp_params(mlp *p) {
 
 int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
   const char *weights = NULL, *act = "relu", *src, *dt = "f32";
-  char widths[72];
+  char widths[72], msg[400];
   size_t pos;
   mlp *p;
   int rc;
@@ -554,6 +561,8 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
     if (rc != 0) snprintf(err, errlen, "model '%s': out of memory", m->id);
   }
   if (rc == 0 && (rc = mlp_params(p)) != 0) snprintf(err, errlen, "out of memory");
+  if (rc == 0 && p->st != NULL && (rc = ss_params_restore(&p->prm, p->st, msg, sizeof msg)) != 0)
+    snprintf(err, errlen, "model '%s': weights %s: %s", m->id, weights, msg);
   if (rc != 0) {
     mlp_free(p);
     return rc;

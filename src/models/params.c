@@ -4,6 +4,7 @@
  */
 #include "models/params.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,24 +68,107 @@ int ss_params_step(ss_params *s, const ss_optim *opt, const char *model_id, char
   return ss_param_array_step(s->p, s->n, opt, &s->t, model_id, err, errlen);
 }
 
-int ss_params_save(const ss_params *s, const char *path, char *err, size_t errlen) {
-  const int64_t **shp = malloc((s->n ? s->n : 1) * sizeof *shp);
-  const float **data = malloc((s->n ? s->n : 1) * sizeof *data);
-  int rc;
-  if (shp == NULL || data == NULL) {
-    snprintf(err, errlen, "out of memory");
+int ss_params_write(const ss_params *s, const char *path, int what, char *err, size_t errlen) {
+  size_t cap = 3 * s->n + 1, n = 0;
+  const int64_t **shp = malloc(cap * sizeof *shp);
+  const float **data = malloc(cap * sizeof *data);
+  const char **names = malloc(cap * sizeof *names);
+  char **own_names = calloc(cap, sizeof *own_names);
+  int *ndim = malloc(cap * sizeof *ndim);
+  static const int64_t one[1] = {1};
+  float step = (float)s->t;
+  int rc = 0;
+  if (shp == NULL || data == NULL || names == NULL || own_names == NULL || ndim == NULL) {
     rc = SS_ENOMEM;
   } else {
-    for (size_t i = 0; i < s->n; i++) {
-      shp[i] = s->shape[i];
-      data[i] = *s->p[i].view;
+    if (what & SS_PARAMS_VALUES)
+      for (size_t i = 0; i < s->n; i++) {
+        names[n] = s->names[i];
+        shp[n] = s->shape[i];
+        ndim[n] = s->ndim[i];
+        data[n++] = *s->p[i].view;
+      }
+    if ((what & SS_PARAMS_OPTIM) && s->t > 0) { /* nothing before the first step */
+      names[n] = SS_PARAMS_OPTIM_PREFIX "step";
+      shp[n] = one;
+      ndim[n] = 1;
+      data[n++] = &step;
+      for (size_t i = 0; i < s->n && rc == 0; i++) {
+        for (int f = 0; f < 2 && rc == 0; f++) {
+          const float *mv = f ? s->p[i].v : s->p[i].m;
+          size_t len;
+          if (mv == NULL) continue;
+          len = strlen(s->names[i]) + 32;
+          if ((own_names[n] = malloc(len)) == NULL) {
+            rc = SS_ENOMEM;
+            break;
+          }
+          snprintf(own_names[n], len, "%s%s.%s", SS_PARAMS_OPTIM_PREFIX,
+                   f ? "exp_avg_sq" : "exp_avg", s->names[i]);
+          names[n] = own_names[n];
+          shp[n] = s->shape[i];
+          ndim[n] = s->ndim[i];
+          data[n++] = mv;
+        }
+      }
     }
-    rc = ss_st_write_f32_atomic(path, s->n, (const char *const *)s->names, shp, s->ndim, data, err,
-                                errlen);
   }
+  if (rc == SS_ENOMEM)
+    snprintf(err, errlen, "out of memory");
+  else
+    rc = ss_st_write_f32_atomic(path, n, names, shp, ndim, data, err, errlen);
+  for (size_t i = 0; own_names != NULL && i < cap; i++) free(own_names[i]);
+  free(own_names);
   free(shp);
   free(data);
+  free(names);
+  free(ndim);
   return rc;
+}
+
+int ss_params_save(const ss_params *s, const char *path, char *err, size_t errlen) {
+  return ss_params_write(s, path, SS_PARAMS_VALUES | SS_PARAMS_OPTIM, err, errlen);
+}
+
+int ss_params_restore(ss_params *s, const ss_st_file *f, char *err, size_t errlen) {
+  const ss_st_tensor *t = ss_st_find(f, SS_PARAMS_OPTIM_PREFIX "step");
+  const float *v;
+  float *own = NULL;
+  char name[400];
+  if (t == NULL) return 0;
+  if (t->numel != 1 || ss_st_f32(t, &v, &own) != 0) {
+    snprintf(err, errlen, "'%s' must hold one number", t->name);
+    return SS_EINVAL;
+  }
+  if (!(v[0] >= 0.0f) || v[0] > 16777216.0f || v[0] != floorf(v[0])) {
+    snprintf(err, errlen, "'%s' must be a whole number of steps, got %g", t->name, (double)v[0]);
+    free(own);
+    return SS_EINVAL;
+  }
+  s->t = (int64_t)v[0];
+  free(own);
+  for (size_t i = 0; i < s->n; i++) {
+    for (int k = 0; k < 2; k++) {
+      float **dst = k ? &s->p[i].v : &s->p[i].m;
+      snprintf(name, sizeof name, "%s%s.%s", SS_PARAMS_OPTIM_PREFIX, k ? "exp_avg_sq" : "exp_avg",
+               s->names[i]);
+      if ((t = ss_st_find(f, name)) == NULL) continue;
+      if (t->numel != s->p[i].numel) {
+        snprintf(err, errlen, "'%s' has %zu values, expected %zu like '%s'", name, t->numel,
+                 s->p[i].numel, s->names[i]);
+        return SS_EINVAL;
+      }
+      own = NULL;
+      if (ss_st_f32(t, &v, &own) != 0) return SS_ENOMEM;
+      if (own == NULL) {
+        if ((own = malloc(t->numel ? t->numel * sizeof(float) : 1)) == NULL) return SS_ENOMEM;
+        memcpy(own, v, t->numel * sizeof(float));
+      }
+      free(*dst);
+      *dst = own;
+    }
+  }
+  return 0;
 }
 
 void ss_params_free(ss_params *s) {

@@ -54,8 +54,23 @@ void ss_params_linear_backward(ss_params *s, int iw, int ib, float *dx, const fl
  * model_id: for messages. Returns 0, SS_EINVAL or SS_ENOMEM with a message in err. */
 int ss_params_step(ss_params *s, const ss_optim *opt, const char *model_id, char *err,
                    size_t errlen);
-/* Write all parameters as F32 safetensors under their names, atomically (see safetensors.h). */
+/* Checkpoints. The optimizer state travels with the weights, in the same file, so a server
+ * restarted from a checkpoint continues the run exactly (AdamW's moments and bias correction):
+ *   optimizer.step                 F32 [1]   steps taken (exact up to 2^24)
+ *   optimizer.exp_avg.<name>       F32 like <name>   AdamW first moment (when it has one)
+ *   optimizer.exp_avg_sq.<name>    F32 like <name>   AdamW second moment
+ * Loaders of the trainable kinds skip the "optimizer." keys (SS_PARAMS_OPTIM_PREFIX). */
+#define SS_PARAMS_OPTIM_PREFIX "optimizer."
+enum { SS_PARAMS_VALUES = 1, SS_PARAMS_OPTIM = 2 };
+/* Write the parameters (SS_PARAMS_VALUES) and/or the optimizer state (SS_PARAMS_OPTIM) as F32
+ * safetensors, atomically (see safetensors.h). */
+int ss_params_write(const ss_params *s, const char *path, int what, char *err, size_t errlen);
+/* Both, in one file: ss_params_write(s, path, SS_PARAMS_VALUES | SS_PARAMS_OPTIM). */
 int ss_params_save(const ss_params *s, const char *path, char *err, size_t errlen);
+/* Restore the optimizer state written by ss_params_write from f (borrowed; its data is copied):
+ * the step count and every parameter's moments found there (shapes checked). A file without
+ * optimizer.step leaves the state empty. Call after every ss_params_add. 0 or <0 + message. */
+int ss_params_restore(ss_params *s, const struct ss_st_file *f, char *err, size_t errlen);
 /* Free names, gradients and optimizer state (not the values: they belong to the model). */
 void ss_params_free(ss_params *s);
 

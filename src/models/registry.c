@@ -6,7 +6,10 @@
  * the spec keys it accepts, so an unknown kind or key is refused here with a message listing
  * what is allowed, before any constructor runs.
  *
- * Kinds that can train (mlp, gpt2) also take the training keys, parsed here into m->optim and
+ * A bare word after key=value (no '=') continues that key's value as a list:
+ * "lora_targets=q_proj,v_proj" gives lora_targets the value "q_proj,v_proj".
+ *
+ * Kinds that can train (mlp, gpt2, llama) also take the training keys, parsed here into m->optim and
  * m->save_path and left out of what their constructor sees: optimizer=sgd|adamw (default sgd),
  * beta1, beta2, eps (adamw only), weight_decay (SGD: added to the gradient, default 0; AdamW:
  * decoupled, default 0.01), save=PATH (checkpoint on drain and SIGUSR1). Every model gets its
@@ -45,6 +48,11 @@ static const char *const gpt2_keys[] = {"weights",        "config",         "lay
                                         "beta1",          "beta2",          "eps",    "weight_decay",
                                         "save",           "max_batch_rows", "batch_delay_us",
                                         "wire_dtype",     "wire_codec",     "compute", NULL};
+static const char *const llama_keys[] = {
+    "weights",      "config",         "layers",         "lora_rank",  "lora_alpha",
+    "lora_targets", "adapter",        "optimizer",      "beta1",      "beta2",
+    "eps",          "weight_decay",   "save",           "max_batch_rows", "batch_delay_us",
+    "wire_dtype",   "wire_codec",     "compute",        NULL};
 
 /* The training, batching, wire and compute keys, accepted by every kind that can train, parsed
  * here (parse_training, parse_compute) and never passed to the kind's constructor. */
@@ -57,6 +65,7 @@ static const kind_entry kinds[] = {
     {"identity", ss_model_identity_new, no_keys, 0}, {"scale", ss_model_scale_new, no_keys, 0},
     {"sleep", ss_model_sleep_new, no_keys, 0},       {"spin", ss_model_spin_new, no_keys, 0},
     {"mlp", ss_model_mlp_new, mlp_keys, 1},          {"gpt2", ss_model_gpt2_new, gpt2_keys, 1},
+    {"llama", ss_model_llama_new, llama_keys, 1},
 };
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
@@ -299,7 +308,7 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
 
 int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen) {
   const char *params[64];
-  char *copy, *eq, *kind, *rest, *tok, *save = NULL;
+  char *copy, *eq, *kind, *rest, *tok, *next;
   size_t n = 0;
   int rc;
 
@@ -323,8 +332,21 @@ int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen) 
     free(copy);
     return SS_EINVAL;
   }
-  for (tok = rest ? strtok_r(rest, ",", &save) : NULL; tok; tok = strtok_r(NULL, ",", &save)) {
-    char *v = strchr(tok, '=');
+  for (tok = rest; tok != NULL; tok = next) {
+    char *v;
+    next = strchr(tok, ',');
+    if (next != NULL) *next++ = '\0';
+    if (tok[0] == '\0') continue; /* empty item (",,"): skipped */
+    v = strchr(tok, '=');
+    if (v == NULL && n > 0) {
+      /* a bare word continues the previous key's list: put its comma back. The previous value
+       * ends right before it only when nothing (no empty item) came between. */
+      char *prev_end = (char *)params[n - 1] + strlen(params[n - 1]);
+      if (prev_end + 1 == tok) {
+        *prev_end = ',';
+        continue;
+      }
+    }
     if (v == NULL || v == tok) {
       snprintf(err, errlen, "model spec '%s': parameter '%s' must be key=value", spec, tok);
       free(copy);

@@ -565,7 +565,7 @@ void ss_h_compute(ss_call *call, void *app) {
     if (!m->ops->forward_train) {
       ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
                    "training_mode=true: model '%s' (kind %s) has no backward pass; models that "
-                   "train: mlp, gpt2", m->id, m->kind);
+                   "train: mlp, gpt2, llama", m->id, m->kind);
       return;
     }
     if (st->n_kv_wire > 0 || ss_meta_get(&st->meta, "session") ||

@@ -116,6 +116,7 @@ def test_train_all():
     """Every case: the protocol against the server, the same against torch."""
     for n, case in enumerate(CASES):
         gins, xs, grads = _play(case, seed=100 + n)
+        case["played"] = (xs, grads)
         if case["model"] == "mlp":
             rg, rw = train_ref.train_mlp(case["stored"], xs, grads, case["optim"], case["lr"],
                                          case["acc"], case["act"], prefix="net.")
@@ -139,7 +140,13 @@ def test_checkpoints_match_torch():
     for case in CASES:
         got = train_ref.read_safetensors(case["ckpt"])
         _, _, rw = RESULTS[case["id"]]
+        opt = {k: v for k, v in got.items() if k.startswith("optimizer.")}
+        got = {k: v for k, v in got.items() if not k.startswith("optimizer.")}
         assert set(got) == set(rw), (case["id"], sorted(set(got) ^ set(rw)))
+        assert float(opt["optimizer.step"][0]) == STEPS, sorted(opt)
+        if case["optim"]["kind"] == "adamw":  # the moments of every parameter travel along
+            assert set(opt) == {"optimizer.step"} | {"optimizer.%s.%s" % (m, k) for k in rw
+                                                     for m in ("exp_avg", "exp_avg_sq")}
         for k in rw:
             e = train_ref.rel_err(got[k], rw[k])
             assert e < TOL, "%s %s after %d steps: rel err %.3g" % (case["id"], k, STEPS, e)
@@ -180,6 +187,52 @@ def test_reload_continues():
     finally:
         c2.close()
         s2.stop_ok()
+
+
+def test_resume_optimizer_state():
+    """The checkpoint carries the optimizer state: a server restarted from it (AdamW, after 3
+    steps) takes 3 more steps == torch's 6 uninterrupted steps, for mlp and gpt2 (the llama kind
+    is checked in test_llama.py)."""
+    assert RESULTS, "test_train_all did not run"
+    for model in ("mlp", "gpt2"):
+        case = next(c for c in CASES if c["model"] == model and c["optim"]["kind"] == "adamw"
+                    and c["acc"] == 1)
+        assert os.path.exists(case["ckpt"])
+        ckpt2 = case["ckpt"] + ".resumed"
+        if model == "mlp":
+            spec = "r=mlp,weights=%s,activation=%s" % (case["ckpt"], case["act"])
+        else:
+            spec = "r=gpt2,weights=%s,config=%s,layers=%d:%d" % ((case["ckpt"], case["config"])
+                                                                  + LAYERS)
+        s2 = sslib.Server("--workers", "1", "--model",
+                          spec + train_ref.spec_keys(case["optim"]) + ",save=" + ckpt2)
+        c2 = sslib.connect(s2)
+        global C
+        c_saved, C = C, c2
+        try:
+            gins, xs, grads = _play(dict(case, id="r"), seed=600)
+            s2.signal(signal.SIGUSR1)
+            assert s2.wait_for_line(r"checkpoint \(SIGUSR1\): model 'r' written", 20)
+        finally:
+            C = c_saved
+            c2.close()
+            s2.stop_ok()
+        xs_all, grads_all = case["played"][0] + xs, case["played"][1] + grads
+        if model == "mlp":
+            rg, rw = train_ref.train_mlp(case["stored"], xs_all, grads_all, case["optim"],
+                                         case["lr"], 1, case["act"], prefix="net.")
+        else:
+            rg, rw = train_ref.train_gpt2(CFG, case["stored"], LAYERS[0], LAYERS[1], xs_all,
+                                          grads_all, case["optim"], case["lr"], 1)
+            rw = {"transformer." + k: v for k, v in rw.items()}
+        for i, (got, want) in enumerate(zip(gins, rg[STEPS:])):
+            e = train_ref.rel_err(got, want)
+            assert e < TOL, "%s resumed call %d: grad_input rel err %.3g" % (model, i, e)
+        got = train_ref.read_safetensors(ckpt2)
+        assert float(got["optimizer.step"][0]) == 2 * STEPS
+        for k in rw:
+            e = train_ref.rel_err(got[k], rw[k])
+            assert e < TOL, "%s %s after %d + %d steps: rel err %.3g" % (model, k, STEPS, STEPS, e)
 
 
 def test_refusals():

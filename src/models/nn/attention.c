@@ -16,12 +16,16 @@
 #include "models/nn/matmul.h"
 #include "models/nn/vmath.h"
 
-/* Causal softmax of one (batch, head) score block [T, Tk] in place; query i sees keys 0..P+i;
- * the masked part is set to 0. */
-static void causal_softmax(float *s, int T, int Tk, int P, float scale) {
+/* Causal softmax of one (batch, head) score block [T, Tk] in place; query i sees keys
+ * lo..P+i (lo = 0, or P+i-window+1 with a sliding window); the masked part is set to 0, so the
+ * backward (which walks keys 0..i) needs no window of its own. */
+static void causal_softmax(float *s, int T, int Tk, int P, float scale, int window) {
   for (int i = 0; i < T; i++) {
     float *row = s + (size_t)i * (size_t)Tk, mx = -INFINITY, sum = 0.0f, inv;
-    int n = P + i + 1;
+    int n = P + i + 1, lo = window > 0 && n > window ? n - window : 0;
+    for (int j = 0; j < lo; j++) row[j] = 0.0f;
+    row += lo;
+    n -= lo;
     for (int j = 0; j < n; j++) {
       row[j] *= scale;
       if (row[j] > mx) mx = row[j];
@@ -31,13 +35,21 @@ static void causal_softmax(float *s, int T, int Tk, int P, float scale) {
     for (int j = 0; j < n; j++) sum += row[j];
     inv = 1.0f / sum;
     for (int j = 0; j < n; j++) row[j] *= inv;
-    for (int j = n; j < Tk; j++) row[j] = 0.0f;
+    for (int j = n; j < Tk - lo; j++) row[j] = 0.0f;
   }
 }
 
 void ss_attention_forward(float *out, int ldo, float *att, int att_all, float *K, float *V,
                           const float *q, int ldq, const float *k, const float *v, int ldkv,
                           const void *past_k, const void *past_v, const ss_attn_dims *d) {
+  ss_attention_forward_window(out, ldo, att, att_all, K, V, q, ldq, k, v, ldkv, past_k, past_v, d,
+                              0);
+}
+
+void ss_attention_forward_window(float *out, int ldo, float *att, int att_all, float *K, float *V,
+                                 const float *q, int ldq, const float *k, const float *v, int ldkv,
+                                 const void *past_k, const void *past_v, const ss_attn_dims *d,
+                                 int window) {
   const int T = d->T, P = d->P, Tk = P + T, HS = d->HS, grp = d->NH / d->NKV;
   const size_t hs = (size_t)HS, pbytes = (size_t)P * hs * sizeof(float);
   for (int b = 0; b < d->B; b++) {
@@ -63,7 +75,7 @@ void ss_attention_forward(float *out, int ldo, float *att, int att_all, float *K
       /* scores [T, Tk] = q_h [T, HS] K_g^T */
       ss_matmul(SS_MM_N, SS_MM_T, T, Tk, HS, 1.0f, q + row0 * (size_t)ldq + (size_t)h * hs, ldq,
                 Kg, HS, 0.0f, A, Tk);
-      causal_softmax(A, T, Tk, P, d->scale);
+      causal_softmax(A, T, Tk, P, d->scale, window);
       /* out_h [T, HS] = att [T, Tk] V_g [Tk, HS] */
       ss_matmul(SS_MM_N, SS_MM_N, T, HS, Tk, 1.0f, A, Tk, Vg, HS, 0.0f,
                 out + row0 * (size_t)ldo + (size_t)h * hs, ldo);

@@ -4,6 +4,8 @@
  * reads kv head h / (NH / NKV)); GPT-2 has NKV == NH. Head size HS. Queries of this call sit at
  * absolute positions P .. P+T-1 after P cached ones; query t sees keys 0 .. P+t:
  *   att = softmax(scale * q k^T + causal mask),  out = att v   (per batch, per head)
+ * With a sliding window W (ss_attention_forward_window, W > 0) the query at absolute position i
+ * also loses the keys j <= i - W (sees W keys at most: HF Mistral's mask).
  *
  * Layouts (row-major float32; a "row" is one token; strides in floats):
  *   q    [B, T, NH*HS]   row stride ldq      k, v [B, T, NKV*HS]  row stride ldkv
@@ -30,6 +32,13 @@ typedef struct ss_attn_dims {
 void ss_attention_forward(float *out, int ldo, float *att, int att_all, float *K, float *V,
                           const float *q, int ldq, const float *k, const float *v, int ldkv,
                           const void *past_k, const void *past_v, const ss_attn_dims *d);
+
+/* The same with a sliding window of `window` keys (0: none, as ss_attention_forward). The
+ * backward needs nothing extra: masked probabilities are exactly 0 in att. */
+void ss_attention_forward_window(float *out, int ldo, float *att, int att_all, float *K, float *V,
+                                 const float *q, int ldq, const float *k, const float *v, int ldkv,
+                                 const void *past_k, const void *past_v, const ss_attn_dims *d,
+                                 int window);
 
 /* Backward, no past (P == 0), given dout [B, T, NH*HS] (row stride ldo), the forward's att
  * [B, NH, T, T] (att_all) and its q, k, v: dq (stride ldq), dk, dv (stride ldkv) overwritten

@@ -8,13 +8,14 @@
 #include <math.h>
 #include <stddef.h>
 
-/* sign +1: forward rotation, -1: inverse. */
+/* sign +1: forward rotation, -1: inverse. theta_i = inv_freq[i], or base^(-2i/HS) when NULL. */
 static void rotate(float *x, int ld, int B, int T, int NH, int HS, int pos0, float base,
-                   double sign) {
+                   const double *inv_freq, double sign) {
   const int half = HS / 2;
   for (int t = 0; t < T; t++) {
     for (int i = 0; i < half; i++) {
-      double ang = (double)(pos0 + t) * pow((double)base, -2.0 * i / (double)HS);
+      double th = inv_freq != NULL ? inv_freq[i] : pow((double)base, -2.0 * i / (double)HS);
+      double ang = (double)(pos0 + t) * th;
       float c = (float)cos(ang), s = (float)(sign * sin(ang));
       for (int b = 0; b < B; b++) {
         float *row = x + ((size_t)b * (size_t)T + (size_t)t) * (size_t)ld;
@@ -29,9 +30,23 @@ static void rotate(float *x, int ld, int B, int T, int NH, int HS, int pos0, flo
 }
 
 void ss_rope_forward(float *x, int ld, int B, int T, int NH, int HS, int pos0, float base) {
-  rotate(x, ld, B, T, NH, HS, pos0, base, 1.0);
+  rotate(x, ld, B, T, NH, HS, pos0, base, NULL, 1.0);
 }
 
 void ss_rope_backward(float *d, int ld, int B, int T, int NH, int HS, int pos0, float base) {
-  rotate(d, ld, B, T, NH, HS, pos0, base, -1.0);
+  rotate(d, ld, B, T, NH, HS, pos0, base, NULL, -1.0);
+}
+
+void ss_rope_forward_freq(float *x, int ld, int B, int T, int NH, int HS, int pos0,
+                          const double *inv_freq) {
+  rotate(x, ld, B, T, NH, HS, pos0, 0.0f, inv_freq, 1.0);
+}
+
+void ss_rope_backward_freq(float *d, int ld, int B, int T, int NH, int HS, int pos0,
+                           const double *inv_freq) {
+  rotate(d, ld, B, T, NH, HS, pos0, 0.0f, inv_freq, -1.0);
+}
+
+void ss_rope_inv_freq(double *inv_freq, int HS, double base) {
+  for (int i = 0; i < HS / 2; i++) inv_freq[i] = pow(base, -2.0 * i / (double)HS);
 }

@@ -17,4 +17,14 @@ void ss_rope_forward(float *x, int ld, int B, int T, int NH, int HS, int pos0, f
 /* d holds dL/dx' on entry, dL/dx on return; same arguments as the forward. */
 void ss_rope_backward(float *d, int ld, int B, int T, int NH, int HS, int pos0, float base);
 
+/* The same with explicit frequencies: theta_i = inv_freq[i] (HS/2 values, borrowed), for scaled
+ * variants (Llama 3's rope_scaling "llama3", "linear"; see ss_rope_inv_freq). */
+void ss_rope_forward_freq(float *x, int ld, int B, int T, int NH, int HS, int pos0,
+                          const double *inv_freq);
+void ss_rope_backward_freq(float *d, int ld, int B, int T, int NH, int HS, int pos0,
+                           const double *inv_freq);
+
+/* inv_freq [HS/2] = base^(-2i/HS) (the unscaled theta_i), written. */
+void ss_rope_inv_freq(double *inv_freq, int HS, double base);
+
 #endif

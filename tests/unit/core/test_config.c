@@ -161,8 +161,10 @@ static void test_errors(void) {
   expect_error("models:\n  - id: a\n    kind: mlp\n    weights: /x,y\n",
                "t.yaml:4:14: models[0].weights: value must not contain ',' or '='");
   expect_error("models:\n  - id: a\n    kind: mlp\n    activation: a=b\n", "models[0].activation: value must not contain");
-  expect_error("models:\n  - id: a\n    kind: mlp\n    extra: [1, 2]\n",
-               "models[0].extra: expected a non-empty scalar value, got a sequence");
+  expect_error("models:\n  - id: a\n    kind: mlp\n    extra: []\n",
+               "models[0].extra: expected a non-empty list");
+  expect_error("models:\n  - id: a\n    kind: mlp\n    extra: [1, [2]]\n",
+               "models[0].extra: list items must be non-empty scalars without ',' or '='");
   expect_error("models:\n  - id: a\n    kind: mlp\n    extra: {x: 1}\n", "models[0].extra: expected a non-empty scalar value, got a mapping");
   expect_error("models:\n  - id: a\n    kind: mlp\n    max_inflight: lots\n",
                "models[0].max_inflight: expected an integer in [0, 2147483647], got 'lots'");
@@ -184,6 +186,14 @@ static void test_unknown_scalar_keys(void) {
                0);
   CHECK(c.n_models == 1 && strcmp(c.models[0].spec, "s=scale,factor=2,note=x y") == 0);
   CHECK_EQ_INT(c.models[0].max_queue, 5);
+  ss_config_free(&c);
+  /* a list value becomes "key=a,b" (a bare word continues the key's list: models/registry.c) */
+  CHECK_EQ_INT(parse("models:\n  - id: l\n    kind: llama\n    lora_targets: [q_proj, v_proj]\n"
+                     "    lora_rank: 4\n",
+                     &c),
+               0);
+  CHECK(c.n_models == 1 &&
+        strcmp(c.models[0].spec, "l=llama,lora_targets=q_proj,v_proj,lora_rank=4") == 0);
   ss_config_free(&c);
 }
 

@@ -1,0 +1,331 @@
+/*
+ * test_llama.c — unit tests for src/models/llama.c with tiny random checkpoints written here
+ * (hidden 16, 4 query heads over 2 kv heads, head_dim 4, intermediate 24, 3 layers, HF key
+ * layout under "model."): a qwen2 trunk (q/k/v biases, GQA) and a mistral trunk (sliding window
+ * 3, shorter than the sequences): prefill == token-by-token decode through forward_kv (past =
+ * the previous present), batch 2 == two batch-1 runs, a gradient of the training path against
+ * central differences, LoRA spec lists on one command-line spec ("lora_targets=q_proj,v_proj"),
+ * the refusals of check/check_kv. Single-threaded; files in a mkdtemp dir.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "models/model.h"
+#include "models/safetensors.h"
+
+#define E 16
+#define NH 4
+#define NKV 2
+#define HD 4
+#define NI 24
+#define NL 3
+#define NPOS 32
+#define NT 12 /* tensors per layer (with the q/k/v biases) */
+
+static char dir[64];
+
+static const char *const suffix[NT] = {
+    "input_layernorm.weight", "post_attention_layernorm.weight",
+    "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",   "mlp.up_proj.weight",
+    "mlp.down_proj.weight",   "self_attn.q_proj.bias",
+    "self_attn.k_proj.bias",  "self_attn.v_proj.bias"};
+static const int64_t tshape[NT][2] = {{E, 0},       {E, 0},       {NH * HD, E}, {NKV * HD, E},
+                                      {NKV * HD, E}, {E, NH * HD}, {NI, E},      {NI, E},
+                                      {E, NI},       {NH * HD, 0}, {NKV * HD, 0}, {NKV * HD, 0}};
+static const int tndim[NT] = {1, 1, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1};
+
+static float W[NL][NT][E * NI];
+
+static uint64_t rng_state = 777;
+static float frand(void) { /* uniform in [-1, 1) */
+  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+  return (float)((double)(rng_state >> 40) * 0x1p-24 * 2.0 - 1.0);
+}
+
+static size_t tnumel(int k) {
+  return (size_t)tshape[k][0] * (size_t)(tndim[k] == 2 ? tshape[k][1] : 1);
+}
+
+static void make_weights(void) {
+  for (int l = 0; l < NL; l++)
+    for (int k = 0; k < NT; k++)
+      for (size_t j = 0; j < tnumel(k); j++) {
+        float r = frand();
+        if (k < 2)
+          W[l][k][j] = 1.0f + 0.2f * r;
+        else if (tndim[k] == 1)
+          W[l][k][j] = 0.1f * r;
+        else
+          W[l][k][j] = r * 1.2f / sqrtf((float)tshape[k][1]);
+      }
+}
+
+/* nt: NT (with q/k/v biases) or NT - 3 (without). */
+static void write_ckpt(const char *path, int nt) {
+  const char *names[NL * NT];
+  char namebuf[NL * NT][96];
+  const int64_t *shapes[NL * NT];
+  int ndims[NL * NT];
+  const float *data[NL * NT];
+  char err[300];
+  size_t n = 0;
+  for (int l = 0; l < NL; l++)
+    for (int k = 0; k < nt; k++) {
+      snprintf(namebuf[n], sizeof namebuf[n], "model.layers.%d.%s", l, suffix[k]);
+      names[n] = namebuf[n];
+      shapes[n] = tshape[k];
+      ndims[n] = tndim[k];
+      data[n] = W[l][k];
+      n++;
+    }
+  CHECK_EQ_INT(ss_st_write_f32(path, n, names, shapes, ndims, data, err, sizeof err), 0);
+}
+
+static void write_config(const char *path, const char *type, const char *extra) {
+  FILE *fp = fopen(path, "w");
+  fprintf(fp,
+          "{\"model_type\": \"%s\", \"hidden_size\": %d, \"num_attention_heads\": %d, "
+          "\"num_key_value_heads\": %d, \"intermediate_size\": %d, \"num_hidden_layers\": %d, "
+          "\"max_position_embeddings\": %d, \"rms_norm_eps\": 1e-6, \"rope_theta\": 10000.0%s}\n",
+          type, E, NH, NKV, NI, NL, NPOS, extra ? extra : "");
+  fclose(fp);
+}
+
+static ss_tensor tensor3(float *data, int64_t b, int64_t s, int64_t e) {
+  ss_tensor t;
+  memset(&t, 0, sizeof t);
+  t.dtype = SS_DTYPE_F32;
+  t.ndim = 3;
+  t.shape[0] = b;
+  t.shape[1] = s;
+  t.shape[2] = e;
+  t.numel = (size_t)(b * s * e);
+  t.nbytes = t.numel * sizeof(float);
+  t.data = data;
+  return t;
+}
+
+static float max_abs_diff(const float *a, const float *b, size_t n) {
+  float m = 0;
+  for (size_t i = 0; i < n; i++) {
+    float d = fabsf(a[i] - b[i]);
+    if (isnan(d)) return INFINITY;
+    if (d > m) m = d;
+  }
+  return m;
+}
+
+static void free_kv(ss_kv_layer *kv, int n) {
+  for (int i = 0; i < n; i++) {
+    free(kv[i].key.data);
+    free(kv[i].value.data);
+  }
+}
+
+static int run(ss_model *m, float *x, float *y, int64_t B, int64_t S, ss_kv_io *kv) {
+  ss_tensor in = tensor3(x, B, S, E), out = tensor3(y, B, S, E);
+  int64_t oshape[8];
+  int ondim, rc;
+  char err[300];
+  rc = m->ops->check(m, &in, NULL, oshape, &ondim, err, sizeof err);
+  if (rc == 0 && kv && kv->past)
+    rc = m->ops->check_kv(m, &in, kv->past, kv->n_layers, err, sizeof err);
+  if (rc == 0)
+    rc = kv ? m->ops->forward_kv(m, &in, &out, kv, NULL, err, sizeof err)
+            : m->ops->forward(m, &in, &out, NULL, err, sizeof err);
+  if (rc != 0) fprintf(stderr, "run: %s\n", err);
+  return rc;
+}
+
+static char wq[128], cq[128], wm[128], cm[128];
+
+/* prefill of S tokens == one token at a time with the cache; batch 2 == two batch-1 runs. */
+static void check_decode_and_batch(const char *spec) {
+  enum { B = 2, S = 9 };
+  char err[600];
+  ss_model *m = NULL;
+  float x[B * S * E], y[B * S * E], y1[S * E], step[B * E], out[B * E];
+  CHECK_EQ_INT(ss_model_create(spec, &m, err, sizeof err), 0);
+  if (m == NULL) {
+    fprintf(stderr, "%s\n", err);
+    return;
+  }
+  for (size_t i = 0; i < B * S * E; i++) x[i] = frand();
+  CHECK_EQ_INT(run(m, x, y, B, S, NULL), 0);
+  for (int b = 0; b < B; b++) { /* batch 2 == two batch-1 */
+    CHECK_EQ_INT(run(m, x + b * S * E, y1, 1, S, NULL), 0);
+    CHECK(max_abs_diff(y1, y + b * S * E, S * E) < 1e-5f);
+  }
+  {
+    int L = m->n_kv_layers;
+    ss_kv_layer *past = NULL, *present = calloc((size_t)L, sizeof *present);
+    float worst = 0;
+    for (int t = 0; t < S; t++) {
+      ss_kv_io kv = {L, past, 1, present};
+      for (int b = 0; b < B; b++) memcpy(step + b * E, x + (b * S + t) * E, E * sizeof(float));
+      if (run(m, step, out, B, 1, &kv) != 0) {
+        CHECK(0);
+        break;
+      }
+      for (int b = 0; b < B; b++) {
+        float d = max_abs_diff(out + b * E, y + (b * S + t) * E, E);
+        if (d > worst) worst = d;
+      }
+      CHECK_EQ_INT(present[0].key.shape[1], NKV);
+      CHECK_EQ_INT(present[0].key.shape[2], t + 1);
+      if (past != NULL) {
+        free_kv(past, L);
+        free(past);
+      }
+      past = present;
+      present = calloc((size_t)L, sizeof *present);
+    }
+    if (worst >= 1e-5f) fprintf(stderr, "%s: decode vs prefill %g\n", spec, (double)worst);
+    CHECK(worst < 1e-5f);
+    if (past != NULL) {
+      free_kv(past, L);
+      free(past);
+    }
+    free(present);
+  }
+  ss_model_free(m);
+}
+
+static void test_decode(void) {
+  char spec[600];
+  snprintf(spec, sizeof spec, "q=llama,weights=%s,config=%s,layers=1:3", wq, cq);
+  check_decode_and_batch(spec);
+  snprintf(spec, sizeof spec, "m=llama,weights=%s,config=%s", wm, cm);
+  check_decode_and_batch(spec);
+  /* LoRA with a nonzero B does not exist before training; a fresh adapter keeps the outputs */
+  snprintf(spec, sizeof spec,
+           "l=llama,weights=%s,config=%s,layers=1:3,lora_rank=2,lora_targets=q_proj,v_proj,"
+           "down_proj,optimizer=adamw",
+           wq, cq);
+  check_decode_and_batch(spec);
+}
+
+/* The training path (forward_train + backward) against central differences of forward. */
+static void test_grad(void) {
+  enum { B = 1, S = 5 };
+  char spec[600], err[600];
+  ss_model *m = NULL;
+  float x[B * S * E], y[B * S * E], r[B * S * E], gin[B * S * E], yp[B * S * E], ym[B * S * E];
+  void *saved = NULL;
+  size_t sb;
+  snprintf(spec, sizeof spec, "m=llama,weights=%s,config=%s", wm, cm);
+  CHECK_EQ_INT(ss_model_create(spec, &m, err, sizeof err), 0);
+  if (m == NULL) return;
+  for (int i = 0; i < B * S * E; i++) x[i] = frand(), r[i] = frand();
+  {
+    ss_tensor in = tensor3(x, B, S, E), out = tensor3(y, B, S, E);
+    ss_tensor go = tensor3(r, B, S, E), gi = tensor3(gin, B, S, E);
+    CHECK_EQ_INT(m->ops->forward_train(m, &in, &out, &saved, &sb, err, sizeof err), 0);
+    CHECK_EQ_INT(m->ops->backward(m, saved, &go, &gi, err, sizeof err), 0);
+    m->ops->free_saved(m, saved);
+  }
+  {
+    double worst = 0, scale = 0;
+    for (int i = 0; i < B * S * E; i++) {
+      double fp = 0, fm = 0, h = 1e-2, num;
+      float keep = x[i];
+      x[i] = keep + (float)h;
+      run(m, x, yp, B, S, NULL);
+      x[i] = keep - (float)h;
+      run(m, x, ym, B, S, NULL);
+      x[i] = keep;
+      for (int j = 0; j < B * S * E; j++) fp += (double)yp[j] * r[j], fm += (double)ym[j] * r[j];
+      num = (fp - fm) / (2 * h);
+      if (fabs(num - gin[i]) > worst) worst = fabs(num - gin[i]);
+      if (fabs(num) > scale) scale = fabs(num);
+    }
+    if (worst > 2e-2 * scale) fprintf(stderr, "grad: %g vs scale %g\n", worst, scale);
+    CHECK(worst <= 2e-2 * scale);
+  }
+  ss_model_free(m);
+}
+
+static void test_checks(void) {
+  char spec[600], err[600];
+  ss_model *m = NULL;
+  float x[2 * 3 * E] = {0}, kv[2 * NKV * 3 * HD] = {0};
+  int64_t os[8];
+  int ond;
+  snprintf(spec, sizeof spec, "q=llama,weights=%s,config=%s,layers=1:3", wq, cq);
+  CHECK_EQ_INT(ss_model_create(spec, &m, err, sizeof err), 0);
+  if (m == NULL) return;
+  CHECK_EQ_INT(m->n_kv_layers, 2);
+  CHECK_CONTAINS(m->describe, "llama (qwen2) layers 1:3 of 3 (hidden 16, 4/2 heads)");
+  {
+    ss_tensor in = tensor3(x, 1, 3, 8);
+    CHECK_EQ_INT(m->ops->check(m, &in, NULL, os, &ond, err, sizeof err), SS_EINVAL);
+    CHECK_CONTAINS(err, "expects hidden size 16, got 8");
+    in = tensor3(x, 1, NPOS + 1, E);
+    CHECK_EQ_INT(m->ops->check(m, &in, NULL, os, &ond, err, sizeof err), SS_EINVAL);
+    CHECK_CONTAINS(err, "seq 33 exceeds max_position_embeddings 32");
+  }
+  {
+    ss_tensor in = tensor3(x, 2, 1, E);
+    ss_kv_layer past[2];
+    memset(past, 0, sizeof past);
+    for (int l = 0; l < 2; l++)
+      for (int f = 0; f < 2; f++) {
+        ss_tensor *t = f ? &past[l].value : &past[l].key;
+        t->dtype = SS_DTYPE_F32;
+        t->ndim = 4;
+        t->shape[0] = 2, t->shape[1] = NKV, t->shape[2] = 3, t->shape[3] = HD;
+        t->numel = 2 * NKV * 3 * HD;
+        t->nbytes = t->numel * 4;
+        t->data = kv;
+      }
+    CHECK_EQ_INT(m->ops->check_kv(m, &in, past, 2, err, sizeof err), 0);
+    CHECK_EQ_INT(m->ops->check_kv(m, &in, past, 1, err, sizeof err), SS_EINVAL);
+    CHECK_CONTAINS(err, "expects 2 past_key_values entries (one per trunk layer 1:3), got 1");
+    past[1].value.shape[1] = NH;
+    CHECK_EQ_INT(m->ops->check_kv(m, &in, past, 2, err, sizeof err), SS_EINVAL);
+    CHECK_CONTAINS(err, "past_key_values[1].value_shape (layer 2) is [2,4,3,4], expected [2,2,3,4]");
+    past[1].value.shape[1] = NKV;
+    past[0].key.shape[3] = 8;
+    CHECK_EQ_INT(m->ops->check_kv(m, &in, past, 2, err, sizeof err), SS_EINVAL);
+    CHECK_CONTAINS(err, "expected [2,2,past_len,4] ([batch, num_key_value_heads");
+  }
+  ss_model_free(m);
+  /* refusals */
+  snprintf(spec, sizeof spec, "q=llama,weights=%s,config=%s,lora_rank=2,lora_targets=q_proj,zz",
+           wq, cq);
+  CHECK(ss_model_create(spec, &m, err, sizeof err) < 0);
+  CHECK_CONTAINS(err, "unknown module 'zz'");
+  snprintf(spec, sizeof spec, "q=llama,weights=%s,config=%s", wm, cq); /* no q/k/v biases */
+  CHECK(ss_model_create(spec, &m, err, sizeof err) < 0);
+  CHECK_CONTAINS(err, "missing: model.layers.0.self_attn.q_proj.bias");
+}
+
+int main(void) {
+  snprintf(dir, sizeof dir, "/tmp/ss-llama-XXXXXX");
+  if (mkdtemp(dir) == NULL) return 1;
+  make_weights();
+  snprintf(wq, sizeof wq, "%s/q.safetensors", dir);
+  snprintf(cq, sizeof cq, "%s/q.json", dir);
+  snprintf(wm, sizeof wm, "%s/m.safetensors", dir);
+  snprintf(cm, sizeof cm, "%s/m.json", dir);
+  write_ckpt(wq, NT);
+  write_config(cq, "qwen2", NULL);
+  write_ckpt(wm, NT - 3);
+  write_config(cm, "mistral", ", \"sliding_window\": 3");
+  test_decode();
+  test_grad();
+  test_checks();
+  unlink(wq);
+  unlink(cq);
+  unlink(wm);
+  unlink(cm);
+  rmdir(dir);
+  TEST_MAIN_END();
+}
