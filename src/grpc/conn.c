@@ -24,9 +24,10 @@
  *   streams       SETTINGS_MAX_CONCURRENT_STREAMS; nghttp2 refuses streams beyond it.
  *   headers       SETTINGS_MAX_HEADER_LIST_SIZE, enforced here on the decoded size (name +
  *                 value + 32 per field, HPACK references counted in full) as fields arrive,
- *                 trailers included: over it the call gets RESOURCE_EXHAUSTED and nghttp2
- *                 resets the stream and decodes the rest of the block without calling us (so
- *                 an HPACK amplification costs little); the 16th time, GOAWAY.
+ *                 trailers included: over it the stream is reset with ENHANCE_YOUR_CALM
+ *                 (RESOURCE_EXHAUSTED in gRPC clients) and nghttp2 decodes the rest of the
+ *                 block without calling us (so an HPACK amplification costs little); the 16th
+ *                 time, GOAWAY.
  *   inbound bytes nghttp2 sends no WINDOW_UPDATE itself. Request bytes held by open streams
  *                 are counted per connection; while under the buffer budget they are
  *                 acknowledged at once (connection and stream), over it a stream's window is
@@ -157,17 +158,26 @@ typedef struct {
   char encoding[32];
 } hdr_state;
 
-/* A stream's header list went over the limit: answer it (if it can still be answered) and let
- * nghttp2 reset it and skip the rest of the block; a connection that keeps doing it is cut. */
+/* A stream's header list went over the limit: reset it with ENHANCE_YOUR_CALM (gRPC clients
+ * report RESOURCE_EXHAUSTED; a response cannot go first: nghttp2 drops what is queued for a
+ * stream it resets) and let nghttp2 skip the rest of the block without calling us. A
+ * connection that keeps doing it is cut. */
 static int header_overflow(ss_conn *c, ss_call *call) {
   ss_grpc_server *s = c->srv;
   call->h2_reset = 1;
-  if (call->state != SS_CALL_DONE) {
+  if (call->state != SS_CALL_DONE) { /* no handler has seen it yet */
     call->refused = 1;
-    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
-                 "request header list larger than %zu bytes (decoded, 32 bytes per field "
-                 "included; --max-header-list-bytes)", s->cfg.max_header_list_bytes);
+    call->state = SS_CALL_DONE;
+    call->finished = 1;
+    ss_tq_cancel(&s->tq, &call->deadline);
+    s->stats.rejected++;
+    ss_grpc_call_settled(s, call);
   }
+  int rv = nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, call->stream_id,
+                                     NGHTTP2_ENHANCE_YOUR_CALM);
+  if (rv != 0) SS_LOGD("stream %d: rst_stream: %s", call->stream_id, nghttp2_strerror(rv));
+  ss_grpc_note_limit(s, "stream reset: request header list over %zu bytes (--max-header-list-bytes)",
+                     s->cfg.max_header_list_bytes);
   if (++c->hdr_overflows >= SS_MAX_HDR_OVERFLOWS)
     ss_conn_kill(c, NGHTTP2_ENHANCE_YOUR_CALM,
                  "%u header lists over the limit of %zu bytes (--max-header-list-bytes)",
