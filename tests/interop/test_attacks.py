@@ -21,6 +21,8 @@ ENHANCE_YOUR_CALM = 0xB
 REFUSED_STREAM = 0x7
 SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 MiB = 1 << 20
+# ASan keeps freed memory in its quarantine (256 MiB by default): RSS bounds get that much slack.
+RSS_SLACK_KIB = 300 * 1024 if sslib.SANITIZE else 0
 
 S = None
 
@@ -223,7 +225,7 @@ def test_headers_only_streams_bounded_and_timed_out():
             rss1 = srv.rss_kib()
             print("    20000 header-only streams on one connection: RSS +%d KiB, GOAWAY %r"
                   % (rss1 - rss0, c.goaway))
-            assert rss1 - rss0 < 64 * 1024, (rss0, rss1)
+            assert rss1 - rss0 < 64 * 1024 + RSS_SLACK_KIB, (rss0, rss1)
         with h2raw.H2Conn("127.0.0.1", srv.port) as c:
             sids = [h2raw.grpc_start(c, sslib.SVC + "Compute") for _ in range(256)]
             t0 = time.monotonic()
@@ -388,7 +390,7 @@ def test_unfinished_uploads_bounded():
             rss1 = srv.rss_kib()
             print("    20 x 50 MB unfinished uploads: %.0f MB accepted in %.1fs, server RSS +%d MiB"
                   % (sent / 1e6, time.monotonic() - t0, (rss1 - rss0) // 1024))
-            assert (rss1 - rss0) < 300 * 1024, (rss0, rss1)
+            assert (rss1 - rss0) < 300 * 1024 + RSS_SLACK_KIB, (rss0, rss1)
             assert sent < 300 * MiB, sent
             lat = latencies(srv, 5)
             assert max(lat) < T(3), lat
@@ -448,10 +450,10 @@ def test_unread_responses_bounded():
             rss1 = srv.rss_kib()
             codes = [c.streams[s].grpc_status for s in sids if c.streams[s].grpc_status is not None]
             refused = codes.count(SC.RESOURCE_EXHAUSTED.value[0])
-            print("    %d x 4 MiB calls, responses never read: %d uploads completed in %.1fs, "
-                  "%d answered RESOURCE_EXHAUSTED, server RSS +%d MiB"
-                  % (len(sids), len(sids), time.monotonic() - t0, refused, (rss1 - rss0) // 1024))
-            assert (rss1 - rss0) < 200 * 1024, (rss0, rss1)
+            print("    %d x 4 MiB calls, responses never read, %.1fs: %d answered "
+                  "RESOURCE_EXHAUSTED, server RSS +%d MiB"
+                  % (len(sids), time.monotonic() - t0, refused, (rss1 - rss0) // 1024))
+            assert (rss1 - rss0) < 200 * 1024 + RSS_SLACK_KIB, (rss0, rss1)
             lat = latencies(srv, 5)
             assert max(lat) < T(3), lat
     finally:
