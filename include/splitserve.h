@@ -107,6 +107,19 @@ typedef struct ss_server_config {
   int max_queue;              /* per-model wait queue bound; -1 = unlimited */
   size_t max_message_bytes;   /* largest request message accepted (default 100 MiB) */
   double drain_timeout_s;     /* graceful drain limit on stop (default 5) */
+  /* Transport bounds: what one connection, peer or request may hold (0 timeouts = off). */
+  int max_connections;        /* open connections in all (default 10000); more are refused */
+  int max_connections_per_peer; /* open connections per client IP address (default 1000) */
+  int max_concurrent_streams; /* advertised and enforced per connection (default 256) */
+  size_t max_header_list_bytes; /* decoded request headers per stream, name+value+32 per
+                                 * field (default 16384); over it the stream is refused */
+  size_t max_connection_buffer_bytes; /* request bytes received and response bytes unsent
+                                 * held per connection, each direction (default 64 MiB) */
+  double handshake_timeout_s; /* client preface + SETTINGS must arrive within (default 10) */
+  double idle_timeout_s;      /* no open stream and nothing received for this long: GOAWAY
+                               * (default 300; PINGs count as activity) */
+  double request_body_timeout_s; /* a request whose headers or body stop arriving for this
+                                  * long is answered DEADLINE_EXCEEDED (default 30) */
   const char *const *models;  /* borrowed; "ID=KIND[,key=value...]"; first = default */
   size_t n_models;            /* 0: the embedded default model set */
   const int *model_max_inflight; /* borrowed, n_models entries or NULL; -1 = max_inflight */

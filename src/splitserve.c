@@ -109,6 +109,15 @@ int ss_server_config_load(ss_server_config *cfg, const char *path, ss_config_fil
   if (fc->has_session_ttl) cfg->session_ttl_s = fc->session_ttl_s;
   if (fc->has_activation_memory_mb) cfg->activation_max_bytes = (size_t)fc->activation_memory_mb << 20;
   if (fc->has_activation_ttl) cfg->activation_ttl_s = fc->activation_ttl_s;
+  if (fc->has_max_connections) cfg->max_connections = fc->max_connections;
+  if (fc->has_max_connections_per_peer) cfg->max_connections_per_peer = fc->max_connections_per_peer;
+  if (fc->has_max_concurrent_streams) cfg->max_concurrent_streams = fc->max_concurrent_streams;
+  if (fc->has_max_header_list_bytes) cfg->max_header_list_bytes = (size_t)fc->max_header_list_bytes;
+  if (fc->has_max_connection_buffer_mb)
+    cfg->max_connection_buffer_bytes = (size_t)fc->max_connection_buffer_mb << 20;
+  if (fc->has_handshake_timeout) cfg->handshake_timeout_s = fc->handshake_timeout_s;
+  if (fc->has_idle_timeout) cfg->idle_timeout_s = fc->idle_timeout_s;
+  if (fc->has_request_body_timeout) cfg->request_body_timeout_s = fc->request_body_timeout_s;
   if (fc->has_save_weights) cfg->save_weights = fc->save_weights;
   if (fc->has_enable_test_models) cfg->enable_test_models = fc->enable_test_models;
   if (fc->has_max_metadata_entries) cfg->max_metadata_entries = fc->max_metadata_entries;
@@ -207,6 +216,20 @@ static void raise_nofile(void) {
             (unsigned long long)old, (unsigned long long)rl.rlim_cur);
 }
 
+/* Every connection is a file descriptor: --max-connections must fit the open-file limit (after
+ * raise_nofile) with room for the process's own files, so that a flood of sockets meets our
+ * limit and its GOAWAY rather than EMFILE. If it does not fit, it is lowered (and logged). */
+#define SS_FD_RESERVE 256
+static void fit_fd_limit(ss_server *s) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
+  if ((rlim_t)s->cfg.max_connections + SS_FD_RESERVE <= rl.rlim_cur) return;
+  int fit = rl.rlim_cur > 2 * SS_FD_RESERVE ? (int)(rl.rlim_cur - SS_FD_RESERVE) : (int)rl.rlim_cur / 2;
+  SS_LOGW("--max-connections %d does not fit the open-file limit (%llu): using %d",
+          s->cfg.max_connections, (unsigned long long)rl.rlim_cur, fit);
+  s->cfg.max_connections = fit;
+}
+
 static int check_threads(ss_server *s, char *err, size_t errlen) {
   int w = s->cfg.workers > 0 ? s->cfg.workers : 1;
   if ((long)w * s->cfg.intra_op_threads > s->ncpu && !s->cfg.oversubscribe) {
@@ -243,6 +266,9 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
   if (s->cfg.workers < 0) s->cfg.workers = s->ncpu;
   if (s->cfg.intra_op_threads < 1) s->cfg.intra_op_threads = 1;
   if (s->cfg.max_message_bytes == 0) s->cfg.max_message_bytes = 104857600;
+  if (s->cfg.max_connections <= 0) s->cfg.max_connections = 10000;
+  raise_nofile();
+  fit_fd_limit(s);
   int rv = check_threads(s, e, sizeof e);
   if (rv != 0) {
     snprintf(err, errlen, "%s", e);
@@ -268,8 +294,18 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
     size_t nm;
     const ss_method *methods = ss_service_methods(&nm);
     ss_grpc_hooks hooks = {s, on_drain_started, on_drained, on_busy, on_transport_closed};
-    ss_grpc_config gc = {s->cfg.listen_host, s->cfg.listen_port, s->cfg.max_message_bytes,
-                         s->cfg.drain_timeout_s};
+    ss_grpc_config gc = {.host = s->cfg.listen_host,
+                         .port = s->cfg.listen_port,
+                         .max_message_bytes = s->cfg.max_message_bytes,
+                         .drain_timeout_s = s->cfg.drain_timeout_s};
+    gc.max_connections = (size_t)s->cfg.max_connections;
+    gc.max_connections_per_peer = (size_t)s->cfg.max_connections_per_peer;
+    gc.max_concurrent_streams = (uint32_t)s->cfg.max_concurrent_streams;
+    gc.max_header_list_bytes = s->cfg.max_header_list_bytes;
+    gc.max_connection_buffer_bytes = s->cfg.max_connection_buffer_bytes;
+    gc.handshake_timeout_s = s->cfg.handshake_timeout_s;
+    gc.idle_timeout_s = s->cfg.idle_timeout_s;
+    gc.request_body_timeout_s = s->cfg.request_body_timeout_s;
     rv = ss_grpc_server_new(&s->loop, &gc, methods, nm, s->svc, &hooks, &s->grpc, e, sizeof e);
   }
   if (rv == 0 && s->cfg.metrics_port >= 0)
@@ -281,7 +317,6 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
     return rv;
   }
   ss_service_attach(s->svc, s->grpc);
-  raise_nofile();
   *out = s;
   return 0;
 }

@@ -29,6 +29,21 @@ static void usage(FILE *f) {
           "                            at once (default 10000)\n"
           "  --max-message-bytes N     largest request message (default 104857600)\n"
           "  --drain-timeout S         graceful drain limit on SIGINT/SIGTERM (default 5)\n"
+          "transport bounds (what one client can hold; see README):\n"
+          "  --max-connections N       open connections in all; more are closed at once with\n"
+          "                            GOAWAY ENHANCE_YOUR_CALM (default 10000)\n"
+          "  --max-connections-per-peer N  open connections per client IP address (default 1000)\n"
+          "  --max-concurrent-streams N    streams per connection, advertised and enforced (256)\n"
+          "  --max-header-list-bytes N decoded request headers per stream, name+value+32 per field\n"
+          "                            (default 16384); over it RST_STREAM ENHANCE_YOUR_CALM\n"
+          "                            (RESOURCE_EXHAUSTED); 16 in one connection: GOAWAY\n"
+          "  --max-connection-buffer-mb N  request bytes held and response bytes unsent per\n"
+          "                            connection, each direction (default 64)\n"
+          "  --handshake-timeout S     HTTP/2 preface + SETTINGS must arrive within S (default 10)\n"
+          "  --idle-timeout S          GOAWAY a connection with no open stream that received\n"
+          "                            nothing (PINGs count) for S seconds (default 300; 0 = off)\n"
+          "  --request-body-timeout S  a request whose headers or body stop arriving for S s is\n"
+          "                            answered DEADLINE_EXCEEDED (default 30; 0 = off)\n"
           "  --model ID=KIND[,k=v...]  serve a model (repeatable; the first is the default). Kinds:\n"
           "                              identity, scale, sleep, spin (no keys)\n"
           "                              mlp   weights=FILE.safetensors, activation=relu|gelu\n"
@@ -88,6 +103,17 @@ static int parse_hostport(const char *flag, const char *v, char *host, size_t ho
     host[hl - 2] = 0;
   }
   *port = (int)x;
+  return 0;
+}
+
+static int parse_seconds(const char *flag, const char *v, double hi, double *out) {
+  char *end;
+  double d = strtod(v, &end);
+  if (end == v || *end || !(d >= 0 && d <= hi)) {
+    fprintf(stderr, "splitserve: %s expects seconds in [0, %g], got '%s'\n", flag, hi, v);
+    return -1;
+  }
+  *out = d;
   return 0;
 }
 
@@ -194,6 +220,27 @@ int main(int argc, char **argv) {
         goto out;
       }
       cfg.drain_timeout_s = d;
+    } else if (strcmp(a, "--max-connections") == 0) {
+      if (parse_int(a, v, 1, 10000000, &x) != 0) goto out;
+      cfg.max_connections = (int)x;
+    } else if (strcmp(a, "--max-connections-per-peer") == 0) {
+      if (parse_int(a, v, 1, 10000000, &x) != 0) goto out;
+      cfg.max_connections_per_peer = (int)x;
+    } else if (strcmp(a, "--max-concurrent-streams") == 0) {
+      if (parse_int(a, v, 1, 100000, &x) != 0) goto out;
+      cfg.max_concurrent_streams = (int)x;
+    } else if (strcmp(a, "--max-header-list-bytes") == 0) {
+      if (parse_int(a, v, 1024, 16L << 20, &x) != 0) goto out;
+      cfg.max_header_list_bytes = (size_t)x;
+    } else if (strcmp(a, "--max-connection-buffer-mb") == 0) {
+      if (parse_int(a, v, 1, 1L << 20, &x) != 0) goto out;
+      cfg.max_connection_buffer_bytes = (size_t)x << 20;
+    } else if (strcmp(a, "--handshake-timeout") == 0) {
+      if (parse_seconds(a, v, 86400, &cfg.handshake_timeout_s) != 0) goto out;
+    } else if (strcmp(a, "--idle-timeout") == 0) {
+      if (parse_seconds(a, v, 86400 * 7, &cfg.idle_timeout_s) != 0) goto out;
+    } else if (strcmp(a, "--request-body-timeout") == 0) {
+      if (parse_seconds(a, v, 86400, &cfg.request_body_timeout_s) != 0) goto out;
     } else if (strcmp(a, "--session-memory-mb") == 0) {
       if (parse_int(a, v, 1, 1L << 30, &x) != 0) goto out;
       cfg.session_max_bytes = (size_t)x << 20;

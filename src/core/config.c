@@ -47,6 +47,9 @@ static const char *const top_keys[] = {
     "metrics_listen",
     "max_metadata_entries", "max_metadata_key_bytes", "max_metadata_value_bytes",
     "max_session_id_bytes",
+    "max_connections", "max_connections_per_peer", "max_concurrent_streams",
+    "max_header_list_bytes", "max_connection_buffer_mb", "handshake_timeout",
+    "idle_timeout", "request_body_timeout",
     NULL};
 
 __attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t *n,
@@ -405,6 +408,30 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
     } else if (!strcmp(ks, "activation_ttl")) {
       rc = get_seconds(w, ks, v, 1, 86400.0 * 7, &c->activation_ttl_s);
       c->has_activation_ttl = !rc;
+    } else if (!strcmp(ks, "max_connections")) {
+      rc = get_int(w, ks, v, 1, 10000000, &c->max_connections);
+      c->has_max_connections = !rc;
+    } else if (!strcmp(ks, "max_connections_per_peer")) {
+      rc = get_int(w, ks, v, 1, 10000000, &c->max_connections_per_peer);
+      c->has_max_connections_per_peer = !rc;
+    } else if (!strcmp(ks, "max_concurrent_streams")) {
+      rc = get_int(w, ks, v, 1, 100000, &c->max_concurrent_streams);
+      c->has_max_concurrent_streams = !rc;
+    } else if (!strcmp(ks, "max_header_list_bytes")) {
+      rc = get_ll(w, ks, v, 1024, 16LL << 20, &c->max_header_list_bytes);
+      c->has_max_header_list_bytes = !rc;
+    } else if (!strcmp(ks, "max_connection_buffer_mb")) {
+      rc = get_ll(w, ks, v, 1, 1LL << 20, &c->max_connection_buffer_mb);
+      c->has_max_connection_buffer_mb = !rc;
+    } else if (!strcmp(ks, "handshake_timeout")) {
+      rc = get_seconds(w, ks, v, 0, 86400, &c->handshake_timeout_s);
+      c->has_handshake_timeout = !rc;
+    } else if (!strcmp(ks, "idle_timeout")) {
+      rc = get_seconds(w, ks, v, 0, 86400.0 * 7, &c->idle_timeout_s);
+      c->has_idle_timeout = !rc;
+    } else if (!strcmp(ks, "request_body_timeout")) {
+      rc = get_seconds(w, ks, v, 0, 86400, &c->request_body_timeout_s);
+      c->has_request_body_timeout = !rc;
     } else if (!strcmp(ks, "save_weights")) {
       rc = get_str(w, ks, v, &c->save_weights);
       c->has_save_weights = !rc;
@@ -435,7 +462,7 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
     } else if (!strcmp(ks, "models")) {
       rc = parse_models(w, v, c);
     } else {
-      char list[300];
+      char list[600];
       size_t pos = 0;
       list[0] = 0;
       for (int i = 0; top_keys[i] && pos < sizeof list; i++) {
@@ -649,6 +676,14 @@ void ss_server_config_init(ss_server_config *cfg) {
   cfg->max_queue = 10000;
   cfg->max_message_bytes = 104857600;
   cfg->drain_timeout_s = 5.0;
+  cfg->max_connections = 10000;
+  cfg->max_connections_per_peer = 1000;
+  cfg->max_concurrent_streams = 256;
+  cfg->max_header_list_bytes = 16384;
+  cfg->max_connection_buffer_bytes = (size_t)64 << 20;
+  cfg->handshake_timeout_s = 10.0;
+  cfg->idle_timeout_s = 300.0;
+  cfg->request_body_timeout_s = 30.0;
   cfg->session_max_bytes = (size_t)1 << 30;
   cfg->session_ttl_s = 600.0;
   cfg->activation_max_bytes = (size_t)2 << 30;

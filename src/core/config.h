@@ -42,6 +42,14 @@ typedef struct ss_file_config {
   double session_ttl_s; int has_session_ttl;                  /* key session_ttl */
   long long activation_memory_mb; int has_activation_memory_mb;
   double activation_ttl_s; int has_activation_ttl;             /* key activation_ttl */
+  int max_connections, has_max_connections;
+  int max_connections_per_peer, has_max_connections_per_peer;
+  int max_concurrent_streams, has_max_concurrent_streams;
+  long long max_header_list_bytes; int has_max_header_list_bytes;
+  long long max_connection_buffer_mb; int has_max_connection_buffer_mb;
+  double handshake_timeout_s; int has_handshake_timeout;       /* key handshake_timeout */
+  double idle_timeout_s; int has_idle_timeout;                 /* key idle_timeout */
+  double request_body_timeout_s; int has_request_body_timeout; /* key request_body_timeout */
   char *save_weights; int has_save_weights;                    /* default model checkpoint */
   int enable_test_models, has_enable_test_models;            /* bool */
   int max_metadata_entries, has_max_metadata_entries;

@@ -92,6 +92,9 @@ static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
 }
 
 void ss_call_take_output(ss_call *call, uint8_t *dst, size_t n) {
+  size_t acct = n < call->out_acct ? n : call->out_acct;
+  call->out_acct -= acct;
+  if (call->conn) call->conn->out_pending -= acct;
   size_t a = call->out_len - call->out_off;
   if (a > n) a = n;
   memcpy(dst, call->out + call->out_off, a);
@@ -136,6 +139,21 @@ static void kick(ss_call *call) {
   ss_conn_mark_dirty(call->conn);
 }
 
+/* Response bytes about to be queued on call's connection: 0, or SS_EBUSY when they would take
+ * the connection's unsent bytes over its budget (one response is always allowed). */
+static int out_admit(ss_call *call, size_t n) {
+  ss_conn *c = call->conn;
+  if (!c) return 0;
+  if (c->out_pending > 0 && c->out_pending + n > call->srv->cfg.max_connection_buffer_bytes) {
+    ss_grpc_note_limit(call->srv, "responses refused: a client is not reading (%zu bytes unsent "
+                       "on its connection)", c->out_pending);
+    return SS_EBUSY;
+  }
+  c->out_pending += n;
+  call->out_acct += n;
+  return 0;
+}
+
 static void count_status(ss_grpc_server *s, int code) {
   switch (code) {
   case SS_GRPC_OK: s->stats.served++; break;
@@ -177,6 +195,14 @@ void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg
     ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "response of %zu bytes cannot be sent", total);
     return;
   }
+  if (out_admit(call, 5 + total) != 0) {
+    free(owner);
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                 "response of %zu bytes refused: the connection already holds %zu bytes of "
+                 "responses its client has not read (--max-connection-buffer-mb %zu)",
+                 total, call->conn->out_pending, call->srv->cfg.max_connection_buffer_bytes >> 20);
+    return;
+  }
   uint8_t *p = call->out + call->out_len;
   ss_msg_prefix(p, (uint32_t)total);
   protobuf_c_message_pack(msg, p + 5);
@@ -207,7 +233,19 @@ void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_fie
 void ss_call_send(ss_call *call, const ProtobufCMessage *msg) {
   if (call->state == SS_CALL_DONE || !call->conn) return;
   size_t packed = protobuf_c_message_get_packed_size(msg);
-  if (out_reserve(call, 5 + packed) != 0) return;
+  if (out_admit(call, 5 + packed) != 0) {
+    /* The client does not read its stream: end it (the cancel hook runs at the close). */
+    int rv = nghttp2_submit_rst_stream(call->conn->h2, NGHTTP2_FLAG_NONE, call->stream_id,
+                                       NGHTTP2_ENHANCE_YOUR_CALM);
+    if (rv != 0) SS_LOGD("stream %d: rst_stream: %s", call->stream_id, nghttp2_strerror(rv));
+    ss_conn_mark_dirty(call->conn);
+    return;
+  }
+  if (out_reserve(call, 5 + packed) != 0) {
+    call->out_acct -= 5 + packed;
+    call->conn->out_pending -= 5 + packed;
+    return;
+  }
   uint8_t *p = call->out + call->out_len;
   ss_msg_prefix(p, (uint32_t)packed);
   protobuf_c_message_pack(msg, p + 5);

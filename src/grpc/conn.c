@@ -17,17 +17,52 @@
  * uv_write. DATA payloads are copied from the call's output straight into that buffer
  * (NGHTTP2_DATA_FLAG_NO_COPY + send_data_callback). While a write is in flight and the next
  * buffer is over SS_WBUF_HIGH, nghttp2 is told WOULDBLOCK, which back-pressures the streams.
+ *
+ * Bounds (what one client can make the server hold; each a setting of ss_grpc_config):
+ *   connections   total and per client IP: over either, the socket gets SETTINGS + GOAWAY
+ *                 (ENHANCE_YOUR_CALM, reason in the debug data) and is closed at once.
+ *   streams       SETTINGS_MAX_CONCURRENT_STREAMS; nghttp2 refuses streams beyond it.
+ *   headers       SETTINGS_MAX_HEADER_LIST_SIZE, enforced here on the decoded size (name +
+ *                 value + 32 per field, HPACK references counted in full) as fields arrive,
+ *                 trailers included: over it the stream is reset with ENHANCE_YOUR_CALM
+ *                 (RESOURCE_EXHAUSTED in gRPC clients) and nghttp2 decodes the rest of the
+ *                 block without calling us (so an HPACK amplification costs little); the 16th
+ *                 time, GOAWAY.
+ *   inbound bytes nghttp2 sends no WINDOW_UPDATE itself. Request bytes held by open streams
+ *                 are counted per connection; while under the buffer budget they are
+ *                 acknowledged at once (connection and stream), over it a stream's window is
+ *                 refilled only for the oldest incomplete request (so one message larger than
+ *                 the budget still arrives) and only while the completed requests waiting for
+ *                 compute or for their client to read stay within the budget. Stream windows
+ *                 are budget / max streams (64 KiB .. 8 MiB), so a connection holds at most
+ *                 about budget + streams x window + one message.
+ *   outbound bytes responses queued and not yet written are counted per connection; a reply
+ *                 that would take them over the budget is answered RESOURCE_EXHAUSTED instead
+ *                 (a streamed message: the stream is reset), so a client that never opens its
+ *                 window holds at most the budget.
+ *   time          one timer-queue entry per connection: the preface + SETTINGS must come
+ *                 within the handshake timeout; a connection with no open stream that
+ *                 received nothing (PINGs count) for the idle timeout gets GOAWAY; a doomed
+ *                 connection lingers at most SS_LINGER_MS for its peer to read the GOAWAY.
+ *                 Per call, the same entry as its deadline: headers must complete and body
+ *                 bytes keep coming within the request body timeout.
+ *   protocol      :method must be POST (else HTTP 405), te: trailers is required (else
+ *                 INVALID_ARGUMENT); nghttp2 refuses NUL/CR/LF in header values and :path.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/log.h"
+#include "core/macros.h"
 #include "grpc/h2mem.h"
 #include "grpc/grpc_int.h"
 
 #define SS_WBUF_HIGH (1u << 20)
 #define SS_WBUF_KEEP (256u << 10) /* larger write buffers are freed once written */
+#define SS_LINGER_MS 2000         /* a doomed connection's last bytes: time for the peer to read */
+#define SS_MAX_HDR_OVERFLOWS 16   /* header lists over the limit before GOAWAY */
 
 static ss_call *stream_call(ss_conn *c, int32_t stream_id) {
   return nghttp2_session_get_stream_user_data(c->h2, stream_id);
@@ -91,6 +126,10 @@ static void call_unlink(ss_conn *c, ss_call *call) {
   call->conn_prev = call->conn_next = NULL;
 }
 
+static void on_recv_timeout(ss_tq_entry *e);
+static void on_conn_timer(ss_tq_entry *e);
+static void in_rebalance(ss_conn *c);
+
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
   ss_conn *c = user_data;
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
@@ -105,6 +144,10 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
   ss_msg_reader_init(&call->reader, c->srv->cfg.max_message_bytes);
   call_link(c, call);
   nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, call);
+  double t = c->srv->cfg.request_body_timeout_s;
+  if (t > 0 && ss_tq_arm(&c->srv->tq, &call->deadline, call->start_ns + (uint64_t)(t * 1e9),
+                         on_recv_timeout) != 0)
+    SS_LOGD("stream %d: no memory for the request timeout", call->stream_id);
   return 0;
 }
 
@@ -115,20 +158,55 @@ typedef struct {
   char encoding[32];
 } hdr_state;
 
+/* A stream's header list went over the limit: reset it with ENHANCE_YOUR_CALM (gRPC clients
+ * report RESOURCE_EXHAUSTED; a response cannot go first: nghttp2 drops what is queued for a
+ * stream it resets) and let nghttp2 skip the rest of the block without calling us. A
+ * connection that keeps doing it is cut. */
+static int header_overflow(ss_conn *c, ss_call *call) {
+  ss_grpc_server *s = c->srv;
+  call->h2_reset = 1;
+  if (call->state != SS_CALL_DONE) { /* no handler has seen it yet */
+    call->refused = 1;
+    call->state = SS_CALL_DONE;
+    call->finished = 1;
+    ss_tq_cancel(&s->tq, &call->deadline);
+    s->stats.rejected++;
+    ss_grpc_call_settled(s, call);
+  }
+  int rv = nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, call->stream_id,
+                                     NGHTTP2_ENHANCE_YOUR_CALM);
+  if (rv != 0) SS_LOGD("stream %d: rst_stream: %s", call->stream_id, nghttp2_strerror(rv));
+  ss_grpc_note_limit(s, "stream reset: request header list over %zu bytes (--max-header-list-bytes)",
+                     s->cfg.max_header_list_bytes);
+  if (++c->hdr_overflows >= SS_MAX_HDR_OVERFLOWS)
+    ss_conn_kill(c, NGHTTP2_ENHANCE_YOUR_CALM,
+                 "%u header lists over the limit of %zu bytes (--max-header-list-bytes)",
+                 c->hdr_overflows, s->cfg.max_header_list_bytes);
+  return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+}
+
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
                      size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                      void *user_data) {
   (void)session, (void)flags;
   ss_conn *c = user_data;
-  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
   ss_call *call = stream_call(c, frame->hd.stream_id);
   if (!call) return 0;
+  /* Every field counts in full, indexed or not, trailers too: the decoded size is the cost. */
+  call->hdr_bytes += namelen + valuelen + 32;
+  if (call->hdr_bytes > c->srv->cfg.max_header_list_bytes) return header_overflow(c, call);
+  if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
     call->method = ss_grpc_route(c->srv, (const char *)value, valuelen);
     if (!call->method) {
       free(call->bad_path);
       call->bad_path = strndup((const char *)value, valuelen > 200 ? 200 : valuelen);
     }
+  } else if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
+    call->bad_method = !(valuelen == 4 && memcmp(value, "POST", 4) == 0);
+  } else if (namelen == 2 && memcmp(name, "te", 2) == 0) {
+    call->have_te = 1; /* nghttp2 accepts no other value than "trailers" */
   } else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
     call->have_ctype = 1;
     /* application/grpc, application/grpc+proto, application/grpc;charset=... */
@@ -149,16 +227,21 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 }
 
 static void refuse_http(ss_call *call, const char *status, const char *text) {
-  /* A non-gRPC answer (the gRPC spec: 415 for a wrong content-type). */
+  /* A non-gRPC answer (the gRPC spec: 415 for a wrong content-type; 405 for a method other
+   * than POST, with allow: POST). */
   nghttp2_nv nv[] = {
       {(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"content-type", (uint8_t *)"text/plain", 12, 10, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"allow", (uint8_t *)"POST", 5, 4, NGHTTP2_NV_FLAG_NONE},
   };
   call->headers_submitted = 1;
   call->state = SS_CALL_DONE;
   call->finished = 1;
+  if (!call->refused) call->refused = 1; /* discard and stop its upload */
+  ss_tq_cancel(&call->srv->tq, &call->deadline);
   (void)text;
-  int rv = nghttp2_submit_response(call->conn->h2, call->stream_id, nv, 2, NULL);
+  int rv = nghttp2_submit_response(call->conn->h2, call->stream_id, nv,
+                                   strcmp(status, "405") == 0 ? 3 : 2, NULL);
   if (rv != 0) SS_LOGW("stream %d: submit_response: %s", call->stream_id, nghttp2_strerror(rv));
   call->srv->stats.failed++;
   ss_conn_mark_dirty(call->conn);
@@ -201,6 +284,12 @@ const ss_method *ss_grpc_route(const ss_grpc_server *s, const char *path, size_t
 static void headers_done(ss_conn *c, ss_call *call) {
   ss_grpc_server *s = c->srv;
   s->stats.requests++;
+  call->headers_complete = 1;
+  if (call->state == SS_CALL_DONE) return; /* already answered */
+  if (call->bad_method) {
+    refuse_http(call, "405", "method not allowed: gRPC is POST only");
+    return;
+  }
   if (call->refused == 415 || !call->have_ctype) {
     refuse_http(call, "415", "unsupported content-type");
     return;
@@ -214,6 +303,12 @@ static void headers_done(ss_conn *c, ss_call *call) {
   s->nlive++;
   if (call->refused == 400) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "malformed grpc-timeout header");
+    return;
+  }
+  if (!call->have_te) {
+    call->refused = 1;
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "missing header 'te: trailers' (required by gRPC over HTTP/2)");
     return;
   }
   if (!call->method) {
@@ -248,21 +343,98 @@ static void dispatch(ss_call *call) {
                  call->nmsgs);
     return;
   }
+  ss_tq_cancel(&call->srv->tq, &call->deadline); /* the request body timeout */
   ss_call_arm_deadline(call);
   call->method->handler(call, call->srv->method_app);
 }
 
+static void handshake_done(ss_conn *c);
+
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
   (void)session;
   ss_conn *c = user_data;
-  if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
+  if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) {
+    if (frame->hd.type == NGHTTP2_SETTINGS && !c->handshaken) handshake_done(c);
+    return 0;
+  }
   ss_call *call = stream_call(c, frame->hd.stream_id);
   if (!call) return 0;
   if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST &&
       (frame->hd.flags & NGHTTP2_FLAG_END_HEADERS))
     headers_done(c, call);
-  if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) dispatch(call);
+  if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+    dispatch(call);
+    if (c->nstream_debtors) in_rebalance(c); /* the oldest incomplete request may change */
+  }
   return 0;
+}
+
+/* ---- inbound budget: WINDOW_UPDATE only as far as the connection's budget allows ---- */
+
+static void consume_log(int rv, int32_t stream_id) {
+  if (rv != 0) SS_LOGD("stream %d: consume: %s", stream_id, nghttp2_strerror(rv));
+}
+
+/* Bytes nobody keeps (refused or finished streams): acknowledge at once. */
+static void in_discard(ss_conn *c, int32_t stream_id, size_t len) {
+  int rv = nghttp2_session_consume(c->h2, stream_id, len);
+  if (rv == NGHTTP2_ERR_INVALID_ARGUMENT) rv = nghttp2_session_consume_connection(c->h2, len);
+  consume_log(rv, stream_id);
+}
+
+/* The oldest incomplete request (the one a budget-sized wait must never block), and the bytes
+ * held by requests that are complete (waiting for compute or for their client to read). */
+static ss_call *in_head(ss_conn *c, size_t *held_done) {
+  ss_call *head = NULL;
+  size_t done = 0;
+  for (ss_call *x = c->calls; x; x = x->conn_next) { /* newest first */
+    if (x->state == SS_CALL_RECV && !x->refused && x->headers_complete) head = x;
+    else done += x->in_held;
+  }
+  *held_done = done;
+  return head;
+}
+
+static void stream_repay(ss_conn *c, ss_call *call) {
+  if (!call->stream_debt) return;
+  consume_log(nghttp2_session_consume_stream(c->h2, call->stream_id, call->stream_debt),
+              call->stream_id);
+  call->stream_debt = 0;
+  c->nstream_debtors--;
+}
+
+/* Give streams their deferred window back as far as the budget allows. */
+static void in_rebalance(ss_conn *c) {
+  size_t budget = c->srv->cfg.max_connection_buffer_bytes;
+  if (c->in_held <= budget) {
+    for (ss_call *x = c->calls; x && c->nstream_debtors; x = x->conn_next) stream_repay(c, x);
+    return;
+  }
+  size_t done;
+  ss_call *head = in_head(c, &done);
+  if (head && done <= budget) stream_repay(c, head);
+}
+
+static void in_account(ss_conn *c, ss_call *call, size_t len) {
+  size_t budget = c->srv->cfg.max_connection_buffer_bytes;
+  call->in_held += len;
+  c->in_held += len;
+  /* The connection window is always given back: the stream windows do the bounding. */
+  consume_log(nghttp2_session_consume_connection(c->h2, len), 0);
+  if (c->in_held > budget) {
+    size_t done;
+    if (in_head(c, &done) != call || done > budget) {
+      if (!call->stream_debt) c->nstream_debtors++;
+      call->stream_debt += len;
+      return;
+    }
+  }
+  if (call->stream_debt) { /* the budget has room again, or this became the oldest */
+    call->stream_debt += len;
+    stream_repay(c, call);
+    return;
+  }
+  consume_log(nghttp2_session_consume_stream(c->h2, call->stream_id, len), call->stream_id);
 }
 
 static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
@@ -270,7 +442,12 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
   (void)session, (void)flags;
   ss_conn *c = user_data;
   ss_call *call = stream_call(c, stream_id);
-  if (!call || call->refused || call->state != SS_CALL_RECV) return 0;
+  if (!call || call->refused || call->state != SS_CALL_RECV) {
+    in_discard(c, stream_id, len);
+    return 0;
+  }
+  call->last_rx_ms = uv_now(c->srv->loop);
+  in_account(c, call, len);
   while (len > 0) {
     size_t used = 0;
     int rv = ss_msg_reader_feed(&call->reader, data, len, &used);
@@ -318,7 +495,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
   if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
   /* We answered before the client finished sending (refused call): stop its upload. */
   ss_call *call = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
-  if (call && call->refused && call->state != SS_CALL_ACTIVE &&
+  if (call && call->refused && !call->h2_reset && call->state != SS_CALL_ACTIVE &&
       !nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id))
     if (nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                                   NGHTTP2_NO_ERROR) != 0)
@@ -328,6 +505,14 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
 
 /* The stream is gone (answered, reset by the client, or the session ends). */
 static void stream_gone(ss_conn *c, ss_call *call) {
+  c->in_held -= call->in_held;
+  call->in_held = 0;
+  if (call->stream_debt) {
+    call->stream_debt = 0;
+    c->nstream_debtors--;
+  }
+  c->out_pending -= call->out_acct;
+  call->out_acct = 0;
   call_unlink(c, call);
   call->conn = NULL;
   ss_call_abandon(call);
@@ -342,6 +527,10 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
   if (!call) return 0;
   nghttp2_session_set_stream_user_data(session, stream_id, NULL);
   stream_gone(c, call);
+  if (c->nstream_debtors) {
+    in_rebalance(c);
+    ss_conn_mark_dirty(c);
+  }
   return 0;
 }
 
@@ -369,10 +558,125 @@ static void on_closed(uv_handle_t *h) {
   free(c);
 }
 
+/* ---- the per-peer table ---- */
+
+static int peer_key(uv_tcp_t *tcp, uint8_t out[16], uint8_t *len) {
+  struct sockaddr_storage ss;
+  int n = sizeof ss;
+  if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &n) != 0) return -1;
+  if (ss.ss_family == AF_INET) {
+    memcpy(out, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    *len = 4;
+    return 0;
+  }
+  if (ss.ss_family != AF_INET6) return -1;
+  const uint8_t *a = (const uint8_t *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+  static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (memcmp(a, v4mapped, 12) == 0) {
+    memcpy(out, a + 12, 4);
+    *len = 4;
+  } else {
+    memcpy(out, a, 16);
+    *len = 16;
+  }
+  return 0;
+}
+
+static size_t peer_bucket(const uint8_t *addr, uint8_t len) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (uint8_t i = 0; i < len; i++) h = (h ^ addr[i]) * 16777619u;
+  return h % SS_PEER_BUCKETS;
+}
+
+/* The peer's entry (created with n = 0); NULL when out of memory. */
+static ss_peer *peer_get(ss_grpc_server *s, const uint8_t *addr, uint8_t len) {
+  size_t b = peer_bucket(addr, len);
+  for (ss_peer *p = s->peers[b]; p; p = p->next)
+    if (p->len == len && memcmp(p->addr, addr, len) == 0) return p;
+  ss_peer *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->len = len;
+  memcpy(p->addr, addr, len);
+  p->next = s->peers[b];
+  s->peers[b] = p;
+  return p;
+}
+
+static void peer_put(ss_grpc_server *s, ss_peer *peer) {
+  if (--peer->n > 0) return;
+  ss_peer **pp = &s->peers[peer_bucket(peer->addr, peer->len)];
+  while (*pp != peer) pp = &(*pp)->next;
+  *pp = peer->next;
+  free(peer);
+}
+
+/* ---- timeouts ---- */
+
+static void conn_arm(ss_conn *c, uint64_t when_ms) {
+  if (ss_tq_arm(&c->srv->tq, &c->tmo, when_ms * 1000000u, on_conn_timer) != 0)
+    SS_LOGD("connection: no memory for its timer");
+}
+
+static void handshake_done(ss_conn *c) {
+  c->handshaken = 1;
+  if (c->srv->cfg.idle_timeout_s > 0)
+    conn_arm(c, uv_now(c->srv->loop) + (uint64_t)(c->srv->cfg.idle_timeout_s * 1000.0));
+  else
+    ss_tq_cancel(&c->srv->tq, &c->tmo);
+}
+
+static void on_conn_timer(ss_tq_entry *e) {
+  ss_conn *c = ss_container_of(e, ss_conn, tmo);
+  ss_grpc_server *s = c->srv;
+  if (c->closing) return;
+  if (c->doomed) { /* the peer had its time to read the GOAWAY */
+    ss_conn_close(c);
+    return;
+  }
+  if (!c->handshaken) {
+    ss_conn_kill(c, NGHTTP2_SETTINGS_TIMEOUT,
+                 "no HTTP/2 client preface and SETTINGS within %.1f s (--handshake-timeout)",
+                 s->cfg.handshake_timeout_s);
+    return;
+  }
+  uint64_t idle_ms = (uint64_t)(s->cfg.idle_timeout_s * 1000.0), now = uv_now(s->loop);
+  if (idle_ms == 0) return;
+  if (c->calls || c->last_rx_ms + idle_ms > now) { /* busy, or heard from lately */
+    conn_arm(c, (c->calls ? now : c->last_rx_ms) + idle_ms);
+    return;
+  }
+  ss_conn_kill(c, NGHTTP2_NO_ERROR, "idle for %.1f s with no open stream (--idle-timeout)",
+               s->cfg.idle_timeout_s);
+}
+
+/* A request's headers or body stopped arriving (the call's deadline entry while receiving). */
+static void on_recv_timeout(ss_tq_entry *e) {
+  ss_call *call = ss_container_of(e, ss_call, deadline);
+  ss_conn *c = call->conn;
+  if (!c || call->state != SS_CALL_RECV) return;
+  double t = c->srv->cfg.request_body_timeout_s;
+  if (!call->headers_complete) { /* a header block is connection state: the connection goes */
+    ss_conn_kill(c, NGHTTP2_ENHANCE_YOUR_CALM,
+                 "request headers not complete within %.1f s (--request-body-timeout)", t);
+    return;
+  }
+  uint64_t due_ms = call->last_rx_ms + (uint64_t)(t * 1000.0);
+  if (call->last_rx_ms && due_ms > uv_now(c->srv->loop)) {
+    if (ss_tq_arm(&c->srv->tq, &call->deadline, due_ms * 1000000u, on_recv_timeout) != 0)
+      SS_LOGD("stream %d: no memory for the request timeout", call->stream_id);
+    return;
+  }
+  call->refused = 1;
+  ss_grpc_note_limit(c->srv, "request body stalled: stream answered DEADLINE_EXCEEDED");
+  ss_call_fail(call, SS_GRPC_DEADLINE_EXCEEDED,
+               "request body stopped arriving: nothing for %.1f s (--request-body-timeout)", t);
+}
+
 void ss_conn_close(ss_conn *c) {
   if (c->closing) return;
   c->closing = 1;
   ss_grpc_server *s = c->srv;
+  ss_tq_cancel(&s->tq, &c->tmo);
   /* nghttp2_session_del does not report stream closes: settle the calls ourselves. */
   while (c->calls) {
     ss_call *call = c->calls;
@@ -381,6 +685,8 @@ void ss_conn_close(ss_conn *c) {
   }
   nghttp2_session_del(c->h2);
   c->h2 = NULL;
+  if (c->peer) peer_put(s, c->peer);
+  c->peer = NULL;
   if (c->prev) c->prev->next = c->next;
   else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -393,6 +699,36 @@ void ss_conn_close(ss_conn *c) {
   }
   uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
+
+/* Input is discarded from now on; the output still queued goes out, then the connection
+ * closes (after a linger for the peer's EOF, at most SS_LINGER_MS). */
+static void conn_doom(ss_conn *c) {
+  if (c->doomed || c->closing) return;
+  c->doomed = 1;
+  conn_arm(c, uv_now(c->srv->loop) + SS_LINGER_MS);
+  ss_conn_mark_dirty(c);
+}
+
+void ss_conn_kill(ss_conn *c, uint32_t error_code, const char *fmt, ...) {
+  if (c->doomed || c->closing) return;
+  char why[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  size_t len = n < 0 ? 0 : (size_t)n < sizeof why ? (size_t)n : sizeof why - 1;
+  ss_grpc_server *s = c->srv;
+  s->stats.connections_cut++;
+  ss_grpc_note_limit(s, "connection closed with GOAWAY: %s", why);
+  c->goaway_sent = 1;
+  int rv = nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
+                                 nghttp2_session_get_last_proc_stream_id(c->h2), error_code,
+                                 (const uint8_t *)why, len);
+  if (rv != 0) SS_LOGD("goaway: %s", nghttp2_strerror(rv));
+  conn_doom(c);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) { (void)req, (void)status; }
 
 static void flush(ss_conn *c);
 
@@ -442,9 +778,17 @@ static void flush(ss_conn *c) {
       return;
     }
   }
-  if (!c->writing && c->wlen == 0 && !nghttp2_session_want_read(c->h2) &&
-      !nghttp2_session_want_write(c->h2))
-    ss_conn_close(c);
+  if (c->writing || c->wlen > 0 || nghttp2_session_want_write(c->h2)) return;
+  if (c->doomed) {
+    /* Everything is written: send FIN and wait (bounded) for the peer's, so that a close with
+     * unread input (which makes the kernel send RST) does not destroy our GOAWAY. */
+    if (!c->shut) {
+      c->shut = 1;
+      if (uv_shutdown(&c->shutreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) ss_conn_close(c);
+    }
+    return;
+  }
+  if (!nghttp2_session_want_read(c->h2)) conn_doom(c);
 }
 
 void ss_conn_mark_dirty(ss_conn *c) {
@@ -478,12 +822,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     ss_conn_close(c);
     return;
   }
+  if (c->doomed) return; /* GOAWAY sent: what the peer still sends is dropped */
+  c->last_rx_ms = uv_now(c->srv->loop);
   ssize_t rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
   if (rv < 0) {
     SS_LOGD("connection: HTTP/2 error: %s", nghttp2_strerror((int)rv));
-    /* nghttp2 queued a GOAWAY for protocol errors: try to send it, then close. */
-    flush(c);
-    ss_conn_close(c);
+    /* nghttp2 queued a GOAWAY for protocol errors: send it, then close. */
+    conn_doom(c);
     return;
   }
   ss_conn_mark_dirty(c);
@@ -499,6 +844,30 @@ void ss_conn_goaway(ss_conn *c) {
   ss_conn_mark_dirty(c);
 }
 
+/* Over a connection limit: a SETTINGS + GOAWAY(ENHANCE_YOUR_CALM, why) written straight to the
+ * new socket, which is then closed (no session, no buffers, no linger: a flood costs nothing). */
+static void refuse_conn(ss_conn *c, const char *why) {
+  ss_grpc_server *s = c->srv;
+  s->stats.connections_refused++;
+  ss_grpc_note_limit(s, "connection refused: %s", why);
+  uint8_t f[9 + 9 + 8 + 200];
+  size_t dlen = strlen(why);
+  if (dlen > 200) dlen = 200;
+  static const uint8_t settings[9] = {0, 0, 0, NGHTTP2_SETTINGS, 0, 0, 0, 0, 0};
+  memcpy(f, settings, 9);
+  uint8_t *g = f + 9;
+  size_t plen = 8 + dlen;
+  const uint8_t hd[17] = {(uint8_t)(plen >> 16), (uint8_t)(plen >> 8), (uint8_t)plen, NGHTTP2_GOAWAY,
+                          0, 0, 0, 0, 0, /* stream 0 */
+                          0, 0, 0, 0, /* last stream id */
+                          0, 0, 0, NGHTTP2_ENHANCE_YOUR_CALM};
+  memcpy(g, hd, 17);
+  memcpy(g + 17, why, dlen);
+  uv_buf_t b = uv_buf_init((char *)f, (unsigned)(9 + 17 + dlen));
+  (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1); /* best effort: the close is the answer */
+  uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
 void ss_conn_accept(ss_grpc_server *s) {
   ss_conn *c = calloc(1, sizeof *c);
   if (!c) return;
@@ -509,20 +878,55 @@ void ss_conn_accept(ss_grpc_server *s) {
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     return;
   }
+  char why[160];
+  if (s->nconns >= s->cfg.max_connections) {
+    snprintf(why, sizeof why, "server at its connection limit of %zu (--max-connections)",
+             s->cfg.max_connections);
+    refuse_conn(c, why);
+    return;
+  }
+  uint8_t addr[16], alen;
+  if (peer_key(&c->tcp, addr, &alen) == 0) {
+    ss_peer *p = peer_get(s, addr, alen);
+    if (!p) {
+      uv_close((uv_handle_t *)&c->tcp, on_closed);
+      return;
+    }
+    if (p->n >= s->cfg.max_connections_per_peer) {
+      snprintf(why, sizeof why,
+               "too many connections from this address (limit %zu, --max-connections-per-peer)",
+               s->cfg.max_connections_per_peer);
+      refuse_conn(c, why);
+      return;
+    }
+    p->n++;
+    c->peer = p;
+  }
   if (uv_tcp_nodelay(&c->tcp, 1) != 0) SS_LOGD("TCP_NODELAY refused");
   if (nghttp2_session_server_new3(&c->h2, s->h2cb, c, s->h2opt, ss_h2mem()) != 0) {
+    if (c->peer) peer_put(s, c->peer);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     return;
   }
-  /* Large windows so big tensors stream without stalls; the message size limit bounds memory. */
+  /* Flow control: the connection window is the buffer budget; stream windows share it
+   * (budget / max streams, 64 KiB .. 8 MiB), so big tensors stream without stalls while what
+   * a connection can make us hold stays bounded (see "Bounds" above). */
+  size_t budget = s->cfg.max_connection_buffer_bytes;
+  size_t sw = budget / s->cfg.max_concurrent_streams;
+  if (sw < (64u << 10)) sw = 64u << 10;
+  if (sw > (8u << 20)) sw = 8u << 20;
   nghttp2_settings_entry iv[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100000},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 8u << 20},
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->cfg.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, (uint32_t)sw},
       {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, 1u << 16},
+      {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, 4096},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)s->cfg.max_header_list_bytes},
   };
-  if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 3) != 0 ||
-      nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 64 << 20) != 0) {
+  if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) != 0 ||
+      nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0,
+                                            (int32_t)(budget > 65535 ? budget : 65535)) != 0) {
     nghttp2_session_del(c->h2);
+    if (c->peer) peer_put(s, c->peer);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     return;
   }
@@ -530,6 +934,9 @@ void ss_conn_accept(ss_grpc_server *s) {
   if (s->conns) s->conns->prev = c;
   s->conns = c;
   s->nconns++;
+  c->last_rx_ms = uv_now(s->loop);
+  if (s->cfg.handshake_timeout_s > 0)
+    conn_arm(c, c->last_rx_ms + (uint64_t)(s->cfg.handshake_timeout_s * 1000.0));
   if (s->draining) ss_conn_goaway(c);
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
     ss_conn_close(c);

@@ -66,6 +66,17 @@ typedef struct ss_grpc_config {
   int port;                  /* 0 picks a free port */
   size_t max_message_bytes;  /* largest request message accepted */
   double drain_timeout_s;    /* unary calls get this long to finish once a drain starts */
+  /* Bounds on what a peer can make the transport hold (limits: 0 = the default in
+   * parentheses; timeouts: 0 = off). */
+  size_t max_connections;          /* open connections (10000) */
+  size_t max_connections_per_peer; /* open connections per client IP address (1000) */
+  uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS, enforced (256) */
+  size_t max_header_list_bytes;    /* decoded header bytes per stream, +32 per field (16 KiB) */
+  size_t max_connection_buffer_bytes; /* request bytes held and response bytes unsent per
+                                    * connection, each direction (64 MiB) */
+  double handshake_timeout_s;      /* preface + SETTINGS (10) */
+  double idle_timeout_s;           /* no stream open, nothing received (300) */
+  double request_body_timeout_s;   /* headers / body of a request stop arriving (30) */
 } ss_grpc_config;
 
 /* Counters by outcome (the exit summary) and by connection. */
@@ -74,6 +85,8 @@ typedef struct ss_grpc_stats {
   uint64_t served, failed, rejected, cancelled; /* as ss_server_stats */
   size_t connections;         /* open now */
   size_t live;                /* calls that still owe an answer */
+  uint64_t connections_refused; /* over --max-connections / --max-connections-per-peer */
+  uint64_t connections_cut;   /* ended by a limit or timeout (GOAWAY with a reason) */
 } ss_grpc_stats;
 
 /* ---- server ---- */

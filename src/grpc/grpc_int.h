@@ -24,6 +24,15 @@
 
 typedef struct ss_conn ss_conn;
 
+/* Open connections of one client IP address (the server's per-peer table). */
+typedef struct ss_peer {
+  struct ss_peer *next;       /* bucket chain */
+  size_t n;                   /* open connections */
+  uint8_t len;                /* 4 (IPv4, also v4-mapped IPv6) or 16 */
+  uint8_t addr[16];
+} ss_peer;
+#define SS_PEER_BUCKETS 1024
+
 #define SS_CALL_CACHE 1024 /* finished calls kept for reuse */
 
 typedef enum {
@@ -51,11 +60,20 @@ struct ss_call {
   int nmsgs;
   int refused;                /* answered before the request was complete: discard its data */
   int have_ctype;             /* a content-type header was sent */
+  int have_te;                /* te: trailers was sent (nghttp2 checks its value) */
+  int bad_method;             /* :method other than POST */
+  int headers_complete;       /* END_HEADERS of the request seen */
+  int h2_reset;               /* nghttp2 resets this stream itself: no second RST_STREAM */
+  size_t hdr_bytes;           /* decoded header bytes so far (name + value + 32 per field) */
+  size_t in_held;             /* request bytes received, counted in conn->in_held */
+  size_t stream_debt;         /* received bytes not yet given back to the stream's window */
+  uint64_t last_rx_ms;        /* uv_now() of the last DATA (request body timeout) */
+  size_t out_acct;            /* response bytes queued and not yet sent (conn->out_pending) */
   char *bad_path;             /* :path that routed nowhere (for the UNIMPLEMENTED message) */
   char *encoding;             /* grpc-encoding when not identity */
   int64_t timeout_ns;         /* from grpc-timeout; 0 = none */
   uint64_t start_ns;
-  ss_tq_entry deadline;
+  ss_tq_entry deadline;       /* receiving: request body timeout; then: grpc-timeout */
 
   /* response: out[] bytes first, then the borrowed segments (tensor bytes), then trailers */
   int headers_submitted;
@@ -94,6 +112,18 @@ struct ss_conn {
   uv_write_t wreq;
   int writing;
   int goaway_sent;
+  /* limits (see conn.c "Bounds") */
+  ss_peer *peer;              /* counted in the server's per-peer table */
+  ss_tq_entry tmo;            /* handshake, idle, or linger timeout */
+  uint64_t last_rx_ms;        /* uv_now() of the last read */
+  int handshaken;             /* the client's SETTINGS arrived */
+  int doomed;                 /* GOAWAY queued: input discarded, closed once written */
+  int shut;                   /* write side shut down (lingering for the peer's EOF) */
+  uv_shutdown_t shutreq;
+  unsigned hdr_overflows;     /* streams refused for their header size */
+  size_t in_held;             /* request bytes held by this connection's open streams */
+  size_t nstream_debtors;     /* calls with stream_debt > 0 */
+  size_t out_pending;         /* response bytes queued and not yet written */
 };
 
 struct ss_grpc_server {
@@ -131,6 +161,9 @@ struct ss_grpc_server {
   int stopped;                /* drain finished: streams ended, connections closing */
   int closed_told;            /* hooks.closed has run */
   ss_grpc_stats stats;
+  ss_peer *peers[SS_PEER_BUCKETS]; /* open connections by client address */
+  uint64_t note_ms;           /* last limit log line (at most one a second) */
+  uint64_t note_count;        /* limit events since */
 };
 
 /* ---- calls (call.c) ---- */
@@ -150,6 +183,9 @@ void ss_conn_mark_dirty(ss_conn *c);
 void ss_conn_flush_all(ss_grpc_server *s);
 void ss_conn_goaway(ss_conn *c);
 void ss_conn_close(ss_conn *c);
+/* GOAWAY with error_code and a reason (also the debug data), then close once it is written. */
+void ss_conn_kill(ss_conn *c, uint32_t error_code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 int ss_conn_callbacks_new(nghttp2_session_callbacks **out);
 /* Route a :path through the method table; NULL when unknown. */
 const ss_method *ss_grpc_route(const ss_grpc_server *s, const char *path, size_t len);
@@ -159,6 +195,8 @@ const ss_method *ss_grpc_route(const ss_grpc_server *s, const char *path, size_t
 void ss_grpc_call_settled(ss_grpc_server *s, ss_call *call);
 /* Count a call's final status (the exit summary). */
 void ss_grpc_count_status(ss_grpc_server *s, int code);
+/* A limit was hit: log it, at most one line a second (with the count since the last one). */
+void ss_grpc_note_limit(ss_grpc_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Make sure the flush runs this iteration (poll does not block while output is pending). */
 void ss_grpc_wake_flush(ss_grpc_server *s);
 

@@ -156,6 +156,21 @@ static void on_flush_check(uv_check_t *h) {
 
 static void on_idle(uv_idle_t *h) { (void)h; }
 
+void ss_grpc_note_limit(ss_grpc_server *s, const char *fmt, ...) {
+  s->note_count++;
+  uint64_t now = uv_now(s->loop);
+  if (s->note_ms != 0 && now - s->note_ms < 1000) return;
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  SS_LOGW("%s (%llu such events in the last %.1f s)", msg, (unsigned long long)s->note_count,
+          s->note_ms ? (double)(now - s->note_ms) / 1000.0 : 0.0);
+  s->note_ms = now ? now : 1;
+  s->note_count = 0;
+}
+
 void ss_grpc_wake_flush(ss_grpc_server *s) {
   if (s->handles_open) uv_idle_start(&s->flush_idle, on_idle);
 }
@@ -219,6 +234,12 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
   s->cfg = *cfg;
   s->cfg.host = NULL; /* borrowed for this call only; s->host is our copy */
   if (s->cfg.max_message_bytes == 0) s->cfg.max_message_bytes = 104857600;
+  if (s->cfg.max_connections == 0) s->cfg.max_connections = 10000;
+  if (s->cfg.max_connections_per_peer == 0) s->cfg.max_connections_per_peer = 1000;
+  if (s->cfg.max_concurrent_streams == 0) s->cfg.max_concurrent_streams = 256;
+  if (s->cfg.max_header_list_bytes == 0) s->cfg.max_header_list_bytes = 16384;
+  if (s->cfg.max_connection_buffer_bytes == 0) s->cfg.max_connection_buffer_bytes = (size_t)64 << 20;
+  if (s->cfg.max_connection_buffer_bytes > INT32_MAX) s->cfg.max_connection_buffer_bytes = INT32_MAX;
   s->loop = loop;
   s->methods = methods;
   s->nmethods = n;
@@ -238,6 +259,16 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
   if (rv == 0 && nghttp2_option_new(&s->h2opt) == 0) {
     /* Clients must not be able to grow our memory through HPACK or pending frames. */
     nghttp2_option_set_max_deflate_dynamic_table_size(s->h2opt, 4096);
+    /* Flow control is ours: request bytes are acknowledged (WINDOW_UPDATE) only as far as the
+     * connection's buffer budget allows (conn.c). */
+    nghttp2_option_set_no_auto_window_update(s->h2opt, 1);
+    /* nghttp2's defaults, stated: SETTINGS entries per frame, queued SETTINGS/PING ACKs
+     * (a PING or SETTINGS flood that does not read its ACKs ends the connection),
+     * CONTINUATION frames per header block, incoming RST_STREAM rate (rapid reset). */
+    nghttp2_option_set_max_settings(s->h2opt, 32);
+    nghttp2_option_set_max_outbound_ack(s->h2opt, 1000);
+    nghttp2_option_set_max_continuations(s->h2opt, 8);
+    nghttp2_option_set_stream_reset_rate_limit(s->h2opt, 1000, 33);
   } else if (rv == 0) {
     rv = fail(err, errlen, SS_ENOMEM, "out of memory");
   }
@@ -262,6 +293,12 @@ void ss_grpc_server_free(ss_grpc_server *s) {
   /* Closing handles finish on the owner's loop: run it until they have. */
   uv_run(s->loop, UV_RUN_NOWAIT);
   ss_call_cache_free(s);
+  for (size_t i = 0; i < SS_PEER_BUCKETS; i++) /* empty once every connection closed */
+    while (s->peers[i]) {
+      ss_peer *p = s->peers[i];
+      s->peers[i] = p->next;
+      free(p);
+    }
   if (s->h2cb) nghttp2_session_callbacks_del(s->h2cb);
   if (s->h2opt) nghttp2_option_del(s->h2opt);
   free(s->host);

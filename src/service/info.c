@@ -152,6 +152,15 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "activation_memory_bytes", "%zu", s->cfg.activation_max_bytes);
   kv(l, "config_max_bytes", "%u", SS_CONFIG_MAX_BYTES);
   kv(l, "config_max_depth", "%d", SS_CONFIG_MAX_DEPTH);
+  kv(l, "max_connections", "%d", s->cfg.max_connections);
+  kv(l, "max_connections_per_peer", "%d", s->cfg.max_connections_per_peer);
+  kv(l, "max_concurrent_streams", "%d", s->cfg.max_concurrent_streams);
+  kv(l, "max_header_list_bytes", "%zu", s->cfg.max_header_list_bytes);
+  kv(l, "max_connection_buffer_mb", "%zu", s->cfg.max_connection_buffer_bytes >> 20);
+  kv(l, "handshake_timeout_s", "%.1f", s->cfg.handshake_timeout_s);
+  kv(l, "idle_timeout_s", "%.1f", s->cfg.idle_timeout_s);
+  kv(l, "request_body_timeout_s", "%.1f", s->cfg.request_body_timeout_s);
+  kv(l, "connections_refused", "%llu", (unsigned long long)gs.connections_refused);
   kv(l, "served", "%llu", (unsigned long long)gs.served);
   kv(l, "rejected", "%llu", (unsigned long long)gs.rejected);
   kv(l, "cancelled", "%llu", (unsigned long long)gs.cancelled);
