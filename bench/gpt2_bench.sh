@@ -163,6 +163,18 @@ for cfg in "1 2" "2 1"; do
   stop
 done
 
+# ---------------------------------------------------------------- 3b. decode batching
+# 8 server-side sessions decoding at once: without batching each step is its own pass over the
+# weights; with max_batch_rows the steps of different sessions share one (attention per session).
+for b in 0 64; do
+  start "ss-batch$b" "$BIN/splitserve" --listen 127.0.0.1:0 --workers 2 --intra-op-threads 1 \
+    --model "$SPEC,max_batch_rows=$b,batch_delay_us=300" --log-level warn
+  echo "=== splitserve w2xt1, decode sessions, max_batch_rows=$b (pid $SRV_PID, port $PORT)"
+  bench "splitserve w2xt1 decode sessions max_batch_rows=$b" --shape 1,1,768 --session-decode 128 \
+    --session-reset 128 --concurrency 1,8
+  stop
+done
+
 # ---------------------------------------------------------------- 3. the peer ------
 for pw in 2 1; do
   start "peer-w$pw" env LD_LIBRARY_PATH=$OBLAS OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 "$PY" \

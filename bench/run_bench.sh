@@ -80,6 +80,10 @@ echo "=== 3. model compute (mlp 768->768->768 on [1,10,768])"
 start ss $SS --workers 2 --intra-op-threads 1
 bench "splitserve mlp" "$levels_mlp" --model mlp --shape 1,10,768
 stop
+# dynamic batching: concurrent calls stacked into one GEMM (up to 160 rows = 16 calls)
+start ss $SS --workers 2 --intra-op-threads 1 --model mlp=mlp,max_batch_rows=160,batch_delay_us=200
+bench "splitserve mlp, batching (max_batch_rows=160)" "$levels_mlp" --model mlp --shape 1,10,768
+stop
 for mode in aio sync; do
   start "peer-$mode" $PEER --mode "$mode" --workers 2 --torch-threads 1
   bench "grpc $mode peer mlp (torch)" "$levels_mlp" --model mlp --shape 1,10,768
