@@ -216,7 +216,7 @@ static void batch_done(ss_job *job) {
   if (b->holds_slot) {
     b->holds_slot = 0;
     ss_waiter *w = ss_admit_leave(&b->sm->admit);
-    if (w) batch_start(ss_container_of(w, ss_batch, waiter));
+    if (w) w->start(w); /* a batch or a single call (compute.c) */
   }
   int ran = job->ran;
   for (int i = 0; i < b->n; i++) {
@@ -272,6 +272,8 @@ static void batch_close(ss_batch *b) {
   }
 }
 
+static void batch_start_waiter(ss_waiter *w) { batch_start(ss_container_of(w, ss_batch, waiter)); }
+
 static void on_delay(ss_tq_entry *e) { batch_close(ss_container_of(e, ss_batch, timer)); }
 
 static ss_batch *batch_open(compute_state *st) {
@@ -283,6 +285,7 @@ static ss_batch *batch_open(compute_state *st) {
     return NULL;
   }
   b->cap = cap;
+  b->waiter.start = batch_start_waiter;
   b->svc = st->svc;
   b->sm = st->sm;
   ss_served_ref(b->sm);

@@ -309,8 +309,10 @@ static void release_slot(compute_state *st) {
   if (!st->holds_slot) return;
   st->holds_slot = 0;
   ss_waiter *w = ss_admit_leave(&st->sm->admit);
-  if (w) start(ss_container_of(w, compute_state, waiter));
+  if (w) w->start(w); /* a call or a batch (service/batch.c) */
 }
+
+static void start_waiter(ss_waiter *w) { start(ss_container_of(w, compute_state, waiter)); }
 
 static void compute_cancel(ss_call *call) {
   compute_state *st = ss_call_state(call);
@@ -620,6 +622,7 @@ void ss_h_compute(ss_call *call, void *app) {
     ss_batch_add(st);
     return;
   }
+  st->waiter.start = start_waiter;
   switch (ss_admit_enter(&st->sm->admit, &st->waiter)) {
   case SS_ADMIT_RUN: start(st); break;
   case SS_ADMIT_QUEUED: break;

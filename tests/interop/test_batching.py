@@ -28,7 +28,8 @@ def setup():
                      "--model", "mlp=mlp",
                      "--model", "mb=mlp,max_batch_rows=64,batch_delay_us=20000",
                      "--model", "g=gpt2," + gspec,
-                     "--model", "gb=gpt2,%s,max_batch_rows=64,batch_delay_us=20000" % gspec)
+                     "--model", "gb=gpt2,%s,max_batch_rows=64,batch_delay_us=20000" % gspec,
+                     "--model", "gb0=gpt2,%s,max_batch_rows=64" % gspec)
     C = sslib.connect(S)
 
 
@@ -163,6 +164,22 @@ def test_gpt2_decode_steps_batch_across_sessions():
             np.testing.assert_allclose(np.frombuffer(a.key_data, np.float32),
                                        np.frombuffer(b.key_data, np.float32), rtol=1e-5, atol=1e-5)
             assert list(a.key_shape) == list(b.key_shape)
+
+
+def test_batches_and_single_calls_share_one_queue():
+    """Calls that never batch (a session prefill) and batches wait in the same admission queue of
+    a model; whoever frees a slot starts the next waiter of either kind (this crashed once)."""
+    rng = np.random.default_rng(6)
+    futs = []
+    for i in range(40):
+        x = rng.standard_normal((1, 24 if i % 2 else 4, CFG.n_embd)).astype(np.float32)
+        meta = {"session": "q%d" % i, "session_end": "1"} if i % 2 else {}
+        futs.append((x, C.compute.future(make_req(x, model="gb0", **meta), timeout=T(20))))
+    for x, f in futs:
+        np.testing.assert_allclose(result(f.result()),
+                                   result(C.compute(make_req(x, model="g"), timeout=T(10))),
+                                   rtol=1e-5, atol=1e-5)
+    sslib.assert_alive(C)
 
 
 def test_bad_batching_keys_refused():
