@@ -639,7 +639,9 @@ static void on_conn_timer(ss_tq_entry *e) {
                  s->cfg.handshake_timeout_s);
     return;
   }
-  uint64_t idle_ms = (uint64_t)(s->cfg.idle_timeout_s * 1000.0), now = uv_now(s->loop);
+  /* "now" from the clock the timer queue fires by (uv_now() is cached per iteration and may
+   * lag it: re-arming for a time the queue already considers past would fire again at once). */
+  uint64_t idle_ms = (uint64_t)(s->cfg.idle_timeout_s * 1000.0), now = uv_hrtime() / 1000000u;
   if (idle_ms == 0) return;
   if (c->calls || c->last_rx_ms + idle_ms > now) { /* busy, or heard from lately */
     conn_arm(c, (c->calls ? now : c->last_rx_ms) + idle_ms);
@@ -661,7 +663,7 @@ static void on_recv_timeout(ss_tq_entry *e) {
     return;
   }
   uint64_t due_ms = call->last_rx_ms + (uint64_t)(t * 1000.0);
-  if (call->last_rx_ms && due_ms > uv_now(c->srv->loop)) {
+  if (call->last_rx_ms && due_ms > uv_hrtime() / 1000000u) { /* the timer queue's clock */
     if (ss_tq_arm(&c->srv->tq, &call->deadline, due_ms * 1000000u, on_recv_timeout) != 0)
       SS_LOGD("stream %d: no memory for the request timeout", call->stream_id);
     return;

@@ -41,26 +41,34 @@ def identity_body(n=3):
     return h2raw.grpc_frame(make_req(np.ones(n, np.float32), model="identity").SerializeToString())
 
 
+# grpcio is used only by the last test: grpcio 1.51's fork handlers can hang or abort a later
+# fork (starting a Server) once its threads run, so the other tests speak HTTP/2 themselves.
+
+def _unary(server, method, msg, timeout):
+    with h2raw.H2Conn("127.0.0.1", server.port, timeout=T(timeout)) as c:
+        st = h2raw.grpc_unary(c, sslib.SVC + method, h2raw.grpc_frame(msg.SerializeToString()),
+                              wait_s=T(timeout))
+    assert st.grpc_status == 0, st
+    return st.grpc_messages()[0][1]
+
+
 def info(server):
-    st = connect(server)
-    try:
-        return dict(st.info(sslib.pb.ServiceInfoRequest(), timeout=T(5)).custom_info)
-    finally:
-        st.close()
+    r = sslib.pb.ServiceInfoResponse.FromString(
+        _unary(server, "GetServiceInfo", sslib.pb.ServiceInfoRequest(), 5))
+    return dict(r.custom_info)
 
 
 def latencies(server, n=20, timeout=10.0):
     """n identity calls on a fresh connection; returns each one's latency in seconds."""
-    st = connect(server, separate=True)
     out = []
-    try:
+    with h2raw.H2Conn("127.0.0.1", server.port, timeout=T(timeout)) as c:
         for i in range(n):
             t0 = time.monotonic()
-            st.compute(make_req(np.ones(4, np.float32), model="identity", request_id=i),
-                       timeout=T(timeout))
+            body = h2raw.grpc_frame(make_req(np.ones(4, np.float32), model="identity",
+                                             request_id=i).SerializeToString())
+            st = h2raw.grpc_unary(c, sslib.SVC + "Compute", body, wait_s=T(timeout))
+            assert st.grpc_status == 0, st
             out.append(time.monotonic() - t0)
-    finally:
-        st.close()
     return out
 
 
@@ -108,6 +116,38 @@ def raw_goaway(sock, timeout):
 
 def nofd(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def test_limits_in_config_and_info():
+    path = "/tmp/ss_attacks_%d.yaml" % os.getpid()
+    with open(path, "w") as f:
+        f.write("max_connections: 77\nmax_connections_per_peer: 7\nmax_concurrent_streams: 9\n"
+                "max_header_list_bytes: 4096\nmax_connection_buffer_mb: 8\nhandshake_timeout: 3\n"
+                "idle_timeout: 60\nrequest_body_timeout: 5\n"
+                "models:\n  - id: identity\n    kind: identity\n")
+    try:
+        srv = Server("--config", path)
+        try:
+            kv = info(srv)
+            assert (kv["max_connections"], kv["max_connections_per_peer"],
+                    kv["max_concurrent_streams"], kv["max_header_list_bytes"],
+                    kv["max_connection_buffer_mb"], kv["handshake_timeout_s"],
+                    kv["idle_timeout_s"], kv["request_body_timeout_s"]) == \
+                ("77", "7", "9", "4096", "8", "3.0", "60.0", "5.0"), kv
+            with h2raw.H2Conn("127.0.0.1", srv.port) as c:
+                handshake(c)
+                assert c.peer_settings[h2raw.SETTINGS_MAX_CONCURRENT_STREAMS] == 9
+                assert c.peer_settings[SETTINGS_MAX_HEADER_LIST_SIZE] == 4096
+        finally:
+            srv.stop_ok()
+    finally:
+        os.unlink(path)
+    kv = info(S)
+    for k, v in (("max_connections", "10000"), ("max_connections_per_peer", "1000"),
+                 ("max_concurrent_streams", "256"), ("max_header_list_bytes", "16384"),
+                 ("max_connection_buffer_mb", "64"), ("handshake_timeout_s", "10.0"),
+                 ("idle_timeout_s", "300.0"), ("request_body_timeout_s", "30.0")):
+        assert kv.get(k) == v, (k, kv.get(k))
 
 
 # ----------------------------------------------------------------------------- connections --
@@ -327,15 +367,6 @@ def test_header_list_limit():
         c.send_headers(sid, [("x-trailer", "t" * 20000)], end_stream=True)
         st = c.wait(sid, T(5))
         assert st.rst_code == ENHANCE_YOUR_CALM, st
-    # grpcio with oversized metadata is refused (by the server, or by grpcio from our SETTINGS).
-    st = connect(S)
-    try:
-        expect_error(lambda: st.compute(make_req(np.ones(3, np.float32), model="identity"),
-                                        metadata=[("x-pad", "p" * 20000)], timeout=T(5)),
-                     SC.RESOURCE_EXHAUSTED)
-        sslib.assert_alive(st)
-    finally:
-        st.close()
 
 
 # ----------------------------------------------------------------------------- bytes --------
@@ -590,36 +621,17 @@ def test_floods_still_held():
     assert max(latencies(S, 5)) < T(3)
 
 
-def test_limits_in_config_and_info():
-    kv = info(S)
-    for k, v in (("max_connections", "10000"), ("max_connections_per_peer", "1000"),
-                 ("max_concurrent_streams", "256"), ("max_header_list_bytes", "16384"),
-                 ("max_connection_buffer_mb", "64"), ("handshake_timeout_s", "10.0"),
-                 ("idle_timeout_s", "300.0"), ("request_body_timeout_s", "30.0")):
-        assert kv.get(k) == v, (k, kv.get(k))
-    path = "/tmp/ss_attacks_%d.yaml" % os.getpid()
-    with open(path, "w") as f:
-        f.write("max_connections: 77\nmax_connections_per_peer: 7\nmax_concurrent_streams: 9\n"
-                "max_header_list_bytes: 4096\nmax_connection_buffer_mb: 8\nhandshake_timeout: 3\n"
-                "idle_timeout: 60\nrequest_body_timeout: 5\n"
-                "models:\n  - id: identity\n    kind: identity\n")
+def test_zz_grpcio_oversized_metadata():
+    """Last (see above): grpcio with oversized metadata gets RESOURCE_EXHAUSTED (from our
+    RST_STREAM ENHANCE_YOUR_CALM, or grpcio refuses it itself from our SETTINGS)."""
+    st = connect(S)
     try:
-        srv = Server("--config", path)
-        try:
-            kv = info(srv)
-            assert (kv["max_connections"], kv["max_connections_per_peer"],
-                    kv["max_concurrent_streams"], kv["max_header_list_bytes"],
-                    kv["max_connection_buffer_mb"], kv["handshake_timeout_s"],
-                    kv["idle_timeout_s"], kv["request_body_timeout_s"]) == \
-                ("77", "7", "9", "4096", "8", "3.0", "60.0", "5.0"), kv
-            with h2raw.H2Conn("127.0.0.1", srv.port) as c:
-                handshake(c)
-                assert c.peer_settings[h2raw.SETTINGS_MAX_CONCURRENT_STREAMS] == 9
-                assert c.peer_settings[SETTINGS_MAX_HEADER_LIST_SIZE] == 4096
-        finally:
-            srv.stop_ok()
+        expect_error(lambda: st.compute(make_req(np.ones(3, np.float32), model="identity"),
+                                        metadata=[("x-pad", "p" * 20000)], timeout=T(5)),
+                     SC.RESOURCE_EXHAUSTED)
+        sslib.assert_alive(st)
     finally:
-        os.unlink(path)
+        st.close()
 
 
 if __name__ == "__main__":
