@@ -80,7 +80,7 @@ void ss_h_health_check(ss_call *call, void *app) {
   ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
 }
 
-#define SS_INFO_MAX 96
+#define SS_INFO_MAX 192 /* server keys (~60) + one per model */
 
 typedef struct kvlist {
   Splitlearn__Comm__ServiceInfoResponse__CustomInfoEntry e[SS_INFO_MAX];
