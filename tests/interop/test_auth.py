@@ -132,6 +132,32 @@ def test_bad_file_at_start():
     assert rc not in (0, None) and "no tokens" in srv.log, (rc, srv.log)
 
 
+def test_config_key_and_sighup_with_config():
+    """auth_tokens in a --config file; SIGHUP re-reads both the tokens and the models."""
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tok = os.path.join(tmp, "tokens")
+    write(tok, "%s\n" % FULL)
+    conf = os.path.join(tmp, "server.yaml")
+    write(conf, "auth_tokens: %s\nmodels:\n  - id: a\n    kind: identity\n" % tok)
+    srv = sslib.Server("--config", conf)
+    c = sslib.connect(srv)
+    ident = make_req(np.ones((2, 3), np.float32), model="a")
+    sslib.expect_error(lambda: c.compute(ident, timeout=T(5)), SC.UNAUTHENTICATED)
+    assert c.compute(ident, timeout=T(5), metadata=bearer(FULL)).shape
+    write(tok, "%s a\n" % NEW)
+    write(conf, "auth_tokens: %s\nmodels:\n  - id: a\n    kind: identity\n  - id: b\n    kind: identity\n" % tok)
+    srv.signal(signal.SIGHUP)
+    assert srv.wait_for_line(r"SIGHUP: 1 auth tokens", T(5)), sslib.tail(srv.log)
+    deadline = time.monotonic() + T(5)
+    while "b" not in c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(NEW)).custom_info["models"].split(","):
+        assert time.monotonic() < deadline, sslib.tail(srv.log)
+        time.sleep(0.05)
+    sslib.expect_error(lambda: c.compute(make_req(np.ones((1, 2), np.float32), model="b"), timeout=T(5),
+                                         metadata=bearer(NEW)), SC.PERMISSION_DENIED, "'b'")
+    sslib.shutdown(c, srv)
+    assert FULL not in srv.log and NEW not in srv.log
+
+
 def test_affinity_headers_direct():
     """x-session-id is metadata session=ID, x-forward-id the forward_id field (no auth here)."""
     srv = sslib.Server()
@@ -139,6 +165,9 @@ def test_affinity_headers_direct():
     ident = make_req(np.ones((2, 3), np.float32), model="identity", session="a")
     sslib.expect_error(lambda: c.compute(ident, timeout=T(5), metadata=[("x-session-id", "b")]),
                        SC.INVALID_ARGUMENT, "session='a'", "x-session-id 'b'")
+    sslib.expect_error(lambda: c.compute(make_req(np.ones((2, 3), np.float32), model="identity"),
+                                         timeout=T(5), metadata=[("x-session-id", "a"), ("x-session-id", "b")]),
+                       SC.INVALID_ARGUMENT, "x-session-id", "more than once")
     fwd = make_req(X, model="mlp")
     fwd.training_mode = True
     r = c.compute(fwd, timeout=T(10), metadata=[("x-forward-id", "hdr-fwd-1")])
