@@ -141,6 +141,8 @@ typedef struct ss_server_config {
   int wire_dtype;             /* tensors without metadata dtype: -1 (default) float32, else ss_dtype */
   int wire_codec;             /* tensors without metadata codec: -1/0 (default) raw, 1 zlib */
   int handle_signals;         /* install SIGINT/SIGTERM handlers on the loop (daemon) */
+  const char *auth_tokens;    /* borrowed; bearer-token file (NULL: no authentication); lines
+                               * "TOKEN [model,model...]", re-read on SIGHUP */
 } ss_server_config;
 
 /* Fill cfg with the defaults above. */

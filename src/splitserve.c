@@ -4,7 +4,7 @@
  * signals routed between them:
  *
  *     SIGINT / SIGTERM / ss_server_stop -> ss_grpc_server_drain (a second one: now)
- *     SIGHUP                            -> ss_service_reload  (re-read --config)
+ *     SIGHUP                            -> ss_service_reload  (re-read --auth-tokens, --config)
  *     SIGUSR1                           -> ss_service_save_all (checkpoints)
  *     transport closed every connection -> service timers, signals, pool closed: the loop ends
  *
@@ -119,6 +119,7 @@ int ss_server_config_load(ss_server_config *cfg, const char *path, ss_config_fil
   if (fc->has_idle_timeout) cfg->idle_timeout_s = fc->idle_timeout_s;
   if (fc->has_request_body_timeout) cfg->request_body_timeout_s = fc->request_body_timeout_s;
   if (fc->has_save_weights) cfg->save_weights = fc->save_weights;
+  if (fc->has_auth_tokens) cfg->auth_tokens = fc->auth_tokens;
   if (fc->has_enable_test_models) cfg->enable_test_models = fc->enable_test_models;
   if (fc->has_max_metadata_entries) cfg->max_metadata_entries = fc->max_metadata_entries;
   if (fc->has_max_metadata_key_bytes)
@@ -306,6 +307,7 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
     gc.handshake_timeout_s = s->cfg.handshake_timeout_s;
     gc.idle_timeout_s = s->cfg.idle_timeout_s;
     gc.request_body_timeout_s = s->cfg.request_body_timeout_s;
+    gc.kept_headers = ss_service_headers(&gc.n_kept_headers); /* read by the handlers */
     rv = ss_grpc_server_new(&s->loop, &gc, methods, nm, s->svc, &hooks, &s->grpc, e, sizeof e);
   }
   if (rv == 0 && s->cfg.metrics_port >= 0)

@@ -66,6 +66,11 @@ static void usage(FILE *f) {
           "  --config FILE             YAML settings and models (examples/server.yaml); flags given on\n"
           "                            the command line override its settings; SIGHUP re-reads its\n"
           "                            models and limits without a restart\n"
+          "  --auth-tokens FILE        require 'authorization: Bearer TOKEN' (off by default); lines\n"
+          "                            'TOKEN [model,model...]' (no list: every model), # comments;\n"
+          "                            missing/unknown token UNAUTHENTICATED, model outside the list\n"
+          "                            PERMISSION_DENIED; health checks stay open; SIGHUP re-reads it\n"
+          "                            (a bad file keeps the old tokens)\n"
           "  --enable-test-models      serve the test-only kinds scale, sleep, spin (off by\n"
           "                            default: they burn CPU or hold timers on request)\n"
           "  --max-metadata-entries N  metadata entries per request (default 64); checked on the\n"
@@ -267,6 +272,8 @@ int main(int argc, char **argv) {
       cfg.max_session_id_bytes = (size_t)x;
     } else if (strcmp(a, "--save-weights") == 0) {
       cfg.save_weights = v;
+    } else if (strcmp(a, "--auth-tokens") == 0) {
+      cfg.auth_tokens = v;
     } else if (strcmp(a, "--config") == 0) {
       /* applied above */
     } else if (strcmp(a, "--model") == 0) {

@@ -49,7 +49,7 @@ static const char *const top_keys[] = {
     "max_session_id_bytes",
     "max_connections", "max_connections_per_peer", "max_concurrent_streams",
     "max_header_list_bytes", "max_connection_buffer_mb", "handshake_timeout",
-    "idle_timeout", "request_body_timeout",
+    "idle_timeout", "request_body_timeout", "auth_tokens",
     NULL};
 
 __attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t *n,
@@ -432,6 +432,9 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
     } else if (!strcmp(ks, "request_body_timeout")) {
       rc = get_seconds(w, ks, v, 0, 86400, &c->request_body_timeout_s);
       c->has_request_body_timeout = !rc;
+    } else if (!strcmp(ks, "auth_tokens")) {
+      rc = get_str(w, ks, v, &c->auth_tokens);
+      c->has_auth_tokens = !rc;
     } else if (!strcmp(ks, "save_weights")) {
       rc = get_str(w, ks, v, &c->save_weights);
       c->has_save_weights = !rc;
@@ -653,6 +656,7 @@ void ss_config_free(ss_file_config *c) {
   free(c->metrics_host);
   free(c->log_level);
   free(c->save_weights);
+  free(c->auth_tokens);
   for (size_t i = 0; i < c->n_models; i++) {
     free(c->models[i].id);
     free(c->models[i].kind);

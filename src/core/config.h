@@ -51,6 +51,7 @@ typedef struct ss_file_config {
   double idle_timeout_s; int has_idle_timeout;                 /* key idle_timeout */
   double request_body_timeout_s; int has_request_body_timeout; /* key request_body_timeout */
   char *save_weights; int has_save_weights;                    /* default model checkpoint */
+  char *auth_tokens; int has_auth_tokens;                      /* bearer-token file */
   int enable_test_models, has_enable_test_models;            /* bool */
   int max_metadata_entries, has_max_metadata_entries;
   long long max_metadata_key_bytes; int has_max_metadata_key_bytes;

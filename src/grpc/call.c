@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <assert.h>
 
@@ -347,6 +348,53 @@ int ss_call_status(const ss_call *call) {
 
 uint64_t ss_call_start_ns(const ss_call *call) { return call->start_ns; }
 
+/* ------------------------------------------------------------ kept headers --- */
+
+void ss_call_keep_header(ss_call *call, const uint8_t *name, size_t namelen, const uint8_t *value,
+                         size_t valuelen) {
+  const ss_grpc_config *cfg = &call->srv->cfg;
+  size_t i = 0;
+  while (i < cfg->n_kept_headers &&
+         !(strlen(cfg->kept_headers[i]) == namelen && memcmp(cfg->kept_headers[i], name, namelen) == 0))
+    i++;
+  if (i == cfg->n_kept_headers || call->kept_bad) return;
+  if (call->kept_off[i] || valuelen > cfg->max_kept_header_bytes) {
+    call->kept_bad = (int)i + 1;
+    call->kept_bad_len = call->kept_off[i] ? 0 : valuelen;
+    return;
+  }
+  if (!call->kept) {
+    call->kept = call->kept_inline;
+    call->kept_cap = sizeof call->kept_inline;
+  }
+  if (call->kept_len + valuelen + 1 > call->kept_cap) { /* rare: long values */
+    size_t cap = call->kept_cap * 2;
+    while (cap < call->kept_len + valuelen + 1) cap *= 2;
+    char *p = malloc(cap);
+    if (!p) {
+      call->kept_bad = (int)i + 1;
+      call->kept_bad_len = valuelen;
+      return;
+    }
+    memcpy(p, call->kept, call->kept_len);
+    if (call->kept != call->kept_inline) free(call->kept);
+    call->kept = p;
+    call->kept_cap = cap;
+  }
+  memcpy(call->kept + call->kept_len, value, valuelen);
+  call->kept[call->kept_len + valuelen] = 0;
+  call->kept_off[i] = (uint16_t)(call->kept_len + 1);
+  call->kept_len += valuelen + 1;
+}
+
+const char *ss_call_header(const ss_call *call, const char *name) {
+  const ss_grpc_config *cfg = &call->srv->cfg;
+  for (size_t i = 0; i < cfg->n_kept_headers; i++)
+    if (strcasecmp(cfg->kept_headers[i], name) == 0)
+      return call->kept_off[i] ? call->kept + call->kept_off[i] - 1 : NULL;
+  return NULL;
+}
+
 ss_grpc_server *ss_call_server(ss_call *call) { return call->srv; }
 
 /* ------------------------------------------------------------ lifetime --- */
@@ -392,6 +440,7 @@ void ss_call_unref(ss_call *call) {
   free(call->status_msg);
   free(call->bad_path);
   free(call->encoding);
+  if (call->kept != call->kept_inline) free(call->kept);
   if (s->nfree_calls < SS_CALL_CACHE && call->out_cap <= 65536) {
     call->conn_next = s->free_calls;
     s->free_calls = call;

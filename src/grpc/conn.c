@@ -7,6 +7,7 @@
  * Reading: libuv reads into the server's one 64 KiB buffer (shared: reads are processed one at
  * a time and consumed at once, so an idle connection holds no buffer); nghttp2_session_mem_recv
  * parses it and calls back: request headers are checked as they come (:method, :path routed,
+ * the headers named in cfg.kept_headers copied into the call for ss_call_header,
  * content-type, grpc-timeout, grpc-encoding), DATA chunks feed the call's message reader
  * (the one copy of request bytes the codec forces: frames -> one contiguous message), and
  * END_STREAM hands the complete request to the method's handler.
@@ -63,6 +64,7 @@
 #define SS_WBUF_KEEP (256u << 10) /* larger write buffers are freed once written */
 #define SS_LINGER_MS 2000         /* a doomed connection's last bytes: time for the peer to read */
 #define SS_MAX_HDR_OVERFLOWS 16   /* header lists over the limit before GOAWAY */
+#define SS_DRAIN_PING "ssdrain!"  /* opaque data of the drain's PING (8 bytes) */
 
 static ss_call *stream_call(ss_conn *c, int32_t stream_id) {
   return nghttp2_session_get_stream_user_data(c->h2, stream_id);
@@ -222,6 +224,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
       free(call->encoding);
       call->encoding = strndup((const char *)value, valuelen > 40 ? 40 : valuelen);
     }
+  } else if (name[0] != ':') {
+    ss_call_keep_header(call, name, namelen, value, valuelen); /* the ones the handler reads */
   }
   return 0;
 }
@@ -305,6 +309,16 @@ static void headers_done(ss_conn *c, ss_call *call) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "malformed grpc-timeout header");
     return;
   }
+  if (call->kept_bad) {
+    const char *h = s->cfg.kept_headers[call->kept_bad - 1];
+    call->refused = 1;
+    if (call->kept_bad_len)
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' is %zu bytes long; at most "
+                   "%zu", h, call->kept_bad_len, s->cfg.max_kept_header_bytes);
+    else
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' was sent more than once", h);
+    return;
+  }
   if (!call->have_te) {
     call->refused = 1;
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
@@ -318,7 +332,7 @@ static void headers_done(ss_conn *c, ss_call *call) {
                  call->bad_path ? call->bad_path : "(no :path)", services_list(s, known, sizeof known));
     return;
   }
-  if (s->draining) {
+  if (c->goaway_sent) { /* after the final GOAWAY (during the notice they are still served) */
     call->refused = 1;
     ss_call_fail(call, SS_GRPC_UNAVAILABLE, "server is shutting down");
     return;
@@ -355,6 +369,9 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
   ss_conn *c = user_data;
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) {
     if (frame->hd.type == NGHTTP2_SETTINGS && !c->handshaken) handshake_done(c);
+    if (frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK) && c->notice_sent &&
+        memcmp(frame->ping.opaque_data, SS_DRAIN_PING, 8) == 0)
+      ss_conn_goaway(c); /* the peer has seen the shutdown notice */
     return 0;
   }
   ss_call *call = stream_call(c, frame->hd.stream_id);
@@ -843,6 +860,19 @@ void ss_conn_goaway(ss_conn *c) {
                                  nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
                                  NULL, 0);
   if (rv != 0) SS_LOGD("goaway: %s", nghttp2_strerror(rv));
+  ss_conn_mark_dirty(c);
+}
+
+void ss_conn_goaway_notice(ss_conn *c) {
+  if (c->closing || c->goaway_sent || c->notice_sent) return;
+  c->notice_sent = 1;
+  int rv = nghttp2_submit_shutdown_notice(c->h2);
+  if (rv == 0) rv = nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, (const uint8_t *)SS_DRAIN_PING);
+  if (rv != 0) {
+    SS_LOGD("shutdown notice: %s", nghttp2_strerror(rv));
+    ss_conn_goaway(c);
+    return;
+  }
   ss_conn_mark_dirty(c);
 }
 

@@ -77,7 +77,17 @@ typedef struct ss_grpc_config {
   double handshake_timeout_s;      /* preface + SETTINGS (10) */
   double idle_timeout_s;           /* no stream open, nothing received (300) */
   double request_body_timeout_s;   /* headers / body of a request stop arriving (30) */
+  /* Request headers kept for the handler (ss_call_header): lowercase names, borrowed (must
+   * outlive the server), at most SS_GRPC_MAX_KEPT_HEADERS. The transport does not know what
+   * they mean; a value longer than max_kept_header_bytes (0 = 1024) refuses the call with
+   * INVALID_ARGUMENT (naming the header, never quoting it), and so does a kept header sent
+   * twice. */
+  const char *const *kept_headers;
+  size_t n_kept_headers;
+  size_t max_kept_header_bytes;
 } ss_grpc_config;
+
+#define SS_GRPC_MAX_KEPT_HEADERS 8
 
 /* Counters by outcome (the exit summary) and by connection. */
 typedef struct ss_grpc_stats {
@@ -123,6 +133,10 @@ int ss_call_answered(const ss_call *call);
 /* The status the call ended with (a gRPC code), CANCELLED when its client went away first, or
  * -1 while it is still open. */
 int ss_call_status(const ss_call *call);
+/* The value of request header name (one of ss_grpc_config.kept_headers, matched without
+ * regard to case), NUL-terminated; NULL when the client did not send it or the server does not
+ * keep it. Owned by the call: valid until the call is freed. */
+const char *ss_call_header(const ss_call *call, const char *name);
 /* uv_hrtime() when the call's headers arrived. */
 uint64_t ss_call_start_ns(const ss_call *call);
 /* The server the call belongs to (for counters). */

@@ -34,6 +34,7 @@ typedef struct ss_peer {
 #define SS_PEER_BUCKETS 1024
 
 #define SS_CALL_CACHE 1024 /* finished calls kept for reuse */
+#define SS_KEPT_INLINE 256 /* kept header bytes stored inside the call (no malloc) */
 
 typedef enum {
   SS_CALL_RECV = 0, /* headers seen, request message arriving */
@@ -73,6 +74,14 @@ struct ss_call {
   char *encoding;             /* grpc-encoding when not identity */
   int64_t timeout_ns;         /* from grpc-timeout; 0 = none */
   uint64_t start_ns;
+  /* kept request headers (cfg.kept_headers), values NUL-terminated one after another in kept:
+   * kept_inline for the common case, a heap buffer when they outgrow it */
+  uint16_t kept_off[SS_GRPC_MAX_KEPT_HEADERS]; /* 1 + offset of header i's value; 0: not sent */
+  int kept_bad;               /* 1 + index of a kept header refused (too long, or sent twice) */
+  size_t kept_bad_len;        /* its length (0 when it came twice) */
+  char *kept;                 /* NULL (nothing kept yet), kept_inline or malloc'd */
+  size_t kept_len, kept_cap;
+  char kept_inline[SS_KEPT_INLINE];
   ss_tq_entry deadline;       /* receiving: request body timeout; then: grpc-timeout */
 
   /* response: out[] bytes first, then the borrowed segments (tensor bytes), then trailers */
@@ -111,7 +120,8 @@ struct ss_conn {
   size_t inflight_cap;
   uv_write_t wreq;
   int writing;
-  int goaway_sent;
+  int goaway_sent;            /* the final GOAWAY is queued: no new stream is served */
+  int notice_sent;            /* drain: shutdown notice (GOAWAY 2^31-1) + PING queued */
   /* limits (see conn.c "Bounds") */
   ss_peer *peer;              /* counted in the server's per-peer table */
   ss_tq_entry tmo;            /* handshake, idle, or linger timeout */
@@ -141,6 +151,8 @@ struct ss_grpc_server {
   uv_check_t flush_check;     /* writes are gathered and flushed once per loop iteration */
   uv_idle_t flush_idle;       /* active while connections are dirty: the poll must not block */
   uv_timer_t drain_timer;
+  ss_tq_entry notice_tmo;     /* drain: the final GOAWAYs go out at the latest then */
+  uint64_t drain_ns;          /* uv_hrtime() when the drain started */
   ss_timerq tq;               /* call deadlines */
   int handles_open;           /* flush/idle/drain timer/tq: closed once everything is closed */
   nghttp2_session_callbacks *h2cb;
@@ -174,6 +186,9 @@ void ss_call_cache_free(ss_grpc_server *s);
 void ss_call_arm_deadline(ss_call *call);
 /* Copy n bytes of pending output to dst (the connection's send_data callback). */
 void ss_call_take_output(ss_call *call, uint8_t *dst, size_t n);
+/* A request header arrived (conn.c on_header): keep it when cfg.kept_headers names it. */
+void ss_call_keep_header(ss_call *call, const uint8_t *name, size_t namelen, const uint8_t *value,
+                         size_t valuelen);
 /* The client went away before the call was answered: cancel hook, counters, drain set. */
 void ss_call_abandon(ss_call *call);
 
@@ -181,7 +196,12 @@ void ss_call_abandon(ss_call *call);
 void ss_conn_accept(ss_grpc_server *s);
 void ss_conn_mark_dirty(ss_conn *c);
 void ss_conn_flush_all(ss_grpc_server *s);
+/* The final GOAWAY (last stream id = the last one processed). */
 void ss_conn_goaway(ss_conn *c);
+/* Drain, first step: GOAWAY with the largest stream id (no new streams, please) and a PING;
+ * the final GOAWAY follows when the PING comes back (or the server's notice timeout), so a
+ * stream the peer sent before it saw the notice is still served, never silently dropped. */
+void ss_conn_goaway_notice(ss_conn *c);
 void ss_conn_close(ss_conn *c);
 /* GOAWAY with error_code and a reason (also the debug data), then close once it is written. */
 void ss_conn_kill(ss_conn *c, uint32_t error_code, const char *fmt, ...)

@@ -5,10 +5,16 @@
  *
  * Thread: the loop thread (ss_grpc_server_new binds on the calling thread before the loop runs).
  *
- * Drain (ss_grpc_server_drain): the listener closes, every connection gets GOAWAY (new streams
- * are refused: UNAVAILABLE to clients), hooks.drain_started runs, in-flight unary calls run to
- * completion up to the drain timeout; then hooks.drained runs, streaming calls end with OK, the
- * last bytes are flushed, connections close (once hooks.busy says so) and hooks.closed runs.
+ * Drain (ss_grpc_server_drain): the listener closes, every connection gets the two-step GOAWAY
+ * of RFC 9113 6.8: a shutdown notice (GOAWAY with the largest stream id) and a PING, then, when
+ * the PING comes back (at the latest after SS_NOTICE_MS), the final GOAWAY with the last stream
+ * processed. Streams the peer opened before it saw the notice are served as usual, so a proxy
+ * reusing a pooled connection at that moment loses nothing; after the final GOAWAY nghttp2
+ * ignores new streams (the peer knows from the last stream id that they were not processed and
+ * may retry them elsewhere). hooks.drain_started runs at once; unary calls run to completion up
+ * to the drain timeout; once every connection has its final GOAWAY and no unary call is left,
+ * hooks.drained runs, streaming calls end with OK, the last bytes are flushed, connections
+ * close (once hooks.busy says so) and hooks.closed runs.
  * A second drain call with now != 0, or the drain timeout, answers what is left with UNAVAILABLE.
  */
 #include <assert.h>
@@ -18,6 +24,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "core/macros.h"
 #include "grpc/grpc_int.h"
 #include "grpc/h2mem.h"
 
@@ -32,10 +39,37 @@ void ss_grpc_server_stats(const ss_grpc_server *g, ss_grpc_stats *out) {
 
 /* ------------------------------------------------------------------ drain --- */
 
+/* Drain: how long a connection's PING may take to come back after the shutdown notice. A
+ * connection with calls open is being read by its client, which answers at once; an idle one
+ * may belong to a client that reads only while it has calls (grpcio), or to a proxy's pool
+ * (nginx closes it on the notice): it gets its final GOAWAY sooner. */
+#define SS_NOTICE_MS 1000
+#define SS_NOTICE_IDLE_MS 200
+
 static int drained(ss_grpc_server *s) {
   for (ss_call *c = s->live; c; c = c->live_next)
     if (!c->is_drain_exempt) return 0;
+  for (ss_conn *c = s->conns; c; c = c->next)
+    if (!c->goaway_sent && !c->closing) return 0; /* new calls may still come */
   return 1;
+}
+
+/* The notice had its time: the final GOAWAY to connections whose PING did not come back. */
+static uint64_t notice_due(const ss_grpc_server *s, double ms) {
+  double cap = s->cfg.drain_timeout_s * 1000.0;
+  return s->drain_ns + (uint64_t)((ms < cap ? ms : cap) * 1e6);
+}
+
+static void on_notice_timeout(ss_tq_entry *e) {
+  ss_grpc_server *s = ss_container_of(e, ss_grpc_server, notice_tmo);
+  int all = uv_hrtime() >= notice_due(s, SS_NOTICE_MS), left = 0;
+  for (ss_conn *c = s->conns; c; c = c->next) {
+    if (all || !c->calls) ss_conn_goaway(c);
+    left |= !c->goaway_sent;
+  }
+  if (left && ss_tq_arm(&s->tq, &s->notice_tmo, notice_due(s, SS_NOTICE_MS), on_notice_timeout) != 0)
+    for (ss_conn *c = s->conns; c; c = c->next) ss_conn_goaway(c);
+  ss_grpc_wake_flush(s); /* the flush check finishes the drain if nothing is left */
 }
 
 /* End the streaming calls (the server is stopping): their handlers are told, then OK. */
@@ -56,6 +90,7 @@ static void finish_drain(ss_grpc_server *s, int graceful) {
   if (s->stopped) return;
   s->stopped = 1;
   uv_timer_stop(&s->drain_timer);
+  ss_tq_cancel(&s->tq, &s->notice_tmo);
   if (s->hooks.drained) s->hooks.drained(s->hooks.app, graceful);
   end_streams(s);
   for (ss_conn *c = s->conns; c; c = c->next) {
@@ -107,7 +142,10 @@ void ss_grpc_server_drain(ss_grpc_server *s, int now) {
       uv_close((uv_handle_t *)&s->listener, NULL);
     }
     if (s->hooks.drain_started) s->hooks.drain_started(s->hooks.app);
-    for (ss_conn *c = s->conns; c; c = c->next) ss_conn_goaway(c);
+    for (ss_conn *c = s->conns; c; c = c->next) ss_conn_goaway_notice(c);
+    s->drain_ns = uv_hrtime();
+    if (ss_tq_arm(&s->tq, &s->notice_tmo, notice_due(s, SS_NOTICE_IDLE_MS), on_notice_timeout) != 0)
+      for (ss_conn *c = s->conns; c; c = c->next) ss_conn_goaway(c);
     uv_timer_start(&s->drain_timer, on_drain_timeout, (uint64_t)(s->cfg.drain_timeout_s * 1000.0), 0);
     if (drained(s)) finish_drain(s, 1);
   }
@@ -135,6 +173,9 @@ static void close_handles(ss_grpc_server *s) {
 /* Once per loop iteration, after I/O: gather and write every dirty connection's frames. */
 static void on_flush_check(uv_check_t *h) {
   ss_grpc_server *s = h->data;
+  /* Draining: the last call answered, or the last final GOAWAY queued (PING ack, notice
+   * timeout, a connection closed), makes it drained. */
+  if (s->draining && !s->stopped && drained(s)) finish_drain(s, 1);
   ss_conn_flush_all(s);
   if (s->stopped && !s->closed_told && !(s->hooks.busy && s->hooks.busy(s->hooks.app))) {
     /* Close connections whose output is fully written. */
@@ -229,6 +270,8 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
                        size_t n, void *method_app, const ss_grpc_hooks *hooks,
                        ss_grpc_server **out, char *err, size_t errlen) {
   *out = NULL;
+  if (cfg->n_kept_headers > SS_GRPC_MAX_KEPT_HEADERS)
+    return fail(err, errlen, SS_EINVAL, "at most %d kept request headers", SS_GRPC_MAX_KEPT_HEADERS);
   ss_grpc_server *s = calloc(1, sizeof *s);
   if (!s) return fail(err, errlen, SS_ENOMEM, "out of memory");
   s->cfg = *cfg;
@@ -239,6 +282,8 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
   if (s->cfg.max_concurrent_streams == 0) s->cfg.max_concurrent_streams = 256;
   if (s->cfg.max_header_list_bytes == 0) s->cfg.max_header_list_bytes = 16384;
   if (s->cfg.max_connection_buffer_bytes == 0) s->cfg.max_connection_buffer_bytes = (size_t)64 << 20;
+  if (s->cfg.max_kept_header_bytes == 0) s->cfg.max_kept_header_bytes = 1024;
+  if (s->cfg.max_kept_header_bytes > 4096) s->cfg.max_kept_header_bytes = 4096; /* uint16 offsets */
   if (s->cfg.max_connection_buffer_bytes > INT32_MAX) s->cfg.max_connection_buffer_bytes = INT32_MAX;
   s->loop = loop;
   s->methods = methods;

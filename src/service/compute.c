@@ -454,6 +454,8 @@ void ss_h_compute(ss_call *call, void *app) {
   st->reqbuf = ss_call_request(call, &st->reqlen);
   ss_call_set_hooks(call, compute_cancel, compute_free);
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  int tok = ss_service_authenticate(s, call);
+  if (tok == -1) return;
   {
     /* Before protobuf-c allocates anything: metadata entry count and sizes; no NUL in ids. */
     static const uint32_t str_fields[] = {5, 6};
@@ -494,7 +496,34 @@ void ss_h_compute(ss_call *call, void *app) {
     st->vals[i] = req->metadata[i]->value;
   }
   st->meta = (ss_meta){st->keys, st->vals, nm, &st->job.cancelled}; /* models poll it */
+  /* The proxy affinity headers (deploy/): x-session-id is metadata session=ID, x-forward-id
+   * the forward_id field; both given and different is an error. */
+  const char *hsid = ss_call_header(call, "x-session-id");
   const char *sid = ss_meta_get(&st->meta, "session");
+  if (hsid && *hsid) {
+    if (sid && strcmp(sid, hsid) != 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                   "metadata session='%.300s' and request header x-session-id '%.300s' differ: "
+                   "send one of them, or the same id in both", sid, hsid);
+      return;
+    }
+    if (!sid) {
+      st->keys[nm] = "session";
+      st->vals[nm] = hsid;
+      st->meta.n = nm + 1;
+      sid = hsid;
+    }
+  }
+  const char *hfid = ss_call_header(call, "x-forward-id");
+  if (hfid && *hfid) {
+    if (req->forward_id && *req->forward_id && strcmp(req->forward_id, hfid) != 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                   "forward_id '%.300s' and request header x-forward-id '%.300s' differ: send one "
+                   "of them, or the same id in both", req->forward_id, hfid);
+      return;
+    }
+    req->forward_id = (char *)hfid; /* lives as long as the call */
+  }
   if (sid && strlen(sid) > s->cfg.max_session_id_bytes) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "metadata session is %zu bytes long; session ids are at most %zu bytes "
@@ -502,8 +531,13 @@ void ss_h_compute(ss_call *call, void *app) {
     return;
   }
 
-  /* model */
+  /* model (a token limited to some models learns nothing about the others: PERMISSION_DENIED
+   * comes before NOT_FOUND) */
   st->sm = ss_service_find_model(s, req->model_id);
+  if (ss_service_authorize(s, call, tok, st->sm ? st->sm->model->id : req->model_id) != 0) {
+    st->sm = NULL;
+    return;
+  }
   if (!st->sm && ss_models_test_disabled(s, req->model_id)) {
     ss_call_fail(call, SS_GRPC_NOT_FOUND,
                  "model '%s' exists but is disabled: it is a test model; start the server with "

@@ -18,6 +18,7 @@
 #include "core/kcache.h"
 #include "core/config.h"
 #include "models/nn/matmul.h"
+#include "service/auth.h"
 #include "service/service_int.h"
 #include "service/sessions.h"
 
@@ -105,6 +106,7 @@ static void kv(kvlist *l, const char *key, const char *fmt, ...) {
 
 void ss_h_service_info(ss_call *call, void *app) {
   info_begin(call, app, "GetServiceInfo");
+  if (ss_service_authenticate(app, call) == -1) return;
   if (check_wire(call, &splitlearn__comm__service_info_request__descriptor) != 0) return;
   const ss_service *s = app;
   ss_grpc_stats gs = {0};
@@ -165,6 +167,7 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "rejected", "%llu", (unsigned long long)gs.rejected);
   kv(l, "cancelled", "%llu", (unsigned long long)gs.cancelled);
   kv(l, "failed", "%llu", (unsigned long long)gs.failed);
+  kv(l, "auth_tokens", "%zu", ss_auth_count(s->auth)); /* a count only; 0: no authentication */
   kv(l, "blas", "%s, %d thread(s) per worker", ss_matmul_engine_info(), s->cfg.intra_op_threads);
   size_t nsess, sess_bytes;
   uint64_t sess_evicted;
@@ -264,6 +267,7 @@ static stream_state *stream_new(ss_call *call, ss_service *svc) {
 }
 
 void ss_h_stream_monitoring(ss_call *call, void *app) {
+  if (ss_service_authenticate(app, call) == -1) return;
   size_t len;
   const uint8_t *buf = ss_call_request(call, &len);
   Splitlearn__Comm__MonitoringStreamRequest *req =

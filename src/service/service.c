@@ -11,14 +11,21 @@
  *   /grpc.health.v1.Health/Check                      info.c     ss_h_grpc_health_check
  *   /grpc.health.v1.Health/Watch                      info.c     ss_h_grpc_health_watch
  *
+ * Authentication (--auth-tokens, auth.c): Compute, ComputeBackward, GetServiceInfo and
+ * StreamMonitoring need a bearer token (`authorization: Bearer TOKEN`); Compute and
+ * ComputeBackward also need the token to allow the model. Health checks stay open (probes and
+ * load balancers carry no token).
+ *
  * Thread: loop thread (ss_service_new before the loop runs; ss_service_free after it ended).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "core/log.h"
+#include "service/auth.h"
 #include "service/service_int.h"
 #include "service/sessions.h"
 
@@ -44,6 +51,50 @@ const ss_method *ss_service_methods(size_t *n) {
   methods[6].state_size = ss_stream_state_size;
   *n = N_METHODS;
   return methods;
+}
+
+static const char *const kept_headers[] = {"authorization", "x-session-id", "x-forward-id"};
+
+const char *const *ss_service_headers(size_t *n) {
+  *n = sizeof kept_headers / sizeof kept_headers[0];
+  return kept_headers;
+}
+
+/* ------------------------------------------------------------ auth --- */
+
+int ss_service_authenticate(ss_service *s, ss_call *call) {
+  if (!s->auth) return SS_AUTH_OFF;
+  const char *h = ss_call_header(call, "authorization");
+  int tok = ss_auth_find(s->auth, h);
+  if (tok >= 0) return tok;
+  if (!h)
+    ss_call_fail(call, SS_GRPC_UNAUTHENTICATED,
+                 "missing credentials: this server requires the request header 'authorization: "
+                 "Bearer <token>' (--auth-tokens)");
+  else if (strncasecmp(h, "Bearer ", 7) != 0)
+    ss_call_fail(call, SS_GRPC_UNAUTHENTICATED,
+                 "the authorization header is not a bearer credential: send 'Bearer <token>'");
+  else
+    ss_call_fail(call, SS_GRPC_UNAUTHENTICATED, "invalid token");
+  return -1;
+}
+
+int ss_service_authorize(ss_service *s, ss_call *call, int tok, const char *model) {
+  if (tok == SS_AUTH_OFF || ss_auth_allows(s->auth, tok, model)) return 0;
+  char list[512];
+  ss_call_fail(call, SS_GRPC_PERMISSION_DENIED, "this token may not use model '%s' (it may use: %s)",
+               model, ss_auth_models(s->auth, tok, list, sizeof list));
+  return -1;
+}
+
+static int auth_load(ss_service *s, const char *why, char *err, size_t errlen) {
+  ss_auth *a;
+  int rv = ss_auth_load(s->cfg.auth_tokens, &a, err, errlen);
+  if (rv != 0) return rv;
+  ss_auth_free(s->auth);
+  s->auth = a;
+  SS_LOGI("%s: %zu auth tokens from %s", why, ss_auth_count(a), s->cfg.auth_tokens);
+  return 0;
 }
 
 /* ------------------------------------------------------------ drain --- */
@@ -96,6 +147,7 @@ int ss_service_new(uv_loop_t *loop, ss_pool *pool, const ss_server_config *cfg, 
     rv = ss_train_init(s);
     if (rv != 0) snprintf(err, errlen, "out of memory");
   }
+  if (rv == 0 && s->cfg.auth_tokens) rv = auth_load(s, "auth", err, errlen);
   if (rv == 0) rv = ss_models_load(s, err, errlen);
   if (rv != 0) {
     ss_service_close(s);
@@ -120,11 +172,17 @@ void ss_service_log_start(const ss_service *s) {
 }
 
 void ss_service_reload(ss_service *s) {
+  if (s->draining) return;
+  if (s->cfg.auth_tokens) {
+    char err[512];
+    if (auth_load(s, "SIGHUP", err, sizeof err) != 0)
+      SS_LOGE("SIGHUP: auth tokens not reloaded, keeping the %zu old ones: %s",
+              ss_auth_count(s->auth), err);
+  }
   if (!s->cfg.config_path) {
-    SS_LOGW("SIGHUP: no --config file to reload; ignored");
+    if (!s->cfg.auth_tokens) SS_LOGW("SIGHUP: no --config file to reload; ignored");
     return;
   }
-  if (s->draining) return;
   ss_models_reload(s);
 }
 
@@ -146,5 +204,6 @@ void ss_service_free(ss_service *s) {
   ss_sessions_free(s->sessions);
   ss_models_free(s);
   ss_metrics_free(s);
+  ss_auth_free(s->auth);
   free(s);
 }

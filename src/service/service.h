@@ -25,6 +25,9 @@ int ss_service_new(uv_loop_t *loop, ss_pool *pool, const ss_server_config *cfg, 
                    char *err, size_t errlen);
 /* The method table to serve (static); handlers take the service as their app argument. */
 const ss_method *ss_service_methods(size_t *n);
+/* The request headers the handlers read (ss_call_header; for ss_grpc_config.kept_headers):
+ * authorization (--auth-tokens), x-session-id and x-forward-id (proxy affinity keys). */
+const char *const *ss_service_headers(size_t *n);
 /* The transport's drain, routed here: new calls are refused (health turns NOT_SERVING) ... */
 void ss_service_drain_started(ss_service *svc);
 /* ... every unary call is answered (graceful: write the checkpoints) ... */
@@ -35,7 +38,8 @@ int ss_service_busy(const ss_service *svc);
 void ss_service_attach(ss_service *svc, ss_grpc_server *g);
 /* Log the thread budget and the served models (start-up). */
 void ss_service_log_start(const ss_service *svc);
-/* SIGHUP: re-read the --config file on a worker and swap the model set. */
+/* SIGHUP: re-read the --auth-tokens file (a bad one keeps the old tokens) and the --config
+ * file (on a worker, then swap the model set). */
 void ss_service_reload(ss_service *svc);
 /* SIGUSR1 (and the drain): write every model that has a save path, on a worker. */
 void ss_service_save_all(ss_service *svc, const char *why);

@@ -76,7 +76,17 @@ struct ss_service {
   int reload_again;            /* a SIGHUP came during the reload: run another after it */
   ss_watch *watches;           /* open health Watch streams */
   struct ss_series *series;    /* request metrics (metrics.c) */
+  struct ss_auth *auth;        /* --auth-tokens (auth.c); NULL: no authentication */
 };
+
+/* ---- authentication (service.c, on auth.c) ---- */
+#define SS_AUTH_OFF (-2)
+/* The call's token index; SS_AUTH_OFF when the server has no --auth-tokens; -1 after failing
+ * the call UNAUTHENTICATED (no or unknown bearer token). */
+int ss_service_authenticate(ss_service *s, ss_call *call);
+/* 0 when token tok (from ss_service_authenticate) may use model; else -1 after failing the
+ * call PERMISSION_DENIED. */
+int ss_service_authorize(ss_service *s, ss_call *call, int tok, const char *model);
 
 /* ---- handlers (loop thread, request message complete) ---- */
 void ss_h_compute(ss_call *call, void *app);          /* compute.c */

@@ -340,6 +340,8 @@ void ss_h_backward(ss_call *call, void *app) {
   st->reqbuf = ss_call_request(call, &st->reqlen);
   ss_call_set_hooks(call, bw_cancel, bw_free);
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  int tok = ss_service_authenticate(s, call);
+  if (tok == -1) return;
   {
     static const uint32_t str_fields[] = {3, 4};
     static const char *const str_names[] = {"forward_id", "model_id"};
@@ -362,6 +364,18 @@ void ss_h_backward(ss_call *call, void *app) {
     return;
   }
   Splitlearn__Comm__BackwardRequest *req = st->req;
+  const char *hfid = ss_call_header(call, "x-forward-id"); /* the proxy affinity header */
+  if (hfid && *hfid) {
+    if (req->forward_id && *req->forward_id && strcmp(req->forward_id, hfid) != 0) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                   "forward_id '%.300s' and request header x-forward-id '%.300s' differ: send one "
+                   "of them, or the same id in both", req->forward_id, hfid);
+      return;
+    }
+    req->forward_id = (char *)hfid; /* lives as long as the call */
+  }
+  if (req->model_id && *req->model_id && ss_service_authorize(s, call, tok, req->model_id) != 0)
+    return;
   if (req->model_id && *req->model_id && !ss_service_find_model(s, req->model_id)) {
     char known[512];
     ss_models_list(s, known, sizeof known);
@@ -395,6 +409,7 @@ void ss_h_backward(ss_call *call, void *app) {
   }
   act_rec *rec = e->value;
   const ss_model *m = rec->sm->model;
+  if (ss_service_authorize(s, call, tok, m->id) != 0) return; /* the forward's model */
   if (req->model_id && *req->model_id && strcmp(req->model_id, m->id) != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "model_id '%s' does not match forward_id '%s', which ran on model '%s'",

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 struct ss_call {
   int refs;
@@ -19,6 +20,7 @@ struct ss_call {
   void (*on_cancel)(ss_call *call);
   void (*on_release)(ss_call *call);
   void *owner; /* freed with the call (reply tails) */
+  char *hname[SS_GRPC_MAX_KEPT_HEADERS], *hval[SS_GRPC_MAX_KEPT_HEADERS]; /* request headers */
   _Alignas(16) unsigned char state[];
 };
 
@@ -54,6 +56,25 @@ void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *), void (*release)
 int ss_call_answered(const ss_call *call) { return call->res->answered; }
 int ss_call_status(const ss_call *call) { return call->res->answered ? call->res->status : -1; }
 uint64_t ss_call_start_ns(const ss_call *call) { return call->start_ns; }
+
+void fake_call_set_header(ss_call *call, const char *name, const char *value) {
+  for (int i = 0; i < SS_GRPC_MAX_KEPT_HEADERS; i++)
+    if (!call->hname[i] || strcasecmp(call->hname[i], name) == 0) {
+      free(call->hname[i]);
+      free(call->hval[i]);
+      call->hname[i] = strdup(name);
+      call->hval[i] = strdup(value);
+      assert(call->hname[i] && call->hval[i]);
+      return;
+    }
+  assert(!"fake_call_set_header: too many headers");
+}
+
+const char *ss_call_header(const ss_call *call, const char *name) {
+  for (int i = 0; i < SS_GRPC_MAX_KEPT_HEADERS && call->hname[i]; i++)
+    if (strcasecmp(call->hname[i], name) == 0) return call->hval[i];
+  return NULL;
+}
 ss_grpc_server *ss_call_server(ss_call *call) {
   (void)call;
   return NULL;
@@ -148,6 +169,10 @@ void ss_call_unref(ss_call *call) {
   if (call->on_release) call->on_release(call);
   free(call->owner);
   free(call->req);
+  for (int i = 0; i < SS_GRPC_MAX_KEPT_HEADERS; i++) {
+    free(call->hname[i]);
+    free(call->hval[i]);
+  }
   free(call);
   alive--;
 }

@@ -28,6 +28,9 @@ typedef struct fake_result {
 /* A call of method m carrying a copy of req[len]; *res is filled as the handler answers and
  * must outlive the call. The test holds one reference (the "stream"): fake_call_close drops it. */
 ss_call *fake_call_new(const ss_method *m, const void *req, size_t len, fake_result *res);
+/* A request header the handler will read with ss_call_header (copied; set before the handler
+ * runs; a second value for the same name replaces the first). */
+void fake_call_set_header(ss_call *call, const char *name, const char *value);
 /* The client goes away: the cancel hook runs if the call is not answered yet. */
 void fake_call_cancel(ss_call *call);
 /* Drop the test's reference (the call is freed once the handler's references are gone too). */

@@ -247,6 +247,47 @@ static void test_watch_on_drain(void) {
   CHECK_EQ_INT(fake_calls_alive(), 0);
 }
 
+/* The proxy affinity headers: x-session-id acts as metadata session=ID (conflicts refused),
+ * x-forward-id as the forward_id field. */
+static void test_affinity_headers(void) {
+  float x[4] = {1, 2, 3, 4};
+  fake_result r;
+  size_t len;
+  const ss_method *m = method("/Compute");
+  uint8_t *b = pack_compute(x, (int32_t[]){1, 4}, 2, "identity", "session", "a", &len);
+  ss_call *c = fake_call_new(m, b, len, &r);
+  free(b);
+  fake_call_set_header(c, "x-session-id", "b");
+  m->handler(c, svc);
+  wait_answer(&r);
+  CHECK_EQ_INT(r.status, SS_GRPC_INVALID_ARGUMENT);
+  CHECK_CONTAINS(r.message, "metadata session='a' and request header x-session-id 'b' differ");
+  fake_call_close(c);
+  /* the header alone is the session: identity keeps no KV cache, so it says so */
+  b = pack_compute(x, (int32_t[]){1, 4}, 2, "identity", NULL, NULL, &len);
+  c = fake_call_new(m, b, len, &r);
+  fake_call_set_header(c, "X-Session-Id", "s1");
+  m->handler(c, svc);
+  wait_answer(&r);
+  CHECK_EQ_INT(r.status, SS_GRPC_INVALID_ARGUMENT);
+  CHECK_CONTAINS(r.message, "keeps no KV cache");
+  fake_call_close(c);
+  /* x-forward-id is echoed like the forward_id field */
+  c = fake_call_new(m, b, len, &r);
+  free(b);
+  fake_call_set_header(c, "x-forward-id", "f-77");
+  m->handler(c, svc);
+  wait_answer(&r);
+  CHECK_EQ_INT(r.status, SS_GRPC_OK);
+  Splitlearn__Comm__ComputeResponse *resp =
+      splitlearn__comm__compute_response__unpack(NULL, r.body_len, r.body);
+  CHECK(resp && resp->forward_id && strcmp(resp->forward_id, "f-77") == 0);
+  splitlearn__comm__compute_response__free_unpacked(resp, NULL);
+  free(r.body);
+  fake_call_close(c);
+  CHECK_EQ_INT(fake_calls_alive(), 0);
+}
+
 int main(void) {
   uv_loop_init(&loop);
   CHECK_EQ_INT(ss_pool_new(&loop, 1, NULL, NULL, &pool), 0);
@@ -265,6 +306,7 @@ int main(void) {
   methods = ss_service_methods(&nmethods);
   test_identity_and_mlp();
   test_bad_inputs();
+  test_affinity_headers();
   test_wire_limits();
   test_health();
   test_cancel();

@@ -1,0 +1,40 @@
+/*
+ * auth.h — bearer-token authentication and per-model authorization (--auth-tokens FILE).
+ *
+ * The token file: one token per line, optionally followed by the models it may use
+ * (`TOKEN model,model`; none listed = every model); blank lines and `#` comments are ignored.
+ * Tokens are RFC 6750 b64token characters (A-Z a-z 0-9 - . _ ~ + / and trailing =), at most
+ * SS_AUTH_MAX_TOKEN bytes, each listed once.
+ *
+ * A presented token is compared with every token of the table, each comparison over the same
+ * number of bytes (the longest token's), with no early exit: the time taken depends on the
+ * table's size, not on which token matched, how many bytes of one matched, or their lengths.
+ * Tokens never appear in a log line or an error message.
+ *
+ * Thread: loop thread (the file is small and read there, at start and on SIGHUP).
+ */
+#ifndef SS_SERVICE_AUTH_H
+#define SS_SERVICE_AUTH_H
+
+#include <stddef.h>
+
+#define SS_AUTH_MAX_TOKEN 1000 /* "Bearer " + token must fit the 1 KiB kept-header bound */
+
+typedef struct ss_auth ss_auth;
+
+/* Read the token file at path into *out (free with ss_auth_free). On failure returns <0 with
+ * "path:line: message" in err (never quoting a token) and leaves *out NULL. */
+int ss_auth_load(const char *path, ss_auth **out, char *err, size_t errlen);
+void ss_auth_free(ss_auth *a);
+/* Number of tokens. */
+size_t ss_auth_count(const ss_auth *a);
+/* The index of the token presented in an `authorization` header value ("Bearer TOKEN"), or
+ * -1 when the value is NULL, not a bearer credential, or no token of the table (in constant
+ * time over the table, see above). */
+int ss_auth_find(const ss_auth *a, const char *authorization);
+/* Nonzero when token idx may use model id. */
+int ss_auth_allows(const ss_auth *a, int idx, const char *model);
+/* Token idx's models as "a,b" (or "all models") into buf; returns buf. */
+const char *ss_auth_models(const ss_auth *a, int idx, char *buf, size_t len);
+
+#endif

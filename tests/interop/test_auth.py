@@ -1,0 +1,185 @@
+"""Token authentication (--auth-tokens FILE): bearer tokens in the `authorization` request
+header, per-token model lists, open health checks, SIGHUP reload (a bad file keeps the old
+tokens), no token in the server's log; and the proxy affinity headers x-session-id /
+x-forward-id read directly (without a proxy)."""
+import os
+import signal
+import tempfile
+import time
+
+import numpy as np
+
+import sslib
+from sslib import SC, T, make_req, pb, hpb
+
+FULL = "full-tok.en_1234567890"
+MLP_ONLY = "mlp+only/TOKEN=="
+IDENT = "Zq~"  # a short token: lengths differ widely across the table
+NEW = "new-token-after-reload"
+SECRETS = [FULL, MLP_ONLY, IDENT, NEW]
+X = np.ones((1, 768), dtype=np.float32)
+
+
+def bearer(tok):
+    return [("authorization", "Bearer " + tok)]
+
+
+def write(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.chmod(path + ".tmp", 0o600)
+    os.replace(path + ".tmp", path)
+
+
+def start(tokfile, *extra):
+    write(tokfile, "# test tokens\n%s\n\n%s mlp   # mlp only\n%s identity\n" % (FULL, MLP_ONLY, IDENT))
+    srv = sslib.Server("--auth-tokens", tokfile, "--log-level", "debug", *extra)
+    return srv, sslib.connect(srv)
+
+
+def test_tokens_models_and_open_health():
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tok = os.path.join(tmp, "tokens")
+    srv, c = start(tok)
+    ident = make_req(np.ones((2, 3), np.float32), model="identity")
+    mlp = make_req(X, model="mlp")
+    # health checks need no token
+    assert c.health(pb.HealthRequest(), timeout=T(5)).status == "ok"
+    assert c.h_check(hpb.HealthCheckRequest(), timeout=T(5)).status == hpb.HealthCheckResponse.SERVING
+    # no token, another scheme, an unknown token, a prefix of a token
+    sslib.expect_error(lambda: c.compute(ident, timeout=T(5)), SC.UNAUTHENTICATED, "authorization")
+    sslib.expect_error(lambda: c.compute(ident, timeout=T(5), metadata=[("authorization", "Basic " + FULL)]),
+                       SC.UNAUTHENTICATED, "bearer")
+    for bad in ("nope", FULL[:-1], FULL + "x", IDENT + IDENT, IDENT[:1]):
+        sslib.expect_error(lambda: c.compute(ident, timeout=T(5), metadata=bearer(bad)),
+                           SC.UNAUTHENTICATED)
+    sslib.expect_error(lambda: c.info(pb.ServiceInfoRequest(), timeout=T(5)), SC.UNAUTHENTICATED)
+    sslib.expect_error(lambda: next(c.monitoring(pb.MonitoringStreamRequest(), timeout=T(5))),
+                       SC.UNAUTHENTICATED)
+    sslib.expect_error(lambda: c.backward(pb.BackwardRequest(forward_id="x"), timeout=T(5)),
+                       SC.UNAUTHENTICATED)
+    # the full token: everything
+    assert list(c.compute(ident, timeout=T(5), metadata=bearer(FULL)).shape) == [2, 3]
+    assert list(c.compute(mlp, timeout=T(10), metadata=bearer(FULL)).shape) == [1, 768]
+    info = c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(MLP_ONLY))
+    assert info.custom_info["auth_tokens"] == "3", info.custom_info
+    snap = next(c.monitoring(pb.MonitoringStreamRequest(sampling_interval=0.1), timeout=T(5),
+                             metadata=bearer(IDENT)))
+    assert snap.snapshot.timestamp > 0
+    # model lists: PERMISSION_DENIED, also for a model that does not exist (no listing leaks)
+    assert list(c.compute(mlp, timeout=T(10), metadata=bearer(MLP_ONLY)).shape) == [1, 768]
+    sslib.expect_error(lambda: c.compute(ident, timeout=T(5), metadata=bearer(MLP_ONLY)),
+                       SC.PERMISSION_DENIED, "identity", "mlp")
+    sslib.expect_error(lambda: c.compute(make_req(X, model="secretmodel"), timeout=T(5),
+                                         metadata=bearer(MLP_ONLY)), SC.PERMISSION_DENIED)
+    sslib.expect_error(lambda: c.compute(make_req(X, model="secretmodel"), timeout=T(5),
+                                         metadata=bearer(FULL)), SC.NOT_FOUND)
+    sslib.expect_error(lambda: c.compute(mlp, timeout=T(5), metadata=bearer(IDENT)),
+                       SC.PERMISSION_DENIED, "mlp")
+    # ComputeBackward: the forward's model decides
+    fwd = make_req(X, model="mlp")
+    fwd.training_mode = True
+    r = c.compute(fwd, timeout=T(10), metadata=bearer(MLP_ONLY))
+    g = pb.BackwardRequest(grad_output_data=X.tobytes(), grad_output_shape=[1, 768],
+                           forward_id=r.forward_id)
+    sslib.expect_error(lambda: c.backward(g, timeout=T(5), metadata=bearer(IDENT)),
+                       SC.PERMISSION_DENIED, "mlp")
+    b = c.backward(g, timeout=T(10), metadata=bearer(MLP_ONLY))
+    assert list(b.grad_input_shape) == [1, 768]
+    # an authorization value over the kept-header bound: refused, not quoted
+    long_tok = "L" * 2000
+    sslib.expect_error(lambda: c.compute(ident, timeout=T(5), metadata=bearer(long_tok)),
+                       SC.INVALID_ARGUMENT, "authorization", "1024")
+    sslib.shutdown(c, srv)
+    for s in SECRETS + [long_tok]:
+        assert s not in srv.log, "a token appears in the server log"
+
+
+def test_sighup_reload():
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tok = os.path.join(tmp, "tokens")
+    srv, c = start(tok)
+    ident = make_req(np.ones((2, 3), np.float32), model="identity")
+    assert c.compute(ident, timeout=T(5), metadata=bearer(FULL)).shape
+    write(tok, "%s identity\n" % NEW)
+    srv.signal(signal.SIGHUP)
+    assert srv.wait_for_line(r"SIGHUP: 1 auth tokens", T(5)), sslib.tail(srv.log)
+    assert c.compute(ident, timeout=T(5), metadata=bearer(NEW)).shape
+    sslib.expect_error(lambda: c.compute(ident, timeout=T(5), metadata=bearer(FULL)),
+                       SC.UNAUTHENTICATED)
+    # a bad file: an error in the log, the old tokens stay
+    write(tok, "%s\nbad\"token\n" % FULL)
+    srv.signal(signal.SIGHUP)
+    assert srv.wait_for_line(r"auth tokens not reloaded, keeping the 1 old ones", T(5)), sslib.tail(srv.log)
+    assert c.compute(ident, timeout=T(5), metadata=bearer(NEW)).shape
+    sslib.expect_error(lambda: c.compute(ident, timeout=T(5), metadata=bearer(FULL)),
+                       SC.UNAUTHENTICATED)
+    os.unlink(tok)  # a missing file too
+    srv.signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert c.compute(ident, timeout=T(5), metadata=bearer(NEW)).shape
+    sslib.shutdown(c, srv)
+    for s in SECRETS:
+        assert s not in srv.log, "a token appears in the server log"
+
+
+def test_bad_file_at_start():
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tok = os.path.join(tmp, "tokens")
+    write(tok, "# nothing\n")
+    srv = sslib.Server("--auth-tokens", tok, expect_start=False)
+    rc = srv.wait(T(10))
+    assert rc not in (0, None) and "no tokens" in srv.log, (rc, srv.log)
+
+
+def test_config_key_and_sighup_with_config():
+    """auth_tokens in a --config file; SIGHUP re-reads both the tokens and the models."""
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tok = os.path.join(tmp, "tokens")
+    write(tok, "%s\n" % FULL)
+    conf = os.path.join(tmp, "server.yaml")
+    write(conf, "auth_tokens: %s\nmodels:\n  - id: a\n    kind: identity\n" % tok)
+    srv = sslib.Server("--config", conf)
+    c = sslib.connect(srv)
+    ident = make_req(np.ones((2, 3), np.float32), model="a")
+    sslib.expect_error(lambda: c.compute(ident, timeout=T(5)), SC.UNAUTHENTICATED)
+    assert c.compute(ident, timeout=T(5), metadata=bearer(FULL)).shape
+    write(tok, "%s a\n" % NEW)
+    write(conf, "auth_tokens: %s\nmodels:\n  - id: a\n    kind: identity\n  - id: b\n    kind: identity\n" % tok)
+    srv.signal(signal.SIGHUP)
+    assert srv.wait_for_line(r"SIGHUP: 1 auth tokens", T(5)), sslib.tail(srv.log)
+    deadline = time.monotonic() + T(5)
+    while "b" not in c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(NEW)).custom_info["models"].split(","):
+        assert time.monotonic() < deadline, sslib.tail(srv.log)
+        time.sleep(0.05)
+    sslib.expect_error(lambda: c.compute(make_req(np.ones((1, 2), np.float32), model="b"), timeout=T(5),
+                                         metadata=bearer(NEW)), SC.PERMISSION_DENIED, "'b'")
+    sslib.shutdown(c, srv)
+    assert FULL not in srv.log and NEW not in srv.log
+
+
+def test_affinity_headers_direct():
+    """x-session-id is metadata session=ID, x-forward-id the forward_id field (no auth here)."""
+    srv = sslib.Server()
+    c = sslib.connect(srv)
+    ident = make_req(np.ones((2, 3), np.float32), model="identity", session="a")
+    sslib.expect_error(lambda: c.compute(ident, timeout=T(5), metadata=[("x-session-id", "b")]),
+                       SC.INVALID_ARGUMENT, "session='a'", "x-session-id 'b'")
+    sslib.expect_error(lambda: c.compute(make_req(np.ones((2, 3), np.float32), model="identity"),
+                                         timeout=T(5), metadata=[("x-session-id", "a"), ("x-session-id", "b")]),
+                       SC.INVALID_ARGUMENT, "x-session-id", "more than once")
+    fwd = make_req(X, model="mlp")
+    fwd.training_mode = True
+    r = c.compute(fwd, timeout=T(10), metadata=[("x-forward-id", "hdr-fwd-1")])
+    assert r.forward_id == "hdr-fwd-1", r.forward_id
+    fwd.forward_id = "field-id"
+    sslib.expect_error(lambda: c.compute(fwd, timeout=T(5), metadata=[("x-forward-id", "other")]),
+                       SC.INVALID_ARGUMENT, "x-forward-id 'other'")
+    g = pb.BackwardRequest(grad_output_data=X.tobytes(), grad_output_shape=[1, 768])
+    b = c.backward(g, timeout=T(10), metadata=[("x-forward-id", "hdr-fwd-1")])
+    assert b.forward_id == "hdr-fwd-1" and list(b.grad_input_shape) == [1, 768]
+    sslib.shutdown(c, srv)
+
+
+if __name__ == "__main__":
+    sslib.main(globals())

@@ -1,0 +1,83 @@
+/*
+ * test_auth.c — the --auth-tokens table (service/auth.c): file format, errors that never quote
+ * a token, bearer parsing, lookup over tokens of different lengths, per-token model lists.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "service/auth.h"
+
+static char path[64];
+
+static void write_file(const char *text) {
+  FILE *f = fopen(path, "w");
+  CHECK(f != NULL);
+  fputs(text, f);
+  fclose(f);
+}
+
+static int load(const char *text, ss_auth **a, char *err, size_t errlen) {
+  write_file(text);
+  err[0] = 0;
+  return ss_auth_load(path, a, err, errlen);
+}
+
+static void test_format_and_lookup(void) {
+  ss_auth *a;
+  char err[256];
+  CHECK_EQ_INT(load("# comment\n\n  alpha-123\nbeta.long/token+= gpt2, mlp   # trailing\n"
+                    "c mlp\r\n", &a, err, sizeof err), 0);
+  CHECK_EQ_INT((int)ss_auth_count(a), 3);
+  CHECK_EQ_INT(ss_auth_find(a, "Bearer alpha-123"), 0);
+  CHECK_EQ_INT(ss_auth_find(a, "bearer beta.long/token+="), 1);
+  CHECK_EQ_INT(ss_auth_find(a, "Bearer c"), 2);
+  /* prefixes, extensions, other schemes, nothing */
+  CHECK_EQ_INT(ss_auth_find(a, "Bearer alpha-12"), -1);
+  CHECK_EQ_INT(ss_auth_find(a, "Bearer alpha-1234"), -1);
+  CHECK_EQ_INT(ss_auth_find(a, "Bearer cc"), -1);
+  CHECK_EQ_INT(ss_auth_find(a, "Bearer "), -1);
+  CHECK_EQ_INT(ss_auth_find(a, "Basic alpha-123"), -1);
+  CHECK_EQ_INT(ss_auth_find(a, "alpha-123"), -1);
+  CHECK_EQ_INT(ss_auth_find(a, NULL), -1);
+  char big[1200];
+  memset(big, 'a', sizeof big);
+  memcpy(big, "Bearer ", 7);
+  big[sizeof big - 1] = 0;
+  CHECK_EQ_INT(ss_auth_find(a, big), -1);
+  /* models */
+  CHECK(ss_auth_allows(a, 0, "anything"));
+  CHECK(ss_auth_allows(a, 1, "gpt2") && ss_auth_allows(a, 1, "mlp"));
+  CHECK(!ss_auth_allows(a, 1, "gpt") && !ss_auth_allows(a, 1, "identity"));
+  CHECK(ss_auth_allows(a, 2, "mlp") && !ss_auth_allows(a, 2, "gpt2"));
+  CHECK(!ss_auth_allows(a, -1, "mlp"));
+  char buf[64];
+  CHECK(strcmp(ss_auth_models(a, 1, buf, sizeof buf), "gpt2,mlp") == 0);
+  CHECK(strcmp(ss_auth_models(a, 0, buf, sizeof buf), "all models") == 0);
+  ss_auth_free(a);
+}
+
+static void test_errors(void) {
+  ss_auth *a = (ss_auth *)1;
+  char err[256];
+  CHECK(load("", &a, err, sizeof err) < 0 && a == NULL);
+  CHECK_CONTAINS(err, "no tokens");
+  CHECK(load("good\nsecret\"quote\n", &a, err, sizeof err) < 0);
+  CHECK_CONTAINS(err, ":2:");
+  CHECK(strstr(err, "secret") == NULL); /* never quoted */
+  CHECK(load("topsecret\ntopsecret mlp\n", &a, err, sizeof err) < 0);
+  CHECK_CONTAINS(err, "twice");
+  CHECK(strstr(err, "topsecret") == NULL);
+  CHECK(ss_auth_load("/nonexistent/tokens", &a, err, sizeof err) < 0);
+  CHECK_CONTAINS(err, "/nonexistent/tokens");
+}
+
+int main(void) {
+  snprintf(path, sizeof path, "/tmp/ss-test-auth-%d", (int)getpid());
+  test_format_and_lookup();
+  test_errors();
+  unlink(path);
+  TEST_MAIN_END();
+}
