@@ -445,17 +445,14 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
 
 /* ---------------------------------------------------------------- handler --- */
 
-void ss_h_compute(ss_call *call, void *app) {
-  ss_service *s = app;
-  compute_state *st = ss_call_state(call);
-  memset(st, 0, offsetof(compute_state, arena_buf));
-  st->call = call;
-  st->svc = s;
-  st->reqbuf = ss_call_request(call, &st->reqlen);
-  ss_call_set_hooks(call, compute_cancel, compute_free);
-  ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
-  int tok = ss_service_authenticate(s, call);
-  if (tok == -1) return;
+/* The stages of a Compute call on the loop thread. Each returns 0 to go on, or -1 after it
+ * answered the call (the message names the field, the expected and the received value). */
+
+/* The wire checks that run before protobuf-c allocates anything, then the decode: the data field
+ * (and the KV cache entries) stay in the request buffer as views. */
+static int decode_request(compute_state *st, const uint8_t **data, size_t *dlen) {
+  ss_service *s = st->svc;
+  ss_call *call = st->call;
   {
     /* Before protobuf-c allocates anything: metadata entry count and sizes; no NUL in ids. */
     static const uint32_t str_fields[] = {5, 6};
@@ -467,29 +464,32 @@ void ss_h_compute(ss_call *call, void *app) {
     if (rv != 0) {
       ss_call_fail(call, rv == SS_EBUSY ? SS_GRPC_RESOURCE_EXHAUSTED : SS_GRPC_INVALID_ARGUMENT,
                    "%s", why);
-      return;
+      return -1;
     }
   }
-  const uint8_t *data;
-  size_t dlen;
   st->req = (Splitlearn__Comm__ComputeRequest *)ss_decode_tensor_request(
       &splitlearn__comm__compute_request__descriptor, st->reqbuf, st->reqlen, &st->arena,
-      &st->pballoc, &data, &dlen, 8, &st->kv_wire, &st->n_kv_wire);
+      &st->pballoc, data, dlen, 8, &st->kv_wire, &st->n_kv_wire);
   if (!st->req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request (%zu bytes) is not a valid splitlearn.comm.ComputeRequest protobuf",
                  st->reqlen);
-    return;
+    return -1;
   }
-  Splitlearn__Comm__ComputeRequest *req = st->req;
+  return 0;
+}
 
-  /* metadata */
+/* Metadata views, the proxy affinity headers, the session id bound. */
+static int read_metadata(compute_state *st) {
+  ss_service *s = st->svc;
+  ss_call *call = st->call;
+  Splitlearn__Comm__ComputeRequest *req = st->req;
   size_t nm = req->n_metadata;
   st->keys = ss_arena_alloc(&st->arena, (nm + 1) * sizeof *st->keys);
   st->vals = ss_arena_alloc(&st->arena, (nm + 1) * sizeof *st->vals);
   if (!st->keys || !st->vals) {
     ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
-    return;
+    return -1;
   }
   for (size_t i = 0; i < nm; i++) {
     st->keys[i] = req->metadata[i]->key;
@@ -505,7 +505,7 @@ void ss_h_compute(ss_call *call, void *app) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "metadata session='%.300s' and request header x-session-id '%.300s' differ: "
                    "send one of them, or the same id in both", sid, hsid);
-      return;
+      return -1;
     }
     if (!sid) {
       st->keys[nm] = "session";
@@ -520,7 +520,7 @@ void ss_h_compute(ss_call *call, void *app) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "forward_id '%.300s' and request header x-forward-id '%.300s' differ: send one "
                    "of them, or the same id in both", req->forward_id, hfid);
-      return;
+      return -1;
     }
     req->forward_id = (char *)hfid; /* lives as long as the call */
   }
@@ -528,39 +528,54 @@ void ss_h_compute(ss_call *call, void *app) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "metadata session is %zu bytes long; session ids are at most %zu bytes "
                  "(--max-session-id-bytes)", strlen(sid), s->cfg.max_session_id_bytes);
-    return;
+    return -1;
   }
 
+  return 0;
+}
+
+/* The served model (takes a reference), after the token's permission. */
+static int find_model(compute_state *st, int tok) {
+  ss_service *s = st->svc;
+  ss_call *call = st->call;
+  Splitlearn__Comm__ComputeRequest *req = st->req;
   /* model (a token limited to some models learns nothing about the others: PERMISSION_DENIED
    * comes before NOT_FOUND) */
   st->sm = ss_service_find_model(s, req->model_id);
   if (ss_service_authorize(s, call, tok, st->sm ? st->sm->model->id : req->model_id) != 0) {
     st->sm = NULL;
-    return;
+    return -1;
   }
   if (!st->sm && ss_models_test_disabled(s, req->model_id)) {
     ss_call_fail(call, SS_GRPC_NOT_FOUND,
                  "model '%s' exists but is disabled: it is a test model; start the server with "
                  "--enable-test-models (config enable_test_models: true) to serve it",
                  req->model_id);
-    return;
+    return -1;
   }
   if (!st->sm) {
     char known[512];
     ss_models_list(s, known, sizeof known);
     ss_call_fail(call, SS_GRPC_NOT_FOUND, "unknown model_id '%s'; this server has: %s",
                  req->model_id, known);
-    return;
+    return -1;
   }
-  const ss_model *m = st->sm->model;
   st->sm->calls++;
   ss_served_ref(st->sm); /* released in compute_free */
+  return 0;
+}
 
-  /* encoding (metadata dtype/codec, else the model's wire keys, else the server's) and tensor */
+/* How the tensor travels (metadata dtype/codec, else the model's wire keys, else the server's)
+ * and its shape against its bytes. */
+static int read_tensor(compute_state *st, const uint8_t *data, size_t dlen) {
+  ss_service *s = st->svc;
+  ss_call *call = st->call;
+  Splitlearn__Comm__ComputeRequest *req = st->req;
+  const ss_model *m = st->sm->model;
   char err[512];
   if (ss_wire_enc_resolve(s, m, &st->meta, &st->enc, err, sizeof err) != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
-    return;
+    return -1;
   }
   int rv;
   if (st->enc.zlib) {
@@ -570,7 +585,7 @@ void ss_h_compute(ss_call *call, void *app) {
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
                    "data inflates to %zu bytes (shape x dtype), over the limit of %zu bytes "
                    "(--max-message-bytes)", st->in.nbytes, s->cfg.max_message_bytes);
-      return;
+      return -1;
     }
     st->zdata = data;
     st->zlen = dlen;
@@ -580,21 +595,33 @@ void ss_h_compute(ss_call *call, void *app) {
   }
   if (rv != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
-    return;
+    return -1;
   }
+  return 0;
+}
+
+/* What the call asks of the model: cache or session, training, the model's own shape checks,
+ * the training input's values and activation budget, the sleep time. */
+static int check_mode(compute_state *st) {
+  ss_service *s = st->svc;
+  ss_call *call = st->call;
+  Splitlearn__Comm__ComputeRequest *req = st->req;
+  const ss_model *m = st->sm->model;
+  char err[512];
+  int rv;
   if (m->n_kv_layers == 0) {
     if (st->n_kv_wire > 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "model '%s' (kind %s) keeps no KV cache: past_key_values must be empty, got %zu "
                    "entries",
                    m->id, m->kind, st->n_kv_wire);
-      return;
+      return -1;
     }
     if (ss_meta_get(&st->meta, "session")) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "metadata session: model '%s' (kind %s) keeps no KV cache, so it has no decode "
                    "sessions", m->id, m->kind);
-      return;
+      return -1;
     }
   }
   if (req->has_training_mode && req->training_mode) {
@@ -602,19 +629,19 @@ void ss_h_compute(ss_call *call, void *app) {
       ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
                    "training_mode=true: model '%s' (kind %s) has no backward pass; models that "
                    "train: mlp, gpt2, llama", m->id, m->kind);
-      return;
+      return -1;
     }
     if (st->n_kv_wire > 0 || ss_meta_get(&st->meta, "session") ||
         (req->has_use_cache && req->use_cache)) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "training_mode=true runs the full sequence: past_key_values, use_cache and "
                    "metadata session are for inference only");
-      return;
+      return -1;
     }
     if (ss_train_forward_id(s, req->forward_id, st->forward_id, sizeof st->forward_id, err,
                             sizeof err) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
-      return;
+      return -1;
     }
     st->training = 1;
   }
@@ -622,31 +649,38 @@ void ss_h_compute(ss_call *call, void *app) {
   if (rv != 0) {
     ss_call_fail(call, rv == SS_EINVAL ? SS_GRPC_INVALID_ARGUMENT : (int)ss_error_to_grpc(rv), "%s",
                  err);
-    return;
+    return -1;
   }
   if (st->training) {
     /* A NaN in a training input poisons every weight at the next step: refuse it here (a zlib
      * payload is checked on the worker once inflated). */
     if (!st->zdata && ss_tensor_check_finite("data", &st->in, err, sizeof err) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
-      return;
+      return -1;
     }
     /* Over the activation budget on its own: refused before the worker allocates anything. */
     if (m->ops->train_bytes &&
         ss_train_check_budget(s, st->forward_id, m->ops->train_bytes(m, &st->in), err,
                               sizeof err) != 0) {
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "%s", err);
-      return;
+      return -1;
     }
   }
-  if (m->n_kv_layers > 0 && !st->training && setup_kv(st, err, sizeof err) != 0) return;
+  if (m->n_kv_layers > 0 && !st->training && setup_kv(st, err, sizeof err) != 0) return -1;
   if (m->exec == SS_EXEC_TIMER) {
     double ms;
     if (ss_model_sleep_ms(&st->meta, &ms, err, sizeof err) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
-      return;
+      return -1;
     }
   }
+  return 0;
+}
+
+/* Answer at once (echo), or into the model's batcher, or through admission to a worker. */
+static void dispatch(compute_state *st) {
+  ss_call *call = st->call;
+  const ss_model *m = st->sm->model;
   if (m->exec == SS_EXEC_INLINE) {
     reply_echo(st);
     return;
@@ -667,4 +701,22 @@ void ss_h_compute(ss_call *call, void *app) {
                  m->id, st->sm->admit.inflight, st->sm->admit.waiting, st->sm->admit.limit,
                  st->sm->admit.max_queue);
   }
+}
+
+void ss_h_compute(ss_call *call, void *app) {
+  ss_service *s = app;
+  compute_state *st = ss_call_state(call);
+  memset(st, 0, offsetof(compute_state, arena_buf));
+  st->call = call;
+  st->svc = s;
+  st->reqbuf = ss_call_request(call, &st->reqlen);
+  ss_call_set_hooks(call, compute_cancel, compute_free);
+  ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  const uint8_t *data;
+  size_t dlen;
+  int tok = ss_service_authenticate(s, call);
+  if (tok == -1 || decode_request(st, &data, &dlen) != 0 || read_metadata(st) != 0 ||
+      find_model(st, tok) != 0 || read_tensor(st, data, dlen) != 0 || check_mode(st) != 0)
+    return;
+  dispatch(st);
 }
