@@ -120,6 +120,10 @@ typedef struct ss_server_config {
                                * (default 300; PINGs count as activity) */
   double request_body_timeout_s; /* a request whose headers or body stop arriving for this
                                   * long is answered DEADLINE_EXCEEDED (default 30) */
+  const char *tls_cert;       /* borrowed; PEM certificate chain: serve TLS 1.2+ (ALPN h2) */
+  const char *tls_key;        /* borrowed; PEM private key (with tls_cert) */
+  const char *tls_client_ca;  /* borrowed; PEM CA: clients must present a certificate it signed */
+  int compress_responses;     /* gzip/deflate responses for clients that accept them (default 0) */
   const char *const *models;  /* borrowed; "ID=KIND[,key=value...]"; first = default */
   size_t n_models;            /* 0: the embedded default model set */
   const int *model_max_inflight; /* borrowed, n_models entries or NULL; -1 = max_inflight */

@@ -18,6 +18,12 @@
  * (NGHTTP2_DATA_FLAG_NO_COPY + send_data_callback). While a write is in flight and the next
  * buffer is over SS_WBUF_HIGH, nghttp2 is told WOULDBLOCK, which back-pressures the streams.
  *
+ * TLS (--tls-cert/--tls-key, tls.c): the same path with a record layer on memory BIOs. A read
+ * is fed to OpenSSL (the handshake runs there until it completes) and the plaintext goes to
+ * nghttp2; wbuf gathers plaintext frames as above, and when a write starts they are sealed and
+ * the ciphertext is written from inflight_buf. The handshake timeout covers the TLS handshake
+ * (a connection that does not complete it is closed without a GOAWAY).
+ *
  * Bounds (what one client can make the server hold; each a setting of ss_grpc_config):
  *   connections   total and per client IP: over either, the socket gets SETTINGS + GOAWAY
  *                 (ENHANCE_YOUR_CALM, reason in the debug data) and is closed at once.
@@ -553,6 +559,7 @@ int ss_conn_callbacks_new(nghttp2_session_callbacks **out) {
 
 static void on_closed(uv_handle_t *h) {
   ss_conn *c = h->data;
+  ss_tls_conn_free(c->tls);
   free(c->wbuf);
   free(c->inflight_buf);
   free(c);
@@ -630,6 +637,13 @@ static void on_conn_timer(ss_tq_entry *e) {
   ss_grpc_server *s = c->srv;
   if (c->closing) return;
   if (c->doomed) { /* the peer had its time to read the GOAWAY */
+    ss_conn_close(c);
+    return;
+  }
+  if (c->tls && !ss_tls_ready(c->tls)) { /* no GOAWAY can go out before the TLS handshake */
+    s->stats.connections_cut++;
+    ss_grpc_note_limit(s, "connection closed: no TLS handshake within %.1f s (--handshake-timeout)",
+                       s->cfg.handshake_timeout_s);
     ss_conn_close(c);
     return;
   }
@@ -751,15 +765,55 @@ static void on_write(uv_write_t *req, int status) {
   ss_conn_mark_dirty(c);
 }
 
+/* TLS: seal the gathered plaintext and write every ciphertext byte waiting (handshake records,
+ * alerts, data) from inflight_buf. 0, or -1 when the connection was closed. */
+static int tls_write(ss_conn *c) {
+  if (c->wlen > 0 && ss_tls_ready(c->tls)) {
+    if (ss_tls_seal(c->tls, c->wbuf, c->wlen) != 0) {
+      SS_LOGD("connection: TLS write failed");
+      ss_conn_close(c);
+      return -1;
+    }
+    c->wlen = 0;
+  }
+  size_t n = ss_tls_pending(c->tls);
+  if (n == 0) return 0;
+  if (n > c->inflight_cap) {
+    uint8_t *p = realloc(c->inflight_buf, n);
+    if (!p) {
+      ss_conn_close(c);
+      return -1;
+    }
+    c->inflight_buf = p;
+    c->inflight_cap = n;
+  }
+  n = ss_tls_take(c->tls, c->inflight_buf, n);
+  uv_buf_t b = uv_buf_init((char *)c->inflight_buf, (unsigned)n);
+  c->wreq.data = c;
+  c->writing = 1;
+  if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+    c->writing = 0;
+    ss_conn_close(c);
+    return -1;
+  }
+  return 0;
+}
+
 static void flush(ss_conn *c) {
   if (c->closing) return;
-  int rv = nghttp2_session_send(c->h2);
-  if (rv != 0) {
-    SS_LOGD("nghttp2_session_send: %s", nghttp2_strerror(rv));
-    ss_conn_close(c);
-    return;
+  /* During a TLS handshake only its records go out; HTTP/2 frames wait for it. */
+  int h2_on = !c->tls || ss_tls_ready(c->tls);
+  if (h2_on) {
+    int rv = nghttp2_session_send(c->h2);
+    if (rv != 0) {
+      SS_LOGD("nghttp2_session_send: %s", nghttp2_strerror(rv));
+      ss_conn_close(c);
+      return;
+    }
   }
-  if (c->wlen > 0 && !c->writing) {
+  if (c->tls) {
+    if (!c->writing && tls_write(c) != 0) return;
+  } else if (c->wlen > 0 && !c->writing) {
     /* Swap buffers: the gathered one goes to the kernel, the old one is reused. */
     uint8_t *buf = c->wbuf;
     size_t len = c->wlen, cap = c->wcap;
@@ -778,7 +832,7 @@ static void flush(ss_conn *c) {
       return;
     }
   }
-  if (c->writing || c->wlen > 0 || nghttp2_session_want_write(c->h2)) return;
+  if (c->writing || (h2_on && (c->wlen > 0 || nghttp2_session_want_write(c->h2)))) return;
   if (c->doomed) {
     /* Everything is written: send FIN and wait (bounded) for the peer's, so that a close with
      * unread input (which makes the kernel send RST) does not destroy our GOAWAY. */
@@ -788,7 +842,7 @@ static void flush(ss_conn *c) {
     }
     return;
   }
-  if (!nghttp2_session_want_read(c->h2)) conn_doom(c);
+  if (h2_on && !nghttp2_session_want_read(c->h2)) conn_doom(c);
 }
 
 void ss_conn_mark_dirty(ss_conn *c) {
@@ -814,6 +868,14 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->srv->rbuf, sizeof c->srv->rbuf);
 }
 
+/* Decrypted bytes from the TLS layer go to nghttp2 (input after a GOAWAY is dropped). */
+static int tls_deliver(void *arg, const uint8_t *p, size_t len) {
+  ss_conn *c = arg;
+  if (c->doomed || c->closing) return 0;
+  ssize_t rv = nghttp2_session_mem_recv(c->h2, p, len);
+  return rv < 0 ? (int)rv : 0;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   ss_conn *c = stream->data;
   if (nread == 0) return;
@@ -824,7 +886,23 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (c->doomed) return; /* GOAWAY sent: what the peer still sends is dropped */
   c->last_rx_ms = uv_now(c->srv->loop);
-  ssize_t rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
+  ssize_t rv;
+  if (c->tls) {
+    /* The ciphertext is copied into the TLS input first, so the shared read buffer is free to
+     * receive the plaintext (the handshake runs here too, until it completes). */
+    char why[256];
+    int tr = ss_tls_feed(c->tls, (const uint8_t *)buf->base, (size_t)nread,
+                         (uint8_t *)c->srv->rbuf, sizeof c->srv->rbuf, tls_deliver, c, why, sizeof why);
+    if (tr == SS_EPROTO || tr == SS_ENOMEM) {
+      ss_grpc_note_limit(c->srv, "connection refused: %s", why);
+      c->srv->stats.connections_refused++;
+      conn_doom(c); /* the alert goes out, then the close */
+      return;
+    }
+    rv = tr;
+  } else {
+    rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
+  }
   if (rv < 0) {
     SS_LOGD("connection: HTTP/2 error: %s", nghttp2_strerror((int)rv));
     /* nghttp2 queued a GOAWAY for protocol errors: send it, then close. */
@@ -903,6 +981,11 @@ void ss_conn_accept(ss_grpc_server *s) {
     c->peer = p;
   }
   if (uv_tcp_nodelay(&c->tcp, 1) != 0) SS_LOGD("TCP_NODELAY refused");
+  if (s->tls && !(c->tls = ss_tls_conn_new(s->tls))) {
+    if (c->peer) peer_put(s, c->peer);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+    return;
+  }
   if (nghttp2_session_server_new3(&c->h2, s->h2cb, c, s->h2opt, ss_h2mem()) != 0) {
     if (c->peer) peer_put(s, c->peer);
     uv_close((uv_handle_t *)&c->tcp, on_closed);

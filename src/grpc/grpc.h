@@ -77,6 +77,13 @@ typedef struct ss_grpc_config {
   double handshake_timeout_s;      /* preface + SETTINGS (10) */
   double idle_timeout_s;           /* no stream open, nothing received (300) */
   double request_body_timeout_s;   /* headers / body of a request stop arriving (30) */
+  /* TLS (tls.c): with tls_cert + tls_key every connection is TLS 1.2+ with ALPN h2; with
+   * tls_client_ca too, clients must present a certificate that CA signed. NULL: plaintext h2c.
+   * Paths are copied; the files are re-read by ss_grpc_server_reload_tls. */
+  const char *tls_cert, *tls_key, *tls_client_ca;
+  /* Compress responses with the first of gzip/deflate the client lists in grpc-accept-encoding
+   * (compressed requests are always accepted). Off by default: it costs loop time. */
+  int compress_responses;
 } ss_grpc_config;
 
 /* Counters by outcome (the exit summary) and by connection. */
@@ -104,6 +111,10 @@ void ss_grpc_server_stats(const ss_grpc_server *g, ss_grpc_stats *out);
  * let unary calls finish up to the drain timeout. now != 0 (a second stop): answer what is left
  * with UNAVAILABLE at once. Then streams end, output is flushed, connections close, hooks run. */
 void ss_grpc_server_drain(ss_grpc_server *g, int now);
+/* Re-read the TLS certificate, key and client CA (SIGHUP). New connections use the new
+ * context, open ones keep theirs. On error the old context stays, <0 is returned and err says
+ * why. 0 without doing anything when the server is not using TLS. */
+int ss_grpc_server_reload_tls(ss_grpc_server *g, char *err, size_t errlen);
 /* Free (loop not running, or after `closed`). Closes whatever is still open. NULL is fine. */
 void ss_grpc_server_free(ss_grpc_server *g);
 

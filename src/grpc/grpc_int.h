@@ -20,6 +20,7 @@
 
 #include "grpc/grpc.h"
 #include "grpc/grpc_frame.h"
+#include "grpc/tls.h"
 #include "loop/timerq.h"
 
 typedef struct ss_conn ss_conn;
@@ -124,6 +125,8 @@ struct ss_conn {
   size_t in_held;             /* request bytes held by this connection's open streams */
   size_t nstream_debtors;     /* calls with stream_debt > 0 */
   size_t out_pending;         /* response bytes queued and not yet written */
+  ss_tls_conn *tls;           /* NULL: plaintext. wbuf then gathers plaintext, which is sealed
+                               * into inflight_buf when a write starts (conn.c flush) */
 };
 
 struct ss_grpc_server {
@@ -164,6 +167,8 @@ struct ss_grpc_server {
   ss_peer *peers[SS_PEER_BUCKETS]; /* open connections by client address */
   uint64_t note_ms;           /* last limit log line (at most one a second) */
   uint64_t note_count;        /* limit events since */
+  ss_tls_ctx *tls;            /* NULL: plaintext; replaced by ss_grpc_server_reload_tls */
+  char *tls_cert, *tls_key, *tls_client_ca; /* our copies of the paths */
 };
 
 /* ---- calls (call.c) ---- */
