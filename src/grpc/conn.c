@@ -62,6 +62,7 @@
 
 #include "core/log.h"
 #include "core/macros.h"
+#include "grpc/compress.h"
 #include "grpc/h2mem.h"
 #include "grpc/grpc_int.h"
 
@@ -228,6 +229,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
       free(call->encoding);
       call->encoding = strndup((const char *)value, valuelen > 40 ? 40 : valuelen);
     }
+  } else if (namelen == 20 && memcmp(name, "grpc-accept-encoding", 20) == 0) {
+    call->accept_enc = ss_grpc_accept_encoding_pick((const char *)value, valuelen);
   }
   return 0;
 }
@@ -443,6 +446,40 @@ static void in_account(ss_conn *c, ss_call *call, size_t len) {
   consume_log(nghttp2_session_consume_stream(c->h2, call->stream_id, len), call->stream_id);
 }
 
+/* The request message has the compressed flag: inflate it (grpc-encoding gzip or deflate) with
+ * --max-message-bytes as the limit on the inflated size. 0, or -1 when the call was answered. */
+static int inflate_request(ss_call *call) {
+  const char *name = call->encoding;
+  int enc = name ? ss_grpc_encoding_parse(name, strlen(name)) : -1;
+  if (enc <= SS_ENC_IDENTITY) {
+    call->refused = 1;
+    ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
+                 "compressed message with grpc-encoding %s; this server accepts identity, deflate "
+                 "and gzip", name ? name : "(none declared)");
+    return -1;
+  }
+  uint8_t *out;
+  size_t outlen, max = call->reader.max_len;
+  int rv = ss_grpc_inflate(enc, call->req, call->req_len, max, &out, &outlen);
+  if (rv != 0) {
+    call->refused = 1;
+    if (rv == SS_ERANGE)
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                   "request message inflates (%s) to more than the limit of %zu bytes "
+                   "(--max-message-bytes)", name, max);
+    else if (rv == SS_ENOMEM)
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory inflating a %zu-byte message",
+                   call->req_len);
+    else
+      ss_call_fail(call, SS_GRPC_INTERNAL, "request message is not valid %s data", name);
+    return -1;
+  }
+  free(call->req);
+  call->req = out;
+  call->req_len = outlen;
+  return 0;
+}
+
 static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
                          const uint8_t *data, size_t len, void *user_data) {
   (void)session, (void)flags;
@@ -471,14 +508,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
       }
       call->req = msg;
       call->req_len = mlen;
-      if (compressed) {
-        const char *enc = call->encoding ? call->encoding : "(none declared)";
-        call->refused = 1;
-        ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
-                     "compressed messages are not supported (grpc-encoding %s); send uncompressed "
-                     "(grpc-accept-encoding: identity)", enc);
-        return 0;
-      }
+      if (compressed && inflate_request(call) != 0) return 0;
     } else if (rv == SS_MSG_TOO_LARGE) {
       call->refused = 1;
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,

@@ -72,6 +72,8 @@ struct ss_call {
   size_t out_acct;            /* response bytes queued and not yet sent (conn->out_pending) */
   char *bad_path;             /* :path that routed nowhere (for the UNIMPLEMENTED message) */
   char *encoding;             /* grpc-encoding when not identity */
+  int accept_enc;             /* from grpc-accept-encoding: SS_ENC_GZIP/DEFLATE or identity (0) */
+  int resp_enc;               /* the response message is compressed with this (0: identity) */
   int64_t timeout_ns;         /* from grpc-timeout; 0 = none */
   uint64_t start_ns;
   ss_tq_entry deadline;       /* receiving: request body timeout; then: grpc-timeout */
