@@ -193,11 +193,11 @@ static size_t field_header(uint8_t *buf, uint32_t field, size_t len) {
 static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, size_t packed,
                              const ss_seg *segs, size_t nsegs, void *owner) {
   uint8_t *pk = malloc(packed ? packed : 1);
-  ss_zpart parts[1 + 8];
+  ss_zpart *parts = malloc((1 + nsegs) * sizeof *parts);
   size_t np = 0;
   uint8_t *z = NULL;
   size_t zlen = 0;
-  int rv = pk && nsegs < 8 ? 0 : SS_ENOMEM;
+  int rv = pk && parts ? 0 : SS_ENOMEM;
   if (rv == 0) {
     protobuf_c_message_pack(msg, pk);
     parts[np++] = (ss_zpart){pk, packed};
@@ -205,6 +205,7 @@ static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, size_t 
     rv = ss_grpc_deflate(call->accept_enc, parts, np, 5, &z, &zlen);
   }
   free(pk);
+  free(parts);
   if (rv != 0 || zlen - 5 > UINT32_MAX) {
     free(z);
     int enc = call->accept_enc;

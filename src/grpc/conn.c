@@ -649,6 +649,11 @@ static void peer_put(ss_grpc_server *s, ss_peer *peer) {
 
 /* ---- timeouts ---- */
 
+/* "Now" for deciding whether a timer-queue entry is still early: the queue fires everything due
+ * up to uv_hrtime() + 0.5 ms, which can be past the loop's cached uv_now(); an entry re-armed
+ * for a time the queue already counts as due would fire again at once, forever. */
+static uint64_t tq_now_ms(void) { return (uv_hrtime() + 500000) / 1000000; }
+
 static void conn_arm(ss_conn *c, uint64_t when_ms) {
   if (ss_tq_arm(&c->srv->tq, &c->tmo, when_ms * 1000000u, on_conn_timer) != 0)
     SS_LOGD("connection: no memory for its timer");
@@ -683,7 +688,7 @@ static void on_conn_timer(ss_tq_entry *e) {
                  s->cfg.handshake_timeout_s);
     return;
   }
-  uint64_t idle_ms = (uint64_t)(s->cfg.idle_timeout_s * 1000.0), now = uv_now(s->loop);
+  uint64_t idle_ms = (uint64_t)(s->cfg.idle_timeout_s * 1000.0), now = tq_now_ms();
   if (idle_ms == 0) return;
   if (c->calls || c->last_rx_ms + idle_ms > now) { /* busy, or heard from lately */
     conn_arm(c, (c->calls ? now : c->last_rx_ms) + idle_ms);
@@ -705,7 +710,7 @@ static void on_recv_timeout(ss_tq_entry *e) {
     return;
   }
   uint64_t due_ms = call->last_rx_ms + (uint64_t)(t * 1000.0);
-  if (call->last_rx_ms && due_ms > uv_now(c->srv->loop)) {
+  if (call->last_rx_ms && due_ms > tq_now_ms()) {
     if (ss_tq_arm(&c->srv->tq, &call->deadline, due_ms * 1000000u, on_recv_timeout) != 0)
       SS_LOGD("stream %d: no memory for the request timeout", call->stream_id);
     return;

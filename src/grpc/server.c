@@ -141,7 +141,10 @@ static void on_flush_check(uv_check_t *h) {
     ss_conn *c = s->conns;
     while (c) {
       ss_conn *next = c->next;
-      if (!c->writing && c->wlen == 0 && !nghttp2_session_want_write(c->h2)) ss_conn_close(c);
+      /* (a TLS connection still in its handshake has nothing to flush: its frames wait) */
+      if (!c->writing && ((c->wlen == 0 && !nghttp2_session_want_write(c->h2)) ||
+                          (c->tls && !ss_tls_ready(c->tls))))
+        ss_conn_close(c);
       c = next;
     }
     if (!s->conns) {

@@ -224,6 +224,18 @@ def test_handshake_timeout_covers_tls():
         srv.stop_ok()
 
 
+def test_stop_with_pending_handshake():
+    """A connection stuck in its TLS handshake does not hold the drain open."""
+    srv = tls_server()
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=T(10))
+    s.sendall(b"\x16\x03\x01")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    srv.stop_ok()
+    assert time.monotonic() - t0 < T(3), "stop took %.1f s" % (time.monotonic() - t0)
+    s.close()
+
+
 def test_c_client_tls():
     srv = tls_server()
     try:
