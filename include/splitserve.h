@@ -120,6 +120,10 @@ typedef struct ss_server_config {
                                * (default 300; PINGs count as activity) */
   double request_body_timeout_s; /* a request whose headers or body stop arriving for this
                                   * long is answered DEADLINE_EXCEEDED (default 30) */
+  const char *tls_cert;       /* borrowed; PEM certificate chain: serve TLS 1.2+ (ALPN h2) */
+  const char *tls_key;        /* borrowed; PEM private key (with tls_cert) */
+  const char *tls_client_ca;  /* borrowed; PEM CA: clients must present a certificate it signed */
+  int compress_responses;     /* gzip/deflate responses for clients that accept them (default 0) */
   const char *const *models;  /* borrowed; "ID=KIND[,key=value...]"; first = default */
   size_t n_models;            /* 0: the embedded default model set */
   const int *model_max_inflight; /* borrowed, n_models entries or NULL; -1 = max_inflight */
@@ -220,6 +224,21 @@ typedef void (*ss_call_cb)(void *user, const ss_call_result *result);
  * completes are queued. *out: free with ss_aclient_close(). */
 SS_API int ss_aclient_new(void *uv_loop, const char *host, int port, ss_aclient **out);
 
+/* TLS options of a client (all borrowed for the call only). */
+typedef struct ss_client_tls {
+  const char *ca_file;     /* PEM CA(s) to verify the server; NULL: the system's store */
+  const char *cert_file;   /* PEM client certificate chain for mutual TLS, or NULL */
+  const char *key_file;    /* its PEM private key (NULL: in cert_file) */
+  const char *server_name; /* name to verify and send as SNI; NULL: the host given */
+} ss_client_tls;
+
+/* ss_aclient_new over TLS 1.2+ (ALPN h2; the server's certificate must verify for the host name
+ * or IP address). tls NULL: cleartext, as ss_aclient_new. The handshake runs once TCP connects;
+ * a failed one completes every call with UNAVAILABLE and its reason. On a local error (files,
+ * names) returns <0 with a message in err (may be NULL). */
+SS_API int ss_aclient_new_tls(void *uv_loop, const char *host, int port, const ss_client_tls *tls,
+                              ss_aclient **out, char *err, size_t errlen);
+
 /* Start a unary call of method path (e.g. "/splitlearn.comm.ComputeService/Compute") with a
  * serialized request message (borrowed; copied before return). timeout_s <= 0: no deadline
  * sent. cb fires exactly once, on the loop thread (also on failure, and on close). */
@@ -238,6 +257,11 @@ typedef struct ss_client ss_client;
 
 /* Connect (blocking, up to timeout_s). *out: caller frees with ss_client_close(). */
 SS_API int ss_client_connect(const char *host, int port, double timeout_s, ss_client **out);
+/* Connect over TLS (tls NULL: cleartext), blocking until the handshake completes or fails;
+ * on failure the reason (certificate, ALPN, timeout) is written to err (may be NULL). */
+SS_API int ss_client_connect_tls(const char *host, int port, double timeout_s,
+                                 const ss_client_tls *tls, ss_client **out, char *err,
+                                 size_t errlen);
 SS_API void ss_client_close(ss_client *c);
 
 /* The outcome of a blocking unary call. body: the response message (no prefix), malloc'd:

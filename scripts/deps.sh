@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config git
   libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
-  libdnnl-dev libopenblas0-pthread libjansson-dev libyaml-dev libhttp-parser-dev zlib1g-dev
+  libdnnl-dev libopenblas0-pthread libjansson-dev libyaml-dev libhttp-parser-dev zlib1g-dev libssl-dev openssl
   protobuf-compiler python3-grpcio python3-protobuf python3-numpy
   valgrind prometheus nginx-light yamllint python3-kubernetes python3-yaml
 )

@@ -4,7 +4,8 @@
  * signals routed between them:
  *
  *     SIGINT / SIGTERM / ss_server_stop -> ss_grpc_server_drain (a second one: now)
- *     SIGHUP                            -> ss_service_reload  (re-read --auth-tokens, --config)
+ *     SIGHUP                            -> ss_grpc_server_reload_tls (re-read the certificate)
+ *                                          + ss_service_reload  (re-read --auth-tokens, --config)
  *     SIGUSR1                           -> ss_service_save_all (checkpoints)
  *     transport closed every connection -> service timers, signals, pool closed: the loop ends
  *
@@ -120,6 +121,10 @@ int ss_server_config_load(ss_server_config *cfg, const char *path, ss_config_fil
   if (fc->has_request_body_timeout) cfg->request_body_timeout_s = fc->request_body_timeout_s;
   if (fc->has_save_weights) cfg->save_weights = fc->save_weights;
   if (fc->has_auth_tokens) cfg->auth_tokens = fc->auth_tokens;
+  if (fc->has_tls_cert) cfg->tls_cert = fc->tls_cert;
+  if (fc->has_tls_key) cfg->tls_key = fc->tls_key;
+  if (fc->has_tls_client_ca) cfg->tls_client_ca = fc->tls_client_ca;
+  if (fc->has_compress_responses) cfg->compress_responses = fc->compress_responses;
   if (fc->has_enable_test_models) cfg->enable_test_models = fc->enable_test_models;
   if (fc->has_max_metadata_entries) cfg->max_metadata_entries = fc->max_metadata_entries;
   if (fc->has_max_metadata_key_bytes)
@@ -167,7 +172,15 @@ static void on_stop_async(uv_async_t *h) { handle_stop(h->data); }
 static void on_signal(uv_signal_t *h, int signum) {
   ss_server *s = h->data;
   switch (signum) {
-  case SIGHUP: ss_service_reload(s->svc); break;
+  case SIGHUP: {
+    char err[512];
+    if (ss_grpc_server_reload_tls(s->grpc, err, sizeof err) != 0)
+      SS_LOGE("SIGHUP: TLS certificate not reloaded, keeping the old one: %s", err);
+    else if (s->cfg.tls_cert)
+      SS_LOGI("SIGHUP: TLS certificate reloaded from %s", s->cfg.tls_cert);
+    ss_service_reload(s->svc);
+    break;
+  }
   case SIGUSR1: ss_service_save_all(s->svc, "SIGUSR1"); break;
   default:
     SS_LOGI("signal %d (%s)", signum, signum == SIGINT ? "SIGINT" : "SIGTERM");
@@ -308,6 +321,10 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
     gc.idle_timeout_s = s->cfg.idle_timeout_s;
     gc.request_body_timeout_s = s->cfg.request_body_timeout_s;
     gc.kept_headers = ss_service_headers(&gc.n_kept_headers); /* read by the handlers */
+    gc.tls_cert = s->cfg.tls_cert;
+    gc.tls_key = s->cfg.tls_key;
+    gc.tls_client_ca = s->cfg.tls_client_ca;
+    gc.compress_responses = s->cfg.compress_responses;
     rv = ss_grpc_server_new(&s->loop, &gc, methods, nm, s->svc, &hooks, &s->grpc, e, sizeof e);
   }
   if (rv == 0 && s->cfg.metrics_port >= 0)

@@ -39,7 +39,17 @@ static void usage(FILE *f) {
           "                            (RESOURCE_EXHAUSTED); 16 in one connection: GOAWAY\n"
           "  --max-connection-buffer-mb N  request bytes held and response bytes unsent per\n"
           "                            connection, each direction (default 64)\n"
-          "  --handshake-timeout S     HTTP/2 preface + SETTINGS must arrive within S (default 10)\n"
+          "  --handshake-timeout S     TLS handshake (with --tls-cert) + HTTP/2 preface + SETTINGS\n"
+          "                            must arrive within S (default 10)\n"
+          "  --tls-cert FILE           serve TLS 1.2+ (ALPN h2 required) with this PEM certificate\n"
+          "                            chain; SIGHUP re-reads it (a bad file keeps the old one)\n"
+          "  --tls-key FILE            the certificate's PEM private key (with --tls-cert)\n"
+          "  --tls-client-ca FILE      mutual TLS: clients must present a certificate signed by\n"
+          "                            this PEM CA, else the handshake fails\n"
+          "  --compress-responses      compress responses with gzip/deflate when the client lists\n"
+          "                            one in grpc-accept-encoding (costs loop time; default off).\n"
+          "                            Compressed requests (gzip, deflate) are always accepted;\n"
+          "                            --max-message-bytes limits their inflated size\n"
           "  --idle-timeout S          GOAWAY a connection with no open stream that received\n"
           "                            nothing (PINGs count) for S seconds (default 300; 0 = off)\n"
           "  --request-body-timeout S  a request whose headers or body stop arriving for S s is\n"
@@ -176,6 +186,10 @@ int main(int argc, char **argv) {
       cfg.enable_test_models = 1;
       continue;
     }
+    if (strcmp(a, "--compress-responses") == 0) {
+      cfg.compress_responses = 1;
+      continue;
+    }
     if (i + 1 >= argc) {
       fprintf(stderr, "splitserve: unknown flag or missing value: %s\n", a);
       usage(stderr);
@@ -242,6 +256,12 @@ int main(int argc, char **argv) {
       cfg.max_connection_buffer_bytes = (size_t)x << 20;
     } else if (strcmp(a, "--handshake-timeout") == 0) {
       if (parse_seconds(a, v, 86400, &cfg.handshake_timeout_s) != 0) goto out;
+    } else if (strcmp(a, "--tls-cert") == 0) {
+      cfg.tls_cert = v;
+    } else if (strcmp(a, "--tls-key") == 0) {
+      cfg.tls_key = v;
+    } else if (strcmp(a, "--tls-client-ca") == 0) {
+      cfg.tls_client_ca = v;
     } else if (strcmp(a, "--idle-timeout") == 0) {
       if (parse_seconds(a, v, 86400 * 7, &cfg.idle_timeout_s) != 0) goto out;
     } else if (strcmp(a, "--request-body-timeout") == 0) {

@@ -116,6 +116,8 @@ struct bench {
   /* options */
   char host[256];
   int port;
+  ss_client_tls tls;          /* --tls-ca: every connection is TLS */
+  int use_tls;
   const char *model, *label, *csv_path, *json_path;
   int64_t shape[SS_MAX_DIMS], expect[SS_MAX_DIMS];
   int ndim, expect_ndim;
@@ -345,8 +347,11 @@ static ss_aclient *conn_get(bench *b, int i) {
     b->cap_conns = cap;
   }
   if (!b->conns[i]) {
-    int rv = ss_aclient_new(&b->loop, b->host, b->port, &b->conns[i]);
-    if (rv < 0) die("cannot create a client for %s:%d: %s", b->host, b->port, ss_strerror(rv));
+    char err[400] = "";
+    int rv = ss_aclient_new_tls(&b->loop, b->host, b->port, b->use_tls ? &b->tls : NULL,
+                                &b->conns[i], err, sizeof err);
+    if (rv < 0)
+      die("cannot create a client for %s:%d: %s", b->host, b->port, err[0] ? err : ss_strerror(rv));
     if (i >= b->n_conns) b->n_conns = i + 1;
   }
   return b->conns[i];
@@ -934,6 +939,7 @@ static void usage(FILE *f) {
     "\n"
     "target and workload:\n"
     "  --addr HOST:PORT        server (default 127.0.0.1:50051; numeric IPv4, [IPv6], localhost)\n"
+    "  --tls-ca FILE           TLS: verify the server against this PEM CA (every connection)\n"
     "  --model ID              model_id (default: the server's default model)\n"
     "  --shape 1,10,768        input shape (default 1)\n"
     "  --dtype T               float32 | float16 | bfloat16 (default float32; sent as metadata dtype)\n"
@@ -1085,6 +1091,10 @@ static void parse_args(bench *b, int argc, char **argv) {
     } else if (!strcmp(a, "--addr")) {
       NEEDV();
       parse_addr(b, v);
+    } else if (!strcmp(a, "--tls-ca")) {
+      NEEDV();
+      b->tls.ca_file = v;
+      b->use_tls = 1;
     } else if (!strcmp(a, "--model")) {
       NEEDV();
       b->model = v;

@@ -28,6 +28,9 @@ static void usage(FILE *f) {
           "global options:\n"
           "  --addr HOST:PORT       server address (default 127.0.0.1:50051; numeric IPv4,\n"
           "                         [IPv6] or localhost)\n"
+          "  --tls-ca FILE          connect with TLS, verifying the server against this PEM CA\n"
+          "  --tls-cert FILE        client certificate for mutual TLS (with --tls-key)\n"
+          "  --tls-key FILE         the client certificate's PEM private key\n"
           "  --timeout S            per-call deadline in seconds, sent as grpc-timeout\n"
           "                         (default: none; connecting waits up to 10 s)\n"
           "compute options:\n"
@@ -241,6 +244,7 @@ static int cmp_double(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
   const char *addr = "127.0.0.1:50051", *cmd = NULL, *model = NULL, *shape_s = NULL;
+  const char *tls_ca = NULL, *tls_cert = NULL, *tls_key = NULL;
   const char *in_path = NULL, *out_path = NULL, *dtype_s = NULL;
   const char *meta[2 * MAX_META];
   char *meta_buf[MAX_META];
@@ -265,6 +269,15 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--addr") == 0) {
       NEED_ARG();
       addr = v;
+    } else if (strcmp(a, "--tls-ca") == 0) {
+      NEED_ARG();
+      tls_ca = v;
+    } else if (strcmp(a, "--tls-cert") == 0) {
+      NEED_ARG();
+      tls_cert = v;
+    } else if (strcmp(a, "--tls-key") == 0) {
+      NEED_ARG();
+      tls_key = v;
     } else if (strcmp(a, "--timeout") == 0) {
       NEED_ARG();
       char *end;
@@ -419,10 +432,13 @@ int main(int argc, char **argv) {
   }
 
   ss_client *cl;
-  int rv = ss_client_connect(host, port, 10.0, &cl);
+  ss_client_tls tls = {tls_ca, tls_cert, tls_key, NULL};
+  char cerr[400];
+  int rv = ss_client_connect_tls(host, port, 10.0, tls_ca || tls_cert ? &tls : NULL, &cl, cerr,
+                                 sizeof cerr);
   if (rv < 0) {
     char msg[512];
-    snprintf(msg, sizeof msg, "cannot connect to %s: %s", addr, ss_strerror(rv));
+    snprintf(msg, sizeof msg, "cannot connect to %s: %s", addr, cerr[0] ? cerr : ss_strerror(rv));
     return die_status(SS_GRPC_UNAVAILABLE, msg);
   }
 

@@ -50,6 +50,7 @@ static const char *const top_keys[] = {
     "max_connections", "max_connections_per_peer", "max_concurrent_streams",
     "max_header_list_bytes", "max_connection_buffer_mb", "handshake_timeout",
     "idle_timeout", "request_body_timeout", "auth_tokens",
+    "tls_cert", "tls_key", "tls_client_ca", "compress_responses",
     NULL};
 
 __attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t *n,
@@ -438,6 +439,18 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
     } else if (!strcmp(ks, "save_weights")) {
       rc = get_str(w, ks, v, &c->save_weights);
       c->has_save_weights = !rc;
+    } else if (!strcmp(ks, "tls_cert")) {
+      rc = get_str(w, ks, v, &c->tls_cert);
+      c->has_tls_cert = !rc;
+    } else if (!strcmp(ks, "tls_key")) {
+      rc = get_str(w, ks, v, &c->tls_key);
+      c->has_tls_key = !rc;
+    } else if (!strcmp(ks, "tls_client_ca")) {
+      rc = get_str(w, ks, v, &c->tls_client_ca);
+      c->has_tls_client_ca = !rc;
+    } else if (!strcmp(ks, "compress_responses")) {
+      rc = get_bool(w, ks, v, &c->compress_responses);
+      c->has_compress_responses = !rc;
     } else if (!strcmp(ks, "enable_test_models")) {
       rc = get_bool(w, ks, v, &c->enable_test_models);
       c->has_enable_test_models = !rc;
@@ -657,6 +670,9 @@ void ss_config_free(ss_file_config *c) {
   free(c->log_level);
   free(c->save_weights);
   free(c->auth_tokens);
+  free(c->tls_cert);
+  free(c->tls_key);
+  free(c->tls_client_ca);
   for (size_t i = 0; i < c->n_models; i++) {
     free(c->models[i].id);
     free(c->models[i].kind);

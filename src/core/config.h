@@ -53,6 +53,10 @@ typedef struct ss_file_config {
   char *save_weights; int has_save_weights;                    /* default model checkpoint */
   char *auth_tokens; int has_auth_tokens;                      /* bearer-token file */
   int enable_test_models, has_enable_test_models;            /* bool */
+  char *tls_cert; int has_tls_cert;                            /* PEM paths (TLS) */
+  char *tls_key; int has_tls_key;
+  char *tls_client_ca; int has_tls_client_ca;
+  int compress_responses, has_compress_responses;            /* bool */
   int max_metadata_entries, has_max_metadata_entries;
   long long max_metadata_key_bytes; int has_max_metadata_key_bytes;
   long long max_metadata_value_bytes; int has_max_metadata_value_bytes;

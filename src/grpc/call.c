@@ -20,7 +20,10 @@
 
 #include "core/log.h"
 #include "core/macros.h"
+#include "grpc/compress.h"
 #include "grpc/grpc_int.h"
+
+#define SS_ACCEPT_ENC "identity,deflate,gzip" /* request encodings we inflate (conn.c) */
 
 static int out_reserve(ss_call *call, size_t more) {
   if (call->out_off == call->out_len) call->out_off = call->out_len = 0; /* all sent: rewind */
@@ -124,13 +127,16 @@ static void kick(ss_call *call) {
     nghttp2_nv hdr[] = {
         {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"grpc-accept-encoding", (uint8_t *)"identity", 20, 8, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"grpc-accept-encoding", (uint8_t *)SS_ACCEPT_ENC, 20, sizeof SS_ACCEPT_ENC - 1,
+         NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"grpc-encoding", (uint8_t *)ss_grpc_encoding_name(call->resp_enc), 13,
+         strlen(ss_grpc_encoding_name(call->resp_enc)), NGHTTP2_NV_FLAG_NONE},
     };
     nghttp2_data_provider prd;
     prd.source.ptr = call;
     prd.read_callback = data_read_cb;
     call->headers_submitted = 1;
-    int rv = nghttp2_submit_response(call->conn->h2, call->stream_id, hdr, 3, &prd);
+    int rv = nghttp2_submit_response(call->conn->h2, call->stream_id, hdr, call->resp_enc ? 4 : 3, &prd);
     if (rv != 0) SS_LOGW("stream %d: submit_response: %s", call->stream_id, nghttp2_strerror(rv));
   } else if (call->deferred) {
     call->deferred = 0;
@@ -182,6 +188,56 @@ static size_t field_header(uint8_t *buf, uint32_t field, size_t len) {
   return n + varint_put(buf + n, len);
 }
 
+/* --compress-responses and the client accepts gzip/deflate: the message (msg + segs) is
+ * compressed into a buffer that becomes call->out (one message, compressed flag set); the
+ * borrowed segments are no longer needed. On a compression failure the reply goes identity. */
+static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, size_t packed,
+                             const ss_seg *segs, size_t nsegs, void *owner) {
+  uint8_t *pk = malloc(packed ? packed : 1);
+  ss_zpart *parts = malloc((1 + nsegs) * sizeof *parts);
+  size_t np = 0;
+  uint8_t *z = NULL;
+  size_t zlen = 0;
+  int rv = pk && parts ? 0 : SS_ENOMEM;
+  if (rv == 0) {
+    protobuf_c_message_pack(msg, pk);
+    parts[np++] = (ss_zpart){pk, packed};
+    for (size_t i = 0; i < nsegs; i++) parts[np++] = (ss_zpart){segs[i].p, segs[i].len};
+    rv = ss_grpc_deflate(call->accept_enc, parts, np, 5, &z, &zlen);
+  }
+  free(pk);
+  free(parts);
+  if (rv != 0 || zlen - 5 > UINT32_MAX) {
+    free(z);
+    int enc = call->accept_enc;
+    call->accept_enc = 0; /* identity this time */
+    ss_call_reply_segs(call, msg, segs, nsegs, owner);
+    call->accept_enc = enc;
+    return;
+  }
+  free(owner); /* the segments were copied into z */
+  if (out_admit(call, zlen) != 0) {
+    free(z);
+    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                 "response of %zu bytes refused: the connection already holds %zu bytes of "
+                 "responses its client has not read (--max-connection-buffer-mb %zu)",
+                 zlen, call->conn->out_pending, call->srv->cfg.max_connection_buffer_bytes >> 20);
+    return;
+  }
+  ss_msg_prefix(z, (uint32_t)(zlen - 5));
+  z[0] = 1; /* compressed */
+  free(call->out);
+  call->out = z;
+  call->out_cap = zlen;
+  call->out_len = zlen;
+  call->out_off = 0;
+  call->segs = NULL;
+  call->nsegs = call->seg_i = call->seg_off = call->segs_left = 0;
+  call->resp_enc = call->accept_enc;
+  set_status(call, SS_GRPC_OK, NULL);
+  kick(call);
+}
+
 void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
                         size_t nsegs, void *owner) {
   if (call->state == SS_CALL_DONE) {
@@ -191,6 +247,11 @@ void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg
   size_t packed = protobuf_c_message_get_packed_size(msg), extra = 0;
   for (size_t i = 0; i < nsegs; i++) extra += segs[i].len;
   size_t total = packed + extra;
+  if (call->accept_enc && call->srv->cfg.compress_responses && !call->headers_submitted &&
+      call->out_off == call->out_len && total <= UINT32_MAX) {
+    reply_compressed(call, msg, packed, segs, nsegs, owner);
+    return;
+  }
   if (total > UINT32_MAX || out_reserve(call, 5 + packed) != 0) {
     free(owner);
     ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "response of %zu bytes cannot be sent", total);
@@ -285,7 +346,8 @@ void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
   nghttp2_nv nv[] = {
       {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE},
-      {(uint8_t *)"grpc-accept-encoding", (uint8_t *)"identity", 20, 8, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"grpc-accept-encoding", (uint8_t *)SS_ACCEPT_ENC, 20, sizeof SS_ACCEPT_ENC - 1,
+       NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"grpc-status", (uint8_t *)codestr, 11, strlen(codestr), NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"grpc-message", (uint8_t *)enc, 12, elen, NGHTTP2_NV_FLAG_NONE},
   };

@@ -24,6 +24,12 @@
  * deadline (RST_STREAM CANCEL: the stream is unfinished), on connection loss (UNAVAILABLE)
  * or on ss_aclient_close(). Finished streams are never reset.
  *
+ * TLS (ss_aclient_new_tls): the same, with OpenSSL on memory BIOs between the socket and
+ * nghttp2: the handshake starts when TCP connects and runs in the read path; the client counts
+ * as connected once it completes (h2 negotiated by ALPN, the server's certificate verified
+ * against the CA for the host name or IP address). Frames gathered in wbuf are sealed into
+ * tbuf, which is what gets written.
+ *
  * Lifetimes: a call struct lives until nghttp2 closes its stream (nghttp2 may still read its
  * body) or the session is deleted, even after its callback fired ("done"). The client itself
  * is freed when its three handles (tcp, prepare, timer) have closed; nghttp2 callbacks that
@@ -39,6 +45,7 @@
 #include <uv.h>
 
 #include "grpc/grpc_frame.h"
+#include "grpc/tls.h"
 #include "splitserve.h"
 
 #define SS_CLIENT_WINDOW (16 << 20)         /* per-stream receive window */
@@ -94,6 +101,11 @@ struct ss_aclient {
   char authority[300];
   char fail_msg[256];
   ss_client *owner; /* non-NULL for the blocking wrapper */
+  int tcp_up;        /* TCP connected (with TLS, the handshake may still be running) */
+  ss_tls_ctx *tls_ctx; /* NULL: cleartext h2c */
+  ss_tls_conn *tls;
+  uint8_t *tbuf;     /* ciphertext being written (TLS) */
+  size_t tcap;
 };
 
 /* ------------------------------------------------------------------ helpers ---- */
@@ -251,14 +263,51 @@ static ssize_t on_read_length(nghttp2_session *s, uint8_t type, int32_t stream_i
 
 static void on_write(uv_write_t *req, int status);
 
+/* TLS: seal the gathered frames and write all pending ciphertext from tbuf. */
+static void tls_flush(ss_aclient *c) {
+  if (c->writing) return; /* one write at a time (wreq); its completion flushes again */
+  if (c->wlen > 0 && ss_tls_ready(c->tls)) {
+    if (ss_tls_seal(c->tls, c->wbuf, c->wlen) != 0) {
+      conn_fail(c, "connection to %s failed: TLS write%s", "");
+      return;
+    }
+    c->wlen = 0;
+  }
+  size_t n = ss_tls_pending(c->tls);
+  if (n == 0) return;
+  if (n > c->tcap) {
+    uint8_t *p = realloc(c->tbuf, n);
+    if (!p) {
+      conn_fail(c, "connection to %s failed: %s", "out of memory");
+      return;
+    }
+    c->tbuf = p;
+    c->tcap = n;
+  }
+  n = ss_tls_take(c->tls, c->tbuf, n);
+  uv_buf_t b = uv_buf_init((char *)c->tbuf, (unsigned)n);
+  c->writing = 1;
+  int rv = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+  if (rv < 0) {
+    c->writing = 0;
+    conn_fail(c, "connection to %s failed: write: %s", uv_strerror(rv));
+  }
+}
+
 static void do_flush(ss_aclient *c) {
-  if (c->state != ST_CONNECTED || c->writing || c->closing) return;
+  if (c->state == ST_FAILED || !c->tcp_up || c->writing || c->closing) return;
+  if (c->tls && !ss_tls_ready(c->tls)) { /* handshake records only */
+    tls_flush(c);
+    return;
+  }
   int rv = nghttp2_session_send(c->ng);
   if (rv != 0) {
     conn_fail(c, "connection to %s failed: HTTP/2 error: %s", nghttp2_strerror(rv));
     return;
   }
-  if (c->wlen > 0) {
+  if (c->tls && (c->wlen > 0 || ss_tls_pending(c->tls) > 0)) {
+    tls_flush(c);
+  } else if (c->wlen > 0) {
     uv_buf_t b = uv_buf_init((char *)c->wbuf, (unsigned)c->wlen);
     c->writing = 1;
     rv = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
@@ -437,16 +486,41 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)c->rbuf, SS_CLIENT_READ_BUF);
 }
 
+static int tls_deliver(void *arg, const uint8_t *p, size_t len) {
+  ss_aclient *c = arg;
+  if (c->closing || c->state == ST_FAILED) return 0;
+  ssize_t rv = nghttp2_session_mem_recv(c->ng, p, len);
+  return rv < 0 ? (int)rv : 0;
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   ss_aclient *c = st->data;
   if (c->closing || c->state == ST_FAILED) return;
   if (nread < 0) {
     conn_fail(c, "connection to %s lost: %s",
-              nread == UV_EOF ? "closed by the server" : uv_strerror((int)nread));
+              nread == UV_EOF ? (c->state == ST_CONNECTING ? "closed by the server during the TLS "
+                                                             "handshake"
+                                                           : "closed by the server")
+                              : uv_strerror((int)nread));
     return;
   }
   if (nread == 0) return;
-  ssize_t rv = nghttp2_session_mem_recv(c->ng, (const uint8_t *)buf->base, (size_t)nread);
+  ssize_t rv;
+  if (c->tls) {
+    char why[300];
+    /* The ciphertext is copied into the TLS input first: rbuf then receives the plaintext. */
+    int tr = ss_tls_feed(c->tls, (const uint8_t *)buf->base, (size_t)nread, c->rbuf,
+                         SS_CLIENT_READ_BUF, tls_deliver, c, why, sizeof why);
+    if (tr == SS_EPROTO || tr == SS_ENOMEM) {
+      tls_flush(c); /* our alert, best effort */
+      conn_fail(c, "TLS connection to %s failed: %s", why);
+      return;
+    }
+    if (c->state == ST_CONNECTING && ss_tls_ready(c->tls)) c->state = ST_CONNECTED;
+    rv = tr;
+  } else {
+    rv = nghttp2_session_mem_recv(c->ng, (const uint8_t *)buf->base, (size_t)nread);
+  }
   if (c->closing) return;
   if (rv < 0) {
     conn_fail(c, "connection to %s failed: HTTP/2 error: %s", nghttp2_strerror((int)rv));
@@ -462,8 +536,17 @@ static void on_connect(uv_connect_t *req, int status) {
     conn_fail(c, "cannot connect to %s: %s", uv_strerror(status));
     return;
   }
-  c->state = ST_CONNECTED;
+  c->tcp_up = 1;
   uv_tcp_nodelay(&c->tcp, 1);
+  if (c->tls) {
+    char why[300];
+    if (ss_tls_connect(c->tls, why, sizeof why) != 0) {
+      conn_fail(c, "TLS connection to %s failed: %s", why);
+      return;
+    }
+  } else {
+    c->state = ST_CONNECTED;
+  }
   int rv = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
   if (rv < 0) {
     conn_fail(c, "connection to %s failed: read: %s", uv_strerror(rv));
@@ -520,11 +603,22 @@ static void on_handle_closed(uv_handle_t *h) {
   }
   free(c->wbuf);
   free(c->rbuf);
+  free(c->tbuf);
+  ss_tls_conn_free(c->tls);
+  ss_tls_ctx_free(c->tls_ctx);
   free(c);
 }
 
 int ss_aclient_new(void *uv_loop, const char *host, int port, ss_aclient **out) {
+  return ss_aclient_new_tls(uv_loop, host, port, NULL, out, NULL, 0);
+}
+
+int ss_aclient_new_tls(void *uv_loop, const char *host, int port, const ss_client_tls *tls,
+                       ss_aclient **out, char *err, size_t errlen) {
   *out = NULL;
+  char dummy[8];
+  if (!err || !errlen) err = dummy, errlen = sizeof dummy;
+  err[0] = 0;
   if (!uv_loop || !host || port <= 0 || port > 65535) return SS_EINVAL;
   struct sockaddr_storage addr;
   char h[256];
@@ -536,6 +630,8 @@ int ss_aclient_new(void *uv_loop, const char *host, int port, ss_aclient **out) 
   } else {
     memcpy(h, host, hl + 1);
   }
+  char name[256];
+  snprintf(name, sizeof name, "%s", tls && tls->server_name && *tls->server_name ? tls->server_name : h);
   if (strcmp(h, "localhost") == 0) strcpy(h, "127.0.0.1");
   if (uv_ip4_addr(h, port, (struct sockaddr_in *)&addr) != 0 &&
       uv_ip6_addr(h, port, (struct sockaddr_in6 *)&addr) != 0)
@@ -549,11 +645,27 @@ int ss_aclient_new(void *uv_loop, const char *host, int port, ss_aclient **out) 
     return SS_ENOMEM;
   }
   c->loop = uv_loop;
+  if (tls) {
+    int trv = ss_tls_client_ctx_new(tls->ca_file, tls->cert_file, tls->key_file, &c->tls_ctx, err,
+                                    errlen);
+    if (trv == 0 && !(c->tls = ss_tls_client_conn_new(c->tls_ctx, name))) {
+      snprintf(err, errlen, "TLS: cannot verify the name '%s'", name);
+      trv = SS_EINVAL;
+    }
+    if (trv != 0) {
+      ss_tls_ctx_free(c->tls_ctx);
+      free(c->rbuf);
+      free(c);
+      return trv;
+    }
+  }
   if (strchr(h, ':')) snprintf(c->authority, sizeof c->authority, "[%s]:%d", h, port);
   else snprintf(c->authority, sizeof c->authority, "%s:%d", h, port);
 
   nghttp2_session_callbacks *cbs;
   if (nghttp2_session_callbacks_new(&cbs) != 0) {
+    ss_tls_conn_free(c->tls);
+    ss_tls_ctx_free(c->tls_ctx);
     free(c->rbuf);
     free(c);
     return SS_ENOMEM;
@@ -569,6 +681,8 @@ int ss_aclient_new(void *uv_loop, const char *host, int port, ss_aclient **out) 
   int rv = nghttp2_session_client_new(&c->ng, cbs, c);
   nghttp2_session_callbacks_del(cbs);
   if (rv != 0) {
+    ss_tls_conn_free(c->tls);
+    ss_tls_ctx_free(c->tls_ctx);
     free(c->rbuf);
     free(c);
     return SS_ENOMEM;
@@ -623,7 +737,8 @@ int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len
   nv[n].name = (uint8_t *)(N), nv[n].namelen = sizeof(N) - 1, nv[n].value = (uint8_t *)(V), \
   nv[n].valuelen = (VL), nv[n].flags = NGHTTP2_NV_FLAG_NONE, n++
   SS_NV(":method", "POST", 4);
-  SS_NV(":scheme", "http", 4);
+  if (c->tls) SS_NV(":scheme", "https", 5);
+  else SS_NV(":scheme", "http", 4);
   SS_NV(":path", path, strlen(path));
   SS_NV(":authority", c->authority, strlen(c->authority));
   SS_NV("content-type", "application/grpc", 16);
@@ -704,14 +819,20 @@ static void on_sync_done(void *user, const ss_call_result *r) {
 static void on_connect_timeout(uv_timer_t *t) { *(int *)t->data = 1; }
 
 int ss_client_connect(const char *host, int port, double timeout_s, ss_client **out) {
+  return ss_client_connect_tls(host, port, timeout_s, NULL, out, NULL, 0);
+}
+
+int ss_client_connect_tls(const char *host, int port, double timeout_s, const ss_client_tls *tls,
+                          ss_client **out, char *err, size_t errlen) {
   *out = NULL;
+  if (err && errlen) err[0] = 0;
   ss_client *c = calloc(1, sizeof *c);
   if (!c) return SS_ENOMEM;
   if (uv_loop_init(&c->loop) != 0) {
     free(c);
     return SS_EIO;
   }
-  int rv = ss_aclient_new(&c->loop, host, port, &c->ac);
+  int rv = ss_aclient_new_tls(&c->loop, host, port, tls, &c->ac, err, errlen);
   if (rv < 0) {
     uv_loop_close(&c->loop);
     free(c);
@@ -728,6 +849,8 @@ int ss_client_connect(const char *host, int port, double timeout_s, ss_client **
   uv_run(&c->loop, UV_RUN_NOWAIT);
   if (c->ac->state != ST_CONNECTED) {
     rv = c->ac->state == ST_FAILED ? SS_EIO : SS_ETIMEDOUT;
+    if (err && errlen)
+      snprintf(err, errlen, "%s", c->ac->state == ST_FAILED ? c->ac->fail_msg : "connect timed out");
     ss_client_close(c);
     return rv;
   }

@@ -19,6 +19,12 @@
  * (NGHTTP2_DATA_FLAG_NO_COPY + send_data_callback). While a write is in flight and the next
  * buffer is over SS_WBUF_HIGH, nghttp2 is told WOULDBLOCK, which back-pressures the streams.
  *
+ * TLS (--tls-cert/--tls-key, tls.c): the same path with a record layer on memory BIOs. A read
+ * is fed to OpenSSL (the handshake runs there until it completes) and the plaintext goes to
+ * nghttp2; wbuf gathers plaintext frames as above, and when a write starts they are sealed and
+ * the ciphertext is written from inflight_buf. The handshake timeout covers the TLS handshake
+ * (a connection that does not complete it is closed without a GOAWAY).
+ *
  * Bounds (what one client can make the server hold; each a setting of ss_grpc_config):
  *   connections   total and per client IP: over either, the socket gets SETTINGS + GOAWAY
  *                 (ENHANCE_YOUR_CALM, reason in the debug data) and is closed at once.
@@ -57,6 +63,7 @@
 
 #include "core/log.h"
 #include "core/macros.h"
+#include "grpc/compress.h"
 #include "grpc/h2mem.h"
 #include "grpc/grpc_int.h"
 
@@ -224,6 +231,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
       free(call->encoding);
       call->encoding = strndup((const char *)value, valuelen > 40 ? 40 : valuelen);
     }
+  } else if (namelen == 20 && memcmp(name, "grpc-accept-encoding", 20) == 0) {
+    call->accept_enc = ss_grpc_accept_encoding_pick((const char *)value, valuelen);
   } else if (name[0] != ':') {
     ss_call_keep_header(call, name, namelen, value, valuelen); /* the ones the handler reads */
   }
@@ -454,6 +463,40 @@ static void in_account(ss_conn *c, ss_call *call, size_t len) {
   consume_log(nghttp2_session_consume_stream(c->h2, call->stream_id, len), call->stream_id);
 }
 
+/* The request message has the compressed flag: inflate it (grpc-encoding gzip or deflate) with
+ * --max-message-bytes as the limit on the inflated size. 0, or -1 when the call was answered. */
+static int inflate_request(ss_call *call) {
+  const char *name = call->encoding;
+  int enc = name ? ss_grpc_encoding_parse(name, strlen(name)) : -1;
+  if (enc <= SS_ENC_IDENTITY) {
+    call->refused = 1;
+    ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
+                 "compressed message with grpc-encoding %s; this server accepts identity, deflate "
+                 "and gzip", name ? name : "(none declared)");
+    return -1;
+  }
+  uint8_t *out;
+  size_t outlen, max = call->reader.max_len;
+  int rv = ss_grpc_inflate(enc, call->req, call->req_len, max, &out, &outlen);
+  if (rv != 0) {
+    call->refused = 1;
+    if (rv == SS_ERANGE)
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                   "request message inflates (%s) to more than the limit of %zu bytes "
+                   "(--max-message-bytes)", name, max);
+    else if (rv == SS_ENOMEM)
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory inflating a %zu-byte message",
+                   call->req_len);
+    else
+      ss_call_fail(call, SS_GRPC_INTERNAL, "request message is not valid %s data", name);
+    return -1;
+  }
+  free(call->req);
+  call->req = out;
+  call->req_len = outlen;
+  return 0;
+}
+
 static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
                          const uint8_t *data, size_t len, void *user_data) {
   (void)session, (void)flags;
@@ -482,14 +525,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
       }
       call->req = msg;
       call->req_len = mlen;
-      if (compressed) {
-        const char *enc = call->encoding ? call->encoding : "(none declared)";
-        call->refused = 1;
-        ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
-                     "compressed messages are not supported (grpc-encoding %s); send uncompressed "
-                     "(grpc-accept-encoding: identity)", enc);
-        return 0;
-      }
+      if (compressed && inflate_request(call) != 0) return 0;
     } else if (rv == SS_MSG_TOO_LARGE) {
       call->refused = 1;
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
@@ -570,6 +606,7 @@ int ss_conn_callbacks_new(nghttp2_session_callbacks **out) {
 
 static void on_closed(uv_handle_t *h) {
   ss_conn *c = h->data;
+  ss_tls_conn_free(c->tls);
   free(c->wbuf);
   free(c->inflight_buf);
   free(c);
@@ -629,6 +666,11 @@ static void peer_put(ss_grpc_server *s, ss_peer *peer) {
 
 /* ---- timeouts ---- */
 
+/* "Now" for deciding whether a timer-queue entry is still early: the queue fires everything due
+ * up to uv_hrtime() + 0.5 ms, which can be past the loop's cached uv_now(); an entry re-armed
+ * for a time the queue already counts as due would fire again at once, forever. */
+static uint64_t tq_now_ms(void) { return (uv_hrtime() + 500000) / 1000000; }
+
 static void conn_arm(ss_conn *c, uint64_t when_ms) {
   if (ss_tq_arm(&c->srv->tq, &c->tmo, when_ms * 1000000u, on_conn_timer) != 0)
     SS_LOGD("connection: no memory for its timer");
@@ -650,15 +692,20 @@ static void on_conn_timer(ss_tq_entry *e) {
     ss_conn_close(c);
     return;
   }
+  if (c->tls && !ss_tls_ready(c->tls)) { /* no GOAWAY can go out before the TLS handshake */
+    s->stats.connections_cut++;
+    ss_grpc_note_limit(s, "connection closed: no TLS handshake within %.1f s (--handshake-timeout)",
+                       s->cfg.handshake_timeout_s);
+    ss_conn_close(c);
+    return;
+  }
   if (!c->handshaken) {
     ss_conn_kill(c, NGHTTP2_SETTINGS_TIMEOUT,
                  "no HTTP/2 client preface and SETTINGS within %.1f s (--handshake-timeout)",
                  s->cfg.handshake_timeout_s);
     return;
   }
-  /* "now" from the clock the timer queue fires by (uv_now() is cached per iteration and may
-   * lag it: re-arming for a time the queue already considers past would fire again at once). */
-  uint64_t idle_ms = (uint64_t)(s->cfg.idle_timeout_s * 1000.0), now = uv_hrtime() / 1000000u;
+  uint64_t idle_ms = (uint64_t)(s->cfg.idle_timeout_s * 1000.0), now = tq_now_ms();
   if (idle_ms == 0) return;
   if (c->calls || c->last_rx_ms + idle_ms > now) { /* busy, or heard from lately */
     conn_arm(c, (c->calls ? now : c->last_rx_ms) + idle_ms);
@@ -680,7 +727,7 @@ static void on_recv_timeout(ss_tq_entry *e) {
     return;
   }
   uint64_t due_ms = call->last_rx_ms + (uint64_t)(t * 1000.0);
-  if (call->last_rx_ms && due_ms > uv_hrtime() / 1000000u) { /* the timer queue's clock */
+  if (call->last_rx_ms && due_ms > tq_now_ms()) {
     if (ss_tq_arm(&c->srv->tq, &call->deadline, due_ms * 1000000u, on_recv_timeout) != 0)
       SS_LOGD("stream %d: no memory for the request timeout", call->stream_id);
     return;
@@ -770,15 +817,55 @@ static void on_write(uv_write_t *req, int status) {
   ss_conn_mark_dirty(c);
 }
 
+/* TLS: seal the gathered plaintext and write every ciphertext byte waiting (handshake records,
+ * alerts, data) from inflight_buf. 0, or -1 when the connection was closed. */
+static int tls_write(ss_conn *c) {
+  if (c->wlen > 0 && ss_tls_ready(c->tls)) {
+    if (ss_tls_seal(c->tls, c->wbuf, c->wlen) != 0) {
+      SS_LOGD("connection: TLS write failed");
+      ss_conn_close(c);
+      return -1;
+    }
+    c->wlen = 0;
+  }
+  size_t n = ss_tls_pending(c->tls);
+  if (n == 0) return 0;
+  if (n > c->inflight_cap) {
+    uint8_t *p = realloc(c->inflight_buf, n);
+    if (!p) {
+      ss_conn_close(c);
+      return -1;
+    }
+    c->inflight_buf = p;
+    c->inflight_cap = n;
+  }
+  n = ss_tls_take(c->tls, c->inflight_buf, n);
+  uv_buf_t b = uv_buf_init((char *)c->inflight_buf, (unsigned)n);
+  c->wreq.data = c;
+  c->writing = 1;
+  if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+    c->writing = 0;
+    ss_conn_close(c);
+    return -1;
+  }
+  return 0;
+}
+
 static void flush(ss_conn *c) {
   if (c->closing) return;
-  int rv = nghttp2_session_send(c->h2);
-  if (rv != 0) {
-    SS_LOGD("nghttp2_session_send: %s", nghttp2_strerror(rv));
-    ss_conn_close(c);
-    return;
+  /* During a TLS handshake only its records go out; HTTP/2 frames wait for it. */
+  int h2_on = !c->tls || ss_tls_ready(c->tls);
+  if (h2_on) {
+    int rv = nghttp2_session_send(c->h2);
+    if (rv != 0) {
+      SS_LOGD("nghttp2_session_send: %s", nghttp2_strerror(rv));
+      ss_conn_close(c);
+      return;
+    }
   }
-  if (c->wlen > 0 && !c->writing) {
+  if (c->tls) {
+    if (!c->writing && tls_write(c) != 0) return;
+  } else if (c->wlen > 0 && !c->writing) {
     /* Swap buffers: the gathered one goes to the kernel, the old one is reused. */
     uint8_t *buf = c->wbuf;
     size_t len = c->wlen, cap = c->wcap;
@@ -797,7 +884,7 @@ static void flush(ss_conn *c) {
       return;
     }
   }
-  if (c->writing || c->wlen > 0 || nghttp2_session_want_write(c->h2)) return;
+  if (c->writing || (h2_on && (c->wlen > 0 || nghttp2_session_want_write(c->h2)))) return;
   if (c->doomed) {
     /* Everything is written: send FIN and wait (bounded) for the peer's, so that a close with
      * unread input (which makes the kernel send RST) does not destroy our GOAWAY. */
@@ -807,7 +894,7 @@ static void flush(ss_conn *c) {
     }
     return;
   }
-  if (!nghttp2_session_want_read(c->h2)) conn_doom(c);
+  if (h2_on && !nghttp2_session_want_read(c->h2)) conn_doom(c);
 }
 
 void ss_conn_mark_dirty(ss_conn *c) {
@@ -833,6 +920,14 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->srv->rbuf, sizeof c->srv->rbuf);
 }
 
+/* Decrypted bytes from the TLS layer go to nghttp2 (input after a GOAWAY is dropped). */
+static int tls_deliver(void *arg, const uint8_t *p, size_t len) {
+  ss_conn *c = arg;
+  if (c->doomed || c->closing) return 0;
+  ssize_t rv = nghttp2_session_mem_recv(c->h2, p, len);
+  return rv < 0 ? (int)rv : 0;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   ss_conn *c = stream->data;
   if (nread == 0) return;
@@ -843,7 +938,23 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (c->doomed) return; /* GOAWAY sent: what the peer still sends is dropped */
   c->last_rx_ms = uv_now(c->srv->loop);
-  ssize_t rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
+  ssize_t rv;
+  if (c->tls) {
+    /* The ciphertext is copied into the TLS input first, so the shared read buffer is free to
+     * receive the plaintext (the handshake runs here too, until it completes). */
+    char why[256];
+    int tr = ss_tls_feed(c->tls, (const uint8_t *)buf->base, (size_t)nread,
+                         (uint8_t *)c->srv->rbuf, sizeof c->srv->rbuf, tls_deliver, c, why, sizeof why);
+    if (tr == SS_EPROTO || tr == SS_ENOMEM) {
+      ss_grpc_note_limit(c->srv, "connection refused: %s", why);
+      c->srv->stats.connections_refused++;
+      conn_doom(c); /* the alert goes out, then the close */
+      return;
+    }
+    rv = tr;
+  } else {
+    rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
+  }
   if (rv < 0) {
     SS_LOGD("connection: HTTP/2 error: %s", nghttp2_strerror((int)rv));
     /* nghttp2 queued a GOAWAY for protocol errors: send it, then close. */
@@ -935,6 +1046,11 @@ void ss_conn_accept(ss_grpc_server *s) {
     c->peer = p;
   }
   if (uv_tcp_nodelay(&c->tcp, 1) != 0) SS_LOGD("TCP_NODELAY refused");
+  if (s->tls && !(c->tls = ss_tls_conn_new(s->tls))) {
+    if (c->peer) peer_put(s, c->peer);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+    return;
+  }
   if (nghttp2_session_server_new3(&c->h2, s->h2cb, c, s->h2opt, ss_h2mem()) != 0) {
     if (c->peer) peer_put(s, c->peer);
     uv_close((uv_handle_t *)&c->tcp, on_closed);

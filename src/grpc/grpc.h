@@ -85,6 +85,13 @@ typedef struct ss_grpc_config {
   const char *const *kept_headers;
   size_t n_kept_headers;
   size_t max_kept_header_bytes;
+  /* TLS (tls.c): with tls_cert + tls_key every connection is TLS 1.2+ with ALPN h2; with
+   * tls_client_ca too, clients must present a certificate that CA signed. NULL: plaintext h2c.
+   * Paths are copied; the files are re-read by ss_grpc_server_reload_tls. */
+  const char *tls_cert, *tls_key, *tls_client_ca;
+  /* Compress responses with the first of gzip/deflate the client lists in grpc-accept-encoding
+   * (compressed requests are always accepted). Off by default: it costs loop time. */
+  int compress_responses;
 } ss_grpc_config;
 
 #define SS_GRPC_MAX_KEPT_HEADERS 8
@@ -114,6 +121,10 @@ void ss_grpc_server_stats(const ss_grpc_server *g, ss_grpc_stats *out);
  * let unary calls finish up to the drain timeout. now != 0 (a second stop): answer what is left
  * with UNAVAILABLE at once. Then streams end, output is flushed, connections close, hooks run. */
 void ss_grpc_server_drain(ss_grpc_server *g, int now);
+/* Re-read the TLS certificate, key and client CA (SIGHUP). New connections use the new
+ * context, open ones keep theirs. On error the old context stays, <0 is returned and err says
+ * why. 0 without doing anything when the server is not using TLS. */
+int ss_grpc_server_reload_tls(ss_grpc_server *g, char *err, size_t errlen);
 /* Free (loop not running, or after `closed`). Closes whatever is still open. NULL is fine. */
 void ss_grpc_server_free(ss_grpc_server *g);
 

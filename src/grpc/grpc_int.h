@@ -20,6 +20,7 @@
 
 #include "grpc/grpc.h"
 #include "grpc/grpc_frame.h"
+#include "grpc/tls.h"
 #include "loop/timerq.h"
 
 typedef struct ss_conn ss_conn;
@@ -72,6 +73,8 @@ struct ss_call {
   size_t out_acct;            /* response bytes queued and not yet sent (conn->out_pending) */
   char *bad_path;             /* :path that routed nowhere (for the UNIMPLEMENTED message) */
   char *encoding;             /* grpc-encoding when not identity */
+  int accept_enc;             /* from grpc-accept-encoding: SS_ENC_GZIP/DEFLATE or identity (0) */
+  int resp_enc;               /* the response message is compressed with this (0: identity) */
   int64_t timeout_ns;         /* from grpc-timeout; 0 = none */
   uint64_t start_ns;
   /* kept request headers (cfg.kept_headers), values NUL-terminated one after another in kept:
@@ -134,6 +137,8 @@ struct ss_conn {
   size_t in_held;             /* request bytes held by this connection's open streams */
   size_t nstream_debtors;     /* calls with stream_debt > 0 */
   size_t out_pending;         /* response bytes queued and not yet written */
+  ss_tls_conn *tls;           /* NULL: plaintext. wbuf then gathers plaintext, which is sealed
+                               * into inflight_buf when a write starts (conn.c flush) */
 };
 
 struct ss_grpc_server {
@@ -176,6 +181,8 @@ struct ss_grpc_server {
   ss_peer *peers[SS_PEER_BUCKETS]; /* open connections by client address */
   uint64_t note_ms;           /* last limit log line (at most one a second) */
   uint64_t note_count;        /* limit events since */
+  ss_tls_ctx *tls;            /* NULL: plaintext; replaced by ss_grpc_server_reload_tls */
+  char *tls_cert, *tls_key, *tls_client_ca; /* our copies of the paths */
 };
 
 /* ---- calls (call.c) ---- */

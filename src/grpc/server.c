@@ -182,7 +182,10 @@ static void on_flush_check(uv_check_t *h) {
     ss_conn *c = s->conns;
     while (c) {
       ss_conn *next = c->next;
-      if (!c->writing && c->wlen == 0 && !nghttp2_session_want_write(c->h2)) ss_conn_close(c);
+      /* (a TLS connection still in its handshake has nothing to flush: its frames wait) */
+      if (!c->writing && ((c->wlen == 0 && !nghttp2_session_want_write(c->h2)) ||
+                          (c->tls && !ss_tls_ready(c->tls))))
+        ss_conn_close(c);
       c = next;
     }
     if (!s->conns) {
@@ -276,6 +279,7 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
   if (!s) return fail(err, errlen, SS_ENOMEM, "out of memory");
   s->cfg = *cfg;
   s->cfg.host = NULL; /* borrowed for this call only; s->host is our copy */
+  s->cfg.tls_cert = s->cfg.tls_key = s->cfg.tls_client_ca = NULL; /* likewise: see s->tls_* */
   if (s->cfg.max_message_bytes == 0) s->cfg.max_message_bytes = 104857600;
   if (s->cfg.max_connections == 0) s->cfg.max_connections = 10000;
   if (s->cfg.max_connections_per_peer == 0) s->cfg.max_connections_per_peer = 1000;
@@ -317,6 +321,21 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
   } else if (rv == 0) {
     rv = fail(err, errlen, SS_ENOMEM, "out of memory");
   }
+  if (rv == 0 && (cfg->tls_cert || cfg->tls_key)) {
+    if (!cfg->tls_cert || !cfg->tls_key || !*cfg->tls_cert || !*cfg->tls_key) {
+      rv = fail(err, errlen, SS_EINVAL, "TLS needs both --tls-cert and --tls-key");
+    } else {
+      s->tls_cert = strdup(cfg->tls_cert);
+      s->tls_key = strdup(cfg->tls_key);
+      s->tls_client_ca = cfg->tls_client_ca && *cfg->tls_client_ca ? strdup(cfg->tls_client_ca) : NULL;
+      if (!s->tls_cert || !s->tls_key || (cfg->tls_client_ca && *cfg->tls_client_ca && !s->tls_client_ca))
+        rv = fail(err, errlen, SS_ENOMEM, "out of memory");
+      else
+        rv = ss_tls_ctx_new(s->tls_cert, s->tls_key, s->tls_client_ca, &s->tls, err, errlen);
+    }
+  } else if (rv == 0 && cfg->tls_client_ca && *cfg->tls_client_ca) {
+    rv = fail(err, errlen, SS_EINVAL, "--tls-client-ca needs --tls-cert and --tls-key");
+  }
   if (rv == 0) rv = bind_listener(s, cfg->host, err, errlen);
   if (rv != 0) {
     ss_grpc_server_free(s);
@@ -324,6 +343,16 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
   }
   uv_check_start(&s->flush_check, on_flush_check);
   *out = s;
+  return 0;
+}
+
+int ss_grpc_server_reload_tls(ss_grpc_server *s, char *err, size_t errlen) {
+  if (!s->tls) return 0;
+  ss_tls_ctx *fresh;
+  int rv = ss_tls_ctx_new(s->tls_cert, s->tls_key, s->tls_client_ca, &fresh, err, errlen);
+  if (rv != 0) return rv;
+  ss_tls_ctx_free(s->tls); /* open connections hold their own reference to the old one */
+  s->tls = fresh;
   return 0;
 }
 
@@ -346,6 +375,10 @@ void ss_grpc_server_free(ss_grpc_server *s) {
     }
   if (s->h2cb) nghttp2_session_callbacks_del(s->h2cb);
   if (s->h2opt) nghttp2_option_del(s->h2opt);
+  ss_tls_ctx_free(s->tls);
+  free(s->tls_cert);
+  free(s->tls_key);
+  free(s->tls_client_ca);
   free(s->host);
   free(s);
 }

@@ -1,0 +1,296 @@
+/*
+ * tls.c — TLS over memory BIOs (OpenSSL 3): contexts for the server (certificate, key,
+ * optional client CA: mutual TLS) and the client (CA to verify the server, optional client
+ * certificate), and the record layer of one connection. See tls.h.
+ *
+ * Thread: the loop thread that owns the connection. OpenSSL never touches a socket here: the
+ * input BIO receives what libuv read, the output BIO collects what libuv will write, so nothing
+ * blocks and the handshake simply runs in the read path.
+ *
+ * Policy: TLS 1.2 or newer; ALPN must select "h2" (gRPC): the server answers a client that
+ * offers ALPN without h2 with a fatal no_application_protocol alert, and one that offers no ALPN
+ * at all is refused once its handshake completes. With a client CA, a client without a
+ * certificate that verifies is refused in the handshake.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "grpc/tls.h"
+#include "splitserve.h"
+
+struct ss_tls_ctx {
+  SSL_CTX *ctx;
+};
+
+struct ss_tls_conn {
+  SSL *ssl;
+  BIO *rbio, *wbio; /* owned by ssl */
+  int ready;
+};
+
+static const unsigned char k_alpn_h2[] = {2, 'h', '2'};
+
+/* The most recent OpenSSL error as text (the queue is cleared). */
+static void ossl_reason(char *buf, size_t len) {
+  unsigned long e, last = 0;
+  while ((e = ERR_get_error()) != 0) last = e;
+  if (last) ERR_error_string_n(last, buf, len);
+  else snprintf(buf, len, "unknown error");
+}
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg) {
+  (void)ssl, (void)arg;
+  for (unsigned i = 0; i + 1 <= inlen;) {
+    unsigned l = in[i];
+    if (i + 1 + l > inlen) break;
+    if (l == 2 && memcmp(in + i + 1, "h2", 2) == 0) {
+      *out = in + i + 1;
+      *outlen = 2;
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + l;
+  }
+  return SSL_TLSEXT_ERR_ALERT_FATAL; /* gRPC needs HTTP/2 */
+}
+
+static int ctx_common(SSL_CTX *ctx) {
+  if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)) return -1;
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle connections hold no record buffers */
+  return 0;
+}
+
+int ss_tls_ctx_new(const char *cert, const char *key, const char *client_ca, ss_tls_ctx **out,
+                   char *err, size_t errlen) {
+  *out = NULL;
+  char why[256];
+  ERR_clear_error();
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx || ctx_common(ctx) != 0) {
+    ossl_reason(why, sizeof why);
+    snprintf(err, errlen, "TLS context: %s", why);
+    SSL_CTX_free(ctx);
+    return SS_ENOMEM;
+  }
+  const char *what = NULL, *file = NULL;
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) what = "certificate", file = cert;
+  else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) what = "key", file = key;
+  else if (SSL_CTX_check_private_key(ctx) != 1) what = "key (does not match the certificate)", file = key;
+  else if (client_ca && *client_ca) {
+    if (SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1) {
+      what = "client CA", file = client_ca;
+    } else {
+      STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca);
+      if (names) SSL_CTX_set_client_CA_list(ctx, names);
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    }
+  }
+  if (what) {
+    ossl_reason(why, sizeof why);
+    snprintf(err, errlen, "TLS %s %s: %s", what, file, why);
+    SSL_CTX_free(ctx);
+    return SS_EINVAL;
+  }
+  SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+  /* Session resumption needs an id context when client certificates are verified. */
+  static const unsigned char sid[] = "splitserve";
+  SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+  ss_tls_ctx *t = calloc(1, sizeof *t);
+  if (!t) {
+    SSL_CTX_free(ctx);
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  t->ctx = ctx;
+  *out = t;
+  return 0;
+}
+
+int ss_tls_client_ctx_new(const char *ca_file, const char *cert, const char *key, ss_tls_ctx **out,
+                          char *err, size_t errlen) {
+  *out = NULL;
+  char why[256];
+  ERR_clear_error();
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx || ctx_common(ctx) != 0) {
+    ossl_reason(why, sizeof why);
+    snprintf(err, errlen, "TLS context: %s", why);
+    SSL_CTX_free(ctx);
+    return SS_ENOMEM;
+  }
+  const char *what = NULL, *file = NULL;
+  if (ca_file && *ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1
+                          : SSL_CTX_set_default_verify_paths(ctx) != 1)
+    what = "CA", file = ca_file ? ca_file : "(system store)";
+  else if (cert && *cert && SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
+    what = "client certificate", file = cert;
+  else if (cert && *cert && SSL_CTX_use_PrivateKey_file(ctx, key && *key ? key : cert,
+                                                        SSL_FILETYPE_PEM) != 1)
+    what = "client key", file = key;
+  if (what) {
+    ossl_reason(why, sizeof why);
+    snprintf(err, errlen, "TLS %s %s: %s", what, file ? file : "", why);
+    SSL_CTX_free(ctx);
+    return SS_EINVAL;
+  }
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  if (SSL_CTX_set_alpn_protos(ctx, k_alpn_h2, sizeof k_alpn_h2) != 0) {
+    SSL_CTX_free(ctx);
+    snprintf(err, errlen, "TLS: cannot set ALPN");
+    return SS_ENOMEM;
+  }
+  ss_tls_ctx *t = calloc(1, sizeof *t);
+  if (!t) {
+    SSL_CTX_free(ctx);
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  t->ctx = ctx;
+  *out = t;
+  return 0;
+}
+
+void ss_tls_ctx_free(ss_tls_ctx *t) {
+  if (!t) return;
+  SSL_CTX_free(t->ctx);
+  free(t);
+}
+
+static ss_tls_conn *conn_new(ss_tls_ctx *ctx) {
+  ss_tls_conn *t = calloc(1, sizeof *t);
+  if (!t) return NULL;
+  t->ssl = SSL_new(ctx->ctx);
+  t->rbio = BIO_new(BIO_s_mem());
+  t->wbio = BIO_new(BIO_s_mem());
+  if (!t->ssl || !t->rbio || !t->wbio) {
+    SSL_free(t->ssl);
+    BIO_free(t->rbio);
+    BIO_free(t->wbio);
+    free(t);
+    return NULL;
+  }
+  /* An empty input BIO means "would block", not EOF. */
+  BIO_set_mem_eof_return(t->rbio, -1);
+  BIO_set_mem_eof_return(t->wbio, -1);
+  SSL_set_bio(t->ssl, t->rbio, t->wbio);
+  return t;
+}
+
+ss_tls_conn *ss_tls_conn_new(ss_tls_ctx *ctx) {
+  ss_tls_conn *t = conn_new(ctx);
+  if (t) SSL_set_accept_state(t->ssl);
+  return t;
+}
+
+ss_tls_conn *ss_tls_client_conn_new(ss_tls_ctx *ctx, const char *name) {
+  ss_tls_conn *t = conn_new(ctx);
+  if (!t) return NULL;
+  SSL_set_connect_state(t->ssl);
+  X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
+  int ok = 1;
+  if (name && *name) {
+    if (strchr(name, ':') || strspn(name, "0123456789.") == strlen(name)) {
+      ok = X509_VERIFY_PARAM_set1_ip_asc(vp, name) == 1;
+    } else {
+      ok = SSL_set_tlsext_host_name(t->ssl, name) == 1 && SSL_set1_host(t->ssl, name) == 1;
+    }
+  }
+  if (!ok) {
+    ss_tls_conn_free(t);
+    return NULL;
+  }
+  return t;
+}
+
+void ss_tls_conn_free(ss_tls_conn *t) {
+  if (!t) return;
+  SSL_free(t->ssl); /* frees both BIOs */
+  free(t);
+}
+
+int ss_tls_ready(const ss_tls_conn *t) { return t->ready; }
+
+static int handshake(ss_tls_conn *t, char *err, size_t errlen) {
+  ERR_clear_error();
+  int rv = SSL_do_handshake(t->ssl);
+  if (rv == 1) {
+    const unsigned char *p = NULL;
+    unsigned int l = 0;
+    SSL_get0_alpn_selected(t->ssl, &p, &l);
+    if (l != 2 || memcmp(p, "h2", 2) != 0) {
+      snprintf(err, errlen, "TLS handshake: ALPN did not select h2 (gRPC needs HTTP/2)");
+      return SS_EPROTO;
+    }
+    t->ready = 1;
+    return 0;
+  }
+  int e = SSL_get_error(t->ssl, rv);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return 0;
+  char why[256];
+  ossl_reason(why, sizeof why);
+  long vr = SSL_get_verify_result(t->ssl);
+  if (vr != X509_V_OK)
+    snprintf(err, errlen, "TLS handshake failed: %s (certificate: %s)", why,
+             X509_verify_cert_error_string(vr));
+  else
+    snprintf(err, errlen, "TLS handshake failed: %s", why);
+  return SS_EPROTO;
+}
+
+int ss_tls_connect(ss_tls_conn *t, char *err, size_t errlen) { return handshake(t, err, errlen); }
+
+int ss_tls_feed(ss_tls_conn *t, const uint8_t *in, size_t n, uint8_t *scratch, size_t scratch_len,
+                int (*deliver)(void *arg, const uint8_t *p, size_t len), void *arg, char *err,
+                size_t errlen) {
+  if (n > 0 && BIO_write(t->rbio, in, (int)n) != (int)n) {
+    snprintf(err, errlen, "TLS: out of memory");
+    return SS_ENOMEM;
+  }
+  if (!t->ready) {
+    int rv = handshake(t, err, errlen);
+    if (rv != 0 || !t->ready) return rv;
+  }
+  int cap = scratch_len > INT32_MAX ? INT32_MAX : (int)scratch_len;
+  for (;;) {
+    ERR_clear_error();
+    int r = SSL_read(t->ssl, scratch, cap);
+    if (r > 0) {
+      int rv = deliver(arg, scratch, (size_t)r);
+      if (rv < 0) return rv;
+      continue;
+    }
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return 0;
+    if (e == SSL_ERROR_ZERO_RETURN) return 0; /* close_notify: the TCP EOF ends it */
+    char why[256];
+    ossl_reason(why, sizeof why);
+    snprintf(err, errlen, "TLS record: %s", why);
+    return SS_EPROTO;
+  }
+}
+
+int ss_tls_seal(ss_tls_conn *t, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    int chunk = n > (1u << 30) ? 1 << 30 : (int)n;
+    ERR_clear_error();
+    int r = SSL_write(t->ssl, p, chunk);
+    if (r <= 0) return SS_EPROTO;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 0;
+}
+
+size_t ss_tls_pending(const ss_tls_conn *t) { return BIO_ctrl_pending(t->wbio); }
+
+size_t ss_tls_take(ss_tls_conn *t, uint8_t *out, size_t cap) {
+  int c = cap > INT32_MAX ? INT32_MAX : (int)cap;
+  int r = BIO_read(t->wbio, out, c);
+  return r > 0 ? (size_t)r : 0;
+}
