@@ -6,13 +6,13 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config git
   libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
-  libdnnl-dev libopenblas0-pthread libjansson-dev libyaml-dev libhttp-parser-dev zlib1g-dev libssl-dev openssl
+  libdnnl-dev libopenblas-openmp-dev libopenblas0-pthread libjansson-dev libyaml-dev libhttp-parser-dev zlib1g-dev libssl-dev openssl
   protobuf-compiler python3-grpcio python3-protobuf python3-numpy
   valgrind prometheus nginx-light yamllint python3-kubernetes python3-yaml
 )
 if [ "${SS_DEPS_TORCH:-1}" = 1 ]; then PKGS+=(python3-torch); fi
 # The benches compare against OpenBLAS sgemm (bench/sgemm_peak.c) and run the peer on it.
-if [ "${SS_DEPS_BENCH:-0}" = 1 ]; then PKGS+=(python3-matplotlib linux-perf libopenblas-openmp-dev); fi
+if [ "${SS_DEPS_BENCH:-0}" = 1 ]; then PKGS+=(python3-matplotlib linux-perf); fi
 # make fuzz: clang with libFuzzer and the sanitizer runtimes, and clang's OpenMP (libomp).
 if [ "${SS_DEPS_FUZZ:-0}" = 1 ]; then PKGS+=(clang libclang-rt-dev libomp-dev); fi
 

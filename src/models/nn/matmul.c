@@ -30,6 +30,7 @@
 #include "models/nn/matmul.h"
 #include "models/nn/simd.h"
 
+#include <cblas.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 #include <pthread.h>
@@ -39,6 +40,8 @@
 #include <string.h>
 
 #include "core/log.h"
+
+#define SS_BLAS_MIN_ROWS 16
 
 /* Macros, not functions: a vector-typed parameter or return value would change the ABI of the
  * baseline clone (-Wpsabi). */
@@ -169,7 +172,8 @@ static struct {
   size_t used;
   unsigned long long uncached;
   int isa;
-  char info[160];
+  int blas_large;       /* products of >= SS_BLAS_MIN_ROWS rows go to OpenBLAS (no brgemm here) */
+  char info[200];
 } eng = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER};
 
 static const char *isa_name(int isa) {
@@ -257,8 +261,13 @@ static void engine_init(void) {
   dnnl_primitive_t p = make_prim(&k, impl, sizeof impl);
   if (p) dnnl_primitive_destroy(p);
   const dnnl_version_t *v = dnnl_version();
-  snprintf(eng.info, sizeof eng.info, "onednn %d.%d.%d %s, isa %s", v->major, v->minor, v->patch,
-           impl, isa_name(eng.isa));
+  /* Without a brgemm kernel (AVX2: oneDNN 2.6 runs gemm:jit) OpenBLAS sgemm measured faster on
+   * the large prefill products (128x768x3072: 45 vs 31 GFLOP/s, one thread; bench/mm_probe.c),
+   * oneDNN faster on small ones: large products go to OpenBLAS there. */
+  eng.blas_large = strstr(impl, "brg") == NULL;
+  snprintf(eng.info, sizeof eng.info, "onednn %d.%d.%d %s, isa %s%s", v->major, v->minor, v->patch,
+           impl, isa_name(eng.isa),
+           eng.blas_large ? "; openblas sgemm for products of >= 16 rows (faster without brgemm)" : "");
   int generic = strstr(impl, "ref") != NULL || p == NULL;
   int no_brg = eng.isa >= dnnl_cpu_isa_avx512_core && eng.isa != dnnl_cpu_isa_avx2_vnni &&
                strstr(impl, "brg") == NULL;
@@ -413,13 +422,22 @@ void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha,
     ss__matmul_few_rows(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
     return;
   }
+  pthread_once(&eng.once, engine_init);
+  if (eng.blas_large && M >= SS_BLAS_MIN_ROWS) {
+    cblas_sgemm(CblasRowMajor, ta == SS_MM_T ? CblasTrans : CblasNoTrans,
+                tb == SS_MM_T ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                ldc);
+    return;
+  }
   if (ss__matmul_engine(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) != 0)
     loops_matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* The engine's threads: each worker's OpenMP team (oneDNN's OpenMP build follows it). */
+/* The engine's threads: each worker's OpenMP team (oneDNN's and OpenBLAS's OpenMP builds follow
+ * it). */
 void ss_compute_thread_init(int intra_op_threads) {
   int n = intra_op_threads > 0 ? intra_op_threads : 1;
   omp_set_num_threads(n);
+  openblas_set_num_threads(n);
   (void)ss_matmul_engine_info(); /* made (and logged) at start-up, not on the first request */
 }
