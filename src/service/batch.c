@@ -26,7 +26,8 @@
 typedef struct ss_batch {
   ss_job job;                 /* the pool hands back &job */
   ss_waiter waiter;           /* admission of the whole batch */
-  ss_tq_entry timer;          /* batch_delay_us */
+  ss_tq_entry timer;          /* batch_delay_us >= 1 ms (the timer queue's granularity) */
+  int at_iteration_end;       /* batch_delay_us < 1 ms: closed after this loop iteration's I/O */
   ss_service *svc;
   ss_served_model *sm;        /* holds a reference */
   int holds_slot;
@@ -293,10 +294,15 @@ static ss_batch *batch_open(compute_state *st) {
   b->decode = is_decode(st);
   memcpy(b->trail, st->in.shape, sizeof b->trail);
   b->sm->open_batch = b;
-  /* A zero delay still batches the calls that arrived in the same loop iteration (one read of
-   * a connection carries many requests): the timer fires on the next iteration. */
-  if (ss_tq_arm(&st->svc->tq, &b->timer,
-                uv_hrtime() + (uint64_t)st->sm->model->batch_delay_us * 1000u, on_delay) != 0) {
+  /* Under a millisecond (the loop timers' granularity) the batch takes the calls that arrived in
+   * this loop iteration (one read of a connection carries many requests) and closes right after
+   * the iteration's I/O (the service's check handle); longer delays use the timer queue. */
+  if (st->sm->model->batch_delay_us < 1000) {
+    b->at_iteration_end = 1;
+    uv_check_start(&st->svc->batch_check, ss_batch_on_check);
+  } else if (ss_tq_arm(&st->svc->tq, &b->timer,
+                       uv_hrtime() + (uint64_t)st->sm->model->batch_delay_us * 1000u,
+                       on_delay) != 0) {
     b->sm->open_batch = NULL;
     batch_free(b);
     return NULL;
@@ -352,4 +358,13 @@ void ss_batch_cancel(compute_state *st) {
 void ss_batch_flush_all(ss_service *s) {
   for (size_t i = 0; i < s->nmodels; i++)
     if (s->models[i]->open_batch) batch_close(s->models[i]->open_batch);
+}
+
+void ss_batch_on_check(uv_check_t *h) {
+  ss_service *s = h->data;
+  uv_check_stop(h);
+  for (size_t i = 0; i < s->nmodels; i++) {
+    ss_batch *b = s->models[i]->open_batch;
+    if (b && b->at_iteration_end) batch_close(b);
+  }
 }

@@ -140,6 +140,8 @@ int ss_service_new(uv_loop_t *loop, ss_pool *pool, const ss_server_config *cfg, 
   ss_tq_init(loop, &s->tq);
   uv_timer_init(loop, &s->monitor_timer);
   s->monitor_timer.data = s;
+  uv_check_init(loop, &s->batch_check);
+  s->batch_check.data = s;
   s->handles_open = 1;
   int rv = ss_sessions_new(s->cfg.session_max_bytes, s->cfg.session_ttl_s, &s->sessions);
   if (rv != 0) snprintf(err, errlen, "out of memory");
@@ -195,6 +197,7 @@ void ss_service_close(ss_service *s) {
   s->handles_open = 0;
   ss_batch_flush_all(s);
   uv_close((uv_handle_t *)&s->monitor_timer, NULL);
+  uv_close((uv_handle_t *)&s->batch_check, NULL);
   ss_tq_close(&s->tq);
 }
 

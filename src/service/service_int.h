@@ -76,6 +76,7 @@ struct ss_service {
   int reload_again;            /* a SIGHUP came during the reload: run another after it */
   ss_watch *watches;           /* open health Watch streams */
   struct ss_series *series;    /* request metrics (metrics.c) */
+  uv_check_t batch_check;      /* closes sub-millisecond batches after each iteration's I/O */
   struct ss_auth *auth;        /* --auth-tokens (auth.c); NULL: no authentication */
 };
 
@@ -129,6 +130,8 @@ void ss_models_list(const ss_service *s, char *buf, size_t len);
 /* ---- dynamic batching (batch.c) ---- */
 /* Close every open batch (the service is stopping: their timers will not fire). */
 void ss_batch_flush_all(ss_service *s);
+/* The check handle's callback (batch_check). */
+void ss_batch_on_check(uv_check_t *h);
 
 /* ---- training (train.c) ---- */
 int ss_train_init(ss_service *s);
