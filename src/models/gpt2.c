@@ -51,6 +51,7 @@
 #include "models/nn/linear.h"
 #include "models/params.h"
 #include "models/safetensors.h"
+#include "models/trunk.h"
 
 enum {
   T_LN1_W,
@@ -103,20 +104,6 @@ static void gpt2_free(gpt2 *p) {
 
 /* ------------------------------------------------------------- config.json ---- */
 
-/* A positive integer field; *found = 0 when absent (or null). */
-static int cfg_int(json_t *root, const char *key, const char *path, int *out, int *found, char *err,
-                   size_t errlen) {
-  json_t *v = json_object_get(root, key);
-  *found = 0;
-  if (v == NULL || json_is_null(v)) return 0;
-  if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > INT_MAX / 8) {
-    snprintf(err, errlen, "config %.200s: '%s' must be a positive integer", path, key);
-    return SS_EINVAL;
-  }
-  *out = (int)json_integer_value(v);
-  *found = 1;
-  return 0;
-}
 
 static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale_by_layer,
                        char *err, size_t errlen) {
@@ -140,7 +127,7 @@ static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale
     goto done;
   }
   for (int i = 0; i < 3; i++) {
-    if (cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0) goto done;
+    if (ss_trunk_cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0) goto done;
     if (!found) {
       snprintf(err, errlen, "config %.200s: missing '%s'", path, required[i]);
       goto done;
@@ -153,10 +140,10 @@ static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale
   }
   p->head_dim = p->n_embd / p->n_head;
   p->n_pos = 1024;
-  if (cfg_int(root, "n_positions", path, &p->n_pos, &found, err, errlen) != 0) goto done;
-  if (!found && cfg_int(root, "n_ctx", path, &p->n_pos, &found, err, errlen) != 0) goto done;
+  if (ss_trunk_cfg_int(root, "n_positions", path, &p->n_pos, &found, err, errlen) != 0) goto done;
+  if (!found && ss_trunk_cfg_int(root, "n_ctx", path, &p->n_pos, &found, err, errlen) != 0) goto done;
   p->n_inner = 4 * p->n_embd;
-  if (cfg_int(root, "n_inner", path, &p->n_inner, &found, err, errlen) != 0) goto done;
+  if (ss_trunk_cfg_int(root, "n_inner", path, &p->n_inner, &found, err, errlen) != 0) goto done;
   p->eps = 1e-5f;
   v = json_object_get(root, "layer_norm_epsilon");
   if (v != NULL && !json_is_null(v)) {
@@ -190,42 +177,6 @@ done:
   return rc;
 }
 
-/* "A:B", "A:", ":B" or "" (all). */
-static int parse_layers(const char *s, int n_layer, int *a, int *b, char *err, size_t errlen) {
-  const char *colon = strchr(s, ':');
-  char *end;
-  long la = 0, lb = n_layer;
-  if (colon == NULL) {
-    snprintf(err, errlen, "layers '%s' must look like A:B (transformer blocks A..B-1)", s);
-    return SS_EINVAL;
-  }
-  if (colon != s) {
-    errno = 0;
-    la = strtol(s, &end, 10);
-    if (end != colon || errno != 0) {
-      snprintf(err, errlen, "layers '%s' must look like A:B with integers A, B", s);
-      return SS_EINVAL;
-    }
-  }
-  if (colon[1] != '\0') {
-    errno = 0;
-    lb = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || errno != 0) {
-      snprintf(err, errlen, "layers '%s' must look like A:B with integers A, B", s);
-      return SS_EINVAL;
-    }
-  }
-  if (la < 0 || lb > n_layer || la >= lb) {
-    snprintf(err, errlen,
-             "layers %ld:%ld outside 0:%d or empty (the checkpoint has %d layers; "
-             "need 0 <= A < B <= %d)",
-             la, lb, n_layer, n_layer, n_layer);
-    return SS_ERANGE;
-  }
-  *a = (int)la;
-  *b = (int)lb;
-  return 0;
-}
 
 /* ------------------------------------------------------------- weights ---- */
 
@@ -568,33 +519,7 @@ static void block_backward(gpt2 *p, int l, const block_acts *a, const block_grad
 
 /* ------------------------------------------------------------- inference ---- */
 
-static void free_present(ss_kv_io *kv, int n) {
-  for (int l = 0; l < n; l++) {
-    free(kv->present[l].key.data);
-    free(kv->present[l].value.data);
-    memset(&kv->present[l], 0, sizeof kv->present[l]);
-  }
-}
 
-/* present[l] = freshly malloc'd key/value [B, H, T, D] (the caller owns them). 0 or SS_ENOMEM. */
-static int alloc_present(ss_kv_layer *pr, int B, int H, int T, int D) {
-  size_t kvn = (size_t)B * (size_t)H * (size_t)T * (size_t)D;
-  pr->key.data = malloc(kvn * sizeof(float));
-  pr->value.data = malloc(kvn * sizeof(float));
-  if (pr->key.data == NULL || pr->value.data == NULL) return SS_ENOMEM;
-  for (int f = 0; f < 2; f++) {
-    ss_tensor *t = f ? &pr->value : &pr->key;
-    t->dtype = SS_DTYPE_F32;
-    t->ndim = 4;
-    t->shape[0] = B;
-    t->shape[1] = H;
-    t->shape[2] = T;
-    t->shape[3] = D;
-    t->numel = kvn;
-    t->nbytes = kvn * sizeof(float);
-  }
-  return 0;
-}
 
 static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
                            const ss_meta *meta, char *err, size_t errlen) {
@@ -643,13 +568,13 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
 
   for (int l = 0; l < L; l++) {
     if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
-      if (want_present) free_present(kv, l);
+      if (want_present) ss_trunk_free_present(kv, l);
       free(scratch);
       return SS_ECANCELLED;
     }
     if (want_present) {
-      if (alloc_present(&kv->present[l], B, H, T, D) != 0) {
-        free_present(kv, l + 1);
+      if (ss_trunk_alloc_present(&kv->present[l], B, H, T, D) != 0) {
+        ss_trunk_free_present(kv, l + 1);
         free(scratch);
         snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
         return SS_ENOMEM;
@@ -715,7 +640,7 @@ static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, 
       *s = (seq_attn){i, 1, 1, P, P ? kv[i].past[l].key.data : NULL,
                       P ? kv[i].past[l].value.data : NULL, NULL, NULL};
       if (kv[i].want_present) {
-        if (alloc_present(&kv[i].present[l], 1, H, P + 1, D) != 0) {
+        if (ss_trunk_alloc_present(&kv[i].present[l], 1, H, P + 1, D) != 0) {
           rc = SS_ENOMEM;
           break;
         }
@@ -731,7 +656,7 @@ static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, 
   }
   if (rc != 0) {
     for (int i = 0; i < n; i++)
-      if (kv[i].want_present) free_present(&kv[i], L);
+      if (kv[i].want_present) ss_trunk_free_present(&kv[i], L);
     snprintf(err, errlen, "model '%s': out of memory for the present caches", m->id);
   } else {
     for (int i = 0; i < n; i++)
@@ -981,7 +906,7 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
   }
   rc = ss_st_open(weights, &p->st, msg, sizeof msg);
   if (rc == 0) rc = load_config(p, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
-  if (rc == 0) rc = parse_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
+  if (rc == 0) rc = ss_trunk_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
   if (rc == 0) rc = load_weights(p, weights, &dt, &n_params, msg, sizeof msg);
   if (rc == 0 && gpt2_params(p) != 0) {
     snprintf(msg, sizeof msg, "out of memory");

@@ -72,6 +72,7 @@
 #include "models/nn/silu.h"
 #include "models/params.h"
 #include "models/safetensors.h"
+#include "models/trunk.h"
 
 enum { P_Q, P_K, P_V, P_O, P_GATE, P_UP, P_DOWN, N_PROJ };
 static const char *const proj_path[N_PROJ] = {"self_attn.q_proj", "self_attn.k_proj",
@@ -147,19 +148,6 @@ static void llama_free(llama *p) {
 
 /* ------------------------------------------------------------- config.json ---- */
 
-static int cfg_int(json_t *root, const char *key, const char *path, int *out, int *found, char *err,
-                   size_t errlen) {
-  json_t *v = json_object_get(root, key);
-  *found = 0;
-  if (v == NULL || json_is_null(v)) return 0;
-  if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > INT_MAX / 8) {
-    snprintf(err, errlen, "config %.200s: '%s' must be a positive integer", path, key);
-    return SS_EINVAL;
-  }
-  *out = (int)json_integer_value(v);
-  *found = 1;
-  return 0;
-}
 
 /* A positive number field; *found = 0 when absent (or null). */
 static int cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
@@ -284,21 +272,21 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   snprintf(p->model_type, sizeof p->model_type, "%s", mt);
   gemma = strcmp(mt, "gemma") == 0;
   for (int i = 0; i < 4; i++) {
-    if (cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0) goto done;
+    if (ss_trunk_cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0) goto done;
     if (!found) {
       snprintf(err, errlen, "config %.200s: missing '%s'", path, required[i]);
       goto done;
     }
   }
   p->NKV = p->NH;
-  if (cfg_int(root, "num_key_value_heads", path, &p->NKV, &found, err, errlen) != 0) goto done;
+  if (ss_trunk_cfg_int(root, "num_key_value_heads", path, &p->NKV, &found, err, errlen) != 0) goto done;
   if (p->NH % p->NKV != 0) {
     snprintf(err, errlen,
              "config %.200s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
              path, p->NH, p->NKV);
     goto done;
   }
-  if (cfg_int(root, "head_dim", path, &p->D, &found, err, errlen) != 0) goto done;
+  if (ss_trunk_cfg_int(root, "head_dim", path, &p->D, &found, err, errlen) != 0) goto done;
   if (!found) {
     if (p->E % p->NH != 0) {
       snprintf(err, errlen,
@@ -315,7 +303,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
     goto done;
   }
   p->n_pos = 2048;
-  if (cfg_int(root, "max_position_embeddings", path, &p->n_pos, &found, err, errlen) != 0)
+  if (ss_trunk_cfg_int(root, "max_position_embeddings", path, &p->n_pos, &found, err, errlen) != 0)
     goto done;
   if (cfg_num(root, "rms_norm_eps", path, &eps, &found, err, errlen) != 0) goto done;
   if (eps >= 1.0) {
@@ -363,7 +351,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   p->mlp_bias = strcmp(mt, "llama") == 0 ? cfg_bool(root, "mlp_bias", 0) : 0;
   p->window = 0;
   if (strcmp(mt, "mistral") == 0 &&
-      cfg_int(root, "sliding_window", path, &p->window, &found, err, errlen) != 0)
+      ss_trunk_cfg_int(root, "sliding_window", path, &p->window, &found, err, errlen) != 0)
     goto done;
   p->scale = (float)(1.0 / sqrt((double)p->D));
   rc = load_rope(p, root, path, err, errlen);
@@ -372,42 +360,6 @@ done:
   return rc;
 }
 
-/* "A:B", "A:", ":B" (all when empty on both sides). */
-static int parse_layers(const char *s, int n_layer, int *a, int *b, char *err, size_t errlen) {
-  const char *colon = strchr(s, ':');
-  char *end;
-  long la = 0, lb = n_layer;
-  if (colon == NULL) {
-    snprintf(err, errlen, "layers '%s' must look like A:B (decoder layers A..B-1)", s);
-    return SS_EINVAL;
-  }
-  if (colon != s) {
-    errno = 0;
-    la = strtol(s, &end, 10);
-    if (end != colon || errno != 0) {
-      snprintf(err, errlen, "layers '%s' must look like A:B with integers A, B", s);
-      return SS_EINVAL;
-    }
-  }
-  if (colon[1] != '\0') {
-    errno = 0;
-    lb = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || errno != 0) {
-      snprintf(err, errlen, "layers '%s' must look like A:B with integers A, B", s);
-      return SS_EINVAL;
-    }
-  }
-  if (la < 0 || lb > n_layer || la >= lb) {
-    snprintf(err, errlen,
-             "layers %ld:%ld outside 0:%d or empty (the checkpoint has %d layers; need 0 <= A < "
-             "B <= %d)",
-             la, lb, n_layer, n_layer, n_layer);
-    return SS_ERANGE;
-  }
-  *a = (int)la;
-  *b = (int)lb;
-  return 0;
-}
 
 /* ------------------------------------------------------------- weight files ---- */
 
@@ -1037,33 +989,7 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
 
 /* ------------------------------------------------------------- inference ---- */
 
-static void free_present(ss_kv_io *kv, int n) {
-  for (int l = 0; l < n; l++) {
-    free(kv->present[l].key.data);
-    free(kv->present[l].value.data);
-    memset(&kv->present[l], 0, sizeof kv->present[l]);
-  }
-}
 
-/* present[l] = freshly malloc'd key/value [B, H, T, D] (the caller owns them). 0 or SS_ENOMEM. */
-static int alloc_present(ss_kv_layer *pr, int B, int H, int T, int D) {
-  size_t kvn = (size_t)B * (size_t)H * (size_t)T * (size_t)D;
-  pr->key.data = malloc(kvn ? kvn * sizeof(float) : 1);
-  pr->value.data = malloc(kvn ? kvn * sizeof(float) : 1);
-  if (pr->key.data == NULL || pr->value.data == NULL) return SS_ENOMEM;
-  for (int f = 0; f < 2; f++) {
-    ss_tensor *t = f ? &pr->value : &pr->key;
-    t->dtype = SS_DTYPE_F32;
-    t->ndim = 4;
-    t->shape[0] = B;
-    t->shape[1] = H;
-    t->shape[2] = T;
-    t->shape[3] = D;
-    t->numel = kvn;
-    t->nbytes = kvn * sizeof(float);
-  }
-  return 0;
-}
 
 static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
                             const ss_meta *meta, char *err, size_t errlen) {
@@ -1125,13 +1051,13 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
 
   for (int l = 0; l < L; l++) {
     if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
-      if (want_present) free_present(kv, l);
+      if (want_present) ss_trunk_free_present(kv, l);
       free(scratch);
       return SS_ECANCELLED;
     }
     if (want_present) {
-      if (alloc_present(&kv->present[l], B, p->NKV, T, p->D) != 0) {
-        free_present(kv, l + 1);
+      if (ss_trunk_alloc_present(&kv->present[l], B, p->NKV, T, p->D) != 0) {
+        ss_trunk_free_present(kv, l + 1);
         free(scratch);
         snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
         return SS_ENOMEM;
@@ -1627,7 +1553,7 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
     config = cfg_buf;
   }
   if (rc == 0) rc = load_config(p, config, msg, sizeof msg);
-  if (rc == 0) rc = parse_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
+  if (rc == 0) rc = ss_trunk_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
   if (rc == 0) rc = load_weights(p, &w, weights, &dt, &n_params, msg, sizeof msg);
   /* LoRA */
   if (rc == 0 && (lrank != NULL || lalpha != NULL || ltargets != NULL || adapter != NULL)) {

@@ -1,0 +1,90 @@
+/*
+ * trunk.c — see trunk.h.
+ */
+#include "models/trunk.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A positive integer field; *found = 0 when absent (or null). */
+int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, int *found,
+                     char *err, size_t errlen) {
+  json_t *v = json_object_get(root, key);
+  *found = 0;
+  if (v == NULL || json_is_null(v)) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > INT_MAX / 8) {
+    snprintf(err, errlen, "config %.200s: '%s' must be a positive integer", path, key);
+    return SS_EINVAL;
+  }
+  *out = (int)json_integer_value(v);
+  *found = 1;
+  return 0;
+}
+
+/* "A:B", "A:", ":B" or "" (all). */
+int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_t errlen) {
+  const char *colon = strchr(s, ':');
+  char *end;
+  long la = 0, lb = n_layer;
+  if (colon == NULL) {
+    snprintf(err, errlen, "layers '%s' must look like A:B (blocks A..B-1)", s);
+    return SS_EINVAL;
+  }
+  if (colon != s) {
+    errno = 0;
+    la = strtol(s, &end, 10);
+    if (end != colon || errno != 0) {
+      snprintf(err, errlen, "layers '%s' must look like A:B with integers A, B", s);
+      return SS_EINVAL;
+    }
+  }
+  if (colon[1] != '\0') {
+    errno = 0;
+    lb = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || errno != 0) {
+      snprintf(err, errlen, "layers '%s' must look like A:B with integers A, B", s);
+      return SS_EINVAL;
+    }
+  }
+  if (la < 0 || lb > n_layer || la >= lb) {
+    snprintf(err, errlen,
+             "layers %ld:%ld outside 0:%d or empty (the checkpoint has %d layers; "
+             "need 0 <= A < B <= %d)",
+             la, lb, n_layer, n_layer, n_layer);
+    return SS_ERANGE;
+  }
+  *a = (int)la;
+  *b = (int)lb;
+  return 0;
+}
+
+/* present[l] = freshly malloc'd key/value [B, H, T, D] (the caller owns them). 0 or SS_ENOMEM. */
+int ss_trunk_alloc_present(ss_kv_layer *pr, int B, int H, int T, int D) {
+  size_t kvn = (size_t)B * (size_t)H * (size_t)T * (size_t)D;
+  pr->key.data = malloc(kvn ? kvn * sizeof(float) : 1);
+  pr->value.data = malloc(kvn ? kvn * sizeof(float) : 1);
+  if (pr->key.data == NULL || pr->value.data == NULL) return SS_ENOMEM;
+  for (int f = 0; f < 2; f++) {
+    ss_tensor *t = f ? &pr->value : &pr->key;
+    t->dtype = SS_DTYPE_F32;
+    t->ndim = 4;
+    t->shape[0] = B;
+    t->shape[1] = H;
+    t->shape[2] = T;
+    t->shape[3] = D;
+    t->numel = kvn;
+    t->nbytes = kvn * sizeof(float);
+  }
+  return 0;
+}
+
+void ss_trunk_free_present(ss_kv_io *kv, int n) {
+  for (int l = 0; l < n; l++) {
+    free(kv->present[l].key.data);
+    free(kv->present[l].value.data);
+    memset(&kv->present[l], 0, sizeof kv->present[l]);
+  }
+}
