@@ -141,7 +141,8 @@ static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale
   p->head_dim = p->n_embd / p->n_head;
   p->n_pos = 1024;
   if (ss_trunk_cfg_int(root, "n_positions", path, &p->n_pos, &found, err, errlen) != 0) goto done;
-  if (!found && ss_trunk_cfg_int(root, "n_ctx", path, &p->n_pos, &found, err, errlen) != 0) goto done;
+  if (!found && ss_trunk_cfg_int(root, "n_ctx", path, &p->n_pos, &found, err, errlen) != 0)
+    goto done;
   p->n_inner = 4 * p->n_embd;
   if (ss_trunk_cfg_int(root, "n_inner", path, &p->n_inner, &found, err, errlen) != 0) goto done;
   p->eps = 1e-5f;

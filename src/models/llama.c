@@ -279,7 +279,8 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
     }
   }
   p->NKV = p->NH;
-  if (ss_trunk_cfg_int(root, "num_key_value_heads", path, &p->NKV, &found, err, errlen) != 0) goto done;
+  if (ss_trunk_cfg_int(root, "num_key_value_heads", path, &p->NKV, &found, err, errlen) != 0)
+    goto done;
   if (p->NH % p->NKV != 0) {
     snprintf(err, errlen,
              "config %.200s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
