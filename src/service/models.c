@@ -348,7 +348,11 @@ void ss_models_save_all(ss_service *s, const char *why) {
 typedef struct reload_job {
   ss_job job;
   ss_service *srv;
-  char *path;
+  char *path;       /* the --config file, or a description when models came from --model */
+  int from_file;    /* 0: rebuild the current specs (models given with --model) */
+  char **all;       /* without a file: every current spec, with its limits (copies) */
+  int *all_inflight, *all_queue;
+  size_t nall;
   char **keep;      /* specs of the current set (a copy: the worker never reads the server) */
   size_t nkeep;
   int test_models;  /* --enable-test-models as at start-up (a reload does not change it) */
@@ -357,16 +361,36 @@ typedef struct reload_job {
   char err[1024];
 } reload_job;
 
+static void reload_job_free(reload_job *r) {
+  for (size_t i = 0; i < r->nkeep; i++) free(r->keep[i]);
+  for (size_t i = 0; i < r->nall; i++) free(r->all[i]);
+  free(r->keep);
+  free(r->all);
+  free(r->all_inflight);
+  free(r->all_queue);
+  free(r->path);
+  free(r);
+}
+
 static void reload_run(ss_job *job) {
   reload_job *r = ss_container_of(job, reload_job, job);
-  ss_file_config fc;
-  r->rc = ss_config_load(r->path, &fc, r->err, sizeof r->err);
-  for (size_t i = 0; r->rc == 0 && i < fc.n_models; i++)
-    if (build_add(&r->b, fc.models[i].spec, fc.models[i].max_inflight, fc.models[i].max_queue) != 0) {
-      r->rc = SS_ENOMEM;
-      snprintf(r->err, sizeof r->err, "out of memory");
-    }
-  ss_config_free(&fc);
+  if (!r->from_file) { /* the same specs: those whose files changed are loaded afresh */
+    for (size_t i = 0; r->rc == 0 && i < r->nall; i++)
+      if (build_add(&r->b, r->all[i], r->all_inflight[i], r->all_queue[i]) != 0) {
+        r->rc = SS_ENOMEM;
+        snprintf(r->err, sizeof r->err, "out of memory");
+      }
+  } else {
+    ss_file_config fc;
+    r->rc = ss_config_load(r->path, &fc, r->err, sizeof r->err);
+    for (size_t i = 0; r->rc == 0 && i < fc.n_models; i++)
+      if (build_add(&r->b, fc.models[i].spec, fc.models[i].max_inflight,
+                    fc.models[i].max_queue) != 0) {
+        r->rc = SS_ENOMEM;
+        snprintf(r->err, sizeof r->err, "out of memory");
+      }
+    ss_config_free(&fc);
+  }
   if (r->rc == 0) r->rc = build_load(&r->b, r->keep, r->nkeep, r->test_models, r->err, sizeof r->err);
 }
 
@@ -387,10 +411,7 @@ static void reload_done(ss_job *job) {
       SS_LOGI("model %-10s %s", s->models[i]->model->id, s->models[i]->model->describe);
   }
   build_free(&r->b);
-  for (size_t i = 0; i < r->nkeep; i++) free(r->keep[i]);
-  free(r->keep);
-  free(r->path);
-  free(r);
+  reload_job_free(r);
   if (s->reload_again && !s->draining) { /* a SIGHUP came meanwhile: the file may differ again */
     s->reload_again = 0;
     ss_models_reload(s);
@@ -404,17 +425,26 @@ void ss_models_reload(ss_service *s) {
     return;
   }
   reload_job *r = calloc(1, sizeof *r);
-  if (r) r->path = strdup(s->cfg.config_path);
-  if (r) r->test_models = s->cfg.enable_test_models;
-  if (r) r->keep = calloc(s->nmodels ? s->nmodels : 1, sizeof *r->keep);
-  if (!r || !r->path || !r->keep) {
-    if (r) {
-      free(r->path);
-      free(r->keep);
-    }
-    free(r);
+  size_t n = s->nmodels ? s->nmodels : 1;
+  if (r) {
+    r->from_file = s->cfg.config_path != NULL;
+    r->path = strdup(r->from_file ? s->cfg.config_path : "the --model specs");
+    r->test_models = s->cfg.enable_test_models;
+    r->keep = calloc(n, sizeof *r->keep);
+    r->all = calloc(n, sizeof *r->all);
+    r->all_inflight = calloc(n, sizeof *r->all_inflight);
+    r->all_queue = calloc(n, sizeof *r->all_queue);
+  }
+  if (!r || !r->path || !r->keep || !r->all || !r->all_inflight || !r->all_queue) {
+    if (r) reload_job_free(r);
     SS_LOGE("SIGHUP: out of memory; reload skipped");
     return;
+  }
+  for (size_t i = 0; !r->from_file && i < s->nmodels; i++) {
+    r->all[r->nall] = strdup(s->models[i]->spec);
+    r->all_inflight[r->nall] = s->models[i]->conf_inflight;
+    r->all_queue[r->nall] = s->models[i]->conf_queue;
+    if (r->all[r->nall]) r->nall++;
   }
   for (size_t i = 0; i < s->nmodels; i++) {
     const ss_model *m = s->models[i]->model;
@@ -424,6 +454,11 @@ void ss_models_reload(ss_service *s) {
     }
     r->keep[r->nkeep] = strdup(s->models[i]->spec);
     if (r->keep[r->nkeep]) r->nkeep++; /* a spec missing here is merely loaded again */
+  }
+  if (!r->from_file && r->nkeep == s->nmodels) { /* nothing changed on disk */
+    SS_LOGI("SIGHUP: no --config file, and no weights file changed on disk: nothing to reload");
+    reload_job_free(r);
+    return;
   }
   r->srv = s;
   r->job.run = reload_run;

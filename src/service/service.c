@@ -181,11 +181,7 @@ void ss_service_reload(ss_service *s) {
       SS_LOGE("SIGHUP: auth tokens not reloaded, keeping the %zu old ones: %s",
               ss_auth_count(s->auth), err);
   }
-  if (!s->cfg.config_path) {
-    if (!s->cfg.auth_tokens) SS_LOGW("SIGHUP: no --config file to reload; ignored");
-    return;
-  }
-  ss_models_reload(s);
+  ss_models_reload(s); /* the --config file, or the --model specs whose weights changed */
 }
 
 void ss_service_save_all(ss_service *s, const char *why) { ss_models_save_all(s, why); }

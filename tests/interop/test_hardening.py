@@ -134,6 +134,32 @@ def test_weights_truncated_in_place():
         srv.stop_ok()
 
 
+def test_rename_and_sighup_without_config():
+    """Models given with --model (no --config): SIGHUP loads again exactly the models whose
+    weights file changed on disk (replaced by rename), keeps the others, and a SIGHUP with nothing
+    changed does nothing."""
+    path = os.path.join(TMP, "cli.safetensors")
+    _mlp_file(path, 4)
+    srv = sslib.Server("--workers", "1", "--model", "c=mlp,weights=" + path, "--model", "mlp=mlp")
+    try:
+        c = sslib.connect(srv)
+        x = np.ones((2, 64), np.float32)
+        c.compute(make_req(x, model="c"), timeout=T(5))
+        srv.signal(signal.SIGHUP)
+        assert srv.wait_for_line("nothing to reload", timeout=5), sslib.tail(srv.log)
+        tmp = path + ".new"
+        stored_new = _mlp_file(tmp, 5)
+        os.rename(tmp, path)
+        srv.signal(signal.SIGHUP)
+        assert srv.wait_for_line("config reloaded from the --model specs", timeout=10), sslib.tail(srv.log)
+        got = result(c.compute(make_req(x, model="c"), timeout=T(5)))
+        np.testing.assert_allclose(got, sslib.mlp_reference(x, stored_new), rtol=1e-4, atol=1e-5)
+        assert_alive(c)
+        c.close()
+    finally:
+        srv.stop_ok()
+
+
 def test_weights_fifo_refused():
     """A FIFO given as weights= is refused at start-up instead of hanging it."""
     fifo = os.path.join(TMP, "fifo.safetensors")
