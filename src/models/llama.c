@@ -858,22 +858,35 @@ static ss_attn_dims attn_dims(const llama *p, int B, int T, int P) {
   return d;
 }
 
-/* pos0: the absolute position of the call's first token; P: cached tokens (past_k, past_v:
- * this layer's [B, NKV, P, D] wire bytes, or NULL when P == 0). */
-static void block_forward(const llama *p, const lblock *bk, const block_acts *a, int B, int T,
-                          int P, int pos0, const void *past_k, const void *past_v) {
-  const int E = p->E, Q = p->NH * p->D, KV = p->NKV * p->D, BT = B * T;
+/* The sequences whose rows a block call stacks: usually one ([B, T] rows at positions pos0..,
+ * after P cached ones: past_k, past_v this layer's [B, NKV, P, D] wire bytes, or NULL when
+ * P == 0); a batched decode step stacks several, each with its own past and positions (rope and
+ * attention per sequence, every projection over all rows at once). K, V: its window. */
+typedef struct seq_attn {
+  int row0, B, T, P, pos0;
+  const void *past_k, *past_v;
+  float *K, *V;
+} seq_attn;
+
+static void block_forward(const llama *p, const lblock *bk, const block_acts *a, int BT,
+                          const seq_attn *seqs, int nseq) {
+  const int E = p->E, Q = p->NH * p->D, KV = p->NKV * p->D;
   const size_t cells = (size_t)BT * (size_t)E, ni = (size_t)BT * (size_t)p->I;
-  ss_attn_dims d = attn_dims(p, B, T, P);
   /* attention */
   ss_rmsnorm_forward(a->ln, a->rstd1, a->x, bk->ln1, BT, E, p->eps, p->one_plus);
   proj_forward(p, &bk->pr[P_Q], a->q, a->ln, BT, 0, a->lt);
   proj_forward(p, &bk->pr[P_K], a->k, a->ln, BT, 0, a->lt);
   proj_forward(p, &bk->pr[P_V], a->v, a->ln, BT, 0, a->lt);
-  ss_rope_forward_freq(a->q, Q, B, T, p->NH, p->D, pos0, p->inv_freq);
-  ss_rope_forward_freq(a->k, KV, B, T, p->NKV, p->D, pos0, p->inv_freq);
-  ss_attention_forward_window(a->atty, Q, a->att, a->att_all, a->K, a->V, a->q, Q, a->k, a->v,
-                              KV, past_k, past_v, &d, p->window);
+  for (int i = 0; i < nseq; i++) {
+    const seq_attn *s = &seqs[i];
+    float *q = a->q + (size_t)s->row0 * (size_t)Q, *k = a->k + (size_t)s->row0 * (size_t)KV;
+    float *v = a->v + (size_t)s->row0 * (size_t)KV;
+    ss_attn_dims d = attn_dims(p, s->B, s->T, s->P);
+    ss_rope_forward_freq(q, Q, s->B, s->T, p->NH, p->D, s->pos0, p->inv_freq);
+    ss_rope_forward_freq(k, KV, s->B, s->T, p->NKV, p->D, s->pos0, p->inv_freq);
+    ss_attention_forward_window(a->atty + (size_t)s->row0 * (size_t)Q, Q, a->att, a->att_all, s->K,
+                                s->V, q, Q, k, v, KV, s->past_k, s->past_v, &d, p->window);
+  }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
   proj_forward(p, &bk->pr[P_O], a->h, a->atty, BT, 1, a->lt);
   /* mlp */
@@ -1066,11 +1079,96 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
       a.K = kv->present[l].key.data;
       a.V = kv->present[l].value.data;
     }
-    block_forward(p, &p->blk[l], &a, B, S, P, pos0, P > 0 ? past[l].key.data : NULL,
-                  P > 0 ? past[l].value.data : NULL);
+    seq_attn s = {0, B, S, P, pos0, P > 0 ? past[l].key.data : NULL,
+                  P > 0 ? past[l].value.data : NULL, a.K, a.V};
+    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
   free(scratch);
   return 0;
+}
+
+/* n one-token decode steps of different sequences (each [1, 1, E], its own past of any length,
+ * at position = its past length), one batch through every projection; rope and attention per
+ * sequence. Each step's result equals forward_kv alone. */
+static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, ss_tensor *out,
+                                  ss_kv_io *kv, char *err, size_t errlen) {
+  const llama *p = m->impl;
+  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora_r;
+  const int L = p->b - p->a;
+  size_t maxT = 1, kvscratch = 0;
+  for (int i = 0; i < n; i++) {
+    int P = kv[i].past ? (int)kv[i].past[0].key.shape[2] : 0;
+    if (in[i].ndim != 3 || in[i].shape[0] != 1 || in[i].shape[1] != 1 || P + 1 > p->n_pos) {
+      snprintf(err, errlen, "model '%s': a batched decode step is one token [1,1,%d] within "
+               "max_position_embeddings", m->id, E);
+      return SS_EINVAL;
+    }
+    if ((size_t)P + 1 > maxT) maxT = (size_t)P + 1;
+    if (!kv[i].want_present) kvscratch += 2 * (size_t)KVd * (size_t)(P + 1);
+  }
+  const size_t rows = (size_t)n;
+  /* x, ln [rows,E]; q, atty [rows,Q]; k, v [rows,KV]; g, u [rows,I]; lt [rows,r]; att [maxT] */
+  size_t need = rows * (2 * (size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 2 * (size_t)NI +
+                        (size_t)r) + maxT + kvscratch;
+  float *scratch = malloc(need * sizeof(float));
+  seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
+  if (!scratch || !seqs) {
+    free(scratch);
+    free(seqs);
+    snprintf(err, errlen, "model '%s': out of memory for a batched decode step", m->id);
+    return SS_ENOMEM;
+  }
+  block_acts a;
+  memset(&a, 0, sizeof a);
+  a.x = a.h = a.y = scratch;
+  a.ln = a.x + rows * (size_t)E;
+  a.q = a.ln + rows * (size_t)E;
+  a.atty = a.q + rows * (size_t)Q;
+  a.k = a.atty + rows * (size_t)Q;
+  a.v = a.k + rows * (size_t)KVd;
+  a.g = a.mm = a.v + rows * (size_t)KVd;
+  a.u = a.g + rows * (size_t)NI;
+  a.lt = r ? a.u + rows * (size_t)NI : NULL;
+  a.att = a.u + rows * (size_t)NI + rows * (size_t)r;
+  float *kvs = a.att + maxT;
+  for (int i = 0; i < n; i++) {
+    memcpy(a.x + (size_t)i * (size_t)E, in[i].data, (size_t)E * sizeof(float));
+    if (kv[i].want_present) memset(kv[i].present, 0, (size_t)L * sizeof *kv[i].present);
+  }
+  int rc = 0;
+  for (int l = 0; l < L && rc == 0; l++) {
+    float *sk = kvs;
+    for (int i = 0; i < n; i++) {
+      int P = kv[i].past ? (int)kv[i].past[0].key.shape[2] : 0;
+      seq_attn *s = &seqs[i];
+      *s = (seq_attn){i, 1, 1, P, P, P ? kv[i].past[l].key.data : NULL,
+                      P ? kv[i].past[l].value.data : NULL, NULL, NULL};
+      if (kv[i].want_present) {
+        if (ss_trunk_alloc_present(&kv[i].present[l], 1, p->NKV, P + 1, p->D) != 0) {
+          rc = SS_ENOMEM;
+          break;
+        }
+        s->K = kv[i].present[l].key.data;
+        s->V = kv[i].present[l].value.data;
+      } else {
+        s->K = sk;
+        s->V = sk + (size_t)KVd * (size_t)(P + 1);
+        sk = s->V + (size_t)KVd * (size_t)(P + 1);
+      }
+    }
+    if (rc == 0) block_forward(p, &p->blk[l], &a, n, seqs, n);
+  }
+  if (rc != 0) {
+    for (int i = 0; i < n; i++)
+      if (kv[i].want_present) ss_trunk_free_present(&kv[i], L);
+    snprintf(err, errlen, "model '%s': out of memory for the present caches", m->id);
+  } else {
+    for (int i = 0; i < n; i++)
+      memcpy(out[i].data, a.x + (size_t)i * (size_t)E, (size_t)E * sizeof(float));
+  }
+  free(seqs);
+  free(scratch);
+  return rc;
 }
 
 static int llama_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
@@ -1153,7 +1251,8 @@ static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
   memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
   for (int l = 0; l < L; l++) {
     saved_layer(p, sv, l, out->data, &a);
-    block_forward(p, &p->blk[l], &a, B, S, 0, 0, NULL, NULL);
+    seq_attn s = {0, B, S, 0, 0, NULL, NULL, a.K, a.V};
+    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
   free(scratch);
   *saved = sv;
@@ -1490,6 +1589,7 @@ static const ss_model_ops llama_ops = {.check = llama_check,
                                        .forward = llama_forward,
                                        .destroy = llama_destroy,
                                        .check_kv = llama_check_kv,
+                                       .forward_kv_batch = llama_forward_kv_batch,
                                        .forward_kv = llama_forward_kv,
                                        .forward_train = llama_forward_train,
                                        .backward = llama_backward,

@@ -54,7 +54,8 @@ static size_t call_rows(const compute_state *st) {
 static int is_decode(const compute_state *st) {
   const ss_model *m = st->sm->model;
   return m->ops->forward_kv_batch && st->in.ndim == 3 && st->in.shape[0] == 1 &&
-         st->in.shape[1] == 1 && (st->n_past > 0 || st->want_present || st->session);
+         st->in.shape[1] == 1 && (st->n_past > 0 || st->want_present || st->session) &&
+         !ss_meta_get(&st->meta, "position_offset"); /* batched steps sit at their past length */
 }
 
 int ss_batch_wants(const compute_state *st) {

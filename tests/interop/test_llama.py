@@ -65,6 +65,9 @@ def setup():
         if layout == "file":
             spec += ",config=" + c
         args += ["--model", spec]
+        # its twin with dynamic batching: decode steps of different sessions batch together
+        args += ["--model", spec.replace(mid + "=", mid + "b=", 1)
+                 + ",max_batch_rows=64,batch_delay_us=20000"]
     # training: full fine-tuning (AdamW) of a qwen2 trunk and a gemma trunk
     for mid in ("qw", "ge"):
         tid = "t" + mid
@@ -220,6 +223,32 @@ def test_sessions():
             assert len(r.present_key_values) == 0
             _close(result(r).reshape(2, 1, -1), y_full[:, t:t + 1],
                    "%s session step at position %d" % (mid, t))
+
+
+def test_decode_steps_batch_across_sessions():
+    """4 sessions per family with prefixes of different lengths decode concurrently on the
+    batched twin: one batch through the projections (rope and attention per session), every step
+    equal to the reference."""
+    for mid, (ref, _, cfg) in MODELS.items():
+        total, n = 9, 4
+        xs = [_x(cfg, 1, total, seed=90 + i) for i in range(n)]
+        ys = [ref(x)[0] for x in xs]
+        firsts = [3 + i for i in range(n)]
+        for i in range(n):
+            _call(mid + "b", xs[i][:, :firsts[i]], session="bs-%s-%d" % (mid, i))
+        for step in range(2):
+            futs = []
+            for i in range(n):
+                t = firsts[i] + step
+                futs.append((i, t, C.compute.future(
+                    make_req(xs[i][:, t:t + 1], model=mid + "b", session="bs-%s-%d" % (mid, i)),
+                    timeout=T(20))))
+            for i, t, f in futs:
+                _close(result(f.result()).reshape(1, 1, -1), ys[i][:, t:t + 1],
+                       "%s batched step, session %d position %d" % (mid, i, t))
+        desc = dict(C.info(sslib.pb.ServiceInfoRequest(), timeout=T(5)).custom_info)["model." + mid + "b"]
+        kv = dict(x.split("=", 1) for x in desc.split("; ") if "=" in x)
+        assert int(kv["batches"]) < int(kv["batched_calls"]), desc
 
 
 def test_position_offset():
