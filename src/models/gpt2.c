@@ -633,28 +633,18 @@ static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, 
     if (kv[i].want_present) memset(kv[i].present, 0, (size_t)L * sizeof *kv[i].present);
   }
   int rc = 0;
+  float **win = calloc(2 * (size_t)n, sizeof *win);
+  if (!win) rc = SS_ENOMEM;
   for (int l = 0; l < L && rc == 0; l++) {
-    float *sk = kvs;
+    if ((rc = ss_trunk_batch_windows(kv, n, l, H, D, kvs, win, win + n)) != 0) break;
     for (int i = 0; i < n; i++) {
-      int P = kv[i].past ? (int)kv[i].past[0].key.shape[2] : 0;
-      seq_attn *s = &seqs[i];
-      *s = (seq_attn){i, 1, 1, P, P ? kv[i].past[l].key.data : NULL,
-                      P ? kv[i].past[l].value.data : NULL, NULL, NULL};
-      if (kv[i].want_present) {
-        if (ss_trunk_alloc_present(&kv[i].present[l], 1, H, P + 1, D) != 0) {
-          rc = SS_ENOMEM;
-          break;
-        }
-        s->K = kv[i].present[l].key.data;
-        s->V = kv[i].present[l].value.data;
-      } else {
-        s->K = sk;
-        s->V = sk + (size_t)H * (size_t)(P + 1) * (size_t)D;
-        sk = s->V + (size_t)H * (size_t)(P + 1) * (size_t)D;
-      }
+      int P = ss_trunk_past_len(&kv[i]);
+      seqs[i] = (seq_attn){i, 1, 1, P, P ? kv[i].past[l].key.data : NULL,
+                           P ? kv[i].past[l].value.data : NULL, win[i], win[n + i]};
     }
-    if (rc == 0) block_forward(p, &p->blk[l], &a, n, seqs, n);
+    block_forward(p, &p->blk[l], &a, n, seqs, n);
   }
+  free(win);
   if (rc != 0) {
     for (int i = 0; i < n; i++)
       if (kv[i].want_present) ss_trunk_free_present(&kv[i], L);

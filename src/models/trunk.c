@@ -88,3 +88,21 @@ void ss_trunk_free_present(ss_kv_io *kv, int n) {
     memset(&kv->present[l], 0, sizeof kv->present[l]);
   }
 }
+
+int ss_trunk_batch_windows(ss_kv_io *kv, int n, int l, int H, int D, float *scratch, float **K,
+                           float **V) {
+  for (int i = 0; i < n; i++) {
+    size_t win = (size_t)H * (size_t)(ss_trunk_past_len(&kv[i]) + 1) * (size_t)D;
+    if (kv[i].want_present) {
+      if (ss_trunk_alloc_present(&kv[i].present[l], 1, H, ss_trunk_past_len(&kv[i]) + 1, D) != 0)
+        return SS_ENOMEM;
+      K[i] = kv[i].present[l].key.data;
+      V[i] = kv[i].present[l].value.data;
+    } else {
+      K[i] = scratch;
+      V[i] = scratch + win;
+      scratch += 2 * win;
+    }
+  }
+  return 0;
+}

@@ -22,4 +22,14 @@ int ss_trunk_alloc_present(ss_kv_layer *pr, int B, int H, int T, int D);
 /* Free the first n present layers of kv and zero them. */
 void ss_trunk_free_present(ss_kv_io *kv, int n);
 
+/* Batched decode steps (forward_kv_batch): for layer l, sequence i's window K[i], V[i]
+ * [1, H, P_i + 1, D] is its present cache entry (allocated here) when it wants one, else a piece
+ * of scratch (2 H (P_i + 1) D floats per such sequence). Returns 0 or SS_ENOMEM. */
+int ss_trunk_batch_windows(ss_kv_io *kv, int n, int l, int H, int D, float *scratch, float **K,
+                           float **V);
+/* The length of sequence i's past (0 without one). */
+static inline int ss_trunk_past_len(const ss_kv_io *kv) {
+  return kv->past ? (int)kv->past[0].key.shape[2] : 0;
+}
+
 #endif
