@@ -302,36 +302,9 @@ static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_
 static int gpt2_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta,
                       int64_t *out_shape, int *out_ndim, char *err, size_t errlen) {
   const gpt2 *p = m->impl;
-  char sbuf[128];
   (void)meta;
-  if (in->ndim != 3) {
-    snprintf(err, errlen, "model '%s' expects hidden states [batch, seq, %d] (3 dims), got %s",
-             m->id, p->n_embd, ss_shape_str(in->shape, in->ndim, sbuf, sizeof sbuf));
-    return SS_EINVAL;
-  }
-  if (in->shape[2] != p->n_embd) {
-    snprintf(err, errlen, "model '%s' expects hidden size %d, got %lld", m->id, p->n_embd,
-             (long long)in->shape[2]);
-    return SS_EINVAL;
-  }
-  if (in->shape[0] < 1 || in->shape[1] < 1) {
-    snprintf(err, errlen, "model '%s' expects batch >= 1 and seq >= 1, got %s", m->id,
-             ss_shape_str(in->shape, in->ndim, sbuf, sizeof sbuf));
-    return SS_EINVAL;
-  }
-  if (in->shape[1] > p->n_pos) {
-    snprintf(err, errlen, "model '%s': seq %lld exceeds n_positions %d", m->id,
-             (long long)in->shape[1], p->n_pos);
-    return SS_EINVAL;
-  }
-  if (in->shape[0] * in->shape[1] > INT_MAX / 4) {
-    snprintf(err, errlen, "model '%s': batch x seq %lld is too large for one call", m->id,
-             (long long)(in->shape[0] * in->shape[1]));
-    return SS_EINVAL;
-  }
-  memcpy(out_shape, in->shape, 3 * sizeof(int64_t));
-  *out_ndim = 3;
-  return 0;
+  return ss_trunk_check_hidden(m, in, p->n_embd, p->n_pos, "n_positions", out_shape, out_ndim, err,
+                               errlen);
 }
 
 static int gpt2_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_layer *past,
@@ -645,14 +618,7 @@ static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, 
     block_forward(p, &p->blk[l], &a, n, seqs, n);
   }
   free(win);
-  if (rc != 0) {
-    for (int i = 0; i < n; i++)
-      if (kv[i].want_present) ss_trunk_free_present(&kv[i], L);
-    snprintf(err, errlen, "model '%s': out of memory for the present caches", m->id);
-  } else {
-    for (int i = 0; i < n; i++)
-      memcpy(out[i].data, a.x + (size_t)i * (size_t)E, (size_t)E * sizeof(float));
-  }
+  rc = ss_trunk_batch_finish(m, rc, n, L, E, a.x, out, kv, err, errlen);
   free(seqs);
   free(scratch);
   return rc;

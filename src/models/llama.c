@@ -673,34 +673,10 @@ static int position_offset(const ss_model *m, const ss_meta *meta, int *pos, cha
 static int llama_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta,
                        int64_t *out_shape, int *out_ndim, char *err, size_t errlen) {
   const llama *p = m->impl;
-  char sbuf[96];
   int pos;
-  if (in->ndim != 3) {
-    snprintf(err, errlen,
-             "model '%s' expects 3 dims [batch, seq, hidden_size %d], got %s", m->id, p->E,
-             ss_shape_str(in->shape, in->ndim, sbuf, sizeof sbuf));
+  if (ss_trunk_check_hidden(m, in, p->E, p->n_pos, "max_position_embeddings", out_shape, out_ndim,
+                            err, errlen) != 0)
     return SS_EINVAL;
-  }
-  if (in->shape[2] != p->E) {
-    snprintf(err, errlen, "model '%s' expects hidden size %d, got %lld", m->id, p->E,
-             (long long)in->shape[2]);
-    return SS_EINVAL;
-  }
-  if (in->shape[0] < 1 || in->shape[1] < 1) {
-    snprintf(err, errlen, "model '%s' expects batch >= 1 and seq >= 1, got %s", m->id,
-             ss_shape_str(in->shape, in->ndim, sbuf, sizeof sbuf));
-    return SS_EINVAL;
-  }
-  if (in->shape[1] > p->n_pos) {
-    snprintf(err, errlen, "model '%s': seq %lld exceeds max_position_embeddings %d", m->id,
-             (long long)in->shape[1], p->n_pos);
-    return SS_EINVAL;
-  }
-  if (in->shape[0] * in->shape[1] > INT_MAX / 4) {
-    snprintf(err, errlen, "model '%s': batch x seq %lld is too large for one call", m->id,
-             (long long)(in->shape[0] * in->shape[1]));
-    return SS_EINVAL;
-  }
   if (position_offset(m, meta, &pos, err, errlen) != 0) return SS_EINVAL;
   if (pos >= 0 && pos + in->shape[1] > p->n_pos) {
     snprintf(err, errlen,
@@ -708,8 +684,6 @@ static int llama_check(const ss_model *m, const ss_tensor *in, const ss_meta *me
              m->id, pos, (long long)in->shape[1], p->n_pos);
     return SS_EINVAL;
   }
-  memcpy(out_shape, in->shape, 3 * sizeof(int64_t));
-  *out_ndim = 3;
   return 0;
 }
 
@@ -1148,14 +1122,7 @@ static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
     block_forward(p, &p->blk[l], &a, n, seqs, n);
   }
   free(win);
-  if (rc != 0) {
-    for (int i = 0; i < n; i++)
-      if (kv[i].want_present) ss_trunk_free_present(&kv[i], L);
-    snprintf(err, errlen, "model '%s': out of memory for the present caches", m->id);
-  } else {
-    for (int i = 0; i < n; i++)
-      memcpy(out[i].data, a.x + (size_t)i * (size_t)E, (size_t)E * sizeof(float));
-  }
+  rc = ss_trunk_batch_finish(m, rc, n, L, E, a.x, out, kv, err, errlen);
   free(seqs);
   free(scratch);
   return rc;

@@ -106,3 +106,50 @@ int ss_trunk_batch_windows(ss_kv_io *kv, int n, int l, int H, int D, float *scra
   }
   return 0;
 }
+
+int ss_trunk_check_hidden(const ss_model *m, const ss_tensor *in, int hidden, int n_pos,
+                          const char *pos_key, int64_t *out_shape, int *out_ndim, char *err,
+                          size_t errlen) {
+  char sbuf[128];
+  if (in->ndim != 3) {
+    snprintf(err, errlen, "model '%s' expects hidden states [batch, seq, %d] (3 dims), got %s",
+             m->id, hidden, ss_shape_str(in->shape, in->ndim, sbuf, sizeof sbuf));
+    return SS_EINVAL;
+  }
+  if (in->shape[2] != hidden) {
+    snprintf(err, errlen, "model '%s' expects hidden size %d, got %lld", m->id, hidden,
+             (long long)in->shape[2]);
+    return SS_EINVAL;
+  }
+  if (in->shape[0] < 1 || in->shape[1] < 1) {
+    snprintf(err, errlen, "model '%s' expects batch >= 1 and seq >= 1, got %s", m->id,
+             ss_shape_str(in->shape, in->ndim, sbuf, sizeof sbuf));
+    return SS_EINVAL;
+  }
+  if (in->shape[1] > n_pos) {
+    snprintf(err, errlen, "model '%s': seq %lld exceeds %s %d", m->id, (long long)in->shape[1],
+             pos_key, n_pos);
+    return SS_EINVAL;
+  }
+  if (in->shape[0] * in->shape[1] > INT_MAX / 4) {
+    snprintf(err, errlen, "model '%s': batch x seq %lld is too large for one call", m->id,
+             (long long)(in->shape[0] * in->shape[1]));
+    return SS_EINVAL;
+  }
+  memcpy(out_shape, in->shape, 3 * sizeof(int64_t));
+  *out_ndim = 3;
+  return 0;
+}
+
+int ss_trunk_batch_finish(const ss_model *m, int rc, int n, int L, int E, const float *x,
+                          ss_tensor *out, ss_kv_io *kv, char *err, size_t errlen) {
+  if (rc != 0) {
+    for (int i = 0; i < n; i++)
+      if (kv[i].want_present) ss_trunk_free_present(&kv[i], L);
+    snprintf(err, errlen, "model '%s': out of memory for the present caches", m->id);
+    return rc;
+  }
+  for (int i = 0; i < n; i++)
+    memcpy(out[i].data, x + (size_t)i * (size_t)E, (size_t)E * sizeof(float));
+  return 0;
+}

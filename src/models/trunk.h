@@ -17,6 +17,17 @@ int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, 
                      char *err, size_t errlen);
 /* "A:B", "A:", ":B" against n_layer into [*a, *b). Returns 0, SS_EINVAL (shape) or SS_ERANGE. */
 int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_t errlen);
+/* A trunk's input check: hidden states [batch, seq, hidden] with batch, seq >= 1, seq <= n_pos
+ * (pos_key: the config key that bounds it, for the message), batch x seq within one call; the
+ * output has the input's shape. Returns 0 or SS_EINVAL with a message naming model and values. */
+int ss_trunk_check_hidden(const ss_model *m, const ss_tensor *in, int hidden, int n_pos,
+                          const char *pos_key, int64_t *out_shape, int *out_ndim, char *err,
+                          size_t errlen);
+/* The end of a batched decode step: rows of x [n, E] into out[i] on success; on failure free
+ * what the step allocated in the presents and say so. Returns rc. */
+int ss_trunk_batch_finish(const ss_model *m, int rc, int n, int L, int E, const float *x,
+                          ss_tensor *out, ss_kv_io *kv, char *err, size_t errlen);
+
 /* One layer's present key and value, float32 [B, H, T, D], malloc'd (the caller owns them). */
 int ss_trunk_alloc_present(ss_kv_layer *pr, int B, int H, int T, int D);
 /* Free the first n present layers of kv and zero them. */
