@@ -103,6 +103,8 @@ typedef struct ss_server_config {
   int workers;                /* compute workers; -1 = online cores; 0 = inline on the loop */
   int intra_op_threads;       /* BLAS threads per worker (default 1) */
   int oversubscribe;          /* allow workers x intra_op_threads > cores */
+  int io_threads;             /* I/O loops (default 1): connections spread over them; handlers
+                               * and compute stay where they were. Threads: N + W x T. */
   int max_inflight;           /* per-model concurrent executions; 0 = unlimited */
   int max_queue;              /* per-model wait queue bound; -1 = unlimited */
   size_t max_message_bytes;   /* largest request message accepted (default 100 MiB) */

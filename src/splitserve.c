@@ -12,7 +12,8 @@
  * Threads: ss_server_new / _run / _free on the thread that runs the loop; ss_server_stop from
  * any thread or a signal handler (an atomic counter + uv_async_send, which is async-signal-safe).
  * Workers belong to the pool; the compute engine sizes each worker's intra-op team when it
- * starts (ss_compute_thread_init). The process has 1 + W x T threads.
+ * starts (ss_compute_thread_init). The transport runs io_threads - 1 more I/O loops
+ * (--io-threads). The process has N + W x T threads.
  */
 #include <signal.h>
 #include <stdarg.h>
@@ -101,6 +102,7 @@ int ss_server_config_load(ss_server_config *cfg, const char *path, ss_config_fil
   }
   if (fc->has_workers) cfg->workers = fc->workers;
   if (fc->has_intra_op_threads) cfg->intra_op_threads = fc->intra_op_threads;
+  if (fc->has_io_threads) cfg->io_threads = fc->io_threads;
   if (fc->has_oversubscribe) cfg->oversubscribe = fc->oversubscribe;
   if (fc->has_max_inflight) cfg->max_inflight = fc->max_inflight;
   if (fc->has_max_queue) cfg->max_queue = fc->max_queue;
@@ -279,6 +281,7 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
   s->ncpu = ncpu > 0 ? (int)ncpu : 1;
   if (s->cfg.workers < 0) s->cfg.workers = s->ncpu;
   if (s->cfg.intra_op_threads < 1) s->cfg.intra_op_threads = 1;
+  if (s->cfg.io_threads < 1) s->cfg.io_threads = 1;
   if (s->cfg.max_message_bytes == 0) s->cfg.max_message_bytes = 104857600;
   if (s->cfg.max_connections <= 0) s->cfg.max_connections = 10000;
   raise_nofile();
@@ -325,6 +328,7 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
     gc.tls_key = s->cfg.tls_key;
     gc.tls_client_ca = s->cfg.tls_client_ca;
     gc.compress_responses = s->cfg.compress_responses;
+    gc.io_threads = s->cfg.io_threads;
     rv = ss_grpc_server_new(&s->loop, &gc, methods, nm, s->svc, &hooks, &s->grpc, e, sizeof e);
   }
   if (rv == 0 && s->cfg.metrics_port >= 0)

@@ -23,6 +23,9 @@ static void usage(FILE *f) {
           "                            inline on the I/O loop: one call at a time, a baseline)\n"
           "  --intra-op-threads T      BLAS threads per worker (default 1)\n"
           "  --oversubscribe           allow workers x intra-op-threads > cores\n"
+          "  --io-threads N            I/O loops, 1..64 (default 1): connections are spread over\n"
+          "                            them (SO_REUSEPORT); handlers stay on the first. Threads:\n"
+          "                            N + workers x intra-op-threads\n"
           "  --max-inflight N          per-model concurrent executions (default 0 = unlimited;\n"
           "                            worker models never exceed the worker count)\n"
           "  --max-queue N             per-model bounded wait queue; beyond it RESOURCE_EXHAUSTED\n"
@@ -219,6 +222,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--workers") == 0) {
       if (parse_int(a, v, 0, 1024, &x) != 0) goto out;
       cfg.workers = (int)x;
+    } else if (strcmp(a, "--io-threads") == 0) {
+      if (parse_int(a, v, 1, 64, &x) != 0) goto out;
+      cfg.io_threads = (int)x;
     } else if (strcmp(a, "--intra-op-threads") == 0) {
       if (parse_int(a, v, 1, 1024, &x) != 0) goto out;
       cfg.intra_op_threads = (int)x;

@@ -40,7 +40,7 @@ typedef struct walk {
 } walk;
 
 static const char *const top_keys[] = {
-    "listen",      "workers",           "intra_op_threads", "oversubscribe",
+    "listen",      "workers",           "intra_op_threads", "oversubscribe", "io_threads",
     "max_inflight", "max_queue",        "max_message_bytes", "drain_timeout",
     "session_memory_mb", "session_ttl", "log_level",        "models",
     "activation_memory_mb", "activation_ttl", "save_weights", "enable_test_models",
@@ -379,6 +379,9 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
     } else if (!strcmp(ks, "workers")) {
       rc = get_int(w, ks, v, 0, 1024, &c->workers);
       c->has_workers = !rc;
+    } else if (!strcmp(ks, "io_threads")) {
+      rc = get_int(w, ks, v, 1, 64, &c->io_threads);
+      c->has_io_threads = !rc;
     } else if (!strcmp(ks, "intra_op_threads")) {
       rc = get_int(w, ks, v, 1, 1024, &c->intra_op_threads);
       c->has_intra_op_threads = !rc;
@@ -692,6 +695,7 @@ void ss_server_config_init(ss_server_config *cfg) {
   cfg->wire_codec = -1;
   cfg->workers = -1;
   cfg->intra_op_threads = 1;
+  cfg->io_threads = 1;
   cfg->max_inflight = 0;
   cfg->max_queue = 10000;
   cfg->max_message_bytes = 104857600;

@@ -32,6 +32,7 @@ typedef struct ss_file_config {
   char *listen_host; int listen_port; int has_listen;      /* listen: "HOST:PORT" ([v6]:port ok) */
   char *metrics_host; int metrics_port; int has_metrics_listen; /* metrics_listen: HOST:PORT */
   int workers, has_workers;
+  int io_threads, has_io_threads;
   int intra_op_threads, has_intra_op_threads;
   int oversubscribe, has_oversubscribe;                       /* bool: true/false/yes/no/1/0 */
   int max_inflight, has_max_inflight;

@@ -3,7 +3,8 @@
  * with grpc-status / percent-encoded grpc-message, or a trailers-only answer for errors),
  * its deadline, its reference count and its end.
  *
- * Thread: loop thread only.
+ * Thread: the loop of the call's shard; the public answering functions on the app loop, which
+ * for a call handed over from another shard post the answer there (shard.c).
  *
  * Copies of tensor bytes on the way out: none here. ss_call_reply() packs the small protobuf
  * part into call->out and appends the tensor bytes as a borrowed tail; the data provider in
@@ -163,12 +164,12 @@ static int out_admit(ss_call *call, size_t n) {
 
 static void count_status(ss_grpc_server *s, int code) {
   switch (code) {
-  case SS_GRPC_OK: s->stats.served++; break;
+  case SS_GRPC_OK: SS_STAT_INC(s->stats.served); break;
   case SS_GRPC_RESOURCE_EXHAUSTED:
-  case SS_GRPC_UNAVAILABLE: s->stats.rejected++; break;
+  case SS_GRPC_UNAVAILABLE: SS_STAT_INC(s->stats.rejected); break;
   case SS_GRPC_DEADLINE_EXCEEDED:
-  case SS_GRPC_CANCELLED: s->stats.cancelled++; break;
-  default: s->stats.failed++; break;
+  case SS_GRPC_CANCELLED: SS_STAT_INC(s->stats.cancelled); break;
+  default: SS_STAT_INC(s->stats.failed); break;
   }
 }
 
@@ -188,20 +189,23 @@ static size_t field_header(uint8_t *buf, uint32_t field, size_t len) {
   return n + varint_put(buf + n, len);
 }
 
-/* --compress-responses and the client accepts gzip/deflate: the message (msg + segs) is
+/* --compress-responses and the client accepts gzip/deflate: the message (packed + segs) is
  * compressed into a buffer that becomes call->out (one message, compressed flag set); the
  * borrowed segments are no longer needed. On a compression failure the reply goes identity. */
-static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, size_t packed,
-                             const ss_seg *segs, size_t nsegs, void *owner) {
-  uint8_t *pk = malloc(packed ? packed : 1);
+static void reply_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t *packed,
+                       size_t plen, const ss_seg *segs, size_t nsegs, void *owner);
+
+static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, const uint8_t *packed,
+                             size_t plen, const ss_seg *segs, size_t nsegs, void *owner) {
+  uint8_t *pk = msg ? malloc(plen ? plen : 1) : NULL;
   ss_zpart *parts = malloc((1 + nsegs) * sizeof *parts);
   size_t np = 0;
   uint8_t *z = NULL;
   size_t zlen = 0;
-  int rv = pk && parts ? 0 : SS_ENOMEM;
+  int rv = (pk || !msg) && parts ? 0 : SS_ENOMEM;
   if (rv == 0) {
-    protobuf_c_message_pack(msg, pk);
-    parts[np++] = (ss_zpart){pk, packed};
+    if (msg) protobuf_c_message_pack(msg, pk);
+    parts[np++] = (ss_zpart){msg ? pk : packed, plen};
     for (size_t i = 0; i < nsegs; i++) parts[np++] = (ss_zpart){segs[i].p, segs[i].len};
     rv = ss_grpc_deflate(call->accept_enc, parts, np, 5, &z, &zlen);
   }
@@ -211,17 +215,17 @@ static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, size_t 
     free(z);
     int enc = call->accept_enc;
     call->accept_enc = 0; /* identity this time */
-    ss_call_reply_segs(call, msg, segs, nsegs, owner);
+    reply_core(call, msg, packed, plen, segs, nsegs, owner);
     call->accept_enc = enc;
     return;
   }
   free(owner); /* the segments were copied into z */
   if (out_admit(call, zlen) != 0) {
     free(z);
-    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
-                 "response of %zu bytes refused: the connection already holds %zu bytes of "
-                 "responses its client has not read (--max-connection-buffer-mb %zu)",
-                 zlen, call->conn->out_pending, call->srv->cfg.max_connection_buffer_bytes >> 20);
+    ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                  "response of %zu bytes refused: the connection already holds %zu bytes of "
+                  "responses its client has not read (--max-connection-buffer-mb %zu)",
+                  zlen, call->conn->out_pending, call->srv->cfg.max_connection_buffer_bytes >> 20);
     return;
   }
   ss_msg_prefix(z, (uint32_t)(zlen - 5));
@@ -238,37 +242,40 @@ static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, size_t 
   kick(call);
 }
 
-void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
-                        size_t nsegs, void *owner) {
+/* The reply on the call's own loop: msg packed here, or (msg NULL) packed[plen] already. */
+static void reply_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t *packed,
+                       size_t plen, const ss_seg *segs, size_t nsegs, void *owner) {
   if (call->state == SS_CALL_DONE) {
     free(owner);
     return;
   }
-  size_t packed = protobuf_c_message_get_packed_size(msg), extra = 0;
+  if (msg) plen = protobuf_c_message_get_packed_size(msg);
+  size_t extra = 0;
   for (size_t i = 0; i < nsegs; i++) extra += segs[i].len;
-  size_t total = packed + extra;
+  size_t total = plen + extra;
   if (call->accept_enc && call->srv->cfg.compress_responses && !call->headers_submitted &&
       call->out_off == call->out_len && total <= UINT32_MAX) {
-    reply_compressed(call, msg, packed, segs, nsegs, owner);
+    reply_compressed(call, msg, packed, plen, segs, nsegs, owner);
     return;
   }
-  if (total > UINT32_MAX || out_reserve(call, 5 + packed) != 0) {
+  if (total > UINT32_MAX || out_reserve(call, 5 + plen) != 0) {
     free(owner);
-    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "response of %zu bytes cannot be sent", total);
+    ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "response of %zu bytes cannot be sent", total);
     return;
   }
   if (out_admit(call, 5 + total) != 0) {
     free(owner);
-    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
-                 "response of %zu bytes refused: the connection already holds %zu bytes of "
-                 "responses its client has not read (--max-connection-buffer-mb %zu)",
-                 total, call->conn->out_pending, call->srv->cfg.max_connection_buffer_bytes >> 20);
+    ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                  "response of %zu bytes refused: the connection already holds %zu bytes of "
+                  "responses its client has not read (--max-connection-buffer-mb %zu)",
+                  total, call->conn->out_pending, call->srv->cfg.max_connection_buffer_bytes >> 20);
     return;
   }
   uint8_t *p = call->out + call->out_len;
   ss_msg_prefix(p, (uint32_t)total);
-  protobuf_c_message_pack(msg, p + 5);
-  call->out_len += 5 + packed;
+  if (msg) protobuf_c_message_pack(msg, p + 5);
+  else memcpy(p + 5, packed, plen);
+  call->out_len += 5 + plen;
   call->segs = segs;
   call->nsegs = nsegs;
   call->seg_i = call->seg_off = 0;
@@ -277,6 +284,20 @@ void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg
   call->tail_owner = owner;
   set_status(call, SS_GRPC_OK, NULL);
   kick(call);
+}
+
+void ss_call_reply_packed(ss_call *call, const uint8_t *packed, size_t plen, const ss_seg *segs,
+                          size_t nsegs, void *owner) {
+  reply_core(call, NULL, packed, plen, segs, nsegs, owner);
+}
+
+void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
+                        size_t nsegs, void *owner) {
+  if (call->handed) { /* a call of another loop: the answer travels there */
+    ss_shard_post_reply(call, msg, segs, nsegs, owner);
+    return;
+  }
+  reply_core(call, msg, NULL, 0, segs, nsegs, owner);
 }
 
 void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field, const void *tail,
@@ -292,10 +313,11 @@ void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_fie
   ss_call_reply_segs(call, msg, call->seg2, 2, tail_owner);
 }
 
-void ss_call_send(ss_call *call, const ProtobufCMessage *msg) {
+/* Queue one message (msg packed here, or packed[plen] already) on the call's own loop. */
+static void send_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t *packed, size_t plen) {
   if (call->state == SS_CALL_DONE || !call->conn) return;
-  size_t packed = protobuf_c_message_get_packed_size(msg);
-  if (out_admit(call, 5 + packed) != 0) {
+  if (msg) plen = protobuf_c_message_get_packed_size(msg);
+  if (out_admit(call, 5 + plen) != 0) {
     /* The client does not read its stream: end it (the cancel hook runs at the close). */
     int rv = nghttp2_submit_rst_stream(call->conn->h2, NGHTTP2_FLAG_NONE, call->stream_id,
                                        NGHTTP2_ENHANCE_YOUR_CALM);
@@ -303,34 +325,47 @@ void ss_call_send(ss_call *call, const ProtobufCMessage *msg) {
     ss_conn_mark_dirty(call->conn);
     return;
   }
-  if (out_reserve(call, 5 + packed) != 0) {
-    call->out_acct -= 5 + packed;
-    call->conn->out_pending -= 5 + packed;
+  if (out_reserve(call, 5 + plen) != 0) {
+    call->out_acct -= 5 + plen;
+    call->conn->out_pending -= 5 + plen;
     return;
   }
   uint8_t *p = call->out + call->out_len;
-  ss_msg_prefix(p, (uint32_t)packed);
-  protobuf_c_message_pack(msg, p + 5);
-  call->out_len += 5 + packed;
+  ss_msg_prefix(p, (uint32_t)plen);
+  if (msg) protobuf_c_message_pack(msg, p + 5);
+  else memcpy(p + 5, packed, plen);
+  call->out_len += 5 + plen;
+  kick(call);
+}
+
+void ss_call_send_packed(ss_call *call, const uint8_t *packed, size_t plen) {
+  send_core(call, NULL, packed, plen);
+}
+
+void ss_call_send(ss_call *call, const ProtobufCMessage *msg) {
+  if (call->handed) {
+    ss_shard_post_send(call, msg);
+    return;
+  }
+  send_core(call, msg, NULL, 0);
+}
+
+void ss_call_end_local(ss_call *call, int code, const char *msg) {
+  if (call->state == SS_CALL_DONE) return;
+  set_status(call, code, msg);
+  if (!call->headers_submitted && code != SS_GRPC_OK) {
+    ss_call_failf(call, code, "%s", msg ? msg : "");
+    return;
+  }
   kick(call);
 }
 
 void ss_call_end(ss_call *call, int code, const char *msg) {
-  if (call->state == SS_CALL_DONE) return;
-  set_status(call, code, msg);
-  if (!call->headers_submitted && code != SS_GRPC_OK) {
-    ss_call_fail(call, code, "%s", msg ? msg : "");
-    return;
-  }
-  kick(call);
+  if (call->handed) ss_shard_post_fail(call, 1, code, msg);
+  else ss_call_end_local(call, code, msg);
 }
 
-void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
+static void fail_core(ss_call *call, int code, const char *msg) {
   if (call->state != SS_CALL_DONE) set_status(call, code, msg);
   else if (call->headers_submitted) return;
   if (!call->conn) return;
@@ -362,19 +397,38 @@ void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
   ss_conn_mark_dirty(call->conn);
 }
 
+void ss_call_failf(ss_call *call, int code, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fail_core(call, code, msg);
+}
+
+void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (call->handed) ss_shard_post_fail(call, 0, code, msg);
+  else fail_core(call, code, msg);
+}
+
 static void on_deadline(ss_tq_entry *e) {
   ss_call *call = ss_container_of(e, ss_call, deadline);
   if (call->state == SS_CALL_DONE) return;
-  if (call->on_cancel) call->on_cancel(call);
-  ss_call_fail(call, SS_GRPC_DEADLINE_EXCEEDED, "deadline of %.3f s exceeded",
-               (double)call->timeout_ns / 1e9);
+  ss_call_cancel_hook(call, SS_GRPC_DEADLINE_EXCEEDED);
+  ss_call_failf(call, SS_GRPC_DEADLINE_EXCEEDED, "deadline of %.3f s exceeded",
+                (double)call->timeout_ns / 1e9);
 }
 
 void ss_call_arm_deadline(ss_call *call) {
   if (call->timeout_ns <= 0) return;
   if (ss_tq_arm(&call->srv->tq, &call->deadline, call->start_ns + (uint64_t)call->timeout_ns,
                 on_deadline) != 0)
-    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for the call's deadline");
+    ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for the call's deadline");
 }
 
 void ss_call_abandon(ss_call *call) {
@@ -382,8 +436,8 @@ void ss_call_abandon(ss_call *call) {
   call->state = SS_CALL_DONE;
   call->finished = 1;
   ss_tq_cancel(&call->srv->tq, &call->deadline);
-  if (call->on_cancel) call->on_cancel(call);
-  call->srv->stats.cancelled++;
+  ss_call_cancel_hook(call, SS_GRPC_CANCELLED);
+  SS_STAT_INC(call->srv->stats.cancelled);
   ss_grpc_call_settled(call->srv, call);
 }
 
@@ -401,9 +455,17 @@ void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *call), void (*rele
   call->on_release = release;
 }
 
-int ss_call_answered(const ss_call *call) { return call->state == SS_CALL_DONE; }
+void ss_call_cancel_hook(ss_call *call, int code) {
+  if (call->handed) ss_shard_post_cancel(call, code);
+  else if (call->on_cancel) call->on_cancel(call);
+}
+
+int ss_call_answered(const ss_call *call) {
+  return call->handed ? call->app_done : call->state == SS_CALL_DONE;
+}
 
 int ss_call_status(const ss_call *call) {
+  if (call->handed) return call->app_done ? call->app_status : -1;
   if (call->state != SS_CALL_DONE) return -1;
   return call->status >= 0 ? call->status : SS_GRPC_CANCELLED;
 }
@@ -462,15 +524,18 @@ ss_grpc_server *ss_call_server(ss_call *call) { return call->srv; }
 /* ------------------------------------------------------------ lifetime --- */
 
 void ss_call_ref(ss_call *call) {
-  assert(call->refs > 0);
-  call->refs++;
+  int was = atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
+  assert(was > 0);
+  (void)was;
 }
 
 ss_call *ss_call_new(ss_grpc_server *s) {
+  if (!s->free_calls) /* calls finished on the app loop come back here */
+    s->free_calls = atomic_exchange_explicit(&s->returned, NULL, memory_order_acquire);
   ss_call *call = s->free_calls;
   if (!call) return calloc(1, sizeof *call + s->state_size);
   s->free_calls = call->conn_next;
-  s->nfree_calls--;
+  if (s->nfree_calls) s->nfree_calls--;
   /* Keep the output buffer; zero the header (not the handler state: handlers set it up). */
   uint8_t *out = call->out;
   size_t cap = call->out_cap;
@@ -481,6 +546,13 @@ ss_call *ss_call_new(ss_grpc_server *s) {
 }
 
 void ss_call_cache_free(ss_grpc_server *s) {
+  ss_call *back = atomic_exchange(&s->returned, NULL);
+  while (back) {
+    ss_call *next = back->conn_next;
+    free(back->out);
+    free(back);
+    back = next;
+  }
   while (s->free_calls) {
     ss_call *next = s->free_calls->conn_next;
     free(s->free_calls->out);
@@ -490,12 +562,7 @@ void ss_call_cache_free(ss_grpc_server *s) {
   s->nfree_calls = 0;
 }
 
-void ss_call_unref(ss_call *call) {
-  assert(call->refs > 0);
-  if (--call->refs > 0) return;
-  ss_grpc_server *s = call->srv;
-  ss_tq_cancel(&s->tq, &call->deadline);
-  if (call->on_release) call->on_release(call);
+static void free_parts(ss_call *call) {
   ss_msg_reader_free(&call->reader);
   free(call->req);
   free(call->tail_owner);
@@ -503,6 +570,13 @@ void ss_call_unref(ss_call *call) {
   free(call->bad_path);
   free(call->encoding);
   if (call->kept != call->kept_inline) free(call->kept);
+}
+
+void ss_call_finalize_local(ss_call *call) {
+  ss_grpc_server *s = call->srv;
+  ss_tq_cancel(&s->tq, &call->deadline);
+  if (call->on_release) call->on_release(call);
+  free_parts(call);
   if (s->nfree_calls < SS_CALL_CACHE && call->out_cap <= 65536) {
     call->conn_next = s->free_calls;
     s->free_calls = call;
@@ -511,4 +585,42 @@ void ss_call_unref(ss_call *call) {
   }
   free(call->out);
   free(call);
+}
+
+/* A handed call's last reference, on the app loop: the stream is closed (its loop settled the
+ * call before dropping the stream's reference), so its outcome is final and the object is no
+ * longer touched there; the husk goes back to its shard's cache (a lock-free stack the shard
+ * takes whole when its own cache is empty). */
+void ss_call_finalize_app(ss_call *call) {
+  ss_grpc_server *s = call->srv;
+  assert(!ss_tq_armed(&call->deadline));
+  call->app_done = 1;
+  call->app_status = call->status >= 0 ? call->status : SS_GRPC_CANCELLED;
+  if (call->on_release) call->on_release(call);
+  free_parts(call);
+  if (call->out_cap > 65536) {
+    free(call->out);
+    free(call);
+    return;
+  }
+  ss_call *head = atomic_load_explicit(&s->returned, memory_order_relaxed);
+  do call->conn_next = head;
+  while (!atomic_compare_exchange_weak_explicit(&s->returned, &head, call, memory_order_release,
+                                                memory_order_relaxed));
+}
+
+void ss_call_unref(ss_call *call) {
+  int was = atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel);
+  assert(was > 0);
+  if (was > 1) return;
+  if (call->handed) ss_call_finalize_app(call);
+  else ss_call_finalize_local(call);
+}
+
+void ss_call_drop(ss_call *call) {
+  int was = atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel);
+  assert(was > 0);
+  if (was > 1) return;
+  if (call->handed && call->on_release) ss_shard_post_release(call); /* hooks run on the app loop */
+  else ss_call_finalize_local(call);
 }

@@ -147,7 +147,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
   call->srv = c->srv;
   call->conn = c;
   call->stream_id = frame->hd.stream_id;
-  call->refs = 1; /* the stream's reference */
+  atomic_store_explicit(&call->refs, 1, memory_order_relaxed); /* the stream's reference */
   call->start_ns = uv_hrtime();
   call->status = -1;
   ss_msg_reader_init(&call->reader, c->srv->cfg.max_message_bytes);
@@ -179,7 +179,7 @@ static int header_overflow(ss_conn *c, ss_call *call) {
     call->state = SS_CALL_DONE;
     call->finished = 1;
     ss_tq_cancel(&s->tq, &call->deadline);
-    s->stats.rejected++;
+    SS_STAT_INC(s->stats.rejected);
     ss_grpc_call_settled(s, call);
   }
   int rv = nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, call->stream_id,
@@ -256,7 +256,7 @@ static void refuse_http(ss_call *call, const char *status, const char *text) {
   int rv = nghttp2_submit_response(call->conn->h2, call->stream_id, nv,
                                    strcmp(status, "405") == 0 ? 3 : 2, NULL);
   if (rv != 0) SS_LOGW("stream %d: submit_response: %s", call->stream_id, nghttp2_strerror(rv));
-  call->srv->stats.failed++;
+  SS_STAT_INC(call->srv->stats.failed);
   ss_conn_mark_dirty(call->conn);
 }
 
@@ -296,7 +296,7 @@ const ss_method *ss_grpc_route(const ss_grpc_server *s, const char *path, size_t
 /* Request headers complete: route, refuse early what cannot be served. */
 static void headers_done(ss_conn *c, ss_call *call) {
   ss_grpc_server *s = c->srv;
-  s->stats.requests++;
+  SS_STAT_INC(s->stats.requests);
   call->headers_complete = 1;
   if (call->state == SS_CALL_DONE) return; /* already answered */
   if (call->bad_method) {
@@ -313,37 +313,37 @@ static void headers_done(ss_conn *c, ss_call *call) {
   call->live_next = s->live;
   if (s->live) s->live->live_prev = call;
   s->live = call;
-  s->nlive++;
+  SS_STAT_INC(s->nlive);
   if (call->refused == 400) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "malformed grpc-timeout header");
+    ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "malformed grpc-timeout header");
     return;
   }
   if (call->kept_bad) {
     const char *h = s->cfg.kept_headers[call->kept_bad - 1];
     call->refused = 1;
     if (call->kept_bad_len)
-      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' is %zu bytes long; at most "
+      ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' is %zu bytes long; at most "
                    "%zu", h, call->kept_bad_len, s->cfg.max_kept_header_bytes);
     else
-      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' was sent more than once", h);
+      ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' was sent more than once", h);
     return;
   }
   if (!call->have_te) {
     call->refused = 1;
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+    ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT,
                  "missing header 'te: trailers' (required by gRPC over HTTP/2)");
     return;
   }
   if (!call->method) {
     char known[256];
     call->refused = 1;
-    ss_call_fail(call, SS_GRPC_UNIMPLEMENTED, "unknown method %s (this server implements %s)",
+    ss_call_failf(call, SS_GRPC_UNIMPLEMENTED, "unknown method %s (this server implements %s)",
                  call->bad_path ? call->bad_path : "(no :path)", services_list(s, known, sizeof known));
     return;
   }
   if (c->goaway_sent) { /* after the final GOAWAY (during the notice they are still served) */
     call->refused = 1;
-    ss_call_fail(call, SS_GRPC_UNAVAILABLE, "server is shutting down");
+    ss_call_failf(call, SS_GRPC_UNAVAILABLE, "server is shutting down");
     return;
   }
   call->is_drain_exempt = call->method->server_streaming;
@@ -353,22 +353,23 @@ static void dispatch(ss_call *call) {
   if (call->state != SS_CALL_RECV || call->refused) return;
   call->state = SS_CALL_ACTIVE;
   if (call->nmsgs == 0 && !ss_msg_reader_idle(&call->reader)) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "request ended inside a message (%zu of %zu bytes)",
+    ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request ended inside a message (%zu of %zu bytes)",
                  call->reader.have, call->reader.len);
     return;
   }
   if (call->nmsgs == 0) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "request stream ended without a message");
+    ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request stream ended without a message");
     return;
   }
   if (call->nmsgs > 1) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "unary request carried %d messages, expected 1",
+    ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "unary request carried %d messages, expected 1",
                  call->nmsgs);
     return;
   }
   ss_tq_cancel(&call->srv->tq, &call->deadline); /* the request body timeout */
   ss_call_arm_deadline(call);
-  call->method->handler(call, call->srv->method_app);
+  if (call->srv->index != 0) ss_shard_dispatch(call); /* handlers run on the app loop */
+  else call->method->handler(call, call->srv->method_app);
 }
 
 static void handshake_done(ss_conn *c);
@@ -470,7 +471,7 @@ static int inflate_request(ss_call *call) {
   int enc = name ? ss_grpc_encoding_parse(name, strlen(name)) : -1;
   if (enc <= SS_ENC_IDENTITY) {
     call->refused = 1;
-    ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
+    ss_call_failf(call, SS_GRPC_UNIMPLEMENTED,
                  "compressed message with grpc-encoding %s; this server accepts identity, deflate "
                  "and gzip", name ? name : "(none declared)");
     return -1;
@@ -481,14 +482,14 @@ static int inflate_request(ss_call *call) {
   if (rv != 0) {
     call->refused = 1;
     if (rv == SS_ERANGE)
-      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+      ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
                    "request message inflates (%s) to more than the limit of %zu bytes "
                    "(--max-message-bytes)", name, max);
     else if (rv == SS_ENOMEM)
-      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory inflating a %zu-byte message",
+      ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory inflating a %zu-byte message",
                    call->req_len);
     else
-      ss_call_fail(call, SS_GRPC_INTERNAL, "request message is not valid %s data", name);
+      ss_call_failf(call, SS_GRPC_INTERNAL, "request message is not valid %s data", name);
     return -1;
   }
   free(call->req);
@@ -528,13 +529,13 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
       if (compressed && inflate_request(call) != 0) return 0;
     } else if (rv == SS_MSG_TOO_LARGE) {
       call->refused = 1;
-      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
+      ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
                    "request message of %zu bytes exceeds the limit of %zu bytes (--max-message-bytes)",
                    call->reader.len, call->reader.max_len);
       return 0;
     } else if (rv == SS_MSG_NOMEM) {
       call->refused = 1;
-      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for a %zu-byte message",
+      ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for a %zu-byte message",
                    call->reader.len);
       return 0;
     }
@@ -569,7 +570,7 @@ static void stream_gone(ss_conn *c, ss_call *call) {
   call_unlink(c, call);
   call->conn = NULL;
   ss_call_abandon(call);
-  ss_call_unref(call);
+  ss_call_drop(call);
 }
 
 static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
@@ -612,58 +613,6 @@ static void on_closed(uv_handle_t *h) {
   free(c);
 }
 
-/* ---- the per-peer table ---- */
-
-static int peer_key(uv_tcp_t *tcp, uint8_t out[16], uint8_t *len) {
-  struct sockaddr_storage ss;
-  int n = sizeof ss;
-  if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &n) != 0) return -1;
-  if (ss.ss_family == AF_INET) {
-    memcpy(out, &((struct sockaddr_in *)&ss)->sin_addr, 4);
-    *len = 4;
-    return 0;
-  }
-  if (ss.ss_family != AF_INET6) return -1;
-  const uint8_t *a = (const uint8_t *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
-  static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-  if (memcmp(a, v4mapped, 12) == 0) {
-    memcpy(out, a + 12, 4);
-    *len = 4;
-  } else {
-    memcpy(out, a, 16);
-    *len = 16;
-  }
-  return 0;
-}
-
-static size_t peer_bucket(const uint8_t *addr, uint8_t len) {
-  uint32_t h = 2166136261u; /* FNV-1a */
-  for (uint8_t i = 0; i < len; i++) h = (h ^ addr[i]) * 16777619u;
-  return h % SS_PEER_BUCKETS;
-}
-
-/* The peer's entry (created with n = 0); NULL when out of memory. */
-static ss_peer *peer_get(ss_grpc_server *s, const uint8_t *addr, uint8_t len) {
-  size_t b = peer_bucket(addr, len);
-  for (ss_peer *p = s->peers[b]; p; p = p->next)
-    if (p->len == len && memcmp(p->addr, addr, len) == 0) return p;
-  ss_peer *p = calloc(1, sizeof *p);
-  if (!p) return NULL;
-  p->len = len;
-  memcpy(p->addr, addr, len);
-  p->next = s->peers[b];
-  s->peers[b] = p;
-  return p;
-}
-
-static void peer_put(ss_grpc_server *s, ss_peer *peer) {
-  if (--peer->n > 0) return;
-  ss_peer **pp = &s->peers[peer_bucket(peer->addr, peer->len)];
-  while (*pp != peer) pp = &(*pp)->next;
-  *pp = peer->next;
-  free(peer);
-}
-
 /* ---- timeouts ---- */
 
 /* "Now" for deciding whether a timer-queue entry is still early: the queue fires everything due
@@ -693,7 +642,7 @@ static void on_conn_timer(ss_tq_entry *e) {
     return;
   }
   if (c->tls && !ss_tls_ready(c->tls)) { /* no GOAWAY can go out before the TLS handshake */
-    s->stats.connections_cut++;
+    SS_STAT_INC(s->stats.connections_cut);
     ss_grpc_note_limit(s, "connection closed: no TLS handshake within %.1f s (--handshake-timeout)",
                        s->cfg.handshake_timeout_s);
     ss_conn_close(c);
@@ -734,7 +683,7 @@ static void on_recv_timeout(ss_tq_entry *e) {
   }
   call->refused = 1;
   ss_grpc_note_limit(c->srv, "request body stalled: stream answered DEADLINE_EXCEEDED");
-  ss_call_fail(call, SS_GRPC_DEADLINE_EXCEEDED,
+  ss_call_failf(call, SS_GRPC_DEADLINE_EXCEEDED,
                "request body stopped arriving: nothing for %.1f s (--request-body-timeout)", t);
 }
 
@@ -751,12 +700,12 @@ void ss_conn_close(ss_conn *c) {
   }
   nghttp2_session_del(c->h2);
   c->h2 = NULL;
-  if (c->peer) peer_put(s, c->peer);
+  ss_limits_release(s, c->peer);
   c->peer = NULL;
   if (c->prev) c->prev->next = c->next;
   else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
-  s->nconns--;
+  SS_STAT_ADD(s->nconns, (size_t)-1);
   if (c->dirty) { /* unlink from the dirty list */
     ss_conn **pp = &s->dirty;
     while (*pp && *pp != c) pp = &(*pp)->dirty_next;
@@ -784,7 +733,7 @@ void ss_conn_kill(ss_conn *c, uint32_t error_code, const char *fmt, ...) {
   va_end(ap);
   size_t len = n < 0 ? 0 : (size_t)n < sizeof why ? (size_t)n : sizeof why - 1;
   ss_grpc_server *s = c->srv;
-  s->stats.connections_cut++;
+  SS_STAT_INC(s->stats.connections_cut);
   ss_grpc_note_limit(s, "connection closed with GOAWAY: %s", why);
   c->goaway_sent = 1;
   int rv = nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
@@ -947,7 +896,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
                          (uint8_t *)c->srv->rbuf, sizeof c->srv->rbuf, tls_deliver, c, why, sizeof why);
     if (tr == SS_EPROTO || tr == SS_ENOMEM) {
       ss_grpc_note_limit(c->srv, "connection refused: %s", why);
-      c->srv->stats.connections_refused++;
+      SS_STAT_INC(c->srv->stats.connections_refused);
       conn_doom(c); /* the alert goes out, then the close */
       return;
     }
@@ -991,7 +940,7 @@ void ss_conn_goaway_notice(ss_conn *c) {
  * new socket, which is then closed (no session, no buffers, no linger: a flood costs nothing). */
 static void refuse_conn(ss_conn *c, const char *why) {
   ss_grpc_server *s = c->srv;
-  s->stats.connections_refused++;
+  SS_STAT_INC(s->stats.connections_refused);
   ss_grpc_note_limit(s, "connection refused: %s", why);
   uint8_t f[9 + 9 + 8 + 200];
   size_t dlen = strlen(why);
@@ -1022,37 +971,19 @@ void ss_conn_accept(ss_grpc_server *s) {
     return;
   }
   char why[160];
-  if (s->nconns >= s->cfg.max_connections) {
-    snprintf(why, sizeof why, "server at its connection limit of %zu (--max-connections)",
-             s->cfg.max_connections);
-    refuse_conn(c, why);
+  if (ss_limits_admit(s, &c->tcp, &c->peer, why, sizeof why) != 0) {
+    if (why[0]) refuse_conn(c, why);
+    else uv_close((uv_handle_t *)&c->tcp, on_closed); /* out of memory */
     return;
-  }
-  uint8_t addr[16], alen;
-  if (peer_key(&c->tcp, addr, &alen) == 0) {
-    ss_peer *p = peer_get(s, addr, alen);
-    if (!p) {
-      uv_close((uv_handle_t *)&c->tcp, on_closed);
-      return;
-    }
-    if (p->n >= s->cfg.max_connections_per_peer) {
-      snprintf(why, sizeof why,
-               "too many connections from this address (limit %zu, --max-connections-per-peer)",
-               s->cfg.max_connections_per_peer);
-      refuse_conn(c, why);
-      return;
-    }
-    p->n++;
-    c->peer = p;
   }
   if (uv_tcp_nodelay(&c->tcp, 1) != 0) SS_LOGD("TCP_NODELAY refused");
   if (s->tls && !(c->tls = ss_tls_conn_new(s->tls))) {
-    if (c->peer) peer_put(s, c->peer);
+    ss_limits_release(s, c->peer);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     return;
   }
   if (nghttp2_session_server_new3(&c->h2, s->h2cb, c, s->h2opt, ss_h2mem()) != 0) {
-    if (c->peer) peer_put(s, c->peer);
+    ss_limits_release(s, c->peer);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     return;
   }
@@ -1074,14 +1005,14 @@ void ss_conn_accept(ss_grpc_server *s) {
       nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0,
                                             (int32_t)(budget > 65535 ? budget : 65535)) != 0) {
     nghttp2_session_del(c->h2);
-    if (c->peer) peer_put(s, c->peer);
+    ss_limits_release(s, c->peer);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     return;
   }
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
-  s->nconns++;
+  SS_STAT_INC(s->nconns);
   c->last_rx_ms = uv_now(s->loop);
   if (s->cfg.handshake_timeout_s > 0)
     conn_arm(c, c->last_rx_ms + (uint64_t)(s->cfg.handshake_timeout_s * 1000.0));

@@ -8,8 +8,9 @@
  * header a service includes.
  *
  * Threads: everything here runs on the loop thread that owns the server (handlers are called
- * there, and every ss_call_* function must be called there). ss_grpc_server_new binds the
- * listener on the calling thread before the loop runs.
+ * there, and every ss_call_* function must be called there), whatever io_threads is: calls
+ * received on the transport's other loops are handed to this one. ss_grpc_server_new binds the
+ * listeners on the calling thread before the loop runs.
  *
  * Lifetimes (one rule, reference counts): a call is created when its HEADERS arrive and holds one
  * reference for its stream; a handler that keeps the call past its return (a queued job, a
@@ -92,6 +93,12 @@ typedef struct ss_grpc_config {
   /* Compress responses with the first of gzip/deflate the client lists in grpc-accept-encoding
    * (compressed requests are always accepted). Off by default: it costs loop time. */
   int compress_responses;
+  /* I/O loops (0 or 1: one, the owner's). With N > 1 the transport starts N - 1 threads, each
+   * running its own loop with its own listener on the same port (SO_REUSEPORT: the kernel
+   * spreads connections over them), connections, HTTP/2 sessions, framing and deadlines.
+   * Handlers and hooks still run on the owner's loop only: a request complete on another loop
+   * is handed over, and its answer travels back (shard.c). */
+  int io_threads;
 } ss_grpc_config;
 
 #define SS_GRPC_MAX_KEPT_HEADERS 8
@@ -104,6 +111,8 @@ typedef struct ss_grpc_stats {
   size_t live;                /* calls that still owe an answer */
   uint64_t connections_refused; /* over --max-connections / --max-connections-per-peer */
   uint64_t connections_cut;   /* ended by a limit or timeout (GOAWAY with a reason) */
+  size_t io_threads;          /* I/O loops */
+  size_t io_connections[64];  /* open connections per I/O loop (the first 64) */
 } ss_grpc_stats;
 
 /* ---- server ---- */

@@ -2,7 +2,13 @@
  * grpc_int.h — the transport's private structures, shared by the files of src/grpc (server,
  * connections, calls). Nothing outside src/grpc includes this; services see only grpc.h.
  *
- * Thread: everything here is owned by and touched only on the loop thread.
+ * Threads: with --io-threads N the server is N shards (struct ss_grpc_server), each with its own
+ * loop, listener (SO_REUSEPORT), connections, timers and call cache; shard 0 runs on the owner's
+ * ("app") loop, which also runs every handler and hook. A shard's objects are touched only on
+ * its loop thread, with these exceptions, all in shard.c: the mailboxes (mutex), the shared
+ * connection limits (mutex), the stats counters (single writer, relaxed atomics), the call's
+ * reference count (atomic), and a call handed to the app loop (see "Calls across loops" in
+ * shard.c for which fields each side owns).
  *
  * Object lives:
  *   ss_grpc_server — ss_grpc_server_new .. ss_grpc_server_free.
@@ -15,6 +21,7 @@
 #define SS_GRPC_GRPC_INT_H
 
 #include <nghttp2/nghttp2.h>
+#include <stdatomic.h>
 #include <protobuf-c/protobuf-c.h>
 #include <uv.h>
 
@@ -34,6 +41,27 @@ typedef struct ss_peer {
 } ss_peer;
 #define SS_PEER_BUCKETS 1024
 
+/* What the shards of one server share: the connection limits count across every loop. */
+typedef struct ss_grpc_shared {
+  uv_mutex_t mu;
+  size_t nconns;              /* open connections, all shards */
+  ss_peer *peers[SS_PEER_BUCKETS]; /* open connections by client address */
+} ss_grpc_shared;
+
+/* A message between loops (shard.c). */
+typedef struct ss_op ss_op;
+
+/* A loop's inbox: ops posted from other threads, run on the owner loop in one async callback. */
+typedef struct ss_mbox {
+  uv_async_t async;
+  uv_mutex_t mu;
+  ss_op *head, *tail;
+  int closed;                 /* async closed: posts are refused (the poster discards) */
+  int open;                   /* initialised */
+} ss_mbox;
+
+#define SS_GRPC_MAX_IO 64
+
 #define SS_CALL_CACHE 1024 /* finished calls kept for reuse */
 #define SS_KEPT_INLINE 256 /* kept header bytes stored inside the call (no malloc) */
 
@@ -44,10 +72,15 @@ typedef enum {
 } ss_call_phase;
 
 struct ss_call {
-  ss_grpc_server *srv;
+  ss_grpc_server *srv;        /* the shard whose loop owns the stream */
   ss_conn *conn;              /* NULL once the stream is closed */
   int32_t stream_id;
-  int refs;
+  atomic_int refs;
+  /* A call of shard k != 0 is handed to the app loop when its request is complete; from then
+   * on the app side answers through ops (shard.c) and keeps its own view of the outcome. */
+  int handed;                 /* io side: dispatched to the app loop */
+  int app_done;               /* app side: answered, or told the client went away */
+  int app_status;             /* app side: the status of that answer */
   ss_call_phase state;
   const ss_method *method;
   int is_drain_exempt;        /* streaming calls do not hold the drain open */
@@ -145,7 +178,21 @@ struct ss_grpc_server {
   ss_grpc_config cfg;
   char *host;
   int port;
-  uv_loop_t *loop;            /* borrowed: the owner runs it */
+  uv_loop_t *loop;            /* shard 0: borrowed (the owner runs it); others: their own */
+  /* shards (shard.c) */
+  int index;                  /* 0: the app shard (the handle the owner holds) */
+  ss_grpc_server *app;        /* shard 0 */
+  ss_grpc_server **shards;    /* shard 0 only: all shards, [0] = itself */
+  size_t nshards;             /* shard 0 only */
+  ss_grpc_shared *shared;     /* owned by shard 0 */
+  ss_mbox mbox;               /* ops for this loop (only when nshards > 1) */
+  uv_thread_t thread;         /* shards != 0: runs own_loop */
+  int thread_started;
+  _Atomic(ss_call *) returned; /* calls freed on the app loop, back for reuse (pushed there) */
+  size_t shards_drained;      /* shard 0: shards whose unary calls are all answered */
+  size_t shards_closed;       /* shard 0: shards != 0 whose loops ended */
+  int drain_cut;              /* shard 0: some shard's drain was cut short */
+  int drained_told;           /* shard 0: hooks.drained has run */
   const ss_method *methods;   /* borrowed table */
   size_t nmethods;
   void *method_app;           /* handlers' second argument */
@@ -178,12 +225,17 @@ struct ss_grpc_server {
   int stopped;                /* drain finished: streams ended, connections closing */
   int closed_told;            /* hooks.closed has run */
   ss_grpc_stats stats;
-  ss_peer *peers[SS_PEER_BUCKETS]; /* open connections by client address */
   uint64_t note_ms;           /* last limit log line (at most one a second) */
   uint64_t note_count;        /* limit events since */
   ss_tls_ctx *tls;            /* NULL: plaintext; replaced by ss_grpc_server_reload_tls */
   char *tls_cert, *tls_key, *tls_client_ca; /* our copies of the paths */
 };
+
+/* Counters read from other threads (stats): one writer (the shard's loop), relaxed atomics. */
+#define SS_STAT_ADD(field, n) \
+  __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#define SS_STAT_INC(field) SS_STAT_ADD(field, 1)
+#define SS_STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
 /* ---- calls (call.c) ---- */
 /* A call for stream_id on c (recycled when possible); NULL when out of memory. */
@@ -198,6 +250,21 @@ void ss_call_keep_header(ss_call *call, const uint8_t *name, size_t namelen, con
                          size_t valuelen);
 /* The client went away before the call was answered: cancel hook, counters, drain set. */
 void ss_call_abandon(ss_call *call);
+/* The transport's own answers, on the shard's loop (the public ss_call_fail/_end post to the
+ * owning loop when called from the app loop for a handed call; these never do). */
+void ss_call_failf(ss_call *call, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void ss_call_end_local(ss_call *call, int code, const char *msg);
+/* Reply / send with a message already packed (packed: the message bytes, no prefix). */
+void ss_call_reply_packed(ss_call *call, const uint8_t *packed, size_t plen, const ss_seg *segs,
+                          size_t nsegs, void *owner);
+void ss_call_send_packed(ss_call *call, const uint8_t *packed, size_t plen);
+/* Run the handler state's cancel hook (on the app loop: posted there for a handed call). */
+void ss_call_cancel_hook(ss_call *call, int code);
+/* Drop a reference on the call's own loop (the stream's, an op's). */
+void ss_call_drop(ss_call *call);
+/* The last reference went on the app loop (call of another shard) / on its own loop. */
+void ss_call_finalize_app(ss_call *call);
+void ss_call_finalize_local(ss_call *call);
 
 /* ---- connections (conn.c) ---- */
 void ss_conn_accept(ss_grpc_server *s);
@@ -216,6 +283,49 @@ void ss_conn_kill(ss_conn *c, uint32_t error_code, const char *fmt, ...)
 int ss_conn_callbacks_new(nghttp2_session_callbacks **out);
 /* Route a :path through the method table; NULL when unknown. */
 const ss_method *ss_grpc_route(const ss_grpc_server *s, const char *path, size_t len);
+
+/* ---- shards (shard.c) ---- */
+/* Make the server's shards 1..n-1 (shard 0 is s) and bind their listeners; threads start with
+ * ss_shards_start. */
+int ss_shards_new(ss_grpc_server *s, size_t n, char *err, size_t errlen);
+int ss_shards_start(ss_grpc_server *s, char *err, size_t errlen);
+/* Stop (drain now if needed), join and free shards 1..n-1; run what they left for the app. */
+void ss_shards_free(ss_grpc_server *s);
+int ss_mbox_init(ss_grpc_server *s);
+void ss_mbox_close(ss_grpc_server *s);
+void ss_mbox_destroy(ss_grpc_server *s);
+/* Hand a complete request to the app loop (shard != 0). */
+void ss_shard_dispatch(ss_call *call);
+/* Shard k's drain reached its end (all unary calls answered): tell shard 0. */
+void ss_shard_drained(ss_grpc_server *s, int graceful);
+/* App side of a handed call: post an answer to its loop. */
+void ss_shard_post_reply(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
+                         size_t nsegs, void *owner);
+void ss_shard_post_send(ss_call *call, const ProtobufCMessage *msg);
+void ss_shard_post_fail(ss_call *call, int end, int code, const char *msg);
+/* Io side of a handed call: its client went away (code: why) / its last reference went. */
+void ss_shard_post_cancel(ss_call *call, int code);
+void ss_shard_post_release(ss_call *call);
+/* Shard 0 to shard k: drain (now: a second stop); use this TLS context for new connections. */
+void ss_shard_post_drain(ss_grpc_server *k, int now);
+void ss_shard_post_tls(ss_grpc_server *k, ss_tls_ctx *ctx);
+/* Make shard index (>= 1) of app on loop: settings, handles, TLS, listener on app's port. */
+int ss_grpc_shard_new(ss_grpc_server *app, int index, uv_loop_t *loop, ss_grpc_server **out,
+                      char *err, size_t errlen);
+/* Shard 0: every shard 1..n-1 has closed its connections and ended its loop. */
+int ss_shards_closed(const ss_grpc_server *s);
+/* Connection limits across shards: admit (0, *peer set: may be NULL when the address is
+ * unknown) or refuse (why filled); release at close. */
+int ss_limits_admit(ss_grpc_server *s, uv_tcp_t *tcp, ss_peer **peer, char *why, size_t whylen);
+void ss_limits_release(ss_grpc_server *s, ss_peer *peer);
+/* The shard's own drain (server.c). */
+void ss_shard_drain(ss_grpc_server *s, int now);
+/* Close the shard's handles (server.c); the loop can end. */
+void ss_shard_close_handles(ss_grpc_server *s);
+/* Free a shard's own memory once its loop is done (server.c). */
+void ss_shard_free_mem(ss_grpc_server *s);
+int ss_grpc_bind_shard(ss_grpc_server *s, const char *host, int reuseport, char *err, size_t errlen);
+void ss_grpc_start_flush(ss_grpc_server *s);
 
 /* ---- server (server.c) ---- */
 /* A call has its answer (or lost its client): drop it from the drain set. */

@@ -32,9 +32,23 @@ int ss_grpc_server_port(const ss_grpc_server *g) { return g->port; }
 const char *ss_grpc_server_host(const ss_grpc_server *g) { return g->host; }
 
 void ss_grpc_server_stats(const ss_grpc_server *g, ss_grpc_stats *out) {
-  *out = g->stats;
-  out->connections = g->nconns;
-  out->live = g->nlive;
+  memset(out, 0, sizeof *out);
+  size_t n = g->nshards ? g->nshards : 1;
+  for (size_t i = 0; i < n; i++) {
+    const ss_grpc_server *k = g->nshards ? g->shards[i] : g;
+    out->requests += SS_STAT_GET(k->stats.requests);
+    out->served += SS_STAT_GET(k->stats.served);
+    out->failed += SS_STAT_GET(k->stats.failed);
+    out->rejected += SS_STAT_GET(k->stats.rejected);
+    out->cancelled += SS_STAT_GET(k->stats.cancelled);
+    out->connections_refused += SS_STAT_GET(k->stats.connections_refused);
+    out->connections_cut += SS_STAT_GET(k->stats.connections_cut);
+    size_t nc = SS_STAT_GET(k->nconns);
+    out->connections += nc;
+    out->live += SS_STAT_GET(k->nlive);
+    if (i < SS_GRPC_MAX_IO) out->io_connections[i] = nc;
+  }
+  out->io_threads = n;
 }
 
 /* ------------------------------------------------------------------ drain --- */
@@ -78,8 +92,8 @@ static void end_streams(ss_grpc_server *s) {
   while (c) {
     ss_call *next = c->live_next;
     if (c->is_drain_exempt) {
-      if (c->on_cancel) c->on_cancel(c);
-      ss_call_end(c, SS_GRPC_OK, NULL); /* settles c: unlinks it from the live list */
+      ss_call_cancel_hook(c, SS_GRPC_OK);
+      ss_call_end_local(c, SS_GRPC_OK, NULL); /* settles c: unlinks it from the live list */
     }
     c = next;
   }
@@ -91,7 +105,7 @@ static void finish_drain(ss_grpc_server *s, int graceful) {
   s->stopped = 1;
   uv_timer_stop(&s->drain_timer);
   ss_tq_cancel(&s->tq, &s->notice_tmo);
-  if (s->hooks.drained) s->hooks.drained(s->hooks.app, graceful);
+  ss_shard_drained(s, graceful); /* the owner's drained hook runs once every shard is here */
   end_streams(s);
   for (ss_conn *c = s->conns; c; c = c->next) {
     ss_conn_goaway(c);
@@ -103,8 +117,10 @@ static void finish_drain(ss_grpc_server *s, int graceful) {
 static void abandon_live(ss_grpc_server *s, const char *why) {
   while (s->live) {
     ss_call *call = s->live;
-    if (call->on_cancel) call->on_cancel(call);
-    if (call->state != SS_CALL_DONE) ss_call_fail(call, SS_GRPC_UNAVAILABLE, "%s", why);
+    if (call->state != SS_CALL_DONE) {
+      ss_call_cancel_hook(call, SS_GRPC_UNAVAILABLE);
+      ss_call_failf(call, SS_GRPC_UNAVAILABLE, "%s", why);
+    }
     if (s->live == call) ss_grpc_call_settled(s, call); /* not answerable: drop it */
   }
 }
@@ -117,7 +133,7 @@ void ss_grpc_call_settled(ss_grpc_server *s, ss_call *call) {
   if (call->live_next) call->live_next->live_prev = call->live_prev;
   call->live_prev = call->live_next = NULL;
   assert(s->nlive > 0);
-  s->nlive--;
+  SS_STAT_ADD(s->nlive, (size_t)-1);
   if (s->draining && !s->stopped && drained(s)) finish_drain(s, 1);
 }
 
@@ -133,6 +149,11 @@ static void on_drain_timeout(uv_timer_t *t) {
 }
 
 void ss_grpc_server_drain(ss_grpc_server *s, int now) {
+  ss_shard_drain(s, now);
+  for (size_t i = 1; i < s->nshards; i++) ss_shard_post_drain(s->shards[i], now);
+}
+
+void ss_shard_drain(ss_grpc_server *s, int now) {
   if (!s->draining) {
     s->draining = 1;
     SS_LOGI("draining: %zu calls in flight, %zu connections (timeout %.1f s)", s->nlive, s->nconns,
@@ -163,12 +184,19 @@ static void on_close_noop(uv_handle_t *h) { (void)h; }
 static void close_handles(ss_grpc_server *s) {
   if (!s->handles_open) return;
   s->handles_open = 0;
+  if (s->listener_open) {
+    s->listener_open = 0;
+    uv_close((uv_handle_t *)&s->listener, NULL);
+  }
+  ss_mbox_close(s);
   uv_check_stop(&s->flush_check);
   uv_close((uv_handle_t *)&s->flush_check, on_close_noop);
   uv_close((uv_handle_t *)&s->flush_idle, on_close_noop);
   uv_close((uv_handle_t *)&s->drain_timer, on_close_noop);
   ss_tq_close(&s->tq);
 }
+
+void ss_shard_close_handles(ss_grpc_server *s) { close_handles(s); }
 
 /* Once per loop iteration, after I/O: gather and write every dirty connection's frames. */
 static void on_flush_check(uv_check_t *h) {
@@ -177,7 +205,12 @@ static void on_flush_check(uv_check_t *h) {
    * timeout, a connection closed), makes it drained. */
   if (s->draining && !s->stopped && drained(s)) finish_drain(s, 1);
   ss_conn_flush_all(s);
-  if (s->stopped && !s->closed_told && !(s->hooks.busy && s->hooks.busy(s->hooks.app))) {
+  /* Shard 0 closes once every shard has drained (the owner's drained hook has run) and the
+   * owner is not busy; the other shards close as soon as their own drain is done. */
+  int may_close = s->stopped && !s->closed_told &&
+                  (s->index != 0 || (s->drained_told &&
+                                     !(s->hooks.busy && s->hooks.busy(s->hooks.app))));
+  if (may_close) {
     /* Close connections whose output is fully written. */
     ss_conn *c = s->conns;
     while (c) {
@@ -188,7 +221,7 @@ static void on_flush_check(uv_check_t *h) {
         ss_conn_close(c);
       c = next;
     }
-    if (!s->conns) {
+    if (!s->conns && (s->index != 0 || ss_shards_closed(s))) {
       s->closed_told = 1;
       close_handles(s);
       if (s->hooks.closed) s->hooks.closed(s->hooks.app);
@@ -242,7 +275,9 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
   return code;
 }
 
-static int bind_listener(ss_grpc_server *s, const char *host, char *err, size_t errlen) {
+/* Bind and listen on host:s->cfg.port (0: any free port, learned into s->port). With reuseport
+ * the socket gets SO_REUSEPORT first, so every shard can listen on the same port. */
+int ss_grpc_bind_shard(ss_grpc_server *s, const char *host, int reuseport, char *err, size_t errlen) {
   if (!host || !*host) host = "127.0.0.1";
   if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
   struct sockaddr_storage ss;
@@ -250,10 +285,19 @@ static int bind_listener(ss_grpc_server *s, const char *host, char *err, size_t 
   if (uv_ip4_addr(host, s->cfg.port, (struct sockaddr_in *)&ss) != 0 &&
       uv_ip6_addr(host, s->cfg.port, (struct sockaddr_in6 *)&ss) != 0)
     return fail(err, errlen, SS_EINVAL, "--listen: '%s' is not a numeric IPv4/IPv6 address", host);
-  uv_tcp_init(s->loop, &s->listener);
+  int rv = uv_tcp_init_ex(s->loop, &s->listener, ss.ss_family);
+  if (rv != 0) return fail(err, errlen, SS_EIO, "socket: %s", uv_strerror(rv));
   s->listener.data = s;
   s->listener_open = 1;
-  int rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
+  if (reuseport) {
+    uv_os_fd_t fd;
+    int one = 1;
+    rv = uv_fileno((uv_handle_t *)&s->listener, &fd);
+    if (rv == 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) rv = -errno;
+    if (rv != 0)
+      return fail(err, errlen, SS_EIO, "--io-threads: SO_REUSEPORT refused: %s", uv_strerror(rv));
+  }
+  rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
   if (rv == 0) rv = uv_listen((uv_stream_t *)&s->listener, 4096, on_connection);
   if (rv != 0)
     return fail(err, errlen, SS_EIO, "cannot listen on %s:%d: %s", host, s->cfg.port,
@@ -269,14 +313,11 @@ static int bind_listener(ss_grpc_server *s, const char *host, char *err, size_t 
   return 0;
 }
 
-int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_method *methods,
-                       size_t n, void *method_app, const ss_grpc_hooks *hooks,
-                       ss_grpc_server **out, char *err, size_t errlen) {
-  *out = NULL;
-  if (cfg->n_kept_headers > SS_GRPC_MAX_KEPT_HEADERS)
-    return fail(err, errlen, SS_EINVAL, "at most %d kept request headers", SS_GRPC_MAX_KEPT_HEADERS);
-  ss_grpc_server *s = calloc(1, sizeof *s);
-  if (!s) return fail(err, errlen, SS_ENOMEM, "out of memory");
+/* Fill shard s (zeroed): settings from cfg (normalised), handles on loop, nghttp2 callbacks
+ * and options, its own TLS context. The listener is bound separately. */
+static int shard_init(ss_grpc_server *s, uv_loop_t *loop, const ss_grpc_config *cfg,
+                      const ss_method *methods, size_t n, void *method_app, char *err,
+                      size_t errlen) {
   s->cfg = *cfg;
   s->cfg.host = NULL; /* borrowed for this call only; s->host is our copy */
   s->cfg.tls_cert = s->cfg.tls_key = s->cfg.tls_client_ca = NULL; /* likewise: see s->tls_* */
@@ -296,7 +337,7 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
   for (size_t i = 0; i < n; i++)
     if (methods[i].state_size > s->state_size) s->state_size = methods[i].state_size;
   s->state_size = (s->state_size + 15) & ~(size_t)15;
-  if (hooks) s->hooks = *hooks;
+  atomic_init(&s->returned, NULL);
   uv_check_init(loop, &s->flush_check);
   s->flush_check.data = s;
   uv_idle_init(loop, &s->flush_idle);
@@ -336,43 +377,90 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
   } else if (rv == 0 && cfg->tls_client_ca && *cfg->tls_client_ca) {
     rv = fail(err, errlen, SS_EINVAL, "--tls-client-ca needs --tls-cert and --tls-key");
   }
-  if (rv == 0) rv = bind_listener(s, cfg->host, err, errlen);
+  return rv;
+}
+
+int ss_grpc_shard_new(ss_grpc_server *app, int index, uv_loop_t *loop, ss_grpc_server **out,
+                      char *err, size_t errlen) {
+  *out = NULL;
+  ss_grpc_server *s = calloc(1, sizeof *s);
+  if (!s) return fail(err, errlen, SS_ENOMEM, "out of memory");
+  ss_grpc_config cfg = app->cfg;
+  cfg.tls_cert = app->tls_cert;
+  cfg.tls_key = app->tls_key;
+  cfg.tls_client_ca = app->tls_client_ca;
+  int rv = shard_init(s, loop, &cfg, app->methods, app->nmethods, app->method_app, err, errlen);
+  s->index = index;
+  s->app = app;
+  s->shared = app->shared;
+  s->cfg.port = app->port;
+  if (rv == 0) rv = ss_grpc_bind_shard(s, app->host, 1, err, errlen);
+  if (rv != 0) {
+    ss_shard_free_mem(s);
+    return rv;
+  }
+  *out = s;
+  return 0;
+}
+
+void ss_grpc_start_flush(ss_grpc_server *s) { uv_check_start(&s->flush_check, on_flush_check); }
+
+int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_method *methods,
+                       size_t n, void *method_app, const ss_grpc_hooks *hooks,
+                       ss_grpc_server **out, char *err, size_t errlen) {
+  *out = NULL;
+  if (cfg->n_kept_headers > SS_GRPC_MAX_KEPT_HEADERS)
+    return fail(err, errlen, SS_EINVAL, "at most %d kept request headers", SS_GRPC_MAX_KEPT_HEADERS);
+  int nio = cfg->io_threads > 1 ? cfg->io_threads : 1;
+  if (nio > SS_GRPC_MAX_IO)
+    return fail(err, errlen, SS_EINVAL, "--io-threads expects 1..%d, got %d", SS_GRPC_MAX_IO, nio);
+  ss_grpc_server *s = calloc(1, sizeof *s);
+  if (!s) return fail(err, errlen, SS_ENOMEM, "out of memory");
+  s->app = s;
+  s->shared = calloc(1, sizeof *s->shared);
+  s->shards = calloc((size_t)nio, sizeof *s->shards);
+  if (!s->shared || !s->shards) {
+    free(s->shared);
+    free(s->shards);
+    free(s);
+    return fail(err, errlen, SS_ENOMEM, "out of memory");
+  }
+  uv_mutex_init(&s->shared->mu);
+  s->shards[0] = s;
+  s->nshards = 1;
+  if (hooks) s->hooks = *hooks;
+  int rv = shard_init(s, loop, cfg, methods, n, method_app, err, errlen);
+  if (rv == 0) rv = ss_grpc_bind_shard(s, cfg->host, nio > 1, err, errlen);
+  if (rv == 0 && nio > 1) rv = ss_shards_new(s, (size_t)nio, err, errlen);
+  if (rv == 0 && nio > 1) rv = ss_shards_start(s, err, errlen);
   if (rv != 0) {
     ss_grpc_server_free(s);
     return rv;
   }
-  uv_check_start(&s->flush_check, on_flush_check);
+  ss_grpc_start_flush(s);
   *out = s;
   return 0;
 }
 
 int ss_grpc_server_reload_tls(ss_grpc_server *s, char *err, size_t errlen) {
   if (!s->tls) return 0;
-  ss_tls_ctx *fresh;
-  int rv = ss_tls_ctx_new(s->tls_cert, s->tls_key, s->tls_client_ca, &fresh, err, errlen);
-  if (rv != 0) return rv;
+  ss_tls_ctx *fresh[SS_GRPC_MAX_IO] = {0};
+  int rv = 0;
+  for (size_t i = 0; i < s->nshards && rv == 0; i++) /* one context per loop */
+    rv = ss_tls_ctx_new(s->tls_cert, s->tls_key, s->tls_client_ca, &fresh[i], err, errlen);
+  if (rv != 0) {
+    for (size_t i = 0; i < s->nshards; i++) ss_tls_ctx_free(fresh[i]);
+    return rv;
+  }
   ss_tls_ctx_free(s->tls); /* open connections hold their own reference to the old one */
-  s->tls = fresh;
+  s->tls = fresh[0];
+  for (size_t i = 1; i < s->nshards; i++) ss_shard_post_tls(s->shards[i], fresh[i]);
   return 0;
 }
 
-void ss_grpc_server_free(ss_grpc_server *s) {
-  if (!s) return;
-  while (s->conns) ss_conn_close(s->conns);
-  if (s->listener_open) {
-    s->listener_open = 0;
-    uv_close((uv_handle_t *)&s->listener, NULL);
-  }
-  close_handles(s);
-  /* Closing handles finish on the owner's loop: run it until they have. */
-  uv_run(s->loop, UV_RUN_NOWAIT);
+void ss_shard_free_mem(ss_grpc_server *s) {
   ss_call_cache_free(s);
-  for (size_t i = 0; i < SS_PEER_BUCKETS; i++) /* empty once every connection closed */
-    while (s->peers[i]) {
-      ss_peer *p = s->peers[i];
-      s->peers[i] = p->next;
-      free(p);
-    }
+  ss_mbox_destroy(s);
   if (s->h2cb) nghttp2_session_callbacks_del(s->h2cb);
   if (s->h2opt) nghttp2_option_del(s->h2opt);
   ss_tls_ctx_free(s->tls);
@@ -381,4 +469,24 @@ void ss_grpc_server_free(ss_grpc_server *s) {
   free(s->tls_client_ca);
   free(s->host);
   free(s);
+}
+
+void ss_grpc_server_free(ss_grpc_server *s) {
+  if (!s) return;
+  ss_shards_free(s); /* the other loops first: what they leave for this one runs here */
+  while (s->conns) ss_conn_close(s->conns);
+  close_handles(s);
+  /* Closing handles finish on the owner's loop: run it until they have. */
+  uv_run(s->loop, UV_RUN_NOWAIT);
+  ss_grpc_shared *sh = s->shared;
+  for (size_t i = 0; i < SS_PEER_BUCKETS; i++) /* empty once every connection closed */
+    while (sh->peers[i]) {
+      ss_peer *p = sh->peers[i];
+      sh->peers[i] = p->next;
+      free(p);
+    }
+  uv_mutex_destroy(&sh->mu);
+  free(sh);
+  free(s->shards);
+  ss_shard_free_mem(s);
 }

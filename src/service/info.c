@@ -132,7 +132,8 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "threads", "%d", ss_thread_count());
   kv(l, "workers", "%d", s->cfg.workers);
   kv(l, "intra_op_threads", "%d", s->cfg.intra_op_threads);
-  kv(l, "thread_budget", "%d", 1 + (s->cfg.workers > 0 ? s->cfg.workers : 0) * s->cfg.intra_op_threads);
+  kv(l, "io_threads", "%d", s->cfg.io_threads > 1 ? s->cfg.io_threads : 1);
+  kv(l, "thread_budget", "%d", ss_service_thread_budget(s));
   kv(l, "cores", "%d", s->ncpu);
   kv(l, "models", "%s", models);
   kv(l, "default_model", "%s", s->models[0]->model->id);

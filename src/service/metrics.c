@@ -141,15 +141,24 @@ void ss_service_metrics(ss_service *s, ss_strbuf *b) {
   ss_strbuf_printf(b,
                    "# HELP splitserve_connections Open gRPC connections.\n"
                    "# TYPE splitserve_connections gauge\nsplitserve_connections %zu\n"
-                   "# HELP splitserve_threads Threads of the process (1 + workers x intra-op).\n"
+                   "# HELP splitserve_threads Threads of the process (I/O loops + workers x intra-op).\n"
                    "# TYPE splitserve_threads gauge\nsplitserve_threads %d\n"
-                   "# HELP splitserve_thread_budget The fixed thread budget 1 + W x T.\n"
+                   "# HELP splitserve_thread_budget The fixed thread budget N + W x T (N: --io-threads).\n"
                    "# TYPE splitserve_thread_budget gauge\nsplitserve_thread_budget %d\n"
                    "# HELP process_resident_memory_bytes Resident memory size in bytes (sampled each second).\n"
                    "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %.0f\n"
                    "# HELP splitserve_build_info Version of the running server.\n"
                    "# TYPE splitserve_build_info gauge\nsplitserve_build_info{version=\"%s\"} 1\n",
                    gs.connections, ss_thread_count(),
-                   1 + (s->cfg.workers > 0 ? s->cfg.workers : 0) * s->cfg.intra_op_threads,
+                   ss_service_thread_budget(s),
                    (double)s->mon.memory_mb * 1048576.0, SS_VERSION);
+  ss_strbuf_printf(b, "# HELP splitserve_io_connections Open gRPC connections per I/O loop.\n"
+                      "# TYPE splitserve_io_connections gauge\n");
+  for (size_t i = 0; i < gs.io_threads && i < sizeof gs.io_connections / sizeof gs.io_connections[0]; i++)
+    ss_strbuf_printf(b, "splitserve_io_connections{io=\"%zu\"} %zu\n", i, gs.io_connections[i]);
+}
+
+int ss_service_thread_budget(const ss_service *s) {
+  int io = s->cfg.io_threads > 1 ? s->cfg.io_threads : 1;
+  return io + (s->cfg.workers > 0 ? s->cfg.workers : 0) * s->cfg.intra_op_threads;
 }

@@ -90,6 +90,9 @@ int ss_service_authenticate(ss_service *s, ss_call *call);
 int ss_service_authorize(ss_service *s, ss_call *call, int tok, const char *model);
 
 /* ---- handlers (loop thread, request message complete) ---- */
+/* The fixed thread budget: I/O loops + workers x intra-op threads (workers 0: compute inline). */
+int ss_service_thread_budget(const ss_service *s);
+
 void ss_h_compute(ss_call *call, void *app);          /* compute.c */
 void ss_h_backward(ss_call *call, void *app);         /* train.c */
 void ss_h_health_check(ss_call *call, void *app);     /* info.c: ComputeService.HealthCheck */

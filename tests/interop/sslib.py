@@ -85,6 +85,11 @@ class ServerFailedToStart(AssertionError):
     pass
 
 
+# SS_IO_THREADS=N runs every test's daemon with --io-threads N (ctest interop.io2.*): the same
+# assertions must hold whatever loop a connection lands on. IO is what thread counts add.
+IO = int(os.environ.get("SS_IO_THREADS", "1") or "1")
+
+
 class Server:
     """A splitserve daemon on 127.0.0.1:<free port>; its stdout+stderr are drained by a thread
     into self.log (so the pipe never fills and the log is there for failure reports)."""
@@ -95,6 +100,8 @@ class Server:
         # The test-only kinds (scale, sleep, spin) are off by default in the daemon; the tests
         # use them, so they are on here unless a test asks for the default (test_models=False).
         extra = ["--enable-test-models"] if test_models else []
+        if IO > 1 and "--io-threads" not in self.args:
+            extra += ["--io-threads", str(IO)]
         self.cmd = list(prefix) + [binary(), "--listen", "127.0.0.1:0"] + extra + self.args
         self._lines = []
         self._cond = threading.Condition()

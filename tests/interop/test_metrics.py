@@ -77,7 +77,7 @@ def test_exposition_counts_calls():
     inf = m['splitserve_request_seconds_bucket{model="mlp",method="Compute",le="+Inf"}']
     assert inf == 7, text
     assert m['splitserve_compute_seconds_sum{model="mlp",method="Compute"}'] > 0
-    assert m["splitserve_threads"] == S.threads() == m["splitserve_thread_budget"] == 2
+    assert m["splitserve_threads"] == S.threads() == m["splitserve_thread_budget"] == sslib.IO + 1
     assert m["splitserve_connections"] >= 1
     assert m['splitserve_inflight{model="mlp"}'] == 0
     assert m["process_resident_memory_bytes"] > 1e6

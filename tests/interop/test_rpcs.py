@@ -79,7 +79,8 @@ def test_service_info():
     assert "threads" in ci, "custom_info has no 'threads': %r" % ci
     live = S.threads()
     assert int(ci["threads"]) == live, "custom_info threads=%s but /proc says %d" % (ci["threads"], live)
-    assert live == 1 + 2, "--workers 2 --intra-op-threads 1 should be 3 threads, /proc says %d" % live
+    assert live == sslib.IO + 2, "--workers 2 --intra-op-threads 1 should be %d threads, /proc says %d" % (
+        sslib.IO + 2, live)
     assert ci.get("workers") == "2", "custom_info workers=%r" % ci.get("workers")
     assert ci.get("intra_op_threads") == "1", "custom_info intra_op_threads=%r" % ci.get("intra_op_threads")
     models = " ".join(v for k, v in ci.items() if "model" in k)
@@ -230,7 +231,7 @@ def test_many_sequential_calls():
     for i in range(300):
         r = C.compute(make_req(x, model="identity", request_id=i), timeout=T(5))
         assert r.request_id == i
-    assert S.threads() == 3
+    assert S.threads() == sslib.IO + 2
 
 
 # ------------------------------------------------------------------------------ streaming ---
@@ -273,7 +274,7 @@ def test_stream_monitoring_clamps():
     got = _snapshots(100.0, 2, 12)  # clamped down to 5 s
     gap = got[1][0] - got[0][0]
     assert 4.7 <= gap <= 5.0 + T(0.5), "sampling_interval 100 gave a %.3fs gap (want 5)" % gap
-    assert S.threads() == 3
+    assert S.threads() == sslib.IO + 2
     assert_alive(C)
 
 
@@ -285,7 +286,7 @@ def test_stream_cancel_many():
     for c in calls:
         c.cancel()
     time.sleep(0.3)
-    assert S.threads() == 3
+    assert S.threads() == sslib.IO + 2
     assert_alive(C)
 
 
@@ -402,9 +403,9 @@ def test_workers_zero_inline():
         np.testing.assert_array_equal(result(r), x)
         r = c.compute(make_req(np.ones((1, 768), np.float32), model="mlp"), timeout=T(10))
         assert list(r.shape) == [1, 768]
-        assert srv.threads() == 1, "--workers 0 should run on one thread, /proc says %d" % srv.threads()
+        assert srv.threads() == sslib.IO, "--workers 0 should run on the loop thread(s), /proc says %d" % srv.threads()
         info = dict(c.info(pb.ServiceInfoRequest(), timeout=T(5)).custom_info)
-        assert info.get("workers") == "0" and info.get("threads") == "1", info
+        assert info.get("workers") == "0" and info.get("threads") == str(sslib.IO), info
         # Timer-based sleeps still overlap on the single thread.
         t0 = time.perf_counter()
         fs = [c.compute.future(make_req(x, model="sleep", ms=200, request_id=i), timeout=T(10))
@@ -413,7 +414,7 @@ def test_workers_zero_inline():
             assert f.result().request_id == i
         dt = time.perf_counter() - t0
         assert dt < T(1.0), "100 concurrent 200 ms sleeps took %.3fs with --workers 0" % dt
-        assert srv.threads() == 1
+        assert srv.threads() == sslib.IO
         c.close()
     finally:
         srv.stop_ok()
@@ -430,7 +431,7 @@ def test_intra_op_threads():
         n = srv.threads()
         info = dict(c.info(pb.ServiceInfoRequest(), timeout=T(5)).custom_info)
         print("    --workers 1 --intra-op-threads 2: %d threads, info %r" % (n, info))
-        assert n <= 1 + 1 * 2, "thread budget is 1 + W x T = 3, /proc says %d" % n
+        assert n <= sslib.IO + 1 * 2, "thread budget is N + W x T = %d, /proc says %d" % (sslib.IO + 2, n)
         assert int(info["threads"]) == srv.threads()
         assert info.get("intra_op_threads") == "2", info
         c.close()
@@ -460,7 +461,7 @@ def test_cli_refuses_oversubscription():
     try:
         c = sslib.connect(srv)
         assert_alive(c)
-        assert srv.threads() == 1 + n + 1, "%d workers: /proc says %d threads" % (n + 1, srv.threads())
+        assert srv.threads() == sslib.IO + n + 1, "%d workers: /proc says %d threads" % (n + 1, srv.threads())
         c.close()
     finally:
         srv.stop_ok()
