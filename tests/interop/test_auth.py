@@ -1,9 +1,11 @@
 """Token authentication (--auth-tokens FILE): bearer tokens in the `authorization` request
 header, per-token model lists, open health checks, SIGHUP reload (a bad file keeps the old
-tokens), no token in the server's log; and the proxy affinity headers x-session-id /
-x-forward-id read directly (without a proxy)."""
+tokens), no token in the server's log; the C tools' --token / --token-file; and the proxy
+affinity headers x-session-id / x-forward-id read directly (without a proxy)."""
 import os
+import shutil
 import signal
+import subprocess
 import tempfile
 import time
 
@@ -156,6 +158,78 @@ def test_config_key_and_sighup_with_config():
                                          metadata=bearer(NEW)), SC.PERMISSION_DENIED, "'b'")
     sslib.shutdown(c, srv)
     assert FULL not in srv.log and NEW not in srv.log
+
+
+A_TOK = "owner-A.token_0001"
+B_TOK = "owner-B.token_0002"
+
+
+def _owner_server(tmp, *extra):
+    tok = os.path.join(tmp, "tokens")
+    write(tok, "%s\n%s\n" % (A_TOK, B_TOK))
+    srv = sslib.Server("--auth-tokens", tok, "--log-level", "debug", *extra)
+    return srv, sslib.connect(srv)
+
+
+def _tool(name, *args, timeout=30):
+    return subprocess.run([sslib.binary(name)] + [str(a) for a in args], capture_output=True,
+                          text=True, timeout=T(timeout))
+
+
+def test_tools_token():
+    """splitserve-call and splitserve-bench with --token / --token-file: every call carries
+    `authorization: Bearer TOKEN`; a wrong token is UNAUTHENTICATED; no token is ever printed."""
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    srv, c = _owner_server(tmp)
+    tfile = os.path.join(tmp, "a.token")
+    write(tfile, A_TOK + "\n")
+    wrong = "wrong-token_0003"
+    outputs = []
+    try:
+        def call(*args):
+            out = _tool("splitserve-call", "--addr", srv.target, *args)
+            outputs.append(out.stdout + out.stderr)
+            return out
+        compute = ("compute", "--model", "identity", "--shape", "2,2")
+        out = call("--token", A_TOK, *compute)
+        assert out.returncode == 0 and "output shape:" in out.stdout, (out.stdout, out.stderr)
+        out = call("--token-file", tfile, *compute)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        out = call("--token-file", tfile, "info")
+        assert out.returncode == 0 and "auth_tokens: 2" in out.stdout, (out.stdout, out.stderr)
+        out = call("--token", wrong, *compute)
+        assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+        out = call(*compute)  # no token at all
+        assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+        # local refusals: both options, a missing file, an empty first line
+        out = call("--token", A_TOK, "--token-file", tfile, *compute)
+        assert out.returncode == 2 and "not both" in out.stderr, out.stderr
+        out = call("--token-file", os.path.join(tmp, "missing"), *compute)
+        assert out.returncode == 2 and "missing" in out.stderr, out.stderr
+        empty = os.path.join(tmp, "empty.token")
+        write(empty, "\n" + A_TOK + "\n")
+        out = call("--token-file", empty, *compute)
+        assert out.returncode == 2 and "empty" in out.stderr, out.stderr
+        assert "--token-file" in _tool("splitserve-call", "--help").stdout
+        # the bench: a short bounded load, every call authenticated
+        bench = ("--addr", srv.target, "--model", "identity", "--shape", "4", "--concurrency",
+                 "4", "--duration", "1", "--warmup", "0.2", "--no-progress", "--fail-on-error")
+        out = _tool("splitserve-bench", "--token-file", tfile, *bench)
+        outputs.append(out.stdout + out.stderr)
+        assert out.returncode == 0 and "errors 0" in out.stdout, (out.stdout, out.stderr)
+        out = _tool("splitserve-bench", "--token", A_TOK, *bench)
+        outputs.append(out.stdout + out.stderr)
+        assert out.returncode == 0 and "errors 0" in out.stdout, (out.stdout, out.stderr)
+        out = _tool("splitserve-bench", "--token", wrong, *bench)
+        outputs.append(out.stdout + out.stderr)
+        assert out.returncode != 0 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+        assert "--token-file" in _tool("splitserve-bench", "--help").stdout
+    finally:
+        sslib.shutdown(c, srv)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for text in outputs + [srv.log]:
+        for s in (A_TOK, B_TOK, wrong):
+            assert s not in text, "a token was printed:\n%s" % text
 
 
 def test_affinity_headers_direct():
