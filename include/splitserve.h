@@ -247,6 +247,19 @@ SS_API int ss_aclient_new_tls(void *uv_loop, const char *host, int port, const s
 SS_API int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len,
                            double timeout_s, ss_call_cb cb, void *user);
 
+/* Request headers sent with every call started afterwards (calls in flight keep theirs), e.g.
+ * name "authorization", value "Bearer TOKEN" for a server with --auth-tokens. Setting a name
+ * again replaces its value; value NULL removes it. name and value are borrowed for this call
+ * only: the client keeps copies, and wipes them (zeroes the bytes) when they are replaced,
+ * removed or the client is freed. An "authorization" value is sent HPACK never-indexed (RFC 7541
+ * 7.1.3), so it is not kept in either side's header compression table; the client never logs a
+ * header value. Names must be lowercase HTTP tokens and not one the client sets itself (pseudo-
+ * headers, content-type, te, user-agent, grpc-*) nor an HTTP/1 connection header; values are
+ * printable ASCII (space and tab allowed inside). Returns 0; SS_EINVAL for a bad name or value,
+ * SS_ERANGE beyond SS_CLIENT_MAX_HEADERS names, SS_ENOMEM. Loop thread (or before the loop runs). */
+#define SS_CLIENT_MAX_HEADERS 16
+SS_API int ss_aclient_set_header(ss_aclient *c, const char *name, const char *value);
+
 /* Calls started and not yet completed. */
 SS_API size_t ss_aclient_inflight(const ss_aclient *c);
 
@@ -265,6 +278,8 @@ SS_API int ss_client_connect_tls(const char *host, int port, double timeout_s,
                                  const ss_client_tls *tls, ss_client **out, char *err,
                                  size_t errlen);
 SS_API void ss_client_close(ss_client *c);
+/* ss_aclient_set_header for a blocking client: every later call sends the header. */
+SS_API int ss_client_set_header(ss_client *c, const char *name, const char *value);
 
 /* The outcome of a blocking unary call. body: the response message (no prefix), malloc'd:
  * caller frees (NULL when empty). */

@@ -37,6 +37,10 @@
  * Bytes per call: request and response message sizes (no 5-byte prefix, no HTTP/2 framing) of
  * the OK calls in the window; with sessions, all bytes (prefills included) per step.
  *
+ * Credentials (--token / --token-file, token.c): every connection is given the header
+ * `authorization: Bearer TOKEN` (ss_aclient_set_header) when it is made, so every call carries
+ * it; the token is never printed, and a --token argument is wiped from argv once read.
+ *
  * Costs per call, on the generator's side: the request is encoded once (prefix excluded) and
  * borrowed by every call (sessions: the per-slot session metadata is appended to a copy); the response check is a zero-allocation protobuf walk (fields 1 and
  * 2 only); the slot structs are preallocated. The only per-call allocations are ss_aclient's.
@@ -57,7 +61,7 @@
 #include "compute_service.pb-c.h"
 #include "hist.h"
 #include "splitserve.h"
-#include "splitserve.h"
+#include "token.h"
 
 #define MAX_META 64
 #define MAX_LEVELS 256
@@ -118,6 +122,7 @@ struct bench {
   int port;
   ss_client_tls tls;          /* --tls-ca: every connection is TLS */
   int use_tls;
+  char auth[TOOL_TOKEN_MAX + 8]; /* "Bearer TOKEN" (--token / --token-file), or "" */
   const char *model, *label, *csv_path, *json_path;
   int64_t shape[SS_MAX_DIMS], expect[SS_MAX_DIMS];
   int ndim, expect_ndim;
@@ -352,6 +357,8 @@ static ss_aclient *conn_get(bench *b, int i) {
                                 &b->conns[i], err, sizeof err);
     if (rv < 0)
       die("cannot create a client for %s:%d: %s", b->host, b->port, err[0] ? err : ss_strerror(rv));
+    if (b->auth[0] && (rv = ss_aclient_set_header(b->conns[i], "authorization", b->auth)) < 0)
+      die("cannot send the token: %s", ss_strerror(rv));
     if (i >= b->n_conns) b->n_conns = i + 1;
   }
   return b->conns[i];
@@ -940,6 +947,11 @@ static void usage(FILE *f) {
     "target and workload:\n"
     "  --addr HOST:PORT        server (default 127.0.0.1:50051; numeric IPv4, [IPv6], localhost)\n"
     "  --tls-ca FILE           TLS: verify the server against this PEM CA (every connection)\n"
+    "  --token TOKEN           send 'authorization: Bearer TOKEN' with every call (servers with\n"
+    "                          --auth-tokens); other users may see a command line: prefer\n"
+    "                          --token-file\n"
+    "  --token-file FILE       the same, the token read from FILE's first line (its newline\n"
+    "                          stripped)\n"
     "  --model ID              model_id (default: the server's default model)\n"
     "  --shape 1,10,768        input shape (default 1)\n"
     "  --dtype T               float32 | float16 | bfloat16 (default float32; sent as metadata dtype)\n"
@@ -1077,6 +1089,8 @@ static void parse_args(bench *b, int argc, char **argv) {
   b->max_inflight = 100000;
   b->progress = isatty(2);
   const char *conc = "1,2,4,...,512", *rate = NULL;
+  char *token_arg = NULL;
+  const char *token_file = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1095,6 +1109,12 @@ static void parse_args(bench *b, int argc, char **argv) {
       NEEDV();
       b->tls.ca_file = v;
       b->use_tls = 1;
+    } else if (!strcmp(a, "--token")) {
+      NEEDV();
+      token_arg = argv[i];
+    } else if (!strcmp(a, "--token-file")) {
+      NEEDV();
+      token_file = v;
     } else if (!strcmp(a, "--model")) {
       NEEDV();
       b->model = v;
@@ -1180,6 +1200,10 @@ static void parse_args(bench *b, int argc, char **argv) {
     }
 #undef NEEDV
   }
+  char terr[256];
+  int trv = tool_token_header(token_arg, token_file, b->auth, sizeof b->auth, terr, sizeof terr);
+  if (token_arg) tool_token_wipe(token_arg, strlen(token_arg)); /* out of ps and /proc */
+  if (trv != 0) die("%s", terr);
   double vals[MAX_LEVELS];
   int n = parse_list(rate ? rate : conc, vals, MAX_LEVELS);
   if (n <= 0) die("bad %s list '%s'", rate ? "--rate" : "--concurrency", rate ? rate : conc);
@@ -1459,6 +1483,7 @@ int main(int argc, char **argv) {
   free(b->scratch);
   ss_hist_free(&b->hist);
   for (size_t i = 0; i < b->n_meta; i++) free((void *)b->meta[2 * i]);
+  tool_token_wipe(b->auth, sizeof b->auth);
   if (b->interrupted) return 130;
   return b->fail_on_error && total_err ? 1 : 0;
 }

@@ -4,6 +4,8 @@
  * written to .npy files.
  *
  * Thread: one; the blocking ss_client runs its private libuv loop inside each call.
+ * Credentials: --token / --token-file (token.c) become `authorization: Bearer TOKEN` on every
+ * call; the token is never printed, and a --token argument is wiped from argv once read.
  * .npy support: format v1.0/v2.0, little-endian C-order '<f4' / '<f2' only.
  */
 #include <errno.h>
@@ -12,7 +14,7 @@
 #include <string.h>
 
 #include "splitserve.h"
-#include "splitserve.h"
+#include "token.h"
 
 #define MAX_META 64
 
@@ -31,6 +33,11 @@ static void usage(FILE *f) {
           "  --tls-ca FILE          connect with TLS, verifying the server against this PEM CA\n"
           "  --tls-cert FILE        client certificate for mutual TLS (with --tls-key)\n"
           "  --tls-key FILE         the client certificate's PEM private key\n"
+          "  --token TOKEN          send 'authorization: Bearer TOKEN' with every call (servers\n"
+          "                         with --auth-tokens); other users may see a command line:\n"
+          "                         prefer --token-file\n"
+          "  --token-file FILE      the same, the token read from FILE's first line (its\n"
+          "                         newline stripped)\n"
           "  --timeout S            per-call deadline in seconds, sent as grpc-timeout\n"
           "                         (default: none; connecting waits up to 10 s)\n"
           "compute options:\n"
@@ -245,6 +252,8 @@ static int cmp_double(const void *a, const void *b) {
 int main(int argc, char **argv) {
   const char *addr = "127.0.0.1:50051", *cmd = NULL, *model = NULL, *shape_s = NULL;
   const char *tls_ca = NULL, *tls_cert = NULL, *tls_key = NULL;
+  char *token_arg = NULL;
+  const char *token_file = NULL;
   const char *in_path = NULL, *out_path = NULL, *dtype_s = NULL;
   const char *meta[2 * MAX_META];
   char *meta_buf[MAX_META];
@@ -278,6 +287,12 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--tls-key") == 0) {
       NEED_ARG();
       tls_key = v;
+    } else if (strcmp(a, "--token") == 0) {
+      NEED_ARG();
+      token_arg = argv[i];
+    } else if (strcmp(a, "--token-file") == 0) {
+      NEED_ARG();
+      token_file = v;
     } else if (strcmp(a, "--timeout") == 0) {
       NEED_ARG();
       char *end;
@@ -340,6 +355,14 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "health") != 0 && strcmp(cmd, "info") != 0 && strcmp(cmd, "compute") != 0) {
     fprintf(stderr, "splitserve-call: unknown command '%s' (health, info, compute)\n", cmd);
+    return 2;
+  }
+
+  char auth[TOOL_TOKEN_MAX + 8], terr[256];
+  int trv = tool_token_header(token_arg, token_file, auth, sizeof auth, terr, sizeof terr);
+  if (token_arg) tool_token_wipe(token_arg, strlen(token_arg)); /* out of ps and /proc */
+  if (trv != 0) {
+    fprintf(stderr, "splitserve-call: %s\n", terr);
     return 2;
   }
 
@@ -440,6 +463,15 @@ int main(int argc, char **argv) {
     char msg[512];
     snprintf(msg, sizeof msg, "cannot connect to %s: %s", addr, cerr[0] ? cerr : ss_strerror(rv));
     return die_status(SS_GRPC_UNAVAILABLE, msg);
+  }
+  if (auth[0]) {
+    rv = ss_client_set_header(cl, "authorization", auth);
+    tool_token_wipe(auth, sizeof auth);
+    if (rv < 0) {
+      fprintf(stderr, "splitserve-call: cannot send the token: %s\n", ss_strerror(rv));
+      ss_client_close(cl);
+      return 2;
+    }
   }
 
   int exit_code = 0;

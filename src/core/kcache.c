@@ -1,6 +1,6 @@
 /*
  * kcache.c — see kcache.h. A chained hash table (FNV-1a, grows x2 past load 1), an LRU list,
- * and a ring of recently removed keys with reasons. Every byte the cache keeps is counted:
+ * and a ring of recently removed keys with reasons and tags. Every byte the cache keeps is counted:
  * entries (the caller's bytes + the entry struct + its key) and the remembered keys with their
  * reasons (at most a quarter of the budget; the oldest are forgotten first). Loop thread only.
  */
@@ -21,7 +21,7 @@ struct ss_kcache {
   ss_kentry *head, *tail;
   void (*free_value)(void *, void *);
   void *user;
-  char *gone[SS_GONE_RING]; /* "key\0reason" */
+  char *gone[SS_GONE_RING]; /* tag (SS_KCACHE_TAG bytes), then "key\0reason" */
   size_t gone_bytes[SS_GONE_RING]; /* each record's bytes, counted in bytes */
   size_t gone_pos, gone_total;
   uint64_t n_evicted;
@@ -75,17 +75,18 @@ static void gone_drop(ss_kcache *c, size_t i) {
   c->gone_bytes[i] = 0;
 }
 
-static void remember(ss_kcache *c, const char *key, const char *reason) {
-  size_t kl = strlen(key), rl = strlen(reason);
-  char *rec = malloc(kl + rl + 2);
+static void remember(ss_kcache *c, const ss_kentry *e, const char *reason) {
+  size_t kl = strlen(e->key), rl = strlen(reason), n = SS_KCACHE_TAG + kl + rl + 2;
+  char *rec = malloc(n);
   if (!rec) return;
-  memcpy(rec, key, kl + 1);
-  memcpy(rec + kl + 1, reason, rl + 1);
+  memcpy(rec, e->tag, SS_KCACHE_TAG);
+  memcpy(rec + SS_KCACHE_TAG, e->key, kl + 1);
+  memcpy(rec + SS_KCACHE_TAG + kl + 1, reason, rl + 1);
   gone_drop(c, c->gone_pos);
   c->gone[c->gone_pos] = rec;
-  c->gone_bytes[c->gone_pos] = kl + rl + 2;
-  c->bytes += kl + rl + 2;
-  c->gone_total += kl + rl + 2;
+  c->gone_bytes[c->gone_pos] = n;
+  c->bytes += n;
+  c->gone_total += n;
   c->gone_pos = (c->gone_pos + 1) % SS_GONE_RING;
   /* The remembered keys may use at most a quarter of the budget: oldest forgotten first. */
   for (size_t k = 0; k < SS_GONE_RING && c->max_bytes && c->gone_total > c->max_bytes / 4; k++) {
@@ -103,7 +104,7 @@ void *ss_kcache_remove(ss_kcache *c, ss_kentry *e, const char *reason, int take)
   lru_unlink(c, e);
   c->count--;
   c->bytes -= e->bytes;
-  if (reason) remember(c, e->key, reason);
+  if (reason) remember(c, e, reason);
   void *v = e->value;
   if (!take) {
     if (c->free_value) c->free_value(v, c->user);
@@ -133,10 +134,20 @@ ss_kentry *ss_kcache_get(ss_kcache *c, const char *key, int touch, const char **
       }
       return e;
     }
-  if (why)
-    for (size_t i = 0; i < SS_GONE_RING; i++)
-      if (c->gone[i] && strcmp(c->gone[i], key) == 0) *why = c->gone[i] + strlen(key) + 1;
+  if (why) *why = ss_kcache_gone(c, key, NULL);
   return NULL;
+}
+
+const char *ss_kcache_gone(const ss_kcache *c, const char *key, const uint8_t **tag) {
+  const char *why = NULL;
+  for (size_t k = 0; k < SS_GONE_RING; k++) { /* oldest first: the latest record wins */
+    size_t i = (c->gone_pos + k) % SS_GONE_RING;
+    if (c->gone[i] && strcmp(c->gone[i] + SS_KCACHE_TAG, key) == 0) {
+      why = c->gone[i] + SS_KCACHE_TAG + strlen(key) + 1;
+      if (tag) *tag = (const uint8_t *)c->gone[i];
+    }
+  }
+  return why;
 }
 
 /* Over the budget: evict idle entries, least recently used first, the newest last. */
@@ -210,7 +221,7 @@ int ss_kcache_resize(ss_kcache *c, ss_kentry *e, size_t bytes) {
 
 void ss_kcache_forget(ss_kcache *c, const char *key) {
   for (size_t i = 0; i < SS_GONE_RING; i++)
-    if (c->gone[i] && strcmp(c->gone[i], key) == 0) gone_drop(c, i);
+    if (c->gone[i] && strcmp(c->gone[i] + SS_KCACHE_TAG, key) == 0) gone_drop(c, i);
 }
 
 void ss_kcache_sweep(ss_kcache *c) {

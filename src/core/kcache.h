@@ -3,7 +3,8 @@
  * byte budget (least recently used idle entries are evicted first), "busy" pinning (a pinned
  * entry is never evicted), and a bounded memory of removed keys with the reason they went
  * ("evicted: ttl", "used by a backward call", ...) so a client asking for one gets a precise
- * answer instead of a bare "not found".
+ * answer instead of a bare "not found". An entry carries an opaque tag that its user sets (the
+ * service: the owner of a session or a training forward); a removed key is remembered with it.
  *
  * Used for server-side decode sessions (KV caches) and the training activation cache.
  * Thread: loop thread only (no locks). Values are freed through the free callback.
@@ -14,12 +15,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define SS_KCACHE_TAG 32 /* bytes of an entry's tag */
+
 typedef struct ss_kentry {
   char *key;
   void *value;           /* owned; freed with the cache's free_value */
   size_t bytes;
   uint64_t last_used_ns;
   int busy;              /* pinned: in use by a call */
+  uint8_t tag[SS_KCACHE_TAG]; /* the user's (zero after put); remembered with a removed key */
   struct ss_kentry *hnext, *prev, *next; /* hash chain; LRU list (head = most recent) */
 } ss_kentry;
 
@@ -35,6 +39,9 @@ void ss_kcache_free(ss_kcache *c);
  * is the reason given then (borrowed, valid until the next call); else *why = NULL. touch:
  * count as a use (LRU, TTL). */
 ss_kentry *ss_kcache_get(ss_kcache *c, const char *key, int touch, const char **why);
+/* The reason a recently removed key went (borrowed, valid until the next call), with the tag its
+ * entry had in *tag; NULL when key is not remembered. */
+const char *ss_kcache_gone(const ss_kcache *c, const char *key, const uint8_t **tag);
 /* Bytes the cache adds to an entry's own: the entry struct and its key copy. The budget and the
  * stats count them, and the remembered keys of removed entries with their reasons, too (those
  * are kept within a quarter of the budget, oldest forgotten first). */

@@ -30,6 +30,10 @@
  * against the CA for the host name or IP address). Frames gathered in wbuf are sealed into
  * tbuf, which is what gets written.
  *
+ * Extra request headers (ss_aclient_set_header, e.g. authorization): the client keeps its own
+ * copies and puts them in every call's HEADERS after the fixed ones; "authorization" goes out
+ * HPACK never-indexed. The copies are zeroed before they are freed (a value may be a secret).
+ *
  * Lifetimes: a call struct lives until nghttp2 closes its stream (nghttp2 may still read its
  * body) or the session is deleted, even after its callback fired ("done"). The client itself
  * is freed when its three handles (tcp, prepare, timer) have closed; nghttp2 callbacks that
@@ -55,6 +59,12 @@
 #define SS_CLIENT_READ_BUF (256 << 10)
 
 enum { ST_CONNECTING, ST_CONNECTED, ST_FAILED };
+
+/* A request header of ss_aclient_set_header (both strings owned). */
+typedef struct extra_header {
+  char *name, *value;
+  size_t name_len, value_len;
+} extra_header;
 
 typedef struct ss_call ss_call;
 struct ss_call {
@@ -106,6 +116,8 @@ struct ss_aclient {
   ss_tls_conn *tls;
   uint8_t *tbuf;     /* ciphertext being written (TLS) */
   size_t tcap;
+  extra_header hdrs[SS_CLIENT_MAX_HEADERS]; /* sent with every call (ss_aclient_set_header) */
+  size_t nhdrs;
 };
 
 /* ------------------------------------------------------------------ helpers ---- */
@@ -590,6 +602,77 @@ static void on_timer(uv_timer_t *t) {
   schedule_flush(c);
 }
 
+/* ------------------------------------------------------------------ headers ---- */
+
+/* Zero a string's bytes, then free it (the compiler may not drop the stores: volatile). */
+static void wipe_free(char *p, size_t n) {
+  if (!p) return;
+  volatile char *v = p;
+  while (n--) *v++ = 0;
+  free(p);
+}
+
+/* A name the application may set: a lowercase HTTP token (RFC 9110 5.6.2; HTTP/2 wants lowercase)
+ * that the client does not write itself and that is not connection-specific (RFC 9113 8.2.2). */
+static int header_name_ok(const char *name) {
+  static const char *const reserved[] = {"content-type", "te", "user-agent", "host", "connection",
+                                         "keep-alive", "proxy-connection", "transfer-encoding",
+                                         "upgrade"};
+  if (!*name || strncmp(name, "grpc-", 5) == 0) return 0;
+  for (const char *p = name; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || strchr("!#$%&'*+-.^_`|~", *p)))
+      return 0;
+  for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+    if (strcmp(name, reserved[i]) == 0) return 0;
+  return 1;
+}
+
+/* Printable ASCII, with spaces and tabs inside but not at either end (RFC 9113 8.2.1). */
+static int header_value_ok(const char *v) {
+  size_t n = strlen(v);
+  if (n > 0 && (v[0] == ' ' || v[0] == '\t' || v[n - 1] == ' ' || v[n - 1] == '\t')) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!((v[i] >= 0x20 && v[i] <= 0x7e) || v[i] == '\t')) return 0;
+  return 1;
+}
+
+static void header_drop(ss_aclient *c, size_t i) {
+  free(c->hdrs[i].name);
+  wipe_free(c->hdrs[i].value, c->hdrs[i].value_len);
+  c->hdrs[i] = c->hdrs[--c->nhdrs];
+}
+
+int ss_aclient_set_header(ss_aclient *c, const char *name, const char *value) {
+  if (!c || !name || !header_name_ok(name) || (value && !header_value_ok(value))) return SS_EINVAL;
+  if (c->closing) return SS_ECLOSED;
+  size_t i = 0;
+  while (i < c->nhdrs && strcmp(c->hdrs[i].name, name) != 0) i++;
+  if (!value) {
+    if (i < c->nhdrs) header_drop(c, i);
+    return 0;
+  }
+  int fresh = i == c->nhdrs;
+  if (fresh && c->nhdrs == SS_CLIENT_MAX_HEADERS) return SS_ERANGE;
+  size_t vl = strlen(value);
+  char *v = malloc(vl + 1), *n = fresh ? strdup(name) : NULL;
+  if (!v || (fresh && !n)) {
+    free(v);
+    free(n);
+    return SS_ENOMEM;
+  }
+  memcpy(v, value, vl + 1);
+  if (fresh) {
+    c->hdrs[i].name = n;
+    c->hdrs[i].name_len = strlen(n);
+    c->nhdrs++;
+  } else {
+    wipe_free(c->hdrs[i].value, c->hdrs[i].value_len);
+  }
+  c->hdrs[i].value = v;
+  c->hdrs[i].value_len = vl;
+  return 0;
+}
+
 /* ------------------------------------------------------------------ public ----- */
 
 static void on_handle_closed(uv_handle_t *h) {
@@ -604,6 +687,7 @@ static void on_handle_closed(uv_handle_t *h) {
   free(c->wbuf);
   free(c->rbuf);
   free(c->tbuf);
+  while (c->nhdrs > 0) header_drop(c, c->nhdrs - 1);
   ss_tls_conn_free(c->tls);
   ss_tls_ctx_free(c->tls_ctx);
   free(c);
@@ -731,7 +815,7 @@ int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len
   ss_msg_reader_init(&k->reader, SS_CLIENT_MAX_RESPONSE);
 
   char tmo[16];
-  nghttp2_nv nv[8];
+  nghttp2_nv nv[8 + SS_CLIENT_MAX_HEADERS];
   size_t n = 0;
 #define SS_NV(N, V, VL)                                                                       \
   nv[n].name = (uint8_t *)(N), nv[n].namelen = sizeof(N) - 1, nv[n].value = (uint8_t *)(V), \
@@ -752,6 +836,15 @@ int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len
     k->deadline_ns = k->start_ns + (uint64_t)ins;
   }
 #undef SS_NV
+  for (size_t i = 0; i < c->nhdrs; i++, n++) { /* ss_aclient_set_header */
+    const extra_header *h = &c->hdrs[i];
+    nv[n].name = (uint8_t *)h->name;
+    nv[n].namelen = h->name_len;
+    nv[n].value = (uint8_t *)h->value;
+    nv[n].valuelen = h->value_len;
+    nv[n].flags = strcmp(h->name, "authorization") == 0 ? NGHTTP2_NV_FLAG_NO_INDEX
+                                                         : NGHTTP2_NV_FLAG_NONE;
+  }
   nghttp2_data_provider prd;
   prd.source.ptr = k;
   prd.read_callback = on_data_read;
@@ -864,6 +957,10 @@ void ss_client_close(ss_client *c) {
   uv_run(&c->loop, UV_RUN_DEFAULT);
   uv_loop_close(&c->loop);
   free(c);
+}
+
+int ss_client_set_header(ss_client *c, const char *name, const char *value) {
+  return c ? ss_aclient_set_header(c->ac, name, value) : SS_EINVAL;
 }
 
 int ss_client_unary(ss_client *c, const char *path, const void *msg, size_t len, double timeout_s,

@@ -23,7 +23,8 @@
  * is fed to OpenSSL (the handshake runs there until it completes) and the plaintext goes to
  * nghttp2; wbuf gathers plaintext frames as above, and when a write starts they are sealed and
  * the ciphertext is written from inflight_buf. The handshake timeout covers the TLS handshake
- * (a connection that does not complete it is closed without a GOAWAY).
+ * (a connection that does not complete it is closed without a GOAWAY). A graceful close (the
+ * FIN after a GOAWAY, or the drain's close) first sends a close_notify alert, best effort.
  *
  * Bounds (what one client can make the server hold; each a setting of ss_grpc_config):
  *   connections   total and per client IP: over either, the socket gets SETTINGS + GOAWAY
@@ -687,8 +688,23 @@ static void on_recv_timeout(ss_tq_entry *e) {
                "request body stopped arriving: nothing for %.1f s (--request-body-timeout)", t);
 }
 
+/* TLS: a close_notify alert just before the FIN or the close, so the peer can tell a clean end
+ * from a truncation. Best effort and bounded: written only when nothing else is waiting and the
+ * socket takes it at once (uv_try_write keeps the order: it refuses while a write is queued);
+ * the peer's close_notify is never awaited. */
+static void tls_close_notify(ss_conn *c) {
+  uint8_t alert[256]; /* one alert record: 24 (TLS 1.3) to ~100 bytes (TLS 1.2 CBC) */
+  if (!c->tls || c->shut || ss_tls_pending(c->tls) > 0 || !ss_tls_close_notify(c->tls)) return;
+  size_t n = ss_tls_pending(c->tls);
+  if (n > sizeof alert) return;
+  n = ss_tls_take(c->tls, alert, n);
+  uv_buf_t b = uv_buf_init((char *)alert, (unsigned)n);
+  (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+}
+
 void ss_conn_close(ss_conn *c) {
   if (c->closing) return;
+  tls_close_notify(c);
   c->closing = 1;
   ss_grpc_server *s = c->srv;
   ss_tq_cancel(&s->tq, &c->tmo);
@@ -838,6 +854,7 @@ static void flush(ss_conn *c) {
     /* Everything is written: send FIN and wait (bounded) for the peer's, so that a close with
      * unread input (which makes the kernel send RST) does not destroy our GOAWAY. */
     if (!c->shut) {
+      tls_close_notify(c);
       c->shut = 1;
       if (uv_shutdown(&c->shutreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) ss_conn_close(c);
     }

@@ -11,6 +11,10 @@
  * offers ALPN without h2 with a fatal no_application_protocol alert, and one that offers no ALPN
  * at all is refused once its handshake completes. With a client CA, a client without a
  * certificate that verifies is refused in the handshake.
+ *
+ * Closing: a graceful close sends close_notify (ss_tls_close_notify) so the peer can tell the end
+ * of the stream from a truncation; a connection whose record layer failed does not (OpenSSL has
+ * already put the fatal alert in the output).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +35,8 @@ struct ss_tls_conn {
   SSL *ssl;
   BIO *rbio, *wbio; /* owned by ssl */
   int ready;
+  int failed;       /* a bad record or a failed write: no close_notify */
+  int bye;          /* close_notify queued */
 };
 
 static const unsigned char k_alpn_h2[] = {2, 'h', '2'};
@@ -271,6 +277,7 @@ int ss_tls_feed(ss_tls_conn *t, const uint8_t *in, size_t n, uint8_t *scratch, s
     char why[256];
     ossl_reason(why, sizeof why);
     snprintf(err, errlen, "TLS record: %s", why);
+    t->failed = 1;
     return SS_EPROTO;
   }
 }
@@ -280,7 +287,10 @@ int ss_tls_seal(ss_tls_conn *t, const uint8_t *p, size_t n) {
     int chunk = n > (1u << 30) ? 1 << 30 : (int)n;
     ERR_clear_error();
     int r = SSL_write(t->ssl, p, chunk);
-    if (r <= 0) return SS_EPROTO;
+    if (r <= 0) {
+      t->failed = 1;
+      return SS_EPROTO;
+    }
     p += r;
     n -= (size_t)r;
   }
@@ -293,4 +303,15 @@ size_t ss_tls_take(ss_tls_conn *t, uint8_t *out, size_t cap) {
   int c = cap > INT32_MAX ? INT32_MAX : (int)cap;
   int r = BIO_read(t->wbio, out, c);
   return r > 0 ? (size_t)r : 0;
+}
+
+int ss_tls_close_notify(ss_tls_conn *t) {
+  if (!t->ready || t->failed || t->bye) return 0;
+  t->bye = 1;
+  ERR_clear_error();
+  if (SSL_shutdown(t->ssl) < 0) { /* 0: ours sent, the peer's not seen; 1: both */
+    ERR_clear_error();
+    return 0;
+  }
+  return BIO_ctrl_pending(t->wbio) > 0;
 }

@@ -45,6 +45,10 @@ int ss_tls_seal(ss_tls_conn *t, const uint8_t *p, size_t n);
 size_t ss_tls_pending(const ss_tls_conn *t);
 /* Move up to cap pending ciphertext bytes to out; returns how many. */
 size_t ss_tls_take(ss_tls_conn *t, uint8_t *out, size_t cap);
+/* A graceful close: put a close_notify alert in the output (SSL_shutdown once; the peer's
+ * close_notify is never awaited). Only after a complete handshake, on a record layer that has
+ * not failed, and once per connection: returns 1 when the alert was queued now, else 0. */
+int ss_tls_close_notify(ss_tls_conn *t);
 
 /* ---- client side (src/grpc/client.c) ---- */
 /* A client context: verify the server against ca_file (NULL: the system's default store),

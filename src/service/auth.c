@@ -4,7 +4,8 @@
  *
  * Layout: tokens are stored zero-padded in one array of n x width bytes (width = the longest
  * token), with their lengths beside; a lookup pads the presented token the same way and XORs it
- * against every row in full, folding the length difference into the same accumulator.
+ * against every row in full, folding the length difference into the same accumulator. Owner
+ * tags (auth.h) are HMAC-SHA256 through OpenSSL's libcrypto, compared with CRYPTO_memcmp.
  *
  * Thread: loop thread.
  */
@@ -17,6 +18,11 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include "core/log.h"
 #include "splitserve.h"
@@ -196,12 +202,19 @@ int ss_auth_load(const char *path, ss_auth **out, char *err, size_t errlen) {
   return 0;
 }
 
-int ss_auth_find(const ss_auth *a, const char *authorization) {
-  if (!a || !authorization || strncasecmp(authorization, "Bearer ", 7) != 0) return -1;
+/* The token of an authorization value "Bearer TOKEN" (scheme case-insensitive, blanks after it
+ * skipped), or NULL when it is not a bearer credential or the token is empty. */
+static const char *bearer_token(const char *authorization) {
+  if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0) return NULL;
   const char *t = authorization + 7;
   while (*t == ' ') t++;
+  return *t ? t : NULL;
+}
+
+int ss_auth_find(const ss_auth *a, const char *authorization) {
+  const char *t = bearer_token(authorization);
+  if (!a || !t) return -1;
   size_t tlen = strlen(t);
-  if (tlen == 0) return -1;
   uint8_t buf[SS_AUTH_MAX_TOKEN];
   size_t w = a->width, k = tlen < w ? tlen : w;
   memset(buf, 0, w);
@@ -239,4 +252,21 @@ const char *ss_auth_models(const ss_auth *a, int idx, char *buf, size_t len) {
   const char *m = a && idx >= 0 && (size_t)idx < a->n ? a->models[idx] : NULL;
   snprintf(buf, len, "%s", m ? m : "all models");
   return buf;
+}
+
+int ss_auth_tag_key(uint8_t key[SS_AUTH_TAG]) {
+  return RAND_bytes(key, SS_AUTH_TAG) == 1 ? 0 : SS_EIO;
+}
+
+void ss_auth_tag(const uint8_t key[SS_AUTH_TAG], const char *authorization,
+                 uint8_t tag[SS_AUTH_TAG]) {
+  const char *t = bearer_token(authorization);
+  unsigned int n = 0;
+  if (!t || !HMAC(EVP_sha256(), key, SS_AUTH_TAG, (const unsigned char *)t, strlen(t), tag, &n) ||
+      n != SS_AUTH_TAG)
+    memset(tag, 0, SS_AUTH_TAG);
+}
+
+int ss_auth_tag_equal(const uint8_t a[SS_AUTH_TAG], const uint8_t b[SS_AUTH_TAG]) {
+  return CRYPTO_memcmp(a, b, SS_AUTH_TAG) == 0;
 }

@@ -11,14 +11,22 @@
  * table's size, not on which token matched, how many bytes of one matched, or their lengths.
  * Tokens never appear in a log line or an error message.
  *
+ * Owners: a record a call creates (a training forward, a decode session) is bound to the
+ * call's token through an owner tag, HMAC-SHA256(key, token) under a key drawn at random when
+ * the service starts: the tag names the token without being it, so a record outlives a SIGHUP
+ * reload for as long as its token stays, and nothing stored reveals a token. Tags are compared
+ * in constant time.
+ *
  * Thread: loop thread (the file is small and read there, at start and on SIGHUP).
  */
 #ifndef SS_SERVICE_AUTH_H
 #define SS_SERVICE_AUTH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define SS_AUTH_MAX_TOKEN 1000 /* "Bearer " + token must fit the 1 KiB kept-header bound */
+#define SS_AUTH_TAG 32         /* bytes of an owner tag (and of its key) */
 
 typedef struct ss_auth ss_auth;
 
@@ -36,5 +44,13 @@ int ss_auth_find(const ss_auth *a, const char *authorization);
 int ss_auth_allows(const ss_auth *a, int idx, const char *model);
 /* Token idx's models as "a,b" (or "all models") into buf; returns buf. */
 const char *ss_auth_models(const ss_auth *a, int idx, char *buf, size_t len);
+
+/* A fresh random key for owner tags. 0, or SS_EIO when the system has no randomness. */
+int ss_auth_tag_key(uint8_t key[SS_AUTH_TAG]);
+/* The owner tag of the token in an `authorization` value ("Bearer TOKEN") under key into tag;
+ * all zero when the value is NULL or not a bearer credential. */
+void ss_auth_tag(const uint8_t key[SS_AUTH_TAG], const char *authorization, uint8_t tag[SS_AUTH_TAG]);
+/* Nonzero when the two tags are equal (constant time). */
+int ss_auth_tag_equal(const uint8_t a[SS_AUTH_TAG], const uint8_t b[SS_AUTH_TAG]);
 
 #endif

@@ -244,7 +244,7 @@ void ss_compute_finish(compute_state *st, int ran) {
   if (st->saved) { /* keep what backward needs, even if the client went away meanwhile */
     void *saved = st->saved;
     st->saved = NULL;
-    if (ss_train_store(st->svc, st->forward_id, st->sm, saved, st->saved_bytes, &st->in,
+    if (ss_train_store(st->svc, st->forward_id, st->owner, st->sm, saved, st->saved_bytes, &st->in,
                        st->out_shape, st->out_ndim, &st->enc) != 0 && !ss_call_answered(call)) {
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
                    "cannot keep the activations of forward '%s' (%zu bytes)", st->forward_id,
@@ -408,8 +408,15 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
   }
   if (sid) {
     char why[128] = "";
-    switch (ss_session_acquire(st->svc->sessions, m->id, sid, &st->session, why, sizeof why)) {
+    ss_service_owner(st->svc, call, st->owner);
+    switch (ss_session_acquire(st->svc->sessions, m->id, sid, st->owner, &st->session, why,
+                               sizeof why)) {
     case SS_SESSION_OK: break;
+    case SS_SESSION_FOREIGN: /* before anything about it (busy, evicted) is told */
+      ss_call_fail(call, SS_GRPC_PERMISSION_DENIED,
+                   "session '%s' of model '%s' belongs to another token: only the token that "
+                   "created it may use it", sid, m->id);
+      return -1;
     case SS_SESSION_EVICTED:
       ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
                    "session '%s' of model '%s' was %s (--session-ttl / --session-memory-mb); its "
@@ -638,11 +645,10 @@ static int check_mode(compute_state *st) {
                    "metadata session are for inference only");
       return -1;
     }
-    if (ss_train_forward_id(s, req->forward_id, st->forward_id, sizeof st->forward_id, err,
-                            sizeof err) != 0) {
-      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
+    ss_service_owner(s, call, st->owner);
+    if (ss_train_forward_id(s, call, st->owner, req->forward_id, st->forward_id,
+                            sizeof st->forward_id) != 0)
       return -1;
-    }
     st->training = 1;
   }
   rv = m->ops->check(m, &st->in, &st->meta, st->out_shape, &st->out_ndim, err, sizeof err);

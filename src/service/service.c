@@ -14,7 +14,8 @@
  * Authentication (--auth-tokens, auth.c): Compute, ComputeBackward, GetServiceInfo and
  * StreamMonitoring need a bearer token (`authorization: Bearer TOKEN`); Compute and
  * ComputeBackward also need the token to allow the model. Health checks stay open (probes and
- * load balancers carry no token).
+ * load balancers carry no token). Training forwards and decode sessions belong to the token that
+ * created them (ss_service_owner): another token gets PERMISSION_DENIED.
  *
  * Thread: loop thread (ss_service_new before the loop runs; ss_service_free after it ended).
  */
@@ -28,6 +29,8 @@
 #include "service/auth.h"
 #include "service/service_int.h"
 #include "service/sessions.h"
+
+_Static_assert(SS_KCACHE_TAG == SS_AUTH_TAG, "a cache entry's tag holds an owner tag");
 
 static ss_method methods[] = {
     {"/splitlearn.comm.ComputeService/Compute", 0, 0, ss_h_compute},
@@ -84,6 +87,20 @@ int ss_service_authorize(ss_service *s, ss_call *call, int tok, const char *mode
   char list[512];
   ss_call_fail(call, SS_GRPC_PERMISSION_DENIED, "this token may not use model '%s' (it may use: %s)",
                model, ss_auth_models(s->auth, tok, list, sizeof list));
+  return -1;
+}
+
+void ss_service_owner(const ss_service *s, ss_call *call, uint8_t tag[SS_KCACHE_TAG]) {
+  if (s->auth) ss_auth_tag(s->owner_key, ss_call_header(call, "authorization"), tag);
+  else memset(tag, 0, SS_KCACHE_TAG);
+}
+
+int ss_service_check_owner(const ss_service *s, ss_call *call, const uint8_t *owner,
+                           const uint8_t *rec_tag, const char *what, const char *id) {
+  if (!s->auth || ss_auth_tag_equal(owner, rec_tag)) return 0;
+  ss_call_fail(call, SS_GRPC_PERMISSION_DENIED,
+               "%s '%s' belongs to another token: only the token that created it may use it",
+               what, id);
   return -1;
 }
 
@@ -150,6 +167,8 @@ int ss_service_new(uv_loop_t *loop, ss_pool *pool, const ss_server_config *cfg, 
     if (rv != 0) snprintf(err, errlen, "out of memory");
   }
   if (rv == 0 && s->cfg.auth_tokens) rv = auth_load(s, "auth", err, errlen);
+  if (rv == 0 && s->cfg.auth_tokens && (rv = ss_auth_tag_key(s->owner_key)) != 0)
+    snprintf(err, errlen, "no random bytes for the owner-tag key");
   if (rv == 0) rv = ss_models_load(s, err, errlen);
   if (rv != 0) {
     ss_service_close(s);

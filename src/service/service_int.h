@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/kcache.h"
 #include "grpc/grpc.h"
 #include "loop/admission.h"
 #include "loop/pool.h"
@@ -78,6 +79,7 @@ struct ss_service {
   struct ss_series *series;    /* request metrics (metrics.c) */
   uv_check_t batch_check;      /* closes sub-millisecond batches after each iteration's I/O */
   struct ss_auth *auth;        /* --auth-tokens (auth.c); NULL: no authentication */
+  uint8_t owner_key[SS_KCACHE_TAG]; /* --auth-tokens: the key of owner tags (auth.h), at start */
 };
 
 /* ---- authentication (service.c, on auth.c) ---- */
@@ -88,6 +90,16 @@ int ss_service_authenticate(ss_service *s, ss_call *call);
 /* 0 when token tok (from ss_service_authenticate) may use model; else -1 after failing the
  * call PERMISSION_DENIED. */
 int ss_service_authorize(ss_service *s, ss_call *call, int tok, const char *model);
+/* With --auth-tokens, records (training forwards, decode sessions) belong to the token of the
+ * call that created them: their cache entry's tag (core/kcache.h) is the owner tag of that
+ * token (auth.h: a keyed hash, never the token). Without, every tag is zero: one owner.
+ * The owner tag of the call's bearer token into tag (all zero without --auth-tokens). */
+void ss_service_owner(const ss_service *s, ss_call *call, uint8_t tag[SS_KCACHE_TAG]);
+/* 0 when a record tagged rec_tag may be used by owner (the calling token; always without
+ * --auth-tokens); else fails the call PERMISSION_DENIED ("<what> '<id>' belongs to another
+ * token", naming neither token) and returns -1. */
+int ss_service_check_owner(const ss_service *s, ss_call *call, const uint8_t *owner,
+                           const uint8_t *rec_tag, const char *what, const char *id);
 
 /* ---- handlers (loop thread, request message complete) ---- */
 /* The fixed thread budget: I/O loops + workers x intra-op threads (workers 0: compute inline). */
@@ -140,17 +152,21 @@ void ss_batch_on_check(uv_check_t *h);
 int ss_train_init(ss_service *s);
 void ss_train_free(ss_service *s);
 void ss_train_sweep(ss_service *s);
-int ss_train_forward_id(ss_service *s, const char *client_id, char *out, size_t outlen, char *err,
-                        size_t errlen);
+/* The forward_id of a training Compute call: client_id (refused when it holds a record that
+ * has not had its backward: INVALID_ARGUMENT, or PERMISSION_DENIED when another token's) or a
+ * fresh one, into out. 0, or -1 after failing the call. */
+int ss_train_forward_id(ss_service *s, ss_call *call, const uint8_t *owner, const char *client_id,
+                        char *out, size_t outlen);
 /* Would a training forward keeping saved_bytes (its model's estimate, ops->train_bytes) fit in
  * the activation budget on its own, counting the record and its id? 0, or SS_EBUSY with a
  * message naming the sizes and --activation-memory-mb. */
 int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_bytes, char *err,
                           size_t errlen);
 struct ss_wire_enc;
-/* enc: how the forward's tensors travelled; its gradients travel the same way. */
-int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, void *saved,
-                   size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim,
-                   const struct ss_wire_enc *enc);
+/* enc: how the forward's tensors travelled; its gradients travel the same way. owner: the
+ * record's tag (ss_service_owner of the forward's call). */
+int ss_train_store(ss_service *s, const char *forward_id, const uint8_t *owner, ss_served_model *sm,
+                   void *saved, size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape,
+                   int out_ndim, const struct ss_wire_enc *enc);
 
 #endif

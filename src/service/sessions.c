@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "service/auth.h"
+
 struct ss_sessions {
   ss_kcache *cache;
 };
@@ -56,12 +58,21 @@ static char *make_key(const char *model, const char *id) {
   return k;
 }
 
-int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_session **out,
-                       char *why, size_t whylen) {
+int ss_session_acquire(ss_sessions *s, const char *model, const char *id, const uint8_t *owner,
+                       ss_session **out, char *why, size_t whylen) {
   char *key = make_key(model, id);
   if (!key) return SS_SESSION_NOMEM;
   const char *gone = NULL;
-  ss_kentry *e = ss_kcache_get(s->cache, key, 1, &gone);
+  const uint8_t *tag = NULL;
+  ss_kentry *e = ss_kcache_get(s->cache, key, 0, NULL);
+  if (e) tag = e->tag;
+  else gone = ss_kcache_gone(s->cache, key, &tag);
+  /* Another owner's session, or its eviction (an ended one may be started afresh). */
+  if (tag && !ss_auth_tag_equal(tag, owner) && (e || strncmp(gone, "evicted", 7) == 0)) {
+    free(key);
+    return SS_SESSION_FOREIGN;
+  }
+  if (e) ss_kcache_get(s->cache, key, 1, NULL); /* a use: LRU and idle time */
   if (!e && gone && strncmp(gone, "evicted", 7) == 0) {
     snprintf(why, whylen, "%s", gone); /* copied: forgetting frees the record */
     ss_kcache_forget(s->cache, key); /* reported once: the client may start over */
@@ -75,6 +86,7 @@ int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_ses
       free(key);
       return SS_SESSION_NOMEM;
     }
+    memcpy(e->tag, owner, SS_KCACHE_TAG);
     x->entry = e;
   }
   free(key);
@@ -106,16 +118,6 @@ void ss_session_release(ss_sessions *s, ss_session *x, ss_kv_layer *present, int
     x->n_layers = n_layers;
     ss_kcache_resize(s->cache, e, kv_bytes(present, n_layers)); /* may evict x (over budget) */
   }
-}
-
-int ss_session_end(ss_sessions *s, const char *model, const char *id) {
-  char *key = make_key(model, id);
-  if (!key) return 0;
-  ss_kentry *e = ss_kcache_get(s->cache, key, 0, NULL);
-  free(key);
-  if (!e || e->busy) return 0;
-  ss_kcache_remove(s->cache, e, "ended", 0);
-  return 1;
 }
 
 void ss_sessions_sweep(ss_sessions *s) { ss_kcache_sweep(s->cache); }

@@ -7,7 +7,10 @@
  * recently used idle sessions are evicted. Evicted ids are remembered (a bounded ring) so that a
  * client coming back to one gets FAILED_PRECONDITION saying it was evicted, rather than silently
  * starting over with an empty cache. A session used by a call in flight is "busy" and is never
- * evicted; a second concurrent call on it is refused (ABORTED).
+ * evicted; a second concurrent call on it is refused (ABORTED). A session belongs to the owner
+ * tag (service.c: the token, with --auth-tokens) of the call that created it: a call with another
+ * owner gets SS_SESSION_FOREIGN, for a live session and for a remembered eviction alike, and
+ * changes nothing (not even its idle time).
  *
  * Thread: loop thread only. A worker reads a busy session's cache (immutable while busy).
  */
@@ -31,19 +34,24 @@ typedef struct ss_sessions ss_sessions;
 int ss_sessions_new(size_t max_bytes, double ttl_s, ss_sessions **out);
 void ss_sessions_free(ss_sessions *s);
 
-enum { SS_SESSION_OK = 0, SS_SESSION_EVICTED = 1, SS_SESSION_BUSY = 2, SS_SESSION_NOMEM = 3 };
+enum {
+  SS_SESSION_OK = 0,
+  SS_SESSION_EVICTED = 1,
+  SS_SESSION_BUSY = 2,
+  SS_SESSION_NOMEM = 3,
+  SS_SESSION_FOREIGN = 4
+};
 
-/* Find or create the session (model, id) and mark it busy. *out is set on SS_SESSION_OK.
- * SS_SESSION_EVICTED: the id was evicted earlier; why[whylen] receives the reason (reported
- * once: a later call with the same id starts a new session). */
-int ss_session_acquire(ss_sessions *s, const char *model, const char *id, ss_session **out,
-                       char *why, size_t whylen);
+/* Find or create the session (model, id) for owner (SS_KCACHE_TAG bytes; a new session takes
+ * it) and mark it busy. *out is set on SS_SESSION_OK. SS_SESSION_EVICTED: the id was evicted
+ * earlier; why[whylen] receives the reason (reported once: a later call with the same id starts
+ * a new session). SS_SESSION_FOREIGN: the session, or its eviction, is another owner's. */
+int ss_session_acquire(ss_sessions *s, const char *model, const char *id, const uint8_t *owner,
+                       ss_session **out, char *why, size_t whylen);
 /* The call finished: when present != NULL it becomes the session's cache (ownership taken;
  * the old cache is freed); the session is no longer busy. end: free the session now. */
 void ss_session_release(ss_sessions *s, ss_session *sess, ss_kv_layer *present, int n_layers,
                         int end);
-/* Free a session by id, if idle (session_end without compute). Returns 1 if it existed. */
-int ss_session_end(ss_sessions *s, const char *model, const char *id);
 /* Evict sessions idle past the TTL (call from a periodic timer). */
 void ss_sessions_sweep(ss_sessions *s);
 /* Totals for GetServiceInfo. */

@@ -18,6 +18,10 @@
  *  - Weights: forwards and backwards hold the model's read lock on the worker; a step takes the
  *    write lock, so a racing forward sees the old or the new weights, never a mix. No lock is
  *    ever taken on the loop thread.
+ *  - Owners (--auth-tokens): a record is tagged with its forward's token (ss_service_owner);
+ *    a backward, or a training forward reusing the id, with another token is refused
+ *    (PERMISSION_DENIED) before anything about the record is told or changed, and so is a
+ *    backward for a remembered (used, evicted) id of another token.
  *
  * Thread: handlers and the cache on the loop thread; the job's run() on a worker.
  */
@@ -66,19 +70,22 @@ void ss_train_free(ss_service *s) {
 
 void ss_train_sweep(ss_service *s) { ss_kcache_sweep(s->acts); }
 
-int ss_train_forward_id(ss_service *s, const char *client_id, char *out, size_t outlen, char *err,
-                        size_t errlen) {
+int ss_train_forward_id(ss_service *s, ss_call *call, const uint8_t *owner, const char *client_id,
+                        char *out, size_t outlen) {
   if (client_id && *client_id) {
     if (strlen(client_id) >= outlen) {
-      snprintf(err, errlen, "forward_id is %zu bytes long; at most %zu", strlen(client_id),
-               outlen - 1);
-      return SS_EINVAL;
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "forward_id is %zu bytes long; at most %zu",
+                   strlen(client_id), outlen - 1);
+      return -1;
     }
-    if (ss_kcache_get(s->acts, client_id, 0, NULL)) {
-      snprintf(err, errlen,
-               "forward_id '%s' already holds a training forward that has not had its backward "
-               "call; use a new id per forward", client_id);
-      return SS_EINVAL;
+    ss_kentry *e = ss_kcache_get(s->acts, client_id, 0, NULL);
+    if (e && ss_service_check_owner(s, call, owner, e->tag, "forward_id", client_id) != 0)
+      return -1;
+    if (e) {
+      ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                   "forward_id '%s' already holds a training forward that has not had its "
+                   "backward call; use a new id per forward", client_id);
+      return -1;
     }
     ss_kcache_forget(s->acts, client_id); /* reused after its backward: a fresh meaning */
     snprintf(out, outlen, "%s", client_id);
@@ -104,9 +111,9 @@ int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_by
   return SS_EBUSY;
 }
 
-int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, void *saved,
-                   size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape, int out_ndim,
-                   const ss_wire_enc *enc) {
+int ss_train_store(ss_service *s, const char *forward_id, const uint8_t *owner, ss_served_model *sm,
+                   void *saved, size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape,
+                   int out_ndim, const ss_wire_enc *enc) {
   act_rec *r = calloc(1, sizeof *r);
   if (!r) {
     sm->model->ops->free_saved(sm->model, saved);
@@ -121,7 +128,10 @@ int ss_train_store(ss_service *s, const char *forward_id, ss_served_model *sm, v
   memcpy(r->in_shape, in->shape, sizeof r->in_shape);
   r->out_ndim = out_ndim;
   memcpy(r->out_shape, out_shape, (size_t)out_ndim * sizeof *out_shape);
-  return ss_kcache_put(s->acts, forward_id, r, saved_bytes + sizeof *r) ? 0 : SS_ENOMEM;
+  ss_kentry *e = ss_kcache_put(s->acts, forward_id, r, saved_bytes + sizeof *r);
+  if (!e) return SS_ENOMEM;
+  memcpy(e->tag, owner, SS_KCACHE_TAG);
+  return 0;
 }
 
 /* ------------------------------------------------------------- backward --- */
@@ -401,6 +411,12 @@ void ss_h_backward(ss_call *call, void *app) {
   }
   const char *why = NULL;
   ss_kentry *e = ss_kcache_get(s->acts, req->forward_id, 0, &why);
+  const uint8_t *tag = e ? e->tag : NULL;
+  if (!e && why) ss_kcache_gone(s->acts, req->forward_id, &tag);
+  uint8_t owner[SS_KCACHE_TAG];
+  ss_service_owner(s, call, owner);
+  if (tag && ss_service_check_owner(s, call, owner, tag, "forward_id", req->forward_id) != 0)
+    return; /* before anything about it (model, shape, used) is told */
   if (!e) {
     ss_call_fail(call, SS_GRPC_NOT_FOUND, "forward_id '%s': %s", req->forward_id,
                  why ? why

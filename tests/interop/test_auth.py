@@ -1,9 +1,12 @@
 """Token authentication (--auth-tokens FILE): bearer tokens in the `authorization` request
 header, per-token model lists, open health checks, SIGHUP reload (a bad file keeps the old
-tokens), no token in the server's log; and the proxy affinity headers x-session-id /
-x-forward-id read directly (without a proxy)."""
+tokens), no token in the server's log; training forwards and decode sessions bound to the token
+that created them; the C tools' --token / --token-file; and the proxy affinity headers
+x-session-id / x-forward-id read directly (without a proxy)."""
 import os
+import shutil
 import signal
+import subprocess
 import tempfile
 import time
 
@@ -76,14 +79,16 @@ def test_tokens_models_and_open_health():
                                          metadata=bearer(FULL)), SC.NOT_FOUND)
     sslib.expect_error(lambda: c.compute(mlp, timeout=T(5), metadata=bearer(IDENT)),
                        SC.PERMISSION_DENIED, "mlp")
-    # ComputeBackward: the forward's model decides
+    # ComputeBackward: the forward belongs to its token (another one learns nothing about it:
+    # not even its model), and the model must be the token's (test_owners)
     fwd = make_req(X, model="mlp")
     fwd.training_mode = True
     r = c.compute(fwd, timeout=T(10), metadata=bearer(MLP_ONLY))
     g = pb.BackwardRequest(grad_output_data=X.tobytes(), grad_output_shape=[1, 768],
                            forward_id=r.forward_id)
-    sslib.expect_error(lambda: c.backward(g, timeout=T(5), metadata=bearer(IDENT)),
-                       SC.PERMISSION_DENIED, "mlp")
+    d, _ = sslib.expect_error(lambda: c.backward(g, timeout=T(5), metadata=bearer(IDENT)),
+                              SC.PERMISSION_DENIED, "another token")
+    assert "mlp" not in d, d
     b = c.backward(g, timeout=T(10), metadata=bearer(MLP_ONLY))
     assert list(b.grad_input_shape) == [1, 768]
     # an authorization value over the kept-header bound: refused, not quoted
@@ -156,6 +161,165 @@ def test_config_key_and_sighup_with_config():
                                          metadata=bearer(NEW)), SC.PERMISSION_DENIED, "'b'")
     sslib.shutdown(c, srv)
     assert FULL not in srv.log and NEW not in srv.log
+
+
+A_TOK = "owner-A.token_0001"
+B_TOK = "owner-B.token_0002"
+
+
+def _owner_server(tmp, *extra):
+    tok = os.path.join(tmp, "tokens")
+    write(tok, "%s\n%s\n" % (A_TOK, B_TOK))
+    srv = sslib.Server("--auth-tokens", tok, "--log-level", "debug", *extra)
+    return srv, sslib.connect(srv)
+
+
+def _denied(fn, *want):
+    """PERMISSION_DENIED saying the id is another token's, quoting neither token."""
+    d, _ = sslib.expect_error(fn, SC.PERMISSION_DENIED, "belongs to another token", *want)
+    assert A_TOK not in d and B_TOK not in d, d
+    return d
+
+
+def test_forward_owners():
+    """A training forward is its token's: another token can neither run its backward, nor
+    learn whether it exists or was used, nor replace it with a forward of its own."""
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    srv, c = _owner_server(tmp)
+    try:
+        g = pb.BackwardRequest(grad_output_data=X.tobytes(), grad_output_shape=[1, 768],
+                               forward_id="fa")
+        fwd = make_req(X, model="mlp")
+        fwd.training_mode = True
+        fwd.forward_id = "fa"
+        assert c.compute(fwd, timeout=T(10), metadata=bearer(A_TOK)).forward_id == "fa"
+        _denied(lambda: c.backward(g, timeout=T(5), metadata=bearer(B_TOK)), "forward_id 'fa'")
+        _denied(lambda: c.compute(fwd, timeout=T(10), metadata=bearer(B_TOK)), "'fa'")
+        # the same through the proxy affinity header
+        g_hdr = pb.BackwardRequest(grad_output_data=X.tobytes(), grad_output_shape=[1, 768])
+        _denied(lambda: c.backward(g_hdr, timeout=T(5),
+                                   metadata=bearer(B_TOK) + [("x-forward-id", "fa")]))
+        # A's record is intact: its backward works, once
+        b = c.backward(g, timeout=T(10), metadata=bearer(A_TOK))
+        assert b.forward_id == "fa" and list(b.grad_input_shape) == [1, 768]
+        _denied(lambda: c.backward(g, timeout=T(5), metadata=bearer(B_TOK)))  # not "used"
+        sslib.expect_error(lambda: c.backward(g, timeout=T(5), metadata=bearer(A_TOK)),
+                           SC.NOT_FOUND, "already used")
+        # a forward_id the server made up
+        fwd.ClearField("forward_id")
+        r = c.compute(fwd, timeout=T(10), metadata=bearer(A_TOK))
+        g.forward_id = r.forward_id
+        _denied(lambda: c.backward(g, timeout=T(5), metadata=bearer(B_TOK)))
+        assert list(c.backward(g, timeout=T(10), metadata=bearer(A_TOK)).grad_input_shape) == [1, 768]
+    finally:
+        sslib.shutdown(c, srv)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for s in (A_TOK, B_TOK):
+        assert s not in srv.log, "a token appears in the server log"
+
+
+def test_session_owners():
+    """A decode session is its token's: another token can neither step it, end it, nor read or
+    consume the notice of its eviction; the owner's cache stays intact."""
+    import gpt2_ref
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    cfg = gpt2_ref.Config(n_embd=64, n_head=4, n_layer=2, n_positions=48)
+    wpath, cpath, _ = gpt2_ref.write_checkpoint(tmp, "t", cfg, seed=3)
+    srv, c = _owner_server(tmp, "--workers", "1", "--session-memory-mb", "1", "--model",
+                           "t=gpt2,weights=%s,config=%s,layers=0:2" % (wpath, cpath))
+    x = np.random.default_rng(5).standard_normal((1, 40, 64)).astype(np.float32)
+
+    def call(tok, xs, **meta):
+        return c.compute(make_req(xs, model="t", **meta), timeout=T(20), metadata=bearer(tok))
+
+    try:
+        call(A_TOK, x[:, :4], session="sa")
+        _denied(lambda: call(B_TOK, x[:, 4:5], session="sa"), "session 'sa'")
+        _denied(lambda: call(B_TOK, x[:, 4:5], session="sa", session_end=1))
+        _denied(lambda: c.compute(make_req(x[:, 4:5], model="t"), timeout=T(20),
+                                  metadata=bearer(B_TOK) + [("x-session-id", "sa")]))
+        # A's next step sees exactly its own cache: the same as a fresh session of A's
+        got = sslib.result(call(A_TOK, x[:, 4:5], session="sa"))
+        call(A_TOK, x[:, :4], session="ref")
+        ref = sslib.result(call(A_TOK, x[:, 4:5], session="ref", session_end=1))
+        np.testing.assert_array_equal(got, ref)
+        call(A_TOK, x[:, 5:6], session="sa", session_end=1)
+        # an ended id is free again: B may start its own session under it
+        call(B_TOK, x[:, :2], session="sa")
+        _denied(lambda: call(A_TOK, x[:, 2:3], session="sa"))
+        # eviction (40 KiB per 40-token session, 1 MiB budget): B is refused, A gets the notice
+        call(A_TOK, x, session="se")
+        for k in range(30):
+            call(A_TOK, x, session="fill%d" % k)
+        _denied(lambda: call(B_TOK, x[:, :1], session="se"))
+        sslib.expect_error(lambda: call(A_TOK, x[:, :1], session="se"), SC.FAILED_PRECONDITION,
+                           "session 'se'", "evicted")
+    finally:
+        sslib.shutdown(c, srv)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for s in (A_TOK, B_TOK):
+        assert s not in srv.log, "a token appears in the server log"
+
+
+def _tool(name, *args, timeout=30):
+    return subprocess.run([sslib.binary(name)] + [str(a) for a in args], capture_output=True,
+                          text=True, timeout=T(timeout))
+
+
+def test_tools_token():
+    """splitserve-call and splitserve-bench with --token / --token-file: every call carries
+    `authorization: Bearer TOKEN`; a wrong token is UNAUTHENTICATED; no token is ever printed."""
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    srv, c = _owner_server(tmp)
+    tfile = os.path.join(tmp, "a.token")
+    write(tfile, A_TOK + "\n")
+    wrong = "wrong-token_0003"
+    outputs = []
+    try:
+        def call(*args):
+            out = _tool("splitserve-call", "--addr", srv.target, *args)
+            outputs.append(out.stdout + out.stderr)
+            return out
+        compute = ("compute", "--model", "identity", "--shape", "2,2")
+        out = call("--token", A_TOK, *compute)
+        assert out.returncode == 0 and "output shape:" in out.stdout, (out.stdout, out.stderr)
+        out = call("--token-file", tfile, *compute)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        out = call("--token-file", tfile, "info")
+        assert out.returncode == 0 and "auth_tokens: 2" in out.stdout, (out.stdout, out.stderr)
+        out = call("--token", wrong, *compute)
+        assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+        out = call(*compute)  # no token at all
+        assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+        # local refusals: both options, a missing file, an empty first line
+        out = call("--token", A_TOK, "--token-file", tfile, *compute)
+        assert out.returncode == 2 and "not both" in out.stderr, out.stderr
+        out = call("--token-file", os.path.join(tmp, "missing"), *compute)
+        assert out.returncode == 2 and "missing" in out.stderr, out.stderr
+        empty = os.path.join(tmp, "empty.token")
+        write(empty, "\n" + A_TOK + "\n")
+        out = call("--token-file", empty, *compute)
+        assert out.returncode == 2 and "empty" in out.stderr, out.stderr
+        assert "--token-file" in _tool("splitserve-call", "--help").stdout
+        # the bench: a short bounded load, every call authenticated
+        bench = ("--addr", srv.target, "--model", "identity", "--shape", "4", "--concurrency",
+                 "4", "--duration", "1", "--warmup", "0.2", "--no-progress", "--fail-on-error")
+        out = _tool("splitserve-bench", "--token-file", tfile, *bench)
+        outputs.append(out.stdout + out.stderr)
+        assert out.returncode == 0 and "errors 0" in out.stdout, (out.stdout, out.stderr)
+        out = _tool("splitserve-bench", "--token", A_TOK, *bench)
+        outputs.append(out.stdout + out.stderr)
+        assert out.returncode == 0 and "errors 0" in out.stdout, (out.stdout, out.stderr)
+        out = _tool("splitserve-bench", "--token", wrong, *bench)
+        outputs.append(out.stdout + out.stderr)
+        assert out.returncode != 0 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+        assert "--token-file" in _tool("splitserve-bench", "--help").stdout
+    finally:
+        sslib.shutdown(c, srv)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for text in outputs + [srv.log]:
+        for s in (A_TOK, B_TOK, wrong):
+            assert s not in text, "a token was printed:\n%s" % text
 
 
 def test_affinity_headers_direct():

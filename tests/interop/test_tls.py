@@ -1,5 +1,6 @@
 """TLS (--tls-cert/--tls-key, mutual TLS with --tls-client-ca), certificate reload on SIGHUP,
-and the C clients' --tls-ca, against Python grpcio with ssl_channel_credentials.
+the C clients' --tls-ca, against Python grpcio with ssl_channel_credentials; and a graceful close
+(idle timeout, drain) ending with a TLS close_notify, seen by a raw Python ssl client.
 
 Certificates are made with the openssl CLI in a temp dir: a CA, a server certificate for
 127.0.0.1 / localhost, a client certificate, a second server certificate (the reload), and a
@@ -10,6 +11,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import time
@@ -260,6 +262,82 @@ def test_c_client_tls():
         assert out.returncode == 0, (out.stdout, out.stderr)
     finally:
         srv.stop_ok()
+
+
+def _h2_client(port):
+    """A raw TLS client (Python's ssl module, ALPN h2) that sends the HTTP/2 preface and an empty
+    SETTINGS frame, then only reads. A TCP end without close_notify raises an SSLError instead of
+    reading as b'': suppress_ragged_eofs=False, and without OP_IGNORE_UNEXPECTED_EOF (which
+    Python sets by default with OpenSSL 3)."""
+    ctx = ssl.create_default_context(cafile=CA[1])
+    ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    ctx.set_alpn_protocols(["h2"])
+    s = socket.create_connection(("127.0.0.1", port), timeout=T(10))
+    t = ctx.wrap_socket(s, server_hostname="localhost", suppress_ragged_eofs=False)
+    assert t.selected_alpn_protocol() == "h2"
+    t.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + b"\x04\x00" +
+              struct.pack(">I", 0))
+    return t
+
+
+def _read_until_closed(t, timeout):
+    """Read until the server ends the connection: (bytes read, how it ended)."""
+    got = b""
+    deadline = time.monotonic() + T(timeout)
+    while True:
+        t.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = t.recv(65536)
+        except ssl.SSLZeroReturnError:
+            return got, "close_notify"
+        except ssl.SSLError as e:  # SSLEOFError, or UNEXPECTED_EOF_WHILE_READING (3.11)
+            return got, "TCP end without close_notify (%s)" % e
+        except socket.timeout:
+            return got, "not closed within %.1f s" % T(timeout)
+        except OSError as e:
+            return got, "socket error %r" % e
+        if not chunk:
+            return got, "close_notify"  # recv returns b'' only after a close_notify here
+        got += chunk
+
+
+def _frame_types(data):
+    types, i = [], 0
+    while i + 9 <= len(data):
+        n = int.from_bytes(data[i:i + 3], "big")
+        types.append(data[i + 3])
+        i += 9 + n
+    return types
+
+
+def test_close_notify_on_idle_timeout():
+    """--idle-timeout: GOAWAY, then a close_notify alert before the TCP FIN."""
+    srv = tls_server("--idle-timeout", "1")
+    try:
+        t = _h2_client(srv.port)
+        t0 = time.monotonic()
+        data, how = _read_until_closed(t, 10)
+        assert how == "close_notify", how
+        assert 0x7 in _frame_types(data), _frame_types(data)  # the GOAWAY came first
+        assert time.monotonic() - t0 < T(5)
+        t.close()
+        check_compute(secure_stubs(srv))
+    finally:
+        srv.stop_ok()
+
+
+def test_close_notify_on_drain():
+    """SIGTERM: shutdown notice, final GOAWAY, then a close_notify before the connection closes."""
+    srv = tls_server()
+    t = _h2_client(srv.port)
+    time.sleep(0.2)  # the server has read the preface
+    srv.signal(signal.SIGTERM)
+    data, how = _read_until_closed(t, 10)
+    t.close()
+    assert how == "close_notify", how
+    assert 0x7 in _frame_types(data), _frame_types(data)
+    rc = srv.wait(T(10))
+    assert rc == 0, (rc, sslib.tail(srv.log))
 
 
 if __name__ == "__main__":

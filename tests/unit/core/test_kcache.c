@@ -1,7 +1,7 @@
 /*
  * test_kcache.c — the keyed cache: put/get, byte budget with LRU eviction (busy entries pinned,
- * the newest kept), remembered reasons, forget, resize, TTL sweep, and that every value is freed
- * exactly once.
+ * the newest kept), remembered reasons and tags, forget, resize, TTL sweep, and that every value
+ * is freed exactly once.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +20,9 @@ static void free_val(void *v, void *user) {
 int main(void) {
   ss_kcache *c;
   /* Every key here is one letter: the cache adds O bytes per entry (struct + key), and a
-   * remembered key costs G ("b\0" + the reason). */
+   * remembered key costs G (the tag, "b\0" + the reason). */
   const size_t O = ss_kcache_overhead("a");
-  const size_t G = 2 + strlen("evicted: over the memory budget, least recently used first") + 1;
+  const size_t G = SS_KCACHE_TAG + 2 + strlen("evicted: over the memory budget, least recently used first") + 1;
   CHECK_EQ_INT(ss_kcache_new(300 + 2 * O + G, 0.05, free_val, NULL, &c), 0);
   ss_kentry *a = ss_kcache_put(c, "a", malloc(1), 100);
   ss_kentry *b = ss_kcache_put(c, "b", malloc(1), 100);
@@ -75,8 +75,8 @@ int main(void) {
   ss_kcache_put(small, "x", malloc(1), 100);
   ss_kcache_remove(small, ss_kcache_put(small, big_key, malloc(1), 10), "ended", 0);
   ss_kcache_stats(small, &n, &bytes, &ev);
-  CHECK_EQ_INT(bytes, 100 + O + sizeof big_key + strlen("ended") + 1);
-  for (int i = 0; i < 10; i++) { /* 10 x 206 > 1000: the first ones are forgotten */
+  CHECK_EQ_INT(bytes, 100 + O + SS_KCACHE_TAG + sizeof big_key + strlen("ended") + 1);
+  for (int i = 0; i < 10; i++) { /* 10 x 238 > 1000: the first ones are forgotten */
     big_key[0] = (char)('a' + i);
     ss_kcache_remove(small, ss_kcache_put(small, big_key, malloc(1), 10), "ended", 0);
   }
@@ -87,6 +87,21 @@ int main(void) {
   CHECK(ss_kcache_get(small, big_key, 0, &why) == NULL && why == NULL); /* the oldest went */
   CHECK(ss_kcache_get(small, "x", 0, NULL) != NULL);
   ss_kcache_free(small);
+  /* tags: a removed key is remembered with its entry's tag; the latest removal wins */
+  ss_kcache *tc;
+  CHECK_EQ_INT(ss_kcache_new(0, 0, free_val, NULL, &tc), 0);
+  ss_kentry *t = ss_kcache_put(tc, "s", malloc(1), 1);
+  CHECK(t && t->tag[0] == 0 && t->tag[SS_KCACHE_TAG - 1] == 0); /* zero after put */
+  memset(t->tag, 0xA1, SS_KCACHE_TAG);
+  ss_kcache_remove(tc, t, "ended", 0);
+  const uint8_t *tag = NULL;
+  CHECK(strcmp(ss_kcache_gone(tc, "s", &tag), "ended") == 0 && tag && tag[0] == 0xA1);
+  t = ss_kcache_put(tc, "s", malloc(1), 1);
+  memset(t->tag, 0xB2, SS_KCACHE_TAG);
+  ss_kcache_remove(tc, t, "evicted: test", 0);
+  CHECK(strcmp(ss_kcache_gone(tc, "s", &tag), "evicted: test") == 0 && tag[31] == 0xB2);
+  CHECK(ss_kcache_gone(tc, "nope", &tag) == NULL);
+  ss_kcache_free(tc);
   /* TTL */
   uv_sleep(80);
   ss_kcache_sweep(c);

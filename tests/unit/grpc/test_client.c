@@ -2,8 +2,8 @@
  * test_client.c — the async gRPC client against an in-process fake HTTP/2 server on the same
  * libuv loop (nghttp2 server session; no real gRPC server needed): echo with many concurrent
  * streams, a trailers-only error with a percent-encoded grpc-message, an HTTP 503 without
- * grpc-status, two messages on a unary call, connection refused, connection loss, and
- * ss_aclient_close() with calls pending.
+ * grpc-status, two messages on a unary call, connection refused, connection loss,
+ * ss_aclient_close() with calls pending, and extra request headers (ss_aclient_set_header).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,6 +21,8 @@
 typedef struct fake_stream {
   int32_t id;
   char path[64];
+  char auth[64];        /* the authorization header received, "" if none */
+  int auth_never_index; /* it came HPACK never-indexed */
   uint8_t *body;
   size_t len, cap, sent;
   struct fake_stream *next;
@@ -82,7 +84,17 @@ static ssize_t fake_read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size
 #define NV(N, V) {(uint8_t *)(N), (uint8_t *)(V), sizeof(N) - 1, sizeof(V) - 1, 0}
 
 static void fake_respond(fake *f, fake_stream *st) {
-  if (strcmp(st->path, "/t/echo") == 0 || strcmp(st->path, "/t/two") == 0) {
+  if (strcmp(st->path, "/t/auth") == 0) { /* answer "<authorization>|<never-indexed>" */
+    char text[80];
+    int tl = snprintf(text, sizeof text, "%s|%d", st->auth, st->auth_never_index);
+    st->body = realloc(st->body, (size_t)tl + 5);
+    ss_msg_prefix(st->body, (uint32_t)tl);
+    memcpy(st->body + 5, text, (size_t)tl);
+    st->len = (size_t)tl + 5;
+    nghttp2_nv h[] = {NV(":status", "200"), NV("content-type", "application/grpc")};
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = fake_read_body};
+    nghttp2_submit_response(f->ng, st->id, h, 2, &prd);
+  } else if (strcmp(st->path, "/t/echo") == 0 || strcmp(st->path, "/t/two") == 0) {
     if (strcmp(st->path, "/t/two") == 0) { /* duplicate the message */
       st->body = realloc(st->body, st->len * 2);
       memcpy(st->body + st->len, st->body, st->len);
@@ -104,12 +116,17 @@ static void fake_respond(fake *f, fake_stream *st) {
 static int fake_on_header(nghttp2_session *s, const nghttp2_frame *fr, const uint8_t *name,
                           size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                           void *u) {
-  (void)s, (void)flags;
+  (void)s;
   if (fr->hd.type != NGHTTP2_HEADERS) return 0;
   fake_stream *st = fs_get(u, fr->hd.stream_id);
   if (namelen == 5 && memcmp(name, ":path", 5) == 0 && valuelen < sizeof st->path) {
     memcpy(st->path, value, valuelen);
     st->path[valuelen] = '\0';
+  }
+  if (namelen == 13 && memcmp(name, "authorization", 13) == 0 && valuelen < sizeof st->auth) {
+    memcpy(st->auth, value, valuelen);
+    st->auth[valuelen] = '\0';
+    st->auth_never_index = (flags & NGHTTP2_NV_FLAG_NO_INDEX) != 0;
   }
   return 0;
 }
@@ -214,6 +231,7 @@ typedef struct outcome {
   size_t body_len;
   int body_ok;
   const uint8_t *expect;
+  char text[128]; /* the body's first bytes, NUL-terminated */
 } outcome;
 
 static int pending;
@@ -226,6 +244,9 @@ static void on_done(void *u, const ss_call_result *r) {
   snprintf(o->msg, sizeof o->msg, "%s", r->message);
   o->body_len = r->body_len;
   o->body_ok = o->expect && r->body && memcmp(r->body, o->expect, r->body_len) == 0;
+  size_t tl = r->body_len < sizeof o->text ? r->body_len : sizeof o->text - 1;
+  if (r->body) memcpy(o->text, r->body, tl);
+  o->text[r->body ? tl : 0] = '\0';
   if (--pending == 0 && close_when_done) ss_aclient_close(close_when_done);
 }
 
@@ -328,8 +349,61 @@ static void test_failures(void) {
   CHECK_EQ_INT(ss_aclient_new(&loop, "127.0.0.1", 0, &c), SS_EINVAL);
 }
 
+/* One call of /t/auth: what the fake server saw ("<authorization>|<never-indexed>"). */
+static void call_auth(uv_loop_t *loop, ss_aclient *c, char *out, size_t outlen) {
+  outcome o;
+  memset(&o, 0, sizeof o);
+  pending = 1;
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/auth", "x", 1, 10.0, on_done, &o), 0);
+  while (!o.fired) uv_run(loop, UV_RUN_ONCE);
+  CHECK_EQ_INT(o.status, 0);
+  snprintf(out, outlen, "%s", o.text);
+}
+
+static void test_headers(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fake f;
+  int port = fake_start(&loop, &f, 0);
+  ss_aclient *c;
+  CHECK_EQ_INT(ss_aclient_new(&loop, "127.0.0.1", port, &c), 0);
+  char got[128];
+  call_auth(&loop, c, got, sizeof got);
+  CHECK(strcmp(got, "|0") == 0); /* none set */
+  CHECK_EQ_INT(ss_aclient_set_header(c, "authorization", "Bearer tok-1"), 0);
+  CHECK_EQ_INT(ss_aclient_set_header(c, "x-extra", "v"), 0);
+  call_auth(&loop, c, got, sizeof got);
+  CHECK(strcmp(got, "Bearer tok-1|1") == 0); /* sent, never indexed */
+  CHECK_EQ_INT(ss_aclient_set_header(c, "authorization", "Bearer tok-2"), 0); /* replaced */
+  call_auth(&loop, c, got, sizeof got);
+  CHECK(strcmp(got, "Bearer tok-2|1") == 0);
+  CHECK_EQ_INT(ss_aclient_set_header(c, "authorization", NULL), 0); /* removed */
+  call_auth(&loop, c, got, sizeof got);
+  CHECK(strcmp(got, "|0") == 0);
+  /* refused: reserved, pseudo, uppercase or empty names; control characters, edge blanks */
+  const char *bad_names[] = {"", ":path", "content-type", "te", "grpc-timeout", "Authorization",
+                             "connection", "a b"};
+  for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++)
+    CHECK_EQ_INT(ss_aclient_set_header(c, bad_names[i], "v"), SS_EINVAL);
+  CHECK_EQ_INT(ss_aclient_set_header(c, "authorization", "Bearer a\r\nx: y"), SS_EINVAL);
+  CHECK_EQ_INT(ss_aclient_set_header(c, "authorization", " Bearer a"), SS_EINVAL);
+  CHECK_EQ_INT(ss_aclient_set_header(c, "authorization", "Bearer \x80"), SS_EINVAL);
+  char name[16];
+  int rv = 0;
+  for (int i = 0; i < SS_CLIENT_MAX_HEADERS && rv == 0; i++) { /* x-extra is one already */
+    snprintf(name, sizeof name, "x-h%d", i);
+    rv = ss_aclient_set_header(c, name, "v");
+  }
+  CHECK_EQ_INT(rv, SS_ERANGE);
+  ss_aclient_close(c); /* frees (and wipes) the copies */
+  fake_stop(&f);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
   test_served();
   test_failures();
+  test_headers();
   TEST_MAIN_END();
 }

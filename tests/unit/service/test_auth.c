@@ -1,6 +1,7 @@
 /*
  * test_auth.c — the --auth-tokens table (service/auth.c): file format, errors that never quote
- * a token, bearer parsing, lookup over tokens of different lengths, per-token model lists.
+ * a token, bearer parsing, lookup over tokens of different lengths, per-token model lists, and
+ * owner tags (a keyed hash per token, never the token).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,10 +75,35 @@ static void test_errors(void) {
   CHECK_CONTAINS(err, "/nonexistent/tokens");
 }
 
+static void test_owner_tags(void) {
+  uint8_t k1[SS_AUTH_TAG], k2[SS_AUTH_TAG], a[SS_AUTH_TAG], b[SS_AUTH_TAG], zero[SS_AUTH_TAG];
+  memset(zero, 0, sizeof zero);
+  CHECK_EQ_INT(ss_auth_tag_key(k1), 0);
+  CHECK_EQ_INT(ss_auth_tag_key(k2), 0);
+  CHECK(!ss_auth_tag_equal(k1, k2)); /* drawn at random */
+  ss_auth_tag(k1, "Bearer tok-A", a);
+  ss_auth_tag(k1, "bearer   tok-A", b); /* the same token, however the header spells it */
+  CHECK(ss_auth_tag_equal(a, b));
+  CHECK(!ss_auth_tag_equal(a, zero));
+  ss_auth_tag(k1, "Bearer tok-B", b);
+  CHECK(!ss_auth_tag_equal(a, b));
+  ss_auth_tag(k1, "Bearer tok-A2", b); /* a longer token with the same prefix */
+  CHECK(!ss_auth_tag_equal(a, b));
+  ss_auth_tag(k2, "Bearer tok-A", b); /* another key: another tag */
+  CHECK(!ss_auth_tag_equal(a, b));
+  const char *none[] = {NULL, "", "Basic tok-A", "Bearer ", "Bearer    "};
+  for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
+    memset(b, 0xff, sizeof b);
+    ss_auth_tag(k1, none[i], b);
+    CHECK(ss_auth_tag_equal(b, zero));
+  }
+}
+
 int main(void) {
   snprintf(path, sizeof path, "/tmp/ss-test-auth-%d", (int)getpid());
   test_format_and_lookup();
   test_errors();
+  test_owner_tags();
   unlink(path);
   TEST_MAIN_END();
 }
