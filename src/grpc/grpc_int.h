@@ -187,7 +187,8 @@ struct ss_grpc_server {
   ss_grpc_shared *shared;     /* owned by shard 0 */
   ss_mbox mbox;               /* ops for this loop (only when nshards > 1) */
   uv_thread_t thread;         /* shards != 0: runs own_loop */
-  int thread_started;
+  int thread_started;         /* running or not joined yet */
+  int loop_ended;             /* its loop ended and its thread was joined */
   _Atomic(ss_call *) returned; /* calls freed on the app loop, back for reuse (pushed there) */
   size_t shards_drained;      /* shard 0: shards whose unary calls are all answered */
   size_t shards_closed;       /* shard 0: shards != 0 whose loops ended */

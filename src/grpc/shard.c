@@ -284,10 +284,15 @@ static void run_op(ss_grpc_server *s, ss_op *op) {
   case OP_CANCEL: app_cancel(call, op->code); break;
   case OP_RELEASE: ss_call_finalize_app(call); break;
   case OP_DRAINED: app_drained(s, op->code); break;
-  case OP_CLOSED:
+  case OP_CLOSED: { /* posting this was the thread's last act: join it now */
+    ss_grpc_server *k = s->shards[op->code];
+    uv_thread_join(&k->thread);
+    k->thread_started = 0;
+    k->loop_ended = 1;
     s->shards_closed++;
     ss_grpc_wake_flush(s);
     break;
+  }
   case OP_REPLY:
     ss_call_reply_packed(call, op->bytes, op->len, op->segs, op->nsegs, op->owner);
     free(op->bytes);
@@ -498,7 +503,7 @@ static void shard_main(void *arg) {
   ss_grpc_server *k = arg;
   uv_run(k->loop, UV_RUN_DEFAULT);
   /* Its handles are closed (its connections too): the thread's last act. */
-  ss_op *op = op_new(OP_CLOSED, NULL, 0);
+  ss_op *op = op_new(OP_CLOSED, NULL, k->index);
   if (op) post(k->app, op);
   else SS_LOGE("io thread %d: out of memory telling it has stopped", k->index);
 }
@@ -525,7 +530,7 @@ void ss_shards_free(ss_grpc_server *s) {
       ss_op *op = op_new(OP_STOP, NULL, 0);
       if (op) post(k, op); /* refused (discarded) when its loop has ended already */
       uv_thread_join(&k->thread);
-    } else { /* never ran: close its handles here */
+    } else if (!k->loop_ended) { /* never ran: close its handles here */
       while (k->conns) ss_conn_close(k->conns);
       ss_shard_close_handles(k);
       uv_run(k->loop, UV_RUN_DEFAULT);
