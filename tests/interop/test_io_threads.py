@@ -5,6 +5,7 @@ errors, deadlines, cancellation, server streams, drain); the process has N + W x
 import os
 import re
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -156,6 +157,34 @@ def test_drain_under_load_with_watch_streams():
     finally:
         if srv.alive():
             srv.kill()
+
+
+def test_connection_limits_count_across_loops():
+    """--max-connections-per-peer is one count for the whole server, not one per loop: 16
+    connections spread over 2 loops fill it, the 17th gets GOAWAY naming the flag."""
+    srv = _start(2, 1, "--max-connections-per-peer", "16")
+    try:
+        stubs = _channels(srv, 16)
+        per = _io_connections(srv)
+        assert min(per.values()) >= 1, "all 16 on one loop: %s" % per
+        extra = socket.create_connection(("127.0.0.1", srv.port))
+        extra.settimeout(T(5))
+        data = b""
+        try:
+            while True:
+                chunk = extra.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+        extra.close()
+        assert b"--max-connections-per-peer" in data, data
+        for s in stubs:
+            assert_alive(s)
+            s.close()
+    finally:
+        srv.stop_ok()
 
 
 def test_config_key_and_bounds():
