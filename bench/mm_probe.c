@@ -11,7 +11,11 @@
  * Part 2 (microseconds, medians): M = 1, 4, 10, 128 rows on 768x768 and 768x2304, B as stored
  * ([K,N], "B") and transposed ([N,K], "B^T"), oneDNN vs the few-row kernels vs OpenBLAS.
  *
- *   cmake --build build --target mm_probe && build/bin/mm_probe [SECONDS_PER_CELL]
+ * Part 3 (microseconds, medians): decode batches, M = 1..16 rows on 768x2304 and 3072x768 with B
+ * cold (a different copy each call, 96 MB in all: a trunk's weights never fit the caches).
+ *
+ *   cmake --build build --target mm_probe && build/bin/mm_probe [SECONDS_PER_CELL] [decode]
+ * ("decode": part 3 only)
  * Thread: main only. Runs alternate engine by engine, so a loaded machine hits them alike.
  */
 #include <dlfcn.h>
@@ -67,36 +71,74 @@ static void run1(int e, int tb, int M, int N, int K, const float *A, const float
   }
 }
 
-/* Median seconds per call of each engine in mask, alternating, ~secs per engine. */
-static void measure(unsigned mask, int tb, int M, int N, int K, double secs, double med[NE]) {
-  enum { MAXR = 2001 };
+/* Median seconds per call of each engine in mask, alternating, ~secs per engine. cold: B is one
+ * of copies spanning 96 MB, a different one each call (a decode step streams a whole trunk's
+ * weights, far more than the last-level cache); otherwise the same B every call. */
+static void measure_b(unsigned mask, int tb, int M, int N, int K, double secs, double med[NE],
+                      int cold) {
+  enum { MAXR = 2001, MAXB = 64 };
   static double t[NE][MAXR];
-  float *A = randv((size_t)M * K), *B = randv((size_t)K * N), *C = randv((size_t)M * N);
-  int r = 0;
+  size_t bn = (size_t)K * N;
+  int nb = cold ? (int)((96u << 20) / (bn * sizeof(float))) + 1 : 1;
+  if (nb > MAXB) nb = MAXB;
+  float *A = randv((size_t)M * K), *Bs[MAXB], *C = randv((size_t)M * N);
+  for (int i = 0; i < nb; i++) Bs[i] = randv(bn);
+  const float *B = Bs[0];
+  int r = 0, bi = 0;
   for (int e = 0; e < NE; e++)
     if (mask >> e & 1) run1(e, tb, M, N, K, A, B, C), run1(e, tb, M, N, K, A, B, C);
   double t_end = now_s() + secs * __builtin_popcount(mask);
   while (r < MAXR && (r < 7 || now_s() < t_end)) {
     for (int e = 0; e < NE; e++) {
       if (!(mask >> e & 1)) continue;
+      B = Bs[bi++ % nb];
       double t0 = now_s();
       run1(e, tb, M, N, K, A, B, C);
       t[e][r] = now_s() - t0;
     }
     r++;
   }
+  for (int i = 1; i < nb; i++) free(Bs[i]);
   for (int e = 0; e < NE; e++) {
     med[e] = 0.0;
     if (!(mask >> e & 1)) continue;
     qsort(t[e], (size_t)r, sizeof(double), cmp_d);
     med[e] = t[e][r / 2];
   }
-  free(A), free(B), free(C);
+  free(A), free(Bs[0]), free(C);
+}
+
+static void measure(unsigned mask, int tb, int M, int N, int K, double secs, double med[NE]) {
+  measure_b(mask, tb, M, N, K, secs, med, 0);
 }
 
 static void set_threads(int n) {
   omp_set_num_threads(n);
   if (oblas_threads) oblas_threads(n);
+}
+
+/* oneDNN, the few-row kernels and OpenBLAS on rows[nr] x kn[2] shapes, B and B^T, 1..maxthr
+ * threads: one line per cell with the fastest named. */
+static void few_rows_table(unsigned all, const int *rows, size_t nr, const int (*kn)[2],
+                           int maxthr, double secs, int cold) {
+  printf("%-5s %4s %5s %5s %3s %9s %9s %9s  %s\n", "B", "M", "K", "N", "thr", ename[E_DNNL],
+         ename[E_HAND], ename[E_OBLAS], "fastest");
+  for (int thr = 1; thr <= maxthr; thr++) {
+    set_threads(thr);
+    for (int tb = 0; tb < 2; tb++)
+      for (size_t s = 0; s < 2; s++)
+        for (size_t r = 0; r < nr; r++) {
+          double med[NE];
+          int M = rows[r], K = kn[s][0], N = kn[s][1];
+          measure_b((all & ~(1u << E_SS)) | 1u << E_HAND, tb, M, N, K, secs / 2, med, cold);
+          int best = E_DNNL;
+          for (int e = E_HAND; e < NE; e++)
+            if (med[e] > 0 && med[e] < med[best]) best = e;
+          printf("%-5s %4d %5d %5d %3d %9.1f %9.1f %9.1f  %s\n", tb ? "B^T" : "B", M, K, N, thr,
+                 med[E_DNNL] * 1e6, med[E_HAND] * 1e6, med[E_OBLAS] * 1e6, ename[best]);
+          fflush(stdout);
+        }
+  }
 }
 
 int main(int argc, char **argv) {
@@ -110,13 +152,14 @@ int main(int argc, char **argv) {
   printf("engine: %s\nopenblas (openmp): %s\n", ss_matmul_engine_info(),
          oblas_sgemm ? "loaded" : "not found, left out");
 
+  int decode_only = argc > 2 && strcmp(argv[2], "decode") == 0;
   static const struct { const char *name; int M, K, N, tb; } shapes[] = {
       {"mlp", 10, 768, 768, 1},          {"gpt2.c_attn", 128, 768, 2304, 0},
       {"gpt2.attn.c_proj", 128, 768, 768, 0}, {"gpt2.mlp.c_fc", 128, 768, 3072, 0},
       {"gpt2.mlp.c_proj", 128, 3072, 768, 0}, {"decode.c_attn", 1, 768, 2304, 0}};
   printf("\n== GFLOP/s (median; x: ss_matmul / openblas)\n%-18s %4s %5s %5s %3s %10s %10s %10s %7s\n",
          "shape", "M", "K", "N", "thr", ename[E_SS], ename[E_DNNL], ename[E_OBLAS], "x");
-  for (int thr = 1; thr <= 2; thr++) {
+  for (int thr = 1; thr <= 2 && !decode_only; thr++) {
     set_threads(thr);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
       double med[NE], f = 2.0 * shapes[s].M * shapes[s].K * shapes[s].N / 1e9;
@@ -130,23 +173,14 @@ int main(int argc, char **argv) {
   }
 
   static const int rows[] = {1, 4, 10, 128}, kn[][2] = {{768, 768}, {768, 2304}};
-  printf("\n== few rows: microseconds per product (median)\n%-5s %4s %5s %5s %3s %9s %9s %9s  %s\n",
-         "B", "M", "K", "N", "thr", ename[E_DNNL], ename[E_HAND], ename[E_OBLAS], "fastest");
-  for (int thr = 1; thr <= 2; thr++) {
-    set_threads(thr);
-    for (int tb = 0; tb < 2; tb++)
-      for (size_t s = 0; s < 2; s++)
-        for (size_t r = 0; r < 4; r++) {
-          double med[NE];
-          int M = rows[r], K = kn[s][0], N = kn[s][1];
-          measure((all & ~(1u << E_SS)) | 1u << E_HAND, tb, M, N, K, secs / 2, med);
-          int best = E_DNNL;
-          for (int e = E_HAND; e < NE; e++)
-            if (med[e] > 0 && med[e] < med[best]) best = e;
-          printf("%-5s %4d %5d %5d %3d %9.1f %9.1f %9.1f  %s\n", tb ? "B^T" : "B", M, K, N, thr,
-                 med[E_DNNL] * 1e6, med[E_HAND] * 1e6, med[E_OBLAS] * 1e6, ename[best]);
-          fflush(stdout);
-        }
-  }
+  printf("\n== few rows: microseconds per product (median)\n");
+  few_rows_table(all, rows, 4, kn, decode_only ? 0 : 2, secs, 0);
+
+  /* Part 3: decode batches (the steps of several sessions stacked) with B cold, as in a real
+   * trunk: which engine streams the weights best at each row count. */
+  static const int drows[] = {1, 2, 4, 6, 8, 12, 16};
+  static const int dkn[][2] = {{768, 2304}, {3072, 768}};
+  printf("\n== decode batches, B cold (96 MB of copies): microseconds per product (median)\n");
+  few_rows_table(all, drows, sizeof drows / sizeof drows[0], dkn, 2, secs, 1);
   return 0;
 }

@@ -76,42 +76,65 @@ SS_CLONES static void dot_block(const float *const x[4], int r, const float *w0,
 /* Up to 4 rows of Y[:, j0..j1) += X rows . W[:, j0..j1), streaming W row by row: each weight
  * row's slice is read sequentially (prefetch-friendly, one TLB page after another) while the
  * outputs stay in L1/L2. For a decode step this beats column strips, whose row stride touches a
- * new page per weight row. */
+ * new page per weight row. Two weight rows go together, so each output vector is loaded and
+ * stored once per two rows (the loads and stores of Y, not the FMAs, bound the one-row form). */
 SS_CLONES static void stream_rows(const float *const x[4], int r, const float *W, size_t in,
                                   size_t ldw, size_t j0, size_t j1, float *const y[4]) {
-  size_t jv = j0 + (j1 - j0) / 8 * 8;
-  for (size_t i = 0; i < in; i++) {
-    const float *w = W + i * ldw;
+  size_t jv = j0 + (j1 - j0) / 8 * 8, i = 0;
+  float *y0 = y[0], *y1 = y[r > 1 ? 1 : 0], *y2 = y[r > 2 ? 2 : 0], *y3 = y[r > 3 ? 3 : 0];
+  for (; i + 2 <= in; i += 2) {
+    const float *w0 = W + i * ldw, *w1 = w0 + ldw;
+    v8 a0 = splat(x[0][i]), b0 = splat(x[0][i + 1]);
     if (r == 1) {
-      v8 s = splat(x[0][i]);
-      float *y0 = y[0];
-      for (size_t j = j0; j < jv; j += 8) st8(y0 + j, ld8(y0 + j) + s * ld8(w + j));
-    } else {
-      v8 s[4];
-      for (int k = 0; k < r; k++) s[k] = splat(x[k][i]);
+      for (size_t j = j0; j < jv; j += 8)
+        st8(y0 + j, ld8(y0 + j) + a0 * ld8(w0 + j) + b0 * ld8(w1 + j));
+    } else if (r == 2) {
+      v8 a1 = splat(x[1][i]), b1 = splat(x[1][i + 1]);
       for (size_t j = j0; j < jv; j += 8) {
-        v8 p = ld8(w + j);
-        for (int k = 0; k < r; k++) st8(y[k] + j, ld8(y[k] + j) + s[k] * p);
+        v8 p = ld8(w0 + j), q = ld8(w1 + j);
+        st8(y0 + j, ld8(y0 + j) + a0 * p + b0 * q);
+        st8(y1 + j, ld8(y1 + j) + a1 * p + b1 * q);
+      }
+    } else { /* 3 or 4 rows (with 3, the fourth is the third again: its result is not kept) */
+      v8 a1 = splat(x[1][i]), b1 = splat(x[1][i + 1]);
+      v8 a2 = splat(x[2][i]), b2 = splat(x[2][i + 1]);
+      v8 a3 = splat(x[r > 3 ? 3 : 2][i]), b3 = splat(x[r > 3 ? 3 : 2][i + 1]);
+      for (size_t j = j0; j < jv; j += 8) {
+        v8 p = ld8(w0 + j), q = ld8(w1 + j);
+        v8 c0 = ld8(y0 + j) + a0 * p + b0 * q, c1 = ld8(y1 + j) + a1 * p + b1 * q;
+        v8 c2 = ld8(y2 + j) + a2 * p + b2 * q;
+        st8(y0 + j, c0);
+        st8(y1 + j, c1);
+        st8(y2 + j, c2);
+        if (r > 3) st8(y3 + j, ld8(y3 + j) + a3 * p + b3 * q);
       }
     }
     for (size_t j = jv; j < j1; j++)
-      for (int k = 0; k < r; k++) y[k][j] += x[k][i] * w[j];
+      for (int k = 0; k < r; k++) y[k][j] += x[k][i] * w0[j] + x[k][i + 1] * w1[j];
+  }
+  for (; i < in; i++) { /* an odd last row */
+    const float *w = W + i * ldw;
+    for (int k = 0; k < r; k++) {
+      v8 sk = splat(x[k][i]);
+      for (size_t j = j0; j < jv; j += 8) st8(y[k] + j, ld8(y[k] + j) + sk * ld8(w + j));
+      for (size_t j = jv; j < j1; j++) y[k][j] += x[k][i] * w[j];
+    }
   }
 }
 
-
-/* C[rows, out] (=|+=) X[rows, in] W[out, in]^T: two W rows at a time against up to 4 X rows. */
+/* C[rows, out] (=|+=) X[rows, in] W[out, in]^T: two W rows at a time against every group of 4 X
+ * rows while the pair is in L1, so W is read from memory once whatever the row count. */
 static void few_rows_bt(const float *X, size_t ldx, size_t rows, size_t in, const float *W,
                         size_t ldw, size_t out, float *Y, size_t ldy, int accumulate) {
-  for (size_t r0 = 0; r0 < rows; r0 += 4) {
-    int r = (int)(rows - r0 < 4 ? rows - r0 : 4);
-    const float *x[4];
-    for (int k = 0; k < 4; k++) x[k] = X + (r0 + (size_t)(k < r ? k : 0)) * ldx;
-    long npairs = (long)((out + 1) / 2);
+  long npairs = (long)((out + 1) / 2);
 #pragma omp parallel for schedule(static) if (npairs > 8 && in * out >= (1u << 18))
-    for (long pi = 0; pi < npairs; pi++) {
-      size_t o = (size_t)pi * 2;
-      int two = o + 1 < out;
+  for (long pi = 0; pi < npairs; pi++) {
+    size_t o = (size_t)pi * 2;
+    int two = o + 1 < out;
+    for (size_t r0 = 0; r0 < rows; r0 += 4) {
+      int r = (int)(rows - r0 < 4 ? rows - r0 : 4);
+      const float *x[4];
+      for (int k = 0; k < 4; k++) x[k] = X + (r0 + (size_t)(k < r ? k : 0)) * ldx;
       float d0[4], d1[4];
       dot_block(x, r, W + o * ldw, two ? W + (o + 1) * ldw : NULL, in, d0, d1);
       for (int k = 0; k < r; k++) {
@@ -147,7 +170,6 @@ static void few_rows_b(const float *X, size_t ldx, size_t rows, size_t in, const
     }
   }
 }
-
 
 /* ------------------------------------------------------------------ the oneDNN engine */
 
@@ -267,7 +289,7 @@ static void engine_init(void) {
   eng.blas_large = strstr(impl, "brg") == NULL;
   snprintf(eng.info, sizeof eng.info, "onednn %d.%d.%d %s, isa %s%s", v->major, v->minor, v->patch,
            impl, isa_name(eng.isa),
-           eng.blas_large ? "; openblas sgemm for products of >= 16 rows (faster without brgemm)" : "");
+           eng.blas_large ? "; openblas sgemm for products of >= 16 rows (>= 5 with B as stored on one thread; faster without brgemm)" : "");
   int generic = strstr(impl, "ref") != NULL || p == NULL;
   int no_brg = eng.isa >= dnnl_cpu_isa_avx512_core && eng.isa != dnnl_cpu_isa_avx2_vnni &&
                strstr(impl, "brg") == NULL;
@@ -399,11 +421,19 @@ void ss__matmul_few_rows(ss_mm_trans tb, int M, int N, int K, const float *A, in
                beta != 0.0f);
 }
 
-/* Where the hand-written kernels measured faster than oneDNN's gemm (bench/mm_probe.c, one and
- * two threads, 768x768 and 768x2304; table in matmul.h). */
-static int prefer_few_rows(ss_mm_trans tb, int M, int N, int K) {
-  (void)N, (void)K;
-  return tb == SS_MM_T && M >= 2;
+/* Where the hand-written kernels measured faster than oneDNN's gemm and OpenBLAS (bench/mm_probe.c
+ * parts 2 and 3, weights cold as in a trunk, one and two threads; see matmul.h): B^T 2..8 rows
+ * (the pair-outer kernel reads W once for any row count); B 2..4 rows on one thread, 2..3 on
+ * more (it streams W once per 4 rows). nthr: the calling worker's intra-op threads. */
+static int prefer_few_rows(ss_mm_trans tb, int M, int nthr) {
+  return M >= 2 && (tb == SS_MM_T || M <= (nthr == 1 ? 4 : 3));
+}
+
+/* On CPUs without brgemm, OpenBLAS for products of this many rows and more: 16, and with B as
+ * stored on one thread already from 5 (its packed kernel beat oneDNN's gemm 1.3-1.4x on 6..12-row
+ * decode batches there; on two threads oneDNN's was faster). */
+static int blas_min_rows(ss_mm_trans tb, int nthr) {
+  return tb == SS_MM_N && nthr == 1 ? 5 : SS_BLAS_MIN_ROWS;
 }
 
 void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha, const float *A,
@@ -417,13 +447,14 @@ void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha,
       }
     return;
   }
+  int nthr = omp_get_max_threads();
   if (ta == SS_MM_N && M <= SS_SMALL_ROWS && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) &&
-      prefer_few_rows(tb, M, N, K)) {
+      prefer_few_rows(tb, M, nthr)) {
     ss__matmul_few_rows(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   pthread_once(&eng.once, engine_init);
-  if (eng.blas_large && M >= SS_BLAS_MIN_ROWS) {
+  if (eng.blas_large && M >= blas_min_rows(tb, nthr)) {
     cblas_sgemm(CblasRowMajor, ta == SS_MM_T ? CblasTrans : CblasNoTrans,
                 tb == SS_MM_T ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
                 ldc);
