@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import signal as _signal
 import struct
 import subprocess
@@ -70,6 +71,19 @@ def _die_with_parent():
         pass
 
 
+# Daemons die with the test: util-linux's setpriv sets PR_SET_PDEATHSIG and execs the daemon, so
+# no Python runs in the forked child (a preexec_fn does: with grpcio's threads alive in this
+# process that child can crash before its exec). Without setpriv, the preexec_fn fallback.
+_SETPRIV = shutil.which("setpriv")
+
+
+def _spawn_args(cmd):
+    """(argv, preexec_fn) that start cmd tied to this process's life."""
+    if _SETPRIV:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--"] + cmd, None
+    return cmd, _die_with_parent
+
+
 _LIVE_SERVERS = []
 _ALL_SERVERS = []
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
@@ -111,9 +125,9 @@ class Server:
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=full_env,
-                                     preexec_fn=_die_with_parent)
+        argv, pre = _spawn_args(self.cmd)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=full_env, preexec_fn=pre)
         self.pid = self.proc.pid
         _LIVE_SERVERS.append(self)
         _ALL_SERVERS.append(self)
@@ -258,9 +272,9 @@ def run_cli(*args, timeout=10.0):
     """Run splitserve with args that should make it refuse to start; returns (rc, output)."""
     cmd = [binary()] + [str(a) for a in args]
     try:
-        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=T(timeout),
-                           preexec_fn=_die_with_parent)
+        argv, pre = _spawn_args(cmd)
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=T(timeout), preexec_fn=pre)
     except subprocess.TimeoutExpired as e:
         out = (e.output or b"").decode("utf-8", "replace")
         raise AssertionError("splitserve %s did not exit within %.0fs (it should refuse to start):"
