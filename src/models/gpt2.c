@@ -824,7 +824,7 @@ static const ss_model_ops gpt2_ops = {.check = gpt2_check,
 int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
   const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
   char cfg_buf[4096], msg[1024];
-  int scale_weights, scale_by_layer, rc;
+  int scale_weights = 1, scale_by_layer = 0, rc; /* set by load_config */
   int64_t n_params = 0;
   gpt2 *p;
 

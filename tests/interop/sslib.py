@@ -100,8 +100,12 @@ class ServerFailedToStart(AssertionError):
 
 
 # SS_IO_THREADS=N runs every test's daemon with --io-threads N (ctest interop.io2.*): the same
-# assertions must hold whatever loop a connection lands on. IO is what thread counts add.
-IO = int(os.environ.get("SS_IO_THREADS", "1") or "1")
+# assertions must hold whatever loop a connection lands on. SS_TSAN=1: the daemon is a
+# ThreadSanitizer build, which runs one background thread of its own. IO is what the daemon's
+# thread count has besides its workers: its I/O loops (+ that thread).
+IO_THREADS = int(os.environ.get("SS_IO_THREADS", "1") or "1")
+TSAN_THREADS = 1 if os.environ.get("SS_TSAN") == "1" else 0
+IO = IO_THREADS + TSAN_THREADS
 
 
 class Server:
@@ -114,8 +118,8 @@ class Server:
         # The test-only kinds (scale, sleep, spin) are off by default in the daemon; the tests
         # use them, so they are on here unless a test asks for the default (test_models=False).
         extra = ["--enable-test-models"] if test_models else []
-        if IO > 1 and "--io-threads" not in self.args:
-            extra += ["--io-threads", str(IO)]
+        if IO_THREADS > 1 and "--io-threads" not in self.args:
+            extra += ["--io-threads", str(IO_THREADS)]
         self.cmd = list(prefix) + [binary(), "--listen", "127.0.0.1:0"] + extra + self.args
         self._lines = []
         self._cond = threading.Condition()
