@@ -63,9 +63,9 @@ char *ss_shape_str(const int64_t *shape, int ndim, char *buf, size_t buflen) {
   return buf;
 }
 
-/* Format an int32 wire shape (possibly with more than SS_MAX_DIMS dims) for messages. */
-static void wire_shape_str(const int32_t *shape, size_t ndim, char *buf, size_t buflen) {
-  int64_t tmp[SS_MAX_DIMS + 1];
+/* Format an int32 wire shape (possibly with more than SS_MAX_DIMS dims) for messages; returns buf. */
+static const char *wire_shape_str(const int32_t *shape, size_t ndim, char *buf, size_t buflen) {
+  int64_t tmp[SS_MAX_DIMS + 1] = {0};
   size_t k = ndim < SS_MAX_DIMS + 1 ? ndim : SS_MAX_DIMS + 1;
   for (size_t i = 0; i < k; i++) tmp[i] = shape[i];
   ss_shape_str(tmp, (int)k, buf, buflen);
@@ -73,6 +73,7 @@ static void wire_shape_str(const int32_t *shape, size_t ndim, char *buf, size_t 
     size_t len = strlen(buf);
     if (len > 0 && len + 4 < buflen) memcpy(buf + len - 1, ",...]", 6);
   }
+  return buf;
 }
 
 static int from_wire(const char *what, const int32_t *shape, size_t ndim, const void *data,
@@ -87,15 +88,16 @@ static int from_wire(const char *what, const int32_t *shape, size_t ndim, const 
     snprintf(err, errlen, "%s: shape is empty; expected 1 to %d dimensions", what, SS_MAX_DIMS);
     return SS_EINVAL;
   }
-  wire_shape_str(shape, ndim, sbuf, sizeof sbuf);
+  /* The shape is formatted only for a message (SHP): that costs more than a tiny call's checks. */
+#define SHP wire_shape_str(shape, ndim, sbuf, sizeof sbuf)
   if (ndim > SS_MAX_DIMS) {
-    snprintf(err, errlen, "%s: shape %s has %zu dimensions; expected 1 to %d", what, sbuf, ndim,
+    snprintf(err, errlen, "%s: shape %s has %zu dimensions; expected 1 to %d", what, SHP, ndim,
              SS_MAX_DIMS);
     return SS_EINVAL;
   }
   for (size_t i = 0; i < ndim; i++) {
     if (shape[i] < 0) {
-      snprintf(err, errlen, "%s: shape %s has a negative dimension (%d at index %zu)", what, sbuf,
+      snprintf(err, errlen, "%s: shape %s has a negative dimension (%d at index %zu)", what, SHP,
                (int)shape[i], i);
       return SS_EINVAL;
     }
@@ -103,17 +105,17 @@ static int from_wire(const char *what, const int32_t *shape, size_t ndim, const 
   for (size_t i = 0; i < ndim; i++) {
     if (__builtin_mul_overflow(numel, (uint64_t)shape[i], &numel)) {
       snprintf(err, errlen, "%s: shape %s has too many elements (element count overflows)", what,
-               sbuf);
+               SHP);
       return SS_ERANGE;
     }
   }
   if (__builtin_mul_overflow(numel, (uint64_t)esize, &nbytes) || nbytes > (uint64_t)SIZE_MAX) {
-    snprintf(err, errlen, "%s: shape %s x %s is too large (byte size overflows)", what, sbuf,
+    snprintf(err, errlen, "%s: shape %s x %s is too large (byte size overflows)", what, SHP,
              ss_dtype_name(dt));
     return SS_ERANGE;
   }
   if (check_len && (uint64_t)data_len != nbytes) {
-    snprintf(err, errlen, "%s has %zu bytes but shape %s x %s needs %llu", what, data_len, sbuf,
+    snprintf(err, errlen, "%s has %zu bytes but shape %s x %s needs %llu", what, data_len, SHP,
              ss_dtype_name(dt), (unsigned long long)nbytes);
     return SS_EINVAL;
   }
@@ -127,6 +129,7 @@ static int from_wire(const char *what, const int32_t *shape, size_t ndim, const 
     out->nbytes = (size_t)nbytes;
   }
   return 0;
+#undef SHP
 }
 
 int ss_tensor_from_wire(const char *what, const int32_t *shape, size_t ndim, const void *data,

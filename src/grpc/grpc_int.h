@@ -48,8 +48,24 @@ typedef struct ss_grpc_shared {
   ss_peer *peers[SS_PEER_BUCKETS]; /* open connections by client address */
 } ss_grpc_shared;
 
-/* A message between loops (shard.c). */
+/* A message between loops (shard.c). The ones a call can have in flight at most once (dispatch
+ * then release, cancel, the final answer) live inside the call; the others are allocated. */
 typedef struct ss_op ss_op;
+struct ss_op {
+  ss_op *next;
+  int kind;
+  int code;                   /* status / drain now / drained graceful / closed loop index */
+  int embedded;               /* inside the call: not freed */
+  struct ss_call *call;       /* holds a reference (not RELEASE: the last one went) */
+  uint8_t *bytes;             /* REPLY, SEND: the packed message; FAIL, END: status text or NULL */
+  size_t len;
+  int bytes_inline;           /* bytes points to small[] */
+  const struct ss_seg *segs;  /* REPLY: borrowed until the call is freed */
+  size_t nsegs;
+  void *owner;                /* REPLY: freed with the call */
+  struct ss_tls_ctx *tls;     /* TLS */
+  uint8_t small[96];          /* a small packed reply (the message without its tensor bytes) */
+};
 
 /* A loop's inbox: ops posted from other threads, run on the owner loop in one async callback. */
 typedef struct ss_mbox {
@@ -81,6 +97,9 @@ struct ss_call {
   int handed;                 /* io side: dispatched to the app loop */
   int app_done;               /* app side: answered, or told the client went away */
   int app_status;             /* app side: the status of that answer */
+  ss_op op_in;                /* io -> app: dispatch, later release (never both in flight) */
+  ss_op op_cancel;            /* io -> app: cancel (at most once) */
+  ss_op op_answer;            /* app -> io: reply / fail / end (at most once) */
   ss_call_phase state;
   const ss_method *method;
   int is_drain_exempt;        /* streaming calls do not hold the drain open */

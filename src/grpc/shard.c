@@ -38,6 +38,7 @@
  * has ended its loop (each posts CLOSED as its thread's last act).
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,19 +62,6 @@ enum {
   OP_STOP
 };
 
-struct ss_op {
-  ss_op *next;
-  int kind;
-  int code;                   /* status / drain now / drained graceful */
-  ss_call *call;              /* holds a reference (not RELEASE: the last one went) */
-  uint8_t *bytes;             /* REPLY, SEND: the packed message; FAIL, END: status text or NULL */
-  size_t len;
-  const ss_seg *segs;         /* REPLY: borrowed until the call is freed */
-  size_t nsegs;
-  void *owner;                /* REPLY: freed with the call */
-  ss_tls_ctx *tls;            /* TLS */
-};
-
 static ss_op *op_new(int kind, ss_call *call, int code) {
   ss_op *op = calloc(1, sizeof *op);
   if (!op) return NULL;
@@ -82,6 +70,23 @@ static ss_op *op_new(int kind, ss_call *call, int code) {
   op->code = code;
   return op;
 }
+
+/* One of the call's own op slots (see grpc_int.h): no allocation. */
+static ss_op *op_slot(ss_op *slot, int kind, ss_call *call, int code) {
+  memset(slot, 0, offsetof(ss_op, small)); /* small[] is written only as far as it is used */
+  slot->kind = kind;
+  slot->call = call;
+  slot->code = code;
+  slot->embedded = 1;
+  return slot;
+}
+
+static void op_free_bytes(ss_op *op) {
+  if (!op->bytes_inline) free(op->bytes);
+  op->bytes = NULL;
+}
+
+
 
 /* ------------------------------------------------------------------ limits --- */
 
@@ -274,9 +279,12 @@ static void app_cancel(ss_call *call, int code) {
   ss_call_unref(call);
 }
 
+/* Run op on loop s. An op inside a call (embedded) may be reused as soon as the call's reference
+ * it holds is dropped, so every case drops that reference last and nothing reads op after it. */
 static void run_op(ss_grpc_server *s, ss_op *op) {
   ss_call *call = op->call;
-  switch (op->kind) {
+  const int kind = op->kind, embedded = op->embedded;
+  switch (kind) {
   case OP_DISPATCH:
     call->method->handler(call, call->srv->method_app);
     ss_call_unref(call);
@@ -295,22 +303,22 @@ static void run_op(ss_grpc_server *s, ss_op *op) {
   }
   case OP_REPLY:
     ss_call_reply_packed(call, op->bytes, op->len, op->segs, op->nsegs, op->owner);
-    free(op->bytes);
+    op_free_bytes(op);
     ss_call_drop(call);
     break;
   case OP_SEND:
     ss_call_send_packed(call, op->bytes, op->len);
-    free(op->bytes);
+    op_free_bytes(op);
     ss_call_drop(call);
     break;
   case OP_FAIL:
     ss_call_failf(call, op->code, "%s", op->bytes ? (const char *)op->bytes : "");
-    free(op->bytes);
+    op_free_bytes(op);
     ss_call_drop(call);
     break;
   case OP_END:
     ss_call_end_local(call, op->code, (const char *)op->bytes);
-    free(op->bytes);
+    op_free_bytes(op);
     ss_call_drop(call);
     break;
   case OP_DRAIN: ss_shard_drain(s, op->code); break;
@@ -320,7 +328,7 @@ static void run_op(ss_grpc_server *s, ss_op *op) {
     break;
   case OP_STOP: shard_stop(s); break;
   }
-  free(op);
+  if (!embedded) free(op);
 }
 
 /* The receiving loop is gone. Answers to a shard that has closed (its connections, and so its
@@ -330,55 +338,41 @@ static void run_op(ss_grpc_server *s, ss_op *op) {
  * without running handlers. */
 static void discard_op(ss_op *op) {
   ss_call *call = op->call;
-  switch (op->kind) {
+  const int kind = op->kind, embedded = op->embedded;
+  switch (kind) {
   case OP_DISPATCH: ss_call_unref(call); break;
   case OP_CANCEL: app_cancel(call, op->code); break;
   case OP_RELEASE: ss_call_finalize_app(call); break;
   case OP_REPLY:
     free(op->owner);
-    free(op->bytes);
+    op_free_bytes(op);
     ss_call_unref(call);
     break;
   case OP_SEND:
   case OP_FAIL:
   case OP_END:
-    free(op->bytes);
+    op_free_bytes(op);
     ss_call_unref(call);
     break;
   case OP_TLS: ss_tls_ctx_free(op->tls); break;
   default: break;
   }
-  free(op);
+  if (!embedded) free(op);
 }
 
 void ss_shard_dispatch(ss_call *call) {
-  ss_op *op = op_new(OP_DISPATCH, call, 0);
-  if (!op) {
-    ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory handing the call over");
-    return;
-  }
   call->handed = 1;
   ss_call_ref(call);
-  post(call->srv->app, op);
+  post(call->srv->app, op_slot(&call->op_in, OP_DISPATCH, call, 0));
 }
 
 void ss_shard_post_cancel(ss_call *call, int code) {
-  ss_op *op = op_new(OP_CANCEL, call, code);
-  if (!op) {
-    SS_LOGE("io thread %d: out of memory telling a cancellation", call->srv->index);
-    return;
-  }
   ss_call_ref(call);
-  post(call->srv->app, op);
+  post(call->srv->app, op_slot(&call->op_cancel, OP_CANCEL, call, code));
 }
 
 void ss_shard_post_release(ss_call *call) {
-  ss_op *op = op_new(OP_RELEASE, call, 0);
-  if (!op) {
-    SS_LOGE("io thread %d: out of memory releasing a call (leaked)", call->srv->index);
-    return;
-  }
-  post(call->srv->app, op);
+  post(call->srv->app, op_slot(&call->op_in, OP_RELEASE, call, 0)); /* the dispatch is done */
 }
 
 /* App side: an answer that cannot be posted for want of memory. The call stays unanswered on
@@ -387,21 +381,16 @@ static void post_failed(ss_call *call) {
   SS_LOGE("out of memory answering a call of io thread %d", call->srv->index);
 }
 
-/* An op carrying msg packed (REPLY, SEND); NULL when out of memory. */
-static ss_op *packed_op(int kind, ss_call *call, const ProtobufCMessage *msg) {
-  size_t plen = protobuf_c_message_get_packed_size(msg);
-  ss_op *op = op_new(kind, call, 0);
-  uint8_t *bytes = malloc(plen ? plen : 1);
-  if (!op || !bytes) {
-    free(op);
-    free(bytes);
-    post_failed(call);
-    return NULL;
-  }
-  protobuf_c_message_pack(msg, bytes);
-  op->bytes = bytes;
-  op->len = plen;
-  return op;
+/* Put n bytes (packed by pack, or copied from src) in op: its small buffer when they fit. */
+static int op_bytes(ss_op *op, const ProtobufCMessage *msg, const char *src, size_t n) {
+  uint8_t *b = op->small;
+  if (n > sizeof op->small && !(b = malloc(n))) return SS_ENOMEM;
+  if (msg) protobuf_c_message_pack(msg, b);
+  else if (src) memcpy(b, src, n);
+  op->bytes = b;
+  op->len = n;
+  op->bytes_inline = b == op->small;
+  return 0;
 }
 
 void ss_shard_post_reply(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
@@ -412,9 +401,10 @@ void ss_shard_post_reply(ss_call *call, const ProtobufCMessage *msg, const ss_se
   }
   call->app_done = 1;
   call->app_status = SS_GRPC_OK;
-  ss_op *op = packed_op(OP_REPLY, call, msg);
-  if (!op) {
+  ss_op *op = op_slot(&call->op_answer, OP_REPLY, call, 0);
+  if (op_bytes(op, msg, NULL, protobuf_c_message_get_packed_size(msg)) != 0) {
     free(owner);
+    post_failed(call);
     return;
   }
   op->segs = segs;
@@ -426,8 +416,12 @@ void ss_shard_post_reply(ss_call *call, const ProtobufCMessage *msg, const ss_se
 
 void ss_shard_post_send(ss_call *call, const ProtobufCMessage *msg) {
   if (call->app_done) return;
-  ss_op *op = packed_op(OP_SEND, call, msg);
-  if (!op) return;
+  ss_op *op = op_new(OP_SEND, call, 0);
+  if (!op || op_bytes(op, msg, NULL, protobuf_c_message_get_packed_size(msg)) != 0) {
+    free(op);
+    post_failed(call);
+    return;
+  }
   ss_call_ref(call);
   post(call->srv, op);
 }
@@ -436,12 +430,8 @@ void ss_shard_post_fail(ss_call *call, int end, int code, const char *msg) {
   if (call->app_done) return;
   call->app_done = 1;
   call->app_status = code;
-  ss_op *op = op_new(end ? OP_END : OP_FAIL, call, code);
-  if (op && msg && !(op->bytes = (uint8_t *)strdup(msg))) {
-    free(op);
-    op = NULL;
-  }
-  if (!op) {
+  ss_op *op = op_slot(&call->op_answer, end ? OP_END : OP_FAIL, call, code);
+  if (msg && op_bytes(op, NULL, msg, strlen(msg) + 1) != 0) {
     post_failed(call);
     return;
   }
