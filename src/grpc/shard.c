@@ -11,7 +11,10 @@
  *
  * Mailboxes: a list under a mutex plus a uv_async_t on the receiving loop (libuv coalesces the
  * wake-ups: under load one wake-up carries many ops). An op that holds a call holds a reference
- * to it. A mailbox closes with its loop; a post to a closed mailbox is discarded by the poster.
+ * to it. The ops a call has in flight at most once (dispatch, later release; cancel; its final
+ * answer, with a small reply packed inline) live inside the call, so a unary call crosses loops
+ * without an allocation; streamed messages and loop-wide ops are allocated. A mailbox closes with
+ * its loop; a post to a closed mailbox is discarded by the poster.
  *
  * Calls across loops. A call of shard k != 0 is received on k (headers, body, checks); when its
  * request is complete, k marks it handed and posts DISPATCH to the app loop, which runs the
