@@ -41,8 +41,8 @@ bench: build
 	@SS_DEPS_BENCH=1 bash scripts/deps.sh
 	@bash bench/run_bench.sh
 
-# ThreadSanitizer run of the suite (not part of `make test`: TSan adds a thread of its own, so the
-# tests know it through SS_TSAN=1; every race report fails).
+# The whole suite under ThreadSanitizer (`make test` runs the suites that cross threads under it;
+# TSan adds a thread of its own, which the tests know through SS_TSAN=1; every race report fails).
 test-tsan: deps
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS="-fsanitize=thread -O1 -g" \
 	  -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" $(CMAKE_FLAGS) >/dev/null
