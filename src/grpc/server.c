@@ -18,10 +18,13 @@
  * A second drain call with now != 0, or the drain timeout, answers what is left with UNAVAILABLE.
  */
 #include <assert.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "core/macros.h"
@@ -275,6 +278,31 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
   return code;
 }
 
+/* --io-threads: the port must be free of anyone else's sockets before our loops share it with
+ * SO_REUSEPORT (which would also let a second server of the same user bind it and take half the
+ * connections, where one loop gets "address already in use"). A plain bind, without
+ * SO_REUSEPORT, fails on any socket bound there; port 0 picks the free port here. Returns the
+ * port, or < 0 with err set. (The port is free again between this probe and the loops' binds.) */
+static int probe_port(const struct sockaddr *sa, const char *host, int port, char *err,
+                      size_t errlen) {
+  socklen_t salen = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(err, errlen, SS_EIO, "socket: %s", strerror(errno));
+  int one = 1; /* as libuv's bind: a connection in TIME_WAIT owns no port */
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 || bind(fd, sa, salen) != 0) {
+    int e = errno;
+    close(fd);
+    return fail(err, errlen, SS_EIO, "cannot listen on %s:%d: %s", host, port, strerror(e));
+  }
+  struct sockaddr_storage b;
+  socklen_t bl = sizeof b;
+  int rv = getsockname(fd, (struct sockaddr *)&b, &bl);
+  close(fd);
+  if (rv != 0) return fail(err, errlen, SS_EIO, "getsockname: %s", strerror(errno));
+  return ntohs(b.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&b)->sin6_port
+                                       : ((struct sockaddr_in *)&b)->sin_port);
+}
+
 /* Bind and listen on host:s->cfg.port (0: any free port, learned into s->port). With reuseport
  * the socket gets SO_REUSEPORT first, so every shard can listen on the same port. */
 int ss_grpc_bind_shard(ss_grpc_server *s, const char *host, int reuseport, char *err, size_t errlen) {
@@ -285,6 +313,13 @@ int ss_grpc_bind_shard(ss_grpc_server *s, const char *host, int reuseport, char 
   if (uv_ip4_addr(host, s->cfg.port, (struct sockaddr_in *)&ss) != 0 &&
       uv_ip6_addr(host, s->cfg.port, (struct sockaddr_in6 *)&ss) != 0)
     return fail(err, errlen, SS_EINVAL, "--listen: '%s' is not a numeric IPv4/IPv6 address", host);
+  if (reuseport && s->index == 0) { /* the first loop's bind decides the port for all */
+    int port = probe_port((const struct sockaddr *)&ss, host, s->cfg.port, err, errlen);
+    if (port < 0) return port;
+    s->cfg.port = port;
+    if (ss.ss_family == AF_INET6) ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+    else ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+  }
   int rv = uv_tcp_init_ex(s->loop, &s->listener, ss.ss_family);
   if (rv != 0) return fail(err, errlen, SS_EIO, "socket: %s", uv_strerror(rv));
   s->listener.data = s;
@@ -395,7 +430,9 @@ int ss_grpc_shard_new(ss_grpc_server *app, int index, uv_loop_t *loop, ss_grpc_s
   s->shared = app->shared;
   s->cfg.port = app->port;
   if (rv == 0) rv = ss_grpc_bind_shard(s, app->host, 1, err, errlen);
-  if (rv != 0) {
+  if (rv != 0) { /* its handles live on loop: closed there before the memory goes */
+    close_handles(s);
+    uv_run(loop, UV_RUN_NOWAIT);
     ss_shard_free_mem(s);
     return rv;
   }

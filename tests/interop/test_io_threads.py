@@ -187,6 +187,21 @@ def test_connection_limits_count_across_loops():
         srv.stop_ok()
 
 
+def test_second_server_on_the_port_is_refused():
+    """The loops share their port with SO_REUSEPORT, but only among themselves: a second server
+    on the same port fails to start ("address already in use"), as it does with one loop."""
+    srv = _start(2)
+    try:
+        for io in ("2", "1"):
+            rc, out = sslib.run_cli("--listen", "127.0.0.1:%d" % srv.port, "--io-threads", io)
+            assert rc > 0 and "address already in use" in out.lower(), (io, rc, out)
+        c = sslib.connect(srv)
+        assert_alive(c)
+        c.close()
+    finally:
+        srv.stop_ok()
+
+
 def test_config_key_and_bounds():
     """io_threads in the YAML file; values outside 1..64 are refused with the key named."""
     d = tempfile.mkdtemp(prefix="ss-io-")
