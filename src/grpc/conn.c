@@ -324,7 +324,7 @@ static void headers_done(ss_conn *c, ss_call *call) {
     call->refused = 1;
     if (call->kept_bad_len)
       ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' is %zu bytes long; at most "
-                   "%zu", h, call->kept_bad_len, s->cfg.max_kept_header_bytes);
+                    "%zu", h, call->kept_bad_len, s->cfg.max_kept_header_bytes);
     else
       ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' was sent more than once", h);
     return;
@@ -332,14 +332,14 @@ static void headers_done(ss_conn *c, ss_call *call) {
   if (!call->have_te) {
     call->refused = 1;
     ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT,
-                 "missing header 'te: trailers' (required by gRPC over HTTP/2)");
+                  "missing header 'te: trailers' (required by gRPC over HTTP/2)");
     return;
   }
   if (!call->method) {
     char known[256];
     call->refused = 1;
     ss_call_failf(call, SS_GRPC_UNIMPLEMENTED, "unknown method %s (this server implements %s)",
-                 call->bad_path ? call->bad_path : "(no :path)", services_list(s, known, sizeof known));
+                  call->bad_path ? call->bad_path : "(no :path)", services_list(s, known, sizeof known));
     return;
   }
   if (c->goaway_sent) { /* after the final GOAWAY (during the notice they are still served) */
@@ -355,7 +355,7 @@ static void dispatch(ss_call *call) {
   call->state = SS_CALL_ACTIVE;
   if (call->nmsgs == 0 && !ss_msg_reader_idle(&call->reader)) {
     ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request ended inside a message (%zu of %zu bytes)",
-                 call->reader.have, call->reader.len);
+                  call->reader.have, call->reader.len);
     return;
   }
   if (call->nmsgs == 0) {
@@ -364,7 +364,7 @@ static void dispatch(ss_call *call) {
   }
   if (call->nmsgs > 1) {
     ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "unary request carried %d messages, expected 1",
-                 call->nmsgs);
+                  call->nmsgs);
     return;
   }
   ss_tq_cancel(&call->srv->tq, &call->deadline); /* the request body timeout */
@@ -473,8 +473,8 @@ static int inflate_request(ss_call *call) {
   if (enc <= SS_ENC_IDENTITY) {
     call->refused = 1;
     ss_call_failf(call, SS_GRPC_UNIMPLEMENTED,
-                 "compressed message with grpc-encoding %s; this server accepts identity, deflate "
-                 "and gzip", name ? name : "(none declared)");
+                  "compressed message with grpc-encoding %s; this server accepts identity, deflate "
+                  "and gzip", name ? name : "(none declared)");
     return -1;
   }
   uint8_t *out;
@@ -484,11 +484,11 @@ static int inflate_request(ss_call *call) {
     call->refused = 1;
     if (rv == SS_ERANGE)
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
-                   "request message inflates (%s) to more than the limit of %zu bytes "
-                   "(--max-message-bytes)", name, max);
+                    "request message inflates (%s) to more than the limit of %zu bytes "
+                    "(--max-message-bytes)", name, max);
     else if (rv == SS_ENOMEM)
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory inflating a %zu-byte message",
-                   call->req_len);
+                    call->req_len);
     else
       ss_call_failf(call, SS_GRPC_INTERNAL, "request message is not valid %s data", name);
     return -1;
@@ -531,13 +531,13 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
     } else if (rv == SS_MSG_TOO_LARGE) {
       call->refused = 1;
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
-                   "request message of %zu bytes exceeds the limit of %zu bytes (--max-message-bytes)",
-                   call->reader.len, call->reader.max_len);
+                    "request message of %zu bytes exceeds the limit of %zu bytes (--max-message-bytes)",
+                    call->reader.len, call->reader.max_len);
       return 0;
     } else if (rv == SS_MSG_NOMEM) {
       call->refused = 1;
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for a %zu-byte message",
-                   call->reader.len);
+                    call->reader.len);
       return 0;
     }
   }
@@ -685,7 +685,7 @@ static void on_recv_timeout(ss_tq_entry *e) {
   call->refused = 1;
   ss_grpc_note_limit(c->srv, "request body stalled: stream answered DEADLINE_EXCEEDED");
   ss_call_failf(call, SS_GRPC_DEADLINE_EXCEEDED,
-               "request body stopped arriving: nothing for %.1f s (--request-body-timeout)", t);
+                "request body stopped arriving: nothing for %.1f s (--request-body-timeout)", t);
 }
 
 /* TLS: a close_notify alert just before the FIN or the close, so the peer can tell a clean end

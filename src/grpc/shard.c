@@ -89,8 +89,6 @@ static void op_free_bytes(ss_op *op) {
   op->bytes = NULL;
 }
 
-
-
 /* ------------------------------------------------------------------ limits --- */
 
 static int peer_key(uv_tcp_t *tcp, uint8_t out[16], uint8_t *len) {
