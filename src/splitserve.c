@@ -292,6 +292,11 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
     free(s);
     return rv;
   }
+  int compute = (s->cfg.workers > 0 ? s->cfg.workers : 0) * s->cfg.intra_op_threads;
+  if (s->cfg.io_threads > 1 && s->cfg.io_threads + compute > s->ncpu)
+    SS_LOGW("--io-threads %d + %d compute threads = %d threads on %d cores: the I/O loops will "
+            "share cores with compute (fewer I/O loops or workers avoid it)",
+            s->cfg.io_threads, compute, s->cfg.io_threads + compute, s->ncpu);
   uv_loop_init(&s->loop);
   uv_async_init(&s->loop, &s->stop_async, on_stop_async);
   s->stop_async.data = s;
