@@ -162,6 +162,14 @@ static int out_admit(ss_call *call, size_t n) {
   return 0;
 }
 
+/* A response of n bytes was refused by out_admit: the call ends RESOURCE_EXHAUSTED. */
+static void refuse_unread(ss_call *call, size_t n) {
+  ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                "response of %zu bytes refused: the connection already holds %zu bytes of "
+                "responses its client has not read (--max-connection-buffer-mb %zu)",
+                n, call->conn->out_pending, call->srv->cfg.max_connection_buffer_bytes >> 20);
+}
+
 static void count_status(ss_grpc_server *s, int code) {
   switch (code) {
   case SS_GRPC_OK: SS_STAT_INC(s->stats.served); break;
@@ -222,10 +230,7 @@ static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, const u
   free(owner); /* the segments were copied into z */
   if (out_admit(call, zlen) != 0) {
     free(z);
-    ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
-                  "response of %zu bytes refused: the connection already holds %zu bytes of "
-                  "responses its client has not read (--max-connection-buffer-mb %zu)",
-                  zlen, call->conn->out_pending, call->srv->cfg.max_connection_buffer_bytes >> 20);
+    refuse_unread(call, zlen);
     return;
   }
   ss_msg_prefix(z, (uint32_t)(zlen - 5));
@@ -265,10 +270,7 @@ static void reply_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t
   }
   if (out_admit(call, 5 + total) != 0) {
     free(owner);
-    ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
-                  "response of %zu bytes refused: the connection already holds %zu bytes of "
-                  "responses its client has not read (--max-connection-buffer-mb %zu)",
-                  total, call->conn->out_pending, call->srv->cfg.max_connection_buffer_bytes >> 20);
+    refuse_unread(call, total);
     return;
   }
   uint8_t *p = call->out + call->out_len;

@@ -65,25 +65,29 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
   return SSL_TLSEXT_ERR_ALERT_FATAL; /* gRPC needs HTTP/2 */
 }
 
-static int ctx_common(SSL_CTX *ctx) {
-  if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)) return -1;
-  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle connections hold no record buffers */
-  return 0;
+/* A context for method with what server and client share (TLS 1.2+, no compression or
+ * renegotiation, no record buffers while idle); NULL with err set. */
+static SSL_CTX *ctx_new(const SSL_METHOD *method, char *err, size_t errlen) {
+  ERR_clear_error();
+  SSL_CTX *ctx = SSL_CTX_new(method);
+  if (ctx && SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)) {
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle connections hold no record buffers */
+    return ctx;
+  }
+  char why[256];
+  ossl_reason(why, sizeof why);
+  snprintf(err, errlen, "TLS context: %s", why);
+  SSL_CTX_free(ctx);
+  return NULL;
 }
 
 int ss_tls_ctx_new(const char *cert, const char *key, const char *client_ca, ss_tls_ctx **out,
                    char *err, size_t errlen) {
   *out = NULL;
   char why[256];
-  ERR_clear_error();
-  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-  if (!ctx || ctx_common(ctx) != 0) {
-    ossl_reason(why, sizeof why);
-    snprintf(err, errlen, "TLS context: %s", why);
-    SSL_CTX_free(ctx);
-    return SS_ENOMEM;
-  }
+  SSL_CTX *ctx = ctx_new(TLS_server_method(), err, errlen);
+  if (!ctx) return SS_ENOMEM;
   const char *what = NULL, *file = NULL;
   if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) what = "certificate", file = cert;
   else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) what = "key", file = key;
@@ -122,14 +126,8 @@ int ss_tls_client_ctx_new(const char *ca_file, const char *cert, const char *key
                           char *err, size_t errlen) {
   *out = NULL;
   char why[256];
-  ERR_clear_error();
-  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-  if (!ctx || ctx_common(ctx) != 0) {
-    ossl_reason(why, sizeof why);
-    snprintf(err, errlen, "TLS context: %s", why);
-    SSL_CTX_free(ctx);
-    return SS_ENOMEM;
-  }
+  SSL_CTX *ctx = ctx_new(TLS_client_method(), err, errlen);
+  if (!ctx) return SS_ENOMEM;
   const char *what = NULL, *file = NULL;
   if (ca_file && *ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1
                           : SSL_CTX_set_default_verify_paths(ctx) != 1)
