@@ -170,6 +170,7 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "failed", "%llu", (unsigned long long)gs.failed);
   kv(l, "auth_tokens", "%zu", ss_auth_count(s->auth)); /* a count only; 0: no authentication */
   kv(l, "blas", "%s, %d thread(s) per worker", ss_matmul_engine_info(), s->cfg.intra_op_threads);
+  kv(l, "matmul_scratch_bytes", "%zu", ss_matmul_scratch_bytes()); /* per-worker scratchpads */
   size_t nsess, sess_bytes;
   uint64_t sess_evicted;
   ss_sessions_stats(s->sessions, &nsess, &sess_bytes, &sess_evicted);

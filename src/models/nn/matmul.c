@@ -5,17 +5,29 @@
  * Primitives. A oneDNN primitive is made for one problem: (transposes, M, N, K, lda, ldb, ldc,
  * alpha, beta, intra-op threads). Making one (dispatch, and on some CPUs JIT code generation)
  * costs far more than a small product, so they are made once and kept in a process-wide table
- * (open addressing, SS_MM_CACHE slots, one mutex held only for the look-up or the insert; a
- * primitive is immutable and oneDNN executes one concurrently from any number of threads, each
- * on its own stream). Entries are never evicted (a worker may be running one); once the table is
- * 3/4 full, a new problem gets a primitive made, run and destroyed for that call only (counted;
- * oneDNN's own primitive cache still spares most of the cost). alpha maps to the primitive's
- * output scale, beta to a sum post-op (beta 0: C is not read).
+ * (open addressing, SS_MM_CACHE slots, one mutex held only for the look-up or the insert).
+ * Entries are never evicted (a worker may be running one); once the table is 3/4 full, a new
+ * problem gets a primitive made, run and destroyed for that call only (counted; oneDNN's own
+ * primitive cache still spares most of the cost). alpha maps to the primitive's output scale,
+ * beta to a sum post-op (beta 0: C is not read).
+ *
+ * Sharing a primitive between threads. A primitive is immutable, but its scratchpad (the packed
+ * copies of A and B that brgemm kernels work in) is not: in oneDNN's default mode the library
+ * owns one scratchpad that concurrent executions share, and on AVX-512 (brgemm) two workers
+ * running one primitive at once overwrote each other's packed blocks (wrong answers; the AVX2
+ * gemm:jit path happened to use none). So every primitive is made with
+ * dnnl_scratchpad_mode_user, its scratchpad size is read once from its descriptor and kept in its
+ * slot, and each execution passes the calling thread's own scratchpad (DNNL_ARG_SCRATCHPAD).
+ * A thread's scratchpad grows to the largest size among the primitives it ran and no further: at
+ * most W x max(scratchpad) bytes in all, resident (counted in RSS) and reported by
+ * ss_matmul_scratch_bytes. tests/unit/models/test_matmul_mt.c runs products from several threads
+ * against lone answers, under every ISA level the CPU offers.
  *
  * Threads. Debian's libdnnl is the OpenMP build (libgomp): a product runs on the calling thread's
  * OpenMP team, sized by omp_set_num_threads in ss_compute_thread_init, so the process keeps
- * exactly 1 + W x T threads. Streams are per thread (oneDNN streams are not thread-safe), made on
- * a thread's first product and destroyed when it exits (a pthread key's destructor).
+ * exactly 1 + W x T threads. Streams and scratchpads are per thread (oneDNN streams are not
+ * thread-safe), made on a thread's first product and freed when it exits (a pthread key's
+ * destructor).
  *
  * Few rows. For a few rows (M <= SS_SMALL_ROWS, op(A) = A, alpha 1, beta 0 or 1: a decode
  * step's token) hand-written kernels stream B once in place where they measured faster than
@@ -37,6 +49,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/log.h"
@@ -183,16 +196,25 @@ typedef struct mm_key {
 typedef struct mm_slot {
   mm_key key;
   dnnl_primitive_t prim; /* NULL: empty slot */
+  size_t scratch;        /* its scratchpad's size in bytes (user mode; 0: none) */
 } mm_slot;
+
+/* A thread's engine state: its stream and its scratchpad (see the top comment). */
+typedef struct mm_thread {
+  dnnl_stream_t stream;
+  void *scratch; /* 64-byte aligned, cap bytes */
+  size_t cap;
+} mm_thread;
 
 static struct {
   pthread_once_t once;
   dnnl_engine_t engine; /* NULL: oneDNN unusable (portable loops run instead) */
-  pthread_key_t stream_key;
+  pthread_key_t thread_key; /* -> mm_thread */
   pthread_mutex_t mu;
   mm_slot slot[SS_MM_CACHE];
   size_t used;
   unsigned long long uncached;
+  size_t scratch_total; /* bytes of every thread's scratchpad (under mu) */
   int isa;
   int blas_large;       /* products of >= SS_BLAS_MIN_ROWS rows go to OpenBLAS (no brgemm here) */
   char info[200];
@@ -214,14 +236,40 @@ static const char *isa_name(int isa) {
   }
 }
 
-static void stream_free(void *p) { dnnl_stream_destroy((dnnl_stream_t)p); }
+static void thread_free(void *p) {
+  mm_thread *t = p;
+  pthread_mutex_lock(&eng.mu);
+  eng.scratch_total -= t->cap;
+  pthread_mutex_unlock(&eng.mu);
+  if (t->stream) dnnl_stream_destroy(t->stream);
+  free(t->scratch);
+  free(t);
+}
 
-/* The calling thread's stream, made on first use; NULL if oneDNN refused. */
-static dnnl_stream_t thread_stream(void) {
-  dnnl_stream_t s = pthread_getspecific(eng.stream_key);
-  if (s == NULL && dnnl_stream_create(&s, eng.engine, dnnl_stream_default_flags) == dnnl_success)
-    pthread_setspecific(eng.stream_key, s);
-  return s;
+/* The calling thread's state with a scratchpad of at least need bytes, made or grown on demand;
+ * NULL if oneDNN or memory refused. */
+static mm_thread *thread_state(size_t need) {
+  mm_thread *t = pthread_getspecific(eng.thread_key);
+  if (t == NULL) {
+    if ((t = calloc(1, sizeof *t)) == NULL) return NULL;
+    if (dnnl_stream_create(&t->stream, eng.engine, dnnl_stream_default_flags) != dnnl_success ||
+        pthread_setspecific(eng.thread_key, t) != 0) {
+      if (t->stream) dnnl_stream_destroy(t->stream);
+      free(t);
+      return NULL;
+    }
+  }
+  if (need > t->cap) {
+    size_t cap = (need + 4095) / 4096 * 4096;
+    void *buf = NULL;
+    if (posix_memalign(&buf, 64, cap) != 0) return NULL;
+    free(t->scratch);
+    pthread_mutex_lock(&eng.mu);
+    eng.scratch_total += cap - t->cap;
+    pthread_mutex_unlock(&eng.mu);
+    t->scratch = buf, t->cap = cap;
+  }
+  return t;
 }
 
 static int desc_init(dnnl_memory_desc_t *md, int rows, int cols, int trans, int ld) {
@@ -229,9 +277,10 @@ static int desc_init(dnnl_memory_desc_t *md, int rows, int cols, int trans, int 
   return dnnl_memory_desc_init_by_strides(md, 2, dims, dnnl_f32, strides) == dnnl_success ? 0 : -1;
 }
 
-/* A primitive for the problem k, or NULL (oneDNN has no implementation for it). *impl, when not
- * NULL, gets the implementation's name (e.g. "gemm:jit", "brg:avx512_core"). */
-static dnnl_primitive_t make_prim(const mm_key *k, char *impl, size_t implen) {
+/* A primitive for the problem k, or NULL (oneDNN has no implementation for it), with a
+ * user-managed scratchpad of *scratch bytes. *impl, when not NULL, gets the implementation's
+ * name (e.g. "gemm:jit", "brg:avx512_core"). */
+static dnnl_primitive_t make_prim(const mm_key *k, size_t *scratch, char *impl, size_t implen) {
   dnnl_memory_desc_t a, b, c;
   dnnl_matmul_desc_t md;
   dnnl_primitive_attr_t attr = NULL;
@@ -244,7 +293,8 @@ static dnnl_primitive_t make_prim(const mm_key *k, char *impl, size_t implen) {
   if (desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb) ||
       desc_init(&c, k->M, k->N, 0, k->ldc) ||
       dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) != dnnl_success ||
-      dnnl_primitive_attr_create(&attr) != dnnl_success)
+      dnnl_primitive_attr_create(&attr) != dnnl_success ||
+      dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
     goto out;
   if (alpha != 1.0f && dnnl_primitive_attr_set_output_scales(attr, 1, 0, &alpha) != dnnl_success)
     goto out;
@@ -254,6 +304,8 @@ static dnnl_primitive_t make_prim(const mm_key *k, char *impl, size_t implen) {
       goto out;
   }
   if (dnnl_primitive_desc_create(&pd, &md, attr, eng.engine, NULL) != dnnl_success) goto out;
+  const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+  *scratch = smd ? dnnl_memory_desc_get_size(smd) : 0;
   if (impl != NULL) {
     const char *s = NULL;
     if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &s) == dnnl_success && s)
@@ -271,7 +323,7 @@ out:
 static void engine_init(void) {
   char impl[64] = "none";
   eng.isa = (int)dnnl_get_effective_cpu_isa();
-  if (pthread_key_create(&eng.stream_key, stream_free) != 0 ||
+  if (pthread_key_create(&eng.thread_key, thread_free) != 0 ||
       dnnl_engine_create(&eng.engine, dnnl_cpu, 0) != dnnl_success) {
     eng.engine = NULL;
     snprintf(eng.info, sizeof eng.info, "portable loops (oneDNN engine unavailable)");
@@ -280,7 +332,8 @@ static void engine_init(void) {
   }
   /* A GPT-2 prefill product stands for all: which implementation does oneDNN pick here? */
   mm_key k = {0, 0, 128, 768, 768, 768, 768, 768, 1, 0x3f800000u, 0};
-  dnnl_primitive_t p = make_prim(&k, impl, sizeof impl);
+  size_t scratch;
+  dnnl_primitive_t p = make_prim(&k, &scratch, impl, sizeof impl);
   if (p) dnnl_primitive_destroy(p);
   const dnnl_version_t *v = dnnl_version();
   /* Without a brgemm kernel (AVX2: oneDNN 2.6 runs gemm:jit) OpenBLAS sgemm measured faster on
@@ -322,8 +375,9 @@ static size_t key_hash(const mm_key *k) {
   return (size_t)(h ^ (h >> 29));
 }
 
-/* The cached primitive for k (made on a miss). *owned = 1: not cached, the caller destroys it. */
-static dnnl_primitive_t get_prim(const mm_key *k, int *owned) {
+/* The cached primitive for k (made on a miss) and its scratchpad size. *owned = 1: not cached,
+ * the caller destroys it. */
+static dnnl_primitive_t get_prim(const mm_key *k, size_t *scratch, int *owned) {
   size_t i = key_hash(k) & (SS_MM_CACHE - 1);
   dnnl_primitive_t p;
   *owned = 0;
@@ -331,12 +385,13 @@ static dnnl_primitive_t get_prim(const mm_key *k, int *owned) {
   for (; eng.slot[i].prim != NULL; i = (i + 1) & (SS_MM_CACHE - 1))
     if (memcmp(&eng.slot[i].key, k, sizeof *k) == 0) {
       p = eng.slot[i].prim;
+      *scratch = eng.slot[i].scratch;
       pthread_mutex_unlock(&eng.mu);
       return p;
     }
   pthread_mutex_unlock(&eng.mu);
   /* Made outside the lock (it may JIT); a racing thread may make the same one: first wins. */
-  if ((p = make_prim(k, NULL, 0)) == NULL) return NULL;
+  if ((p = make_prim(k, scratch, NULL, 0)) == NULL) return NULL;
   pthread_mutex_lock(&eng.mu);
   for (i = key_hash(k) & (SS_MM_CACHE - 1); eng.slot[i].prim != NULL;
        i = (i + 1) & (SS_MM_CACHE - 1))
@@ -344,42 +399,63 @@ static dnnl_primitive_t get_prim(const mm_key *k, int *owned) {
   if (eng.slot[i].prim != NULL) { /* lost the race */
     dnnl_primitive_destroy(p);
     p = eng.slot[i].prim;
+    *scratch = eng.slot[i].scratch;
   } else if (eng.used + 1 > SS_MM_CACHE / 4 * 3) {
     eng.uncached++;
     *owned = 1;
   } else {
     eng.slot[i].key = *k;
     eng.slot[i].prim = p;
+    eng.slot[i].scratch = *scratch;
     eng.used++;
   }
   pthread_mutex_unlock(&eng.mu);
   return p;
 }
 
+size_t ss_matmul_scratch_bytes(void) {
+  pthread_mutex_lock(&eng.mu);
+  size_t n = eng.scratch_total;
+  pthread_mutex_unlock(&eng.mu);
+  return n;
+}
+
 /* C = alpha op(A) op(B) + beta C on oneDNN; -1 if it cannot (the caller falls back). */
 static int engine_matmul(const mm_key *k, const float *A, const float *B, float *C) {
-  dnnl_memory_desc_t a, b, c;
-  dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
-  dnnl_stream_t s;
+  dnnl_memory_desc_t a, b, c, sd;
+  dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
+  mm_thread *t;
+  size_t scratch = 0;
   int owned, rc = -1;
   pthread_once(&eng.once, engine_init);
-  if (eng.engine == NULL || (s = thread_stream()) == NULL) return -1;
-  dnnl_primitive_t p = get_prim(k, &owned);
+  if (eng.engine == NULL) return -1;
+  dnnl_primitive_t p = get_prim(k, &scratch, &owned);
   if (p == NULL) return -1;
-  if (desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb) ||
+  if ((t = thread_state(scratch)) == NULL ||
+      desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb) ||
       desc_init(&c, k->M, k->N, 0, k->ldc) ||
       dnnl_memory_create(&ma, &a, eng.engine, (void *)(uintptr_t)A) != dnnl_success ||
       dnnl_memory_create(&mb, &b, eng.engine, (void *)(uintptr_t)B) != dnnl_success ||
       dnnl_memory_create(&mc, &c, eng.engine, C) != dnnl_success)
     goto out;
-  dnnl_exec_arg_t args[3] = {
-      {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
-  if (dnnl_primitive_execute(p, s, 3, args) == dnnl_success && dnnl_stream_wait(s) == dnnl_success)
+  dnnl_exec_arg_t args[4] = {
+      {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, NULL}};
+  int nargs = 3;
+  if (scratch > 0) { /* the calling thread's own scratchpad, never another's */
+    dnnl_dims_t sdim = {(dnnl_dim_t)scratch};
+    if (dnnl_memory_desc_init_by_tag(&sd, 1, sdim, dnnl_u8, dnnl_a) != dnnl_success ||
+        dnnl_memory_create(&ms, &sd, eng.engine, t->scratch) != dnnl_success)
+      goto out;
+    args[nargs++].memory = ms;
+  }
+  if (dnnl_primitive_execute(p, t->stream, nargs, args) == dnnl_success &&
+      dnnl_stream_wait(t->stream) == dnnl_success)
     rc = 0;
 out:
   if (ma) dnnl_memory_destroy(ma);
   if (mb) dnnl_memory_destroy(mb);
   if (mc) dnnl_memory_destroy(mc);
+  if (ms) dnnl_memory_destroy(ms);
   if (owned) dnnl_primitive_destroy(p);
   return rc;
 }

@@ -18,7 +18,8 @@
  * Few-row results agree with oneDNN to float rounding (~1e-6 relative), not bit for bit.
  *
  * Thread: any (worker threads); reentrant. The primitive cache is the one process-wide object
- * (thread-safe; made on first use, or at ss_compute_thread_init).
+ * (thread-safe; made on first use, or at ss_compute_thread_init); a primitive shared by threads
+ * runs on each caller's own stream and scratchpad, so concurrent products never share memory.
  */
 #ifndef SS_MODELS_NN_MATMUL_H
 #define SS_MODELS_NN_MATMUL_H
@@ -41,6 +42,10 @@ void ss_compute_thread_init(int intra_op_threads);
 /* What the engine runs here, e.g. "onednn 2.6.3 gemm:jit, isa avx2" (static string; starts the
  * engine on first call). For GetServiceInfo and the start-up log. */
 const char *ss_matmul_engine_info(void);
+
+/* Bytes held by the worker threads' oneDNN scratchpads (one per thread that ran a product, each
+ * as large as the largest primitive it ran needs; resident, so part of RSS). For GetServiceInfo. */
+size_t ss_matmul_scratch_bytes(void);
 
 /* 0 if this CPU runs bf16 products natively (avx512_core_bf16 or AMX); else -1 and a message
  * naming what is missing, e.g. "compute=bf16 needs avx512_bf16 or amx_bf16 (this CPU has avx2)". */
