@@ -35,9 +35,19 @@ int ss_wire_enc_resolve(const ss_service *s, const ss_model *m, const ss_meta *m
   return 0;
 }
 
+int ss_codec_check_stream(const char *what, size_t len, char *err, size_t errlen) {
+  if (len >= SS_ZLIB_MIN_STREAM) return 0;
+  snprintf(err, errlen,
+           "%s has %zu bytes, too few for a zlib stream (wire codec zlib: at least %d bytes, "
+           "as zlib.compress writes them; or send codec=none)",
+           what, len, SS_ZLIB_MIN_STREAM);
+  return SS_EINVAL;
+}
+
 int ss_codec_inflate(const char *what, const void *src, size_t len, size_t want, void **out,
                      char *err, size_t errlen) {
   *out = NULL;
+  if (ss_codec_check_stream(what, len, err, errlen) != 0) return SS_EINVAL;
   unsigned char *buf = malloc(want ? want : 1);
   if (!buf) {
     snprintf(err, errlen, "out of memory for %s (%zu bytes inflated)", what, want);

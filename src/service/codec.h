@@ -29,6 +29,11 @@ struct ss_service;
  * Returns 0, or SS_EINVAL with a message naming the bad value. */
 int ss_wire_enc_resolve(const struct ss_service *s, const ss_model *m, const ss_meta *meta,
                         ss_wire_enc *out, char *err, size_t errlen);
+/* The shortest zlib stream (2-byte header, an empty final block, 4-byte Adler-32). */
+#define SS_ZLIB_MIN_STREAM 8
+/* 0 if a zlib payload of len bytes can be a stream; else SS_EINVAL with a message (an empty or
+ * too short field is refused on the loop, before any job: it may arrive as a NULL view). */
+int ss_codec_check_stream(const char *what, size_t len, char *err, size_t errlen);
 /* Inflate src[len] (zlib format) into a malloc'd buffer of exactly want bytes. Returns 0, or
  * SS_EINVAL ("not zlib", "inflates to N bytes, shape needs M") with a message; what: field name. */
 int ss_codec_inflate(const char *what, const void *src, size_t len, size_t want, void **out,

@@ -119,7 +119,7 @@ static void release_slot(compute_state *st);
 static void present_free(compute_state *st);
 
 static void reply_echo(compute_state *st) {
-  if (st->zdata) send_reply(st, st->zdata, st->zlen, NULL); /* echo the payload as it came */
+  if (st->enc.zlib) send_reply(st, st->zdata, st->zlen, NULL); /* echo the payload as it came */
   else send_reply(st, st->in.data, st->in.nbytes, NULL);
 }
 
@@ -136,7 +136,7 @@ static void job_run(ss_job *job) {
     st->compute_ms = (double)(uv_hrtime() - t0) / 1e6;
     return;
   }
-  if (st->zdata) { /* wire codec zlib: inflate to exactly the size the shape says */
+  if (st->enc.zlib) { /* wire codec zlib: inflate to exactly the size the shape says */
     st->rc = ss_codec_inflate("data", st->zdata, st->zlen, st->in.nbytes, &st->zbuf, st->err,
                               sizeof st->err);
     if (st->rc == 0) st->in.data = st->zbuf;
@@ -594,6 +594,7 @@ static int read_tensor(compute_state *st, const uint8_t *data, size_t dlen) {
                    "(--max-message-bytes)", st->in.nbytes, s->cfg.max_message_bytes);
       return -1;
     }
+    if (rv == 0 && ss_codec_check_stream("data", dlen, err, sizeof err) != 0) rv = SS_EINVAL;
     st->zdata = data;
     st->zlen = dlen;
   } else {
@@ -660,7 +661,7 @@ static int check_mode(compute_state *st) {
   if (st->training) {
     /* A NaN in a training input poisons every weight at the next step: refuse it here (a zlib
      * payload is checked on the worker once inflated). */
-    if (!st->zdata && ss_tensor_check_finite("data", &st->in, err, sizeof err) != 0) {
+    if (!st->enc.zlib && ss_tensor_check_finite("data", &st->in, err, sizeof err) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
       return -1;
     }

@@ -51,7 +51,7 @@ typedef struct compute_state {
   /* dynamic batching (batch.c): the batch this call rides in, and whether it left it */
   /* wire encoding (codec.h): a zlib payload stays compressed until the worker inflates it */
   ss_wire_enc enc;
-  const uint8_t *zdata;       /* the compressed data field (view into reqbuf), or NULL */
+  const uint8_t *zdata;       /* the compressed data field (view into reqbuf) when enc.zlib */
   size_t zlen;
   void *zbuf;                 /* the inflated tensor (worker; freed with the call) */
   struct ss_batch *batch;

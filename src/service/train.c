@@ -146,7 +146,8 @@ typedef struct backward_state {
   act_rec *rec;             /* taken out of the cache: owned */
   Splitlearn__Comm__BackwardRequest *req;
   ss_tensor grad_out;       /* view into reqbuf (zlib: data NULL until the worker inflates) */
-  const uint8_t *zdata;     /* grad_output as it came when the forward's codec is zlib */
+  const uint8_t *zdata;     /* grad_output as it came when the forward's codec is zlib (may be
+                             * NULL when zlen is 0: test enc->zlib, never this pointer) */
   size_t zlen;
   void *gbuf;               /* inflated / converted grad_output (worker) */
   void *reply;              /* grad_input as it travels (converted, compressed), owned */
@@ -173,13 +174,13 @@ static void bw_run(ss_job *job) {
   uint64_t t0 = uv_hrtime();
   ss_tensor go = st->grad_out, gi = {0};
   const ss_wire_enc *enc = &st->rec->enc;
-  if (st->zdata) {
+  if (enc->zlib) {
     st->rc = ss_codec_inflate("grad_output_data", st->zdata, st->zlen, go.nbytes, &st->gbuf,
                               st->err, sizeof st->err);
     if (st->rc != 0) return;
     go.data = st->gbuf;
   }
-  if (st->zdata) {
+  if (enc->zlib) {
     /* Checked here, once inflated (raw payloads are checked on the loop). */
     if (ss_tensor_check_finite("grad_output_data", &go, st->err, sizeof st->err) != 0) {
       st->rc = SS_EINVAL;
@@ -440,6 +441,8 @@ void ss_h_backward(ss_call *call, void *app) {
                       : ss_tensor_from_wire("grad_output_data", req->grad_output_shape,
                                             req->n_grad_output_shape, data, dlen, enc->dtype,
                                             &st->grad_out, err, sizeof err);
+  if (wrv == 0 && enc->zlib && ss_codec_check_stream("grad_output_data", dlen, err, sizeof err))
+    wrv = SS_EINVAL;
   if (wrv != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s (gradients travel as the forward's tensors: %s%s)",
                  err, ss_dtype_name(enc->dtype), enc->zlib ? ", zlib" : "");

@@ -6,29 +6,40 @@ The Python client's own codecs send no metadata: TensorCodec(dtype=np.float16) s
 and both decode the reply the same way. These tests encode exactly like that (the client library
 itself is not packaged in Debian), check the reply decodes the same way, that the gradients of a
 training forward travel in the forward's encoding, and that a zip bomb costs nothing."""
+import os
+import shutil
+import tempfile
 import zlib
 
 import numpy as np
 
+import llama_ref
 import sslib
 from sslib import SC, T, make_req, result, expect_error
 
 S = None
 C = None
+TMP = None
+LLAMA = llama_ref.Config("qwen2", hidden=64, heads=4, kv_heads=2, intermediate=96, n_layer=2,
+                         max_pos=32)
 
 
 def setup():
-    global S, C
+    global S, C, TMP
+    TMP = tempfile.mkdtemp(prefix="ss-codecs-")
+    w, c, _ = llama_ref.write_checkpoint(TMP, "q", LLAMA, seed=2)
     S = sslib.Server("--workers", "1", "--max-message-bytes", str(8 << 20),
                      "--model", "mlp=mlp",
                      "--model", "m16=mlp,wire_dtype=float16",
                      "--model", "mz=mlp,wire_codec=zlib",
-                     "--model", "mz16=mlp,wire_dtype=float16,wire_codec=zlib")
+                     "--model", "mz16=mlp,wire_dtype=float16,wire_codec=zlib",
+                     "--model", "qz=llama,weights=%s,config=%s,wire_codec=zlib" % (w, c))
     C = sslib.connect(S)
 
 
 def teardown():
     sslib.shutdown(C, S)
+    shutil.rmtree(TMP, ignore_errors=True)
 
 
 def _raw(x, shape, model, **meta):
@@ -83,6 +94,45 @@ def test_bad_payloads():
     expect_error(lambda: C.compute(_raw(zlib.compress(X.tobytes()), X.shape, "mz", codec="gzip"),
                                    timeout=T(5)), SC.INVALID_ARGUMENT, "codec")
     sslib.assert_alive(C)
+
+
+def test_empty_zlib_payload_is_refused():
+    """An empty (or too short) data field under the zlib codec once crashed the server (a NULL
+    view read by the model): every way of asking for zlib gets INVALID_ARGUMENT instead."""
+    cases = [(_raw(b"", X.shape, "mlp", codec="zlib"), "metadata codec"),
+             (_raw(b"", X.shape, "mz"), "model key wire_codec"),
+             (_raw(b"x\x9c", X.shape, "mz"), "two bytes"),
+             (_raw(b"", (1, 3, 64), "qz"), "llama"),
+             (_raw(b"", (1, 3, 64), "qz", session="s-empty"), "llama session")]
+    tr = _raw(b"", X.shape, "mz")
+    tr.training_mode = True
+    cases.append((tr, "training forward"))
+    for req, what in cases:
+        expect_error(lambda: C.compute(req, timeout=T(10)), SC.INVALID_ARGUMENT,
+                     "too few for a zlib stream")
+        sslib.assert_alive(C)
+    # a backward of a zlib forward with no gradient data; the record stays for a corrected retry
+    x = X[0, :4][None]
+    rz = C.compute(sslib.pb.ComputeRequest(data=zlib.compress(x.tobytes()), shape=list(x.shape),
+                                           model_id="mz", training_mode=True), timeout=T(10))
+    shape = list(rz.shape)
+    expect_error(lambda: C.backward(sslib.pb.BackwardRequest(
+        grad_output_data=b"", grad_output_shape=shape, forward_id=rz.forward_id), timeout=T(10)),
+        SC.INVALID_ARGUMENT, "grad_output_data has 0 bytes", "zlib")
+    g = np.ones(shape, np.float32)
+    C.backward(sslib.pb.BackwardRequest(grad_output_data=zlib.compress(g.tobytes()),
+                                        grad_output_shape=shape, forward_id=rz.forward_id),
+               timeout=T(10))
+    # the server-wide flag
+    srv = sslib.Server("--wire-codec", "zlib", "--model", "mlp=mlp")
+    try:
+        c = sslib.connect(srv)
+        expect_error(lambda: c.compute(_raw(b"", X.shape, "mlp"), timeout=T(10)),
+                     SC.INVALID_ARGUMENT, "too few for a zlib stream")
+        sslib.assert_alive(c)
+        c.close()
+    finally:
+        srv.stop_ok()
 
 
 def test_zip_bomb_costs_nothing():
