@@ -14,6 +14,7 @@
 #define SPLITSERVE_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -151,10 +152,12 @@ typedef struct ss_server_config {
                                * "TOKEN [model,model...]", re-read on SIGHUP */
 } ss_server_config;
 
-/* Fill cfg with the defaults above. */
+/* Fill cfg with the defaults (one row per setting in src/core/settings.c: flag, YAML key,
+ * type, range, default, help). */
 SS_API void ss_server_config_init(ss_server_config *cfg);
 
-/* A YAML server configuration file (--config; examples/server.yaml), as loaded. */
+/* A YAML server configuration file (--config; examples/server.yaml), or the strings of a command
+ * line, as loaded: cfg points into it. */
 typedef struct ss_config_file ss_config_file;
 /* Read path into cfg: every key the file sets overrides cfg's value, its models become
  * cfg->models (with their limits), cfg->config_path = path (SIGHUP re-reads it). The strings
@@ -162,7 +165,17 @@ typedef struct ss_config_file ss_config_file;
  * On error returns <0 with "PATH:LINE:COL: message" in err; cfg is then untouched. */
 SS_API int ss_server_config_load(ss_server_config *cfg, const char *path, ss_config_file **out,
                                  char *err, size_t errlen);
+/* The daemon's command line into cfg: --config FILE first (its settings), then every flag of the
+ * settings table over it, --model specs (repeatable; refused with --config). Returns 0 (strings
+ * cfg points to live in *out: free with ss_config_file_free after the server), 1 when --help or
+ * --help-markdown printed the help to stdout (*out NULL), or <0 with a message naming the flag
+ * ("--workers: expected an integer in [0, 1024], got 'x'"). */
+SS_API int ss_server_config_args(ss_server_config *cfg, int argc, char *const *argv,
+                                 ss_config_file **out, char *err, size_t errlen);
 SS_API void ss_config_file_free(ss_config_file *f);
+/* `splitserve --help`, and the README's flag table (markdown), from the settings table. */
+SS_API void ss_settings_usage(FILE *f);
+SS_API void ss_settings_markdown(FILE *f);
 /* "error", "warn", "info", "debug" -> 0..3; -1 otherwise. */
 SS_API int ss_log_parse_level(const char *s);
 

@@ -39,19 +39,6 @@ typedef struct walk {
   size_t errlen;
 } walk;
 
-static const char *const top_keys[] = {
-    "listen",      "workers",           "intra_op_threads", "oversubscribe", "io_threads",
-    "max_inflight", "max_queue",        "max_message_bytes", "drain_timeout",
-    "session_memory_mb", "session_ttl", "log_level",        "models",
-    "activation_memory_mb", "activation_ttl", "save_weights", "enable_test_models",
-    "metrics_listen",
-    "max_metadata_entries", "max_metadata_key_bytes", "max_metadata_value_bytes",
-    "max_session_id_bytes",
-    "max_connections", "max_connections_per_peer", "max_concurrent_streams",
-    "max_header_list_bytes", "max_connection_buffer_mb", "handshake_timeout",
-    "idle_timeout", "request_body_timeout", "auth_tokens",
-    "tls_cert", "tls_key", "tls_client_ca", "compress_responses",
-    NULL};
 
 __attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t *n,
                                                       const char *fmt, ...) {
@@ -116,42 +103,10 @@ static int get_ll(walk *w, const char *key, const yaml_node_t *n, long long lo, 
 }
 
 static int get_int(walk *w, const char *key, const yaml_node_t *n, int lo, int hi, int *out) {
-  long long v;
+  long long v = 0;
   int rc = get_ll(w, key, n, lo, hi, &v);
   if (rc == 0) *out = (int)v;
   return rc;
-}
-
-static int get_seconds(walk *w, const char *key, const yaml_node_t *n, double lo, double hi,
-                       double *out) {
-  const char *s = scalar(n);
-  if (s && (s[0] == '.' || s[0] == '+' || s[0] == '-' || (s[0] >= '0' && s[0] <= '9'))) {
-    char *end;
-    errno = 0;
-    double d = strtod(s, &end);
-    if (!errno && end != s && !*end && d >= lo && d <= hi) {
-      *out = d;
-      return 0;
-    }
-  }
-  char got[100];
-  describe_got(n, got, sizeof got);
-  return fail(w, n, "%s: expected seconds in [%g, %g], got %s", key, lo, hi, got);
-}
-
-static int get_bool(walk *w, const char *key, const yaml_node_t *n, int *out) {
-  static const char *const yes[] = {"true", "yes", "on", "1", NULL};
-  static const char *const no[] = {"false", "no", "off", "0", NULL};
-  const char *s = scalar(n);
-  if (s) {
-    for (int i = 0; yes[i]; i++)
-      if (strcasecmp(s, yes[i]) == 0) return *out = 1, 0;
-    for (int i = 0; no[i]; i++)
-      if (strcasecmp(s, no[i]) == 0) return *out = 0, 0;
-  }
-  char got[100];
-  describe_got(n, got, sizeof got);
-  return fail(w, n, "%s: expected a boolean (true/false/yes/no/1/0), got %s", key, got);
 }
 
 static int get_str(walk *w, const char *key, const yaml_node_t *n, char **out) {
@@ -164,36 +119,6 @@ static int get_str(walk *w, const char *key, const yaml_node_t *n, char **out) {
   free(*out);
   *out = strdup(s);
   return *out ? 0 : SS_ENOMEM;
-}
-
-/* key: "HOST:PORT", "[V6]:PORT" (listen, metrics_listen). */
-static int get_hostport(walk *w, const yaml_node_t *n, const char *key, char **host, int *port_out,
-                        int *has) {
-  const char *s = scalar(n);
-  const char *hb = NULL, *he = NULL, *port = NULL;
-  if (s && s[0] == '[') {
-    const char *rb = strchr(s, ']');
-    if (rb && rb > s + 1 && rb[1] == ':') hb = s + 1, he = rb, port = rb + 2;
-  } else if (s) {
-    const char *colon = strrchr(s, ':');
-    if (colon && colon > s && memchr(s, ':', (size_t)(colon - s)) == NULL)
-      hb = s, he = colon, port = colon + 1;
-  }
-  long long p;
-  if (!hb || parse_ll(port, 0, 65535, &p) != 0 || port[0] == '+' || port[0] == '-') {
-    char got[100];
-    describe_got(n, got, sizeof got);
-    return fail(w, n,
-                "%s: expected HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:50051, port in "
-                "[0, 65535]), got %s",
-                key, got);
-  }
-  free(*host);
-  *host = strndup(hb, (size_t)(he - hb));
-  if (!*host) return SS_ENOMEM;
-  *port_out = (int)p;
-  *has = 1;
-  return 0;
 }
 
 static int valid_chars(const char *s, const char *extra) {
@@ -350,6 +275,35 @@ static int parse_models(walk *w, const yaml_node_t *n, ss_file_config *c) {
   return 0;
 }
 
+/* A setting of the table (row i, YAML key ks) from node v into c->set. */
+static int parse_setting(walk *w, int i, const char *ks, const yaml_node_t *v, ss_file_config *c) {
+  const char *s = scalar(v);
+  char got[100], msg[300], *owned = NULL;
+  if (!s) {
+    describe_got(v, got, sizeof got);
+    return fail(w, v, "%s: expected a single value, got %s", ks, got);
+  }
+  int rc = ss_setting_set(&c->set, i, s, &owned, msg, sizeof msg);
+  if (rc == SS_ENOMEM) return fail(w, v, "%s: out of memory", ks);
+  if (rc != 0) return fail(w, v, "%s: %s", ks, msg);
+  if (owned) {
+    char **strs = realloc(c->strs, (c->nstrs + 1) * sizeof *strs);
+    if (!strs) {
+      free(owned);
+      return fail(w, v, "%s: out of memory", ks);
+    }
+    c->strs = strs;
+    c->strs[c->nstrs++] = owned;
+  }
+  c->has[i] = 1;
+  return 0;
+}
+
+int ss_file_has(const ss_file_config *c, const char *key) {
+  int i = ss_setting_by_key(key);
+  return i >= 0 && c->has[i];
+}
+
 static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
   if (root->type == YAML_SCALAR_NODE && root->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
     const char *s = scalar(root);
@@ -371,121 +325,19 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
       const char *qs = scalar(yaml_document_get_node(w->doc, q->key));
       if (qs && strcmp(qs, ks) == 0) return fail(w, k, "duplicate key '%.80s'", ks);
     }
-    int rc;
-    if (!strcmp(ks, "listen")) {
-      rc = get_hostport(w, v, ks, &c->listen_host, &c->listen_port, &c->has_listen);
-    } else if (!strcmp(ks, "metrics_listen")) {
-      rc = get_hostport(w, v, ks, &c->metrics_host, &c->metrics_port, &c->has_metrics_listen);
-    } else if (!strcmp(ks, "workers")) {
-      rc = get_int(w, ks, v, 0, 1024, &c->workers);
-      c->has_workers = !rc;
-    } else if (!strcmp(ks, "io_threads")) {
-      rc = get_int(w, ks, v, 1, 64, &c->io_threads);
-      c->has_io_threads = !rc;
-    } else if (!strcmp(ks, "intra_op_threads")) {
-      rc = get_int(w, ks, v, 1, 1024, &c->intra_op_threads);
-      c->has_intra_op_threads = !rc;
-    } else if (!strcmp(ks, "oversubscribe")) {
-      rc = get_bool(w, ks, v, &c->oversubscribe);
-      c->has_oversubscribe = !rc;
-    } else if (!strcmp(ks, "max_inflight")) {
-      rc = get_int(w, ks, v, 0, INT_MAX, &c->max_inflight);
-      c->has_max_inflight = !rc;
-    } else if (!strcmp(ks, "max_queue")) {
-      rc = get_int(w, ks, v, 0, INT_MAX, &c->max_queue);
-      c->has_max_queue = !rc;
-    } else if (!strcmp(ks, "max_message_bytes")) {
-      rc = get_ll(w, ks, v, 16, 2147483647LL, &c->max_message_bytes);
-      c->has_max_message_bytes = !rc;
-    } else if (!strcmp(ks, "drain_timeout")) {
-      rc = get_seconds(w, ks, v, 0, 3600, &c->drain_timeout_s);
-      c->has_drain_timeout = !rc;
-    } else if (!strcmp(ks, "session_memory_mb")) {
-      rc = get_ll(w, ks, v, 1, 1LL << 30, &c->session_memory_mb);
-      c->has_session_memory_mb = !rc;
-    } else if (!strcmp(ks, "session_ttl")) {
-      rc = get_seconds(w, ks, v, 1, 86400.0 * 7, &c->session_ttl_s);
-      c->has_session_ttl = !rc;
-    } else if (!strcmp(ks, "activation_memory_mb")) {
-      rc = get_ll(w, ks, v, 1, 1LL << 30, &c->activation_memory_mb);
-      c->has_activation_memory_mb = !rc;
-    } else if (!strcmp(ks, "activation_ttl")) {
-      rc = get_seconds(w, ks, v, 1, 86400.0 * 7, &c->activation_ttl_s);
-      c->has_activation_ttl = !rc;
-    } else if (!strcmp(ks, "max_connections")) {
-      rc = get_int(w, ks, v, 1, 10000000, &c->max_connections);
-      c->has_max_connections = !rc;
-    } else if (!strcmp(ks, "max_connections_per_peer")) {
-      rc = get_int(w, ks, v, 1, 10000000, &c->max_connections_per_peer);
-      c->has_max_connections_per_peer = !rc;
-    } else if (!strcmp(ks, "max_concurrent_streams")) {
-      rc = get_int(w, ks, v, 1, 100000, &c->max_concurrent_streams);
-      c->has_max_concurrent_streams = !rc;
-    } else if (!strcmp(ks, "max_header_list_bytes")) {
-      rc = get_ll(w, ks, v, 1024, 16LL << 20, &c->max_header_list_bytes);
-      c->has_max_header_list_bytes = !rc;
-    } else if (!strcmp(ks, "max_connection_buffer_mb")) {
-      rc = get_ll(w, ks, v, 1, 1LL << 20, &c->max_connection_buffer_mb);
-      c->has_max_connection_buffer_mb = !rc;
-    } else if (!strcmp(ks, "handshake_timeout")) {
-      rc = get_seconds(w, ks, v, 0, 86400, &c->handshake_timeout_s);
-      c->has_handshake_timeout = !rc;
-    } else if (!strcmp(ks, "idle_timeout")) {
-      rc = get_seconds(w, ks, v, 0, 86400.0 * 7, &c->idle_timeout_s);
-      c->has_idle_timeout = !rc;
-    } else if (!strcmp(ks, "request_body_timeout")) {
-      rc = get_seconds(w, ks, v, 0, 86400, &c->request_body_timeout_s);
-      c->has_request_body_timeout = !rc;
-    } else if (!strcmp(ks, "auth_tokens")) {
-      rc = get_str(w, ks, v, &c->auth_tokens);
-      c->has_auth_tokens = !rc;
-    } else if (!strcmp(ks, "save_weights")) {
-      rc = get_str(w, ks, v, &c->save_weights);
-      c->has_save_weights = !rc;
-    } else if (!strcmp(ks, "tls_cert")) {
-      rc = get_str(w, ks, v, &c->tls_cert);
-      c->has_tls_cert = !rc;
-    } else if (!strcmp(ks, "tls_key")) {
-      rc = get_str(w, ks, v, &c->tls_key);
-      c->has_tls_key = !rc;
-    } else if (!strcmp(ks, "tls_client_ca")) {
-      rc = get_str(w, ks, v, &c->tls_client_ca);
-      c->has_tls_client_ca = !rc;
-    } else if (!strcmp(ks, "compress_responses")) {
-      rc = get_bool(w, ks, v, &c->compress_responses);
-      c->has_compress_responses = !rc;
-    } else if (!strcmp(ks, "enable_test_models")) {
-      rc = get_bool(w, ks, v, &c->enable_test_models);
-      c->has_enable_test_models = !rc;
-    } else if (!strcmp(ks, "max_metadata_entries")) {
-      rc = get_int(w, ks, v, 0, 1 << 20, &c->max_metadata_entries);
-      c->has_max_metadata_entries = !rc;
-    } else if (!strcmp(ks, "max_metadata_key_bytes")) {
-      rc = get_ll(w, ks, v, 1, 1 << 24, &c->max_metadata_key_bytes);
-      c->has_max_metadata_key_bytes = !rc;
-    } else if (!strcmp(ks, "max_metadata_value_bytes")) {
-      rc = get_ll(w, ks, v, 1, 1 << 24, &c->max_metadata_value_bytes);
-      c->has_max_metadata_value_bytes = !rc;
-    } else if (!strcmp(ks, "max_session_id_bytes")) {
-      rc = get_ll(w, ks, v, 1, 1 << 16, &c->max_session_id_bytes);
-      c->has_max_session_id_bytes = !rc;
-    } else if (!strcmp(ks, "log_level")) {
-      const char *s = scalar(v);
-      if (!s || ss_log_parse_level(s) < 0) {
-        char got[100];
-        describe_got(v, got, sizeof got);
-        return fail(w, v, "log_level: expected one of error, warn, info, debug, got %s", got);
-      }
-      rc = get_str(w, ks, v, &c->log_level);
-      c->has_log_level = !rc;
-    } else if (!strcmp(ks, "models")) {
+    int rc, i = ss_setting_by_key(ks);
+    if (!strcmp(ks, "models")) {
       rc = parse_models(w, v, c);
+    } else if (i >= 0) {
+      rc = parse_setting(w, i, ks, v, c);
     } else {
-      char list[600];
+      char list[1200];
       size_t pos = 0;
       list[0] = 0;
-      for (int i = 0; top_keys[i] && pos < sizeof list; i++) {
-        int n = snprintf(list + pos, sizeof list - pos, "%s%s", i ? ", " : "", top_keys[i]);
+      for (size_t j = 0; j < ss_nsettings && pos < sizeof list; j++) {
+        if (!ss_settings[j].key) continue;
+        int n = snprintf(list + pos, sizeof list - pos, "%s%s", pos ? ", " : "",
+                         ss_settings[j].key);
         if (n < 0) break;
         pos += (size_t)n;
       }
@@ -553,6 +405,7 @@ int ss_config_parse(const char *name, const char *text, size_t len, ss_file_conf
   int rc = 0;
 
   memset(out, 0, sizeof *out);
+  ss_server_config_init(&out->set);
   if (w.errlen) w.err[0] = '\0';
   if (!text) {
     if (len) return fail(&w, NULL, "no text");
@@ -668,14 +521,8 @@ int ss_read_small_file(const char *path, size_t max_bytes, char **out, size_t *o
 
 void ss_config_free(ss_file_config *c) {
   if (!c) return;
-  free(c->listen_host);
-  free(c->metrics_host);
-  free(c->log_level);
-  free(c->save_weights);
-  free(c->auth_tokens);
-  free(c->tls_cert);
-  free(c->tls_key);
-  free(c->tls_client_ca);
+  for (size_t i = 0; i < c->nstrs; i++) free(c->strs[i]);
+  free(c->strs);
   for (size_t i = 0; i < c->n_models; i++) {
     free(c->models[i].id);
     free(c->models[i].kind);
@@ -683,39 +530,4 @@ void ss_config_free(ss_file_config *c) {
   }
   free(c->models);
   memset(c, 0, sizeof *c);
-}
-
-/* The public defaults (include/splitserve.h). */
-void ss_server_config_init(ss_server_config *cfg) {
-  memset(cfg, 0, sizeof *cfg);
-  cfg->listen_host = "127.0.0.1";
-  cfg->listen_port = 50051;
-  cfg->metrics_port = -1;
-  cfg->wire_dtype = -1;
-  cfg->wire_codec = -1;
-  cfg->workers = -1;
-  cfg->intra_op_threads = 1;
-  cfg->io_threads = 1;
-  cfg->max_inflight = 0;
-  cfg->max_queue = 10000;
-  cfg->max_message_bytes = 104857600;
-  cfg->drain_timeout_s = 5.0;
-  cfg->max_connections = 10000;
-  cfg->max_connections_per_peer = 1000;
-  cfg->max_concurrent_streams = 256;
-  cfg->max_header_list_bytes = 16384;
-  cfg->max_connection_buffer_bytes = (size_t)64 << 20;
-  cfg->handshake_timeout_s = 10.0;
-  cfg->idle_timeout_s = 300.0;
-  cfg->request_body_timeout_s = 30.0;
-  cfg->session_max_bytes = (size_t)1 << 30;
-  cfg->session_ttl_s = 600.0;
-  cfg->activation_max_bytes = (size_t)2 << 30;
-  cfg->activation_ttl_s = 300.0;
-  cfg->enable_test_models = 0;
-  cfg->max_metadata_entries = 64;
-  cfg->max_metadata_key_bytes = 256;
-  cfg->max_metadata_value_bytes = 4096;
-  cfg->max_session_id_bytes = 256;
-  cfg->log_level = SS_LOG_INFO;
 }

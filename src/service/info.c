@@ -17,6 +17,7 @@
 #include "health.pb-c.h"
 #include "core/kcache.h"
 #include "core/config.h"
+#include "core/settings.h"
 #include "models/nn/matmul.h"
 #include "service/auth.h"
 #include "service/service_int.h"
@@ -130,9 +131,6 @@ void ss_h_service_info(ss_call *call, void *app) {
     if (n > 0 && (size_t)n < sizeof models - off) off += (size_t)n;
   }
   kv(l, "threads", "%d", ss_thread_count());
-  kv(l, "workers", "%d", s->cfg.workers);
-  kv(l, "intra_op_threads", "%d", s->cfg.intra_op_threads);
-  kv(l, "io_threads", "%d", s->cfg.io_threads > 1 ? s->cfg.io_threads : 1);
   kv(l, "thread_budget", "%d", ss_service_thread_budget(s));
   kv(l, "cores", "%d", s->ncpu);
   kv(l, "models", "%s", models);
@@ -141,28 +139,18 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "pool_queued", "%zu", ss_pool_queued(s->pool));
   kv(l, "inflight", "%d", inflight);
   kv(l, "connections", "%zu", gs.connections);
-  kv(l, "max_inflight", "%d", s->cfg.max_inflight);
-  kv(l, "max_queue", "%d", s->cfg.max_queue);
-  kv(l, "max_message_bytes", "%zu", s->cfg.max_message_bytes);
-  kv(l, "drain_timeout_s", "%.1f", s->cfg.drain_timeout_s);
-  /* hardening limits */
-  kv(l, "enable_test_models", "%d", s->cfg.enable_test_models);
-  kv(l, "max_metadata_entries", "%d", s->cfg.max_metadata_entries);
-  kv(l, "max_metadata_key_bytes", "%zu", s->cfg.max_metadata_key_bytes);
-  kv(l, "max_metadata_value_bytes", "%zu", s->cfg.max_metadata_value_bytes);
-  kv(l, "max_session_id_bytes", "%zu", s->cfg.max_session_id_bytes);
-  kv(l, "session_memory_bytes", "%zu", s->cfg.session_max_bytes);
-  kv(l, "activation_memory_bytes", "%zu", s->cfg.activation_max_bytes);
   kv(l, "config_max_bytes", "%u", SS_CONFIG_MAX_BYTES);
   kv(l, "config_max_depth", "%d", SS_CONFIG_MAX_DEPTH);
-  kv(l, "max_connections", "%d", s->cfg.max_connections);
-  kv(l, "max_connections_per_peer", "%d", s->cfg.max_connections_per_peer);
-  kv(l, "max_concurrent_streams", "%d", s->cfg.max_concurrent_streams);
-  kv(l, "max_header_list_bytes", "%zu", s->cfg.max_header_list_bytes);
-  kv(l, "max_connection_buffer_mb", "%zu", s->cfg.max_connection_buffer_bytes >> 20);
-  kv(l, "handshake_timeout_s", "%.1f", s->cfg.handshake_timeout_s);
-  kv(l, "idle_timeout_s", "%.1f", s->cfg.idle_timeout_s);
-  kv(l, "request_body_timeout_s", "%.1f", s->cfg.request_body_timeout_s);
+  /* Every setting under its YAML key, in its units (core/settings.c), but the file paths
+   * (tls_*, auth_tokens, save_weights): where the server keeps its secrets is not a client's
+   * business. */
+  for (size_t i = 0; i < ss_nsettings; i++) {
+    const ss_setting *st = &ss_settings[i];
+    char v[256];
+    if (!st->key || st->type == SS_ST_STR || st->type == SS_ST_MODEL) continue;
+    ss_setting_format(&s->cfg, (int)i, v, sizeof v);
+    kv(l, st->key, "%s", v);
+  }
   kv(l, "connections_refused", "%llu", (unsigned long long)gs.connections_refused);
   kv(l, "served", "%llu", (unsigned long long)gs.served);
   kv(l, "rejected", "%llu", (unsigned long long)gs.rejected);

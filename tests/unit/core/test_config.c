@@ -56,18 +56,18 @@ static void test_good(void) {
   ss_file_config c;
   CHECK_EQ_INT(parse(text, &c), 0);
   CHECK_EQ_INT(err[0], 0);
-  CHECK(c.has_listen && c.listen_host && strcmp(c.listen_host, "0.0.0.0") == 0);
-  CHECK_EQ_INT(c.listen_port, 6000);
-  CHECK(c.has_workers && c.workers == 3);
-  CHECK(c.has_intra_op_threads && c.intra_op_threads == 2);
-  CHECK(c.has_oversubscribe && c.oversubscribe == 1);
-  CHECK(c.has_max_inflight && c.max_inflight == 10);
-  CHECK(c.has_max_queue && c.max_queue == 20);
-  CHECK(c.has_max_message_bytes && c.max_message_bytes == 1048576);
-  CHECK(c.has_drain_timeout && c.drain_timeout_s == 2.5);
-  CHECK(c.has_session_memory_mb && c.session_memory_mb == 256);
-  CHECK(c.has_session_ttl && c.session_ttl_s == 30.0);
-  CHECK(c.has_log_level && strcmp(c.log_level, "debug") == 0);
+  CHECK(ss_file_has(&c, "listen") && c.set.listen_host && strcmp(c.set.listen_host, "0.0.0.0") == 0);
+  CHECK_EQ_INT(c.set.listen_port, 6000);
+  CHECK(ss_file_has(&c, "workers") && c.set.workers == 3);
+  CHECK(ss_file_has(&c, "intra_op_threads") && c.set.intra_op_threads == 2);
+  CHECK(ss_file_has(&c, "oversubscribe") && c.set.oversubscribe == 1);
+  CHECK(ss_file_has(&c, "max_inflight") && c.set.max_inflight == 10);
+  CHECK(ss_file_has(&c, "max_queue") && c.set.max_queue == 20);
+  CHECK(ss_file_has(&c, "max_message_bytes") && c.set.max_message_bytes == 1048576);
+  CHECK(ss_file_has(&c, "drain_timeout") && c.set.drain_timeout_s == 2.5);
+  CHECK(ss_file_has(&c, "session_memory_mb") && (c.set.session_max_bytes >> 20) == 256);
+  CHECK(ss_file_has(&c, "session_ttl") && c.set.session_ttl_s == 30.0);
+  CHECK(ss_file_has(&c, "log_level") && c.set.log_level == 3);
   CHECK_EQ_INT(c.n_models, 3);
   if (c.n_models == 3) {
     CHECK(strcmp(c.models[0].id, "m1") == 0 && strcmp(c.models[0].kind, "mlp") == 0);
@@ -82,18 +82,18 @@ static void test_good(void) {
     CHECK(strcmp(c.models[2].spec, "s=sleep") == 0);
   }
   ss_config_free(&c);
-  CHECK(c.models == NULL && c.n_models == 0 && c.listen_host == NULL);
+  CHECK(c.models == NULL && c.n_models == 0 && c.set.listen_host == NULL);
 }
 
 static void test_listen_forms(void) {
   ss_file_config c;
   CHECK_EQ_INT(parse("listen: \"[::1]:50051\"\n", &c), 0);
-  CHECK(c.listen_host && strcmp(c.listen_host, "::1") == 0);
-  CHECK_EQ_INT(c.listen_port, 50051);
+  CHECK(c.set.listen_host && strcmp(c.set.listen_host, "::1") == 0);
+  CHECK_EQ_INT(c.set.listen_port, 50051);
   ss_config_free(&c);
   CHECK_EQ_INT(parse("listen: localhost:0\n", &c), 0);
-  CHECK(c.listen_host && strcmp(c.listen_host, "localhost") == 0);
-  CHECK_EQ_INT(c.listen_port, 0);
+  CHECK(c.set.listen_host && strcmp(c.set.listen_host, "localhost") == 0);
+  CHECK_EQ_INT(c.set.listen_port, 0);
   ss_config_free(&c);
   expect_error("listen: localhost\n", "listen: expected HOST:PORT");
   expect_error("listen: \"127.0.0.1:99999\"\n", "got '127.0.0.1:99999'");
@@ -108,7 +108,7 @@ static void test_empty(void) {
   for (size_t i = 0; i < sizeof empties / sizeof empties[0]; i++) {
     ss_file_config c;
     CHECK_EQ_INT(parse(empties[i], &c), 0);
-    CHECK(!c.has_listen && !c.has_workers && !c.has_log_level && c.n_models == 0);
+    CHECK(!ss_file_has(&c, "listen") && !ss_file_has(&c, "workers") && !ss_file_has(&c, "log_level") && c.n_models == 0);
     CHECK(c.models == NULL);
     ss_config_free(&c);
   }
@@ -174,7 +174,7 @@ static void test_errors(void) {
   /* the config is left freeable and zeroed-or-partial after an error */
   ss_file_config c;
   CHECK(parse("workers: 2\nmodels:\n  - id: a\n    kind: mlp\n  - id: a\n    kind: mlp\n", &c) < 0);
-  CHECK_EQ_INT(c.workers, 2);
+  CHECK_EQ_INT(c.set.workers, 2);
   ss_config_free(&c);
 }
 
@@ -232,8 +232,8 @@ static void test_example(void) {
   int rc = ss_config_load(path, &c, err, sizeof err);
   if (rc) fprintf(stderr, "%s\n", err);
   CHECK_EQ_INT(rc, 0);
-  CHECK(c.has_listen && c.has_workers && c.has_intra_op_threads && c.has_max_inflight &&
-        c.has_max_queue && c.has_session_memory_mb && c.has_session_ttl);
+  CHECK(ss_file_has(&c, "listen") && ss_file_has(&c, "workers") && ss_file_has(&c, "intra_op_threads") && ss_file_has(&c, "max_inflight") &&
+        ss_file_has(&c, "max_queue") && ss_file_has(&c, "session_memory_mb") && ss_file_has(&c, "session_ttl"));
   CHECK_EQ_INT(c.n_models, 2);
   for (size_t i = 0; i < c.n_models; i++) {
     ss_model *m = NULL;
