@@ -89,6 +89,7 @@ typedef struct gpt2 {
   const char *prefix; /* static: "" or "transformer." as in the loaded file (save writes it back) */
   /* training: one param per tensor (layer-major, T_PER_LAYER each; see gpt2_params) */
   ss_params prm;
+  ss_compute cc; /* the dtype of the weight products (model key compute=) */
 } gpt2;
 
 static void gpt2_free(gpt2 *p) {
@@ -410,7 +411,7 @@ static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts 
   const float *const *w = bk->t;
   /* attention */
   ss_layernorm_forward(a->ln, a->mean1, a->rstd1, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
-  ss_linear_forward(a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT, 0);
+  ss_linear_forward(&p->cc, a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT, 0);
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
     ss_attn_dims d = attn_dims(p, bk, s->B, s->T, s->P);
@@ -419,13 +420,13 @@ static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts 
                          qkv, 3 * E, qkv + E, qkv + 2 * E, 3 * E, s->past_k, s->past_v, &d);
   }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
-  ss_linear_forward(a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
+  ss_linear_forward(&p->cc, a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
   /* mlp */
   ss_layernorm_forward(a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
-  ss_linear_forward(a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
+  ss_linear_forward(&p->cc, a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
   ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
   if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
-  ss_linear_forward(a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
+  ss_linear_forward(&p->cc, a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
 }
 
 /* Backward scratch of one call: ln, dln, datty [BT, E]; dqkv [BT, 3E]; dfc [BT, I]; datt [T, T]
@@ -882,6 +883,7 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
   }
   m->kind = "gpt2";
   m->ops = &gpt2_ops;
+  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m};
   m->impl = p;
   m->weights = p->st;
   m->exec = SS_EXEC_WORKER;

@@ -122,6 +122,7 @@ typedef struct llama {
   float lora_alpha, lora_s;
   unsigned lora_targets; /* bit per P_* */
   ss_params prm;
+  ss_compute cc; /* the dtype of the weight products (model key compute=) */
 } llama;
 
 static void llama_free(llama *p) {
@@ -750,7 +751,7 @@ static int llama_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_la
  * lt: scratch [BT, r]. */
 static void proj_forward(const llama *p, const proj *pr, float *y, const float *x, int BT,
                          int accumulate, float *lt) {
-  ss_linear_forward(y, x, pr->w, pr->b, BT, pr->in, pr->out, SS_W_OUT_IN, accumulate);
+  ss_linear_forward(&p->cc, y, x, pr->w, pr->b, BT, pr->in, pr->out, SS_W_OUT_IN, accumulate);
   if (pr->la != NULL) {
     const int r = p->lora_r;
     ss_matmul(SS_MM_N, SS_MM_T, BT, r, pr->in, 1.0f, x, pr->in, pr->la, pr->in, 0.0f, lt, r);
@@ -1690,6 +1691,7 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
   }
   m->kind = "llama";
   m->ops = &llama_ops;
+  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m};
   m->impl = p;
   m->weights = p->files[0];
   m->exec = SS_EXEC_WORKER;

@@ -51,6 +51,7 @@ typedef struct mlp {
   char *prefix;   /* key prefix of the loaded file ("" for the embedded default) */
   /* training: weight and bias (when present) of each layer, in order (see mlp_params) */
   ss_params prm;
+  ss_compute cc; /* the dtype of the weight products (model key compute=) */
 } mlp;
 
 static void mlp_free(mlp *p) {
@@ -326,7 +327,7 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
     const float *x = i == 0 ? (const float *)in->data : buf[(i - 1) & 1];
     if (ss_meta_cancelled(meta)) break; /* nobody waits for the result: stop (checked below) */
     float *y = i == p->n - 1 ? (float *)out->data : buf[i & 1];
-    ss_linear_forward(y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
+    ss_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
     if (i < p->n - 1) act_forward(p, y, rows * (size_t)L->out);
   }
   free(buf[0]);
@@ -386,7 +387,7 @@ static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *
     const mlp_layer *L = &p->l[i];
     const float *x = i == 0 ? sv->x : a;
     float *y = i == p->n - 1 ? (float *)out->data : z;
-    ss_linear_forward(y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
+    ss_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
     if (i < p->n - 1) {
       memcpy(a, z, rows * (size_t)L->out * sizeof(float));
       act_forward(p, a, rows * (size_t)L->out);
@@ -569,6 +570,7 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
   }
   m->kind = "mlp";
   m->ops = &mlp_ops;
+  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m};
   m->impl = p;
   m->weights = p->st;
   m->exec = SS_EXEC_WORKER;

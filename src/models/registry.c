@@ -15,10 +15,10 @@
  * decoupled, default 0.01), save=PATH (checkpoint on drain and SIGUSR1). Every model gets its
  * weights lock (m->lock) here and loses it in ss_model_free.
  *
- * The same kinds take compute=fp32|bf16 (the dtype of their GEMMs; default fp32), also parsed
- * here and kept from the constructor. bf16 is refused at start-up: on a CPU without native bf16
- * products (avx512_bf16 / AMX) with a message naming what is missing, and elsewhere because the
- * bf16 path is not built yet (never a silent fp32 run of a bf16 request).
+ * The same kinds take compute=fp32|bf16 (the dtype of their weight products; default fp32),
+ * parsed here into m->compute before the constructor runs (which keeps it for its linear layers:
+ * nn/matmul.h ss_matmul_w). bf16 is refused at start-up on a CPU without native bf16 products
+ * (avx512_bf16 / AMX), with a message naming what is missing (never a silent fp32 run).
  */
 #include <errno.h>
 #include <math.h>
@@ -102,9 +102,10 @@ static int parse_real(const char *id, const char *key, const char *v, double lo,
   return 0;
 }
 
-/* compute=fp32|bf16 (see the top comment): 0 for fp32 or no key. */
-static int parse_compute(const ss_model *m, const char *const *params, size_t n, char *err,
+/* compute=fp32|bf16 (see the top comment) into m->compute. */
+static int parse_compute(ss_model *m, const char *const *params, size_t n, char *err,
                          size_t errlen) {
+  m->compute = SS_MM_F32;
   for (size_t i = 0; i < n; i++) {
     const char *v = params[2 * i + 1];
     char why[160];
@@ -113,11 +114,11 @@ static int parse_compute(const ss_model *m, const char *const *params, size_t n,
       snprintf(err, errlen, "model '%s': compute must be fp32 or bf16, got '%s'", m->id, v);
       return SS_EINVAL;
     }
-    if (ss_matmul_bf16_check(why, sizeof why) != 0)
+    if (ss_matmul_bf16_check(why, sizeof why) != 0) {
       snprintf(err, errlen, "model '%s': %s", m->id, why);
-    else
-      snprintf(err, errlen, "model '%s': compute=bf16 is not built yet (fp32 only)", m->id);
-    return SS_EINVAL;
+      return SS_EINVAL;
+    }
+    m->compute = SS_MM_BF16;
   }
   return 0;
 }
@@ -297,6 +298,10 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
     rc = k->ctor(m, ctor_params, ctor_n, err, errlen);
     if (rc != 0) m->ops = NULL; /* a failed constructor has freed its own impl */
   }
+  if (rc == 0 && m->compute == SS_MM_BF16) { /* say so where the model is described */
+    size_t len = strlen(m->describe);
+    snprintf(m->describe + len, sizeof m->describe - len, "; compute bf16");
+  }
   free(own_params);
   if (rc != 0) {
     ss_model_free(m);
@@ -369,6 +374,7 @@ int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen) 
 void ss_model_free(ss_model *m) {
   if (m == NULL) return;
   if (m->ops != NULL && m->ops->destroy != NULL) m->ops->destroy(m);
+  ss_matmul_weights_drop(m); /* its packed weight copies (compute=bf16) */
   uv_rwlock_destroy(&m->lock);
   free(m->save_path);
   free(m->id);

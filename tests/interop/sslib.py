@@ -272,13 +272,17 @@ def check_no_sanitizer_report(log):
     assert not m, "sanitizer report in the server log:\n%s" % tail(log, 80)
 
 
-def run_cli(*args, timeout=10.0):
-    """Run splitserve with args that should make it refuse to start; returns (rc, output)."""
+def run_cli(*args, timeout=10.0, env=None):
+    """Run splitserve with args that should make it refuse to start; returns (rc, output).
+    env: variables added to the environment."""
     cmd = [binary()] + [str(a) for a in args]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
     try:
         argv, pre = _spawn_args(cmd)
         p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=T(timeout), preexec_fn=pre)
+                           stderr=subprocess.STDOUT, timeout=T(timeout), preexec_fn=pre,
+                           env=full_env)
     except subprocess.TimeoutExpired as e:
         out = (e.output or b"").decode("utf-8", "replace")
         raise AssertionError("splitserve %s did not exit within %.0fs (it should refuse to start):"

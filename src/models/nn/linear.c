@@ -1,5 +1,6 @@
 /*
- * linear.c — see linear.h. Every product is one ss_matmul call; the bias is laid down first so
+ * linear.c — see linear.h. Every product is one ss_matmul call (the forward's: ss_matmul_w, which
+ * runs it in the model's compute dtype); the bias is laid down first so
  * that the product adds onto it (beta = 1). Thread: the caller's worker thread; reentrant.
  */
 #include "models/nn/linear.h"
@@ -9,8 +10,8 @@
 
 #include "models/nn/matmul.h"
 
-void ss_linear_forward(float *y, const float *x, const float *W, const float *b, int BT, int C,
-                       int OC, ss_w_layout layout, int accumulate) {
+void ss_linear_forward(const ss_compute *cc, float *y, const float *x, const float *W,
+                       const float *b, int BT, int C, int OC, ss_w_layout layout, int accumulate) {
   size_t rows = (size_t)BT, n = (size_t)OC;
   if (b != NULL) {
     for (size_t r = 0; r < rows; r++) {
@@ -21,8 +22,8 @@ void ss_linear_forward(float *y, const float *x, const float *W, const float *b,
         memcpy(yr, b, n * sizeof(float));
     }
   }
-  ss_matmul(SS_MM_N, layout == SS_W_IN_OUT ? SS_MM_N : SS_MM_T, BT, OC, C, 1.0f, x, C, W,
-            layout == SS_W_IN_OUT ? OC : C, (b != NULL || accumulate) ? 1.0f : 0.0f, y, OC);
+  ss_matmul_w(cc, layout == SS_W_IN_OUT ? SS_MM_N : SS_MM_T, BT, OC, C, x, C, W,
+              layout == SS_W_IN_OUT ? OC : C, (b != NULL || accumulate) ? 1.0f : 0.0f, y, OC);
 }
 
 void ss_linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x,

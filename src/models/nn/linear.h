@@ -10,12 +10,15 @@
 #ifndef SS_MODELS_NN_LINEAR_H
 #define SS_MODELS_NN_LINEAR_H
 
+#include "models/nn/matmul.h"
+
 typedef enum { SS_W_OUT_IN = 0, SS_W_IN_OUT = 1 } ss_w_layout;
 
 /* y [BT, OC] = x [BT, C] W + b, or y += x W + b when accumulate (a residual add).
- * W: [OC, C] or [C, OC] per layout; b [OC] or NULL. All borrowed; y written. */
-void ss_linear_forward(float *y, const float *x, const float *W, const float *b, int BT, int C,
-                       int OC, ss_w_layout layout, int accumulate);
+ * W: [OC, C] or [C, OC] per layout; b [OC] or NULL. All borrowed; y written. cc: the model's
+ * compute (dtype of the product, owner of W's packed copy: ss_matmul_w), NULL for f32. */
+void ss_linear_forward(const ss_compute *cc, float *y, const float *x, const float *W,
+                       const float *b, int BT, int C, int OC, ss_w_layout layout, int accumulate);
 
 /* Backward of ss_linear_forward given dy [BT, OC]:
  *   dx [BT, C] = dy W^T-ish (overwritten), dW [W's shape] += x^T dy-ish, db [OC] += sum dy.

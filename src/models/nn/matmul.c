@@ -191,6 +191,7 @@ static void few_rows_b(const float *X, size_t ldx, size_t rows, size_t in, const
 typedef struct mm_key {
   int ta, tb, M, N, K, lda, ldb, ldc, nthr;
   uint32_t alpha, beta; /* bit patterns */
+  int dt;               /* 0: f32; 1: bf16 A [M, lda] and packed bf16 B (tb, ldb unused) */
 } mm_key;
 
 typedef struct mm_slot {
@@ -204,6 +205,8 @@ typedef struct mm_thread {
   dnnl_stream_t stream;
   void *scratch; /* 64-byte aligned, cap bytes */
   size_t cap;
+  uint16_t *abuf; /* A converted to bf16 (packed-weight products), acap elements */
+  size_t acap;
 } mm_thread;
 
 static struct {
@@ -243,6 +246,7 @@ static void thread_free(void *p) {
   pthread_mutex_unlock(&eng.mu);
   if (t->stream) dnnl_stream_destroy(t->stream);
   free(t->scratch);
+  free(t->abuf);
   free(t);
 }
 
@@ -278,9 +282,12 @@ static int desc_init(dnnl_memory_desc_t *md, int rows, int cols, int trans, int 
 }
 
 /* A primitive for the problem k, or NULL (oneDNN has no implementation for it), with a
- * user-managed scratchpad of *scratch bytes. *impl, when not NULL, gets the implementation's
- * name (e.g. "gemm:jit", "brg:avx512_core"). */
-static dnnl_primitive_t make_prim(const mm_key *k, size_t *scratch, char *impl, size_t implen) {
+ * user-managed scratchpad of *scratch bytes. bf16 problems (k->dt 1) take B in the layout wmd,
+ * or, with wmd NULL, in the layout the kernel prefers, written to *wmd_out. *impl, when not
+ * NULL, gets the implementation's name (e.g. "gemm:jit", "brg:avx512_core"). */
+static dnnl_primitive_t make_prim(const mm_key *k, const dnnl_memory_desc_t *wmd,
+                                  dnnl_memory_desc_t *wmd_out, size_t *scratch, char *impl,
+                                  size_t implen) {
   dnnl_memory_desc_t a, b, c;
   dnnl_matmul_desc_t md;
   dnnl_primitive_attr_t attr = NULL;
@@ -290,8 +297,18 @@ static dnnl_primitive_t make_prim(const mm_key *k, size_t *scratch, char *impl, 
   float alpha, beta;
   memcpy(&alpha, &k->alpha, sizeof alpha);
   memcpy(&beta, &k->beta, sizeof beta);
-  if (desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb) ||
-      desc_init(&c, k->M, k->N, 0, k->ldc) ||
+  if (k->dt == 1) {
+    dnnl_dims_t ad = {k->M, k->K}, as = {k->lda, 1}, bd = {k->K, k->N};
+    if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, as) != dnnl_success) goto out;
+    if (wmd) b = *wmd;
+    else if (dnnl_memory_desc_init_by_tag(&b, 2, bd, dnnl_bf16, dnnl_format_tag_any) !=
+             dnnl_success)
+      goto out;
+  } else if (desc_init(&a, k->M, k->K, k->ta, k->lda) ||
+             desc_init(&b, k->K, k->N, k->tb, k->ldb)) {
+    goto out;
+  }
+  if (desc_init(&c, k->M, k->N, 0, k->ldc) ||
       dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) != dnnl_success ||
       dnnl_primitive_attr_create(&attr) != dnnl_success ||
       dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
@@ -306,6 +323,11 @@ static dnnl_primitive_t make_prim(const mm_key *k, size_t *scratch, char *impl, 
   if (dnnl_primitive_desc_create(&pd, &md, attr, eng.engine, NULL) != dnnl_success) goto out;
   const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
   *scratch = smd ? dnnl_memory_desc_get_size(smd) : 0;
+  if (wmd_out) {
+    const dnnl_memory_desc_t *w = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    if (!w) goto out;
+    *wmd_out = *w;
+  }
   if (impl != NULL) {
     const char *s = NULL;
     if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &s) == dnnl_success && s)
@@ -331,9 +353,9 @@ static void engine_init(void) {
     return;
   }
   /* A GPT-2 prefill product stands for all: which implementation does oneDNN pick here? */
-  mm_key k = {0, 0, 128, 768, 768, 768, 768, 768, 1, 0x3f800000u, 0};
+  mm_key k = {0, 0, 128, 768, 768, 768, 768, 768, 1, 0x3f800000u, 0, 0};
   size_t scratch;
-  dnnl_primitive_t p = make_prim(&k, &scratch, impl, sizeof impl);
+  dnnl_primitive_t p = make_prim(&k, NULL, NULL, &scratch, impl, sizeof impl);
   if (p) dnnl_primitive_destroy(p);
   const dnnl_version_t *v = dnnl_version();
   /* Without a brgemm kernel (AVX2: oneDNN 2.6 runs gemm:jit) OpenBLAS sgemm measured faster on
@@ -375,9 +397,10 @@ static size_t key_hash(const mm_key *k) {
   return (size_t)(h ^ (h >> 29));
 }
 
-/* The cached primitive for k (made on a miss) and its scratchpad size. *owned = 1: not cached,
- * the caller destroys it. */
-static dnnl_primitive_t get_prim(const mm_key *k, size_t *scratch, int *owned) {
+/* The cached primitive for k (made on a miss; bf16: B in the layout wmd) and its scratchpad
+ * size. *owned = 1: not cached, the caller destroys it. */
+static dnnl_primitive_t get_prim(const mm_key *k, const dnnl_memory_desc_t *wmd, size_t *scratch,
+                                 int *owned) {
   size_t i = key_hash(k) & (SS_MM_CACHE - 1);
   dnnl_primitive_t p;
   *owned = 0;
@@ -391,7 +414,7 @@ static dnnl_primitive_t get_prim(const mm_key *k, size_t *scratch, int *owned) {
     }
   pthread_mutex_unlock(&eng.mu);
   /* Made outside the lock (it may JIT); a racing thread may make the same one: first wins. */
-  if ((p = make_prim(k, scratch, NULL, 0)) == NULL) return NULL;
+  if ((p = make_prim(k, wmd, NULL, scratch, NULL, 0)) == NULL) return NULL;
   pthread_mutex_lock(&eng.mu);
   for (i = key_hash(k) & (SS_MM_CACHE - 1); eng.slot[i].prim != NULL;
        i = (i + 1) & (SS_MM_CACHE - 1))
@@ -420,21 +443,56 @@ size_t ss_matmul_scratch_bytes(void) {
   return n;
 }
 
-/* C = alpha op(A) op(B) + beta C on oneDNN; -1 if it cannot (the caller falls back). */
-static int engine_matmul(const mm_key *k, const float *A, const float *B, float *C) {
+/* f32 -> bf16, round to nearest even (NaN stays NaN): rows of A into a contiguous buffer. */
+SS_CLONES static void rows_to_bf16(const float *A, size_t lda, size_t M, size_t K, uint16_t *out) {
+  for (size_t i = 0; i < M; i++) {
+    const float *a = A + i * lda;
+    uint16_t *o = out + i * K;
+    for (size_t j = 0; j < K; j++) {
+      uint32_t u;
+      memcpy(&u, &a[j], sizeof u);
+      uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u)
+                                                   : u + 0x7fffu + ((u >> 16) & 1u);
+      o[j] = (uint16_t)(r >> 16);
+    }
+  }
+}
+
+/* C = alpha op(A) op(B) + beta C on oneDNN; -1 if it cannot (the caller falls back). f32
+ * problems read A and B as stored; bf16 ones (k->dt 1) convert A (row stride lda32) into the
+ * thread's buffer and read B in the packed layout wmd. */
+static int engine_matmul(const mm_key *k, const dnnl_memory_desc_t *wmd, const float *A,
+                         int lda32, const void *B, float *C) {
   dnnl_memory_desc_t a, b, c, sd;
   dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
   mm_thread *t;
   size_t scratch = 0;
   int owned, rc = -1;
+  const void *Ause = A;
   pthread_once(&eng.once, engine_init);
   if (eng.engine == NULL) return -1;
-  dnnl_primitive_t p = get_prim(k, &scratch, &owned);
+  dnnl_primitive_t p = get_prim(k, wmd, &scratch, &owned);
   if (p == NULL) return -1;
-  if ((t = thread_state(scratch)) == NULL ||
-      desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb) ||
-      desc_init(&c, k->M, k->N, 0, k->ldc) ||
-      dnnl_memory_create(&ma, &a, eng.engine, (void *)(uintptr_t)A) != dnnl_success ||
+  if ((t = thread_state(scratch)) == NULL) goto out;
+  if (k->dt == 1) {
+    dnnl_dims_t ad = {k->M, k->K}, as = {k->lda, 1};
+    size_t need = (size_t)k->M * (size_t)k->K;
+    if (need > t->acap) {
+      uint16_t *buf = NULL;
+      if (posix_memalign((void **)&buf, 64, need * sizeof *buf) != 0) goto out;
+      free(t->abuf);
+      t->abuf = buf, t->acap = need;
+    }
+    rows_to_bf16(A, (size_t)lda32, (size_t)k->M, (size_t)k->K, t->abuf);
+    Ause = t->abuf;
+    b = *wmd;
+    if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, as) != dnnl_success) goto out;
+  } else if (desc_init(&a, k->M, k->K, k->ta, k->lda) ||
+             desc_init(&b, k->K, k->N, k->tb, k->ldb)) {
+    goto out;
+  }
+  if (desc_init(&c, k->M, k->N, 0, k->ldc) ||
+      dnnl_memory_create(&ma, &a, eng.engine, (void *)(uintptr_t)Ause) != dnnl_success ||
       dnnl_memory_create(&mb, &b, eng.engine, (void *)(uintptr_t)B) != dnnl_success ||
       dnnl_memory_create(&mc, &c, eng.engine, C) != dnnl_success)
     goto out;
@@ -458,6 +516,161 @@ out:
   if (ms) dnnl_memory_destroy(ms);
   if (owned) dnnl_primitive_destroy(p);
   return rc;
+}
+
+/* ------------------------------------------------------------------ packed weights */
+
+/* A model weight (the B of its products) converted once to the compute dtype and laid out as
+ * the kernel wants it (oneDNN's format_tag any: brgemm's blocked layout, the same for every M),
+ * keyed by its owner, its address and how products read it. Made on first use, dropped when its
+ * values change (an optimizer step) or its owner goes. The table is read under a read lock on
+ * every packed product; it changes under the write lock. */
+typedef struct packed_w {
+  struct packed_w *next;
+  const void *owner;
+  const float *w;
+  int tb, K, N, ldw;
+  dnnl_memory_desc_t md; /* the packed layout */
+  void *data;
+  size_t bytes;
+} packed_w;
+
+#define SS_PACK_BUCKETS 256
+
+static struct {
+  pthread_rwlock_t lk;
+  packed_w *bucket[SS_PACK_BUCKETS];
+  size_t bytes, count;
+} pk = {.lk = PTHREAD_RWLOCK_INITIALIZER};
+
+static size_t pack_hash(const float *w) {
+  uintptr_t u = (uintptr_t)w;
+  return (size_t)((u >> 6) ^ (u >> 16)) & (SS_PACK_BUCKETS - 1);
+}
+
+static packed_w *pack_find(const void *owner, const float *w, int tb, int K, int N, int ldw) {
+  for (packed_w *e = pk.bucket[pack_hash(w)]; e; e = e->next)
+    if (e->w == w && e->owner == owner && e->tb == tb && e->K == K && e->N == N && e->ldw == ldw)
+      return e;
+  return NULL;
+}
+
+/* W (read as B: tb, K, N, ldw) packed to bf16 in the layout the kernel picks; NULL if oneDNN
+ * cannot (the caller computes in f32). Runs the conversion on the calling thread's stream. */
+static packed_w *pack_make(const void *owner, const float *W, int tb, int K, int N, int ldw) {
+  mm_key k = {0, 0, 16, N, K, K, 0, N, omp_get_max_threads(), 0x3f800000u, 0, 1};
+  dnnl_memory_desc_t src, dst;
+  dnnl_primitive_desc_t rpd = NULL;
+  dnnl_primitive_t rp = NULL;
+  dnnl_memory_t ms = NULL, md = NULL;
+  size_t scratch;
+  packed_w *e = calloc(1, sizeof *e);
+  dnnl_primitive_t probe = e ? make_prim(&k, NULL, &dst, &scratch, NULL, 0) : NULL;
+  mm_thread *t = probe ? thread_state(0) : NULL;
+  int ok = 0;
+  if (probe) dnnl_primitive_destroy(probe);
+  if (t && desc_init(&src, K, N, tb, ldw) == 0 &&
+      posix_memalign(&e->data, 64, dnnl_memory_desc_get_size(&dst)) == 0 &&
+      dnnl_reorder_primitive_desc_create(&rpd, &src, eng.engine, &dst, eng.engine, NULL) ==
+          dnnl_success &&
+      dnnl_primitive_create(&rp, rpd) == dnnl_success &&
+      dnnl_memory_create(&ms, &src, eng.engine, (void *)(uintptr_t)W) == dnnl_success &&
+      dnnl_memory_create(&md, &dst, eng.engine, e->data) == dnnl_success) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, md}};
+    ok = dnnl_primitive_execute(rp, t->stream, 2, args) == dnnl_success &&
+         dnnl_stream_wait(t->stream) == dnnl_success;
+  }
+  if (ms) dnnl_memory_destroy(ms);
+  if (md) dnnl_memory_destroy(md);
+  if (rp) dnnl_primitive_destroy(rp);
+  if (rpd) dnnl_primitive_desc_destroy(rpd);
+  if (!ok) {
+    if (e) free(e->data);
+    free(e);
+    return NULL;
+  }
+  e->owner = owner, e->w = W, e->tb = tb, e->K = K, e->N = N, e->ldw = ldw;
+  e->md = dst;
+  e->bytes = dnnl_memory_desc_get_size(&dst);
+  return e;
+}
+
+/* The packed copy of W, made on first use (a racing thread's copy is dropped: first wins). */
+static packed_w *pack_get(const void *owner, const float *W, int tb, int K, int N, int ldw) {
+  pthread_rwlock_rdlock(&pk.lk);
+  packed_w *e = pack_find(owner, W, tb, K, N, ldw);
+  pthread_rwlock_unlock(&pk.lk);
+  if (e) return e;
+  packed_w *made = pack_make(owner, W, tb, K, N, ldw);
+  if (!made) return NULL;
+  pthread_rwlock_wrlock(&pk.lk);
+  if ((e = pack_find(owner, W, tb, K, N, ldw)) == NULL) {
+    size_t h = pack_hash(W);
+    made->next = pk.bucket[h];
+    pk.bucket[h] = made;
+    pk.bytes += made->bytes;
+    pk.count++;
+    e = made, made = NULL;
+  }
+  pthread_rwlock_unlock(&pk.lk);
+  if (made) {
+    free(made->data);
+    free(made);
+  }
+  return e;
+}
+
+/* Drop the entries that match (owner NULL: any owner; w NULL: any weight). */
+static void pack_drop(const void *owner, const float *w) {
+  pthread_rwlock_wrlock(&pk.lk);
+  for (size_t h = 0; h < SS_PACK_BUCKETS; h++) {
+    if (w && h != pack_hash(w)) continue;
+    for (packed_w **pp = &pk.bucket[h]; *pp;) {
+      packed_w *e = *pp;
+      if ((!owner || e->owner == owner) && (!w || e->w == w)) {
+        *pp = e->next;
+        pk.bytes -= e->bytes;
+        pk.count--;
+        free(e->data);
+        free(e);
+      } else {
+        pp = &e->next;
+      }
+    }
+  }
+  pthread_rwlock_unlock(&pk.lk);
+}
+
+void ss_matmul_weight_changed(const float *W) { pack_drop(NULL, W); }
+
+void ss_matmul_weights_drop(const void *owner) {
+  if (owner) pack_drop(owner, NULL);
+}
+
+size_t ss_matmul_packed_bytes(void) {
+  pthread_rwlock_rdlock(&pk.lk);
+  size_t n = pk.bytes;
+  pthread_rwlock_unlock(&pk.lk);
+  return n;
+}
+
+void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A,
+                 int lda, const float *W, int ldw, float beta, float *C, int ldc) {
+  packed_w *e;
+  pthread_once(&eng.once, engine_init);
+  if (cc && cc->dtype == SS_MM_BF16 && eng.engine != NULL && M > 0 && N > 0 && K > 0 &&
+      (beta == 0.0f || beta == 1.0f) &&
+      (e = pack_get(cc->owner, W, tb == SS_MM_T, K, N, ldw)) != NULL) {
+    mm_key k;
+    memset(&k, 0, sizeof k); /* hashed and compared as bytes */
+    k.M = M, k.N = N, k.K = K, k.lda = K, k.ldc = ldc, k.nthr = omp_get_max_threads();
+    k.alpha = 0x3f800000u, k.dt = 1;
+    memcpy(&k.beta, &beta, sizeof beta);
+    /* The table entry lives until its owner is freed or its weight changes, neither of which
+     * can happen during a forward (the model's read lock is held). */
+    if (engine_matmul(&k, &e->md, A, lda, e->data, C) == 0) return;
+  }
+  ss_matmul(SS_MM_N, tb, M, N, K, 1.0f, A, lda, W, ldw, beta, C, ldc);
 }
 
 /* The portable fallback (oneDNN refused the problem): plain loops, same contract. */
@@ -484,7 +697,7 @@ int ss__matmul_engine(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float
   k.lda = lda, k.ldb = ldb, k.ldc = ldc, k.nthr = omp_get_max_threads();
   memcpy(&k.alpha, &alpha, sizeof alpha);
   memcpy(&k.beta, &beta, sizeof beta);
-  return engine_matmul(&k, A, B, C);
+  return engine_matmul(&k, NULL, A, lda, B, C);
 }
 
 void ss__matmul_few_rows(ss_mm_trans tb, int M, int N, int K, const float *A, int lda,

@@ -42,7 +42,7 @@ static void one(size_t rows, size_t in, size_t out, int bias, int acc, int conv1
         d += (double)X[r * in + i] * (conv1d ? W[i * out + o] : W[o * in + i]);
       R[r * out + o] = d;
     }
-  ss_linear_forward(Y, X, W, bias ? b : NULL, (int)rows, (int)in, (int)out,
+  ss_linear_forward(NULL, Y, X, W, bias ? b : NULL, (int)rows, (int)in, (int)out,
                     conv1d ? SS_W_IN_OUT : SS_W_OUT_IN, acc);
   int ok = close_all(Y, R, rows * out);
   if (!ok)

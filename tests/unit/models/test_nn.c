@@ -73,7 +73,7 @@ typedef struct lin_ctx {
 
 static double lin_loss(void *c_) {
   lin_ctx *c = c_;
-  ss_linear_forward(c->y, c->x, c->W, c->b, c->BT, c->C, c->OC, c->lay, 0);
+  ss_linear_forward(NULL, c->y, c->x, c->W, c->b, c->BT, c->C, c->OC, c->lay, 0);
   return dot(c->y, c->R, (size_t)(c->BT * c->OC));
 }
 
