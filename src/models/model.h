@@ -121,7 +121,7 @@ struct ss_model {
   int wire_dtype;           /* spec key wire_dtype: ss_dtype of tensors without metadata, -1 unset */
   int wire_codec;           /* spec key wire_codec: 1 zlib, 0 none, -1 unset (service/codec.h) */
   int compute;              /* spec key compute: the dtype of the weight products (ss_mm_dtype:
-                             * 0 fp32, 1 bf16); set before the constructor runs */
+                             * 0 fp32, 1 bf16, 2 int8); set before the constructor runs */
   uv_rwlock_t lock;         /* weights: forward/backward read, step writes (workers only) */
   int64_t n_params;         /* parameter count (0 for built-ins) */
   size_t weight_bytes;      /* bytes of weights resident */

@@ -15,7 +15,8 @@
  * decoupled, default 0.01), save=PATH (checkpoint on drain and SIGUSR1). Every model gets its
  * weights lock (m->lock) here and loses it in ss_model_free.
  *
- * The same kinds take compute=fp32|bf16 (the dtype of their weight products; default fp32),
+ * The same kinds take compute=fp32|bf16|int8 (the dtype of their weight products; default fp32;
+ * int8 is weight-only, on any CPU),
  * parsed here into m->compute before the constructor runs (which keeps it for its linear layers:
  * nn/matmul.h ss_matmul_w). bf16 is refused at start-up on a CPU without native bf16 products
  * (avx512_bf16 / AMX), with a message naming what is missing (never a silent fp32 run).
@@ -102,7 +103,7 @@ static int parse_real(const char *id, const char *key, const char *v, double lo,
   return 0;
 }
 
-/* compute=fp32|bf16 (see the top comment) into m->compute. */
+/* compute=fp32|bf16|int8 (see the top comment) into m->compute. */
 static int parse_compute(ss_model *m, const char *const *params, size_t n, char *err,
                          size_t errlen) {
   m->compute = SS_MM_F32;
@@ -110,8 +111,12 @@ static int parse_compute(ss_model *m, const char *const *params, size_t n, char 
     const char *v = params[2 * i + 1];
     char why[160];
     if (strcmp(params[2 * i], "compute") != 0 || strcmp(v, "fp32") == 0) continue;
+    if (strcmp(v, "int8") == 0) {
+      m->compute = SS_MM_INT8;
+      continue;
+    }
     if (strcmp(v, "bf16") != 0) {
-      snprintf(err, errlen, "model '%s': compute must be fp32 or bf16, got '%s'", m->id, v);
+      snprintf(err, errlen, "model '%s': compute must be fp32, bf16 or int8, got '%s'", m->id, v);
       return SS_EINVAL;
     }
     if (ss_matmul_bf16_check(why, sizeof why) != 0) {
@@ -298,9 +303,10 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
     rc = k->ctor(m, ctor_params, ctor_n, err, errlen);
     if (rc != 0) m->ops = NULL; /* a failed constructor has freed its own impl */
   }
-  if (rc == 0 && m->compute == SS_MM_BF16) { /* say so where the model is described */
+  if (rc == 0 && m->compute != SS_MM_F32) { /* say so where the model is described */
     size_t len = strlen(m->describe);
-    snprintf(m->describe + len, sizeof m->describe - len, "; compute bf16");
+    snprintf(m->describe + len, sizeof m->describe - len, "; compute %s",
+             m->compute == SS_MM_BF16 ? "bf16" : "int8 (weight-only)");
   }
   free(own_params);
   if (rc != 0) {

@@ -40,6 +40,7 @@
  * one process-wide object of the models library (made once, guarded by pthread_once + a mutex).
  */
 #include "models/nn/matmul.h"
+#include "models/nn/matmul_int.h"
 #include "models/nn/simd.h"
 
 #include <cblas.h>
@@ -518,159 +519,53 @@ out:
   return rc;
 }
 
-/* ------------------------------------------------------------------ packed weights */
+/* ------------------------------------------------------------------ bf16 products for
+ * packed weights (nn/packed.c keeps the copies; see matmul_int.h) */
 
-/* A model weight (the B of its products) converted once to the compute dtype and laid out as
- * the kernel wants it (oneDNN's format_tag any: brgemm's blocked layout, the same for every M),
- * keyed by its owner, its address and how products read it. Made on first use, dropped when its
- * values change (an optimizer step) or its owner goes. The table is read under a read lock on
- * every packed product; it changes under the write lock. */
-typedef struct packed_w {
-  struct packed_w *next;
-  const void *owner;
-  const float *w;
-  int tb, K, N, ldw;
-  dnnl_memory_desc_t md; /* the packed layout */
-  void *data;
-  size_t bytes;
-} packed_w;
-
-#define SS_PACK_BUCKETS 256
-
-static struct {
-  pthread_rwlock_t lk;
-  packed_w *bucket[SS_PACK_BUCKETS];
-  size_t bytes, count;
-} pk = {.lk = PTHREAD_RWLOCK_INITIALIZER};
-
-static size_t pack_hash(const float *w) {
-  uintptr_t u = (uintptr_t)w;
-  return (size_t)((u >> 6) ^ (u >> 16)) & (SS_PACK_BUCKETS - 1);
-}
-
-static packed_w *pack_find(const void *owner, const float *w, int tb, int K, int N, int ldw) {
-  for (packed_w *e = pk.bucket[pack_hash(w)]; e; e = e->next)
-    if (e->w == w && e->owner == owner && e->tb == tb && e->K == K && e->N == N && e->ldw == ldw)
-      return e;
-  return NULL;
-}
-
-/* W (read as B: tb, K, N, ldw) packed to bf16 in the layout the kernel picks; NULL if oneDNN
- * cannot (the caller computes in f32). Runs the conversion on the calling thread's stream. */
-static packed_w *pack_make(const void *owner, const float *W, int tb, int K, int N, int ldw) {
+int ss__mm_bf16_layout(int K, int N, dnnl_memory_desc_t *md) {
   mm_key k = {0, 0, 16, N, K, K, 0, N, omp_get_max_threads(), 0x3f800000u, 0, 1};
-  dnnl_memory_desc_t src, dst;
+  size_t scratch;
+  pthread_once(&eng.once, engine_init);
+  if (eng.engine == NULL) return -1;
+  dnnl_primitive_t probe = make_prim(&k, NULL, md, &scratch, NULL, 0);
+  if (!probe) return -1;
+  dnnl_primitive_destroy(probe);
+  return 0;
+}
+
+int ss__mm_pack_bf16(const float *W, int tb, int K, int N, int ldw, const dnnl_memory_desc_t *md,
+                     void *dst) {
+  dnnl_memory_desc_t src;
   dnnl_primitive_desc_t rpd = NULL;
   dnnl_primitive_t rp = NULL;
-  dnnl_memory_t ms = NULL, md = NULL;
-  size_t scratch;
-  packed_w *e = calloc(1, sizeof *e);
-  dnnl_primitive_t probe = e ? make_prim(&k, NULL, &dst, &scratch, NULL, 0) : NULL;
-  mm_thread *t = probe ? thread_state(0) : NULL;
+  dnnl_memory_t ms = NULL, mdst = NULL;
+  mm_thread *t = thread_state(0);
   int ok = 0;
-  if (probe) dnnl_primitive_destroy(probe);
   if (t && desc_init(&src, K, N, tb, ldw) == 0 &&
-      posix_memalign(&e->data, 64, dnnl_memory_desc_get_size(&dst)) == 0 &&
-      dnnl_reorder_primitive_desc_create(&rpd, &src, eng.engine, &dst, eng.engine, NULL) ==
+      dnnl_reorder_primitive_desc_create(&rpd, &src, eng.engine, md, eng.engine, NULL) ==
           dnnl_success &&
       dnnl_primitive_create(&rp, rpd) == dnnl_success &&
       dnnl_memory_create(&ms, &src, eng.engine, (void *)(uintptr_t)W) == dnnl_success &&
-      dnnl_memory_create(&md, &dst, eng.engine, e->data) == dnnl_success) {
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, md}};
+      dnnl_memory_create(&mdst, md, eng.engine, dst) == dnnl_success) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, mdst}};
     ok = dnnl_primitive_execute(rp, t->stream, 2, args) == dnnl_success &&
          dnnl_stream_wait(t->stream) == dnnl_success;
   }
   if (ms) dnnl_memory_destroy(ms);
-  if (md) dnnl_memory_destroy(md);
+  if (mdst) dnnl_memory_destroy(mdst);
   if (rp) dnnl_primitive_destroy(rp);
   if (rpd) dnnl_primitive_desc_destroy(rpd);
-  if (!ok) {
-    if (e) free(e->data);
-    free(e);
-    return NULL;
-  }
-  e->owner = owner, e->w = W, e->tb = tb, e->K = K, e->N = N, e->ldw = ldw;
-  e->md = dst;
-  e->bytes = dnnl_memory_desc_get_size(&dst);
-  return e;
+  return ok ? 0 : -1;
 }
 
-/* The packed copy of W, made on first use (a racing thread's copy is dropped: first wins). */
-static packed_w *pack_get(const void *owner, const float *W, int tb, int K, int N, int ldw) {
-  pthread_rwlock_rdlock(&pk.lk);
-  packed_w *e = pack_find(owner, W, tb, K, N, ldw);
-  pthread_rwlock_unlock(&pk.lk);
-  if (e) return e;
-  packed_w *made = pack_make(owner, W, tb, K, N, ldw);
-  if (!made) return NULL;
-  pthread_rwlock_wrlock(&pk.lk);
-  if ((e = pack_find(owner, W, tb, K, N, ldw)) == NULL) {
-    size_t h = pack_hash(W);
-    made->next = pk.bucket[h];
-    pk.bucket[h] = made;
-    pk.bytes += made->bytes;
-    pk.count++;
-    e = made, made = NULL;
-  }
-  pthread_rwlock_unlock(&pk.lk);
-  if (made) {
-    free(made->data);
-    free(made);
-  }
-  return e;
-}
-
-/* Drop the entries that match (owner NULL: any owner; w NULL: any weight). */
-static void pack_drop(const void *owner, const float *w) {
-  pthread_rwlock_wrlock(&pk.lk);
-  for (size_t h = 0; h < SS_PACK_BUCKETS; h++) {
-    if (w && h != pack_hash(w)) continue;
-    for (packed_w **pp = &pk.bucket[h]; *pp;) {
-      packed_w *e = *pp;
-      if ((!owner || e->owner == owner) && (!w || e->w == w)) {
-        *pp = e->next;
-        pk.bytes -= e->bytes;
-        pk.count--;
-        free(e->data);
-        free(e);
-      } else {
-        pp = &e->next;
-      }
-    }
-  }
-  pthread_rwlock_unlock(&pk.lk);
-}
-
-void ss_matmul_weight_changed(const float *W) { pack_drop(NULL, W); }
-
-void ss_matmul_weights_drop(const void *owner) {
-  if (owner) pack_drop(owner, NULL);
-}
-
-size_t ss_matmul_packed_bytes(void) {
-  pthread_rwlock_rdlock(&pk.lk);
-  size_t n = pk.bytes;
-  pthread_rwlock_unlock(&pk.lk);
-  return n;
-}
-
-void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A,
-                 int lda, const float *W, int ldw, float beta, float *C, int ldc) {
-  packed_w *e;
-  pthread_once(&eng.once, engine_init);
-  if (cc && cc->dtype == SS_MM_BF16 && eng.engine != NULL && M > 0 && N > 0 && K > 0 &&
-      (beta == 0.0f || beta == 1.0f) &&
-      (e = pack_get(cc->owner, W, tb == SS_MM_T, K, N, ldw)) != NULL) {
-    mm_key k;
-    memset(&k, 0, sizeof k); /* hashed and compared as bytes */
-    k.M = M, k.N = N, k.K = K, k.lda = K, k.ldc = ldc, k.nthr = omp_get_max_threads();
-    k.alpha = 0x3f800000u, k.dt = 1;
-    memcpy(&k.beta, &beta, sizeof beta);
-    /* The table entry lives until its owner is freed or its weight changes, neither of which
-     * can happen during a forward (the model's read lock is held). */
-    if (engine_matmul(&k, &e->md, A, lda, e->data, C) == 0) return;
-  }
-  ss_matmul(SS_MM_N, tb, M, N, K, 1.0f, A, lda, W, ldw, beta, C, ldc);
+int ss__mm_bf16(int M, int N, int K, const float *A, int lda, const dnnl_memory_desc_t *md,
+                const void *B, float beta, float *C, int ldc) {
+  mm_key k;
+  memset(&k, 0, sizeof k); /* hashed and compared as bytes */
+  k.M = M, k.N = N, k.K = K, k.lda = K, k.ldc = ldc, k.nthr = omp_get_max_threads();
+  k.alpha = 0x3f800000u, k.dt = 1;
+  memcpy(&k.beta, &beta, sizeof beta);
+  return engine_matmul(&k, md, A, lda, B, C);
 }
 
 /* The portable fallback (oneDNN refused the problem): plain loops, same contract. */

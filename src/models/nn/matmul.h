@@ -31,7 +31,7 @@
 typedef enum { SS_MM_N = 0, SS_MM_T = 1 } ss_mm_trans;
 
 /* The dtype a model's weight products run in (model key compute=). */
-typedef enum { SS_MM_F32 = 0, SS_MM_BF16 = 1 } ss_mm_dtype;
+typedef enum { SS_MM_F32 = 0, SS_MM_BF16 = 1, SS_MM_INT8 = 2 } ss_mm_dtype;
 
 /* How a model computes its weight products: the dtype, and the owner of the packed copies (the
  * model; ss_matmul_weights_drop(owner) when it is freed). NULL means f32. */
@@ -46,11 +46,12 @@ void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha,
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* C [M,N] (=|+=, beta 0 or 1) = A [M,K] op(W) where W is a model weight (B: [K,N] as stored
- * with tb N, [N,K] with tb T; row stride ldw): with cc->dtype bf16, W is converted once (on
- * first use) to bf16 in the layout the kernel wants and kept (packed weights), A is converted
- * per call, C accumulates in f32 (oneDNN bf16 brgemm: avx512_bf16 or AMX). Otherwise (cc NULL,
- * f32, or oneDNN refused) exactly ss_matmul. W must not change while it is packed: call
- * ss_matmul_weight_changed(W) after writing it (the optimizer step does). */
+ * with tb N, [N,K] with tb T; row stride ldw), in the model's compute dtype (nn/packed.c): W is
+ * converted once, on first use, and kept. bf16: oneDNN brgemm on W in its blocked layout, A
+ * converted per call, f32 accumulation (avx512_bf16 or AMX). int8: weight-only, a scale per
+ * output channel; few rows read the int8 weight directly, more dequantize it per call. cc NULL,
+ * f32, or a copy that cannot be made: exactly ss_matmul. W must not change while it is packed:
+ * call ss_matmul_weight_changed(W) when it does (the optimizer step does). */
 void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A,
                  int lda, const float *W, int ldw, float beta, float *C, int ldc);
 /* W's values changed or W is freed: its packed copies go (made again on next use). */

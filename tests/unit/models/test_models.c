@@ -46,7 +46,7 @@ static void test_specs(void) {
   /* compute=: fp32 runs; bf16 runs where the CPU has native bf16 products and is refused at
    * start-up elsewhere, naming the missing instruction set (never a silent fp32 run). */
   CHECK_EQ_INT(create("x=mlp,compute=fp16", &m, err, sizeof err), SS_EINVAL);
-  CHECK_CONTAINS(err, "compute must be fp32 or bf16, got 'fp16'");
+  CHECK_CONTAINS(err, "compute must be fp32, bf16 or int8, got 'fp16'");
   {
     char why[160];
     if (ss_matmul_bf16_check(why, sizeof why) != 0) {

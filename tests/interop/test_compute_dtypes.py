@@ -1,16 +1,21 @@
-"""compute=bf16 (model key): the weight products of mlp, GPT-2 and Llama-family trunks run in
-bf16 with f32 accumulation (oneDNN brgemm on avx512_bf16 or AMX), from weights converted and
-packed once; everything else (norms, attention, activations, backward) stays f32.
+"""compute=bf16 and compute=int8 (model key): the weight products of mlp, GPT-2 and Llama-family
+trunks run from weights converted and packed once (nn/packed.c); everything else (norms,
+attention, activations, backward) stays f32.
+  bf16: oneDNN brgemm with f32 accumulation (avx512_bf16 or AMX);
+  int8: weight-only, a scale per output channel, on any CPU (few rows read the int8 weights, more
+        dequantize them per call).
 
-What is checked, against the same weights served in fp32 by the same server:
-- the error of a prefill, a session decode step and a training backward stays within bf16's
-  bound (max abs error over the largest |fp32| output below 1e-2; printed per model);
-- concurrent bf16 calls give exactly the lone answer (per-thread conversion buffers);
+What is checked, for each dtype against the same weights served in fp32 by the same server:
+- the error of a prefill, a session decode step (few-row products) and a training backward
+  stays within the bound (max abs error over the largest |fp32| output below 1e-2 for bf16,
+  3e-2 for int8; printed per model);
+- concurrent calls give exactly the lone answer (per-thread conversion buffers);
 - an optimizer step refreshes the packed copy (the next forward sees the new weights);
-- GetServiceInfo reports the packed bytes; the start-up refusal names the missing instructions
-  (checked on every machine, with ONEDNN_MAX_CPU_ISA=AVX2).
-The bf16 checks run natively and capped at AVX512_CORE_BF16 (avx512_bf16 without AMX) where the
-CPU has those levels, and say plainly when the CPU has no bf16 at all (skipped).
+- GetServiceInfo reports the packed bytes; the bf16 start-up refusal names the missing
+  instructions (checked on every machine, with ONEDNN_MAX_CPU_ISA=AVX2).
+bf16 runs natively and capped at AVX512_CORE_BF16 (avx512_bf16 without AMX) where the CPU has
+those levels, and says plainly when the CPU has no bf16 at all (skipped); int8 runs natively and
+capped at AVX2.
 """
 import os
 import shutil
@@ -28,10 +33,10 @@ import sslib  # noqa: E402
 from sslib import SC, T, make_req, result  # noqa: E402
 
 TMP = None
-ARGS = []
-BOUND = 1e-2  # max abs error / max |fp32 output|
+BOUND = {"bf16": 1e-2, "int8": 3e-2}  # max abs error / max |fp32 output|
 HAS_BF16 = dict(isa_levels.levels()).get("AVX512_CORE_BF16", False)
-CAPS = [c for c in isa_levels.caps() if c is None or c == "AVX512_CORE_BF16"]
+CAPS = {"bf16": [c for c in isa_levels.caps() if c is None or c == "AVX512_CORE_BF16"],
+        "int8": [c for c in isa_levels.caps() if c is None or c == "AVX2"]}
 REPORT = []
 
 
@@ -43,13 +48,9 @@ def setup():
     q = llama_ref.Config("qwen2", hidden=896, heads=14, kv_heads=2, intermediate=1024, n_layer=2,
                          max_pos=128, rope_theta=1000000.0)
     lw, lc, _ = llama_ref.write_checkpoint(TMP, "q", q, seed=4)
-    for mid, spec in (("m", "mlp"), ("g", "gpt2,weights=%s,config=%s" % (gw, gc)),
-                      ("q", "llama,weights=%s,config=%s" % (lw, lc))):
-        ARGS.extend(["--model", "%s32=%s" % (mid, spec),
-                     "--model", "%s16=%s,compute=bf16" % (mid, spec)])
-    # training twins (SGD with a large rate, so a step visibly changes the outputs)
-    ARGS.extend(["--model", "t32=gpt2,weights=%s,config=%s" % (gw, gc),
-                 "--model", "t16=gpt2,weights=%s,config=%s,compute=bf16" % (gw, gc)])
+    setup.specs = {"m": "mlp", "g": "gpt2,weights=%s,config=%s" % (gw, gc),
+                   "q": "llama,weights=%s,config=%s" % (lw, lc),
+                   "t": "gpt2,weights=%s,config=%s" % (gw, gc)}
 
 
 def teardown():
@@ -58,24 +59,28 @@ def teardown():
         print(line)
 
 
-def _server(cap):
+def _server(dt, cap):
+    """mid32 in fp32 and mid16 in dt for every model (t: training twins, SGD)."""
     env = {"ONEDNN_MAX_CPU_ISA": cap or ""}
-    return sslib.Server("--workers", "2", *ARGS, env=env, start_timeout=60)
+    args = []
+    for mid, spec in setup.specs.items():
+        args += ["--model", "%s32=%s" % (mid, spec), "--model", "%s16=%s,compute=%s" % (mid, spec, dt)]
+    return sslib.Server("--workers", "2", *args, env=env, start_timeout=60)
 
 
 def _err(a, b):
     return float(np.max(np.abs(a - b))), float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
 
 
-def _check(name, cap, a, b):
+def _check(dt, name, cap, a, b):
     ab, rel = _err(a, b)
-    REPORT.append("bf16 vs fp32, %-22s ISA %-17s max abs %.3g, relative to max |fp32| %.3g"
-                  % (name, cap or "native", ab, rel))
-    assert rel < BOUND, (name, cap, ab, rel)
+    REPORT.append("%s vs fp32, %-22s ISA %-17s max abs %.3g, relative to max |fp32| %.3g"
+                  % (dt, name, cap or "native", ab, rel))
+    assert rel < BOUND[dt], (dt, name, cap, ab, rel)
 
 
-def _run(cap):
-    srv = _server(cap)
+def _run(dt, cap):
+    srv = _server(dt, cap)
     try:
         c = sslib.connect(srv)
         g = np.random.default_rng(7)
@@ -84,7 +89,7 @@ def _run(cap):
             x = g.standard_normal(shape).astype(np.float32)
             a = result(c.compute(make_req(x, model=mid + "32"), timeout=T(60)))
             b = result(c.compute(make_req(x, model=mid + "16"), timeout=T(60)))
-            _check("%s prefill %s" % (mid, list(shape)), cap, a, b)
+            _check(dt, "%s prefill %s" % (mid, list(shape)), cap, a, b)
         # session decode on the Qwen2-shaped trunk: prefill 16 tokens then 3 one-token steps
         x = g.standard_normal((1, 16, 896)).astype(np.float32)
         outs = {}
@@ -96,7 +101,7 @@ def _run(cap):
                 outs[w].append(result(c.compute(make_req(step, model="q" + w, session=sid),
                                                 timeout=T(60))))
         for i in range(4):
-            _check("q session step %d" % i, cap, outs["32"][i], outs["16"][i])
+            _check(dt, "q session step %d" % i, cap, outs["32"][i], outs["16"][i])
         # concurrency: lone answers, then the same from 4 threads at once, bit for bit
         xs = [g.standard_normal((1, 32, 768)).astype(np.float32) for _ in range(8)]
         lone = [result(c.compute(make_req(x, model="g16"), timeout=T(60))) for x in xs]
@@ -115,17 +120,17 @@ def _run(cap):
             t.start()
         for t in ts:
             t.join()
-        assert not bad, "concurrent bf16 answers differ from the lone ones: %r" % bad
+        assert not bad, "concurrent %s answers differ from the lone ones: %r" % (dt, bad)
         info = dict(c.info(sslib.pb.ServiceInfoRequest(), timeout=T(10)).custom_info)
         assert int(info["packed_weight_bytes"]) > 0, info
-        assert "compute bf16" in info["model.g16"], info["model.g16"]
+        assert "compute " + dt in info["model.g16"], info["model.g16"]
         c.close()
     finally:
         srv.stop_ok(timeout=30)
 
 
-def _train_step_refreshes(cap):
-    srv = _server(cap)
+def _train_step_refreshes(dt, cap):
+    srv = _server(dt, cap)
     try:
         c = sslib.connect(srv)
         g = np.random.default_rng(3)
@@ -141,12 +146,12 @@ def _train_step_refreshes(cap):
                 grad_output_data=gr.tobytes(), grad_output_shape=list(gr.shape),
                 forward_id=r.forward_id, learning_rate=0.05), timeout=T(60))
             res[w] = np.frombuffer(b.grad_input_data, np.float32).reshape(b.grad_input_shape)
-        _check("t backward grad_input", cap, res["32"], res["16"])
+        _check(dt, "t backward grad_input", cap, res["32"], res["16"])
         after32 = result(c.compute(make_req(x, model="t32"), timeout=T(60)))
         after16 = result(c.compute(make_req(x, model="t16"), timeout=T(60)))
         moved = _err(before, after16)[1]
-        assert moved > 10 * BOUND, "the step did not reach the bf16 copy (moved %.3g)" % moved
-        _check("t forward after a step", cap, after32, after16)
+        assert moved > 10 * BOUND[dt], "the step did not reach the packed copy (moved %.3g)" % moved
+        _check(dt, "t forward after a step", cap, after32, after16)
         c.close()
     finally:
         srv.stop_ok(timeout=30)
@@ -157,16 +162,15 @@ def test_bf16_against_fp32():
         print("SKIPPED: this CPU has no avx512_bf16 (compute=bf16 cannot run here; the refusal "
               "is tested below)")
         return
-    for cap in CAPS:
-        _run(cap)
+    for cap in CAPS["bf16"]:
+        _run("bf16", cap)
+        _train_step_refreshes("bf16", cap)
 
 
-def test_step_refreshes_packed_weights():
-    if not HAS_BF16:
-        print("SKIPPED: this CPU has no avx512_bf16")
-        return
-    for cap in CAPS:
-        _train_step_refreshes(cap)
+def test_int8_against_fp32():
+    for cap in CAPS["int8"]:
+        _run("int8", cap)
+        _train_step_refreshes("int8", cap)
 
 
 def test_refused_without_bf16_instructions():
@@ -174,7 +178,7 @@ def test_refused_without_bf16_instructions():
                             env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert rc != 0 and "compute=bf16 needs avx512_bf16 or amx_bf16" in out, (rc, out)
     rc, out = sslib.run_cli("--listen", "127.0.0.1:0", "--model", "x=mlp,compute=fp16")
-    assert rc != 0 and "compute must be fp32 or bf16" in out, (rc, out)
+    assert rc != 0 and "compute must be fp32, bf16 or int8" in out, (rc, out)
 
 
 if __name__ == "__main__":

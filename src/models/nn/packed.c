@@ -1,0 +1,300 @@
+/*
+ * packed.c — model weights kept in the dtype and layout a model's compute wants (the model key
+ * compute=bf16|int8; see matmul.h ss_matmul_w), made once per weight and reused by every
+ * product:
+ *
+ *   bf16  oneDNN's brgemm layout (format_tag any: blocked, the same for every M), converted by a
+ *         oneDNN reorder; products on oneDNN with A converted per call, f32 accumulation
+ *         (matmul_int.h). Needs avx512_bf16 or AMX (the registry refuses it elsewhere).
+ *   int8  weight-only: q [N][K] int8 (one row per output channel) and a scale per output
+ *         channel (max |w| / 127, round to nearest); activations stay f32. A few rows (decode
+ *         steps, small batches: M <= SS_Q8_ROWS) run a kernel that reads the int8 rows straight
+ *         (a quarter of f32's bytes; AVX2+FMA clone and a baseline one); more rows dequantize
+ *         the weight into the thread's f32 buffer and run the f32 engine (prefill is compute
+ *         bound: the 4x fewer bytes buy nothing there).
+ *
+ * The table: keyed by owner (the model), weight address and how products read it (tb, K, N,
+ * ldw); made on first use under nobody's lock (a racing thread's copy is dropped), read under a
+ * read lock by every product, changed under the write lock. An entry lives until its weight
+ * changes (ss_matmul_weight_changed: the optimizer step, under the model's write lock, so no
+ * product of that model runs) or its owner is freed; a product holds no lock while it runs, which
+ * is safe for the same reason.
+ *
+ * Thread: any worker (and the loop thread with --workers 0); per-thread dequantization buffers
+ * (a pthread key; freed when the thread exits).
+ */
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/nn/matmul.h"
+#include "models/nn/matmul_int.h"
+#include "models/nn/simd.h"
+
+#define SS_Q8_ROWS 16 /* int8 products of at most this many rows read the int8 weight directly */
+
+typedef struct packed_w {
+  struct packed_w *next;
+  const void *owner;
+  const float *w;
+  int tb, K, N, ldw;
+  ss_mm_dtype dt;
+  dnnl_memory_desc_t md; /* bf16: the packed layout */
+  void *data;            /* bf16: as md; int8: q [N][K] */
+  float *scale;          /* int8: [N] */
+  size_t bytes;
+} packed_w;
+
+#define SS_PACK_BUCKETS 256
+
+static struct {
+  pthread_rwlock_t lk;
+  packed_w *bucket[SS_PACK_BUCKETS];
+  size_t bytes, count;
+  pthread_once_t once;
+  pthread_key_t deq_key; /* -> deq_buf */
+} pk = {.lk = PTHREAD_RWLOCK_INITIALIZER, .once = PTHREAD_ONCE_INIT};
+
+typedef struct deq_buf {
+  float *p;
+  size_t cap; /* floats */
+} deq_buf;
+
+static void deq_free(void *v) {
+  deq_buf *d = v;
+  free(d->p);
+  free(d);
+}
+
+static void pk_init(void) { (void)pthread_key_create(&pk.deq_key, deq_free); }
+
+/* The calling thread's dequantization buffer of at least n floats, or NULL. */
+static float *deq_get(size_t n) {
+  pthread_once(&pk.once, pk_init);
+  deq_buf *d = pthread_getspecific(pk.deq_key);
+  if (!d) {
+    if (!(d = calloc(1, sizeof *d))) return NULL;
+    if (pthread_setspecific(pk.deq_key, d) != 0) {
+      free(d);
+      return NULL;
+    }
+  }
+  if (n > d->cap) {
+    float *p = NULL;
+    if (posix_memalign((void **)&p, 64, n * sizeof *p) != 0) return NULL;
+    free(d->p);
+    d->p = p, d->cap = n;
+  }
+  return d->p;
+}
+
+static size_t pack_hash(const float *w) {
+  uintptr_t u = (uintptr_t)w;
+  return (size_t)((u >> 6) ^ (u >> 16)) & (SS_PACK_BUCKETS - 1);
+}
+
+static packed_w *pack_find(const void *owner, const float *w, int tb, int K, int N, int ldw) {
+  for (packed_w *e = pk.bucket[pack_hash(w)]; e; e = e->next)
+    if (e->w == w && e->owner == owner && e->tb == tb && e->K == K && e->N == N && e->ldw == ldw)
+      return e;
+  return NULL;
+}
+
+static void pack_free(packed_w *e) {
+  if (!e) return;
+  free(e->data);
+  free(e->scale);
+  free(e);
+}
+
+/* W[k][j] as B: tb 0 [K, N], tb 1 [N, K]. */
+static inline float wat(const float *W, int tb, size_t ldw, size_t k, size_t j) {
+  return tb ? W[j * ldw + k] : W[k * ldw + j];
+}
+
+static int pack_int8(packed_w *e, const float *W) {
+  size_t K = (size_t)e->K, N = (size_t)e->N, ldw = (size_t)e->ldw;
+  int8_t *q = malloc(N * K);
+  float *sc = malloc(N * sizeof *sc);
+  if (!q || !sc) {
+    free(q);
+    free(sc);
+    return -1;
+  }
+  for (size_t j = 0; j < N; j++) {
+    float mx = 0.0f;
+    for (size_t k = 0; k < K; k++) mx = fmaxf(mx, fabsf(wat(W, e->tb, ldw, k, j)));
+    float s = mx / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+    for (size_t k = 0; k < K; k++) {
+      float v = nearbyintf(wat(W, e->tb, ldw, k, j) * inv);
+      q[j * K + k] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+    }
+    sc[j] = s;
+  }
+  e->data = q, e->scale = sc;
+  e->bytes = N * K + N * sizeof *sc;
+  return 0;
+}
+
+/* W packed for dt; NULL if it cannot be (the caller computes in f32). */
+static packed_w *pack_make(ss_mm_dtype dt, const void *owner, const float *W, int tb, int K, int N,
+                           int ldw) {
+  packed_w *e = calloc(1, sizeof *e);
+  if (!e) return NULL;
+  e->owner = owner, e->w = W, e->tb = tb, e->K = K, e->N = N, e->ldw = ldw, e->dt = dt;
+  int rc = -1;
+  if (dt == SS_MM_INT8) {
+    rc = pack_int8(e, W);
+  } else if (dt == SS_MM_BF16 && ss__mm_bf16_layout(K, N, &e->md) == 0) {
+    e->bytes = dnnl_memory_desc_get_size(&e->md);
+    if (posix_memalign(&e->data, 64, e->bytes) == 0)
+      rc = ss__mm_pack_bf16(W, tb, K, N, ldw, &e->md, e->data);
+  }
+  if (rc != 0) {
+    pack_free(e);
+    return NULL;
+  }
+  return e;
+}
+
+static packed_w *pack_get(ss_mm_dtype dt, const void *owner, const float *W, int tb, int K, int N,
+                          int ldw) {
+  pthread_rwlock_rdlock(&pk.lk);
+  packed_w *e = pack_find(owner, W, tb, K, N, ldw);
+  pthread_rwlock_unlock(&pk.lk);
+  if (e) return e->dt == dt ? e : NULL;
+  packed_w *made = pack_make(dt, owner, W, tb, K, N, ldw);
+  if (!made) return NULL;
+  pthread_rwlock_wrlock(&pk.lk);
+  if ((e = pack_find(owner, W, tb, K, N, ldw)) == NULL) {
+    size_t h = pack_hash(W);
+    made->next = pk.bucket[h];
+    pk.bucket[h] = made;
+    pk.bytes += made->bytes;
+    pk.count++;
+    e = made, made = NULL;
+  }
+  pthread_rwlock_unlock(&pk.lk);
+  pack_free(made);
+  return e->dt == dt ? e : NULL;
+}
+
+/* Drop the entries that match (owner NULL: any owner; w NULL: any weight). */
+static void pack_drop(const void *owner, const float *w) {
+  pthread_rwlock_wrlock(&pk.lk);
+  for (size_t h = 0; h < SS_PACK_BUCKETS; h++) {
+    if (w && h != pack_hash(w)) continue;
+    for (packed_w **pp = &pk.bucket[h]; *pp;) {
+      packed_w *e = *pp;
+      if ((!owner || e->owner == owner) && (!w || e->w == w)) {
+        *pp = e->next;
+        pk.bytes -= e->bytes;
+        pk.count--;
+        pack_free(e);
+      } else {
+        pp = &e->next;
+      }
+    }
+  }
+  pthread_rwlock_unlock(&pk.lk);
+}
+
+void ss_matmul_weight_changed(const float *W) { pack_drop(NULL, W); }
+
+void ss_matmul_weights_drop(const void *owner) {
+  if (owner) pack_drop(owner, NULL);
+}
+
+size_t ss_matmul_packed_bytes(void) {
+  pthread_rwlock_rdlock(&pk.lk);
+  size_t n = pk.bytes;
+  pthread_rwlock_unlock(&pk.lk);
+  return n;
+}
+
+/* ------------------------------------------------------------------ int8 products */
+
+typedef int8_t v8b __attribute__((vector_size(8)));
+
+/* Dot products of up to 4 X rows (r of them) with one int8 weight row. */
+SS_CLONES static void q8_dot(const float *const x[4], int r, const int8_t *q, size_t n,
+                             float out[4]) {
+  v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+  const float *x0 = x[0], *x1 = x[r > 1 ? 1 : 0], *x2 = x[r > 2 ? 2 : 0], *x3 = x[r > 3 ? 3 : 0];
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8b qb;
+    memcpy(&qb, q + i, sizeof qb);
+    v8 w = __builtin_convertvector(qb, v8), c;
+    memcpy(&c, x0 + i, sizeof c), a0 += c * w;
+    memcpy(&c, x1 + i, sizeof c), a1 += c * w;
+    memcpy(&c, x2 + i, sizeof c), a2 += c * w;
+    memcpy(&c, x3 + i, sizeof c), a3 += c * w;
+  }
+  float s[4] = {0, 0, 0, 0};
+  for (int k = 0; k < 8; k++) s[0] += a0[k], s[1] += a1[k], s[2] += a2[k], s[3] += a3[k];
+  for (; i < n; i++) {
+    float w = (float)q[i];
+    s[0] += x0[i] * w, s[1] += x1[i] * w, s[2] += x2[i] * w, s[3] += x3[i] * w;
+  }
+  memcpy(out, s, sizeof s);
+}
+
+/* C [M, N] (=|+=) A [M, K] W^T from the int8 rows: each weight row is read once for every group
+ * of 4 rows while it is in L1; output channels split over the worker's OpenMP team. */
+static void q8_few_rows(const packed_w *e, int M, const float *A, int lda, float beta, float *C,
+                        int ldc) {
+  long N = e->N;
+  size_t K = (size_t)e->K;
+  const int8_t *q = e->data;
+#pragma omp parallel for schedule(static) if (N > 64 && (size_t)N * K >= (1u << 18))
+  for (long j = 0; j < N; j++) {
+    for (int r0 = 0; r0 < M; r0 += 4) {
+      int r = M - r0 < 4 ? M - r0 : 4;
+      const float *x[4];
+      float d[4];
+      for (int k = 0; k < 4; k++) x[k] = A + (size_t)(r0 + (k < r ? k : 0)) * (size_t)lda;
+      q8_dot(x, r, q + (size_t)j * K, K, d);
+      for (int k = 0; k < r; k++) {
+        float *c = C + (size_t)(r0 + k) * (size_t)ldc + (size_t)j;
+        float v = d[k] * e->scale[j];
+        *c = beta != 0.0f ? *c + v : v;
+      }
+    }
+  }
+}
+
+/* The whole weight back to f32 [N][K] in the thread's buffer (prefill-sized products). */
+static const float *q8_dequant(const packed_w *e) {
+  size_t K = (size_t)e->K, N = (size_t)e->N;
+  float *d = deq_get(N * K);
+  if (!d) return NULL;
+  const int8_t *q = e->data;
+  for (size_t j = 0; j < N; j++)
+    for (size_t k = 0; k < K; k++) d[j * K + k] = (float)q[j * K + k] * e->scale[j];
+  return d;
+}
+
+void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A, int lda,
+                 const float *W, int ldw, float beta, float *C, int ldc) {
+  packed_w *e;
+  if (cc && cc->dtype != SS_MM_F32 && M > 0 && N > 0 && K > 0 && (beta == 0.0f || beta == 1.0f) &&
+      (e = pack_get(cc->dtype, cc->owner, W, tb == SS_MM_T, K, N, ldw)) != NULL) {
+    if (e->dt == SS_MM_BF16) {
+      if (ss__mm_bf16(M, N, K, A, lda, &e->md, e->data, beta, C, ldc) == 0) return;
+    } else if (M <= SS_Q8_ROWS) {
+      q8_few_rows(e, M, A, lda, beta, C, ldc);
+      return;
+    } else {
+      const float *d = q8_dequant(e);
+      if (d) {
+        ss_matmul(SS_MM_N, SS_MM_T, M, N, K, 1.0f, A, lda, d, K, beta, C, ldc);
+        return;
+      }
+    }
+  }
+  ss_matmul(SS_MM_N, tb, M, N, K, 1.0f, A, lda, W, ldw, beta, C, ldc);
+}
