@@ -118,6 +118,8 @@ struct ss_model {
   char *save_path;          /* spec key save=PATH: checkpoint written on drain and SIGUSR1 */
   int max_batch_rows;       /* spec key: stack concurrent calls up to this many rows (0 = off) */
   int batch_delay_us;       /* spec key: how long a batch waits for company (default 0) */
+  int decode_batch;         /* spec key (default 1): one-token steps of different sequences
+                             * (sessions, client caches) run as one batch (forward_kv_batch) */
   int wire_dtype;           /* spec key wire_dtype: ss_dtype of tensors without metadata, -1 unset */
   int wire_codec;           /* spec key wire_codec: 1 zlib, 0 none, -1 unset (service/codec.h) */
   int compute;              /* spec key compute: the dtype of the weight products (ss_mm_dtype:

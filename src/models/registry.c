@@ -37,30 +37,23 @@ typedef struct kind_entry {
   const char *name;
   kind_ctor ctor;
   const char *const *keys; /* NULL-terminated list of accepted spec keys */
-  int trains;              /* accepts the training keys (train_keys) */
+  int trains;              /* also accepts the training keys (train_keys) */
 } kind_entry;
 
 static const char *const no_keys[] = {NULL};
-static const char *const mlp_keys[] = {"weights",        "activation",    "optimizer", "beta1",
-                                       "beta2",          "eps",           "weight_decay", "save",
-                                       "max_batch_rows", "batch_delay_us", "wire_dtype",
-                                       "wire_codec",     "compute",       NULL};
-static const char *const gpt2_keys[] = {"weights",        "config",         "layers", "optimizer",
-                                        "beta1",          "beta2",          "eps",    "weight_decay",
-                                        "save",           "max_batch_rows", "batch_delay_us",
-                                        "wire_dtype",     "wire_codec",     "compute", NULL};
-static const char *const llama_keys[] = {
-    "weights",      "config",         "layers",         "lora_rank",  "lora_alpha",
-    "lora_targets", "adapter",        "optimizer",      "beta1",      "beta2",
-    "eps",          "weight_decay",   "save",           "max_batch_rows", "batch_delay_us",
-    "wire_dtype",   "wire_codec",     "compute",        NULL};
+/* Each kind's own keys (passed to its constructor)... */
+static const char *const mlp_keys[] = {"weights", "activation", NULL};
+static const char *const gpt2_keys[] = {"weights", "config", "layers", NULL};
+static const char *const llama_keys[] = {"weights",    "config",       "layers", "lora_rank",
+                                         "lora_alpha", "lora_targets", "adapter", NULL};
 
-/* The training, batching, wire and compute keys, accepted by every kind that can train, parsed
- * here (parse_training, parse_compute) and never passed to the kind's constructor. */
-static const char *const train_keys[] = {"optimizer",    "beta1",      "beta2",
-                                         "eps",          "weight_decay", "save",
-                                         "max_batch_rows", "batch_delay_us", "wire_dtype",
-                                         "wire_codec",   "compute",    NULL};
+/* ...and the training, batching, wire and compute keys, written once: accepted by every kind
+ * that can train, parsed here (parse_training, parse_compute) and never passed to the kind's
+ * constructor. */
+static const char *const train_keys[] = {
+    "optimizer",      "beta1",        "beta2",      "eps",        "weight_decay", "save",
+    "max_batch_rows", "batch_delay_us", "decode_batch", "wire_dtype", "wire_codec", "compute",
+    NULL};
 
 static const kind_entry kinds[] = {
     {"identity", ss_model_identity_new, no_keys, 0}, {"scale", ss_model_scale_new, no_keys, 0},
@@ -180,6 +173,12 @@ static int parse_training(ss_model *m, const char *const *params, size_t n, char
       }
       if (k[0] == 'm') m->max_batch_rows = (int)x;
       else m->batch_delay_us = (int)x;
+    } else if (strcmp(k, "decode_batch") == 0) {
+      if (strcmp(v, "0") != 0 && strcmp(v, "1") != 0) {
+        snprintf(err, errlen, "model '%s': decode_batch must be 0 or 1, got '%s'", m->id, v);
+        return SS_EINVAL;
+      }
+      m->decode_batch = v[0] == '1';
     } else if (strcmp(k, "wire_dtype") == 0) {
       ss_dtype dt;
       if (ss_dtype_parse(v, &dt) != 0) {
@@ -219,7 +218,7 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
                          ss_model **out, char *err, size_t errlen) {
   const kind_entry *k = NULL;
   ss_model *m;
-  char list[200];
+  char list[400];
   const char *const *ctor_params;
   const char **own_params = NULL;
   size_t ctor_n;
@@ -242,17 +241,19 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
   }
   for (size_t i = 0; i < n; i++) {
     const char *key = params[2 * i];
-    int ok = 0;
+    int ok = k->trains && is_train_key(key);
     for (size_t j = 0; k->keys[j] != NULL; j++)
       if (strcmp(key, k->keys[j]) == 0) ok = 1;
     if (!ok) {
-      if (k->keys[0] == NULL) {
+      if (k->keys[0] == NULL && !k->trains) {
         snprintf(err, errlen, "model '%s': kind '%s' takes no parameters, got '%s'", id, k->name,
                  key);
       } else {
+        char shared[400];
         join_names(k->keys, 0, 1, list, sizeof list);
-        snprintf(err, errlen, "model '%s': unknown parameter '%s' for kind '%s' (known: %s)", id,
-                 key, k->name, list);
+        join_names(train_keys, 0, 1, shared, sizeof shared);
+        snprintf(err, errlen, "model '%s': unknown parameter '%s' for kind '%s' (known: %s%s%s)",
+                 id, key, k->name, list, k->trains ? ", " : "", k->trains ? shared : "");
       }
       return SS_EINVAL;
     }
@@ -277,6 +278,7 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
   }
   m->kind = k->name;
   m->wire_dtype = m->wire_codec = -1; /* unset: the server's defaults apply */
+  m->decode_batch = 1;                /* one-token steps of different sequences batch */
   rc = 0;
   ctor_params = params;
   ctor_n = n;

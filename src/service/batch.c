@@ -2,15 +2,20 @@
  * batch.c — dynamic batching: concurrent Compute calls of one model whose shapes match except
  * the first dimension are stacked into one forward (one GEMM per layer instead of one per call),
  * up to the model's max_batch_rows rows (tokens: numel / last dimension), waiting at most
- * batch_delay_us for company.
+ * batch_delay_us for company. Decode steps (one token of a sequence with a cache: a session or
+ * a client cache) batch by default for kinds that have forward_kv_batch (model key
+ * decode_batch=1, up to max_batch_rows or SS_DECODE_ROWS steps); stacking other calls needs
+ * max_batch_rows.
  *
  * A batch is the unit of admission and of work: the model's open batch collects calls; when it
  * is full, when a call with other trailing dims arrives, or when its delay expires, it enters
- * the model's admission (one slot for the whole batch) and one worker job computes it. Each call
- * keeps its own deadline and cancellation: a call whose client leaves is skipped (if it leaves
- * before the compute) or its result dropped (after); the others are unaffected. Each call's
- * result equals what it gets alone, up to float rounding: the same layers run over the same
- * rows, only more rows per GEMM (tests/interop/test_batching.py checks this).
+ * the model's admission (one slot for the whole batch) and one worker job computes it. A batch
+ * that has to wait for a slot (every worker of the model is busy) keeps taking compatible calls
+ * until it starts: the steps that arrive while a step computes join the next one, on any worker
+ * layout. Each call keeps its own deadline and cancellation: a call whose client leaves is
+ * skipped (if it leaves before the compute) or its result dropped (after); the others are
+ * unaffected. Each call's result equals what it gets alone, up to float rounding: the same layers
+ * run over the same rows, only more rows per GEMM (tests/interop/test_batching.py checks this).
  *
  * Thread: loop thread, except batch_run (a worker).
  */
@@ -58,13 +63,19 @@ static int is_decode(const compute_state *st) {
          !ss_meta_get(&st->meta, "position_offset"); /* batched steps sit at their past length */
 }
 
+#define SS_DECODE_ROWS 64 /* decode steps per batch without max_batch_rows */
+
+/* The most rows a batch of this kind of call takes. */
+static size_t max_rows(const ss_model *m, int decode) {
+  return m->max_batch_rows > 0 ? (size_t)m->max_batch_rows : decode ? SS_DECODE_ROWS : 0;
+}
+
 int ss_batch_wants(const compute_state *st) {
   const ss_model *m = st->sm->model;
-  if (m->max_batch_rows <= 0 || m->exec != SS_EXEC_WORKER || m->echo || st->training ||
-      st->enc.zlib)
-    return 0;
-  return is_decode(st) ||
-         (st->n_past == 0 && !st->want_present && !st->session && st->in.ndim >= 2);
+  if (m->exec != SS_EXEC_WORKER || m->echo || st->training || st->enc.zlib) return 0;
+  if (is_decode(st)) return m->decode_batch || m->max_batch_rows > 0;
+  return m->max_batch_rows > 0 && st->n_past == 0 && !st->want_present && !st->session &&
+         st->in.ndim >= 2;
 }
 
 static int same_trail(const ss_batch *b, const compute_state *st) {
@@ -207,6 +218,7 @@ static void batch_run(ss_job *job) {
 static void batch_start(ss_batch *b);
 
 static void batch_free(ss_batch *b) {
+  if (b->sm->open_batch == b) b->sm->open_batch = NULL; /* answered while waiting for a slot */
   ss_served_unref(b->sm);
   free(b->m);
   free(b);
@@ -238,8 +250,9 @@ static void batch_done(ss_job *job) {
   batch_free(b);
 }
 
-/* Admitted: one worker computes the whole batch. */
+/* Admitted: one worker computes the whole batch (it takes no more calls). */
 static void batch_start(ss_batch *b) {
+  if (b->sm->open_batch == b) b->sm->open_batch = NULL;
   b->holds_slot = 1;
   uint64_t now = uv_hrtime();
   for (int i = 0; i < b->n; i++) b->m[i]->t_run = now;
@@ -249,16 +262,19 @@ static void batch_start(ss_batch *b) {
   ss_pool_submit(b->svc->pool, &b->job);
 }
 
-/* The open batch stops taking calls and asks for admission. */
+/* The open batch asks for admission. If it has to wait for a slot it stays the model's open
+ * batch and keeps taking calls until it starts (or fills). */
 static void batch_close(ss_batch *b) {
   ss_served_model *sm = b->sm;
-  if (sm->open_batch == b) sm->open_batch = NULL;
   ss_tq_cancel(&b->svc->tq, &b->timer);
   b->submitted = 1;
   switch (ss_admit_enter(&sm->admit, &b->waiter)) {
   case SS_ADMIT_RUN: batch_start(b); break;
-  case SS_ADMIT_QUEUED: break;
+  case SS_ADMIT_QUEUED:
+    if (sm->open_batch == b && b->rows >= max_rows(sm->model, b->decode)) sm->open_batch = NULL;
+    break;
   default:
+    if (sm->open_batch == b) sm->open_batch = NULL;
     for (int i = 0; i < b->n; i++) {
       compute_state *st = b->m[i];
       st->batch = NULL;
@@ -326,12 +342,19 @@ static int batch_push(ss_batch *b, compute_state *st) {
   return 0;
 }
 
+/* The model's open batch stops taking calls: one still open asks for admission; one already
+ * waiting for a slot keeps its place. */
+static void batch_detach(ss_batch *b) {
+  if (!b->submitted) batch_close(b);
+  if (b->sm->open_batch == b) b->sm->open_batch = NULL;
+}
+
 void ss_batch_add(compute_state *st) {
   ss_served_model *sm = st->sm;
-  size_t max = (size_t)sm->model->max_batch_rows, rows = call_rows(st);
+  size_t max = max_rows(sm->model, is_decode(st)), rows = call_rows(st);
   ss_batch *b = sm->open_batch;
   if (b && (!same_trail(b, st) || b->rows + rows > max)) {
-    batch_close(b); /* it will not take this call: send it on its way */
+    batch_detach(b); /* it will not take this call: send it on its way */
     b = NULL;
   }
   if (!b) b = batch_open(st);
@@ -339,7 +362,7 @@ void ss_batch_add(compute_state *st) {
     ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for a batch");
     return;
   }
-  if (b->rows >= max) batch_close(b); /* full: go now; else the delay timer closes it */
+  if (b->rows >= max) batch_detach(b); /* full: go now (or keep its place in the queue) */
 }
 
 void ss_batch_cancel(compute_state *st) {
@@ -358,7 +381,7 @@ void ss_batch_cancel(compute_state *st) {
 
 void ss_batch_flush_all(ss_service *s) {
   for (size_t i = 0; i < s->nmodels; i++)
-    if (s->models[i]->open_batch) batch_close(s->models[i]->open_batch);
+    if (s->models[i]->open_batch) batch_detach(s->models[i]->open_batch);
 }
 
 void ss_batch_on_check(uv_check_t *h) {
@@ -366,6 +389,6 @@ void ss_batch_on_check(uv_check_t *h) {
   uv_check_stop(h);
   for (size_t i = 0; i < s->nmodels; i++) {
     ss_batch *b = s->models[i]->open_batch;
-    if (b && b->at_iteration_end) batch_close(b);
+    if (b && b->at_iteration_end && !b->submitted) batch_close(b);
   }
 }

@@ -1,6 +1,7 @@
-"""Dynamic batching (model keys max_batch_rows, batch_delay_us): concurrent Compute calls of one
-model are stacked into one forward, and every call gets the result it gets alone (up to float
-rounding), keeps its own dtype, deadline and cancellation. mlp and gpt2 prefill."""
+"""Dynamic batching (model keys max_batch_rows, batch_delay_us, decode_batch): concurrent Compute
+calls of one model are stacked into one forward, and every call gets the result it gets alone (up
+to float rounding), keeps its own dtype, deadline and cancellation. mlp and gpt2 prefill; decode
+steps of sessions and client caches, which batch by default."""
 import shutil
 import tempfile
 import time
@@ -29,7 +30,8 @@ def setup():
                      "--model", "mb=mlp,max_batch_rows=64,batch_delay_us=20000",
                      "--model", "g=gpt2," + gspec,
                      "--model", "gb=gpt2,%s,max_batch_rows=64,batch_delay_us=20000" % gspec,
-                     "--model", "gb0=gpt2,%s,max_batch_rows=64" % gspec)
+                     "--model", "gb0=gpt2,%s,max_batch_rows=64" % gspec,
+                     "--model", "gnb=gpt2,%s,decode_batch=0" % gspec)
     C = sslib.connect(S)
 
 
@@ -166,6 +168,35 @@ def test_gpt2_decode_steps_batch_across_sessions():
             assert list(a.key_shape) == list(b.key_shape)
 
 
+def test_decode_steps_batch_by_default():
+    """Without any batching key, one-token steps of different sessions batch on --workers 1:
+    steps that arrive while a step computes wait in one batch that keeps taking them until the
+    worker is free. Each equals the step on a twin with decode_batch=0 (which never batches)."""
+    rng = np.random.default_rng(9)
+    n = 8
+    for i in range(n):
+        x = rng.standard_normal((1, 3 + i, CFG.n_embd)).astype(np.float32)
+        C.compute(make_req(x, model="g", session="d%d" % i), timeout=T(10))
+        C.compute(make_req(x, model="gnb", session="e%d" % i), timeout=T(10))
+    b0, c0 = _batched_calls("g")
+    n0 = _batched_calls("gnb")
+    chans = [sslib.connect(S, separate=True) for _ in range(4)]
+    for step in range(4):
+        toks = [rng.standard_normal((1, 1, CFG.n_embd)).astype(np.float32) for _ in range(n)]
+        futs = [chans[i % 4].compute.future(make_req(t, model="g", session="d%d" % i),
+                                            timeout=T(20)) for i, t in enumerate(toks)]
+        alone = [result(C.compute(make_req(t, model="gnb", session="e%d" % i), timeout=T(10)))
+                 for i, t in enumerate(toks)]
+        for i, f in enumerate(futs):
+            np.testing.assert_allclose(result(f.result()), alone[i], rtol=1e-5, atol=1e-5,
+                                       err_msg="step %d session %d" % (step, i))
+    for ch in chans:
+        ch.close()
+    b1, c1 = _batched_calls("g")
+    assert c1 - c0 == 4 * n and b1 - b0 < 4 * n, (b0, b1, c0, c1)
+    assert _batched_calls("gnb") == n0  # decode_batch=0: never batched
+
+
 def test_batches_and_single_calls_share_one_queue():
     """Calls that never batch (a session prefill) and batches wait in the same admission queue of
     a model; whoever frees a slot starts the next waiter of either kind (this crashed once)."""
@@ -184,7 +215,8 @@ def test_batches_and_single_calls_share_one_queue():
 
 def test_bad_batching_keys_refused():
     for spec, want in (("x=mlp,max_batch_rows=-1", "max_batch_rows"),
-                       ("x=mlp,batch_delay_us=abc", "batch_delay_us")):
+                       ("x=mlp,batch_delay_us=abc", "batch_delay_us"),
+                       ("x=mlp,decode_batch=2", "decode_batch must be 0 or 1")):
         rc, out = sslib.run_cli("--model", spec)
         assert rc != 0 and want in out, (spec, rc, out)
 
