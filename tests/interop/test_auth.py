@@ -137,6 +137,32 @@ def test_bad_file_at_start():
     assert rc not in (0, None) and "no tokens" in srv.log, (rc, srv.log)
 
 
+def test_fifo_tokens_refused():
+    """A FIFO as --auth-tokens: refused at start-up at once; put there before a SIGHUP, it is
+    logged as not a regular file and the old tokens stay; the loop never blocks on it (calls are
+    answered, SIGTERM stops the server)."""
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    try:
+        tok = os.path.join(tmp, "tokens")
+        fifo = os.path.join(tmp, "tokens.fifo")
+        os.mkfifo(fifo)
+        rc, out = sslib.run_cli("--auth-tokens", fifo, timeout=T(10))
+        assert rc not in (0, None) and "FIFO, not a regular file" in out, (rc, out)
+        srv, c = start(tok)
+        ident = make_req(np.ones((2, 3), np.float32), model="identity")
+        assert c.compute(ident, timeout=T(5), metadata=bearer(FULL)).shape
+        os.unlink(tok)
+        os.mkfifo(tok)
+        srv.signal(signal.SIGHUP)
+        assert srv.wait_for_line(r"auth tokens not reloaded, keeping the 3 old ones", T(5)), \
+            sslib.tail(srv.log)
+        assert "FIFO, not a regular file" in srv.log, sslib.tail(srv.log)
+        assert c.compute(ident, timeout=T(5), metadata=bearer(FULL)).shape
+        sslib.shutdown(c, srv)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_config_key_and_sighup_with_config():
     """auth_tokens in a --config file; SIGHUP re-reads both the tokens and the models."""
     tmp = tempfile.mkdtemp(prefix="ss-auth-")
