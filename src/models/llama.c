@@ -52,6 +52,7 @@
  * params mutex), step under the write lock (the only writer), save under the read lock.
  */
 #include <errno.h>
+#include <float.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -1397,6 +1398,10 @@ static int parse_targets(const char *s, unsigned *bits, char *err, size_t errlen
   return 0;
 }
 
+/* A LoRA alpha the adapters cannot use: not finite, <= 0, or beyond a float (the scale alpha / r
+ * is computed in float: 1e39 would make every output NaN). */
+static int lora_alpha_bad(double v) { return !isfinite(v) || v <= 0.0 || v > (double)FLT_MAX; }
+
 /* adapter=DIR: r, alpha and targets from DIR/adapter_config.json (checked against the spec's
  * when given there too). */
 static int read_adapter_config(const char *dir, int *r, double *alpha, unsigned *targets,
@@ -1415,7 +1420,21 @@ static int read_adapter_config(const char *dir, int *r, double *alpha, unsigned 
   }
   *r = (int)json_integer_value(v);
   v = json_object_get(root, "lora_alpha");
-  *alpha = v != NULL && json_is_number(v) ? json_number_value(v) : 8.0;
+  *alpha = 8.0; /* PEFT's default when the key is absent */
+  if (v != NULL && (!json_is_number(v) || lora_alpha_bad(json_number_value(v)))) {
+    char got[64];
+    if (json_is_number(v))
+      snprintf(got, sizeof got, "%g", json_number_value(v));
+    else if (json_is_string(v))
+      snprintf(got, sizeof got, "the string \"%.40s\"", json_string_value(v));
+    else
+      snprintf(got, sizeof got, "a JSON %s", json_is_null(v) ? "null" : "value of another type");
+    snprintf(err, errlen,
+             "adapter %.200s: 'lora_alpha' must be a number > 0 and at most %g (a float), got %s",
+             path, (double)FLT_MAX, got);
+    goto done;
+  }
+  if (v != NULL) *alpha = json_number_value(v);
   v = json_object_get(root, "target_modules");
   *targets = 0;
   if (v != NULL && json_is_array(v)) {
@@ -1650,8 +1669,10 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
     if (rc == 0 && lalpha != NULL) {
       char *end;
       double v = strtod(lalpha, &end);
-      if (*lalpha == '\0' || *end != '\0' || !isfinite(v) || v <= 0.0) {
-        snprintf(msg, sizeof msg, "lora_alpha must be a positive number, got '%s'", lalpha);
+      if (*lalpha == '\0' || *end != '\0' || lora_alpha_bad(v)) {
+        snprintf(msg, sizeof msg,
+                 "lora_alpha must be a number > 0 and at most %g (a float), got '%s'",
+                 (double)FLT_MAX, lalpha);
         rc = SS_EINVAL;
       } else if (adapter != NULL && fabs(v - alpha) > 1e-9 * fabs(alpha)) {
         snprintf(msg, sizeof msg, "lora_alpha %g disagrees with the adapter's %g", v, alpha);

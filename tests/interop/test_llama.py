@@ -367,6 +367,25 @@ def test_fifo_files_refused():
         srv.stop_ok()
 
 
+def test_lora_alpha_refused():
+    """lora_alpha that would make every output NaN or that was silently replaced: 1e39 (finite
+    as a double, infinite as a float) in the spec; 1e300, -8, 0 and the string "8" in
+    adapter_config.json. Each is refused at start-up naming lora_alpha and the value."""
+    w, c, _ = PATHS["ll"]
+    _refused("x=llama,weights=%s,config=%s,lora_rank=4,lora_alpha=1e39" % (w, c), "lora_alpha",
+             "1e39")
+    for i, (alpha, shown) in enumerate(((1e300, "1e+300"), (-8, "-8"), (0, "0"),
+                                        ("8", 'string "8"'))):
+        ad = os.path.join(TMP, "alpha%d" % i)
+        os.makedirs(ad)
+        shutil.copy(os.path.join(TMP, "adapter0", "adapter_model.safetensors"), ad)
+        with open(os.path.join(ad, "adapter_config.json"), "w") as f:
+            json.dump({"peft_type": "LORA", "r": 4, "lora_alpha": alpha,
+                       "target_modules": ["q_proj", "v_proj", "down_proj"]}, f)
+        _refused("x=llama,weights=%s,config=%s,layers=1:3,adapter=%s" % (w, c, ad),
+                 "lora_alpha", shown)
+
+
 # ------------------------------------------------------------------ training ----
 
 def _backward(grad, forward_id, model, lr, c=None):
