@@ -163,6 +163,31 @@ def test_fifo_tokens_refused():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_service_info_lists_only_the_tokens_models():
+    """GetServiceInfo with a model-scoped token names only that token's models (the list, the
+    per-model entries, the default model); a token for every model sees them all."""
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    try:
+        srv, c = start(os.path.join(tmp, "tokens"))
+        full = c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(FULL)).custom_info
+        every = full["models"].split(",")
+        assert "mlp" in every and "identity" in every and len(every) > 2, full["models"]
+        for tok, mine in ((MLP_ONLY, "mlp"), (IDENT, "identity")):
+            info = c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(tok)).custom_info
+            assert info["models"] == mine, (tok, info["models"])
+            keys = sorted(k for k in info if k.startswith("model."))
+            assert keys == ["model." + mine], keys
+            if "default_model" in info:
+                assert info["default_model"] == mine, info["default_model"]
+            for other in every:
+                if other != mine:
+                    assert not any(v == other or k == "model." + other for k, v in info.items()), \
+                        (tok, other)
+        sslib.shutdown(c, srv)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_config_key_and_sighup_with_config():
     """auth_tokens in a --config file; SIGHUP re-reads both the tokens and the models."""
     tmp = tempfile.mkdtemp(prefix="ss-auth-")
