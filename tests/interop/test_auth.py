@@ -295,9 +295,13 @@ def test_session_owners():
         ref = sslib.result(call(A_TOK, x[:, 4:5], session="ref", session_end=1))
         np.testing.assert_array_equal(got, ref)
         call(A_TOK, x[:, 5:6], session="sa", session_end=1)
-        # an ended id is free again: B may start its own session under it
-        call(B_TOK, x[:, :2], session="sa")
-        _denied(lambda: call(A_TOK, x[:, 2:3], session="sa"))
+        # an ended id stays A's while remembered: B is refused as for a live one (and learns
+        # nothing more), A is told it ended (test_gpt2 test_decode_server_session)
+        _denied(lambda: call(B_TOK, x[:, :2], session="sa"))
+        sslib.expect_error(lambda: call(A_TOK, x[:, :2], session="sa"), SC.FAILED_PRECONDITION,
+                           "ended")
+        call(B_TOK, x[:, :2], session="sb")
+        _denied(lambda: call(A_TOK, x[:, 2:3], session="sb"))
         # eviction (40 KiB per 40-token session, 1 MiB budget): B is refused, A gets the notice
         call(A_TOK, x, session="se")
         for k in range(30):
