@@ -23,6 +23,20 @@ SECRETS = [FULL, MLP_ONLY, IDENT, NEW]
 X = np.ones((1, 768), dtype=np.float32)
 
 
+_DIRS = []  # temporary directories of this suite (they hold token files): removed in teardown
+
+
+def _tmpdir():
+    d = tempfile.mkdtemp(prefix="ss-auth-")
+    _DIRS.append(d)
+    return d
+
+
+def teardown():
+    for d in _DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def bearer(tok):
     return [("authorization", "Bearer " + tok)]
 
@@ -41,7 +55,7 @@ def start(tokfile, *extra):
 
 
 def test_tokens_models_and_open_health():
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     tok = os.path.join(tmp, "tokens")
     srv, c = start(tok)
     ident = make_req(np.ones((2, 3), np.float32), model="identity")
@@ -101,7 +115,7 @@ def test_tokens_models_and_open_health():
 
 
 def test_sighup_reload():
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     tok = os.path.join(tmp, "tokens")
     srv, c = start(tok)
     ident = make_req(np.ones((2, 3), np.float32), model="identity")
@@ -129,7 +143,7 @@ def test_sighup_reload():
 
 
 def test_bad_file_at_start():
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     tok = os.path.join(tmp, "tokens")
     write(tok, "# nothing\n")
     srv = sslib.Server("--auth-tokens", tok, expect_start=False)
@@ -141,7 +155,7 @@ def test_fifo_tokens_refused():
     """A FIFO as --auth-tokens: refused at start-up at once; put there before a SIGHUP, it is
     logged as not a regular file and the old tokens stay; the loop never blocks on it (calls are
     answered, SIGTERM stops the server)."""
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     try:
         tok = os.path.join(tmp, "tokens")
         fifo = os.path.join(tmp, "tokens.fifo")
@@ -166,7 +180,7 @@ def test_fifo_tokens_refused():
 def test_service_info_lists_only_the_tokens_models():
     """GetServiceInfo with a model-scoped token names only that token's models (the list, the
     per-model entries, the default model); a token for every model sees them all."""
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     try:
         srv, c = start(os.path.join(tmp, "tokens"))
         full = c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(FULL)).custom_info
@@ -190,7 +204,7 @@ def test_service_info_lists_only_the_tokens_models():
 
 def test_config_key_and_sighup_with_config():
     """auth_tokens in a --config file; SIGHUP re-reads both the tokens and the models."""
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     tok = os.path.join(tmp, "tokens")
     write(tok, "%s\n" % FULL)
     conf = os.path.join(tmp, "server.yaml")
@@ -235,7 +249,7 @@ def _denied(fn, *want):
 def test_forward_owners():
     """A training forward is its token's: another token can neither run its backward, nor
     learn whether it exists or was used, nor replace it with a forward of its own."""
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     srv, c = _owner_server(tmp)
     try:
         g = pb.BackwardRequest(grad_output_data=X.tobytes(), grad_output_shape=[1, 768],
@@ -273,7 +287,7 @@ def test_session_owners():
     """A decode session is its token's: another token can neither step it, end it, nor read or
     consume the notice of its eviction; the owner's cache stays intact."""
     import gpt2_ref
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     cfg = gpt2_ref.Config(n_embd=64, n_head=4, n_layer=2, n_positions=48)
     wpath, cpath, _ = gpt2_ref.write_checkpoint(tmp, "t", cfg, seed=3)
     srv, c = _owner_server(tmp, "--workers", "1", "--session-memory-mb", "1", "--model",
@@ -324,7 +338,7 @@ def _tool(name, *args, timeout=30):
 def test_tools_token():
     """splitserve-call and splitserve-bench with --token / --token-file: every call carries
     `authorization: Bearer TOKEN`; a wrong token is UNAUTHENTICATED; no token is ever printed."""
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     srv, c = _owner_server(tmp)
     tfile = os.path.join(tmp, "a.token")
     write(tfile, A_TOK + "\n")
