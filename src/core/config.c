@@ -13,6 +13,7 @@
  * is always safe. Scalars holding NUL bytes (YAML "\0" escapes) are refused.
  */
 #include "core/config.h"
+#include "core/file.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -449,74 +450,10 @@ int ss_config_load(const char *path, ss_file_config *out, char *err, size_t errl
   memset(out, 0, sizeof *out);
   size_t len = 0;
   char *buf = NULL;
-  int rc = ss_read_small_file(path, SS_CONFIG_MAX_BYTES, &buf, &len, err, errlen);
+  int rc = ss_file_read(path, 0, SS_CONFIG_MAX_BYTES, &buf, &len, err, errlen);
   if (rc == 0) rc = ss_config_parse(path, buf, len, out, err, errlen);
   free(buf);
   return rc;
-}
-
-int ss_check_small_file(const char *path, int fd, size_t max_bytes, size_t *size, char *err,
-                        size_t errlen) {
-  struct stat sb;
-  if (fstat(fd, &sb) != 0) {
-    snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
-    return SS_EIO;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    snprintf(err, errlen, "%s: not a regular file (%s); give the path of a file", path,
-             S_ISFIFO(sb.st_mode) ? "a FIFO" : S_ISDIR(sb.st_mode) ? "a directory"
-             : S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode) ? "a device" : "a special file");
-    return SS_EINVAL;
-  }
-  if ((uint64_t)sb.st_size > max_bytes) {
-    snprintf(err, errlen, "%s: %lld bytes is over the limit of %zu bytes for this file", path,
-             (long long)sb.st_size, max_bytes);
-    return SS_EINVAL;
-  }
-  if (size) *size = (size_t)sb.st_size;
-  return 0;
-}
-
-int ss_read_small_file(const char *path, size_t max_bytes, char **out, size_t *outlen, char *err,
-                       size_t errlen) {
-  *out = NULL;
-  *outlen = 0;
-  /* O_NONBLOCK: opening a FIFO with no writer would block start-up forever. */
-  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) {
-    snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-    return SS_EIO;
-  }
-  size_t size;
-  int rc = ss_check_small_file(path, fd, max_bytes, &size, err, errlen);
-  char *buf = rc == 0 ? malloc(size + 1) : NULL;
-  if (rc == 0 && !buf) rc = SS_ENOMEM;
-  size_t len = 0;
-  while (rc == 0) {
-    if (len > size) { /* grew since fstat: read one byte past, so this is a real over-size */
-      snprintf(err, errlen, "%s: the file grew while being read", path);
-      rc = SS_EINVAL;
-      break;
-    }
-    ssize_t got = read(fd, buf + len, size + 1 - len);
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) {
-      snprintf(err, errlen, "%s: read error: %s", path, strerror(errno));
-      rc = SS_EIO;
-      break;
-    }
-    if (got == 0) break;
-    len += (size_t)got;
-  }
-  close(fd);
-  if (rc != 0) {
-    free(buf);
-    return rc;
-  }
-  buf[len] = 0;
-  *out = buf;
-  *outlen = len;
-  return 0;
 }
 
 void ss_config_free(ss_file_config *c) {

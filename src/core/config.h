@@ -46,16 +46,6 @@ int ss_file_has(const ss_file_config *c, const char *key);
 #define SS_CONFIG_MAX_BYTES (1u << 20)
 #define SS_CONFIG_MAX_DEPTH 32
 
-/* Check an open file: a regular file (not a FIFO, device or directory) of at most max_bytes;
- * *size (may be NULL) = its size. 0 or SS_EINVAL / SS_EIO with "PATH: message" in err. */
-int ss_check_small_file(const char *path, int fd, size_t max_bytes, size_t *size, char *err,
-                        size_t errlen);
-/* Read a whole regular file of at most max_bytes (opened with O_NONBLOCK, so a FIFO never hangs
- * the caller; checked with ss_check_small_file). *out: malloc'd, NUL-terminated, caller frees.
- * 0 or <0 with "PATH: message" in err. */
-int ss_read_small_file(const char *path, size_t max_bytes, char **out, size_t *outlen, char *err,
-                       size_t errlen);
-
 /* Parse a YAML file. On error returns <0 (SS_EINVAL, SS_EIO) and writes "PATH:LINE:COL: message" naming the key and what was expected vs got. *out is zeroed first; free with ss_config_free (also after an error). */
 int ss_config_load(const char *path, ss_file_config *out, char *err, size_t errlen);
 

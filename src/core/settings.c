@@ -148,7 +148,8 @@ const ss_setting ss_settings[] = {
    "gets `PERMISSION_DENIED` (\"belongs to another token\"), and learns nothing else about it; "
    "the record keeps an HMAC-SHA256 of its token under a key drawn at start, never the token, "
    "compared in constant time. Health checks (`HealthCheck`, `grpc.health.v1`) stay open. "
-   "Tokens never appear in logs; `GetServiceInfo` reports `auth_tokens` (a count). `kill -HUP` "
+   "Tokens never appear in logs; `GetServiceInfo` reports `auth_tokens` (a count) and shows a "
+   "model-scoped token only its own models (`models`, `model.ID`, `default_model`). `kill -HUP` "
    "re-reads it; a bad file keeps the old tokens and logs an error"},
   {"--log-level", "L", "log_level", SS_ST_LOGLEVEL, F(log_level), 0, 0, 0, 2, NULL, NULL,
    "error, warn, info, debug"},

@@ -20,10 +20,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <limits.h>
+
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "core/file.h"
 #include "grpc/tls.h"
 #include "splitserve.h"
 
@@ -82,30 +86,119 @@ static SSL_CTX *ctx_new(const SSL_METHOD *method, char *err, size_t errlen) {
   return NULL;
 }
 
+/* ---------------------------------------------------------- PEM files --- */
+
+/* Every TLS file is read through core/file.h (a regular file of at most this size; a FIFO used
+ * to block the loop on SIGHUP inside OpenSSL's own fopen) and parsed from memory. */
+#define SS_TLS_MAX_FILE_BYTES (4u << 20)
+
+/* path's contents as a memory BIO; NULL with err set ("TLS <what> PATH: ..."). */
+static BIO *pem_bio(const char *what, const char *path, char *err, size_t errlen) {
+  char *text = NULL, msg[400];
+  size_t len = 0;
+  int rc = ss_file_read(path, 0, SS_TLS_MAX_FILE_BYTES, &text, &len, msg, sizeof msg);
+  if (rc != 0) {
+    snprintf(err, errlen, "TLS %s %s", what, msg);
+    return NULL;
+  }
+  BIO *b = len <= INT_MAX ? BIO_new(BIO_s_mem()) : NULL;
+  if (!b || BIO_write(b, text, (int)len) != (int)len) {
+    BIO_free(b);
+    b = NULL;
+    snprintf(err, errlen, "TLS %s %s: out of memory", what, path);
+  }
+  OPENSSL_cleanse(text, len); /* a key's bytes do not linger in freed memory */
+  free(text);
+  return b;
+}
+
+/* The end of a PEM sequence: "no start line" after at least one object is no error. */
+static void pem_end_ok(void) {
+  unsigned long e = ERR_peek_last_error();
+  if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) ERR_clear_error();
+}
+
+/* A certificate chain (leaf first) into ctx, as SSL_CTX_use_certificate_chain_file. 1 or 0. */
+static int use_chain(SSL_CTX *ctx, BIO *b) {
+  X509 *leaf = PEM_read_bio_X509_AUX(b, NULL, NULL, NULL);
+  int ok = leaf && SSL_CTX_use_certificate(ctx, leaf) == 1 && SSL_CTX_clear_chain_certs(ctx) == 1;
+  X509_free(leaf);
+  X509 *ca;
+  while (ok && (ca = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL)
+    if (SSL_CTX_add0_chain_cert(ctx, ca) != 1) {
+      X509_free(ca);
+      ok = 0;
+    }
+  if (ok) pem_end_ok();
+  return ok && ERR_peek_error() == 0;
+}
+
+/* The private key into ctx. 1 or 0. */
+static int use_key(SSL_CTX *ctx, BIO *b) {
+  EVP_PKEY *k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+  int ok = k && SSL_CTX_use_PrivateKey(ctx, k) == 1;
+  EVP_PKEY_free(k);
+  return ok;
+}
+
+/* Trusted certificates (and CRLs) into ctx's store, as SSL_CTX_load_verify_locations; with
+ * client_names, their subjects become the CA names the server sends. 1 or 0. */
+static int use_cas(SSL_CTX *ctx, BIO *b, int client_names) {
+  STACK_OF(X509_INFO) *infos = PEM_X509_INFO_read_bio(b, NULL, NULL, NULL);
+  X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+  int n = 0, ok = infos != NULL;
+  for (int i = 0; ok && i < sk_X509_INFO_num(infos); i++) {
+    X509_INFO *x = sk_X509_INFO_value(infos, i);
+    if (x->x509) {
+      ok = X509_STORE_add_cert(store, x->x509) == 1 &&
+           (!client_names || SSL_CTX_add_client_CA(ctx, x->x509) == 1);
+      n++;
+    }
+    if (ok && x->crl) ok = X509_STORE_add_crl(store, x->crl) == 1;
+  }
+  sk_X509_INFO_pop_free(infos, X509_INFO_free);
+  if (ok && n == 0) ok = 0; /* no certificate at all */
+  return ok;
+}
+
+/* Load file (what: for messages) with use(ctx, bio). 0, or SS_EINVAL with err set. */
+static int load_pem(SSL_CTX *ctx, const char *what, const char *file, int (*use)(SSL_CTX *, BIO *),
+                    char *err, size_t errlen) {
+  ERR_clear_error();
+  BIO *b = pem_bio(what, file, err, errlen);
+  if (!b) return SS_EINVAL;
+  int ok = use(ctx, b);
+  BIO_free(b);
+  if (ok) return 0;
+  char why[256];
+  ossl_reason(why, sizeof why);
+  snprintf(err, errlen, "TLS %s %s: %s", what, file, why);
+  return SS_EINVAL;
+}
+
+static int use_server_cas(SSL_CTX *ctx, BIO *b) { return use_cas(ctx, b, 1); }
+static int use_client_cas(SSL_CTX *ctx, BIO *b) { return use_cas(ctx, b, 0); }
+
 int ss_tls_ctx_new(const char *cert, const char *key, const char *client_ca, ss_tls_ctx **out,
                    char *err, size_t errlen) {
   *out = NULL;
   char why[256];
   SSL_CTX *ctx = ctx_new(TLS_server_method(), err, errlen);
   if (!ctx) return SS_ENOMEM;
-  const char *what = NULL, *file = NULL;
-  if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) what = "certificate", file = cert;
-  else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) what = "key", file = key;
-  else if (SSL_CTX_check_private_key(ctx) != 1) what = "key (does not match the certificate)", file = key;
-  else if (client_ca && *client_ca) {
-    if (SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1) {
-      what = "client CA", file = client_ca;
-    } else {
-      STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca);
-      if (names) SSL_CTX_set_client_CA_list(ctx, names);
-      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
-    }
-  }
-  if (what) {
+  int rc = load_pem(ctx, "certificate", cert, use_chain, err, errlen);
+  if (rc == 0) rc = load_pem(ctx, "key", key, use_key, err, errlen);
+  if (rc == 0 && SSL_CTX_check_private_key(ctx) != 1) {
     ossl_reason(why, sizeof why);
-    snprintf(err, errlen, "TLS %s %s: %s", what, file, why);
+    snprintf(err, errlen, "TLS key (does not match the certificate) %s: %s", key, why);
+    rc = SS_EINVAL;
+  }
+  if (rc == 0 && client_ca && *client_ca) {
+    rc = load_pem(ctx, "client CA", client_ca, use_server_cas, err, errlen);
+    if (rc == 0) SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+  }
+  if (rc != 0) {
     SSL_CTX_free(ctx);
-    return SS_EINVAL;
+    return rc;
   }
   SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
   /* Session resumption needs an id context when client certificates are verified. */
@@ -128,20 +221,21 @@ int ss_tls_client_ctx_new(const char *ca_file, const char *cert, const char *key
   char why[256];
   SSL_CTX *ctx = ctx_new(TLS_client_method(), err, errlen);
   if (!ctx) return SS_ENOMEM;
-  const char *what = NULL, *file = NULL;
-  if (ca_file && *ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1
-                          : SSL_CTX_set_default_verify_paths(ctx) != 1)
-    what = "CA", file = ca_file ? ca_file : "(system store)";
-  else if (cert && *cert && SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
-    what = "client certificate", file = cert;
-  else if (cert && *cert && SSL_CTX_use_PrivateKey_file(ctx, key && *key ? key : cert,
-                                                        SSL_FILETYPE_PEM) != 1)
-    what = "client key", file = key;
-  if (what) {
+  int rc = 0;
+  if (ca_file && *ca_file) {
+    rc = load_pem(ctx, "CA", ca_file, use_client_cas, err, errlen);
+  } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
     ossl_reason(why, sizeof why);
-    snprintf(err, errlen, "TLS %s %s: %s", what, file ? file : "", why);
+    snprintf(err, errlen, "TLS CA (system store): %s", why);
+    rc = SS_EINVAL;
+  }
+  if (rc == 0 && cert && *cert)
+    rc = load_pem(ctx, "client certificate", cert, use_chain, err, errlen);
+  if (rc == 0 && cert && *cert)
+    rc = load_pem(ctx, "client key", key && *key ? key : cert, use_key, err, errlen);
+  if (rc != 0) {
     SSL_CTX_free(ctx);
-    return SS_EINVAL;
+    return rc;
   }
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
   if (SSL_CTX_set_alpn_protos(ctx, k_alpn_h2, sizeof k_alpn_h2) != 0) {

@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "core/config.h"
+#include "core/file.h"
 #include "models/model.h"
 #include "models/nn/attention.h"
 #include "models/nn/gelu.h"
@@ -111,8 +112,8 @@ static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale
   json_error_t je;
   char *text = NULL; /* hardening: a regular file of at most 1 MiB (a FIFO would hang start-up) */
   size_t tlen = 0;
-  int frc = ss_read_small_file(path, SS_CONFIG_MAX_BYTES, &text, &tlen, err, errlen);
-  if (frc != 0) return frc == SS_EIO && access(path, F_OK) != 0 ? SS_ENOTFOUND : frc;
+  int frc = ss_file_read(path, 0, SS_CONFIG_MAX_BYTES, &text, &tlen, err, errlen);
+  if (frc != 0) return frc;
   json_t *root = json_loadb(text, tlen, 0, &je), *v;
   free(text);
   int found, rc = SS_EINVAL;

@@ -52,6 +52,7 @@
  * params mutex), step under the write lock (the only writer), save under the read lock.
  */
 #include <errno.h>
+#include <float.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -62,6 +63,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/config.h"
+#include "core/file.h"
 #include "models/model.h"
 #include "models/nn/attention.h"
 #include "models/nn/gelu.h"
@@ -242,20 +245,41 @@ static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t
   return 0;
 }
 
-static int load_config(llama *p, const char *path, char *err, size_t errlen) {
+#define SS_INDEX_MAX_BYTES (64u << 20) /* model.safetensors.index.json (real ones: < 1 MiB) */
+
+/* Parse a JSON file of at most max_bytes read through core/file.h (a FIFO, a directory or an
+ * oversized file is refused, never blocks). what: "config", "weights index", ... for messages.
+ * NULL with err set (*rc: SS_ENOTFOUND, SS_EINVAL, ...). */
+static json_t *load_json(const char *what, const char *path, size_t max_bytes, int *rc, char *err,
+                         size_t errlen) {
+  char *text = NULL, msg[400];
+  size_t len = 0;
   json_error_t je;
-  json_t *root = json_load_file(path, 0, &je), *v;
+  *rc = ss_file_read(path, 0, max_bytes, &text, &len, msg, sizeof msg);
+  if (*rc != 0) {
+    snprintf(err, errlen, "%s %s", what, msg);
+    return NULL;
+  }
+  json_t *root = json_loadb(text, len, 0, &je);
+  free(text);
+  if (root == NULL) {
+    snprintf(err, errlen, "%s %.200s: %s (line %d)", what, path, je.text, je.line);
+    *rc = SS_EINVAL;
+  }
+  return root;
+}
+
+static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   int found, rc = SS_EINVAL, gemma;
+  json_t *root = load_json("config", path, SS_CONFIG_MAX_BYTES, &rc, err, errlen), *v;
   double eps = 1e-6;
   static const char *const required[] = {"hidden_size", "num_attention_heads",
                                          "num_hidden_layers", "intermediate_size"};
   int *req_out[] = {&p->E, &p->NH, &p->n_layer, &p->I};
   const char *mt, *act;
 
-  if (root == NULL) {
-    snprintf(err, errlen, "config %.200s: %s (line %d)", path, je.text, je.line);
-    return errno == ENOENT ? SS_ENOTFOUND : SS_EINVAL;
-  }
+  if (root == NULL) return rc;
+  rc = SS_EINVAL;
   if (!json_is_object(root)) {
     snprintf(err, errlen, "config %.200s: not a JSON object", path);
     goto done;
@@ -362,7 +386,6 @@ done:
   return rc;
 }
 
-
 /* ------------------------------------------------------------- weight files ---- */
 
 /* Where the tensors come from: one file, or the shards of an index (opened on first use). */
@@ -436,13 +459,9 @@ static int wsrc_open(wsrc *w, const char *path, char *cfg_dir, size_t cfg_len, c
     return 0;
   }
   {
-    json_error_t je;
     const char *slash = strrchr(index, '/');
-    w->idx = json_load_file(index, 0, &je);
-    if (w->idx == NULL) {
-      snprintf(err, errlen, "weights index %.200s: %s (line %d)", index, je.text, je.line);
-      return errno == ENOENT ? SS_ENOTFOUND : SS_EINVAL;
-    }
+    w->idx = load_json("weights index", index, SS_INDEX_MAX_BYTES, &rc, err, errlen);
+    if (w->idx == NULL) return rc;
     w->wmap = json_is_object(w->idx) ? json_object_get(w->idx, "weight_map") : NULL;
     if (w->wmap == NULL || !json_is_object(w->wmap)) {
       snprintf(err, errlen, "weights index %.200s: no 'weight_map' object", index);
@@ -1297,7 +1316,7 @@ static int lora_name(const llama *p, int layer, int k, int is_b, char *name, siz
 /* The PEFT adapter_config.json of this model's adapters. */
 static int write_adapter_config(const llama *p, const char *path, char *err, size_t errlen) {
   json_t *root = json_object(), *tm = json_array(), *ltt = json_array();
-  char tmp[1300];
+  char *text;
   int rc = 0;
   if (root == NULL || tm == NULL || ltt == NULL) {
     json_decref(root);
@@ -1320,13 +1339,14 @@ static int write_adapter_config(const llama *p, const char *path, char *err, siz
   json_object_set_new(root, "target_modules", tm);
   json_object_set_new(root, "layers_to_transform", ltt);
   json_object_set_new(root, "base_model_name_or_path", json_null());
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  if (json_dump_file(root, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0) {
-    snprintf(err, errlen, "cannot write %.200s: %s", path, strerror(errno));
-    unlink(tmp);
-    rc = SS_EIO;
-  }
+  text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
   json_decref(root);
+  if (text == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  rc = ss_file_write_atomic_buf(path, text, strlen(text), err, errlen); /* never via PATH.tmp */
+  free(text);
   return rc;
 }
 
@@ -1379,19 +1399,20 @@ static int parse_targets(const char *s, unsigned *bits, char *err, size_t errlen
   return 0;
 }
 
+/* A LoRA alpha the adapters cannot use: not finite, <= 0, or beyond a float (the scale alpha / r
+ * is computed in float: 1e39 would make every output NaN). */
+static int lora_alpha_bad(double v) { return !isfinite(v) || v <= 0.0 || v > (double)FLT_MAX; }
+
 /* adapter=DIR: r, alpha and targets from DIR/adapter_config.json (checked against the spec's
  * when given there too). */
 static int read_adapter_config(const char *dir, int *r, double *alpha, unsigned *targets,
                                char *err, size_t errlen) {
   char path[1200];
-  json_error_t je;
   json_t *root, *v;
   int rc = SS_EINVAL;
   snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-  if ((root = json_load_file(path, 0, &je)) == NULL) {
-    snprintf(err, errlen, "adapter %.200s: %s (line %d)", path, je.text, je.line);
-    return errno == ENOENT ? SS_ENOTFOUND : SS_EINVAL;
-  }
+  if ((root = load_json("adapter", path, SS_CONFIG_MAX_BYTES, &rc, err, errlen)) == NULL) return rc;
+  rc = SS_EINVAL;
   v = json_object_get(root, "r");
   if (v == NULL || !json_is_integer(v) || json_integer_value(v) < 1 ||
       json_integer_value(v) > 4096) {
@@ -1400,7 +1421,21 @@ static int read_adapter_config(const char *dir, int *r, double *alpha, unsigned 
   }
   *r = (int)json_integer_value(v);
   v = json_object_get(root, "lora_alpha");
-  *alpha = v != NULL && json_is_number(v) ? json_number_value(v) : 8.0;
+  *alpha = 8.0; /* PEFT's default when the key is absent */
+  if (v != NULL && (!json_is_number(v) || lora_alpha_bad(json_number_value(v)))) {
+    char got[64];
+    if (json_is_number(v))
+      snprintf(got, sizeof got, "%g", json_number_value(v));
+    else if (json_is_string(v))
+      snprintf(got, sizeof got, "the string \"%.40s\"", json_string_value(v));
+    else
+      snprintf(got, sizeof got, "a JSON %s", json_is_null(v) ? "null" : "value of another type");
+    snprintf(err, errlen,
+             "adapter %.200s: 'lora_alpha' must be a number > 0 and at most %g (a float), got %s",
+             path, (double)FLT_MAX, got);
+    goto done;
+  }
+  if (v != NULL) *alpha = json_number_value(v);
   v = json_object_get(root, "target_modules");
   *targets = 0;
   if (v != NULL && json_is_array(v)) {
@@ -1635,8 +1670,10 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
     if (rc == 0 && lalpha != NULL) {
       char *end;
       double v = strtod(lalpha, &end);
-      if (*lalpha == '\0' || *end != '\0' || !isfinite(v) || v <= 0.0) {
-        snprintf(msg, sizeof msg, "lora_alpha must be a positive number, got '%s'", lalpha);
+      if (*lalpha == '\0' || *end != '\0' || lora_alpha_bad(v)) {
+        snprintf(msg, sizeof msg,
+                 "lora_alpha must be a number > 0 and at most %g (a float), got '%s'",
+                 (double)FLT_MAX, lalpha);
         rc = SS_EINVAL;
       } else if (adapter != NULL && fabs(v - alpha) > 1e-9 * fabs(alpha)) {
         snprintf(msg, sizeof msg, "lora_alpha %g disagrees with the adapter's %g", v, alpha);

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/file.h"
 #include "core/tensor.h"
 
 struct ss_st_file {
@@ -438,17 +439,8 @@ int ss_st_open(const char *path, ss_st_file **out, char *err, size_t errlen) {
   int fd, rc;
 
   *out = NULL;
-  fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block start-up */
-  if (fd < 0) {
-    rc = errno == ENOENT ? SS_ENOTFOUND : SS_EIO;
-    snprintf(err, errlen, "%s: %s", path, strerror(errno));
-    return rc;
-  }
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    snprintf(err, errlen, "%s: not a regular file", path);
-    close(fd);
-    return SS_EIO;
-  }
+  fd = ss_file_open(path, 0, UINT64_MAX, &st, err, errlen); /* a FIFO must not block start-up */
+  if (fd < 0) return fd;
   if (st.st_size < 8) {
     snprintf(err, errlen, "%s: file is %lld bytes, too short for the 8-byte header length", path,
              (long long)st.st_size);
@@ -492,7 +484,29 @@ const ss_st_tensor *ss_st_find(const ss_st_file *f, const char *name) {
 
 void ss_st_close(ss_st_file *f) { st_free(f); }
 
-/* Write the file at path; sync: fsync it before closing (for the atomic variant). */
+/* What st_fill writes: the length, the padded header, the tensors' bytes. */
+typedef struct {
+  const uint8_t *lenbuf;
+  const char *hdr;
+  size_t hlen, padded, n;
+  const size_t *nbytes;
+  const float *const *data;
+} st_out;
+
+static int st_fill(FILE *fp, void *arg, char *err, size_t errlen) {
+  const st_out *o = arg;
+  int rc = 0;
+  if (fwrite(o->lenbuf, 1, 8, fp) != 8 || fwrite(o->hdr, 1, o->hlen, fp) != o->hlen) rc = SS_EIO;
+  for (size_t i = o->hlen; rc == 0 && i < o->padded; i++)
+    if (fputc(' ', fp) == EOF) rc = SS_EIO;
+  for (size_t i = 0; rc == 0 && i < o->n; i++)
+    if (o->nbytes[i] && fwrite(o->data[i], 1, o->nbytes[i], fp) != o->nbytes[i]) rc = SS_EIO;
+  if (rc != 0) snprintf(err, errlen, "write failed: %s", strerror(errno));
+  return rc;
+}
+
+/* Write the file at path, always through a fresh temporary renamed over it (core/file.h);
+ * sync: fsync it and its directory (the checkpoint variant). */
 static int st_write(const char *path, size_t n, const char *const *names,
                     const int64_t *const *shapes, const int *ndims, const float *const *data,
                     int sync, char *err, size_t errlen) {
@@ -501,7 +515,6 @@ static int st_write(const char *path, size_t n, const char *const *names,
   size_t *nbytes = NULL, hlen, padded;
   uint64_t off = 0;
   uint8_t lenbuf[8];
-  FILE *fp = NULL;
   int rc = 0;
 
   if (root == NULL || (n && (nbytes = calloc(n, sizeof *nbytes)) == NULL)) {
@@ -557,20 +570,10 @@ static int st_write(const char *path, size_t n, const char *const *names,
   hlen = strlen(hdr);
   padded = (hlen + 7) & ~(size_t)7; /* data buffer starts 8-byte aligned */
   for (int i = 0; i < 8; i++) lenbuf[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-  fp = fopen(path, "wb");
-  if (fp == NULL) {
-    rc = SS_EIO;
-    snprintf(err, errlen, "%s: %s", path, strerror(errno));
-    goto done;
+  {
+    st_out o = {lenbuf, hdr, hlen, padded, n, nbytes, data};
+    rc = ss_file_write_atomic(path, sync ? 0 : SS_FILE_NOSYNC, st_fill, &o, err, errlen);
   }
-  if (fwrite(lenbuf, 1, 8, fp) != 8 || fwrite(hdr, 1, hlen, fp) != hlen) rc = SS_EIO;
-  for (size_t i = hlen; rc == 0 && i < padded; i++)
-    if (fputc(' ', fp) == EOF) rc = SS_EIO;
-  for (size_t i = 0; rc == 0 && i < n; i++)
-    if (nbytes[i] && fwrite(data[i], 1, nbytes[i], fp) != nbytes[i]) rc = SS_EIO;
-  if (rc == 0 && sync && (fflush(fp) != 0 || fsync(fileno(fp)) != 0)) rc = SS_EIO;
-  if (fclose(fp) != 0) rc = SS_EIO;
-  if (rc != 0) snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
 done:
   free(hdr);
   free(nbytes);
@@ -587,45 +590,7 @@ int ss_st_write_f32(const char *path, size_t n, const char *const *names,
 int ss_st_write_f32_atomic(const char *path, size_t n, const char *const *names,
                            const int64_t *const *shapes, const int *ndims, const float *const *data,
                            char *err, size_t errlen) {
-  size_t len = strlen(path);
-  char *tmp = malloc(len + 5), *dir;
-  const char *slash;
-  int rc, fd;
-
-  if (tmp == NULL) {
-    snprintf(err, errlen, "out of memory");
-    return SS_ENOMEM;
-  }
-  memcpy(tmp, path, len);
-  memcpy(tmp + len, ".tmp", 5);
-  rc = st_write(tmp, n, names, shapes, ndims, data, 1, err, errlen);
-  if (rc == 0 && rename(tmp, path) != 0) {
-    snprintf(err, errlen, "rename %s -> %s: %s", tmp, path, strerror(errno));
-    rc = SS_EIO;
-  }
-  if (rc != 0) {
-    unlink(tmp);
-    free(tmp);
-    return rc;
-  }
-  /* Make the rename itself durable: fsync the directory (best effort). */
-  slash = strrchr(path, '/');
-  dir = tmp; /* reuse: len + 5 bytes is enough for the directory part */
-  if (slash == NULL) {
-    memcpy(dir, ".", 2);
-  } else if (slash == path) {
-    memcpy(dir, "/", 2);
-  } else {
-    memcpy(dir, path, (size_t)(slash - path));
-    dir[slash - path] = '\0';
-  }
-  fd = open(dir, O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) {
-    (void)fsync(fd);
-    close(fd);
-  }
-  free(tmp);
-  return 0;
+  return st_write(path, n, names, shapes, ndims, data, 1, err, errlen);
 }
 
 int ss_st_f32(const ss_st_tensor *t, const float **view, float **own) {

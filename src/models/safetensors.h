@@ -52,16 +52,16 @@ int ss_st_changed_on_disk(const ss_st_file *f);
  * (*own = NULL), else a converted copy in *own (caller frees). Returns 0 or SS_ENOMEM. */
 int ss_st_f32(const ss_st_tensor *t, const float **view, float **own);
 
-/* Write a safetensors file (F32 tensors only) — used by tests and, later, checkpoints.
- * names/shapes/data borrowed. Returns 0 or <0. */
+/* Write a safetensors file (F32 tensors only; tests and tools). Through a fresh temporary
+ * renamed over path (core/file.h), without fsync. names/shapes/data borrowed. Returns 0 or <0. */
 int ss_st_write_f32(const char *path, size_t n, const char *const *names,
                     const int64_t *const *shapes, const int *ndims, const float *const *data,
                     char *err, size_t errlen);
 
-/* The same, atomically (checkpoints): writes PATH.tmp, fsyncs it, renames it over path and
- * fsyncs the directory, so a reader sees the old file or the new one, never a torn one. On
- * error PATH.tmp is removed and path is untouched. Not safe for two concurrent writers of the
- * same path (they share PATH.tmp): the caller serializes them. */
+/* The same, durably (checkpoints): ss_file_write_atomic writes a fresh temporary beside path
+ * (O_CREAT|O_EXCL|O_NOFOLLOW: a link planted at PATH.tmp is never followed), fsyncs it, renames
+ * it over path and fsyncs the directory, so a reader sees the old file or the new one, never a
+ * torn one. On error the temporary is removed and path is untouched. */
 int ss_st_write_f32_atomic(const char *path, size_t n, const char *const *names,
                            const int64_t *const *shapes, const int *ndims, const float *const *data,
                            char *err, size_t errlen);

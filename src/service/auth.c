@@ -18,14 +18,18 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include "core/file.h"
 #include "core/log.h"
 #include "splitserve.h"
+
+#define SS_AUTH_MAX_FILE_BYTES (16u << 20) /* --auth-tokens (a token line is at most ~1 KiB) */
 
 struct ss_auth {
   size_t n, cap;
@@ -137,13 +141,17 @@ static int parse_line(ss_auth *a, char *line, char *why, size_t whylen) {
 
 int ss_auth_load(const char *path, ss_auth **out, char *err, size_t errlen) {
   *out = NULL;
-  FILE *f = fopen(path, "r");
+  struct stat st;
+  /* Checked like every file (core/file.h): a FIFO here used to block the loop on SIGHUP. */
+  int fd = ss_file_open(path, 0, SS_AUTH_MAX_FILE_BYTES, &st, err, errlen);
+  if (fd < 0) return fd;
+  FILE *f = fdopen(fd, "r");
   if (!f) {
     snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    close(fd);
     return SS_EIO;
   }
-  struct stat st;
-  if (fstat(fileno(f), &st) == 0 && (st.st_mode & S_IROTH))
+  if (st.st_mode & S_IROTH)
     SS_LOGW("%s: the token file is readable by every user (chmod o-r)", path);
   ss_auth *a = calloc(1, sizeof *a);
   if (!a) {

@@ -423,6 +423,13 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
                    "KV cache is gone: start it again with the full prefix",
                    sid, m->id, why);
       return -1;
+    case SS_SESSION_ENDED:
+      ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
+                   "session '%s' of model '%s' was ended (session_end=1); a session id names one "
+                   "session and is not reused while the server remembers it: start a new session "
+                   "with a new id",
+                   sid, m->id);
+      return -1;
     case SS_SESSION_BUSY:
       ss_call_fail(call, SS_GRPC_ABORTED,
                    "session '%s' of model '%s' is busy with another call; send decode steps of one "

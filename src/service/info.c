@@ -105,9 +105,15 @@ static void kv(kvlist *l, const char *key, const char *fmt, ...) {
   l->n++;
 }
 
+/* Whether token tok (SS_AUTH_OFF: no authentication) may see model sm in GetServiceInfo. */
+static int info_shows(const ss_service *s, int tok, const ss_served_model *sm) {
+  return tok == SS_AUTH_OFF || ss_auth_allows(s->auth, tok, sm->model->id);
+}
+
 void ss_h_service_info(ss_call *call, void *app) {
   info_begin(call, app, "GetServiceInfo");
-  if (ss_service_authenticate(app, call) == -1) return;
+  int tok = ss_service_authenticate(app, call);
+  if (tok == -1) return;
   if (check_wire(call, &splitlearn__comm__service_info_request__descriptor) != 0) return;
   const ss_service *s = app;
   ss_grpc_stats gs = {0};
@@ -124,17 +130,20 @@ void ss_h_service_info(ss_call *call, void *app) {
   int inflight = 0;
   char models[256] = "";
   size_t off = 0;
+  /* A token limited to some models sees only those (their ids, entries, default). */
   for (size_t i = 0; i < s->nmodels; i++) {
     waiting += s->models[i]->admit.waiting;
     inflight += s->models[i]->admit.inflight;
-    int n = snprintf(models + off, sizeof models - off, "%s%s", i ? "," : "", s->models[i]->model->id);
+    if (!info_shows(s, tok, s->models[i])) continue;
+    int n = snprintf(models + off, sizeof models - off, "%s%s", off ? "," : "",
+                     s->models[i]->model->id);
     if (n > 0 && (size_t)n < sizeof models - off) off += (size_t)n;
   }
   kv(l, "threads", "%d", ss_thread_count());
   kv(l, "thread_budget", "%d", ss_service_thread_budget(s));
   kv(l, "cores", "%d", s->ncpu);
   kv(l, "models", "%s", models);
-  kv(l, "default_model", "%s", s->models[0]->model->id);
+  if (info_shows(s, tok, s->models[0])) kv(l, "default_model", "%s", s->models[0]->model->id);
   kv(l, "queue_depth", "%zu", waiting);
   kv(l, "pool_queued", "%zu", ss_pool_queued(s->pool));
   kv(l, "inflight", "%d", inflight);
@@ -174,6 +183,7 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "activations_evicted", "%llu", (unsigned long long)act_evicted);
   for (size_t i = 0; i < s->nmodels && l->n < SS_INFO_MAX; i++) {
     const ss_served_model *sm = s->models[i];
+    if (!info_shows(s, tok, sm)) continue;
     snprintf(keys + 64 * i, 64, "model.%s", sm->model->id);
     kv(l, keys + 64 * i,
        "%s; params=%lld; weight_bytes=%zu; inflight=%d; queued=%zu; limit=%d; max_batch_rows=%d; "

@@ -67,10 +67,14 @@ int ss_session_acquire(ss_sessions *s, const char *model, const char *id, const 
   ss_kentry *e = ss_kcache_get(s->cache, key, 0, NULL);
   if (e) tag = e->tag;
   else gone = ss_kcache_gone(s->cache, key, &tag);
-  /* Another owner's session, or its eviction (an ended one may be started afresh). */
-  if (tag && !ss_auth_tag_equal(tag, owner) && (e || strncmp(gone, "evicted", 7) == 0)) {
+  /* Another owner's session, or its remembered eviction or end. */
+  if (tag && !ss_auth_tag_equal(tag, owner)) {
     free(key);
     return SS_SESSION_FOREIGN;
+  }
+  if (!e && gone && strcmp(gone, SS_SESSION_ENDED_WHY) == 0) {
+    free(key); /* an ended id names that session while it is remembered: never a new one */
+    return SS_SESSION_ENDED;
   }
   if (e) ss_kcache_get(s->cache, key, 1, NULL); /* a use: LRU and idle time */
   if (!e && gone && strncmp(gone, "evicted", 7) == 0) {
@@ -109,7 +113,7 @@ void ss_session_release(ss_sessions *s, ss_session *x, ss_kv_layer *present, int
   e->busy = 0;
   if (end) {
     if (present) ss_kv_free(present, n_layers);
-    ss_kcache_remove(s->cache, e, "ended", 0);
+    ss_kcache_remove(s->cache, e, SS_SESSION_ENDED_WHY, 0);
     return;
   }
   if (present) {

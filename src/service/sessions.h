@@ -7,7 +7,9 @@
  * recently used idle sessions are evicted. Evicted ids are remembered (a bounded ring) so that a
  * client coming back to one gets FAILED_PRECONDITION saying it was evicted, rather than silently
  * starting over with an empty cache. A session used by a call in flight is "busy" and is never
- * evicted; a second concurrent call on it is refused (ABORTED). A session belongs to the owner
+ * evicted; a second concurrent call on it is refused (ABORTED). An ended session's id is not
+ * reused: while it is remembered, a call naming it is refused (FAILED_PRECONDITION). A session
+ * belongs to the owner
  * tag (service.c: the token, with --auth-tokens) of the call that created it: a call with another
  * owner gets SS_SESSION_FOREIGN, for a live session and for a remembered eviction alike, and
  * changes nothing (not even its idle time).
@@ -39,13 +41,21 @@ enum {
   SS_SESSION_EVICTED = 1,
   SS_SESSION_BUSY = 2,
   SS_SESSION_NOMEM = 3,
-  SS_SESSION_FOREIGN = 4
+  SS_SESSION_FOREIGN = 4,
+  SS_SESSION_ENDED = 5
 };
+
+/* The reason an ended session's id is remembered with (core/kcache.h). */
+#define SS_SESSION_ENDED_WHY "ended"
 
 /* Find or create the session (model, id) for owner (SS_KCACHE_TAG bytes; a new session takes
  * it) and mark it busy. *out is set on SS_SESSION_OK. SS_SESSION_EVICTED: the id was evicted
  * earlier; why[whylen] receives the reason (reported once: a later call with the same id starts
- * a new session). SS_SESSION_FOREIGN: the session, or its eviction, is another owner's. */
+ * a new session). SS_SESSION_ENDED: the id's session was ended (session_end) and the id is
+ * still remembered: refused every time, so a late step of the ended session never silently
+ * starts a new one with an empty cache (the memory is the cache's ring of removed ids, the
+ * same that tells a backward its forward_id was used). SS_SESSION_FOREIGN: the session, or
+ * its eviction or end, is another owner's. */
 int ss_session_acquire(ss_sessions *s, const char *model, const char *id, const uint8_t *owner,
                        ss_session **out, char *why, size_t whylen);
 /* The call finished: when present != NULL it becomes the session's cache (ownership taken;

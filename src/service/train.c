@@ -9,7 +9,10 @@
  *    a TTL and a byte budget (oldest idle first); a backward for an evicted, used or unknown id
  *    gets NOT_FOUND saying which.
  *  - ComputeBackward consumes the record (a second backward for the same id: NOT_FOUND, "already
- *    used"), returns grad_input and adds the weight gradients to the model's accumulators.
+ *    used"), returns grad_input and adds the weight gradients to the model's accumulators. A
+ *    refused grad_output keeps the record for a corrected retry: a raw one is checked on the loop
+ *    before the record is taken; a zlib one is checked on the worker once inflated, and bw_done
+ *    puts the record back (bw_put_back).
  *  - Backward calls of one model run one at a time in arrival order (a FIFO admission of
  *    limit 1), so several clients training one model see their gradients accumulate in the order
  *    the server received their backward calls. With learning_rate set, every accumulation_step-th
@@ -156,6 +159,12 @@ typedef struct backward_state {
   int do_step;
   int holds_slot;
   int on_worker;
+  /* The record as it was taken (zlib: its gradient is checked on the worker; a gradient refused
+   * there puts the record back, as a raw one refused on the loop never took it). */
+  uint8_t rec_tag[SS_KCACHE_TAG];
+  size_t rec_bytes;
+  int accum_before; /* the model's accumulation count before this call */
+  int input_bad;    /* the worker refused grad_output before the backward ran */
   /* worker results */
   float *grad_in;
   double ms;
@@ -177,13 +186,13 @@ static void bw_run(ss_job *job) {
   if (enc->zlib) {
     st->rc = ss_codec_inflate("grad_output_data", st->zdata, st->zlen, go.nbytes, &st->gbuf,
                               st->err, sizeof st->err);
+    if (st->rc == SS_EINVAL) st->input_bad = 1; /* a bad stream, not a lack of memory */
     if (st->rc != 0) return;
     go.data = st->gbuf;
-  }
-  if (enc->zlib) {
     /* Checked here, once inflated (raw payloads are checked on the loop). */
     if (ss_tensor_check_finite("grad_output_data", &go, st->err, sizeof st->err) != 0) {
       st->rc = SS_EINVAL;
+      st->input_bad = 1;
       return;
     }
   }
@@ -268,10 +277,29 @@ static void bw_release(backward_state *st) {
   }
 }
 
+/* The worker refused the gradient before the model's backward ran: the record goes back under
+ * its id with its owner (unless a new training forward took the id meanwhile), as a raw gradient
+ * refused on the loop never took it (bw_done also takes the call out of accumulation_step). */
+static void bw_put_back(backward_state *st) {
+  ss_service *s = st->svc;
+  const char *fid = st->req->forward_id;
+  act_rec *r = st->rec;
+  st->rec = NULL;
+  if (ss_kcache_get(s->acts, fid, 0, NULL)) {
+    act_free(r, NULL); /* the id means a newer forward now */
+    return;
+  }
+  ss_kcache_forget(s->acts, fid);                               /* "already used" was premature */
+  ss_kentry *e = ss_kcache_put(s->acts, fid, r, st->rec_bytes); /* frees r on failure */
+  if (e) memcpy(e->tag, st->rec_tag, SS_KCACHE_TAG);
+}
+
 static void bw_done(ss_job *job) {
   backward_state *st = ss_container_of(job, backward_state, job);
   ss_call *call = st->call;
   st->on_worker = 0;
+  int put_back = job->ran && st->rc != 0 && st->input_bad;
+  if (put_back) st->rec->sm->accum = st->accum_before; /* before the next call starts */
   bw_release(st);
   if (!ss_call_answered(call)) {
     if (!job->ran) {
@@ -298,6 +326,7 @@ static void bw_done(ss_job *job) {
       ss_call_reply(call, &r.base, 1, gi, st->reply_len, gi);
     }
   }
+  if (put_back) bw_put_back(st);
   ss_call_unref(call);
 }
 
@@ -307,6 +336,7 @@ static void bw_start(backward_state *st) {
   st->holds_slot = 1;
   Splitlearn__Comm__BackwardRequest *req = st->req;
   /* Step decisions are made here, in execution order = arrival order. */
+  st->accum_before = sm->accum;
   sm->accum++;
   int every = req->has_accumulation_step ? req->accumulation_step : 1;
   if (req->has_learning_rate && sm->accum >= every) {
@@ -470,7 +500,10 @@ void ss_h_backward(ss_call *call, void *app) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
   }
-  /* Consume the record: a second backward for this id is told it was used. */
+  /* Consume the record: a second backward for this id is told it was used. (zlib: put back by
+   * bw_done when the worker refuses the inflated gradient.) */
+  memcpy(st->rec_tag, e->tag, SS_KCACHE_TAG);
+  st->rec_bytes = e->bytes - ss_kcache_overhead(e->key);
   st->rec = ss_kcache_remove(s->acts, e, "already used by an earlier ComputeBackward call", 1);
   switch (ss_admit_enter(&st->rec->sm->train_admit, &st->waiter)) {
   case SS_ADMIT_RUN: bw_start(st); break;

@@ -19,6 +19,7 @@ import shutil
 import signal as _signal
 import struct
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -552,6 +553,12 @@ def main(namespace, default_timeout=110.0):
         tests = [(n, f) for n, f in tests if any(o in n for o in only)]
     passed = failed = 0
     file_t0 = time.perf_counter()
+    # Every temporary file of the suite (and of the servers it starts) goes under one private
+    # directory: whatever a test leaves there is reported as a failure, then removed, so no run
+    # leaves /tmp/ss-* behind (SS_KEEP_TMP=1 keeps it for a post-mortem).
+    tmp_root = tempfile.mkdtemp(prefix="ss-run-")
+    tempfile.tempdir = tmp_root
+    os.environ["TMPDIR"] = tmp_root
 
     def run_one(name, fn):
         nonlocal passed, failed
@@ -593,6 +600,14 @@ def main(namespace, default_timeout=110.0):
         run_one("teardown", namespace["teardown"])
     for s in list(_LIVE_SERVERS):
         s.kill()
+    left = sorted(os.listdir(tmp_root))
+    if left:
+        failed += 1
+        print("FAIL temp-cleanup: the suite left %s in %s (remove what a test creates, in "
+              "teardown() or a finally)" % (", ".join(left), tmp_root), flush=True)
+    if not os.environ.get("SS_KEEP_TMP"):
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    tempfile.tempdir = None
     print("%s: %.1fs" % (os.path.basename(sys.argv[0]), time.perf_counter() - file_t0))
     print("%d passed, %d failed" % (passed, failed), flush=True)
     faulthandler.cancel_dump_traceback_later()

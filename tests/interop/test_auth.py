@@ -23,6 +23,20 @@ SECRETS = [FULL, MLP_ONLY, IDENT, NEW]
 X = np.ones((1, 768), dtype=np.float32)
 
 
+_DIRS = []  # temporary directories of this suite (they hold token files): removed in teardown
+
+
+def _tmpdir():
+    d = tempfile.mkdtemp(prefix="ss-auth-")
+    _DIRS.append(d)
+    return d
+
+
+def teardown():
+    for d in _DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def bearer(tok):
     return [("authorization", "Bearer " + tok)]
 
@@ -41,7 +55,7 @@ def start(tokfile, *extra):
 
 
 def test_tokens_models_and_open_health():
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     tok = os.path.join(tmp, "tokens")
     srv, c = start(tok)
     ident = make_req(np.ones((2, 3), np.float32), model="identity")
@@ -101,7 +115,7 @@ def test_tokens_models_and_open_health():
 
 
 def test_sighup_reload():
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     tok = os.path.join(tmp, "tokens")
     srv, c = start(tok)
     ident = make_req(np.ones((2, 3), np.float32), model="identity")
@@ -129,7 +143,7 @@ def test_sighup_reload():
 
 
 def test_bad_file_at_start():
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     tok = os.path.join(tmp, "tokens")
     write(tok, "# nothing\n")
     srv = sslib.Server("--auth-tokens", tok, expect_start=False)
@@ -137,9 +151,60 @@ def test_bad_file_at_start():
     assert rc not in (0, None) and "no tokens" in srv.log, (rc, srv.log)
 
 
+def test_fifo_tokens_refused():
+    """A FIFO as --auth-tokens: refused at start-up at once; put there before a SIGHUP, it is
+    logged as not a regular file and the old tokens stay; the loop never blocks on it (calls are
+    answered, SIGTERM stops the server)."""
+    tmp = _tmpdir()
+    try:
+        tok = os.path.join(tmp, "tokens")
+        fifo = os.path.join(tmp, "tokens.fifo")
+        os.mkfifo(fifo)
+        rc, out = sslib.run_cli("--auth-tokens", fifo, timeout=T(10))
+        assert rc not in (0, None) and "FIFO, not a regular file" in out, (rc, out)
+        srv, c = start(tok)
+        ident = make_req(np.ones((2, 3), np.float32), model="identity")
+        assert c.compute(ident, timeout=T(5), metadata=bearer(FULL)).shape
+        os.unlink(tok)
+        os.mkfifo(tok)
+        srv.signal(signal.SIGHUP)
+        assert srv.wait_for_line(r"auth tokens not reloaded, keeping the 3 old ones", T(5)), \
+            sslib.tail(srv.log)
+        assert "FIFO, not a regular file" in srv.log, sslib.tail(srv.log)
+        assert c.compute(ident, timeout=T(5), metadata=bearer(FULL)).shape
+        sslib.shutdown(c, srv)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_service_info_lists_only_the_tokens_models():
+    """GetServiceInfo with a model-scoped token names only that token's models (the list, the
+    per-model entries, the default model); a token for every model sees them all."""
+    tmp = _tmpdir()
+    try:
+        srv, c = start(os.path.join(tmp, "tokens"))
+        full = c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(FULL)).custom_info
+        every = full["models"].split(",")
+        assert "mlp" in every and "identity" in every and len(every) > 2, full["models"]
+        for tok, mine in ((MLP_ONLY, "mlp"), (IDENT, "identity")):
+            info = c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(tok)).custom_info
+            assert info["models"] == mine, (tok, info["models"])
+            keys = sorted(k for k in info if k.startswith("model."))
+            assert keys == ["model." + mine], keys
+            if "default_model" in info:
+                assert info["default_model"] == mine, info["default_model"]
+            for other in every:
+                if other != mine:
+                    assert not any(v == other or k == "model." + other for k, v in info.items()), \
+                        (tok, other)
+        sslib.shutdown(c, srv)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_config_key_and_sighup_with_config():
     """auth_tokens in a --config file; SIGHUP re-reads both the tokens and the models."""
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     tok = os.path.join(tmp, "tokens")
     write(tok, "%s\n" % FULL)
     conf = os.path.join(tmp, "server.yaml")
@@ -153,10 +218,10 @@ def test_config_key_and_sighup_with_config():
     write(conf, "auth_tokens: %s\nmodels:\n  - id: a\n    kind: identity\n  - id: b\n    kind: identity\n" % tok)
     srv.signal(signal.SIGHUP)
     assert srv.wait_for_line(r"SIGHUP: 1 auth tokens", T(5)), sslib.tail(srv.log)
-    deadline = time.monotonic() + T(5)
-    while "b" not in c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(NEW)).custom_info["models"].split(","):
-        assert time.monotonic() < deadline, sslib.tail(srv.log)
-        time.sleep(0.05)
+    assert srv.wait_for_line(r"config reloaded from .*: 7 models", T(5)), sslib.tail(srv.log)
+    # NEW may use only 'a': GetServiceInfo does not show it 'b' (test_service_info_lists_...)
+    info = c.info(pb.ServiceInfoRequest(), timeout=T(5), metadata=bearer(NEW)).custom_info
+    assert info["models"] == "a", info["models"]
     sslib.expect_error(lambda: c.compute(make_req(np.ones((1, 2), np.float32), model="b"), timeout=T(5),
                                          metadata=bearer(NEW)), SC.PERMISSION_DENIED, "'b'")
     sslib.shutdown(c, srv)
@@ -184,7 +249,7 @@ def _denied(fn, *want):
 def test_forward_owners():
     """A training forward is its token's: another token can neither run its backward, nor
     learn whether it exists or was used, nor replace it with a forward of its own."""
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     srv, c = _owner_server(tmp)
     try:
         g = pb.BackwardRequest(grad_output_data=X.tobytes(), grad_output_shape=[1, 768],
@@ -222,7 +287,7 @@ def test_session_owners():
     """A decode session is its token's: another token can neither step it, end it, nor read or
     consume the notice of its eviction; the owner's cache stays intact."""
     import gpt2_ref
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     cfg = gpt2_ref.Config(n_embd=64, n_head=4, n_layer=2, n_positions=48)
     wpath, cpath, _ = gpt2_ref.write_checkpoint(tmp, "t", cfg, seed=3)
     srv, c = _owner_server(tmp, "--workers", "1", "--session-memory-mb", "1", "--model",
@@ -244,9 +309,13 @@ def test_session_owners():
         ref = sslib.result(call(A_TOK, x[:, 4:5], session="ref", session_end=1))
         np.testing.assert_array_equal(got, ref)
         call(A_TOK, x[:, 5:6], session="sa", session_end=1)
-        # an ended id is free again: B may start its own session under it
-        call(B_TOK, x[:, :2], session="sa")
-        _denied(lambda: call(A_TOK, x[:, 2:3], session="sa"))
+        # an ended id stays A's while remembered: B is refused as for a live one (and learns
+        # nothing more), A is told it ended (test_gpt2 test_decode_server_session)
+        _denied(lambda: call(B_TOK, x[:, :2], session="sa"))
+        sslib.expect_error(lambda: call(A_TOK, x[:, :2], session="sa"), SC.FAILED_PRECONDITION,
+                           "ended")
+        call(B_TOK, x[:, :2], session="sb")
+        _denied(lambda: call(A_TOK, x[:, 2:3], session="sb"))
         # eviction (40 KiB per 40-token session, 1 MiB budget): B is refused, A gets the notice
         call(A_TOK, x, session="se")
         for k in range(30):
@@ -269,7 +338,7 @@ def _tool(name, *args, timeout=30):
 def test_tools_token():
     """splitserve-call and splitserve-bench with --token / --token-file: every call carries
     `authorization: Bearer TOKEN`; a wrong token is UNAUTHENTICATED; no token is ever printed."""
-    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tmp = _tmpdir()
     srv, c = _owner_server(tmp)
     tfile = os.path.join(tmp, "a.token")
     write(tfile, A_TOK + "\n")

@@ -167,6 +167,38 @@ def test_training_gradients_travel_like_the_forward():
     np.testing.assert_allclose(gi, ref_gi, rtol=1e-5, atol=1e-6)
 
 
+def test_zlib_nan_gradient_keeps_the_record():
+    """A zlib gradient with NaN (checked on the worker, once inflated), or a corrupt zlib
+    stream, is refused and the forward's record is kept, as without zlib: the corrected retry
+    for the same forward_id gets its grad_input (it used to get NOT_FOUND, "already used")."""
+    x = X[0, :4][None]
+    rz = C.compute(sslib.pb.ComputeRequest(data=zlib.compress(x.tobytes()), shape=list(x.shape),
+                                           model_id="mz", training_mode=True), timeout=T(10))
+    g = np.random.default_rng(2).standard_normal(list(rz.shape)).astype(np.float32)
+    bad = g.copy()
+    bad[0, 1, 3] = np.nan
+    for payload, want in ((zlib.compress(bad.tobytes()), "nan"),
+                          (zlib.compress(g.tobytes())[:-6] + b"garbage", "grad_output_data")):
+        expect_error(lambda: C.backward(sslib.pb.BackwardRequest(
+            grad_output_data=payload, grad_output_shape=list(g.shape), forward_id=rz.forward_id),
+            timeout=T(10)), SC.INVALID_ARGUMENT, want)
+    bz = C.backward(sslib.pb.BackwardRequest(grad_output_data=zlib.compress(g.tobytes()),
+                                             grad_output_shape=list(g.shape),
+                                             forward_id=rz.forward_id), timeout=T(10))
+    gi = np.frombuffer(zlib.decompress(bz.grad_input_data), np.float32).reshape(bz.grad_input_shape)
+    req = make_req(x, model="mlp")
+    req.training_mode = True
+    r = C.compute(req, timeout=T(10))
+    ref = C.backward(sslib.pb.BackwardRequest(grad_output_data=g.tobytes(),
+                                              grad_output_shape=list(g.shape),
+                                              forward_id=r.forward_id), timeout=T(10))
+    ref_gi = np.frombuffer(ref.grad_input_data, np.float32).reshape(ref.grad_input_shape)
+    np.testing.assert_allclose(gi, ref_gi, rtol=1e-5, atol=1e-6)
+    expect_error(lambda: C.backward(sslib.pb.BackwardRequest(
+        grad_output_data=zlib.compress(g.tobytes()), grad_output_shape=list(g.shape),
+        forward_id=rz.forward_id), timeout=T(10)), SC.NOT_FOUND, "already used")
+
+
 def test_server_wide_flags():
     srv = sslib.Server("--wire-dtype", "float16", "--wire-codec", "zlib", "--model", "mlp=mlp")
     try:

@@ -2,6 +2,7 @@
 and removed live (a removed model finishes its in-flight calls first), a bad file refused while
 the old models keep serving, flags overriding the file."""
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -34,12 +35,26 @@ models:
 """
 
 
+_DIRS = []  # this suite's temporary directories: removed in teardown
+
+
+def _tmpdir():
+    d = tempfile.mkdtemp(prefix="ss-config-")
+    _DIRS.append(d)
+    return d
+
+
+def teardown():
+    for d in _DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def info(c):
     return dict(c.info(sslib.pb.ServiceInfoRequest(), timeout=T(5)).custom_info)
 
 
 def test_config_models_and_limits():
-    d = tempfile.mkdtemp()
+    d = _tmpdir()
     path = os.path.join(d, "server.yaml")
     write(path, BASE)
     srv = sslib.Server("--config", path)
@@ -60,7 +75,7 @@ def test_config_models_and_limits():
 
 
 def test_sighup_reload_adds_removes_and_refuses_bad_files():
-    d = tempfile.mkdtemp()
+    d = _tmpdir()
     path = os.path.join(d, "server.yaml")
     write(path, BASE)
     srv = sslib.Server("--config", path)
@@ -97,7 +112,7 @@ models:
 
 
 def test_flags_override_file_and_bad_files_stop_startup():
-    d = tempfile.mkdtemp()
+    d = _tmpdir()
     path = os.path.join(d, "server.yaml")
     write(path, BASE)
     srv = sslib.Server("--config", path, "--max-queue", "7")

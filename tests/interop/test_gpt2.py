@@ -148,7 +148,8 @@ def test_decode_client_cache():
 
 def test_decode_server_session():
     """metadata session=ID keeps the cache on the server: prefill, then one token per call,
-    equal to the reference prefill; no cache on the wire; session_end=1 frees it."""
+    equal to the reference prefill; no cache on the wire; session_end=1 frees it, and the ended
+    id is refused (FAILED_PRECONDITION) while the server remembers it."""
     for mid, (ref, _) in MODELS.items():
         for batch in (1, 2):
             sid = "%s-%d" % (mid, batch)
@@ -164,9 +165,12 @@ def test_decode_server_session():
                 assert len(r.present_key_values) == 0
                 _close(result(r).reshape(batch, 1, -1), y_full[:, t:t + 1],
                        "%s batch %d session step at position %d" % (mid, batch, t))
-            # ended: the same id starts from an empty cache
-            r = _call(mid, x[:, :1], session=sid, session_end=1)
-            _close(result(r).reshape(batch, 1, -1), y_full[:, :1], mid + " session restarted")
+            # ended: the id is not reused (a late step must not start an empty session)
+            for meta in ({}, {"session_end": 1}):
+                expect_error(lambda: _call(mid, x[:, :1], session=sid, **meta),
+                             SC.FAILED_PRECONDITION, "session '%s'" % sid, "ended", "new id")
+            r = _call(mid, x[:, :1], session=sid + "-new", session_end=1)
+            _close(result(r).reshape(batch, 1, -1), y_full[:, :1], mid + " new session")
     x = _x(1, 3, seed=5)
     r = _call("t", x, use_cache=True)
     expect_error(lambda: _call("t", x[:, :1], past=_presents(r), session="s"),

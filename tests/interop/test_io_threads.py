@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import shutil
 import tempfile
 import threading
 import time
@@ -228,6 +229,7 @@ def test_config_key_and_bounds():
     assert rc not in (0, None) and rc > 0 and "io_threads" in out, (rc, out)
     rc, out = sslib.run_cli("--io-threads", "65")
     assert rc > 0 and "--io-threads" in out, (rc, out)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

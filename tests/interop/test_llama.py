@@ -326,6 +326,66 @@ def test_startup_refusals():
     _refused("x=llama,weights=%s" % os.path.join(TMP, "nope"), "nope")
 
 
+def test_fifo_files_refused():
+    """config.json, model.safetensors.index.json and adapter_config.json as FIFOs: refused at
+    once at start-up, naming the file ("is a FIFO, not a regular file"), and on a --config
+    reload the worker does not block on one: the reload is refused, the other models serve."""
+    cfg = CFGS["ll"]
+    w, c, _ = PATHS["ll"]
+    d = os.path.join(TMP, "fifo-dir")
+    os.makedirs(d)
+    shutil.copy(w, os.path.join(d, "model.safetensors"))
+    os.mkfifo(os.path.join(d, "config.json"))
+    _refused("x=llama,weights=%s" % d, os.path.join(d, "config.json"), "FIFO, not a regular file")
+    idx = os.path.join(TMP, "fifo-idx")
+    os.makedirs(idx)
+    shutil.copy(c, os.path.join(idx, "config.json"))
+    os.mkfifo(os.path.join(idx, "model.safetensors.index.json"))
+    _refused("x=llama,weights=%s" % idx, "model.safetensors.index.json", "FIFO, not a regular file")
+    ad = os.path.join(TMP, "fifo-adapter")
+    os.makedirs(ad)
+    os.mkfifo(os.path.join(ad, "adapter_config.json"))
+    _refused("x=llama,weights=%s,config=%s,adapter=%s" % (w, c, ad), "adapter_config.json",
+             "FIFO, not a regular file")
+    # on reload (SIGHUP with --config): refused, the old models keep serving
+    conf = os.path.join(TMP, "fifo.yaml")
+    with open(conf, "w") as f:
+        f.write("models:\n  - id: a\n    kind: identity\n")
+    srv = sslib.Server("--config", conf, "--workers", "1")
+    c2 = sslib.connect(srv)
+    try:
+        with open(conf, "w") as f:
+            f.write("models:\n  - id: a\n    kind: identity\n  - id: l\n    kind: llama\n"
+                    "    weights: %s\n" % d)
+        srv.signal(signal.SIGHUP)
+        assert srv.wait_for_line(r"config reload of .* refused: .*FIFO, not a regular file",
+                                 T(10)), sslib.tail(srv.log)
+        x = np.ones((1, 4), np.float32)
+        np.testing.assert_array_equal(result(c2.compute(make_req(x, model="a"), timeout=T(5))), x)
+    finally:
+        c2.close()
+        srv.stop_ok()
+
+
+def test_lora_alpha_refused():
+    """lora_alpha that would make every output NaN or that was silently replaced: 1e39 (finite
+    as a double, infinite as a float) in the spec; 1e300, -8, 0 and the string "8" in
+    adapter_config.json. Each is refused at start-up naming lora_alpha and the value."""
+    w, c, _ = PATHS["ll"]
+    _refused("x=llama,weights=%s,config=%s,lora_rank=4,lora_alpha=1e39" % (w, c), "lora_alpha",
+             "1e39")
+    for i, (alpha, shown) in enumerate(((1e300, "1e+300"), (-8, "-8"), (0, "0"),
+                                        ("8", 'string "8"'))):
+        ad = os.path.join(TMP, "alpha%d" % i)
+        os.makedirs(ad)
+        shutil.copy(os.path.join(TMP, "adapter0", "adapter_model.safetensors"), ad)
+        with open(os.path.join(ad, "adapter_config.json"), "w") as f:
+            json.dump({"peft_type": "LORA", "r": 4, "lora_alpha": alpha,
+                       "target_modules": ["q_proj", "v_proj", "down_proj"]}, f)
+        _refused("x=llama,weights=%s,config=%s,layers=1:3,adapter=%s" % (w, c, ad),
+                 "lora_alpha", shown)
+
+
 # ------------------------------------------------------------------ training ----
 
 def _backward(grad, forward_id, model, lr, c=None):
@@ -481,6 +541,32 @@ def test_lora():
             assert np.all(np.abs(v) <= bound) and np.max(np.abs(v)) > 0.5 * bound, k
     base, _ = MODELS["ll"][0](x)
     _close(result(_call("lf", x)).reshape(base.shape), base, "fresh adapter == base")
+
+def test_checkpoint_never_follows_tmp_link():
+    """A symbolic link planted at PATH.tmp (a weights checkpoint, the LoRA
+    adapter_config.json.tmp) is never written through: its target stays as it was, and the
+    checkpoint is written whole at PATH."""
+    ckpt = TRAIN["tqw"]["ckpt"]
+    ad_cfg = os.path.join(TRAIN["lo"]["ckpt"], "adapter_config.json")
+    os.makedirs(TRAIN["lo"]["ckpt"], exist_ok=True)
+    victims = []
+    for i, path in enumerate((ckpt, ad_cfg, os.path.join(TRAIN["lo"]["ckpt"],
+                                                         "adapter_model.safetensors"))):
+        victim = os.path.join(TMP, "victim%d" % i)
+        with open(victim, "w") as f:
+            f.write("precious %d\n" % i)
+        if os.path.lexists(path + ".tmp"):
+            os.unlink(path + ".tmp")
+        os.symlink(victim, path + ".tmp")
+        victims.append((victim, "precious %d\n" % i))
+    _checkpoint(["tqw", "lo"])
+    for victim, text in victims:
+        with open(victim) as f:
+            assert f.read() == text, victim + " was written through the link"
+    assert not os.path.islink(ckpt) and not os.path.islink(ad_cfg)
+    assert train_ref.read_safetensors(ckpt), ckpt
+    with open(ad_cfg) as f:
+        assert json.load(f)["peft_type"] == "LORA"
 
 
 if __name__ == "__main__":

@@ -210,6 +210,39 @@ def test_sighup_reloads_certificate():
         srv.stop_ok()
 
 
+def test_sighup_fifo_key_refused():
+    """A FIFO put where the key was (or the certificate, or a CA): SIGHUP logs that it is not a
+    regular file and keeps the old context; the loop never blocks on it (the server keeps
+    answering and SIGTERM still stops it). A FIFO at start-up is refused at once."""
+    cert, key = os.path.join(TMP, "fifo.crt"), os.path.join(TMP, "fifo.key")
+    shutil.copy(SRV[1], cert)
+    shutil.copy(SRV[0], key)
+    srv = tls_server(cert=cert, key=key)
+    try:
+        st = secure_stubs(srv)
+        check_compute(st)
+        os.unlink(key)
+        os.mkfifo(key)
+        srv.signal(signal.SIGHUP)
+        assert srv.wait_for_line(r"TLS certificate not reloaded", timeout=T(5)), sslib.tail(srv.log)
+        assert "FIFO, not a regular file" in srv.log, sslib.tail(srv.log)
+        check_compute(st)
+        check_compute(secure_stubs(srv))
+        st.close()
+        srv.stop_ok()
+    finally:
+        if srv.alive():
+            srv.kill()
+    for fifo in ("cert", "key", "ca"):
+        f = os.path.join(TMP, "start-%s.fifo" % fifo)
+        os.mkfifo(f)
+        args = ["--tls-cert", f if fifo == "cert" else SRV[1], "--tls-key",
+                f if fifo == "key" else SRV[0]] + (["--tls-client-ca", f] if fifo == "ca" else [])
+        rc, out = sslib.run_cli(*args, timeout=T(10))
+        assert rc not in (0, None) and "FIFO, not a regular file" in out, (fifo, rc, out)
+        os.unlink(f)
+
+
 def test_handshake_timeout_covers_tls():
     srv = tls_server("--handshake-timeout", "1")
     try:

@@ -251,6 +251,21 @@ def test_refusals():
     expect_error(lambda: _train_forward(x, "plain", "bad-3"), SC.UNIMPLEMENTED, "plain")
     sslib.assert_alive(C)
 
+def test_zero_rows():
+    """A training forward and its backward with 0 rows: the mlp answers empty tensors (it handed
+    a NULL pointer to memcpy: the sanitizer build aborted), a GPT-2 trunk refuses batch 0."""
+    case = CASES[0]
+    shape_in, shape_out = (0, 5, MLP_WIDTHS[0]), (0, 5, MLP_WIDTHS[-1])
+    resp = _train_forward(np.zeros(shape_in, np.float32), case["id"], "zero-rows")
+    assert tuple(resp.shape) == shape_out and resp.data == b"", (resp.shape, len(resp.data))
+    b = _backward(np.zeros(shape_out, np.float32), "zero-rows", case["id"])
+    assert tuple(b.grad_input_shape) == shape_in and b.grad_input_data == b"", b.grad_input_shape
+    g = [c for c in CASES if c["model"] == "gpt2"][0]
+    expect_error(lambda: _train_forward(np.zeros((0, 6, CFG.n_embd), np.float32), g["id"],
+                                        "zero-rows-g"), SC.INVALID_ARGUMENT, "batch >= 1")
+    sslib.assert_alive(C)
+    assert S.alive()
+
 
 if __name__ == "__main__":
     sslib.main(globals())
