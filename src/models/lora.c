@@ -67,8 +67,8 @@ int ss_lora_init(ss_lora *l, int r, int in, int out, uint64_t *state) {
   return 0;
 }
 
-int ss_lora_load(ss_lora *l, const ss_st_file *ad, const char *path, const char *key, int r,
-                 int in, int out, char *err, size_t errlen) {
+int ss_lora_load(ss_lora *l, const ss_st_file *ad, const char *path, const char *key, int r, int in,
+                 int out, char *err, size_t errlen) {
   char name[300];
   l->ia = l->ib = -1;
   for (int f = 0; f < 2; f++) {
@@ -117,8 +117,8 @@ void ss_lora_free(ss_lora *l) {
 }
 
 /* "c_attn,c_proj" -> bits of names[]; a message on an unknown name. */
-static int parse_targets(const char *s, const char *const *names, int n, unsigned *bits,
-                         char *err, size_t errlen) {
+static int parse_targets(const char *s, const char *const *names, int n, unsigned *bits, char *err,
+                         size_t errlen) {
   char buf[256], *save = NULL;
   *bits = 0;
   snprintf(buf, sizeof buf, "%s", s);
@@ -304,8 +304,8 @@ static int write_config(const ss_lora_cfg *c, const char *const *names, int n, i
   return rc;
 }
 
-int ss_lora_save(const ss_params *prm, const ss_lora_cfg *c, const char *const *names, int n,
-                 int a, int b, int fan_in_fan_out, const char *dir, char *err, size_t errlen) {
+int ss_lora_save(const ss_params *prm, const ss_lora_cfg *c, const char *const *names, int n, int a,
+                 int b, int fan_in_fan_out, const char *dir, char *err, size_t errlen) {
   char file[1200];
   int rc;
   if (mkdir(dir, 0755) != 0 && errno != EEXIST) {

@@ -34,7 +34,7 @@ typedef struct ss_lora {
 /* A model's LoRA settings (r == 0: no LoRA). */
 typedef struct ss_lora_cfg {
   int r;
-  float alpha, s; /* s = alpha / r */
+  float alpha, s;   /* s = alpha / r */
   unsigned targets; /* bit per target name (the kind's list, see ss_lora_settings) */
 } ss_lora_cfg;
 
@@ -51,8 +51,8 @@ void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, in
 int ss_lora_init(ss_lora *l, int r, int in, int out, uint64_t *state);
 /* Adapter from an opened adapter_model.safetensors (borrowed; values copied): keys
  * <key>.lora_A.weight [r, in] and <key>.lora_B.weight [out, r]. path: for messages. */
-int ss_lora_load(ss_lora *l, const ss_st_file *ad, const char *path, const char *key, int r,
-                 int in, int out, char *err, size_t errlen);
+int ss_lora_load(ss_lora *l, const ss_st_file *ad, const char *path, const char *key, int r, int in,
+                 int out, char *err, size_t errlen);
 /* Register A and B as parameters under <key>.lora_A.weight / .lora_B.weight. 0 or SS_ENOMEM. */
 int ss_lora_add_params(ss_params *prm, ss_lora *l, const char *key, int r, int in, int out);
 void ss_lora_free(ss_lora *l);
@@ -69,8 +69,8 @@ int ss_lora_restore(ss_params *prm, const char *dir, char *err, size_t errlen);
 /* Write the PEFT directory dir: adapter_model.safetensors (prm's values), optimizer.safetensors
  * and adapter_config.json (r, alpha, target names of c->targets, layers [a, b),
  * fan_in_fan_out). */
-int ss_lora_save(const ss_params *prm, const ss_lora_cfg *c, const char *const *names, int n,
-                 int a, int b, int fan_in_fan_out, const char *dir, char *err, size_t errlen);
+int ss_lora_save(const ss_params *prm, const ss_lora_cfg *c, const char *const *names, int n, int a,
+                 int b, int fan_in_fan_out, const char *dir, char *err, size_t errlen);
 /* Open DIR/adapter_model.safetensors (*ad: caller closes). */
 int ss_lora_open(const char *dir, ss_st_file **ad, char *path, size_t pathlen, char *err,
                  size_t errlen);

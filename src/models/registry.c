@@ -44,7 +44,8 @@ static const char *const mlp_keys[] = {"weights",        "activation",    "optim
                                        "beta2",          "eps",           "weight_decay", "save",
                                        "max_batch_rows", "batch_delay_us", "wire_dtype",
                                        "wire_codec",     "compute",       NULL};
-static const char *const gpt2_keys[] = {"weights",        "config",         "layers", "optimizer",
+static const char *const gpt2_keys[] = {"weights",        "config",         "layers", "lora_rank",
+                                        "lora_alpha",     "lora_targets",   "adapter", "optimizer",
                                         "beta1",          "beta2",          "eps",    "weight_decay",
                                         "save",           "max_batch_rows", "batch_delay_us",
                                         "wire_dtype",     "wire_codec",     "compute", NULL};

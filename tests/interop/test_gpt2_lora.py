@@ -1,0 +1,246 @@
+"""LoRA on the gpt2 trunk (issue 19 item 4): adapters on the Conv1D layers c_attn, c_proj (both
+attn.c_proj and mlp.c_proj, as PEFT matches names) and c_fc, in PEFT's layout (A [r, in],
+B [out, r], fan_in_fan_out=true).
+
+Against an independent PyTorch reference (gpt2_ref.LoraTrunk / train_lora, float64 autograd):
+  - the forward with an adapter loaded from adapter=DIR (B != 0), with and without a cache;
+  - 3 AdamW steps and 4 SGD calls with accumulation_step 2: every grad_input and the adapters
+    written by save=DIR (SIGUSR1) within 1e-4 relative; the optimizer state is saved;
+  - the saved directory reloads (adapter=DIR) into a new server that gives the trained outputs;
+  - a fresh adapter (lora_rank) starts as PEFT's (B = 0, A within 1/sqrt(in)) and leaves the
+    output equal to the base model's;
+  - refusals: an unknown target, a rank that disagrees with the adapter's.
+"""
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+
+import numpy as np
+
+import gpt2_ref
+import sslib
+import train_ref
+from sslib import T, make_req, result
+
+TOL = 1e-4
+TMP = None
+S = None
+C = None
+CFG = gpt2_ref.Config(n_embd=32, n_head=4, n_layer=3, n_positions=16)
+LAYERS = (1, 3)
+R, ALPHA = 4, 8.0
+STORED = None
+WPATH = CPATH = None
+ADAPTERS = {}  # layer -> {attr: (A, B)}
+AD_DIR = None
+
+
+def _dims(attr):
+    E, NI = CFG.n_embd, CFG.n_inner
+    return {"c_attn": (E, 3 * E), "attn_proj": (E, E), "c_fc": (E, NI), "mlp_proj": (NI, E)}[attr]
+
+
+def setup():
+    global TMP, S, C, STORED, WPATH, CPATH, AD_DIR
+    TMP = tempfile.mkdtemp(prefix="ss-gpt2-lora-")
+    WPATH, CPATH, STORED = gpt2_ref.write_checkpoint(TMP, "gpt2", CFG, seed=7,
+                                                     prefix="transformer.")
+    g = np.random.default_rng(3)
+    AD_DIR = os.path.join(TMP, "adapter0")
+    os.makedirs(AD_DIR)
+    tensors = {}
+    for layer in range(*LAYERS):
+        ADAPTERS[layer] = {}
+        for attr in ("c_attn", "attn_proj", "c_fc", "mlp_proj"):
+            n_in, n_out = _dims(attr)
+            A = (g.uniform(-1, 1, (R, n_in)) / np.sqrt(n_in)).astype(np.float32)
+            B = (0.05 * g.standard_normal((n_out, R))).astype(np.float32)
+            ADAPTERS[layer][attr] = (A, B)
+            tensors[gpt2_ref.lora_key(layer, attr) + ".lora_A.weight"] = A
+            tensors[gpt2_ref.lora_key(layer, attr) + ".lora_B.weight"] = B
+    sslib.write_safetensors(os.path.join(AD_DIR, "adapter_model.safetensors"), tensors)
+    with open(os.path.join(AD_DIR, "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "LORA", "r": R, "lora_alpha": ALPHA, "fan_in_fan_out": True,
+                   "target_modules": ["c_attn", "c_proj", "c_fc"]}, f)
+    base = "weights=%s,config=%s,layers=%d:%d" % ((WPATH, CPATH) + LAYERS)
+    args = ["--workers", "2",
+            "--model", "lo=gpt2,%s,adapter=%s,optimizer=adamw,save=%s"
+            % (base, AD_DIR, os.path.join(TMP, "lo.out")),
+            "--model", "ls=gpt2,%s,adapter=%s,lora_rank=4,save=%s"
+            % (base, AD_DIR, os.path.join(TMP, "ls.out")),
+            "--model", "lf=gpt2,%s,lora_rank=4,lora_alpha=16,lora_targets=c_attn,c_proj,c_fc,"
+            "save=%s" % (base, os.path.join(TMP, "lf.out")),
+            "--model", "base=gpt2,%s" % base]
+    S = sslib.Server(*args)
+    C = sslib.connect(S)
+
+
+def teardown():
+    C.close()
+    S.stop_ok()
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def _x(batch, seq, seed):
+    return np.random.default_rng(seed).standard_normal((batch, seq, CFG.n_embd)).astype(np.float32)
+
+
+def _call(model, x, c=None, **kw):
+    req = make_req(x, model=model)
+    for k, v in kw.items():
+        setattr(req, k, v)
+    return (c or C).compute(req, timeout=T(20))
+
+
+def _close(got, want, what, tol=TOL):
+    err = float(np.max(np.abs(got.astype(np.float64) - want)))
+    assert err <= tol, "%s: max abs err %.3g > %.1g" % (what, err, tol)
+    return err
+
+
+def _play(model, n, lr, acc, seed):
+    g = sslib.rng(seed)
+    xs, grads, gins = [], [], []
+    for i in range(n):
+        x = g.standard_normal((2, 6, CFG.n_embd)).astype(np.float32)
+        r = g.standard_normal((2, 6, CFG.n_embd)).astype(np.float32)
+        req = make_req(x, model=model)
+        req.training_mode = True
+        req.forward_id = "%s-%d-%d" % (model, seed, i)
+        C.compute(req, timeout=T(30))
+        gr = np.ascontiguousarray(r, np.float32)
+        b = sslib.pb.BackwardRequest(grad_output_data=gr.tobytes(), forward_id=req.forward_id,
+                                     model_id=model, learning_rate=lr, accumulation_step=acc)
+        b.grad_output_shape.extend(gr.shape)
+        resp = C.backward(b, timeout=T(30))
+        gins.append(np.frombuffer(resp.grad_input_data, np.float32).reshape(x.shape))
+        xs.append(x)
+        grads.append(r)
+    return gins, xs, grads
+
+
+def _checkpoint(ids):
+    pat = {mid: "checkpoint (SIGUSR1): model '%s' written" % mid for mid in ids}
+    with S._cond:
+        before = {mid: sum(p in line for line in S._lines) for mid, p in pat.items()}
+    S.signal(signal.SIGUSR1)
+    deadline = time.monotonic() + T(30)
+    while time.monotonic() < deadline:
+        with S._cond:
+            if all(sum(p in line for line in S._lines) > before[mid] for mid, p in pat.items()):
+                return
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint lines for %s:\n%s" % (ids, sslib.tail(S.log)))
+
+
+def test_forward_with_adapter():
+    """adapter=DIR output == the PyTorch LoRA trunk; also through a cache (prefill + 1 step)."""
+    ref = gpt2_ref.LoraTrunk(CFG, STORED, LAYERS[0], LAYERS[1], ADAPTERS, ALPHA / R)
+    worst = 0.0
+    for batch, seq in ((1, 1), (2, 7)):
+        x = _x(batch, seq, seed=seq)
+        want, _ = ref(x)
+        worst = max(worst, _close(result(_call("lo", x)).reshape(want.shape), want, "lo fwd"))
+    x = _x(1, 5, seed=9)
+    want, _ = ref(x)
+    got = result(_call("lo", x[:, :4], use_cache=True)).reshape(1, 4, CFG.n_embd)
+    worst = max(worst, _close(got, want[:, :4], "lo prefill with cache"))
+    print("  forward max abs err %.3g" % worst)
+
+
+def test_train_adamw_and_reload():
+    gins, xs, grads = _play("lo", 3, 1e-2, 1, seed=21)
+    optim = train_ref.optim_defaults("adamw")
+
+    def run(fn, params, xs_, grads_):
+        return train_ref._run(fn, params, xs_, grads_, optim, 1e-2, 1)
+    rg, rw = gpt2_ref.train_lora(CFG, STORED, LAYERS[0], LAYERS[1], ADAPTERS, ALPHA / R, xs,
+                                 grads, run)
+    worst = 0.0
+    for i, (got, want) in enumerate(zip(gins, rg)):
+        e = train_ref.rel_err(got, want)
+        worst = max(worst, e)
+        assert e < TOL, "call %d: grad_input rel err %.3g" % (i, e)
+    _checkpoint(["lo", "ls", "lf"])
+    out = os.path.join(TMP, "lo.out")
+    got = train_ref.read_safetensors(os.path.join(out, "adapter_model.safetensors"))
+    assert set(got) == set(rw), sorted(set(got) ^ set(rw))
+    for k, v in rw.items():
+        e = train_ref.rel_err(got[k], v)
+        worst = max(worst, e)
+        assert e < TOL, "%s after 3 steps: rel err %.3g" % (k, e)
+    print("  adamw: grad_input and adapters max rel err %.3g" % worst)
+    opt = train_ref.read_safetensors(os.path.join(out, "optimizer.safetensors"))
+    assert float(opt["optimizer.step"][0]) == 3.0
+    with open(os.path.join(out, "adapter_config.json")) as f:
+        ac = json.load(f)
+    assert ac["r"] == R and ac["lora_alpha"] == ALPHA and ac["fan_in_fan_out"] is True, ac
+    assert sorted(ac["target_modules"]) == ["c_attn", "c_fc", "c_proj"], ac
+    assert ac["layers_to_transform"] == [1, 2], ac
+    trained = {layer: {attr: (got[gpt2_ref.lora_key(layer, attr) + ".lora_A.weight"],
+                              got[gpt2_ref.lora_key(layer, attr) + ".lora_B.weight"])
+                       for attr in ADAPTERS[layer]} for layer in ADAPTERS}
+    x = _x(1, 7, seed=3)
+    want, _ = gpt2_ref.LoraTrunk(CFG, STORED, LAYERS[0], LAYERS[1], trained, ALPHA / R)(x)
+    _close(result(_call("lo", x)).reshape(want.shape), want, "lo after training")
+    s2 = sslib.Server("--workers", "1", "--model", "re=gpt2,weights=%s,config=%s,layers=%d:%d,"
+                      "adapter=%s" % ((WPATH, CPATH) + LAYERS + (out,)))
+    c2 = sslib.connect(s2)
+    try:
+        _close(result(_call("re", x, c=c2)).reshape(want.shape), want, "adapter reloaded")
+    finally:
+        c2.close()
+        s2.stop_ok()
+
+
+def test_train_sgd_accumulated():
+    gins, xs, grads = _play("ls", 4, 0.05, 2, seed=33)
+    optim = train_ref.optim_defaults("sgd")
+
+    def run(fn, params, xs_, grads_):
+        return train_ref._run(fn, params, xs_, grads_, optim, 0.05, 2)
+    rg, rw = gpt2_ref.train_lora(CFG, STORED, LAYERS[0], LAYERS[1], ADAPTERS, ALPHA / R, xs,
+                                 grads, run)
+    for i, (got, want) in enumerate(zip(gins, rg)):
+        e = train_ref.rel_err(got, want)
+        assert e < TOL, "call %d: grad_input rel err %.3g" % (i, e)
+    _checkpoint(["ls"])
+    got = train_ref.read_safetensors(os.path.join(TMP, "ls.out", "adapter_model.safetensors"))
+    for k, v in rw.items():
+        e = train_ref.rel_err(got[k], v)
+        assert e < TOL, "%s after 2 SGD steps: rel err %.3g" % (k, e)
+
+
+def test_fresh_adapter():
+    _checkpoint(["lf"])
+    fresh = train_ref.read_safetensors(os.path.join(TMP, "lf.out", "adapter_model.safetensors"))
+    assert len(fresh) == 2 * 4 * 2, sorted(fresh)
+    for k, v in fresh.items():
+        assert k.startswith("base_model.model.transformer.h."), k
+        if ".lora_B." in k:
+            assert not np.any(v), k
+        else:
+            bound = 1.0 / np.sqrt(v.shape[1])
+            assert np.all(np.abs(v) <= bound) and np.max(np.abs(v)) > 0.5 * bound, k
+    x = _x(2, 5, seed=4)
+    np.testing.assert_array_equal(result(_call("lf", x)), result(_call("base", x)))
+
+
+def test_refusals():
+    base = "weights=%s,config=%s" % (WPATH, CPATH)
+    for spec, words in (("b1=gpt2,%s,lora_rank=2,lora_targets=q_proj" % base,
+                         ("unknown module 'q_proj'", "c_attn, c_proj, c_fc")),
+                        ("b2=gpt2,%s,adapter=%s,lora_rank=8" % (base, AD_DIR),
+                         ("lora_rank 8 disagrees with the adapter's r 4",))):
+        srv = sslib.Server("--model", spec, expect_start=False)
+        rc = srv.wait(T(10))
+        assert rc not in (0, None), (rc, srv.log)
+        for w in words:
+            assert w in srv.log, (w, srv.log)
+
+
+if __name__ == "__main__":
+    sslib.main(globals())
