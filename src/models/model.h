@@ -120,6 +120,12 @@ struct ss_model {
   int batch_delay_us;       /* spec key: how long a batch waits for company (default 0) */
   int wire_dtype;           /* spec key wire_dtype: ss_dtype of tensors without metadata, -1 unset */
   int wire_codec;           /* spec key wire_codec: 1 zlib, 0 none, -1 unset (service/codec.h) */
+  int implicit_training;    /* spec key implicit_training=1: an untagged Compute keeps its
+                             * activations for the next ComputeBackward on its connection
+                             * (service/train.c) */
+  float learning_rate;      /* spec key learning_rate: the step of a ComputeBackward that sends
+                             * none (0: such a call only accumulates) */
+  int accumulation_step;    /* spec key accumulation_step: ditto (0: 1) */
   uv_rwlock_t lock;         /* weights: forward/backward read, step writes (workers only) */
   int64_t n_params;         /* parameter count (0 for built-ins) */
   size_t weight_bytes;      /* bytes of weights resident */
