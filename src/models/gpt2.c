@@ -12,6 +12,8 @@
  *   as PEFT stores them for Conv1D (fan_in_fan_out=true); save=DIR writes the PEFT directory
  *   (adapter_model.safetensors under base_model.model.transformer.h.{i}.<module>.lora_{A,B}
  *   .weight, adapter_config.json, optimizer.safetensors); adapter=DIR loads one.
+ *   lora_dropout=P (default: the adapter's, else 0) drops the adapters' inputs in training
+ *   forwards with masks from (lora_seed, forward id, layer, element): lora.h.
  *
  * Weights: keys h.{i}.ln_1.{weight,bias}, h.{i}.attn.c_attn.{weight,bias},
  * h.{i}.attn.c_proj.{weight,bias}, h.{i}.ln_2.{weight,bias}, h.{i}.mlp.c_fc.{weight,bias},
@@ -409,6 +411,8 @@ typedef struct block_acts {
   float *K, *V;           /* [B, H, P+T, D] past + new keys/values */
   float *fc, *fcg;        /* [BT, I] c_fc output, and gelu_new of it (may alias fc) */
   float *lt;              /* [BT, r] LoRA scratch (NULL without adapters) */
+  const ss_lora_mask *mk; /* a training forward's LoRA dropout (NULL: none) */
+  float *xd;              /* [BT, I] dropout scratch (with mk) */
 } block_acts;
 
 static ss_attn_dims attn_dims(const gpt2 *p, const gpt2_block *bk, int B, int T, int P) {
@@ -433,7 +437,8 @@ static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts 
   /* attention */
   ss_layernorm_forward(a->ln, a->mean1, a->rstd1, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
   ss_linear_forward(a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT, 0);
-  ss_lora_forward(&p->lora, &bk->lo[LO_ATTN], E, 3 * E, a->qkv, a->ln, BT, a->lt);
+  ss_lora_forward(&p->lora, &bk->lo[LO_ATTN], E, 3 * E, a->qkv, a->ln, BT, a->lt, a->mk,
+                  a->xd);
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
     ss_attn_dims d = attn_dims(p, bk, s->B, s->T, s->P);
@@ -443,15 +448,17 @@ static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts 
   }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
   ss_linear_forward(a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
-  ss_lora_forward(&p->lora, &bk->lo[LO_APROJ], E, E, a->h, a->atty, BT, a->lt);
+  ss_lora_forward(&p->lora, &bk->lo[LO_APROJ], E, E, a->h, a->atty, BT, a->lt, a->mk,
+                  a->xd);
   /* mlp */
   ss_layernorm_forward(a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
   ss_linear_forward(a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
-  ss_lora_forward(&p->lora, &bk->lo[LO_FC], E, NI, a->fc, a->ln, BT, a->lt);
+  ss_lora_forward(&p->lora, &bk->lo[LO_FC], E, NI, a->fc, a->ln, BT, a->lt, a->mk, a->xd);
   ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
   if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
   ss_linear_forward(a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
-  ss_lora_forward(&p->lora, &bk->lo[LO_MPROJ], NI, E, a->y, a->fcg, BT, a->lt);
+  ss_lora_forward(&p->lora, &bk->lo[LO_MPROJ], NI, E, a->y, a->fcg, BT, a->lt, a->mk,
+                  a->xd);
 }
 
 /* Backward scratch of one call: ln, dln, datty [BT, E]; dqkv [BT, 3E]; dfc [BT, I]; datt [T, T]
@@ -476,7 +483,8 @@ static void conv_backward(gpt2 *p, int l, int lo, int ib, float *dx, const float
     return;
   }
   ss_linear_backward(dx, NULL, NULL, dy, x, bk->t[k], BT, C, OC, SS_W_IN_OUT);
-  ss_lora_backward(&p->prm, &p->lora, &bk->lo[lo], C, OC, dx, dy, x, BT, a->lt, g->dlt);
+  ss_lora_backward(&p->prm, &p->lora, &bk->lo[lo], C, OC, dx, dy, x, BT, a->lt, g->dlt,
+                   a->mk, a->xd);
 }
 
 /*
@@ -692,6 +700,7 @@ static int gpt2_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, 
  */
 typedef struct gpt2_saved {
   int B, S;
+  ss_lora_mask mk;  /* LoRA dropout of this forward (p 0: none) */
   size_t per_layer; /* floats per layer */
   float *buf;       /* L x per_layer */
 } gpt2_saved;
@@ -720,8 +729,9 @@ static void saved_layer(const gpt2 *p, const gpt2_saved *sv, int l, float *out, 
   a->y = l + 1 < p->b - p->a ? q + sv->per_layer : out;
 }
 
-static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
-                              size_t *saved_bytes, char *err, size_t errlen) {
+static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
+                              const char *forward_id, void **saved, size_t *saved_bytes, char *err,
+                              size_t errlen) {
   const gpt2 *p = m->impl;
   const int E = p->n_embd, NI = p->n_inner;
   const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
@@ -736,7 +746,7 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
   /* scratch: ln [BT, E], fcg [BT, I], K and V [B, H, S, D] */
   if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
       (sv = malloc(sizeof *sv + total)) == NULL ||
-      (scratch = malloc(rows * (3 * (size_t)E + (size_t)NI + (size_t)p->lora.r) *
+      (scratch = malloc(rows * (3 * (size_t)E + 2 * (size_t)NI + (size_t)p->lora.r) *
                         sizeof(float))) == NULL) {
     free(sv);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
@@ -752,6 +762,10 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
   a.K = a.fcg + rows * (size_t)NI;
   a.V = a.K + rows * (size_t)E;
   a.lt = a.V + rows * (size_t)E; /* [BT, r] */
+  a.xd = a.lt + rows * (size_t)p->lora.r; /* [BT, I] */
+  sv->mk.p = p->lora.dropout;
+  sv->mk.key = p->lora.dropout > 0.0f ? ss_lora_mask_key(p->lora.seed, forward_id) : 0;
+  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;
   memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
   for (int l = 0; l < L; l++) {
     saved_layer(p, sv, l, out->data, &a);
@@ -783,8 +797,8 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
              m->id, grad_out->numel, grad_in->numel, rows * (size_t)E, B, S, E);
     return SS_EINVAL;
   }
-  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc [R,I]; datt [S,S]; lt, dlt [R,r]; dsink [2E] */
-  need = rows * (6 * (size_t)E + 2 * (size_t)NI + 2 * (size_t)p->lora.r) + (size_t)S * (size_t)S +
+  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc, xd [R,I]; datt [S,S]; lt, dlt [R,r]; dsink [2E] */
+  need = rows * (6 * (size_t)E + 3 * (size_t)NI + 2 * (size_t)p->lora.r) + (size_t)S * (size_t)S +
          2 * (size_t)E;
   if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
@@ -800,6 +814,8 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
   a.lt = g.datt + (size_t)S * (size_t)S; /* [BT, r] each */
   g.dlt = a.lt + rows * (size_t)p->lora.r;
   g.dsink = g.dlt + rows * (size_t)p->lora.r; /* [2E] */
+  a.xd = g.dsink + 2 * (size_t)E;              /* [BT, I] */
+  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;     /* the forward's masks */
   memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
   for (int l = L - 1; l >= 0; l--) {
     saved_layer(p, sv, l, NULL, &a);
@@ -860,6 +876,7 @@ static int lora_setup(gpt2 *p, const char *adapter_dir, char *err, size_t errlen
       if (!(p->lora.targets & lora_target_of[lo])) continue;
       expected_shape(p, lora_weight[lo], shape, &ndim); /* Conv1D: [in, out] */
       lora_key(p->a + l, lo, bare, key, sizeof key);
+      a->unit = (p->a + l) * 16 + lo; /* dropout masks: lora.h */
       if (ad != NULL)
         rc = ss_lora_load(a, ad, path, key, p->lora.r, (int)shape[0], (int)shape[1], err, errlen);
       else if ((rc = ss_lora_init(a, p->lora.r, (int)shape[0], (int)shape[1], &st)) != 0)
@@ -937,6 +954,7 @@ static const ss_model_ops gpt2_ops = {.check = gpt2_check,
 int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
   const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
   const char *lrank = NULL, *lalpha = NULL, *ltargets = NULL, *adapter = NULL;
+  const char *ldrop = NULL, *lseed = NULL;
   char cfg_buf[4096], msg[1024];
   int scale_weights = 1, scale_by_layer = 0, rc; /* set by load_config */
   int64_t n_params = 0;
@@ -958,10 +976,15 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
       ltargets = v;
     else if (strcmp(k, "adapter") == 0)
       adapter = v;
+    else if (strcmp(k, "lora_dropout") == 0)
+      ldrop = v;
+    else if (strcmp(k, "lora_seed") == 0)
+      lseed = v;
     else {
       snprintf(err, errlen,
                "model '%s': unknown parameter '%s' for kind 'gpt2' (known: weights, "
-               "config, layers, lora_rank, lora_alpha, lora_targets, adapter)",
+               "config, layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
+               "lora_seed)",
                m->id, k);
       return SS_EINVAL;
     }
@@ -989,8 +1012,8 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
   if (rc == 0) rc = load_weights(p, weights, &dt, &n_params, msg, sizeof msg);
   /* LoRA (PEFT's default target for GPT-2: c_attn) */
   if (rc == 0)
-    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, lora_targets, 3, 1u << 0, &p->lora,
-                          msg, sizeof msg);
+    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, ldrop, lseed, lora_targets, 3, 1u << 0,
+                          &p->lora, msg, sizeof msg);
   if (rc == 0 && p->lora.r > 0) rc = lora_setup(p, adapter, msg, sizeof msg);
   if (rc == 0 && gpt2_params(p) != 0) {
     snprintf(msg, sizeof msg, "out of memory");

@@ -8,6 +8,7 @@
  *
  * Spec: ID=llama,weights=PATH[,config=config.json][,layers=A:B]
  *            [,lora_rank=R,lora_alpha=A,lora_targets=q_proj,v_proj][,adapter=DIR]
+ *            [,lora_dropout=P,lora_seed=N]
  *   PATH: a .safetensors file, a directory holding model.safetensors or a sharded checkpoint
  *   (model.safetensors.index.json + its shards), or the index file itself. config defaults to
  *   config.json next to the file (in the directory); layers to 0:num_hidden_layers.
@@ -45,6 +46,8 @@
  * and B [out, r] (zero), y += (alpha / r) x A^T B^T; save=DIR writes the PEFT layout
  * (DIR/adapter_model.safetensors, DIR/adapter_config.json, and the optimizer state in
  * DIR/optimizer.safetensors); adapter=DIR loads one at start (and its optimizer state).
+ * lora_dropout=P (default: the adapter's, else 0) drops the adapters' inputs in training
+ * forwards, masks from (lora_seed, forward id, layer, element): models/lora.h.
  *
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
  * loop thread; forward()/forward_kv() on workers, reentrant (all scratch is malloc'd per call).
@@ -743,25 +746,27 @@ static int llama_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_la
 /* ------------------------------------------------------------- projections ---- */
 
 /* y [BT, out] (=, or += when accumulate) x [BT, in] W^T + b, + s (x A^T) B^T with an adapter.
- * lt: scratch [BT, r]. */
+ * lt: scratch [BT, r]; mk: a training forward's LoRA dropout (NULL: none), xd its scratch
+ * [BT, in] (models/lora.h). */
 static void proj_forward(const llama *p, const proj *pr, float *y, const float *x, int BT,
-                         int accumulate, float *lt) {
+                         int accumulate, float *lt, const ss_lora_mask *mk, float *xd) {
   ss_linear_forward(y, x, pr->w, pr->b, BT, pr->in, pr->out, SS_W_OUT_IN, accumulate);
-  ss_lora_forward(&p->lora, &pr->lo, pr->in, pr->out, y, x, BT, lt);
+  ss_lora_forward(&p->lora, &pr->lo, pr->in, pr->out, y, x, BT, lt, mk, xd);
 }
 
 /* Backward of proj_forward given dy [BT, out] and its input x: dx [BT, in] (=, or += when
  * accumulate), gradients of the trainable parts (W, b in full fine-tuning; A, B with an
- * adapter) summed under the params mutex. lt, dlt: scratch [BT, r]. */
+ * adapter) summed under the params mutex. lt, dlt: scratch [BT, r]; mk, xd: LoRA dropout. */
 static void proj_backward(llama *p, const proj *pr, float *dx, int accumulate, const float *dy,
-                          const float *x, int BT, float *lt, float *dlt) {
+                          const float *x, int BT, float *lt, float *dlt, const ss_lora_mask *mk,
+                          float *xd) {
   ss_params *s = &p->prm;
   if (pr->iw >= 0)
     ss_params_linear_backward(s, pr->iw, pr->ib, NULL, dy, x, pr->w, BT, pr->in, pr->out,
                               SS_W_OUT_IN);
   ss_matmul(SS_MM_N, SS_MM_N, BT, pr->in, pr->out, 1.0f, dy, pr->out, pr->w, pr->in,
             accumulate ? 1.0f : 0.0f, dx, pr->in);
-  ss_lora_backward(s, &p->lora, &pr->lo, pr->in, pr->out, dx, dy, x, BT, lt, dlt);
+  ss_lora_backward(s, &p->lora, &pr->lo, pr->in, pr->out, dx, dy, x, BT, lt, dlt, mk, xd);
 }
 
 static void act_forward(const llama *p, float *out, const float *x, size_t n) {
@@ -802,6 +807,8 @@ typedef struct block_acts {
   float *K, *V;         /* [B, NKV, P+T, D] past + new keys/values */
   float *g, *u, *mm;    /* [BT, I] gate, up, act(gate) * up (mm may alias g) */
   float *lt;            /* [BT, r] LoRA scratch (NULL without adapters) */
+  const ss_lora_mask *mk; /* a training forward's LoRA dropout (NULL: none) */
+  float *xd;            /* [BT, max(E, Q, I)] dropout scratch (with mk) */
 } block_acts;
 
 static ss_attn_dims attn_dims(const llama *p, int B, int T, int P) {
@@ -825,9 +832,9 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
   const size_t cells = (size_t)BT * (size_t)E, ni = (size_t)BT * (size_t)p->I;
   /* attention */
   ss_rmsnorm_forward(a->ln, a->rstd1, a->x, bk->ln1, BT, E, p->eps, p->one_plus);
-  proj_forward(p, &bk->pr[P_Q], a->q, a->ln, BT, 0, a->lt);
-  proj_forward(p, &bk->pr[P_K], a->k, a->ln, BT, 0, a->lt);
-  proj_forward(p, &bk->pr[P_V], a->v, a->ln, BT, 0, a->lt);
+  proj_forward(p, &bk->pr[P_Q], a->q, a->ln, BT, 0, a->lt, a->mk, a->xd);
+  proj_forward(p, &bk->pr[P_K], a->k, a->ln, BT, 0, a->lt, a->mk, a->xd);
+  proj_forward(p, &bk->pr[P_V], a->v, a->ln, BT, 0, a->lt, a->mk, a->xd);
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
     float *q = a->q + (size_t)s->row0 * (size_t)Q, *k = a->k + (size_t)s->row0 * (size_t)KV;
@@ -839,15 +846,15 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
                                 s->V, q, Q, k, v, KV, s->past_k, s->past_v, &d, p->window);
   }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
-  proj_forward(p, &bk->pr[P_O], a->h, a->atty, BT, 1, a->lt);
+  proj_forward(p, &bk->pr[P_O], a->h, a->atty, BT, 1, a->lt, a->mk, a->xd);
   /* mlp */
   ss_rmsnorm_forward(a->ln, a->rstd2, a->h, bk->ln2, BT, E, p->eps, p->one_plus);
-  proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt);
-  proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt);
+  proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt, a->mk, a->xd);
+  proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt, a->mk, a->xd);
   act_forward(p, a->mm, a->g, ni);
   for (size_t i = 0; i < ni; i++) a->mm[i] *= a->u[i];
   if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
-  proj_forward(p, &bk->pr[P_DOWN], a->y, a->mm, BT, 1, a->lt);
+  proj_forward(p, &bk->pr[P_DOWN], a->y, a->mm, BT, 1, a->lt, a->mk, a->xd);
 }
 
 /*
@@ -915,7 +922,7 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
   /* mlp */
   act_forward(p, g->fa, a->g, ni);
   for (size_t i = 0; i < ni; i++) a->mm[i] = g->fa[i] * a->u[i];
-  proj_backward(p, &bk->pr[P_DOWN], g->dmm, 0, dres, a->mm, BT, a->lt, g->dlt);
+  proj_backward(p, &bk->pr[P_DOWN], g->dmm, 0, dres, a->mm, BT, a->lt, g->dlt, a->mk, a->xd);
   for (size_t i = 0; i < ni; i++) { /* mm (scratch) becomes du; dmm becomes d(act(g)) */
     float dm = g->dmm[i];
     a->mm[i] = dm * g->fa[i];
@@ -923,14 +930,14 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
   }
   act_backward(p, g->dmm, a->g, ni);
   ss_rmsnorm_forward(a->ln, NULL, a->h, bk->ln2, BT, E, p->eps, p->one_plus);
-  proj_backward(p, &bk->pr[P_UP], g->dln, 0, a->mm, a->ln, BT, a->lt, g->dlt);
-  proj_backward(p, &bk->pr[P_GATE], g->dln, 1, g->dmm, a->ln, BT, a->lt, g->dlt);
+  proj_backward(p, &bk->pr[P_UP], g->dln, 0, a->mm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
+  proj_backward(p, &bk->pr[P_GATE], g->dln, 1, g->dmm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
   ss_rmsnorm_backward(dres, bk->iln2 >= 0 ? ss_params_grad(s, bk->iln2) : g->dw_sink, g->dln,
                       a->h, bk->ln2, a->rstd2, BT, E, p->one_plus);
   ss_params_unlock(s);
   /* attention */
-  proj_backward(p, &bk->pr[P_O], g->datty, 0, dres, a->atty, BT, a->lt, g->dlt);
+  proj_backward(p, &bk->pr[P_O], g->datty, 0, dres, a->atty, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_attention_backward(g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k, a->v,
                         KV, &d);
   if (pk.ib >= 0) { /* k_proj's bias from the rotated-key gradient (kbias_backward) */
@@ -942,9 +949,9 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
   ss_rope_backward_freq(g->dq, Q, B, T, p->NH, p->D, 0, p->inv_freq);
   ss_rope_backward_freq(g->dk, KV, B, T, p->NKV, p->D, 0, p->inv_freq);
   ss_rmsnorm_forward(a->ln, NULL, a->x, bk->ln1, BT, E, p->eps, p->one_plus);
-  proj_backward(p, &bk->pr[P_Q], g->dln, 0, g->dq, a->ln, BT, a->lt, g->dlt);
-  proj_backward(p, &pk, g->dln, 1, g->dk, a->ln, BT, a->lt, g->dlt);
-  proj_backward(p, &bk->pr[P_V], g->dln, 1, g->dv, a->ln, BT, a->lt, g->dlt);
+  proj_backward(p, &bk->pr[P_Q], g->dln, 0, g->dq, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
+  proj_backward(p, &pk, g->dln, 1, g->dk, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
+  proj_backward(p, &bk->pr[P_V], g->dln, 1, g->dv, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
   ss_rmsnorm_backward(dres, bk->iln1 >= 0 ? ss_params_grad(s, bk->iln1) : g->dw_sink, g->dln,
                       a->x, bk->ln1, a->rstd1, BT, E, p->one_plus);
@@ -1112,6 +1119,15 @@ static int llama_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
 
 /* ------------------------------------------------------------- training ---- */
 
+/* The widest projection input (the LoRA dropout scratch's row): hidden, heads x head_dim or
+ * intermediate. */
+static size_t lora_max_in(const llama *p) {
+  size_t m = (size_t)p->E, q = (size_t)p->NH * (size_t)p->D;
+  if (q > m) m = q;
+  if ((size_t)p->I > m) m = (size_t)p->I;
+  return m;
+}
+
 /*
  * Training (no KV cache, positions from 0). Per layer, forward_train keeps in one allocation:
  *   x, h [BT, E]; q, atty [BT, Q]; k, v [BT, KV]; g, u [BT, I]; rstd1, rstd2 [BT];
@@ -1120,6 +1136,7 @@ static int llama_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
  */
 typedef struct llama_saved {
   int B, S;
+  ss_lora_mask mk;  /* LoRA dropout of this forward (p 0: none) */
   size_t per_layer; /* floats per layer */
   float *buf;       /* L x per_layer */
 } llama_saved;
@@ -1150,7 +1167,8 @@ static void saved_layer(const llama *p, const llama_saved *sv, int l, float *out
 }
 
 static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
-                               void **saved, size_t *saved_bytes, char *err, size_t errlen) {
+                               const char *forward_id, void **saved, size_t *saved_bytes,
+                               char *err, size_t errlen) {
   const llama *p = m->impl;
   const int E = p->E, NI = p->I, KVd = p->NKV * p->D, r = p->lora.r;
   const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
@@ -1162,10 +1180,11 @@ static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
 
   *saved = NULL;
   *saved_bytes = 0;
-  /* scratch: ln [BT, E], mm [BT, I], K and V [B, NKV, S, D], lt [BT, r] */
+  /* scratch: ln [BT, E], mm [BT, I], K and V [B, NKV, S, D], lt [BT, r], xd [BT, maxin] */
+  const size_t maxin = p->lora.dropout > 0.0f ? lora_max_in(p) : 0;
   if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
       (sv = malloc(sizeof *sv + total)) == NULL ||
-      (scratch = malloc(rows * ((size_t)E + (size_t)NI + 2 * (size_t)KVd + (size_t)r) *
+      (scratch = malloc(rows * ((size_t)E + (size_t)NI + 2 * (size_t)KVd + (size_t)r + maxin) *
                         sizeof(float))) == NULL) {
     free(sv);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
@@ -1182,6 +1201,10 @@ static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
   a.K = a.mm + rows * (size_t)NI;
   a.V = a.K + rows * (size_t)KVd;
   a.lt = a.V + rows * (size_t)KVd;
+  a.xd = a.lt + rows * (size_t)r;
+  sv->mk.p = p->lora.dropout;
+  sv->mk.key = p->lora.dropout > 0.0f ? ss_lora_mask_key(p->lora.seed, forward_id) : 0;
+  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;
   memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
   for (int l = 0; l < L; l++) {
     saved_layer(p, sv, l, out->data, &a);
@@ -1216,7 +1239,7 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
   /* ln, dln [R,E]; datty, dq [R,Q]; dk, dv [R,KV]; mm, fa, dmm [R,I]; lt, dlt [R,r]; datt [S,S];
    * dw_sink [E] */
   need = rows * (2 * (size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 3 * (size_t)NI +
-                 2 * (size_t)r) +
+                 2 * (size_t)r + (sv->mk.p > 0.0f ? lora_max_in(p) : 0)) +
          (size_t)S * (size_t)S + (size_t)E;
   if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
@@ -1237,11 +1260,13 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
   g.datt = g.dlt + rows * (size_t)r;
   g.dw_sink = g.datt + (size_t)S * (size_t)S;
   memset(g.dw_sink, 0, (size_t)E * sizeof(float));
+  a.xd = g.dw_sink + E;                    /* [BT, maxin] with dropout */
+  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL; /* the forward's masks */
   memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
   for (int l = L - 1; l >= 0; l--) {
     float *lt = a.lt, *mm = a.mm, *ln = a.ln;
     saved_layer(p, sv, l, NULL, &a);
-    a.lt = lt, a.mm = mm, a.ln = ln;
+    a.lt = lt, a.mm = mm, a.ln = ln; /* (saved_layer leaves mk, xd alone) */
     if (block_backward(p, l, &a, &g, dres, B, S) != 0) {
       free(scratch);
       snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
@@ -1290,6 +1315,7 @@ static int lora_setup(llama *p, const char *adapter_dir, char *err, size_t errle
       proj *pr = &p->blk[l].pr[k];
       if (!(p->lora.targets & (1u << k))) continue;
       lora_key(p->a + l, k, key, sizeof key);
+      pr->lo.unit = (p->a + l) * 16 + k; /* dropout masks: lora.h */
       if (ad != NULL)
         rc = ss_lora_load(&pr->lo, ad, path, key, p->lora.r, pr->in, pr->out, err, errlen);
       else if ((rc = ss_lora_init(&pr->lo, p->lora.r, pr->in, pr->out, &st)) != 0)
@@ -1365,6 +1391,7 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
                        size_t errlen) {
   const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
   const char *lrank = NULL, *lalpha = NULL, *ltargets = NULL, *adapter = NULL;
+  const char *ldrop = NULL, *lseed = NULL;
   char cfg_buf[1200], cfg_dir[1100], msg[1024];
   int rc;
   int64_t n_params = 0;
@@ -1387,10 +1414,15 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
       ltargets = v;
     else if (strcmp(k, "adapter") == 0)
       adapter = v;
+    else if (strcmp(k, "lora_dropout") == 0)
+      ldrop = v;
+    else if (strcmp(k, "lora_seed") == 0)
+      lseed = v;
     else {
       snprintf(err, errlen,
                "model '%s': unknown parameter '%s' for kind 'llama' (known: weights, config, "
-               "layers, lora_rank, lora_alpha, lora_targets, adapter)",
+               "layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
+               "lora_seed)",
                m->id, k);
       return SS_EINVAL;
     }
@@ -1419,7 +1451,7 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
   if (rc == 0) rc = load_weights(p, &w, weights, &dt, &n_params, msg, sizeof msg);
   /* LoRA (PEFT's llama default targets: q_proj, v_proj) */
   if (rc == 0)
-    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, proj_short, N_PROJ,
+    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, ldrop, lseed, proj_short, N_PROJ,
                           (1u << P_Q) | (1u << P_V), &p->lora, msg, sizeof msg);
   if (rc == 0 && p->lora.r > 0) rc = lora_setup(p, adapter, msg, sizeof msg);
   if (rc == 0 && llama_params(p) != 0) {

@@ -17,29 +17,74 @@
 #include "models/lora.h"
 #include "models/nn/matmul.h"
 
+static uint64_t mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+#define GOLDEN 0x9E3779B97F4A7C15ull
+
+uint64_t ss_lora_mask_key(uint64_t seed, const char *forward_id) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  for (const unsigned char *q = (const unsigned char *)(forward_id ? forward_id : ""); *q; q++) {
+    h ^= *q;
+    h *= 0x100000001B3ull;
+  }
+  return mix(seed ^ mix(h));
+}
+
+void ss_lora_dropout(float *xd, const float *x, size_t n, const ss_lora_mask *mk, int unit) {
+  const uint64_t z = mix(mk->key ^ ((uint64_t)unit * GOLDEN));
+  const double p = (double)mk->p;
+  const float scale = 1.0f / (1.0f - mk->p);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t u = mix(z + (uint64_t)(i + 1) * GOLDEN) >> 40;
+    xd[i] = (double)u * 0x1p-24 >= p ? x[i] * scale : 0.0f;
+  }
+}
+
+static int dropping(const ss_lora_mask *mk) { return mk != NULL && mk->p > 0.0f; }
+
 void ss_lora_forward(const ss_lora_cfg *c, const ss_lora *l, int in, int out, float *y,
-                     const float *x, int BT, float *lt) {
+                     const float *x, int BT, float *lt, const ss_lora_mask *mk, float *xd) {
   const int r = c->r;
   if (l->a == NULL) return;
+  if (dropping(mk)) {
+    ss_lora_dropout(xd, x, (size_t)BT * (size_t)in, mk, l->unit);
+    x = xd;
+  }
   ss_matmul(SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
   ss_matmul(SS_MM_N, SS_MM_T, BT, out, r, c->s, lt, r, l->b, r, 1.0f, y, out);
 }
 
 void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, int in, int out,
-                      float *dx, const float *dy, const float *x, int BT, float *lt, float *dlt) {
+                      float *dx, const float *dy, const float *x, int BT, float *lt, float *dlt,
+                      const ss_lora_mask *mk, float *xd) {
   const int r = c->r;
   const float sc = c->s;
+  const size_t n = (size_t)BT * (size_t)in;
   if (l->a == NULL) return;
+  if (dropping(mk)) {
+    ss_lora_dropout(xd, x, n, mk, l->unit); /* the forward's masks, regenerated */
+    x = xd;
+  }
   ss_matmul(SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
   ss_matmul(SS_MM_N, SS_MM_N, BT, r, out, sc, dy, out, l->b, r, 0.0f, dlt, r);
   if (l->ia >= 0) {
     ss_params_lock(prm);
-    /* dB [out, r] += s dy^T lt;  dA [r, in] += dlt^T x */
+    /* dB [out, r] += s dy^T lt;  dA [r, in] += dlt^T drop(x) */
     ss_matmul(SS_MM_T, SS_MM_N, out, r, BT, sc, dy, out, lt, r, 1.0f, ss_params_grad(prm, l->ib),
               r);
     ss_matmul(SS_MM_T, SS_MM_N, r, in, BT, 1.0f, dlt, r, x, in, 1.0f, ss_params_grad(prm, l->ia),
               in);
     ss_params_unlock(prm);
+  }
+  if (dropping(mk)) { /* dx += drop'(dlt A): the same mask and scale */
+    ss_matmul(SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 0.0f, xd, in);
+    ss_lora_dropout(xd, xd, n, mk, l->unit);
+    for (size_t i = 0; i < n; i++) dx[i] += xd[i];
+    return;
   }
   ss_matmul(SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 1.0f, dx, in);
 }
@@ -148,7 +193,7 @@ static int parse_targets(const char *s, const char *const *names, int n, unsigne
 
 /* adapter=DIR: r, alpha and targets from DIR/adapter_config.json. */
 static int read_config(const char *dir, const char *const *names, int n, int *r, double *alpha,
-                       unsigned *targets, char *err, size_t errlen) {
+                       unsigned *targets, double *dropout, char *err, size_t errlen) {
   char path[1200];
   json_error_t je;
   json_t *root, *v;
@@ -167,6 +212,15 @@ static int read_config(const char *dir, const char *const *names, int n, int *r,
   *r = (int)json_integer_value(v);
   v = json_object_get(root, "lora_alpha");
   *alpha = v != NULL && json_is_number(v) ? json_number_value(v) : 8.0;
+  v = json_object_get(root, "lora_dropout");
+  *dropout = 0.0;
+  if (v != NULL && json_is_number(v)) {
+    *dropout = json_number_value(v);
+    if (!(*dropout >= 0.0 && *dropout < 1.0)) {
+      snprintf(err, errlen, "adapter %.200s: 'lora_dropout' must be in [0, 1)", path);
+      goto done;
+    }
+  }
   v = json_object_get(root, "target_modules");
   *targets = 0;
   if (v != NULL && json_is_array(v)) {
@@ -195,14 +249,41 @@ done:
 }
 
 int ss_lora_settings(const char *rank, const char *alpha_s, const char *targets_s,
-                     const char *adapter, const char *const *names, int n, unsigned def_targets,
-                     ss_lora_cfg *c, char *err, size_t errlen) {
+                     const char *adapter, const char *dropout_s, const char *seed_s,
+                     const char *const *names, int n, unsigned def_targets, ss_lora_cfg *c,
+                     char *err, size_t errlen) {
   int r = 0, rc = 0;
-  double alpha = -1.0;
+  double alpha = -1.0, dropout = 0.0;
   unsigned targets = 0;
   memset(c, 0, sizeof *c);
-  if (rank == NULL && alpha_s == NULL && targets_s == NULL && adapter == NULL) return 0;
-  if (adapter != NULL) rc = read_config(adapter, names, n, &r, &alpha, &targets, err, errlen);
+  if (rank == NULL && alpha_s == NULL && targets_s == NULL && adapter == NULL) {
+    if (dropout_s != NULL || seed_s != NULL) {
+      snprintf(err, errlen, "lora_dropout and lora_seed need LoRA (lora_rank=R or adapter=DIR)");
+      return SS_EINVAL;
+    }
+    return 0;
+  }
+  if (adapter != NULL)
+    rc = read_config(adapter, names, n, &r, &alpha, &targets, &dropout, err, errlen);
+  if (rc == 0 && dropout_s != NULL) {
+    char *end;
+    double v = strtod(dropout_s, &end);
+    if (*dropout_s == '\0' || *end != '\0' || !(v >= 0.0 && v < 1.0)) {
+      snprintf(err, errlen, "lora_dropout must be a number in [0, 1), got '%s'", dropout_s);
+      return SS_EINVAL;
+    }
+    dropout = v;
+  }
+  if (rc == 0 && seed_s != NULL) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(seed_s, &end, 0);
+    if (*seed_s == '\0' || *seed_s == '-' || *end != '\0' || errno != 0) {
+      snprintf(err, errlen, "lora_seed must be an unsigned 64-bit integer, got '%s'", seed_s);
+      return SS_EINVAL;
+    }
+    c->seed = (uint64_t)v;
+  }
   if (rc == 0 && rank != NULL) {
     char *end;
     long v = strtol(rank, &end, 10);
@@ -246,6 +327,7 @@ int ss_lora_settings(const char *rank, const char *alpha_s, const char *targets_
   c->alpha = (float)(alpha > 0 ? alpha : 2.0 * r);
   c->s = c->alpha / (float)r;
   c->targets = targets ? targets : def_targets;
+  c->dropout = (float)dropout;
   return 0;
 }
 
@@ -287,7 +369,7 @@ static int write_config(const ss_lora_cfg *c, const char *const *names, int n, i
   json_object_set_new(root, "task_type", json_string("CAUSAL_LM"));
   json_object_set_new(root, "r", json_integer(c->r));
   json_object_set_new(root, "lora_alpha", json_real(c->alpha));
-  json_object_set_new(root, "lora_dropout", json_real(0.0));
+  json_object_set_new(root, "lora_dropout", json_real(round((double)c->dropout * 1e6) / 1e6));
   json_object_set_new(root, "bias", json_string("none"));
   json_object_set_new(root, "fan_in_fan_out", json_boolean(fan_in_fan_out));
   json_object_set_new(root, "inference_mode", json_true());

@@ -85,9 +85,12 @@ typedef struct ss_model_ops {
    * the new weights, never a torn mix. backward calls of one model may run concurrently: the
    * model serializes its own gradient accumulation (a mutex inside impl). */
   /* Worker: forward that also keeps what backward needs in *saved (model-owned record, freed
-   * with free_saved); *saved_bytes = its memory. Same shapes as forward. */
-  int (*forward_train)(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
-                       size_t *saved_bytes, char *err, size_t errlen);
+   * with free_saved); *saved_bytes = its memory. Same shapes as forward. forward_id: the
+   * record's id (NULL: ""), which seeds what is random in a training forward (LoRA dropout's
+   * masks, models/lora.h), so that backward sees the same. */
+  int (*forward_train)(const ss_model *m, const ss_tensor *in, ss_tensor *out,
+                       const char *forward_id, void **saved, size_t *saved_bytes, char *err,
+                       size_t errlen);
   /* Worker: grad_in (preallocated, the input's shape, f32) = dL/d(input) given grad_out
    * (dL/d(output), the output's shape); adds dL/d(weights) into the model's gradient buffers. */
   int (*backward)(ss_model *m, const void *saved, const ss_tensor *grad_out, ss_tensor *grad_in,

@@ -50,7 +50,8 @@ static const char *const mlp_keys[] = {"weights",        "activation",    "optim
                                        "wire_codec",     "compute",       "implicit_training",
                                        "learning_rate", "accumulation_step", NULL};
 static const char *const gpt2_keys[] = {"weights",        "config",         "layers", "lora_rank",
-                                        "lora_alpha",     "lora_targets",   "adapter", "optimizer",
+                                        "lora_alpha",     "lora_targets",   "adapter", "lora_dropout",
+                                        "lora_seed",      "optimizer",
                                         "beta1",          "beta2",          "eps",    "weight_decay",
                                         "save",           "max_batch_rows", "batch_delay_us",
                                         "wire_dtype",     "wire_codec",     "compute",
@@ -58,7 +59,7 @@ static const char *const gpt2_keys[] = {"weights",        "config",         "lay
                                         NULL};
 static const char *const llama_keys[] = {
     "weights",      "config",         "layers",         "lora_rank",  "lora_alpha",
-    "lora_targets", "adapter",        "optimizer",      "beta1",      "beta2",
+    "lora_targets", "adapter",        "lora_dropout",   "lora_seed",  "optimizer",      "beta1",      "beta2",
     "eps",          "weight_decay",   "save",           "max_batch_rows", "batch_delay_us",
     "wire_dtype",   "wire_codec",     "compute",        "implicit_training", "learning_rate",
     "accumulation_step", NULL};

@@ -173,8 +173,8 @@ static void job_run(ss_job *job) {
   if (!out.data) goto nomem;
   uv_rwlock_rdlock(&((ss_model *)m)->lock); /* a training step may not run meanwhile */
   if (st->training) {
-    st->rc = m->ops->forward_train(m, &in, &out, &st->saved, &st->saved_bytes, st->err,
-                                   sizeof st->err);
+    st->rc = m->ops->forward_train(m, &in, &out, st->forward_id, &st->saved, &st->saved_bytes,
+                                   st->err, sizeof st->err);
   } else if (m->n_kv_layers > 0) {
     ss_kv_io kv = {m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present};
     st->rc = m->ops->forward_kv(m, &in, &out, &kv, &st->meta, st->err, sizeof st->err);

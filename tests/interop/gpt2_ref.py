@@ -254,3 +254,40 @@ def train_lora(cfg, stored, a, b, adapters, scale, xs, grads, run, masks=None):
 
     gin = run(trunk, [p for _, p in keys], xs, grads)
     return gin, {k: p.detach().numpy().copy() for k, p in keys}
+
+
+# -------------------------------------------------------------------- LoRA dropout masks ----
+# The server's counter-based generator (src/models/lora.h), written again in numpy.
+
+_U64 = (1 << 64) - 1
+_G = 0x9E3779B97F4A7C15
+LORA_UNIT = {"c_attn": 0, "attn_proj": 1, "c_fc": 2, "mlp_proj": 3}  # gpt2 module indices
+
+
+def _mix_int(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
+def _mix_arr(z):
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def lora_mask_key(seed, forward_id):
+    h = 0xCBF29CE484222325
+    for b in forward_id.encode():
+        h = ((h ^ b) * 0x100000001B3) & _U64
+    return _mix_int(seed ^ _mix_int(h))
+
+
+def lora_keep(seed, forward_id, unit, n, p):
+    """The keep mask (bool [n]) of one adapter input: unit = layer * 16 + module."""
+    z = _mix_int(lora_mask_key(seed, forward_id) ^ ((unit * _G) & _U64))
+    with np.errstate(over="ignore"):
+        c = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_G) + np.uint64(z)
+    u = _mix_arr(c) >> np.uint64(40)
+    return u.astype(np.float64) * 2.0 ** -24 >= float(np.float32(p))

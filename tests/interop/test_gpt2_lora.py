@@ -9,7 +9,10 @@ Against an independent PyTorch reference (gpt2_ref.LoraTrunk / train_lora, float
   - the saved directory reloads (adapter=DIR) into a new server that gives the trained outputs;
   - a fresh adapter (lora_rank) starts as PEFT's (B = 0, A within 1/sqrt(in)) and leaves the
     output equal to the base model's;
-  - refusals: an unknown target, a rank that disagrees with the adapter's.
+  - refusals: an unknown target, a rank that disagrees with the adapter's;
+  - LoRA dropout (lora_dropout=0.3, lora_seed=7; issue 19 item 5): inference is untouched, and
+    3 SGD training calls match the reference with the masks of the server's counter-based
+    generator written again in numpy (gpt2_ref.lora_keep), so every mask is reproduced exactly.
 """
 import json
 import os
@@ -19,6 +22,7 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 
 import gpt2_ref
 import sslib
@@ -73,6 +77,8 @@ def setup():
             % (base, AD_DIR, os.path.join(TMP, "ls.out")),
             "--model", "lf=gpt2,%s,lora_rank=4,lora_alpha=16,lora_targets=c_attn,c_proj,c_fc,"
             "save=%s" % (base, os.path.join(TMP, "lf.out")),
+            "--model", "ld=gpt2,%s,adapter=%s,lora_dropout=0.3,lora_seed=7,save=%s"
+            % (base, AD_DIR, os.path.join(TMP, "ld.out")),
             "--model", "base=gpt2,%s" % base]
     S = sslib.Server(*args)
     C = sslib.connect(S)
@@ -229,12 +235,59 @@ def test_fresh_adapter():
     np.testing.assert_array_equal(result(_call("lf", x)), result(_call("base", x)))
 
 
+def test_dropout():
+    P, SEED = 0.3, 7
+    ref = gpt2_ref.LoraTrunk(CFG, STORED, LAYERS[0], LAYERS[1], ADAPTERS, ALPHA / R)
+    x = _x(2, 7, seed=11)
+    want, _ = ref(x)
+    _close(result(_call("ld", x)).reshape(want.shape), want, "ld inference (no dropout)")
+    gins, xs, grads = _play("ld", 3, 0.05, 1, seed=44)
+    fids = ["ld-44-%d" % i for i in range(3)]
+    optim = train_ref.optim_defaults("sgd")
+    kept = []
+
+    def masks(call, layer, attr, xx):
+        n = int(np.prod(xx.shape))
+        keep = gpt2_ref.lora_keep(SEED, fids[call], layer * 16 + gpt2_ref.LORA_UNIT[attr], n, P)
+        kept.append(keep.mean())
+        return xx * torch.from_numpy(keep.reshape(tuple(xx.shape)).astype(np.float64)) / (1 - P)
+
+    def run(fn, params, xs_, grads_):
+        return train_ref._run(fn, params, xs_, grads_, optim, 0.05, 1)
+    rg, rw = gpt2_ref.train_lora(CFG, STORED, LAYERS[0], LAYERS[1], ADAPTERS, ALPHA / R, xs,
+                                 grads, run, masks=masks)
+    worst = 0.0
+    for i, (got, want) in enumerate(zip(gins, rg)):
+        e = train_ref.rel_err(got, want)
+        worst = max(worst, e)
+        assert e < TOL, "call %d: grad_input rel err %.3g with dropout" % (i, e)
+    _checkpoint(["ld"])
+    got = train_ref.read_safetensors(os.path.join(TMP, "ld.out", "adapter_model.safetensors"))
+    for k, v in rw.items():
+        e = train_ref.rel_err(got[k], v)
+        worst = max(worst, e)
+        assert e < TOL, "%s after 3 steps with dropout: rel err %.3g" % (k, e)
+    # the same run without the masks is far off: the masks matter, and they are the server's
+    rg0, _ = gpt2_ref.train_lora(CFG, STORED, LAYERS[0], LAYERS[1], ADAPTERS, ALPHA / R, xs,
+                                 grads, run)
+    off = max(train_ref.rel_err(g0, w) for g0, w in zip(rg0, rg))
+    assert off > 100 * TOL, off
+    with open(os.path.join(TMP, "ld.out", "adapter_config.json")) as f:
+        assert json.load(f)["lora_dropout"] == P
+    print("  dropout: kept %.3f of the adapter inputs (1 - p = %.1f); grad_input and adapters max "
+          "rel err %.3g (without the masks: %.3g)" % (np.mean(kept), 1 - P, worst, off))
+
+
 def test_refusals():
     base = "weights=%s,config=%s" % (WPATH, CPATH)
     for spec, words in (("b1=gpt2,%s,lora_rank=2,lora_targets=q_proj" % base,
                          ("unknown module 'q_proj'", "c_attn, c_proj, c_fc")),
                         ("b2=gpt2,%s,adapter=%s,lora_rank=8" % (base, AD_DIR),
-                         ("lora_rank 8 disagrees with the adapter's r 4",))):
+                         ("lora_rank 8 disagrees with the adapter's r 4",)),
+                        ("b3=gpt2,%s,lora_rank=2,lora_dropout=1" % base,
+                         ("lora_dropout must be a number in [0, 1), got '1'",)),
+                        ("b4=gpt2,%s,lora_dropout=0.1" % base,
+                         ("lora_dropout and lora_seed need LoRA",))):
         srv = sslib.Server("--model", spec, expect_start=False)
         rc = srv.wait(T(10))
         assert rc not in (0, None), (rc, srv.log)
