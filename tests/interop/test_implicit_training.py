@@ -13,7 +13,9 @@ them: numpy astype(float32).tobytes()).
   - 20 steps of the trainer's loop on a Qwen2-shaped trunk with the clients' LoRA preset (q, k,
     v, o, gate, up, down; rank 8, alpha 16), the embedding and the top trained in PyTorch here:
     the loss curve equals one-process PyTorch (examples/split_training_lora's reference model)
-    within 1e-4 relative per step;
+    within 1e-4 relative per step; and again with the preset's lora_dropout 0.1, the local model
+    drawing the server's masks (gpt2_ref.lora_keep, the generator of src/models/lora.h in numpy)
+    from the forward ids the Compute responses carry;
   - the refusals: two untagged forwards outstanding (FAILED_PRECONDITION naming the key; both
     discarded, the next pair trains), a backward on another connection, and the cases that stay
     as they were (training_mode=false is inference; a model without the key: NOT_FOUND).
@@ -28,6 +30,7 @@ import grpc
 import numpy as np
 import torch
 
+import gpt2_ref
 import sslib
 from sslib import SC, T, expect_error
 
@@ -35,6 +38,8 @@ TMP = None
 EX = None  # examples/split_training_lora/train.py as a module (its model and reference)
 PRESET = dict(RANK=8, ALPHA=16.0, TARGETS=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                             "up_proj", "down_proj"))
+DROPOUT, SEED = 0.1, 3  # the preset's lora_dropout; lora_seed
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class SLClient:
@@ -55,6 +60,7 @@ class SLClient:
         req = sslib.pb.ComputeRequest(data=arr.tobytes(), shape=list(tensor.shape),
                                       request_id=self.request_count)
         r = self.stub.compute(req, timeout=T(30))
+        self.last_forward_id = r.forward_id  # not read by splitlearn_comm; the dropout test's
         return torch.from_numpy(np.frombuffer(r.data, np.float32).reshape(tuple(r.shape)).copy())
 
     def compute_backward(self, grad_output, forward_id):
@@ -101,23 +107,77 @@ class _Args:
     steps, batch, optimizer, lr, seed = 20, 8, "adamw", 0.01, 0
 
 
+def _local(w, ad, seq, args, fids):
+    """examples/split_training_lora's one-process reference (train_local), with LoRA dropout
+    when fids (the forward id of each step) is given."""
+    if not fids:
+        return EX.train_local(w, ad, seq, args)[0]
+    bottom, top = EX.build_client(w)
+    layers = torch.nn.ModuleList([EX.Qwen2Layer(w, ad, i) for i in range(EX.LAYERS)])
+    step = [0]
+
+    def proj(self, short, x):
+        y = self.proj[short](x)
+        if short + "_A" in self.lora:
+            unit = self.layer_index * 16 + MODULES.index(short)
+            keep = gpt2_ref.lora_keep(SEED, fids[step[0]], unit, x.numel(), DROPOUT)
+            xd = x * torch.from_numpy(keep.reshape(tuple(x.shape))).float() / (1.0 - DROPOUT)
+            y = y + (EX.ALPHA / EX.RANK) * (xd @ self.lora[short + "_A"].T) @ self.lora[
+                short + "_B"].T
+        return y
+    for i, layer in enumerate(layers):
+        layer.layer_index = i
+        layer.p = proj.__get__(layer)
+    opt_client = EX.make_optimizer(list(bottom.parameters()) + list(top.parameters()),
+                                   args.optimizer, args.lr)
+    opt_trunk = EX.make_optimizer([p for p in layers.parameters() if p.requires_grad],
+                                  args.optimizer, args.lr)
+    losses = []
+    for x, y in EX.batches(seq, args.steps, args.batch, args.seed):
+        h = bottom(x)
+        for layer in layers:
+            h = layer(h)
+        loss = EX.ce(top(h), y)
+        opt_client.zero_grad()
+        opt_trunk.zero_grad()
+        loss.backward()
+        opt_client.step()
+        opt_trunk.step()
+        losses.append(loss.item())
+        step[0] += 1
+    return losses
+
+
 def test_trainer_flow_matches_pytorch():
     """The trainer's loop, call for call, over 20 steps == one-process PyTorch."""
+    _trainer_flow(dropout=False)
+
+
+def test_trainer_flow_with_dropout():
+    """The same with the preset's lora_dropout 0.1: the masks are the server's."""
+    _trainer_flow(dropout=True)
+
+
+def _trainer_flow(dropout):
     args = _Args()
     torch.manual_seed(args.seed)
     seq = np.random.default_rng(args.seed + 1).integers(0, EX.VOCAB, EX.SEQ_LEN)
-    w, ad, spec = _trunk("ql", args.seed, ",implicit_training=1,learning_rate=%r" % args.lr)
+    extra = ",implicit_training=1,learning_rate=%r" % args.lr
+    if dropout:
+        extra += ",lora_dropout=%r,lora_seed=%d" % (DROPOUT, SEED)
+    w, ad, spec = _trunk("ql", args.seed, extra)
     srv = sslib.Server("--workers", "1", "--model", spec)
     client = SLClient(srv.port)
     try:
         bottom, top = EX.build_client(w)
         opt = EX.make_optimizer(list(bottom.parameters()) + list(top.parameters()),
                                 args.optimizer, args.lr)
-        split = []
+        split, fids = [], []
         for x, y in EX.batches(seq, args.steps, args.batch, args.seed):
             hidden_1 = bottom(x)
             forward_id = str(uuid.uuid4())                  # the trainer's own id
             hidden_2 = client.compute(hidden_1.detach())    # plain Compute
+            fids.append(client.last_forward_id)             # (read for the local masks only)
             hidden_2.requires_grad_(True)
             loss = EX.ce(top(hidden_2), y)
             opt.zero_grad()
@@ -129,13 +189,19 @@ def test_trainer_flow_matches_pytorch():
     finally:
         client.close()
         srv.stop_ok()
-    local, _ = EX.train_local(w, ad, seq, args)
+    local = _local(w, ad, seq, args, fids if dropout else None)
     sl, ll = np.array(split), np.array(local)
     rel = np.abs(sl - ll) / np.maximum(np.abs(ll), 1e-12)
     print("  losses split %s" % " ".join("%.4f" % v for v in sl))
     print("  losses local %s" % " ".join("%.4f" % v for v in ll))
-    print("  max per-step relative loss difference %.2e over %d steps" % (rel.max(), len(sl)))
+    print("  max per-step relative loss difference %.2e over %d steps%s"
+          % (rel.max(), len(sl), " (lora_dropout %g)" % DROPOUT if dropout else ""))
     assert len(sl) == 20 and rel.max() < 1e-4, rel
+    if dropout:  # the masks matter: without them the curve is another one
+        nod = np.array(_local(w, ad, seq, args, None))
+        off = float(np.max(np.abs(sl - nod) / np.abs(nod)))
+        print("  (the local run without dropout differs by up to %.2e)" % off)
+        assert off > 1e-3, off
     assert sl[-3:].mean() < 0.7 * sl[:3].mean(), sl
 
 
