@@ -743,11 +743,12 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
 
   *saved = NULL;
   *saved_bytes = 0;
-  /* scratch: ln [BT, E], fcg [BT, I], K and V [B, H, S, D] */
+  /* scratch: ln [BT, E], fcg [BT, I], K and V [B, H, S, D], lt [BT, r], xd [BT, I] (dropout) */
   if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
       (sv = malloc(sizeof *sv + total)) == NULL ||
-      (scratch = malloc(rows * (3 * (size_t)E + 2 * (size_t)NI + (size_t)p->lora.r) *
-                        sizeof(float))) == NULL) {
+      (scratch = malloc(rows *
+                        (3 * (size_t)E + (size_t)NI + (size_t)p->lora.r +
+                         (p->lora.dropout > 0.0f ? (size_t)NI : 0)) * sizeof(float))) == NULL) {
     free(sv);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
              total >> 20);
@@ -762,7 +763,7 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
   a.K = a.fcg + rows * (size_t)NI;
   a.V = a.K + rows * (size_t)E;
   a.lt = a.V + rows * (size_t)E; /* [BT, r] */
-  a.xd = a.lt + rows * (size_t)p->lora.r; /* [BT, I] */
+  a.xd = a.lt + rows * (size_t)p->lora.r; /* [BT, I] with dropout */
   sv->mk.p = p->lora.dropout;
   sv->mk.key = p->lora.dropout > 0.0f ? ss_lora_mask_key(p->lora.seed, forward_id) : 0;
   a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;
@@ -797,9 +798,11 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
              m->id, grad_out->numel, grad_in->numel, rows * (size_t)E, B, S, E);
     return SS_EINVAL;
   }
-  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc, xd [R,I]; datt [S,S]; lt, dlt [R,r]; dsink [2E] */
-  need = rows * (6 * (size_t)E + 3 * (size_t)NI + 2 * (size_t)p->lora.r) + (size_t)S * (size_t)S +
-         2 * (size_t)E;
+  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc [R,I]; datt [S,S]; lt, dlt [R,r]; dsink [2E];
+   * xd [R,I] with dropout */
+  need = rows * (6 * (size_t)E + 2 * (size_t)NI + 2 * (size_t)p->lora.r +
+                 (sv->mk.p > 0.0f ? (size_t)NI : 0)) +
+         (size_t)S * (size_t)S + 2 * (size_t)E;
   if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
     return SS_ENOMEM;
