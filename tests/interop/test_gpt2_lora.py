@@ -3,7 +3,8 @@ attn.c_proj and mlp.c_proj, as PEFT matches names) and c_fc, in PEFT's layout (A
 B [out, r], fan_in_fan_out=true).
 
 Against an independent PyTorch reference (gpt2_ref.LoraTrunk / train_lora, float64 autograd):
-  - the forward with an adapter loaded from adapter=DIR (B != 0), with and without a cache;
+  - the forward with an adapter loaded from adapter=DIR (B != 0), with and without a cache, and
+    session decode steps of several sequences batched through the adapted layers;
   - 3 AdamW steps and 4 SGD calls with accumulation_step 2: every grad_input and the adapters
     written by save=DIR (SIGUSR1) within 1e-4 relative; the optimizer state is saved;
   - the saved directory reloads (adapter=DIR) into a new server that gives the trained outputs;
@@ -79,6 +80,8 @@ def setup():
             "save=%s" % (base, os.path.join(TMP, "lf.out")),
             "--model", "ld=gpt2,%s,adapter=%s,lora_dropout=0.3,lora_seed=7,save=%s"
             % (base, AD_DIR, os.path.join(TMP, "ld.out")),
+            "--model", "lb=gpt2,%s,adapter=%s,max_batch_rows=64,batch_delay_us=20000"
+            % (base, AD_DIR),
             "--model", "base=gpt2,%s" % base]
     S = sslib.Server(*args)
     C = sslib.connect(S)
@@ -155,6 +158,36 @@ def test_forward_with_adapter():
     got = result(_call("lo", x[:, :4], use_cache=True)).reshape(1, 4, CFG.n_embd)
     worst = max(worst, _close(got, want[:, :4], "lo prefill with cache"))
     print("  forward max abs err %.3g" % worst)
+
+
+def _batched_calls(model):
+    info = C.info(sslib.pb.ServiceInfoRequest(), timeout=T(5)).custom_info
+    kv = dict(p.split("=", 1) for p in info["model." + model].split("; ") if "=" in p)
+    return int(kv["batches"]), int(kv["batched_calls"])
+
+
+def test_decode_batched_with_adapter():
+    """Session decode steps of 4 sequences batched through the adapted layers
+    (forward_kv_batch) == the PyTorch LoRA trunk over each whole sequence."""
+    ref = gpt2_ref.LoraTrunk(CFG, STORED, LAYERS[0], LAYERS[1], ADAPTERS, ALPHA / R)
+    g = np.random.default_rng(8)
+    n = 4
+    seqs = [g.standard_normal((1, 3 + i + 2, CFG.n_embd)).astype(np.float32) for i in range(n)]
+    for i in range(n):
+        C.compute(make_req(seqs[i][:, :3 + i], model="lb", session="d%d" % i), timeout=T(10))
+    b0, c0 = _batched_calls("lb")
+    worst = 0.0
+    for step in range(2):
+        futs = [C.compute.future(make_req(seqs[i][:, 3 + i + step:4 + i + step], model="lb",
+                                          session="d%d" % i), timeout=T(20)) for i in range(n)]
+        for i, f in enumerate(futs):
+            want, _ = ref(seqs[i][:, :4 + i + step])
+            worst = max(worst, _close(result(f.result()).reshape(1, 1, CFG.n_embd),
+                                      want[:, -1:], "decode step %d seq %d" % (step, i)))
+    b1, c1 = _batched_calls("lb")
+    assert c1 - c0 == 2 * n and b1 - b0 < 2 * n, (b0, b1, c0, c1)
+    print("  batched decode with adapters: max abs err %.3g (%d calls in %d batches)"
+          % (worst, c1 - c0, b1 - b0))
 
 
 def test_train_adamw_and_reload():
