@@ -49,20 +49,18 @@ static const char *const mlp_keys[] = {"weights",        "activation",    "optim
                                        "max_batch_rows", "batch_delay_us", "wire_dtype",
                                        "wire_codec",     "compute",       "implicit_training",
                                        "learning_rate", "accumulation_step", NULL};
-static const char *const gpt2_keys[] = {"weights",        "config",         "layers", "lora_rank",
-                                        "lora_alpha",     "lora_targets",   "adapter", "lora_dropout",
-                                        "lora_seed",      "optimizer",
-                                        "beta1",          "beta2",          "eps",    "weight_decay",
-                                        "save",           "max_batch_rows", "batch_delay_us",
-                                        "wire_dtype",     "wire_codec",     "compute",
-                                        "implicit_training", "learning_rate", "accumulation_step",
-                                        NULL};
+static const char *const gpt2_keys[] = {
+    "weights",        "config",         "layers",           "lora_rank",    "lora_alpha",
+    "lora_targets",   "adapter",        "lora_dropout",     "lora_seed",    "optimizer",
+    "beta1",          "beta2",          "eps",              "weight_decay", "save",
+    "max_batch_rows", "batch_delay_us", "wire_dtype",       "wire_codec",   "compute",
+    "implicit_training", "learning_rate", "accumulation_step", NULL};
 static const char *const llama_keys[] = {
-    "weights",      "config",         "layers",         "lora_rank",  "lora_alpha",
-    "lora_targets", "adapter",        "lora_dropout",   "lora_seed",  "optimizer",      "beta1",      "beta2",
-    "eps",          "weight_decay",   "save",           "max_batch_rows", "batch_delay_us",
-    "wire_dtype",   "wire_codec",     "compute",        "implicit_training", "learning_rate",
-    "accumulation_step", NULL};
+    "weights",        "config",         "layers",           "lora_rank",    "lora_alpha",
+    "lora_targets",   "adapter",        "lora_dropout",     "lora_seed",    "optimizer",
+    "beta1",          "beta2",          "eps",              "weight_decay", "save",
+    "max_batch_rows", "batch_delay_us", "wire_dtype",       "wire_codec",   "compute",
+    "implicit_training", "learning_rate", "accumulation_step", NULL};
 
 /* The training, batching, wire and compute keys, accepted by every kind that can train, parsed
  * here (parse_training, parse_compute) and never passed to the kind's constructor. */
