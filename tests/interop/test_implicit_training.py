@@ -16,13 +16,18 @@ them: numpy astype(float32).tobytes()).
     within 1e-4 relative per step; and again with the preset's lora_dropout 0.1, the local model
     drawing the server's masks (gpt2_ref.lora_keep, the generator of src/models/lora.h in numpy)
     from the forward ids the Compute responses carry;
+  - with SS_SPLITLEARN_PYTHON and SS_SPLITLEARN_COMM_SRC set: the same 20 steps through
+    splitlearn_comm's own GRPCComputeClient (its generated stubs need grpcio >= 1.76 and
+    protobuf 6, newer than Debian's, so it runs in that Python; skipped otherwise);
   - the refusals: two untagged forwards outstanding (FAILED_PRECONDITION naming the key; both
     discarded, the next pair trains), a backward on another connection, and the cases that stay
     as they were (training_mode=false is inference; a model without the key: NOT_FOUND).
 """
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 
@@ -208,6 +213,75 @@ def _trainer_flow(dropout):
 def _x(seed, shape=(2, 5)):
     return torch.from_numpy(np.random.default_rng(seed).standard_normal(
         shape + (EX.HIDDEN,)).astype(np.float32))
+
+
+REAL_CLIENT = r'''
+import importlib.util, json, sys, uuid
+import numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+from splitlearn_comm import GRPCComputeClient
+spec = importlib.util.spec_from_file_location("ex", sys.argv[3])
+EX = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(EX)
+job = json.loads(sys.argv[4])
+for k, v in job["preset"].items():
+    setattr(EX, k, tuple(v) if isinstance(v, list) else v)
+torch.manual_seed(job["seed"])
+seq = np.random.default_rng(job["seed"] + 1).integers(0, EX.VOCAB, EX.SEQ_LEN)
+w = EX.random_checkpoint(job["seed"])
+bottom, top = EX.build_client(w)
+opt = EX.make_optimizer(list(bottom.parameters()) + list(top.parameters()), "adamw", job["lr"])
+client = GRPCComputeClient(sys.argv[1])
+assert client.connect()
+losses = []
+for x, y in EX.batches(seq, job["steps"], job["batch"], job["seed"]):
+    hidden_1 = bottom(x)
+    forward_id = str(uuid.uuid4())
+    hidden_2 = client.compute(hidden_1.detach().cpu())
+    hidden_2.requires_grad_(True)
+    loss = EX.ce(top(hidden_2), y)
+    opt.zero_grad()
+    loss.backward()
+    grad_hidden_1 = client.compute_backward(hidden_2.grad.detach().cpu(), forward_id)
+    hidden_1.backward(grad_hidden_1)
+    opt.step()
+    losses.append(loss.item())
+client.close()
+print(json.dumps(losses))
+'''
+
+
+def test_real_splitlearn_comm_client():
+    """The same 20 steps through splitlearn_comm's own GRPCComputeClient (compute, then
+    compute_backward), when SS_SPLITLEARN_PYTHON (a Python whose grpcio/protobuf import its
+    generated stubs: grpcio >= 1.76, protobuf 6) and SS_SPLITLEARN_COMM_SRC (SplitLearnComm/src of
+    LHY-in-universe/SL) are set; skipped otherwise (the SLClient tests above make its calls)."""
+    py, src = os.environ.get("SS_SPLITLEARN_PYTHON"), os.environ.get("SS_SPLITLEARN_COMM_SRC")
+    if not py or not src:
+        print("  SKIP: set SS_SPLITLEARN_PYTHON and SS_SPLITLEARN_COMM_SRC to run the real client")
+        return
+    args = _Args()
+    w, ad, spec = _trunk("qr", args.seed, ",implicit_training=1,learning_rate=%r" % args.lr)
+    srv = sslib.Server("--workers", "1", "--model", spec)
+    try:
+        job = {"preset": PRESET, "seed": args.seed, "lr": args.lr, "steps": args.steps,
+               "batch": args.batch}
+        ex = os.path.join(sslib.REPO, "examples", "split_training_lora", "train.py")
+        p = subprocess.run([py, "-c", REAL_CLIENT, "127.0.0.1:%d" % srv.port, src, ex,
+                            json.dumps(job)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=T(300))
+        text = p.stdout.decode("utf-8", "replace")
+        assert p.returncode == 0, text[-3000:]
+        split = json.loads(text.strip().splitlines()[-1])
+    finally:
+        srv.stop_ok()
+    seq = np.random.default_rng(args.seed + 1).integers(0, EX.VOCAB, EX.SEQ_LEN)
+    local = _local(w, ad, seq, args, None)
+    sl, ll = np.array(split), np.array(local)
+    rel = np.abs(sl - ll) / np.maximum(np.abs(ll), 1e-12)
+    print("  splitlearn_comm GRPCComputeClient (%s): max per-step relative loss difference %.2e "
+          "over %d steps" % (py, rel.max(), len(sl)))
+    assert len(sl) == 20 and rel.max() < 1e-4, rel
 
 
 def test_ambiguous_and_other_connection():
