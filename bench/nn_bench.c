@@ -162,7 +162,7 @@ int main(int argc, char **argv) {
       void *saved;
       size_t sb;
       double t0 = now_ms();
-      if (g->ops->forward_train(g, &in64, &out64, &saved, &sb, err, sizeof err) != 0 ||
+      if (g->ops->forward_train(g, &in64, &out64, NULL, &saved, &sb, err, sizeof err) != 0 ||
           g->ops->backward(g, saved, &out64, &gin, err, sizeof err) != 0)
         return 1;
       if (r >= 0) t[r] = now_ms() - t0;

@@ -474,6 +474,8 @@ int ss_call_status(const ss_call *call) {
 
 uint64_t ss_call_start_ns(const ss_call *call) { return call->start_ns; }
 
+uint64_t ss_call_conn_id(const ss_call *call) { return call->conn_id; }
+
 /* ------------------------------------------------------------ kept headers --- */
 
 void ss_call_keep_header(ss_call *call, const uint8_t *name, size_t namelen, const uint8_t *value,

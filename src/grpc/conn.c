@@ -150,6 +150,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
   call->stream_id = frame->hd.stream_id;
   atomic_store_explicit(&call->refs, 1, memory_order_relaxed); /* the stream's reference */
   call->start_ns = uv_hrtime();
+  call->conn_id = c->id;
   call->status = -1;
   ss_msg_reader_init(&call->reader, c->srv->cfg.max_message_bytes);
   call_link(c, call);
@@ -981,6 +982,7 @@ void ss_conn_accept(ss_grpc_server *s) {
   ss_conn *c = calloc(1, sizeof *c);
   if (!c) return;
   c->srv = s;
+  c->id = ((uint64_t)(s->index + 1) << 48) | ++s->conn_seq; /* shard in the top bits */
   uv_tcp_init(s->loop, &c->tcp);
   c->tcp.data = c;
   if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) != 0) {

@@ -159,6 +159,10 @@ int ss_call_status(const ss_call *call);
 const char *ss_call_header(const ss_call *call, const char *name);
 /* uv_hrtime() when the call's headers arrived. */
 uint64_t ss_call_start_ns(const ss_call *call);
+/* The id of the connection that carried the call: nonzero, unique among the server's
+ * connections for its life (whatever I/O loop they live on), the same for every call of one
+ * connection. Any thread that may read the call. */
+uint64_t ss_call_conn_id(const ss_call *call);
 /* The server the call belongs to (for counters). */
 ss_grpc_server *ss_call_server(ss_call *call);
 

@@ -129,6 +129,7 @@ struct ss_call {
   int resp_enc;               /* the response message is compressed with this (0: identity) */
   int64_t timeout_ns;         /* from grpc-timeout; 0 = none */
   uint64_t start_ns;
+  uint64_t conn_id;           /* its connection's ss_conn.id (kept after the stream closes) */
   /* kept request headers (cfg.kept_headers), values NUL-terminated one after another in kept:
    * kept_inline for the common case, a heap buffer when they outgrow it */
   uint16_t kept_off[SS_GRPC_MAX_KEPT_HEADERS]; /* 1 + offset of header i's value; 0: not sent */
@@ -162,6 +163,7 @@ struct ss_call {
 
 struct ss_conn {
   ss_grpc_server *srv;
+  uint64_t id;                /* unique in the process for the server's life (ss_call_conn_id) */
   uv_tcp_t tcp;
   nghttp2_session *h2;
   ss_conn *prev, *next;       /* server's connection list */
@@ -200,6 +202,7 @@ struct ss_grpc_server {
   uv_loop_t *loop;            /* shard 0: borrowed (the owner runs it); others: their own */
   /* shards (shard.c) */
   int index;                  /* 0: the app shard (the handle the owner holds) */
+  uint64_t conn_seq;          /* connections accepted by this shard (their ids) */
   ss_grpc_server *app;        /* shard 0 */
   ss_grpc_server **shards;    /* shard 0 only: all shards, [0] = itself */
   size_t nshards;             /* shard 0 only */

@@ -4,7 +4,16 @@
  * states [batch, seq, n_embd] float32; the client's bottom has already added the positions.
  *
  * Spec: ID=gpt2,weights=model.safetensors[,config=config.json][,layers=A:B]
+ *            [,lora_rank=R,lora_alpha=A,lora_targets=c_attn,c_proj,c_fc][,adapter=DIR]
  *   config defaults to config.json next to the weights; layers to 0:n_layer ("A:" and ":B" too).
+ *   LoRA (models/lora.h): with lora_rank (or adapter=DIR) the trunk is frozen and the parameters
+ *   are adapters on the Conv1D layers named in lora_targets (c_attn, c_proj = attn.c_proj and
+ *   mlp.c_proj, c_fc; PEFT's default c_attn); lora_alpha defaults to 2 r. A [r, in], B [out, r]
+ *   as PEFT stores them for Conv1D (fan_in_fan_out=true); save=DIR writes the PEFT directory
+ *   (adapter_model.safetensors under base_model.model.transformer.h.{i}.<module>.lora_{A,B}
+ *   .weight, adapter_config.json, optimizer.safetensors); adapter=DIR loads one.
+ *   lora_dropout=P (default: the adapter's, else 0) drops the adapters' inputs in training
+ *   forwards with masks from (lora_seed, forward id, layer, element): lora.h.
  *
  * Weights: keys h.{i}.ln_1.{weight,bias}, h.{i}.attn.c_attn.{weight,bias},
  * h.{i}.attn.c_proj.{weight,bias}, h.{i}.ln_2.{weight,bias}, h.{i}.mlp.c_fc.{weight,bias},
@@ -50,6 +59,7 @@
 #include "models/nn/gelu.h"
 #include "models/nn/layernorm.h"
 #include "models/nn/linear.h"
+#include "models/lora.h"
 #include "models/params.h"
 #include "models/safetensors.h"
 #include "models/trunk.h"
@@ -75,9 +85,18 @@ static const char *const tensor_suffix[T_PER_LAYER] = {
     "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",        "ln_2.bias",
     "mlp.c_fc.weight",    "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias"};
 
+/* LoRA: the four Conv1D layers that can carry an adapter, and the PEFT target names. The
+ * target "c_proj" names both attn.c_proj and mlp.c_proj, as PEFT matches module names by their
+ * last component. */
+enum { LO_ATTN, LO_APROJ, LO_FC, LO_MPROJ, N_LORA };
+static const int lora_weight[N_LORA] = {T_ATTN_W, T_APROJ_W, T_FC_W, T_MPROJ_W};
+static const char *const lora_targets[] = {"c_attn", "c_proj", "c_fc"};
+static const unsigned lora_target_of[N_LORA] = {1u << 0, 1u << 1, 1u << 2, 1u << 1};
+
 typedef struct gpt2_block {
   const float *t[T_PER_LAYER]; /* float32 views: into the mmap or into own[] */
   float *own[T_PER_LAYER];     /* converted / realigned copies (NULL when mmapped) */
+  ss_lora lo[N_LORA];          /* LoRA adapters (lo[i].a NULL: none) */
   float attn_scale;            /* 1/sqrt(head_dim) (and / (layer+1) when configured) */
 } gpt2_block;
 
@@ -88,16 +107,20 @@ typedef struct gpt2 {
   gpt2_block *blk;    /* b - a blocks */
   ss_st_file *st;     /* keeps the mmap alive */
   const char *prefix; /* static: "" or "transformer." as in the loaded file (save writes it back) */
-  /* training: one param per tensor (layer-major, T_PER_LAYER each; see gpt2_params) */
+  /* training: one param per tensor (layer-major, T_PER_LAYER each; see gpt2_params), or with
+   * LoRA (lora.r > 0) the adapters only */
   ss_params prm;
   ss_compute cc; /* the dtype of the weight products (model key compute=) */
+  ss_lora_cfg lora;
 } gpt2;
 
 static void gpt2_free(gpt2 *p) {
   if (p == NULL) return;
   if (p->blk != NULL)
-    for (int l = 0; l < p->b - p->a; l++)
+    for (int l = 0; l < p->b - p->a; l++) {
       for (int k = 0; k < T_PER_LAYER; k++) free(p->blk[l].own[k]);
+      for (int k = 0; k < N_LORA; k++) ss_lora_free(&p->blk[l].lo[k]);
+    }
   ss_params_free(&p->prm);
   free(p->blk);
   ss_st_close(p->st);
@@ -389,6 +412,9 @@ typedef struct block_acts {
   int att_all;
   float *K, *V;           /* [B, H, P+T, D] past + new keys/values */
   float *fc, *fcg;        /* [BT, I] c_fc output, and gelu_new of it (may alias fc) */
+  float *lt;              /* [BT, r] LoRA scratch (NULL without adapters) */
+  const ss_lora_mask *mk; /* a training forward's LoRA dropout (NULL: none) */
+  float *xd;              /* [BT, I] dropout scratch (with mk) */
 } block_acts;
 
 static ss_attn_dims attn_dims(const gpt2 *p, const gpt2_block *bk, int B, int T, int P) {
@@ -413,6 +439,8 @@ static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts 
   /* attention */
   ss_layernorm_forward(a->ln, a->mean1, a->rstd1, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
   ss_linear_forward(&p->cc, a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT, 0);
+  ss_lora_forward(&p->lora, &bk->lo[LO_ATTN], E, 3 * E, a->qkv, a->ln, BT, a->lt, a->mk,
+                  a->xd);
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
     ss_attn_dims d = attn_dims(p, bk, s->B, s->T, s->P);
@@ -422,19 +450,44 @@ static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts 
   }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
   ss_linear_forward(&p->cc, a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
+  ss_lora_forward(&p->lora, &bk->lo[LO_APROJ], E, E, a->h, a->atty, BT, a->lt, a->mk,
+                  a->xd);
   /* mlp */
   ss_layernorm_forward(a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
   ss_linear_forward(&p->cc, a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
+  ss_lora_forward(&p->lora, &bk->lo[LO_FC], E, NI, a->fc, a->ln, BT, a->lt, a->mk, a->xd);
   ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
   if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
   ss_linear_forward(&p->cc, a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
+  ss_lora_forward(&p->lora, &bk->lo[LO_MPROJ], NI, E, a->y, a->fcg, BT, a->lt, a->mk,
+                  a->xd);
 }
 
 /* Backward scratch of one call: ln, dln, datty [BT, E]; dqkv [BT, 3E]; dfc [BT, I]; datt [T, T]
  * (fcg of the saved acts is scratch too). */
 typedef struct block_grads {
   float *dln, *datty, *dqkv, *dfc, *datt;
+  float *dlt;    /* [BT, r] LoRA scratch */
+  float *dsink;  /* [2E] LayerNorm gain/bias gradients of a frozen trunk (LoRA) */
 } block_grads;
+
+/* Backward of Conv1D k (weight index; its bias k + 1 unless ib says otherwise, < 0: none) of
+ * layer l and of its adapter: dx = dL/dx; weight gradients in full fine-tuning only (LoRA: the
+ * adapter's A, B instead). */
+static void conv_backward(gpt2 *p, int l, int lo, int ib, float *dx, const float *dy,
+                          const float *x, int BT, int C, int OC, const block_acts *a,
+                          const block_grads *g) {
+  const gpt2_block *bk = &p->blk[l];
+  const int k = lora_weight[lo];
+  if (p->lora.r == 0) {
+    ss_params_linear_backward(&p->prm, l * T_PER_LAYER + k, ib, dx, dy, x, bk->t[k], BT, C, OC,
+                              SS_W_IN_OUT);
+    return;
+  }
+  ss_linear_backward(dx, NULL, NULL, dy, x, bk->t[k], BT, C, OC, SS_W_IN_OUT);
+  ss_lora_backward(&p->prm, &p->lora, &bk->lo[lo], C, OC, dx, dy, x, BT, a->lt, g->dlt,
+                   a->mk, a->xd);
+}
 
 /*
  * Backward of block_forward (no past), a: the saved acts (x, h, qkv, atty, fc, att, statistics;
@@ -460,36 +513,35 @@ static void block_backward(gpt2 *p, int l, const block_acts *a, const block_grad
   const gpt2_block *bk = &p->blk[l];
   const float *const *w = bk->t;
   const int E = p->n_embd, NI = p->n_inner, BT = B * T, i0 = l * T_PER_LAYER;
+  const int full = p->lora.r == 0; /* LoRA: the trunk is frozen, its LayerNorms too */
   ss_params *s = &p->prm;
   ss_attn_dims d = attn_dims(p, bk, B, T, 0);
+  float *dw2 = full ? ss_params_grad(s, i0 + T_LN2_W) : g->dsink;
+  float *db2 = full ? ss_params_grad(s, i0 + T_LN2_B) : g->dsink + E;
+  float *dw1 = full ? ss_params_grad(s, i0 + T_LN1_W) : g->dsink;
+  float *db1 = full ? ss_params_grad(s, i0 + T_LN1_B) : g->dsink + E;
   /* mlp */
   ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
-  ss_params_linear_backward(s, i0 + T_MPROJ_W, i0 + T_MPROJ_B, g->dfc, dres, a->fcg, w[T_MPROJ_W],
-                            BT, NI, E, SS_W_IN_OUT);
+  conv_backward(p, l, LO_MPROJ, i0 + T_MPROJ_B, g->dfc, dres, a->fcg, BT, NI, E, a, g);
   ss_gelu_tanh_backward(g->dfc, a->fc, (size_t)BT * (size_t)NI);
   ss_layernorm_forward(a->ln, NULL, NULL, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
-  ss_params_linear_backward(s, i0 + T_FC_W, i0 + T_FC_B, g->dln, g->dfc, a->ln, w[T_FC_W], BT, E,
-                            NI, SS_W_IN_OUT);
+  conv_backward(p, l, LO_FC, i0 + T_FC_B, g->dln, g->dfc, a->ln, BT, E, NI, a, g);
   ss_params_lock(s);
-  ss_layernorm_backward(dres, ss_params_grad(s, i0 + T_LN2_W), ss_params_grad(s, i0 + T_LN2_B),
-                        g->dln, a->h, w[T_LN2_W], a->mean2, a->rstd2, BT, E);
+  ss_layernorm_backward(dres, dw2, db2, g->dln, a->h, w[T_LN2_W], a->mean2, a->rstd2, BT, E);
   ss_params_unlock(s);
   /* attention */
-  ss_params_linear_backward(s, i0 + T_APROJ_W, i0 + T_APROJ_B, g->datty, dres, a->atty,
-                            w[T_APROJ_W], BT, E, E, SS_W_IN_OUT);
+  conv_backward(p, l, LO_APROJ, i0 + T_APROJ_B, g->datty, dres, a->atty, BT, E, E, a, g);
   ss_attention_backward(g->dqkv, g->dqkv + E, g->dqkv + 2 * E, g->datt, g->datty, E, a->att,
                         a->qkv, 3 * E, a->qkv + E, a->qkv + 2 * E, 3 * E, &d);
   ss_layernorm_forward(a->ln, NULL, NULL, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
-  ss_params_linear_backward(s, i0 + T_ATTN_W, -1, g->dln, g->dqkv, a->ln, w[T_ATTN_W], BT, E,
-                            3 * E, SS_W_IN_OUT);
+  conv_backward(p, l, LO_ATTN, -1, g->dln, g->dqkv, a->ln, BT, E, 3 * E, a, g);
   ss_params_lock(s);
-  {
+  if (full) {
     float *db = ss_params_grad(s, i0 + T_ATTN_B);
     ss_bias_backward(db, g->dqkv, 3 * E, BT, E);                      /* query part */
     ss_bias_backward(db + 2 * E, g->dqkv + 2 * E, 3 * E, BT, E);      /* value part */
   }
-  ss_layernorm_backward(dres, ss_params_grad(s, i0 + T_LN1_W), ss_params_grad(s, i0 + T_LN1_B),
-                        g->dln, a->x, w[T_LN1_W], a->mean1, a->rstd1, BT, E);
+  ss_layernorm_backward(dres, dw1, db1, g->dln, a->x, w[T_LN1_W], a->mean1, a->rstd1, BT, E);
   ss_params_unlock(s);
 }
 
@@ -521,7 +573,8 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
     return SS_EINVAL;
   }
   /* ln [rows,E] + qkv [rows,3E] + att [rows,E] + fc [rows,I] + scores [S,T] (+ K,V scratch) */
-  need = rows * (5 * (size_t)E + (size_t)NI) + (size_t)S * (size_t)T + (want_present ? 0 : 2 * kvn);
+  need = rows * (5 * (size_t)E + (size_t)NI + (size_t)p->lora.r) + (size_t)S * (size_t)T +
+         (want_present ? 0 : 2 * kvn);
   if ((scratch = malloc(need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of activations", m->id,
              need * sizeof(float) >> 20);
@@ -533,7 +586,8 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
   a.qkv = a.ln + rows * (size_t)E;
   a.atty = a.qkv + rows * 3 * (size_t)E;
   a.fc = a.fcg = a.atty + rows * (size_t)E;
-  a.att = a.fc + rows * (size_t)NI;
+  a.lt = a.fc + rows * (size_t)NI; /* [rows, r] */
+  a.att = a.lt + rows * (size_t)p->lora.r;
   if (!want_present) {
     a.K = a.att + (size_t)S * (size_t)T;
     a.V = a.K + kvn;
@@ -585,7 +639,7 @@ static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, 
   }
   const size_t rows = (size_t)n;
   /* ln, qkv (3), atty [rows, E]; fc [rows, I]; scores [1, maxT]; x [rows, E]; K/V scratch */
-  size_t need = rows * (6 * (size_t)E + (size_t)NI) + maxT + kvscratch;
+  size_t need = rows * (6 * (size_t)E + (size_t)NI + (size_t)p->lora.r) + maxT + kvscratch;
   float *scratch = malloc(need * sizeof(float));
   seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
   if (!scratch || !seqs) {
@@ -600,7 +654,8 @@ static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, 
   a.qkv = a.ln + rows * (size_t)E;
   a.atty = a.qkv + rows * 3 * (size_t)E;
   a.fc = a.fcg = a.atty + rows * (size_t)E;
-  a.att = a.fc + rows * (size_t)NI;
+  a.lt = a.fc + rows * (size_t)NI; /* [rows, r] */
+  a.att = a.lt + rows * (size_t)p->lora.r;
   a.x = a.h = a.y = a.att + maxT;
   float *kvs = a.x + rows * (size_t)E;
   for (int i = 0; i < n; i++) {
@@ -647,6 +702,7 @@ static int gpt2_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, 
  */
 typedef struct gpt2_saved {
   int B, S;
+  ss_lora_mask mk;  /* LoRA dropout of this forward (p 0: none) */
   size_t per_layer; /* floats per layer */
   float *buf;       /* L x per_layer */
 } gpt2_saved;
@@ -675,8 +731,9 @@ static void saved_layer(const gpt2 *p, const gpt2_saved *sv, int l, float *out, 
   a->y = l + 1 < p->b - p->a ? q + sv->per_layer : out;
 }
 
-static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
-                              size_t *saved_bytes, char *err, size_t errlen) {
+static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
+                              const char *forward_id, void **saved, size_t *saved_bytes, char *err,
+                              size_t errlen) {
   const gpt2 *p = m->impl;
   const int E = p->n_embd, NI = p->n_inner;
   const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
@@ -688,10 +745,12 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
 
   *saved = NULL;
   *saved_bytes = 0;
-  /* scratch: ln [BT, E], fcg [BT, I], K and V [B, H, S, D] */
+  /* scratch: ln [BT, E], fcg [BT, I], K and V [B, H, S, D], lt [BT, r], xd [BT, I] (dropout) */
   if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
       (sv = malloc(sizeof *sv + total)) == NULL ||
-      (scratch = malloc(rows * (3 * (size_t)E + (size_t)NI) * sizeof(float))) == NULL) {
+      (scratch = malloc(rows *
+                        (3 * (size_t)E + (size_t)NI + (size_t)p->lora.r +
+                         (p->lora.dropout > 0.0f ? (size_t)NI : 0)) * sizeof(float))) == NULL) {
     free(sv);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
              total >> 20);
@@ -705,6 +764,11 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
   a.fcg = a.ln + rows * (size_t)E;
   a.K = a.fcg + rows * (size_t)NI;
   a.V = a.K + rows * (size_t)E;
+  a.lt = a.V + rows * (size_t)E; /* [BT, r] */
+  a.xd = a.lt + rows * (size_t)p->lora.r; /* [BT, I] with dropout */
+  sv->mk.p = p->lora.dropout;
+  sv->mk.key = p->lora.dropout > 0.0f ? ss_lora_mask_key(p->lora.seed, forward_id) : 0;
+  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;
   memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
   for (int l = 0; l < L; l++) {
     saved_layer(p, sv, l, out->data, &a);
@@ -736,8 +800,11 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
              m->id, grad_out->numel, grad_in->numel, rows * (size_t)E, B, S, E);
     return SS_EINVAL;
   }
-  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc [R,I]; datt [S,S] */
-  need = rows * (6 * (size_t)E + 2 * (size_t)NI) + (size_t)S * (size_t)S;
+  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc [R,I]; datt [S,S]; lt, dlt [R,r]; dsink [2E];
+   * xd [R,I] with dropout */
+  need = rows * (6 * (size_t)E + 2 * (size_t)NI + 2 * (size_t)p->lora.r +
+                 (sv->mk.p > 0.0f ? (size_t)NI : 0)) +
+         (size_t)S * (size_t)S + 2 * (size_t)E;
   if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
     return SS_ENOMEM;
@@ -749,6 +816,11 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
   a.fcg = g.dqkv + rows * 3 * (size_t)E;
   g.dfc = a.fcg + rows * (size_t)NI;
   g.datt = g.dfc + rows * (size_t)NI;
+  a.lt = g.datt + (size_t)S * (size_t)S; /* [BT, r] each */
+  g.dlt = a.lt + rows * (size_t)p->lora.r;
+  g.dsink = g.dlt + rows * (size_t)p->lora.r; /* [2E] */
+  a.xd = g.dsink + 2 * (size_t)E;              /* [BT, I] */
+  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;     /* the forward's masks */
   memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
   for (int l = L - 1; l >= 0; l--) {
     saved_layer(p, sv, l, NULL, &a);
@@ -768,10 +840,56 @@ static void gpt2_free_saved(const ss_model *m, void *saved) {
   free(saved);
 }
 
-/* The trunk's tensors under their original names ("[transformer.]h.{i}.<suffix>"), F32. */
+/* The trunk's tensors under their original names ("[transformer.]h.{i}.<suffix>"), F32; with
+ * LoRA the PEFT directory (fan_in_fan_out: Conv1D weights). */
 static int gpt2_save(const ss_model *m, const char *path, char *err, size_t errlen) {
   const gpt2 *p = m->impl;
+  if (p->lora.r > 0)
+    return ss_lora_save(&p->prm, &p->lora, lora_targets, 3, p->a, p->b, 1, path, err, errlen);
   return ss_params_save(&p->prm, path, err, errlen);
+}
+
+/* The PEFT key of layer's adapted module lo (PEFT over GPT2LMHeadModel:
+ * base_model.model.transformer.h.{i}.attn.c_attn; a file written over a bare GPT2Model,
+ * without "transformer.", loads too). */
+static void lora_key(int layer, int lo, int bare, char *key, size_t len) {
+  const char *suf = tensor_suffix[lora_weight[lo]];
+  snprintf(key, len, "base_model.model.%sh.%d.%.*s", bare ? "" : "transformer.", layer,
+           (int)(strlen(suf) - strlen(".weight")), suf);
+}
+
+/* Adapters of every target module of every layer: fresh (PEFT init, seeded) or from
+ * adapter_dir/adapter_model.safetensors. */
+static int lora_setup(gpt2 *p, const char *adapter_dir, char *err, size_t errlen) {
+  char key[256], path[1200], probe[300];
+  uint64_t st = 0x5EEDull;
+  ss_st_file *ad = NULL;
+  int rc = 0, bare = 0;
+  if (adapter_dir != NULL) {
+    if ((rc = ss_lora_open(adapter_dir, &ad, path, sizeof path, err, errlen)) != 0) return rc;
+    for (int lo = 0; lo < N_LORA && !bare; lo++) {
+      lora_key(p->a, lo, 1, key, sizeof key);
+      snprintf(probe, sizeof probe, "%s.lora_A.weight", key);
+      bare = ss_st_find(ad, probe) != NULL;
+    }
+  }
+  for (int l = 0; l < p->b - p->a && rc == 0; l++) {
+    for (int lo = 0; lo < N_LORA && rc == 0; lo++) {
+      int64_t shape[2];
+      int ndim;
+      ss_lora *a = &p->blk[l].lo[lo];
+      if (!(p->lora.targets & lora_target_of[lo])) continue;
+      expected_shape(p, lora_weight[lo], shape, &ndim); /* Conv1D: [in, out] */
+      lora_key(p->a + l, lo, bare, key, sizeof key);
+      a->unit = (p->a + l) * 16 + lo; /* dropout masks: lora.h */
+      if (ad != NULL)
+        rc = ss_lora_load(a, ad, path, key, p->lora.r, (int)shape[0], (int)shape[1], err, errlen);
+      else if ((rc = ss_lora_init(a, p->lora.r, (int)shape[0], (int)shape[1], &st)) != 0)
+        snprintf(err, errlen, "out of memory");
+    }
+  }
+  ss_st_close(ad); /* the adapters are copies */
+  return rc;
 }
 
 /* The trainable parameters, layer-major (index l * T_PER_LAYER + k), pointing at the blocks'
@@ -780,6 +898,21 @@ static int gpt2_params(gpt2 *p) {
   int L = p->b - p->a;
   char name[256];
   if (ss_params_init(&p->prm, (size_t)L * T_PER_LAYER) != 0) return SS_ENOMEM;
+  if (p->lora.r > 0) { /* LoRA: the adapters only, under their PEFT names */
+    for (int l = 0; l < L; l++) {
+      for (int lo = 0; lo < N_LORA; lo++) {
+        int64_t shape[2];
+        int ndim;
+        ss_lora *a = &p->blk[l].lo[lo];
+        if (a->a == NULL) continue;
+        expected_shape(p, lora_weight[lo], shape, &ndim);
+        lora_key(p->a + l, lo, 0, name, sizeof name);
+        if (ss_lora_add_params(&p->prm, a, name, p->lora.r, (int)shape[0], (int)shape[1]) != 0)
+          return SS_ENOMEM;
+      }
+    }
+    return 0;
+  }
   for (int l = 0; l < L; l++) {
     for (int k = 0; k < T_PER_LAYER; k++) {
       int64_t shape[2];
@@ -825,6 +958,8 @@ static const ss_model_ops gpt2_ops = {.check = gpt2_check,
 
 int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
   const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
+  const char *lrank = NULL, *lalpha = NULL, *ltargets = NULL, *adapter = NULL;
+  const char *ldrop = NULL, *lseed = NULL;
   char cfg_buf[4096], msg[1024];
   int scale_weights = 1, scale_by_layer = 0, rc; /* set by load_config */
   int64_t n_params = 0;
@@ -838,10 +973,23 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
       config = v;
     else if (strcmp(k, "layers") == 0)
       layers = v;
+    else if (strcmp(k, "lora_rank") == 0)
+      lrank = v;
+    else if (strcmp(k, "lora_alpha") == 0)
+      lalpha = v;
+    else if (strcmp(k, "lora_targets") == 0)
+      ltargets = v;
+    else if (strcmp(k, "adapter") == 0)
+      adapter = v;
+    else if (strcmp(k, "lora_dropout") == 0)
+      ldrop = v;
+    else if (strcmp(k, "lora_seed") == 0)
+      lseed = v;
     else {
       snprintf(err, errlen,
                "model '%s': unknown parameter '%s' for kind 'gpt2' (known: weights, "
-               "config, layers)",
+               "config, layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
+               "lora_seed)",
                m->id, k);
       return SS_EINVAL;
     }
@@ -867,11 +1015,19 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
   if (rc == 0) rc = load_config(p, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
   if (rc == 0) rc = ss_trunk_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
   if (rc == 0) rc = load_weights(p, weights, &dt, &n_params, msg, sizeof msg);
+  /* LoRA (PEFT's default target for GPT-2: c_attn) */
+  if (rc == 0)
+    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, ldrop, lseed, lora_targets, 3, 1u << 0,
+                          &p->lora, msg, sizeof msg);
+  if (rc == 0 && p->lora.r > 0) rc = lora_setup(p, adapter, msg, sizeof msg);
   if (rc == 0 && gpt2_params(p) != 0) {
     snprintf(msg, sizeof msg, "out of memory");
     rc = SS_ENOMEM;
   }
-  if (rc == 0) rc = ss_params_restore(&p->prm, p->st, msg, sizeof msg); /* a checkpoint's */
+  if (rc == 0 && p->lora.r == 0) /* a checkpoint's optimizer state */
+    rc = ss_params_restore(&p->prm, p->st, msg, sizeof msg);
+  else if (rc == 0 && adapter != NULL) /* the adapter's */
+    rc = ss_lora_restore(&p->prm, adapter, msg, sizeof msg);
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     gpt2_free(p);
@@ -892,8 +1048,12 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
   m->n_kv_layers = p->b - p->a;
   m->n_params = n_params;
   m->weight_bytes = (size_t)n_params * sizeof(float);
-  snprintf(m->describe, sizeof m->describe,
-           "gpt2 layers %d:%d of %d (n_embd %d, %d heads), %.1fM params, %s", p->a, p->b,
-           p->n_layer, p->n_embd, p->n_head, (double)n_params / 1e6, dt);
+  {
+    char lora[64] = "";
+    if (p->lora.r > 0) snprintf(lora, sizeof lora, ", LoRA r %d", p->lora.r);
+    snprintf(m->describe, sizeof m->describe,
+             "gpt2 layers %d:%d of %d (n_embd %d, %d heads), %.1fM params, %s%s", p->a, p->b,
+             p->n_layer, p->n_embd, p->n_head, (double)n_params / 1e6, dt, lora);
+  }
   return 0;
 }

@@ -8,6 +8,7 @@
  *
  * Spec: ID=llama,weights=PATH[,config=config.json][,layers=A:B]
  *            [,lora_rank=R,lora_alpha=A,lora_targets=q_proj,v_proj][,adapter=DIR]
+ *            [,lora_dropout=P,lora_seed=N]
  *   PATH: a .safetensors file, a directory holding model.safetensors or a sharded checkpoint
  *   (model.safetensors.index.json + its shards), or the index file itself. config defaults to
  *   config.json next to the file (in the directory); layers to 0:num_hidden_layers.
@@ -45,6 +46,8 @@
  * and B [out, r] (zero), y += (alpha / r) x A^T B^T; save=DIR writes the PEFT layout
  * (DIR/adapter_model.safetensors, DIR/adapter_config.json, and the optimizer state in
  * DIR/optimizer.safetensors); adapter=DIR loads one at start (and its optimizer state).
+ * lora_dropout=P (default: the adapter's, else 0) drops the adapters' inputs in training
+ * forwards, masks from (lora_seed, forward id, layer, element): models/lora.h.
  *
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
  * loop thread; forward()/forward_kv() on workers, reentrant (all scratch is malloc'd per call).
@@ -73,6 +76,7 @@
 #include "models/nn/rmsnorm.h"
 #include "models/nn/rope.h"
 #include "models/nn/silu.h"
+#include "models/lora.h"
 #include "models/params.h"
 #include "models/safetensors.h"
 #include "models/trunk.h"
@@ -93,9 +97,7 @@ typedef struct proj {
   const float *w, *b; /* views (b NULL: no bias) */
   float *w_own, *b_own;
   int iw, ib;
-  const float *la, *lb; /* LoRA A [r, in], B [out, r] (NULL: no adapter) */
-  float *la_own, *lb_own;
-  int ia, ibb;
+  ss_lora lo; /* LoRA adapter (lo.a NULL: none; models/lora.h) */
 } proj;
 
 typedef struct lblock {
@@ -121,9 +123,7 @@ typedef struct llama {
   int n_files;
   const char *prefix; /* static: "model." or "" as in the file (save writes it back) */
   /* LoRA */
-  int lora_r;
-  float lora_alpha, lora_s;
-  unsigned lora_targets; /* bit per P_* */
+  ss_lora_cfg lora; /* r == 0: no LoRA; targets: bit per P_* */
   ss_params prm;
   ss_compute cc; /* the dtype of the weight products (model key compute=) */
 } llama;
@@ -138,8 +138,7 @@ static void llama_free(llama *p) {
       for (int k = 0; k < N_PROJ; k++) {
         free(bk->pr[k].w_own);
         free(bk->pr[k].b_own);
-        free(bk->pr[k].la_own);
-        free(bk->pr[k].lb_own);
+        ss_lora_free(&bk->pr[k].lo);
       }
     }
   ss_params_free(&p->prm);
@@ -625,7 +624,7 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
   for (int l = 0; l < L; l++) {
     for (int k = 0; k < N_PROJ; k++) {
       proj_dims(p, k, &p->blk[l].pr[k].in, &p->blk[l].pr[k].out);
-      p->blk[l].pr[k].iw = p->blk[l].pr[k].ib = p->blk[l].pr[k].ia = p->blk[l].pr[k].ibb = -1;
+      p->blk[l].pr[k].iw = p->blk[l].pr[k].ib = p->blk[l].pr[k].lo.ia = p->blk[l].pr[k].lo.ib = -1;
     }
     p->blk[l].iln1 = p->blk[l].iln2 = -1;
     for (int j = 0; j < W_PER_LAYER; j++) {
@@ -767,44 +766,27 @@ static int llama_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_la
 /* ------------------------------------------------------------- projections ---- */
 
 /* y [BT, out] (=, or += when accumulate) x [BT, in] W^T + b, + s (x A^T) B^T with an adapter.
- * lt: scratch [BT, r]. */
+ * lt: scratch [BT, r]; mk: a training forward's LoRA dropout (NULL: none), xd its scratch
+ * [BT, in] (models/lora.h). */
 static void proj_forward(const llama *p, const proj *pr, float *y, const float *x, int BT,
-                         int accumulate, float *lt) {
+                         int accumulate, float *lt, const ss_lora_mask *mk, float *xd) {
   ss_linear_forward(&p->cc, y, x, pr->w, pr->b, BT, pr->in, pr->out, SS_W_OUT_IN, accumulate);
-  if (pr->la != NULL) {
-    const int r = p->lora_r;
-    ss_matmul(SS_MM_N, SS_MM_T, BT, r, pr->in, 1.0f, x, pr->in, pr->la, pr->in, 0.0f, lt, r);
-    ss_matmul(SS_MM_N, SS_MM_T, BT, pr->out, r, p->lora_s, lt, r, pr->lb, r, 1.0f, y, pr->out);
-  }
+  ss_lora_forward(&p->lora, &pr->lo, pr->in, pr->out, y, x, BT, lt, mk, xd);
 }
 
 /* Backward of proj_forward given dy [BT, out] and its input x: dx [BT, in] (=, or += when
  * accumulate), gradients of the trainable parts (W, b in full fine-tuning; A, B with an
- * adapter) summed under the params mutex. lt, dlt: scratch [BT, r]. */
+ * adapter) summed under the params mutex. lt, dlt: scratch [BT, r]; mk, xd: LoRA dropout. */
 static void proj_backward(llama *p, const proj *pr, float *dx, int accumulate, const float *dy,
-                          const float *x, int BT, float *lt, float *dlt) {
+                          const float *x, int BT, float *lt, float *dlt, const ss_lora_mask *mk,
+                          float *xd) {
   ss_params *s = &p->prm;
   if (pr->iw >= 0)
     ss_params_linear_backward(s, pr->iw, pr->ib, NULL, dy, x, pr->w, BT, pr->in, pr->out,
                               SS_W_OUT_IN);
   ss_matmul(SS_MM_N, SS_MM_N, BT, pr->in, pr->out, 1.0f, dy, pr->out, pr->w, pr->in,
             accumulate ? 1.0f : 0.0f, dx, pr->in);
-  if (pr->la != NULL) {
-    const int r = p->lora_r;
-    const float sc = p->lora_s;
-    ss_matmul(SS_MM_N, SS_MM_T, BT, r, pr->in, 1.0f, x, pr->in, pr->la, pr->in, 0.0f, lt, r);
-    ss_matmul(SS_MM_N, SS_MM_N, BT, r, pr->out, sc, dy, pr->out, pr->lb, r, 0.0f, dlt, r);
-    if (pr->ia >= 0) {
-      ss_params_lock(s);
-      /* dB [out, r] += s dy^T lt;  dA [r, in] += dlt^T x */
-      ss_matmul(SS_MM_T, SS_MM_N, pr->out, r, BT, sc, dy, pr->out, lt, r, 1.0f,
-                ss_params_grad(s, pr->ibb), r);
-      ss_matmul(SS_MM_T, SS_MM_N, r, pr->in, BT, 1.0f, dlt, r, x, pr->in, 1.0f,
-                ss_params_grad(s, pr->ia), pr->in);
-      ss_params_unlock(s);
-    }
-    ss_matmul(SS_MM_N, SS_MM_N, BT, pr->in, r, 1.0f, dlt, r, pr->la, pr->in, 1.0f, dx, pr->in);
-  }
+  ss_lora_backward(s, &p->lora, &pr->lo, pr->in, pr->out, dx, dy, x, BT, lt, dlt, mk, xd);
 }
 
 static void act_forward(const llama *p, float *out, const float *x, size_t n) {
@@ -845,6 +827,8 @@ typedef struct block_acts {
   float *K, *V;         /* [B, NKV, P+T, D] past + new keys/values */
   float *g, *u, *mm;    /* [BT, I] gate, up, act(gate) * up (mm may alias g) */
   float *lt;            /* [BT, r] LoRA scratch (NULL without adapters) */
+  const ss_lora_mask *mk; /* a training forward's LoRA dropout (NULL: none) */
+  float *xd;            /* [BT, max(E, Q, I)] dropout scratch (with mk) */
 } block_acts;
 
 static ss_attn_dims attn_dims(const llama *p, int B, int T, int P) {
@@ -868,9 +852,9 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
   const size_t cells = (size_t)BT * (size_t)E, ni = (size_t)BT * (size_t)p->I;
   /* attention */
   ss_rmsnorm_forward(a->ln, a->rstd1, a->x, bk->ln1, BT, E, p->eps, p->one_plus);
-  proj_forward(p, &bk->pr[P_Q], a->q, a->ln, BT, 0, a->lt);
-  proj_forward(p, &bk->pr[P_K], a->k, a->ln, BT, 0, a->lt);
-  proj_forward(p, &bk->pr[P_V], a->v, a->ln, BT, 0, a->lt);
+  proj_forward(p, &bk->pr[P_Q], a->q, a->ln, BT, 0, a->lt, a->mk, a->xd);
+  proj_forward(p, &bk->pr[P_K], a->k, a->ln, BT, 0, a->lt, a->mk, a->xd);
+  proj_forward(p, &bk->pr[P_V], a->v, a->ln, BT, 0, a->lt, a->mk, a->xd);
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
     float *q = a->q + (size_t)s->row0 * (size_t)Q, *k = a->k + (size_t)s->row0 * (size_t)KV;
@@ -882,15 +866,15 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
                                 s->V, q, Q, k, v, KV, s->past_k, s->past_v, &d, p->window);
   }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
-  proj_forward(p, &bk->pr[P_O], a->h, a->atty, BT, 1, a->lt);
+  proj_forward(p, &bk->pr[P_O], a->h, a->atty, BT, 1, a->lt, a->mk, a->xd);
   /* mlp */
   ss_rmsnorm_forward(a->ln, a->rstd2, a->h, bk->ln2, BT, E, p->eps, p->one_plus);
-  proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt);
-  proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt);
+  proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt, a->mk, a->xd);
+  proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt, a->mk, a->xd);
   act_forward(p, a->mm, a->g, ni);
   for (size_t i = 0; i < ni; i++) a->mm[i] *= a->u[i];
   if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
-  proj_forward(p, &bk->pr[P_DOWN], a->y, a->mm, BT, 1, a->lt);
+  proj_forward(p, &bk->pr[P_DOWN], a->y, a->mm, BT, 1, a->lt, a->mk, a->xd);
 }
 
 /*
@@ -958,7 +942,7 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
   /* mlp */
   act_forward(p, g->fa, a->g, ni);
   for (size_t i = 0; i < ni; i++) a->mm[i] = g->fa[i] * a->u[i];
-  proj_backward(p, &bk->pr[P_DOWN], g->dmm, 0, dres, a->mm, BT, a->lt, g->dlt);
+  proj_backward(p, &bk->pr[P_DOWN], g->dmm, 0, dres, a->mm, BT, a->lt, g->dlt, a->mk, a->xd);
   for (size_t i = 0; i < ni; i++) { /* mm (scratch) becomes du; dmm becomes d(act(g)) */
     float dm = g->dmm[i];
     a->mm[i] = dm * g->fa[i];
@@ -966,14 +950,14 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
   }
   act_backward(p, g->dmm, a->g, ni);
   ss_rmsnorm_forward(a->ln, NULL, a->h, bk->ln2, BT, E, p->eps, p->one_plus);
-  proj_backward(p, &bk->pr[P_UP], g->dln, 0, a->mm, a->ln, BT, a->lt, g->dlt);
-  proj_backward(p, &bk->pr[P_GATE], g->dln, 1, g->dmm, a->ln, BT, a->lt, g->dlt);
+  proj_backward(p, &bk->pr[P_UP], g->dln, 0, a->mm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
+  proj_backward(p, &bk->pr[P_GATE], g->dln, 1, g->dmm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
   ss_rmsnorm_backward(dres, bk->iln2 >= 0 ? ss_params_grad(s, bk->iln2) : g->dw_sink, g->dln,
                       a->h, bk->ln2, a->rstd2, BT, E, p->one_plus);
   ss_params_unlock(s);
   /* attention */
-  proj_backward(p, &bk->pr[P_O], g->datty, 0, dres, a->atty, BT, a->lt, g->dlt);
+  proj_backward(p, &bk->pr[P_O], g->datty, 0, dres, a->atty, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_attention_backward(g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k, a->v,
                         KV, &d);
   if (pk.ib >= 0) { /* k_proj's bias from the rotated-key gradient (kbias_backward) */
@@ -985,9 +969,9 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
   ss_rope_backward_freq(g->dq, Q, B, T, p->NH, p->D, 0, p->inv_freq);
   ss_rope_backward_freq(g->dk, KV, B, T, p->NKV, p->D, 0, p->inv_freq);
   ss_rmsnorm_forward(a->ln, NULL, a->x, bk->ln1, BT, E, p->eps, p->one_plus);
-  proj_backward(p, &bk->pr[P_Q], g->dln, 0, g->dq, a->ln, BT, a->lt, g->dlt);
-  proj_backward(p, &pk, g->dln, 1, g->dk, a->ln, BT, a->lt, g->dlt);
-  proj_backward(p, &bk->pr[P_V], g->dln, 1, g->dv, a->ln, BT, a->lt, g->dlt);
+  proj_backward(p, &bk->pr[P_Q], g->dln, 0, g->dq, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
+  proj_backward(p, &pk, g->dln, 1, g->dk, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
+  proj_backward(p, &bk->pr[P_V], g->dln, 1, g->dv, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
   ss_rmsnorm_backward(dres, bk->iln1 >= 0 ? ss_params_grad(s, bk->iln1) : g->dw_sink, g->dln,
                       a->x, bk->ln1, a->rstd1, BT, E, p->one_plus);
@@ -1002,7 +986,7 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
 static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
                             const ss_meta *meta, char *err, size_t errlen) {
   const llama *p = m->impl;
-  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora_r;
+  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora.r;
   const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
   const int want_present = kv != NULL && kv->want_present;
   const ss_kv_layer *past = kv != NULL && kv->n_layers > 0 ? kv->past : NULL;
@@ -1087,7 +1071,7 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
 static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, ss_tensor *out,
                                   ss_kv_io *kv, char *err, size_t errlen) {
   const llama *p = m->impl;
-  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora_r;
+  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora.r;
   const int L = p->b - p->a;
   size_t maxT = 1, kvscratch = 0;
   for (int i = 0; i < n; i++) {
@@ -1155,6 +1139,15 @@ static int llama_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
 
 /* ------------------------------------------------------------- training ---- */
 
+/* The widest projection input (the LoRA dropout scratch's row): hidden, heads x head_dim or
+ * intermediate. */
+static size_t lora_max_in(const llama *p) {
+  size_t m = (size_t)p->E, q = (size_t)p->NH * (size_t)p->D;
+  if (q > m) m = q;
+  if ((size_t)p->I > m) m = (size_t)p->I;
+  return m;
+}
+
 /*
  * Training (no KV cache, positions from 0). Per layer, forward_train keeps in one allocation:
  *   x, h [BT, E]; q, atty [BT, Q]; k, v [BT, KV]; g, u [BT, I]; rstd1, rstd2 [BT];
@@ -1163,6 +1156,7 @@ static int llama_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
  */
 typedef struct llama_saved {
   int B, S;
+  ss_lora_mask mk;  /* LoRA dropout of this forward (p 0: none) */
   size_t per_layer; /* floats per layer */
   float *buf;       /* L x per_layer */
 } llama_saved;
@@ -1193,9 +1187,10 @@ static void saved_layer(const llama *p, const llama_saved *sv, int l, float *out
 }
 
 static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
-                               void **saved, size_t *saved_bytes, char *err, size_t errlen) {
+                               const char *forward_id, void **saved, size_t *saved_bytes,
+                               char *err, size_t errlen) {
   const llama *p = m->impl;
-  const int E = p->E, NI = p->I, KVd = p->NKV * p->D, r = p->lora_r;
+  const int E = p->E, NI = p->I, KVd = p->NKV * p->D, r = p->lora.r;
   const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
   const size_t rows = (size_t)B * (size_t)S;
   size_t per = saved_per_layer(p, B, S), total = 0;
@@ -1205,10 +1200,11 @@ static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
 
   *saved = NULL;
   *saved_bytes = 0;
-  /* scratch: ln [BT, E], mm [BT, I], K and V [B, NKV, S, D], lt [BT, r] */
+  /* scratch: ln [BT, E], mm [BT, I], K and V [B, NKV, S, D], lt [BT, r], xd [BT, maxin] */
+  const size_t maxin = p->lora.dropout > 0.0f ? lora_max_in(p) : 0;
   if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
       (sv = malloc(sizeof *sv + total)) == NULL ||
-      (scratch = malloc(rows * ((size_t)E + (size_t)NI + 2 * (size_t)KVd + (size_t)r) *
+      (scratch = malloc(rows * ((size_t)E + (size_t)NI + 2 * (size_t)KVd + (size_t)r + maxin) *
                         sizeof(float))) == NULL) {
     free(sv);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
@@ -1225,6 +1221,10 @@ static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
   a.K = a.mm + rows * (size_t)NI;
   a.V = a.K + rows * (size_t)KVd;
   a.lt = a.V + rows * (size_t)KVd;
+  a.xd = a.lt + rows * (size_t)r;
+  sv->mk.p = p->lora.dropout;
+  sv->mk.key = p->lora.dropout > 0.0f ? ss_lora_mask_key(p->lora.seed, forward_id) : 0;
+  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;
   memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
   for (int l = 0; l < L; l++) {
     saved_layer(p, sv, l, out->data, &a);
@@ -1241,7 +1241,7 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
                           ss_tensor *grad_in, char *err, size_t errlen) {
   llama *p = m->impl;
   const llama_saved *sv = saved;
-  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora_r;
+  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora.r;
   const int B = sv->B, S = sv->S, L = p->b - p->a;
   const size_t rows = (size_t)B * (size_t)S;
   float *dres = grad_in->data, *scratch = NULL;
@@ -1259,7 +1259,7 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
   /* ln, dln [R,E]; datty, dq [R,Q]; dk, dv [R,KV]; mm, fa, dmm [R,I]; lt, dlt [R,r]; datt [S,S];
    * dw_sink [E] */
   need = rows * (2 * (size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 3 * (size_t)NI +
-                 2 * (size_t)r) +
+                 2 * (size_t)r + (sv->mk.p > 0.0f ? lora_max_in(p) : 0)) +
          (size_t)S * (size_t)S + (size_t)E;
   if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
@@ -1280,11 +1280,13 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
   g.datt = g.dlt + rows * (size_t)r;
   g.dw_sink = g.datt + (size_t)S * (size_t)S;
   memset(g.dw_sink, 0, (size_t)E * sizeof(float));
+  a.xd = g.dw_sink + E;                    /* [BT, maxin] with dropout */
+  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL; /* the forward's masks */
   memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
   for (int l = L - 1; l >= 0; l--) {
     float *lt = a.lt, *mm = a.mm, *ln = a.ln;
     saved_layer(p, sv, l, NULL, &a);
-    a.lt = lt, a.mm = mm, a.ln = ln;
+    a.lt = lt, a.mm = mm, a.ln = ln; /* (saved_layer leaves mk, xd alone) */
     if (block_backward(p, l, &a, &g, dres, B, S) != 0) {
       free(scratch);
       snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
@@ -1307,226 +1309,41 @@ static void llama_free_saved(const ss_model *m, void *saved) {
 
 /* ------------------------------------------------------------- LoRA ---- */
 
-static int lora_name(const llama *p, int layer, int k, int is_b, char *name, size_t len) {
-  (void)p;
-  return snprintf(name, len, "base_model.model.model.layers.%d.%s.lora_%s.weight", layer,
-                  proj_path[k], is_b ? "B" : "A");
-}
-
-/* The PEFT adapter_config.json of this model's adapters. */
-static int write_adapter_config(const llama *p, const char *path, char *err, size_t errlen) {
-  json_t *root = json_object(), *tm = json_array(), *ltt = json_array();
-  char *text;
-  int rc = 0;
-  if (root == NULL || tm == NULL || ltt == NULL) {
-    json_decref(root);
-    json_decref(tm);
-    json_decref(ltt);
-    snprintf(err, errlen, "out of memory");
-    return SS_ENOMEM;
-  }
-  for (int k = 0; k < N_PROJ; k++)
-    if (p->lora_targets & (1u << k)) json_array_append_new(tm, json_string(proj_short[k]));
-  for (int l = p->a; l < p->b; l++) json_array_append_new(ltt, json_integer(l));
-  json_object_set_new(root, "peft_type", json_string("LORA"));
-  json_object_set_new(root, "task_type", json_string("CAUSAL_LM"));
-  json_object_set_new(root, "r", json_integer(p->lora_r));
-  json_object_set_new(root, "lora_alpha", json_real(p->lora_alpha));
-  json_object_set_new(root, "lora_dropout", json_real(0.0));
-  json_object_set_new(root, "bias", json_string("none"));
-  json_object_set_new(root, "fan_in_fan_out", json_false());
-  json_object_set_new(root, "inference_mode", json_true());
-  json_object_set_new(root, "target_modules", tm);
-  json_object_set_new(root, "layers_to_transform", ltt);
-  json_object_set_new(root, "base_model_name_or_path", json_null());
-  text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
-  json_decref(root);
-  if (text == NULL) {
-    snprintf(err, errlen, "out of memory");
-    return SS_ENOMEM;
-  }
-  rc = ss_file_write_atomic_buf(path, text, strlen(text), err, errlen); /* never via PATH.tmp */
-  free(text);
-  return rc;
+/* The PEFT key of layer's projection k (a GPT-style causal LM: base_model.model.model.). */
+static void lora_key(int layer, int k, char *name, size_t len) {
+  snprintf(name, len, "base_model.model.model.layers.%d.%s", layer, proj_path[k]);
 }
 
 static int llama_save(const ss_model *m, const char *path, char *err, size_t errlen) {
   const llama *p = m->impl;
-  char file[1200];
-  int rc;
-  if (p->lora_r == 0) return ss_params_save(&p->prm, path, err, errlen);
-  if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-    snprintf(err, errlen, "cannot create adapter directory %.200s: %s", path, strerror(errno));
-    return SS_EIO;
-  }
-  snprintf(file, sizeof file, "%s/adapter_model.safetensors", path);
-  if ((rc = ss_params_write(&p->prm, file, SS_PARAMS_VALUES, err, errlen)) != 0) return rc;
-  snprintf(file, sizeof file, "%s/optimizer.safetensors", path);
-  if ((rc = ss_params_write(&p->prm, file, SS_PARAMS_OPTIM, err, errlen)) != 0) return rc;
-  snprintf(file, sizeof file, "%s/adapter_config.json", path);
-  return write_adapter_config(p, file, err, errlen);
+  if (p->lora.r == 0) return ss_params_save(&p->prm, path, err, errlen);
+  return ss_lora_save(&p->prm, &p->lora, proj_short, N_PROJ, p->a, p->b, 0, path, err, errlen);
 }
 
-static uint64_t splitmix64(uint64_t *state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-/* "q_proj,v_proj" -> bits; 0 and a message on an unknown name. */
-static int parse_targets(const char *s, unsigned *bits, char *err, size_t errlen) {
-  char buf[256], *save = NULL;
-  *bits = 0;
-  snprintf(buf, sizeof buf, "%s", s);
-  for (char *t = strtok_r(buf, ",; ", &save); t != NULL; t = strtok_r(NULL, ",; ", &save)) {
-    int k = -1;
-    for (int j = 0; j < N_PROJ; j++)
-      if (strcmp(t, proj_short[j]) == 0) k = j;
-    if (k < 0) {
-      snprintf(err, errlen,
-               "lora_targets: unknown module '%.40s' (known: q_proj, k_proj, v_proj, o_proj, "
-               "gate_proj, up_proj, down_proj)",
-               t);
-      return SS_EINVAL;
-    }
-    *bits |= 1u << k;
-  }
-  if (*bits == 0) {
-    snprintf(err, errlen, "lora_targets: empty");
-    return SS_EINVAL;
-  }
-  return 0;
-}
-
-/* A LoRA alpha the adapters cannot use: not finite, <= 0, or beyond a float (the scale alpha / r
- * is computed in float: 1e39 would make every output NaN). */
-static int lora_alpha_bad(double v) { return !isfinite(v) || v <= 0.0 || v > (double)FLT_MAX; }
-
-/* adapter=DIR: r, alpha and targets from DIR/adapter_config.json (checked against the spec's
- * when given there too). */
-static int read_adapter_config(const char *dir, int *r, double *alpha, unsigned *targets,
-                               char *err, size_t errlen) {
-  char path[1200];
-  json_t *root, *v;
-  int rc = SS_EINVAL;
-  snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-  if ((root = load_json("adapter", path, SS_CONFIG_MAX_BYTES, &rc, err, errlen)) == NULL) return rc;
-  rc = SS_EINVAL;
-  v = json_object_get(root, "r");
-  if (v == NULL || !json_is_integer(v) || json_integer_value(v) < 1 ||
-      json_integer_value(v) > 4096) {
-    snprintf(err, errlen, "adapter %.200s: 'r' must be an integer in 1..4096", path);
-    goto done;
-  }
-  *r = (int)json_integer_value(v);
-  v = json_object_get(root, "lora_alpha");
-  *alpha = 8.0; /* PEFT's default when the key is absent */
-  if (v != NULL && (!json_is_number(v) || lora_alpha_bad(json_number_value(v)))) {
-    char got[64];
-    if (json_is_number(v))
-      snprintf(got, sizeof got, "%g", json_number_value(v));
-    else if (json_is_string(v))
-      snprintf(got, sizeof got, "the string \"%.40s\"", json_string_value(v));
-    else
-      snprintf(got, sizeof got, "a JSON %s", json_is_null(v) ? "null" : "value of another type");
-    snprintf(err, errlen,
-             "adapter %.200s: 'lora_alpha' must be a number > 0 and at most %g (a float), got %s",
-             path, (double)FLT_MAX, got);
-    goto done;
-  }
-  if (v != NULL) *alpha = json_number_value(v);
-  v = json_object_get(root, "target_modules");
-  *targets = 0;
-  if (v != NULL && json_is_array(v)) {
-    size_t i;
-    json_t *e;
-    json_array_foreach(v, i, e) {
-      unsigned b;
-      if (!json_is_string(e) || parse_targets(json_string_value(e), &b, err, errlen) != 0) {
-        if (!json_is_string(e)) snprintf(err, errlen, "adapter %.200s: bad target_modules", path);
-        goto done;
-      }
-      *targets |= b;
-    }
-  } else if (v != NULL && json_is_string(v)) {
-    if (parse_targets(json_string_value(v), targets, err, errlen) != 0) goto done;
-  }
-  if (*targets == 0) {
-    snprintf(err, errlen, "adapter %.200s: no target_modules", path);
-    goto done;
-  }
-  rc = 0;
-done:
-  json_decref(root);
-  return rc;
-}
-
-/* Adapters: allocate A (PEFT init, seeded) and B (zero) for every target of every layer, or
- * read them from adapter_dir/adapter_model.safetensors. */
-static int lora_setup(llama *p, const char *adapter_dir, ss_st_file **ad, char *err,
-                      size_t errlen) {
-  char name[256], path[1200];
+/* Adapters: A (PEFT init, seeded) and B (zero) for every target of every layer, or read from
+ * adapter_dir/adapter_model.safetensors. */
+static int lora_setup(llama *p, const char *adapter_dir, char *err, size_t errlen) {
+  char key[256], path[1200];
   uint64_t st = 0x5EEDull;
-  int rc;
-  p->lora_s = p->lora_alpha / (float)p->lora_r;
-  *ad = NULL;
-  if (adapter_dir != NULL) {
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", adapter_dir);
-    if ((rc = ss_st_open(path, ad, err, errlen)) != 0) return rc;
-  }
-  for (int l = 0; l < p->b - p->a; l++) {
-    for (int k = 0; k < N_PROJ; k++) {
+  ss_st_file *ad = NULL;
+  int rc = 0;
+  if (adapter_dir != NULL &&
+      (rc = ss_lora_open(adapter_dir, &ad, path, sizeof path, err, errlen)) != 0)
+    return rc;
+  for (int l = 0; l < p->b - p->a && rc == 0; l++) {
+    for (int k = 0; k < N_PROJ && rc == 0; k++) {
       proj *pr = &p->blk[l].pr[k];
-      size_t na = (size_t)p->lora_r * (size_t)pr->in, nb = (size_t)pr->out * (size_t)p->lora_r;
-      if (!(p->lora_targets & (1u << k))) continue;
-      if (*ad != NULL) {
-        for (int f = 0; f < 2; f++) {
-          const ss_st_tensor *t;
-          int64_t want[2] = {f ? pr->out : p->lora_r, f ? p->lora_r : pr->in};
-          lora_name(p, p->a + l, k, f, name, sizeof name);
-          t = ss_st_find(*ad, name);
-          if (t == NULL) {
-            snprintf(err, errlen, "adapter %.200s: missing '%s'", path, name);
-            return SS_EINVAL;
-          }
-          if (t->ndim != 2 || t->shape[0] != want[0] || t->shape[1] != want[1]) {
-            char got[96], w2[96];
-            snprintf(err, errlen, "adapter %.200s: '%s' has shape %s, expected %s", path, name,
-                     ss_shape_str(t->shape, t->ndim, got, sizeof got),
-                     ss_shape_str(want, 2, w2, sizeof w2));
-            return SS_EINVAL;
-          }
-          /* own copies (the adapter file is closed after loading; every step writes them) */
-          {
-            const float **view = f ? &pr->lb : &pr->la;
-            float **own = f ? &pr->lb_own : &pr->la_own;
-            if (ss_st_f32(t, view, own) != 0) return SS_ENOMEM;
-            if (*own == NULL) {
-              if ((*own = malloc(t->numel * sizeof(float))) == NULL) return SS_ENOMEM;
-              memcpy(*own, *view, t->numel * sizeof(float));
-              *view = *own;
-            }
-          }
-        }
-        continue;
-      }
-      pr->la_own = malloc(na * sizeof(float));
-      pr->lb_own = calloc(nb, sizeof(float));
-      if (pr->la_own == NULL || pr->lb_own == NULL) {
+      if (!(p->lora.targets & (1u << k))) continue;
+      lora_key(p->a + l, k, key, sizeof key);
+      pr->lo.unit = (p->a + l) * 16 + k; /* dropout masks: lora.h */
+      if (ad != NULL)
+        rc = ss_lora_load(&pr->lo, ad, path, key, p->lora.r, pr->in, pr->out, err, errlen);
+      else if ((rc = ss_lora_init(&pr->lo, p->lora.r, pr->in, pr->out, &st)) != 0)
         snprintf(err, errlen, "out of memory");
-        return SS_ENOMEM;
-      }
-      /* kaiming_uniform_(a=sqrt(5)) on [r, in]: gain sqrt(2/6), bound gain sqrt(3/in) = 1/sqrt(in) */
-      for (size_t i = 0; i < na; i++) {
-        double u = (double)(splitmix64(&st) >> 40) * 0x1p-24;
-        pr->la_own[i] = (float)((2.0 * u - 1.0) / sqrt((double)pr->in));
-      }
-      pr->la = pr->la_own;
-      pr->lb = pr->lb_own;
     }
   }
-  return 0;
+  ss_st_close(ad); /* the adapters are copies */
+  return rc;
 }
 
 /* ------------------------------------------------------------- parameters ---- */
@@ -1539,15 +1356,13 @@ static int llama_params(llama *p) {
   if (ss_params_init(s, (size_t)L * W_PER_LAYER) != 0) return SS_ENOMEM;
   for (int l = 0; l < L; l++) {
     lblock *bk = &p->blk[l];
-    if (p->lora_r > 0) {
+    if (p->lora.r > 0) {
       for (int k = 0; k < N_PROJ; k++) {
         proj *pr = &bk->pr[k];
-        int64_t sa[2] = {p->lora_r, pr->in}, sb[2] = {pr->out, p->lora_r};
-        if (pr->la == NULL) continue;
-        lora_name(p, p->a + l, k, 0, name, sizeof name);
-        if ((pr->ia = ss_params_add(s, name, sa, 2, &pr->la, &pr->la_own)) < 0) return SS_ENOMEM;
-        lora_name(p, p->a + l, k, 1, name, sizeof name);
-        if ((pr->ibb = ss_params_add(s, name, sb, 2, &pr->lb, &pr->lb_own)) < 0) return SS_ENOMEM;
+        if (pr->lo.a == NULL) continue;
+        lora_key(p->a + l, k, name, sizeof name);
+        if (ss_lora_add_params(s, &pr->lo, name, p->lora.r, pr->in, pr->out) != 0)
+          return SS_ENOMEM;
       }
       continue;
     }
@@ -1596,12 +1411,12 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
                        size_t errlen) {
   const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
   const char *lrank = NULL, *lalpha = NULL, *ltargets = NULL, *adapter = NULL;
+  const char *ldrop = NULL, *lseed = NULL;
   char cfg_buf[1200], cfg_dir[1100], msg[1024];
   int rc;
   int64_t n_params = 0;
   llama *p;
   wsrc w;
-  ss_st_file *ad = NULL, *opt_file = NULL;
 
   for (size_t i = 0; i < n; i++) {
     const char *k = params[2 * i], *v = params[2 * i + 1];
@@ -1619,10 +1434,15 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
       ltargets = v;
     else if (strcmp(k, "adapter") == 0)
       adapter = v;
+    else if (strcmp(k, "lora_dropout") == 0)
+      ldrop = v;
+    else if (strcmp(k, "lora_seed") == 0)
+      lseed = v;
     else {
       snprintf(err, errlen,
                "model '%s': unknown parameter '%s' for kind 'llama' (known: weights, config, "
-               "layers, lora_rank, lora_alpha, lora_targets, adapter)",
+               "layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
+               "lora_seed)",
                m->id, k);
       return SS_EINVAL;
     }
@@ -1649,77 +1469,21 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
   if (rc == 0) rc = load_config(p, config, msg, sizeof msg);
   if (rc == 0) rc = ss_trunk_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
   if (rc == 0) rc = load_weights(p, &w, weights, &dt, &n_params, msg, sizeof msg);
-  /* LoRA */
-  if (rc == 0 && (lrank != NULL || lalpha != NULL || ltargets != NULL || adapter != NULL)) {
-    int r = 0;
-    double alpha = -1.0;
-    unsigned targets = 0;
-    if (adapter != NULL) rc = read_adapter_config(adapter, &r, &alpha, &targets, msg, sizeof msg);
-    if (rc == 0 && lrank != NULL) {
-      char *end;
-      long v = strtol(lrank, &end, 10);
-      if (*lrank == '\0' || *end != '\0' || v < 1 || v > 4096) {
-        snprintf(msg, sizeof msg, "lora_rank must be an integer in 1..4096, got '%s'", lrank);
-        rc = SS_EINVAL;
-      } else if (adapter != NULL && v != r) {
-        snprintf(msg, sizeof msg, "lora_rank %ld disagrees with the adapter's r %d", v, r);
-        rc = SS_EINVAL;
-      }
-      r = (int)v;
-    }
-    if (rc == 0 && lalpha != NULL) {
-      char *end;
-      double v = strtod(lalpha, &end);
-      if (*lalpha == '\0' || *end != '\0' || lora_alpha_bad(v)) {
-        snprintf(msg, sizeof msg,
-                 "lora_alpha must be a number > 0 and at most %g (a float), got '%s'",
-                 (double)FLT_MAX, lalpha);
-        rc = SS_EINVAL;
-      } else if (adapter != NULL && fabs(v - alpha) > 1e-9 * fabs(alpha)) {
-        snprintf(msg, sizeof msg, "lora_alpha %g disagrees with the adapter's %g", v, alpha);
-        rc = SS_EINVAL;
-      }
-      alpha = v;
-    }
-    if (rc == 0 && ltargets != NULL) {
-      unsigned t2;
-      rc = parse_targets(ltargets, &t2, msg, sizeof msg);
-      if (rc == 0 && adapter != NULL && t2 != targets) {
-        snprintf(msg, sizeof msg, "lora_targets '%s' disagree with the adapter's target_modules",
-                 ltargets);
-        rc = SS_EINVAL;
-      }
-      targets = t2;
-    }
-    if (rc == 0 && r == 0) {
-      snprintf(msg, sizeof msg, "LoRA needs lora_rank=R (or adapter=DIR)");
-      rc = SS_EINVAL;
-    }
-    if (rc == 0) {
-      p->lora_r = r;
-      p->lora_alpha = (float)(alpha > 0 ? alpha : 2.0 * r);
-      p->lora_targets = targets ? targets : (1u << P_Q) | (1u << P_V); /* PEFT's llama default */
-      rc = lora_setup(p, adapter, &ad, msg, sizeof msg);
-    }
-  }
+  /* LoRA (PEFT's llama default targets: q_proj, v_proj) */
+  if (rc == 0)
+    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, ldrop, lseed, proj_short, N_PROJ,
+                          (1u << P_Q) | (1u << P_V), &p->lora, msg, sizeof msg);
+  if (rc == 0 && p->lora.r > 0) rc = lora_setup(p, adapter, msg, sizeof msg);
   if (rc == 0 && llama_params(p) != 0) {
     snprintf(msg, sizeof msg, "out of memory");
     rc = SS_ENOMEM;
   }
   /* optimizer state: in the weights file (full fine-tuning checkpoints) or the adapter's
    * directory (optimizer.safetensors) */
-  if (rc == 0 && p->lora_r == 0) {
+  if (rc == 0 && p->lora.r == 0)
     rc = ss_params_restore(&p->prm, p->files[0], msg, sizeof msg);
-  } else if (rc == 0 && adapter != NULL) {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", adapter);
-    if (access(path, F_OK) == 0) {
-      rc = ss_st_open(path, &opt_file, msg, sizeof msg);
-      if (rc == 0) rc = ss_params_restore(&p->prm, opt_file, msg, sizeof msg);
-    }
-  }
-  ss_st_close(opt_file);
-  ss_st_close(ad); /* the adapters are copies */
+  else if (rc == 0 && adapter != NULL)
+    rc = ss_lora_restore(&p->prm, adapter, msg, sizeof msg);
   wsrc_close(&w);
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
@@ -1738,7 +1502,7 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
   m->weight_bytes = (size_t)n_params * sizeof(float);
   {
     char lora[64] = "";
-    if (p->lora_r > 0) snprintf(lora, sizeof lora, ", LoRA r %d", p->lora_r);
+    if (p->lora.r > 0) snprintf(lora, sizeof lora, ", LoRA r %d", p->lora.r);
     snprintf(m->describe, sizeof m->describe,
              "llama (%s) layers %d:%d of %d (hidden %d, %d/%d heads), %.1fM params, %s%s",
              p->model_type, p->a, p->b, p->n_layer, p->E, p->NH, p->NKV,

@@ -352,9 +352,11 @@ typedef struct mlp_saved {
   float *z; /* Z_0 [rows, out_0], Z_1 [rows, out_1], ... for the n-1 hidden layers */
 } mlp_saved;
 
-static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
-                             size_t *saved_bytes, char *err, size_t errlen) {
+static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
+                             const char *forward_id, void **saved, size_t *saved_bytes, char *err,
+                             size_t errlen) {
   const mlp *p = m->impl;
+  (void)forward_id; /* nothing random */
   size_t rows = in->numel / (size_t)p->l[0].in, cells = (size_t)p->l[0].in, maxw = 0, bytes;
   mlp_saved *sv;
   float *a = NULL, *z;

@@ -85,9 +85,12 @@ typedef struct ss_model_ops {
    * the new weights, never a torn mix. backward calls of one model may run concurrently: the
    * model serializes its own gradient accumulation (a mutex inside impl). */
   /* Worker: forward that also keeps what backward needs in *saved (model-owned record, freed
-   * with free_saved); *saved_bytes = its memory. Same shapes as forward. */
-  int (*forward_train)(const ss_model *m, const ss_tensor *in, ss_tensor *out, void **saved,
-                       size_t *saved_bytes, char *err, size_t errlen);
+   * with free_saved); *saved_bytes = its memory. Same shapes as forward. forward_id: the
+   * record's id (NULL: ""), which seeds what is random in a training forward (LoRA dropout's
+   * masks, models/lora.h), so that backward sees the same. */
+  int (*forward_train)(const ss_model *m, const ss_tensor *in, ss_tensor *out,
+                       const char *forward_id, void **saved, size_t *saved_bytes, char *err,
+                       size_t errlen);
   /* Worker: grad_in (preallocated, the input's shape, f32) = dL/d(input) given grad_out
    * (dL/d(output), the output's shape); adds dL/d(weights) into the model's gradient buffers. */
   int (*backward)(ss_model *m, const void *saved, const ss_tensor *grad_out, ss_tensor *grad_in,
@@ -124,6 +127,12 @@ struct ss_model {
   int wire_codec;           /* spec key wire_codec: 1 zlib, 0 none, -1 unset (service/codec.h) */
   int compute;              /* spec key compute: the dtype of the weight products (ss_mm_dtype:
                              * 0 fp32, 1 bf16, 2 int8); set before the constructor runs */
+  int implicit_training;    /* spec key implicit_training=1: an untagged Compute keeps its
+                             * activations for the next ComputeBackward on its connection
+                             * (service/train.c) */
+  float learning_rate;      /* spec key learning_rate: the step of a ComputeBackward that sends
+                             * none (0: such a call only accumulates) */
+  int accumulation_step;    /* spec key accumulation_step: ditto (0: 1) */
   uv_rwlock_t lock;         /* weights: forward/backward read, step writes (workers only) */
   int64_t n_params;         /* parameter count (0 for built-ins) */
   size_t weight_bytes;      /* bytes of weights resident */

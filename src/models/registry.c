@@ -20,6 +20,10 @@
  * parsed here into m->compute before the constructor runs (which keeps it for its linear layers:
  * nn/matmul.h ss_matmul_w). bf16 is refused at start-up on a CPU without native bf16 products
  * (avx512_bf16 / AMX), with a message naming what is missing (never a silent fp32 run).
+ * So are the Split-Learning trainer's keys (service/train.c): implicit_training=0|1 (an
+ * untagged Compute is a training forward, paired with the next ComputeBackward of its
+ * connection), learning_rate=LR and accumulation_step=N (what a ComputeBackward that sends
+ * neither uses; no learning_rate: such calls only accumulate).
  */
 #include <errno.h>
 #include <math.h>
@@ -43,16 +47,20 @@ typedef struct kind_entry {
 static const char *const no_keys[] = {NULL};
 /* Each kind's own keys (passed to its constructor)... */
 static const char *const mlp_keys[] = {"weights", "activation", NULL};
-static const char *const gpt2_keys[] = {"weights", "config", "layers", NULL};
-static const char *const llama_keys[] = {"weights",    "config",       "layers", "lora_rank",
-                                         "lora_alpha", "lora_targets", "adapter", NULL};
+static const char *const gpt2_keys[] = {"weights",    "config",       "layers",       "lora_rank",
+                                        "lora_alpha", "lora_targets", "adapter",      "lora_dropout",
+                                        "lora_seed",  NULL};
+static const char *const llama_keys[] = {"weights",    "config",       "layers",       "lora_rank",
+                                         "lora_alpha", "lora_targets", "adapter",      "lora_dropout",
+                                         "lora_seed",  NULL};
 
 /* ...and the training, batching, wire and compute keys, written once: accepted by every kind
  * that can train, parsed here (parse_training, parse_compute) and never passed to the kind's
  * constructor. */
 static const char *const train_keys[] = {
-    "optimizer",      "beta1",        "beta2",      "eps",        "weight_decay", "save",
-    "max_batch_rows", "batch_delay_us", "decode_batch", "wire_dtype", "wire_codec", "compute",
+    "optimizer",      "beta1",          "beta2",        "eps",          "weight_decay",
+    "save",           "max_batch_rows", "batch_delay_us", "decode_batch", "wire_dtype",
+    "wire_codec",     "compute",        "implicit_training", "learning_rate", "accumulation_step",
     NULL};
 
 static const kind_entry kinds[] = {
@@ -187,6 +195,29 @@ static int parse_training(ss_model *m, const char *const *params, size_t n, char
         return SS_EINVAL;
       }
       m->wire_dtype = (int)dt;
+    } else if (strcmp(k, "implicit_training") == 0) {
+      if (strcmp(v, "0") != 0 && strcmp(v, "1") != 0) {
+        snprintf(err, errlen, "model '%s': implicit_training must be 0 or 1, got '%s'", m->id, v);
+        return SS_EINVAL;
+      }
+      m->implicit_training = v[0] == '1';
+    } else if (strcmp(k, "learning_rate") == 0) {
+      rc = parse_real(m->id, k, v, 0.0, 1e6, 0, "in (0, 1e6]", &m->learning_rate, err, errlen);
+      if (rc == 0 && !(m->learning_rate > 0.0f)) {
+        snprintf(err, errlen, "model '%s': learning_rate must be a number in (0, 1e6], got '%s'",
+                 m->id, v);
+        rc = SS_EINVAL;
+      }
+    } else if (strcmp(k, "accumulation_step") == 0) {
+      char *end;
+      errno = 0;
+      long x = strtol(v, &end, 10);
+      if (!*v || *end || errno || x < 1 || x > 1000000) {
+        snprintf(err, errlen, "model '%s': accumulation_step must be an integer in [1, 1000000], "
+                 "got '%s'", m->id, v);
+        return SS_EINVAL;
+      }
+      m->accumulation_step = (int)x;
     } else if (strcmp(k, "wire_codec") == 0) {
       if (strcmp(v, "zlib") != 0 && strcmp(v, "none") != 0) {
         snprintf(err, errlen, "model '%s': wire_codec must be none or zlib, got '%s'", m->id, v);

@@ -173,8 +173,8 @@ static void job_run(ss_job *job) {
   if (!out.data) goto nomem;
   uv_rwlock_rdlock(&((ss_model *)m)->lock); /* a training step may not run meanwhile */
   if (st->training) {
-    st->rc = m->ops->forward_train(m, &in, &out, &st->saved, &st->saved_bytes, st->err,
-                                   sizeof st->err);
+    st->rc = m->ops->forward_train(m, &in, &out, st->forward_id, &st->saved, &st->saved_bytes,
+                                   st->err, sizeof st->err);
   } else if (m->n_kv_layers > 0) {
     ss_kv_io kv = {m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present};
     st->rc = m->ops->forward_kv(m, &in, &out, &kv, &st->meta, st->err, sizeof st->err);
@@ -244,8 +244,11 @@ void ss_compute_finish(compute_state *st, int ran) {
   if (st->saved) { /* keep what backward needs, even if the client went away meanwhile */
     void *saved = st->saved;
     st->saved = NULL;
-    if (ss_train_store(st->svc, st->forward_id, st->owner, st->sm, saved, st->saved_bytes, &st->in,
-                       st->out_shape, st->out_ndim, &st->enc) != 0 && !ss_call_answered(call)) {
+    int src = ss_train_store(st->svc, st->forward_id, st->owner, st->sm, saved, st->saved_bytes,
+                             &st->in, st->out_shape, st->out_ndim, &st->enc);
+    if (src == 0 && st->implicit)
+      src = ss_train_implicit_add(st->svc, st->forward_id, ss_call_conn_id(call));
+    if (src != 0 && !ss_call_answered(call)) {
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
                    "cannot keep the activations of forward '%s' (%zu bytes)", st->forward_id,
                    st->saved_bytes);
@@ -639,7 +642,12 @@ static int check_mode(compute_state *st) {
       return -1;
     }
   }
-  if (req->has_training_mode && req->training_mode) {
+  /* implicit_training=1 (the Split-Learning trainer's flow, train.c): a plain forward without
+   * training_mode, forward_id or any cache is a training forward */
+  st->implicit = m->implicit_training && m->ops->forward_train && !req->has_training_mode &&
+                 !(req->forward_id && *req->forward_id) && st->n_kv_wire == 0 &&
+                 !ss_meta_get(&st->meta, "session") && !req->has_use_cache;
+  if ((req->has_training_mode && req->training_mode) || st->implicit) {
     if (!m->ops->forward_train) {
       ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
                    "training_mode=true: model '%s' (kind %s) has no backward pass; models that "

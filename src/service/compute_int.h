@@ -43,6 +43,7 @@ typedef struct compute_state {
   int present_in_reply;       /* the reply's segments point into present: keep it until free */
   /* training forward (training_mode=true) */
   int training;
+  int implicit;               /* untagged forward of an implicit_training model (train.c) */
   void *saved;                /* the model's record for backward (worker -> cache) */
   size_t saved_bytes;
   char forward_id[128];

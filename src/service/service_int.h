@@ -68,6 +68,7 @@ struct ss_service {
 
   struct ss_sessions *sessions; /* server-side decode sessions (sessions.c) */
   struct ss_kcache *acts;      /* training forwards awaiting backward (train.c) */
+  struct ss_implicit *implicit; /* untagged forwards of implicit_training models (train.c) */
   uint64_t forward_seq;
   int saving;                  /* checkpoint jobs running */
   int save_failed;             /* a checkpoint failed */
@@ -168,5 +169,8 @@ struct ss_wire_enc;
 int ss_train_store(ss_service *s, const char *forward_id, const uint8_t *owner, ss_served_model *sm,
                    void *saved, size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape,
                    int out_ndim, const struct ss_wire_enc *enc);
+/* Remember forward_id (stored with ss_train_store) as the untagged training forward of an
+ * implicit_training model on connection conn. 0 or SS_ENOMEM. */
+int ss_train_implicit_add(ss_service *s, const char *forward_id, uint64_t conn);
 
 #endif

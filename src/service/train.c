@@ -21,6 +21,19 @@
  *  - Weights: forwards and backwards hold the model's read lock on the worker; a step takes the
  *    write lock, so a racing forward sees the old or the new weights, never a mix. No lock is
  *    ever taken on the loop thread.
+ *  - implicit_training=1 (a model key, for the Split-Learning trainer, whose loop sends the
+ *    trunk forward as a plain Compute and then calls ComputeBackward with an id of its own
+ *    that the server never saw): a Compute on such a model without training_mode (absent, not
+ *    false), forward_id, past_key_values, use_cache or session is a training forward under a
+ *    fresh id, remembered with its connection. A ComputeBackward whose forward_id is unknown
+ *    (never produced here) then takes the one untagged forward outstanding on its own
+ *    connection (of its model_id's model when it names one). Ambiguity is refused with
+ *    FAILED_PRECONDITION naming the key: two or more untagged forwards outstanding on the
+ *    connection (all of them are discarded, so the next forward/backward pair works), or none
+ *    there but some on another connection. Evaluation calls on such a model keep activations
+ *    too: send them with training_mode=false, or to a second model id. A ComputeBackward
+ *    without learning_rate / accumulation_step uses the model keys learning_rate /
+ *    accumulation_step (any model; without learning_rate such calls only accumulate).
  *  - Owners (--auth-tokens): a record is tagged with its forward's token (ss_service_owner);
  *    a backward, or a training forward reusing the id, with another token is refused
  *    (PERMISSION_DENIED) before anything about the record is told or changed, and so is a
@@ -53,6 +66,14 @@ typedef struct act_rec {
   ss_wire_enc enc;          /* the forward's wire encoding: the gradients use it too */
 } act_rec;
 
+/* An untagged forward of an implicit_training model: its id in the activation cache and its
+ * connection. A list, pruned of ids the cache no longer holds whenever it is walked. */
+typedef struct ss_implicit {
+  struct ss_implicit *next;
+  uint64_t conn;
+  char id[128];
+} ss_implicit;
+
 static void act_free(void *v, void *user) {
   (void)user;
   act_rec *r = v;
@@ -66,7 +87,90 @@ int ss_train_init(ss_service *s) {
                        &s->acts);
 }
 
+static void implicit_prune(ss_service *s) {
+  for (ss_implicit **pp = &s->implicit; *pp;) {
+    ss_implicit *i = *pp;
+    if (ss_kcache_get(s->acts, i->id, 0, NULL) == NULL) {
+      *pp = i->next;
+      free(i);
+    } else {
+      pp = &i->next;
+    }
+  }
+}
+
+int ss_train_implicit_add(ss_service *s, const char *forward_id, uint64_t conn) {
+  ss_implicit *i = calloc(1, sizeof *i), **tail;
+  if (i == NULL) return SS_ENOMEM;
+  implicit_prune(s);
+  i->conn = conn;
+  snprintf(i->id, sizeof i->id, "%s", forward_id);
+  for (tail = &s->implicit; *tail; tail = &(*tail)->next) {
+  }
+  *tail = i;
+  return 0;
+}
+
+/* A backward whose forward_id the server never produced, on an implicit_training model: the
+ * one untagged forward outstanding on its connection (*out), none (*out NULL: NOT_FOUND as
+ * usual), or -1 after refusing an ambiguous call. model_id: the request's, or NULL/"". */
+static int implicit_resolve(ss_service *s, ss_call *call, const char *forward_id,
+                            const char *model_id, ss_kentry **out) {
+  uint64_t conn = ss_call_conn_id(call);
+  size_t mine = 0, others = 0;
+  ss_kentry *found = NULL;
+  const char *mid = NULL;
+  *out = NULL;
+  implicit_prune(s);
+  for (ss_implicit *i = s->implicit; i; i = i->next) {
+    ss_kentry *e = ss_kcache_get(s->acts, i->id, 0, NULL);
+    const act_rec *r = e->value;
+    if (model_id && *model_id && strcmp(model_id, r->sm->model->id) != 0) continue;
+    mid = r->sm->model->id;
+    if (i->conn == conn) {
+      mine++;
+      found = e;
+    } else {
+      others++;
+    }
+  }
+  if (mine == 1) {
+    *out = found;
+    return 0;
+  }
+  if (mine > 1) {
+    ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
+                 "forward_id '%s' is unknown and %zu forwards without forward_id are outstanding "
+                 "on this connection for model '%s' (implicit_training=1 pairs one untagged "
+                 "Compute with the next ComputeBackward of its connection): ambiguous, all %zu "
+                 "are discarded; send one Compute per ComputeBackward, or training_mode=true "
+                 "with a forward_id", forward_id, mine, mid, mine);
+    for (ss_implicit *i = s->implicit; i; i = i->next) {
+      ss_kentry *e = ss_kcache_get(s->acts, i->id, 0, NULL);
+      if (i->conn == conn && e &&
+          !(model_id && *model_id && strcmp(model_id, ((act_rec *)e->value)->sm->model->id)))
+        ss_kcache_remove(s->acts, e, "discarded: ambiguous implicit_training backward", 0);
+    }
+    implicit_prune(s);
+    return -1;
+  }
+  if (others > 0) {
+    ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
+                 "forward_id '%s' is unknown and this connection has no forward without "
+                 "forward_id outstanding; %zu of model '%s' (implicit_training=1) %s on another "
+                 "connection: a ComputeBackward must come on the connection of its Compute",
+                 forward_id, others, mid, others == 1 ? "is" : "are");
+    return -1;
+  }
+  return 0;
+}
+
 void ss_train_free(ss_service *s) {
+  while (s->implicit) {
+    ss_implicit *i = s->implicit;
+    s->implicit = i->next;
+    free(i);
+  }
   ss_kcache_free(s->acts);
   s->acts = NULL;
 }
@@ -338,12 +442,16 @@ static void bw_start(backward_state *st) {
   /* Step decisions are made here, in execution order = arrival order. */
   st->accum_before = sm->accum;
   sm->accum++;
-  int every = req->has_accumulation_step ? req->accumulation_step : 1;
-  if (req->has_learning_rate && sm->accum >= every) {
+  /* learning_rate / accumulation_step: the request's, else the model keys' */
+  const ss_model *m = sm->model;
+  int every = req->has_accumulation_step ? req->accumulation_step
+              : m->accumulation_step > 0 ? m->accumulation_step : 1;
+  float lr = req->has_learning_rate ? req->learning_rate : m->learning_rate;
+  if (lr > 0.0f && sm->accum >= every) {
     st->do_step = 1;
     sm->accum = 0;
-    st->opt = sm->model->optim;
-    st->opt.lr = req->learning_rate;
+    st->opt = m->optim;
+    st->opt.lr = lr;
   }
   st->on_worker = 1;
   ss_call_ref(st->call);
@@ -442,6 +550,9 @@ void ss_h_backward(ss_call *call, void *app) {
   }
   const char *why = NULL;
   ss_kentry *e = ss_kcache_get(s->acts, req->forward_id, 0, &why);
+  if (!e && !why && s->implicit &&
+      implicit_resolve(s, call, req->forward_id, req->model_id, &e) != 0)
+    return;
   const uint8_t *tag = e ? e->tag : NULL;
   if (!e && why) ss_kcache_gone(s->acts, req->forward_id, &tag);
   uint8_t owner[SS_KCACHE_TAG];

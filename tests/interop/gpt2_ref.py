@@ -176,3 +176,118 @@ class Trunk:
             h, pr = blk(h, p)
             presents.append((pr[0].numpy(), pr[1].numpy()))
         return h.numpy(), presents
+
+
+# ------------------------------------------------------------------------------- LoRA ----
+
+# PEFT target name -> the Block attributes it adapts ("c_proj" names both c_proj layers: PEFT
+# matches a module by the last part of its name), and each one's checkpoint path.
+LORA_MODULES = {"c_attn": ("c_attn",), "c_proj": ("attn_proj", "mlp_proj"), "c_fc": ("c_fc",)}
+LORA_PATH = {"c_attn": "attn.c_attn", "attn_proj": "attn.c_proj", "c_fc": "mlp.c_fc",
+             "mlp_proj": "mlp.c_proj"}
+
+
+def lora_key(layer, attr):
+    """The PEFT key prefix of an adapter over GPT2LMHeadModel."""
+    return "base_model.model.transformer.h.%d.%s" % (layer, LORA_PATH[attr])
+
+
+class LoraConv1D(torch.nn.Module):
+    """A frozen Conv1D plus PEFT's LoRA path: y = x W + b + scale (x A^T) B^T, A [r, in],
+    B [out, r] (PEFT stores Conv1D adapters like nn.Linear ones; fan_in_fan_out only changes its
+    merge). dropout: None, or a function (x) -> x with the dropout mask applied."""
+
+    def __init__(self, base, A, B, scale, dtype=torch.float64):
+        super().__init__()
+        self.base, self.scale, self.dropout = base, scale, None
+        self.A = torch.nn.Parameter(torch.from_numpy(np.asarray(A, np.float64)).to(dtype))
+        self.B = torch.nn.Parameter(torch.from_numpy(np.asarray(B, np.float64)).to(dtype))
+
+    def forward(self, x):
+        xd = self.dropout(x) if self.dropout is not None else x
+        return self.base(x) + self.scale * torch.matmul(torch.matmul(xd, self.A.t()), self.B.t())
+
+
+def lora_block(cfg, stored, layer, adapters, scale):
+    """gpt2 Block with adapters {attr: (A, B)} (attr as in LORA_PATH) around its Conv1Ds."""
+    blk = Block(cfg, stored, layer)
+    for attr, (A, B) in adapters.items():
+        setattr(blk, attr, LoraConv1D(getattr(blk, attr), A, B, scale))
+    return blk
+
+
+class LoraTrunk(Trunk):
+    """Blocks [a, b) with adapters {layer: {attr: (A, B)}}, float64, no grad."""
+
+    def __init__(self, cfg, stored, a, b, adapters, scale):
+        self.blocks = [lora_block(cfg, stored, i, adapters.get(i, {}), scale) for i in range(a, b)]
+
+
+def train_lora(cfg, stored, a, b, adapters, scale, xs, grads, run, masks=None):
+    """LoRA training: only A, B train. run: train_ref._run bound to its optimizer settings
+    (run(fn, params, xs, grads)). masks: None, or a function (call index, layer, attr, x) ->
+    dropped x (LoRA dropout). Returns (grad_inputs, {PEFT key: float64 array})."""
+    blocks = [lora_block(cfg, stored, i, adapters.get(i, {}), scale) for i in range(a, b)]
+    keys = []
+    for i, blk in zip(range(a, b), blocks):
+        for p in blk.parameters():
+            p.requires_grad_(False)
+        for attr in ("c_attn", "attn_proj", "c_fc", "mlp_proj"):
+            mod = getattr(blk, attr)
+            if isinstance(mod, LoraConv1D):
+                for ab in "AB":
+                    prm = getattr(mod, ab)
+                    prm.requires_grad_(True)
+                    keys.append(("%s.lora_%s.weight" % (lora_key(i, attr), ab), prm))
+    call = [0]
+
+    def trunk(x):
+        for i, blk in zip(range(a, b), blocks):
+            if masks is not None:
+                for attr in ("c_attn", "attn_proj", "c_fc", "mlp_proj"):
+                    mod = getattr(blk, attr)
+                    if isinstance(mod, LoraConv1D):
+                        mod.dropout = (lambda xx, i=i, attr=attr: masks(call[0], i, attr, xx))
+            x, _ = blk(x)
+        call[0] += 1
+        return x
+
+    gin = run(trunk, [p for _, p in keys], xs, grads)
+    return gin, {k: p.detach().numpy().copy() for k, p in keys}
+
+
+# -------------------------------------------------------------------- LoRA dropout masks ----
+# The server's counter-based generator (src/models/lora.h), written again in numpy.
+
+_U64 = (1 << 64) - 1
+_G = 0x9E3779B97F4A7C15
+LORA_UNIT = {"c_attn": 0, "attn_proj": 1, "c_fc": 2, "mlp_proj": 3}  # gpt2 module indices
+
+
+def _mix_int(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
+def _mix_arr(z):
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def lora_mask_key(seed, forward_id):
+    h = 0xCBF29CE484222325
+    for b in forward_id.encode():
+        h = ((h ^ b) * 0x100000001B3) & _U64
+    return _mix_int(seed ^ _mix_int(h))
+
+
+def lora_keep(seed, forward_id, unit, n, p):
+    """The keep mask (bool [n]) of one adapter input: unit = layer * 16 + module."""
+    z = _mix_int(lora_mask_key(seed, forward_id) ^ ((unit * _G) & _U64))
+    with np.errstate(over="ignore"):
+        c = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_G) + np.uint64(z)
+    u = _mix_arr(c) >> np.uint64(40)
+    return u.astype(np.float64) * 2.0 ** -24 >= float(np.float32(p))

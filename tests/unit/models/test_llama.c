@@ -227,7 +227,7 @@ static void test_grad(void) {
   {
     ss_tensor in = tensor3(x, B, S, E), out = tensor3(y, B, S, E);
     ss_tensor go = tensor3(r, B, S, E), gi = tensor3(gin, B, S, E);
-    CHECK_EQ_INT(m->ops->forward_train(m, &in, &out, &saved, &sb, err, sizeof err), 0);
+    CHECK_EQ_INT(m->ops->forward_train(m, &in, &out, NULL, &saved, &sb, err, sizeof err), 0);
     CHECK_EQ_INT(m->ops->backward(m, saved, &go, &gi, err, sizeof err), 0);
     m->ops->free_saved(m, saved);
   }

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "check.h"
+#include "models/lora.h"
 #include "models/model.h"
 #include "models/nn/matmul.h"
 #include "models/safetensors.h"
@@ -426,6 +427,25 @@ static void test_mlp_default(void) {
   ss_model_free(m);
 }
 
+/* The LoRA dropout generator (models/lora.h) against values from its numpy twin
+ * (tests/interop/gpt2_ref.py lora_keep), so both are checked against one written spec. */
+static void test_lora_dropout_masks(void) {
+  const char *want = "01011010100110100101000111011010";
+  ss_lora_mask mk = {0.5f, ss_lora_mask_key(7, "fwd-1")};
+  float x[1000], xd[1000];
+  size_t kept = 0;
+  CHECK(mk.key == 0x82dd5298288b2871ull);
+  for (int i = 0; i < 1000; i++) x[i] = 1.0f;
+  ss_lora_dropout(xd, x, 32, &mk, 2 * 16 + 3);
+  for (int i = 0; i < 32; i++) CHECK_EQ_INT(xd[i] != 0.0f, want[i] == '1');
+  for (int i = 0; i < 32; i++) CHECK(xd[i] == 0.0f || xd[i] == 2.0f);
+  mk.p = 0.25f;
+  mk.key = ss_lora_mask_key(0, NULL);
+  ss_lora_dropout(xd, x, 1000, &mk, 0);
+  for (int i = 0; i < 1000; i++) kept += xd[i] != 0.0f;
+  CHECK_EQ_INT((int)kept, 762);
+}
+
 int main(void) {
   char cmd[96];
   strcpy(dir, "/tmp/ss_test_models_XXXXXX");
@@ -434,6 +454,7 @@ int main(void) {
     return 1;
   }
   test_specs();
+  test_lora_dropout_masks();
   test_builtins();
   test_mlp_file();
   test_mlp_converted();

@@ -122,7 +122,7 @@ static int train_call(ss_model *m, float *x, int ndim, const int64_t *ishape, co
   char err[300];
   int rc;
   uv_rwlock_rdlock(&m->lock);
-  rc = m->ops->forward_train(m, &in, &o, &saved, &bytes, err, sizeof err);
+  rc = m->ops->forward_train(m, &in, &o, NULL, &saved, &bytes, err, sizeof err);
   if (rc == 0) {
     CHECK(bytes > in.nbytes);
     rc = m->ops->backward(m, saved, &go, &gi, err, sizeof err);
@@ -349,7 +349,7 @@ static void test_mlp_accumulate_save(void) {
       void *saved = NULL;
       size_t bytes;
       ss_tensor o = tens(y, 3, 2, 3, 4), go = tens(R1, 3, 1, 3, 4), gi = tens(gin, 3, 2, 3, 5);
-      CHECK_EQ_INT(m->ops->forward_train(m, &in, &o, &saved, &bytes, err, sizeof err), 0);
+      CHECK_EQ_INT(m->ops->forward_train(m, &in, &o, NULL, &saved, &bytes, err, sizeof err), 0);
       CHECK_EQ_INT(m->ops->backward(m, saved, &go, &gi, err, sizeof err), SS_EINVAL);
       CHECK_CONTAINS(err, "grad_output of 12 values");
       m->ops->free_saved(m, saved);

@@ -57,6 +57,11 @@ int ss_call_answered(const ss_call *call) { return call->res->answered; }
 int ss_call_status(const ss_call *call) { return call->res->answered ? call->res->status : -1; }
 uint64_t ss_call_start_ns(const ss_call *call) { return call->start_ns; }
 
+uint64_t ss_call_conn_id(const ss_call *call) {
+  (void)call;
+  return 1; /* one connection */
+}
+
 void fake_call_set_header(ss_call *call, const char *name, const char *value) {
   for (int i = 0; i < SS_GRPC_MAX_KEPT_HEADERS; i++)
     if (!call->hname[i] || strcasecmp(call->hname[i], name) == 0) {
