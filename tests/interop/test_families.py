@@ -58,6 +58,9 @@ LAYOUT = {"q3": ("F32", "model.", "file", (1, 3)), "g2": ("BF16", "", "dir", (0,
 MODELS = {}  # id -> (Trunk, (a, b), cfg)
 PATHS = {}   # id -> (weights path, config path, stored)
 LORA = {}    # id -> adapters, scale, ...
+# full fine-tuning with SGD: AdamW's step is blind to the scale of a gradient, SGD's is not
+FULL_OPT = train_ref.optim_defaults("sgd")
+FULL_LR = 1e-3
 WORST = {}
 
 
@@ -76,9 +79,10 @@ def setup():
         args += ["--model", spec.replace(mid + "=", mid + "b=", 1)
                  + ",max_batch_rows=64,batch_delay_us=20000"]
         # full fine-tuning
-        args += ["--model", "%s=llama,weights=%s,config=%s,layers=%d:%d%s"
+        args += ["--model", "%s=llama,weights=%s,config=%s,layers=%d:%d%s,save=%s"
                  % (("t" + mid, w, c) + layers
-                    + (train_ref.spec_keys(train_ref.optim_defaults("adamw")),))]
+                    + (train_ref.spec_keys(FULL_OPT),
+                       os.path.join(TMP, "t" + mid + ".ckpt.safetensors")))]
         # LoRA from an adapter written here: every projection, B != 0
         g = np.random.default_rng(7 + len(mid))
         ad_dir = os.path.join(TMP, mid + ".adapter")
@@ -333,15 +337,17 @@ def _rel(got, want, what, key):
 
 
 def test_train_full():
-    """3 AdamW steps (lr 3e-3) vs torch autograd: grad_input of every call, then every weight
-    (the checkpoint written by SIGUSR1... here: the trained outputs) within 1e-4 relative."""
-    opt = train_ref.optim_defaults("adamw")
+    """3 SGD steps vs torch autograd: grad_input of every call, every weight's change in the
+    checkpoint (SIGUSR1; the new norms included) within 1e-4 relative, and the outputs."""
+    opt = FULL_OPT
+    done = {}
     for mid, (ref, (a, b), cfg) in MODELS.items():
-        lr = 3e-3
+        lr = FULL_LR
         gins, xs, grads = _play("t" + mid, cfg, lr, 3, seed=11, shape=(2, 7))
         rg, rw = llama_ref.train_full(cfg, PATHS[mid][2], a, b, xs, grads, opt, lr)
         for i, (got, want) in enumerate(zip(gins, rg)):
             _rel(got, want, "%s call %d grad_input" % (mid, i), mid + " train grad_input (rel)")
+        done[mid] = rw
         # the trained weights, through the outputs: a trunk built from torch's weights
         trained = dict(PATHS[mid][2])
         trained.update({k: v.astype(np.float64) for k, v in rw.items()})
@@ -349,6 +355,22 @@ def test_train_full():
         want, _ = llama_ref.Trunk(cfg, trained, a, b)(x)
         _close(result(_call("t" + mid, x)).reshape(want.shape), want,
                mid + " output after 3 steps", key=mid + " trained output")
+    sslib_ckpt(["t" + m for m in done])
+    for mid, rw in done.items():
+        prefix = LAYOUT[mid][1]
+        got = train_ref.read_safetensors(os.path.join(TMP, "t" + mid + ".ckpt.safetensors"))
+        assert float(got["optimizer.step"][0]) == 3.0
+        names = [k for k in got if not k.startswith("optimizer.")]
+        assert sorted(names) == sorted(prefix + k for k in rw), sorted(
+            set(names) ^ set(prefix + k for k in rw))
+        init = PATHS[mid][2]
+        for k, v in rw.items():
+            w0 = np.asarray(init[k], np.float64)
+            assert np.max(np.abs(v - w0)) > 0, "%s %s did not train" % (mid, k)
+            _rel(got[prefix + k] - w0, v - w0, "t%s %s change after 3 steps" % (mid, k),
+                 mid + " train weight change (rel)")
+        if CFGS[mid].qk_norm or CFGS[mid].sandwich:
+            assert any("norm" in k and ("q_norm" in k or "feedforward" in k) for k in rw)
 
 
 def test_lora():
