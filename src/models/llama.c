@@ -1,10 +1,13 @@
 /*
  * llama.c — the "llama" model kind: the trunk of a split Llama-family decoder, i.e. decoder
  * layers [a, b) of a Hugging Face checkpoint whose config.json model_type is llama, qwen2,
- * mistral or gemma, with an attention (KV) cache, training (full fine-tuning or LoRA adapters).
- * Input and output are hidden states [batch, seq, hidden] float32: the client's bottom has run
- * the embedding (Gemma's embedding also multiplies by sqrt(hidden): that belongs to the
- * embedding layer, outside the trunk, and is NOT applied here).
+ * mistral, gemma, qwen3, gemma2, gemma3_text (or gemma3), qwen2_vl or qwen3_vl (the language
+ * model of the VL checkpoints), with an attention (KV) cache, training (full fine-tuning or LoRA
+ * adapters). Input and output are hidden states [batch, seq, hidden] float32: the client's
+ * bottom has run the embedding (Gemma's embedding also multiplies by sqrt(hidden): that belongs
+ * to the embedding layer, outside the trunk, and is NOT applied here; so do Gemma 2's final
+ * logit soft-capping and Qwen3-VL's deepstack visual features, added to the hidden states of
+ * its first layers at image tokens: a client that sends images adds them between trunks).
  *
  * Spec: ID=llama,weights=PATH[,config=config.json][,layers=A:B]
  *            [,lora_rank=R,lora_alpha=A,lora_targets=q_proj,v_proj][,adapter=DIR]
@@ -12,38 +15,64 @@
  *   (model.safetensors.index.json + its shards), or the index file itself. config defaults to
  *   config.json next to the file (in the directory); layers to 0:num_hidden_layers.
  *
- * Weights: keys [model.]layers.{i}.input_layernorm.weight, .self_attn.{q,k,v,o}_proj.{weight,
- * bias}, .post_attention_layernorm.weight, .mlp.{gate,up,down}_proj.{weight,bias} (biases as
- * the config says: Qwen2 has q/k/v biases, llama/gemma attention_bias, llama mlp_bias);
- * nn.Linear layout (W [out, in], y = x W^T + b); F32 used in place from the mmap when aligned,
- * F16/BF16 converted once. Only the trunk's tensors are read (sharded: only their shards are
- * opened). Every file stays mapped for the model's life; m->weights is the first one opened.
+ * Config: the settings at the top level, or in text_config (qwen2_vl when it has one, qwen3_vl,
+ * gemma3), with HF's defaults where a family has them (Gemma 3's heads, head_dim, rope_theta).
  *
- * Block (HF LlamaDecoderLayer and its Qwen2/Mistral/Gemma twins, eval mode):
- *   h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = norm1(x)
- *   y = h + down_proj(act(gate_proj(n2)) * up_proj(n2)),                    n2 = norm2(h)
- *   norm: RMSNorm, x / sqrt(mean x^2 + eps) * w   (Gemma: * (1 + w))
+ * Weights: keys <prefix>layers.{i}.input_layernorm.weight, .self_attn.{q,k,v,o}_proj.{weight,
+ * bias}, .post_attention_layernorm.weight, .mlp.{gate,up,down}_proj.{weight,bias} (biases as
+ * the config says: Qwen2/Qwen2-VL have q/k/v biases, the others attention_bias on all four
+ * (Mistral none), llama mlp_bias); .self_attn.{q,k}_norm.weight [head_dim] (Qwen3, Qwen3-VL,
+ * Gemma 3); Gemma 2/3 .pre_feedforward_layernorm, .post_feedforward_layernorm (and their
+ * post_attention_layernorm normalizes the attention output). <prefix> is "model.", none,
+ * "model.language_model." (VL checkpoints of newer transformers) or "language_model.model."
+ * (Gemma 3's multimodal ones), whichever the file has. nn.Linear layout (W [out, in],
+ * y = x W^T + b); F32 used in place from the mmap when aligned, F16/BF16 converted once. Only
+ * the trunk's tensors are read (sharded: only their shards are opened). Every file stays mapped
+ * for the model's life; m->weights is the first one opened.
+ *
+ * Block (HF LlamaDecoderLayer and its Qwen2/Mistral/Gemma/Qwen3/Gemma2/Gemma3/VL twins, eval
+ * mode), one body with the family's flags:
+ *   h = x + o_proj(attn(rope(qn(q_proj(n1))), rope(kn(k_proj(n1))), v_proj(n1))), n1 = norm1(x)
+ *   y = h + down_proj(act(gate_proj(n2)) * up_proj(n2)),                          n2 = norm2(h)
+ *   sandwich (Gemma 2/3): h = x + norm_pa(o_proj(...)), y = h + norm_pf(down_proj(...))
+ *   norm: RMSNorm, x / sqrt(mean x^2 + eps) * w   (Gemma family: * (1 + w))
+ *   qn, kn: the same RMSNorm over each head's head_dim values (q_norm / k_norm: Qwen3, Qwen3-VL,
+ *         Gemma 3), identity for the others
  *   act:  silu (SwiGLU), or gelu tanh (Gemma's GeGLU, gelu_pytorch_tanh), or exact gelu
  *   attn: num_attention_heads query heads over num_key_value_heads kv heads (GQA), head_dim from
- *         the config when given (Gemma) else hidden / heads, scale 1/sqrt(head_dim), causal;
- *         Mistral's sliding_window W: a query at position i sees keys i-W < j <= i.
+ *         the config when given else hidden / heads, scale 1/sqrt(head_dim) (Gemma 2/3:
+ *         query_pre_attn_scalar^-1/2), causal; Gemma 2/3 attn_logit_softcapping c: scores
+ *         c tanh(s / c) before the softmax. Sliding window W (sliding_window) on the layers
+ *         that slide: a query at position i sees keys i-W < j <= i. Which slide: layer_types
+ *         when given, else Mistral all, Gemma 2 the even ones, Gemma 3 all but every
+ *         sliding_window_pattern-th, Qwen with use_sliding_window those from max_window_layers.
  *   rope: HF rotate_half with rope_theta; rope_scaling "linear" (theta_i / factor) and "llama3"
- *         (Llama 3.1's frequency-banded rescale); others are refused at start-up.
+ *         (Llama 3.1's frequency-banded rescale); others are refused at start-up. Gemma 3's
+ *         sliding layers: plain rope at rope_local_base_freq. M-RoPE (qwen2_vl, qwen3_vl,
+ *         rope_scaling.mrope_section [t, h, w], mrope_interleaved): frequency pair i turns by
+ *         the position of its stream (temporal, height, width; chunked sections or Qwen3-VL's
+ *         interleaved layout). Text positions are the same in all three streams, so it is the
+ *         plain rope unless the request gives the streams (below).
  * It is written once (block_forward / block_backward) on the nn/ ops and serves inference with
  * or without a cache, decode steps and training. Every projection goes through proj_forward /
  * proj_backward, which add the LoRA path when the projection has an adapter.
  *
  * Positions: a call's first token sits at the past length P (0 without a cache), or at the
  * request metadata position_offset when given (the cache index still decides the causal mask).
+ * M-RoPE models also take metadata mrope_positions: 3 x seq (every batch row) or 3 x batch x
+ * seq comma-separated integers, stream-major like HF's position_ids [3, batch, seq] (image
+ * tokens: their grid's t, h, w); training uses text positions.
  *
  * KV cache: past[l].key/value [batch, num_key_value_heads, P, head_dim] (layer a + l), keys
- * after the rotary embedding, as HF's cache holds them; present = past + this call's.
+ * after the (q/k norm and) rotary embedding, as HF's cache holds them; present = past + this
+ * call's.
  *
  * Training: full fine-tuning (every tensor of the trunk is a parameter, checkpoint under the
  * loaded names) or, with lora_rank, LoRA: the trunk is frozen and the parameters are the
  * adapters A [r, in] (PEFT init: kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)))
  * and B [out, r] (zero), y += (alpha / r) x A^T B^T; save=DIR writes the PEFT layout
- * (DIR/adapter_model.safetensors, DIR/adapter_config.json, and the optimizer state in
+ * (DIR/adapter_model.safetensors under base_model.model.<prefix>layers..., "model." for a
+ * checkpoint without prefix; DIR/adapter_config.json, and the optimizer state in
  * DIR/optimizer.safetensors); adapter=DIR loads one at start (and its optimizer state).
  *
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
@@ -103,9 +132,9 @@ enum { N_LN1, N_LN2, N_PA, N_PF, N_QN, N_KN, N_NORM };
 typedef struct lblock {
   const float *nw[N_NORM]; /* views, NULL: the family has none */
   float *nw_own[N_NORM];
-  int inw[N_NORM];         /* parameter indices, < 0: frozen */
-  int window;              /* this layer's sliding window, 0: none */
-  const double *inv_freq;  /* this layer's rotary frequencies (Gemma 3: local or global) */
+  int inw[N_NORM];        /* parameter indices, < 0: frozen */
+  int window;             /* this layer's sliding window, 0: none */
+  const double *inv_freq; /* this layer's rotary frequencies (Gemma 3: local or global) */
   proj pr[N_PROJ];
 } lblock;
 
@@ -120,11 +149,11 @@ typedef struct llama {
   int one_plus; /* Gemma's (1 + w) norm */
   int act;
   int family;
-  int window;     /* sliding_window W of the layers that slide, 0: none */
-  int *sliding;   /* [n_layer] 1: layer i slides (Mistral: all; Gemma 2/3, layer_types: some) */
-  int qk_norm;    /* per-head RMSNorm of q and k before rope (Qwen3, Qwen3-VL, Gemma 3) */
-  int sandwich;   /* Gemma 2/3: norms of the attention and MLP outputs too (four per layer) */
-  float softcap;  /* Gemma 2 attn_logit_softcapping, 0: none */
+  int window;    /* sliding_window W of the layers that slide, 0: none */
+  int *sliding;  /* [n_layer] 1: layer i slides (Mistral: all; Gemma 2/3, layer_types: some) */
+  int qk_norm;   /* per-head RMSNorm of q and k before rope (Qwen3, Qwen3-VL, Gemma 3) */
+  int sandwich;  /* Gemma 2/3: norms of the attention and MLP outputs too (four per layer) */
+  float softcap; /* Gemma 2 attn_logit_softcapping, 0: none */
   int attn_bias, o_bias, mlp_bias;
   float scale;
   double *inv_freq;       /* [D/2] rotary frequencies, scaling applied */
@@ -238,7 +267,8 @@ static int load_mrope(llama *p, json_t *rs, const char *path, char *err, size_t 
 }
 
 static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t errlen) {
-  double theta = 10000.0, factor = 1.0, lff = 1.0, hff = 4.0, old = 8192.0;
+  double theta = p->family == F_GEMMA3 ? 1000000.0 : 10000.0, factor = 1.0, lff = 1.0, hff = 4.0,
+         old = 8192.0;
   int found, n = p->D / 2;
   json_t *rs = json_object_get(root, "rope_scaling"), *t;
   const char *type = "default";
@@ -311,11 +341,11 @@ static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t
 static const struct {
   const char *name;
   int family;
-} families[] = {{"llama", F_LLAMA},         {"qwen2", F_QWEN2},       {"mistral", F_MISTRAL},
-                {"gemma", F_GEMMA},         {"qwen3", F_QWEN3},       {"gemma2", F_GEMMA2},
-                {"gemma3_text", F_GEMMA3},  {"gemma3", F_GEMMA3},     {"qwen2_vl", F_QWEN2VL},
+} families[] = {{"llama", F_LLAMA},        {"qwen2", F_QWEN2},   {"mistral", F_MISTRAL},
+                {"gemma", F_GEMMA},        {"qwen3", F_QWEN3},   {"gemma2", F_GEMMA2},
+                {"gemma3_text", F_GEMMA3}, {"gemma3", F_GEMMA3}, {"qwen2_vl", F_QWEN2VL},
                 {"qwen3_vl", F_QWEN3VL}};
-#define FAMILY_NAMES                                                                           \
+#define FAMILY_NAMES \
   "llama, qwen2, mistral, gemma, qwen3, gemma2, gemma3_text, gemma3, qwen2_vl, qwen3_vl"
 
 /* Which layers slide (p->sliding, all n_layer) and by how much (p->window, sliding_window):
@@ -359,8 +389,7 @@ static int load_windows(llama *p, json_t *root, const char *path, char *err, siz
     if (f == F_GEMMA3 &&
         ss_trunk_cfg_int(root, "sliding_window_pattern", path, &pattern, &found, err, errlen) != 0)
       return SS_EINVAL;
-    if (qwen &&
-        ss_trunk_cfg_int(root, "max_window_layers", path, &mwl, &found, err, errlen) != 0)
+    if (qwen && ss_trunk_cfg_int(root, "max_window_layers", path, &mwl, &found, err, errlen) != 0)
       return SS_EINVAL;
     for (int i = 0; i < p->n_layer; i++)
       p->sliding[i] = f == F_MISTRAL  ? 1
@@ -400,8 +429,8 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
     if (strcmp(mt, families[i].name) == 0) f = families[i].family;
   if (f < 0) {
     snprintf(err, errlen,
-             "config %.200s: model_type '%.40s' is not supported by kind 'llama' (supported: "
-             FAMILY_NAMES ")",
+             "config %.200s: model_type '%.40s' is not supported by kind 'llama' "
+             "(supported: " FAMILY_NAMES ")",
              path, mt ? mt : "(missing)");
     goto done;
   }
@@ -411,14 +440,27 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   if ((f == F_GEMMA3 || f == F_QWEN2VL || f == F_QWEN3VL) && v != NULL && json_is_object(v))
     root = v;
   gemma = f == F_GEMMA || f == F_GEMMA2 || f == F_GEMMA3;
+  /* Gemma 3's text_config in the multimodal checkpoints leaves out what Gemma3TextConfig
+   * defaults: 8 heads over 4 kv heads of 256, 131072 positions, rope_theta 1e6 (load_rope) */
+  if (f == F_GEMMA3) {
+    p->NH = 8;
+    p->NKV = 4;
+    p->D = 256;
+    p->n_pos = 131072;
+  }
   for (int i = 0; i < 4; i++) {
+    if (f == F_GEMMA3 && req_out[i] == &p->NH) {
+      if (ss_trunk_cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0)
+        goto done;
+      continue;
+    }
     if (ss_trunk_cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0) goto done;
     if (!found) {
       snprintf(err, errlen, "config %.200s: missing '%s'", path, required[i]);
       goto done;
     }
   }
-  p->NKV = p->NH;
+  if (f != F_GEMMA3) p->NKV = p->NH;
   if (ss_trunk_cfg_int(root, "num_key_value_heads", path, &p->NKV, &found, err, errlen) != 0)
     goto done;
   if (p->NH % p->NKV != 0) {
@@ -428,7 +470,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
     goto done;
   }
   if (ss_trunk_cfg_int(root, "head_dim", path, &p->D, &found, err, errlen) != 0) goto done;
-  if (!found) {
+  if (!found && f != F_GEMMA3) {
     if (p->E % p->NH != 0) {
       snprintf(err, errlen,
                "config %.200s: hidden_size %d is not a multiple of num_attention_heads %d (and "
@@ -443,7 +485,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
              p->D);
     goto done;
   }
-  p->n_pos = 2048;
+  if (f != F_GEMMA3) p->n_pos = 2048;
   if (ss_trunk_cfg_int(root, "max_position_embeddings", path, &p->n_pos, &found, err, errlen) != 0)
     goto done;
   if (cfg_num(root, "rms_norm_eps", path, &eps, &found, err, errlen) != 0) goto done;
@@ -1064,10 +1106,8 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
   proj_forward(p, &bk->pr[P_K], p->qk_norm ? a->kr : a->k, a->ln, BT, 0, a->lt);
   proj_forward(p, &bk->pr[P_V], a->v, a->ln, BT, 0, a->lt);
   if (p->qk_norm) {
-    ss_rmsnorm_forward(a->q, a->rstdq, a->qr, bk->nw[N_QN], BT * p->NH, p->D, p->eps,
-                       p->one_plus);
-    ss_rmsnorm_forward(a->k, a->rstdk, a->kr, bk->nw[N_KN], BT * p->NKV, p->D, p->eps,
-                       p->one_plus);
+    ss_rmsnorm_forward(a->q, a->rstdq, a->qr, bk->nw[N_QN], BT * p->NH, p->D, p->eps, p->one_plus);
+    ss_rmsnorm_forward(a->k, a->rstdk, a->kr, bk->nw[N_KN], BT * p->NKV, p->D, p->eps, p->one_plus);
   }
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
@@ -1117,8 +1157,8 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
  * steps of size lr. cos - 1 is computed as -2 sin^2(a/2) (no cancellation). Not with q/k norms
  * (the bias is then before the norm) nor soft-capping (the shift no longer cancels).
  */
-static int kbias_backward(const llama *p, const double *inv_freq, float *db, const float *dk,
-                          int B, int T) {
+static int kbias_backward(const llama *p, const double *inv_freq, float *db, const float *dk, int B,
+                          int T) {
   const int D = p->D, half = D / 2, KV = p->NKV * D;
   double *acc = calloc((size_t)KV, sizeof *acc);
   if (acc == NULL) return SS_ENOMEM;
@@ -1215,8 +1255,8 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
     dy = g->dln;
   }
   proj_backward(p, &bk->pr[P_O], g->datty, 0, dy, a->atty, BT, a->lt, g->dlt);
-  ss_attention_backward_cap(g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k,
-                            a->v, KV, &d, p->softcap);
+  ss_attention_backward_cap(g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k, a->v,
+                            KV, &d, p->softcap);
   if (pk.ib >= 0 && !p->qk_norm && p->softcap == 0.0f) { /* kbias_backward */
     ss_params_lock(s);
     rc = kbias_backward(p, bk->inv_freq, ss_params_grad(s, pk.ib), g->dk, B, T);
@@ -1243,8 +1283,6 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
 }
 
 /* ------------------------------------------------------------- inference ---- */
-
-
 
 /* Inference scratch of the family's extra activations, floats per row: qr, kr (q/k norms), ao
  * == mo (sandwich norms). */
@@ -1281,8 +1319,10 @@ static int mrope_positions(const ss_model *m, const ss_meta *meta, int B, int S,
     return SS_EINVAL;
   }
   if (ss_meta_get(meta, "position_offset") != NULL) {
-    snprintf(err, errlen, "model '%s': metadata 'mrope_positions' and 'position_offset' exclude "
-             "each other", m->id);
+    snprintf(err, errlen,
+             "model '%s': metadata 'mrope_positions' and 'position_offset' exclude "
+             "each other",
+             m->id);
     return SS_EINVAL;
   }
   if ((out = malloc(wantB * sizeof *out)) == NULL) {
@@ -1403,8 +1443,9 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
       a.K = kv->present[l].key.data;
       a.V = kv->present[l].value.data;
     }
-    seq_attn s = {0, B, S, P, pos0, P > 0 ? past[l].key.data : NULL,
-                  P > 0 ? past[l].value.data : NULL, a.K, a.V, pos};
+    seq_attn s = {
+        0,   B,   S,  P, pos0, P > 0 ? past[l].key.data : NULL, P > 0 ? past[l].value.data : NULL,
+        a.K, a.V, pos};
     block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
   free(scratch);
@@ -1434,7 +1475,8 @@ static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
   const size_t rows = (size_t)n;
   /* x, ln [rows,E]; q, atty [rows,Q]; k, v [rows,KV]; g, u [rows,I]; lt [rows,r]; att [maxT] */
   size_t need = rows * (2 * (size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 2 * (size_t)NI +
-                        (size_t)r + extra_per_row(p)) + maxT + kvscratch;
+                        (size_t)r + extra_per_row(p)) +
+                maxT + kvscratch;
   float *scratch = malloc(need * sizeof(float));
   seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
   if (!scratch || !seqs) {
@@ -1468,8 +1510,16 @@ static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
     if ((rc = ss_trunk_batch_windows(kv, n, l, p->NKV, p->D, kvs, win, win + n)) != 0) break;
     for (int i = 0; i < n; i++) {
       int P = ss_trunk_past_len(&kv[i]);
-      seqs[i] = (seq_attn){i, 1, 1, P, P, P ? kv[i].past[l].key.data : NULL,
-                           P ? kv[i].past[l].value.data : NULL, win[i], win[n + i], NULL};
+      seqs[i] = (seq_attn){i,
+                           1,
+                           1,
+                           P,
+                           P,
+                           P ? kv[i].past[l].key.data : NULL,
+                           P ? kv[i].past[l].value.data : NULL,
+                           win[i],
+                           win[n + i],
+                           NULL};
     }
     block_forward(p, &p->blk[l], &a, n, seqs, n);
   }
@@ -1508,8 +1558,8 @@ static size_t saved_extra_per_row(const llama *p) {
 
 static size_t saved_per_layer(const llama *p, int B, int S) {
   size_t rows = (size_t)B * (size_t)S, Q = (size_t)p->NH * p->D, KV = (size_t)p->NKV * p->D;
-  return rows * (2 * (size_t)p->E + 2 * Q + 2 * KV + 2 * (size_t)p->I + 2 +
-                 saved_extra_per_row(p)) +
+  return rows *
+             (2 * (size_t)p->E + 2 * Q + 2 * KV + 2 * (size_t)p->I + 2 + saved_extra_per_row(p)) +
          (size_t)B * (size_t)p->NH * (size_t)S * (size_t)S;
 }
 
@@ -1612,8 +1662,7 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
   }
   /* ln, dln [R,E]; datty, dq [R,Q]; dk, dv, dkr [R,KV]; mm, fa, dmm [R,I]; lt, dlt [R,r];
    * datt [2,S,S]; dw_sink [max(E, D)] */
-  need = rows * (2 * (size_t)E + 2 * (size_t)Q + 3 * (size_t)KVd + 3 * (size_t)NI +
-                 2 * (size_t)r) +
+  need = rows * (2 * (size_t)E + 2 * (size_t)Q + 3 * (size_t)KVd + 3 * (size_t)NI + 2 * (size_t)r) +
          2 * (size_t)S * (size_t)S + (size_t)(E > p->D ? E : p->D);
   if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);

@@ -435,6 +435,34 @@ def _refused(spec, *want):
             spec, w, out)
 
 
+def test_gemma3_multimodal_checkpoint():
+    """model_type gemma3 (the multimodal checkpoint): text settings in text_config (rope_theta
+    left to Gemma3TextConfig's default 1e6), weights under language_model.model.; the trunk is
+    g3's."""
+    cfg = CFGS["g3"]
+    stored = PATHS["g3"][2]
+    d = os.path.join(TMP, "g3m")
+    os.makedirs(d)
+    sslib.write_safetensors(os.path.join(d, "model.safetensors"),
+                            {"language_model.model." + k: v for k, v in stored.items()})
+    text = cfg.json()
+    del text["rope_theta"]
+    text["model_type"] = "gemma3_text"
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump({"model_type": "gemma3", "text_config": text,
+                   "vision_config": {"hidden_size": 32}}, f)
+    s2 = sslib.Server("--workers", "1", "--model", "g3m=llama,weights=%s,layers=0:3" % d)
+    c2 = sslib.connect(s2)
+    try:
+        x = _x(cfg, 2, 13, seed=8)
+        y, _ = MODELS["g3"][0](x)
+        _close(result(_call("g3m", x, c=c2)).reshape(y.shape), y, "gemma3 multimodal prefill",
+               key="g3 prefill")
+    finally:
+        c2.close()
+        s2.stop_ok()
+
+
 def test_startup_refusals():
     w, _, _ = PATHS["g2"]
     cfg = CFGS["g2"]

@@ -21,8 +21,7 @@
 /* Causal softmax of one (batch, head) score block [T, Tk] in place; query i sees keys
  * lo..P+i (lo = 0, or P+i-window+1 with a sliding window); the masked part is set to 0, so the
  * backward (which walks keys 0..i) needs no window of its own. */
-static void causal_softmax(float *s, int T, int Tk, int P, float scale, int window,
-                           float softcap) {
+static void causal_softmax(float *s, int T, int Tk, int P, float scale, int window, float softcap) {
   for (int i = 0; i < T; i++) {
     float *row = s + (size_t)i * (size_t)Tk, mx = -INFINITY, sum = 0.0f, inv;
     int n = P + i + 1, lo = window > 0 && n > window ? n - window : 0;
