@@ -61,7 +61,8 @@ class Config:
                  intermediate=128, n_layer=3, max_pos=64, eps=1e-6, rope_theta=10000.0,
                  rope_scaling=None, attention_bias=False, mlp_bias=False, sliding_window=None,
                  query_pre_attn_scalar=None, softcap=None, layer_types=None,
-                 sliding_window_pattern=None, rope_local_base_freq=None):
+                 sliding_window_pattern=None, rope_local_base_freq=None,
+                 use_sliding_window=False, max_window_layers=None):
         self.model_type, self.hidden, self.heads = model_type, hidden, heads
         self.kv_heads = kv_heads or heads
         self.head_dim = head_dim or hidden // heads
@@ -76,10 +77,12 @@ class Config:
         self.query_pre_attn_scalar, self.softcap = query_pre_attn_scalar, softcap
         self.layer_types, self.sliding_window_pattern = layer_types, sliding_window_pattern
         self.rope_local_base_freq = rope_local_base_freq
+        self.use_sliding_window, self.max_window_layers = use_sliding_window, max_window_layers
+        self.qwen = model_type in ("qwen2", "qwen3", "qwen2_vl", "qwen3_vl")
 
     def sliding(self, i):
         """Does layer i use the sliding window (HF's layer_types and their defaults)?"""
-        if not self.sliding_window:
+        if not self.sliding_window or (self.qwen and not self.use_sliding_window):
             return False
         if self.layer_types is not None:
             return self.layer_types[i] == "sliding_attention"
@@ -89,6 +92,9 @@ class Config:
             return bool((i + 1) % 2)
         if self.model_type == "gemma3_text":
             return bool((i + 1) % (self.sliding_window_pattern or 6))
+        if self.qwen:  # Qwen2Config / Qwen3Config layer_types default
+            mwl = self.max_window_layers if self.max_window_layers is not None else self.n_layer
+            return i >= mwl
         return False
 
     def scale(self):
@@ -133,9 +139,11 @@ class Config:
             d["mlp_bias"] = self.mlp_bias
         if self.model_type in ("mistral", "gemma2", "gemma3_text"):
             d["sliding_window"] = self.sliding_window
-        if self.model_type in ("qwen2", "qwen3", "qwen2_vl", "qwen3_vl"):
-            d["use_sliding_window"] = False
-            d["sliding_window"] = 4096
+        if self.qwen:
+            d["use_sliding_window"] = self.use_sliding_window
+            d["sliding_window"] = self.sliding_window if self.use_sliding_window else 4096
+            if self.max_window_layers is not None:
+                d["max_window_layers"] = self.max_window_layers
         if self.sandwich:
             d["query_pre_attn_scalar"] = self.query_pre_attn_scalar
             d["attn_logit_softcapping"] = self.softcap

@@ -2,6 +2,7 @@
 (tests/interop/llama_ref.py, written from the Hugging Face definitions), one small random
 checkpoint each, written here in Hugging Face layout:
     q3   qwen3: q_norm/k_norm, head_dim 24 != hidden/heads, GQA 4:2, attention_bias, F32 file
+    q3s  qwen3 with use_sliding_window (window 4 from max_window_layers 1 on), F16
     g2   gemma2: four norms, query_pre_attn_scalar, attention logit soft-capping (cap 2: it
          bites), sliding window 3 on the even layers, BF16 directory, no prefix
     g3   gemma3_text: gemma2's block plus (1 + w) q/k norms, sliding_window_pattern 2 (layers
@@ -34,6 +35,9 @@ C = None
 CFGS = {
     "q3": llama_ref.Config("qwen3", hidden=64, heads=4, kv_heads=2, head_dim=24, intermediate=96,
                            n_layer=3, max_pos=48, rope_theta=1000000.0, attention_bias=True),
+    "q3s": llama_ref.Config("qwen3", hidden=48, heads=4, kv_heads=4, intermediate=80, n_layer=3,
+                            max_pos=48, use_sliding_window=True, sliding_window=4,
+                            max_window_layers=1),
     "g2": llama_ref.Config("gemma2", hidden=64, heads=4, kv_heads=2, head_dim=16,
                            intermediate=96, n_layer=4, max_pos=48, sliding_window=3,
                            query_pre_attn_scalar=24, softcap=2.0),
@@ -51,7 +55,7 @@ CFGS = {
                                           "mrope_interleaved": True}),
 }
 # storage, prefix, layout, layers
-LAYOUT = {"q3": ("F32", "model.", "file", (1, 3)), "g2": ("BF16", "", "dir", (0, 3)),
+LAYOUT = {"q3": ("F32", "model.", "file", (1, 3)), "q3s": ("F16", "model.", "file", (0, 3)), "g2": ("BF16", "", "dir", (0, 3)),
           "g3": ("F32", "model.", "file", (0, 3)),
           "q2v": ("F32", "model.", "sharded", (0, 2)),
           "q3v": ("BF16", "model.language_model.", "dir", (1, 3))}
