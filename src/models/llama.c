@@ -16,7 +16,9 @@
  *   config.json next to the file (in the directory); layers to 0:num_hidden_layers.
  *
  * Config: the settings at the top level, or in text_config (qwen2_vl when it has one, qwen3_vl,
- * gemma3), with HF's defaults where a family has them (Gemma 3's heads, head_dim, rope_theta).
+ * gemma3), with HF's defaults where a family has them (Gemma 3's heads, head_dim, rope_theta);
+ * rope_theta + rope_scaling (transformers 4) or rope_parameters (transformers 5; Gemma 3: one
+ * per layer type).
  *
  * Weights: keys <prefix>layers.{i}.input_layernorm.weight, .self_attn.{q,k,v,o}_proj.{weight,
  * bias}, .post_attention_layernorm.weight, .mlp.{gate,up,down}_proj.{weight,bias} (biases as
@@ -266,19 +268,19 @@ static int load_mrope(llama *p, json_t *rs, const char *path, char *err, size_t 
   return 0;
 }
 
-static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t errlen) {
-  double theta = p->family == F_GEMMA3 ? 1000000.0 : 10000.0, factor = 1.0, lff = 1.0, hff = 4.0,
-         old = 8192.0;
+static int load_rope(llama *p, double **out, json_t *theta_obj, json_t *rs, double theta_def,
+                     const char *path, char *err, size_t errlen) {
+  double theta = theta_def, factor = 1.0, lff = 1.0, hff = 4.0, old = 8192.0;
   int found, n = p->D / 2;
-  json_t *rs = json_object_get(root, "rope_scaling"), *t;
+  json_t *t;
   const char *type = "default";
 
-  if (cfg_num(root, "rope_theta", path, &theta, &found, err, errlen) != 0) return SS_EINVAL;
-  if ((p->inv_freq = malloc((size_t)(n > 0 ? n : 1) * sizeof(double))) == NULL) {
+  if (cfg_num(theta_obj, "rope_theta", path, &theta, &found, err, errlen) != 0) return SS_EINVAL;
+  if (((*out) = malloc((size_t)(n > 0 ? n : 1) * sizeof(double))) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
-  ss_rope_inv_freq(p->inv_freq, p->D, theta);
+  ss_rope_inv_freq((*out), p->D, theta);
   if (rs == NULL || json_is_null(rs)) return 0;
   if (!json_is_object(rs)) {
     snprintf(err, errlen, "config %.200s: 'rope_scaling' must be an object or null", path);
@@ -308,7 +310,7 @@ static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t
     return SS_EINVAL;
   }
   if (strcmp(type, "linear") == 0) {
-    for (int i = 0; i < n; i++) p->inv_freq[i] /= factor;
+    for (int i = 0; i < n; i++) (*out)[i] /= factor;
     return 0;
   }
   {
@@ -326,16 +328,42 @@ static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t
     }
   }
   for (int i = 0; i < n; i++) {
-    double f = p->inv_freq[i], wl = 2.0 * M_PI / f, lo_wl = old / lff, hi_wl = old / hff;
+    double f = (*out)[i], wl = 2.0 * M_PI / f, lo_wl = old / lff, hi_wl = old / hff;
     if (wl > lo_wl) {
       f /= factor;
     } else if (!(wl < hi_wl)) {
       double s = (old / wl - lff) / (hff - lff);
       f = (1.0 - s) * f / factor + s * f;
     }
-    p->inv_freq[i] = f;
+    (*out)[i] = f;
   }
   return 0;
+}
+
+/* The rotary frequencies: rope_theta and rope_scaling (transformers 4 configs), or
+ * rope_parameters (transformers 5: one object with rope_theta inside, or one per layer type,
+ * full_attention / sliding_attention, for Gemma 3). Gemma 3's sliding layers: plain rope at
+ * rope_local_base_freq (default 10000). */
+static int load_ropes(llama *p, json_t *root, const char *path, char *err, size_t errlen) {
+  json_t *rp = json_object_get(root, "rope_parameters"), *full = NULL, *slide = NULL;
+  double def = p->family == F_GEMMA3 ? 1000000.0 : 10000.0, local = 10000.0;
+  int rc, found;
+  if (rp != NULL && json_is_object(rp)) {
+    full = json_object_get(rp, "full_attention");
+    slide = json_object_get(rp, "sliding_attention");
+    if (full == NULL || !json_is_object(full)) full = rp;
+    if (slide != NULL && !json_is_object(slide)) slide = NULL;
+    rc = load_rope(p, &p->inv_freq, full, full, def, path, err, errlen);
+  } else {
+    rc = load_rope(p, &p->inv_freq, root, json_object_get(root, "rope_scaling"), def, path, err,
+                   errlen);
+  }
+  if (rc != 0 || p->family != F_GEMMA3) return rc;
+  if (slide != NULL)
+    return load_rope(p, &p->inv_freq_local, slide, slide, local, path, err, errlen);
+  if (cfg_num(root, "rope_local_base_freq", path, &local, &found, err, errlen) != 0)
+    return SS_EINVAL;
+  return load_rope(p, &p->inv_freq_local, NULL, NULL, local, path, err, errlen);
 }
 
 static const struct {
@@ -408,7 +436,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   json_error_t je;
   json_t *top = json_load_file(path, 0, &je), *root, *v;
   int found, rc = SS_EINVAL, gemma, f = -1;
-  double eps = 1e-6, qpas = 256.0, cap = 0.0, local_base = 10000.0;
+  double eps = 1e-6, qpas = 256.0, cap = 0.0;
   static const char *const required[] = {"hidden_size", "num_attention_heads",
                                          "num_hidden_layers", "intermediate_size"};
   int *req_out[] = {&p->E, &p->NH, &p->n_layer, &p->I};
@@ -538,19 +566,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   }
   p->softcap = (float)cap;
   p->scale = (float)(gemma && f != F_GEMMA ? 1.0 / sqrt(qpas) : 1.0 / sqrt((double)p->D));
-  rc = load_rope(p, root, path, err, errlen);
-  if (rc == 0 && f == F_GEMMA3) { /* sliding layers: plain rope at rope_local_base_freq */
-    rc = SS_EINVAL;
-    if (cfg_num(root, "rope_local_base_freq", path, &local_base, &found, err, errlen) != 0)
-      goto done;
-    if ((p->inv_freq_local = malloc((size_t)(p->D / 2) * sizeof(double))) == NULL) {
-      snprintf(err, errlen, "out of memory");
-      rc = SS_ENOMEM;
-      goto done;
-    }
-    ss_rope_inv_freq(p->inv_freq_local, p->D, local_base);
-    rc = 0;
-  }
+  rc = load_ropes(p, root, path, err, errlen);
 done:
   json_decref(top);
   return rc;

@@ -467,6 +467,43 @@ def test_gemma3_multimodal_checkpoint():
         s2.stop_ok()
 
 
+def test_transformers5_rope_parameters():
+    """Configs saved by transformers 5: rope_parameters instead of rope_theta / rope_scaling (one
+    object; Gemma 3: one per layer type, the sliding one replacing rope_local_base_freq)."""
+    specs, refs = [], {}
+    for mid in ("g3", "q3v", "q2v"):
+        cfg = CFGS[mid]
+        d = cfg.json()
+        text = d.get("text_config", d)
+        rp = dict(text.pop("rope_scaling") or {"rope_type": "default"})
+        rp["rope_theta"] = text.pop("rope_theta")
+        if mid == "g3":
+            rp = {"full_attention": rp, "sliding_attention": {
+                "rope_type": "default", "rope_theta": text.pop("rope_local_base_freq")}}
+        text["rope_parameters"] = rp
+        cpath = os.path.join(TMP, mid + ".v5.json")
+        with open(cpath, "w") as f:
+            json.dump(d, f)
+        specs += ["--model", "v5%s=llama,weights=%s,config=%s,layers=%d:%d"
+                  % ((mid, PATHS[mid][0], cpath) + LAYOUT[mid][3])]
+    s2 = sslib.Server("--workers", "1", *specs)
+    c2 = sslib.connect(s2)
+    try:
+        for mid in ("g3", "q3v", "q2v"):
+            ref, _, cfg = MODELS[mid]
+            x = _x(cfg, 2, 13, seed=8)
+            kw, pos = {}, None
+            if mid != "g3":
+                pos = _positions(2, 13, seed=9)
+                kw["mrope_positions"] = _meta_pos(pos)
+            y, _ = ref(x, positions=pos)
+            _close(result(_call("v5" + mid, x, c=c2, **kw)).reshape(y.shape), y,
+                   mid + " with rope_parameters", key=mid + " prefill")
+    finally:
+        c2.close()
+        s2.stop_ok()
+
+
 def test_startup_refusals():
     w, _, _ = PATHS["g2"]
     cfg = CFGS["g2"]
