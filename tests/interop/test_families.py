@@ -306,6 +306,10 @@ def test_mrope_positions():
     x = _x(CFGS["q3"], 1, 2, seed=1)
     expect_error(lambda: _call("q3", x, mrope_positions="0,1,0,1,0,1"), SC.INVALID_ARGUMENT,
                  "needs an M-RoPE model")
+    req = make_req(_x(CFGS["q2v"], 1, 2, seed=1), model="tq2v", mrope_positions="0,1,0,1,0,1")
+    req.training_mode = True
+    expect_error(lambda: C.compute(req, timeout=T(10)), SC.INVALID_ARGUMENT, "mrope_positions",
+                 "inference only")
     assert_alive(C)
 
 
