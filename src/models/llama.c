@@ -1,8 +1,8 @@
 /*
  * llama.c — the "llama" model kind: the trunk of a split Llama-family decoder, i.e. decoder
  * layers [a, b) of a Hugging Face checkpoint whose config.json model_type is llama, qwen2,
- * mistral, gemma, qwen3, gemma2, gemma3_text (or gemma3), qwen2_vl or qwen3_vl (the language
- * model of the VL checkpoints), with an attention (KV) cache, training (full fine-tuning or LoRA
+ * mistral, gemma, qwen3, gemma2, gemma3_text (or gemma3), qwen2_vl (qwen2_5_vl) or qwen3_vl
+ * (the language model of the VL checkpoints), with an attention (KV) cache, training (full fine-tuning or LoRA
  * adapters). Input and output are hidden states [batch, seq, hidden] float32: the client's
  * bottom has run the embedding (Gemma's embedding also multiplies by sqrt(hidden): that belongs
  * to the embedding layer, outside the trunk, and is NOT applied here; so do Gemma 2's final
@@ -369,12 +369,14 @@ static int load_ropes(llama *p, json_t *root, const char *path, char *err, size_
 static const struct {
   const char *name;
   int family;
-} families[] = {{"llama", F_LLAMA},        {"qwen2", F_QWEN2},   {"mistral", F_MISTRAL},
-                {"gemma", F_GEMMA},        {"qwen3", F_QWEN3},   {"gemma2", F_GEMMA2},
-                {"gemma3_text", F_GEMMA3}, {"gemma3", F_GEMMA3}, {"qwen2_vl", F_QWEN2VL},
-                {"qwen3_vl", F_QWEN3VL}};
-#define FAMILY_NAMES \
-  "llama, qwen2, mistral, gemma, qwen3, gemma2, gemma3_text, gemma3, qwen2_vl, qwen3_vl"
+} families[] = {{"llama", F_LLAMA},         {"qwen2", F_QWEN2},          {"mistral", F_MISTRAL},
+                {"gemma", F_GEMMA},         {"qwen3", F_QWEN3},          {"gemma2", F_GEMMA2},
+                {"gemma3_text", F_GEMMA3},  {"gemma3", F_GEMMA3},        {"qwen2_vl", F_QWEN2VL},
+                {"qwen2_5_vl", F_QWEN2VL},  {"qwen2_vl_text", F_QWEN2VL}, {"qwen3_vl", F_QWEN3VL},
+                {"qwen3_vl_text", F_QWEN3VL}};
+#define FAMILY_NAMES                                                                          \
+  "llama, qwen2, mistral, gemma, qwen3, gemma2, gemma3_text, gemma3, qwen2_vl, qwen2_5_vl, " \
+  "qwen3_vl (and the _text configs of the VL ones)"
 
 /* Which layers slide (p->sliding, all n_layer) and by how much (p->window, sliding_window):
  * layer_types ["sliding_attention" | "full_attention", ...] when the config has it; else

@@ -473,7 +473,8 @@ def test_gemma3_multimodal_checkpoint():
 
 def test_transformers5_rope_parameters():
     """Configs saved by transformers 5: rope_parameters instead of rope_theta / rope_scaling (one
-    object; Gemma 3: one per layer type, the sliding one replacing rope_local_base_freq)."""
+    object; Gemma 3: one per layer type, the sliding one replacing rope_local_base_freq); and
+    model_type qwen2_5_vl, qwen3_vl_text for the same trunks."""
     specs, refs = [], {}
     for mid in ("g3", "q3v", "q2v"):
         cfg = CFGS[mid]
@@ -490,19 +491,34 @@ def test_transformers5_rope_parameters():
             json.dump(d, f)
         specs += ["--model", "v5%s=llama,weights=%s,config=%s,layers=%d:%d"
                   % ((mid, PATHS[mid][0], cpath) + LAYOUT[mid][3])]
+    # the same trunks under the other model_types of their families: Qwen2.5-VL (Qwen2-VL's
+    # language model), a Qwen3-VL text_config on its own
+    d = CFGS["q2v"].json()
+    d["model_type"] = "qwen2_5_vl"
+    cpath = os.path.join(TMP, "q25v.json")
+    with open(cpath, "w") as f:
+        json.dump(d, f)
+    specs += ["--model", "v5q25v=llama,weights=%s,config=%s,layers=%d:%d"
+              % ((PATHS["q2v"][0], cpath) + LAYOUT["q2v"][3])]
+    cpath = os.path.join(TMP, "q3vt.json")
+    with open(cpath, "w") as f:
+        json.dump(CFGS["q3v"].json()["text_config"], f)
+    specs += ["--model", "v5q3vt=llama,weights=%s,config=%s,layers=%d:%d"
+              % ((PATHS["q3v"][0], cpath) + LAYOUT["q3v"][3])]
     s2 = sslib.Server("--workers", "1", *specs)
     c2 = sslib.connect(s2)
     try:
-        for mid in ("g3", "q3v", "q2v"):
-            ref, _, cfg = MODELS[mid]
+        for mid, src in (("g3", "g3"), ("q3v", "q3v"), ("q2v", "q2v"), ("q25v", "q2v"),
+                         ("q3vt", "q3v")):
+            ref, _, cfg = MODELS[src]
             x = _x(cfg, 2, 13, seed=8)
             kw, pos = {}, None
-            if mid != "g3":
+            if src != "g3":
                 pos = _positions(2, 13, seed=9)
                 kw["mrope_positions"] = _meta_pos(pos)
             y, _ = ref(x, positions=pos)
             _close(result(_call("v5" + mid, x, c=c2, **kw)).reshape(y.shape), y,
-                   mid + " with rope_parameters", key=mid + " prefill")
+                   mid + " (rope_parameters or another model_type)", key=src + " prefill")
     finally:
         c2.close()
         s2.stop_ok()
