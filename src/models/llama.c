@@ -2,12 +2,13 @@
  * llama.c — the "llama" model kind: the trunk of a split Llama-family decoder, i.e. decoder
  * layers [a, b) of a Hugging Face checkpoint whose config.json model_type is llama, qwen2,
  * mistral, gemma, qwen3, gemma2, gemma3_text (or gemma3), qwen2_vl (qwen2_5_vl) or qwen3_vl
- * (the language model of the VL checkpoints), with an attention (KV) cache, training (full fine-tuning or LoRA
- * adapters). Input and output are hidden states [batch, seq, hidden] float32: the client's
- * bottom has run the embedding (Gemma's embedding also multiplies by sqrt(hidden): that belongs
- * to the embedding layer, outside the trunk, and is NOT applied here; so do Gemma 2's final
- * logit soft-capping and Qwen3-VL's deepstack visual features, added to the hidden states of
- * its first layers at image tokens: a client that sends images adds them between trunks).
+ * (the language model of the VL checkpoints), with an attention (KV) cache, training (full
+ * fine-tuning or LoRA adapters). Input and output are hidden states [batch, seq, hidden]
+ * float32: the client's bottom has run the embedding (Gemma's embedding also multiplies by
+ * sqrt(hidden): that belongs to the embedding layer, outside the trunk, and is NOT applied here;
+ * so do Gemma 2's final logit soft-capping and Qwen3-VL's deepstack visual features, added to
+ * the hidden states of its first layers at image tokens: a client that sends images adds them
+ * between trunks).
  *
  * Spec: ID=llama,weights=PATH[,config=config.json][,layers=A:B]
  *            [,lora_rank=R,lora_alpha=A,lora_targets=q_proj,v_proj][,adapter=DIR]
