@@ -385,7 +385,7 @@ static const struct {
  * (default 6); Qwen2/Qwen3 with use_sliding_window those from max_window_layers on. */
 static int load_windows(llama *p, json_t *root, const char *path, char *err, size_t errlen) {
   json_t *lt = json_object_get(root, "layer_types");
-  int found, pattern = 6, mwl = p->n_layer, f = p->family, any = 0;
+  int found, pattern = 6, mwl = 28, f = p->family, any = 0; /* HF defaults */
   int qwen = f == F_QWEN2 || f == F_QWEN3 || f == F_QWEN2VL || f == F_QWEN3VL;
   if ((p->sliding = calloc((size_t)p->n_layer, sizeof *p->sliding)) == NULL) {
     snprintf(err, errlen, "out of memory");
@@ -1395,7 +1395,7 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
   float *scratch;
   block_acts a;
   size_t need;
-  int pos0, *pos = NULL;
+  int pos0, *pos = NULL, rc;
 
   if (past != NULL && kv->n_layers != L) {
     snprintf(err, errlen, "model '%s': %d past_key_values entries, expected %d", m->id,
@@ -1413,7 +1413,7 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
              m->id, pos0, S, p->n_pos);
     return SS_EINVAL;
   }
-  if (mrope_positions(m, meta, B, S, &pos, err, errlen) != 0) return SS_EINVAL;
+  if ((rc = mrope_positions(m, meta, B, S, &pos, err, errlen)) != 0) return rc;
   /* ln [rows,E] + q, atty [rows,Q] + k, v [rows,KV] + g, u [rows,I] + lt [rows,r] + att [S,T]
    * (+ K, V scratch) + extra [rows, Q + KV + E] (qr, kr, ao) */
   need = rows * ((size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 2 * (size_t)NI + (size_t)r) +

@@ -93,7 +93,7 @@ class Config:
         if self.model_type == "gemma3_text":
             return bool((i + 1) % (self.sliding_window_pattern or 6))
         if self.qwen:  # Qwen2Config / Qwen3Config layer_types default
-            mwl = self.max_window_layers if self.max_window_layers is not None else self.n_layer
+            mwl = self.max_window_layers if self.max_window_layers is not None else 28
             return i >= mwl
         return False
 
