@@ -1,10 +1,14 @@
 /*
  * llama.c — the "llama" model kind: the trunk of a split Llama-family decoder, i.e. decoder
  * layers [a, b) of a Hugging Face checkpoint whose config.json model_type is llama, qwen2,
- * mistral or gemma, with an attention (KV) cache, training (full fine-tuning or LoRA adapters).
- * Input and output are hidden states [batch, seq, hidden] float32: the client's bottom has run
- * the embedding (Gemma's embedding also multiplies by sqrt(hidden): that belongs to the
- * embedding layer, outside the trunk, and is NOT applied here).
+ * mistral, gemma, qwen3, gemma2, gemma3_text (or gemma3), qwen2_vl (qwen2_5_vl) or qwen3_vl
+ * (the language model of the VL checkpoints), with an attention (KV) cache, training (full
+ * fine-tuning or LoRA adapters). Input and output are hidden states [batch, seq, hidden]
+ * float32: the client's bottom has run the embedding (Gemma's embedding also multiplies by
+ * sqrt(hidden): that belongs to the embedding layer, outside the trunk, and is NOT applied here;
+ * so do Gemma 2's final logit soft-capping and Qwen3-VL's deepstack visual features, added to
+ * the hidden states of its first layers at image tokens: a client that sends images adds them
+ * between trunks).
  *
  * Spec: ID=llama,weights=PATH[,config=config.json][,layers=A:B]
  *            [,lora_rank=R,lora_alpha=A,lora_targets=q_proj,v_proj][,adapter=DIR]
@@ -13,38 +17,66 @@
  *   (model.safetensors.index.json + its shards), or the index file itself. config defaults to
  *   config.json next to the file (in the directory); layers to 0:num_hidden_layers.
  *
- * Weights: keys [model.]layers.{i}.input_layernorm.weight, .self_attn.{q,k,v,o}_proj.{weight,
- * bias}, .post_attention_layernorm.weight, .mlp.{gate,up,down}_proj.{weight,bias} (biases as
- * the config says: Qwen2 has q/k/v biases, llama/gemma attention_bias, llama mlp_bias);
- * nn.Linear layout (W [out, in], y = x W^T + b); F32 used in place from the mmap when aligned,
- * F16/BF16 converted once. Only the trunk's tensors are read (sharded: only their shards are
- * opened). Every file stays mapped for the model's life; m->weights is the first one opened.
+ * Config: the settings at the top level, or in text_config (qwen2_vl when it has one, qwen3_vl,
+ * gemma3), with HF's defaults where a family has them (Gemma 3's heads, head_dim, rope_theta);
+ * rope_theta + rope_scaling (transformers 4) or rope_parameters (transformers 5; Gemma 3: one
+ * per layer type).
  *
- * Block (HF LlamaDecoderLayer and its Qwen2/Mistral/Gemma twins, eval mode):
- *   h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = norm1(x)
- *   y = h + down_proj(act(gate_proj(n2)) * up_proj(n2)),                    n2 = norm2(h)
- *   norm: RMSNorm, x / sqrt(mean x^2 + eps) * w   (Gemma: * (1 + w))
+ * Weights: keys <prefix>layers.{i}.input_layernorm.weight, .self_attn.{q,k,v,o}_proj.{weight,
+ * bias}, .post_attention_layernorm.weight, .mlp.{gate,up,down}_proj.{weight,bias} (biases as
+ * the config says: Qwen2/Qwen2-VL have q/k/v biases, the others attention_bias on all four
+ * (Mistral none), llama mlp_bias); .self_attn.{q,k}_norm.weight [head_dim] (Qwen3, Qwen3-VL,
+ * Gemma 3); Gemma 2/3 .pre_feedforward_layernorm, .post_feedforward_layernorm (and their
+ * post_attention_layernorm normalizes the attention output). <prefix> is "model.", none,
+ * "model.language_model." (VL checkpoints of newer transformers) or "language_model.model."
+ * (Gemma 3's multimodal ones), whichever the file has. nn.Linear layout (W [out, in],
+ * y = x W^T + b); F32 used in place from the mmap when aligned, F16/BF16 converted once. Only
+ * the trunk's tensors are read (sharded: only their shards are opened). Every file stays mapped
+ * for the model's life; m->weights is the first one opened.
+ *
+ * Block (HF LlamaDecoderLayer and its Qwen2/Mistral/Gemma/Qwen3/Gemma2/Gemma3/VL twins, eval
+ * mode), one body with the family's flags:
+ *   h = x + o_proj(attn(rope(qn(q_proj(n1))), rope(kn(k_proj(n1))), v_proj(n1))), n1 = norm1(x)
+ *   y = h + down_proj(act(gate_proj(n2)) * up_proj(n2)),                          n2 = norm2(h)
+ *   sandwich (Gemma 2/3): h = x + norm_pa(o_proj(...)), y = h + norm_pf(down_proj(...))
+ *   norm: RMSNorm, x / sqrt(mean x^2 + eps) * w   (Gemma family: * (1 + w))
+ *   qn, kn: the same RMSNorm over each head's head_dim values (q_norm / k_norm: Qwen3, Qwen3-VL,
+ *         Gemma 3), identity for the others
  *   act:  silu (SwiGLU), or gelu tanh (Gemma's GeGLU, gelu_pytorch_tanh), or exact gelu
  *   attn: num_attention_heads query heads over num_key_value_heads kv heads (GQA), head_dim from
- *         the config when given (Gemma) else hidden / heads, scale 1/sqrt(head_dim), causal;
- *         Mistral's sliding_window W: a query at position i sees keys i-W < j <= i.
+ *         the config when given else hidden / heads, scale 1/sqrt(head_dim) (Gemma 2/3:
+ *         query_pre_attn_scalar^-1/2), causal; Gemma 2/3 attn_logit_softcapping c: scores
+ *         c tanh(s / c) before the softmax. Sliding window W (sliding_window) on the layers
+ *         that slide: a query at position i sees keys i-W < j <= i. Which slide: layer_types
+ *         when given, else Mistral all, Gemma 2 the even ones, Gemma 3 all but every
+ *         sliding_window_pattern-th, Qwen with use_sliding_window those from max_window_layers.
  *   rope: HF rotate_half with rope_theta; rope_scaling "linear" (theta_i / factor) and "llama3"
- *         (Llama 3.1's frequency-banded rescale); others are refused at start-up.
+ *         (Llama 3.1's frequency-banded rescale); others are refused at start-up. Gemma 3's
+ *         sliding layers: plain rope at rope_local_base_freq. M-RoPE (qwen2_vl, qwen3_vl,
+ *         rope_scaling.mrope_section [t, h, w], mrope_interleaved): frequency pair i turns by
+ *         the position of its stream (temporal, height, width; chunked sections or Qwen3-VL's
+ *         interleaved layout). Text positions are the same in all three streams, so it is the
+ *         plain rope unless the request gives the streams (below).
  * It is written once (block_forward / block_backward) on the nn/ ops and serves inference with
  * or without a cache, decode steps and training. Every projection goes through proj_forward /
  * proj_backward, which add the LoRA path when the projection has an adapter.
  *
  * Positions: a call's first token sits at the past length P (0 without a cache), or at the
  * request metadata position_offset when given (the cache index still decides the causal mask).
+ * M-RoPE models also take metadata mrope_positions: 3 x seq (every batch row) or 3 x batch x
+ * seq comma-separated integers, stream-major like HF's position_ids [3, batch, seq] (image
+ * tokens: their grid's t, h, w); training uses text positions.
  *
  * KV cache: past[l].key/value [batch, num_key_value_heads, P, head_dim] (layer a + l), keys
- * after the rotary embedding, as HF's cache holds them; present = past + this call's.
+ * after the (q/k norm and) rotary embedding, as HF's cache holds them; present = past + this
+ * call's.
  *
  * Training: full fine-tuning (every tensor of the trunk is a parameter, checkpoint under the
  * loaded names) or, with lora_rank, LoRA: the trunk is frozen and the parameters are the
  * adapters A [r, in] (PEFT init: kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)))
  * and B [out, r] (zero), y += (alpha / r) x A^T B^T; save=DIR writes the PEFT layout
- * (DIR/adapter_model.safetensors, DIR/adapter_config.json, and the optimizer state in
+ * (DIR/adapter_model.safetensors under base_model.model.<prefix>layers..., "model." for a
+ * checkpoint without prefix; DIR/adapter_config.json, and the optimizer state in
  * DIR/optimizer.safetensors); adapter=DIR loads one at start (and its optimizer state).
  * lora_dropout=P (default: the adapter's, else 0) drops the adapters' inputs in training
  * forwards, masks from (lora_seed, forward id, layer, element): models/lora.h.
@@ -100,12 +132,22 @@ typedef struct proj {
   ss_lora lo; /* LoRA adapter (lo.a NULL: none; models/lora.h) */
 } proj;
 
+/* The RMSNorm weights of a layer: input_layernorm and the MLP's input norm (every family);
+ * Gemma 2/3's norms of the attention and MLP outputs; the per-head q_norm, k_norm [D] (Qwen3,
+ * Qwen3-VL, Gemma 3). */
+enum { N_LN1, N_LN2, N_PA, N_PF, N_QN, N_KN, N_NORM };
+
 typedef struct lblock {
-  const float *ln1, *ln2; /* [E] RMSNorm weights */
-  float *ln1_own, *ln2_own;
-  int iln1, iln2;
+  const float *nw[N_NORM]; /* views, NULL: the family has none */
+  float *nw_own[N_NORM];
+  int inw[N_NORM];        /* parameter indices, < 0: frozen */
+  int window;             /* this layer's sliding window, 0: none */
+  const double *inv_freq; /* this layer's rotary frequencies (Gemma 3: local or global) */
   proj pr[N_PROJ];
 } lblock;
+
+/* model_type -> family; the flags below follow from it and the config. */
+enum { F_LLAMA, F_QWEN2, F_MISTRAL, F_GEMMA, F_QWEN3, F_GEMMA2, F_GEMMA3, F_QWEN2VL, F_QWEN3VL };
 
 typedef struct llama {
   char model_type[16];
@@ -114,10 +156,17 @@ typedef struct llama {
   float eps;
   int one_plus; /* Gemma's (1 + w) norm */
   int act;
-  int window;   /* sliding window (Mistral), 0: none */
+  int family;
+  int window;    /* sliding_window W of the layers that slide, 0: none */
+  int *sliding;  /* [n_layer] 1: layer i slides (Mistral: all; Gemma 2/3, layer_types: some) */
+  int qk_norm;   /* per-head RMSNorm of q and k before rope (Qwen3, Qwen3-VL, Gemma 3) */
+  int sandwich;  /* Gemma 2/3: norms of the attention and MLP outputs too (four per layer) */
+  float softcap; /* Gemma 2 attn_logit_softcapping, 0: none */
   int attn_bias, o_bias, mlp_bias;
   float scale;
-  double *inv_freq; /* [D/2] rotary frequencies, scaling applied */
+  double *inv_freq;       /* [D/2] rotary frequencies, scaling applied */
+  double *inv_freq_local; /* [D/2] Gemma 3's sliding layers (rope_local_base_freq), or NULL */
+  unsigned char *mrope;   /* [D/2] M-RoPE stream (0 t, 1 h, 2 w) per frequency, or NULL */
   lblock *blk;
   ss_st_file **files; /* opened weight files (shards), kept mapped */
   int n_files;
@@ -133,8 +182,7 @@ static void llama_free(llama *p) {
   if (p->blk != NULL)
     for (int l = 0; l < p->b - p->a; l++) {
       lblock *bk = &p->blk[l];
-      free(bk->ln1_own);
-      free(bk->ln2_own);
+      for (int j = 0; j < N_NORM; j++) free(bk->nw_own[j]);
       for (int k = 0; k < N_PROJ; k++) {
         free(bk->pr[k].w_own);
         free(bk->pr[k].b_own);
@@ -144,6 +192,9 @@ static void llama_free(llama *p) {
   ss_params_free(&p->prm);
   free(p->blk);
   free(p->inv_freq);
+  free(p->inv_freq_local);
+  free(p->mrope);
+  free(p->sliding);
   for (int i = 0; i < p->n_files; i++) ss_st_close(p->files[i]);
   free(p->files);
   free(p);
@@ -176,18 +227,64 @@ static int cfg_bool(json_t *root, const char *key, int def) {
  * Fills p->inv_freq (D/2 values). HF _compute_llama3_parameters:
  *   wavelen = 2 pi / f;  wavelen > old/low_ff: f / factor;  wavelen < old/high_ff: f;
  *   between: (1 - s) f / factor + s f,  s = (old / wavelen - low_ff) / (high_ff - low_ff) */
-static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t errlen) {
-  double theta = 10000.0, factor = 1.0, lff = 1.0, hff = 4.0, old = 8192.0;
-  int found, n = p->D / 2;
-  json_t *rs = json_object_get(root, "rope_scaling"), *t;
-  const char *type = "default";
-
-  if (cfg_num(root, "rope_theta", path, &theta, &found, err, errlen) != 0) return SS_EINVAL;
-  if ((p->inv_freq = malloc((size_t)(n > 0 ? n : 1) * sizeof(double))) == NULL) {
+/* Qwen2-VL / Qwen3-VL M-RoPE: rope_scaling.mrope_section [t, h, w] (frequency pairs per
+ * stream, summing to head_dim / 2) and mrope_interleaved (Qwen3-VL's layout, its default):
+ *   chunked (Qwen2-VL apply_multimodal_rotary_pos_emb): pairs [0, t) t, [t, t+h) h, the rest w
+ *   interleaved (Qwen3-VL apply_interleaved_mrope): pair i is h when i % 3 == 1 and i < 3h,
+ *   w when i % 3 == 2 and i < 3w, else t
+ * Fills p->mrope; absent section: no M-RoPE (text positions only). */
+static int load_mrope(llama *p, json_t *rs, const char *path, char *err, size_t errlen) {
+  json_t *sec = json_object_get(rs, "mrope_section");
+  int n = p->D / 2, sz[3], sum = 0, inter;
+  if (sec == NULL || json_is_null(sec)) return 0;
+  if (!json_is_array(sec) || json_array_size(sec) != 3) {
+    snprintf(err, errlen, "config %.200s: rope_scaling.mrope_section must be 3 integers", path);
+    return SS_EINVAL;
+  }
+  for (int i = 0; i < 3; i++) {
+    json_t *e = json_array_get(sec, (size_t)i);
+    if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > n) {
+      snprintf(err, errlen, "config %.200s: rope_scaling.mrope_section must be 3 integers", path);
+      return SS_EINVAL;
+    }
+    sz[i] = (int)json_integer_value(e);
+    sum += sz[i];
+  }
+  if (sum != n) {
+    snprintf(err, errlen,
+             "config %.200s: rope_scaling.mrope_section sums to %d, expected head_dim / 2 = %d",
+             path, sum, n);
+    return SS_EINVAL;
+  }
+  inter = cfg_bool(rs, "mrope_interleaved", p->family == F_QWEN3VL);
+  if ((p->mrope = malloc((size_t)n)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
-  ss_rope_inv_freq(p->inv_freq, p->D, theta);
+  for (int i = 0; i < n; i++) {
+    if (inter)
+      p->mrope[i] = (unsigned char)(i % 3 == 1 && i < 3 * sz[1]   ? 1
+                                    : i % 3 == 2 && i < 3 * sz[2] ? 2
+                                                                  : 0);
+    else
+      p->mrope[i] = (unsigned char)(i < sz[0] ? 0 : i < sz[0] + sz[1] ? 1 : 2);
+  }
+  return 0;
+}
+
+static int load_rope(llama *p, double **out, json_t *theta_obj, json_t *rs, double theta_def,
+                     const char *path, char *err, size_t errlen) {
+  double theta = theta_def, factor = 1.0, lff = 1.0, hff = 4.0, old = 8192.0;
+  int found, n = p->D / 2;
+  json_t *t;
+  const char *type = "default";
+
+  if (cfg_num(theta_obj, "rope_theta", path, &theta, &found, err, errlen) != 0) return SS_EINVAL;
+  if (((*out) = malloc((size_t)(n > 0 ? n : 1) * sizeof(double))) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  ss_rope_inv_freq((*out), p->D, theta);
   if (rs == NULL || json_is_null(rs)) return 0;
   if (!json_is_object(rs)) {
     snprintf(err, errlen, "config %.200s: 'rope_scaling' must be an object or null", path);
@@ -200,7 +297,10 @@ static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t
     return SS_EINVAL;
   }
   if (t != NULL) type = json_string_value(t);
-  if (strcmp(type, "default") == 0) return 0;
+  if ((p->family == F_QWEN2VL || p->family == F_QWEN3VL) &&
+      load_mrope(p, rs, path, err, errlen) != 0)
+    return SS_EINVAL;
+  if (strcmp(type, "default") == 0 || (p->mrope != NULL && strcmp(type, "mrope") == 0)) return 0;
   if (strcmp(type, "linear") != 0 && strcmp(type, "llama3") != 0) {
     snprintf(err, errlen,
              "config %.200s: rope_scaling type '%.40s' is not supported (supported: llama3, "
@@ -214,7 +314,7 @@ static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t
     return SS_EINVAL;
   }
   if (strcmp(type, "linear") == 0) {
-    for (int i = 0; i < n; i++) p->inv_freq[i] /= factor;
+    for (int i = 0; i < n; i++) (*out)[i] /= factor;
     return 0;
   }
   {
@@ -232,14 +332,14 @@ static int load_rope(llama *p, json_t *root, const char *path, char *err, size_t
     }
   }
   for (int i = 0; i < n; i++) {
-    double f = p->inv_freq[i], wl = 2.0 * M_PI / f, lo_wl = old / lff, hi_wl = old / hff;
+    double f = (*out)[i], wl = 2.0 * M_PI / f, lo_wl = old / lff, hi_wl = old / hff;
     if (wl > lo_wl) {
       f /= factor;
     } else if (!(wl < hi_wl)) {
       double s = (old / wl - lff) / (hff - lff);
       f = (1.0 - s) * f / factor + s * f;
     }
-    p->inv_freq[i] = f;
+    (*out)[i] = f;
   }
   return 0;
 }
@@ -268,41 +368,154 @@ static json_t *load_json(const char *what, const char *path, size_t max_bytes, i
   return root;
 }
 
+/* The rotary frequencies: rope_theta and rope_scaling (transformers 4 configs), or
+ * rope_parameters (transformers 5: one object with rope_theta inside, or one per layer type,
+ * full_attention / sliding_attention, for Gemma 3). Gemma 3's sliding layers: plain rope at
+ * rope_local_base_freq (default 10000). */
+static int load_ropes(llama *p, json_t *root, const char *path, char *err, size_t errlen) {
+  json_t *rp = json_object_get(root, "rope_parameters"), *full = NULL, *slide = NULL;
+  double def = p->family == F_GEMMA3 ? 1000000.0 : 10000.0, local = 10000.0;
+  int rc, found;
+  if (rp != NULL && json_is_object(rp)) {
+    full = json_object_get(rp, "full_attention");
+    slide = json_object_get(rp, "sliding_attention");
+    if (full == NULL || !json_is_object(full)) full = rp;
+    if (slide != NULL && !json_is_object(slide)) slide = NULL;
+    rc = load_rope(p, &p->inv_freq, full, full, def, path, err, errlen);
+  } else {
+    rc = load_rope(p, &p->inv_freq, root, json_object_get(root, "rope_scaling"), def, path, err,
+                   errlen);
+  }
+  if (rc != 0 || p->family != F_GEMMA3) return rc;
+  if (slide != NULL)
+    return load_rope(p, &p->inv_freq_local, slide, slide, local, path, err, errlen);
+  if (cfg_num(root, "rope_local_base_freq", path, &local, &found, err, errlen) != 0)
+    return SS_EINVAL;
+  return load_rope(p, &p->inv_freq_local, NULL, NULL, local, path, err, errlen);
+}
+
+static const struct {
+  const char *name;
+  int family;
+} families[] = {{"llama", F_LLAMA},         {"qwen2", F_QWEN2},          {"mistral", F_MISTRAL},
+                {"gemma", F_GEMMA},         {"qwen3", F_QWEN3},          {"gemma2", F_GEMMA2},
+                {"gemma3_text", F_GEMMA3},  {"gemma3", F_GEMMA3},        {"qwen2_vl", F_QWEN2VL},
+                {"qwen2_5_vl", F_QWEN2VL},  {"qwen2_vl_text", F_QWEN2VL}, {"qwen3_vl", F_QWEN3VL},
+                {"qwen3_vl_text", F_QWEN3VL}};
+#define FAMILY_NAMES                                                                          \
+  "llama, qwen2, mistral, gemma, qwen3, gemma2, gemma3_text, gemma3, qwen2_vl, qwen2_5_vl, " \
+  "qwen3_vl (and the _text configs of the VL ones)"
+
+/* Which layers slide (p->sliding, all n_layer) and by how much (p->window, sliding_window):
+ * layer_types ["sliding_attention" | "full_attention", ...] when the config has it; else
+ * Mistral all layers; Gemma 2 the even ones; Gemma 3 all but every sliding_window_pattern-th
+ * (default 6); Qwen2/Qwen3 with use_sliding_window those from max_window_layers on. */
+static int load_windows(llama *p, json_t *root, const char *path, char *err, size_t errlen) {
+  json_t *lt = json_object_get(root, "layer_types");
+  int found, pattern = 6, mwl = 28, f = p->family, any = 0; /* HF defaults */
+  int qwen = f == F_QWEN2 || f == F_QWEN3 || f == F_QWEN2VL || f == F_QWEN3VL;
+  if ((p->sliding = calloc((size_t)p->n_layer, sizeof *p->sliding)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  if (f == F_LLAMA || f == F_GEMMA) return 0;
+  if (qwen && !cfg_bool(root, "use_sliding_window", 0)) return 0;
+  p->window = f == F_GEMMA2 || f == F_GEMMA3 ? 4096 : 0;
+  if (json_object_get(root, "sliding_window") != NULL &&
+      json_is_null(json_object_get(root, "sliding_window")))
+    p->window = 0;
+  if (ss_trunk_cfg_int(root, "sliding_window", path, &p->window, &found, err, errlen) != 0)
+    return SS_EINVAL;
+  if (lt != NULL && !json_is_null(lt)) {
+    if (!json_is_array(lt) || json_array_size(lt) != (size_t)p->n_layer) {
+      snprintf(err, errlen, "config %.200s: 'layer_types' must list num_hidden_layers (%d) types",
+               path, p->n_layer);
+      return SS_EINVAL;
+    }
+    for (int i = 0; i < p->n_layer; i++) {
+      const char *t = json_string_value(json_array_get(lt, (size_t)i));
+      if (t == NULL || (strcmp(t, "sliding_attention") != 0 && strcmp(t, "full_attention") != 0)) {
+        snprintf(err, errlen,
+                 "config %.200s: layer_types[%d] must be \"sliding_attention\" or "
+                 "\"full_attention\"",
+                 path, i);
+        return SS_EINVAL;
+      }
+      p->sliding[i] = strcmp(t, "sliding_attention") == 0;
+    }
+  } else {
+    if (f == F_GEMMA3 &&
+        ss_trunk_cfg_int(root, "sliding_window_pattern", path, &pattern, &found, err, errlen) != 0)
+      return SS_EINVAL;
+    if (qwen && ss_trunk_cfg_int(root, "max_window_layers", path, &mwl, &found, err, errlen) != 0)
+      return SS_EINVAL;
+    for (int i = 0; i < p->n_layer; i++)
+      p->sliding[i] = f == F_MISTRAL  ? 1
+                      : f == F_GEMMA2 ? i % 2 == 0
+                      : f == F_GEMMA3 ? (i + 1) % pattern != 0
+                                      : i >= mwl;
+  }
+  for (int i = 0; i < p->n_layer; i++) any |= p->sliding[i];
+  if (!any) p->window = 0;
+  return 0;
+}
+
+/* config.json: the family from model_type, then its settings: at the top level, or (the VL
+ * checkpoints, gemma3) in text_config when there is one. */
 static int load_config(llama *p, const char *path, char *err, size_t errlen) {
-  int found, rc = SS_EINVAL, gemma;
-  json_t *root = load_json("config", path, SS_CONFIG_MAX_BYTES, &rc, err, errlen), *v;
-  double eps = 1e-6;
+  int found, rc = SS_EINVAL, gemma, f = -1;
+  json_t *top = load_json("config", path, SS_CONFIG_MAX_BYTES, &rc, err, errlen), *root, *v;
+  double eps = 1e-6, qpas = 256.0, cap = 0.0;
   static const char *const required[] = {"hidden_size", "num_attention_heads",
                                          "num_hidden_layers", "intermediate_size"};
   int *req_out[] = {&p->E, &p->NH, &p->n_layer, &p->I};
   const char *mt, *act;
 
-  if (root == NULL) return rc;
+  if (top == NULL) return rc;
   rc = SS_EINVAL;
-  if (!json_is_object(root)) {
+  root = top;
+  if (!json_is_object(top)) {
     snprintf(err, errlen, "config %.200s: not a JSON object", path);
     goto done;
   }
-  v = json_object_get(root, "model_type");
+  v = json_object_get(top, "model_type");
   mt = v != NULL && json_is_string(v) ? json_string_value(v) : NULL;
-  if (mt == NULL || (strcmp(mt, "llama") != 0 && strcmp(mt, "qwen2") != 0 &&
-                     strcmp(mt, "mistral") != 0 && strcmp(mt, "gemma") != 0)) {
+  for (size_t i = 0; mt != NULL && i < sizeof families / sizeof families[0]; i++)
+    if (strcmp(mt, families[i].name) == 0) f = families[i].family;
+  if (f < 0) {
     snprintf(err, errlen,
-             "config %.200s: model_type '%.40s' is not supported by kind 'llama' (supported: "
-             "llama, qwen2, mistral, gemma)",
+             "config %.200s: model_type '%.40s' is not supported by kind 'llama' "
+             "(supported: " FAMILY_NAMES ")",
              path, mt ? mt : "(missing)");
     goto done;
   }
+  p->family = f;
   snprintf(p->model_type, sizeof p->model_type, "%s", mt);
-  gemma = strcmp(mt, "gemma") == 0;
+  v = json_object_get(top, "text_config");
+  if ((f == F_GEMMA3 || f == F_QWEN2VL || f == F_QWEN3VL) && v != NULL && json_is_object(v))
+    root = v;
+  gemma = f == F_GEMMA || f == F_GEMMA2 || f == F_GEMMA3;
+  /* Gemma 3's text_config in the multimodal checkpoints leaves out what Gemma3TextConfig
+   * defaults: 8 heads over 4 kv heads of 256, 131072 positions, rope_theta 1e6 (load_rope) */
+  if (f == F_GEMMA3) {
+    p->NH = 8;
+    p->NKV = 4;
+    p->D = 256;
+    p->n_pos = 131072;
+  }
   for (int i = 0; i < 4; i++) {
+    if (f == F_GEMMA3 && req_out[i] == &p->NH) {
+      if (ss_trunk_cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0)
+        goto done;
+      continue;
+    }
     if (ss_trunk_cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0) goto done;
     if (!found) {
       snprintf(err, errlen, "config %.200s: missing '%s'", path, required[i]);
       goto done;
     }
   }
-  p->NKV = p->NH;
+  if (f != F_GEMMA3) p->NKV = p->NH;
   if (ss_trunk_cfg_int(root, "num_key_value_heads", path, &p->NKV, &found, err, errlen) != 0)
     goto done;
   if (p->NH % p->NKV != 0) {
@@ -312,7 +525,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
     goto done;
   }
   if (ss_trunk_cfg_int(root, "head_dim", path, &p->D, &found, err, errlen) != 0) goto done;
-  if (!found) {
+  if (!found && f != F_GEMMA3) {
     if (p->E % p->NH != 0) {
       snprintf(err, errlen,
                "config %.200s: hidden_size %d is not a multiple of num_attention_heads %d (and "
@@ -327,7 +540,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
              p->D);
     goto done;
   }
-  p->n_pos = 2048;
+  if (f != F_GEMMA3) p->n_pos = 2048;
   if (ss_trunk_cfg_int(root, "max_position_embeddings", path, &p->n_pos, &found, err, errlen) != 0)
     goto done;
   if (cfg_num(root, "rms_norm_eps", path, &eps, &found, err, errlen) != 0) goto done;
@@ -356,32 +569,33 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
              path, gemma ? "hidden_activation" : "hidden_act", act);
     goto done;
   }
-  /* biases: Qwen2 q/k/v always, o never; llama/gemma attention_bias on all four; llama
-   * mlp_bias; Mistral none. */
-  if (strcmp(mt, "qwen2") == 0) {
+  /* biases: Qwen2 (and Qwen2-VL) q/k/v always, o never; Mistral none; the others
+   * attention_bias on all four; llama mlp_bias. */
+  if (f == F_QWEN2 || f == F_QWEN2VL) {
     p->attn_bias = 1;
     p->o_bias = 0;
-    if (cfg_bool(root, "use_sliding_window", 0)) {
-      snprintf(err, errlen,
-               "config %.200s: qwen2 use_sliding_window=true is not supported (per-layer "
-               "windows); set it false",
-               path);
-      goto done;
-    }
-  } else if (strcmp(mt, "mistral") == 0) {
+  } else if (f == F_MISTRAL) {
     p->attn_bias = p->o_bias = 0;
   } else {
     p->attn_bias = p->o_bias = cfg_bool(root, "attention_bias", 0);
   }
-  p->mlp_bias = strcmp(mt, "llama") == 0 ? cfg_bool(root, "mlp_bias", 0) : 0;
-  p->window = 0;
-  if (strcmp(mt, "mistral") == 0 &&
-      ss_trunk_cfg_int(root, "sliding_window", path, &p->window, &found, err, errlen) != 0)
-    goto done;
-  p->scale = (float)(1.0 / sqrt((double)p->D));
-  rc = load_rope(p, root, path, err, errlen);
+  p->mlp_bias = f == F_LLAMA ? cfg_bool(root, "mlp_bias", 0) : 0;
+  p->qk_norm = f == F_QWEN3 || f == F_QWEN3VL || f == F_GEMMA3;
+  p->sandwich = f == F_GEMMA2 || f == F_GEMMA3;
+  if (load_windows(p, root, path, err, errlen) != 0) goto done;
+  /* Gemma 2/3: scores scaled by query_pre_attn_scalar^-1/2 (HF default 256), soft-capped by
+   * attn_logit_softcapping (null: none) */
+  if (f == F_GEMMA2 || f == F_GEMMA3) {
+    if (cfg_num(root, "query_pre_attn_scalar", path, &qpas, &found, err, errlen) != 0 ||
+        cfg_num(root, "attn_logit_softcapping", path, &cap, &found, err, errlen) != 0)
+      goto done;
+    if (f == F_GEMMA2 && json_object_get(root, "attn_logit_softcapping") == NULL) cap = 50.0;
+  }
+  p->softcap = (float)cap;
+  p->scale = (float)(gemma && f != F_GEMMA ? 1.0 / sqrt(qpas) : 1.0 / sqrt((double)p->D));
+  rc = load_ropes(p, root, path, err, errlen);
 done:
-  json_decref(root);
+  json_decref(top);
   return rc;
 }
 
@@ -514,8 +728,27 @@ static void wsrc_close(wsrc *w) {
 
 /* ------------------------------------------------------------- weights ---- */
 
-/* The tensors of one layer in a fixed order: ln1, ln2, then per projection weight, bias. */
-enum { W_LN1, W_LN2, W_PROJ0, W_PER_LAYER = W_PROJ0 + 2 * N_PROJ };
+/* The tensors of one layer in a fixed order: the norms (N_*), then per projection weight, bias. */
+enum { W_PROJ0 = N_NORM, W_PER_LAYER = W_PROJ0 + 2 * N_PROJ };
+
+static int has_norm(const llama *p, int j) {
+  if (j == N_PA || j == N_PF) return p->sandwich;
+  if (j == N_QN || j == N_KN) return p->qk_norm;
+  return 1;
+}
+
+/* Norm j's name in layer i: Gemma 2/3 call the MLP's input norm pre_feedforward_layernorm and
+ * the norm of the attention's output post_attention_layernorm (the others' MLP input norm). */
+static const char *norm_name(const llama *p, int j) {
+  switch (j) {
+    case N_LN1: return "input_layernorm";
+    case N_LN2: return p->sandwich ? "pre_feedforward_layernorm" : "post_attention_layernorm";
+    case N_PA: return "post_attention_layernorm";
+    case N_PF: return "post_feedforward_layernorm";
+    case N_QN: return "self_attn.q_norm";
+    default: return "self_attn.k_norm";
+  }
+}
 
 static int has_bias(const llama *p, int k) {
   if (k <= P_V) return p->attn_bias;
@@ -540,10 +773,10 @@ static void proj_dims(const llama *p, int k, int *in, int *out) {
  * (a bias the config does not have). */
 static int tensor_desc(const llama *p, int i, int j, char *name, size_t len, int64_t *shape,
                        int *ndim) {
-  if (j == W_LN1 || j == W_LN2) {
-    snprintf(name, len, "layers.%d.%s.weight", i,
-             j == W_LN1 ? "input_layernorm" : "post_attention_layernorm");
-    shape[0] = p->E;
+  if (j < N_NORM) {
+    if (!has_norm(p, j)) return -1;
+    snprintf(name, len, "layers.%d.%s.weight", i, norm_name(p, j));
+    shape[0] = j == N_QN || j == N_KN ? p->D : p->E;
     *ndim = 1;
     return 0;
   }
@@ -561,10 +794,8 @@ static int tensor_desc(const llama *p, int i, int j, char *name, size_t len, int
 
 /* The view/own pointers of tensor j of block bk. */
 static void tensor_slot(lblock *bk, int j, const float ***view, float ***own) {
-  if (j == W_LN1) {
-    *view = &bk->ln1, *own = &bk->ln1_own;
-  } else if (j == W_LN2) {
-    *view = &bk->ln2, *own = &bk->ln2_own;
+  if (j < N_NORM) {
+    *view = &bk->nw[j], *own = &bk->nw_own[j];
   } else {
     proj *pr = &bk->pr[(j - W_PROJ0) / 2];
     if ((j - W_PROJ0) % 2)
@@ -582,9 +813,18 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
   unsigned dts = 0, copied = 0;
   const ss_st_tensor **found;
 
-  snprintf(full, sizeof full, "model.layers.%d.input_layernorm.weight", p->a);
-  p->prefix = wsrc_find(w, full, &rc, err, errlen) != NULL ? "model." : "";
-  if (rc != 0) return rc;
+  /* the prefix: "model." (HF), none, or the language model's inside a VL checkpoint (newer
+   * transformers: model.language_model., older gemma3: language_model.model.) */
+  {
+    static const char *const prefixes[] = {"model.", "model.language_model.",
+                                           "language_model.model.", ""};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+      p->prefix = prefixes[i];
+      snprintf(full, sizeof full, "%slayers.%d.input_layernorm.weight", p->prefix, p->a);
+      if (wsrc_find(w, full, &rc, err, errlen) != NULL) break;
+      if (rc != 0) return rc;
+    }
+  }
   found = calloc((size_t)L * W_PER_LAYER, sizeof *found);
   p->blk = calloc((size_t)L, sizeof *p->blk);
   if (found == NULL || p->blk == NULL) {
@@ -626,7 +866,10 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
       proj_dims(p, k, &p->blk[l].pr[k].in, &p->blk[l].pr[k].out);
       p->blk[l].pr[k].iw = p->blk[l].pr[k].ib = p->blk[l].pr[k].lo.ia = p->blk[l].pr[k].lo.ib = -1;
     }
-    p->blk[l].iln1 = p->blk[l].iln2 = -1;
+    for (int j = 0; j < N_NORM; j++) p->blk[l].inw[j] = -1;
+    p->blk[l].window = p->sliding[p->a + l] ? p->window : 0;
+    p->blk[l].inv_freq =
+        p->inv_freq_local != NULL && p->sliding[p->a + l] ? p->inv_freq_local : p->inv_freq;
     for (int j = 0; j < W_PER_LAYER; j++) {
       const ss_st_tensor *t = found[l * W_PER_LAYER + j];
       int64_t shape[2];
@@ -689,6 +932,9 @@ static int position_offset(const ss_model *m, const ss_meta *meta, int *pos, cha
   return 0;
 }
 
+static int mrope_positions(const ss_model *m, const ss_meta *meta, int B, int S, int **pos,
+                           char *err, size_t errlen);
+
 static int llama_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta,
                        int64_t *out_shape, int *out_ndim, char *err, size_t errlen) {
   const llama *p = m->impl;
@@ -697,6 +943,12 @@ static int llama_check(const ss_model *m, const ss_tensor *in, const ss_meta *me
                             err, errlen) != 0)
     return SS_EINVAL;
   if (position_offset(m, meta, &pos, err, errlen) != 0) return SS_EINVAL;
+  if (meta != NULL && ss_meta_get(meta, "mrope_positions") != NULL) {
+    int *mp = NULL;
+    int rc = mrope_positions(m, meta, (int)in->shape[0], (int)in->shape[1], &mp, err, errlen);
+    free(mp);
+    if (rc != 0) return rc;
+  }
   if (pos >= 0 && pos + in->shape[1] > p->n_pos) {
     snprintf(err, errlen,
              "model '%s': position_offset %d + seq %lld exceeds max_position_embeddings %d",
@@ -810,17 +1062,22 @@ static void act_backward(const llama *p, float *d, const float *x, size_t n) {
 /* ------------------------------------------------------------- the block ---- */
 
 /*
- * One decoder layer, written once (HF LlamaDecoderLayer, eval mode) on the nn/ ops. Where its
- * activations live is the caller's choice: inference keeps one residual stream in place
- * (x == h == y) and reuses scratch for the rest (g == mm); training points x, h, q, k, v, atty,
- * g, u, att and the RMSNorm statistics into the layer's saved record (y is the next layer's x)
- * and uses scratch for ln, mm, K, V (recomputed in backward).
+ * One decoder layer, written once (HF LlamaDecoderLayer and its family, eval mode) on the nn/
+ * ops. Where its activations live is the caller's choice: inference keeps one residual stream
+ * in place (x == h == y) and reuses scratch for the rest (g == mm, ao == mo); training points
+ * x, h, q, k, v, atty, g, u, att, the pre-norm q/k, the outputs of o_proj and down_proj and the
+ * RMSNorm statistics into the layer's saved record (y is the next layer's x) and uses scratch
+ * for ln, mm, K, V (recomputed in backward).
  */
 typedef struct block_acts {
   float *x, *h, *y;     /* [BT, E] input, residual after attention, output (may alias) */
-  float *ln;            /* [BT, E] norm1(x), then norm2(h) */
+  float *ln;            /* [BT, E] norm1(x), then the norms after it */
   float *rstd1, *rstd2; /* [BT] RMSNorm statistics, or NULL */
-  float *q, *k, *v;     /* [BT, Q], [BT, KV], [BT, KV] projections (q, k after rope) */
+  float *q, *k, *v;     /* [BT, Q], [BT, KV], [BT, KV] projections (q, k after norm and rope) */
+  float *qr, *kr;       /* qk_norm: [BT, Q], [BT, KV] q_proj, k_proj outputs (before q/k norm) */
+  float *rstdq, *rstdk; /* qk_norm: [BT NH], [BT NKV] their RMSNorm statistics, or NULL */
+  float *ao, *mo;       /* sandwich: [BT, E] o_proj, down_proj outputs (may alias) */
+  float *rstdpa, *rstdpf; /* sandwich: [BT] statistics of their norms, or NULL */
   float *atty;          /* [BT, Q] attention output, heads side by side */
   float *att;           /* [B, NH, T, P+T] when att_all, else [T, P+T] */
   int att_all;
@@ -839,42 +1096,78 @@ static ss_attn_dims attn_dims(const llama *p, int B, int T, int P) {
 /* The sequences whose rows a block call stacks: usually one ([B, T] rows at positions pos0..,
  * after P cached ones: past_k, past_v this layer's [B, NKV, P, D] wire bytes, or NULL when
  * P == 0); a batched decode step stacks several, each with its own past and positions (rope and
- * attention per sequence, every projection over all rows at once). K, V: its window. */
+ * attention per sequence, every projection over all rows at once). K, V: its window. pos: M-RoPE
+ * positions [3, B, T] given by the client (NULL: pos0.. in every stream, i.e. plain rope). */
 typedef struct seq_attn {
   int row0, B, T, P, pos0;
   const void *past_k, *past_v;
   float *K, *V;
+  const int *pos;
 } seq_attn;
 
+/* out [BT, C] = in + norm(r): the sandwich norms' residual add (r is rmsnorm'd into ln). */
+static void add_normed(const llama *p, float *out, const float *in, float *ln, float *rstd,
+                       const float *r, const float *w, int BT) {
+  const size_t n = (size_t)BT * (size_t)p->E;
+  ss_rmsnorm_forward(ln, rstd, r, w, BT, p->E, p->eps, p->one_plus);
+  if (out != in) memcpy(out, in, n * sizeof(float));
+  for (size_t i = 0; i < n; i++) out[i] += ln[i];
+}
+
+/*
+ *   n1 = norm1(x);  q, k, v = proj(n1);  q, k = qk_norm(q, k) (per head, when the family has it)
+ *   a = o_proj(attn(rope(q), rope(k), v));  h = x + a          (sandwich: x + norm_pa(a))
+ *   n2 = norm2(h);  m = down(act(gate(n2)) * up(n2));  y = h + m  (sandwich: h + norm_pf(m))
+ */
 static void block_forward(const llama *p, const lblock *bk, const block_acts *a, int BT,
                           const seq_attn *seqs, int nseq) {
   const int E = p->E, Q = p->NH * p->D, KV = p->NKV * p->D;
   const size_t cells = (size_t)BT * (size_t)E, ni = (size_t)BT * (size_t)p->I;
   /* attention */
-  ss_rmsnorm_forward(a->ln, a->rstd1, a->x, bk->ln1, BT, E, p->eps, p->one_plus);
-  proj_forward(p, &bk->pr[P_Q], a->q, a->ln, BT, 0, a->lt, a->mk, a->xd);
-  proj_forward(p, &bk->pr[P_K], a->k, a->ln, BT, 0, a->lt, a->mk, a->xd);
+  ss_rmsnorm_forward(a->ln, a->rstd1, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
+  proj_forward(p, &bk->pr[P_Q], p->qk_norm ? a->qr : a->q, a->ln, BT, 0, a->lt, a->mk, a->xd);
+  proj_forward(p, &bk->pr[P_K], p->qk_norm ? a->kr : a->k, a->ln, BT, 0, a->lt, a->mk, a->xd);
   proj_forward(p, &bk->pr[P_V], a->v, a->ln, BT, 0, a->lt, a->mk, a->xd);
+  if (p->qk_norm) {
+    ss_rmsnorm_forward(a->q, a->rstdq, a->qr, bk->nw[N_QN], BT * p->NH, p->D, p->eps, p->one_plus);
+    ss_rmsnorm_forward(a->k, a->rstdk, a->kr, bk->nw[N_KN], BT * p->NKV, p->D, p->eps, p->one_plus);
+  }
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
     float *q = a->q + (size_t)s->row0 * (size_t)Q, *k = a->k + (size_t)s->row0 * (size_t)KV;
     float *v = a->v + (size_t)s->row0 * (size_t)KV;
     ss_attn_dims d = attn_dims(p, s->B, s->T, s->P);
-    ss_rope_forward_freq(q, Q, s->B, s->T, p->NH, p->D, s->pos0, p->inv_freq);
-    ss_rope_forward_freq(k, KV, s->B, s->T, p->NKV, p->D, s->pos0, p->inv_freq);
-    ss_attention_forward_window(a->atty + (size_t)s->row0 * (size_t)Q, Q, a->att, a->att_all, s->K,
-                                s->V, q, Q, k, v, KV, s->past_k, s->past_v, &d, p->window);
+    if (s->pos != NULL) {
+      ss_rope_forward_pos(q, Q, s->B, s->T, p->NH, p->D, s->pos, p->mrope, bk->inv_freq);
+      ss_rope_forward_pos(k, KV, s->B, s->T, p->NKV, p->D, s->pos, p->mrope, bk->inv_freq);
+    } else {
+      ss_rope_forward_freq(q, Q, s->B, s->T, p->NH, p->D, s->pos0, bk->inv_freq);
+      ss_rope_forward_freq(k, KV, s->B, s->T, p->NKV, p->D, s->pos0, bk->inv_freq);
+    }
+    ss_attention_forward_cap(a->atty + (size_t)s->row0 * (size_t)Q, Q, a->att, a->att_all, s->K,
+                             s->V, q, Q, k, v, KV, s->past_k, s->past_v, &d, bk->window,
+                             p->softcap);
   }
-  if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
-  proj_forward(p, &bk->pr[P_O], a->h, a->atty, BT, 1, a->lt, a->mk, a->xd);
+  if (p->sandwich) {
+    proj_forward(p, &bk->pr[P_O], a->ao, a->atty, BT, 0, a->lt, a->mk, a->xd);
+    add_normed(p, a->h, a->x, a->ln, a->rstdpa, a->ao, bk->nw[N_PA], BT);
+  } else {
+    if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
+    proj_forward(p, &bk->pr[P_O], a->h, a->atty, BT, 1, a->lt, a->mk, a->xd);
+  }
   /* mlp */
-  ss_rmsnorm_forward(a->ln, a->rstd2, a->h, bk->ln2, BT, E, p->eps, p->one_plus);
+  ss_rmsnorm_forward(a->ln, a->rstd2, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
   proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt, a->mk, a->xd);
   proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt, a->mk, a->xd);
   act_forward(p, a->mm, a->g, ni);
   for (size_t i = 0; i < ni; i++) a->mm[i] *= a->u[i];
-  if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
-  proj_forward(p, &bk->pr[P_DOWN], a->y, a->mm, BT, 1, a->lt, a->mk, a->xd);
+  if (p->sandwich) {
+    proj_forward(p, &bk->pr[P_DOWN], a->mo, a->mm, BT, 0, a->lt, a->mk, a->xd);
+    add_normed(p, a->y, a->h, a->ln, a->rstdpf, a->mo, bk->nw[N_PF], BT);
+  } else {
+    if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
+    proj_forward(p, &bk->pr[P_DOWN], a->y, a->mm, BT, 1, a->lt, a->mk, a->xd);
+  }
 }
 
 /*
@@ -884,15 +1177,17 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
  * by the same amount, which softmax ignores), so db = sum_t (R_t^T - I) dk'_t. Summing that form
  * keeps only the part the rotation makes (small on the slow rotary frequencies) instead of a
  * difference of large terms, whose float32 rounding AdamW, dividing by sqrt(v), would turn into
- * steps of size lr. cos - 1 is computed as -2 sin^2(a/2) (no cancellation).
+ * steps of size lr. cos - 1 is computed as -2 sin^2(a/2) (no cancellation). Not with q/k norms
+ * (the bias is then before the norm) nor soft-capping (the shift no longer cancels).
  */
-static int kbias_backward(const llama *p, float *db, const float *dk, int B, int T) {
+static int kbias_backward(const llama *p, const double *inv_freq, float *db, const float *dk, int B,
+                          int T) {
   const int D = p->D, half = D / 2, KV = p->NKV * D;
   double *acc = calloc((size_t)KV, sizeof *acc);
   if (acc == NULL) return SS_ENOMEM;
   for (int t = 0; t < T; t++) {
     for (int i = 0; i < half; i++) {
-      double ang = (double)t * p->inv_freq[i], sh = sin(0.5 * ang);
+      double ang = (double)t * inv_freq[i], sh = sin(0.5 * ang);
       double cm1 = -2.0 * sh * sh, sn = sin(ang);
       for (int b = 0; b < B; b++) {
         const float *row = dk + ((size_t)b * (size_t)T + (size_t)t) * (size_t)KV;
@@ -912,22 +1207,37 @@ static int kbias_backward(const llama *p, float *db, const float *dk, int B, int
 /* Backward scratch of one call. */
 typedef struct block_grads {
   float *dln, *datty, *dq, *dk, *dv; /* [BT, E], [BT, Q], [BT, Q], [BT, KV], [BT, KV] */
+  float *dkr;                        /* qk_norm: [BT, KV] */
   float *fa, *dmm;                   /* [BT, I] act(g), d(mm) */
-  float *datt;                       /* [T, T] */
+  float *datt;                       /* [2, T, T] */
   float *dlt;                        /* [BT, r] */
-  float *dw_sink;                    /* [E]: RMSNorm weight gradients of a frozen trunk */
+  float *dw_sink;                    /* [max(E, D)]: norm weight gradients of a frozen trunk */
 } block_grads;
+
+/* dx (=) the gradient through RMSNorm j of layer l given dy; its weight's gradient summed. */
+static void norm_backward(llama *p, const lblock *bk, int j, const block_grads *g, float *dx,
+                          const float *dy, const float *x, const float *rstd, int rows, int C) {
+  ss_params *s = &p->prm;
+  memset(dx, 0, (size_t)rows * (size_t)C * sizeof(float));
+  ss_params_lock(s);
+  ss_rmsnorm_backward(dx, bk->inw[j] >= 0 ? ss_params_grad(s, bk->inw[j]) : g->dw_sink, dy, x,
+                      bk->nw[j], rstd, rows, C, p->one_plus);
+  ss_params_unlock(s);
+}
 
 /*
  * Backward of block_forward (no past, positions from 0), a: the saved acts (x, h, q, k, v, atty,
- * g, u, att, rstd1, rstd2; ln, mm and lt scratch, refilled here). dres = dL/dy on entry, dL/dx
- * on return (updated in place):
- *   y = h + mm Wd^T            dmm = dres Wd (+ LoRA), dWd += dres^T mm
+ * g, u, att, rstd1, rstd2, and qr, kr, rstdq, rstdk, ao, mo, rstdpa, rstdpf when the family has
+ * them; ln, mm and lt scratch, refilled here). dres = dL/dy on entry, dL/dx on return (updated
+ * in place):
+ *   y = h + m  (sandwich: h + norm_pf(m))   dm = dres (through norm_pf's backward)
+ *   m = mm Wd^T                dmm = dm Wd (+ LoRA), dWd += dm^T mm
  *   mm = act(g) * u            du = dmm * act(g),  dg = dmm * u * act'(g)
  *   g, u = n2 Wg^T, n2 Wu^T    dn2 = dg Wg + du Wu;  RMSNorm': dres += d(h)
- *   h = x + atty Wo^T          datty = dres Wo
- *   attention, rope            dq, dk, dv (nn/attention.h), rotated back (nn/rope.h); k_proj's
- *                              bias from the rotated dk (kbias_backward)
+ *   h = x + a  (or norm_pa(a)) da = dres (through norm_pa);  a = atty Wo^T: datty = da Wo
+ *   attention (soft-capped), rope   dq, dk, dv (nn/attention.h), rotated back (nn/rope.h); k_proj's
+ *                              bias from the rotated dk (kbias_backward) without q/k norms
+ *   q, k = qk_norm(qr, kr)     dqr, dkr through the per-head RMSNorm
  *   q, k, v = n1 W^T + b       dn1 = dq Wq + dk Wk + dv Wv;  RMSNorm': dres += d(x)
  */
 static int block_backward(llama *p, int l, const block_acts *a, const block_grads *g,
@@ -939,49 +1249,143 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
   const size_t ni = (size_t)BT * (size_t)p->I;
   ss_params *s = &p->prm;
   ss_attn_dims d = attn_dims(p, B, T, 0);
+  const float *dy = dres, *dq = g->dq, *dk = g->dk;
   /* mlp */
+  if (p->sandwich) { /* dln = d(down_proj's output) */
+    norm_backward(p, bk, N_PF, g, g->dln, dres, a->mo, a->rstdpf, BT, E);
+    dy = g->dln;
+  }
   act_forward(p, g->fa, a->g, ni);
   for (size_t i = 0; i < ni; i++) a->mm[i] = g->fa[i] * a->u[i];
-  proj_backward(p, &bk->pr[P_DOWN], g->dmm, 0, dres, a->mm, BT, a->lt, g->dlt, a->mk, a->xd);
+  proj_backward(p, &bk->pr[P_DOWN], g->dmm, 0, dy, a->mm, BT, a->lt, g->dlt, a->mk, a->xd);
   for (size_t i = 0; i < ni; i++) { /* mm (scratch) becomes du; dmm becomes d(act(g)) */
     float dm = g->dmm[i];
     a->mm[i] = dm * g->fa[i];
     g->dmm[i] = dm * a->u[i];
   }
   act_backward(p, g->dmm, a->g, ni);
-  ss_rmsnorm_forward(a->ln, NULL, a->h, bk->ln2, BT, E, p->eps, p->one_plus);
+  ss_rmsnorm_forward(a->ln, NULL, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
   proj_backward(p, &bk->pr[P_UP], g->dln, 0, a->mm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   proj_backward(p, &bk->pr[P_GATE], g->dln, 1, g->dmm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
-  ss_rmsnorm_backward(dres, bk->iln2 >= 0 ? ss_params_grad(s, bk->iln2) : g->dw_sink, g->dln,
-                      a->h, bk->ln2, a->rstd2, BT, E, p->one_plus);
+  ss_rmsnorm_backward(dres, bk->inw[N_LN2] >= 0 ? ss_params_grad(s, bk->inw[N_LN2]) : g->dw_sink,
+                      g->dln, a->h, bk->nw[N_LN2], a->rstd2, BT, E, p->one_plus);
   ss_params_unlock(s);
   /* attention */
-  proj_backward(p, &bk->pr[P_O], g->datty, 0, dres, a->atty, BT, a->lt, g->dlt, a->mk, a->xd);
-  ss_attention_backward(g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k, a->v,
-                        KV, &d);
-  if (pk.ib >= 0) { /* k_proj's bias from the rotated-key gradient (kbias_backward) */
+  dy = dres;
+  if (p->sandwich) { /* dln = d(o_proj's output) */
+    norm_backward(p, bk, N_PA, g, g->dln, dres, a->ao, a->rstdpa, BT, E);
+    dy = g->dln;
+  }
+  proj_backward(p, &bk->pr[P_O], g->datty, 0, dy, a->atty, BT, a->lt, g->dlt, a->mk, a->xd);
+  ss_attention_backward_cap(g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k, a->v,
+                            KV, &d, p->softcap);
+  if (pk.ib >= 0 && !p->qk_norm && p->softcap == 0.0f) { /* kbias_backward */
     ss_params_lock(s);
-    rc = kbias_backward(p, ss_params_grad(s, pk.ib), g->dk, B, T);
+    rc = kbias_backward(p, bk->inv_freq, ss_params_grad(s, pk.ib), g->dk, B, T);
     ss_params_unlock(s);
     pk.ib = -1;
   }
-  ss_rope_backward_freq(g->dq, Q, B, T, p->NH, p->D, 0, p->inv_freq);
-  ss_rope_backward_freq(g->dk, KV, B, T, p->NKV, p->D, 0, p->inv_freq);
-  ss_rmsnorm_forward(a->ln, NULL, a->x, bk->ln1, BT, E, p->eps, p->one_plus);
-  proj_backward(p, &bk->pr[P_Q], g->dln, 0, g->dq, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
-  proj_backward(p, &pk, g->dln, 1, g->dk, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
+  ss_rope_backward_freq(g->dq, Q, B, T, p->NH, p->D, 0, bk->inv_freq);
+  ss_rope_backward_freq(g->dk, KV, B, T, p->NKV, p->D, 0, bk->inv_freq);
+  if (p->qk_norm) { /* datty (free now) becomes d(qr), dkr d(kr) */
+    norm_backward(p, bk, N_QN, g, g->datty, g->dq, a->qr, a->rstdq, BT * p->NH, p->D);
+    norm_backward(p, bk, N_KN, g, g->dkr, g->dk, a->kr, a->rstdk, BT * p->NKV, p->D);
+    dq = g->datty;
+    dk = g->dkr;
+  }
+  ss_rmsnorm_forward(a->ln, NULL, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
+  proj_backward(p, &bk->pr[P_Q], g->dln, 0, dq, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
+  proj_backward(p, &pk, g->dln, 1, dk, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   proj_backward(p, &bk->pr[P_V], g->dln, 1, g->dv, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
-  ss_rmsnorm_backward(dres, bk->iln1 >= 0 ? ss_params_grad(s, bk->iln1) : g->dw_sink, g->dln,
-                      a->x, bk->ln1, a->rstd1, BT, E, p->one_plus);
+  ss_rmsnorm_backward(dres, bk->inw[N_LN1] >= 0 ? ss_params_grad(s, bk->inw[N_LN1]) : g->dw_sink,
+                      g->dln, a->x, bk->nw[N_LN1], a->rstd1, BT, E, p->one_plus);
   ss_params_unlock(s);
   return rc;
 }
 
 /* ------------------------------------------------------------- inference ---- */
 
+/* Inference scratch of the family's extra activations, floats per row: qr, kr (q/k norms), ao
+ * == mo (sandwich norms). */
+static size_t extra_per_row(const llama *p) {
+  return (p->qk_norm ? (size_t)(p->NH + p->NKV) * (size_t)p->D : 0) +
+         (p->sandwich ? (size_t)p->E : 0);
+}
 
+static void extra_acts(const llama *p, block_acts *a, float *buf, size_t rows) {
+  if (p->qk_norm) {
+    a->qr = buf;
+    a->kr = a->qr + rows * (size_t)p->NH * (size_t)p->D;
+    buf = a->kr + rows * (size_t)p->NKV * (size_t)p->D;
+  }
+  if (p->sandwich) a->ao = a->mo = buf;
+}
+
+/* metadata mrope_positions (M-RoPE models): 3 S or 3 B S integers, stream-major ([3, S] shared
+ * by the batch rows, or [3, B, S] as HF's position_ids), each in [0, max_position_embeddings);
+ * *pos = NULL when absent, else a malloc'd [3, B, S] (the caller frees). */
+static int mrope_positions(const ss_model *m, const ss_meta *meta, int B, int S, int **pos,
+                           char *err, size_t errlen) {
+  const llama *p = m->impl;
+  const char *v = meta != NULL ? ss_meta_get(meta, "mrope_positions") : NULL, *c;
+  size_t n = 0, want1 = 3 * (size_t)S, wantB = want1 * (size_t)B;
+  int *out;
+  *pos = NULL;
+  if (v == NULL) return 0;
+  if (p->mrope == NULL) {
+    snprintf(err, errlen,
+             "model '%s': metadata 'mrope_positions' needs an M-RoPE model (qwen2_vl, qwen3_vl "
+             "with rope_scaling.mrope_section)",
+             m->id);
+    return SS_EINVAL;
+  }
+  if (ss_meta_get(meta, "position_offset") != NULL) {
+    snprintf(err, errlen,
+             "model '%s': metadata 'mrope_positions' and 'position_offset' exclude "
+             "each other",
+             m->id);
+    return SS_EINVAL;
+  }
+  if ((out = malloc(wantB * sizeof *out)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
+  for (c = v; *c != '\0';) {
+    char *end;
+    long x;
+    while (*c == ' ' || *c == ',') c++;
+    if (*c == '\0') break;
+    errno = 0;
+    x = strtol(c, &end, 10);
+    if (end == c || errno != 0 || x < 0 || x >= p->n_pos || n >= wantB) {
+      snprintf(err, errlen,
+               "model '%s': metadata 'mrope_positions' must be %zu (3 x seq) or %zu (3 x batch x "
+               "seq) comma-separated integers in [0, %d)",
+               m->id, want1, wantB, p->n_pos);
+      free(out);
+      return SS_EINVAL;
+    }
+    out[n++] = (int)x;
+    c = end;
+  }
+  if (n != want1 && n != wantB) {
+    snprintf(err, errlen,
+             "model '%s': metadata 'mrope_positions' has %zu values, expected %zu (3 x seq) or "
+             "%zu (3 x batch x seq)",
+             m->id, n, want1, wantB);
+    free(out);
+    return SS_EINVAL;
+  }
+  if (n == want1 && B > 1) /* [3, S] -> [3, B, S] */
+    for (int st = 2; st >= 0; st--)
+      for (int b = B - 1; b >= 0; b--)
+        memmove(out + ((size_t)st * (size_t)B + (size_t)b) * (size_t)S,
+                out + (size_t)st * (size_t)S, (size_t)S * sizeof *out);
+  *pos = out;
+  return 0;
+}
 
 static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
                             const ss_meta *meta, char *err, size_t errlen) {
@@ -995,7 +1399,7 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
   float *scratch;
   block_acts a;
   size_t need;
-  int pos0;
+  int pos0, *pos = NULL, rc;
 
   if (past != NULL && kv->n_layers != L) {
     snprintf(err, errlen, "model '%s': %d past_key_values entries, expected %d", m->id,
@@ -1013,11 +1417,13 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
              m->id, pos0, S, p->n_pos);
     return SS_EINVAL;
   }
+  if ((rc = mrope_positions(m, meta, B, S, &pos, err, errlen)) != 0) return rc;
   /* ln [rows,E] + q, atty [rows,Q] + k, v [rows,KV] + g, u [rows,I] + lt [rows,r] + att [S,T]
-   * (+ K, V scratch) */
+   * (+ K, V scratch) + extra [rows, Q + KV + E] (qr, kr, ao) */
   need = rows * ((size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 2 * (size_t)NI + (size_t)r) +
-         (size_t)S * (size_t)T + (want_present ? 0 : 2 * kvn);
+         (size_t)S * (size_t)T + (want_present ? 0 : 2 * kvn) + rows * extra_per_row(p);
   if ((scratch = malloc(need * sizeof(float))) == NULL) {
+    free(pos);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of activations", m->id,
              need * sizeof(float) >> 20);
     return SS_ENOMEM;
@@ -1033,8 +1439,9 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
   a.u = a.g + rows * (size_t)NI;
   a.lt = a.u + rows * (size_t)NI;
   a.att = a.lt + rows * (size_t)r;
+  extra_acts(p, &a, a.att + (size_t)S * (size_t)T, rows);
   if (!want_present) {
-    a.K = a.att + (size_t)S * (size_t)T;
+    a.K = a.att + (size_t)S * (size_t)T + rows * extra_per_row(p);
     a.V = a.K + kvn;
   } else {
     memset(kv->present, 0, (size_t)L * sizeof *kv->present);
@@ -1045,23 +1452,27 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
     if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
       if (want_present) ss_trunk_free_present(kv, l);
       free(scratch);
+      free(pos);
       return SS_ECANCELLED;
     }
     if (want_present) {
       if (ss_trunk_alloc_present(&kv->present[l], B, p->NKV, T, p->D) != 0) {
         ss_trunk_free_present(kv, l + 1);
         free(scratch);
+        free(pos);
         snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
         return SS_ENOMEM;
       }
       a.K = kv->present[l].key.data;
       a.V = kv->present[l].value.data;
     }
-    seq_attn s = {0, B, S, P, pos0, P > 0 ? past[l].key.data : NULL,
-                  P > 0 ? past[l].value.data : NULL, a.K, a.V};
+    seq_attn s = {
+        0,   B,   S,  P, pos0, P > 0 ? past[l].key.data : NULL, P > 0 ? past[l].value.data : NULL,
+        a.K, a.V, pos};
     block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
   free(scratch);
+  free(pos);
   return 0;
 }
 
@@ -1087,7 +1498,8 @@ static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
   const size_t rows = (size_t)n;
   /* x, ln [rows,E]; q, atty [rows,Q]; k, v [rows,KV]; g, u [rows,I]; lt [rows,r]; att [maxT] */
   size_t need = rows * (2 * (size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 2 * (size_t)NI +
-                        (size_t)r) + maxT + kvscratch;
+                        (size_t)r + extra_per_row(p)) +
+                maxT + kvscratch;
   float *scratch = malloc(need * sizeof(float));
   seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
   if (!scratch || !seqs) {
@@ -1108,7 +1520,8 @@ static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
   a.u = a.g + rows * (size_t)NI;
   a.lt = r ? a.u + rows * (size_t)NI : NULL;
   a.att = a.u + rows * (size_t)NI + rows * (size_t)r;
-  float *kvs = a.att + maxT;
+  extra_acts(p, &a, a.att + maxT, rows);
+  float *kvs = a.att + maxT + rows * extra_per_row(p);
   for (int i = 0; i < n; i++) {
     memcpy(a.x + (size_t)i * (size_t)E, in[i].data, (size_t)E * sizeof(float));
     if (kv[i].want_present) memset(kv[i].present, 0, (size_t)L * sizeof *kv[i].present);
@@ -1120,8 +1533,16 @@ static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
     if ((rc = ss_trunk_batch_windows(kv, n, l, p->NKV, p->D, kvs, win, win + n)) != 0) break;
     for (int i = 0; i < n; i++) {
       int P = ss_trunk_past_len(&kv[i]);
-      seqs[i] = (seq_attn){i, 1, 1, P, P, P ? kv[i].past[l].key.data : NULL,
-                           P ? kv[i].past[l].value.data : NULL, win[i], win[n + i]};
+      seqs[i] = (seq_attn){i,
+                           1,
+                           1,
+                           P,
+                           P,
+                           P ? kv[i].past[l].key.data : NULL,
+                           P ? kv[i].past[l].value.data : NULL,
+                           win[i],
+                           win[n + i],
+                           NULL};
     }
     block_forward(p, &p->blk[l], &a, n, seqs, n);
   }
@@ -1161,16 +1582,24 @@ typedef struct llama_saved {
   float *buf;       /* L x per_layer */
 } llama_saved;
 
+/* Floats per row of the family's extra saved activations: qr, kr, rstdq, rstdk (q/k norms);
+ * ao, mo, rstdpa, rstdpf (sandwich norms). */
+static size_t saved_extra_per_row(const llama *p) {
+  return (p->qk_norm ? (size_t)(p->NH + p->NKV) * ((size_t)p->D + 1) : 0) +
+         (p->sandwich ? 2 * (size_t)p->E + 2 : 0);
+}
+
 static size_t saved_per_layer(const llama *p, int B, int S) {
   size_t rows = (size_t)B * (size_t)S, Q = (size_t)p->NH * p->D, KV = (size_t)p->NKV * p->D;
-  return rows * (2 * (size_t)p->E + 2 * Q + 2 * KV + 2 * (size_t)p->I + 2) +
+  return rows *
+             (2 * (size_t)p->E + 2 * Q + 2 * KV + 2 * (size_t)p->I + 2 + saved_extra_per_row(p)) +
          (size_t)B * (size_t)p->NH * (size_t)S * (size_t)S;
 }
 
 static void saved_layer(const llama *p, const llama_saved *sv, int l, float *out, block_acts *a) {
   size_t rows = (size_t)sv->B * (size_t)sv->S, E = (size_t)p->E;
   size_t Q = (size_t)p->NH * p->D, KV = (size_t)p->NKV * p->D, I = (size_t)p->I;
-  float *q = sv->buf + (size_t)l * sv->per_layer;
+  float *q = sv->buf + (size_t)l * sv->per_layer, *base = q;
   a->x = q;
   a->h = a->x + rows * E;
   a->q = a->h + rows * E;
@@ -1182,8 +1611,22 @@ static void saved_layer(const llama *p, const llama_saved *sv, int l, float *out
   a->rstd1 = a->u + rows * I;
   a->rstd2 = a->rstd1 + rows;
   a->att = a->rstd2 + rows;
+  q = a->att + (size_t)sv->B * (size_t)p->NH * (size_t)sv->S * (size_t)sv->S;
+  if (p->qk_norm) {
+    a->qr = q;
+    a->kr = a->qr + rows * Q;
+    a->rstdq = a->kr + rows * KV;
+    a->rstdk = a->rstdq + rows * (size_t)p->NH;
+    q = a->rstdk + rows * (size_t)p->NKV;
+  }
+  if (p->sandwich) {
+    a->ao = q;
+    a->mo = a->ao + rows * E;
+    a->rstdpa = a->mo + rows * E;
+    a->rstdpf = a->rstdpa + rows;
+  }
   a->att_all = 1;
-  a->y = l + 1 < p->b - p->a ? q + sv->per_layer : out;
+  a->y = l + 1 < p->b - p->a ? base + sv->per_layer : out;
 }
 
 static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
@@ -1228,7 +1671,7 @@ static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
   memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
   for (int l = 0; l < L; l++) {
     saved_layer(p, sv, l, out->data, &a);
-    seq_attn s = {0, B, S, 0, 0, NULL, NULL, a.K, a.V};
+    seq_attn s = {0, B, S, 0, 0, NULL, NULL, a.K, a.V, NULL};
     block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
   free(scratch);
@@ -1256,11 +1699,11 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
              m->id, grad_out->numel, grad_in->numel, rows * (size_t)E, B, S, E);
     return SS_EINVAL;
   }
-  /* ln, dln [R,E]; datty, dq [R,Q]; dk, dv [R,KV]; mm, fa, dmm [R,I]; lt, dlt [R,r]; datt [S,S];
-   * dw_sink [E] */
-  need = rows * (2 * (size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 3 * (size_t)NI +
+  /* ln, dln [R,E]; datty, dq [R,Q]; dk, dv, dkr [R,KV]; mm, fa, dmm [R,I]; lt, dlt [R,r];
+   * datt [2,S,S]; dw_sink [max(E, D)]; xd [R, max in] with dropout */
+  need = rows * (2 * (size_t)E + 2 * (size_t)Q + 3 * (size_t)KVd + 3 * (size_t)NI +
                  2 * (size_t)r + (sv->mk.p > 0.0f ? lora_max_in(p) : 0)) +
-         (size_t)S * (size_t)S + (size_t)E;
+         2 * (size_t)S * (size_t)S + (size_t)(E > p->D ? E : p->D);
   if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
     return SS_ENOMEM;
@@ -1278,15 +1721,18 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
   a.lt = g.dmm + rows * (size_t)NI;
   g.dlt = a.lt + rows * (size_t)r;
   g.datt = g.dlt + rows * (size_t)r;
-  g.dw_sink = g.datt + (size_t)S * (size_t)S;
-  memset(g.dw_sink, 0, (size_t)E * sizeof(float));
-  a.xd = g.dw_sink + E;                    /* [BT, maxin] with dropout */
+  g.dw_sink = g.datt + 2 * (size_t)S * (size_t)S;
+  g.dkr = g.dw_sink + (E > p->D ? E : p->D);
+  memset(g.dw_sink, 0, (size_t)(E > p->D ? E : p->D) * sizeof(float));
+  a.xd = g.dkr + rows * (size_t)KVd;        /* [BT, maxin] with dropout */
   a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL; /* the forward's masks */
   memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
   for (int l = L - 1; l >= 0; l--) {
-    float *lt = a.lt, *mm = a.mm, *ln = a.ln;
+    float *lt = a.lt, *mm = a.mm, *ln = a.ln, *xd = a.xd;
+    const ss_lora_mask *mk = a.mk;
+    memset(&a, 0, sizeof a); /* the family's optional fields stay NULL unless saved */
     saved_layer(p, sv, l, NULL, &a);
-    a.lt = lt, a.mm = mm, a.ln = ln; /* (saved_layer leaves mk, xd alone) */
+    a.lt = lt, a.mm = mm, a.ln = ln, a.xd = xd, a.mk = mk;
     if (block_backward(p, l, &a, &g, dres, B, S) != 0) {
       free(scratch);
       snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
@@ -1309,9 +1755,12 @@ static void llama_free_saved(const ss_model *m, void *saved) {
 
 /* ------------------------------------------------------------- LoRA ---- */
 
-/* The PEFT key of layer's projection k (a GPT-style causal LM: base_model.model.model.). */
-static void lora_key(int layer, int k, char *name, size_t len) {
-  snprintf(name, len, "base_model.model.model.layers.%d.%s", layer, proj_path[k]);
+/* The PEFT key of layer's projection k: PEFT wraps the module tree, base_model.model.<the
+ * checkpoint's prefix>layers... (a checkpoint without prefix: "model.", as PEFT on a
+ * *ForCausalLM names it). */
+static void lora_key(const llama *p, int layer, int k, char *name, size_t len) {
+  snprintf(name, len, "base_model.model.%slayers.%d.%s", p->prefix[0] != '\0' ? p->prefix : "model.",
+           layer, proj_path[k]);
 }
 
 static int llama_save(const ss_model *m, const char *path, char *err, size_t errlen) {
@@ -1334,7 +1783,7 @@ static int lora_setup(llama *p, const char *adapter_dir, char *err, size_t errle
     for (int k = 0; k < N_PROJ && rc == 0; k++) {
       proj *pr = &p->blk[l].pr[k];
       if (!(p->lora.targets & (1u << k))) continue;
-      lora_key(p->a + l, k, key, sizeof key);
+      lora_key(p, p->a + l, k, key, sizeof key);
       pr->lo.unit = (p->a + l) * 16 + k; /* dropout masks: lora.h */
       if (ad != NULL)
         rc = ss_lora_load(&pr->lo, ad, path, key, p->lora.r, pr->in, pr->out, err, errlen);
@@ -1360,7 +1809,7 @@ static int llama_params(llama *p) {
       for (int k = 0; k < N_PROJ; k++) {
         proj *pr = &bk->pr[k];
         if (pr->lo.a == NULL) continue;
-        lora_key(p->a + l, k, name, sizeof name);
+        lora_key(p, p->a + l, k, name, sizeof name);
         if (ss_lora_add_params(s, &pr->lo, name, p->lora.r, pr->in, pr->out) != 0)
           return SS_ENOMEM;
       }
@@ -1375,10 +1824,8 @@ static int llama_params(llama *p) {
       snprintf(full, sizeof full, "%s%s", p->prefix, name);
       tensor_slot(bk, j, &view, &own);
       if ((idx = ss_params_add(s, full, shape, ndim, view, own)) < 0) return SS_ENOMEM;
-      if (j == W_LN1)
-        bk->iln1 = idx;
-      else if (j == W_LN2)
-        bk->iln2 = idx;
+      if (j < N_NORM)
+        bk->inw[j] = idx;
       else if ((j - W_PROJ0) % 2)
         bk->pr[(j - W_PROJ0) / 2].ib = idx;
       else

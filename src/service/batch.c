@@ -60,7 +60,8 @@ static int is_decode(const compute_state *st) {
   const ss_model *m = st->sm->model;
   return m->ops->forward_kv_batch && st->in.ndim == 3 && st->in.shape[0] == 1 &&
          st->in.shape[1] == 1 && (st->n_past > 0 || st->want_present || st->session) &&
-         !ss_meta_get(&st->meta, "position_offset"); /* batched steps sit at their past length */
+         !ss_meta_get(&st->meta, "position_offset") && /* batched steps sit at their past */
+         !ss_meta_get(&st->meta, "mrope_positions");   /* length, in every rope stream */
 }
 
 #define SS_DECODE_ROWS 64 /* decode steps per batch without max_batch_rows */

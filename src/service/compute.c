@@ -655,10 +655,11 @@ static int check_mode(compute_state *st) {
       return -1;
     }
     if (st->n_kv_wire > 0 || ss_meta_get(&st->meta, "session") ||
-        (req->has_use_cache && req->use_cache)) {
+        ss_meta_get(&st->meta, "mrope_positions") || (req->has_use_cache && req->use_cache)) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
-                   "training_mode=true runs the full sequence: past_key_values, use_cache and "
-                   "metadata session are for inference only");
+                   "training_mode=true runs the full sequence at text positions: "
+                   "past_key_values, use_cache and metadata session, mrope_positions are for "
+                   "inference only");
       return -1;
     }
     ss_service_owner(s, call, st->owner);

@@ -1,5 +1,5 @@
-"""An independent PyTorch reference for the llama trunk (model_type llama, qwen2, mistral, gemma)
-and a writer of random Hugging Face checkpoints (safetensors, single file or sharded with
+"""An independent PyTorch reference for the llama trunk (model_type llama, qwen2, mistral, gemma,
+qwen3, gemma2, gemma3_text, qwen2_vl, qwen3_vl) and a writer of random Hugging Face checkpoints (safetensors, single file or sharded with
 model.safetensors.index.json, config.json) for the tests.
 
 Written here from torch ops (no transformers package), after Hugging Face's published
@@ -14,6 +14,23 @@ definitions, eval mode, float64:
                     Mistral's sliding window masks keys j <= i - sliding_window
     LlamaMLP:       down(act(gate(x)) * up(x)); act silu, or gelu tanh (Gemma's GeGLU)
     LlamaDecoderLayer: h = x + attn(norm1(x)); y = h + mlp(norm2(h))
+    Qwen3Attention: q_norm / k_norm (Qwen3RMSNorm over head_dim) on each head of q and k before
+                    the rotary embedding; attention_bias on q, k, v, o
+    Gemma2DecoderLayer: h = x + post_attention_layernorm(attn(input_layernorm(x)));
+                    y = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)));
+                    scores * query_pre_attn_scalar^-0.5, then attn_logit_softcapping:
+                    cap * tanh(scores / cap) before the mask; layer_types (default: even layers
+                    "sliding_attention") with sliding_window
+    Gemma3 (text):  Gemma2's layer plus q_norm/k_norm (Gemma3RMSNorm, 1 + w); layer_types default
+                    from sliding_window_pattern (every pattern-th layer full); sliding layers
+                    use a plain rope at rope_local_base_freq, full layers rope_theta with
+                    rope_scaling
+    Qwen2-VL text:  Qwen2's layer; Qwen2VLRotaryEmbedding with position_ids [3, B, S]: cos/sin
+                    per stream, apply_multimodal_rotary_pos_emb takes chunk i of
+                    cos.split(mrope_section * 2) from stream i % 3
+    Qwen3-VL text:  Qwen3's layer; apply_interleaved_mrope: freqs of stream T, with those at
+                    index 1::3 (< 3 mrope_section[1]) from H and 2::3 (< 3 mrope_section[2])
+                    from W, then cat(freqs, freqs)
 The cache is [batch, num_key_value_heads, len, head_dim], keys after the rotary embedding.
 Reference numbers come from the weights exactly as stored (F16/BF16 rounded).
 
@@ -36,10 +53,16 @@ PROJ = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "s
         "down_proj": "mlp.down_proj"}
 
 
+GEMMAS = ("gemma", "gemma2", "gemma3_text")
+
+
 class Config:
     def __init__(self, model_type="llama", hidden=64, heads=4, kv_heads=None, head_dim=None,
                  intermediate=128, n_layer=3, max_pos=64, eps=1e-6, rope_theta=10000.0,
-                 rope_scaling=None, attention_bias=False, mlp_bias=False, sliding_window=None):
+                 rope_scaling=None, attention_bias=False, mlp_bias=False, sliding_window=None,
+                 query_pre_attn_scalar=None, softcap=None, layer_types=None,
+                 sliding_window_pattern=None, rope_local_base_freq=None,
+                 use_sliding_window=False, max_window_layers=None):
         self.model_type, self.hidden, self.heads = model_type, hidden, heads
         self.kv_heads = kv_heads or heads
         self.head_dim = head_dim or hidden // heads
@@ -48,11 +71,48 @@ class Config:
         self.rope_theta, self.rope_scaling = rope_theta, rope_scaling
         self.attention_bias, self.mlp_bias = attention_bias, mlp_bias
         self.sliding_window = sliding_window
-        self.gemma = model_type == "gemma"
+        self.gemma = model_type in GEMMAS
+        self.qk_norm = model_type in ("qwen3", "qwen3_vl", "gemma3_text")
+        self.sandwich = model_type in ("gemma2", "gemma3_text")
+        self.query_pre_attn_scalar, self.softcap = query_pre_attn_scalar, softcap
+        self.layer_types, self.sliding_window_pattern = layer_types, sliding_window_pattern
+        self.rope_local_base_freq = rope_local_base_freq
+        self.use_sliding_window, self.max_window_layers = use_sliding_window, max_window_layers
+        self.qwen = model_type in ("qwen2", "qwen3", "qwen2_vl", "qwen3_vl")
+
+    def sliding(self, i):
+        """Does layer i use the sliding window (HF's layer_types and their defaults)?"""
+        if not self.sliding_window or (self.qwen and not self.use_sliding_window):
+            return False
+        if self.layer_types is not None:
+            return self.layer_types[i] == "sliding_attention"
+        if self.model_type == "mistral":
+            return True
+        if self.model_type == "gemma2":
+            return bool((i + 1) % 2)
+        if self.model_type == "gemma3_text":
+            return bool((i + 1) % (self.sliding_window_pattern or 6))
+        if self.qwen:  # Qwen2Config / Qwen3Config layer_types default
+            mwl = self.max_window_layers if self.max_window_layers is not None else 28
+            return i >= mwl
+        return False
+
+    def scale(self):
+        if self.sandwich:
+            return (self.query_pre_attn_scalar or 256) ** -0.5
+        return 1.0 / math.sqrt(self.head_dim)
+
+    def mrope(self):
+        """(mrope_section, interleaved) or None."""
+        rs = self.rope_scaling or {}
+        if self.model_type in ("qwen2_vl", "qwen3_vl") and "mrope_section" in rs:
+            return rs["mrope_section"], rs.get("mrope_interleaved",
+                                               self.model_type == "qwen3_vl")
+        return None
 
     def biases(self):
         """(q/k/v bias, o bias, mlp bias) as each family's HF modeling file has them."""
-        if self.model_type == "qwen2":
+        if self.model_type in ("qwen2", "qwen2_vl"):
             return True, False, False
         if self.model_type == "mistral":
             return False, False, False
@@ -73,23 +133,43 @@ class Config:
             d["hidden_act"] = "gelu"  # ignored by HF for gemma (hidden_activation wins)
         else:
             d["hidden_act"] = "silu"
-        if self.model_type in ("llama", "gemma"):
+        if self.model_type in ("llama", "gemma", "qwen3", "gemma2", "gemma3_text", "qwen3_vl"):
             d["attention_bias"] = self.attention_bias
         if self.model_type == "llama":
             d["mlp_bias"] = self.mlp_bias
-        if self.model_type == "mistral":
+        if self.model_type in ("mistral", "gemma2", "gemma3_text"):
             d["sliding_window"] = self.sliding_window
-        if self.model_type == "qwen2":
-            d["use_sliding_window"] = False
-            d["sliding_window"] = 4096
+        if self.qwen:
+            d["use_sliding_window"] = self.use_sliding_window
+            d["sliding_window"] = self.sliding_window if self.use_sliding_window else 4096
+            if self.max_window_layers is not None:
+                d["max_window_layers"] = self.max_window_layers
+        if self.sandwich:
+            d["query_pre_attn_scalar"] = self.query_pre_attn_scalar
+            d["attn_logit_softcapping"] = self.softcap
+        if self.layer_types is not None:
+            d["layer_types"] = self.layer_types
+        if self.sliding_window_pattern is not None:
+            d["sliding_window_pattern"] = self.sliding_window_pattern
+        if self.rope_local_base_freq is not None:
+            d["rope_local_base_freq"] = self.rope_local_base_freq
         d.update(override)
-        return {k: v for k, v in d.items() if v is not Ellipsis}
+        d = {k: v for k, v in d.items() if v is not Ellipsis}
+        if self.model_type == "qwen3_vl":  # the text settings nested, as Qwen3VLConfig saves them
+            d["model_type"] = "qwen3_vl_text"
+            return {"model_type": "qwen3_vl", "text_config": d,
+                    "vision_config": {"depth": 2, "hidden_size": 32}}
+        return d
 
 
 def tensor_shapes(cfg):
     E, Q, KV, I = cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.intermediate
     qkvb, ob, mb = cfg.biases()
     s = {"input_layernorm.weight": (E,), "post_attention_layernorm.weight": (E,),
+         **({"pre_feedforward_layernorm.weight": (E,), "post_feedforward_layernorm.weight": (E,)}
+            if cfg.sandwich else {}),
+         **({"self_attn.q_norm.weight": (cfg.head_dim,), "self_attn.k_norm.weight": (cfg.head_dim,)}
+            if cfg.qk_norm else {}),
          "self_attn.q_proj.weight": (Q, E), "self_attn.k_proj.weight": (KV, E),
          "self_attn.v_proj.weight": (KV, E), "self_attn.o_proj.weight": (E, Q),
          "mlp.gate_proj.weight": (I, E), "mlp.up_proj.weight": (I, E),
@@ -110,7 +190,7 @@ def random_weights(cfg, seed):
     w = {}
     for i in range(cfg.n_layer):
         for s, shp in sorted(tensor_shapes(cfg).items()):
-            if s.endswith("layernorm.weight"):
+            if s.endswith("layernorm.weight") or s.endswith("_norm.weight"):
                 a = (0.2 * g.standard_normal(shp)) if cfg.gemma else 1.0 + 0.2 * g.standard_normal(shp)
             elif s.endswith("bias"):
                 a = 0.1 * g.standard_normal(shp)
@@ -164,14 +244,18 @@ def write_checkpoint(directory, name, cfg, seed=0, storage="F32", prefix="model.
 
 # ------------------------------------------------------------------ the reference model ----
 
-def inv_freq(cfg):
-    """LlamaRotaryEmbedding's inverse frequencies with rope_scaling applied (float64)."""
+def inv_freq(cfg, local=False):
+    """LlamaRotaryEmbedding's inverse frequencies with rope_scaling applied (float64); local:
+    Gemma 3's sliding layers (rope_local_base_freq, no scaling)."""
     d = cfg.head_dim
-    f = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    base = (cfg.rope_local_base_freq or 10000.0) if local else cfg.rope_theta
+    f = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     rs = cfg.rope_scaling
-    if not rs:
+    if not rs or local:
         return f
     kind = rs.get("rope_type", rs.get("type"))
+    if kind in ("default", "mrope"):
+        return f
     if kind == "linear":
         return f / rs["factor"]
     assert kind == "llama3", kind
@@ -210,8 +294,13 @@ class Block(torch.nn.Module):
         self.cfg = cfg
         t = lambda s: torch.from_numpy(np.array(w["layers.%d.%s" % (layer, s)])).to(dtype)  # noqa
         names = set(tensor_shapes(cfg))
-        self.norm1 = RMSNorm(t("input_layernorm.weight"), cfg.eps, cfg.gemma)
-        self.norm2 = RMSNorm(t("post_attention_layernorm.weight"), cfg.eps, cfg.gemma)
+        # every RMSNorm under its checkpoint name (dots as '/'): input_layernorm, the MLP's
+        # input norm (Gemma 2/3 call it pre_feedforward_layernorm and post_attention_layernorm
+        # the norm of the attention output), post_feedforward_layernorm, q_norm, k_norm
+        self.norms = torch.nn.ModuleDict({
+            n[:-len(".weight")].replace(".", "/"): RMSNorm(t(n), cfg.eps, cfg.gemma)
+            for n in names if n.endswith("norm.weight")})
+        self.layer = layer
         self.proj = torch.nn.ModuleDict()
         for short, path in PROJ.items():
             W = t(path + ".weight")
@@ -226,8 +315,40 @@ class Block(torch.nn.Module):
         for short, (A, B) in (lora or {}).items():
             self.lora[short + "_A"] = torch.nn.Parameter(torch.from_numpy(np.array(A, np.float64)))
             self.lora[short + "_B"] = torch.nn.Parameter(torch.from_numpy(np.array(B, np.float64)))
-        self.register_buffer("inv_freq", inv_freq(cfg))
+        self.sliding = cfg.sliding(layer)
+        local = cfg.model_type == "gemma3_text" and self.sliding
+        self.register_buffer("inv_freq", inv_freq(cfg, local))
         self.eval()
+
+    def norm(self, name, x):
+        return self.norms[name](x)
+
+    def cos_sin(self, pos0, S, B, positions):
+        """cos, sin [B or 1, 1, S, head_dim]; positions: M-RoPE [3, B, S] or None."""
+        mr = self.cfg.mrope()
+        if positions is None:
+            pos = torch.arange(pos0, pos0 + S, dtype=torch.float64)
+            positions = pos.view(1, 1, S).expand(3, 1, S)
+        positions = torch.as_tensor(np.asarray(positions), dtype=torch.float64)
+        freqs = positions[..., None] * self.inv_freq  # [3, B, S, d/2]
+        if mr is None:
+            emb = torch.cat((freqs[0], freqs[0]), dim=-1)
+            return emb.cos()[:, None], emb.sin()[:, None]
+        section, interleaved = mr
+        if interleaved:  # Qwen3-VL apply_interleaved_mrope
+            f = freqs[0].clone()
+            for dim, offset in ((1, 1), (2, 2)):
+                idx = slice(offset, section[dim] * 3, 3)
+                f[..., idx] = freqs[dim][..., idx]
+            emb = torch.cat((f, f), dim=-1)
+            return emb.cos()[:, None], emb.sin()[:, None]
+        # Qwen2-VL apply_multimodal_rotary_pos_emb
+        emb = torch.cat((freqs, freqs), dim=-1)  # [3, B, S, d]
+        cos, sin = emb.cos(), emb.sin()
+        sec = list(section) * 2
+        cos = torch.cat([m[i % 3] for i, m in enumerate(cos.split(sec, dim=-1))], dim=-1)
+        sin = torch.cat([m[i % 3] for i, m in enumerate(sin.split(sec, dim=-1))], dim=-1)
+        return cos[:, None], sin[:, None]
 
     def p(self, short, x):
         y = self.proj[short](x)
@@ -235,16 +356,17 @@ class Block(torch.nn.Module):
             y = y + self.lora_scale * (x @ self.lora[short + "_A"].T) @ self.lora[short + "_B"].T
         return y
 
-    def attn(self, x, past, pos0):
+    def attn(self, x, past, pos0, positions=None):
         c = self.cfg
         B, S, _ = x.shape
-        q = self.p("q_proj", x).view(B, S, c.heads, c.head_dim).transpose(1, 2)
-        k = self.p("k_proj", x).view(B, S, c.kv_heads, c.head_dim).transpose(1, 2)
+        q = self.p("q_proj", x).view(B, S, c.heads, c.head_dim)
+        k = self.p("k_proj", x).view(B, S, c.kv_heads, c.head_dim)
+        if c.qk_norm:
+            q = self.norm("self_attn/q_norm", q)
+            k = self.norm("self_attn/k_norm", k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.p("v_proj", x).view(B, S, c.kv_heads, c.head_dim).transpose(1, 2)
-        pos = torch.arange(pos0, pos0 + S, dtype=torch.float64)
-        freqs = torch.outer(pos, self.inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos(), emb.sin()
+        cos, sin = self.cos_sin(pos0, S, B, positions)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         P = 0
@@ -257,11 +379,13 @@ class Block(torch.nn.Module):
         kk = k.repeat_interleave(rep, dim=1)
         vv = v.repeat_interleave(rep, dim=1)
         T = kk.shape[2]
-        scores = q @ kk.transpose(-1, -2) / math.sqrt(c.head_dim)
+        scores = (q @ kk.transpose(-1, -2)) * c.scale()
+        if c.softcap:
+            scores = torch.tanh(scores / c.softcap) * c.softcap
         i = torch.arange(P, P + S).view(-1, 1)
         j = torch.arange(T).view(1, -1)
         allowed = j <= i
-        if c.model_type == "mistral" and c.sliding_window:
+        if self.sliding:
             allowed = allowed & (j > i - c.sliding_window)
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         out = torch.softmax(scores, dim=-1) @ vv
@@ -273,14 +397,20 @@ class Block(torch.nn.Module):
             return torch.nn.functional.gelu(x, approximate="tanh")
         return torch.nn.functional.silu(x)
 
-    def forward(self, x, past=None, pos0=None):
+    def forward(self, x, past=None, pos0=None, positions=None):
         if pos0 is None:
             pos0 = 0 if past is None else past[0].shape[2]
-        a, present = self.attn(self.norm1(x), past, pos0)
-        h = x + a
-        n2 = self.norm2(h)
-        y = h + self.p("down_proj", self.act(self.p("gate_proj", n2)) * self.p("up_proj", n2))
-        return y, present
+        a, present = self.attn(self.norm("input_layernorm", x), past, pos0, positions)
+        if self.cfg.sandwich:
+            h = x + self.norm("post_attention_layernorm", a)
+            n2 = self.norm("pre_feedforward_layernorm", h)
+        else:
+            h = x + a
+            n2 = self.norm("post_attention_layernorm", h)
+        m = self.p("down_proj", self.act(self.p("gate_proj", n2)) * self.p("up_proj", n2))
+        if self.cfg.sandwich:
+            m = self.norm("post_feedforward_layernorm", m)
+        return h + m, present
 
 
 class Trunk:
@@ -290,7 +420,7 @@ class Trunk:
         self.blocks = [Block(cfg, stored, i, (lora or {}).get(i), lora_scale) for i in range(a, b)]
 
     @torch.no_grad()
-    def __call__(self, x, past=None, pos0=None):
+    def __call__(self, x, past=None, pos0=None, positions=None):
         h = torch.from_numpy(np.asarray(x, np.float64))
         presents = []
         for i, blk in enumerate(self.blocks):
@@ -298,7 +428,7 @@ class Trunk:
             if past is not None:
                 p = (torch.from_numpy(np.asarray(past[i][0], np.float64)),
                      torch.from_numpy(np.asarray(past[i][1], np.float64)))
-            h, pr = blk(h, p, pos0)
+            h, pr = blk(h, p, pos0, positions)
             presents.append((pr[0].numpy(), pr[1].numpy()))
         return h.numpy(), presents
 
@@ -315,8 +445,8 @@ def train_full(cfg, stored, a, b, xs, grads, optim, lr, accumulation_step=1, ste
             keys.append(("layers.%d.%s.weight" % (i, path), lin.weight))
             if lin.bias is not None:
                 keys.append(("layers.%d.%s.bias" % (i, path), lin.bias))
-        keys.append(("layers.%d.input_layernorm.weight" % i, blk.norm1.weight))
-        keys.append(("layers.%d.post_attention_layernorm.weight" % i, blk.norm2.weight))
+        for name, nm in blk.norms.items():
+            keys.append(("layers.%d.%s.weight" % (i, name.replace("/", ".")), nm.weight))
     params = [p for _, p in keys]
 
     def trunk(x):
@@ -328,7 +458,8 @@ def train_full(cfg, stored, a, b, xs, grads, optim, lr, accumulation_step=1, ste
     return gin, {k: p.detach().numpy().copy() for k, p in keys}
 
 
-def train_lora(cfg, stored, a, b, adapters, scale, xs, grads, optim, lr, accumulation_step=1):
+def train_lora(cfg, stored, a, b, adapters, scale, xs, grads, optim, lr, accumulation_step=1,
+               prefix="model."):
     """LoRA: adapters {layer: {'q_proj': (A, B), ...}}; only A, B train. Returns (grad_inputs,
     {PEFT key: f64 array})."""
     blocks = [Block(cfg, stored, i, adapters.get(i), scale) for i in range(a, b)]
@@ -341,8 +472,8 @@ def train_lora(cfg, stored, a, b, adapters, scale, xs, grads, optim, lr, accumul
                 for ab in "AB":
                     prm = blk.lora[short + "_" + ab]
                     prm.requires_grad_(True)
-                    keys.append(("base_model.model.model.layers.%d.%s.lora_%s.weight"
-                                 % (i, PROJ[short], ab), prm))
+                    keys.append(("base_model.model.%slayers.%d.%s.lora_%s.weight"
+                                 % (prefix, i, PROJ[short], ab), prm))
 
     def trunk(x):
         for blk in blocks:

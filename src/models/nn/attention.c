@@ -5,6 +5,8 @@
  *   dv_g += att^T dout,  datt = dout v_g^T,  ds = scale * att * (datt - rowsum(att * datt)),
  *   dq = ds k_g,  dk_g += ds^T q      (g: the head's kv group; the first head of a group
  *   overwrites dk_g, dv_g, the others add)
+ * With logit soft-capping (Gemma 2) the score is c = cap tanh(scale q.k / cap): ds is also
+ * multiplied by 1 - tanh^2, from the scores q k^T recomputed in the backward.
  * Thread: the caller's worker thread; reentrant.
  */
 #include "models/nn/attention.h"
@@ -19,17 +21,19 @@
 /* Causal softmax of one (batch, head) score block [T, Tk] in place; query i sees keys
  * lo..P+i (lo = 0, or P+i-window+1 with a sliding window); the masked part is set to 0, so the
  * backward (which walks keys 0..i) needs no window of its own. */
-static void causal_softmax(float *s, int T, int Tk, int P, float scale, int window) {
+static void causal_softmax(float *s, int T, int Tk, int P, float scale, int window, float softcap) {
   for (int i = 0; i < T; i++) {
     float *row = s + (size_t)i * (size_t)Tk, mx = -INFINITY, sum = 0.0f, inv;
     int n = P + i + 1, lo = window > 0 && n > window ? n - window : 0;
     for (int j = 0; j < lo; j++) row[j] = 0.0f;
     row += lo;
     n -= lo;
-    for (int j = 0; j < n; j++) {
-      row[j] *= scale;
+    if (softcap > 0.0f) /* Gemma 2: cap * tanh(scores / cap) */
+      for (int j = 0; j < n; j++) row[j] = softcap * tanhf(row[j] * scale / softcap);
+    else
+      for (int j = 0; j < n; j++) row[j] *= scale;
+    for (int j = 0; j < n; j++)
       if (row[j] > mx) mx = row[j];
-    }
     for (int j = 0; j < n; j++) row[j] -= mx;
     ss_vexp(row, row, (size_t)n);
     for (int j = 0; j < n; j++) sum += row[j];
@@ -50,6 +54,14 @@ void ss_attention_forward_window(float *out, int ldo, float *att, int att_all, f
                                  const float *q, int ldq, const float *k, const float *v, int ldkv,
                                  const void *past_k, const void *past_v, const ss_attn_dims *d,
                                  int window) {
+  ss_attention_forward_cap(out, ldo, att, att_all, K, V, q, ldq, k, v, ldkv, past_k, past_v, d,
+                           window, 0.0f);
+}
+
+void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, float *K, float *V,
+                              const float *q, int ldq, const float *k, const float *v, int ldkv,
+                              const void *past_k, const void *past_v, const ss_attn_dims *d,
+                              int window, float softcap) {
   const int T = d->T, P = d->P, Tk = P + T, HS = d->HS, grp = d->NH / d->NKV;
   const size_t hs = (size_t)HS, pbytes = (size_t)P * hs * sizeof(float);
   for (int b = 0; b < d->B; b++) {
@@ -75,7 +87,7 @@ void ss_attention_forward_window(float *out, int ldo, float *att, int att_all, f
       /* scores [T, Tk] = q_h [T, HS] K_g^T */
       ss_matmul(SS_MM_N, SS_MM_T, T, Tk, HS, 1.0f, q + row0 * (size_t)ldq + (size_t)h * hs, ldq,
                 Kg, HS, 0.0f, A, Tk);
-      causal_softmax(A, T, Tk, P, d->scale, window);
+      causal_softmax(A, T, Tk, P, d->scale, window, softcap);
       /* out_h [T, HS] = att [T, Tk] V_g [Tk, HS] */
       ss_matmul(SS_MM_N, SS_MM_N, T, HS, Tk, 1.0f, A, Tk, Vg, HS, 0.0f,
                 out + row0 * (size_t)ldo + (size_t)h * hs, ldo);
@@ -86,9 +98,15 @@ void ss_attention_forward_window(float *out, int ldo, float *att, int att_all, f
 void ss_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                            int ldo, const float *att, const float *q, int ldq, const float *k,
                            const float *v, int ldkv, const ss_attn_dims *d) {
+  ss_attention_backward_cap(dq, dk, dv, scratch, dout, ldo, att, q, ldq, k, v, ldkv, d, 0.0f);
+}
+
+void ss_attention_backward_cap(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                               int ldo, const float *att, const float *q, int ldq, const float *k,
+                               const float *v, int ldkv, const ss_attn_dims *d, float softcap) {
   const int T = d->T, HS = d->HS, grp = d->NH / d->NKV;
   const size_t hs = (size_t)HS, t = (size_t)T;
-  float *dS = scratch;
+  float *dS = scratch, *Sc = scratch + t * t;
   for (int b = 0; b < d->B; b++) {
     const size_t row0 = (size_t)b * t;
     for (int h = 0; h < d->NH; h++) {
@@ -101,11 +119,18 @@ void ss_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
       const float beta = h % grp == 0 ? 0.0f : 1.0f;
       ss_matmul(SS_MM_T, SS_MM_N, T, HS, T, 1.0f, A, T, dA, ldo, beta, dV, ldkv);
       ss_matmul(SS_MM_N, SS_MM_T, T, T, HS, 1.0f, dA, ldo, Vg, ldkv, 0.0f, dS, T);
+      if (softcap > 0.0f) /* the scores again, for the tanh's derivative */
+        ss_matmul(SS_MM_N, SS_MM_T, T, T, HS, 1.0f, Q, ldq, Kg, ldkv, 0.0f, Sc, T);
       for (size_t i = 0; i < t; i++) { /* softmax backward, row i sees keys 0..i */
         const float *pr = A + i * t;
         float *dr = dS + i * t, dot = 0.0f;
         for (size_t j = 0; j <= i; j++) dot += pr[j] * dr[j];
         for (size_t j = 0; j <= i; j++) dr[j] = d->scale * pr[j] * (dr[j] - dot);
+        if (softcap > 0.0f) /* d/ds cap tanh(s / cap) = 1 - tanh^2 */
+          for (size_t j = 0; j <= i; j++) {
+            float th = tanhf(Sc[i * t + j] * d->scale / softcap);
+            dr[j] *= 1.0f - th * th;
+          }
         for (size_t j = i + 1; j < t; j++) dr[j] = 0.0f;
       }
       ss_matmul(SS_MM_N, SS_MM_N, T, HS, T, 1.0f, dS, T, Kg, ldkv, 0.0f, dQ, ldq);

@@ -40,6 +40,13 @@ void ss_attention_forward_window(float *out, int ldo, float *att, int att_all, f
                                  const void *past_k, const void *past_v, const ss_attn_dims *d,
                                  int window);
 
+/* The same with attention logit soft-capping (Gemma 2's attn_logit_softcapping): the masked
+ * scores are softcap * tanh(scale q.k / softcap) before the softmax (softcap 0: none). */
+void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, float *K, float *V,
+                              const float *q, int ldq, const float *k, const float *v, int ldkv,
+                              const void *past_k, const void *past_v, const ss_attn_dims *d,
+                              int window, float softcap);
+
 /* Backward, no past (P == 0), given dout [B, T, NH*HS] (row stride ldo), the forward's att
  * [B, NH, T, T] (att_all) and its q, k, v: dq (stride ldq), dk, dv (stride ldkv) overwritten
  * with dL/dq, dL/dk, dL/dv (layouts as q, k, v; they may share one fused buffer like q, k, v).
@@ -47,5 +54,10 @@ void ss_attention_forward_window(float *out, int ldo, float *att, int att_all, f
 void ss_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                            int ldo, const float *att, const float *q, int ldq, const float *k,
                            const float *v, int ldkv, const ss_attn_dims *d);
+/* The backward of ss_attention_forward_cap: as ss_attention_backward; scratch is [2, T, T] when
+ * softcap > 0 (the scores are recomputed from q, k). */
+void ss_attention_backward_cap(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                               int ldo, const float *att, const float *q, int ldq, const float *k,
+                               const float *v, int ldkv, const ss_attn_dims *d, float softcap);
 
 #endif

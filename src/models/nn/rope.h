@@ -24,6 +24,13 @@ void ss_rope_forward_freq(float *x, int ld, int B, int T, int NH, int HS, int po
 void ss_rope_backward_freq(float *d, int ld, int B, int T, int NH, int HS, int pos0,
                            const double *inv_freq);
 
+/* Explicit positions per token and per frequency (Qwen2-VL / Qwen3-VL multimodal rope, M-RoPE):
+ * token (b, t) at pair i turns by pos[(stream[i] * B + b) * T + t] * inv_freq[i]; pos [S, B, T]
+ * (S streams: temporal, height, width), stream [HS/2] values < S (NULL: all 0). Forward only,
+ * in place; x as in ss_rope_forward. */
+void ss_rope_forward_pos(float *x, int ld, int B, int T, int NH, int HS, const int *pos,
+                         const unsigned char *stream, const double *inv_freq);
+
 /* inv_freq [HS/2] = base^(-2i/HS) (the unscaled theta_i), written. */
 void ss_rope_inv_freq(double *inv_freq, int HS, double base);
 

@@ -1,11 +1,13 @@
 /*
  * test_llama.c — unit tests for src/models/llama.c with tiny random checkpoints written here
  * (hidden 16, 4 query heads over 2 kv heads, head_dim 4, intermediate 24, 3 layers, HF key
- * layout under "model."): a qwen2 trunk (q/k/v biases, GQA) and a mistral trunk (sliding window
- * 3, shorter than the sequences): prefill == token-by-token decode through forward_kv (past =
- * the previous present), batch 2 == two batch-1 runs, a gradient of the training path against
- * central differences, LoRA spec lists on one command-line spec ("lora_targets=q_proj,v_proj"),
- * the refusals of check/check_kv. Single-threaded; files in a mkdtemp dir.
+ * layout under "model."): a qwen2 trunk (q/k/v biases, GQA), a mistral trunk (sliding window
+ * 3, shorter than the sequences) and a gemma3_text trunk (four norms, q/k norms, soft-capping
+ * at 1, sliding window 3 on layers 0 and 2, local rope base): prefill == token-by-token decode
+ * through forward_kv (past = the previous present), batch 2 == two batch-1 runs, a gradient of
+ * the training path against central differences (mistral, gemma3), LoRA spec lists on one
+ * command-line spec ("lora_targets=q_proj,v_proj"), the refusals of check/check_kv.
+ * Single-threaded; files in a mkdtemp dir.
  */
 #include <math.h>
 #include <stdint.h>
@@ -43,6 +45,15 @@ static const int tndim[NT] = {1, 1, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1};
 
 static float W[NL][NT][E * NI];
 
+/* gemma3_text's extra norms per layer (the MLP's input norm is suffix[1]'s data under
+ * pre_feedforward_layernorm; post_attention_layernorm normalizes the attention output). */
+#define NG 4
+static const char *const gsuffix[NG] = {"pre_feedforward_layernorm.weight",
+                                        "post_feedforward_layernorm.weight",
+                                        "self_attn.q_norm.weight", "self_attn.k_norm.weight"};
+static const int64_t gshape[NG][1] = {{E}, {E}, {HD}, {HD}};
+static float GW[NL][NG][E];
+
 static uint64_t rng_state = 777;
 static float frand(void) { /* uniform in [-1, 1) */
   rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
@@ -65,15 +76,19 @@ static void make_weights(void) {
         else
           W[l][k][j] = r * 1.2f / sqrtf((float)tshape[k][1]);
       }
+  for (int l = 0; l < NL; l++)
+    for (int k = 0; k < NG; k++)
+      for (int j = 0; j < E; j++) GW[l][k][j] = 0.3f * frand(); /* (1 + w) norms */
 }
 
-/* nt: NT (with q/k/v biases) or NT - 3 (without). */
-static void write_ckpt(const char *path, int nt) {
-  const char *names[NL * NT];
-  char namebuf[NL * NT][96];
-  const int64_t *shapes[NL * NT];
-  int ndims[NL * NT];
-  const float *data[NL * NT];
+/* nt: NT (with q/k/v biases) or NT - 3 (without); gemma: gemma3's extra norms too. */
+static void write_ckpt(const char *path, int nt, int gemma) {
+  enum { MAXT = NL * (NT + NG) };
+  const char *names[MAXT];
+  char namebuf[MAXT][96];
+  const int64_t *shapes[MAXT];
+  int ndims[MAXT];
+  const float *data[MAXT];
   char err[300];
   size_t n = 0;
   for (int l = 0; l < NL; l++)
@@ -83,6 +98,15 @@ static void write_ckpt(const char *path, int nt) {
       shapes[n] = tshape[k];
       ndims[n] = tndim[k];
       data[n] = W[l][k];
+      n++;
+    }
+  for (int l = 0; gemma && l < NL; l++)
+    for (int k = 0; k < NG; k++) {
+      snprintf(namebuf[n], sizeof namebuf[n], "model.layers.%d.%s", l, gsuffix[k]);
+      names[n] = namebuf[n];
+      shapes[n] = gshape[k];
+      ndims[n] = 1;
+      data[n] = GW[l][k];
       n++;
     }
   CHECK_EQ_INT(ss_st_write_f32(path, n, names, shapes, ndims, data, err, sizeof err), 0);
@@ -144,7 +168,7 @@ static int run(ss_model *m, float *x, float *y, int64_t B, int64_t S, ss_kv_io *
   return rc;
 }
 
-static char wq[128], cq[128], wm[128], cm[128];
+static char wq[128], cq[128], wm[128], cm[128], wg[128], cg[128];
 
 /* prefill of S tokens == one token at a time with the cache; batch 2 == two batch-1 runs. */
 static void check_decode_and_batch(const char *spec) {
@@ -204,6 +228,8 @@ static void test_decode(void) {
   check_decode_and_batch(spec);
   snprintf(spec, sizeof spec, "m=llama,weights=%s,config=%s", wm, cm);
   check_decode_and_batch(spec);
+  snprintf(spec, sizeof spec, "g=llama,weights=%s,config=%s", wg, cg);
+  check_decode_and_batch(spec);
   /* LoRA with a nonzero B does not exist before training; a fresh adapter keeps the outputs */
   snprintf(spec, sizeof spec,
            "l=llama,weights=%s,config=%s,layers=1:3,lora_rank=2,lora_targets=q_proj,v_proj,"
@@ -213,14 +239,14 @@ static void test_decode(void) {
 }
 
 /* The training path (forward_train + backward) against central differences of forward. */
-static void test_grad(void) {
+static void test_grad(const char *w, const char *c) {
   enum { B = 1, S = 5 };
   char spec[600], err[600];
   ss_model *m = NULL;
   float x[B * S * E], y[B * S * E], r[B * S * E], gin[B * S * E], yp[B * S * E], ym[B * S * E];
   void *saved = NULL;
   size_t sb;
-  snprintf(spec, sizeof spec, "m=llama,weights=%s,config=%s", wm, cm);
+  snprintf(spec, sizeof spec, "m=llama,weights=%s,config=%s", w, c);
   CHECK_EQ_INT(ss_model_create(spec, &m, err, sizeof err), 0);
   if (m == NULL) return;
   for (int i = 0; i < B * S * E; i++) x[i] = frand(), r[i] = frand();
@@ -246,7 +272,7 @@ static void test_grad(void) {
       if (fabs(num - gin[i]) > worst) worst = fabs(num - gin[i]);
       if (fabs(num) > scale) scale = fabs(num);
     }
-    if (worst > 2e-2 * scale) fprintf(stderr, "grad: %g vs scale %g\n", worst, scale);
+    if (worst > 2e-2 * scale) fprintf(stderr, "grad %s: %g vs scale %g\n", c, worst, scale);
     CHECK(worst <= 2e-2 * scale);
   }
   ss_model_free(m);
@@ -315,17 +341,27 @@ int main(void) {
   snprintf(cq, sizeof cq, "%s/q.json", dir);
   snprintf(wm, sizeof wm, "%s/m.safetensors", dir);
   snprintf(cm, sizeof cm, "%s/m.json", dir);
-  write_ckpt(wq, NT);
+  snprintf(wg, sizeof wg, "%s/g.safetensors", dir);
+  snprintf(cg, sizeof cg, "%s/g.json", dir);
+  write_ckpt(wq, NT, 0);
   write_config(cq, "qwen2", NULL);
-  write_ckpt(wm, NT - 3);
+  write_ckpt(wm, NT - 3, 0);
   write_config(cm, "mistral", ", \"sliding_window\": 3");
+  write_ckpt(wg, NT - 3, 1);
+  write_config(cg, "gemma3_text",
+               ", \"head_dim\": 4, \"sliding_window\": 3, \"sliding_window_pattern\": 2, "
+               "\"rope_local_base_freq\": 100.0, \"query_pre_attn_scalar\": 2, "
+               "\"attn_logit_softcapping\": 1.0");
   test_decode();
-  test_grad();
+  test_grad(wm, cm);
+  test_grad(wg, cg);
   test_checks();
   unlink(wq);
   unlink(cq);
   unlink(wm);
   unlink(cm);
+  unlink(wg);
+  unlink(cg);
   rmdir(dir);
   TEST_MAIN_END();
 }

@@ -186,32 +186,39 @@ enum { AB = 2, AT = 5, ANH = 4, AHS = 3 };
 typedef struct att_ctx {
   float *q, *k, *v, *out, *att, *K, *V, *R;
   ss_attn_dims d;
+  int window;
+  float softcap;
 } att_ctx;
 
 static double att_loss(void *c_) {
   att_ctx *c = c_;
-  ss_attention_forward(c->out, ANH * AHS, c->att, 1, c->K, c->V, c->q, ANH * AHS, c->k, c->v,
-                       c->d.NKV * AHS, NULL, NULL, &c->d);
+  ss_attention_forward_cap(c->out, ANH * AHS, c->att, 1, c->K, c->V, c->q, ANH * AHS, c->k, c->v,
+                           c->d.NKV * AHS, NULL, NULL, &c->d, c->window, c->softcap);
   return dot(c->out, c->R, (size_t)(AB * AT * ANH * AHS));
 }
 
-static void test_attention_grad(int nkv) {
+/* window, softcap: Mistral/Gemma 2's sliding window and Gemma 2's logit soft-capping (0: none;
+ * a cap of 0.5 on scores of the order of 1 bends most of them). */
+static void test_attention_grad_ext(int nkv, int window, float softcap) {
   att_ctx c;
   size_t nq = (size_t)(AB * AT * ANH * AHS), nk = (size_t)(AB * AT * nkv * AHS);
-  float *dq, *dk, *dv, *scratch = malloc((size_t)(AT * AT) * sizeof(float));
+  float *dq, *dk, *dv, *scratch = malloc((size_t)(2 * AT * AT) * sizeof(float));
   c.d = (ss_attn_dims){AB, AT, 0, ANH, nkv, AHS, 0.577f};
+  c.window = window, c.softcap = softcap;
   c.q = rnd(nq), c.k = rnd(nk), c.v = rnd(nk), c.out = rnd(nq), c.R = rnd(nq);
   c.att = rnd((size_t)(AB * ANH * AT * AT)), c.K = rnd(nk), c.V = rnd(nk);
   dq = rnd(nq), dk = rnd(nk), dv = rnd(nk); /* garbage: backward overwrites */
   att_loss(&c);
-  ss_attention_backward(dq, dk, dv, scratch, c.R, ANH * AHS, c.att, c.q, ANH * AHS, c.k, c.v,
-                        nkv * AHS, &c.d);
+  ss_attention_backward_cap(dq, dk, dv, scratch, c.R, ANH * AHS, c.att, c.q, ANH * AHS, c.k, c.v,
+                            nkv * AHS, &c.d, softcap);
   check_grad("attention dq", c.q, dq, nq, att_loss, &c);
   check_grad("attention dk", c.k, dk, nk, att_loss, &c);
   check_grad("attention dv", c.v, dv, nk, att_loss, &c);
   free(c.q), free(c.k), free(c.v), free(c.out), free(c.R), free(c.att), free(c.K), free(c.V);
   free(dq), free(dk), free(dv), free(scratch);
 }
+
+static void test_attention_grad(int nkv) { test_attention_grad_ext(nkv, 0, 0.0f); }
 
 static int near(const float *a, const float *b, size_t n, float tol) {
   for (size_t i = 0; i < n; i++)
@@ -327,6 +334,8 @@ int main(void) {
   test_attention_grad(ANH);
   test_attention_grad(2);
   test_attention_grad(1);
+  test_attention_grad_ext(2, 3, 0.5f); /* Gemma 2: sliding window and soft-capping */
+  test_attention_grad_ext(ANH, 0, 1.0f);
   test_attention_gqa();
   test_attention_past();
   test_rope();
