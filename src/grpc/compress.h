@@ -25,6 +25,24 @@ int ss_grpc_accept_encoding_pick(const char *s, size_t len);
  * max (nothing kept), SS_EPROTO when the data is not a valid stream, SS_ENOMEM. */
 int ss_grpc_inflate(int enc, const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t *outlen);
 
+/* Inflation in bounded slices (the loop thread inflates a big message a slice per iteration, so
+ * other connections are served in between). The input stays the caller's (the same in[n] at
+ * every step); the output is kept inside until the message is complete. */
+typedef struct ss_inflater ss_inflater;
+#define SS_INFLATE_MORE 1
+/* A new inflater for enc (deflate or gzip). 0 or SS_ENOMEM. */
+int ss_inflater_new(int enc, ss_inflater **out);
+/* Inflate at most `slice` more output bytes from at most `slice` more input bytes, never
+ * holding more than max output bytes in all (max may change between steps; it may not drop
+ * below ss_inflater_have()). Returns SS_INFLATE_MORE when work is left, 0 when the message is
+ * complete (*out, *outlen: malloc'd, caller frees), SS_ERANGE when it inflates to more than
+ * max, SS_EPROTO for invalid data, SS_ENOMEM. After 0 or an error only _free is valid. */
+int ss_inflater_step(ss_inflater *f, const uint8_t *in, size_t n, size_t max, size_t slice,
+                     uint8_t **out, size_t *outlen);
+/* Output bytes allocated so far (what the inflater costs in memory). */
+size_t ss_inflater_held(const ss_inflater *f);
+void ss_inflater_free(ss_inflater *f); /* NULL is fine */
+
 typedef struct ss_zpart {
   const uint8_t *p;
   size_t len;

@@ -491,6 +491,30 @@ def test_unread_responses_bounded():
         srv.stop_ok()
 
 
+def test_unread_response_times_out():
+    """Issue 20 (2): a client that never reads its answers held them (and its requests) as
+    long as it kept the connection open. Now output that does not move for the request body
+    timeout ends the connection (GOAWAY ENHANCE_YOUR_CALM, reason in the debug data)."""
+    srv = Server("--max-message-bytes", str(16 * MiB), "--request-body-timeout", "2")
+    try:
+        body = h2raw.grpc_frame(make_req(np.ones(2 << 20, np.float32), model="identity")
+                                .SerializeToString())  # 8 MiB in, 8 MiB out
+        with _NoWindowConn("127.0.0.1", srv.port, recv_window=1, timeout=10) as c:
+            c._ready = True
+            handshake(c)
+            sid = h2raw.grpc_start(c, sslib.SVC + "Compute")
+            c.send_data(sid, body, end_stream=True, timeout=T(5))
+            closed, secs = drain_until_closed(c, T(15))
+            print("    8 MiB answer never read: connection closed=%s after %.1fs, GOAWAY %r"
+                  % (closed, secs, c.goaway))
+            assert closed, "the unread answer was held with no end"
+            assert c.goaway and c.goaway[1] == ENHANCE_YOUR_CALM, c.goaway
+            assert b"not read" in c.goaway[2], c.goaway
+        assert max(latencies(srv, 3)) < T(3)
+    finally:
+        srv.stop_ok()
+
+
 # ----------------------------------------------------------------------------- time ---------
 
 def test_handshake_and_slowloris():
