@@ -1005,6 +1005,7 @@ static void flush(ss_conn *c) {
     return;
   }
   if (h2_on && !nghttp2_session_want_read(c->h2)) conn_doom(c);
+  if (c->peer_done && !c->calls) conn_doom(c); /* after its close_notify: answered, so close */
 }
 
 void ss_conn_mark_dirty(ss_conn *c) {
@@ -1060,6 +1061,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
       SS_STAT_INC(c->srv->stats.connections_refused);
       conn_doom(c); /* the alert goes out, then the close */
       return;
+    }
+    if (tr == SS_TLS_CLOSED) { /* the peer is done sending: answer what is open, then close */
+      if (!c->peer_done) {
+        c->peer_done = 1;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+      }
+      tr = 0;
     }
     rv = tr;
   } else {

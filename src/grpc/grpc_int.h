@@ -189,6 +189,7 @@ struct ss_conn {
   int handshaken;             /* the client's SETTINGS arrived */
   int doomed;                 /* GOAWAY queued: input discarded, closed once written */
   int shut;                   /* write side shut down (lingering for the peer's EOF) */
+  int peer_done;              /* TLS close_notify received: no more input; close once idle */
   uv_shutdown_t shutreq;
   unsigned hdr_overflows;     /* streams refused for their header size */
   size_t in_held;             /* request bytes held by this connection's open streams */
