@@ -87,14 +87,10 @@ int ss_inflater_step(ss_inflater *f, const uint8_t *in, size_t n, size_t max, si
                      uint8_t **out, size_t *outlen) {
   *out = NULL;
   *outlen = 0;
-  if (f->have > max) return SS_ERANGE; /* the limit shrank below what is already out */
   size_t out_budget = slice, in_budget = slice;
   for (;;) {
-    if (f->have == f->cap && f->have < max) {
-      int rv = grow(f, n, max);
-      if (rv != 0) return rv;
-    }
-    if (f->have == f->cap) { /* at the limit: one more byte of output means too large */
+    if (f->have >= max) { /* at the limit: one more byte of output means too large */
+      if (f->have > max) return SS_ERANGE; /* the limit shrank below what is already out */
       uint8_t probe;
       f->z.next_in = (Bytef *)(in + f->in_off);
       f->z.avail_in = n - f->in_off > UINT32_MAX ? UINT32_MAX : (uInt)(n - f->in_off);
@@ -104,8 +100,12 @@ int ss_inflater_step(ss_inflater *f, const uint8_t *in, size_t n, size_t max, si
       if (zr == Z_STREAM_END && f->z.avail_out == 1) break;
       return f->z.avail_out == 0 ? SS_ERANGE : SS_EPROTO;
     }
+    if (f->have == f->cap) {
+      int rv = grow(f, n, max);
+      if (rv != 0) return rv;
+    }
     if (out_budget == 0 || in_budget == 0) return SS_INFLATE_MORE;
-    size_t left_in = n - f->in_off, room = f->cap - f->have;
+    size_t left_in = n - f->in_off, room = (f->cap < max ? f->cap : max) - f->have;
     if (left_in > in_budget) left_in = in_budget;
     if (room > out_budget) room = out_budget;
     uInt in_chunk = left_in > UINT32_MAX ? UINT32_MAX : (uInt)left_in;

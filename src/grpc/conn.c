@@ -43,7 +43,14 @@
  *                 the budget still arrives) and only while the completed requests waiting for
  *                 compute or for their client to read stay within the budget. Stream windows
  *                 are budget / max streams (64 KiB .. 8 MiB), so a connection holds at most
- *                 about budget + streams x window + one message.
+ *                 about budget + streams x window + one message. A compressed message counts
+ *                 inflated: it may inflate only as far as the budget has room once everything
+ *                 else the connection holds is counted (else RESOURCE_EXHAUSTED), so a 93 KB
+ *                 gzip request cannot become 98 MB held.
+ *   inflation     never in one go on the loop: the flush check gives up to SS_INFLATE_CALLS
+ *                 calls SS_INFLATE_SLICE bytes each per iteration, and only after the method's
+ *                 precheck (credentials) passed at END_HEADERS; a call is dispatched once its
+ *                 message is whole.
  *   outbound bytes responses queued and not yet written are counted per connection; a reply
  *                 that would take them over the budget is answered RESOURCE_EXHAUSTED instead
  *                 (a streamed message: the stream is reset), so a client that never opens its
@@ -53,9 +60,14 @@
  *                 received nothing (PINGs count) for the idle timeout gets GOAWAY; a doomed
  *                 connection lingers at most SS_LINGER_MS for its peer to read the GOAWAY.
  *                 Per call, the same entry as its deadline: headers must complete and body
- *                 bytes keep coming within the request body timeout.
+ *                 bytes keep coming within the request body timeout. Response bytes queued and
+ *                 not taken by the peer for the same timeout end the connection (GOAWAY).
+ *                 TLS: after the peer's close_notify nothing more is read; the connection
+ *                 closes once its calls are answered.
  *   protocol      :method must be POST (else HTTP 405), te: trailers is required (else
  *                 INVALID_ARGUMENT); nghttp2 refuses NUL/CR/LF in header values and :path.
+ *   per method    ss_method.max_request_bytes lowers the message limit (health checks: 1 KiB)
+ *                 and ss_method.precheck may refuse the call from its headers at END_HEADERS.
  */
 #include <stdarg.h>
 #include <stdio.h>

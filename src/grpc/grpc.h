@@ -88,11 +88,13 @@ typedef struct ss_grpc_config {
   size_t max_connections_per_peer; /* open connections per client IP address (1000) */
   uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS, enforced (256) */
   size_t max_header_list_bytes;    /* decoded header bytes per stream, +32 per field (16 KiB) */
-  size_t max_connection_buffer_bytes; /* request bytes held and response bytes unsent per
-                                    * connection, each direction (64 MiB) */
+  size_t max_connection_buffer_bytes; /* request bytes held (inflated bytes counted as they
+                                    * are made) and response bytes unsent per connection, each
+                                    * direction (64 MiB) */
   double handshake_timeout_s;      /* preface + SETTINGS (10) */
   double idle_timeout_s;           /* no stream open, nothing received (300) */
-  double request_body_timeout_s;   /* headers / body of a request stop arriving (30) */
+  double request_body_timeout_s;   /* headers / body of a request stop arriving, or response
+                                    * bytes stop being taken by the peer (30) */
   /* Request headers kept for the handler (ss_call_header): lowercase names, borrowed (must
    * outlive the server), at most SS_GRPC_MAX_KEPT_HEADERS. The transport does not know what
    * they mean; a value longer than max_kept_header_bytes (0 = 1024) refuses the call with
