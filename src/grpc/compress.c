@@ -1,8 +1,9 @@
 /*
  * compress.c — gRPC message compression with zlib (see compress.h).
  *
- * Inflation is bounded: the output buffer grows geometrically but never beyond the caller's
- * limit, and a stream that still produces output once the limit is reached is refused, so a
+ * Inflation is bounded: the output buffer grows (once to ~4x the input, then to the limit)
+ * but never beyond the caller's limit, and a stream that
+ * still produces output once the limit is reached is refused, so a
  * "zip bomb" (a small message that inflates to gigabytes) costs at most the limit in memory and
  * the time to inflate that much.
  */
@@ -67,17 +68,21 @@ void ss_inflater_free(ss_inflater *f) {
   free(f);
 }
 
-size_t ss_inflater_held(const ss_inflater *f) { return f->cap; }
+size_t ss_inflater_held(const ss_inflater *f) { return f->have; }
 
-/* Grow the output buffer geometrically (at least 4 KiB, at most max). */
+/* Grow the output buffer: first about 4x the input (most messages fit), then straight to the
+ * limit (the few bytes so far copied over), instead of a doubling series that copies the output
+ * again at every step on the loop thread. Pages of the reservation that the output never
+ * reaches are not touched. */
 static int grow(ss_inflater *f, size_t n, size_t max) {
-  size_t ncap = f->cap ? (f->cap > max / 2 ? max : f->cap * 2)
-                       : (n < SIZE_MAX / 4 ? n * 4 : max);
+  size_t ncap = f->cap ? max : (n < SIZE_MAX / 4 ? n * 4 : max);
   if (ncap < 4096) ncap = 4096;
   if (ncap > max) ncap = max;
   if (ncap <= f->cap) return SS_ERANGE;
-  uint8_t *p = realloc(f->buf, ncap ? ncap : 1);
+  uint8_t *p = malloc(ncap ? ncap : 1);
   if (!p) return SS_ENOMEM;
+  if (f->have) memcpy(p, f->buf, f->have);
+  free(f->buf);
   f->buf = p;
   f->cap = ncap;
   return 0;

@@ -39,7 +39,8 @@ int ss_inflater_new(int enc, ss_inflater **out);
  * max, SS_EPROTO for invalid data, SS_ENOMEM. After 0 or an error only _free is valid. */
 int ss_inflater_step(ss_inflater *f, const uint8_t *in, size_t n, size_t max, size_t slice,
                      uint8_t **out, size_t *outlen);
-/* Output bytes allocated so far (what the inflater costs in memory). */
+/* Output bytes made so far (what the inflater costs in memory: its buffer's pages beyond them
+ * are reserved, never touched). */
 size_t ss_inflater_held(const ss_inflater *f);
 void ss_inflater_free(ss_inflater *f); /* NULL is fine */
 
