@@ -132,6 +132,10 @@ int ss_inflater_step(ss_inflater *f, const uint8_t *in, size_t n, size_t max, si
     if (used_in == 0 && made == 0 && f->in_off == n) return SS_EPROTO; /* no progress */
   }
   /* (trailing bytes after the stream are ignored) */
+  if (f->buf && f->cap - f->have > (64u << 10)) { /* give the untouched reservation back */
+    uint8_t *p = realloc(f->buf, f->have ? f->have : 1);
+    if (p) f->buf = p;
+  }
   *out = f->buf ? f->buf : malloc(1);
   if (!*out) return SS_ENOMEM;
   *outlen = f->have;
