@@ -43,9 +43,9 @@ static int window_bits(int enc) { return enc == SS_ENC_GZIP ? 15 + 16 : 15; }
 struct ss_inflater {
   z_stream z;
   int enc;
-  uint8_t *buf;   /* output so far (have of cap bytes) */
+  uint8_t *buf; /* output so far (have of cap bytes) */
   size_t have, cap;
-  size_t in_off;  /* input bytes consumed */
+  size_t in_off; /* input bytes consumed */
 };
 
 int ss_inflater_new(int enc, ss_inflater **out) {
@@ -144,7 +144,8 @@ int ss_inflater_step(ss_inflater *f, const uint8_t *in, size_t n, size_t max, si
   return 0;
 }
 
-int ss_grpc_inflate(int enc, const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t *outlen) {
+int ss_grpc_inflate(int enc, const uint8_t *in, size_t n, size_t max, uint8_t **out,
+                    size_t *outlen) {
   *out = NULL;
   *outlen = 0;
   ss_inflater *f;

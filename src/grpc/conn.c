@@ -498,18 +498,24 @@ static void in_account(ss_conn *c, ss_call *call, size_t len) {
 #define SS_INFLATE_CALLS 4          /* calls given a slice per iteration (~ 4 x 3 ms) */
 
 static void zin_unlink(ss_grpc_server *s, ss_call *call) {
-  if (call->zin_prev) call->zin_prev->zin_next = call->zin_next;
-  else s->inflating = call->zin_next;
-  if (call->zin_next) call->zin_next->zin_prev = call->zin_prev;
-  else s->inflating_tail = call->zin_prev;
+  if (call->zin_prev)
+    call->zin_prev->zin_next = call->zin_next;
+  else
+    s->inflating = call->zin_next;
+  if (call->zin_next)
+    call->zin_next->zin_prev = call->zin_prev;
+  else
+    s->inflating_tail = call->zin_prev;
   call->zin_prev = call->zin_next = NULL;
 }
 
 static void zin_append(ss_grpc_server *s, ss_call *call) {
   call->zin_next = NULL;
   call->zin_prev = s->inflating_tail;
-  if (s->inflating_tail) s->inflating_tail->zin_next = call;
-  else s->inflating = call;
+  if (s->inflating_tail)
+    s->inflating_tail->zin_next = call;
+  else
+    s->inflating = call;
   s->inflating_tail = call;
 }
 
@@ -569,8 +575,8 @@ static int inflate_slice(ss_call *call) {
   size_t limit = zin_limit(call, &by_budget);
   uint8_t *out;
   size_t outlen;
-  int rv = ss_inflater_step(call->zin, call->req, call->req_len, limit, SS_INFLATE_SLICE, &out,
-                            &outlen);
+  int rv =
+      ss_inflater_step(call->zin, call->req, call->req_len, limit, SS_INFLATE_SLICE, &out, &outlen);
   size_t have = rv == SS_INFLATE_MORE ? ss_inflater_held(call->zin) : rv == 0 ? outlen : 0;
   /* The inflated bytes count against the budget as they are made. */
   c->in_held = c->in_held - call->zin_acct + have;
@@ -588,7 +594,8 @@ static int inflate_slice(ss_call *call) {
     else if (rv == SS_ERANGE)
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
                     "request message inflates (%s) to more than the limit of %zu bytes "
-                    "(--max-message-bytes)", name, limit);
+                    "(--max-message-bytes)",
+                    name, limit);
     else if (rv == SS_ENOMEM)
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory inflating a %zu-byte message",
                     call->req_len);
@@ -659,7 +666,8 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
       else
         ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
                       "request message of %zu bytes exceeds the limit of %zu bytes "
-                      "(--max-message-bytes)", call->reader.len, call->reader.max_len);
+                      "(--max-message-bytes)",
+                      call->reader.len, call->reader.max_len);
       return 0;
     } else if (rv == SS_MSG_NOMEM) {
       call->refused = 1;
@@ -830,15 +838,16 @@ static void on_stall_timer(ss_tq_entry *e) {
     return;
   }
   ss_conn_kill(c, NGHTTP2_ENHANCE_YOUR_CALM,
-               "%zu response bytes not read for %.1f s (--request-body-timeout)", c->out_pending, t);
+               "%zu response bytes not read for %.1f s (--request-body-timeout)", c->out_pending,
+               t);
 }
 
 static void stall_watch(ss_conn *c) {
   double t = c->srv->cfg.request_body_timeout_s;
   if (c->out_pending == 0 || t <= 0 || ss_tq_armed(&c->stall) || c->doomed) return;
   c->out_progress_ms = uv_now(c->srv->loop);
-  if (ss_tq_arm(&c->srv->tq, &c->stall,
-                (c->out_progress_ms + (uint64_t)(t * 1000.0)) * 1000000u, on_stall_timer) != 0)
+  if (ss_tq_arm(&c->srv->tq, &c->stall, (c->out_progress_ms + (uint64_t)(t * 1000.0)) * 1000000u,
+                on_stall_timer) != 0)
     SS_LOGD("connection: no memory for its stall timer");
 }
 

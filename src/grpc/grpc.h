@@ -89,8 +89,8 @@ typedef struct ss_grpc_config {
   uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS, enforced (256) */
   size_t max_header_list_bytes;    /* decoded header bytes per stream, +32 per field (16 KiB) */
   size_t max_connection_buffer_bytes; /* request bytes held (inflated bytes counted as they
-                                    * are made) and response bytes unsent per connection, each
-                                    * direction (64 MiB) */
+                                       * are made) and response bytes unsent per connection, each
+                                       * direction (64 MiB) */
   double handshake_timeout_s;      /* preface + SETTINGS (10) */
   double idle_timeout_s;           /* no stream open, nothing received (300) */
   double request_body_timeout_s;   /* headers / body of a request stop arriving, or response

@@ -242,7 +242,7 @@ struct ss_grpc_server {
   size_t nconns;
   ss_conn *dirty;
   ss_call *inflating, *inflating_tail; /* calls whose request is being inflated (a slice per
-                               * iteration, round robin) */
+                                        * iteration, round robin) */
   ss_call *live;              /* calls owing an answer (drain waits for these) */
   size_t nlive;
   ss_call *free_calls;        /* recycled call objects (linked through conn_next) */

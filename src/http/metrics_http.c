@@ -29,7 +29,7 @@ struct ss_metrics_http {
   void *app;
   mconn *conns;
   int nconns;
-  uint64_t evicted;      /* connections closed to make room for a new one */
+  uint64_t evicted;       /* connections closed to make room for a new one */
   uint64_t evict_note_ms; /* last log line about it (at most one a second) */
 };
 
@@ -185,8 +185,10 @@ static void on_connection(uv_stream_t *server, int status) {
     m->evicted++;
     uint64_t now = uv_now(m->loop);
     if (now - m->evict_note_ms >= 1000) {
-      SS_LOGW("metrics: %d connections open: closed the oldest one still waiting for its request "
-              "(%llu such closes so far)", SS_METRICS_MAX_CONNS, (unsigned long long)m->evicted);
+      SS_LOGW(
+          "metrics: %d connections open: closed the oldest one still waiting for its request "
+          "(%llu such closes so far)",
+          SS_METRICS_MAX_CONNS, (unsigned long long)m->evicted);
       m->evict_note_ms = now;
     }
   }

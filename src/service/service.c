@@ -43,7 +43,8 @@ static int auth_precheck(const ss_call *call, void *app, char *msg, size_t msgle
 static ss_method methods[] = {
     {"/splitlearn.comm.ComputeService/Compute", 0, 0, ss_h_compute, 0, auth_precheck},
     {"/splitlearn.comm.ComputeService/ComputeBackward", 0, 0, ss_h_backward, 0, auth_precheck},
-    {"/splitlearn.comm.ComputeService/HealthCheck", 0, 0, ss_h_health_check, SS_SMALL_REQUEST, NULL},
+    {"/splitlearn.comm.ComputeService/HealthCheck", 0, 0, ss_h_health_check, SS_SMALL_REQUEST,
+     NULL},
     {"/splitlearn.comm.ComputeService/GetServiceInfo", 0, 0, ss_h_service_info, SS_SMALL_REQUEST,
      auth_precheck},
     {"/splitlearn.comm.ComputeService/StreamMonitoring", 1, 0, ss_h_stream_monitoring,
@@ -80,10 +81,12 @@ static int auth_verdict(const ss_auth *a, const char *h, char *msg, size_t msgle
   int tok = ss_auth_find(a, h);
   if (tok >= 0) return tok;
   if (!h)
-    snprintf(msg, msglen, "missing credentials: this server requires the request header "
+    snprintf(msg, msglen,
+             "missing credentials: this server requires the request header "
              "'authorization: Bearer <token>' (--auth-tokens)");
   else if (strncasecmp(h, "Bearer ", 7) != 0)
-    snprintf(msg, msglen, "the authorization header is not a bearer credential: send 'Bearer "
+    snprintf(msg, msglen,
+             "the authorization header is not a bearer credential: send 'Bearer "
              "<token>'");
   else
     snprintf(msg, msglen, "invalid token");

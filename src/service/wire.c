@@ -208,20 +208,20 @@ static int check_entry(const uint8_t *p, size_t len, size_t idx, const ss_wire_l
  * the number of values in it (varints counted by their last byte). */
 static size_t packed_count(const ProtobufCFieldDescriptor *f, const uint8_t *p, size_t n) {
   switch (f->type) {
-  case PROTOBUF_C_TYPE_STRING:
-  case PROTOBUF_C_TYPE_BYTES:
-  case PROTOBUF_C_TYPE_MESSAGE: return 1;
-  case PROTOBUF_C_TYPE_DOUBLE:
-  case PROTOBUF_C_TYPE_FIXED64:
-  case PROTOBUF_C_TYPE_SFIXED64: return n / 8;
-  case PROTOBUF_C_TYPE_FLOAT:
-  case PROTOBUF_C_TYPE_FIXED32:
-  case PROTOBUF_C_TYPE_SFIXED32: return n / 4;
-  default: {
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) k += !(p[i] & 0x80);
-    return k;
-  }
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_BYTES:
+    case PROTOBUF_C_TYPE_MESSAGE: return 1;
+    case PROTOBUF_C_TYPE_DOUBLE:
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_SFIXED64: return n / 8;
+    case PROTOBUF_C_TYPE_FLOAT:
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_SFIXED32: return n / 4;
+    default: {
+      size_t k = 0;
+      for (size_t i = 0; i < n; i++) k += !(p[i] & 0x80);
+      return k;
+    }
   }
 }
 
@@ -237,7 +237,8 @@ static int bound_field(const ss_wire_limits *lim, uint64_t fn, uint32_t wt, cons
   if (!f) {
     *unknown_bytes += field_bytes;
     if (++*unknown > SS_WIRE_MAX_UNKNOWN || *unknown_bytes > SS_WIRE_MAX_UNKNOWN_BYTES) {
-      snprintf(err, errlen, "%s carries more than %d fields (%d bytes) this server does not "
+      snprintf(err, errlen,
+               "%s carries more than %d fields (%d bytes) this server does not "
                "define (field number %llu and others); send only the fields of its .proto",
                d->name, SS_WIRE_MAX_UNKNOWN, SS_WIRE_MAX_UNKNOWN_BYTES, (unsigned long long)fn);
       return SS_EINVAL;
@@ -247,16 +248,17 @@ static int bound_field(const ss_wire_limits *lim, uint64_t fn, uint32_t wt, cons
   size_t i = (size_t)(f - d->fields);
   if (fn == lim->meta_field) return 0; /* the map: bounded by max_entries */
   if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-    size_t max = f->type == PROTOBUF_C_TYPE_MESSAGE ? SS_WIRE_MAX_REPEATED_MSG : SS_WIRE_MAX_REPEATED;
+    size_t max =
+        f->type == PROTOBUF_C_TYPE_MESSAGE ? SS_WIRE_MAX_REPEATED_MSG : SS_WIRE_MAX_REPEATED;
     cnt[i] += wt == 2 ? packed_count(f, p, n) : 1;
     if (cnt[i] > max) {
-      snprintf(err, errlen, "%s: repeated field '%s' has more than %zu entries", d->name,
-               f->name, max);
+      snprintf(err, errlen, "%s: repeated field '%s' has more than %zu entries", d->name, f->name,
+               max);
       return SS_EINVAL;
     }
   } else if (++cnt[i] > SS_WIRE_MAX_SINGULAR) {
-    snprintf(err, errlen, "%s: field '%s' is sent more than %d times (it holds one value)",
-             d->name, f->name, SS_WIRE_MAX_SINGULAR);
+    snprintf(err, errlen, "%s: field '%s' is sent more than %d times (it holds one value)", d->name,
+             f->name, SS_WIRE_MAX_SINGULAR);
     return SS_EINVAL;
   }
   return 0;

@@ -4,8 +4,8 @@
  * (service/codec.h: zlib payloads inflated to the exact size a shape gives).
  *
  * Input: byte 0 picks the mode (bit 0: gzip / deflate; bits 1..3: the slice size, 32 .. 4096
- * bytes; bits 4..7 mod 3: the limit between slices stays, shrinks by one, or grows by a slice), byte 1 the output limit (0 .. 255
- * x 256 bytes), the rest is the compressed stream. Checks:
+ * bytes; bits 4..7 mod 3: the limit between slices stays, shrinks by one, or grows by a slice),
+ * byte 1 the output limit (0 .. 255 x 256 bytes), the rest is the compressed stream. Checks:
  *   - the sliced inflation returns exactly what the one-shot one returns (same status, same
  *     bytes) when the limit stays put, never holds more than the limit, and ends;
  *   - what either inflates deflates back (ss_grpc_deflate) and inflates again to the same bytes;
@@ -23,12 +23,12 @@
 #include "service/codec.h"
 #include "splitserve.h"
 
-#define CHECK_FUZZ(c)                                                                      \
-  do {                                                                                     \
-    if (!(c)) {                                                                            \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                \
-      abort();                                                                             \
-    }                                                                                      \
+#define CHECK_FUZZ(c)                                                       \
+  do {                                                                      \
+    if (!(c)) {                                                             \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+      abort();                                                              \
+    }                                                                       \
   } while (0)
 
 /* Inflate in slices; the limit may shrink or grow between steps (mode 0: fixed). */
@@ -41,10 +41,10 @@ static int sliced(int enc, const uint8_t *in, size_t n, size_t max, size_t slice
   for (;;) {
     rv = ss_inflater_step(f, in, n, lim, slice, out, outlen);
     if (rv != SS_INFLATE_MORE) break;
-    CHECK_FUZZ(ss_inflater_held(f) <= top); /* never more than the largest limit given */
+    CHECK_FUZZ(ss_inflater_held(f) <= top);       /* never more than the largest limit given */
     CHECK_FUZZ(++steps < (n + top) / slice + 16); /* every step makes progress */
-    if (move == 1 && lim > 0) lim--;         /* the budget shrinks under it */
-    if (move == 2) lim += slice;             /* or grows */
+    if (move == 1 && lim > 0) lim--;              /* the budget shrinks under it */
+    if (move == 2) lim += slice;                  /* or grows */
     if (lim > top) top = lim;
   }
   ss_inflater_free(f);
