@@ -10,8 +10,8 @@ Sizes are about half the review's (the machine is shared); each attack runs on a
 import gzip
 import os
 import socket
+import shutil
 import ssl
-import struct
 import subprocess
 import sys
 import tempfile
@@ -158,6 +158,7 @@ def a3_preauth_inflate():
         report("3 pre-auth gzip x12", srv, hwm0, probe, st)
     finally:
         srv.stop_ok(30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def a3_stall():
@@ -238,6 +239,7 @@ def a4_tls():
                  sent // MiB, how), flush=True)
     finally:
         srv.stop_ok(30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def a8_metrics():
@@ -293,6 +295,7 @@ def a9_decode():
             report(what, srv, hwm0, probe, "%s %s" % (st.grpc_status, (st.grpc_message or "")[:80]))
         finally:
             srv.stop_ok(30)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 ATTACKS = [a2_gzip_budget, a2_unread, a3_preauth_inflate, a3_stall, a4_tls, a8_metrics, a9_decode]

@@ -201,6 +201,7 @@ def test_gzip_refused_before_inflating_without_token():
     (UNAUTHENTICATED) before its body is buffered or inflated: 4 x 48 MiB gzip requests cost
     nothing (each used to be inflated first, then refused)."""
     import os
+    import shutil
     import tempfile
     tmp = tempfile.mkdtemp(prefix="ss-gz-auth-")
     tok = os.path.join(tmp, "tokens")
@@ -235,6 +236,7 @@ def test_gzip_refused_before_inflating_without_token():
         assert s.grpc_status == 0, s
     finally:
         srv.stop_ok()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_gzip_inflated_in_slices():
