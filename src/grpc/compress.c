@@ -189,7 +189,7 @@ int ss_grpc_deflate(int enc, const ss_zpart *parts, size_t n, size_t reserve, ui
       z.avail_out = oc;
       int zr = deflate(&z, chunk == left ? flush : Z_NO_FLUSH);
       have += oc - z.avail_out;
-      p += chunk - z.avail_in;
+      if (p) p += chunk - z.avail_in; /* (NULL for the final Z_FINISH round) */
       left -= chunk - z.avail_in;
       if (zr == Z_STREAM_END) break;
       if (zr != Z_OK && zr != Z_BUF_ERROR) rv = SS_EPROTO;
