@@ -569,7 +569,7 @@ void ss_call_cache_free(ss_grpc_server *s) {
 
 static void free_parts(ss_call *call) {
   ss_msg_reader_free(&call->reader);
-  free(call->req);
+  ss_grpc_inflated_free(call->req, call->req_map);
   free(call->tail_owner);
   free(call->status_msg);
   free(call->bad_path);

@@ -9,6 +9,8 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "grpc/compress.h"
@@ -45,6 +47,7 @@ struct ss_inflater {
   int enc;
   uint8_t *buf; /* output so far (have of cap bytes) */
   size_t have, cap;
+  size_t map_len; /* buf is an anonymous mapping of this many bytes (0: malloc'd) */
   size_t in_off; /* input bytes consumed */
 };
 
@@ -61,37 +64,61 @@ int ss_inflater_new(int enc, ss_inflater **out) {
   return 0;
 }
 
+void ss_grpc_inflated_free(uint8_t *p, size_t map_len) {
+  if (map_len) munmap(p, map_len);
+  else free(p);
+}
+
 void ss_inflater_free(ss_inflater *f) {
   if (!f) return;
   inflateEnd(&f->z);
-  free(f->buf);
+  ss_grpc_inflated_free(f->buf, f->map_len);
   free(f);
 }
 
 size_t ss_inflater_held(const ss_inflater *f) { return f->have; }
 
+static size_t page_round(size_t n) {
+  long pg = sysconf(_SC_PAGESIZE);
+  size_t p = pg > 0 ? (size_t)pg : 4096;
+  return n == 0 ? p : (n + p - 1) / p * p;
+}
+
 /* Grow the output buffer: first about 4x the input (most messages fit), then straight to the
  * limit (the few bytes so far copied over), instead of a doubling series that copies the output
- * again at every step on the loop thread. Pages of the reservation that the output never
- * reaches are not touched. */
+ * again at every step on the loop thread. A large buffer (SS_INFLATE_MAP_MIN) is an anonymous
+ * mapping of its own: only the pages the output reaches cost memory, and they go back to the
+ * system when the message is freed, where the heap (the daemon keeps 256 MB of freed heap, see
+ * tools/splitserve.c) would keep every page a bomb ever touched. */
+#define SS_INFLATE_MAP_MIN (1u << 20)
 static int grow(ss_inflater *f, size_t n, size_t max) {
   size_t ncap = f->cap ? max : (n < SIZE_MAX / 4 ? n * 4 : max);
   if (ncap < 4096) ncap = 4096;
   if (ncap > max) ncap = max;
   if (ncap <= f->cap) return SS_ERANGE;
-  uint8_t *p = malloc(ncap ? ncap : 1);
-  if (!p) return SS_ENOMEM;
+  uint8_t *p;
+  size_t map_len = 0;
+  if (ncap >= SS_INFLATE_MAP_MIN) {
+    map_len = page_round(ncap);
+    void *m = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return SS_ENOMEM;
+    p = m;
+  } else if (!(p = malloc(ncap ? ncap : 1))) {
+    return SS_ENOMEM;
+  }
   if (f->have) memcpy(p, f->buf, f->have);
-  free(f->buf);
+  ss_grpc_inflated_free(f->buf, f->map_len);
   f->buf = p;
   f->cap = ncap;
+  f->map_len = map_len;
   return 0;
 }
 
 int ss_inflater_step(ss_inflater *f, const uint8_t *in, size_t n, size_t max, size_t slice,
-                     uint8_t **out, size_t *outlen) {
+                     uint8_t **out, size_t *outlen, size_t *out_map) {
   *out = NULL;
   *outlen = 0;
+  *out_map = 0;
   size_t out_budget = slice, in_budget = slice;
   for (;;) {
     if (f->have >= max) { /* at the limit: one more byte of output means too large */
@@ -132,15 +159,22 @@ int ss_inflater_step(ss_inflater *f, const uint8_t *in, size_t n, size_t max, si
     if (used_in == 0 && made == 0 && f->in_off == n) return SS_EPROTO; /* no progress */
   }
   /* (trailing bytes after the stream are ignored) */
-  if (f->buf && f->cap - f->have > (64u << 10)) { /* give the untouched reservation back */
+  if (f->map_len) { /* give the untouched reservation back */
+    size_t keep = page_round(f->have);
+    if (keep < f->map_len) {
+      munmap(f->buf + keep, f->map_len - keep);
+      f->map_len = keep;
+    }
+  } else if (f->buf && f->cap - f->have > (64u << 10)) {
     uint8_t *p = realloc(f->buf, f->have ? f->have : 1);
     if (p) f->buf = p;
   }
   *out = f->buf ? f->buf : malloc(1);
   if (!*out) return SS_ENOMEM;
   *outlen = f->have;
+  *out_map = f->map_len;
   f->buf = NULL;
-  f->have = f->cap = 0;
+  f->have = f->cap = f->map_len = 0;
   return 0;
 }
 
@@ -151,8 +185,16 @@ int ss_grpc_inflate(int enc, const uint8_t *in, size_t n, size_t max, uint8_t **
   ss_inflater *f;
   int rv = ss_inflater_new(enc, &f);
   if (rv != 0) return rv;
-  rv = ss_inflater_step(f, in, n, max, SIZE_MAX, out, outlen);
+  size_t map_len;
+  rv = ss_inflater_step(f, in, n, max, SIZE_MAX, out, outlen, &map_len);
   ss_inflater_free(f);
+  if (rv == 0 && map_len) { /* the contract here: malloc'd */
+    uint8_t *p = malloc(*outlen ? *outlen : 1);
+    if (p) memcpy(p, *out, *outlen);
+    ss_grpc_inflated_free(*out, map_len);
+    *out = p;
+    if (!p) rv = SS_ENOMEM;
+  }
   return rv == SS_INFLATE_MORE ? SS_EPROTO : rv;
 }
 

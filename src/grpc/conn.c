@@ -574,9 +574,9 @@ static int inflate_slice(ss_call *call) {
   int by_budget;
   size_t limit = zin_limit(call, &by_budget);
   uint8_t *out;
-  size_t outlen;
-  int rv =
-      ss_inflater_step(call->zin, call->req, call->req_len, limit, SS_INFLATE_SLICE, &out, &outlen);
+  size_t outlen, out_map;
+  int rv = ss_inflater_step(call->zin, call->req, call->req_len, limit, SS_INFLATE_SLICE, &out,
+                            &outlen, &out_map);
   size_t have = rv == SS_INFLATE_MORE ? ss_inflater_held(call->zin) : rv == 0 ? outlen : 0;
   /* The inflated bytes count against the budget as they are made. */
   c->in_held = c->in_held - call->zin_acct + have;
@@ -603,9 +603,10 @@ static int inflate_slice(ss_call *call) {
       ss_call_failf(call, SS_GRPC_INTERNAL, "request message is not valid %s data", name);
     return 0;
   }
-  free(call->req);
+  ss_grpc_inflated_free(call->req, call->req_map);
   call->req = out;
   call->req_len = outlen;
+  call->req_map = out_map;
   if (call->end_seen) {
     dispatch(call);
     if (c->nstream_debtors) in_rebalance(c);

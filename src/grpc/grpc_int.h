@@ -111,6 +111,8 @@ struct ss_call {
   ss_msg_reader reader;
   uint8_t *req;               /* the request message (owned; tensor views point into it) */
   size_t req_len;
+  size_t req_map;             /* req is an anonymous mapping of this length (an inflated
+                               * message, compress.h), freed with ss_grpc_inflated_free */
   int nmsgs;
   int refused;                /* answered before the request was complete: discard its data */
   int have_ctype;             /* a content-type header was sent */

@@ -5,7 +5,8 @@
  *
  * Input: byte 0 picks the mode (bit 0: gzip / deflate; bits 1..3: the slice size, 32 .. 4096
  * bytes; bits 4..7 mod 3: the limit between slices stays, shrinks by one, or grows by a slice),
- * byte 1 the output limit (0 .. 255 x 256 bytes), the rest is the compressed stream. Checks:
+ * byte 1 the output limit (0 .. 254 x 256 bytes; 255: 2 MiB, where the transport's buffer is a
+ * mapping), the rest is the compressed stream. Checks:
  *   - the sliced inflation returns exactly what the one-shot one returns (same status, same
  *     bytes) when the limit stays put, never holds more than the limit, and ends;
  *   - what either inflates deflates back (ss_grpc_deflate) and inflates again to the same bytes;
@@ -37,9 +38,9 @@ static int sliced(int enc, const uint8_t *in, size_t n, size_t max, size_t slice
   ss_inflater *f;
   if (ss_inflater_new(enc, &f) != 0) return SS_ENOMEM;
   int rv;
-  size_t steps = 0, lim = max, top = max;
+  size_t steps = 0, lim = max, top = max, map_len = 0;
   for (;;) {
-    rv = ss_inflater_step(f, in, n, lim, slice, out, outlen);
+    rv = ss_inflater_step(f, in, n, lim, slice, out, outlen, &map_len);
     if (rv != SS_INFLATE_MORE) break;
     CHECK_FUZZ(ss_inflater_held(f) <= top);       /* never more than the largest limit given */
     CHECK_FUZZ(++steps < (n + top) / slice + 16); /* every step makes progress */
@@ -48,7 +49,16 @@ static int sliced(int enc, const uint8_t *in, size_t n, size_t max, size_t slice
     if (lim > top) top = lim;
   }
   ss_inflater_free(f);
-  if (rv == 0) CHECK_FUZZ(*outlen <= lim);
+  if (rv == 0) {
+    CHECK_FUZZ(*outlen <= lim);
+    if (map_len) { /* a mapping: the caller here wants malloc'd bytes */
+      uint8_t *p = malloc(*outlen ? *outlen : 1);
+      CHECK_FUZZ(p != NULL);
+      memcpy(p, *out, *outlen);
+      ss_grpc_inflated_free(*out, map_len);
+      *out = p;
+    }
+  }
   return rv;
 }
 
@@ -57,7 +67,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int enc = (data[0] & 1) ? SS_ENC_GZIP : SS_ENC_DEFLATE;
   size_t slice = (size_t)1 << (((data[0] >> 1) & 7) + 5); /* 32 .. 4096 */
   unsigned move = (data[0] >> 4) % 3;
-  size_t max = (size_t)data[1] * 256;
+  size_t max = data[1] == 255 ? (size_t)2 << 20 : (size_t)data[1] * 256; /* 255: mapped buffer */
   const uint8_t *in = data + 2;
   size_t n = size - 2;
 

@@ -191,6 +191,8 @@ write("compress", {
     "gzip_sliced_shrinking": bytes([0x13, 40]) + gzip.compress(b"\0" * 9000, mtime=0),
     "deflate_sliced_growing": bytes([0x22, 2]) + zlib.compress(bytes(range(256)) * 40),
     "bomb": bytes([0x0f, 16]) + gzip.compress(b"\0" * (1 << 20), mtime=0),
+    "mapped": bytes([0x0f, 255]) + gzip.compress(b"\1" * (3 << 19), mtime=0),
+    "mapped_bomb": bytes([0x00, 255]) + zlib.compress(b"\0" * (3 << 20)),
     "truncated": bytes([0x01, 255]) + gzip.compress(RAWT, mtime=0)[:-6],
     "trailing": bytes([0x00, 255]) + zlib.compress(RAWT) + b"junk",
 })
