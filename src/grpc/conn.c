@@ -590,7 +590,7 @@ static int inflate_slice(ss_call *call) {
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
                     "request message inflates (%s) to more than the %zu bytes left of this "
                     "connection's buffer budget of %zu MiB (--max-connection-buffer-mb)",
-                    name, limit, c->srv->cfg.max_connection_buffer_bytes);
+                    name, limit, c->srv->cfg.max_connection_buffer_bytes >> 20);
     else if (rv == SS_ERANGE)
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
                     "request message inflates (%s) to more than the limit of %zu bytes "
