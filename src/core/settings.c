@@ -67,8 +67,9 @@ const ss_setting ss_settings[] = {
   {"--max-connection-buffer-mb", "N", "max_connection_buffer_mb", SS_ST_MB,
    F(max_connection_buffer_bytes), 0, 1, 1 << 20, 64, NULL, NULL,
    "per connection and direction: request bytes held (the server sends `WINDOW_UPDATE` only as "
-   "far as this allows; one message larger than it still arrives) and response bytes the client "
-   "has not read (over it: `RESOURCE_EXHAUSTED`)"},
+   "far as this allows; one message larger than it still arrives; a compressed request counts "
+   "inflated, and may not inflate past what is left of it: `RESOURCE_EXHAUSTED`) and response "
+   "bytes the client has not read (over it: `RESOURCE_EXHAUSTED`)"},
   {"--handshake-timeout", "S", "handshake_timeout", SS_ST_SECONDS, F(handshake_timeout_s), 0, 0,
    DAY, 10, NULL, NULL,
    "the TLS handshake (with `--tls-cert`), the HTTP/2 preface and SETTINGS must arrive within S, "
@@ -80,8 +81,9 @@ const ss_setting ss_settings[] = {
    "pings at most once a second); pinging is never punished"},
   {"--request-body-timeout", "S", "request_body_timeout", SS_ST_SECONDS,
    F(request_body_timeout_s), 0, 0, DAY, 30, NULL, NULL,
-   "a request whose headers or body stop arriving for S is answered `DEADLINE_EXCEEDED`; 0 = "
-   "off"},
+   "a request whose headers or body stop arriving for S is answered `DEADLINE_EXCEEDED`; a "
+   "connection whose responses the client does not read for S is closed (GOAWAY "
+   "`ENHANCE_YOUR_CALM`); 0 = off"},
   {"--tls-cert", "FILE", "tls_cert", SS_ST_STR, F(tls_cert), 0, 0, 0, 0, NULL, "off",
    "serve TLS 1.2+ (OpenSSL on memory BIOs; ALPN `h2` required) with this PEM certificate chain "
    "(and `--tls-key`); SIGHUP re-reads them (a broken file keeps the old context and logs an "
@@ -95,8 +97,9 @@ const ss_setting ss_settings[] = {
    0, NULL, NULL,
    "compress responses with gzip or deflate when the client lists one in `grpc-accept-encoding` "
    "(level 1, on the loop thread). Compressed requests (`grpc-encoding: gzip` / `deflate`) are "
-   "always accepted, `--max-message-bytes` limiting their inflated size (a zip bomb gets "
-   "`RESOURCE_EXHAUSTED`)"},
+   "always accepted, `--max-message-bytes` and the connection's buffer budget limiting their "
+   "inflated size (a zip bomb gets `RESOURCE_EXHAUSTED`); they are inflated 1 MiB per loop "
+   "iteration, and only once the request headers passed authentication"},
   {"--model", "ID=KIND[,k=v...]", "models", SS_ST_MODEL, 0, 0, 0, 0, 0, NULL, "",
    "serve a model (repeatable; the first is the default). Kinds: identity, mlp (`weights`, "
    "`activation`), gpt2 (`weights`, `config`, `layers`), llama (`weights`, `config`, `layers`, "

@@ -99,7 +99,10 @@ static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
 void ss_call_take_output(ss_call *call, uint8_t *dst, size_t n) {
   size_t acct = n < call->out_acct ? n : call->out_acct;
   call->out_acct -= acct;
-  if (call->conn) call->conn->out_pending -= acct;
+  if (call->conn) {
+    call->conn->out_pending -= acct;
+    call->conn->out_progress_ms = uv_now(call->srv->loop); /* the peer is reading */
+  }
   size_t a = call->out_len - call->out_off;
   if (a > n) a = n;
   memcpy(dst, call->out + call->out_off, a);
@@ -568,7 +571,7 @@ void ss_call_cache_free(ss_grpc_server *s) {
 
 static void free_parts(ss_call *call) {
   ss_msg_reader_free(&call->reader);
-  free(call->req);
+  ss_grpc_inflated_free(call->req, call->req_map);
   free(call->tail_owner);
   free(call->status_msg);
   free(call->bad_path);

@@ -43,7 +43,14 @@
  *                 the budget still arrives) and only while the completed requests waiting for
  *                 compute or for their client to read stay within the budget. Stream windows
  *                 are budget / max streams (64 KiB .. 8 MiB), so a connection holds at most
- *                 about budget + streams x window + one message.
+ *                 about budget + streams x window + one message. A compressed message counts
+ *                 inflated: it may inflate only as far as the budget has room once everything
+ *                 else the connection holds is counted (else RESOURCE_EXHAUSTED), so a 93 KB
+ *                 gzip request cannot become 98 MB held.
+ *   inflation     never in one go on the loop: the flush check gives up to SS_INFLATE_CALLS
+ *                 calls SS_INFLATE_SLICE bytes each per iteration, and only after the method's
+ *                 precheck (credentials) passed at END_HEADERS; a call is dispatched once its
+ *                 message is whole.
  *   outbound bytes responses queued and not yet written are counted per connection; a reply
  *                 that would take them over the budget is answered RESOURCE_EXHAUSTED instead
  *                 (a streamed message: the stream is reset), so a client that never opens its
@@ -53,9 +60,14 @@
  *                 received nothing (PINGs count) for the idle timeout gets GOAWAY; a doomed
  *                 connection lingers at most SS_LINGER_MS for its peer to read the GOAWAY.
  *                 Per call, the same entry as its deadline: headers must complete and body
- *                 bytes keep coming within the request body timeout.
+ *                 bytes keep coming within the request body timeout. Response bytes queued and
+ *                 not taken by the peer for the same timeout end the connection (GOAWAY).
+ *                 TLS: after the peer's close_notify nothing more is read; the connection
+ *                 closes once its calls are answered.
  *   protocol      :method must be POST (else HTTP 405), te: trailers is required (else
  *                 INVALID_ARGUMENT); nghttp2 refuses NUL/CR/LF in header values and :path.
+ *   per method    ss_method.max_request_bytes lowers the message limit (health checks: 1 KiB)
+ *                 and ss_method.precheck may refuse the call from its headers at END_HEADERS.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -349,10 +361,25 @@ static void headers_done(ss_conn *c, ss_call *call) {
     return;
   }
   call->is_drain_exempt = call->method->server_streaming;
+  const ss_method *m = call->method;
+  if (m->max_request_bytes && m->max_request_bytes < call->reader.max_len)
+    call->reader.max_len = m->max_request_bytes; /* the prefix and the inflated size both */
+  if (m->precheck) { /* e.g. credentials: refused before any body byte is buffered or inflated */
+    char msg[256] = "";
+    int code = m->precheck(call, s->method_app, msg, sizeof msg);
+    if (code != 0) {
+      call->refused = 1;
+      ss_call_failf(call, code, "%s", msg);
+    }
+  }
 }
 
 static void dispatch(ss_call *call) {
   if (call->state != SS_CALL_RECV || call->refused) return;
+  if (call->zin) { /* still inflating: dispatched once the message is whole */
+    call->end_seen = 1;
+    return;
+  }
   call->state = SS_CALL_ACTIVE;
   if (call->nmsgs == 0 && !ss_msg_reader_idle(&call->reader)) {
     ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request ended inside a message (%zu of %zu bytes)",
@@ -466,8 +493,59 @@ static void in_account(ss_conn *c, ss_call *call, size_t len) {
   consume_log(nghttp2_session_consume_stream(c->h2, call->stream_id, len), call->stream_id);
 }
 
-/* The request message has the compressed flag: inflate it (grpc-encoding gzip or deflate) with
- * --max-message-bytes as the limit on the inflated size. 0, or -1 when the call was answered. */
+/* ---- compressed requests: inflated a slice per loop iteration, within the budget ---- */
+
+#define SS_INFLATE_SLICE (1u << 20) /* output (and input) bytes per call per iteration */
+#define SS_INFLATE_CALLS 4          /* calls given a slice per iteration (~ 4 x 3 ms) */
+
+static void zin_unlink(ss_grpc_server *s, ss_call *call) {
+  if (call->zin_prev)
+    call->zin_prev->zin_next = call->zin_next;
+  else
+    s->inflating = call->zin_next;
+  if (call->zin_next)
+    call->zin_next->zin_prev = call->zin_prev;
+  else
+    s->inflating_tail = call->zin_prev;
+  call->zin_prev = call->zin_next = NULL;
+}
+
+static void zin_append(ss_grpc_server *s, ss_call *call) {
+  call->zin_next = NULL;
+  call->zin_prev = s->inflating_tail;
+  if (s->inflating_tail)
+    s->inflating_tail->zin_next = call;
+  else
+    s->inflating = call;
+  s->inflating_tail = call;
+}
+
+/* Stop inflating call (finished, refused or gone): its partial output is freed. */
+static void zin_stop(ss_call *call) {
+  if (!call->zin) return;
+  zin_unlink(call->srv, call);
+  ss_inflater_free(call->zin);
+  call->zin = NULL;
+}
+
+/* The inflated size a request may reach now: --max-message-bytes (or the method's bound), and
+ * what the connection's buffer budget has left once everything else it holds is counted (the
+ * request's own compressed bytes included), so a small compressed message cannot make the
+ * server hold more than the budget. *by_budget: the budget is the smaller of the two. */
+static size_t zin_limit(ss_call *call, int *by_budget) {
+  ss_conn *c = call->conn;
+  size_t max = call->reader.max_len, budget = c->srv->cfg.max_connection_buffer_bytes;
+  size_t held = c->in_held - call->zin_acct; /* all but this call's inflated bytes */
+  size_t room = budget > held ? budget - held : 0;
+  *by_budget = room < max;
+  return room < max ? room : max;
+}
+
+static void dispatch(ss_call *call);
+
+/* The request message has the compressed flag: start inflating it (grpc-encoding gzip or
+ * deflate); the loop's flush check does the work a slice at a time (ss_conn_inflate_some).
+ * 0, or -1 when the call was answered. */
 static int inflate_request(ss_call *call) {
   const char *name = call->encoding;
   int enc = name ? ss_grpc_encoding_parse(name, strlen(name)) : -1;
@@ -478,26 +556,78 @@ static int inflate_request(ss_call *call) {
                   "and gzip", name ? name : "(none declared)");
     return -1;
   }
+  if (ss_inflater_new(enc, &call->zin) != 0) {
+    call->refused = 1;
+    ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory inflating a %zu-byte message",
+                  call->req_len);
+    return -1;
+  }
+  call->zin_enc = enc;
+  zin_append(call->srv, call);
+  ss_grpc_wake_flush(call->srv);
+  return 0;
+}
+
+/* One slice of call's inflation. 1 while work is left, else 0 (done, or the call answered). */
+static int inflate_slice(ss_call *call) {
+  ss_conn *c = call->conn;
+  const char *name = ss_grpc_encoding_name(call->zin_enc);
+  int by_budget;
+  size_t limit = zin_limit(call, &by_budget);
   uint8_t *out;
-  size_t outlen, max = call->reader.max_len;
-  int rv = ss_grpc_inflate(enc, call->req, call->req_len, max, &out, &outlen);
+  size_t outlen, out_map;
+  int rv = ss_inflater_step(call->zin, call->req, call->req_len, limit, SS_INFLATE_SLICE, &out,
+                            &outlen, &out_map);
+  size_t have = rv == SS_INFLATE_MORE ? ss_inflater_held(call->zin) : rv == 0 ? outlen : 0;
+  /* The inflated bytes count against the budget as they are made. */
+  c->in_held = c->in_held - call->zin_acct + have;
+  call->in_held = call->in_held - call->zin_acct + have;
+  call->zin_acct = have;
+  if (rv == SS_INFLATE_MORE) return 1;
+  zin_stop(call);
   if (rv != 0) {
     call->refused = 1;
-    if (rv == SS_ERANGE)
+    if (rv == SS_ERANGE && by_budget)
+      ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                    "request message inflates (%s) to more than the %zu bytes left of this "
+                    "connection's buffer budget of %zu MiB (--max-connection-buffer-mb)",
+                    name, limit, c->srv->cfg.max_connection_buffer_bytes >> 20);
+    else if (rv == SS_ERANGE)
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
                     "request message inflates (%s) to more than the limit of %zu bytes "
-                    "(--max-message-bytes)", name, max);
+                    "(--max-message-bytes)",
+                    name, limit);
     else if (rv == SS_ENOMEM)
       ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory inflating a %zu-byte message",
                     call->req_len);
     else
       ss_call_failf(call, SS_GRPC_INTERNAL, "request message is not valid %s data", name);
-    return -1;
+    return 0;
   }
-  free(call->req);
+  ss_grpc_inflated_free(call->req, call->req_map);
   call->req = out;
   call->req_len = outlen;
+  call->req_map = out_map;
+  if (call->end_seen) {
+    dispatch(call);
+    if (c->nstream_debtors) in_rebalance(c);
+  }
   return 0;
+}
+
+int ss_conn_inflate_some(ss_grpc_server *s) {
+  for (int i = 0; i < SS_INFLATE_CALLS && s->inflating; i++) {
+    ss_call *call = s->inflating;
+    if (!call->conn || call->refused || call->state != SS_CALL_RECV) { /* answered meanwhile */
+      zin_stop(call);
+      continue;
+    }
+    if (inflate_slice(call) && call == s->inflating) { /* round robin: to the back */
+      zin_unlink(s, call);
+      zin_append(s, call);
+    }
+  }
+  return s->inflating != NULL;
 }
 
 static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
@@ -531,9 +661,15 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
       if (compressed && inflate_request(call) != 0) return 0;
     } else if (rv == SS_MSG_TOO_LARGE) {
       call->refused = 1;
-      ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
-                    "request message of %zu bytes exceeds the limit of %zu bytes (--max-message-bytes)",
-                    call->reader.len, call->reader.max_len);
+      if (call->reader.max_len < c->srv->cfg.max_message_bytes)
+        ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                      "request message of %zu bytes exceeds the limit of %zu bytes for %s",
+                      call->reader.len, call->reader.max_len, call->method->path);
+      else
+        ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED,
+                      "request message of %zu bytes exceeds the limit of %zu bytes "
+                      "(--max-message-bytes)",
+                      call->reader.len, call->reader.max_len);
       return 0;
     } else if (rv == SS_MSG_NOMEM) {
       call->refused = 1;
@@ -561,6 +697,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
 
 /* The stream is gone (answered, reset by the client, or the session ends). */
 static void stream_gone(ss_conn *c, ss_call *call) {
+  zin_stop(call);
   c->in_held -= call->in_held;
   call->in_held = 0;
   if (call->stream_debt) {
@@ -689,6 +826,33 @@ static void on_recv_timeout(ss_tq_entry *e) {
                 "request body stopped arriving: nothing for %.1f s (--request-body-timeout)", t);
 }
 
+/* Responses queued and not taken by the peer (its flow-control window stays shut, or it does
+ * not read the socket) for the request body timeout: the connection goes, and with it what its
+ * calls hold (up to the budget each way), instead of holding it as long as the peer likes. */
+static void on_stall_timer(ss_tq_entry *e) {
+  ss_conn *c = ss_container_of(e, ss_conn, stall);
+  double t = c->srv->cfg.request_body_timeout_s;
+  if (c->closing || c->doomed || c->out_pending == 0 || t <= 0) return;
+  uint64_t due_ms = c->out_progress_ms + (uint64_t)(t * 1000.0);
+  if (due_ms > tq_now_ms()) {
+    if (ss_tq_arm(&c->srv->tq, &c->stall, due_ms * 1000000u, on_stall_timer) != 0)
+      SS_LOGD("connection: no memory for its stall timer");
+    return;
+  }
+  ss_conn_kill(c, NGHTTP2_ENHANCE_YOUR_CALM,
+               "%zu response bytes not read for %.1f s (--request-body-timeout)", c->out_pending,
+               t);
+}
+
+static void stall_watch(ss_conn *c) {
+  double t = c->srv->cfg.request_body_timeout_s;
+  if (c->out_pending == 0 || t <= 0 || ss_tq_armed(&c->stall) || c->doomed) return;
+  c->out_progress_ms = uv_now(c->srv->loop);
+  if (ss_tq_arm(&c->srv->tq, &c->stall, (c->out_progress_ms + (uint64_t)(t * 1000.0)) * 1000000u,
+                on_stall_timer) != 0)
+    SS_LOGD("connection: no memory for its stall timer");
+}
+
 /* TLS: a close_notify alert just before the FIN or the close, so the peer can tell a clean end
  * from a truncation. Best effort and bounded: written only when nothing else is waiting and the
  * socket takes it at once (uv_try_write keeps the order: it refuses while a write is queued);
@@ -709,6 +873,7 @@ void ss_conn_close(ss_conn *c) {
   c->closing = 1;
   ss_grpc_server *s = c->srv;
   ss_tq_cancel(&s->tq, &c->tmo);
+  ss_tq_cancel(&s->tq, &c->stall);
   /* nghttp2_session_del does not report stream closes: settle the calls ourselves. */
   while (c->calls) {
     ss_call *call = c->calls;
@@ -828,6 +993,7 @@ static void flush(ss_conn *c) {
       ss_conn_close(c);
       return;
     }
+    stall_watch(c);
   }
   if (c->tls) {
     if (!c->writing && tls_write(c) != 0) return;
@@ -862,6 +1028,7 @@ static void flush(ss_conn *c) {
     return;
   }
   if (h2_on && !nghttp2_session_want_read(c->h2)) conn_doom(c);
+  if (c->peer_done && !c->calls) conn_doom(c); /* after its close_notify: answered, so close */
 }
 
 void ss_conn_mark_dirty(ss_conn *c) {
@@ -917,6 +1084,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
       SS_STAT_INC(c->srv->stats.connections_refused);
       conn_doom(c); /* the alert goes out, then the close */
       return;
+    }
+    if (tr == SS_TLS_CLOSED) { /* the peer is done sending: answer what is open, then close */
+      if (!c->peer_done) {
+        c->peer_done = 1;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+      }
+      tr = 0;
     }
     rv = tr;
   } else {

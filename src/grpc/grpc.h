@@ -42,12 +42,27 @@ typedef struct ss_seg {
 /* One RPC method. handler runs on the loop thread once the call's request message is complete
  * (unary request; streaming requests are not supported). state_size: bytes of handler state
  * kept inside the call (ss_call_state), so a call costs no allocation; the transport sizes its
- * call objects from the largest entry of the table. */
+ * call objects from the largest entry of the table.
+ *
+ * Checks before the body (both optional), so a refused request costs neither buffering nor
+ * inflating:
+ *   max_request_bytes  the largest request message of this method, inflated (0: the server's
+ *                      max_message_bytes; a larger value is capped by it). Over it the call is
+ *                      refused with RESOURCE_EXHAUSTED as soon as the message prefix says so.
+ *   precheck           runs once the request headers are complete (END_HEADERS), before any of
+ *                      the body is read, on the I/O loop that owns the connection: with
+ *                      io_threads > 1 on any of them, so it must be thread-safe and read only
+ *                      the call's headers (ss_call_header). It returns 0 to go on, or a gRPC
+ *                      status code with a message in msg[msglen] (no secrets: it goes to the
+ *                      client) to refuse the call at once. The handler still runs its own checks;
+ *                      this one only decides early. */
 typedef struct ss_method {
   const char *path;              /* "/package.Service/Method" */
   int server_streaming;          /* streaming responses: does not hold a drain open */
   size_t state_size;
   void (*handler)(ss_call *call, void *app); /* app: the server's method_app */
+  size_t max_request_bytes;
+  int (*precheck)(const ss_call *call, void *app, char *msg, size_t msglen);
 } ss_method;
 
 /* What the transport tells its owner (all on the loop thread; any may be NULL). */
@@ -73,11 +88,13 @@ typedef struct ss_grpc_config {
   size_t max_connections_per_peer; /* open connections per client IP address (1000) */
   uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS, enforced (256) */
   size_t max_header_list_bytes;    /* decoded header bytes per stream, +32 per field (16 KiB) */
-  size_t max_connection_buffer_bytes; /* request bytes held and response bytes unsent per
-                                    * connection, each direction (64 MiB) */
+  size_t max_connection_buffer_bytes; /* request bytes held (inflated bytes counted as they
+                                       * are made) and response bytes unsent per connection, each
+                                       * direction (64 MiB) */
   double handshake_timeout_s;      /* preface + SETTINGS (10) */
   double idle_timeout_s;           /* no stream open, nothing received (300) */
-  double request_body_timeout_s;   /* headers / body of a request stop arriving (30) */
+  double request_body_timeout_s;   /* headers / body of a request stop arriving, or response
+                                    * bytes stop being taken by the peer (30) */
   /* Request headers kept for the handler (ss_call_header): lowercase names, borrowed (must
    * outlive the server), at most SS_GRPC_MAX_KEPT_HEADERS. The transport does not know what
    * they mean; a value longer than max_kept_header_bytes (0 = 1024) refuses the call with

@@ -111,6 +111,8 @@ struct ss_call {
   ss_msg_reader reader;
   uint8_t *req;               /* the request message (owned; tensor views point into it) */
   size_t req_len;
+  size_t req_map;             /* req is an anonymous mapping of this length (an inflated
+                               * message, compress.h), freed with ss_grpc_inflated_free */
   int nmsgs;
   int refused;                /* answered before the request was complete: discard its data */
   int have_ctype;             /* a content-type header was sent */
@@ -125,6 +127,11 @@ struct ss_call {
   size_t out_acct;            /* response bytes queued and not yet sent (conn->out_pending) */
   char *bad_path;             /* :path that routed nowhere (for the UNIMPLEMENTED message) */
   char *encoding;             /* grpc-encoding when not identity */
+  struct ss_inflater *zin;    /* inflating the request in slices (conn.c), or NULL */
+  int zin_enc;                /* its encoding */
+  size_t zin_acct;            /* inflated bytes counted in in_held so far */
+  int end_seen;               /* END_STREAM arrived while inflating: dispatch when done */
+  ss_call *zin_prev, *zin_next; /* the shard's inflating calls */
   int accept_enc;             /* from grpc-accept-encoding: SS_ENC_GZIP/DEFLATE or identity (0) */
   int resp_enc;               /* the response message is compressed with this (0: identity) */
   int64_t timeout_ns;         /* from grpc-timeout; 0 = none */
@@ -186,11 +193,14 @@ struct ss_conn {
   int handshaken;             /* the client's SETTINGS arrived */
   int doomed;                 /* GOAWAY queued: input discarded, closed once written */
   int shut;                   /* write side shut down (lingering for the peer's EOF) */
+  int peer_done;              /* TLS close_notify received: no more input; close once idle */
   uv_shutdown_t shutreq;
   unsigned hdr_overflows;     /* streams refused for their header size */
   size_t in_held;             /* request bytes held by this connection's open streams */
   size_t nstream_debtors;     /* calls with stream_debt > 0 */
   size_t out_pending;         /* response bytes queued and not yet written */
+  ss_tq_entry stall;          /* out_pending > 0: the peer must take some within the timeout */
+  uint64_t out_progress_ms;   /* uv_now() when the stall watch started or output last moved */
   ss_tls_conn *tls;           /* NULL: plaintext. wbuf then gathers plaintext, which is sealed
                                * into inflight_buf when a write starts (conn.c flush) */
 };
@@ -236,6 +246,8 @@ struct ss_grpc_server {
   ss_conn *conns;
   size_t nconns;
   ss_conn *dirty;
+  ss_call *inflating, *inflating_tail; /* calls whose request is being inflated (a slice per
+                                        * iteration, round robin) */
   ss_call *live;              /* calls owing an answer (drain waits for these) */
   size_t nlive;
   ss_call *free_calls;        /* recycled call objects (linked through conn_next) */
@@ -293,6 +305,9 @@ void ss_call_finalize_local(ss_call *call);
 void ss_conn_accept(ss_grpc_server *s);
 void ss_conn_mark_dirty(ss_conn *c);
 void ss_conn_flush_all(ss_grpc_server *s);
+/* One slice of work for each call whose request is being inflated (once per loop iteration,
+ * from the flush check); nonzero while some are left. */
+int ss_conn_inflate_some(ss_grpc_server *s);
 /* The final GOAWAY (last stream id = the last one processed). */
 void ss_conn_goaway(ss_conn *c);
 /* Drain, first step: GOAWAY with the largest stream id (no new streams, please) and a PING;

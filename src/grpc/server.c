@@ -207,6 +207,7 @@ static void on_flush_check(uv_check_t *h) {
   /* Draining: the last call answered, or the last final GOAWAY queued (PING ack, notice
    * timeout, a connection closed), makes it drained. */
   if (s->draining && !s->stopped && drained(s)) finish_drain(s, 1);
+  int inflating = s->inflating ? ss_conn_inflate_some(s) : 0;
   ss_conn_flush_all(s);
   /* Shard 0 closes once every shard has drained (the owner's drained hook has run) and the
    * owner is not busy; the other shards close as soon as their own drain is done. */
@@ -231,7 +232,7 @@ static void on_flush_check(uv_check_t *h) {
       return;
     }
   }
-  if (!s->dirty) uv_idle_stop(&s->flush_idle);
+  if (!s->dirty && !inflating) uv_idle_stop(&s->flush_idle);
 }
 
 static void on_idle(uv_idle_t *h) { (void)h; }

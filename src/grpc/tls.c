@@ -346,6 +346,9 @@ int ss_tls_connect(ss_tls_conn *t, char *err, size_t errlen) { return handshake(
 int ss_tls_feed(ss_tls_conn *t, const uint8_t *in, size_t n, uint8_t *scratch, size_t scratch_len,
                 int (*deliver)(void *arg, const uint8_t *p, size_t len), void *arg, char *err,
                 size_t errlen) {
+  /* After the peer's close_notify nothing more is read: bytes it still sends would pile up in
+   * the input BIO without limit (SSL_read returns 0 without consuming them). */
+  if (SSL_get_shutdown(t->ssl) & SSL_RECEIVED_SHUTDOWN) return SS_TLS_CLOSED;
   if (n > 0 && BIO_write(t->rbio, in, (int)n) != (int)n) {
     snprintf(err, errlen, "TLS: out of memory");
     return SS_ENOMEM;
@@ -365,7 +368,7 @@ int ss_tls_feed(ss_tls_conn *t, const uint8_t *in, size_t n, uint8_t *scratch, s
     }
     int e = SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return 0;
-    if (e == SSL_ERROR_ZERO_RETURN) return 0; /* close_notify: the TCP EOF ends it */
+    if (e == SSL_ERROR_ZERO_RETURN) return SS_TLS_CLOSED; /* close_notify */
     char why[256];
     ossl_reason(why, sizeof why);
     snprintf(err, errlen, "TLS record: %s", why);

@@ -34,8 +34,11 @@ void ss_tls_conn_free(ss_tls_conn *t);
 int ss_tls_ready(const ss_tls_conn *t);
 
 /* Feed n ciphertext bytes. Plaintext goes to deliver(arg, p, len) (which returns <0 to stop:
- * that value is returned), using scratch[scratch_len] as the buffer. Returns 0, or SS_EPROTO
- * on a failed handshake / bad record (why in err: the alert for the peer is in the output). */
+ * that value is returned), using scratch[scratch_len] as the buffer. Returns 0, SS_TLS_CLOSED
+ * once the peer's close_notify has arrived (from then on input is dropped unread: the caller
+ * stops reading), or SS_EPROTO on a failed handshake / bad record (why in err: the alert for
+ * the peer is in the output). */
+#define SS_TLS_CLOSED 1
 int ss_tls_feed(ss_tls_conn *t, const uint8_t *in, size_t n, uint8_t *scratch, size_t scratch_len,
                 int (*deliver)(void *arg, const uint8_t *p, size_t len), void *arg, char *err,
                 size_t errlen);

@@ -16,7 +16,7 @@
 #include "core/log.h"
 
 #define HEAD_MAX 8192
-#define IDLE_MS 30000
+#define IDLE_MS 5000 /* the whole request must come within this (a scraper sends it at once) */
 
 typedef struct mconn mconn;
 
@@ -29,6 +29,8 @@ struct ss_metrics_http {
   void *app;
   mconn *conns;
   int nconns;
+  uint64_t evicted;       /* connections closed to make room for a new one */
+  uint64_t evict_note_ms; /* last log line about it (at most one a second) */
 };
 
 struct mconn {
@@ -164,9 +166,32 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 static void on_idle(uv_timer_t *t) { conn_close(t->data); }
 
+/* At the connection limit: close the oldest connection still waiting for its request (idle, or
+ * sent in part), so that idle or slow clients cannot lock scrapers out; 0 when one was closed,
+ * -1 when every connection is being answered. */
+static int evict_oldest_waiting(ss_metrics_http *m) {
+  mconn *victim = NULL;
+  for (mconn *c = m->conns; c; c = c->next) /* newest first: the last one found is the oldest */
+    if (!c->answered && !c->closing) victim = c;
+  if (!victim) return -1;
+  conn_close(victim);
+  return 0;
+}
+
 static void on_connection(uv_stream_t *server, int status) {
   ss_metrics_http *m = server->data;
   if (status < 0) return;
+  if (m->nconns >= SS_METRICS_MAX_CONNS && evict_oldest_waiting(m) == 0) {
+    m->evicted++;
+    uint64_t now = uv_now(m->loop);
+    if (now - m->evict_note_ms >= 1000) {
+      SS_LOGW(
+          "metrics: %d connections open: closed the oldest one still waiting for its request "
+          "(%llu such closes so far)",
+          SS_METRICS_MAX_CONNS, (unsigned long long)m->evicted);
+      m->evict_note_ms = now;
+    }
+  }
   mconn *c = calloc(1, sizeof *c);
   if (!c) return;
   c->m = m;

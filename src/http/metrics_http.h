@@ -5,8 +5,11 @@
  * Requests are parsed with Debian's http-parser (libhttp-parser-dev), never by hand. It knows
  * nothing of gRPC or the service: the composition root passes the render callback.
  *
- * Bounds: at most SS_METRICS_MAX_CONNS connections (more are closed at accept), a request head of
- * at most 8 KiB, one request per read burst, connections idle for 30 s closed.
+ * Bounds: at most SS_METRICS_MAX_CONNS connections; when a new one comes at the limit, the oldest
+ * connection still waiting for its request (idle or sent in part) is closed to make room (only
+ * when every one is being answered is the new one closed), so idle or half-sent connections
+ * cannot lock a scraper out. A request head of at most 8 KiB, which must arrive within 5 s of
+ * the connect; one request per connection.
  *
  * Thread: the loop thread only.
  */

@@ -471,11 +471,18 @@ static int decode_request(compute_state *st, const uint8_t **data, size_t *dlen)
   ss_service *s = st->svc;
   ss_call *call = st->call;
   {
-    /* Before protobuf-c allocates anything: metadata entry count and sizes; no NUL in ids. */
+    /* Before protobuf-c allocates anything: metadata entry count and sizes; no NUL in ids;
+     * unknown fields, repeated entries (shape) and repeats of singular fields bounded. */
     static const uint32_t str_fields[] = {5, 6};
     static const char *const str_names[] = {"model_id", "forward_id"};
-    ss_wire_limits lim = {4, (size_t)s->cfg.max_metadata_entries, s->cfg.max_metadata_key_bytes,
-                          s->cfg.max_metadata_value_bytes, str_fields, str_names, 2};
+    ss_wire_limits lim = {4,
+                          (size_t)s->cfg.max_metadata_entries,
+                          s->cfg.max_metadata_key_bytes,
+                          s->cfg.max_metadata_value_bytes,
+                          str_fields,
+                          str_names,
+                          2,
+                          &splitlearn__comm__compute_request__descriptor};
     char why[256];
     int rv = ss_wire_check(st->reqbuf, st->reqlen, &lim, why, sizeof why);
     if (rv != 0) {

@@ -15,7 +15,9 @@
  * StreamMonitoring need a bearer token (`authorization: Bearer TOKEN`); Compute and
  * ComputeBackward also need the token to allow the model. Health checks stay open (probes and
  * load balancers carry no token). Training forwards and decode sessions belong to the token that
- * created them (ss_service_owner): another token gets PERMISSION_DENIED.
+ * created them (ss_service_owner): another token gets PERMISSION_DENIED. The token is checked
+ * twice: by the transport at END_HEADERS (auth_precheck, so an unauthenticated request is never
+ * buffered, inflated or decoded) and again by the handler (the table may be reloaded between).
  *
  * Thread: loop thread (ss_service_new before the loop runs; ss_service_free after it ended).
  */
@@ -32,14 +34,23 @@
 
 _Static_assert(SS_KCACHE_TAG == SS_AUTH_TAG, "a cache entry's tag holds an owner tag");
 
+static int auth_precheck(const ss_call *call, void *app, char *msg, size_t msglen);
+
+/* Health, info and monitoring requests carry no data (at most a service name or an interval):
+ * SS_SMALL_REQUEST bounds them before a byte of them is buffered. */
+#define SS_SMALL_REQUEST 1024
+
 static ss_method methods[] = {
-    {"/splitlearn.comm.ComputeService/Compute", 0, 0, ss_h_compute},
-    {"/splitlearn.comm.ComputeService/ComputeBackward", 0, 0, ss_h_backward},
-    {"/splitlearn.comm.ComputeService/HealthCheck", 0, 0, ss_h_health_check},
-    {"/splitlearn.comm.ComputeService/GetServiceInfo", 0, 0, ss_h_service_info},
-    {"/splitlearn.comm.ComputeService/StreamMonitoring", 1, 0, ss_h_stream_monitoring},
-    {"/grpc.health.v1.Health/Check", 0, 0, ss_h_grpc_health_check},
-    {"/grpc.health.v1.Health/Watch", 1, 0, ss_h_grpc_health_watch},
+    {"/splitlearn.comm.ComputeService/Compute", 0, 0, ss_h_compute, 0, auth_precheck},
+    {"/splitlearn.comm.ComputeService/ComputeBackward", 0, 0, ss_h_backward, 0, auth_precheck},
+    {"/splitlearn.comm.ComputeService/HealthCheck", 0, 0, ss_h_health_check, SS_SMALL_REQUEST,
+     NULL},
+    {"/splitlearn.comm.ComputeService/GetServiceInfo", 0, 0, ss_h_service_info, SS_SMALL_REQUEST,
+     auth_precheck},
+    {"/splitlearn.comm.ComputeService/StreamMonitoring", 1, 0, ss_h_stream_monitoring,
+     SS_SMALL_REQUEST, auth_precheck},
+    {"/grpc.health.v1.Health/Check", 0, 0, ss_h_grpc_health_check, SS_SMALL_REQUEST, NULL},
+    {"/grpc.health.v1.Health/Watch", 1, 0, ss_h_grpc_health_watch, SS_SMALL_REQUEST, NULL},
 };
 #define N_METHODS (sizeof methods / sizeof methods[0])
 
@@ -65,21 +76,41 @@ const char *const *ss_service_headers(size_t *n) {
 
 /* ------------------------------------------------------------ auth --- */
 
-int ss_service_authenticate(ss_service *s, ss_call *call) {
-  if (!s->auth) return SS_AUTH_OFF;
-  const char *h = ss_call_header(call, "authorization");
-  int tok = ss_auth_find(s->auth, h);
+/* The token index for an authorization header value, or -1 with the reason in msg. */
+static int auth_verdict(const ss_auth *a, const char *h, char *msg, size_t msglen) {
+  int tok = ss_auth_find(a, h);
   if (tok >= 0) return tok;
   if (!h)
-    ss_call_fail(call, SS_GRPC_UNAUTHENTICATED,
-                 "missing credentials: this server requires the request header 'authorization: "
-                 "Bearer <token>' (--auth-tokens)");
+    snprintf(msg, msglen,
+             "missing credentials: this server requires the request header "
+             "'authorization: Bearer <token>' (--auth-tokens)");
   else if (strncasecmp(h, "Bearer ", 7) != 0)
-    ss_call_fail(call, SS_GRPC_UNAUTHENTICATED,
-                 "the authorization header is not a bearer credential: send 'Bearer <token>'");
+    snprintf(msg, msglen,
+             "the authorization header is not a bearer credential: send 'Bearer "
+             "<token>'");
   else
-    ss_call_fail(call, SS_GRPC_UNAUTHENTICATED, "invalid token");
+    snprintf(msg, msglen, "invalid token");
   return -1;
+}
+
+int ss_service_authenticate(ss_service *s, ss_call *call) {
+  if (!s->auth) return SS_AUTH_OFF;
+  char msg[160];
+  int tok = auth_verdict(s->auth, ss_call_header(call, "authorization"), msg, sizeof msg);
+  if (tok < 0) ss_call_fail(call, SS_GRPC_UNAUTHENTICATED, "%s", msg);
+  return tok;
+}
+
+/* The transport's early check (ss_method.precheck) of the methods that need a token: a call
+ * without a valid one is refused at END_HEADERS, before its body is buffered, inflated or
+ * decoded. Runs on any I/O loop: the table is read under auth_mu (a SIGHUP reload swaps it). */
+static int auth_precheck(const ss_call *call, void *app, char *msg, size_t msglen) {
+  ss_service *s = app;
+  if (!s->cfg.auth_tokens) return 0;
+  uv_mutex_lock(&s->auth_mu);
+  int tok = s->auth ? auth_verdict(s->auth, ss_call_header(call, "authorization"), msg, msglen) : 0;
+  uv_mutex_unlock(&s->auth_mu);
+  return tok < 0 ? SS_GRPC_UNAUTHENTICATED : 0;
 }
 
 int ss_service_authorize(ss_service *s, ss_call *call, int tok, const char *model) {
@@ -108,8 +139,11 @@ static int auth_load(ss_service *s, const char *why, char *err, size_t errlen) {
   ss_auth *a;
   int rv = ss_auth_load(s->cfg.auth_tokens, &a, err, errlen);
   if (rv != 0) return rv;
-  ss_auth_free(s->auth);
+  uv_mutex_lock(&s->auth_mu); /* the transport's precheck may be reading it on an I/O loop */
+  ss_auth *old = s->auth;
   s->auth = a;
+  uv_mutex_unlock(&s->auth_mu);
+  ss_auth_free(old);
   SS_LOGI("%s: %zu auth tokens from %s", why, ss_auth_count(a), s->cfg.auth_tokens);
   return 0;
 }
@@ -150,6 +184,11 @@ int ss_service_new(uv_loop_t *loop, ss_pool *pool, const ss_server_config *cfg, 
   }
   s->cfg = *cfg;
   s->loop = loop;
+  if (uv_mutex_init(&s->auth_mu) != 0) {
+    snprintf(err, errlen, "cannot create a mutex");
+    free(s);
+    return SS_ENOMEM;
+  }
   s->pool = pool;
   s->start_ns = uv_hrtime();
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -223,5 +262,6 @@ void ss_service_free(ss_service *s) {
   ss_models_free(s);
   ss_metrics_free(s);
   ss_auth_free(s->auth);
+  uv_mutex_destroy(&s->auth_mu);
   free(s);
 }

@@ -80,6 +80,8 @@ struct ss_service {
   struct ss_series *series;    /* request metrics (metrics.c) */
   uv_check_t batch_check;      /* closes sub-millisecond batches after each iteration's I/O */
   struct ss_auth *auth;        /* --auth-tokens (auth.c); NULL: no authentication */
+  uv_mutex_t auth_mu;          /* guards `auth` against a swap while an I/O loop's precheck
+                                * reads it (the app loop's own reads need no lock) */
   uint8_t owner_key[SS_KCACHE_TAG]; /* --auth-tokens: the key of owner tags (auth.h), at start */
 };
 

@@ -494,7 +494,8 @@ void ss_h_backward(ss_call *call, void *app) {
   {
     static const uint32_t str_fields[] = {3, 4};
     static const char *const str_names[] = {"forward_id", "model_id"};
-    ss_wire_limits lim = {0, 0, 0, 0, str_fields, str_names, 2};
+    ss_wire_limits lim = {
+        0, 0, 0, 0, str_fields, str_names, 2, &splitlearn__comm__backward_request__descriptor};
     char why[256];
     if (ss_wire_check(st->reqbuf, st->reqlen, &lim, why, sizeof why) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", why);

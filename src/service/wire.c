@@ -204,20 +204,98 @@ static int check_entry(const uint8_t *p, size_t len, size_t idx, const ss_wire_l
   return 0;
 }
 
+/* Entries of a repeated scalar field in one occurrence: 1, or for a packed run (wire type 2)
+ * the number of values in it (varints counted by their last byte). */
+static size_t packed_count(const ProtobufCFieldDescriptor *f, const uint8_t *p, size_t n) {
+  switch (f->type) {
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_BYTES:
+    case PROTOBUF_C_TYPE_MESSAGE: return 1;
+    case PROTOBUF_C_TYPE_DOUBLE:
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_SFIXED64: return n / 8;
+    case PROTOBUF_C_TYPE_FLOAT:
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_SFIXED32: return n / 4;
+    default: {
+      size_t k = 0;
+      for (size_t i = 0; i < n; i++) k += !(p[i] & 0x80);
+      return k;
+    }
+  }
+}
+
+/* What protobuf-c will allocate for field fn (one occurrence: wire type wt, payload p[n] when
+ * length-delimited), counted in cnt[] (one per field of the type) and *unknown / *unknown_bytes.
+ * 0 or SS_EINVAL with the reason in err. */
+static int bound_field(const ss_wire_limits *lim, uint64_t fn, uint32_t wt, const uint8_t *p,
+                       size_t n, size_t field_bytes, size_t *cnt, size_t *unknown,
+                       size_t *unknown_bytes, char *err, size_t errlen) {
+  const ProtobufCMessageDescriptor *d = lim->desc;
+  const ProtobufCFieldDescriptor *f =
+      fn <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(d, (unsigned)fn) : NULL;
+  if (!f) {
+    *unknown_bytes += field_bytes;
+    if (++*unknown > SS_WIRE_MAX_UNKNOWN || *unknown_bytes > SS_WIRE_MAX_UNKNOWN_BYTES) {
+      snprintf(err, errlen,
+               "%s carries more than %d fields (%d bytes) this server does not "
+               "define (field number %llu and others); send only the fields of its .proto",
+               d->name, SS_WIRE_MAX_UNKNOWN, SS_WIRE_MAX_UNKNOWN_BYTES, (unsigned long long)fn);
+      return SS_EINVAL;
+    }
+    return 0;
+  }
+  size_t i = (size_t)(f - d->fields);
+  if (fn == lim->meta_field) return 0; /* the map: bounded by max_entries */
+  if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+    size_t max =
+        f->type == PROTOBUF_C_TYPE_MESSAGE ? SS_WIRE_MAX_REPEATED_MSG : SS_WIRE_MAX_REPEATED;
+    cnt[i] += wt == 2 ? packed_count(f, p, n) : 1;
+    if (cnt[i] > max) {
+      snprintf(err, errlen, "%s: repeated field '%s' has more than %zu entries", d->name, f->name,
+               max);
+      return SS_EINVAL;
+    }
+  } else if (++cnt[i] > SS_WIRE_MAX_SINGULAR) {
+    snprintf(err, errlen, "%s: field '%s' is sent more than %d times (it holds one value)", d->name,
+             f->name, SS_WIRE_MAX_SINGULAR);
+    return SS_EINVAL;
+  }
+  return 0;
+}
+
 int ss_wire_check(const uint8_t *msg, size_t len, const ss_wire_limits *lim, char *err,
                   size_t errlen) {
-  size_t pos = 0, entries = 0;
+  size_t pos = 0, entries = 0, unknown = 0, unknown_bytes = 0;
+  size_t cnt[64] = {0}; /* per field of lim->desc (types here have far fewer) */
+  const ss_wire_limits *blim = lim->desc && lim->desc->n_fields <= 64 ? lim : NULL;
   while (pos < len) {
-    uint64_t tag, n;
+    uint64_t tag, n = 0;
+    size_t start = pos;
     if (read_varint(msg, len, &pos, &tag) != 0) return 0;
     uint32_t wt = (uint32_t)(tag & 7);
     uint64_t fn = tag >> 3;
+    if (blim && wt != 2) {
+      size_t end = pos;
+      if (wt == 0 && read_varint(msg, len, &end, &n) != 0) return 0;
+      if ((wt == 1 && len - pos < 8) || (wt == 5 && len - pos < 4)) return 0;
+      if (wt == 1) end += 8;
+      if (wt == 5) end += 4;
+      int rv = bound_field(blim, fn, wt, NULL, 0, end - start, cnt, &unknown, &unknown_bytes, err,
+                           errlen);
+      if (rv != 0) return rv;
+    }
     switch (wt) {
     case 0: if (read_varint(msg, len, &pos, &n) != 0) return 0; break;
     case 1: if (len - pos < 8) return 0; pos += 8; break;
     case 5: if (len - pos < 4) return 0; pos += 4; break;
     case 2:
       if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return 0;
+      if (blim) {
+        int rv = bound_field(blim, fn, wt, msg + pos, (size_t)n, pos + (size_t)n - start, cnt,
+                             &unknown, &unknown_bytes, err, errlen);
+        if (rv != 0) return rv;
+      }
       if (lim->meta_field && fn == lim->meta_field) {
         if (++entries > lim->max_entries) {
           snprintf(err, errlen, "metadata has more than %zu entries (--max-metadata-entries)",

@@ -63,13 +63,26 @@ typedef struct ss_wire_limits {
   const uint32_t *str_fields; /* top-level string fields that must not hold a NUL byte */
   const char *const *str_names; /* their names, for messages */
   size_t n_str_fields;
+  /* The message type (NULL: none of the checks below). protobuf-c allocates per field
+   * occurrence (20-30x the wire bytes for 2-byte fields), so what it will see is bounded
+   * first: fields the type does not define (it keeps each one, with a copy), entries of a
+   * repeated field, and occurrences of a singular field. */
+  const ProtobufCMessageDescriptor *desc;
 } ss_wire_limits;
+
+#define SS_WIRE_MAX_UNKNOWN_BYTES 4096 /* bytes of unknown fields in one message */
+#define SS_WIRE_MAX_UNKNOWN 64         /* unknown field occurrences in one message */
+#define SS_WIRE_MAX_REPEATED 64        /* entries of a repeated scalar field (a shape) */
+#define SS_WIRE_MAX_REPEATED_MSG 4096  /* entries of a repeated message field (KV cache) */
+#define SS_WIRE_MAX_SINGULAR 16        /* occurrences of a singular field (the last one wins) */
 
 /* One pass over the top-level fields of msg (tensor bytes are skipped by length, never read).
  * Returns 0; SS_EBUSY when a metadata limit is exceeded (the message names the limit and the
  * flag that sets it: RESOURCE_EXHAUSTED); SS_EINVAL for a NUL byte in a metadata key/value or
  * in one of str_fields (C strings would silently end there: "identity\0x" would route to
- * identity). Malformed wire data returns 0: the decoder reports it. */
+ * identity), or (with lim->desc) for unknown fields, repeated or singular fields over the
+ * SS_WIRE_MAX_* bounds (the message names the field). Malformed wire data returns 0: the
+ * decoder reports it. */
 int ss_wire_check(const uint8_t *msg, size_t len, const ss_wire_limits *lim, char *err,
                   size_t errlen);
 

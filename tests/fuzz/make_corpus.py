@@ -7,11 +7,13 @@ The seeds are small well-formed inputs of each harness's format (see the top com
 tests/fuzz/fuzz_<name>.c); the fuzzers mutate from them. Crash inputs found later are added to
 the same folders by hand (crash-*), never by this script, which only rewrites seed-* files.
 """
+import gzip
 import os
 import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -123,6 +125,10 @@ def calls(*cs_):
 write("service", {
     "identity": calls(("Compute", REQ["identity"])),
     "scale_f16": calls(("Compute", REQ["scale_f16"])),
+    "identity_zlib": calls(("Compute", compute("identity", (2, 3), data=zlib.compress(f32(6)),
+                                               meta={"codec": "zlib"}))),
+    "scale_zlib_f16": calls(("Compute", compute("scale", (1, 4), data=zlib.compress(b"\x00\x3c" * 4),
+                                                meta={"codec": "zlib", "dtype": "float16"}))),
     "mlp": calls(("Compute", REQ["mlp"])),
     "gpt2_cache": calls(("Compute", REQ["gpt2"]), ("Compute", REQ["gpt2_past"])),
     "gpt2_session": calls(("Compute", REQ["gpt2_session"]), ("Compute", REQ["gpt2_session_end"])),
@@ -157,6 +163,16 @@ write("conn", {
     "monitor": grpc_call(1, CS + "StreamMonitoring", MON),
     "bad_ctype": grpc_call(1, CS + "HealthCheck", HEALTH, ctype="text/plain"),
     "gzip": grpc_call(1, CS + "HealthCheck", HEALTH, [("grpc-encoding", "gzip")]),
+    # compressed requests: inflated a slice per loop iteration, within the buffer budget
+    "gzip_compute": grpc_call(1, CS + "Compute", None, [("grpc-encoding", "gzip")]) +
+                    frame(h2raw.DATA, h2raw.FLAG_END_STREAM, 1, lpm(gzip.compress(REQ["identity"], mtime=0), 1)),
+    "deflate_compute": grpc_call(1, CS + "Compute", None, [("grpc-encoding", "deflate")]) +
+                       frame(h2raw.DATA, h2raw.FLAG_END_STREAM, 1, lpm(zlib.compress(REQ["identity"]), 1)),
+    "gzip_bomb": grpc_call(1, CS + "Compute", None, [("grpc-encoding", "gzip")]) +
+                 frame(h2raw.DATA, h2raw.FLAG_END_STREAM, 1, lpm(gzip.compress(b"\0" * (3 << 20), mtime=0), 1)),
+    "gzip_health_two": grpc_call(1, CS + "Compute", None, [("grpc-encoding", "gzip")]) +
+                       frame(h2raw.DATA, h2raw.FLAG_END_STREAM, 1, lpm(gzip.compress(REQ["identity"], mtime=0), 1)) +
+                       grpc_call(3, CS + "HealthCheck", HEALTH) + frame(h2raw.RST_STREAM, 0, 1, struct.pack(">I", 8)),
     "unknown_path": grpc_call(1, "/no.Such/Method", b""),
     "split_data": grpc_call(1, CS + "Compute", None) +
                   frame(h2raw.DATA, 0, 1, lpm(REQ["identity"])[:7]) +
@@ -165,6 +181,20 @@ write("conn", {
                        frame(h2raw.WINDOW_UPDATE, 0, 0, struct.pack(">I", 1000)) +
                        grpc_call(1, CS + "GetServiceInfo", INFO),
     "goaway": grpc_call(1, CS + "HealthCheck", HEALTH) + frame(h2raw.GOAWAY, 0, 0, struct.pack(">II", 1, 0)),
+})
+# ---- fuzz_compress: [mode][limit / 256][compressed stream]
+RAWT = f32(64)
+write("compress", {
+    "gzip": bytes([0x01, 4]) + gzip.compress(REQ["identity"], mtime=0),
+    "deflate": bytes([0x00, 4]) + zlib.compress(REQ["identity"]),
+    "deflate_tensor": bytes([0x04, 1]) + zlib.compress(RAWT),
+    "gzip_sliced_shrinking": bytes([0x13, 40]) + gzip.compress(b"\0" * 9000, mtime=0),
+    "deflate_sliced_growing": bytes([0x22, 2]) + zlib.compress(bytes(range(256)) * 40),
+    "bomb": bytes([0x0f, 16]) + gzip.compress(b"\0" * (1 << 20), mtime=0),
+    "mapped": bytes([0x0f, 255]) + gzip.compress(b"\1" * (3 << 19), mtime=0),
+    "mapped_bomb": bytes([0x00, 255]) + zlib.compress(b"\0" * (3 << 20)),
+    "truncated": bytes([0x01, 255]) + gzip.compress(RAWT, mtime=0)[:-6],
+    "trailing": bytes([0x00, 255]) + zlib.compress(RAWT) + b"junk",
 })
 # ---- fuzz_safetensors: the file format itself
 def st(tensors, meta=None, pad=b""):

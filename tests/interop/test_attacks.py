@@ -491,6 +491,75 @@ def test_unread_responses_bounded():
         srv.stop_ok()
 
 
+def test_unread_response_times_out():
+    """Issue 20 (2): a client that never reads its answers held them (and its requests) as
+    long as it kept the connection open. Now output that does not move for the request body
+    timeout ends the connection (GOAWAY ENHANCE_YOUR_CALM, reason in the debug data)."""
+    srv = Server("--max-message-bytes", str(16 * MiB), "--request-body-timeout", "2")
+    try:
+        body = h2raw.grpc_frame(make_req(np.ones(2 << 20, np.float32), model="identity")
+                                .SerializeToString())  # 8 MiB in, 8 MiB out
+        with _NoWindowConn("127.0.0.1", srv.port, recv_window=1, timeout=10) as c:
+            c._ready = True
+            handshake(c)
+            sid = h2raw.grpc_start(c, sslib.SVC + "Compute")
+            c.send_data(sid, body, end_stream=True, timeout=T(5))
+            closed, secs = drain_until_closed(c, T(15))
+            print("    8 MiB answer never read: connection closed=%s after %.1fs, GOAWAY %r"
+                  % (closed, secs, c.goaway))
+            assert closed, "the unread answer was held with no end"
+            assert c.goaway and c.goaway[1] == ENHANCE_YOUR_CALM, c.goaway
+            assert b"not read" in c.goaway[2], c.goaway
+        assert max(latencies(srv, 3)) < T(3)
+    finally:
+        srv.stop_ok()
+
+
+def _raw_call(server, method, body, extra=(), timeout=20):
+    with h2raw.H2Conn("127.0.0.1", server.port, timeout=T(timeout)) as c:
+        return h2raw.grpc_unary(c, method, h2raw.grpc_frame(body), extra=extra, wait_s=T(timeout))
+
+
+def test_decoding_amplification_bounded():
+    """Issue 20 (9): protobuf-c allocates per field occurrence (20-30x the wire bytes for 2-byte
+    fields). What it would see is bounded before it runs: health/info requests are tiny (refused
+    at the message prefix), and a Compute with millions of `shape` entries or of unknown fields
+    is refused naming them. 8 MB each (the review used 60-90 MB: 1.7 GB peaks)."""
+    srv = Server("--max-message-bytes", str(64 * MiB))
+    try:
+        hwm0 = srv.rss_kib("VmHWM")
+        results = []
+        # a pre-auth HealthCheck padded with 8 MB of unknown fields (field 99, varint 0)
+        junk = b"\x98\x06\x00" * (8 * MiB // 3)
+        for path in (sslib.SVC + "HealthCheck", "/grpc.health.v1.Health/Check"):
+            st = _raw_call(srv, path, junk)
+            assert st.grpc_status == SC.RESOURCE_EXHAUSTED.value[0], st
+            assert "limit of 1024 bytes for " + path in st.grpc_message, st.grpc_message
+            results.append(("%s + 8 MB unknown fields" % path, st))
+        base = make_req(np.ones(3, np.float32), model="identity").SerializeToString()
+        # 4 M unpacked shape entries (tag 0x10, value 1)
+        st = _raw_call(srv, sslib.SVC + "Compute", base + b"\x10\x01" * (4 * MiB))
+        assert st.grpc_status == SC.INVALID_ARGUMENT.value[0], st
+        assert "repeated field 'shape'" in st.grpc_message, st.grpc_message
+        results.append(("Compute + 4 M shape entries", st))
+        # 8 MB of unknown fields in a Compute
+        st = _raw_call(srv, sslib.SVC + "Compute", base + junk)
+        assert st.grpc_status == SC.INVALID_ARGUMENT.value[0], st
+        assert "does not define" in st.grpc_message and "99" in st.grpc_message, st.grpc_message
+        results.append(("Compute + 8 MB unknown fields", st))
+        # a few unknown fields (a newer client's) are still accepted
+        st = _raw_call(srv, sslib.SVC + "Compute", base + b"\x98\x06\x01" * 4)
+        assert st.grpc_status == 0, st
+        grew = srv.rss_kib("VmHWM") - hwm0
+        for what, st in results:
+            print("    %-40s -> %s %s" % (what, st.grpc_status, st.grpc_message[:90]))
+        print("    peak RSS +%d MiB" % (grew // 1024))
+        assert grew < 64 * 1024 + RSS_SLACK_KIB, grew
+        assert max(latencies(srv, 3)) < T(3)
+    finally:
+        srv.stop_ok()
+
+
 # ----------------------------------------------------------------------------- time ---------
 
 def test_handshake_and_slowloris():

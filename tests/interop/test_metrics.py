@@ -155,5 +155,27 @@ def test_prometheus_scrapes_it():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_idle_connections_do_not_lock_out_scrapes():
+    """Issue 20 (8): 70 idle and 10 half-sent connections used to fill the endpoint's 64 slots
+    for 30 s, and every scrape was closed at accept. Now a new connection at the limit closes
+    the oldest one still waiting for its request: the scraper gets through."""
+    socks = []
+    try:
+        for i in range(80):
+            s = socket.create_connection(("127.0.0.1", MPORT), timeout=T(5))
+            if i >= 70:
+                s.sendall(b"GET /metr")  # half a request line, never finished
+            socks.append(s)
+        time.sleep(0.3)  # all of them accepted
+        for attempt in range(3):
+            code, ctype, body = scrape()
+            assert code == 200, (code, body[:200])
+            assert "splitserve_" in body
+        print("    80 idle / half-sent connections open: 3 scrapes answered 200")
+    finally:
+        for s in socks:
+            s.close()
+
+
 if __name__ == "__main__":
     sslib.main(globals())

@@ -373,5 +373,61 @@ def test_close_notify_on_drain():
     assert rc == 0, (rc, sslib.tail(srv.log))
 
 
+def test_bytes_after_close_notify_not_buffered():
+    """Issue 20 (4): after a client's close_notify every further byte used to be buffered in
+    the TLS input without limit (2000 MB sent, 2080 MB RSS). Now the server stops reading at
+    the close_notify and closes the connection once it is answered: the bytes stay in the
+    kernel (the sender blocks or is reset) and the server's memory does not move."""
+    srv = tls_server()
+    try:
+        ctx = ssl.create_default_context(cafile=CA[1])
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=T(10))
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(out.read())
+                data = raw.recv(65536)
+                assert data, "server closed during the handshake"
+                inc.write(data)
+        obj.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + b"\x04\x00" +
+                  struct.pack(">I", 0))
+        try:
+            obj.unwrap()  # puts our close_notify in `out`; the server's is not awaited
+        except ssl.SSLWantReadError:
+            pass
+        raw.sendall(out.read())
+        time.sleep(0.2)
+        rss0 = srv.rss_kib()
+        junk = os.urandom(1 << 20)
+        sent, how = 0, "all sent"
+        raw.settimeout(T(3))
+        t0 = time.monotonic()
+        while sent < 512 << 20:
+            try:
+                raw.sendall(junk)
+            except socket.timeout:
+                how = "sender blocked"
+                break
+            except OSError as e:
+                how = "reset (%s)" % e.__class__.__name__
+                break
+            sent += len(junk)
+        time.sleep(0.2)
+        grew = srv.rss_kib() - rss0
+        print("    after close_notify: %d MiB sent in %.1f s (%s), server RSS +%d MiB"
+              % (sent >> 20, time.monotonic() - t0, how, grew // 1024))
+        raw.close()
+        assert grew < 32 * 1024 + (300 * 1024 if sslib.SANITIZE else 0), grew
+        assert sent < 256 << 20, "the server kept reading after close_notify"
+        check_compute(secure_stubs(srv))
+    finally:
+        srv.stop_ok()
+
+
 if __name__ == "__main__":
     sslib.main(globals())

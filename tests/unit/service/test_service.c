@@ -180,6 +180,62 @@ static void test_wire_limits(void) {
   CHECK_EQ_INT(fake_calls_alive(), 0);
 }
 
+/* Issue 20 (9): what protobuf-c would allocate is bounded on the wire bytes first. */
+static void test_decode_bounds(void) {
+  const ss_method *m = method("/Compute");
+  fake_result r;
+  uint8_t body[512];
+  size_t n = 0;
+  body[n++] = 0x2a; /* model_id "identity" */
+  body[n++] = 8;
+  memcpy(body + n, "identity", 8), n += 8;
+  size_t base = n;
+  /* a packed shape of 65 one-byte entries (field 2, wire type 2) */
+  body[n++] = 0x12;
+  body[n++] = 65;
+  for (int i = 0; i < 65; i++) body[n++] = 1;
+  ss_call *c = fake_call_new(m, body, n, &r);
+  m->handler(c, svc);
+  CHECK_EQ_INT(r.status, SS_GRPC_INVALID_ARGUMENT);
+  CHECK_CONTAINS(r.message, "repeated field 'shape' has more than 64 entries");
+  fake_call_close(c);
+  /* 17 request_id fields (field 3, varint): a singular field repeated */
+  n = base;
+  for (int i = 0; i < 17; i++) body[n++] = 0x18, body[n++] = 1;
+  c = fake_call_new(m, body, n, &r);
+  m->handler(c, svc);
+  CHECK_EQ_INT(r.status, SS_GRPC_INVALID_ARGUMENT);
+  CHECK_CONTAINS(r.message, "field 'request_id' is sent more than 16 times");
+  fake_call_close(c);
+  /* 65 unknown fields (field 99, varint 0) are refused, naming the field number */
+  n = base;
+  for (int i = 0; i < 65; i++) body[n++] = 0x98, body[n++] = 0x06, body[n++] = 0;
+  c = fake_call_new(m, body, n, &r);
+  m->handler(c, svc);
+  CHECK_EQ_INT(r.status, SS_GRPC_INVALID_ARGUMENT);
+  CHECK_CONTAINS(r.message, "field number 99");
+  fake_call_close(c);
+  /* a few (a newer client's fields) pass the bound: the call goes on to its own checks */
+  n = base;
+  for (int i = 0; i < 4; i++) body[n++] = 0x98, body[n++] = 0x06, body[n++] = 0;
+  c = fake_call_new(m, body, n, &r);
+  m->handler(c, svc);
+  CHECK(strstr(r.message, "does not define") == NULL);
+  fake_call_close(c);
+  /* ComputeBackward: the same bounds (grad_output_shape, field 2) */
+  const ss_method *mb = method("/ComputeBackward");
+  n = 0;
+  body[n++] = 0x12;
+  body[n++] = 65;
+  for (int i = 0; i < 65; i++) body[n++] = 1;
+  c = fake_call_new(mb, body, n, &r);
+  mb->handler(c, svc);
+  CHECK_EQ_INT(r.status, SS_GRPC_INVALID_ARGUMENT);
+  CHECK_CONTAINS(r.message, "repeated field 'grad_output_shape' has more than 64 entries");
+  fake_call_close(c);
+  CHECK_EQ_INT(fake_calls_alive(), 0);
+}
+
 static void test_health(void) {
   Splitlearn__Comm__HealthRequest req = SPLITLEARN__COMM__HEALTH_REQUEST__INIT;
   uint8_t b[8];
@@ -308,6 +364,7 @@ int main(void) {
   test_bad_inputs();
   test_affinity_headers();
   test_wire_limits();
+  test_decode_bounds();
   test_health();
   test_cancel();
   test_watch_on_drain();
