@@ -331,14 +331,19 @@ typedef struct ss_compute_reply {
 SS_API int ss_client_compute(ss_client *c, const ss_tensor_buf *input, const ss_compute_opts *opts,
                              ss_compute_reply *reply);
 
-/* HealthCheck: writes status ("ok") and version into the buffers. Returns 0 or <0;
- * *grpc_status receives the call's status. */
+/* HealthCheck: writes status ("ok") and version into the buffers (caller's, may be NULL).
+ * Returns 0 or <0; *grpc_status receives the call's status; when it is not OK, status holds
+ * the server's (or the connection's) status message instead. */
 SS_API int ss_client_health(ss_client *c, double timeout_s, int *grpc_status, char *status,
                             size_t status_len, char *version, size_t version_len);
 
 /* GetServiceInfo: calls fn(key, value, user) for service_name, version, device,
- * uptime_seconds, total_requests and every custom_info entry. */
-SS_API int ss_client_info(ss_client *c, double timeout_s, int *grpc_status,
+ * uptime_seconds, total_requests and every custom_info entry. Returns 0 or <0; *grpc_status
+ * receives the call's status; when it is not OK, message (caller's buffer of message_len
+ * bytes, may be NULL) receives the server's (or the connection's) status message, e.g. which
+ * header a token server wants. */
+SS_API int ss_client_info(ss_client *c, double timeout_s, int *grpc_status, char *message,
+                          size_t message_len,
                           void (*fn)(const char *key, const char *value, void *user), void *user);
 
 #ifdef __cplusplus

@@ -291,6 +291,11 @@ def test_tools_token():
         assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
         out = call(*compute)  # no token at all
         assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+        # every error shows the server's message (issue 20.13): it names the header to send
+        for cmd in (compute, ("info",)):
+            out = call(*cmd)
+            assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+            assert "authorization" in out.stderr, (cmd, out.stderr)
         # local refusals: both options, a missing file, an empty first line
         out = call("--token", A_TOK, "--token-file", tfile, *compute)
         assert out.returncode == 2 and "not both" in out.stderr, out.stderr
