@@ -118,6 +118,8 @@ struct ss_aclient {
   size_t tcap;
   extra_header hdrs[SS_CLIENT_MAX_HEADERS]; /* sent with every call (ss_aclient_set_header) */
   size_t nhdrs;
+  uint8_t head[3]; /* cleartext: the server's first bytes (looks_like_tls) */
+  size_t nhead;
 };
 
 /* ------------------------------------------------------------------ helpers ---- */
@@ -505,6 +507,16 @@ static int tls_deliver(void *arg, const uint8_t *p, size_t len) {
   return rv < 0 ? (int)rv : 0;
 }
 
+/* Cleartext only: keep the server's first 3 bytes and say whether they are a TLS record header
+ * (content type 20..23: change_cipher_spec, alert, handshake, application data; version 3.x),
+ * which an HTTP/2 server's first frame (SETTINGS: a 24-bit length well under 0x140000, then
+ * type 4) never is. A TLS server answers an h2c preface with an alert, or says nothing. */
+static int looks_like_tls(ss_aclient *c, const uint8_t *p, size_t n) {
+  while (c->nhead < sizeof c->head && n > 0) c->head[c->nhead++] = *p++, n--;
+  return c->nhead == sizeof c->head && c->head[0] >= 20 && c->head[0] <= 23 && c->head[1] == 3 &&
+         c->head[2] <= 4;
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   ss_aclient *c = st->data;
   if (c->closing || c->state == ST_FAILED) return;
@@ -512,7 +524,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     conn_fail(c, "connection to %s lost: %s",
               nread == UV_EOF ? (c->state == ST_CONNECTING ? "closed by the server during the TLS "
                                                              "handshake"
-                                                           : "closed by the server")
+                                 : !c->tls && c->nhead == 0
+                                     ? "closed by the server before it sent anything (if it "
+                                       "serves TLS, use --tls-ca / a TLS channel: "
+                                       "ss_client_connect_tls)"
+                                     : "closed by the server")
                               : uv_strerror((int)nread));
     return;
   }
@@ -531,6 +547,12 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     if (c->state == ST_CONNECTING && ss_tls_ready(c->tls)) c->state = ST_CONNECTED;
     rv = tr;
   } else {
+    if (c->nhead < sizeof c->head && looks_like_tls(c, (const uint8_t *)buf->base, (size_t)nread)) {
+      conn_fail(c, "connection to %s failed: %s",
+                "the server speaks TLS (its first bytes are a TLS record) and this client "
+                "cleartext HTTP/2; use --tls-ca / a TLS channel (ss_client_connect_tls)");
+      return;
+    }
     rv = nghttp2_session_mem_recv(c->ng, (const uint8_t *)buf->base, (size_t)nread);
   }
   if (c->closing) return;
