@@ -206,7 +206,15 @@ SS_API void ss_server_free(ss_server *s);
  * this header does not need uv.h) and keeps any number of calls in flight on one
  * connection; callbacks run on that loop's thread. Blocking API: ss_client wraps an
  * ss_aclient with a private loop; one call at a time per ss_client.
+ *
+ * Refused streams (like grpcio's transparent retry): a call whose stream the server refused
+ * before processing it (RST_STREAM REFUSED_STREAM, no response headers) is sent again on the
+ * same connection, up to SS_CLIENT_REFUSED_RETRIES times, while that connection can still start
+ * streams; after a GOAWAY it completes with UNAVAILABLE and ss_call_result.refused set, and
+ * the blocking client sends it again on a new connection. A call that may have been processed
+ * is never sent twice.
  */
+#define SS_CLIENT_REFUSED_RETRIES 3
 
 typedef struct ss_aclient ss_aclient;
 
@@ -217,6 +225,11 @@ typedef struct ss_call_result {
   const uint8_t *body;     /* the response message (protobuf bytes, no 5-byte prefix) */
   size_t body_len;
   double latency_s;        /* from the call's start to its trailers */
+  int refused;             /* nonzero: the server never processed the request (its stream was
+                              refused: REFUSED_STREAM, or above a GOAWAY's last stream id, or
+                              never sent), so it is safe to send again on a new connection;
+                              grpc_status is then UNAVAILABLE. The client itself already
+                              retried it on this connection while that could start streams */
 } ss_call_result;
 
 typedef void (*ss_call_cb)(void *user, const ss_call_result *result);
