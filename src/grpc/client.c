@@ -24,6 +24,16 @@
  * deadline (RST_STREAM CANCEL: the stream is unfinished), on connection loss (UNAVAILABLE)
  * or on ss_aclient_close(). Finished streams are never reset.
  *
+ * Refused streams: a stream closed with REFUSED_STREAM before any response byte (the server's
+ * RST_STREAM, or nghttp2 closing the streams above a GOAWAY's last stream id) was never
+ * processed (RFC 9113 8.7). Its call keeps its struct and is queued (resubmit) to go out again
+ * on a new stream at the next flush, while the connection can start streams and the call has
+ * retries left; else it completes UNAVAILABLE with ss_call_result.refused, and the blocking
+ * wrapper sends it again on a new connection (client_reconnect).
+ *
+ * Cleartext against a TLS port: the server's first bytes are a TLS record header (our server
+ * sends a protocol_version alert), never a SETTINGS frame; the client says so (looks_like_tls).
+ *
  * TLS (ss_aclient_new_tls): the same, with OpenSSL on memory BIOs between the socket and
  * nghttp2: the handshake starts when TCP connects and runs in the read path; the client counts
  * as connected once it completes (h2 negotiated by ALPN, the server's certificate verified
