@@ -60,6 +60,8 @@ int ss_grpc_inflate(int enc, const uint8_t *in, size_t n, size_t max, uint8_t **
     if (have == cap) {
       if (cap == max) { /* at the limit: one more byte of output means too large */
         uint8_t probe;
+        z.next_in = (Bytef *)next_in; /* (max 0: no input was given to zlib yet) */
+        z.avail_in = left_in > UINT32_MAX ? UINT32_MAX : (uInt)left_in;
         z.next_out = &probe;
         z.avail_out = 1;
         int zr = inflate(&z, Z_NO_FLUSH);
@@ -84,7 +86,7 @@ int ss_grpc_inflate(int enc, const uint8_t *in, size_t n, size_t max, uint8_t **
     z.next_out = buf + have;
     z.avail_out = out_chunk;
     int zr = inflate(&z, Z_NO_FLUSH);
-    next_in += in_chunk - z.avail_in;
+    if (next_in) next_in += in_chunk - z.avail_in; /* NULL: an empty message (UB to offset) */
     left_in -= in_chunk - z.avail_in;
     have += out_chunk - z.avail_out;
     if (zr == Z_STREAM_END) break;
@@ -141,7 +143,7 @@ int ss_grpc_deflate(int enc, const ss_zpart *parts, size_t n, size_t reserve, ui
       z.avail_out = oc;
       int zr = deflate(&z, chunk == left ? flush : Z_NO_FLUSH);
       have += oc - z.avail_out;
-      p += chunk - z.avail_in;
+      if (p) p += chunk - z.avail_in; /* NULL: the Z_FINISH pass (no offset on NULL: UB) */
       left -= chunk - z.avail_in;
       if (zr == Z_STREAM_END) break;
       if (zr != Z_OK && zr != Z_BUF_ERROR) rv = SS_EPROTO;

@@ -380,7 +380,8 @@ static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *
   sv->rows = rows;
   sv->x = (float *)(sv + 1);
   sv->z = sv->x + rows * (size_t)p->l[0].in;
-  memcpy(sv->x, in->data, rows * (size_t)p->l[0].in * sizeof(float));
+  if (rows > 0) /* an empty batch may come as a NULL view: no memcpy from NULL */
+    memcpy(sv->x, in->data, rows * (size_t)p->l[0].in * sizeof(float));
   z = sv->z;
   for (int i = 0; i < p->n && rows > 0; i++) {
     const mlp_layer *L = &p->l[i];
