@@ -211,8 +211,9 @@ SS_API void ss_server_free(ss_server *s);
  * before processing it (RST_STREAM REFUSED_STREAM, no response headers) is sent again on the
  * same connection, up to SS_CLIENT_REFUSED_RETRIES times, while that connection can still start
  * streams; after a GOAWAY it completes with UNAVAILABLE and ss_call_result.refused set, and
- * the blocking client sends it again on a new connection. A call that may have been processed
- * is never sent twice.
+ * the blocking client sends it again on a new connection (it also starts each call on a new
+ * connection when its connection went away or was lost since the last call). A call that may
+ * have been processed is never sent twice.
  */
 #define SS_CLIENT_REFUSED_RETRIES 3
 

@@ -1131,8 +1131,9 @@ int ss_client_unary(ss_client *c, const char *path, const void *msg, size_t len,
   uint64_t deadline = timeout_s > 0 ? uv_hrtime() + (uint64_t)ceil(timeout_s * 1e9) : 0;
   for (int attempt = 0;; attempt++) {
     sync_result res = {0, 0, 0, out};
-    /* A connection that is going away (GOAWAY) takes no new call: a new one does. */
-    if (c->ac->goaway && c->ac->state != ST_FAILED && attempt <= SS_CLIENT_REFUSED_RETRIES) {
+    /* A connection that is going away (GOAWAY) or gone (a proxy closes it after its GOAWAY,
+     * a server restarted) takes no new call: a new one does, as a grpcio channel would. */
+    if ((c->ac->goaway || c->ac->state == ST_FAILED) && attempt <= SS_CLIENT_REFUSED_RETRIES) {
       int rc = client_reconnect(c);
       if (rc < 0) return rc;
     }
