@@ -22,7 +22,8 @@
 #      decode step with a server-side session (--session-decode 128: 128-token prefill, then 128
 #      steps, then session_end);
 #   4. RSS of splitserve with one trunk vs two trunks (two --model flags on the same file).
-# Env: DURATION (s per level, default 5), WARMUP (default 1), PERF=1: perf record -g the
+# Env: CHECKPOINT_ONLY=1: write the checkpoint (step 1) and stop.
+# DURATION (s per level, default 5), WARMUP (default 1), PERF=1: perf record -g the
 # splitserve prefill and decode runs (bench/.cache/perf-*.data, report in the log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,6 +93,11 @@ with open(cpath, "w") as f:
     json.dump(cfg, f, indent=2)
 print(f"{wpath}: {len(shapes)} tensors, {off / 2**20:.1f} MiB")
 EOF
+fi
+if [ "${CHECKPOINT_ONLY:-0}" = 1 ]; then # the README's way to a GPT-2 checkpoint, alone
+  echo "checkpoint: $W and $C"
+  rmdir "$LOGDIR"
+  exit 0
 fi
 WBYTES=$(stat -c %s "$W")
 TRUNK_BYTES=$((56702976 * 4))

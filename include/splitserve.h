@@ -219,7 +219,16 @@ SS_API void ss_server_free(ss_server *s);
  * this header does not need uv.h) and keeps any number of calls in flight on one
  * connection; callbacks run on that loop's thread. Blocking API: ss_client wraps an
  * ss_aclient with a private loop; one call at a time per ss_client.
+ *
+ * Refused streams (like grpcio's transparent retry): a call whose stream the server refused
+ * before processing it (RST_STREAM REFUSED_STREAM, no response headers) is sent again on the
+ * same connection, up to SS_CLIENT_REFUSED_RETRIES times, while that connection can still start
+ * streams; after a GOAWAY it completes with UNAVAILABLE and ss_call_result.refused set, and
+ * the blocking client sends it again on a new connection (it also starts each call on a new
+ * connection when its connection went away or was lost since the last call). A call that may
+ * have been processed is never sent twice.
  */
+#define SS_CLIENT_REFUSED_RETRIES 3
 
 typedef struct ss_aclient ss_aclient;
 
@@ -230,6 +239,11 @@ typedef struct ss_call_result {
   const uint8_t *body;     /* the response message (protobuf bytes, no 5-byte prefix) */
   size_t body_len;
   double latency_s;        /* from the call's start to its trailers */
+  int refused;             /* nonzero: the server never processed the request (its stream was
+                              refused: REFUSED_STREAM, or above a GOAWAY's last stream id, or
+                              never sent), so it is safe to send again on a new connection;
+                              grpc_status is then UNAVAILABLE. The client itself already
+                              retried it on this connection while that could start streams */
 } ss_call_result;
 
 typedef void (*ss_call_cb)(void *user, const ss_call_result *result);
@@ -344,14 +358,19 @@ typedef struct ss_compute_reply {
 SS_API int ss_client_compute(ss_client *c, const ss_tensor_buf *input, const ss_compute_opts *opts,
                              ss_compute_reply *reply);
 
-/* HealthCheck: writes status ("ok") and version into the buffers. Returns 0 or <0;
- * *grpc_status receives the call's status. */
+/* HealthCheck: writes status ("ok") and version into the buffers (caller's, may be NULL).
+ * Returns 0 or <0; *grpc_status receives the call's status; when it is not OK, status holds
+ * the server's (or the connection's) status message instead. */
 SS_API int ss_client_health(ss_client *c, double timeout_s, int *grpc_status, char *status,
                             size_t status_len, char *version, size_t version_len);
 
 /* GetServiceInfo: calls fn(key, value, user) for service_name, version, device,
- * uptime_seconds, total_requests and every custom_info entry. */
-SS_API int ss_client_info(ss_client *c, double timeout_s, int *grpc_status,
+ * uptime_seconds, total_requests and every custom_info entry. Returns 0 or <0; *grpc_status
+ * receives the call's status; when it is not OK, message (caller's buffer of message_len
+ * bytes, may be NULL) receives the server's (or the connection's) status message, e.g. which
+ * header a token server wants. */
+SS_API int ss_client_info(ss_client *c, double timeout_s, int *grpc_status, char *message,
+                          size_t message_len,
                           void (*fn)(const char *key, const char *value, void *user), void *user);
 
 #ifdef __cplusplus

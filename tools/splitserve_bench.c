@@ -19,6 +19,12 @@
  *
  * A slot whose call failed with UNAVAILABLE (or could not start) is parked and retried by the
  * next 100 ms tick on a fresh connection, so a server restart costs errors, not a hot loop.
+ * A call the server refused before processing it (ss_call_result.refused: a proxy such as
+ * nginx ends a connection after keepalive_requests calls with a GOAWAY, and the streams beyond
+ * its last stream id were never processed) is sent again at once on a fresh connection, its
+ * latency counted from its first send, and is no error (grpcio does the same). A connection
+ * that is going away keeps its calls below that id until they complete (it is "retired"),
+ * then closes.
  *
  * Per level: warmup (not counted), then the measured window: a call counts when it completes
  * inside the window. OK calls whose response decodes to the expected shape go into a
@@ -42,8 +48,9 @@
  * it; the token is never printed, and a --token argument is wiped from argv once read.
  *
  * Costs per call, on the generator's side: the request is encoded once (prefix excluded) and
- * borrowed by every call (sessions: the per-slot session metadata is appended to a copy); the response check is a zero-allocation protobuf walk (fields 1 and
- * 2 only); the slot structs are preallocated. The only per-call allocations are ss_aclient's.
+ * borrowed by every call (sessions: the per-slot session metadata is appended to a copy); the
+ * response check is a zero-allocation protobuf walk (fields 1 and 2 only); the slot structs are
+ * preallocated. The only per-call allocations are ss_aclient's.
  */
 #include <errno.h>
 #include <malloc.h>
@@ -88,6 +95,7 @@ typedef struct slot {
   long sess_step;       /* sessions: 0 = next call is the prefill, then 1..N steps */
   uint64_t sess_id;
   size_t sent_len;      /* request message bytes of the call in flight */
+  int resends;          /* times its current call was refused and sent again */
 } slot;
 
 enum { CK_PLAIN, CK_PREFILL, CK_STEP };
@@ -155,6 +163,9 @@ struct bench {
   /* connections */
   ss_aclient **conns;
   int n_conns, cap_conns, use_conns; /* open, allocated, used by this level */
+  ss_aclient **retired;              /* going away, calls still in flight (conn_drop) */
+  int n_retired, cap_retired;
+  uint64_t refused_resent; /* calls refused before processing and sent again */
   int rr;
   /* slots */
   slot *closed_slots;
@@ -364,12 +375,40 @@ static ss_aclient *conn_get(bench *b, int i) {
   return b->conns[i];
 }
 
-/* A connection that refuses calls (lost, GOAWAY) is closed and replaced on next use. */
-static void conn_drop(bench *b, int i) {
+/* A connection that refuses calls (lost, GOAWAY) is replaced on next use. One that still
+ * carries calls (a GOAWAY lets those below its last stream id finish) is retired, and closed
+ * by the tick once they completed; force closes it at once (its calls complete UNAVAILABLE). */
+static void conn_drop_how(bench *b, int i, int force) {
   ss_aclient *c = b->conns[i];
   if (!c) return;
   b->conns[i] = NULL;
-  ss_aclient_close(c); /* its pending calls complete now, with UNAVAILABLE */
+  if (force || ss_aclient_inflight(c) == 0) {
+    ss_aclient_close(c);
+    return;
+  }
+  if (b->n_retired == b->cap_retired) {
+    int cap = b->cap_retired ? b->cap_retired * 2 : 8;
+    ss_aclient **n = realloc(b->retired, (size_t)cap * sizeof *n);
+    if (!n) die("out of memory");
+    b->retired = n;
+    b->cap_retired = cap;
+  }
+  b->retired[b->n_retired++] = c;
+}
+
+static void conn_drop(bench *b, int i) { conn_drop_how(b, i, 0); }
+
+/* Close the retired connections whose calls all completed (all of them with force). */
+static void conn_reap(bench *b, int force) {
+  int k = 0;
+  for (int i = 0; i < b->n_retired; i++) {
+    ss_aclient *c = b->retired[i];
+    if (force || ss_aclient_inflight(c) == 0)
+      ss_aclient_close(c);
+    else
+      b->retired[k++] = c;
+  }
+  b->n_retired = k;
 }
 
 /* ------------------------------------------------------------------ calls ------ */
@@ -548,6 +587,13 @@ static void on_done(void *user, const ss_call_result *r) {
   uint64_t now = uv_hrtime();
   b->inflight--;
   s->busy = 0;
+  /* Never processed (a GOAWAY's refused streams): send it again, not an error. t0 stays. */
+  if (r->refused && b->phase != PH_IDLE && s->resends < 8 && issue(b, s) == 0) {
+    s->resends++;
+    b->refused_resent++;
+    return;
+  }
+  s->resends = 0;
   if (b->phase == PH_MEASURE) account(b, s, r, now);
   if (b->sess_prefill > 0) { /* next step of this session, or a new one after the end / a failure */
     if (r->grpc_status == SS_GRPC_OK && s->sess_step < b->sess_reset) s->sess_step++;
@@ -603,6 +649,7 @@ static void on_tick(uv_timer_t *t) {
     int n = proc_threads(b->server_pid);
     if (n > b->thr_max) b->thr_max = n;
   }
+  conn_reap(b, 0);
   /* retry parked closed-loop slots (their start failed: connection lost) */
   if (!b->open && (b->phase == PH_WARMUP || b->phase == PH_MEASURE)) {
     slot *p = b->parked;
@@ -638,7 +685,8 @@ static void on_drain_timeout(uv_timer_t *t) {
   bench *b = t->data;
   fprintf(stderr, "splitserve-bench: %llu calls still in flight after the drain timeout; "
           "closing their connections\n", (unsigned long long)b->inflight);
-  for (int i = 0; i < b->n_conns; i++) conn_drop(b, i);
+  for (int i = 0; i < b->n_conns; i++) conn_drop_how(b, i, 1);
+  conn_reap(b, 1);
   level_maybe_finished(b);
 }
 
@@ -1467,7 +1515,14 @@ int main(int argc, char **argv) {
     if (b->json_path) write_json(b, &r);
   }
 
-  for (int i = 0; i < b->n_conns; i++) conn_drop(b, i);
+  for (int i = 0; i < b->n_conns; i++) conn_drop_how(b, i, 1);
+  conn_reap(b, 1);
+  free(b->retired);
+  if (b->refused_resent)
+    fprintf(stderr,
+            "splitserve-bench: %llu calls refused by the server before processing "
+            "(GOAWAY / REFUSED_STREAM) were sent again on a new connection\n",
+            (unsigned long long)b->refused_resent);
   uv_close((uv_handle_t *)&b->tick, NULL);
   uv_close((uv_handle_t *)&b->phase_timer, NULL);
   uv_close((uv_handle_t *)&b->send_timer, NULL);

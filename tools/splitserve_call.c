@@ -57,7 +57,8 @@ static void usage(FILE *f) {
 }
 
 static int die_status(int code, const char *msg) {
-  fprintf(stderr, "error: %s: %s\n", ss_grpc_code_name(code), msg);
+  fprintf(stderr, "error: %s: %s\n", ss_grpc_code_name(code),
+          msg && *msg ? msg : "(no message from the server)");
   return 1;
 }
 
@@ -487,9 +488,11 @@ int main(int argc, char **argv) {
     }
   } else if (strcmp(cmd, "info") == 0) {
     int st;
-    rv = ss_client_info(cl, timeout, &st, print_info, NULL);
+    char msg[512];
+    rv = ss_client_info(cl, timeout, &st, msg, sizeof msg, print_info, NULL);
     if (rv < 0) exit_code = die_status(SS_GRPC_INTERNAL, ss_strerror(rv));
-    else if (st != SS_GRPC_OK) exit_code = die_status(st, "GetServiceInfo failed");
+    else if (st != SS_GRPC_OK)
+      exit_code = die_status(st, msg[0] ? msg : "GetServiceInfo failed");
   } else {
     ss_compute_opts opts;
     memset(&opts, 0, sizeof opts);

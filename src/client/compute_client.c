@@ -156,6 +156,7 @@ int ss_client_health(ss_client *c, double timeout_s, int *grpc_status, char *sta
   free(res.body);
   if (!h) {
     *grpc_status = SS_GRPC_INTERNAL;
+    if (status && status_len) snprintf(status, status_len, "cannot decode HealthResponse");
     return 0;
   }
   if (status && status_len) snprintf(status, status_len, "%s", h->status ? h->status : "");
@@ -164,9 +165,11 @@ int ss_client_health(ss_client *c, double timeout_s, int *grpc_status, char *sta
   return 0;
 }
 
-int ss_client_info(ss_client *c, double timeout_s, int *grpc_status,
-                   void (*fn)(const char *key, const char *value, void *user), void *user) {
+int ss_client_info(ss_client *c, double timeout_s, int *grpc_status, char *message,
+                   size_t message_len, void (*fn)(const char *key, const char *value, void *user),
+                   void *user) {
   if (!c || !grpc_status || !fn) return SS_EINVAL;
+  if (message && message_len) message[0] = '\0';
   Splitlearn__Comm__ServiceInfoRequest req = SPLITLEARN__COMM__SERVICE_INFO_REQUEST__INIT;
   uint8_t pb[16];
   size_t plen = splitlearn__comm__service_info_request__pack(&req, pb);
@@ -179,6 +182,7 @@ int ss_client_info(ss_client *c, double timeout_s, int *grpc_status,
   }
   *grpc_status = res.grpc_status;
   if (res.grpc_status != SS_GRPC_OK) {
+    if (message && message_len) snprintf(message, message_len, "%s", res.message);
     free(res.body);
     return 0;
   }
@@ -187,6 +191,7 @@ int ss_client_info(ss_client *c, double timeout_s, int *grpc_status,
   free(res.body);
   if (!r) {
     *grpc_status = SS_GRPC_INTERNAL;
+    if (message && message_len) snprintf(message, message_len, "cannot decode ServiceInfoResponse");
     return 0;
   }
   char num[64];

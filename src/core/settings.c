@@ -87,7 +87,8 @@ const ss_setting ss_settings[] = {
   {"--tls-cert", "FILE", "tls_cert", SS_ST_STR, F(tls_cert), 0, 0, 0, 0, NULL, "off",
    "serve TLS 1.2+ (OpenSSL on memory BIOs; ALPN `h2` required) with this PEM certificate chain "
    "(and `--tls-key`); SIGHUP re-reads them (a broken file keeps the old context and logs an "
-   "error)"},
+   "error). A cleartext client gets a TLS alert record before the close, from which "
+   "`splitserve-call` and the C client tell that the server speaks TLS (use `--tls-ca`)"},
   {"--tls-key", "FILE", "tls_key", SS_ST_STR, F(tls_key), 0, 0, 0, 0, NULL, "off",
    "the certificate's PEM private key (with `--tls-cert`)"},
   {"--tls-client-ca", "FILE", "tls_client_ca", SS_ST_STR, F(tls_client_ca), 0, 0, 0, 0, NULL,
@@ -141,9 +142,11 @@ const ss_setting ss_settings[] = {
    1, 1 << 16, 256, NULL, NULL,
    "length of a decode session id (metadata `session`); longer: `INVALID_ARGUMENT`"},
   {"--auth-tokens", "FILE", "auth_tokens", SS_ST_STR, F(auth_tokens), 0, 0, 0, 0, NULL, "off",
-   "bearer-token authentication: lines `TOKEN [model,model...]` (no list: every model; `#` "
-   "comments, blank lines ignored; tokens are RFC 6750 b64token characters, at most 1000 "
-   "bytes). Clients send the request header `authorization: Bearer TOKEN`; missing or unknown "
+   "bearer-token authentication: lines `TOKEN [model,model...]` (no list: every model; commas "
+   "between model ids; `#` comments, blank lines ignored; tokens are RFC 6750 b64token "
+   "characters, at most 1000 bytes). A line whose token seems to hold blanks (two words after "
+   "it without a comma, or a word that is no model id) is refused naming the line; a model id "
+   "the server does not serve is warned about at start and on reload (a typo). Clients send the request header `authorization: Bearer TOKEN`; missing or unknown "
    "token: `UNAUTHENTICATED` (Compute, ComputeBackward, GetServiceInfo, StreamMonitoring), a "
    "model outside the token's list: `PERMISSION_DENIED` (ComputeBackward: the forward's model). "
    "Training forwards (`forward_id`) and decode sessions (`session`) belong to the token that "

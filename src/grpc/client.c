@@ -24,6 +24,16 @@
  * deadline (RST_STREAM CANCEL: the stream is unfinished), on connection loss (UNAVAILABLE)
  * or on ss_aclient_close(). Finished streams are never reset.
  *
+ * Refused streams: a stream closed with REFUSED_STREAM before any response byte (the server's
+ * RST_STREAM, or nghttp2 closing the streams above a GOAWAY's last stream id) was never
+ * processed (RFC 9113 8.7). Its call keeps its struct and is queued (resubmit) to go out again
+ * on a new stream at the next flush, while the connection can start streams and the call has
+ * retries left; else it completes UNAVAILABLE with ss_call_result.refused, and the blocking
+ * wrapper sends it again on a new connection (client_reconnect).
+ *
+ * Cleartext against a TLS port: the server's first bytes are a TLS record header (our server
+ * sends a protocol_version alert), never a SETTINGS frame; the client says so (looks_like_tls).
+ *
  * TLS (ss_aclient_new_tls): the same, with OpenSSL on memory BIOs between the socket and
  * nghttp2: the handshake starts when TCP connects and runs in the read path; the client counts
  * as connected once it completes (h2 negotiated by ALPN, the server's certificate verified
@@ -71,8 +81,8 @@ struct ss_call {
   ss_call *prev, *next; /* in c->calls (all structs alive, done or not) */
   ss_aclient *c;
   int32_t stream_id;
-  uint8_t *req; /* prefix + message (owned) */
-  size_t req_len, req_sent;
+  uint8_t *req;                   /* prefix + message, then the path NUL-terminated (owned) */
+  size_t req_len, req_sent;       /* req_len: prefix + message only */
   uint64_t start_ns, deadline_ns; /* deadline 0: none */
   ss_call_cb cb;
   void *user;
@@ -87,6 +97,9 @@ struct ss_call {
   char local_msg[160];
   int done;          /* callback fired */
   int stream_closed; /* nghttp2 no longer references this struct */
+  int retries;       /* times its stream was refused and the call sent again */
+  int resubmit;      /* refused: to be sent again on a new stream by the next flush */
+  int refused;       /* never processed by the server (ss_call_result.refused) */
 };
 
 struct ss_aclient {
@@ -118,6 +131,9 @@ struct ss_aclient {
   size_t tcap;
   extra_header hdrs[SS_CLIENT_MAX_HEADERS]; /* sent with every call (ss_aclient_set_header) */
   size_t nhdrs;
+  uint8_t head[3]; /* cleartext: the server's first bytes (looks_like_tls) */
+  size_t nhead;
+  int resubmits; /* calls with resubmit set */
 };
 
 /* ------------------------------------------------------------------ helpers ---- */
@@ -156,6 +172,7 @@ static void call_complete(ss_call *k, int status, const char *msg) {
   r.body = status == SS_GRPC_OK ? k->resp : NULL;
   r.body_len = status == SS_GRPC_OK ? k->resp_len : 0;
   r.latency_s = (double)(uv_hrtime() - k->start_ns) / 1e9;
+  r.refused = k->refused;
   if (status == SS_GRPC_OK && !k->have_resp) {
     r.grpc_status = SS_GRPC_INTERNAL;
     r.message = "server returned OK without a response message";
@@ -306,7 +323,10 @@ static void tls_flush(ss_aclient *c) {
   }
 }
 
+static void resubmit_refused(ss_aclient *c);
+
 static void do_flush(ss_aclient *c) {
+  if (c->resubmits > 0 && !c->closing && c->state != ST_FAILED) resubmit_refused(c);
   if (c->state == ST_FAILED || !c->tcp_up || c->writing || c->closing) return;
   if (c->tls && !ss_tls_ready(c->tls)) { /* handshake records only */
     tls_flush(c);
@@ -440,10 +460,42 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
   return 0;
 }
 
+/* A stream refused before the server processed anything (RFC 9113 8.7: REFUSED_STREAM, and
+ * nghttp2 closes streams above a GOAWAY's last stream id with it): no response byte came. */
+static int never_processed(const ss_call *k, uint32_t error_code) {
+  return error_code == NGHTTP2_REFUSED_STREAM && k->http_status == 0 && k->grpc_status < 0 &&
+         k->local_status < 0 && !k->have_resp && ss_msg_reader_idle(&k->reader);
+}
+
+/* Queue a refused call to be sent again on a new stream of this connection (by the next flush),
+ * while the connection can start streams and the call has retries left. 1 if queued. */
+static int call_retry(ss_aclient *c, ss_call *k) {
+  if (c->goaway || c->closing || c->state == ST_FAILED || k->retries >= SS_CLIENT_REFUSED_RETRIES)
+    return 0;
+  k->retries++;
+  k->resubmit = 1;
+  k->stream_closed = 1; /* until call_submit gives it a new stream */
+  k->req_sent = 0;
+  k->stream_id = 0;
+  c->resubmits++;
+  schedule_flush(c);
+  return 1;
+}
+
 static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error_code, void *u) {
   ss_aclient *c = u;
   ss_call *k = stream_call(s, stream_id);
   if (!k) return 0;
+  if (!k->done && !c->closing && c->state != ST_FAILED && never_processed(k, error_code)) {
+    nghttp2_session_set_stream_user_data(s, stream_id, NULL);
+    if (call_retry(c, k)) return 0; /* k lives on, on a new stream */
+    k->refused = 1;
+    call_complete(k, SS_GRPC_UNAVAILABLE,
+                  c->goaway ? "stream refused: the server is going away (GOAWAY) and never "
+                              "processed the call; safe to retry on a new connection"
+                            : "stream refused by the server (REFUSED_STREAM) before processing, "
+                              "too many times");
+  }
   if (!k->done && !c->closing && c->state != ST_FAILED) {
     char msg[200];
     if (k->local_status >= 0) {
@@ -485,6 +537,7 @@ static int on_frame_not_send(nghttp2_session *s, const nghttp2_frame *frame, int
       char msg[160];
       snprintf(msg, sizeof msg, "request not sent: %s%s", nghttp2_strerror(err),
                c->goaway ? " (server is going away)" : "");
+      k->refused = 1; /* never left this client */
       call_complete(k, SS_GRPC_UNAVAILABLE, msg);
       break;
     }
@@ -505,6 +558,16 @@ static int tls_deliver(void *arg, const uint8_t *p, size_t len) {
   return rv < 0 ? (int)rv : 0;
 }
 
+/* Cleartext only: keep the server's first 3 bytes and say whether they are a TLS record header
+ * (content type 20..23: change_cipher_spec, alert, handshake, application data; version 3.x),
+ * which an HTTP/2 server's first frame (SETTINGS: a 24-bit length well under 0x140000, then
+ * type 4) never is. A TLS server answers an h2c preface with an alert, or says nothing. */
+static int looks_like_tls(ss_aclient *c, const uint8_t *p, size_t n) {
+  while (c->nhead < sizeof c->head && n > 0) c->head[c->nhead++] = *p++, n--;
+  return c->nhead == sizeof c->head && c->head[0] >= 20 && c->head[0] <= 23 && c->head[1] == 3 &&
+         c->head[2] <= 4;
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   ss_aclient *c = st->data;
   if (c->closing || c->state == ST_FAILED) return;
@@ -512,7 +575,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     conn_fail(c, "connection to %s lost: %s",
               nread == UV_EOF ? (c->state == ST_CONNECTING ? "closed by the server during the TLS "
                                                              "handshake"
-                                                           : "closed by the server")
+                                 : !c->tls && c->nhead == 0
+                                     ? "closed by the server before it sent anything (if it "
+                                       "serves TLS, use --tls-ca / a TLS channel: "
+                                       "ss_client_connect_tls)"
+                                     : "closed by the server")
                               : uv_strerror((int)nread));
     return;
   }
@@ -531,6 +598,12 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     if (c->state == ST_CONNECTING && ss_tls_ready(c->tls)) c->state = ST_CONNECTED;
     rv = tr;
   } else {
+    if (c->nhead < sizeof c->head && looks_like_tls(c, (const uint8_t *)buf->base, (size_t)nread)) {
+      conn_fail(c, "connection to %s failed: %s",
+                "the server speaks TLS (its first bytes are a TLS record) and this client "
+                "cleartext HTTP/2; use --tls-ca / a TLS channel (ss_client_connect_tls)");
+      return;
+    }
     rv = nghttp2_session_mem_recv(c->ng, (const uint8_t *)buf->base, (size_t)nread);
   }
   if (c->closing) return;
@@ -587,7 +660,7 @@ static void on_timer(uv_timer_t *t) {
     for (ss_call *k = c->calls; k; k = k->next) {
       if (k->done || k->deadline_ns == 0) continue;
       if (k->deadline_ns <= now) {
-        if (!k->stream_closed)
+        if (!k->stream_closed && !k->resubmit)
           nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, k->stream_id, NGHTTP2_CANCEL);
         call_complete(k, SS_GRPC_DEADLINE_EXCEEDED, "deadline exceeded (client side)");
         if (c->closing || c->state == ST_FAILED) return;
@@ -791,29 +864,10 @@ int ss_aclient_new_tls(void *uv_loop, const char *host, int port, const ss_clien
   return 0;
 }
 
-int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len, double timeout_s,
-                    ss_call_cb cb, void *user) {
-  if (!c || !path || path[0] != '/' || !cb || (len > 0 && !msg)) return SS_EINVAL;
-  if (len > UINT32_MAX) return SS_ERANGE;
-  if (c->closing || c->state == ST_FAILED || c->goaway) return SS_ECLOSED;
-  ss_call *k = calloc(1, sizeof *k);
-  if (!k) return SS_ENOMEM;
-  k->req = malloc(len + 5);
-  if (!k->req) {
-    free(k);
-    return SS_ENOMEM;
-  }
-  ss_msg_prefix(k->req, (uint32_t)len);
-  if (len) memcpy(k->req + 5, msg, len);
-  k->req_len = len + 5;
-  k->c = c;
-  k->cb = cb;
-  k->user = user;
-  k->grpc_status = -1;
-  k->local_status = -1;
-  k->start_ns = uv_hrtime();
-  ss_msg_reader_init(&k->reader, SS_CLIENT_MAX_RESPONSE);
-
+/* Submit call k's HEADERS and body on a new stream (its path follows the message in k->req;
+ * grpc-timeout is what is left of its deadline). Returns the stream id, or <0 (nghttp2). */
+static int32_t call_submit(ss_aclient *c, ss_call *k) {
+  const char *path = (const char *)k->req + k->req_len;
   char tmo[16];
   nghttp2_nv nv[8 + SS_CLIENT_MAX_HEADERS];
   size_t n = 0;
@@ -828,12 +882,11 @@ int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len
   SS_NV("content-type", "application/grpc", 16);
   SS_NV("te", "trailers", 8);
   SS_NV("user-agent", "splitserve-client/" SS_VERSION, sizeof("splitserve-client/" SS_VERSION) - 1);
-  if (timeout_s > 0) {
-    double ns = ceil(timeout_s * 1e9);
-    int64_t ins = ns > 9.2e18 ? INT64_MAX : (int64_t)ns;
-    ss_grpc_timeout_format(ins, tmo);
+  if (k->deadline_ns) {
+    uint64_t now = uv_hrtime();
+    uint64_t left = k->deadline_ns > now ? k->deadline_ns - now : 1;
+    ss_grpc_timeout_format(left > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)left, tmo);
     SS_NV("grpc-timeout", tmo, strlen(tmo));
-    k->deadline_ns = k->start_ns + (uint64_t)ins;
   }
 #undef SS_NV
   for (size_t i = 0; i < c->nhdrs; i++, n++) { /* ss_aclient_set_header */
@@ -849,11 +902,76 @@ int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len
   prd.source.ptr = k;
   prd.read_callback = on_data_read;
   int32_t id = nghttp2_submit_request(c->ng, NULL, nv, n, &prd, k);
+  if (id > 0) {
+    k->stream_id = id;
+    k->stream_closed = 0;
+  }
+  return id;
+}
+
+/* Send the refused calls again (do_flush, before nghttp2 writes): each on a new stream; a call
+ * whose deadline fired meanwhile (done) is freed, one that cannot get a stream completes. */
+static void resubmit_refused(ss_aclient *c) {
+  ss_call *k = c->calls;
+  while (k && c->resubmits > 0) {
+    ss_call *next = k->next;
+    if (k->resubmit) {
+      k->resubmit = 0;
+      c->resubmits--;
+      if (k->done) {
+        call_unlink(c, k);
+        call_free(k);
+      } else {
+        ss_msg_reader_free(&k->reader);
+        ss_msg_reader_init(&k->reader, SS_CLIENT_MAX_RESPONSE);
+        if (call_submit(c, k) < 0) {
+          k->refused = 1;
+          k->stream_closed = 1;
+          call_complete(k, SS_GRPC_UNAVAILABLE, "stream refused and no new stream available");
+          if (c->closing || c->state == ST_FAILED) return;
+          call_unlink(c, k); /* no stream will close it */
+          call_free(k);
+        }
+      }
+    }
+    k = next;
+  }
+}
+
+int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, size_t len, double timeout_s,
+                    ss_call_cb cb, void *user) {
+  if (!c || !path || path[0] != '/' || !cb || (len > 0 && !msg)) return SS_EINVAL;
+  if (len > UINT32_MAX) return SS_ERANGE;
+  if (c->closing || c->state == ST_FAILED || c->goaway) return SS_ECLOSED;
+  ss_call *k = calloc(1, sizeof *k);
+  if (!k) return SS_ENOMEM;
+  size_t plen = strlen(path);
+  k->req = malloc(len + 5 + plen + 1);
+  if (!k->req) {
+    free(k);
+    return SS_ENOMEM;
+  }
+  ss_msg_prefix(k->req, (uint32_t)len);
+  if (len) memcpy(k->req + 5, msg, len);
+  k->req_len = len + 5;
+  memcpy(k->req + k->req_len, path, plen + 1);
+  k->c = c;
+  k->cb = cb;
+  k->user = user;
+  k->grpc_status = -1;
+  k->local_status = -1;
+  k->start_ns = uv_hrtime();
+  ss_msg_reader_init(&k->reader, SS_CLIENT_MAX_RESPONSE);
+  if (timeout_s > 0) {
+    double ns = ceil(timeout_s * 1e9);
+    k->deadline_ns = k->start_ns + (ns > 9.2e18 ? (uint64_t)INT64_MAX : (uint64_t)ns);
+  }
+
+  int32_t id = call_submit(c, k);
   if (id < 0) {
     call_free(k);
     return id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE ? SS_ECLOSED : SS_EIO;
   }
-  k->stream_id = id;
   k->next = c->calls;
   if (c->calls) c->calls->prev = k;
   c->calls = k;
@@ -882,12 +1000,39 @@ void ss_aclient_close(ss_aclient *c) {
 struct ss_client {
   uv_loop_t loop;
   ss_aclient *ac;
+  /* what a new connection needs (a refused call is sent again on one): */
+  char host[256];
+  int port;
+  int use_tls;
+  char *tls_str[4]; /* owned copies of ca_file, cert_file, key_file, server_name (or NULL) */
 };
+
+static void client_free(ss_client *c) {
+  for (int i = 0; i < 4; i++) free(c->tls_str[i]);
+  free(c);
+}
+
+/* Replace the client's connection by a new one to the same server, with the same request
+ * headers (moved over). The old one is closed; it has no call in flight (one at a time). */
+static int client_reconnect(ss_client *c) {
+  ss_client_tls tls = {c->tls_str[0], c->tls_str[1], c->tls_str[2], c->tls_str[3]};
+  ss_aclient *n;
+  int rv = ss_aclient_new_tls(&c->loop, c->host, c->port, c->use_tls ? &tls : NULL, &n, NULL, 0);
+  if (rv < 0) return rv;
+  n->owner = c;
+  memcpy(n->hdrs, c->ac->hdrs, sizeof n->hdrs);
+  n->nhdrs = c->ac->nhdrs;
+  c->ac->nhdrs = 0;
+  ss_aclient_close(c->ac);
+  c->ac = n;
+  return 0;
+}
 
 /* The blocking call's outcome while it runs (nomem: the body could not be copied). */
 typedef struct sync_result {
   int done;
   int nomem;
+  int refused; /* ss_call_result.refused */
   ss_unary_result *out;
 } sync_result;
 
@@ -895,6 +1040,7 @@ static void on_sync_done(void *user, const ss_call_result *r) {
   sync_result *s = user;
   ss_unary_result *o = s->out;
   s->done = 1;
+  s->refused = r->refused;
   o->grpc_status = r->grpc_status;
   snprintf(o->message, sizeof o->message, "%s", r->message ? r->message : "");
   o->latency_s = r->latency_s;
@@ -921,14 +1067,29 @@ int ss_client_connect_tls(const char *host, int port, double timeout_s, const ss
   if (err && errlen) err[0] = 0;
   ss_client *c = calloc(1, sizeof *c);
   if (!c) return SS_ENOMEM;
-  if (uv_loop_init(&c->loop) != 0) {
+  if (!host || strlen(host) >= sizeof c->host) {
     free(c);
+    return SS_EINVAL;
+  }
+  snprintf(c->host, sizeof c->host, "%s", host);
+  c->port = port;
+  if (tls) {
+    const char *t[4] = {tls->ca_file, tls->cert_file, tls->key_file, tls->server_name};
+    c->use_tls = 1;
+    for (int i = 0; i < 4; i++)
+      if (t[i] && !(c->tls_str[i] = strdup(t[i]))) {
+        client_free(c);
+        return SS_ENOMEM;
+      }
+  }
+  if (uv_loop_init(&c->loop) != 0) {
+    client_free(c);
     return SS_EIO;
   }
   int rv = ss_aclient_new_tls(&c->loop, host, port, tls, &c->ac, err, errlen);
   if (rv < 0) {
     uv_loop_close(&c->loop);
-    free(c);
+    client_free(c);
     return rv;
   }
   c->ac->owner = c;
@@ -956,7 +1117,7 @@ void ss_client_close(ss_client *c) {
   ss_aclient_close(c->ac);
   uv_run(&c->loop, UV_RUN_DEFAULT);
   uv_loop_close(&c->loop);
-  free(c);
+  client_free(c);
 }
 
 int ss_client_set_header(ss_client *c, const char *name, const char *value) {
@@ -967,20 +1128,39 @@ int ss_client_unary(ss_client *c, const char *path, const void *msg, size_t len,
                     ss_unary_result *out) {
   memset(out, 0, sizeof *out);
   if (!c || !path) return SS_EINVAL;
-  sync_result res = {0, 0, out};
-  int rv = ss_aclient_call(c->ac, path, msg, len, timeout_s, on_sync_done, &res);
-  if (rv < 0) {
-    if (rv != SS_ECLOSED) return rv;
-    res.done = 1; /* the connection is gone: report it like the async path would */
-    out->grpc_status = SS_GRPC_UNAVAILABLE;
-    snprintf(out->message, sizeof out->message, "%s",
-             c->ac->fail_msg[0] ? c->ac->fail_msg : "connection closed");
-  }
-  while (!res.done) uv_run(&c->loop, UV_RUN_ONCE);
-  if (res.nomem) {
+  uint64_t deadline = timeout_s > 0 ? uv_hrtime() + (uint64_t)ceil(timeout_s * 1e9) : 0;
+  for (int attempt = 0;; attempt++) {
+    sync_result res = {0, 0, 0, out};
+    /* A connection that is going away (GOAWAY) or gone (a proxy closes it after its GOAWAY,
+     * a server restarted) takes no new call: a new one does, as a grpcio channel would. */
+    if ((c->ac->goaway || c->ac->state == ST_FAILED) && attempt <= SS_CLIENT_REFUSED_RETRIES) {
+      int rc = client_reconnect(c);
+      if (rc < 0) return rc;
+    }
+    double left = timeout_s;
+    if (deadline) {
+      uint64_t now = uv_hrtime();
+      left = now < deadline ? (double)(deadline - now) / 1e9 : 1e-9;
+    }
+    int rv = ss_aclient_call(c->ac, path, msg, len, left, on_sync_done, &res);
+    if (rv < 0) {
+      if (rv != SS_ECLOSED) return rv;
+      res.done = 1; /* the connection is gone: report it like the async path would */
+      out->grpc_status = SS_GRPC_UNAVAILABLE;
+      snprintf(out->message, sizeof out->message, "%s",
+               c->ac->fail_msg[0] ? c->ac->fail_msg : "connection closed");
+    }
+    while (!res.done) uv_run(&c->loop, UV_RUN_ONCE);
+    if (res.nomem) {
+      free(out->body);
+      out->body = NULL;
+      return SS_ENOMEM;
+    }
+    /* Never processed (refused after a GOAWAY): send it again on a new connection. */
+    if (!res.refused || attempt >= SS_CLIENT_REFUSED_RETRIES) return 0;
     free(out->body);
-    out->body = NULL;
-    return SS_ENOMEM;
+    memset(out, 0, sizeof *out);
+    int rc = client_reconnect(c);
+    if (rc < 0) return rc;
   }
-  return 0;
 }

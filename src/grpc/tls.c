@@ -41,6 +41,7 @@ struct ss_tls_conn {
   int ready;
   int failed;       /* a bad record or a failed write: no close_notify */
   int bye;          /* close_notify queued */
+  int first;        /* the peer's first byte, -1 before it came */
 };
 
 static const unsigned char k_alpn_h2[] = {2, 'h', '2'};
@@ -263,6 +264,7 @@ void ss_tls_ctx_free(ss_tls_ctx *t) {
 static ss_tls_conn *conn_new(ss_tls_ctx *ctx) {
   ss_tls_conn *t = calloc(1, sizeof *t);
   if (!t) return NULL;
+  t->first = -1;
   t->ssl = SSL_new(ctx->ctx);
   t->rbio = BIO_new(BIO_s_mem());
   t->wbio = BIO_new(BIO_s_mem());
@@ -353,8 +355,16 @@ int ss_tls_feed(ss_tls_conn *t, const uint8_t *in, size_t n, uint8_t *scratch, s
     snprintf(err, errlen, "TLS: out of memory");
     return SS_ENOMEM;
   }
+  if (t->first < 0 && n > 0) t->first = in[0];
   if (!t->ready) {
     int rv = handshake(t, err, errlen);
+    if (rv != 0 && SSL_is_server(t->ssl) && t->first != 22 && BIO_ctrl_pending(t->wbio) == 0) {
+      /* Not TLS at all (e.g. an h2c preface): OpenSSL answers nothing, so the peer would only
+       * see the close. A fatal protocol_version alert record (type 21, version 3.1) tells a
+       * cleartext gRPC client, from its first bytes, that this port speaks TLS. */
+      static const uint8_t alert[7] = {21, 3, 1, 0, 2, 2, 70};
+      (void)BIO_write(t->wbio, alert, (int)sizeof alert);
+    }
     if (rv != 0 || !t->ready) return rv;
   }
   int cap = scratch_len > INT32_MAX ? INT32_MAX : (int)scratch_len;

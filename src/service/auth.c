@@ -38,6 +38,7 @@ struct ss_auth {
   size_t *len;      /* token lengths */
   char **tok;       /* the tokens while loading (freed once pad is built) */
   char **models;    /* per token: "a,b", or NULL = every model */
+  int *line;        /* per token: its line in the file (for warnings) */
 };
 
 void ss_auth_free(ss_auth *a) {
@@ -54,6 +55,7 @@ void ss_auth_free(ss_auth *a) {
   free(a->tok);
   free(a->len);
   free(a->models);
+  free(a->line);
   free(a);
 }
 
@@ -64,7 +66,13 @@ static int b64token_char(int c) {
          c == '.' || c == '_' || c == '~' || c == '+' || c == '/' || c == '=';
 }
 
-static int add(ss_auth *a, const char *tok, size_t toklen, const char *models) {
+/* A model id's characters (core/config.c: [A-Za-z0-9_.-]). */
+static int model_char(int c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '.' || c == '-';
+}
+
+static int add(ss_auth *a, const char *tok, size_t toklen, const char *models, int lineno) {
   if (a->n == a->cap) {
     size_t cap = a->cap ? a->cap * 2 : 8;
     char **t = realloc(a->tok, cap * sizeof *t);
@@ -73,7 +81,9 @@ static int add(ss_auth *a, const char *tok, size_t toklen, const char *models) {
     if (l) a->len = l;
     char **m = realloc(a->models, cap * sizeof *m);
     if (m) a->models = m;
-    if (!t || !l || !m) return SS_ENOMEM;
+    int *ln = realloc(a->line, cap * sizeof *ln);
+    if (ln) a->line = ln;
+    if (!t || !l || !m || !ln) return SS_ENOMEM;
     a->cap = cap;
   }
   char *t = strndup(tok, toklen);
@@ -86,13 +96,19 @@ static int add(ss_auth *a, const char *tok, size_t toklen, const char *models) {
   a->tok[a->n] = t;
   a->len[a->n] = toklen;
   a->models[a->n] = m;
+  a->line[a->n] = lineno;
   a->n++;
   if (toklen > a->width) a->width = toklen;
   return 0;
 }
 
-/* One line (NUL-terminated, no newline). 0, or <0 with the reason in why. */
-static int parse_line(ss_auth *a, char *line, char *why, size_t whylen) {
+/* One line (NUL-terminated, no newline): TOKEN, then optionally model ids separated by commas
+ * (blanks around the commas allowed), then optionally a # comment. A blank between two words
+ * without a comma is refused, and so is a word that is not a model id: both are what a token
+ * with blanks in it looks like, which must not load as a shorter token with a model list.
+ * Messages name words by position, never quote them (a word may be part of a token).
+ * 0, or <0 with the reason in why. */
+static int parse_line(ss_auth *a, char *line, int lineno, char *why, size_t whylen) {
   char *p = line;
   while (*p == ' ' || *p == '\t' || *p == '\r') p++;
   if (!*p || *p == '#') return 0;
@@ -109,14 +125,34 @@ static int parse_line(ss_auth *a, char *line, char *why, size_t whylen) {
     snprintf(why, whylen, "the token is %zu bytes long; at most %d", toklen, SS_AUTH_MAX_TOKEN);
     return SS_EINVAL;
   }
-  /* The rest: models separated by commas and/or blanks, up to a # comment. */
   char models[4096];
   size_t mlen = 0;
-  while (*p) {
-    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == ',') p++;
+  int word = 1, after_name = 0;
+  for (;;) {
+    while (*p == ' ' || *p == '\t' || *p == '\r') p++;
     if (!*p || *p == '#') break;
+    if (*p == ',') {
+      p++;
+      after_name = 0;
+      continue;
+    }
+    word++;
+    if (after_name) {
+      snprintf(why, whylen,
+               "word %d follows a model id without a comma: the line is "
+               "'TOKEN model,model' (a token cannot contain blanks)",
+               word);
+      return SS_EINVAL;
+    }
     char *m = p;
-    while (*p && *p != ' ' && *p != '\t' && *p != '\r' && *p != ',') p++;
+    while (model_char((unsigned char)*p)) p++;
+    if (p == m || (*p && *p != ' ' && *p != '\t' && *p != '\r' && *p != ',' && *p != '#')) {
+      snprintf(why, whylen,
+               "word %d is not a model id (A-Z a-z 0-9 _ . -): the line is "
+               "'TOKEN model,model' (a token cannot contain blanks)",
+               word);
+      return SS_EINVAL;
+    }
     size_t n = (size_t)(p - m);
     if (mlen + n + 2 > sizeof models) {
       snprintf(why, whylen, "the model list is longer than %zu bytes", sizeof models);
@@ -125,6 +161,7 @@ static int parse_line(ss_auth *a, char *line, char *why, size_t whylen) {
     if (mlen) models[mlen++] = ',';
     memcpy(models + mlen, m, n);
     mlen += n;
+    after_name = 1;
   }
   models[mlen] = 0;
   for (size_t i = 0; i < a->n; i++)
@@ -132,7 +169,7 @@ static int parse_line(ss_auth *a, char *line, char *why, size_t whylen) {
       snprintf(why, whylen, "this token is listed twice (each token once)");
       return SS_EINVAL;
     }
-  if (add(a, tok, toklen, mlen ? models : NULL) != 0) {
+  if (add(a, tok, toklen, mlen ? models : NULL, lineno) != 0) {
     snprintf(why, whylen, "out of memory");
     return SS_ENOMEM;
   }
@@ -163,7 +200,7 @@ int ss_auth_load(const char *path, ss_auth **out, char *err, size_t errlen) {
   size_t cap = 0;
   ssize_t n;
   int lineno = 0, rv = 0;
-  char why[160];
+  char why[200];
   while ((n = getline(&line, &cap, f)) >= 0) {
     lineno++;
     if (n > 0 && line[n - 1] == '\n') line[--n] = 0;
@@ -172,7 +209,7 @@ int ss_auth_load(const char *path, ss_auth **out, char *err, size_t errlen) {
       rv = SS_EINVAL;
       break;
     }
-    if ((rv = parse_line(a, line, why, sizeof why)) != 0) {
+    if ((rv = parse_line(a, line, lineno, why, sizeof why)) != 0) {
       snprintf(err, errlen, "%s:%d: %s", path, lineno, why);
       break;
     }
@@ -260,6 +297,21 @@ const char *ss_auth_models(const ss_auth *a, int idx, char *buf, size_t len) {
   const char *m = a && idx >= 0 && (size_t)idx < a->n ? a->models[idx] : NULL;
   snprintf(buf, len, "%s", m ? m : "all models");
   return buf;
+}
+
+void ss_auth_each_model(const ss_auth *a, void (*fn)(void *user, int line, const char *model),
+                        void *user) {
+  char id[4096];
+  for (size_t i = 0; a && i < a->n; i++) {
+    const char *m = a->models[i];
+    while (m && *m) {
+      const char *e = strchr(m, ',');
+      size_t n = e ? (size_t)(e - m) : strlen(m);
+      snprintf(id, sizeof id, "%.*s", (int)n, m);
+      fn(user, a->line[i], id);
+      m = e ? e + 1 : NULL;
+    }
+  }
 }
 
 int ss_auth_tag_key(uint8_t key[SS_AUTH_TAG]) {

@@ -2,7 +2,10 @@
  * auth.h — bearer-token authentication and per-model authorization (--auth-tokens FILE).
  *
  * The token file: one token per line, optionally followed by the models it may use
- * (`TOKEN model,model`; none listed = every model); blank lines and `#` comments are ignored.
+ * (`TOKEN model,model`, commas between model ids, blanks around them allowed; none listed =
+ * every model); blank lines and `#` comments are ignored. A line with two blank-separated
+ * words after the token, or a word that is not a model id, is refused: that is a token with
+ * blanks in it, not a model list.
  * Tokens are RFC 6750 b64token characters (A-Z a-z 0-9 - . _ ~ + / and trailing =), at most
  * SS_AUTH_MAX_TOKEN bytes, each listed once.
  *
@@ -44,6 +47,11 @@ int ss_auth_find(const ss_auth *a, const char *authorization);
 int ss_auth_allows(const ss_auth *a, int idx, const char *model);
 /* Token idx's models as "a,b" (or "all models") into buf; returns buf. */
 const char *ss_auth_models(const ss_auth *a, int idx, char *buf, size_t len);
+
+/* fn(user, line, model) for every model id of every token's list, with the token's line in
+ * the file (the service warns about ids it does not serve). */
+void ss_auth_each_model(const ss_auth *a, void (*fn)(void *user, int line, const char *model),
+                        void *user);
 
 /* A fresh random key for owner tags. 0, or SS_EIO when the system has no randomness. */
 int ss_auth_tag_key(uint8_t key[SS_AUTH_TAG]);

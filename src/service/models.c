@@ -412,6 +412,7 @@ static void reload_done(ss_job *job) {
   }
   build_free(&r->b);
   reload_job_free(r);
+  ss_service_auth_check_models(s);       /* the token file may name models that came or went */
   if (s->reload_again && !s->draining) { /* a SIGHUP came meanwhile: the file may differ again */
     s->reload_again = 0;
     ss_models_reload(s);

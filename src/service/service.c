@@ -135,6 +135,21 @@ int ss_service_check_owner(const ss_service *s, ss_call *call, const uint8_t *ow
   return -1;
 }
 
+static void warn_unserved(void *user, int line, const char *model) {
+  ss_service *s = user;
+  if (ss_service_find_model(s, model)) return;
+  char have[512];
+  ss_models_list(s, have, sizeof have);
+  SS_LOGW(
+      "%s:%d: model '%s' is not served by this server (it serves: %s); a typo? "
+      "calls for it will be refused",
+      s->cfg.auth_tokens, line, model, have);
+}
+
+void ss_service_auth_check_models(ss_service *s) {
+  if (s->auth) ss_auth_each_model(s->auth, warn_unserved, s);
+}
+
 static int auth_load(ss_service *s, const char *why, char *err, size_t errlen) {
   ss_auth *a;
   int rv = ss_auth_load(s->cfg.auth_tokens, &a, err, errlen);
@@ -209,6 +224,7 @@ int ss_service_new(uv_loop_t *loop, ss_pool *pool, const ss_server_config *cfg, 
   if (rv == 0 && s->cfg.auth_tokens && (rv = ss_auth_tag_key(s->owner_key)) != 0)
     snprintf(err, errlen, "no random bytes for the owner-tag key");
   if (rv == 0) rv = ss_models_load(s, err, errlen);
+  if (rv == 0) ss_service_auth_check_models(s);
   if (rv != 0) {
     ss_service_close(s);
     uv_run(loop, UV_RUN_NOWAIT); /* let the closed handles finish */
@@ -238,6 +254,8 @@ void ss_service_reload(ss_service *s) {
     if (auth_load(s, "SIGHUP", err, sizeof err) != 0)
       SS_LOGE("SIGHUP: auth tokens not reloaded, keeping the %zu old ones: %s",
               ss_auth_count(s->auth), err);
+    else if (!s->cfg.config_path)
+      ss_service_auth_check_models(s); /* else once reloaded */
   }
   ss_models_reload(s); /* the --config file, or the --model specs whose weights changed */
 }

@@ -144,6 +144,9 @@ void ss_models_save_all(ss_service *s, const char *why);
 int ss_models_test_disabled(const ss_service *s, const char *id);
 /* "mlp, identity, ..." into buf (for NOT_FOUND messages). */
 void ss_models_list(const ss_service *s, char *buf, size_t len);
+/* Log a warning for each model id of the --auth-tokens file that is not served (a typo): at
+ * start once the models are loaded, on SIGHUP, and after a --config reload. service.c. */
+void ss_service_auth_check_models(ss_service *s);
 
 /* ---- dynamic batching (batch.c) ---- */
 /* Close every open batch (the service is stopping: their timers will not fire). */

@@ -59,8 +59,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   }
   size_t nm;
   const ss_method *methods = ss_service_methods(&nm);
-  ss_grpc_config gc = {.host = "127.0.0.1", .port = 0, .max_message_bytes = cfg.max_message_bytes,
-                       .drain_timeout_s = 1.0}; /* other limits: 0 = the transport defaults */
+  ss_grpc_config gc = {.host = "127.0.0.1",
+                       .port = 0,
+                       .max_message_bytes = cfg.max_message_bytes,
+                       .drain_timeout_s = 1.0,   /* other limits: 0 = the transport defaults */
+                       .compress_responses = 1}; /* a grpc-accept-encoding gets gzip/deflate */
   if (ss_grpc_server_new(&loop, &gc, methods, nm, svc, NULL, &grpc, err, sizeof err) != 0) {
     fprintf(stderr, "fuzz_conn: cannot start the server: %s\n", err);
     abort();

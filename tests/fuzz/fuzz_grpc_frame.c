@@ -9,6 +9,12 @@
  * stream are also tried as a grpc-timeout value (its formatted form must parse back to no less),
  * and the whole stream goes through pct_encode/pct_decode (a round trip when not truncated).
  *
+ * Compression (grpc-encoding gzip / deflate, grpc/compress.h): every completed message with the
+ * compressed flag is inflated as gzip and as deflate under the reader's limit (what conn.c does
+ * with a request): the result never exceeds the limit, and an error is one of the documented
+ * ones. The start of the stream is also compressed and inflated back (a round trip), and tried
+ * as a grpc-encoding / grpc-accept-encoding value.
+ *
  * Thread: the fuzzer's (single).
  */
 #include <stdint.h>
@@ -16,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grpc/compress.h"
 #include "grpc/grpc_frame.h"
 #include "splitserve.h"
 
@@ -26,6 +33,46 @@
       abort();                                                                             \
     }                                                                                      \
   } while (0)
+
+/* A compressed message inflated under limit max, as the server does for a request. */
+static void inflate_check(const uint8_t *msg, size_t len, size_t max) {
+  for (int enc = SS_ENC_DEFLATE; enc <= SS_ENC_GZIP; enc++) {
+    uint8_t *out = NULL;
+    size_t outlen = 0;
+    int rv = ss_grpc_inflate(enc, msg, len, max, &out, &outlen);
+    CHECK_FUZZ(rv == 0 || rv == SS_ERANGE || rv == SS_EPROTO || rv == SS_ENOMEM);
+    if (rv == 0)
+      CHECK_FUZZ(outlen <= max);
+    else
+      CHECK_FUZZ(out == NULL);
+    free(out);
+  }
+}
+
+/* Compress then inflate (both encodings) the first bytes of s: the same bytes come back, and a
+ * limit one byte short of them is refused. Encoding names: parsed without reading past n. */
+static void codec_round_trip(const uint8_t *s, size_t n) {
+  if (n > 4096) n = 4096;
+  for (int enc = SS_ENC_DEFLATE; enc <= SS_ENC_GZIP; enc++) {
+    ss_zpart part = {s, n};
+    uint8_t *z = NULL, *back = NULL;
+    size_t zlen = 0, blen = 0;
+    if (ss_grpc_deflate(enc, &part, 1, 5, &z, &zlen) != 0) continue;
+    CHECK_FUZZ(zlen >= 5);
+    CHECK_FUZZ(ss_grpc_inflate(enc, z + 5, zlen - 5, n, &back, &blen) == 0);
+    CHECK_FUZZ(blen == n && (n == 0 || memcmp(back, s, n) == 0));
+    free(back);
+    back = NULL;
+    if (n > 0) CHECK_FUZZ(ss_grpc_inflate(enc, z + 5, zlen - 5, n - 1, &back, &blen) == SS_ERANGE);
+    free(back);
+    free(z);
+  }
+  size_t m = n < 32 ? n : 32;
+  int e = ss_grpc_encoding_parse((const char *)s, m);
+  CHECK_FUZZ(e >= -1 && e <= SS_ENC_GZIP);
+  e = ss_grpc_accept_encoding_pick((const char *)s, m);
+  CHECK_FUZZ(e >= SS_ENC_IDENTITY && e <= SS_ENC_GZIP);
+}
 
 static void frames(const uint8_t *sizes, const uint8_t *s, size_t n, size_t max_len) {
   ss_msg_reader r;
@@ -61,6 +108,7 @@ static void frames(const uint8_t *sizes, const uint8_t *s, size_t n, size_t max_
         ss_msg_reader_take(&r, &msg, &mlen, &comp);
         CHECK_FUZZ(mlen == len && comp == (s[oracle] & 1));
         CHECK_FUZZ(len == 0 || memcmp(msg, s + oracle + 5, len) == 0);
+        if (comp) inflate_check(msg, mlen, max_len);
         free(msg);
         CHECK_FUZZ(ss_msg_reader_idle(&r));
         oracle += 5 + len;
@@ -126,6 +174,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const uint8_t *s = data + 9;
   size_t n = size - 9;
   frames(data + 1, s, n, max_len);
+  codec_round_trip(s, n);
   timeout(s, n);
   pct(s, n, 1 + (size_t)data[0] * 2);
   return 0;

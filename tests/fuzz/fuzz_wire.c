@@ -4,7 +4,9 @@
  * ss_decode_tensor_request (tensor bytes and KV entries left in place), each KV entry through
  * ss_parse_kv_entry, every tensor through ss_tensor_from_wire; HealthRequest,
  * ServiceInfoRequest, MonitoringStreamRequest and grpc.health.v1.HealthCheckRequest through
- * protobuf-c. Byte 0 picks the message type, the rest is the message.
+ * protobuf-c. Byte 0 picks the message type, the rest is the message. Type 8 is the zlib
+ * wire codec (service/codec.h, metadata codec=zlib): [want, 2 bytes little-endian][payload]:
+ * the stream check, then an inflate to exactly `want` bytes, then a deflate/inflate round trip.
  *
  * Oracle: when protobuf-c unpacks the whole message, the split decode must succeed and agree
  * with it (tensor bytes, shape, ids, KV entries); a tensor that validates must fit its bytes.
@@ -20,6 +22,7 @@
 #include "core/arena.h"
 #include "core/tensor.h"
 #include "health.pb-c.h"
+#include "service/codec.h"
 #include "service/wire.h"
 
 #define CHECK_FUZZ(c)                                                                      \
@@ -189,11 +192,45 @@ static void backward_request(const uint8_t *msg, size_t len) {
   ss_arena_release(&arena);
 }
 
+/* The zlib tensor codec: a payload must be a stream, inflate to exactly want bytes or be
+ * refused with a message; what inflates deflates back to an equal stream's worth. */
+static void zlib_codec(const uint8_t *msg, size_t len) {
+  if (len < 2) return;
+  size_t want = (size_t)msg[0] | (size_t)msg[1] << 8;
+  msg += 2;
+  len -= 2;
+  char err[256] = "";
+  if (ss_codec_check_stream("data", len, err, sizeof err) != 0) {
+    CHECK_FUZZ(err[0] != '\0' && len < SS_ZLIB_MIN_STREAM);
+    return;
+  }
+  void *out = NULL;
+  int rv = ss_codec_inflate("data", msg, len, want, &out, err, sizeof err);
+  if (rv != 0) {
+    CHECK_FUZZ(err[0] != '\0' && strlen(err) < sizeof err);
+    return;
+  }
+  CHECK_FUZZ(out != NULL || want == 0);
+  void *z = NULL, *back = NULL;
+  size_t zlen = 0;
+  if (ss_codec_deflate(out, want, &z, &zlen) == 0) {
+    CHECK_FUZZ(ss_codec_inflate("data", z, zlen, want, &back, err, sizeof err) == 0);
+    CHECK_FUZZ(want == 0 || memcmp(back, out, want) == 0);
+  }
+  free(back);
+  free(z);
+  free(out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
   const uint8_t *msg = data + 1;
   size_t len = size - 1;
   ProtobufCMessage *m = NULL;
+  if (data[0] % 9 == 8) {
+    zlib_codec(msg, len);
+    return 0;
+  }
   switch (data[0] % 8) {
   case 0: compute_request(msg, len); break;
   case 1: backward_request(msg, len); break;

@@ -72,12 +72,25 @@ REQ = {
     "train_fwd": compute("g", (1, 2, 16), training_mode=True, forward_id="f1"),
     "sleep": compute("sleep", (1, 2), meta={"ms": "1"}),
     "spin": compute("spin", (1, 2), meta={"ms": "0"}),
+    # the zlib wire codec (metadata codec=zlib: the Python CompressedTensorCodec)
+    "identity_zlib": compute("identity", (2, 3), data=zlib.compress(f32(6)), meta={"codec": "zlib"}),
+    "mlp_zlib_f16": compute("mlp", (1, 768), data=zlib.compress(b"\x00\x3c" * 768),
+                            meta={"codec": "zlib", "dtype": "float16"}),
+    # an empty data field with codec=zlib: it arrives as a NULL view (crashed the server once)
+    "zlib_empty": compute("identity", (2, 3), data=b"", meta={"codec": "zlib"}),
+    "zlib_empty_shape0": compute("mlp", (0, 768), data=b"", meta={"codec": "zlib"}),
+    "zlib_bad": compute("identity", (2, 3), data=b"\x78\x9c" + b"\xff" * 20, meta={"codec": "zlib"}),
+    "zlib_long": compute("identity", (1, 2), data=zlib.compress(f32(64)), meta={"codec": "zlib"}),
+    "train_fwd_zlib": compute("g", (1, 2, 16), data=zlib.compress(f32(32)), training_mode=True,
+                              forward_id="fz", meta={"codec": "zlib"}),
 }
 BACKWARD = cs.BackwardRequest(grad_output_data=f32(32), grad_output_shape=[1, 2, 16], forward_id="f1",
                               model_id="g", learning_rate=0.001).SerializeToString()
 HEALTH = cs.HealthRequest().SerializeToString()
 INFO = cs.ServiceInfoRequest().SerializeToString()
 MON = cs.MonitoringStreamRequest(sampling_interval=0.01).SerializeToString()
+BACKWARD_ZLIB = cs.BackwardRequest(grad_output_data=zlib.compress(f32(32)), grad_output_shape=[1, 2, 16],
+                                   forward_id="fz", model_id="g", learning_rate=0.001).SerializeToString()
 GHEALTH = hp.HealthCheckRequest(service="").SerializeToString()
 
 # ---- fuzz_grpc_frame: [limit][8 chunk sizes][stream]
@@ -93,6 +106,11 @@ write("grpc_frame", {
     "timeout_H": bytes([7]) + bytes([2] * 8) + b"99999999H",
     "timeout_n": bytes([7]) + bytes([2] * 8) + b"1234567n",
     "pct": bytes([200]) + bytes([1] * 8) + b"caf\xc3\xa9 100% \x01\n%41%4",
+    # grpc-encoding gzip / deflate messages (compressed flag 1), and a small bomb over the limit
+    "gzip": bytes([6]) + bytes([9, 0, 22, 3] * 2) + lpm(gzip.compress(REQ["identity"], mtime=0), 1),
+    "deflate": bytes([5]) + bytes([22] * 8) + lpm(zlib.compress(REQ["identity"]), 1),
+    "gzip_bomb": bytes([7]) + bytes([22] * 8) + lpm(gzip.compress(b"\0" * (1 << 21), mtime=0), 1),
+    "gzip_name": bytes([4]) + bytes([5] * 8) + b"gzip",
 })
 
 # ---- fuzz_wire: [type][message]
@@ -108,6 +126,11 @@ write("wire", {
     "monitoring": b"\x05" + MON,
     "grpc_health": b"\x06" + hp.HealthCheckRequest(service="splitlearn.comm.ComputeService").SerializeToString(),
     "split": b"\x07" + REQ["gpt2_past"],
+    # type 8: the zlib tensor codec, [want u16 le][payload]
+    "zlib_codec": b"\x08" + struct.pack("<H", 24) + zlib.compress(f32(6)),
+    "zlib_codec_short": b"\x08" + struct.pack("<H", 24) + zlib.compress(f32(5)),
+    "zlib_codec_empty": b"\x08" + struct.pack("<H", 24),
+    "zlib_codec_bad": b"\x08" + struct.pack("<H", 8) + b"\x78\x9c" + b"\x01" * 12,
 })
 
 # ---- fuzz_service: calls of [method][len u16 le][request]
@@ -136,6 +159,11 @@ write("service", {
     "sleep_spin": calls(("Compute", REQ["sleep"]), ("Compute", REQ["spin"])),
     "info": calls(("HealthCheck", HEALTH), ("GetServiceInfo", INFO), ("Check", GHEALTH)),
     "streams": calls(("StreamMonitoring", MON), ("Watch", GHEALTH)),
+    "identity_zlib": calls(("Compute", REQ["identity_zlib"])),
+    "mlp_zlib_f16": calls(("Compute", REQ["mlp_zlib_f16"])),
+    "zlib_empty": calls(("Compute", REQ["zlib_empty"]), ("Compute", REQ["zlib_empty_shape0"])),
+    "zlib_bad": calls(("Compute", REQ["zlib_bad"]), ("Compute", REQ["zlib_long"])),
+    "train_zlib": calls(("Compute", REQ["train_fwd_zlib"]), ("ComputeBackward", BACKWARD_ZLIB)),
 })
 
 # ---- fuzz_conn: HTTP/2 frames after the preface and an empty SETTINGS (the harness adds those)
@@ -143,12 +171,12 @@ def frame(ftype, flags, sid, payload=b""):
     return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
 
 
-def grpc_call(sid, method, msg, extra=(), end=True, ctype="application/grpc"):
+def grpc_call(sid, method, msg, extra=(), end=True, ctype="application/grpc", flag=0):
     hdrs = [(":method", "POST"), (":scheme", "http"), (":path", method),
             (":authority", "127.0.0.1"), ("content-type", ctype), ("te", "trailers")] + list(extra)
     out = frame(h2raw.HEADERS, h2raw.FLAG_END_HEADERS, sid, h2raw.encode_headers(hdrs))
     if msg is not None:
-        out += frame(h2raw.DATA, h2raw.FLAG_END_STREAM if end else 0, sid, lpm(msg))
+        out += frame(h2raw.DATA, h2raw.FLAG_END_STREAM if end else 0, sid, lpm(msg, flag))
     return out
 
 
@@ -173,6 +201,15 @@ write("conn", {
     "gzip_health_two": grpc_call(1, CS + "Compute", None, [("grpc-encoding", "gzip")]) +
                        frame(h2raw.DATA, h2raw.FLAG_END_STREAM, 1, lpm(gzip.compress(REQ["identity"], mtime=0), 1)) +
                        grpc_call(3, CS + "HealthCheck", HEALTH) + frame(h2raw.RST_STREAM, 0, 1, struct.pack(">I", 8)),
+    # compressed messages (flag 1) over the zlib wire codec, a stream that is not gzip, an
+    # unknown encoding, and a client that accepts gzip responses
+    "gzip_zlib_codec": grpc_call(1, CS + "Compute", gzip.compress(REQ["identity_zlib"], mtime=0),
+                                 [("grpc-encoding", "gzip"), ("grpc-accept-encoding", "gzip")], flag=1),
+    "zlib_empty": grpc_call(1, CS + "Compute", REQ["zlib_empty"]),
+    "gzip_bad": grpc_call(1, CS + "Compute", b"\x1f\x8b\x08\x00" + b"\x00" * 12,
+                          [("grpc-encoding", "gzip")], flag=1),
+    "gzip_unknown": grpc_call(1, CS + "Compute", REQ["identity"], [("grpc-encoding", "snappy")], flag=1),
+    "accept_gzip": grpc_call(1, CS + "Compute", REQ["identity"], [("grpc-accept-encoding", "deflate,gzip")]),
     "unknown_path": grpc_call(1, "/no.Such/Method", b""),
     "split_data": grpc_call(1, CS + "Compute", None) +
                   frame(h2raw.DATA, 0, 1, lpm(REQ["identity"])[:7]) +

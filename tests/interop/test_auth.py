@@ -202,6 +202,33 @@ def test_service_info_lists_only_the_tokens_models():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_token_file_typos():
+    """Issue 20.15: a token with blanks is refused naming the line (not loaded as a shorter
+    token with model names); a model id the server does not serve is warned about at start and
+    on SIGHUP, and the token still loads."""
+    tmp = tempfile.mkdtemp(prefix="ss-auth-")
+    tok = os.path.join(tmp, "tokens")
+    write(tok, "# tokens\n%s\nbad token with spaces!! x y\n" % FULL)
+    srv = sslib.Server("--auth-tokens", tok, expect_start=False)
+    rc = srv.wait(T(10))
+    assert rc not in (0, None) and "tokens:3:" in srv.log and "blanks" in srv.log, (rc, srv.log)
+    assert "spaces" not in srv.log, "a word of the token line was quoted"
+    write(tok, "%s mlpp\n%s identity\n" % (FULL, IDENT))
+    srv = sslib.Server("--auth-tokens", tok)
+    c = sslib.connect(srv)
+    assert srv.wait_for_line(r"tokens:1: model 'mlpp' is not served", T(5)), sslib.tail(srv.log)
+    assert "'identity' is not served" not in srv.log
+    ident = make_req(np.ones((2, 3), np.float32), model="identity")
+    assert c.compute(ident, timeout=T(5), metadata=bearer(IDENT)).shape
+    write(tok, "%s identity\n%s mlp,identty\n" % (FULL, IDENT))
+    srv.signal(signal.SIGHUP)
+    assert srv.wait_for_line(r"tokens:2: model 'identty' is not served", T(5)), sslib.tail(srv.log)
+    sslib.shutdown(c, srv)
+    shutil.rmtree(tmp, ignore_errors=True)
+    for s in SECRETS:
+        assert s not in srv.log, "a token appears in the server log"
+
+
 def test_config_key_and_sighup_with_config():
     """auth_tokens in a --config file; SIGHUP re-reads both the tokens and the models."""
     tmp = _tmpdir()
@@ -360,6 +387,11 @@ def test_tools_token():
         assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
         out = call(*compute)  # no token at all
         assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+        # every error shows the server's message (issue 20.13): it names the header to send
+        for cmd in (compute, ("info",)):
+            out = call(*cmd)
+            assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr, (out.stdout, out.stderr)
+            assert "authorization" in out.stderr, (cmd, out.stderr)
         # local refusals: both options, a missing file, an empty first line
         out = call("--token", A_TOK, "--token-file", tfile, *compute)
         assert out.returncode == 2 and "not both" in out.stderr, out.stderr

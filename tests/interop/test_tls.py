@@ -287,6 +287,13 @@ def test_c_client_tls():
                              capture_output=True, text=True, timeout=T(20))
         assert out.returncode != 0, out.stdout
         assert "certificate" in (out.stderr + out.stdout).lower(), (out.stdout, out.stderr)
+        # no --tls-ca against a TLS port (issue 20.14): the client reads a TLS record where it
+        # wanted HTTP/2 SETTINGS and says so, not "connection lost: closed by the server"
+        for cmd in (("health",), ("info",), ("compute", "--model", "identity", "--shape", "2")):
+            out = subprocess.run([call, "--addr", srv.target] + list(cmd),
+                                 capture_output=True, text=True, timeout=T(20))
+            assert out.returncode == 1, (cmd, out.stdout, out.stderr)
+            assert "speaks TLS" in out.stderr and "--tls-ca" in out.stderr, (cmd, out.stderr)
         # the bench over TLS
         bench = sslib.binary("splitserve-bench")
         out = subprocess.run([bench, "--addr", srv.target, "--tls-ca", CA[1], "--model", "identity",

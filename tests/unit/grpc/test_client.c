@@ -3,7 +3,9 @@
  * libuv loop (nghttp2 server session; no real gRPC server needed): echo with many concurrent
  * streams, a trailers-only error with a percent-encoded grpc-message, an HTTP 503 without
  * grpc-status, two messages on a unary call, connection refused, connection loss,
- * ss_aclient_close() with calls pending, and extra request headers (ss_aclient_set_header).
+ * ss_aclient_close() with calls pending, extra request headers (ss_aclient_set_header), a
+ * TLS server's first bytes read by a cleartext client, and refused streams (RST_STREAM
+ * REFUSED_STREAM: sent again; above a GOAWAY's last stream id: completed with refused set).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -31,7 +33,10 @@ typedef struct fake_stream {
 typedef struct fake {
   uv_tcp_t listener, conn;
   int have_conn;
-  int mode; /* 0: serve; 1: accept then close at once; 2: accept and never answer */
+  int mode; /* 0: serve; 1: accept then close at once; 2: accept and never answer;
+               3: send a TLS alert record; 4: refuse the first `refuse` streams, then serve;
+               5: hold the first two requests, then GOAWAY(last 1) and answer stream 1 */
+  int refuse, refused, held;
   nghttp2_session *ng;
   fake_stream *streams;
   uint8_t rbuf[65536];
@@ -145,10 +150,22 @@ static int fake_on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uin
 }
 
 static int fake_on_frame(nghttp2_session *s, const nghttp2_frame *fr, void *u) {
-  (void)s;
+  fake *f = u;
   if ((fr->hd.type == NGHTTP2_DATA || fr->hd.type == NGHTTP2_HEADERS) &&
-      (fr->hd.flags & NGHTTP2_FLAG_END_STREAM))
+      (fr->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+    if (f->mode == 4 && f->refused < f->refuse) {
+      f->refused++;
+      nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, fr->hd.stream_id, NGHTTP2_REFUSED_STREAM);
+      return 0;
+    }
+    if (f->mode == 5) {
+      if (++f->held < 2) return 0;
+      nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, 1, NGHTTP2_NO_ERROR, NULL, 0);
+      fake_respond(u, fs_get(u, 1));
+      return 0;
+    }
     fake_respond(u, fs_get(u, fr->hd.stream_id));
+  }
   return 0;
 }
 
@@ -180,6 +197,15 @@ static void fake_on_conn(uv_stream_t *l, int status) {
   if (f->mode == 1) {
     uv_close((uv_handle_t *)&f->conn, NULL);
     f->have_conn = 0;
+    return;
+  }
+  if (f->mode == 3) { /* what a TLS server answers to an h2c preface: a fatal alert */
+    static const uint8_t alert[7] = {21, 3, 1, 0, 2, 2, 70};
+    uv_write_t *w = malloc(sizeof *w);
+    w->data = malloc(sizeof alert);
+    memcpy(w->data, alert, sizeof alert);
+    uv_buf_t b = uv_buf_init(w->data, sizeof alert);
+    uv_write(w, (uv_stream_t *)&f->conn, &b, 1, on_fake_written);
     return;
   }
   nghttp2_session_callbacks *cb;
@@ -401,9 +427,94 @@ static void test_headers(void) {
   CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
+/* Issue 20.14: a cleartext client that reads a TLS record where it wanted SETTINGS says so. */
+static void test_tls_server(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fake f;
+  int port = fake_start(&loop, &f, 3);
+  ss_aclient *c;
+  CHECK_EQ_INT(ss_aclient_new(&loop, "127.0.0.1", port, &c), 0);
+  outcome o;
+  memset(&o, 0, sizeof o);
+  pending = 1;
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "x", 1, 10.0, on_done, &o), 0);
+  while (!o.fired) uv_run(&loop, UV_RUN_ONCE);
+  CHECK_EQ_INT(o.status, SS_GRPC_UNAVAILABLE);
+  CHECK_CONTAINS(o.msg, "speaks TLS");
+  CHECK_CONTAINS(o.msg, "--tls-ca");
+  ss_aclient_close(c);
+  fake_stop(&f);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+static int refused_flag;
+static void on_done_refused(void *u, const ss_call_result *r) {
+  refused_flag = r->refused;
+  on_done(u, r);
+}
+
+/* Issue 20.16: refused streams were never processed, so the client sends them again (like
+ * grpcio's transparent retry): on the same connection after RST_STREAM REFUSED_STREAM (up to
+ * SS_CLIENT_REFUSED_RETRIES times), and reports refused after a GOAWAY. */
+static void test_refused_streams(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fake f;
+  int port = fake_start(&loop, &f, 4);
+  f.refuse = SS_CLIENT_REFUSED_RETRIES; /* the last retry is served */
+  ss_aclient *c;
+  CHECK_EQ_INT(ss_aclient_new(&loop, "127.0.0.1", port, &c), 0);
+  outcome o[4];
+  memset(o, 0, sizeof o);
+  o[0].expect = (const uint8_t *)"hello";
+  pending = 1;
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "hello", 5, 10.0, on_done_refused, &o[0]), 0);
+  while (!o[0].fired) uv_run(&loop, UV_RUN_ONCE);
+  CHECK_EQ_INT(o[0].status, 0);
+  CHECK(o[0].body_ok && o[0].body_len == 5);
+  CHECK_EQ_INT(f.refused, SS_CLIENT_REFUSED_RETRIES);
+  CHECK_EQ_INT(refused_flag, 0);
+  /* refused once more than the client retries: UNAVAILABLE, refused set */
+  f.refused = 0;
+  f.refuse = SS_CLIENT_REFUSED_RETRIES + 1;
+  pending = 1;
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "x", 1, 10.0, on_done_refused, &o[1]), 0);
+  while (!o[1].fired) uv_run(&loop, UV_RUN_ONCE);
+  CHECK_EQ_INT(o[1].status, SS_GRPC_UNAVAILABLE);
+  CHECK_EQ_INT(refused_flag, 1);
+  CHECK_CONTAINS(o[1].msg, "REFUSED_STREAM");
+  CHECK_EQ_INT(f.refused, SS_CLIENT_REFUSED_RETRIES + 1);
+  ss_aclient_close(c);
+  fake_stop(&f);
+  uv_run(&loop, UV_RUN_DEFAULT);
+
+  /* GOAWAY with last stream 1: stream 1 is answered, stream 3 was never processed */
+  port = fake_start(&loop, &f, 5);
+  CHECK_EQ_INT(ss_aclient_new(&loop, "127.0.0.1", port, &c), 0);
+  o[2].expect = (const uint8_t *)"one";
+  pending = 2;
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "one", 3, 10.0, on_done, &o[2]), 0);
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "two", 3, 10.0, on_done_refused, &o[3]), 0);
+  while (!o[2].fired || !o[3].fired) uv_run(&loop, UV_RUN_ONCE);
+  CHECK_EQ_INT(o[2].status, 0);
+  CHECK(o[2].body_ok);
+  CHECK_EQ_INT(o[3].status, SS_GRPC_UNAVAILABLE);
+  CHECK_EQ_INT(refused_flag, 1);
+  CHECK_CONTAINS(o[3].msg, "GOAWAY");
+  CHECK_EQ_INT(ss_aclient_call(c, "/t/echo", "x", 1, 0, on_done, &o[0]), SS_ECLOSED);
+  ss_aclient_close(c);
+  fake_stop(&f);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
   test_served();
   test_failures();
   test_headers();
+  test_tls_server();
+  test_refused_streams();
   TEST_MAIN_END();
 }

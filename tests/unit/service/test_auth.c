@@ -75,6 +75,51 @@ static void test_errors(void) {
   CHECK_CONTAINS(err, "/nonexistent/tokens");
 }
 
+/* Issue 20.15: a token with blanks in it is refused naming the line, not loaded as a shorter
+ * token with a model list; the words are never quoted (they may be part of a token). */
+static void test_token_with_blanks(void) {
+  ss_auth *a = (ss_auth *)1;
+  char err[256];
+  CHECK(load("# tokens\nbad token with spaces!! x y\n", &a, err, sizeof err) < 0 && a == NULL);
+  CHECK_CONTAINS(err, ":2:");
+  CHECK_CONTAINS(err, "word 3");
+  CHECK_CONTAINS(err, "cannot contain blanks");
+  CHECK(strstr(err, "spaces") == NULL && strstr(err, "bad") == NULL);
+  CHECK(load("ok\nsecret-a secret!!b\n", &a, err, sizeof err) < 0); /* not a model id */
+  CHECK_CONTAINS(err, ":2:");
+  CHECK_CONTAINS(err, "word 2 is not a model id");
+  CHECK(strstr(err, "secret") == NULL);
+  CHECK(load("tok mlp identity\n", &a, err, sizeof err) < 0); /* commas between models */
+  CHECK_CONTAINS(err, ":1:");
+  /* commas, with or without blanks around them, and a comment right after */
+  CHECK_EQ_INT(load("t1 mlp , identity,gpt2.small\nt2 mlp,# c\n", &a, err, sizeof err), 0);
+  char buf[64];
+  CHECK(strcmp(ss_auth_models(a, 0, buf, sizeof buf), "mlp,identity,gpt2.small") == 0);
+  CHECK(strcmp(ss_auth_models(a, 1, buf, sizeof buf), "mlp") == 0);
+  ss_auth_free(a);
+}
+
+typedef struct seen {
+  char text[256];
+} seen;
+
+static void collect(void *user, int line, const char *model) {
+  seen *s = user;
+  size_t n = strlen(s->text);
+  snprintf(s->text + n, sizeof s->text - n, "%d:%s ", line, model);
+}
+
+/* The model ids with their lines, for the service's "not served" warning. */
+static void test_each_model(void) {
+  ss_auth *a;
+  char err[256];
+  CHECK_EQ_INT(load("# c\nall-models\ntok mlpp\n\nt3 mlp,identity\n", &a, err, sizeof err), 0);
+  seen s = {{0}};
+  ss_auth_each_model(a, collect, &s);
+  CHECK(strcmp(s.text, "3:mlpp 5:mlp 5:identity ") == 0);
+  ss_auth_free(a);
+}
+
 static void test_owner_tags(void) {
   uint8_t k1[SS_AUTH_TAG], k2[SS_AUTH_TAG], a[SS_AUTH_TAG], b[SS_AUTH_TAG], zero[SS_AUTH_TAG];
   memset(zero, 0, sizeof zero);
@@ -103,6 +148,8 @@ int main(void) {
   snprintf(path, sizeof path, "/tmp/ss-test-auth-%d", (int)getpid());
   test_format_and_lookup();
   test_errors();
+  test_token_with_blanks();
+  test_each_model();
   test_owner_tags();
   unlink(path);
   TEST_MAIN_END();
