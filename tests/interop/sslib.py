@@ -434,6 +434,27 @@ def result(resp, dtype="float32"):
     return decode(resp.data, resp.shape, dtype)
 
 
+def kv_entries(presents):
+    """[(key, value) arrays] -> [KVCacheEntry] (float32, shapes as given): past_key_values."""
+    out = []
+    for k, v in presents:
+        e = pb.KVCacheEntry()
+        k = np.ascontiguousarray(k, np.float32)
+        v = np.ascontiguousarray(v, np.float32)
+        e.key_data, e.value_data = k.tobytes(), v.tobytes()
+        e.key_shape.extend(k.shape)
+        e.value_shape.extend(v.shape)
+        out.append(e)
+    return out
+
+
+def presents(resp):
+    """A ComputeResponse's present_key_values as [(key, value)] float32 arrays."""
+    return [(np.frombuffer(e.key_data, np.float32).reshape(tuple(e.key_shape)),
+             np.frombuffer(e.value_data, np.float32).reshape(tuple(e.value_shape)))
+            for e in resp.present_key_values]
+
+
 def rng(seed=0):
     return np.random.default_rng(seed)
 

@@ -126,23 +126,8 @@ def teardown():
     print("  max abs errors: " + ", ".join("%s %.3g" % kv for kv in sorted(WORST.items())))
 
 
-def _kv_entries(presents):
-    out = []
-    for k, v in presents:
-        e = sslib.pb.KVCacheEntry()
-        k = np.ascontiguousarray(k, np.float32)
-        v = np.ascontiguousarray(v, np.float32)
-        e.key_data, e.value_data = k.tobytes(), v.tobytes()
-        e.key_shape.extend(k.shape)
-        e.value_shape.extend(v.shape)
-        out.append(e)
-    return out
-
-
-def _presents(resp):
-    return [(np.frombuffer(e.key_data, np.float32).reshape(tuple(e.key_shape)),
-             np.frombuffer(e.value_data, np.float32).reshape(tuple(e.value_shape)))
-            for e in resp.present_key_values]
+_kv_entries = sslib.kv_entries
+_presents = sslib.presents
 
 
 def _call(model, x, past=None, use_cache=None, c=None, **meta):
