@@ -14,8 +14,13 @@
  * Part 3 (microseconds, medians): decode batches, M = 1..16 rows on 768x2304 and 3072x768 with B
  * cold (a different copy each call, 96 MB in all: a trunk's weights never fit the caches).
  *
- *   cmake --build build --target mm_probe && build/bin/mm_probe [SECONDS_PER_CELL] [decode]
- * ("decode": part 3 only)
+ * Part 4 (the compute dtypes, model key compute=): ss_matmul_w, as a model's linear layers call
+ * it, with weights in fp32, bf16 (where the CPU has avx512_bf16/AMX) and int8, packed before the
+ * timing: GFLOP/s on the GPT-2 prefill shapes (B hot) and microseconds on decode rows 1 and 8
+ * (B cold: a different weight copy each call).
+ *
+ *   cmake --build build --target mm_probe && build/bin/mm_probe [SECONDS_PER_CELL] [decode|dtypes]
+ * ("decode": part 3 only; "dtypes": part 4 only)
  * Thread: main only. Runs alternate engine by engine, so a loaded machine hits them alike.
  */
 #include <dlfcn.h>
@@ -141,6 +146,66 @@ static void few_rows_table(unsigned all, const int *rows, size_t nr, const int (
   }
 }
 
+/* Median seconds of ss_matmul_w in dtype dt (weights packed first; cold: one of the copies
+ * spanning 96 MB per call). */
+static double measure_dt(ss_mm_dtype dt, int tb, int M, int N, int K, double secs, int cold) {
+  enum { MAXR = 2001, MAXB = 64 };
+  static double t[MAXR];
+  size_t bn = (size_t)K * N;
+  int nb = cold ? (int)((96u << 20) / (bn * sizeof(float))) + 1 : 1;
+  if (nb > MAXB) nb = MAXB;
+  float *A = randv((size_t)M * K), *Bs[MAXB], *C = randv((size_t)M * N);
+  static int owner;
+  ss_compute cc = {dt, &owner};
+  int ldb = tb ? K : N, r = 0, bi = 0;
+  for (int i = 0; i < nb; i++) {
+    Bs[i] = randv(bn);
+    ss_matmul_w(&cc, tb ? SS_MM_T : SS_MM_N, M, N, K, A, K, Bs[i], ldb, 0.0f, C, N); /* packs */
+  }
+  double t_end = now_s() + secs;
+  while (r < MAXR && (r < 7 || now_s() < t_end)) {
+    const float *B = Bs[bi++ % nb];
+    double t0 = now_s();
+    ss_matmul_w(&cc, tb ? SS_MM_T : SS_MM_N, M, N, K, A, K, B, ldb, 0.0f, C, N);
+    t[r++] = now_s() - t0;
+  }
+  ss_matmul_weights_drop(&owner);
+  for (int i = 0; i < nb; i++) free(Bs[i]);
+  free(A), free(C);
+  qsort(t, (size_t)r, sizeof(double), cmp_d);
+  return t[r / 2];
+}
+
+static void dtypes_table(double secs) {
+  char why[160];
+  int bf16 = ss_matmul_bf16_check(why, sizeof why) == 0;
+  static const struct { const char *name; int M, K, N, tb, cold; } sh[] = {
+      {"gpt2.c_attn", 128, 768, 2304, 0, 0}, {"gpt2.attn.c_proj", 128, 768, 768, 0, 0},
+      {"gpt2.mlp.c_fc", 128, 768, 3072, 0, 0}, {"gpt2.mlp.c_proj", 128, 3072, 768, 0, 0},
+      {"qwen.gate_proj", 128, 896, 4864, 1, 0}, {"decode.c_attn", 1, 768, 2304, 0, 1},
+      {"decode8.c_attn", 8, 768, 2304, 0, 1}, {"decode.qwen.up", 1, 896, 4864, 1, 1},
+      {"decode8.qwen.up", 8, 896, 4864, 1, 1}};
+  printf("\n== compute dtypes (ss_matmul_w, weights packed once): GFLOP/s, and us per product "
+         "(B cold rows)%s\n%-18s %4s %5s %5s %3s %10s %10s %10s\n",
+         bf16 ? "" : " [bf16 skipped: no avx512_bf16/AMX here]", "shape", "M", "K", "N", "thr",
+         "fp32", "bf16", "int8");
+  for (int thr = 1; thr <= 2; thr++) {
+    set_threads(thr);
+    for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
+      double f = 2.0 * sh[s].M * sh[s].K * sh[s].N / 1e9, v[3] = {0, 0, 0};
+      for (int d = 0; d < 3; d++) {
+        if (d == 1 && !bf16) continue;
+        double med = measure_dt((ss_mm_dtype)d, sh[s].tb, sh[s].M, sh[s].N, sh[s].K, secs,
+                                sh[s].cold);
+        v[d] = sh[s].cold ? med * 1e6 : f / med;
+      }
+      printf("%-18s %4d %5d %5d %3d %10.1f %10.1f %10.1f %s\n", sh[s].name, sh[s].M, sh[s].K,
+             sh[s].N, thr, v[0], v[1], v[2], sh[s].cold ? "us" : "GFLOP/s");
+      fflush(stdout);
+    }
+  }
+}
+
 int main(int argc, char **argv) {
   double secs = argc > 1 ? atof(argv[1]) : 0.15;
   void *h = dlopen("/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", RTLD_NOW);
@@ -153,6 +218,10 @@ int main(int argc, char **argv) {
          oblas_sgemm ? "loaded" : "not found, left out");
 
   int decode_only = argc > 2 && strcmp(argv[2], "decode") == 0;
+  if (argc > 2 && strcmp(argv[2], "dtypes") == 0) {
+    dtypes_table(secs);
+    return 0;
+  }
   static const struct { const char *name; int M, K, N, tb; } shapes[] = {
       {"mlp", 10, 768, 768, 1},          {"gpt2.c_attn", 128, 768, 2304, 0},
       {"gpt2.attn.c_proj", 128, 768, 768, 0}, {"gpt2.mlp.c_fc", 128, 768, 3072, 0},

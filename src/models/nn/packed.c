@@ -9,7 +9,7 @@
  *   int8  weight-only: q [N][K] int8 (one row per output channel) and a scale per output
  *         channel (max |w| / 127, round to nearest); activations stay f32. A few rows (decode
  *         steps, small batches: M <= SS_Q8_ROWS) run a kernel that reads the int8 rows straight
- *         (a quarter of f32's bytes; AVX2+FMA clone and a baseline one); more rows dequantize
+ *         (a quarter of f32's bytes; AVX2+FMA intrinsics, plain loops elsewhere); more rows dequantize
  *         the weight into the thread's f32 buffer and run the f32 engine (prefill is compute
  *         bound: the 4x fewer bytes buy nothing there).
  *
@@ -32,7 +32,6 @@
 
 #include "models/nn/matmul.h"
 #include "models/nn/matmul_int.h"
-#include "models/nn/simd.h"
 
 #define SS_Q8_ROWS 16 /* int8 products of at most this many rows read the int8 weight directly */
 
@@ -217,51 +216,161 @@ size_t ss_matmul_packed_bytes(void) {
 
 /* ------------------------------------------------------------------ int8 products */
 
-typedef int8_t v8b __attribute__((vector_size(8)));
+/* The int8 dot kernels: AVX2+FMA (the int8 -> f32 widening is vpmovsxbd + vcvtdq2ps, which GCC
+ * does not make of vector-extension code), and plain loops for other CPUs; chosen once. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SS_Q8_AVX2 1
+#define AVX2 __attribute__((target("avx2,fma")))
+AVX2 static inline __m256 q8ld(const int8_t *p) {
+  __m128i b;
+  memcpy(&b, p, 8); /* (upper half unused) */
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+}
+AVX2 static inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
 
-/* Dot products of up to 4 X rows (r of them) with one int8 weight row. */
-SS_CLONES static void q8_dot(const float *const x[4], int r, const int8_t *q, size_t n,
-                             float out[4]) {
-  v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-  const float *x0 = x[0], *x1 = x[r > 1 ? 1 : 0], *x2 = x[r > 2 ? 2 : 0], *x3 = x[r > 3 ? 3 : 0];
+/* One X row against nq (1..4) int8 weight rows q, q + ldq, ...: X loaded once for them. */
+AVX2 static void q8_dot_1x4_avx2(const float *x, const int8_t *q, size_t ldq, int nq, size_t n,
+                                 float out[4]) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  const int8_t *q0 = q, *q1 = q + (nq > 1 ? ldq : 0), *q2 = q + (nq > 2 ? 2 * ldq : 0),
+               *q3 = q + (nq > 3 ? 3 * ldq : 0);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    v8b qb;
-    memcpy(&qb, q + i, sizeof qb);
-    v8 w = __builtin_convertvector(qb, v8), c;
-    memcpy(&c, x0 + i, sizeof c), a0 += c * w;
-    memcpy(&c, x1 + i, sizeof c), a1 += c * w;
-    memcpy(&c, x2 + i, sizeof c), a2 += c * w;
-    memcpy(&c, x3 + i, sizeof c), a3 += c * w;
+    __m256 c = _mm256_loadu_ps(x + i);
+    a0 = _mm256_fmadd_ps(c, q8ld(q0 + i), a0);
+    a1 = _mm256_fmadd_ps(c, q8ld(q1 + i), a1);
+    a2 = _mm256_fmadd_ps(c, q8ld(q2 + i), a2);
+    a3 = _mm256_fmadd_ps(c, q8ld(q3 + i), a3);
   }
-  float s[4] = {0, 0, 0, 0};
-  for (int k = 0; k < 8; k++) s[0] += a0[k], s[1] += a1[k], s[2] += a2[k], s[3] += a3[k];
-  for (; i < n; i++) {
-    float w = (float)q[i];
-    s[0] += x0[i] * w, s[1] += x1[i] * w, s[2] += x2[i] * w, s[3] += x3[i] * w;
-  }
+  float s[4] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3)};
+  for (; i < n; i++)
+    s[0] += x[i] * (float)q0[i], s[1] += x[i] * (float)q1[i], s[2] += x[i] * (float)q2[i],
+        s[3] += x[i] * (float)q3[i];
   memcpy(out, s, sizeof s);
 }
 
-/* C [M, N] (=|+=) A [M, K] W^T from the int8 rows: each weight row is read once for every group
- * of 4 rows while it is in L1; output channels split over the worker's OpenMP team. */
+/* Up to 4 X rows (r of them) against 2 int8 weight rows: each weight chunk widened once and
+ * used by every row. */
+AVX2 static void q8_dot_4x2_avx2(const float *const x[4], int r, const int8_t *q0,
+                                 const int8_t *q1, size_t n, float out0[4], float out1[4]) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  const float *x0 = x[0], *x1 = x[r > 1 ? 1 : 0], *x2 = x[r > 2 ? 2 : 0], *x3 = x[r > 3 ? 3 : 0];
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 p = q8ld(q0 + i), w = q8ld(q1 + i);
+    __m256 c0 = _mm256_loadu_ps(x0 + i), c1 = _mm256_loadu_ps(x1 + i);
+    __m256 c2 = _mm256_loadu_ps(x2 + i), c3 = _mm256_loadu_ps(x3 + i);
+    a0 = _mm256_fmadd_ps(c0, p, a0), a1 = _mm256_fmadd_ps(c1, p, a1);
+    a2 = _mm256_fmadd_ps(c2, p, a2), a3 = _mm256_fmadd_ps(c3, p, a3);
+    b0 = _mm256_fmadd_ps(c0, w, b0), b1 = _mm256_fmadd_ps(c1, w, b1);
+    b2 = _mm256_fmadd_ps(c2, w, b2), b3 = _mm256_fmadd_ps(c3, w, b3);
+  }
+  float s[8] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3),
+                hsum256(b0), hsum256(b1), hsum256(b2), hsum256(b3)};
+  for (; i < n; i++) {
+    float p = (float)q0[i], w = (float)q1[i];
+    s[0] += x0[i] * p, s[1] += x1[i] * p, s[2] += x2[i] * p, s[3] += x3[i] * p;
+    s[4] += x0[i] * w, s[5] += x1[i] * w, s[6] += x2[i] * w, s[7] += x3[i] * w;
+  }
+  memcpy(out0, s, 4 * sizeof(float));
+  memcpy(out1, s + 4, 4 * sizeof(float));
+}
+#endif
+
+static void q8_dot_1x4_plain(const float *x, const int8_t *q, size_t ldq, int nq, size_t n,
+                             float out[4]) {
+  for (int k = 0; k < 4; k++) {
+    const int8_t *w = q + (k < nq ? (size_t)k : 0) * ldq;
+    float a = 0.0f;
+    for (size_t i = 0; i < n; i++) a += x[i] * (float)w[i];
+    out[k] = a;
+  }
+}
+
+static void q8_dot_4x2_plain(const float *const x[4], int r, const int8_t *q0, const int8_t *q1,
+                             size_t n, float out0[4], float out1[4]) {
+  for (int k = 0; k < 4; k++) {
+    const float *xr = x[k < r ? k : 0];
+    float a = 0.0f, b = 0.0f;
+    for (size_t i = 0; i < n; i++) a += xr[i] * (float)q0[i], b += xr[i] * (float)q1[i];
+    out0[k] = a, out1[k] = b;
+  }
+}
+
+static int q8_use_avx2(void) {
+#ifdef SS_Q8_AVX2
+  static int v = -1; /* a benign race: every thread computes the same answer */
+  if (v < 0) v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return v;
+#else
+  return 0;
+#endif
+}
+
+static void q8_dot_1x4(const float *x, const int8_t *q, size_t ldq, int nq, size_t n,
+                       float out[4]) {
+#ifdef SS_Q8_AVX2
+  if (q8_use_avx2()) return q8_dot_1x4_avx2(x, q, ldq, nq, n, out);
+#endif
+  q8_dot_1x4_plain(x, q, ldq, nq, n, out);
+}
+
+static void q8_dot_4x2(const float *const x[4], int r, const int8_t *q0, const int8_t *q1,
+                       size_t n, float out0[4], float out1[4]) {
+#ifdef SS_Q8_AVX2
+  if (q8_use_avx2()) return q8_dot_4x2_avx2(x, r, q0, q1, n, out0, out1);
+#endif
+  q8_dot_4x2_plain(x, r, q0, q1, n, out0, out1);
+}
+
+static inline void q8_store(const packed_w *e, float *C, int ldc, int row, long j, float d,
+                            float beta) {
+  float *c = C + (size_t)row * (size_t)ldc + (size_t)j, v = d * e->scale[j];
+  *c = beta != 0.0f ? *c + v : v;
+}
+
+/* C [M, N] (=|+=) A [M, K] W^T from the int8 rows. One row: 4 output channels per pass (X read
+ * once for them); more rows: 2 output channels against every group of 4 rows while they are in
+ * L1, so each weight row is read from memory once whatever the row count. Output channels split
+ * over the worker's OpenMP team. */
 static void q8_few_rows(const packed_w *e, int M, const float *A, int lda, float beta, float *C,
                         int ldc) {
   long N = e->N;
   size_t K = (size_t)e->K;
   const int8_t *q = e->data;
-#pragma omp parallel for schedule(static) if (N > 64 && (size_t)N * K >= (1u << 18))
-  for (long j = 0; j < N; j++) {
+  int par = N > 64 && (size_t)N * K >= (1u << 18);
+  if (M == 1) {
+    long ng = (N + 3) / 4;
+#pragma omp parallel for schedule(static) if (par)
+    for (long g = 0; g < ng; g++) {
+      long j = g * 4;
+      int nq = N - j < 4 ? (int)(N - j) : 4;
+      float d[4];
+      q8_dot_1x4(A, q + (size_t)j * K, K, nq, K, d);
+      for (int k = 0; k < nq; k++) q8_store(e, C, ldc, 0, j + k, d[k], beta);
+    }
+    return;
+  }
+  long np = (N + 1) / 2;
+#pragma omp parallel for schedule(static) if (par)
+  for (long pi = 0; pi < np; pi++) {
+    long j = pi * 2;
+    int two = j + 1 < N;
     for (int r0 = 0; r0 < M; r0 += 4) {
       int r = M - r0 < 4 ? M - r0 : 4;
       const float *x[4];
-      float d[4];
+      float d0[4], d1[4];
       for (int k = 0; k < 4; k++) x[k] = A + (size_t)(r0 + (k < r ? k : 0)) * (size_t)lda;
-      q8_dot(x, r, q + (size_t)j * K, K, d);
+      q8_dot_4x2(x, r, q + (size_t)j * K, q + (size_t)(two ? j + 1 : j) * K, K, d0, d1);
       for (int k = 0; k < r; k++) {
-        float *c = C + (size_t)(r0 + k) * (size_t)ldc + (size_t)j;
-        float v = d[k] * e->scale[j];
-        *c = beta != 0.0f ? *c + v : v;
+        q8_store(e, C, ldc, r0 + k, j, d0[k], beta);
+        if (two) q8_store(e, C, ldc, r0 + k, j + 1, d1[k], beta);
       }
     }
   }
