@@ -411,7 +411,7 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
   }
   if (sid) {
     char why[128] = "";
-    ss_service_owner(st->svc, call, st->owner);
+    ss_access_owner(st->svc, call, st->owner);
     switch (ss_session_acquire(st->svc->sessions, m->id, sid, st->owner, &st->session, why,
                                sizeof why)) {
     case SS_SESSION_OK: break;
@@ -566,7 +566,7 @@ static int find_model(compute_state *st, int tok) {
   /* model (a token limited to some models learns nothing about the others: PERMISSION_DENIED
    * comes before NOT_FOUND) */
   st->sm = ss_service_find_model(s, req->model_id);
-  if (ss_service_authorize(s, call, tok, st->sm ? st->sm->model->id : req->model_id) != 0) {
+  if (ss_access_authorize(s, call, tok, st->sm ? st->sm->model->id : req->model_id) != 0) {
     st->sm = NULL;
     return -1;
   }
@@ -669,7 +669,7 @@ static int check_mode(compute_state *st) {
                    "inference only");
       return -1;
     }
-    ss_service_owner(s, call, st->owner);
+    ss_access_owner(s, call, st->owner);
     if (ss_train_forward_id(s, call, st->owner, req->forward_id, st->forward_id,
                             sizeof st->forward_id) != 0)
       return -1;
@@ -744,7 +744,7 @@ void ss_h_compute(ss_call *call, void *app) {
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
   const uint8_t *data;
   size_t dlen;
-  int tok = ss_service_authenticate(s, call);
+  int tok = ss_access_authenticate(s, call);
   if (tok == -1 || decode_request(st, &data, &dlen) != 0 || read_metadata(st) != 0 ||
       find_model(st, tok) != 0 || read_tensor(st, data, dlen) != 0 || check_mode(st) != 0)
     return;

@@ -38,7 +38,7 @@ typedef struct compute_state {
   ss_wire_view *kv_wire;      /* past_key_values, left in the request buffer (not copied) */
   size_t n_kv_wire;
   ss_session *session;        /* busy while this call runs */
-  uint8_t owner[SS_KCACHE_TAG]; /* the token's owner tag (sessions, training; service.c) */
+  uint8_t owner[SS_KCACHE_TAG]; /* the token's owner tag (sessions, training; access.c) */
   int session_end;
   int present_in_reply;       /* the reply's segments point into present: keep it until free */
   /* training forward (training_mode=true) */

@@ -112,7 +112,7 @@ static int info_shows(const ss_service *s, int tok, const ss_served_model *sm) {
 
 void ss_h_service_info(ss_call *call, void *app) {
   info_begin(call, app, "GetServiceInfo");
-  int tok = ss_service_authenticate(app, call);
+  int tok = ss_access_authenticate(app, call);
   if (tok == -1) return;
   if (check_wire(call, &splitlearn__comm__service_info_request__descriptor) != 0) return;
   const ss_service *s = app;
@@ -268,7 +268,7 @@ static stream_state *stream_new(ss_call *call, ss_service *svc) {
 }
 
 void ss_h_stream_monitoring(ss_call *call, void *app) {
-  if (ss_service_authenticate(app, call) == -1) return;
+  if (ss_access_authenticate(app, call) == -1) return;
   size_t len;
   const uint8_t *buf = ss_call_request(call, &len);
   Splitlearn__Comm__MonitoringStreamRequest *req =

@@ -85,24 +85,31 @@ struct ss_service {
   uint8_t owner_key[SS_KCACHE_TAG]; /* --auth-tokens: the key of owner tags (auth.h), at start */
 };
 
-/* ---- authentication (service.c, on auth.c) ---- */
+/* ---- access (access.c, on the token table auth.c) ---- */
 #define SS_AUTH_OFF (-2)
 /* The call's token index; SS_AUTH_OFF when the server has no --auth-tokens; -1 after failing
  * the call UNAUTHENTICATED (no or unknown bearer token). */
-int ss_service_authenticate(ss_service *s, ss_call *call);
-/* 0 when token tok (from ss_service_authenticate) may use model; else -1 after failing the
+int ss_access_authenticate(ss_service *s, ss_call *call);
+/* The transport's early check (ss_method.precheck) of the methods that need a token: a call
+ * without a valid one is refused at END_HEADERS, before its body is buffered, inflated or
+ * decoded. Runs on any I/O loop: the table is read under auth_mu (a SIGHUP reload swaps it). */
+int ss_access_precheck(const ss_call *call, void *app, char *msg, size_t msglen);
+/* 0 when token tok (from ss_access_authenticate) may use model; else -1 after failing the
  * call PERMISSION_DENIED. */
-int ss_service_authorize(ss_service *s, ss_call *call, int tok, const char *model);
+int ss_access_authorize(ss_service *s, ss_call *call, int tok, const char *model);
 /* With --auth-tokens, records (training forwards, decode sessions) belong to the token of the
  * call that created them: their cache entry's tag (core/kcache.h) is the owner tag of that
  * token (auth.h: a keyed hash, never the token). Without, every tag is zero: one owner.
  * The owner tag of the call's bearer token into tag (all zero without --auth-tokens). */
-void ss_service_owner(const ss_service *s, ss_call *call, uint8_t tag[SS_KCACHE_TAG]);
+void ss_access_owner(const ss_service *s, ss_call *call, uint8_t tag[SS_KCACHE_TAG]);
 /* 0 when a record tagged rec_tag may be used by owner (the calling token; always without
  * --auth-tokens); else fails the call PERMISSION_DENIED ("<what> '<id>' belongs to another
  * token", naming neither token) and returns -1. */
-int ss_service_check_owner(const ss_service *s, ss_call *call, const uint8_t *owner,
-                           const uint8_t *rec_tag, const char *what, const char *id);
+int ss_access_check_owner(const ss_service *s, ss_call *call, const uint8_t *owner,
+                          const uint8_t *rec_tag, const char *what, const char *id);
+/* (Re)load the --auth-tokens file into s->auth (swapped under auth_mu; a failure keeps the old
+ * table). why prefixes the log line. 0, or <0 with a message in err. */
+int ss_access_load(ss_service *s, const char *why, char *err, size_t errlen);
 
 /* ---- handlers (loop thread, request message complete) ---- */
 /* The fixed thread budget: I/O loops + workers x intra-op threads (workers 0: compute inline). */
@@ -145,8 +152,8 @@ int ss_models_test_disabled(const ss_service *s, const char *id);
 /* "mlp, identity, ..." into buf (for NOT_FOUND messages). */
 void ss_models_list(const ss_service *s, char *buf, size_t len);
 /* Log a warning for each model id of the --auth-tokens file that is not served (a typo): at
- * start once the models are loaded, on SIGHUP, and after a --config reload. service.c. */
-void ss_service_auth_check_models(ss_service *s);
+ * start once the models are loaded, on SIGHUP, and after a --config reload. */
+void ss_models_check_auth(ss_service *s);
 
 /* ---- dynamic batching (batch.c) ---- */
 /* Close every open batch (the service is stopping: their timers will not fire). */
@@ -170,7 +177,7 @@ int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_by
                           size_t errlen);
 struct ss_wire_enc;
 /* enc: how the forward's tensors travelled; its gradients travel the same way. owner: the
- * record's tag (ss_service_owner of the forward's call). */
+ * record's tag (ss_access_owner of the forward's call). */
 int ss_train_store(ss_service *s, const char *forward_id, const uint8_t *owner, ss_served_model *sm,
                    void *saved, size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape,
                    int out_ndim, const struct ss_wire_enc *enc);

@@ -34,7 +34,7 @@
  *    too: send them with training_mode=false, or to a second model id. A ComputeBackward
  *    without learning_rate / accumulation_step uses the model keys learning_rate /
  *    accumulation_step (any model; without learning_rate such calls only accumulate).
- *  - Owners (--auth-tokens): a record is tagged with its forward's token (ss_service_owner);
+ *  - Owners (--auth-tokens): a record is tagged with its forward's token (ss_access_owner);
  *    a backward, or a training forward reusing the id, with another token is refused
  *    (PERMISSION_DENIED) before anything about the record is told or changed, and so is a
  *    backward for a remembered (used, evicted) id of another token.
@@ -186,7 +186,7 @@ int ss_train_forward_id(ss_service *s, ss_call *call, const uint8_t *owner, cons
       return -1;
     }
     ss_kentry *e = ss_kcache_get(s->acts, client_id, 0, NULL);
-    if (e && ss_service_check_owner(s, call, owner, e->tag, "forward_id", client_id) != 0)
+    if (e && ss_access_check_owner(s, call, owner, e->tag, "forward_id", client_id) != 0)
       return -1;
     if (e) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
@@ -489,7 +489,7 @@ void ss_h_backward(ss_call *call, void *app) {
   st->reqbuf = ss_call_request(call, &st->reqlen);
   ss_call_set_hooks(call, bw_cancel, bw_free);
   ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
-  int tok = ss_service_authenticate(s, call);
+  int tok = ss_access_authenticate(s, call);
   if (tok == -1) return;
   {
     static const uint32_t str_fields[] = {3, 4};
@@ -524,7 +524,7 @@ void ss_h_backward(ss_call *call, void *app) {
     }
     req->forward_id = (char *)hfid; /* lives as long as the call */
   }
-  if (req->model_id && *req->model_id && ss_service_authorize(s, call, tok, req->model_id) != 0)
+  if (req->model_id && *req->model_id && ss_access_authorize(s, call, tok, req->model_id) != 0)
     return;
   if (req->model_id && *req->model_id && !ss_service_find_model(s, req->model_id)) {
     char known[512];
@@ -557,8 +557,8 @@ void ss_h_backward(ss_call *call, void *app) {
   const uint8_t *tag = e ? e->tag : NULL;
   if (!e && why) ss_kcache_gone(s->acts, req->forward_id, &tag);
   uint8_t owner[SS_KCACHE_TAG];
-  ss_service_owner(s, call, owner);
-  if (tag && ss_service_check_owner(s, call, owner, tag, "forward_id", req->forward_id) != 0)
+  ss_access_owner(s, call, owner);
+  if (tag && ss_access_check_owner(s, call, owner, tag, "forward_id", req->forward_id) != 0)
     return; /* before anything about it (model, shape, used) is told */
   if (!e) {
     ss_call_fail(call, SS_GRPC_NOT_FOUND, "forward_id '%s': %s", req->forward_id,
@@ -568,7 +568,7 @@ void ss_h_backward(ss_call *call, void *app) {
   }
   act_rec *rec = e->value;
   const ss_model *m = rec->sm->model;
-  if (ss_service_authorize(s, call, tok, m->id) != 0) return; /* the forward's model */
+  if (ss_access_authorize(s, call, tok, m->id) != 0) return; /* the forward's model */
   if (req->model_id && *req->model_id && strcmp(req->model_id, m->id) != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "model_id '%s' does not match forward_id '%s', which ran on model '%s'",
