@@ -25,16 +25,6 @@
 
 static double uptime_s(const ss_service *s) { return (double)(uv_hrtime() - s->start_ns) / 1e9; }
 
-void ss_fill_snapshot(const ss_service *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
-  snap->has_timestamp = snap->has_cpu_percent = snap->has_memory_mb = 1;
-  snap->has_memory_percent = snap->has_gpu_available = 1;
-  snap->timestamp = s->mon.timestamp;
-  snap->cpu_percent = s->mon.cpu_percent;
-  snap->memory_mb = s->mon.memory_mb;
-  snap->memory_percent = s->mon.memory_percent;
-  snap->gpu_available = 0;
-}
-
 /* The unary info handlers keep only what their metrics need. */
 typedef struct info_state {
   ss_service *svc;

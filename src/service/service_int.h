@@ -125,14 +125,14 @@ void ss_h_grpc_health_watch(ss_call *call, void *app);/* info.c: grpc.health.v1.
 extern const size_t ss_compute_state_size, ss_backward_state_size, ss_stream_state_size,
     ss_info_state_size;
 
-/* Fill a MonitoringSnapshot from the last sample. */
-struct Splitlearn__Comm__MonitoringSnapshot;
-void ss_fill_snapshot(const ss_service *s, struct Splitlearn__Comm__MonitoringSnapshot *snap);
 /* Drain started: health watchers get NOT_SERVING (info.c). */
 void ss_info_on_drain(ss_service *s);
 
 /* ---- monitor (monitor.c) ---- */
 void ss_monitor_sample(ss_monitor *m);
+/* Fill a MonitoringSnapshot from the last sample. */
+struct Splitlearn__Comm__MonitoringSnapshot;
+void ss_fill_snapshot(const ss_service *s, struct Splitlearn__Comm__MonitoringSnapshot *snap);
 /* Live thread count of this process (from /proc/self/status), or -1. */
 int ss_thread_count(void);
 
