@@ -313,7 +313,7 @@ static void bw_run(ss_job *job) {
     go.data = f;
     go.dtype = SS_DTYPE_F32;
     go.nbytes = go.numel * sizeof(float);
-  } else if ((uintptr_t)go.data % sizeof(float) != 0) { /* see compute.c: realign in place */
+  } else if ((uintptr_t)go.data % sizeof(float) != 0) { /* see compute_run.c: realign in place */
     memmove(st->reqbuf, go.data, go.nbytes);
     go.data = st->reqbuf;
   }
