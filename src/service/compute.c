@@ -31,8 +31,6 @@
 #include "core/macros.h"
 #include "service/compute_int.h"
 
-const size_t ss_compute_state_size = sizeof(compute_state);
-
 static void compute_cancel(ss_call *call) {
   compute_state *st = ss_call_state(call);
   if (st->batch) ss_batch_cancel(st);

@@ -25,12 +25,6 @@
 
 static double uptime_s(const ss_service *s) { return (double)(uv_hrtime() - s->start_ns) / 1e9; }
 
-/* The unary info handlers keep only what their metrics need. */
-typedef struct info_state {
-  ss_service *svc;
-  const char *method;
-} info_state;
-const size_t ss_info_state_size = sizeof(info_state);
 
 static void info_release(ss_call *call) {
   info_state *st = ss_call_state(call);
@@ -200,19 +194,7 @@ void ss_h_service_info(ss_call *call, void *app) {
 
 /* ------------------------------------------------------------ streaming --- */
 
-/* A streaming call's state, inside the call. Watch streams are also on the service's list, so
- * the drain can tell them NOT_SERVING. */
-struct ss_watch {
-  ss_tq_entry tick;
-  ss_call *call;
-  ss_service *svc;
-  double interval_s;
-  int watch;          /* grpc.health.v1 Watch (else StreamMonitoring) */
-  int last_status;
-  ss_watch *prev, *next; /* the service's Watch streams */
-};
 typedef ss_watch stream_state;
-const size_t ss_stream_state_size = sizeof(stream_state);
 
 static void stream_cancel(ss_call *call) {
   stream_state *st = ss_call_state(call);

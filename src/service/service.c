@@ -19,42 +19,40 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "core/log.h"
 #include "service/auth.h"
+#include "service/compute_int.h"
 #include "service/service_int.h"
 #include "service/sessions.h"
+#include "service/train_int.h"
 
 /* Health, info and monitoring requests carry no data (at most a service name or an interval):
  * SS_SMALL_REQUEST bounds them before a byte of them is buffered. */
 #define SS_SMALL_REQUEST 1024
 
-static ss_method methods[] = {
-    {"/splitlearn.comm.ComputeService/Compute", 0, 0, ss_h_compute, 0, ss_access_precheck},
-    {"/splitlearn.comm.ComputeService/ComputeBackward", 0, 0, ss_h_backward, 0, ss_access_precheck},
-    {"/splitlearn.comm.ComputeService/HealthCheck", 0, 0, ss_h_health_check, SS_SMALL_REQUEST,
-     NULL},
-    {"/splitlearn.comm.ComputeService/GetServiceInfo", 0, 0, ss_h_service_info, SS_SMALL_REQUEST,
+/* State sizes come from the handlers' state types (compute_int.h, train_int.h,
+ * service_int.h): the table is constant, nothing is filled in at start-up. */
+static const ss_method methods[] = {
+    {"/splitlearn.comm.ComputeService/Compute", 0, sizeof(compute_state), ss_h_compute, 0,
      ss_access_precheck},
-    {"/splitlearn.comm.ComputeService/StreamMonitoring", 1, 0, ss_h_stream_monitoring,
+    {"/splitlearn.comm.ComputeService/ComputeBackward", 0, sizeof(backward_state), ss_h_backward,
+     0, ss_access_precheck},
+    {"/splitlearn.comm.ComputeService/HealthCheck", 0, sizeof(info_state), ss_h_health_check,
+     SS_SMALL_REQUEST, NULL},
+    {"/splitlearn.comm.ComputeService/GetServiceInfo", 0, sizeof(info_state), ss_h_service_info,
      SS_SMALL_REQUEST, ss_access_precheck},
-    {"/grpc.health.v1.Health/Check", 0, 0, ss_h_grpc_health_check, SS_SMALL_REQUEST, NULL},
-    {"/grpc.health.v1.Health/Watch", 1, 0, ss_h_grpc_health_watch, SS_SMALL_REQUEST, NULL},
+    {"/splitlearn.comm.ComputeService/StreamMonitoring", 1, sizeof(ss_watch),
+     ss_h_stream_monitoring, SS_SMALL_REQUEST, ss_access_precheck},
+    {"/grpc.health.v1.Health/Check", 0, sizeof(info_state), ss_h_grpc_health_check,
+     SS_SMALL_REQUEST, NULL},
+    {"/grpc.health.v1.Health/Watch", 1, sizeof(ss_watch), ss_h_grpc_health_watch,
+     SS_SMALL_REQUEST, NULL},
 };
-#define N_METHODS (sizeof methods / sizeof methods[0])
 
 const ss_method *ss_service_methods(size_t *n) {
-  /* State sizes live with their handlers' files; filled in once (constant afterwards). */
-  methods[0].state_size = ss_compute_state_size;
-  methods[1].state_size = ss_backward_state_size;
-  methods[2].state_size = ss_info_state_size;
-  methods[3].state_size = ss_info_state_size;
-  methods[4].state_size = ss_stream_state_size;
-  methods[5].state_size = ss_info_state_size;
-  methods[6].state_size = ss_stream_state_size;
-  *n = N_METHODS;
+  *n = sizeof methods / sizeof methods[0];
   return methods;
 }
 

@@ -50,8 +50,25 @@ typedef struct ss_monitor {
   double mem_total_mb;
 } ss_monitor;
 
-/* A health Watch stream (info.c): told when the drain starts. */
+/* The states of info.c's handlers, kept inside the call (ss_call_state); the method table
+ * (service.c) sizes them. The unary info handlers keep only what their metrics need. */
+typedef struct info_state {
+  ss_service *svc;
+  const char *method;
+} info_state;
+
+/* A streaming call (StreamMonitoring, health Watch). Watch streams are also on the service's
+ * list, so the drain can tell them NOT_SERVING. */
 typedef struct ss_watch ss_watch;
+struct ss_watch {
+  ss_tq_entry tick;
+  ss_call *call;
+  ss_service *svc;
+  double interval_s;
+  int watch;          /* grpc.health.v1 Watch (else StreamMonitoring) */
+  int last_status;
+  ss_watch *prev, *next; /* the service's Watch streams */
+};
 
 struct ss_service {
   ss_server_config cfg;
@@ -122,8 +139,6 @@ void ss_h_service_info(ss_call *call, void *app);     /* info.c */
 void ss_h_stream_monitoring(ss_call *call, void *app);/* info.c */
 void ss_h_grpc_health_check(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Check */
 void ss_h_grpc_health_watch(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Watch */
-extern const size_t ss_compute_state_size, ss_backward_state_size, ss_stream_state_size,
-    ss_info_state_size;
 
 /* Drain started: health watchers get NOT_SERVING (info.c). */
 void ss_info_on_drain(ss_service *s);

@@ -52,19 +52,19 @@
 #include "core/log.h"
 #include "models/safetensors.h"
 #include "core/macros.h"
-#include "service/service_int.h"
 #include "service/codec.h"
+#include "service/train_int.h"
 #include "service/wire.h"
 
-/* One training forward's record. */
-typedef struct act_rec {
+/* One training forward's record (train_int.h names it). */
+struct act_rec {
   ss_served_model *sm;      /* holds a reference */
   void *saved;              /* the model's record (free_saved) */
   int64_t in_shape[SS_MAX_DIMS], out_shape[SS_MAX_DIMS];
   int in_ndim, out_ndim;
   size_t in_numel;
   ss_wire_enc enc;          /* the forward's wire encoding: the gradients use it too */
-} act_rec;
+};
 
 /* An untagged forward of an implicit_training model: its id in the activation cache and its
  * connection. A list, pruned of ids the cache no longer holds whenever it is walked. */
@@ -243,43 +243,6 @@ int ss_train_store(ss_service *s, const char *forward_id, const uint8_t *owner, 
 
 /* ------------------------------------------------------------- backward --- */
 
-typedef struct backward_state {
-  ss_job job;               /* the pool hands back &job */
-  ss_service *svc;
-  uint8_t *reqbuf;          /* the call's request message (owned by the call) */
-  size_t reqlen;
-  ss_waiter waiter;
-  ss_call *call;
-  act_rec *rec;             /* taken out of the cache: owned */
-  Splitlearn__Comm__BackwardRequest *req;
-  ss_tensor grad_out;       /* view into reqbuf (zlib: data NULL until the worker inflates) */
-  const uint8_t *zdata;     /* grad_output as it came when the forward's codec is zlib (may be
-                             * NULL when zlen is 0: test enc->zlib, never this pointer) */
-  size_t zlen;
-  void *gbuf;               /* inflated / converted grad_output (worker) */
-  void *reply;              /* grad_input as it travels (converted, compressed), owned */
-  size_t reply_len;
-  ss_optim opt;
-  int do_step;
-  int holds_slot;
-  int on_worker;
-  /* The record as it was taken (zlib: its gradient is checked on the worker; a gradient refused
-   * there puts the record back, as a raw one refused on the loop never took it). */
-  uint8_t rec_tag[SS_KCACHE_TAG];
-  size_t rec_bytes;
-  int accum_before; /* the model's accumulation count before this call */
-  int input_bad;    /* the worker refused grad_output before the backward ran */
-  /* worker results */
-  float *grad_in;
-  double ms;
-  int rc;
-  char err[256];
-  ss_arena arena;
-  ProtobufCAllocator pballoc;
-  _Alignas(16) char arena_buf[1024];
-} backward_state;
-
-const size_t ss_backward_state_size = sizeof(backward_state);
 
 static void bw_run(ss_job *job) {
   backward_state *st = ss_container_of(job, backward_state, job);
