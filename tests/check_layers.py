@@ -36,7 +36,6 @@ ALLOWED = {
 # within such a set is reported but passes; one that leaves it fails.
 FILE_CYCLES_KNOWN = {
     "src/grpc": {"call.c", "server.c", "shard.c"},
-    "src/service": {"batch.c", "compute.c", "info.c", "models.c", "service.c", "train.c"},
 }
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
