@@ -1,9 +1,12 @@
 /*
  * server.c — the gRPC server's life: the listener, the per-iteration write flush, the call
  * deadlines' timer queue, and graceful drain. It serves a method table (grpc.h) and holds no
- * application state.
+ * application state. With --io-threads N each loop has its own server object (a shard: made,
+ * drained, closed and freed by the ss_grpc_shard_* functions here); what passes between the
+ * loops is shard.c, the connection limits they share limits.c.
  *
- * Thread: the loop thread (ss_grpc_server_new binds on the calling thread before the loop runs).
+ * Thread: each shard's own loop thread (ss_grpc_server_new binds on the calling thread before
+ * the loop runs).
  *
  * Drain (ss_grpc_server_drain): the listener closes, every connection gets the two-step GOAWAY
  * of RFC 9113 6.8: a shutdown notice (GOAWAY with the largest stream id) and a PING, then, when

@@ -1,6 +1,8 @@
 /*
  * service_int.h — the service's private structures, shared by the files of src/service:
- * the service object, the served model set, and the RPC handlers behind the method table.
+ * the service object, the served model set, the RPC handlers behind the method table (and the
+ * states of info.c's; compute_int.h and train_int.h hold the others), and each file's functions
+ * under the file's name.
  *
  * Thread: loop thread, except what a worker job reads from its own call's state.
  *
