@@ -7,6 +7,9 @@
    no other layer.
 3. tools/*.c include only public headers (include/), their own tools/ headers and the
    generated wire-contract header (compute_service.pb-c.h).
+4. No folder of src/ has a file-level cycle: an edge A.c -> B.c is A naming (calling, or taking
+   the address of) an ss_* function that B.c defines without `static`. A cycle (a strongly
+   connected component of more than one file) is reported with the functions on its edges.
 
 Usage: check_layers.py REPO_ROOT   (prints the graph; exit 1 with the reasons on a violation)
 """
@@ -29,6 +32,11 @@ ALLOWED = {
     "service": {"core", "loop", "grpc", "models", "models/nn"},
     ".": {"core", "loop", "grpc", "http", "models", "models/nn", "service"},
 }
+# Known file cycles, to be removed (issue 17): folder -> the files the cycle may span. A cycle
+# within such a set is reported but passes; one that leaves it fails.
+FILE_CYCLES_KNOWN = {
+    "src/grpc": {"call.c", "conn.c", "server.c", "shard.c"},
+}
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
@@ -41,6 +49,89 @@ def sources(top):
 
 def folder_of(path):
     return os.path.relpath(os.path.dirname(path), SRC)
+
+
+# comments and string/char literals, matched left to right (a "/*" inside a string is no comment)
+TOKEN_RE = re.compile(r'/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
+PREPROC_RE = re.compile(r"^[ \t]*#(?:[^\n]*\\\n)*[^\n]*", re.M)
+SS_IDENT_RE = re.compile(r"\b(ss_\w+)\b")
+
+
+def c_code(path):
+    """The text of a C file without comments, strings and preprocessor lines."""
+    text = open(path, errors="replace").read()
+    text = TOKEN_RE.sub(lambda m: '""' if m.group(0)[0] in "\"'" else " ", text)
+    return PREPROC_RE.sub("", text)
+
+
+def defined_functions(code):
+    """The non-static functions a C file defines: at brace depth 0, `name(...) {`, where the
+    declaration (since the previous `;` or `}` at depth 0) does not start with `static`."""
+    out, depth, start = set(), 0, 0
+    for i, ch in enumerate(code):
+        if ch == "{":
+            if depth == 0:
+                decl = code[start:i]
+                m = re.search(r"\b([A-Za-z_]\w*)\s*\((?:[^()]|\([^()]*\))*\)\s*$", decl)
+                if m and not re.match(r"\s*(static|typedef)\b", decl) and "=" not in decl:
+                    out.add(m.group(1))
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                start = i + 1
+        elif ch == ";" and depth == 0:
+            start = i + 1
+    return out
+
+
+def file_cycles(folder):
+    """Cycles of the file-level graph of one folder's .c files: [(files, [(a, b, fns)])]."""
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".c"))
+    code = {f: c_code(os.path.join(folder, f)) for f in files}
+    owner = {}
+    for f in files:
+        for fn in defined_functions(code[f]):
+            owner.setdefault(fn, f)
+    adj = {f: {} for f in files}
+    for f in files:
+        for name in set(SS_IDENT_RE.findall(code[f])):
+            g = owner.get(name)
+            if g and g != f:
+                adj[f].setdefault(g, set()).add(name)
+    # Tarjan's strongly connected components
+    index, low, stack, on, sccs, n = {}, {}, [], set(), [], [0]
+
+    def strong(v):
+        index[v] = low[v] = n[0]
+        n[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(adj[v]):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                sccs.append(sorted(comp))
+
+    for v in files:
+        if v not in index:
+            strong(v)
+    out = []
+    for comp in sccs:
+        inner = [(a, b, sorted(adj[a][b])) for a in comp for b in sorted(adj[a]) if b in comp]
+        out.append((comp, inner))
+    return out, sum(len(v) for v in adj.values())
 
 
 def main():
@@ -101,6 +192,22 @@ def main():
             if not ok:
                 problems.append("tools/%s includes %s, which is not a public header"
                                 % (os.path.relpath(p, tools), inc))
+    # file-level cycles inside each folder of src/
+    nfolders = nfile_edges = 0
+    for d, _, fs in sorted(os.walk(SRC)):
+        if not any(f.endswith(".c") for f in fs):
+            continue
+        cycles, nedges = file_cycles(d)
+        nfolders += 1
+        nfile_edges += nedges
+        rel = os.path.relpath(d, ROOT)
+        for comp, inner in cycles:
+            if set(comp) <= FILE_CYCLES_KNOWN.get(rel, set()):
+                print("  known file cycle in %s (issue 17): %s" % (rel, ", ".join(comp)))
+                continue
+            problems.append("file cycle in %s: %s; edges: %s" % (
+                rel, ", ".join(comp),
+                "; ".join("%s -> %s (%s)" % (a, b, ", ".join(fns)) for a, b, fns in inner)))
     for (a, b), who in sorted(edges.items()):
         print("  %-10s -> %-10s (%d includes)" % (a, b, len(who)))
     if problems:
@@ -111,6 +218,8 @@ def main():
     print("layers: %d folders, %d edges, acyclic; transport includes no service/model header; "
           "tools use public headers only" % (len({a for a, _ in edges} | {b for _, b in edges}),
                                               len(edges)))
+    print("files: %d folders, %d file-level call edges, no file cycle in any folder%s"
+          % (nfolders, nfile_edges, " but the known ones" if FILE_CYCLES_KNOWN else ""))
     print("1 passed, 0 failed")
     return 0
 

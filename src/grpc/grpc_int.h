@@ -5,8 +5,8 @@
  * Threads: with --io-threads N the server is N shards (struct ss_grpc_server), each with its own
  * loop, listener (SO_REUSEPORT), connections, timers and call cache; shard 0 runs on the owner's
  * ("app") loop, which also runs every handler and hook. A shard's objects are touched only on
- * its loop thread, with these exceptions, all in shard.c: the mailboxes (mutex), the shared
- * connection limits (mutex), the stats counters (single writer, relaxed atomics), the call's
+ * its loop thread, with these exceptions: the mailboxes (mutex, shard.c), the shared connection
+ * limits (mutex, limits.c), the stats counters (single writer, relaxed atomics), the call's
  * reference count (atomic), and a call handed to the app loop (see "Calls across loops" in
  * shard.c for which fields each side owns).
  *
@@ -347,25 +347,32 @@ void ss_shard_post_release(ss_call *call);
 /* Shard 0 to shard k: drain (now: a second stop); use this TLS context for new connections. */
 void ss_shard_post_drain(ss_grpc_server *k, int now);
 void ss_shard_post_tls(ss_grpc_server *k, ss_tls_ctx *ctx);
+/* Shard 0: every shard 1..n-1 has closed its connections and ended its loop. */
+int ss_shards_closed(const ss_grpc_server *s);
+
+/* ---- connection limits (limits.c), shared by the shards ---- */
+/* The shared table (NULL when out of memory); free it once every connection has closed. */
+ss_grpc_shared *ss_limits_new(void);
+void ss_limits_free(ss_grpc_shared *sh);
+/* Admit a connection (0, *peer set: may be NULL when the address is unknown) or refuse it (-1,
+ * why filled; empty when out of memory); release at close. */
+int ss_limits_admit(ss_grpc_server *s, uv_tcp_t *tcp, ss_peer **peer, char *why, size_t whylen);
+void ss_limits_release(ss_grpc_server *s, ss_peer *peer);
+
+/* ---- server (server.c) ---- */
+/* One shard's server object (one per I/O loop; shard 0 is the server itself): ss_grpc_shard_*
+ * is its life in server.c, ss_shard_* / ss_shards_* the traffic between loops (shard.c). */
 /* Make shard index (>= 1) of app on loop: settings, handles, TLS, listener on app's port. */
 int ss_grpc_shard_new(ss_grpc_server *app, int index, uv_loop_t *loop, ss_grpc_server **out,
                       char *err, size_t errlen);
-/* Shard 0: every shard 1..n-1 has closed its connections and ended its loop. */
-int ss_shards_closed(const ss_grpc_server *s);
-/* Connection limits across shards: admit (0, *peer set: may be NULL when the address is
- * unknown) or refuse (why filled); release at close. */
-int ss_limits_admit(ss_grpc_server *s, uv_tcp_t *tcp, ss_peer **peer, char *why, size_t whylen);
-void ss_limits_release(ss_grpc_server *s, ss_peer *peer);
-/* The shard's own drain (server.c). */
-void ss_shard_drain(ss_grpc_server *s, int now);
-/* Close the shard's handles (server.c); the loop can end. */
-void ss_shard_close_handles(ss_grpc_server *s);
-/* Free a shard's own memory once its loop is done (server.c). */
-void ss_shard_free_mem(ss_grpc_server *s);
+/* The shard's own drain (ss_grpc_server_drain runs it on shard 0 and posts it to the others). */
+void ss_grpc_shard_drain(ss_grpc_server *s, int now);
+/* Close the shard's handles; its loop can end. */
+void ss_grpc_shard_close(ss_grpc_server *s);
+/* Free a shard's own memory once its loop is done. */
+void ss_grpc_shard_free(ss_grpc_server *s);
 int ss_grpc_bind_shard(ss_grpc_server *s, const char *host, int reuseport, char *err, size_t errlen);
 void ss_grpc_start_flush(ss_grpc_server *s);
-
-/* ---- server (server.c) ---- */
 /* A call has its answer (or lost its client): drop it from the drain set. */
 void ss_grpc_call_settled(ss_grpc_server *s, ss_call *call);
 /* Count a call's final status (the exit summary). */

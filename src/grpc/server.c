@@ -1,9 +1,12 @@
 /*
  * server.c — the gRPC server's life: the listener, the per-iteration write flush, the call
  * deadlines' timer queue, and graceful drain. It serves a method table (grpc.h) and holds no
- * application state.
+ * application state. With --io-threads N each loop has its own server object (a shard: made,
+ * drained, closed and freed by the ss_grpc_shard_* functions here); what passes between the
+ * loops is shard.c, the connection limits they share limits.c.
  *
- * Thread: the loop thread (ss_grpc_server_new binds on the calling thread before the loop runs).
+ * Thread: each shard's own loop thread (ss_grpc_server_new binds on the calling thread before
+ * the loop runs).
  *
  * Drain (ss_grpc_server_drain): the listener closes, every connection gets the two-step GOAWAY
  * of RFC 9113 6.8: a shutdown notice (GOAWAY with the largest stream id) and a PING, then, when
@@ -152,11 +155,11 @@ static void on_drain_timeout(uv_timer_t *t) {
 }
 
 void ss_grpc_server_drain(ss_grpc_server *s, int now) {
-  ss_shard_drain(s, now);
+  ss_grpc_shard_drain(s, now);
   for (size_t i = 1; i < s->nshards; i++) ss_shard_post_drain(s->shards[i], now);
 }
 
-void ss_shard_drain(ss_grpc_server *s, int now) {
+void ss_grpc_shard_drain(ss_grpc_server *s, int now) {
   if (!s->draining) {
     s->draining = 1;
     SS_LOGI("draining: %zu calls in flight, %zu connections (timeout %.1f s)", s->nlive, s->nconns,
@@ -184,7 +187,7 @@ void ss_shard_drain(ss_grpc_server *s, int now) {
 
 static void on_close_noop(uv_handle_t *h) { (void)h; }
 
-static void close_handles(ss_grpc_server *s) {
+void ss_grpc_shard_close(ss_grpc_server *s) {
   if (!s->handles_open) return;
   s->handles_open = 0;
   if (s->listener_open) {
@@ -198,8 +201,6 @@ static void close_handles(ss_grpc_server *s) {
   uv_close((uv_handle_t *)&s->drain_timer, on_close_noop);
   ss_tq_close(&s->tq);
 }
-
-void ss_shard_close_handles(ss_grpc_server *s) { close_handles(s); }
 
 /* Once per loop iteration, after I/O: gather and write every dirty connection's frames. */
 static void on_flush_check(uv_check_t *h) {
@@ -227,7 +228,7 @@ static void on_flush_check(uv_check_t *h) {
     }
     if (!s->conns && (s->index != 0 || ss_shards_closed(s))) {
       s->closed_told = 1;
-      close_handles(s);
+      ss_grpc_shard_close(s);
       if (s->hooks.closed) s->hooks.closed(s->hooks.app);
       return;
     }
@@ -432,9 +433,9 @@ int ss_grpc_shard_new(ss_grpc_server *app, int index, uv_loop_t *loop, ss_grpc_s
   s->cfg.port = app->port;
   if (rv == 0) rv = ss_grpc_bind_shard(s, app->host, 1, err, errlen);
   if (rv != 0) { /* its handles live on loop: closed there before the memory goes */
-    close_handles(s);
+    ss_grpc_shard_close(s);
     uv_run(loop, UV_RUN_NOWAIT);
-    ss_shard_free_mem(s);
+    ss_grpc_shard_free(s);
     return rv;
   }
   *out = s;
@@ -455,15 +456,14 @@ int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_meth
   ss_grpc_server *s = calloc(1, sizeof *s);
   if (!s) return fail(err, errlen, SS_ENOMEM, "out of memory");
   s->app = s;
-  s->shared = calloc(1, sizeof *s->shared);
+  s->shared = ss_limits_new();
   s->shards = calloc((size_t)nio, sizeof *s->shards);
   if (!s->shared || !s->shards) {
-    free(s->shared);
+    ss_limits_free(s->shared);
     free(s->shards);
     free(s);
     return fail(err, errlen, SS_ENOMEM, "out of memory");
   }
-  uv_mutex_init(&s->shared->mu);
   s->shards[0] = s;
   s->nshards = 1;
   if (hooks) s->hooks = *hooks;
@@ -496,7 +496,7 @@ int ss_grpc_server_reload_tls(ss_grpc_server *s, char *err, size_t errlen) {
   return 0;
 }
 
-void ss_shard_free_mem(ss_grpc_server *s) {
+void ss_grpc_shard_free(ss_grpc_server *s) {
   ss_call_cache_free(s);
   ss_mbox_destroy(s);
   if (s->h2cb) nghttp2_session_callbacks_del(s->h2cb);
@@ -513,18 +513,10 @@ void ss_grpc_server_free(ss_grpc_server *s) {
   if (!s) return;
   ss_shards_free(s); /* the other loops first: what they leave for this one runs here */
   while (s->conns) ss_conn_close(s->conns);
-  close_handles(s);
+  ss_grpc_shard_close(s);
   /* Closing handles finish on the owner's loop: run it until they have. */
   uv_run(s->loop, UV_RUN_NOWAIT);
-  ss_grpc_shared *sh = s->shared;
-  for (size_t i = 0; i < SS_PEER_BUCKETS; i++) /* empty once every connection closed */
-    while (sh->peers[i]) {
-      ss_peer *p = sh->peers[i];
-      sh->peers[i] = p->next;
-      free(p);
-    }
-  uv_mutex_destroy(&sh->mu);
-  free(sh);
+  ss_limits_free(s->shared);
   free(s->shards);
-  ss_shard_free_mem(s);
+  ss_grpc_shard_free(s);
 }

@@ -89,88 +89,6 @@ static void op_free_bytes(ss_op *op) {
   op->bytes = NULL;
 }
 
-/* ------------------------------------------------------------------ limits --- */
-
-static int peer_key(uv_tcp_t *tcp, uint8_t out[16], uint8_t *len) {
-  struct sockaddr_storage ss;
-  int n = sizeof ss;
-  if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &n) != 0) return -1;
-  if (ss.ss_family == AF_INET) {
-    memcpy(out, &((struct sockaddr_in *)&ss)->sin_addr, 4);
-    *len = 4;
-    return 0;
-  }
-  if (ss.ss_family != AF_INET6) return -1;
-  const uint8_t *a = (const uint8_t *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
-  static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-  if (memcmp(a, v4mapped, 12) == 0) {
-    memcpy(out, a + 12, 4);
-    *len = 4;
-  } else {
-    memcpy(out, a, 16);
-    *len = 16;
-  }
-  return 0;
-}
-
-static size_t peer_bucket(const uint8_t *addr, uint8_t len) {
-  uint32_t h = 2166136261u; /* FNV-1a */
-  for (uint8_t i = 0; i < len; i++) h = (h ^ addr[i]) * 16777619u;
-  return h % SS_PEER_BUCKETS;
-}
-
-int ss_limits_admit(ss_grpc_server *s, uv_tcp_t *tcp, ss_peer **peer, char *why, size_t whylen) {
-  ss_grpc_shared *sh = s->shared;
-  uint8_t addr[16], alen;
-  int known = peer_key(tcp, addr, &alen) == 0;
-  *peer = NULL;
-  why[0] = 0;
-  int rv = 0;
-  uv_mutex_lock(&sh->mu);
-  if (sh->nconns >= s->cfg.max_connections) {
-    snprintf(why, whylen, "server at its connection limit of %zu (--max-connections)",
-             s->cfg.max_connections);
-    rv = -1;
-  } else if (known) {
-    size_t b = peer_bucket(addr, alen);
-    ss_peer *p = sh->peers[b];
-    while (p && !(p->len == alen && memcmp(p->addr, addr, alen) == 0)) p = p->next;
-    if (!p && (p = calloc(1, sizeof *p)) != NULL) {
-      p->len = alen;
-      memcpy(p->addr, addr, alen);
-      p->next = sh->peers[b];
-      sh->peers[b] = p;
-    }
-    if (!p) {
-      rv = -1; /* out of memory: why stays empty */
-    } else if (p->n >= s->cfg.max_connections_per_peer) {
-      snprintf(why, whylen,
-               "too many connections from this address (limit %zu, --max-connections-per-peer)",
-               s->cfg.max_connections_per_peer);
-      rv = -1;
-    } else {
-      p->n++;
-      *peer = p;
-    }
-  }
-  if (rv == 0) sh->nconns++;
-  uv_mutex_unlock(&sh->mu);
-  return rv;
-}
-
-void ss_limits_release(ss_grpc_server *s, ss_peer *peer) {
-  ss_grpc_shared *sh = s->shared;
-  uv_mutex_lock(&sh->mu);
-  sh->nconns--;
-  if (peer && --peer->n == 0) {
-    ss_peer **pp = &sh->peers[peer_bucket(peer->addr, peer->len)];
-    while (*pp != peer) pp = &(*pp)->next;
-    *pp = peer->next;
-    free(peer);
-  }
-  uv_mutex_unlock(&sh->mu);
-}
-
 /* ------------------------------------------------------------------ mailboxes --- */
 
 static void run_op(ss_grpc_server *s, ss_op *op);
@@ -264,9 +182,9 @@ void ss_shard_drained(ss_grpc_server *s, int graceful) {
 
 /* Close everything the shard holds now (ss_grpc_server_free before a drain ended). */
 static void shard_stop(ss_grpc_server *s) {
-  ss_shard_drain(s, 1);
+  ss_grpc_shard_drain(s, 1);
   while (s->conns) ss_conn_close(s->conns);
-  ss_shard_close_handles(s);
+  ss_grpc_shard_close(s);
 }
 
 /* App loop: the client of a handed call went away (code: why); its cancel hook runs unless the
@@ -322,7 +240,7 @@ static void run_op(ss_grpc_server *s, ss_op *op) {
     op_free_bytes(op);
     ss_call_drop(call);
     break;
-  case OP_DRAIN: ss_shard_drain(s, op->code); break;
+  case OP_DRAIN: ss_grpc_shard_drain(s, op->code); break;
   case OP_TLS:
     ss_tls_ctx_free(s->tls); /* connections hold their own reference to the old one */
     s->tls = op->tls;
@@ -523,7 +441,7 @@ void ss_shards_free(ss_grpc_server *s) {
       uv_thread_join(&k->thread);
     } else if (!k->loop_ended) { /* never ran: close its handles here */
       while (k->conns) ss_conn_close(k->conns);
-      ss_shard_close_handles(k);
+      ss_grpc_shard_close(k);
       uv_run(k->loop, UV_RUN_DEFAULT);
     }
     if (uv_loop_close(k->loop) != 0) SS_LOGW("io loop %zu closed with handles open", i);
@@ -533,7 +451,7 @@ void ss_shards_free(ss_grpc_server *s) {
   ss_mbox_close(s);
   for (size_t i = 1; i < s->nshards; i++) {
     free(s->shards[i]->loop);
-    ss_shard_free_mem(s->shards[i]);
+    ss_grpc_shard_free(s->shards[i]);
     s->shards[i] = NULL;
   }
   s->nshards = 1;

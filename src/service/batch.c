@@ -231,7 +231,7 @@ static void batch_done(ss_job *job) {
   if (b->holds_slot) {
     b->holds_slot = 0;
     ss_waiter *w = ss_admit_leave(&b->sm->admit);
-    if (w) w->start(w); /* a batch or a single call (compute.c) */
+    if (w) w->start(w); /* a batch or a single call (compute_run.c) */
   }
   int ran = job->ran;
   for (int i = 0; i < b->n; i++) {

@@ -1,8 +1,9 @@
 /*
- * compute_int.h — a Compute call's state, shared by compute.c (one call) and batch.c (calls of
- * one model stacked into one forward). Private to src/service.
+ * compute_int.h — a Compute call's state, shared by compute.c (the handler: decode, validate,
+ * dispatch), compute_run.c (admission, the worker job, the reply) and batch.c (calls of one model
+ * stacked into one forward). Private to src/service.
  *
- * Thread: loop thread, except the fields the worker writes (marked in compute.c's job).
+ * Thread: loop thread, except the fields the worker writes (marked below; compute_run.c's job).
  */
 #ifndef SS_SERVICE_COMPUTE_INT_H
 #define SS_SERVICE_COMPUTE_INT_H
@@ -38,7 +39,7 @@ typedef struct compute_state {
   ss_wire_view *kv_wire;      /* past_key_values, left in the request buffer (not copied) */
   size_t n_kv_wire;
   ss_session *session;        /* busy while this call runs */
-  uint8_t owner[SS_KCACHE_TAG]; /* the token's owner tag (sessions, training; service.c) */
+  uint8_t owner[SS_KCACHE_TAG]; /* the token's owner tag (sessions, training; access.c) */
   int session_end;
   int present_in_reply;       /* the reply's segments point into present: keep it until free */
   /* training forward (training_mode=true) */
@@ -69,9 +70,20 @@ typedef struct compute_state {
   _Alignas(16) char arena_buf[1536];
 } compute_state;
 
-/* Deliver a finished call (loop thread): its reply, or its failure; ran: the compute ran.
- * Drops the reference the job held. */
+/* ---- running and answering a call (compute_run.c; loop thread) ---- */
+/* Answer an echo model's call with its own input (INLINE at once; sleep after its timer). */
+void ss_compute_reply_echo(compute_state *st);
+/* Through the model's admission: run now (worker job or sleep timer), queue, or fail the call
+ * RESOURCE_EXHAUSTED. */
+void ss_compute_admit(compute_state *st);
+/* The client left (cancel hook of a call outside a batch): leave the admission queue, stop the
+ * sleep, or flag the job so the worker skips it. */
+void ss_compute_stop(compute_state *st);
+/* Deliver a finished call: its reply, or its failure; ran: the compute ran. Drops the reference
+ * the job held. */
 void ss_compute_finish(compute_state *st, int ran);
+/* The call's release hook: record its metrics, free what the state holds. */
+void ss_compute_free(ss_call *call);
 
 /* ---- dynamic batching (batch.c) ---- */
 /* Does this admitted-to-be call go through the model's batcher? (max_batch_rows > 0, a plain

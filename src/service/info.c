@@ -25,22 +25,6 @@
 
 static double uptime_s(const ss_service *s) { return (double)(uv_hrtime() - s->start_ns) / 1e9; }
 
-void ss_fill_snapshot(const ss_service *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
-  snap->has_timestamp = snap->has_cpu_percent = snap->has_memory_mb = 1;
-  snap->has_memory_percent = snap->has_gpu_available = 1;
-  snap->timestamp = s->mon.timestamp;
-  snap->cpu_percent = s->mon.cpu_percent;
-  snap->memory_mb = s->mon.memory_mb;
-  snap->memory_percent = s->mon.memory_percent;
-  snap->gpu_available = 0;
-}
-
-/* The unary info handlers keep only what their metrics need. */
-typedef struct info_state {
-  ss_service *svc;
-  const char *method;
-} info_state;
-const size_t ss_info_state_size = sizeof(info_state);
 
 static void info_release(ss_call *call) {
   info_state *st = ss_call_state(call);
@@ -112,7 +96,7 @@ static int info_shows(const ss_service *s, int tok, const ss_served_model *sm) {
 
 void ss_h_service_info(ss_call *call, void *app) {
   info_begin(call, app, "GetServiceInfo");
-  int tok = ss_service_authenticate(app, call);
+  int tok = ss_access_authenticate(app, call);
   if (tok == -1) return;
   if (check_wire(call, &splitlearn__comm__service_info_request__descriptor) != 0) return;
   const ss_service *s = app;
@@ -210,19 +194,7 @@ void ss_h_service_info(ss_call *call, void *app) {
 
 /* ------------------------------------------------------------ streaming --- */
 
-/* A streaming call's state, inside the call. Watch streams are also on the service's list, so
- * the drain can tell them NOT_SERVING. */
-struct ss_watch {
-  ss_tq_entry tick;
-  ss_call *call;
-  ss_service *svc;
-  double interval_s;
-  int watch;          /* grpc.health.v1 Watch (else StreamMonitoring) */
-  int last_status;
-  ss_watch *prev, *next; /* the service's Watch streams */
-};
 typedef ss_watch stream_state;
-const size_t ss_stream_state_size = sizeof(stream_state);
 
 static void stream_cancel(ss_call *call) {
   stream_state *st = ss_call_state(call);
@@ -268,7 +240,7 @@ static stream_state *stream_new(ss_call *call, ss_service *svc) {
 }
 
 void ss_h_stream_monitoring(ss_call *call, void *app) {
-  if (ss_service_authenticate(app, call) == -1) return;
+  if (ss_access_authenticate(app, call) == -1) return;
   size_t len;
   const uint8_t *buf = ss_call_request(call, &len);
   Splitlearn__Comm__MonitoringStreamRequest *req =

@@ -19,6 +19,7 @@
 #include "core/log.h"
 #include "models/safetensors.h"
 #include "core/macros.h"
+#include "service/auth.h"
 #include "service/service_int.h"
 
 static const char *const builtin_specs[] = {"mlp=mlp", "identity=identity", "scale=scale",
@@ -48,6 +49,21 @@ ss_served_model *ss_service_find_model(ss_service *s, const char *id) {
   for (size_t i = 0; i < s->nmodels; i++)
     if (strcmp(s->models[i]->model->id, id) == 0) return s->models[i];
   return NULL;
+}
+
+static void warn_unserved(void *user, int line, const char *model) {
+  ss_service *s = user;
+  if (ss_service_find_model(s, model)) return;
+  char have[512];
+  ss_models_list(s, have, sizeof have);
+  SS_LOGW(
+      "%s:%d: model '%s' is not served by this server (it serves: %s); a typo? "
+      "calls for it will be refused",
+      s->cfg.auth_tokens, line, model, have);
+}
+
+void ss_models_check_auth(ss_service *s) {
+  if (s->auth) ss_auth_each_model(s->auth, warn_unserved, s);
 }
 
 void ss_models_list(const ss_service *s, char *buf, size_t len) {
@@ -412,7 +428,7 @@ static void reload_done(ss_job *job) {
   }
   build_free(&r->b);
   reload_job_free(r);
-  ss_service_auth_check_models(s);       /* the token file may name models that came or went */
+  ss_models_check_auth(s);       /* the token file may name models that came or went */
   if (s->reload_again && !s->draining) { /* a SIGHUP came meanwhile: the file may differ again */
     s->reload_again = 0;
     ss_models_reload(s);

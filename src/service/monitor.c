@@ -1,9 +1,10 @@
 /*
  * monitor.c — process resource sampling for MonitoringSnapshot: CPU% from /proc/self/stat
  * (utime+stime delta over wall time), RSS from /proc/self/statm, memory % against MemTotal,
- * and the live thread count from /proc/self/status.
+ * and the live thread count from /proc/self/status; ss_fill_snapshot copies the last sample
+ * into the MonitoringSnapshot that replies carry.
  *
- * Thread: loop thread, from a 1 s timer (never per request). /proc reads are small, in-memory
+ * Thread: loop thread; sampling from a 1 s timer (never per request). /proc reads are small, in-memory
  * and do not block on disk; they do not use libuv's thread pool.
  */
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "compute_service.pb-c.h"
 #include "service/service_int.h"
 
 static int read_file(const char *path, char *buf, size_t len) {
@@ -62,4 +64,14 @@ void ss_monitor_sample(ss_monitor *m) {
       if (m->mem_total_mb > 0) m->memory_percent = (float)(100.0 * m->memory_mb / m->mem_total_mb);
     }
   }
+}
+
+void ss_fill_snapshot(const ss_service *s, Splitlearn__Comm__MonitoringSnapshot *snap) {
+  snap->has_timestamp = snap->has_cpu_percent = snap->has_memory_mb = 1;
+  snap->has_memory_percent = snap->has_gpu_available = 1;
+  snap->timestamp = s->mon.timestamp;
+  snap->cpu_percent = s->mon.cpu_percent;
+  snap->memory_mb = s->mon.memory_mb;
+  snap->memory_percent = s->mon.memory_percent;
+  snap->gpu_available = 0;
 }

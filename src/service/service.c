@@ -11,59 +11,48 @@
  *   /grpc.health.v1.Health/Check                      info.c     ss_h_grpc_health_check
  *   /grpc.health.v1.Health/Watch                      info.c     ss_h_grpc_health_watch
  *
- * Authentication (--auth-tokens, auth.c): Compute, ComputeBackward, GetServiceInfo and
- * StreamMonitoring need a bearer token (`authorization: Bearer TOKEN`); Compute and
- * ComputeBackward also need the token to allow the model. Health checks stay open (probes and
- * load balancers carry no token). Training forwards and decode sessions belong to the token that
- * created them (ss_service_owner): another token gets PERMISSION_DENIED. The token is checked
- * twice: by the transport at END_HEADERS (auth_precheck, so an unauthenticated request is never
- * buffered, inflated or decoded) and again by the handler (the table may be reloaded between).
+ * Authentication (--auth-tokens): the methods that need a token have ss_access_precheck as
+ * their precheck; who may call what is access.c (on the token table, auth.c).
  *
  * Thread: loop thread (ss_service_new before the loop runs; ss_service_free after it ended).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "core/log.h"
 #include "service/auth.h"
+#include "service/compute_int.h"
 #include "service/service_int.h"
 #include "service/sessions.h"
-
-_Static_assert(SS_KCACHE_TAG == SS_AUTH_TAG, "a cache entry's tag holds an owner tag");
-
-static int auth_precheck(const ss_call *call, void *app, char *msg, size_t msglen);
+#include "service/train_int.h"
 
 /* Health, info and monitoring requests carry no data (at most a service name or an interval):
  * SS_SMALL_REQUEST bounds them before a byte of them is buffered. */
 #define SS_SMALL_REQUEST 1024
 
-static ss_method methods[] = {
-    {"/splitlearn.comm.ComputeService/Compute", 0, 0, ss_h_compute, 0, auth_precheck},
-    {"/splitlearn.comm.ComputeService/ComputeBackward", 0, 0, ss_h_backward, 0, auth_precheck},
-    {"/splitlearn.comm.ComputeService/HealthCheck", 0, 0, ss_h_health_check, SS_SMALL_REQUEST,
-     NULL},
-    {"/splitlearn.comm.ComputeService/GetServiceInfo", 0, 0, ss_h_service_info, SS_SMALL_REQUEST,
-     auth_precheck},
-    {"/splitlearn.comm.ComputeService/StreamMonitoring", 1, 0, ss_h_stream_monitoring,
-     SS_SMALL_REQUEST, auth_precheck},
-    {"/grpc.health.v1.Health/Check", 0, 0, ss_h_grpc_health_check, SS_SMALL_REQUEST, NULL},
-    {"/grpc.health.v1.Health/Watch", 1, 0, ss_h_grpc_health_watch, SS_SMALL_REQUEST, NULL},
+/* State sizes come from the handlers' state types (compute_int.h, train_int.h,
+ * service_int.h): the table is constant, nothing is filled in at start-up. */
+static const ss_method methods[] = {
+    {"/splitlearn.comm.ComputeService/Compute", 0, sizeof(compute_state), ss_h_compute, 0,
+     ss_access_precheck},
+    {"/splitlearn.comm.ComputeService/ComputeBackward", 0, sizeof(backward_state), ss_h_backward,
+     0, ss_access_precheck},
+    {"/splitlearn.comm.ComputeService/HealthCheck", 0, sizeof(info_state), ss_h_health_check,
+     SS_SMALL_REQUEST, NULL},
+    {"/splitlearn.comm.ComputeService/GetServiceInfo", 0, sizeof(info_state), ss_h_service_info,
+     SS_SMALL_REQUEST, ss_access_precheck},
+    {"/splitlearn.comm.ComputeService/StreamMonitoring", 1, sizeof(ss_watch),
+     ss_h_stream_monitoring, SS_SMALL_REQUEST, ss_access_precheck},
+    {"/grpc.health.v1.Health/Check", 0, sizeof(info_state), ss_h_grpc_health_check,
+     SS_SMALL_REQUEST, NULL},
+    {"/grpc.health.v1.Health/Watch", 1, sizeof(ss_watch), ss_h_grpc_health_watch,
+     SS_SMALL_REQUEST, NULL},
 };
-#define N_METHODS (sizeof methods / sizeof methods[0])
 
 const ss_method *ss_service_methods(size_t *n) {
-  /* State sizes live with their handlers' files; filled in once (constant afterwards). */
-  methods[0].state_size = ss_compute_state_size;
-  methods[1].state_size = ss_backward_state_size;
-  methods[2].state_size = ss_info_state_size;
-  methods[3].state_size = ss_info_state_size;
-  methods[4].state_size = ss_stream_state_size;
-  methods[5].state_size = ss_info_state_size;
-  methods[6].state_size = ss_stream_state_size;
-  *n = N_METHODS;
+  *n = sizeof methods / sizeof methods[0];
   return methods;
 }
 
@@ -72,95 +61,6 @@ static const char *const kept_headers[] = {"authorization", "x-session-id", "x-f
 const char *const *ss_service_headers(size_t *n) {
   *n = sizeof kept_headers / sizeof kept_headers[0];
   return kept_headers;
-}
-
-/* ------------------------------------------------------------ auth --- */
-
-/* The token index for an authorization header value, or -1 with the reason in msg. */
-static int auth_verdict(const ss_auth *a, const char *h, char *msg, size_t msglen) {
-  int tok = ss_auth_find(a, h);
-  if (tok >= 0) return tok;
-  if (!h)
-    snprintf(msg, msglen,
-             "missing credentials: this server requires the request header "
-             "'authorization: Bearer <token>' (--auth-tokens)");
-  else if (strncasecmp(h, "Bearer ", 7) != 0)
-    snprintf(msg, msglen,
-             "the authorization header is not a bearer credential: send 'Bearer "
-             "<token>'");
-  else
-    snprintf(msg, msglen, "invalid token");
-  return -1;
-}
-
-int ss_service_authenticate(ss_service *s, ss_call *call) {
-  if (!s->auth) return SS_AUTH_OFF;
-  char msg[160];
-  int tok = auth_verdict(s->auth, ss_call_header(call, "authorization"), msg, sizeof msg);
-  if (tok < 0) ss_call_fail(call, SS_GRPC_UNAUTHENTICATED, "%s", msg);
-  return tok;
-}
-
-/* The transport's early check (ss_method.precheck) of the methods that need a token: a call
- * without a valid one is refused at END_HEADERS, before its body is buffered, inflated or
- * decoded. Runs on any I/O loop: the table is read under auth_mu (a SIGHUP reload swaps it). */
-static int auth_precheck(const ss_call *call, void *app, char *msg, size_t msglen) {
-  ss_service *s = app;
-  if (!s->cfg.auth_tokens) return 0;
-  uv_mutex_lock(&s->auth_mu);
-  int tok = s->auth ? auth_verdict(s->auth, ss_call_header(call, "authorization"), msg, msglen) : 0;
-  uv_mutex_unlock(&s->auth_mu);
-  return tok < 0 ? SS_GRPC_UNAUTHENTICATED : 0;
-}
-
-int ss_service_authorize(ss_service *s, ss_call *call, int tok, const char *model) {
-  if (tok == SS_AUTH_OFF || ss_auth_allows(s->auth, tok, model)) return 0;
-  char list[512];
-  ss_call_fail(call, SS_GRPC_PERMISSION_DENIED, "this token may not use model '%s' (it may use: %s)",
-               model, ss_auth_models(s->auth, tok, list, sizeof list));
-  return -1;
-}
-
-void ss_service_owner(const ss_service *s, ss_call *call, uint8_t tag[SS_KCACHE_TAG]) {
-  if (s->auth) ss_auth_tag(s->owner_key, ss_call_header(call, "authorization"), tag);
-  else memset(tag, 0, SS_KCACHE_TAG);
-}
-
-int ss_service_check_owner(const ss_service *s, ss_call *call, const uint8_t *owner,
-                           const uint8_t *rec_tag, const char *what, const char *id) {
-  if (!s->auth || ss_auth_tag_equal(owner, rec_tag)) return 0;
-  ss_call_fail(call, SS_GRPC_PERMISSION_DENIED,
-               "%s '%s' belongs to another token: only the token that created it may use it",
-               what, id);
-  return -1;
-}
-
-static void warn_unserved(void *user, int line, const char *model) {
-  ss_service *s = user;
-  if (ss_service_find_model(s, model)) return;
-  char have[512];
-  ss_models_list(s, have, sizeof have);
-  SS_LOGW(
-      "%s:%d: model '%s' is not served by this server (it serves: %s); a typo? "
-      "calls for it will be refused",
-      s->cfg.auth_tokens, line, model, have);
-}
-
-void ss_service_auth_check_models(ss_service *s) {
-  if (s->auth) ss_auth_each_model(s->auth, warn_unserved, s);
-}
-
-static int auth_load(ss_service *s, const char *why, char *err, size_t errlen) {
-  ss_auth *a;
-  int rv = ss_auth_load(s->cfg.auth_tokens, &a, err, errlen);
-  if (rv != 0) return rv;
-  uv_mutex_lock(&s->auth_mu); /* the transport's precheck may be reading it on an I/O loop */
-  ss_auth *old = s->auth;
-  s->auth = a;
-  uv_mutex_unlock(&s->auth_mu);
-  ss_auth_free(old);
-  SS_LOGI("%s: %zu auth tokens from %s", why, ss_auth_count(a), s->cfg.auth_tokens);
-  return 0;
 }
 
 /* ------------------------------------------------------------ drain --- */
@@ -220,11 +120,11 @@ int ss_service_new(uv_loop_t *loop, ss_pool *pool, const ss_server_config *cfg, 
     rv = ss_train_init(s);
     if (rv != 0) snprintf(err, errlen, "out of memory");
   }
-  if (rv == 0 && s->cfg.auth_tokens) rv = auth_load(s, "auth", err, errlen);
+  if (rv == 0 && s->cfg.auth_tokens) rv = ss_access_load(s, "auth", err, errlen);
   if (rv == 0 && s->cfg.auth_tokens && (rv = ss_auth_tag_key(s->owner_key)) != 0)
     snprintf(err, errlen, "no random bytes for the owner-tag key");
   if (rv == 0) rv = ss_models_load(s, err, errlen);
-  if (rv == 0) ss_service_auth_check_models(s);
+  if (rv == 0) ss_models_check_auth(s);
   if (rv != 0) {
     ss_service_close(s);
     uv_run(loop, UV_RUN_NOWAIT); /* let the closed handles finish */
@@ -251,11 +151,11 @@ void ss_service_reload(ss_service *s) {
   if (s->draining) return;
   if (s->cfg.auth_tokens) {
     char err[512];
-    if (auth_load(s, "SIGHUP", err, sizeof err) != 0)
+    if (ss_access_load(s, "SIGHUP", err, sizeof err) != 0)
       SS_LOGE("SIGHUP: auth tokens not reloaded, keeping the %zu old ones: %s",
               ss_auth_count(s->auth), err);
     else if (!s->cfg.config_path)
-      ss_service_auth_check_models(s); /* else once reloaded */
+      ss_models_check_auth(s); /* else once reloaded */
   }
   ss_models_reload(s); /* the --config file, or the --model specs whose weights changed */
 }

@@ -1,6 +1,8 @@
 /*
  * service_int.h — the service's private structures, shared by the files of src/service:
- * the service object, the served model set, and the RPC handlers behind the method table.
+ * the service object, the served model set, the RPC handlers behind the method table (and the
+ * states of info.c's; compute_int.h and train_int.h hold the others), and each file's functions
+ * under the file's name.
  *
  * Thread: loop thread, except what a worker job reads from its own call's state.
  *
@@ -50,8 +52,25 @@ typedef struct ss_monitor {
   double mem_total_mb;
 } ss_monitor;
 
-/* A health Watch stream (info.c): told when the drain starts. */
+/* The states of info.c's handlers, kept inside the call (ss_call_state); the method table
+ * (service.c) sizes them. The unary info handlers keep only what their metrics need. */
+typedef struct info_state {
+  ss_service *svc;
+  const char *method;
+} info_state;
+
+/* A streaming call (StreamMonitoring, health Watch). Watch streams are also on the service's
+ * list, so the drain can tell them NOT_SERVING. */
 typedef struct ss_watch ss_watch;
+struct ss_watch {
+  ss_tq_entry tick;
+  ss_call *call;
+  ss_service *svc;
+  double interval_s;
+  int watch;          /* grpc.health.v1 Watch (else StreamMonitoring) */
+  int last_status;
+  ss_watch *prev, *next; /* the service's Watch streams */
+};
 
 struct ss_service {
   ss_server_config cfg;
@@ -85,24 +104,31 @@ struct ss_service {
   uint8_t owner_key[SS_KCACHE_TAG]; /* --auth-tokens: the key of owner tags (auth.h), at start */
 };
 
-/* ---- authentication (service.c, on auth.c) ---- */
+/* ---- access (access.c, on the token table auth.c) ---- */
 #define SS_AUTH_OFF (-2)
 /* The call's token index; SS_AUTH_OFF when the server has no --auth-tokens; -1 after failing
  * the call UNAUTHENTICATED (no or unknown bearer token). */
-int ss_service_authenticate(ss_service *s, ss_call *call);
-/* 0 when token tok (from ss_service_authenticate) may use model; else -1 after failing the
+int ss_access_authenticate(ss_service *s, ss_call *call);
+/* The transport's early check (ss_method.precheck) of the methods that need a token: a call
+ * without a valid one is refused at END_HEADERS, before its body is buffered, inflated or
+ * decoded. Runs on any I/O loop: the table is read under auth_mu (a SIGHUP reload swaps it). */
+int ss_access_precheck(const ss_call *call, void *app, char *msg, size_t msglen);
+/* 0 when token tok (from ss_access_authenticate) may use model; else -1 after failing the
  * call PERMISSION_DENIED. */
-int ss_service_authorize(ss_service *s, ss_call *call, int tok, const char *model);
+int ss_access_authorize(ss_service *s, ss_call *call, int tok, const char *model);
 /* With --auth-tokens, records (training forwards, decode sessions) belong to the token of the
  * call that created them: their cache entry's tag (core/kcache.h) is the owner tag of that
  * token (auth.h: a keyed hash, never the token). Without, every tag is zero: one owner.
  * The owner tag of the call's bearer token into tag (all zero without --auth-tokens). */
-void ss_service_owner(const ss_service *s, ss_call *call, uint8_t tag[SS_KCACHE_TAG]);
+void ss_access_owner(const ss_service *s, ss_call *call, uint8_t tag[SS_KCACHE_TAG]);
 /* 0 when a record tagged rec_tag may be used by owner (the calling token; always without
  * --auth-tokens); else fails the call PERMISSION_DENIED ("<what> '<id>' belongs to another
  * token", naming neither token) and returns -1. */
-int ss_service_check_owner(const ss_service *s, ss_call *call, const uint8_t *owner,
-                           const uint8_t *rec_tag, const char *what, const char *id);
+int ss_access_check_owner(const ss_service *s, ss_call *call, const uint8_t *owner,
+                          const uint8_t *rec_tag, const char *what, const char *id);
+/* (Re)load the --auth-tokens file into s->auth (swapped under auth_mu; a failure keeps the old
+ * table). why prefixes the log line. 0, or <0 with a message in err. */
+int ss_access_load(ss_service *s, const char *why, char *err, size_t errlen);
 
 /* ---- handlers (loop thread, request message complete) ---- */
 /* The fixed thread budget: I/O loops + workers x intra-op threads (workers 0: compute inline). */
@@ -115,17 +141,15 @@ void ss_h_service_info(ss_call *call, void *app);     /* info.c */
 void ss_h_stream_monitoring(ss_call *call, void *app);/* info.c */
 void ss_h_grpc_health_check(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Check */
 void ss_h_grpc_health_watch(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Watch */
-extern const size_t ss_compute_state_size, ss_backward_state_size, ss_stream_state_size,
-    ss_info_state_size;
 
-/* Fill a MonitoringSnapshot from the last sample. */
-struct Splitlearn__Comm__MonitoringSnapshot;
-void ss_fill_snapshot(const ss_service *s, struct Splitlearn__Comm__MonitoringSnapshot *snap);
 /* Drain started: health watchers get NOT_SERVING (info.c). */
 void ss_info_on_drain(ss_service *s);
 
 /* ---- monitor (monitor.c) ---- */
 void ss_monitor_sample(ss_monitor *m);
+/* Fill a MonitoringSnapshot from the last sample. */
+struct Splitlearn__Comm__MonitoringSnapshot;
+void ss_fill_snapshot(const ss_service *s, struct Splitlearn__Comm__MonitoringSnapshot *snap);
 /* Live thread count of this process (from /proc/self/status), or -1. */
 int ss_thread_count(void);
 
@@ -145,8 +169,8 @@ int ss_models_test_disabled(const ss_service *s, const char *id);
 /* "mlp, identity, ..." into buf (for NOT_FOUND messages). */
 void ss_models_list(const ss_service *s, char *buf, size_t len);
 /* Log a warning for each model id of the --auth-tokens file that is not served (a typo): at
- * start once the models are loaded, on SIGHUP, and after a --config reload. service.c. */
-void ss_service_auth_check_models(ss_service *s);
+ * start once the models are loaded, on SIGHUP, and after a --config reload. */
+void ss_models_check_auth(ss_service *s);
 
 /* ---- dynamic batching (batch.c) ---- */
 /* Close every open batch (the service is stopping: their timers will not fire). */
@@ -170,7 +194,7 @@ int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_by
                           size_t errlen);
 struct ss_wire_enc;
 /* enc: how the forward's tensors travelled; its gradients travel the same way. owner: the
- * record's tag (ss_service_owner of the forward's call). */
+ * record's tag (ss_access_owner of the forward's call). */
 int ss_train_store(ss_service *s, const char *forward_id, const uint8_t *owner, ss_served_model *sm,
                    void *saved, size_t saved_bytes, const ss_tensor *in, const int64_t *out_shape,
                    int out_ndim, const struct ss_wire_enc *enc);

@@ -10,7 +10,7 @@
  * evicted; a second concurrent call on it is refused (ABORTED). An ended session's id is not
  * reused: while it is remembered, a call naming it is refused (FAILED_PRECONDITION). A session
  * belongs to the owner
- * tag (service.c: the token, with --auth-tokens) of the call that created it: a call with another
+ * tag (access.c: the token, with --auth-tokens) of the call that created it: a call with another
  * owner gets SS_SESSION_FOREIGN, for a live session and for a remembered eviction alike, and
  * changes nothing (not even its idle time).
  *

@@ -34,7 +34,7 @@
  *    too: send them with training_mode=false, or to a second model id. A ComputeBackward
  *    without learning_rate / accumulation_step uses the model keys learning_rate /
  *    accumulation_step (any model; without learning_rate such calls only accumulate).
- *  - Owners (--auth-tokens): a record is tagged with its forward's token (ss_service_owner);
+ *  - Owners (--auth-tokens): a record is tagged with its forward's token (ss_access_owner);
  *    a backward, or a training forward reusing the id, with another token is refused
  *    (PERMISSION_DENIED) before anything about the record is told or changed, and so is a
  *    backward for a remembered (used, evicted) id of another token.
@@ -52,19 +52,19 @@
 #include "core/log.h"
 #include "models/safetensors.h"
 #include "core/macros.h"
-#include "service/service_int.h"
 #include "service/codec.h"
+#include "service/train_int.h"
 #include "service/wire.h"
 
-/* One training forward's record. */
-typedef struct act_rec {
+/* One training forward's record (train_int.h names it). */
+struct act_rec {
   ss_served_model *sm;      /* holds a reference */
   void *saved;              /* the model's record (free_saved) */
   int64_t in_shape[SS_MAX_DIMS], out_shape[SS_MAX_DIMS];
   int in_ndim, out_ndim;
   size_t in_numel;
   ss_wire_enc enc;          /* the forward's wire encoding: the gradients use it too */
-} act_rec;
+};
 
 /* An untagged forward of an implicit_training model: its id in the activation cache and its
  * connection. A list, pruned of ids the cache no longer holds whenever it is walked. */
@@ -186,7 +186,7 @@ int ss_train_forward_id(ss_service *s, ss_call *call, const uint8_t *owner, cons
       return -1;
     }
     ss_kentry *e = ss_kcache_get(s->acts, client_id, 0, NULL);
-    if (e && ss_service_check_owner(s, call, owner, e->tag, "forward_id", client_id) != 0)
+    if (e && ss_access_check_owner(s, call, owner, e->tag, "forward_id", client_id) != 0)
       return -1;
     if (e) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
@@ -243,43 +243,6 @@ int ss_train_store(ss_service *s, const char *forward_id, const uint8_t *owner, 
 
 /* ------------------------------------------------------------- backward --- */
 
-typedef struct backward_state {
-  ss_job job;               /* the pool hands back &job */
-  ss_service *svc;
-  uint8_t *reqbuf;          /* the call's request message (owned by the call) */
-  size_t reqlen;
-  ss_waiter waiter;
-  ss_call *call;
-  act_rec *rec;             /* taken out of the cache: owned */
-  Splitlearn__Comm__BackwardRequest *req;
-  ss_tensor grad_out;       /* view into reqbuf (zlib: data NULL until the worker inflates) */
-  const uint8_t *zdata;     /* grad_output as it came when the forward's codec is zlib (may be
-                             * NULL when zlen is 0: test enc->zlib, never this pointer) */
-  size_t zlen;
-  void *gbuf;               /* inflated / converted grad_output (worker) */
-  void *reply;              /* grad_input as it travels (converted, compressed), owned */
-  size_t reply_len;
-  ss_optim opt;
-  int do_step;
-  int holds_slot;
-  int on_worker;
-  /* The record as it was taken (zlib: its gradient is checked on the worker; a gradient refused
-   * there puts the record back, as a raw one refused on the loop never took it). */
-  uint8_t rec_tag[SS_KCACHE_TAG];
-  size_t rec_bytes;
-  int accum_before; /* the model's accumulation count before this call */
-  int input_bad;    /* the worker refused grad_output before the backward ran */
-  /* worker results */
-  float *grad_in;
-  double ms;
-  int rc;
-  char err[256];
-  ss_arena arena;
-  ProtobufCAllocator pballoc;
-  _Alignas(16) char arena_buf[1024];
-} backward_state;
-
-const size_t ss_backward_state_size = sizeof(backward_state);
 
 static void bw_run(ss_job *job) {
   backward_state *st = ss_container_of(job, backward_state, job);
@@ -313,7 +276,7 @@ static void bw_run(ss_job *job) {
     go.data = f;
     go.dtype = SS_DTYPE_F32;
     go.nbytes = go.numel * sizeof(float);
-  } else if ((uintptr_t)go.data % sizeof(float) != 0) { /* see compute.c: realign in place */
+  } else if ((uintptr_t)go.data % sizeof(float) != 0) { /* see compute_run.c: realign in place */
     memmove(st->reqbuf, go.data, go.nbytes);
     go.data = st->reqbuf;
   }
@@ -480,17 +443,15 @@ static void bw_free(ss_call *call) {
   ss_arena_release(&st->arena);
 }
 
-void ss_h_backward(ss_call *call, void *app) {
-  ss_service *s = app;
-  backward_state *st = ss_call_state(call);
-  memset(st, 0, offsetof(backward_state, arena_buf));
-  st->call = call;
-  st->svc = s;
-  st->reqbuf = ss_call_request(call, &st->reqlen);
-  ss_call_set_hooks(call, bw_cancel, bw_free);
-  ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
-  int tok = ss_service_authenticate(s, call);
-  if (tok == -1) return;
+/* ------------------------------------------------------------- handler --- */
+
+/* The stages of a ComputeBackward call on the loop thread. Each returns 0 to go on, or -1 after
+ * it answered the call (the message names the field, the expected and the received value). */
+
+/* The wire checks that run before protobuf-c allocates anything, then the decode: the gradient
+ * stays in the request buffer as a view (*data, *dlen). */
+static int bw_decode(backward_state *st, const uint8_t **data, size_t *dlen) {
+  ss_call *call = st->call;
   {
     static const uint32_t str_fields[] = {3, 4};
     static const char *const str_names[] = {"forward_id", "model_id"};
@@ -499,20 +460,26 @@ void ss_h_backward(ss_call *call, void *app) {
     char why[256];
     if (ss_wire_check(st->reqbuf, st->reqlen, &lim, why, sizeof why) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", why);
-      return;
+      return -1;
     }
   }
-  const uint8_t *data;
-  size_t dlen;
   st->req = (Splitlearn__Comm__BackwardRequest *)ss_decode_tensor_request(
       &splitlearn__comm__backward_request__descriptor, st->reqbuf, st->reqlen, &st->arena,
-      &st->pballoc, &data, &dlen, 0, NULL, NULL);
+      &st->pballoc, data, dlen, 0, NULL, NULL);
   if (!st->req) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "request (%zu bytes) is not a valid splitlearn.comm.BackwardRequest protobuf",
                  st->reqlen);
-    return;
+    return -1;
   }
+  return 0;
+}
+
+/* The request's own fields: forward_id (or the x-forward-id proxy header), the model_id it
+ * names (the token's permission first), learning_rate, accumulation_step. */
+static int bw_check_request(backward_state *st, int tok) {
+  ss_service *s = st->svc;
+  ss_call *call = st->call;
   Splitlearn__Comm__BackwardRequest *req = st->req;
   const char *hfid = ss_call_header(call, "x-forward-id"); /* the proxy affinity header */
   if (hfid && *hfid) {
@@ -520,61 +487,80 @@ void ss_h_backward(ss_call *call, void *app) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "forward_id '%.300s' and request header x-forward-id '%.300s' differ: send one "
                    "of them, or the same id in both", req->forward_id, hfid);
-      return;
+      return -1;
     }
     req->forward_id = (char *)hfid; /* lives as long as the call */
   }
-  if (req->model_id && *req->model_id && ss_service_authorize(s, call, tok, req->model_id) != 0)
-    return;
+  if (req->model_id && *req->model_id && ss_access_authorize(s, call, tok, req->model_id) != 0)
+    return -1;
   if (req->model_id && *req->model_id && !ss_service_find_model(s, req->model_id)) {
     char known[512];
     ss_models_list(s, known, sizeof known);
     ss_call_fail(call, SS_GRPC_NOT_FOUND, "unknown model_id '%s'; this server has: %s",
                  req->model_id, known);
-    return;
+    return -1;
   }
   if (req->has_learning_rate && !(req->learning_rate > 0.0f && isfinite(req->learning_rate))) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "learning_rate must be a finite number > 0, got %g", (double)req->learning_rate);
-    return;
+    return -1;
   }
   if (req->has_accumulation_step && req->accumulation_step < 1) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "accumulation_step must be >= 1, got %d",
                  req->accumulation_step);
-    return;
+    return -1;
   }
   if (!req->forward_id || !*req->forward_id) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "forward_id is empty: ComputeBackward needs the forward_id of a Compute call made "
                  "with training_mode=true");
-    return;
+    return -1;
   }
+  return 0;
+}
+
+/* The forward's record (*out, still in the cache): by forward_id, or the connection's untagged
+ * forward (implicit_training); its owner before anything about it is told; then the token's
+ * permission for the forward's model, and the model_id the request names. */
+static int bw_find_record(backward_state *st, int tok, ss_kentry **out) {
+  ss_service *s = st->svc;
+  ss_call *call = st->call;
+  Splitlearn__Comm__BackwardRequest *req = st->req;
   const char *why = NULL;
   ss_kentry *e = ss_kcache_get(s->acts, req->forward_id, 0, &why);
   if (!e && !why && s->implicit &&
       implicit_resolve(s, call, req->forward_id, req->model_id, &e) != 0)
-    return;
+    return -1;
   const uint8_t *tag = e ? e->tag : NULL;
   if (!e && why) ss_kcache_gone(s->acts, req->forward_id, &tag);
   uint8_t owner[SS_KCACHE_TAG];
-  ss_service_owner(s, call, owner);
-  if (tag && ss_service_check_owner(s, call, owner, tag, "forward_id", req->forward_id) != 0)
-    return; /* before anything about it (model, shape, used) is told */
+  ss_access_owner(s, call, owner);
+  if (tag && ss_access_check_owner(s, call, owner, tag, "forward_id", req->forward_id) != 0)
+    return -1; /* before anything about it (model, shape, used) is told */
   if (!e) {
     ss_call_fail(call, SS_GRPC_NOT_FOUND, "forward_id '%s': %s", req->forward_id,
                  why ? why
                      : "unknown: no Compute with training_mode=true produced it on this server");
-    return;
+    return -1;
   }
-  act_rec *rec = e->value;
-  const ss_model *m = rec->sm->model;
-  if (ss_service_authorize(s, call, tok, m->id) != 0) return; /* the forward's model */
+  const ss_model *m = ((act_rec *)e->value)->sm->model;
+  if (ss_access_authorize(s, call, tok, m->id) != 0) return -1; /* the forward's model */
   if (req->model_id && *req->model_id && strcmp(req->model_id, m->id) != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "model_id '%s' does not match forward_id '%s', which ran on model '%s'",
                  req->model_id, req->forward_id, m->id);
-    return;
+    return -1;
   }
+  *out = e;
+  return 0;
+}
+
+/* grad_output against the record: it travels as the forward's tensors did (dtype, zlib), has
+ * the forward's output shape, and (raw) holds no NaN/Inf. */
+static int bw_read_gradient(backward_state *st, const act_rec *rec, const uint8_t *data,
+                            size_t dlen) {
+  ss_call *call = st->call;
+  Splitlearn__Comm__BackwardRequest *req = st->req;
   char err[512];
   const ss_wire_enc *enc = &rec->enc; /* gradients travel as their forward's tensors did */
   int wrv = enc->zlib ? ss_tensor_shape_from_wire("grad_output_data", req->grad_output_shape,
@@ -586,9 +572,10 @@ void ss_h_backward(ss_call *call, void *app) {
   if (wrv == 0 && enc->zlib && ss_codec_check_stream("grad_output_data", dlen, err, sizeof err))
     wrv = SS_EINVAL;
   if (wrv != 0) {
-    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s (gradients travel as the forward's tensors: %s%s)",
-                 err, ss_dtype_name(enc->dtype), enc->zlib ? ", zlib" : "");
-    return;
+    ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
+                 "%s (gradients travel as the forward's tensors: %s%s)", err,
+                 ss_dtype_name(enc->dtype), enc->zlib ? ", zlib" : "");
+    return -1;
   }
   if (enc->zlib) {
     st->zdata = data;
@@ -603,17 +590,23 @@ void ss_h_backward(ss_call *call, void *app) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "grad_output_shape %s does not match the output shape %s of forward '%s'", got,
                  want, req->forward_id);
-    return;
+    return -1;
   }
   /* NaN/Inf in the gradient would poison the weights: refused, and the record is kept (the
    * client may send a corrected gradient for the same forward_id). */
   if (!enc->zlib &&
       ss_tensor_check_finite("grad_output_data", &st->grad_out, err, sizeof err) != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s", err);
-    return;
+    return -1;
   }
-  /* Consume the record: a second backward for this id is told it was used. (zlib: put back by
-   * bw_done when the worker refuses the inflated gradient.) */
+  return 0;
+}
+
+/* Consume the record (a second backward for this id is told it was used; zlib: put back by
+ * bw_done when the worker refuses the inflated gradient) and enter the model's backward
+ * admission (one at a time, arrival order). */
+static void bw_take(backward_state *st, ss_kentry *e) {
+  ss_service *s = st->svc;
   memcpy(st->rec_tag, e->tag, SS_KCACHE_TAG);
   st->rec_bytes = e->bytes - ss_kcache_overhead(e->key);
   st->rec = ss_kcache_remove(s->acts, e, "already used by an earlier ComputeBackward call", 1);
@@ -621,8 +614,27 @@ void ss_h_backward(ss_call *call, void *app) {
   case SS_ADMIT_RUN: bw_start(st); break;
   case SS_ADMIT_QUEUED: break;
   default:
-    ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
-                 "model '%s' has %zu backward calls queued (--max-queue); retry later", m->id,
-                 st->rec->sm->train_admit.waiting);
+    ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED,
+                 "model '%s' has %zu backward calls queued (--max-queue); retry later",
+                 st->rec->sm->model->id, st->rec->sm->train_admit.waiting);
   }
+}
+
+void ss_h_backward(ss_call *call, void *app) {
+  ss_service *s = app;
+  backward_state *st = ss_call_state(call);
+  memset(st, 0, offsetof(backward_state, arena_buf));
+  st->call = call;
+  st->svc = s;
+  st->reqbuf = ss_call_request(call, &st->reqlen);
+  ss_call_set_hooks(call, bw_cancel, bw_free);
+  ss_arena_init(&st->arena, st->arena_buf, sizeof st->arena_buf);
+  const uint8_t *data;
+  size_t dlen;
+  ss_kentry *e;
+  int tok = ss_access_authenticate(s, call);
+  if (tok == -1 || bw_decode(st, &data, &dlen) != 0 || bw_check_request(st, tok) != 0 ||
+      bw_find_record(st, tok, &e) != 0 || bw_read_gradient(st, e->value, data, dlen) != 0)
+    return;
+  bw_take(st, e);
 }
