@@ -24,7 +24,10 @@ def test_start_serve_drain_is_clean():
     if sslib.SANITIZE or not shutil.which("valgrind"):
         print("skipped: sanitizer build or no valgrind")
         return
-    srv = sslib.Server("--workers", "2", "--drain-timeout", "20", prefix=VALGRIND, start_timeout=60)
+    # m8: compute=int8 (packed weights, per-worker dequantization buffers: freed with the model
+    # and when each worker ends)
+    srv = sslib.Server("--workers", "2", "--drain-timeout", "20", "--model", "mlp=mlp",
+                       "--model", "m8=mlp,compute=int8", prefix=VALGRIND, start_timeout=60)
     c = sslib.connect(srv)
     x = np.random.default_rng(1).standard_normal((2, 3, 768)).astype(np.float32)
     for model in ("", "mlp", "identity", "scale", "spin"):
@@ -32,6 +35,10 @@ def test_start_serve_drain_is_clean():
         assert list(r.shape) == [2, 3, 768]
     r = c.compute(make_req(x, model="mlp", dtype="float16"), timeout=60)
     assert len(r.data) == x.size * 2
+    for rows in (2, 40):  # the int8 few-row kernel, then dequantization into the worker's buffer
+        xr = np.random.default_rng(rows).standard_normal((1, rows, 768)).astype(np.float32)
+        for _ in range(2):
+            assert list(c.compute(make_req(xr, model="m8"), timeout=60).shape) == [1, rows, 768]
     c.health(sslib.pb.HealthRequest(), timeout=60)
     c.info(sslib.pb.ServiceInfoRequest(), timeout=60)
     it = c.monitoring(sslib.pb.MonitoringStreamRequest(sampling_interval=0.1), timeout=60)
