@@ -248,6 +248,22 @@ class Server:
         assert rc == 0, "splitserve exited with %r after SIGTERM (expected 0):\n%s" % (rc, tail(log))
         return log
 
+    def checkpoint(self, ids, timeout=30.0):
+        """SIGUSR1, then wait for a new 'written' line of each model id (earlier ones don't
+        count)."""
+        pat = {mid: "checkpoint (SIGUSR1): model '%s' written" % mid for mid in ids}
+        with self._cond:
+            before = {mid: sum(p in line for line in self._lines) for mid, p in pat.items()}
+        self.signal(_signal.SIGUSR1)
+        deadline = time.monotonic() + T(timeout)
+        while time.monotonic() < deadline:
+            with self._cond:
+                if all(sum(p in line for line in self._lines) > before[mid]
+                       for mid, p in pat.items()):
+                    return
+            time.sleep(0.05)
+        raise AssertionError("no checkpoint lines for %s:\n%s" % (ids, tail(self.log)))
+
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -453,6 +469,16 @@ def presents(resp):
     return [(np.frombuffer(e.key_data, np.float32).reshape(tuple(e.key_shape)),
              np.frombuffer(e.value_data, np.float32).reshape(tuple(e.value_shape)))
             for e in resp.present_key_values]
+
+
+def compute_kv(stub, model, x, past=None, use_cache=None, timeout=20.0, **meta):
+    """Compute on stub with a client-side KV cache: past [(key, value)] arrays and use_cache."""
+    req = make_req(x, model=model, **meta)
+    if past is not None:
+        req.past_key_values.extend(kv_entries(past))
+    if use_cache is not None:
+        req.use_cache = use_cache
+    return stub.compute(req, timeout=T(timeout))
 
 
 def rng(seed=0):

@@ -131,12 +131,7 @@ _presents = sslib.presents
 
 
 def _call(model, x, past=None, use_cache=None, c=None, **meta):
-    req = make_req(x, model=model, **meta)
-    if past is not None:
-        req.past_key_values.extend(_kv_entries(past))
-    if use_cache is not None:
-        req.use_cache = use_cache
-    return (c or C).compute(req, timeout=T(20))
+    return sslib.compute_kv(c or C, model, x, past, use_cache, **meta)
 
 
 def _close(got, ref, what, tol=TOL, key=None):

@@ -18,9 +18,7 @@ Against an independent PyTorch reference (gpt2_ref.LoraTrunk / train_lora, float
 import json
 import os
 import shutil
-import signal
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -132,17 +130,7 @@ def _play(model, n, lr, acc, seed):
 
 
 def _checkpoint(ids):
-    pat = {mid: "checkpoint (SIGUSR1): model '%s' written" % mid for mid in ids}
-    with S._cond:
-        before = {mid: sum(p in line for line in S._lines) for mid, p in pat.items()}
-    S.signal(signal.SIGUSR1)
-    deadline = time.monotonic() + T(30)
-    while time.monotonic() < deadline:
-        with S._cond:
-            if all(sum(p in line for line in S._lines) > before[mid] for mid, p in pat.items()):
-                return
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint lines for %s:\n%s" % (ids, sslib.tail(S.log)))
+    S.checkpoint(ids)
 
 
 def test_forward_with_adapter():

@@ -124,12 +124,7 @@ _presents = sslib.presents
 
 
 def _call(model, x, past=None, use_cache=None, c=None, **meta):
-    req = make_req(x, model=model, **meta)
-    if past is not None:
-        req.past_key_values.extend(_kv_entries(past))
-    if use_cache is not None:
-        req.use_cache = use_cache
-    return (c or C).compute(req, timeout=T(20))
+    return sslib.compute_kv(c or C, model, x, past, use_cache, **meta)
 
 
 def _close(got, ref, what, tol=TOL):
@@ -399,19 +394,7 @@ def _play(model, cfg, lr, n, seed, c=None, shape=(2, 6)):
 
 
 def _checkpoint(ids, srv=None):
-    """SIGUSR1, then wait for a new 'written' line of each model (earlier ones don't count)."""
-    srv = srv or S
-    pat = {mid: "checkpoint (SIGUSR1): model '%s' written" % mid for mid in ids}
-    with srv._cond:
-        before = {mid: sum(p in line for line in srv._lines) for mid, p in pat.items()}
-    srv.signal(signal.SIGUSR1)
-    deadline = time.monotonic() + T(30)
-    while time.monotonic() < deadline:
-        with srv._cond:
-            if all(sum(p in line for line in srv._lines) > before[mid] for mid, p in pat.items()):
-                return
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint lines for %s:\n%s" % (ids, sslib.tail(srv.log)))
+    (srv or S).checkpoint(ids)
 
 
 def test_train_full_and_resume():
