@@ -24,10 +24,11 @@ ALLOWED = {
     "grpc": {"core", "loop"},
     "client": {"core", "grpc"},
     "http": {"core"},
-    "models": {"core", "models/nn"},
+    "models": {"core", "models/nn", "models/nn/backend"},
     "models/nn": {"core"},
-    "service": {"core", "loop", "grpc", "models", "models/nn"},
-    ".": {"core", "loop", "grpc", "http", "models", "models/nn", "service"},
+    "models/nn/backend": {"core", "models/nn"},
+    "service": {"core", "loop", "grpc", "models", "models/nn", "models/nn/backend"},
+    ".": {"core", "loop", "grpc", "http", "models", "models/nn", "models/nn/backend", "service"},
 }
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

@@ -54,12 +54,9 @@
 
 #include "core/config.h"
 #include "core/file.h"
-#include "models/model.h"
-#include "models/nn/attention.h"
-#include "models/nn/gelu.h"
-#include "models/nn/layernorm.h"
-#include "models/nn/linear.h"
 #include "models/lora.h"
+#include "models/model.h"
+#include "models/nn/backend/backend.h"
 #include "models/params.h"
 #include "models/safetensors.h"
 #include "models/trunk.h"
@@ -437,28 +434,32 @@ static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts 
   const size_t cells = (size_t)BT * (size_t)E;
   const float *const *w = bk->t;
   /* attention */
-  ss_layernorm_forward(a->ln, a->mean1, a->rstd1, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
-  ss_linear_forward(&p->cc, a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT, 0);
+  ss_op_layernorm_forward(&p->cc, a->ln, a->mean1, a->rstd1, a->x, w[T_LN1_W], w[T_LN1_B], BT, E,
+                          p->eps);
+  ss_op_linear_forward(&p->cc, a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT,
+                       0);
   ss_lora_forward(&p->lora, &bk->lo[LO_ATTN], E, 3 * E, a->qkv, a->ln, BT, a->lt, a->mk,
                   a->xd);
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
     ss_attn_dims d = attn_dims(p, bk, s->B, s->T, s->P);
     const float *qkv = a->qkv + (size_t)s->row0 * 3 * (size_t)E;
-    ss_attention_forward(a->atty + (size_t)s->row0 * (size_t)E, E, a->att, a->att_all, s->K, s->V,
-                         qkv, 3 * E, qkv + E, qkv + 2 * E, 3 * E, s->past_k, s->past_v, &d);
+    ss_op_attention_forward(&p->cc, a->atty + (size_t)s->row0 * (size_t)E, E, a->att, a->att_all,
+                            s->K, s->V, qkv, 3 * E, qkv + E, qkv + 2 * E, 3 * E, s->past_k,
+                            s->past_v, &d, 0, 0.0f);
   }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
-  ss_linear_forward(&p->cc, a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
+  ss_op_linear_forward(&p->cc, a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
   ss_lora_forward(&p->lora, &bk->lo[LO_APROJ], E, E, a->h, a->atty, BT, a->lt, a->mk,
                   a->xd);
   /* mlp */
-  ss_layernorm_forward(a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
-  ss_linear_forward(&p->cc, a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
+  ss_op_layernorm_forward(&p->cc, a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E,
+                          p->eps);
+  ss_op_linear_forward(&p->cc, a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
   ss_lora_forward(&p->lora, &bk->lo[LO_FC], E, NI, a->fc, a->ln, BT, a->lt, a->mk, a->xd);
-  ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
+  ss_op_gelu_tanh_forward(&p->cc, a->fcg, a->fc, (size_t)BT * (size_t)NI);
   if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
-  ss_linear_forward(&p->cc, a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
+  ss_op_linear_forward(&p->cc, a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
   ss_lora_forward(&p->lora, &bk->lo[LO_MPROJ], NI, E, a->y, a->fcg, BT, a->lt, a->mk,
                   a->xd);
 }
@@ -484,7 +485,7 @@ static void conv_backward(gpt2 *p, int l, int lo, int ib, float *dx, const float
                               SS_W_IN_OUT);
     return;
   }
-  ss_linear_backward(dx, NULL, NULL, dy, x, bk->t[k], BT, C, OC, SS_W_IN_OUT);
+  ss_op_linear_backward(&p->cc, dx, NULL, NULL, dy, x, bk->t[k], BT, C, OC, SS_W_IN_OUT);
   ss_lora_backward(&p->prm, &p->lora, &bk->lo[lo], C, OC, dx, dy, x, BT, a->lt, g->dlt,
                    a->mk, a->xd);
 }
@@ -521,27 +522,29 @@ static void block_backward(gpt2 *p, int l, const block_acts *a, const block_grad
   float *dw1 = full ? ss_params_grad(s, i0 + T_LN1_W) : g->dsink;
   float *db1 = full ? ss_params_grad(s, i0 + T_LN1_B) : g->dsink + E;
   /* mlp */
-  ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
+  ss_op_gelu_tanh_forward(&p->cc, a->fcg, a->fc, (size_t)BT * (size_t)NI);
   conv_backward(p, l, LO_MPROJ, i0 + T_MPROJ_B, g->dfc, dres, a->fcg, BT, NI, E, a, g);
-  ss_gelu_tanh_backward(g->dfc, a->fc, (size_t)BT * (size_t)NI);
-  ss_layernorm_forward(a->ln, NULL, NULL, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
+  ss_op_gelu_tanh_backward(&p->cc, g->dfc, a->fc, (size_t)BT * (size_t)NI);
+  ss_op_layernorm_forward(&p->cc, a->ln, NULL, NULL, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
   conv_backward(p, l, LO_FC, i0 + T_FC_B, g->dln, g->dfc, a->ln, BT, E, NI, a, g);
   ss_params_lock(s);
-  ss_layernorm_backward(dres, dw2, db2, g->dln, a->h, w[T_LN2_W], a->mean2, a->rstd2, BT, E);
+  ss_op_layernorm_backward(&p->cc, dres, dw2, db2, g->dln, a->h, w[T_LN2_W], a->mean2, a->rstd2, BT,
+                           E);
   ss_params_unlock(s);
   /* attention */
   conv_backward(p, l, LO_APROJ, i0 + T_APROJ_B, g->datty, dres, a->atty, BT, E, E, a, g);
-  ss_attention_backward(g->dqkv, g->dqkv + E, g->dqkv + 2 * E, g->datt, g->datty, E, a->att,
-                        a->qkv, 3 * E, a->qkv + E, a->qkv + 2 * E, 3 * E, &d);
-  ss_layernorm_forward(a->ln, NULL, NULL, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
+  ss_op_attention_backward(&p->cc, g->dqkv, g->dqkv + E, g->dqkv + 2 * E, g->datt, g->datty, E,
+                           a->att, a->qkv, 3 * E, a->qkv + E, a->qkv + 2 * E, 3 * E, &d, 0.0f);
+  ss_op_layernorm_forward(&p->cc, a->ln, NULL, NULL, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
   conv_backward(p, l, LO_ATTN, -1, g->dln, g->dqkv, a->ln, BT, E, 3 * E, a, g);
   ss_params_lock(s);
   if (full) {
     float *db = ss_params_grad(s, i0 + T_ATTN_B);
-    ss_bias_backward(db, g->dqkv, 3 * E, BT, E);                      /* query part */
-    ss_bias_backward(db + 2 * E, g->dqkv + 2 * E, 3 * E, BT, E);      /* value part */
+    ss_op_bias_backward(&p->cc, db, g->dqkv, 3 * E, BT, E);                 /* query part */
+    ss_op_bias_backward(&p->cc, db + 2 * E, g->dqkv + 2 * E, 3 * E, BT, E); /* value part */
   }
-  ss_layernorm_backward(dres, dw1, db1, g->dln, a->x, w[T_LN1_W], a->mean1, a->rstd1, BT, E);
+  ss_op_layernorm_backward(&p->cc, dres, dw1, db1, g->dln, a->x, w[T_LN1_W], a->mean1, a->rstd1, BT,
+                           E);
   ss_params_unlock(s);
 }
 
@@ -1040,7 +1043,9 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
   }
   m->kind = "gpt2";
   m->ops = &gpt2_ops;
-  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m};
+  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
+  p->prm.cc = &p->cc;
+  p->lora.cc = &p->cc;
   m->impl = p;
   m->weights = p->st;
   m->exec = SS_EXEC_WORKER;

@@ -100,15 +100,10 @@
 
 #include "core/config.h"
 #include "core/file.h"
-#include "models/model.h"
-#include "models/nn/attention.h"
-#include "models/nn/gelu.h"
-#include "models/nn/linear.h"
-#include "models/nn/matmul.h"
-#include "models/nn/rmsnorm.h"
-#include "models/nn/rope.h"
-#include "models/nn/silu.h"
 #include "models/lora.h"
+#include "models/model.h"
+#include "models/nn/backend/backend.h"
+#include "models/nn/rope.h"
 #include "models/params.h"
 #include "models/safetensors.h"
 #include "models/trunk.h"
@@ -1022,7 +1017,7 @@ static int llama_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_la
  * [BT, in] (models/lora.h). */
 static void proj_forward(const llama *p, const proj *pr, float *y, const float *x, int BT,
                          int accumulate, float *lt, const ss_lora_mask *mk, float *xd) {
-  ss_linear_forward(&p->cc, y, x, pr->w, pr->b, BT, pr->in, pr->out, SS_W_OUT_IN, accumulate);
+  ss_op_linear_forward(&p->cc, y, x, pr->w, pr->b, BT, pr->in, pr->out, SS_W_OUT_IN, accumulate);
   ss_lora_forward(&p->lora, &pr->lo, pr->in, pr->out, y, x, BT, lt, mk, xd);
 }
 
@@ -1036,27 +1031,27 @@ static void proj_backward(llama *p, const proj *pr, float *dx, int accumulate, c
   if (pr->iw >= 0)
     ss_params_linear_backward(s, pr->iw, pr->ib, NULL, dy, x, pr->w, BT, pr->in, pr->out,
                               SS_W_OUT_IN);
-  ss_matmul(SS_MM_N, SS_MM_N, BT, pr->in, pr->out, 1.0f, dy, pr->out, pr->w, pr->in,
-            accumulate ? 1.0f : 0.0f, dx, pr->in);
+  ss_op_matmul(&p->cc, SS_MM_N, SS_MM_N, BT, pr->in, pr->out, 1.0f, dy, pr->out, pr->w, pr->in,
+               accumulate ? 1.0f : 0.0f, dx, pr->in);
   ss_lora_backward(s, &p->lora, &pr->lo, pr->in, pr->out, dx, dy, x, BT, lt, dlt, mk, xd);
 }
 
 static void act_forward(const llama *p, float *out, const float *x, size_t n) {
   if (p->act == ACT_SILU)
-    ss_silu_forward(out, x, n);
+    ss_op_silu_forward(&p->cc, out, x, n);
   else if (p->act == ACT_GELU_TANH)
-    ss_gelu_tanh_forward(out, x, n);
+    ss_op_gelu_tanh_forward(&p->cc, out, x, n);
   else
-    ss_gelu_erf_forward(out, x, n);
+    ss_op_gelu_erf_forward(&p->cc, out, x, n);
 }
 
 static void act_backward(const llama *p, float *d, const float *x, size_t n) {
   if (p->act == ACT_SILU)
-    ss_silu_backward(d, x, n);
+    ss_op_silu_backward(&p->cc, d, x, n);
   else if (p->act == ACT_GELU_TANH)
-    ss_gelu_tanh_backward(d, x, n);
+    ss_op_gelu_tanh_backward(&p->cc, d, x, n);
   else
-    ss_gelu_erf_backward(d, x, n);
+    ss_op_gelu_erf_backward(&p->cc, d, x, n);
 }
 
 /* ------------------------------------------------------------- the block ---- */
@@ -1109,7 +1104,7 @@ typedef struct seq_attn {
 static void add_normed(const llama *p, float *out, const float *in, float *ln, float *rstd,
                        const float *r, const float *w, int BT) {
   const size_t n = (size_t)BT * (size_t)p->E;
-  ss_rmsnorm_forward(ln, rstd, r, w, BT, p->E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, ln, rstd, r, w, BT, p->E, p->eps, p->one_plus);
   if (out != in) memcpy(out, in, n * sizeof(float));
   for (size_t i = 0; i < n; i++) out[i] += ln[i];
 }
@@ -1124,13 +1119,15 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
   const int E = p->E, Q = p->NH * p->D, KV = p->NKV * p->D;
   const size_t cells = (size_t)BT * (size_t)E, ni = (size_t)BT * (size_t)p->I;
   /* attention */
-  ss_rmsnorm_forward(a->ln, a->rstd1, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, a->ln, a->rstd1, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
   proj_forward(p, &bk->pr[P_Q], p->qk_norm ? a->qr : a->q, a->ln, BT, 0, a->lt, a->mk, a->xd);
   proj_forward(p, &bk->pr[P_K], p->qk_norm ? a->kr : a->k, a->ln, BT, 0, a->lt, a->mk, a->xd);
   proj_forward(p, &bk->pr[P_V], a->v, a->ln, BT, 0, a->lt, a->mk, a->xd);
   if (p->qk_norm) {
-    ss_rmsnorm_forward(a->q, a->rstdq, a->qr, bk->nw[N_QN], BT * p->NH, p->D, p->eps, p->one_plus);
-    ss_rmsnorm_forward(a->k, a->rstdk, a->kr, bk->nw[N_KN], BT * p->NKV, p->D, p->eps, p->one_plus);
+    ss_op_rmsnorm_forward(&p->cc, a->q, a->rstdq, a->qr, bk->nw[N_QN], BT * p->NH, p->D, p->eps,
+                          p->one_plus);
+    ss_op_rmsnorm_forward(&p->cc, a->k, a->rstdk, a->kr, bk->nw[N_KN], BT * p->NKV, p->D, p->eps,
+                          p->one_plus);
   }
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
@@ -1138,15 +1135,16 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
     float *v = a->v + (size_t)s->row0 * (size_t)KV;
     ss_attn_dims d = attn_dims(p, s->B, s->T, s->P);
     if (s->pos != NULL) {
-      ss_rope_forward_pos(q, Q, s->B, s->T, p->NH, p->D, s->pos, p->mrope, bk->inv_freq);
-      ss_rope_forward_pos(k, KV, s->B, s->T, p->NKV, p->D, s->pos, p->mrope, bk->inv_freq);
+      ss_op_rope_forward_pos(&p->cc, q, Q, s->B, s->T, p->NH, p->D, s->pos, p->mrope, bk->inv_freq);
+      ss_op_rope_forward_pos(&p->cc, k, KV, s->B, s->T, p->NKV, p->D, s->pos, p->mrope,
+                             bk->inv_freq);
     } else {
-      ss_rope_forward_freq(q, Q, s->B, s->T, p->NH, p->D, s->pos0, bk->inv_freq);
-      ss_rope_forward_freq(k, KV, s->B, s->T, p->NKV, p->D, s->pos0, bk->inv_freq);
+      ss_op_rope_forward_freq(&p->cc, q, Q, s->B, s->T, p->NH, p->D, s->pos0, bk->inv_freq);
+      ss_op_rope_forward_freq(&p->cc, k, KV, s->B, s->T, p->NKV, p->D, s->pos0, bk->inv_freq);
     }
-    ss_attention_forward_cap(a->atty + (size_t)s->row0 * (size_t)Q, Q, a->att, a->att_all, s->K,
-                             s->V, q, Q, k, v, KV, s->past_k, s->past_v, &d, bk->window,
-                             p->softcap);
+    ss_op_attention_forward(&p->cc, a->atty + (size_t)s->row0 * (size_t)Q, Q, a->att, a->att_all,
+                            s->K, s->V, q, Q, k, v, KV, s->past_k, s->past_v, &d, bk->window,
+                            p->softcap);
   }
   if (p->sandwich) {
     proj_forward(p, &bk->pr[P_O], a->ao, a->atty, BT, 0, a->lt, a->mk, a->xd);
@@ -1156,7 +1154,7 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
     proj_forward(p, &bk->pr[P_O], a->h, a->atty, BT, 1, a->lt, a->mk, a->xd);
   }
   /* mlp */
-  ss_rmsnorm_forward(a->ln, a->rstd2, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, a->ln, a->rstd2, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
   proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt, a->mk, a->xd);
   proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt, a->mk, a->xd);
   act_forward(p, a->mm, a->g, ni);
@@ -1220,8 +1218,8 @@ static void norm_backward(llama *p, const lblock *bk, int j, const block_grads *
   ss_params *s = &p->prm;
   memset(dx, 0, (size_t)rows * (size_t)C * sizeof(float));
   ss_params_lock(s);
-  ss_rmsnorm_backward(dx, bk->inw[j] >= 0 ? ss_params_grad(s, bk->inw[j]) : g->dw_sink, dy, x,
-                      bk->nw[j], rstd, rows, C, p->one_plus);
+  ss_op_rmsnorm_backward(&p->cc, dx, bk->inw[j] >= 0 ? ss_params_grad(s, bk->inw[j]) : g->dw_sink,
+                         dy, x, bk->nw[j], rstd, rows, C, p->one_plus);
   ss_params_unlock(s);
 }
 
@@ -1264,12 +1262,13 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
     g->dmm[i] = dm * a->u[i];
   }
   act_backward(p, g->dmm, a->g, ni);
-  ss_rmsnorm_forward(a->ln, NULL, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, a->ln, NULL, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
   proj_backward(p, &bk->pr[P_UP], g->dln, 0, a->mm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   proj_backward(p, &bk->pr[P_GATE], g->dln, 1, g->dmm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
-  ss_rmsnorm_backward(dres, bk->inw[N_LN2] >= 0 ? ss_params_grad(s, bk->inw[N_LN2]) : g->dw_sink,
-                      g->dln, a->h, bk->nw[N_LN2], a->rstd2, BT, E, p->one_plus);
+  ss_op_rmsnorm_backward(&p->cc, dres,
+                         bk->inw[N_LN2] >= 0 ? ss_params_grad(s, bk->inw[N_LN2]) : g->dw_sink,
+                         g->dln, a->h, bk->nw[N_LN2], a->rstd2, BT, E, p->one_plus);
   ss_params_unlock(s);
   /* attention */
   dy = dres;
@@ -1278,29 +1277,30 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
     dy = g->dln;
   }
   proj_backward(p, &bk->pr[P_O], g->datty, 0, dy, a->atty, BT, a->lt, g->dlt, a->mk, a->xd);
-  ss_attention_backward_cap(g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k, a->v,
-                            KV, &d, p->softcap);
+  ss_op_attention_backward(&p->cc, g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k,
+                           a->v, KV, &d, p->softcap);
   if (pk.ib >= 0 && !p->qk_norm && p->softcap == 0.0f) { /* kbias_backward */
     ss_params_lock(s);
     rc = kbias_backward(p, bk->inv_freq, ss_params_grad(s, pk.ib), g->dk, B, T);
     ss_params_unlock(s);
     pk.ib = -1;
   }
-  ss_rope_backward_freq(g->dq, Q, B, T, p->NH, p->D, 0, bk->inv_freq);
-  ss_rope_backward_freq(g->dk, KV, B, T, p->NKV, p->D, 0, bk->inv_freq);
+  ss_op_rope_backward_freq(&p->cc, g->dq, Q, B, T, p->NH, p->D, 0, bk->inv_freq);
+  ss_op_rope_backward_freq(&p->cc, g->dk, KV, B, T, p->NKV, p->D, 0, bk->inv_freq);
   if (p->qk_norm) { /* datty (free now) becomes d(qr), dkr d(kr) */
     norm_backward(p, bk, N_QN, g, g->datty, g->dq, a->qr, a->rstdq, BT * p->NH, p->D);
     norm_backward(p, bk, N_KN, g, g->dkr, g->dk, a->kr, a->rstdk, BT * p->NKV, p->D);
     dq = g->datty;
     dk = g->dkr;
   }
-  ss_rmsnorm_forward(a->ln, NULL, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, a->ln, NULL, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
   proj_backward(p, &bk->pr[P_Q], g->dln, 0, dq, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   proj_backward(p, &pk, g->dln, 1, dk, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   proj_backward(p, &bk->pr[P_V], g->dln, 1, g->dv, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
-  ss_rmsnorm_backward(dres, bk->inw[N_LN1] >= 0 ? ss_params_grad(s, bk->inw[N_LN1]) : g->dw_sink,
-                      g->dln, a->x, bk->nw[N_LN1], a->rstd1, BT, E, p->one_plus);
+  ss_op_rmsnorm_backward(&p->cc, dres,
+                         bk->inw[N_LN1] >= 0 ? ss_params_grad(s, bk->inw[N_LN1]) : g->dw_sink,
+                         g->dln, a->x, bk->nw[N_LN1], a->rstd1, BT, E, p->one_plus);
   ss_params_unlock(s);
   return rc;
 }
@@ -1939,7 +1939,9 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
   }
   m->kind = "llama";
   m->ops = &llama_ops;
-  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m};
+  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
+  p->prm.cc = &p->cc;
+  p->lora.cc = &p->cc;
   m->impl = p;
   m->weights = p->files[0];
   m->exec = SS_EXEC_WORKER;

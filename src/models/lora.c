@@ -19,7 +19,7 @@
 
 #include "core/config.h"
 #include "core/file.h"
-#include "models/nn/matmul.h"
+#include "models/nn/backend/backend.h"
 
 static uint64_t mix(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -58,8 +58,8 @@ void ss_lora_forward(const ss_lora_cfg *c, const ss_lora *l, int in, int out, fl
     ss_lora_dropout(xd, x, (size_t)BT * (size_t)in, mk, l->unit);
     x = xd;
   }
-  ss_matmul(SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
-  ss_matmul(SS_MM_N, SS_MM_T, BT, out, r, c->s, lt, r, l->b, r, 1.0f, y, out);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_T, BT, out, r, c->s, lt, r, l->b, r, 1.0f, y, out);
 }
 
 void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, int in, int out,
@@ -73,24 +73,24 @@ void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, in
     ss_lora_dropout(xd, x, n, mk, l->unit); /* the forward's masks, regenerated */
     x = xd;
   }
-  ss_matmul(SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
-  ss_matmul(SS_MM_N, SS_MM_N, BT, r, out, sc, dy, out, l->b, r, 0.0f, dlt, r);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_N, BT, r, out, sc, dy, out, l->b, r, 0.0f, dlt, r);
   if (l->ia >= 0) {
     ss_params_lock(prm);
     /* dB [out, r] += s dy^T lt;  dA [r, in] += dlt^T drop(x) */
-    ss_matmul(SS_MM_T, SS_MM_N, out, r, BT, sc, dy, out, lt, r, 1.0f, ss_params_grad(prm, l->ib),
-              r);
-    ss_matmul(SS_MM_T, SS_MM_N, r, in, BT, 1.0f, dlt, r, x, in, 1.0f, ss_params_grad(prm, l->ia),
-              in);
+    ss_op_matmul(c->cc, SS_MM_T, SS_MM_N, out, r, BT, sc, dy, out, lt, r, 1.0f,
+                 ss_params_grad(prm, l->ib), r);
+    ss_op_matmul(c->cc, SS_MM_T, SS_MM_N, r, in, BT, 1.0f, dlt, r, x, in, 1.0f,
+                 ss_params_grad(prm, l->ia), in);
     ss_params_unlock(prm);
   }
   if (dropping(mk)) { /* dx += drop'(dlt A): the same mask and scale */
-    ss_matmul(SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 0.0f, xd, in);
+    ss_op_matmul(c->cc, SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 0.0f, xd, in);
     ss_lora_dropout(xd, xd, n, mk, l->unit);
     for (size_t i = 0; i < n; i++) dx[i] += xd[i];
     return;
   }
-  ss_matmul(SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 1.0f, dx, in);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 1.0f, dx, in);
 }
 
 static uint64_t splitmix64(uint64_t *state) {

@@ -57,6 +57,7 @@ typedef struct ss_lora_cfg {
   unsigned targets; /* bit per target name (the kind's list, see ss_lora_settings) */
   float dropout;    /* lora_dropout, in [0, 1) */
   uint64_t seed;    /* lora_seed: the dropout masks' seed */
+  const ss_compute *cc; /* the model's compute context (borrowed): the adapters' products */
 } ss_lora_cfg;
 
 /* One training forward's dropout (p == 0 or a NULL pointer: none): p and the key of its masks. */

@@ -28,9 +28,7 @@
 #include <string.h>
 
 #include "models/model.h"
-#include "models/nn/gelu.h"
-#include "models/nn/linear.h"
-#include "models/nn/relu.h"
+#include "models/nn/backend/backend.h"
 #include "models/params.h"
 #include "models/safetensors.h"
 
@@ -288,16 +286,16 @@ static int mlp_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta
 /* The hidden activation, forward (in place) and backward (d *= act'(z)). */
 static void act_forward(const mlp *p, float *y, size_t n) {
   if (p->gelu)
-    ss_gelu_erf_forward(y, y, n);
+    ss_op_gelu_erf_forward(&p->cc, y, y, n);
   else
-    ss_relu_forward(y, y, n);
+    ss_op_relu_forward(&p->cc, y, y, n);
 }
 
 static void act_backward(const mlp *p, float *d, const float *z, size_t n) {
   if (p->gelu)
-    ss_gelu_erf_backward(d, z, n);
+    ss_op_gelu_erf_backward(&p->cc, d, z, n);
   else
-    ss_relu_backward(d, z, n);
+    ss_op_relu_backward(&p->cc, d, z, n);
 }
 
 static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
@@ -327,7 +325,7 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
     const float *x = i == 0 ? (const float *)in->data : buf[(i - 1) & 1];
     if (ss_meta_cancelled(meta)) break; /* nobody waits for the result: stop (checked below) */
     float *y = i == p->n - 1 ? (float *)out->data : buf[i & 1];
-    ss_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
+    ss_op_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
     if (i < p->n - 1) act_forward(p, y, rows * (size_t)L->out);
   }
   free(buf[0]);
@@ -390,7 +388,7 @@ static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *
     const mlp_layer *L = &p->l[i];
     const float *x = i == 0 ? sv->x : a;
     float *y = i == p->n - 1 ? (float *)out->data : z;
-    ss_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
+    ss_op_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
     if (i < p->n - 1) {
       memcpy(a, z, rows * (size_t)L->out * sizeof(float));
       act_forward(p, a, rows * (size_t)L->out);
@@ -573,7 +571,8 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
   }
   m->kind = "mlp";
   m->ops = &mlp_ops;
-  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m};
+  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
+  p->prm.cc = &p->cc;
   m->impl = p;
   m->weights = p->st;
   m->exec = SS_EXEC_WORKER;

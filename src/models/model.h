@@ -127,6 +127,9 @@ struct ss_model {
   int wire_codec;           /* spec key wire_codec: 1 zlib, 0 none, -1 unset (service/codec.h) */
   int compute;              /* spec key compute: the dtype of the weight products (ss_mm_dtype:
                              * 0 fp32, 1 bf16, 2 int8); set before the constructor runs */
+  const struct ss_backend *backend; /* spec key backend=cpu|reference: the op table and
+                                     * allocator of its ops (models/nn/backend/backend.h); set
+                                     * before the constructor runs */
   int implicit_training;    /* spec key implicit_training=1: an untagged Compute keeps its
                              * activations for the next ComputeBackward on its connection
                              * (service/train.c) */
@@ -138,7 +141,7 @@ struct ss_model {
   size_t weight_bytes;      /* bytes of weights resident */
   const struct ss_st_file *weights; /* the mapped weights file, or NULL; the service calls
                                      * ss_st_check() on it after each forward (in-place changes) */
-  char describe[160];       /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
+  char describe[224];       /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
 };
 
 /* Parse a model spec "ID=KIND[,key=value...]" and create the model.

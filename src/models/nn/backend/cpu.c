@@ -1,0 +1,64 @@
+/*
+ * cpu.c — the cpu backend: the op table over the kernels of nn/ (oneDNN through the one matmul
+ * engine entry point, the few-row kernels, the packed bf16/int8 weight products, the vectorized
+ * element-wise ops) and 64-byte aligned heap memory.
+ *
+ * Thread: any (worker threads); the table is immutable, every op reentrant.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/nn/attention.h"
+#include "models/nn/backend/backend.h"
+#include "models/nn/gelu.h"
+#include "models/nn/layernorm.h"
+#include "models/nn/linear.h"
+#include "models/nn/matmul.h"
+#include "models/nn/relu.h"
+#include "models/nn/rmsnorm.h"
+#include "models/nn/rope.h"
+#include "models/nn/silu.h"
+
+/* n bytes, 64-byte aligned (a cache line, an AVX-512 vector), zeroed. */
+static void *cpu_alloc(size_t n) {
+  size_t sz = (n + 63) / 64 * 64;
+  void *p = aligned_alloc(64, sz > 0 ? sz : 64);
+  if (p != NULL) memset(p, 0, sz > 0 ? sz : 64);
+  return p;
+}
+
+static void cpu_release(void *p) { free(p); }
+
+const ss_backend ss_backend_cpu = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .matmul = ss_matmul,
+    .matmul_w = ss_matmul_w,
+    .linear_forward = ss_linear_forward,
+    .linear_backward = ss_linear_backward,
+    .bias_backward = ss_bias_backward,
+    .layernorm_forward = ss_layernorm_forward,
+    .layernorm_backward = ss_layernorm_backward,
+    .rmsnorm_forward = ss_rmsnorm_forward,
+    .rmsnorm_backward = ss_rmsnorm_backward,
+    .gelu_tanh_forward = ss_gelu_tanh_forward,
+    .gelu_tanh_backward = ss_gelu_tanh_backward,
+    .gelu_erf_forward = ss_gelu_erf_forward,
+    .gelu_erf_backward = ss_gelu_erf_backward,
+    .relu_forward = ss_relu_forward,
+    .relu_backward = ss_relu_backward,
+    .silu_forward = ss_silu_forward,
+    .silu_backward = ss_silu_backward,
+    .rope_forward_freq = ss_rope_forward_freq,
+    .rope_backward_freq = ss_rope_backward_freq,
+    .rope_forward_pos = ss_rope_forward_pos,
+    .attention_forward = ss_attention_forward_cap,
+    .attention_backward = ss_attention_backward_cap,
+};
+
+const ss_backend *ss_backend_find(const char *name) {
+  if (strcmp(name, ss_backend_cpu.name) == 0) return &ss_backend_cpu;
+  if (strcmp(name, ss_backend_reference.name) == 0) return &ss_backend_reference;
+  return NULL;
+}
