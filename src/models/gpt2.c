@@ -37,11 +37,12 @@
  * 0..P+i.
  *
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
- * loop thread; forward()/forward_kv() on workers, reentrant (all scratch is malloc'd per call).
+ * loop thread; forward()/forward_kv() on workers, reentrant (all scratch comes from the
+ * model's backend per call).
  * Training (see "training" below): forward_train/backward under the model's read lock (backward
- * calls serialize only their gradient sums, on the params mutex: models/params.h); step() under the write lock is the only
- * writer of weights, copying mmap views on first write; save() writes the trunk's layers only,
- * under their original names.
+ * calls serialize only their gradient sums, on the params mutex: models/params.h); step() under the
+ * write lock is the only writer of weights, copying mmap views on first write; save() writes the
+ * trunk's layers only, under their original names.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -578,7 +579,7 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
   /* ln [rows,E] + qkv [rows,3E] + att [rows,E] + fc [rows,I] + scores [S,T] (+ K,V scratch) */
   need = rows * (5 * (size_t)E + (size_t)NI + (size_t)p->lora.r) + (size_t)S * (size_t)T +
          (want_present ? 0 : 2 * kvn);
-  if ((scratch = malloc(need * sizeof(float))) == NULL) {
+  if ((scratch = ss_op_alloc(&p->cc, need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of activations", m->id,
              need * sizeof(float) >> 20);
     return SS_ENOMEM;
@@ -602,13 +603,13 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
   for (int l = 0; l < L; l++) {
     if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
       if (want_present) ss_trunk_free_present(kv, l);
-      free(scratch);
+      ss_op_release(&p->cc, scratch);
       return SS_ECANCELLED;
     }
     if (want_present) {
-      if (ss_trunk_alloc_present(&kv->present[l], B, H, T, D) != 0) {
+      if (ss_trunk_alloc_present(&p->cc, &kv->present[l], B, H, T, D) != 0) {
         ss_trunk_free_present(kv, l + 1);
-        free(scratch);
+        ss_op_release(&p->cc, scratch);
         snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
         return SS_ENOMEM;
       }
@@ -619,7 +620,7 @@ static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *ou
                   a.K, a.V};
     block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
-  free(scratch);
+  ss_op_release(&p->cc, scratch);
   return 0;
 }
 
@@ -643,10 +644,10 @@ static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, 
   const size_t rows = (size_t)n;
   /* ln, qkv (3), atty [rows, E]; fc [rows, I]; scores [1, maxT]; x [rows, E]; K/V scratch */
   size_t need = rows * (6 * (size_t)E + (size_t)NI + (size_t)p->lora.r) + maxT + kvscratch;
-  float *scratch = malloc(need * sizeof(float));
+  float *scratch = ss_op_alloc(&p->cc, need * sizeof(float));
   seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
   if (!scratch || !seqs) {
-    free(scratch);
+    ss_op_release(&p->cc, scratch);
     free(seqs);
     snprintf(err, errlen, "model '%s': out of memory for a batched decode step", m->id);
     return SS_ENOMEM;
@@ -669,7 +670,7 @@ static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, 
   float **win = calloc(2 * (size_t)n, sizeof *win);
   if (!win) rc = SS_ENOMEM;
   for (int l = 0; l < L && rc == 0; l++) {
-    if ((rc = ss_trunk_batch_windows(kv, n, l, H, D, kvs, win, win + n)) != 0) break;
+    if ((rc = ss_trunk_batch_windows(&p->cc, kv, n, l, H, D, kvs, win, win + n)) != 0) break;
     for (int i = 0; i < n; i++) {
       int P = ss_trunk_past_len(&kv[i]);
       seqs[i] = (seq_attn){i, 1, 1, P, P ? kv[i].past[l].key.data : NULL,
@@ -680,7 +681,7 @@ static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, 
   free(win);
   rc = ss_trunk_batch_finish(m, rc, n, L, E, a.x, out, kv, err, errlen);
   free(seqs);
-  free(scratch);
+  ss_op_release(&p->cc, scratch);
   return rc;
 }
 
@@ -750,10 +751,12 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
   *saved_bytes = 0;
   /* scratch: ln [BT, E], fcg [BT, I], K and V [B, H, S, D], lt [BT, r], xd [BT, I] (dropout) */
   if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
-      (sv = malloc(sizeof *sv + total)) == NULL ||
-      (scratch = malloc(rows *
-                        (3 * (size_t)E + (size_t)NI + (size_t)p->lora.r +
-                         (p->lora.dropout > 0.0f ? (size_t)NI : 0)) * sizeof(float))) == NULL) {
+      (sv = malloc(sizeof *sv)) == NULL || (sv->buf = ss_op_alloc(&p->cc, total)) == NULL ||
+      (scratch = ss_op_alloc(&p->cc, rows *
+                                         (3 * (size_t)E + (size_t)NI + (size_t)p->lora.r +
+                                          (p->lora.dropout > 0.0f ? (size_t)NI : 0)) *
+                                         sizeof(float))) == NULL) {
+    if (sv != NULL) ss_op_release(&p->cc, sv->buf);
     free(sv);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
              total >> 20);
@@ -762,7 +765,6 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
   sv->B = B;
   sv->S = S;
   sv->per_layer = per;
-  sv->buf = (float *)(sv + 1);
   a.ln = scratch;
   a.fcg = a.ln + rows * (size_t)E;
   a.K = a.fcg + rows * (size_t)NI;
@@ -778,7 +780,7 @@ static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor 
     seq_attn s = {0, B, S, 0, NULL, NULL, a.K, a.V};
     block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
-  free(scratch);
+  ss_op_release(&p->cc, scratch);
   *saved = sv;
   *saved_bytes = sizeof *sv + total;
   return 0;
@@ -808,7 +810,8 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
   need = rows * (6 * (size_t)E + 2 * (size_t)NI + 2 * (size_t)p->lora.r +
                  (sv->mk.p > 0.0f ? (size_t)NI : 0)) +
          (size_t)S * (size_t)S + 2 * (size_t)E;
-  if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
+  if (ss_params_grads(&p->prm) != 0 ||
+      (scratch = ss_op_alloc(&p->cc, need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
     return SS_ENOMEM;
   }
@@ -829,7 +832,7 @@ static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_o
     saved_layer(p, sv, l, NULL, &a);
     block_backward(p, l, &a, &g, dres, B, S);
   }
-  free(scratch);
+  ss_op_release(&p->cc, scratch);
   return 0;
 }
 
@@ -839,8 +842,10 @@ static int gpt2_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen)
 }
 
 static void gpt2_free_saved(const ss_model *m, void *saved) {
-  (void)m;
-  free(saved);
+  const gpt2 *p = m->impl;
+  gpt2_saved *sv = saved;
+  ss_op_release(&p->cc, sv->buf);
+  free(sv);
 }
 
 /* The trunk's tensors under their original names ("[transformer.]h.{i}.<suffix>"), F32; with

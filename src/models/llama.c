@@ -82,7 +82,8 @@
  * forwards, masks from (lora_seed, forward id, layer, element): models/lora.h.
  *
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
- * loop thread; forward()/forward_kv() on workers, reentrant (all scratch is malloc'd per call).
+ * loop thread; forward()/forward_kv() on workers, reentrant (all scratch comes from the
+ * model's backend per call).
  * Training follows model.h: forward_train/backward under the read lock (gradient sums on the
  * params mutex), step under the write lock (the only writer), save under the read lock.
  */
@@ -1422,7 +1423,7 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
    * (+ K, V scratch) + extra [rows, Q + KV + E] (qr, kr, ao) */
   need = rows * ((size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 2 * (size_t)NI + (size_t)r) +
          (size_t)S * (size_t)T + (want_present ? 0 : 2 * kvn) + rows * extra_per_row(p);
-  if ((scratch = malloc(need * sizeof(float))) == NULL) {
+  if ((scratch = ss_op_alloc(&p->cc, need * sizeof(float))) == NULL) {
     free(pos);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of activations", m->id,
              need * sizeof(float) >> 20);
@@ -1451,14 +1452,14 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
   for (int l = 0; l < L; l++) {
     if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
       if (want_present) ss_trunk_free_present(kv, l);
-      free(scratch);
+      ss_op_release(&p->cc, scratch);
       free(pos);
       return SS_ECANCELLED;
     }
     if (want_present) {
-      if (ss_trunk_alloc_present(&kv->present[l], B, p->NKV, T, p->D) != 0) {
+      if (ss_trunk_alloc_present(&p->cc, &kv->present[l], B, p->NKV, T, p->D) != 0) {
         ss_trunk_free_present(kv, l + 1);
-        free(scratch);
+        ss_op_release(&p->cc, scratch);
         free(pos);
         snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
         return SS_ENOMEM;
@@ -1471,7 +1472,7 @@ static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
         a.K, a.V, pos};
     block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
-  free(scratch);
+  ss_op_release(&p->cc, scratch);
   free(pos);
   return 0;
 }
@@ -1500,10 +1501,10 @@ static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
   size_t need = rows * (2 * (size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 2 * (size_t)NI +
                         (size_t)r + extra_per_row(p)) +
                 maxT + kvscratch;
-  float *scratch = malloc(need * sizeof(float));
+  float *scratch = ss_op_alloc(&p->cc, need * sizeof(float));
   seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
   if (!scratch || !seqs) {
-    free(scratch);
+    ss_op_release(&p->cc, scratch);
     free(seqs);
     snprintf(err, errlen, "model '%s': out of memory for a batched decode step", m->id);
     return SS_ENOMEM;
@@ -1530,7 +1531,8 @@ static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
   float **win = calloc(2 * (size_t)n, sizeof *win);
   if (!win) rc = SS_ENOMEM;
   for (int l = 0; l < L && rc == 0; l++) {
-    if ((rc = ss_trunk_batch_windows(kv, n, l, p->NKV, p->D, kvs, win, win + n)) != 0) break;
+    if ((rc = ss_trunk_batch_windows(&p->cc, kv, n, l, p->NKV, p->D, kvs, win, win + n)) != 0)
+      break;
     for (int i = 0; i < n; i++) {
       int P = ss_trunk_past_len(&kv[i]);
       seqs[i] = (seq_attn){i,
@@ -1549,7 +1551,7 @@ static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
   free(win);
   rc = ss_trunk_batch_finish(m, rc, n, L, E, a.x, out, kv, err, errlen);
   free(seqs);
-  free(scratch);
+  ss_op_release(&p->cc, scratch);
   return rc;
 }
 
@@ -1646,9 +1648,11 @@ static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
   /* scratch: ln [BT, E], mm [BT, I], K and V [B, NKV, S, D], lt [BT, r], xd [BT, maxin] */
   const size_t maxin = p->lora.dropout > 0.0f ? lora_max_in(p) : 0;
   if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
-      (sv = malloc(sizeof *sv + total)) == NULL ||
-      (scratch = malloc(rows * ((size_t)E + (size_t)NI + 2 * (size_t)KVd + (size_t)r + maxin) *
-                        sizeof(float))) == NULL) {
+      (sv = malloc(sizeof *sv)) == NULL || (sv->buf = ss_op_alloc(&p->cc, total)) == NULL ||
+      (scratch = ss_op_alloc(&p->cc,
+                             rows * ((size_t)E + (size_t)NI + 2 * (size_t)KVd + (size_t)r + maxin) *
+                                 sizeof(float))) == NULL) {
+    if (sv != NULL) ss_op_release(&p->cc, sv->buf);
     free(sv);
     snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
              total >> 20);
@@ -1657,7 +1661,6 @@ static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
   sv->B = B;
   sv->S = S;
   sv->per_layer = per;
-  sv->buf = (float *)(sv + 1);
   memset(&a, 0, sizeof a);
   a.ln = scratch;
   a.mm = a.ln + rows * (size_t)E;
@@ -1674,7 +1677,7 @@ static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
     seq_attn s = {0, B, S, 0, 0, NULL, NULL, a.K, a.V, NULL};
     block_forward(p, &p->blk[l], &a, B * S, &s, 1);
   }
-  free(scratch);
+  ss_op_release(&p->cc, scratch);
   *saved = sv;
   *saved_bytes = sizeof *sv + total;
   return 0;
@@ -1704,7 +1707,8 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
   need = rows * (2 * (size_t)E + 2 * (size_t)Q + 3 * (size_t)KVd + 3 * (size_t)NI +
                  2 * (size_t)r + (sv->mk.p > 0.0f ? lora_max_in(p) : 0)) +
          2 * (size_t)S * (size_t)S + (size_t)(E > p->D ? E : p->D);
-  if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
+  if (ss_params_grads(&p->prm) != 0 ||
+      (scratch = ss_op_alloc(&p->cc, need * sizeof(float))) == NULL) {
     snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
     return SS_ENOMEM;
   }
@@ -1734,12 +1738,12 @@ static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_
     saved_layer(p, sv, l, NULL, &a);
     a.lt = lt, a.mm = mm, a.ln = ln, a.xd = xd, a.mk = mk;
     if (block_backward(p, l, &a, &g, dres, B, S) != 0) {
-      free(scratch);
+      ss_op_release(&p->cc, scratch);
       snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
       return SS_ENOMEM;
     }
   }
-  free(scratch);
+  ss_op_release(&p->cc, scratch);
   return 0;
 }
 
@@ -1749,8 +1753,10 @@ static int llama_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen
 }
 
 static void llama_free_saved(const ss_model *m, void *saved) {
-  (void)m;
-  free(saved);
+  const llama *p = m->impl;
+  llama_saved *sv = saved;
+  ss_op_release(&p->cc, sv->buf);
+  free(sv);
 }
 
 /* ------------------------------------------------------------- LoRA ---- */

@@ -29,15 +29,29 @@ typedef enum {
 
 typedef struct ss_model ss_model;
 
-/* One layer's attention cache: key and value, float32 [batch, heads, len, head_dim]. */
+/* One layer's attention cache: key and value, float32 [batch, heads, len, head_dim]. release:
+ * how an owned entry's key.data and value.data are given back (the allocating backend's release;
+ * ss_kv_release); NULL for borrowed views (a request's past). */
 typedef struct ss_kv_layer {
   ss_tensor key, value;
+  void (*release)(void *data);
 } ss_kv_layer;
+
+/* Give back the data of an owned entry (its release callback) and zero it. */
+static inline void ss_kv_release(ss_kv_layer *kv) {
+  if (kv->release != NULL) {
+    kv->release(kv->key.data);
+    kv->release(kv->value.data);
+  }
+  kv->key.data = kv->value.data = NULL;
+  kv->release = NULL;
+}
 
 /* KV-cache input/output of one forward call (models with n_kv_layers > 0).
  * past: n_layers entries (borrowed, float32, already validated by check_kv) or NULL for no past.
  * present: when want_present, the model fills n_layers entries with past+new keys/values; their
- * data is malloc'd by the model and owned by the caller afterwards (free() each key/value data). */
+ * data comes from the model's backend and is owned by the caller afterwards, who gives it back
+ * with ss_kv_release (the entry's release callback), never free(). */
 typedef struct ss_kv_io {
   int n_layers;
   const ss_kv_layer *past;

@@ -3,6 +3,8 @@
  */
 #include "models/trunk.h"
 
+#include "models/nn/backend/backend.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -61,11 +63,12 @@ int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_
   return 0;
 }
 
-/* present[l] = freshly malloc'd key/value [B, H, T, D] (the caller owns them). 0 or SS_ENOMEM. */
-int ss_trunk_alloc_present(ss_kv_layer *pr, int B, int H, int T, int D) {
+/* present[l] = key/value [B, H, T, D] from cc's backend, released by its callback. */
+int ss_trunk_alloc_present(const ss_compute *cc, ss_kv_layer *pr, int B, int H, int T, int D) {
   size_t kvn = (size_t)B * (size_t)H * (size_t)T * (size_t)D;
-  pr->key.data = malloc(kvn ? kvn * sizeof(float) : 1);
-  pr->value.data = malloc(kvn ? kvn * sizeof(float) : 1);
+  pr->release = ss_backend_of(cc)->release;
+  pr->key.data = ss_op_alloc(cc, kvn * sizeof(float));
+  pr->value.data = ss_op_alloc(cc, kvn * sizeof(float));
   if (pr->key.data == NULL || pr->value.data == NULL) return SS_ENOMEM;
   for (int f = 0; f < 2; f++) {
     ss_tensor *t = f ? &pr->value : &pr->key;
@@ -83,18 +86,18 @@ int ss_trunk_alloc_present(ss_kv_layer *pr, int B, int H, int T, int D) {
 
 void ss_trunk_free_present(ss_kv_io *kv, int n) {
   for (int l = 0; l < n; l++) {
-    free(kv->present[l].key.data);
-    free(kv->present[l].value.data);
+    ss_kv_release(&kv->present[l]);
     memset(&kv->present[l], 0, sizeof kv->present[l]);
   }
 }
 
-int ss_trunk_batch_windows(ss_kv_io *kv, int n, int l, int H, int D, float *scratch, float **K,
-                           float **V) {
+int ss_trunk_batch_windows(const ss_compute *cc, ss_kv_io *kv, int n, int l, int H, int D,
+                           float *scratch, float **K, float **V) {
   for (int i = 0; i < n; i++) {
     size_t win = (size_t)H * (size_t)(ss_trunk_past_len(&kv[i]) + 1) * (size_t)D;
     if (kv[i].want_present) {
-      if (ss_trunk_alloc_present(&kv[i].present[l], 1, H, ss_trunk_past_len(&kv[i]) + 1, D) != 0)
+      if (ss_trunk_alloc_present(cc, &kv[i].present[l], 1, H, ss_trunk_past_len(&kv[i]) + 1, D) !=
+          0)
         return SS_ENOMEM;
       K[i] = kv[i].present[l].key.data;
       V[i] = kv[i].present[l].value.data;

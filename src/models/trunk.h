@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "models/model.h"
+#include "models/nn/matmul.h"
 
 /* root[key] as a positive int into *out (*found = 1), or nothing when absent/null (*found = 0).
  * Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive integer". */
@@ -28,16 +29,17 @@ int ss_trunk_check_hidden(const ss_model *m, const ss_tensor *in, int hidden, in
 int ss_trunk_batch_finish(const ss_model *m, int rc, int n, int L, int E, const float *x,
                           ss_tensor *out, ss_kv_io *kv, char *err, size_t errlen);
 
-/* One layer's present key and value, float32 [B, H, T, D], malloc'd (the caller owns them). */
-int ss_trunk_alloc_present(ss_kv_layer *pr, int B, int H, int T, int D);
+/* One layer's present key and value, float32 [B, H, T, D], from cc's backend (the caller owns
+ * them: ss_kv_release). */
+int ss_trunk_alloc_present(const ss_compute *cc, ss_kv_layer *pr, int B, int H, int T, int D);
 /* Free the first n present layers of kv and zero them. */
 void ss_trunk_free_present(ss_kv_io *kv, int n);
 
 /* Batched decode steps (forward_kv_batch): for layer l, sequence i's window K[i], V[i]
  * [1, H, P_i + 1, D] is its present cache entry (allocated here) when it wants one, else a piece
  * of scratch (2 H (P_i + 1) D floats per such sequence). Returns 0 or SS_ENOMEM. */
-int ss_trunk_batch_windows(ss_kv_io *kv, int n, int l, int H, int D, float *scratch, float **K,
-                           float **V);
+int ss_trunk_batch_windows(const ss_compute *cc, ss_kv_io *kv, int n, int l, int H, int D,
+                           float *scratch, float **K, float **V);
 /* The length of sequence i's past (0 without one). */
 static inline int ss_trunk_past_len(const ss_kv_io *kv) {
   return kv->past ? (int)kv->past[0].key.shape[2] : 0;

@@ -31,8 +31,9 @@
 typedef struct ss_backend {
   const char *name; /* "cpu", "reference" */
 
-  /* Tensor memory (weights copies, activations, KV caches, scratch): n bytes, 64-byte aligned,
-   * zeroed; NULL when out of memory. release(NULL) does nothing. */
+  /* Tensor memory (activations, KV caches, scratch): n bytes (n 0: a valid, unique block),
+   * 64-byte aligned, uninitialized; NULL when out of memory. release(NULL) does nothing. Memory
+   * of one backend is released by the same backend only. */
   void *(*alloc)(size_t n);
   void (*release)(void *p);
 
@@ -84,6 +85,10 @@ typedef struct ss_backend {
 
 extern const ss_backend ss_backend_cpu;       /* cpu.c */
 extern const ss_backend ss_backend_reference; /* reference.c */
+
+/* Host memory as the alloc/release of the table (cpu.c): both host backends use it. */
+void *ss_backend_host_alloc(size_t n);
+void ss_backend_host_release(void *p);
 
 /* The backend named name ("cpu", "reference"), or NULL. */
 const ss_backend *ss_backend_find(const char *name);

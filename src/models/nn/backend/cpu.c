@@ -1,7 +1,7 @@
 /*
  * cpu.c — the cpu backend: the op table over the kernels of nn/ (oneDNN through the one matmul
  * engine entry point, the few-row kernels, the packed bf16/int8 weight products, the vectorized
- * element-wise ops) and 64-byte aligned heap memory.
+ * element-wise ops) and 64-byte aligned host memory (also the reference backend's).
  *
  * Thread: any (worker threads); the table is immutable, every op reentrant.
  */
@@ -19,20 +19,17 @@
 #include "models/nn/rope.h"
 #include "models/nn/silu.h"
 
-/* n bytes, 64-byte aligned (a cache line, an AVX-512 vector), zeroed. */
-static void *cpu_alloc(size_t n) {
-  size_t sz = (n + 63) / 64 * 64;
-  void *p = aligned_alloc(64, sz > 0 ? sz : 64);
-  if (p != NULL) memset(p, 0, sz > 0 ? sz : 64);
-  return p;
+void *ss_backend_host_alloc(size_t n) {
+  size_t sz = (n + 63) / 64 * 64; /* aligned_alloc wants a multiple of the alignment */
+  return aligned_alloc(64, sz > 0 ? sz : 64);
 }
 
-static void cpu_release(void *p) { free(p); }
+void ss_backend_host_release(void *p) { free(p); }
 
 const ss_backend ss_backend_cpu = {
     .name = "cpu",
-    .alloc = cpu_alloc,
-    .release = cpu_release,
+    .alloc = ss_backend_host_alloc,
+    .release = ss_backend_host_release,
     .matmul = ss_matmul,
     .matmul_w = ss_matmul_w,
     .linear_forward = ss_linear_forward,

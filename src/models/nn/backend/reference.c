@@ -17,15 +17,6 @@
 
 #include "models/nn/backend/backend.h"
 
-static void *ref_alloc(size_t n) {
-  size_t sz = (n + 63) / 64 * 64;
-  void *p = aligned_alloc(64, sz > 0 ? sz : 64);
-  if (p != NULL) memset(p, 0, sz > 0 ? sz : 64);
-  return p;
-}
-
-static void ref_release(void *p) { free(p); }
-
 /* op(X)[i][j] of a row-major X with row stride ld. */
 static double at(const float *X, int ld, ss_mm_trans t, int i, int j) {
   return t == SS_MM_N ? (double)X[(size_t)i * (size_t)ld + (size_t)j]
@@ -428,8 +419,8 @@ static void ref_attention_backward(float *dq, float *dk, float *dv, float *scrat
 
 const ss_backend ss_backend_reference = {
     .name = "reference",
-    .alloc = ref_alloc,
-    .release = ref_release,
+    .alloc = ss_backend_host_alloc, /* host memory, as cpu */
+    .release = ss_backend_host_release,
     .matmul = ref_matmul,
     .matmul_w = ref_matmul_w,
     .linear_forward = ref_linear_forward,
