@@ -48,6 +48,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -320,76 +321,6 @@ static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_
   return 0;
 }
 
-/* ------------------------------------------------------------- checks ---- */
-
-static int gpt2_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta,
-                      int64_t *out_shape, int *out_ndim, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  (void)meta;
-  return ss_trunk_check_hidden(m, in, p->n_embd, p->n_pos, "n_positions", out_shape, out_ndim, err,
-                               errlen);
-}
-
-static int gpt2_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_layer *past,
-                         int n_past, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  char got[128], want[128];
-  int64_t ref[4];
-  if (n_past == 0) return 0;
-  if (n_past != m->n_kv_layers) {
-    snprintf(err, errlen,
-             "model '%s' expects %d past_key_values entries (one per trunk layer "
-             "%d:%d), got %d",
-             m->id, m->n_kv_layers, p->a, p->b, n_past);
-    return SS_EINVAL;
-  }
-  for (int i = 0; i < n_past; i++) {
-    for (int f = 0; f < 2; f++) {
-      const ss_tensor *t = f ? &past[i].value : &past[i].key;
-      const char *fname = f ? "value" : "key";
-      if (t->dtype != SS_DTYPE_F32) {
-        snprintf(err, errlen, "past_key_values[%d].%s must be float32, got %s", i, fname,
-                 ss_dtype_name(t->dtype));
-        return SS_EINVAL;
-      }
-      if (i == 0 && f == 0) {
-        int64_t want_shape[4] = {in->ndim == 3 ? in->shape[0] : 1, p->n_head,
-                                 t->ndim == 4 ? t->shape[2] : 0, p->head_dim};
-        int ok = t->ndim == 4;
-        for (int d = 0; ok && d < 4; d++) ok = t->shape[d] == want_shape[d] && t->shape[d] >= 0;
-        if (!ok) {
-          snprintf(err, errlen,
-                   "past_key_values[0].key_shape is %s, expected [%lld,%d,past_len,"
-                   "%d] ([batch, n_head, past_len, head_dim])",
-                   ss_shape_str(t->shape, t->ndim, got, sizeof got), (long long)want_shape[0],
-                   p->n_head, p->head_dim);
-          return SS_EINVAL;
-        }
-        memcpy(ref, t->shape, sizeof ref);
-        continue;
-      }
-      {
-        int ok = t->ndim == 4;
-        for (int d = 0; ok && d < 4; d++) ok = t->shape[d] == ref[d];
-        if (!ok) {
-          snprintf(err, errlen,
-                   "past_key_values[%d].%s_shape is %s, expected %s like "
-                   "past_key_values[0].key_shape",
-                   i, fname, ss_shape_str(t->shape, t->ndim, got, sizeof got),
-                   ss_shape_str(ref, 4, want, sizeof want));
-          return SS_EINVAL;
-        }
-      }
-    }
-  }
-  if (in->ndim == 3 && ref[2] + in->shape[1] > p->n_pos) {
-    snprintf(err, errlen, "model '%s': past_len %lld + seq %lld exceeds n_positions %d", m->id,
-             (long long)ref[2], (long long)in->shape[1], p->n_pos);
-    return SS_EINVAL;
-  }
-  return 0;
-}
-
 /* ------------------------------------------------------------- the block ---- */
 
 /*
@@ -420,14 +351,8 @@ static ss_attn_dims attn_dims(const gpt2 *p, const gpt2_block *bk, int B, int T,
   return d;
 }
 
-/* The sequences whose rows a block call stacks: usually one ([B, T] rows after P cached ones);
- * a batched decode step stacks several, each with its own past (attention stays per sequence,
- * everything else runs over all rows at once). K, V: that sequence's window [B, H, P+T, D]. */
-typedef struct seq_attn {
-  int row0, B, T, P;
-  const void *past_k, *past_v; /* this layer's past [B, H, P, D] (wire bytes) or NULL when P == 0 */
-  float *K, *V;
-} seq_attn;
+/* The sequences whose rows a block call stacks (models/trunk.h). */
+typedef ss_trunk_seq seq_attn;
 
 static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts *a, int BT,
                           const seq_attn *seqs, int nseq) {
@@ -549,313 +474,128 @@ static void block_backward(gpt2 *p, int l, const block_acts *a, const block_grad
   ss_params_unlock(s);
 }
 
-/* ------------------------------------------------------------- inference ---- */
+/* ------------------------------------------------------------- the activation table ---- */
 
-
-
-static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
-                           const ss_meta *meta, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner;
-  const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
-  const int want_present = kv != NULL && kv->want_present;
-  const ss_kv_layer *past = kv != NULL && kv->n_layers > 0 ? kv->past : NULL;
-  const int P = past != NULL ? (int)past[0].key.shape[2] : 0, T = P + S;
-  const size_t rows = (size_t)B * (size_t)S, kvn = (size_t)B * H * (size_t)T * D;
-  float *scratch;
-  block_acts a;
-  size_t need;
-  (void)meta;
-
-  if (past != NULL && kv->n_layers != L) {
-    snprintf(err, errlen, "model '%s': %d past_key_values entries, expected %d", m->id,
-             kv->n_layers, L);
-    return SS_EINVAL;
-  }
-  if (want_present && (kv->present == NULL || kv->n_layers != L)) {
-    snprintf(err, errlen, "model '%s': present cache needs %d entries", m->id, L);
-    return SS_EINVAL;
-  }
-  /* ln [rows,E] + qkv [rows,3E] + att [rows,E] + fc [rows,I] + scores [S,T] (+ K,V scratch) */
-  need = rows * (5 * (size_t)E + (size_t)NI + (size_t)p->lora.r) + (size_t)S * (size_t)T +
-         (want_present ? 0 : 2 * kvn);
-  if ((scratch = ss_op_alloc(&p->cc, need * sizeof(float))) == NULL) {
-    snprintf(err, errlen, "model '%s': out of memory for %zu MiB of activations", m->id,
-             need * sizeof(float) >> 20);
-    return SS_ENOMEM;
-  }
-  memset(&a, 0, sizeof a);
-  a.x = a.h = a.y = out->data; /* the residual stream, updated in place */
-  a.ln = scratch;
-  a.qkv = a.ln + rows * (size_t)E;
-  a.atty = a.qkv + rows * 3 * (size_t)E;
-  a.fc = a.fcg = a.atty + rows * (size_t)E;
-  a.lt = a.fc + rows * (size_t)NI; /* [rows, r] */
-  a.att = a.lt + rows * (size_t)p->lora.r;
-  if (!want_present) {
-    a.K = a.att + (size_t)S * (size_t)T;
-    a.V = a.K + kvn;
-  } else {
-    memset(kv->present, 0, (size_t)L * sizeof *kv->present);
-  }
-  if ((void *)a.x != in->data) memmove(a.x, in->data, rows * (size_t)E * sizeof(float));
-
-  for (int l = 0; l < L; l++) {
-    if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
-      if (want_present) ss_trunk_free_present(kv, l);
-      ss_op_release(&p->cc, scratch);
-      return SS_ECANCELLED;
-    }
-    if (want_present) {
-      if (ss_trunk_alloc_present(&p->cc, &kv->present[l], B, H, T, D) != 0) {
-        ss_trunk_free_present(kv, l + 1);
-        ss_op_release(&p->cc, scratch);
-        snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
-        return SS_ENOMEM;
-      }
-      a.K = kv->present[l].key.data;
-      a.V = kv->present[l].value.data;
-    }
-    seq_attn s = {0, B, S, P, P > 0 ? past[l].key.data : NULL, P > 0 ? past[l].value.data : NULL,
-                  a.K, a.V};
-    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
-  }
-  ss_op_release(&p->cc, scratch);
-  return 0;
-}
-
-/* n one-token decode steps of different sequences (each [1, 1, E] with its own past, of any
- * length), one batch through the dense layers: each layer's GEMMs see n rows instead of 1, while
- * attention runs per sequence over its own window. Each step's result equals forward_kv alone. */
-static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, ss_tensor *out,
-                                 ss_kv_io *kv, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner, L = p->b - p->a;
-  size_t maxT = 1, kvscratch = 0;
-  for (int i = 0; i < n; i++) {
-    if (in[i].ndim != 3 || in[i].shape[0] != 1 || in[i].shape[1] != 1) {
-      snprintf(err, errlen, "model '%s': a batched decode step is one token [1,1,%d]", m->id, E);
-      return SS_EINVAL;
-    }
-    size_t T = 1 + (kv[i].past ? (size_t)kv[i].past[0].key.shape[2] : 0);
-    if (T > maxT) maxT = T;
-    if (!kv[i].want_present) kvscratch += 2 * (size_t)H * T * (size_t)D;
-  }
-  const size_t rows = (size_t)n;
-  /* ln, qkv (3), atty [rows, E]; fc [rows, I]; scores [1, maxT]; x [rows, E]; K/V scratch */
-  size_t need = rows * (6 * (size_t)E + (size_t)NI + (size_t)p->lora.r) + maxT + kvscratch;
-  float *scratch = ss_op_alloc(&p->cc, need * sizeof(float));
-  seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
-  if (!scratch || !seqs) {
-    ss_op_release(&p->cc, scratch);
-    free(seqs);
-    snprintf(err, errlen, "model '%s': out of memory for a batched decode step", m->id);
-    return SS_ENOMEM;
-  }
-  block_acts a;
-  memset(&a, 0, sizeof a);
-  a.ln = scratch;
-  a.qkv = a.ln + rows * (size_t)E;
-  a.atty = a.qkv + rows * 3 * (size_t)E;
-  a.fc = a.fcg = a.atty + rows * (size_t)E;
-  a.lt = a.fc + rows * (size_t)NI; /* [rows, r] */
-  a.att = a.lt + rows * (size_t)p->lora.r;
-  a.x = a.h = a.y = a.att + maxT;
-  float *kvs = a.x + rows * (size_t)E;
-  for (int i = 0; i < n; i++) {
-    memcpy(a.x + (size_t)i * (size_t)E, in[i].data, (size_t)E * sizeof(float));
-    if (kv[i].want_present) memset(kv[i].present, 0, (size_t)L * sizeof *kv[i].present);
-  }
-  int rc = 0;
-  float **win = calloc(2 * (size_t)n, sizeof *win);
-  if (!win) rc = SS_ENOMEM;
-  for (int l = 0; l < L && rc == 0; l++) {
-    if ((rc = ss_trunk_batch_windows(&p->cc, kv, n, l, H, D, kvs, win, win + n)) != 0) break;
-    for (int i = 0; i < n; i++) {
-      int P = ss_trunk_past_len(&kv[i]);
-      seqs[i] = (seq_attn){i, 1, 1, P, P ? kv[i].past[l].key.data : NULL,
-                           P ? kv[i].past[l].value.data : NULL, win[i], win[n + i]};
-    }
-    block_forward(p, &p->blk[l], &a, n, seqs, n);
-  }
-  free(win);
-  rc = ss_trunk_batch_finish(m, rc, n, L, E, a.x, out, kv, err, errlen);
-  free(seqs);
-  ss_op_release(&p->cc, scratch);
-  return rc;
-}
-
-static int gpt2_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
-                        char *err, size_t errlen) {
-  return gpt2_forward_kv(m, in, out, NULL, meta, err, errlen);
-}
-
-/* ------------------------------------------------------------- training ---- */
-
-/*
- * Training (no KV cache: a training forward always starts at position 0). Per block l,
- * forward_train keeps what backward needs, in one allocation (see saved_layer):
- *   x      [BT, E]     the block's input (the residual stream)
- *   h      [BT, E]     the residual after attention (ln_2's input)
- *   qkv    [BT, 3E]    ln_1(x) c_attn + b
- *   atty   [BT, E]     attention output before c_proj (heads side by side)
- *   fc     [BT, I]     c_fc output before gelu_new
- *   att    [B, H, S, S] softmax probabilities (zero above the diagonal)
- *   mean1, rstd1, mean2, rstd2 [BT]  LayerNorm statistics
- * ln_1(x), ln_2(h) and gelu_new(fc) are recomputed in backward from these (cheap, O(BT x E)).
- */
-typedef struct gpt2_saved {
-  int B, S;
-  ss_lora_mask mk;  /* LoRA dropout of this forward (p 0: none) */
-  size_t per_layer; /* floats per layer */
-  float *buf;       /* L x per_layer */
-} gpt2_saved;
-
-static size_t saved_per_layer(const gpt2 *p, int B, int S) {
-  size_t rows = (size_t)B * (size_t)S;
-  return rows * (6 * (size_t)p->n_embd + (size_t)p->n_inner + 4) +
-         (size_t)B * (size_t)p->n_head * (size_t)S * (size_t)S;
-}
-
-/* Point a's saved fields at layer l's record (y: the next layer's x, or out for the last). */
-static void saved_layer(const gpt2 *p, const gpt2_saved *sv, int l, float *out, block_acts *a) {
-  size_t rows = (size_t)sv->B * (size_t)sv->S, E = (size_t)p->n_embd;
-  float *q = sv->buf + (size_t)l * sv->per_layer;
-  a->x = q;
-  a->h = a->x + rows * E;
-  a->qkv = a->h + rows * E;
-  a->atty = a->qkv + rows * 3 * E;
-  a->fc = a->atty + rows * E;
-  a->mean1 = a->fc + rows * (size_t)p->n_inner;
-  a->rstd1 = a->mean1 + rows;
-  a->mean2 = a->rstd1 + rows;
-  a->rstd2 = a->mean2 + rows;
-  a->att = a->rstd2 + rows;
-  a->att_all = 1;
-  a->y = l + 1 < p->b - p->a ? q + sv->per_layer : out;
-}
-
-static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
-                              const char *forward_id, void **saved, size_t *saved_bytes, char *err,
-                              size_t errlen) {
-  const gpt2 *p = m->impl;
-  const int E = p->n_embd, NI = p->n_inner;
-  const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
-  const size_t rows = (size_t)B * (size_t)S;
-  size_t per = saved_per_layer(p, B, S), total;
-  gpt2_saved *sv = NULL;
-  float *scratch = NULL;
-  block_acts a;
-
-  *saved = NULL;
-  *saved_bytes = 0;
-  /* scratch: ln [BT, E], fcg [BT, I], K and V [B, H, S, D], lt [BT, r], xd [BT, I] (dropout) */
-  if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
-      (sv = malloc(sizeof *sv)) == NULL || (sv->buf = ss_op_alloc(&p->cc, total)) == NULL ||
-      (scratch = ss_op_alloc(&p->cc, rows *
-                                         (3 * (size_t)E + (size_t)NI + (size_t)p->lora.r +
-                                          (p->lora.dropout > 0.0f ? (size_t)NI : 0)) *
-                                         sizeof(float))) == NULL) {
-    if (sv != NULL) ss_op_release(&p->cc, sv->buf);
-    free(sv);
-    snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
-             total >> 20);
-    return SS_ENOMEM;
-  }
-  sv->B = B;
-  sv->S = S;
-  sv->per_layer = per;
-  a.ln = scratch;
-  a.fcg = a.ln + rows * (size_t)E;
-  a.K = a.fcg + rows * (size_t)NI;
-  a.V = a.K + rows * (size_t)E;
-  a.lt = a.V + rows * (size_t)E; /* [BT, r] */
-  a.xd = a.lt + rows * (size_t)p->lora.r; /* [BT, I] with dropout */
-  sv->mk.p = p->lora.dropout;
-  sv->mk.key = p->lora.dropout > 0.0f ? ss_lora_mask_key(p->lora.seed, forward_id) : 0;
-  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;
-  memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
-  for (int l = 0; l < L; l++) {
-    saved_layer(p, sv, l, out->data, &a);
-    seq_attn s = {0, B, S, 0, NULL, NULL, a.K, a.V};
-    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
-  }
-  ss_op_release(&p->cc, scratch);
-  *saved = sv;
-  *saved_bytes = sizeof *sv + total;
-  return 0;
-}
-
-static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_out,
-                         ss_tensor *grad_in, char *err, size_t errlen) {
-  gpt2 *p = m->impl;
-  const gpt2_saved *sv = saved;
-  const int E = p->n_embd, NI = p->n_inner;
-  const int B = sv->B, S = sv->S, L = p->b - p->a;
-  const size_t rows = (size_t)B * (size_t)S;
-  float *dres = grad_in->data, *scratch = NULL;
+/* Everything a block call points at: its activations and, in backward, its gradients. */
+typedef struct gpt2_work {
   block_acts a;
   block_grads g;
-  size_t need;
+} gpt2_work;
 
-  if (grad_out->numel != rows * (size_t)E || grad_in->numel != rows * (size_t)E) {
-    snprintf(err, errlen,
-             "model '%s': backward got grad_output of %zu values and grad_input of "
-             "%zu, expected %zu for [%d, %d, %d]",
-             m->id, grad_out->numel, grad_in->numel, rows * (size_t)E, B, S, E);
-    return SS_EINVAL;
+/* Slots of the table (after the runtime's x, h, y, K, V), in the order they are carved. */
+enum {
+  S_LN = SS_TRUNK_SLOTS0,
+  S_QKV,
+  S_ATTY,
+  S_FC,
+  S_FCG,
+  S_MEAN1,
+  S_RSTD1,
+  S_MEAN2,
+  S_RSTD2,
+  S_ATT,
+  S_LT,
+  S_XD,
+  S_DLN,
+  S_DATTY,
+  S_DQKV,
+  S_DFC,
+  S_DATT,
+  S_DLT,
+  S_DSINK,
+  N_SLOTS
+};
+#define A_(f) offsetof(gpt2_work, a.f)
+#define G_(f) offsetof(gpt2_work, g.f)
+static const size_t slots[N_SLOTS] = {
+    [SS_TRUNK_X] = A_(x),  [SS_TRUNK_H] = A_(h),  [SS_TRUNK_Y] = A_(y),  [SS_TRUNK_K] = A_(K),
+    [SS_TRUNK_V] = A_(V),  [S_LN] = A_(ln),       [S_QKV] = A_(qkv),     [S_ATTY] = A_(atty),
+    [S_FC] = A_(fc),       [S_FCG] = A_(fcg),     [S_MEAN1] = A_(mean1), [S_RSTD1] = A_(rstd1),
+    [S_MEAN2] = A_(mean2), [S_RSTD2] = A_(rstd2), [S_ATT] = A_(att),     [S_LT] = A_(lt),
+    [S_XD] = A_(xd),       [S_DLN] = G_(dln),     [S_DATTY] = G_(datty), [S_DQKV] = G_(dqkv),
+    [S_DFC] = G_(dfc),     [S_DATT] = G_(datt),   [S_DLT] = G_(dlt),     [S_DSINK] = G_(dsink)};
+
+/* Floats per slot of each phase (models/trunk.h; K, V scratch: the runtime's):
+ *   infer, batch  ln, atty [R, E]; qkv [R, 3E]; fc == fcg [R, I]; lt [R, r]; att [S, T]
+ *                 (batch: x [R, E], h == y == x)
+ *   train         ln [R, E]; fcg [R, I]; lt [R, r]; xd [R, I] with dropout
+ *   saved         x, h, atty [R, E]; qkv [R, 3E]; fc [R, I]; mean1, rstd1, mean2, rstd2 [R];
+ *                 att [B, H, S, S]
+ *   backward      ln, dln, datty [R, E]; dqkv [R, 3E]; fcg, dfc [R, I]; datt [S, S]; lt, dlt
+ *                 [R, r]; dsink [2E]; xd [R, I] with dropout */
+static void gpt2_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims *d, size_t *n) {
+  const gpt2 *p = impl;
+  const size_t R = d->rows, E = (size_t)p->n_embd, I = (size_t)p->n_inner, r = (size_t)p->lora.r;
+  switch (ph) {
+    case SS_TRUNK_BATCH:
+      n[SS_TRUNK_X] = R * E;
+      n[SS_TRUNK_H] = n[SS_TRUNK_Y] = SS_TRUNK_ALIAS(SS_TRUNK_X);
+      /* fall through */
+    case SS_TRUNK_INFER:
+      n[S_LN] = n[S_ATTY] = R * E;
+      n[S_QKV] = 3 * R * E;
+      n[S_FC] = R * I;
+      n[S_FCG] = SS_TRUNK_ALIAS(S_FC);
+      n[S_LT] = R * r;
+      n[S_ATT] = (size_t)d->S * (size_t)d->T;
+      break;
+    case SS_TRUNK_TRAIN:
+      n[S_LN] = R * E;
+      n[S_FCG] = R * I;
+      n[S_LT] = R * r;
+      n[S_XD] = d->dropout ? R * I : 0;
+      break;
+    case SS_TRUNK_SAVED:
+      n[SS_TRUNK_X] = n[SS_TRUNK_H] = n[S_ATTY] = R * E;
+      n[S_QKV] = 3 * R * E;
+      n[S_FC] = R * I;
+      n[S_MEAN1] = n[S_RSTD1] = n[S_MEAN2] = n[S_RSTD2] = R;
+      n[S_ATT] = (size_t)d->B * (size_t)p->n_head * (size_t)d->S * (size_t)d->S;
+      break;
+    case SS_TRUNK_BACKWARD:
+      n[S_LN] = n[S_DLN] = n[S_DATTY] = R * E;
+      n[S_DQKV] = 3 * R * E;
+      n[S_FCG] = n[S_DFC] = R * I;
+      n[S_DATT] = (size_t)d->S * (size_t)d->S;
+      n[S_LT] = n[S_DLT] = R * r;
+      n[S_DSINK] = 2 * E;
+      n[S_XD] = d->dropout ? R * I : 0;
+      break;
+    default: break;
   }
-  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc [R,I]; datt [S,S]; lt, dlt [R,r]; dsink [2E];
-   * xd [R,I] with dropout */
-  need = rows * (6 * (size_t)E + 2 * (size_t)NI + 2 * (size_t)p->lora.r +
-                 (sv->mk.p > 0.0f ? (size_t)NI : 0)) +
-         (size_t)S * (size_t)S + 2 * (size_t)E;
-  if (ss_params_grads(&p->prm) != 0 ||
-      (scratch = ss_op_alloc(&p->cc, need * sizeof(float))) == NULL) {
-    snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
-    return SS_ENOMEM;
-  }
-  a.ln = scratch;
-  g.dln = a.ln + rows * (size_t)E;
-  g.datty = g.dln + rows * (size_t)E;
-  g.dqkv = g.datty + rows * (size_t)E;
-  a.fcg = g.dqkv + rows * 3 * (size_t)E;
-  g.dfc = a.fcg + rows * (size_t)NI;
-  g.datt = g.dfc + rows * (size_t)NI;
-  a.lt = g.datt + (size_t)S * (size_t)S; /* [BT, r] each */
-  g.dlt = a.lt + rows * (size_t)p->lora.r;
-  g.dsink = g.dlt + rows * (size_t)p->lora.r; /* [2E] */
-  a.xd = g.dsink + 2 * (size_t)E;              /* [BT, I] */
-  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;     /* the forward's masks */
-  memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
-  for (int l = L - 1; l >= 0; l--) {
-    saved_layer(p, sv, l, NULL, &a);
-    block_backward(p, l, &a, &g, dres, B, S);
-  }
-  ss_op_release(&p->cc, scratch);
+}
+
+static void gpt2_block_forward(const void *impl, int l, void *work, int BT,
+                               const ss_trunk_seq *seqs, int nseq) {
+  const gpt2 *p = impl;
+  block_forward(p, &p->blk[l], &((gpt2_work *)work)->a, BT, seqs, nseq);
+}
+
+static int gpt2_block_backward(void *impl, int l, void *work, float *dres, int B, int S) {
+  gpt2_work *w = work;
+  block_backward(impl, l, &w->a, &w->g, dres, B, S);
   return 0;
 }
 
-static int gpt2_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
-  gpt2 *p = m->impl;
-  return ss_params_step(&p->prm, opt, m->id, err, errlen); /* all or nothing (nn/optim.c) */
-}
+static void gpt2_destroy(void *impl) { gpt2_free(impl); }
 
-static void gpt2_free_saved(const ss_model *m, void *saved) {
-  const gpt2 *p = m->impl;
-  gpt2_saved *sv = saved;
-  ss_op_release(&p->cc, sv->buf);
-  free(sv);
-}
+static const ss_trunk_arch gpt2_arch = {.kind = "gpt2",
+                                        .pos_key = "n_positions",
+                                        .kv_heads_key = "n_head",
+                                        .work_size = sizeof(gpt2_work),
+                                        .slots = slots,
+                                        .n_slots = N_SLOTS,
+                                        .att_all_off = offsetof(gpt2_work, a.att_all),
+                                        .mk_off = offsetof(gpt2_work, a.mk),
+                                        .sizes = gpt2_sizes,
+                                        .block_forward = gpt2_block_forward,
+                                        .block_backward = gpt2_block_backward,
+                                        .lora_targets = lora_targets,
+                                        .n_lora_targets = 3,
+                                        .fan_in_fan_out = 1,
+                                        .destroy = gpt2_destroy};
 
-/* The trunk's tensors under their original names ("[transformer.]h.{i}.<suffix>"), F32; with
- * LoRA the PEFT directory (fan_in_fan_out: Conv1D weights). */
-static int gpt2_save(const ss_model *m, const char *path, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  if (p->lora.r > 0)
-    return ss_lora_save(&p->prm, &p->lora, lora_targets, 3, p->a, p->b, 1, path, err, errlen);
-  return ss_params_save(&p->prm, path, err, errlen);
-}
+/* ------------------------------------------------------------- LoRA and parameters ---- */
 
 /* The PEFT key of layer's adapted module lo (PEFT over GPT2LMHeadModel:
  * base_model.model.transformer.h.{i}.attn.c_attn; a file written over a bare GPT2Model,
@@ -933,34 +673,6 @@ static int gpt2_params(gpt2 *p) {
   }
   return 0;
 }
-
-static void gpt2_destroy(ss_model *m) {
-  gpt2_free(m->impl);
-  m->impl = NULL;
-}
-
-static size_t gpt2_train_bytes(const ss_model *m, const ss_tensor *in) {
-  const gpt2 *p = m->impl;
-  size_t total;
-  if (in->ndim != 3 || in->shape[0] > INT_MAX || in->shape[1] > INT_MAX) return SIZE_MAX;
-  if (__builtin_mul_overflow(saved_per_layer(p, (int)in->shape[0], (int)in->shape[1]),
-                             (size_t)(p->b - p->a) * sizeof(float), &total))
-    return SIZE_MAX;
-  return sizeof(gpt2_saved) + total;
-}
-
-static const ss_model_ops gpt2_ops = {.check = gpt2_check,
-                                      .train_bytes = gpt2_train_bytes,
-                                      .forward = gpt2_forward,
-                                      .destroy = gpt2_destroy,
-                                      .check_kv = gpt2_check_kv,
-                                      .forward_kv_batch = gpt2_forward_kv_batch,
-                                      .forward_kv = gpt2_forward_kv,
-                                      .forward_train = gpt2_forward_train,
-                                      .backward = gpt2_backward,
-                                      .step = gpt2_step,
-                                      .free_saved = gpt2_free_saved,
-                                      .save = gpt2_save};
 
 /* ------------------------------------------------------------- constructor ---- */
 
@@ -1046,16 +758,21 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
     if (scale_by_layer) s /= (double)(p->a + l + 1);
     p->blk[l].attn_scale = (float)s;
   }
-  m->kind = "gpt2";
-  m->ops = &gpt2_ops;
   p->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
   p->prm.cc = &p->cc;
   p->lora.cc = &p->cc;
-  m->impl = p;
+  {
+    const ss_trunk t = {&gpt2_arch, p,           p->a,    p->b,   p->n_pos, p->n_embd,
+                        p->n_head,  p->head_dim, &p->prm, &p->cc, &p->lora};
+    if (ss_trunk_attach(m, &t) != 0) {
+      gpt2_free(p);
+      snprintf(err, errlen, "out of memory");
+      return SS_ENOMEM;
+    }
+  }
   m->weights = p->st;
   m->exec = SS_EXEC_WORKER;
   m->echo = 0;
-  m->n_kv_layers = p->b - p->a;
   m->n_params = n_params;
   m->weight_bytes = (size_t)n_params * sizeof(float);
   {

@@ -1,16 +1,29 @@
 /*
- * trunk.h — helpers shared by the transformer-trunk kinds (gpt2.c, llama.c): integers from a
- * Hugging Face config.json, the layers=A:B key, and the present KV cache they return.
+ * trunk.h — the trunk runtime: everything a decoder trunk (layers [a, b) of a Hugging Face
+ * checkpoint) does that is not its block, written once for every architecture (gpt2.c, llama.c):
+ * the model ops (check, check_kv, forward, forward_kv with the client's cache or a session's,
+ * forward_kv_batch, forward_train, backward, the optimizer step, save, LoRA's parameters), the
+ * present KV caches, the saved records of training forwards, and all activation memory.
  *
- * Thread: any (start-up for the config helpers; workers for the cache).
+ * An architecture supplies an ss_trunk_arch: its block (forward and backward, on the ops of
+ * nn/backend), and one activation table (llm.c's fill_in_activation_sizes): the slots of its
+ * work struct (offsets of its float pointers) and, per phase, the floats each one needs. The
+ * runtime carves every phase's memory from one allocation of the model's backend (ss_trunk_carve)
+ * and walks the layers. Adding a family is its own file (config, weight table, block, the
+ * table) + one registry row + its tests.
+ *
+ * Thread: the model ops as model.h says (check/check_kv on the loop thread, the rest on workers,
+ * reentrant); the config helpers at start-up.
  */
 #ifndef SS_MODELS_TRUNK_H
 #define SS_MODELS_TRUNK_H
 
 #include <jansson.h>
 
+#include "models/lora.h"
 #include "models/model.h"
 #include "models/nn/matmul.h"
+#include "models/params.h"
 
 /* root[key] as a positive int into *out (*found = 1), or nothing when absent/null (*found = 0).
  * Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive integer". */
@@ -44,5 +57,102 @@ int ss_trunk_batch_windows(const ss_compute *cc, ss_kv_io *kv, int n, int l, int
 static inline int ss_trunk_past_len(const ss_kv_io *kv) {
   return kv->past ? (int)kv->past[0].key.shape[2] : 0;
 }
+
+/* ------------------------------------------------------------- the runtime ---- */
+
+/* One sequence of a block call's rows: usually the only one ([B, T] rows after P cached ones, at
+ * positions pos0..); a batched decode step stacks several, each with its own past (attention and
+ * rope per sequence, everything else over all rows at once). past_k, past_v: this layer's past
+ * [B, NKV, P, D] (wire bytes, may be unaligned) or NULL when P == 0; K, V: its window
+ * [B, NKV, P+T, D] (the present cache or scratch); pos: M-RoPE positions [3, B, T] or NULL. */
+typedef struct ss_trunk_seq {
+  int row0, B, T, P, pos0;
+  const void *past_k, *past_v;
+  float *K, *V;
+  const int *pos;
+} ss_trunk_seq;
+
+/* What the activation table is asked for: */
+typedef enum {
+  SS_TRUNK_INFER,    /* forward_kv scratch: x = h = y are the output (not carved) */
+  SS_TRUNK_BATCH,    /* forward_kv_batch scratch: x carved, h and y alias it */
+  SS_TRUNK_TRAIN,    /* forward_train scratch (what backward recomputes) */
+  SS_TRUNK_SAVED,    /* one layer of a training forward's record (x first: y is the next x) */
+  SS_TRUNK_BACKWARD, /* backward scratch: recomputed activations and the gradients */
+  SS_TRUNK_PHASES
+} ss_trunk_phase;
+
+/* The shapes a phase's sizes depend on. */
+typedef struct ss_trunk_dims {
+  size_t rows; /* rows of the block call (B S, or the batched steps) */
+  int B, S, T; /* batch, new tokens, keys seen (P + S; a batch: the longest window) */
+  int dropout; /* a training call with LoRA dropout masks */
+} ss_trunk_dims;
+
+/* The slots every architecture's table starts with (the runtime points them): the residual
+ * stream (x in, h after attention, y out) and the key/value window. */
+enum { SS_TRUNK_X, SS_TRUNK_H, SS_TRUNK_Y, SS_TRUNK_K, SS_TRUNK_V, SS_TRUNK_SLOTS0 };
+#define SS_TRUNK_MAX_SLOTS 48
+/* A size that says "the same memory as slot j" (carved earlier in the same phase). */
+#define SS_TRUNK_ALIAS(j) ((size_t)-1 - (size_t)(j))
+
+typedef struct ss_trunk ss_trunk;
+
+typedef struct ss_trunk_arch {
+  const char *kind;         /* "gpt2", "llama" */
+  const char *pos_key;      /* the config key bounding positions, for messages */
+  const char *kv_heads_key; /* the config key of the cache's heads, for messages */
+  int kv_msg_layer;         /* cache shape messages name the layer: "(layer %d)" */
+  /* The activation table: work_size bytes of work struct, slots[i] the offset of its float
+   * pointer i (the SS_TRUNK_* ones first); att_all_off, mk_off: its int att_all (1 when att
+   * keeps every probability: training) and its const ss_lora_mask *mk. */
+  size_t work_size;
+  const size_t *slots;
+  int n_slots;
+  size_t att_all_off, mk_off;
+  /* n[i] (floats; 0: not carved, the pointer left as it is; SS_TRUNK_ALIAS(j): slot j's) of
+   * every slot of phase ph. The runtime adds K and V scratch itself. */
+  void (*sizes)(const void *impl, ss_trunk_phase ph, const ss_trunk_dims *d, size_t *n);
+  /* Optional: after the backward carve (zero a sink, ...). */
+  void (*backward_init)(const void *impl, void *work);
+  /* The block of layer l (0-based in the trunk) over BT rows of work's activations. */
+  void (*block_forward)(const void *impl, int l, void *work, int BT, const ss_trunk_seq *seqs,
+                        int nseq);
+  /* Its backward: dres [BT, E] holds dL/dy on entry and dL/dx on return; 0 or SS_ENOMEM. */
+  int (*block_backward)(void *impl, int l, void *work, float *dres, int B, int S);
+  /* Optional: request metadata that places tokens (position_offset, M-RoPE positions): *pos0
+   * (-1: after the past) and *pos (malloc'd [3, B, S] or NULL). check: validate only. */
+  int (*positions)(const ss_model *m, const ss_meta *meta, int B, int S, int *pos0, int **pos,
+                   char *err, size_t errlen);
+  int (*check_meta)(const ss_model *m, const ss_tensor *in, const ss_meta *meta, char *err,
+                    size_t errlen);
+  /* LoRA's PEFT target names (bit i: name i) and whether its weights are Conv1D (fan_in_fan_out)
+   * for save. */
+  const char *const *lora_targets;
+  int n_lora_targets, fan_in_fan_out;
+  void (*destroy)(void *impl);
+} ss_trunk_arch;
+
+/* The runtime's view of a model (m->impl of gpt2 and llama models). */
+struct ss_trunk {
+  const ss_trunk_arch *arch;
+  void *impl;              /* the architecture's state (owned: arch->destroy) */
+  int a, b, n_pos;         /* layers [a, b) of the checkpoint; positions bound */
+  int E, NKV, D;           /* hidden size; the cache's heads and head size */
+  ss_params *prm;          /* the trainable parameters (in impl) */
+  const ss_compute *cc;    /* the compute context (in impl) */
+  const ss_lora_cfg *lora; /* LoRA settings (in impl; r 0: none) */
+};
+
+/* The model ops of every trunk (m->impl: an ss_trunk). */
+extern const ss_model_ops ss_trunk_ops;
+
+/* Make t (a copy of *desc) the model's impl with the trunk ops. Returns 0 or SS_ENOMEM (then
+ * impl is not taken). */
+int ss_trunk_attach(ss_model *m, const ss_trunk *desc);
+
+/* Carve base into the work struct for n (see sizes): returns the floats used. base NULL: only
+ * count. */
+size_t ss_trunk_carve(const ss_trunk_arch *ar, const size_t *n, float *base, void *work);
 
 #endif
