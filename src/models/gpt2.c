@@ -676,78 +676,43 @@ static int gpt2_params(gpt2 *p) {
 
 /* ------------------------------------------------------------- constructor ---- */
 
+/* The adapter and parameter set-up as the runtime calls them (ss_trunk_training). */
+static int gpt2_lora_setup(void *impl, const char *adapter, char *msg, size_t len) {
+  return lora_setup(impl, adapter, msg, len);
+}
+
+static int gpt2_params_of(void *impl) { return gpt2_params(impl); }
+
 int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
-  const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
-  const char *lrank = NULL, *lalpha = NULL, *ltargets = NULL, *adapter = NULL;
-  const char *ldrop = NULL, *lseed = NULL;
+  const char *config, *dt = "f32";
   char cfg_buf[4096], msg[1024];
   int scale_weights = 1, scale_by_layer = 0, rc; /* set by load_config */
   int64_t n_params = 0;
+  ss_trunk_spec sp;
   gpt2 *p;
 
-  for (size_t i = 0; i < n; i++) {
-    const char *k = params[2 * i], *v = params[2 * i + 1];
-    if (strcmp(k, "weights") == 0)
-      weights = v;
-    else if (strcmp(k, "config") == 0)
-      config = v;
-    else if (strcmp(k, "layers") == 0)
-      layers = v;
-    else if (strcmp(k, "lora_rank") == 0)
-      lrank = v;
-    else if (strcmp(k, "lora_alpha") == 0)
-      lalpha = v;
-    else if (strcmp(k, "lora_targets") == 0)
-      ltargets = v;
-    else if (strcmp(k, "adapter") == 0)
-      adapter = v;
-    else if (strcmp(k, "lora_dropout") == 0)
-      ldrop = v;
-    else if (strcmp(k, "lora_seed") == 0)
-      lseed = v;
-    else {
-      snprintf(err, errlen,
-               "model '%s': unknown parameter '%s' for kind 'gpt2' (known: weights, "
-               "config, layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
-               "lora_seed)",
-               m->id, k);
-      return SS_EINVAL;
-    }
-  }
-  if (weights == NULL || weights[0] == '\0') {
-    snprintf(err, errlen,
-             "model '%s': kind 'gpt2' needs weights=PATH (a Hugging Face GPT-2 "
-             "model.safetensors)",
-             m->id);
-    return SS_EINVAL;
-  }
+  if ((rc = ss_trunk_spec_parse(m, "gpt2", "a Hugging Face GPT-2 model.safetensors", params, n, &sp,
+                                err, errlen)) != 0)
+    return rc;
+  config = sp.config;
   if (config == NULL || config[0] == '\0') {
-    const char *slash = strrchr(weights, '/');
-    int dl = slash ? (int)(slash - weights) + 1 : 0;
-    snprintf(cfg_buf, sizeof cfg_buf, "%.*sconfig.json", dl, weights);
+    const char *slash = strrchr(sp.weights, '/');
+    int dl = slash ? (int)(slash - sp.weights) + 1 : 0;
+    snprintf(cfg_buf, sizeof cfg_buf, "%.*sconfig.json", dl, sp.weights);
     config = cfg_buf;
   }
   if ((p = calloc(1, sizeof *p)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
-  rc = ss_st_open(weights, &p->st, msg, sizeof msg);
+  rc = ss_st_open(sp.weights, &p->st, msg, sizeof msg);
   if (rc == 0) rc = load_config(p, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
-  if (rc == 0) rc = ss_trunk_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
-  if (rc == 0) rc = load_weights(p, weights, &dt, &n_params, msg, sizeof msg);
-  /* LoRA (PEFT's default target for GPT-2: c_attn) */
+  if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
+  if (rc == 0) rc = load_weights(p, sp.weights, &dt, &n_params, msg, sizeof msg);
+  /* LoRA (PEFT's default target for GPT-2: c_attn), parameters, optimizer state */
   if (rc == 0)
-    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, ldrop, lseed, lora_targets, 3, 1u << 0,
-                          &p->lora, msg, sizeof msg);
-  if (rc == 0 && p->lora.r > 0) rc = lora_setup(p, adapter, msg, sizeof msg);
-  if (rc == 0 && gpt2_params(p) != 0) {
-    snprintf(msg, sizeof msg, "out of memory");
-    rc = SS_ENOMEM;
-  }
-  if (rc == 0 && p->lora.r == 0) /* a checkpoint's optimizer state */
-    rc = ss_params_restore(&p->prm, p->st, msg, sizeof msg);
-  else if (rc == 0 && adapter != NULL) /* the adapter's */
-    rc = ss_lora_restore(&p->prm, adapter, msg, sizeof msg);
+    rc = ss_trunk_training(&gpt2_arch, p, &sp, 1u << 0, &p->lora, &p->prm, p->st, gpt2_lora_setup,
+                           gpt2_params_of, msg, sizeof msg);
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     gpt2_free(p);
@@ -758,23 +723,15 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
     if (scale_by_layer) s /= (double)(p->a + l + 1);
     p->blk[l].attn_scale = (float)s;
   }
-  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
-  p->prm.cc = &p->cc;
-  p->lora.cc = &p->cc;
   {
     const ss_trunk t = {&gpt2_arch, p,           p->a,    p->b,   p->n_pos, p->n_embd,
                         p->n_head,  p->head_dim, &p->prm, &p->cc, &p->lora};
-    if (ss_trunk_attach(m, &t) != 0) {
+    if (ss_trunk_attach(m, &t, p->st, n_params) != 0) {
       gpt2_free(p);
       snprintf(err, errlen, "out of memory");
       return SS_ENOMEM;
     }
   }
-  m->weights = p->st;
-  m->exec = SS_EXEC_WORKER;
-  m->echo = 0;
-  m->n_params = n_params;
-  m->weight_bytes = (size_t)n_params * sizeof(float);
   {
     char lora[64] = "";
     if (p->lora.r > 0) snprintf(lora, sizeof lora, ", LoRA r %d", p->lora.r);

@@ -1561,53 +1561,28 @@ static int llama_params(llama *p) {
 
 /* ------------------------------------------------------------- constructor ---- */
 
+/* The adapter and parameter set-up as the runtime calls them (ss_trunk_training). */
+static int llama_lora_setup(void *impl, const char *adapter, char *msg, size_t len) {
+  return lora_setup(impl, adapter, msg, len);
+}
+
+static int llama_params_of(void *impl) { return llama_params(impl); }
+
 int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *err,
                        size_t errlen) {
-  const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
-  const char *lrank = NULL, *lalpha = NULL, *ltargets = NULL, *adapter = NULL;
-  const char *ldrop = NULL, *lseed = NULL;
+  const char *config, *dt = "f32";
   char cfg_buf[1200], cfg_dir[1100], msg[1024];
   int rc;
   int64_t n_params = 0;
+  ss_trunk_spec sp;
   llama *p;
   wsrc w;
 
-  for (size_t i = 0; i < n; i++) {
-    const char *k = params[2 * i], *v = params[2 * i + 1];
-    if (strcmp(k, "weights") == 0)
-      weights = v;
-    else if (strcmp(k, "config") == 0)
-      config = v;
-    else if (strcmp(k, "layers") == 0)
-      layers = v;
-    else if (strcmp(k, "lora_rank") == 0)
-      lrank = v;
-    else if (strcmp(k, "lora_alpha") == 0)
-      lalpha = v;
-    else if (strcmp(k, "lora_targets") == 0)
-      ltargets = v;
-    else if (strcmp(k, "adapter") == 0)
-      adapter = v;
-    else if (strcmp(k, "lora_dropout") == 0)
-      ldrop = v;
-    else if (strcmp(k, "lora_seed") == 0)
-      lseed = v;
-    else {
-      snprintf(err, errlen,
-               "model '%s': unknown parameter '%s' for kind 'llama' (known: weights, config, "
-               "layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
-               "lora_seed)",
-               m->id, k);
-      return SS_EINVAL;
-    }
-  }
-  if (weights == NULL || weights[0] == '\0') {
-    snprintf(err, errlen,
-             "model '%s': kind 'llama' needs weights=PATH (a Hugging Face model.safetensors, "
-             "its directory or a sharded checkpoint's index)",
-             m->id);
-    return SS_EINVAL;
-  }
+  if ((rc = ss_trunk_spec_parse(m, "llama",
+                                "a Hugging Face model.safetensors, its directory or a sharded "
+                                "checkpoint's index",
+                                params, n, &sp, err, errlen)) != 0)
+    return rc;
   if ((p = calloc(1, sizeof *p)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
@@ -1615,52 +1590,35 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
   memset(&w, 0, sizeof w);
   w.p = p;
   msg[0] = '\0';
-  rc = wsrc_open(&w, weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
+  config = sp.config;
+  rc = wsrc_open(&w, sp.weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
   if (rc == 0 && (config == NULL || config[0] == '\0')) {
     snprintf(cfg_buf, sizeof cfg_buf, "%sconfig.json", cfg_dir);
     config = cfg_buf;
   }
   if (rc == 0) rc = load_config(p, config, msg, sizeof msg);
-  if (rc == 0) rc = ss_trunk_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
-  if (rc == 0) rc = load_weights(p, &w, weights, &dt, &n_params, msg, sizeof msg);
-  /* LoRA (PEFT's llama default targets: q_proj, v_proj) */
+  if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
+  if (rc == 0) rc = load_weights(p, &w, sp.weights, &dt, &n_params, msg, sizeof msg);
+  /* LoRA (PEFT's llama default targets: q_proj, v_proj), parameters, optimizer state (in the
+   * weights file: full fine-tuning checkpoints; or the adapter's directory) */
   if (rc == 0)
-    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, ldrop, lseed, proj_short, N_PROJ,
-                          (1u << P_Q) | (1u << P_V), &p->lora, msg, sizeof msg);
-  if (rc == 0 && p->lora.r > 0) rc = lora_setup(p, adapter, msg, sizeof msg);
-  if (rc == 0 && llama_params(p) != 0) {
-    snprintf(msg, sizeof msg, "out of memory");
-    rc = SS_ENOMEM;
-  }
-  /* optimizer state: in the weights file (full fine-tuning checkpoints) or the adapter's
-   * directory (optimizer.safetensors) */
-  if (rc == 0 && p->lora.r == 0)
-    rc = ss_params_restore(&p->prm, p->files[0], msg, sizeof msg);
-  else if (rc == 0 && adapter != NULL)
-    rc = ss_lora_restore(&p->prm, adapter, msg, sizeof msg);
+    rc = ss_trunk_training(&llama_arch, p, &sp, (1u << P_Q) | (1u << P_V), &p->lora, &p->prm,
+                           p->files[0], llama_lora_setup, llama_params_of, msg, sizeof msg);
   wsrc_close(&w);
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     llama_free(p);
     return rc;
   }
-  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
-  p->prm.cc = &p->cc;
-  p->lora.cc = &p->cc;
   {
     const ss_trunk t = {&llama_arch, p,    p->a,    p->b,   p->n_pos, p->E,
                         p->NKV,      p->D, &p->prm, &p->cc, &p->lora};
-    if (ss_trunk_attach(m, &t) != 0) {
+    if (ss_trunk_attach(m, &t, p->files[0], n_params) != 0) {
       llama_free(p);
       snprintf(err, errlen, "out of memory");
       return SS_ENOMEM;
     }
   }
-  m->weights = p->files[0];
-  m->exec = SS_EXEC_WORKER;
-  m->echo = 0;
-  m->n_params = n_params;
-  m->weight_bytes = (size_t)n_params * sizeof(float);
   {
     char lora[64] = "";
     if (p->lora.r > 0) snprintf(lora, sizeof lora, ", LoRA r %d", p->lora.r);

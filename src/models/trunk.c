@@ -576,13 +576,74 @@ const ss_model_ops ss_trunk_ops = {.check = trunk_check,
                                    .train_bytes = trunk_train_bytes,
                                    .save = trunk_save};
 
-int ss_trunk_attach(ss_model *m, const ss_trunk *desc) {
+int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *weights,
+                    int64_t n_params) {
   ss_trunk *t = malloc(sizeof *t);
   if (t == NULL) return SS_ENOMEM;
   *t = *desc;
+  *t->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
+  t->prm->cc = t->cc;
+  t->lora->cc = t->cc;
   m->impl = t;
   m->ops = &ss_trunk_ops;
   m->kind = desc->arch->kind;
   m->n_kv_layers = t->b - t->a;
+  m->weights = weights;
+  m->exec = SS_EXEC_WORKER;
+  m->echo = 0;
+  m->n_params = n_params;
+  m->weight_bytes = (size_t)n_params * sizeof(float);
   return 0;
+}
+
+int ss_trunk_spec_parse(const ss_model *m, const char *kind, const char *weights_what,
+                        const char *const *params, size_t n, ss_trunk_spec *sp, char *err,
+                        size_t errlen) {
+  static const char *const keys[] = {"weights",   "config",       "layers",
+                                     "lora_rank", "lora_alpha",   "lora_targets",
+                                     "adapter",   "lora_dropout", "lora_seed"};
+  const char **field[] = {&sp->weights,   &sp->config,       &sp->layers,
+                          &sp->lora_rank, &sp->lora_alpha,   &sp->lora_targets,
+                          &sp->adapter,   &sp->lora_dropout, &sp->lora_seed};
+  memset(sp, 0, sizeof *sp);
+  sp->layers = ":";
+  for (size_t i = 0; i < n; i++) {
+    size_t k = 0;
+    while (k < sizeof keys / sizeof keys[0] && strcmp(params[2 * i], keys[k]) != 0) k++;
+    if (k == sizeof keys / sizeof keys[0]) {
+      snprintf(err, errlen,
+               "model '%s': unknown parameter '%s' for kind '%s' (known: weights, config, "
+               "layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
+               "lora_seed)",
+               m->id, params[2 * i], kind);
+      return SS_EINVAL;
+    }
+    *field[k] = params[2 * i + 1];
+  }
+  if (sp->weights == NULL || sp->weights[0] == '\0') {
+    snprintf(err, errlen, "model '%s': kind '%s' needs weights=PATH (%s)", m->id, kind,
+             weights_what);
+    return SS_EINVAL;
+  }
+  return 0;
+}
+
+int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec *sp,
+                      unsigned default_targets, ss_lora_cfg *lora, ss_params *prm,
+                      const struct ss_st_file *ckpt,
+                      int (*lora_setup)(void *impl, const char *adapter, char *msg, size_t len),
+                      int (*params)(void *impl), char *msg, size_t len) {
+  int rc = ss_lora_settings(sp->lora_rank, sp->lora_alpha, sp->lora_targets, sp->adapter,
+                            sp->lora_dropout, sp->lora_seed, arch->lora_targets,
+                            arch->n_lora_targets, default_targets, lora, msg, len);
+  if (rc == 0 && lora->r > 0) rc = lora_setup(impl, sp->adapter, msg, len);
+  if (rc == 0 && params(impl) != 0) {
+    snprintf(msg, len, "out of memory");
+    rc = SS_ENOMEM;
+  }
+  if (rc == 0 && lora->r == 0) /* a checkpoint's optimizer state */
+    rc = ss_params_restore(prm, ckpt, msg, len);
+  else if (rc == 0 && sp->adapter != NULL) /* the adapter's */
+    rc = ss_lora_restore(prm, sp->adapter, msg, len);
+  return rc;
 }

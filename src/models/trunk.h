@@ -140,16 +140,41 @@ struct ss_trunk {
   int a, b, n_pos;         /* layers [a, b) of the checkpoint; positions bound */
   int E, NKV, D;           /* hidden size; the cache's heads and head size */
   ss_params *prm;          /* the trainable parameters (in impl) */
-  const ss_compute *cc;    /* the compute context (in impl) */
-  const ss_lora_cfg *lora; /* LoRA settings (in impl; r 0: none) */
+  ss_compute *cc;          /* the compute context (in impl) */
+  ss_lora_cfg *lora;       /* LoRA settings (in impl; r 0: none) */
 };
 
 /* The model ops of every trunk (m->impl: an ss_trunk). */
 extern const ss_model_ops ss_trunk_ops;
 
-/* Make t (a copy of *desc) the model's impl with the trunk ops. Returns 0 or SS_ENOMEM (then
- * impl is not taken). */
-int ss_trunk_attach(ss_model *m, const ss_trunk *desc);
+/* The spec keys every trunk kind takes (registry.c: weights, config, layers and LoRA's). */
+typedef struct ss_trunk_spec {
+  const char *weights, *config, *layers;
+  const char *lora_rank, *lora_alpha, *lora_targets, *adapter, *lora_dropout, *lora_seed;
+} ss_trunk_spec;
+
+/* params (n key/value pairs, borrowed) into *sp; weights is required ("kind 'K' needs
+ * weights=PATH (weights_what)"), layers defaults to ":". Returns 0 or SS_EINVAL. */
+int ss_trunk_spec_parse(const ss_model *m, const char *kind, const char *weights_what,
+                        const char *const *params, size_t n, ss_trunk_spec *sp, char *err,
+                        size_t errlen);
+
+/* Training set-up once an architecture has loaded its weights: LoRA's settings (PEFT's default
+ * targets: bits of arch->lora_targets), the adapters (lora_setup: fresh or from sp->adapter),
+ * the parameters (params: every trunk tensor, or the adapters only), and the optimizer state
+ * (from ckpt, the weights file, or the adapter's directory). 0, or an error with msg written. */
+int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec *sp,
+                      unsigned default_targets, ss_lora_cfg *lora, ss_params *prm,
+                      const struct ss_st_file *ckpt,
+                      int (*lora_setup)(void *impl, const char *adapter, char *msg, size_t len),
+                      int (*params)(void *impl), char *msg, size_t len);
+
+/* Make t (a copy of *desc) the model's impl with the trunk ops: the compute context from the
+ * model's keys (compute=, backend=) into *desc->cc, shared by its parameters and LoRA; the
+ * model's cache layers, exec, weights and sizes. Returns 0 or SS_ENOMEM (then impl is not
+ * taken). */
+int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *weights,
+                    int64_t n_params);
 
 /* Carve base into the work struct for n (see sizes): returns the floats used. base NULL: only
  * count. */
