@@ -26,20 +26,21 @@
  * Block (HF GPT2Block, eval mode):  h = x + c_proj(attn(ln_1(x)));  y = h + mlp(ln_2(h))
  *   attn: q,k,v = split(ln_1(x) c_attn); per head softmax(q k^T / sqrt(d) + causal) v
  *   mlp:  c_proj(gelu_new(c_fc(.))),  gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
- * It is written once (block_forward / block_backward) on the op library in nn/, and serves
- * inference with or without a cache, decode steps and training. In inference the residual
+ * It is written once (block_forward / block_backward) on the op library (nn/backend/backend.h),
+ * and the trunk runtime (models/trunk.h) runs it for inference with or without a cache, decode
+ * steps and training, from this file's activation table (gpt2_sizes). In inference the residual
  * stream lives in out->data; c_proj results are added to it (linear forward, accumulate).
  *
  * KV cache: past[l].key/value [batch, heads, P, head_dim] (layer a + l). Keys/values of the
  * whole window [0, P + seq) are assembled per layer in one buffer K/V [batch, heads, P+seq, d];
- * when the caller wants the present cache that buffer *is* present[l] (malloc'd here, owned by
- * the caller), else it is scratch. A new token at absolute position P + i attends to keys
+ * when the caller wants the present cache that buffer *is* present[l] (from the model's backend,
+ * owned by the caller: ss_kv_release), else it is scratch. A new token at absolute position P + i attends to keys
  * 0..P+i.
  *
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
  * loop thread; forward()/forward_kv() on workers, reentrant (all scratch comes from the
  * model's backend per call).
- * Training (see "training" below): forward_train/backward under the model's read lock (backward
+ * Training (models/trunk.c): forward_train/backward under the model's read lock (backward
  * calls serialize only their gradient sums, on the params mutex: models/params.h); step() under the
  * write lock is the only writer of weights, copying mmap views on first write; save() writes the
  * trunk's layers only, under their original names.

@@ -57,9 +57,10 @@
  *         the position of its stream (temporal, height, width; chunked sections or Qwen3-VL's
  *         interleaved layout). Text positions are the same in all three streams, so it is the
  *         plain rope unless the request gives the streams (below).
- * It is written once (block_forward / block_backward) on the nn/ ops and serves inference with
- * or without a cache, decode steps and training. Every projection goes through proj_forward /
- * proj_backward, which add the LoRA path when the projection has an adapter.
+ * It is written once (block_forward / block_backward) on the ops of nn/backend/backend.h, and
+ * the trunk runtime (models/trunk.h) runs it for inference with or without a cache, decode steps
+ * and training, from this file's activation table (llama_sizes). Every projection goes through
+ * proj_forward / proj_backward, which add the LoRA path when the projection has an adapter.
  *
  * Positions: a call's first token sits at the past length P (0 without a cache), or at the
  * request metadata position_offset when given (the cache index still decides the causal mask).
