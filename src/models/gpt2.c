@@ -242,12 +242,12 @@ static void expected_shape(const gpt2 *p, int k, int64_t *shape, int *ndim) {
 static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_t *n_params,
                         char *err, size_t errlen) {
   const char *prefix = "";
-  char name[256], missing[400];
-  size_t mpos = 0;
-  int n_missing = 0, L = p->b - p->a;
-  unsigned dts = 0, copied = 0;
+  char name[256], dims[64];
+  int L = p->b - p->a, rc = 0;
   const ss_st_tensor **found;
+  ss_trunk_load ld;
 
+  memset(&ld, 0, sizeof ld);
   for (size_t i = 0; i < ss_st_count(p->st); i++)
     if (strncmp(ss_st_at(p->st, i)->name, "transformer.h.", 14) == 0) prefix = "transformer.";
   p->prefix = prefix;
@@ -258,68 +258,28 @@ static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_
     snprintf(err, errlen, "weights %.200s: out of memory", path);
     return SS_ENOMEM;
   }
-  missing[0] = '\0';
   for (int l = 0; l < L; l++) {
     for (int k = 0; k < T_PER_LAYER; k++) {
       snprintf(name, sizeof name, "%sh.%d.%s", prefix, p->a + l, tensor_suffix[k]);
-      found[l * T_PER_LAYER + k] = ss_st_find(p->st, name);
-      if (found[l * T_PER_LAYER + k] == NULL) {
-        if (n_missing++ < 6 && mpos < sizeof missing) {
-          int w = snprintf(missing + mpos, sizeof missing - mpos, "%s%s", mpos ? ", " : "", name);
-          if (w > 0) mpos += (size_t)w;
-        }
-      }
+      if ((found[l * T_PER_LAYER + k] = ss_st_find(p->st, name)) == NULL)
+        ss_trunk_missing(&ld, name);
     }
   }
-  if (n_missing > 0) {
-    if (n_missing > 6)
-      snprintf(err, errlen, "weights %.200s: %d tensors of layers %d:%d missing: %s, ... (%d more)",
-               path, n_missing, p->a, p->b, missing, n_missing - 6);
-    else
-      snprintf(err, errlen, "weights %.200s: %d tensor%s of layers %d:%d missing: %s", path,
-               n_missing, n_missing == 1 ? "" : "s", p->a, p->b, missing);
-    free(found);
-    return SS_EINVAL;
-  }
-  *n_params = 0;
-  for (int l = 0; l < L; l++) {
-    for (int k = 0; k < T_PER_LAYER; k++) {
-      const ss_st_tensor *t = found[l * T_PER_LAYER + k];
+  rc = ss_trunk_missing_check(&ld, path, p->a, p->b, err, errlen);
+  snprintf(dims, sizeof dims, "n_embd %d, n_inner %d", p->n_embd, p->n_inner);
+  for (int l = 0; l < L && rc == 0; l++) {
+    for (int k = 0; k < T_PER_LAYER && rc == 0; k++) {
       int64_t shape[2];
-      int ndim, ok;
+      int ndim;
       expected_shape(p, k, shape, &ndim);
-      ok = t->ndim == ndim;
-      for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
-      if (!ok) {
-        char got[128], want[128];
-        snprintf(err, errlen,
-                 "weights %.200s: '%s' has shape %s, expected %s (n_embd %d, n_inner "
-                 "%d from the config)",
-                 path, t->name, ss_shape_str(t->shape, t->ndim, got, sizeof got),
-                 ss_shape_str(shape, ndim, want, sizeof want), p->n_embd, p->n_inner);
-        free(found);
-        return SS_EINVAL;
-      }
-      if (ss_st_f32(t, &p->blk[l].t[k], &p->blk[l].own[k]) != 0) {
-        snprintf(err, errlen, "weights %.200s: out of memory", path);
-        free(found);
-        return SS_ENOMEM;
-      }
-      dts |= 1u << t->dtype;
-      if (t->dtype == SS_DTYPE_F32 && p->blk[l].own[k] != NULL) copied = 1;
-      *n_params += (int64_t)t->numel;
+      rc = ss_trunk_weight(&ld, found[l * T_PER_LAYER + k], shape, ndim, &p->blk[l].t[k],
+                           &p->blk[l].own[k], path, dims, err, errlen);
     }
   }
   free(found);
-  if (dts == 1u << SS_DTYPE_F32)
-    *kind_out = copied ? "f32 copied" : "f32 mmap";
-  else if (dts == 1u << SS_DTYPE_F16)
-    *kind_out = "f16->f32";
-  else if (dts == 1u << SS_DTYPE_BF16)
-    *kind_out = "bf16->f32";
-  else
-    *kind_out = "mixed->f32";
-  return 0;
+  *n_params = ld.n_params;
+  *kind_out = ss_trunk_load_kind(&ld);
+  return rc;
 }
 
 /* ------------------------------------------------------------- the block ---- */

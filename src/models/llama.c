@@ -805,11 +805,10 @@ static void tensor_slot(lblock *bk, int j, const float ***view, float ***own) {
 
 static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_out,
                         int64_t *n_params, char *err, size_t errlen) {
-  char name[256], full[300], missing[400];
-  size_t mpos = 0;
-  int n_missing = 0, L = p->b - p->a, rc;
-  unsigned dts = 0, copied = 0;
+  char name[256], full[300], dims[160];
+  int L = p->b - p->a, rc;
   const ss_st_tensor **found;
+  ss_trunk_load ld;
 
   /* the prefix: "model." (HF), none, or the language model's inside a VL checkpoint (newer
    * transformers: model.language_model., older gemma3: language_model.model.) */
@@ -823,6 +822,7 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
       if (rc != 0) return rc;
     }
   }
+  memset(&ld, 0, sizeof ld);
   found = calloc((size_t)L * W_PER_LAYER, sizeof *found);
   p->blk = calloc((size_t)L, sizeof *p->blk);
   if (found == NULL || p->blk == NULL) {
@@ -830,7 +830,6 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
     snprintf(err, errlen, "weights %.200s: out of memory", path);
     return SS_ENOMEM;
   }
-  missing[0] = '\0';
   for (int l = 0; l < L; l++) {
     for (int j = 0; j < W_PER_LAYER; j++) {
       int64_t shape[2];
@@ -842,23 +841,16 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
         free(found);
         return rc;
       }
-      if (found[l * W_PER_LAYER + j] == NULL && n_missing++ < 6 && mpos < sizeof missing) {
-        int wr = snprintf(missing + mpos, sizeof missing - mpos, "%s%s", mpos ? ", " : "", full);
-        if (wr > 0) mpos += (size_t)wr;
-      }
+      if (found[l * W_PER_LAYER + j] == NULL) ss_trunk_missing(&ld, full);
     }
   }
-  if (n_missing > 0) {
-    if (n_missing > 6)
-      snprintf(err, errlen, "weights %.200s: %d tensors of layers %d:%d missing: %s, ... (%d more)",
-               path, n_missing, p->a, p->b, missing, n_missing - 6);
-    else
-      snprintf(err, errlen, "weights %.200s: %d tensor%s of layers %d:%d missing: %s", path,
-               n_missing, n_missing == 1 ? "" : "s", p->a, p->b, missing);
+  if ((rc = ss_trunk_missing_check(&ld, path, p->a, p->b, err, errlen)) != 0) {
     free(found);
-    return SS_EINVAL;
+    return rc;
   }
-  *n_params = 0;
+  snprintf(dims, sizeof dims,
+           "hidden_size %d, %d heads, %d kv heads, head_dim %d, intermediate_size %d", p->E, p->NH,
+           p->NKV, p->D, p->I);
   for (int l = 0; l < L; l++) {
     for (int k = 0; k < N_PROJ; k++) {
       proj_dims(p, k, &p->blk[l].pr[k].in, &p->blk[l].pr[k].out);
@@ -871,42 +863,20 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
     for (int j = 0; j < W_PER_LAYER; j++) {
       const ss_st_tensor *t = found[l * W_PER_LAYER + j];
       int64_t shape[2];
-      int ndim, ok;
+      int ndim;
       const float **view;
       float **own;
       if (tensor_desc(p, p->a + l, j, name, sizeof name, shape, &ndim) != 0) continue;
-      ok = t->ndim == ndim;
-      for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
-      if (!ok) {
-        char got[128], want[128];
-        snprintf(err, errlen,
-                 "weights %.200s: '%s' has shape %s, expected %s (hidden_size %d, %d heads, %d kv "
-                 "heads, head_dim %d, intermediate_size %d from the config)",
-                 path, t->name, ss_shape_str(t->shape, t->ndim, got, sizeof got),
-                 ss_shape_str(shape, ndim, want, sizeof want), p->E, p->NH, p->NKV, p->D, p->I);
-        free(found);
-        return SS_EINVAL;
-      }
       tensor_slot(&p->blk[l], j, &view, &own);
-      if (ss_st_f32(t, view, own) != 0) {
-        snprintf(err, errlen, "weights %.200s: out of memory", path);
+      if ((rc = ss_trunk_weight(&ld, t, shape, ndim, view, own, path, dims, err, errlen)) != 0) {
         free(found);
-        return SS_ENOMEM;
+        return rc;
       }
-      dts |= 1u << t->dtype;
-      if (t->dtype == SS_DTYPE_F32 && *own != NULL) copied = 1;
-      *n_params += (int64_t)t->numel;
     }
   }
   free(found);
-  if (dts == 1u << SS_DTYPE_F32)
-    *kind_out = copied ? "f32 copied" : "f32 mmap";
-  else if (dts == 1u << SS_DTYPE_F16)
-    *kind_out = "f16->f32";
-  else if (dts == 1u << SS_DTYPE_BF16)
-    *kind_out = "bf16->f32";
-  else
-    *kind_out = "mixed->f32";
+  *n_params = ld.n_params;
+  *kind_out = ss_trunk_load_kind(&ld);
   return 0;
 }
 

@@ -647,3 +647,55 @@ int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec
     rc = ss_lora_restore(prm, sp->adapter, msg, len);
   return rc;
 }
+
+/* ------------------------------------------------------------- loading weights ---- */
+
+void ss_trunk_missing(ss_trunk_load *ld, const char *name) {
+  if (ld->n_missing++ < 6 && ld->mpos < sizeof ld->missing) {
+    int w = snprintf(ld->missing + ld->mpos, sizeof ld->missing - ld->mpos, "%s%s",
+                     ld->mpos ? ", " : "", name);
+    if (w > 0) ld->mpos += (size_t)w;
+  }
+}
+
+int ss_trunk_missing_check(const ss_trunk_load *ld, const char *path, int a, int b, char *err,
+                           size_t errlen) {
+  const int n = ld->n_missing;
+  if (n == 0) return 0;
+  if (n > 6)
+    snprintf(err, errlen, "weights %.200s: %d tensors of layers %d:%d missing: %s, ... (%d more)",
+             path, n, a, b, ld->missing, n - 6);
+  else
+    snprintf(err, errlen, "weights %.200s: %d tensor%s of layers %d:%d missing: %s", path, n,
+             n == 1 ? "" : "s", a, b, ld->missing);
+  return SS_EINVAL;
+}
+
+int ss_trunk_weight(ss_trunk_load *ld, const ss_st_tensor *t, const int64_t *shape, int ndim,
+                    const float **view, float **own, const char *path, const char *dims, char *err,
+                    size_t errlen) {
+  int ok = t->ndim == ndim;
+  for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
+  if (!ok) {
+    char got[128], want[128];
+    snprintf(err, errlen, "weights %.200s: '%s' has shape %s, expected %s (%s from the config)",
+             path, t->name, ss_shape_str(t->shape, t->ndim, got, sizeof got),
+             ss_shape_str(shape, ndim, want, sizeof want), dims);
+    return SS_EINVAL;
+  }
+  if (ss_st_f32(t, view, own) != 0) {
+    snprintf(err, errlen, "weights %.200s: out of memory", path);
+    return SS_ENOMEM;
+  }
+  ld->dts |= 1u << t->dtype;
+  if (t->dtype == SS_DTYPE_F32 && *own != NULL) ld->copied = 1;
+  ld->n_params += (int64_t)t->numel;
+  return 0;
+}
+
+const char *ss_trunk_load_kind(const ss_trunk_load *ld) {
+  if (ld->dts == 1u << SS_DTYPE_F32) return ld->copied ? "f32 copied" : "f32 mmap";
+  if (ld->dts == 1u << SS_DTYPE_F16) return "f16->f32";
+  if (ld->dts == 1u << SS_DTYPE_BF16) return "bf16->f32";
+  return "mixed->f32";
+}

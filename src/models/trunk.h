@@ -24,6 +24,7 @@
 #include "models/model.h"
 #include "models/nn/matmul.h"
 #include "models/params.h"
+#include "models/safetensors.h"
 
 /* root[key] as a positive int into *out (*found = 1), or nothing when absent/null (*found = 0).
  * Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive integer". */
@@ -179,5 +180,33 @@ int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *
 /* Carve base into the work struct for n (see sizes): returns the floats used. base NULL: only
  * count. */
 size_t ss_trunk_carve(const ss_trunk_arch *ar, const size_t *n, float *base, void *work);
+
+/* ------------------------------------------------------------- loading weights ---- */
+
+/* What a trunk's tensors were loaded as (one per architecture's load_weights): the dtypes seen,
+ * whether an F32 tensor had to be copied (unaligned), the parameter count, and the names of
+ * missing tensors (the first 6, for one message). */
+typedef struct ss_trunk_load {
+  unsigned dts;
+  int copied, n_missing;
+  int64_t n_params;
+  size_t mpos;
+  char missing[400];
+} ss_trunk_load;
+
+/* Note name as missing. */
+void ss_trunk_missing(ss_trunk_load *ld, const char *name);
+/* 0 when nothing is missing, else SS_EINVAL: "weights PATH: N tensors of layers A:B missing:
+ * NAME, ... (K more)". */
+int ss_trunk_missing_check(const ss_trunk_load *ld, const char *path, int a, int b, char *err,
+                           size_t errlen);
+/* Tensor t of the table with its expected shape [ndim]: checked ("weights PATH: 'NAME' has shape
+ * S, expected S2 (dims)", dims: the config values that made it), then its float32 view / owned
+ * copy (ss_st_f32) and the counts. 0, SS_EINVAL or SS_ENOMEM. */
+int ss_trunk_weight(ss_trunk_load *ld, const struct ss_st_tensor *t, const int64_t *shape, int ndim,
+                    const float **view, float **own, const char *path, const char *dims, char *err,
+                    size_t errlen);
+/* "f32 mmap", "f32 copied", "f16->f32", "bf16->f32" or "mixed->f32" (static). */
+const char *ss_trunk_load_kind(const ss_trunk_load *ld);
 
 #endif
