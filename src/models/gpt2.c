@@ -247,17 +247,12 @@ static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_
   const ss_st_tensor **found;
   ss_trunk_load ld;
 
-  memset(&ld, 0, sizeof ld);
   for (size_t i = 0; i < ss_st_count(p->st); i++)
     if (strncmp(ss_st_at(p->st, i)->name, "transformer.h.", 14) == 0) prefix = "transformer.";
   p->prefix = prefix;
-  found = calloc((size_t)L * T_PER_LAYER, sizeof *found);
-  p->blk = calloc((size_t)L, sizeof *p->blk);
-  if (found == NULL || p->blk == NULL) {
-    free(found);
-    snprintf(err, errlen, "weights %.200s: out of memory", path);
+  if ((p->blk = ss_trunk_load_begin(&ld, (size_t)L * T_PER_LAYER, &found, (size_t)L, sizeof *p->blk,
+                                    path, err, errlen)) == NULL)
     return SS_ENOMEM;
-  }
   for (int l = 0; l < L; l++) {
     for (int k = 0; k < T_PER_LAYER; k++) {
       snprintf(name, sizeof name, "%sh.%d.%s", prefix, p->a + l, tensor_suffix[k]);
@@ -315,8 +310,11 @@ static ss_attn_dims attn_dims(const gpt2 *p, const gpt2_block *bk, int B, int T,
 /* The sequences whose rows a block call stacks (models/trunk.h). */
 typedef ss_trunk_seq seq_attn;
 
-static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts *a, int BT,
-                          const seq_attn *seqs, int nseq) {
+static void block_forward(const void *impl, int l, void *work, int BT, const seq_attn *seqs,
+                          int nseq) {
+  const gpt2 *p = impl;
+  const gpt2_block *bk = &p->blk[l];
+  const block_acts *a = work; /* the first member of the work struct */
   const int E = p->n_embd, NI = p->n_inner;
   const size_t cells = (size_t)BT * (size_t)E;
   const float *const *w = bk->t;
@@ -359,6 +357,12 @@ typedef struct block_grads {
   float *dsink;  /* [2E] LayerNorm gain/bias gradients of a frozen trunk (LoRA) */
 } block_grads;
 
+/* Everything a block call points at: its activations and, in backward, its gradients. */
+typedef struct gpt2_work {
+  block_acts a;
+  block_grads g;
+} gpt2_work;
+
 /* Backward of Conv1D k (weight index; its bias k + 1 unless ib says otherwise, < 0: none) of
  * layer l and of its adapter: dx = dL/dx; weight gradients in full fine-tuning only (LoRA: the
  * adapter's A, B instead). */
@@ -396,8 +400,10 @@ static void conv_backward(gpt2 *p, int l, int lo, int ib, float *dx, const float
  * zero (sum over keys of dK = sum_i q_i sum_j dS_ij = 0). Float rounding would leave ~1e-8 there,
  * and AdamW, which divides by sqrt(v), would turn that noise into steps of size lr.
  */
-static void block_backward(gpt2 *p, int l, const block_acts *a, const block_grads *g, float *dres,
-                           int B, int T) {
+static int block_backward(void *impl, int l, void *work, float *dres, int B, int T) {
+  gpt2 *p = impl;
+  const block_acts *a = &((gpt2_work *)work)->a;
+  const block_grads *g = &((gpt2_work *)work)->g;
   const gpt2_block *bk = &p->blk[l];
   const float *const *w = bk->t;
   const int E = p->n_embd, NI = p->n_inner, BT = B * T, i0 = l * T_PER_LAYER;
@@ -433,48 +439,26 @@ static void block_backward(gpt2 *p, int l, const block_acts *a, const block_grad
   ss_op_layernorm_backward(&p->cc, dres, dw1, db1, g->dln, a->x, w[T_LN1_W], a->mean1, a->rstd1, BT,
                            E);
   ss_params_unlock(s);
+  return 0;
 }
 
 /* ------------------------------------------------------------- the activation table ---- */
 
-/* Everything a block call points at: its activations and, in backward, its gradients. */
-typedef struct gpt2_work {
-  block_acts a;
-  block_grads g;
-} gpt2_work;
-
 /* Slots of the table (after the runtime's x, h, y, K, V), in the order they are carved. */
+/* clang-format off */
 enum {
-  S_LN = SS_TRUNK_SLOTS0,
-  S_QKV,
-  S_ATTY,
-  S_FC,
-  S_FCG,
-  S_MEAN1,
-  S_RSTD1,
-  S_MEAN2,
-  S_RSTD2,
-  S_ATT,
-  S_LT,
-  S_XD,
-  S_DLN,
-  S_DATTY,
-  S_DQKV,
-  S_DFC,
-  S_DATT,
-  S_DLT,
-  S_DSINK,
-  N_SLOTS
+  S_LN = SS_TRUNK_SLOTS0, S_QKV, S_ATTY, S_FC, S_FCG, S_MEAN1, S_RSTD1, S_MEAN2, S_RSTD2, S_ATT,
+  S_LT, S_XD, S_DLN, S_DATTY, S_DQKV, S_DFC, S_DATT, S_DLT, S_DSINK, N_SLOTS
 };
 #define A_(f) offsetof(gpt2_work, a.f)
 #define G_(f) offsetof(gpt2_work, g.f)
 static const size_t slots[N_SLOTS] = {
-    [SS_TRUNK_X] = A_(x),  [SS_TRUNK_H] = A_(h),  [SS_TRUNK_Y] = A_(y),  [SS_TRUNK_K] = A_(K),
-    [SS_TRUNK_V] = A_(V),  [S_LN] = A_(ln),       [S_QKV] = A_(qkv),     [S_ATTY] = A_(atty),
-    [S_FC] = A_(fc),       [S_FCG] = A_(fcg),     [S_MEAN1] = A_(mean1), [S_RSTD1] = A_(rstd1),
-    [S_MEAN2] = A_(mean2), [S_RSTD2] = A_(rstd2), [S_ATT] = A_(att),     [S_LT] = A_(lt),
-    [S_XD] = A_(xd),       [S_DLN] = G_(dln),     [S_DATTY] = G_(datty), [S_DQKV] = G_(dqkv),
-    [S_DFC] = G_(dfc),     [S_DATT] = G_(datt),   [S_DLT] = G_(dlt),     [S_DSINK] = G_(dsink)};
+    SS_TRUNK_COMMON_SLOTS(gpt2_work), [S_LN] = A_(ln), [S_QKV] = A_(qkv), [S_ATTY] = A_(atty),
+    [S_FC] = A_(fc), [S_FCG] = A_(fcg), [S_MEAN1] = A_(mean1), [S_RSTD1] = A_(rstd1),
+    [S_MEAN2] = A_(mean2), [S_RSTD2] = A_(rstd2), [S_ATT] = A_(att), [S_LT] = A_(lt),
+    [S_XD] = A_(xd), [S_DLN] = G_(dln), [S_DATTY] = G_(datty), [S_DQKV] = G_(dqkv),
+    [S_DFC] = G_(dfc), [S_DATT] = G_(datt), [S_DLT] = G_(dlt), [S_DSINK] = G_(dsink)};
+/* clang-format on */
 
 /* Floats per slot of each phase (models/trunk.h; K, V scratch: the runtime's):
  *   infer, batch  ln, atty [R, E]; qkv [R, 3E]; fc == fcg [R, I]; lt [R, r]; att [S, T]
@@ -526,31 +510,15 @@ static void gpt2_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims 
   }
 }
 
-static void gpt2_block_forward(const void *impl, int l, void *work, int BT,
-                               const ss_trunk_seq *seqs, int nseq) {
-  const gpt2 *p = impl;
-  block_forward(p, &p->blk[l], &((gpt2_work *)work)->a, BT, seqs, nseq);
-}
-
-static int gpt2_block_backward(void *impl, int l, void *work, float *dres, int B, int S) {
-  gpt2_work *w = work;
-  block_backward(impl, l, &w->a, &w->g, dres, B, S);
-  return 0;
-}
-
 static void gpt2_destroy(void *impl) { gpt2_free(impl); }
 
 static const ss_trunk_arch gpt2_arch = {.kind = "gpt2",
                                         .pos_key = "n_positions",
                                         .kv_heads_key = "n_head",
-                                        .work_size = sizeof(gpt2_work),
-                                        .slots = slots,
-                                        .n_slots = N_SLOTS,
-                                        .att_all_off = offsetof(gpt2_work, a.att_all),
-                                        .mk_off = offsetof(gpt2_work, a.mk),
+                                        SS_TRUNK_WORK(gpt2_work, slots),
                                         .sizes = gpt2_sizes,
-                                        .block_forward = gpt2_block_forward,
-                                        .block_backward = gpt2_block_backward,
+                                        .block_forward = block_forward,
+                                        .block_backward = block_backward,
                                         .lora_targets = lora_targets,
                                         .n_lora_targets = 3,
                                         .fan_in_fan_out = 1,
@@ -684,21 +652,10 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
     if (scale_by_layer) s /= (double)(p->a + l + 1);
     p->blk[l].attn_scale = (float)s;
   }
-  {
-    const ss_trunk t = {&gpt2_arch, p,           p->a,    p->b,   p->n_pos, p->n_embd,
-                        p->n_head,  p->head_dim, &p->prm, &p->cc, &p->lora};
-    if (ss_trunk_attach(m, &t, p->st, n_params) != 0) {
-      gpt2_free(p);
-      snprintf(err, errlen, "out of memory");
-      return SS_ENOMEM;
-    }
-  }
-  {
-    char lora[64] = "";
-    if (p->lora.r > 0) snprintf(lora, sizeof lora, ", LoRA r %d", p->lora.r);
-    snprintf(m->describe, sizeof m->describe,
-             "gpt2 layers %d:%d of %d (n_embd %d, %d heads), %.1fM params, %s%s", p->a, p->b,
-             p->n_layer, p->n_embd, p->n_head, (double)n_params / 1e6, dt, lora);
-  }
-  return 0;
+  snprintf(m->describe, sizeof m->describe,
+           "gpt2 layers %d:%d of %d (n_embd %d, %d heads), %.1fM params, %s", p->a, p->b,
+           p->n_layer, p->n_embd, p->n_head, (double)n_params / 1e6, dt);
+  const ss_trunk t = {&gpt2_arch, p,           p->a,    p->b,   p->n_pos, p->n_embd,
+                      p->n_head,  p->head_dim, &p->prm, &p->cc, &p->lora};
+  return ss_trunk_attach(m, &t, p->st, n_params, err, errlen);
 }

@@ -822,14 +822,9 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
       if (rc != 0) return rc;
     }
   }
-  memset(&ld, 0, sizeof ld);
-  found = calloc((size_t)L * W_PER_LAYER, sizeof *found);
-  p->blk = calloc((size_t)L, sizeof *p->blk);
-  if (found == NULL || p->blk == NULL) {
-    free(found);
-    snprintf(err, errlen, "weights %.200s: out of memory", path);
+  if ((p->blk = ss_trunk_load_begin(&ld, (size_t)L * W_PER_LAYER, &found, (size_t)L, sizeof *p->blk,
+                                    path, err, errlen)) == NULL)
     return SS_ENOMEM;
-  }
   for (int l = 0; l < L; l++) {
     for (int j = 0; j < W_PER_LAYER; j++) {
       int64_t shape[2];
@@ -1019,8 +1014,11 @@ static void add_normed(const llama *p, float *out, const float *in, float *ln, f
  *   a = o_proj(attn(rope(q), rope(k), v));  h = x + a          (sandwich: x + norm_pa(a))
  *   n2 = norm2(h);  m = down(act(gate(n2)) * up(n2));  y = h + m  (sandwich: h + norm_pf(m))
  */
-static void block_forward(const llama *p, const lblock *bk, const block_acts *a, int BT,
-                          const seq_attn *seqs, int nseq) {
+static void block_forward(const void *impl, int l, void *work, int BT, const seq_attn *seqs,
+                          int nseq) {
+  const llama *p = impl;
+  const lblock *bk = &p->blk[l];
+  const block_acts *a = work; /* the first member of the work struct */
   const int E = p->E, Q = p->NH * p->D, KV = p->NKV * p->D;
   const size_t cells = (size_t)BT * (size_t)E, ni = (size_t)BT * (size_t)p->I;
   /* attention */
@@ -1117,6 +1115,12 @@ typedef struct block_grads {
   float *dw_sink;                    /* [max(E, D)]: norm weight gradients of a frozen trunk */
 } block_grads;
 
+/* Everything a block call points at: its activations and, in backward, its gradients. */
+typedef struct llama_work {
+  block_acts a;
+  block_grads g;
+} llama_work;
+
 /* dx (=) the gradient through RMSNorm j of layer l given dy; its weight's gradient summed. */
 static void norm_backward(llama *p, const lblock *bk, int j, const block_grads *g, float *dx,
                           const float *dy, const float *x, const float *rstd, int rows, int C) {
@@ -1143,8 +1147,10 @@ static void norm_backward(llama *p, const lblock *bk, int j, const block_grads *
  *   q, k = qk_norm(qr, kr)     dqr, dkr through the per-head RMSNorm
  *   q, k, v = n1 W^T + b       dn1 = dq Wq + dk Wk + dv Wv;  RMSNorm': dres += d(x)
  */
-static int block_backward(llama *p, int l, const block_acts *a, const block_grads *g,
-                          float *dres, int B, int T) {
+static int block_backward(void *impl, int l, void *work, float *dres, int B, int T) {
+  llama *p = impl;
+  const block_acts *a = &((llama_work *)work)->a;
+  const block_grads *g = &((llama_work *)work)->g;
   const lblock *bk = &p->blk[l];
   proj pk = bk->pr[P_K];
   int rc = 0;
@@ -1295,61 +1301,25 @@ static size_t lora_max_in(const llama *p) {
   return m;
 }
 
-/* Everything a block call points at: its activations and, in backward, its gradients. */
-typedef struct llama_work {
-  block_acts a;
-  block_grads g;
-} llama_work;
-
 /* Slots of the table (after the runtime's x, h, y, K, V), in the order they are carved. */
+/* clang-format off */
 enum {
-  S_LN = SS_TRUNK_SLOTS0,
-  S_Q,
-  S_ATTY,
-  S_K,
-  S_V,
-  S_G,
-  S_MM,
-  S_U,
-  S_RSTD1,
-  S_RSTD2,
-  S_ATT,
-  S_QR,
-  S_KR,
-  S_RSTDQ,
-  S_RSTDK,
-  S_AO,
-  S_MO,
-  S_RSTDPA,
-  S_RSTDPF,
-  S_LT,
-  S_XD,
-  S_DLN,
-  S_DATTY,
-  S_DQ,
-  S_DK,
-  S_DV,
-  S_FA,
-  S_DMM,
-  S_DLT,
-  S_DATT,
-  S_DSINK,
-  S_DKR,
-  N_SLOTS
+  S_LN = SS_TRUNK_SLOTS0, S_Q, S_ATTY, S_K, S_V, S_G, S_MM, S_U, S_RSTD1, S_RSTD2, S_ATT, S_QR,
+  S_KR, S_RSTDQ, S_RSTDK, S_AO, S_MO, S_RSTDPA, S_RSTDPF, S_LT, S_XD, S_DLN, S_DATTY, S_DQ,
+  S_DK, S_DV, S_FA, S_DMM, S_DLT, S_DATT, S_DSINK, S_DKR, N_SLOTS
 };
 #define A_(f) offsetof(llama_work, a.f)
 #define G_(f) offsetof(llama_work, g.f)
 static const size_t slots[N_SLOTS] = {
-    [SS_TRUNK_X] = A_(x), [SS_TRUNK_H] = A_(h),  [SS_TRUNK_Y] = A_(y),    [SS_TRUNK_K] = A_(K),
-    [SS_TRUNK_V] = A_(V), [S_LN] = A_(ln),       [S_Q] = A_(q),           [S_ATTY] = A_(atty),
-    [S_K] = A_(k),        [S_V] = A_(v),         [S_G] = A_(g),           [S_MM] = A_(mm),
-    [S_U] = A_(u),        [S_RSTD1] = A_(rstd1), [S_RSTD2] = A_(rstd2),   [S_ATT] = A_(att),
-    [S_QR] = A_(qr),      [S_KR] = A_(kr),       [S_RSTDQ] = A_(rstdq),   [S_RSTDK] = A_(rstdk),
-    [S_AO] = A_(ao),      [S_MO] = A_(mo),       [S_RSTDPA] = A_(rstdpa), [S_RSTDPF] = A_(rstdpf),
-    [S_LT] = A_(lt),      [S_XD] = A_(xd),       [S_DLN] = G_(dln),       [S_DATTY] = G_(datty),
-    [S_DQ] = G_(dq),      [S_DK] = G_(dk),       [S_DV] = G_(dv),         [S_FA] = G_(fa),
-    [S_DMM] = G_(dmm),    [S_DLT] = G_(dlt),     [S_DATT] = G_(datt),     [S_DSINK] = G_(dw_sink),
-    [S_DKR] = G_(dkr)};
+    SS_TRUNK_COMMON_SLOTS(llama_work), [S_LN] = A_(ln), [S_Q] = A_(q), [S_ATTY] = A_(atty),
+    [S_K] = A_(k), [S_V] = A_(v), [S_G] = A_(g), [S_MM] = A_(mm), [S_U] = A_(u),
+    [S_RSTD1] = A_(rstd1), [S_RSTD2] = A_(rstd2), [S_ATT] = A_(att), [S_QR] = A_(qr),
+    [S_KR] = A_(kr), [S_RSTDQ] = A_(rstdq), [S_RSTDK] = A_(rstdk), [S_AO] = A_(ao),
+    [S_MO] = A_(mo), [S_RSTDPA] = A_(rstdpa), [S_RSTDPF] = A_(rstdpf), [S_LT] = A_(lt),
+    [S_XD] = A_(xd), [S_DLN] = G_(dln), [S_DATTY] = G_(datty), [S_DQ] = G_(dq), [S_DK] = G_(dk),
+    [S_DV] = G_(dv), [S_FA] = G_(fa), [S_DMM] = G_(dmm), [S_DLT] = G_(dlt), [S_DATT] = G_(datt),
+    [S_DSINK] = G_(dw_sink), [S_DKR] = G_(dkr)};
+/* clang-format on */
 
 /* Floats per slot of each phase (models/trunk.h; K, V scratch: the runtime's; Q = NH D,
  * KV = NKV D):
@@ -1422,32 +1392,17 @@ static void llama_backward_init(const void *impl, void *work) {
   memset(((llama_work *)work)->g.dw_sink, 0, (size_t)(p->E > p->D ? p->E : p->D) * sizeof(float));
 }
 
-static void llama_block_forward(const void *impl, int l, void *work, int BT,
-                                const ss_trunk_seq *seqs, int nseq) {
-  const llama *p = impl;
-  block_forward(p, &p->blk[l], &((llama_work *)work)->a, BT, seqs, nseq);
-}
-
-static int llama_block_backward(void *impl, int l, void *work, float *dres, int B, int S) {
-  llama_work *w = work;
-  return block_backward(impl, l, &w->a, &w->g, dres, B, S);
-}
-
 static void llama_destroy(void *impl) { llama_free(impl); }
 
 static const ss_trunk_arch llama_arch = {.kind = "llama",
                                          .pos_key = "max_position_embeddings",
                                          .kv_heads_key = "num_key_value_heads",
                                          .kv_msg_layer = 1,
-                                         .work_size = sizeof(llama_work),
-                                         .slots = slots,
-                                         .n_slots = N_SLOTS,
-                                         .att_all_off = offsetof(llama_work, a.att_all),
-                                         .mk_off = offsetof(llama_work, a.mk),
+                                         SS_TRUNK_WORK(llama_work, slots),
                                          .sizes = llama_sizes,
                                          .backward_init = llama_backward_init,
-                                         .block_forward = llama_block_forward,
-                                         .block_backward = llama_block_backward,
+                                         .block_forward = block_forward,
+                                         .block_backward = block_backward,
                                          .positions = llama_positions,
                                          .check_meta = llama_check_meta,
                                          .lora_targets = proj_short,
@@ -1581,22 +1536,10 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
     llama_free(p);
     return rc;
   }
-  {
-    const ss_trunk t = {&llama_arch, p,    p->a,    p->b,   p->n_pos, p->E,
-                        p->NKV,      p->D, &p->prm, &p->cc, &p->lora};
-    if (ss_trunk_attach(m, &t, p->files[0], n_params) != 0) {
-      llama_free(p);
-      snprintf(err, errlen, "out of memory");
-      return SS_ENOMEM;
-    }
-  }
-  {
-    char lora[64] = "";
-    if (p->lora.r > 0) snprintf(lora, sizeof lora, ", LoRA r %d", p->lora.r);
-    snprintf(m->describe, sizeof m->describe,
-             "llama (%s) layers %d:%d of %d (hidden %d, %d/%d heads), %.1fM params, %s%s",
-             p->model_type, p->a, p->b, p->n_layer, p->E, p->NH, p->NKV,
-             (double)n_params / 1e6, dt, lora);
-  }
-  return 0;
+  snprintf(m->describe, sizeof m->describe,
+           "llama (%s) layers %d:%d of %d (hidden %d, %d/%d heads), %.1fM params, %s",
+           p->model_type, p->a, p->b, p->n_layer, p->E, p->NH, p->NKV, (double)n_params / 1e6, dt);
+  const ss_trunk t = {&llama_arch, p,    p->a,    p->b,   p->n_pos, p->E,
+                      p->NKV,      p->D, &p->prm, &p->cc, &p->lora};
+  return ss_trunk_attach(m, &t, p->files[0], n_params, err, errlen);
 }

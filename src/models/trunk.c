@@ -577,10 +577,17 @@ const ss_model_ops ss_trunk_ops = {.check = trunk_check,
                                    .save = trunk_save};
 
 int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *weights,
-                    int64_t n_params) {
+                    int64_t n_params, char *err, size_t errlen) {
   ss_trunk *t = malloc(sizeof *t);
-  if (t == NULL) return SS_ENOMEM;
+  size_t len = strlen(m->describe);
+  if (t == NULL) {
+    desc->arch->destroy(desc->impl);
+    snprintf(err, errlen, "out of memory");
+    return SS_ENOMEM;
+  }
   *t = *desc;
+  if (t->lora->r > 0)
+    snprintf(m->describe + len, sizeof m->describe - len, ", LoRA r %d", t->lora->r);
   *t->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
   t->prm->cc = t->cc;
   t->lora->cc = t->cc;
@@ -649,6 +656,23 @@ int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec
 }
 
 /* ------------------------------------------------------------- loading weights ---- */
+
+void *ss_trunk_load_begin(ss_trunk_load *ld, size_t n_found, const ss_st_tensor ***found,
+                          size_t n_blk, size_t blk_size, const char *path, char *err,
+                          size_t errlen) {
+  void *blk;
+  memset(ld, 0, sizeof *ld);
+  *found = calloc(n_found, sizeof **found);
+  blk = calloc(n_blk, blk_size);
+  if (*found == NULL || blk == NULL) {
+    free(*found);
+    free(blk);
+    *found = NULL;
+    snprintf(err, errlen, "weights %.200s: out of memory", path);
+    return NULL;
+  }
+  return blk;
+}
 
 void ss_trunk_missing(ss_trunk_load *ld, const char *name) {
   if (ld->n_missing++ < 6 && ld->mpos < sizeof ld->missing) {

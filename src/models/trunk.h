@@ -134,6 +134,19 @@ typedef struct ss_trunk_arch {
   void (*destroy)(void *impl);
 } ss_trunk_arch;
 
+/* The runtime's slots in the slot table of a work struct type whose block_acts member a has
+ * x, h, y, K, V. */
+#define SS_TRUNK_COMMON_SLOTS(type)                                       \
+  [SS_TRUNK_X] = offsetof(type, a.x), [SS_TRUNK_H] = offsetof(type, a.h), \
+  [SS_TRUNK_Y] = offsetof(type, a.y), [SS_TRUNK_K] = offsetof(type, a.K), \
+  [SS_TRUNK_V] = offsetof(type, a.V)
+
+/* The activation-table fields of an ss_trunk_arch for a work struct type whose block_acts
+ * member a has att_all and mk, and its slot offsets table. */
+#define SS_TRUNK_WORK(type, table)                                                                \
+  .work_size = sizeof(type), .slots = (table), .n_slots = (int)(sizeof(table) / sizeof *(table)), \
+  .att_all_off = offsetof(type, a.att_all), .mk_off = offsetof(type, a.mk)
+
 /* The runtime's view of a model (m->impl of gpt2 and llama models). */
 struct ss_trunk {
   const ss_trunk_arch *arch;
@@ -172,10 +185,10 @@ int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec
 
 /* Make t (a copy of *desc) the model's impl with the trunk ops: the compute context from the
  * model's keys (compute=, backend=) into *desc->cc, shared by its parameters and LoRA; the
- * model's cache layers, exec, weights and sizes. Returns 0 or SS_ENOMEM (then impl is not
- * taken). */
+ * model's cache layers, exec, weights and sizes; ", LoRA r N" after the describe line the
+ * architecture wrote. Returns 0, or SS_ENOMEM with desc->impl destroyed and err written. */
 int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *weights,
-                    int64_t n_params);
+                    int64_t n_params, char *err, size_t errlen);
 
 /* Carve base into the work struct for n (see sizes): returns the floats used. base NULL: only
  * count. */
@@ -194,6 +207,12 @@ typedef struct ss_trunk_load {
   char missing[400];
 } ss_trunk_load;
 
+/* Start loading: *ld zeroed, *found = n_found NULL tensor pointers (the caller frees them).
+ * Returns n_blk zeroed blocks of blk_size bytes (the architecture's, freed with it), or NULL
+ * when out of memory (nothing allocated, message written). */
+void *ss_trunk_load_begin(ss_trunk_load *ld, size_t n_found, const struct ss_st_tensor ***found,
+                          size_t n_blk, size_t blk_size, const char *path, char *err,
+                          size_t errlen);
 /* Note name as missing. */
 void ss_trunk_missing(ss_trunk_load *ld, const char *name);
 /* 0 when nothing is missing, else SS_EINVAL: "weights PATH: N tensors of layers A:B missing:
