@@ -1006,7 +1006,7 @@ static void add_normed(const llama *p, float *out, const float *in, float *ln, f
   const size_t n = (size_t)BT * (size_t)p->E;
   ss_op_rmsnorm_forward(&p->cc, ln, rstd, r, w, BT, p->E, p->eps, p->one_plus);
   if (out != in) memcpy(out, in, n * sizeof(float));
-  for (size_t i = 0; i < n; i++) out[i] += ln[i];
+  ss_op_add(&p->cc, out, ln, n);
 }
 
 /*
@@ -1061,7 +1061,7 @@ static void block_forward(const void *impl, int l, void *work, int BT, const seq
   proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt, a->mk, a->xd);
   proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt, a->mk, a->xd);
   act_forward(p, a->mm, a->g, ni);
-  for (size_t i = 0; i < ni; i++) a->mm[i] *= a->u[i];
+  ss_op_mul(&p->cc, a->mm, a->mm, a->u, ni);
   if (p->sandwich) {
     proj_forward(p, &bk->pr[P_DOWN], a->mo, a->mm, BT, 0, a->lt, a->mk, a->xd);
     add_normed(p, a->y, a->h, a->ln, a->rstdpf, a->mo, bk->nw[N_PF], BT);
@@ -1069,40 +1069,6 @@ static void block_forward(const void *impl, int l, void *work, int BT, const seq
     if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
     proj_forward(p, &bk->pr[P_DOWN], a->y, a->mm, BT, 1, a->lt, a->mk, a->xd);
   }
-}
-
-/*
- * The gradient of k_proj's bias (Qwen2, attention_bias), given dk' = dL/d(rotated keys) of one
- * call (positions 0..T-1), added into db [NKV*D]. Mathematically db = sum_t R_t^T dk'_t, and
- * sum_t dk'_t = 0 exactly (per head, a constant added to every key shifts each query's scores
- * by the same amount, which softmax ignores), so db = sum_t (R_t^T - I) dk'_t. Summing that form
- * keeps only the part the rotation makes (small on the slow rotary frequencies) instead of a
- * difference of large terms, whose float32 rounding AdamW, dividing by sqrt(v), would turn into
- * steps of size lr. cos - 1 is computed as -2 sin^2(a/2) (no cancellation). Not with q/k norms
- * (the bias is then before the norm) nor soft-capping (the shift no longer cancels).
- */
-static int kbias_backward(const llama *p, const double *inv_freq, float *db, const float *dk, int B,
-                          int T) {
-  const int D = p->D, half = D / 2, KV = p->NKV * D;
-  double *acc = calloc((size_t)KV, sizeof *acc);
-  if (acc == NULL) return SS_ENOMEM;
-  for (int t = 0; t < T; t++) {
-    for (int i = 0; i < half; i++) {
-      double ang = (double)t * inv_freq[i], sh = sin(0.5 * ang);
-      double cm1 = -2.0 * sh * sh, sn = sin(ang);
-      for (int b = 0; b < B; b++) {
-        const float *row = dk + ((size_t)b * (size_t)T + (size_t)t) * (size_t)KV;
-        for (int h = 0; h < p->NKV; h++) {
-          double d0 = row[h * D + i], d1 = row[h * D + i + half];
-          acc[h * D + i] += cm1 * d0 + sn * d1;
-          acc[h * D + i + half] += cm1 * d1 - sn * d0;
-        }
-      }
-    }
-  }
-  for (int j = 0; j < KV; j++) db[j] += (float)acc[j];
-  free(acc);
-  return 0;
 }
 
 /* Backward scratch of one call. */
@@ -1165,13 +1131,10 @@ static int block_backward(void *impl, int l, void *work, float *dres, int B, int
     dy = g->dln;
   }
   act_forward(p, g->fa, a->g, ni);
-  for (size_t i = 0; i < ni; i++) a->mm[i] = g->fa[i] * a->u[i];
+  ss_op_mul(&p->cc, a->mm, g->fa, a->u, ni);
   proj_backward(p, &bk->pr[P_DOWN], g->dmm, 0, dy, a->mm, BT, a->lt, g->dlt, a->mk, a->xd);
-  for (size_t i = 0; i < ni; i++) { /* mm (scratch) becomes du; dmm becomes d(act(g)) */
-    float dm = g->dmm[i];
-    a->mm[i] = dm * g->fa[i];
-    g->dmm[i] = dm * a->u[i];
-  }
+  ss_op_mul(&p->cc, a->mm, g->dmm, g->fa, ni); /* mm (scratch) becomes du */
+  ss_op_mul(&p->cc, g->dmm, g->dmm, a->u, ni); /* dmm becomes d(act(g)) */
   act_backward(p, g->dmm, a->g, ni);
   ss_op_rmsnorm_forward(&p->cc, a->ln, NULL, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
   proj_backward(p, &bk->pr[P_UP], g->dln, 0, a->mm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
@@ -1192,7 +1155,8 @@ static int block_backward(void *impl, int l, void *work, float *dres, int B, int
                            a->v, KV, &d, p->softcap);
   if (pk.ib >= 0 && !p->qk_norm && p->softcap == 0.0f) { /* kbias_backward */
     ss_params_lock(s);
-    rc = kbias_backward(p, bk->inv_freq, ss_params_grad(s, pk.ib), g->dk, B, T);
+    rc = ss_op_rope_bias_backward(&p->cc, ss_params_grad(s, pk.ib), g->dk, B, T, p->NKV, p->D,
+                                  bk->inv_freq);
     ss_params_unlock(s);
     pk.ib = -1;
   }

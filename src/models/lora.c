@@ -87,7 +87,7 @@ void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, in
   if (dropping(mk)) { /* dx += drop'(dlt A): the same mask and scale */
     ss_op_matmul(c->cc, SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 0.0f, xd, in);
     ss_lora_dropout(xd, xd, n, mk, l->unit);
-    for (size_t i = 0; i < n; i++) dx[i] += xd[i];
+    ss_op_add(c->cc, dx, xd, n);
     return;
   }
   ss_op_matmul(c->cc, SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 1.0f, dx, in);

@@ -215,6 +215,21 @@ static void test_pointwise(void) {
   free(x);
 }
 
+static void test_elementwise(void) {
+  const size_t n = 1001;
+  float *x = rnd(n, 3.0f), *y1 = rnd(n, 3.0f), *y2 = dup(y1, n), *b = rnd(n, 2.0f);
+  cpu->add(y1, x, n);
+  ref->add(y2, x, n);
+  cmp("add", y1, y2, n, 1e-7);
+  cpu->mul(y1, y1, b, n); /* in place */
+  ref->mul(y2, y2, b, n);
+  cmp("mul (in place)", y1, y2, n, 1e-7);
+  cpu->mul(y1, x, b, n);
+  ref->mul(y2, x, b, n);
+  cmp("mul", y1, y2, n, 1e-7);
+  free(x), free(y1), free(y2), free(b);
+}
+
 static void test_rope(void) {
   const int B = 2, T = 5, NH = 3, HS = 8, ld = NH * HS + 4, pos0 = 7;
   const size_t n = (size_t)B * (size_t)T * (size_t)ld;
@@ -234,6 +249,22 @@ static void test_rope(void) {
   ref->rope_forward_pos(x2, ld, B, T, NH, HS, pos, stream, inv);
   cmp("rope fwd (M-RoPE positions)", x1, x2, n, 1e-6);
   free(x1), free(x2);
+  { /* the bias gradient through the rotation: dk [B, T, NKV*HS] with dk summing to 0 over t */
+    const int NKV = 2, KV = NKV * HS;
+    float *dk = rnd((size_t)B * T * KV, 1.0f), *d1 = rnd((size_t)KV, 1.0f);
+    float *d2 = dup(d1, (size_t)KV);
+    for (int b = 0; b < B; b++)
+      for (int j = 0; j < KV; j++) { /* make each column sum to 0 over t, as attention's does */
+        double m = 0.0;
+        for (int t = 0; t < T; t++) m += dk[((size_t)b * T + (size_t)t) * KV + (size_t)j];
+        for (int t = 0; t < T; t++)
+          dk[((size_t)b * T + (size_t)t) * KV + (size_t)j] -= (float)(m / T);
+      }
+    CHECK(cpu->rope_bias_backward(d1, dk, B, T, NKV, HS, inv) == 0);
+    CHECK(ref->rope_bias_backward(d2, dk, B, T, NKV, HS, inv) == 0);
+    cmp("rope bias backward", d1, d2, (size_t)KV, 1e-6);
+    free(dk), free(d1), free(d2);
+  }
 }
 
 static void test_attention(void) {
@@ -292,6 +323,7 @@ int main(void) {
   test_linear();
   test_norms();
   test_pointwise();
+  test_elementwise();
   test_rope();
   test_attention();
   printf("cpu vs reference: largest difference %.2e\n", worst_all);

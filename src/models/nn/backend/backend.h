@@ -66,6 +66,9 @@ typedef struct ss_backend {
   void (*relu_backward)(float *d, const float *x, size_t n);
   void (*silu_forward)(float *out, const float *x, size_t n);
   void (*silu_backward)(float *d, const float *x, size_t n);
+  /* element-wise: y [n] += x [n];  out [n] = a [n] * b [n] (out may equal a or b) */
+  void (*add)(float *y, const float *x, size_t n);
+  void (*mul)(float *out, const float *a, const float *b, size_t n);
   /* rope.h */
   void (*rope_forward_freq)(float *x, int ld, int B, int T, int NH, int HS, int pos0,
                             const double *inv_freq);
@@ -73,6 +76,8 @@ typedef struct ss_backend {
                              const double *inv_freq);
   void (*rope_forward_pos)(float *x, int ld, int B, int T, int NH, int HS, const int *pos,
                            const unsigned char *stream, const double *inv_freq);
+  int (*rope_bias_backward)(float *db, const float *dk, int B, int T, int NKV, int HS,
+                            const double *inv_freq);
   /* attention.h (the _cap forms: window 0 and softcap 0 are plain causal attention) */
   void (*attention_forward)(float *out, int ldo, float *att, int att_all, float *K, float *V,
                             const float *q, int ldq, const float *k, const float *v, int ldkv,
@@ -174,6 +179,17 @@ static inline void ss_op_silu_forward(const ss_compute *cc, float *out, const fl
 }
 static inline void ss_op_silu_backward(const ss_compute *cc, float *d, const float *x, size_t n) {
   ss_backend_of(cc)->silu_backward(d, x, n);
+}
+static inline void ss_op_add(const ss_compute *cc, float *y, const float *x, size_t n) {
+  ss_backend_of(cc)->add(y, x, n);
+}
+static inline void ss_op_mul(const ss_compute *cc, float *out, const float *a, const float *b,
+                             size_t n) {
+  ss_backend_of(cc)->mul(out, a, b, n);
+}
+static inline int ss_op_rope_bias_backward(const ss_compute *cc, float *db, const float *dk, int B,
+                                           int T, int NKV, int HS, const double *inv_freq) {
+  return ss_backend_of(cc)->rope_bias_backward(db, dk, B, T, NKV, HS, inv_freq);
 }
 static inline void ss_op_rope_forward_freq(const ss_compute *cc, float *x, int ld, int B, int T,
                                            int NH, int HS, int pos0, const double *inv_freq) {

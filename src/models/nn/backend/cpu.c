@@ -19,6 +19,16 @@
 #include "models/nn/rope.h"
 #include "models/nn/silu.h"
 
+/* The two element-wise products a block needs beside its ops (residual adds of normalized
+ * outputs, SwiGLU's act(g) * u and its backward); the compiler vectorizes them. */
+static void cpu_add(float *y, const float *x, size_t n) {
+  for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static void cpu_mul(float *out, const float *a, const float *b, size_t n) {
+  for (size_t i = 0; i < n; i++) out[i] = a[i] * b[i];
+}
+
 void *ss_backend_host_alloc(size_t n) {
   size_t sz = (n + 63) / 64 * 64; /* aligned_alloc wants a multiple of the alignment */
   return aligned_alloc(64, sz > 0 ? sz : 64);
@@ -47,9 +57,12 @@ const ss_backend ss_backend_cpu = {
     .relu_backward = ss_relu_backward,
     .silu_forward = ss_silu_forward,
     .silu_backward = ss_silu_backward,
+    .add = cpu_add,
+    .mul = cpu_mul,
     .rope_forward_freq = ss_rope_forward_freq,
     .rope_backward_freq = ss_rope_backward_freq,
     .rope_forward_pos = ss_rope_forward_pos,
+    .rope_bias_backward = ss_rope_bias_backward,
     .attention_forward = ss_attention_forward_cap,
     .attention_backward = ss_attention_backward_cap,
 };

@@ -251,6 +251,14 @@ static void ref_silu_backward(float *d, const float *x, size_t n) {
   }
 }
 
+static void ref_add(float *y, const float *x, size_t n) {
+  for (size_t k = 0; k < n; k++) y[k] = (float)((double)y[k] + (double)x[k]);
+}
+
+static void ref_mul(float *out, const float *a, const float *b, size_t n) {
+  for (size_t k = 0; k < n; k++) out[k] = (float)((double)a[k] * (double)b[k]);
+}
+
 /* Rotate pair (i, i + HS/2) of one head vector by angle a. */
 static void rot(float *v, int half, int i, double a) {
   double x0 = (double)v[i], x1 = (double)v[i + half], c = cos(a), s = sin(a);
@@ -290,6 +298,29 @@ static void ref_rope_forward_pos(float *x, int ld, int B, int T, int NH, int HS,
           rot(v, HS / 2, i, (double)p * inv_freq[i]);
         }
       }
+}
+
+/* db += sum over b, t of R_t^T dk_t - dk_t (the rotation's transpose: angle -t theta_i; the
+ * dk_t sum to 0, see nn/rope.c), in double per bias element. */
+static int ref_rope_bias_backward(float *db, const float *dk, int B, int T, int NKV, int HS,
+                                  const double *inv_freq) {
+  const int half = HS / 2;
+  for (int h = 0; h < NKV; h++)
+    for (int i = 0; i < half; i++) {
+      double s0 = 0.0, s1 = 0.0;
+      for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+          const float *v = dk + ((size_t)b * (size_t)T + (size_t)t) * (size_t)(NKV * HS) +
+                           (size_t)h * (size_t)HS;
+          double a = (double)t * inv_freq[i], c = cos(a), sn = sin(a);
+          double d0 = (double)v[i], d1 = (double)v[i + half];
+          s0 += d0 * c + d1 * sn - d0;
+          s1 += d1 * c - d0 * sn - d1;
+        }
+      db[h * HS + i] = (float)((double)db[h * HS + i] + s0);
+      db[h * HS + i + half] = (float)((double)db[h * HS + i + half] + s1);
+    }
+  return 0;
 }
 
 /* Key j of the window of (b, kv head g): [B, NKV, P+T, HS]. */
@@ -438,9 +469,12 @@ const ss_backend ss_backend_reference = {
     .relu_backward = ref_relu_backward,
     .silu_forward = ref_silu_forward,
     .silu_backward = ref_silu_backward,
+    .add = ref_add,
+    .mul = ref_mul,
     .rope_forward_freq = ref_rope_forward_freq,
     .rope_backward_freq = ref_rope_backward_freq,
     .rope_forward_pos = ref_rope_forward_pos,
+    .rope_bias_backward = ref_rope_bias_backward,
     .attention_forward = ref_attention_forward,
     .attention_backward = ref_attention_backward,
 };
