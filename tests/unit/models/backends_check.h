@@ -15,7 +15,8 @@
 #include "check.h"
 #include "models/model.h"
 
-static ss_tensor bc_tensor(float *data, int64_t b, int64_t s, int64_t e) {
+/* A float32 [b, s, e] view of data (also the tests' own helper). */
+static ss_tensor tensor3(float *data, int64_t b, int64_t s, int64_t e) {
   ss_tensor t;
   memset(&t, 0, sizeof t);
   t.dtype = SS_DTYPE_F32;
@@ -43,7 +44,7 @@ static int bc_run(ss_model *m, int E, const float *x, const float *r, float *pre
                   float *gin) {
   enum { B = 2, S = 6, P = 4 };
   char err[400];
-  ss_tensor in = bc_tensor((float *)x, B, S, E), out = bc_tensor(pre, B, S, E);
+  ss_tensor in = tensor3((float *)x, B, S, E), out = tensor3(pre, B, S, E);
   float *xs = malloc((size_t)B * P * E * sizeof *xs), *ys = malloc((size_t)B * P * E * sizeof *ys);
   float *x1 = malloc((size_t)B * E * sizeof *x1);
   ss_kv_layer *pres = calloc((size_t)m->n_kv_layers, sizeof *pres);
@@ -56,18 +57,18 @@ static int bc_run(ss_model *m, int E, const float *x, const float *r, float *pre
     memcpy(x1 + (size_t)b * E, x + ((size_t)b * S + P) * E, (size_t)E * sizeof *x1);
   }
   if (rc == 0) {
-    ss_tensor i2 = bc_tensor(xs, B, P, E), o2 = bc_tensor(ys, B, P, E);
+    ss_tensor i2 = tensor3(xs, B, P, E), o2 = tensor3(ys, B, P, E);
     ss_kv_io kv = {m->n_kv_layers, NULL, 1, pres};
     rc = m->ops->forward_kv(m, &i2, &o2, &kv, NULL, err, sizeof err);
   }
   if (rc == 0) {
-    ss_tensor i3 = bc_tensor(x1, B, 1, E), o3 = bc_tensor(step, B, 1, E);
+    ss_tensor i3 = tensor3(x1, B, 1, E), o3 = tensor3(step, B, 1, E);
     ss_kv_io kv = {m->n_kv_layers, pres, 1, pres2};
     rc = m->ops->forward_kv(m, &i3, &o3, &kv, NULL, err, sizeof err);
   }
   if (rc == 0) {
-    ss_tensor o4 = bc_tensor(ys, B, S, E), go = bc_tensor((float *)r, B, S, E);
-    ss_tensor gi = bc_tensor(gin, B, S, E);
+    ss_tensor o4 = tensor3(ys, B, S, E), go = tensor3((float *)r, B, S, E);
+    ss_tensor gi = tensor3(gin, B, S, E);
     free(ys);
     ys = malloc((size_t)B * S * E * sizeof *ys);
     o4.data = ys;

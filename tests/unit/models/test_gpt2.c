@@ -124,20 +124,6 @@ static void ref_forward(double *x, int S, int a, int b) {
 
 /* ---------------------------------------------------------------- helpers ---- */
 
-static ss_tensor tensor3(float *data, int64_t b, int64_t s, int64_t e) {
-  ss_tensor t;
-  memset(&t, 0, sizeof t);
-  t.dtype = SS_DTYPE_F32;
-  t.ndim = 3;
-  t.shape[0] = b;
-  t.shape[1] = s;
-  t.shape[2] = e;
-  t.numel = (size_t)(b * s * e);
-  t.nbytes = t.numel * sizeof(float);
-  t.data = data;
-  return t;
-}
-
 static float max_abs_diff(const float *a, const float *b, size_t n) {
   float m = 0;
   for (size_t i = 0; i < n; i++) {
