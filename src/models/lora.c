@@ -21,31 +21,19 @@
 #include "core/file.h"
 #include "models/nn/backend/backend.h"
 
-static uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-#define GOLDEN 0x9E3779B97F4A7C15ull
-
 uint64_t ss_lora_mask_key(uint64_t seed, const char *forward_id) {
   uint64_t h = 0xCBF29CE484222325ull;
   for (const unsigned char *q = (const unsigned char *)(forward_id ? forward_id : ""); *q; q++) {
     h ^= *q;
     h *= 0x100000001B3ull;
   }
-  return mix(seed ^ mix(h));
+  return ss_dropout_mix(seed ^ ss_dropout_mix(h));
 }
 
-void ss_lora_dropout(float *xd, const float *x, size_t n, const ss_lora_mask *mk, int unit) {
-  const uint64_t z = mix(mk->key ^ ((uint64_t)unit * GOLDEN));
-  const double p = (double)mk->p;
-  const float scale = 1.0f / (1.0f - mk->p);
-  for (size_t i = 0; i < n; i++) {
-    uint64_t u = mix(z + (uint64_t)(i + 1) * GOLDEN) >> 40;
-    xd[i] = (double)u * 0x1p-24 >= p ? x[i] * scale : 0.0f;
-  }
+void ss_lora_dropout(const ss_compute *cc, float *xd, const float *x, size_t n,
+                     const ss_lora_mask *mk, int unit) {
+  ss_op_dropout(cc, xd, x, n, ss_dropout_mix(mk->key ^ ((uint64_t)unit * SS_DROPOUT_GOLDEN)),
+                mk->p);
 }
 
 static int dropping(const ss_lora_mask *mk) { return mk != NULL && mk->p > 0.0f; }
@@ -55,7 +43,7 @@ void ss_lora_forward(const ss_lora_cfg *c, const ss_lora *l, int in, int out, fl
   const int r = c->r;
   if (l->a == NULL) return;
   if (dropping(mk)) {
-    ss_lora_dropout(xd, x, (size_t)BT * (size_t)in, mk, l->unit);
+    ss_lora_dropout(c->cc, xd, x, (size_t)BT * (size_t)in, mk, l->unit);
     x = xd;
   }
   ss_op_matmul(c->cc, SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
@@ -70,7 +58,7 @@ void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, in
   const size_t n = (size_t)BT * (size_t)in;
   if (l->a == NULL) return;
   if (dropping(mk)) {
-    ss_lora_dropout(xd, x, n, mk, l->unit); /* the forward's masks, regenerated */
+    ss_lora_dropout(c->cc, xd, x, n, mk, l->unit); /* the forward's masks, regenerated */
     x = xd;
   }
   ss_op_matmul(c->cc, SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
@@ -86,7 +74,7 @@ void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, in
   }
   if (dropping(mk)) { /* dx += drop'(dlt A): the same mask and scale */
     ss_op_matmul(c->cc, SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 0.0f, xd, in);
-    ss_lora_dropout(xd, xd, n, mk, l->unit);
+    ss_lora_dropout(c->cc, xd, xd, n, mk, l->unit);
     ss_op_add(c->cc, dx, xd, n);
     return;
   }

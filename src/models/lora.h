@@ -68,8 +68,10 @@ typedef struct ss_lora_mask {
 
 /* The masks' key of a training forward: mix(seed ^ mix(fnv1a64(forward_id))); NULL id: "". */
 uint64_t ss_lora_mask_key(uint64_t seed, const char *forward_id);
-/* xd [n] = x * keep / (1 - p) with unit's mask (see above); xd may be x. */
-void ss_lora_dropout(float *xd, const float *x, size_t n, const ss_lora_mask *mk, int unit);
+/* xd [n] = x * keep / (1 - p) with unit's mask (see above), the dropout op of cc's backend
+ * (NULL: cpu); xd may be x. */
+void ss_lora_dropout(const ss_compute *cc, float *xd, const float *x, size_t n,
+                     const ss_lora_mask *mk, int unit);
 
 /* y [BT, out] += s (drop(x [BT, in]) A^T) B^T. lt: scratch [BT, r]. mk: the training forward's
  * dropout (NULL: none, as in inference); xd: scratch [BT, in] when mk->p > 0. */

@@ -227,6 +227,12 @@ static void test_elementwise(void) {
   cpu->mul(y1, x, b, n);
   ref->mul(y2, x, b, n);
   cmp("mul", y1, y2, n, 1e-7);
+  cpu->dropout(y1, x, n, 12345u, 0.3f);
+  ref->dropout(y2, x, n, 12345u, 0.3f);
+  cmp("dropout", y1, y2, n, 1e-7);
+  memcpy(y1, x, n * sizeof *y1);
+  cpu->dropout(y1, y1, n, 12345u, 0.3f); /* in place */
+  cmp("dropout (in place)", y1, y2, n, 1e-7);
   free(x), free(y1), free(y2), free(b);
 }
 

@@ -23,6 +23,7 @@
 #define SS_MODELS_NN_BACKEND_BACKEND_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "models/nn/attention.h"
 #include "models/nn/linear.h"
@@ -69,6 +70,9 @@ typedef struct ss_backend {
   /* element-wise: y [n] += x [n];  out [n] = a [n] * b [n] (out may equal a or b) */
   void (*add)(float *y, const float *x, size_t n);
   void (*mul)(float *out, const float *a, const float *b, size_t n);
+  /* inverted dropout: out [n] = x / (1 - p) where ss_dropout_keep(seed, i, p), else 0 (out may
+   * equal x) */
+  void (*dropout)(float *out, const float *x, size_t n, uint64_t seed, float p);
   /* rope.h */
   void (*rope_forward_freq)(float *x, int ld, int B, int T, int NH, int HS, int pos0,
                             const double *inv_freq);
@@ -90,6 +94,19 @@ typedef struct ss_backend {
 
 extern const ss_backend ss_backend_cpu;       /* cpu.c */
 extern const ss_backend ss_backend_reference; /* reference.c */
+
+/* The dropout mask's definition, the same in every backend: a splitmix64 finalizer, and element
+ * i of the mask of seed is kept when the top 24 bits of mix(seed + (i + 1) golden) / 2^24 >= p. */
+static inline uint64_t ss_dropout_mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+#define SS_DROPOUT_GOLDEN 0x9E3779B97F4A7C15ull
+static inline int ss_dropout_keep(uint64_t seed, size_t i, float p) {
+  uint64_t u = ss_dropout_mix(seed + (uint64_t)(i + 1) * SS_DROPOUT_GOLDEN) >> 40;
+  return (double)u * 0x1p-24 >= (double)p;
+}
 
 /* Host memory as the alloc/release of the table (cpu.c): both host backends use it. */
 void *ss_backend_host_alloc(size_t n);
@@ -186,6 +203,10 @@ static inline void ss_op_add(const ss_compute *cc, float *y, const float *x, siz
 static inline void ss_op_mul(const ss_compute *cc, float *out, const float *a, const float *b,
                              size_t n) {
   ss_backend_of(cc)->mul(out, a, b, n);
+}
+static inline void ss_op_dropout(const ss_compute *cc, float *out, const float *x, size_t n,
+                                 uint64_t seed, float p) {
+  ss_backend_of(cc)->dropout(out, x, n, seed, p);
 }
 static inline int ss_op_rope_bias_backward(const ss_compute *cc, float *db, const float *dk, int B,
                                            int T, int NKV, int HS, const double *inv_freq) {

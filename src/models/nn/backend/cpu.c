@@ -29,6 +29,11 @@ static void cpu_mul(float *out, const float *a, const float *b, size_t n) {
   for (size_t i = 0; i < n; i++) out[i] = a[i] * b[i];
 }
 
+static void cpu_dropout(float *out, const float *x, size_t n, uint64_t seed, float p) {
+  const float scale = 1.0f / (1.0f - p);
+  for (size_t i = 0; i < n; i++) out[i] = ss_dropout_keep(seed, i, p) ? x[i] * scale : 0.0f;
+}
+
 void *ss_backend_host_alloc(size_t n) {
   size_t sz = (n + 63) / 64 * 64; /* aligned_alloc wants a multiple of the alignment */
   return aligned_alloc(64, sz > 0 ? sz : 64);
@@ -59,6 +64,7 @@ const ss_backend ss_backend_cpu = {
     .silu_backward = ss_silu_backward,
     .add = cpu_add,
     .mul = cpu_mul,
+    .dropout = cpu_dropout,
     .rope_forward_freq = ss_rope_forward_freq,
     .rope_backward_freq = ss_rope_backward_freq,
     .rope_forward_pos = ss_rope_forward_pos,

@@ -259,6 +259,11 @@ static void ref_mul(float *out, const float *a, const float *b, size_t n) {
   for (size_t k = 0; k < n; k++) out[k] = (float)((double)a[k] * (double)b[k]);
 }
 
+static void ref_dropout(float *out, const float *x, size_t n, uint64_t seed, float p) {
+  for (size_t k = 0; k < n; k++)
+    out[k] = ss_dropout_keep(seed, k, p) ? (float)((double)x[k] / (1.0 - (double)p)) : 0.0f;
+}
+
 /* Rotate pair (i, i + HS/2) of one head vector by angle a. */
 static void rot(float *v, int half, int i, double a) {
   double x0 = (double)v[i], x1 = (double)v[i + half], c = cos(a), s = sin(a);
@@ -471,6 +476,7 @@ const ss_backend ss_backend_reference = {
     .silu_backward = ref_silu_backward,
     .add = ref_add,
     .mul = ref_mul,
+    .dropout = ref_dropout,
     .rope_forward_freq = ref_rope_forward_freq,
     .rope_backward_freq = ref_rope_backward_freq,
     .rope_forward_pos = ref_rope_forward_pos,
