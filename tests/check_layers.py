@@ -27,10 +27,11 @@ ALLOWED = {
     "grpc": {"core", "loop"},
     "client": {"core", "grpc"},
     "http": {"core"},
-    "models": {"core", "models/nn"},
+    "models": {"core", "models/nn", "models/nn/backend"},
     "models/nn": {"core"},
-    "service": {"core", "loop", "grpc", "models", "models/nn"},
-    ".": {"core", "loop", "grpc", "http", "models", "models/nn", "service"},
+    "models/nn/backend": {"core", "models/nn"},
+    "service": {"core", "loop", "grpc", "models", "models/nn", "models/nn/backend"},
+    ".": {"core", "loop", "grpc", "http", "models", "models/nn", "models/nn/backend", "service"},
 }
 # Known file cycles, to be removed (issue 17): folder -> the files the cycle may span. A cycle
 # within such a set is reported but passes; one that leaves it fails.

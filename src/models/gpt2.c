@@ -26,27 +26,30 @@
  * Block (HF GPT2Block, eval mode):  h = x + c_proj(attn(ln_1(x)));  y = h + mlp(ln_2(h))
  *   attn: q,k,v = split(ln_1(x) c_attn); per head softmax(q k^T / sqrt(d) + causal) v
  *   mlp:  c_proj(gelu_new(c_fc(.))),  gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
- * It is written once (block_forward / block_backward) on the op library in nn/, and serves
- * inference with or without a cache, decode steps and training. In inference the residual
+ * It is written once (block_forward / block_backward) on the op library (nn/backend/backend.h),
+ * and the trunk runtime (models/trunk.h) runs it for inference with or without a cache, decode
+ * steps and training, from this file's activation table (gpt2_sizes). In inference the residual
  * stream lives in out->data; c_proj results are added to it (linear forward, accumulate).
  *
  * KV cache: past[l].key/value [batch, heads, P, head_dim] (layer a + l). Keys/values of the
  * whole window [0, P + seq) are assembled per layer in one buffer K/V [batch, heads, P+seq, d];
- * when the caller wants the present cache that buffer *is* present[l] (malloc'd here, owned by
- * the caller), else it is scratch. A new token at absolute position P + i attends to keys
+ * when the caller wants the present cache that buffer *is* present[l] (from the model's backend,
+ * owned by the caller: ss_kv_release), else it is scratch. A new token at absolute position P + i attends to keys
  * 0..P+i.
  *
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
- * loop thread; forward()/forward_kv() on workers, reentrant (all scratch is malloc'd per call).
- * Training (see "training" below): forward_train/backward under the model's read lock (backward
- * calls serialize only their gradient sums, on the params mutex: models/params.h); step() under the write lock is the only
- * writer of weights, copying mmap views on first write; save() writes the trunk's layers only,
- * under their original names.
+ * loop thread; forward()/forward_kv() on workers, reentrant (all scratch comes from the
+ * model's backend per call).
+ * Training (models/trunk.c): forward_train/backward under the model's read lock (backward
+ * calls serialize only their gradient sums, on the params mutex: models/params.h); step() under the
+ * write lock is the only writer of weights, copying mmap views on first write; save() writes the
+ * trunk's layers only, under their original names.
  */
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,12 +57,9 @@
 
 #include "core/config.h"
 #include "core/file.h"
-#include "models/model.h"
-#include "models/nn/attention.h"
-#include "models/nn/gelu.h"
-#include "models/nn/layernorm.h"
-#include "models/nn/linear.h"
 #include "models/lora.h"
+#include "models/model.h"
+#include "models/nn/backend/backend.h"
 #include "models/params.h"
 #include "models/safetensors.h"
 #include "models/trunk.h"
@@ -242,154 +242,39 @@ static void expected_shape(const gpt2 *p, int k, int64_t *shape, int *ndim) {
 static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_t *n_params,
                         char *err, size_t errlen) {
   const char *prefix = "";
-  char name[256], missing[400];
-  size_t mpos = 0;
-  int n_missing = 0, L = p->b - p->a;
-  unsigned dts = 0, copied = 0;
+  char name[256], dims[64];
+  int L = p->b - p->a, rc = 0;
   const ss_st_tensor **found;
+  ss_trunk_load ld;
 
   for (size_t i = 0; i < ss_st_count(p->st); i++)
     if (strncmp(ss_st_at(p->st, i)->name, "transformer.h.", 14) == 0) prefix = "transformer.";
   p->prefix = prefix;
-  found = calloc((size_t)L * T_PER_LAYER, sizeof *found);
-  p->blk = calloc((size_t)L, sizeof *p->blk);
-  if (found == NULL || p->blk == NULL) {
-    free(found);
-    snprintf(err, errlen, "weights %.200s: out of memory", path);
+  if ((p->blk = ss_trunk_load_begin(&ld, (size_t)L * T_PER_LAYER, &found, (size_t)L, sizeof *p->blk,
+                                    path, err, errlen)) == NULL)
     return SS_ENOMEM;
-  }
-  missing[0] = '\0';
   for (int l = 0; l < L; l++) {
     for (int k = 0; k < T_PER_LAYER; k++) {
       snprintf(name, sizeof name, "%sh.%d.%s", prefix, p->a + l, tensor_suffix[k]);
-      found[l * T_PER_LAYER + k] = ss_st_find(p->st, name);
-      if (found[l * T_PER_LAYER + k] == NULL) {
-        if (n_missing++ < 6 && mpos < sizeof missing) {
-          int w = snprintf(missing + mpos, sizeof missing - mpos, "%s%s", mpos ? ", " : "", name);
-          if (w > 0) mpos += (size_t)w;
-        }
-      }
+      if ((found[l * T_PER_LAYER + k] = ss_st_find(p->st, name)) == NULL)
+        ss_trunk_missing(&ld, name);
     }
   }
-  if (n_missing > 0) {
-    if (n_missing > 6)
-      snprintf(err, errlen, "weights %.200s: %d tensors of layers %d:%d missing: %s, ... (%d more)",
-               path, n_missing, p->a, p->b, missing, n_missing - 6);
-    else
-      snprintf(err, errlen, "weights %.200s: %d tensor%s of layers %d:%d missing: %s", path,
-               n_missing, n_missing == 1 ? "" : "s", p->a, p->b, missing);
-    free(found);
-    return SS_EINVAL;
-  }
-  *n_params = 0;
-  for (int l = 0; l < L; l++) {
-    for (int k = 0; k < T_PER_LAYER; k++) {
-      const ss_st_tensor *t = found[l * T_PER_LAYER + k];
+  rc = ss_trunk_missing_check(&ld, path, p->a, p->b, err, errlen);
+  snprintf(dims, sizeof dims, "n_embd %d, n_inner %d", p->n_embd, p->n_inner);
+  for (int l = 0; l < L && rc == 0; l++) {
+    for (int k = 0; k < T_PER_LAYER && rc == 0; k++) {
       int64_t shape[2];
-      int ndim, ok;
+      int ndim;
       expected_shape(p, k, shape, &ndim);
-      ok = t->ndim == ndim;
-      for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
-      if (!ok) {
-        char got[128], want[128];
-        snprintf(err, errlen,
-                 "weights %.200s: '%s' has shape %s, expected %s (n_embd %d, n_inner "
-                 "%d from the config)",
-                 path, t->name, ss_shape_str(t->shape, t->ndim, got, sizeof got),
-                 ss_shape_str(shape, ndim, want, sizeof want), p->n_embd, p->n_inner);
-        free(found);
-        return SS_EINVAL;
-      }
-      if (ss_st_f32(t, &p->blk[l].t[k], &p->blk[l].own[k]) != 0) {
-        snprintf(err, errlen, "weights %.200s: out of memory", path);
-        free(found);
-        return SS_ENOMEM;
-      }
-      dts |= 1u << t->dtype;
-      if (t->dtype == SS_DTYPE_F32 && p->blk[l].own[k] != NULL) copied = 1;
-      *n_params += (int64_t)t->numel;
+      rc = ss_trunk_weight(&ld, found[l * T_PER_LAYER + k], shape, ndim, &p->blk[l].t[k],
+                           &p->blk[l].own[k], path, dims, err, errlen);
     }
   }
   free(found);
-  if (dts == 1u << SS_DTYPE_F32)
-    *kind_out = copied ? "f32 copied" : "f32 mmap";
-  else if (dts == 1u << SS_DTYPE_F16)
-    *kind_out = "f16->f32";
-  else if (dts == 1u << SS_DTYPE_BF16)
-    *kind_out = "bf16->f32";
-  else
-    *kind_out = "mixed->f32";
-  return 0;
-}
-
-/* ------------------------------------------------------------- checks ---- */
-
-static int gpt2_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta,
-                      int64_t *out_shape, int *out_ndim, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  (void)meta;
-  return ss_trunk_check_hidden(m, in, p->n_embd, p->n_pos, "n_positions", out_shape, out_ndim, err,
-                               errlen);
-}
-
-static int gpt2_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_layer *past,
-                         int n_past, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  char got[128], want[128];
-  int64_t ref[4];
-  if (n_past == 0) return 0;
-  if (n_past != m->n_kv_layers) {
-    snprintf(err, errlen,
-             "model '%s' expects %d past_key_values entries (one per trunk layer "
-             "%d:%d), got %d",
-             m->id, m->n_kv_layers, p->a, p->b, n_past);
-    return SS_EINVAL;
-  }
-  for (int i = 0; i < n_past; i++) {
-    for (int f = 0; f < 2; f++) {
-      const ss_tensor *t = f ? &past[i].value : &past[i].key;
-      const char *fname = f ? "value" : "key";
-      if (t->dtype != SS_DTYPE_F32) {
-        snprintf(err, errlen, "past_key_values[%d].%s must be float32, got %s", i, fname,
-                 ss_dtype_name(t->dtype));
-        return SS_EINVAL;
-      }
-      if (i == 0 && f == 0) {
-        int64_t want_shape[4] = {in->ndim == 3 ? in->shape[0] : 1, p->n_head,
-                                 t->ndim == 4 ? t->shape[2] : 0, p->head_dim};
-        int ok = t->ndim == 4;
-        for (int d = 0; ok && d < 4; d++) ok = t->shape[d] == want_shape[d] && t->shape[d] >= 0;
-        if (!ok) {
-          snprintf(err, errlen,
-                   "past_key_values[0].key_shape is %s, expected [%lld,%d,past_len,"
-                   "%d] ([batch, n_head, past_len, head_dim])",
-                   ss_shape_str(t->shape, t->ndim, got, sizeof got), (long long)want_shape[0],
-                   p->n_head, p->head_dim);
-          return SS_EINVAL;
-        }
-        memcpy(ref, t->shape, sizeof ref);
-        continue;
-      }
-      {
-        int ok = t->ndim == 4;
-        for (int d = 0; ok && d < 4; d++) ok = t->shape[d] == ref[d];
-        if (!ok) {
-          snprintf(err, errlen,
-                   "past_key_values[%d].%s_shape is %s, expected %s like "
-                   "past_key_values[0].key_shape",
-                   i, fname, ss_shape_str(t->shape, t->ndim, got, sizeof got),
-                   ss_shape_str(ref, 4, want, sizeof want));
-          return SS_EINVAL;
-        }
-      }
-    }
-  }
-  if (in->ndim == 3 && ref[2] + in->shape[1] > p->n_pos) {
-    snprintf(err, errlen, "model '%s': past_len %lld + seq %lld exceeds n_positions %d", m->id,
-             (long long)ref[2], (long long)in->shape[1], p->n_pos);
-    return SS_EINVAL;
-  }
-  return 0;
+  *n_params = ld.n_params;
+  *kind_out = ss_trunk_load_kind(&ld);
+  return rc;
 }
 
 /* ------------------------------------------------------------- the block ---- */
@@ -422,43 +307,44 @@ static ss_attn_dims attn_dims(const gpt2 *p, const gpt2_block *bk, int B, int T,
   return d;
 }
 
-/* The sequences whose rows a block call stacks: usually one ([B, T] rows after P cached ones);
- * a batched decode step stacks several, each with its own past (attention stays per sequence,
- * everything else runs over all rows at once). K, V: that sequence's window [B, H, P+T, D]. */
-typedef struct seq_attn {
-  int row0, B, T, P;
-  const void *past_k, *past_v; /* this layer's past [B, H, P, D] (wire bytes) or NULL when P == 0 */
-  float *K, *V;
-} seq_attn;
+/* The sequences whose rows a block call stacks (models/trunk.h). */
+typedef ss_trunk_seq seq_attn;
 
-static void block_forward(const gpt2 *p, const gpt2_block *bk, const block_acts *a, int BT,
-                          const seq_attn *seqs, int nseq) {
+static void block_forward(const void *impl, int l, void *work, int BT, const seq_attn *seqs,
+                          int nseq) {
+  const gpt2 *p = impl;
+  const gpt2_block *bk = &p->blk[l];
+  const block_acts *a = work; /* the first member of the work struct */
   const int E = p->n_embd, NI = p->n_inner;
   const size_t cells = (size_t)BT * (size_t)E;
   const float *const *w = bk->t;
   /* attention */
-  ss_layernorm_forward(a->ln, a->mean1, a->rstd1, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
-  ss_linear_forward(&p->cc, a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT, 0);
+  ss_op_layernorm_forward(&p->cc, a->ln, a->mean1, a->rstd1, a->x, w[T_LN1_W], w[T_LN1_B], BT, E,
+                          p->eps);
+  ss_op_linear_forward(&p->cc, a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT,
+                       0);
   ss_lora_forward(&p->lora, &bk->lo[LO_ATTN], E, 3 * E, a->qkv, a->ln, BT, a->lt, a->mk,
                   a->xd);
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
     ss_attn_dims d = attn_dims(p, bk, s->B, s->T, s->P);
     const float *qkv = a->qkv + (size_t)s->row0 * 3 * (size_t)E;
-    ss_attention_forward(a->atty + (size_t)s->row0 * (size_t)E, E, a->att, a->att_all, s->K, s->V,
-                         qkv, 3 * E, qkv + E, qkv + 2 * E, 3 * E, s->past_k, s->past_v, &d);
+    ss_op_attention_forward(&p->cc, a->atty + (size_t)s->row0 * (size_t)E, E, a->att, a->att_all,
+                            s->K, s->V, qkv, 3 * E, qkv + E, qkv + 2 * E, 3 * E, s->past_k,
+                            s->past_v, &d, 0, 0.0f);
   }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
-  ss_linear_forward(&p->cc, a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
+  ss_op_linear_forward(&p->cc, a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
   ss_lora_forward(&p->lora, &bk->lo[LO_APROJ], E, E, a->h, a->atty, BT, a->lt, a->mk,
                   a->xd);
   /* mlp */
-  ss_layernorm_forward(a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
-  ss_linear_forward(&p->cc, a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
+  ss_op_layernorm_forward(&p->cc, a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E,
+                          p->eps);
+  ss_op_linear_forward(&p->cc, a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
   ss_lora_forward(&p->lora, &bk->lo[LO_FC], E, NI, a->fc, a->ln, BT, a->lt, a->mk, a->xd);
-  ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
+  ss_op_gelu_tanh_forward(&p->cc, a->fcg, a->fc, (size_t)BT * (size_t)NI);
   if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
-  ss_linear_forward(&p->cc, a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
+  ss_op_linear_forward(&p->cc, a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
   ss_lora_forward(&p->lora, &bk->lo[LO_MPROJ], NI, E, a->y, a->fcg, BT, a->lt, a->mk,
                   a->xd);
 }
@@ -470,6 +356,12 @@ typedef struct block_grads {
   float *dlt;    /* [BT, r] LoRA scratch */
   float *dsink;  /* [2E] LayerNorm gain/bias gradients of a frozen trunk (LoRA) */
 } block_grads;
+
+/* Everything a block call points at: its activations and, in backward, its gradients. */
+typedef struct gpt2_work {
+  block_acts a;
+  block_grads g;
+} gpt2_work;
 
 /* Backward of Conv1D k (weight index; its bias k + 1 unless ib says otherwise, < 0: none) of
  * layer l and of its adapter: dx = dL/dx; weight gradients in full fine-tuning only (LoRA: the
@@ -484,7 +376,7 @@ static void conv_backward(gpt2 *p, int l, int lo, int ib, float *dx, const float
                               SS_W_IN_OUT);
     return;
   }
-  ss_linear_backward(dx, NULL, NULL, dy, x, bk->t[k], BT, C, OC, SS_W_IN_OUT);
+  ss_op_linear_backward(&p->cc, dx, NULL, NULL, dy, x, bk->t[k], BT, C, OC, SS_W_IN_OUT);
   ss_lora_backward(&p->prm, &p->lora, &bk->lo[lo], C, OC, dx, dy, x, BT, a->lt, g->dlt,
                    a->mk, a->xd);
 }
@@ -508,8 +400,10 @@ static void conv_backward(gpt2 *p, int l, int lo, int ib, float *dx, const float
  * zero (sum over keys of dK = sum_i q_i sum_j dS_ij = 0). Float rounding would leave ~1e-8 there,
  * and AdamW, which divides by sqrt(v), would turn that noise into steps of size lr.
  */
-static void block_backward(gpt2 *p, int l, const block_acts *a, const block_grads *g, float *dres,
-                           int B, int T) {
+static int block_backward(void *impl, int l, void *work, float *dres, int B, int T) {
+  gpt2 *p = impl;
+  const block_acts *a = &((gpt2_work *)work)->a;
+  const block_grads *g = &((gpt2_work *)work)->g;
   const gpt2_block *bk = &p->blk[l];
   const float *const *w = bk->t;
   const int E = p->n_embd, NI = p->n_inner, BT = B * T, i0 = l * T_PER_LAYER;
@@ -521,333 +415,116 @@ static void block_backward(gpt2 *p, int l, const block_acts *a, const block_grad
   float *dw1 = full ? ss_params_grad(s, i0 + T_LN1_W) : g->dsink;
   float *db1 = full ? ss_params_grad(s, i0 + T_LN1_B) : g->dsink + E;
   /* mlp */
-  ss_gelu_tanh_forward(a->fcg, a->fc, (size_t)BT * (size_t)NI);
+  ss_op_gelu_tanh_forward(&p->cc, a->fcg, a->fc, (size_t)BT * (size_t)NI);
   conv_backward(p, l, LO_MPROJ, i0 + T_MPROJ_B, g->dfc, dres, a->fcg, BT, NI, E, a, g);
-  ss_gelu_tanh_backward(g->dfc, a->fc, (size_t)BT * (size_t)NI);
-  ss_layernorm_forward(a->ln, NULL, NULL, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
+  ss_op_gelu_tanh_backward(&p->cc, g->dfc, a->fc, (size_t)BT * (size_t)NI);
+  ss_op_layernorm_forward(&p->cc, a->ln, NULL, NULL, a->h, w[T_LN2_W], w[T_LN2_B], BT, E, p->eps);
   conv_backward(p, l, LO_FC, i0 + T_FC_B, g->dln, g->dfc, a->ln, BT, E, NI, a, g);
   ss_params_lock(s);
-  ss_layernorm_backward(dres, dw2, db2, g->dln, a->h, w[T_LN2_W], a->mean2, a->rstd2, BT, E);
+  ss_op_layernorm_backward(&p->cc, dres, dw2, db2, g->dln, a->h, w[T_LN2_W], a->mean2, a->rstd2, BT,
+                           E);
   ss_params_unlock(s);
   /* attention */
   conv_backward(p, l, LO_APROJ, i0 + T_APROJ_B, g->datty, dres, a->atty, BT, E, E, a, g);
-  ss_attention_backward(g->dqkv, g->dqkv + E, g->dqkv + 2 * E, g->datt, g->datty, E, a->att,
-                        a->qkv, 3 * E, a->qkv + E, a->qkv + 2 * E, 3 * E, &d);
-  ss_layernorm_forward(a->ln, NULL, NULL, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
+  ss_op_attention_backward(&p->cc, g->dqkv, g->dqkv + E, g->dqkv + 2 * E, g->datt, g->datty, E,
+                           a->att, a->qkv, 3 * E, a->qkv + E, a->qkv + 2 * E, 3 * E, &d, 0.0f);
+  ss_op_layernorm_forward(&p->cc, a->ln, NULL, NULL, a->x, w[T_LN1_W], w[T_LN1_B], BT, E, p->eps);
   conv_backward(p, l, LO_ATTN, -1, g->dln, g->dqkv, a->ln, BT, E, 3 * E, a, g);
   ss_params_lock(s);
   if (full) {
     float *db = ss_params_grad(s, i0 + T_ATTN_B);
-    ss_bias_backward(db, g->dqkv, 3 * E, BT, E);                      /* query part */
-    ss_bias_backward(db + 2 * E, g->dqkv + 2 * E, 3 * E, BT, E);      /* value part */
+    ss_op_bias_backward(&p->cc, db, g->dqkv, 3 * E, BT, E);                 /* query part */
+    ss_op_bias_backward(&p->cc, db + 2 * E, g->dqkv + 2 * E, 3 * E, BT, E); /* value part */
   }
-  ss_layernorm_backward(dres, dw1, db1, g->dln, a->x, w[T_LN1_W], a->mean1, a->rstd1, BT, E);
+  ss_op_layernorm_backward(&p->cc, dres, dw1, db1, g->dln, a->x, w[T_LN1_W], a->mean1, a->rstd1, BT,
+                           E);
   ss_params_unlock(s);
-}
-
-/* ------------------------------------------------------------- inference ---- */
-
-
-
-static int gpt2_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
-                           const ss_meta *meta, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner;
-  const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
-  const int want_present = kv != NULL && kv->want_present;
-  const ss_kv_layer *past = kv != NULL && kv->n_layers > 0 ? kv->past : NULL;
-  const int P = past != NULL ? (int)past[0].key.shape[2] : 0, T = P + S;
-  const size_t rows = (size_t)B * (size_t)S, kvn = (size_t)B * H * (size_t)T * D;
-  float *scratch;
-  block_acts a;
-  size_t need;
-  (void)meta;
-
-  if (past != NULL && kv->n_layers != L) {
-    snprintf(err, errlen, "model '%s': %d past_key_values entries, expected %d", m->id,
-             kv->n_layers, L);
-    return SS_EINVAL;
-  }
-  if (want_present && (kv->present == NULL || kv->n_layers != L)) {
-    snprintf(err, errlen, "model '%s': present cache needs %d entries", m->id, L);
-    return SS_EINVAL;
-  }
-  /* ln [rows,E] + qkv [rows,3E] + att [rows,E] + fc [rows,I] + scores [S,T] (+ K,V scratch) */
-  need = rows * (5 * (size_t)E + (size_t)NI + (size_t)p->lora.r) + (size_t)S * (size_t)T +
-         (want_present ? 0 : 2 * kvn);
-  if ((scratch = malloc(need * sizeof(float))) == NULL) {
-    snprintf(err, errlen, "model '%s': out of memory for %zu MiB of activations", m->id,
-             need * sizeof(float) >> 20);
-    return SS_ENOMEM;
-  }
-  memset(&a, 0, sizeof a);
-  a.x = a.h = a.y = out->data; /* the residual stream, updated in place */
-  a.ln = scratch;
-  a.qkv = a.ln + rows * (size_t)E;
-  a.atty = a.qkv + rows * 3 * (size_t)E;
-  a.fc = a.fcg = a.atty + rows * (size_t)E;
-  a.lt = a.fc + rows * (size_t)NI; /* [rows, r] */
-  a.att = a.lt + rows * (size_t)p->lora.r;
-  if (!want_present) {
-    a.K = a.att + (size_t)S * (size_t)T;
-    a.V = a.K + kvn;
-  } else {
-    memset(kv->present, 0, (size_t)L * sizeof *kv->present);
-  }
-  if ((void *)a.x != in->data) memmove(a.x, in->data, rows * (size_t)E * sizeof(float));
-
-  for (int l = 0; l < L; l++) {
-    if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
-      if (want_present) ss_trunk_free_present(kv, l);
-      free(scratch);
-      return SS_ECANCELLED;
-    }
-    if (want_present) {
-      if (ss_trunk_alloc_present(&kv->present[l], B, H, T, D) != 0) {
-        ss_trunk_free_present(kv, l + 1);
-        free(scratch);
-        snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
-        return SS_ENOMEM;
-      }
-      a.K = kv->present[l].key.data;
-      a.V = kv->present[l].value.data;
-    }
-    seq_attn s = {0, B, S, P, P > 0 ? past[l].key.data : NULL, P > 0 ? past[l].value.data : NULL,
-                  a.K, a.V};
-    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
-  }
-  free(scratch);
   return 0;
 }
 
-/* n one-token decode steps of different sequences (each [1, 1, E] with its own past, of any
- * length), one batch through the dense layers: each layer's GEMMs see n rows instead of 1, while
- * attention runs per sequence over its own window. Each step's result equals forward_kv alone. */
-static int gpt2_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, ss_tensor *out,
-                                 ss_kv_io *kv, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  const int E = p->n_embd, H = p->n_head, D = p->head_dim, NI = p->n_inner, L = p->b - p->a;
-  size_t maxT = 1, kvscratch = 0;
-  for (int i = 0; i < n; i++) {
-    if (in[i].ndim != 3 || in[i].shape[0] != 1 || in[i].shape[1] != 1) {
-      snprintf(err, errlen, "model '%s': a batched decode step is one token [1,1,%d]", m->id, E);
-      return SS_EINVAL;
-    }
-    size_t T = 1 + (kv[i].past ? (size_t)kv[i].past[0].key.shape[2] : 0);
-    if (T > maxT) maxT = T;
-    if (!kv[i].want_present) kvscratch += 2 * (size_t)H * T * (size_t)D;
+/* ------------------------------------------------------------- the activation table ---- */
+
+/* Slots of the table (after the runtime's x, h, y, K, V), in the order they are carved. */
+/* clang-format off */
+enum {
+  S_LN = SS_TRUNK_SLOTS0, S_QKV, S_ATTY, S_FC, S_FCG, S_MEAN1, S_RSTD1, S_MEAN2, S_RSTD2, S_ATT,
+  S_LT, S_XD, S_DLN, S_DATTY, S_DQKV, S_DFC, S_DATT, S_DLT, S_DSINK, N_SLOTS
+};
+#define A_(f) offsetof(gpt2_work, a.f)
+#define G_(f) offsetof(gpt2_work, g.f)
+static const size_t slots[N_SLOTS] = {
+    SS_TRUNK_COMMON_SLOTS(gpt2_work), [S_LN] = A_(ln), [S_QKV] = A_(qkv), [S_ATTY] = A_(atty),
+    [S_FC] = A_(fc), [S_FCG] = A_(fcg), [S_MEAN1] = A_(mean1), [S_RSTD1] = A_(rstd1),
+    [S_MEAN2] = A_(mean2), [S_RSTD2] = A_(rstd2), [S_ATT] = A_(att), [S_LT] = A_(lt),
+    [S_XD] = A_(xd), [S_DLN] = G_(dln), [S_DATTY] = G_(datty), [S_DQKV] = G_(dqkv),
+    [S_DFC] = G_(dfc), [S_DATT] = G_(datt), [S_DLT] = G_(dlt), [S_DSINK] = G_(dsink)};
+/* clang-format on */
+
+/* Floats per slot of each phase (models/trunk.h; K, V scratch: the runtime's):
+ *   infer, batch  ln, atty [R, E]; qkv [R, 3E]; fc == fcg [R, I]; lt [R, r]; att [S, T]
+ *                 (batch: x [R, E], h == y == x)
+ *   train         ln [R, E]; fcg [R, I]; lt [R, r]; xd [R, I] with dropout
+ *   saved         x, h, atty [R, E]; qkv [R, 3E]; fc [R, I]; mean1, rstd1, mean2, rstd2 [R];
+ *                 att [B, H, S, S]
+ *   backward      ln, dln, datty [R, E]; dqkv [R, 3E]; fcg, dfc [R, I]; datt [S, S]; lt, dlt
+ *                 [R, r]; dsink [2E]; xd [R, I] with dropout */
+static void gpt2_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims *d, size_t *n) {
+  const gpt2 *p = impl;
+  const size_t R = d->rows, E = (size_t)p->n_embd, I = (size_t)p->n_inner, r = (size_t)p->lora.r;
+  switch (ph) {
+    case SS_TRUNK_BATCH:
+      n[SS_TRUNK_X] = R * E;
+      n[SS_TRUNK_H] = n[SS_TRUNK_Y] = SS_TRUNK_ALIAS(SS_TRUNK_X);
+      /* fall through */
+    case SS_TRUNK_INFER:
+      n[S_LN] = n[S_ATTY] = R * E;
+      n[S_QKV] = 3 * R * E;
+      n[S_FC] = R * I;
+      n[S_FCG] = SS_TRUNK_ALIAS(S_FC);
+      n[S_LT] = R * r;
+      n[S_ATT] = (size_t)d->S * (size_t)d->T;
+      break;
+    case SS_TRUNK_TRAIN:
+      n[S_LN] = R * E;
+      n[S_FCG] = R * I;
+      n[S_LT] = R * r;
+      n[S_XD] = d->dropout ? R * I : 0;
+      break;
+    case SS_TRUNK_SAVED:
+      n[SS_TRUNK_X] = n[SS_TRUNK_H] = n[S_ATTY] = R * E;
+      n[S_QKV] = 3 * R * E;
+      n[S_FC] = R * I;
+      n[S_MEAN1] = n[S_RSTD1] = n[S_MEAN2] = n[S_RSTD2] = R;
+      n[S_ATT] = (size_t)d->B * (size_t)p->n_head * (size_t)d->S * (size_t)d->S;
+      break;
+    case SS_TRUNK_BACKWARD:
+      n[S_LN] = n[S_DLN] = n[S_DATTY] = R * E;
+      n[S_DQKV] = 3 * R * E;
+      n[S_FCG] = n[S_DFC] = R * I;
+      n[S_DATT] = (size_t)d->S * (size_t)d->S;
+      n[S_LT] = n[S_DLT] = R * r;
+      n[S_DSINK] = 2 * E;
+      n[S_XD] = d->dropout ? R * I : 0;
+      break;
+    default: break;
   }
-  const size_t rows = (size_t)n;
-  /* ln, qkv (3), atty [rows, E]; fc [rows, I]; scores [1, maxT]; x [rows, E]; K/V scratch */
-  size_t need = rows * (6 * (size_t)E + (size_t)NI + (size_t)p->lora.r) + maxT + kvscratch;
-  float *scratch = malloc(need * sizeof(float));
-  seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
-  if (!scratch || !seqs) {
-    free(scratch);
-    free(seqs);
-    snprintf(err, errlen, "model '%s': out of memory for a batched decode step", m->id);
-    return SS_ENOMEM;
-  }
-  block_acts a;
-  memset(&a, 0, sizeof a);
-  a.ln = scratch;
-  a.qkv = a.ln + rows * (size_t)E;
-  a.atty = a.qkv + rows * 3 * (size_t)E;
-  a.fc = a.fcg = a.atty + rows * (size_t)E;
-  a.lt = a.fc + rows * (size_t)NI; /* [rows, r] */
-  a.att = a.lt + rows * (size_t)p->lora.r;
-  a.x = a.h = a.y = a.att + maxT;
-  float *kvs = a.x + rows * (size_t)E;
-  for (int i = 0; i < n; i++) {
-    memcpy(a.x + (size_t)i * (size_t)E, in[i].data, (size_t)E * sizeof(float));
-    if (kv[i].want_present) memset(kv[i].present, 0, (size_t)L * sizeof *kv[i].present);
-  }
-  int rc = 0;
-  float **win = calloc(2 * (size_t)n, sizeof *win);
-  if (!win) rc = SS_ENOMEM;
-  for (int l = 0; l < L && rc == 0; l++) {
-    if ((rc = ss_trunk_batch_windows(kv, n, l, H, D, kvs, win, win + n)) != 0) break;
-    for (int i = 0; i < n; i++) {
-      int P = ss_trunk_past_len(&kv[i]);
-      seqs[i] = (seq_attn){i, 1, 1, P, P ? kv[i].past[l].key.data : NULL,
-                           P ? kv[i].past[l].value.data : NULL, win[i], win[n + i]};
-    }
-    block_forward(p, &p->blk[l], &a, n, seqs, n);
-  }
-  free(win);
-  rc = ss_trunk_batch_finish(m, rc, n, L, E, a.x, out, kv, err, errlen);
-  free(seqs);
-  free(scratch);
-  return rc;
 }
 
-static int gpt2_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
-                        char *err, size_t errlen) {
-  return gpt2_forward_kv(m, in, out, NULL, meta, err, errlen);
-}
+static void gpt2_destroy(void *impl) { gpt2_free(impl); }
 
-/* ------------------------------------------------------------- training ---- */
+static const ss_trunk_arch gpt2_arch = {.kind = "gpt2",
+                                        .pos_key = "n_positions",
+                                        .kv_heads_key = "n_head",
+                                        SS_TRUNK_WORK(gpt2_work, slots),
+                                        .sizes = gpt2_sizes,
+                                        .block_forward = block_forward,
+                                        .block_backward = block_backward,
+                                        .lora_targets = lora_targets,
+                                        .n_lora_targets = 3,
+                                        .fan_in_fan_out = 1,
+                                        .destroy = gpt2_destroy};
 
-/*
- * Training (no KV cache: a training forward always starts at position 0). Per block l,
- * forward_train keeps what backward needs, in one allocation (see saved_layer):
- *   x      [BT, E]     the block's input (the residual stream)
- *   h      [BT, E]     the residual after attention (ln_2's input)
- *   qkv    [BT, 3E]    ln_1(x) c_attn + b
- *   atty   [BT, E]     attention output before c_proj (heads side by side)
- *   fc     [BT, I]     c_fc output before gelu_new
- *   att    [B, H, S, S] softmax probabilities (zero above the diagonal)
- *   mean1, rstd1, mean2, rstd2 [BT]  LayerNorm statistics
- * ln_1(x), ln_2(h) and gelu_new(fc) are recomputed in backward from these (cheap, O(BT x E)).
- */
-typedef struct gpt2_saved {
-  int B, S;
-  ss_lora_mask mk;  /* LoRA dropout of this forward (p 0: none) */
-  size_t per_layer; /* floats per layer */
-  float *buf;       /* L x per_layer */
-} gpt2_saved;
-
-static size_t saved_per_layer(const gpt2 *p, int B, int S) {
-  size_t rows = (size_t)B * (size_t)S;
-  return rows * (6 * (size_t)p->n_embd + (size_t)p->n_inner + 4) +
-         (size_t)B * (size_t)p->n_head * (size_t)S * (size_t)S;
-}
-
-/* Point a's saved fields at layer l's record (y: the next layer's x, or out for the last). */
-static void saved_layer(const gpt2 *p, const gpt2_saved *sv, int l, float *out, block_acts *a) {
-  size_t rows = (size_t)sv->B * (size_t)sv->S, E = (size_t)p->n_embd;
-  float *q = sv->buf + (size_t)l * sv->per_layer;
-  a->x = q;
-  a->h = a->x + rows * E;
-  a->qkv = a->h + rows * E;
-  a->atty = a->qkv + rows * 3 * E;
-  a->fc = a->atty + rows * E;
-  a->mean1 = a->fc + rows * (size_t)p->n_inner;
-  a->rstd1 = a->mean1 + rows;
-  a->mean2 = a->rstd1 + rows;
-  a->rstd2 = a->mean2 + rows;
-  a->att = a->rstd2 + rows;
-  a->att_all = 1;
-  a->y = l + 1 < p->b - p->a ? q + sv->per_layer : out;
-}
-
-static int gpt2_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
-                              const char *forward_id, void **saved, size_t *saved_bytes, char *err,
-                              size_t errlen) {
-  const gpt2 *p = m->impl;
-  const int E = p->n_embd, NI = p->n_inner;
-  const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
-  const size_t rows = (size_t)B * (size_t)S;
-  size_t per = saved_per_layer(p, B, S), total;
-  gpt2_saved *sv = NULL;
-  float *scratch = NULL;
-  block_acts a;
-
-  *saved = NULL;
-  *saved_bytes = 0;
-  /* scratch: ln [BT, E], fcg [BT, I], K and V [B, H, S, D], lt [BT, r], xd [BT, I] (dropout) */
-  if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
-      (sv = malloc(sizeof *sv + total)) == NULL ||
-      (scratch = malloc(rows *
-                        (3 * (size_t)E + (size_t)NI + (size_t)p->lora.r +
-                         (p->lora.dropout > 0.0f ? (size_t)NI : 0)) * sizeof(float))) == NULL) {
-    free(sv);
-    snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
-             total >> 20);
-    return SS_ENOMEM;
-  }
-  sv->B = B;
-  sv->S = S;
-  sv->per_layer = per;
-  sv->buf = (float *)(sv + 1);
-  a.ln = scratch;
-  a.fcg = a.ln + rows * (size_t)E;
-  a.K = a.fcg + rows * (size_t)NI;
-  a.V = a.K + rows * (size_t)E;
-  a.lt = a.V + rows * (size_t)E; /* [BT, r] */
-  a.xd = a.lt + rows * (size_t)p->lora.r; /* [BT, I] with dropout */
-  sv->mk.p = p->lora.dropout;
-  sv->mk.key = p->lora.dropout > 0.0f ? ss_lora_mask_key(p->lora.seed, forward_id) : 0;
-  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;
-  memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
-  for (int l = 0; l < L; l++) {
-    saved_layer(p, sv, l, out->data, &a);
-    seq_attn s = {0, B, S, 0, NULL, NULL, a.K, a.V};
-    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
-  }
-  free(scratch);
-  *saved = sv;
-  *saved_bytes = sizeof *sv + total;
-  return 0;
-}
-
-static int gpt2_backward(ss_model *m, const void *saved, const ss_tensor *grad_out,
-                         ss_tensor *grad_in, char *err, size_t errlen) {
-  gpt2 *p = m->impl;
-  const gpt2_saved *sv = saved;
-  const int E = p->n_embd, NI = p->n_inner;
-  const int B = sv->B, S = sv->S, L = p->b - p->a;
-  const size_t rows = (size_t)B * (size_t)S;
-  float *dres = grad_in->data, *scratch = NULL;
-  block_acts a;
-  block_grads g;
-  size_t need;
-
-  if (grad_out->numel != rows * (size_t)E || grad_in->numel != rows * (size_t)E) {
-    snprintf(err, errlen,
-             "model '%s': backward got grad_output of %zu values and grad_input of "
-             "%zu, expected %zu for [%d, %d, %d]",
-             m->id, grad_out->numel, grad_in->numel, rows * (size_t)E, B, S, E);
-    return SS_EINVAL;
-  }
-  /* ln, dln, datty [R,E]; dqkv [R,3E]; fcg, dfc [R,I]; datt [S,S]; lt, dlt [R,r]; dsink [2E];
-   * xd [R,I] with dropout */
-  need = rows * (6 * (size_t)E + 2 * (size_t)NI + 2 * (size_t)p->lora.r +
-                 (sv->mk.p > 0.0f ? (size_t)NI : 0)) +
-         (size_t)S * (size_t)S + 2 * (size_t)E;
-  if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
-    snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
-    return SS_ENOMEM;
-  }
-  a.ln = scratch;
-  g.dln = a.ln + rows * (size_t)E;
-  g.datty = g.dln + rows * (size_t)E;
-  g.dqkv = g.datty + rows * (size_t)E;
-  a.fcg = g.dqkv + rows * 3 * (size_t)E;
-  g.dfc = a.fcg + rows * (size_t)NI;
-  g.datt = g.dfc + rows * (size_t)NI;
-  a.lt = g.datt + (size_t)S * (size_t)S; /* [BT, r] each */
-  g.dlt = a.lt + rows * (size_t)p->lora.r;
-  g.dsink = g.dlt + rows * (size_t)p->lora.r; /* [2E] */
-  a.xd = g.dsink + 2 * (size_t)E;              /* [BT, I] */
-  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;     /* the forward's masks */
-  memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
-  for (int l = L - 1; l >= 0; l--) {
-    saved_layer(p, sv, l, NULL, &a);
-    block_backward(p, l, &a, &g, dres, B, S);
-  }
-  free(scratch);
-  return 0;
-}
-
-static int gpt2_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
-  gpt2 *p = m->impl;
-  return ss_params_step(&p->prm, opt, m->id, err, errlen); /* all or nothing (nn/optim.c) */
-}
-
-static void gpt2_free_saved(const ss_model *m, void *saved) {
-  (void)m;
-  free(saved);
-}
-
-/* The trunk's tensors under their original names ("[transformer.]h.{i}.<suffix>"), F32; with
- * LoRA the PEFT directory (fan_in_fan_out: Conv1D weights). */
-static int gpt2_save(const ss_model *m, const char *path, char *err, size_t errlen) {
-  const gpt2 *p = m->impl;
-  if (p->lora.r > 0)
-    return ss_lora_save(&p->prm, &p->lora, lora_targets, 3, p->a, p->b, 1, path, err, errlen);
-  return ss_params_save(&p->prm, path, err, errlen);
-}
+/* ------------------------------------------------------------- LoRA and parameters ---- */
 
 /* The PEFT key of layer's adapted module lo (PEFT over GPT2LMHeadModel:
  * base_model.model.transformer.h.{i}.attn.c_attn; a file written over a bare GPT2Model,
@@ -926,108 +603,45 @@ static int gpt2_params(gpt2 *p) {
   return 0;
 }
 
-static void gpt2_destroy(ss_model *m) {
-  gpt2_free(m->impl);
-  m->impl = NULL;
-}
-
-static size_t gpt2_train_bytes(const ss_model *m, const ss_tensor *in) {
-  const gpt2 *p = m->impl;
-  size_t total;
-  if (in->ndim != 3 || in->shape[0] > INT_MAX || in->shape[1] > INT_MAX) return SIZE_MAX;
-  if (__builtin_mul_overflow(saved_per_layer(p, (int)in->shape[0], (int)in->shape[1]),
-                             (size_t)(p->b - p->a) * sizeof(float), &total))
-    return SIZE_MAX;
-  return sizeof(gpt2_saved) + total;
-}
-
-static const ss_model_ops gpt2_ops = {.check = gpt2_check,
-                                      .train_bytes = gpt2_train_bytes,
-                                      .forward = gpt2_forward,
-                                      .destroy = gpt2_destroy,
-                                      .check_kv = gpt2_check_kv,
-                                      .forward_kv_batch = gpt2_forward_kv_batch,
-                                      .forward_kv = gpt2_forward_kv,
-                                      .forward_train = gpt2_forward_train,
-                                      .backward = gpt2_backward,
-                                      .step = gpt2_step,
-                                      .free_saved = gpt2_free_saved,
-                                      .save = gpt2_save};
-
 /* ------------------------------------------------------------- constructor ---- */
 
+/* The adapter and parameter set-up as the runtime calls them (ss_trunk_training). */
+static int gpt2_lora_setup(void *impl, const char *adapter, char *msg, size_t len) {
+  return lora_setup(impl, adapter, msg, len);
+}
+
+static int gpt2_params_of(void *impl) { return gpt2_params(impl); }
+
 int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
-  const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
-  const char *lrank = NULL, *lalpha = NULL, *ltargets = NULL, *adapter = NULL;
-  const char *ldrop = NULL, *lseed = NULL;
+  const char *config, *dt = "f32";
   char cfg_buf[4096], msg[1024];
   int scale_weights = 1, scale_by_layer = 0, rc; /* set by load_config */
   int64_t n_params = 0;
+  ss_trunk_spec sp;
   gpt2 *p;
 
-  for (size_t i = 0; i < n; i++) {
-    const char *k = params[2 * i], *v = params[2 * i + 1];
-    if (strcmp(k, "weights") == 0)
-      weights = v;
-    else if (strcmp(k, "config") == 0)
-      config = v;
-    else if (strcmp(k, "layers") == 0)
-      layers = v;
-    else if (strcmp(k, "lora_rank") == 0)
-      lrank = v;
-    else if (strcmp(k, "lora_alpha") == 0)
-      lalpha = v;
-    else if (strcmp(k, "lora_targets") == 0)
-      ltargets = v;
-    else if (strcmp(k, "adapter") == 0)
-      adapter = v;
-    else if (strcmp(k, "lora_dropout") == 0)
-      ldrop = v;
-    else if (strcmp(k, "lora_seed") == 0)
-      lseed = v;
-    else {
-      snprintf(err, errlen,
-               "model '%s': unknown parameter '%s' for kind 'gpt2' (known: weights, "
-               "config, layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
-               "lora_seed)",
-               m->id, k);
-      return SS_EINVAL;
-    }
-  }
-  if (weights == NULL || weights[0] == '\0') {
-    snprintf(err, errlen,
-             "model '%s': kind 'gpt2' needs weights=PATH (a Hugging Face GPT-2 "
-             "model.safetensors)",
-             m->id);
-    return SS_EINVAL;
-  }
+  if ((rc = ss_trunk_spec_parse(m, "gpt2", "a Hugging Face GPT-2 model.safetensors", params, n, &sp,
+                                err, errlen)) != 0)
+    return rc;
+  config = sp.config;
   if (config == NULL || config[0] == '\0') {
-    const char *slash = strrchr(weights, '/');
-    int dl = slash ? (int)(slash - weights) + 1 : 0;
-    snprintf(cfg_buf, sizeof cfg_buf, "%.*sconfig.json", dl, weights);
+    const char *slash = strrchr(sp.weights, '/');
+    int dl = slash ? (int)(slash - sp.weights) + 1 : 0;
+    snprintf(cfg_buf, sizeof cfg_buf, "%.*sconfig.json", dl, sp.weights);
     config = cfg_buf;
   }
   if ((p = calloc(1, sizeof *p)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
-  rc = ss_st_open(weights, &p->st, msg, sizeof msg);
+  rc = ss_st_open(sp.weights, &p->st, msg, sizeof msg);
   if (rc == 0) rc = load_config(p, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
-  if (rc == 0) rc = ss_trunk_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
-  if (rc == 0) rc = load_weights(p, weights, &dt, &n_params, msg, sizeof msg);
-  /* LoRA (PEFT's default target for GPT-2: c_attn) */
+  if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
+  if (rc == 0) rc = load_weights(p, sp.weights, &dt, &n_params, msg, sizeof msg);
+  /* LoRA (PEFT's default target for GPT-2: c_attn), parameters, optimizer state */
   if (rc == 0)
-    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, ldrop, lseed, lora_targets, 3, 1u << 0,
-                          &p->lora, msg, sizeof msg);
-  if (rc == 0 && p->lora.r > 0) rc = lora_setup(p, adapter, msg, sizeof msg);
-  if (rc == 0 && gpt2_params(p) != 0) {
-    snprintf(msg, sizeof msg, "out of memory");
-    rc = SS_ENOMEM;
-  }
-  if (rc == 0 && p->lora.r == 0) /* a checkpoint's optimizer state */
-    rc = ss_params_restore(&p->prm, p->st, msg, sizeof msg);
-  else if (rc == 0 && adapter != NULL) /* the adapter's */
-    rc = ss_lora_restore(&p->prm, adapter, msg, sizeof msg);
+    rc = ss_trunk_training(&gpt2_arch, p, &sp, 1u << 0, &p->lora, &p->prm, p->st, gpt2_lora_setup,
+                           gpt2_params_of, msg, sizeof msg);
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     gpt2_free(p);
@@ -1038,22 +652,10 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
     if (scale_by_layer) s /= (double)(p->a + l + 1);
     p->blk[l].attn_scale = (float)s;
   }
-  m->kind = "gpt2";
-  m->ops = &gpt2_ops;
-  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m};
-  m->impl = p;
-  m->weights = p->st;
-  m->exec = SS_EXEC_WORKER;
-  m->echo = 0;
-  m->n_kv_layers = p->b - p->a;
-  m->n_params = n_params;
-  m->weight_bytes = (size_t)n_params * sizeof(float);
-  {
-    char lora[64] = "";
-    if (p->lora.r > 0) snprintf(lora, sizeof lora, ", LoRA r %d", p->lora.r);
-    snprintf(m->describe, sizeof m->describe,
-             "gpt2 layers %d:%d of %d (n_embd %d, %d heads), %.1fM params, %s%s", p->a, p->b,
-             p->n_layer, p->n_embd, p->n_head, (double)n_params / 1e6, dt, lora);
-  }
-  return 0;
+  snprintf(m->describe, sizeof m->describe,
+           "gpt2 layers %d:%d of %d (n_embd %d, %d heads), %.1fM params, %s", p->a, p->b,
+           p->n_layer, p->n_embd, p->n_head, (double)n_params / 1e6, dt);
+  const ss_trunk t = {&gpt2_arch, p,           p->a,    p->b,   p->n_pos, p->n_embd,
+                      p->n_head,  p->head_dim, &p->prm, &p->cc, &p->lora};
+  return ss_trunk_attach(m, &t, p->st, n_params, err, errlen);
 }

@@ -57,9 +57,10 @@
  *         the position of its stream (temporal, height, width; chunked sections or Qwen3-VL's
  *         interleaved layout). Text positions are the same in all three streams, so it is the
  *         plain rope unless the request gives the streams (below).
- * It is written once (block_forward / block_backward) on the nn/ ops and serves inference with
- * or without a cache, decode steps and training. Every projection goes through proj_forward /
- * proj_backward, which add the LoRA path when the projection has an adapter.
+ * It is written once (block_forward / block_backward) on the ops of nn/backend/backend.h, and
+ * the trunk runtime (models/trunk.h) runs it for inference with or without a cache, decode steps
+ * and training, from this file's activation table (llama_sizes). Every projection goes through
+ * proj_forward / proj_backward, which add the LoRA path when the projection has an adapter.
  *
  * Positions: a call's first token sits at the past length P (0 without a cache), or at the
  * request metadata position_offset when given (the cache index still decides the causal mask).
@@ -82,7 +83,8 @@
  * forwards, masks from (lora_seed, forward id, layer, element): models/lora.h.
  *
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
- * loop thread; forward()/forward_kv() on workers, reentrant (all scratch is malloc'd per call).
+ * loop thread; forward()/forward_kv() on workers, reentrant (all scratch comes from the
+ * model's backend per call).
  * Training follows model.h: forward_train/backward under the read lock (gradient sums on the
  * params mutex), step under the write lock (the only writer), save under the read lock.
  */
@@ -91,6 +93,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,15 +103,10 @@
 
 #include "core/config.h"
 #include "core/file.h"
-#include "models/model.h"
-#include "models/nn/attention.h"
-#include "models/nn/gelu.h"
-#include "models/nn/linear.h"
-#include "models/nn/matmul.h"
-#include "models/nn/rmsnorm.h"
-#include "models/nn/rope.h"
-#include "models/nn/silu.h"
 #include "models/lora.h"
+#include "models/model.h"
+#include "models/nn/backend/backend.h"
+#include "models/nn/rope.h"
 #include "models/params.h"
 #include "models/safetensors.h"
 #include "models/trunk.h"
@@ -807,11 +805,10 @@ static void tensor_slot(lblock *bk, int j, const float ***view, float ***own) {
 
 static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_out,
                         int64_t *n_params, char *err, size_t errlen) {
-  char name[256], full[300], missing[400];
-  size_t mpos = 0;
-  int n_missing = 0, L = p->b - p->a, rc;
-  unsigned dts = 0, copied = 0;
+  char name[256], full[300], dims[160];
+  int L = p->b - p->a, rc;
   const ss_st_tensor **found;
+  ss_trunk_load ld;
 
   /* the prefix: "model." (HF), none, or the language model's inside a VL checkpoint (newer
    * transformers: model.language_model., older gemma3: language_model.model.) */
@@ -825,14 +822,9 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
       if (rc != 0) return rc;
     }
   }
-  found = calloc((size_t)L * W_PER_LAYER, sizeof *found);
-  p->blk = calloc((size_t)L, sizeof *p->blk);
-  if (found == NULL || p->blk == NULL) {
-    free(found);
-    snprintf(err, errlen, "weights %.200s: out of memory", path);
+  if ((p->blk = ss_trunk_load_begin(&ld, (size_t)L * W_PER_LAYER, &found, (size_t)L, sizeof *p->blk,
+                                    path, err, errlen)) == NULL)
     return SS_ENOMEM;
-  }
-  missing[0] = '\0';
   for (int l = 0; l < L; l++) {
     for (int j = 0; j < W_PER_LAYER; j++) {
       int64_t shape[2];
@@ -844,23 +836,16 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
         free(found);
         return rc;
       }
-      if (found[l * W_PER_LAYER + j] == NULL && n_missing++ < 6 && mpos < sizeof missing) {
-        int wr = snprintf(missing + mpos, sizeof missing - mpos, "%s%s", mpos ? ", " : "", full);
-        if (wr > 0) mpos += (size_t)wr;
-      }
+      if (found[l * W_PER_LAYER + j] == NULL) ss_trunk_missing(&ld, full);
     }
   }
-  if (n_missing > 0) {
-    if (n_missing > 6)
-      snprintf(err, errlen, "weights %.200s: %d tensors of layers %d:%d missing: %s, ... (%d more)",
-               path, n_missing, p->a, p->b, missing, n_missing - 6);
-    else
-      snprintf(err, errlen, "weights %.200s: %d tensor%s of layers %d:%d missing: %s", path,
-               n_missing, n_missing == 1 ? "" : "s", p->a, p->b, missing);
+  if ((rc = ss_trunk_missing_check(&ld, path, p->a, p->b, err, errlen)) != 0) {
     free(found);
-    return SS_EINVAL;
+    return rc;
   }
-  *n_params = 0;
+  snprintf(dims, sizeof dims,
+           "hidden_size %d, %d heads, %d kv heads, head_dim %d, intermediate_size %d", p->E, p->NH,
+           p->NKV, p->D, p->I);
   for (int l = 0; l < L; l++) {
     for (int k = 0; k < N_PROJ; k++) {
       proj_dims(p, k, &p->blk[l].pr[k].in, &p->blk[l].pr[k].out);
@@ -873,42 +858,20 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
     for (int j = 0; j < W_PER_LAYER; j++) {
       const ss_st_tensor *t = found[l * W_PER_LAYER + j];
       int64_t shape[2];
-      int ndim, ok;
+      int ndim;
       const float **view;
       float **own;
       if (tensor_desc(p, p->a + l, j, name, sizeof name, shape, &ndim) != 0) continue;
-      ok = t->ndim == ndim;
-      for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
-      if (!ok) {
-        char got[128], want[128];
-        snprintf(err, errlen,
-                 "weights %.200s: '%s' has shape %s, expected %s (hidden_size %d, %d heads, %d kv "
-                 "heads, head_dim %d, intermediate_size %d from the config)",
-                 path, t->name, ss_shape_str(t->shape, t->ndim, got, sizeof got),
-                 ss_shape_str(shape, ndim, want, sizeof want), p->E, p->NH, p->NKV, p->D, p->I);
-        free(found);
-        return SS_EINVAL;
-      }
       tensor_slot(&p->blk[l], j, &view, &own);
-      if (ss_st_f32(t, view, own) != 0) {
-        snprintf(err, errlen, "weights %.200s: out of memory", path);
+      if ((rc = ss_trunk_weight(&ld, t, shape, ndim, view, own, path, dims, err, errlen)) != 0) {
         free(found);
-        return SS_ENOMEM;
+        return rc;
       }
-      dts |= 1u << t->dtype;
-      if (t->dtype == SS_DTYPE_F32 && *own != NULL) copied = 1;
-      *n_params += (int64_t)t->numel;
     }
   }
   free(found);
-  if (dts == 1u << SS_DTYPE_F32)
-    *kind_out = copied ? "f32 copied" : "f32 mmap";
-  else if (dts == 1u << SS_DTYPE_F16)
-    *kind_out = "f16->f32";
-  else if (dts == 1u << SS_DTYPE_BF16)
-    *kind_out = "bf16->f32";
-  else
-    *kind_out = "mixed->f32";
+  *n_params = ld.n_params;
+  *kind_out = ss_trunk_load_kind(&ld);
   return 0;
 }
 
@@ -917,7 +880,7 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
 /* metadata position_offset: absent -> *pos = -1; else an integer in [0, n_pos]. */
 static int position_offset(const ss_model *m, const ss_meta *meta, int *pos, char *err,
                            size_t errlen) {
-  const llama *p = m->impl;
+  const llama *p = ((const ss_trunk *)m->impl)->impl;
   double d;
   *pos = -1;
   if (meta == NULL || ss_meta_get(meta, "position_offset") == NULL) return 0;
@@ -935,13 +898,11 @@ static int position_offset(const ss_model *m, const ss_meta *meta, int *pos, cha
 static int mrope_positions(const ss_model *m, const ss_meta *meta, int B, int S, int **pos,
                            char *err, size_t errlen);
 
-static int llama_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta,
-                       int64_t *out_shape, int *out_ndim, char *err, size_t errlen) {
-  const llama *p = m->impl;
+/* The runtime has checked the hidden states: the metadata that places the tokens. */
+static int llama_check_meta(const ss_model *m, const ss_tensor *in, const ss_meta *meta, char *err,
+                            size_t errlen) {
+  const llama *p = ((const ss_trunk *)m->impl)->impl;
   int pos;
-  if (ss_trunk_check_hidden(m, in, p->E, p->n_pos, "max_position_embeddings", out_shape, out_ndim,
-                            err, errlen) != 0)
-    return SS_EINVAL;
   if (position_offset(m, meta, &pos, err, errlen) != 0) return SS_EINVAL;
   if (meta != NULL && ss_meta_get(meta, "mrope_positions") != NULL) {
     int *mp = NULL;
@@ -958,63 +919,6 @@ static int llama_check(const ss_model *m, const ss_tensor *in, const ss_meta *me
   return 0;
 }
 
-static int llama_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_layer *past,
-                          int n_past, char *err, size_t errlen) {
-  const llama *p = m->impl;
-  char got[128], want[128];
-  int64_t ref[4] = {0, 0, 0, 0};
-  if (n_past == 0) return 0;
-  if (n_past != m->n_kv_layers) {
-    snprintf(err, errlen,
-             "model '%s' expects %d past_key_values entries (one per trunk layer %d:%d), got %d",
-             m->id, m->n_kv_layers, p->a, p->b, n_past);
-    return SS_EINVAL;
-  }
-  for (int i = 0; i < n_past; i++) {
-    for (int f = 0; f < 2; f++) {
-      const ss_tensor *t = f ? &past[i].value : &past[i].key;
-      const char *fname = f ? "value" : "key";
-      int ok = t->ndim == 4;
-      if (t->dtype != SS_DTYPE_F32) {
-        snprintf(err, errlen, "past_key_values[%d].%s must be float32, got %s", i, fname,
-                 ss_dtype_name(t->dtype));
-        return SS_EINVAL;
-      }
-      if (i == 0 && f == 0) {
-        int64_t ws[4] = {in->ndim == 3 ? in->shape[0] : 1, p->NKV, t->ndim == 4 ? t->shape[2] : 0,
-                         p->D};
-        for (int d = 0; ok && d < 4; d++) ok = t->shape[d] == ws[d] && t->shape[d] >= 0;
-        if (!ok) {
-          snprintf(err, errlen,
-                   "past_key_values[0].key_shape (layer %d) is %s, expected [%lld,%d,past_len,%d] "
-                   "([batch, num_key_value_heads, past_len, head_dim])",
-                   p->a, ss_shape_str(t->shape, t->ndim, got, sizeof got), (long long)ws[0],
-                   p->NKV, p->D);
-          return SS_EINVAL;
-        }
-        memcpy(ref, t->shape, sizeof ref);
-        continue;
-      }
-      for (int d = 0; ok && d < 4; d++) ok = t->shape[d] == ref[d];
-      if (!ok) {
-        snprintf(err, errlen,
-                 "past_key_values[%d].%s_shape (layer %d) is %s, expected %s like "
-                 "past_key_values[0].key_shape",
-                 i, fname, p->a + i, ss_shape_str(t->shape, t->ndim, got, sizeof got),
-                 ss_shape_str(ref, 4, want, sizeof want));
-        return SS_EINVAL;
-      }
-    }
-  }
-  if (in->ndim == 3 && ref[2] + in->shape[1] > p->n_pos) {
-    snprintf(err, errlen,
-             "model '%s': past_len %lld + seq %lld exceeds max_position_embeddings %d", m->id,
-             (long long)ref[2], (long long)in->shape[1], p->n_pos);
-    return SS_EINVAL;
-  }
-  return 0;
-}
-
 /* ------------------------------------------------------------- projections ---- */
 
 /* y [BT, out] (=, or += when accumulate) x [BT, in] W^T + b, + s (x A^T) B^T with an adapter.
@@ -1022,7 +926,7 @@ static int llama_check_kv(const ss_model *m, const ss_tensor *in, const ss_kv_la
  * [BT, in] (models/lora.h). */
 static void proj_forward(const llama *p, const proj *pr, float *y, const float *x, int BT,
                          int accumulate, float *lt, const ss_lora_mask *mk, float *xd) {
-  ss_linear_forward(&p->cc, y, x, pr->w, pr->b, BT, pr->in, pr->out, SS_W_OUT_IN, accumulate);
+  ss_op_linear_forward(&p->cc, y, x, pr->w, pr->b, BT, pr->in, pr->out, SS_W_OUT_IN, accumulate);
   ss_lora_forward(&p->lora, &pr->lo, pr->in, pr->out, y, x, BT, lt, mk, xd);
 }
 
@@ -1036,27 +940,27 @@ static void proj_backward(llama *p, const proj *pr, float *dx, int accumulate, c
   if (pr->iw >= 0)
     ss_params_linear_backward(s, pr->iw, pr->ib, NULL, dy, x, pr->w, BT, pr->in, pr->out,
                               SS_W_OUT_IN);
-  ss_matmul(SS_MM_N, SS_MM_N, BT, pr->in, pr->out, 1.0f, dy, pr->out, pr->w, pr->in,
-            accumulate ? 1.0f : 0.0f, dx, pr->in);
+  ss_op_matmul(&p->cc, SS_MM_N, SS_MM_N, BT, pr->in, pr->out, 1.0f, dy, pr->out, pr->w, pr->in,
+               accumulate ? 1.0f : 0.0f, dx, pr->in);
   ss_lora_backward(s, &p->lora, &pr->lo, pr->in, pr->out, dx, dy, x, BT, lt, dlt, mk, xd);
 }
 
 static void act_forward(const llama *p, float *out, const float *x, size_t n) {
   if (p->act == ACT_SILU)
-    ss_silu_forward(out, x, n);
+    ss_op_silu_forward(&p->cc, out, x, n);
   else if (p->act == ACT_GELU_TANH)
-    ss_gelu_tanh_forward(out, x, n);
+    ss_op_gelu_tanh_forward(&p->cc, out, x, n);
   else
-    ss_gelu_erf_forward(out, x, n);
+    ss_op_gelu_erf_forward(&p->cc, out, x, n);
 }
 
 static void act_backward(const llama *p, float *d, const float *x, size_t n) {
   if (p->act == ACT_SILU)
-    ss_silu_backward(d, x, n);
+    ss_op_silu_backward(&p->cc, d, x, n);
   else if (p->act == ACT_GELU_TANH)
-    ss_gelu_tanh_backward(d, x, n);
+    ss_op_gelu_tanh_backward(&p->cc, d, x, n);
   else
-    ss_gelu_erf_backward(d, x, n);
+    ss_op_gelu_erf_backward(&p->cc, d, x, n);
 }
 
 /* ------------------------------------------------------------- the block ---- */
@@ -1093,25 +997,16 @@ static ss_attn_dims attn_dims(const llama *p, int B, int T, int P) {
   return d;
 }
 
-/* The sequences whose rows a block call stacks: usually one ([B, T] rows at positions pos0..,
- * after P cached ones: past_k, past_v this layer's [B, NKV, P, D] wire bytes, or NULL when
- * P == 0); a batched decode step stacks several, each with its own past and positions (rope and
- * attention per sequence, every projection over all rows at once). K, V: its window. pos: M-RoPE
- * positions [3, B, T] given by the client (NULL: pos0.. in every stream, i.e. plain rope). */
-typedef struct seq_attn {
-  int row0, B, T, P, pos0;
-  const void *past_k, *past_v;
-  float *K, *V;
-  const int *pos;
-} seq_attn;
+/* The sequences whose rows a block call stacks (models/trunk.h). */
+typedef ss_trunk_seq seq_attn;
 
 /* out [BT, C] = in + norm(r): the sandwich norms' residual add (r is rmsnorm'd into ln). */
 static void add_normed(const llama *p, float *out, const float *in, float *ln, float *rstd,
                        const float *r, const float *w, int BT) {
   const size_t n = (size_t)BT * (size_t)p->E;
-  ss_rmsnorm_forward(ln, rstd, r, w, BT, p->E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, ln, rstd, r, w, BT, p->E, p->eps, p->one_plus);
   if (out != in) memcpy(out, in, n * sizeof(float));
-  for (size_t i = 0; i < n; i++) out[i] += ln[i];
+  ss_op_add(&p->cc, out, ln, n);
 }
 
 /*
@@ -1119,18 +1014,23 @@ static void add_normed(const llama *p, float *out, const float *in, float *ln, f
  *   a = o_proj(attn(rope(q), rope(k), v));  h = x + a          (sandwich: x + norm_pa(a))
  *   n2 = norm2(h);  m = down(act(gate(n2)) * up(n2));  y = h + m  (sandwich: h + norm_pf(m))
  */
-static void block_forward(const llama *p, const lblock *bk, const block_acts *a, int BT,
-                          const seq_attn *seqs, int nseq) {
+static void block_forward(const void *impl, int l, void *work, int BT, const seq_attn *seqs,
+                          int nseq) {
+  const llama *p = impl;
+  const lblock *bk = &p->blk[l];
+  const block_acts *a = work; /* the first member of the work struct */
   const int E = p->E, Q = p->NH * p->D, KV = p->NKV * p->D;
   const size_t cells = (size_t)BT * (size_t)E, ni = (size_t)BT * (size_t)p->I;
   /* attention */
-  ss_rmsnorm_forward(a->ln, a->rstd1, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, a->ln, a->rstd1, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
   proj_forward(p, &bk->pr[P_Q], p->qk_norm ? a->qr : a->q, a->ln, BT, 0, a->lt, a->mk, a->xd);
   proj_forward(p, &bk->pr[P_K], p->qk_norm ? a->kr : a->k, a->ln, BT, 0, a->lt, a->mk, a->xd);
   proj_forward(p, &bk->pr[P_V], a->v, a->ln, BT, 0, a->lt, a->mk, a->xd);
   if (p->qk_norm) {
-    ss_rmsnorm_forward(a->q, a->rstdq, a->qr, bk->nw[N_QN], BT * p->NH, p->D, p->eps, p->one_plus);
-    ss_rmsnorm_forward(a->k, a->rstdk, a->kr, bk->nw[N_KN], BT * p->NKV, p->D, p->eps, p->one_plus);
+    ss_op_rmsnorm_forward(&p->cc, a->q, a->rstdq, a->qr, bk->nw[N_QN], BT * p->NH, p->D, p->eps,
+                          p->one_plus);
+    ss_op_rmsnorm_forward(&p->cc, a->k, a->rstdk, a->kr, bk->nw[N_KN], BT * p->NKV, p->D, p->eps,
+                          p->one_plus);
   }
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
@@ -1138,15 +1038,16 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
     float *v = a->v + (size_t)s->row0 * (size_t)KV;
     ss_attn_dims d = attn_dims(p, s->B, s->T, s->P);
     if (s->pos != NULL) {
-      ss_rope_forward_pos(q, Q, s->B, s->T, p->NH, p->D, s->pos, p->mrope, bk->inv_freq);
-      ss_rope_forward_pos(k, KV, s->B, s->T, p->NKV, p->D, s->pos, p->mrope, bk->inv_freq);
+      ss_op_rope_forward_pos(&p->cc, q, Q, s->B, s->T, p->NH, p->D, s->pos, p->mrope, bk->inv_freq);
+      ss_op_rope_forward_pos(&p->cc, k, KV, s->B, s->T, p->NKV, p->D, s->pos, p->mrope,
+                             bk->inv_freq);
     } else {
-      ss_rope_forward_freq(q, Q, s->B, s->T, p->NH, p->D, s->pos0, bk->inv_freq);
-      ss_rope_forward_freq(k, KV, s->B, s->T, p->NKV, p->D, s->pos0, bk->inv_freq);
+      ss_op_rope_forward_freq(&p->cc, q, Q, s->B, s->T, p->NH, p->D, s->pos0, bk->inv_freq);
+      ss_op_rope_forward_freq(&p->cc, k, KV, s->B, s->T, p->NKV, p->D, s->pos0, bk->inv_freq);
     }
-    ss_attention_forward_cap(a->atty + (size_t)s->row0 * (size_t)Q, Q, a->att, a->att_all, s->K,
-                             s->V, q, Q, k, v, KV, s->past_k, s->past_v, &d, bk->window,
-                             p->softcap);
+    ss_op_attention_forward(&p->cc, a->atty + (size_t)s->row0 * (size_t)Q, Q, a->att, a->att_all,
+                            s->K, s->V, q, Q, k, v, KV, s->past_k, s->past_v, &d, bk->window,
+                            p->softcap);
   }
   if (p->sandwich) {
     proj_forward(p, &bk->pr[P_O], a->ao, a->atty, BT, 0, a->lt, a->mk, a->xd);
@@ -1156,11 +1057,11 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
     proj_forward(p, &bk->pr[P_O], a->h, a->atty, BT, 1, a->lt, a->mk, a->xd);
   }
   /* mlp */
-  ss_rmsnorm_forward(a->ln, a->rstd2, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, a->ln, a->rstd2, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
   proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt, a->mk, a->xd);
   proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt, a->mk, a->xd);
   act_forward(p, a->mm, a->g, ni);
-  for (size_t i = 0; i < ni; i++) a->mm[i] *= a->u[i];
+  ss_op_mul(&p->cc, a->mm, a->mm, a->u, ni);
   if (p->sandwich) {
     proj_forward(p, &bk->pr[P_DOWN], a->mo, a->mm, BT, 0, a->lt, a->mk, a->xd);
     add_normed(p, a->y, a->h, a->ln, a->rstdpf, a->mo, bk->nw[N_PF], BT);
@@ -1168,40 +1069,6 @@ static void block_forward(const llama *p, const lblock *bk, const block_acts *a,
     if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
     proj_forward(p, &bk->pr[P_DOWN], a->y, a->mm, BT, 1, a->lt, a->mk, a->xd);
   }
-}
-
-/*
- * The gradient of k_proj's bias (Qwen2, attention_bias), given dk' = dL/d(rotated keys) of one
- * call (positions 0..T-1), added into db [NKV*D]. Mathematically db = sum_t R_t^T dk'_t, and
- * sum_t dk'_t = 0 exactly (per head, a constant added to every key shifts each query's scores
- * by the same amount, which softmax ignores), so db = sum_t (R_t^T - I) dk'_t. Summing that form
- * keeps only the part the rotation makes (small on the slow rotary frequencies) instead of a
- * difference of large terms, whose float32 rounding AdamW, dividing by sqrt(v), would turn into
- * steps of size lr. cos - 1 is computed as -2 sin^2(a/2) (no cancellation). Not with q/k norms
- * (the bias is then before the norm) nor soft-capping (the shift no longer cancels).
- */
-static int kbias_backward(const llama *p, const double *inv_freq, float *db, const float *dk, int B,
-                          int T) {
-  const int D = p->D, half = D / 2, KV = p->NKV * D;
-  double *acc = calloc((size_t)KV, sizeof *acc);
-  if (acc == NULL) return SS_ENOMEM;
-  for (int t = 0; t < T; t++) {
-    for (int i = 0; i < half; i++) {
-      double ang = (double)t * inv_freq[i], sh = sin(0.5 * ang);
-      double cm1 = -2.0 * sh * sh, sn = sin(ang);
-      for (int b = 0; b < B; b++) {
-        const float *row = dk + ((size_t)b * (size_t)T + (size_t)t) * (size_t)KV;
-        for (int h = 0; h < p->NKV; h++) {
-          double d0 = row[h * D + i], d1 = row[h * D + i + half];
-          acc[h * D + i] += cm1 * d0 + sn * d1;
-          acc[h * D + i + half] += cm1 * d1 - sn * d0;
-        }
-      }
-    }
-  }
-  for (int j = 0; j < KV; j++) db[j] += (float)acc[j];
-  free(acc);
-  return 0;
 }
 
 /* Backward scratch of one call. */
@@ -1214,14 +1081,20 @@ typedef struct block_grads {
   float *dw_sink;                    /* [max(E, D)]: norm weight gradients of a frozen trunk */
 } block_grads;
 
+/* Everything a block call points at: its activations and, in backward, its gradients. */
+typedef struct llama_work {
+  block_acts a;
+  block_grads g;
+} llama_work;
+
 /* dx (=) the gradient through RMSNorm j of layer l given dy; its weight's gradient summed. */
 static void norm_backward(llama *p, const lblock *bk, int j, const block_grads *g, float *dx,
                           const float *dy, const float *x, const float *rstd, int rows, int C) {
   ss_params *s = &p->prm;
   memset(dx, 0, (size_t)rows * (size_t)C * sizeof(float));
   ss_params_lock(s);
-  ss_rmsnorm_backward(dx, bk->inw[j] >= 0 ? ss_params_grad(s, bk->inw[j]) : g->dw_sink, dy, x,
-                      bk->nw[j], rstd, rows, C, p->one_plus);
+  ss_op_rmsnorm_backward(&p->cc, dx, bk->inw[j] >= 0 ? ss_params_grad(s, bk->inw[j]) : g->dw_sink,
+                         dy, x, bk->nw[j], rstd, rows, C, p->one_plus);
   ss_params_unlock(s);
 }
 
@@ -1240,8 +1113,10 @@ static void norm_backward(llama *p, const lblock *bk, int j, const block_grads *
  *   q, k = qk_norm(qr, kr)     dqr, dkr through the per-head RMSNorm
  *   q, k, v = n1 W^T + b       dn1 = dq Wq + dk Wk + dv Wv;  RMSNorm': dres += d(x)
  */
-static int block_backward(llama *p, int l, const block_acts *a, const block_grads *g,
-                          float *dres, int B, int T) {
+static int block_backward(void *impl, int l, void *work, float *dres, int B, int T) {
+  llama *p = impl;
+  const block_acts *a = &((llama_work *)work)->a;
+  const block_grads *g = &((llama_work *)work)->g;
   const lblock *bk = &p->blk[l];
   proj pk = bk->pr[P_K];
   int rc = 0;
@@ -1256,20 +1131,18 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
     dy = g->dln;
   }
   act_forward(p, g->fa, a->g, ni);
-  for (size_t i = 0; i < ni; i++) a->mm[i] = g->fa[i] * a->u[i];
+  ss_op_mul(&p->cc, a->mm, g->fa, a->u, ni);
   proj_backward(p, &bk->pr[P_DOWN], g->dmm, 0, dy, a->mm, BT, a->lt, g->dlt, a->mk, a->xd);
-  for (size_t i = 0; i < ni; i++) { /* mm (scratch) becomes du; dmm becomes d(act(g)) */
-    float dm = g->dmm[i];
-    a->mm[i] = dm * g->fa[i];
-    g->dmm[i] = dm * a->u[i];
-  }
+  ss_op_mul(&p->cc, a->mm, g->dmm, g->fa, ni); /* mm (scratch) becomes du */
+  ss_op_mul(&p->cc, g->dmm, g->dmm, a->u, ni); /* dmm becomes d(act(g)) */
   act_backward(p, g->dmm, a->g, ni);
-  ss_rmsnorm_forward(a->ln, NULL, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, a->ln, NULL, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
   proj_backward(p, &bk->pr[P_UP], g->dln, 0, a->mm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   proj_backward(p, &bk->pr[P_GATE], g->dln, 1, g->dmm, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
-  ss_rmsnorm_backward(dres, bk->inw[N_LN2] >= 0 ? ss_params_grad(s, bk->inw[N_LN2]) : g->dw_sink,
-                      g->dln, a->h, bk->nw[N_LN2], a->rstd2, BT, E, p->one_plus);
+  ss_op_rmsnorm_backward(&p->cc, dres,
+                         bk->inw[N_LN2] >= 0 ? ss_params_grad(s, bk->inw[N_LN2]) : g->dw_sink,
+                         g->dln, a->h, bk->nw[N_LN2], a->rstd2, BT, E, p->one_plus);
   ss_params_unlock(s);
   /* attention */
   dy = dres;
@@ -1278,57 +1151,43 @@ static int block_backward(llama *p, int l, const block_acts *a, const block_grad
     dy = g->dln;
   }
   proj_backward(p, &bk->pr[P_O], g->datty, 0, dy, a->atty, BT, a->lt, g->dlt, a->mk, a->xd);
-  ss_attention_backward_cap(g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k, a->v,
-                            KV, &d, p->softcap);
+  ss_op_attention_backward(&p->cc, g->dq, g->dk, g->dv, g->datt, g->datty, Q, a->att, a->q, Q, a->k,
+                           a->v, KV, &d, p->softcap);
   if (pk.ib >= 0 && !p->qk_norm && p->softcap == 0.0f) { /* kbias_backward */
     ss_params_lock(s);
-    rc = kbias_backward(p, bk->inv_freq, ss_params_grad(s, pk.ib), g->dk, B, T);
+    rc = ss_op_rope_bias_backward(&p->cc, ss_params_grad(s, pk.ib), g->dk, B, T, p->NKV, p->D,
+                                  bk->inv_freq);
     ss_params_unlock(s);
     pk.ib = -1;
   }
-  ss_rope_backward_freq(g->dq, Q, B, T, p->NH, p->D, 0, bk->inv_freq);
-  ss_rope_backward_freq(g->dk, KV, B, T, p->NKV, p->D, 0, bk->inv_freq);
+  ss_op_rope_backward_freq(&p->cc, g->dq, Q, B, T, p->NH, p->D, 0, bk->inv_freq);
+  ss_op_rope_backward_freq(&p->cc, g->dk, KV, B, T, p->NKV, p->D, 0, bk->inv_freq);
   if (p->qk_norm) { /* datty (free now) becomes d(qr), dkr d(kr) */
     norm_backward(p, bk, N_QN, g, g->datty, g->dq, a->qr, a->rstdq, BT * p->NH, p->D);
     norm_backward(p, bk, N_KN, g, g->dkr, g->dk, a->kr, a->rstdk, BT * p->NKV, p->D);
     dq = g->datty;
     dk = g->dkr;
   }
-  ss_rmsnorm_forward(a->ln, NULL, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
+  ss_op_rmsnorm_forward(&p->cc, a->ln, NULL, a->x, bk->nw[N_LN1], BT, E, p->eps, p->one_plus);
   proj_backward(p, &bk->pr[P_Q], g->dln, 0, dq, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   proj_backward(p, &pk, g->dln, 1, dk, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   proj_backward(p, &bk->pr[P_V], g->dln, 1, g->dv, a->ln, BT, a->lt, g->dlt, a->mk, a->xd);
   ss_params_lock(s);
-  ss_rmsnorm_backward(dres, bk->inw[N_LN1] >= 0 ? ss_params_grad(s, bk->inw[N_LN1]) : g->dw_sink,
-                      g->dln, a->x, bk->nw[N_LN1], a->rstd1, BT, E, p->one_plus);
+  ss_op_rmsnorm_backward(&p->cc, dres,
+                         bk->inw[N_LN1] >= 0 ? ss_params_grad(s, bk->inw[N_LN1]) : g->dw_sink,
+                         g->dln, a->x, bk->nw[N_LN1], a->rstd1, BT, E, p->one_plus);
   ss_params_unlock(s);
   return rc;
 }
 
-/* ------------------------------------------------------------- inference ---- */
-
-/* Inference scratch of the family's extra activations, floats per row: qr, kr (q/k norms), ao
- * == mo (sandwich norms). */
-static size_t extra_per_row(const llama *p) {
-  return (p->qk_norm ? (size_t)(p->NH + p->NKV) * (size_t)p->D : 0) +
-         (p->sandwich ? (size_t)p->E : 0);
-}
-
-static void extra_acts(const llama *p, block_acts *a, float *buf, size_t rows) {
-  if (p->qk_norm) {
-    a->qr = buf;
-    a->kr = a->qr + rows * (size_t)p->NH * (size_t)p->D;
-    buf = a->kr + rows * (size_t)p->NKV * (size_t)p->D;
-  }
-  if (p->sandwich) a->ao = a->mo = buf;
-}
+/* ------------------------------------------------------------- positions ---- */
 
 /* metadata mrope_positions (M-RoPE models): 3 S or 3 B S integers, stream-major ([3, S] shared
  * by the batch rows, or [3, B, S] as HF's position_ids), each in [0, max_position_embeddings);
  * *pos = NULL when absent, else a malloc'd [3, B, S] (the caller frees). */
 static int mrope_positions(const ss_model *m, const ss_meta *meta, int B, int S, int **pos,
                            char *err, size_t errlen) {
-  const llama *p = m->impl;
+  const llama *p = ((const ss_trunk *)m->impl)->impl;
   const char *v = meta != NULL ? ss_meta_get(meta, "mrope_positions") : NULL, *c;
   size_t n = 0, want1 = 3 * (size_t)S, wantB = want1 * (size_t)B;
   int *out;
@@ -1387,178 +1246,15 @@ static int mrope_positions(const ss_model *m, const ss_meta *meta, int B, int S,
   return 0;
 }
 
-static int llama_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *out, ss_kv_io *kv,
-                            const ss_meta *meta, char *err, size_t errlen) {
-  const llama *p = m->impl;
-  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora.r;
-  const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
-  const int want_present = kv != NULL && kv->want_present;
-  const ss_kv_layer *past = kv != NULL && kv->n_layers > 0 ? kv->past : NULL;
-  const int P = past != NULL ? (int)past[0].key.shape[2] : 0, T = P + S;
-  const size_t rows = (size_t)B * (size_t)S, kvn = (size_t)B * (size_t)p->NKV * (size_t)T * p->D;
-  float *scratch;
-  block_acts a;
-  size_t need;
-  int pos0, *pos = NULL, rc;
-
-  if (past != NULL && kv->n_layers != L) {
-    snprintf(err, errlen, "model '%s': %d past_key_values entries, expected %d", m->id,
-             kv->n_layers, L);
-    return SS_EINVAL;
-  }
-  if (want_present && (kv->present == NULL || kv->n_layers != L)) {
-    snprintf(err, errlen, "model '%s': present cache needs %d entries", m->id, L);
-    return SS_EINVAL;
-  }
-  if (position_offset(m, meta, &pos0, err, errlen) != 0) return SS_EINVAL;
-  if (pos0 < 0) pos0 = P;
-  if (pos0 + S > p->n_pos) {
-    snprintf(err, errlen, "model '%s': position %d + seq %d exceeds max_position_embeddings %d",
-             m->id, pos0, S, p->n_pos);
-    return SS_EINVAL;
-  }
-  if ((rc = mrope_positions(m, meta, B, S, &pos, err, errlen)) != 0) return rc;
-  /* ln [rows,E] + q, atty [rows,Q] + k, v [rows,KV] + g, u [rows,I] + lt [rows,r] + att [S,T]
-   * (+ K, V scratch) + extra [rows, Q + KV + E] (qr, kr, ao) */
-  need = rows * ((size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 2 * (size_t)NI + (size_t)r) +
-         (size_t)S * (size_t)T + (want_present ? 0 : 2 * kvn) + rows * extra_per_row(p);
-  if ((scratch = malloc(need * sizeof(float))) == NULL) {
-    free(pos);
-    snprintf(err, errlen, "model '%s': out of memory for %zu MiB of activations", m->id,
-             need * sizeof(float) >> 20);
-    return SS_ENOMEM;
-  }
-  memset(&a, 0, sizeof a);
-  a.x = a.h = a.y = out->data; /* the residual stream, updated in place */
-  a.ln = scratch;
-  a.q = a.ln + rows * (size_t)E;
-  a.atty = a.q + rows * (size_t)Q;
-  a.k = a.atty + rows * (size_t)Q;
-  a.v = a.k + rows * (size_t)KVd;
-  a.g = a.mm = a.v + rows * (size_t)KVd;
-  a.u = a.g + rows * (size_t)NI;
-  a.lt = a.u + rows * (size_t)NI;
-  a.att = a.lt + rows * (size_t)r;
-  extra_acts(p, &a, a.att + (size_t)S * (size_t)T, rows);
-  if (!want_present) {
-    a.K = a.att + (size_t)S * (size_t)T + rows * extra_per_row(p);
-    a.V = a.K + kvn;
-  } else {
-    memset(kv->present, 0, (size_t)L * sizeof *kv->present);
-  }
-  if ((void *)a.x != in->data) memmove(a.x, in->data, rows * (size_t)E * sizeof(float));
-
-  for (int l = 0; l < L; l++) {
-    if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
-      if (want_present) ss_trunk_free_present(kv, l);
-      free(scratch);
-      free(pos);
-      return SS_ECANCELLED;
-    }
-    if (want_present) {
-      if (ss_trunk_alloc_present(&kv->present[l], B, p->NKV, T, p->D) != 0) {
-        ss_trunk_free_present(kv, l + 1);
-        free(scratch);
-        free(pos);
-        snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
-        return SS_ENOMEM;
-      }
-      a.K = kv->present[l].key.data;
-      a.V = kv->present[l].value.data;
-    }
-    seq_attn s = {
-        0,   B,   S,  P, pos0, P > 0 ? past[l].key.data : NULL, P > 0 ? past[l].value.data : NULL,
-        a.K, a.V, pos};
-    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
-  }
-  free(scratch);
-  free(pos);
-  return 0;
+/* Where the request places its tokens: position_offset (*pos0, -1: after the past) or M-RoPE
+ * positions (*pos). */
+static int llama_positions(const ss_model *m, const ss_meta *meta, int B, int S, int *pos0,
+                           int **pos, char *err, size_t errlen) {
+  if (position_offset(m, meta, pos0, err, errlen) != 0) return SS_EINVAL;
+  return mrope_positions(m, meta, B, S, pos, err, errlen);
 }
 
-/* n one-token decode steps of different sequences (each [1, 1, E], its own past of any length,
- * at position = its past length), one batch through every projection; rope and attention per
- * sequence. Each step's result equals forward_kv alone. */
-static int llama_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in, ss_tensor *out,
-                                  ss_kv_io *kv, char *err, size_t errlen) {
-  const llama *p = m->impl;
-  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora.r;
-  const int L = p->b - p->a;
-  size_t maxT = 1, kvscratch = 0;
-  for (int i = 0; i < n; i++) {
-    int P = kv[i].past ? (int)kv[i].past[0].key.shape[2] : 0;
-    if (in[i].ndim != 3 || in[i].shape[0] != 1 || in[i].shape[1] != 1 || P + 1 > p->n_pos) {
-      snprintf(err, errlen, "model '%s': a batched decode step is one token [1,1,%d] within "
-               "max_position_embeddings", m->id, E);
-      return SS_EINVAL;
-    }
-    if ((size_t)P + 1 > maxT) maxT = (size_t)P + 1;
-    if (!kv[i].want_present) kvscratch += 2 * (size_t)KVd * (size_t)(P + 1);
-  }
-  const size_t rows = (size_t)n;
-  /* x, ln [rows,E]; q, atty [rows,Q]; k, v [rows,KV]; g, u [rows,I]; lt [rows,r]; att [maxT] */
-  size_t need = rows * (2 * (size_t)E + 2 * (size_t)Q + 2 * (size_t)KVd + 2 * (size_t)NI +
-                        (size_t)r + extra_per_row(p)) +
-                maxT + kvscratch;
-  float *scratch = malloc(need * sizeof(float));
-  seq_attn *seqs = calloc((size_t)n, sizeof *seqs);
-  if (!scratch || !seqs) {
-    free(scratch);
-    free(seqs);
-    snprintf(err, errlen, "model '%s': out of memory for a batched decode step", m->id);
-    return SS_ENOMEM;
-  }
-  block_acts a;
-  memset(&a, 0, sizeof a);
-  a.x = a.h = a.y = scratch;
-  a.ln = a.x + rows * (size_t)E;
-  a.q = a.ln + rows * (size_t)E;
-  a.atty = a.q + rows * (size_t)Q;
-  a.k = a.atty + rows * (size_t)Q;
-  a.v = a.k + rows * (size_t)KVd;
-  a.g = a.mm = a.v + rows * (size_t)KVd;
-  a.u = a.g + rows * (size_t)NI;
-  a.lt = r ? a.u + rows * (size_t)NI : NULL;
-  a.att = a.u + rows * (size_t)NI + rows * (size_t)r;
-  extra_acts(p, &a, a.att + maxT, rows);
-  float *kvs = a.att + maxT + rows * extra_per_row(p);
-  for (int i = 0; i < n; i++) {
-    memcpy(a.x + (size_t)i * (size_t)E, in[i].data, (size_t)E * sizeof(float));
-    if (kv[i].want_present) memset(kv[i].present, 0, (size_t)L * sizeof *kv[i].present);
-  }
-  int rc = 0;
-  float **win = calloc(2 * (size_t)n, sizeof *win);
-  if (!win) rc = SS_ENOMEM;
-  for (int l = 0; l < L && rc == 0; l++) {
-    if ((rc = ss_trunk_batch_windows(kv, n, l, p->NKV, p->D, kvs, win, win + n)) != 0) break;
-    for (int i = 0; i < n; i++) {
-      int P = ss_trunk_past_len(&kv[i]);
-      seqs[i] = (seq_attn){i,
-                           1,
-                           1,
-                           P,
-                           P,
-                           P ? kv[i].past[l].key.data : NULL,
-                           P ? kv[i].past[l].value.data : NULL,
-                           win[i],
-                           win[n + i],
-                           NULL};
-    }
-    block_forward(p, &p->blk[l], &a, n, seqs, n);
-  }
-  free(win);
-  rc = ss_trunk_batch_finish(m, rc, n, L, E, a.x, out, kv, err, errlen);
-  free(seqs);
-  free(scratch);
-  return rc;
-}
-
-static int llama_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
-                         const ss_meta *meta, char *err, size_t errlen) {
-  return llama_forward_kv(m, in, out, NULL, meta, err, errlen);
-}
-
-/* ------------------------------------------------------------- training ---- */
+/* ------------------------------------------------------------- the activation table ---- */
 
 /* The widest projection input (the LoRA dropout scratch's row): hidden, heads x head_dim or
  * intermediate. */
@@ -1569,189 +1265,113 @@ static size_t lora_max_in(const llama *p) {
   return m;
 }
 
-/*
- * Training (no KV cache, positions from 0). Per layer, forward_train keeps in one allocation:
- *   x, h [BT, E]; q, atty [BT, Q]; k, v [BT, KV]; g, u [BT, I]; rstd1, rstd2 [BT];
- *   att [B, NH, S, S]
- * norm1(x), norm2(h), act(g) * u and the LoRA x A^T are recomputed in backward.
- */
-typedef struct llama_saved {
-  int B, S;
-  ss_lora_mask mk;  /* LoRA dropout of this forward (p 0: none) */
-  size_t per_layer; /* floats per layer */
-  float *buf;       /* L x per_layer */
-} llama_saved;
+/* Slots of the table (after the runtime's x, h, y, K, V), in the order they are carved. */
+/* clang-format off */
+enum {
+  S_LN = SS_TRUNK_SLOTS0, S_Q, S_ATTY, S_K, S_V, S_G, S_MM, S_U, S_RSTD1, S_RSTD2, S_ATT, S_QR,
+  S_KR, S_RSTDQ, S_RSTDK, S_AO, S_MO, S_RSTDPA, S_RSTDPF, S_LT, S_XD, S_DLN, S_DATTY, S_DQ,
+  S_DK, S_DV, S_FA, S_DMM, S_DLT, S_DATT, S_DSINK, S_DKR, N_SLOTS
+};
+#define A_(f) offsetof(llama_work, a.f)
+#define G_(f) offsetof(llama_work, g.f)
+static const size_t slots[N_SLOTS] = {
+    SS_TRUNK_COMMON_SLOTS(llama_work), [S_LN] = A_(ln), [S_Q] = A_(q), [S_ATTY] = A_(atty),
+    [S_K] = A_(k), [S_V] = A_(v), [S_G] = A_(g), [S_MM] = A_(mm), [S_U] = A_(u),
+    [S_RSTD1] = A_(rstd1), [S_RSTD2] = A_(rstd2), [S_ATT] = A_(att), [S_QR] = A_(qr),
+    [S_KR] = A_(kr), [S_RSTDQ] = A_(rstdq), [S_RSTDK] = A_(rstdk), [S_AO] = A_(ao),
+    [S_MO] = A_(mo), [S_RSTDPA] = A_(rstdpa), [S_RSTDPF] = A_(rstdpf), [S_LT] = A_(lt),
+    [S_XD] = A_(xd), [S_DLN] = G_(dln), [S_DATTY] = G_(datty), [S_DQ] = G_(dq), [S_DK] = G_(dk),
+    [S_DV] = G_(dv), [S_FA] = G_(fa), [S_DMM] = G_(dmm), [S_DLT] = G_(dlt), [S_DATT] = G_(datt),
+    [S_DSINK] = G_(dw_sink), [S_DKR] = G_(dkr)};
+/* clang-format on */
 
-/* Floats per row of the family's extra saved activations: qr, kr, rstdq, rstdk (q/k norms);
- * ao, mo, rstdpa, rstdpf (sandwich norms). */
-static size_t saved_extra_per_row(const llama *p) {
-  return (p->qk_norm ? (size_t)(p->NH + p->NKV) * ((size_t)p->D + 1) : 0) +
-         (p->sandwich ? 2 * (size_t)p->E + 2 : 0);
+/* Floats per slot of each phase (models/trunk.h; K, V scratch: the runtime's; Q = NH D,
+ * KV = NKV D):
+ *   infer, batch  ln [R, E]; q, atty [R, Q]; k, v [R, KV]; g == mm, u [R, I]; lt [R, r];
+ *                 att [S, T]; q/k norms: qr [R, Q], kr [R, KV]; sandwich: ao == mo [R, E]
+ *                 (batch: x [R, E], h == y == x)
+ *   train         ln [R, E]; mm [R, I]; lt [R, r]; xd [R, max in] with dropout
+ *   saved         x, h [R, E]; q, atty [R, Q]; k, v [R, KV]; g, u [R, I]; rstd1, rstd2 [R];
+ *                 att [B, NH, S, S]; q/k norms: qr [R, Q], kr [R, KV], rstdq [R NH], rstdk
+ *                 [R NKV]; sandwich: ao, mo [R, E], rstdpa, rstdpf [R]
+ *   backward      ln, dln [R, E]; datty, dq [R, Q]; dk, dv, dkr [R, KV]; mm, fa, dmm [R, I];
+ *                 lt, dlt [R, r]; datt [2, S, S]; dw_sink [max(E, D)]; xd [R, max in] with
+ *                 dropout */
+static void llama_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims *d, size_t *n) {
+  const llama *p = impl;
+  const size_t R = d->rows, E = (size_t)p->E, I = (size_t)p->I, r = (size_t)p->lora.r;
+  const size_t Q = (size_t)p->NH * (size_t)p->D, KV = (size_t)p->NKV * (size_t)p->D;
+  switch (ph) {
+    case SS_TRUNK_BATCH:
+      n[SS_TRUNK_X] = R * E;
+      n[SS_TRUNK_H] = n[SS_TRUNK_Y] = SS_TRUNK_ALIAS(SS_TRUNK_X);
+      /* fall through */
+    case SS_TRUNK_INFER:
+      n[S_LN] = R * E;
+      n[S_Q] = n[S_ATTY] = R * Q;
+      n[S_K] = n[S_V] = R * KV;
+      n[S_G] = n[S_U] = R * I;
+      n[S_MM] = SS_TRUNK_ALIAS(S_G);
+      n[S_LT] = R * r;
+      n[S_ATT] = (size_t)d->S * (size_t)d->T;
+      if (p->qk_norm) n[S_QR] = R * Q, n[S_KR] = R * KV;
+      if (p->sandwich) n[S_AO] = R * E, n[S_MO] = SS_TRUNK_ALIAS(S_AO);
+      break;
+    case SS_TRUNK_TRAIN:
+      n[S_LN] = R * E;
+      n[S_MM] = R * I;
+      n[S_LT] = R * r;
+      n[S_XD] = d->dropout ? R * lora_max_in(p) : 0;
+      break;
+    case SS_TRUNK_SAVED:
+      n[SS_TRUNK_X] = n[SS_TRUNK_H] = R * E;
+      n[S_Q] = n[S_ATTY] = R * Q;
+      n[S_K] = n[S_V] = R * KV;
+      n[S_G] = n[S_U] = R * I;
+      n[S_RSTD1] = n[S_RSTD2] = R;
+      n[S_ATT] = (size_t)d->B * (size_t)p->NH * (size_t)d->S * (size_t)d->S;
+      if (p->qk_norm) {
+        n[S_QR] = R * Q, n[S_KR] = R * KV;
+        n[S_RSTDQ] = R * (size_t)p->NH, n[S_RSTDK] = R * (size_t)p->NKV;
+      }
+      if (p->sandwich) n[S_AO] = n[S_MO] = R * E, n[S_RSTDPA] = n[S_RSTDPF] = R;
+      break;
+    case SS_TRUNK_BACKWARD:
+      n[S_LN] = n[S_DLN] = R * E;
+      n[S_DATTY] = n[S_DQ] = R * Q;
+      n[S_DK] = n[S_DV] = n[S_DKR] = R * KV;
+      n[S_MM] = n[S_FA] = n[S_DMM] = R * I;
+      n[S_LT] = n[S_DLT] = R * r;
+      n[S_DATT] = 2 * (size_t)d->S * (size_t)d->S;
+      n[S_DSINK] = E > (size_t)p->D ? E : (size_t)p->D;
+      n[S_XD] = d->dropout ? R * lora_max_in(p) : 0;
+      break;
+    default: break;
+  }
 }
 
-static size_t saved_per_layer(const llama *p, int B, int S) {
-  size_t rows = (size_t)B * (size_t)S, Q = (size_t)p->NH * p->D, KV = (size_t)p->NKV * p->D;
-  return rows *
-             (2 * (size_t)p->E + 2 * Q + 2 * KV + 2 * (size_t)p->I + 2 + saved_extra_per_row(p)) +
-         (size_t)B * (size_t)p->NH * (size_t)S * (size_t)S;
+/* The norm weight gradients of a frozen trunk sum into dw_sink: start it at 0. */
+static void llama_backward_init(const void *impl, void *work) {
+  const llama *p = impl;
+  memset(((llama_work *)work)->g.dw_sink, 0, (size_t)(p->E > p->D ? p->E : p->D) * sizeof(float));
 }
 
-static void saved_layer(const llama *p, const llama_saved *sv, int l, float *out, block_acts *a) {
-  size_t rows = (size_t)sv->B * (size_t)sv->S, E = (size_t)p->E;
-  size_t Q = (size_t)p->NH * p->D, KV = (size_t)p->NKV * p->D, I = (size_t)p->I;
-  float *q = sv->buf + (size_t)l * sv->per_layer, *base = q;
-  a->x = q;
-  a->h = a->x + rows * E;
-  a->q = a->h + rows * E;
-  a->atty = a->q + rows * Q;
-  a->k = a->atty + rows * Q;
-  a->v = a->k + rows * KV;
-  a->g = a->v + rows * KV;
-  a->u = a->g + rows * I;
-  a->rstd1 = a->u + rows * I;
-  a->rstd2 = a->rstd1 + rows;
-  a->att = a->rstd2 + rows;
-  q = a->att + (size_t)sv->B * (size_t)p->NH * (size_t)sv->S * (size_t)sv->S;
-  if (p->qk_norm) {
-    a->qr = q;
-    a->kr = a->qr + rows * Q;
-    a->rstdq = a->kr + rows * KV;
-    a->rstdk = a->rstdq + rows * (size_t)p->NH;
-    q = a->rstdk + rows * (size_t)p->NKV;
-  }
-  if (p->sandwich) {
-    a->ao = q;
-    a->mo = a->ao + rows * E;
-    a->rstdpa = a->mo + rows * E;
-    a->rstdpf = a->rstdpa + rows;
-  }
-  a->att_all = 1;
-  a->y = l + 1 < p->b - p->a ? base + sv->per_layer : out;
-}
+static void llama_destroy(void *impl) { llama_free(impl); }
 
-static int llama_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
-                               const char *forward_id, void **saved, size_t *saved_bytes,
-                               char *err, size_t errlen) {
-  const llama *p = m->impl;
-  const int E = p->E, NI = p->I, KVd = p->NKV * p->D, r = p->lora.r;
-  const int B = (int)in->shape[0], S = (int)in->shape[1], L = p->b - p->a;
-  const size_t rows = (size_t)B * (size_t)S;
-  size_t per = saved_per_layer(p, B, S), total = 0;
-  llama_saved *sv = NULL;
-  float *scratch = NULL;
-  block_acts a;
-
-  *saved = NULL;
-  *saved_bytes = 0;
-  /* scratch: ln [BT, E], mm [BT, I], K and V [B, NKV, S, D], lt [BT, r], xd [BT, maxin] */
-  const size_t maxin = p->lora.dropout > 0.0f ? lora_max_in(p) : 0;
-  if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
-      (sv = malloc(sizeof *sv + total)) == NULL ||
-      (scratch = malloc(rows * ((size_t)E + (size_t)NI + 2 * (size_t)KVd + (size_t)r + maxin) *
-                        sizeof(float))) == NULL) {
-    free(sv);
-    snprintf(err, errlen, "model '%s': out of memory for %zu MiB of saved activations", m->id,
-             total >> 20);
-    return SS_ENOMEM;
-  }
-  sv->B = B;
-  sv->S = S;
-  sv->per_layer = per;
-  sv->buf = (float *)(sv + 1);
-  memset(&a, 0, sizeof a);
-  a.ln = scratch;
-  a.mm = a.ln + rows * (size_t)E;
-  a.K = a.mm + rows * (size_t)NI;
-  a.V = a.K + rows * (size_t)KVd;
-  a.lt = a.V + rows * (size_t)KVd;
-  a.xd = a.lt + rows * (size_t)r;
-  sv->mk.p = p->lora.dropout;
-  sv->mk.key = p->lora.dropout > 0.0f ? ss_lora_mask_key(p->lora.seed, forward_id) : 0;
-  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL;
-  memcpy(sv->buf, in->data, rows * (size_t)E * sizeof(float)); /* layer 0's x */
-  for (int l = 0; l < L; l++) {
-    saved_layer(p, sv, l, out->data, &a);
-    seq_attn s = {0, B, S, 0, 0, NULL, NULL, a.K, a.V, NULL};
-    block_forward(p, &p->blk[l], &a, B * S, &s, 1);
-  }
-  free(scratch);
-  *saved = sv;
-  *saved_bytes = sizeof *sv + total;
-  return 0;
-}
-
-static int llama_backward(ss_model *m, const void *saved, const ss_tensor *grad_out,
-                          ss_tensor *grad_in, char *err, size_t errlen) {
-  llama *p = m->impl;
-  const llama_saved *sv = saved;
-  const int E = p->E, Q = p->NH * p->D, KVd = p->NKV * p->D, NI = p->I, r = p->lora.r;
-  const int B = sv->B, S = sv->S, L = p->b - p->a;
-  const size_t rows = (size_t)B * (size_t)S;
-  float *dres = grad_in->data, *scratch = NULL;
-  block_acts a;
-  block_grads g;
-  size_t need;
-
-  if (grad_out->numel != rows * (size_t)E || grad_in->numel != rows * (size_t)E) {
-    snprintf(err, errlen,
-             "model '%s': backward got grad_output of %zu values and grad_input of %zu, expected "
-             "%zu for [%d, %d, %d]",
-             m->id, grad_out->numel, grad_in->numel, rows * (size_t)E, B, S, E);
-    return SS_EINVAL;
-  }
-  /* ln, dln [R,E]; datty, dq [R,Q]; dk, dv, dkr [R,KV]; mm, fa, dmm [R,I]; lt, dlt [R,r];
-   * datt [2,S,S]; dw_sink [max(E, D)]; xd [R, max in] with dropout */
-  need = rows * (2 * (size_t)E + 2 * (size_t)Q + 3 * (size_t)KVd + 3 * (size_t)NI +
-                 2 * (size_t)r + (sv->mk.p > 0.0f ? lora_max_in(p) : 0)) +
-         2 * (size_t)S * (size_t)S + (size_t)(E > p->D ? E : p->D);
-  if (ss_params_grads(&p->prm) != 0 || (scratch = malloc(need * sizeof(float))) == NULL) {
-    snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
-    return SS_ENOMEM;
-  }
-  memset(&a, 0, sizeof a);
-  a.ln = scratch;
-  g.dln = a.ln + rows * (size_t)E;
-  g.datty = g.dln + rows * (size_t)E;
-  g.dq = g.datty + rows * (size_t)Q;
-  g.dk = g.dq + rows * (size_t)Q;
-  g.dv = g.dk + rows * (size_t)KVd;
-  a.mm = g.dv + rows * (size_t)KVd;
-  g.fa = a.mm + rows * (size_t)NI;
-  g.dmm = g.fa + rows * (size_t)NI;
-  a.lt = g.dmm + rows * (size_t)NI;
-  g.dlt = a.lt + rows * (size_t)r;
-  g.datt = g.dlt + rows * (size_t)r;
-  g.dw_sink = g.datt + 2 * (size_t)S * (size_t)S;
-  g.dkr = g.dw_sink + (E > p->D ? E : p->D);
-  memset(g.dw_sink, 0, (size_t)(E > p->D ? E : p->D) * sizeof(float));
-  a.xd = g.dkr + rows * (size_t)KVd;        /* [BT, maxin] with dropout */
-  a.mk = sv->mk.p > 0.0f ? &sv->mk : NULL; /* the forward's masks */
-  memmove(dres, grad_out->data, rows * (size_t)E * sizeof(float));
-  for (int l = L - 1; l >= 0; l--) {
-    float *lt = a.lt, *mm = a.mm, *ln = a.ln, *xd = a.xd;
-    const ss_lora_mask *mk = a.mk;
-    memset(&a, 0, sizeof a); /* the family's optional fields stay NULL unless saved */
-    saved_layer(p, sv, l, NULL, &a);
-    a.lt = lt, a.mm = mm, a.ln = ln, a.xd = xd, a.mk = mk;
-    if (block_backward(p, l, &a, &g, dres, B, S) != 0) {
-      free(scratch);
-      snprintf(err, errlen, "model '%s': out of memory for backward", m->id);
-      return SS_ENOMEM;
-    }
-  }
-  free(scratch);
-  return 0;
-}
-
-static int llama_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) {
-  llama *p = m->impl;
-  return ss_params_step(&p->prm, opt, m->id, err, errlen); /* all or nothing (nn/optim.c) */
-}
-
-static void llama_free_saved(const ss_model *m, void *saved) {
-  (void)m;
-  free(saved);
-}
+static const ss_trunk_arch llama_arch = {.kind = "llama",
+                                         .pos_key = "max_position_embeddings",
+                                         .kv_heads_key = "num_key_value_heads",
+                                         .kv_msg_layer = 1,
+                                         SS_TRUNK_WORK(llama_work, slots),
+                                         .sizes = llama_sizes,
+                                         .backward_init = llama_backward_init,
+                                         .block_forward = block_forward,
+                                         .block_backward = block_backward,
+                                         .positions = llama_positions,
+                                         .check_meta = llama_check_meta,
+                                         .lora_targets = proj_short,
+                                         .n_lora_targets = N_PROJ,
+                                         .destroy = llama_destroy};
 
 /* ------------------------------------------------------------- LoRA ---- */
 
@@ -1761,12 +1381,6 @@ static void llama_free_saved(const ss_model *m, void *saved) {
 static void lora_key(const llama *p, int layer, int k, char *name, size_t len) {
   snprintf(name, len, "base_model.model.%slayers.%d.%s", p->prefix[0] != '\0' ? p->prefix : "model.",
            layer, proj_path[k]);
-}
-
-static int llama_save(const ss_model *m, const char *path, char *err, size_t errlen) {
-  const llama *p = m->impl;
-  if (p->lora.r == 0) return ss_params_save(&p->prm, path, err, errlen);
-  return ss_lora_save(&p->prm, &p->lora, proj_short, N_PROJ, p->a, p->b, 0, path, err, errlen);
 }
 
 /* Adapters: A (PEFT init, seeded) and B (zero) for every target of every layer, or read from
@@ -1835,72 +1449,30 @@ static int llama_params(llama *p) {
   return 0;
 }
 
-static void llama_destroy(ss_model *m) {
-  llama_free(m->impl);
-  m->impl = NULL;
+/* ------------------------------------------------------------- constructor ---- */
+
+/* The adapter and parameter set-up as the runtime calls them (ss_trunk_training). */
+static int llama_lora_setup(void *impl, const char *adapter, char *msg, size_t len) {
+  return lora_setup(impl, adapter, msg, len);
 }
 
-static const ss_model_ops llama_ops = {.check = llama_check,
-                                       .forward = llama_forward,
-                                       .destroy = llama_destroy,
-                                       .check_kv = llama_check_kv,
-                                       .forward_kv_batch = llama_forward_kv_batch,
-                                       .forward_kv = llama_forward_kv,
-                                       .forward_train = llama_forward_train,
-                                       .backward = llama_backward,
-                                       .step = llama_step,
-                                       .free_saved = llama_free_saved,
-                                       .save = llama_save};
-
-/* ------------------------------------------------------------- constructor ---- */
+static int llama_params_of(void *impl) { return llama_params(impl); }
 
 int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *err,
                        size_t errlen) {
-  const char *weights = NULL, *config = NULL, *layers = ":", *dt = "f32";
-  const char *lrank = NULL, *lalpha = NULL, *ltargets = NULL, *adapter = NULL;
-  const char *ldrop = NULL, *lseed = NULL;
+  const char *config, *dt = "f32";
   char cfg_buf[1200], cfg_dir[1100], msg[1024];
   int rc;
   int64_t n_params = 0;
+  ss_trunk_spec sp;
   llama *p;
   wsrc w;
 
-  for (size_t i = 0; i < n; i++) {
-    const char *k = params[2 * i], *v = params[2 * i + 1];
-    if (strcmp(k, "weights") == 0)
-      weights = v;
-    else if (strcmp(k, "config") == 0)
-      config = v;
-    else if (strcmp(k, "layers") == 0)
-      layers = v;
-    else if (strcmp(k, "lora_rank") == 0)
-      lrank = v;
-    else if (strcmp(k, "lora_alpha") == 0)
-      lalpha = v;
-    else if (strcmp(k, "lora_targets") == 0)
-      ltargets = v;
-    else if (strcmp(k, "adapter") == 0)
-      adapter = v;
-    else if (strcmp(k, "lora_dropout") == 0)
-      ldrop = v;
-    else if (strcmp(k, "lora_seed") == 0)
-      lseed = v;
-    else {
-      snprintf(err, errlen,
-               "model '%s': unknown parameter '%s' for kind 'llama' (known: weights, config, "
-               "layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
-               "lora_seed)",
-               m->id, k);
-      return SS_EINVAL;
-    }
-  }
-  if (weights == NULL || weights[0] == '\0') {
-    snprintf(err, errlen,
-             "model '%s': kind 'llama' needs weights=PATH (a Hugging Face model.safetensors, "
-             "its directory or a sharded checkpoint's index)",
-             m->id);
-    return SS_EINVAL;
-  }
+  if ((rc = ss_trunk_spec_parse(m, "llama",
+                                "a Hugging Face model.safetensors, its directory or a sharded "
+                                "checkpoint's index",
+                                params, n, &sp, err, errlen)) != 0)
+    return rc;
   if ((p = calloc(1, sizeof *p)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
@@ -1908,52 +1480,30 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
   memset(&w, 0, sizeof w);
   w.p = p;
   msg[0] = '\0';
-  rc = wsrc_open(&w, weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
+  config = sp.config;
+  rc = wsrc_open(&w, sp.weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
   if (rc == 0 && (config == NULL || config[0] == '\0')) {
     snprintf(cfg_buf, sizeof cfg_buf, "%sconfig.json", cfg_dir);
     config = cfg_buf;
   }
   if (rc == 0) rc = load_config(p, config, msg, sizeof msg);
-  if (rc == 0) rc = ss_trunk_layers(layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
-  if (rc == 0) rc = load_weights(p, &w, weights, &dt, &n_params, msg, sizeof msg);
-  /* LoRA (PEFT's llama default targets: q_proj, v_proj) */
+  if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
+  if (rc == 0) rc = load_weights(p, &w, sp.weights, &dt, &n_params, msg, sizeof msg);
+  /* LoRA (PEFT's llama default targets: q_proj, v_proj), parameters, optimizer state (in the
+   * weights file: full fine-tuning checkpoints; or the adapter's directory) */
   if (rc == 0)
-    rc = ss_lora_settings(lrank, lalpha, ltargets, adapter, ldrop, lseed, proj_short, N_PROJ,
-                          (1u << P_Q) | (1u << P_V), &p->lora, msg, sizeof msg);
-  if (rc == 0 && p->lora.r > 0) rc = lora_setup(p, adapter, msg, sizeof msg);
-  if (rc == 0 && llama_params(p) != 0) {
-    snprintf(msg, sizeof msg, "out of memory");
-    rc = SS_ENOMEM;
-  }
-  /* optimizer state: in the weights file (full fine-tuning checkpoints) or the adapter's
-   * directory (optimizer.safetensors) */
-  if (rc == 0 && p->lora.r == 0)
-    rc = ss_params_restore(&p->prm, p->files[0], msg, sizeof msg);
-  else if (rc == 0 && adapter != NULL)
-    rc = ss_lora_restore(&p->prm, adapter, msg, sizeof msg);
+    rc = ss_trunk_training(&llama_arch, p, &sp, (1u << P_Q) | (1u << P_V), &p->lora, &p->prm,
+                           p->files[0], llama_lora_setup, llama_params_of, msg, sizeof msg);
   wsrc_close(&w);
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     llama_free(p);
     return rc;
   }
-  m->kind = "llama";
-  m->ops = &llama_ops;
-  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m};
-  m->impl = p;
-  m->weights = p->files[0];
-  m->exec = SS_EXEC_WORKER;
-  m->echo = 0;
-  m->n_kv_layers = p->b - p->a;
-  m->n_params = n_params;
-  m->weight_bytes = (size_t)n_params * sizeof(float);
-  {
-    char lora[64] = "";
-    if (p->lora.r > 0) snprintf(lora, sizeof lora, ", LoRA r %d", p->lora.r);
-    snprintf(m->describe, sizeof m->describe,
-             "llama (%s) layers %d:%d of %d (hidden %d, %d/%d heads), %.1fM params, %s%s",
-             p->model_type, p->a, p->b, p->n_layer, p->E, p->NH, p->NKV,
-             (double)n_params / 1e6, dt, lora);
-  }
-  return 0;
+  snprintf(m->describe, sizeof m->describe,
+           "llama (%s) layers %d:%d of %d (hidden %d, %d/%d heads), %.1fM params, %s",
+           p->model_type, p->a, p->b, p->n_layer, p->E, p->NH, p->NKV, (double)n_params / 1e6, dt);
+  const ss_trunk t = {&llama_arch, p,    p->a,    p->b,   p->n_pos, p->E,
+                      p->NKV,      p->D, &p->prm, &p->cc, &p->lora};
+  return ss_trunk_attach(m, &t, p->files[0], n_params, err, errlen);
 }

@@ -19,15 +19,7 @@
 
 #include "core/config.h"
 #include "core/file.h"
-#include "models/nn/matmul.h"
-
-static uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-#define GOLDEN 0x9E3779B97F4A7C15ull
+#include "models/nn/backend/backend.h"
 
 uint64_t ss_lora_mask_key(uint64_t seed, const char *forward_id) {
   uint64_t h = 0xCBF29CE484222325ull;
@@ -35,17 +27,13 @@ uint64_t ss_lora_mask_key(uint64_t seed, const char *forward_id) {
     h ^= *q;
     h *= 0x100000001B3ull;
   }
-  return mix(seed ^ mix(h));
+  return ss_dropout_mix(seed ^ ss_dropout_mix(h));
 }
 
-void ss_lora_dropout(float *xd, const float *x, size_t n, const ss_lora_mask *mk, int unit) {
-  const uint64_t z = mix(mk->key ^ ((uint64_t)unit * GOLDEN));
-  const double p = (double)mk->p;
-  const float scale = 1.0f / (1.0f - mk->p);
-  for (size_t i = 0; i < n; i++) {
-    uint64_t u = mix(z + (uint64_t)(i + 1) * GOLDEN) >> 40;
-    xd[i] = (double)u * 0x1p-24 >= p ? x[i] * scale : 0.0f;
-  }
+void ss_lora_dropout(const ss_compute *cc, float *xd, const float *x, size_t n,
+                     const ss_lora_mask *mk, int unit) {
+  ss_op_dropout(cc, xd, x, n, ss_dropout_mix(mk->key ^ ((uint64_t)unit * SS_DROPOUT_GOLDEN)),
+                mk->p);
 }
 
 static int dropping(const ss_lora_mask *mk) { return mk != NULL && mk->p > 0.0f; }
@@ -55,11 +43,11 @@ void ss_lora_forward(const ss_lora_cfg *c, const ss_lora *l, int in, int out, fl
   const int r = c->r;
   if (l->a == NULL) return;
   if (dropping(mk)) {
-    ss_lora_dropout(xd, x, (size_t)BT * (size_t)in, mk, l->unit);
+    ss_lora_dropout(c->cc, xd, x, (size_t)BT * (size_t)in, mk, l->unit);
     x = xd;
   }
-  ss_matmul(SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
-  ss_matmul(SS_MM_N, SS_MM_T, BT, out, r, c->s, lt, r, l->b, r, 1.0f, y, out);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_T, BT, out, r, c->s, lt, r, l->b, r, 1.0f, y, out);
 }
 
 void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, int in, int out,
@@ -70,27 +58,27 @@ void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, in
   const size_t n = (size_t)BT * (size_t)in;
   if (l->a == NULL) return;
   if (dropping(mk)) {
-    ss_lora_dropout(xd, x, n, mk, l->unit); /* the forward's masks, regenerated */
+    ss_lora_dropout(c->cc, xd, x, n, mk, l->unit); /* the forward's masks, regenerated */
     x = xd;
   }
-  ss_matmul(SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
-  ss_matmul(SS_MM_N, SS_MM_N, BT, r, out, sc, dy, out, l->b, r, 0.0f, dlt, r);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_T, BT, r, in, 1.0f, x, in, l->a, in, 0.0f, lt, r);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_N, BT, r, out, sc, dy, out, l->b, r, 0.0f, dlt, r);
   if (l->ia >= 0) {
     ss_params_lock(prm);
     /* dB [out, r] += s dy^T lt;  dA [r, in] += dlt^T drop(x) */
-    ss_matmul(SS_MM_T, SS_MM_N, out, r, BT, sc, dy, out, lt, r, 1.0f, ss_params_grad(prm, l->ib),
-              r);
-    ss_matmul(SS_MM_T, SS_MM_N, r, in, BT, 1.0f, dlt, r, x, in, 1.0f, ss_params_grad(prm, l->ia),
-              in);
+    ss_op_matmul(c->cc, SS_MM_T, SS_MM_N, out, r, BT, sc, dy, out, lt, r, 1.0f,
+                 ss_params_grad(prm, l->ib), r);
+    ss_op_matmul(c->cc, SS_MM_T, SS_MM_N, r, in, BT, 1.0f, dlt, r, x, in, 1.0f,
+                 ss_params_grad(prm, l->ia), in);
     ss_params_unlock(prm);
   }
   if (dropping(mk)) { /* dx += drop'(dlt A): the same mask and scale */
-    ss_matmul(SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 0.0f, xd, in);
-    ss_lora_dropout(xd, xd, n, mk, l->unit);
-    for (size_t i = 0; i < n; i++) dx[i] += xd[i];
+    ss_op_matmul(c->cc, SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 0.0f, xd, in);
+    ss_lora_dropout(c->cc, xd, xd, n, mk, l->unit);
+    ss_op_add(c->cc, dx, xd, n);
     return;
   }
-  ss_matmul(SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 1.0f, dx, in);
+  ss_op_matmul(c->cc, SS_MM_N, SS_MM_N, BT, in, r, 1.0f, dlt, r, l->a, in, 1.0f, dx, in);
 }
 
 static uint64_t splitmix64(uint64_t *state) {

@@ -57,6 +57,7 @@ typedef struct ss_lora_cfg {
   unsigned targets; /* bit per target name (the kind's list, see ss_lora_settings) */
   float dropout;    /* lora_dropout, in [0, 1) */
   uint64_t seed;    /* lora_seed: the dropout masks' seed */
+  const ss_compute *cc; /* the model's compute context (borrowed): the adapters' products */
 } ss_lora_cfg;
 
 /* One training forward's dropout (p == 0 or a NULL pointer: none): p and the key of its masks. */
@@ -67,8 +68,10 @@ typedef struct ss_lora_mask {
 
 /* The masks' key of a training forward: mix(seed ^ mix(fnv1a64(forward_id))); NULL id: "". */
 uint64_t ss_lora_mask_key(uint64_t seed, const char *forward_id);
-/* xd [n] = x * keep / (1 - p) with unit's mask (see above); xd may be x. */
-void ss_lora_dropout(float *xd, const float *x, size_t n, const ss_lora_mask *mk, int unit);
+/* xd [n] = x * keep / (1 - p) with unit's mask (see above), the dropout op of cc's backend
+ * (NULL: cpu); xd may be x. */
+void ss_lora_dropout(const ss_compute *cc, float *xd, const float *x, size_t n,
+                     const ss_lora_mask *mk, int unit);
 
 /* y [BT, out] += s (drop(x [BT, in]) A^T) B^T. lt: scratch [BT, r]. mk: the training forward's
  * dropout (NULL: none, as in inference); xd: scratch [BT, in] when mk->p > 0. */

@@ -12,13 +12,15 @@
  * at load. Without weights=: the embedded default 768->768->768 (see default_weights()).
  *
  * Thread: created on the main thread, then shared by all workers; check() on the loop thread;
- * forward() on a worker, reentrant (its two ping-pong scratch buffers are malloc'd per call).
+ * forward() on a worker, reentrant (its two ping-pong scratch buffers come from its backend
+ * per call).
  * Y = X W^T + b per layer (nn/linear.h, SS_W_OUT_IN).
  *
  * Training (see "training" below): forward_train/backward on workers under the model's read
- * lock (backwards serialize only their gradient sums: models/params.h); step() under the write lock is the
- * only writer of weights, copying mmap views on first write (ss_param_writable); save() under the
- * read lock writes "<prefix><idx>.weight"/".bias" as loaded (the embedded default: 0.*, 2.*).
+ * lock (backwards serialize only their gradient sums: models/params.h); step() under the write lock
+ * is the only writer of weights, copying mmap views on first write (ss_param_writable); save()
+ * under the read lock writes "<prefix><idx>.weight"/".bias" as loaded (the embedded default:
+ * 0.*, 2.*).
  */
 #include <ctype.h>
 #include <limits.h>
@@ -28,9 +30,7 @@
 #include <string.h>
 
 #include "models/model.h"
-#include "models/nn/gelu.h"
-#include "models/nn/linear.h"
-#include "models/nn/relu.h"
+#include "models/nn/backend/backend.h"
 #include "models/params.h"
 #include "models/safetensors.h"
 
@@ -288,16 +288,16 @@ static int mlp_check(const ss_model *m, const ss_tensor *in, const ss_meta *meta
 /* The hidden activation, forward (in place) and backward (d *= act'(z)). */
 static void act_forward(const mlp *p, float *y, size_t n) {
   if (p->gelu)
-    ss_gelu_erf_forward(y, y, n);
+    ss_op_gelu_erf_forward(&p->cc, y, y, n);
   else
-    ss_relu_forward(y, y, n);
+    ss_op_relu_forward(&p->cc, y, y, n);
 }
 
 static void act_backward(const mlp *p, float *d, const float *z, size_t n) {
   if (p->gelu)
-    ss_gelu_erf_backward(d, z, n);
+    ss_op_gelu_erf_backward(&p->cc, d, z, n);
   else
-    ss_relu_backward(d, z, n);
+    ss_op_relu_backward(&p->cc, d, z, n);
 }
 
 static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
@@ -315,8 +315,9 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
     if ((size_t)p->l[i].out > maxw) maxw = (size_t)p->l[i].out;
   if (maxw > 0) {
     if (__builtin_mul_overflow(rows, maxw * sizeof(float), &cells) ||
-        (buf[0] = malloc(cells)) == NULL || (buf[1] = malloc(cells)) == NULL) {
-      free(buf[0]);
+        (buf[0] = ss_op_alloc(&p->cc, cells)) == NULL ||
+        (buf[1] = ss_op_alloc(&p->cc, cells)) == NULL) {
+      ss_op_release(&p->cc, buf[0]);
       snprintf(err, errlen, "model '%s': out of memory for %zu x %zu activations", m->id, rows,
                maxw);
       return SS_ENOMEM;
@@ -327,11 +328,11 @@ static int mlp_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, c
     const float *x = i == 0 ? (const float *)in->data : buf[(i - 1) & 1];
     if (ss_meta_cancelled(meta)) break; /* nobody waits for the result: stop (checked below) */
     float *y = i == p->n - 1 ? (float *)out->data : buf[i & 1];
-    ss_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
+    ss_op_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
     if (i < p->n - 1) act_forward(p, y, rows * (size_t)L->out);
   }
-  free(buf[0]);
-  free(buf[1]);
+  ss_op_release(&p->cc, buf[0]);
+  ss_op_release(&p->cc, buf[1]);
   return ss_meta_cancelled(meta) ? SS_ECANCELLED : 0;
 }
 
@@ -373,15 +374,15 @@ static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *
   }
   sv = NULL;
   if (__builtin_mul_overflow(rows, cells * sizeof(float), &bytes) ||
-      (sv = malloc(sizeof *sv + bytes)) == NULL ||
-      (maxw > 0 && rows > 0 && (a = malloc(rows * maxw * sizeof(float))) == NULL)) {
+      (sv = malloc(sizeof *sv)) == NULL || (sv->x = ss_op_alloc(&p->cc, bytes)) == NULL ||
+      (maxw > 0 && rows > 0 && (a = ss_op_alloc(&p->cc, rows * maxw * sizeof(float))) == NULL)) {
+    if (sv != NULL) ss_op_release(&p->cc, sv->x);
     free(sv);
     snprintf(err, errlen, "model '%s': out of memory for %zu x %zu saved activations", m->id, rows,
              cells);
     return SS_ENOMEM;
   }
   sv->rows = rows;
-  sv->x = (float *)(sv + 1);
   sv->z = sv->x + rows * (size_t)p->l[0].in;
   if (rows > 0) /* zero rows: in->data may be NULL (an empty wire tensor) */
     memcpy(sv->x, in->data, rows * (size_t)p->l[0].in * sizeof(float));
@@ -390,14 +391,14 @@ static int mlp_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *
     const mlp_layer *L = &p->l[i];
     const float *x = i == 0 ? sv->x : a;
     float *y = i == p->n - 1 ? (float *)out->data : z;
-    ss_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
+    ss_op_linear_forward(&p->cc, y, x, L->w, L->b, (int)rows, L->in, L->out, SS_W_OUT_IN, 0);
     if (i < p->n - 1) {
       memcpy(a, z, rows * (size_t)L->out * sizeof(float));
       act_forward(p, a, rows * (size_t)L->out);
       z += rows * (size_t)L->out;
     }
   }
-  free(a);
+  ss_op_release(&p->cc, a);
   *saved = sv;
   *saved_bytes = sizeof *sv + bytes;
   return 0;
@@ -427,13 +428,13 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
   if (rows == 0) return 0;
   for (int i = 0; i < p->n; i++)
     if ((size_t)p->l[i].out > maxw) maxw = (size_t)p->l[i].out;
-  dy = malloc(rows * maxw * sizeof(float));
-  dx = malloc(rows * maxw * sizeof(float));
-  a = malloc(rows * maxw * sizeof(float));
+  dy = ss_op_alloc(&p->cc, rows * maxw * sizeof(float));
+  dx = ss_op_alloc(&p->cc, rows * maxw * sizeof(float));
+  a = ss_op_alloc(&p->cc, rows * maxw * sizeof(float));
   if (dy == NULL || dx == NULL || a == NULL) {
-    free(dy);
-    free(dx);
-    free(a);
+    ss_op_release(&p->cc, dy);
+    ss_op_release(&p->cc, dx);
+    ss_op_release(&p->cc, a);
     snprintf(err, errlen, "model '%s': out of memory for backward (%zu x %zu)", m->id, rows, maxw);
     return SS_ENOMEM;
   }
@@ -461,9 +462,9 @@ static int mlp_backward(ss_model *m, const void *saved, const ss_tensor *grad_ou
       if (i >= 2) z -= rows * (size_t)p->l[i - 2].out;
     }
   }
-  free(dy);
-  free(dx);
-  free(a);
+  ss_op_release(&p->cc, dy);
+  ss_op_release(&p->cc, dx);
+  ss_op_release(&p->cc, a);
   return 0;
 }
 
@@ -473,8 +474,10 @@ static int mlp_step(ss_model *m, const ss_optim *opt, char *err, size_t errlen) 
 }
 
 static void mlp_free_saved(const ss_model *m, void *saved) {
-  (void)m;
-  free(saved);
+  const mlp *p = m->impl;
+  mlp_saved *sv = saved;
+  ss_op_release(&p->cc, sv->x);
+  free(sv);
 }
 
 /* "<prefix><idx>.weight" / ".bias" as loaded (the embedded default: 0.*, 2.*). */
@@ -573,7 +576,8 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
   }
   m->kind = "mlp";
   m->ops = &mlp_ops;
-  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m};
+  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
+  p->prm.cc = &p->cc;
   m->impl = p;
   m->weights = p->st;
   m->exec = SS_EXEC_WORKER;

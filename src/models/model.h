@@ -29,15 +29,29 @@ typedef enum {
 
 typedef struct ss_model ss_model;
 
-/* One layer's attention cache: key and value, float32 [batch, heads, len, head_dim]. */
+/* One layer's attention cache: key and value, float32 [batch, heads, len, head_dim]. release:
+ * how an owned entry's key.data and value.data are given back (the allocating backend's release;
+ * ss_kv_release); NULL for borrowed views (a request's past). */
 typedef struct ss_kv_layer {
   ss_tensor key, value;
+  void (*release)(void *data);
 } ss_kv_layer;
+
+/* Give back the data of an owned entry (its release callback) and zero it. */
+static inline void ss_kv_release(ss_kv_layer *kv) {
+  if (kv->release != NULL) {
+    kv->release(kv->key.data);
+    kv->release(kv->value.data);
+  }
+  kv->key.data = kv->value.data = NULL;
+  kv->release = NULL;
+}
 
 /* KV-cache input/output of one forward call (models with n_kv_layers > 0).
  * past: n_layers entries (borrowed, float32, already validated by check_kv) or NULL for no past.
  * present: when want_present, the model fills n_layers entries with past+new keys/values; their
- * data is malloc'd by the model and owned by the caller afterwards (free() each key/value data). */
+ * data comes from the model's backend and is owned by the caller afterwards, who gives it back
+ * with ss_kv_release (the entry's release callback), never free(). */
 typedef struct ss_kv_io {
   int n_layers;
   const ss_kv_layer *past;
@@ -127,6 +141,9 @@ struct ss_model {
   int wire_codec;           /* spec key wire_codec: 1 zlib, 0 none, -1 unset (service/codec.h) */
   int compute;              /* spec key compute: the dtype of the weight products (ss_mm_dtype:
                              * 0 fp32, 1 bf16, 2 int8); set before the constructor runs */
+  const struct ss_backend *backend; /* spec key backend=cpu|reference: the op table and
+                                     * allocator of its ops (models/nn/backend/backend.h); set
+                                     * before the constructor runs */
   int implicit_training;    /* spec key implicit_training=1: an untagged Compute keeps its
                              * activations for the next ComputeBackward on its connection
                              * (service/train.c) */
@@ -138,7 +155,7 @@ struct ss_model {
   size_t weight_bytes;      /* bytes of weights resident */
   const struct ss_st_file *weights; /* the mapped weights file, or NULL; the service calls
                                      * ss_st_check() on it after each forward (in-place changes) */
-  char describe[160];       /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
+  char describe[224];       /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
 };
 
 /* Parse a model spec "ID=KIND[,key=value...]" and create the model.

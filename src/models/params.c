@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/nn/backend/backend.h"
 #include "models/nn/matmul.h"
 #include "models/safetensors.h"
 
@@ -57,10 +58,10 @@ void ss_params_linear_backward(ss_params *s, int iw, int ib, float *dx, const fl
                                const float *x, const float *W, int BT, int C, int OC,
                                ss_w_layout layout) {
   uv_mutex_lock(&s->gmu);
-  ss_linear_backward(NULL, s->p[iw].grad, ib >= 0 ? s->p[ib].grad : NULL, dy, x, W, BT, C, OC,
-                     layout);
+  ss_op_linear_backward(s->cc, NULL, s->p[iw].grad, ib >= 0 ? s->p[ib].grad : NULL, dy, x, W, BT, C,
+                        OC, layout);
   uv_mutex_unlock(&s->gmu);
-  if (dx != NULL) ss_linear_backward(dx, NULL, NULL, dy, x, W, BT, C, OC, layout);
+  if (dx != NULL) ss_op_linear_backward(s->cc, dx, NULL, NULL, dy, x, W, BT, C, OC, layout);
 }
 
 int ss_params_step(ss_params *s, const ss_optim *opt, const char *model_id, char *err,

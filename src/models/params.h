@@ -29,6 +29,7 @@ typedef struct ss_params {
   uv_mutex_t gmu;       /* serializes gradient sums of concurrent backward calls */
   int gmu_ok;
   int64_t t;            /* optimizer steps taken so far */
+  const ss_compute *cc; /* the model's compute context (borrowed; NULL: cpu), for the products */
 } ss_params;
 
 /* Room for cap parameters. Returns 0 or SS_ENOMEM (then ss_params_free is still safe). */

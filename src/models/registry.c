@@ -24,6 +24,11 @@
  * untagged Compute is a training forward, paired with the next ComputeBackward of its
  * connection), learning_rate=LR and accumulation_step=N (what a ComputeBackward that sends
  * neither uses; no learning_rate: such calls only accumulate).
+ *
+ * And backend=cpu|reference (default cpu): the op table and allocator their ops run on
+ * (nn/backend/backend.h), parsed into m->backend before the constructor runs. reference is the
+ * slow double-accumulating oracle; it computes in f32 only, so compute=bf16|int8 with it is
+ * refused. The model's describe line (start-up log, GetServiceInfo) names its backend.
  */
 #include <errno.h>
 #include <math.h>
@@ -32,6 +37,7 @@
 #include <string.h>
 
 #include "models/model.h"
+#include "models/nn/backend/backend.h"
 #include "models/nn/matmul.h"
 
 typedef int (*kind_ctor)(ss_model *m, const char *const *params, size_t n, char *err,
@@ -61,7 +67,7 @@ static const char *const train_keys[] = {
     "optimizer",      "beta1",          "beta2",        "eps",          "weight_decay",
     "save",           "max_batch_rows", "batch_delay_us", "decode_batch", "wire_dtype",
     "wire_codec",     "compute",        "implicit_training", "learning_rate", "accumulation_step",
-    NULL};
+    "backend",        NULL};
 
 static const kind_entry kinds[] = {
     {"identity", ss_model_identity_new, no_keys, 0}, {"scale", ss_model_scale_new, no_keys, 0},
@@ -125,6 +131,28 @@ static int parse_compute(ss_model *m, const char *const *params, size_t n, char 
       return SS_EINVAL;
     }
     m->compute = SS_MM_BF16;
+  }
+  return 0;
+}
+
+/* backend=cpu|reference (see the top comment) into m->backend; after parse_compute. */
+static int parse_backend(ss_model *m, const char *const *params, size_t n, char *err,
+                         size_t errlen) {
+  m->backend = &ss_backend_cpu;
+  for (size_t i = 0; i < n; i++) {
+    const char *v = params[2 * i + 1];
+    if (strcmp(params[2 * i], "backend") != 0) continue;
+    if ((m->backend = ss_backend_find(v)) == NULL) {
+      snprintf(err, errlen, "model '%s': backend must be cpu or reference, got '%s'", m->id, v);
+      return SS_EINVAL;
+    }
+  }
+  if (m->backend == &ss_backend_reference && m->compute != SS_MM_F32) {
+    snprintf(err, errlen,
+             "model '%s': backend=reference computes in fp32 only (it is the numerical oracle); "
+             "drop compute=%s or use backend=cpu",
+             m->id, m->compute == SS_MM_BF16 ? "bf16" : "int8");
+    return SS_EINVAL;
   }
   return 0;
 }
@@ -316,6 +344,7 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
   if (k->trains) {
     /* Training keys are the registry's; the constructor sees the rest. */
     rc = parse_compute(m, params, n, err, errlen);
+    if (rc == 0) rc = parse_backend(m, params, n, err, errlen);
     if (rc == 0) rc = parse_training(m, params, n, err, errlen);
     if (rc == 0 && n > 0 && (own_params = malloc(2 * n * sizeof *own_params)) == NULL) {
       snprintf(err, errlen, "out of memory");
@@ -340,6 +369,10 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
     size_t len = strlen(m->describe);
     snprintf(m->describe + len, sizeof m->describe - len, "; compute %s",
              m->compute == SS_MM_BF16 ? "bf16" : "int8 (weight-only)");
+  }
+  if (rc == 0 && m->backend != NULL) { /* kinds with ops: which backend runs them */
+    size_t len = strlen(m->describe);
+    snprintf(m->describe + len, sizeof m->describe - len, "; backend %s", m->backend->name);
   }
   free(own_params);
   if (rc != 0) {

@@ -16,10 +16,7 @@ struct ss_sessions {
 
 void ss_kv_free(ss_kv_layer *kv, int n) {
   if (!kv) return;
-  for (int i = 0; i < n; i++) {
-    free(kv[i].key.data);
-    free(kv[i].value.data);
-  }
+  for (int i = 0; i < n; i++) ss_kv_release(&kv[i]); /* the model backend's memory */
   free(kv);
 }
 

@@ -33,11 +33,14 @@ typedef enum { SS_MM_N = 0, SS_MM_T = 1 } ss_mm_trans;
 /* The dtype a model's weight products run in (model key compute=). */
 typedef enum { SS_MM_F32 = 0, SS_MM_BF16 = 1, SS_MM_INT8 = 2 } ss_mm_dtype;
 
-/* How a model computes its weight products: the dtype, and the owner of the packed copies (the
- * model; ss_matmul_weights_drop(owner) when it is freed). NULL means f32. */
+/* A model's compute context: its backend (the op table and allocator, nn/backend/backend.h;
+ * NULL: cpu), the dtype of its weight products, and the owner of their packed copies (the model;
+ * ss_matmul_weights_drop(owner) when it is freed). A NULL context means cpu, f32. */
+struct ss_backend;
 typedef struct ss_compute {
   ss_mm_dtype dtype;
   const void *owner;
+  const struct ss_backend *be;
 } ss_compute;
 
 /* C [M,N] (row stride ldc) = alpha op(A) op(B) + beta C. A: [M,K] (ta N) or [K,M] (ta T), row

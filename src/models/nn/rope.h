@@ -31,6 +31,11 @@ void ss_rope_backward_freq(float *d, int ld, int B, int T, int NH, int HS, int p
 void ss_rope_forward_pos(float *x, int ld, int B, int T, int NH, int HS, const int *pos,
                          const unsigned char *stream, const double *inv_freq);
 
+/* The gradient of a bias added to the keys before the rotation, from dk = dL/d(rotated keys)
+ * [B, T, NKV*HS] of one call at positions 0..T-1 (a training forward): db [NKV*HS] +=
+ * sum_t R_t^T dk_t. Returns 0 or SS_ENOMEM (double accumulators). */
+int ss_rope_bias_backward(float *db, const float *dk, int B, int T, int NKV, int HS,
+                          const double *inv_freq);
 /* inv_freq [HS/2] = base^(-2i/HS) (the unscaled theta_i), written. */
 void ss_rope_inv_freq(double *inv_freq, int HS, double base);
 

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backends_check.h"
 #include "check.h"
 #include "gpt2_block_ref.h"
 #include "models/model.h"
@@ -123,20 +124,6 @@ static void ref_forward(double *x, int S, int a, int b) {
 
 /* ---------------------------------------------------------------- helpers ---- */
 
-static ss_tensor tensor3(float *data, int64_t b, int64_t s, int64_t e) {
-  ss_tensor t;
-  memset(&t, 0, sizeof t);
-  t.dtype = SS_DTYPE_F32;
-  t.ndim = 3;
-  t.shape[0] = b;
-  t.shape[1] = s;
-  t.shape[2] = e;
-  t.numel = (size_t)(b * s * e);
-  t.nbytes = t.numel * sizeof(float);
-  t.data = data;
-  return t;
-}
-
 static float max_abs_diff(const float *a, const float *b, size_t n) {
   float m = 0;
   for (size_t i = 0; i < n; i++) {
@@ -148,10 +135,7 @@ static float max_abs_diff(const float *a, const float *b, size_t n) {
 }
 
 static void free_kv(ss_kv_layer *kv, int n) {
-  for (int i = 0; i < n; i++) {
-    free(kv[i].key.data);
-    free(kv[i].value.data);
-  }
+  for (int i = 0; i < n; i++) ss_kv_release(&kv[i]);
 }
 
 static int run(ss_model *m, float *x, float *y, int64_t B, int64_t S, ss_kv_io *kv) {
@@ -485,6 +469,16 @@ int main(void) {
   test_numerics();
   test_check_kv();
   test_full_window();
+  { /* the block on the cpu and reference backends (nn/backend/), with LoRA and dropout too */
+    char spec[600];
+    snprintf(spec, sizeof spec, "t=gpt2,weights=%s,config=%s,layers=1:3", wpath, cpath);
+    check_backends(spec, E, 1e-4);
+    snprintf(spec, sizeof spec,
+             "t=gpt2,weights=%s,config=%s,lora_rank=2,lora_targets=c_attn,c_proj,c_fc,"
+             "lora_dropout=0.3",
+             wpath, cpath);
+    check_backends(spec, E, 1e-4);
+  }
   {
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backends_check.h"
 #include "check.h"
 #include "models/model.h"
 #include "models/safetensors.h"
@@ -122,20 +123,6 @@ static void write_config(const char *path, const char *type, const char *extra) 
   fclose(fp);
 }
 
-static ss_tensor tensor3(float *data, int64_t b, int64_t s, int64_t e) {
-  ss_tensor t;
-  memset(&t, 0, sizeof t);
-  t.dtype = SS_DTYPE_F32;
-  t.ndim = 3;
-  t.shape[0] = b;
-  t.shape[1] = s;
-  t.shape[2] = e;
-  t.numel = (size_t)(b * s * e);
-  t.nbytes = t.numel * sizeof(float);
-  t.data = data;
-  return t;
-}
-
 static float max_abs_diff(const float *a, const float *b, size_t n) {
   float m = 0;
   for (size_t i = 0; i < n; i++) {
@@ -147,10 +134,7 @@ static float max_abs_diff(const float *a, const float *b, size_t n) {
 }
 
 static void free_kv(ss_kv_layer *kv, int n) {
-  for (int i = 0; i < n; i++) {
-    free(kv[i].key.data);
-    free(kv[i].value.data);
-  }
+  for (int i = 0; i < n; i++) ss_kv_release(&kv[i]);
 }
 
 static int run(ss_model *m, float *x, float *y, int64_t B, int64_t S, ss_kv_io *kv) {
@@ -236,6 +220,23 @@ static void test_decode(void) {
            "down_proj,optimizer=adamw",
            wq, cq);
   check_decode_and_batch(spec);
+}
+
+/* Each family's block (qwen2 biases, mistral's window, gemma3's q/k norms, sandwich norms,
+ * soft-capping, local rope; LoRA with dropout) on the cpu and reference backends. */
+static void test_backends(void) {
+  char spec[600];
+  snprintf(spec, sizeof spec, "q=llama,weights=%s,config=%s,layers=1:3", wq, cq);
+  check_backends(spec, E, 1e-4);
+  snprintf(spec, sizeof spec, "m=llama,weights=%s,config=%s", wm, cm);
+  check_backends(spec, E, 1e-4);
+  snprintf(spec, sizeof spec, "g=llama,weights=%s,config=%s", wg, cg);
+  check_backends(spec, E, 1e-4);
+  snprintf(spec, sizeof spec,
+           "l=llama,weights=%s,config=%s,lora_rank=2,lora_targets=q_proj,v_proj,down_proj,"
+           "lora_dropout=0.3",
+           wq, cq);
+  check_backends(spec, E, 1e-4);
 }
 
 /* The training path (forward_train + backward) against central differences of forward. */
@@ -353,6 +354,7 @@ int main(void) {
                "\"rope_local_base_freq\": 100.0, \"query_pre_attn_scalar\": 2, "
                "\"attn_logit_softcapping\": 1.0");
   test_decode();
+  test_backends();
   test_grad(wm, cm);
   test_grad(wg, cg);
   test_checks();

@@ -436,12 +436,12 @@ static void test_lora_dropout_masks(void) {
   size_t kept = 0;
   CHECK(mk.key == 0x82dd5298288b2871ull);
   for (int i = 0; i < 1000; i++) x[i] = 1.0f;
-  ss_lora_dropout(xd, x, 32, &mk, 2 * 16 + 3);
+  ss_lora_dropout(NULL, xd, x, 32, &mk, 2 * 16 + 3);
   for (int i = 0; i < 32; i++) CHECK_EQ_INT(xd[i] != 0.0f, want[i] == '1');
   for (int i = 0; i < 32; i++) CHECK(xd[i] == 0.0f || xd[i] == 2.0f);
   mk.p = 0.25f;
   mk.key = ss_lora_mask_key(0, NULL);
-  ss_lora_dropout(xd, x, 1000, &mk, 0);
+  ss_lora_dropout(NULL, xd, x, 1000, &mk, 0);
   for (int i = 0; i < 1000; i++) kept += xd[i] != 0.0f;
   CHECK_EQ_INT((int)kept, 762);
 }
