@@ -66,13 +66,20 @@ static const char *const ename[NE] = {"ss_matmul", "onednn", "few-rows", "openbl
 static void run1(int e, int tb, int M, int N, int K, const float *A, const float *B, float *C) {
   int ldb = tb ? K : N;
   switch (e) {
-  case E_SS: ss_matmul(SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, 1.0f, A, K, B, ldb, 0.0f, C, N); break;
-  case E_DNNL:
-    if (ss__matmul_engine(SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, 1.0f, A, K, B, ldb, 0.0f, C, N))
-      fprintf(stderr, "oneDNN refused %dx%dx%d\n", M, K, N);
-    break;
-  case E_HAND: ss__matmul_few_rows(tb ? SS_MM_T : SS_MM_N, M, N, K, A, K, B, ldb, 0.0f, C, N); break;
-  case E_OBLAS: oblas_sgemm(101, 111, tb ? 112 : 111, M, N, K, 1.0f, A, K, B, ldb, 0.0f, C, N); break;
+    case E_SS:
+      ss_matmul(SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, 1.0f, A, K, B, ldb, 0.0f, C, N);
+      break;
+    case E_DNNL:
+      if (ss__matmul_engine(SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, 1.0f, A, K, B, ldb, 0.0f, C,
+                            N))
+        fprintf(stderr, "oneDNN refused %dx%dx%d\n", M, K, N);
+      break;
+    case E_HAND:
+      ss__matmul_few_rows(tb ? SS_MM_T : SS_MM_N, M, N, K, A, K, B, ldb, 0.0f, C, N);
+      break;
+    case E_OBLAS:
+      oblas_sgemm(101, 111, tb ? 112 : 111, M, N, K, 1.0f, A, K, B, ldb, 0.0f, C, N);
+      break;
   }
 }
 
@@ -124,8 +131,8 @@ static void set_threads(int n) {
 
 /* oneDNN, the few-row kernels and OpenBLAS on rows[nr] x kn[2] shapes, B and B^T, 1..maxthr
  * threads: one line per cell with the fastest named. */
-static void few_rows_table(unsigned all, const int *rows, size_t nr, const int (*kn)[2],
-                           int maxthr, double secs, int cold) {
+static void few_rows_table(unsigned all, const int *rows, size_t nr, const int (*kn)[2], int maxthr,
+                           double secs, int cold) {
   printf("%-5s %4s %5s %5s %3s %9s %9s %9s  %s\n", "B", "M", "K", "N", "thr", ename[E_DNNL],
          ename[E_HAND], ename[E_OBLAS], "fastest");
   for (int thr = 1; thr <= maxthr; thr++) {
@@ -179,24 +186,27 @@ static double measure_dt(ss_mm_dtype dt, int tb, int M, int N, int K, double sec
 static void dtypes_table(double secs) {
   char why[160];
   int bf16 = ss_matmul_bf16_check(why, sizeof why) == 0;
-  static const struct { const char *name; int M, K, N, tb, cold; } sh[] = {
-      {"gpt2.c_attn", 128, 768, 2304, 0, 0}, {"gpt2.attn.c_proj", 128, 768, 768, 0, 0},
-      {"gpt2.mlp.c_fc", 128, 768, 3072, 0, 0}, {"gpt2.mlp.c_proj", 128, 3072, 768, 0, 0},
-      {"qwen.gate_proj", 128, 896, 4864, 1, 0}, {"decode.c_attn", 1, 768, 2304, 0, 1},
-      {"decode8.c_attn", 8, 768, 2304, 0, 1}, {"decode.qwen.up", 1, 896, 4864, 1, 1},
-      {"decode8.qwen.up", 8, 896, 4864, 1, 1}};
-  printf("\n== compute dtypes (ss_matmul_w, weights packed once): GFLOP/s, and us per product "
-         "(B cold rows)%s\n%-18s %4s %5s %5s %3s %10s %10s %10s\n",
-         bf16 ? "" : " [bf16 skipped: no avx512_bf16/AMX here]", "shape", "M", "K", "N", "thr",
-         "fp32", "bf16", "int8");
+  static const struct {
+    const char *name;
+    int M, K, N, tb, cold;
+  } sh[] = {{"gpt2.c_attn", 128, 768, 2304, 0, 0},    {"gpt2.attn.c_proj", 128, 768, 768, 0, 0},
+            {"gpt2.mlp.c_fc", 128, 768, 3072, 0, 0},  {"gpt2.mlp.c_proj", 128, 3072, 768, 0, 0},
+            {"qwen.gate_proj", 128, 896, 4864, 1, 0}, {"decode.c_attn", 1, 768, 2304, 0, 1},
+            {"decode8.c_attn", 8, 768, 2304, 0, 1},   {"decode.qwen.up", 1, 896, 4864, 1, 1},
+            {"decode8.qwen.up", 8, 896, 4864, 1, 1}};
+  printf(
+      "\n== compute dtypes (ss_matmul_w, weights packed once): GFLOP/s, and us per product "
+      "(B cold rows)%s\n%-18s %4s %5s %5s %3s %10s %10s %10s\n",
+      bf16 ? "" : " [bf16 skipped: no avx512_bf16/AMX here]", "shape", "M", "K", "N", "thr", "fp32",
+      "bf16", "int8");
   for (int thr = 1; thr <= 2; thr++) {
     set_threads(thr);
     for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
       double f = 2.0 * sh[s].M * sh[s].K * sh[s].N / 1e9, v[3] = {0, 0, 0};
       for (int d = 0; d < 3; d++) {
         if (d == 1 && !bf16) continue;
-        double med = measure_dt((ss_mm_dtype)d, sh[s].tb, sh[s].M, sh[s].N, sh[s].K, secs,
-                                sh[s].cold);
+        double med =
+            measure_dt((ss_mm_dtype)d, sh[s].tb, sh[s].M, sh[s].N, sh[s].K, secs, sh[s].cold);
         v[d] = sh[s].cold ? med * 1e6 : f / med;
       }
       printf("%-18s %4d %5d %5d %3d %10.1f %10.1f %10.1f %s\n", sh[s].name, sh[s].M, sh[s].K,
@@ -222,12 +232,18 @@ int main(int argc, char **argv) {
     dtypes_table(secs);
     return 0;
   }
-  static const struct { const char *name; int M, K, N, tb; } shapes[] = {
-      {"mlp", 10, 768, 768, 1},          {"gpt2.c_attn", 128, 768, 2304, 0},
-      {"gpt2.attn.c_proj", 128, 768, 768, 0}, {"gpt2.mlp.c_fc", 128, 768, 3072, 0},
-      {"gpt2.mlp.c_proj", 128, 3072, 768, 0}, {"decode.c_attn", 1, 768, 2304, 0}};
-  printf("\n== GFLOP/s (median; x: ss_matmul / openblas)\n%-18s %4s %5s %5s %3s %10s %10s %10s %7s\n",
-         "shape", "M", "K", "N", "thr", ename[E_SS], ename[E_DNNL], ename[E_OBLAS], "x");
+  static const struct {
+    const char *name;
+    int M, K, N, tb;
+  } shapes[] = {{"mlp", 10, 768, 768, 1},
+                {"gpt2.c_attn", 128, 768, 2304, 0},
+                {"gpt2.attn.c_proj", 128, 768, 768, 0},
+                {"gpt2.mlp.c_fc", 128, 768, 3072, 0},
+                {"gpt2.mlp.c_proj", 128, 3072, 768, 0},
+                {"decode.c_attn", 1, 768, 2304, 0}};
+  printf(
+      "\n== GFLOP/s (median; x: ss_matmul / openblas)\n%-18s %4s %5s %5s %3s %10s %10s %10s %7s\n",
+      "shape", "M", "K", "N", "thr", ename[E_SS], ename[E_DNNL], ename[E_OBLAS], "x");
   for (int thr = 1; thr <= 2 && !decode_only; thr++) {
     set_threads(thr);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {

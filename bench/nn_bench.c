@@ -9,9 +9,10 @@
  * Build (after building the library in build/):
  *   gcc -O2 -fopenmp -Isrc -Iinclude -I/usr/include/x86_64-linux-gnu/openblas-openmp \
  *     bench/nn_bench.c build/libsplitserve.a -o build/nn_bench \
- *     -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp \
- *     -lopenblas $(pkg-config --libs libuv libnghttp2 libprotobuf-c jansson yaml-0.1) -lm -lpthread
- *   build/nn_bench [THREADS] [REPS]      (env NN_BENCH_CPU=1: thread CPU time, see now_ms)
+ *     -L/usr/lib/x86_64-linux-gnu/openblas-openmp
+ * -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp \ -lopenblas $(pkg-config --libs libuv
+ * libnghttp2 libprotobuf-c jansson yaml-0.1) -lm -lpthread build/nn_bench [THREADS] [REPS] (env
+ * NN_BENCH_CPU=1: thread CPU time, see now_ms)
  */
 #include <math.h>
 #include <omp.h>

@@ -14,8 +14,8 @@
 #define SPLITSERVE_H
 
 #include <stddef.h>
-#include <stdio.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -99,57 +99,57 @@ SS_API void ss_from_f32(ss_dtype dt, const float *in, void *out, size_t n);
 typedef struct ss_server ss_server;
 
 typedef struct ss_server_config {
-  const char *listen_host;    /* borrowed; default "127.0.0.1" */
-  int listen_port;            /* default 50051; 0 picks a free port */
-  int workers;                /* compute workers; -1 = online cores; 0 = inline on the loop */
-  int intra_op_threads;       /* BLAS threads per worker (default 1) */
-  int oversubscribe;          /* allow workers x intra_op_threads > cores */
-  int io_threads;             /* I/O loops (default 1): connections spread over them; handlers
-                               * and compute stay where they were. Threads: N + W x T. */
-  int max_inflight;           /* per-model concurrent executions; 0 = unlimited */
-  int max_queue;              /* per-model wait queue bound; -1 = unlimited */
-  size_t max_message_bytes;   /* largest request message accepted (default 100 MiB) */
-  double drain_timeout_s;     /* graceful drain limit on stop (default 5) */
+  const char *listen_host;  /* borrowed; default "127.0.0.1" */
+  int listen_port;          /* default 50051; 0 picks a free port */
+  int workers;              /* compute workers; -1 = online cores; 0 = inline on the loop */
+  int intra_op_threads;     /* BLAS threads per worker (default 1) */
+  int oversubscribe;        /* allow workers x intra_op_threads > cores */
+  int io_threads;           /* I/O loops (default 1): connections spread over them; handlers
+                             * and compute stay where they were. Threads: N + W x T. */
+  int max_inflight;         /* per-model concurrent executions; 0 = unlimited */
+  int max_queue;            /* per-model wait queue bound; -1 = unlimited */
+  size_t max_message_bytes; /* largest request message accepted (default 100 MiB) */
+  double drain_timeout_s;   /* graceful drain limit on stop (default 5) */
   /* Transport bounds: what one connection, peer or request may hold (0 timeouts = off). */
-  int max_connections;        /* open connections in all (default 10000); more are refused */
+  int max_connections;          /* open connections in all (default 10000); more are refused */
   int max_connections_per_peer; /* open connections per client IP address (default 1000) */
-  int max_concurrent_streams; /* advertised and enforced per connection (default 256) */
+  int max_concurrent_streams;   /* advertised and enforced per connection (default 256) */
   size_t max_header_list_bytes; /* decoded request headers per stream, name+value+32 per
                                  * field (default 16384); over it the stream is refused */
   size_t max_connection_buffer_bytes; /* request bytes received and response bytes unsent
-                                 * held per connection, each direction (default 64 MiB) */
-  double handshake_timeout_s; /* client preface + SETTINGS must arrive within (default 10) */
-  double idle_timeout_s;      /* no open stream and nothing received for this long: GOAWAY
-                               * (default 300; PINGs count as activity) */
+                                       * held per connection, each direction (default 64 MiB) */
+  double handshake_timeout_s;    /* client preface + SETTINGS must arrive within (default 10) */
+  double idle_timeout_s;         /* no open stream and nothing received for this long: GOAWAY
+                                  * (default 300; PINGs count as activity) */
   double request_body_timeout_s; /* a request whose headers or body stop arriving for this
                                   * long is answered DEADLINE_EXCEEDED (default 30) */
-  const char *tls_cert;       /* borrowed; PEM certificate chain: serve TLS 1.2+ (ALPN h2) */
-  const char *tls_key;        /* borrowed; PEM private key (with tls_cert) */
-  const char *tls_client_ca;  /* borrowed; PEM CA: clients must present a certificate it signed */
-  int compress_responses;     /* gzip/deflate responses for clients that accept them (default 0) */
-  const char *const *models;  /* borrowed; "ID=KIND[,key=value...]"; first = default */
-  size_t n_models;            /* 0: the embedded default model set */
+  const char *tls_cert;          /* borrowed; PEM certificate chain: serve TLS 1.2+ (ALPN h2) */
+  const char *tls_key;           /* borrowed; PEM private key (with tls_cert) */
+  const char *tls_client_ca; /* borrowed; PEM CA: clients must present a certificate it signed */
+  int compress_responses;    /* gzip/deflate responses for clients that accept them (default 0) */
+  const char *const *models; /* borrowed; "ID=KIND[,key=value...]"; first = default */
+  size_t n_models;           /* 0: the embedded default model set */
   const int *model_max_inflight; /* borrowed, n_models entries or NULL; -1 = max_inflight */
   const int *model_max_queue;    /* borrowed, n_models entries or NULL; -1 = max_queue */
-  const char *config_path;    /* borrowed; YAML file re-read on SIGHUP (models and their limits) */
-  size_t session_max_bytes;   /* decode sessions (metadata session=ID): total KV bytes (1 GiB) */
-  double session_ttl_s;       /* idle sessions are evicted after this (default 600) */
+  const char *config_path;     /* borrowed; YAML file re-read on SIGHUP (models and their limits) */
+  size_t session_max_bytes;    /* decode sessions (metadata session=ID): total KV bytes (1 GiB) */
+  double session_ttl_s;        /* idle sessions are evicted after this (default 600) */
   size_t activation_max_bytes; /* training: activation cache budget (default 2 GiB) */
-  double activation_ttl_s;    /* training forwards without a backward expire (default 300) */
-  const char *save_weights;   /* borrowed; checkpoint path for the default model (drain, SIGUSR1) */
-  int enable_test_models;     /* serve the test-only kinds scale, sleep, spin (default 0) */
-  int max_metadata_entries;   /* ComputeRequest metadata: entries per request (default 64) */
+  double activation_ttl_s;     /* training forwards without a backward expire (default 300) */
+  const char *save_weights; /* borrowed; checkpoint path for the default model (drain, SIGUSR1) */
+  int enable_test_models;   /* serve the test-only kinds scale, sleep, spin (default 0) */
+  int max_metadata_entries; /* ComputeRequest metadata: entries per request (default 64) */
   size_t max_metadata_key_bytes;   /* bytes per metadata key (default 256) */
   size_t max_metadata_value_bytes; /* bytes per metadata value (default 4096) */
   size_t max_session_id_bytes;     /* metadata session=ID length (default 256) */
-  int log_level;              /* 0 error, 1 warn, 2 info (default), 3 debug */
-  const char *metrics_host;   /* borrowed; Prometheus /metrics over HTTP/1.1 (NULL: 127.0.0.1) */
-  int metrics_port;           /* -1 (default): no metrics endpoint; 0 picks a free port */
-  int wire_dtype;             /* tensors without metadata dtype: -1 (default) float32, else ss_dtype */
-  int wire_codec;             /* tensors without metadata codec: -1/0 (default) raw, 1 zlib */
-  int handle_signals;         /* install SIGINT/SIGTERM handlers on the loop (daemon) */
-  const char *auth_tokens;    /* borrowed; bearer-token file (NULL: no authentication); lines
-                               * "TOKEN [model,model...]", re-read on SIGHUP */
+  int log_level;                   /* 0 error, 1 warn, 2 info (default), 3 debug */
+  const char *metrics_host; /* borrowed; Prometheus /metrics over HTTP/1.1 (NULL: 127.0.0.1) */
+  int metrics_port;         /* -1 (default): no metrics endpoint; 0 picks a free port */
+  int wire_dtype;          /* tensors without metadata dtype: -1 (default) float32, else ss_dtype */
+  int wire_codec;          /* tensors without metadata codec: -1/0 (default) raw, 1 zlib */
+  int handle_signals;      /* install SIGINT/SIGTERM handlers on the loop (daemon) */
+  const char *auth_tokens; /* borrowed; bearer-token file (NULL: no authentication); lines
+                            * "TOKEN [model,model...]", re-read on SIGHUP */
 } ss_server_config;
 
 /* Fill cfg with the defaults (one row per setting in src/core/settings.c: flag, YAML key,
@@ -181,8 +181,9 @@ SS_API int ss_log_parse_level(const char *s);
 
 /* Create a server: loads models, binds the listener (so ss_server_port() is valid after),
  * starts the workers. SIGPIPE is set to ignored if it was at its default (a client that
- * disconnects mid-write must not kill the process). cfg is borrowed for the call only. On failure returns <0 and writes
- * a human message into err (may be NULL). *out: caller frees with ss_server_free(). */
+ * disconnects mid-write must not kill the process). cfg is borrowed for the call only. On failure
+ * returns <0 and writes a human message into err (may be NULL). *out: caller frees with
+ * ss_server_free(). */
 SS_API int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_t errlen);
 
 /* The bound port (useful with listen_port 0). Any thread after ss_server_new(). */
@@ -199,10 +200,10 @@ SS_API void ss_server_stop(ss_server *s);
 
 /* Counters for the exit summary; valid after ss_server_run() returns. */
 typedef struct ss_server_stats {
-  uint64_t served;    /* calls answered with OK */
-  uint64_t failed;    /* calls answered with an error status other than those below */
-  uint64_t rejected;  /* refused by admission (RESOURCE_EXHAUSTED) or while draining */
-  uint64_t cancelled; /* cancelled by the client or past their deadline */
+  uint64_t served;       /* calls answered with OK */
+  uint64_t failed;       /* calls answered with an error status other than those below */
+  uint64_t rejected;     /* refused by admission (RESOURCE_EXHAUSTED) or while draining */
+  uint64_t cancelled;    /* cancelled by the client or past their deadline */
   int checkpoint_failed; /* a checkpoint (drain, SIGUSR1) could not be written */
 } ss_server_stats;
 SS_API void ss_server_get_stats(const ss_server *s, ss_server_stats *out);
@@ -234,16 +235,16 @@ typedef struct ss_aclient ss_aclient;
 
 /* The outcome of one call, valid only during the callback. */
 typedef struct ss_call_result {
-  int grpc_status;         /* ss_grpc_code; or SS_GRPC_UNAVAILABLE on connection loss */
-  const char *message;     /* grpc-message, percent-decoded ("" if none); borrowed */
-  const uint8_t *body;     /* the response message (protobuf bytes, no 5-byte prefix) */
+  int grpc_status;     /* ss_grpc_code; or SS_GRPC_UNAVAILABLE on connection loss */
+  const char *message; /* grpc-message, percent-decoded ("" if none); borrowed */
+  const uint8_t *body; /* the response message (protobuf bytes, no 5-byte prefix) */
   size_t body_len;
-  double latency_s;        /* from the call's start to its trailers */
-  int refused;             /* nonzero: the server never processed the request (its stream was
-                              refused: REFUSED_STREAM, or above a GOAWAY's last stream id, or
-                              never sent), so it is safe to send again on a new connection;
-                              grpc_status is then UNAVAILABLE. The client itself already
-                              retried it on this connection while that could start streams */
+  double latency_s; /* from the call's start to its trailers */
+  int refused;      /* nonzero: the server never processed the request (its stream was
+                       refused: REFUSED_STREAM, or above a GOAWAY's last stream id, or
+                       never sent), so it is safe to send again on a new connection;
+                       grpc_status is then UNAVAILABLE. The client itself already
+                       retried it on this connection while that could start streams */
 } ss_call_result;
 
 typedef void (*ss_call_cb)(void *user, const ss_call_result *result);
@@ -283,7 +284,8 @@ SS_API int ss_aclient_call(ss_aclient *c, const char *path, const void *msg, siz
  * header value. Names must be lowercase HTTP tokens and not one the client sets itself (pseudo-
  * headers, content-type, te, user-agent, grpc-*) nor an HTTP/1 connection header; values are
  * printable ASCII (space and tab allowed inside). Returns 0; SS_EINVAL for a bad name or value,
- * SS_ERANGE beyond SS_CLIENT_MAX_HEADERS names, SS_ENOMEM. Loop thread (or before the loop runs). */
+ * SS_ERANGE beyond SS_CLIENT_MAX_HEADERS names, SS_ENOMEM. Loop thread (or before the loop runs).
+ */
 #define SS_CLIENT_MAX_HEADERS 16
 SS_API int ss_aclient_set_header(ss_aclient *c, const char *name, const char *value);
 
@@ -329,7 +331,7 @@ typedef struct ss_tensor_buf {
   ss_dtype dtype;
   int ndim;
   int64_t shape[SS_MAX_DIMS];
-  void *data;    /* row-major little-endian bytes */
+  void *data; /* row-major little-endian bytes */
   size_t nbytes;
 } ss_tensor_buf;
 
@@ -339,13 +341,13 @@ typedef struct ss_compute_opts {
   size_t n_metadata;           /* number of key/value pairs */
   int32_t request_id;          /* sent when has_request_id */
   int has_request_id;
-  double timeout_s;            /* <= 0: none */
+  double timeout_s; /* <= 0: none */
 } ss_compute_opts;
 
 typedef struct ss_compute_reply {
   int grpc_status;
   char message[512];
-  ss_tensor_buf output;        /* output.data: caller frees with free() */
+  ss_tensor_buf output; /* output.data: caller frees with free() */
   float compute_time_ms;
   int has_compute_time;
   int32_t request_id;

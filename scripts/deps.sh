@@ -8,7 +8,7 @@ PKGS=(
   libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
   libdnnl-dev libopenblas-openmp-dev libopenblas0-pthread libjansson-dev libyaml-dev libhttp-parser-dev zlib1g-dev libssl-dev openssl
   protobuf-compiler python3-grpcio python3-protobuf python3-numpy
-  valgrind prometheus nginx-light yamllint python3-kubernetes python3-yaml
+  valgrind prometheus nginx-light yamllint python3-kubernetes python3-yaml clang-format
 )
 if [ "${SS_DEPS_TORCH:-1}" = 1 ]; then PKGS+=(python3-torch); fi
 # The benches compare against OpenBLAS sgemm (bench/sgemm_peak.c) and run the peer on it.

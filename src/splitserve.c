@@ -40,13 +40,13 @@ struct ss_server {
   uv_signal_t sigint, sigterm, sighup, sigusr1;
   int handles_open;
   ss_pool *pool;
-  int pool_busy;              /* workers still computing when the loop ended (abandoned calls) */
+  int pool_busy; /* workers still computing when the loop ended (abandoned calls) */
   ss_service *svc;
   ss_grpc_server *grpc;
-  ss_metrics_http *metrics;   /* NULL unless --metrics-listen */
-  atomic_int stop_requests;   /* ss_server_stop calls and signals */
+  ss_metrics_http *metrics; /* NULL unless --metrics-listen */
+  atomic_int stop_requests; /* ss_server_stop calls and signals */
   int ncpu;
-  ss_server_stats stats;      /* filled when the loop ends */
+  ss_server_stats stats; /* filled when the loop ends */
 };
 
 int ss_server_port(const ss_server *s) { return ss_grpc_server_port(s->grpc); }
@@ -70,20 +70,20 @@ static void on_stop_async(uv_async_t *h) { handle_stop(h->data); }
 static void on_signal(uv_signal_t *h, int signum) {
   ss_server *s = h->data;
   switch (signum) {
-  case SIGHUP: {
-    char err[512];
-    if (ss_grpc_server_reload_tls(s->grpc, err, sizeof err) != 0)
-      SS_LOGE("SIGHUP: TLS certificate not reloaded, keeping the old one: %s", err);
-    else if (s->cfg.tls_cert)
-      SS_LOGI("SIGHUP: TLS certificate reloaded from %s", s->cfg.tls_cert);
-    ss_service_reload(s->svc);
-    break;
-  }
-  case SIGUSR1: ss_service_save_all(s->svc, "SIGUSR1"); break;
-  default:
-    SS_LOGI("signal %d (%s)", signum, signum == SIGINT ? "SIGINT" : "SIGTERM");
-    atomic_fetch_add(&s->stop_requests, 1);
-    handle_stop(s);
+    case SIGHUP: {
+      char err[512];
+      if (ss_grpc_server_reload_tls(s->grpc, err, sizeof err) != 0)
+        SS_LOGE("SIGHUP: TLS certificate not reloaded, keeping the old one: %s", err);
+      else if (s->cfg.tls_cert)
+        SS_LOGI("SIGHUP: TLS certificate reloaded from %s", s->cfg.tls_cert);
+      ss_service_reload(s->svc);
+      break;
+    }
+    case SIGUSR1: ss_service_save_all(s->svc, "SIGUSR1"); break;
+    default:
+      SS_LOGI("signal %d (%s)", signum, signum == SIGINT ? "SIGINT" : "SIGTERM");
+      atomic_fetch_add(&s->stop_requests, 1);
+      handle_stop(s);
   }
 }
 
@@ -105,7 +105,9 @@ static void close_handles(ss_server *s) {
 }
 
 /* A Prometheus scrape: the service's metrics (they include the transport's counters). */
-static void render_metrics(void *app, ss_strbuf *out) { ss_service_metrics(((ss_server *)app)->svc, out); }
+static void render_metrics(void *app, ss_strbuf *out) {
+  ss_service_metrics(((ss_server *)app)->svc, out);
+}
 
 /* The transport's hooks, routed to the service; the last one is ours. */
 static void on_drain_started(void *app) { ss_service_drain_started(((ss_server *)app)->svc); }
@@ -136,7 +138,8 @@ static void fit_fd_limit(ss_server *s) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
   if ((rlim_t)s->cfg.max_connections + SS_FD_RESERVE <= rl.rlim_cur) return;
-  int fit = rl.rlim_cur > 2 * SS_FD_RESERVE ? (int)(rl.rlim_cur - SS_FD_RESERVE) : (int)rl.rlim_cur / 2;
+  int fit =
+      rl.rlim_cur > 2 * SS_FD_RESERVE ? (int)(rl.rlim_cur - SS_FD_RESERVE) : (int)rl.rlim_cur / 2;
   SS_LOGW("--max-connections %d does not fit the open-file limit (%llu): using %d",
           s->cfg.max_connections, (unsigned long long)rl.rlim_cur, fit);
   s->cfg.max_connections = fit;
@@ -190,9 +193,10 @@ int ss_server_new(const ss_server_config *cfg, ss_server **out, char *err, size_
   }
   int compute = (s->cfg.workers > 0 ? s->cfg.workers : 0) * s->cfg.intra_op_threads;
   if (s->cfg.io_threads > 1 && s->cfg.io_threads + compute > s->ncpu)
-    SS_LOGW("--io-threads %d + %d compute threads = %d threads on %d cores: the I/O loops will "
-            "share cores with compute (fewer I/O loops or workers avoid it)",
-            s->cfg.io_threads, compute, s->cfg.io_threads + compute, s->ncpu);
+    SS_LOGW(
+        "--io-threads %d + %d compute threads = %d threads on %d cores: the I/O loops will "
+        "share cores with compute (fewer I/O loops or workers avoid it)",
+        s->cfg.io_threads, compute, s->cfg.io_threads + compute, s->ncpu);
   uv_loop_init(&s->loop);
   uv_async_init(&s->loop, &s->stop_async, on_stop_async);
   s->stop_async.data = s;
@@ -255,8 +259,10 @@ int ss_server_run(ss_server *s) {
   ss_service_log_start(s->svc);
   if (s->metrics)
     fprintf(stderr, "metrics on http://%s:%d/metrics\n",
-            s->cfg.metrics_host ? s->cfg.metrics_host : "127.0.0.1", ss_metrics_http_port(s->metrics));
-  fprintf(stderr, "listening on %s:%d\n", ss_grpc_server_host(s->grpc), ss_grpc_server_port(s->grpc));
+            s->cfg.metrics_host ? s->cfg.metrics_host : "127.0.0.1",
+            ss_metrics_http_port(s->metrics));
+  fprintf(stderr, "listening on %s:%d\n", ss_grpc_server_host(s->grpc),
+          ss_grpc_server_port(s->grpc));
   fflush(stderr);
   handle_stop(s); /* a stop that came before run */
   uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -280,7 +286,7 @@ void ss_server_free(ss_server *s) {
   close_handles(s);
   if (s->grpc) ss_grpc_server_free(s->grpc); /* closes connections and its handles */
   uv_run(&s->loop, UV_RUN_DEFAULT);
-  ss_pool_free(s->pool);        /* joins the workers */
+  ss_pool_free(s->pool); /* joins the workers */
   ss_service_free(s->svc);
   ss_metrics_http_free(s->metrics);
   if (uv_loop_close(&s->loop) != 0) SS_LOGW("loop closed with handles still open");

@@ -18,7 +18,8 @@ int ss_hist_init(ss_hist *h, int sub_bits, int max_bits) {
   h->sub_bits = sub_bits;
   h->max_bits = max_bits;
   /* groups g = 1 .. max_bits - sub_bits, each 2^(S-1) buckets, after the 2^S exact ones */
-  h->n_buckets = ((size_t)1 << sub_bits) + (size_t)(max_bits - sub_bits) * ((size_t)1 << (sub_bits - 1));
+  h->n_buckets =
+      ((size_t)1 << sub_bits) + (size_t)(max_bits - sub_bits) * ((size_t)1 << (sub_bits - 1));
   h->counts = calloc(h->n_buckets, sizeof *h->counts);
   return h->counts ? 0 : SS_ENOMEM;
 }

@@ -20,8 +20,8 @@
 #include <stdint.h>
 
 typedef struct ss_hist {
-  int sub_bits;      /* S: 2^(S-1) sub-buckets per power of two */
-  int max_bits;      /* values up to 2^max_bits - 1 are bucketed without clamping */
+  int sub_bits; /* S: 2^(S-1) sub-buckets per power of two */
+  int max_bits; /* values up to 2^max_bits - 1 are bucketed without clamping */
   size_t n_buckets;
   uint64_t *counts;  /* owned; n_buckets entries */
   uint64_t total;    /* values recorded */

@@ -73,7 +73,7 @@
 #define MAX_META 64
 #define MAX_LEVELS 256
 #define N_STATUS 17
-#define ST_BAD_SHAPE N_STATUS      /* OK, but the response shape/size is not the expected one */
+#define ST_BAD_SHAPE N_STATUS          /* OK, but the response shape/size is not the expected one */
 #define ST_BAD_RESPONSE (N_STATUS + 1) /* OK, but the body is not a ComputeResponse */
 #define ST_START_FAIL (N_STATUS + 2)   /* ss_aclient_call refused locally */
 #define N_ERRKINDS (N_STATUS + 3)
@@ -91,11 +91,11 @@ typedef struct slot {
   uint64_t t0;            /* send time (closed) or intended send time (open), ns */
   int conn;
   int busy;
-  int kind;             /* the call in flight: CK_PLAIN, CK_PREFILL, CK_STEP */
-  long sess_step;       /* sessions: 0 = next call is the prefill, then 1..N steps */
+  int kind;       /* the call in flight: CK_PLAIN, CK_PREFILL, CK_STEP */
+  long sess_step; /* sessions: 0 = next call is the prefill, then 1..N steps */
   uint64_t sess_id;
-  size_t sent_len;      /* request message bytes of the call in flight */
-  int resends;          /* times its current call was refused and sent again */
+  size_t sent_len; /* request message bytes of the call in flight */
+  int resends;     /* times its current call was refused and sent again */
 } slot;
 
 enum { CK_PLAIN, CK_PREFILL, CK_STEP };
@@ -103,13 +103,13 @@ enum { CK_PLAIN, CK_PREFILL, CK_STEP };
 typedef struct level_result {
   int open;
   double target_rate;
-  long concurrency;   /* N (closed) or peak in flight (open) */
+  long concurrency; /* N (closed) or peak in flight (open) */
   int connections;
   double window_s;
   uint64_t ok, errors, errs[N_ERRKINDS];
   double qps, mean_ms, p50_ms, p90_ms, p99_ms, max_ms, min_ms;
-  int threads;         /* -1: not sampled */
-  double srv_cpu_s;    /* -1: not sampled */
+  int threads;      /* -1: not sampled */
+  double srv_cpu_s; /* -1: not sampled */
   double srv_cpu_per_1k;
   double cli_cpu_s;
   uint64_t backlog_max, backlog_end, sent;
@@ -128,7 +128,7 @@ struct bench {
   /* options */
   char host[256];
   int port;
-  ss_client_tls tls;          /* --tls-ca: every connection is TLS */
+  ss_client_tls tls; /* --tls-ca: every connection is TLS */
   int use_tls;
   char auth[TOOL_TOKEN_MAX + 8]; /* "Bearer TOKEN" (--token / --token-file), or "" */
   const char *model, *label, *csv_path, *json_path;
@@ -158,7 +158,7 @@ struct bench {
   uint8_t *scratch;
   size_t scratch_cap;
   uint64_t sess_gen;
-  uint64_t bytes_sent, bytes_recv, n_steps;               /* counted calls (sessions: steps) */
+  uint64_t bytes_sent, bytes_recv, n_steps; /* counted calls (sessions: steps) */
   uint64_t pf_bytes_sent, pf_bytes_recv, n_prefills, prefill_ns; /* sessions: prefills */
   /* connections */
   ss_aclient **conns;
@@ -308,33 +308,33 @@ static int check_response_as(const int64_t *expect, int expect_ndim, size_t expe
       continue;
     }
     switch (wt) {
-    case 0:
-      if (pb_varint(&p, end, &v)) return ST_BAD_RESPONSE;
-      break;
-    case 1:
-      if (end - p < 8) return ST_BAD_RESPONSE;
-      p += 8;
-      break;
-    case 5:
-      if (end - p < 4) return ST_BAD_RESPONSE;
-      p += 4;
-      break;
-    case 2: {
-      if (pb_varint(&p, end, &v) || v > (uint64_t)(end - p)) return ST_BAD_RESPONSE;
-      const uint8_t *q = p, *qe = p + v;
-      p = qe;
-      if (field == 1) data_len = v;
-      if (field == 2) { /* packed int32 */
-        while (q < qe) {
-          uint64_t d;
-          if (pb_varint(&q, qe, &d)) return ST_BAD_RESPONSE;
-          if (nd >= expect_ndim || (int32_t)d != expect[nd]) shape_ok = 0;
-          nd++;
+      case 0:
+        if (pb_varint(&p, end, &v)) return ST_BAD_RESPONSE;
+        break;
+      case 1:
+        if (end - p < 8) return ST_BAD_RESPONSE;
+        p += 8;
+        break;
+      case 5:
+        if (end - p < 4) return ST_BAD_RESPONSE;
+        p += 4;
+        break;
+      case 2: {
+        if (pb_varint(&p, end, &v) || v > (uint64_t)(end - p)) return ST_BAD_RESPONSE;
+        const uint8_t *q = p, *qe = p + v;
+        p = qe;
+        if (field == 1) data_len = v;
+        if (field == 2) { /* packed int32 */
+          while (q < qe) {
+            uint64_t d;
+            if (pb_varint(&q, qe, &d)) return ST_BAD_RESPONSE;
+            if (nd >= expect_ndim || (int32_t)d != expect[nd]) shape_ok = 0;
+            nd++;
+          }
         }
+        break;
       }
-      break;
-    }
-    default: return ST_BAD_RESPONSE;
+      default: return ST_BAD_RESPONSE;
     }
   }
   if (!shape_ok || nd != expect_ndim || data_len != expect_bytes) return ST_BAD_SHAPE;
@@ -509,7 +509,8 @@ static void account(bench *b, slot *s, const ss_call_result *r, uint64_t now) {
   }
   if (b->errs[kind]++ == 0) {
     if (kind == ST_BAD_SHAPE)
-      snprintf(b->errmsg[kind], sizeof b->errmsg[kind], "response shape or size differs from the expected one");
+      snprintf(b->errmsg[kind], sizeof b->errmsg[kind],
+               "response shape or size differs from the expected one");
     else if (kind == ST_BAD_RESPONSE)
       snprintf(b->errmsg[kind], sizeof b->errmsg[kind], "response is not a ComputeResponse");
     else
@@ -596,8 +597,10 @@ static void on_done(void *user, const ss_call_result *r) {
   s->resends = 0;
   if (b->phase == PH_MEASURE) account(b, s, r, now);
   if (b->sess_prefill > 0) { /* next step of this session, or a new one after the end / a failure */
-    if (r->grpc_status == SS_GRPC_OK && s->sess_step < b->sess_reset) s->sess_step++;
-    else s->sess_step = 0;
+    if (r->grpc_status == SS_GRPC_OK && s->sess_step < b->sess_reset)
+      s->sess_step++;
+    else
+      s->sess_step = 0;
   }
   if (b->open) {
     slot_release(b, s);
@@ -631,10 +634,12 @@ static void progress_show(bench *b, uint64_t now) {
   double t = (double)(now - b->t_level0) / 1e9;
   const char *ph = b->phase == PH_WARMUP ? "warmup" : b->phase == PH_MEASURE ? "measure" : "drain";
   if (b->open)
-    fprintf(stderr, "\r\033[K  rate %.0f/s %s %.1f/%.1fs ok %llu err %llu ~%.0f/s in flight %llu backlog %llu",
-            b->rate, ph, t, b->warmup_s + b->duration_s, (unsigned long long)b->ok,
-            (unsigned long long)err, b->phase == PH_MEASURE ? qps : 0,
-            (unsigned long long)b->inflight, (unsigned long long)(b->due_total - b->sent));
+    fprintf(
+        stderr,
+        "\r\033[K  rate %.0f/s %s %.1f/%.1fs ok %llu err %llu ~%.0f/s in flight %llu backlog %llu",
+        b->rate, ph, t, b->warmup_s + b->duration_s, (unsigned long long)b->ok,
+        (unsigned long long)err, b->phase == PH_MEASURE ? qps : 0, (unsigned long long)b->inflight,
+        (unsigned long long)(b->due_total - b->sent));
   else
     fprintf(stderr, "\r\033[K  N=%ld %s %.1f/%.1fs ok %llu err %llu ~%.0f/s", b->n_level, ph, t,
             b->warmup_s + b->duration_s, (unsigned long long)b->ok, (unsigned long long)err,
@@ -683,8 +688,10 @@ static void level_maybe_finished(bench *b) {
 
 static void on_drain_timeout(uv_timer_t *t) {
   bench *b = t->data;
-  fprintf(stderr, "splitserve-bench: %llu calls still in flight after the drain timeout; "
-          "closing their connections\n", (unsigned long long)b->inflight);
+  fprintf(stderr,
+          "splitserve-bench: %llu calls still in flight after the drain timeout; "
+          "closing their connections\n",
+          (unsigned long long)b->inflight);
   for (int i = 0; i < b->n_conns; i++) conn_drop_how(b, i, 1);
   conn_reap(b, 1);
   level_maybe_finished(b);
@@ -830,7 +837,8 @@ static void run_level(bench *b, int li, level_result *res) {
   res->prefill_bytes =
       b->n_prefills ? (double)(b->pf_bytes_sent + b->pf_bytes_recv) / (double)b->n_prefills : 0;
   res->prefill_mean_ms = b->n_prefills ? (double)b->prefill_ns / (double)b->n_prefills / 1e6 : 0;
-  if (b->n_steps) { /* per counted call; with sessions the prefills' bytes are spread over the steps */
+  if (b->n_steps) { /* per counted call; with sessions the prefills' bytes are spread over the steps
+                     */
     double n = (double)b->n_steps;
     res->req_bytes = (double)b->bytes_sent / n;
     res->resp_bytes = (double)b->bytes_recv / n;
@@ -856,8 +864,8 @@ static void print_level(bench *b, const level_result *r) {
     printf("rate %.0f/s (open loop), peak in flight %ld, %d connections, %.2f s\n", r->target_rate,
            r->concurrency, r->connections, r->window_s);
   else
-    printf("%ld in flight (closed loop), %d connections, %.2f s\n", r->concurrency,
-           r->connections, r->window_s);
+    printf("%ld in flight (closed loop), %d connections, %.2f s\n", r->concurrency, r->connections,
+           r->window_s);
   printf("  requests %llu  ok %llu  errors %llu", (unsigned long long)(r->ok + r->errors),
          (unsigned long long)r->ok, (unsigned long long)r->errors);
   for (int k = 0; k < N_ERRKINDS; k++)
@@ -865,21 +873,23 @@ static void print_level(bench *b, const level_result *r) {
   printf("  QPS %.1f\n", r->qps);
   for (int k = 0; k < N_ERRKINDS; k++)
     if (r->errs[k] && b->errmsg[k][0]) printf("  first %s: %s\n", errkind_name(k), b->errmsg[k]);
-  printf("  latency ms: mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", r->mean_ms,
-         r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms);
+  printf("  latency ms: mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", r->mean_ms, r->p50_ms,
+         r->p90_ms, r->p99_ms, r->max_ms);
   if (b->sess_prefill > 0) {
-    printf("  session steps (the calls above): request %.0f B, response %.0f B (mean); "
-           "prefills (counted apart) %llu, mean %.3f ms, %.0f B each\n",
-           r->req_bytes, r->resp_bytes, (unsigned long long)r->prefills, r->prefill_mean_ms,
-           r->prefill_bytes);
+    printf(
+        "  session steps (the calls above): request %.0f B, response %.0f B (mean); "
+        "prefills (counted apart) %llu, mean %.3f ms, %.0f B each\n",
+        r->req_bytes, r->resp_bytes, (unsigned long long)r->prefills, r->prefill_mean_ms,
+        r->prefill_bytes);
     printf("  bytes per step (sent + received, prefills included): %.0f\n", r->bytes_per_call);
   } else {
     printf("  bytes per call: request %.0f, response %.0f (mean), sent + received %.0f\n",
            r->req_bytes, r->resp_bytes, r->bytes_per_call);
   }
   if (r->threads >= 0 || r->srv_cpu_s >= 0)
-    printf("  server: threads %d (max sampled), cpu %.3f s = %.4f s per 1000 requests (%.1f us/req)\n",
-           r->threads, r->srv_cpu_s, r->srv_cpu_per_1k, r->srv_cpu_per_1k * 1000);
+    printf(
+        "  server: threads %d (max sampled), cpu %.3f s = %.4f s per 1000 requests (%.1f us/req)\n",
+        r->threads, r->srv_cpu_s, r->srv_cpu_per_1k, r->srv_cpu_per_1k * 1000);
   printf("  client cpu %.3f s (%.0f%% of one core)%s\n", r->cli_cpu_s,
          r->cli_cpu_s / r->window_s * 100,
          r->cli_cpu_s / r->window_s > 0.9 ? "  <- the load generator may be the bottleneck" : "");
@@ -887,8 +897,7 @@ static void print_level(bench *b, const level_result *r) {
     double achieved = (double)(r->ok + r->errors) / r->window_s;
     printf("  achieved %.1f/s of %.0f/s (%.1f%%), backlog max %llu, at end %llu%s\n", achieved,
            r->target_rate, achieved / r->target_rate * 100, (unsigned long long)r->backlog_max,
-           (unsigned long long)r->backlog_end,
-           r->saturated ? "  -> CANNOT KEEP UP" : "");
+           (unsigned long long)r->backlog_end, r->saturated ? "  -> CANNOT KEEP UP" : "");
     printf("%.0f rate. Latency: %.4f, QPS: %.4f\n", r->target_rate, r->mean_ms / 1e3, r->qps);
   } else {
     printf("%ld concurrent. Latency: %.4f, QPS: %.4f\n", r->concurrency, r->mean_ms / 1e3, r->qps);
@@ -904,8 +913,9 @@ static void write_csv(bench *b, const level_result *r) {
   }
   fseek(f, 0, SEEK_END);
   if (ftell(f) == 0)
-    fprintf(f, "label,concurrency,requests,errors,qps,mean_ms,p50_ms,p90_ms,p99_ms,max_ms,threads,"
-               "cpu_s_per_1k,bytes_per_call\n");
+    fprintf(f,
+            "label,concurrency,requests,errors,qps,mean_ms,p50_ms,p90_ms,p99_ms,max_ms,threads,"
+            "cpu_s_per_1k,bytes_per_call\n");
   char thr[32] = "", cpu[32] = "";
   if (r->threads >= 0) snprintf(thr, sizeof thr, "%d", r->threads);
   if (r->srv_cpu_per_1k >= 0) snprintf(cpu, sizeof cpu, "%.5f", r->srv_cpu_per_1k);
@@ -926,9 +936,12 @@ static void json_str(FILE *f, const char *s) {
   fputc('"', f);
   for (; s && *s; s++) {
     unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-    else if (c < 0x20) fprintf(f, "\\u%04x", c);
-    else fputc(c, f);
+    if (c == '"' || c == '\\')
+      fprintf(f, "\\%c", c);
+    else if (c < 0x20)
+      fprintf(f, "\\u%04x", c);
+    else
+      fputc(c, f);
   }
   fputc('"', f);
 }
@@ -948,22 +961,26 @@ static void write_json(bench *b, const level_result *r) {
   json_str(f, b->model ? b->model : "");
   fprintf(f, ",\"shape\":\"%s\",\"dtype\":\"%s\"", shp, ss_dtype_name(b->dtype));
   if (r->open) fprintf(f, ",\"target_rate\":%.3f", r->target_rate);
-  fprintf(f, ",\"concurrency\":%ld,\"connections\":%d,\"window_s\":%.4f,\"requests\":%llu,"
-             "\"ok\":%llu,\"errors\":%llu,\"errors_by_status\":{",
+  fprintf(f,
+          ",\"concurrency\":%ld,\"connections\":%d,\"window_s\":%.4f,\"requests\":%llu,"
+          "\"ok\":%llu,\"errors\":%llu,\"errors_by_status\":{",
           r->concurrency, r->connections, r->window_s, (unsigned long long)(r->ok + r->errors),
           (unsigned long long)r->ok, (unsigned long long)r->errors);
   int first = 1;
   for (int k = 0; k < N_ERRKINDS; k++)
     if (r->errs[k]) {
-      fprintf(f, "%s\"%s\":%llu", first ? "" : ",", errkind_name(k), (unsigned long long)r->errs[k]);
+      fprintf(f, "%s\"%s\":%llu", first ? "" : ",", errkind_name(k),
+              (unsigned long long)r->errs[k]);
       first = 0;
     }
-  fprintf(f, "},\"qps\":%.3f,\"latency_ms\":{\"mean\":%.4f,\"min\":%.4f,\"p50\":%.4f,\"p90\":%.4f,"
-             "\"p99\":%.4f,\"max\":%.4f}",
+  fprintf(f,
+          "},\"qps\":%.3f,\"latency_ms\":{\"mean\":%.4f,\"min\":%.4f,\"p50\":%.4f,\"p90\":%.4f,"
+          "\"p99\":%.4f,\"max\":%.4f}",
           r->qps, r->mean_ms, r->min_ms, r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms);
   if (r->threads >= 0) fprintf(f, ",\"server_threads\":%d", r->threads);
   if (r->srv_cpu_s >= 0)
-    fprintf(f, ",\"server_cpu_s\":%.4f,\"server_cpu_s_per_1k\":%.5f", r->srv_cpu_s, r->srv_cpu_per_1k);
+    fprintf(f, ",\"server_cpu_s\":%.4f,\"server_cpu_s_per_1k\":%.5f", r->srv_cpu_s,
+            r->srv_cpu_per_1k);
   fprintf(f, ",\"client_cpu_s\":%.4f", r->cli_cpu_s);
   fprintf(f, ",\"request_bytes\":%.1f,\"response_bytes_mean\":%.1f,\"bytes_per_call\":%.1f",
           r->req_bytes, r->resp_bytes, r->bytes_per_call);
@@ -972,8 +989,9 @@ static void write_json(bench *b, const level_result *r) {
             b->kv_layers, b->kv_heads, b->kv_head_dim);
   if (b->use_cache) fprintf(f, ",\"use_cache\":true");
   if (b->sess_prefill > 0)
-    fprintf(f, ",\"session_prefill\":%ld,\"session_reset\":%ld,\"prefills\":%llu,"
-               "\"prefill_mean_ms\":%.4f,\"prefill_bytes\":%.1f",
+    fprintf(f,
+            ",\"session_prefill\":%ld,\"session_reset\":%ld,\"prefills\":%llu,"
+            "\"prefill_mean_ms\":%.4f,\"prefill_bytes\":%.1f",
             b->sess_prefill, b->sess_reset, (unsigned long long)r->prefills, r->prefill_mean_ms,
             r->prefill_bytes);
   if (r->open)
@@ -987,67 +1005,71 @@ static void write_json(bench *b, const level_result *r) {
 /* ------------------------------------------------------------------ options ---- */
 
 static void usage(FILE *f) {
-  fprintf(f,
-    "usage: splitserve-bench [options]\n"
-    "\n"
-    "Load generator for splitlearn.comm.ComputeService/Compute (one process, one thread).\n"
-    "\n"
-    "target and workload:\n"
-    "  --addr HOST:PORT        server (default 127.0.0.1:50051; numeric IPv4, [IPv6], localhost)\n"
-    "  --tls-ca FILE           TLS: verify the server against this PEM CA (every connection)\n"
-    "  --token TOKEN           send 'authorization: Bearer TOKEN' with every call (servers with\n"
-    "                          --auth-tokens); other users may see a command line: prefer\n"
-    "                          --token-file\n"
-    "  --token-file FILE       the same, the token read from FILE's first line (its newline\n"
-    "                          stripped)\n"
-    "  --model ID              model_id (default: the server's default model)\n"
-    "  --shape 1,10,768        input shape (default 1)\n"
-    "  --dtype T               float32 | float16 | bfloat16 (default float32; sent as metadata dtype)\n"
-    "  --metadata K=V          request metadata (repeatable), e.g. ms=100\n"
-    "  --expect-shape 1,10     expected output shape (default: the input shape)\n"
-    "  --timeout S             per-call deadline sent as grpc-timeout (default none)\n"
-    "KV cache (wire contract: past_key_values / use_cache / present_key_values):\n"
-    "  --past N                attach random float32 past_key_values [batch, H, N, D] x L to\n"
-    "                          every request (batch = --shape[0])\n"
-    "  --kv-layers L           cache entries (default 8: the GPT-2 trunk 2..10)\n"
-    "  --kv-heads H            heads (default 12)\n"
-    "  --kv-head-dim D         head size (default 64)\n"
-    "  --use-cache             use_cache=true: the response carries present_key_values (not\n"
-    "                          shape-checked, counted in the response bytes)\n"
-    "  --session-decode P      server-side decode sessions (closed loop): each slot sends a\n"
-    "                          prefill [batch, P, width] with metadata session=ID, then one-token\n"
-    "                          steps (--shape must be [batch, 1, width]); steps are measured,\n"
-    "                          prefills counted apart; bytes per step include the prefills\n"
-    "  --session-reset N       steps per session; the N-th sends session_end=1 (default 128)\n"
-    "load:\n"
-    "  --concurrency LIST      closed loop: calls in flight per level, e.g. 1,2,4,...,512,4096\n"
-    "                          ('...' continues the ratio of the two numbers before it)\n"
-    "                          (default 1,2,4,...,512)\n"
-    "  --rate LIST             open loop instead: requests/s per level at a fixed schedule;\n"
-    "                          latency counts from the intended send time\n"
-    "  --connections K         HTTP/2 connections (default: ceil(N/100) in closed loop; in open\n"
-    "                          loop one more whenever all carry 100 calls)\n"
-    "  --max-inflight M        open loop: cap on calls in flight (default 100000); due calls\n"
-    "                          beyond it wait as backlog\n"
-    "  --duration S            measured seconds per level (default 5)\n"
-    "  --warmup S              unmeasured seconds before each level (default 1)\n"
-    "report:\n"
-    "  --server-pid P          sample the server's threads and CPU time from /proc/P\n"
-    "  --label NAME            label for the report, CSV and JSON rows\n"
-    "  --csv FILE              append one row per level (header when the file is new):\n"
-    "                          label,concurrency,requests,errors,qps,mean_ms,p50_ms,p90_ms,\n"
-    "                          p99_ms,max_ms,threads,cpu_s_per_1k,bytes_per_call (open loop:\n"
-    "                          concurrency = peak in flight; threads/cpu empty without\n"
-    "                          --server-pid; bytes_per_call = request + response message bytes,\n"
-    "                          with sessions all bytes per step)\n"
-    "  --json FILE             append one JSON object per level (JSON Lines)\n"
-    "  --no-progress           no progress line (default: shown when stderr is a terminal)\n"
-    "  --fail-on-error         exit 1 when any call failed\n"
-    "\n"
-    "Each level prints requests, errors by gRPC status (BAD_SHAPE / BAD_RESPONSE: an OK reply\n"
-    "failing the shape check), QPS (OK calls per second), latency from a histogram (errors\n"
-    "excluded), the server's threads and CPU per 1000 requests, the generator's own CPU, and a\n"
-    "line in the seeds' form: 'N concurrent. Latency: <mean s>, QPS: <qps>'.\n");
+  fprintf(
+      f,
+      "usage: splitserve-bench [options]\n"
+      "\n"
+      "Load generator for splitlearn.comm.ComputeService/Compute (one process, one thread).\n"
+      "\n"
+      "target and workload:\n"
+      "  --addr HOST:PORT        server (default 127.0.0.1:50051; numeric IPv4, [IPv6], "
+      "localhost)\n"
+      "  --tls-ca FILE           TLS: verify the server against this PEM CA (every connection)\n"
+      "  --token TOKEN           send 'authorization: Bearer TOKEN' with every call (servers with\n"
+      "                          --auth-tokens); other users may see a command line: prefer\n"
+      "                          --token-file\n"
+      "  --token-file FILE       the same, the token read from FILE's first line (its newline\n"
+      "                          stripped)\n"
+      "  --model ID              model_id (default: the server's default model)\n"
+      "  --shape 1,10,768        input shape (default 1)\n"
+      "  --dtype T               float32 | float16 | bfloat16 (default float32; sent as metadata "
+      "dtype)\n"
+      "  --metadata K=V          request metadata (repeatable), e.g. ms=100\n"
+      "  --expect-shape 1,10     expected output shape (default: the input shape)\n"
+      "  --timeout S             per-call deadline sent as grpc-timeout (default none)\n"
+      "KV cache (wire contract: past_key_values / use_cache / present_key_values):\n"
+      "  --past N                attach random float32 past_key_values [batch, H, N, D] x L to\n"
+      "                          every request (batch = --shape[0])\n"
+      "  --kv-layers L           cache entries (default 8: the GPT-2 trunk 2..10)\n"
+      "  --kv-heads H            heads (default 12)\n"
+      "  --kv-head-dim D         head size (default 64)\n"
+      "  --use-cache             use_cache=true: the response carries present_key_values (not\n"
+      "                          shape-checked, counted in the response bytes)\n"
+      "  --session-decode P      server-side decode sessions (closed loop): each slot sends a\n"
+      "                          prefill [batch, P, width] with metadata session=ID, then "
+      "one-token\n"
+      "                          steps (--shape must be [batch, 1, width]); steps are measured,\n"
+      "                          prefills counted apart; bytes per step include the prefills\n"
+      "  --session-reset N       steps per session; the N-th sends session_end=1 (default 128)\n"
+      "load:\n"
+      "  --concurrency LIST      closed loop: calls in flight per level, e.g. 1,2,4,...,512,4096\n"
+      "                          ('...' continues the ratio of the two numbers before it)\n"
+      "                          (default 1,2,4,...,512)\n"
+      "  --rate LIST             open loop instead: requests/s per level at a fixed schedule;\n"
+      "                          latency counts from the intended send time\n"
+      "  --connections K         HTTP/2 connections (default: ceil(N/100) in closed loop; in open\n"
+      "                          loop one more whenever all carry 100 calls)\n"
+      "  --max-inflight M        open loop: cap on calls in flight (default 100000); due calls\n"
+      "                          beyond it wait as backlog\n"
+      "  --duration S            measured seconds per level (default 5)\n"
+      "  --warmup S              unmeasured seconds before each level (default 1)\n"
+      "report:\n"
+      "  --server-pid P          sample the server's threads and CPU time from /proc/P\n"
+      "  --label NAME            label for the report, CSV and JSON rows\n"
+      "  --csv FILE              append one row per level (header when the file is new):\n"
+      "                          label,concurrency,requests,errors,qps,mean_ms,p50_ms,p90_ms,\n"
+      "                          p99_ms,max_ms,threads,cpu_s_per_1k,bytes_per_call (open loop:\n"
+      "                          concurrency = peak in flight; threads/cpu empty without\n"
+      "                          --server-pid; bytes_per_call = request + response message bytes,\n"
+      "                          with sessions all bytes per step)\n"
+      "  --json FILE             append one JSON object per level (JSON Lines)\n"
+      "  --no-progress           no progress line (default: shown when stderr is a terminal)\n"
+      "  --fail-on-error         exit 1 when any call failed\n"
+      "\n"
+      "Each level prints requests, errors by gRPC status (BAD_SHAPE / BAD_RESPONSE: an OK reply\n"
+      "failing the shape check), QPS (OK calls per second), latency from a histogram (errors\n"
+      "excluded), the server's threads and CPU per 1000 requests, the generator's own CPU, and a\n"
+      "line in the seeds' form: 'N concurrent. Latency: <mean s>, QPS: <qps>'.\n");
 }
 
 static int parse_shape(const char *s, int64_t *out, int *ndim) {
@@ -1060,8 +1082,10 @@ static int parse_shape(const char *s, int64_t *out, int *ndim) {
     long long v = strtoll(p, &e, 10);
     if (e == p || errno || v < 0 || v > INT32_MAX) return -1;
     out[n++] = v;
-    if (*e == ',') e++;
-    else if (*e) return -1;
+    if (*e == ',')
+      e++;
+    else if (*e)
+      return -1;
     p = e;
   }
   if (n == 0) return -1;
@@ -1142,10 +1166,10 @@ static void parse_args(bench *b, int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEEDV() \
-  do {          \
+#define NEEDV()                         \
+  do {                                  \
     if (!v) die("%s needs a value", a); \
-    i++;        \
+    i++;                                \
   } while (0)
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
       usage(stdout);
@@ -1257,7 +1281,8 @@ static void parse_args(bench *b, int argc, char **argv) {
   if (n <= 0) die("bad %s list '%s'", rate ? "--rate" : "--concurrency", rate ? rate : conc);
   b->n_levels = n;
   for (int i = 0; i < n; i++) {
-    if (rate) b->rates[i] = vals[i];
+    if (rate)
+      b->rates[i] = vals[i];
     else {
       if (vals[i] != floor(vals[i]) || vals[i] > 10000000) die("bad concurrency %g", vals[i]);
       b->levels[i] = (long)vals[i];
@@ -1435,8 +1460,8 @@ static void run_probe(bench *b) {
   memset(&pc, 0, sizeof pc);
   pc.b = b;
   ss_aclient *c = conn_get(b, 0);
-  int rv = ss_aclient_call(c, COMPUTE_PATH, b->req, b->req_len, b->timeout_s > 0 ? b->timeout_s : 30,
-                           on_probe_ctx, &pc);
+  int rv = ss_aclient_call(c, COMPUTE_PATH, b->req, b->req_len,
+                           b->timeout_s > 0 ? b->timeout_s : 30, on_probe_ctx, &pc);
   if (rv < 0) die("cannot start a call: %s", ss_strerror(rv));
   uv_timer_t t;
   int timed_out = 0;
@@ -1500,7 +1525,8 @@ int main(int argc, char **argv) {
   run_probe(b);
   char shp[128];
   ss_shape_str(b->shape, b->ndim, shp, sizeof shp);
-  fprintf(stderr, "splitserve-bench: %s:%d model '%s' input %s %s (%zu-byte request), %s loop, "
+  fprintf(stderr,
+          "splitserve-bench: %s:%d model '%s' input %s %s (%zu-byte request), %s loop, "
           "%d level(s) x (%.1f s warmup + %.1f s)\n",
           b->host, b->port, b->model ? b->model : "", shp, ss_dtype_name(b->dtype), b->req_len,
           b->rates[0] > 0 ? "open" : "closed", b->n_levels, b->warmup_s, b->duration_s);

@@ -94,8 +94,8 @@ static int npy_read(const char *path, npy *out, char *err, size_t errlen) {
       fclose(f);
       return -1;
     }
-    hlen = (size_t)pre[8] | ((size_t)pre[9] << 8) | ((size_t)pre[10] << 16) |
-           ((size_t)pre[11] << 24);
+    hlen =
+        (size_t)pre[8] | ((size_t)pre[9] << 8) | ((size_t)pre[10] << 16) | ((size_t)pre[11] << 24);
   } else {
     snprintf(err, errlen, "%s: unsupported .npy version %d", path, pre[6]);
     fclose(f);
@@ -176,8 +176,8 @@ out:
   return rc;
 }
 
-static int npy_write(const char *path, int is_f16, const int64_t *shape, int ndim,
-                     const void *data, size_t nbytes, char *err, size_t errlen) {
+static int npy_write(const char *path, int is_f16, const int64_t *shape, int ndim, const void *data,
+                     size_t nbytes, char *err, size_t errlen) {
   char dict[512];
   int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
                    is_f16 ? "<f2" : "<f4");
@@ -194,7 +194,15 @@ static int npy_write(const char *path, int is_f16, const int64_t *shape, int ndi
     snprintf(err, errlen, "%s: %s", path, strerror(errno));
     return -1;
   }
-  unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
+  unsigned char pre[10] = {0x93,
+                           'N',
+                           'U',
+                           'M',
+                           'P',
+                           'Y',
+                           1,
+                           0,
+                           (unsigned char)(hlen & 0xff),
                            (unsigned char)(hlen >> 8)};
   int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(dict, 1, (size_t)n, f) == (size_t)n;
   for (size_t i = 0; ok && i < pad; i++) ok = fputc(' ', f) != EOF;
@@ -232,8 +240,10 @@ static int parse_shape(const char *s, int64_t *shape, int *ndim) {
     if (end == s || v < 0 || *ndim >= SS_MAX_DIMS) return -1;
     shape[(*ndim)++] = v;
     s = end;
-    if (*s == ',') s++;
-    else if (*s) return -1;
+    if (*s == ',')
+      s++;
+    else if (*s)
+      return -1;
   }
   return *ndim > 0 ? 0 : -1;
 }
@@ -265,13 +275,13 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEED_ARG()                                                    \
-  do {                                                                \
-    if (!v) {                                                         \
-      fprintf(stderr, "splitserve-call: %s needs a value\n", a);      \
-      return 2;                                                       \
-    }                                                                 \
-    i++;                                                              \
+#define NEED_ARG()                                               \
+  do {                                                           \
+    if (!v) {                                                    \
+      fprintf(stderr, "splitserve-call: %s needs a value\n", a); \
+      return 2;                                                  \
+    }                                                            \
+    i++;                                                         \
   } while (0)
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
       usage(stdout);
@@ -480,8 +490,10 @@ int main(int argc, char **argv) {
     int st;
     char status[256], version[128];
     rv = ss_client_health(cl, timeout, &st, status, sizeof status, version, sizeof version);
-    if (rv < 0) exit_code = die_status(SS_GRPC_INTERNAL, ss_strerror(rv));
-    else if (st != SS_GRPC_OK) exit_code = die_status(st, status);
+    if (rv < 0)
+      exit_code = die_status(SS_GRPC_INTERNAL, ss_strerror(rv));
+    else if (st != SS_GRPC_OK)
+      exit_code = die_status(st, status);
     else {
       printf("status: %s\nversion: %s\n", status, version);
       exit_code = strcmp(status, "ok") == 0 ? 0 : 1;
@@ -490,7 +502,8 @@ int main(int argc, char **argv) {
     int st;
     char msg[512];
     rv = ss_client_info(cl, timeout, &st, msg, sizeof msg, print_info, NULL);
-    if (rv < 0) exit_code = die_status(SS_GRPC_INTERNAL, ss_strerror(rv));
+    if (rv < 0)
+      exit_code = die_status(SS_GRPC_INTERNAL, ss_strerror(rv));
     else if (st != SS_GRPC_OK)
       exit_code = die_status(st, msg[0] ? msg : "GetServiceInfo failed");
   } else {
@@ -522,7 +535,8 @@ int main(int argc, char **argv) {
     if (exit_code == 0) {
       char sh[160];
       size_t numel = rep.output.nbytes / ss_dtype_size(rep.output.dtype);
-      printf("output shape: %s %s\n", ss_shape_str(rep.output.shape, rep.output.ndim, sh, sizeof sh),
+      printf("output shape: %s %s\n",
+             ss_shape_str(rep.output.shape, rep.output.ndim, sh, sizeof sh),
              ss_dtype_name(rep.output.dtype));
       float *of = malloc(numel * sizeof(float) + 1);
       if (of) {
@@ -531,8 +545,10 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < numel && i < 8; i++) printf(" %.6g", (double)of[i]);
         printf("%s\n", numel > 8 ? " ..." : "");
       }
-      if (rep.has_compute_time) printf("compute_time_ms: %.3f\n", (double)rep.compute_time_ms);
-      else printf("compute_time_ms: (not reported)\n");
+      if (rep.has_compute_time)
+        printf("compute_time_ms: %.3f\n", (double)rep.compute_time_ms);
+      else
+        printf("compute_time_ms: (not reported)\n");
       if (repeat == 1) {
         printf("latency_ms: %.3f\n", lat[0] * 1e3);
       } else {

@@ -23,11 +23,13 @@ static int read_first_line(const char *path, char *tok, size_t cap, char *err, s
   }
   int rv = 0;
   if (!fgets(tok, (int)cap, f)) {
-    snprintf(err, errlen, "--token-file %s: %s", path, ferror(f) ? "read error" : "the file is empty");
+    snprintf(err, errlen, "--token-file %s: %s", path,
+             ferror(f) ? "read error" : "the file is empty");
     rv = -1;
   } else {
     size_t n = strlen(tok);
-    if (n > 0 && tok[n - 1] == '\n') tok[--n] = '\0';
+    if (n > 0 && tok[n - 1] == '\n')
+      tok[--n] = '\0';
     else if (!feof(f)) {
       snprintf(err, errlen, "--token-file %s: the first line is longer than %d bytes", path,
                TOOL_TOKEN_MAX);
@@ -66,8 +68,10 @@ int tool_token_header(const char *arg, const char *path, char *out, size_t outle
   }
   for (size_t i = 0; rv == 0 && i < n; i++)
     if (tok[i] < 0x21 || tok[i] > 0x7e) {
-      snprintf(err, errlen, "%s: the token has a byte outside printable ASCII (or a blank) at "
-               "position %zu", what, i + 1);
+      snprintf(err, errlen,
+               "%s: the token has a byte outside printable ASCII (or a blank) at "
+               "position %zu",
+               what, i + 1);
       rv = -1;
     }
   if (rv == 0 && n + 8 > outlen) {

@@ -29,9 +29,8 @@ int ss_client_compute(ss_client *c, const ss_tensor_buf *input, const ss_compute
   req.data.data = input->data;
   req.data.len = input->nbytes;
   /* Presence flags exist only when the generator gives the field one (proto2-style output). */
-  const ProtobufCFieldDescriptor *fd =
-      protobuf_c_message_descriptor_get_field_by_name(&splitlearn__comm__compute_request__descriptor,
-                                                      "data");
+  const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(
+      &splitlearn__comm__compute_request__descriptor, "data");
   if (fd && fd->quantifier_offset && fd->label == PROTOBUF_C_LABEL_OPTIONAL)
     *(protobuf_c_boolean *)((char *)&req + fd->quantifier_offset) = 1;
   req.n_shape = (size_t)input->ndim;
@@ -85,7 +84,8 @@ int ss_client_compute(ss_client *c, const ss_tensor_buf *input, const ss_compute
   free(eptr);
 
   ss_unary_result res;
-  int rv = ss_client_unary(c, "/splitlearn.comm.ComputeService/Compute", pb, plen, opts->timeout_s, &res);
+  int rv = ss_client_unary(c, "/splitlearn.comm.ComputeService/Compute", pb, plen, opts->timeout_s,
+                           &res);
   free(pb);
   if (rv < 0) {
     free(res.body);
@@ -140,7 +140,8 @@ int ss_client_health(ss_client *c, double timeout_s, int *grpc_status, char *sta
   uint8_t pb[16];
   size_t plen = splitlearn__comm__health_request__pack(&req, pb);
   ss_unary_result res;
-  int rv = ss_client_unary(c, "/splitlearn.comm.ComputeService/HealthCheck", pb, plen, timeout_s, &res);
+  int rv =
+      ss_client_unary(c, "/splitlearn.comm.ComputeService/HealthCheck", pb, plen, timeout_s, &res);
   if (rv < 0) {
     free(res.body);
     return rv;
@@ -174,8 +175,8 @@ int ss_client_info(ss_client *c, double timeout_s, int *grpc_status, char *messa
   uint8_t pb[16];
   size_t plen = splitlearn__comm__service_info_request__pack(&req, pb);
   ss_unary_result res;
-  int rv =
-      ss_client_unary(c, "/splitlearn.comm.ComputeService/GetServiceInfo", pb, plen, timeout_s, &res);
+  int rv = ss_client_unary(c, "/splitlearn.comm.ComputeService/GetServiceInfo", pb, plen, timeout_s,
+                           &res);
   if (rv < 0) {
     free(res.body);
     return rv;

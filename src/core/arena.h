@@ -13,9 +13,9 @@
 typedef struct ss_arena_big ss_arena_big;
 
 typedef struct ss_arena {
-  char *buf;            /* borrowed inline buffer */
+  char *buf; /* borrowed inline buffer */
   size_t cap, used;
-  ss_arena_big *big;    /* overflow allocations (malloc'd), freed by release */
+  ss_arena_big *big; /* overflow allocations (malloc'd), freed by release */
 } ss_arena;
 
 /* Start an arena over buf[cap] (borrowed; must outlive the arena's allocations). */

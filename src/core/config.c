@@ -32,14 +32,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-
 typedef struct walk {
   const char *name; /* file name for messages */
   yaml_document_t *doc;
   char *err;
   size_t errlen;
 } walk;
-
 
 __attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t *n,
                                                       const char *fmt, ...) {
@@ -60,9 +58,9 @@ __attribute__((format(printf, 3, 4))) static int fail(walk *w, const yaml_node_t
 
 static const char *node_kind(const yaml_node_t *n) {
   switch (n->type) {
-  case YAML_MAPPING_NODE: return "a mapping";
-  case YAML_SEQUENCE_NODE: return "a sequence";
-  default: return "a scalar";
+    case YAML_MAPPING_NODE: return "a mapping";
+    case YAML_SEQUENCE_NODE: return "a sequence";
+    default: return "a scalar";
   }
 }
 
@@ -162,8 +160,7 @@ static int parse_model(walk *w, int idx, const yaml_node_t *mn, ss_model_conf *m
     return fail(w, mn, "models[%d]: expected a mapping (id, kind, ...), got %s", idx,
                 node_kind(mn));
   /* pass 1: the reserved keys, and shape checks for all keys */
-  for (yaml_node_pair_t *p = mn->data.mapping.pairs.start; p < mn->data.mapping.pairs.top;
-       p++) {
+  for (yaml_node_pair_t *p = mn->data.mapping.pairs.start; p < mn->data.mapping.pairs.top; p++) {
     yaml_node_t *k = yaml_document_get_node(w->doc, p->key);
     yaml_node_t *v = yaml_document_get_node(w->doc, p->value);
     const char *ks = scalar(k);
@@ -183,8 +180,10 @@ static int parse_model(walk *w, int idx, const yaml_node_t *mn, ss_model_conf *m
     } else if (strcmp(ks, "kind") == 0) {
       if ((rc = get_str(w, key, v, &m->kind)) != 0) return rc;
       if (!valid_chars(m->kind, NULL))
-        return fail(w, v, "%s: expected a model kind (identity, scale, sleep, spin, mlp, gpt2, llama), "
-                          "got '%.80s'", key, m->kind);
+        return fail(w, v,
+                    "%s: expected a model kind (identity, scale, sleep, spin, mlp, gpt2, llama), "
+                    "got '%.80s'",
+                    key, m->kind);
     } else if (strcmp(ks, "max_inflight") == 0) {
       rc = get_int(w, key, v, 0, INT_MAX, &m->max_inflight);
     } else if (strcmp(ks, "max_queue") == 0) {
@@ -209,14 +208,15 @@ static int parse_model(walk *w, int idx, const yaml_node_t *mn, ss_model_conf *m
         return fail(w, v, "%s: expected a non-empty scalar value, got %s", key, got);
       }
       if (strpbrk(vs, ",="))
-        return fail(w, v, "%s: value must not contain ',' or '=' (it goes into the model spec "
-                          "\"ID=KIND,key=value\"), got '%.80s'", key, vs);
+        return fail(w, v,
+                    "%s: value must not contain ',' or '=' (it goes into the model spec "
+                    "\"ID=KIND,key=value\"), got '%.80s'",
+                    key, vs);
     }
     if (rc) return rc;
   }
   if (!m->id) return fail(w, mn, "models[%d]: missing required key 'id'", idx);
-  if (!m->kind)
-    return fail(w, mn, "models[%d] (id '%s'): missing required key 'kind'", idx, m->id);
+  if (!m->kind) return fail(w, mn, "models[%d] (id '%s'): missing required key 'kind'", idx, m->id);
   for (size_t j = 0; j < n_prev; j++)
     if (strcmp(prev[j].id, m->id) == 0)
       return fail(w, id_node, "models[%d].id: duplicate model id '%s' (also models[%zu])", idx,
@@ -226,8 +226,8 @@ static int parse_model(walk *w, int idx, const yaml_node_t *mn, ss_model_conf *m
   int rc = sbuf_add(&b, m->id);
   if (!rc) rc = sbuf_add(&b, "=");
   if (!rc) rc = sbuf_add(&b, m->kind);
-  for (yaml_node_pair_t *p = mn->data.mapping.pairs.start;
-       !rc && p < mn->data.mapping.pairs.top; p++) {
+  for (yaml_node_pair_t *p = mn->data.mapping.pairs.start; !rc && p < mn->data.mapping.pairs.top;
+       p++) {
     const char *ks = scalar(yaml_document_get_node(w->doc, p->key));
     if (!strcmp(ks, "id") || !strcmp(ks, "kind") || !strcmp(ks, "max_inflight") ||
         !strcmp(ks, "max_queue"))
@@ -313,8 +313,10 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
   if (root->type != YAML_MAPPING_NODE) {
     char got[100];
     describe_got(root, got, sizeof got);
-    return fail(w, root, "expected a mapping of settings (listen:, workers:, models:, ...) at "
-                         "the top level, got %s", got);
+    return fail(w, root,
+                "expected a mapping of settings (listen:, workers:, models:, ...) at "
+                "the top level, got %s",
+                got);
   }
   for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
        p++) {
@@ -337,8 +339,8 @@ static int parse_top(walk *w, const yaml_node_t *root, ss_file_config *c) {
       list[0] = 0;
       for (size_t j = 0; j < ss_nsettings && pos < sizeof list; j++) {
         if (!ss_settings[j].key) continue;
-        int n = snprintf(list + pos, sizeof list - pos, "%s%s", pos ? ", " : "",
-                         ss_settings[j].key);
+        int n =
+            snprintf(list + pos, sizeof list - pos, "%s%s", pos ? ", " : "", ss_settings[j].key);
         if (n < 0) break;
         pos += (size_t)n;
       }
@@ -377,19 +379,20 @@ static int check_depth(walk *w, const char *text, size_t len) {
   while (!done && rc == 0) {
     if (!yaml_parser_parse(&parser, &ev)) break;
     switch (ev.type) {
-    case YAML_SEQUENCE_START_EVENT:
-    case YAML_MAPPING_START_EVENT:
-      if (++depth > SS_CONFIG_MAX_DEPTH) {
-        snprintf(w->err, w->errlen, "%s:%zu:%zu: nesting deeper than %d levels; a splitserve "
-                 "config needs 4", w->name, ev.start_mark.line + 1, ev.start_mark.column + 1,
-                 SS_CONFIG_MAX_DEPTH);
-        rc = SS_EINVAL;
-      }
-      break;
-    case YAML_SEQUENCE_END_EVENT:
-    case YAML_MAPPING_END_EVENT: depth--; break;
-    case YAML_STREAM_END_EVENT: done = 1; break;
-    default: break;
+      case YAML_SEQUENCE_START_EVENT:
+      case YAML_MAPPING_START_EVENT:
+        if (++depth > SS_CONFIG_MAX_DEPTH) {
+          snprintf(w->err, w->errlen,
+                   "%s:%zu:%zu: nesting deeper than %d levels; a splitserve "
+                   "config needs 4",
+                   w->name, ev.start_mark.line + 1, ev.start_mark.column + 1, SS_CONFIG_MAX_DEPTH);
+          rc = SS_EINVAL;
+        }
+        break;
+      case YAML_SEQUENCE_END_EVENT:
+      case YAML_MAPPING_END_EVENT: depth--; break;
+      case YAML_STREAM_END_EVENT: done = 1; break;
+      default: break;
     }
     yaml_event_delete(&ev);
   }
@@ -397,8 +400,8 @@ static int check_depth(walk *w, const char *text, size_t len) {
   return rc;
 }
 
-int ss_config_parse(const char *name, const char *text, size_t len, ss_file_config *out,
-                    char *err, size_t errlen) {
+int ss_config_parse(const char *name, const char *text, size_t len, ss_file_config *out, char *err,
+                    size_t errlen) {
   char dummy[1];
   walk w = {name ? name : "<config>", NULL, err ? err : dummy, err ? errlen : sizeof dummy};
   yaml_parser_t parser;

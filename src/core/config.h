@@ -23,19 +23,23 @@
 #include "core/settings.h"
 
 typedef struct ss_model_conf {
-  char *id;            /* required, [A-Za-z0-9_.-]+, unique */
-  char *kind;          /* required: identity|scale|sleep|spin|mlp|gpt2 (not validated here beyond non-empty) */
-  char *spec;          /* "ID=KIND[,key=value...]" built from the other keys (weights, config, layers, activation, any other scalar key except id/kind/max_inflight/max_queue), ready for ss_model_create() */
-  int max_inflight;    /* -1 = not set (server default) */
-  int max_queue;       /* -1 = not set */
+  char *id; /* required, [A-Za-z0-9_.-]+, unique */
+  char *
+      kind; /* required: identity|scale|sleep|spin|mlp|gpt2 (not validated here beyond non-empty) */
+  char *spec;       /* "ID=KIND[,key=value...]" built from the other keys (weights, config, layers,
+                       activation, any other scalar key except id/kind/max_inflight/max_queue), ready for
+                       ss_model_create() */
+  int max_inflight; /* -1 = not set (server default) */
+  int max_queue;    /* -1 = not set */
 } ss_model_conf;
 
 typedef struct ss_file_config {
-  ss_server_config set;            /* the file's settings, over the defaults (core/settings.h) */
+  ss_server_config set;               /* the file's settings, over the defaults (core/settings.h) */
   unsigned char has[SS_SETTINGS_MAX]; /* has[i]: the file sets row i of ss_settings */
-  char **strs;                     /* strings `set` points into (owned) */
+  char **strs;                        /* strings `set` points into (owned) */
   size_t nstrs;
-  ss_model_conf *models; size_t n_models;                     /* key models: a sequence of mappings */
+  ss_model_conf *models;
+  size_t n_models; /* key models: a sequence of mappings */
 } ss_file_config;
 /* Whether the file sets the YAML key (a row of the settings table). */
 int ss_file_has(const ss_file_config *c, const char *key);
@@ -46,11 +50,14 @@ int ss_file_has(const ss_file_config *c, const char *key);
 #define SS_CONFIG_MAX_BYTES (1u << 20)
 #define SS_CONFIG_MAX_DEPTH 32
 
-/* Parse a YAML file. On error returns <0 (SS_EINVAL, SS_EIO) and writes "PATH:LINE:COL: message" naming the key and what was expected vs got. *out is zeroed first; free with ss_config_free (also after an error). */
+/* Parse a YAML file. On error returns <0 (SS_EINVAL, SS_EIO) and writes "PATH:LINE:COL: message"
+ * naming the key and what was expected vs got. *out is zeroed first; free with ss_config_free (also
+ * after an error). */
 int ss_config_load(const char *path, ss_file_config *out, char *err, size_t errlen);
 
 /* Same from a string (name used in messages). */
-int ss_config_parse(const char *name, const char *text, size_t len, ss_file_config *out, char *err, size_t errlen);
+int ss_config_parse(const char *name, const char *text, size_t len, ss_file_config *out, char *err,
+                    size_t errlen);
 
 void ss_config_free(ss_file_config *c);
 

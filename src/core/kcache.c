@@ -21,7 +21,7 @@ struct ss_kcache {
   ss_kentry *head, *tail;
   void (*free_value)(void *, void *);
   void *user;
-  char *gone[SS_GONE_RING]; /* tag (SS_KCACHE_TAG bytes), then "key\0reason" */
+  char *gone[SS_GONE_RING];        /* tag (SS_KCACHE_TAG bytes), then "key\0reason" */
   size_t gone_bytes[SS_GONE_RING]; /* each record's bytes, counted in bytes */
   size_t gone_pos, gone_total;
   uint64_t n_evicted;
@@ -52,18 +52,24 @@ int ss_kcache_new(size_t max_bytes, double ttl_s, void (*free_value)(void *, voi
 }
 
 static void lru_unlink(ss_kcache *c, ss_kentry *e) {
-  if (e->prev) e->prev->next = e->next;
-  else c->head = e->next;
-  if (e->next) e->next->prev = e->prev;
-  else c->tail = e->prev;
+  if (e->prev)
+    e->prev->next = e->next;
+  else
+    c->head = e->next;
+  if (e->next)
+    e->next->prev = e->prev;
+  else
+    c->tail = e->prev;
   e->prev = e->next = NULL;
 }
 
 static void lru_front(ss_kcache *c, ss_kentry *e) {
   e->prev = NULL;
   e->next = c->head;
-  if (c->head) c->head->prev = e;
-  else c->tail = e;
+  if (c->head)
+    c->head->prev = e;
+  else
+    c->tail = e;
   c->head = e;
 }
 

@@ -19,10 +19,10 @@
 
 typedef struct ss_kentry {
   char *key;
-  void *value;           /* owned; freed with the cache's free_value */
+  void *value; /* owned; freed with the cache's free_value */
   size_t bytes;
   uint64_t last_used_ns;
-  int busy;              /* pinned: in use by a call */
+  int busy;                   /* pinned: in use by a call */
   uint8_t tag[SS_KCACHE_TAG]; /* the user's (zero after put); remembered with a removed key */
   struct ss_kentry *hnext, *prev, *next; /* hash chain; LRU list (head = most recent) */
 } ss_kentry;

@@ -18,6 +18,9 @@ void ss_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 #define SS_LOGE(...) ss_log(SS_LOG_ERROR, __VA_ARGS__)
 #define SS_LOGW(...) ss_log(SS_LOG_WARN, __VA_ARGS__)
 #define SS_LOGI(...) ss_log(SS_LOG_INFO, __VA_ARGS__)
-#define SS_LOGD(...) do { if (ss_log_level() >= SS_LOG_DEBUG) ss_log(SS_LOG_DEBUG, __VA_ARGS__); } while (0)
+#define SS_LOGD(...)                                                       \
+  do {                                                                     \
+    if (ss_log_level() >= SS_LOG_DEBUG) ss_log(SS_LOG_DEBUG, __VA_ARGS__); \
+  } while (0)
 
 #endif

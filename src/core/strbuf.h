@@ -8,7 +8,7 @@
 #include <stddef.h>
 
 typedef struct ss_strbuf {
-  char *p;     /* NUL-terminated once anything was appended (malloc'd; free with ss_strbuf_free) */
+  char *p; /* NUL-terminated once anything was appended (malloc'd; free with ss_strbuf_free) */
   size_t len, cap;
   int oom;
 } ss_strbuf;

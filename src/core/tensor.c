@@ -13,27 +13,29 @@
 
 size_t ss_dtype_size(ss_dtype dt) {
   switch (dt) {
-  case SS_DTYPE_F16:
-  case SS_DTYPE_BF16: return 2;
-  case SS_DTYPE_F32:
-  default: return 4;
+    case SS_DTYPE_F16:
+    case SS_DTYPE_BF16: return 2;
+    case SS_DTYPE_F32:
+    default: return 4;
   }
 }
 
 const char *ss_dtype_name(ss_dtype dt) {
   switch (dt) {
-  case SS_DTYPE_F32: return "float32";
-  case SS_DTYPE_F16: return "float16";
-  case SS_DTYPE_BF16: return "bfloat16";
-  default: return "unknown";
+    case SS_DTYPE_F32: return "float32";
+    case SS_DTYPE_F16: return "float16";
+    case SS_DTYPE_BF16: return "bfloat16";
+    default: return "unknown";
   }
 }
 
 int ss_dtype_parse(const char *s, ss_dtype *out) {
-  static const struct { const char *name; ss_dtype dt; } names[] = {
-      {"float32", SS_DTYPE_F32}, {"fp32", SS_DTYPE_F32},    {"f32", SS_DTYPE_F32},
-      {"float16", SS_DTYPE_F16}, {"fp16", SS_DTYPE_F16},    {"f16", SS_DTYPE_F16},
-      {"half", SS_DTYPE_F16},    {"bfloat16", SS_DTYPE_BF16}, {"bf16", SS_DTYPE_BF16}};
+  static const struct {
+    const char *name;
+    ss_dtype dt;
+  } names[] = {{"float32", SS_DTYPE_F32}, {"fp32", SS_DTYPE_F32},      {"f32", SS_DTYPE_F32},
+               {"float16", SS_DTYPE_F16}, {"fp16", SS_DTYPE_F16},      {"f16", SS_DTYPE_F16},
+               {"half", SS_DTYPE_F16},    {"bfloat16", SS_DTYPE_BF16}, {"bf16", SS_DTYPE_BF16}};
   if (s == NULL) return SS_EINVAL;
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     if (strcmp(s, names[i].name) == 0) {
@@ -63,7 +65,8 @@ char *ss_shape_str(const int64_t *shape, int ndim, char *buf, size_t buflen) {
   return buf;
 }
 
-/* Format an int32 wire shape (possibly with more than SS_MAX_DIMS dims) for messages; returns buf. */
+/* Format an int32 wire shape (possibly with more than SS_MAX_DIMS dims) for messages; returns buf.
+ */
 static const char *wire_shape_str(const int32_t *shape, size_t ndim, char *buf, size_t buflen) {
   int64_t tmp[SS_MAX_DIMS + 1] = {0};
   size_t k = ndim < SS_MAX_DIMS + 1 ? ndim : SS_MAX_DIMS + 1;
@@ -228,12 +231,12 @@ void ss_to_f32(ss_dtype dt, const void *in, float *out, size_t n) {
     return;
   }
   switch (dt) {
-  case SS_DTYPE_F16: ss_f16_to_f32((const uint16_t *)in, out, n); break;
-  case SS_DTYPE_BF16: ss_bf16_to_f32((const uint16_t *)in, out, n); break;
-  case SS_DTYPE_F32:
-  default:
-    if (n) memcpy(out, in, n * sizeof(float));
-    break;
+    case SS_DTYPE_F16: ss_f16_to_f32((const uint16_t *)in, out, n); break;
+    case SS_DTYPE_BF16: ss_bf16_to_f32((const uint16_t *)in, out, n); break;
+    case SS_DTYPE_F32:
+    default:
+      if (n) memcpy(out, in, n * sizeof(float));
+      break;
   }
 }
 
@@ -247,12 +250,12 @@ void ss_from_f32(ss_dtype dt, const float *in, void *out, size_t n) {
     return;
   }
   switch (dt) {
-  case SS_DTYPE_F16: ss_f32_to_f16(in, (uint16_t *)out, n); break;
-  case SS_DTYPE_BF16: ss_f32_to_bf16(in, (uint16_t *)out, n); break;
-  case SS_DTYPE_F32:
-  default:
-    if (n) memcpy(out, in, n * sizeof(float));
-    break;
+    case SS_DTYPE_F16: ss_f32_to_f16(in, (uint16_t *)out, n); break;
+    case SS_DTYPE_BF16: ss_f32_to_bf16(in, (uint16_t *)out, n); break;
+    case SS_DTYPE_F32:
+    default:
+      if (n) memcpy(out, in, n * sizeof(float));
+      break;
   }
 }
 
@@ -294,7 +297,12 @@ int ss_tensor_check_finite(const char *what, const ss_tensor *t, char *err, size
     off += (size_t)snprintf(coords + off, sizeof coords - off, "%s%lld", d ? "," : "",
                             (long long)idx[d]);
   snprintf(coords + off, sizeof coords - off, "]");
-  snprintf(err, errlen, "%s[%zu] (coordinates %s) is %s; training inputs and gradients must be "
-           "finite", what, i, coords, kind == 1 ? "NaN" : kind == 2 ? "+Inf" : "-Inf");
+  snprintf(err, errlen,
+           "%s[%zu] (coordinates %s) is %s; training inputs and gradients must be "
+           "finite",
+           what, i, coords,
+           kind == 1   ? "NaN"
+           : kind == 2 ? "+Inf"
+                       : "-Inf");
   return SS_EINVAL;
 }

@@ -48,8 +48,9 @@ static size_t varint_put(uint8_t *p, uint64_t v) {
   return n;
 }
 
-static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
-                            uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
+static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
+                            size_t length, uint32_t *data_flags, nghttp2_data_source *source,
+                            void *user_data);
 
 static void status_str(int code, char out[4]) { /* 0..99: no printf on the hot path */
   if (code >= 10) {
@@ -78,8 +79,9 @@ static int submit_trailers(ss_call *call) {
   return rv;
 }
 
-static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
-                            uint32_t *data_flags, nghttp2_data_source *source, void *user_data) {
+static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
+                            size_t length, uint32_t *data_flags, nghttp2_data_source *source,
+                            void *user_data) {
   (void)session, (void)stream_id, (void)buf, (void)user_data;
   ss_call *call = source->ptr;
   size_t avail = (call->out_len - call->out_off) + call->segs_left;
@@ -140,7 +142,8 @@ static void kick(ss_call *call) {
     prd.source.ptr = call;
     prd.read_callback = data_read_cb;
     call->headers_submitted = 1;
-    int rv = nghttp2_submit_response(call->conn->h2, call->stream_id, hdr, call->resp_enc ? 4 : 3, &prd);
+    int rv =
+        nghttp2_submit_response(call->conn->h2, call->stream_id, hdr, call->resp_enc ? 4 : 3, &prd);
     if (rv != 0) SS_LOGW("stream %d: submit_response: %s", call->stream_id, nghttp2_strerror(rv));
   } else if (call->deferred) {
     call->deferred = 0;
@@ -156,8 +159,10 @@ static int out_admit(ss_call *call, size_t n) {
   ss_conn *c = call->conn;
   if (!c) return 0;
   if (c->out_pending > 0 && c->out_pending + n > call->srv->cfg.max_connection_buffer_bytes) {
-    ss_grpc_note_limit(call->srv, "responses refused: a client is not reading (%zu bytes unsent "
-                       "on its connection)", c->out_pending);
+    ss_grpc_note_limit(call->srv,
+                       "responses refused: a client is not reading (%zu bytes unsent "
+                       "on its connection)",
+                       c->out_pending);
     return SS_EBUSY;
   }
   c->out_pending += n;
@@ -175,12 +180,12 @@ static void refuse_unread(ss_call *call, size_t n) {
 
 static void count_status(ss_grpc_server *s, int code) {
   switch (code) {
-  case SS_GRPC_OK: SS_STAT_INC(s->stats.served); break;
-  case SS_GRPC_RESOURCE_EXHAUSTED:
-  case SS_GRPC_UNAVAILABLE: SS_STAT_INC(s->stats.rejected); break;
-  case SS_GRPC_DEADLINE_EXCEEDED:
-  case SS_GRPC_CANCELLED: SS_STAT_INC(s->stats.cancelled); break;
-  default: SS_STAT_INC(s->stats.failed); break;
+    case SS_GRPC_OK: SS_STAT_INC(s->stats.served); break;
+    case SS_GRPC_RESOURCE_EXHAUSTED:
+    case SS_GRPC_UNAVAILABLE: SS_STAT_INC(s->stats.rejected); break;
+    case SS_GRPC_DEADLINE_EXCEEDED:
+    case SS_GRPC_CANCELLED: SS_STAT_INC(s->stats.cancelled); break;
+    default: SS_STAT_INC(s->stats.failed); break;
   }
 }
 
@@ -278,8 +283,10 @@ static void reply_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t
   }
   uint8_t *p = call->out + call->out_len;
   ss_msg_prefix(p, (uint32_t)total);
-  if (msg) protobuf_c_message_pack(msg, p + 5);
-  else memcpy(p + 5, packed, plen);
+  if (msg)
+    protobuf_c_message_pack(msg, p + 5);
+  else
+    memcpy(p + 5, packed, plen);
   call->out_len += 5 + plen;
   call->segs = segs;
   call->nsegs = nsegs;
@@ -305,8 +312,8 @@ void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg
   reply_core(call, msg, NULL, 0, segs, nsegs, owner);
 }
 
-void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field, const void *tail,
-                   size_t tail_len, void *tail_owner) {
+void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field,
+                   const void *tail, size_t tail_len, void *tail_owner) {
   if (!tail) {
     ss_call_reply_segs(call, msg, NULL, 0, tail_owner);
     return;
@@ -319,7 +326,8 @@ void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_fie
 }
 
 /* Queue one message (msg packed here, or packed[plen] already) on the call's own loop. */
-static void send_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t *packed, size_t plen) {
+static void send_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t *packed,
+                      size_t plen) {
   if (call->state == SS_CALL_DONE || !call->conn) return;
   if (msg) plen = protobuf_c_message_get_packed_size(msg);
   if (out_admit(call, 5 + plen) != 0) {
@@ -337,8 +345,10 @@ static void send_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t 
   }
   uint8_t *p = call->out + call->out_len;
   ss_msg_prefix(p, (uint32_t)plen);
-  if (msg) protobuf_c_message_pack(msg, p + 5);
-  else memcpy(p + 5, packed, plen);
+  if (msg)
+    protobuf_c_message_pack(msg, p + 5);
+  else
+    memcpy(p + 5, packed, plen);
   call->out_len += 5 + plen;
   kick(call);
 }
@@ -366,13 +376,17 @@ void ss_call_end_local(ss_call *call, int code, const char *msg) {
 }
 
 void ss_call_end(ss_call *call, int code, const char *msg) {
-  if (call->handed) ss_shard_post_fail(call, 1, code, msg);
-  else ss_call_end_local(call, code, msg);
+  if (call->handed)
+    ss_shard_post_fail(call, 1, code, msg);
+  else
+    ss_call_end_local(call, code, msg);
 }
 
 static void fail_core(ss_call *call, int code, const char *msg) {
-  if (call->state != SS_CALL_DONE) set_status(call, code, msg);
-  else if (call->headers_submitted) return;
+  if (call->state != SS_CALL_DONE)
+    set_status(call, code, msg);
+  else if (call->headers_submitted)
+    return;
   if (!call->conn) return;
   SS_LOGD("stream %d: %s: %s", call->stream_id, ss_grpc_code_name(code), msg);
   if (call->headers_submitted) { /* messages went out already: status in the trailers */
@@ -417,8 +431,10 @@ void ss_call_fail(ss_call *call, int code, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  if (call->handed) ss_shard_post_fail(call, 0, code, msg);
-  else fail_core(call, code, msg);
+  if (call->handed)
+    ss_shard_post_fail(call, 0, code, msg);
+  else
+    fail_core(call, code, msg);
 }
 
 static void on_deadline(ss_tq_entry *e) {
@@ -455,14 +471,17 @@ uint8_t *ss_call_request(ss_call *call, size_t *len) {
 
 void *ss_call_state(ss_call *call) { return call->hstate; }
 
-void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *call), void (*release)(ss_call *call)) {
+void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *call),
+                       void (*release)(ss_call *call)) {
   call->on_cancel = cancel;
   call->on_release = release;
 }
 
 void ss_call_cancel_hook(ss_call *call, int code) {
-  if (call->handed) ss_shard_post_cancel(call, code);
-  else if (call->on_cancel) call->on_cancel(call);
+  if (call->handed)
+    ss_shard_post_cancel(call, code);
+  else if (call->on_cancel)
+    call->on_cancel(call);
 }
 
 int ss_call_answered(const ss_call *call) {
@@ -485,8 +504,8 @@ void ss_call_keep_header(ss_call *call, const uint8_t *name, size_t namelen, con
                          size_t valuelen) {
   const ss_grpc_config *cfg = &call->srv->cfg;
   size_t i = 0;
-  while (i < cfg->n_kept_headers &&
-         !(strlen(cfg->kept_headers[i]) == namelen && memcmp(cfg->kept_headers[i], name, namelen) == 0))
+  while (i < cfg->n_kept_headers && !(strlen(cfg->kept_headers[i]) == namelen &&
+                                      memcmp(cfg->kept_headers[i], name, namelen) == 0))
     i++;
   if (i == cfg->n_kept_headers || call->kept_bad) return;
   if (call->kept_off[i] || valuelen > cfg->max_kept_header_bytes) {
@@ -620,14 +639,18 @@ void ss_call_unref(ss_call *call) {
   int was = atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel);
   assert(was > 0);
   if (was > 1) return;
-  if (call->handed) ss_call_finalize_app(call);
-  else ss_call_finalize_local(call);
+  if (call->handed)
+    ss_call_finalize_app(call);
+  else
+    ss_call_finalize_local(call);
 }
 
 void ss_call_drop(ss_call *call) {
   int was = atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel);
   assert(was > 0);
   if (was > 1) return;
-  if (call->handed && call->on_release) ss_shard_post_release(call); /* hooks run on the app loop */
-  else ss_call_finalize_local(call);
+  if (call->handed && call->on_release)
+    ss_shard_post_release(call); /* hooks run on the app loop */
+  else
+    ss_call_finalize_local(call);
 }

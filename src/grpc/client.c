@@ -62,10 +62,10 @@
 #include "grpc/tls.h"
 #include "splitserve.h"
 
-#define SS_CLIENT_WINDOW (16 << 20)         /* per-stream receive window */
-#define SS_CLIENT_CONN_WINDOW (64 << 20)    /* connection receive window */
-#define SS_CLIENT_WBUF_CAP (4u << 20)       /* bytes gathered per uv_write (soft cap) */
-#define SS_CLIENT_MAX_RESPONSE (1u << 30)   /* largest response message accepted */
+#define SS_CLIENT_WINDOW (16 << 20)       /* per-stream receive window */
+#define SS_CLIENT_CONN_WINDOW (64 << 20)  /* connection receive window */
+#define SS_CLIENT_WBUF_CAP (4u << 20)     /* bytes gathered per uv_write (soft cap) */
+#define SS_CLIENT_MAX_RESPONSE (1u << 30) /* largest response message accepted */
 #define SS_CLIENT_READ_BUF (256 << 10)
 
 enum { ST_CONNECTING, ST_CONNECTED, ST_FAILED };
@@ -91,8 +91,8 @@ struct ss_call {
   size_t resp_len;
   int have_resp;
   int http_status;
-  int grpc_status; /* -1: not received */
-  char *message;   /* decoded grpc-message (owned) or NULL */
+  int grpc_status;  /* -1: not received */
+  char *message;    /* decoded grpc-message (owned) or NULL */
   int local_status; /* -1, or a status decided locally (too large, bad framing) */
   char local_msg[160];
   int done;          /* callback fired */
@@ -123,11 +123,11 @@ struct ss_aclient {
   uint64_t timer_due_ns; /* 0: timer not armed */
   char authority[300];
   char fail_msg[256];
-  ss_client *owner; /* non-NULL for the blocking wrapper */
-  int tcp_up;        /* TCP connected (with TLS, the handshake may still be running) */
+  ss_client *owner;    /* non-NULL for the blocking wrapper */
+  int tcp_up;          /* TCP connected (with TLS, the handshake may still be running) */
   ss_tls_ctx *tls_ctx; /* NULL: cleartext h2c */
   ss_tls_conn *tls;
-  uint8_t *tbuf;     /* ciphertext being written (TLS) */
+  uint8_t *tbuf; /* ciphertext being written (TLS) */
   size_t tcap;
   extra_header hdrs[SS_CLIENT_MAX_HEADERS]; /* sent with every call (ss_aclient_set_header) */
   size_t nhdrs;
@@ -146,8 +146,10 @@ static void schedule_flush(ss_aclient *c) {
 }
 
 static void call_unlink(ss_aclient *c, ss_call *k) {
-  if (k->prev) k->prev->next = k->next;
-  else c->calls = k->next;
+  if (k->prev)
+    k->prev->next = k->next;
+  else
+    c->calls = k->next;
   if (k->next) k->next->prev = k->prev;
   k->prev = k->next = NULL;
 }
@@ -193,15 +195,15 @@ static void fail_all(ss_aclient *c, int status, const char *msg) {
 
 static int map_http_status(int http) {
   switch (http) {
-  case 400: return SS_GRPC_INTERNAL;
-  case 401: return SS_GRPC_UNAUTHENTICATED;
-  case 403: return SS_GRPC_PERMISSION_DENIED;
-  case 404: return SS_GRPC_UNIMPLEMENTED;
-  case 429:
-  case 502:
-  case 503:
-  case 504: return SS_GRPC_UNAVAILABLE;
-  default: return SS_GRPC_UNKNOWN;
+    case 400: return SS_GRPC_INTERNAL;
+    case 401: return SS_GRPC_UNAUTHENTICATED;
+    case 403: return SS_GRPC_PERMISSION_DENIED;
+    case 404: return SS_GRPC_UNIMPLEMENTED;
+    case 429:
+    case 502:
+    case 503:
+    case 504: return SS_GRPC_UNAVAILABLE;
+    default: return SS_GRPC_UNKNOWN;
   }
 }
 
@@ -391,8 +393,10 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
   } else if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0) {
     int v = 0, ok = valuelen > 0 && valuelen < 4;
     for (size_t i = 0; ok && i < valuelen; i++) {
-      if (value[i] < '0' || value[i] > '9') ok = 0;
-      else v = v * 10 + (value[i] - '0');
+      if (value[i] < '0' || value[i] > '9')
+        ok = 0;
+      else
+        v = v * 10 + (value[i] - '0');
     }
     k->grpc_status = ok ? v : SS_GRPC_UNKNOWN;
   } else if (namelen == 12 && memcmp(name, "grpc-message", 12) == 0) {
@@ -427,7 +431,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
       } else if (k->have_resp) {
         free(msg);
         k->local_status = SS_GRPC_INTERNAL;
-        snprintf(k->local_msg, sizeof k->local_msg, "more than one response message for a unary call");
+        snprintf(k->local_msg, sizeof k->local_msg,
+                 "more than one response message for a unary call");
       } else {
         k->resp = msg;
         k->resp_len = mlen;
@@ -506,10 +511,10 @@ static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error
       snprintf(msg, sizeof msg, "HTTP status %d without grpc-status", k->http_status);
       call_complete(k, map_http_status(k->http_status), msg);
     } else if (error_code != NGHTTP2_NO_ERROR) {
-      int st = error_code == NGHTTP2_REFUSED_STREAM ? SS_GRPC_UNAVAILABLE
-               : error_code == NGHTTP2_CANCEL       ? SS_GRPC_CANCELLED
+      int st = error_code == NGHTTP2_REFUSED_STREAM      ? SS_GRPC_UNAVAILABLE
+               : error_code == NGHTTP2_CANCEL            ? SS_GRPC_CANCELLED
                : error_code == NGHTTP2_ENHANCE_YOUR_CALM ? SS_GRPC_RESOURCE_EXHAUSTED
-                                                    : SS_GRPC_INTERNAL;
+                                                         : SS_GRPC_INTERNAL;
       snprintf(msg, sizeof msg, "stream reset by the server: %s",
                nghttp2_http2_strerror(error_code));
       call_complete(k, st, msg);
@@ -688,9 +693,10 @@ static void wipe_free(char *p, size_t n) {
 /* A name the application may set: a lowercase HTTP token (RFC 9110 5.6.2; HTTP/2 wants lowercase)
  * that the client does not write itself and that is not connection-specific (RFC 9113 8.2.2). */
 static int header_name_ok(const char *name) {
-  static const char *const reserved[] = {"content-type", "te", "user-agent", "host", "connection",
-                                         "keep-alive", "proxy-connection", "transfer-encoding",
-                                         "upgrade"};
+  static const char *const reserved[] = {
+      "content-type", "te",         "user-agent",       "host",
+      "connection",   "keep-alive", "proxy-connection", "transfer-encoding",
+      "upgrade"};
   if (!*name || strncmp(name, "grpc-", 5) == 0) return 0;
   for (const char *p = name; *p; p++)
     if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || strchr("!#$%&'*+-.^_`|~", *p)))
@@ -788,7 +794,8 @@ int ss_aclient_new_tls(void *uv_loop, const char *host, int port, const ss_clien
     memcpy(h, host, hl + 1);
   }
   char name[256];
-  snprintf(name, sizeof name, "%s", tls && tls->server_name && *tls->server_name ? tls->server_name : h);
+  snprintf(name, sizeof name, "%s",
+           tls && tls->server_name && *tls->server_name ? tls->server_name : h);
   if (strcmp(h, "localhost") == 0) strcpy(h, "127.0.0.1");
   if (uv_ip4_addr(h, port, (struct sockaddr_in *)&addr) != 0 &&
       uv_ip6_addr(h, port, (struct sockaddr_in6 *)&addr) != 0)
@@ -816,8 +823,10 @@ int ss_aclient_new_tls(void *uv_loop, const char *host, int port, const ss_clien
       return trv;
     }
   }
-  if (strchr(h, ':')) snprintf(c->authority, sizeof c->authority, "[%s]:%d", h, port);
-  else snprintf(c->authority, sizeof c->authority, "%s:%d", h, port);
+  if (strchr(h, ':'))
+    snprintf(c->authority, sizeof c->authority, "[%s]:%d", h, port);
+  else
+    snprintf(c->authority, sizeof c->authority, "%s:%d", h, port);
 
   nghttp2_session_callbacks *cbs;
   if (nghttp2_session_callbacks_new(&cbs) != 0) {
@@ -871,12 +880,14 @@ static int32_t call_submit(ss_aclient *c, ss_call *k) {
   char tmo[16];
   nghttp2_nv nv[8 + SS_CLIENT_MAX_HEADERS];
   size_t n = 0;
-#define SS_NV(N, V, VL)                                                                       \
+#define SS_NV(N, V, VL)                                                                     \
   nv[n].name = (uint8_t *)(N), nv[n].namelen = sizeof(N) - 1, nv[n].value = (uint8_t *)(V), \
   nv[n].valuelen = (VL), nv[n].flags = NGHTTP2_NV_FLAG_NONE, n++
   SS_NV(":method", "POST", 4);
-  if (c->tls) SS_NV(":scheme", "https", 5);
-  else SS_NV(":scheme", "http", 4);
+  if (c->tls)
+    SS_NV(":scheme", "https", 5);
+  else
+    SS_NV(":scheme", "http", 4);
   SS_NV(":path", path, strlen(path));
   SS_NV(":authority", c->authority, strlen(c->authority));
   SS_NV("content-type", "application/grpc", 16);
@@ -895,8 +906,8 @@ static int32_t call_submit(ss_aclient *c, ss_call *k) {
     nv[n].namelen = h->name_len;
     nv[n].value = (uint8_t *)h->value;
     nv[n].valuelen = h->value_len;
-    nv[n].flags = strcmp(h->name, "authorization") == 0 ? NGHTTP2_NV_FLAG_NO_INDEX
-                                                         : NGHTTP2_NV_FLAG_NONE;
+    nv[n].flags =
+        strcmp(h->name, "authorization") == 0 ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE;
   }
   nghttp2_data_provider prd;
   prd.source.ptr = k;
@@ -1104,7 +1115,8 @@ int ss_client_connect_tls(const char *host, int port, double timeout_s, const ss
   if (c->ac->state != ST_CONNECTED) {
     rv = c->ac->state == ST_FAILED ? SS_EIO : SS_ETIMEDOUT;
     if (err && errlen)
-      snprintf(err, errlen, "%s", c->ac->state == ST_FAILED ? c->ac->fail_msg : "connect timed out");
+      snprintf(err, errlen, "%s",
+               c->ac->state == ST_FAILED ? c->ac->fail_msg : "connect timed out");
     ss_client_close(c);
     return rv;
   }

@@ -48,7 +48,7 @@ struct ss_inflater {
   uint8_t *buf; /* output so far (have of cap bytes) */
   size_t have, cap;
   size_t map_len; /* buf is an anonymous mapping of this many bytes (0: malloc'd) */
-  size_t in_off; /* input bytes consumed */
+  size_t in_off;  /* input bytes consumed */
 };
 
 int ss_inflater_new(int enc, ss_inflater **out) {
@@ -65,8 +65,10 @@ int ss_inflater_new(int enc, ss_inflater **out) {
 }
 
 void ss_grpc_inflated_free(uint8_t *p, size_t map_len) {
-  if (map_len) munmap(p, map_len);
-  else free(p);
+  if (map_len)
+    munmap(p, map_len);
+  else
+    free(p);
 }
 
 void ss_inflater_free(ss_inflater *f) {

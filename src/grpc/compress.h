@@ -23,7 +23,8 @@ int ss_grpc_accept_encoding_pick(const char *s, size_t len);
 /* Inflate in[n] (enc: deflate = zlib stream, gzip) into *out (malloc'd: caller frees), never
  * allocating more than max bytes of output: 0, SS_ERANGE when the message inflates to more than
  * max (nothing kept), SS_EPROTO when the data is not a valid stream, SS_ENOMEM. */
-int ss_grpc_inflate(int enc, const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t *outlen);
+int ss_grpc_inflate(int enc, const uint8_t *in, size_t n, size_t max, uint8_t **out,
+                    size_t *outlen);
 
 /* Inflation in bounded slices (the loop thread inflates a big message a slice per iteration, so
  * other connections are served in between). The input stays the caller's (the same in[n] at

@@ -77,8 +77,8 @@
 #include "core/log.h"
 #include "core/macros.h"
 #include "grpc/compress.h"
-#include "grpc/h2mem.h"
 #include "grpc/grpc_int.h"
+#include "grpc/h2mem.h"
 
 #define SS_WBUF_HIGH (1u << 20)
 #define SS_WBUF_KEEP (256u << 10) /* larger write buffers are freed once written */
@@ -142,8 +142,10 @@ static void call_link(ss_conn *c, ss_call *call) {
 }
 
 static void call_unlink(ss_conn *c, ss_call *call) {
-  if (call->conn_prev) call->conn_prev->conn_next = call->conn_next;
-  else c->calls = call->conn_next;
+  if (call->conn_prev)
+    call->conn_prev->conn_next = call->conn_next;
+  else
+    c->calls = call->conn_next;
   if (call->conn_next) call->conn_next->conn_prev = call->conn_prev;
   call->conn_prev = call->conn_next = NULL;
 }
@@ -199,7 +201,8 @@ static int header_overflow(ss_conn *c, ss_call *call) {
   int rv = nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, call->stream_id,
                                      NGHTTP2_ENHANCE_YOUR_CALM);
   if (rv != 0) SS_LOGD("stream %d: rst_stream: %s", call->stream_id, nghttp2_strerror(rv));
-  ss_grpc_note_limit(s, "stream reset: request header list over %zu bytes (--max-header-list-bytes)",
+  ss_grpc_note_limit(s,
+                     "stream reset: request header list over %zu bytes (--max-header-list-bytes)",
                      s->cfg.max_header_list_bytes);
   if (++c->hdr_overflows >= SS_MAX_HDR_OVERFLOWS)
     ss_conn_kill(c, NGHTTP2_ENHANCE_YOUR_CALM,
@@ -238,8 +241,10 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     if (!ok) call->refused = 415;
   } else if (namelen == 12 && memcmp(name, "grpc-timeout", 12) == 0) {
     int64_t ns;
-    if (ss_grpc_timeout_parse((const char *)value, valuelen, &ns) == 0) call->timeout_ns = ns > 0 ? ns : 1;
-    else call->refused = 400;
+    if (ss_grpc_timeout_parse((const char *)value, valuelen, &ns) == 0)
+      call->timeout_ns = ns > 0 ? ns : 1;
+    else
+      call->refused = 400;
   } else if (namelen == 13 && memcmp(name, "grpc-encoding", 13) == 0) {
     if (!(valuelen == 8 && memcmp(value, "identity", 8) == 0)) {
       free(call->encoding);
@@ -336,10 +341,13 @@ static void headers_done(ss_conn *c, ss_call *call) {
     const char *h = s->cfg.kept_headers[call->kept_bad - 1];
     call->refused = 1;
     if (call->kept_bad_len)
-      ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' is %zu bytes long; at most "
-                    "%zu", h, call->kept_bad_len, s->cfg.max_kept_header_bytes);
+      ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT,
+                    "request header '%s' is %zu bytes long; at most "
+                    "%zu",
+                    h, call->kept_bad_len, s->cfg.max_kept_header_bytes);
     else
-      ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' was sent more than once", h);
+      ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request header '%s' was sent more than once",
+                    h);
     return;
   }
   if (!call->have_te) {
@@ -352,7 +360,8 @@ static void headers_done(ss_conn *c, ss_call *call) {
     char known[256];
     call->refused = 1;
     ss_call_failf(call, SS_GRPC_UNIMPLEMENTED, "unknown method %s (this server implements %s)",
-                  call->bad_path ? call->bad_path : "(no :path)", services_list(s, known, sizeof known));
+                  call->bad_path ? call->bad_path : "(no :path)",
+                  services_list(s, known, sizeof known));
     return;
   }
   if (c->goaway_sent) { /* after the final GOAWAY (during the notice they are still served) */
@@ -382,8 +391,9 @@ static void dispatch(ss_call *call) {
   }
   call->state = SS_CALL_ACTIVE;
   if (call->nmsgs == 0 && !ss_msg_reader_idle(&call->reader)) {
-    ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT, "request ended inside a message (%zu of %zu bytes)",
-                  call->reader.have, call->reader.len);
+    ss_call_failf(call, SS_GRPC_INVALID_ARGUMENT,
+                  "request ended inside a message (%zu of %zu bytes)", call->reader.have,
+                  call->reader.len);
     return;
   }
   if (call->nmsgs == 0) {
@@ -397,8 +407,10 @@ static void dispatch(ss_call *call) {
   }
   ss_tq_cancel(&call->srv->tq, &call->deadline); /* the request body timeout */
   ss_call_arm_deadline(call);
-  if (call->srv->index != 0) ss_shard_dispatch(call); /* handlers run on the app loop */
-  else call->method->handler(call, call->srv->method_app);
+  if (call->srv->index != 0)
+    ss_shard_dispatch(call); /* handlers run on the app loop */
+  else
+    call->method->handler(call, call->srv->method_app);
 }
 
 static void handshake_done(ss_conn *c);
@@ -444,8 +456,10 @@ static ss_call *in_head(ss_conn *c, size_t *held_done) {
   ss_call *head = NULL;
   size_t done = 0;
   for (ss_call *x = c->calls; x; x = x->conn_next) { /* newest first */
-    if (x->state == SS_CALL_RECV && !x->refused && x->headers_complete) head = x;
-    else done += x->in_held;
+    if (x->state == SS_CALL_RECV && !x->refused && x->headers_complete)
+      head = x;
+    else
+      done += x->in_held;
   }
   *held_done = done;
   return head;
@@ -553,7 +567,8 @@ static int inflate_request(ss_call *call) {
     call->refused = 1;
     ss_call_failf(call, SS_GRPC_UNIMPLEMENTED,
                   "compressed message with grpc-encoding %s; this server accepts identity, deflate "
-                  "and gzip", name ? name : "(none declared)");
+                  "and gzip",
+                  name ? name : "(none declared)");
     return -1;
   }
   if (ss_inflater_new(enc, &call->zin) != 0) {
@@ -884,8 +899,10 @@ void ss_conn_close(ss_conn *c) {
   c->h2 = NULL;
   ss_limits_release(s, c->peer);
   c->peer = NULL;
-  if (c->prev) c->prev->next = c->next;
-  else s->conns = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   SS_STAT_ADD(s->nconns, (size_t)-1);
   if (c->dirty) { /* unlink from the dirty list */
@@ -1077,8 +1094,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     /* The ciphertext is copied into the TLS input first, so the shared read buffer is free to
      * receive the plaintext (the handshake runs here too, until it completes). */
     char why[256];
-    int tr = ss_tls_feed(c->tls, (const uint8_t *)buf->base, (size_t)nread,
-                         (uint8_t *)c->srv->rbuf, sizeof c->srv->rbuf, tls_deliver, c, why, sizeof why);
+    int tr = ss_tls_feed(c->tls, (const uint8_t *)buf->base, (size_t)nread, (uint8_t *)c->srv->rbuf,
+                         sizeof c->srv->rbuf, tls_deliver, c, why, sizeof why);
     if (tr == SS_EPROTO || tr == SS_ENOMEM) {
       ss_grpc_note_limit(c->srv, "connection refused: %s", why);
       SS_STAT_INC(c->srv->stats.connections_refused);
@@ -1141,10 +1158,23 @@ static void refuse_conn(ss_conn *c, const char *why) {
   memcpy(f, settings, 9);
   uint8_t *g = f + 9;
   size_t plen = 8 + dlen;
-  const uint8_t hd[17] = {(uint8_t)(plen >> 16), (uint8_t)(plen >> 8), (uint8_t)plen, NGHTTP2_GOAWAY,
-                          0, 0, 0, 0, 0, /* stream 0 */
-                          0, 0, 0, 0, /* last stream id */
-                          0, 0, 0, NGHTTP2_ENHANCE_YOUR_CALM};
+  const uint8_t hd[17] = {(uint8_t)(plen >> 16),
+                          (uint8_t)(plen >> 8),
+                          (uint8_t)plen,
+                          NGHTTP2_GOAWAY,
+                          0,
+                          0,
+                          0,
+                          0,
+                          0, /* stream 0 */
+                          0,
+                          0,
+                          0,
+                          0, /* last stream id */
+                          0,
+                          0,
+                          0,
+                          NGHTTP2_ENHANCE_YOUR_CALM};
   memcpy(g, hd, 17);
   memcpy(g + 17, why, dlen);
   uv_buf_t b = uv_buf_init((char *)f, (unsigned)(9 + 17 + dlen));
@@ -1165,8 +1195,10 @@ void ss_conn_accept(ss_grpc_server *s) {
   }
   char why[160];
   if (ss_limits_admit(s, &c->tcp, &c->peer, why, sizeof why) != 0) {
-    if (why[0]) refuse_conn(c, why);
-    else uv_close((uv_handle_t *)&c->tcp, on_closed); /* out of memory */
+    if (why[0])
+      refuse_conn(c, why);
+    else
+      uv_close((uv_handle_t *)&c->tcp, on_closed); /* out of memory */
     return;
   }
   if (uv_tcp_nodelay(&c->tcp, 1) != 0) SS_LOGD("TCP_NODELAY refused");

@@ -57,8 +57,8 @@ typedef struct ss_seg {
  *                      client) to refuse the call at once. The handler still runs its own checks;
  *                      this one only decides early. */
 typedef struct ss_method {
-  const char *path;              /* "/package.Service/Method" */
-  int server_streaming;          /* streaming responses: does not hold a drain open */
+  const char *path;     /* "/package.Service/Method" */
+  int server_streaming; /* streaming responses: does not hold a drain open */
   size_t state_size;
   void (*handler)(ss_call *call, void *app); /* app: the server's method_app */
   size_t max_request_bytes;
@@ -67,34 +67,34 @@ typedef struct ss_method {
 
 /* What the transport tells its owner (all on the loop thread; any may be NULL). */
 typedef struct ss_grpc_hooks {
-  void *app;                                  /* passed to every hook */
-  void (*drain_started)(void *app);           /* new calls are now refused (health: NOT_SERVING) */
-  void (*drained)(void *app, int graceful);   /* every unary call is answered (graceful: not cut
-                                               * short by a second stop or the drain timeout) */
-  int (*busy)(void *app);                     /* nonzero: keep connections open a while longer
-                                               * after the drain (e.g. a checkpoint is writing) */
-  void (*closed)(void *app);                  /* every connection is closed: the owner may close
-                                               * its own handles and let the loop end */
+  void *app;                                /* passed to every hook */
+  void (*drain_started)(void *app);         /* new calls are now refused (health: NOT_SERVING) */
+  void (*drained)(void *app, int graceful); /* every unary call is answered (graceful: not cut
+                                             * short by a second stop or the drain timeout) */
+  int (*busy)(void *app);                   /* nonzero: keep connections open a while longer
+                                             * after the drain (e.g. a checkpoint is writing) */
+  void (*closed)(void *app);                /* every connection is closed: the owner may close
+                                             * its own handles and let the loop end */
 } ss_grpc_hooks;
 
 typedef struct ss_grpc_config {
-  const char *host;          /* numeric IPv4/IPv6 or "localhost" */
-  int port;                  /* 0 picks a free port */
-  size_t max_message_bytes;  /* largest request message accepted */
-  double drain_timeout_s;    /* unary calls get this long to finish once a drain starts */
+  const char *host;         /* numeric IPv4/IPv6 or "localhost" */
+  int port;                 /* 0 picks a free port */
+  size_t max_message_bytes; /* largest request message accepted */
+  double drain_timeout_s;   /* unary calls get this long to finish once a drain starts */
   /* Bounds on what a peer can make the transport hold (limits: 0 = the default in
    * parentheses; timeouts: 0 = off). */
-  size_t max_connections;          /* open connections (10000) */
-  size_t max_connections_per_peer; /* open connections per client IP address (1000) */
-  uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS, enforced (256) */
-  size_t max_header_list_bytes;    /* decoded header bytes per stream, +32 per field (16 KiB) */
+  size_t max_connections;             /* open connections (10000) */
+  size_t max_connections_per_peer;    /* open connections per client IP address (1000) */
+  uint32_t max_concurrent_streams;    /* SETTINGS_MAX_CONCURRENT_STREAMS, enforced (256) */
+  size_t max_header_list_bytes;       /* decoded header bytes per stream, +32 per field (16 KiB) */
   size_t max_connection_buffer_bytes; /* request bytes held (inflated bytes counted as they
                                        * are made) and response bytes unsent per connection, each
                                        * direction (64 MiB) */
-  double handshake_timeout_s;      /* preface + SETTINGS (10) */
-  double idle_timeout_s;           /* no stream open, nothing received (300) */
-  double request_body_timeout_s;   /* headers / body of a request stop arriving, or response
-                                    * bytes stop being taken by the peer (30) */
+  double handshake_timeout_s;         /* preface + SETTINGS (10) */
+  double idle_timeout_s;              /* no stream open, nothing received (300) */
+  double request_body_timeout_s;      /* headers / body of a request stop arriving, or response
+                                       * bytes stop being taken by the peer (30) */
   /* Request headers kept for the handler (ss_call_header): lowercase names, borrowed (must
    * outlive the server), at most SS_GRPC_MAX_KEPT_HEADERS. The transport does not know what
    * they mean; a value longer than max_kept_header_bytes (0 = 1024) refuses the call with
@@ -122,14 +122,14 @@ typedef struct ss_grpc_config {
 
 /* Counters by outcome (the exit summary) and by connection. */
 typedef struct ss_grpc_stats {
-  uint64_t requests;          /* calls whose headers arrived */
+  uint64_t requests;                            /* calls whose headers arrived */
   uint64_t served, failed, rejected, cancelled; /* as ss_server_stats */
-  size_t connections;         /* open now */
-  size_t live;                /* calls that still owe an answer */
+  size_t connections;                           /* open now */
+  size_t live;                                  /* calls that still owe an answer */
   uint64_t connections_refused; /* over --max-connections / --max-connections-per-peer */
-  uint64_t connections_cut;   /* ended by a limit or timeout (GOAWAY with a reason) */
-  size_t io_threads;          /* I/O loops */
-  size_t io_connections[64];  /* open connections per I/O loop (the first 64) */
+  uint64_t connections_cut;     /* ended by a limit or timeout (GOAWAY with a reason) */
+  size_t io_threads;            /* I/O loops */
+  size_t io_connections[64];    /* open connections per I/O loop (the first 64) */
 } ss_grpc_stats;
 
 /* ---- server ---- */
@@ -138,8 +138,8 @@ typedef struct ss_grpc_stats {
  * get method_app. hooks is copied (NULL: none). On failure returns <0 with a message in err.
  * *out: free with ss_grpc_server_free. */
 int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_method *methods,
-                       size_t n, void *method_app, const ss_grpc_hooks *hooks,
-                       ss_grpc_server **out, char *err, size_t errlen);
+                       size_t n, void *method_app, const ss_grpc_hooks *hooks, ss_grpc_server **out,
+                       char *err, size_t errlen);
 int ss_grpc_server_port(const ss_grpc_server *g);
 const char *ss_grpc_server_host(const ss_grpc_server *g);
 void ss_grpc_server_stats(const ss_grpc_server *g, ss_grpc_stats *out);
@@ -164,7 +164,8 @@ void *ss_call_state(ss_call *call);
 /* Hooks for the handler state: cancel runs when the client goes away or the deadline passes
  * before the call was answered (stop work, leave queues); release runs when the last reference
  * goes (free what the state holds). Either may be NULL. */
-void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *call), void (*release)(ss_call *call));
+void ss_call_set_hooks(ss_call *call, void (*cancel)(ss_call *call),
+                       void (*release)(ss_call *call));
 /* Nonzero once a status is decided or the client went away (further answers are ignored). */
 int ss_call_answered(const ss_call *call);
 /* The status the call ended with (a gRPC code), CANCELLED when its client went away first, or
@@ -198,7 +199,8 @@ void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg
 /* Queue one message on a server-streaming call (the call stays open). */
 void ss_call_send(ss_call *call, const ProtobufCMessage *msg);
 /* Answer with a status and a message (fmt; percent-encoded into grpc-message). */
-void ss_call_fail(ss_call *call, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void ss_call_fail(ss_call *call, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* End a streaming call with a status after its messages. */
 void ss_call_end(ss_call *call, int code, const char *msg);
 

@@ -22,15 +22,13 @@ void ss_msg_reader_init(ss_msg_reader *r, size_t max_len) {
 }
 
 /* Complete: the prefix is whole and the body has all its bytes. */
-static int reader_complete(const ss_msg_reader *r) {
-  return r->hdr_have == 5 && r->have == r->len;
-}
+static int reader_complete(const ss_msg_reader *r) { return r->hdr_have == 5 && r->have == r->len; }
 
 int ss_msg_reader_feed(ss_msg_reader *r, const uint8_t *data, size_t len, size_t *used) {
   size_t off = 0;
   *used = 0;
   if (r->hdr_have == 5) {
-    if (reader_complete(r)) return SS_MSG_COMPLETE; /* not taken yet */
+    if (reader_complete(r)) return SS_MSG_COMPLETE;   /* not taken yet */
     if (r->len > r->max_len) return SS_MSG_TOO_LARGE; /* sticky: the stream is dead */
     if (!r->buf) return SS_MSG_NOMEM;
   }
@@ -94,13 +92,13 @@ void ss_msg_prefix(uint8_t out[5], uint32_t len) {
 
 static int64_t unit_ns(char u) {
   switch (u) {
-  case 'H': return INT64_C(3600000000000);
-  case 'M': return INT64_C(60000000000);
-  case 'S': return INT64_C(1000000000);
-  case 'm': return INT64_C(1000000);
-  case 'u': return INT64_C(1000);
-  case 'n': return 1;
-  default: return 0;
+    case 'H': return INT64_C(3600000000000);
+    case 'M': return INT64_C(60000000000);
+    case 'S': return INT64_C(1000000000);
+    case 'm': return INT64_C(1000000);
+    case 'u': return INT64_C(1000);
+    case 'n': return 1;
+    default: return 0;
   }
 }
 
@@ -177,8 +175,8 @@ size_t ss_pct_decode(const char *in, size_t inlen, char *out, size_t outlen) {
   if (outlen == 0) return 0;
   for (size_t i = 0; i < inlen && o + 1 < outlen; i++) {
     int hi, lo;
-    if (in[i] == '%' && i + 2 < inlen &&
-        (hi = hexval(in[i + 1])) >= 0 && (lo = hexval(in[i + 2])) >= 0) {
+    if (in[i] == '%' && i + 2 < inlen && (hi = hexval(in[i + 1])) >= 0 &&
+        (lo = hexval(in[i + 2])) >= 0) {
       out[o++] = (char)((hi << 4) | lo);
       i += 2;
     } else {

@@ -15,18 +15,18 @@
 
 typedef struct ss_msg_reader {
   uint8_t hdr[5];
-  size_t hdr_have;      /* bytes of the prefix seen so far */
-  uint8_t *buf;         /* message body being assembled (owned) */
-  size_t len;           /* announced length of the current message */
-  size_t have;          /* body bytes seen so far */
-  size_t max_len;       /* limit on the announced length */
-  int compressed;       /* flag of the current message */
+  size_t hdr_have; /* bytes of the prefix seen so far */
+  uint8_t *buf;    /* message body being assembled (owned) */
+  size_t len;      /* announced length of the current message */
+  size_t have;     /* body bytes seen so far */
+  size_t max_len;  /* limit on the announced length */
+  int compressed;  /* flag of the current message */
 } ss_msg_reader;
 
 enum {
-  SS_MSG_NEED_MORE = 0, /* consumed all input, no complete message yet */
-  SS_MSG_COMPLETE = 1,  /* a message is complete: take it with ss_msg_reader_take() */
-  SS_MSG_TOO_LARGE = -1,/* announced length > max_len (see reader->len) */
+  SS_MSG_NEED_MORE = 0,  /* consumed all input, no complete message yet */
+  SS_MSG_COMPLETE = 1,   /* a message is complete: take it with ss_msg_reader_take() */
+  SS_MSG_TOO_LARGE = -1, /* announced length > max_len (see reader->len) */
   SS_MSG_NOMEM = -2
 };
 

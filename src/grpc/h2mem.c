@@ -43,8 +43,10 @@ static void h2_free(void *ptr, void *ud) {
   (void)ud;
   if (!ptr) return;
   hdr *h = (hdr *)(void *)((char *)ptr - HDR);
-  if (h->mapped) munmap(h, h->size + HDR);
-  else free(h);
+  if (h->mapped)
+    munmap(h, h->size + HDR);
+  else
+    free(h);
 }
 
 static void *h2_calloc(size_t n, size_t size, void *ud) {

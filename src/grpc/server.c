@@ -87,7 +87,8 @@ static void on_notice_timeout(ss_tq_entry *e) {
     if (all || !c->calls) ss_conn_goaway(c);
     left |= !c->goaway_sent;
   }
-  if (left && ss_tq_arm(&s->tq, &s->notice_tmo, notice_due(s, SS_NOTICE_MS), on_notice_timeout) != 0)
+  if (left &&
+      ss_tq_arm(&s->tq, &s->notice_tmo, notice_due(s, SS_NOTICE_MS), on_notice_timeout) != 0)
     for (ss_conn *c = s->conns; c; c = c->next) ss_conn_goaway(c);
   ss_grpc_wake_flush(s); /* the flush check finishes the drain if nothing is left */
 }
@@ -134,8 +135,10 @@ static void abandon_live(ss_grpc_server *s, const char *why) {
 void ss_grpc_call_settled(ss_grpc_server *s, ss_call *call) {
   if (!call->live) return;
   call->live = 0;
-  if (call->live_prev) call->live_prev->live_next = call->live_next;
-  else s->live = call->live_next;
+  if (call->live_prev)
+    call->live_prev->live_next = call->live_next;
+  else
+    s->live = call->live_next;
   if (call->live_next) call->live_next->live_prev = call->live_prev;
   call->live_prev = call->live_next = NULL;
   assert(s->nlive > 0);
@@ -173,7 +176,8 @@ void ss_grpc_shard_drain(ss_grpc_server *s, int now) {
     s->drain_ns = uv_hrtime();
     if (ss_tq_arm(&s->tq, &s->notice_tmo, notice_due(s, SS_NOTICE_IDLE_MS), on_notice_timeout) != 0)
       for (ss_conn *c = s->conns; c; c = c->next) ss_conn_goaway(c);
-    uv_timer_start(&s->drain_timer, on_drain_timeout, (uint64_t)(s->cfg.drain_timeout_s * 1000.0), 0);
+    uv_timer_start(&s->drain_timer, on_drain_timeout, (uint64_t)(s->cfg.drain_timeout_s * 1000.0),
+                   0);
     if (drained(s)) finish_drain(s, 1);
   }
   if (now && !s->stopped) {
@@ -212,9 +216,9 @@ static void on_flush_check(uv_check_t *h) {
   ss_conn_flush_all(s);
   /* Shard 0 closes once every shard has drained (the owner's drained hook has run) and the
    * owner is not busy; the other shards close as soon as their own drain is done. */
-  int may_close = s->stopped && !s->closed_told &&
-                  (s->index != 0 || (s->drained_told &&
-                                     !(s->hooks.busy && s->hooks.busy(s->hooks.app))));
+  int may_close =
+      s->stopped && !s->closed_told &&
+      (s->index != 0 || (s->drained_told && !(s->hooks.busy && s->hooks.busy(s->hooks.app))));
   if (may_close) {
     /* Close connections whose output is fully written. */
     ss_conn *c = s->conns;
@@ -287,7 +291,8 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
  * port, or < 0 with err set. (The port is free again between this probe and the loops' binds.) */
 static int probe_port(const struct sockaddr *sa, const char *host, int port, char *err,
                       size_t errlen) {
-  socklen_t salen = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  socklen_t salen =
+      sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
   int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return fail(err, errlen, SS_EIO, "socket: %s", strerror(errno));
   int one = 1; /* as libuv's bind: a connection in TIME_WAIT owns no port */
@@ -307,7 +312,8 @@ static int probe_port(const struct sockaddr *sa, const char *host, int port, cha
 
 /* Bind and listen on host:s->cfg.port (0: any free port, learned into s->port). With reuseport
  * the socket gets SO_REUSEPORT first, so every shard can listen on the same port. */
-int ss_grpc_bind_shard(ss_grpc_server *s, const char *host, int reuseport, char *err, size_t errlen) {
+int ss_grpc_bind_shard(ss_grpc_server *s, const char *host, int reuseport, char *err,
+                       size_t errlen) {
   if (!host || !*host) host = "127.0.0.1";
   if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
   struct sockaddr_storage ss;
@@ -319,8 +325,10 @@ int ss_grpc_bind_shard(ss_grpc_server *s, const char *host, int reuseport, char 
     int port = probe_port((const struct sockaddr *)&ss, host, s->cfg.port, err, errlen);
     if (port < 0) return port;
     s->cfg.port = port;
-    if (ss.ss_family == AF_INET6) ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
-    else ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+    if (ss.ss_family == AF_INET6)
+      ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+    else
+      ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
   }
   int rv = uv_tcp_init_ex(s->loop, &s->listener, ss.ss_family);
   if (rv != 0) return fail(err, errlen, SS_EIO, "socket: %s", uv_strerror(rv));
@@ -344,7 +352,7 @@ int ss_grpc_bind_shard(ss_grpc_server *s, const char *host, int reuseport, char 
   rv = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len);
   if (rv != 0) return fail(err, errlen, SS_EIO, "getsockname: %s", uv_strerror(rv));
   s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                               : ((struct sockaddr_in *)&bound)->sin_port);
+                                              : ((struct sockaddr_in *)&bound)->sin_port);
   s->host = strdup(host);
   if (!s->host) return fail(err, errlen, SS_ENOMEM, "out of memory");
   return 0;
@@ -363,10 +371,12 @@ static int shard_init(ss_grpc_server *s, uv_loop_t *loop, const ss_grpc_config *
   if (s->cfg.max_connections_per_peer == 0) s->cfg.max_connections_per_peer = 1000;
   if (s->cfg.max_concurrent_streams == 0) s->cfg.max_concurrent_streams = 256;
   if (s->cfg.max_header_list_bytes == 0) s->cfg.max_header_list_bytes = 16384;
-  if (s->cfg.max_connection_buffer_bytes == 0) s->cfg.max_connection_buffer_bytes = (size_t)64 << 20;
+  if (s->cfg.max_connection_buffer_bytes == 0)
+    s->cfg.max_connection_buffer_bytes = (size_t)64 << 20;
   if (s->cfg.max_kept_header_bytes == 0) s->cfg.max_kept_header_bytes = 1024;
   if (s->cfg.max_kept_header_bytes > 4096) s->cfg.max_kept_header_bytes = 4096; /* uint16 offsets */
-  if (s->cfg.max_connection_buffer_bytes > INT32_MAX) s->cfg.max_connection_buffer_bytes = INT32_MAX;
+  if (s->cfg.max_connection_buffer_bytes > INT32_MAX)
+    s->cfg.max_connection_buffer_bytes = INT32_MAX;
   s->loop = loop;
   s->methods = methods;
   s->nmethods = n;
@@ -405,8 +415,10 @@ static int shard_init(ss_grpc_server *s, uv_loop_t *loop, const ss_grpc_config *
     } else {
       s->tls_cert = strdup(cfg->tls_cert);
       s->tls_key = strdup(cfg->tls_key);
-      s->tls_client_ca = cfg->tls_client_ca && *cfg->tls_client_ca ? strdup(cfg->tls_client_ca) : NULL;
-      if (!s->tls_cert || !s->tls_key || (cfg->tls_client_ca && *cfg->tls_client_ca && !s->tls_client_ca))
+      s->tls_client_ca =
+          cfg->tls_client_ca && *cfg->tls_client_ca ? strdup(cfg->tls_client_ca) : NULL;
+      if (!s->tls_cert || !s->tls_key ||
+          (cfg->tls_client_ca && *cfg->tls_client_ca && !s->tls_client_ca))
         rv = fail(err, errlen, SS_ENOMEM, "out of memory");
       else
         rv = ss_tls_ctx_new(s->tls_cert, s->tls_key, s->tls_client_ca, &s->tls, err, errlen);
@@ -445,11 +457,12 @@ int ss_grpc_shard_new(ss_grpc_server *app, int index, uv_loop_t *loop, ss_grpc_s
 void ss_grpc_start_flush(ss_grpc_server *s) { uv_check_start(&s->flush_check, on_flush_check); }
 
 int ss_grpc_server_new(uv_loop_t *loop, const ss_grpc_config *cfg, const ss_method *methods,
-                       size_t n, void *method_app, const ss_grpc_hooks *hooks,
-                       ss_grpc_server **out, char *err, size_t errlen) {
+                       size_t n, void *method_app, const ss_grpc_hooks *hooks, ss_grpc_server **out,
+                       char *err, size_t errlen) {
   *out = NULL;
   if (cfg->n_kept_headers > SS_GRPC_MAX_KEPT_HEADERS)
-    return fail(err, errlen, SS_EINVAL, "at most %d kept request headers", SS_GRPC_MAX_KEPT_HEADERS);
+    return fail(err, errlen, SS_EINVAL, "at most %d kept request headers",
+                SS_GRPC_MAX_KEPT_HEADERS);
   int nio = cfg->io_threads > 1 ? cfg->io_threads : 1;
   if (nio > SS_GRPC_MAX_IO)
     return fail(err, errlen, SS_EINVAL, "--io-threads expects 1..%d, got %d", SS_GRPC_MAX_IO, nio);

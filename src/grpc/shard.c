@@ -151,8 +151,10 @@ static void post(ss_grpc_server *to, ss_op *op) {
     discard_op(op);
     return;
   }
-  if (to->mbox.tail) to->mbox.tail->next = op;
-  else to->mbox.head = op;
+  if (to->mbox.tail)
+    to->mbox.tail->next = op;
+  else
+    to->mbox.head = op;
   to->mbox.tail = op;
   uv_async_send(&to->mbox.async); /* under the lock: the handle cannot be closing */
   uv_mutex_unlock(&to->mbox.mu);
@@ -176,8 +178,10 @@ void ss_shard_drained(ss_grpc_server *s, int graceful) {
     return;
   }
   ss_op *op = op_new(OP_DRAINED, NULL, graceful);
-  if (op) post(s->app, op);
-  else SS_LOGE("io thread %d: out of memory telling its drain ended", s->index);
+  if (op)
+    post(s->app, op);
+  else
+    SS_LOGE("io thread %d: out of memory telling its drain ended", s->index);
 }
 
 /* Close everything the shard holds now (ss_grpc_server_free before a drain ended). */
@@ -204,48 +208,48 @@ static void run_op(ss_grpc_server *s, ss_op *op) {
   ss_call *call = op->call;
   const int kind = op->kind, embedded = op->embedded;
   switch (kind) {
-  case OP_DISPATCH:
-    call->method->handler(call, call->srv->method_app);
-    ss_call_unref(call);
-    break;
-  case OP_CANCEL: app_cancel(call, op->code); break;
-  case OP_RELEASE: ss_call_finalize_app(call); break;
-  case OP_DRAINED: app_drained(s, op->code); break;
-  case OP_CLOSED: { /* posting this was the thread's last act: join it now */
-    ss_grpc_server *k = s->shards[op->code];
-    uv_thread_join(&k->thread);
-    k->thread_started = 0;
-    k->loop_ended = 1;
-    s->shards_closed++;
-    ss_grpc_wake_flush(s);
-    break;
-  }
-  case OP_REPLY:
-    ss_call_reply_packed(call, op->bytes, op->len, op->segs, op->nsegs, op->owner);
-    op_free_bytes(op);
-    ss_call_drop(call);
-    break;
-  case OP_SEND:
-    ss_call_send_packed(call, op->bytes, op->len);
-    op_free_bytes(op);
-    ss_call_drop(call);
-    break;
-  case OP_FAIL:
-    ss_call_failf(call, op->code, "%s", op->bytes ? (const char *)op->bytes : "");
-    op_free_bytes(op);
-    ss_call_drop(call);
-    break;
-  case OP_END:
-    ss_call_end_local(call, op->code, (const char *)op->bytes);
-    op_free_bytes(op);
-    ss_call_drop(call);
-    break;
-  case OP_DRAIN: ss_grpc_shard_drain(s, op->code); break;
-  case OP_TLS:
-    ss_tls_ctx_free(s->tls); /* connections hold their own reference to the old one */
-    s->tls = op->tls;
-    break;
-  case OP_STOP: shard_stop(s); break;
+    case OP_DISPATCH:
+      call->method->handler(call, call->srv->method_app);
+      ss_call_unref(call);
+      break;
+    case OP_CANCEL: app_cancel(call, op->code); break;
+    case OP_RELEASE: ss_call_finalize_app(call); break;
+    case OP_DRAINED: app_drained(s, op->code); break;
+    case OP_CLOSED: { /* posting this was the thread's last act: join it now */
+      ss_grpc_server *k = s->shards[op->code];
+      uv_thread_join(&k->thread);
+      k->thread_started = 0;
+      k->loop_ended = 1;
+      s->shards_closed++;
+      ss_grpc_wake_flush(s);
+      break;
+    }
+    case OP_REPLY:
+      ss_call_reply_packed(call, op->bytes, op->len, op->segs, op->nsegs, op->owner);
+      op_free_bytes(op);
+      ss_call_drop(call);
+      break;
+    case OP_SEND:
+      ss_call_send_packed(call, op->bytes, op->len);
+      op_free_bytes(op);
+      ss_call_drop(call);
+      break;
+    case OP_FAIL:
+      ss_call_failf(call, op->code, "%s", op->bytes ? (const char *)op->bytes : "");
+      op_free_bytes(op);
+      ss_call_drop(call);
+      break;
+    case OP_END:
+      ss_call_end_local(call, op->code, (const char *)op->bytes);
+      op_free_bytes(op);
+      ss_call_drop(call);
+      break;
+    case OP_DRAIN: ss_grpc_shard_drain(s, op->code); break;
+    case OP_TLS:
+      ss_tls_ctx_free(s->tls); /* connections hold their own reference to the old one */
+      s->tls = op->tls;
+      break;
+    case OP_STOP: shard_stop(s); break;
   }
   if (!embedded) free(op);
 }
@@ -259,22 +263,22 @@ static void discard_op(ss_op *op) {
   ss_call *call = op->call;
   const int kind = op->kind, embedded = op->embedded;
   switch (kind) {
-  case OP_DISPATCH: ss_call_unref(call); break;
-  case OP_CANCEL: app_cancel(call, op->code); break;
-  case OP_RELEASE: ss_call_finalize_app(call); break;
-  case OP_REPLY:
-    free(op->owner);
-    op_free_bytes(op);
-    ss_call_unref(call);
-    break;
-  case OP_SEND:
-  case OP_FAIL:
-  case OP_END:
-    op_free_bytes(op);
-    ss_call_unref(call);
-    break;
-  case OP_TLS: ss_tls_ctx_free(op->tls); break;
-  default: break;
+    case OP_DISPATCH: ss_call_unref(call); break;
+    case OP_CANCEL: app_cancel(call, op->code); break;
+    case OP_RELEASE: ss_call_finalize_app(call); break;
+    case OP_REPLY:
+      free(op->owner);
+      op_free_bytes(op);
+      ss_call_unref(call);
+      break;
+    case OP_SEND:
+    case OP_FAIL:
+    case OP_END:
+      op_free_bytes(op);
+      ss_call_unref(call);
+      break;
+    case OP_TLS: ss_tls_ctx_free(op->tls); break;
+    default: break;
   }
   if (!embedded) free(op);
 }
@@ -304,8 +308,10 @@ static void post_failed(ss_call *call) {
 static int op_bytes(ss_op *op, const ProtobufCMessage *msg, const char *src, size_t n) {
   uint8_t *b = op->small;
   if (n > sizeof op->small && !(b = malloc(n))) return SS_ENOMEM;
-  if (msg) protobuf_c_message_pack(msg, b);
-  else if (src) memcpy(b, src, n);
+  if (msg)
+    protobuf_c_message_pack(msg, b);
+  else if (src)
+    memcpy(b, src, n);
   op->bytes = b;
   op->len = n;
   op->bytes_inline = b == op->small;
@@ -360,8 +366,10 @@ void ss_shard_post_fail(ss_call *call, int end, int code, const char *msg) {
 
 void ss_shard_post_drain(ss_grpc_server *k, int now) {
   ss_op *op = op_new(OP_DRAIN, NULL, now);
-  if (op) post(k, op);
-  else SS_LOGE("io thread %d: out of memory telling it to drain", k->index);
+  if (op)
+    post(k, op);
+  else
+    SS_LOGE("io thread %d: out of memory telling it to drain", k->index);
 }
 
 void ss_shard_post_tls(ss_grpc_server *k, ss_tls_ctx *ctx) {
@@ -413,8 +421,10 @@ static void shard_main(void *arg) {
   uv_run(k->loop, UV_RUN_DEFAULT);
   /* Its handles are closed (its connections too): the thread's last act. */
   ss_op *op = op_new(OP_CLOSED, NULL, k->index);
-  if (op) post(k->app, op);
-  else SS_LOGE("io thread %d: out of memory telling it has stopped", k->index);
+  if (op)
+    post(k->app, op);
+  else
+    SS_LOGE("io thread %d: out of memory telling it has stopped", k->index);
 }
 
 int ss_shards_start(ss_grpc_server *s, char *err, size_t errlen) {

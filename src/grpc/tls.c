@@ -39,9 +39,9 @@ struct ss_tls_conn {
   SSL *ssl;
   BIO *rbio, *wbio; /* owned by ssl */
   int ready;
-  int failed;       /* a bad record or a failed write: no close_notify */
-  int bye;          /* close_notify queued */
-  int first;        /* the peer's first byte, -1 before it came */
+  int failed; /* a bad record or a failed write: no close_notify */
+  int bye;    /* close_notify queued */
+  int first;  /* the peer's first byte, -1 before it came */
 };
 
 static const unsigned char k_alpn_h2[] = {2, 'h', '2'};
@@ -50,8 +50,10 @@ static const unsigned char k_alpn_h2[] = {2, 'h', '2'};
 static void ossl_reason(char *buf, size_t len) {
   unsigned long e, last = 0;
   while ((e = ERR_get_error()) != 0) last = e;
-  if (last) ERR_error_string_n(last, buf, len);
-  else snprintf(buf, len, "unknown error");
+  if (last)
+    ERR_error_string_n(last, buf, len);
+  else
+    snprintf(buf, len, "unknown error");
 }
 
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct ss_tls_ctx ss_tls_ctx;   /* reference-counted SSL_CTX wrapper */
+typedef struct ss_tls_ctx ss_tls_ctx; /* reference-counted SSL_CTX wrapper */
 typedef struct ss_tls_conn ss_tls_conn;
 
 /* Build a server context from PEM files (client_ca may be NULL: no client certificates asked).

@@ -39,13 +39,13 @@ struct mconn {
   uv_timer_t idle;
   uv_write_t wreq;
   http_parser parser;
-  size_t seen;       /* request bytes so far */
+  size_t seen; /* request bytes so far */
   char url[256];
   size_t url_len;
   int url_too_long;
   int answered;
   int closing;
-  int handles;       /* open handles (tcp, timer): freed at 0 */
+  int handles; /* open handles (tcp, timer): freed at 0 */
   ss_strbuf out;
   mconn *prev, *next;
 };
@@ -66,8 +66,10 @@ static void conn_close(mconn *c) {
   if (c->closing) return;
   c->closing = 1;
   ss_metrics_http *m = c->m;
-  if (c->prev) c->prev->next = c->next;
-  else m->conns = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    m->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   m->nconns--;
   uv_close((uv_handle_t *)&c->idle, on_handle_closed);
@@ -241,14 +243,15 @@ int ss_metrics_http_new(uv_loop_t *loop, const char *host, int port, ss_metrics_
   int len = sizeof bound;
   if (rv == 0) rv = uv_tcp_getsockname(&m->listener, (struct sockaddr *)&bound, &len);
   if (rv != 0) {
-    snprintf(err, errlen, "--metrics-listen: cannot listen on %s:%d: %s", host, port, uv_strerror(rv));
+    snprintf(err, errlen, "--metrics-listen: cannot listen on %s:%d: %s", host, port,
+             uv_strerror(rv));
     m->closed = 1;
     uv_close((uv_handle_t *)&m->listener, NULL);
     *out = m; /* the caller frees it with ss_metrics_http_free once the loop ran the close */
     return SS_EIO;
   }
   m->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                               : ((struct sockaddr_in *)&bound)->sin_port);
+                                              : ((struct sockaddr_in *)&bound)->sin_port);
   *out = m;
   return 0;
 }

@@ -23,8 +23,10 @@ int ss_admit_enter(ss_admit *a, ss_waiter *w) {
   }
   w->next = NULL;
   w->prev = a->tail;
-  if (a->tail) a->tail->next = w;
-  else a->head = w;
+  if (a->tail)
+    a->tail->next = w;
+  else
+    a->head = w;
   a->tail = w;
   w->queued = 1;
   a->waiting++;
@@ -33,10 +35,14 @@ int ss_admit_enter(ss_admit *a, ss_waiter *w) {
 
 void ss_admit_remove(ss_admit *a, ss_waiter *w) {
   if (!w->queued) return;
-  if (w->prev) w->prev->next = w->next;
-  else a->head = w->next;
-  if (w->next) w->next->prev = w->prev;
-  else a->tail = w->prev;
+  if (w->prev)
+    w->prev->next = w->next;
+  else
+    a->head = w->next;
+  if (w->next)
+    w->next->prev = w->prev;
+  else
+    a->tail = w->prev;
   w->prev = w->next = NULL;
   w->queued = 0;
   a->waiting--;

@@ -14,14 +14,14 @@
 typedef struct ss_waiter ss_waiter;
 struct ss_waiter {
   ss_waiter *prev, *next;
-  int queued;                         /* 1 while in the wait list */
-  void (*start)(ss_waiter *w);        /* how its owner starts it once admitted (one queue may
-                                       * hold waiters of different kinds: calls and batches) */
+  int queued;                  /* 1 while in the wait list */
+  void (*start)(ss_waiter *w); /* how its owner starts it once admitted (one queue may
+                                * hold waiters of different kinds: calls and batches) */
 };
 
 typedef struct ss_admit {
-  int limit;          /* max concurrent executions; 0 = unlimited */
-  int max_queue;      /* max waiting; < 0 = unlimited */
+  int limit;     /* max concurrent executions; 0 = unlimited */
+  int max_queue; /* max waiting; < 0 = unlimited */
   int inflight;
   size_t waiting;
   ss_waiter *head, *tail;

@@ -20,14 +20,14 @@ struct ss_pool {
   uv_cond_t cv;
   ss_job *head, *tail; /* FIFO of queued jobs */
   size_t queued;
-  int busy;            /* workers inside run() (guarded by mu) */
+  int busy;              /* workers inside run() (guarded by mu) */
   atomic_size_t pending; /* == queued, readable without the lock (workers' short poll) */
   atomic_int stop_flag;
   int stopping;
   uv_mutex_t done_mu;
   ss_job *done_head, *done_tail;
-  int detached;        /* async handle closed: completions are dropped (guarded by done_mu) */
-  int shut;            /* ss_pool_shutdown ran */
+  int detached; /* async handle closed: completions are dropped (guarded by done_mu) */
+  int shut;     /* ss_pool_shutdown ran */
   uv_async_t async;
 };
 
@@ -35,8 +35,10 @@ static void complete(ss_pool *p, ss_job *job) {
   job->next = NULL;
   uv_mutex_lock(&p->done_mu);
   if (!p->detached) {
-    if (p->done_tail) p->done_tail->next = job;
-    else p->done_head = job;
+    if (p->done_tail)
+      p->done_tail->next = job;
+    else
+      p->done_head = job;
     p->done_tail = job;
     uv_async_send(&p->async); /* under the lock: the handle cannot be closing */
   }
@@ -147,8 +149,10 @@ void ss_pool_submit(ss_pool *p, ss_job *job) {
     return;
   }
   uv_mutex_lock(&p->mu);
-  if (p->tail) p->tail->next = job;
-  else p->head = job;
+  if (p->tail)
+    p->tail->next = job;
+  else
+    p->head = job;
   p->tail = job;
   p->queued++;
   atomic_fetch_add_explicit(&p->pending, 1, memory_order_release);

@@ -19,11 +19,11 @@
 
 typedef struct ss_job ss_job;
 struct ss_job {
-  ss_job *next;                 /* pool-internal link */
-  void (*run)(ss_job *job);     /* worker thread: the compute */
-  void (*done)(ss_job *job);    /* loop thread: after run (or after it was skipped) */
-  atomic_int cancelled;         /* set by the loop: skip run if not started */
-  int ran;                      /* written by the worker before completion: 1 if run() ran */
+  ss_job *next;              /* pool-internal link */
+  void (*run)(ss_job *job);  /* worker thread: the compute */
+  void (*done)(ss_job *job); /* loop thread: after run (or after it was skipped) */
+  atomic_int cancelled;      /* set by the loop: skip run if not started */
+  int ran;                   /* written by the worker before completion: 1 if run() ran */
 };
 
 typedef struct ss_pool ss_pool;

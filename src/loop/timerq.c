@@ -29,7 +29,10 @@ static void sift_down(ss_timerq *q, size_t i) {
   for (;;) {
     size_t l = 2 * i + 1, r = l + 1, m = i;
     uint64_t best = e->when_ns;
-    if (l < q->n && q->heap[l]->when_ns < best) { m = l; best = q->heap[l]->when_ns; }
+    if (l < q->n && q->heap[l]->when_ns < best) {
+      m = l;
+      best = q->heap[l]->when_ns;
+    }
     if (r < q->n && q->heap[r]->when_ns < best) m = r;
     if (m == i) break;
     place(q, i, q->heap[m]);

@@ -15,16 +15,16 @@
 
 typedef struct ss_tq_entry ss_tq_entry;
 struct ss_tq_entry {
-  uint64_t when_ns;              /* absolute, uv_hrtime() clock */
-  size_t idx;                    /* heap slot + 1; 0 when not armed */
-  void (*cb)(ss_tq_entry *e);    /* fires once on the loop; e is disarmed before the call */
+  uint64_t when_ns;           /* absolute, uv_hrtime() clock */
+  size_t idx;                 /* heap slot + 1; 0 when not armed */
+  void (*cb)(ss_tq_entry *e); /* fires once on the loop; e is disarmed before the call */
 };
 
 typedef struct ss_timerq {
   uv_timer_t timer;
   ss_tq_entry **heap;
   size_t n, cap;
-  uint64_t armed_for;            /* when the uv timer is due; 0 = stopped */
+  uint64_t armed_for; /* when the uv timer is due; 0 = stopped */
 } ss_timerq;
 
 int ss_tq_init(uv_loop_t *loop, ss_timerq *q);

@@ -34,8 +34,8 @@
  * KV cache: past[l].key/value [batch, heads, P, head_dim] (layer a + l). Keys/values of the
  * whole window [0, P + seq) are assembled per layer in one buffer K/V [batch, heads, P+seq, d];
  * when the caller wants the present cache that buffer *is* present[l] (from the model's backend,
- * owned by the caller: ss_kv_release), else it is scratch. A new token at absolute position P + i attends to keys
- * 0..P+i.
+ * owned by the caller: ss_kv_release), else it is scratch. A new token at absolute position P + i
+ * attends to keys 0..P+i.
  *
  * Thread: created on the main thread, then shared by all workers; check() and check_kv() on the
  * loop thread; forward()/forward_kv() on workers, reentrant (all scratch comes from the
@@ -129,7 +129,6 @@ static void gpt2_free(gpt2 *p) {
 
 /* ------------------------------------------------------------- config.json ---- */
 
-
 static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale_by_layer,
                        char *err, size_t errlen) {
   json_error_t je;
@@ -203,9 +202,7 @@ done:
   return rc;
 }
 
-
 /* ------------------------------------------------------------- weights ---- */
-
 
 static void expected_shape(const gpt2 *p, int k, int64_t *shape, int *ndim) {
   int64_t E = p->n_embd, NI = p->n_inner;
@@ -288,12 +285,12 @@ static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_
  * next layer's x) and reuses scratch for ln, fcg, K, V (recomputed in backward).
  */
 typedef struct block_acts {
-  float *x, *h, *y;       /* [BT, E] block input, residual after attention, output (may alias) */
-  float *ln;              /* [BT, E] ln_1(x), then ln_2(h) */
+  float *x, *h, *y; /* [BT, E] block input, residual after attention, output (may alias) */
+  float *ln;        /* [BT, E] ln_1(x), then ln_2(h) */
   float *mean1, *rstd1, *mean2, *rstd2; /* [BT] LayerNorm statistics, or NULL */
-  float *qkv;             /* [BT, 3E] ln_1(x) c_attn + b */
-  float *atty;            /* [BT, E] attention output, heads side by side */
-  float *att;             /* probabilities: [B, H, T, P+T] when att_all, else [T, P+T] */
+  float *qkv;                           /* [BT, 3E] ln_1(x) c_attn + b */
+  float *atty;                          /* [BT, E] attention output, heads side by side */
+  float *att; /* probabilities: [B, H, T, P+T] when att_all, else [T, P+T] */
   int att_all;
   float *K, *V;           /* [B, H, P+T, D] past + new keys/values */
   float *fc, *fcg;        /* [BT, I] c_fc output, and gelu_new of it (may alias fc) */
@@ -323,8 +320,7 @@ static void block_forward(const void *impl, int l, void *work, int BT, const seq
                           p->eps);
   ss_op_linear_forward(&p->cc, a->qkv, a->ln, w[T_ATTN_W], w[T_ATTN_B], BT, E, 3 * E, SS_W_IN_OUT,
                        0);
-  ss_lora_forward(&p->lora, &bk->lo[LO_ATTN], E, 3 * E, a->qkv, a->ln, BT, a->lt, a->mk,
-                  a->xd);
+  ss_lora_forward(&p->lora, &bk->lo[LO_ATTN], E, 3 * E, a->qkv, a->ln, BT, a->lt, a->mk, a->xd);
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
     ss_attn_dims d = attn_dims(p, bk, s->B, s->T, s->P);
@@ -335,8 +331,7 @@ static void block_forward(const void *impl, int l, void *work, int BT, const seq
   }
   if (a->h != a->x) memcpy(a->h, a->x, cells * sizeof(float));
   ss_op_linear_forward(&p->cc, a->h, a->atty, w[T_APROJ_W], w[T_APROJ_B], BT, E, E, SS_W_IN_OUT, 1);
-  ss_lora_forward(&p->lora, &bk->lo[LO_APROJ], E, E, a->h, a->atty, BT, a->lt, a->mk,
-                  a->xd);
+  ss_lora_forward(&p->lora, &bk->lo[LO_APROJ], E, E, a->h, a->atty, BT, a->lt, a->mk, a->xd);
   /* mlp */
   ss_op_layernorm_forward(&p->cc, a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E,
                           p->eps);
@@ -345,16 +340,15 @@ static void block_forward(const void *impl, int l, void *work, int BT, const seq
   ss_op_gelu_tanh_forward(&p->cc, a->fcg, a->fc, (size_t)BT * (size_t)NI);
   if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
   ss_op_linear_forward(&p->cc, a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
-  ss_lora_forward(&p->lora, &bk->lo[LO_MPROJ], NI, E, a->y, a->fcg, BT, a->lt, a->mk,
-                  a->xd);
+  ss_lora_forward(&p->lora, &bk->lo[LO_MPROJ], NI, E, a->y, a->fcg, BT, a->lt, a->mk, a->xd);
 }
 
 /* Backward scratch of one call: ln, dln, datty [BT, E]; dqkv [BT, 3E]; dfc [BT, I]; datt [T, T]
  * (fcg of the saved acts is scratch too). */
 typedef struct block_grads {
   float *dln, *datty, *dqkv, *dfc, *datt;
-  float *dlt;    /* [BT, r] LoRA scratch */
-  float *dsink;  /* [2E] LayerNorm gain/bias gradients of a frozen trunk (LoRA) */
+  float *dlt;   /* [BT, r] LoRA scratch */
+  float *dsink; /* [2E] LayerNorm gain/bias gradients of a frozen trunk (LoRA) */
 } block_grads;
 
 /* Everything a block call points at: its activations and, in backward, its gradients. */
@@ -377,8 +371,8 @@ static void conv_backward(gpt2 *p, int l, int lo, int ib, float *dx, const float
     return;
   }
   ss_op_linear_backward(&p->cc, dx, NULL, NULL, dy, x, bk->t[k], BT, C, OC, SS_W_IN_OUT);
-  ss_lora_backward(&p->prm, &p->lora, &bk->lo[lo], C, OC, dx, dy, x, BT, a->lt, g->dlt,
-                   a->mk, a->xd);
+  ss_lora_backward(&p->prm, &p->lora, &bk->lo[lo], C, OC, dx, dy, x, BT, a->lt, g->dlt, a->mk,
+                   a->xd);
 }
 
 /*

@@ -112,10 +112,9 @@
 #include "models/trunk.h"
 
 enum { P_Q, P_K, P_V, P_O, P_GATE, P_UP, P_DOWN, N_PROJ };
-static const char *const proj_path[N_PROJ] = {"self_attn.q_proj", "self_attn.k_proj",
-                                              "self_attn.v_proj", "self_attn.o_proj",
-                                              "mlp.gate_proj",    "mlp.up_proj",
-                                              "mlp.down_proj"};
+static const char *const proj_path[N_PROJ] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
 static const char *const proj_short[N_PROJ] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                "gate_proj", "up_proj", "down_proj"};
 
@@ -199,7 +198,6 @@ static void llama_free(llama *p) {
 }
 
 /* ------------------------------------------------------------- config.json ---- */
-
 
 /* A positive number field; *found = 0 when absent (or null). */
 static int cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
@@ -395,12 +393,12 @@ static int load_ropes(llama *p, json_t *root, const char *path, char *err, size_
 static const struct {
   const char *name;
   int family;
-} families[] = {{"llama", F_LLAMA},         {"qwen2", F_QWEN2},          {"mistral", F_MISTRAL},
-                {"gemma", F_GEMMA},         {"qwen3", F_QWEN3},          {"gemma2", F_GEMMA2},
-                {"gemma3_text", F_GEMMA3},  {"gemma3", F_GEMMA3},        {"qwen2_vl", F_QWEN2VL},
-                {"qwen2_5_vl", F_QWEN2VL},  {"qwen2_vl_text", F_QWEN2VL}, {"qwen3_vl", F_QWEN3VL},
+} families[] = {{"llama", F_LLAMA},          {"qwen2", F_QWEN2},           {"mistral", F_MISTRAL},
+                {"gemma", F_GEMMA},          {"qwen3", F_QWEN3},           {"gemma2", F_GEMMA2},
+                {"gemma3_text", F_GEMMA3},   {"gemma3", F_GEMMA3},         {"qwen2_vl", F_QWEN2VL},
+                {"qwen2_5_vl", F_QWEN2VL},   {"qwen2_vl_text", F_QWEN2VL}, {"qwen3_vl", F_QWEN3VL},
                 {"qwen3_vl_text", F_QWEN3VL}};
-#define FAMILY_NAMES                                                                          \
+#define FAMILY_NAMES                                                                         \
   "llama, qwen2, mistral, gemma, qwen3, gemma2, gemma3_text, gemma3, qwen2_vl, qwen2_5_vl, " \
   "qwen3_vl (and the _text configs of the VL ones)"
 
@@ -464,8 +462,8 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   int found, rc = SS_EINVAL, gemma, f = -1;
   json_t *top = load_json("config", path, SS_CONFIG_MAX_BYTES, &rc, err, errlen), *root, *v;
   double eps = 1e-6, qpas = 256.0, cap = 0.0;
-  static const char *const required[] = {"hidden_size", "num_attention_heads",
-                                         "num_hidden_layers", "intermediate_size"};
+  static const char *const required[] = {"hidden_size", "num_attention_heads", "num_hidden_layers",
+                                         "intermediate_size"};
   int *req_out[] = {&p->E, &p->NH, &p->n_layer, &p->I};
   const char *mt, *act;
 
@@ -534,8 +532,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
     p->D = p->E / p->NH;
   }
   if (p->D % 2 != 0) {
-    snprintf(err, errlen, "config %.200s: head_dim %d must be even (rotary embedding)", path,
-             p->D);
+    snprintf(err, errlen, "config %.200s: head_dim %d must be even (rotary embedding)", path, p->D);
     goto done;
   }
   if (f != F_GEMMA3) p->n_pos = 2048;
@@ -551,8 +548,9 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   /* activation: Gemma reads hidden_activation (HF defaults it to gelu_pytorch_tanh, whatever
    * the older hidden_act says); the others hidden_act (default silu). */
   v = json_object_get(root, gemma ? "hidden_activation" : "hidden_act");
-  act = v != NULL && json_is_string(v) ? json_string_value(v) : gemma ? "gelu_pytorch_tanh"
-                                                                      : "silu";
+  act = v != NULL && json_is_string(v) ? json_string_value(v)
+        : gemma                        ? "gelu_pytorch_tanh"
+                                       : "silu";
   if (v != NULL && !json_is_null(v) && !json_is_string(v)) act = "(not a string)";
   if (strcmp(act, "silu") == 0 || strcmp(act, "swish") == 0)
     p->act = ACT_SILU;
@@ -602,10 +600,10 @@ done:
 /* Where the tensors come from: one file, or the shards of an index (opened on first use). */
 typedef struct wsrc {
   llama *p;
-  json_t *wmap;    /* sharded: the index's weight_map (owned by idx), else NULL */
-  json_t *idx;     /* owned */
-  char dir[1024];  /* the shards' directory */
-  char **names;    /* shard file names, parallel to p->files (sharded only) */
+  json_t *wmap;   /* sharded: the index's weight_map (owned by idx), else NULL */
+  json_t *idx;    /* owned */
+  char dir[1024]; /* the shards' directory */
+  char **names;   /* shard file names, parallel to p->files (sharded only) */
 } wsrc;
 
 static int is_dir(const char *path) {
@@ -685,8 +683,7 @@ static int wsrc_open(wsrc *w, const char *path, char *cfg_dir, size_t cfg_len, c
 
 /* The tensor called name, or NULL when the checkpoint has none (*rc = 0), or NULL with *rc < 0
  * and a message when its shard cannot be opened. */
-static const ss_st_tensor *wsrc_find(wsrc *w, const char *name, int *rc, char *err,
-                                     size_t errlen) {
+static const ss_st_tensor *wsrc_find(wsrc *w, const char *name, int *rc, char *err, size_t errlen) {
   json_t *fn;
   const char *shard;
   char path[1400];
@@ -912,8 +909,8 @@ static int llama_check_meta(const ss_model *m, const ss_tensor *in, const ss_met
   }
   if (pos >= 0 && pos + in->shape[1] > p->n_pos) {
     snprintf(err, errlen,
-             "model '%s': position_offset %d + seq %lld exceeds max_position_embeddings %d",
-             m->id, pos, (long long)in->shape[1], p->n_pos);
+             "model '%s': position_offset %d + seq %lld exceeds max_position_embeddings %d", m->id,
+             pos, (long long)in->shape[1], p->n_pos);
     return SS_EINVAL;
   }
   return 0;
@@ -974,22 +971,22 @@ static void act_backward(const llama *p, float *d, const float *x, size_t n) {
  * for ln, mm, K, V (recomputed in backward).
  */
 typedef struct block_acts {
-  float *x, *h, *y;     /* [BT, E] input, residual after attention, output (may alias) */
-  float *ln;            /* [BT, E] norm1(x), then the norms after it */
-  float *rstd1, *rstd2; /* [BT] RMSNorm statistics, or NULL */
-  float *q, *k, *v;     /* [BT, Q], [BT, KV], [BT, KV] projections (q, k after norm and rope) */
-  float *qr, *kr;       /* qk_norm: [BT, Q], [BT, KV] q_proj, k_proj outputs (before q/k norm) */
-  float *rstdq, *rstdk; /* qk_norm: [BT NH], [BT NKV] their RMSNorm statistics, or NULL */
-  float *ao, *mo;       /* sandwich: [BT, E] o_proj, down_proj outputs (may alias) */
+  float *x, *h, *y;       /* [BT, E] input, residual after attention, output (may alias) */
+  float *ln;              /* [BT, E] norm1(x), then the norms after it */
+  float *rstd1, *rstd2;   /* [BT] RMSNorm statistics, or NULL */
+  float *q, *k, *v;       /* [BT, Q], [BT, KV], [BT, KV] projections (q, k after norm and rope) */
+  float *qr, *kr;         /* qk_norm: [BT, Q], [BT, KV] q_proj, k_proj outputs (before q/k norm) */
+  float *rstdq, *rstdk;   /* qk_norm: [BT NH], [BT NKV] their RMSNorm statistics, or NULL */
+  float *ao, *mo;         /* sandwich: [BT, E] o_proj, down_proj outputs (may alias) */
   float *rstdpa, *rstdpf; /* sandwich: [BT] statistics of their norms, or NULL */
-  float *atty;          /* [BT, Q] attention output, heads side by side */
-  float *att;           /* [B, NH, T, P+T] when att_all, else [T, P+T] */
+  float *atty;            /* [BT, Q] attention output, heads side by side */
+  float *att;             /* [B, NH, T, P+T] when att_all, else [T, P+T] */
   int att_all;
-  float *K, *V;         /* [B, NKV, P+T, D] past + new keys/values */
-  float *g, *u, *mm;    /* [BT, I] gate, up, act(gate) * up (mm may alias g) */
-  float *lt;            /* [BT, r] LoRA scratch (NULL without adapters) */
+  float *K, *V;           /* [B, NKV, P+T, D] past + new keys/values */
+  float *g, *u, *mm;      /* [BT, I] gate, up, act(gate) * up (mm may alias g) */
+  float *lt;              /* [BT, r] LoRA scratch (NULL without adapters) */
   const ss_lora_mask *mk; /* a training forward's LoRA dropout (NULL: none) */
-  float *xd;            /* [BT, max(E, Q, I)] dropout scratch (with mk) */
+  float *xd;              /* [BT, max(E, Q, I)] dropout scratch (with mk) */
 } block_acts;
 
 static ss_attn_dims attn_dims(const llama *p, int B, int T, int P) {
@@ -1379,8 +1376,8 @@ static const ss_trunk_arch llama_arch = {.kind = "llama",
  * checkpoint's prefix>layers... (a checkpoint without prefix: "model.", as PEFT on a
  * *ForCausalLM names it). */
 static void lora_key(const llama *p, int layer, int k, char *name, size_t len) {
-  snprintf(name, len, "base_model.model.%slayers.%d.%s", p->prefix[0] != '\0' ? p->prefix : "model.",
-           layer, proj_path[k]);
+  snprintf(name, len, "base_model.model.%slayers.%d.%s",
+           p->prefix[0] != '\0' ? p->prefix : "model.", layer, proj_path[k]);
 }
 
 /* Adapters: A (PEFT init, seeded) and B (zero) for every target of every layer, or read from
@@ -1424,8 +1421,7 @@ static int llama_params(llama *p) {
         proj *pr = &bk->pr[k];
         if (pr->lo.a == NULL) continue;
         lora_key(p, p->a + l, k, name, sizeof name);
-        if (ss_lora_add_params(s, &pr->lo, name, p->lora.r, pr->in, pr->out) != 0)
-          return SS_ENOMEM;
+        if (ss_lora_add_params(s, &pr->lo, name, p->lora.r, pr->in, pr->out) != 0) return SS_ENOMEM;
       }
       continue;
     }
@@ -1458,8 +1454,7 @@ static int llama_lora_setup(void *impl, const char *adapter, char *msg, size_t l
 
 static int llama_params_of(void *impl) { return llama_params(impl); }
 
-int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *err,
-                       size_t errlen) {
+int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
   const char *config, *dt = "f32";
   char cfg_buf[1200], cfg_dir[1100], msg[1024];
   int rc;

@@ -53,10 +53,10 @@ typedef struct ss_lora {
 /* A model's LoRA settings (r == 0: no LoRA). */
 typedef struct ss_lora_cfg {
   int r;
-  float alpha, s;   /* s = alpha / r */
-  unsigned targets; /* bit per target name (the kind's list, see ss_lora_settings) */
-  float dropout;    /* lora_dropout, in [0, 1) */
-  uint64_t seed;    /* lora_seed: the dropout masks' seed */
+  float alpha, s;       /* s = alpha / r */
+  unsigned targets;     /* bit per target name (the kind's list, see ss_lora_settings) */
+  float dropout;        /* lora_dropout, in [0, 1) */
+  uint64_t seed;        /* lora_seed: the dropout masks' seed */
   const ss_compute *cc; /* the model's compute context (borrowed): the adapters' products */
 } ss_lora_cfg;
 

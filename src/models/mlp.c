@@ -40,7 +40,7 @@ typedef struct mlp_layer {
   const float *w;    /* [out][in] row-major; into the mmap or w_own */
   const float *b;    /* [out] or NULL */
   float *w_own, *b_own;
-  int pw, pb;        /* parameter indices of w and b (pb -1: no bias) */
+  int pw, pb; /* parameter indices of w and b (pb -1: no bias) */
 } mlp_layer;
 
 typedef struct mlp {
@@ -152,7 +152,6 @@ static int split_name(const char *name, size_t *prefix_len, unsigned long *idx, 
   *prefix_len = dot;
   return 0;
 }
-
 
 static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
   size_t n, nref = 0, plen = 0;

@@ -124,44 +124,44 @@ typedef struct ss_model_ops {
 } ss_model_ops;
 
 struct ss_model {
-  char *id;                 /* owned */
-  const char *kind;         /* static: "identity", "mlp", ... */
+  char *id;         /* owned */
+  const char *kind; /* static: "identity", "mlp", ... */
   const ss_model_ops *ops;
   void *impl;
   ss_exec_kind exec;
-  int echo;                 /* output is the input, byte for byte (identity, sleep, spin) */
-  int n_kv_layers;          /* > 0: the model keeps an attention cache of this many layers */
-  ss_optim optim;           /* training: optimizer from the spec (lr filled per request) */
-  char *save_path;          /* spec key save=PATH: checkpoint written on drain and SIGUSR1 */
-  int max_batch_rows;       /* spec key: stack concurrent calls up to this many rows (0 = off) */
-  int batch_delay_us;       /* spec key: how long a batch waits for company (default 0) */
-  int decode_batch;         /* spec key (default 1): one-token steps of different sequences
-                             * (sessions, client caches) run as one batch (forward_kv_batch) */
-  int wire_dtype;           /* spec key wire_dtype: ss_dtype of tensors without metadata, -1 unset */
-  int wire_codec;           /* spec key wire_codec: 1 zlib, 0 none, -1 unset (service/codec.h) */
-  int compute;              /* spec key compute: the dtype of the weight products (ss_mm_dtype:
-                             * 0 fp32, 1 bf16, 2 int8); set before the constructor runs */
+  int echo;           /* output is the input, byte for byte (identity, sleep, spin) */
+  int n_kv_layers;    /* > 0: the model keeps an attention cache of this many layers */
+  ss_optim optim;     /* training: optimizer from the spec (lr filled per request) */
+  char *save_path;    /* spec key save=PATH: checkpoint written on drain and SIGUSR1 */
+  int max_batch_rows; /* spec key: stack concurrent calls up to this many rows (0 = off) */
+  int batch_delay_us; /* spec key: how long a batch waits for company (default 0) */
+  int decode_batch;   /* spec key (default 1): one-token steps of different sequences
+                       * (sessions, client caches) run as one batch (forward_kv_batch) */
+  int wire_dtype;     /* spec key wire_dtype: ss_dtype of tensors without metadata, -1 unset */
+  int wire_codec;     /* spec key wire_codec: 1 zlib, 0 none, -1 unset (service/codec.h) */
+  int compute;        /* spec key compute: the dtype of the weight products (ss_mm_dtype:
+                       * 0 fp32, 1 bf16, 2 int8); set before the constructor runs */
   const struct ss_backend *backend; /* spec key backend=cpu|reference: the op table and
                                      * allocator of its ops (models/nn/backend/backend.h); set
                                      * before the constructor runs */
-  int implicit_training;    /* spec key implicit_training=1: an untagged Compute keeps its
-                             * activations for the next ComputeBackward on its connection
-                             * (service/train.c) */
-  float learning_rate;      /* spec key learning_rate: the step of a ComputeBackward that sends
-                             * none (0: such a call only accumulates) */
-  int accumulation_step;    /* spec key accumulation_step: ditto (0: 1) */
-  uv_rwlock_t lock;         /* weights: forward/backward read, step writes (workers only) */
-  int64_t n_params;         /* parameter count (0 for built-ins) */
-  size_t weight_bytes;      /* bytes of weights resident */
+  int implicit_training;            /* spec key implicit_training=1: an untagged Compute keeps its
+                                     * activations for the next ComputeBackward on its connection
+                                     * (service/train.c) */
+  float learning_rate;   /* spec key learning_rate: the step of a ComputeBackward that sends
+                          * none (0: such a call only accumulates) */
+  int accumulation_step; /* spec key accumulation_step: ditto (0: 1) */
+  uv_rwlock_t lock;      /* weights: forward/backward read, step writes (workers only) */
+  int64_t n_params;      /* parameter count (0 for built-ins) */
+  size_t weight_bytes;   /* bytes of weights resident */
   const struct ss_st_file *weights; /* the mapped weights file, or NULL; the service calls
                                      * ss_st_check() on it after each forward (in-place changes) */
-  char describe[224];       /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
+  char describe[224]; /* one line for logs and GetServiceInfo, e.g. "mlp 768->768->768 (f32)" */
 };
 
 /* Parse a model spec "ID=KIND[,key=value...]" and create the model.
- * Known kinds: identity, scale, sleep, spin, mlp, gpt2, llama (registry.c). mlp keys: weights=PATH (safetensors);
- * without weights: the embedded default (768->768->768, deterministic seeded weights).
- * *out: caller frees with ss_model_free(). On error returns <0 and writes a message. */
+ * Known kinds: identity, scale, sleep, spin, mlp, gpt2, llama (registry.c). mlp keys: weights=PATH
+ * (safetensors); without weights: the embedded default (768->768->768, deterministic seeded
+ * weights). *out: caller frees with ss_model_free(). On error returns <0 and writes a message. */
 int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen);
 
 /* Create a model of a kind with an id and key=value params (params borrowed, n pairs as
@@ -176,7 +176,8 @@ void ss_model_free(ss_model *m);
 void ss_compute_thread_init(int intra_op_threads);
 
 /* Kind constructors (one per file in src/models/). */
-int ss_model_identity_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
+int ss_model_identity_new(ss_model *m, const char *const *params, size_t n, char *err,
+                          size_t errlen);
 int ss_model_scale_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 int ss_model_sleep_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 int ss_model_spin_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);

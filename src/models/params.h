@@ -21,12 +21,12 @@
 #include "models/nn/optim.h"
 
 typedef struct ss_params {
-  ss_param *p;          /* n entries, in the order added */
-  char **names;         /* owned: the safetensors key of each */
-  int64_t (*shape)[2];  /* each one's shape (ndim 1 or 2) */
+  ss_param *p;         /* n entries, in the order added */
+  char **names;        /* owned: the safetensors key of each */
+  int64_t (*shape)[2]; /* each one's shape (ndim 1 or 2) */
   int *ndim;
   size_t n, cap;
-  uv_mutex_t gmu;       /* serializes gradient sums of concurrent backward calls */
+  uv_mutex_t gmu; /* serializes gradient sums of concurrent backward calls */
   int gmu_ok;
   int64_t t;            /* optimizer steps taken so far */
   const ss_compute *cc; /* the model's compute context (borrowed; NULL: cpu), for the products */

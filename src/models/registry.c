@@ -9,8 +9,8 @@
  * A bare word after key=value (no '=') continues that key's value as a list:
  * "lora_targets=q_proj,v_proj" gives lora_targets the value "q_proj,v_proj".
  *
- * Kinds that can train (mlp, gpt2, llama) also take the training keys, parsed here into m->optim and
- * m->save_path and left out of what their constructor sees: optimizer=sgd|adamw (default sgd),
+ * Kinds that can train (mlp, gpt2, llama) also take the training keys, parsed here into m->optim
+ * and m->save_path and left out of what their constructor sees: optimizer=sgd|adamw (default sgd),
  * beta1, beta2, eps (adamw only), weight_decay (SGD: added to the gradient, default 0; AdamW:
  * decoupled, default 0.01), save=PATH (checkpoint on drain and SIGUSR1). Every model gets its
  * weights lock (m->lock) here and loses it in ss_model_free.
@@ -53,21 +53,33 @@ typedef struct kind_entry {
 static const char *const no_keys[] = {NULL};
 /* Each kind's own keys (passed to its constructor)... */
 static const char *const mlp_keys[] = {"weights", "activation", NULL};
-static const char *const gpt2_keys[] = {"weights",    "config",       "layers",       "lora_rank",
-                                        "lora_alpha", "lora_targets", "adapter",      "lora_dropout",
-                                        "lora_seed",  NULL};
-static const char *const llama_keys[] = {"weights",    "config",       "layers",       "lora_rank",
-                                         "lora_alpha", "lora_targets", "adapter",      "lora_dropout",
-                                         "lora_seed",  NULL};
+static const char *const gpt2_keys[] = {
+    "weights",      "config",  "layers",       "lora_rank", "lora_alpha",
+    "lora_targets", "adapter", "lora_dropout", "lora_seed", NULL};
+static const char *const llama_keys[] = {
+    "weights",      "config",  "layers",       "lora_rank", "lora_alpha",
+    "lora_targets", "adapter", "lora_dropout", "lora_seed", NULL};
 
 /* ...and the training, batching, wire and compute keys, written once: accepted by every kind
  * that can train, parsed here (parse_training, parse_compute) and never passed to the kind's
  * constructor. */
-static const char *const train_keys[] = {
-    "optimizer",      "beta1",          "beta2",        "eps",          "weight_decay",
-    "save",           "max_batch_rows", "batch_delay_us", "decode_batch", "wire_dtype",
-    "wire_codec",     "compute",        "implicit_training", "learning_rate", "accumulation_step",
-    "backend",        NULL};
+static const char *const train_keys[] = {"optimizer",
+                                         "beta1",
+                                         "beta2",
+                                         "eps",
+                                         "weight_decay",
+                                         "save",
+                                         "max_batch_rows",
+                                         "batch_delay_us",
+                                         "decode_batch",
+                                         "wire_dtype",
+                                         "wire_codec",
+                                         "compute",
+                                         "implicit_training",
+                                         "learning_rate",
+                                         "accumulation_step",
+                                         "backend",
+                                         NULL};
 
 static const kind_entry kinds[] = {
     {"identity", ss_model_identity_new, no_keys, 0}, {"scale", ss_model_scale_new, no_keys, 0},
@@ -207,8 +219,10 @@ static int parse_training(ss_model *m, const char *const *params, size_t n, char
                  hi, v);
         return SS_EINVAL;
       }
-      if (k[0] == 'm') m->max_batch_rows = (int)x;
-      else m->batch_delay_us = (int)x;
+      if (k[0] == 'm')
+        m->max_batch_rows = (int)x;
+      else
+        m->batch_delay_us = (int)x;
     } else if (strcmp(k, "decode_batch") == 0) {
       if (strcmp(v, "0") != 0 && strcmp(v, "1") != 0) {
         snprintf(err, errlen, "model '%s': decode_batch must be 0 or 1, got '%s'", m->id, v);
@@ -218,8 +232,8 @@ static int parse_training(ss_model *m, const char *const *params, size_t n, char
     } else if (strcmp(k, "wire_dtype") == 0) {
       ss_dtype dt;
       if (ss_dtype_parse(v, &dt) != 0) {
-        snprintf(err, errlen, "model '%s': wire_dtype must be float32, float16 or bfloat16, got '%s'",
-                 m->id, v);
+        snprintf(err, errlen,
+                 "model '%s': wire_dtype must be float32, float16 or bfloat16, got '%s'", m->id, v);
         return SS_EINVAL;
       }
       m->wire_dtype = (int)dt;
@@ -241,8 +255,10 @@ static int parse_training(ss_model *m, const char *const *params, size_t n, char
       errno = 0;
       long x = strtol(v, &end, 10);
       if (!*v || *end || errno || x < 1 || x > 1000000) {
-        snprintf(err, errlen, "model '%s': accumulation_step must be an integer in [1, 1000000], "
-                 "got '%s'", m->id, v);
+        snprintf(err, errlen,
+                 "model '%s': accumulation_step must be an integer in [1, 1000000], "
+                 "got '%s'",
+                 m->id, v);
         return SS_EINVAL;
       }
       m->accumulation_step = (int)x;
@@ -452,4 +468,3 @@ void ss_model_free(ss_model *m) {
   free(m->id);
   free(m);
 }
-

@@ -11,11 +11,11 @@
 #include "models/safetensors.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <fcntl.h>
-#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,8 +67,8 @@ typedef struct shared_map {
   off_t size;
   struct timespec mtime;
   void *map;
-  int fd;         /* kept open: fstat tells an in-place change from a rename */
-  int slot;       /* index in guard[], or -1 when the table was full (no SIGBUS guard) */
+  int fd;   /* kept open: fstat tells an in-place change from a rename */
+  int slot; /* index in guard[], or -1 when the table was full (no SIGBUS guard) */
   int refs;
   struct shared_map *next;
 } shared_map;
@@ -93,8 +93,8 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx) {
     if (b && a >= b && a < b + atomic_load(&guard[i].len)) {
       long pg = sysconf(_SC_PAGESIZE);
       uintptr_t page = a & ~((uintptr_t)pg - 1);
-      void *p = mmap((void *)page, (size_t)pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                     -1, 0);
+      void *p =
+          mmap((void *)page, (size_t)pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
       atomic_store(&guard[i].damaged, 1);
       if (p != MAP_FAILED) return; /* the read is retried and sees zeros */
       break;
@@ -148,11 +148,19 @@ static void *map_acquire(int fd, const struct stat *st) {
   if (!map) {
     shared_map *m = calloc(1, sizeof *m);
     int dfd = m ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
-    void *p = dfd >= 0 ? mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    void *p =
+        dfd >= 0 ? mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
     if (p != MAP_FAILED) {
       guard_install_locked();
-      *m = (shared_map){st->st_dev, st->st_ino, st->st_size, st->st_mtim, p, dfd,
-                        guard_add(p, (size_t)st->st_size), 1, maps};
+      *m = (shared_map){st->st_dev,
+                        st->st_ino,
+                        st->st_size,
+                        st->st_mtim,
+                        p,
+                        dfd,
+                        guard_add(p, (size_t)st->st_size),
+                        1,
+                        maps};
       maps = m;
       map = p;
     } else {
@@ -189,15 +197,18 @@ int ss_st_check(const ss_st_file *f, char *err, size_t errlen) {
     if (m->map != f->map) continue;
     struct stat st;
     if (m->slot >= 0 && atomic_load(&guard[m->slot].damaged)) {
-      snprintf(err, errlen, "weights file %s was truncated while being served (a read past its "
-               "new end faulted); replace weights files by rename, then send SIGHUP", f->path);
+      snprintf(err, errlen,
+               "weights file %s was truncated while being served (a read past its "
+               "new end faulted); replace weights files by rename, then send SIGHUP",
+               f->path);
       rc = SS_EPRECONDITION;
     } else if (fstat(m->fd, &st) == 0 &&
                (st.st_size != m->size || st.st_mtim.tv_sec != m->mtime.tv_sec ||
                 st.st_mtim.tv_nsec != m->mtime.tv_nsec)) {
-      snprintf(err, errlen, "weights file %s was changed in place while being served (size %lld "
-               "-> %lld bytes); replace weights files by rename, then send SIGHUP", f->path,
-               (long long)m->size, (long long)st.st_size);
+      snprintf(err, errlen,
+               "weights file %s was changed in place while being served (size %lld "
+               "-> %lld bytes); replace weights files by rename, then send SIGHUP",
+               f->path, (long long)m->size, (long long)st.st_size);
       rc = SS_EPRECONDITION;
     }
     break;

@@ -41,8 +41,7 @@ static void scale_destroy(ss_model *m) { (void)m; }
 static const ss_model_ops scale_ops = {
     .check = scale_check, .forward = scale_forward, .destroy = scale_destroy};
 
-int ss_model_scale_new(ss_model *m, const char *const *params, size_t n, char *err,
-                       size_t errlen) {
+int ss_model_scale_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
   (void)params, (void)n, (void)err, (void)errlen;
   m->kind = "scale";
   m->ops = &scale_ops;

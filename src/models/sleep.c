@@ -35,8 +35,7 @@ static void sleep_destroy(ss_model *m) { (void)m; }
 static const ss_model_ops sleep_ops = {
     .check = sleep_check, .forward = sleep_forward, .destroy = sleep_destroy};
 
-int ss_model_sleep_new(ss_model *m, const char *const *params, size_t n, char *err,
-                       size_t errlen) {
+int ss_model_sleep_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
   (void)params, (void)n, (void)err, (void)errlen;
   m->kind = "sleep";
   m->ops = &sleep_ops;

@@ -1,10 +1,11 @@
 /*
  * spin.c — the "spin" model kind: burn CPU for metadata "ms" milliseconds (default 10,
  * 0..600000), measured with CLOCK_MONOTONIC, then the service echoes the input. A real busy
- * loop, not a sleep: it models CPU-bound work that holds a worker (what a thread-pool server does with blocking work).
- * The busy loop polls the call's cancel flag (ss_meta_cancelled) every ~1000 iterations: a call whose
- * deadline passed or whose client went away stops within microseconds and frees its worker.
- * Thread: check() on the loop thread; forward() on a worker (never writes out: echo).
+ * loop, not a sleep: it models CPU-bound work that holds a worker (what a thread-pool server does
+ * with blocking work). The busy loop polls the call's cancel flag (ss_meta_cancelled) every ~1000
+ * iterations: a call whose deadline passed or whose client went away stops within microseconds and
+ * frees its worker. Thread: check() on the loop thread; forward() on a worker (never writes out:
+ * echo).
  */
 #include <stdio.h>
 #include <string.h>
@@ -33,8 +34,8 @@ static int spin_check(const ss_model *m, const ss_tensor *in, const ss_meta *met
   return 0;
 }
 
-static int spin_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out,
-                        const ss_meta *meta, char *err, size_t errlen) {
+static int spin_forward(const ss_model *m, const ss_tensor *in, ss_tensor *out, const ss_meta *meta,
+                        char *err, size_t errlen) {
   volatile double acc = 0.0; /* keeps the loop from being optimised away */
   double ms, deadline;
   (void)m, (void)in, (void)out;
@@ -55,8 +56,7 @@ static void spin_destroy(ss_model *m) { (void)m; }
 static const ss_model_ops spin_ops = {
     .check = spin_check, .forward = spin_forward, .destroy = spin_destroy};
 
-int ss_model_spin_new(ss_model *m, const char *const *params, size_t n, char *err,
-                      size_t errlen) {
+int ss_model_spin_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
   (void)params, (void)n, (void)err, (void)errlen;
   m->kind = "spin";
   m->ops = &spin_ops;

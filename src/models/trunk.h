@@ -150,12 +150,12 @@ typedef struct ss_trunk_arch {
 /* The runtime's view of a model (m->impl of gpt2 and llama models). */
 struct ss_trunk {
   const ss_trunk_arch *arch;
-  void *impl;              /* the architecture's state (owned: arch->destroy) */
-  int a, b, n_pos;         /* layers [a, b) of the checkpoint; positions bound */
-  int E, NKV, D;           /* hidden size; the cache's heads and head size */
-  ss_params *prm;          /* the trainable parameters (in impl) */
-  ss_compute *cc;          /* the compute context (in impl) */
-  ss_lora_cfg *lora;       /* LoRA settings (in impl; r 0: none) */
+  void *impl;        /* the architecture's state (owned: arch->destroy) */
+  int a, b, n_pos;   /* layers [a, b) of the checkpoint; positions bound */
+  int E, NKV, D;     /* hidden size; the cache's heads and head size */
+  ss_params *prm;    /* the trainable parameters (in impl) */
+  ss_compute *cc;    /* the compute context (in impl) */
+  ss_lora_cfg *lora; /* LoRA settings (in impl; r 0: none) */
 };
 
 /* The model ops of every trunk (m->impl: an ss_trunk). */

@@ -33,12 +33,12 @@
 
 struct ss_auth {
   size_t n, cap;
-  size_t width;     /* bytes per row of pad (the longest token) */
-  uint8_t *pad;     /* n x width, zero-padded tokens (built once the file is read) */
-  size_t *len;      /* token lengths */
-  char **tok;       /* the tokens while loading (freed once pad is built) */
-  char **models;    /* per token: "a,b", or NULL = every model */
-  int *line;        /* per token: its line in the file (for warnings) */
+  size_t width;  /* bytes per row of pad (the longest token) */
+  uint8_t *pad;  /* n x width, zero-padded tokens (built once the file is read) */
+  size_t *len;   /* token lengths */
+  char **tok;    /* the tokens while loading (freed once pad is built) */
+  char **models; /* per token: "a,b", or NULL = every model */
+  int *line;     /* per token: its line in the file (for warnings) */
 };
 
 void ss_auth_free(ss_auth *a) {
@@ -117,8 +117,10 @@ static int parse_line(ss_auth *a, char *line, int lineno, char *why, size_t whyl
   size_t toklen = (size_t)(p - tok);
   for (size_t i = 0; i < toklen; i++)
     if (!b64token_char((unsigned char)tok[i])) {
-      snprintf(why, whylen, "the token has a character outside A-Z a-z 0-9 - . _ ~ + / = "
-               "(RFC 6750 b64token) at byte %zu", i + 1);
+      snprintf(why, whylen,
+               "the token has a character outside A-Z a-z 0-9 - . _ ~ + / = "
+               "(RFC 6750 b64token) at byte %zu",
+               i + 1);
       return SS_EINVAL;
     }
   if (toklen > SS_AUTH_MAX_TOKEN) {

@@ -57,7 +57,8 @@ void ss_auth_each_model(const ss_auth *a, void (*fn)(void *user, int line, const
 int ss_auth_tag_key(uint8_t key[SS_AUTH_TAG]);
 /* The owner tag of the token in an `authorization` value ("Bearer TOKEN") under key into tag;
  * all zero when the value is NULL or not a bearer credential. */
-void ss_auth_tag(const uint8_t key[SS_AUTH_TAG], const char *authorization, uint8_t tag[SS_AUTH_TAG]);
+void ss_auth_tag(const uint8_t key[SS_AUTH_TAG], const char *authorization,
+                 uint8_t tag[SS_AUTH_TAG]);
 /* Nonzero when the two tags are equal (constant time). */
 int ss_auth_tag_equal(const uint8_t a[SS_AUTH_TAG], const uint8_t b[SS_AUTH_TAG]);
 

@@ -29,20 +29,20 @@
 #include "service/compute_int.h"
 
 typedef struct ss_batch {
-  ss_job job;                 /* the pool hands back &job */
-  ss_waiter waiter;           /* admission of the whole batch */
-  ss_tq_entry timer;          /* batch_delay_us >= 1 ms (the timer queue's granularity) */
-  int at_iteration_end;       /* batch_delay_us < 1 ms: closed after this loop iteration's I/O */
+  ss_job job;           /* the pool hands back &job */
+  ss_waiter waiter;     /* admission of the whole batch */
+  ss_tq_entry timer;    /* batch_delay_us >= 1 ms (the timer queue's granularity) */
+  int at_iteration_end; /* batch_delay_us < 1 ms: closed after this loop iteration's I/O */
   ss_service *svc;
-  ss_served_model *sm;        /* holds a reference */
+  ss_served_model *sm; /* holds a reference */
   int holds_slot;
-  int submitted;              /* left the open state (admission or worker) */
-  compute_state **m;          /* members, each holding a call reference */
+  int submitted;     /* left the open state (admission or worker) */
+  compute_state **m; /* members, each holding a call reference */
   int n, cap;
   size_t rows;                /* sum of the members' rows */
   int64_t trail[SS_MAX_DIMS]; /* the dims after the first, shared by every member */
   int ndim;
-  int decode;                 /* one-token steps with caches: forward_kv_batch (else stacked) */
+  int decode; /* one-token steps with caches: forward_kv_batch (else stacked) */
   /* worker results */
   double compute_ms;
   int rc;
@@ -270,24 +270,24 @@ static void batch_close(ss_batch *b) {
   ss_tq_cancel(&b->svc->tq, &b->timer);
   b->submitted = 1;
   switch (ss_admit_enter(&sm->admit, &b->waiter)) {
-  case SS_ADMIT_RUN: batch_start(b); break;
-  case SS_ADMIT_QUEUED:
-    if (sm->open_batch == b && b->rows >= max_rows(sm->model, b->decode)) sm->open_batch = NULL;
-    break;
-  default:
-    if (sm->open_batch == b) sm->open_batch = NULL;
-    for (int i = 0; i < b->n; i++) {
-      compute_state *st = b->m[i];
-      st->batch = NULL;
-      if (!ss_call_answered(st->call))
-        ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED,
-                     "model '%s' is at capacity: %d running, %zu queued (--max-inflight %d, "
-                     "--max-queue %d); retry later",
-                     sm->model->id, sm->admit.inflight, sm->admit.waiting, sm->admit.limit,
-                     sm->admit.max_queue);
-      ss_call_unref(st->call);
-    }
-    batch_free(b);
+    case SS_ADMIT_RUN: batch_start(b); break;
+    case SS_ADMIT_QUEUED:
+      if (sm->open_batch == b && b->rows >= max_rows(sm->model, b->decode)) sm->open_batch = NULL;
+      break;
+    default:
+      if (sm->open_batch == b) sm->open_batch = NULL;
+      for (int i = 0; i < b->n; i++) {
+        compute_state *st = b->m[i];
+        st->batch = NULL;
+        if (!ss_call_answered(st->call))
+          ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED,
+                       "model '%s' is at capacity: %d running, %zu queued (--max-inflight %d, "
+                       "--max-queue %d); retry later",
+                       sm->model->id, sm->admit.inflight, sm->admit.waiting, sm->admit.limit,
+                       sm->admit.max_queue);
+        ss_call_unref(st->call);
+      }
+      batch_free(b);
   }
 }
 

@@ -11,16 +11,20 @@
 #include "service/service_int.h"
 
 int ss_codec_parse(const char *s, int *zlib) {
-  if (strcmp(s, "zlib") == 0) *zlib = 1;
-  else if (strcmp(s, "none") == 0 || strcmp(s, "identity") == 0) *zlib = 0;
-  else return SS_EINVAL;
+  if (strcmp(s, "zlib") == 0)
+    *zlib = 1;
+  else if (strcmp(s, "none") == 0 || strcmp(s, "identity") == 0)
+    *zlib = 0;
+  else
+    return SS_EINVAL;
   return 0;
 }
 
 int ss_wire_enc_resolve(const ss_service *s, const ss_model *m, const ss_meta *meta,
                         ss_wire_enc *out, char *err, size_t errlen) {
-  out->dtype = m->wire_dtype >= 0 ? (ss_dtype)m->wire_dtype
-               : s->cfg.wire_dtype >= 0 ? (ss_dtype)s->cfg.wire_dtype : SS_DTYPE_F32;
+  out->dtype = m->wire_dtype >= 0       ? (ss_dtype)m->wire_dtype
+               : s->cfg.wire_dtype >= 0 ? (ss_dtype)s->cfg.wire_dtype
+                                        : SS_DTYPE_F32;
   out->zlib = m->wire_codec >= 0 ? m->wire_codec : s->cfg.wire_codec > 0;
   const char *dts = ss_meta_get(meta, "dtype"), *cs = ss_meta_get(meta, "codec");
   if (dts && ss_dtype_parse(dts, &out->dtype) != 0) {

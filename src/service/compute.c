@@ -33,8 +33,10 @@
 
 static void compute_cancel(ss_call *call) {
   compute_state *st = ss_call_state(call);
-  if (st->batch) ss_batch_cancel(st);
-  else ss_compute_stop(st);
+  if (st->batch)
+    ss_batch_cancel(st);
+  else
+    ss_compute_stop(st);
 }
 
 /* ------------------------------------------------------------- KV cache --- */
@@ -56,7 +58,8 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
   if (sid && st->n_kv_wire > 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "metadata session='%s' keeps the cache on the server: past_key_values must be "
-                 "empty, got %zu entries", sid, st->n_kv_wire);
+                 "empty, got %zu entries",
+                 sid, st->n_kv_wire);
     return -1;
   }
   int n = (int)st->n_kv_wire;
@@ -101,31 +104,34 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
     ss_access_owner(st->svc, call, st->owner);
     switch (ss_session_acquire(st->svc->sessions, m->id, sid, st->owner, &st->session, why,
                                sizeof why)) {
-    case SS_SESSION_OK: break;
-    case SS_SESSION_FOREIGN: /* before anything about it (busy, evicted) is told */
-      ss_call_fail(call, SS_GRPC_PERMISSION_DENIED,
-                   "session '%s' of model '%s' belongs to another token: only the token that "
-                   "created it may use it", sid, m->id);
-      return -1;
-    case SS_SESSION_EVICTED:
-      ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
-                   "session '%s' of model '%s' was %s (--session-ttl / --session-memory-mb); its "
-                   "KV cache is gone: start it again with the full prefix",
-                   sid, m->id, why);
-      return -1;
-    case SS_SESSION_ENDED:
-      ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
-                   "session '%s' of model '%s' was ended (session_end=1); a session id names one "
-                   "session and is not reused while the server remembers it: start a new session "
-                   "with a new id",
-                   sid, m->id);
-      return -1;
-    case SS_SESSION_BUSY:
-      ss_call_fail(call, SS_GRPC_ABORTED,
-                   "session '%s' of model '%s' is busy with another call; send decode steps of one "
-                   "session one at a time", sid, m->id);
-      return -1;
-    default: ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory"); return -1;
+      case SS_SESSION_OK: break;
+      case SS_SESSION_FOREIGN: /* before anything about it (busy, evicted) is told */
+        ss_call_fail(call, SS_GRPC_PERMISSION_DENIED,
+                     "session '%s' of model '%s' belongs to another token: only the token that "
+                     "created it may use it",
+                     sid, m->id);
+        return -1;
+      case SS_SESSION_EVICTED:
+        ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
+                     "session '%s' of model '%s' was %s (--session-ttl / --session-memory-mb); its "
+                     "KV cache is gone: start it again with the full prefix",
+                     sid, m->id, why);
+        return -1;
+      case SS_SESSION_ENDED:
+        ss_call_fail(call, SS_GRPC_FAILED_PRECONDITION,
+                     "session '%s' of model '%s' was ended (session_end=1); a session id names one "
+                     "session and is not reused while the server remembers it: start a new session "
+                     "with a new id",
+                     sid, m->id);
+        return -1;
+      case SS_SESSION_BUSY:
+        ss_call_fail(
+            call, SS_GRPC_ABORTED,
+            "session '%s' of model '%s' is busy with another call; send decode steps of one "
+            "session one at a time",
+            sid, m->id);
+        return -1;
+      default: ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory"); return -1;
     }
     st->past = st->session->past;
     st->n_past = st->session->past ? st->session->n_layers : 0;
@@ -215,7 +221,8 @@ static int read_metadata(compute_state *st) {
     if (sid && strcmp(sid, hsid) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "metadata session='%.300s' and request header x-session-id '%.300s' differ: "
-                   "send one of them, or the same id in both", sid, hsid);
+                   "send one of them, or the same id in both",
+                   sid, hsid);
       return -1;
     }
     if (!sid) {
@@ -230,7 +237,8 @@ static int read_metadata(compute_state *st) {
     if (req->forward_id && *req->forward_id && strcmp(req->forward_id, hfid) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "forward_id '%.300s' and request header x-forward-id '%.300s' differ: send one "
-                   "of them, or the same id in both", req->forward_id, hfid);
+                   "of them, or the same id in both",
+                   req->forward_id, hfid);
       return -1;
     }
     req->forward_id = (char *)hfid; /* lives as long as the call */
@@ -238,7 +246,8 @@ static int read_metadata(compute_state *st) {
   if (sid && strlen(sid) > s->cfg.max_session_id_bytes) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                  "metadata session is %zu bytes long; session ids are at most %zu bytes "
-                 "(--max-session-id-bytes)", strlen(sid), s->cfg.max_session_id_bytes);
+                 "(--max-session-id-bytes)",
+                 strlen(sid), s->cfg.max_session_id_bytes);
     return -1;
   }
 
@@ -295,7 +304,8 @@ static int read_tensor(compute_state *st, const uint8_t *data, size_t dlen) {
     if (rv == 0 && st->in.nbytes > s->cfg.max_message_bytes) {
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED,
                    "data inflates to %zu bytes (shape x dtype), over the limit of %zu bytes "
-                   "(--max-message-bytes)", st->in.nbytes, s->cfg.max_message_bytes);
+                   "(--max-message-bytes)",
+                   st->in.nbytes, s->cfg.max_message_bytes);
       return -1;
     }
     if (rv == 0 && ss_codec_check_stream("data", dlen, err, sizeof err) != 0) rv = SS_EINVAL;
@@ -332,7 +342,8 @@ static int check_mode(compute_state *st) {
     if (ss_meta_get(&st->meta, "session")) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "metadata session: model '%s' (kind %s) keeps no KV cache, so it has no decode "
-                   "sessions", m->id, m->kind);
+                   "sessions",
+                   m->id, m->kind);
       return -1;
     }
   }
@@ -345,7 +356,8 @@ static int check_mode(compute_state *st) {
     if (!m->ops->forward_train) {
       ss_call_fail(call, SS_GRPC_UNIMPLEMENTED,
                    "training_mode=true: model '%s' (kind %s) has no backward pass; models that "
-                   "train: mlp, gpt2, llama", m->id, m->kind);
+                   "train: mlp, gpt2, llama",
+                   m->id, m->kind);
       return -1;
     }
     if (st->n_kv_wire > 0 || ss_meta_get(&st->meta, "session") ||
@@ -402,8 +414,10 @@ static void dispatch(compute_state *st) {
     return;
   }
   st->t_admitted = uv_hrtime();
-  if (ss_batch_wants(st)) ss_batch_add(st);
-  else ss_compute_admit(st);
+  if (ss_batch_wants(st))
+    ss_batch_add(st);
+  else
+    ss_compute_admit(st);
 }
 
 void ss_h_compute(ss_call *call, void *app) {

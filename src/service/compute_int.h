@@ -16,36 +16,36 @@
 #include "service/wire.h"
 
 typedef struct compute_state {
-  ss_job job;                 /* the pool hands back &job */
+  ss_job job; /* the pool hands back &job */
   ss_service *svc;
-  uint8_t *reqbuf;            /* the call's request message (owned by the call) */
+  uint8_t *reqbuf; /* the call's request message (owned by the call) */
   size_t reqlen;
   ss_waiter waiter;
   ss_tq_entry wake;
   ss_call *call;
   ss_served_model *sm;
   Splitlearn__Comm__ComputeRequest *req;
-  ss_tensor in;               /* view into reqbuf (the data field) */
+  ss_tensor in; /* view into reqbuf (the data field) */
   const char **keys, **vals;
   ss_meta meta;
   int64_t out_shape[SS_MAX_DIMS];
   int out_ndim;
-  int holds_slot;             /* owns an admission slot */
+  int holds_slot; /* owns an admission slot */
   /* KV cache (models with n_kv_layers > 0) */
-  ss_kv_layer *past;          /* request's past (views into the arena) or the session's */
+  ss_kv_layer *past; /* request's past (views into the arena) or the session's */
   int n_past;
-  ss_kv_layer *present;       /* filled by the worker when want_present (owned) */
+  ss_kv_layer *present; /* filled by the worker when want_present (owned) */
   int want_present;
-  ss_wire_view *kv_wire;      /* past_key_values, left in the request buffer (not copied) */
+  ss_wire_view *kv_wire; /* past_key_values, left in the request buffer (not copied) */
   size_t n_kv_wire;
-  ss_session *session;        /* busy while this call runs */
+  ss_session *session;          /* busy while this call runs */
   uint8_t owner[SS_KCACHE_TAG]; /* the token's owner tag (sessions, training; access.c) */
   int session_end;
-  int present_in_reply;       /* the reply's segments point into present: keep it until free */
+  int present_in_reply; /* the reply's segments point into present: keep it until free */
   /* training forward (training_mode=true) */
   int training;
-  int implicit;               /* untagged forward of an implicit_training model (train.c) */
-  void *saved;                /* the model's record for backward (worker -> cache) */
+  int implicit; /* untagged forward of an implicit_training model (train.c) */
+  void *saved;  /* the model's record for backward (worker -> cache) */
   size_t saved_bytes;
   char forward_id[128];
   int on_worker;              /* job submitted, done() not yet run */
@@ -53,9 +53,9 @@ typedef struct compute_state {
   /* dynamic batching (batch.c): the batch this call rides in, and whether it left it */
   /* wire encoding (codec.h): a zlib payload stays compressed until the worker inflates it */
   ss_wire_enc enc;
-  const uint8_t *zdata;       /* the compressed data field (view into reqbuf) when enc.zlib */
+  const uint8_t *zdata; /* the compressed data field (view into reqbuf) when enc.zlib */
   size_t zlen;
-  void *zbuf;                 /* the inflated tensor (worker; freed with the call) */
+  void *zbuf; /* the inflated tensor (worker; freed with the call) */
   struct ss_batch *batch;
   atomic_int batch_cancelled; /* set by the loop when the client left */
   int in_batch_skip;          /* the worker's snapshot of it (read by the loop after done) */
@@ -65,7 +65,7 @@ typedef struct compute_state {
   double compute_ms;
   int rc;
   char err[256];
-  ss_arena arena;             /* the decoded request lives here */
+  ss_arena arena; /* the decoded request lives here */
   ProtobufCAllocator pballoc;
   _Alignas(16) char arena_buf[1536];
 } compute_state;

@@ -35,7 +35,6 @@ static void fill_snapshot_msg(const ss_service *s, Splitlearn__Comm__MonitoringS
   ss_fill_snapshot(s, snap);
 }
 
-
 static void release_slot(compute_state *st);
 static void present_free(compute_state *st);
 
@@ -57,8 +56,10 @@ static void send_reply(compute_state *st, const void *data, size_t nbytes, void 
   Splitlearn__Comm__MonitoringSnapshot snap;
   fill_snapshot_msg(st->svc, &snap);
   resp.monitoring_data = &snap;
-  if (st->training) resp.forward_id = st->forward_id;
-  else if (st->req->forward_id) resp.forward_id = st->req->forward_id;
+  if (st->training)
+    resp.forward_id = st->forward_id;
+  else if (st->req->forward_id)
+    resp.forward_id = st->req->forward_id;
   /* The client-side cache goes back in the response without being copied: each entry is sent
    * as hand-encoded KVCacheEntry headers (arena) between borrowed segments of the present
    * buffers, which live until the call is freed (compute_free). Then field 1, the output. */
@@ -87,18 +88,18 @@ static void send_reply(compute_state *st, const void *data, size_t nbytes, void 
                      ss_pb_field_header(tmp, 3, p->value.nbytes) + p->value.nbytes +
                      ss_pb_field_header(tmp, 4, shl[1]) + shl[1];
       uint8_t *h = hdr + (size_t)l * 128, *q = h;
-      q += ss_pb_field_header(q, 7, entry);          /* present_key_values[l] */
-      q += ss_pb_field_header(q, 1, p->key.nbytes);  /* key_data */
+      q += ss_pb_field_header(q, 7, entry);         /* present_key_values[l] */
+      q += ss_pb_field_header(q, 1, p->key.nbytes); /* key_data */
       segs[k++] = (ss_seg){h, (size_t)(q - h)};
       segs[k++] = (ss_seg){p->key.data, p->key.nbytes};
       h = q;
-      q += ss_pb_field_header(q, 2, shl[0]);         /* key_shape, packed */
+      q += ss_pb_field_header(q, 2, shl[0]); /* key_shape, packed */
       memcpy(q, shp[0], shl[0]), q += shl[0];
       q += ss_pb_field_header(q, 3, p->value.nbytes); /* value_data */
       segs[k++] = (ss_seg){h, (size_t)(q - h)};
       segs[k++] = (ss_seg){p->value.data, p->value.nbytes};
       h = q;
-      q += ss_pb_field_header(q, 4, shl[1]);         /* value_shape, packed */
+      q += ss_pb_field_header(q, 4, shl[1]); /* value_shape, packed */
       memcpy(q, shp[1], shl[1]), q += shl[1];
       segs[k++] = (ss_seg){h, (size_t)(q - h)};
     }
@@ -113,8 +114,10 @@ static void send_reply(compute_state *st, const void *data, size_t nbytes, void 
 }
 
 void ss_compute_reply_echo(compute_state *st) {
-  if (st->enc.zlib) send_reply(st, st->zdata, st->zlen, NULL); /* echo the payload as it came */
-  else send_reply(st, st->in.data, st->in.nbytes, NULL);
+  if (st->enc.zlib)
+    send_reply(st, st->zdata, st->zlen, NULL); /* echo the payload as it came */
+  else
+    send_reply(st, st->in.data, st->in.nbytes, NULL);
 }
 
 /* ----------------------------------------------------------- the worker --- */
@@ -231,8 +234,10 @@ void ss_compute_finish(compute_state *st, int ran) {
     int ok = ran && st->rc == 0;
     ss_session_release(st->svc->sessions, st->session, ok ? st->present : NULL,
                        st->sm->model->n_kv_layers, st->session_end);
-    if (ok) st->present = NULL;
-    else present_free(st);
+    if (ok)
+      st->present = NULL;
+    else
+      present_free(st);
     st->session = NULL;
   }
   if (st->saved) { /* keep what backward needs, even if the client went away meanwhile */
@@ -264,7 +269,7 @@ void ss_compute_finish(compute_state *st, int ran) {
     }
   }
   if (!st->present_in_reply) present_free(st); /* else sent from these buffers: compute_free */
-  ss_call_unref(call); /* the job's reference */
+  ss_call_unref(call);                         /* the job's reference */
 }
 
 static void present_free(compute_state *st) {
@@ -315,14 +320,14 @@ void ss_compute_admit(compute_state *st) {
   const ss_model *m = st->sm->model;
   st->waiter.start = start_waiter;
   switch (ss_admit_enter(&st->sm->admit, &st->waiter)) {
-  case SS_ADMIT_RUN: start(st); break;
-  case SS_ADMIT_QUEUED: break;
-  default:
-    ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED,
-                 "model '%s' is at capacity: %d running, %zu queued (--max-inflight %d, "
-                 "--max-queue %d); retry later",
-                 m->id, st->sm->admit.inflight, st->sm->admit.waiting, st->sm->admit.limit,
-                 st->sm->admit.max_queue);
+    case SS_ADMIT_RUN: start(st); break;
+    case SS_ADMIT_QUEUED: break;
+    default:
+      ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED,
+                   "model '%s' is at capacity: %d running, %zu queued (--max-inflight %d, "
+                   "--max-queue %d); retry later",
+                   m->id, st->sm->admit.inflight, st->sm->admit.waiting, st->sm->admit.limit,
+                   st->sm->admit.max_queue);
   }
 }
 
@@ -353,4 +358,3 @@ void ss_compute_free(ss_call *call) {
   ss_arena_release(&st->arena); /* the unpacked request, metadata views */
   if (st->sm) ss_served_unref(st->sm);
 }
-

@@ -12,19 +12,18 @@
 #include <string.h>
 
 #include "compute_service.pb-c.h"
-#include "core/macros.h"
-#include "core/log.h"
-#include "health.pb-c.h"
-#include "core/kcache.h"
 #include "core/config.h"
+#include "core/kcache.h"
+#include "core/log.h"
+#include "core/macros.h"
 #include "core/settings.h"
+#include "health.pb-c.h"
 #include "models/nn/matmul.h"
 #include "service/auth.h"
 #include "service/service_int.h"
 #include "service/sessions.h"
 
 static double uptime_s(const ss_service *s) { return (double)(uv_hrtime() - s->start_ns) / 1e9; }
-
 
 static void info_release(ss_call *call) {
   info_state *st = ss_call_state(call);
@@ -75,7 +74,8 @@ typedef struct kvlist {
   size_t n;
 } kvlist;
 
-static void kv(kvlist *l, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void kv(kvlist *l, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void kv(kvlist *l, const char *key, const char *fmt, ...) {
   if (l->n >= SS_INFO_MAX) return;
   va_list ap;
@@ -152,7 +152,7 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "auth_tokens", "%zu", ss_auth_count(s->auth)); /* a count only; 0: no authentication */
   kv(l, "blas", "%s, %d thread(s) per worker", ss_matmul_engine_info(), s->cfg.intra_op_threads);
   kv(l, "matmul_scratch_bytes", "%zu", ss_matmul_scratch_bytes()); /* per-worker scratchpads */
-  kv(l, "packed_weight_bytes", "%zu", ss_matmul_packed_bytes()); /* compute=bf16 copies */
+  kv(l, "packed_weight_bytes", "%zu", ss_matmul_packed_bytes());   /* compute=bf16 copies */
   size_t nsess, sess_bytes;
   uint64_t sess_evicted;
   ss_sessions_stats(s->sessions, &nsess, &sess_bytes, &sess_evicted);
@@ -162,7 +162,7 @@ void ss_h_service_info(ss_call *call, void *app) {
   size_t nact, act_bytes;
   uint64_t act_evicted;
   ss_kcache_stats(s->acts, &nact, &act_bytes, &act_evicted);
-  kv(l, "activations", "%zu", nact);         /* training forwards awaiting their backward */
+  kv(l, "activations", "%zu", nact); /* training forwards awaiting their backward */
   kv(l, "activation_bytes", "%zu", act_bytes);
   kv(l, "activations_evicted", "%llu", (unsigned long long)act_evicted);
   for (size_t i = 0; i < s->nmodels && l->n < SS_INFO_MAX; i++) {
@@ -208,8 +208,10 @@ static void stream_free(ss_call *call) {
                      (double)(uv_hrtime() - ss_call_start_ns(call)) / 1e9);
   ss_tq_cancel(&st->svc->tq, &st->tick);
   if (st->watch) { /* off the service's list */
-    if (st->prev) st->prev->next = st->next;
-    else st->svc->watches = st->next;
+    if (st->prev)
+      st->prev->next = st->next;
+    else
+      st->svc->watches = st->next;
     if (st->next) st->next->prev = st->prev;
   }
 }
@@ -222,7 +224,8 @@ static void monitoring_tick(ss_tq_entry *e) {
   splitlearn__comm__monitoring_snapshot__init(&snap);
   ss_monitor_sample(&st->svc->mon); /* fresh numbers at the client's own interval */
   ss_fill_snapshot(st->svc, &snap);
-  Splitlearn__Comm__MonitoringSnapshotResponse r = SPLITLEARN__COMM__MONITORING_SNAPSHOT_RESPONSE__INIT;
+  Splitlearn__Comm__MonitoringSnapshotResponse r =
+      SPLITLEARN__COMM__MONITORING_SNAPSHOT_RESPONSE__INIT;
   r.snapshot = &snap;
   ss_call_send(call, &r.base);
   if (ss_tq_arm(&st->svc->tq, &st->tick, uv_hrtime() + (uint64_t)(st->interval_s * 1e9),
@@ -318,8 +321,9 @@ void ss_h_grpc_health_watch(ss_call *call, void *app) {
   if (svc->watches) svc->watches->prev = st;
   svc->watches = st;
   /* The Watch contract: an unknown service is reported as SERVICE_UNKNOWN, not an error. */
-  st->last_status = known ? health_status(svc)
-                          : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+  st->last_status = known
+                        ? health_status(svc)
+                        : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
   watch_send(call, st->last_status);
 }
 

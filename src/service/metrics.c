@@ -70,7 +70,8 @@ static void render_hist(ss_strbuf *b, const char *name, const ss_series *x, cons
       ss_strbuf_printf(b, "%s_bucket{model=\"%s\",method=\"%s\",le=\"+Inf\"} %llu\n", name,
                        x->model, x->method, (unsigned long long)cum);
   }
-  ss_strbuf_printf(b, "%s_sum{model=\"%s\",method=\"%s\"} %.9g\n", name, x->model, x->method, h->sum);
+  ss_strbuf_printf(b, "%s_sum{model=\"%s\",method=\"%s\"} %.9g\n", name, x->model, x->method,
+                   h->sum);
   ss_strbuf_printf(b, "%s_count{model=\"%s\",method=\"%s\"} %llu\n", name, x->model, x->method,
                    (unsigned long long)h->n);
 }
@@ -85,39 +86,45 @@ static void hist_family(ss_strbuf *b, const ss_service *s, const char *name, con
 }
 
 void ss_service_metrics(ss_service *s, ss_strbuf *b) {
-  ss_strbuf_printf(b, "# HELP splitserve_requests_total Calls answered, by model, method and gRPC "
-                      "status code.\n# TYPE splitserve_requests_total counter\n");
+  ss_strbuf_printf(b,
+                   "# HELP splitserve_requests_total Calls answered, by model, method and gRPC "
+                   "status code.\n# TYPE splitserve_requests_total counter\n");
   for (const ss_series *x = s->series; x; x = x->next)
     for (int c = 0; c <= 16; c++)
       if (x->by_code[c])
-        ss_strbuf_printf(b, "splitserve_requests_total{model=\"%s\",method=\"%s\",code=\"%s\"} %llu\n",
-                         x->model, x->method, ss_grpc_code_name(c),
-                         (unsigned long long)x->by_code[c]);
-  hist_family(b, s, "splitserve_queue_seconds", "Time from admission to a worker starting the call.",
-              offsetof(ss_series, queue));
+        ss_strbuf_printf(
+            b, "splitserve_requests_total{model=\"%s\",method=\"%s\",code=\"%s\"} %llu\n", x->model,
+            x->method, ss_grpc_code_name(c), (unsigned long long)x->by_code[c]);
+  hist_family(b, s, "splitserve_queue_seconds",
+              "Time from admission to a worker starting the call.", offsetof(ss_series, queue));
   hist_family(b, s, "splitserve_compute_seconds", "Time the model computed on a worker.",
               offsetof(ss_series, compute));
-  hist_family(b, s, "splitserve_request_seconds", "Time from the request headers to the end of the call.",
-              offsetof(ss_series, total));
-  ss_strbuf_printf(b, "# HELP splitserve_inflight Calls executing now, by model.\n"
-                      "# TYPE splitserve_inflight gauge\n");
+  hist_family(b, s, "splitserve_request_seconds",
+              "Time from the request headers to the end of the call.", offsetof(ss_series, total));
+  ss_strbuf_printf(b,
+                   "# HELP splitserve_inflight Calls executing now, by model.\n"
+                   "# TYPE splitserve_inflight gauge\n");
   for (size_t i = 0; i < s->nmodels; i++)
     ss_strbuf_printf(b, "splitserve_inflight{model=\"%s\"} %d\n", s->models[i]->model->id,
                      s->models[i]->admit.inflight);
-  ss_strbuf_printf(b, "# HELP splitserve_queue_depth Calls waiting for admission, by model.\n"
-                      "# TYPE splitserve_queue_depth gauge\n");
+  ss_strbuf_printf(b,
+                   "# HELP splitserve_queue_depth Calls waiting for admission, by model.\n"
+                   "# TYPE splitserve_queue_depth gauge\n");
   for (size_t i = 0; i < s->nmodels; i++)
     ss_strbuf_printf(b, "splitserve_queue_depth{model=\"%s\"} %zu\n", s->models[i]->model->id,
                      s->models[i]->admit.waiting);
-  ss_strbuf_printf(b, "# HELP splitserve_batches_total Batches computed (dynamic batching), by model.\n"
-                      "# TYPE splitserve_batches_total counter\n");
+  ss_strbuf_printf(
+      b,
+      "# HELP splitserve_batches_total Batches computed (dynamic batching), by model.\n"
+      "# TYPE splitserve_batches_total counter\n");
   for (size_t i = 0; i < s->nmodels; i++)
     if (s->models[i]->model->max_batch_rows > 0)
       ss_strbuf_printf(b, "splitserve_batches_total{model=\"%s\"} %llu\n", s->models[i]->model->id,
                        (unsigned long long)s->models[i]->batches);
-  ss_strbuf_printf(b, "# HELP splitserve_batched_calls_total Calls computed in those batches "
-                      "(their ratio is the mean batch size).\n"
-                      "# TYPE splitserve_batched_calls_total counter\n");
+  ss_strbuf_printf(b,
+                   "# HELP splitserve_batched_calls_total Calls computed in those batches "
+                   "(their ratio is the mean batch size).\n"
+                   "# TYPE splitserve_batched_calls_total counter\n");
   for (size_t i = 0; i < s->nmodels; i++)
     if (s->models[i]->model->max_batch_rows > 0)
       ss_strbuf_printf(b, "splitserve_batched_calls_total{model=\"%s\"} %llu\n",
@@ -125,36 +132,40 @@ void ss_service_metrics(ss_service *s, ss_strbuf *b) {
   size_t n, bytes;
   uint64_t evicted;
   ss_sessions_stats(s->sessions, &n, &bytes, &evicted);
-  ss_strbuf_printf(b, "# HELP splitserve_sessions Decode sessions kept on the server.\n"
-                      "# TYPE splitserve_sessions gauge\nsplitserve_sessions %zu\n"
-                      "# HELP splitserve_session_bytes Bytes the decode sessions keep.\n"
-                      "# TYPE splitserve_session_bytes gauge\nsplitserve_session_bytes %zu\n",
+  ss_strbuf_printf(b,
+                   "# HELP splitserve_sessions Decode sessions kept on the server.\n"
+                   "# TYPE splitserve_sessions gauge\nsplitserve_sessions %zu\n"
+                   "# HELP splitserve_session_bytes Bytes the decode sessions keep.\n"
+                   "# TYPE splitserve_session_bytes gauge\nsplitserve_session_bytes %zu\n",
                    n, bytes);
   ss_kcache_stats(s->acts, &n, &bytes, &evicted);
-  ss_strbuf_printf(b, "# HELP splitserve_activations Training forwards awaiting their backward.\n"
-                      "# TYPE splitserve_activations gauge\nsplitserve_activations %zu\n"
-                      "# HELP splitserve_activation_bytes Bytes those activations keep.\n"
-                      "# TYPE splitserve_activation_bytes gauge\nsplitserve_activation_bytes %zu\n",
+  ss_strbuf_printf(b,
+                   "# HELP splitserve_activations Training forwards awaiting their backward.\n"
+                   "# TYPE splitserve_activations gauge\nsplitserve_activations %zu\n"
+                   "# HELP splitserve_activation_bytes Bytes those activations keep.\n"
+                   "# TYPE splitserve_activation_bytes gauge\nsplitserve_activation_bytes %zu\n",
                    n, bytes);
   ss_grpc_stats gs = {0};
   if (s->grpc) ss_grpc_server_stats(s->grpc, &gs);
+  ss_strbuf_printf(
+      b,
+      "# HELP splitserve_connections Open gRPC connections.\n"
+      "# TYPE splitserve_connections gauge\nsplitserve_connections %zu\n"
+      "# HELP splitserve_threads Threads of the process (I/O loops + workers x intra-op).\n"
+      "# TYPE splitserve_threads gauge\nsplitserve_threads %d\n"
+      "# HELP splitserve_thread_budget The fixed thread budget N + W x T (N: --io-threads).\n"
+      "# TYPE splitserve_thread_budget gauge\nsplitserve_thread_budget %d\n"
+      "# HELP process_resident_memory_bytes Resident memory size in bytes (sampled each second).\n"
+      "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %.0f\n"
+      "# HELP splitserve_build_info Version of the running server.\n"
+      "# TYPE splitserve_build_info gauge\nsplitserve_build_info{version=\"%s\"} 1\n",
+      gs.connections, ss_thread_count(), ss_service_thread_budget(s),
+      (double)s->mon.memory_mb * 1048576.0, SS_VERSION);
   ss_strbuf_printf(b,
-                   "# HELP splitserve_connections Open gRPC connections.\n"
-                   "# TYPE splitserve_connections gauge\nsplitserve_connections %zu\n"
-                   "# HELP splitserve_threads Threads of the process (I/O loops + workers x intra-op).\n"
-                   "# TYPE splitserve_threads gauge\nsplitserve_threads %d\n"
-                   "# HELP splitserve_thread_budget The fixed thread budget N + W x T (N: --io-threads).\n"
-                   "# TYPE splitserve_thread_budget gauge\nsplitserve_thread_budget %d\n"
-                   "# HELP process_resident_memory_bytes Resident memory size in bytes (sampled each second).\n"
-                   "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %.0f\n"
-                   "# HELP splitserve_build_info Version of the running server.\n"
-                   "# TYPE splitserve_build_info gauge\nsplitserve_build_info{version=\"%s\"} 1\n",
-                   gs.connections, ss_thread_count(),
-                   ss_service_thread_budget(s),
-                   (double)s->mon.memory_mb * 1048576.0, SS_VERSION);
-  ss_strbuf_printf(b, "# HELP splitserve_io_connections Open gRPC connections per I/O loop.\n"
-                      "# TYPE splitserve_io_connections gauge\n");
-  for (size_t i = 0; i < gs.io_threads && i < sizeof gs.io_connections / sizeof gs.io_connections[0]; i++)
+                   "# HELP splitserve_io_connections Open gRPC connections per I/O loop.\n"
+                   "# TYPE splitserve_io_connections gauge\n");
+  for (size_t i = 0;
+       i < gs.io_threads && i < sizeof gs.io_connections / sizeof gs.io_connections[0]; i++)
     ss_strbuf_printf(b, "splitserve_io_connections{io=\"%zu\"} %zu\n", i, gs.io_connections[i]);
 }
 

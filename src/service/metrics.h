@@ -21,7 +21,7 @@ typedef struct ss_phist {
 
 typedef struct ss_series {
   char model[64];
-  const char *method;                   /* static string */
+  const char *method; /* static string */
   uint64_t by_code[17];
   ss_phist queue, compute, total;
   struct ss_series *next;

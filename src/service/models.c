@@ -17,8 +17,8 @@
 
 #include "core/config.h"
 #include "core/log.h"
-#include "models/safetensors.h"
 #include "core/macros.h"
+#include "models/safetensors.h"
 #include "service/auth.h"
 #include "service/service_int.h"
 
@@ -150,7 +150,7 @@ void ss_models_free(ss_service *s) {
 typedef struct build_entry {
   char *spec;
   int inflight, queue;
-  ss_model *model;   /* loaded here, or NULL when an existing model with this spec is kept */
+  ss_model *model; /* loaded here, or NULL when an existing model with this spec is kept */
 } build_entry;
 
 typedef struct build {
@@ -193,9 +193,11 @@ static int build_load(build *b, char *const *keep, size_t nkeep, int test_models
     const char *kind = b->v[i].spec + strcspn(b->v[i].spec, "=");
     if (*kind) kind++;
     if (!test_models && test_kind(kind, strcspn(kind, ","))) {
-      snprintf(err, errlen, "model %s: kind '%.*s' is a test model, disabled by default; start "
-                            "the server with --enable-test-models (config enable_test_models: "
-                            "true) to serve it", b->v[i].spec, (int)strcspn(kind, ","), kind);
+      snprintf(err, errlen,
+               "model %s: kind '%.*s' is a test model, disabled by default; start "
+               "the server with --enable-test-models (config enable_test_models: "
+               "true) to serve it",
+               b->v[i].spec, (int)strcspn(kind, ","), kind);
       return SS_EINVAL;
     }
     if (spec_in(b->v[i].spec, keep, nkeep)) continue;
@@ -284,8 +286,10 @@ int ss_models_load(ss_service *s, char *err, size_t errlen) {
     rv = build_add(&b, s->cfg.models[i],
                    s->cfg.model_max_inflight ? s->cfg.model_max_inflight[i] : -1,
                    s->cfg.model_max_queue ? s->cfg.model_max_queue[i] : -1);
-  if (rv == 0) rv = build_load(&b, NULL, 0, s->cfg.enable_test_models, err, errlen);
-  else snprintf(err, errlen, "out of memory");
+  if (rv == 0)
+    rv = build_load(&b, NULL, 0, s->cfg.enable_test_models, err, errlen);
+  else
+    snprintf(err, errlen, "out of memory");
   if (rv == 0 && build_commit(s, &b) != 0) {
     rv = SS_ENOMEM;
     snprintf(err, errlen, "out of memory");
@@ -294,8 +298,9 @@ int ss_models_load(ss_service *s, char *err, size_t errlen) {
   if (rv == 0 && s->cfg.save_weights) { /* --save-weights: the default model's checkpoint */
     ss_model *m = s->models[0]->model;
     if (!m->ops->save) {
-      snprintf(err, errlen, "--save-weights: the default model '%s' (kind %s) has no weights to save",
-               m->id, m->kind);
+      snprintf(err, errlen,
+               "--save-weights: the default model '%s' (kind %s) has no weights to save", m->id,
+               m->kind);
       return SS_EINVAL;
     }
     if (!m->save_path && !(m->save_path = strdup(s->cfg.save_weights))) return SS_ENOMEM;
@@ -308,7 +313,7 @@ int ss_models_load(ss_service *s, char *err, size_t errlen) {
 typedef struct save_job {
   ss_job job;
   ss_service *srv;
-  ss_served_model *sm;      /* holds a reference */
+  ss_served_model *sm; /* holds a reference */
   const char *why;
   int rc;
   double ms;
@@ -328,12 +333,14 @@ static void save_run(ss_job *job) {
 static void save_done(ss_job *job) {
   save_job *j = ss_container_of(job, save_job, job);
   const ss_model *m = j->sm->model;
-  if (!job->ran) SS_LOGW("checkpoint of model '%s' cancelled", m->id);
+  if (!job->ran)
+    SS_LOGW("checkpoint of model '%s' cancelled", m->id);
   else if (j->rc != 0) {
     SS_LOGE("checkpoint of model '%s' to %s failed: %s", m->id, m->save_path, j->err);
     j->srv->save_failed = 1;
-  }
-  else SS_LOGI("checkpoint (%s): model '%s' written to %s in %.1f ms", j->why, m->id, m->save_path, j->ms);
+  } else
+    SS_LOGI("checkpoint (%s): model '%s' written to %s in %.1f ms", j->why, m->id, m->save_path,
+            j->ms);
   j->srv->saving--;
   ss_served_unref(j->sm); /* the transport's flush check sees saving == 0 (busy hook) */
   free(j);
@@ -364,14 +371,14 @@ void ss_models_save_all(ss_service *s, const char *why) {
 typedef struct reload_job {
   ss_job job;
   ss_service *srv;
-  char *path;       /* the --config file, or a description when models came from --model */
-  int from_file;    /* 0: rebuild the current specs (models given with --model) */
-  char **all;       /* without a file: every current spec, with its limits (copies) */
+  char *path;    /* the --config file, or a description when models came from --model */
+  int from_file; /* 0: rebuild the current specs (models given with --model) */
+  char **all;    /* without a file: every current spec, with its limits (copies) */
   int *all_inflight, *all_queue;
   size_t nall;
-  char **keep;      /* specs of the current set (a copy: the worker never reads the server) */
+  char **keep; /* specs of the current set (a copy: the worker never reads the server) */
   size_t nkeep;
-  int test_models;  /* --enable-test-models as at start-up (a reload does not change it) */
+  int test_models; /* --enable-test-models as at start-up (a reload does not change it) */
   build b;
   int rc;
   char err[1024];
@@ -400,14 +407,15 @@ static void reload_run(ss_job *job) {
     ss_file_config fc;
     r->rc = ss_config_load(r->path, &fc, r->err, sizeof r->err);
     for (size_t i = 0; r->rc == 0 && i < fc.n_models; i++)
-      if (build_add(&r->b, fc.models[i].spec, fc.models[i].max_inflight,
-                    fc.models[i].max_queue) != 0) {
+      if (build_add(&r->b, fc.models[i].spec, fc.models[i].max_inflight, fc.models[i].max_queue) !=
+          0) {
         r->rc = SS_ENOMEM;
         snprintf(r->err, sizeof r->err, "out of memory");
       }
     ss_config_free(&fc);
   }
-  if (r->rc == 0) r->rc = build_load(&r->b, r->keep, r->nkeep, r->test_models, r->err, sizeof r->err);
+  if (r->rc == 0)
+    r->rc = build_load(&r->b, r->keep, r->nkeep, r->test_models, r->err, sizeof r->err);
 }
 
 static void reload_done(ss_job *job) {
@@ -419,7 +427,8 @@ static void reload_done(ss_job *job) {
   } else if (r->rc != 0) {
     SS_LOGE("config reload of %s refused: %s; still serving the previous models", r->path, r->err);
   } else if (build_commit(s, &r->b) != 0) {
-    SS_LOGE("config reload of %s refused: out of memory; still serving the previous models", r->path);
+    SS_LOGE("config reload of %s refused: out of memory; still serving the previous models",
+            r->path);
   } else {
     SS_LOGI("config reloaded from %s: %zu models (default '%s')", r->path, s->nmodels,
             s->models[0]->model->id);
@@ -428,7 +437,7 @@ static void reload_done(ss_job *job) {
   }
   build_free(&r->b);
   reload_job_free(r);
-  ss_models_check_auth(s);       /* the token file may name models that came or went */
+  ss_models_check_auth(s);               /* the token file may name models that came or went */
   if (s->reload_again && !s->draining) { /* a SIGHUP came meanwhile: the file may differ again */
     s->reload_again = 0;
     ss_models_reload(s);

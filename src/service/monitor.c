@@ -4,8 +4,8 @@
  * and the live thread count from /proc/self/status; ss_fill_snapshot copies the last sample
  * into the MonitoringSnapshot that replies carry.
  *
- * Thread: loop thread; sampling from a 1 s timer (never per request). /proc reads are small, in-memory
- * and do not block on disk; they do not use libuv's thread pool.
+ * Thread: loop thread; sampling from a 1 s timer (never per request). /proc reads are small,
+ * in-memory and do not block on disk; they do not use libuv's thread pool.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +46,8 @@ void ss_monitor_sample(ss_monitor *m) {
     /* Fields after the ")" of comm: state is field 3; utime 14, stime 15. */
     const char *p = strrchr(buf, ')');
     unsigned long long ut = 0, st = 0;
-    if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2) {
+    if (p &&
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2) {
       uint64_t ticks = ut + st;
       if (m->last_ns && now > m->last_ns) {
         double secs = (double)(now - m->last_ns) / 1e9;

@@ -37,8 +37,8 @@
 static const ss_method methods[] = {
     {"/splitlearn.comm.ComputeService/Compute", 0, sizeof(compute_state), ss_h_compute, 0,
      ss_access_precheck},
-    {"/splitlearn.comm.ComputeService/ComputeBackward", 0, sizeof(backward_state), ss_h_backward,
-     0, ss_access_precheck},
+    {"/splitlearn.comm.ComputeService/ComputeBackward", 0, sizeof(backward_state), ss_h_backward, 0,
+     ss_access_precheck},
     {"/splitlearn.comm.ComputeService/HealthCheck", 0, sizeof(info_state), ss_h_health_check,
      SS_SMALL_REQUEST, NULL},
     {"/splitlearn.comm.ComputeService/GetServiceInfo", 0, sizeof(info_state), ss_h_service_info,
@@ -47,8 +47,8 @@ static const ss_method methods[] = {
      ss_h_stream_monitoring, SS_SMALL_REQUEST, ss_access_precheck},
     {"/grpc.health.v1.Health/Check", 0, sizeof(info_state), ss_h_grpc_health_check,
      SS_SMALL_REQUEST, NULL},
-    {"/grpc.health.v1.Health/Watch", 1, sizeof(ss_watch), ss_h_grpc_health_watch,
-     SS_SMALL_REQUEST, NULL},
+    {"/grpc.health.v1.Health/Watch", 1, sizeof(ss_watch), ss_h_grpc_health_watch, SS_SMALL_REQUEST,
+     NULL},
 };
 
 const ss_method *ss_service_methods(size_t *n) {
@@ -139,10 +139,11 @@ int ss_service_new(uv_loop_t *loop, ss_pool *pool, const ss_server_config *cfg, 
 }
 
 void ss_service_log_start(const ss_service *s) {
-  SS_LOGI("splitserve %s: %d workers x %d intra-op threads, %zu models (default '%s'), "
-          "threads now %d",
-          SS_VERSION, s->cfg.workers, s->cfg.intra_op_threads, s->nmodels, s->models[0]->model->id,
-          ss_thread_count());
+  SS_LOGI(
+      "splitserve %s: %d workers x %d intra-op threads, %zu models (default '%s'), "
+      "threads now %d",
+      SS_VERSION, s->cfg.workers, s->cfg.intra_op_threads, s->nmodels, s->models[0]->model->id,
+      ss_thread_count());
   for (size_t i = 0; i < s->nmodels; i++)
     SS_LOGI("model %-10s %s", s->models[i]->model->id, s->models[i]->model->describe);
 }

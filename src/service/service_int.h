@@ -32,21 +32,21 @@ typedef struct ss_served_model {
   char *spec;                    /* the spec it was built from (reload keeps unchanged ones) */
   int conf_inflight, conf_queue; /* per-model limits as configured (-1 = server default) */
   ss_admit admit;
-  ss_admit train_admit;          /* backward calls: one at a time, arrival order (train.c) */
-  int accum;                     /* backward calls since the last optimizer step */
+  ss_admit train_admit; /* backward calls: one at a time, arrival order (train.c) */
+  int accum;            /* backward calls since the last optimizer step */
   uint64_t calls, errors;
   int refs;
   int retired;
-  struct ss_batch *open_batch;   /* dynamic batching: the batch taking calls (batch.c) */
+  struct ss_batch *open_batch; /* dynamic batching: the batch taking calls (batch.c) */
   uint64_t batches, batched_calls;
 } ss_served_model;
 
 /* A resource-usage snapshot, sampled on a timer (not per request). */
 typedef struct ss_monitor {
-  double timestamp;      /* unix seconds */
-  float cpu_percent;     /* process CPU over the last interval, 100 = one core */
-  float memory_mb;       /* RSS */
-  float memory_percent;  /* RSS / MemTotal */
+  double timestamp;     /* unix seconds */
+  float cpu_percent;    /* process CPU over the last interval, 100 = one core */
+  float memory_mb;      /* RSS */
+  float memory_percent; /* RSS / MemTotal */
   uint64_t last_cpu_ticks;
   uint64_t last_ns;
   double mem_total_mb;
@@ -67,7 +67,7 @@ struct ss_watch {
   ss_call *call;
   ss_service *svc;
   double interval_s;
-  int watch;          /* grpc.health.v1 Watch (else StreamMonitoring) */
+  int watch; /* grpc.health.v1 Watch (else StreamMonitoring) */
   int last_status;
   ss_watch *prev, *next; /* the service's Watch streams */
 };
@@ -76,8 +76,8 @@ struct ss_service {
   ss_server_config cfg;
   uv_loop_t *loop;
   ss_pool *pool;
-  ss_grpc_server *grpc;        /* counters for GetServiceInfo (set by ss_service_attach) */
-  ss_timerq tq;                /* sleep waits and monitoring streams */
+  ss_grpc_server *grpc; /* counters for GetServiceInfo (set by ss_service_attach) */
+  ss_timerq tq;         /* sleep waits and monitoring streams */
   uv_timer_t monitor_timer;
   int handles_open;
   ss_monitor mon;
@@ -86,21 +86,21 @@ struct ss_service {
   int draining;
 
   struct ss_sessions *sessions; /* server-side decode sessions (sessions.c) */
-  struct ss_kcache *acts;      /* training forwards awaiting backward (train.c) */
+  struct ss_kcache *acts;       /* training forwards awaiting backward (train.c) */
   struct ss_implicit *implicit; /* untagged forwards of implicit_training models (train.c) */
   uint64_t forward_seq;
-  int saving;                  /* checkpoint jobs running */
-  int save_failed;             /* a checkpoint failed */
-  ss_served_model **models;    /* models[0] is the default (models.c) */
+  int saving;               /* checkpoint jobs running */
+  int save_failed;          /* a checkpoint failed */
+  ss_served_model **models; /* models[0] is the default (models.c) */
   size_t nmodels;
-  int reloading;               /* a SIGHUP reload job is running */
-  int reload_again;            /* a SIGHUP came during the reload: run another after it */
-  ss_watch *watches;           /* open health Watch streams */
-  struct ss_series *series;    /* request metrics (metrics.c) */
-  uv_check_t batch_check;      /* closes sub-millisecond batches after each iteration's I/O */
-  struct ss_auth *auth;        /* --auth-tokens (auth.c); NULL: no authentication */
-  uv_mutex_t auth_mu;          /* guards `auth` against a swap while an I/O loop's precheck
-                                * reads it (the app loop's own reads need no lock) */
+  int reloading;                    /* a SIGHUP reload job is running */
+  int reload_again;                 /* a SIGHUP came during the reload: run another after it */
+  ss_watch *watches;                /* open health Watch streams */
+  struct ss_series *series;         /* request metrics (metrics.c) */
+  uv_check_t batch_check;           /* closes sub-millisecond batches after each iteration's I/O */
+  struct ss_auth *auth;             /* --auth-tokens (auth.c); NULL: no authentication */
+  uv_mutex_t auth_mu;               /* guards `auth` against a swap while an I/O loop's precheck
+                                     * reads it (the app loop's own reads need no lock) */
   uint8_t owner_key[SS_KCACHE_TAG]; /* --auth-tokens: the key of owner tags (auth.h), at start */
 };
 
@@ -134,13 +134,13 @@ int ss_access_load(ss_service *s, const char *why, char *err, size_t errlen);
 /* The fixed thread budget: I/O loops + workers x intra-op threads (workers 0: compute inline). */
 int ss_service_thread_budget(const ss_service *s);
 
-void ss_h_compute(ss_call *call, void *app);          /* compute.c */
-void ss_h_backward(ss_call *call, void *app);         /* train.c */
-void ss_h_health_check(ss_call *call, void *app);     /* info.c: ComputeService.HealthCheck */
-void ss_h_service_info(ss_call *call, void *app);     /* info.c */
-void ss_h_stream_monitoring(ss_call *call, void *app);/* info.c */
-void ss_h_grpc_health_check(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Check */
-void ss_h_grpc_health_watch(ss_call *call, void *app);/* info.c: grpc.health.v1.Health/Watch */
+void ss_h_compute(ss_call *call, void *app);           /* compute.c */
+void ss_h_backward(ss_call *call, void *app);          /* train.c */
+void ss_h_health_check(ss_call *call, void *app);      /* info.c: ComputeService.HealthCheck */
+void ss_h_service_info(ss_call *call, void *app);      /* info.c */
+void ss_h_stream_monitoring(ss_call *call, void *app); /* info.c */
+void ss_h_grpc_health_check(ss_call *call, void *app); /* info.c: grpc.health.v1.Health/Check */
+void ss_h_grpc_health_watch(ss_call *call, void *app); /* info.c: grpc.health.v1.Health/Watch */
 
 /* Drain started: health watchers get NOT_SERVING (info.c). */
 void ss_info_on_drain(ss_service *s);

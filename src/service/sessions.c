@@ -62,8 +62,10 @@ int ss_session_acquire(ss_sessions *s, const char *model, const char *id, const 
   const char *gone = NULL;
   const uint8_t *tag = NULL;
   ss_kentry *e = ss_kcache_get(s->cache, key, 0, NULL);
-  if (e) tag = e->tag;
-  else gone = ss_kcache_gone(s->cache, key, &tag);
+  if (e)
+    tag = e->tag;
+  else
+    gone = ss_kcache_gone(s->cache, key, &tag);
   /* Another owner's session, or its remembered eviction or end. */
   if (tag && !ss_auth_tag_equal(tag, owner)) {
     free(key);
@@ -76,7 +78,7 @@ int ss_session_acquire(ss_sessions *s, const char *model, const char *id, const 
   if (e) ss_kcache_get(s->cache, key, 1, NULL); /* a use: LRU and idle time */
   if (!e && gone && strncmp(gone, "evicted", 7) == 0) {
     snprintf(why, whylen, "%s", gone); /* copied: forgetting frees the record */
-    ss_kcache_forget(s->cache, key); /* reported once: the client may start over */
+    ss_kcache_forget(s->cache, key);   /* reported once: the client may start over */
     free(key);
     return SS_SESSION_EVICTED;
   }
@@ -105,7 +107,8 @@ static size_t kv_bytes(const ss_kv_layer *kv, int n) {
   return b;
 }
 
-void ss_session_release(ss_sessions *s, ss_session *x, ss_kv_layer *present, int n_layers, int end) {
+void ss_session_release(ss_sessions *s, ss_session *x, ss_kv_layer *present, int n_layers,
+                        int end) {
   ss_kentry *e = x->entry;
   e->busy = 0;
   if (end) {

@@ -26,9 +26,9 @@
 #include "models/model.h"
 
 typedef struct ss_session {
-  ss_kv_layer *past;         /* n_layers entries, owned (data malloc'd), or NULL when empty */
+  ss_kv_layer *past; /* n_layers entries, owned (data malloc'd), or NULL when empty */
   int n_layers;
-  struct ss_kentry *entry;   /* its slot in the cache (core/kcache.h) */
+  struct ss_kentry *entry; /* its slot in the cache (core/kcache.h) */
 } ss_session;
 
 typedef struct ss_sessions ss_sessions;

@@ -50,20 +50,20 @@
 #include "core/arena.h"
 #include "core/kcache.h"
 #include "core/log.h"
-#include "models/safetensors.h"
 #include "core/macros.h"
+#include "models/safetensors.h"
 #include "service/codec.h"
 #include "service/train_int.h"
 #include "service/wire.h"
 
 /* One training forward's record (train_int.h names it). */
 struct act_rec {
-  ss_served_model *sm;      /* holds a reference */
-  void *saved;              /* the model's record (free_saved) */
+  ss_served_model *sm; /* holds a reference */
+  void *saved;         /* the model's record (free_saved) */
   int64_t in_shape[SS_MAX_DIMS], out_shape[SS_MAX_DIMS];
   int in_ndim, out_ndim;
   size_t in_numel;
-  ss_wire_enc enc;          /* the forward's wire encoding: the gradients use it too */
+  ss_wire_enc enc; /* the forward's wire encoding: the gradients use it too */
 };
 
 /* An untagged forward of an implicit_training model: its id in the activation cache and its
@@ -144,7 +144,8 @@ static int implicit_resolve(ss_service *s, ss_call *call, const char *forward_id
                  "on this connection for model '%s' (implicit_training=1 pairs one untagged "
                  "Compute with the next ComputeBackward of its connection): ambiguous, all %zu "
                  "are discarded; send one Compute per ComputeBackward, or training_mode=true "
-                 "with a forward_id", forward_id, mine, mid, mine);
+                 "with a forward_id",
+                 forward_id, mine, mid, mine);
     for (ss_implicit *i = s->implicit; i; i = i->next) {
       ss_kentry *e = ss_kcache_get(s->acts, i->id, 0, NULL);
       if (i->conn == conn && e &&
@@ -186,12 +187,12 @@ int ss_train_forward_id(ss_service *s, ss_call *call, const uint8_t *owner, cons
       return -1;
     }
     ss_kentry *e = ss_kcache_get(s->acts, client_id, 0, NULL);
-    if (e && ss_access_check_owner(s, call, owner, e->tag, "forward_id", client_id) != 0)
-      return -1;
+    if (e && ss_access_check_owner(s, call, owner, e->tag, "forward_id", client_id) != 0) return -1;
     if (e) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "forward_id '%s' already holds a training forward that has not had its "
-                   "backward call; use a new id per forward", client_id);
+                   "backward call; use a new id per forward",
+                   client_id);
       return -1;
     }
     ss_kcache_forget(s->acts, client_id); /* reused after its backward: a fresh meaning */
@@ -213,8 +214,8 @@ int ss_train_check_budget(ss_service *s, const char *forward_id, size_t saved_by
   snprintf(err, errlen,
            "training forward '%s' would keep %zu bytes (%.1f MiB) of activations until its "
            "backward call; the whole activation budget is %zu bytes (--activation-memory-mb %zu): "
-           "send smaller batches", forward_id, need, (double)need / 1048576.0, budget,
-           budget >> 20);
+           "send smaller batches",
+           forward_id, need, (double)need / 1048576.0, budget, budget >> 20);
   return SS_EBUSY;
 }
 
@@ -242,7 +243,6 @@ int ss_train_store(ss_service *s, const char *forward_id, const uint8_t *owner, 
 }
 
 /* ------------------------------------------------------------- backward --- */
-
 
 static void bw_run(ss_job *job) {
   backward_state *st = ss_container_of(job, backward_state, job);
@@ -372,7 +372,8 @@ static void bw_done(ss_job *job) {
     if (!job->ran) {
       ss_call_fail(call, SS_GRPC_CANCELLED, "backward call cancelled before it ran");
     } else if (st->rc != 0) {
-      ss_call_fail(call, st->rc == SS_EINVAL ? SS_GRPC_INVALID_ARGUMENT : (int)ss_error_to_grpc(st->rc),
+      ss_call_fail(call,
+                   st->rc == SS_EINVAL ? SS_GRPC_INVALID_ARGUMENT : (int)ss_error_to_grpc(st->rc),
                    "model '%s' backward: %s", st->rec->sm->model->id,
                    st->err[0] ? st->err : ss_strerror(st->rc));
     } else {
@@ -408,7 +409,8 @@ static void bw_start(backward_state *st) {
   /* learning_rate / accumulation_step: the request's, else the model keys' */
   const ss_model *m = sm->model;
   int every = req->has_accumulation_step ? req->accumulation_step
-              : m->accumulation_step > 0 ? m->accumulation_step : 1;
+              : m->accumulation_step > 0 ? m->accumulation_step
+                                         : 1;
   float lr = req->has_learning_rate ? req->learning_rate : m->learning_rate;
   if (lr > 0.0f && sm->accum >= every) {
     st->do_step = 1;
@@ -486,7 +488,8 @@ static int bw_check_request(backward_state *st, int tok) {
     if (req->forward_id && *req->forward_id && strcmp(req->forward_id, hfid) != 0) {
       ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT,
                    "forward_id '%.300s' and request header x-forward-id '%.300s' differ: send one "
-                   "of them, or the same id in both", req->forward_id, hfid);
+                   "of them, or the same id in both",
+                   req->forward_id, hfid);
       return -1;
     }
     req->forward_id = (char *)hfid; /* lives as long as the call */
@@ -538,9 +541,9 @@ static int bw_find_record(backward_state *st, int tok, ss_kentry **out) {
   if (tag && ss_access_check_owner(s, call, owner, tag, "forward_id", req->forward_id) != 0)
     return -1; /* before anything about it (model, shape, used) is told */
   if (!e) {
-    ss_call_fail(call, SS_GRPC_NOT_FOUND, "forward_id '%s': %s", req->forward_id,
-                 why ? why
-                     : "unknown: no Compute with training_mode=true produced it on this server");
+    ss_call_fail(
+        call, SS_GRPC_NOT_FOUND, "forward_id '%s': %s", req->forward_id,
+        why ? why : "unknown: no Compute with training_mode=true produced it on this server");
     return -1;
   }
   const ss_model *m = ((act_rec *)e->value)->sm->model;
@@ -611,12 +614,12 @@ static void bw_take(backward_state *st, ss_kentry *e) {
   st->rec_bytes = e->bytes - ss_kcache_overhead(e->key);
   st->rec = ss_kcache_remove(s->acts, e, "already used by an earlier ComputeBackward call", 1);
   switch (ss_admit_enter(&st->rec->sm->train_admit, &st->waiter)) {
-  case SS_ADMIT_RUN: bw_start(st); break;
-  case SS_ADMIT_QUEUED: break;
-  default:
-    ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED,
-                 "model '%s' has %zu backward calls queued (--max-queue); retry later",
-                 st->rec->sm->model->id, st->rec->sm->train_admit.waiting);
+    case SS_ADMIT_RUN: bw_start(st); break;
+    case SS_ADMIT_QUEUED: break;
+    default:
+      ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED,
+                   "model '%s' has %zu backward calls queued (--max-queue); retry later",
+                   st->rec->sm->model->id, st->rec->sm->train_admit.waiting);
   }
 }
 

@@ -15,20 +15,20 @@
 typedef struct act_rec act_rec; /* one training forward's record (train.c) */
 
 typedef struct backward_state {
-  ss_job job;               /* the pool hands back &job */
+  ss_job job; /* the pool hands back &job */
   ss_service *svc;
-  uint8_t *reqbuf;          /* the call's request message (owned by the call) */
+  uint8_t *reqbuf; /* the call's request message (owned by the call) */
   size_t reqlen;
   ss_waiter waiter;
   ss_call *call;
-  act_rec *rec;             /* taken out of the cache: owned */
+  act_rec *rec; /* taken out of the cache: owned */
   Splitlearn__Comm__BackwardRequest *req;
-  ss_tensor grad_out;       /* view into reqbuf (zlib: data NULL until the worker inflates) */
-  const uint8_t *zdata;     /* grad_output as it came when the forward's codec is zlib (may be
-                             * NULL when zlen is 0: test enc->zlib, never this pointer) */
+  ss_tensor grad_out;   /* view into reqbuf (zlib: data NULL until the worker inflates) */
+  const uint8_t *zdata; /* grad_output as it came when the forward's codec is zlib (may be
+                         * NULL when zlen is 0: test enc->zlib, never this pointer) */
   size_t zlen;
-  void *gbuf;               /* inflated / converted grad_output (worker) */
-  void *reply;              /* grad_input as it travels (converted, compressed), owned */
+  void *gbuf;  /* inflated / converted grad_output (worker) */
+  void *reply; /* grad_input as it travels (converted, compressed), owned */
   size_t reply_len;
   ss_optim opt;
   int do_step;

@@ -39,26 +39,34 @@ static long scan(const uint8_t *msg, size_t len, uint32_t field, uint32_t rep_fi
     uint64_t fn = tag >> 3;
     if (fn == 0) return -1;
     switch (wt) {
-    case 0: if (read_varint(msg, len, &pos, &n) != 0) return -1; break;
-    case 1: if (len - pos < 8) return -1; pos += 8; break;
-    case 5: if (len - pos < 4) return -1; pos += 4; break;
-    case 2:
-      if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return -1;
-      if (fn == field || (rep_field && fn == rep_field)) {
-        if (fn == field) {
-          *val = msg + pos;
-          *vlen = (size_t)n;
-        } else {
-          if (reps && *nreps < reps_cap) reps[*nreps] = (ss_wire_view){msg + pos, (size_t)n};
-          (*nreps)++;
+      case 0:
+        if (read_varint(msg, len, &pos, &n) != 0) return -1;
+        break;
+      case 1:
+        if (len - pos < 8) return -1;
+        pos += 8;
+        break;
+      case 5:
+        if (len - pos < 4) return -1;
+        pos += 4;
+        break;
+      case 2:
+        if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return -1;
+        if (fn == field || (rep_field && fn == rep_field)) {
+          if (fn == field) {
+            *val = msg + pos;
+            *vlen = (size_t)n;
+          } else {
+            if (reps && *nreps < reps_cap) reps[*nreps] = (ss_wire_view){msg + pos, (size_t)n};
+            (*nreps)++;
+          }
+          skipped += pos + n - start;
+          pos += (size_t)n;
+          continue;
         }
-        skipped += pos + n - start;
         pos += (size_t)n;
-        continue;
-      }
-      pos += (size_t)n;
-      break;
-    default: return -1; /* groups are not used by these messages */
+        break;
+      default: return -1; /* groups are not used by these messages */
     }
     if (rest) memcpy(rest + out, msg + start, pos - start);
     out += pos - start;
@@ -136,16 +144,24 @@ int ss_parse_kv_entry(const uint8_t *p, size_t len, ss_wire_kv *kv) {
       continue;
     }
     switch (wt) {
-    case 0: if (read_varint(p, len, &pos, &n) != 0) return -1; break;
-    case 1: if (len - pos < 8) return -1; pos += 8; break;
-    case 5: if (len - pos < 4) return -1; pos += 4; break;
-    case 2:
-      if (read_varint(p, len, &pos, &n) != 0 || n > len - pos) return -1;
-      if (fn == 1) kv->key = (ss_wire_view){p + pos, (size_t)n};
-      if (fn == 3) kv->value = (ss_wire_view){p + pos, (size_t)n};
-      pos += (size_t)n;
-      break;
-    default: return -1;
+      case 0:
+        if (read_varint(p, len, &pos, &n) != 0) return -1;
+        break;
+      case 1:
+        if (len - pos < 8) return -1;
+        pos += 8;
+        break;
+      case 5:
+        if (len - pos < 4) return -1;
+        pos += 4;
+        break;
+      case 2:
+        if (read_varint(p, len, &pos, &n) != 0 || n > len - pos) return -1;
+        if (fn == 1) kv->key = (ss_wire_view){p + pos, (size_t)n};
+        if (fn == 3) kv->value = (ss_wire_view){p + pos, (size_t)n};
+        pos += (size_t)n;
+        break;
+      default: return -1;
     }
   }
   return 0;
@@ -175,30 +191,41 @@ static int check_entry(const uint8_t *p, size_t len, size_t idx, const ss_wire_l
     uint32_t wt = (uint32_t)(tag & 7);
     uint64_t fn = tag >> 3;
     switch (wt) {
-    case 0: if (read_varint(p, len, &pos, &n) != 0) return 0; break;
-    case 1: if (len - pos < 8) return 0; pos += 8; break;
-    case 5: if (len - pos < 4) return 0; pos += 4; break;
-    case 2:
-      if (read_varint(p, len, &pos, &n) != 0 || n > len - pos) return 0;
-      if (fn == 1 || fn == 2) {
-        size_t max = fn == 1 ? lim->max_key : lim->max_value;
-        const char *what = fn == 1 ? "key" : "value";
-        if (n > max) {
-          snprintf(err, errlen,
-                   "metadata entry %zu: %s of %llu bytes is over the limit of %zu bytes "
-                   "(--max-metadata-%s-bytes)", idx, what, (unsigned long long)n, max, what);
-          return SS_EBUSY;
+      case 0:
+        if (read_varint(p, len, &pos, &n) != 0) return 0;
+        break;
+      case 1:
+        if (len - pos < 8) return 0;
+        pos += 8;
+        break;
+      case 5:
+        if (len - pos < 4) return 0;
+        pos += 4;
+        break;
+      case 2:
+        if (read_varint(p, len, &pos, &n) != 0 || n > len - pos) return 0;
+        if (fn == 1 || fn == 2) {
+          size_t max = fn == 1 ? lim->max_key : lim->max_value;
+          const char *what = fn == 1 ? "key" : "value";
+          if (n > max) {
+            snprintf(err, errlen,
+                     "metadata entry %zu: %s of %llu bytes is over the limit of %zu bytes "
+                     "(--max-metadata-%s-bytes)",
+                     idx, what, (unsigned long long)n, max, what);
+            return SS_EBUSY;
+          }
+          if (memchr(p + pos, 0, (size_t)n)) {
+            snprintf(err, errlen,
+                     "metadata entry %zu: the %s holds a NUL byte at offset %zu; "
+                     "metadata keys and values are text without NUL",
+                     idx, what,
+                     (size_t)((const uint8_t *)memchr(p + pos, 0, (size_t)n) - (p + pos)));
+            return SS_EINVAL;
+          }
         }
-        if (memchr(p + pos, 0, (size_t)n)) {
-          snprintf(err, errlen, "metadata entry %zu: the %s holds a NUL byte at offset %zu; "
-                   "metadata keys and values are text without NUL", idx, what,
-                   (size_t)((const uint8_t *)memchr(p + pos, 0, (size_t)n) - (p + pos)));
-          return SS_EINVAL;
-        }
-      }
-      pos += (size_t)n;
-      break;
-    default: return 0;
+        pos += (size_t)n;
+        break;
+      default: return 0;
     }
   }
   return 0;
@@ -286,37 +313,48 @@ int ss_wire_check(const uint8_t *msg, size_t len, const ss_wire_limits *lim, cha
       if (rv != 0) return rv;
     }
     switch (wt) {
-    case 0: if (read_varint(msg, len, &pos, &n) != 0) return 0; break;
-    case 1: if (len - pos < 8) return 0; pos += 8; break;
-    case 5: if (len - pos < 4) return 0; pos += 4; break;
-    case 2:
-      if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return 0;
-      if (blim) {
-        int rv = bound_field(blim, fn, wt, msg + pos, (size_t)n, pos + (size_t)n - start, cnt,
-                             &unknown, &unknown_bytes, err, errlen);
-        if (rv != 0) return rv;
-      }
-      if (lim->meta_field && fn == lim->meta_field) {
-        if (++entries > lim->max_entries) {
-          snprintf(err, errlen, "metadata has more than %zu entries (--max-metadata-entries)",
-                   lim->max_entries);
-          return SS_EBUSY;
+      case 0:
+        if (read_varint(msg, len, &pos, &n) != 0) return 0;
+        break;
+      case 1:
+        if (len - pos < 8) return 0;
+        pos += 8;
+        break;
+      case 5:
+        if (len - pos < 4) return 0;
+        pos += 4;
+        break;
+      case 2:
+        if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return 0;
+        if (blim) {
+          int rv = bound_field(blim, fn, wt, msg + pos, (size_t)n, pos + (size_t)n - start, cnt,
+                               &unknown, &unknown_bytes, err, errlen);
+          if (rv != 0) return rv;
         }
-        int rv = check_entry(msg + pos, (size_t)n, entries - 1, lim, err, errlen);
-        if (rv != 0) return rv;
-      }
-      for (size_t i = 0; i < lim->n_str_fields; i++) {
-        const uint8_t *z;
-        if (fn == lim->str_fields[i] && (z = memchr(msg + pos, 0, (size_t)n)) != NULL) {
-          snprintf(err, errlen, "%s holds a NUL byte at offset %zu ('%.*s\\0...'); ids are text "
-                   "without NUL", lim->str_names[i], (size_t)(z - (msg + pos)),
-                   (int)((z - (msg + pos)) > 64 ? 64 : (z - (msg + pos))), (const char *)(msg + pos));
-          return SS_EINVAL;
+        if (lim->meta_field && fn == lim->meta_field) {
+          if (++entries > lim->max_entries) {
+            snprintf(err, errlen, "metadata has more than %zu entries (--max-metadata-entries)",
+                     lim->max_entries);
+            return SS_EBUSY;
+          }
+          int rv = check_entry(msg + pos, (size_t)n, entries - 1, lim, err, errlen);
+          if (rv != 0) return rv;
         }
-      }
-      pos += (size_t)n;
-      break;
-    default: return 0;
+        for (size_t i = 0; i < lim->n_str_fields; i++) {
+          const uint8_t *z;
+          if (fn == lim->str_fields[i] && (z = memchr(msg + pos, 0, (size_t)n)) != NULL) {
+            snprintf(err, errlen,
+                     "%s holds a NUL byte at offset %zu ('%.*s\\0...'); ids are text "
+                     "without NUL",
+                     lim->str_names[i], (size_t)(z - (msg + pos)),
+                     (int)((z - (msg + pos)) > 64 ? 64 : (z - (msg + pos))),
+                     (const char *)(msg + pos));
+            return SS_EINVAL;
+          }
+        }
+        pos += (size_t)n;
+        break;
+      default: return 0;
     }
   }
   return 0;

@@ -57,10 +57,10 @@ ProtobufCMessage *ss_decode_tensor_request(const ProtobufCMessageDescriptor *d, 
  * allocates per map entry and per string, so a message of 100 MB of empty metadata entries would
  * cost gigabytes and seconds of loop time before any check could run). */
 typedef struct ss_wire_limits {
-  uint32_t meta_field;        /* the map<string,string> field (0: the message has none) */
-  size_t max_entries;         /* occurrences of meta_field (each one an entry) */
-  size_t max_key, max_value;  /* bytes of one entry's key (its field 1) / value (field 2) */
-  const uint32_t *str_fields; /* top-level string fields that must not hold a NUL byte */
+  uint32_t meta_field;          /* the map<string,string> field (0: the message has none) */
+  size_t max_entries;           /* occurrences of meta_field (each one an entry) */
+  size_t max_key, max_value;    /* bytes of one entry's key (its field 1) / value (field 2) */
+  const uint32_t *str_fields;   /* top-level string fields that must not hold a NUL byte */
   const char *const *str_names; /* their names, for messages */
   size_t n_str_fields;
   /* The message type (NULL: none of the checks below). protobuf-c allocates per field

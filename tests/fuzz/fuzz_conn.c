@@ -18,12 +18,12 @@
  *
  * Thread: the fuzzer's (single), which is the server's loop thread.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,9 +216,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   CHECK_FUZZ(st.connections == 0);
   CHECK_FUZZ(st.live == 0);
   if (getenv("FUZZ_VERBOSE"))
-    fprintf(stderr, "fuzz_conn: end %d (1 ping acked, 2 closed, 3 timer), %zu bytes back; totals: "
-            "%llu requests, %llu served, %llu failed, %llu rejected, %llu cancelled\n", c.done,
-            c.have, (unsigned long long)st.requests, (unsigned long long)st.served,
+    fprintf(stderr,
+            "fuzz_conn: end %d (1 ping acked, 2 closed, 3 timer), %zu bytes back; totals: "
+            "%llu requests, %llu served, %llu failed, %llu rejected, %llu cancelled\n",
+            c.done, c.have, (unsigned long long)st.requests, (unsigned long long)st.served,
             (unsigned long long)st.failed, (unsigned long long)st.rejected,
             (unsigned long long)st.cancelled);
   return 0;

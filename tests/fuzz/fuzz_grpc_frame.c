@@ -26,12 +26,12 @@
 #include "grpc/grpc_frame.h"
 #include "splitserve.h"
 
-#define CHECK_FUZZ(c)                                                                      \
-  do {                                                                                     \
-    if (!(c)) {                                                                            \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                \
-      abort();                                                                             \
-    }                                                                                      \
+#define CHECK_FUZZ(c)                                                       \
+  do {                                                                      \
+    if (!(c)) {                                                             \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+      abort();                                                              \
+    }                                                                       \
   } while (0)
 
 /* A compressed message inflated under limit max, as the server does for a request. */

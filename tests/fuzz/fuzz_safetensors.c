@@ -14,12 +14,12 @@
 
 #include "models/safetensors.h"
 
-#define CHECK_FUZZ(c)                                                                      \
-  do {                                                                                     \
-    if (!(c)) {                                                                            \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                \
-      abort();                                                                             \
-    }                                                                                      \
+#define CHECK_FUZZ(c)                                                       \
+  do {                                                                      \
+    if (!(c)) {                                                             \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+      abort();                                                              \
+    }                                                                       \
   } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

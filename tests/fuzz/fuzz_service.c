@@ -62,18 +62,24 @@ static void check_reply(const ss_method *m, const fake_result *r) {
   CHECK_FUZZ(r->status <= 16);
   if (r->status == SS_GRPC_CANCELLED) return; /* fake_call_cancel: the client left */
   if (r->status != 0) {
-    if (r->message[0] == '\0') fprintf(stderr, "%s: status %d without a message\n", m->path, r->status);
+    if (r->message[0] == '\0')
+      fprintf(stderr, "%s: status %d without a message\n", m->path, r->status);
     CHECK_FUZZ(r->message[0] != '\0');
     return;
   }
   if (m->server_streaming) return;
   const ProtobufCMessageDescriptor *d = NULL;
   const char *name = strrchr(m->path, '/') + 1;
-  if (!strcmp(name, "Compute")) d = &splitlearn__comm__compute_response__descriptor;
-  else if (!strcmp(name, "ComputeBackward")) d = &splitlearn__comm__backward_response__descriptor;
-  else if (!strcmp(name, "HealthCheck")) d = &splitlearn__comm__health_response__descriptor;
-  else if (!strcmp(name, "GetServiceInfo")) d = &splitlearn__comm__service_info_response__descriptor;
-  else if (!strcmp(name, "Check")) d = &grpc__health__v1__health_check_response__descriptor;
+  if (!strcmp(name, "Compute"))
+    d = &splitlearn__comm__compute_response__descriptor;
+  else if (!strcmp(name, "ComputeBackward"))
+    d = &splitlearn__comm__backward_response__descriptor;
+  else if (!strcmp(name, "HealthCheck"))
+    d = &splitlearn__comm__health_response__descriptor;
+  else if (!strcmp(name, "GetServiceInfo"))
+    d = &splitlearn__comm__service_info_response__descriptor;
+  else if (!strcmp(name, "Check"))
+    d = &grpc__health__v1__health_check_response__descriptor;
   if (!d) return;
   ProtobufCMessage *msg = protobuf_c_message_unpack(d, NULL, r->body_len, r->body);
   CHECK_FUZZ(msg != NULL);

@@ -59,8 +59,10 @@ const fuzz_gpt2 *fuzz_tmp_gpt2(void) {
   }
   FILE *f = fopen(g.config, "w");
   if (!f) abort();
-  fprintf(f, "{\"model_type\": \"gpt2\", \"n_embd\": %d, \"n_head\": 4, \"n_layer\": %d, "
-             "\"n_positions\": 32, \"n_inner\": null, \"layer_norm_epsilon\": 1e-05}\n", E, NL);
+  fprintf(f,
+          "{\"model_type\": \"gpt2\", \"n_embd\": %d, \"n_head\": 4, \"n_layer\": %d, "
+          "\"n_positions\": 32, \"n_inner\": null, \"layer_norm_epsilon\": 1e-05}\n",
+          E, NL);
   fclose(f);
   made = 1;
   return &g;

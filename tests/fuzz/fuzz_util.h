@@ -13,12 +13,12 @@
 
 #include "splitserve.h"
 
-#define CHECK_FUZZ(c)                                                                      \
-  do {                                                                                     \
-    if (!(c)) {                                                                            \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                \
-      abort();                                                                             \
-    }                                                                                      \
+#define CHECK_FUZZ(c)                                                       \
+  do {                                                                      \
+    if (!(c)) {                                                             \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+      abort();                                                              \
+    }                                                                       \
   } while (0)
 
 /* Paths made by fuzz_tmp_gpt2 (valid until exit, when they are removed). */

@@ -25,12 +25,12 @@
 #include "service/codec.h"
 #include "service/wire.h"
 
-#define CHECK_FUZZ(c)                                                                      \
-  do {                                                                                     \
-    if (!(c)) {                                                                            \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                \
-      abort();                                                                             \
-    }                                                                                      \
+#define CHECK_FUZZ(c)                                                       \
+  do {                                                                      \
+    if (!(c)) {                                                             \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+      abort();                                                              \
+    }                                                                       \
   } while (0)
 
 /* A tensor that validated: its bytes are exactly numel x dtype size, its dims as sent. */
@@ -75,22 +75,22 @@ static int has_field0(const uint8_t *p, size_t len) {
     } while (p[pos++] & 0x80);
     if (tag >> 3 == 0) return 1;
     switch (tag & 7) {
-    case 0:
-      while (pos < len && (p[pos] & 0x80)) pos++;
-      pos++;
-      break;
-    case 1: pos += 8; break;
-    case 5: pos += 4; break;
-    case 2:
-      shift = 0;
-      do {
-        if (pos >= len || shift > 63) return 0;
-        v |= (uint64_t)(p[pos] & 0x7f) << shift, shift += 7;
-      } while (p[pos++] & 0x80);
-      if (v > len - pos) return 0;
-      pos += (size_t)v;
-      break;
-    default: return 0;
+      case 0:
+        while (pos < len && (p[pos] & 0x80)) pos++;
+        pos++;
+        break;
+      case 1: pos += 8; break;
+      case 5: pos += 4; break;
+      case 2:
+        shift = 0;
+        do {
+          if (pos >= len || shift > 63) return 0;
+          v |= (uint64_t)(p[pos] & 0x7f) << shift, shift += 7;
+        } while (p[pos++] & 0x80);
+        if (v > len - pos) return 0;
+        pos += (size_t)v;
+        break;
+      default: return 0;
     }
   }
   return 0;
@@ -121,8 +121,7 @@ static void kv_entry(const ss_wire_view *v, const Splitlearn__Comm__KVCacheEntry
   }
   if (rv != 0) return;
   CHECK_FUZZ(e.key.len == 0 || (e.key.p >= v->p && e.key.p + e.key.len <= v->p + v->len));
-  CHECK_FUZZ(e.value.len == 0 ||
-             (e.value.p >= v->p && e.value.p + e.value.len <= v->p + v->len));
+  CHECK_FUZZ(e.value.len == 0 || (e.value.p >= v->p && e.value.p + e.value.len <= v->p + v->len));
   if (e.n_key_shape <= SS_WIRE_MAX_DIMS)
     check_tensor(e.key_shape, e.n_key_shape, e.key.p, e.key.len, SS_DTYPE_F32);
   if (e.n_value_shape <= SS_WIRE_MAX_DIMS)
@@ -138,10 +137,12 @@ static void compute_request(const uint8_t *msg, size_t len) {
   size_t dlen;
   ss_wire_view *reps = NULL;
   size_t nreps = 0;
-  Splitlearn__Comm__ComputeRequest *req = (Splitlearn__Comm__ComputeRequest *)
-      ss_decode_tensor_request(&splitlearn__comm__compute_request__descriptor, msg, len, &arena,
-                               &alloc, &data, &dlen, 8, &reps, &nreps);
-  Splitlearn__Comm__ComputeRequest *full = splitlearn__comm__compute_request__unpack(NULL, len, msg);
+  Splitlearn__Comm__ComputeRequest *req =
+      (Splitlearn__Comm__ComputeRequest *)ss_decode_tensor_request(
+          &splitlearn__comm__compute_request__descriptor, msg, len, &arena, &alloc, &data, &dlen, 8,
+          &reps, &nreps);
+  Splitlearn__Comm__ComputeRequest *full =
+      splitlearn__comm__compute_request__unpack(NULL, len, msg);
   if (full && !req) CHECK_FUZZ(has_field0(msg, len));
   if (full && req) {
     CHECK_FUZZ(dlen == full->data.len && (dlen == 0 || memcmp(data, full->data.data, dlen) == 0));
@@ -176,10 +177,12 @@ static void backward_request(const uint8_t *msg, size_t len) {
   ProtobufCAllocator alloc;
   const uint8_t *data;
   size_t dlen;
-  Splitlearn__Comm__BackwardRequest *req = (Splitlearn__Comm__BackwardRequest *)
-      ss_decode_tensor_request(&splitlearn__comm__backward_request__descriptor, msg, len, &arena,
-                               &alloc, &data, &dlen, 0, NULL, NULL);
-  Splitlearn__Comm__BackwardRequest *full = splitlearn__comm__backward_request__unpack(NULL, len, msg);
+  Splitlearn__Comm__BackwardRequest *req =
+      (Splitlearn__Comm__BackwardRequest *)ss_decode_tensor_request(
+          &splitlearn__comm__backward_request__descriptor, msg, len, &arena, &alloc, &data, &dlen,
+          0, NULL, NULL);
+  Splitlearn__Comm__BackwardRequest *full =
+      splitlearn__comm__backward_request__unpack(NULL, len, msg);
   if (full && !req) CHECK_FUZZ(has_field0(msg, len));
   if (full && req) {
     CHECK_FUZZ(dlen == full->grad_output_data.len &&
@@ -232,34 +235,45 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   }
   switch (data[0] % 8) {
-  case 0: compute_request(msg, len); break;
-  case 1: backward_request(msg, len); break;
-  case 2: {
-    ss_wire_view v = {msg, len};
-    kv_entry(&v, NULL);
-    break;
-  }
-  case 3: m = protobuf_c_message_unpack(&splitlearn__comm__health_request__descriptor, NULL, len, msg); break;
-  case 4: m = protobuf_c_message_unpack(&splitlearn__comm__service_info_request__descriptor, NULL, len, msg); break;
-  case 5: m = protobuf_c_message_unpack(&splitlearn__comm__monitoring_stream_request__descriptor, NULL, len, msg); break;
-  case 6: m = protobuf_c_message_unpack(&grpc__health__v1__health_check_request__descriptor, NULL, len, msg); break;
-  default: { /* the generic splitter on its own, any field numbers */
-    _Alignas(16) char buf[256];
-    ss_arena arena;
-    ss_arena_init(&arena, buf, sizeof buf);
-    const uint8_t *val;
-    size_t vlen, rest_len, nreps;
-    uint8_t *rest;
-    ss_wire_view *reps;
-    uint32_t f = len ? (uint32_t)(msg[0] % 16) : 1, rf = len > 1 ? (uint32_t)(msg[1] % 16) : 0;
-    if (ss_split_fields(msg, len, f ? f : 1, rf, &val, &vlen, &reps, &nreps, &arena, &rest,
-                        &rest_len) == 0) {
-      size_t total = rest_len + vlen;
-      for (size_t i = 0; i < nreps; i++) total += reps[i].len;
-      CHECK_FUZZ(total <= len);
+    case 0: compute_request(msg, len); break;
+    case 1: backward_request(msg, len); break;
+    case 2: {
+      ss_wire_view v = {msg, len};
+      kv_entry(&v, NULL);
+      break;
     }
-    ss_arena_release(&arena);
-  }
+    case 3:
+      m = protobuf_c_message_unpack(&splitlearn__comm__health_request__descriptor, NULL, len, msg);
+      break;
+    case 4:
+      m = protobuf_c_message_unpack(&splitlearn__comm__service_info_request__descriptor, NULL, len,
+                                    msg);
+      break;
+    case 5:
+      m = protobuf_c_message_unpack(&splitlearn__comm__monitoring_stream_request__descriptor, NULL,
+                                    len, msg);
+      break;
+    case 6:
+      m = protobuf_c_message_unpack(&grpc__health__v1__health_check_request__descriptor, NULL, len,
+                                    msg);
+      break;
+    default: { /* the generic splitter on its own, any field numbers */
+      _Alignas(16) char buf[256];
+      ss_arena arena;
+      ss_arena_init(&arena, buf, sizeof buf);
+      const uint8_t *val;
+      size_t vlen, rest_len, nreps;
+      uint8_t *rest;
+      ss_wire_view *reps;
+      uint32_t f = len ? (uint32_t)(msg[0] % 16) : 1, rf = len > 1 ? (uint32_t)(msg[1] % 16) : 0;
+      if (ss_split_fields(msg, len, f ? f : 1, rf, &val, &vlen, &reps, &nreps, &arena, &rest,
+                          &rest_len) == 0) {
+        size_t total = rest_len + vlen;
+        for (size_t i = 0; i < nreps; i++) total += reps[i].len;
+        CHECK_FUZZ(total <= len);
+      }
+      ss_arena_release(&arena);
+    }
   }
   if (m) protobuf_c_message_free_unpacked(m, NULL);
   return 0;

@@ -85,8 +85,8 @@ void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, floa
       const float *Kg = K + bg * (size_t)Tk * hs, *Vg = V + bg * (size_t)Tk * hs;
       float *A = att_all ? att + bh * (size_t)T * (size_t)Tk : att;
       /* scores [T, Tk] = q_h [T, HS] K_g^T */
-      ss_matmul(SS_MM_N, SS_MM_T, T, Tk, HS, 1.0f, q + row0 * (size_t)ldq + (size_t)h * hs, ldq,
-                Kg, HS, 0.0f, A, Tk);
+      ss_matmul(SS_MM_N, SS_MM_T, T, Tk, HS, 1.0f, q + row0 * (size_t)ldq + (size_t)h * hs, ldq, Kg,
+                HS, 0.0f, A, Tk);
       causal_softmax(A, T, Tk, P, d->scale, window, softcap);
       /* out_h [T, HS] = att [T, Tk] V_g [Tk, HS] */
       ss_matmul(SS_MM_N, SS_MM_N, T, HS, Tk, 1.0f, A, Tk, Vg, HS, 0.0f,

@@ -20,9 +20,9 @@
 #define SS_MODELS_NN_ATTENTION_H
 
 typedef struct ss_attn_dims {
-  int B, T, P;      /* batch, new tokens, cached (past) tokens */
-  int NH, NKV, HS;  /* query heads, key/value heads, head size */
-  float scale;      /* multiplies q.k (1/sqrt(HS) usually) */
+  int B, T, P;     /* batch, new tokens, cached (past) tokens */
+  int NH, NKV, HS; /* query heads, key/value heads, head size */
+  float scale;     /* multiplies q.k (1/sqrt(HS) usually) */
 } ss_attn_dims;
 
 /* Forward. past_k, past_v: [B, NKV, P, HS] float32 bytes (borrowed; may be unaligned, e.g. wire

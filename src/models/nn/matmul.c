@@ -44,8 +44,8 @@
 #include "models/nn/simd.h"
 
 #include <cblas.h>
-#include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -59,8 +59,17 @@
 
 /* Macros, not functions: a vector-typed parameter or return value would change the ABI of the
  * baseline clone (-Wpsabi). */
-#define ld8(p) ({ v8 v_; memcpy(&v_, (p), sizeof v_); v_; })
-#define st8(p, v) do { v8 s_ = (v); memcpy((p), &s_, sizeof s_); } while (0)
+#define ld8(p)                   \
+  ({                             \
+    v8 v_;                       \
+    memcpy(&v_, (p), sizeof v_); \
+    v_;                          \
+  })
+#define st8(p, v)                \
+  do {                           \
+    v8 s_ = (v);                 \
+    memcpy((p), &s_, sizeof s_); \
+  } while (0)
 #define hsum(v) (((v)[0] + (v)[4]) + ((v)[1] + (v)[5])) + (((v)[2] + (v)[6]) + ((v)[3] + (v)[7]))
 #define splat(x) ((v8){0} + (x))
 
@@ -212,7 +221,7 @@ typedef struct mm_thread {
 
 static struct {
   pthread_once_t once;
-  dnnl_engine_t engine; /* NULL: oneDNN unusable (portable loops run instead) */
+  dnnl_engine_t engine;     /* NULL: oneDNN unusable (portable loops run instead) */
   pthread_key_t thread_key; /* -> mm_thread */
   pthread_mutex_t mu;
   mm_slot slot[SS_MM_CACHE];
@@ -220,23 +229,23 @@ static struct {
   unsigned long long uncached;
   size_t scratch_total; /* bytes of every thread's scratchpad (under mu) */
   int isa;
-  int blas_large;       /* products of >= SS_BLAS_MIN_ROWS rows go to OpenBLAS (no brgemm here) */
+  int blas_large; /* products of >= SS_BLAS_MIN_ROWS rows go to OpenBLAS (no brgemm here) */
   char info[200];
 } eng = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER};
 
 static const char *isa_name(int isa) {
   switch (isa) {
-  case dnnl_cpu_isa_sse41: return "sse41";
-  case dnnl_cpu_isa_avx: return "avx";
-  case dnnl_cpu_isa_avx2: return "avx2";
-  case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
-  case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
-  case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
-  case dnnl_cpu_isa_avx512_core: return "avx512_core";
-  case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
-  case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
-  case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
-  default: return "generic";
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
+    case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    default: return "generic";
   }
 }
 
@@ -301,12 +310,12 @@ static dnnl_primitive_t make_prim(const mm_key *k, const dnnl_memory_desc_t *wmd
   if (k->dt == 1) {
     dnnl_dims_t ad = {k->M, k->K}, as = {k->lda, 1}, bd = {k->K, k->N};
     if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, as) != dnnl_success) goto out;
-    if (wmd) b = *wmd;
+    if (wmd)
+      b = *wmd;
     else if (dnnl_memory_desc_init_by_tag(&b, 2, bd, dnnl_bf16, dnnl_format_tag_any) !=
              dnnl_success)
       goto out;
-  } else if (desc_init(&a, k->M, k->K, k->ta, k->lda) ||
-             desc_init(&b, k->K, k->N, k->tb, k->ldb)) {
+  } else if (desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb)) {
     goto out;
   }
   if (desc_init(&c, k->M, k->N, 0, k->ldc) ||
@@ -365,7 +374,9 @@ static void engine_init(void) {
   eng.blas_large = strstr(impl, "brg") == NULL;
   snprintf(eng.info, sizeof eng.info, "onednn %d.%d.%d %s, isa %s%s", v->major, v->minor, v->patch,
            impl, isa_name(eng.isa),
-           eng.blas_large ? "; openblas sgemm for products of >= 16 rows (>= 5 with B as stored on one thread; faster without brgemm)" : "");
+           eng.blas_large ? "; openblas sgemm for products of >= 16 rows (>= 5 with B as stored on "
+                            "one thread; faster without brgemm)"
+                          : "");
   int generic = strstr(impl, "ref") != NULL || p == NULL;
   int no_brg = eng.isa >= dnnl_cpu_isa_avx512_core && eng.isa != dnnl_cpu_isa_avx2_vnni &&
                strstr(impl, "brg") == NULL;
@@ -452,8 +463,8 @@ SS_CLONES static void rows_to_bf16(const float *A, size_t lda, size_t M, size_t 
     for (size_t j = 0; j < K; j++) {
       uint32_t u;
       memcpy(&u, &a[j], sizeof u);
-      uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u)
-                                                   : u + 0x7fffu + ((u >> 16) & 1u);
+      uint32_t r =
+          (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) : u + 0x7fffu + ((u >> 16) & 1u);
       o[j] = (uint16_t)(r >> 16);
     }
   }
@@ -462,8 +473,8 @@ SS_CLONES static void rows_to_bf16(const float *A, size_t lda, size_t M, size_t 
 /* C = alpha op(A) op(B) + beta C on oneDNN; -1 if it cannot (the caller falls back). f32
  * problems read A and B as stored; bf16 ones (k->dt 1) convert A (row stride lda32) into the
  * thread's buffer and read B in the packed layout wmd. */
-static int engine_matmul(const mm_key *k, const dnnl_memory_desc_t *wmd, const float *A,
-                         int lda32, const void *B, float *C) {
+static int engine_matmul(const mm_key *k, const dnnl_memory_desc_t *wmd, const float *A, int lda32,
+                         const void *B, float *C) {
   dnnl_memory_desc_t a, b, c, sd;
   dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
   mm_thread *t;
@@ -488,8 +499,7 @@ static int engine_matmul(const mm_key *k, const dnnl_memory_desc_t *wmd, const f
     Ause = t->abuf;
     b = *wmd;
     if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, as) != dnnl_success) goto out;
-  } else if (desc_init(&a, k->M, k->K, k->ta, k->lda) ||
-             desc_init(&b, k->K, k->N, k->tb, k->ldb)) {
+  } else if (desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb)) {
     goto out;
   }
   if (desc_init(&c, k->M, k->N, 0, k->ldc) ||

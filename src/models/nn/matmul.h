@@ -55,8 +55,8 @@ void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha,
  * output channel; few rows read the int8 weight directly, more dequantize it per call. cc NULL,
  * f32, or a copy that cannot be made: exactly ss_matmul. W must not change while it is packed:
  * call ss_matmul_weight_changed(W) when it does (the optimizer step does). */
-void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A,
-                 int lda, const float *W, int ldw, float beta, float *C, int ldc);
+void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A, int lda,
+                 const float *W, int ldw, float beta, float *C, int ldc);
 /* W's values changed or W is freed: its packed copies go (made again on next use). */
 void ss_matmul_weight_changed(const float *W);
 /* Every packed copy of owner goes (a model being freed). */

@@ -95,16 +95,16 @@ static size_t first_nonfinite(const ss_param *p, const ss_optim *opt, int64_t t)
   return bad;
 }
 
-int ss_param_array_step(ss_param *prm, size_t n, const ss_optim *opt, int64_t *t, const char *model_id,
-                   char *err, size_t errlen) {
+int ss_param_array_step(ss_param *prm, size_t n, const ss_optim *opt, int64_t *t,
+                        const char *model_id, char *err, size_t errlen) {
   for (size_t k = 0; k < n; k++) {
     size_t bad = first_nonfinite(&prm[k], opt, *t + 1);
     if (bad == SIZE_MAX) continue;
     snprintf(err, errlen,
              "model '%s': optimizer step refused: parameter %zu element %zu would become NaN or "
              "infinite (gradient %g, learning rate %g); the weights are unchanged and the "
-             "accumulated gradients were dropped", model_id, k, bad,
-             (double)prm[k].grad[bad], (double)opt->lr);
+             "accumulated gradients were dropped",
+             model_id, k, bad, (double)prm[k].grad[bad], (double)opt->lr);
     for (size_t j = 0; j < n; j++)
       if (prm[j].grad) memset(prm[j].grad, 0, prm[j].numel * sizeof(float));
     return SS_EINVAL;

@@ -22,8 +22,8 @@
 /* Optimizer settings for one step (training models). */
 typedef enum { SS_OPT_SGD = 0, SS_OPT_ADAMW = 1 } ss_opt_kind;
 typedef struct ss_optim {
-  ss_opt_kind kind;   /* from the model spec: optimizer=sgd|adamw (default sgd) */
-  float lr;           /* the request's learning_rate (> 0, finite) */
+  ss_opt_kind kind; /* from the model spec: optimizer=sgd|adamw (default sgd) */
+  float lr;         /* the request's learning_rate (> 0, finite) */
   float beta1, beta2, eps, weight_decay; /* spec keys beta1, beta2, eps, weight_decay
                                           * (AdamW defaults 0.9, 0.999, 1e-8, 0.01; SGD: 0) */
 } ss_optim;
@@ -57,8 +57,8 @@ int ss_param_step(ss_param *p, const ss_optim *opt, int64_t t);
  * and SS_EINVAL comes back with a message naming the parameter and element. Otherwise ++*t and
  * every parameter is updated (ss_param_step). Parameters with numel 0 or no gradient are skipped.
  * model_id: for messages. Returns 0, SS_EINVAL or SS_ENOMEM (then some may be updated). */
-int ss_param_array_step(ss_param *prm, size_t n, const ss_optim *opt, int64_t *t, const char *model_id,
-                   char *err, size_t errlen);
+int ss_param_array_step(ss_param *prm, size_t n, const ss_optim *opt, int64_t *t,
+                        const char *model_id, char *err, size_t errlen);
 
 /* Free grad, m and v (not the values: they belong to the model). */
 void ss_param_free_state(ss_param *p);

@@ -9,8 +9,8 @@
  *   int8  weight-only: q [N][K] int8 (one row per output channel) and a scale per output
  *         channel (max |w| / 127, round to nearest); activations stay f32. A few rows (decode
  *         steps, small batches: M <= SS_Q8_ROWS) run a kernel that reads the int8 rows straight
- *         (a quarter of f32's bytes; AVX2+FMA intrinsics, plain loops elsewhere); more rows dequantize
- *         the weight into the thread's f32 buffer and run the f32 engine (prefill is compute
+ *         (a quarter of f32's bytes; AVX2+FMA intrinsics, plain loops elsewhere); more rows
+ * dequantize the weight into the thread's f32 buffer and run the f32 engine (prefill is compute
  *         bound: the 4x fewer bytes buy nothing there).
  *
  * The table: keyed by owner (the model), weight address and how products read it (tb, K, N,
@@ -257,8 +257,8 @@ AVX2 static void q8_dot_1x4_avx2(const float *x, const int8_t *q, size_t ldq, in
 
 /* Up to 4 X rows (r of them) against 2 int8 weight rows: each weight chunk widened once and
  * used by every row. */
-AVX2 static void q8_dot_4x2_avx2(const float *const x[4], int r, const int8_t *q0,
-                                 const int8_t *q1, size_t n, float out0[4], float out1[4]) {
+AVX2 static void q8_dot_4x2_avx2(const float *const x[4], int r, const int8_t *q0, const int8_t *q1,
+                                 size_t n, float out0[4], float out1[4]) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   const float *x0 = x[0], *x1 = x[r > 1 ? 1 : 0], *x2 = x[r > 2 ? 2 : 0], *x3 = x[r > 3 ? 3 : 0];
   size_t i = 0;
@@ -321,8 +321,8 @@ static void q8_dot_1x4(const float *x, const int8_t *q, size_t ldq, int nq, size
   q8_dot_1x4_plain(x, q, ldq, nq, n, out);
 }
 
-static void q8_dot_4x2(const float *const x[4], int r, const int8_t *q0, const int8_t *q1,
-                       size_t n, float out0[4], float out1[4]) {
+static void q8_dot_4x2(const float *const x[4], int r, const int8_t *q0, const int8_t *q1, size_t n,
+                       float out0[4], float out1[4]) {
 #ifdef SS_Q8_AVX2
   if (q8_use_avx2()) return q8_dot_4x2_avx2(x, r, q0, q1, n, out0, out1);
 #endif

@@ -9,45 +9,43 @@
 #include <stdint.h>
 #include <string.h>
 
-
-
 #define PAR_MIN 32768 /* below this, one thread: fork/join would cost more than it saves */
 
 /* Lane select: m ? a : b for a comparison mask m (C has no vector ?:). */
-#define VSEL(m, a, b)                                                  \
-  ({                                                                   \
-    v8 a__ = (a), b__ = (b);                                           \
-    v8i ai__, bi__;                                                    \
-    memcpy(&ai__, &a__, sizeof ai__);                                  \
-    memcpy(&bi__, &b__, sizeof bi__);                                  \
-    v8i ri__ = (ai__ & (m)) | (bi__ & ~(m));                           \
-    v8 r__;                                                            \
-    memcpy(&r__, &ri__, sizeof r__);                                   \
-    r__;                                                               \
+#define VSEL(m, a, b)                        \
+  ({                                         \
+    v8 a__ = (a), b__ = (b);                 \
+    v8i ai__, bi__;                          \
+    memcpy(&ai__, &a__, sizeof ai__);        \
+    memcpy(&bi__, &b__, sizeof bi__);        \
+    v8i ri__ = (ai__ & (m)) | (bi__ & ~(m)); \
+    v8 r__;                                  \
+    memcpy(&r__, &ri__, sizeof r__);         \
+    r__;                                     \
   })
 
 /* exp of 8 lanes; inputs clamped to [-87.3, 88.7] (no inf/denormal handling needed here). */
-#define VEXP(xin)                                                                        \
-  ({                                                                                     \
-    v8 x_ = (xin);                                                                       \
-    v8 hi_ = (v8){0} + 88.7f, lo_ = (v8){0} - 87.3f;                                     \
-    x_ = VSEL(x_ < hi_, x_, hi_);                                                        \
-    x_ = VSEL(x_ > lo_, x_, lo_);                                                        \
-    v8 k_ = x_ * 1.44269504088896341f;                                                   \
-    k_ = k_ + (v8){0} + 12582912.0f - 12582912.0f; /* round to nearest integer */        \
-    v8 r_ = x_ - k_ * 0.693359375f;                                                      \
-    r_ = r_ + k_ * 2.12194440e-4f;                                                       \
-    v8 p_ = (v8){0} + 1.9875691500e-4f;                                                  \
-    p_ = p_ * r_ + 1.3981999507e-3f;                                                     \
-    p_ = p_ * r_ + 8.3334519073e-3f;                                                     \
-    p_ = p_ * r_ + 4.1665795894e-2f;                                                     \
-    p_ = p_ * r_ + 1.6666665459e-1f;                                                     \
-    p_ = p_ * r_ + 5.0000001201e-1f;                                                     \
-    p_ = p_ * r_ * r_ + r_ + 1.0f;                                                       \
-    v8i e_ = (__builtin_convertvector(k_, v8i) + 127) << 23;                             \
-    v8 s_;                                                                               \
-    memcpy(&s_, &e_, sizeof s_);                                                         \
-    p_ * s_;                                                                             \
+#define VEXP(xin)                                                                 \
+  ({                                                                              \
+    v8 x_ = (xin);                                                                \
+    v8 hi_ = (v8){0} + 88.7f, lo_ = (v8){0} - 87.3f;                              \
+    x_ = VSEL(x_ < hi_, x_, hi_);                                                 \
+    x_ = VSEL(x_ > lo_, x_, lo_);                                                 \
+    v8 k_ = x_ * 1.44269504088896341f;                                            \
+    k_ = k_ + (v8){0} + 12582912.0f - 12582912.0f; /* round to nearest integer */ \
+    v8 r_ = x_ - k_ * 0.693359375f;                                               \
+    r_ = r_ + k_ * 2.12194440e-4f;                                                \
+    v8 p_ = (v8){0} + 1.9875691500e-4f;                                           \
+    p_ = p_ * r_ + 1.3981999507e-3f;                                              \
+    p_ = p_ * r_ + 8.3334519073e-3f;                                              \
+    p_ = p_ * r_ + 4.1665795894e-2f;                                              \
+    p_ = p_ * r_ + 1.6666665459e-1f;                                              \
+    p_ = p_ * r_ + 5.0000001201e-1f;                                              \
+    p_ = p_ * r_ * r_ + r_ + 1.0f;                                                \
+    v8i e_ = (__builtin_convertvector(k_, v8i) + 127) << 23;                      \
+    v8 s_;                                                                        \
+    memcpy(&s_, &e_, sizeof s_);                                                  \
+    p_ *s_;                                                                       \
   })
 
 SS_CLONES static void gelu_span(float *x, size_t n) {
@@ -57,7 +55,7 @@ SS_CLONES static void gelu_span(float *x, size_t n) {
     v8 v;
     memcpy(&v, x + i, sizeof v);
     v8 u = c * (v + 0.044715f * v * v * v);
-    v8 e = VEXP(u + u);                   /* tanh(u) = 1 - 2 / (1 + e^{2u}) */
+    v8 e = VEXP(u + u); /* tanh(u) = 1 - 2 / (1 + e^{2u}) */
     v8 t = 1.0f - 2.0f / (1.0f + e);
     v8 y = 0.5f * v * (1.0f + t);
     memcpy(x + i, &y, sizeof y);

@@ -56,7 +56,8 @@ static void test_good(void) {
   ss_file_config c;
   CHECK_EQ_INT(parse(text, &c), 0);
   CHECK_EQ_INT(err[0], 0);
-  CHECK(ss_file_has(&c, "listen") && c.set.listen_host && strcmp(c.set.listen_host, "0.0.0.0") == 0);
+  CHECK(ss_file_has(&c, "listen") && c.set.listen_host &&
+        strcmp(c.set.listen_host, "0.0.0.0") == 0);
   CHECK_EQ_INT(c.set.listen_port, 6000);
   CHECK(ss_file_has(&c, "workers") && c.set.workers == 3);
   CHECK(ss_file_has(&c, "intra_op_threads") && c.set.intra_op_threads == 2);
@@ -75,8 +76,9 @@ static void test_good(void) {
     CHECK(strcmp(c.models[0].spec, "m1=mlp,activation=gelu") == 0);
     CHECK_EQ_INT(c.models[0].max_inflight, 4);
     CHECK_EQ_INT(c.models[0].max_queue, 0);
-    CHECK(strcmp(c.models[1].spec, "trunk.v2-a=gpt2,weights=/w/model.safetensors,"
-                                   "config=/w/config.json,layers=2:10") == 0);
+    CHECK(strcmp(c.models[1].spec,
+                 "trunk.v2-a=gpt2,weights=/w/model.safetensors,"
+                 "config=/w/config.json,layers=2:10") == 0);
     CHECK_EQ_INT(c.models[1].max_inflight, -1);
     CHECK_EQ_INT(c.models[1].max_queue, -1);
     CHECK(strcmp(c.models[2].spec, "s=sleep") == 0);
@@ -108,7 +110,8 @@ static void test_empty(void) {
   for (size_t i = 0; i < sizeof empties / sizeof empties[0]; i++) {
     ss_file_config c;
     CHECK_EQ_INT(parse(empties[i], &c), 0);
-    CHECK(!ss_file_has(&c, "listen") && !ss_file_has(&c, "workers") && !ss_file_has(&c, "log_level") && c.n_models == 0);
+    CHECK(!ss_file_has(&c, "listen") && !ss_file_has(&c, "workers") &&
+          !ss_file_has(&c, "log_level") && c.n_models == 0);
     CHECK(c.models == NULL);
     ss_config_free(&c);
   }
@@ -131,7 +134,8 @@ static void test_errors(void) {
   expect_error("workers: 1\nworkers: 2\n", "duplicate key 'workers'");
   expect_error("- a\n- b\n", "expected a mapping of settings");
   /* bad integers and other values */
-  expect_error("workers: abc\n", "t.yaml:1:10: workers: expected an integer in [0, 1024], got 'abc'");
+  expect_error("workers: abc\n",
+               "t.yaml:1:10: workers: expected an integer in [0, 1024], got 'abc'");
   expect_error("workers: 2000\n", "workers: expected an integer in [0, 1024], got '2000'");
   expect_error("workers: -1\n", "got '-1'");
   expect_error("workers: 1.5\n", "got '1.5'");
@@ -146,7 +150,8 @@ static void test_errors(void) {
   expect_error("drain_timeout: soon\n", "drain_timeout: expected seconds in [0, 3600], got 'soon'");
   expect_error("drain_timeout: nan\n", "drain_timeout: expected seconds");
   expect_error("session_ttl: 0\n", "session_ttl: expected seconds");
-  expect_error("log_level: loud\n", "log_level: expected one of error, warn, info, debug, got 'loud'");
+  expect_error("log_level: loud\n",
+               "log_level: expected one of error, warn, info, debug, got 'loud'");
   /* models */
   expect_error("models: mlp\n", "t.yaml:1:9: models: expected a sequence of mappings");
   expect_error("models:\n  id: a\n  kind: mlp\n", "got a mapping");
@@ -155,20 +160,26 @@ static void test_errors(void) {
   expect_error("models:\n  - id: a\n", "models[0] (id 'a'): missing required key 'kind'");
   expect_error("models:\n  - id: a\n    kind: mlp\n  - id: a\n    kind: sleep\n",
                "t.yaml:4:9: models[1].id: duplicate model id 'a'");
-  expect_error("models:\n  - id: a b\n    kind: mlp\n", "models[0].id: expected [A-Za-z0-9_.-]+, got 'a b'");
-  expect_error("models:\n  - id: \"\"\n    kind: mlp\n", "models[0].id: expected a non-empty string");
-  expect_error("models:\n  - id: a\n    kind: \"\"\n", "models[0].kind: expected a non-empty string");
+  expect_error("models:\n  - id: a b\n    kind: mlp\n",
+               "models[0].id: expected [A-Za-z0-9_.-]+, got 'a b'");
+  expect_error("models:\n  - id: \"\"\n    kind: mlp\n",
+               "models[0].id: expected a non-empty string");
+  expect_error("models:\n  - id: a\n    kind: \"\"\n",
+               "models[0].kind: expected a non-empty string");
   expect_error("models:\n  - id: a\n    kind: mlp\n    weights: /x,y\n",
                "t.yaml:4:14: models[0].weights: value must not contain ',' or '='");
-  expect_error("models:\n  - id: a\n    kind: mlp\n    activation: a=b\n", "models[0].activation: value must not contain");
+  expect_error("models:\n  - id: a\n    kind: mlp\n    activation: a=b\n",
+               "models[0].activation: value must not contain");
   expect_error("models:\n  - id: a\n    kind: mlp\n    extra: []\n",
                "models[0].extra: expected a non-empty list");
   expect_error("models:\n  - id: a\n    kind: mlp\n    extra: [1, [2]]\n",
                "models[0].extra: list items must be non-empty scalars without ',' or '='");
-  expect_error("models:\n  - id: a\n    kind: mlp\n    extra: {x: 1}\n", "models[0].extra: expected a non-empty scalar value, got a mapping");
+  expect_error("models:\n  - id: a\n    kind: mlp\n    extra: {x: 1}\n",
+               "models[0].extra: expected a non-empty scalar value, got a mapping");
   expect_error("models:\n  - id: a\n    kind: mlp\n    max_inflight: lots\n",
                "models[0].max_inflight: expected an integer in [0, 2147483647], got 'lots'");
-  expect_error("models:\n  - id: a\n    kind: mlp\n    max_queue: -3\n", "models[0].max_queue: expected an integer");
+  expect_error("models:\n  - id: a\n    kind: mlp\n    max_queue: -3\n",
+               "models[0].max_queue: expected an integer");
   expect_error("models:\n  - id: a\n    kind: mlp\n    id: b\n", "models[0]: duplicate key 'id'");
   expect_error("workers: 1\n---\nworkers: 2\n", "t.yaml:3:1: expected a single YAML document");
   /* the config is left freeable and zeroed-or-partial after an error */
@@ -232,8 +243,10 @@ static void test_example(void) {
   int rc = ss_config_load(path, &c, err, sizeof err);
   if (rc) fprintf(stderr, "%s\n", err);
   CHECK_EQ_INT(rc, 0);
-  CHECK(ss_file_has(&c, "listen") && ss_file_has(&c, "workers") && ss_file_has(&c, "intra_op_threads") && ss_file_has(&c, "max_inflight") &&
-        ss_file_has(&c, "max_queue") && ss_file_has(&c, "session_memory_mb") && ss_file_has(&c, "session_ttl"));
+  CHECK(ss_file_has(&c, "listen") && ss_file_has(&c, "workers") &&
+        ss_file_has(&c, "intra_op_threads") && ss_file_has(&c, "max_inflight") &&
+        ss_file_has(&c, "max_queue") && ss_file_has(&c, "session_memory_mb") &&
+        ss_file_has(&c, "session_ttl"));
   CHECK_EQ_INT(c.n_models, 2);
   for (size_t i = 0; i < c.n_models; i++) {
     ss_model *m = NULL;

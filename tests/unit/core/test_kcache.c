@@ -22,7 +22,8 @@ int main(void) {
   /* Every key here is one letter: the cache adds O bytes per entry (struct + key), and a
    * remembered key costs G (the tag, "b\0" + the reason). */
   const size_t O = ss_kcache_overhead("a");
-  const size_t G = SS_KCACHE_TAG + 2 + strlen("evicted: over the memory budget, least recently used first") + 1;
+  const size_t G =
+      SS_KCACHE_TAG + 2 + strlen("evicted: over the memory budget, least recently used first") + 1;
   CHECK_EQ_INT(ss_kcache_new(300 + 2 * O + G, 0.05, free_val, NULL, &c), 0);
   ss_kentry *a = ss_kcache_put(c, "a", malloc(1), 100);
   ss_kentry *b = ss_kcache_put(c, "b", malloc(1), 100);
@@ -30,8 +31,8 @@ int main(void) {
   CHECK(ss_kcache_put(c, "a", malloc(1), 1) == NULL); /* duplicate: refused, value freed */
   CHECK_EQ_INT(freed, 1);
   a->busy = 1;
-  CHECK(ss_kcache_get(c, "b", 1, NULL) == b);     /* b is now the most recent */
-  ss_kcache_put(c, "c", malloc(1), 150);          /* 350 > 300: evict LRU idle: b (a is busy) */
+  CHECK(ss_kcache_get(c, "b", 1, NULL) == b); /* b is now the most recent */
+  ss_kcache_put(c, "c", malloc(1), 150);      /* 350 > 300: evict LRU idle: b (a is busy) */
   const char *why = NULL;
   CHECK(ss_kcache_get(c, "b", 0, &why) == NULL);
   CHECK_CONTAINS(why, "memory budget");

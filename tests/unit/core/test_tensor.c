@@ -166,15 +166,15 @@ static void test_f16(void) {
   CHECK_EQ_INT(to_h(-INFINITY), 0xFC00);
   CHECK(isnan(from_h(to_h(NAN))));
   CHECK(isnan(from_h(to_h(bitsf(0x7F800001u))))); /* signalling NaN with a low payload */
-  CHECK_EQ_INT(to_h(0x1p-14f), 0x0400);  /* smallest normal */
-  CHECK_EQ_INT(to_h(0x1p-24f), 0x0001);  /* smallest subnormal */
-  CHECK_EQ_INT(to_h(0x1p-25f), 0x0000);  /* tie to even: 0 */
+  CHECK_EQ_INT(to_h(0x1p-14f), 0x0400);           /* smallest normal */
+  CHECK_EQ_INT(to_h(0x1p-24f), 0x0001);           /* smallest subnormal */
+  CHECK_EQ_INT(to_h(0x1p-25f), 0x0000);           /* tie to even: 0 */
   CHECK_EQ_INT(to_h(0x1.000002p-25f), 0x0001);
-  CHECK_EQ_INT(to_h(0x3p-25f), 0x0002);  /* 1.5 units: tie to even 2 */
+  CHECK_EQ_INT(to_h(0x3p-25f), 0x0002);           /* 1.5 units: tie to even 2 */
   CHECK_EQ_INT(to_h(1023.0f * 0x1p-24f), 0x03FF); /* largest subnormal */
   CHECK_EQ_INT(to_h(1e-9f), 0x0000);
-  CHECK_EQ_INT(to_h(1.0f + 0x1p-11f), 0x3C00);      /* tie, even below */
-  CHECK_EQ_INT(to_h(1.0f + 0x3p-11f), 0x3C02);      /* tie, even above */
+  CHECK_EQ_INT(to_h(1.0f + 0x1p-11f), 0x3C00);    /* tie, even below */
+  CHECK_EQ_INT(to_h(1.0f + 0x3p-11f), 0x3C02);    /* tie, even above */
   CHECK_EQ_INT(to_h(1.0f + 0x1.02p-11f), 0x3C01); /* just above the tie */
   CHECK(from_h(0x3C00) == 1.0f);
   CHECK(from_h(0x7BFF) == 65504.0f);
@@ -191,8 +191,7 @@ static void test_f16(void) {
       float f = from_h((uint16_t)h);
       uint16_t back = to_h(f);
       int is_nan = ((h & 0x7C00u) == 0x7C00u) && (h & 0x3FFu);
-      if (is_nan ? !(isnan(f) && (back & 0x7C00u) == 0x7C00u && (back & 0x3FFu)) : back != h)
-        bad++;
+      if (is_nan ? !(isnan(f) && (back & 0x7C00u) == 0x7C00u && (back & 0x3FFu)) : back != h) bad++;
     }
     CHECK_EQ_INT(bad, 0);
   }

@@ -86,7 +86,8 @@ static ssize_t fake_read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size
   return (ssize_t)n;
 }
 
-#define NV(N, V) {(uint8_t *)(N), (uint8_t *)(V), sizeof(N) - 1, sizeof(V) - 1, 0}
+#define NV(N, V) \
+  { (uint8_t *)(N), (uint8_t *)(V), sizeof(N) - 1, sizeof(V) - 1, 0 }
 
 static void fake_respond(fake *f, fake_stream *st) {
   if (strcmp(st->path, "/t/auth") == 0) { /* answer "<authorization>|<never-indexed>" */
@@ -407,8 +408,8 @@ static void test_headers(void) {
   call_auth(&loop, c, got, sizeof got);
   CHECK(strcmp(got, "|0") == 0);
   /* refused: reserved, pseudo, uppercase or empty names; control characters, edge blanks */
-  const char *bad_names[] = {"", ":path", "content-type", "te", "grpc-timeout", "Authorization",
-                             "connection", "a b"};
+  const char *bad_names[] = {
+      "", ":path", "content-type", "te", "grpc-timeout", "Authorization", "connection", "a b"};
   for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++)
     CHECK_EQ_INT(ss_aclient_set_header(c, bad_names[i], "v"), SS_EINVAL);
   CHECK_EQ_INT(ss_aclient_set_header(c, "authorization", "Bearer a\r\nx: y"), SS_EINVAL);

@@ -73,13 +73,13 @@ static void feed_in_chunks(const size_t *lens, size_t n, size_t chunk) {
 static void test_reassembly(void) {
   size_t lens[] = {10, 0, 1, 70000, 0, 5, 3};
   size_t n = sizeof lens / sizeof lens[0];
-  feed_in_chunks(lens, n, 1);    /* byte by byte */
-  feed_in_chunks(lens, n, 0);    /* everything in one chunk */
-  feed_in_chunks(lens, n, 3);    /* splits inside prefixes */
+  feed_in_chunks(lens, n, 1); /* byte by byte */
+  feed_in_chunks(lens, n, 0); /* everything in one chunk */
+  feed_in_chunks(lens, n, 3); /* splits inside prefixes */
   feed_in_chunks(lens, n, 7);
   feed_in_chunks(lens, n, 16384);
   size_t one[] = {0};
-  feed_in_chunks(one, 1, 1);     /* a lone empty message */
+  feed_in_chunks(one, 1, 1); /* a lone empty message */
   feed_in_chunks(one, 1, 0);
 }
 
@@ -210,8 +210,7 @@ static void test_timeout(void) {
   int bad = 0;
   for (int64_t x = 1; x < INT64_C(4000000000000000); x = x * 3 + 7) {
     ss_grpc_timeout_format(x, out);
-    if (strlen(out) > 9 || ss_grpc_timeout_parse(out, strlen(out), &back) != 0 || back < x)
-      bad++;
+    if (strlen(out) > 9 || ss_grpc_timeout_parse(out, strlen(out), &back) != 0 || back < x) bad++;
   }
   CHECK_EQ_INT(bad, 0);
 }

@@ -74,8 +74,8 @@ static void mm(int ta, int tb, int M, int N, int K, float alpha, float beta) {
       }
       R[i * N + j] = alpha * d + (beta != 0.0f ? beta * (double)C[i * ldc + j] : 0.0);
     }
-  ss_matmul(ta ? SS_MM_T : SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, alpha, A, lda, B, ldb, beta,
-            C, ldc);
+  ss_matmul(ta ? SS_MM_T : SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, alpha, A, lda, B, ldb, beta, C,
+            ldc);
   for (int i = 0; i < M && ok; i++) {
     for (int j = 0; j < N && ok; j++) {
       double r = R[i * N + j];
@@ -96,13 +96,15 @@ int main(void) {
   for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
     for (size_t d = 0; d < sizeof nk / sizeof nk[0]; d++)
       for (size_t a = 0; a < sizeof ab / sizeof ab[0]; a++)
-        for (int t = 0; t < 4; t++) mm(t >> 1, t & 1, ms[i], nk[d][0], nk[d][1], ab[a][0], ab[a][1]);
+        for (int t = 0; t < 4; t++)
+          mm(t >> 1, t & 1, ms[i], nk[d][0], nk[d][1], ab[a][0], ab[a][1]);
   size_t rows[] = {1, 2, 3, 4, 5, 10, 16, 17, 33};
   size_t dims[][2] = {{768, 768}, {13, 7}, {64, 48}, {9, 33}, {1, 1}, {100, 17}};
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
     for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
       for (int bias = 0; bias < 2; bias++)
         for (int acc = 0; acc < 2; acc++)
-          for (int conv = 0; conv < 2; conv++) one(rows[i], dims[d][0], dims[d][1], bias, acc, conv);
+          for (int conv = 0; conv < 2; conv++)
+            one(rows[i], dims[d][0], dims[d][1], bias, acc, conv);
   TEST_MAIN_END();
 }

@@ -32,15 +32,14 @@
 
 static char dir[64];
 
-static const char *const suffix[NT] = {
-    "input_layernorm.weight", "post_attention_layernorm.weight",
-    "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight",   "mlp.up_proj.weight",
-    "mlp.down_proj.weight",   "self_attn.q_proj.bias",
-    "self_attn.k_proj.bias",  "self_attn.v_proj.bias"};
-static const int64_t tshape[NT][2] = {{E, 0},       {E, 0},       {NH * HD, E}, {NKV * HD, E},
-                                      {NKV * HD, E}, {E, NH * HD}, {NI, E},      {NI, E},
+static const char *const suffix[NT] = {"input_layernorm.weight",  "post_attention_layernorm.weight",
+                                       "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                       "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                                       "mlp.gate_proj.weight",    "mlp.up_proj.weight",
+                                       "mlp.down_proj.weight",    "self_attn.q_proj.bias",
+                                       "self_attn.k_proj.bias",   "self_attn.v_proj.bias"};
+static const int64_t tshape[NT][2] = {{E, 0},        {E, 0},       {NH * HD, E},  {NKV * HD, E},
+                                      {NKV * HD, E}, {E, NH *HD},  {NI, E},       {NI, E},
                                       {E, NI},       {NH * HD, 0}, {NKV * HD, 0}, {NKV * HD, 0}};
 static const int tndim[NT] = {1, 1, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1};
 
@@ -317,7 +316,8 @@ static void test_checks(void) {
     CHECK_CONTAINS(err, "expects 2 past_key_values entries (one per trunk layer 1:3), got 1");
     past[1].value.shape[1] = NH;
     CHECK_EQ_INT(m->ops->check_kv(m, &in, past, 2, err, sizeof err), SS_EINVAL);
-    CHECK_CONTAINS(err, "past_key_values[1].value_shape (layer 2) is [2,4,3,4], expected [2,2,3,4]");
+    CHECK_CONTAINS(err,
+                   "past_key_values[1].value_shape (layer 2) is [2,4,3,4], expected [2,2,3,4]");
     past[1].value.shape[1] = NKV;
     past[0].key.shape[3] = 8;
     CHECK_EQ_INT(m->ops->check_kv(m, &in, past, 2, err, sizeof err), SS_EINVAL);
@@ -325,8 +325,8 @@ static void test_checks(void) {
   }
   ss_model_free(m);
   /* refusals */
-  snprintf(spec, sizeof spec, "q=llama,weights=%s,config=%s,lora_rank=2,lora_targets=q_proj,zz",
-           wq, cq);
+  snprintf(spec, sizeof spec, "q=llama,weights=%s,config=%s,lora_rank=2,lora_targets=q_proj,zz", wq,
+           cq);
   CHECK(ss_model_create(spec, &m, err, sizeof err) < 0);
   CHECK_CONTAINS(err, "unknown module 'zz'");
   snprintf(spec, sizeof spec, "q=llama,weights=%s,config=%s", wm, cq); /* no q/k/v biases */

@@ -2,9 +2,9 @@
  * test_nn.c — the op library in src/models/nn/: every op's backward against central finite
  * differences of its forward (loss = sum(out * R) for a random R, so dL/dout = R): linear (both
  * weight layouts), layernorm, rmsnorm (w and 1 + w), gelu (tanh and erf), relu, silu, attention
- * with grouped heads, rope; rmsnorm, silu and rope against values computed by hand; attention with grouped
- * heads against the same attention with the kv heads repeated; attention with a past (KV cache)
- * against one call over the whole sequence. Single-threaded.
+ * with grouped heads, rope; rmsnorm, silu and rope against values computed by hand; attention with
+ * grouped heads against the same attention with the kv heads repeated; attention with a past (KV
+ * cache) against one call over the whole sequence. Single-threaded.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -256,8 +256,7 @@ static void test_attention_past(void) {
   enum { T = 7, P = 5, G = 2, W = (ANH + 2 * G) * AHS };
   size_t nqkv = (size_t)(AB * T * W), no = (size_t)(AB * T * ANH * AHS);
   size_t nkv = (size_t)(AB * G * T * AHS);
-  float *qkv = rnd(nqkv), *o = rnd(no), *att = rnd((size_t)(T * T)), *K = rnd(nkv),
-        *V = rnd(nkv);
+  float *qkv = rnd(nqkv), *o = rnd(no), *att = rnd((size_t)(T * T)), *K = rnd(nkv), *V = rnd(nkv);
   float *qkv2 = rnd(nqkv), *o2 = rnd(no), *Kp = rnd(nkv), *Vp = rnd(nkv), *K2 = rnd(nkv),
         *V2 = rnd(nkv);
   ss_attn_dims full = {AB, T, 0, ANH, G, AHS, 0.6f}, first = {AB, P, 0, ANH, G, AHS, 0.6f};
@@ -310,7 +309,8 @@ static void test_rope(void) {
   memcpy(d, c.R, n * sizeof *d);
   ss_rope_backward(d, RLD, RB, RT, RNH, RHS, 4, 100.0f);
   check_grad("rope", c.x, d, n, rope_loss, &c);
-  /* by hand: HS 4, position 1, base 100: theta = 1, 0.1; (x0, x2) turns by 1 rad, (x1, x3) by 0.1 */
+  /* by hand: HS 4, position 1, base 100: theta = 1, 0.1; (x0, x2) turns by 1 rad, (x1, x3) by 0.1
+   */
   ss_rope_forward(v, 4, 1, 1, 1, 4, 1, 100.0f);
   CHECK(fabsf(v[0] - 0.54030231f) < 1e-6f && fabsf(v[2] - 0.84147098f) < 1e-6f);
   CHECK(fabsf(v[1] - 1.99000833f) < 1e-6f && fabsf(v[3] - 0.19966683f) < 1e-6f);

@@ -34,8 +34,10 @@ static int parse_copy(const uint8_t *img, size_t len, char *err, size_t errlen) 
   int rc;
   if (len) memcpy(b, img, len);
   rc = ss_st_parse(b, len, &f, err, errlen);
-  if (rc == 0) CHECK(f != NULL);
-  else CHECK(f == NULL);
+  if (rc == 0)
+    CHECK(f != NULL);
+  else
+    CHECK(f == NULL);
   ss_st_close(f);
   free(b);
   return rc;
@@ -214,11 +216,15 @@ static void test_bad_headers(void) {
                  sizeof err);
   CHECK_EQ_INT(rc, SS_EINVAL);
   CHECK_CONTAINS(err, "negative");
-  rc = parse_hdr("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4],"
-                 "\"data_offsets\":[0,0]}}", 0, err, sizeof err);
+  rc = parse_hdr(
+      "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4],"
+      "\"data_offsets\":[0,0]}}",
+      0, err, sizeof err);
   CHECK_EQ_INT(rc, SS_ERANGE);
-  rc = parse_hdr("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],"
-                 "\"data_offsets\":[0,4]}}", 4, err, sizeof err);
+  rc = parse_hdr(
+      "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],"
+      "\"data_offsets\":[0,4]}}",
+      4, err, sizeof err);
   CHECK(rc < 0);
   rc = parse_hdr("{\"a\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,8]}}", 8, err,
                  sizeof err);
@@ -231,31 +237,35 @@ static void test_bad_headers(void) {
   CHECK_CONTAINS(err, "data_offsets");
   rc = parse_hdr("{\"a\":[1]}", 8, err, sizeof err);
   CHECK_EQ_INT(rc, SS_EINVAL);
-  rc = parse_hdr("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                 "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, err,
-                 sizeof err);
+  rc = parse_hdr(
+      "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+      "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+      12, err, sizeof err);
   CHECK_EQ_INT(rc, SS_EINVAL);
   CHECK_CONTAINS(err, "overlap");
-  rc = parse_hdr("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                 "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, err,
-                 sizeof err);
+  rc = parse_hdr(
+      "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+      "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+      8, err, sizeof err);
   CHECK_EQ_INT(rc, SS_EINVAL); /* duplicate names */
   /* accepted: __metadata__ ignored, empty tensors anywhere, F16/BF16, empty header object */
-  rc = parse_hdr("{\"__metadata__\":{\"format\":\"pt\"},"
-                 "\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]},"
-                 "\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[2,2]},"
-                 "\"b\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[4,8]}}", 8, err,
-                 sizeof err);
+  rc = parse_hdr(
+      "{\"__metadata__\":{\"format\":\"pt\"},"
+      "\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]},"
+      "\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[2,2]},"
+      "\"b\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[4,8]}}",
+      8, err, sizeof err);
   CHECK_EQ_INT(rc, 0);
   if (rc) fprintf(stderr, "%s\n", err);
   {
     uint8_t data[8] = {0x80, 0x3F, 0, 0x40, 0, 0x3C, 0, 0xC0};
     size_t len;
     ss_st_file *f = NULL;
-    uint8_t *img = image("{\"__metadata__\":{\"format\":\"pt\"},"
-                         "\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]},"
-                         "\"b\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[4,8]}}",
-                         8, data, 8, &len);
+    uint8_t *img = image(
+        "{\"__metadata__\":{\"format\":\"pt\"},"
+        "\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]},"
+        "\"b\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[4,8]}}",
+        8, data, 8, &len);
     rc = ss_st_parse(img, len, &f, err, sizeof err);
     CHECK_EQ_INT(rc, 0);
     if (rc == 0) {

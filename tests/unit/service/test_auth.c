@@ -30,7 +30,9 @@ static void test_format_and_lookup(void) {
   ss_auth *a;
   char err[256];
   CHECK_EQ_INT(load("# comment\n\n  alpha-123\nbeta.long/token+= gpt2, mlp   # trailing\n"
-                    "c mlp\r\n", &a, err, sizeof err), 0);
+                    "c mlp\r\n",
+                    &a, err, sizeof err),
+               0);
   CHECK_EQ_INT((int)ss_auth_count(a), 3);
   CHECK_EQ_INT(ss_auth_find(a, "Bearer alpha-123"), 0);
   CHECK_EQ_INT(ss_auth_find(a, "bearer beta.long/token+="), 1);

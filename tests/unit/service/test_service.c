@@ -14,8 +14,8 @@
 #include "compute_service.pb-c.h"
 #include "health.pb-c.h"
 #include "models/model.h"
-#include "service/service.h"
 #include "service/fake_call.h"
+#include "service/service.h"
 
 static uv_loop_t loop;
 static ss_pool *pool;
@@ -52,8 +52,9 @@ static uint8_t *pack_compute(const float *x, const int32_t *shape, size_t ndim, 
   req.model_id = (char *)model;
   req.has_request_id = 1;
   req.request_id = 42;
-  Splitlearn__Comm__ComputeRequest__MetadataEntry e =
-      SPLITLEARN__COMM__COMPUTE_REQUEST__METADATA_ENTRY__INIT, *ep = &e;
+  Splitlearn__Comm__ComputeRequest__MetadataEntry
+      e = SPLITLEARN__COMM__COMPUTE_REQUEST__METADATA_ENTRY__INIT,
+      *ep = &e;
   if (k) {
     e.key = (char *)k;
     e.value = (char *)v;
@@ -77,7 +78,9 @@ static ss_call *compute(const float *x, const int32_t *shape, size_t ndim, const
   free(b);
   m->handler(c, svc);
   wait_answer(r);
-  if (resp) *resp = r->status == 0 ? splitlearn__comm__compute_response__unpack(NULL, r->body_len, r->body) : NULL;
+  if (resp)
+    *resp = r->status == 0 ? splitlearn__comm__compute_response__unpack(NULL, r->body_len, r->body)
+                           : NULL;
   return c;
 }
 
