@@ -209,10 +209,10 @@ static size_t field_header(uint8_t *buf, uint32_t field, size_t len) {
  * compressed into a buffer that becomes call->out (one message, compressed flag set); the
  * borrowed segments are no longer needed. On a compression failure the reply goes identity. */
 static void reply_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t *packed,
-                       size_t plen, const ss_seg *segs, size_t nsegs, void *owner);
+                       size_t plen, const ss_seg *segs, size_t nsegs, ss_owned owner);
 
 static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, const uint8_t *packed,
-                             size_t plen, const ss_seg *segs, size_t nsegs, void *owner) {
+                             size_t plen, const ss_seg *segs, size_t nsegs, ss_owned owner) {
   uint8_t *pk = msg ? malloc(plen ? plen : 1) : NULL;
   ss_zpart *parts = malloc((1 + nsegs) * sizeof *parts);
   size_t np = 0;
@@ -235,7 +235,7 @@ static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, const u
     call->accept_enc = enc;
     return;
   }
-  free(owner); /* the segments were copied into z */
+  ss_owned_release(owner); /* the segments were copied into z */
   if (out_admit(call, zlen) != 0) {
     free(z);
     refuse_unread(call, zlen);
@@ -257,9 +257,9 @@ static void reply_compressed(ss_call *call, const ProtobufCMessage *msg, const u
 
 /* The reply on the call's own loop: msg packed here, or (msg NULL) packed[plen] already. */
 static void reply_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t *packed,
-                       size_t plen, const ss_seg *segs, size_t nsegs, void *owner) {
+                       size_t plen, const ss_seg *segs, size_t nsegs, ss_owned owner) {
   if (call->state == SS_CALL_DONE) {
-    free(owner);
+    ss_owned_release(owner);
     return;
   }
   if (msg) plen = protobuf_c_message_get_packed_size(msg);
@@ -272,12 +272,12 @@ static void reply_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t
     return;
   }
   if (total > UINT32_MAX || out_reserve(call, 5 + plen) != 0) {
-    free(owner);
+    ss_owned_release(owner);
     ss_call_failf(call, SS_GRPC_RESOURCE_EXHAUSTED, "response of %zu bytes cannot be sent", total);
     return;
   }
   if (out_admit(call, 5 + total) != 0) {
-    free(owner);
+    ss_owned_release(owner);
     refuse_unread(call, total);
     return;
   }
@@ -292,19 +292,19 @@ static void reply_core(ss_call *call, const ProtobufCMessage *msg, const uint8_t
   call->nsegs = nsegs;
   call->seg_i = call->seg_off = 0;
   call->segs_left = extra;
-  free(call->tail_owner);
+  ss_owned_release(call->tail_owner);
   call->tail_owner = owner;
   set_status(call, SS_GRPC_OK, NULL);
   kick(call);
 }
 
 void ss_call_reply_packed(ss_call *call, const uint8_t *packed, size_t plen, const ss_seg *segs,
-                          size_t nsegs, void *owner) {
+                          size_t nsegs, ss_owned owner) {
   reply_core(call, NULL, packed, plen, segs, nsegs, owner);
 }
 
 void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
-                        size_t nsegs, void *owner) {
+                        size_t nsegs, ss_owned owner) {
   if (call->handed) { /* a call of another loop: the answer travels there */
     ss_shard_post_reply(call, msg, segs, nsegs, owner);
     return;
@@ -313,7 +313,7 @@ void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg
 }
 
 void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field,
-                   const void *tail, size_t tail_len, void *tail_owner) {
+                   const void *tail, size_t tail_len, ss_owned tail_owner) {
   if (!tail) {
     ss_call_reply_segs(call, msg, NULL, 0, tail_owner);
     return;
@@ -591,7 +591,7 @@ void ss_call_cache_free(ss_grpc_server *s) {
 static void free_parts(ss_call *call) {
   ss_msg_reader_free(&call->reader);
   ss_grpc_inflated_free(call->req, call->req_map);
-  free(call->tail_owner);
+  ss_owned_release(call->tail_owner);
   free(call->status_msg);
   free(call->bad_path);
   free(call->encoding);

@@ -186,16 +186,29 @@ ss_grpc_server *ss_call_server(ss_call *call);
 
 /* ---- calls: answering (each ends the call except ss_call_send) ---- */
 
+/* Memory a reply borrows, with how to give it back: release(ptr) runs when the call is freed
+ * (on the loop that frees it), or at once when the reply is refused or copied. Whoever made the
+ * memory says how it goes: a compute backend's buffers carry its release, plain heap memory
+ * carries free; SS_NOT_OWNED: nothing to give back. */
+typedef struct ss_owned {
+  void *ptr;
+  void (*release)(void *ptr);
+} ss_owned;
+#define SS_NOT_OWNED ((ss_owned){NULL, NULL})
+static inline void ss_owned_release(ss_owned o) {
+  if (o.ptr != NULL && o.release != NULL) o.release(o.ptr);
+}
+
 /* Reply with msg; when tail is non-NULL it is appended as protobuf bytes field tail_field
- * without being copied (borrowed until the call is freed; tail_owner, if non-NULL, is freed
- * with free() then). msg must not itself set that field. Status OK. */
+ * without being copied (borrowed until the call is freed, then tail_owner is released). msg
+ * must not itself set that field. Status OK. */
 void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field,
-                   const void *tail, size_t tail_len, void *tail_owner);
+                   const void *tail, size_t tail_len, ss_owned tail_owner);
 /* The general form: msg packed, then segs[] sent verbatim after it; together they must encode
  * one message (further fields of msg's type). segs and their bytes are borrowed until the call
- * is freed (owner, if non-NULL, is freed with free() then). Status OK. */
+ * is freed (then owner is released). Status OK. */
 void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
-                        size_t nsegs, void *owner);
+                        size_t nsegs, ss_owned owner);
 /* Queue one message on a server-streaming call (the call stays open). */
 void ss_call_send(ss_call *call, const ProtobufCMessage *msg);
 /* Answer with a status and a message (fmt; percent-encoded into grpc-message). */

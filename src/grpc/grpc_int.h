@@ -62,7 +62,7 @@ struct ss_op {
   int bytes_inline;          /* bytes points to small[] */
   const struct ss_seg *segs; /* REPLY: borrowed until the call is freed */
   size_t nsegs;
-  void *owner;            /* REPLY: freed with the call */
+  ss_owned owner;         /* REPLY: released with the call */
   struct ss_tls_ctx *tls; /* TLS */
   uint8_t small[96];      /* a small packed reply (the message without its tensor bytes) */
 };
@@ -157,8 +157,8 @@ struct ss_call {
   ss_seg seg2[2]; /* storage for the one-tail case: field header + data */
   uint8_t seg_hdr[16];
   size_t seg_hdr_len;
-  void *tail_owner; /* freed with free() when the call dies (may be NULL) */
-  int finished;     /* status set: send trailers after the data */
+  ss_owned tail_owner; /* released when the call dies */
+  int finished;        /* status set: send trailers after the data */
   int status;
   char *status_msg;
 
@@ -292,7 +292,7 @@ void ss_call_failf(ss_call *call, int code, const char *fmt, ...)
 void ss_call_end_local(ss_call *call, int code, const char *msg);
 /* Reply / send with a message already packed (packed: the message bytes, no prefix). */
 void ss_call_reply_packed(ss_call *call, const uint8_t *packed, size_t plen, const ss_seg *segs,
-                          size_t nsegs, void *owner);
+                          size_t nsegs, ss_owned owner);
 void ss_call_send_packed(ss_call *call, const uint8_t *packed, size_t plen);
 /* Run the handler state's cancel hook (on the app loop: posted there for a handed call). */
 void ss_call_cancel_hook(ss_call *call, int code);
@@ -339,7 +339,7 @@ void ss_shard_dispatch(ss_call *call);
 void ss_shard_drained(ss_grpc_server *s, int graceful);
 /* App side of a handed call: post an answer to its loop. */
 void ss_shard_post_reply(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
-                         size_t nsegs, void *owner);
+                         size_t nsegs, ss_owned owner);
 void ss_shard_post_send(ss_call *call, const ProtobufCMessage *msg);
 void ss_shard_post_fail(ss_call *call, int end, int code, const char *msg);
 /* Io side of a handed call: its client went away (code: why) / its last reference went. */

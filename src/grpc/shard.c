@@ -267,7 +267,7 @@ static void discard_op(ss_op *op) {
     case OP_CANCEL: app_cancel(call, op->code); break;
     case OP_RELEASE: ss_call_finalize_app(call); break;
     case OP_REPLY:
-      free(op->owner);
+      ss_owned_release(op->owner);
       op_free_bytes(op);
       ss_call_unref(call);
       break;
@@ -319,16 +319,16 @@ static int op_bytes(ss_op *op, const ProtobufCMessage *msg, const char *src, siz
 }
 
 void ss_shard_post_reply(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
-                         size_t nsegs, void *owner) {
+                         size_t nsegs, ss_owned owner) {
   if (call->app_done) {
-    free(owner);
+    ss_owned_release(owner);
     return;
   }
   call->app_done = 1;
   call->app_status = SS_GRPC_OK;
   ss_op *op = op_slot(&call->op_answer, OP_REPLY, call, 0);
   if (op_bytes(op, msg, NULL, protobuf_c_message_get_packed_size(msg)) != 0) {
-    free(owner);
+    ss_owned_release(owner);
     post_failed(call);
     return;
   }

@@ -40,7 +40,7 @@ static void present_free(compute_state *st);
 
 /* --------------------------------------------------------------- answers --- */
 
-static void send_reply(compute_state *st, const void *data, size_t nbytes, void *owner) {
+static void send_reply(compute_state *st, const void *data, size_t nbytes, ss_owned owner) {
   ss_call *call = st->call;
   Splitlearn__Comm__ComputeResponse resp = SPLITLEARN__COMM__COMPUTE_RESPONSE__INIT;
   int32_t shape[SS_MAX_DIMS];
@@ -69,7 +69,7 @@ static void send_reply(compute_state *st, const void *data, size_t nbytes, void 
     ss_seg *segs = ss_arena_alloc(&st->arena, nsegs * sizeof *segs);
     uint8_t *hdr = ss_arena_alloc(&st->arena, (size_t)nl * 128 + 16);
     if (!segs || !hdr) {
-      free(owner);
+      ss_owned_release(owner);
       ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
       return;
     }
@@ -115,9 +115,9 @@ static void send_reply(compute_state *st, const void *data, size_t nbytes, void 
 
 void ss_compute_reply_echo(compute_state *st) {
   if (st->enc.zlib)
-    send_reply(st, st->zdata, st->zlen, NULL); /* echo the payload as it came */
+    send_reply(st, st->zdata, st->zlen, SS_NOT_OWNED); /* echo the payload as it came */
   else
-    send_reply(st, st->in.data, st->in.nbytes, NULL);
+    send_reply(st, st->in.data, st->in.nbytes, SS_NOT_OWNED);
 }
 
 /* ----------------------------------------------------------- the worker --- */
@@ -264,8 +264,8 @@ void ss_compute_finish(compute_state *st, int ran) {
       ss_compute_reply_echo(st);
     } else {
       void *data = st->out_data;
-      st->out_data = NULL; /* the call owns it now */
-      send_reply(st, data, st->out_nbytes, data);
+      st->out_data = NULL; /* the call owns it now (heap memory: free) */
+      send_reply(st, data, st->out_nbytes, (ss_owned){data, free});
     }
   }
   if (!st->present_in_reply) present_free(st); /* else sent from these buffers: compute_free */

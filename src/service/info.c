@@ -62,7 +62,7 @@ void ss_h_health_check(ss_call *call, void *app) {
   r.version = SS_VERSION;
   r.has_uptime_seconds = 1;
   r.uptime_seconds = (float)uptime_s(s);
-  ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
+  ss_call_reply(call, &r.base, 0, NULL, 0, SS_NOT_OWNED);
 }
 
 #define SS_INFO_MAX 192 /* server keys (~60) + one per model */
@@ -187,7 +187,7 @@ void ss_h_service_info(ss_call *call, void *app) {
   r.total_requests = (int64_t)gs.requests;
   r.n_custom_info = l->n;
   r.custom_info = l->p;
-  ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
+  ss_call_reply(call, &r.base, 0, NULL, 0, SS_NOT_OWNED);
   free(keys);
   free(l);
 }
@@ -297,7 +297,7 @@ void ss_h_grpc_health_check(ss_call *call, void *app) {
     Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     r.has_status = 1;
     r.status = health_status(app);
-    ss_call_reply(call, &r.base, 0, NULL, 0, NULL);
+    ss_call_reply(call, &r.base, 0, NULL, 0, SS_NOT_OWNED);
   }
   grpc__health__v1__health_check_request__free_unpacked(req, NULL);
 }

@@ -391,7 +391,7 @@ static void bw_done(ss_job *job) {
       r.monitoring_data = &snap;
       void *gi = st->reply;
       st->reply = NULL; /* the call owns it now */
-      ss_call_reply(call, &r.base, 1, gi, st->reply_len, gi);
+      ss_call_reply(call, &r.base, 1, gi, st->reply_len, (ss_owned){gi, free});
     }
   }
   if (put_back) bw_put_back(st);

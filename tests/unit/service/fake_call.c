@@ -19,7 +19,7 @@ struct ss_call {
   uint64_t start_ns;
   void (*on_cancel)(ss_call *call);
   void (*on_release)(ss_call *call);
-  void *owner; /* freed with the call (reply tails) */
+  ss_owned owner; /* released with the call (reply tails) */
   char *hname[SS_GRPC_MAX_KEPT_HEADERS], *hval[SS_GRPC_MAX_KEPT_HEADERS]; /* request headers */
   _Alignas(16) unsigned char state[];
 };
@@ -96,9 +96,9 @@ static void finish(ss_call *call, int code, const char *msg) {
 }
 
 void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg *segs,
-                        size_t nsegs, void *owner) {
+                        size_t nsegs, ss_owned owner) {
   if (call->res->answered) {
-    free(owner);
+    ss_owned_release(owner);
     return;
   }
   size_t n = protobuf_c_message_get_packed_size(msg), total = n;
@@ -112,13 +112,13 @@ void ss_call_reply_segs(ss_call *call, const ProtobufCMessage *msg, const ss_seg
   }
   call->res->body = b;
   call->res->body_len = total;
-  free(call->owner);
+  ss_owned_release(call->owner);
   call->owner = owner; /* the real transport keeps segments until the call dies: so do we */
   finish(call, SS_GRPC_OK, NULL);
 }
 
 void ss_call_reply(ss_call *call, const ProtobufCMessage *msg, uint32_t tail_field,
-                   const void *tail, size_t tail_len, void *tail_owner) {
+                   const void *tail, size_t tail_len, ss_owned tail_owner) {
   if (!tail) {
     ss_call_reply_segs(call, msg, NULL, 0, tail_owner);
     return;
@@ -172,7 +172,7 @@ void ss_call_unref(ss_call *call) {
   assert(call->refs > 0);
   if (--call->refs > 0) return;
   if (call->on_release) call->on_release(call);
-  free(call->owner);
+  ss_owned_release(call->owner);
   free(call->req);
   for (int i = 0; i < SS_GRPC_MAX_KEPT_HEADERS; i++) {
     free(call->hname[i]);
