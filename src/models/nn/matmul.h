@@ -11,7 +11,7 @@
  * threads), one primitive per problem, made once and cached (matmul.c). For few rows
  * (M <= SS_SMALL_ROWS, op(A) = A, alpha 1, beta 0 or 1: a decode step's tokens, or the steps of
  * several sessions batched) hand-written kernels that stream B once in place run where they
- * measured faster (bench/mm_probe.c part 3: B cold, as in a trunk): on this 2-core EPYC (AVX2,
+ * measured faster (bench/mm_probe.c part 3: B cold, as in a trunk): on a 2-core AMD EPYC (AVX2,
  * oneDNN picks "gemm:jit") that is B^T at 2..8 rows and B at 2..4 rows (2..3 on two threads);
  * at 1 row oneDNN's gemv wins; on CPUs without brgemm, B at 5..15 rows on one thread goes to
  * OpenBLAS (its packed sgemm beat oneDNN's gemm 1.3-1.4x on those decode batches).
