@@ -455,13 +455,11 @@ static const size_t slots[N_SLOTS] = {
 /* clang-format on */
 
 /* Floats per slot of each phase (models/trunk.h; K, V scratch: the runtime's):
- *   infer, batch  ln, atty [R, E]; qkv [R, 3E]; fc == fcg [R, I]; lt [R, r]; att [S, T]
- *                 (batch: x [R, E], h == y == x)
- *   train         ln [R, E]; fcg [R, I]; lt [R, r]; xd [R, I] with dropout
- *   saved         x, h, atty [R, E]; qkv [R, 3E]; fc [R, I]; mean1, rstd1, mean2, rstd2 [R];
- *                 att [B, H, S, S]
- *   backward      ln, dln, datty [R, E]; dqkv [R, 3E]; fcg, dfc [R, I]; datt [S, S]; lt, dlt
- *                 [R, r]; dsink [2E]; xd [R, I] with dropout */
+ *   infer, batch  ln, atty [R, E]; qkv [R, 3E]; fc == fcg [R, I]; lt [R, r]; att [min(S,
+ * SS_ATTN_QBLOCK), T] (batch: x [R, E], h == y == x) train         ln [R, E]; fcg [R, I]; lt [R,
+ * r]; xd [R, I] with dropout saved         x, h, atty [R, E]; qkv [R, 3E]; fc [R, I]; mean1, rstd1,
+ * mean2, rstd2 [R]; att [B, H, S, S] backward      ln, dln, datty [R, E]; dqkv [R, 3E]; fcg, dfc
+ * [R, I]; datt [S, S]; lt, dlt [R, r]; dsink [2E]; xd [R, I] with dropout */
 static void gpt2_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims *d, size_t *n) {
   const gpt2 *p = impl;
   const size_t R = d->rows, E = (size_t)p->n_embd, I = (size_t)p->n_inner, r = (size_t)p->lora.r;
@@ -476,7 +474,7 @@ static void gpt2_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims 
       n[S_FC] = R * I;
       n[S_FCG] = SS_TRUNK_ALIAS(S_FC);
       n[S_LT] = R * r;
-      n[S_ATT] = (size_t)d->S * (size_t)d->T;
+      n[S_ATT] = (size_t)(d->S < SS_ATTN_QBLOCK ? d->S : SS_ATTN_QBLOCK) * (size_t)d->T;
       break;
     case SS_TRUNK_TRAIN:
       n[S_LN] = R * E;

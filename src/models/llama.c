@@ -1285,15 +1285,13 @@ static const size_t slots[N_SLOTS] = {
 /* Floats per slot of each phase (models/trunk.h; K, V scratch: the runtime's; Q = NH D,
  * KV = NKV D):
  *   infer, batch  ln [R, E]; q, atty [R, Q]; k, v [R, KV]; g == mm, u [R, I]; lt [R, r];
- *                 att [S, T]; q/k norms: qr [R, Q], kr [R, KV]; sandwich: ao == mo [R, E]
- *                 (batch: x [R, E], h == y == x)
- *   train         ln [R, E]; mm [R, I]; lt [R, r]; xd [R, max in] with dropout
- *   saved         x, h [R, E]; q, atty [R, Q]; k, v [R, KV]; g, u [R, I]; rstd1, rstd2 [R];
- *                 att [B, NH, S, S]; q/k norms: qr [R, Q], kr [R, KV], rstdq [R NH], rstdk
- *                 [R NKV]; sandwich: ao, mo [R, E], rstdpa, rstdpf [R]
- *   backward      ln, dln [R, E]; datty, dq [R, Q]; dk, dv, dkr [R, KV]; mm, fa, dmm [R, I];
- *                 lt, dlt [R, r]; datt [2, S, S]; dw_sink [max(E, D)]; xd [R, max in] with
- *                 dropout */
+ *                 att [min(S, SS_ATTN_QBLOCK), T]; q/k norms: qr [R, Q], kr [R, KV]; sandwich: ao
+ * == mo [R, E] (batch: x [R, E], h == y == x) train         ln [R, E]; mm [R, I]; lt [R, r]; xd [R,
+ * max in] with dropout saved         x, h [R, E]; q, atty [R, Q]; k, v [R, KV]; g, u [R, I]; rstd1,
+ * rstd2 [R]; att [B, NH, S, S]; q/k norms: qr [R, Q], kr [R, KV], rstdq [R NH], rstdk [R NKV];
+ * sandwich: ao, mo [R, E], rstdpa, rstdpf [R] backward      ln, dln [R, E]; datty, dq [R, Q]; dk,
+ * dv, dkr [R, KV]; mm, fa, dmm [R, I]; lt, dlt [R, r]; datt [2, S, S]; dw_sink [max(E, D)]; xd [R,
+ * max in] with dropout */
 static void llama_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims *d, size_t *n) {
   const llama *p = impl;
   const size_t R = d->rows, E = (size_t)p->E, I = (size_t)p->I, r = (size_t)p->lora.r;
@@ -1310,7 +1308,7 @@ static void llama_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims
       n[S_G] = n[S_U] = R * I;
       n[S_MM] = SS_TRUNK_ALIAS(S_G);
       n[S_LT] = R * r;
-      n[S_ATT] = (size_t)d->S * (size_t)d->T;
+      n[S_ATT] = (size_t)(d->S < SS_ATTN_QBLOCK ? d->S : SS_ATTN_QBLOCK) * (size_t)d->T;
       if (p->qk_norm) n[S_QR] = R * Q, n[S_KR] = R * KV;
       if (p->sandwich) n[S_AO] = R * E, n[S_MO] = SS_TRUNK_ALIAS(S_AO);
       break;

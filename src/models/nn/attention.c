@@ -1,7 +1,9 @@
 /*
  * attention.c — see attention.h. Per (batch, head) two products through ss_matmul (scores and
  * att v; a decode step's single query row takes its few-row kernels) around a causal softmax
- * (vectorized exp, nn/vmath.h). Backward, per (batch, head):
+ * (vectorized exp, nn/vmath.h). Inference goes by blocks of SS_ATTN_QBLOCK queries, each
+ * against only the keys it can see (no [T, P+T] matrix; a causal prefill skips the masked
+ * half); training keeps every probability for the backward. Backward, per (batch, head):
  *   dv_g += att^T dout,  datt = dout v_g^T,  ds = scale * att * (datt - rowsum(att * datt)),
  *   dq = ds k_g,  dk_g += ds^T q      (g: the head's kv group; the first head of a group
  *   overwrites dk_g, dv_g, the others add)
@@ -18,16 +20,19 @@
 #include "models/nn/matmul.h"
 #include "models/nn/vmath.h"
 
-/* Causal softmax of one (batch, head) score block [T, Tk] in place; query i sees keys
- * lo..P+i (lo = 0, or P+i-window+1 with a sliding window); the masked part is set to 0, so the
- * backward (which walks keys 0..i) needs no window of its own. */
-static void causal_softmax(float *s, int T, int Tk, int P, float scale, int window, float softcap) {
-  for (int i = 0; i < T; i++) {
-    float *row = s + (size_t)i * (size_t)Tk, mx = -INFINITY, sum = 0.0f, inv;
-    int n = P + i + 1, lo = window > 0 && n > window ? n - window : 0;
-    for (int j = 0; j < lo; j++) row[j] = 0.0f;
-    row += lo;
-    n -= lo;
+/* Causal softmax in place of a block of scores s [nq, nk]: row r is the query at absolute
+ * position p0 + r, column c the key at absolute position kbeg + c. The query at position i sees
+ * keys lo..i (lo = 0, or i-window+1 with a sliding window); the rest of its row is set to 0, so
+ * the backward (which walks keys 0..i) needs no window of its own. */
+static void block_softmax(float *s, int nq, int nk, int kbeg, int p0, float scale, int window,
+                          float softcap) {
+  for (int r = 0; r < nq; r++) {
+    float *row = s + (size_t)r * (size_t)nk, mx = -INFINITY, sum = 0.0f, inv;
+    int i = p0 + r, lo = window > 0 && i + 1 > window ? i + 1 - window : 0;
+    int a = lo - kbeg, n = i - lo + 1; /* visible: columns a .. a + n - 1 */
+    for (int j = 0; j < a; j++) row[j] = 0.0f;
+    for (int j = a + n; j < nk; j++) row[j] = 0.0f;
+    row += a;
     if (softcap > 0.0f) /* Gemma 2: cap * tanh(scores / cap) */
       for (int j = 0; j < n; j++) row[j] = softcap * tanhf(row[j] * scale / softcap);
     else
@@ -39,7 +44,6 @@ static void causal_softmax(float *s, int T, int Tk, int P, float scale, int wind
     for (int j = 0; j < n; j++) sum += row[j];
     inv = 1.0f / sum;
     for (int j = 0; j < n; j++) row[j] *= inv;
-    for (int j = n; j < Tk - lo; j++) row[j] = 0.0f;
   }
 }
 
@@ -83,14 +87,28 @@ void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, floa
       size_t bh = (size_t)b * (size_t)d->NH + (size_t)h;
       size_t bg = (size_t)b * (size_t)d->NKV + (size_t)(h / grp);
       const float *Kg = K + bg * (size_t)Tk * hs, *Vg = V + bg * (size_t)Tk * hs;
-      float *A = att_all ? att + bh * (size_t)T * (size_t)Tk : att;
-      /* scores [T, Tk] = q_h [T, HS] K_g^T */
-      ss_matmul(SS_MM_N, SS_MM_T, T, Tk, HS, 1.0f, q + row0 * (size_t)ldq + (size_t)h * hs, ldq, Kg,
-                HS, 0.0f, A, Tk);
-      causal_softmax(A, T, Tk, P, d->scale, window, softcap);
-      /* out_h [T, HS] = att [T, Tk] V_g [Tk, HS] */
-      ss_matmul(SS_MM_N, SS_MM_N, T, HS, Tk, 1.0f, A, Tk, Vg, HS, 0.0f,
-                out + row0 * (size_t)ldo + (size_t)h * hs, ldo);
+      const float *qh = q + row0 * (size_t)ldq + (size_t)h * hs;
+      float *oh = out + row0 * (size_t)ldo + (size_t)h * hs;
+      if (att_all) { /* training: every probability kept for the backward */
+        float *A = att + bh * (size_t)T * (size_t)Tk;
+        /* scores [T, Tk] = q_h [T, HS] K_g^T;  out_h [T, HS] = att [T, Tk] V_g [Tk, HS] */
+        ss_matmul(SS_MM_N, SS_MM_T, T, Tk, HS, 1.0f, qh, ldq, Kg, HS, 0.0f, A, Tk);
+        block_softmax(A, T, Tk, 0, P, d->scale, window, softcap);
+        ss_matmul(SS_MM_N, SS_MM_N, T, HS, Tk, 1.0f, A, Tk, Vg, HS, 0.0f, oh, ldo);
+        continue;
+      }
+      /* Inference: query blocks of SS_ATTN_QBLOCK rows, each against only the keys its rows
+       * can see (up to its last row; from the first row's window start): no [T, Tk] score
+       * matrix, and a causal prefill computes about half the products. */
+      for (int i0 = 0; i0 < T; i0 += SS_ATTN_QBLOCK) {
+        int nq = T - i0 < SS_ATTN_QBLOCK ? T - i0 : SS_ATTN_QBLOCK, p0 = P + i0;
+        int kbeg = window > 0 && p0 + 1 > window ? p0 + 1 - window : 0, nk = p0 + nq - kbeg;
+        ss_matmul(SS_MM_N, SS_MM_T, nq, nk, HS, 1.0f, qh + (size_t)i0 * (size_t)ldq, ldq,
+                  Kg + (size_t)kbeg * hs, HS, 0.0f, att, nk);
+        block_softmax(att, nq, nk, kbeg, p0, d->scale, window, softcap);
+        ss_matmul(SS_MM_N, SS_MM_N, nq, HS, nk, 1.0f, att, nk, Vg + (size_t)kbeg * hs, HS, 0.0f,
+                  oh + (size_t)i0 * (size_t)ldo, ldo);
+      }
     }
   }
 }

@@ -19,6 +19,10 @@
 #ifndef SS_MODELS_NN_ATTENTION_H
 #define SS_MODELS_NN_ATTENTION_H
 
+/* Inference forwards (att_all 0) take queries in blocks of this many rows: att is scratch of
+ * [min(T, SS_ATTN_QBLOCK), P+T] floats. */
+#define SS_ATTN_QBLOCK 32
+
 typedef struct ss_attn_dims {
   int B, T, P;     /* batch, new tokens, cached (past) tokens */
   int NH, NKV, HS; /* query heads, key/value heads, head size */
@@ -28,7 +32,7 @@ typedef struct ss_attn_dims {
 /* Forward. past_k, past_v: [B, NKV, P, HS] float32 bytes (borrowed; may be unaligned, e.g. wire
  * bytes), or NULL when P == 0; they and k, v are copied into K, V (written, see above).
  * att: the probabilities; att_all: att is [B, NH, T, P+T] and keeps them all (for backward),
- * else att is scratch of [T, P+T] reused per head. out written. */
+ * else att is scratch of [min(T, SS_ATTN_QBLOCK), P+T] (query blocks, reused). out written. */
 void ss_attention_forward(float *out, int ldo, float *att, int att_all, float *K, float *V,
                           const float *q, int ldq, const float *k, const float *v, int ldkv,
                           const void *past_k, const void *past_v, const ss_attn_dims *d);

@@ -274,53 +274,56 @@ static void test_rope(void) {
 }
 
 static void test_attention(void) {
-  const int B = 2, T = 6, NH = 4, NKV = 2, HS = 8;
-  for (int P = 0; P <= 3; P += 3)
-    for (int window = 0; window <= 4; window += 4)
-      for (int cap = 0; cap < 2; cap++)
-        for (int all = 0; all < 2; all++) {
-          const int Tk = P + T, ldq = NH * HS, ldkv = NKV * HS;
-          const float softcap = cap ? 3.0f : 0.0f;
-          const ss_attn_dims d = {B, T, P, NH, NKV, HS, 0.6f};
-          const size_t nq = (size_t)B * T * ldq, nkv = (size_t)B * T * ldkv;
-          const size_t nwin = (size_t)B * NKV * Tk * HS, npast = (size_t)B * NKV * P * HS;
-          const size_t natt = all ? (size_t)B * NH * T * Tk : (size_t)T * Tk;
-          float *q = rnd(nq, 1.5f), *k = rnd(nkv, 1.5f), *v = rnd(nkv, 1.0f);
-          float *pk = rnd(npast, 1.0f), *pv = rnd(npast, 1.0f);
-          float *o1 = rnd(nq, 1.0f), *o2 = rnd(nq, 1.0f), *K1 = rnd(nwin, 1.0f);
-          float *K2 = rnd(nwin, 1.0f), *V1 = rnd(nwin, 1.0f), *V2 = rnd(nwin, 1.0f);
-          float *a1 = rnd(natt, 1.0f), *a2 = rnd(natt, 1.0f);
-          char what[96];
-          cpu->attention_forward(o1, ldq, a1, all, K1, V1, q, ldq, k, v, ldkv, P ? pk : NULL,
-                                 P ? pv : NULL, &d, window, softcap);
-          ref->attention_forward(o2, ldq, a2, all, K2, V2, q, ldq, k, v, ldkv, P ? pk : NULL,
-                                 P ? pv : NULL, &d, window, softcap);
-          snprintf(what, sizeof what, "attention fwd P %d window %d cap %.0f%s", P, window,
-                   (double)softcap, all ? " att_all" : "");
-          cmp(what, o1, o2, nq, 1e-5);
-          cmp(what, K1, K2, nwin, 0.0);
-          cmp(what, V1, V2, nwin, 0.0);
-          if (all) cmp(what, a1, a2, natt, 1e-5);
-          if (P == 0 && all) { /* backward: no past; the reference att for both */
-            float *dout = rnd(nq, 1.0f), *dq1 = rnd(nq, 1.0f), *dq2 = rnd(nq, 1.0f);
-            float *dk1 = rnd(nkv, 1.0f), *dk2 = rnd(nkv, 1.0f), *dv1 = rnd(nkv, 1.0f);
-            float *dv2 = rnd(nkv, 1.0f), *s1 = rnd(2 * (size_t)T * T, 1.0f);
-            float *s2 = rnd(2 * (size_t)T * T, 1.0f);
-            cpu->attention_backward(dq1, dk1, dv1, s1, dout, ldq, a2, q, ldq, k, v, ldkv, &d,
-                                    softcap);
-            ref->attention_backward(dq2, dk2, dv2, s2, dout, ldq, a2, q, ldq, k, v, ldkv, &d,
-                                    softcap);
-            snprintf(what, sizeof what, "attention bwd window %d cap %.0f dq, dk, dv", window,
-                     (double)softcap);
-            cmp(what, dq1, dq2, nq, 1e-5);
-            cmp(what, dk1, dk2, nkv, 1e-5);
-            cmp(what, dv1, dv2, nkv, 1e-5);
-            free(dout), free(dq1), free(dq2), free(dk1), free(dk2), free(dv1), free(dv2);
-            free(s1), free(s2);
+  /* T 75: the cpu inference forward takes SS_ATTN_QBLOCK-query blocks (three here) */
+  static const int Ts[] = {6, 75};
+  const int B = 2, NH = 4, NKV = 2, HS = 8;
+  for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
+    for (int P = 0; P <= 3; P += 3)
+      for (int window = 0; window <= 40; window += (window == 0 ? 4 : 36))
+        for (int cap = 0; cap < 2; cap++)
+          for (int all = 0; all < 2; all++) {
+            const int T = Ts[ti], Tk = P + T, ldq = NH * HS, ldkv = NKV * HS;
+            const float softcap = cap ? 3.0f : 0.0f;
+            const ss_attn_dims d = {B, T, P, NH, NKV, HS, 0.6f};
+            const size_t nq = (size_t)B * T * ldq, nkv = (size_t)B * T * ldkv;
+            const size_t nwin = (size_t)B * NKV * Tk * HS, npast = (size_t)B * NKV * P * HS;
+            const size_t natt = all ? (size_t)B * NH * T * Tk : (size_t)T * Tk;
+            float *q = rnd(nq, 1.5f), *k = rnd(nkv, 1.5f), *v = rnd(nkv, 1.0f);
+            float *pk = rnd(npast, 1.0f), *pv = rnd(npast, 1.0f);
+            float *o1 = rnd(nq, 1.0f), *o2 = rnd(nq, 1.0f), *K1 = rnd(nwin, 1.0f);
+            float *K2 = rnd(nwin, 1.0f), *V1 = rnd(nwin, 1.0f), *V2 = rnd(nwin, 1.0f);
+            float *a1 = rnd(natt, 1.0f), *a2 = rnd(natt, 1.0f);
+            char what[96];
+            cpu->attention_forward(o1, ldq, a1, all, K1, V1, q, ldq, k, v, ldkv, P ? pk : NULL,
+                                   P ? pv : NULL, &d, window, softcap);
+            ref->attention_forward(o2, ldq, a2, all, K2, V2, q, ldq, k, v, ldkv, P ? pk : NULL,
+                                   P ? pv : NULL, &d, window, softcap);
+            snprintf(what, sizeof what, "attention fwd T %d P %d window %d cap %.0f%s", T, P,
+                     window, (double)softcap, all ? " att_all" : "");
+            cmp(what, o1, o2, nq, 1e-5);
+            cmp(what, K1, K2, nwin, 0.0);
+            cmp(what, V1, V2, nwin, 0.0);
+            if (all) cmp(what, a1, a2, natt, 1e-5);
+            if (P == 0 && all) { /* backward: no past; the reference att for both */
+              float *dout = rnd(nq, 1.0f), *dq1 = rnd(nq, 1.0f), *dq2 = rnd(nq, 1.0f);
+              float *dk1 = rnd(nkv, 1.0f), *dk2 = rnd(nkv, 1.0f), *dv1 = rnd(nkv, 1.0f);
+              float *dv2 = rnd(nkv, 1.0f), *s1 = rnd(2 * (size_t)T * T, 1.0f);
+              float *s2 = rnd(2 * (size_t)T * T, 1.0f);
+              cpu->attention_backward(dq1, dk1, dv1, s1, dout, ldq, a2, q, ldq, k, v, ldkv, &d,
+                                      softcap);
+              ref->attention_backward(dq2, dk2, dv2, s2, dout, ldq, a2, q, ldq, k, v, ldkv, &d,
+                                      softcap);
+              snprintf(what, sizeof what, "attention bwd window %d cap %.0f dq, dk, dv", window,
+                       (double)softcap);
+              cmp(what, dq1, dq2, nq, 1e-5);
+              cmp(what, dk1, dk2, nkv, 1e-5);
+              cmp(what, dv1, dv2, nkv, 1e-5);
+              free(dout), free(dq1), free(dq2), free(dk1), free(dk2), free(dv1), free(dv2);
+              free(s1), free(s2);
+            }
+            free(q), free(k), free(v), free(pk), free(pv), free(o1), free(o2), free(K1), free(K2);
+            free(V1), free(V2), free(a1), free(a2);
           }
-          free(q), free(k), free(v), free(pk), free(pv), free(o1), free(o2), free(K1), free(K2);
-          free(V1), free(V2), free(a1), free(a2);
-        }
 }
 
 int main(void) {

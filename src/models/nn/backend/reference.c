@@ -370,20 +370,20 @@ static void ref_attention_forward(float *out, int ldo, float *att, int att_all, 
         const int i = P + t, lo = window > 0 && i + 1 > window ? i + 1 - window : 0;
         const float *qv =
             q + ((size_t)b * (size_t)T + (size_t)t) * (size_t)ldq + (size_t)h * (size_t)HS;
-        float *arow = A + (size_t)t * (size_t)Tk;
+        float *arow = att_all ? A + (size_t)t * (size_t)Tk : NULL; /* kept for training */
         float *o = out + ((size_t)b * (size_t)T + (size_t)t) * (size_t)ldo + (size_t)h * (size_t)HS;
         double mx = -INFINITY, sum = 0.0;
         /* Scores are recomputed in each pass rather than kept: the oracle allocates nothing. */
         for (int j = lo; j <= i; j++) mx = fmax(mx, score(qv, win(K, d, b, g, j), d, softcap));
         for (int j = lo; j <= i; j++) sum += exp(score(qv, win(K, d, b, g, j), d, softcap) - mx);
-        for (int j = 0; j < Tk; j++) arow[j] = 0.0f;
+        for (int j = 0; arow && j < Tk; j++) arow[j] = 0.0f;
         for (int c0 = 0; c0 < HS; c0 += 64) { /* 64 output lanes at a time, in double */
           double acc[64] = {0};
           int nc = HS - c0 < 64 ? HS - c0 : 64;
           for (int j = lo; j <= i; j++) {
             double p = exp(score(qv, win(K, d, b, g, j), d, softcap) - mx) / sum;
             const float *vj = win(V, d, b, g, j) + c0;
-            if (c0 == 0) arow[j] = (float)p;
+            if (c0 == 0 && arow) arow[j] = (float)p;
             for (int c = 0; c < nc; c++) acc[c] += p * (double)vj[c];
           }
           for (int c = 0; c < nc; c++) o[c0 + c] = (float)acc[c];
