@@ -24,6 +24,36 @@ static int read_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v) {
   return -1;
 }
 
+/* One field at *pos: its number *fn and wire type *wt; a varint's value, or a length-delimited
+ * field's payload length, in *n, and the payload in *val (else NULL). *pos moves past the field.
+ * 0, or -1 for a truncated field or a wire type these messages do not use (groups). */
+static int next_field(const uint8_t *p, size_t len, size_t *pos, uint64_t *fn, uint32_t *wt,
+                      const uint8_t **val, uint64_t *n) {
+  uint64_t tag;
+  *val = NULL;
+  *n = 0;
+  if (read_varint(p, len, pos, &tag) != 0) return -1;
+  *wt = (uint32_t)(tag & 7);
+  *fn = tag >> 3;
+  switch (*wt) {
+    case 0: return read_varint(p, len, pos, n);
+    case 1:
+      if (len - *pos < 8) return -1;
+      *pos += 8;
+      return 0;
+    case 5:
+      if (len - *pos < 4) return -1;
+      *pos += 4;
+      return 0;
+    case 2:
+      if (read_varint(p, len, pos, n) != 0 || *n > len - *pos) return -1;
+      *val = p + *pos;
+      *pos += (size_t)*n;
+      return 0;
+    default: return -1;
+  }
+}
+
 /* One pass over the top-level fields: the last `field` occurrence becomes *val; every
  * `rep_field` occurrence is appended to reps (when reps != NULL; reps_cap entries at most);
  * everything else is copied to rest (when rest != NULL). Returns the bytes skipped, or -1. */
@@ -33,40 +63,20 @@ static long scan(const uint8_t *msg, size_t len, uint32_t field, uint32_t rep_fi
   size_t pos = 0, out = 0, skipped = 0;
   while (pos < len) {
     size_t start = pos;
-    uint64_t tag, n;
-    if (read_varint(msg, len, &pos, &tag) != 0) return -1;
-    uint32_t wt = (uint32_t)(tag & 7);
-    uint64_t fn = tag >> 3;
-    if (fn == 0) return -1;
-    switch (wt) {
-      case 0:
-        if (read_varint(msg, len, &pos, &n) != 0) return -1;
-        break;
-      case 1:
-        if (len - pos < 8) return -1;
-        pos += 8;
-        break;
-      case 5:
-        if (len - pos < 4) return -1;
-        pos += 4;
-        break;
-      case 2:
-        if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return -1;
-        if (fn == field || (rep_field && fn == rep_field)) {
-          if (fn == field) {
-            *val = msg + pos;
-            *vlen = (size_t)n;
-          } else {
-            if (reps && *nreps < reps_cap) reps[*nreps] = (ss_wire_view){msg + pos, (size_t)n};
-            (*nreps)++;
-          }
-          skipped += pos + n - start;
-          pos += (size_t)n;
-          continue;
-        }
-        pos += (size_t)n;
-        break;
-      default: return -1; /* groups are not used by these messages */
+    uint64_t fn, n;
+    uint32_t wt;
+    const uint8_t *v;
+    if (next_field(msg, len, &pos, &fn, &wt, &v, &n) != 0 || fn == 0) return -1;
+    if (wt == 2 && (fn == field || (rep_field && fn == rep_field))) {
+      if (fn == field) {
+        *val = v;
+        *vlen = (size_t)n;
+      } else {
+        if (reps && *nreps < reps_cap) reps[*nreps] = (ss_wire_view){v, (size_t)n};
+        (*nreps)++;
+      }
+      skipped += pos - start;
+      continue;
     }
     if (rest) memcpy(rest + out, msg + start, pos - start);
     out += pos - start;
@@ -107,24 +117,23 @@ int ss_split_fields(const uint8_t *msg, size_t len, uint32_t field, uint32_t rep
   return 0;
 }
 
-/* Repeated int32 as packed (wire type 2) or not (wire type 0), appended to shape[] (at most
- * SS_WIRE_MAX_DIMS; more dims are counted so the caller can refuse them). */
-static int read_int32s(const uint8_t *p, size_t len, size_t *pos, uint32_t wt, int32_t *shape,
-                       size_t *n) {
-  uint64_t v;
+static void add_dim(int32_t *shape, size_t *n, uint64_t v) {
+  if (*n < SS_WIRE_MAX_DIMS) shape[*n] = (int32_t)(int64_t)v;
+  (*n)++;
+}
+
+/* One occurrence of a repeated int32, packed (wire type 2: the payload p[plen]) or not (wire
+ * type 0: the value v), appended to shape[] (at most SS_WIRE_MAX_DIMS; more dims are counted so
+ * the caller can refuse them). */
+static int add_int32s(uint32_t wt, uint64_t v, const uint8_t *p, size_t plen, int32_t *shape,
+                      size_t *n) {
   if (wt == 0) {
-    if (read_varint(p, len, pos, &v) != 0) return -1;
-    if (*n < SS_WIRE_MAX_DIMS) shape[*n] = (int32_t)(int64_t)v;
-    (*n)++;
+    add_dim(shape, n, v);
     return 0;
   }
-  uint64_t blen;
-  if (read_varint(p, len, pos, &blen) != 0 || blen > len - *pos) return -1;
-  size_t end = *pos + (size_t)blen;
-  while (*pos < end) {
-    if (read_varint(p, end, pos, &v) != 0) return -1;
-    if (*n < SS_WIRE_MAX_DIMS) shape[*n] = (int32_t)(int64_t)v;
-    (*n)++;
+  for (size_t pos = 0; pos < plen;) {
+    if (read_varint(p, plen, &pos, &v) != 0) return -1;
+    add_dim(shape, n, v);
   }
   return 0;
 }
@@ -133,35 +142,18 @@ int ss_parse_kv_entry(const uint8_t *p, size_t len, ss_wire_kv *kv) {
   memset(kv, 0, sizeof *kv);
   size_t pos = 0;
   while (pos < len) {
-    uint64_t tag, n;
-    if (read_varint(p, len, &pos, &tag) != 0) return -1;
-    uint32_t wt = (uint32_t)(tag & 7);
-    uint64_t fn = tag >> 3;
+    uint64_t fn, n;
+    uint32_t wt;
+    const uint8_t *v;
+    if (next_field(p, len, &pos, &fn, &wt, &v, &n) != 0) return -1;
     if ((fn == 2 || fn == 4) && (wt == 0 || wt == 2)) {
-      if (read_int32s(p, len, &pos, wt, fn == 2 ? kv->key_shape : kv->value_shape,
-                      fn == 2 ? &kv->n_key_shape : &kv->n_value_shape) != 0)
+      if (add_int32s(wt, n, v, (size_t)n, fn == 2 ? kv->key_shape : kv->value_shape,
+                     fn == 2 ? &kv->n_key_shape : &kv->n_value_shape) != 0)
         return -1;
-      continue;
-    }
-    switch (wt) {
-      case 0:
-        if (read_varint(p, len, &pos, &n) != 0) return -1;
-        break;
-      case 1:
-        if (len - pos < 8) return -1;
-        pos += 8;
-        break;
-      case 5:
-        if (len - pos < 4) return -1;
-        pos += 4;
-        break;
-      case 2:
-        if (read_varint(p, len, &pos, &n) != 0 || n > len - pos) return -1;
-        if (fn == 1) kv->key = (ss_wire_view){p + pos, (size_t)n};
-        if (fn == 3) kv->value = (ss_wire_view){p + pos, (size_t)n};
-        pos += (size_t)n;
-        break;
-      default: return -1;
+    } else if (wt == 2 && fn == 1) {
+      kv->key = (ss_wire_view){v, (size_t)n};
+    } else if (wt == 2 && fn == 3) {
+      kv->value = (ss_wire_view){v, (size_t)n};
     }
   }
   return 0;
@@ -186,46 +178,27 @@ static int check_entry(const uint8_t *p, size_t len, size_t idx, const ss_wire_l
                        char *err, size_t errlen) {
   size_t pos = 0;
   while (pos < len) {
-    uint64_t tag, n;
-    if (read_varint(p, len, &pos, &tag) != 0) return 0;
-    uint32_t wt = (uint32_t)(tag & 7);
-    uint64_t fn = tag >> 3;
-    switch (wt) {
-      case 0:
-        if (read_varint(p, len, &pos, &n) != 0) return 0;
-        break;
-      case 1:
-        if (len - pos < 8) return 0;
-        pos += 8;
-        break;
-      case 5:
-        if (len - pos < 4) return 0;
-        pos += 4;
-        break;
-      case 2:
-        if (read_varint(p, len, &pos, &n) != 0 || n > len - pos) return 0;
-        if (fn == 1 || fn == 2) {
-          size_t max = fn == 1 ? lim->max_key : lim->max_value;
-          const char *what = fn == 1 ? "key" : "value";
-          if (n > max) {
-            snprintf(err, errlen,
-                     "metadata entry %zu: %s of %llu bytes is over the limit of %zu bytes "
-                     "(--max-metadata-%s-bytes)",
-                     idx, what, (unsigned long long)n, max, what);
-            return SS_EBUSY;
-          }
-          if (memchr(p + pos, 0, (size_t)n)) {
-            snprintf(err, errlen,
-                     "metadata entry %zu: the %s holds a NUL byte at offset %zu; "
-                     "metadata keys and values are text without NUL",
-                     idx, what,
-                     (size_t)((const uint8_t *)memchr(p + pos, 0, (size_t)n) - (p + pos)));
-            return SS_EINVAL;
-          }
-        }
-        pos += (size_t)n;
-        break;
-      default: return 0;
+    uint64_t fn, n;
+    uint32_t wt;
+    const uint8_t *v;
+    if (next_field(p, len, &pos, &fn, &wt, &v, &n) != 0) return 0; /* protobuf-c will say */
+    if (wt != 2 || (fn != 1 && fn != 2)) continue;
+    size_t max = fn == 1 ? lim->max_key : lim->max_value;
+    const char *what = fn == 1 ? "key" : "value";
+    const uint8_t *z;
+    if (n > max) {
+      snprintf(err, errlen,
+               "metadata entry %zu: %s of %llu bytes is over the limit of %zu bytes "
+               "(--max-metadata-%s-bytes)",
+               idx, what, (unsigned long long)n, max, what);
+      return SS_EBUSY;
+    }
+    if ((z = memchr(v, 0, (size_t)n)) != NULL) {
+      snprintf(err, errlen,
+               "metadata entry %zu: the %s holds a NUL byte at offset %zu; "
+               "metadata keys and values are text without NUL",
+               idx, what, (size_t)(z - v));
+      return SS_EINVAL;
     }
   }
   return 0;
@@ -297,64 +270,36 @@ int ss_wire_check(const uint8_t *msg, size_t len, const ss_wire_limits *lim, cha
   size_t cnt[64] = {0}; /* per field of lim->desc (types here have far fewer) */
   const ss_wire_limits *blim = lim->desc && lim->desc->n_fields <= 64 ? lim : NULL;
   while (pos < len) {
-    uint64_t tag, n = 0;
+    uint64_t fn, n;
+    uint32_t wt;
+    const uint8_t *v;
     size_t start = pos;
-    if (read_varint(msg, len, &pos, &tag) != 0) return 0;
-    uint32_t wt = (uint32_t)(tag & 7);
-    uint64_t fn = tag >> 3;
-    if (blim && wt != 2) {
-      size_t end = pos;
-      if (wt == 0 && read_varint(msg, len, &end, &n) != 0) return 0;
-      if ((wt == 1 && len - pos < 8) || (wt == 5 && len - pos < 4)) return 0;
-      if (wt == 1) end += 8;
-      if (wt == 5) end += 4;
-      int rv = bound_field(blim, fn, wt, NULL, 0, end - start, cnt, &unknown, &unknown_bytes, err,
-                           errlen);
+    if (next_field(msg, len, &pos, &fn, &wt, &v, &n) != 0) return 0; /* protobuf-c will say */
+    if (blim) {
+      int rv = bound_field(blim, fn, wt, v, wt == 2 ? (size_t)n : 0, pos - start, cnt, &unknown,
+                           &unknown_bytes, err, errlen);
       if (rv != 0) return rv;
     }
-    switch (wt) {
-      case 0:
-        if (read_varint(msg, len, &pos, &n) != 0) return 0;
-        break;
-      case 1:
-        if (len - pos < 8) return 0;
-        pos += 8;
-        break;
-      case 5:
-        if (len - pos < 4) return 0;
-        pos += 4;
-        break;
-      case 2:
-        if (read_varint(msg, len, &pos, &n) != 0 || n > len - pos) return 0;
-        if (blim) {
-          int rv = bound_field(blim, fn, wt, msg + pos, (size_t)n, pos + (size_t)n - start, cnt,
-                               &unknown, &unknown_bytes, err, errlen);
-          if (rv != 0) return rv;
-        }
-        if (lim->meta_field && fn == lim->meta_field) {
-          if (++entries > lim->max_entries) {
-            snprintf(err, errlen, "metadata has more than %zu entries (--max-metadata-entries)",
-                     lim->max_entries);
-            return SS_EBUSY;
-          }
-          int rv = check_entry(msg + pos, (size_t)n, entries - 1, lim, err, errlen);
-          if (rv != 0) return rv;
-        }
-        for (size_t i = 0; i < lim->n_str_fields; i++) {
-          const uint8_t *z;
-          if (fn == lim->str_fields[i] && (z = memchr(msg + pos, 0, (size_t)n)) != NULL) {
-            snprintf(err, errlen,
-                     "%s holds a NUL byte at offset %zu ('%.*s\\0...'); ids are text "
-                     "without NUL",
-                     lim->str_names[i], (size_t)(z - (msg + pos)),
-                     (int)((z - (msg + pos)) > 64 ? 64 : (z - (msg + pos))),
-                     (const char *)(msg + pos));
-            return SS_EINVAL;
-          }
-        }
-        pos += (size_t)n;
-        break;
-      default: return 0;
+    if (wt != 2) continue;
+    if (lim->meta_field && fn == lim->meta_field) {
+      if (++entries > lim->max_entries) {
+        snprintf(err, errlen, "metadata has more than %zu entries (--max-metadata-entries)",
+                 lim->max_entries);
+        return SS_EBUSY;
+      }
+      int rv = check_entry(v, (size_t)n, entries - 1, lim, err, errlen);
+      if (rv != 0) return rv;
+    }
+    for (size_t i = 0; i < lim->n_str_fields; i++) {
+      const uint8_t *z;
+      if (fn == lim->str_fields[i] && (z = memchr(v, 0, (size_t)n)) != NULL) {
+        snprintf(err, errlen,
+                 "%s holds a NUL byte at offset %zu ('%.*s\\0...'); ids are text "
+                 "without NUL",
+                 lim->str_names[i], (size_t)(z - v), (int)((z - v) > 64 ? 64 : (z - v)),
+                 (const char *)v);
+        return SS_EINVAL;
+      }
     }
   }
   return 0;
