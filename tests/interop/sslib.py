@@ -307,6 +307,20 @@ def run_cli(*args, timeout=10.0, env=None):
     return p.returncode, p.stdout.decode("utf-8", "replace")
 
 
+def model_refused(spec, *want):
+    """splitserve --model spec must refuse to start (not crash), with a message naming every
+    word of want (case-insensitive). Returns the output."""
+    rc, out = run_cli("--listen", "127.0.0.1:0", "--model", spec)
+    assert rc != 0, "splitserve --model %s started:\n%s" % (spec, out)
+    assert rc > 0, "splitserve --model %s crashed (signal %d):\n%s" % (spec, -rc, out)
+    assert "listening on" not in out
+    check_no_sanitizer_report(out)
+    for w in want:
+        assert w.lower() in out.lower(), "refusal of --model %s does not name %r:\n%s" % (
+            spec, w, out)
+    return out
+
+
 def proc_threads(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:

@@ -398,29 +398,10 @@ def test_lora():
 
 
 def sslib_ckpt(ids):
-    import signal
-    import time
-    pat = {mid: "checkpoint (SIGUSR1): model '%s' written" % mid for mid in ids}
-    with S._cond:
-        before = {mid: sum(p in line for line in S._lines) for mid, p in pat.items()}
-    S.signal(signal.SIGUSR1)
-    deadline = time.monotonic() + T(30)
-    while time.monotonic() < deadline:
-        with S._cond:
-            if all(sum(p in line for line in S._lines) > before[mid] for mid, p in pat.items()):
-                return
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint lines for %s:\n%s" % (ids, sslib.tail(S.log)))
+    S.checkpoint(ids)
 
 
-def _refused(spec, *want):
-    rc, out = sslib.run_cli("--listen", "127.0.0.1:0", "--model", spec)
-    assert rc != 0, "splitserve --model %s started:\n%s" % (spec, out)
-    assert rc > 0, "splitserve --model %s crashed (signal %d):\n%s" % (spec, -rc, out)
-    sslib.check_no_sanitizer_report(out)
-    for w in want:
-        assert w.lower() in out.lower(), "refusal of --model %s does not name %r:\n%s" % (
-            spec, w, out)
+_refused = sslib.model_refused
 
 
 def test_gemma3_multimodal_checkpoint():

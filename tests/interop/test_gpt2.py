@@ -240,15 +240,7 @@ def test_bad_input():
     assert_alive(C)
 
 
-def _refused(spec, *want):
-    rc, out = sslib.run_cli("--listen", "127.0.0.1:0", "--model", spec)
-    assert rc != 0, "splitserve --model %s started:\n%s" % (spec, out)
-    assert rc > 0, "splitserve --model %s crashed (signal %d):\n%s" % (spec, -rc, out)
-    assert "listening on" not in out
-    sslib.check_no_sanitizer_report(out)
-    for w in want:
-        assert w.lower() in out.lower(), "refusal of --model %s does not name %r:\n%s" % (
-            spec, w, out)
+_refused = sslib.model_refused
 
 
 def test_startup_refusals():
