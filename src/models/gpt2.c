@@ -118,7 +118,7 @@ static void gpt2_free(gpt2 *p) {
   if (p == NULL) return;
   if (p->blk != NULL)
     for (int l = 0; l < p->b - p->a; l++) {
-      for (int k = 0; k < T_PER_LAYER; k++) free(p->blk[l].own[k]);
+      for (int k = 0; k < T_PER_LAYER; k++) ss_op_release(&p->cc, p->blk[l].own[k]);
       for (int k = 0; k < N_LORA; k++) ss_lora_free(&p->blk[l].lo[k]);
     }
   ss_params_free(&p->prm);
@@ -247,8 +247,8 @@ static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_
   for (size_t i = 0; i < ss_st_count(p->st); i++)
     if (strncmp(ss_st_at(p->st, i)->name, "transformer.h.", 14) == 0) prefix = "transformer.";
   p->prefix = prefix;
-  if ((p->blk = ss_trunk_load_begin(&ld, (size_t)L * T_PER_LAYER, &found, (size_t)L, sizeof *p->blk,
-                                    path, err, errlen)) == NULL)
+  if ((p->blk = ss_trunk_load_begin(&ld, &p->cc, (size_t)L * T_PER_LAYER, &found, (size_t)L,
+                                    sizeof *p->blk, path, err, errlen)) == NULL)
     return SS_ENOMEM;
   for (int l = 0; l < L; l++) {
     for (int k = 0; k < T_PER_LAYER; k++) {
@@ -552,8 +552,9 @@ static int lora_setup(gpt2 *p, const char *adapter_dir, char *err, size_t errlen
       lora_key(p->a + l, lo, bare, key, sizeof key);
       a->unit = (p->a + l) * 16 + lo; /* dropout masks: lora.h */
       if (ad != NULL)
-        rc = ss_lora_load(a, ad, path, key, p->lora.r, (int)shape[0], (int)shape[1], err, errlen);
-      else if ((rc = ss_lora_init(a, p->lora.r, (int)shape[0], (int)shape[1], &st)) != 0)
+        rc = ss_lora_load(a, &p->cc, ad, path, key, p->lora.r, (int)shape[0], (int)shape[1], err,
+                          errlen);
+      else if ((rc = ss_lora_init(a, &p->cc, p->lora.r, (int)shape[0], (int)shape[1], &st)) != 0)
         snprintf(err, errlen, "out of memory");
     }
   }
@@ -566,7 +567,7 @@ static int lora_setup(gpt2 *p, const char *adapter_dir, char *err, size_t errlen
 static int gpt2_params(gpt2 *p) {
   int L = p->b - p->a;
   char name[256];
-  if (ss_params_init(&p->prm, (size_t)L * T_PER_LAYER) != 0) return SS_ENOMEM;
+  if (ss_params_init(&p->prm, (size_t)L * T_PER_LAYER, &p->cc) != 0) return SS_ENOMEM;
   if (p->lora.r > 0) { /* LoRA: the adapters only, under their PEFT names */
     for (int l = 0; l < L; l++) {
       for (int lo = 0; lo < N_LORA; lo++) {
@@ -626,6 +627,7 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
+  p->cc = ss_model_compute(m); /* every tensor of the model comes from its backend */
   rc = ss_st_open(sp.weights, &p->st, msg, sizeof msg);
   if (rc == 0) rc = load_config(p, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
   if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);

@@ -179,10 +179,10 @@ static void llama_free(llama *p) {
   if (p->blk != NULL)
     for (int l = 0; l < p->b - p->a; l++) {
       lblock *bk = &p->blk[l];
-      for (int j = 0; j < N_NORM; j++) free(bk->nw_own[j]);
+      for (int j = 0; j < N_NORM; j++) ss_op_release(&p->cc, bk->nw_own[j]);
       for (int k = 0; k < N_PROJ; k++) {
-        free(bk->pr[k].w_own);
-        free(bk->pr[k].b_own);
+        ss_op_release(&p->cc, bk->pr[k].w_own);
+        ss_op_release(&p->cc, bk->pr[k].b_own);
         ss_lora_free(&bk->pr[k].lo);
       }
     }
@@ -819,8 +819,8 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
       if (rc != 0) return rc;
     }
   }
-  if ((p->blk = ss_trunk_load_begin(&ld, (size_t)L * W_PER_LAYER, &found, (size_t)L, sizeof *p->blk,
-                                    path, err, errlen)) == NULL)
+  if ((p->blk = ss_trunk_load_begin(&ld, &p->cc, (size_t)L * W_PER_LAYER, &found, (size_t)L,
+                                    sizeof *p->blk, path, err, errlen)) == NULL)
     return SS_ENOMEM;
   for (int l = 0; l < L; l++) {
     for (int j = 0; j < W_PER_LAYER; j++) {
@@ -1395,8 +1395,8 @@ static int lora_setup(llama *p, const char *adapter_dir, char *err, size_t errle
       lora_key(p, p->a + l, k, key, sizeof key);
       pr->lo.unit = (p->a + l) * 16 + k; /* dropout masks: lora.h */
       if (ad != NULL)
-        rc = ss_lora_load(&pr->lo, ad, path, key, p->lora.r, pr->in, pr->out, err, errlen);
-      else if ((rc = ss_lora_init(&pr->lo, p->lora.r, pr->in, pr->out, &st)) != 0)
+        rc = ss_lora_load(&pr->lo, &p->cc, ad, path, key, p->lora.r, pr->in, pr->out, err, errlen);
+      else if ((rc = ss_lora_init(&pr->lo, &p->cc, p->lora.r, pr->in, pr->out, &st)) != 0)
         snprintf(err, errlen, "out of memory");
     }
   }
@@ -1411,7 +1411,7 @@ static int llama_params(llama *p) {
   int L = p->b - p->a;
   char name[256], full[300];
   ss_params *s = &p->prm;
-  if (ss_params_init(s, (size_t)L * W_PER_LAYER) != 0) return SS_ENOMEM;
+  if (ss_params_init(s, (size_t)L * W_PER_LAYER, &p->cc) != 0) return SS_ENOMEM;
   for (int l = 0; l < L; l++) {
     lblock *bk = &p->blk[l];
     if (p->lora.r > 0) {
@@ -1470,6 +1470,7 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
+  p->cc = ss_model_compute(m); /* every tensor of the model comes from its backend */
   memset(&w, 0, sizeof w);
   w.p = p;
   msg[0] = '\0';

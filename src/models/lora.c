@@ -88,12 +88,14 @@ static uint64_t splitmix64(uint64_t *state) {
   return z ^ (z >> 31);
 }
 
-int ss_lora_init(ss_lora *l, int r, int in, int out, uint64_t *state) {
+int ss_lora_init(ss_lora *l, const ss_compute *cc, int r, int in, int out, uint64_t *state) {
   size_t na = (size_t)r * (size_t)in, nb = (size_t)out * (size_t)r;
-  l->a_own = malloc(na * sizeof(float));
-  l->b_own = calloc(nb, sizeof(float));
+  l->cc = cc;
+  l->a_own = ss_op_alloc(cc, na * sizeof(float));
+  l->b_own = ss_op_alloc(cc, nb * sizeof(float));
   l->ia = l->ib = -1;
   if (l->a_own == NULL || l->b_own == NULL) return SS_ENOMEM;
+  memset(l->b_own, 0, nb * sizeof(float));
   /* kaiming_uniform_(a=sqrt(5)) on [r, in]: gain sqrt(2/6), bound gain sqrt(3/in) = 1/sqrt(in) */
   for (size_t i = 0; i < na; i++) {
     double u = (double)(splitmix64(state) >> 40) * 0x1p-24;
@@ -104,9 +106,10 @@ int ss_lora_init(ss_lora *l, int r, int in, int out, uint64_t *state) {
   return 0;
 }
 
-int ss_lora_load(ss_lora *l, const ss_st_file *ad, const char *path, const char *key, int r, int in,
-                 int out, char *err, size_t errlen) {
+int ss_lora_load(ss_lora *l, const ss_compute *cc, const ss_st_file *ad, const char *path,
+                 const char *key, int r, int in, int out, char *err, size_t errlen) {
   char name[300];
+  l->cc = cc;
   l->ia = l->ib = -1;
   for (int f = 0; f < 2; f++) {
     const ss_st_tensor *t;
@@ -126,9 +129,9 @@ int ss_lora_load(ss_lora *l, const ss_st_file *ad, const char *path, const char 
       return SS_EINVAL;
     }
     /* own copies (the adapter file is closed after loading; every step writes them) */
-    if (ss_st_f32(t, view, own) != 0) return SS_ENOMEM;
+    if (ss_st_f32(t, view, own, ss_backend_of(cc)->alloc) != 0) return SS_ENOMEM;
     if (*own == NULL) {
-      if ((*own = malloc(t->numel * sizeof(float))) == NULL) return SS_ENOMEM;
+      if ((*own = ss_op_alloc(cc, t->numel * sizeof(float))) == NULL) return SS_ENOMEM;
       memcpy(*own, *view, t->numel * sizeof(float));
       *view = *own;
     }
@@ -147,8 +150,8 @@ int ss_lora_add_params(ss_params *prm, ss_lora *l, const char *key, int r, int i
 }
 
 void ss_lora_free(ss_lora *l) {
-  free(l->a_own);
-  free(l->b_own);
+  ss_op_release(l->cc, l->a_own);
+  ss_op_release(l->cc, l->b_own);
   l->a_own = l->b_own = NULL;
   l->a = l->b = NULL;
 }

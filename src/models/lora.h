@@ -46,8 +46,9 @@
 typedef struct ss_lora {
   const float *a, *b; /* A [r, in], B [out, r] (views of a_own / b_own) */
   float *a_own, *b_own;
-  int ia, ib; /* their parameter indices (< 0: not trainable) */
-  int unit;   /* layer * 16 + module: which dropout masks it draws (see above) */
+  int ia, ib;           /* their parameter indices (< 0: not trainable) */
+  int unit;             /* layer * 16 + module: which dropout masks it draws (see above) */
+  const ss_compute *cc; /* whose backend a_own and b_own come from (borrowed) */
 } ss_lora;
 
 /* A model's LoRA settings (r == 0: no LoRA). */
@@ -84,13 +85,14 @@ void ss_lora_backward(ss_params *prm, const ss_lora_cfg *c, const ss_lora *l, in
                       float *dx, const float *dy, const float *x, int BT, float *lt, float *dlt,
                       const ss_lora_mask *mk, float *xd);
 
-/* Fresh adapter: A from PEFT's init (state: the seeded generator, advanced), B zero.
- * Returns 0 or SS_ENOMEM. */
-int ss_lora_init(ss_lora *l, int r, int in, int out, uint64_t *state);
-/* Adapter from an opened adapter_model.safetensors (borrowed; values copied): keys
- * <key>.lora_A.weight [r, in] and <key>.lora_B.weight [out, r]. path: for messages. */
-int ss_lora_load(ss_lora *l, const ss_st_file *ad, const char *path, const char *key, int r, int in,
-                 int out, char *err, size_t errlen);
+/* Fresh adapter in cc's backend memory (cc: the model's, borrowed): A from PEFT's init (state:
+ * the seeded generator, advanced), B zero. Returns 0 or SS_ENOMEM. */
+int ss_lora_init(ss_lora *l, const ss_compute *cc, int r, int in, int out, uint64_t *state);
+/* Adapter from an opened adapter_model.safetensors (borrowed; values copied into cc's backend
+ * memory): keys <key>.lora_A.weight [r, in] and <key>.lora_B.weight [out, r]. path: for
+ * messages. */
+int ss_lora_load(ss_lora *l, const ss_compute *cc, const ss_st_file *ad, const char *path,
+                 const char *key, int r, int in, int out, char *err, size_t errlen);
 /* Register A and B as parameters under <key>.lora_A.weight / .lora_B.weight. 0 or SS_ENOMEM. */
 int ss_lora_add_params(ss_params *prm, ss_lora *l, const char *key, int r, int in, int out);
 void ss_lora_free(ss_lora *l);

@@ -57,8 +57,8 @@ typedef struct mlp {
 static void mlp_free(mlp *p) {
   if (p == NULL) return;
   for (int i = 0; i < p->n; i++) {
-    free(p->l[i].w_own);
-    free(p->l[i].b_own);
+    ss_op_release(&p->cc, p->l[i].w_own);
+    ss_op_release(&p->cc, p->l[i].b_own);
   }
   ss_params_free(&p->prm);
   free(p->prefix);
@@ -99,8 +99,8 @@ static int default_weights(mlp *p) {
     L->idx = 2 * (unsigned long)i; /* Sequential(Linear, ReLU, Linear): 0, 2 */
     nw = (size_t)L->in * (size_t)L->out;
     bound = 1.0 / sqrt((double)L->in);
-    L->w_own = malloc(nw * sizeof(float));
-    L->b_own = malloc((size_t)L->out * sizeof(float));
+    L->w_own = ss_op_alloc(&p->cc, nw * sizeof(float));
+    L->b_own = ss_op_alloc(&p->cc, (size_t)L->out * sizeof(float));
     if (L->w_own == NULL || L->b_own == NULL) return SS_ENOMEM;
     for (size_t k = 0; k < nw; k++) {
       double u = (double)(splitmix64(&state) >> 40) * 0x1p-24;
@@ -257,8 +257,9 @@ static int load_file(mlp *p, const char *path, char *err, size_t errlen) {
       rc = SS_EINVAL;
       goto done;
     }
-    if ((rc = ss_st_f32(w, &L->w, &L->w_own)) != 0) goto done;
-    if (b != NULL && (rc = ss_st_f32(b, &L->b, &L->b_own)) != 0) goto done;
+    if ((rc = ss_st_f32(w, &L->w, &L->w_own, ss_backend_of(&p->cc)->alloc)) != 0) goto done;
+    if (b != NULL && (rc = ss_st_f32(b, &L->b, &L->b_own, ss_backend_of(&p->cc)->alloc)) != 0)
+      goto done;
   }
 done:
   if (rc == SS_ENOMEM) snprintf(err, errlen, "weights %s: out of memory", path);
@@ -514,7 +515,7 @@ static const ss_model_ops mlp_ops = {.check = mlp_check,
 static int mlp_params(mlp *p) {
   size_t len = strlen(p->prefix) + 32;
   char *name = malloc(len);
-  int rc = ss_params_init(&p->prm, 2 * (size_t)p->n);
+  int rc = ss_params_init(&p->prm, 2 * (size_t)p->n, &p->cc);
   if (name == NULL) rc = SS_ENOMEM;
   for (int i = 0; i < p->n && rc == 0; i++) {
     mlp_layer *L = &p->l[i];
@@ -543,10 +544,8 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
     else if (strcmp(params[2 * i], "activation") == 0)
       act = params[2 * i + 1];
     else {
-      snprintf(err, errlen,
-               "model '%s': unknown parameter '%s' for kind 'mlp' (known: weights, "
-               "activation)",
-               m->id, params[2 * i]);
+      snprintf(err, errlen, "model '%s': parameter '%s' is not an mlp key", m->id,
+               params[2 * i]); /* the registry's table lists the known ones */
       return SS_EINVAL;
     }
   }
@@ -558,6 +557,7 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
+  p->cc = ss_model_compute(m); /* every tensor of the model comes from its backend */
   p->gelu = strcmp(act, "gelu") == 0;
   if (weights != NULL && weights[0] != '\0') {
     rc = load_file(p, weights, err, errlen);
@@ -575,8 +575,6 @@ int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err
   }
   m->kind = "mlp";
   m->ops = &mlp_ops;
-  p->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
-  p->prm.cc = &p->cc;
   m->impl = p;
   m->weights = p->st;
   m->exec = SS_EXEC_WORKER;

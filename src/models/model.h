@@ -19,6 +19,7 @@
 
 #include "core/meta.h"
 #include "core/tensor.h"
+#include "models/nn/matmul.h"
 #include "models/nn/optim.h"
 
 typedef enum {
@@ -170,6 +171,13 @@ int ss_model_create_kind(const char *id, const char *kind, const char *const *pa
                          ss_model **out, char *err, size_t errlen);
 
 void ss_model_free(ss_model *m);
+
+/* m's compute context (nn/matmul.h): its compute dtype and backend, with m the owner of packed
+ * weight copies. A constructor takes it first thing: every tensor its model holds (weights it
+ * copies, gradients, optimizer state, adapters, caches, scratch) comes from that backend. */
+static inline ss_compute ss_model_compute(const ss_model *m) {
+  return (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
+}
 
 /* Size the compute engine's intra-op team of the calling thread (each worker calls it once at
  * start; the loop thread too, for --workers 0). */

@@ -13,9 +13,10 @@
 #include "models/nn/matmul.h"
 #include "models/safetensors.h"
 
-int ss_params_init(ss_params *s, size_t cap) {
+int ss_params_init(ss_params *s, size_t cap, const ss_compute *cc) {
   memset(s, 0, sizeof *s);
   s->cap = cap;
+  s->cc = cc;
   s->p = calloc(cap ? cap : 1, sizeof *s->p);
   s->names = calloc(cap ? cap : 1, sizeof *s->names);
   s->shape = calloc(cap ? cap : 1, sizeof *s->shape);
@@ -33,6 +34,8 @@ int ss_params_add(ss_params *s, const char *name, const int64_t *shape, int ndim
   q = &s->p[s->n];
   q->view = view;
   q->own = own;
+  q->alloc = ss_backend_of(s->cc)->alloc;
+  q->release = ss_backend_of(s->cc)->release;
   q->numel = (size_t)shape[0] * (ndim == 2 ? (size_t)shape[1] : 1);
   s->shape[s->n][0] = shape[0];
   s->shape[s->n][1] = ndim == 2 ? shape[1] : 0;
@@ -141,7 +144,7 @@ int ss_params_restore(ss_params *s, const ss_st_file *f, char *err, size_t errle
   float *own = NULL;
   char name[400];
   if (t == NULL) return 0;
-  if (t->numel != 1 || ss_st_f32(t, &v, &own) != 0) {
+  if (t->numel != 1 || ss_st_f32(t, &v, &own, NULL) != 0) {
     snprintf(err, errlen, "'%s' must hold one number", t->name);
     return SS_EINVAL;
   }
@@ -164,12 +167,13 @@ int ss_params_restore(ss_params *s, const ss_st_file *f, char *err, size_t errle
         return SS_EINVAL;
       }
       own = NULL;
-      if (ss_st_f32(t, &v, &own) != 0) return SS_ENOMEM;
-      if (own == NULL) {
-        if ((own = malloc(t->numel ? t->numel * sizeof(float) : 1)) == NULL) return SS_ENOMEM;
+      if (ss_st_f32(t, &v, &own, s->p[i].alloc) != 0) return SS_ENOMEM;
+      if (own == NULL) { /* a view into the file, which closes: a copy of the backend's */
+        if ((own = s->p[i].alloc(t->numel ? t->numel * sizeof(float) : 1)) == NULL)
+          return SS_ENOMEM;
         memcpy(own, v, t->numel * sizeof(float));
       }
-      free(*dst);
+      s->p[i].release(*dst);
       *dst = own;
     }
   }

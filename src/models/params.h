@@ -29,11 +29,13 @@ typedef struct ss_params {
   uv_mutex_t gmu; /* serializes gradient sums of concurrent backward calls */
   int gmu_ok;
   int64_t t;            /* optimizer steps taken so far */
-  const ss_compute *cc; /* the model's compute context (borrowed; NULL: cpu), for the products */
+  const ss_compute *cc; /* the model's compute context (borrowed; NULL: cpu): the products, and
+                         * the allocator of gradients, moments and copies on first write */
 } ss_params;
 
-/* Room for cap parameters. Returns 0 or SS_ENOMEM (then ss_params_free is still safe). */
-int ss_params_init(ss_params *s, size_t cap);
+/* Room for cap parameters whose gradients and optimizer state come from cc's backend (borrowed,
+ * filled in: ss_model_compute). Returns 0 or SS_ENOMEM (then ss_params_free is still safe). */
+int ss_params_init(ss_params *s, size_t cap, const ss_compute *cc);
 /* Add a parameter: name copied; view/own borrowed (the model's pointers to the values and to its
  * owned copy, see ss_param); shape [ndim] with ndim 1 or 2. Returns its index, or SS_ENOMEM. */
 int ss_params_add(ss_params *s, const char *name, const int64_t *shape, int ndim,

@@ -604,30 +604,28 @@ int ss_st_write_f32_atomic(const char *path, size_t n, const char *const *names,
   return st_write(path, n, names, shapes, ndims, data, 1, err, errlen);
 }
 
-int ss_st_f32(const ss_st_tensor *t, const float **view, float **own) {
+int ss_st_f32(const ss_st_tensor *t, const float **view, float **own, void *(*alloc)(size_t)) {
+  size_t bytes = t->numel ? t->numel * sizeof(float) : 1;
   *own = NULL;
   if (t->dtype == SS_DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
     *view = t->data;
     return 0;
   }
-  *own = malloc(t->numel ? t->numel * sizeof(float) : 1);
+  *own = alloc != NULL ? alloc(bytes) : malloc(bytes);
   if (*own == NULL) return SS_ENOMEM;
-  const void *src = t->data;
-  void *tmp = NULL;
-  if ((uintptr_t)src % ss_dtype_size(t->dtype) != 0) {
-    /* data_offsets need not be aligned: an F16/BF16 tensor at an odd offset is converted from
-     * an aligned copy (reading it as uint16_t in place is undefined behaviour). */
-    tmp = malloc(t->nbytes ? t->nbytes : 1);
-    if (tmp == NULL) {
-      free(*own);
-      *own = NULL;
-      return SS_ENOMEM;
+  if ((uintptr_t)t->data % ss_dtype_size(t->dtype) == 0) {
+    ss_to_f32(t->dtype, t->data, *own, t->numel);
+  } else {
+    /* data_offsets need not be aligned: a tensor at an odd offset is converted through an
+     * aligned piece on the stack (reading it as uint16_t / float in place is undefined). */
+    uint64_t piece[512];
+    size_t es = ss_dtype_size(t->dtype), per = sizeof piece / es;
+    for (size_t i = 0; i < t->numel; i += per) {
+      size_t k = t->numel - i < per ? t->numel - i : per;
+      memcpy(piece, (const unsigned char *)t->data + i * es, k * es);
+      ss_to_f32(t->dtype, piece, *own + i, k);
     }
-    memcpy(tmp, src, t->nbytes);
-    src = tmp;
   }
-  ss_to_f32(t->dtype, src, *own, t->numel);
-  free(tmp);
   *view = *own;
   return 0;
 }

@@ -49,8 +49,10 @@ int ss_st_check(const ss_st_file *f, char *err, size_t errlen);
 int ss_st_changed_on_disk(const ss_st_file *f);
 
 /* A float32 view of t's data: the mmapped bytes themselves when t is F32 and 4-byte aligned
- * (*own = NULL), else a converted copy in *own (caller frees). Returns 0 or SS_ENOMEM. */
-int ss_st_f32(const ss_st_tensor *t, const float **view, float **own);
+ * (*own = NULL), else a converted copy in *own, from alloc (the model backend's allocator, so
+ * the caller releases it with the same backend; NULL: malloc, the caller frees). Returns 0 or
+ * SS_ENOMEM. */
+int ss_st_f32(const ss_st_tensor *t, const float **view, float **own, void *(*alloc)(size_t));
 
 /* Write a safetensors file (F32 tensors only; tests and tools). Through a fresh temporary
  * renamed over path (core/file.h), without fsync. names/shapes/data borrowed. Returns 0 or <0. */

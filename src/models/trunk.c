@@ -588,7 +588,7 @@ int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *
   *t = *desc;
   if (t->lora->r > 0)
     snprintf(m->describe + len, sizeof m->describe - len, ", LoRA r %d", t->lora->r);
-  *t->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
+  *t->cc = ss_model_compute(m); /* as the architecture took it before loading */
   t->prm->cc = t->cc;
   t->lora->cc = t->cc;
   m->impl = t;
@@ -617,12 +617,9 @@ int ss_trunk_spec_parse(const ss_model *m, const char *kind, const char *weights
   for (size_t i = 0; i < n; i++) {
     size_t k = 0;
     while (k < sizeof keys / sizeof keys[0] && strcmp(params[2 * i], keys[k]) != 0) k++;
-    if (k == sizeof keys / sizeof keys[0]) {
-      snprintf(err, errlen,
-               "model '%s': unknown parameter '%s' for kind '%s' (known: weights, config, "
-               "layers, lora_rank, lora_alpha, lora_targets, adapter, lora_dropout, "
-               "lora_seed)",
-               m->id, params[2 * i], kind);
+    if (k == sizeof keys / sizeof keys[0]) { /* the registry's table lists the known ones */
+      snprintf(err, errlen, "model '%s': parameter '%s' is not a trunk key (kind '%s')", m->id,
+               params[2 * i], kind);
       return SS_EINVAL;
     }
     *field[k] = params[2 * i + 1];
@@ -657,11 +654,12 @@ int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec
 
 /* ------------------------------------------------------------- loading weights ---- */
 
-void *ss_trunk_load_begin(ss_trunk_load *ld, size_t n_found, const ss_st_tensor ***found,
-                          size_t n_blk, size_t blk_size, const char *path, char *err,
-                          size_t errlen) {
+void *ss_trunk_load_begin(ss_trunk_load *ld, const ss_compute *cc, size_t n_found,
+                          const ss_st_tensor ***found, size_t n_blk, size_t blk_size,
+                          const char *path, char *err, size_t errlen) {
   void *blk;
   memset(ld, 0, sizeof *ld);
+  ld->cc = cc;
   *found = calloc(n_found, sizeof **found);
   blk = calloc(n_blk, blk_size);
   if (*found == NULL || blk == NULL) {
@@ -707,7 +705,7 @@ int ss_trunk_weight(ss_trunk_load *ld, const ss_st_tensor *t, const int64_t *sha
              ss_shape_str(shape, ndim, want, sizeof want), dims);
     return SS_EINVAL;
   }
-  if (ss_st_f32(t, view, own) != 0) {
+  if (ss_st_f32(t, view, own, ss_backend_of(ld->cc)->alloc) != 0) {
     snprintf(err, errlen, "weights %.200s: out of memory", path);
     return SS_ENOMEM;
   }

@@ -200,6 +200,7 @@ size_t ss_trunk_carve(const ss_trunk_arch *ar, const size_t *n, float *base, voi
  * whether an F32 tensor had to be copied (unaligned), the parameter count, and the names of
  * missing tensors (the first 6, for one message). */
 typedef struct ss_trunk_load {
+  const ss_compute *cc; /* the model's: its backend holds the converted copies */
   unsigned dts;
   int copied, n_missing;
   int64_t n_params;
@@ -207,12 +208,14 @@ typedef struct ss_trunk_load {
   char missing[400];
 } ss_trunk_load;
 
-/* Start loading: *ld zeroed, *found = n_found NULL tensor pointers (the caller frees them).
+/* Start loading for a model of compute context cc (borrowed, filled in: ss_model_compute; the
+ * copies ss_trunk_weight makes come from its backend, the architecture releases them with
+ * ss_op_release): *ld zeroed, *found = n_found NULL tensor pointers (the caller frees them).
  * Returns n_blk zeroed blocks of blk_size bytes (the architecture's, freed with it), or NULL
  * when out of memory (nothing allocated, message written). */
-void *ss_trunk_load_begin(ss_trunk_load *ld, size_t n_found, const struct ss_st_tensor ***found,
-                          size_t n_blk, size_t blk_size, const char *path, char *err,
-                          size_t errlen);
+void *ss_trunk_load_begin(ss_trunk_load *ld, const ss_compute *cc, size_t n_found,
+                          const struct ss_st_tensor ***found, size_t n_blk, size_t blk_size,
+                          const char *path, char *err, size_t errlen);
 /* Note name as missing. */
 void ss_trunk_missing(ss_trunk_load *ld, const char *name);
 /* 0 when nothing is missing, else SS_EINVAL: "weights PATH: N tensors of layers A:B missing:
@@ -221,7 +224,7 @@ int ss_trunk_missing_check(const ss_trunk_load *ld, const char *path, int a, int
                            size_t errlen);
 /* Tensor t of the table with its expected shape [ndim]: checked ("weights PATH: 'NAME' has shape
  * S, expected S2 (dims)", dims: the config values that made it), then its float32 view / owned
- * copy (ss_st_f32) and the counts. 0, SS_EINVAL or SS_ENOMEM. */
+ * copy (ss_st_f32, in ld->cc's backend memory) and the counts. 0, SS_EINVAL or SS_ENOMEM. */
 int ss_trunk_weight(ss_trunk_load *ld, const struct ss_st_tensor *t, const int64_t *shape, int ndim,
                     const float **view, float **own, const char *path, const char *dims, char *err,
                     size_t errlen);

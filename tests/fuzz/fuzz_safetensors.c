@@ -49,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (t->numel <= (1u << 16)) {
       const float *view;
       float *own = NULL;
-      if (ss_st_f32(t, &view, &own) == 0) {
+      if (ss_st_f32(t, &view, &own, NULL) == 0) {
         volatile float sink = 0;
         for (size_t k = 0; k < t->numel; k++) sink += view[k];
         (void)sink;

@@ -11,10 +11,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* n floats from p's allocator; zeroed when zero is set. */
+static float *param_alloc(const ss_param *p, size_t n, int zero) {
+  size_t bytes = n ? n * sizeof(float) : 1;
+  float *a = p->alloc != NULL ? p->alloc(bytes) : malloc(bytes);
+  if (a != NULL && zero) memset(a, 0, bytes);
+  return a;
+}
+
+static void param_release(const ss_param *p, float *a) {
+  if (p->release != NULL)
+    p->release(a);
+  else
+    free(a);
+}
+
 float *ss_param_writable(ss_param *p) {
   float *own;
   if (*p->own != NULL) return *p->own;
-  own = malloc(p->numel ? p->numel * sizeof(float) : 1);
+  own = param_alloc(p, p->numel, 0);
   if (own == NULL) return NULL;
   if (p->numel) memcpy(own, *p->view, p->numel * sizeof(float));
   *p->own = own;
@@ -24,7 +39,7 @@ float *ss_param_writable(ss_param *p) {
 
 int ss_param_grad(ss_param *p) {
   if (p->grad != NULL) return 0;
-  p->grad = calloc(p->numel ? p->numel : 1, sizeof(float));
+  p->grad = param_alloc(p, p->numel, 1);
   return p->grad != NULL ? 0 : SS_ENOMEM;
 }
 
@@ -40,8 +55,8 @@ int ss_param_step(ss_param *p, const ss_optim *opt, int64_t t) {
     double bc1 = 1.0 - pow((double)b1, (double)t), bc2 = 1.0 - pow((double)b2, (double)t);
     float step_size = (float)((double)lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     float decay = 1.0f - lr * wd;
-    if (p->m == NULL) p->m = calloc(n ? n : 1, sizeof(float));
-    if (p->v == NULL) p->v = calloc(n ? n : 1, sizeof(float));
+    if (p->m == NULL) p->m = param_alloc(p, n, 1);
+    if (p->v == NULL) p->v = param_alloc(p, n, 1);
     if (p->m == NULL || p->v == NULL) return SS_ENOMEM;
     float *m = p->m, *v = p->v;
     /* One pass per parameter, split over the worker's intra-op threads; the gradient is
@@ -121,8 +136,8 @@ int ss_param_array_step(ss_param *prm, size_t n, const ss_optim *opt, int64_t *t
 }
 
 void ss_param_free_state(ss_param *p) {
-  free(p->grad);
-  free(p->m);
-  free(p->v);
+  param_release(p, p->grad);
+  param_release(p, p->m);
+  param_release(p, p->v);
   p->grad = p->m = p->v = NULL;
 }

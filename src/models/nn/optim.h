@@ -36,9 +36,14 @@ typedef struct ss_param {
   size_t numel;
   float *grad;  /* owned: summed gradient since the last step (NULL: none yet) */
   float *m, *v; /* owned: AdamW first/second moments (NULL until the first AdamW step) */
+  /* Where grad, m, v and the copy on first write come from and go back to: the allocator of the
+   * model's backend (params.c sets it; nn/ does not know backends). NULL: malloc / free. */
+  void *(*alloc)(size_t n);
+  void (*release)(void *p);
 } ss_param;
 
-/* Make *p->view writable: when it is still a view (p->own NULL), malloc a copy, point both at it.
+/* Make *p->view writable: when it is still a view (p->own NULL), copy it (p->alloc), point both
+ * at the copy (the model releases *p->own with the same allocator).
  * Returns the writable array, or NULL when out of memory (the view is left as it was). */
 float *ss_param_writable(ss_param *p);
 

@@ -3,6 +3,10 @@
  * the same spec served with backend=cpu and backend=reference (nn/backend/), compared on a
  * prefill [2, 6], a decode step with the cache of a 4-token prefill, and a training forward +
  * backward (grad_input). The differences are printed; each must be within tol.
+ * On the reference model it also checks the seam's memory contract with that backend's books
+ * (nn/backend/reference.c): after an optimizer step (gradients, moments, copies on first write)
+ * the backend holds at least the trainable bytes, and once the model is freed exactly what it
+ * held before the model was made (every tensor came from the backend and went back to it).
  */
 #ifndef SS_TEST_BACKENDS_CHECK_H
 #define SS_TEST_BACKENDS_CHECK_H
@@ -14,6 +18,7 @@
 
 #include "check.h"
 #include "models/model.h"
+#include "models/nn/backend/backend.h"
 
 /* A float32 [b, s, e] view of data (also the tests' own helper). */
 static ss_tensor tensor3(float *data, int64_t b, int64_t s, int64_t e) {
@@ -92,6 +97,7 @@ static void check_backends(const char *spec, int E, double tol) {
   float *x = malloc(n * sizeof *x), *r = malloc(n * sizeof *r), *o[2][3];
   ss_model *m[2] = {NULL, NULL};
   unsigned st = 99;
+  size_t live0 = ss_backend_reference_live_bytes(), live_step = 0;
   for (size_t i = 0; i < n; i++) {
     st = st * 1103515245u + 12345u;
     x[i] = (float)((st >> 8) & 0xffff) / 32768.0f - 1.0f;
@@ -115,9 +121,22 @@ static void check_backends(const char *spec, int E, double tol) {
            m[0]->describe, lora, d0, d1, d2);
     CHECK(d0 <= tol && d1 <= tol && d2 <= tol);
   }
+  if (m[1] != NULL) { /* an AdamW step on the reference model: moments and copies */
+    ss_optim opt = {SS_OPT_ADAMW, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f};
+    char err[400];
+    CHECK_EQ_INT(m[1]->ops->step(m[1], &opt, err, sizeof err), 0);
+    live_step = ss_backend_reference_live_bytes() - live0;
+  }
   for (int k = 0; k < 2; k++) {
     ss_model_free(m[k]);
     for (int j = 0; j < 3; j++) free(o[k][j]);
+  }
+  if (m[1] != NULL) {
+    size_t live_end = ss_backend_reference_live_bytes();
+    printf("  reference backend's books: %zu bytes held after a step, %zd left after free\n",
+           live_step, (ssize_t)(live_end - live0));
+    CHECK(live_step > 0);
+    CHECK(live_end == live0);
   }
   free(x), free(r);
 }

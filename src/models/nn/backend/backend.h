@@ -94,6 +94,8 @@ typedef struct ss_backend {
 
 extern const ss_backend ss_backend_cpu;       /* cpu.c */
 extern const ss_backend ss_backend_reference; /* reference.c */
+/* The bytes the reference backend's allocator holds now (all models on it together). */
+size_t ss_backend_reference_live_bytes(void);
 
 /* The dropout mask's definition, the same in every backend: a splitmix64 finalizer, and element
  * i of the mask of seed is kept when the top 24 bits of mix(seed + (i + 1) golden) / 2^24 >= p. */

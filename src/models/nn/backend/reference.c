@@ -7,11 +7,20 @@
  * test_backend_reference.py). Weight products are f32 only (the registry refuses
  * backend=reference with compute=bf16|int8).
  *
- * Thread: any (worker threads); the table is immutable, every op reentrant; no op allocates
- * (attention recomputes its scores instead of keeping them; its backward keeps one row of score
- * gradients in the caller's scratch, as float).
+ * Its allocator keeps books, so that the tests that serve every architecture on it prove the
+ * seam's memory contract: each block carries a header (a tag and its size) in front of it;
+ * releasing a block it did not allocate (malloc'd, or another backend's) aborts with a message,
+ * and ss_backend_reference_live_bytes() says how many bytes are held, which must fall back to
+ * what it was once a model and everything it handed out are freed.
+ *
+ * Thread: any (worker threads); the table is immutable, every op reentrant (the live count is
+ * atomic); no op allocates (attention recomputes its scores instead of keeping them; its
+ * backward keeps one row of score gradients in the caller's scratch, as float).
  */
 #include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -453,10 +462,49 @@ static void ref_attention_backward(float *dq, float *dk, float *dv, float *scrat
 #undef ROW
 }
 
+/* ------------------------------------------------------------- the allocator ---- */
+
+/* The header in front of every block: 64 bytes keep the block 64-byte aligned. */
+typedef struct ref_hdr {
+  uint64_t tag; /* REF_TAG while allocated */
+  size_t n;     /* the bytes asked for */
+  unsigned char pad[48];
+} ref_hdr;
+#define REF_TAG 0x7265666572656e63ull /* "referenc" */
+
+static atomic_size_t ref_live;
+
+static void *ref_alloc(size_t n) {
+  ref_hdr *h;
+  if (n > SIZE_MAX - sizeof *h || (h = ss_backend_host_alloc(sizeof *h + n)) == NULL) return NULL;
+  h->tag = REF_TAG;
+  h->n = n;
+  atomic_fetch_add(&ref_live, n);
+  return h + 1;
+}
+
+static void ref_release(void *p) {
+  ref_hdr *h;
+  if (p == NULL) return;
+  h = (ref_hdr *)p - 1;
+  if (h->tag != REF_TAG) {
+    fprintf(stderr,
+            "reference backend: release of %p, a block it did not allocate (the model's "
+            "memory must come from its backend and go back to it)\n",
+            p);
+    abort();
+  }
+  h->tag = 0;
+  atomic_fetch_sub(&ref_live, h->n);
+  ss_backend_host_release(h);
+}
+
+size_t ss_backend_reference_live_bytes(void) { return atomic_load(&ref_live); }
+
 const ss_backend ss_backend_reference = {
     .name = "reference",
-    .alloc = ss_backend_host_alloc, /* host memory, as cpu */
-    .release = ss_backend_host_release,
+    .alloc = ref_alloc, /* host memory with a header that keeps books (see the top) */
+    .release = ref_release,
     .matmul = ref_matmul,
     .matmul_w = ref_matmul_w,
     .linear_forward = ref_linear_forward,
