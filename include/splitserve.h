@@ -176,6 +176,9 @@ SS_API void ss_config_file_free(ss_config_file *f);
 /* `splitserve --help`, and the README's flag table (markdown), from the settings table. */
 SS_API void ss_settings_usage(FILE *f);
 SS_API void ss_settings_markdown(FILE *f);
+/* `splitserve --help-model-keys`: every model spec key (kinds, value, default, meaning) as the
+ * README's model key table (markdown), from the registry's key table (src/models/registry.c). */
+SS_API void ss_model_keys_markdown(FILE *f);
 /* "error", "warn", "info", "debug" -> 0..3; -1 otherwise. */
 SS_API int ss_log_parse_level(const char *s);
 

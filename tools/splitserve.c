@@ -9,6 +9,7 @@
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "splitserve.h"
@@ -21,6 +22,11 @@ int main(int argc, char **argv) {
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   mallopt(M_TOP_PAD, 16 << 20);
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--help-model-keys") == 0) {
+      ss_model_keys_markdown(stdout);
+      return 0;
+    }
   ss_server_config cfg;
   ss_server_config_init(&cfg);
   cfg.handle_signals = 1;

@@ -469,6 +469,8 @@ void ss_settings_usage(FILE *f) {
     fprintf(f, "\n");
   }
   fprintf(f, "  %-27s this text (--help-markdown: the README's flag table)\n", "--help");
+  fprintf(f, "  %-27s the keys of --model specs, per kind (the README's model key table)\n",
+          "--help-model-keys");
 }
 
 void ss_settings_markdown(FILE *f) {

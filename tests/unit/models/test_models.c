@@ -74,6 +74,29 @@ static void test_specs(void) {
   CHECK_CONTAINS(err, "activation must be relu or gelu, got 'tanh'");
   CHECK_EQ_INT(create("x=mlp,activation=relu,activation=gelu", &m, err, sizeof err), SS_EINVAL);
   CHECK_CONTAINS(err, "given twice");
+  /* Every key is a row of the registry's table, which checks its value before any constructor
+   * runs: types and ranges of the kinds' own keys too, and keys of another kind are refused. */
+  CHECK_EQ_INT(create("x=gpt2,weights=w,lora_rank=abc", &m, err, sizeof err), SS_EINVAL);
+  CHECK_CONTAINS(err, "model 'x': lora_rank must be an integer in [1, 4096], got 'abc'");
+  CHECK_EQ_INT(create("x=llama,weights=w,lora_seed=-1", &m, err, sizeof err), SS_EINVAL);
+  CHECK_CONTAINS(err, "lora_seed must be an unsigned 64-bit integer, got '-1'");
+  CHECK_EQ_INT(create("x=llama,weights=w,lora_alpha=0", &m, err, sizeof err), SS_EINVAL);
+  CHECK_CONTAINS(err, "lora_alpha must be a number > 0");
+  CHECK_EQ_INT(create("x=gpt2,weights=", &m, err, sizeof err), SS_EINVAL);
+  CHECK_CONTAINS(err, "weights must be a file or directory path, got ''");
+  CHECK_EQ_INT(create("x=mlp,lora_rank=4", &m, err, sizeof err), SS_EINVAL);
+  CHECK_CONTAINS(err, "unknown parameter 'lora_rank' for kind 'mlp'");
+  CHECK_EQ_INT(create("x=gpt2,weights=w,activation=relu", &m, err, sizeof err), SS_EINVAL);
+  CHECK_CONTAINS(err, "unknown parameter 'activation' for kind 'gpt2' (known: weights, config");
+  CHECK_EQ_INT(create("x=mlp,max_batch_rows=1x", &m, err, sizeof err), SS_EINVAL);
+  CHECK_CONTAINS(err, "max_batch_rows must be an integer in [0, 1048576], got '1x'");
+  CHECK_EQ_INT(
+      create("x=mlp,wire_dtype=fp16,learning_rate=1e-3,accumulation_step=2", &m, err, sizeof err),
+      0);
+  CHECK(m != NULL && m->wire_dtype == SS_DTYPE_F16 && m->accumulation_step == 2 &&
+        fabsf(m->learning_rate - 1e-3f) < 1e-9f);
+  ss_model_free(m);
+  m = NULL;
   CHECK(create("x=mlp,weights=/nonexistent/w.safetensors", &m, err, sizeof err) < 0);
   CHECK_CONTAINS(err, "/nonexistent/w.safetensors");
   CHECK(m == NULL);
