@@ -184,6 +184,8 @@ int ss_model_spin_new(ss_model *m, const char *const *params, size_t n, char *er
 int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
+int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char *err,
+                          size_t errlen);
 
 /* sleep: the wait for a request, in ms, from metadata "ms" (default 100, range 0..600000). */
 int ss_model_sleep_ms(const ss_meta *meta, double *ms, char *err, size_t errlen);

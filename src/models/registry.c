@@ -9,11 +9,11 @@
  * A bare word after key=value (no '=') continues that key's value as a list:
  * "lora_targets=q_proj,v_proj" gives lora_targets the value "q_proj,v_proj".
  *
- * Kinds that can train (mlp, gpt2, llama) also take the training keys, parsed here into m->optim
- * and m->save_path and left out of what their constructor sees: optimizer=sgd|adamw (default sgd),
- * beta1, beta2, eps (adamw only), weight_decay (SGD: added to the gradient, default 0; AdamW:
- * decoupled, default 0.01), save=PATH (checkpoint on drain and SIGUSR1). Every model gets its
- * weights lock (m->lock) here and loses it in ss_model_free.
+ * Kinds that can train (mlp, gpt2, llama, gpt_neox) also take the training keys, parsed here into
+ * m->optim and m->save_path and left out of what their constructor sees: optimizer=sgd|adamw
+ * (default sgd), beta1, beta2, eps (adamw only), weight_decay (SGD: added to the gradient, default
+ * 0; AdamW: decoupled, default 0.01), save=PATH (checkpoint on drain and SIGUSR1). Every model gets
+ * its weights lock (m->lock) here and loses it in ss_model_free.
  *
  * The same kinds take compute=fp32|bf16|int8 (the dtype of their weight products; default fp32;
  * int8 is weight-only, on any CPU),
@@ -53,10 +53,8 @@ typedef struct kind_entry {
 static const char *const no_keys[] = {NULL};
 /* Each kind's own keys (passed to its constructor)... */
 static const char *const mlp_keys[] = {"weights", "activation", NULL};
-static const char *const gpt2_keys[] = {
-    "weights",      "config",  "layers",       "lora_rank", "lora_alpha",
-    "lora_targets", "adapter", "lora_dropout", "lora_seed", NULL};
-static const char *const llama_keys[] = {
+/* The trunk kinds' keys (models/trunk.h: ss_trunk_spec). */
+static const char *const trunk_keys[] = {
     "weights",      "config",  "layers",       "lora_rank", "lora_alpha",
     "lora_targets", "adapter", "lora_dropout", "lora_seed", NULL};
 
@@ -82,10 +80,14 @@ static const char *const train_keys[] = {"optimizer",
                                          NULL};
 
 static const kind_entry kinds[] = {
-    {"identity", ss_model_identity_new, no_keys, 0}, {"scale", ss_model_scale_new, no_keys, 0},
-    {"sleep", ss_model_sleep_new, no_keys, 0},       {"spin", ss_model_spin_new, no_keys, 0},
-    {"mlp", ss_model_mlp_new, mlp_keys, 1},          {"gpt2", ss_model_gpt2_new, gpt2_keys, 1},
-    {"llama", ss_model_llama_new, llama_keys, 1},
+    {"identity", ss_model_identity_new, no_keys, 0},
+    {"scale", ss_model_scale_new, no_keys, 0},
+    {"sleep", ss_model_sleep_new, no_keys, 0},
+    {"spin", ss_model_spin_new, no_keys, 0},
+    {"mlp", ss_model_mlp_new, mlp_keys, 1},
+    {"gpt2", ss_model_gpt2_new, trunk_keys, 1},
+    {"llama", ss_model_llama_new, trunk_keys, 1},
+    {"gpt_neox", ss_model_gpt_neox_new, trunk_keys, 1},
 };
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 

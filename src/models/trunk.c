@@ -3,10 +3,13 @@
  */
 #include "models/trunk.h"
 
+#include "core/config.h"
+#include "core/file.h"
 #include "models/nn/backend/backend.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +27,51 @@ int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, 
   *out = (int)json_integer_value(v);
   *found = 1;
   return 0;
+}
+
+/* A positive finite number field; *found = 0 when absent (or null). */
+int ss_trunk_cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
+                     char *err, size_t errlen) {
+  json_t *v = json_object_get(root, key);
+  *found = 0;
+  if (v == NULL || json_is_null(v)) return 0;
+  if (!json_is_number(v) || !(json_number_value(v) > 0.0) || !isfinite(json_number_value(v))) {
+    snprintf(err, errlen, "config %.200s: '%s' must be a positive number", path, key);
+    return SS_EINVAL;
+  }
+  *out = json_number_value(v);
+  *found = 1;
+  return 0;
+}
+
+json_t *ss_trunk_cfg_load(const char *path, const char *weights, char *buf, size_t buflen, int *rc,
+                          char *err, size_t errlen) {
+  json_error_t je;
+  char *text = NULL; /* a regular file of at most 1 MiB (a FIFO would hang start-up) */
+  size_t tlen = 0;
+  json_t *root;
+  if (path == NULL || path[0] == '\0') {
+    const char *slash = strrchr(weights, '/');
+    snprintf(buf, buflen, "%.*sconfig.json", slash ? (int)(slash - weights) + 1 : 0, weights);
+    path = buf;
+  }
+  if ((*rc = ss_file_read(path, 0, SS_CONFIG_MAX_BYTES, &text, &tlen, err, errlen)) != 0)
+    return NULL;
+  root = json_loadb(text, tlen, 0, &je);
+  free(text);
+  if (root == NULL) {
+    snprintf(err, errlen, "config %.200s: %s (line %d)", path, je.text, je.line);
+    *rc = errno == ENOENT ? SS_ENOTFOUND : SS_EINVAL;
+    return NULL;
+  }
+  if (!json_is_object(root)) {
+    snprintf(err, errlen, "config %.200s: not a JSON object", path);
+    json_decref(root);
+    *rc = SS_EINVAL;
+    return NULL;
+  }
+  *rc = 0;
+  return root;
 }
 
 /* "A:B", "A:", ":B" or "" (all). */

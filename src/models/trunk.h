@@ -30,6 +30,16 @@
  * Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive integer". */
 int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, int *found,
                      char *err, size_t errlen);
+/* root[key] as a positive finite number into *out (*found = 1), or nothing when absent/null
+ * (*found = 0). Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive number". */
+int ss_trunk_cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
+                     char *err, size_t errlen);
+/* The config.json of a trunk: path, or (NULL or "") config.json next to weights (into buf
+ * [buflen]); read (at most SS_CONFIG_MAX_BYTES, a regular file) and parsed into a JSON object.
+ * Returns the object (the caller json_decref's it), or NULL with *rc (SS_ENOTFOUND, SS_EINVAL)
+ * and the message written. */
+json_t *ss_trunk_cfg_load(const char *path, const char *weights, char *buf, size_t buflen, int *rc,
+                          char *err, size_t errlen);
 /* "A:B", "A:", ":B" against n_layer into [*a, *b). Returns 0, SS_EINVAL (shape) or SS_ERANGE. */
 int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_t errlen);
 /* A trunk's input check: hidden states [batch, seq, hidden] with batch, seq >= 1, seq <= n_pos
