@@ -194,13 +194,7 @@ static int load_config(neox *p, json_t *root, const char *path, char *err, size_
              json_is_string(mt) ? json_string_value(mt) : "(not a string)");
     return SS_EINVAL;
   }
-  for (int i = 0; i < 3; i++) {
-    if (ss_trunk_cfg_int(root, req[i], path, out[i], &found, err, errlen) != 0) return SS_EINVAL;
-    if (!found) {
-      snprintf(err, errlen, "config %.200s: missing '%s'", path, req[i]);
-      return SS_EINVAL;
-    }
-  }
+  if (ss_trunk_cfg_required(root, req, out, 3, path, err, errlen) != 0) return SS_EINVAL;
   if (p->E % p->NH != 0) {
     snprintf(err, errlen, "config %.200s: hidden_size %d is not a multiple of %d heads", path, p->E,
              p->NH);
@@ -495,22 +489,19 @@ static int block_backward(void *impl, int l, void *work, float *dres, int B, int
 
 /* ------------------------------------------------------------- the activation table ---- */
 
+/* The table's slots after the runtime's x, h, y, K, V, in carving order: each named once, with
+ * the member of neox_work its pointer is (an X-macro: the enum and the offsets from one list). */
 /* clang-format off */
-enum {
-  S_LN = SS_TRUNK_SLOTS0, S_QKV, S_Q, S_K, S_VV, S_ATTY, S_FC, S_FCG, S_M1, S_R1, S_M2, S_R2,
-  S_ATT, S_LT, S_XD, S_DLN, S_DATTY, S_DQ, S_DK, S_DV, S_DQKV, S_DFC, S_DATT, S_DLT, S_DSINK,
-  N_SLOTS
-};
-#define A_(f) offsetof(neox_work, a.f)
-#define G_(f) offsetof(neox_work, g.f)
-static const size_t slots[N_SLOTS] = {
-    SS_TRUNK_COMMON_SLOTS(neox_work), [S_LN] = A_(ln), [S_QKV] = A_(qkv), [S_Q] = A_(q),
-    [S_K] = A_(k), [S_VV] = A_(v), [S_ATTY] = A_(atty), [S_FC] = A_(fc), [S_FCG] = A_(fcg),
-    [S_M1] = A_(mean1), [S_R1] = A_(rstd1), [S_M2] = A_(mean2), [S_R2] = A_(rstd2),
-    [S_ATT] = A_(att), [S_LT] = A_(lt), [S_XD] = A_(xd), [S_DLN] = G_(dln),
-    [S_DATTY] = G_(datty), [S_DQ] = G_(dq), [S_DK] = G_(dk), [S_DV] = G_(dv),
-    [S_DQKV] = G_(dqkv), [S_DFC] = G_(dfc), [S_DATT] = G_(datt), [S_DLT] = G_(dlt),
-    [S_DSINK] = G_(dsink)};
+#define NEOX_SLOTS(X)                                                                         \
+  X(S_LN, a.ln) X(S_QKV, a.qkv) X(S_Q, a.q) X(S_K, a.k) X(S_VV, a.v) X(S_ATTY, a.atty)       \
+  X(S_FC, a.fc) X(S_FCG, a.fcg) X(S_M1, a.mean1) X(S_R1, a.rstd1) X(S_M2, a.mean2)           \
+  X(S_R2, a.rstd2) X(S_ATT, a.att) X(S_LT, a.lt) X(S_XD, a.xd) X(S_DLN, g.dln)               \
+  X(S_DATTY, g.datty) X(S_DQ, g.dq) X(S_DK, g.dk) X(S_DV, g.dv) X(S_DQKV, g.dqkv)            \
+  X(S_DFC, g.dfc) X(S_DATT, g.datt) X(S_DLT, g.dlt) X(S_DSINK, g.dsink)
+#define SLOT_ENUM(e, m) e,
+#define SLOT_OFFSET(e, m) [e] = offsetof(neox_work, m),
+enum { S_BEFORE = SS_TRUNK_SLOTS0 - 1, NEOX_SLOTS(SLOT_ENUM) N_SLOTS };
+static const size_t slots[N_SLOTS] = {SS_TRUNK_COMMON_SLOTS(neox_work), NEOX_SLOTS(SLOT_OFFSET)};
 /* clang-format on */
 
 /* Floats per slot and phase (R rows; models/trunk.h):
@@ -527,16 +518,14 @@ static void neox_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims 
   const size_t xd = d->dropout ? R * (E > I ? E : I) : 0;
   switch (ph) {
     case SS_TRUNK_BATCH:
-      n[SS_TRUNK_X] = R * E;
-      n[SS_TRUNK_H] = n[SS_TRUNK_Y] = SS_TRUNK_ALIAS(SS_TRUNK_X);
-      /* fall through */
     case SS_TRUNK_INFER:
+      if (ph == SS_TRUNK_BATCH) ss_trunk_batch_stream(n, R * E);
       n[S_LN] = n[S_Q] = n[S_K] = n[S_VV] = n[S_ATTY] = R * E;
       n[S_QKV] = 3 * R * E;
       n[S_FC] = R * I;
       n[S_FCG] = SS_TRUNK_ALIAS(S_FC);
       n[S_LT] = R * r;
-      n[S_ATT] = (size_t)(d->S < SS_ATTN_QBLOCK ? d->S : SS_ATTN_QBLOCK) * (size_t)d->T;
+      n[S_ATT] = ss_trunk_att_blocks(d);
       break;
     case SS_TRUNK_TRAIN:
       n[S_LN] = R * E;
@@ -574,9 +563,9 @@ static void neox_destroy(void *impl) { neox_free(impl); }
 static const ss_trunk_arch neox_arch = {.kind = "gpt_neox",
                                         .pos_key = "max_position_embeddings",
                                         .kv_heads_key = "num_attention_heads",
-                                        SS_TRUNK_WORK(neox_work, slots),
                                         .sizes = neox_sizes,
                                         .backward_init = neox_backward_init,
+                                        SS_TRUNK_WORK(neox_work, slots),
                                         .block_forward = block_forward,
                                         .block_backward = block_backward,
                                         .lora_targets = lin_target,
@@ -593,31 +582,26 @@ static void lora_key(int layer, int j, char *key, size_t len) {
            (int)(strlen(w) - strlen(".weight")), w);
 }
 
-static int neox_lora_setup(void *impl, const char *adapter_dir, char *err, size_t errlen) {
+/* Module i (layer-major, N_LIN a layer) as a LoRA site when the targets name it. */
+static int neox_lora_site(void *impl, int i, ss_trunk_lora_site *s) {
   neox *p = impl;
-  char key[256], path[1200];
-  uint64_t st = 0x5EEDull;
-  ss_st_file *ad = NULL;
-  int rc = 0;
-  if (adapter_dir != NULL &&
-      (rc = ss_lora_open(adapter_dir, &ad, path, sizeof path, err, errlen)) != 0)
-    return rc;
-  for (int i = 0; i < (p->b - p->a) * N_LIN && rc == 0; i++) {
-    const int l = i / N_LIN, j = i % N_LIN;
-    ss_lora *lo = &p->blk[l].lo[j];
-    int64_t sh[2];
-    int nd;
-    if (!(p->lora.targets & (1u << j))) continue;
-    t_shape(p, 2 * j, sh, &nd);
-    lora_key(p->a + l, j, key, sizeof key);
-    lo->unit = (p->a + l) * 16 + j; /* dropout masks: lora.h */
-    if (ad != NULL)
-      rc = ss_lora_load(lo, ad, path, key, p->lora.r, (int)sh[1], (int)sh[0], err, errlen);
-    else if ((rc = ss_lora_init(lo, p->lora.r, (int)sh[1], (int)sh[0], &st)) != 0)
-      snprintf(err, errlen, "out of memory");
-  }
-  ss_st_close(ad); /* the adapters are copies */
-  return rc;
+  const int j = i % N_LIN, layer = p->a + i / N_LIN;
+  int64_t sh[2];
+  int nd;
+  if (!(p->lora.targets & (1u << j))) return 0;
+  t_shape(p, 2 * j, sh, &nd);
+  s->lo = &p->blk[i / N_LIN].lo[j];
+  lora_key(layer, j, s->key, sizeof s->key);
+  s->in = (int)sh[1];
+  s->out = (int)sh[0];
+  s->unit = layer * 16 + j;
+  return 1;
+}
+
+static int neox_lora_setup(void *impl, const char *adapter_dir, char *err, size_t errlen) {
+  const neox *p = impl;
+  return ss_trunk_lora_all(impl, (p->b - p->a) * N_LIN, p->lora.r, neox_lora_site, adapter_dir, err,
+                           errlen);
 }
 
 /* Full fine-tuning: every trunk tensor under its loaded name; LoRA: the adapters only. */

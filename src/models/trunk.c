@@ -29,6 +29,19 @@ int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, 
   return 0;
 }
 
+int ss_trunk_cfg_required(json_t *root, const char *const *keys, int *const *out, int n,
+                          const char *path, char *err, size_t errlen) {
+  for (int i = 0; i < n; i++) {
+    int found;
+    if (ss_trunk_cfg_int(root, keys[i], path, out[i], &found, err, errlen) != 0) return SS_EINVAL;
+    if (!found) {
+      snprintf(err, errlen, "config %.200s: missing '%s'", path, keys[i]);
+      return SS_EINVAL;
+    }
+  }
+  return 0;
+}
+
 /* A positive finite number field; *found = 0 when absent (or null). */
 int ss_trunk_cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
                      char *err, size_t errlen) {
@@ -681,6 +694,30 @@ int ss_trunk_spec_parse(const ss_model *m, const char *kind, const char *weights
     return SS_EINVAL;
   }
   return 0;
+}
+
+int ss_trunk_lora_all(void *impl, int n, int r,
+                      int (*describe)(void *impl, int i, ss_trunk_lora_site *site),
+                      const char *adapter_dir, char *err, size_t errlen) {
+  char path[1200];
+  uint64_t st = 0x5EEDull;
+  ss_st_file *ad = NULL;
+  int rc = 0;
+  if (adapter_dir != NULL &&
+      (rc = ss_lora_open(adapter_dir, &ad, path, sizeof path, err, errlen)) != 0)
+    return rc;
+  for (int i = 0; i < n && rc == 0; i++) {
+    ss_trunk_lora_site s;
+    memset(&s, 0, sizeof s);
+    if (!describe(impl, i, &s)) continue;
+    s.lo->unit = s.unit; /* dropout masks: lora.h */
+    if (ad != NULL)
+      rc = ss_lora_load(s.lo, ad, path, s.key, r, s.in, s.out, err, errlen);
+    else if ((rc = ss_lora_init(s.lo, r, s.in, s.out, &st)) != 0)
+      snprintf(err, errlen, "out of memory");
+  }
+  ss_st_close(ad); /* the adapters are copies */
+  return rc;
 }
 
 int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec *sp,

@@ -22,6 +22,7 @@
 
 #include "models/lora.h"
 #include "models/model.h"
+#include "models/nn/attention.h"
 #include "models/nn/matmul.h"
 #include "models/params.h"
 #include "models/safetensors.h"
@@ -30,6 +31,10 @@
  * Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive integer". */
 int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, int *found,
                      char *err, size_t errlen);
+/* The n required keys[i] of root as positive ints into *out[i]. Returns 0, or SS_EINVAL with
+ * "config PATH: missing 'key'" (or ss_trunk_cfg_int's message). */
+int ss_trunk_cfg_required(json_t *root, const char *const *keys, int *const *out, int n,
+                          const char *path, char *err, size_t errlen);
 /* root[key] as a positive finite number into *out (*found = 1), or nothing when absent/null
  * (*found = 0). Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive number". */
 int ss_trunk_cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
@@ -106,6 +111,17 @@ enum { SS_TRUNK_X, SS_TRUNK_H, SS_TRUNK_Y, SS_TRUNK_K, SS_TRUNK_V, SS_TRUNK_SLOT
 #define SS_TRUNK_MAX_SLOTS 48
 /* A size that says "the same memory as slot j" (carved earlier in the same phase). */
 #define SS_TRUNK_ALIAS(j) ((size_t)-1 - (size_t)(j))
+
+/* Table helpers: the batch phase's residual stream (x carved [rows, E], h and y the same
+ * memory), and the floats of an inference phase's attention probabilities (query blocks of at
+ * most SS_ATTN_QBLOCK rows over the keys). */
+static inline void ss_trunk_batch_stream(size_t *n, size_t rows_e) {
+  n[SS_TRUNK_X] = rows_e;
+  n[SS_TRUNK_H] = n[SS_TRUNK_Y] = SS_TRUNK_ALIAS(SS_TRUNK_X);
+}
+static inline size_t ss_trunk_att_blocks(const ss_trunk_dims *d) {
+  return (size_t)(d->S < SS_ATTN_QBLOCK ? d->S : SS_ATTN_QBLOCK) * (size_t)d->T;
+}
 
 typedef struct ss_trunk ss_trunk;
 
@@ -192,6 +208,22 @@ int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec
                       const struct ss_st_file *ckpt,
                       int (*lora_setup)(void *impl, const char *adapter, char *msg, size_t len),
                       int (*params)(void *impl), char *msg, size_t len);
+
+/* One module of a trunk that may carry an adapter, as ss_trunk_lora_all asks for it: the
+ * adapter (the architecture's), its PEFT key (without .lora_A.weight), shape and dropout unit. */
+typedef struct ss_trunk_lora_site {
+  ss_lora *lo;
+  char key[256];
+  int in, out, unit;
+} ss_trunk_lora_site;
+
+/* Every adapter of a trunk: for i in [0, n), describe(impl, i, site) says whether module i is a
+ * target (0: not) and fills *site; each target's adapter is read from adapter_dir's
+ * adapter_model.safetensors or, without one, made fresh (PEFT's init, one seeded generator over
+ * the targets in order). r: the rank. 0, or an error with err written. */
+int ss_trunk_lora_all(void *impl, int n, int r,
+                      int (*describe)(void *impl, int i, ss_trunk_lora_site *site),
+                      const char *adapter_dir, char *err, size_t errlen);
 
 /* Make t (a copy of *desc) the model's impl with the trunk ops: the compute context from the
  * model's keys (compute=, backend=) into *desc->cc, shared by its parameters and LoRA; the
