@@ -159,9 +159,10 @@ struct ss_model {
 };
 
 /* Parse a model spec "ID=KIND[,key=value...]" and create the model.
- * Known kinds: identity, scale, sleep, spin, mlp, gpt2, llama (registry.c). mlp keys: weights=PATH
- * (safetensors); without weights: the embedded default (768->768->768, deterministic seeded
- * weights). *out: caller frees with ss_model_free(). On error returns <0 and writes a message. */
+ * Known kinds: identity, scale, sleep, spin, mlp, gpt2, llama, gpt_neox (registry.c). mlp keys:
+ * weights=PATH (safetensors); without weights: the embedded default (768->768->768, deterministic
+ * seeded weights). *out: caller frees with ss_model_free(). On error returns <0 and writes a
+ * message. */
 int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen);
 
 /* Create a model of a kind with an id and key=value params (params borrowed, n pairs as
