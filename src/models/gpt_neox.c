@@ -7,12 +7,14 @@
  * this file is config parsing, a weight table, the block and its activation table (the recipe of
  * docs/architecture.md, "A trunk family").
  *
- * Spec: ID=gpt_neox,weights=model.safetensors[,config=config.json][,layers=A:B]
+ * Spec: ID=gpt_neox,weights=PATH[,config=config.json][,layers=A:B]
  *            [,lora_rank=R,lora_alpha=A,lora_targets=query_key_value,dense,...][,adapter=DIR]
  *            [,lora_dropout=P,lora_seed=N]
- *   config defaults to config.json next to the weights; layers to 0:num_hidden_layers. LoRA
- *   targets (PEFT's names, matched on the module name's last part): query_key_value (PEFT's
- *   default for gpt_neox), dense (attention.dense), dense_h_to_4h, dense_4h_to_h; adapters under
+ *   PATH: a .safetensors file or a checkpoint's directory holding model.safetensors (sharded
+ *   checkpoints are not read yet); config defaults to config.json next to the file; layers to
+ *   0:num_hidden_layers. LoRA targets (PEFT's names, matched on the module name's last part):
+ *   query_key_value (PEFT's default for gpt_neox), dense (attention.dense), dense_h_to_4h,
+ *   dense_4h_to_h; adapters under
  *   base_model.model.gpt_neox.layers.{i}.<module>.lora_{A,B}.weight (nn.Linear layout).
  *
  * Config: hidden_size, num_attention_heads, num_hidden_layers, intermediate_size (default 4 x
@@ -635,7 +637,7 @@ static int neox_params(void *impl) {
 int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char *err,
                           size_t errlen) {
   const char *dt = "f32";
-  char cfg_buf[1200], msg[1024];
+  char cfg_buf[1200], file_buf[1100], msg[1024];
   int64_t n_params = 0;
   ss_trunk_spec sp;
   json_t *root = NULL;
@@ -649,6 +651,7 @@ int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
+  sp.weights = ss_trunk_weights_file(sp.weights, file_buf, sizeof file_buf);
   rc = ss_st_open(sp.weights, &p->st, msg, sizeof msg);
   if (rc == 0)
     root = ss_trunk_cfg_load(sp.config, sp.weights, cfg_buf, sizeof cfg_buf, &rc, msg, sizeof msg);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* A positive integer field; *found = 0 when absent (or null). */
 int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, int *found,
@@ -40,6 +41,14 @@ int ss_trunk_cfg_required(json_t *root, const char *const *keys, int *const *out
     }
   }
   return 0;
+}
+
+const char *ss_trunk_weights_file(const char *path, char *buf, size_t len) {
+  struct stat sb;
+  if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return path;
+  snprintf(buf, len, "%s%smodel.safetensors", path,
+           path[0] != '\0' && path[strlen(path) - 1] == '/' ? "" : "/");
+  return buf;
 }
 
 /* A positive finite number field; *found = 0 when absent (or null). */

@@ -75,6 +75,10 @@ static inline int ss_trunk_past_len(const ss_kv_io *kv) {
   return kv->past ? (int)kv->past[0].key.shape[2] : 0;
 }
 
+/* The one safetensors file of weights=PATH: PATH itself, or PATH/model.safetensors when PATH
+ * is a directory (a Hugging Face checkpoint's folder; written into buf [len]). */
+const char *ss_trunk_weights_file(const char *path, char *buf, size_t len);
+
 /* ------------------------------------------------------------- the runtime ---- */
 
 /* One sequence of a block call's rows: usually the only one ([B, T] rows after P cached ones, at

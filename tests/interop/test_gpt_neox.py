@@ -13,11 +13,18 @@ server sessions and batched decode steps, full fine-tuning (3 SGD steps: grad_in
 weight's change in the checkpoint, the outputs after), LoRA (adapters with B != 0 on
 query_key_value, dense, dense_h_to_4h, dense_4h_to_h; 3 AdamW steps: grad_input, the saved PEFT
 adapters, the outputs after), PEFT's default target (query_key_value) for a fresh adapter,
-compute=bf16 (loosely), and start-up refusals. Limits 1e-4 as the other suites."""
+compute=bf16 (loosely), and start-up refusals. Limits 1e-4 as the other suites.
+
+Optional, like test_peft_crosscheck: with SS_PEFT_PYTHON naming a Python that has transformers
+and peft, the same checkpoints load into transformers' GPTNeoXForCausalLM (float64), whose hidden
+states after the trunk's layers must equal the server's, and an adapter the server trained and
+saved must load with peft's PeftModel.from_pretrained and compute what the server computes.
+Without it that case says SKIP and passes."""
 import json
 import math
 import os
 import shutil
+import subprocess
 import tempfile
 
 import numpy as np
@@ -569,6 +576,86 @@ def test_startup_refusals():
     sslib.model_refused("x=gpt_neox,weights=%s,config=%s,lora_rank=2,lora_targets=c_attn"
                         % (w, PATHS["par"][1]), "c_attn", "query_key_value")
     assert_alive(C)
+
+
+HF_CHECK = r'''
+import json, sys
+import numpy as np, torch
+from transformers import GPTNeoXForCausalLM
+d = json.load(open(sys.argv[1]))
+m = GPTNeoXForCausalLM.from_pretrained(d["model_dir"], torch_dtype=torch.float64).eval()
+x = torch.tensor(np.load(d["x"]), dtype=torch.float64)
+out, n = {}, 0
+with torch.no_grad():  # hidden_states[b]: after layer b - 1, before the final norm (b < n_layer)
+    out["base"] = m.gpt_neox(inputs_embeds=x, output_hidden_states=True).hidden_states[d["b"]]
+    if d["adapter_dir"]:
+        from peft import PeftModel
+        pm = PeftModel.from_pretrained(m, d["adapter_dir"]).eval()
+        n = sum(1 for k in pm.state_dict() if "lora_" in k)
+        out["lora"] = pm.base_model.model.gpt_neox(inputs_embeds=x,
+                                                   output_hidden_states=True).hidden_states[d["b"]]
+np.savez(d["out"], **{k: v.numpy() for k, v in out.items()})
+print(json.dumps({"n": n}))
+'''
+
+
+def test_transformers_crosscheck():
+    """The par and seq checkpoints in transformers' GPTNeoXForCausalLM (layers 0:2 of 3), and a
+    LoRA adapter on all four targets, trained here 3 AdamW steps, through peft."""
+    py = os.environ.get("SS_PEFT_PYTHON", "")
+    if not py:
+        print("  SKIP: set SS_PEFT_PYTHON to a Python with transformers and peft to run it")
+        return
+    for mid in ("par", "seq"):
+        cfg = CFGS[mid]
+        d = os.path.join(TMP, "hf-" + mid)
+        os.makedirs(d)
+        shutil.copy(PATHS[mid][0], os.path.join(d, "model.safetensors"))
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg.json(), f)
+        out = os.path.join(TMP, "hf-" + mid + ".lora")
+        srv = sslib.Server("--workers", "1", "--model", "hb=gpt_neox,weights=%s,layers=0:2" % d,
+                           "--model", "hl=gpt_neox,weights=%s,layers=0:2,lora_rank=4,"
+                           "lora_alpha=8,lora_targets=query_key_value,dense,dense_h_to_4h,"
+                           "dense_4h_to_h,optimizer=adamw,save=%s" % (d, out))
+        conn = sslib.connect(srv)
+        try:
+            g = sslib.rng(5)
+            for i in range(3):
+                x = g.standard_normal((2, 6, cfg.hidden)).astype(np.float32)
+                req = make_req(x, model="hl")
+                req.training_mode = True
+                req.forward_id = "hf-%d" % i
+                conn.compute(req, timeout=T(20))
+                gr = g.standard_normal(x.shape).astype(np.float32)
+                bw = sslib.pb.BackwardRequest(grad_output_data=gr.tobytes(),
+                                              forward_id=req.forward_id, model_id="hl",
+                                              learning_rate=1e-2)
+                bw.grad_output_shape.extend(gr.shape)
+                conn.backward(bw, timeout=T(20))
+            x = g.standard_normal((2, 9, cfg.hidden)).astype(np.float32)
+            base = result(conn.compute(make_req(x, model="hb"), timeout=T(20))).reshape(x.shape)
+            lora = result(conn.compute(make_req(x, model="hl"), timeout=T(20))).reshape(x.shape)
+        finally:
+            conn.close()
+            srv.stop_ok()  # drain writes save=DIR
+        np.save(os.path.join(TMP, "hf-x.npy"), x)
+        job = {"model_dir": d, "adapter_dir": out, "x": os.path.join(TMP, "hf-x.npy"),
+               "out": os.path.join(TMP, "hf-y.npz"), "b": 2}
+        with open(os.path.join(TMP, "hf-job.json"), "w") as f:
+            json.dump(job, f)
+        p = subprocess.run([py, "-c", HF_CHECK, os.path.join(TMP, "hf-job.json")],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=T(300))
+        text = p.stdout.decode("utf-8", "replace")
+        assert p.returncode == 0, text[-3000:]
+        n = json.loads(text.strip().splitlines()[-1])["n"]
+        assert n == 2 * 4 * 2, n  # layers x targets x (A, B)
+        want = np.load(job["out"])
+        _close(base, want["base"], mid + " vs transformers", key=mid + " vs transformers")
+        _close(lora, want["lora"], mid + " LoRA vs peft", key=mid + " LoRA vs peft")
+        assert float(np.max(np.abs(want["lora"] - want["base"]))) > 1e-3
+        y, _ = Trunk(cfg, PATHS[mid][2], 0, 2)(x)
+        _close(want["base"], y, mid + " transformers vs this file's reference")
 
 
 if __name__ == "__main__":
