@@ -32,13 +32,14 @@ import torch
 
 import sslib
 import train_ref
-from sslib import SC, T, make_req, result, expect_error, assert_alive
+import trunk_checks
+from sslib import T, make_req, result, assert_alive
 
 TOL = 1e-4
 TMP = None
 S = None
 C = None
-WORST = {}
+CK = None  # trunk_checks.Checks
 
 SUFFIX = {  # short -> checkpoint module path (the four linear layers: LoRA's targets)
     "query_key_value": "attention.query_key_value", "dense": "attention.dense",
@@ -280,7 +281,7 @@ def train_lora(cfg, stored, a, b, adapters, scale, xs, grads, opt, lr):
 # ------------------------------------------------------------------ the server ----
 
 def setup():
-    global TMP, S, C
+    global TMP, S, C, CK
     TMP = tempfile.mkdtemp(prefix="ss-neox-")
     args = ["--workers", "2"]
     for n, (mid, cfg) in enumerate(CFGS.items()):
@@ -328,37 +329,25 @@ def setup():
     args += ["--model", "bpar=gpt_neox,weights=%s,config=%s,layers=1:3,compute=bf16" % (w, c)]
     S = sslib.Server(*args)
     C = sslib.connect(S)
+    CK = trunk_checks.Checks(C, TOL)
 
 
 def teardown():
     C.close()
     S.stop_ok()
     shutil.rmtree(TMP, ignore_errors=True)
-    print("  max errors: " + ", ".join("%s %.3g" % kv for kv in sorted(WORST.items())))
+    print("  max errors: " + ", ".join("%s %.3g" % kv for kv in sorted(CK.worst.items())))
 
 
-def _call(model, x, past=None, use_cache=None, c=None, **meta):
-    return sslib.compute_kv(c or C, model, x, past, use_cache, **meta)
+def _call(*args, **kw):
+    return CK.call(*args, **kw)
 
 
-def _close(got, ref, what, tol=TOL, key=None):
-    assert got.shape == ref.shape, "%s: shape %s, expected %s" % (what, got.shape, ref.shape)
-    err = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
-    assert err <= tol, "%s: max abs err %.3g > %.1g (max |ref| %.3g)" % (
-        what, err, tol, float(np.max(np.abs(ref))))
-    if key:
-        WORST[key] = max(WORST.get(key, 0.0), err)
-    return err
+def _close(*args, **kw):
+    return CK.close(*args, **kw)
 
 
-def _rel(got, want, what, key):
-    e = train_ref.rel_err(got, want)
-    assert e < TOL, "%s: rel err %.3g" % (what, e)
-    WORST[key] = max(WORST.get(key, 0.0), e)
-
-
-def _x(cfg, batch, seq, seed):
-    return np.random.default_rng(seed).standard_normal((batch, seq, cfg.hidden)).astype(np.float32)
+_x = trunk_checks.x_of
 
 
 def test_describe_in_info():
@@ -370,13 +359,7 @@ def test_describe_in_info():
 
 
 def test_prefill():
-    for mid, (ref, _, cfg) in MODELS.items():
-        for batch in (1, 2):
-            for seq in (1, 4, 11, cfg.max_pos):
-                x = _x(cfg, batch, seq, seed=seq * 10 + batch)
-                y, _ = ref(x)
-                _close(result(_call(mid, x)).reshape(y.shape), y,
-                       "%s batch %d seq %d" % (mid, batch, seq), key=mid + " prefill")
+    CK.prefill(MODELS)
 
 
 def test_partial_rotary_matters():
@@ -393,50 +376,11 @@ def test_partial_rotary_matters():
 
 
 def test_client_cache_decode():
-    for mid, (ref, _, cfg) in MODELS.items():
-        for batch in (1, 2):
-            total, first = 12, 4
-            x = _x(cfg, batch, total, seed=40 + batch)
-            y_full, _ = ref(x)
-            r = _call(mid, x[:, :first], use_cache=True)
-            past = sslib.presents(r)
-            _, pres_first = ref(x[:, :first])
-            for i, ((k, v), (rk, rv)) in enumerate(zip(past, pres_first)):
-                _close(k, rk, "%s present[%d].key" % (mid, i), key=mid + " presents")
-                _close(v, rv, "%s present[%d].value" % (mid, i), key=mid + " presents")
-            for t in range(first, total):
-                r = _call(mid, x[:, t:t + 1], past=past, use_cache=True)
-                _close(result(r).reshape(batch, 1, -1), y_full[:, t:t + 1],
-                       "%s batch %d decode at %d" % (mid, batch, t), key=mid + " decode")
-                past = sslib.presents(r)
+    CK.client_cache(MODELS)
 
 
 def test_sessions_and_batched_steps():
-    for mid, (ref, _, cfg) in MODELS.items():
-        total, first = 10, 4
-        x = _x(cfg, 2, total, seed=70)
-        y_full, _ = ref(x)
-        sid = "s-" + mid
-        r = _call(mid, x[:, :first], session=sid)
-        _close(result(r).reshape(2, first, -1), y_full[:, :first], mid + " session prefill")
-        for t in range(first, total):
-            meta = {"session_end": 1} if t == total - 1 else {}
-            r = _call(mid, x[:, t:t + 1], session=sid, **meta)
-            _close(result(r).reshape(2, 1, -1), y_full[:, t:t + 1],
-                   "%s session step at %d" % (mid, t), key=mid + " session")
-        n = 3
-        xs = [_x(cfg, 1, 9, seed=90 + i) for i in range(n)]
-        ys = [ref(xx)[0] for xx in xs]
-        for i in range(n):
-            _call(mid + "b", xs[i][:, :3 + i], session="bs-%s-%d" % (mid, i))
-        for step in range(2):
-            futs = [(i, 3 + i + step, C.compute.future(
-                make_req(xs[i][:, 3 + i + step:4 + i + step], model=mid + "b",
-                         session="bs-%s-%d" % (mid, i)), timeout=T(20))) for i in range(n)]
-            for i, t, f in futs:
-                _close(result(f.result()).reshape(1, 1, -1), ys[i][:, t:t + 1],
-                       "%s batched step, session %d position %d" % (mid, i, t),
-                       key=mid + " batched")
+    CK.sessions_and_batched(MODELS)
 
 
 def test_compute_bf16():
@@ -447,32 +391,7 @@ def test_compute_bf16():
     got = result(_call("bpar", x)).reshape(y.shape)
     err = float(np.max(np.abs(got - y)) / np.max(np.abs(y)))
     assert err < 3e-2, err
-    WORST["par bf16 (rel)"] = err
-
-
-def _backward(grad, forward_id, model, lr):
-    g = np.ascontiguousarray(grad, np.float32)
-    req = sslib.pb.BackwardRequest(grad_output_data=g.tobytes(), forward_id=forward_id,
-                                   model_id=model, learning_rate=lr)
-    req.grad_output_shape.extend(g.shape)
-    return C.backward(req, timeout=T(30))
-
-
-def _play(model, cfg, lr, n, seed, shape=(2, 6)):
-    g = sslib.rng(seed)
-    xs, grads, gins = [], [], []
-    for i in range(n):
-        x = g.standard_normal(shape + (cfg.hidden,)).astype(np.float32)
-        r = g.standard_normal(shape + (cfg.hidden,)).astype(np.float32)
-        req = make_req(x, model=model)
-        req.training_mode = True
-        req.forward_id = "%s-%d-%d" % (model, seed, i)
-        C.compute(req, timeout=T(30))
-        b = _backward(r, req.forward_id, model, lr)
-        gins.append(np.frombuffer(b.grad_input_data, np.float32).reshape(x.shape))
-        xs.append(x)
-        grads.append(r)
-    return gins, xs, grads
+    CK.worst["par bf16 (rel)"] = err
 
 
 def test_train_full():
@@ -481,10 +400,10 @@ def test_train_full():
     done = {}
     lr = 1e-3
     for mid, (ref, (a, b), cfg) in MODELS.items():
-        gins, xs, grads = _play("t" + mid, cfg, lr, 3, seed=11, shape=(2, 7))
+        gins, xs, grads = CK.play("t" + mid, cfg, lr, 3, seed=11, shape=(2, 7))
         rg, rw = train_full(cfg, PATHS[mid][2], a, b, xs, grads, FULL_OPT, lr)
         for i, (got, want) in enumerate(zip(gins, rg)):
-            _rel(got, want, "%s call %d grad_input" % (mid, i), mid + " train grad_input (rel)")
+            CK.rel(got, want, "%s call %d grad_input" % (mid, i), mid + " train grad_input (rel)")
         done[mid] = rw
         trained = dict(PATHS[mid][2])
         trained.update(rw)
@@ -504,7 +423,7 @@ def test_train_full():
         for k, v in rw.items():
             w0 = np.asarray(init[k], np.float64)
             assert np.max(np.abs(v - w0)) > 0, "%s %s did not train" % (mid, k)
-            _rel(got[prefix + k] - w0, v - w0, "t%s %s change after 3 steps" % (mid, k),
+            CK.rel(got[prefix + k] - w0, v - w0, "t%s %s change after 3 steps" % (mid, k),
                  mid + " train weight change (rel)")
 
 
@@ -515,11 +434,11 @@ def test_lora():
     lr = 1e-2
     for mid, (ref, (a, b), cfg) in MODELS.items():
         case = LORA[mid]
-        gins, xs, grads = _play("l" + mid, cfg, lr, 3, seed=21)
+        gins, xs, grads = CK.play("l" + mid, cfg, lr, 3, seed=21)
         rg, rw = train_lora(cfg, PATHS[mid][2], a, b, case["adapters"], case["scale"], xs,
                             grads, opt, lr)
         for i, (got, want) in enumerate(zip(gins, rg)):
-            _rel(got, want, "l%s call %d grad_input" % (mid, i), mid + " lora grad_input (rel)")
+            CK.rel(got, want, "l%s call %d grad_input" % (mid, i), mid + " lora grad_input (rel)")
         case["rw"] = rw
     S.checkpoint(["l" + m for m in MODELS])
     for mid, (ref, (a, b), cfg) in MODELS.items():
@@ -527,7 +446,7 @@ def test_lora():
         got = train_ref.read_safetensors(os.path.join(case["out"], "adapter_model.safetensors"))
         assert set(got) == set(case["rw"]), sorted(set(got) ^ set(case["rw"]))
         for k, v in case["rw"].items():
-            _rel(got[k], v, "l%s %s after 3 steps" % (mid, k), mid + " lora adapters (rel)")
+            CK.rel(got[k], v, "l%s %s after 3 steps" % (mid, k), mid + " lora adapters (rel)")
         trained = {layer: {short: (got["base_model.model.gpt_neox.layers.%d.%s.lora_A.weight"
                                        % (layer, SUFFIX[short])],
                                    got["base_model.model.gpt_neox.layers.%d.%s.lora_B.weight"
@@ -620,20 +539,8 @@ def test_transformers_crosscheck():
                            "dense_4h_to_h,optimizer=adamw,save=%s" % (d, out))
         conn = sslib.connect(srv)
         try:
-            g = sslib.rng(5)
-            for i in range(3):
-                x = g.standard_normal((2, 6, cfg.hidden)).astype(np.float32)
-                req = make_req(x, model="hl")
-                req.training_mode = True
-                req.forward_id = "hf-%d" % i
-                conn.compute(req, timeout=T(20))
-                gr = g.standard_normal(x.shape).astype(np.float32)
-                bw = sslib.pb.BackwardRequest(grad_output_data=gr.tobytes(),
-                                              forward_id=req.forward_id, model_id="hl",
-                                              learning_rate=1e-2)
-                bw.grad_output_shape.extend(gr.shape)
-                conn.backward(bw, timeout=T(20))
-            x = g.standard_normal((2, 9, cfg.hidden)).astype(np.float32)
+            CK.play("hl", cfg, 1e-2, 3, seed=5, c=conn)
+            x = _x(cfg, 2, 9, seed=6)
             base = result(conn.compute(make_req(x, model="hb"), timeout=T(20))).reshape(x.shape)
             lora = result(conn.compute(make_req(x, model="hl"), timeout=T(20))).reshape(x.shape)
         finally:
