@@ -139,33 +139,34 @@ static int load_act(neox *p, json_t *root, const char *path, char *err, size_t e
 }
 
 /* The rotary settings: rotary_pct / partial_rotary_factor, rotary_emb_base / rope_theta (at the
- * top level or in transformers 5's rope_parameters); p->rot and p->inv_freq. */
+ * top level or in transformers 5's rope_parameters); p->rot and p->inv_freq. Only the plain
+ * rope: rope_scaling null or of type default, rope_parameters of type default (or none). */
 static int load_rotary(neox *p, json_t *root, const char *path, char *err, size_t errlen) {
-  json_t *rp = json_object_get(root, "rope_parameters"),
-         *rs = json_object_get(root, "rope_scaling");
-  json_t *src[2] = {root, json_is_object(rp) ? rp : NULL};
+  static const char *const pct_key[] = {"rotary_pct", "partial_rotary_factor"};
+  static const char *const base_key[] = {"rotary_emb_base", "rope_theta"};
+  static const char *const scaling[] = {"rope_scaling", "rope_parameters"};
+  json_t *src[2] = {root, json_object_get(root, "rope_parameters")};
   double pct = 0.25, base = 10000.0, v;
   int found;
-  for (int s = 0; s < 2; s++) {
-    if (src[s] == NULL) continue;
-    static const char *const pk[] = {"rotary_pct", "partial_rotary_factor"};
-    static const char *const bk[] = {"rotary_emb_base", "rope_theta"};
+  for (int s = 0; s < 2 && json_is_object(src[s]); s++)
     for (int i = 0; i < 2; i++) {
-      if (ss_trunk_cfg_num(src[s], pk[i], path, &v, &found, err, errlen) != 0) return SS_EINVAL;
+      if (ss_trunk_cfg_num(src[s], pct_key[i], path, &v, &found, err, errlen) != 0)
+        return SS_EINVAL;
       if (found) pct = v;
-      if (ss_trunk_cfg_num(src[s], bk[i], path, &v, &found, err, errlen) != 0) return SS_EINVAL;
+      if (ss_trunk_cfg_num(src[s], base_key[i], path, &v, &found, err, errlen) != 0)
+        return SS_EINVAL;
       if (found) base = v;
     }
-  }
   for (int s = 0; s < 2; s++) {
-    json_t *o = s ? rs : rp, *t = json_is_object(o) ? json_object_get(o, "rope_type") : NULL;
-    if (json_is_object(o) && t == NULL) t = json_object_get(o, "type");
-    if (o == NULL || json_is_null(o) ||
-        (json_is_string(t) && !strcmp(json_string_value(t), "default")))
+    json_t *o = json_object_get(root, scaling[s]), *t;
+    if (o == NULL || json_is_null(o)) continue;
+    t = json_is_object(o) ? json_object_get(o, "rope_type") : NULL;
+    if (t == NULL && json_is_object(o)) t = json_object_get(o, "type");
+    if (json_is_object(o) &&
+        (t == NULL ? s == 1 : json_is_string(t) && !strcmp(json_string_value(t), "default")))
       continue;
-    if (s == 0 && json_is_object(o) && t == NULL) continue; /* rope_parameters without a type */
     snprintf(err, errlen, "config %.200s: %s other than the default rope is not supported", path,
-             s ? "rope_scaling" : "rope_parameters");
+             scaling[s]);
     return SS_EINVAL;
   }
   p->rot = (int)(p->HS * pct);
