@@ -103,8 +103,9 @@ const ss_setting ss_settings[] = {
    "iteration, and only once the request headers passed authentication"},
   {"--model", "ID=KIND[,k=v...]", "models", SS_ST_MODEL, 0, 0, 0, 0, 0, NULL, "",
    "serve a model (repeatable; the first is the default). Kinds: identity, mlp (`weights`, "
-   "`activation`), gpt2 (`weights`, `config`, `layers`), llama (`weights`, `config`, `layers`, "
-   "LoRA keys); test kinds scale, sleep, spin; see the model table below. YAML: a `models:` "
+   "`activation`), gpt2 (`weights`, `config`, `layers`), llama and gpt_neox (`weights`, "
+   "`config`, `layers`, LoRA keys); test kinds scale, sleep, spin; see the model table below. "
+   "YAML: a `models:` "
    "list of mappings with `id`, `kind` and the same keys"},
   {"--config", "FILE", NULL, SS_ST_CONFIG, 0, 0, 0, 0, 0, NULL, "",
    "YAML settings (the keys named here) and models; flags given on the command line override "

@@ -150,13 +150,7 @@ static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale
     snprintf(err, errlen, "config %.200s: not a JSON object", path);
     goto done;
   }
-  for (int i = 0; i < 3; i++) {
-    if (ss_trunk_cfg_int(root, required[i], path, req_out[i], &found, err, errlen) != 0) goto done;
-    if (!found) {
-      snprintf(err, errlen, "config %.200s: missing '%s'", path, required[i]);
-      goto done;
-    }
-  }
+  if (ss_trunk_cfg_required(root, required, req_out, 3, path, err, errlen) != 0) goto done;
   if (p->n_embd % p->n_head != 0) {
     snprintf(err, errlen, "config %.200s: n_embd %d is not a multiple of n_head %d", path,
              p->n_embd, p->n_head);

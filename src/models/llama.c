@@ -199,21 +199,6 @@ static void llama_free(llama *p) {
 
 /* ------------------------------------------------------------- config.json ---- */
 
-/* A positive number field; *found = 0 when absent (or null). */
-static int cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
-                   char *err, size_t errlen) {
-  json_t *v = json_object_get(root, key);
-  *found = 0;
-  if (v == NULL || json_is_null(v)) return 0;
-  if (!json_is_number(v) || !(json_number_value(v) > 0.0) || !isfinite(json_number_value(v))) {
-    snprintf(err, errlen, "config %.200s: '%s' must be a positive number", path, key);
-    return SS_EINVAL;
-  }
-  *out = json_number_value(v);
-  *found = 1;
-  return 0;
-}
-
 static int cfg_bool(json_t *root, const char *key, int def) {
   json_t *v = json_object_get(root, key);
   return v != NULL && json_is_boolean(v) ? json_is_true(v) : def;
@@ -275,7 +260,8 @@ static int load_rope(llama *p, double **out, json_t *theta_obj, json_t *rs, doub
   json_t *t;
   const char *type = "default";
 
-  if (cfg_num(theta_obj, "rope_theta", path, &theta, &found, err, errlen) != 0) return SS_EINVAL;
+  if (ss_trunk_cfg_num(theta_obj, "rope_theta", path, &theta, &found, err, errlen) != 0)
+    return SS_EINVAL;
   if (((*out) = malloc((size_t)(n > 0 ? n : 1) * sizeof(double))) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
@@ -304,7 +290,7 @@ static int load_rope(llama *p, double **out, json_t *theta_obj, json_t *rs, doub
              path, type);
     return SS_EINVAL;
   }
-  if (cfg_num(rs, "factor", path, &factor, &found, err, errlen) != 0) return SS_EINVAL;
+  if (ss_trunk_cfg_num(rs, "factor", path, &factor, &found, err, errlen) != 0) return SS_EINVAL;
   if (!found) {
     snprintf(err, errlen, "config %.200s: rope_scaling '%s' needs 'factor'", path, type);
     return SS_EINVAL;
@@ -315,9 +301,9 @@ static int load_rope(llama *p, double **out, json_t *theta_obj, json_t *rs, doub
   }
   {
     int f1, f2, f3;
-    if (cfg_num(rs, "low_freq_factor", path, &lff, &f1, err, errlen) != 0 ||
-        cfg_num(rs, "high_freq_factor", path, &hff, &f2, err, errlen) != 0 ||
-        cfg_num(rs, "original_max_position_embeddings", path, &old, &f3, err, errlen) != 0)
+    if (ss_trunk_cfg_num(rs, "low_freq_factor", path, &lff, &f1, err, errlen) != 0 ||
+        ss_trunk_cfg_num(rs, "high_freq_factor", path, &hff, &f2, err, errlen) != 0 ||
+        ss_trunk_cfg_num(rs, "original_max_position_embeddings", path, &old, &f3, err, errlen) != 0)
       return SS_EINVAL;
     if (!f1 || !f2 || !f3 || !(hff > lff)) {
       snprintf(err, errlen,
@@ -385,7 +371,7 @@ static int load_ropes(llama *p, json_t *root, const char *path, char *err, size_
   if (rc != 0 || p->family != F_GEMMA3) return rc;
   if (slide != NULL)
     return load_rope(p, &p->inv_freq_local, slide, slide, local, path, err, errlen);
-  if (cfg_num(root, "rope_local_base_freq", path, &local, &found, err, errlen) != 0)
+  if (ss_trunk_cfg_num(root, "rope_local_base_freq", path, &local, &found, err, errlen) != 0)
     return SS_EINVAL;
   return load_rope(p, &p->inv_freq_local, NULL, NULL, local, path, err, errlen);
 }
@@ -538,7 +524,7 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   if (f != F_GEMMA3) p->n_pos = 2048;
   if (ss_trunk_cfg_int(root, "max_position_embeddings", path, &p->n_pos, &found, err, errlen) != 0)
     goto done;
-  if (cfg_num(root, "rms_norm_eps", path, &eps, &found, err, errlen) != 0) goto done;
+  if (ss_trunk_cfg_num(root, "rms_norm_eps", path, &eps, &found, err, errlen) != 0) goto done;
   if (eps >= 1.0) {
     snprintf(err, errlen, "config %.200s: 'rms_norm_eps' must be a number in (0, 1)", path);
     goto done;
@@ -582,8 +568,8 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   /* Gemma 2/3: scores scaled by query_pre_attn_scalar^-1/2 (HF default 256), soft-capped by
    * attn_logit_softcapping (null: none) */
   if (f == F_GEMMA2 || f == F_GEMMA3) {
-    if (cfg_num(root, "query_pre_attn_scalar", path, &qpas, &found, err, errlen) != 0 ||
-        cfg_num(root, "attn_logit_softcapping", path, &cap, &found, err, errlen) != 0)
+    if (ss_trunk_cfg_num(root, "query_pre_attn_scalar", path, &qpas, &found, err, errlen) != 0 ||
+        ss_trunk_cfg_num(root, "attn_logit_softcapping", path, &cap, &found, err, errlen) != 0)
       goto done;
     if (f == F_GEMMA2 && json_object_get(root, "attn_logit_softcapping") == NULL) cap = 50.0;
   }
@@ -1378,30 +1364,25 @@ static void lora_key(const llama *p, int layer, int k, char *name, size_t len) {
            p->prefix[0] != '\0' ? p->prefix : "model.", layer, proj_path[k]);
 }
 
+/* Projection i (layer-major, N_PROJ a layer) as a LoRA site when the targets name it. */
+static int llama_lora_site(void *impl, int i, ss_trunk_lora_site *s) {
+  llama *p = impl;
+  const int k = i % N_PROJ, layer = p->a + i / N_PROJ;
+  proj *pr = &p->blk[i / N_PROJ].pr[k];
+  if (!(p->lora.targets & (1u << k))) return 0;
+  lora_key(p, layer, k, s->key, sizeof s->key);
+  s->lo = &pr->lo;
+  s->in = pr->in;
+  s->out = pr->out;
+  s->unit = layer * 16 + k;
+  return 1;
+}
+
 /* Adapters: A (PEFT init, seeded) and B (zero) for every target of every layer, or read from
  * adapter_dir/adapter_model.safetensors. */
 static int lora_setup(llama *p, const char *adapter_dir, char *err, size_t errlen) {
-  char key[256], path[1200];
-  uint64_t st = 0x5EEDull;
-  ss_st_file *ad = NULL;
-  int rc = 0;
-  if (adapter_dir != NULL &&
-      (rc = ss_lora_open(adapter_dir, &ad, path, sizeof path, err, errlen)) != 0)
-    return rc;
-  for (int l = 0; l < p->b - p->a && rc == 0; l++) {
-    for (int k = 0; k < N_PROJ && rc == 0; k++) {
-      proj *pr = &p->blk[l].pr[k];
-      if (!(p->lora.targets & (1u << k))) continue;
-      lora_key(p, p->a + l, k, key, sizeof key);
-      pr->lo.unit = (p->a + l) * 16 + k; /* dropout masks: lora.h */
-      if (ad != NULL)
-        rc = ss_lora_load(&pr->lo, &p->cc, ad, path, key, p->lora.r, pr->in, pr->out, err, errlen);
-      else if ((rc = ss_lora_init(&pr->lo, &p->cc, p->lora.r, pr->in, pr->out, &st)) != 0)
-        snprintf(err, errlen, "out of memory");
-    }
-  }
-  ss_st_close(ad); /* the adapters are copies */
-  return rc;
+  return ss_trunk_lora_all(p, &p->cc, (p->b - p->a) * N_PROJ, p->lora.r, llama_lora_site,
+                           adapter_dir, err, errlen);
 }
 
 /* ------------------------------------------------------------- parameters ---- */

@@ -1,7 +1,7 @@
 /*
- * lora.h — LoRA adapters, written once for every trunk kind that takes them (gpt2, llama):
- * the low-rank path of one projection (forward, backward), PEFT's initialisation, the spec keys
- * (lora_rank, lora_alpha, lora_targets, adapter=DIR) and the PEFT directory layout
+ * lora.h — LoRA adapters, written once for every trunk kind that takes them (gpt2, llama,
+ * gpt_neox): the low-rank path of one projection (forward, backward), PEFT's initialisation, the
+ * spec keys (lora_rank, lora_alpha, lora_targets, adapter=DIR) and the PEFT directory layout
  * (adapter_config.json + adapter_model.safetensors, plus our optimizer.safetensors).
  *
  * One adapted projection y = x W (+ b), in [in] -> out [out], gains

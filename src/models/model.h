@@ -160,9 +160,10 @@ struct ss_model {
 };
 
 /* Parse a model spec "ID=KIND[,key=value...]" and create the model.
- * Known kinds: identity, scale, sleep, spin, mlp, gpt2, llama (registry.c). mlp keys: weights=PATH
- * (safetensors); without weights: the embedded default (768->768->768, deterministic seeded
- * weights). *out: caller frees with ss_model_free(). On error returns <0 and writes a message. */
+ * Known kinds: identity, scale, sleep, spin, mlp, gpt2, llama, gpt_neox (registry.c). mlp keys:
+ * weights=PATH (safetensors); without weights: the embedded default (768->768->768, deterministic
+ * seeded weights). *out: caller frees with ss_model_free(). On error returns <0 and writes a
+ * message. */
 int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen);
 
 /* Create a model of a kind with an id and key=value params (params borrowed, n pairs as
@@ -192,6 +193,8 @@ int ss_model_spin_new(ss_model *m, const char *const *params, size_t n, char *er
 int ss_model_mlp_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
 int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen);
+int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char *err,
+                          size_t errlen);
 
 /* sleep: the wait for a request, in ms, from metadata "ms" (default 100, range 0..600000). */
 int ss_model_sleep_ms(const ss_meta *meta, double *ms, char *err, size_t errlen);

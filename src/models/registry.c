@@ -11,8 +11,8 @@
  * A bare word after key=value (no '=') continues that key's value as a list:
  * "lora_targets=q_proj,v_proj" gives lora_targets the value "q_proj,v_proj".
  *
- * Kinds that can train (mlp, gpt2, llama) also take the registry's own keys (rows with a field),
- * parsed here (parse_shared) and left out of what their constructor sees: the training keys
+ * Kinds that can train (mlp, gpt2, llama, gpt_neox) also take the registry's own keys (rows with a
+ * field), parsed here (parse_shared) and left out of what their constructor sees: the training keys
  * (optimizer, AdamW's betas and eps, weight_decay: SGD adds it to the gradient, AdamW decays;
  * save=PATH, written on drain and SIGUSR1), batching and wire keys, the Split-Learning trainer's
  * keys (service/train.c: implicit_training, learning_rate, accumulation_step), compute (the
@@ -40,8 +40,8 @@ typedef int (*kind_ctor)(ss_model *m, const char *const *params, size_t n, char 
                          size_t errlen);
 
 /* Which kinds take a key: one bit per kind that has keys. */
-enum { KM_MLP = 1u << 0, KM_GPT2 = 1u << 1, KM_LLAMA = 1u << 2 };
-#define KM_TRUNK (KM_GPT2 | KM_LLAMA)
+enum { KM_MLP = 1u << 0, KM_GPT2 = 1u << 1, KM_LLAMA = 1u << 2, KM_NEOX = 1u << 3 };
+#define KM_TRUNK (KM_GPT2 | KM_LLAMA | KM_NEOX)
 #define KM_TRAIN (KM_MLP | KM_TRUNK)
 
 typedef struct kind_entry {
@@ -54,7 +54,7 @@ static const kind_entry kinds[] = {
     {"identity", ss_model_identity_new, 0},  {"scale", ss_model_scale_new, 0},
     {"sleep", ss_model_sleep_new, 0},        {"spin", ss_model_spin_new, 0},
     {"mlp", ss_model_mlp_new, KM_MLP},       {"gpt2", ss_model_gpt2_new, KM_GPT2},
-    {"llama", ss_model_llama_new, KM_LLAMA},
+    {"llama", ss_model_llama_new, KM_LLAMA}, {"gpt_neox", ss_model_gpt_neox_new, KM_NEOX},
 };
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 

@@ -3,13 +3,17 @@
  */
 #include "models/trunk.h"
 
+#include "core/config.h"
+#include "core/file.h"
 #include "models/nn/backend/backend.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* A positive integer field; *found = 0 when absent (or null). */
 int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, int *found,
@@ -24,6 +28,72 @@ int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, 
   *out = (int)json_integer_value(v);
   *found = 1;
   return 0;
+}
+
+int ss_trunk_cfg_required(json_t *root, const char *const *keys, int *const *out, int n,
+                          const char *path, char *err, size_t errlen) {
+  for (int i = 0; i < n; i++) {
+    int found;
+    if (ss_trunk_cfg_int(root, keys[i], path, out[i], &found, err, errlen) != 0) return SS_EINVAL;
+    if (!found) {
+      snprintf(err, errlen, "config %.200s: missing '%s'", path, keys[i]);
+      return SS_EINVAL;
+    }
+  }
+  return 0;
+}
+
+const char *ss_trunk_weights_file(const char *path, char *buf, size_t len) {
+  struct stat sb;
+  if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return path;
+  snprintf(buf, len, "%s%smodel.safetensors", path,
+           path[0] != '\0' && path[strlen(path) - 1] == '/' ? "" : "/");
+  return buf;
+}
+
+/* A positive finite number field; *found = 0 when absent (or null). */
+int ss_trunk_cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
+                     char *err, size_t errlen) {
+  json_t *v = json_object_get(root, key);
+  *found = 0;
+  if (v == NULL || json_is_null(v)) return 0;
+  if (!json_is_number(v) || !(json_number_value(v) > 0.0) || !isfinite(json_number_value(v))) {
+    snprintf(err, errlen, "config %.200s: '%s' must be a positive number", path, key);
+    return SS_EINVAL;
+  }
+  *out = json_number_value(v);
+  *found = 1;
+  return 0;
+}
+
+json_t *ss_trunk_cfg_load(const char *path, const char *weights, char *buf, size_t buflen, int *rc,
+                          char *err, size_t errlen) {
+  json_error_t je;
+  char *text = NULL; /* a regular file of at most 1 MiB (a FIFO would hang start-up) */
+  size_t tlen = 0;
+  json_t *root;
+  if (path == NULL || path[0] == '\0') {
+    const char *slash = strrchr(weights, '/');
+    snprintf(buf, buflen, "%.*sconfig.json", slash ? (int)(slash - weights) + 1 : 0, weights);
+    path = buf;
+  }
+  if ((*rc = ss_file_read(path, 0, SS_CONFIG_MAX_BYTES, &text, &tlen, err, errlen)) != 0)
+    return NULL;
+  root = json_loadb(text, tlen, 0, &je);
+  free(text);
+  if (root == NULL) {
+    snprintf(err, errlen, "config %.200s: %s (line %d)", path, je.text, je.line);
+    *rc = errno == ENOENT ? SS_ENOTFOUND : SS_EINVAL;
+    return NULL;
+  }
+  if (!json_is_object(root)) {
+    snprintf(err, errlen, "config %.200s: not a JSON object", path);
+    json_decref(root);
+    *rc = SS_EINVAL;
+    return NULL;
+  }
+  *rc = 0;
+  return root;
 }
 
 /* "A:B", "A:", ":B" or "" (all). */
@@ -630,6 +700,30 @@ int ss_trunk_spec_parse(const ss_model *m, const char *kind, const char *weights
     return SS_EINVAL;
   }
   return 0;
+}
+
+int ss_trunk_lora_all(void *impl, const ss_compute *cc, int n, int r,
+                      int (*describe)(void *impl, int i, ss_trunk_lora_site *site),
+                      const char *adapter_dir, char *err, size_t errlen) {
+  char path[1200];
+  uint64_t st = 0x5EEDull;
+  ss_st_file *ad = NULL;
+  int rc = 0;
+  if (adapter_dir != NULL &&
+      (rc = ss_lora_open(adapter_dir, &ad, path, sizeof path, err, errlen)) != 0)
+    return rc;
+  for (int i = 0; i < n && rc == 0; i++) {
+    ss_trunk_lora_site s;
+    memset(&s, 0, sizeof s);
+    if (!describe(impl, i, &s)) continue;
+    s.lo->unit = s.unit; /* dropout masks: lora.h */
+    if (ad != NULL)
+      rc = ss_lora_load(s.lo, cc, ad, path, s.key, r, s.in, s.out, err, errlen);
+    else if ((rc = ss_lora_init(s.lo, cc, r, s.in, s.out, &st)) != 0)
+      snprintf(err, errlen, "out of memory");
+  }
+  ss_st_close(ad); /* the adapters are copies */
+  return rc;
 }
 
 int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec *sp,

@@ -1,9 +1,10 @@
 /*
  * trunk.h — the trunk runtime: everything a decoder trunk (layers [a, b) of a Hugging Face
- * checkpoint) does that is not its block, written once for every architecture (gpt2.c, llama.c):
- * the model ops (check, check_kv, forward, forward_kv with the client's cache or a session's,
- * forward_kv_batch, forward_train, backward, the optimizer step, save, LoRA's parameters), the
- * present KV caches, the saved records of training forwards, and all activation memory.
+ * checkpoint) does that is not its block, written once for every architecture (gpt2.c, llama.c,
+ * gpt_neox.c): the model ops (check, check_kv, forward, forward_kv with the client's cache or a
+ * session's, forward_kv_batch, forward_train, backward, the optimizer step, save, LoRA's
+ * parameters), the present KV caches, the saved records of training forwards, and all activation
+ * memory.
  *
  * An architecture supplies an ss_trunk_arch: its block (forward and backward, on the ops of
  * nn/backend), and one activation table (llm.c's fill_in_activation_sizes): the slots of its
@@ -22,6 +23,7 @@
 
 #include "models/lora.h"
 #include "models/model.h"
+#include "models/nn/attention.h"
 #include "models/nn/matmul.h"
 #include "models/params.h"
 #include "models/safetensors.h"
@@ -30,6 +32,20 @@
  * Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive integer". */
 int ss_trunk_cfg_int(json_t *root, const char *key, const char *path, int *out, int *found,
                      char *err, size_t errlen);
+/* The n required keys[i] of root as positive ints into *out[i]. Returns 0, or SS_EINVAL with
+ * "config PATH: missing 'key'" (or ss_trunk_cfg_int's message). */
+int ss_trunk_cfg_required(json_t *root, const char *const *keys, int *const *out, int n,
+                          const char *path, char *err, size_t errlen);
+/* root[key] as a positive finite number into *out (*found = 1), or nothing when absent/null
+ * (*found = 0). Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive number". */
+int ss_trunk_cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
+                     char *err, size_t errlen);
+/* The config.json of a trunk: path, or (NULL or "") config.json next to weights (into buf
+ * [buflen]); read (at most SS_CONFIG_MAX_BYTES, a regular file) and parsed into a JSON object.
+ * Returns the object (the caller json_decref's it), or NULL with *rc (SS_ENOTFOUND, SS_EINVAL)
+ * and the message written. */
+json_t *ss_trunk_cfg_load(const char *path, const char *weights, char *buf, size_t buflen, int *rc,
+                          char *err, size_t errlen);
 /* "A:B", "A:", ":B" against n_layer into [*a, *b). Returns 0, SS_EINVAL (shape) or SS_ERANGE. */
 int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_t errlen);
 /* A trunk's input check: hidden states [batch, seq, hidden] with batch, seq >= 1, seq <= n_pos
@@ -58,6 +74,10 @@ int ss_trunk_batch_windows(const ss_compute *cc, ss_kv_io *kv, int n, int l, int
 static inline int ss_trunk_past_len(const ss_kv_io *kv) {
   return kv->past ? (int)kv->past[0].key.shape[2] : 0;
 }
+
+/* The one safetensors file of weights=PATH: PATH itself, or PATH/model.safetensors when PATH
+ * is a directory (a Hugging Face checkpoint's folder; written into buf [len]). */
+const char *ss_trunk_weights_file(const char *path, char *buf, size_t len);
 
 /* ------------------------------------------------------------- the runtime ---- */
 
@@ -96,6 +116,17 @@ enum { SS_TRUNK_X, SS_TRUNK_H, SS_TRUNK_Y, SS_TRUNK_K, SS_TRUNK_V, SS_TRUNK_SLOT
 #define SS_TRUNK_MAX_SLOTS 48
 /* A size that says "the same memory as slot j" (carved earlier in the same phase). */
 #define SS_TRUNK_ALIAS(j) ((size_t)-1 - (size_t)(j))
+
+/* Table helpers: the batch phase's residual stream (x carved [rows, E], h and y the same
+ * memory), and the floats of an inference phase's attention probabilities (query blocks of at
+ * most SS_ATTN_QBLOCK rows over the keys). */
+static inline void ss_trunk_batch_stream(size_t *n, size_t rows_e) {
+  n[SS_TRUNK_X] = rows_e;
+  n[SS_TRUNK_H] = n[SS_TRUNK_Y] = SS_TRUNK_ALIAS(SS_TRUNK_X);
+}
+static inline size_t ss_trunk_att_blocks(const ss_trunk_dims *d) {
+  return (size_t)(d->S < SS_ATTN_QBLOCK ? d->S : SS_ATTN_QBLOCK) * (size_t)d->T;
+}
 
 typedef struct ss_trunk ss_trunk;
 
@@ -182,6 +213,23 @@ int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec
                       const struct ss_st_file *ckpt,
                       int (*lora_setup)(void *impl, const char *adapter, char *msg, size_t len),
                       int (*params)(void *impl), char *msg, size_t len);
+
+/* One module of a trunk that may carry an adapter, as ss_trunk_lora_all asks for it: the
+ * adapter (the architecture's), its PEFT key (without .lora_A.weight), shape and dropout unit. */
+typedef struct ss_trunk_lora_site {
+  ss_lora *lo;
+  char key[256];
+  int in, out, unit;
+} ss_trunk_lora_site;
+
+/* Every adapter of a trunk: for i in [0, n), describe(impl, i, site) says whether module i is a
+ * target (0: not) and fills *site; each target's adapter is read from adapter_dir's
+ * adapter_model.safetensors or, without one, made fresh (PEFT's init, one seeded generator over
+ * the targets in order), in cc's backend memory (the model's). r: the rank. 0, or an error with
+ * err written. */
+int ss_trunk_lora_all(void *impl, const ss_compute *cc, int n, int r,
+                      int (*describe)(void *impl, int i, ss_trunk_lora_site *site),
+                      const char *adapter_dir, char *err, size_t errlen);
 
 /* Make t (a copy of *desc) the model's impl with the trunk ops: the compute context from the
  * model's keys (compute=, backend=) into *desc->cc, shared by its parameters and LoRA; the

@@ -7,7 +7,9 @@ every architecture served both ways from the same random checkpoint, and compare
     llama   every family of test_llama.py and test_families.py (llama with llama3 rope scaling,
             qwen2, mistral with a sliding window, gemma, qwen3, qwen3 sliding, gemma2 soft-cap,
             gemma3, qwen2-vl and qwen3-vl M-RoPE), all layers
-    LoRA    gpt2 and llama with fresh adapters and LoRA dropout
+    gpt_neox  the cases of test_gpt_neox.py (parallel and sequential residual, partial and
+            whole-head rotary, with and without attention biases)
+    LoRA    gpt2, llama and gpt_neox with fresh adapters and LoRA dropout
 on prefill, server-session decode steps (forward_kv), concurrent session steps (batched decode,
 forward_kv_batch), client-cache decode (past/present), M-RoPE positions, and training: two
 training forwards + ComputeBackward with an SGD step each (grad_input, then the outputs of the
@@ -23,6 +25,7 @@ import gpt2_ref
 import llama_ref
 import sslib
 import test_families
+import test_gpt_neox
 import test_llama
 from sslib import T, make_req, result
 
@@ -53,7 +56,13 @@ def setup():
         w, c, _ = llama_ref.write_checkpoint(TMP, mid, cfg, seed=len(mid) + ord(mid[0]))
         specs[mid] = "llama,weights=%s,config=%s" % (w, c)
         ARCH[mid] = cfg.hidden
-    for name in ("gpt2", "ll"):  # LoRA on every target, fresh adapters (B = 0 until a step)
+    test_gpt_neox.TMP = TMP
+    for mid, cfg in test_gpt_neox.CFGS.items():
+        storage, prefix, _ = test_gpt_neox.LAYOUT[mid]
+        w, c, _ = test_gpt_neox.write_checkpoint("nx-" + mid, cfg, 5, storage, prefix)
+        specs["nx-" + mid] = "gpt_neox,weights=%s,config=%s" % (w, c)
+        ARCH["nx-" + mid] = cfg.hidden
+    for name in ("gpt2", "ll", "nx-par"):  # LoRA on every target, fresh adapters (B = 0 until a step)
         specs["lora-" + name] = specs[name] + ",lora_rank=4,lora_alpha=8,lora_dropout=0.25"
         ARCH["lora-" + name] = ARCH[name]
     args = ["--workers", "2"]

@@ -26,12 +26,14 @@ import numpy as np
 import llama_ref
 import sslib
 import train_ref
+import trunk_checks
 from sslib import SC, T, make_req, result, expect_error, assert_alive
 
 TOL = 1e-4
 TMP = None
 S = None
 C = None
+CK = None  # trunk_checks.Checks
 CFGS = {
     "q3": llama_ref.Config("qwen3", hidden=64, heads=4, kv_heads=2, head_dim=24, intermediate=96,
                            n_layer=3, max_pos=48, rope_theta=1000000.0, attention_bias=True),
@@ -65,11 +67,10 @@ LORA = {}    # id -> adapters, scale, ...
 # full fine-tuning with SGD: AdamW's step is blind to the scale of a gradient, SGD's is not
 FULL_OPT = train_ref.optim_defaults("sgd")
 FULL_LR = 1e-3
-WORST = {}
 
 
 def setup():
-    global TMP, S, C
+    global TMP, S, C, CK
     TMP = tempfile.mkdtemp(prefix="ss-fam-")
     args = ["--workers", "2"]
     for mid, cfg in CFGS.items():
@@ -117,35 +118,25 @@ def setup():
                  "optimizer=adamw,save=%s" % ((mid, w, c) + layers + (ad_dir, LORA[mid]["out"]))]
     S = sslib.Server(*args)
     C = sslib.connect(S)
+    CK = trunk_checks.Checks(C, TOL)
 
 
 def teardown():
     C.close()
     S.stop_ok()
     shutil.rmtree(TMP, ignore_errors=True)
-    print("  max abs errors: " + ", ".join("%s %.3g" % kv for kv in sorted(WORST.items())))
+    print("  max abs errors: " + ", ".join("%s %.3g" % kv for kv in sorted(CK.worst.items())))
 
 
-_kv_entries = sslib.kv_entries
-_presents = sslib.presents
+def _call(*args, **kw):
+    return CK.call(*args, **kw)
 
 
-def _call(model, x, past=None, use_cache=None, c=None, **meta):
-    return sslib.compute_kv(c or C, model, x, past, use_cache, **meta)
+def _close(*args, **kw):
+    return CK.close(*args, **kw)
 
 
-def _close(got, ref, what, tol=TOL, key=None):
-    assert got.shape == ref.shape, "%s: shape %s, expected %s" % (what, got.shape, ref.shape)
-    err = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
-    assert err <= tol, "%s: max abs err %.3g > %.1g (max |ref| %.3g)" % (
-        what, err, tol, float(np.max(np.abs(ref))))
-    if key:
-        WORST[key] = max(WORST.get(key, 0.0), err)
-    return err
-
-
-def _x(cfg, batch, seq, seed):
-    return np.random.default_rng(seed).standard_normal((batch, seq, cfg.hidden)).astype(np.float32)
+_x = trunk_checks.x_of
 
 
 def _positions(batch, seq, seed, shared=False):
@@ -179,61 +170,15 @@ def test_describe_in_info():
 
 
 def test_prefill():
-    for mid, (ref, _, cfg) in MODELS.items():
-        for batch in (1, 2):
-            for seq in (1, 4, 11, cfg.max_pos):
-                x = _x(cfg, batch, seq, seed=seq * 10 + batch)
-                r = _call(mid, x)
-                y, _ = ref(x)
-                _close(result(r).reshape(y.shape), y, "%s batch %d seq %d" % (mid, batch, seq),
-                       key=mid + " prefill")
+    CK.prefill(MODELS)
 
 
 def test_client_cache_decode():
-    for mid, (ref, (a, b), cfg) in MODELS.items():
-        for batch in (1, 2):
-            total, first = 12, 4
-            x = _x(cfg, batch, total, seed=40 + batch)
-            y_full, _ = ref(x)
-            r = _call(mid, x[:, :first], use_cache=True)
-            past = _presents(r)
-            _, pres_first = ref(x[:, :first])
-            for i, ((k, v), (rk, rv)) in enumerate(zip(past, pres_first)):
-                _close(k, rk, "%s present[%d].key" % (mid, i))
-                _close(v, rv, "%s present[%d].value" % (mid, i))
-            for t in range(first, total):
-                r = _call(mid, x[:, t:t + 1], past=past, use_cache=True)
-                _close(result(r).reshape(batch, 1, -1), y_full[:, t:t + 1],
-                       "%s batch %d decode at %d" % (mid, batch, t), key=mid + " decode")
-                past = _presents(r)
+    CK.client_cache(MODELS)
 
 
 def test_sessions_and_batched_steps():
-    for mid, (ref, _, cfg) in MODELS.items():
-        total, first = 10, 4
-        x = _x(cfg, 2, total, seed=70)
-        y_full, _ = ref(x)
-        sid = "s-" + mid
-        r = _call(mid, x[:, :first], session=sid)
-        _close(result(r).reshape(2, first, -1), y_full[:, :first], mid + " session prefill")
-        for t in range(first, total):
-            meta = {"session_end": 1} if t == total - 1 else {}
-            r = _call(mid, x[:, t:t + 1], session=sid, **meta)
-            _close(result(r).reshape(2, 1, -1), y_full[:, t:t + 1],
-                   "%s session step at %d" % (mid, t), key=mid + " session")
-        n = 3
-        xs = [_x(cfg, 1, 9, seed=90 + i) for i in range(n)]
-        ys = [ref(xx)[0] for xx in xs]
-        for i in range(n):
-            _call(mid + "b", xs[i][:, :3 + i], session="bs-%s-%d" % (mid, i))
-        for step in range(2):
-            futs = [(i, 3 + i + step, C.compute.future(
-                make_req(xs[i][:, 3 + i + step:4 + i + step], model=mid + "b",
-                         session="bs-%s-%d" % (mid, i)), timeout=T(20))) for i in range(n)]
-            for i, t, f in futs:
-                _close(result(f.result()).reshape(1, 1, -1), ys[i][:, t:t + 1],
-                       "%s batched step, session %d position %d" % (mid, i, t),
-                       key=mid + " session")
+    CK.sessions_and_batched(MODELS)
 
 
 def test_mrope_positions():
@@ -293,37 +238,6 @@ def test_mrope_positions():
     assert_alive(C)
 
 
-def _backward(grad, forward_id, model, lr):
-    g = np.ascontiguousarray(grad, np.float32)
-    req = sslib.pb.BackwardRequest(grad_output_data=g.tobytes(), forward_id=forward_id,
-                                   model_id=model, learning_rate=lr)
-    req.grad_output_shape.extend(g.shape)
-    return C.backward(req, timeout=T(30))
-
-
-def _play(model, cfg, lr, n, seed, shape=(2, 6)):
-    g = sslib.rng(seed)
-    xs, grads, gins = [], [], []
-    for i in range(n):
-        x = g.standard_normal(shape + (cfg.hidden,)).astype(np.float32)
-        r = g.standard_normal(shape + (cfg.hidden,)).astype(np.float32)
-        req = make_req(x, model=model)
-        req.training_mode = True
-        req.forward_id = "%s-%d-%d" % (model, seed, i)
-        C.compute(req, timeout=T(30))
-        b = _backward(r, req.forward_id, model, lr)
-        gins.append(np.frombuffer(b.grad_input_data, np.float32).reshape(x.shape))
-        xs.append(x)
-        grads.append(r)
-    return gins, xs, grads
-
-
-def _rel(got, want, what, key):
-    e = train_ref.rel_err(got, want)
-    assert e < TOL, "%s: rel err %.3g" % (what, e)
-    WORST[key] = max(WORST.get(key, 0.0), e)
-
-
 def test_train_full():
     """3 SGD steps vs torch autograd: grad_input of every call, every weight's change in the
     checkpoint (SIGUSR1; the new norms included) within 1e-4 relative, and the outputs."""
@@ -331,10 +245,10 @@ def test_train_full():
     done = {}
     for mid, (ref, (a, b), cfg) in MODELS.items():
         lr = FULL_LR
-        gins, xs, grads = _play("t" + mid, cfg, lr, 3, seed=11, shape=(2, 7))
+        gins, xs, grads = CK.play("t" + mid, cfg, lr, 3, seed=11, shape=(2, 7))
         rg, rw = llama_ref.train_full(cfg, PATHS[mid][2], a, b, xs, grads, opt, lr)
         for i, (got, want) in enumerate(zip(gins, rg)):
-            _rel(got, want, "%s call %d grad_input" % (mid, i), mid + " train grad_input (rel)")
+            CK.rel(got, want, "%s call %d grad_input" % (mid, i), mid + " train grad_input (rel)")
         done[mid] = rw
         # the trained weights, through the outputs: a trunk built from torch's weights
         trained = dict(PATHS[mid][2])
@@ -355,7 +269,7 @@ def test_train_full():
         for k, v in rw.items():
             w0 = np.asarray(init[k], np.float64)
             assert np.max(np.abs(v - w0)) > 0, "%s %s did not train" % (mid, k)
-            _rel(got[prefix + k] - w0, v - w0, "t%s %s change after 3 steps" % (mid, k),
+            CK.rel(got[prefix + k] - w0, v - w0, "t%s %s change after 3 steps" % (mid, k),
                  mid + " train weight change (rel)")
         if CFGS[mid].qk_norm or CFGS[mid].sandwich:
             assert any("norm" in k and ("q_norm" in k or "feedforward" in k) for k in rw)
@@ -369,11 +283,11 @@ def test_lora():
     for mid, (ref, (a, b), cfg) in MODELS.items():
         case = LORA[mid]
         lr = 1e-2
-        gins, xs, grads = _play("l" + mid, cfg, lr, 3, seed=21)
+        gins, xs, grads = CK.play("l" + mid, cfg, lr, 3, seed=21)
         rg, rw = llama_ref.train_lora(cfg, PATHS[mid][2], a, b, case["adapters"], case["scale"],
                                       xs, grads, opt, lr, prefix=case["prefix"])
         for i, (got, want) in enumerate(zip(gins, rg)):
-            _rel(got, want, "l%s call %d grad_input" % (mid, i), mid + " lora grad_input (rel)")
+            CK.rel(got, want, "l%s call %d grad_input" % (mid, i), mid + " lora grad_input (rel)")
         case["rw"] = rw
         outs.append(mid)
     sslib_ckpt(["l" + m for m in outs])
@@ -383,7 +297,7 @@ def test_lora():
         got = train_ref.read_safetensors(os.path.join(case["out"], "adapter_model.safetensors"))
         assert set(got) == set(case["rw"]), sorted(set(got) ^ set(case["rw"]))
         for k, v in case["rw"].items():
-            _rel(got[k], v, "l%s %s after 3 steps" % (mid, k), mid + " lora adapters (rel)")
+            CK.rel(got[k], v, "l%s %s after 3 steps" % (mid, k), mid + " lora adapters (rel)")
         trained = {}
         for layer in range(a, b):
             trained[layer] = {}
