@@ -105,7 +105,7 @@ typedef struct gpt2 {
   int a, b; /* trunk layers [a, b) */
   float eps;
   gpt2_block *blk;    /* b - a blocks */
-  ss_st_file *st;     /* keeps the mmap alive */
+  ss_ckpt ck;         /* the weight files, kept mapped */
   const char *prefix; /* static: "" or "transformer." as in the loaded file (save writes it back) */
   /* training: one param per tensor (layer-major, T_PER_LAYER each; see gpt2_params), or with
    * LoRA (lora.r > 0) the adapters only */
@@ -123,33 +123,20 @@ static void gpt2_free(gpt2 *p) {
     }
   ss_params_free(&p->prm);
   free(p->blk);
-  ss_st_close(p->st);
+  ss_ckpt_close(&p->ck);
   free(p);
 }
 
 /* ------------------------------------------------------------- config.json ---- */
 
-static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale_by_layer,
-                       char *err, size_t errlen) {
-  json_error_t je;
-  char *text = NULL; /* hardening: a regular file of at most 1 MiB (a FIFO would hang start-up) */
-  size_t tlen = 0;
-  int frc = ss_file_read(path, 0, SS_CONFIG_MAX_BYTES, &text, &tlen, err, errlen);
-  if (frc != 0) return frc;
-  json_t *root = json_loadb(text, tlen, 0, &je), *v;
-  free(text);
+/* config.json (root, read from path) into p and the attention scaling flags. */
+static int load_config(gpt2 *p, json_t *root, const char *path, int *scale_weights,
+                       int *scale_by_layer, char *err, size_t errlen) {
+  json_t *v;
   int found, rc = SS_EINVAL;
   static const char *const required[] = {"n_embd", "n_head", "n_layer"};
   int *req_out[] = {&p->n_embd, &p->n_head, &p->n_layer};
 
-  if (root == NULL) {
-    snprintf(err, errlen, "config %.200s: %s (line %d)", path, je.text, je.line);
-    return errno == ENOENT ? SS_ENOTFOUND : SS_EINVAL;
-  }
-  if (!json_is_object(root)) {
-    snprintf(err, errlen, "config %.200s: not a JSON object", path);
-    goto done;
-  }
   if (ss_trunk_cfg_required(root, required, req_out, 3, path, err, errlen) != 0) goto done;
   if (p->n_embd % p->n_head != 0) {
     snprintf(err, errlen, "config %.200s: n_embd %d is not a multiple of n_head %d", path,
@@ -192,7 +179,6 @@ static int load_config(gpt2 *p, const char *path, int *scale_weights, int *scale
   if (v != NULL && json_is_boolean(v)) *scale_by_layer = json_is_true(v);
   rc = 0;
 done:
-  json_decref(root);
   return rc;
 }
 
@@ -238,20 +224,21 @@ static int load_weights(gpt2 *p, const char *path, const char **kind_out, int64_
   const ss_st_tensor **found;
   ss_trunk_load ld;
 
-  for (size_t i = 0; i < ss_st_count(p->st); i++)
-    if (strncmp(ss_st_at(p->st, i)->name, "transformer.h.", 14) == 0) prefix = "transformer.";
+  if (ss_ckpt_has_prefix(&p->ck, "transformer.h.")) prefix = "transformer.";
   p->prefix = prefix;
   if ((p->blk = ss_trunk_load_begin(&ld, &p->cc, (size_t)L * T_PER_LAYER, &found, (size_t)L,
                                     sizeof *p->blk, path, err, errlen)) == NULL)
     return SS_ENOMEM;
-  for (int l = 0; l < L; l++) {
+  for (int l = 0; l < L && rc == 0; l++) {
     for (int k = 0; k < T_PER_LAYER; k++) {
       snprintf(name, sizeof name, "%sh.%d.%s", prefix, p->a + l, tensor_suffix[k]);
-      if ((found[l * T_PER_LAYER + k] = ss_st_find(p->st, name)) == NULL)
+      if ((found[l * T_PER_LAYER + k] = ss_ckpt_find(&p->ck, name, &rc, err, errlen)) == NULL) {
+        if (rc != 0) break;
         ss_trunk_missing(&ld, name);
+      }
     }
   }
-  rc = ss_trunk_missing_check(&ld, path, p->a, p->b, err, errlen);
+  if (rc == 0) rc = ss_trunk_missing_check(&ld, path, p->a, p->b, err, errlen);
   snprintf(dims, sizeof dims, "n_embd %d, n_inner %d", p->n_embd, p->n_inner);
   for (int l = 0; l < L && rc == 0; l++) {
     for (int k = 0; k < T_PER_LAYER && rc == 0; k++) {
@@ -600,36 +587,35 @@ static int gpt2_lora_setup(void *impl, const char *adapter, char *msg, size_t le
 static int gpt2_params_of(void *impl) { return gpt2_params(impl); }
 
 int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
-  const char *config, *dt = "f32";
-  char cfg_buf[4096], msg[1024];
+  const char *dt = "f32", *config = NULL;
+  char cfg_buf[1200], cfg_dir[1100], msg[1024];
   int scale_weights = 1, scale_by_layer = 0, rc; /* set by load_config */
   int64_t n_params = 0;
   ss_trunk_spec sp;
+  json_t *root = NULL;
   gpt2 *p;
 
   if ((rc = ss_trunk_spec_parse(m, "gpt2", "a Hugging Face GPT-2 model.safetensors", params, n, &sp,
                                 err, errlen)) != 0)
     return rc;
-  config = sp.config;
-  if (config == NULL || config[0] == '\0') {
-    const char *slash = strrchr(sp.weights, '/');
-    int dl = slash ? (int)(slash - sp.weights) + 1 : 0;
-    snprintf(cfg_buf, sizeof cfg_buf, "%.*sconfig.json", dl, sp.weights);
-    config = cfg_buf;
-  }
   if ((p = calloc(1, sizeof *p)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SS_ENOMEM;
   }
   p->cc = ss_model_compute(m); /* every tensor of the model comes from its backend */
-  rc = ss_st_open(sp.weights, &p->st, msg, sizeof msg);
-  if (rc == 0) rc = load_config(p, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
+  rc = ss_ckpt_open(&p->ck, sp.weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
+  if (rc == 0)
+    root = ss_trunk_cfg_load(sp.config, cfg_dir, cfg_buf, sizeof cfg_buf, &config, &rc, msg,
+                             sizeof msg);
+  if (rc == 0) rc = load_config(p, root, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
+  json_decref(root);
   if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
   if (rc == 0) rc = load_weights(p, sp.weights, &dt, &n_params, msg, sizeof msg);
   /* LoRA (PEFT's default target for GPT-2: c_attn), parameters, optimizer state */
   if (rc == 0)
-    rc = ss_trunk_training(&gpt2_arch, p, &sp, 1u << 0, &p->lora, &p->prm, p->st, gpt2_lora_setup,
-                           gpt2_params_of, msg, sizeof msg);
+    rc = ss_trunk_training(&gpt2_arch, p, &sp, 1u << 0, &p->lora, &p->prm, ss_ckpt_first(&p->ck),
+                           gpt2_lora_setup, gpt2_params_of, msg, sizeof msg);
+  ss_ckpt_done(&p->ck);
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     gpt2_free(p);
@@ -645,5 +631,5 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
            p->n_layer, p->n_embd, p->n_head, (double)n_params / 1e6, dt);
   const ss_trunk t = {&gpt2_arch, p,           p->a,    p->b,   p->n_pos, p->n_embd,
                       p->n_head,  p->head_dim, &p->prm, &p->cc, &p->lora};
-  return ss_trunk_attach(m, &t, p->st, n_params, err, errlen);
+  return ss_trunk_attach(m, &t, ss_ckpt_first(&p->ck), n_params, err, errlen);
 }

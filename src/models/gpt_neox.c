@@ -92,7 +92,7 @@ typedef struct neox {
   float eps, scale;
   double *inv_freq; /* [rot / 2] */
   nx_layer *blk;
-  ss_st_file *st;
+  ss_ckpt ck;         /* the weight files, kept mapped */
   const char *prefix; /* static: "gpt_neox." or "" */
   ss_params prm;
   ss_compute cc;
@@ -108,7 +108,7 @@ static void neox_free(neox *p) {
   ss_params_free(&p->prm);
   free(p->blk);
   free(p->inv_freq);
-  ss_st_close(p->st);
+  ss_ckpt_close(&p->ck);
   free(p);
 }
 
@@ -245,21 +245,20 @@ static int load_weights(neox *p, const char *path, const char **kind_out, int64_
   const ss_st_tensor **found;
   char name[256], dims[96];
   ss_trunk_load ld;
-  int rc;
-  p->prefix = "";
-  for (size_t i = 0; i < ss_st_count(p->st); i++)
-    if (strncmp(ss_st_at(p->st, i)->name, "gpt_neox.layers.", 16) == 0) p->prefix = "gpt_neox.";
+  int rc = 0;
+  p->prefix = ss_ckpt_has_prefix(&p->ck, "gpt_neox.layers.") ? "gpt_neox." : "";
   if ((p->blk = ss_trunk_load_begin(&ld, &p->cc, (size_t)L * N_T, &found, (size_t)L, sizeof *p->blk,
                                     path, err, errlen)) == NULL)
     return SS_ENOMEM;
-  for (int i = 0; i < L * N_T; i++) {
+  for (int i = 0; i < L * N_T && rc == 0; i++) {
     int64_t shape[2];
     int ndim;
     if (t_shape(p, i % N_T, shape, &ndim) != 0) continue;
     snprintf(name, sizeof name, "%slayers.%d.%s", p->prefix, p->a + i / N_T, t_name[i % N_T]);
-    if ((found[i] = ss_st_find(p->st, name)) == NULL) ss_trunk_missing(&ld, name);
+    if ((found[i] = ss_ckpt_find(&p->ck, name, &rc, err, errlen)) == NULL && rc == 0)
+      ss_trunk_missing(&ld, name);
   }
-  rc = ss_trunk_missing_check(&ld, path, p->a, p->b, err, errlen);
+  if (rc == 0) rc = ss_trunk_missing_check(&ld, path, p->a, p->b, err, errlen);
   snprintf(dims, sizeof dims, "hidden_size %d, intermediate_size %d", p->E, p->I);
   for (int i = 0; i < L * N_T && rc == 0; i++) {
     int64_t shape[2];
@@ -638,7 +637,8 @@ static int neox_params(void *impl) {
 int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char *err,
                           size_t errlen) {
   const char *dt = "f32";
-  char cfg_buf[1200], file_buf[1100], msg[1024];
+  const char *config = NULL;
+  char cfg_buf[1200], cfg_dir[1100], msg[1024];
   int64_t n_params = 0;
   ss_trunk_spec sp;
   json_t *root = NULL;
@@ -653,19 +653,19 @@ int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char
     return SS_ENOMEM;
   }
   p->cc = ss_model_compute(m); /* every tensor of the model comes from its backend */
-  sp.weights = ss_trunk_weights_file(sp.weights, file_buf, sizeof file_buf);
-  rc = ss_st_open(sp.weights, &p->st, msg, sizeof msg);
+  rc = ss_ckpt_open(&p->ck, sp.weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
   if (rc == 0)
-    root = ss_trunk_cfg_load(sp.config, sp.weights, cfg_buf, sizeof cfg_buf, &rc, msg, sizeof msg);
-  if (rc == 0)
-    rc = load_config(p, root, sp.config && sp.config[0] ? sp.config : cfg_buf, msg, sizeof msg);
+    root = ss_trunk_cfg_load(sp.config, cfg_dir, cfg_buf, sizeof cfg_buf, &config, &rc, msg,
+                             sizeof msg);
+  if (rc == 0) rc = load_config(p, root, config, msg, sizeof msg);
   json_decref(root);
   if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
   if (rc == 0) rc = load_weights(p, sp.weights, &dt, &n_params, msg, sizeof msg);
   /* LoRA (PEFT's default target for gpt_neox: query_key_value), parameters, optimizer state */
   if (rc == 0)
-    rc = ss_trunk_training(&neox_arch, p, &sp, 1u << L_QKV, &p->lora, &p->prm, p->st,
-                           neox_lora_setup, neox_params, msg, sizeof msg);
+    rc = ss_trunk_training(&neox_arch, p, &sp, 1u << L_QKV, &p->lora, &p->prm,
+                           ss_ckpt_first(&p->ck), neox_lora_setup, neox_params, msg, sizeof msg);
+  ss_ckpt_done(&p->ck);
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     neox_free(p);
@@ -678,5 +678,5 @@ int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char
            p->parallel ? "parallel" : "sequential", (double)n_params / 1e6, dt);
   const ss_trunk t = {&neox_arch, p,     p->a,    p->b,   p->n_pos, p->E,
                       p->NH,      p->HS, &p->prm, &p->cc, &p->lora};
-  return ss_trunk_attach(m, &t, p->st, n_params, err, errlen);
+  return ss_trunk_attach(m, &t, ss_ckpt_first(&p->ck), n_params, err, errlen);
 }

@@ -98,11 +98,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "core/config.h"
-#include "core/file.h"
+#include "models/ckpt.h"
 #include "models/lora.h"
 #include "models/model.h"
 #include "models/nn/backend/backend.h"
@@ -165,8 +163,7 @@ typedef struct llama {
   double *inv_freq_local; /* [D/2] Gemma 3's sliding layers (rope_local_base_freq), or NULL */
   unsigned char *mrope;   /* [D/2] M-RoPE stream (0 t, 1 h, 2 w) per frequency, or NULL */
   lblock *blk;
-  ss_st_file **files; /* opened weight files (shards), kept mapped */
-  int n_files;
+  ss_ckpt ck;         /* the weight files (shards), kept mapped */
   const char *prefix; /* static: "model." or "" as in the file (save writes it back) */
   /* LoRA */
   ss_lora_cfg lora; /* r == 0: no LoRA; targets: bit per P_* */
@@ -192,8 +189,7 @@ static void llama_free(llama *p) {
   free(p->inv_freq_local);
   free(p->mrope);
   free(p->sliding);
-  for (int i = 0; i < p->n_files; i++) ss_st_close(p->files[i]);
-  free(p->files);
+  ss_ckpt_close(&p->ck);
   free(p);
 }
 
@@ -326,30 +322,6 @@ static int load_rope(llama *p, double **out, json_t *theta_obj, json_t *rs, doub
   return 0;
 }
 
-#define SS_INDEX_MAX_BYTES (64u << 20) /* model.safetensors.index.json (real ones: < 1 MiB) */
-
-/* Parse a JSON file of at most max_bytes read through core/file.h (a FIFO, a directory or an
- * oversized file is refused, never blocks). what: "config", "weights index", ... for messages.
- * NULL with err set (*rc: SS_ENOTFOUND, SS_EINVAL, ...). */
-static json_t *load_json(const char *what, const char *path, size_t max_bytes, int *rc, char *err,
-                         size_t errlen) {
-  char *text = NULL, msg[400];
-  size_t len = 0;
-  json_error_t je;
-  *rc = ss_file_read(path, 0, max_bytes, &text, &len, msg, sizeof msg);
-  if (*rc != 0) {
-    snprintf(err, errlen, "%s %s", what, msg);
-    return NULL;
-  }
-  json_t *root = json_loadb(text, len, 0, &je);
-  free(text);
-  if (root == NULL) {
-    snprintf(err, errlen, "%s %.200s: %s (line %d)", what, path, je.text, je.line);
-    *rc = SS_EINVAL;
-  }
-  return root;
-}
-
 /* The rotary frequencies: rope_theta and rope_scaling (transformers 4 configs), or
  * rope_parameters (transformers 5: one object with rope_theta inside, or one per layer type,
  * full_attention / sliding_attention, for Gemma 3). Gemma 3's sliding layers: plain rope at
@@ -446,7 +418,7 @@ static int load_windows(llama *p, json_t *root, const char *path, char *err, siz
  * checkpoints, gemma3) in text_config when there is one. */
 static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   int found, rc = SS_EINVAL, gemma, f = -1;
-  json_t *top = load_json("config", path, SS_CONFIG_MAX_BYTES, &rc, err, errlen), *root, *v;
+  json_t *top = ss_ckpt_json("config", path, SS_CONFIG_MAX_BYTES, &rc, err, errlen), *root, *v;
   double eps = 1e-6, qpas = 256.0, cap = 0.0;
   static const char *const required[] = {"hidden_size", "num_attention_heads", "num_hidden_layers",
                                          "intermediate_size"};
@@ -583,130 +555,6 @@ done:
 
 /* ------------------------------------------------------------- weight files ---- */
 
-/* Where the tensors come from: one file, or the shards of an index (opened on first use). */
-typedef struct wsrc {
-  llama *p;
-  json_t *wmap;   /* sharded: the index's weight_map (owned by idx), else NULL */
-  json_t *idx;    /* owned */
-  char dir[1024]; /* the shards' directory */
-  char **names;   /* shard file names, parallel to p->files (sharded only) */
-} wsrc;
-
-static int is_dir(const char *path) {
-  struct stat sb;
-  return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-static int ends_with(const char *s, const char *suf) {
-  size_t n = strlen(s), m = strlen(suf);
-  return n >= m && strcmp(s + n - m, suf) == 0;
-}
-
-static int add_file(llama *p, ss_st_file *f) {
-  ss_st_file **nf = realloc(p->files, (size_t)(p->n_files + 1) * sizeof *nf);
-  if (nf == NULL) return SS_ENOMEM;
-  p->files = nf;
-  p->files[p->n_files++] = f;
-  return 0;
-}
-
-/* Resolve PATH: a file, a directory with model.safetensors, or a sharded checkpoint (directory
- * with model.safetensors.index.json, or that index). cfg_dir: the directory for config.json. */
-static int wsrc_open(wsrc *w, const char *path, char *cfg_dir, size_t cfg_len, char *err,
-                     size_t errlen) {
-  char buf[1200], index[1200];
-  const char *file = NULL;
-  ss_st_file *f;
-  int rc;
-
-  index[0] = '\0';
-  if (is_dir(path)) {
-    snprintf(cfg_dir, cfg_len, "%s/", path);
-    snprintf(buf, sizeof buf, "%s/model.safetensors", path);
-    if (access(buf, F_OK) == 0) {
-      file = buf;
-    } else {
-      snprintf(index, sizeof index, "%s/model.safetensors.index.json", path);
-      if (access(index, F_OK) != 0) {
-        snprintf(err, errlen,
-                 "weights %.200s: a directory without model.safetensors or "
-                 "model.safetensors.index.json",
-                 path);
-        return SS_ENOTFOUND;
-      }
-    }
-  } else {
-    const char *slash = strrchr(path, '/');
-    int dl = slash ? (int)(slash - path) + 1 : 0;
-    snprintf(cfg_dir, cfg_len, "%.*s", dl, path);
-    if (ends_with(path, ".index.json"))
-      snprintf(index, sizeof index, "%s", path);
-    else
-      file = path;
-  }
-  if (file != NULL) {
-    if ((rc = ss_st_open(file, &f, err, errlen)) != 0) return rc;
-    if (add_file(w->p, f) != 0) {
-      ss_st_close(f);
-      snprintf(err, errlen, "out of memory");
-      return SS_ENOMEM;
-    }
-    return 0;
-  }
-  {
-    const char *slash = strrchr(index, '/');
-    w->idx = load_json("weights index", index, SS_INDEX_MAX_BYTES, &rc, err, errlen);
-    if (w->idx == NULL) return rc;
-    w->wmap = json_is_object(w->idx) ? json_object_get(w->idx, "weight_map") : NULL;
-    if (w->wmap == NULL || !json_is_object(w->wmap)) {
-      snprintf(err, errlen, "weights index %.200s: no 'weight_map' object", index);
-      return SS_EINVAL;
-    }
-    snprintf(w->dir, sizeof w->dir, "%.*s", slash ? (int)(slash - index) + 1 : 0, index);
-  }
-  return 0;
-}
-
-/* The tensor called name, or NULL when the checkpoint has none (*rc = 0), or NULL with *rc < 0
- * and a message when its shard cannot be opened. */
-static const ss_st_tensor *wsrc_find(wsrc *w, const char *name, int *rc, char *err, size_t errlen) {
-  json_t *fn;
-  const char *shard;
-  char path[1400];
-  ss_st_file *f;
-  char **nn;
-  *rc = 0;
-  if (w->wmap == NULL) return ss_st_find(w->p->files[0], name);
-  fn = json_object_get(w->wmap, name);
-  if (fn == NULL || !json_is_string(fn)) return NULL;
-  shard = json_string_value(fn);
-  for (int i = 0; i < w->p->n_files; i++)
-    if (strcmp(w->names[i], shard) == 0) return ss_st_find(w->p->files[i], name);
-  if (strchr(shard, '/') != NULL || strcmp(shard, "..") == 0) {
-    snprintf(err, errlen, "weights index: shard name '%.100s' must be a plain file name", shard);
-    *rc = SS_EINVAL;
-    return NULL;
-  }
-  snprintf(path, sizeof path, "%s%s", w->dir, shard);
-  if ((*rc = ss_st_open(path, &f, err, errlen)) != 0) return NULL;
-  nn = realloc(w->names, (size_t)(w->p->n_files + 1) * sizeof *nn);
-  if (nn != NULL) w->names = nn;
-  if (nn == NULL || (nn[w->p->n_files] = strdup(shard)) == NULL || add_file(w->p, f) != 0) {
-    ss_st_close(f);
-    snprintf(err, errlen, "out of memory");
-    *rc = SS_ENOMEM;
-    return NULL;
-  }
-  return ss_st_find(f, name);
-}
-
-static void wsrc_close(wsrc *w) {
-  if (w->names != NULL)
-    for (int i = 0; i < w->p->n_files; i++) free(w->names[i]);
-  free(w->names);
-  json_decref(w->idx);
-}
-
 /* ------------------------------------------------------------- weights ---- */
 
 /* The tensors of one layer in a fixed order: the norms (N_*), then per projection weight, bias. */
@@ -786,7 +634,7 @@ static void tensor_slot(lblock *bk, int j, const float ***view, float ***own) {
   }
 }
 
-static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_out,
+static int load_weights(llama *p, ss_ckpt *w, const char *path, const char **kind_out,
                         int64_t *n_params, char *err, size_t errlen) {
   char name[256], full[300], dims[160];
   int L = p->b - p->a, rc;
@@ -801,7 +649,7 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
     for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
       p->prefix = prefixes[i];
       snprintf(full, sizeof full, "%slayers.%d.input_layernorm.weight", p->prefix, p->a);
-      if (wsrc_find(w, full, &rc, err, errlen) != NULL) break;
+      if (ss_ckpt_find(w, full, &rc, err, errlen) != NULL) break;
       if (rc != 0) return rc;
     }
   }
@@ -814,7 +662,7 @@ static int load_weights(llama *p, wsrc *w, const char *path, const char **kind_o
       int ndim;
       if (tensor_desc(p, p->a + l, j, name, sizeof name, shape, &ndim) != 0) continue;
       snprintf(full, sizeof full, "%s%s", p->prefix, name);
-      found[l * W_PER_LAYER + j] = wsrc_find(w, full, &rc, err, errlen);
+      found[l * W_PER_LAYER + j] = ss_ckpt_find(w, full, &rc, err, errlen);
       if (rc != 0) {
         free(found);
         return rc;
@@ -1440,7 +1288,6 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
   int64_t n_params = 0;
   ss_trunk_spec sp;
   llama *p;
-  wsrc w;
 
   if ((rc = ss_trunk_spec_parse(m, "llama",
                                 "a Hugging Face model.safetensors, its directory or a sharded "
@@ -1452,24 +1299,23 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
     return SS_ENOMEM;
   }
   p->cc = ss_model_compute(m); /* every tensor of the model comes from its backend */
-  memset(&w, 0, sizeof w);
-  w.p = p;
   msg[0] = '\0';
   config = sp.config;
-  rc = wsrc_open(&w, sp.weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
+  rc = ss_ckpt_open(&p->ck, sp.weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
   if (rc == 0 && (config == NULL || config[0] == '\0')) {
     snprintf(cfg_buf, sizeof cfg_buf, "%sconfig.json", cfg_dir);
     config = cfg_buf;
   }
   if (rc == 0) rc = load_config(p, config, msg, sizeof msg);
   if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
-  if (rc == 0) rc = load_weights(p, &w, sp.weights, &dt, &n_params, msg, sizeof msg);
+  if (rc == 0) rc = load_weights(p, &p->ck, sp.weights, &dt, &n_params, msg, sizeof msg);
   /* LoRA (PEFT's llama default targets: q_proj, v_proj), parameters, optimizer state (in the
    * weights file: full fine-tuning checkpoints; or the adapter's directory) */
   if (rc == 0)
     rc = ss_trunk_training(&llama_arch, p, &sp, (1u << P_Q) | (1u << P_V), &p->lora, &p->prm,
-                           p->files[0], llama_lora_setup, llama_params_of, msg, sizeof msg);
-  wsrc_close(&w);
+                           ss_ckpt_first(&p->ck), llama_lora_setup, llama_params_of, msg,
+                           sizeof msg);
+  ss_ckpt_done(&p->ck);
   if (rc != 0) {
     snprintf(err, errlen, "model '%s': %s", m->id, msg);
     llama_free(p);
@@ -1480,5 +1326,5 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
            p->model_type, p->a, p->b, p->n_layer, p->E, p->NH, p->NKV, (double)n_params / 1e6, dt);
   const ss_trunk t = {&llama_arch, p,    p->a,    p->b,   p->n_pos, p->E,
                       p->NKV,      p->D, &p->prm, &p->cc, &p->lora};
-  return ss_trunk_attach(m, &t, p->files[0], n_params, err, errlen);
+  return ss_trunk_attach(m, &t, ss_ckpt_first(&p->ck), n_params, err, errlen);
 }

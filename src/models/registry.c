@@ -100,8 +100,8 @@ typedef struct spec_key {
 static const spec_key spec_keys[] = {
     /* the kinds' own keys */
     OWN("weights", KM_TRAIN, SK_PATH, 0, 0, 0, NULL, "mlp: the embedded 768-768-768",
-        "the checkpoint: a safetensors file (llama: also its directory, or a sharded "
-        "checkpoint's index)"),
+        "the checkpoint: a safetensors file; trunks also its directory, or a sharded "
+        "checkpoint's directory or index"),
     OWN("activation", KM_MLP, SK_ENUM, 0, 0, 0, "relu|gelu", "relu",
         "the activation between the Linear layers"),
     OWN("config", KM_TRUNK, SK_PATH, 0, 0, 0, NULL, "config.json beside the weights",

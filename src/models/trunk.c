@@ -43,14 +43,6 @@ int ss_trunk_cfg_required(json_t *root, const char *const *keys, int *const *out
   return 0;
 }
 
-const char *ss_trunk_weights_file(const char *path, char *buf, size_t len) {
-  struct stat sb;
-  if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return path;
-  snprintf(buf, len, "%s%smodel.safetensors", path,
-           path[0] != '\0' && path[strlen(path) - 1] == '/' ? "" : "/");
-  return buf;
-}
-
 /* A positive finite number field; *found = 0 when absent (or null). */
 int ss_trunk_cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
                      char *err, size_t errlen) {
@@ -66,33 +58,22 @@ int ss_trunk_cfg_num(json_t *root, const char *key, const char *path, double *ou
   return 0;
 }
 
-json_t *ss_trunk_cfg_load(const char *path, const char *weights, char *buf, size_t buflen, int *rc,
-                          char *err, size_t errlen) {
-  json_error_t je;
-  char *text = NULL; /* a regular file of at most 1 MiB (a FIFO would hang start-up) */
-  size_t tlen = 0;
+json_t *ss_trunk_cfg_load(const char *path, const char *cfg_dir, char *buf, size_t buflen,
+                          const char **used, int *rc, char *err, size_t errlen) {
   json_t *root;
   if (path == NULL || path[0] == '\0') {
-    const char *slash = strrchr(weights, '/');
-    snprintf(buf, buflen, "%.*sconfig.json", slash ? (int)(slash - weights) + 1 : 0, weights);
+    snprintf(buf, buflen, "%sconfig.json", cfg_dir);
     path = buf;
   }
-  if ((*rc = ss_file_read(path, 0, SS_CONFIG_MAX_BYTES, &text, &tlen, err, errlen)) != 0)
+  *used = path;
+  if ((root = ss_ckpt_json("config", path, SS_CONFIG_MAX_BYTES, rc, err, errlen)) == NULL)
     return NULL;
-  root = json_loadb(text, tlen, 0, &je);
-  free(text);
-  if (root == NULL) {
-    snprintf(err, errlen, "config %.200s: %s (line %d)", path, je.text, je.line);
-    *rc = errno == ENOENT ? SS_ENOTFOUND : SS_EINVAL;
-    return NULL;
-  }
   if (!json_is_object(root)) {
     snprintf(err, errlen, "config %.200s: not a JSON object", path);
     json_decref(root);
     *rc = SS_EINVAL;
     return NULL;
   }
-  *rc = 0;
   return root;
 }
 

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "models/ckpt.h"
 #include "models/lora.h"
 #include "models/model.h"
 #include "models/nn/attention.h"
@@ -40,12 +41,13 @@ int ss_trunk_cfg_required(json_t *root, const char *const *keys, int *const *out
  * (*found = 0). Returns 0, or SS_EINVAL with "config PATH: 'key' must be a positive number". */
 int ss_trunk_cfg_num(json_t *root, const char *key, const char *path, double *out, int *found,
                      char *err, size_t errlen);
-/* The config.json of a trunk: path, or (NULL or "") config.json next to weights (into buf
- * [buflen]); read (at most SS_CONFIG_MAX_BYTES, a regular file) and parsed into a JSON object.
- * Returns the object (the caller json_decref's it), or NULL with *rc (SS_ENOTFOUND, SS_EINVAL)
- * and the message written. */
-json_t *ss_trunk_cfg_load(const char *path, const char *weights, char *buf, size_t buflen, int *rc,
-                          char *err, size_t errlen);
+/* The config.json of a trunk: path, or (NULL or "") config.json in cfg_dir (the checkpoint's
+ * directory, as ss_ckpt_open says it; the name written into buf [buflen], path then points
+ * there: *used); read (at most SS_CONFIG_MAX_BYTES, a regular file) and parsed into a JSON
+ * object. Returns the object (the caller json_decref's it), or NULL with *rc (SS_ENOTFOUND,
+ * SS_EINVAL) and the message written. */
+json_t *ss_trunk_cfg_load(const char *path, const char *cfg_dir, char *buf, size_t buflen,
+                          const char **used, int *rc, char *err, size_t errlen);
 /* "A:B", "A:", ":B" against n_layer into [*a, *b). Returns 0, SS_EINVAL (shape) or SS_ERANGE. */
 int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_t errlen);
 /* A trunk's input check: hidden states [batch, seq, hidden] with batch, seq >= 1, seq <= n_pos
@@ -74,10 +76,6 @@ int ss_trunk_batch_windows(const ss_compute *cc, ss_kv_io *kv, int n, int l, int
 static inline int ss_trunk_past_len(const ss_kv_io *kv) {
   return kv->past ? (int)kv->past[0].key.shape[2] : 0;
 }
-
-/* The one safetensors file of weights=PATH: PATH itself, or PATH/model.safetensors when PATH
- * is a directory (a Hugging Face checkpoint's folder; written into buf [len]). */
-const char *ss_trunk_weights_file(const char *path, char *buf, size_t len);
 
 /* ------------------------------------------------------------- the runtime ---- */
 

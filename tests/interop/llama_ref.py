@@ -227,16 +227,8 @@ def write_checkpoint(directory, name, cfg, seed=0, storage="F32", prefix="model.
                                              {prefix + k: (v, storage) for k, v in w.items()},
                                              metadata={"format": "pt"})
         else:
-            keys = sorted(w)
-            stored, wmap = {}, {}
-            for s in range(shards):
-                fn = "model-%05d-of-%05d.safetensors" % (s + 1, shards)
-                part = {prefix + k: (w[k], storage) for k in keys[s::shards]}
-                stored.update(sslib.write_safetensors(os.path.join(d, fn), part,
-                                                      metadata={"format": "pt"}))
-                wmap.update({k: fn for k in part})
-            with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
-                json.dump({"metadata": {"total_size": 0}, "weight_map": wmap}, f, indent=1)
+            stored = sslib.write_sharded(d, {prefix + k: (v, storage) for k, v in w.items()},
+                                         shards, metadata={"format": "pt"})
     with open(cpath, "w") as f:
         json.dump(cfgd, f, indent=2)
     return wpath, cpath, {k[len(prefix):]: v for k, v in stored.items()}

@@ -566,6 +566,21 @@ def write_safetensors(path, tensors, metadata=None):
     return stored
 
 
+def write_sharded(directory, tensors, shards=3, metadata=None):
+    """tensors ({name: (array, storage)}) as a sharded Hugging Face checkpoint in directory:
+    model-0000k-of-0000n.safetensors (names in sorted order, dealt round-robin) and
+    model.safetensors.index.json. Returns {name: the array as stored}."""
+    keys, stored, wmap = sorted(tensors), {}, {}
+    for s in range(shards):
+        fn = "model-%05d-of-%05d.safetensors" % (s + 1, shards)
+        part = {k: tensors[k] for k in keys[s::shards]}
+        stored.update(write_safetensors(os.path.join(directory, fn), part, metadata))
+        wmap.update({k: fn for k in part})
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": wmap}, f, indent=1)
+    return stored
+
+
 def random_mlp(widths, seed, storage="F32"):
     """Sequential(Linear, ReLU, Linear, ...) weights like a PyTorch state_dict: keys
     '0.weight' [out,in], '0.bias', '2.weight', ... Returns {name: (array, storage)}."""

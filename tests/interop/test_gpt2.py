@@ -35,6 +35,12 @@ def setup():
         MODELS[mid] = (gpt2_ref.Trunk(CFG, stored, *layers), layers)
         args += ["--model", "%s=gpt2,weights=%s,config=%s,layers=%d:%d" % ((mid, wpath, cpath)
                                                                            + layers)]
+        if mid == "tp":  # the same checkpoint sharded (index + 3 shards), weights=DIR
+            shard_dir = os.path.join(TMP, "tp.sharded")
+            os.makedirs(shard_dir)
+            sslib.write_sharded(shard_dir, {prefix + k: (v, "F32") for k, v in stored.items()})
+            shutil.copy(cpath, os.path.join(shard_dir, "config.json"))
+            args += ["--model", "stp=gpt2,weights=%s,layers=%d:%d" % ((shard_dir,) + layers)]
     S = sslib.Server("--workers", "2", *args)
     C = sslib.connect(S)
 
@@ -88,6 +94,14 @@ def test_prefill():
                 worst = max(worst, _close(result(r).reshape(y.shape), y,
                                           "%s batch %d seq %d" % (mid, batch, seq)))
     print("  prefill max abs err %.3g" % worst)
+
+
+def test_sharded_checkpoint():
+    """weights=DIR of a sharded checkpoint (models/ckpt.c, shared by every trunk) serves exactly
+    what the single file does."""
+    x = _x(2, 7, seed=5)
+    one, sharded = result(_call("tp", x)), result(_call("stp", x))
+    assert np.array_equal(one, sharded), float(np.max(np.abs(one - sharded)))
 
 
 def test_prefill_presents():

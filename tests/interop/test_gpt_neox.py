@@ -322,6 +322,14 @@ def setup():
                          out=os.path.join(TMP, mid + ".lora.out"))
         args += ["--model", spec.replace(mid + "=", "l" + mid + "=", 1)
                  + ",adapter=%s,optimizer=adamw,save=%s" % (ad_dir, LORA[mid]["out"])]
+    # the par checkpoint again, sharded (index + 3 shards, config.json beside them), as NeoX-20B
+    # and the larger Pythias ship: weights=DIR, no config=
+    shard_dir = os.path.join(TMP, "par.sharded")
+    os.makedirs(shard_dir)
+    sslib.write_sharded(shard_dir, {LAYOUT["par"][1] + k: (v, "F32")
+                                    for k, v in PATHS["par"][2].items()})
+    shutil.copy(PATHS["par"][1], os.path.join(shard_dir, "config.json"))
+    args += ["--model", "spar=gpt_neox,weights=%s,layers=%d:%d" % ((shard_dir,) + LAYOUT["par"][2])]
     # PEFT's default target, fresh adapters; compute=bf16
     w, c, _ = PATHS["par"]
     args += ["--model", "dpar=gpt_neox,weights=%s,config=%s,lora_rank=2,save=%s"
@@ -362,6 +370,17 @@ def test_describe_in_info():
 
 def test_prefill():
     CK.prefill(MODELS)
+
+
+def test_sharded_checkpoint():
+    """weights=DIR of a sharded checkpoint (index + shards, shared with every trunk through
+    models/ckpt.c) serves exactly what the single file does."""
+    cfg = MODELS["par"][2]
+    x = _x(cfg, 2, 7, seed=5)
+    one = result(_call("par", x))
+    sharded = result(_call("spar", x))
+    assert np.array_equal(one, sharded), float(np.max(np.abs(one - sharded)))
+    CK.close(sharded.reshape(2, 7, -1), MODELS["par"][0](x)[0], "sharded", key="par sharded")
 
 
 def test_partial_rotary_matters():
