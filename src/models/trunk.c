@@ -308,7 +308,7 @@ static int trunk_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
   if (want_present) memset(kv->present, 0, (size_t)L * sizeof *kv->present);
   if (out->data != in->data) memmove(out->data, in->data, d.rows * (size_t)E * sizeof(float));
   for (int l = 0; l < L && rc == 0; l++) {
-    ss_trunk_seq s = {0, B, S, P, pos0, NULL, NULL, NULL, NULL, pos};
+    ss_trunk_seq s = {0, B, S, P, pos0, NULL, NULL, NULL, NULL, pos, 0};
     if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
       if (want_present) ss_trunk_free_present(kv, l);
       rc = SS_ECANCELLED;
@@ -392,7 +392,8 @@ static int trunk_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
                                  P ? kv[i].past[l].value.data : NULL,
                                  win[i],
                                  win[n + i],
-                                 NULL};
+                                 NULL,
+                                 0};
       }
       t->arch->block_forward(t->impl, l, work, n, seqs, n);
     }
@@ -473,7 +474,7 @@ static int trunk_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
   memcpy(sv->buf, in->data, d.rows * (size_t)t->E * sizeof(float)); /* layer 0's x */
   phase_sizes(t, SS_TRUNK_SAVED, &d, 0, n);
   for (int l = 0; l < L; l++) {
-    ss_trunk_seq s = {0, B, S, 0, 0, NULL, NULL, NULL, NULL, NULL};
+    ss_trunk_seq s = {0, B, S, 0, 0, NULL, NULL, NULL, NULL, NULL, 0};
     saved_layer(t, sv, n, l, out->data, work);
     s.K = *(float **)(void *)((char *)work + t->arch->slots[SS_TRUNK_K]);
     s.V = *(float **)(void *)((char *)work + t->arch->slots[SS_TRUNK_V]);

@@ -71,6 +71,7 @@ typedef struct ss_trunk_seq {
   const void *past_k, *past_v;
   float *K, *V;
   const int *pos;
+  int cap; /* keys per head of K, V (a session's cache in place); 0: P + T */
 } ss_trunk_seq;
 
 /* What the activation table is asked for: */
