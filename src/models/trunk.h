@@ -38,8 +38,9 @@ int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_
 int ss_trunk_check_hidden(const ss_model *m, const ss_tensor *in, int hidden, int n_pos,
                           const char *pos_key, int64_t *out_shape, int *out_ndim, char *err,
                           size_t errlen);
-/* The end of a batched decode step: rows of x [n, E] into out[i] on success; on failure free
- * what the step allocated in the presents and say so. Returns rc. */
+/* The end of a batched decode step: rows of x [n, E] into out[i] and the in-place caches' lengths
+ * advanced on success; on failure free what the step allocated in the presents and say so.
+ * Returns rc. */
 int ss_trunk_batch_finish(const ss_model *m, int rc, int n, int L, int E, const float *x,
                           ss_tensor *out, ss_kv_io *kv, char *err, size_t errlen);
 
@@ -49,14 +50,26 @@ int ss_trunk_alloc_present(const ss_compute *cc, ss_kv_layer *pr, int B, int H, 
 /* Free the first n present layers of kv and zero them. */
 void ss_trunk_free_present(ss_kv_io *kv, int n);
 
-/* Batched decode steps (forward_kv_batch): for layer l, sequence i's window K[i], V[i]
- * [1, H, P_i + 1, D] is its present cache entry (allocated here) when it wants one, else a piece
- * of scratch (2 H (P_i + 1) D floats per such sequence). Returns 0 or SS_ENOMEM. */
+/* An in-place cache entry (model.h's ss_kv_io.cache) able to hold need keys per head of batch B:
+ * unchanged when it can; else moved to a new buffer of max(need, 2 cap) keys (rounded up to 16,
+ * at most max, the positions bound) from cc's backend, its live keys copied, the old released.
+ * An entry of another batch size is empty (check_kv) and starts over. 0 or SS_ENOMEM (the entry
+ * as it was). */
+int ss_trunk_kv_reserve(const ss_compute *cc, ss_kv_layer *c, int B, int H, int need, int D,
+                        int max);
+/* Set the live length of n in-place cache entries (a step that succeeded). */
+void ss_trunk_kv_set_len(ss_kv_layer *c, int n, int len);
+
+/* Batched decode steps (forward_kv_batch): for layer l, sequence i's cache K[i], V[i] is its
+ * in-place cache entry (kv[i].cache: reserved for P_i + 1 keys, cap[i] its capacity), its present
+ * cache entry [1, H, P_i + 1, D] (allocated here) when it wants one, else a piece of scratch
+ * (2 H (P_i + 1) D floats per such sequence); cap[i] 0 for the last two. Returns 0 or
+ * SS_ENOMEM. */
 int ss_trunk_batch_windows(const ss_compute *cc, ss_kv_io *kv, int n, int l, int H, int D,
-                           float *scratch, float **K, float **V);
+                           int n_pos, float *scratch, float **K, float **V, int *cap);
 /* The length of sequence i's past (0 without one). */
 static inline int ss_trunk_past_len(const ss_kv_io *kv) {
-  return kv->past ? (int)kv->past[0].key.shape[2] : 0;
+  return kv->cache ? ss_kv_len(&kv->cache[0]) : kv->past ? (int)kv->past[0].key.shape[2] : 0;
 }
 
 /* ------------------------------------------------------------- the runtime ---- */
@@ -64,8 +77,9 @@ static inline int ss_trunk_past_len(const ss_kv_io *kv) {
 /* One sequence of a block call's rows: usually the only one ([B, T] rows after P cached ones, at
  * positions pos0..); a batched decode step stacks several, each with its own past (attention and
  * rope per sequence, everything else over all rows at once). past_k, past_v: this layer's past
- * [B, NKV, P, D] (wire bytes, may be unaligned) or NULL when P == 0; K, V: its window
- * [B, NKV, P+T, D] (the present cache or scratch); pos: M-RoPE positions [3, B, T] or NULL. */
+ * [B, NKV, P, D] (wire bytes, may be unaligned) to copy, or NULL when P == 0 or the past is
+ * already in K, V (a session's cache in place); K, V: its cache [B, NKV, cap, D] (cap 0: P+T;
+ * the present cache, scratch, or the session's); pos: M-RoPE positions [3, B, T] or NULL. */
 typedef struct ss_trunk_seq {
   int row0, B, T, P, pos0;
   const void *past_k, *past_v;

@@ -109,7 +109,8 @@ static void batch_run_decode(ss_batch *b, int nlive) {
     ss_to_f32(st->in.dtype, st->in.data, x, E);
     in[k] = (ss_tensor){SS_DTYPE_F32, 3, {1, 1, (int64_t)E}, E, x, E * sizeof(float)};
     out[k] = (ss_tensor){SS_DTYPE_F32, 3, {1, 1, (int64_t)E}, E, y, E * sizeof(float)};
-    kv[k] = (ss_kv_io){m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present};
+    kv[k] = (ss_kv_io){m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present,
+                       st->cache}; /* a session's cache: written in place */
     who[k++] = st;
   }
   uv_rwlock_rdlock(&((ss_model *)m)->lock);
@@ -186,7 +187,7 @@ static void batch_run(ss_job *job) {
   ss_meta none = {0};
   uv_rwlock_rdlock(&((ss_model *)m)->lock);
   if (m->n_kv_layers > 0) {
-    ss_kv_io kv = {m->n_kv_layers, NULL, 0, NULL};
+    ss_kv_io kv = {m->n_kv_layers, NULL, 0, NULL, NULL};
     b->rc = m->ops->forward_kv(m, &in, &out, &kv, &none, b->err, sizeof b->err);
   } else {
     b->rc = m->ops->forward(m, &in, &out, &none, b->err, sizeof b->err);
