@@ -63,6 +63,21 @@ int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_
   return 0;
 }
 
+/* kv's key and value: float32 [B, H, len, D] views of buffers of n floats each. */
+static void kv_tensors(ss_kv_layer *kv, int B, int H, int len, int D, size_t n) {
+  for (int f = 0; f < 2; f++) {
+    ss_tensor *t = f ? &kv->value : &kv->key;
+    t->dtype = SS_DTYPE_F32;
+    t->ndim = 4;
+    t->shape[0] = B;
+    t->shape[1] = H;
+    t->shape[2] = len;
+    t->shape[3] = D;
+    t->numel = n;
+    t->nbytes = n * sizeof(float);
+  }
+}
+
 /* present[l] = key/value [B, H, T, D] from cc's backend, released by its callback. */
 int ss_trunk_alloc_present(const ss_compute *cc, ss_kv_layer *pr, int B, int H, int T, int D) {
   size_t kvn = (size_t)B * (size_t)H * (size_t)T * (size_t)D;
@@ -70,17 +85,7 @@ int ss_trunk_alloc_present(const ss_compute *cc, ss_kv_layer *pr, int B, int H, 
   pr->key.data = ss_op_alloc(cc, kvn * sizeof(float));
   pr->value.data = ss_op_alloc(cc, kvn * sizeof(float));
   if (pr->key.data == NULL || pr->value.data == NULL) return SS_ENOMEM;
-  for (int f = 0; f < 2; f++) {
-    ss_tensor *t = f ? &pr->value : &pr->key;
-    t->dtype = SS_DTYPE_F32;
-    t->ndim = 4;
-    t->shape[0] = B;
-    t->shape[1] = H;
-    t->shape[2] = T;
-    t->shape[3] = D;
-    t->numel = kvn;
-    t->nbytes = kvn * sizeof(float);
-  }
+  kv_tensors(pr, B, H, T, D, kvn);
   return 0;
 }
 
@@ -119,17 +124,7 @@ int ss_trunk_kv_reserve(const ss_compute *cc, ss_kv_layer *c, int B, int H, int 
   c->cap = cap;
   c->key.data = k;
   c->value.data = v;
-  for (int f = 0; f < 2; f++) {
-    ss_tensor *t = f ? &c->value : &c->key;
-    t->dtype = SS_DTYPE_F32;
-    t->ndim = 4;
-    t->shape[0] = B;
-    t->shape[1] = H;
-    t->shape[2] = len;
-    t->shape[3] = D;
-    t->numel = n;
-    t->nbytes = n * sizeof(float);
-  }
+  kv_tensors(c, B, H, len, D, n);
   return 0;
 }
 
