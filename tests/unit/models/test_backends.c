@@ -343,9 +343,9 @@ static void test_attention_long(void) {
       {1, 1, 900, 8, 4, 32, 1000, 0, 30.0f},   /* softcap */
       {1, 1, 530, 40, 1, 16, 600, 0, 0.0f},    /* 40 heads per group: two blocks */
       {1, 1, 1030, 12, 12, 64, 1100, 0, 0.0f}, /* GPT-2 heads */
-      {1, 700, 0, 4, 2, 32, 0, 0, 0.0f},       /* prefill */
-      {1, 700, 0, 4, 2, 32, 0, 200, 50.0f},    /* prefill, window, softcap */
-      {2, 300, 450, 14, 2, 64, 800, 0, 0.0f},  /* a prefill after a past, in place */
+      {1, 520, 0, 4, 2, 32, 0, 0, 0.0f},       /* prefill */
+      {1, 520, 0, 4, 2, 32, 0, 200, 50.0f},    /* prefill, window, softcap */
+      {2, 100, 450, 8, 2, 64, 600, 0, 0.0f},   /* a prefill after a past, in place */
       {1, 260, 800, 4, 2, 32, 0, 333, 20.0f},  /* ... a client past, window, softcap */
   };
   for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
