@@ -5,7 +5,8 @@
  * batch_delay_us for company. Decode steps (one token of a sequence with a cache: a session or
  * a client cache) batch by default for kinds that have forward_kv_batch (model key
  * decode_batch=1, up to max_batch_rows or SS_DECODE_ROWS steps); stacking other calls needs
- * max_batch_rows.
+ * max_batch_rows. A session's step writes its key and value straight into the session's cache
+ * (ss_kv_io.cache, in place), a client cache's step into its present, as when it runs alone.
  *
  * A batch is the unit of admission and of work: the model's open batch collects calls; when it
  * is full, when a call with other trailing dims arrives, or when its delay expires, it enters
