@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "models/nn/matmul.h"
+#include "models/nn/simd.h"
 #include "models/nn/vmath.h"
 
 /* Causal softmax in place of a block of scores s [nq, nk]: row r is the query at absolute
@@ -49,11 +50,69 @@ static void block_softmax(float *s, int nq, int nk, int kbeg, int p0, float scal
   }
 }
 
-/* C [M, N] (=|+=, beta 0|1) = A [M, K] op(B): the few-row kernels for a decode step's rows (no
- * engine call, no primitive per tile shape), the engine for a prefill's blocks. */
+/* s [nk] = q [HS] . K_j for the nk keys of K (row stride HS): four keys per pass over q. */
+SS_CLONES static void row_scores(const float *q, const float *K, int nk, int HS, float *s) {
+  const size_t hs = (size_t)HS, hv = hs / 8 * 8;
+  int j = 0;
+  for (; j + 4 <= nk; j += 4) {
+    const float *k0 = K + (size_t)j * hs, *k1 = k0 + hs, *k2 = k1 + hs, *k3 = k2 + hs;
+    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (size_t c = 0; c < hv; c += 8) {
+      v8 x = ld8(q + c);
+      a0 += x * ld8(k0 + c), a1 += x * ld8(k1 + c), a2 += x * ld8(k2 + c), a3 += x * ld8(k3 + c);
+    }
+    float d0 = hsum(a0), d1 = hsum(a1), d2 = hsum(a2), d3 = hsum(a3);
+    for (size_t c = hv; c < hs; c++)
+      d0 += q[c] * k0[c], d1 += q[c] * k1[c], d2 += q[c] * k2[c], d3 += q[c] * k3[c];
+    s[j] = d0, s[j + 1] = d1, s[j + 2] = d2, s[j + 3] = d3;
+  }
+  for (; j < nk; j++) {
+    const float *kj = K + (size_t)j * hs;
+    v8 a = {0};
+    for (size_t c = 0; c < hv; c += 8) a += ld8(q + c) * ld8(kj + c);
+    float d = hsum(a);
+    for (size_t c = hv; c < hs; c++) d += q[c] * kj[c];
+    s[j] = d;
+  }
+}
+
+/* acc [HS] += sum_j p[j] V_j over the nk values of V (row stride HS): 64 lanes of acc stay in
+ * registers while V streams past. */
+SS_CLONES static void row_acc(const float *p, const float *V, int nk, int HS, float *acc) {
+  const size_t hs = (size_t)HS;
+  size_t c0 = 0;
+  for (; c0 + 64 <= hs; c0 += 64) {
+    v8 r[8];
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; u++) r[u] = ld8(acc + c0 + 8 * (size_t)u);
+    for (int j = 0; j < nk; j++) {
+      const float *vj = V + (size_t)j * hs + c0;
+      v8 pj = splat(p[j]);
+#pragma GCC unroll 8
+      for (int u = 0; u < 8; u++) r[u] += pj * ld8(vj + 8 * u);
+    }
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; u++) st8(acc + c0 + 8 * (size_t)u, r[u]);
+  }
+  for (; c0 + 8 <= hs; c0 += 8) {
+    v8 r = ld8(acc + c0);
+    for (int j = 0; j < nk; j++) r += splat(p[j]) * ld8(V + (size_t)j * hs + c0);
+    st8(acc + c0, r);
+  }
+  for (; c0 < hs; c0++)
+    for (int j = 0; j < nk; j++) acc[c0] += p[j] * V[(size_t)j * hs + c0];
+}
+
+/* C [M, N] (=|+=, beta 0|1) = A [M, K] op(B): one row (a decode step of a head of its own) by
+ * the row kernels above, a few (a kv group's heads) by the few-row kernels, a prefill's blocks
+ * by the engine. No engine call, so no primitive per tile shape, in a decode step. */
 static void tile_mm(ss_mm_trans tb, int M, int N, int K, const float *A, int lda, const float *B,
                     int ldb, float beta, float *C, int ldc) {
-  if (M <= SS_SMALL_ROWS)
+  if (M == 1 && tb == SS_MM_T && ldb == K)
+    row_scores(A, B, N, K, C);
+  else if (M == 1 && tb == SS_MM_N && ldb == N && beta == 1.0f)
+    row_acc(A, B, K, N, C);
+  else if (M <= SS_SMALL_ROWS)
     ss__matmul_few_rows(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   else
     ss_matmul(SS_MM_N, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);

@@ -343,6 +343,8 @@ static void test_attention_long(void) {
       {1, 1, 900, 8, 4, 32, 1000, 0, 30.0f},   /* softcap */
       {1, 1, 530, 40, 1, 16, 600, 0, 0.0f},    /* 40 heads per group: two blocks */
       {1, 1, 1030, 12, 12, 64, 1100, 0, 0.0f}, /* GPT-2 heads */
+      {1, 1, 300, 3, 3, 20, 0, 0, 0.0f},       /* one row per head: 8 lanes + a tail */
+      {1, 1, 600, 2, 2, 72, 700, 50, 10.0f},   /* ... 64 lanes + 8, window, softcap */
       {1, 520, 0, 4, 2, 32, 0, 0, 0.0f},       /* prefill */
       {1, 520, 0, 4, 2, 32, 0, 200, 50.0f},    /* prefill, window, softcap */
       {2, 100, 450, 8, 2, 64, 600, 0, 0.0f},   /* a prefill after a past, in place */
