@@ -106,7 +106,8 @@ typedef struct ss_model_ops {
   /* Worker thread, optional (NULL: the kind cannot): n one-token decode steps of different
    * sequences, in[i] [1,1,hidden] float32 with its own cache kv[i] (pasts of any lengths, each
    * validated by check_kv), as one batch: the dense layers see n rows, attention stays per
-   * sequence. Each out[i] and present equal what forward_kv gives that step alone. */
+   * sequence. Each out[i], present and in-place cache equal what forward_kv gives that step
+   * alone. */
   int (*forward_kv_batch)(const ss_model *m, int n, const ss_tensor *in, ss_tensor *out,
                           ss_kv_io *kv, char *err, size_t errlen);
 

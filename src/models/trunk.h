@@ -3,7 +3,8 @@
  * checkpoint) does that is not its block, written once for every architecture (gpt2.c, llama.c):
  * the model ops (check, check_kv, forward, forward_kv with the client's cache or a session's,
  * forward_kv_batch, forward_train, backward, the optimizer step, save, LoRA's parameters), the
- * present KV caches, the saved records of training forwards, and all activation memory.
+ * present KV caches, the growth of a session's cache kept in place (ss_trunk_kv_reserve), the
+ * saved records of training forwards, and all activation memory.
  *
  * An architecture supplies an ss_trunk_arch: its block (forward and backward, on the ops of
  * nn/backend), and one activation table (llm.c's fill_in_activation_sizes): the slots of its
