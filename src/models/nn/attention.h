@@ -34,7 +34,7 @@
 
 /* Inference forwards (att_all 0): query rows per block and keys per tile (see above). */
 #define SS_ATTN_QBLOCK 32
-#define SS_ATTN_KTILE 256
+#define SS_ATTN_KTILE 512
 
 typedef struct ss_attn_dims {
   int B, T, P;     /* batch, new tokens, cached (past) tokens */
