@@ -132,7 +132,7 @@ int main(int argc, char **argv) {
     int64_t s128[3] = {1, 128, E}, s1[3] = {1, 1, E}, s64[3] = {1, 64, E}, s10[3] = {1, 10, E};
     ss_tensor in, out, d1, o1, in64, out64, gin, mi, mo;
     ss_kv_layer past[NL], present[NL];
-    ss_kv_io kv = {NL, NULL, 1, present};
+    ss_kv_io kv = {NL, NULL, 1, present, NULL};
     fill(&in, 3, s128);
     fill(&out, 3, s128);
     fill(&d1, 3, s1);

@@ -280,8 +280,8 @@ typedef struct block_acts {
   float *xd;              /* [BT, I] dropout scratch (with mk) */
 } block_acts;
 
-static ss_attn_dims attn_dims(const gpt2 *p, const gpt2_block *bk, int B, int T, int P) {
-  ss_attn_dims d = {B, T, P, p->n_head, p->n_head, p->head_dim, bk->attn_scale};
+static ss_attn_dims attn_dims(const gpt2 *p, const gpt2_block *bk, int B, int T, int P, int cap) {
+  ss_attn_dims d = {B, T, P, p->n_head, p->n_head, p->head_dim, bk->attn_scale, cap};
   return d;
 }
 
@@ -304,7 +304,7 @@ static void block_forward(const void *impl, int l, void *work, int BT, const seq
   ss_lora_forward(&p->lora, &bk->lo[LO_ATTN], E, 3 * E, a->qkv, a->ln, BT, a->lt, a->mk, a->xd);
   for (int i = 0; i < nseq; i++) {
     const seq_attn *s = &seqs[i];
-    ss_attn_dims d = attn_dims(p, bk, s->B, s->T, s->P);
+    ss_attn_dims d = attn_dims(p, bk, s->B, s->T, s->P, s->cap);
     const float *qkv = a->qkv + (size_t)s->row0 * 3 * (size_t)E;
     ss_op_attention_forward(&p->cc, a->atty + (size_t)s->row0 * (size_t)E, E, a->att, a->att_all,
                             s->K, s->V, qkv, 3 * E, qkv + E, qkv + 2 * E, 3 * E, s->past_k,
@@ -384,7 +384,7 @@ static int block_backward(void *impl, int l, void *work, float *dres, int B, int
   const int E = p->n_embd, NI = p->n_inner, BT = B * T, i0 = l * T_PER_LAYER;
   const int full = p->lora.r == 0; /* LoRA: the trunk is frozen, its LayerNorms too */
   ss_params *s = &p->prm;
-  ss_attn_dims d = attn_dims(p, bk, B, T, 0);
+  ss_attn_dims d = attn_dims(p, bk, B, T, 0, 0);
   float *dw2 = full ? ss_params_grad(s, i0 + T_LN2_W) : g->dsink;
   float *db2 = full ? ss_params_grad(s, i0 + T_LN2_B) : g->dsink + E;
   float *dw1 = full ? ss_params_grad(s, i0 + T_LN1_W) : g->dsink;
@@ -436,11 +436,13 @@ static const size_t slots[N_SLOTS] = {
 /* clang-format on */
 
 /* Floats per slot of each phase (models/trunk.h; K, V scratch: the runtime's):
- *   infer, batch  ln, atty [R, E]; qkv [R, 3E]; fc == fcg [R, I]; lt [R, r]; att [min(S,
- * SS_ATTN_QBLOCK), T] (batch: x [R, E], h == y == x) train         ln [R, E]; fcg [R, I]; lt [R,
- * r]; xd [R, I] with dropout saved         x, h, atty [R, E]; qkv [R, 3E]; fc [R, I]; mean1, rstd1,
- * mean2, rstd2 [R]; att [B, H, S, S] backward      ln, dln, datty [R, E]; dqkv [R, 3E]; fcg, dfc
- * [R, I]; datt [S, S]; lt, dlt [R, r]; dsink [2E]; xd [R, I] with dropout */
+ *   infer, batch  ln, atty [R, E]; qkv [R, 3E]; fc == fcg [R, I]; lt [R, r];
+ *                 att [ss_attn_scratch(HS)] (batch: x [R, E], h == y == x)
+ *   train         ln [R, E]; fcg [R, I]; lt [R, r]; xd [R, I] with dropout
+ *   saved         x, h, atty [R, E]; qkv [R, 3E]; fc [R, I]; mean1, rstd1, mean2, rstd2 [R];
+ *                 att [B, H, S, S]
+ *   backward      ln, dln, datty [R, E]; dqkv [R, 3E]; fcg, dfc [R, I]; datt [S, S];
+ *                 lt, dlt [R, r]; dsink [2E]; xd [R, I] with dropout */
 static void gpt2_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims *d, size_t *n) {
   const gpt2 *p = impl;
   const size_t R = d->rows, E = (size_t)p->n_embd, I = (size_t)p->n_inner, r = (size_t)p->lora.r;
@@ -455,7 +457,7 @@ static void gpt2_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims 
       n[S_FC] = R * I;
       n[S_FCG] = SS_TRUNK_ALIAS(S_FC);
       n[S_LT] = R * r;
-      n[S_ATT] = (size_t)(d->S < SS_ATTN_QBLOCK ? d->S : SS_ATTN_QBLOCK) * (size_t)d->T;
+      n[S_ATT] = ss_attn_scratch(p->head_dim);
       break;
     case SS_TRUNK_TRAIN:
       n[S_LN] = R * E;

@@ -377,7 +377,7 @@ static void block_forward(const void *impl, int l, void *work, int BT, const ss_
   for (int i = 0; i < nseq; i++) {
     const ss_trunk_seq *s = &seqs[i];
     const size_t o = (size_t)s->row0 * (size_t)p->E;
-    ss_attn_dims d = {s->B, s->T, s->P, p->NH, p->NH, p->HS, p->scale};
+    ss_attn_dims d = {s->B, s->T, s->P, p->NH, p->NH, p->HS, p->scale, s->cap};
     rotary(p, a->q + o, s->B, s->T, s->pos0, 0);
     rotary(p, a->k + o, s->B, s->T, s->pos0, 0);
     ss_op_attention_forward(&p->cc, a->atty + o, p->E, a->att, a->att_all, s->K, s->V, a->q + o,
@@ -464,7 +464,7 @@ static int block_backward(void *impl, int l, void *work, float *dres, int B, int
   const int BT = B * T;
   const size_t ni = (size_t)BT * (size_t)p->I;
   const float *src = p->parallel ? a->x : a->h;
-  ss_attn_dims d = {B, T, 0, p->NH, p->NH, p->HS, p->scale};
+  ss_attn_dims d = {B, T, 0, p->NH, p->NH, p->HS, p->scale, 0};
   /* mlp */
   act(p, a->fcg, a->fc, ni, 0);
   lin_back(p, bk, L_4H, 0, g->dfc, dres, a->fcg, BT, a, g);
@@ -508,7 +508,7 @@ static const size_t slots[N_SLOTS] = {SS_TRUNK_COMMON_SLOTS(neox_work), NEOX_SLO
 
 /* Floats per slot and phase (R rows; models/trunk.h):
  *   infer, batch: ln, q, k, v, atty [R, E]; qkv [R, 3E]; fc == fcg [R, I]; lt [R, r]; att
- *                 [min(S, SS_ATTN_QBLOCK), T] (batch: x [R, E], h == y == x)
+ *                 [ss_attn_scratch(HS)] (batch: x [R, E], h == y == x)
  *   train:        ln [R, E]; qkv [R, 3E]; fcg [R, I]; lt [R, r]; xd [R, max(E, I)] (dropout)
  *   saved:        x, q, k, v, atty [R, E] (h too when sequential); fc [R, I]; LayerNorm
  *                 statistics [R] x 4; att [B, NH, S, S]
@@ -527,7 +527,7 @@ static void neox_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims 
       n[S_FC] = R * I;
       n[S_FCG] = SS_TRUNK_ALIAS(S_FC);
       n[S_LT] = R * r;
-      n[S_ATT] = ss_trunk_att_blocks(d);
+      n[S_ATT] = ss_attn_scratch(p->HS);
       break;
     case SS_TRUNK_TRAIN:
       n[S_LN] = R * E;

@@ -823,8 +823,8 @@ typedef struct block_acts {
   float *xd;              /* [BT, max(E, Q, I)] dropout scratch (with mk) */
 } block_acts;
 
-static ss_attn_dims attn_dims(const llama *p, int B, int T, int P) {
-  ss_attn_dims d = {B, T, P, p->NH, p->NKV, p->D, p->scale};
+static ss_attn_dims attn_dims(const llama *p, int B, int T, int P, int cap) {
+  ss_attn_dims d = {B, T, P, p->NH, p->NKV, p->D, p->scale, cap};
   return d;
 }
 
@@ -867,7 +867,7 @@ static void block_forward(const void *impl, int l, void *work, int BT, const seq
     const seq_attn *s = &seqs[i];
     float *q = a->q + (size_t)s->row0 * (size_t)Q, *k = a->k + (size_t)s->row0 * (size_t)KV;
     float *v = a->v + (size_t)s->row0 * (size_t)KV;
-    ss_attn_dims d = attn_dims(p, s->B, s->T, s->P);
+    ss_attn_dims d = attn_dims(p, s->B, s->T, s->P, s->cap);
     if (s->pos != NULL) {
       ss_op_rope_forward_pos(&p->cc, q, Q, s->B, s->T, p->NH, p->D, s->pos, p->mrope, bk->inv_freq);
       ss_op_rope_forward_pos(&p->cc, k, KV, s->B, s->T, p->NKV, p->D, s->pos, p->mrope,
@@ -954,7 +954,7 @@ static int block_backward(void *impl, int l, void *work, float *dres, int B, int
   const int E = p->E, Q = p->NH * p->D, KV = p->NKV * p->D, BT = B * T;
   const size_t ni = (size_t)BT * (size_t)p->I;
   ss_params *s = &p->prm;
-  ss_attn_dims d = attn_dims(p, B, T, 0);
+  ss_attn_dims d = attn_dims(p, B, T, 0, 0);
   const float *dy = dres, *dq = g->dq, *dk = g->dk;
   /* mlp */
   if (p->sandwich) { /* dln = d(down_proj's output) */
@@ -1119,13 +1119,15 @@ static const size_t slots[N_SLOTS] = {
 /* Floats per slot of each phase (models/trunk.h; K, V scratch: the runtime's; Q = NH D,
  * KV = NKV D):
  *   infer, batch  ln [R, E]; q, atty [R, Q]; k, v [R, KV]; g == mm, u [R, I]; lt [R, r];
- *                 att [min(S, SS_ATTN_QBLOCK), T]; q/k norms: qr [R, Q], kr [R, KV]; sandwich: ao
- * == mo [R, E] (batch: x [R, E], h == y == x) train         ln [R, E]; mm [R, I]; lt [R, r]; xd [R,
- * max in] with dropout saved         x, h [R, E]; q, atty [R, Q]; k, v [R, KV]; g, u [R, I]; rstd1,
- * rstd2 [R]; att [B, NH, S, S]; q/k norms: qr [R, Q], kr [R, KV], rstdq [R NH], rstdk [R NKV];
- * sandwich: ao, mo [R, E], rstdpa, rstdpf [R] backward      ln, dln [R, E]; datty, dq [R, Q]; dk,
- * dv, dkr [R, KV]; mm, fa, dmm [R, I]; lt, dlt [R, r]; datt [2, S, S]; dw_sink [max(E, D)]; xd [R,
- * max in] with dropout */
+ *                 att [ss_attn_scratch(D)]; q/k norms: qr [R, Q], kr [R, KV];
+ *                 sandwich: ao == mo [R, E] (batch: x [R, E], h == y == x)
+ *   train         ln [R, E]; mm [R, I]; lt [R, r]; xd [R, max in] with dropout
+ *   saved         x, h [R, E]; q, atty [R, Q]; k, v [R, KV]; g, u [R, I]; rstd1, rstd2 [R];
+ *                 att [B, NH, S, S]; q/k norms: qr [R, Q], kr [R, KV], rstdq [R NH],
+ *                 rstdk [R NKV]; sandwich: ao, mo [R, E], rstdpa, rstdpf [R]
+ *   backward      ln, dln [R, E]; datty, dq [R, Q]; dk, dv, dkr [R, KV]; mm, fa, dmm [R, I];
+ *                 lt, dlt [R, r]; datt [2, S, S]; dw_sink [max(E, D)]; xd [R, max in] with
+ *                 dropout */
 static void llama_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims *d, size_t *n) {
   const llama *p = impl;
   const size_t R = d->rows, E = (size_t)p->E, I = (size_t)p->I, r = (size_t)p->lora.r;
@@ -1142,7 +1144,7 @@ static void llama_sizes(const void *impl, ss_trunk_phase ph, const ss_trunk_dims
       n[S_G] = n[S_U] = R * I;
       n[S_MM] = SS_TRUNK_ALIAS(S_G);
       n[S_LT] = R * r;
-      n[S_ATT] = (size_t)(d->S < SS_ATTN_QBLOCK ? d->S : SS_ATTN_QBLOCK) * (size_t)d->T;
+      n[S_ATT] = ss_attn_scratch(p->D);
       if (p->qk_norm) n[S_QR] = R * Q, n[S_KR] = R * KV;
       if (p->sandwich) n[S_AO] = R * E, n[S_MO] = SS_TRUNK_ALIAS(S_AO);
       break;

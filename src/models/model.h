@@ -32,10 +32,14 @@ typedef struct ss_model ss_model;
 
 /* One layer's attention cache: key and value, float32 [batch, heads, len, head_dim]. release:
  * how an owned entry's key.data and value.data are given back (the allocating backend's release;
- * ss_kv_release); NULL for borrowed views (a request's past). */
+ * ss_kv_release); NULL for borrowed views (a request's past).
+ * cap > 0: a cache kept in place (a session's, ss_kv_io.cache): the data holds [batch, heads,
+ * cap, head_dim] floats of which keys 0 .. len-1 (shape[2] = len) are live; numel and nbytes
+ * count the whole buffer (the memory held). cap 0: dense, exactly the shape. */
 typedef struct ss_kv_layer {
   ss_tensor key, value;
   void (*release)(void *data);
+  int cap;
 } ss_kv_layer;
 
 /* Give back the data of an owned entry (its release callback) and zero it. */
@@ -48,16 +52,29 @@ static inline void ss_kv_release(ss_kv_layer *kv) {
   kv->release = NULL;
 }
 
+/* The live length of a cache entry (0: empty). */
+static inline int ss_kv_len(const ss_kv_layer *kv) {
+  return kv->key.data != NULL ? (int)kv->key.shape[2] : 0;
+}
+
 /* KV-cache input/output of one forward call (models with n_kv_layers > 0).
  * past: n_layers entries (borrowed, float32, already validated by check_kv) or NULL for no past.
  * present: when want_present, the model fills n_layers entries with past+new keys/values; their
  * data comes from the model's backend and is owned by the caller afterwards, who gives it back
- * with ss_kv_release (the entry's release callback), never free(). */
+ * with ss_kv_release (the entry's release callback), never free().
+ * cache: a cache kept in place instead (a session's; past NULL, want_present 0): n_layers
+ * entries (all-zero when empty, else cap > 0, all of one length P = cache[0].key.shape[2],
+ * validated by check_kv). The model writes this call's keys/values at P .. P+T-1 of each entry
+ * (no copy of the past; an entry whose cap is short is first moved to a buffer of at least
+ * twice the capacity, from the model's backend, the old one released) and on success sets every
+ * entry's length to P+T. On failure the lengths stay P: keys 0 .. P-1 are as they were (a grown
+ * entry holds the same past), so the cache is unchanged but for its capacity. */
 typedef struct ss_kv_io {
   int n_layers;
   const ss_kv_layer *past;
   int want_present;
   ss_kv_layer *present;
+  ss_kv_layer *cache;
 } ss_kv_io;
 
 /* Optimizer settings (ss_optim): models/nn/optim.h. */
@@ -90,7 +107,8 @@ typedef struct ss_model_ops {
   /* Worker thread, optional (NULL: the kind cannot): n one-token decode steps of different
    * sequences, in[i] [1,1,hidden] float32 with its own cache kv[i] (pasts of any lengths, each
    * validated by check_kv), as one batch: the dense layers see n rows, attention stays per
-   * sequence. Each out[i] and present equal what forward_kv gives that step alone. */
+   * sequence. Each out[i], present and in-place cache equal what forward_kv gives that step
+   * alone. */
   int (*forward_kv_batch)(const ss_model *m, int n, const ss_tensor *in, ss_tensor *out,
                           ss_kv_io *kv, char *err, size_t errlen);
 

@@ -114,6 +114,21 @@ int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_
   return 0;
 }
 
+/* kv's key and value: float32 [B, H, len, D] views of buffers of n floats each. */
+static void kv_tensors(ss_kv_layer *kv, int B, int H, int len, int D, size_t n) {
+  for (int f = 0; f < 2; f++) {
+    ss_tensor *t = f ? &kv->value : &kv->key;
+    t->dtype = SS_DTYPE_F32;
+    t->ndim = 4;
+    t->shape[0] = B;
+    t->shape[1] = H;
+    t->shape[2] = len;
+    t->shape[3] = D;
+    t->numel = n;
+    t->nbytes = n * sizeof(float);
+  }
+}
+
 /* present[l] = key/value [B, H, T, D] from cc's backend, released by its callback. */
 int ss_trunk_alloc_present(const ss_compute *cc, ss_kv_layer *pr, int B, int H, int T, int D) {
   size_t kvn = (size_t)B * (size_t)H * (size_t)T * (size_t)D;
@@ -121,17 +136,7 @@ int ss_trunk_alloc_present(const ss_compute *cc, ss_kv_layer *pr, int B, int H, 
   pr->key.data = ss_op_alloc(cc, kvn * sizeof(float));
   pr->value.data = ss_op_alloc(cc, kvn * sizeof(float));
   if (pr->key.data == NULL || pr->value.data == NULL) return SS_ENOMEM;
-  for (int f = 0; f < 2; f++) {
-    ss_tensor *t = f ? &pr->value : &pr->key;
-    t->dtype = SS_DTYPE_F32;
-    t->ndim = 4;
-    t->shape[0] = B;
-    t->shape[1] = H;
-    t->shape[2] = T;
-    t->shape[3] = D;
-    t->numel = kvn;
-    t->nbytes = kvn * sizeof(float);
-  }
+  kv_tensors(pr, B, H, T, D, kvn);
   return 0;
 }
 
@@ -142,11 +147,55 @@ void ss_trunk_free_present(ss_kv_io *kv, int n) {
   }
 }
 
+int ss_trunk_kv_reserve(const ss_compute *cc, ss_kv_layer *c, int B, int H, int need, int D,
+                        int max) {
+  const int len = c->key.data != NULL && c->key.shape[0] == B ? ss_kv_len(c) : 0;
+  const size_t row = (size_t)D * sizeof(float);
+  int cap = 2 * c->cap > need ? 2 * c->cap : need;
+  float *k, *v;
+  if (c->key.data != NULL && c->key.shape[0] == B && c->cap >= need) return 0;
+  cap = (cap + 15) / 16 * 16; /* geometric, in steps of 16 keys, at most the positions */
+  if (cap > max && max >= need) cap = max;
+  size_t n = (size_t)B * (size_t)H * (size_t)cap * (size_t)D;
+  k = ss_op_alloc(cc, n * sizeof(float));
+  v = ss_op_alloc(cc, n * sizeof(float));
+  if (k == NULL || v == NULL) {
+    ss_op_release(cc, k);
+    ss_op_release(cc, v);
+    return SS_ENOMEM;
+  }
+  for (size_t bh = 0; bh < (size_t)B * (size_t)H && len > 0; bh++) { /* the past, once */
+    memcpy(k + bh * (size_t)cap * (size_t)D, (const char *)c->key.data + bh * (size_t)c->cap * row,
+           (size_t)len * row);
+    memcpy(v + bh * (size_t)cap * (size_t)D,
+           (const char *)c->value.data + bh * (size_t)c->cap * row, (size_t)len * row);
+  }
+  ss_kv_release(c);
+  c->release = ss_backend_of(cc)->release;
+  c->cap = cap;
+  c->key.data = k;
+  c->value.data = v;
+  kv_tensors(c, B, H, len, D, n);
+  return 0;
+}
+
+void ss_trunk_kv_set_len(ss_kv_layer *c, int n, int len) {
+  for (int l = 0; l < n; l++) c[l].key.shape[2] = c[l].value.shape[2] = len;
+}
+
 int ss_trunk_batch_windows(const ss_compute *cc, ss_kv_io *kv, int n, int l, int H, int D,
-                           float *scratch, float **K, float **V) {
+                           int n_pos, float *scratch, float **K, float **V, int *cap) {
   for (int i = 0; i < n; i++) {
     size_t win = (size_t)H * (size_t)(ss_trunk_past_len(&kv[i]) + 1) * (size_t)D;
-    if (kv[i].want_present) {
+    cap[i] = 0;
+    if (kv[i].cache != NULL) { /* in place: the step's key and value go at P */
+      ss_kv_layer *c = &kv[i].cache[l];
+      if (ss_trunk_kv_reserve(cc, c, 1, H, ss_trunk_past_len(&kv[i]) + 1, D, n_pos) != 0)
+        return SS_ENOMEM;
+      K[i] = c->key.data;
+      V[i] = c->value.data;
+      cap[i] = c->cap;
+    } else if (kv[i].want_present) {
       if (ss_trunk_alloc_present(cc, &kv[i].present[l], 1, H, ss_trunk_past_len(&kv[i]) + 1, D) !=
           0)
         return SS_ENOMEM;
@@ -197,14 +246,16 @@ int ss_trunk_check_hidden(const ss_model *m, const ss_tensor *in, int hidden, in
 
 int ss_trunk_batch_finish(const ss_model *m, int rc, int n, int L, int E, const float *x,
                           ss_tensor *out, ss_kv_io *kv, char *err, size_t errlen) {
-  if (rc != 0) {
+  if (rc != 0) { /* in-place caches keep their length: unchanged */
     for (int i = 0; i < n; i++)
       if (kv[i].want_present) ss_trunk_free_present(&kv[i], L);
     snprintf(err, errlen, "model '%s': out of memory for the present caches", m->id);
     return rc;
   }
-  for (int i = 0; i < n; i++)
+  for (int i = 0; i < n; i++) {
     memcpy(out[i].data, x + (size_t)i * (size_t)E, (size_t)E * sizeof(float));
+    if (kv[i].cache != NULL) ss_trunk_kv_set_len(kv[i].cache, L, ss_trunk_past_len(&kv[i]) + 1);
+  }
   return 0;
 }
 
@@ -319,15 +370,16 @@ static int trunk_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
   const ss_trunk *t = m->impl;
   const int B = (int)in->shape[0], S = (int)in->shape[1], L = t->b - t->a, E = t->E;
   const int want_present = kv != NULL && kv->want_present;
-  const ss_kv_layer *past = kv != NULL && kv->n_layers > 0 ? kv->past : NULL;
-  const int P = past != NULL ? (int)past[0].key.shape[2] : 0;
+  ss_kv_layer *cache = kv != NULL && kv->n_layers > 0 ? kv->cache : NULL;
+  const ss_kv_layer *past = kv != NULL && kv->n_layers > 0 && !cache ? kv->past : NULL;
+  const int P = cache != NULL ? ss_kv_len(&cache[0]) : past != NULL ? (int)past[0].key.shape[2] : 0;
   const ss_trunk_dims d = {(size_t)B * (size_t)S, B, S, P + S, 0};
   size_t n[SS_TRUNK_MAX_SLOTS], used = 0;
   int pos0 = -1, *pos = NULL, rc = 0;
   float *scratch;
   void *work;
 
-  if (past != NULL && kv->n_layers != L) {
+  if ((past != NULL || cache != NULL) && kv->n_layers != L) {
     snprintf(err, errlen, "model '%s': %d past_key_values entries, expected %d", m->id,
              kv->n_layers, L);
     return SS_EINVAL;
@@ -346,7 +398,8 @@ static int trunk_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
              t->arch->pos_key, t->n_pos);
     return SS_EINVAL;
   }
-  phase_sizes(t, SS_TRUNK_INFER, &d, want_present ? 0 : (size_t)B * t->NKV * (size_t)d.T * t->D, n);
+  phase_sizes(t, SS_TRUNK_INFER, &d,
+              want_present || cache ? 0 : (size_t)B * t->NKV * (size_t)d.T * t->D, n);
   if ((work = calloc(1, t->arch->work_size)) == NULL ||
       (scratch = carve_new(t, n, 0, work, &used)) == NULL) {
     free(work);
@@ -359,13 +412,22 @@ static int trunk_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
   if (want_present) memset(kv->present, 0, (size_t)L * sizeof *kv->present);
   if (out->data != in->data) memmove(out->data, in->data, d.rows * (size_t)E * sizeof(float));
   for (int l = 0; l < L && rc == 0; l++) {
-    ss_trunk_seq s = {0, B, S, P, pos0, NULL, NULL, NULL, NULL, pos};
+    ss_trunk_seq s = {0, B, S, P, pos0, NULL, NULL, NULL, NULL, pos, 0};
     if (ss_meta_cancelled(meta)) { /* nobody waits for the result: stop between layers */
       if (want_present) ss_trunk_free_present(kv, l);
       rc = SS_ECANCELLED;
       break;
     }
-    if (want_present) {
+    if (cache != NULL) { /* a session's cache in place: this call's keys go at P */
+      if (ss_trunk_kv_reserve(t->cc, &cache[l], B, t->NKV, d.T, t->D, t->n_pos) != 0) {
+        snprintf(err, errlen, "model '%s': out of memory for the session cache", m->id);
+        rc = SS_ENOMEM;
+        break;
+      }
+      set_ptr(t, work, SS_TRUNK_K, cache[l].key.data);
+      set_ptr(t, work, SS_TRUNK_V, cache[l].value.data);
+      s.cap = cache[l].cap;
+    } else if (want_present) {
       if (ss_trunk_alloc_present(t->cc, &kv->present[l], B, t->NKV, d.T, t->D) != 0) {
         ss_trunk_free_present(kv, l + 1);
         snprintf(err, errlen, "model '%s': out of memory for the present cache", m->id);
@@ -377,12 +439,13 @@ static int trunk_forward_kv(const ss_model *m, const ss_tensor *in, ss_tensor *o
     }
     s.K = *(float **)(void *)((char *)work + t->arch->slots[SS_TRUNK_K]);
     s.V = *(float **)(void *)((char *)work + t->arch->slots[SS_TRUNK_V]);
-    if (P > 0) {
+    if (past != NULL) {
       s.past_k = past[l].key.data;
       s.past_v = past[l].value.data;
     }
     t->arch->block_forward(t->impl, l, work, B * S, &s, 1);
   }
+  if (rc == 0 && cache != NULL) ss_trunk_kv_set_len(cache, L, P + S); /* the step is kept */
   ss_op_release(t->cc, scratch);
   free(work);
   free(pos);
@@ -410,7 +473,8 @@ static int trunk_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
       return SS_EINVAL;
     }
     if ((size_t)P + 1 > maxT) maxT = (size_t)P + 1;
-    if (!kv[i].want_present) kvscratch += 2 * (size_t)t->NKV * (size_t)(P + 1) * (size_t)t->D;
+    if (!kv[i].want_present && kv[i].cache == NULL)
+      kvscratch += 2 * (size_t)t->NKV * (size_t)(P + 1) * (size_t)t->D;
   }
   const ss_trunk_dims d = {(size_t)n, n, 1, (int)maxT, 0};
   size_t used;
@@ -419,8 +483,8 @@ static int trunk_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
   float *scratch = work ? carve_new(t, sz, kvscratch, work, &used) : NULL;
   ss_trunk_seq *seqs = calloc((size_t)n, sizeof *seqs);
   float **win = calloc(2 * (size_t)n, sizeof *win);
-  int rc = 0;
-  if (!work || !scratch || !seqs || !win) {
+  int *cap = calloc((size_t)n, sizeof *cap), rc = 0;
+  if (!work || !scratch || !seqs || !win || !cap) {
     rc = SS_ENOMEM;
   } else {
     float *x = *(float **)(void *)((char *)work + t->arch->slots[SS_TRUNK_X]);
@@ -430,7 +494,8 @@ static int trunk_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
       if (kv[i].want_present) memset(kv[i].present, 0, (size_t)L * sizeof *kv[i].present);
     }
     for (int l = 0; l < L && rc == 0; l++) {
-      if ((rc = ss_trunk_batch_windows(t->cc, kv, n, l, t->NKV, t->D, kvs, win, win + n)) != 0)
+      if ((rc = ss_trunk_batch_windows(t->cc, kv, n, l, t->NKV, t->D, t->n_pos, kvs, win, win + n,
+                                       cap)) != 0)
         break;
       for (int i = 0; i < n; i++) {
         int P = ss_trunk_past_len(&kv[i]);
@@ -439,18 +504,20 @@ static int trunk_forward_kv_batch(const ss_model *m, int n, const ss_tensor *in,
                                  1,
                                  P,
                                  P,
-                                 P ? kv[i].past[l].key.data : NULL,
-                                 P ? kv[i].past[l].value.data : NULL,
+                                 P && !cap[i] ? kv[i].past[l].key.data : NULL,
+                                 P && !cap[i] ? kv[i].past[l].value.data : NULL,
                                  win[i],
                                  win[n + i],
-                                 NULL};
+                                 NULL,
+                                 cap[i]};
       }
       t->arch->block_forward(t->impl, l, work, n, seqs, n);
     }
     rc = ss_trunk_batch_finish(m, rc, n, L, E, x, out, kv, err, errlen);
   }
-  if (rc == SS_ENOMEM && (!work || !scratch || !seqs || !win))
+  if (rc == SS_ENOMEM && (!work || !scratch || !seqs || !win || !cap))
     snprintf(err, errlen, "model '%s': out of memory for a batched decode step", m->id);
+  free(cap);
   free(win);
   free(seqs);
   ss_op_release(t->cc, scratch);
@@ -524,7 +591,7 @@ static int trunk_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
   memcpy(sv->buf, in->data, d.rows * (size_t)t->E * sizeof(float)); /* layer 0's x */
   phase_sizes(t, SS_TRUNK_SAVED, &d, 0, n);
   for (int l = 0; l < L; l++) {
-    ss_trunk_seq s = {0, B, S, 0, 0, NULL, NULL, NULL, NULL, NULL};
+    ss_trunk_seq s = {0, B, S, 0, 0, NULL, NULL, NULL, NULL, NULL, 0};
     saved_layer(t, sv, n, l, out->data, work);
     s.K = *(float **)(void *)((char *)work + t->arch->slots[SS_TRUNK_K]);
     s.V = *(float **)(void *)((char *)work + t->arch->slots[SS_TRUNK_V]);

@@ -3,8 +3,8 @@
  * checkpoint) does that is not its block, written once for every architecture (gpt2.c, llama.c,
  * gpt_neox.c): the model ops (check, check_kv, forward, forward_kv with the client's cache or a
  * session's, forward_kv_batch, forward_train, backward, the optimizer step, save, LoRA's
- * parameters), the present KV caches, the saved records of training forwards, and all activation
- * memory.
+ * parameters), the present KV caches, the growth of a session's cache kept in place
+ * (ss_trunk_kv_reserve), the saved records of training forwards, and all activation memory.
  *
  * An architecture supplies an ss_trunk_arch: its block (forward and backward, on the ops of
  * nn/backend), and one activation table (llm.c's fill_in_activation_sizes): the slots of its
@@ -56,8 +56,9 @@ int ss_trunk_layers(const char *s, int n_layer, int *a, int *b, char *err, size_
 int ss_trunk_check_hidden(const ss_model *m, const ss_tensor *in, int hidden, int n_pos,
                           const char *pos_key, int64_t *out_shape, int *out_ndim, char *err,
                           size_t errlen);
-/* The end of a batched decode step: rows of x [n, E] into out[i] on success; on failure free
- * what the step allocated in the presents and say so. Returns rc. */
+/* The end of a batched decode step: rows of x [n, E] into out[i] and the in-place caches' lengths
+ * advanced on success; on failure free what the step allocated in the presents and say so.
+ * Returns rc. */
 int ss_trunk_batch_finish(const ss_model *m, int rc, int n, int L, int E, const float *x,
                           ss_tensor *out, ss_kv_io *kv, char *err, size_t errlen);
 
@@ -67,14 +68,26 @@ int ss_trunk_alloc_present(const ss_compute *cc, ss_kv_layer *pr, int B, int H, 
 /* Free the first n present layers of kv and zero them. */
 void ss_trunk_free_present(ss_kv_io *kv, int n);
 
-/* Batched decode steps (forward_kv_batch): for layer l, sequence i's window K[i], V[i]
- * [1, H, P_i + 1, D] is its present cache entry (allocated here) when it wants one, else a piece
- * of scratch (2 H (P_i + 1) D floats per such sequence). Returns 0 or SS_ENOMEM. */
+/* An in-place cache entry (model.h's ss_kv_io.cache) able to hold need keys per head of batch B:
+ * unchanged when it can; else moved to a new buffer of max(need, 2 cap) keys (rounded up to 16,
+ * at most max, the positions bound) from cc's backend, its live keys copied, the old released.
+ * An entry of another batch size is empty (check_kv) and starts over. 0 or SS_ENOMEM (the entry
+ * as it was). */
+int ss_trunk_kv_reserve(const ss_compute *cc, ss_kv_layer *c, int B, int H, int need, int D,
+                        int max);
+/* Set the live length of n in-place cache entries (a step that succeeded). */
+void ss_trunk_kv_set_len(ss_kv_layer *c, int n, int len);
+
+/* Batched decode steps (forward_kv_batch): for layer l, sequence i's cache K[i], V[i] is its
+ * in-place cache entry (kv[i].cache: reserved for P_i + 1 keys, cap[i] its capacity), its present
+ * cache entry [1, H, P_i + 1, D] (allocated here) when it wants one, else a piece of scratch
+ * (2 H (P_i + 1) D floats per such sequence); cap[i] 0 for the last two. Returns 0 or
+ * SS_ENOMEM. */
 int ss_trunk_batch_windows(const ss_compute *cc, ss_kv_io *kv, int n, int l, int H, int D,
-                           float *scratch, float **K, float **V);
+                           int n_pos, float *scratch, float **K, float **V, int *cap);
 /* The length of sequence i's past (0 without one). */
 static inline int ss_trunk_past_len(const ss_kv_io *kv) {
-  return kv->past ? (int)kv->past[0].key.shape[2] : 0;
+  return kv->cache ? ss_kv_len(&kv->cache[0]) : kv->past ? (int)kv->past[0].key.shape[2] : 0;
 }
 
 /* ------------------------------------------------------------- the runtime ---- */
@@ -82,13 +95,15 @@ static inline int ss_trunk_past_len(const ss_kv_io *kv) {
 /* One sequence of a block call's rows: usually the only one ([B, T] rows after P cached ones, at
  * positions pos0..); a batched decode step stacks several, each with its own past (attention and
  * rope per sequence, everything else over all rows at once). past_k, past_v: this layer's past
- * [B, NKV, P, D] (wire bytes, may be unaligned) or NULL when P == 0; K, V: its window
- * [B, NKV, P+T, D] (the present cache or scratch); pos: M-RoPE positions [3, B, T] or NULL. */
+ * [B, NKV, P, D] (wire bytes, may be unaligned) to copy, or NULL when P == 0 or the past is
+ * already in K, V (a session's cache in place); K, V: its cache [B, NKV, cap, D] (cap 0: P+T;
+ * the present cache, scratch, or the session's); pos: M-RoPE positions [3, B, T] or NULL. */
 typedef struct ss_trunk_seq {
   int row0, B, T, P, pos0;
   const void *past_k, *past_v;
   float *K, *V;
   const int *pos;
+  int cap; /* keys per head of K, V (a session's cache in place); 0: P + T */
 } ss_trunk_seq;
 
 /* What the activation table is asked for: */
@@ -115,15 +130,11 @@ enum { SS_TRUNK_X, SS_TRUNK_H, SS_TRUNK_Y, SS_TRUNK_K, SS_TRUNK_V, SS_TRUNK_SLOT
 /* A size that says "the same memory as slot j" (carved earlier in the same phase). */
 #define SS_TRUNK_ALIAS(j) ((size_t)-1 - (size_t)(j))
 
-/* Table helpers: the batch phase's residual stream (x carved [rows, E], h and y the same
- * memory), and the floats of an inference phase's attention probabilities (query blocks of at
- * most SS_ATTN_QBLOCK rows over the keys). */
+/* Table helper: the batch phase's residual stream (x carved [rows, E], h and y the same memory).
+ * (An inference phase's attention scratch is ss_attn_scratch(head size), nn/attention.h.) */
 static inline void ss_trunk_batch_stream(size_t *n, size_t rows_e) {
   n[SS_TRUNK_X] = rows_e;
   n[SS_TRUNK_H] = n[SS_TRUNK_Y] = SS_TRUNK_ALIAS(SS_TRUNK_X);
-}
-static inline size_t ss_trunk_att_blocks(const ss_trunk_dims *d) {
-  return (size_t)(d->S < SS_ATTN_QBLOCK ? d->S : SS_ATTN_QBLOCK) * (size_t)d->T;
 }
 
 typedef struct ss_trunk ss_trunk;

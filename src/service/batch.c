@@ -5,7 +5,8 @@
  * batch_delay_us for company. Decode steps (one token of a sequence with a cache: a session or
  * a client cache) batch by default for kinds that have forward_kv_batch (model key
  * decode_batch=1, up to max_batch_rows or SS_DECODE_ROWS steps); stacking other calls needs
- * max_batch_rows.
+ * max_batch_rows. A session's step writes its key and value straight into the session's cache
+ * (ss_kv_io.cache, in place), a client cache's step into its present, as when it runs alone.
  *
  * A batch is the unit of admission and of work: the model's open batch collects calls; when it
  * is full, when a call with other trailing dims arrives, or when its delay expires, it enters
@@ -109,7 +110,8 @@ static void batch_run_decode(ss_batch *b, int nlive) {
     ss_to_f32(st->in.dtype, st->in.data, x, E);
     in[k] = (ss_tensor){SS_DTYPE_F32, 3, {1, 1, (int64_t)E}, E, x, E * sizeof(float)};
     out[k] = (ss_tensor){SS_DTYPE_F32, 3, {1, 1, (int64_t)E}, E, y, E * sizeof(float)};
-    kv[k] = (ss_kv_io){m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present};
+    kv[k] = (ss_kv_io){m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present,
+                       st->cache}; /* a session's cache: written in place */
     who[k++] = st;
   }
   uv_rwlock_rdlock(&((ss_model *)m)->lock);
@@ -186,7 +188,7 @@ static void batch_run(ss_job *job) {
   ss_meta none = {0};
   uv_rwlock_rdlock(&((ss_model *)m)->lock);
   if (m->n_kv_layers > 0) {
-    ss_kv_io kv = {m->n_kv_layers, NULL, 0, NULL};
+    ss_kv_io kv = {m->n_kv_layers, NULL, 0, NULL, NULL};
     b->rc = m->ops->forward_kv(m, &in, &out, &kv, &none, b->err, sizeof b->err);
   } else {
     b->rc = m->ops->forward(m, &in, &out, &none, b->err, sizeof b->err);

@@ -133,16 +133,23 @@ static int setup_kv(compute_state *st, char *err, size_t errlen) {
         return -1;
       default: ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory"); return -1;
     }
-    st->past = st->session->past;
-    st->n_past = st->session->past ? st->session->n_layers : 0;
+    /* the session's cache, checked like a past; the worker writes it in place (ss_kv_io) */
+    st->cache = ss_session_cache(st->session, m->n_kv_layers);
+    if (!st->cache) {
+      ss_call_fail(call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+      return -1;
+    }
   }
-  int rv = m->ops->check_kv(m, &st->in, st->past, st->n_past, err, errlen);
+  int rv = st->cache
+               ? m->ops->check_kv(m, &st->in, st->cache,
+                                  ss_kv_len(&st->cache[0]) > 0 ? m->n_kv_layers : 0, err, errlen)
+               : m->ops->check_kv(m, &st->in, st->past, st->n_past, err, errlen);
   if (rv != 0) {
     ss_call_fail(call, SS_GRPC_INVALID_ARGUMENT, "%s%s%s", err, sid ? " (session " : "",
                  sid ? "cache)" : "");
     return -1;
   }
-  st->want_present = (req->has_use_cache && req->use_cache) || st->session != NULL;
+  st->want_present = req->has_use_cache && req->use_cache && st->session == NULL;
   if (st->want_present) {
     st->present = calloc((size_t)m->n_kv_layers, sizeof *st->present);
     if (!st->present) {

@@ -32,8 +32,9 @@ typedef struct compute_state {
   int out_ndim;
   int holds_slot; /* owns an admission slot */
   /* KV cache (models with n_kv_layers > 0) */
-  ss_kv_layer *past; /* request's past (views into the arena) or the session's */
+  ss_kv_layer *past; /* the request's past (views into the arena) */
   int n_past;
+  ss_kv_layer *cache;   /* the session's cache (written in place by the worker), or NULL */
   ss_kv_layer *present; /* filled by the worker when want_present (owned) */
   int want_present;
   ss_wire_view *kv_wire; /* past_key_values, left in the request buffer (not copied) */

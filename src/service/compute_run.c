@@ -173,7 +173,8 @@ static void job_run(ss_job *job) {
     st->rc = m->ops->forward_train(m, &in, &out, st->forward_id, &st->saved, &st->saved_bytes,
                                    st->err, sizeof st->err);
   } else if (m->n_kv_layers > 0) {
-    ss_kv_io kv = {m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present};
+    ss_kv_io kv = {m->n_kv_layers, st->n_past ? st->past : NULL, st->want_present, st->present,
+                   st->cache};
     st->rc = m->ops->forward_kv(m, &in, &out, &kv, &st->meta, st->err, sizeof st->err);
   } else {
     st->rc = m->ops->forward(m, &in, &out, &st->meta, st->err, sizeof st->err);
@@ -230,15 +231,10 @@ static void job_done(ss_job *job) {
 
 void ss_compute_finish(compute_state *st, int ran) {
   ss_call *call = st->call;
-  if (st->session) { /* the new cache becomes the session's, even if the client went away */
-    int ok = ran && st->rc == 0;
-    ss_session_release(st->svc->sessions, st->session, ok ? st->present : NULL,
-                       st->sm->model->n_kv_layers, st->session_end);
-    if (ok)
-      st->present = NULL;
-    else
-      present_free(st);
+  if (st->session) { /* the step stays in the session's cache, even if the client went away */
+    ss_session_release(st->svc->sessions, st->session, st->session_end);
     st->session = NULL;
+    st->cache = NULL;
   }
   if (st->saved) { /* keep what backward needs, even if the client went away meanwhile */
     void *saved = st->saved;
@@ -348,8 +344,9 @@ void ss_compute_free(ss_call *call) {
                      queue_s, st->t_run ? st->compute_ms / 1e3 : -1,
                      (double)(now - ss_call_start_ns(call)) / 1e9);
   if (st->session) { /* never started: give the session back unchanged */
-    ss_session_release(st->svc->sessions, st->session, NULL, 0, 0);
+    ss_session_release(st->svc->sessions, st->session, 0);
     st->session = NULL;
+    st->cache = NULL;
   }
   present_free(st);
   if (st->saved) st->sm->model->ops->free_saved(st->sm->model, st->saved);

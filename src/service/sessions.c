@@ -23,7 +23,7 @@ void ss_kv_free(ss_kv_layer *kv, int n) {
 static void session_free(void *v, void *user) {
   (void)user;
   ss_session *x = v;
-  ss_kv_free(x->past, x->n_layers);
+  ss_kv_free(x->cache, x->n_layers);
   free(x);
 }
 
@@ -99,29 +99,31 @@ int ss_session_acquire(ss_sessions *s, const char *model, const char *id, const 
   return SS_SESSION_OK;
 }
 
-/* Everything a session keeps: its struct, the layer array and the key/value tensors (the key
- * string and the cache entry are counted by the cache). */
+/* Everything a session keeps: its struct, the layer array and the key/value buffers at their
+ * capacity (nbytes of an in-place entry; the key string and the cache entry are counted by the
+ * cache). */
 static size_t kv_bytes(const ss_kv_layer *kv, int n) {
   size_t b = sizeof(ss_session) + (kv ? (size_t)n * sizeof *kv : 0);
   for (int i = 0; kv && i < n; i++) b += kv[i].key.nbytes + kv[i].value.nbytes;
   return b;
 }
 
-void ss_session_release(ss_sessions *s, ss_session *x, ss_kv_layer *present, int n_layers,
-                        int end) {
+ss_kv_layer *ss_session_cache(ss_session *x, int n_layers) {
+  if (x->cache == NULL) {
+    x->cache = calloc((size_t)n_layers, sizeof *x->cache);
+    x->n_layers = x->cache ? n_layers : 0;
+  }
+  return x->cache;
+}
+
+void ss_session_release(ss_sessions *s, ss_session *x, int end) {
   ss_kentry *e = x->entry;
   e->busy = 0;
   if (end) {
-    if (present) ss_kv_free(present, n_layers);
     ss_kcache_remove(s->cache, e, SS_SESSION_ENDED_WHY, 0);
     return;
   }
-  if (present) {
-    ss_kv_free(x->past, x->n_layers);
-    x->past = present;
-    x->n_layers = n_layers;
-    ss_kcache_resize(s->cache, e, kv_bytes(present, n_layers)); /* may evict x (over budget) */
-  }
+  ss_kcache_resize(s->cache, e, kv_bytes(x->cache, x->n_layers)); /* may evict x (over budget) */
 }
 
 void ss_sessions_sweep(ss_sessions *s) { ss_kcache_sweep(s->cache); }

@@ -14,7 +14,17 @@
  * owner gets SS_SESSION_FOREIGN, for a live session and for a remembered eviction alike, and
  * changes nothing (not even its idle time).
  *
- * Thread: loop thread only. A worker reads a busy session's cache (immutable while busy).
+ * The cache lives in place: per layer one key and one value buffer [batch, heads, cap,
+ * head_dim] with a capacity (model.h's ss_kv_layer.cap). The worker of the call that holds the
+ * session busy writes the step's keys and values straight into it at the current length and
+ * attention reads [0, len + T) from it (ss_kv_io.cache): no per-step copy of the past. A buffer
+ * that is full is moved once to one of twice the capacity (amortized O(1) per token). A failed
+ * step does not advance the length, so the cache stays as it was. The byte budget and the
+ * totals (GetServiceInfo session_bytes, metrics) count the capacity held, recounted whenever a
+ * call gives the session back.
+ *
+ * Thread: loop thread only, except that a worker writes a busy session's cache (nobody else
+ * touches a busy session: it is never evicted, and a second call is refused).
  */
 #ifndef SS_SERVICE_SESSIONS_H
 #define SS_SERVICE_SESSIONS_H
@@ -26,7 +36,7 @@
 #include "models/model.h"
 
 typedef struct ss_session {
-  ss_kv_layer *past; /* n_layers entries, owned (data malloc'd), or NULL when empty */
+  ss_kv_layer *cache; /* n_layers entries, owned (the model backend's memory), or NULL */
   int n_layers;
   struct ss_kentry *entry; /* its slot in the cache (core/kcache.h) */
 } ss_session;
@@ -58,10 +68,13 @@ enum {
  * its eviction or end, is another owner's. */
 int ss_session_acquire(ss_sessions *s, const char *model, const char *id, const uint8_t *owner,
                        ss_session **out, char *why, size_t whylen);
-/* The call finished: when present != NULL it becomes the session's cache (ownership taken;
- * the old cache is freed); the session is no longer busy. end: free the session now. */
-void ss_session_release(ss_sessions *s, ss_session *sess, ss_kv_layer *present, int n_layers,
-                        int end);
+/* The session's in-place cache of n_layers entries (all-zero, empty, when new): what a call
+ * hands the model as ss_kv_io.cache while the session is busy. NULL when out of memory. */
+ss_kv_layer *ss_session_cache(ss_session *sess, int n_layers);
+/* The call finished (whatever the worker wrote to the cache stays: a failed step left its
+ * length as it was); the session is no longer busy and its bytes are recounted (the capacity
+ * held; over the budget this may evict it). end: free the session now. */
+void ss_session_release(ss_sessions *s, ss_session *sess, int end);
 /* Evict sessions idle past the TTL (call from a periodic timer). */
 void ss_sessions_sweep(ss_sessions *s);
 /* Totals for GetServiceInfo. */

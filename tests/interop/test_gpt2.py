@@ -177,6 +177,32 @@ def test_decode_server_session():
     _call("t", np.zeros((1, 1, 64), np.float32), session="s3", session_end=1)
 
 
+def test_session_cache_grows():
+    """A session's cache is written in place and grows by doubling: a 3-token prefill, then
+    one token per call to 40 (the buffer moves at 17 and 33 tokens, keeping its past): every
+    step equals the reference prefill, and session_bytes counts the capacity held (16, 32,
+    then 48 = n_positions keys: 2 layers x K, V x 4 heads x 16 floats = 1 KiB per key)."""
+    ref, _ = MODELS["t"]
+    total = 40
+    x = _x(1, total, seed=90)
+    y_full, _ = ref(x)
+
+    def session_bytes():
+        return int(dict(C.info(sslib.pb.ServiceInfoRequest(), timeout=T(5)).custom_info)
+                   ["session_bytes"])
+    base = session_bytes()
+    r = _call("t", x[:, :3], session="grow")
+    _close(result(r).reshape(1, 3, -1), y_full[:, :3], "grow prefill")
+    held = {3: session_bytes() - base}
+    for t in range(3, total):
+        r = _call("t", x[:, t:t + 1], session="grow")
+        _close(result(r).reshape(1, 1, -1), y_full[:, t:t + 1], "grow step at position %d" % t)
+        held[t + 1] = session_bytes() - base
+    assert held[16] == held[3] and held[32] == held[17] and held[40] == held[33], held
+    assert held[17] - held[16] == 16 * 1024 and held[33] - held[32] == 16 * 1024, held
+    _call("t", np.zeros((1, 1, 64), np.float32), session="grow", session_end=1)
+
+
 def test_session_eviction():
     """Sessions past --session-ttl, or pushed out by --session-memory-mb (least recently used
     first), answer FAILED_PRECONDITION saying they were evicted and why; the id then starts over."""

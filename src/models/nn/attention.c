@@ -1,9 +1,11 @@
 /*
- * attention.c — see attention.h. Per (batch, head) two products through ss_matmul (scores and
- * att v; a decode step's single query row takes its few-row kernels) around a causal softmax
- * (vectorized exp, nn/vmath.h). Inference goes by blocks of SS_ATTN_QBLOCK queries, each
- * against only the keys it can see (no [T, P+T] matrix; a causal prefill skips the masked
- * half); training keeps every probability for the backward. Backward, per (batch, head):
+ * attention.c — see attention.h. Inference (flash_block): per query block and key tile, scores
+ * = q K_tile^T and acc += p V_tile, through the few-row kernels for a decode step's rows (one
+ * token, or the heads of a kv group at one position: no engine call per tile) and ss_matmul for
+ * a prefill's blocks; the online softmax between them (vectorized exp, nn/vmath.h) keeps a
+ * running max and sum per row and rescales acc when the max grows. Training, per (batch, head):
+ * scores [T, P+T] and att v through ss_matmul around a causal softmax, every probability kept.
+ * Backward, per (batch, head):
  *   dv_g += att^T dout,  datt = dout v_g^T,  ds = scale * att * (datt - rowsum(att * datt)),
  *   dq = ds k_g,  dk_g += ds^T q      (g: the head's kv group; the first head of a group
  *   overwrites dk_g, dv_g, the others add)
@@ -18,12 +20,13 @@
 #include <string.h>
 
 #include "models/nn/matmul.h"
+#include "models/nn/simd.h"
 #include "models/nn/vmath.h"
 
 /* Causal softmax in place of a block of scores s [nq, nk]: row r is the query at absolute
  * position p0 + r, column c the key at absolute position kbeg + c. The query at position i sees
  * keys lo..i (lo = 0, or i-window+1 with a sliding window); the rest of its row is set to 0, so
- * the backward (which walks keys 0..i) needs no window of its own. */
+ * the backward (which walks keys 0..i) needs no window of its own. Training forwards only. */
 static void block_softmax(float *s, int nq, int nk, int kbeg, int p0, float scale, int window,
                           float softcap) {
   for (int r = 0; r < nq; r++) {
@@ -44,6 +47,138 @@ static void block_softmax(float *s, int nq, int nk, int kbeg, int p0, float scal
     for (int j = 0; j < n; j++) sum += row[j];
     inv = 1.0f / sum;
     for (int j = 0; j < n; j++) row[j] *= inv;
+  }
+}
+
+/* s [nk] = q [HS] . K_j for the nk keys of K (row stride HS): four keys per pass over q. */
+SS_CLONES static void row_scores(const float *q, const float *K, int nk, int HS, float *s) {
+  const size_t hs = (size_t)HS, hv = hs / 8 * 8;
+  int j = 0;
+  for (; j + 4 <= nk; j += 4) {
+    const float *k0 = K + (size_t)j * hs, *k1 = k0 + hs, *k2 = k1 + hs, *k3 = k2 + hs;
+    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (size_t c = 0; c < hv; c += 8) {
+      v8 x = ld8(q + c);
+      a0 += x * ld8(k0 + c), a1 += x * ld8(k1 + c), a2 += x * ld8(k2 + c), a3 += x * ld8(k3 + c);
+    }
+    float d0 = hsum(a0), d1 = hsum(a1), d2 = hsum(a2), d3 = hsum(a3);
+    for (size_t c = hv; c < hs; c++)
+      d0 += q[c] * k0[c], d1 += q[c] * k1[c], d2 += q[c] * k2[c], d3 += q[c] * k3[c];
+    s[j] = d0, s[j + 1] = d1, s[j + 2] = d2, s[j + 3] = d3;
+  }
+  for (; j < nk; j++) {
+    const float *kj = K + (size_t)j * hs;
+    v8 a = {0};
+    for (size_t c = 0; c < hv; c += 8) a += ld8(q + c) * ld8(kj + c);
+    float d = hsum(a);
+    for (size_t c = hv; c < hs; c++) d += q[c] * kj[c];
+    s[j] = d;
+  }
+}
+
+/* acc [HS] += sum_j p[j] V_j over the nk values of V (row stride HS): 64 lanes of acc stay in
+ * registers while V streams past. */
+SS_CLONES static void row_acc(const float *p, const float *V, int nk, int HS, float *acc) {
+  const size_t hs = (size_t)HS;
+  size_t c0 = 0;
+  for (; c0 + 64 <= hs; c0 += 64) {
+    v8 r[8];
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; u++) r[u] = ld8(acc + c0 + 8 * (size_t)u);
+    for (int j = 0; j < nk; j++) {
+      const float *vj = V + (size_t)j * hs + c0;
+      v8 pj = splat(p[j]);
+#pragma GCC unroll 8
+      for (int u = 0; u < 8; u++) r[u] += pj * ld8(vj + 8 * u);
+    }
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; u++) st8(acc + c0 + 8 * (size_t)u, r[u]);
+  }
+  for (; c0 + 8 <= hs; c0 += 8) {
+    v8 r = ld8(acc + c0);
+    for (int j = 0; j < nk; j++) r += splat(p[j]) * ld8(V + (size_t)j * hs + c0);
+    st8(acc + c0, r);
+  }
+  for (; c0 < hs; c0++)
+    for (int j = 0; j < nk; j++) acc[c0] += p[j] * V[(size_t)j * hs + c0];
+}
+
+/* C [M, N] (=|+=, beta 0|1) = A [M, K] op(B): one row (a decode step of a head of its own) by
+ * the row kernels above, a few (a kv group's heads) by the few-row kernels, a prefill's blocks
+ * by the engine. No engine call, so no primitive per tile shape, in a decode step. */
+static void tile_mm(ss_mm_trans tb, int M, int N, int K, const float *A, int lda, const float *B,
+                    int ldb, float beta, float *C, int ldc) {
+  if (M == 1 && tb == SS_MM_T && ldb == K)
+    row_scores(A, B, N, K, C);
+  else if (M == 1 && tb == SS_MM_N && ldb == N && beta == 1.0f)
+    row_acc(A, B, K, N, C);
+  else if (M <= SS_SMALL_ROWS)
+    ss__matmul_few_rows(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  else
+    ss_matmul(SS_MM_N, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* A block of query rows of one kv group: row r is q0 + r qs (output o0 + r os), at absolute
+ * position pos0 + r pstep (pstep 1: a prefill's consecutive tokens; 0: a decode step's heads of
+ * one group, all at one position). */
+typedef struct qblock {
+  const float *q0;
+  float *o0;
+  size_t qs, os;
+  int nq, pos0, pstep;
+} qblock;
+
+/* Flash-style attention of one query block against the keys Kg, Vg [.., HS] (row stride HS):
+ * key tiles of SS_ATTN_KTILE from the first row's window start to the last row's position (the
+ * tiles no row sees are never touched), with an online softmax per row: a running max mx and
+ * sum l; a tile whose max exceeds mx rescales the accumulator by exp(mx_old - mx_new).
+ * scratch: ss_attn_scratch floats. */
+static void flash_block(const qblock *qb, const float *Kg, const float *Vg, int HS, float scale,
+                        int window, float softcap, float *scratch) {
+  const int nq = qb->nq, KT = SS_ATTN_KTILE, plast = qb->pos0 + (nq - 1) * qb->pstep;
+  const int kbeg = window > 0 && qb->pos0 + 1 > window ? qb->pos0 + 1 - window : 0;
+  const size_t hs = (size_t)HS;
+  float *S = scratch, *acc = S + (size_t)SS_ATTN_QBLOCK * KT, *mx = acc + SS_ATTN_QBLOCK * hs;
+  float *l = mx + SS_ATTN_QBLOCK;
+  for (int r = 0; r < nq; r++) mx[r] = -INFINITY, l[r] = 0.0f;
+  memset(acc, 0, (size_t)nq * hs * sizeof(float));
+  for (int j0 = kbeg; j0 <= plast; j0 += KT) {
+    const int nk = plast + 1 - j0 < KT ? plast + 1 - j0 : KT;
+    tile_mm(SS_MM_T, nq, nk, HS, qb->q0, (int)qb->qs, Kg + (size_t)j0 * hs, HS, 0.0f, S, KT);
+    for (int r = 0; r < nq; r++) {
+      float *row = S + (size_t)r * KT, m = -INFINITY, sum = 0.0f, alpha;
+      const int i = qb->pos0 + r * qb->pstep,
+                lo = window > 0 && i + 1 > window ? i + 1 - window : 0;
+      const int a = lo > j0 ? lo - j0 : 0, e = i + 1 - j0 < nk ? i + 1 - j0 : nk; /* [a, e) */
+      if (a >= e) { /* this row sees nothing of the tile */
+        memset(row, 0, (size_t)nk * sizeof(float));
+        continue;
+      }
+      for (int j = 0; j < a; j++) row[j] = 0.0f;
+      for (int j = e; j < nk; j++) row[j] = 0.0f;
+      if (softcap > 0.0f) /* Gemma 2: cap * tanh(scores / cap) */
+        for (int j = a; j < e; j++) row[j] = softcap * tanhf(row[j] * scale / softcap);
+      else
+        for (int j = a; j < e; j++) row[j] *= scale;
+      for (int j = a; j < e; j++) m = row[j] > m ? row[j] : m;
+      if (m < mx[r]) m = mx[r];
+      for (int j = a; j < e; j++) row[j] -= m;
+      ss_vexp(row + a, row + a, (size_t)(e - a));
+      for (int j = a; j < e; j++) sum += row[j];
+      alpha = mx[r] == -INFINITY ? 0.0f : expf(mx[r] - m);
+      if (alpha != 1.0f) {
+        float *ar = acc + (size_t)r * hs;
+        for (size_t c = 0; c < hs; c++) ar[c] *= alpha;
+      }
+      l[r] = l[r] * alpha + sum;
+      mx[r] = m;
+    }
+    tile_mm(SS_MM_N, nq, HS, nk, S, KT, Vg + (size_t)j0 * hs, HS, 1.0f, acc, HS);
+  }
+  for (int r = 0; r < nq; r++) {
+    const float inv = 1.0f / l[r], *ar = acc + (size_t)r * hs;
+    float *o = qb->o0 + (size_t)r * qb->os;
+    for (size_t c = 0; c < hs; c++) o[c] = ar[c] * inv;
   }
 }
 
@@ -68,12 +203,13 @@ void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, floa
                               int window, float softcap) {
   const int T = d->T, P = d->P, Tk = P + T, HS = d->HS, grp = d->NH / d->NKV;
   const size_t hs = (size_t)HS, pbytes = (size_t)P * hs * sizeof(float);
+  const size_t hstride = (size_t)ss_attn_cap(d) * hs; /* floats between kv heads of K, V */
   for (int b = 0; b < d->B; b++) {
     const size_t row0 = (size_t)b * (size_t)T;
-    for (int g = 0; g < d->NKV; g++) { /* assemble the window of kv head g */
+    for (int g = 0; g < d->NKV; g++) { /* this call's keys/values (and a copied past) in place */
       size_t bg = (size_t)b * (size_t)d->NKV + (size_t)g;
-      float *Kg = K + bg * (size_t)Tk * hs, *Vg = V + bg * (size_t)Tk * hs;
-      if (P > 0) { /* past data may be unaligned (wire bytes): memcpy only */
+      float *Kg = K + bg * hstride, *Vg = V + bg * hstride;
+      if (P > 0 && past_k != NULL) { /* past data may be unaligned (wire bytes): memcpy only */
         memcpy(Kg, (const char *)past_k + bg * pbytes, pbytes);
         memcpy(Vg, (const char *)past_v + bg * pbytes, pbytes);
       }
@@ -83,10 +219,27 @@ void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, floa
         memcpy(Vg + (size_t)(P + i) * hs, v + src, hs * sizeof(float));
       }
     }
+    if (!att_all && T == 1 && grp > 1) { /* a decode step: a group's heads are one block */
+      for (int g = 0; g < d->NKV; g++) {
+        size_t bg = (size_t)b * (size_t)d->NKV + (size_t)g;
+        for (int h0 = 0; h0 < grp; h0 += SS_ATTN_QBLOCK) {
+          size_t h = (size_t)g * (size_t)grp + (size_t)h0;
+          qblock qb = {q + row0 * (size_t)ldq + h * hs,
+                       out + row0 * (size_t)ldo + h * hs,
+                       hs,
+                       hs,
+                       grp - h0 < SS_ATTN_QBLOCK ? grp - h0 : SS_ATTN_QBLOCK,
+                       P,
+                       0};
+          flash_block(&qb, K + bg * hstride, V + bg * hstride, HS, d->scale, window, softcap, att);
+        }
+      }
+      continue;
+    }
     for (int h = 0; h < d->NH; h++) {
       size_t bh = (size_t)b * (size_t)d->NH + (size_t)h;
       size_t bg = (size_t)b * (size_t)d->NKV + (size_t)(h / grp);
-      const float *Kg = K + bg * (size_t)Tk * hs, *Vg = V + bg * (size_t)Tk * hs;
+      const float *Kg = K + bg * hstride, *Vg = V + bg * hstride;
       const float *qh = q + row0 * (size_t)ldq + (size_t)h * hs;
       float *oh = out + row0 * (size_t)ldo + (size_t)h * hs;
       if (att_all) { /* training: every probability kept for the backward */
@@ -97,17 +250,17 @@ void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, floa
         ss_matmul(SS_MM_N, SS_MM_N, T, HS, Tk, 1.0f, A, Tk, Vg, HS, 0.0f, oh, ldo);
         continue;
       }
-      /* Inference: query blocks of SS_ATTN_QBLOCK rows, each against only the keys its rows
-       * can see (up to its last row; from the first row's window start): no [T, Tk] score
-       * matrix, and a causal prefill computes about half the products. */
+      /* Inference: query blocks x key tiles, online softmax (flash_block): no score row
+       * longer than a tile, and a causal prefill skips the masked tiles. */
       for (int i0 = 0; i0 < T; i0 += SS_ATTN_QBLOCK) {
-        int nq = T - i0 < SS_ATTN_QBLOCK ? T - i0 : SS_ATTN_QBLOCK, p0 = P + i0;
-        int kbeg = window > 0 && p0 + 1 > window ? p0 + 1 - window : 0, nk = p0 + nq - kbeg;
-        ss_matmul(SS_MM_N, SS_MM_T, nq, nk, HS, 1.0f, qh + (size_t)i0 * (size_t)ldq, ldq,
-                  Kg + (size_t)kbeg * hs, HS, 0.0f, att, nk);
-        block_softmax(att, nq, nk, kbeg, p0, d->scale, window, softcap);
-        ss_matmul(SS_MM_N, SS_MM_N, nq, HS, nk, 1.0f, att, nk, Vg + (size_t)kbeg * hs, HS, 0.0f,
-                  oh + (size_t)i0 * (size_t)ldo, ldo);
+        qblock qb = {qh + (size_t)i0 * (size_t)ldq,
+                     oh + (size_t)i0 * (size_t)ldo,
+                     (size_t)ldq,
+                     (size_t)ldo,
+                     T - i0 < SS_ATTN_QBLOCK ? T - i0 : SS_ATTN_QBLOCK,
+                     P + i0,
+                     1};
+        flash_block(&qb, Kg, Vg, HS, d->scale, window, softcap, att);
       }
     }
   }

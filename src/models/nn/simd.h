@@ -1,12 +1,14 @@
 /*
  * simd.h — what the vectorized model kernels share: an 8-float GCC vector type and the
  * target_clones attribute that builds an AVX2+FMA version next to the baseline one (the loader
- * picks per CPU). Used by matmul.c and vmath.c. Thread: n/a (types and macros).
+ * picks per CPU), and the loads, stores, sums and broadcasts of it. Used by matmul.c, vmath.c
+ * and attention.c. Thread: n/a (types and macros).
  */
 #ifndef SS_MODELS_NN_SIMD_H
 #define SS_MODELS_NN_SIMD_H
 
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 /* (not under TSan: its runtime is not ready when the loader runs ifunc resolvers) */
@@ -17,5 +19,21 @@
 
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* Macros, not functions: a vector-typed parameter or return value would change the ABI of the
+ * baseline clone (-Wpsabi). */
+#define ld8(p)                   \
+  ({                             \
+    v8 v_;                       \
+    memcpy(&v_, (p), sizeof v_); \
+    v_;                          \
+  })
+#define st8(p, v)                \
+  do {                           \
+    v8 s_ = (v);                 \
+    memcpy((p), &s_, sizeof s_); \
+  } while (0)
+#define hsum(v) (((v)[0] + (v)[4]) + ((v)[1] + (v)[5])) + (((v)[2] + (v)[6]) + ((v)[3] + (v)[7]))
+#define splat(x) ((v8){0} + (x))
 
 #endif

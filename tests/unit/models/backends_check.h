@@ -63,12 +63,12 @@ static int bc_run(ss_model *m, int E, const float *x, const float *r, float *pre
   }
   if (rc == 0) {
     ss_tensor i2 = tensor3(xs, B, P, E), o2 = tensor3(ys, B, P, E);
-    ss_kv_io kv = {m->n_kv_layers, NULL, 1, pres};
+    ss_kv_io kv = {m->n_kv_layers, NULL, 1, pres, NULL};
     rc = m->ops->forward_kv(m, &i2, &o2, &kv, NULL, err, sizeof err);
   }
   if (rc == 0) {
     ss_tensor i3 = tensor3(x1, B, 1, E), o3 = tensor3(step, B, 1, E);
-    ss_kv_io kv = {m->n_kv_layers, pres, 1, pres2};
+    ss_kv_io kv = {m->n_kv_layers, pres, 1, pres2, NULL};
     rc = m->ops->forward_kv(m, &i3, &o3, &kv, NULL, err, sizeof err);
   }
   if (rc == 0) {

@@ -4,7 +4,8 @@
  * random inputs, forward and backward, and compared: max |cpu - ref| / (1 + |ref|) within a
  * tolerance per op (float rounding of the cpu kernels: oneDNN, the few-row kernels, vectorized
  * exp and GELU). Shapes hit both the few-row kernels (M <= 8) and oneDNN, both weight layouts,
- * strided rows, grouped heads, a KV-cache past, a sliding window and soft-capping. Prints each
+ * strided rows, grouped heads, a KV-cache past (copied, or a session's in place), a sliding
+ * window and soft-capping, short and long (key tiles, query blocks). Prints each
  * op's measured difference. Also: allocation is aligned; ss_backend_find.
  */
 #include <math.h>
@@ -284,10 +285,10 @@ static void test_attention(void) {
           for (int all = 0; all < 2; all++) {
             const int T = Ts[ti], Tk = P + T, ldq = NH * HS, ldkv = NKV * HS;
             const float softcap = cap ? 3.0f : 0.0f;
-            const ss_attn_dims d = {B, T, P, NH, NKV, HS, 0.6f};
+            const ss_attn_dims d = {B, T, P, NH, NKV, HS, 0.6f, 0};
             const size_t nq = (size_t)B * T * ldq, nkv = (size_t)B * T * ldkv;
             const size_t nwin = (size_t)B * NKV * Tk * HS, npast = (size_t)B * NKV * P * HS;
-            const size_t natt = all ? (size_t)B * NH * T * Tk : (size_t)T * Tk;
+            const size_t natt = all ? (size_t)B * NH * T * Tk : ss_attn_scratch(HS);
             float *q = rnd(nq, 1.5f), *k = rnd(nkv, 1.5f), *v = rnd(nkv, 1.0f);
             float *pk = rnd(npast, 1.0f), *pv = rnd(npast, 1.0f);
             float *o1 = rnd(nq, 1.0f), *o2 = rnd(nq, 1.0f), *K1 = rnd(nwin, 1.0f);
@@ -326,6 +327,73 @@ static void test_attention(void) {
           }
 }
 
+/* Long sequences through the inference forward's key tiles (several SS_ATTN_KTILE) and
+ * query blocks: decode steps (T 1; grouped heads as one block, also more heads per group than
+ * a block holds) and prefills with and without a past, sliding windows, soft-capping, and the
+ * in-place cache of a session (cap > P + T, the past already in K, V, past_k NULL: only keys
+ * P .. P+T-1 written, the rest of the buffer untouched). */
+static void test_attention_long(void) {
+  static const struct {
+    int B, T, P, NH, NKV, HS, cap, window;
+    float softcap;
+  } cs[] = {
+      {1, 1, 1100, 14, 2, 64, 0, 0, 0.0f},     /* Qwen2-0.5B heads, decode, client past */
+      {1, 1, 1100, 14, 2, 64, 1300, 0, 0.0f},  /* ... a session's cache in place */
+      {2, 1, 700, 14, 2, 64, 900, 300, 0.0f},  /* window, batch 2 */
+      {1, 1, 900, 8, 4, 32, 1000, 0, 30.0f},   /* softcap */
+      {1, 1, 530, 40, 1, 16, 600, 0, 0.0f},    /* 40 heads per group: two blocks */
+      {1, 1, 1030, 12, 12, 64, 1100, 0, 0.0f}, /* GPT-2 heads */
+      {1, 1, 300, 3, 3, 20, 0, 0, 0.0f},       /* one row per head: 8 lanes + a tail */
+      {1, 1, 600, 2, 2, 72, 700, 50, 10.0f},   /* ... 64 lanes + 8, window, softcap */
+      {1, 520, 0, 4, 2, 32, 0, 0, 0.0f},       /* prefill */
+      {1, 520, 0, 4, 2, 32, 0, 200, 50.0f},    /* prefill, window, softcap */
+      {2, 100, 450, 8, 2, 64, 600, 0, 0.0f},   /* a prefill after a past, in place */
+      {1, 260, 800, 4, 2, 32, 0, 333, 20.0f},  /* ... a client past, window, softcap */
+  };
+  for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+    const int B = cs[c].B, T = cs[c].T, P = cs[c].P, NH = cs[c].NH, NKV = cs[c].NKV;
+    const int HS = cs[c].HS, ldq = NH * HS, ldkv = NKV * HS, inplace = cs[c].cap > 0;
+    const ss_attn_dims d = {B, T, P, NH, NKV, HS, 1.0f / sqrtf((float)HS), cs[c].cap};
+    const size_t nq = (size_t)B * T * ldq, nkv = (size_t)B * T * ldkv;
+    const size_t nwin = (size_t)B * NKV * (size_t)ss_attn_cap(&d) * HS;
+    const size_t npast = (size_t)B * NKV * P * HS;
+    float *q = rnd(nq, 2.0f), *k = rnd(nkv, 2.0f), *v = rnd(nkv, 1.0f);
+    float *pk = rnd(npast, 2.0f), *pv = rnd(npast, 1.0f);
+    float *o1 = rnd(nq, 1.0f), *o2 = rnd(nq, 1.0f), *K1 = rnd(nwin, 1.0f), *V1 = rnd(nwin, 1.0f);
+    float *K2 = dup(K1, nwin), *V2 = dup(V1, nwin), *a1 = rnd(ss_attn_scratch(HS), 1.0f);
+    char what[128];
+    if (inplace) /* the session's past, already in place at head stride cap */
+      for (size_t bg = 0; bg < (size_t)B * NKV; bg++)
+        for (size_t j = 0; j < (size_t)P; j++) {
+          size_t src = (bg * (size_t)P + j) * (size_t)HS, dst = (bg * (size_t)d.cap + j) * HS;
+          memcpy(K1 + dst, pk + src, (size_t)HS * sizeof(float));
+          memcpy(V1 + dst, pv + src, (size_t)HS * sizeof(float));
+          memcpy(K2 + dst, pk + src, (size_t)HS * sizeof(float));
+          memcpy(V2 + dst, pv + src, (size_t)HS * sizeof(float));
+        }
+    float *K0 = dup(K1, nwin);
+    cpu->attention_forward(o1, ldq, a1, 0, K1, V1, q, ldq, k, v, ldkv, inplace ? NULL : pk,
+                           inplace ? NULL : pv, &d, cs[c].window, cs[c].softcap);
+    ref->attention_forward(o2, ldq, NULL, 0, K2, V2, q, ldq, k, v, ldkv, inplace ? NULL : pk,
+                           inplace ? NULL : pv, &d, cs[c].window, cs[c].softcap);
+    snprintf(what, sizeof what, "attn B %d T %d P %d heads %d/%d cap %d win %d softcap %.0f", B, T,
+             P, NH, NKV, d.cap, cs[c].window, (double)cs[c].softcap);
+    cmp(what, o1, o2, nq, 1e-5);
+    cmp(what, K1, K2, nwin, 0.0);
+    cmp(what, V1, V2, nwin, 0.0);
+    if (inplace) { /* keys past P + T: as they were */
+      int same = 1;
+      for (size_t bg = 0; bg < (size_t)B * NKV; bg++)
+        same &= memcmp(K1 + (bg * (size_t)d.cap + (size_t)(P + T)) * HS,
+                       K0 + (bg * (size_t)d.cap + (size_t)(P + T)) * HS,
+                       (size_t)(d.cap - P - T) * HS * sizeof(float)) == 0;
+      CHECK(same);
+    }
+    free(q), free(k), free(v), free(pk), free(pv), free(o1), free(o2), free(K1), free(V1);
+    free(K2), free(V2), free(a1), free(K0);
+  }
+}
+
 int main(void) {
   test_alloc();
   test_matmul();
@@ -335,6 +403,7 @@ int main(void) {
   test_elementwise();
   test_rope();
   test_attention();
+  test_attention_long();
   printf("cpu vs reference: largest difference %.2e\n", worst_all);
   TEST_MAIN_END();
 }

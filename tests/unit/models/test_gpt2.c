@@ -325,7 +325,7 @@ static void test_numerics(void) {
   /* prefill == token by token (batch 2), past from the previous present; also 4 + 5 split */
   {
     ss_kv_layer past[2], present[2], pre_full[2];
-    ss_kv_io kv;
+    ss_kv_io kv = {0};
     float xs[B * E], worst = 0;
     memset(past, 0, sizeof past);
     kv.n_layers = 2;

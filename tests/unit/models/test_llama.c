@@ -153,6 +153,71 @@ static int run(ss_model *m, float *x, float *y, int64_t B, int64_t S, ss_kv_io *
 
 static char wq[128], cq[128], wm[128], cm[128], wg[128], cg[128];
 
+/* A session's cache in place (ss_kv_io.cache) == the prefill y of x [2, 9, E]: a prefill of 3
+ * tokens, then one at a time, alone and as batched steps (forward_kv_batch, one sequence per
+ * batch row) from a cache whose capacity is exactly full (it must grow, keeping its past); a
+ * cancelled step leaves the length as it was. */
+static void check_in_place(ss_model *m, const float *x, const float *y) {
+  enum { B = 2, S = 9, P0 = 3 };
+  const int L = m->n_kv_layers;
+  ss_kv_layer *cache = calloc((size_t)L, sizeof *cache);
+  ss_kv_layer *one[B] = {calloc((size_t)L, sizeof *cache), calloc((size_t)L, sizeof *cache)};
+  float xp[B * P0 * E], out[B * P0 * E], worst = 0;
+  atomic_int cancel = 1;
+  ss_meta cm_ = {NULL, NULL, 0, &cancel};
+  char err[300];
+  for (int b = 0; b < B; b++) memcpy(xp + b * P0 * E, x + b * S * E, P0 * E * sizeof(float));
+  ss_kv_io kv = {L, NULL, 0, NULL, cache};
+  CHECK_EQ_INT(run(m, xp, out, B, P0, &kv), 0);
+  for (int b = 0; b < B; b++)
+    worst = fmaxf(worst, max_abs_diff(out + b * P0 * E, y + b * S * E, P0 * E));
+  CHECK_EQ_INT(ss_kv_len(&cache[L - 1]), P0);
+  CHECK(cache[0].cap >= P0 && cache[0].key.nbytes == (size_t)B * NKV * cache[0].cap * HD * 4);
+  { /* cancelled: nothing kept */
+    ss_tensor in = tensor3(xp, B, 1, E), o = tensor3(out, B, 1, E);
+    CHECK_EQ_INT(m->ops->forward_kv(m, &in, &o, &kv, &cm_, err, sizeof err), SS_ECANCELLED);
+    CHECK_EQ_INT(ss_kv_len(&cache[0]), P0);
+  }
+  for (int t = P0; t < S; t++) { /* batch 2 steps, in place */
+    float st[B * E];
+    for (int b = 0; b < B; b++) memcpy(st + b * E, x + (b * S + t) * E, E * sizeof(float));
+    CHECK_EQ_INT(run(m, st, out, B, 1, &kv), 0);
+    for (int b = 0; b < B; b++)
+      worst = fmaxf(worst, max_abs_diff(out + b * E, y + (b * S + t) * E, E));
+    CHECK_EQ_INT(ss_kv_len(&cache[0]), t + 1);
+  }
+  /* batched steps of two batch-1 sequences: dense caches of exactly P0 keys (cap == len) */
+  for (int b = 0; b < B; b++) {
+    ss_kv_layer *pr = calloc((size_t)L, sizeof *pr);
+    ss_kv_io k1 = {L, NULL, 1, pr, NULL};
+    CHECK_EQ_INT(run(m, (float *)x + b * S * E, out, 1, P0, &k1), 0);
+    for (int l = 0; l < L; l++) one[b][l] = pr[l], one[b][l].cap = P0;
+    free(pr);
+  }
+  for (int t = P0; t < S && m->ops->forward_kv_batch; t++) {
+    ss_tensor in[B], o[B];
+    ss_kv_io kb[B];
+    float st[B * E];
+    for (int b = 0; b < B; b++) {
+      memcpy(st + b * E, x + (b * S + t) * E, E * sizeof(float));
+      in[b] = tensor3(st + b * E, 1, 1, E);
+      o[b] = tensor3(out + b * E, 1, 1, E);
+      kb[b] = (ss_kv_io){L, NULL, 0, NULL, one[b]};
+    }
+    CHECK_EQ_INT(m->ops->forward_kv_batch(m, B, in, o, kb, err, sizeof err), 0);
+    for (int b = 0; b < B; b++) {
+      worst = fmaxf(worst, max_abs_diff(out + b * E, y + (b * S + t) * E, E));
+      CHECK_EQ_INT(ss_kv_len(&one[b][L - 1]), t + 1);
+      CHECK(one[b][0].cap >= t + 1 && one[b][0].cap >= 2 * P0);
+    }
+  }
+  if (worst >= 1e-5f) fprintf(stderr, "in place vs prefill %g\n", (double)worst);
+  CHECK(worst < 1e-5f);
+  free_kv(cache, L);
+  free(cache);
+  for (int b = 0; b < B; b++) free_kv(one[b], L), free(one[b]);
+}
+
 /* prefill of S tokens == one token at a time with the cache; batch 2 == two batch-1 runs. */
 static void check_decode_and_batch(const char *spec) {
   enum { B = 2, S = 9 };
@@ -175,7 +240,7 @@ static void check_decode_and_batch(const char *spec) {
     ss_kv_layer *past = NULL, *present = calloc((size_t)L, sizeof *present);
     float worst = 0;
     for (int t = 0; t < S; t++) {
-      ss_kv_io kv = {L, past, 1, present};
+      ss_kv_io kv = {L, past, 1, present, NULL};
       for (int b = 0; b < B; b++) memcpy(step + b * E, x + (b * S + t) * E, E * sizeof(float));
       if (run(m, step, out, B, 1, &kv) != 0) {
         CHECK(0);
@@ -202,6 +267,7 @@ static void check_decode_and_batch(const char *spec) {
     }
     free(present);
   }
+  check_in_place(m, x, y);
   ss_model_free(m);
 }
 

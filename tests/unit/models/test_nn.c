@@ -203,7 +203,7 @@ static void test_attention_grad_ext(int nkv, int window, float softcap) {
   att_ctx c;
   size_t nq = (size_t)(AB * AT * ANH * AHS), nk = (size_t)(AB * AT * nkv * AHS);
   float *dq, *dk, *dv, *scratch = malloc((size_t)(2 * AT * AT) * sizeof(float));
-  c.d = (ss_attn_dims){AB, AT, 0, ANH, nkv, AHS, 0.577f};
+  c.d = (ss_attn_dims){AB, AT, 0, ANH, nkv, AHS, 0.577f, 0};
   c.window = window, c.softcap = softcap;
   c.q = rnd(nq), c.k = rnd(nk), c.v = rnd(nk), c.out = rnd(nq), c.R = rnd(nq);
   c.att = rnd((size_t)(AB * ANH * AT * AT)), c.K = rnd(nk), c.V = rnd(nk);
@@ -234,9 +234,9 @@ static void test_attention_gqa(void) {
   const int G = 2, T = 6;
   size_t nq = (size_t)(AB * T * ANH * AHS), nk = (size_t)(AB * T * G * AHS);
   float *q = rnd(nq), *k = rnd(nk), *v = rnd(nk), *k4 = rnd(nq), *v4 = rnd(nq);
-  float *o = rnd(nq), *o4 = rnd(nq), *att = rnd((size_t)(T * T));
+  float *o = rnd(nq), *o4 = rnd(nq), *att = rnd(ss_attn_scratch(AHS));
   float *K = rnd(nq), *V = rnd(nq);
-  ss_attn_dims dg = {AB, T, 0, ANH, G, AHS, 0.5f}, dr = {AB, T, 0, ANH, ANH, AHS, 0.5f};
+  ss_attn_dims dg = {AB, T, 0, ANH, G, AHS, 0.5f, 0}, dr = {AB, T, 0, ANH, ANH, AHS, 0.5f, 0};
   for (int r = 0; r < AB * T; r++)
     for (int h = 0; h < ANH; h++)
       for (int j = 0; j < AHS; j++) {
@@ -256,11 +256,12 @@ static void test_attention_past(void) {
   enum { T = 7, P = 5, G = 2, W = (ANH + 2 * G) * AHS };
   size_t nqkv = (size_t)(AB * T * W), no = (size_t)(AB * T * ANH * AHS);
   size_t nkv = (size_t)(AB * G * T * AHS);
-  float *qkv = rnd(nqkv), *o = rnd(no), *att = rnd((size_t)(T * T)), *K = rnd(nkv), *V = rnd(nkv);
+  float *qkv = rnd(nqkv), *o = rnd(no), *att = rnd(ss_attn_scratch(AHS)), *K = rnd(nkv);
+  float *V = rnd(nkv);
   float *qkv2 = rnd(nqkv), *o2 = rnd(no), *Kp = rnd(nkv), *Vp = rnd(nkv), *K2 = rnd(nkv),
         *V2 = rnd(nkv);
-  ss_attn_dims full = {AB, T, 0, ANH, G, AHS, 0.6f}, first = {AB, P, 0, ANH, G, AHS, 0.6f};
-  ss_attn_dims rest = {AB, T - P, P, ANH, G, AHS, 0.6f};
+  ss_attn_dims full = {AB, T, 0, ANH, G, AHS, 0.6f, 0}, first = {AB, P, 0, ANH, G, AHS, 0.6f, 0};
+  ss_attn_dims rest = {AB, T - P, P, ANH, G, AHS, 0.6f, 0};
   int ok = 1;
   const float *qp = qkv, *kp = qkv + ANH * AHS, *vp = kp + G * AHS;
   ss_attention_forward(o, ANH * AHS, att, 0, K, V, qp, W, kp, vp, W, NULL, NULL, &full);

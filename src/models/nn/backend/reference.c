@@ -337,9 +337,9 @@ static int ref_rope_bias_backward(float *db, const float *dk, int B, int T, int 
   return 0;
 }
 
-/* Key j of the window of (b, kv head g): [B, NKV, P+T, HS]. */
+/* Key j of the cache of (b, kv head g): [B, NKV, cap, HS] (attention.h). */
 static float *win(float *K, const ss_attn_dims *d, int b, int g, int j) {
-  size_t Tk = (size_t)(d->P + d->T);
+  size_t Tk = (size_t)ss_attn_cap(d);
   return K + (((size_t)b * (size_t)d->NKV + (size_t)g) * Tk + (size_t)j) * (size_t)d->HS;
 }
 
@@ -359,7 +359,8 @@ static void ref_attention_forward(float *out, int ldo, float *att, int att_all, 
   const size_t hb = (size_t)HS * sizeof(float);
   for (int b = 0; b < d->B; b++)
     for (int g = 0; g < d->NKV; g++) {
-      for (int j = 0; j < P; j++) { /* the past: [B, NKV, P, HS] bytes, maybe unaligned */
+      for (int j = 0; past_k != NULL && j < P; j++) { /* [B, NKV, P, HS] bytes, maybe unaligned;
+                                                       * NULL: already in K, V */
         size_t off = (((size_t)b * (size_t)d->NKV + (size_t)g) * (size_t)P + (size_t)j) * hb;
         memcpy(win(K, d, b, g, j), (const char *)past_k + off, hb);
         memcpy(win(V, d, b, g, j), (const char *)past_v + off, hb);
