@@ -97,7 +97,8 @@ static void test_matmul(void) {
 
 static void test_linear(void) {
   const int BTs[] = {1, 5, 40}, C = 23, OC = 19;
-  ss_compute cc = {SS_MM_F32, NULL, NULL}, rc = {SS_MM_F32, NULL, ref};
+  static int owner; /* f32 weights packed (brgemm CPUs), dropped before they are freed */
+  ss_compute cc = {SS_MM_F32, &owner, NULL}, rc = {SS_MM_F32, NULL, ref};
   for (int ib = 0; ib < 3; ib++)
     for (int lay = 0; lay < 2; lay++)
       for (int acc = 0; acc < 2; acc++) {
@@ -126,6 +127,7 @@ static void test_linear(void) {
         ref->matmul_w(&rc, lay ? SS_MM_N : SS_MM_T, BT, OC, C, x, C, W, lay ? OC : C, 0.0f, y2, OC);
         snprintf(what, sizeof what, "matmul_w BT %d tb %c", BT, lay ? 'N' : 'T');
         cmp(what, y1, y2, ny, 1e-5);
+        ss_matmul_weights_drop(&owner);
         free(x), free(W), free(b), free(y1), free(y2), free(dy), free(dx1), free(dx2);
         free(dW1), free(dW2), free(db1), free(db2);
       }
