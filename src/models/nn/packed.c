@@ -43,8 +43,16 @@
 #include "models/nn/matmul.h"
 #include "models/nn/matmul_int.h"
 #include "models/nn/silu.h"
+#include "models/nn/simd.h"
 
 #define SS_Q8_ROWS 16 /* int8 products of at most this many rows read the int8 weight directly */
+#define SS_PANEL 16   /* f32 panels (CPUs without brgemm): columns per panel */
+/* Without brgemm, f32 products of B as stored with 5..16 rows run the panel kernel: there it beat
+ * OpenBLAS (which packs B per call) and the few-row kernel 1.4-1.8x (768x2304, weights cold, one
+ * thread); at 1..4 rows oneDNN's gemv and the few-row kernel stay faster, and with B^T the
+ * few-row kernel ties it (bench/results/2026-12-05-prepack-fuse.md). */
+#define SS_PANEL_MIN_ROWS 5
+#define SS_PANEL_ROWS 16
 
 typedef struct packed_w {
   struct packed_w *next;
@@ -52,6 +60,7 @@ typedef struct packed_w {
   const float *w;
   int tb, K, N, ldw;
   ss_mm_dtype dt;
+  int panels;            /* f32 without brgemm: data is column panels [N/16][K][16] */
   dnnl_memory_desc_t md; /* f32, bf16: the packed layout */
   void *data;            /* f32, bf16: as md; int8: q [N][K] */
   float *scale;          /* int8: [N] */
@@ -125,6 +134,23 @@ static inline float wat(const float *W, int tb, size_t ldw, size_t k, size_t j) 
   return tb ? W[j * ldw + k] : W[k * ldw + j];
 }
 
+/* f32 column panels for the few-row kernel below: panel p holds columns 16p..16p+15 of B as
+ * [K][16] (the last one zero-padded), so a product streams each panel once, in order. */
+static int pack_panels(packed_w *e, const float *W) {
+  size_t K = (size_t)e->K, N = (size_t)e->N, np = (N + SS_PANEL - 1) / SS_PANEL;
+  float *d = NULL;
+  if (posix_memalign((void **)&d, 64, np * SS_PANEL * K * sizeof *d) != 0) return -1;
+  for (size_t p = 0; p < np; p++)
+    for (size_t k = 0; k < K; k++)
+      for (size_t c = 0; c < SS_PANEL; c++) {
+        size_t j = p * SS_PANEL + c;
+        d[(p * K + k) * SS_PANEL + c] = j < N ? wat(W, e->tb, (size_t)e->ldw, k, j) : 0.0f;
+      }
+  e->data = d, e->panels = 1;
+  e->bytes = np * SS_PANEL * K * sizeof *d;
+  return 0;
+}
+
 static int pack_int8(packed_w *e, const float *W) {
   size_t K = (size_t)e->K, N = (size_t)e->N, ldw = (size_t)e->ldw;
   int8_t *q = malloc(N * K);
@@ -158,6 +184,8 @@ static packed_w *pack_make(ss_mm_dtype dt, const void *owner, const float *W, in
   int rc = -1;
   if (dt == SS_MM_INT8) {
     rc = pack_int8(e, W);
+  } else if (dt == SS_MM_F32 && !ss__mm_has_brgemm()) {
+    rc = pack_panels(e, W);
   } else if (ss__mm_packed_layout(dt, K, N, &e->md) == 0) { /* f32, bf16 */
     e->bytes = dnnl_memory_desc_get_size(&e->md);
     if (posix_memalign(&e->data, 64, e->bytes) == 0)
@@ -398,6 +426,70 @@ static const float *q8_dequant(const packed_w *e) {
   return d;
 }
 
+/* ------------------------------------------------------------------ f32 panel products */
+
+/* out [r][16] = r rows of A (a[0..r-1], K long) x one [K][16] panel: 16 columns in two vectors
+ * per row, each panel row loaded once for every row (r 1..4). */
+SS_CLONES static void panel_dot(const float *const a[4], int r, const float *P, size_t K,
+                                float out[4][SS_PANEL]) {
+  v8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+  const float *a0 = a[0], *a1 = a[r > 1 ? 1 : 0], *a2 = a[r > 2 ? 2 : 0], *a3 = a[r > 3 ? 3 : 0];
+  if (r == 1) { /* four chains of FMAs, not two: latency, not bandwidth, bound one row */
+    size_t k = 0;
+    for (; k + 2 <= K; k += 2) {
+      v8 x = splat(a0[k]), y = splat(a0[k + 1]);
+      const float *q = P + k * SS_PANEL;
+      c00 += x * ld8(q), c01 += x * ld8(q + 8);
+      c10 += y * ld8(q + SS_PANEL), c11 += y * ld8(q + SS_PANEL + 8);
+    }
+    for (; k < K; k++) {
+      v8 x = splat(a0[k]);
+      c00 += x * ld8(P + k * SS_PANEL), c01 += x * ld8(P + k * SS_PANEL + 8);
+    }
+    c00 += c10, c01 += c11;
+  } else {
+    for (size_t k = 0; k < K; k++) {
+      v8 p0 = ld8(P + k * SS_PANEL), p1 = ld8(P + k * SS_PANEL + 8);
+      v8 x0 = splat(a0[k]), x1 = splat(a1[k]), x2 = splat(a2[k]), x3 = splat(a3[k]);
+      c00 += x0 * p0, c01 += x0 * p1, c10 += x1 * p0, c11 += x1 * p1;
+      c20 += x2 * p0, c21 += x2 * p1, c30 += x3 * p0, c31 += x3 * p1;
+    }
+  }
+  st8(out[0], c00);
+  st8(out[0] + 8, c01);
+  st8(out[1], c10);
+  st8(out[1] + 8, c11);
+  st8(out[2], c20);
+  st8(out[2] + 8, c21);
+  st8(out[3], c30);
+  st8(out[3] + 8, c31);
+}
+
+/* C [M, N] (=|+=) A [M, K] B from the panels: every panel against each group of 4 rows while it
+ * is in L1/L2, so the weight streams from memory once, sequentially, whatever the row count.
+ * Panels split over the worker's OpenMP team. */
+static void panel_rows(const packed_w *e, int M, const float *A, int lda, float beta, float *C,
+                       int ldc) {
+  size_t K = (size_t)e->K, N = (size_t)e->N;
+  long np = (long)((N + SS_PANEL - 1) / SS_PANEL);
+  const float *d = e->data;
+#pragma omp parallel for schedule(static) if (np > 8 && N * K >= (1u << 18))
+  for (long p = 0; p < np; p++) {
+    size_t j0 = (size_t)p * SS_PANEL, nc = N - j0 < SS_PANEL ? N - j0 : SS_PANEL;
+    for (int r0 = 0; r0 < M; r0 += 4) {
+      int r = M - r0 < 4 ? M - r0 : 4;
+      const float *a[4];
+      float out[4][SS_PANEL];
+      for (int k = 0; k < 4; k++) a[k] = A + (size_t)(r0 + (k < r ? k : 0)) * (size_t)lda;
+      panel_dot(a, r, d + (size_t)p * K * SS_PANEL, K, out);
+      for (int k = 0; k < r; k++) {
+        float *c = C + (size_t)(r0 + k) * (size_t)ldc + j0;
+        for (size_t j = 0; j < nc; j++) c[j] = beta != 0.0f ? c[j] + out[k][j] : out[k][j];
+      }
+    }
+  }
+}
+
 /* The epilogue as separate passes over C's rows (the products that run unfused). */
 static void ep_apply(const ss_mm_epilogue *ep, int M, int N, float *C, int ldc) {
   for (size_t r = 0; r < (size_t)M; r++) {
@@ -421,9 +513,16 @@ void ss_matmul_w_ep(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, c
   packed_w *e;
   if (ep && !ep->bias && ep->act == SS_ACT_NONE && !ep->mul) ep = NULL;
   if (cc && M > 0 && N > 0 && K > 0 && (beta == 0.0f || beta == 1.0f) &&
-      (cc->dtype != SS_MM_F32 || (cc->owner != NULL && ss__mm_has_brgemm())) &&
+      (cc->dtype != SS_MM_F32 ||
+       (cc->owner != NULL && (ss__mm_has_brgemm() ||
+                              (tb == SS_MM_N && M >= SS_PANEL_MIN_ROWS && M <= SS_PANEL_ROWS)))) &&
       (e = pack_get(cc->dtype, cc->owner, W, tb == SS_MM_T, K, N, ldw)) != NULL) {
-    if (e->dt != SS_MM_INT8) {
+    if (e->panels) {
+      if (M >= SS_PANEL_MIN_ROWS && M <= SS_PANEL_ROWS && !ep) {
+        panel_rows(e, M, A, lda, beta, C, ldc);
+        return;
+      }
+    } else if (e->dt != SS_MM_INT8) {
       if (ss__mm_packed(e->dt, M, N, K, A, lda, &e->md, e->data, beta, C, ldc, ep) == 0) return;
     } else if (!ep && M <= SS_Q8_ROWS) {
       q8_few_rows(e, M, A, lda, beta, C, ldc);
