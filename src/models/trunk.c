@@ -591,6 +591,10 @@ int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *
   *t->cc = (ss_compute){(ss_mm_dtype)m->compute, m, m->backend};
   t->prm->cc = t->cc;
   t->lora->cc = t->cc;
+  const void *map;
+  size_t map_len;
+  ss_st_mapping(weights, &map, &map_len); /* f32 views: their pages go once packed */
+  ss_matmul_weights_source(m, map, map_len);
   m->impl = t;
   m->ops = &ss_trunk_ops;
   m->kind = desc->arch->kind;

@@ -83,6 +83,11 @@ void ss_matmul_w_ep(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, c
                     float *C, int ldc);
 /* W's values changed or W is freed: its packed copies go (made again on next use). */
 void ss_matmul_weight_changed(const float *W);
+/* owner's weights that lie in [base, base + len) are views of a read-only file mapping: once a
+ * weight's packed copy serves all its products, its pages are given back to the page cache
+ * (MADV_PAGEOUT), so RSS counts the packed copy, not both (read again from the file if a
+ * backward needs them). Forgotten at ss_matmul_weights_drop(owner). */
+void ss_matmul_weights_source(const void *owner, const void *base, size_t len);
 /* Every packed copy of owner goes (a model being freed). */
 void ss_matmul_weights_drop(const void *owner);
 /* Bytes of packed weight copies held (resident; GetServiceInfo). */

@@ -38,6 +38,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "models/nn/gelu.h"
 #include "models/nn/matmul.h"
@@ -68,6 +70,7 @@ typedef struct packed_w {
 } packed_w;
 
 #define SS_PACK_BUCKETS 256
+#define SS_PACK_SOURCES 64 /* models whose weights are views of a read-only file mapping */
 
 static struct {
   pthread_rwlock_t lk;
@@ -75,6 +78,10 @@ static struct {
   size_t bytes, count;
   pthread_once_t once;
   pthread_key_t deq_key; /* -> deq_buf */
+  struct {
+    const void *owner;
+    uintptr_t lo, hi;
+  } src[SS_PACK_SOURCES]; /* owner NULL: free */
 } pk = {.lk = PTHREAD_RWLOCK_INITIALIZER, .once = PTHREAD_ONCE_INIT};
 
 typedef struct deq_buf {
@@ -198,6 +205,39 @@ static packed_w *pack_make(ss_mm_dtype dt, const void *owner, const float *W, in
   return e;
 }
 
+/* A new copy that serves every product of its weight (not f32 panels: they serve 5..16 rows):
+ * when the weight lies in its owner's read-only file mapping, its pages go back to the page cache
+ * (MADV_PAGEOUT; read again from the file only if something reads the f32 weight: a backward, a
+ * refused product), so RSS holds the packed copy and not both. Under pk.lk. */
+static void give_back_source(const packed_w *e) {
+#ifdef MADV_PAGEOUT
+  if (e->panels) return;
+  uintptr_t w = (uintptr_t)e->w, pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+  size_t n = e->tb ? (size_t)(e->N - 1) * (size_t)e->ldw + (size_t)e->K
+                   : (size_t)(e->K - 1) * (size_t)e->ldw + (size_t)e->N;
+  uintptr_t lo = (w + pg - 1) & ~(pg - 1), hi = (w + n * sizeof(float)) & ~(pg - 1);
+  for (int i = 0; i < SS_PACK_SOURCES; i++)
+    if (pk.src[i].owner == e->owner && w >= pk.src[i].lo && w + n * sizeof(float) <= pk.src[i].hi) {
+      if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_PAGEOUT); /* a hint: failure is fine */
+      return;
+    }
+#else
+  (void)e;
+#endif
+}
+
+void ss_matmul_weights_source(const void *owner, const void *base, size_t len) {
+  if (!owner || !base || len == 0) return;
+  pthread_rwlock_wrlock(&pk.lk);
+  for (int i = 0; i < SS_PACK_SOURCES; i++)
+    if (pk.src[i].owner == NULL) {
+      pk.src[i].owner = owner;
+      pk.src[i].lo = (uintptr_t)base, pk.src[i].hi = (uintptr_t)base + len;
+      break;
+    }
+  pthread_rwlock_unlock(&pk.lk);
+}
+
 static packed_w *pack_get(ss_mm_dtype dt, const void *owner, const float *W, int tb, int K, int N,
                           int ldw) {
   pthread_rwlock_rdlock(&pk.lk);
@@ -214,6 +254,7 @@ static packed_w *pack_get(ss_mm_dtype dt, const void *owner, const float *W, int
     pk.bytes += made->bytes;
     pk.count++;
     e = made, made = NULL;
+    give_back_source(e);
   }
   pthread_rwlock_unlock(&pk.lk);
   pack_free(made);
@@ -243,7 +284,12 @@ static void pack_drop(const void *owner, const float *w) {
 void ss_matmul_weight_changed(const float *W) { pack_drop(NULL, W); }
 
 void ss_matmul_weights_drop(const void *owner) {
-  if (owner) pack_drop(owner, NULL);
+  if (!owner) return;
+  pack_drop(owner, NULL);
+  pthread_rwlock_wrlock(&pk.lk);
+  for (int i = 0; i < SS_PACK_SOURCES; i++)
+    if (pk.src[i].owner == owner) pk.src[i].owner = NULL;
+  pthread_rwlock_unlock(&pk.lk);
 }
 
 size_t ss_matmul_packed_bytes(void) {
