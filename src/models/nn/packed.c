@@ -538,6 +538,10 @@ static void panel_rows(const packed_w *e, int M, const float *A, int lda, float 
 
 /* The epilogue as separate passes over C's rows (the products that run unfused). */
 static void ep_apply(const ss_mm_epilogue *ep, int M, int N, float *C, int ldc) {
+  if (ldc == N && (!ep->mul || ep->ldm == N)) { /* contiguous: one pass over all rows */
+    int all = M * N;
+    M = 1, N = all, ldc = all;
+  }
   for (size_t r = 0; r < (size_t)M; r++) {
     float *c = C + r * (size_t)ldc;
     if (ep->act == SS_ACT_GELU_TANH)
