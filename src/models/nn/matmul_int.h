@@ -1,8 +1,7 @@
 /*
  * matmul_int.h — the engine's internals for nn/packed.c (packed model weights): f32 and bf16
  * products on oneDNN against a weight already reordered into the kernel's layout, with fused
- * epilogues. Only matmul.c and
- * packed.c include it.
+ * epilogues. Only matmul.c and packed.c include it.
  *
  * Thread: any worker; each call runs on the calling thread's stream, scratchpad and buffers.
  */

@@ -3,11 +3,12 @@
  * compute=f32|bf16|int8; see matmul.h ss_matmul_w), made once per weight and reused by every
  * product, and the products' fused epilogues (ss_matmul_w_ep):
  *
- *   f32   oneDNN's brgemm layout (format_tag any), on CPUs with brgemm (AVX-512 and up) only:
+ *   f32   oneDNN's brgemm layout (format_tag any), on CPUs with brgemm (AVX-512 and up):
  *         brgemm otherwise copies B into its blocks on every call (2.6x on GPT-2's c_fc), and
- *         the packed copy also beat the few-row kernels at 1..8 rows. It is a second f32 copy
- *         of every weight: RSS grows by the model's f32 weight bytes (packed_weight_bytes).
- *         Elsewhere (AVX2: oneDNN gemm:jit / OpenBLAS) f32 reads the weight as stored.
+ *         the packed copy also beat the few-row kernels and gemv at 1..8 rows. Without brgemm
+ *         (AVX2: oneDNN gemm:jit / OpenBLAS) [K][16] column panels for the 5..16-row products
+ *         of B as stored, which OpenBLAS packed per call (panel_rows); other products read the
+ *         weight as stored. A second f32 copy of the weight (packed_weight_bytes; see RSS).
  *   bf16  oneDNN's brgemm layout (format_tag any: blocked, the same for every M), converted by a
  *         oneDNN reorder; products on oneDNN with A converted per call, f32 accumulation
  *         (matmul_int.h). Needs avx512_bf16 or AMX (the registry refuses it elsewhere).
@@ -15,8 +16,8 @@
  *         channel (max |w| / 127, round to nearest); activations stay f32. A few rows (decode
  *         steps, small batches: M <= SS_Q8_ROWS) run a kernel that reads the int8 rows straight
  *         (a quarter of f32's bytes; AVX2+FMA intrinsics, plain loops elsewhere); more rows
- * dequantize the weight into the thread's f32 buffer and run the f32 engine (prefill is compute
- *         bound: the 4x fewer bytes buy nothing there).
+ *         dequantize the weight into the thread's f32 buffer and run the f32 engine (prefill is
+ *         compute bound: the 4x fewer bytes buy nothing there).
  *
  * The table: keyed by owner (the model), weight address and how products read it (tb, K, N,
  * ldw); made on first use under nobody's lock (a racing thread's copy is dropped), read under a
@@ -24,6 +25,11 @@
  * changes (ss_matmul_weight_changed: the optimizer step, under the model's write lock, so no
  * product of that model runs) or its owner is freed; a product holds no lock while it runs, which
  * is safe for the same reason.
+ *
+ * RSS. A trunk's f32 weights are views of its read-only checkpoint mapping (registered with
+ * ss_matmul_weights_source); once a weight's copy serves every product (brgemm f32, bf16, int8;
+ * not the AVX2 panels, which serve 5..16 rows only) its pages go back to the page cache
+ * (MADV_PAGEOUT), so RSS counts one copy per weight, not two.
  *
  * Epilogues (bias, GELU/SiLU, a multiplier: matmul.h ss_mm_epilogue) run as oneDNN bias and
  * post-ops on the f32 and bf16 packed products; elsewhere (int8, unpacked f32) as passes over C
