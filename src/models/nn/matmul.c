@@ -57,7 +57,21 @@
 
 #define SS_BLAS_MIN_ROWS 16
 
+/* Macros, not functions: a vector-typed parameter or return value would change the ABI of the
+ * baseline clone (-Wpsabi). */
+#define ld8(p)                   \
+  ({                             \
+    v8 v_;                       \
+    memcpy(&v_, (p), sizeof v_); \
+    v_;                          \
+  })
+#define st8(p, v)                \
+  do {                           \
+    v8 s_ = (v);                 \
+    memcpy((p), &s_, sizeof s_); \
+  } while (0)
 #define hsum(v) (((v)[0] + (v)[4]) + ((v)[1] + (v)[5])) + (((v)[2] + (v)[6]) + ((v)[3] + (v)[7]))
+#define splat(x) ((v8){0} + (x))
 
 /* Dot products of up to 4 X rows with 2 W rows, register-blocked: each W chunk is loaded once
  * and used 4 times. r: rows in this block (1..4); w1 may be NULL (odd out). */

@@ -6,9 +6,10 @@
  *   f32   oneDNN's brgemm layout (format_tag any), on CPUs with brgemm (AVX-512 and up):
  *         brgemm otherwise copies B into its blocks on every call (2.6x on GPT-2's c_fc), and
  *         the packed copy also beat the few-row kernels and gemv at 1..8 rows. Without brgemm
- *         (AVX2: oneDNN gemm:jit / OpenBLAS) [K][16] column panels for the 5..16-row products
- *         of B as stored, which OpenBLAS packed per call (panel_rows); other products read the
- *         weight as stored. A second f32 copy of the weight (packed_weight_bytes; see RSS).
+ *         (AVX2: oneDNN gemm:jit / OpenBLAS) f32 reads the weight as stored: [K][16] column
+ *         panels for the 5..16-row products that OpenBLAS packs per call won 1.6-1.75x in
+ *         mm_probe but lost 1.2x on a GPT-2 trunk's batched decode, so they were dropped
+ *         (bench/results/2026-12-05-prepack-fuse.md). A second f32 copy (see RSS).
  *   bf16  oneDNN's brgemm layout (format_tag any: blocked, the same for every M), converted by a
  *         oneDNN reorder; products on oneDNN with A converted per call, f32 accumulation
  *         (matmul_int.h). Needs avx512_bf16 or AMX (the registry refuses it elsewhere).
@@ -27,9 +28,8 @@
  * is safe for the same reason.
  *
  * RSS. A trunk's f32 weights are views of its read-only checkpoint mapping (registered with
- * ss_matmul_weights_source); once a weight's copy serves every product (brgemm f32, bf16, int8;
- * not the AVX2 panels, which serve 5..16 rows only) its pages go back to the page cache
- * (MADV_PAGEOUT), so RSS counts one copy per weight, not two.
+ * ss_matmul_weights_source); once a weight's copy serves every product (brgemm f32, bf16, int8)
+ * its pages go back to the page cache (MADV_PAGEOUT), so RSS counts one copy per weight, not two.
  *
  * Epilogues (bias, GELU/SiLU, a multiplier: matmul.h ss_mm_epilogue) run as oneDNN bias and
  * post-ops on the f32 and bf16 packed products; elsewhere (int8, unpacked f32) as passes over C
@@ -51,16 +51,8 @@
 #include "models/nn/matmul.h"
 #include "models/nn/matmul_int.h"
 #include "models/nn/silu.h"
-#include "models/nn/simd.h"
 
 #define SS_Q8_ROWS 16 /* int8 products of at most this many rows read the int8 weight directly */
-#define SS_PANEL 16   /* f32 panels (CPUs without brgemm): columns per panel */
-/* Without brgemm, f32 products of B as stored with 5..16 rows run the panel kernel: there it beat
- * OpenBLAS (which packs B per call) and the few-row kernel 1.4-1.8x (768x2304, weights cold, one
- * thread); at 1..4 rows oneDNN's gemv and the few-row kernel stay faster, and with B^T the
- * few-row kernel ties it (bench/results/2026-12-05-prepack-fuse.md). */
-#define SS_PANEL_MIN_ROWS 5
-#define SS_PANEL_ROWS 16
 
 typedef struct packed_w {
   struct packed_w *next;
@@ -68,7 +60,6 @@ typedef struct packed_w {
   const float *w;
   int tb, K, N, ldw;
   ss_mm_dtype dt;
-  int panels;            /* f32 without brgemm: data is column panels [N/16][K][16] */
   dnnl_memory_desc_t md; /* f32, bf16: the packed layout */
   void *data;            /* f32, bf16: as md; int8: q [N][K] */
   float *scale;          /* int8: [N] */
@@ -147,23 +138,6 @@ static inline float wat(const float *W, int tb, size_t ldw, size_t k, size_t j) 
   return tb ? W[j * ldw + k] : W[k * ldw + j];
 }
 
-/* f32 column panels for the few-row kernel below: panel p holds columns 16p..16p+15 of B as
- * [K][16] (the last one zero-padded), so a product streams each panel once, in order. */
-static int pack_panels(packed_w *e, const float *W) {
-  size_t K = (size_t)e->K, N = (size_t)e->N, np = (N + SS_PANEL - 1) / SS_PANEL;
-  float *d = NULL;
-  if (posix_memalign((void **)&d, 64, np * SS_PANEL * K * sizeof *d) != 0) return -1;
-  for (size_t p = 0; p < np; p++)
-    for (size_t k = 0; k < K; k++)
-      for (size_t c = 0; c < SS_PANEL; c++) {
-        size_t j = p * SS_PANEL + c;
-        d[(p * K + k) * SS_PANEL + c] = j < N ? wat(W, e->tb, (size_t)e->ldw, k, j) : 0.0f;
-      }
-  e->data = d, e->panels = 1;
-  e->bytes = np * SS_PANEL * K * sizeof *d;
-  return 0;
-}
-
 static int pack_int8(packed_w *e, const float *W) {
   size_t K = (size_t)e->K, N = (size_t)e->N, ldw = (size_t)e->ldw;
   int8_t *q = malloc(N * K);
@@ -197,8 +171,6 @@ static packed_w *pack_make(ss_mm_dtype dt, const void *owner, const float *W, in
   int rc = -1;
   if (dt == SS_MM_INT8) {
     rc = pack_int8(e, W);
-  } else if (dt == SS_MM_F32 && !ss__mm_has_brgemm()) {
-    rc = pack_panels(e, W);
   } else if (ss__mm_packed_layout(dt, K, N, &e->md) == 0) { /* f32, bf16 */
     e->bytes = dnnl_memory_desc_get_size(&e->md);
     if (posix_memalign(&e->data, 64, e->bytes) == 0)
@@ -211,13 +183,12 @@ static packed_w *pack_make(ss_mm_dtype dt, const void *owner, const float *W, in
   return e;
 }
 
-/* A new copy that serves every product of its weight (not f32 panels: they serve 5..16 rows):
- * when the weight lies in its owner's read-only file mapping, its pages go back to the page cache
- * (MADV_PAGEOUT; read again from the file only if something reads the f32 weight: a backward, a
- * refused product), so RSS holds the packed copy and not both. Under pk.lk. */
+/* A new copy (it serves every product of its weight): when the weight lies in its owner's read-only
+ * file mapping, its pages go back to the page cache (MADV_PAGEOUT; read again from the file only if
+ * something reads the f32 weight: a backward, a refused product), so RSS holds the packed copy and
+ * not both. Under pk.lk. */
 static void give_back_source(const packed_w *e) {
 #ifdef MADV_PAGEOUT
-  if (e->panels) return;
   uintptr_t w = (uintptr_t)e->w, pg = (uintptr_t)sysconf(_SC_PAGESIZE);
   size_t n = e->tb ? (size_t)(e->N - 1) * (size_t)e->ldw + (size_t)e->K
                    : (size_t)(e->K - 1) * (size_t)e->ldw + (size_t)e->N;
@@ -478,70 +449,6 @@ static const float *q8_dequant(const packed_w *e) {
   return d;
 }
 
-/* ------------------------------------------------------------------ f32 panel products */
-
-/* out [r][16] = r rows of A (a[0..r-1], K long) x one [K][16] panel: 16 columns in two vectors
- * per row, each panel row loaded once for every row (r 1..4). */
-SS_CLONES static void panel_dot(const float *const a[4], int r, const float *P, size_t K,
-                                float out[4][SS_PANEL]) {
-  v8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
-  const float *a0 = a[0], *a1 = a[r > 1 ? 1 : 0], *a2 = a[r > 2 ? 2 : 0], *a3 = a[r > 3 ? 3 : 0];
-  if (r == 1) { /* four chains of FMAs, not two: latency, not bandwidth, bound one row */
-    size_t k = 0;
-    for (; k + 2 <= K; k += 2) {
-      v8 x = splat(a0[k]), y = splat(a0[k + 1]);
-      const float *q = P + k * SS_PANEL;
-      c00 += x * ld8(q), c01 += x * ld8(q + 8);
-      c10 += y * ld8(q + SS_PANEL), c11 += y * ld8(q + SS_PANEL + 8);
-    }
-    for (; k < K; k++) {
-      v8 x = splat(a0[k]);
-      c00 += x * ld8(P + k * SS_PANEL), c01 += x * ld8(P + k * SS_PANEL + 8);
-    }
-    c00 += c10, c01 += c11;
-  } else {
-    for (size_t k = 0; k < K; k++) {
-      v8 p0 = ld8(P + k * SS_PANEL), p1 = ld8(P + k * SS_PANEL + 8);
-      v8 x0 = splat(a0[k]), x1 = splat(a1[k]), x2 = splat(a2[k]), x3 = splat(a3[k]);
-      c00 += x0 * p0, c01 += x0 * p1, c10 += x1 * p0, c11 += x1 * p1;
-      c20 += x2 * p0, c21 += x2 * p1, c30 += x3 * p0, c31 += x3 * p1;
-    }
-  }
-  st8(out[0], c00);
-  st8(out[0] + 8, c01);
-  st8(out[1], c10);
-  st8(out[1] + 8, c11);
-  st8(out[2], c20);
-  st8(out[2] + 8, c21);
-  st8(out[3], c30);
-  st8(out[3] + 8, c31);
-}
-
-/* C [M, N] (=|+=) A [M, K] B from the panels: every panel against each group of 4 rows while it
- * is in L1/L2, so the weight streams from memory once, sequentially, whatever the row count.
- * Panels split over the worker's OpenMP team. */
-static void panel_rows(const packed_w *e, int M, const float *A, int lda, float beta, float *C,
-                       int ldc) {
-  size_t K = (size_t)e->K, N = (size_t)e->N;
-  long np = (long)((N + SS_PANEL - 1) / SS_PANEL);
-  const float *d = e->data;
-#pragma omp parallel for schedule(static) if (np > 8 && N * K >= (1u << 18))
-  for (long p = 0; p < np; p++) {
-    size_t j0 = (size_t)p * SS_PANEL, nc = N - j0 < SS_PANEL ? N - j0 : SS_PANEL;
-    for (int r0 = 0; r0 < M; r0 += 4) {
-      int r = M - r0 < 4 ? M - r0 : 4;
-      const float *a[4];
-      float out[4][SS_PANEL];
-      for (int k = 0; k < 4; k++) a[k] = A + (size_t)(r0 + (k < r ? k : 0)) * (size_t)lda;
-      panel_dot(a, r, d + (size_t)p * K * SS_PANEL, K, out);
-      for (int k = 0; k < r; k++) {
-        float *c = C + (size_t)(r0 + k) * (size_t)ldc + j0;
-        for (size_t j = 0; j < nc; j++) c[j] = beta != 0.0f ? c[j] + out[k][j] : out[k][j];
-      }
-    }
-  }
-}
-
 /* The epilogue as separate passes over C's rows (the products that run unfused). */
 static void ep_apply(const ss_mm_epilogue *ep, int M, int N, float *C, int ldc) {
   if (ldc == N && (!ep->mul || ep->ldm == N)) { /* contiguous: one pass over all rows */
@@ -569,16 +476,9 @@ void ss_matmul_w_ep(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, c
   packed_w *e;
   if (ep && !ep->bias && ep->act == SS_ACT_NONE && !ep->mul) ep = NULL;
   if (cc && M > 0 && N > 0 && K > 0 && (beta == 0.0f || beta == 1.0f) &&
-      (cc->dtype != SS_MM_F32 ||
-       (cc->owner != NULL && (ss__mm_has_brgemm() ||
-                              (tb == SS_MM_N && M >= SS_PANEL_MIN_ROWS && M <= SS_PANEL_ROWS)))) &&
+      (cc->dtype != SS_MM_F32 || (cc->owner != NULL && ss__mm_has_brgemm())) &&
       (e = pack_get(cc->dtype, cc->owner, W, tb == SS_MM_T, K, N, ldw)) != NULL) {
-    if (e->panels) {
-      if (M >= SS_PANEL_MIN_ROWS && M <= SS_PANEL_ROWS && !ep) {
-        panel_rows(e, M, A, lda, beta, C, ldc);
-        return;
-      }
-    } else if (e->dt != SS_MM_INT8) {
+    if (e->dt != SS_MM_INT8) {
       if (ss__mm_packed(e->dt, M, N, K, A, lda, &e->md, e->data, beta, C, ldc, ep) == 0) return;
     } else if (!ep && M <= SS_Q8_ROWS) {
       q8_few_rows(e, M, A, lda, beta, C, ldc);

@@ -45,7 +45,7 @@ static const problem problems[] = {
     {SS_MM_N, SS_MM_T, 4, 1024, 768, 1.0f, 0.0f, 0},   /* a decode batch (few-row kernels) */
     {SS_MM_N, SS_MM_N, 1, 768, 768, 1.0f, 0.0f, 0},    /* one decode token (oneDNN gemv) */
     {SS_MM_N, SS_MM_N, 128, 768, 512, 1.0f, 1.0f, 1},  /* packed weight, residual add */
-    {SS_MM_N, SS_MM_N, 6, 1024, 768, 1.0f, 1.0f, 1},   /* packed (AVX2: panels), decode rows */
+    {SS_MM_N, SS_MM_N, 6, 1024, 768, 1.0f, 1.0f, 1},   /* packed weight, decode rows */
     {SS_MM_N, SS_MM_N, 64, 1024, 512, 1.0f, 0.0f, 2},  /* packed weight, bias + GELU fused */
 };
 static int owner; /* of the packed weights */
