@@ -16,6 +16,7 @@ one table in Markdown (paste into bench/results/). Random weights, written once 
 bench/.cache/compute/.
 
 Run: /usr/bin/python3 bench/compute_bench.py [--threads 2] [--reps 15] [--qwen-layers 14]
+     [--dtypes fp32,bf16,int8] [--skip-torch] [--skip-server]
 """
 import argparse
 import os
@@ -226,9 +227,13 @@ def main():
     ap.add_argument("--qwen-layers", type=int, default=14)
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--dtypes", default="", help="comma-separated subset of fp32,bf16,int8 "
+                    "(e.g. fp32 under ONEDNN_MAX_CPU_ISA=AVX2, where bf16 is refused)")
     args = ap.parse_args()
     g, q = checkpoints(os.path.join(ROOT, "bench", ".cache", "compute"), args.qwen_layers)
     dtypes = ["fp32"] + (["bf16"] if HAS_BF16 else []) + ["int8"]
+    if args.dtypes:
+        dtypes = [d for d in dtypes if d in args.dtypes.split(",")]
     print("CPU: %s; threads %d; torch %s (%s)" % (isa_levels.summary([None]), args.threads,
                                                   torch.__version__,
                                                   torch.__config__.parallel_info().split("\n")[1]))

@@ -163,7 +163,7 @@ static double measure_dt(ss_mm_dtype dt, int tb, int M, int N, int K, double sec
   if (nb > MAXB) nb = MAXB;
   float *A = randv((size_t)M * K), *Bs[MAXB], *C = randv((size_t)M * N);
   static int owner;
-  ss_compute cc = {dt, &owner};
+  ss_compute cc = {dt, &owner, NULL};
   int ldb = tb ? K : N, r = 0, bi = 0;
   for (int i = 0; i < nb; i++) {
     Bs[i] = randv(bn);
@@ -189,10 +189,13 @@ static void dtypes_table(double secs) {
   static const struct {
     const char *name;
     int M, K, N, tb, cold;
-  } sh[] = {{"gpt2.c_attn", 128, 768, 2304, 0, 0},    {"gpt2.attn.c_proj", 128, 768, 768, 0, 0},
-            {"gpt2.mlp.c_fc", 128, 768, 3072, 0, 0},  {"gpt2.mlp.c_proj", 128, 3072, 768, 0, 0},
-            {"qwen.gate_proj", 128, 896, 4864, 1, 0}, {"decode.c_attn", 1, 768, 2304, 0, 1},
-            {"decode8.c_attn", 8, 768, 2304, 0, 1},   {"decode.qwen.up", 1, 896, 4864, 1, 1},
+  } sh[] = {{"gpt2.c_attn", 128, 768, 2304, 0, 0},     {"gpt2.attn.c_proj", 128, 768, 768, 0, 0},
+            {"gpt2.mlp.c_fc", 128, 768, 3072, 0, 0},   {"gpt2.mlp.c_proj", 128, 3072, 768, 0, 0},
+            {"qwen.gate_proj", 128, 896, 4864, 1, 0},  {"decode.c_attn", 1, 768, 2304, 0, 1},
+            {"decode2.c_attn", 2, 768, 2304, 0, 1},    {"decode4.c_attn", 4, 768, 2304, 0, 1},
+            {"decode12.c_attn", 12, 768, 2304, 0, 1},  {"decode2.qwen.up", 2, 896, 4864, 1, 1},
+            {"decode12.qwen.up", 12, 896, 4864, 1, 1}, {"decode8.c_attn", 8, 768, 2304, 0, 1},
+            {"decode.qwen.up", 1, 896, 4864, 1, 1},    {"decode4.qwen.up", 4, 896, 4864, 1, 1},
             {"decode8.qwen.up", 8, 896, 4864, 1, 1}};
   printf(
       "\n== compute dtypes (ss_matmul_w, weights packed once): GFLOP/s, and us per product "

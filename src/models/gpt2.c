@@ -316,9 +316,14 @@ static void block_forward(const void *impl, int l, void *work, int BT, const seq
   /* mlp */
   ss_op_layernorm_forward(&p->cc, a->ln, a->mean2, a->rstd2, a->h, w[T_LN2_W], w[T_LN2_B], BT, E,
                           p->eps);
-  ss_op_linear_forward(&p->cc, a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
-  ss_lora_forward(&p->lora, &bk->lo[LO_FC], E, NI, a->fc, a->ln, BT, a->lt, a->mk, a->xd);
-  ss_op_gelu_tanh_forward(&p->cc, a->fcg, a->fc, (size_t)BT * (size_t)NI);
+  if (a->fcg == a->fc && bk->lo[LO_FC].a == NULL) { /* inference: gelu fused, fc not kept */
+    ss_mm_epilogue ep = {w[T_FC_B], SS_ACT_GELU_TANH, NULL, 0};
+    ss_op_linear_forward_ep(&p->cc, a->fcg, a->ln, w[T_FC_W], &ep, BT, E, NI, SS_W_IN_OUT, 0);
+  } else {
+    ss_op_linear_forward(&p->cc, a->fc, a->ln, w[T_FC_W], w[T_FC_B], BT, E, NI, SS_W_IN_OUT, 0);
+    ss_lora_forward(&p->lora, &bk->lo[LO_FC], E, NI, a->fc, a->ln, BT, a->lt, a->mk, a->xd);
+    ss_op_gelu_tanh_forward(&p->cc, a->fcg, a->fc, (size_t)BT * (size_t)NI);
+  }
   if (a->y != a->h) memcpy(a->y, a->h, cells * sizeof(float));
   ss_op_linear_forward(&p->cc, a->y, a->fcg, w[T_MPROJ_W], w[T_MPROJ_B], BT, NI, E, SS_W_IN_OUT, 1);
   ss_lora_forward(&p->lora, &bk->lo[LO_MPROJ], NI, E, a->y, a->fcg, BT, a->lt, a->mk, a->xd);
@@ -633,5 +638,5 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
            p->n_layer, p->n_embd, p->n_head, (double)n_params / 1e6, dt);
   const ss_trunk t = {&gpt2_arch, p,           p->a,    p->b,   p->n_pos, p->n_embd,
                       p->n_head,  p->head_dim, &p->prm, &p->cc, &p->lora};
-  return ss_trunk_attach(m, &t, ss_ckpt_first(&p->ck), n_params, err, errlen);
+  return ss_trunk_attach(m, &t, &p->ck, n_params, err, errlen);
 }

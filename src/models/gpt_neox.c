@@ -678,5 +678,5 @@ int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char
            p->parallel ? "parallel" : "sequential", (double)n_params / 1e6, dt);
   const ss_trunk t = {&neox_arch, p,     p->a,    p->b,   p->n_pos, p->E,
                       p->NH,      p->HS, &p->prm, &p->cc, &p->lora};
-  return ss_trunk_attach(m, &t, ss_ckpt_first(&p->ck), n_params, err, errlen);
+  return ss_trunk_attach(m, &t, &p->ck, n_params, err, errlen);
 }

@@ -785,6 +785,12 @@ static void act_forward(const llama *p, float *out, const float *x, size_t n) {
     ss_op_gelu_erf_forward(&p->cc, out, x, n);
 }
 
+static ss_mm_act act_kind(const llama *p) {
+  return p->act == ACT_SILU        ? SS_ACT_SILU
+         : p->act == ACT_GELU_TANH ? SS_ACT_GELU_TANH
+                                   : SS_ACT_GELU_ERF;
+}
+
 static void act_backward(const llama *p, float *d, const float *x, size_t n) {
   if (p->act == ACT_SILU)
     ss_op_silu_backward(&p->cc, d, x, n);
@@ -889,10 +895,17 @@ static void block_forward(const void *impl, int l, void *work, int BT, const seq
   }
   /* mlp */
   ss_op_rmsnorm_forward(&p->cc, a->ln, a->rstd2, a->h, bk->nw[N_LN2], BT, E, p->eps, p->one_plus);
-  proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt, a->mk, a->xd);
-  proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt, a->mk, a->xd);
-  act_forward(p, a->mm, a->g, ni);
-  ss_op_mul(&p->cc, a->mm, a->mm, a->u, ni);
+  if (a->mm == a->g && bk->pr[P_GATE].lo.a == NULL) { /* inference: act(g) * u fused, g not kept */
+    const proj *pg = &bk->pr[P_GATE];
+    proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt, a->mk, a->xd);
+    ss_mm_epilogue ep = {pg->b, act_kind(p), a->u, pg->out};
+    ss_op_linear_forward_ep(&p->cc, a->mm, a->ln, pg->w, &ep, BT, pg->in, pg->out, SS_W_OUT_IN, 0);
+  } else {
+    proj_forward(p, &bk->pr[P_GATE], a->g, a->ln, BT, 0, a->lt, a->mk, a->xd);
+    proj_forward(p, &bk->pr[P_UP], a->u, a->ln, BT, 0, a->lt, a->mk, a->xd);
+    act_forward(p, a->mm, a->g, ni);
+    ss_op_mul(&p->cc, a->mm, a->mm, a->u, ni);
+  }
   if (p->sandwich) {
     proj_forward(p, &bk->pr[P_DOWN], a->mo, a->mm, BT, 0, a->lt, a->mk, a->xd);
     add_normed(p, a->y, a->h, a->ln, a->rstdpf, a->mo, bk->nw[N_PF], BT);
@@ -1328,5 +1341,5 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
            p->model_type, p->a, p->b, p->n_layer, p->E, p->NH, p->NKV, (double)n_params / 1e6, dt);
   const ss_trunk t = {&llama_arch, p,    p->a,    p->b,   p->n_pos, p->E,
                       p->NKV,      p->D, &p->prm, &p->cc, &p->lora};
-  return ss_trunk_attach(m, &t, ss_ckpt_first(&p->ck), n_params, err, errlen);
+  return ss_trunk_attach(m, &t, &p->ck, n_params, err, errlen);
 }

@@ -70,7 +70,7 @@ void ss_params_linear_backward(ss_params *s, int iw, int ib, float *dx, const fl
 int ss_params_step(ss_params *s, const ss_optim *opt, const char *model_id, char *err,
                    size_t errlen) {
   if (s->n == 0 || s->p[0].grad == NULL) return 0; /* no backward yet: nothing to apply */
-  /* Packed copies of the weights (compute=bf16) are stale after the step, and a view copied on
+  /* Packed copies of the weights (any compute dtype) are stale after the step, and a view copied on
    * its first write moves: drop them now; forwards pack the new values on first use. */
   for (size_t i = 0; i < s->n; i++) ss_matmul_weight_changed(*s->p[i].view);
   return ss_param_array_step(s->p, s->n, opt, &s->t, model_id, err, errlen);

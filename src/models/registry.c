@@ -550,7 +550,7 @@ int ss_model_create(const char *spec, ss_model **out, char *err, size_t errlen) 
 void ss_model_free(ss_model *m) {
   if (m == NULL) return;
   if (m->ops != NULL && m->ops->destroy != NULL) m->ops->destroy(m);
-  ss_matmul_weights_drop(m); /* its packed weight copies (compute=bf16) */
+  ss_matmul_weights_drop(m); /* its packed weight copies and mapping registration */
   uv_rwlock_destroy(&m->lock);
   free(m->save_path);
   free(m->id);

@@ -493,6 +493,11 @@ const ss_st_tensor *ss_st_find(const ss_st_file *f, const char *name) {
   return NULL;
 }
 
+void ss_st_mapping(const ss_st_file *f, const void **base, size_t *len) {
+  *base = f ? f->map : NULL;
+  *len = f && f->map ? f->map_len : 0;
+}
+
 void ss_st_close(ss_st_file *f) { st_free(f); }
 
 /* What st_fill writes: the length, the padded header, the tensors' bytes. */

@@ -38,6 +38,8 @@ const ss_st_tensor *ss_st_at(const ss_st_file *f, size_t i);
 /* Tensor by name, or NULL. */
 const ss_st_tensor *ss_st_find(const ss_st_file *f, const char *name);
 void ss_st_close(ss_st_file *f);
+/* f's read-only file mapping: *base, *len (NULL, 0 when f was parsed from memory). */
+void ss_st_mapping(const ss_st_file *f, const void **base, size_t *len);
 
 /* Are f's mapped bytes still the file's? Fails (SS_EPRECONDITION, message naming the file) when
  * the file was truncated under the mapping (a read faulted: see the SIGBUS guard in

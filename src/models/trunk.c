@@ -694,8 +694,8 @@ const ss_model_ops ss_trunk_ops = {.check = trunk_check,
                                    .train_bytes = trunk_train_bytes,
                                    .save = trunk_save};
 
-int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *weights,
-                    int64_t n_params, char *err, size_t errlen) {
+int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const ss_ckpt *ck, int64_t n_params,
+                    char *err, size_t errlen) {
   ss_trunk *t = malloc(sizeof *t);
   size_t len = strlen(m->describe);
   if (t == NULL) {
@@ -709,11 +709,17 @@ int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *
   *t->cc = ss_model_compute(m); /* as the architecture took it before loading */
   t->prm->cc = t->cc;
   t->lora->cc = t->cc;
+  for (int i = 0; i < ck->n_files; i++) { /* f32 views: their pages go once packed */
+    const void *map;
+    size_t map_len;
+    ss_st_mapping(ck->files[i], &map, &map_len);
+    ss_matmul_weights_source(m, map, map_len);
+  }
   m->impl = t;
   m->ops = &ss_trunk_ops;
   m->kind = desc->arch->kind;
   m->n_kv_layers = t->b - t->a;
-  m->weights = weights;
+  m->weights = ss_ckpt_first(ck);
   m->exec = SS_EXEC_WORKER;
   m->echo = 0;
   m->n_params = n_params;

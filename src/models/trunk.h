@@ -242,10 +242,12 @@ int ss_trunk_lora_all(void *impl, const ss_compute *cc, int n, int r,
 
 /* Make t (a copy of *desc) the model's impl with the trunk ops: the compute context from the
  * model's keys (compute=, backend=) into *desc->cc, shared by its parameters and LoRA; the
- * model's cache layers, exec, weights and sizes; ", LoRA r N" after the describe line the
- * architecture wrote. Returns 0, or SS_ENOMEM with desc->impl destroyed and err written. */
-int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const struct ss_st_file *weights,
-                    int64_t n_params, char *err, size_t errlen);
+ * model's cache layers, exec, weights (ck's first file; every file of ck is a source whose f32
+ * views give their pages back once packed: ss_matmul_weights_source) and sizes; ", LoRA r N"
+ * after the describe line the architecture wrote. Returns 0, or SS_ENOMEM with desc->impl
+ * destroyed and err written. */
+int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const ss_ckpt *ck, int64_t n_params,
+                    char *err, size_t errlen);
 
 /* Carve base into the work struct for n (see sizes): returns the floats used. base NULL: only
  * count. */

@@ -152,7 +152,7 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "auth_tokens", "%zu", ss_auth_count(s->auth)); /* a count only; 0: no authentication */
   kv(l, "blas", "%s, %d thread(s) per worker", ss_matmul_engine_info(), s->cfg.intra_op_threads);
   kv(l, "matmul_scratch_bytes", "%zu", ss_matmul_scratch_bytes()); /* per-worker scratchpads */
-  kv(l, "packed_weight_bytes", "%zu", ss_matmul_packed_bytes());   /* compute=bf16 copies */
+  kv(l, "packed_weight_bytes", "%zu", ss_matmul_packed_bytes());   /* f32/bf16/int8 copies */
   size_t nsess, sess_bytes;
   uint64_t sess_evicted;
   ss_sessions_stats(s->sessions, &nsess, &sess_bytes, &sess_evicted);

@@ -1,29 +1,26 @@
 /*
- * linear.c — see linear.h. Every product is one ss_matmul call (the forward's: ss_matmul_w, which
- * runs it in the model's compute dtype); the bias is laid down first so
- * that the product adds onto it (beta = 1). Thread: the caller's worker thread; reentrant.
+ * linear.c — see linear.h. Every product is one ss_matmul call (the forward's: ss_matmul_w_ep,
+ * which runs it in the model's compute dtype, with the bias and any activation as its epilogue:
+ * fused into the product on packed weights, laid down first or applied after elsewhere). Thread:
+ * the caller's worker thread; reentrant.
  */
 #include "models/nn/linear.h"
 
 #include <stddef.h>
-#include <string.h>
 
 #include "models/nn/matmul.h"
 
+void ss_linear_forward_ep(const ss_compute *cc, float *y, const float *x, const float *W,
+                          const ss_mm_epilogue *ep, int BT, int C, int OC, ss_w_layout layout,
+                          int accumulate) {
+  ss_matmul_w_ep(cc, layout == SS_W_IN_OUT ? SS_MM_N : SS_MM_T, BT, OC, C, x, C, W,
+                 layout == SS_W_IN_OUT ? OC : C, ep, accumulate ? 1.0f : 0.0f, y, OC);
+}
+
 void ss_linear_forward(const ss_compute *cc, float *y, const float *x, const float *W,
                        const float *b, int BT, int C, int OC, ss_w_layout layout, int accumulate) {
-  size_t rows = (size_t)BT, n = (size_t)OC;
-  if (b != NULL) {
-    for (size_t r = 0; r < rows; r++) {
-      float *yr = y + r * n;
-      if (accumulate)
-        for (size_t j = 0; j < n; j++) yr[j] += b[j];
-      else
-        memcpy(yr, b, n * sizeof(float));
-    }
-  }
-  ss_matmul_w(cc, layout == SS_W_IN_OUT ? SS_MM_N : SS_MM_T, BT, OC, C, x, C, W,
-              layout == SS_W_IN_OUT ? OC : C, (b != NULL || accumulate) ? 1.0f : 0.0f, y, OC);
+  ss_mm_epilogue ep = {b, SS_ACT_NONE, NULL, 0};
+  ss_linear_forward_ep(cc, y, x, W, &ep, BT, C, OC, layout, accumulate);
 }
 
 void ss_linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x,

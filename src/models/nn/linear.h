@@ -20,6 +20,14 @@ typedef enum { SS_W_OUT_IN = 0, SS_W_IN_OUT = 1 } ss_w_layout;
 void ss_linear_forward(const ss_compute *cc, float *y, const float *x, const float *W,
                        const float *b, int BT, int C, int OC, ss_w_layout layout, int accumulate);
 
+/* y [BT, OC] = mul * act(x W + bias) (ep: matmul.h ss_mm_epilogue, NULL: none; mul [BT, OC]),
+ * or y += x W + bias when accumulate (then ep has no act and no mul). The inference form: the
+ * epilogue runs fused into the product where the engine can (nn/packed.c), and the
+ * pre-activation values are not kept. All borrowed; y written. */
+void ss_linear_forward_ep(const ss_compute *cc, float *y, const float *x, const float *W,
+                          const ss_mm_epilogue *ep, int BT, int C, int OC, ss_w_layout layout,
+                          int accumulate);
+
 /* Backward of ss_linear_forward given dy [BT, OC]:
  *   dx [BT, C] = dy W^T-ish (overwritten), dW [W's shape] += x^T dy-ish, db [OC] += sum dy.
  * Any of dx, dW, db may be NULL (skipped), so a caller can sum dW, db under a lock and compute

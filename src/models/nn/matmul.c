@@ -185,7 +185,11 @@ static void few_rows_b(const float *X, size_t ldx, size_t rows, size_t in, const
 typedef struct mm_key {
   int ta, tb, M, N, K, lda, ldb, ldc, nthr;
   uint32_t alpha, beta; /* bit patterns */
-  int dt;               /* 0: f32; 1: bf16 A [M, lda] and packed bf16 B (tb, ldb unused) */
+  int dt;               /* 0: f32; 1: bf16 A [M, lda] and packed bf16 B (tb, ldb unused);
+                         * 2: f32 A [M, lda] and packed f32 B (tb, ldb unused) */
+  int act;              /* epilogue (packed B only): ss_mm_act applied after the bias */
+  int bias;             /* 1: a bias [N] added to every row (DNNL_ARG_BIAS) */
+  int ldm;              /* > 0: the result multiplied by a [M, N] f32 tensor of row stride ldm */
 } mm_key;
 
 typedef struct mm_slot {
@@ -276,13 +280,14 @@ static int desc_init(dnnl_memory_desc_t *md, int rows, int cols, int trans, int 
 }
 
 /* A primitive for the problem k, or NULL (oneDNN has no implementation for it), with a
- * user-managed scratchpad of *scratch bytes. bf16 problems (k->dt 1) take B in the layout wmd,
- * or, with wmd NULL, in the layout the kernel prefers, written to *wmd_out. *impl, when not
+ * user-managed scratchpad of *scratch bytes. Packed-weight problems (k->dt 1 bf16, 2 f32) take B
+ * in the layout wmd, or, with wmd NULL, in the layout the kernel prefers, written to *wmd_out,
+ * and may carry an epilogue (k->bias, k->act, k->ldm) as oneDNN bias and post-ops. *impl, when not
  * NULL, gets the implementation's name (e.g. "gemm:jit", "brg:avx512_core"). */
 static dnnl_primitive_t make_prim(const mm_key *k, const dnnl_memory_desc_t *wmd,
                                   dnnl_memory_desc_t *wmd_out, size_t *scratch, char *impl,
                                   size_t implen) {
-  dnnl_memory_desc_t a, b, c;
+  dnnl_memory_desc_t a, b, c, bias, mul;
   dnnl_matmul_desc_t md;
   dnnl_primitive_attr_t attr = NULL;
   dnnl_post_ops_t po = NULL;
@@ -291,28 +296,38 @@ static dnnl_primitive_t make_prim(const mm_key *k, const dnnl_memory_desc_t *wmd
   float alpha, beta;
   memcpy(&alpha, &k->alpha, sizeof alpha);
   memcpy(&beta, &k->beta, sizeof beta);
-  if (k->dt == 1) {
+  if (k->dt != 0) { /* a packed weight: B in the layout wmd, or the one the kernel prefers */
+    dnnl_data_type_t dt = k->dt == 1 ? dnnl_bf16 : dnnl_f32;
     dnnl_dims_t ad = {k->M, k->K}, as = {k->lda, 1}, bd = {k->K, k->N};
-    if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, as) != dnnl_success) goto out;
+    if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dt, as) != dnnl_success) goto out;
     if (wmd)
       b = *wmd;
-    else if (dnnl_memory_desc_init_by_tag(&b, 2, bd, dnnl_bf16, dnnl_format_tag_any) !=
-             dnnl_success)
+    else if (dnnl_memory_desc_init_by_tag(&b, 2, bd, dt, dnnl_format_tag_any) != dnnl_success)
       goto out;
   } else if (desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb)) {
     goto out;
   }
+  if (k->bias && desc_init(&bias, 1, k->N, 0, k->N)) goto out;
   if (desc_init(&c, k->M, k->N, 0, k->ldc) ||
-      dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) != dnnl_success ||
+      dnnl_matmul_desc_init(&md, &a, &b, k->bias ? &bias : NULL, &c) != dnnl_success ||
       dnnl_primitive_attr_create(&attr) != dnnl_success ||
       dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
     goto out;
   if (alpha != 1.0f && dnnl_primitive_attr_set_output_scales(attr, 1, 0, &alpha) != dnnl_success)
     goto out;
-  if (beta != 0.0f) {
-    if (dnnl_post_ops_create(&po) != dnnl_success || dnnl_post_ops_append_sum(po, beta) ||
-        dnnl_primitive_attr_set_post_ops(attr, po) != dnnl_success)
+  /* Post-ops in order: the activation, the product with the multiplier, then beta * C. */
+  if (beta != 0.0f || k->act != SS_ACT_NONE || k->ldm > 0) {
+    static const dnnl_alg_kind_t alg[] = {dnnl_eltwise_linear, dnnl_eltwise_gelu_tanh,
+                                          dnnl_eltwise_gelu_erf, dnnl_eltwise_swish};
+    if (dnnl_post_ops_create(&po) != dnnl_success) goto out;
+    if (k->act != SS_ACT_NONE &&
+        dnnl_post_ops_append_eltwise(po, 1.0f, alg[k->act], 1.0f, 0.0f) != dnnl_success)
       goto out;
+    if (k->ldm > 0 && (desc_init(&mul, k->M, k->N, 0, k->ldm) ||
+                       dnnl_post_ops_append_binary(po, dnnl_binary_mul, &mul) != dnnl_success))
+      goto out;
+    if (beta != 0.0f && dnnl_post_ops_append_sum(po, beta) != dnnl_success) goto out;
+    if (dnnl_primitive_attr_set_post_ops(attr, po) != dnnl_success) goto out;
   }
   if (dnnl_primitive_desc_create(&pd, &md, attr, eng.engine, NULL) != dnnl_success) goto out;
   const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
@@ -347,7 +362,7 @@ static void engine_init(void) {
     return;
   }
   /* A GPT-2 prefill product stands for all: which implementation does oneDNN pick here? */
-  mm_key k = {0, 0, 128, 768, 768, 768, 768, 768, 1, 0x3f800000u, 0, 0};
+  mm_key k = {0, 0, 128, 768, 768, 768, 768, 768, 1, 0x3f800000u, 0, 0, 0, 0, 0};
   size_t scratch;
   dnnl_primitive_t p = make_prim(&k, NULL, NULL, &scratch, impl, sizeof impl);
   if (p) dnnl_primitive_destroy(p);
@@ -455,12 +470,13 @@ SS_CLONES static void rows_to_bf16(const float *A, size_t lda, size_t M, size_t 
 }
 
 /* C = alpha op(A) op(B) + beta C on oneDNN; -1 if it cannot (the caller falls back). f32
- * problems read A and B as stored; bf16 ones (k->dt 1) convert A (row stride lda32) into the
- * thread's buffer and read B in the packed layout wmd. */
+ * problems read A and B as stored; packed-weight ones read B in the layout wmd, and bf16 ones
+ * (k->dt 1) convert A (row stride lda32) into the thread's buffer first. ep: the epilogue's
+ * tensors (bias, multiplier) when k names them. */
 static int engine_matmul(const mm_key *k, const dnnl_memory_desc_t *wmd, const float *A, int lda32,
-                         const void *B, float *C) {
-  dnnl_memory_desc_t a, b, c, sd;
-  dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
+                         const void *B, float *C, const ss_mm_epilogue *ep) {
+  dnnl_memory_desc_t a, b, c, sd, bd, mud;
+  dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL, mbias = NULL, mmul = NULL;
   mm_thread *t;
   size_t scratch = 0;
   int owned, rc = -1;
@@ -483,6 +499,9 @@ static int engine_matmul(const mm_key *k, const dnnl_memory_desc_t *wmd, const f
     Ause = t->abuf;
     b = *wmd;
     if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, as) != dnnl_success) goto out;
+  } else if (k->dt == 2) {
+    b = *wmd;
+    if (desc_init(&a, k->M, k->K, 0, k->lda)) goto out;
   } else if (desc_init(&a, k->M, k->K, k->ta, k->lda) || desc_init(&b, k->K, k->N, k->tb, k->ldb)) {
     goto out;
   }
@@ -491,15 +510,28 @@ static int engine_matmul(const mm_key *k, const dnnl_memory_desc_t *wmd, const f
       dnnl_memory_create(&mb, &b, eng.engine, (void *)(uintptr_t)B) != dnnl_success ||
       dnnl_memory_create(&mc, &c, eng.engine, C) != dnnl_success)
     goto out;
-  dnnl_exec_arg_t args[4] = {
-      {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, NULL}};
+  dnnl_exec_arg_t args[6] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
   int nargs = 3;
+  if (k->bias) {
+    if (desc_init(&bd, 1, k->N, 0, k->N) ||
+        dnnl_memory_create(&mbias, &bd, eng.engine, (void *)(uintptr_t)ep->bias) != dnnl_success)
+      goto out;
+    args[nargs].arg = DNNL_ARG_BIAS, args[nargs++].memory = mbias;
+  }
+  if (k->ldm > 0) { /* the binary post-op follows the activation's, if any */
+    if (desc_init(&mud, k->M, k->N, 0, k->ldm) ||
+        dnnl_memory_create(&mmul, &mud, eng.engine, (void *)(uintptr_t)ep->mul) != dnnl_success)
+      goto out;
+    args[nargs].arg =
+        DNNL_ARG_ATTR_MULTIPLE_POST_OP(k->act != SS_ACT_NONE ? 1 : 0) | DNNL_ARG_SRC_1;
+    args[nargs++].memory = mmul;
+  }
   if (scratch > 0) { /* the calling thread's own scratchpad, never another's */
     dnnl_dims_t sdim = {(dnnl_dim_t)scratch};
     if (dnnl_memory_desc_init_by_tag(&sd, 1, sdim, dnnl_u8, dnnl_a) != dnnl_success ||
         dnnl_memory_create(&ms, &sd, eng.engine, t->scratch) != dnnl_success)
       goto out;
-    args[nargs++].memory = ms;
+    args[nargs].arg = DNNL_ARG_SCRATCHPAD, args[nargs++].memory = ms;
   }
   if (dnnl_primitive_execute(p, t->stream, nargs, args) == dnnl_success &&
       dnnl_stream_wait(t->stream) == dnnl_success)
@@ -509,16 +541,26 @@ out:
   if (mb) dnnl_memory_destroy(mb);
   if (mc) dnnl_memory_destroy(mc);
   if (ms) dnnl_memory_destroy(ms);
+  if (mbias) dnnl_memory_destroy(mbias);
+  if (mmul) dnnl_memory_destroy(mmul);
   if (owned) dnnl_primitive_destroy(p);
   return rc;
 }
 
-/* ------------------------------------------------------------------ bf16 products for
- * packed weights (nn/packed.c keeps the copies; see matmul_int.h) */
+/* ------------------------------------------------------------------ products on packed
+ * weights (nn/packed.c keeps the copies; see matmul_int.h) */
 
-int ss__mm_bf16_layout(int K, int N, dnnl_memory_desc_t *md) {
-  mm_key k = {0, 0, 16, N, K, K, 0, N, omp_get_max_threads(), 0x3f800000u, 0, 1};
+int ss__mm_has_brgemm(void) {
+  pthread_once(&eng.once, engine_init);
+  return eng.engine != NULL && !eng.blas_large;
+}
+
+int ss__mm_packed_layout(ss_mm_dtype dt, int K, int N, dnnl_memory_desc_t *md) {
+  mm_key k;
   size_t scratch;
+  memset(&k, 0, sizeof k);
+  k.M = 16, k.N = N, k.K = K, k.lda = K, k.ldc = N, k.nthr = omp_get_max_threads();
+  k.alpha = 0x3f800000u, k.dt = dt == SS_MM_BF16 ? 1 : 2;
   pthread_once(&eng.once, engine_init);
   if (eng.engine == NULL) return -1;
   dnnl_primitive_t probe = make_prim(&k, NULL, md, &scratch, NULL, 0);
@@ -527,8 +569,8 @@ int ss__mm_bf16_layout(int K, int N, dnnl_memory_desc_t *md) {
   return 0;
 }
 
-int ss__mm_pack_bf16(const float *W, int tb, int K, int N, int ldw, const dnnl_memory_desc_t *md,
-                     void *dst) {
+int ss__mm_pack(const float *W, int tb, int K, int N, int ldw, const dnnl_memory_desc_t *md,
+                void *dst) {
   dnnl_memory_desc_t src;
   dnnl_primitive_desc_t rpd = NULL;
   dnnl_primitive_t rp = NULL;
@@ -552,14 +594,19 @@ int ss__mm_pack_bf16(const float *W, int tb, int K, int N, int ldw, const dnnl_m
   return ok ? 0 : -1;
 }
 
-int ss__mm_bf16(int M, int N, int K, const float *A, int lda, const dnnl_memory_desc_t *md,
-                const void *B, float beta, float *C, int ldc) {
+int ss__mm_packed(ss_mm_dtype dt, int M, int N, int K, const float *A, int lda,
+                  const dnnl_memory_desc_t *md, const void *B, float beta, float *C, int ldc,
+                  const ss_mm_epilogue *ep) {
   mm_key k;
   memset(&k, 0, sizeof k); /* hashed and compared as bytes */
-  k.M = M, k.N = N, k.K = K, k.lda = K, k.ldc = ldc, k.nthr = omp_get_max_threads();
-  k.alpha = 0x3f800000u, k.dt = 1;
+  k.M = M, k.N = N, k.K = K, k.ldc = ldc, k.nthr = omp_get_max_threads();
+  k.alpha = 0x3f800000u, k.dt = dt == SS_MM_BF16 ? 1 : 2;
+  k.lda = k.dt == 1 ? K : lda; /* bf16: A converted into a contiguous buffer */
   memcpy(&k.beta, &beta, sizeof beta);
-  return engine_matmul(&k, md, A, lda, B, C);
+  if (ep) {
+    k.act = (int)ep->act, k.bias = ep->bias != NULL, k.ldm = ep->mul ? ep->ldm : 0;
+  }
+  return engine_matmul(&k, md, A, lda, B, C, ep);
 }
 
 /* The portable fallback (oneDNN refused the problem): plain loops, same contract. */
@@ -586,7 +633,7 @@ int ss__matmul_engine(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float
   k.lda = lda, k.ldb = ldb, k.ldc = ldc, k.nthr = omp_get_max_threads();
   memcpy(&k.alpha, &alpha, sizeof alpha);
   memcpy(&k.beta, &beta, sizeof beta);
-  return engine_matmul(&k, NULL, A, lda, B, C);
+  return engine_matmul(&k, NULL, A, lda, B, C, NULL);
 }
 
 void ss__matmul_few_rows(ss_mm_trans tb, int M, int N, int K, const float *A, int lda,

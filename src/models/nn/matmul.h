@@ -50,15 +50,44 @@ void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha,
 
 /* C [M,N] (=|+=, beta 0 or 1) = A [M,K] op(W) where W is a model weight (B: [K,N] as stored
  * with tb N, [N,K] with tb T; row stride ldw), in the model's compute dtype (nn/packed.c): W is
- * converted once, on first use, and kept. bf16: oneDNN brgemm on W in its blocked layout, A
- * converted per call, f32 accumulation (avx512_bf16 or AMX). int8: weight-only, a scale per
- * output channel; few rows read the int8 weight directly, more dequantize it per call. cc NULL,
- * f32, or a copy that cannot be made: exactly ss_matmul. W must not change while it is packed:
- * call ss_matmul_weight_changed(W) when it does (the optimizer step does). */
+ * converted once, on first use, and kept. f32 (cc->owner set, CPUs with oneDNN brgemm: AVX-512
+ * and up): W reordered into brgemm's blocked f32 layout, so no product packs it per call (every
+ * row count: it beat the few-row kernels and gemv too, bench/results/2026-12-05-prepack-fuse.md);
+ * without brgemm f32 reads W as stored (exactly ss_matmul). bf16: oneDNN brgemm on W in its
+ * blocked layout, A converted per call, f32 accumulation (avx512_bf16 or AMX). int8: weight-only,
+ * a scale per output channel; few rows read the int8 weight directly, more dequantize it per
+ * call. cc NULL or a copy that cannot be made: exactly ss_matmul. W must not change while it is
+ * packed: call ss_matmul_weight_changed(W) when it does (the optimizer step does). */
 void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A, int lda,
                  const float *W, int ldw, float beta, float *C, int ldc);
+/* A product's epilogue, fused into it where the engine can (oneDNN bias and post-ops on packed
+ * weights), else run as separate passes with the same result to float rounding:
+ *   C = beta C + mul * act(A op(W) + bias)      (element-wise; each part optional)
+ * act and mul need beta 0 (C is the activation's output, not a residual). */
+typedef enum {
+  SS_ACT_NONE = 0,
+  SS_ACT_GELU_TANH = 1,
+  SS_ACT_GELU_ERF = 2,
+  SS_ACT_SILU = 3
+} ss_mm_act;
+typedef struct ss_mm_epilogue {
+  const float *bias; /* [N] added to every row, or NULL */
+  ss_mm_act act;     /* applied after the bias */
+  const float *mul; /* [M, N] (row stride ldm) multiplying act's output, or NULL; may not alias C */
+  int ldm;
+} ss_mm_epilogue;
+
+/* ss_matmul_w with an epilogue (NULL: none, exactly ss_matmul_w). All borrowed. */
+void ss_matmul_w_ep(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A,
+                    int lda, const float *W, int ldw, const ss_mm_epilogue *ep, float beta,
+                    float *C, int ldc);
 /* W's values changed or W is freed: its packed copies go (made again on next use). */
 void ss_matmul_weight_changed(const float *W);
+/* owner's weights that lie in [base, base + len) are views of a read-only file mapping: once a
+ * weight's packed copy serves all its products, its pages are given back to the page cache
+ * (MADV_PAGEOUT), so RSS counts the packed copy, not both (read again from the file if a
+ * backward needs them). Forgotten at ss_matmul_weights_drop(owner). */
+void ss_matmul_weights_source(const void *owner, const void *base, size_t len);
 /* Every packed copy of owner goes (a model being freed). */
 void ss_matmul_weights_drop(const void *owner);
 /* Bytes of packed weight copies held (resident; GetServiceInfo). */

@@ -1,7 +1,7 @@
 /*
- * matmul_int.h — the engine's internals for nn/packed.c (packed model weights): bf16 products
- * on oneDNN against a weight already converted into the kernel's layout. Only matmul.c and
- * packed.c include it.
+ * matmul_int.h — the engine's internals for nn/packed.c (packed model weights): f32 and bf16
+ * products on oneDNN against a weight already reordered into the kernel's layout, with fused
+ * epilogues. Only matmul.c and packed.c include it.
  *
  * Thread: any worker; each call runs on the calling thread's stream, scratchpad and buffers.
  */
@@ -10,16 +10,23 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
-/* The layout oneDNN's bf16 kernel wants for a weight read as B [K, N] (the same for every M):
- * 0 with *md set, or -1 (no bf16 kernel here). */
-int ss__mm_bf16_layout(int K, int N, dnnl_memory_desc_t *md);
-/* Convert W (f32, read as B: tb 0 [K, N] / tb 1 [N, K], row stride ldw) into dst, laid out as md
- * (dnnl_memory_desc_get_size(md) bytes). 0 or -1. */
-int ss__mm_pack_bf16(const float *W, int tb, int K, int N, int ldw, const dnnl_memory_desc_t *md,
-                     void *dst);
-/* C [M, N] (row stride ldc; beta 0: written, 1: added to) = A [M, K] (f32, row stride lda,
- * converted to bf16 per call) x B (packed bf16, layout md), accumulated in f32. 0 or -1. */
-int ss__mm_bf16(int M, int N, int K, const float *A, int lda, const dnnl_memory_desc_t *md,
-                const void *B, float beta, float *C, int ldc);
+#include "models/nn/matmul.h"
+
+/* 1 if oneDNN runs brgemm kernels here (AVX-512 and up): f32 weights are worth packing. */
+int ss__mm_has_brgemm(void);
+/* The layout oneDNN's kernel for dt (SS_MM_F32 or SS_MM_BF16) wants for a weight read as B
+ * [K, N] (format_tag any; the same for every M): 0 with *md set, or -1 (no kernel here). */
+int ss__mm_packed_layout(ss_mm_dtype dt, int K, int N, dnnl_memory_desc_t *md);
+/* Reorder W (f32, read as B: tb 0 [K, N] / tb 1 [N, K], row stride ldw) into dst, laid out as md
+ * (dnnl_memory_desc_get_size(md) bytes; md's data type: f32 or bf16). 0 or -1. */
+int ss__mm_pack(const float *W, int tb, int K, int N, int ldw, const dnnl_memory_desc_t *md,
+                void *dst);
+/* C [M, N] (row stride ldc; beta 0: written, 1: added to) = epilogue(A [M, K] x B) where A is
+ * f32 (row stride lda; converted to bf16 per call when dt is SS_MM_BF16) and B is packed as md,
+ * accumulated in f32. ep (NULL: none): bias, activation, multiplier as oneDNN post-ops, applied
+ * before beta C is added. 0 or -1 (oneDNN refused: nothing written). */
+int ss__mm_packed(ss_mm_dtype dt, int M, int N, int K, const float *A, int lda,
+                  const dnnl_memory_desc_t *md, const void *B, float beta, float *C, int ldc,
+                  const ss_mm_epilogue *ep);
 
 #endif

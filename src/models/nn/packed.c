@@ -1,8 +1,15 @@
 /*
  * packed.c — model weights kept in the dtype and layout a model's compute wants (the model key
- * compute=bf16|int8; see matmul.h ss_matmul_w), made once per weight and reused by every
- * product:
+ * compute=f32|bf16|int8; see matmul.h ss_matmul_w), made once per weight and reused by every
+ * product, and the products' fused epilogues (ss_matmul_w_ep):
  *
+ *   f32   oneDNN's brgemm layout (format_tag any), on CPUs with brgemm (AVX-512 and up):
+ *         brgemm otherwise copies B into its blocks on every call (2.6x on GPT-2's c_fc), and
+ *         the packed copy also beat the few-row kernels and gemv at 1..8 rows. Without brgemm
+ *         (AVX2: oneDNN gemm:jit / OpenBLAS) f32 reads the weight as stored: [K][16] column
+ *         panels for the 5..16-row products that OpenBLAS packs per call won 1.6-1.75x in
+ *         mm_probe but lost 1.2x on a GPT-2 trunk's batched decode, so they were dropped
+ *         (bench/results/2026-12-05-prepack-fuse.md). A second f32 copy (see RSS).
  *   bf16  oneDNN's brgemm layout (format_tag any: blocked, the same for every M), converted by a
  *         oneDNN reorder; products on oneDNN with A converted per call, f32 accumulation
  *         (matmul_int.h). Needs avx512_bf16 or AMX (the registry refuses it elsewhere).
@@ -10,8 +17,8 @@
  *         channel (max |w| / 127, round to nearest); activations stay f32. A few rows (decode
  *         steps, small batches: M <= SS_Q8_ROWS) run a kernel that reads the int8 rows straight
  *         (a quarter of f32's bytes; AVX2+FMA intrinsics, plain loops elsewhere); more rows
- * dequantize the weight into the thread's f32 buffer and run the f32 engine (prefill is compute
- *         bound: the 4x fewer bytes buy nothing there).
+ *         dequantize the weight into the thread's f32 buffer and run the f32 engine (prefill is
+ *         compute bound: the 4x fewer bytes buy nothing there).
  *
  * The table: keyed by owner (the model), weight address and how products read it (tb, K, N,
  * ldw); made on first use under nobody's lock (a racing thread's copy is dropped), read under a
@@ -19,6 +26,14 @@
  * changes (ss_matmul_weight_changed: the optimizer step, under the model's write lock, so no
  * product of that model runs) or its owner is freed; a product holds no lock while it runs, which
  * is safe for the same reason.
+ *
+ * RSS. A trunk's f32 weights are views of its read-only checkpoint mapping (registered with
+ * ss_matmul_weights_source); once a weight's copy serves every product (brgemm f32, bf16, int8)
+ * its pages go back to the page cache (MADV_PAGEOUT), so RSS counts one copy per weight, not two.
+ *
+ * Epilogues (bias, GELU/SiLU, a multiplier: matmul.h ss_mm_epilogue) run as oneDNN bias and
+ * post-ops on the f32 and bf16 packed products; elsewhere (int8, unpacked f32) as passes over C
+ * after the product.
  *
  * Thread: any worker (and the loop thread with --workers 0); per-thread dequantization buffers
  * (a pthread key; freed when the thread exits).
@@ -29,9 +44,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include "models/nn/gelu.h"
 #include "models/nn/matmul.h"
 #include "models/nn/matmul_int.h"
+#include "models/nn/silu.h"
 
 #define SS_Q8_ROWS 16 /* int8 products of at most this many rows read the int8 weight directly */
 
@@ -41,13 +60,14 @@ typedef struct packed_w {
   const float *w;
   int tb, K, N, ldw;
   ss_mm_dtype dt;
-  dnnl_memory_desc_t md; /* bf16: the packed layout */
-  void *data;            /* bf16: as md; int8: q [N][K] */
+  dnnl_memory_desc_t md; /* f32, bf16: the packed layout */
+  void *data;            /* f32, bf16: as md; int8: q [N][K] */
   float *scale;          /* int8: [N] */
   size_t bytes;
 } packed_w;
 
 #define SS_PACK_BUCKETS 256
+#define SS_PACK_SOURCES 64 /* models whose weights are views of a read-only file mapping */
 
 static struct {
   pthread_rwlock_t lk;
@@ -55,6 +75,10 @@ static struct {
   size_t bytes, count;
   pthread_once_t once;
   pthread_key_t deq_key; /* -> deq_buf */
+  struct {
+    const void *owner;
+    uintptr_t lo, hi;
+  } src[SS_PACK_SOURCES]; /* owner NULL: free */
 } pk = {.lk = PTHREAD_RWLOCK_INITIALIZER, .once = PTHREAD_ONCE_INIT};
 
 typedef struct deq_buf {
@@ -147,16 +171,48 @@ static packed_w *pack_make(ss_mm_dtype dt, const void *owner, const float *W, in
   int rc = -1;
   if (dt == SS_MM_INT8) {
     rc = pack_int8(e, W);
-  } else if (dt == SS_MM_BF16 && ss__mm_bf16_layout(K, N, &e->md) == 0) {
+  } else if (ss__mm_packed_layout(dt, K, N, &e->md) == 0) { /* f32, bf16 */
     e->bytes = dnnl_memory_desc_get_size(&e->md);
     if (posix_memalign(&e->data, 64, e->bytes) == 0)
-      rc = ss__mm_pack_bf16(W, tb, K, N, ldw, &e->md, e->data);
+      rc = ss__mm_pack(W, tb, K, N, ldw, &e->md, e->data);
   }
   if (rc != 0) {
     pack_free(e);
     return NULL;
   }
   return e;
+}
+
+/* A new copy (it serves every product of its weight): when the weight lies in its owner's read-only
+ * file mapping, its pages go back to the page cache (MADV_PAGEOUT; read again from the file only if
+ * something reads the f32 weight: a backward, a refused product), so RSS holds the packed copy and
+ * not both. Under pk.lk. */
+static void give_back_source(const packed_w *e) {
+#ifdef MADV_PAGEOUT
+  uintptr_t w = (uintptr_t)e->w, pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+  size_t n = e->tb ? (size_t)(e->N - 1) * (size_t)e->ldw + (size_t)e->K
+                   : (size_t)(e->K - 1) * (size_t)e->ldw + (size_t)e->N;
+  uintptr_t lo = (w + pg - 1) & ~(pg - 1), hi = (w + n * sizeof(float)) & ~(pg - 1);
+  for (int i = 0; i < SS_PACK_SOURCES; i++)
+    if (pk.src[i].owner == e->owner && w >= pk.src[i].lo && w + n * sizeof(float) <= pk.src[i].hi) {
+      if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_PAGEOUT); /* a hint: failure is fine */
+      return;
+    }
+#else
+  (void)e;
+#endif
+}
+
+void ss_matmul_weights_source(const void *owner, const void *base, size_t len) {
+  if (!owner || !base || len == 0) return;
+  pthread_rwlock_wrlock(&pk.lk);
+  for (int i = 0; i < SS_PACK_SOURCES; i++)
+    if (pk.src[i].owner == NULL) {
+      pk.src[i].owner = owner;
+      pk.src[i].lo = (uintptr_t)base, pk.src[i].hi = (uintptr_t)base + len;
+      break;
+    }
+  pthread_rwlock_unlock(&pk.lk);
 }
 
 static packed_w *pack_get(ss_mm_dtype dt, const void *owner, const float *W, int tb, int K, int N,
@@ -175,6 +231,7 @@ static packed_w *pack_get(ss_mm_dtype dt, const void *owner, const float *W, int
     pk.bytes += made->bytes;
     pk.count++;
     e = made, made = NULL;
+    give_back_source(e);
   }
   pthread_rwlock_unlock(&pk.lk);
   pack_free(made);
@@ -204,7 +261,12 @@ static void pack_drop(const void *owner, const float *w) {
 void ss_matmul_weight_changed(const float *W) { pack_drop(NULL, W); }
 
 void ss_matmul_weights_drop(const void *owner) {
-  if (owner) pack_drop(owner, NULL);
+  if (!owner) return;
+  pack_drop(owner, NULL);
+  pthread_rwlock_wrlock(&pk.lk);
+  for (int i = 0; i < SS_PACK_SOURCES; i++)
+    if (pk.src[i].owner == owner) pk.src[i].owner = NULL;
+  pthread_rwlock_unlock(&pk.lk);
 }
 
 size_t ss_matmul_packed_bytes(void) {
@@ -387,17 +449,41 @@ static const float *q8_dequant(const packed_w *e) {
   return d;
 }
 
-void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A, int lda,
-                 const float *W, int ldw, float beta, float *C, int ldc) {
+/* The epilogue as separate passes over C's rows (the products that run unfused). */
+static void ep_apply(const ss_mm_epilogue *ep, int M, int N, float *C, int ldc) {
+  if (ldc == N && (!ep->mul || ep->ldm == N)) { /* contiguous: one pass over all rows */
+    int all = M * N;
+    M = 1, N = all, ldc = all;
+  }
+  for (size_t r = 0; r < (size_t)M; r++) {
+    float *c = C + r * (size_t)ldc;
+    if (ep->act == SS_ACT_GELU_TANH)
+      ss_gelu_tanh_forward(c, c, (size_t)N);
+    else if (ep->act == SS_ACT_GELU_ERF)
+      ss_gelu_erf_forward(c, c, (size_t)N);
+    else if (ep->act == SS_ACT_SILU)
+      ss_silu_forward(c, c, (size_t)N);
+    if (ep->mul) {
+      const float *m = ep->mul + r * (size_t)ep->ldm;
+      for (size_t j = 0; j < (size_t)N; j++) c[j] *= m[j];
+    }
+  }
+}
+
+void ss_matmul_w_ep(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A,
+                    int lda, const float *W, int ldw, const ss_mm_epilogue *ep, float beta,
+                    float *C, int ldc) {
   packed_w *e;
-  if (cc && cc->dtype != SS_MM_F32 && M > 0 && N > 0 && K > 0 && (beta == 0.0f || beta == 1.0f) &&
+  if (ep && !ep->bias && ep->act == SS_ACT_NONE && !ep->mul) ep = NULL;
+  if (cc && M > 0 && N > 0 && K > 0 && (beta == 0.0f || beta == 1.0f) &&
+      (cc->dtype != SS_MM_F32 || (cc->owner != NULL && ss__mm_has_brgemm())) &&
       (e = pack_get(cc->dtype, cc->owner, W, tb == SS_MM_T, K, N, ldw)) != NULL) {
-    if (e->dt == SS_MM_BF16) {
-      if (ss__mm_bf16(M, N, K, A, lda, &e->md, e->data, beta, C, ldc) == 0) return;
-    } else if (M <= SS_Q8_ROWS) {
+    if (e->dt != SS_MM_INT8) {
+      if (ss__mm_packed(e->dt, M, N, K, A, lda, &e->md, e->data, beta, C, ldc, ep) == 0) return;
+    } else if (!ep && M <= SS_Q8_ROWS) {
       q8_few_rows(e, M, A, lda, beta, C, ldc);
       return;
-    } else {
+    } else if (!ep) {
       const float *d = q8_dequant(e);
       if (d) {
         ss_matmul(SS_MM_N, SS_MM_T, M, N, K, 1.0f, A, lda, d, K, beta, C, ldc);
@@ -405,5 +491,25 @@ void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, cons
       }
     }
   }
-  ss_matmul(SS_MM_N, tb, M, N, K, 1.0f, A, lda, W, ldw, beta, C, ldc);
+  if (ep && ep->bias) { /* the bias laid down first, the product added onto it */
+    for (size_t r = 0; r < (size_t)M; r++) {
+      float *c = C + r * (size_t)ldc;
+      if (beta != 0.0f)
+        for (size_t j = 0; j < (size_t)N; j++) c[j] += ep->bias[j];
+      else
+        memcpy(c, ep->bias, (size_t)N * sizeof(float));
+    }
+    ss_matmul_w_ep(cc, tb, M, N, K, A, lda, W, ldw, NULL, 1.0f, C, ldc);
+  } else if (ep) {
+    ss_matmul_w_ep(cc, tb, M, N, K, A, lda, W, ldw, NULL, beta, C, ldc);
+  } else {
+    ss_matmul(SS_MM_N, tb, M, N, K, 1.0f, A, lda, W, ldw, beta, C, ldc);
+    return;
+  }
+  if (ep->act != SS_ACT_NONE || ep->mul) ep_apply(ep, M, N, C, ldc);
+}
+
+void ss_matmul_w(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, const float *A, int lda,
+                 const float *W, int ldw, float beta, float *C, int ldc) {
+  ss_matmul_w_ep(cc, tb, M, N, K, A, lda, W, ldw, NULL, beta, C, ldc);
 }

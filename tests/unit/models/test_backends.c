@@ -98,7 +98,8 @@ static void test_matmul(void) {
 
 static void test_linear(void) {
   const int BTs[] = {1, 5, 40}, C = 23, OC = 19;
-  ss_compute cc = {SS_MM_F32, NULL, NULL}, rc = {SS_MM_F32, NULL, ref};
+  static int owner; /* f32 weights packed (brgemm CPUs), dropped before they are freed */
+  ss_compute cc = {SS_MM_F32, &owner, NULL}, rc = {SS_MM_F32, NULL, ref};
   for (int ib = 0; ib < 3; ib++)
     for (int lay = 0; lay < 2; lay++)
       for (int acc = 0; acc < 2; acc++) {
@@ -127,6 +128,7 @@ static void test_linear(void) {
         ref->matmul_w(&rc, lay ? SS_MM_N : SS_MM_T, BT, OC, C, x, C, W, lay ? OC : C, 0.0f, y2, OC);
         snprintf(what, sizeof what, "matmul_w BT %d tb %c", BT, lay ? 'N' : 'T');
         cmp(what, y1, y2, ny, 1e-5);
+        ss_matmul_weights_drop(&owner);
         free(x), free(W), free(b), free(y1), free(y2), free(dy), free(dx1), free(dx2);
         free(dW1), free(dW2), free(db1), free(db2);
       }
@@ -137,6 +139,64 @@ static void test_linear(void) {
     ref->bias_backward(d2, dy, ldy, BT, n);
     cmp("bias_backward", d1, d2, (size_t)n, 1e-6);
     free(dy), free(d1), free(d2);
+  }
+}
+
+/* The unfused form of an epilogue on cc's backend: linear, then act, then * mul. */
+static void unfused_ep(const ss_compute *cc, float *y, const float *x, const float *W,
+                       const ss_mm_epilogue *ep, int BT, int C, int OC, ss_w_layout lay, int acc) {
+  size_t n = (size_t)BT * (size_t)OC;
+  ss_op_linear_forward(cc, y, x, W, ep->bias, BT, C, OC, lay, acc);
+  if (ep->act == SS_ACT_GELU_TANH) ss_op_gelu_tanh_forward(cc, y, y, n);
+  if (ep->act == SS_ACT_GELU_ERF) ss_op_gelu_erf_forward(cc, y, y, n);
+  if (ep->act == SS_ACT_SILU) ss_op_silu_forward(cc, y, y, n);
+  if (ep->mul) ss_op_mul(cc, y, y, ep->mul, n);
+}
+
+/* linear_forward_ep (bias, activation, multiplier fused into packed products) against the
+ * reference backend (f32) and against the same dtype's unfused ops (f32 packed and not, bf16
+ * where the CPU has it, int8: separate passes). */
+static void test_linear_ep(void) {
+  const int BTs[] = {1, 5, 40, 130}, C = 37, OC = 45;
+  static int owner;
+  char why[128];
+  int bf16 = ss_matmul_bf16_check(why, sizeof why) == 0;
+  for (int dt = 0; dt < 4; dt++) {
+    if (dt == 2 && !bf16) continue;
+    /* 0: f32 packed (brgemm CPUs), 1: f32 unpacked (no owner), 2: bf16, 3: int8 */
+    ss_compute cc = {dt == 2   ? SS_MM_BF16
+                     : dt == 3 ? SS_MM_INT8
+                               : SS_MM_F32,
+                     dt == 1 ? NULL : &owner, NULL};
+    ss_compute rc = {SS_MM_F32, NULL, ref};
+    for (int ib = 0; ib < 4; ib++)
+      for (int lay = 0; lay < 2; lay++)
+        for (int v = 0; v < 10; v++) { /* act 0..3 x mul, bias; then accumulate with a bias */
+          const int BT = BTs[ib], acc = v >= 8;
+          const size_t ny = (size_t)BT * (size_t)OC, nx = (size_t)BT * (size_t)C;
+          float *x = rnd(nx, 1.0f), *W = rnd((size_t)C * (size_t)OC, 0.3f);
+          float *b = rnd((size_t)OC, 1.0f), *m = rnd(ny, 1.0f);
+          float *y1 = rnd(ny, 1.0f), *y2 = dup(y1, ny), *y3 = dup(y1, ny);
+          ss_mm_epilogue ep = {v % 2 || acc ? b : NULL, acc ? SS_ACT_NONE : (ss_mm_act)(v / 2 % 4),
+                               !acc && v >= 4 ? m : NULL, OC};
+          char what[80];
+          ss_op_linear_forward_ep(&cc, y1, x, W, &ep, BT, C, OC, (ss_w_layout)lay, acc);
+          unfused_ep(&cc, y3, x, W, &ep, BT, C, OC, (ss_w_layout)lay, acc);
+          snprintf(what, sizeof what, "linear_ep %s BT %d %s act %d%s%s%s",
+                   dt == 0   ? "f32"
+                   : dt == 1 ? "f32 unpacked"
+                   : dt == 2 ? "bf16"
+                             : "int8",
+                   BT, lay ? "in_out" : "out_in", (int)ep.act, ep.bias ? " bias" : "",
+                   ep.mul ? " mul" : "", acc ? " +=" : "");
+          cmp(what, y1, y3, ny, 1e-5);
+          if (dt < 2) {
+            ss_op_linear_forward_ep(&rc, y2, x, W, &ep, BT, C, OC, (ss_w_layout)lay, acc);
+            cmp(what, y1, y2, ny, 1e-5);
+          }
+          ss_matmul_weights_drop(&owner);
+          free(x), free(W), free(b), free(m), free(y1), free(y2), free(y3);
+        }
   }
 }
 
@@ -398,6 +458,7 @@ int main(void) {
   test_alloc();
   test_matmul();
   test_linear();
+  test_linear_ep();
   test_norms();
   test_pointwise();
   test_elementwise();

@@ -2,10 +2,16 @@
  * test_linear.c — nn/matmul.h and nn/linear.h's forward against a double-precision reference, on
  * both sides of the small-rows threshold (few-row kernels vs sgemm), odd sizes (tails), with and
  * without bias, overwrite and accumulate, both weight layouts; ss_matmul with every transpose,
- * leading dimensions wider than the rows, alpha and beta.
+ * leading dimensions wider than the rows, alpha and beta. And weights packed from a read-only
+ * file mapping whose pages are given back once packed (ss_matmul_weights_source): products stay
+ * right, and the weight still reads as the file's values.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "models/nn/linear.h"
@@ -90,6 +96,58 @@ static void mm(int ta, int tb, int M, int N, int K, float alpha, float beta) {
   free(A), free(B), free(C), free(R), free(Cpad);
 }
 
+/* A weight in a read-only private file mapping, registered as its owner's source: a packed
+ * product (f32 brgemm where the CPU has it, else int8) gives its pages back; the product and
+ * the weight's values must not change. Prints how many of the file's pages stayed in the page
+ * cache (mincore: a hint, not checked; RSS is what the give-back lowers). */
+static void given_back(ss_mm_dtype dt) {
+  enum { K = 512, N = 384, M = 32 };
+  char path[] = "/tmp/ss_test_linear_XXXXXX";
+  int fd = mkstemp(path);
+  CHECK(fd >= 0);
+  if (fd < 0) return;
+  unlink(path);
+  size_t bytes = (size_t)K * N * sizeof(float);
+  float *w = malloc(bytes), *x = malloc((size_t)M * K * sizeof *x);
+  float *y1 = malloc((size_t)M * N * sizeof *y1), *y2 = malloc((size_t)M * N * sizeof *y2);
+  unsigned s = 5;
+  for (size_t i = 0; i < (size_t)K * N; i++) w[i] = frand(&s);
+  for (size_t i = 0; i < (size_t)M * K; i++) x[i] = frand(&s);
+  CHECK(write(fd, w, bytes) == (ssize_t)bytes);
+  CHECK(fsync(fd) == 0); /* clean pages: dirty ones cannot be given back without a write */
+  float *map = mmap(NULL, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  CHECK(map != MAP_FAILED);
+  if (map == MAP_FAILED) return;
+  static int owner;
+  ss_compute cc = {dt, &owner, NULL};
+  ss_matmul_weights_source(&owner, map, bytes);
+  ss_matmul_w(&cc, SS_MM_N, M, N, K, x, K, map, N, 0.0f, y1, N); /* packs, gives pages back */
+  long pg = sysconf(_SC_PAGESIZE);
+  size_t np = (bytes + (size_t)pg - 1) / (size_t)pg, resident = 0;
+  unsigned char *vec = malloc(np);
+  if (mincore(map, bytes, vec) == 0)
+    for (size_t i = 0; i < np; i++) resident += vec[i] & 1;
+  printf("  %s weight from a file mapping: %zu of %zu pages resident after packing\n",
+         dt == SS_MM_F32 ? "f32" : "int8", resident, np);
+  ss_matmul_w(&cc, SS_MM_N, M, N, K, x, K, map, N, 0.0f, y2, N); /* the packed copy again */
+  CHECK(memcmp(y1, y2, (size_t)M * N * sizeof *y1) == 0);
+  CHECK(memcmp(map, w, bytes) == 0); /* read back from the file */
+  ss_matmul(SS_MM_N, SS_MM_N, M, N, K, 1.0f, x, K, w, N, 0.0f, y2, N);
+  double worst = 0.0, big = 0.0; /* against the largest output, as int8's error is stated */
+  for (size_t i = 0; i < (size_t)M * N; i++) {
+    double e = fabs((double)y1[i] - (double)y2[i]);
+    if (e > worst) worst = e;
+    if (fabs((double)y2[i]) > big) big = fabs((double)y2[i]);
+  }
+  printf("  %s packed product: max error %.2e of the largest output\n",
+         dt == SS_MM_F32 ? "f32" : "int8", worst / big);
+  CHECK(worst <= (dt == SS_MM_F32 ? 1e-5 : 2e-2) * big);
+  ss_matmul_weights_drop(&owner);
+  munmap(map, bytes);
+  free(vec), free(w), free(x), free(y1), free(y2);
+}
+
 int main(void) {
   int ms[] = {1, 3, 4, 5, 17}, nk[][2] = {{13, 7}, {64, 48}, {9, 33}, {1, 1}};
   float ab[][2] = {{1, 0}, {1, 1}, {0.5f, 0}, {2, -0.25f}};
@@ -106,5 +164,7 @@ int main(void) {
         for (int acc = 0; acc < 2; acc++)
           for (int conv = 0; conv < 2; conv++)
             one(rows[i], dims[d][0], dims[d][1], bias, acc, conv);
+  given_back(SS_MM_F32);
+  given_back(SS_MM_INT8);
   TEST_MAIN_END();
 }

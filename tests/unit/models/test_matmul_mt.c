@@ -7,7 +7,9 @@
  * so AVX-512 brgemm kernels overwrote each other's packed buffers (wrong answers under load on
  * AVX-512 machines, none on AVX2). The shapes below are ones where the blocked kernels engage
  * (hidden >= 512), with every transpose pair the trunks use (forward, both backward products),
- * alpha/beta variants, and few-row products (the hand-written kernels).
+ * alpha/beta variants, few-row products (the hand-written kernels), and model weights packed once
+ * (f32 brgemm layout) and shared by every thread, their packing raced on first use, plain and
+ * with a fused bias + GELU epilogue.
  *
  * The test prints oneDNN's effective ISA: run it under ONEDNN_MAX_CPU_ISA (make test does, for
  * each level this CPU has: tests/isa_levels.sh) to cover the lower levels' kernels too.
@@ -30,17 +32,23 @@ typedef struct problem {
   ss_mm_trans ta, tb;
   int M, N, K;
   float alpha, beta;
+  int w; /* 1: a model weight (ss_matmul_w: packed for brgemm, one B shared by the threads);
+          * 2: the same with a bias + GELU epilogue (ss_matmul_w_ep) */
 } problem;
 
 static const problem problems[] = {
-    {SS_MM_N, SS_MM_N, 128, 768, 768, 1.0f, 0.0f},  /* GPT-2 prefill (Conv1D: B as stored) */
-    {SS_MM_N, SS_MM_T, 128, 896, 512, 1.0f, 0.0f},  /* Llama prefill (nn.Linear: B^T) */
-    {SS_MM_N, SS_MM_T, 64, 512, 1024, 1.0f, 1.0f},  /* accumulate (beta 1) */
-    {SS_MM_T, SS_MM_N, 768, 512, 64, 1.0f, 1.0f},   /* weight gradient dW += X^T dY */
-    {SS_MM_N, SS_MM_N, 96, 640, 512, 0.125f, 0.0f}, /* attention-like scaled product */
-    {SS_MM_N, SS_MM_T, 4, 1024, 768, 1.0f, 0.0f},   /* a decode batch (few-row kernels) */
-    {SS_MM_N, SS_MM_N, 1, 768, 768, 1.0f, 0.0f},    /* one decode token (oneDNN gemv) */
+    {SS_MM_N, SS_MM_N, 128, 768, 768, 1.0f, 0.0f, 0},  /* GPT-2 prefill (Conv1D: B as stored) */
+    {SS_MM_N, SS_MM_T, 128, 896, 512, 1.0f, 0.0f, 0},  /* Llama prefill (nn.Linear: B^T) */
+    {SS_MM_N, SS_MM_T, 64, 512, 1024, 1.0f, 1.0f, 0},  /* accumulate (beta 1) */
+    {SS_MM_T, SS_MM_N, 768, 512, 64, 1.0f, 1.0f, 0},   /* weight gradient dW += X^T dY */
+    {SS_MM_N, SS_MM_N, 96, 640, 512, 0.125f, 0.0f, 0}, /* attention-like scaled product */
+    {SS_MM_N, SS_MM_T, 4, 1024, 768, 1.0f, 0.0f, 0},   /* a decode batch (few-row kernels) */
+    {SS_MM_N, SS_MM_N, 1, 768, 768, 1.0f, 0.0f, 0},    /* one decode token (oneDNN gemv) */
+    {SS_MM_N, SS_MM_N, 128, 768, 512, 1.0f, 1.0f, 1},  /* packed weight, residual add */
+    {SS_MM_N, SS_MM_N, 6, 1024, 768, 1.0f, 1.0f, 1},   /* packed weight, decode rows */
+    {SS_MM_N, SS_MM_N, 64, 1024, 512, 1.0f, 0.0f, 2},  /* packed weight, bias + GELU fused */
 };
+static int owner; /* of the packed weights */
 #define NPROB (sizeof problems / sizeof problems[0])
 
 typedef struct operands {
@@ -66,6 +74,13 @@ static float *randv(size_t n) {
 static void run(const problem *p, const operands *o, float *C) {
   size_t csz = (size_t)p->M * (size_t)o->ldc;
   memcpy(C, o->C0, csz * sizeof *C);
+  if (p->w) {
+    ss_compute cc = {SS_MM_F32, &owner, NULL};
+    ss_mm_epilogue ep = {o->C0, SS_ACT_GELU_TANH, NULL, 0}; /* C0's first row: the bias */
+    ss_matmul_w_ep(&cc, p->tb, p->M, p->N, p->K, o->A, o->lda, o->B, o->ldb, p->w == 2 ? &ep : NULL,
+                   p->beta, C, o->ldc);
+    return;
+  }
   ss_matmul(p->ta, p->tb, p->M, p->N, p->K, p->alpha, o->A, o->lda, o->B, o->ldb, p->beta, C,
             o->ldc);
 }
@@ -125,17 +140,18 @@ int main(void) {
       int brows = p->tb ? p->N : p->K, bcols = p->tb ? p->K : p->N;
       o->lda = acols, o->ldb = bcols, o->ldc = p->N;
       o->A = randv((size_t)arows * (size_t)acols);
-      o->B = randv((size_t)brows * (size_t)bcols);
+      o->B = p->w && t > 0 ? ops[pi][0].B : randv((size_t)brows * (size_t)bcols);
       o->C0 = randv((size_t)p->M * (size_t)p->N);
       o->lone = malloc((size_t)p->M * (size_t)p->N * sizeof(float));
       run(p, o, o->lone); /* alone: no other thread computes now */
-      double e = naive_err(p, o, o->lone);
+      double e = p->w == 2 ? 0.0 : naive_err(p, o, o->lone);
       if (e > 1e-5)
         fprintf(stderr, "problem %zu thread %d: lone answer off the naive product by %.3g\n", pi, t,
                 e);
       CHECK(e <= 1e-5);
     }
   }
+  ss_matmul_weights_drop(&owner); /* the threads race to pack the shared weights again */
   pthread_t th[NTHREADS];
   for (int t = 0; t < NTHREADS; t++)
     CHECK(pthread_create(&th[t], NULL, worker, (void *)(intptr_t)t) == 0);
@@ -145,9 +161,12 @@ int main(void) {
   printf("concurrent products differing from the lone answer: %d of %d\n", wrong,
          (int)(NTHREADS * ROUNDS * NPROB));
   CHECK_EQ_INT(wrong, 0);
+  printf("packed weight bytes: %zu\n", ss_matmul_packed_bytes());
+  ss_matmul_weights_drop(&owner);
   for (size_t pi = 0; pi < NPROB; pi++)
     for (int t = 0; t < NTHREADS; t++) {
-      free(ops[pi][t].A), free(ops[pi][t].B), free(ops[pi][t].C0), free(ops[pi][t].lone);
+      free(ops[pi][t].A), free(ops[pi][t].C0), free(ops[pi][t].lone);
+      if (!problems[pi].w || t == 0) free(ops[pi][t].B);
     }
   TEST_MAIN_END();
 }

@@ -46,6 +46,9 @@ typedef struct ss_backend {
   /* linear.h */
   void (*linear_forward)(const ss_compute *cc, float *y, const float *x, const float *W,
                          const float *b, int BT, int C, int OC, ss_w_layout layout, int accumulate);
+  void (*linear_forward_ep)(const ss_compute *cc, float *y, const float *x, const float *W,
+                            const ss_mm_epilogue *ep, int BT, int C, int OC, ss_w_layout layout,
+                            int accumulate);
   void (*linear_backward)(float *dx, float *dW, float *db, const float *dy, const float *x,
                           const float *W, int BT, int C, int OC, ss_w_layout layout);
   void (*bias_backward)(float *db, const float *dy, int ldy, int BT, int n);
@@ -141,6 +144,11 @@ static inline void ss_op_linear_forward(const ss_compute *cc, float *y, const fl
                                         const float *W, const float *b, int BT, int C, int OC,
                                         ss_w_layout layout, int accumulate) {
   ss_backend_of(cc)->linear_forward(cc, y, x, W, b, BT, C, OC, layout, accumulate);
+}
+static inline void ss_op_linear_forward_ep(const ss_compute *cc, float *y, const float *x,
+                                           const float *W, const ss_mm_epilogue *ep, int BT, int C,
+                                           int OC, ss_w_layout layout, int accumulate) {
+  ss_backend_of(cc)->linear_forward_ep(cc, y, x, W, ep, BT, C, OC, layout, accumulate);
 }
 static inline void ss_op_linear_backward(const ss_compute *cc, float *dx, float *dW, float *db,
                                          const float *dy, const float *x, const float *W, int BT,

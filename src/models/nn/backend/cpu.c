@@ -48,6 +48,7 @@ const ss_backend ss_backend_cpu = {
     .matmul = ss_matmul,
     .matmul_w = ss_matmul_w,
     .linear_forward = ss_linear_forward,
+    .linear_forward_ep = ss_linear_forward_ep,
     .linear_backward = ss_linear_backward,
     .bias_backward = ss_bias_backward,
     .layernorm_forward = ss_layernorm_forward,

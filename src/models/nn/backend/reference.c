@@ -237,6 +237,29 @@ static void ref_gelu_erf_backward(float *d, const float *x, size_t n) {
   }
 }
 
+/* The epilogue in double: y = (accumulate ? y : 0) + mul * act(x W + bias). */
+static void ref_linear_forward_ep(const ss_compute *cc, float *y, const float *x, const float *W,
+                                  const ss_mm_epilogue *ep, int BT, int C, int OC,
+                                  ss_w_layout layout, int accumulate) {
+  (void)cc;
+  for (int r = 0; r < BT; r++)
+    for (int o = 0; o < OC; o++) {
+      float *yo = y + (size_t)r * (size_t)OC + (size_t)o;
+      double s = ep && ep->bias ? (double)ep->bias[o] : 0.0;
+      for (int c = 0; c < C; c++)
+        s += (double)x[(size_t)r * (size_t)C + (size_t)c] * wt(W, C, OC, layout, o, c);
+      ss_mm_act act = ep ? ep->act : SS_ACT_NONE;
+      if (act == SS_ACT_GELU_TANH)
+        s = 0.5 * s * (1.0 + tanh(SQRT_2_OVER_PI * (s + 0.044715 * s * s * s)));
+      else if (act == SS_ACT_GELU_ERF)
+        s = 0.5 * s * (1.0 + erf(s * INV_SQRT2));
+      else if (act == SS_ACT_SILU)
+        s = s / (1.0 + exp(-s));
+      if (ep && ep->mul) s *= (double)ep->mul[(size_t)r * (size_t)ep->ldm + (size_t)o];
+      *yo = (float)(accumulate ? (double)*yo + s : s);
+    }
+}
+
 static void ref_relu_forward(float *out, const float *x, size_t n) {
   for (size_t k = 0; k < n; k++) out[k] = x[k] > 0.0f ? x[k] : 0.0f;
 }
@@ -509,6 +532,7 @@ const ss_backend ss_backend_reference = {
     .matmul = ref_matmul,
     .matmul_w = ref_matmul_w,
     .linear_forward = ref_linear_forward,
+    .linear_forward_ep = ref_linear_forward_ep,
     .linear_backward = ref_linear_backward,
     .bias_backward = ref_bias_backward,
     .layernorm_forward = ref_layernorm_forward,
