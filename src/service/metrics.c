@@ -85,6 +85,12 @@ static void hist_family(ss_strbuf *b, const ss_service *s, const char *name, con
   }
 }
 
+/* Does m batch calls: stacking (max_batch_rows) or decode steps (decode_batch, on by default
+ * for the kinds with forward_kv_batch)? Those get the batch counters. */
+static int batches(const ss_model *m) {
+  return m->max_batch_rows > 0 || (m->decode_batch && m->ops->forward_kv_batch != NULL);
+}
+
 void ss_service_metrics(ss_service *s, ss_strbuf *b) {
   ss_strbuf_printf(b,
                    "# HELP splitserve_requests_total Calls answered, by model, method and gRPC "
@@ -118,7 +124,7 @@ void ss_service_metrics(ss_service *s, ss_strbuf *b) {
       "# HELP splitserve_batches_total Batches computed (dynamic batching), by model.\n"
       "# TYPE splitserve_batches_total counter\n");
   for (size_t i = 0; i < s->nmodels; i++)
-    if (s->models[i]->model->max_batch_rows > 0)
+    if (batches(s->models[i]->model))
       ss_strbuf_printf(b, "splitserve_batches_total{model=\"%s\"} %llu\n", s->models[i]->model->id,
                        (unsigned long long)s->models[i]->batches);
   ss_strbuf_printf(b,
@@ -126,7 +132,7 @@ void ss_service_metrics(ss_service *s, ss_strbuf *b) {
                    "(their ratio is the mean batch size).\n"
                    "# TYPE splitserve_batched_calls_total counter\n");
   for (size_t i = 0; i < s->nmodels; i++)
-    if (s->models[i]->model->max_batch_rows > 0)
+    if (batches(s->models[i]->model))
       ss_strbuf_printf(b, "splitserve_batched_calls_total{model=\"%s\"} %llu\n",
                        s->models[i]->model->id, (unsigned long long)s->models[i]->batched_calls);
   size_t n, bytes;

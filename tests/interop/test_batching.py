@@ -2,9 +2,11 @@
 calls of one model are stacked into one forward, and every call gets the result it gets alone (up
 to float rounding), keeps its own dtype, deadline and cancellation. mlp and gpt2 prefill; decode
 steps of sessions and client caches, which batch by default."""
+import re
 import shutil
 import tempfile
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -25,7 +27,7 @@ def setup():
     wpath, cpath, _ = gpt2_ref.write_checkpoint(TMP, "g", CFG, seed=3)
     gspec = "weights=%s,config=%s,layers=0:2" % (wpath, cpath)
     # Same weights with and without batching: "alone" is the reference for "batched".
-    S = sslib.Server("--workers", "1",
+    S = sslib.Server("--workers", "1", "--metrics-listen", "127.0.0.1:0",
                      "--model", "mlp=mlp",
                      "--model", "mb=mlp,max_batch_rows=64,batch_delay_us=20000",
                      "--model", "g=gpt2," + gspec,
@@ -201,6 +203,14 @@ def test_decode_steps_batch_by_default():
     b1, c1 = _batched_calls("g")
     assert c1 - c0 == 4 * n and b1 - b0 <= 4 * 3, (b0, b1, c0, c1)
     assert _batched_calls("gnb") == n0  # decode_batch=0: never batched
+    # /metrics counts them too (decode batching needs no key): its ratio is the mean batch size
+    line = S.wait_for_line(r"metrics on http://[^:]+:(\d+)/metrics", timeout=5)
+    port = int(re.search(r"metrics on http://[^:]+:(\d+)/metrics", line).group(1))
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=T(5)) as r:
+        text = r.read().decode()
+    assert 'splitserve_batches_total{model="g"} %d' % b1 in text, text
+    assert 'splitserve_batched_calls_total{model="g"} %d' % c1 in text, text
+    assert 'splitserve_batched_calls_total{model="gnb"}' not in text, text
 
 
 def test_batches_and_single_calls_share_one_queue():
