@@ -44,6 +44,9 @@
 #include "models/nn/simd.h"
 
 #include <cblas.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <pthread.h>
@@ -455,7 +458,8 @@ size_t ss_matmul_scratch_bytes(void) {
 }
 
 /* f32 -> bf16, round to nearest even (NaN stays NaN): rows of A into a contiguous buffer. */
-SS_CLONES static void rows_to_bf16(const float *A, size_t lda, size_t M, size_t K, uint16_t *out) {
+SS_CLONES static void rows_to_bf16_c(const float *A, size_t lda, size_t M, size_t K,
+                                     uint16_t *out) {
   for (size_t i = 0; i < M; i++) {
     const float *a = A + i * lda;
     uint16_t *o = out + i * K;
@@ -468,6 +472,50 @@ SS_CLONES static void rows_to_bf16(const float *A, size_t lda, size_t M, size_t 
     }
   }
 }
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* The same with avx512_bf16's VCVTNEPS2BF16 (round to nearest even; NaN stays NaN; it takes
+ * denormal inputs as zero, as oneDNN's own conversions do): 16 floats per instruction. The
+ * scalar loop above ran at ~1.4 G floats/s and took 8% of a bf16 GPT-2 prefill. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void rows_to_bf16_avx512(
+    const float *A, size_t lda, size_t M, size_t K, uint16_t *out) {
+  for (size_t i = 0; i < M; i++) {
+    const float *a = A + i * lda;
+    uint16_t *o = out + i * K;
+    size_t j = 0;
+    for (; j + 16 <= K; j += 16)
+      _mm256_storeu_si256((__m256i *)(void *)(o + j),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(a + j)));
+    if (j < K) {
+      __mmask16 m = (__mmask16)((1u << (K - j)) - 1u);
+      _mm256_mask_storeu_epi16(o + j, m,
+                               (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, a + j)));
+    }
+  }
+}
+
+int ss__mm_to_bf16(const float *A, size_t lda, size_t M, size_t K, uint16_t *out, int portable) {
+  static int have = -1; /* every thread computes the same answer: relaxed atomics suffice */
+  int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
+  if (h < 0) {
+    __builtin_cpu_init();
+    h = __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+    __atomic_store_n(&have, h, __ATOMIC_RELAXED);
+  }
+  if (h && !portable) {
+    rows_to_bf16_avx512(A, lda, M, K, out);
+    return 1;
+  }
+  rows_to_bf16_c(A, lda, M, K, out);
+  return 0;
+}
+#else
+int ss__mm_to_bf16(const float *A, size_t lda, size_t M, size_t K, uint16_t *out, int portable) {
+  (void)portable;
+  rows_to_bf16_c(A, lda, M, K, out);
+  return 0;
+}
+#endif
 
 /* C = alpha op(A) op(B) + beta C on oneDNN; -1 if it cannot (the caller falls back). f32
  * problems read A and B as stored; packed-weight ones read B in the layout wmd, and bf16 ones
@@ -495,7 +543,7 @@ static int engine_matmul(const mm_key *k, const dnnl_memory_desc_t *wmd, const f
       free(t->abuf);
       t->abuf = buf, t->acap = need;
     }
-    rows_to_bf16(A, (size_t)lda32, (size_t)k->M, (size_t)k->K, t->abuf);
+    (void)ss__mm_to_bf16(A, (size_t)lda32, (size_t)k->M, (size_t)k->K, t->abuf, 0);
     Ause = t->abuf;
     b = *wmd;
     if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, as) != dnnl_success) goto out;

@@ -9,9 +9,16 @@
 #define SS_MODELS_NN_MATMUL_INT_H
 
 #include <oneapi/dnnl/dnnl.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "models/nn/matmul.h"
 
+/* Rows of A [M, K] (row stride lda) as bf16, round to nearest even, NaN kept, into out [M, K]:
+ * with avx512_bf16's VCVTNEPS2BF16 where the CPU has it (denormal inputs become zero), else
+ * (or with portable set) a plain loop. Returns 1 when the avx512_bf16 path ran. (The activations
+ * of every bf16 product; exported for tests/unit/models/test_matmul_mt.c.) */
+int ss__mm_to_bf16(const float *A, size_t lda, size_t M, size_t K, uint16_t *out, int portable);
 /* 1 if oneDNN runs brgemm kernels here (AVX-512 and up): f32 weights are worth packing. */
 int ss__mm_has_brgemm(void);
 /* The layout oneDNN's kernel for dt (SS_MM_F32 or SS_MM_BF16) wants for a weight read as B

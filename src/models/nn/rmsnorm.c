@@ -8,6 +8,19 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "models/nn/simd.h"
+
+/* The sum of squares of a row in double over 8 independent lanes (one accumulator is a chain of
+ * dependent adds the compiler may not reorder). */
+SS_CLONES static double row_sumsq(const float *x, size_t n) {
+  double q[8] = {0};
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; k++) q[k] += (double)x[j + (size_t)k] * (double)x[j + (size_t)k];
+  for (; j < n; j++) q[0] += (double)x[j] * (double)x[j];
+  return ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
+}
+
 void ss_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int BT, int C,
                         float eps, int one_plus) {
   const size_t n = (size_t)C;
@@ -16,9 +29,8 @@ void ss_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
   for (int r = 0; r < BT; r++) {
     const float *xr = x + (size_t)r * n;
     float *yr = out + (size_t)r * n;
-    double ss = 0.0;
+    double ss = row_sumsq(xr, n);
     float inv;
-    for (size_t j = 0; j < n; j++) ss += (double)xr[j] * xr[j];
     inv = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
     if (rstd != NULL) rstd[r] = inv;
     for (size_t j = 0; j < n; j++) yr[j] = xr[j] * inv * (add + w[j]);

@@ -11,6 +11,10 @@
  * (f32 brgemm layout) and shared by every thread, their packing raced on first use, plain and
  * with a fused bias + GELU epilogue.
  *
+ * Also: the activations' f32 -> bf16 conversion of every bf16 product (avx512_bf16's
+ * VCVTNEPS2BF16 where the CPU has it) equals the portable round-to-nearest-even loop on normal
+ * numbers, ties, NaN, infinities, overflow and odd row lengths (denormals: zero, as documented).
+ *
  * The test prints oneDNN's effective ISA: run it under ONEDNN_MAX_CPU_ISA (make test does, for
  * each level this CPU has: tests/isa_levels.sh) to cover the lower levels' kernels too.
  * Thread: main + NTHREADS test threads, each sized like a worker (ss_compute_thread_init(1)).
@@ -24,6 +28,7 @@
 
 #include "check.h"
 #include "models/nn/matmul.h"
+#include "models/nn/matmul_int.h"
 
 #define NTHREADS 4
 #define ROUNDS 6
@@ -127,8 +132,53 @@ static void *worker(void *arg) {
   return NULL;
 }
 
+static float f_of(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* The avx512_bf16 conversion against the portable one (skipped, saying so, without it). */
+static void check_bf16_conversion(void) {
+  enum { M = 3, K = 77, LDA = 80 }; /* K: 4 vectors + a masked tail */
+  static const uint32_t special[] = {
+      0x3F808000u, /* 1 + 2^-8: a tie, stays 1.0 (even) */
+      0x3F818000u, /* a tie that rounds up to the even neighbour */
+      0x3F80FFFFu, /* just under a tie */
+      0x7F7FFFFFu, /* FLT_MAX: rounds to +inf */
+      0x7F800000u, 0xFF800000u, 0x7FC00000u, 0x7F800001u, /* inf, -inf, qNaN, sNaN */
+      0x00000000u, 0x80000000u, 0x3F800000u, 0xBF7FFFFFu};
+  float *A = malloc((size_t)M * LDA * sizeof *A);
+  uint16_t fast[M * K], slow[M * K];
+  unsigned st = 7;
+  for (size_t i = 0; i < (size_t)M * LDA; i++) {
+    st = st * 1103515245u + 12345u;
+    A[i] = ((float)((st >> 8) & 0xffff) / 32768.0f - 1.0f) * 1e3f;
+  }
+  for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) A[LDA + i] = f_of(special[i]);
+  A[2 * LDA + K - 1] = f_of(0x3F808000u); /* a tie in the masked tail */
+  int ran = ss__mm_to_bf16(A, LDA, M, K, fast, 0);
+  CHECK_EQ_INT(ss__mm_to_bf16(A, LDA, M, K, slow, 1), 0);
+  if (!ran) {
+    printf("bf16 conversion: skipped (this CPU has no avx512_bf16; the portable loop ran)\n");
+  } else {
+    int diff = 0;
+    for (size_t i = 0; i < (size_t)M * K; i++) {
+      int nan_f = (fast[i] & 0x7fffu) > 0x7f80u, nan_s = (slow[i] & 0x7fffu) > 0x7f80u;
+      if (nan_f != nan_s || (!nan_f && fast[i] != slow[i])) diff++;
+    }
+    printf("bf16 conversion: avx512_bf16 vs portable, %d of %d differ\n", diff, M * K);
+    CHECK_EQ_INT(diff, 0);
+    CHECK_EQ_INT(slow[K], 0x3F80); /* the tie stayed even */
+    CHECK_EQ_INT(fast[K + 1], 0x3F82);
+    CHECK_EQ_INT(fast[K + 3], 0x7F80);
+  }
+  free(A);
+}
+
 int main(void) {
   ss_compute_thread_init(1);
+  check_bf16_conversion();
   const char *cap = getenv("ONEDNN_MAX_CPU_ISA");
   printf("matmul engine: %s (ONEDNN_MAX_CPU_ISA=%s)\n", ss_matmul_engine_info(),
          cap ? cap : "unset");
