@@ -594,8 +594,8 @@ static int gpt2_lora_setup(void *impl, const char *adapter, char *msg, size_t le
 static int gpt2_params_of(void *impl) { return gpt2_params(impl); }
 
 int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
-  const char *dt = "f32", *config = NULL;
-  char cfg_buf[1200], cfg_dir[1100], msg[1024];
+  const char *dt = "f32";
+  char config[1200], msg[1024];
   int scale_weights = 1, scale_by_layer = 0, rc; /* set by load_config */
   int64_t n_params = 0;
   ss_trunk_spec sp;
@@ -610,10 +610,7 @@ int ss_model_gpt2_new(ss_model *m, const char *const *params, size_t n, char *er
     return SS_ENOMEM;
   }
   p->cc = ss_model_compute(m); /* every tensor of the model comes from its backend */
-  rc = ss_ckpt_open(&p->ck, sp.weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
-  if (rc == 0)
-    root = ss_trunk_cfg_load(sp.config, cfg_dir, cfg_buf, sizeof cfg_buf, &config, &rc, msg,
-                             sizeof msg);
+  rc = ss_trunk_open(&sp, &p->ck, &root, config, sizeof config, msg, sizeof msg);
   if (rc == 0) rc = load_config(p, root, config, &scale_weights, &scale_by_layer, msg, sizeof msg);
   json_decref(root);
   if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);

@@ -637,8 +637,7 @@ static int neox_params(void *impl) {
 int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char *err,
                           size_t errlen) {
   const char *dt = "f32";
-  const char *config = NULL;
-  char cfg_buf[1200], cfg_dir[1100], msg[1024];
+  char config[1200], msg[1024];
   int64_t n_params = 0;
   ss_trunk_spec sp;
   json_t *root = NULL;
@@ -653,10 +652,7 @@ int ss_model_gpt_neox_new(ss_model *m, const char *const *params, size_t n, char
     return SS_ENOMEM;
   }
   p->cc = ss_model_compute(m); /* every tensor of the model comes from its backend */
-  rc = ss_ckpt_open(&p->ck, sp.weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
-  if (rc == 0)
-    root = ss_trunk_cfg_load(sp.config, cfg_dir, cfg_buf, sizeof cfg_buf, &config, &rc, msg,
-                             sizeof msg);
+  rc = ss_trunk_open(&sp, &p->ck, &root, config, sizeof config, msg, sizeof msg);
   if (rc == 0) rc = load_config(p, root, config, msg, sizeof msg);
   json_decref(root);
   if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);

@@ -414,24 +414,18 @@ static int load_windows(llama *p, json_t *root, const char *path, char *err, siz
   return 0;
 }
 
-/* config.json: the family from model_type, then its settings: at the top level, or (the VL
- * checkpoints, gemma3) in text_config when there is one. */
-static int load_config(llama *p, const char *path, char *err, size_t errlen) {
+/* config.json (top, parsed from path): the family from model_type, then its settings: at the
+ * top level, or (the VL checkpoints, gemma3) in text_config when there is one. */
+static int load_config(llama *p, json_t *top, const char *path, char *err, size_t errlen) {
   int found, rc = SS_EINVAL, gemma, f = -1;
-  json_t *top = ss_ckpt_json("config", path, SS_CONFIG_MAX_BYTES, &rc, err, errlen), *root, *v;
+  json_t *root, *v;
   double eps = 1e-6, qpas = 256.0, cap = 0.0;
   static const char *const required[] = {"hidden_size", "num_attention_heads", "num_hidden_layers",
                                          "intermediate_size"};
   int *req_out[] = {&p->E, &p->NH, &p->n_layer, &p->I};
   const char *mt, *act;
 
-  if (top == NULL) return rc;
-  rc = SS_EINVAL;
   root = top;
-  if (!json_is_object(top)) {
-    snprintf(err, errlen, "config %.200s: not a JSON object", path);
-    goto done;
-  }
   v = json_object_get(top, "model_type");
   mt = v != NULL && json_is_string(v) ? json_string_value(v) : NULL;
   for (size_t i = 0; mt != NULL && i < sizeof families / sizeof families[0]; i++)
@@ -549,11 +543,8 @@ static int load_config(llama *p, const char *path, char *err, size_t errlen) {
   p->scale = (float)(gemma && f != F_GEMMA ? 1.0 / sqrt(qpas) : 1.0 / sqrt((double)p->D));
   rc = load_ropes(p, root, path, err, errlen);
 done:
-  json_decref(top);
   return rc;
 }
-
-/* ------------------------------------------------------------- weight files ---- */
 
 /* ------------------------------------------------------------- weights ---- */
 
@@ -1297,8 +1288,9 @@ static int llama_lora_setup(void *impl, const char *adapter, char *msg, size_t l
 static int llama_params_of(void *impl) { return llama_params(impl); }
 
 int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *err, size_t errlen) {
-  const char *config, *dt = "f32";
-  char cfg_buf[1200], cfg_dir[1100], msg[1024];
+  const char *dt = "f32";
+  char config[1200], msg[1024];
+  json_t *top = NULL;
   int rc;
   int64_t n_params = 0;
   ss_trunk_spec sp;
@@ -1315,13 +1307,9 @@ int ss_model_llama_new(ss_model *m, const char *const *params, size_t n, char *e
   }
   p->cc = ss_model_compute(m); /* every tensor of the model comes from its backend */
   msg[0] = '\0';
-  config = sp.config;
-  rc = ss_ckpt_open(&p->ck, sp.weights, cfg_dir, sizeof cfg_dir, msg, sizeof msg);
-  if (rc == 0 && (config == NULL || config[0] == '\0')) {
-    snprintf(cfg_buf, sizeof cfg_buf, "%sconfig.json", cfg_dir);
-    config = cfg_buf;
-  }
-  if (rc == 0) rc = load_config(p, config, msg, sizeof msg);
+  rc = ss_trunk_open(&sp, &p->ck, &top, config, sizeof config, msg, sizeof msg);
+  if (rc == 0) rc = load_config(p, top, config, msg, sizeof msg);
+  json_decref(top);
   if (rc == 0) rc = ss_trunk_layers(sp.layers, p->n_layer, &p->a, &p->b, msg, sizeof msg);
   if (rc == 0) rc = load_weights(p, &p->ck, sp.weights, &dt, &n_params, msg, sizeof msg);
   /* LoRA (PEFT's llama default targets: q_proj, v_proj), parameters, optimizer state (in the

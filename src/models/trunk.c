@@ -780,6 +780,17 @@ int ss_trunk_lora_all(void *impl, const ss_compute *cc, int n, int r,
   return rc;
 }
 
+int ss_trunk_open(const ss_trunk_spec *sp, ss_ckpt *ck, json_t **root, char *cfg_path,
+                  size_t cfg_len, char *msg, size_t len) {
+  char dir[1100];
+  const char *used = NULL;
+  int rc = ss_ckpt_open(ck, sp->weights, dir, sizeof dir, msg, len);
+  *root = NULL;
+  if (rc == 0) *root = ss_trunk_cfg_load(sp->config, dir, cfg_path, cfg_len, &used, &rc, msg, len);
+  if (rc == 0 && used != cfg_path) snprintf(cfg_path, cfg_len, "%s", used);
+  return rc;
+}
+
 int ss_trunk_training(const ss_trunk_arch *arch, void *impl, const ss_trunk_spec *sp,
                       unsigned default_targets, ss_lora_cfg *lora, ss_params *prm,
                       const struct ss_st_file *ckpt,

@@ -213,6 +213,13 @@ int ss_trunk_spec_parse(const ss_model *m, const char *kind, const char *weights
                         const char *const *params, size_t n, ss_trunk_spec *sp, char *err,
                         size_t errlen);
 
+/* The start of every architecture's loading, after its spec: the checkpoint sp->weights opened
+ * into *ck (models/ckpt.h) and its config.json (sp->config, else the one in the checkpoint's
+ * directory) parsed into *root (the caller json_decref's it; the path it came from in cfg_path
+ * [cfg_len], for messages). 0, or an error with msg written (*ck then still safe to close). */
+int ss_trunk_open(const ss_trunk_spec *sp, ss_ckpt *ck, json_t **root, char *cfg_path,
+                  size_t cfg_len, char *msg, size_t len);
+
 /* Training set-up once an architecture has loaded its weights: LoRA's settings (PEFT's default
  * targets: bits of arch->lora_targets), the adapters (lora_setup: fresh or from sp->adapter),
  * the parameters (params: every trunk tensor, or the adapters only), and the optimizer state
