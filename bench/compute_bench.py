@@ -11,8 +11,9 @@ Workloads: GPT-2 trunk 2..10 (GPT-2 small shapes, 8 blocks) and a Qwen2-0.5B-sha
 (hidden 896, 14 heads over 2 KV heads, intermediate 4864; --qwen-layers, default 14): prefill
 [1,128,E]; one decode step with 128 tokens of past (splitserve: a server-side session; PyTorch:
 the blocks' KV cache); and 8 concurrent sessions' decode steps (splitserve: decode batching
-by default). Every figure is a p50 of repeated calls (--reps); rows print as they finish, then
-one table in Markdown (paste into bench/results/). Random weights, written once under
+by default; 20 or --reps steps each after one warm step; the mean batch from GetServiceInfo).
+Every figure is a p50 of repeated calls (--reps); rows print as they finish, then one table in
+Markdown (paste into bench/results/). Random weights, written once under
 bench/.cache/compute/.
 
 Run: /usr/bin/python3 bench/compute_bench.py [--threads 2] [--reps 15] [--qwen-layers 14]
@@ -71,6 +72,13 @@ def checkpoints(cache, qlayers):
     return (g, gw, os.path.join(cache, "gpt2.json")), (q, qw, os.path.join(cache, "qwen%d.json" % qlayers))
 
 
+def batches(c, mid):
+    """(batches, batched calls) of model mid so far, from GetServiceInfo."""
+    info = dict(c.info(sslib.pb.ServiceInfoRequest(), timeout=30).custom_info)
+    kv = dict(p.strip().split("=", 1) for p in info["model." + mid].split(";") if "=" in p)
+    return int(kv["batches"]), int(kv["batched_calls"])
+
+
 def bench_server(args, g, q, dtypes):
     (gcfg, gw, gc), (qcfg, qw, qc) = g, q
     models = []
@@ -100,7 +108,10 @@ def bench_server(args, g, q, dtypes):
                 chans = [sslib.connect(srv, separate=True) for _ in range(8)]
                 for i, ch in enumerate(chans):
                     ch.compute(make_req(x, model=mid, session="%s-%d" % (sid, i)), timeout=300)
-                n = max(4, args.reps // 2)
+                for i, ch in enumerate(chans):  # one step each first: every session warm
+                    ch.compute(make_req(t, model=mid, session="%s-%d" % (sid, i)), timeout=300)
+                n = max(20, args.reps)
+                b0 = batches(c, mid)
                 t0 = time.perf_counter()
 
                 def steps(i):
@@ -113,9 +124,11 @@ def bench_server(args, g, q, dtypes):
                 for th in ts:
                     th.join()
                 rate = 8 * n / (time.perf_counter() - t0)
+                b1 = batches(c, mid)
+                mean = (b1[1] - b0[1]) / max(1, b1[0] - b0[0])
                 ROWS.append(("splitserve %s 8 sessions decode %s (steps/s)" % (name, dt), rate))
-                print("%-62s %9.1f steps/s" % ("splitserve %s 8 sessions decode %s" % (name, dt),
-                                                rate), flush=True)
+                print("%-62s %9.1f steps/s (mean batch %.1f steps)"
+                      % ("splitserve %s 8 sessions decode %s" % (name, dt), rate, mean), flush=True)
                 for i, ch in enumerate(chans):
                     ch.close()
         info = dict(c.info(sslib.pb.ServiceInfoRequest(), timeout=30).custom_info)

@@ -70,7 +70,8 @@ void ss_h_health_check(ss_call *call, void *app) {
 typedef struct kvlist {
   Splitlearn__Comm__ServiceInfoResponse__CustomInfoEntry e[SS_INFO_MAX];
   Splitlearn__Comm__ServiceInfoResponse__CustomInfoEntry *p[SS_INFO_MAX];
-  char val[SS_INFO_MAX][256];
+  char val[SS_INFO_MAX][512]; /* a model's entry: its describe line (up to ~300 characters with
+                               * LoRA, compute and backend) and then its counters, whole */
   size_t n;
 } kvlist;
 

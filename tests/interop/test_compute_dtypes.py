@@ -18,6 +18,7 @@ those levels, and says plainly when the CPU has no bf16 at all (skipped); int8 r
 capped at AVX2.
 """
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -124,6 +125,9 @@ def _run(dt, cap):
         info = dict(c.info(sslib.pb.ServiceInfoRequest(), timeout=T(10)).custom_info)
         assert int(info["packed_weight_bytes"]) > 0, info
         assert "compute " + dt in info["model.g16"], info["model.g16"]
+        for k, v in info.items():  # a model's entry whole: describe line, then every counter
+            if k.startswith("model."):
+                assert re.search(r"; batched_calls=\d+$", v), (k, v)
         c.close()
     finally:
         srv.stop_ok(timeout=30)
