@@ -18,6 +18,15 @@
  * unaffected. Each call's result equals what it gets alone, up to float rounding: the same layers
  * run over the same rows, only more rows per GEMM (tests/interop/test_batching.py checks this).
  *
+ * Sequences that step in a closed loop would otherwise settle into alternating partial batches:
+ * while batch A computes, the steps of the others gather in B, which starts the moment A ends,
+ * before A's sequences (answered at that same moment) can send their next steps. So when a decode
+ * batch that took at least SS_REGATHER_MIN_MS ends, the next decode batch of the model waits for
+ * the ended batch's sequences to join it (their next steps) or for a quarter of the ended step's
+ * time (1..10 ms), whichever comes first: the waiting batch B holding the slot it was handed, or,
+ * when none was waiting, the first batch opened in that window before it asks for the slot. One
+ * batch of all the sequences instead of parts; the wait is a small share of a step.
+ *
  * Thread: loop thread, except batch_run (a worker).
  */
 #include <stdio.h>
@@ -43,7 +52,10 @@ typedef struct ss_batch {
   size_t rows;                /* sum of the members' rows */
   int64_t trail[SS_MAX_DIMS]; /* the dims after the first, shared by every member */
   int ndim;
-  int decode; /* one-token steps with caches: forward_kv_batch (else stacked) */
+  int decode;   /* one-token steps with caches: forward_kv_batch (else stacked) */
+  int regather; /* waits a moment for the previous batch's sequences (see the top): 1 holding
+                 * the slot, 2 before asking for it */
+  int expect;   /* ... until it has this many members */
   /* worker results */
   double compute_ms;
   int rc;
@@ -65,7 +77,10 @@ static int is_decode(const compute_state *st) {
          !ss_meta_get(&st->meta, "mrope_positions");   /* length, in every rope stream */
 }
 
-#define SS_DECODE_ROWS 64 /* decode steps per batch without max_batch_rows */
+#define SS_DECODE_ROWS 64      /* decode steps per batch without max_batch_rows */
+#define SS_REGATHER_MIN_MS 4.0 /* decode steps this slow are worth a wait for company */
+#define SS_REGATHER_SHARE 0.25 /* the longest wait: this share of the step that ended ... */
+#define SS_REGATHER_MAX_MS 10  /* ... at most this (at least 1 ms: the timer granularity) */
 
 /* The most rows a batch of this kind of call takes. */
 static size_t max_rows(const ss_model *m, int decode) {
@@ -227,13 +242,68 @@ static void batch_free(ss_batch *b) {
   free(b);
 }
 
+static void batch_start_waiter(ss_waiter *w);
+
+static void batch_close(ss_batch *b);
+
+/* A regathering batch goes on (its members came back, it filled, or its wait is over): it starts
+ * on the slot it holds, or asks for one. */
+static void regather_go(ss_batch *b) {
+  int held = b->regather == 1;
+  ss_tq_cancel(&b->svc->tq, &b->timer);
+  b->regather = 0;
+  if (!held) {
+    batch_close(b);
+    return;
+  }
+  if (b->sm->open_batch == b) b->sm->open_batch = NULL;
+  batch_start(b);
+}
+
+/* The wait for a decode batch's sequences after it took ms (see the top). */
+static uint64_t regather_ns(double ms) {
+  ms *= SS_REGATHER_SHARE;
+  ms = ms < 1.0 ? 1.0 : ms > SS_REGATHER_MAX_MS ? SS_REGATHER_MAX_MS : ms;
+  return (uint64_t)(ms * 1e6);
+}
+
+static void on_regather(ss_tq_entry *e) { regather_go(ss_container_of(e, ss_batch, timer)); }
+
+/* The slot passes from decode batch b (just computed) to w: when w is the model's waiting
+ * decode batch, still open, with room for b's sequences, it holds the slot for them (see the
+ * top). Returns 1 when w now waits, 0 when the caller should start it. */
+static int regather(const ss_batch *b, ss_waiter *w) {
+  if (w->start != batch_start_waiter || !b->decode || b->rc != 0 ||
+      b->compute_ms < SS_REGATHER_MIN_MS)
+    return 0;
+  ss_batch *nb = ss_container_of(w, ss_batch, waiter);
+  int live = 0;
+  for (int i = 0; i < b->n; i++) live += !b->m[i]->in_batch_skip;
+  if (!nb->decode || nb->sm->open_batch != nb || live == 0 ||
+      nb->rows + (size_t)live > max_rows(nb->sm->model, 1))
+    return 0;
+  if (ss_tq_arm(&nb->svc->tq, &nb->timer, uv_hrtime() + regather_ns(b->compute_ms), on_regather) !=
+      0)
+    return 0;
+  nb->regather = 1;
+  nb->expect = nb->n + live;
+  return 1;
+}
+
 /* Loop thread: the batch computed (or was skipped): answer every member. */
 static void batch_done(ss_job *job) {
   ss_batch *b = ss_container_of(job, ss_batch, job);
   if (b->holds_slot) {
     b->holds_slot = 0;
     ss_waiter *w = ss_admit_leave(&b->sm->admit);
-    if (w) w->start(w); /* a batch or a single call (compute_run.c) */
+    if (w && !(job->ran && regather(b, w)))
+      w->start(w); /* a batch or a single call (compute_run.c) */
+    if (!w && job->ran && b->decode && b->rc == 0 && b->compute_ms >= SS_REGATHER_MIN_MS) {
+      int live = 0; /* nobody waited: the next decode batch waits for these sequences */
+      for (int i = 0; i < b->n; i++) live += !b->m[i]->in_batch_skip;
+      b->sm->regather_n = live;
+      b->sm->regather_until = uv_hrtime() + regather_ns(b->compute_ms);
+    }
   }
   int ran = job->ran;
   for (int i = 0; i < b->n; i++) {
@@ -270,6 +340,7 @@ static void batch_start(ss_batch *b) {
 static void batch_close(ss_batch *b) {
   ss_served_model *sm = b->sm;
   ss_tq_cancel(&b->svc->tq, &b->timer);
+  b->regather = 0;
   b->submitted = 1;
   switch (ss_admit_enter(&sm->admit, &b->waiter)) {
     case SS_ADMIT_RUN: batch_start(b); break;
@@ -317,7 +388,14 @@ static ss_batch *batch_open(compute_state *st) {
   /* Under a millisecond (the loop timers' granularity) the batch takes the calls that arrived in
    * this loop iteration (one read of a connection carries many requests) and closes right after
    * the iteration's I/O (the service's check handle); longer delays use the timer queue. */
-  if (st->sm->model->batch_delay_us < 1000) {
+  uint64_t now = uv_hrtime();
+  if (b->decode && st->sm->model->batch_delay_us < 1000 && b->sm->regather_n > 1 &&
+      now < b->sm->regather_until &&
+      ss_tq_arm(&st->svc->tq, &b->timer, b->sm->regather_until, on_regather) == 0) {
+    b->regather = 2; /* the sequences a batch just answered are on their way: wait for them */
+    b->expect = b->sm->regather_n;
+    b->sm->regather_n = 0;
+  } else if (st->sm->model->batch_delay_us < 1000) {
     b->at_iteration_end = 1;
     uv_check_start(&st->svc->batch_check, ss_batch_on_check);
   } else if (ss_tq_arm(&st->svc->tq, &b->timer,
@@ -365,7 +443,10 @@ void ss_batch_add(compute_state *st) {
     ss_call_fail(st->call, SS_GRPC_RESOURCE_EXHAUSTED, "out of memory for a batch");
     return;
   }
-  if (b->rows >= max) batch_detach(b); /* full: go now (or keep its place in the queue) */
+  if (b->regather && (b->n >= b->expect || b->rows >= max))
+    regather_go(b); /* the sequences it held the slot for are back, or it is full */
+  else if (b->rows >= max)
+    batch_detach(b); /* full: go now (or keep its place in the queue) */
 }
 
 void ss_batch_cancel(compute_state *st) {

@@ -39,6 +39,8 @@ typedef struct ss_served_model {
   int retired;
   struct ss_batch *open_batch; /* dynamic batching: the batch taking calls (batch.c) */
   uint64_t batches, batched_calls;
+  int regather_n;          /* batch.c: the sequences a decode batch just answered ... */
+  uint64_t regather_until; /* ... and until when a new decode batch waits for them (ns) */
 } ss_served_model;
 
 /* A resource-usage snapshot, sampled on a timer (not per request). */
