@@ -297,57 +297,59 @@ AVX2 static inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-/* One X row against nq (1..4) int8 weight rows q, q + ldq, ...: X loaded once for them. */
-AVX2 static void q8_dot_1x4_avx2(const float *x, const int8_t *q, size_t ldq, int nq, size_t n,
-                                 float out[4]) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  const int8_t *q0 = q, *q1 = q + (nq > 1 ? ldq : 0), *q2 = q + (nq > 2 ? 2 * ldq : 0),
-               *q3 = q + (nq > 3 ? 3 * ldq : 0);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 c = _mm256_loadu_ps(x + i);
-    a0 = _mm256_fmadd_ps(c, q8ld(q0 + i), a0);
-    a1 = _mm256_fmadd_ps(c, q8ld(q1 + i), a1);
-    a2 = _mm256_fmadd_ps(c, q8ld(q2 + i), a2);
-    a3 = _mm256_fmadd_ps(c, q8ld(q3 + i), a3);
+/* The two kernels, written once for a vector width: 1x4 is one X row against nq (1..4) int8
+ * weight rows q, q + ldq, ... (X loaded once for them); 4x2 is up to 4 X rows (r of them) against
+ * 2 int8 weight rows (each weight chunk widened once and used by every row). Per width: ATTR
+ * (its target), V (the vector type), L (its lanes), and its zero, load, fma, int8 widening and
+ * horizontal sum. */
+#define Q8_KERNELS(W, ATTR, V, L, ZERO, LD, FMA, WIDEN, SUM)                                     \
+  ATTR static void q8_dot_1x4_##W(const float *x, const int8_t *q, size_t ldq, int nq, size_t n, \
+                                  float out[4]) {                                                \
+    V a0 = ZERO(), a1 = a0, a2 = a0, a3 = a0;                                                    \
+    const int8_t *q0 = q, *q1 = q + (nq > 1 ? ldq : 0), *q2 = q + (nq > 2 ? 2 * ldq : 0),        \
+                 *q3 = q + (nq > 3 ? 3 * ldq : 0);                                               \
+    size_t i = 0;                                                                                \
+    for (; i + (L) <= n; i += (L)) {                                                             \
+      V c = LD(x + i);                                                                           \
+      a0 = FMA(c, WIDEN(q0 + i), a0);                                                            \
+      a1 = FMA(c, WIDEN(q1 + i), a1);                                                            \
+      a2 = FMA(c, WIDEN(q2 + i), a2);                                                            \
+      a3 = FMA(c, WIDEN(q3 + i), a3);                                                            \
+    }                                                                                            \
+    float s[4] = {SUM(a0), SUM(a1), SUM(a2), SUM(a3)};                                           \
+    for (; i < n; i++)                                                                           \
+      s[0] += x[i] * (float)q0[i], s[1] += x[i] * (float)q1[i], s[2] += x[i] * (float)q2[i],     \
+          s[3] += x[i] * (float)q3[i];                                                           \
+    memcpy(out, s, sizeof s);                                                                    \
+  }                                                                                              \
+  ATTR static void q8_dot_4x2_##W(const float *const x[4], int r, const int8_t *q0,              \
+                                  const int8_t *q1, size_t n, float out0[4], float out1[4]) {    \
+    V a0 = ZERO(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;                \
+    const float *x0 = x[0], *x1 = x[r > 1 ? 1 : 0], *x2 = x[r > 2 ? 2 : 0],                      \
+                *x3 = x[r > 3 ? 3 : 0];                                                          \
+    size_t i = 0;                                                                                \
+    for (; i + (L) <= n; i += (L)) {                                                             \
+      V p = WIDEN(q0 + i), w = WIDEN(q1 + i);                                                    \
+      V c0 = LD(x0 + i), c1 = LD(x1 + i), c2 = LD(x2 + i), c3 = LD(x3 + i);                      \
+      a0 = FMA(c0, p, a0), a1 = FMA(c1, p, a1), a2 = FMA(c2, p, a2), a3 = FMA(c3, p, a3);        \
+      b0 = FMA(c0, w, b0), b1 = FMA(c1, w, b1), b2 = FMA(c2, w, b2), b3 = FMA(c3, w, b3);        \
+    }                                                                                            \
+    float s[8] = {SUM(a0), SUM(a1), SUM(a2), SUM(a3), SUM(b0), SUM(b1), SUM(b2), SUM(b3)};       \
+    for (; i < n; i++) {                                                                         \
+      float p = (float)q0[i], w = (float)q1[i];                                                  \
+      s[0] += x0[i] * p, s[1] += x1[i] * p, s[2] += x2[i] * p, s[3] += x3[i] * p;                \
+      s[4] += x0[i] * w, s[5] += x1[i] * w, s[6] += x2[i] * w, s[7] += x3[i] * w;                \
+    }                                                                                            \
+    memcpy(out0, s, 4 * sizeof(float));                                                          \
+    memcpy(out1, s + 4, 4 * sizeof(float));                                                      \
   }
-  float s[4] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3)};
-  for (; i < n; i++)
-    s[0] += x[i] * (float)q0[i], s[1] += x[i] * (float)q1[i], s[2] += x[i] * (float)q2[i],
-        s[3] += x[i] * (float)q3[i];
-  memcpy(out, s, sizeof s);
-}
 
-/* Up to 4 X rows (r of them) against 2 int8 weight rows: each weight chunk widened once and
- * used by every row. */
-AVX2 static void q8_dot_4x2_avx2(const float *const x[4], int r, const int8_t *q0, const int8_t *q1,
-                                 size_t n, float out0[4], float out1[4]) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  const float *x0 = x[0], *x1 = x[r > 1 ? 1 : 0], *x2 = x[r > 2 ? 2 : 0], *x3 = x[r > 3 ? 3 : 0];
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 p = q8ld(q0 + i), w = q8ld(q1 + i);
-    __m256 c0 = _mm256_loadu_ps(x0 + i), c1 = _mm256_loadu_ps(x1 + i);
-    __m256 c2 = _mm256_loadu_ps(x2 + i), c3 = _mm256_loadu_ps(x3 + i);
-    a0 = _mm256_fmadd_ps(c0, p, a0), a1 = _mm256_fmadd_ps(c1, p, a1);
-    a2 = _mm256_fmadd_ps(c2, p, a2), a3 = _mm256_fmadd_ps(c3, p, a3);
-    b0 = _mm256_fmadd_ps(c0, w, b0), b1 = _mm256_fmadd_ps(c1, w, b1);
-    b2 = _mm256_fmadd_ps(c2, w, b2), b3 = _mm256_fmadd_ps(c3, w, b3);
-  }
-  float s[8] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3),
-                hsum256(b0), hsum256(b1), hsum256(b2), hsum256(b3)};
-  for (; i < n; i++) {
-    float p = (float)q0[i], w = (float)q1[i];
-    s[0] += x0[i] * p, s[1] += x1[i] * p, s[2] += x2[i] * p, s[3] += x3[i] * p;
-    s[4] += x0[i] * w, s[5] += x1[i] * w, s[6] += x2[i] * w, s[7] += x3[i] * w;
-  }
-  memcpy(out0, s, 4 * sizeof(float));
-  memcpy(out1, s + 4, 4 * sizeof(float));
-}
+Q8_KERNELS(avx2, AVX2, __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, q8ld,
+           hsum256)
 
-/* The same two kernels 16 lanes wide (AVX-512F/BW): a decode step's int8 products are bound by
- * the widening and the FMAs, not by memory (perf: 93% of a Qwen2-shaped int8 step in the 1x4
- * kernel), so twice the lanes per instruction is what moves them. */
+/* The same 16 lanes wide (AVX-512F/BW): a decode step's int8 products are bound by the widening
+ * and the FMAs, not by memory (perf: 93% of a Qwen2-shaped int8 step in the 1x4 kernel), so
+ * twice the lanes per instruction is what moves them. */
 #define AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw")))
 AVX512 static inline __m512 q8ld16(const int8_t *p) {
   __m128i b;
@@ -355,52 +357,8 @@ AVX512 static inline __m512 q8ld16(const int8_t *p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
 }
 
-AVX512 static void q8_dot_1x4_avx512(const float *x, const int8_t *q, size_t ldq, int nq, size_t n,
-                                     float out[4]) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  const int8_t *q0 = q, *q1 = q + (nq > 1 ? ldq : 0), *q2 = q + (nq > 2 ? 2 * ldq : 0),
-               *q3 = q + (nq > 3 ? 3 * ldq : 0);
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 c = _mm512_loadu_ps(x + i);
-    a0 = _mm512_fmadd_ps(c, q8ld16(q0 + i), a0);
-    a1 = _mm512_fmadd_ps(c, q8ld16(q1 + i), a1);
-    a2 = _mm512_fmadd_ps(c, q8ld16(q2 + i), a2);
-    a3 = _mm512_fmadd_ps(c, q8ld16(q3 + i), a3);
-  }
-  float s[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
-                _mm512_reduce_add_ps(a3)};
-  for (; i < n; i++)
-    s[0] += x[i] * (float)q0[i], s[1] += x[i] * (float)q1[i], s[2] += x[i] * (float)q2[i],
-        s[3] += x[i] * (float)q3[i];
-  memcpy(out, s, sizeof s);
-}
-
-AVX512 static void q8_dot_4x2_avx512(const float *const x[4], int r, const int8_t *q0,
-                                     const int8_t *q1, size_t n, float out0[4], float out1[4]) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  const float *x0 = x[0], *x1 = x[r > 1 ? 1 : 0], *x2 = x[r > 2 ? 2 : 0], *x3 = x[r > 3 ? 3 : 0];
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 p = q8ld16(q0 + i), w = q8ld16(q1 + i);
-    __m512 c0 = _mm512_loadu_ps(x0 + i), c1 = _mm512_loadu_ps(x1 + i);
-    __m512 c2 = _mm512_loadu_ps(x2 + i), c3 = _mm512_loadu_ps(x3 + i);
-    a0 = _mm512_fmadd_ps(c0, p, a0), a1 = _mm512_fmadd_ps(c1, p, a1);
-    a2 = _mm512_fmadd_ps(c2, p, a2), a3 = _mm512_fmadd_ps(c3, p, a3);
-    b0 = _mm512_fmadd_ps(c0, w, b0), b1 = _mm512_fmadd_ps(c1, w, b1);
-    b2 = _mm512_fmadd_ps(c2, w, b2), b3 = _mm512_fmadd_ps(c3, w, b3);
-  }
-  float s[8] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
-                _mm512_reduce_add_ps(a3), _mm512_reduce_add_ps(b0), _mm512_reduce_add_ps(b1),
-                _mm512_reduce_add_ps(b2), _mm512_reduce_add_ps(b3)};
-  for (; i < n; i++) {
-    float p = (float)q0[i], w = (float)q1[i];
-    s[0] += x0[i] * p, s[1] += x1[i] * p, s[2] += x2[i] * p, s[3] += x3[i] * p;
-    s[4] += x0[i] * w, s[5] += x1[i] * w, s[6] += x2[i] * w, s[7] += x3[i] * w;
-  }
-  memcpy(out0, s, 4 * sizeof(float));
-  memcpy(out1, s + 4, 4 * sizeof(float));
-}
+Q8_KERNELS(avx512, AVX512, __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps, q8ld16,
+           _mm512_reduce_add_ps)
 #endif
 
 static void q8_dot_1x4_plain(const float *x, const int8_t *q, size_t ldq, int nq, size_t n,
