@@ -21,7 +21,8 @@
  * are HF Conv1D: W is [in, out] and y = x W + b (nn/linear.h, SS_W_IN_OUT).
  * Only the trunk's tensors are touched. F32 tensors are used in place from the mmap (one copy in
  * the page cache, shared by every worker) when 4-byte aligned, else copied once at load;
- * F16/BF16 are converted to f32 once at load.
+ * F16/BF16 are converted to f32 once at load, except matrices whose products all run packed
+ * (compute bf16/int8, f32 with brgemm): those stay as stored (trunk.h ss_trunk_weight).
  *
  * Block (HF GPT2Block, eval mode):  h = x + c_proj(attn(ln_1(x)));  y = h + mlp(ln_2(h))
  *   attn: q,k,v = split(ln_1(x) c_attn); per head softmax(q k^T / sqrt(d) + causal) v

@@ -30,9 +30,10 @@
  * post_attention_layernorm normalizes the attention output). <prefix> is "model.", none,
  * "model.language_model." (VL checkpoints of newer transformers) or "language_model.model."
  * (Gemma 3's multimodal ones), whichever the file has. nn.Linear layout (W [out, in],
- * y = x W^T + b); F32 used in place from the mmap when aligned, F16/BF16 converted once. Only
- * the trunk's tensors are read (sharded: only their shards are opened). Every file stays mapped
- * for the model's life; m->weights is the first one opened.
+ * y = x W^T + b); F32 used in place from the mmap when aligned, F16/BF16 converted once (matrices
+ * whose products all run packed stay as stored: trunk.h ss_trunk_weight). Only the trunk's tensors
+ * are read (sharded: only their shards are opened). Every file stays mapped for the model's life;
+ * m->weights is the first one opened.
  *
  * Block (HF LlamaDecoderLayer and its Qwen2/Mistral/Gemma/Qwen3/Gemma2/Gemma3/VL twins, eval
  * mode), one body with the family's flags:

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "models/nn/backend/backend.h"
+#include "models/nn/deferred.h"
 #include "models/nn/matmul.h"
 #include "models/safetensors.h"
 
@@ -73,7 +74,14 @@ int ss_params_step(ss_params *s, const ss_optim *opt, const char *model_id, char
   /* Packed copies of the weights (any compute dtype) are stale after the step, and a view copied on
    * its first write moves: drop them now; forwards pack the new values on first use. */
   for (size_t i = 0; i < s->n; i++) ss_matmul_weight_changed(*s->p[i].view);
-  return ss_param_array_step(s->p, s->n, opt, &s->t, model_id, err, errlen);
+  const float **was = malloc(s->n * sizeof *was);
+  for (size_t i = 0; was != NULL && i < s->n; i++) was[i] = *s->p[i].view;
+  int rc = ss_param_array_step(s->p, s->n, opt, &s->t, model_id, err, errlen);
+  /* a deferred weight (nn/deferred.h) the step copied to an array of its own: unused now */
+  for (size_t i = 0; was != NULL && i < s->n; i++)
+    if (*s->p[i].view != was[i]) ss_weight_deferred_moved(was[i]);
+  free(was);
+  return rc;
 }
 
 int ss_params_write(const ss_params *s, const char *path, int what, char *err, size_t errlen) {

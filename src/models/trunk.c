@@ -6,6 +6,7 @@
 #include "core/config.h"
 #include "core/file.h"
 #include "models/nn/backend/backend.h"
+#include "models/nn/deferred.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -556,6 +557,14 @@ static void saved_layer(const ss_trunk *t, const trunk_saved *sv, const size_t *
   set_ptr(t, work, SS_TRUNK_Y, l + 1 < t->b - t->a ? q + sv->per_layer : out);
 }
 
+/* The model's deferred weights (nn/deferred.h) made real f32 before training or saving reads
+ * them: 0, or SS_ENOMEM with a message. */
+static int make_real(const ss_model *m, char *err, size_t errlen) {
+  if (ss_weights_deferred_make(m) == 0) return 0;
+  snprintf(err, errlen, "model '%s': out of memory making the f32 weights training needs", m->id);
+  return SS_ENOMEM;
+}
+
 static int trunk_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor *out,
                                const char *forward_id, void **saved, size_t *saved_bytes, char *err,
                                size_t errlen) {
@@ -569,6 +578,7 @@ static int trunk_forward_train(const ss_model *m, const ss_tensor *in, ss_tensor
 
   *saved = NULL;
   *saved_bytes = 0;
+  if (make_real(m, err, errlen) != 0) return SS_ENOMEM;
   phase_sizes(t, SS_TRUNK_TRAIN, &d, (size_t)B * t->NKV * (size_t)S * t->D, n);
   if (__builtin_mul_overflow(per, (size_t)L * sizeof(float), &total) ||
       (work = calloc(1, t->arch->work_size)) == NULL || (sv = calloc(1, sizeof *sv)) == NULL ||
@@ -622,6 +632,7 @@ static int trunk_backward(ss_model *m, const void *saved, const ss_tensor *grad_
              m->id, grad_out->numel, grad_in->numel, d.rows * (size_t)E, B, S, E);
     return SS_EINVAL;
   }
+  if (make_real(m, err, errlen) != 0) return SS_ENOMEM;
   phase_sizes(t, SS_TRUNK_BACKWARD, &d, 0, n);
   if (ss_params_grads(t->prm) != 0 || (work = calloc(1, t->arch->work_size)) == NULL ||
       (scratch = carve_new(t, n, 0, work, NULL)) == NULL) {
@@ -669,6 +680,7 @@ static size_t trunk_train_bytes(const ss_model *m, const ss_tensor *in) {
 /* The trunk's tensors under their loaded names, F32; with LoRA the PEFT directory. */
 static int trunk_save(const ss_model *m, const char *path, char *err, size_t errlen) {
   const ss_trunk *t = m->impl;
+  if (t->lora->r == 0 && make_real(m, err, errlen) != 0) return SS_ENOMEM;
   if (t->lora->r == 0) return ss_params_save(t->prm, path, err, errlen);
   return ss_lora_save(t->prm, t->lora, t->arch->lora_targets, t->arch->n_lora_targets, t->a, t->b,
                       t->arch->fan_in_fan_out, path, err, errlen);
@@ -864,9 +876,17 @@ int ss_trunk_weight(ss_trunk_load *ld, const ss_st_tensor *t, const int64_t *sha
              ss_shape_str(shape, ndim, want, sizeof want), dims);
     return SS_EINVAL;
   }
-  if (ss_st_f32(t, view, own, ss_backend_of(ld->cc)->alloc) != 0) {
+  float *d = NULL;
+  if (ndim == 2 && t->dtype != SS_DTYPE_F32 && ss_backend_of(ld->cc) == &ss_backend_cpu &&
+      ld->cc->owner != NULL && ss_matmul_w_always_packed(ld->cc) &&
+      (d = ss_weight_deferred_new(ld->cc->owner, t->data, t->dtype, t->numel)) != NULL) {
+    *view = d, *own = NULL; /* made real on demand: ss_trunk_make_real */
+    ld->deferred = 1;
+  } else if (ss_st_f32(t, view, own, ss_backend_of(ld->cc)->alloc) != 0) {
     snprintf(err, errlen, "weights %.200s: out of memory", path);
     return SS_ENOMEM;
+  } else if (t->dtype != SS_DTYPE_F32 && ndim == 2) {
+    ld->converted = 1;
   }
   ld->dts |= 1u << t->dtype;
   if (t->dtype == SS_DTYPE_F32 && *own != NULL) ld->copied = 1;
@@ -876,6 +896,11 @@ int ss_trunk_weight(ss_trunk_load *ld, const ss_st_tensor *t, const int64_t *sha
 
 const char *ss_trunk_load_kind(const ss_trunk_load *ld) {
   if (ld->dts == 1u << SS_DTYPE_F32) return ld->copied ? "f32 copied" : "f32 mmap";
+  if (ld->deferred && !ld->converted) {
+    if (ld->dts == 1u << SS_DTYPE_BF16) return "bf16 as stored";
+    if (ld->dts == 1u << SS_DTYPE_F16) return "f16 as stored";
+    return "mixed as stored";
+  }
   if (ld->dts == 1u << SS_DTYPE_F16) return "f16->f32";
   if (ld->dts == 1u << SS_DTYPE_BF16) return "bf16->f32";
   return "mixed->f32";

@@ -269,6 +269,7 @@ typedef struct ss_trunk_load {
   const ss_compute *cc; /* the model's: its backend holds the converted copies */
   unsigned dts;
   int copied, n_missing;
+  int deferred, converted; /* narrow matrices kept as stored (nn/deferred.h); narrow ones copied */
   int64_t n_params;
   size_t mpos;
   char missing[400];
@@ -290,11 +291,16 @@ int ss_trunk_missing_check(const ss_trunk_load *ld, const char *path, int a, int
                            size_t errlen);
 /* Tensor t of the table with its expected shape [ndim]: checked ("weights PATH: 'NAME' has shape
  * S, expected S2 (dims)", dims: the config values that made it), then its float32 view / owned
- * copy (ss_st_f32, in ld->cc's backend memory) and the counts. 0, SS_EINVAL or SS_ENOMEM. */
+ * copy (ss_st_f32, in ld->cc's backend memory) and the counts. A BF16/F16 matrix of a model on
+ * the cpu backend whose products all run packed (matmul.h ss_matmul_w_always_packed: compute bf16,
+ * int8, f32 with brgemm) is not converted: *view is a deferred f32 array (nn/deferred.h) standing
+ * for the checkpoint's values, made real only when training or saving reads it, *own NULL.
+ * 0, SS_EINVAL or SS_ENOMEM. */
 int ss_trunk_weight(ss_trunk_load *ld, const struct ss_st_tensor *t, const int64_t *shape, int ndim,
                     const float **view, float **own, const char *path, const char *dims, char *err,
                     size_t errlen);
-/* "f32 mmap", "f32 copied", "f16->f32", "bf16->f32" or "mixed->f32" (static). */
+/* "f32 mmap", "f32 copied", "f16->f32", "bf16->f32" or "mixed->f32" (static); "bf16 as stored",
+ * "f16 as stored" or "mixed as stored" when the matrices were deferred. */
 const char *ss_trunk_load_kind(const ss_trunk_load *ld);
 
 #endif

@@ -18,6 +18,7 @@
 #include "core/macros.h"
 #include "core/settings.h"
 #include "health.pb-c.h"
+#include "models/nn/deferred.h"
 #include "models/nn/matmul.h"
 #include "service/auth.h"
 #include "service/service_int.h"
@@ -152,8 +153,9 @@ void ss_h_service_info(ss_call *call, void *app) {
   kv(l, "failed", "%llu", (unsigned long long)gs.failed);
   kv(l, "auth_tokens", "%zu", ss_auth_count(s->auth)); /* a count only; 0: no authentication */
   kv(l, "blas", "%s, %d thread(s) per worker", ss_matmul_engine_info(), s->cfg.intra_op_threads);
-  kv(l, "matmul_scratch_bytes", "%zu", ss_matmul_scratch_bytes()); /* per-worker scratchpads */
-  kv(l, "packed_weight_bytes", "%zu", ss_matmul_packed_bytes());   /* f32/bf16/int8 copies */
+  kv(l, "matmul_scratch_bytes", "%zu", ss_matmul_scratch_bytes());    /* per-worker scratchpads */
+  kv(l, "packed_weight_bytes", "%zu", ss_matmul_packed_bytes());      /* f32/bf16/int8 copies */
+  kv(l, "deferred_weight_bytes", "%zu", ss_weights_deferred_bytes()); /* f32 not made: no RSS */
   size_t nsess, sess_bytes;
   uint64_t sess_evicted;
   ss_sessions_stats(s->sessions, &nsess, &sess_bytes, &sess_evicted);

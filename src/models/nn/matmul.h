@@ -88,7 +88,11 @@ void ss_matmul_weight_changed(const float *W);
  * (MADV_PAGEOUT), so RSS counts the packed copy, not both (read again from the file if a
  * backward needs them). Forgotten at ss_matmul_weights_drop(owner). */
 void ss_matmul_weights_source(const void *owner, const void *base, size_t len);
-/* Every packed copy of owner goes (a model being freed). */
+/* 1 when every product of cc's weights runs on a packed copy (compute bf16 and int8; f32 where
+ * oneDNN has brgemm): then a weight's f32 values are read only by training, saving and a product
+ * the engine refuses, and may be deferred (nn/deferred.h). 0 otherwise (cc NULL: 0). */
+int ss_matmul_w_always_packed(const ss_compute *cc);
+/* Every packed copy of owner goes (a model being freed), and its deferred weights. */
 void ss_matmul_weights_drop(const void *owner);
 /* Bytes of packed weight copies held (resident; GetServiceInfo). */
 size_t ss_matmul_packed_bytes(void);

@@ -30,6 +30,10 @@
  * RSS. A trunk's f32 weights are views of its read-only checkpoint mapping (registered with
  * ss_matmul_weights_source); once a weight's copy serves every product (brgemm f32, bf16, int8)
  * its pages go back to the page cache (MADV_PAGEOUT), so RSS counts one copy per weight, not two.
+ * A BF16/F16 checkpoint's matrices have no f32 copy at all where every product runs packed: their
+ * f32 arrays are deferred (nn/deferred.h), packed from the checkpoint's values widened into a
+ * temporary, and made real only by the product that must read f32 (the fallback below), or by
+ * training and saving (models/trunk.c).
  *
  * Epilogues (bias, GELU/SiLU, a multiplier: matmul.h ss_mm_epilogue) run as oneDNN bias and
  * post-ops on the f32 and bf16 packed products; elsewhere (int8, unpacked f32) as passes over C
@@ -47,6 +51,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "models/nn/deferred.h"
 #include "models/nn/gelu.h"
 #include "models/nn/matmul.h"
 #include "models/nn/matmul_int.h"
@@ -162,20 +167,41 @@ static int pack_int8(packed_w *e, const float *W) {
   return 0;
 }
 
-/* W packed for dt; NULL if it cannot be (the caller computes in f32). */
+/* Floats a product reads of its weight: from W to the end of its last row as stored. */
+static size_t w_extent(int tb, int K, int N, int ldw) {
+  return tb ? (size_t)(N - 1) * (size_t)ldw + (size_t)K : (size_t)(K - 1) * (size_t)ldw + (size_t)N;
+}
+
+/* W packed for dt; NULL if it cannot be (the caller computes in f32). A deferred weight not yet
+ * made real (nn/deferred.h) is packed from its checkpoint values, widened into a temporary. */
 static packed_w *pack_make(ss_mm_dtype dt, const void *owner, const float *W, int tb, int K, int N,
                            int ldw) {
   packed_w *e = calloc(1, sizeof *e);
+  float *tmp = NULL;
+  const float *src = W;
   if (!e) return NULL;
   e->owner = owner, e->w = W, e->tb = tb, e->K = K, e->N = N, e->ldw = ldw, e->dt = dt;
   int rc = -1;
+  size_t ext = w_extent(tb, K, N, ldw);
+  if (ss_weight_deferred_read(W, ext, NULL) == 1) {
+    /* its own mapping, unmapped after: a heap block this size would stay resident */
+    void *m =
+        mmap(NULL, ext * sizeof *tmp, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+      free(e);
+      return NULL;
+    }
+    tmp = m;
+    if (ss_weight_deferred_read(W, ext, tmp) == 1) src = tmp; /* else made real meanwhile */
+  }
   if (dt == SS_MM_INT8) {
-    rc = pack_int8(e, W);
+    rc = pack_int8(e, src);
   } else if (ss__mm_packed_layout(dt, K, N, &e->md) == 0) { /* f32, bf16 */
     e->bytes = dnnl_memory_desc_get_size(&e->md);
     if (posix_memalign(&e->data, 64, e->bytes) == 0)
-      rc = ss__mm_pack(W, tb, K, N, ldw, &e->md, e->data);
+      rc = ss__mm_pack(src, tb, K, N, ldw, &e->md, e->data);
   }
+  if (tmp) munmap(tmp, ext * sizeof *tmp);
   if (rc != 0) {
     pack_free(e);
     return NULL;
@@ -189,12 +215,13 @@ static packed_w *pack_make(ss_mm_dtype dt, const void *owner, const float *W, in
  * not both. Under pk.lk. */
 static void give_back_source(const packed_w *e) {
 #ifdef MADV_PAGEOUT
-  uintptr_t w = (uintptr_t)e->w, pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-  size_t n = e->tb ? (size_t)(e->N - 1) * (size_t)e->ldw + (size_t)e->K
-                   : (size_t)(e->K - 1) * (size_t)e->ldw + (size_t)e->N;
-  uintptr_t lo = (w + pg - 1) & ~(pg - 1), hi = (w + n * sizeof(float)) & ~(pg - 1);
+  const void *from = e->w;
+  size_t bytes = w_extent(e->tb, e->K, e->N, e->ldw) * sizeof(float);
+  if (ss_weight_deferred_source(e->w, bytes / sizeof(float), &from, &bytes) != 0) from = e->w;
+  uintptr_t w = (uintptr_t)from, pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t lo = (w + pg - 1) & ~(pg - 1), hi = (w + bytes) & ~(pg - 1);
   for (int i = 0; i < SS_PACK_SOURCES; i++)
-    if (pk.src[i].owner == e->owner && w >= pk.src[i].lo && w + n * sizeof(float) <= pk.src[i].hi) {
+    if (pk.src[i].owner == e->owner && w >= pk.src[i].lo && w + bytes <= pk.src[i].hi) {
       if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_PAGEOUT); /* a hint: failure is fine */
       return;
     }
@@ -260,9 +287,14 @@ static void pack_drop(const void *owner, const float *w) {
 
 void ss_matmul_weight_changed(const float *W) { pack_drop(NULL, W); }
 
+int ss_matmul_w_always_packed(const ss_compute *cc) {
+  return cc != NULL && (cc->dtype != SS_MM_F32 || (cc->owner != NULL && ss__mm_has_brgemm()));
+}
+
 void ss_matmul_weights_drop(const void *owner) {
   if (!owner) return;
   pack_drop(owner, NULL);
+  ss_weights_deferred_drop(owner);
   pthread_rwlock_wrlock(&pk.lk);
   for (int i = 0; i < SS_PACK_SOURCES; i++)
     if (pk.src[i].owner == owner) pk.src[i].owner = NULL;
@@ -509,7 +541,7 @@ void ss_matmul_w_ep(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, c
   packed_w *e;
   if (ep && !ep->bias && ep->act == SS_ACT_NONE && !ep->mul) ep = NULL;
   if (cc && M > 0 && N > 0 && K > 0 && (beta == 0.0f || beta == 1.0f) &&
-      (cc->dtype != SS_MM_F32 || (cc->owner != NULL && ss__mm_has_brgemm())) &&
+      ss_matmul_w_always_packed(cc) &&
       (e = pack_get(cc->dtype, cc->owner, W, tb == SS_MM_T, K, N, ldw)) != NULL) {
     if (e->dt != SS_MM_INT8) {
       if (ss__mm_packed(e->dt, M, N, K, A, lda, &e->md, e->data, beta, C, ldc, ep) == 0) return;
@@ -536,6 +568,11 @@ void ss_matmul_w_ep(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, c
   } else if (ep) {
     ss_matmul_w_ep(cc, tb, M, N, K, A, lda, W, ldw, NULL, beta, C, ldc);
   } else {
+    if (ss_weight_deferred_make_at(W) != 0) { /* a deferred weight read in f32: made real */
+      for (size_t r = 0; r < (size_t)M; r++)  /* could not be: the answer is NaN, never zeros */
+        for (size_t j = 0; j < (size_t)N; j++) C[r * (size_t)ldc + j] = NAN;
+      return;
+    }
     ss_matmul(SS_MM_N, tb, M, N, K, 1.0f, A, lda, W, ldw, beta, C, ldc);
     return;
   }
