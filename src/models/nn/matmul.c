@@ -221,7 +221,7 @@ static struct {
   size_t scratch_total; /* bytes of every thread's scratchpad (under mu) */
   int isa;
   int blas_large; /* products of >= SS_BLAS_MIN_ROWS rows go to OpenBLAS (no brgemm here) */
-  char info[200];
+  char info[256];
 } eng = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER};
 
 static const char *isa_name(int isa) {
@@ -377,7 +377,8 @@ static void engine_init(void) {
   snprintf(eng.info, sizeof eng.info, "onednn %d.%d.%d %s, isa %s%s", v->major, v->minor, v->patch,
            impl, isa_name(eng.isa),
            eng.blas_large ? "; openblas sgemm for products of >= 16 rows (>= 5 with B as stored on "
-                            "one thread; faster without brgemm)"
+                            "one thread; faster without brgemm); model weights in f32 panels up "
+                            "to 32 rows"
                           : "");
   int generic = strstr(impl, "ref") != NULL || p == NULL;
   int no_brg = eng.isa >= dnnl_cpu_isa_avx512_core && eng.isa != dnnl_cpu_isa_avx2_vnni &&
@@ -597,6 +598,28 @@ out:
 
 /* ------------------------------------------------------------------ products on packed
  * weights (nn/packed.c keeps the copies; see matmul_int.h) */
+
+int ss__simd_level(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static int v = -1; /* every thread computes the same answer: relaxed atomics suffice */
+  int l = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (l < 0) {
+    unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
+    __builtin_cpu_init();
+    l = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                (isa & (unsigned)dnnl_cpu_isa_avx2) == (unsigned)dnnl_cpu_isa_avx2
+            ? 1
+            : 0;
+    if (l && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        (isa & (unsigned)dnnl_cpu_isa_avx512_core) == (unsigned)dnnl_cpu_isa_avx512_core)
+      l = 2;
+    __atomic_store_n(&v, l, __ATOMIC_RELAXED);
+  }
+  return l;
+#else
+  return 0;
+#endif
+}
 
 int ss__mm_has_brgemm(void) {
   pthread_once(&eng.once, engine_init);

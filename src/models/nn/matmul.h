@@ -53,7 +53,9 @@ void ss_matmul(ss_mm_trans ta, ss_mm_trans tb, int M, int N, int K, float alpha,
  * converted once, on first use, and kept. f32 (cc->owner set, CPUs with oneDNN brgemm: AVX-512
  * and up): W reordered into brgemm's blocked f32 layout, so no product packs it per call (every
  * row count: it beat the few-row kernels and gemv too, bench/results/2026-12-05-prepack-fuse.md);
- * without brgemm f32 reads W as stored (exactly ss_matmul). bf16: oneDNN brgemm on W in its
+ * without brgemm (AVX2) products of up to 32 rows read W in 16-column panels made once (nn/panel.c;
+ * OpenBLAS and oneDNN's gemm copied W per call), larger ones read it as stored (ss_matmul). bf16:
+ * oneDNN brgemm on W in its
  * blocked layout, A converted per call, f32 accumulation (avx512_bf16 or AMX). int8: weight-only,
  * a scale per output channel; few rows read the int8 weight directly, more dequantize it per
  * call. cc NULL or a copy that cannot be made: exactly ss_matmul. W must not change while it is

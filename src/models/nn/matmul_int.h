@@ -36,4 +36,23 @@ int ss__mm_packed(ss_mm_dtype dt, int M, int N, int K, const float *A, int lda,
                   const dnnl_memory_desc_t *md, const void *B, float beta, float *C, int ldc,
                   const ss_mm_epilogue *ep);
 
+/* Which hand-written kernels run here: 2 AVX-512 (F, BW), 1 AVX2+FMA, 0 plain C; from the CPU,
+ * capped by oneDNN's effective ISA (ONEDNN_MAX_CPU_ISA), so the tests that run capped at each
+ * level (tests/isa_levels.py) exercise the kernels of that level. Chosen once. */
+int ss__simd_level(void);
+
+/* f32 weights in 16-column panels (panel.c), for CPUs without brgemm: 1 when the panel kernel
+ * runs here (AVX2+FMA, and oneDNN's effective ISA, capped by ONEDNN_MAX_CPU_ISA, at least AVX2),
+ * else 0 (products read the weight as stored). */
+int ss__panel_ok(void);
+/* Bytes of W's panels for a product reading it as B [K, N]. */
+size_t ss__panel_bytes(int K, int N);
+/* W (read as B: tb 0 [K, N] / tb 1 [N, K], row stride ldw) into its panels P (64-byte aligned,
+ * ss__panel_bytes). */
+void ss__panel_pack(const float *W, int tb, int K, int N, int ldw, float *P);
+/* C [M, N] (row stride ldc; beta 0: written, 1: added to) = A [M, K] (row stride lda) x P + bias
+ * (bias [N] or NULL). Needs ss__panel_ok(). */
+void ss__panel_matmul(int M, int N, int K, const float *A, int lda, const float *P,
+                      const float *bias, float beta, float *C, int ldc);
+
 #endif

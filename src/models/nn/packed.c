@@ -6,10 +6,11 @@
  *   f32   oneDNN's brgemm layout (format_tag any), on CPUs with brgemm (AVX-512 and up):
  *         brgemm otherwise copies B into its blocks on every call (2.6x on GPT-2's c_fc), and
  *         the packed copy also beat the few-row kernels and gemv at 1..8 rows. Without brgemm
- *         (AVX2: oneDNN gemm:jit / OpenBLAS) f32 reads the weight as stored: [K][16] column
- *         panels for the 5..16-row products that OpenBLAS packs per call won 1.6-1.75x in
- *         mm_probe but lost 1.2x on a GPT-2 trunk's batched decode, so they were dropped
- *         (bench/results/2026-12-05-prepack-fuse.md). A second f32 copy (see RSS).
+ *         (AVX2: oneDNN gemm:jit / OpenBLAS) products of up to 32 rows read the weight in
+ *         16-column panels (panel.c, panel_rows below): OpenBLAS and oneDNN's gemm copied it
+ *         into panels of their own on every call from 5 and 9 rows; prefill-sized products
+ *         read it as stored (their per-call copy is under 1/32 of the work). A second f32
+ *         copy there (RSS: the weight stays resident for prefill).
  *   bf16  oneDNN's brgemm layout (format_tag any: blocked, the same for every M), converted by a
  *         oneDNN reorder; products on oneDNN with A converted per call, f32 accumulation
  *         (matmul_int.h). Needs avx512_bf16 or AMX (the registry refuses it elsewhere).
@@ -58,6 +59,14 @@
 #include "models/nn/silu.h"
 
 #define SS_Q8_ROWS 16 /* int8 products of at most this many rows read the int8 weight directly */
+/* f32 products without brgemm that read the weight's panels (panel.c): up to 32 rows, whatever
+ * the layout, so every decode-sized product reads one copy (mixing it with products that read
+ * the weight as stored kept both copies in the caches: 8 GPT-2 sessions ran 1.2x instead of
+ * 1.45x faster); the panels beat gemv at 1 row and the few-row kernels, and OpenBLAS and oneDNN's
+ * gemm copied the weight into their own panels on every call from 5 and 9 rows. Larger products
+ * (prefill) read the weight as stored: copying it per call costs under 1/32 of their work, and
+ * the panel kernel ran 0.75-0.9x OpenBLAS at 128 rows (bench/results/2026-12-05-avx2-panels.md). */
+static int panel_rows(int M) { return M <= 32; }
 
 typedef struct packed_w {
   struct packed_w *next;
@@ -65,6 +74,7 @@ typedef struct packed_w {
   const float *w;
   int tb, K, N, ldw;
   ss_mm_dtype dt;
+  int panel;             /* f32 without brgemm: 16-column panels (panel.c) in data */
   dnnl_memory_desc_t md; /* f32, bf16: the packed layout */
   void *data;            /* f32, bf16: as md; int8: q [N][K] */
   float *scale;          /* int8: [N] */
@@ -196,6 +206,13 @@ static packed_w *pack_make(ss_mm_dtype dt, const void *owner, const float *W, in
   }
   if (dt == SS_MM_INT8) {
     rc = pack_int8(e, src);
+  } else if (dt == SS_MM_F32 && !ss__mm_has_brgemm()) { /* f32 panels (AVX2) */
+    e->panel = 1;
+    e->bytes = ss__panel_bytes(K, N);
+    if (posix_memalign(&e->data, 64, e->bytes) == 0) {
+      ss__panel_pack(src, tb, K, N, ldw, e->data);
+      rc = 0;
+    }
   } else if (ss__mm_packed_layout(dt, K, N, &e->md) == 0) { /* f32, bf16 */
     e->bytes = dnnl_memory_desc_get_size(&e->md);
     if (posix_memalign(&e->data, 64, e->bytes) == 0)
@@ -258,7 +275,7 @@ static packed_w *pack_get(ss_mm_dtype dt, const void *owner, const float *W, int
     pk.bytes += made->bytes;
     pk.count++;
     e = made, made = NULL;
-    give_back_source(e);
+    if (!e->panel) give_back_source(e); /* panels serve only some row counts */
   }
   pthread_rwlock_unlock(&pk.lk);
   pack_free(made);
@@ -541,9 +558,16 @@ void ss_matmul_w_ep(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, c
   packed_w *e;
   if (ep && !ep->bias && ep->act == SS_ACT_NONE && !ep->mul) ep = NULL;
   if (cc && M > 0 && N > 0 && K > 0 && (beta == 0.0f || beta == 1.0f) &&
-      ss_matmul_w_always_packed(cc) &&
+      (ss_matmul_w_always_packed(cc) ||
+       (cc->dtype == SS_MM_F32 && cc->owner != NULL && panel_rows(M) && ss__panel_ok())) &&
       (e = pack_get(cc->dtype, cc->owner, W, tb == SS_MM_T, K, N, ldw)) != NULL) {
-    if (e->dt != SS_MM_INT8) {
+    if (e->panel) {
+      if (panel_rows(M)) {
+        ss__panel_matmul(M, N, K, A, lda, e->data, ep ? ep->bias : NULL, beta, C, ldc);
+        if (ep && (ep->act != SS_ACT_NONE || ep->mul)) ep_apply(ep, M, N, C, ldc);
+        return;
+      }
+    } else if (e->dt != SS_MM_INT8) {
       if (ss__mm_packed(e->dt, M, N, K, A, lda, &e->md, e->data, beta, C, ldc, ep) == 0) return;
     } else if (!ep && M <= SS_Q8_ROWS) {
       q8_few_rows(e, M, A, lda, beta, C, ldc);

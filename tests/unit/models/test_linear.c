@@ -4,7 +4,8 @@
  * without bias, overwrite and accumulate, both weight layouts; ss_matmul with every transpose,
  * leading dimensions wider than the rows, alpha and beta. And weights packed from a read-only
  * file mapping whose pages are given back once packed (ss_matmul_weights_source): products stay
- * right, and the weight still reads as the file's values.
+ * right, and the weight still reads as the file's values. And the f32 panel kernel of CPUs
+ * without brgemm (nn/panel.c) against ss_matmul.
  */
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include "check.h"
 #include "models/nn/linear.h"
 #include "models/nn/matmul.h"
+#include "models/nn/matmul_int.h"
 
 static float frand(unsigned *s) {
   *s = *s * 1103515245u + 12345u;
@@ -148,6 +150,49 @@ static void given_back(ss_mm_dtype dt) {
   free(vec), free(w), free(x), free(y1), free(y2);
 }
 
+/* The f32 panel kernel (nn/panel.c: CPUs without brgemm run model weights of up to 32 rows on it;
+ * called directly here, so every level from AVX2 up checks it) against ss_matmul: every row count
+ * 1..33 (the 6-row tiles and their tails), a last panel of 5 columns, both layouts, beta 0 and 1,
+ * with and without a bias. */
+static void panels(void) {
+  if (!ss__panel_ok()) {
+    printf("  f32 panels: skipped (no AVX2+FMA at this level)\n");
+    return;
+  }
+  enum { K = 67, N = 53, MX = 33 };
+  unsigned s = 21;
+  float *W = malloc((size_t)K * N * sizeof *W), *P = NULL, *b = malloc(N * sizeof *b);
+  float *A = malloc((size_t)MX * K * sizeof *A), *C1 = malloc((size_t)MX * N * sizeof *C1),
+        *C2 = malloc((size_t)MX * N * sizeof *C2);
+  for (size_t i = 0; i < (size_t)K * N; i++) W[i] = frand(&s);
+  for (size_t i = 0; i < (size_t)MX * K; i++) A[i] = frand(&s);
+  for (size_t i = 0; i < N; i++) b[i] = frand(&s);
+  CHECK(posix_memalign((void **)&P, 64, ss__panel_bytes(K, N)) == 0);
+  int ok = 1;
+  double worst = 0.0;
+  for (int tb = 0; tb < 2; tb++) {
+    ss__panel_pack(W, tb, K, N, tb ? K : N, P);
+    for (int M = 1; M <= MX; M++)
+      for (int v = 0; v < 4; v++) { /* beta 0/1 x bias */
+        float beta = (float)(v & 1);
+        const float *bias = v & 2 ? b : NULL;
+        for (size_t i = 0; i < (size_t)M * N; i++) C1[i] = C2[i] = frand(&s);
+        ss__panel_matmul(M, N, K, A, K, P, bias, beta, C1, N);
+        ss_matmul(SS_MM_N, tb ? SS_MM_T : SS_MM_N, M, N, K, 1.0f, A, K, W, tb ? K : N, beta, C2, N);
+        for (int r = 0; r < M && bias; r++)
+          for (int j = 0; j < N; j++) C2[(size_t)r * N + j] += b[j];
+        for (size_t i = 0; i < (size_t)M * N; i++) {
+          double e = fabs((double)C1[i] - (double)C2[i]) / (1.0 + fabs((double)C2[i]));
+          if (e > worst) worst = e;
+          ok &= e <= 1e-5;
+        }
+      }
+  }
+  CHECK(ok);
+  printf("  f32 panels: rows 1..%d, both layouts, beta 0/1, bias: max rel error %.1e\n", MX, worst);
+  free(W), free(P), free(b), free(A), free(C1), free(C2);
+}
+
 int main(void) {
   int ms[] = {1, 3, 4, 5, 17}, nk[][2] = {{13, 7}, {64, 48}, {9, 33}, {1, 1}};
   float ab[][2] = {{1, 0}, {1, 1}, {0.5f, 0}, {2, -0.25f}};
@@ -166,5 +211,6 @@ int main(void) {
             one(rows[i], dims[d][0], dims[d][1], bias, acc, conv);
   given_back(SS_MM_F32);
   given_back(SS_MM_INT8);
+  panels();
   TEST_MAIN_END();
 }
