@@ -2,8 +2,8 @@
 """bench/compute_bench.py — the trunks in each compute dtype against in-process PyTorch.
 
 Side by side in one run, on the same cores (default 2 threads; --threads N):
-  splitserve --workers 1 --intra-op-threads N, one model per compute dtype (fp32, bf16 where
-  the CPU has avx512_bf16/AMX, int8), same weights;
+  splitserve --workers W --intra-op-threads N (--workers, default 1), one model per compute dtype
+  (fp32, bf16 where the CPU has avx512_bf16/AMX, int8), same weights;
   PyTorch in-process (Debian torch; torch.set_num_threads(N)), the tests' independent float32
   blocks (tests/interop/gpt2_ref.py, llama_ref.py): fp32, and bf16 autocast
   (torch.autocast("cpu", torch.bfloat16)) where the CPU has bf16.
@@ -16,7 +16,8 @@ Every figure is a p50 of repeated calls (--reps); rows print as they finish, the
 Markdown (paste into bench/results/). Random weights, written once under
 bench/.cache/compute/.
 
-Run: /usr/bin/python3 bench/compute_bench.py [--threads 2] [--reps 15] [--qwen-layers 14]
+Run: /usr/bin/python3 bench/compute_bench.py [--threads 2] [--workers 1] [--reps 15]
+     [--qwen-layers 14]
      [--dtypes fp32,bf16,int8] [--skip-torch] [--skip-server]
 """
 import argparse
@@ -85,7 +86,8 @@ def bench_server(args, g, q, dtypes):
     for dt in dtypes:
         models += ["--model", "g%s=gpt2,weights=%s,config=%s,layers=2:10,compute=%s" % (dt, gw, gc, dt),
                    "--model", "q%s=llama,weights=%s,config=%s,compute=%s" % (dt, qw, qc, dt)]
-    srv = sslib.Server("--workers", "1", "--intra-op-threads", str(args.threads), "--oversubscribe",
+    srv = sslib.Server("--workers", str(args.workers), "--intra-op-threads", str(args.threads),
+                       "--oversubscribe",
                        "--log-level", "warn", *models, start_timeout=300)
     try:
         c = sslib.connect(srv)
@@ -236,6 +238,8 @@ def bench_torch(args, g, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="splitserve workers (each with --threads intra-op threads)")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--qwen-layers", type=int, default=14)
     ap.add_argument("--skip-torch", action="store_true")
