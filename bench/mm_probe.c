@@ -16,8 +16,9 @@
  *
  * Part 4 (the compute dtypes, model key compute=): ss_matmul_w, as a model's linear layers call
  * it, with weights in fp32, bf16 (where the CPU has avx512_bf16/AMX) and int8, packed before the
- * timing: GFLOP/s on the GPT-2 prefill shapes (B hot) and microseconds on decode rows 1 and 8
- * (B cold: a different weight copy each call).
+ * timing: GFLOP/s on the GPT-2 prefill shapes (B hot) and microseconds on decode rows 1..12
+ * (B cold: a different packed copy each call, COLD_BYTES = 256 MB of them in the product's dtype,
+ * so int8 and bf16 stream from DRAM as in a trunk, not from the L3).
  *
  *   cmake --build build --target mm_probe && build/bin/mm_probe [SECONDS_PER_CELL] [decode|dtypes]
  * ("decode": part 3 only; "dtypes": part 4 only)
@@ -153,21 +154,36 @@ static void few_rows_table(unsigned all, const int *rows, size_t nr, const int (
   }
 }
 
-/* Median seconds of ss_matmul_w in dtype dt (weights packed first; cold: one of the copies
- * spanning 96 MB per call). */
+/* Part 4's cold set: a decode step streams a whole trunk's packed weights (a Qwen2-0.5B trunk's
+ * int8 copy is 209 MB), so the copies a cold cell cycles through hold at least this many bytes in
+ * the product's dtype. The L3 sysconf reports here (480 MiB on a 2-core VM) is not what the cache
+ * holds: a one-thread read runs at 29 GB/s up to 32 MB and at DRAM's 14 GB/s from 64 MB on. */
+#define COLD_BYTES ((size_t)256 << 20)
+
+/* Median seconds of ss_matmul_w in dtype dt (weights packed first; cold: one of the packed copies
+ * spanning COLD_BYTES per call). A packing dtype's copies are made from views of one f32 buffer,
+ * 64 bytes apart (each a weight of its own to the packed table); an unpacked f32 product reads
+ * the weight as stored, so it gets real copies. */
 static double measure_dt(ss_mm_dtype dt, int tb, int M, int N, int K, double secs, int cold) {
-  enum { MAXR = 2001, MAXB = 64 };
+  enum { MAXR = 2001, MAXB = 1024 };
   static double t[MAXR];
-  size_t bn = (size_t)K * N;
-  int nb = cold ? (int)((96u << 20) / (bn * sizeof(float))) + 1 : 1;
+  static const float *Bs[MAXB];
+  static float *own[MAXB];
+  size_t bn = (size_t)K * N, esz = dt == SS_MM_INT8 ? 1 : dt == SS_MM_BF16 ? 2 : 4;
+  int nb = cold ? (int)(COLD_BYTES / (bn * esz)) + 1 : 1, no = 1;
   if (nb > MAXB) nb = MAXB;
-  float *A = randv((size_t)M * K), *Bs[MAXB], *C = randv((size_t)M * N);
+  float *A = randv((size_t)M * K), *C = randv((size_t)M * N);
   static int owner;
   ss_compute cc = {dt, &owner, NULL};
   int ldb = tb ? K : N, r = 0, bi = 0;
-  for (int i = 0; i < nb; i++) {
-    Bs[i] = randv(bn);
-    ss_matmul_w(&cc, tb ? SS_MM_T : SS_MM_N, M, N, K, A, K, Bs[i], ldb, 0.0f, C, N); /* packs */
+  size_t before = ss_matmul_packed_bytes();
+  own[0] = randv(bn + (size_t)nb * 16);
+  Bs[0] = own[0];
+  ss_matmul_w(&cc, tb ? SS_MM_T : SS_MM_N, M, N, K, A, K, Bs[0], ldb, 0.0f, C, N); /* packs */
+  int packs = ss_matmul_packed_bytes() > before;
+  for (int i = 1; i < nb; i++) {
+    Bs[i] = packs ? own[0] + (size_t)i * 16 : (own[no++] = randv(bn));
+    ss_matmul_w(&cc, tb ? SS_MM_T : SS_MM_N, M, N, K, A, K, Bs[i], ldb, 0.0f, C, N);
   }
   double t_end = now_s() + secs;
   while (r < MAXR && (r < 7 || now_s() < t_end)) {
@@ -177,7 +193,7 @@ static double measure_dt(ss_mm_dtype dt, int tb, int M, int N, int K, double sec
     t[r++] = now_s() - t0;
   }
   ss_matmul_weights_drop(&owner);
-  for (int i = 0; i < nb; i++) free(Bs[i]);
+  for (int i = 0; i < no; i++) free(own[i]);
   free(A), free(C);
   qsort(t, (size_t)r, sizeof(double), cmp_d);
   return t[r / 2];

@@ -14,12 +14,17 @@
  *   bf16  oneDNN's brgemm layout (format_tag any: blocked, the same for every M), converted by a
  *         oneDNN reorder; products on oneDNN with A converted per call, f32 accumulation
  *         (matmul_int.h). Needs avx512_bf16 or AMX (the registry refuses it elsewhere).
- *   int8  weight-only: q [N][K] int8 (one row per output channel) and a scale per output
- *         channel (max |w| / 127, round to nearest); activations stay f32. A few rows (decode
- *         steps, small batches: M <= SS_Q8_ROWS) run a kernel that reads the int8 rows straight
- *         (a quarter of f32's bytes; AVX2+FMA intrinsics, plain loops elsewhere); more rows
- *         dequantize the weight into the thread's f32 buffer and run the f32 engine (prefill is
- *         compute bound: the 4x fewer bytes buy nothing there).
+ *   int8  weight-only: int8 weights with a scale per output channel (max |w| / 127, round to
+ *         nearest); activations stay f32. The weight is laid out for the few-row kernels as one
+ *         sequential stream (q8_pos): output channels in groups of 4, each group [K/16][4][16]
+ *         (16 k of its 4 rows in turn: a cache line) then its K % 16 tail. A few rows (decode
+ *         steps, small batches: M <= SS_Q8_ROWS) run a kernel that reads the group stream
+ *         straight (a quarter of f32's bytes) with software prefetch, widening each 16-byte
+ *         piece once for up to 4 rows of X (4 x 4 register block: AVX-512 and AVX2+FMA from one
+ *         macro, plain loops elsewhere): a Qwen2-shaped decode step reads it at ~11-12 GB/s on
+ *         one thread, near the 14.5 a plain read gets from DRAM here (mm_probe part 4).
+ *         More rows dequantize the weight into the thread's f32 buffer and run the f32 engine
+ *         (prefill is compute bound: the 4x fewer bytes buy nothing there).
  *
  * The table: keyed by owner (the model), weight address and how products read it (tb, K, N,
  * ldw); made on first use under nobody's lock (a racing thread's copy is dropped), read under a
@@ -153,11 +158,21 @@ static inline float wat(const float *W, int tb, size_t ldw, size_t k, size_t j) 
   return tb ? W[j * ldw + k] : W[k * ldw + j];
 }
 
+/* The int8 layout: output channels in groups of 4 (the last group has N % 4 if that is not 0:
+ * nr rows), group g at byte 4 g K, so that a product reads the weight as one sequential stream:
+ * [K / 16][nr][16] (16 k of each of the group's rows in turn: one cache line when nr is 4), then
+ * the K % 16 tail as [nr][K % 16]. The byte of W[k][j]: */
+static size_t q8_pos(size_t K, size_t N, size_t j, size_t k) {
+  size_t g0 = j & ~(size_t)3, r = j - g0, nr = N - g0 < 4 ? N - g0 : 4, k16 = K & ~(size_t)15;
+  if (k < k16) return g0 * K + (k >> 4) * nr * 16 + r * 16 + (k & 15);
+  return g0 * K + k16 * nr + r * (K - k16) + (k - k16);
+}
+
 static int pack_int8(packed_w *e, const float *W) {
   size_t K = (size_t)e->K, N = (size_t)e->N, ldw = (size_t)e->ldw;
-  int8_t *q = malloc(N * K);
+  int8_t *q = NULL;
   float *sc = malloc(N * sizeof *sc);
-  if (!q || !sc) {
+  if (posix_memalign((void **)&q, 64, N * K) != 0 || !sc) {
     free(q);
     free(sc);
     return -1;
@@ -168,7 +183,7 @@ static int pack_int8(packed_w *e, const float *W) {
     float s = mx / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
     for (size_t k = 0; k < K; k++) {
       float v = nearbyintf(wat(W, e->tb, ldw, k, j) * inv);
-      q[j * K + k] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+      q[q8_pos(K, N, j, k)] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
     }
     sc[j] = s;
   }
@@ -327,9 +342,37 @@ size_t ss_matmul_packed_bytes(void) {
 
 /* ------------------------------------------------------------------ int8 products */
 
-/* The int8 dot kernels: AVX-512 and AVX2+FMA (the int8 -> f32 widening is vpmovsxbd + vcvtdq2ps,
+/* How far ahead of the weight stream the int8 kernels prefetch, in bytes: into L2 far ahead,
+ * into L1 near. The groups' stream is sequential, yet on one Sapphire Rapids thread (Qwen2
+ * up_proj, 256 MB of copies, noisy VM) the hardware prefetchers alone read it at 8-10 GB/s; with
+ * L1 2 KiB ahead, 10-14.5; with L2 8 KiB and L1 512 B ahead, 12.5-14.7 (a plain read: 14.5). */
+#define SS_Q8_AHEAD_L2 8192
+#define SS_Q8_AHEAD_L1 512
+
+/* The int8 kernels: AVX-512 and AVX2+FMA (the int8 -> f32 widening is vpmovsxbd + vcvtdq2ps,
  * which GCC does not make of vector-extension code), and plain loops for other CPUs; chosen once
- * (q8_level). */
+ * (q8_level). A kernel takes one group of nr (1..4) weight rows g (the layout at q8_pos) and r
+ * (1..4) rows of X x[0..r-1] and gives out[i][c] = x[i] . w_c: each 16-byte piece of the weight
+ * is widened once and used by every X row, each piece of X loaded once and used by the 4 weight
+ * rows (16 accumulators at r = 4). */
+typedef void (*q8_group_fn)(const float *const x[4], int r, const int8_t *g, int nr, size_t K,
+                            float out[4][4]);
+
+/* A group of nr weight rows g back to f32 rows d[c * K + k] = w_c[k] * sc[c] (dequantizing a
+ * weight for the products of many rows). */
+typedef void (*q8_deq_fn)(float *d, const int8_t *g, int nr, size_t K, const float *sc);
+
+/* The K % 16 tail of a group (p: its [nr][K % 16] bytes), added to out. */
+static void q8_tail(const float *const x[4], int r, const int8_t *p, int nr, size_t k16, size_t kt,
+                    float out[4][4]) {
+  for (int c = 0; c < nr; c++, p += kt)
+    for (int i = 0; i < r; i++) {
+      float s = 0.0f;
+      for (size_t u = 0; u < kt; u++) s += x[i][k16 + u] * (float)p[u];
+      out[i][c] += s;
+    }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define SS_Q8_AVX2 1
@@ -339,138 +382,139 @@ AVX2 static inline __m256 q8ld(const int8_t *p) {
   memcpy(&b, p, 8); /* (upper half unused) */
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
 }
-AVX2 static inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+/* The four horizontal sums of a, b, c, d at once. */
+AVX2 static inline void hsum4_8(__m256 a, __m256 b, __m256 c, __m256 d, float out[4]) {
+  __m256 ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+  __m256 cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+  __m256 s = _mm256_add_ps(
+      _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))),
+      _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
 }
 
-/* The two kernels, written once for a vector width: 1x4 is one X row against nq (1..4) int8
- * weight rows q, q + ldq, ... (X loaded once for them); 4x2 is up to 4 X rows (r of them) against
- * 2 int8 weight rows (each weight chunk widened once and used by every row). Per width: ATTR
- * (its target), V (the vector type), L (its lanes), and its zero, load, fma, int8 widening and
- * horizontal sum. */
-#define Q8_KERNELS(W, ATTR, V, L, ZERO, LD, FMA, WIDEN, SUM)                                     \
-  ATTR static void q8_dot_1x4_##W(const float *x, const int8_t *q, size_t ldq, int nq, size_t n, \
-                                  float out[4]) {                                                \
-    V a0 = ZERO(), a1 = a0, a2 = a0, a3 = a0;                                                    \
-    const int8_t *q0 = q, *q1 = q + (nq > 1 ? ldq : 0), *q2 = q + (nq > 2 ? 2 * ldq : 0),        \
-                 *q3 = q + (nq > 3 ? 3 * ldq : 0);                                               \
-    size_t i = 0;                                                                                \
-    for (; i + (L) <= n; i += (L)) {                                                             \
-      V c = LD(x + i);                                                                           \
-      a0 = FMA(c, WIDEN(q0 + i), a0);                                                            \
-      a1 = FMA(c, WIDEN(q1 + i), a1);                                                            \
-      a2 = FMA(c, WIDEN(q2 + i), a2);                                                            \
-      a3 = FMA(c, WIDEN(q3 + i), a3);                                                            \
-    }                                                                                            \
-    float s[4] = {SUM(a0), SUM(a1), SUM(a2), SUM(a3)};                                           \
-    for (; i < n; i++)                                                                           \
-      s[0] += x[i] * (float)q0[i], s[1] += x[i] * (float)q1[i], s[2] += x[i] * (float)q2[i],     \
-          s[3] += x[i] * (float)q3[i];                                                           \
-    memcpy(out, s, sizeof s);                                                                    \
-  }                                                                                              \
-  ATTR static void q8_dot_4x2_##W(const float *const x[4], int r, const int8_t *q0,              \
-                                  const int8_t *q1, size_t n, float out0[4], float out1[4]) {    \
-    V a0 = ZERO(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;                \
-    const float *x0 = x[0], *x1 = x[r > 1 ? 1 : 0], *x2 = x[r > 2 ? 2 : 0],                      \
-                *x3 = x[r > 3 ? 3 : 0];                                                          \
-    size_t i = 0;                                                                                \
-    for (; i + (L) <= n; i += (L)) {                                                             \
-      V p = WIDEN(q0 + i), w = WIDEN(q1 + i);                                                    \
-      V c0 = LD(x0 + i), c1 = LD(x1 + i), c2 = LD(x2 + i), c3 = LD(x3 + i);                      \
-      a0 = FMA(c0, p, a0), a1 = FMA(c1, p, a1), a2 = FMA(c2, p, a2), a3 = FMA(c3, p, a3);        \
-      b0 = FMA(c0, w, b0), b1 = FMA(c1, w, b1), b2 = FMA(c2, w, b2), b3 = FMA(c3, w, b3);        \
-    }                                                                                            \
-    float s[8] = {SUM(a0), SUM(a1), SUM(a2), SUM(a3), SUM(b0), SUM(b1), SUM(b2), SUM(b3)};       \
-    for (; i < n; i++) {                                                                         \
-      float p = (float)q0[i], w = (float)q1[i];                                                  \
-      s[0] += x0[i] * p, s[1] += x1[i] * p, s[2] += x2[i] * p, s[3] += x3[i] * p;                \
-      s[4] += x0[i] * w, s[5] += x1[i] * w, s[6] += x2[i] * w, s[7] += x3[i] * w;                \
-    }                                                                                            \
-    memcpy(out0, s, 4 * sizeof(float));                                                          \
-    memcpy(out1, s + 4, 4 * sizeof(float));                                                      \
+/* The kernels, written once for a vector width: ATTR (its target), V (the vector type), L (its
+ * lanes: 16 / L vectors a piece), and its zero, load, fma, int8 widening and 4-way horizontal
+ * sum. q8_rx4_W is R X rows (a constant in each of the four copies q8_group_W switches to)
+ * against the group's 4 rows. (Tried: 5..8 X rows as two passes of R x 2, widening each piece
+ * once per 8 rows instead of twice: slower in the Qwen2 trunk's 8 sessions, 148-177 steps/s
+ * against 190-195, as 8 rows of a 4864-wide X no longer fit L1 and each pass reads them.) */
+#define Q8_KERNELS(W, ATTR, V, L, ZERO, LD, FMA, WIDEN, SUM4)                                      \
+  ATTR static inline __attribute__((always_inline)) void q8_rx4_##W(                               \
+      const float *const x[4], const int8_t *g, int nr, size_t K, float out[4][4], const int R) {  \
+    V a[4][4];                                                                                     \
+    size_t o[4], st = (size_t)nr * 16, k16 = K & ~(size_t)15;                                      \
+    for (int c = 0; c < 4; c++) o[c] = (size_t)(c < nr ? c : nr - 1) * 16;                         \
+    _Pragma("GCC unroll 4") for (int i = 0; i < R; i++)                                            \
+        _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) a[i][c] = ZERO();                      \
+    const int8_t *p = g;                                                                           \
+    for (size_t k = 0; k < k16; k += 16, p += st) {                                                \
+      _mm_prefetch((const char *)p + SS_Q8_AHEAD_L2, _MM_HINT_T1);                                 \
+      _mm_prefetch((const char *)p + SS_Q8_AHEAD_L1, _MM_HINT_T0);                                 \
+      _Pragma("GCC unroll 2") for (int h = 0; h < 16; h += (L)) {                                  \
+        V xv[4];                                                                                   \
+        _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) xv[i] = LD(x[i] + k + h);              \
+        _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {                                      \
+          V w = WIDEN(p + o[c] + h);                                                               \
+          _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) a[i][c] = FMA(xv[i], w, a[i][c]);    \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+    _Pragma("GCC unroll 4") for (int i = 0; i < R; i++)                                            \
+        SUM4(a[i][0], a[i][1], a[i][2], a[i][3], out[i]);                                          \
+    if (K > k16) q8_tail(x, R, p, nr, k16, K - k16, out);                                          \
+  }                                                                                                \
+  ATTR static void q8_group_##W(const float *const x[4], int r, const int8_t *g, int nr, size_t K, \
+                                float out[4][4]) {                                                 \
+    if (r == 1)                                                                                    \
+      q8_rx4_##W(x, g, nr, K, out, 1);                                                             \
+    else if (r == 2)                                                                               \
+      q8_rx4_##W(x, g, nr, K, out, 2);                                                             \
+    else if (r == 3)                                                                               \
+      q8_rx4_##W(x, g, nr, K, out, 3);                                                             \
+    else                                                                                           \
+      q8_rx4_##W(x, g, nr, K, out, 4);                                                             \
   }
 
 Q8_KERNELS(avx2, AVX2, __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, q8ld,
-           hsum256)
+           hsum4_8)
 
-/* The same 16 lanes wide (AVX-512F/BW): a decode step's int8 products are bound by the widening
- * and the FMAs, not by memory (perf: 93% of a Qwen2-shaped int8 step in the 1x4 kernel), so
- * twice the lanes per instruction is what moves them. */
+/* q8_deq_fn, 8 lanes wide (also on AVX-512 CPUs: a 16-lane copy of it held a 128-row int8
+ * product (mm_probe, weight hot) to 97-110 GFLOP/s against 126-138 with this one; the widening
+ * and the f32 stores are the same work, the measured cost is not). */
+AVX2 static void q8_deq_avx2(float *d, const int8_t *g, int nr, size_t K, const float *sc) {
+  size_t k16 = K & ~(size_t)15, kt = K - k16;
+  for (int c = 0; c < nr; c++) /* row by row: one write stream */
+    for (size_t k = 0; k < k16; k += 16)
+      for (size_t h = 0; h < 16; h += 8) {
+        __m256 w =
+            _mm256_mul_ps(q8ld(g + k * (size_t)nr + (size_t)c * 16 + h), _mm256_set1_ps(sc[c]));
+        _mm256_storeu_ps(d + (size_t)c * K + k + h, w);
+      }
+  g += k16 * (size_t)nr;
+  for (int c = 0; c < nr; c++, g += kt)
+    for (size_t t = 0; t < kt; t++) d[(size_t)c * K + k16 + t] = (float)g[t] * sc[c];
+}
+
+/* The same 16 lanes wide (AVX-512F/BW): twice the lanes per widening and FMA. */
 #define AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw")))
 AVX512 static inline __m512 q8ld16(const int8_t *p) {
   __m128i b;
   memcpy(&b, p, 16);
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
 }
+/* Each folded to 8 lanes, then hsum4_8 (a few more operations than a 16-lane fold, once per
+ * 4 outputs). */
+AVX512 static inline __m256 fold256(__m512 v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v),
+                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+AVX512 static inline void hsum4_16(__m512 a, __m512 b, __m512 c, __m512 d, float out[4]) {
+  hsum4_8(fold256(a), fold256(b), fold256(c), fold256(d), out);
+}
 
 Q8_KERNELS(avx512, AVX512, __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps, q8ld16,
-           _mm512_reduce_add_ps)
+           hsum4_16)
 #endif
 
-static void q8_dot_1x4_plain(const float *x, const int8_t *q, size_t ldq, int nq, size_t n,
-                             float out[4]) {
-  for (int k = 0; k < 4; k++) {
-    const int8_t *w = q + (k < nq ? (size_t)k : 0) * ldq;
-    float a = 0.0f;
-    for (size_t i = 0; i < n; i++) a += x[i] * (float)w[i];
-    out[k] = a;
-  }
+static void q8_group_plain(const float *const x[4], int r, const int8_t *g, int nr, size_t K,
+                           float out[4][4]) {
+  for (int i = 0; i < r; i++)
+    for (int c = 0; c < nr; c++) {
+      float s = 0.0f;
+      for (size_t k = 0; k < K; k++) s += x[i][k] * (float)g[q8_pos(K, (size_t)nr, (size_t)c, k)];
+      out[i][c] = s;
+    }
 }
 
-static void q8_dot_4x2_plain(const float *const x[4], int r, const int8_t *q0, const int8_t *q1,
-                             size_t n, float out0[4], float out1[4]) {
-  for (int k = 0; k < 4; k++) {
-    const float *xr = x[k < r ? k : 0];
-    float a = 0.0f, b = 0.0f;
-    for (size_t i = 0; i < n; i++) a += xr[i] * (float)q0[i], b += xr[i] * (float)q1[i];
-    out0[k] = a, out1[k] = b;
-  }
+static void q8_deq_plain(float *d, const int8_t *g, int nr, size_t K, const float *sc) {
+  for (int c = 0; c < nr; c++)
+    for (size_t k = 0; k < K; k++)
+      d[(size_t)c * K + k] = (float)g[q8_pos(K, (size_t)nr, (size_t)c, k)] * sc[c];
 }
 
-/* Which int8 kernels run: 2 AVX-512, 1 AVX2, 0 plain; chosen once from the CPU and capped by
- * oneDNN's effective ISA (ONEDNN_MAX_CPU_ISA), so the tests that run capped at each level
- * (tests/isa_levels.py) exercise these kernels at that level too. */
+/* Which int8 kernels run: 2 AVX-512, 1 AVX2, 0 plain (ss__simd_level: the CPU's, capped by
+ * ONEDNN_MAX_CPU_ISA, so the capped test runs exercise each level's kernels). */
 static int q8_level(void) {
 #ifdef SS_Q8_AVX2
-  static int v = -1; /* every thread computes the same answer: relaxed atomics suffice */
-  int l = __atomic_load_n(&v, __ATOMIC_RELAXED);
-  if (l < 0) {
-    unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
-    __builtin_cpu_init();
-    l = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
-    if (l && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        (isa & (unsigned)dnnl_cpu_isa_avx512_core) == (unsigned)dnnl_cpu_isa_avx512_core)
-      l = 2;
-    if (l && (isa & (unsigned)dnnl_cpu_isa_avx2) != (unsigned)dnnl_cpu_isa_avx2) l = 0;
-    __atomic_store_n(&v, l, __ATOMIC_RELAXED);
-  }
-  return l;
+  return ss__simd_level();
 #else
   return 0;
 #endif
 }
 
-static void q8_dot_1x4(const float *x, const int8_t *q, size_t ldq, int nq, size_t n,
-                       float out[4]) {
-#ifdef SS_Q8_AVX2
-  int l = q8_level();
-  if (l == 2) return q8_dot_1x4_avx512(x, q, ldq, nq, n, out);
-  if (l == 1) return q8_dot_1x4_avx2(x, q, ldq, nq, n, out);
-#endif
-  q8_dot_1x4_plain(x, q, ldq, nq, n, out);
-}
+/* The kernels of q8_level: the product's and the dequantizer. */
+typedef struct q8_kernels {
+  q8_group_fn group;
+  q8_deq_fn deq;
+} q8_kernels;
 
-static void q8_dot_4x2(const float *const x[4], int r, const int8_t *q0, const int8_t *q1, size_t n,
-                       float out0[4], float out1[4]) {
+static q8_kernels q8_kernel(void) {
 #ifdef SS_Q8_AVX2
   int l = q8_level();
-  if (l == 2) return q8_dot_4x2_avx512(x, r, q0, q1, n, out0, out1);
-  if (l == 1) return q8_dot_4x2_avx2(x, r, q0, q1, n, out0, out1);
+  if (l == 2) return (q8_kernels){q8_group_avx512, q8_deq_avx2};
+  if (l == 1) return (q8_kernels){q8_group_avx2, q8_deq_avx2};
 #endif
-  q8_dot_4x2_plain(x, r, q0, q1, n, out0, out1);
+  return (q8_kernels){q8_group_plain, q8_deq_plain};
 }
 
 static inline void q8_store(const packed_w *e, float *C, int ldc, int row, long j, float d,
@@ -479,43 +523,29 @@ static inline void q8_store(const packed_w *e, float *C, int ldc, int row, long 
   *c = beta != 0.0f ? *c + v : v;
 }
 
-/* C [M, N] (=|+=) A [M, K] W^T from the int8 rows. One row: 4 output channels per pass (X read
- * once for them); more rows: 2 output channels against every group of 4 rows while they are in
- * L1, so each weight row is read from memory once whatever the row count. Output channels split
- * over the worker's OpenMP team. */
+/* C [M, N] (=|+=) A [M, K] W^T from the int8 groups: each group of 4 output channels against
+ * every group of 4 rows of A in turn, so the group's bytes come from memory once (later row
+ * groups find them in L1/L2) and the weight is one sequential stream. Groups split over the
+ * worker's OpenMP team (contiguous ranges: a stream each). */
 static void q8_few_rows(const packed_w *e, int M, const float *A, int lda, float beta, float *C,
                         int ldc) {
-  long N = e->N;
+  long N = e->N, ng = (N + 3) / 4;
   size_t K = (size_t)e->K;
   const int8_t *q = e->data;
+  q8_group_fn kern = q8_kernel().group;
   int par = N > 64 && (size_t)N * K >= (1u << 18);
-  if (M == 1) {
-    long ng = (N + 3) / 4;
 #pragma omp parallel for schedule(static) if (par)
-    for (long g = 0; g < ng; g++) {
-      long j = g * 4;
-      int nq = N - j < 4 ? (int)(N - j) : 4;
-      float d[4];
-      q8_dot_1x4(A, q + (size_t)j * K, K, nq, K, d);
-      for (int k = 0; k < nq; k++) q8_store(e, C, ldc, 0, j + k, d[k], beta);
-    }
-    return;
-  }
-  long np = (N + 1) / 2;
-#pragma omp parallel for schedule(static) if (par)
-  for (long pi = 0; pi < np; pi++) {
-    long j = pi * 2;
-    int two = j + 1 < N;
+  for (long gi = 0; gi < ng; gi++) {
+    long j = gi * 4;
+    int nr = N - j < 4 ? (int)(N - j) : 4;
     for (int r0 = 0; r0 < M; r0 += 4) {
       int r = M - r0 < 4 ? M - r0 : 4;
       const float *x[4];
-      float d0[4], d1[4];
-      for (int k = 0; k < 4; k++) x[k] = A + (size_t)(r0 + (k < r ? k : 0)) * (size_t)lda;
-      q8_dot_4x2(x, r, q + (size_t)j * K, q + (size_t)(two ? j + 1 : j) * K, K, d0, d1);
-      for (int k = 0; k < r; k++) {
-        q8_store(e, C, ldc, r0 + k, j, d0[k], beta);
-        if (two) q8_store(e, C, ldc, r0 + k, j + 1, d1[k], beta);
-      }
+      float d[4][4];
+      for (int i = 0; i < 4; i++) x[i] = A + (size_t)(r0 + (i < r ? i : 0)) * (size_t)lda;
+      kern(x, r, q + (size_t)j * K, nr, K, d);
+      for (int i = 0; i < r; i++)
+        for (int c = 0; c < nr; c++) q8_store(e, C, ldc, r0 + i, j + c, d[i][c], beta);
     }
   }
 }
@@ -525,9 +555,10 @@ static const float *q8_dequant(const packed_w *e) {
   size_t K = (size_t)e->K, N = (size_t)e->N;
   float *d = deq_get(N * K);
   if (!d) return NULL;
+  q8_deq_fn deq = q8_kernel().deq;
   const int8_t *q = e->data;
-  for (size_t j = 0; j < N; j++)
-    for (size_t k = 0; k < K; k++) d[j * K + k] = (float)q[j * K + k] * e->scale[j];
+  for (size_t g0 = 0; g0 < N; g0 += 4)
+    deq(d + g0 * K, q + g0 * K, N - g0 < 4 ? (int)(N - g0) : 4, K, e->scale + g0);
   return d;
 }
 

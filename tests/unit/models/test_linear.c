@@ -193,6 +193,51 @@ static void panels(void) {
   free(W), free(P), free(b), free(A), free(C1), free(C2);
 }
 
+/* ss_matmul_w in int8 against the same quantization done here (scale max |w| / 127 per output
+ * channel, round to nearest) and a double product: the kernels' groups of 4 output channels
+ * with a tail (N % 4), pieces of 16 k with a tail (K % 16), 1..16 rows (17, 20: dequantized),
+ * beta 0 and 1, W as [K, N] and [N, K]. The tests run at every ISA level (tests/isa_levels.py),
+ * so this covers the AVX-512, AVX2 and plain kernels. */
+static void int8_exact(int tb, int M, int N, int K, float beta) {
+  unsigned s = (unsigned)(M * 131 + N * 17 + K * 3 + tb);
+  int ldw = (tb ? K : N) + 3, lda = K + 1, ldc = N + 2;
+  size_t nw = (size_t)(tb ? N : K) * (size_t)ldw;
+  float *W = malloc(nw * sizeof *W), *A = malloc((size_t)M * (size_t)lda * sizeof *A);
+  float *C = malloc((size_t)M * (size_t)ldc * sizeof *C);
+  double *R = malloc((size_t)M * (size_t)N * sizeof *R), big = 1e-30;
+  float *q = malloc((size_t)K * (size_t)N * sizeof *q);
+  for (size_t i = 0; i < nw; i++) W[i] = frand(&s);
+  for (size_t i = 0; i < (size_t)M * (size_t)lda; i++) A[i] = frand(&s);
+  for (size_t i = 0; i < (size_t)M * (size_t)ldc; i++) C[i] = frand(&s);
+  for (int j = 0; j < N; j++) {
+    float mx = 0.0f;
+    for (int k = 0; k < K; k++) mx = fmaxf(mx, fabsf(tb ? W[j * ldw + k] : W[k * ldw + j]));
+    float sc = mx / 127.0f, inv = sc > 0.0f ? 1.0f / sc : 0.0f;
+    for (int k = 0; k < K; k++)
+      q[(size_t)j * (size_t)K + (size_t)k] =
+          nearbyintf((tb ? W[j * ldw + k] : W[k * ldw + j]) * inv) * sc;
+  }
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) {
+      double d = beta != 0.0f ? (double)C[i * ldc + j] : 0.0;
+      for (int k = 0; k < K; k++)
+        d += (double)A[i * lda + k] * q[(size_t)j * (size_t)K + (size_t)k];
+      R[i * N + j] = d;
+      if (fabs(d) > big) big = fabs(d);
+    }
+  static int owner;
+  ss_compute cc = {SS_MM_INT8, &owner, NULL};
+  ss_matmul_w(&cc, tb ? SS_MM_T : SS_MM_N, M, N, K, A, lda, W, ldw, beta, C, ldc);
+  int ok = 1;
+  for (int i = 0; i < M && ok; i++)
+    for (int j = 0; j < N && ok; j++)
+      ok = fabs((double)C[i * ldc + j] - R[i * N + j]) <= 2e-6 * big;
+  if (!ok) fprintf(stderr, "int8 tb %d M %d N %d K %d beta %g\n", tb, M, N, K, (double)beta);
+  CHECK(ok);
+  ss_matmul_weights_drop(&owner);
+  free(W), free(A), free(C), free(R), free(q);
+}
+
 int main(void) {
   int ms[] = {1, 3, 4, 5, 17}, nk[][2] = {{13, 7}, {64, 48}, {9, 33}, {1, 1}};
   float ab[][2] = {{1, 0}, {1, 1}, {0.5f, 0}, {2, -0.25f}};
@@ -209,6 +254,10 @@ int main(void) {
         for (int acc = 0; acc < 2; acc++)
           for (int conv = 0; conv < 2; conv++)
             one(rows[i], dims[d][0], dims[d][1], bias, acc, conv);
+  int nks[][2] = {{1, 1}, {3, 16}, {4, 15}, {5, 17}, {8, 32}, {13, 100}, {67, 257}, {36, 896}};
+  for (int M = 1; M <= 20; M += M < 16 ? 1 : 4)
+    for (size_t d = 0; d < sizeof nks / sizeof nks[0]; d++)
+      for (int t = 0; t < 4; t++) int8_exact(t & 1, M, nks[d][0], nks[d][1], (float)(t >> 1));
   given_back(SS_MM_F32);
   given_back(SS_MM_INT8);
   panels();
