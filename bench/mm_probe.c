@@ -16,9 +16,11 @@
  *
  * Part 4 (the compute dtypes, model key compute=): ss_matmul_w, as a model's linear layers call
  * it, with weights in fp32, bf16 (where the CPU has avx512_bf16/AMX) and int8, packed before the
- * timing: GFLOP/s on the GPT-2 prefill shapes (B hot) and microseconds on decode rows 1..12
- * (B cold: a different packed copy each call, COLD_BYTES = 256 MB of them in the product's dtype,
- * so int8 and bf16 stream from DRAM as in a trunk, not from the L3).
+ * timing: GFLOP/s on the GPT-2 prefill shapes, B hot and again B cold (rows marked "~": a
+ * trunk's prefill reads each weight once, so this is the engine's rate a trunk can reach), and
+ * microseconds on decode rows 1..12 (B cold: a different packed copy each call, COLD_BYTES =
+ * 256 MB of them in the product's dtype, so int8 and bf16 stream from DRAM as in a trunk, not
+ * from the L3).
  *
  *   cmake --build build --target mm_probe && build/bin/mm_probe [SECONDS_PER_CELL] [decode|dtypes]
  * ("decode": part 3 only; "dtypes": part 4 only)
@@ -204,15 +206,17 @@ static void dtypes_table(double secs) {
   int bf16 = ss_matmul_bf16_check(why, sizeof why) == 0;
   static const struct {
     const char *name;
-    int M, K, N, tb, cold;
-  } sh[] = {{"gpt2.c_attn", 128, 768, 2304, 0, 0},     {"gpt2.attn.c_proj", 128, 768, 768, 0, 0},
-            {"gpt2.mlp.c_fc", 128, 768, 3072, 0, 0},   {"gpt2.mlp.c_proj", 128, 3072, 768, 0, 0},
-            {"qwen.gate_proj", 128, 896, 4864, 1, 0},  {"decode.c_attn", 1, 768, 2304, 0, 1},
-            {"decode2.c_attn", 2, 768, 2304, 0, 1},    {"decode4.c_attn", 4, 768, 2304, 0, 1},
-            {"decode12.c_attn", 12, 768, 2304, 0, 1},  {"decode2.qwen.up", 2, 896, 4864, 1, 1},
-            {"decode12.qwen.up", 12, 896, 4864, 1, 1}, {"decode8.c_attn", 8, 768, 2304, 0, 1},
-            {"decode.qwen.up", 1, 896, 4864, 1, 1},    {"decode4.qwen.up", 4, 896, 4864, 1, 1},
-            {"decode8.qwen.up", 8, 896, 4864, 1, 1}};
+    int M, K, N, tb, cold; /* cold: 0 B hot, GFLOP/s; 1 B cold, us; 2 B cold, GFLOP/s ("~") */
+  } sh[] = {{"gpt2.c_attn", 128, 768, 2304, 0, 0},      {"gpt2.attn.c_proj", 128, 768, 768, 0, 0},
+            {"gpt2.mlp.c_fc", 128, 768, 3072, 0, 0},    {"gpt2.mlp.c_proj", 128, 3072, 768, 0, 0},
+            {"qwen.gate_proj", 128, 896, 4864, 1, 0},   {"decode.c_attn", 1, 768, 2304, 0, 1},
+            {"decode2.c_attn", 2, 768, 2304, 0, 1},     {"decode4.c_attn", 4, 768, 2304, 0, 1},
+            {"decode12.c_attn", 12, 768, 2304, 0, 1},   {"decode2.qwen.up", 2, 896, 4864, 1, 1},
+            {"decode12.qwen.up", 12, 896, 4864, 1, 1},  {"decode8.c_attn", 8, 768, 2304, 0, 1},
+            {"decode.qwen.up", 1, 896, 4864, 1, 1},     {"decode4.qwen.up", 4, 896, 4864, 1, 1},
+            {"decode8.qwen.up", 8, 896, 4864, 1, 1},    {"gpt2.c_attn~", 128, 768, 2304, 0, 2},
+            {"gpt2.attn.c_proj~", 128, 768, 768, 0, 2}, {"gpt2.mlp.c_fc~", 128, 768, 3072, 0, 2},
+            {"gpt2.mlp.c_proj~", 128, 3072, 768, 0, 2}, {"qwen.gate_proj~", 128, 896, 4864, 1, 2}};
   printf(
       "\n== compute dtypes (ss_matmul_w, weights packed once): GFLOP/s, and us per product "
       "(B cold rows)%s\n%-18s %4s %5s %5s %3s %10s %10s %10s\n",
@@ -225,11 +229,11 @@ static void dtypes_table(double secs) {
       for (int d = 0; d < 3; d++) {
         if (d == 1 && !bf16) continue;
         double med =
-            measure_dt((ss_mm_dtype)d, sh[s].tb, sh[s].M, sh[s].N, sh[s].K, secs, sh[s].cold);
-        v[d] = sh[s].cold ? med * 1e6 : f / med;
+            measure_dt((ss_mm_dtype)d, sh[s].tb, sh[s].M, sh[s].N, sh[s].K, secs, sh[s].cold != 0);
+        v[d] = sh[s].cold == 1 ? med * 1e6 : f / med;
       }
       printf("%-18s %4d %5d %5d %3d %10.1f %10.1f %10.1f %s\n", sh[s].name, sh[s].M, sh[s].K,
-             sh[s].N, thr, v[0], v[1], v[2], sh[s].cold ? "us" : "GFLOP/s");
+             sh[s].N, thr, v[0], v[1], v[2], sh[s].cold == 1 ? "us" : "GFLOP/s");
       fflush(stdout);
     }
   }
