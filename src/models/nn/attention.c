@@ -11,12 +11,21 @@
  *   overwrites dk_g, dv_g, the others add)
  * With logit soft-capping (Gemma 2) the score is c = cap tanh(scale q.k / cap): ds is also
  * multiplied by 1 - tanh^2, from the scores q k^T recomputed in the backward.
- * Thread: the caller's worker thread; reentrant.
+ * Inference splits its heads (a decode step's kv groups) over the calling worker's OpenMP team:
+ * a batch of decode steps spends as much time in each session's attention as in the weights
+ * (GPT-2 has a kv head per head), and a single-threaded attention left a 2-thread worker's
+ * second thread idle there. Each thread after the first takes its scratch from a per-worker
+ * buffer (a pthread key, grown to (threads - 1) x ss_attn_scratch floats; without it the heads
+ * run on the caller alone).
+ * Thread: the caller's worker thread and its OpenMP team; reentrant.
  */
 #include "models/nn/attention.h"
 
 #include <math.h>
+#include <omp.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "models/nn/matmul.h"
@@ -197,6 +206,78 @@ void ss_attention_forward_window(float *out, int ldo, float *att, int att_all, f
                            window, 0.0f);
 }
 
+/* Inference attention of batch row b's unit u: with dec (a decode step with kv groups) the
+ * heads of kv group u as one query block at position P; else head u, query blocks x key tiles
+ * with an online softmax (flash_block: no score row longer than a tile, and a causal prefill
+ * skips the masked tiles). scratch: ss_attn_scratch(HS) floats of this thread's own. */
+static void attend(const ss_attn_dims *d, int u, int dec, int b, const float *q, int ldq,
+                   float *out, int ldo, const float *K, const float *V, size_t hstride, int window,
+                   float softcap, float *scratch) {
+  const int T = d->T, P = d->P, HS = d->HS, grp = d->NH / d->NKV;
+  const size_t hs = (size_t)HS, row0 = (size_t)b * (size_t)T;
+  if (dec) {
+    size_t bg = (size_t)b * (size_t)d->NKV + (size_t)u;
+    for (int h0 = 0; h0 < grp; h0 += SS_ATTN_QBLOCK) {
+      size_t h = (size_t)u * (size_t)grp + (size_t)h0;
+      qblock qb = {q + row0 * (size_t)ldq + h * hs,
+                   out + row0 * (size_t)ldo + h * hs,
+                   hs,
+                   hs,
+                   grp - h0 < SS_ATTN_QBLOCK ? grp - h0 : SS_ATTN_QBLOCK,
+                   P,
+                   0};
+      flash_block(&qb, K + bg * hstride, V + bg * hstride, HS, d->scale, window, softcap, scratch);
+    }
+    return;
+  }
+  size_t bg = (size_t)b * (size_t)d->NKV + (size_t)(u / grp);
+  const float *qh = q + row0 * (size_t)ldq + (size_t)u * hs;
+  float *oh = out + row0 * (size_t)ldo + (size_t)u * hs;
+  for (int i0 = 0; i0 < T; i0 += SS_ATTN_QBLOCK) {
+    qblock qb = {qh + (size_t)i0 * (size_t)ldq,
+                 oh + (size_t)i0 * (size_t)ldo,
+                 (size_t)ldq,
+                 (size_t)ldo,
+                 T - i0 < SS_ATTN_QBLOCK ? T - i0 : SS_ATTN_QBLOCK,
+                 P + i0,
+                 1};
+    flash_block(&qb, K + bg * hstride, V + bg * hstride, HS, d->scale, window, softcap, scratch);
+  }
+}
+
+/* Scratch for the team's threads after the first: the calling thread's buffer of at least n
+ * floats (kept for its next calls; freed when it exits), or NULL. */
+static pthread_key_t team_key;
+static pthread_once_t team_once = PTHREAD_ONCE_INIT;
+typedef struct team_buf {
+  float *p;
+  size_t cap;
+} team_buf;
+static void team_free(void *v) {
+  team_buf *t = v;
+  free(t->p);
+  free(t);
+}
+static void team_init(void) { (void)pthread_key_create(&team_key, team_free); }
+static float *team_scratch(size_t n) {
+  pthread_once(&team_once, team_init);
+  team_buf *t = pthread_getspecific(team_key);
+  if (!t) {
+    if (!(t = calloc(1, sizeof *t))) return NULL;
+    if (pthread_setspecific(team_key, t) != 0) {
+      free(t);
+      return NULL;
+    }
+  }
+  if (n > t->cap) {
+    float *p = malloc(n * sizeof *p);
+    if (!p) return NULL;
+    free(t->p);
+    t->p = p, t->cap = n;
+  }
+  return t->p;
+}
+
 void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, float *K, float *V,
                               const float *q, int ldq, const float *k, const float *v, int ldkv,
                               const void *past_k, const void *past_v, const ss_attn_dims *d,
@@ -219,20 +300,18 @@ void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, floa
         memcpy(Vg + (size_t)(P + i) * hs, v + src, hs * sizeof(float));
       }
     }
-    if (!att_all && T == 1 && grp > 1) { /* a decode step: a group's heads are one block */
-      for (int g = 0; g < d->NKV; g++) {
-        size_t bg = (size_t)b * (size_t)d->NKV + (size_t)g;
-        for (int h0 = 0; h0 < grp; h0 += SS_ATTN_QBLOCK) {
-          size_t h = (size_t)g * (size_t)grp + (size_t)h0;
-          qblock qb = {q + row0 * (size_t)ldq + h * hs,
-                       out + row0 * (size_t)ldo + h * hs,
-                       hs,
-                       hs,
-                       grp - h0 < SS_ATTN_QBLOCK ? grp - h0 : SS_ATTN_QBLOCK,
-                       P,
-                       0};
-          flash_block(&qb, K + bg * hstride, V + bg * hstride, HS, d->scale, window, softcap, att);
-        }
+    if (!att_all) { /* inference: heads (a decode step's kv groups) over the team */
+      const int dec = T == 1 && grp > 1, n = dec ? d->NKV : d->NH; /* decode: a group's heads */
+      const size_t per = ss_attn_scratch(HS);
+      int nthr = omp_get_max_threads();
+      if (nthr > n) nthr = n;
+      float *more = nthr > 1 ? team_scratch((size_t)(nthr - 1) * per) : NULL;
+      if (!more) nthr = 1;
+#pragma omp parallel for schedule(static) num_threads(nthr) if (nthr > 1)
+      for (int u = 0; u < n; u++) {
+        int tid = omp_get_thread_num();
+        float *scr = tid == 0 ? att : more + (size_t)(tid - 1) * per;
+        attend(d, u, dec, b, q, ldq, out, ldo, K, V, hstride, window, softcap, scr);
       }
       continue;
     }
@@ -242,26 +321,12 @@ void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, floa
       const float *Kg = K + bg * hstride, *Vg = V + bg * hstride;
       const float *qh = q + row0 * (size_t)ldq + (size_t)h * hs;
       float *oh = out + row0 * (size_t)ldo + (size_t)h * hs;
-      if (att_all) { /* training: every probability kept for the backward */
-        float *A = att + bh * (size_t)T * (size_t)Tk;
-        /* scores [T, Tk] = q_h [T, HS] K_g^T;  out_h [T, HS] = att [T, Tk] V_g [Tk, HS] */
-        ss_matmul(SS_MM_N, SS_MM_T, T, Tk, HS, 1.0f, qh, ldq, Kg, HS, 0.0f, A, Tk);
-        block_softmax(A, T, Tk, 0, P, d->scale, window, softcap);
-        ss_matmul(SS_MM_N, SS_MM_N, T, HS, Tk, 1.0f, A, Tk, Vg, HS, 0.0f, oh, ldo);
-        continue;
-      }
-      /* Inference: query blocks x key tiles, online softmax (flash_block): no score row
-       * longer than a tile, and a causal prefill skips the masked tiles. */
-      for (int i0 = 0; i0 < T; i0 += SS_ATTN_QBLOCK) {
-        qblock qb = {qh + (size_t)i0 * (size_t)ldq,
-                     oh + (size_t)i0 * (size_t)ldo,
-                     (size_t)ldq,
-                     (size_t)ldo,
-                     T - i0 < SS_ATTN_QBLOCK ? T - i0 : SS_ATTN_QBLOCK,
-                     P + i0,
-                     1};
-        flash_block(&qb, Kg, Vg, HS, d->scale, window, softcap, att);
-      }
+      /* training: every probability kept for the backward */
+      float *A = att + bh * (size_t)T * (size_t)Tk;
+      /* scores [T, Tk] = q_h [T, HS] K_g^T;  out_h [T, HS] = att [T, Tk] V_g [Tk, HS] */
+      ss_matmul(SS_MM_N, SS_MM_T, T, Tk, HS, 1.0f, qh, ldq, Kg, HS, 0.0f, A, Tk);
+      block_softmax(A, T, Tk, 0, P, d->scale, window, softcap);
+      ss_matmul(SS_MM_N, SS_MM_N, T, HS, Tk, 1.0f, A, Tk, Vg, HS, 0.0f, oh, ldo);
     }
   }
 }

@@ -5,10 +5,12 @@
  * tolerance per op (float rounding of the cpu kernels: oneDNN, the few-row kernels, vectorized
  * exp and GELU). Shapes hit both the few-row kernels (M <= 8) and oneDNN, both weight layouts,
  * strided rows, grouped heads, a KV-cache past (copied, or a session's in place), a sliding
- * window and soft-capping, short and long (key tiles, query blocks). Prints each
- * op's measured difference. Also: allocation is aligned; ss_backend_find.
+ * window and soft-capping, short and long (key tiles, query blocks); the long attention cases
+ * also on a team of 1 and 3 threads (heads split over it), bit for bit as on the default team.
+ * Prints each op's measured difference. Also: allocation is aligned; ss_backend_find.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -441,6 +443,19 @@ static void test_attention_long(void) {
     cmp(what, o1, o2, nq, 1e-5);
     cmp(what, K1, K2, nwin, 0.0);
     cmp(what, V1, V2, nwin, 0.0);
+    /* heads split over a team of 1 and of 3 threads: the same answer bit for bit (each head's
+     * arithmetic is its own; the threads after the first use their own scratch) */
+    int team0 = omp_get_max_threads(), same_team = 1;
+    for (int nt = 1; nt <= 3; nt += 2) {
+      float *o3 = rnd(nq, 1.0f);
+      omp_set_num_threads(nt);
+      cpu->attention_forward(o3, ldq, a1, 0, K1, V1, q, ldq, k, v, ldkv, inplace ? NULL : pk,
+                             inplace ? NULL : pv, &d, cs[c].window, cs[c].softcap);
+      same_team &= memcmp(o1, o3, nq * sizeof(float)) == 0;
+      free(o3);
+    }
+    omp_set_num_threads(team0);
+    CHECK(same_team);
     if (inplace) { /* keys past P + T: as they were */
       int same = 1;
       for (size_t bg = 0; bg < (size_t)B * NKV; bg++)
