@@ -4,7 +4,8 @@
 Side by side in one run, on the same cores (default 2 threads; --threads N):
   splitserve --workers W --intra-op-threads N (--workers, default 1), one model per compute dtype
   (fp32, bf16 where the CPU has avx512_bf16/AMX, int8), same weights;
-  PyTorch in-process (Debian torch; torch.set_num_threads(N)), the tests' independent float32
+  PyTorch in-process (Debian torch; torch.set_num_threads(N), its OpenBLAS capped at N threads:
+  see _torch_env), the tests' independent float32
   blocks (tests/interop/gpt2_ref.py, llama_ref.py): fp32, and bf16 autocast
   (torch.autocast("cpu", torch.bfloat16)) where the CPU has bf16.
 Workloads: GPT-2 trunk 2..10 (GPT-2 small shapes, 8 blocks) and a Qwen2-0.5B-shaped trunk
@@ -26,8 +27,35 @@ import sys
 import threading
 import time
 
-import numpy as np
-import torch
+
+def _torch_env():
+    """Debian's torch calls a generic BLAS (OpenBLAS, pthreads) with a thread pool of its own, not
+    torch.set_num_threads's: uncapped, PyTorch's "1 thread" rows ran their products on both
+    cores (1.99 cores busy, 253 vs 133 GFLOP/s on Qwen2's up_proj at 128 rows), and its OpenMP
+    pool spinning against OpenBLAS's threads made the 2-thread rows 2x slower than 1. So torch
+    loads with OpenBLAS capped at --threads and OMP_WAIT_POLICY=PASSIVE, and the environment goes
+    back as it was right after (the splitserve servers started later inherit the original)."""
+    n = "2"
+    for i, a in enumerate(sys.argv):
+        if a == "--threads" and i + 1 < len(sys.argv):
+            n = sys.argv[i + 1]
+        elif a.startswith("--threads="):
+            n = a.split("=", 1)[1]
+    want = {"OPENBLAS_NUM_THREADS": n, "OMP_WAIT_POLICY": "PASSIVE"}
+    saved = {k: os.environ.get(k) for k in want}
+    os.environ.update(want)
+    return saved
+
+
+_SAVED_ENV = _torch_env()
+import numpy as np  # noqa: E402 (numpy loads the same OpenBLAS first: after the cap)
+import torch  # noqa: E402
+
+for _k, _v in _SAVED_ENV.items():
+    if _v is None:
+        os.environ.pop(_k, None)
+    else:
+        os.environ[_k] = _v
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
