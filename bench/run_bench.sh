@@ -7,7 +7,9 @@
 #   2. raw RPC cost: identity on shape [1] and [1,10,768], splitserve vs both peers.
 #   3. model compute: mlp 768 on [1,10,768] at 1..64, splitserve vs both peers.
 # Thread budget: splitserve --workers 2 --intra-op-threads 1 (3 threads); peers run torch with
-# 1 intra-op thread (torch.set_num_threads(1)) on Debian's torch + OpenBLAS (pthread flavour).
+# 1 intra-op thread (torch.set_num_threads(1)) on Debian's torch + OpenBLAS (pthread flavour),
+# whose own pool torch does not size: OPENBLAS_NUM_THREADS=1 holds it to the same one thread
+# (uncapped, a peer's products ran on both cores).
 # Env: DURATION (s per level, default 3), WARMUP (default 1), QUICK=1 (fewer levels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +44,7 @@ bench() { # label levels args...
 }
 
 SS="$BIN/splitserve --listen 127.0.0.1:0 --log-level warn --enable-test-models"
-PEER="$PY bench/peers/peer_server.py --listen 127.0.0.1:0 --py-dir build/py"
+PEER="env OPENBLAS_NUM_THREADS=1 $PY bench/peers/peer_server.py --listen 127.0.0.1:0 --py-dir build/py"
 
 echo "=== 1. the seeds' table (handler waits 100 ms)"
 start ss-sync $SS --workers 0
