@@ -18,7 +18,6 @@ steps vs a PyTorch LoRA); refusals (unknown model_type, bad layer_types / mrope_
 mrope_positions on a model without M-RoPE or of the wrong length)."""
 import json
 import os
-import shutil
 import tempfile
 
 import numpy as np
@@ -122,10 +121,7 @@ def setup():
 
 
 def teardown():
-    C.close()
-    S.stop_ok()
-    shutil.rmtree(TMP, ignore_errors=True)
-    print("  max abs errors: " + ", ".join("%s %.3g" % kv for kv in sorted(CK.worst.items())))
+    CK.finish(S, TMP, "max abs errors")
 
 
 def _call(*args, **kw):

@@ -343,10 +343,7 @@ def setup():
 
 
 def teardown():
-    C.close()
-    S.stop_ok()
-    shutil.rmtree(TMP, ignore_errors=True)
-    print("  max errors: " + ", ".join("%s %.3g" % kv for kv in sorted(CK.worst.items())))
+    CK.finish(S, TMP, "max errors")
 
 
 def _call(*args, **kw):

@@ -24,6 +24,7 @@ import numpy as np
 import llama_ref
 import sslib
 import train_ref
+import trunk_checks
 from sslib import SC, T, make_req, result, expect_error, assert_alive
 
 TOL = 1e-4
@@ -361,29 +362,10 @@ def test_lora_alpha_refused():
 
 # ------------------------------------------------------------------ training ----
 
-def _backward(grad, forward_id, model, lr, c=None):
-    g = np.ascontiguousarray(grad, np.float32)
-    req = sslib.pb.BackwardRequest(grad_output_data=g.tobytes(), forward_id=forward_id,
-                                   model_id=model, learning_rate=lr)
-    req.grad_output_shape.extend(g.shape)
-    return (c or C).backward(req, timeout=T(30))
-
-
 def _play(model, cfg, lr, n, seed, c=None, shape=(2, 6)):
-    g = sslib.rng(seed)
-    xs, grads, gins = [], [], []
-    for i in range(n):
-        x = g.standard_normal(shape + (cfg.hidden,)).astype(np.float32)
-        r = g.standard_normal(shape + (cfg.hidden,)).astype(np.float32)
-        req = make_req(x, model=model)
-        req.training_mode = True
-        req.forward_id = "%s-%d-%d" % (model, seed, i)
-        (c or C).compute(req, timeout=T(30))
-        b = _backward(r, req.forward_id, model, lr, c)
-        gins.append(np.frombuffer(b.grad_input_data, np.float32).reshape(x.shape))
-        xs.append(x)
-        grads.append(r)
-    return gins, xs, grads
+    """n rounds of (training forward, ComputeBackward): trunk_checks.Checks.play on this suite's
+    connection."""
+    return trunk_checks.Checks(C, TOL).play(model, cfg, lr, n, seed, shape=shape, c=c)
 
 
 def _checkpoint(ids, srv=None):

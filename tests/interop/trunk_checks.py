@@ -6,6 +6,8 @@ then ComputeBackward) that the training checks play.
 models: {id: (ref, (a, b), cfg)} where ref(x[, past]) returns (y, presents) in float64 and cfg
 has .hidden and .max_pos; model id + "b" serves the same trunk with decode batching. Errors are
 recorded per key in worst (the largest seen), which the suites print at teardown."""
+import shutil
+
 import numpy as np
 
 import sslib
@@ -20,6 +22,14 @@ def x_of(cfg, batch, seq, seed):
 class Checks:
     def __init__(self, conn, tol=1e-4):
         self.conn, self.tol, self.worst = conn, tol, {}
+
+    def finish(self, server, tmp, label="max errors"):
+        """A suite's teardown: the connection closed, the server stopped cleanly, its temporary
+        directory removed, and the largest error of each kind printed."""
+        self.conn.close()
+        server.stop_ok()
+        shutil.rmtree(tmp, ignore_errors=True)
+        print("  %s: " % label + ", ".join("%s %.3g" % kv for kv in sorted(self.worst.items())))
 
     def call(self, model, x, past=None, use_cache=None, c=None, **meta):
         return sslib.compute_kv(c or self.conn, model, x, past, use_cache, **meta)
