@@ -15,21 +15,20 @@
  * a batch of decode steps spends as much time in each session's attention as in the weights
  * (GPT-2 has a kv head per head), and a single-threaded attention left a 2-thread worker's
  * second thread idle there. Each thread after the first takes its scratch from a per-worker
- * buffer (a pthread key, grown to (threads - 1) x ss_attn_scratch floats; without it the heads
- * run on the caller alone).
+ * buffer (nn/tbuf.h: (threads - 1) x ss_attn_scratch floats; without it the heads run on the
+ * caller alone).
  * Thread: the caller's worker thread and its OpenMP team; reentrant.
  */
 #include "models/nn/attention.h"
 
 #include <math.h>
 #include <omp.h>
-#include <pthread.h>
 #include <stddef.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "models/nn/matmul.h"
 #include "models/nn/simd.h"
+#include "models/nn/tbuf.h"
 #include "models/nn/vmath.h"
 
 /* Causal softmax in place of a block of scores s [nq, nk]: row r is the query at absolute
@@ -245,38 +244,7 @@ static void attend(const ss_attn_dims *d, int u, int dec, int b, const float *q,
   }
 }
 
-/* Scratch for the team's threads after the first: the calling thread's buffer of at least n
- * floats (kept for its next calls; freed when it exits), or NULL. */
-static pthread_key_t team_key;
-static pthread_once_t team_once = PTHREAD_ONCE_INIT;
-typedef struct team_buf {
-  float *p;
-  size_t cap;
-} team_buf;
-static void team_free(void *v) {
-  team_buf *t = v;
-  free(t->p);
-  free(t);
-}
-static void team_init(void) { (void)pthread_key_create(&team_key, team_free); }
-static float *team_scratch(size_t n) {
-  pthread_once(&team_once, team_init);
-  team_buf *t = pthread_getspecific(team_key);
-  if (!t) {
-    if (!(t = calloc(1, sizeof *t))) return NULL;
-    if (pthread_setspecific(team_key, t) != 0) {
-      free(t);
-      return NULL;
-    }
-  }
-  if (n > t->cap) {
-    float *p = malloc(n * sizeof *p);
-    if (!p) return NULL;
-    free(t->p);
-    t->p = p, t->cap = n;
-  }
-  return t->p;
-}
+static ss_tbuf team_buf; /* the calling worker's scratch for its team's other threads */
 
 void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, float *K, float *V,
                               const float *q, int ldq, const float *k, const float *v, int ldkv,
@@ -305,7 +273,7 @@ void ss_attention_forward_cap(float *out, int ldo, float *att, int att_all, floa
       const size_t per = ss_attn_scratch(HS);
       int nthr = omp_get_max_threads();
       if (nthr > n) nthr = n;
-      float *more = nthr > 1 ? team_scratch((size_t)(nthr - 1) * per) : NULL;
+      float *more = nthr > 1 ? ss_tbuf_floats(&team_buf, (size_t)(nthr - 1) * per) : NULL;
       if (!more) nthr = 1;
 #pragma omp parallel for schedule(static) num_threads(nthr) if (nthr > 1)
       for (int u = 0; u < n; u++) {

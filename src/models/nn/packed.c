@@ -46,7 +46,7 @@
  * after the product.
  *
  * Thread: any worker (and the loop thread with --workers 0); per-thread dequantization buffers
- * (a pthread key; freed when the thread exits).
+ * (nn/tbuf.h; freed when the thread exits).
  */
 #include <math.h>
 #include <omp.h>
@@ -62,6 +62,7 @@
 #include "models/nn/matmul.h"
 #include "models/nn/matmul_int.h"
 #include "models/nn/silu.h"
+#include "models/nn/tbuf.h"
 
 #define SS_Q8_ROWS 16 /* int8 products of at most this many rows read the int8 weight directly */
 /* f32 products without brgemm that read the weight's panels (panel.c): up to 32 rows, whatever
@@ -72,6 +73,13 @@
  * (prefill) read the weight as stored: copying it per call costs under 1/32 of their work, and
  * the panel kernel ran 0.75-0.9x OpenBLAS at 128 rows (bench/results/2026-12-05-avx2-panels.md). */
 static int panel_rows(int M) { return M <= 32; }
+
+/* Does a product of M rows of cc's weights run on a packed copy? bf16, int8: always; f32: on
+ * brgemm CPUs always, elsewhere in panels up to panel_rows. */
+static int packs(const ss_compute *cc, int M) {
+  return ss_matmul_w_always_packed(cc) || (cc != NULL && cc->dtype == SS_MM_F32 &&
+                                           cc->owner != NULL && panel_rows(M) && ss__panel_ok());
+}
 
 typedef struct packed_w {
   struct packed_w *next;
@@ -93,46 +101,13 @@ static struct {
   pthread_rwlock_t lk;
   packed_w *bucket[SS_PACK_BUCKETS];
   size_t bytes, count;
-  pthread_once_t once;
-  pthread_key_t deq_key; /* -> deq_buf */
   struct {
     const void *owner;
     uintptr_t lo, hi;
   } src[SS_PACK_SOURCES]; /* owner NULL: free */
-} pk = {.lk = PTHREAD_RWLOCK_INITIALIZER, .once = PTHREAD_ONCE_INIT};
+} pk = {.lk = PTHREAD_RWLOCK_INITIALIZER};
 
-typedef struct deq_buf {
-  float *p;
-  size_t cap; /* floats */
-} deq_buf;
-
-static void deq_free(void *v) {
-  deq_buf *d = v;
-  free(d->p);
-  free(d);
-}
-
-static void pk_init(void) { (void)pthread_key_create(&pk.deq_key, deq_free); }
-
-/* The calling thread's dequantization buffer of at least n floats, or NULL. */
-static float *deq_get(size_t n) {
-  pthread_once(&pk.once, pk_init);
-  deq_buf *d = pthread_getspecific(pk.deq_key);
-  if (!d) {
-    if (!(d = calloc(1, sizeof *d))) return NULL;
-    if (pthread_setspecific(pk.deq_key, d) != 0) {
-      free(d);
-      return NULL;
-    }
-  }
-  if (n > d->cap) {
-    float *p = NULL;
-    if (posix_memalign((void **)&p, 64, n * sizeof *p) != 0) return NULL;
-    free(d->p);
-    d->p = p, d->cap = n;
-  }
-  return d->p;
-}
+static ss_tbuf deq_buf; /* each thread's dequantization buffer (prefill-sized int8 products) */
 
 static size_t pack_hash(const float *w) {
   uintptr_t u = (uintptr_t)w;
@@ -553,7 +528,7 @@ static void q8_few_rows(const packed_w *e, int M, const float *A, int lda, float
 /* The whole weight back to f32 [N][K] in the thread's buffer (prefill-sized products). */
 static const float *q8_dequant(const packed_w *e) {
   size_t K = (size_t)e->K, N = (size_t)e->N;
-  float *d = deq_get(N * K);
+  float *d = ss_tbuf_floats(&deq_buf, N * K);
   if (!d) return NULL;
   q8_deq_fn deq = q8_kernel().deq;
   const int8_t *q = e->data;
@@ -588,16 +563,12 @@ void ss_matmul_w_ep(const ss_compute *cc, ss_mm_trans tb, int M, int N, int K, c
                     float *C, int ldc) {
   packed_w *e;
   if (ep && !ep->bias && ep->act == SS_ACT_NONE && !ep->mul) ep = NULL;
-  if (cc && M > 0 && N > 0 && K > 0 && (beta == 0.0f || beta == 1.0f) &&
-      (ss_matmul_w_always_packed(cc) ||
-       (cc->dtype == SS_MM_F32 && cc->owner != NULL && panel_rows(M) && ss__panel_ok())) &&
+  if (cc && M > 0 && N > 0 && K > 0 && (beta == 0.0f || beta == 1.0f) && packs(cc, M) &&
       (e = pack_get(cc->dtype, cc->owner, W, tb == SS_MM_T, K, N, ldw)) != NULL) {
-    if (e->panel) {
-      if (panel_rows(M)) {
-        ss__panel_matmul(M, N, K, A, lda, e->data, ep ? ep->bias : NULL, beta, C, ldc);
-        if (ep && (ep->act != SS_ACT_NONE || ep->mul)) ep_apply(ep, M, N, C, ldc);
-        return;
-      }
+    if (e->panel) { /* (packs: only products of up to panel_rows rows get here) */
+      ss__panel_matmul(M, N, K, A, lda, e->data, ep ? ep->bias : NULL, beta, C, ldc);
+      if (ep && (ep->act != SS_ACT_NONE || ep->mul)) ep_apply(ep, M, N, C, ldc);
+      return;
     } else if (e->dt != SS_MM_INT8) {
       if (ss__mm_packed(e->dt, M, N, K, A, lda, &e->md, e->data, beta, C, ldc, ep) == 0) return;
     } else if (!ep && M <= SS_Q8_ROWS) {
