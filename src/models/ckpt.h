@@ -48,7 +48,8 @@ int ss_ckpt_has_prefix(const ss_ckpt *c, const char *prefix);
 static inline const ss_st_file *ss_ckpt_first(const ss_ckpt *c) {
   return c->n_files > 0 ? c->files[0] : NULL;
 }
-/* Loading is over: drop the index and the shard names, keep the mapped files. */
+/* Loading is over: drop the index and the shard names, keep the mapped files, and unmap the pages
+ * loading touched (they stay in the page cache; read again, they map again). */
 void ss_ckpt_done(ss_ckpt *c);
 /* Close every file (and what ss_ckpt_done drops). */
 void ss_ckpt_close(ss_ckpt *c);

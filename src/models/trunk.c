@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 
 /* A positive integer field; *found = 0 when absent (or null). */
@@ -728,11 +727,6 @@ int ss_trunk_attach(ss_model *m, const ss_trunk *desc, const ss_ckpt *ck, int64_
     size_t map_len;
     ss_st_mapping(ck->files[i], &map, &map_len);
     ss_matmul_weights_source(m, map, map_len);
-    /* Loading read the narrow tensors it converted, and the kernel maps the whole large folio
-     * (up to 2 MiB) around each read: 57 MiB of a BF16 GPT-2 file stayed mapped for a few KiB of
-     * norms and biases. Unmapped here (the pages stay in the page cache; a later read maps them
-     * again): the file is read-only and privately mapped, so nothing is lost. */
-    if (map != NULL) (void)madvise((void *)(uintptr_t)map, map_len, MADV_DONTNEED);
   }
   m->impl = t;
   m->ops = &ss_trunk_ops;
